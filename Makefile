@@ -1,0 +1,29 @@
+# One interface for developers and CI: `make run`, `make test`, `make lint`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/notifier dev
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check notifier tests bench
+	$(BIN)/mypy notifier
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.claim_burst
+
+clean:
+	rm -rf $(VENV) var .pytest_cache

@@ -1,0 +1,53 @@
+"""Channels behind one small interface: `send(message) -> Receipt`.
+
+The rest of the code never imports a provider SDK; the choice of implementation is made
+from settings once per process (`notifier.channels.build`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Attachment:
+    filename: str
+    content_type: str
+    content: bytes
+
+
+@dataclass(frozen=True)
+class Message:
+    """A rendered message, ready for a channel. `to` is a phone number or email address."""
+
+    notification_id: str
+    kind: str
+    channel: str
+    to: str
+    body: str
+    due_at: datetime
+    subject: str | None = None
+    html: str | None = None
+    attachments: tuple[Attachment, ...] = field(default_factory=tuple)
+    #: a time-bound message is worthless after this (carriers may be told so)
+    expires_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """What the channel said: its id for the message, for matching delivery callbacks."""
+
+    provider_id: str
+    sent_at: datetime
+
+
+class Channel(Protocol):
+    def send(self, message: Message, now: datetime) -> Receipt:
+        """Send or raise `RetryableError` / `PermanentError`."""
+        ...
+
+    def already_sent(self, message: Message) -> bool | None:
+        """After a crash inside `send`: did it go out? None when the channel cannot tell."""
+        ...

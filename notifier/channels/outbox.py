@@ -1,0 +1,67 @@
+"""The outbox: the channel used without provider credentials (SPEC §4).
+
+One JSON line per sent message in `messages.jsonl`, each attachment as a file beside it
+named after the notification. Lines are written with a single `write` on a file opened
+in append mode, so concurrent worker threads and processes never interleave a line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from datetime import datetime
+from pathlib import Path
+
+from notifier.channels import Message, Receipt
+
+
+def _safe_name(notification_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", notification_id)
+
+
+class Outbox:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.path = directory / "messages.jsonl"
+
+    def send(self, message: Message, now: datetime) -> Receipt:
+        names = []
+        for attachment in message.attachments:
+            name = f"{_safe_name(message.notification_id)}.{attachment.filename}"
+            (self.directory / name).write_bytes(attachment.content)
+            names.append(name)
+        line = json.dumps({
+            "id": message.notification_id,
+            "kind": message.kind,
+            "channel": message.channel,
+            "to": message.to,
+            "subject": message.subject,
+            "body": message.body,
+            "attachments": names,
+            "due_at": message.due_at.isoformat(),
+            "sent_at": now.isoformat(),
+            "dedupe_key": message.notification_id,
+        }, ensure_ascii=False) + "\n"
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+        return Receipt(provider_id=f"outbox:{message.notification_id}", sent_at=now)
+
+    def already_sent(self, message: Message) -> bool | None:
+        """The outbox can tell exactly: is there a line with this dedupe key?"""
+        if not self.path.exists():
+            return False
+        needle = json.dumps(message.notification_id)
+        with self.path.open(encoding="utf-8") as lines:
+            return any(f'"dedupe_key": {needle}' in line for line in lines)
+
+    def messages(self) -> list[dict[str, object]]:
+        """Every line written so far (for `notifier dev` users and tests)."""
+        if not self.path.exists():
+            return []
+        with self.path.open(encoding="utf-8") as lines:
+            return [json.loads(line) for line in lines if line.strip()]

@@ -1,0 +1,73 @@
+"""The clock: claims due notifications in batches and hands them to the workers.
+
+Every tick it (1) puts back notifications whose lease ran out, (2) claims what is due, up
+to the in-flight cap, and enqueues `deliver` messages of `chunk` ids each, (3) now and then
+re-enqueues accepted events that were never applied (a lost message, a web process that
+died between storing and enqueueing). Several clocks may run: each step is atomic in Redis.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from dramatiq.brokers.redis import RedisBroker
+
+from notifier.policy.timing import utcnow
+from notifier.store import Store
+from notifier.tasks import enqueue_apply, enqueue_deliver
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Clock:
+    store: Store
+    broker: RedisBroker
+    lease_s: float = 60.0
+    claim_batch: int = 1000
+    chunk: int = 25
+    max_inflight: int = 5000
+    poll_s: float = 0.25
+    #: an accepted event not applied after this long is enqueued again
+    event_grace_s: float = 30.0
+    events_every_s: float = 5.0
+    rng: random.Random = field(default_factory=random.Random)
+    _last_event_sweep: datetime | None = None
+
+    def tick(self, now: datetime) -> int:
+        """One pass; returns how many notifications were handed to workers."""
+        schedule = self.store.schedule
+        swept = schedule.sweep(now)
+        if swept:
+            log.warning("lease expired for %d notifications; putting them back", len(swept))
+        handed = 0
+        while True:
+            ids = schedule.claim(now, self.claim_batch, self.lease_s, self.max_inflight)
+            for start in range(0, len(ids), self.chunk):
+                enqueue_deliver(self.broker, ids[start:start + self.chunk])
+            handed += len(ids)
+            if len(ids) < self.claim_batch:
+                break
+        if (self._last_event_sweep is None
+                or now - self._last_event_sweep >= timedelta(seconds=self.events_every_s)):
+            self._last_event_sweep = now
+            stuck = self.store.unapplied_events(now - timedelta(seconds=self.event_grace_s))
+            for event_id in stuck:
+                enqueue_apply(self.broker, event_id)
+            if stuck:
+                log.warning("re-enqueued %d events that were never applied", len(stuck))
+        return handed
+
+    def run(self, stop: threading.Event) -> None:
+        log.info("clock running")
+        while not stop.is_set():
+            try:
+                self.tick(utcnow())
+            except Exception:
+                log.exception("clock tick failed; trying again")
+            # Jitter keeps several clocks from polling in lockstep.
+            stop.wait(self.poll_s * (0.5 + self.rng.random()))

@@ -1,0 +1,206 @@
+"""Settings, built once from a mapping (the environment plus `.env`) and passed down.
+
+Nothing here reads the environment at import time. A missing or malformed value raises
+`ConfigError` with one line naming the variable; secrets never show in `repr`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlparse
+
+from notifier.errors import ConfigError
+
+#: The repository root: templates/ and schedules/ are found relative to it by default.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+Backend = Literal["twilio", "sendgrid", "outbox"]
+
+
+class Secret(str):
+    """A string that hides itself in `repr`, so settings can be logged safely."""
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+
+def _webhook_secret(value: str, name: str) -> Secret:
+    # Standard Webhooks secrets are `whsec_` + base64 of at least 24 random bytes.
+    if not value.startswith("whsec_"):
+        raise ConfigError(f"{name}: must start with 'whsec_' (Standard Webhooks secret)")
+    try:
+        key = base64.b64decode(value.removeprefix("whsec_"), validate=True)
+    except (binascii.Error, ValueError):
+        raise ConfigError(f"{name}: the part after 'whsec_' is not valid base64") from None
+    if len(key) < 16:
+        raise ConfigError(f"{name}: key too short ({len(key)} bytes, need at least 16)")
+    return Secret(value)
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name}: expected true or false, got {raw!r}")
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: expected a whole number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name}: must be at least {minimum}, got {value}")
+    return value
+
+
+def _url(env: Mapping[str, str], name: str, default: str | None, schemes: set[str]) -> str | None:
+    raw = env.get(name, "").strip() or default
+    if raw is None:
+        return None
+    parsed = urlparse(raw)
+    if parsed.scheme not in schemes or not (parsed.netloc or parsed.path):
+        allowed = ", ".join(sorted(f"{s}://" for s in schemes))
+        raise ConfigError(f"{name}: expected a URL starting with {allowed}, got {raw!r}")
+    return raw.rstrip("/")
+
+
+def _email(env: Mapping[str, str], name: str, default: str | None) -> str | None:
+    raw = env.get(name, "").strip() or default
+    if raw is None:
+        return None
+    local, _, domain = raw.partition("@")
+    if not local or "." not in domain or " " in raw:
+        raise ConfigError(f"{name}: not an email address: {raw!r}")
+    return raw
+
+
+def _backend(
+    env: Mapping[str, str], name: str, provider: Backend, has_credentials: bool
+) -> Backend:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return provider if has_credentials else "outbox"
+    if raw not in {provider, "outbox"}:
+        raise ConfigError(f"{name}: expected {provider!r} or 'outbox', got {raw!r}")
+    return raw  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the processes need to know, validated."""
+
+    redis_url: str | None = None
+    webhook_secret: Secret | None = None
+    twilio_account_sid: str | None = None
+    twilio_auth_token: Secret | None = None
+    twilio_from: str | None = None
+    twilio_messaging_service_sid: str | None = None
+    twilio_base_url: str | None = None
+    twilio_edge: str | None = None
+    twilio_region: str | None = None
+    sendgrid_api_key: Secret | None = None
+    sendgrid_api_host: str = "https://api.sendgrid.com"
+    from_email: str = "reminders@practice.example"
+    support_email: str = "support@practice.example"
+    support_phone: str | None = None
+    public_url: str = "http://localhost:8000"
+    practice_name: str = "Riverbend Health"
+    practice_phone: str = "+1 555 0100"
+    practice_url: str = "https://portal.practice.example"
+    schedules_dir: Path = PROJECT_ROOT / "schedules"
+    templates_dir: Path = PROJECT_ROOT / "templates"
+    outbox_dir: Path = Path("var/outbox")
+    var_dir: Path = Path("var")
+    sms_backend: Backend = "outbox"
+    email_backend: Backend = "outbox"
+    email_shows_medication: bool = False
+    worker_threads: int = 4
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, dotenv: Path | None = None) -> Settings:
+        """Build settings from `env` (default: `os.environ`) over the values of `dotenv`."""
+        merged: dict[str, str] = {}
+        dotenv_path = dotenv if dotenv is not None else Path(".env")
+        if dotenv_path.is_file():
+            from dotenv import dotenv_values
+
+            merged.update({k: v for k, v in dotenv_values(dotenv_path).items() if v is not None})
+        merged.update(os.environ if env is None else env)
+        return cls._from_mapping(merged)
+
+    @classmethod
+    def _from_mapping(cls, env: Mapping[str, str]) -> Settings:
+        def opt(name: str) -> str | None:
+            return env.get(name, "").strip() or None
+
+        secret = opt("NOTIFIER_WEBHOOK_SECRET")
+        sid, token = opt("TWILIO_ACCOUNT_SID"), opt("TWILIO_AUTH_TOKEN")
+        twilio_from, service = opt("TWILIO_FROM"), opt("TWILIO_MESSAGING_SERVICE_SID")
+        sendgrid_key = opt("SENDGRID_API_KEY")
+        sms_backend = _backend(
+            env, "NOTIFIER_SMS_BACKEND", "twilio", bool(sid and token and (twilio_from or service))
+        )
+        email_backend = _backend(env, "NOTIFIER_EMAIL_BACKEND", "sendgrid", bool(sendgrid_key))
+        if sms_backend == "twilio":
+            for name, value in (("TWILIO_ACCOUNT_SID", sid), ("TWILIO_AUTH_TOKEN", token)):
+                if not value:
+                    raise ConfigError(f"{name}: required when NOTIFIER_SMS_BACKEND is twilio")
+            if not (twilio_from or service):
+                raise ConfigError(
+                    "TWILIO_FROM: set it or TWILIO_MESSAGING_SERVICE_SID for the twilio backend"
+                )
+        if email_backend == "sendgrid" and not sendgrid_key:
+            raise ConfigError("SENDGRID_API_KEY: required when NOTIFIER_EMAIL_BACKEND is sendgrid")
+        defaults = cls()
+        var_dir = Path(opt("NOTIFIER_VAR_DIR") or defaults.var_dir)
+        return cls(
+            redis_url=_url(env, "NOTIFIER_REDIS_URL", None, {"redis", "rediss", "unix"}),
+            webhook_secret=_webhook_secret(secret, "NOTIFIER_WEBHOOK_SECRET") if secret else None,
+            twilio_account_sid=sid,
+            twilio_auth_token=Secret(token) if token else None,
+            twilio_from=twilio_from,
+            twilio_messaging_service_sid=service,
+            twilio_base_url=_url(env, "NOTIFIER_TWILIO_BASE_URL", None, {"http", "https"}),
+            twilio_edge=opt("TWILIO_EDGE"),
+            twilio_region=opt("TWILIO_REGION"),
+            sendgrid_api_key=Secret(sendgrid_key) if sendgrid_key else None,
+            sendgrid_api_host=_url(
+                env, "SENDGRID_API_HOST", defaults.sendgrid_api_host, {"http", "https"}
+            )
+            or defaults.sendgrid_api_host,
+            from_email=_email(env, "NOTIFIER_FROM_EMAIL", defaults.from_email) or "",
+            support_email=_email(env, "NOTIFIER_SUPPORT_EMAIL", defaults.support_email) or "",
+            support_phone=opt("NOTIFIER_SUPPORT_PHONE"),
+            public_url=_url(env, "NOTIFIER_PUBLIC_URL", defaults.public_url, {"http", "https"})
+            or defaults.public_url,
+            practice_name=opt("NOTIFIER_PRACTICE_NAME") or defaults.practice_name,
+            practice_phone=opt("NOTIFIER_PRACTICE_PHONE") or defaults.practice_phone,
+            practice_url=opt("NOTIFIER_PRACTICE_URL") or defaults.practice_url,
+            schedules_dir=Path(opt("NOTIFIER_SCHEDULES_DIR") or defaults.schedules_dir),
+            templates_dir=Path(opt("NOTIFIER_TEMPLATES_DIR") or defaults.templates_dir),
+            outbox_dir=Path(opt("NOTIFIER_OUTBOX_DIR") or var_dir / "outbox"),
+            var_dir=var_dir,
+            sms_backend=sms_backend,
+            email_backend=email_backend,
+            email_shows_medication=_bool(env, "NOTIFIER_EMAIL_SHOWS_MEDICATION", False),
+            worker_threads=_int(env, "NOTIFIER_WORKER_THREADS", defaults.worker_threads),
+        )
+
+    def require_webhook_secret(self) -> Secret:
+        if self.webhook_secret is None:
+            raise ConfigError("NOTIFIER_WEBHOOK_SECRET: required (a whsec_... secret)")
+        return self.webhook_secret

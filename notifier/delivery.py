@@ -1,0 +1,144 @@
+"""Delivering one notification: the send-time checks, the channel call, the ledger update.
+
+For each claimed id: `begin` (compare-and-set `scheduled -> sending`, with a lease), then
+expiry, recipient, quiet hours and channel checks against the records as they are now,
+then the send, then `finish`. A retryable failure puts the notification back on our own
+schedule with backoff (never into dramatiq's delay queue); a permanent one records
+`failed` with the provider's code.
+
+The one window for a duplicate is a process dying inside `channel.send`: the notification
+stays `sending`, its lease runs out, and the next attempt asks the channel whether the
+message went out (`already_sent`); a channel that cannot tell is sent again (at least
+once beats never for a reminder).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from notifier.channels import Channel
+from notifier.compose import Stored, compose_client_message
+from notifier.config import Settings
+from notifier.errors import PermanentError, RetryableError, TemplateError
+from notifier.policy.figures import Policy
+from notifier.policy.plan import entity_ref
+from notifier.policy.timing import hold_for_quiet_hours
+from notifier.records import ClientRecord, ProviderRecord
+from notifier.render import Renderer
+from notifier.store import Store
+
+log = logging.getLogger(__name__)
+
+#: Longer than the slowest send (HTTP timeouts are 10 s); a lease that runs out means the
+#: worker died and the sweep hands the notification to another.
+LEASE_S = 60.0
+#: A notification that keeps failing is given up on after this many attempts.
+MAX_ATTEMPTS = 8
+#: Backoff for retryable failures: base * 2^attempt, jittered, capped.
+RETRY_BASE_S = 5.0
+RETRY_CAP_S = 3600.0
+#: How long to wait for a client's details when a notification names an unknown client.
+WAIT_FOR_CLIENT_S = 60.0
+
+
+@dataclass
+class Deliverer:
+    store: Store
+    channels: dict[str, Channel]
+    renderer: Renderer
+    settings: Settings
+    policy: Policy
+    lease_s: float = LEASE_S
+    rng: random.Random = field(default_factory=random.Random)
+
+    def deliver(self, notification_id: str, now: datetime) -> str:
+        """Take one claimed notification as far as it can go now; returns its outcome."""
+        begun = self.store.schedule.begin(notification_id, now, self.lease_s)
+        if not begun.may_send:
+            return begun.verdict
+        n = Stored.from_fields(notification_id, begun.fields)
+        try:
+            return self._deliver(n, now, recovering=begun.verdict == "recover")
+        except Exception:
+            # A bug must not lose the notification: put it back to be tried again later,
+            # until MAX_ATTEMPTS gives up on it.
+            log.exception("delivering %s failed unexpectedly", n.id)
+            return self._retry(n, now, "internal error", None)
+
+    def _finish(self, n: Stored, state: str, reason: str, now: datetime, **fields: object) -> str:
+        self.store.schedule.finish(n.id, state, reason=reason, **fields)
+        log.info("notification %s %s %s", n.id, state, reason)
+        return state
+
+    def _retry(self, n: Stored, now: datetime, reason: str, retry_after_s: float | None) -> str:
+        if n.attempts >= MAX_ATTEMPTS:
+            return self._finish(n, "failed", f"gave up after {n.attempts} attempts: {reason}",
+                                now)
+        backoff = min(RETRY_CAP_S, RETRY_BASE_S * 2 ** (n.attempts - 1))
+        delay = max(retry_after_s or 0.0, backoff * (0.5 + self.rng.random() / 2))
+        due = now + timedelta(seconds=delay)
+        if due >= n.expires_at:
+            return self._finish(n, "failed", f"{reason}; no time left to retry", now)
+        self.store.schedule.reschedule(n.id, due, f"retrying: {reason}")
+        return "retrying"
+
+    def _deliver(self, n: Stored, now: datetime, recovering: bool) -> str:
+        if now >= n.expires_at:
+            return self._finish(n, "expired", "could not go out before it expired", now)
+        if n.recipient != "client":
+            return self._finish(n, "failed", f"no route for recipient {n.recipient}", now)
+        records = self.store.load_records([entity_ref("client", n.recipient_id),
+                                           entity_ref("provider", n.params.get("provider_id",
+                                                                               "-"))])
+        client = records.get(entity_ref("client", n.recipient_id))
+        provider = records.get(entity_ref("provider", n.params.get("provider_id", "-")))
+        if not isinstance(client, ClientRecord):
+            due = now + timedelta(seconds=WAIT_FOR_CLIENT_S)
+            if due >= n.expires_at:
+                return self._finish(n, "suppressed", "client details never arrived", now)
+            self.store.schedule.reschedule(n.id, due, "waiting for client details")
+            return "waiting"
+        held = hold_for_quiet_hours(now, client.client.zone, self.policy.quiet_hours)
+        if held > now:
+            if held >= n.expires_at:
+                return self._finish(n, "expired", "quiet hours last past its expiry", now)
+            self.store.schedule.reschedule(n.id, held, "quiet hours")
+            return "held"
+        closed = self._closed_reason(n.channel, client)
+        if closed:
+            return self._finish(n, "suppressed", closed, now)
+        try:
+            message = compose_client_message(
+                n, client, provider if isinstance(provider, ProviderRecord) else None,
+                self.settings, self.renderer, now)
+        except TemplateError as exc:
+            return self._finish(n, "failed", f"template: {exc}", now)
+        channel = self.channels[n.channel]
+        if recovering and channel.already_sent(message):
+            return self._finish(n, "sent", "sent before a crash", now)
+        try:
+            receipt = channel.send(message, now)
+        except PermanentError as exc:
+            return self._finish(n, "failed", str(exc), now, code=exc.code)
+        except RetryableError as exc:
+            return self._retry(n, now, f"{exc.code or 'error'}: {exc}", exc.retry_after_s)
+        return self._finish(n, "sent", "", now, sent_at=receipt.sent_at.timestamp(),
+                            receipt=receipt.provider_id)
+
+    @staticmethod
+    def _closed_reason(channel: str, client: ClientRecord) -> str:
+        c = client.client
+        if channel == "sms":
+            if not c.channels.sms:
+                return "client does not accept sms"
+            if not c.phone:
+                return "no phone number"
+        elif channel == "email":
+            if not c.channels.email:
+                return "client does not accept email"
+            if not c.email:
+                return "no email address"
+        return ""

@@ -1,0 +1,82 @@
+"""The one error hierarchy of Notifier.
+
+    NotifierError
+    ├── ConfigError            a setting or policy figure is missing or malformed
+    ├── EventError             an event cannot be accepted
+    │   ├── SignatureError     missing, malformed or wrong signature, stale timestamp
+    │   ├── PayloadTooLarge    body over the size limit
+    │   └── InvalidEvent       not JSON, unknown type, or fields failing validation
+    ├── TemplateError          a template is missing or fails to render
+    ├── ChannelError           a channel (SMS, email, outbox) could not send
+    │   ├── RetryableError     try again later (rate limit, 5xx, timeout)
+    │   └── PermanentError     never retry (invalid number, unsubscribed, bounced)
+    └── StoreError             Redis data is not what we expect
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class NotifierError(Exception):
+    """Root of every error Notifier raises on purpose."""
+
+
+class ConfigError(NotifierError):
+    """A setting or policy figure is missing or malformed; start-up stops."""
+
+
+class EventError(NotifierError):
+    """An event cannot be accepted."""
+
+
+class SignatureError(EventError):
+    """Missing, malformed or wrong webhook signature, or a stale timestamp."""
+
+
+class PayloadTooLarge(EventError):
+    """The request body is larger than the configured limit."""
+
+
+@dataclass(frozen=True)
+class FieldProblem:
+    """One bad field of an event: a dotted location and what is wrong with it."""
+
+    field: str
+    message: str
+
+
+class InvalidEvent(EventError):
+    """Not JSON, an unknown type, or fields that fail validation."""
+
+    def __init__(self, problems: list[FieldProblem]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{p.field}: {p.message}" for p in problems))
+
+
+class TemplateError(NotifierError):
+    """A template is missing or fails to render."""
+
+
+class ChannelError(NotifierError):
+    """A channel could not send a message."""
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        self.code = code
+        super().__init__(message)
+
+
+class RetryableError(ChannelError):
+    """The send may succeed later: rate limit, server error, timeout."""
+
+    def __init__(self, message: str, code: str | None = None, retry_after_s: float | None = None):
+        self.retry_after_s = retry_after_s
+        super().__init__(message, code)
+
+
+class PermanentError(ChannelError):
+    """The send will never succeed as it is: invalid number, unsubscribed, bounced."""
+
+
+class StoreError(NotifierError):
+    """Data in Redis is not what Notifier expects."""

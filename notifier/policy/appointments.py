@@ -1,0 +1,220 @@
+"""Appointment policy: confirmations, reminders, join links, updates and cancellations.
+
+Pure: (event, state, now, policy) -> Plan. Reminder offsets are elapsed time before the start;
+quiet hours hold client messages until the morning; nothing is planned to go out after it
+expires (a reminder expires at the start).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from notifier.events import (
+    Appointment,
+    AppointmentCancelledData,
+    AppointmentCompletedData,
+    AppointmentData,
+    AppointmentNoShowData,
+    Event,
+)
+from notifier.policy.figures import Channel, Policy
+from notifier.policy.plan import Plan, PlannedNotification, entity_ref, ignored, stale
+from notifier.policy.timing import hold_for_quiet_hours
+from notifier.records import AppointmentRecord, State
+
+
+def _stamp(instant: datetime) -> str:
+    """A compact UTC stamp for dedupe keys: 20261128T150000Z."""
+    return instant.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+def appointment_params(record: AppointmentRecord) -> dict[str, Any]:
+    """What a message about this appointment shows, fixed when it is planned."""
+    appt = record.appointment
+    return {
+        "appointment_id": appt.id,
+        "provider_id": appt.provider_id,
+        "start": appt.start.isoformat(),
+        "end": appt.end.isoformat(),
+        "kind": appt.kind,
+        "join_url": str(appt.join_url) if appt.join_url else None,
+        "sequence": record.sequence,
+    }
+
+
+def client_notification(
+    *,
+    kind: str,
+    occasion: str,
+    channel: Channel,
+    record: AppointmentRecord,
+    due_at: datetime,
+    expires_at: datetime,
+    state: State,
+    policy: Policy,
+    params: dict[str, Any] | None = None,
+) -> PlannedNotification:
+    """A notification to the appointment's client, held for quiet hours, expired if too late."""
+    appt = record.appointment
+    if state.client is not None:
+        due_at = hold_for_quiet_hours(due_at, state.client.client.zone, policy.quiet_hours)
+    too_late = due_at >= expires_at
+    return PlannedNotification(
+        id=f"{kind}:{appt.id}:{occasion}:{channel}",
+        kind=kind,
+        channel=channel,
+        recipient="client",
+        recipient_id=appt.client_id,
+        entity=entity_ref("appointment", appt.id),
+        due_at=due_at,
+        expires_at=expires_at,
+        params={**appointment_params(record), **(params or {})},
+        state="expired" if too_late else "scheduled",
+        reason="quiet hours last past its expiry" if too_late else "",
+    )
+
+
+def reminders(record: AppointmentRecord, booked_at: datetime, state: State, now: datetime,
+              policy: Policy) -> list[PlannedNotification]:
+    """Reminders at start minus each offset, and the join link for video visits.
+
+    A reminder whose moment passed before the booking is skipped. When several moments
+    passed after the booking but before planning (a worker was down), only the last of them
+    goes out, at once, rather than a burst of reminders for one appointment.
+    """
+    appt, figures = record.appointment, policy.appointments
+    occasion = _stamp(appt.start)
+    due_times = [(offset, appt.start - offset) for offset in figures.reminder_offsets]
+    upcoming = [(o, due) for o, due in due_times if due > booked_at]
+    overdue = [(o, due) for o, due in upcoming if due <= now]
+    if overdue:
+        upcoming = [(o, due) for o, due in upcoming if due > now] + [overdue[-1]]
+    planned = []
+    for offset, due in upcoming:
+        hours = int(offset.total_seconds() // 3600)
+        for channel in figures.reminder_channels:
+            planned.append(client_notification(
+                kind="appointment_reminder", occasion=f"{hours}h.{occasion}", channel=channel,
+                record=record, due_at=max(due, now), expires_at=appt.start, state=state,
+                policy=policy,
+                params=_change_by(record, policy) if offset > figures.late_change_window
+                else {},
+            ))
+    if appt.join_url is not None:
+        due = appt.start - figures.join_link_offset
+        if due > booked_at:
+            planned.append(client_notification(
+                kind="appointment_join_link", occasion=occasion, channel="sms", record=record,
+                due_at=max(due, now), expires_at=appt.start + figures.join_link_grace,
+                state=state, policy=policy,
+            ))
+    return planned
+
+
+def _change_by(record: AppointmentRecord, policy: Policy) -> dict[str, Any]:
+    """Until when a change avoids the late-cancellation fee, for messages that say so."""
+    return {"change_by": (record.appointment.start
+                          - policy.appointments.late_change_window).isoformat()}
+
+
+def _notices(kind: str, occasion: str, channels: tuple[Channel, ...], record: AppointmentRecord,
+             state: State, now: datetime, policy: Policy) -> list[PlannedNotification]:
+    """Messages that go out at once (quiet hours permitting) and expire at the start."""
+    change_by = record.appointment.start - policy.appointments.late_change_window
+    params = _change_by(record, policy) if change_by > now and kind != "appointment_cancelled" \
+        else {}
+    return [
+        client_notification(kind=kind, occasion=occasion, channel=channel, record=record,
+                            due_at=now, expires_at=record.appointment.start, state=state,
+                            policy=policy, params=params)
+        for channel in channels
+    ]
+
+
+def _same_times(a: Appointment, b: Appointment) -> bool:
+    return a.start == b.start and a.end == b.end
+
+
+def plan_scheduled(event: Event, state: State, now: datetime, policy: Policy) -> Plan:
+    data: AppointmentData = event.data
+    appt, existing = data.appointment, state.appointment
+    if existing is not None:
+        if existing.is_newer_than(event.occurred_at):
+            return stale()
+        # A second booking event for a known appointment is an update under another name.
+        return plan_rescheduled(event, state, now, policy)
+    record = AppointmentRecord(appointment=appt, updated_at=event.occurred_at)
+    ref = entity_ref("appointment", appt.id)
+    add = _notices("appointment_confirmation", "booked",
+                   policy.appointments.confirmation_channels, record, state, now, policy)
+    add += reminders(record, event.occurred_at, state, now, policy)
+    return Plan(outcome="applied", add=tuple(add), records={ref: record})
+
+
+def plan_rescheduled(event: Event, state: State, now: datetime, policy: Policy) -> Plan:
+    data: AppointmentData = event.data
+    appt, existing = data.appointment, state.appointment
+    ref = entity_ref("appointment", appt.id)
+    if existing is None:
+        # The booking never reached us: plan it as booked, announced as an update.
+        record = AppointmentRecord(appointment=appt, updated_at=event.occurred_at, sequence=1)
+        add = _notices("appointment_updated", "seq1", policy.appointments.update_channels,
+                       record, state, now, policy)
+        add += reminders(record, event.occurred_at, state, now, policy)
+        return Plan(outcome="applied", reason="rescheduled before we saw the booking",
+                    add=tuple(add), records={ref: record})
+    if existing.is_newer_than(event.occurred_at):
+        return stale()
+    if existing.status != "scheduled" and existing.status != "cancelled":
+        return ignored(f"appointment already {existing.status}")
+    if existing.status == "scheduled" and _same_times(existing.appointment, appt):
+        # Nothing the client sees changed (say, a new join link): keep the plan, refresh data.
+        record = existing.model_copy(update={"appointment": appt,
+                                             "updated_at": event.occurred_at})
+        add = reminders(record, event.occurred_at, state, now, policy)
+        return Plan(outcome="applied", reason="times unchanged", add=tuple(add),
+                    records={ref: record})
+    sequence = existing.sequence + 1
+    record = AppointmentRecord(appointment=appt, updated_at=event.occurred_at, sequence=sequence,
+                               status="scheduled")
+    add = _notices("appointment_updated", f"seq{sequence}", policy.appointments.update_channels,
+                   record, state, now, policy)
+    add += reminders(record, event.occurred_at, state, now, policy)
+    return Plan(outcome="applied", add=tuple(add), cancel=(ref,), records={ref: record})
+
+
+def plan_cancelled(event: Event, state: State, now: datetime, policy: Policy) -> Plan:
+    data: AppointmentCancelledData = event.data
+    existing = state.appointment
+    if existing is None:
+        return ignored("unknown appointment")
+    if existing.is_newer_than(event.occurred_at):
+        return stale()
+    if existing.status == "cancelled":
+        return ignored("appointment already cancelled")
+    ref = entity_ref("appointment", data.appointment_id)
+    record = existing.model_copy(update={
+        "status": "cancelled", "sequence": existing.sequence + 1,
+        "cancelled_by": data.cancelled_by, "updated_at": event.occurred_at,
+    })
+    add: list[PlannedNotification] = []
+    if existing.status == "scheduled" and existing.appointment.start > now:
+        add = _notices("appointment_cancelled", f"seq{record.sequence}",
+                       policy.appointments.cancellation_channels, record, state, now, policy)
+    return Plan(outcome="applied", add=tuple(add), cancel=(ref,), records={ref: record})
+
+
+def plan_closed(event: Event, state: State, now: datetime, policy: Policy) -> Plan:
+    """`appointment.completed` and `appointment.no_show`: nothing more about it is sent."""
+    data: AppointmentCompletedData | AppointmentNoShowData = event.data
+    existing = state.appointment
+    if existing is None:
+        return ignored("unknown appointment")
+    if existing.is_newer_than(event.occurred_at):
+        return stale()
+    status = "completed" if event.type == "appointment.completed" else "no_show"
+    ref = entity_ref("appointment", data.appointment_id)
+    record = existing.model_copy(update={"status": status, "updated_at": event.occurred_at})
+    return Plan(outcome="applied", cancel=(ref,), records={ref: record})
+

@@ -1,0 +1,223 @@
+"""The notification ledger and schedule in Redis, and the Lua scripts that move state.
+
+A notification is a hash `n:notif:{id}` (id = its dedupe key) with a `state`:
+
+    scheduled ──claim──▶ (in flight, leased) ──begin──▶ sending ──▶ sent ──▶ delivered | failed
+        │                                                  └──────▶ failed | expired | suppressed
+        └──cancel──▶ cancelled (a later plan with the same id may schedule it again)
+
+`n:schedule` is a sorted set of scheduled ids scored by due time (epoch seconds).
+`n:inflight` holds claimed ids scored by lease expiry; a sweep puts expired leases back.
+Every transition is one Lua script, so two workers, a redelivered message or a replayed
+event can never move a notification twice (compare-and-set on `state`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+
+#: Key prefix of every key Notifier writes.
+PREFIX = "n:"
+SCHEDULE = PREFIX + "schedule"
+INFLIGHT = PREFIX + "inflight"
+
+
+def notif_key(notification_id: str) -> str:
+    return f"{PREFIX}notif:{notification_id}"
+
+
+def by_recipient_key(recipient: str, recipient_id: str) -> str:
+    """Index of one recipient's notifications by due time (the read API's source)."""
+    return f"{PREFIX}by-recipient:{recipient}:{recipient_id}"
+
+
+def by_entity_key(ref: str) -> str:
+    return f"{PREFIX}by-entity:{ref}"
+
+
+def epoch(instant: datetime) -> float:
+    return instant.timestamp()
+
+
+def from_epoch(value: str | float) -> datetime:
+    return datetime.fromtimestamp(float(value), UTC)
+
+
+# Add a planned notification unless one with this id exists in any state but `cancelled`:
+# the first plan wins, so replays and duplicate events add nothing.
+ADD_LUA = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state and state ~= 'cancelled' then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+if redis.call('HGET', KEYS[1], 'state') == 'scheduled' then
+  redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+end
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+redis.call('SADD', KEYS[4], ARGV[1])
+return 1
+"""
+
+# Cancel every still-scheduled notification about one entity.
+CANCEL_ENTITY_LUA = """
+local cancelled = 0
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local key = ARGV[1] .. id
+  if redis.call('HGET', key, 'state') == 'scheduled' then
+    redis.call('HSET', key, 'state', 'cancelled', 'reason', ARGV[2])
+    redis.call('ZREM', KEYS[2], id)
+    redis.call('ZREM', KEYS[3], id)
+    cancelled = cancelled + 1
+  end
+end
+return cancelled
+"""
+
+# Claim up to ARGV[2] ids due by ARGV[1]: move them from the schedule to the in-flight set
+# with a lease until ARGV[3]. Atomic, so two clocks never claim the same id. At most
+# ARGV[4] ids are in flight at once: a burst is fed to the workers as they keep up, so no
+# lease runs out while its message still waits in the queue.
+CLAIM_LUA = """
+local room = tonumber(ARGV[4]) - redis.call('ZCARD', KEYS[2])
+if room <= 0 then return {} end
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0,
+                       math.min(room, tonumber(ARGV[2])))
+for _, id in ipairs(ids) do
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('ZADD', KEYS[2], ARGV[3], id)
+end
+return ids
+"""
+
+# Put ids whose lease expired by ARGV[1] back on the schedule, due at once: their claimer
+# died between claim and send, or its message was lost.
+SWEEP_LUA = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, id in ipairs(ids) do
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('ZADD', KEYS[2], ARGV[1], id)
+end
+return ids
+"""
+
+# Begin sending: `scheduled` and due -> `sending` with a lease. A notification found in
+# `sending` whose lease has run out belongs to a sender that died inside the send; it is
+# handed back as `recover`. Returns {verdict, fields...}.
+BEGIN_LUA = """
+local key = KEYS[1]
+local state = redis.call('HGET', key, 'state')
+local now = tonumber(ARGV[2])
+if not state then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  return {'missing'}
+end
+local verdict
+if state == 'scheduled' then
+  if tonumber(redis.call('HGET', key, 'due')) > now + tonumber(ARGV[4]) then
+    return {'not_due'}
+  end
+  verdict = 'ok'
+elseif state == 'sending' then
+  if tonumber(redis.call('HGET', key, 'lease') or '0') > now then return {'busy'} end
+  verdict = 'recover'
+else
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  return {state}
+end
+redis.call('HSET', key, 'state', 'sending', 'lease', ARGV[3])
+redis.call('HINCRBY', key, 'attempts', 1)
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+local out = {verdict}
+for _, v in ipairs(redis.call('HGETALL', key)) do out[#out + 1] = v end
+return out
+"""
+
+# Finish: `sending` -> a final state (sent, failed, expired, suppressed), fields set.
+FINISH_LUA = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'sending' then return 0 end
+redis.call('HSET', KEYS[1], 'state', ARGV[2], unpack(ARGV, 3))
+redis.call('HDEL', KEYS[1], 'lease')
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1
+"""
+
+# Put back: `sending` -> `scheduled` at a later due time (retry, quiet hours, waiting).
+RESCHEDULE_LUA = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'sending' then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'scheduled', 'due', ARGV[2], 'reason', ARGV[3])
+redis.call('HDEL', KEYS[1], 'lease')
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+local to = redis.call('HGET', KEYS[1], 'to') .. ':' .. redis.call('HGET', KEYS[1], 'to_id')
+redis.call('ZADD', ARGV[4] .. to, ARGV[2], ARGV[1])
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class Begun:
+    """The verdict of `begin`, and the notification's fields when it may be sent."""
+
+    verdict: str
+    fields: dict[str, str]
+
+    @property
+    def may_send(self) -> bool:
+        return self.verdict in ("ok", "recover")
+
+
+class Schedule:
+    """The Lua-backed transitions of notifications; one instance per process."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        # redis-py types its replies as a sync|async union; the client here is sync.
+        self.redis: Any = client
+        self.add_script = client.register_script(ADD_LUA)
+        self.cancel_script = client.register_script(CANCEL_ENTITY_LUA)
+        self._claim = client.register_script(CLAIM_LUA)
+        self._sweep = client.register_script(SWEEP_LUA)
+        self._begin = client.register_script(BEGIN_LUA)
+        self._finish = client.register_script(FINISH_LUA)
+        self._reschedule = client.register_script(RESCHEDULE_LUA)
+
+    def claim(self, now: datetime, limit: int, lease_s: float,
+              max_inflight: int = 5000) -> list[str]:
+        ids = self._claim(keys=[SCHEDULE, INFLIGHT],
+                          args=[epoch(now), limit, epoch(now) + lease_s, max_inflight])
+        return [i.decode() for i in ids]
+
+    def sweep(self, now: datetime, limit: int = 1000) -> list[str]:
+        ids = self._sweep(keys=[INFLIGHT, SCHEDULE], args=[epoch(now), limit])
+        return [i.decode() for i in ids]
+
+    def begin(self, notification_id: str, now: datetime, lease_s: float,
+              early_s: float = 1.0) -> Begun:
+        raw = self._begin(keys=[notif_key(notification_id), INFLIGHT],
+                          args=[notification_id, epoch(now), epoch(now) + lease_s, early_s])
+        verdict, rest = raw[0].decode(), [v.decode() for v in raw[1:]]
+        return Begun(verdict, dict(zip(rest[::2], rest[1::2], strict=True)))
+
+    def finish(self, notification_id: str, state: str, **fields: Any) -> bool:
+        flat: list[Any] = []
+        for name, value in fields.items():
+            flat += [name, "" if value is None else value]
+        return bool(self._finish(keys=[notif_key(notification_id), INFLIGHT],
+                                 args=[notification_id, state, *flat]))
+
+    def reschedule(self, notification_id: str, due: datetime, reason: str) -> bool:
+        return bool(self._reschedule(
+            keys=[notif_key(notification_id), INFLIGHT, SCHEDULE],
+            args=[notification_id, epoch(due), reason, PREFIX + "by-recipient:"],
+        ))
+
+    def pending_count(self) -> tuple[int, int]:
+        """(scheduled, in flight): for health and metrics."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(SCHEDULE)
+            pipe.zcard(INFLIGHT)
+            scheduled, inflight = pipe.execute()
+        return int(scheduled), int(inflight)

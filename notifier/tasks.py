@@ -1,0 +1,76 @@
+"""The dramatiq side: the broker, configured in one place, and the two actors.
+
+`apply_event(event_id)` plans an accepted event; `deliver(ids)` sends a batch of claimed
+notifications, each on its own (one failing never holds up the others). The web and the
+clock only enqueue, by name, so they never import what the worker needs to run actors.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import dramatiq
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.middleware import (
+    AgeLimit,
+    Callbacks,
+    Pipelines,
+    Retries,
+    ShutdownNotifications,
+    TimeLimit,
+)
+
+from notifier.apply import apply_stored_event
+from notifier.policy.timing import utcnow
+
+if TYPE_CHECKING:
+    from notifier.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+EVENTS_QUEUE = "events"
+DELIVER_QUEUE = "deliver"
+APPLY_EVENT = "apply_event"
+DELIVER = "deliver"
+#: Dramatiq's own retries are only for planning errors (a Redis hiccup); their backoff
+#: sits in dramatiq's FIFO delay list, so it is capped near an hour (DESIGN.md §1).
+MAX_BACKOFF_MS = 3_600_000
+TIME_LIMIT_MS = 5 * 60 * 1000
+
+
+def build_broker(redis_url: str) -> RedisBroker:
+    middleware = [AgeLimit(), TimeLimit(time_limit=TIME_LIMIT_MS), ShutdownNotifications(),
+                  Callbacks(), Pipelines(), Retries(max_retries=10, max_backoff=MAX_BACKOFF_MS)]
+    broker = RedisBroker(url=redis_url, middleware=middleware, namespace="notifier-dq")
+    return broker
+
+
+def _send(broker: RedisBroker, queue: str, actor: str, *args: Any) -> None:
+    broker.enqueue(dramatiq.Message(queue_name=queue, actor_name=actor, args=args, kwargs={},
+                                    options={}))
+
+
+def enqueue_apply(broker: RedisBroker, event_id: str) -> None:
+    _send(broker, EVENTS_QUEUE, APPLY_EVENT, event_id)
+
+
+def enqueue_deliver(broker: RedisBroker, ids: list[str]) -> None:
+    _send(broker, DELIVER_QUEUE, DELIVER, ids)
+
+
+def declare_actors(broker: RedisBroker, runtime: Runtime) -> None:
+    """Declare the actors on `broker`, bound to this worker process's runtime."""
+
+    def apply_event(event_id: str) -> None:
+        apply_stored_event(runtime.store, event_id, runtime.policy, utcnow())
+
+    def deliver(ids: list[str]) -> None:
+        for notification_id in ids:
+            runtime.deliverer.deliver(notification_id, utcnow())
+
+    dramatiq.actor(broker=broker, actor_name=APPLY_EVENT, queue_name=EVENTS_QUEUE,
+                   max_retries=10)(apply_event)
+    # Our own schedule retries deliveries; a failed message is recovered by the lease sweep.
+    dramatiq.actor(broker=broker, actor_name=DELIVER, queue_name=DELIVER_QUEUE,
+                   max_retries=0)(deliver)

@@ -1,0 +1,190 @@
+"""The HTTP side: the signed event webhook, the read API, health and metrics.
+
+The web process stores an accepted event in Redis before it answers 202, then enqueues
+`apply_event`; if the enqueue is lost, the clock's sweep finds the stored event later.
+"""
+
+from __future__ import annotations
+
+import binascii
+import logging
+from datetime import datetime
+from typing import Any, Literal
+
+import redis
+from dramatiq.brokers.redis import RedisBroker
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+from notifier import __version__
+from notifier.config import Settings
+from notifier.errors import FieldProblem, InvalidEvent, PayloadTooLarge, SignatureError
+from notifier.events import EVENT_MODELS, parse_event
+from notifier.policy.timing import utcnow
+from notifier.store import Store
+from notifier.tasks import enqueue_apply
+
+log = logging.getLogger(__name__)
+
+#: Events larger than this are refused with 413 before anything else is looked at.
+MAX_BODY_BYTES = 64 * 1024
+SIGNATURE_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
+
+
+class EventAnswer(BaseModel):
+    id: str
+    status: Literal["accepted", "duplicate"]
+
+
+class ProblemOut(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorAnswer(BaseModel):
+    error: str
+    problems: list[ProblemOut] = []
+
+
+class NotificationOut(BaseModel):
+    id: str
+    kind: str
+    channel: str
+    due_at: datetime
+    expires_at: datetime
+    state: str
+    reason: str
+    sent_at: datetime | None
+    code: str | None
+
+
+class NotificationsAnswer(BaseModel):
+    client_id: str
+    notifications: list[NotificationOut]
+
+
+def verify_signature(secret: str, body: bytes, headers: dict[str, str]) -> str:
+    """Check a Standard Webhooks signature (any of several, 5-minute tolerance).
+
+    Returns the `webhook-id`; raises `SignatureError` for anything missing or wrong.
+    """
+    missing = [h for h in SIGNATURE_HEADERS if not headers.get(h)]
+    if missing:
+        raise SignatureError(f"missing header {', '.join(missing)}")
+    try:
+        Webhook(secret).verify(body, headers, json_parse=False)
+    except WebhookVerificationError as exc:
+        raise SignatureError(str(exc) or "signature does not match") from None
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise SignatureError("malformed signature header") from None
+    return headers["webhook-id"]
+
+
+async def read_limited(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"body over {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLarge(f"body over {limit} bytes")
+    return bytes(body)
+
+
+def _error(status: int, error: str, problems: list[FieldProblem] | None = None) -> JSONResponse:
+    payload = ErrorAnswer(error=error, problems=[ProblemOut(field=p.field, message=p.message)
+                                                 for p in problems or []])
+    return JSONResponse(payload.model_dump(), status_code=status)
+
+
+def _event_body_schema(app: FastAPI) -> dict[str, Any]:
+    """The OpenAPI document, with the event body as a oneOf of every event type."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    from fastapi.openapi.utils import get_openapi
+
+    schema = get_openapi(title=app.title, version=app.version, routes=app.routes,
+                         description=app.description)
+    _, defs = models_json_schema([(m, "validation") for m in EVENT_MODELS.values()],
+                                 ref_template="#/components/schemas/{model}")
+    schema.setdefault("components", {}).setdefault("schemas", {}).update(defs["$defs"])
+    one_of = [{"$ref": f"#/components/schemas/{m.__name__}"} for m in EVENT_MODELS.values()]
+    operation = schema["paths"]["/v1/events"]["post"]
+    operation["requestBody"] = {"required": True, "content": {"application/json": {
+        "schema": {"oneOf": one_of}}}}
+    operation["parameters"] = [
+        {"name": h, "in": "header", "required": True, "schema": {"type": "string"}}
+        for h in SIGNATURE_HEADERS
+    ]
+    app.openapi_schema = schema
+    return schema
+
+
+def create_app(settings: Settings, store: Store, broker: RedisBroker) -> FastAPI:
+    secret = settings.require_webhook_secret()
+    app = FastAPI(title="Notifier", version=__version__,
+                  description="Events in, appointment and medication reminders out.")
+    registry = CollectorRegistry()
+    events_counter = Counter("notifier_events_total", "Events received, by answer",
+                             ["answer"], registry=registry)
+
+    @app.post("/v1/events", status_code=202, response_model=EventAnswer,
+              responses={200: {"model": EventAnswer}, 401: {"model": ErrorAnswer},
+                         413: {"model": ErrorAnswer}, 422: {"model": ErrorAnswer}})
+    async def post_event(request: Request) -> Response:
+        try:
+            body = await read_limited(request, MAX_BODY_BYTES)
+            webhook_id = verify_signature(secret, body, {k.lower(): v for k, v in
+                                                         request.headers.items()})
+            event = parse_event(body)
+            if event.id != webhook_id:
+                raise InvalidEvent([FieldProblem("id", "must equal the webhook-id header")])
+        except PayloadTooLarge as exc:
+            events_counter.labels("too_large").inc()
+            return _error(413, str(exc))
+        except SignatureError as exc:
+            events_counter.labels("unauthorized").inc()
+            return _error(401, f"signature: {exc}")
+        except InvalidEvent as exc:
+            events_counter.labels("invalid").inc()
+            return _error(422, "invalid event", exc.problems)
+        if not store.store_event(event.id, body, utcnow()):
+            events_counter.labels("duplicate").inc()
+            return JSONResponse(EventAnswer(id=event.id, status="duplicate").model_dump(),
+                                status_code=200)
+        try:
+            enqueue_apply(broker, event.id)
+        except redis.RedisError:
+            # Stored durably already: the clock's sweep will enqueue it.
+            log.warning("event %s stored but not enqueued; the sweep will pick it up", event.id)
+        events_counter.labels("accepted").inc()
+        log.info("event %s accepted (%s)", event.id, event.type)
+        return JSONResponse(EventAnswer(id=event.id, status="accepted").model_dump(),
+                            status_code=202)
+
+    @app.get("/v1/clients/{client_id}/notifications", response_model=NotificationsAnswer)
+    def client_notifications(client_id: str) -> NotificationsAnswer:
+        views = store.notifications_for("client", client_id)
+        return NotificationsAnswer(client_id=client_id, notifications=[
+            NotificationOut(**{**v.__dict__, "state": "scheduled" if v.state == "sending"
+                               else v.state}) for v in views])
+
+    @app.get("/healthz")
+    def healthz() -> JSONResponse:
+        try:
+            store.redis.ping()
+        except redis.RedisError as exc:
+            return JSONResponse({"status": "unhealthy", "redis": str(exc)}, status_code=503)
+        return JSONResponse({"status": "ok", "redis": "ok"})
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.openapi = lambda: _event_body_schema(app)  # type: ignore[method-assign]
+    return app
