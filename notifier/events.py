@@ -259,4 +259,4 @@ def parse_event(raw: bytes | str) -> Event:
     except ValidationError as exc:
         raise InvalidEvent(_problems(exc)) from None
     fields = parsed.model_dump(include={"id", "occurred_at"})
-    return Event(type=str(event_type), data=parsed.data, **fields)
+    return Event(type=str(event_type), data=parsed.data, **fields)  # type: ignore[attr-defined]
