@@ -1,0 +1,66 @@
+"""Builders shared by the tests: events, a daytime zone, applying events to a store."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from notifier.apply import apply_stored_event
+from notifier.policy.figures import Policy
+from notifier.policy.plan import Plan
+from notifier.store import Store
+
+_ids = itertools.count(1)
+
+
+def daytime_zone(now: datetime) -> str:
+    """A fixed-offset zone where it is about noon at `now`, so quiet hours never interfere.
+
+    Etc/GMT zones have inverted signs: Etc/GMT-3 is UTC+3.
+    """
+    offset = 12 - now.astimezone(UTC).hour
+    offset = offset - 24 if offset > 14 else offset
+    return "Etc/GMT" + (f"{-offset:+d}" if offset else "")
+
+
+def iso(instant: datetime) -> str:
+    return instant.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def event(type_: str, data: dict[str, Any], occurred_at: datetime, event_id: str | None = None
+          ) -> dict[str, Any]:
+    return {"id": event_id or f"evt-{next(_ids)}", "type": type_, "occurred_at": iso(occurred_at),
+            "data": data}
+
+
+def client_upserted(client_id: str, zone: str, occurred_at: datetime, *, sms: bool = True,
+                    email: bool = True, locale: str = "en") -> dict[str, Any]:
+    return event("client.upserted", {"client": {
+        "id": client_id, "first_name": "Ana", "phone": "+14155550123",
+        "email": f"{client_id}@example.com", "timezone": zone, "locale": locale,
+        "channels": {"sms": sms, "email": email}}}, occurred_at)
+
+
+def provider_upserted(provider_id: str, occurred_at: datetime) -> dict[str, Any]:
+    return event("provider.upserted", {"provider": {
+        "id": provider_id, "name": "Dr. Rivera", "email": "rivera@example.com",
+        "timezone": "America/Chicago"}}, occurred_at)
+
+
+def appointment(type_: str, appt_id: str, client_id: str, start: datetime, occurred_at: datetime,
+                *, join_url: str | None = None, minutes: int = 30) -> dict[str, Any]:
+    appt: dict[str, Any] = {"id": appt_id, "client_id": client_id, "provider_id": "prov-1",
+                            "start": iso(start), "end": iso(start + timedelta(minutes=minutes)),
+                            "kind": "medication_management"}
+    if join_url:
+        appt["join_url"] = join_url
+    return event(type_, {"appointment": appt}, occurred_at)
+
+
+def store_and_apply(store: Store, policy: Policy, evt: dict[str, Any], now: datetime
+                    ) -> Plan | None:
+    """What the web and the worker do for one event, without HTTP or a queue."""
+    store.store_event(evt["id"], json.dumps(evt).encode(), now)
+    return apply_stored_event(store, evt["id"], policy, now)

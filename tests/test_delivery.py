@@ -1,0 +1,198 @@
+"""Delivering one notification: send-time checks, the outbox, retries, failures, recovery.
+
+Real Redis, real templates, the real outbox; the failing channels are small classes of our
+own `Channel` interface (the Twilio and SendGrid stand-ins come with the real providers).
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from icalendar import Calendar
+
+from notifier.channels import Message, Receipt
+from notifier.channels.outbox import Outbox
+from notifier.config import PROJECT_ROOT, Settings
+from notifier.delivery import MAX_ATTEMPTS, Deliverer
+from notifier.errors import PermanentError, RetryableError
+from notifier.render import Renderer
+from notifier.schedule import SCHEDULE
+from notifier.store import Store
+from tests.helpers import appointment, client_upserted, provider_upserted, store_and_apply
+
+NOW = datetime(2026, 11, 25, 15, 0, tzinfo=UTC)  # 10:00 in New York
+BOOKED = NOW - timedelta(minutes=1)
+START = NOW + timedelta(days=10)
+CONFIRM_EMAIL = "appointment_confirmation:a1:booked:email"
+CONFIRM_SMS = "appointment_confirmation:a1:booked:sms"
+
+
+class FailingChannel:
+    def __init__(self, error: Exception) -> None:
+        self.error, self.calls = error, 0
+
+    def send(self, message: Message, now: datetime) -> Receipt:
+        self.calls += 1
+        raise self.error
+
+    def already_sent(self, message: Message) -> bool | None:
+        return None
+
+
+@pytest.fixture
+def store(redis_client) -> Store:
+    return Store(redis_client)
+
+
+@pytest.fixture
+def outbox(tmp_path: Path) -> Outbox:
+    return Outbox(tmp_path / "outbox")
+
+
+def deliverer(store: Store, policy, sms=None, email=None, outbox: Outbox | None = None):
+    settings = Settings.from_env({}, dotenv=Path("/nonexistent"))
+    return Deliverer(store=store, channels={"sms": sms or outbox, "email": email or outbox},
+                     renderer=Renderer(PROJECT_ROOT / "templates"), settings=settings,
+                     policy=policy, rng=random.Random(7))
+
+
+def book(store: Store, policy, zone: str = "America/New_York", **client_kw) -> None:
+    store_and_apply(store, policy, client_upserted("c1", zone, BOOKED, **client_kw), BOOKED)
+    store_and_apply(store, policy, provider_upserted("prov-1", BOOKED), BOOKED)
+    store_and_apply(store, policy, appointment("appointment.scheduled", "a1", "c1", START, BOOKED),
+                    BOOKED)
+
+
+def test_confirmation_goes_out_with_an_invite(store, policy, outbox):
+    book(store, policy)
+    d = deliverer(store, policy, outbox=outbox)
+    assert d.deliver(CONFIRM_EMAIL, NOW) == "sent"
+    assert d.deliver(CONFIRM_SMS, NOW) == "sent"
+    email, sms = outbox.messages()
+    assert email["to"] == "c1@example.com" and email["kind"] == "appointment_confirmation"
+    assert "Dr. Rivera" in email["body"]
+    assert email["body"].rstrip().endswith(
+        "If you are in immediate danger, call 911 or your local emergency number.")
+    [ics_name] = email["attachments"]
+    cal = Calendar.from_ical((outbox.directory / ics_name).read_bytes())
+    [vevent] = cal.walk("VEVENT")
+    assert str(cal["METHOD"]) == "REQUEST"
+    assert int(vevent["SEQUENCE"]) == 0
+    assert vevent.decoded("DTSTART") == START
+    assert sms["to"] == "+14155550123" and sms["attachments"] == []
+    view = {v.id: v for v in store.notifications_for("client", "c1")}[CONFIRM_SMS]
+    assert (view.state, view.sent_at) == ("sent", NOW)
+
+
+def test_a_second_deliver_never_sends_twice(store, policy, outbox):
+    book(store, policy)
+    d = deliverer(store, policy, outbox=outbox)
+    assert d.deliver(CONFIRM_SMS, NOW) == "sent"
+    assert d.deliver(CONFIRM_SMS, NOW + timedelta(seconds=1)) == "sent"
+    assert len(outbox.messages()) == 1
+
+
+def test_expired_is_never_sent_late(store, policy, outbox):
+    book(store, policy)
+    assert deliverer(store, policy, outbox=outbox).deliver(CONFIRM_SMS, START) == "expired"
+    assert outbox.messages() == []
+    assert store.notification(CONFIRM_SMS)["state"] == "expired"
+
+
+def test_quiet_hours_at_send_time_hold_until_morning(store, policy, outbox):
+    book(store, policy, zone="America/Los_Angeles")
+    late_evening = datetime(2026, 11, 26, 5, 30, tzinfo=UTC)  # 21:30 in Los Angeles
+    assert deliverer(store, policy, outbox=outbox).deliver(CONFIRM_SMS, late_evening) == "held"
+    morning = datetime(2026, 11, 26, 16, 0, tzinfo=UTC)  # 08:00 in Los Angeles
+    assert store.redis.zscore(SCHEDULE, CONFIRM_SMS) == morning.timestamp()
+    assert outbox.messages() == []
+
+
+def test_a_closed_channel_is_suppressed_with_its_reason(store, policy, outbox):
+    book(store, policy, sms=False)
+    assert deliverer(store, policy, outbox=outbox).deliver(CONFIRM_SMS, NOW) == "suppressed"
+    assert store.notification(CONFIRM_SMS)["reason"] == "client does not accept sms"
+
+
+def test_an_unknown_client_is_waited_for(store, policy, outbox):
+    store_and_apply(store, policy, appointment("appointment.scheduled", "a1", "c1", START, BOOKED),
+                    BOOKED)
+    d = deliverer(store, policy, outbox=outbox)
+    assert d.deliver(CONFIRM_SMS, NOW) == "waiting"
+    assert store.notification(CONFIRM_SMS)["reason"] == "waiting for client details"
+    store_and_apply(store, policy, client_upserted("c1", "America/New_York", NOW), NOW)
+    assert d.deliver(CONFIRM_SMS, NOW + timedelta(seconds=60)) == "sent"
+
+
+def test_retryable_failures_back_off_then_give_up(store, policy, outbox):
+    book(store, policy)
+    failing = FailingChannel(RetryableError("busy", code="429", retry_after_s=30))
+    d = deliverer(store, policy, sms=failing, outbox=outbox)
+    now = NOW
+    for attempt in range(1, MAX_ATTEMPTS):
+        assert d.deliver(CONFIRM_SMS, now) == "retrying"
+        due = store.redis.zscore(SCHEDULE, CONFIRM_SMS)
+        assert due >= (now + timedelta(seconds=30)).timestamp(), attempt
+        now = datetime.fromtimestamp(due, UTC)
+    assert d.deliver(CONFIRM_SMS, now) == "failed"
+    assert failing.calls == MAX_ATTEMPTS
+    assert "gave up" in store.notification(CONFIRM_SMS)["reason"]
+
+
+def test_no_retry_past_expiry(store, policy, outbox):
+    book(store, policy)
+    failing = FailingChannel(RetryableError("down", code="503", retry_after_s=3600))
+    just_before_start = START - timedelta(minutes=5)
+    d = deliverer(store, policy, sms=failing, outbox=outbox)
+    assert d.deliver(CONFIRM_SMS, just_before_start) == "failed"
+    assert "no time left" in store.notification(CONFIRM_SMS)["reason"]
+
+
+def test_permanent_failure_is_recorded_with_the_code(store, policy, outbox):
+    book(store, policy)
+    failing = FailingChannel(PermanentError("invalid number", code="21211"))
+    assert deliverer(store, policy, sms=failing, outbox=outbox).deliver(CONFIRM_SMS, NOW) == "failed"
+    n = store.notification(CONFIRM_SMS)
+    assert (n["state"], n["code"]) == ("failed", "21211")
+    assert failing.calls == 1
+
+
+def test_an_unexpected_error_puts_the_notification_back(store, policy, outbox):
+    book(store, policy)
+    broken = FailingChannel(RuntimeError("bug"))
+    assert deliverer(store, policy, sms=broken, outbox=outbox).deliver(CONFIRM_SMS, NOW) == (
+        "retrying")
+    assert store.notification(CONFIRM_SMS)["state"] == "scheduled"
+
+
+def test_recovery_after_a_crash_inside_the_send_asks_the_outbox(store, policy, outbox):
+    book(store, policy)
+    d = deliverer(store, policy, outbox=outbox)
+    assert d.deliver(CONFIRM_SMS, NOW) == "sent"
+    # Simulate the crash: the line is in the outbox but the ledger still says `sending`.
+    store.redis.hset("n:notif:" + CONFIRM_SMS, mapping={"state": "sending",
+                                                         "lease": NOW.timestamp()})
+    assert d.deliver(CONFIRM_SMS, NOW + timedelta(seconds=61)) == "sent"
+    assert store.notification(CONFIRM_SMS)["reason"] == "sent before a crash"
+    assert len(outbox.messages()) == 1
+
+
+def test_recovery_sends_when_the_crash_came_before_the_send(store, policy, outbox):
+    book(store, policy)
+    store.schedule.begin(CONFIRM_SMS, NOW, lease_s=60)  # the worker died right after this
+    d = deliverer(store, policy, outbox=outbox)
+    assert d.deliver(CONFIRM_SMS, NOW + timedelta(seconds=1)) == "busy"
+    assert d.deliver(CONFIRM_SMS, NOW + timedelta(seconds=61)) == "sent"
+    assert len(outbox.messages()) == 1
+
+
+def test_a_missing_template_fails_the_notification_clearly(store, policy, outbox, tmp_path):
+    book(store, policy)
+    d = deliverer(store, policy, outbox=outbox)
+    (tmp_path / "templates" / "sms").mkdir(parents=True)
+    d.renderer = Renderer(tmp_path / "templates")
+    assert d.deliver(CONFIRM_SMS, NOW) == "failed"
+    assert "template" in store.notification(CONFIRM_SMS)["reason"]

@@ -1,0 +1,142 @@
+"""The Lua-backed ledger and schedule, against a real Redis."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from notifier.policy.plan import Plan, PlannedNotification
+from notifier.schedule import INFLIGHT, SCHEDULE
+from notifier.store import Store
+
+NOW = datetime(2026, 11, 25, 15, 0, tzinfo=UTC)
+
+
+def planned(i: int, due: datetime, entity: str = "appointment:a1",
+            state: str = "scheduled") -> PlannedNotification:
+    return PlannedNotification(
+        id=f"appointment_reminder:a1:{i}:sms", kind="appointment_reminder", channel="sms",
+        recipient="client", recipient_id="c1", entity=entity, due_at=due,
+        expires_at=due + timedelta(hours=1), state=state,  # type: ignore[arg-type]
+    )
+
+
+def write(store: Store, *notifications: PlannedNotification, cancel: tuple[str, ...] = ()) -> None:
+    with store.redis.pipeline() as pipe:
+        store._write_plan(pipe, Plan(outcome="applied", add=notifications, cancel=cancel), NOW)
+        pipe.execute()
+
+
+@pytest.fixture
+def store(redis_client):
+    return Store(redis_client)
+
+
+def test_add_keeps_the_first_plan(store):
+    write(store, planned(1, NOW))
+    write(store, planned(1, NOW + timedelta(hours=5)))
+    assert store.redis.zscore(SCHEDULE, "appointment_reminder:a1:1:sms") == NOW.timestamp()
+    assert store.notification("appointment_reminder:a1:1:sms")["state"] == "scheduled"
+
+
+def test_cancel_then_add_in_one_plan_revives_a_cancelled_notification(store):
+    write(store, planned(1, NOW))
+    write(store, cancel=("appointment:a1",))
+    assert store.notification("appointment_reminder:a1:1:sms")["state"] == "cancelled"
+    assert store.redis.zcard(SCHEDULE) == 0
+    write(store, planned(1, NOW + timedelta(minutes=5)), cancel=("appointment:a1",))
+    n = store.notification("appointment_reminder:a1:1:sms")
+    assert n["state"] == "scheduled"
+    assert store.redis.zscore(SCHEDULE, "appointment_reminder:a1:1:sms") == (
+        NOW + timedelta(minutes=5)).timestamp()
+
+
+def test_planned_as_expired_is_recorded_but_never_scheduled(store):
+    write(store, planned(1, NOW, state="expired"))
+    assert store.notification("appointment_reminder:a1:1:sms")["state"] == "expired"
+    assert store.redis.zcard(SCHEDULE) == 0
+    assert [v.state for v in store.notifications_for("client", "c1")] == ["expired"]
+
+
+def test_claim_takes_only_due_ids_once_and_leases_them(store):
+    write(store, planned(1, NOW - timedelta(seconds=1)), planned(2, NOW),
+          planned(3, NOW + timedelta(seconds=1)))
+    first = store.schedule.claim(NOW, limit=10, lease_s=30)
+    assert sorted(first) == ["appointment_reminder:a1:1:sms", "appointment_reminder:a1:2:sms"]
+    assert store.schedule.claim(NOW, limit=10, lease_s=30) == []
+    assert store.redis.zscore(INFLIGHT, first[0]) == NOW.timestamp() + 30
+    assert store.schedule.pending_count() == (1, 2)
+
+
+def test_claim_respects_the_batch_limit_and_the_in_flight_cap(store):
+    write(store, *(planned(i, NOW) for i in range(10)))
+    assert len(store.schedule.claim(NOW, limit=3, lease_s=30, max_inflight=100)) == 3
+    assert len(store.schedule.claim(NOW, limit=10, lease_s=30, max_inflight=5)) == 2
+    assert store.schedule.claim(NOW, limit=10, lease_s=30, max_inflight=5) == []
+
+
+def test_sweep_returns_expired_leases_to_the_schedule(store):
+    write(store, planned(1, NOW))
+    [claimed] = store.schedule.claim(NOW, limit=10, lease_s=30)
+    assert store.schedule.sweep(NOW + timedelta(seconds=29)) == []
+    assert store.schedule.sweep(NOW + timedelta(seconds=31)) == [claimed]
+    assert store.schedule.claim(NOW + timedelta(seconds=31), 10, 30) == [claimed]
+
+
+def test_begin_is_a_compare_and_set(store):
+    write(store, planned(1, NOW))
+    nid = "appointment_reminder:a1:1:sms"
+    first = store.schedule.begin(nid, NOW, lease_s=60)
+    assert first.verdict == "ok" and first.fields["kind"] == "appointment_reminder"
+    assert first.fields["attempts"] == "1"
+    assert store.schedule.begin(nid, NOW, lease_s=60).verdict == "busy"
+    assert store.schedule.finish(nid, "sent", sent_at=NOW.timestamp())
+    assert store.schedule.begin(nid, NOW, lease_s=60).verdict == "sent"
+    assert not store.schedule.finish(nid, "failed")
+    assert store.notification(nid)["state"] == "sent"
+    assert store.redis.zcard(INFLIGHT) == 0
+
+
+def test_begin_refuses_a_notification_not_yet_due(store):
+    write(store, planned(1, NOW + timedelta(minutes=10)))
+    assert store.schedule.begin("appointment_reminder:a1:1:sms", NOW, 60).verdict == "not_due"
+    assert store.notification("appointment_reminder:a1:1:sms")["state"] == "scheduled"
+
+
+def test_begin_recovers_a_send_whose_lease_ran_out(store):
+    write(store, planned(1, NOW))
+    nid = "appointment_reminder:a1:1:sms"
+    store.schedule.begin(nid, NOW, lease_s=60)
+    later = store.schedule.begin(nid, NOW + timedelta(seconds=61), lease_s=60)
+    assert later.verdict == "recover"
+    assert later.fields["attempts"] == "2"
+
+
+def test_begin_of_a_cancelled_or_unknown_notification_does_nothing(store):
+    write(store, planned(1, NOW))
+    write(store, cancel=("appointment:a1",))
+    assert store.schedule.begin("appointment_reminder:a1:1:sms", NOW, 60).verdict == "cancelled"
+    assert store.schedule.begin("nope", NOW, 60).verdict == "missing"
+
+
+def test_reschedule_moves_the_due_time_everywhere(store):
+    write(store, planned(1, NOW))
+    nid = "appointment_reminder:a1:1:sms"
+    store.schedule.begin(nid, NOW, lease_s=60)
+    later = NOW + timedelta(minutes=3)
+    assert store.schedule.reschedule(nid, later, "quiet hours")
+    assert store.redis.zscore(SCHEDULE, nid) == later.timestamp()
+    assert store.redis.zcard(INFLIGHT) == 0
+    [view] = store.notifications_for("client", "c1")
+    assert (view.state, view.due_at, view.reason) == ("scheduled", later, "quiet hours")
+
+
+def test_cancel_leaves_sent_notifications_alone(store):
+    write(store, planned(1, NOW), planned(2, NOW))
+    store.schedule.begin("appointment_reminder:a1:1:sms", NOW, 60)
+    store.schedule.finish("appointment_reminder:a1:1:sms", "sent")
+    write(store, cancel=("appointment:a1",))
+    states = {v.id: v.state for v in store.notifications_for("client", "c1")}
+    assert states == {"appointment_reminder:a1:1:sms": "sent",
+                      "appointment_reminder:a1:2:sms": "cancelled"}
