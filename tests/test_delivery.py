@@ -154,7 +154,8 @@ def test_no_retry_past_expiry(store, policy, outbox):
 def test_permanent_failure_is_recorded_with_the_code(store, policy, outbox):
     book(store, policy)
     failing = FailingChannel(PermanentError("invalid number", code="21211"))
-    assert deliverer(store, policy, sms=failing, outbox=outbox).deliver(CONFIRM_SMS, NOW) == "failed"
+    d = deliverer(store, policy, sms=failing, outbox=outbox)
+    assert d.deliver(CONFIRM_SMS, NOW) == "failed"
     n = store.notification(CONFIRM_SMS)
     assert (n["state"], n["code"]) == ("failed", "21211")
     assert failing.calls == 1
