@@ -83,7 +83,8 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> None:
     worker = _start_worker(runtime, settings.worker_threads)
     broker = build_broker(runtime.redis_url)
     stop = threading.Event()
-    clock = threading.Thread(target=Clock(runtime.store, broker).run, args=(stop,), daemon=True)
+    clock = threading.Thread(target=Clock(runtime.store, broker, lease_s=settings.lease_s).run,
+                             args=(stop,), daemon=True)
     clock.start()
     app = create_app(settings, runtime.store, broker)
     print(f"notifier dev: listening on http://127.0.0.1:{args.port}  (API docs at /docs)\n"
@@ -129,7 +130,7 @@ def cmd_clock(args: argparse.Namespace, settings: Settings) -> None:
 
     runtime, _ = _runtime(settings)
     stop = _stop_event()
-    Clock(runtime.store, build_broker(runtime.redis_url), lease_s=args.lease_s).run(stop)
+    Clock(runtime.store, build_broker(runtime.redis_url), lease_s=settings.lease_s).run(stop)
 
 
 def sign_event(secret: str, body: bytes, event_id: str, now: datetime) -> dict[str, str]:
@@ -177,7 +178,6 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--threads", type=int, default=0)
     worker.set_defaults(func=cmd_worker)
     clock = sub.add_parser("clock", help="claim due notifications, sweep leases")
-    clock.add_argument("--lease-s", type=float, default=60.0)
     clock.set_defaults(func=cmd_clock)
     send = sub.add_parser("send-event", help="sign and post events from JSON files")
     send.add_argument("files", nargs="+", help="a file holding one event or a list of them")

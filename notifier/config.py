@@ -129,6 +129,8 @@ class Settings:
     email_backend: Backend = "outbox"
     email_shows_medication: bool = False
     worker_threads: int = 4
+    #: How long a claimed notification is leased to a worker; longer than the slowest send.
+    lease_s: int = 60
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, dotenv: Path | None = None) -> Settings:
@@ -198,6 +200,7 @@ class Settings:
             email_backend=email_backend,
             email_shows_medication=_bool(env, "NOTIFIER_EMAIL_SHOWS_MEDICATION", False),
             worker_threads=_int(env, "NOTIFIER_WORKER_THREADS", defaults.worker_threads),
+            lease_s=_int(env, "NOTIFIER_LEASE_S", defaults.lease_s),
         )
 
     def require_webhook_secret(self) -> Secret:

@@ -57,6 +57,6 @@ class Runtime:
         renderer = Renderer(Path(settings.templates_dir))
         channels = build_channels(settings)
         deliverer = Deliverer(store=store, channels=channels, renderer=renderer,
-                              settings=settings, policy=policy)
+                              settings=settings, policy=policy, lease_s=settings.lease_s)
         return cls(settings=settings, policy=policy, redis_url=redis_url, redis=client,
                    store=store, renderer=renderer, channels=channels, deliverer=deliverer)

@@ -1,0 +1,123 @@
+"""The whole service in one test process: web on a real port, a real dramatiq worker, the
+clock, all on the session's real Redis. Tests talk to it over HTTP, like an integrator."""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import dramatiq
+import httpx
+import redis
+import uvicorn
+
+from notifier.channels.outbox import Outbox
+from notifier.cli import sign_event
+from notifier.clock import Clock
+from notifier.config import Settings
+from notifier.redis_server import free_port
+from notifier.runtime import Runtime
+from notifier.schedule import INFLIGHT, SCHEDULE
+from notifier.tasks import DELIVER_QUEUE, EVENTS_QUEUE, build_broker, declare_actors
+from notifier.web import create_app
+
+T = TypeVar("T")
+
+
+def wait_for(check: Callable[[], T], timeout_s: float = 20.0, what: str = "condition") -> T:
+    """Poll `check` until it returns something truthy; fail after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def service_env(redis_url: str, tmp_path: Path, lease_s: int = 3) -> dict[str, str]:
+    return {
+        "NOTIFIER_LEASE_S": str(lease_s),
+        "NOTIFIER_REDIS_URL": redis_url,
+        "NOTIFIER_WEBHOOK_SECRET": "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode(),
+        "NOTIFIER_OUTBOX_DIR": str(tmp_path / "outbox"),
+        "NOTIFIER_VAR_DIR": str(tmp_path / "var"),
+    }
+
+
+class Service:
+    def __init__(self, redis_url: str, tmp_path: Path, *, lease_s: int = 3,
+                 with_worker: bool = True) -> None:
+        self.env = service_env(redis_url, tmp_path, lease_s)
+        self.settings = Settings.from_env(self.env, dotenv=Path("/nonexistent"))
+        self.runtime = Runtime.build(self.settings, redis_url)
+        self.redis: redis.Redis = self.runtime.redis
+        self.outbox = Outbox(self.settings.outbox_dir)
+        self.stop = threading.Event()
+        self.worker: dramatiq.Worker | None = None
+        if with_worker:
+            self.start_worker()
+        self.clock = Clock(self.runtime.store, build_broker(redis_url), lease_s=self.settings.lease_s,
+                           poll_s=0.05, event_grace_s=2.0, events_every_s=0.5)
+        self.clock_thread = threading.Thread(target=self.clock.run, args=(self.stop,),
+                                             daemon=True)
+        self.clock_thread.start()
+        self.port = free_port()
+        app = create_app(self.settings, self.runtime.store, build_broker(redis_url))
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
+                                                    log_level="warning"))
+        self.web_thread = threading.Thread(target=self.server.run, daemon=True)
+        self.web_thread.start()
+        wait_for(lambda: self.server.started, 10, "the web server")
+        self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=10)
+
+    def start_worker(self) -> None:
+        broker = build_broker(self.runtime.redis_url)
+        declare_actors(broker, self.runtime)
+        self.worker = dramatiq.Worker(broker, worker_threads=4, worker_timeout=50)
+        self.worker.start()
+
+    def post(self, event: dict[str, Any]) -> httpx.Response:
+        body = json.dumps(event).encode()
+        headers = sign_event(self.env["NOTIFIER_WEBHOOK_SECRET"], body, event["id"],
+                             datetime.now(UTC))
+        return self.http.post("/v1/events", content=body, headers=headers)
+
+    def notifications(self, client_id: str) -> dict[str, dict[str, Any]]:
+        answer = self.http.get(f"/v1/clients/{client_id}/notifications")
+        answer.raise_for_status()
+        return {n["id"]: n for n in answer.json()["notifications"]}
+
+    def sent(self) -> list[dict[str, Any]]:
+        return self.outbox.messages()
+
+    def quiet(self) -> bool:
+        """Nothing in flight, nothing due, no event waiting: our own sets say the service
+        has nothing left to do (a dead worker's unacked queue messages may still come back
+        later, and change nothing)."""
+        now = datetime.now(UTC).timestamp()
+        return (self.redis.zcard(INFLIGHT) == 0
+                and self.redis.zcount(SCHEDULE, "-inf", now) == 0
+                and self.redis.zcard("n:events:pending") == 0)
+
+    def drained(self) -> bool:
+        """Quiet, and every queue message taken and acknowledged (no worker has died)."""
+        return self.quiet() and all(self.redis.hlen(f"notifier-dq:{q}.msgs") == 0
+                                    for q in (EVENTS_QUEUE, DELIVER_QUEUE))
+
+    def close(self) -> None:
+        self.stop.set()
+        self.server.should_exit = True
+        self.web_thread.join(timeout=10)
+        self.clock_thread.join(timeout=10)
+        if self.worker is not None:
+            self.worker.stop()
+        self.http.close()

@@ -1,0 +1,146 @@
+"""End to end over HTTP with a live worker and clock: events in, outbox out.
+
+Events carry times seconds away, and the client lives in a zone where it is midday, so
+quiet hours never interfere with what is being tested.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from icalendar import Calendar
+
+from notifier.tasks import build_broker, enqueue_apply
+from tests.helpers import appointment, client_upserted, daytime_zone, provider_upserted
+from tests.service import Service, wait_for
+
+
+@pytest.fixture
+def service(redis_client, redis_url, tmp_path):
+    svc = Service(redis_url, tmp_path)
+    yield svc
+    svc.close()
+
+
+def kinds_sent(service: Service) -> Counter[tuple[str, str]]:
+    return Counter((m["kind"], m["channel"]) for m in service.sent())
+
+
+def invite(service: Service, kind: str) -> Calendar:
+    [email] = [m for m in service.sent() if m["kind"] == kind and m["channel"] == "email"]
+    [name] = email["attachments"]
+    return Calendar.from_ical((service.outbox.directory / name).read_bytes())
+
+
+def onboard(service: Service, now: datetime) -> None:
+    for evt in (client_upserted("c1", daytime_zone(now), now), provider_upserted("prov-1", now)):
+        assert service.post(evt).status_code == 202
+
+
+def test_booking_sends_confirmation_at_once_and_the_72h_reminder_on_time(service):
+    now = datetime.now(UTC)
+    onboard(service, now)
+    start = now + timedelta(hours=72, seconds=4)
+    booked = appointment("appointment.scheduled", "a1", "c1", start, now)
+    assert service.post(booked).json() == {"id": booked["id"], "status": "accepted"}
+
+    wait_for(lambda: kinds_sent(service)[("appointment_confirmation", "sms")] == 1
+             and kinds_sent(service)[("appointment_confirmation", "email")] == 1,
+             what="the confirmation")
+    cal = invite(service, "appointment_confirmation")
+    [vevent] = cal.walk("VEVENT")
+    assert str(cal["METHOD"]) == "REQUEST" and int(vevent["SEQUENCE"]) == 0
+    assert vevent.decoded("DTSTART") == start.replace(microsecond=0)
+
+    reminders = wait_for(lambda: [m for m in service.sent()
+                                  if m["kind"] == "appointment_reminder"]
+                         if len([m for m in service.sent()
+                                 if m["kind"] == "appointment_reminder"]) == 2 else None,
+                         what="the 72 h reminder")
+    for reminder in reminders:
+        due = datetime.fromisoformat(reminder["due_at"])
+        sent = datetime.fromisoformat(reminder["sent_at"])
+        assert due == start.replace(microsecond=0) - timedelta(hours=72) + timedelta(
+            microseconds=start.microsecond)
+        assert sent >= due, "sent before it was due"
+        print(f"72 h reminder ({reminder['channel']}) lateness: {(sent - due).total_seconds():.3f} s")
+    planned = service.notifications("c1")
+    assert planned[f"appointment_reminder:a1:24h.{start:%Y%m%dT%H%M%SZ}:sms"]["state"] == (
+        "scheduled")
+
+
+def test_reschedule_then_cancel_updates_the_invite_and_cancels_reminders(service):
+    now = datetime.now(UTC)
+    onboard(service, now)
+    first = now + timedelta(days=10)
+    second = now + timedelta(days=12)
+    service.post(appointment("appointment.scheduled", "a1", "c1", first, now))
+    wait_for(lambda: kinds_sent(service)[("appointment_confirmation", "email")] == 1,
+             what="the confirmation")
+    moved = appointment("appointment.rescheduled", "a1", "c1", second,
+                        now + timedelta(seconds=1))
+    assert service.post(moved).status_code == 202
+    wait_for(lambda: kinds_sent(service)[("appointment_updated", "email")] == 1,
+             what="the update")
+    cal = invite(service, "appointment_updated")
+    [vevent] = cal.walk("VEVENT")
+    [original] = invite(service, "appointment_confirmation").walk("VEVENT")
+    assert int(vevent["SEQUENCE"]) == 1 and str(cal["METHOD"]) == "REQUEST"
+    assert str(vevent["UID"]) == str(original["UID"])
+    states = {k: v["state"] for k, v in service.notifications("c1").items()
+              if v["kind"] == "appointment_reminder"}
+    old, new = f"{first:%Y%m%dT%H%M%SZ}", f"{second:%Y%m%dT%H%M%SZ}"
+    assert {s for k, s in states.items() if old in k} == {"cancelled"}
+    assert {s for k, s in states.items() if new in k} == {"scheduled"}
+    assert len(states) == 8
+
+    cancel = {"id": "evt-cancel", "type": "appointment.cancelled",
+              "occurred_at": (now + timedelta(seconds=2)).isoformat(),
+              "data": {"appointment_id": "a1", "cancelled_by": "client"}}
+    assert service.post(cancel).status_code == 202
+    wait_for(lambda: kinds_sent(service)[("appointment_cancelled", "email")] == 1
+             and kinds_sent(service)[("appointment_cancelled", "sms")] == 1,
+             what="the cancellation")
+    cal = invite(service, "appointment_cancelled")
+    [vevent] = cal.walk("VEVENT")
+    assert str(cal["METHOD"]) == "CANCEL" and int(vevent["SEQUENCE"]) == 2
+    reminders = [v for v in service.notifications("c1").values()
+                 if v["kind"] == "appointment_reminder"]
+    assert {r["state"] for r in reminders} == {"cancelled"}
+
+
+def test_replaying_every_event_changes_nothing(service):
+    now = datetime.now(UTC)
+    events = [client_upserted("c1", daytime_zone(now), now), provider_upserted("prov-1", now),
+              appointment("appointment.scheduled", "a1", "c1", now + timedelta(days=5), now),
+              appointment("appointment.rescheduled", "a1", "c1", now + timedelta(days=6),
+                          now + timedelta(seconds=1))]
+    for evt in events[:3]:
+        assert service.post(evt).status_code == 202
+    wait_for(lambda: kinds_sent(service)[("appointment_confirmation", "sms")] == 1,
+             what="the confirmation")
+    assert service.post(events[3]).status_code == 202
+    wait_for(lambda: kinds_sent(service)[("appointment_updated", "sms")] == 1, what="update")
+    wait_for(service.quiet, what="the service to go idle")
+    before = service.sent()
+    before_plan = service.notifications("c1")
+    broker = build_broker(service.runtime.redis_url)
+    for evt in events * 2:
+        answer = service.post(evt)
+        assert (answer.status_code, answer.json()["status"]) == (200, "duplicate")
+        enqueue_apply(broker, evt["id"])  # a redelivered queue message
+    wait_for(service.drained, what="every replayed message to be processed")
+    assert service.sent() == before
+    assert service.notifications("c1") == before_plan
+    assert len({m["dedupe_key"] for m in before}) == len(before) == 4
+
+
+def test_an_event_stored_but_never_enqueued_is_applied_by_the_sweep(service):
+    now = datetime.now(UTC)
+    evt = client_upserted("c1", daytime_zone(now), now)
+    service.runtime.store.store_event(evt["id"], json.dumps(evt).encode(), now)
+    wait_for(lambda: service.runtime.store.event_status(evt["id"]).get("status") == "applied",
+             what="the sweep to apply the stored event")
