@@ -65,8 +65,9 @@ class Service:
         self.worker: dramatiq.Worker | None = None
         if with_worker:
             self.start_worker()
-        self.clock = Clock(self.runtime.store, build_broker(redis_url), lease_s=self.settings.lease_s,
-                           poll_s=0.05, event_grace_s=2.0, events_every_s=0.5)
+        self.clock = Clock(self.runtime.store, build_broker(redis_url),
+                           lease_s=self.settings.lease_s, poll_s=0.05, event_grace_s=2.0,
+                           events_every_s=0.5)
         self.clock_thread = threading.Thread(target=self.clock.run, args=(self.stop,),
                                              daemon=True)
         self.clock_thread.start()

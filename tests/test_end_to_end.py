@@ -63,10 +63,10 @@ def test_booking_sends_confirmation_at_once_and_the_72h_reminder_on_time(service
     for reminder in reminders:
         due = datetime.fromisoformat(reminder["due_at"])
         sent = datetime.fromisoformat(reminder["sent_at"])
-        assert due == start.replace(microsecond=0) - timedelta(hours=72) + timedelta(
-            microseconds=start.microsecond)
+        assert due == start - timedelta(hours=72)
         assert sent >= due, "sent before it was due"
-        print(f"72 h reminder ({reminder['channel']}) lateness: {(sent - due).total_seconds():.3f} s")
+        lateness_s = (sent - due).total_seconds()
+        print(f"72 h reminder ({reminder['channel']}) lateness: {lateness_s:.3f} s")
     planned = service.notifications("c1")
     assert planned[f"appointment_reminder:a1:24h.{start:%Y%m%dT%H%M%SZ}:sms"]["state"] == (
         "scheduled")
