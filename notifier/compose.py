@@ -19,6 +19,8 @@ from notifier.records import ClientRecord, ProviderRecord
 from notifier.render import Renderer, format_local_datetime, format_local_time
 from notifier.schedule import from_epoch
 
+#: SMS carry at most this much of a first name, so every body stays within two segments.
+SMS_NAME_CHARS = 20
 #: Kinds whose email carries a calendar invite, and its METHOD.
 INVITE_METHODS = {
     "appointment_confirmation": "REQUEST",
@@ -102,6 +104,8 @@ def compose_client_message(n: Stored, client: ClientRecord, provider: ProviderRe
     c = client.client
     context = client_context(n, client, provider, settings)
     if n.channel == "sms":
+        # A long name must not push a message past two segments.
+        context["first_name"] = c.first_name[:SMS_NAME_CHARS]
         body = renderer.sms(n.kind, c.locale, context)
         return Message(notification_id=n.id, kind=n.kind, channel="sms", to=c.phone or "",
                        body=body, due_at=n.due_at, expires_at=n.expires_at)

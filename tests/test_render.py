@@ -1,0 +1,143 @@
+"""Templates and invites: every template renders, SMS stay within 2 segments and carry no
+clinical detail, every client email ends with the emergency line, invites are well formed."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from icalendar import Calendar
+
+from notifier.channels.calendar import Invite, build_invite, invite_uid
+from notifier.compose import INVITE_METHODS, Stored, compose_client_message
+from notifier.config import PROJECT_ROOT, Settings
+from notifier.errors import TemplateError
+from notifier.records import ClientRecord, ProviderRecord
+from notifier.render import Renderer, sms_segments, text_to_html
+
+EMERGENCY = "If you are in immediate danger, call 911 or your local emergency number."
+#: Words no SMS may carry (SPEC §3 rule 6), checked case-insensitively.
+CLINICAL_WORDS = ("psychiatr", "medication", "prescription", "dosage", "diagnos", " mg")
+START = datetime(2026, 12, 14, 15, 30, tzinfo=UTC)
+NOW = datetime(2026, 12, 1, 15, 0, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def renderer() -> Renderer:
+    return Renderer(PROJECT_ROOT / "templates")
+
+
+def client(locale: str = "en", zone: str = "America/New_York") -> ClientRecord:
+    return ClientRecord.model_validate({"updated_at": NOW, "client": {
+        # The longest first name the schema allows makes the worst case for SMS length.
+        "id": "c1", "first_name": "Maximiliana-Josefina" * 5, "phone": "+14155550123",
+        "email": "ana@example.com", "timezone": zone, "locale": locale,
+        "channels": {"sms": True, "email": True}}})
+
+
+PROVIDER = ProviderRecord.model_validate({"updated_at": NOW, "provider": {
+    "id": "prov-1", "name": "Dr. Rivera", "email": "rivera@example.com",
+    "timezone": "America/Chicago"}})
+
+
+def stored(kind: str, channel: str, **params: object) -> Stored:
+    base = {"appointment_id": "a1", "provider_id": "prov-1", "start": START.isoformat(),
+            "end": (START + timedelta(minutes=30)).isoformat(), "kind": "therapy",
+            "join_url": "https://video.example.com/rooms/0f8fad5b-d9cb-469f-a165-70867728950e",
+            "sequence": 2, "change_by": (START - timedelta(hours=24)).isoformat()}
+    return Stored(id=f"{kind}:a1:x:{channel}", kind=kind, channel=channel, recipient="client",
+                  recipient_id="c1", due_at=NOW, expires_at=START,
+                  params={**base, **params}, attempts=1)
+
+
+def settings() -> Settings:
+    return Settings.from_env({"NOTIFIER_PRACTICE_NAME": "Riverbend Health Partners"},
+                             dotenv=Path("/nonexistent"))
+
+
+@pytest.mark.parametrize("kind", Renderer(PROJECT_ROOT / "templates").kinds("sms"))
+@pytest.mark.parametrize("change_by", [True, False])
+def test_every_sms_fits_two_segments_and_names_nothing_clinical(renderer, kind, change_by):
+    n = stored(kind, "sms", **({} if change_by else {"change_by": None}))
+    message = compose_client_message(n, client(), PROVIDER, settings(), renderer, NOW)
+    assert sms_segments(message.body) <= 2, (kind, len(message.body), message.body)
+    assert "Riverbend Health Partners" in message.body
+    assert not any(word in message.body.lower() for word in CLINICAL_WORDS), message.body
+    assert "  " not in message.body and "\n" not in message.body
+    assert "CANCEL" not in message.body.upper().replace("CANCELLED", "")
+
+
+@pytest.mark.parametrize("kind", Renderer(PROJECT_ROOT / "templates").kinds("email"))
+def test_every_client_email_ends_with_the_emergency_line(renderer, kind):
+    message = compose_client_message(stored(kind, "email"), client(), PROVIDER, settings(),
+                                     renderer, NOW)
+    assert message.body.rstrip().endswith(EMERGENCY)
+    assert EMERGENCY in (message.html or "")
+    assert message.subject and "\n" not in message.subject
+    assert not any(word in message.subject.lower() for word in CLINICAL_WORDS)
+    assert ("invite.ics" in [a.filename for a in message.attachments]) == (kind in INVITE_METHODS)
+
+
+def test_times_are_written_in_the_clients_zone(renderer):
+    message = compose_client_message(stored("appointment_reminder", "sms"), client(), PROVIDER,
+                                     settings(), renderer, NOW)
+    assert "Mon, Dec 14 at 10:30 AM EST" in message.body
+    assert "Sun, Dec 13 at 10:30 AM EST" in message.body  # change-by, start - 24 h
+
+
+def test_a_reminder_inside_the_late_window_does_not_offer_a_fee_free_change(renderer):
+    message = compose_client_message(stored("appointment_reminder", "sms", change_by=None),
+                                     client(), PROVIDER, settings(), renderer, NOW)
+    assert "avoid a late fee" not in message.body
+    assert "late fee may apply" in message.body
+
+
+def test_a_locale_without_templates_falls_back_to_english(renderer):
+    assert "booked" in renderer.sms("appointment_confirmation", "fr", {
+        "practice_name": "P", "first_name": "A", "start_local": "x", "join_url": None,
+        "practice_phone": "1"})
+
+
+def test_missing_template_and_missing_variable_raise_template_error(renderer, tmp_path):
+    with pytest.raises(TemplateError, match="no sms template"):
+        renderer.sms("no_such_kind", "en", {})
+    with pytest.raises(TemplateError, match="appointment_confirmation"):
+        renderer.sms("appointment_confirmation", "en", {})
+    with pytest.raises(TemplateError, match="does not exist"):
+        Renderer(tmp_path / "missing")
+
+
+@pytest.mark.parametrize(("text", "segments"), [
+    ("a" * 160, 1), ("a" * 161, 2), ("a" * 306, 2), ("a" * 307, 3),
+    ("€" * 80, 1), ("€" * 81, 2),  # extension characters take two septets
+    ("á" * 70, 1), ("á" * 71, 2), ("á" * 134, 2), ("á" * 135, 3),  # not GSM-7: UCS-2
+    ("ñé¿¡ü" * 32, 1),  # Spanish letters in the GSM-7 basic set
+])
+def test_sms_segments(text, segments):
+    assert sms_segments(text) == segments
+
+
+def test_html_part_escapes_and_links():
+    html = text_to_html("Hi <b>Ana</b>,\n\nJoin at https://video.example.com/r/1 now")
+    assert "&lt;b&gt;Ana&lt;/b&gt;" in html
+    assert '<a href="https://video.example.com/r/1">https://video.example.com/r/1</a>' in html
+
+
+def test_invite_is_well_formed_and_stable():
+    invite = Invite(appointment_id="a1", start=START, end=START + timedelta(minutes=30),
+                    sequence=3, method="CANCEL", organizer_email="reminders@practice.example",
+                    organizer_name="Riverbend", attendee_email="ana@example.com",
+                    attendee_name="Ana", summary="Appointment with Riverbend",
+                    description="Questions: +1 555 0100")
+    cal = Calendar.from_ical(build_invite(invite, NOW))
+    [event] = cal.walk("VEVENT")
+    assert str(cal["METHOD"]) == "CANCEL"
+    assert str(event["UID"]) == invite_uid("a1", "reminders@practice.example") == (
+        "appointment-a1@practice.example")
+    assert int(event["SEQUENCE"]) == 3
+    assert event.decoded("DTSTART") == START and event.decoded("DTSTAMP") == NOW
+    assert str(event["ORGANIZER"]) == "mailto:reminders@practice.example"
+    assert str(event["ATTENDEE"]) == "mailto:ana@example.com"
+    assert str(event["STATUS"]) == "CANCELLED"
+    assert build_invite(invite, NOW) == build_invite(invite, NOW)
