@@ -1,0 +1,134 @@
+"""The `notifier` command as a user runs it: `dev` on the embedded Redis, `send-event`,
+and start-up errors that name the bad setting."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import httpx
+
+from notifier.config import PROJECT_ROOT
+from notifier.policy.timing import hold_for_quiet_hours
+from notifier.redis_server import EmbeddedRedis, free_port
+from tests.service import wait_for
+
+EXAMPLE = PROJECT_ROOT / "examples" / "appointment-scheduled.json"
+
+
+def notifier(*args: str, cwd: Path, env: dict[str, str] | None = None,
+             **kw) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFIER_", "TWILIO_",
+                                                                        "SENDGRID_"))}
+    return subprocess.run([sys.executable, "-m", "notifier", *args], cwd=cwd,
+                          env={**clean, **(env or {})}, capture_output=True, text=True,
+                          timeout=60, **kw)
+
+
+def test_dev_runs_on_the_embedded_redis_and_send_event_reaches_it(tmp_path, policy):
+    port = free_port()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")}
+    dev = subprocess.Popen([sys.executable, "-m", "notifier", "dev", "--port", str(port)],
+                           cwd=tmp_path, env=clean, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+
+        def healthy() -> bool:
+            try:
+                return httpx.get(base + "/healthz").status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(healthy, timeout_s=30, what="notifier dev to answer")
+        embedded = EmbeddedRedis(tmp_path / "var")
+        assert embedded.running()
+        assert embedded.ensure() == embedded.url and embedded.process is None  # reused
+
+        sent = notifier("send-event", str(EXAMPLE), "--url", base, cwd=tmp_path)
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+        assert sent.stdout.count(": 202 ") == 3
+
+        now = datetime.now(UTC)
+        morning = hold_for_quiet_hours(now, ZoneInfo("America/New_York"), policy.quiet_hours)
+        outbox = tmp_path / "var" / "outbox" / "messages.jsonl"
+        if morning == now:  # daytime in New York: the confirmation goes out at once
+            wait_for(lambda: outbox.exists() and len(outbox.read_text().splitlines()) == 2,
+                     what="the confirmation in the outbox")
+            kinds = {json.loads(line)["kind"] for line in outbox.read_text().splitlines()}
+            assert kinds == {"appointment_confirmation"}
+            assert list((tmp_path / "var" / "outbox").glob("*.ics"))
+        else:  # night there: held until 08:00 client-local
+            def planned() -> dict[str, dict[str, str]]:
+                answer = httpx.get(base + "/v1/clients/client-1/notifications").json()
+                return {n["id"]: n for n in answer["notifications"]}
+
+            wait_for(lambda: "appointment_confirmation:appt-1:booked:sms" in planned(),
+                     what="the planned confirmation")
+            held = planned()["appointment_confirmation:appt-1:booked:sms"]
+            assert datetime.fromisoformat(held["due_at"]) == morning
+            assert not outbox.exists()
+
+        again = notifier("send-event", str(EXAMPLE), "--url", base, cwd=tmp_path)
+        assert again.stdout.count(": 200 ") == 3 and "duplicate" in again.stdout
+    finally:
+        dev.send_signal(signal.SIGINT)
+        output = dev.communicate(timeout=30)[0]
+    assert f"listening on http://127.0.0.1:{port}" in output
+    assert "notifier send-event examples/appointment-scheduled.json" in output
+    assert not EmbeddedRedis(tmp_path / "var").running()  # dev stops what it started
+
+
+def test_a_bad_setting_stops_start_up_with_one_line(tmp_path):
+    result = notifier("worker", cwd=tmp_path, env={"NOTIFIER_REDIS_URL": "localhost:6379"})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "notifier: NOTIFIER_REDIS_URL: expected a URL starting with redis://, rediss://, "
+        "unix://, got 'localhost:6379'"]
+
+
+def test_dotenv_in_the_working_directory_is_read(tmp_path):
+    (tmp_path / ".env").write_text("NOTIFIER_SMS_BACKEND=carrier-pigeon\n")
+    result = notifier("clock", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "NOTIFIER_SMS_BACKEND" in result.stderr
+
+
+def test_send_event_names_a_file_it_cannot_read(tmp_path):
+    (tmp_path / "broken.json").write_text("{not json")
+    result = notifier("send-event", str(tmp_path / "broken.json"), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "broken.json: cannot read an event from it" in result.stderr
+
+
+def test_send_event_exits_non_zero_when_the_service_refuses(tmp_path, redis_url):
+    port = free_port()
+    env = {"NOTIFIER_REDIS_URL": redis_url,
+           "NOTIFIER_WEBHOOK_SECRET": "whsec_" + "a" * 40}
+    web = subprocess.Popen([sys.executable, "-m", "notifier", "web", "--port", str(port),
+                            "--host", "127.0.0.1"], cwd=tmp_path,
+                           env={**os.environ, **env}, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: _up(port), timeout_s=30, what="notifier web")
+        other_secret = {**env, "NOTIFIER_WEBHOOK_SECRET": "whsec_" + "b" * 40}
+        result = notifier("send-event", str(EXAMPLE), "--url", f"http://127.0.0.1:{port}",
+                          cwd=tmp_path, env=other_secret)
+        assert result.returncode == 1
+        assert result.stdout.count(": 401 ") == 3
+    finally:
+        web.terminate()
+        web.wait(timeout=10)
+
+
+def _up(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
+    except httpx.HTTPError:
+        return False
