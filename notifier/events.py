@@ -7,7 +7,7 @@ Entity records kept in Redis reuse these models, so what we store is what we val
 from __future__ import annotations
 
 import json
-from datetime import date
+from datetime import date, datetime
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -21,8 +21,9 @@ from pydantic import (
     Field,
     HttpUrl,
     ValidationError,
+    ValidationInfo,
     create_model,
-    model_validator,
+    field_validator,
 )
 
 from notifier.errors import FieldProblem, InvalidEvent
@@ -45,7 +46,8 @@ def _e164(value: str) -> str:
 def _iana_zone(value: str) -> str:
     try:
         ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        # OSError: a directory of the zone database such as "America" (IsADirectoryError).
         raise ValueError("not an IANA time zone, e.g. America/New_York") from None
     return value
 
@@ -101,11 +103,14 @@ class Appointment(Strict):
     kind: Literal["medication_management", "therapy"]
     join_url: HttpUrl | None = None
 
-    @model_validator(mode="after")
-    def _ends_after_start(self) -> Appointment:
-        if self.end <= self.start:
+    @field_validator("end")
+    @classmethod
+    def _ends_after_start(cls, end: datetime, info: ValidationInfo) -> datetime:
+        # A field validator, so the problem names `end` rather than the whole appointment.
+        start = info.data.get("start")
+        if start is not None and end <= start:
             raise ValueError("end must be after start")
-        return self
+        return end
 
 
 class Prescription(Strict):
@@ -239,7 +244,8 @@ def parse_event(raw: bytes | str) -> Event:
     """Validate a raw event body; raises `InvalidEvent` listing every bad field."""
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        # RecursionError: nesting deeper than the parser allows, e.g. 1,000 "[".
         raise InvalidEvent([FieldProblem("body", f"not valid JSON: {exc}")]) from None
     if not isinstance(body, dict):
         raise InvalidEvent([FieldProblem("body", "must be a JSON object")])

@@ -1,0 +1,614 @@
+"""The HTTP side against a real Redis: the signed webhook, the read API, health, metrics.
+
+Every rejection is checked twice: the status and body, and that nothing reached Redis (no
+stored event, nothing pending, nothing in the dramatiq queue).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import warnings
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from dramatiq.brokers.redis import RedisBroker
+from prometheus_client.parser import text_string_to_metric_families
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from notifier.apply import apply_stored_event
+from notifier.cli import sign_event
+from notifier.config import Settings
+from notifier.events import EVENT_MODELS
+from notifier.redis_server import free_port
+from notifier.store import PENDING_EVENTS, Store, event_key
+from notifier.tasks import APPLY_EVENT, EVENTS_QUEUE, build_broker
+from notifier.web import MAX_BODY_BYTES, create_app
+
+with warnings.catch_warnings():
+    # Starlette asks for the httpx2 package and warns at import when only httpx is there.
+    warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
+    from fastapi.testclient import TestClient
+
+NAMESPACE = "notifier-dq"
+QUEUE_KEY = f"{NAMESPACE}:{EVENTS_QUEUE}"
+QUEUE_MESSAGES_KEY = f"{NAMESPACE}:{EVENTS_QUEUE}.msgs"
+NOW = datetime(2030, 3, 4, 12, 0, tzinfo=UTC)
+
+
+def new_secret() -> str:
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+@pytest.fixture
+def secret() -> str:
+    return new_secret()
+
+
+@pytest.fixture
+def settings(secret: str) -> Settings:
+    return Settings.from_env({"NOTIFIER_WEBHOOK_SECRET": secret}, dotenv=Path("/nonexistent"))
+
+
+@pytest.fixture
+def broker(redis_url: str) -> Iterator[RedisBroker]:
+    broker = build_broker(redis_url)
+    yield broker
+    broker.close()
+
+
+@pytest.fixture
+def store(redis_client: redis.Redis) -> Store:
+    return Store(redis_client)
+
+
+@pytest.fixture
+def client(settings: Settings, store: Store, broker: RedisBroker) -> Iterator[TestClient]:
+    with TestClient(create_app(settings, store, broker)) as test_client:
+        yield test_client
+
+
+def down_redis() -> redis.Redis:
+    """A client of a port nothing listens on, failing at once rather than retrying."""
+    return redis.Redis(host="127.0.0.1", port=free_port(), retry=Retry(NoBackoff(), 0),
+                       socket_connect_timeout=1)
+
+
+def event(event_id: str = "evt-1", type_: str = "appointment.completed",
+          data: dict[str, Any] | None = None, occurred_at: str = "2030-03-04T12:00:00Z"
+          ) -> dict[str, Any]:
+    return {"id": event_id, "type": type_, "occurred_at": occurred_at,
+            "data": {"appointment_id": "a1"} if data is None else data}
+
+
+def encode(evt: Any) -> bytes:
+    return json.dumps(evt).encode()
+
+
+def signed(secret: str, body: bytes, event_id: str, at: datetime | None = None
+           ) -> dict[str, str]:
+    return sign_event(secret, body, event_id, at or datetime.now(UTC))
+
+
+def post(client: TestClient, secret: str, evt: dict[str, Any]) -> Any:
+    body = encode(evt)
+    return client.post("/v1/events", content=body, headers=signed(secret, body, evt["id"]))
+
+
+def queued(r: redis.Redis) -> list[dict[str, Any]]:
+    """The dramatiq messages waiting in the events queue, in order."""
+    ids = r.lrange(QUEUE_KEY, 0, -1)
+    bodies = r.hmget(QUEUE_MESSAGES_KEY, ids) if ids else []
+    assert None not in bodies, "a queued id without its message"
+    return [json.loads(b) for b in bodies]
+
+
+def assert_nothing_written(r: redis.Redis) -> None:
+    assert r.keys("n:*") == [], "an event was stored"
+    assert r.keys(f"{NAMESPACE}*") == [], "something was enqueued"
+
+
+def problem_fields(answer: Any) -> list[str]:
+    return [p["field"] for p in answer.json()["problems"]]
+
+
+# Accepting -----------------------------------------------------------------------------------
+
+def test_valid_event_is_stored_queued_and_accepted(client, secret, redis_client, store):
+    body = b'{"id": "evt-1", "type": "appointment.completed",\n "occurred_at": ' \
+           b'"2030-03-04T12:00:00Z", "data": {"appointment_id": "a1"}}'
+    answer = client.post("/v1/events", content=body, headers=signed(secret, body, "evt-1"))
+    assert answer.status_code == 202
+    assert answer.json() == {"id": "evt-1", "status": "accepted"}
+
+    stored = store.event_status("evt-1")
+    assert stored["status"] == "accepted"
+    assert stored["raw"].encode() == body, "the raw body is kept byte for byte"
+    assert redis_client.keys("n:event:*") == [event_key("evt-1").encode()]
+    assert redis_client.zrange(PENDING_EVENTS, 0, -1) == [b"evt-1"]
+    [message] = queued(redis_client)
+    assert (message["queue_name"], message["actor_name"], message["args"]) == (
+        EVENTS_QUEUE, APPLY_EVENT, ["evt-1"])
+
+
+def test_event_is_stored_even_when_the_queue_is_unreachable(settings, secret, store,
+                                                            redis_client):
+    dead_broker = RedisBroker(namespace=NAMESPACE, client=down_redis())
+    with TestClient(create_app(settings, store, dead_broker)) as dead_client:
+        answer = post(dead_client, secret, event())
+    assert answer.status_code == 202
+    assert answer.json() == {"id": "evt-1", "status": "accepted"}
+    assert store.event_status("evt-1")["status"] == "accepted"
+    assert store.unapplied_events(datetime.now(UTC) + timedelta(seconds=1)) == ["evt-1"]
+    assert queued(redis_client) == []
+
+
+def test_same_id_again_is_a_duplicate_and_changes_nothing(client, secret, redis_client, store):
+    first = event()
+    assert post(client, secret, first).status_code == 202
+    again = post(client, secret, first)
+    assert again.status_code == 200
+    assert again.json() == {"id": "evt-1", "status": "duplicate"}
+
+    other_body = event(data={"appointment_id": "a2"})
+    changed = post(client, secret, other_body)
+    assert changed.status_code == 200
+    assert changed.json() == {"id": "evt-1", "status": "duplicate"}
+
+    assert redis_client.keys("n:event:*") == [event_key("evt-1").encode()]
+    assert json.loads(store.event_status("evt-1")["raw"]) == first
+    assert redis_client.zrange(PENDING_EVENTS, 0, -1) == [b"evt-1"]
+    assert [m["args"] for m in queued(redis_client)] == [["evt-1"]]
+
+
+def test_a_duplicate_of_an_applied_event_is_still_a_duplicate(client, secret, store, policy,
+                                                              redis_client):
+    evt = event()
+    assert post(client, secret, evt).status_code == 202
+    assert apply_stored_event(store, "evt-1", policy, NOW) is not None
+    answer = post(client, secret, evt)
+    assert (answer.status_code, answer.json()["status"]) == (200, "duplicate")
+    assert redis_client.zcard(PENDING_EVENTS) == 0
+    assert len(queued(redis_client)) == 1
+
+
+def test_distinct_ids_are_each_accepted(client, secret, redis_client):
+    for event_id in ("evt-1", "evt-2"):
+        assert post(client, secret, event(event_id)).status_code == 202
+    assert sorted(redis_client.zrange(PENDING_EVENTS, 0, -1)) == [b"evt-1", b"evt-2"]
+    assert sorted(m["args"][0] for m in queued(redis_client)) == ["evt-1", "evt-2"]
+
+
+# Signatures ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("header", ["webhook-id", "webhook-timestamp", "webhook-signature"])
+def test_missing_signature_header_is_401(client, secret, redis_client, header):
+    body = encode(event())
+    headers = signed(secret, body, "evt-1")
+    del headers[header]
+    answer = client.post("/v1/events", content=body, headers=headers)
+    assert answer.status_code == 401
+    assert answer.json()["error"] == f"signature: missing header {header}"
+    assert_nothing_written(redis_client)
+
+
+@pytest.mark.parametrize("header", ["webhook-id", "webhook-timestamp", "webhook-signature"])
+def test_empty_signature_header_is_401(client, secret, redis_client, header):
+    body = encode(event())
+    headers = {**signed(secret, body, "evt-1"), header: ""}
+    assert client.post("/v1/events", content=body, headers=headers).status_code == 401
+    assert_nothing_written(redis_client)
+
+
+def test_no_headers_at_all_is_401(client, redis_client):
+    answer = client.post("/v1/events", content=encode(event()))
+    assert answer.status_code == 401
+    assert answer.json()["error"] == (
+        "signature: missing header webhook-id, webhook-timestamp, webhook-signature")
+    assert_nothing_written(redis_client)
+
+
+def test_wrong_secret_is_401(client, redis_client):
+    body = encode(event())
+    answer = client.post("/v1/events", content=body, headers=signed(new_secret(), body, "evt-1"))
+    assert answer.status_code == 401
+    assert answer.json() == {"error": "signature: No matching signature found", "problems": []}
+    assert_nothing_written(redis_client)
+
+
+@pytest.mark.parametrize("signature", [
+    "garbage",
+    "v1,not-base64!!",
+    "v1,",
+    "v1",
+    "v1,a,b",
+    "",
+    " ",
+    "v1,Zm9v",  # valid base64, wrong length
+    "v1,ünïcode".encode("latin-1"),  # not ASCII
+])
+def test_malformed_signature_is_401_not_500(client, secret, redis_client, signature):
+    body = encode(event())
+    headers = {**signed(secret, body, "evt-1"), "webhook-signature": signature}
+    answer = client.post("/v1/events", content=body, headers=headers)
+    assert answer.status_code == 401
+    assert answer.json()["error"].startswith("signature: ")
+    assert_nothing_written(redis_client)
+
+
+def test_signature_of_an_unknown_version_is_401(client, secret, redis_client):
+    body = encode(event())
+    headers = signed(secret, body, "evt-1")
+    headers["webhook-signature"] = headers["webhook-signature"].replace("v1,", "v2,")
+    assert client.post("/v1/events", content=body, headers=headers).status_code == 401
+    assert_nothing_written(redis_client)
+
+
+@pytest.mark.parametrize("tamper", [
+    lambda b: b.replace(b'"a1"', b'"a2"'),
+    lambda b: b + b" ",
+    lambda b: b[:-1],
+])
+def test_body_tampered_after_signing_is_401(client, secret, redis_client, tamper):
+    body = encode(event())
+    answer = client.post("/v1/events", content=tamper(body),
+                         headers=signed(secret, body, "evt-1"))
+    assert answer.status_code == 401
+    assert_nothing_written(redis_client)
+
+
+def test_signature_for_another_webhook_id_is_401(client, secret, redis_client):
+    body = encode(event())
+    headers = {**signed(secret, body, "evt-1"), "webhook-id": "evt-2"}
+    assert client.post("/v1/events", content=body, headers=headers).status_code == 401
+    assert_nothing_written(redis_client)
+
+
+def test_signature_for_another_timestamp_is_401(client, secret, redis_client):
+    body = encode(event())
+    headers = signed(secret, body, "evt-1")
+    headers["webhook-timestamp"] = str(int(headers["webhook-timestamp"]) - 1)
+    assert client.post("/v1/events", content=body, headers=headers).status_code == 401
+    assert_nothing_written(redis_client)
+
+
+@pytest.mark.parametrize(("skew", "error"), [
+    (timedelta(minutes=-6), "signature: Message timestamp too old"),
+    (timedelta(minutes=6), "signature: Message timestamp too new"),
+])
+def test_timestamp_more_than_5_minutes_off_is_401(client, secret, redis_client, skew, error):
+    body = encode(event())
+    headers = signed(secret, body, "evt-1", datetime.now(UTC) + skew)
+    answer = client.post("/v1/events", content=body, headers=headers)
+    assert answer.status_code == 401
+    assert answer.json()["error"] == error
+    assert_nothing_written(redis_client)
+
+
+@pytest.mark.parametrize("skew", [timedelta(minutes=-4), timedelta(minutes=4)])
+def test_timestamp_within_5_minutes_is_accepted(client, secret, skew):
+    body = encode(event())
+    headers = signed(secret, body, "evt-1", datetime.now(UTC) + skew)
+    assert client.post("/v1/events", content=body, headers=headers).status_code == 202
+
+
+@pytest.mark.parametrize("timestamp", ["yesterday", "", "nan", "1e30", "-1"])
+def test_unreadable_timestamp_is_401(client, secret, redis_client, timestamp):
+    body = encode(event())
+    headers = {**signed(secret, body, "evt-1"), "webhook-timestamp": timestamp}
+    assert client.post("/v1/events", content=body, headers=headers).status_code == 401
+    assert_nothing_written(redis_client)
+
+
+def test_key_rotation_second_of_two_signatures_valid_is_accepted(client, secret, redis_client):
+    body = encode(event())
+    now = datetime.now(UTC)
+    old = signed(new_secret(), body, "evt-1", now)["webhook-signature"]
+    headers = signed(secret, body, "evt-1", now)
+    headers["webhook-signature"] = f"{old} {headers['webhook-signature']}"
+    answer = client.post("/v1/events", content=body, headers=headers)
+    assert answer.status_code == 202
+    assert answer.json() == {"id": "evt-1", "status": "accepted"}
+    assert len(queued(redis_client)) == 1
+
+
+def test_key_rotation_with_no_valid_signature_is_401(client, redis_client):
+    body = encode(event())
+    now = datetime.now(UTC)
+    headers = signed(new_secret(), body, "evt-1", now)
+    headers["webhook-signature"] += " " + signed(new_secret(), body, "evt-1", now)[
+        "webhook-signature"]
+    assert client.post("/v1/events", content=body, headers=headers).status_code == 401
+    assert_nothing_written(redis_client)
+
+
+# Size ----------------------------------------------------------------------------------------
+
+def padded(size: int) -> bytes:
+    """A valid event body of exactly `size` bytes (JSON allows trailing whitespace)."""
+    body = encode(event())
+    return body + b" " * (size - len(body))
+
+
+def test_body_of_exactly_64_kib_is_accepted(client, secret):
+    body = padded(MAX_BODY_BYTES)
+    assert MAX_BODY_BYTES == 64 * 1024
+    answer = client.post("/v1/events", content=body, headers=signed(secret, body, "evt-1"))
+    assert answer.status_code == 202
+
+
+def test_body_over_64_kib_with_content_length_is_413(client, secret, redis_client):
+    body = padded(MAX_BODY_BYTES + 1)
+    answer = client.post("/v1/events", content=body, headers=signed(secret, body, "evt-1"))
+    assert answer.request.headers["content-length"] == str(MAX_BODY_BYTES + 1)
+    assert answer.status_code == 413
+    assert answer.json() == {"error": "body over 65536 bytes", "problems": []}
+    assert_nothing_written(redis_client)
+
+
+def test_body_over_64_kib_chunked_without_content_length_is_413(client, secret, redis_client):
+    body = padded(MAX_BODY_BYTES + 1)
+
+    def chunks() -> Iterator[bytes]:
+        for start in range(0, len(body), 4096):
+            yield body[start:start + 4096]
+
+    answer = client.post("/v1/events", content=chunks(), headers=signed(secret, body, "evt-1"))
+    assert "content-length" not in answer.request.headers
+    assert answer.request.headers["transfer-encoding"] == "chunked"
+    assert answer.status_code == 413
+    assert_nothing_written(redis_client)
+
+
+def test_chunked_body_within_the_limit_is_accepted(client, secret, redis_client):
+    body = padded(MAX_BODY_BYTES)
+    answer = client.post("/v1/events", content=iter([body[:1000], body[1000:]]),
+                         headers=signed(secret, body, "evt-1"))
+    assert "content-length" not in answer.request.headers
+    assert answer.status_code == 202
+    assert len(queued(redis_client)) == 1
+
+
+def test_oversized_body_is_413_before_the_signature_is_looked_at(client, redis_client):
+    answer = client.post("/v1/events", content=padded(MAX_BODY_BYTES + 1))
+    assert answer.status_code == 413
+    assert_nothing_written(redis_client)
+
+
+# Validation ----------------------------------------------------------------------------------
+
+def post_raw(client: TestClient, secret: str, body: bytes, event_id: str = "evt-1") -> Any:
+    return client.post("/v1/events", content=body, headers=signed(secret, body, event_id))
+
+
+@pytest.mark.parametrize("body", [b"not json", b"{", b"", b'{"id": "evt-1",}'])
+def test_not_json_is_422(client, secret, redis_client, body):
+    answer = post_raw(client, secret, body)
+    assert answer.status_code == 422
+    assert answer.json()["error"] == "invalid event"
+    assert problem_fields(answer) == ["body"]
+    assert answer.json()["problems"][0]["message"].startswith("not valid JSON")
+    assert_nothing_written(redis_client)
+
+
+@pytest.mark.parametrize("body", [b"[]", encode([event()]), b"null", b'"evt-1"'])
+def test_json_that_is_no_object_is_422(client, secret, redis_client, body):
+    answer = post_raw(client, secret, body)
+    assert answer.status_code == 422
+    assert answer.json() == {"error": "invalid event", "problems": [
+        {"field": "body", "message": "must be a JSON object"}]}
+    assert_nothing_written(redis_client)
+
+
+def test_json_nested_too_deep_is_422_not_500(client, secret, redis_client):
+    answer = post_raw(client, secret, b"[" * 20_000 + b"]" * 20_000)
+    assert answer.status_code == 422
+    assert problem_fields(answer) == ["body"]
+    assert_nothing_written(redis_client)
+
+
+def test_unknown_type_is_422_naming_type(client, secret, redis_client):
+    answer = post(client, secret, event(type_="appointment.booked"))
+    assert answer.status_code == 422
+    assert problem_fields(answer) == ["type"]
+    assert "unknown event type 'appointment.booked'" in answer.json()["problems"][0]["message"]
+    assert_nothing_written(redis_client)
+
+
+def test_invalid_fields_are_each_named(client, secret, redis_client):
+    data = {"client": {"id": "c1", "first_name": "Ana", "phone": "+1 415 555 0123",
+                       "email": "ana.example.com", "timezone": "Eastern Time",
+                       "locale": "en", "channels": {"sms": True, "email": True},
+                       "favourite_colour": "blue"}}
+    answer = post(client, secret, event(type_="client.upserted", data=data))
+    assert answer.status_code == 422
+    assert answer.json()["error"] == "invalid event"
+    assert sorted(problem_fields(answer)) == [
+        "data.client.email", "data.client.favourite_colour", "data.client.phone",
+        "data.client.timezone"]
+    assert_nothing_written(redis_client)
+
+
+def test_timezone_that_is_a_zone_directory_is_422_not_500(client, secret, redis_client):
+    data = {"client": {"id": "c1", "first_name": "Ana", "timezone": "America",
+                       "channels": {"sms": True, "email": True}}}
+    answer = post(client, secret, event(type_="client.upserted", data=data))
+    assert answer.status_code == 422
+    assert problem_fields(answer) == ["data.client.timezone"]
+    assert_nothing_written(redis_client)
+
+
+def test_appointment_ending_before_it_starts_is_422_naming_end(client, secret, redis_client):
+    data = {"appointment": {"id": "a1", "client_id": "c1", "provider_id": "p1",
+                            "start": "2030-03-14T15:00:00Z", "end": "2030-03-14T14:00:00Z",
+                            "kind": "therapy"}}
+    answer = post(client, secret, event(type_="appointment.scheduled", data=data))
+    assert answer.status_code == 422
+    assert answer.json()["problems"] == [
+        {"field": "data.appointment.end", "message": "Value error, end must be after start"}]
+    assert_nothing_written(redis_client)
+
+
+def test_unknown_envelope_field_and_naive_time_are_named(client, secret, redis_client):
+    evt = {**event(occurred_at="2030-03-04T12:00:00"), "source": "ehr"}
+    answer = post(client, secret, evt)
+    assert answer.status_code == 422
+    assert sorted(problem_fields(answer)) == ["occurred_at", "source"]
+    assert_nothing_written(redis_client)
+
+
+def test_event_id_other_than_webhook_id_is_422_naming_id(client, secret, redis_client):
+    body = encode(event("evt-2"))
+    answer = post_raw(client, secret, body, event_id="evt-1")
+    assert answer.status_code == 422
+    assert answer.json()["problems"] == [
+        {"field": "id", "message": "must equal the webhook-id header"}]
+    assert_nothing_written(redis_client)
+
+
+def test_event_id_outside_the_safe_alphabet_is_422_naming_id(client, secret, redis_client):
+    body = encode(event("evt 1"))
+    answer = post_raw(client, secret, body, event_id="evt 1")
+    assert answer.status_code == 422
+    assert problem_fields(answer) == ["id"]
+    assert_nothing_written(redis_client)
+
+
+# Reading -------------------------------------------------------------------------------------
+
+def test_notifications_of_an_unknown_client_is_an_empty_list(client):
+    answer = client.get("/v1/clients/nobody/notifications")
+    assert answer.status_code == 200
+    assert answer.json() == {"client_id": "nobody", "notifications": []}
+
+
+def test_notifications_list_what_a_booking_planned(client, secret, store, policy):
+    start = NOW + timedelta(days=10, hours=3)
+    upsert = event("evt-client", "client.upserted", {"client": {
+        "id": "c1", "first_name": "Ana", "phone": "+14155550123", "email": "ana@example.com",
+        "timezone": "UTC", "channels": {"sms": True, "email": True}}})
+    booking = event("evt-booking", "appointment.scheduled", {"appointment": {
+        "id": "a1", "client_id": "c1", "provider_id": "p1", "start": start.isoformat(),
+        "end": (start + timedelta(minutes=30)).isoformat(), "kind": "therapy",
+        "join_url": "https://video.example/a1"}})
+    for evt in (upsert, booking):
+        assert post(client, secret, evt).status_code == 202
+        assert apply_stored_event(store, evt["id"], policy, NOW) is not None
+
+    answer = client.get("/v1/clients/c1/notifications")
+    assert answer.status_code == 200
+    body = answer.json()
+    assert body["client_id"] == "c1"
+    figures = policy.appointments
+    stamp = start.strftime("%Y%m%dT%H%M%SZ")
+    expected = {f"appointment_confirmation:a1:booked:{channel}": (NOW, start)
+                for channel in figures.confirmation_channels}
+    for offset in figures.reminder_offsets:
+        hours = int(offset.total_seconds() // 3600)
+        for channel in figures.reminder_channels:
+            expected[f"appointment_reminder:a1:{hours}h.{stamp}:{channel}"] = (start - offset,
+                                                                               start)
+    expected[f"appointment_join_link:a1:{stamp}:sms"] = (
+        start - figures.join_link_offset, start + figures.join_link_grace)
+    got = {n["id"]: n for n in body["notifications"]}
+    assert set(got) == set(expected)
+    for notification_id, (due_at, expires_at) in expected.items():
+        n = got[notification_id]
+        assert n["kind"] == notification_id.split(":")[0]
+        assert n["channel"] == notification_id.rsplit(":", 1)[1]
+        assert datetime.fromisoformat(n["due_at"]) == due_at, notification_id
+        assert datetime.fromisoformat(n["expires_at"]) == expires_at, notification_id
+        assert (n["state"], n["reason"], n["sent_at"], n["code"]) == ("scheduled", "", None, None)
+    dues = [datetime.fromisoformat(n["due_at"]) for n in body["notifications"]]
+    assert dues == sorted(dues), "listed by due time"
+    assert client.get("/v1/clients/c2/notifications").json()["notifications"] == []
+
+
+# Health, metrics, OpenAPI ---------------------------------------------------------------------
+
+def test_healthz_is_200_with_redis_up(client):
+    answer = client.get("/healthz")
+    assert answer.status_code == 200
+    assert answer.json() == {"status": "ok", "redis": "ok"}
+
+
+def test_healthz_is_503_with_redis_down(settings, broker):
+    with TestClient(create_app(settings, Store(down_redis()), broker)) as down_client:
+        answer = down_client.get("/healthz")
+    assert answer.status_code == 503
+    assert answer.json()["status"] == "unhealthy"
+    assert "Connection refused" in answer.json()["redis"]
+
+
+def events_counted(client: TestClient) -> dict[str, float]:
+    answer = client.get("/metrics")
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("text/plain")
+    [family] = [f for f in text_string_to_metric_families(answer.text)
+                if f.name == "notifier_events"]
+    return {s.labels["answer"]: s.value for s in family.samples
+            if s.name == "notifier_events_total"}
+
+
+def test_metrics_count_events_by_answer(client, secret):
+    assert events_counted(client) == {}
+    evt = event()
+    post(client, secret, evt)
+    post(client, secret, evt)
+    post(client, secret, event("evt-2"))
+    client.post("/v1/events", content=encode(event("evt-3")))
+    post(client, secret, event("evt-4", type_="nope"))
+    post_raw(client, secret, padded(MAX_BODY_BYTES + 1))
+    assert events_counted(client) == {"accepted": 2.0, "duplicate": 1.0, "unauthorized": 1.0,
+                                      "invalid": 1.0, "too_large": 1.0}
+    assert 'notifier_events_total{answer="accepted"} 2.0' in client.get("/metrics").text
+
+
+def resolve(document: dict[str, Any], ref: str) -> dict[str, Any]:
+    assert ref.startswith("#/"), ref
+    node: Any = document
+    for part in ref[2:].split("/"):
+        node = node[part]
+    return node
+
+
+def refs_in(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "$ref":
+                yield value
+            else:
+                yield from refs_in(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from refs_in(item)
+
+
+def test_openapi_documents_every_event_type_and_the_read_side(client):
+    answer = client.get("/openapi.json")
+    assert answer.status_code == 200
+    document = json.loads(answer.text)
+    assert document["openapi"].startswith("3.")
+    paths = document["paths"]
+    assert {"/v1/events", "/v1/clients/{client_id}/notifications", "/healthz",
+            "/metrics"} <= set(paths)
+    assert "get" in paths["/v1/clients/{client_id}/notifications"]
+    assert "get" in paths["/healthz"]
+
+    post_op = paths["/v1/events"]["post"]
+    one_of = post_op["requestBody"]["content"]["application/json"]["schema"]["oneOf"]
+    assert len(one_of) == 14
+    types = [resolve(document, alt["$ref"])["properties"]["type"]["const"] for alt in one_of]
+    assert sorted(types) == sorted(EVENT_MODELS)
+    assert {p["name"] for p in post_op["parameters"] if p["in"] == "header"} == {
+        "webhook-id", "webhook-timestamp", "webhook-signature"}
+    assert {"200", "202", "401", "413", "422"} <= set(post_op["responses"])
+    for ref in refs_in(document):
+        resolve(document, ref)
+    assert client.get("/openapi.json").json() == document
