@@ -83,7 +83,8 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> None:
     worker = _start_worker(runtime, settings.worker_threads)
     broker = build_broker(runtime.redis_url)
     stop = threading.Event()
-    clock = threading.Thread(target=Clock(runtime.store, broker, lease_s=settings.lease_s).run,
+    clock = threading.Thread(target=Clock(runtime.store, broker, lease_s=settings.lease_s,
+                                          jobs=runtime.jobs).run,
                              args=(stop,), daemon=True)
     clock.start()
     app = create_app(settings, runtime.store, broker)
@@ -130,7 +131,46 @@ def cmd_clock(args: argparse.Namespace, settings: Settings) -> None:
 
     runtime, _ = _runtime(settings)
     stop = _stop_event()
-    Clock(runtime.store, build_broker(runtime.redis_url), lease_s=settings.lease_s).run(stop)
+    Clock(runtime.store, build_broker(runtime.redis_url), lease_s=settings.lease_s,
+          jobs=runtime.jobs).run(stop)
+
+
+def cmd_jobs_list(args: argparse.Namespace, settings: Settings) -> None:
+    from zoneinfo import ZoneInfo
+
+    from notifier.digest import provider_zones
+    from notifier.jobs import PROVIDER_ZONE, next_fire
+
+    runtime, _ = _runtime(settings)
+    now = datetime.now(UTC)
+    for job in runtime.jobs:
+        zones = sorted(provider_zones(runtime.store)) if job.zone == PROVIDER_ZONE else [job.zone]
+        print(f"{job.name}  cron '{job.cron}'  zone {job.zone}")
+        if not zones:
+            print("  no providers known yet: nothing to fire")
+        for zone in zones:
+            fire = next_fire(job.cron, now, ZoneInfo(zone))
+            local = fire.astimezone(ZoneInfo(zone))
+            print(f"  {zone:<24} next {local:%a %Y-%m-%d %H:%M %Z}  ({fire:%Y-%m-%d %H:%M} UTC)")
+
+
+def cmd_jobs_run(args: argparse.Namespace, settings: Settings) -> None:
+    from notifier.digest import run_provider_digest
+
+    runtime, _ = _runtime(settings)
+    if args.name not in {job.name for job in runtime.jobs}:
+        known = ", ".join(job.name for job in runtime.jobs)
+        raise ConfigError(f"jobs run: no job named {args.name!r} (known: {known})")
+    now = datetime.now(UTC)
+    count = run_provider_digest(runtime.store, now, None, f"run{now:%Y%m%dT%H%M%S}")
+    print(f"{args.name}: {count} digests planned, due now (a running worker and clock send "
+          "them)")
+
+
+def cmd_preview(args: argparse.Namespace, settings: Settings) -> None:
+    from notifier.preview import preview
+
+    print(preview(settings, args.kind, args.locale, args.channel))
 
 
 def sign_event(secret: str, body: bytes, event_id: str, now: datetime) -> dict[str, str]:
@@ -179,6 +219,18 @@ def build_parser() -> argparse.ArgumentParser:
     worker.set_defaults(func=cmd_worker)
     clock = sub.add_parser("clock", help="claim due notifications, sweep leases")
     clock.set_defaults(func=cmd_clock)
+    jobs = sub.add_parser("jobs", help="cron jobs: list them, or run one now")
+    jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True)
+    jobs_sub.add_parser("list", help="each job's next fire time per zone").set_defaults(
+        func=cmd_jobs_list)
+    run = jobs_sub.add_parser("run", help="run a job now")
+    run.add_argument("name")
+    run.set_defaults(func=cmd_jobs_run)
+    preview = sub.add_parser("preview", help="render a template with sample data")
+    preview.add_argument("kind")
+    preview.add_argument("--locale", default="en")
+    preview.add_argument("--channel", choices=("sms", "email"), default=None)
+    preview.set_defaults(func=cmd_preview)
     send = sub.add_parser("send-event", help="sign and post events from JSON files")
     send.add_argument("files", nargs="+", help="a file holding one event or a list of them")
     send.add_argument("--url", help="base URL (default NOTIFIER_PUBLIC_URL)")

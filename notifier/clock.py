@@ -13,12 +13,15 @@ import random
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from dramatiq.brokers.redis import RedisBroker
 
+from notifier.digest import provider_zones
+from notifier.jobs import CATCH_UP, PROVIDER_ZONE, Job, previous_fire
 from notifier.policy.timing import utcnow
 from notifier.store import Store
-from notifier.tasks import enqueue_apply, enqueue_deliver
+from notifier.tasks import enqueue_apply, enqueue_deliver, enqueue_job
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +38,13 @@ class Clock:
     #: an accepted event not applied after this long is enqueued again
     event_grace_s: float = 30.0
     events_every_s: float = 5.0
+    jobs: list[Job] = field(default_factory=list)
+    #: how often the set of provider zones is read again
+    zones_every_s: float = 30.0
     rng: random.Random = field(default_factory=random.Random)
     _last_event_sweep: datetime | None = None
+    _zones: tuple[datetime, set[str]] | None = None
+    _fired: set[str] = field(default_factory=set)
 
     def tick(self, now: datetime) -> int:
         """One pass; returns how many notifications were handed to workers."""
@@ -60,7 +68,32 @@ class Clock:
                 enqueue_apply(self.broker, event_id)
             if stuck:
                 log.warning("re-enqueued %d events that were never applied", len(stuck))
+        self.fire_jobs(now)
         return handed
+
+    def _job_zones(self, job: Job, now: datetime) -> set[str]:
+        if job.zone != PROVIDER_ZONE:
+            return {job.zone}
+        if self._zones is None or now - self._zones[0] >= timedelta(seconds=self.zones_every_s):
+            self._zones = (now, provider_zones(self.store))
+        return self._zones[1]
+
+    def fire_jobs(self, now: datetime) -> list[str]:
+        """Enqueue each job whose fire time in a zone has come, once across all clocks:
+        the fire is claimed with SET NX on (job, zone, fire time)."""
+        fired = []
+        for job in self.jobs:
+            for zone in sorted(self._job_zones(job, now)):
+                fire = previous_fire(job.cron, now, ZoneInfo(zone))
+                key = f"n:job:{job.name}:{zone}:{int(fire.timestamp())}"
+                if now - fire > CATCH_UP or key in self._fired:
+                    continue
+                self._fired.add(key)
+                if self.store.redis.set(key, now.timestamp(), nx=True, ex=3 * 24 * 3600):
+                    enqueue_job(self.broker, job.name, zone, fire.isoformat())
+                    fired.append(key)
+                    log.info("fired %s for %s at %s", job.name, zone, fire.isoformat())
+        return fired
 
     def run(self, stop: threading.Event) -> None:
         log.info("clock running")

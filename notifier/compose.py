@@ -9,16 +9,24 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from notifier.channels import Attachment, Message
 from notifier.channels.calendar import Invite, build_invite
 from notifier.config import Settings
-from notifier.records import ClientRecord, ProviderRecord
-from notifier.render import Renderer, format_local_datetime, format_local_time
+from notifier.policy.figures import Policy
+from notifier.records import (
+    ClientRecord,
+    PrescriptionRecord,
+    ProviderQueueRecord,
+    ProviderRecord,
+)
+from notifier.render import Renderer, format_day, format_local_datetime, format_local_time
 from notifier.schedule import from_epoch
 
+#: Kinds addressed to the support team or a provider rather than a client.
+STAFF_KINDS = frozenset({"support_escalation", "provider_no_show", "provider_digest"})
 #: SMS carry at most this much of a first name, so every body stays within two segments.
 SMS_NAME_CHARS = 20
 #: Kinds whose email carries a calendar invite, and its METHOD.
@@ -63,6 +71,7 @@ def client_context(n: Stored, client: ClientRecord, provider: ProviderRecord | N
         "practice_url": settings.practice_url,
         "provider_name": provider.provider.name if provider else "your provider",
         "join_url": p.get("join_url"),
+        "item_kind": str(p.get("item_kind", "")).replace("_", " "),
     }
     if "start" in p:
         start = datetime.fromisoformat(p["start"])
@@ -73,6 +82,9 @@ def client_context(n: Stored, client: ClientRecord, provider: ProviderRecord | N
         format_local_datetime(datetime.fromisoformat(change_by), c.zone, c.locale)
         if change_by else None
     )
+    for name in ("runout", "book_by"):
+        day = p.get(name)
+        context[f"{name}_local"] = format_day(date.fromisoformat(day), c.locale) if day else None
     return context
 
 
@@ -99,11 +111,19 @@ def invite_for(n: Stored, client: ClientRecord, settings: Settings, now: datetim
 
 
 def compose_client_message(n: Stored, client: ClientRecord, provider: ProviderRecord | None,
-                           settings: Settings, renderer: Renderer, now: datetime) -> Message:
-    """The message for a client notification on its channel (address checked by caller)."""
+                           settings: Settings, renderer: Renderer, now: datetime, *,
+                           channel: str | None = None,
+                           prescription: PrescriptionRecord | None = None) -> Message:
+    """The message for a client notification on `channel` (default: its own; the caller
+    has checked the address). The medication is named in email only when the practice
+    allows it, and never in SMS."""
     c = client.client
     context = client_context(n, client, provider, settings)
-    if n.channel == "sms":
+    channel = channel or n.channel
+    context["medication"] = None
+    if channel == "email" and settings.email_shows_medication and prescription is not None:
+        context["medication"] = prescription.prescription.medication
+    if channel == "sms":
         # A long name must not push a message past two segments.
         context["first_name"] = c.first_name[:SMS_NAME_CHARS]
         body = renderer.sms(n.kind, c.locale, context)
@@ -114,3 +134,62 @@ def compose_client_message(n: Stored, client: ClientRecord, provider: ProviderRe
     return Message(notification_id=n.id, kind=n.kind, channel="email", to=c.email or "",
                    subject=email.subject, body=email.text, html=email.html,
                    attachments=attachments, due_at=n.due_at, expires_at=n.expires_at)
+
+
+def _hours(delta: timedelta) -> int:
+    return int(delta.total_seconds() // 3600)
+
+
+def _staff_message(n: Stored, to: str, context: dict[str, Any], renderer: Renderer) -> Message:
+    """Support and provider messages: English, no quiet hours, ids rather than names."""
+    if n.channel == "sms":
+        return Message(notification_id=n.id, kind=n.kind, channel="sms", to=to,
+                       body=renderer.sms(n.kind, "en", context), due_at=n.due_at)
+    email = renderer.email(n.kind, "en", context)
+    return Message(notification_id=n.id, kind=n.kind, channel="email", to=to,
+                   subject=email.subject, body=email.text, html=email.html, due_at=n.due_at)
+
+
+def compose_support_message(n: Stored, provider: ProviderRecord | None, settings: Settings,
+                            renderer: Renderer, now: datetime) -> Message:
+    """An alert to the support team: which client (by id), which provider, what, how old."""
+    p = n.params
+    context: dict[str, Any] = {
+        "practice_name": settings.practice_name,
+        "provider_name": provider.provider.name if provider else p.get("provider_id"),
+        "provider_id": p.get("provider_id"), "client_id": p.get("client_id"),
+        "item_kind": str(p.get("item_kind", "")).replace("_", " "),
+        "item_id": p.get("item_id"), "appointment_id": p.get("appointment_id"),
+        "start_utc": p.get("start"),
+    }
+    if p.get("opened_at"):
+        context["age_h"] = _hours(now - datetime.fromisoformat(p["opened_at"]))
+    to = settings.support_phone if n.channel == "sms" else settings.support_email
+    return _staff_message(n, to or "", context, renderer)
+
+
+@dataclass(frozen=True)
+class DigestLine:
+    kind: str
+    client_id: str
+    age_h: int
+    left_h: int
+    overdue: bool
+
+
+def compose_provider_digest(n: Stored, provider: ProviderRecord, queue: ProviderQueueRecord,
+                            settings: Settings, policy: Policy, renderer: Renderer,
+                            now: datetime) -> Message:
+    """The provider's open items, oldest first, with age and time left before escalation."""
+    items = sorted(queue.items.values(), key=lambda item: item.opened_at)
+    lines = [DigestLine(kind=item.kind.replace("_", " "), client_id=item.client_id,
+                        age_h=_hours(now - item.opened_at),
+                        left_h=max(0, _hours(item.escalates_at - now)),
+                        overdue=item.escalates_at <= now)
+             for item in items]
+    shown = lines[:policy.digest_max_items]
+    context = {"provider_name": provider.provider.name, "practice_name": settings.practice_name,
+               "items": shown, "more": len(lines) - len(shown), "count": len(lines),
+               "overdue": sum(line.overdue for line in lines),
+               "date_local": format_day(now.astimezone(provider.provider.zone).date(), "en")}
+    return _staff_message(n, provider.provider.email, context, renderer)

@@ -19,18 +19,31 @@ import random
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from notifier.channels import Channel
-from notifier.compose import Stored, compose_client_message
+from notifier.channels import Channel, Message
+from notifier.compose import (
+    Stored,
+    compose_client_message,
+    compose_provider_digest,
+    compose_support_message,
+)
 from notifier.config import Settings
 from notifier.errors import PermanentError, RetryableError, TemplateError
 from notifier.policy.figures import Policy
 from notifier.policy.plan import entity_ref
 from notifier.policy.timing import hold_for_quiet_hours
-from notifier.records import ClientRecord, ProviderRecord
+from notifier.records import (
+    ClientRecord,
+    PrescriptionRecord,
+    ProviderQueueRecord,
+    ProviderRecord,
+)
 from notifier.render import Renderer
 from notifier.store import Store
 
 log = logging.getLogger(__name__)
+
+#: A message ready to send with a note for the ledger, or the outcome already recorded.
+Prepared = tuple[Message, str] | str
 
 #: Longer than the slowest send (HTTP timeouts are 10 s); a lease that runs out means the
 #: worker died and the sweep hands the notification to another.
@@ -88,13 +101,37 @@ class Deliverer:
     def _deliver(self, n: Stored, now: datetime, recovering: bool) -> str:
         if now >= n.expires_at:
             return self._finish(n, "expired", "could not go out before it expired", now)
-        if n.recipient != "client":
+        prepare = {"client": self._prepare_client, "support": self._prepare_support,
+                   "provider": self._prepare_provider}.get(n.recipient)
+        if prepare is None:
             return self._finish(n, "failed", f"no route for recipient {n.recipient}", now)
-        records = self.store.load_records([entity_ref("client", n.recipient_id),
-                                           entity_ref("provider", n.params.get("provider_id",
-                                                                               "-"))])
-        client = records.get(entity_ref("client", n.recipient_id))
-        provider = records.get(entity_ref("provider", n.params.get("provider_id", "-")))
+        try:
+            prepared = prepare(n, now)
+        except TemplateError as exc:
+            return self._finish(n, "failed", f"template: {exc}", now)
+        if isinstance(prepared, str):
+            return prepared
+        message, note = prepared
+        channel = self.channels[message.channel]
+        if recovering and channel.already_sent(message):
+            return self._finish(n, "sent", "sent before a crash", now)
+        try:
+            receipt = channel.send(message, now)
+        except PermanentError as exc:
+            return self._finish(n, "failed", str(exc), now, code=exc.code)
+        except RetryableError as exc:
+            return self._retry(n, now, f"{exc.code or 'error'}: {exc}", exc.retry_after_s)
+        return self._finish(n, "sent", note, now, sent_at=receipt.sent_at.timestamp(),
+                            receipt=receipt.provider_id)
+
+    def _prepare_client(self, n: Stored, now: datetime) -> Prepared:
+        """Checks against the client as they are now, then the message (or an outcome)."""
+        refs = [entity_ref("client", n.recipient_id)]
+        for kind, key in (("provider", "provider_id"), ("prescription", "prescription_id")):
+            if n.params.get(key):
+                refs.append(entity_ref(kind, n.params[key]))
+        records = self.store.load_records(refs)
+        client = records.get(refs[0])
         if not isinstance(client, ClientRecord):
             due = now + timedelta(seconds=WAIT_FOR_CLIENT_S)
             if due >= n.expires_at:
@@ -107,38 +144,56 @@ class Deliverer:
                 return self._finish(n, "expired", "quiet hours last past its expiry", now)
             self.store.schedule.reschedule(n.id, held, "quiet hours")
             return "held"
-        closed = self._closed_reason(n.channel, client)
-        if closed:
+        channel, note = n.channel, ""
+        closed = closed_reason(channel, client)
+        fallback = n.params.get("fallback")
+        if closed and fallback and not closed_reason(fallback, client):
+            channel, note = fallback, f"sent by {fallback}: {closed}"
+        elif closed:
             return self._finish(n, "suppressed", closed, now)
-        try:
-            message = compose_client_message(
-                n, client, provider if isinstance(provider, ProviderRecord) else None,
-                self.settings, self.renderer, now)
-        except TemplateError as exc:
-            return self._finish(n, "failed", f"template: {exc}", now)
-        channel = self.channels[n.channel]
-        if recovering and channel.already_sent(message):
-            return self._finish(n, "sent", "sent before a crash", now)
-        try:
-            receipt = channel.send(message, now)
-        except PermanentError as exc:
-            return self._finish(n, "failed", str(exc), now, code=exc.code)
-        except RetryableError as exc:
-            return self._retry(n, now, f"{exc.code or 'error'}: {exc}", exc.retry_after_s)
-        return self._finish(n, "sent", "", now, sent_at=receipt.sent_at.timestamp(),
-                            receipt=receipt.provider_id)
+        provider = records.get(entity_ref("provider", n.params.get("provider_id", "")))
+        rx = records.get(entity_ref("prescription", n.params.get("prescription_id", "")))
+        message = compose_client_message(
+            n, client, provider if isinstance(provider, ProviderRecord) else None,
+            self.settings, self.renderer, now, channel=channel,
+            prescription=rx if isinstance(rx, PrescriptionRecord) else None)
+        return message, note
 
-    @staticmethod
-    def _closed_reason(channel: str, client: ClientRecord) -> str:
-        c = client.client
-        if channel == "sms":
-            if not c.channels.sms:
-                return "client does not accept sms"
-            if not c.phone:
-                return "no phone number"
-        elif channel == "email":
-            if not c.channels.email:
-                return "client does not accept email"
-            if not c.email:
-                return "no email address"
-        return ""
+    def _prepare_support(self, n: Stored, now: datetime) -> Prepared:
+        """Support alerts ignore quiet hours; SMS only when a support phone is set."""
+        if n.channel == "sms" and not self.settings.support_phone:
+            return self._finish(n, "suppressed", "NOTIFIER_SUPPORT_PHONE is not set", now)
+        provider = self.store.load_record(entity_ref("provider",
+                                                     n.params.get("provider_id", "")))
+        return compose_support_message(
+            n, provider if isinstance(provider, ProviderRecord) else None, self.settings,
+            self.renderer, now), ""
+
+    def _prepare_provider(self, n: Stored, now: datetime) -> Prepared:
+        """The provider digest lists what is open when it is sent; nothing open, no email."""
+        records = self.store.load_records([entity_ref("provider", n.recipient_id),
+                                           entity_ref("provider_queue", n.recipient_id)])
+        provider = records.get(entity_ref("provider", n.recipient_id))
+        queue = records.get(entity_ref("provider_queue", n.recipient_id))
+        if not isinstance(provider, ProviderRecord):
+            return self._finish(n, "suppressed", "unknown provider", now)
+        if not isinstance(queue, ProviderQueueRecord) or not queue.items:
+            return self._finish(n, "suppressed", "nothing open", now)
+        return compose_provider_digest(n, provider, queue, self.settings, self.policy,
+                                       self.renderer, now), ""
+
+
+def closed_reason(channel: str, client: ClientRecord) -> str:
+    """Why `channel` cannot reach `client` now, or "" when it can."""
+    c = client.client
+    if channel == "sms":
+        if not c.channels.sms:
+            return "client does not accept sms"
+        if not c.phone:
+            return "no phone number"
+    elif channel == "email":
+        if not c.channels.email:
+            return "client does not accept email"
+        if not c.email:
+            return "no email address"
+    return ""

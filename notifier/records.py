@@ -7,12 +7,12 @@ older event arriving late can be recognised as stale.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from notifier.events import Appointment, Client, Provider
+from notifier.events import Appointment, Client, Prescription, Provider
 
 
 class Record(BaseModel):
@@ -45,10 +45,63 @@ class AppointmentRecord(Record):
     confirmed_at: AwareDatetime | None = None
 
 
+class VisitsRecord(Record):
+    """A client's visits as far as we know them: the basis of visit-required and follow-up."""
+
+    last_completed_on: date | None = None
+    #: appointment id -> start, for appointments still scheduled
+    upcoming: dict[str, AwareDatetime] = Field(default_factory=dict)
+
+    def has_visit_after(self, instant: datetime) -> bool:
+        return any(start > instant for start in self.upcoming.values())
+
+
+class PrescriptionRecord(Record):
+    prescription: Prescription
+    status: Literal["active", "discontinued"] = "active"
+
+
+ItemKind = Literal["refill_request", "message"]
+
+
+class OpenItemRecord(Record):
+    """A refill request or client message waiting for the provider (or a tombstone: an item
+    closed before we saw it open, so a late `opened` event is recognised as stale)."""
+
+    id: str
+    kind: ItemKind
+    client_id: str | None = None
+    provider_id: str | None = None
+    prescription_id: str | None = None
+    opened_at: AwareDatetime | None = None
+    status: Literal["open", "closed"] = "open"
+    closed_reason: str | None = None
+
+
+class OpenItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: ItemKind
+    client_id: str
+    opened_at: AwareDatetime
+    escalates_at: AwareDatetime
+
+
+class ProviderQueueRecord(Record):
+    """A provider's open items, for the daily digest: item ref -> what it is."""
+
+    items: dict[str, OpenItem] = Field(default_factory=dict)
+
+
 RECORD_TYPES: dict[str, type[Record]] = {
     "client": ClientRecord,
     "provider": ProviderRecord,
     "appointment": AppointmentRecord,
+    "visits": VisitsRecord,
+    "prescription": PrescriptionRecord,
+    "refill_request": OpenItemRecord,
+    "message": OpenItemRecord,
+    "provider_queue": ProviderQueueRecord,
 }
 
 
@@ -59,3 +112,16 @@ class State:
     client: ClientRecord | None = None
     provider: ProviderRecord | None = None
     appointment: AppointmentRecord | None = None
+    visits: VisitsRecord | None = None
+    prescription: PrescriptionRecord | None = None
+    item: OpenItemRecord | None = None
+    provider_queue: ProviderQueueRecord | None = None
+
+    @classmethod
+    def from_records(cls, records: dict[str, Record]) -> State:
+        """Sort loaded records (by ref) into their slots."""
+        found: dict[str, Record] = {}
+        for ref, record in records.items():
+            kind = ref.split(":", 1)[0]
+            found["item" if kind in ("refill_request", "message") else kind] = record
+        return cls(**found)  # type: ignore[arg-type]

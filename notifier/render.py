@@ -14,7 +14,7 @@ from __future__ import annotations
 import html
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -58,9 +58,9 @@ def format_local_time(instant: datetime, zone: ZoneInfo, locale: str) -> str:
     return format_datetime(instant, pattern, tzinfo=zone, locale=locale)
 
 
-def format_local_date(instant: datetime, zone: ZoneInfo, locale: str) -> str:
+def format_day(day: date, locale: str) -> str:
     pattern = DATE_PATTERNS.get(locale, DATE_PATTERNS[DEFAULT_LOCALE])
-    return format_date(instant.astimezone(zone).date(), pattern, locale=locale)
+    return format_date(day, pattern, locale=locale)
 
 
 def text_to_html(text: str) -> str:

@@ -12,6 +12,7 @@ from notifier.channels.outbox import Outbox
 from notifier.config import Settings
 from notifier.delivery import Deliverer
 from notifier.errors import ConfigError
+from notifier.jobs import Job, load_jobs
 from notifier.policy.figures import Policy, load_policy
 from notifier.redis_server import EmbeddedRedis
 from notifier.render import Renderer
@@ -48,6 +49,7 @@ class Runtime:
     renderer: Renderer
     channels: dict[str, Channel]
     deliverer: Deliverer
+    jobs: list[Job]
 
     @classmethod
     def build(cls, settings: Settings, redis_url: str) -> Runtime:
@@ -59,4 +61,5 @@ class Runtime:
         deliverer = Deliverer(store=store, channels=channels, renderer=renderer,
                               settings=settings, policy=policy, lease_s=settings.lease_s)
         return cls(settings=settings, policy=policy, redis_url=redis_url, redis=client,
-                   store=store, renderer=renderer, channels=channels, deliverer=deliverer)
+                   store=store, renderer=renderer, channels=channels, deliverer=deliverer,
+                   jobs=load_jobs(settings.schedules_dir))

@@ -58,7 +58,7 @@ if redis.call('HGET', KEYS[1], 'state') == 'scheduled' then
   redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 end
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
-redis.call('SADD', KEYS[4], ARGV[1])
+for i = 4, #KEYS do redis.call('SADD', KEYS[i], ARGV[1]) end
 return 1
 """
 

@@ -159,6 +159,12 @@ class Store:
             pipe.zrem(PENDING_EVENTS, event_id)
             pipe.execute()
 
+    def write_plan(self, plan: Plan, now: datetime) -> None:
+        """Write a plan not tied to an event (a cron job's), in one transaction."""
+        with self.redis.pipeline() as pipe:
+            self._write_plan(pipe, plan, now)
+            pipe.execute()
+
     def _write_plan(self, pipe: Any, plan: Plan, now: datetime) -> None:
         for ref, record in plan.records.items():
             pipe.set(record_key(ref), record.model_dump_json())
@@ -168,7 +174,7 @@ class Store:
         for n in plan.add:
             self.schedule.add_script(
                 keys=[notif_key(n.id), SCHEDULE, by_recipient_key(n.recipient, n.recipient_id),
-                      by_entity_key(n.entity)],
+                      *(by_entity_key(ref) for ref in (n.entity, *n.also_cancelled_by))],
                 args=[n.id, epoch(n.due_at), *_notification_fields(n, now)],
                 client=pipe,
             )

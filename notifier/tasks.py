@@ -8,7 +8,9 @@ clock only enqueue, by name, so they never import what the worker needs to run a
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
@@ -22,6 +24,7 @@ from dramatiq.middleware import (
 )
 
 from notifier.apply import apply_stored_event
+from notifier.digest import run_provider_digest
 from notifier.policy.timing import utcnow
 
 if TYPE_CHECKING:
@@ -31,8 +34,10 @@ log = logging.getLogger(__name__)
 
 EVENTS_QUEUE = "events"
 DELIVER_QUEUE = "deliver"
+JOBS_QUEUE = "jobs"
 APPLY_EVENT = "apply_event"
 DELIVER = "deliver"
+RUN_JOB = "run_job"
 #: Dramatiq's own retries are only for planning errors (a Redis hiccup); their backoff
 #: sits in dramatiq's FIFO delay list, so it is capped near an hour (DESIGN.md §1).
 MAX_BACKOFF_MS = 3_600_000
@@ -59,6 +64,10 @@ def enqueue_deliver(broker: RedisBroker, ids: list[str]) -> None:
     _send(broker, DELIVER_QUEUE, DELIVER, ids)
 
 
+def enqueue_job(broker: RedisBroker, name: str, zone: str, fire_iso: str) -> None:
+    _send(broker, JOBS_QUEUE, RUN_JOB, name, zone, fire_iso)
+
+
 def declare_actors(broker: RedisBroker, runtime: Runtime) -> None:
     """Declare the actors on `broker`, bound to this worker process's runtime."""
 
@@ -69,6 +78,16 @@ def declare_actors(broker: RedisBroker, runtime: Runtime) -> None:
         for notification_id in ids:
             runtime.deliverer.deliver(notification_id, utcnow())
 
+    def run_job(name: str, zone: str, fire_iso: str) -> None:
+        fire = datetime.fromisoformat(fire_iso)
+        if name == "provider-digest":
+            occasion = fire.astimezone(ZoneInfo(zone)).strftime("%Y%m%d")
+            run_provider_digest(runtime.store, utcnow(), zone, occasion)
+        else:
+            log.error("unknown job %s", name)
+
+    dramatiq.actor(broker=broker, actor_name=RUN_JOB, queue_name=JOBS_QUEUE,
+                   max_retries=5)(run_job)
     dramatiq.actor(broker=broker, actor_name=APPLY_EVENT, queue_name=EVENTS_QUEUE,
                    max_retries=10)(apply_event)
     # Our own schedule retries deliveries; a failed message is recovered by the lease sweep.

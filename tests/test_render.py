@@ -8,15 +8,26 @@ from pathlib import Path
 
 import pytest
 from icalendar import Calendar
+from jinja2 import meta
 
 from notifier.channels.calendar import Invite, build_invite, invite_uid
-from notifier.compose import INVITE_METHODS, Stored, compose_client_message
+from notifier.compose import INVITE_METHODS, STAFF_KINDS, Stored, compose_client_message
 from notifier.config import PROJECT_ROOT, Settings
 from notifier.errors import TemplateError
-from notifier.records import ClientRecord, ProviderRecord
+from notifier.preview import (
+    SAMPLE_PRESCRIPTION,
+    SAMPLE_PROVIDER,
+    preview,
+    sample_client,
+    sample_stored,
+)
+from notifier.records import ClientRecord
 from notifier.render import Renderer, sms_segments, text_to_html
 
-EMERGENCY = "If you are in immediate danger, call 911 or your local emergency number."
+EMERGENCY = {
+    "en": "If you are in immediate danger, call 911 or your local emergency number.",
+    "es": "Si está en peligro inmediato, llame al 911 o al número de emergencias local.",
+}
 #: Words no SMS may carry (SPEC §3 rule 6), checked case-insensitively.
 CLINICAL_WORDS = ("psychiatr", "medication", "prescription", "dosage", "diagnos", " mg")
 START = datetime(2026, 12, 14, 15, 30, tzinfo=UTC)
@@ -28,67 +39,103 @@ def renderer() -> Renderer:
     return Renderer(PROJECT_ROOT / "templates")
 
 
+TEMPLATES = Renderer(PROJECT_ROOT / "templates")
+CLIENT_SMS = [k for k in TEMPLATES.kinds("sms") if k not in STAFF_KINDS]
+CLIENT_EMAIL = [k for k in TEMPLATES.kinds("email") if k not in STAFF_KINDS]
+LOCALES = ("en",)
+#: The longest first name the schema allows makes the worst case for SMS length.
+LONGEST_NAME = "Maximiliana-Josefina" * 5
+
+
 def client(locale: str = "en", zone: str = "America/New_York") -> ClientRecord:
-    return ClientRecord.model_validate({"updated_at": NOW, "client": {
-        # The longest first name the schema allows makes the worst case for SMS length.
-        "id": "c1", "first_name": "Maximiliana-Josefina" * 5, "phone": "+14155550123",
-        "email": "ana@example.com", "timezone": zone, "locale": locale,
-        "channels": {"sms": True, "email": True}}})
-
-
-PROVIDER = ProviderRecord.model_validate({"updated_at": NOW, "provider": {
-    "id": "prov-1", "name": "Dr. Rivera", "email": "rivera@example.com",
-    "timezone": "America/Chicago"}})
+    record = sample_client(locale, first_name=LONGEST_NAME)
+    return record.model_copy(update={"client": record.client.model_copy(
+        update={"timezone": zone})})
 
 
 def stored(kind: str, channel: str, **params: object) -> Stored:
-    base = {"appointment_id": "a1", "provider_id": "prov-1", "start": START.isoformat(),
-            "end": (START + timedelta(minutes=30)).isoformat(), "kind": "therapy",
-            "join_url": "https://video.example.com/rooms/0f8fad5b-d9cb-469f-a165-70867728950e",
-            "sequence": 2, "change_by": (START - timedelta(hours=24)).isoformat()}
-    return Stored(id=f"{kind}:a1:x:{channel}", kind=kind, channel=channel, recipient="client",
-                  recipient_id="c1", due_at=NOW, expires_at=START,
-                  params={**base, **params}, attempts=1)
+    fixed: dict[str, object] = {"start": START.isoformat(),
+                                "end": (START + timedelta(minutes=30)).isoformat(),
+                                "change_by": (START - timedelta(hours=24)).isoformat()}
+    return sample_stored(kind, channel, **{**fixed, **params})
 
 
-def settings() -> Settings:
-    return Settings.from_env({"NOTIFIER_PRACTICE_NAME": "Riverbend Health Partners"},
+def settings(**env: str) -> Settings:
+    return Settings.from_env({"NOTIFIER_PRACTICE_NAME": "Riverbend Health Partners", **env},
                              dotenv=Path("/nonexistent"))
 
 
-@pytest.mark.parametrize("kind", Renderer(PROJECT_ROOT / "templates").kinds("sms"))
+@pytest.mark.parametrize("kind", CLIENT_SMS)
+@pytest.mark.parametrize("locale", LOCALES)
 @pytest.mark.parametrize("change_by", [True, False])
-def test_every_sms_fits_two_segments_and_names_nothing_clinical(renderer, kind, change_by):
+def test_every_client_sms_fits_two_segments_and_names_nothing_clinical(renderer, kind, locale,
+                                                                      change_by):
     n = stored(kind, "sms", **({} if change_by else {"change_by": None}))
-    message = compose_client_message(n, client(), PROVIDER, settings(), renderer, NOW)
+    message = compose_client_message(n, client(locale), SAMPLE_PROVIDER,
+                                     settings(NOTIFIER_EMAIL_SHOWS_MEDICATION="true"), renderer,
+                                     NOW, prescription=SAMPLE_PRESCRIPTION)
     assert sms_segments(message.body) <= 2, (kind, len(message.body), message.body)
     assert "Riverbend Health Partners" in message.body
-    assert not any(word in message.body.lower() for word in CLINICAL_WORDS), message.body
+    lowered = message.body.lower()
+    assert not any(word in lowered for word in CLINICAL_WORDS), message.body
+    assert "sertraline" not in lowered
     assert "  " not in message.body and "\n" not in message.body
-    assert "CANCEL" not in message.body.upper().replace("CANCELLED", "")
+    assert "CANCEL" not in message.body.upper().replace("CANCELLED", "").replace(
+        "CANCELADA", "")
 
 
-@pytest.mark.parametrize("kind", Renderer(PROJECT_ROOT / "templates").kinds("email"))
-def test_every_client_email_ends_with_the_emergency_line(renderer, kind):
-    message = compose_client_message(stored(kind, "email"), client(), PROVIDER, settings(),
-                                     renderer, NOW)
-    assert message.body.rstrip().endswith(EMERGENCY)
-    assert EMERGENCY in (message.html or "")
+@pytest.mark.parametrize("kind", TEMPLATES.kinds("sms"))
+def test_no_sms_template_can_even_refer_to_the_medication(kind):
+    for locale in LOCALES:
+        path = PROJECT_ROOT / "templates" / "sms" / f"{kind}.{locale}.txt"
+        if path.exists():
+            names = meta.find_undeclared_variables(TEMPLATES.env.parse(path.read_text()))
+            assert "medication" not in names, path
+
+
+@pytest.mark.parametrize("kind", CLIENT_EMAIL)
+@pytest.mark.parametrize("locale", LOCALES)
+def test_every_client_email_ends_with_the_emergency_line(renderer, kind, locale):
+    message = compose_client_message(stored(kind, "email"), client(locale), SAMPLE_PROVIDER,
+                                     settings(), renderer, NOW,
+                                     prescription=SAMPLE_PRESCRIPTION)
+    assert message.body.rstrip().endswith(EMERGENCY[locale])
+    assert EMERGENCY[locale] in (message.html or "")
     assert message.subject and "\n" not in message.subject
     assert not any(word in message.subject.lower() for word in CLINICAL_WORDS)
+    assert "sertraline" not in message.body.lower()
     assert ("invite.ics" in [a.filename for a in message.attachments]) == (kind in INVITE_METHODS)
 
 
+@pytest.mark.parametrize("kind", ["refill_due", "visit_required"])
+def test_email_names_the_medication_only_when_the_practice_allows(renderer, kind):
+    shown = compose_client_message(stored(kind, "email"), client(), SAMPLE_PROVIDER,
+                                   settings(NOTIFIER_EMAIL_SHOWS_MEDICATION="on"), renderer, NOW,
+                                   prescription=SAMPLE_PRESCRIPTION)
+    assert "Sertraline 50 mg" in shown.body
+    assert "Sertraline" not in (shown.subject or "")
+
+
+@pytest.mark.parametrize("kind", sorted(STAFF_KINDS))
+def test_staff_messages_render_with_ids_not_contact_details(kind):
+    text = preview(settings(), kind, "en", None)
+    assert "client-1" in text
+    assert "+14155550123" not in text and "ana@example.com" not in text
+    if kind in TEMPLATES.kinds("sms"):
+        sms = preview(settings(), kind, "en", "sms").split("\n", 1)[1]
+        assert sms_segments(sms) <= 2, sms
+
+
 def test_times_are_written_in_the_clients_zone(renderer):
-    message = compose_client_message(stored("appointment_reminder", "sms"), client(), PROVIDER,
-                                     settings(), renderer, NOW)
+    message = compose_client_message(stored("appointment_reminder", "sms"), client(),
+                                     SAMPLE_PROVIDER, settings(), renderer, NOW)
     assert "Mon, Dec 14 at 10:30 AM EST" in message.body
     assert "Sun, Dec 13 at 10:30 AM EST" in message.body  # change-by, start - 24 h
 
 
 def test_a_reminder_inside_the_late_window_does_not_offer_a_fee_free_change(renderer):
     message = compose_client_message(stored("appointment_reminder", "sms", change_by=None),
-                                     client(), PROVIDER, settings(), renderer, NOW)
+                                     client(), SAMPLE_PROVIDER, settings(), renderer, NOW)
     assert "avoid a late fee" not in message.body
     assert "late fee may apply" in message.body
 

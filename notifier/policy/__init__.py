@@ -1,7 +1,8 @@
 """Pure planning: `plan(event, state, now, policy) -> Plan`.
 
 No Redis, no clock, no provider in here. `refs_for(event)` names the records a policy
-needs, so the store can load them before planning.
+needs; `derived_refs(records)` the ones found through them (an appointment's client), so
+the store can load both before planning.
 """
 
 from __future__ import annotations
@@ -10,10 +11,18 @@ from collections.abc import Callable
 from datetime import datetime
 
 from notifier.events import ClientUpsertedData, Event, ProviderUpsertedData
-from notifier.policy import appointments
+from notifier.policy import refills, requests, visits
 from notifier.policy.figures import Policy
 from notifier.policy.plan import Plan, entity_ref, ignored, stale
-from notifier.records import ClientRecord, ProviderRecord, State
+from notifier.records import (
+    AppointmentRecord,
+    ClientRecord,
+    OpenItemRecord,
+    PrescriptionRecord,
+    ProviderRecord,
+    Record,
+    State,
+)
 
 Planner = Callable[[Event, State, datetime, Policy], Plan]
 
@@ -37,35 +46,77 @@ def _provider_upserted(event: Event, state: State, now: datetime, policy: Policy
 PLANNERS: dict[str, Planner] = {
     "client.upserted": _client_upserted,
     "provider.upserted": _provider_upserted,
-    "appointment.scheduled": appointments.plan_scheduled,
-    "appointment.rescheduled": appointments.plan_rescheduled,
-    "appointment.cancelled": appointments.plan_cancelled,
-    "appointment.completed": appointments.plan_closed,
-    "appointment.no_show": appointments.plan_closed,
+    "appointment.scheduled": visits.plan_booked,
+    "appointment.rescheduled": visits.plan_booked,
+    "appointment.cancelled": visits.plan_cancelled,
+    "appointment.completed": visits.plan_completed,
+    "appointment.no_show": visits.plan_no_show,
+    "prescription.filled": refills.plan_filled,
+    "prescription.discontinued": refills.plan_discontinued,
+    "refill.requested": requests.plan_opened,
+    "message.received": requests.plan_opened,
+    "refill.sent": requests.plan_closed,
+    "refill.denied": requests.plan_closed,
+    "message.answered": requests.plan_closed,
 }
+
+
+def _client_refs(client_id: str) -> list[str]:
+    return [entity_ref("client", client_id), entity_ref("visits", client_id)]
 
 
 def refs_for(event: Event) -> list[str]:
     """The records to load before planning `event`, named directly by it."""
-    data = event.data
-    if event.type == "client.upserted":
+    data, kind = event.data, event.type
+    if kind == "client.upserted":
         return [entity_ref("client", data.client.id)]
-    if event.type == "provider.upserted":
+    if kind == "provider.upserted":
         return [entity_ref("provider", data.provider.id)]
-    if event.type in ("appointment.scheduled", "appointment.rescheduled"):
+    if kind in ("appointment.scheduled", "appointment.rescheduled"):
         appt = data.appointment
-        return [entity_ref("appointment", appt.id), entity_ref("client", appt.client_id)]
-    if event.type.startswith("appointment."):
+        return [entity_ref("appointment", appt.id), *_client_refs(appt.client_id)]
+    if kind.startswith("appointment."):
         return [entity_ref("appointment", data.appointment_id)]
-    return []
+    if kind == "prescription.filled":
+        rx = data.prescription
+        return [entity_ref("prescription", rx.id), *_client_refs(rx.client_id)]
+    if kind == "prescription.discontinued":
+        return [entity_ref("prescription", data.prescription_id)]
+    ref = requests.item_ref(event)
+    if kind in requests.OPENING:
+        item = getattr(data, requests.OPENING[kind][1])
+        more = [entity_ref("provider", item.provider_id),
+                entity_ref("provider_queue", item.provider_id), *_client_refs(item.client_id)]
+        if kind == "refill.requested":
+            more.append(entity_ref("prescription", item.prescription_id))
+        return [ref, *more]
+    return [ref]
+
+
+def derived_refs(records: dict[str, Record]) -> list[str]:
+    """Records reached through loaded ones: an appointment's client, an item's provider."""
+    refs: list[str] = []
+    for record in records.values():
+        if isinstance(record, AppointmentRecord):
+            appt = record.appointment
+            refs += [*_client_refs(appt.client_id), entity_ref("provider", appt.provider_id)]
+        elif isinstance(record, PrescriptionRecord):
+            refs += _client_refs(record.prescription.client_id)
+        elif isinstance(record, OpenItemRecord) and record.client_id and record.provider_id:
+            refs += [*_client_refs(record.client_id),
+                     entity_ref("provider", record.provider_id),
+                     entity_ref("provider_queue", record.provider_id)]
+            if record.prescription_id:
+                refs.append(entity_ref("prescription", record.prescription_id))
+    return [ref for ref in dict.fromkeys(refs) if ref not in records]
 
 
 def plan(event: Event, state: State, now: datetime, policy: Policy) -> Plan:
     """What `event` means, given what is known and the time: notifications to add or cancel."""
     planner = PLANNERS.get(event.type)
     if planner is None:
-        return ignored(f"{event.type} is accepted but not acted on yet")
+        return ignored(f"{event.type} is accepted but not acted on")
     return planner(event, state, now, policy)
 
 
-__all__ = ["Plan", "plan", "refs_for", "stale", "ignored"]
+__all__ = ["Plan", "plan", "refs_for", "derived_refs", "stale", "ignored", "State"]

@@ -7,7 +7,7 @@ expires (a reminder expires at the start).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from notifier.events import (
@@ -92,10 +92,10 @@ def reminders(record: AppointmentRecord, booked_at: datetime, state: State, now:
         upcoming = [(o, due) for o, due in upcoming if due > now] + [overdue[-1]]
     planned = []
     for offset, due in upcoming:
-        hours = int(offset.total_seconds() // 3600)
         for channel in figures.reminder_channels:
             planned.append(client_notification(
-                kind="appointment_reminder", occasion=f"{hours}h.{occasion}", channel=channel,
+                kind="appointment_reminder", occasion=f"{_label(offset)}.{occasion}",
+                channel=channel,
                 record=record, due_at=max(due, now), expires_at=appt.start, state=state,
                 policy=policy,
                 params=_change_by(record, policy) if offset > figures.late_change_window
@@ -110,6 +110,12 @@ def reminders(record: AppointmentRecord, booked_at: datetime, state: State, now:
                 state=state, policy=policy,
             ))
     return planned
+
+
+def _label(offset: timedelta) -> str:
+    """An offset in dedupe keys: `72h`, or `90min` when not whole hours (1.5 h and 1 h differ)."""
+    minutes = int(offset.total_seconds() // 60)
+    return f"{minutes // 60}h" if minutes % 60 == 0 else f"{minutes}min"
 
 
 def _change_by(record: AppointmentRecord, policy: Policy) -> dict[str, Any]:

@@ -5,11 +5,13 @@ Every figure is validated at start-up; a bad one raises `ConfigError` naming the
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass
 from datetime import time, timedelta
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import holidays
 
@@ -69,6 +71,10 @@ class Policy:
     follow_up_after: timedelta
     follow_up_local_time: time
     response_window: ResponseWindow
+    #: the zone used when a recipient's own is not known
+    practice_zone: ZoneInfo = ZoneInfo("America/New_York")
+    follow_up_valid: timedelta = timedelta(days=14)
+    digest_max_items: int = 50
 
 
 class _Section:
@@ -87,7 +93,8 @@ class _Section:
 
     def number(self, key: str, minimum: float = 0) -> float:
         value = self._get(key)
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
+        if (isinstance(value, bool) or not isinstance(value, int | float)
+                or not math.isfinite(value) or value < minimum):
             raise ConfigError(f"policy file: {self.name}.{key} must be a number >= {minimum}")
         return float(value)
 
@@ -95,7 +102,8 @@ class _Section:
         value = self._get(key)
         if not isinstance(value, list) or not value:
             raise ConfigError(f"policy file: {self.name}.{key} must be a non-empty list")
-        if not all(isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in value):
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+                   and v > 0 for v in value):
             raise ConfigError(f"policy file: {self.name}.{key} must hold positive numbers")
         return [float(v) for v in value]
 
@@ -123,6 +131,11 @@ class _Section:
 
 
 def policy_from_mapping(data: dict[str, Any]) -> Policy:
+    practice, digest = _Section(data, "practice"), _Section(data, "digest")
+    try:
+        practice_zone = ZoneInfo(str(practice._get("timezone")))
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError("policy file: practice.timezone is not an IANA time zone") from None
     quiet, appts = _Section(data, "quiet_hours"), _Section(data, "appointments")
     refills, follow = _Section(data, "refills"), _Section(data, "follow_up")
     window = _Section(data, "response_window")
@@ -161,6 +174,9 @@ def policy_from_mapping(data: dict[str, Any]) -> Policy:
             business_days=int(window.number("business_days", 1)),
             holiday_country=country,
         ),
+        practice_zone=practice_zone,
+        follow_up_valid=timedelta(days=follow.number("valid_days", 1)),
+        digest_max_items=int(digest.number("max_items", 1)),
     )
 
 

@@ -1,0 +1,78 @@
+"""Cron jobs from `schedules/jobs.toml`, fired once per (job, zone, fire time) cluster-wide.
+
+`next_fire` / `previous_fire` are pure: cron is evaluated on the wall clock of the job's
+zone, and a wall-clock time that does not exist (spring forward) fires at the first valid
+minute after it, one that occurs twice (fall back) fires once, at the first.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter
+
+from notifier.errors import ConfigError
+from notifier.policy.timing import local_time
+
+#: `zone = "provider"`: the job fires in each provider's own zone.
+PROVIDER_ZONE = "provider"
+#: A fire time missed while no clock ran is still honoured this long after it.
+CATCH_UP = timedelta(hours=1)
+KNOWN_JOBS = ("provider-digest",)
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    cron: str
+    zone: str
+
+
+def load_jobs(schedules_dir: Path) -> list[Job]:
+    path = schedules_dir / "jobs.toml"
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"NOTIFIER_SCHEDULES_DIR: no jobs.toml in {schedules_dir}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"jobs file {path}: not valid TOML ({exc})") from None
+    jobs = []
+    for entry in data.get("job", []):
+        name, cron, zone = entry.get("name"), entry.get("cron"), entry.get("zone", "UTC")
+        if name not in KNOWN_JOBS:
+            raise ConfigError(f"jobs file: unknown job {name!r}; known: {', '.join(KNOWN_JOBS)}")
+        if not isinstance(cron, str) or not croniter.is_valid(cron):
+            raise ConfigError(f"jobs file: job {name}: cron {cron!r} is not a cron expression")
+        if zone != PROVIDER_ZONE:
+            try:
+                ZoneInfo(zone)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ConfigError(f"jobs file: job {name}: zone {zone!r} is unknown") from None
+        jobs.append(Job(name=name, cron=cron, zone=zone))
+    return jobs
+
+
+def next_fire(expr: str, after: datetime, zone: ZoneInfo) -> datetime:
+    """The first fire time strictly after `after` (aware, UTC result)."""
+    naive = after.astimezone(zone).replace(tzinfo=None, second=0, microsecond=0)
+    cron = croniter(expr, naive - timedelta(minutes=1))
+    while True:
+        local: datetime = cron.get_next(datetime)
+        fire = local_time(local.date(), local.time(), zone)
+        if fire > after:
+            return fire
+
+
+def previous_fire(expr: str, at: datetime, zone: ZoneInfo) -> datetime:
+    """The last fire time at or before `at` (aware, UTC result)."""
+    naive = at.astimezone(zone).replace(tzinfo=None, second=0, microsecond=0)
+    cron = croniter(expr, naive + timedelta(minutes=1))
+    while True:
+        local: datetime = cron.get_prev(datetime)
+        fire = local_time(local.date(), local.time(), zone)
+        if fire <= at:
+            return fire

@@ -1,0 +1,121 @@
+"""Visits: what appointments mean for the client's care cadence.
+
+Keeps the client's `visits` record (last completed visit, upcoming appointments), plans the
+"book your follow-up" nudge after a completed visit, and the no-show notices. A new or moved
+booking cancels a pending follow-up nudge and visit-required notice.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from notifier.events import AppointmentNoShowData, Event
+from notifier.policy import appointments
+from notifier.policy.common import at_client_local, client_zone, for_client, for_support
+from notifier.policy.figures import CHANNELS, Policy
+from notifier.policy.plan import Plan, PlannedNotification, entity_ref, ignored, stale
+from notifier.records import AppointmentRecord, State, VisitsRecord
+
+#: No-show notices are about rebooking soon; after this they are moot.
+NO_SHOW_NOTICE_VALID = timedelta(days=2)
+
+
+def _visits(state: State, at: datetime) -> VisitsRecord:
+    visits = state.visits or VisitsRecord(updated_at=at)
+    return visits.model_copy(update={"upcoming": dict(visits.upcoming),
+                                     "updated_at": max(visits.updated_at, at)})
+
+
+def plan_booked(event: Event, state: State, now: datetime, policy: Policy) -> Plan:
+    """`appointment.scheduled` / `rescheduled`: the appointment plan, plus the visits."""
+    planner = (appointments.plan_scheduled if event.type == "appointment.scheduled"
+               else appointments.plan_rescheduled)
+    plan = planner(event, state, now, policy)
+    if plan.outcome != "applied":
+        return plan
+    appt = event.data.appointment
+    visits = _visits(state, event.occurred_at)
+    visits.upcoming[appt.id] = appt.start
+    cancel = (entity_ref("followup", appt.client_id), entity_ref("visitreq", appt.client_id))
+    return Plan(outcome=plan.outcome, reason=plan.reason, add=plan.add,
+                cancel=plan.cancel + cancel,
+                records={**plan.records, entity_ref("visits", appt.client_id): visits})
+
+
+def plan_cancelled(event: Event, state: State, now: datetime, policy: Policy) -> Plan:
+    plan = appointments.plan_cancelled(event, state, now, policy)
+    if plan.outcome != "applied" or state.appointment is None:
+        return plan
+    return _without_upcoming(plan, state.appointment, state, event.occurred_at)
+
+
+def _without_upcoming(plan: Plan, record: AppointmentRecord, state: State,
+                      at: datetime, **changes: object) -> Plan:
+    visits = _visits(state, at)
+    visits.upcoming.pop(record.appointment.id, None)
+    visits = visits.model_copy(update=changes) if changes else visits
+    return Plan(outcome=plan.outcome, reason=plan.reason, add=plan.add, cancel=plan.cancel,
+                records={**plan.records,
+                         entity_ref("visits", record.appointment.client_id): visits})
+
+
+def _closing(event: Event, state: State, status: str) -> Plan | AppointmentRecord:
+    existing = state.appointment
+    if existing is None:
+        return ignored("unknown appointment")
+    if existing.is_newer_than(event.occurred_at):
+        return stale()
+    if existing.status == status:
+        return ignored(f"appointment already {status}")
+    return existing
+
+
+def plan_completed(event: Event, state: State, now: datetime, policy: Policy) -> Plan:
+    existing = _closing(event, state, "completed")
+    if isinstance(existing, Plan):
+        return existing
+    appt = existing.appointment
+    ref = entity_ref("appointment", appt.id)
+    record = existing.model_copy(update={"status": "completed",
+                                         "updated_at": event.occurred_at})
+    visit_day = appt.start.astimezone(client_zone(state, policy)).date()
+    previous = state.visits.last_completed_on if state.visits else None
+    add: list[PlannedNotification] = []
+    upcoming = {k: v for k, v in (state.visits.upcoming if state.visits else {}).items()
+                if k != appt.id}
+    if not any(start > appt.start for start in upcoming.values()):
+        due = at_client_local(visit_day + policy.follow_up_after, policy.follow_up_local_time,
+                              state, policy)
+        add = [for_client(kind="follow_up", entity=entity_ref("followup", appt.client_id),
+                          occasion=appt.id, channel=channel, client_id=appt.client_id,
+                          due_at=max(due, now), expires_at=due + policy.follow_up_valid,
+                          state=state, policy=policy, params={"provider_id": appt.provider_id})
+               for channel in CHANNELS]
+    plan = Plan(outcome="applied", add=tuple(add), cancel=(ref,), records={ref: record})
+    return _without_upcoming(plan, existing, state, event.occurred_at,
+                             last_completed_on=max(filter(None, (previous, visit_day))))
+
+
+def plan_no_show(event: Event, state: State, now: datetime, policy: Policy) -> Plan:
+    data: AppointmentNoShowData = event.data
+    existing = _closing(event, state, "no_show")
+    if isinstance(existing, Plan):
+        return existing
+    appt = existing.appointment
+    ref = entity_ref("appointment", appt.id)
+    record = existing.model_copy(update={"status": "no_show", "updated_at": event.occurred_at})
+    params = appointments.appointment_params(existing)
+    expires = now + NO_SHOW_NOTICE_VALID
+    add: list[PlannedNotification] = []
+    if data.party == "provider":
+        add += for_support(kind="provider_no_show", entity=ref, occasion="noshow",
+                           due_at=now, params={**params, "client_id": appt.client_id})
+        kind = "provider_no_show_client"
+    else:
+        kind = "missed_appointment"
+    add += [for_client(kind=kind, entity=ref, occasion="noshow", channel=channel,
+                       client_id=appt.client_id, due_at=now, expires_at=expires, state=state,
+                       policy=policy, params=params)
+            for channel in CHANNELS]
+    plan = Plan(outcome="applied", add=tuple(add), cancel=(ref,), records={ref: record})
+    return _without_upcoming(plan, existing, state, event.occurred_at)
