@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from notifier.apply import apply_stored_event
@@ -64,3 +64,23 @@ def store_and_apply(store: Store, policy: Policy, evt: dict[str, Any], now: date
     """What the web and the worker do for one event, without HTTP or a queue."""
     store.store_event(evt["id"], json.dumps(evt).encode(), now)
     return apply_stored_event(store, evt["id"], policy, now)
+
+
+def prescription_filled(rx_id: str, client_id: str, filled_on: date, occurred_at: datetime, *,
+                        days_supply: int = 30, refills_remaining: int = 2) -> dict[str, Any]:
+    return event("prescription.filled", {"prescription": {
+        "id": rx_id, "client_id": client_id, "provider_id": "prov-1",
+        "medication": "Sertraline 50 mg", "filled_on": filled_on.isoformat(),
+        "days_supply": days_supply, "refills_remaining": refills_remaining}}, occurred_at)
+
+
+def refill_requested(request_id: str, rx_id: str, client_id: str, occurred_at: datetime
+                     ) -> dict[str, Any]:
+    return event("refill.requested", {"request": {
+        "id": request_id, "prescription_id": rx_id, "client_id": client_id,
+        "provider_id": "prov-1"}}, occurred_at)
+
+
+def message_received(message_id: str, client_id: str, occurred_at: datetime) -> dict[str, Any]:
+    return event("message.received", {"message": {
+        "id": message_id, "client_id": client_id, "provider_id": "prov-1"}}, occurred_at)

@@ -55,8 +55,9 @@ def service_env(redis_url: str, tmp_path: Path, lease_s: int = 3) -> dict[str, s
 
 class Service:
     def __init__(self, redis_url: str, tmp_path: Path, *, lease_s: int = 3,
-                 with_worker: bool = True) -> None:
-        self.env = service_env(redis_url, tmp_path, lease_s)
+                 with_worker: bool = True, with_jobs: bool = False,
+                 env: dict[str, str] | None = None) -> None:
+        self.env = {**service_env(redis_url, tmp_path, lease_s), **(env or {})}
         self.settings = Settings.from_env(self.env, dotenv=Path("/nonexistent"))
         self.runtime = Runtime.build(self.settings, redis_url)
         self.redis: redis.Redis = self.runtime.redis
@@ -67,7 +68,8 @@ class Service:
             self.start_worker()
         self.clock = Clock(self.runtime.store, build_broker(redis_url),
                            lease_s=self.settings.lease_s, poll_s=0.05, event_grace_s=2.0,
-                           events_every_s=0.5)
+                           events_every_s=0.5,
+                           jobs=self.runtime.jobs if with_jobs else [])
         self.clock_thread = threading.Thread(target=self.clock.run, args=(self.stop,),
                                              daemon=True)
         self.clock_thread.start()
@@ -97,8 +99,8 @@ class Service:
         answer.raise_for_status()
         return {n["id"]: n for n in answer.json()["notifications"]}
 
-    def sent(self) -> list[dict[str, Any]]:
-        return self.outbox.messages()
+    def sent(self, kind: str | None = None) -> list[dict[str, Any]]:
+        return [m for m in self.outbox.messages() if kind is None or m["kind"] == kind]
 
     def quiet(self) -> bool:
         """Nothing in flight, nothing due, no event waiting: our own sets say the service

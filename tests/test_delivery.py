@@ -17,11 +17,19 @@ from notifier.channels import Message, Receipt
 from notifier.channels.outbox import Outbox
 from notifier.config import PROJECT_ROOT, Settings
 from notifier.delivery import MAX_ATTEMPTS, Deliverer
+from notifier.digest import run_provider_digest
 from notifier.errors import PermanentError, RetryableError
 from notifier.render import Renderer
 from notifier.schedule import SCHEDULE
 from notifier.store import Store
-from tests.helpers import appointment, client_upserted, provider_upserted, store_and_apply
+from tests.helpers import (
+    appointment,
+    client_upserted,
+    event,
+    provider_upserted,
+    refill_requested,
+    store_and_apply,
+)
 
 NOW = datetime(2026, 11, 25, 15, 0, tzinfo=UTC)  # 10:00 in New York
 BOOKED = NOW - timedelta(minutes=1)
@@ -197,3 +205,54 @@ def test_a_missing_template_fails_the_notification_clearly(store, policy, outbox
     d.renderer = Renderer(tmp_path / "templates")
     assert d.deliver(CONFIRM_SMS, NOW) == "failed"
     assert "template" in store.notification(CONFIRM_SMS)["reason"]
+
+
+def open_request(store: Store, policy, opened: datetime, **client_kw) -> None:
+    store_and_apply(store, policy, client_upserted("c1", "America/New_York", opened, **client_kw),
+                    opened)
+    store_and_apply(store, policy, provider_upserted("prov-1", opened), opened)
+    store_and_apply(store, policy, refill_requested("req-1", "rx-1", "c1", opened), opened)
+
+
+def test_support_sms_is_suppressed_without_a_support_phone(store, policy, outbox):
+    opened = NOW - timedelta(hours=48)
+    open_request(store, policy, opened)
+    d = deliverer(store, policy, outbox=outbox)
+    assert d.deliver("support_escalation:req-1:window:sms", NOW) == "suppressed"
+    assert store.notification("support_escalation:req-1:window:sms")["reason"] == (
+        "NOTIFIER_SUPPORT_PHONE is not set")
+    assert d.deliver("support_escalation:req-1:window:email", NOW) == "sent"
+    [alert] = outbox.messages()
+    assert alert["to"] == "support@practice.example" and "48 hours" in alert["body"]
+
+
+def test_escalation_notice_falls_back_to_email_when_sms_is_closed(store, policy, outbox):
+    open_request(store, policy, NOW - timedelta(hours=48), sms=False)
+    d = deliverer(store, policy, outbox=outbox)
+    assert d.deliver("escalation_notice:req-1:window:sms", NOW) == "sent"
+    [notice] = outbox.messages()
+    assert (notice["channel"], notice["to"]) == ("email", "c1@example.com")
+    assert store.notification("escalation_notice:req-1:window:sms")["reason"] == (
+        "sent by email: client does not accept sms")
+
+
+def test_a_digest_with_nothing_open_is_not_sent(store, policy, outbox):
+    open_request(store, policy, NOW - timedelta(hours=2))
+    run_provider_digest(store, NOW, None, "20261125")
+    store_and_apply(store, policy, event("refill.sent", {"request_id": "req-1"}, NOW), NOW)
+    d = deliverer(store, policy, outbox=outbox)
+    assert d.deliver("provider_digest:prov-1:20261125:email", NOW) == "suppressed"
+    assert store.notification("provider_digest:prov-1:20261125:email")["reason"] == (
+        "nothing open")
+    assert [m["kind"] for m in outbox.messages()] == []
+
+
+def test_a_digest_lists_what_is_open_when_it_is_sent(store, policy, outbox):
+    open_request(store, policy, NOW - timedelta(hours=2))
+    assert run_provider_digest(store, NOW, "America/Chicago", "20261125") == 1
+    assert run_provider_digest(store, NOW, "Europe/Berlin", "20261125") == 0
+    d = deliverer(store, policy, outbox=outbox)
+    assert d.deliver("provider_digest:prov-1:20261125:email", NOW) == "sent"
+    [digest] = outbox.messages()
+    assert digest["to"] == "rivera@example.com"
+    assert "refill request from client c1: waiting 2 h, 46 h left" in digest["body"]

@@ -1,0 +1,79 @@
+"""The clock against a real Redis: cron fires claimed once across clocks, per provider zone;
+claims fed in chunks; stuck events re-enqueued."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from notifier.clock import Clock
+from notifier.jobs import Job
+from notifier.store import Store
+from notifier.tasks import JOBS_QUEUE, build_broker
+from tests.helpers import event, store_and_apply
+
+DIGEST = Job(name="provider-digest", cron="0 8 * * 1-5", zone="provider")
+# Wednesday 2026-11-25: 08:00 in New York is 13:00Z, in Berlin 07:00Z.
+NY_FIRE = datetime(2026, 11, 25, 13, 0, tzinfo=UTC)
+
+
+def provider(provider_id: str, zone: str, at: datetime) -> dict:
+    return event("provider.upserted", {"provider": {
+        "id": provider_id, "name": f"Dr. {provider_id}", "email": f"{provider_id}@example.com",
+        "timezone": zone}}, at)
+
+
+@pytest.fixture
+def store(redis_client) -> Store:
+    return Store(redis_client)
+
+
+def queued_jobs(store: Store) -> list[list]:
+    raw = store.redis.hvals(f"notifier-dq:{JOBS_QUEUE}.msgs")
+    return sorted(json.loads(m)["args"] for m in raw)
+
+
+def clock(store: Store, redis_url: str) -> Clock:
+    return Clock(store, build_broker(redis_url), jobs=[DIGEST])
+
+
+def test_a_fire_is_claimed_once_across_two_clocks_per_provider_zone(store, policy, redis_url):
+    before = NY_FIRE - timedelta(days=1)
+    store_and_apply(store, policy, provider("p-ny", "America/New_York", before), before)
+    store_and_apply(store, policy, provider("p-ber", "Europe/Berlin", before), before)
+    berlin_fire = NY_FIRE - timedelta(hours=6)
+    first, second = clock(store, redis_url), clock(store, redis_url)
+    fired = []
+    for at in (berlin_fire + timedelta(seconds=1), NY_FIRE + timedelta(seconds=1)):
+        fired += first.fire_jobs(at) + second.fire_jobs(at) + first.fire_jobs(at)
+    assert fired == [
+        f"n:job:provider-digest:Europe/Berlin:{int(berlin_fire.timestamp())}",
+        f"n:job:provider-digest:America/New_York:{int(NY_FIRE.timestamp())}",
+    ]
+    assert queued_jobs(store) == [
+        ["provider-digest", "America/New_York", NY_FIRE.isoformat()],
+        ["provider-digest", "Europe/Berlin", berlin_fire.isoformat()],
+    ]
+
+
+def test_a_fire_missed_by_more_than_the_catch_up_window_is_skipped(store, policy, redis_url):
+    before = NY_FIRE - timedelta(days=1)
+    store_and_apply(store, policy, provider("p-ny", "America/New_York", before), before)
+    assert clock(store, redis_url).fire_jobs(NY_FIRE + timedelta(hours=2)) == []
+    assert clock(store, redis_url).fire_jobs(NY_FIRE - timedelta(seconds=1)) == []
+    assert queued_jobs(store) == []
+
+
+def test_no_providers_no_fires(store, redis_url):
+    assert clock(store, redis_url).fire_jobs(NY_FIRE) == []
+
+
+def test_stored_but_unapplied_events_are_enqueued_again(store, redis_url):
+    now = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+    store.store_event("evt-1", b"{}", now - timedelta(seconds=60))
+    store.store_event("evt-2", b"{}", now - timedelta(seconds=5))
+    Clock(store, build_broker(redis_url), event_grace_s=30).tick(now)
+    queued = [json.loads(m)["args"] for m in store.redis.hvals("notifier-dq:events.msgs")]
+    assert queued == [["evt-1"]]
