@@ -25,6 +25,8 @@ from notifier.records import (
 from notifier.render import Renderer, format_day, format_local_datetime, format_local_time
 from notifier.schedule import from_epoch
 
+#: How a message names a provider whose details have not reached us.
+UNKNOWN_PROVIDER = {"en": "your provider", "es": "su profesional de salud"}
 #: Kinds addressed to the support team or a provider rather than a client.
 STAFF_KINDS = frozenset({"support_escalation", "provider_no_show", "provider_digest"})
 #: SMS carry at most this much of a first name, so every body stays within two segments.
@@ -69,7 +71,8 @@ def client_context(n: Stored, client: ClientRecord, provider: ProviderRecord | N
         "practice_name": settings.practice_name,
         "practice_phone": settings.practice_phone,
         "practice_url": settings.practice_url,
-        "provider_name": provider.provider.name if provider else "your provider",
+        "provider_name": provider.provider.name if provider
+        else UNKNOWN_PROVIDER.get(c.locale, UNKNOWN_PROVIDER["en"]),
         "join_url": p.get("join_url"),
         "item_kind": str(p.get("item_kind", "")).replace("_", " "),
     }

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import html
 import re
+import unicodedata
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -27,8 +28,10 @@ from notifier.errors import TemplateError
 LOCALES = ("en", "es")
 DEFAULT_LOCALE = "en"
 #: How dates and times are written in each locale (CLDR patterns, via Babel).
-DATETIME_PATTERNS = {"en": "EEE, MMM d 'at' h:mm a z", "es": "EEE d 'de' MMM, H:mm z"}
-TIME_PATTERNS = {"en": "h:mm a z", "es": "H:mm z"}
+#: Times are always in the client's own zone. English names it (EST); CLDR has no Spanish
+#: abbreviations (it would print -0500), so Spanish leaves it out.
+DATETIME_PATTERNS = {"en": "EEE, MMM d 'at' h:mm a z", "es": "EEE d 'de' MMM, H:mm"}
+TIME_PATTERNS = {"en": "h:mm a z", "es": "H:mm"}
 DATE_PATTERNS = {"en": "EEEE, MMMM d", "es": "EEEE d 'de' MMMM"}
 
 # GSM 03.38 basic character set and its extension table (escape-prefixed, two septets).
@@ -37,6 +40,24 @@ GSM7_BASIC = set(
     "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
 )
 GSM7_EXTENDED = set("^{}\\[~]|€\f")
+
+
+def to_gsm7(text: str) -> str:
+    """Replace characters outside the GSM-7 alphabet by their closest GSM-7 letter.
+
+    One accented letter outside GSM-7 (á, í, ó, ú, ç, …) would switch a whole SMS to UCS-2
+    and halve what a segment holds, so "María" and "sáb" are sent as "Maria" and "sab".
+    Characters with no GSM-7 base (emoji, other scripts) are kept: they cost segments but
+    never change meaning.
+    """
+    out = []
+    for ch in text:
+        if ch in GSM7_BASIC or ch in GSM7_EXTENDED:
+            out.append(ch)
+            continue
+        base = unicodedata.normalize("NFKD", ch)[0]
+        out.append(base if base in GSM7_BASIC else ch)
+    return "".join(out)
 
 
 def sms_segments(text: str) -> int:
@@ -110,7 +131,7 @@ class Renderer:
     def sms(self, kind: str, locale: str, context: dict[str, Any]) -> str:
         template = self._template("sms", kind, locale)
         try:
-            body = " ".join(template.render(context).split())
+            body = to_gsm7(" ".join(template.render(context).split()))
         except jinja2.TemplateError as exc:
             raise TemplateError(f"sms/{kind}.{locale}: {exc}") from exc
         return body

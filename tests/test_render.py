@@ -22,7 +22,7 @@ from notifier.preview import (
     sample_stored,
 )
 from notifier.records import ClientRecord
-from notifier.render import Renderer, sms_segments, text_to_html
+from notifier.render import Renderer, sms_segments, text_to_html, to_gsm7
 
 EMERGENCY = {
     "en": "If you are in immediate danger, call 911 or your local emergency number.",
@@ -42,9 +42,12 @@ def renderer() -> Renderer:
 TEMPLATES = Renderer(PROJECT_ROOT / "templates")
 CLIENT_SMS = [k for k in TEMPLATES.kinds("sms") if k not in STAFF_KINDS]
 CLIENT_EMAIL = [k for k in TEMPLATES.kinds("email") if k not in STAFF_KINDS]
-LOCALES = ("en",)
-#: The longest first name the schema allows makes the worst case for SMS length.
-LONGEST_NAME = "Maximiliana-Josefina" * 5
+LOCALES = ("en", "es")
+#: The longest first name the schema allows makes the worst case for SMS length; accents
+#: outside GSM-7 would make it UCS-2.
+LONGEST_NAME = ("María-Josefína Úrsula " * 5)[:100]
+#: A Saturday ("sáb" in Spanish) in September, the longest month name in both locales.
+SATURDAY = datetime(2026, 9, 26, 14, 30, tzinfo=UTC)
 
 
 def client(locale: str = "en", zone: str = "America/New_York") -> ClientRecord:
@@ -68,13 +71,17 @@ def settings(**env: str) -> Settings:
 @pytest.mark.parametrize("kind", CLIENT_SMS)
 @pytest.mark.parametrize("locale", LOCALES)
 @pytest.mark.parametrize("change_by", [True, False])
+@pytest.mark.parametrize("start", [START, SATURDAY])
 def test_every_client_sms_fits_two_segments_and_names_nothing_clinical(renderer, kind, locale,
-                                                                      change_by):
-    n = stored(kind, "sms", **({} if change_by else {"change_by": None}))
+                                                                      change_by, start):
+    n = stored(kind, "sms", start=start.isoformat(),
+               runout=start.date().isoformat(), book_by=start.date().isoformat(),
+               **({} if change_by else {"change_by": None}))
     message = compose_client_message(n, client(locale), SAMPLE_PROVIDER,
                                      settings(NOTIFIER_EMAIL_SHOWS_MEDICATION="true"), renderer,
                                      NOW, prescription=SAMPLE_PRESCRIPTION)
     assert sms_segments(message.body) <= 2, (kind, len(message.body), message.body)
+    assert message.body == to_gsm7(message.body)
     assert "Riverbend Health Partners" in message.body
     lowered = message.body.lower()
     assert not any(word in lowered for word in CLINICAL_WORDS), message.body
@@ -163,6 +170,18 @@ def test_missing_template_and_missing_variable_raise_template_error(renderer, tm
 ])
 def test_sms_segments(text, segments):
     assert sms_segments(text) == segments
+
+
+def test_sms_text_is_folded_into_gsm7_where_a_close_letter_exists():
+    assert to_gsm7("María Ángel sáb ¿qué? ñú ç €") == "Maria Angel sab ¿qué? ñu c €"
+    assert to_gsm7("Zoë 🙂 李") == "Zoe 🙂 李"
+
+
+def test_a_provider_we_do_not_know_is_named_in_the_clients_language(renderer):
+    message = compose_client_message(stored("appointment_reminder", "email"), client("es"),
+                                     None, settings(), renderer, NOW)
+    assert "su profesional de salud" in message.body
+    assert "your provider" not in message.body
 
 
 def test_html_part_escapes_and_links():
