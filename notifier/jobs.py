@@ -23,6 +23,7 @@ PROVIDER_ZONE = "provider"
 #: A fire time missed while no clock ran is still honoured this long after it.
 CATCH_UP = timedelta(hours=1)
 KNOWN_JOBS = ("provider-digest",)
+JOB_KEYS = ("name", "cron", "zone")
 
 
 @dataclass(frozen=True)
@@ -40,20 +41,38 @@ def load_jobs(schedules_dir: Path) -> list[Job]:
         raise ConfigError(f"NOTIFIER_SCHEDULES_DIR: no jobs.toml in {schedules_dir}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"jobs file {path}: not valid TOML ({exc})") from None
+    for key in data:
+        if key != "job":
+            raise ConfigError(f"jobs file: unknown table {key!r}; jobs are [[job]] tables")
+    entries = data.get("job", [])
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ConfigError("jobs file: jobs are [[job]] tables (an array), not one [job]")
     jobs = []
-    for entry in data.get("job", []):
+    for entry in entries:
         name, cron, zone = entry.get("name"), entry.get("cron"), entry.get("zone", "UTC")
         if name not in KNOWN_JOBS:
             raise ConfigError(f"jobs file: unknown job {name!r}; known: {', '.join(KNOWN_JOBS)}")
+        for key in entry:
+            if key not in JOB_KEYS:
+                raise ConfigError(f"jobs file: job {name}: unknown key {key!r}; "
+                                  f"known: {', '.join(JOB_KEYS)}")
         if not isinstance(cron, str) or not croniter.is_valid(cron):
             raise ConfigError(f"jobs file: job {name}: cron {cron!r} is not a cron expression")
-        if zone != PROVIDER_ZONE:
-            try:
-                ZoneInfo(zone)
-            except (ZoneInfoNotFoundError, ValueError):
-                raise ConfigError(f"jobs file: job {name}: zone {zone!r} is unknown") from None
+        if zone != PROVIDER_ZONE and not _is_zone(zone):
+            raise ConfigError(f"jobs file: job {name}: zone {zone!r} is unknown")
         jobs.append(Job(name=name, cron=cron, zone=zone))
     return jobs
+
+
+def _is_zone(zone: object) -> bool:
+    if not isinstance(zone, str):
+        return False
+    try:
+        ZoneInfo(zone)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        # OSError: a directory of the zone database such as "America" (IsADirectoryError).
+        return False
+    return True
 
 
 def next_fire(expr: str, after: datetime, zone: ZoneInfo) -> datetime:

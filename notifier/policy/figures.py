@@ -134,7 +134,7 @@ def policy_from_mapping(data: dict[str, Any]) -> Policy:
     practice, digest = _Section(data, "practice"), _Section(data, "digest")
     try:
         practice_zone = ZoneInfo(str(practice._get("timezone")))
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # "America" is a directory
         raise ConfigError("policy file: practice.timezone is not an IANA time zone") from None
     quiet, appts = _Section(data, "quiet_hours"), _Section(data, "appointments")
     refills, follow = _Section(data, "refills"), _Section(data, "follow_up")

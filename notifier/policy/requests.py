@@ -52,8 +52,10 @@ def plan_opened(event: Event, state: State, now: datetime, policy: Policy) -> Pl
     ref = item_ref(event)
     existing = state.item
     if existing is not None:
-        if existing.is_newer_than(event.occurred_at) or existing.status == "closed":
+        if existing.status == "closed":
             return stale("closed before this opening arrived")
+        if existing.is_newer_than(event.occurred_at):
+            return stale()
         return Plan(outcome="ignored", reason="already open")
     zone = state.provider.provider.zone if state.provider else client_zone(state, policy)
     deadline = escalates_at(event.occurred_at, zone, policy.response_window)
@@ -74,7 +76,7 @@ def plan_opened(event: Event, state: State, now: datetime, policy: Policy) -> Pl
     add.append(for_client(
         kind="escalation_notice", entity=ref, occasion="window", channel="sms",
         client_id=item.client_id, due_at=deadline, expires_at=deadline + CLIENT_NOTICE_VALID,
-        state=state, policy=policy, params={**params, "fallback": "email"}))
+        state=state, policy=policy, params=params))
     cancel: tuple[str, ...] = ()
     if kind == "refill_request":
         # The client asked: the refill reminders for this prescription have done their job.
