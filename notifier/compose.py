@@ -28,7 +28,8 @@ from notifier.schedule import from_epoch
 #: How a message names a provider whose details have not reached us.
 UNKNOWN_PROVIDER = {"en": "your provider", "es": "su profesional de salud"}
 #: Kinds addressed to the support team or a provider rather than a client.
-STAFF_KINDS = frozenset({"support_escalation", "provider_no_show", "provider_digest"})
+STAFF_KINDS = frozenset({"support_escalation", "provider_no_show", "provider_digest",
+                         "reschedule_request"})
 #: SMS carry at most this much of a first name, so every body stays within two segments.
 SMS_NAME_CHARS = 20
 #: Kinds whose email carries a calendar invite, and its METHOD.
@@ -52,6 +53,8 @@ class Stored:
     expires_at: datetime
     params: dict[str, Any]
     attempts: int
+    #: a send-rate slot reserved for it, if any
+    slot: datetime | None = None
 
     @classmethod
     def from_fields(cls, notification_id: str, f: dict[str, str]) -> Stored:
@@ -60,6 +63,7 @@ class Stored:
             recipient_id=f["to_id"], due_at=from_epoch(f["due"]),
             expires_at=from_epoch(f["expires"]), params=json.loads(f.get("params") or "{}"),
             attempts=int(f.get("attempts") or 0),
+            slot=from_epoch(f["slot"]) if float(f.get("slot") or 0) else None,
         )
 
 
@@ -115,14 +119,13 @@ def invite_for(n: Stored, client: ClientRecord, settings: Settings, now: datetim
 
 def compose_client_message(n: Stored, client: ClientRecord, provider: ProviderRecord | None,
                            settings: Settings, renderer: Renderer, now: datetime, *,
-                           channel: str | None = None,
                            prescription: PrescriptionRecord | None = None) -> Message:
-    """The message for a client notification on `channel` (default: its own; the caller
-    has checked the address). The medication is named in email only when the practice
+    """The message for a client notification on its channel (the caller has checked the
+    address). The medication is named in email only when the practice
     allows it, and never in SMS."""
     c = client.client
     context = client_context(n, client, provider, settings)
-    channel = channel or n.channel
+    channel = n.channel
     context["medication"] = None
     if channel == "email" and settings.email_shows_medication and prescription is not None:
         context["medication"] = prescription.prescription.medication

@@ -67,6 +67,19 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> i
     return value
 
 
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: expected a number, got {raw!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise ConfigError(f"{name}: must be a finite number >= 0, got {raw!r}")
+    return value
+
+
 def _url(env: Mapping[str, str], name: str, default: str | None, schemes: set[str]) -> str | None:
     raw = env.get(name, "").strip() or default
     if raw is None:
@@ -129,6 +142,11 @@ class Settings:
     email_backend: Backend = "outbox"
     email_shows_medication: bool = False
     worker_threads: int = 4
+    sendgrid_webhook_public_key: str | None = None
+    #: SMS per second per sender, shared by every worker (1 for a US long code).
+    sms_rate_per_s: float = 1.0
+    #: Emails per second (0: no limit of our own).
+    email_rate_per_s: float = 0.0
     #: How long a claimed notification is leased to a worker; longer than the slowest send.
     lease_s: int = 60
 
@@ -201,6 +219,9 @@ class Settings:
             email_shows_medication=_bool(env, "NOTIFIER_EMAIL_SHOWS_MEDICATION", False),
             worker_threads=_int(env, "NOTIFIER_WORKER_THREADS", defaults.worker_threads),
             lease_s=_int(env, "NOTIFIER_LEASE_S", defaults.lease_s),
+            sendgrid_webhook_public_key=opt("SENDGRID_WEBHOOK_PUBLIC_KEY"),
+            sms_rate_per_s=_float(env, "NOTIFIER_SMS_RATE_PER_S", defaults.sms_rate_per_s),
+            email_rate_per_s=_float(env, "NOTIFIER_EMAIL_RATE_PER_S", defaults.email_rate_per_s),
         )
 
     def require_webhook_secret(self) -> Secret:

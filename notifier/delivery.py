@@ -31,6 +31,7 @@ from notifier.errors import PermanentError, RetryableError, TemplateError
 from notifier.policy.figures import Policy
 from notifier.policy.plan import entity_ref
 from notifier.policy.timing import hold_for_quiet_hours
+from notifier.ratelimit import RateLimiter
 from notifier.records import (
     ClientRecord,
     PrescriptionRecord,
@@ -48,6 +49,8 @@ Prepared = tuple[Message, str] | str
 #: Longer than the slowest send (HTTP timeouts are 10 s); a lease that runs out means the
 #: worker died and the sweep hands the notification to another.
 LEASE_S = 60.0
+#: Twilio's error for a number that replied STOP to our sender.
+TWILIO_OPTED_OUT = "21610"
 #: A notification that keeps failing is given up on after this many attempts.
 MAX_ATTEMPTS = 8
 #: Backoff for retryable failures: base * 2^attempt, jittered, capped.
@@ -65,6 +68,7 @@ class Deliverer:
     settings: Settings
     policy: Policy
     lease_s: float = LEASE_S
+    limiters: dict[str, RateLimiter] = field(default_factory=dict)
     rng: random.Random = field(default_factory=random.Random)
 
     def deliver(self, notification_id: str, now: datetime) -> str:
@@ -95,7 +99,7 @@ class Deliverer:
         due = now + timedelta(seconds=delay)
         if due >= n.expires_at:
             return self._finish(n, "failed", f"{reason}; no time left to retry", now)
-        self.store.schedule.reschedule(n.id, due, f"retrying: {reason}")
+        self.store.schedule.reschedule(n.id, due, f"retrying: {reason}", slot=0)
         return "retrying"
 
     def _deliver(self, n: Stored, now: datetime, recovering: bool) -> str:
@@ -115,14 +119,44 @@ class Deliverer:
         channel = self.channels[message.channel]
         if recovering and channel.already_sent(message):
             return self._finish(n, "sent", "sent before a crash", now)
+        paced = self._pace(n, message.channel, now)
+        if paced:
+            return paced
         try:
             receipt = channel.send(message, now)
         except PermanentError as exc:
-            return self._finish(n, "failed", str(exc), now, code=exc.code)
+            outcome = self._finish(n, "failed", str(exc), now, code=exc.code)
+            if n.recipient == "client":
+                self._after_permanent_failure(n, message.to, exc, now)
+            return outcome
         except RetryableError as exc:
             return self._retry(n, now, f"{exc.code or 'error'}: {exc}", exc.retry_after_s)
         return self._finish(n, "sent", note, now, sent_at=receipt.sent_at.timestamp(),
                             receipt=receipt.provider_id)
+
+    def _pace(self, n: Stored, channel: str, now: datetime) -> str | None:
+        """Hold the send for its sender's next free slot, reserved once per notification."""
+        limiter = self.limiters.get(channel)
+        if limiter is None or not limiter.enabled or (n.slot and n.slot <= now):
+            return None
+        slot = limiter.reserve(now)
+        if slot <= now:
+            return None
+        if slot >= n.expires_at:
+            return self._finish(n, "expired", "the send rate could not fit it in before "
+                                "it expired", now)
+        self.store.schedule.reschedule(n.id, slot, "paced by the send rate",
+                                       not_an_attempt=True, slot=slot.timestamp())
+        return "paced"
+
+    def _after_permanent_failure(self, n: Stored, address: str, exc: PermanentError,
+                                 now: datetime) -> None:
+        if exc.code == TWILIO_OPTED_OUT:
+            # The carrier says this number replied STOP: record it like an inbound STOP.
+            self.store.set_sms_opt_out(address, True)
+        client = self.store.load_record(entity_ref("client", n.recipient_id))
+        if isinstance(client, ClientRecord):
+            self._use_other_channel(n, client, f"{n.channel} failed ({exc.code})", now)
 
     def _prepare_client(self, n: Stored, now: datetime) -> Prepared:
         """Checks against the client as they are now, then the message (or an outcome)."""
@@ -144,20 +178,21 @@ class Deliverer:
                 return self._finish(n, "expired", "quiet hours last past its expiry", now)
             self.store.schedule.reschedule(n.id, held, "quiet hours")
             return "held"
-        channel, note = n.channel, ""
-        closed = closed_reason(channel, client)
-        fallback = n.params.get("fallback")
-        if closed and fallback and not closed_reason(fallback, client):
-            channel, note = fallback, f"sent by {fallback}: {closed}"
-        elif closed:
+        closed = closed_reason(n.channel, client, self.store)
+        if closed:
+            self._use_other_channel(n, client, closed, now)
             return self._finish(n, "suppressed", closed, now)
         provider = records.get(entity_ref("provider", n.params.get("provider_id", "")))
         rx = records.get(entity_ref("prescription", n.params.get("prescription_id", "")))
         message = compose_client_message(
             n, client, provider if isinstance(provider, ProviderRecord) else None,
-            self.settings, self.renderer, now, channel=channel,
+            self.settings, self.renderer, now,
             prescription=rx if isinstance(rx, PrescriptionRecord) else None)
-        return message, note
+        return message, ""
+
+    def _use_other_channel(self, n: Stored, client: ClientRecord, why: str,
+                           now: datetime) -> None:
+        use_other_channel(self.store, n.id, n.channel, client, why, now)
 
     def _prepare_support(self, n: Stored, now: datetime) -> Prepared:
         """Support alerts ignore quiet hours; SMS only when a support phone is set."""
@@ -183,7 +218,20 @@ class Deliverer:
                                        self.renderer, now), ""
 
 
-def closed_reason(channel: str, client: ClientRecord) -> str:
+def use_other_channel(store: Store, notification_id: str, channel: str, client: ClientRecord,
+                      why: str, now: datetime) -> bool:
+    """SPEC rules 5 and 7: when a client cannot be reached on one channel, the message goes
+    by the other if they allow it, unless it is planned there already."""
+    other = "email" if channel == "sms" else "sms"
+    if closed_reason(other, client, store):
+        return False
+    if store.add_on_other_channel(notification_id, other, now, f"instead of {channel}: {why}"):
+        log.info("notification %s goes by %s instead", notification_id, other)
+        return True
+    return False
+
+
+def closed_reason(channel: str, client: ClientRecord, store: Store) -> str:
     """Why `channel` cannot reach `client` now, or "" when it can."""
     c = client.client
     if channel == "sms":
@@ -191,6 +239,8 @@ def closed_reason(channel: str, client: ClientRecord) -> str:
             return "client does not accept sms"
         if not c.phone:
             return "no phone number"
+        if store.sms_opted_out(c.phone):
+            return "client replied STOP"
     elif channel == "email":
         if not c.channels.email:
             return "client does not accept email"

@@ -11,9 +11,9 @@ from notifier.channels import Channel
 from notifier.channels.outbox import Outbox
 from notifier.config import Settings
 from notifier.delivery import Deliverer
-from notifier.errors import ConfigError
 from notifier.jobs import Job, load_jobs
 from notifier.policy.figures import Policy, load_policy
+from notifier.ratelimit import RateLimiter
 from notifier.redis_server import EmbeddedRedis
 from notifier.render import Renderer
 from notifier.store import Store
@@ -29,14 +29,30 @@ def resolve_redis_url(settings: Settings) -> tuple[str, EmbeddedRedis | None]:
 
 def build_channels(settings: Settings) -> dict[str, Channel]:
     """One channel per medium, chosen from settings once per process."""
-    if settings.sms_backend != "outbox":
-        raise ConfigError("NOTIFIER_SMS_BACKEND: the twilio backend is not built yet; "
-                          "set NOTIFIER_SMS_BACKEND=outbox")
-    if settings.email_backend != "outbox":
-        raise ConfigError("NOTIFIER_EMAIL_BACKEND: the sendgrid backend is not built yet; "
-                          "set NOTIFIER_EMAIL_BACKEND=outbox")
     outbox = Outbox(settings.outbox_dir)
-    return {"sms": outbox, "email": outbox}
+    sms: Channel = outbox
+    email: Channel = outbox
+    if settings.sms_backend == "twilio":
+        from notifier.channels.twilio_sms import TwilioSMS
+
+        sms = TwilioSMS(settings)
+    if settings.email_backend == "sendgrid":
+        from notifier.channels.sendgrid_email import SendGridEmail
+
+        email = SendGridEmail(settings)
+    return {"sms": sms, "email": email}
+
+
+def build_limiters(settings: Settings, client: redis.Redis) -> dict[str, RateLimiter]:
+    """Send rates per sender, for the real providers only (the outbox has no carrier)."""
+    limiters = {}
+    if settings.sms_backend == "twilio":
+        sender = settings.twilio_messaging_service_sid or settings.twilio_from or "twilio"
+        limiters["sms"] = RateLimiter(client, f"sms:{sender}", settings.sms_rate_per_s)
+    if settings.email_backend == "sendgrid":
+        limiters["email"] = RateLimiter(client, f"email:{settings.from_email}",
+                                        settings.email_rate_per_s)
+    return limiters
 
 
 @dataclass
@@ -59,7 +75,8 @@ class Runtime:
         renderer = Renderer(Path(settings.templates_dir))
         channels = build_channels(settings)
         deliverer = Deliverer(store=store, channels=channels, renderer=renderer,
-                              settings=settings, policy=policy, lease_s=settings.lease_s)
+                              settings=settings, policy=policy, lease_s=settings.lease_s,
+                              limiters=build_limiters(settings, client))
         return cls(settings=settings, policy=policy, redis_url=redis_url, redis=client,
                    store=store, renderer=renderer, channels=channels, deliverer=deliverer,
                    jobs=load_jobs(settings.schedules_dir))

@@ -146,14 +146,38 @@ return 1
 """
 
 # Put back: `sending` -> `scheduled` at a later due time (retry, quiet hours, waiting).
+# ARGV[5] = '1' when this was no attempt at all (a rate-limit slot), so it is not counted;
+# further ARGV are field/value pairs to set.
 RESCHEDULE_LUA = """
 if redis.call('HGET', KEYS[1], 'state') ~= 'sending' then return 0 end
 redis.call('HSET', KEYS[1], 'state', 'scheduled', 'due', ARGV[2], 'reason', ARGV[3])
+if ARGV[5] == '1' then redis.call('HINCRBY', KEYS[1], 'attempts', -1) end
+if #ARGV > 5 then redis.call('HSET', KEYS[1], unpack(ARGV, 6)) end
 redis.call('HDEL', KEYS[1], 'lease')
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
 local to = redis.call('HGET', KEYS[1], 'to') .. ':' .. redis.call('HGET', KEYS[1], 'to_id')
 redis.call('ZADD', ARGV[4] .. to, ARGV[2], ARGV[1])
+return 1
+"""
+
+
+#: Delivery reports by how far along they are; a report never replaces a later one.
+DELIVERY_RANK = {"queued": 1, "accepted": 1, "processed": 1, "sending": 2, "sent": 3,
+                 "deferred": 3, "delivered": 4, "undelivered": 4, "failed": 4, "bounce": 4,
+                 "dropped": 4}
+
+# Record a delivery report in its own fields, beside `state`: a report arriving before the
+# send is recorded (callbacks race the provider's HTTP answer) is kept, and `finish` later
+# leaves it alone.
+DELIVERY_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local rank = tonumber(redis.call('HGET', KEYS[1], 'delivery_rank') or '0')
+if tonumber(ARGV[2]) >= rank then
+  redis.call('HSET', KEYS[1], 'delivery', ARGV[1], 'delivery_rank', ARGV[2],
+             'delivery_at', ARGV[4])
+  if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'code', ARGV[3]) end
+end
 return 1
 """
 
@@ -183,6 +207,7 @@ class Schedule:
         self._begin = client.register_script(BEGIN_LUA)
         self._finish = client.register_script(FINISH_LUA)
         self._reschedule = client.register_script(RESCHEDULE_LUA)
+        self._delivery = client.register_script(DELIVERY_LUA)
 
     def claim(self, now: datetime, limit: int, lease_s: float,
               max_inflight: int = 5000) -> list[str]:
@@ -208,11 +233,22 @@ class Schedule:
         return bool(self._finish(keys=[notif_key(notification_id), INFLIGHT],
                                  args=[notification_id, state, *flat]))
 
-    def reschedule(self, notification_id: str, due: datetime, reason: str) -> bool:
+    def reschedule(self, notification_id: str, due: datetime, reason: str, *,
+                   not_an_attempt: bool = False, **fields: Any) -> bool:
+        flat = [item for pair in fields.items() for item in pair]
         return bool(self._reschedule(
             keys=[notif_key(notification_id), INFLIGHT, SCHEDULE],
-            args=[notification_id, epoch(due), reason, PREFIX + "by-recipient:"],
+            args=[notification_id, epoch(due), reason, PREFIX + "by-recipient:",
+                  "1" if not_an_attempt else "0", *flat],
         ))
+
+    def record_delivery(self, notification_id: str, status: str, code: str,
+                        now: datetime) -> bool:
+        """A provider's word on delivery; never moves backwards (a late `sent` after
+        `delivered` changes nothing). False for an unknown id."""
+        return bool(self._delivery(keys=[notif_key(notification_id)],
+                                   args=[status, DELIVERY_RANK.get(status, 0), code,
+                                         epoch(now)]))
 
     def pending_count(self) -> tuple[int, int]:
         """(scheduled, in flight): for health and metrics."""

@@ -16,7 +16,7 @@ from typing import Any
 import redis
 
 from notifier.policy.plan import Plan, PlannedNotification
-from notifier.records import RECORD_TYPES, Record
+from notifier.records import RECORD_TYPES, ClientRecord, Record
 from notifier.schedule import (
     INFLIGHT,
     PREFIX,
@@ -33,6 +33,10 @@ from notifier.schedule import (
 Decide = Callable[[bytes, Callable[[list[str]], dict[str, Record]]], Plan]
 
 PENDING_EVENTS = PREFIX + "events:pending"
+SMS_OPT_OUTS = PREFIX + "sms-optout"
+UNKNOWN_CALLBACKS = PREFIX + "callbacks:unknown"
+#: Delivery reports that mean the message did not arrive.
+DELIVERY_FAILURES = frozenset({"undelivered", "failed", "bounce", "dropped"})
 #: How long an applied event's id is remembered for duplicate detection.
 EVENT_RETENTION_S = 30 * 24 * 3600
 #: At most this many notifications per client are returned by the read API.
@@ -53,6 +57,21 @@ def event_key(event_id: str) -> str:
 
 def record_key(ref: str) -> str:
     return f"{PREFIX}rec:{ref}"
+
+
+def phone_key(phone: str) -> str:
+    return f"{PREFIX}phone:{phone}"
+
+
+def shown_state(fields: dict[str, str]) -> str:
+    """The state the read API shows: delivery reports refine `sent`; `sending` is still
+    `scheduled` to the outside."""
+    state, delivery = fields["state"], fields.get("delivery", "")
+    if state in ("sent", "sending") and delivery == "delivered":
+        return "delivered"
+    if state in ("sent", "sending") and delivery in DELIVERY_FAILURES:
+        return "failed"
+    return "scheduled" if state == "sending" else state
 
 
 def _notification_fields(n: PlannedNotification, now: datetime) -> list[Any]:
@@ -78,6 +97,7 @@ class NotificationView:
     reason: str
     sent_at: datetime | None
     code: str | None
+    delivery: str | None = None
 
 
 class Store:
@@ -114,6 +134,24 @@ class Store:
 
     def load_record(self, ref: str) -> Record | None:
         return self.load_records([ref]).get(ref)
+
+    def update_record(self, ref: str, change: Callable[[Record | None], Record | None]) -> bool:
+        """Change one record atomically (WATCH, retried on a concurrent write); `change`
+        returns the new record, or None to leave it as it is."""
+        key = record_key(ref)
+        while True:
+            with self.redis.pipeline() as pipe:
+                try:
+                    pipe.watch(key)
+                    updated = change(self.load_records([ref], pipe).get(ref))
+                    if updated is None:
+                        return False
+                    pipe.multi()
+                    pipe.set(key, updated.model_dump_json())
+                    pipe.execute()
+                    return True
+                except redis.WatchError:
+                    continue
 
     # Applying plans ------------------------------------------------------------------------
     def apply_event(self, event_id: str, decide: Decide, now: datetime) -> Plan | None:
@@ -168,6 +206,9 @@ class Store:
     def _write_plan(self, pipe: Any, plan: Plan, now: datetime) -> None:
         for ref, record in plan.records.items():
             pipe.set(record_key(ref), record.model_dump_json())
+            if isinstance(record, ClientRecord) and record.client.phone:
+                # Inbound SMS name a number; this finds the client it belongs to.
+                pipe.set(phone_key(record.client.phone), record.client.id)
         for ref in plan.cancel:
             self.schedule.cancel_script(keys=[by_entity_key(ref), SCHEDULE, INFLIGHT],
                                         args=[PREFIX + "notif:", "superseded"], client=pipe)
@@ -198,8 +239,55 @@ class Store:
             views.append(NotificationView(
                 id=i.decode(), kind=f["kind"], channel=f["channel"],
                 due_at=from_epoch(f["due"]), expires_at=from_epoch(f["expires"]),
-                state=f["state"], reason=f.get("reason", ""),
+                state=shown_state(f), reason=f.get("reason", ""),
                 sent_at=from_epoch(f["sent_at"]) if f.get("sent_at") else None,
-                code=f.get("code") or None,
+                code=f.get("code") or None, delivery=f.get("delivery") or None,
             ))
         return views
+
+    # SMS opt-outs and inbound numbers -----------------------------------------------------
+    def set_sms_opt_out(self, phone: str, opted_out: bool) -> None:
+        if opted_out:
+            self.redis.sadd(SMS_OPT_OUTS, phone)
+        else:
+            self.redis.srem(SMS_OPT_OUTS, phone)
+
+    def sms_opted_out(self, phone: str) -> bool:
+        return bool(self.redis.sismember(SMS_OPT_OUTS, phone))
+
+    def client_for_phone(self, phone: str) -> ClientRecord | None:
+        client_id = self.redis.get(phone_key(phone))
+        record = self.load_record(f"client:{client_id.decode()}") if client_id else None
+        if isinstance(record, ClientRecord) and record.client.phone == phone:
+            return record
+        return None
+
+    # Delivery reports and fallbacks ------------------------------------------------------
+    def record_delivery(self, notification_id: str, status: str, code: str,
+                        now: datetime) -> bool:
+        """Record a provider's delivery report; an unknown id is kept aside and ignored."""
+        if self.schedule.record_delivery(notification_id, status, code, now):
+            return True
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.lpush(UNKNOWN_CALLBACKS, json.dumps(
+                {"id": notification_id, "status": status, "code": code, "at": epoch(now)}))
+            pipe.ltrim(UNKNOWN_CALLBACKS, 0, 999)
+            pipe.execute()
+        return False
+
+    def add_on_other_channel(self, notification_id: str, channel: str, now: datetime,
+                             reason: str) -> bool:
+        """Plan the same notification on `channel`, due now, unless it is planned there
+        already (its dedupe key is the sibling's, so this happens at most once)."""
+        f = self.notification(notification_id)
+        if not f:
+            return False
+        sibling = notification_id.rsplit(":", 1)[0] + ":" + channel
+        if self.redis.exists(notif_key(sibling)):
+            return False
+        self.write_plan(Plan(outcome="applied", add=(PlannedNotification(
+            id=sibling, kind=f["kind"], channel=channel,  # type: ignore[arg-type]
+            recipient=f["to"], recipient_id=f["to_id"],  # type: ignore[arg-type]
+            entity=f["entity"], due_at=now, expires_at=from_epoch(f["expires"]),
+            params=json.loads(f.get("params") or "{}"), reason=reason),)), now)
+        return True

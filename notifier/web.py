@@ -25,6 +25,8 @@ from notifier.config import Settings
 from notifier.errors import FieldProblem, InvalidEvent, PayloadTooLarge, SignatureError
 from notifier.events import EVENT_MODELS, parse_event
 from notifier.policy.timing import utcnow
+from notifier.provider_hooks import provider_routes
+from notifier.records import AppointmentRecord, VisitsRecord
 from notifier.store import Store
 from notifier.tasks import enqueue_apply
 
@@ -60,11 +62,21 @@ class NotificationOut(BaseModel):
     reason: str
     sent_at: datetime | None
     code: str | None
+    delivery: str | None = None
+
+
+class AppointmentOut(BaseModel):
+    id: str
+    start: datetime
+    status: str
+    confirmed_at: datetime | None
 
 
 class NotificationsAnswer(BaseModel):
     client_id: str
     notifications: list[NotificationOut]
+    #: the client's upcoming appointments, with their confirmation by SMS reply (C)
+    appointments: list[AppointmentOut] = []
 
 
 def verify_signature(secret: str, body: bytes, headers: dict[str, str]) -> str:
@@ -170,9 +182,16 @@ def create_app(settings: Settings, store: Store, broker: RedisBroker) -> FastAPI
     @app.get("/v1/clients/{client_id}/notifications", response_model=NotificationsAnswer)
     def client_notifications(client_id: str) -> NotificationsAnswer:
         views = store.notifications_for("client", client_id)
-        return NotificationsAnswer(client_id=client_id, notifications=[
-            NotificationOut(**{**v.__dict__, "state": "scheduled" if v.state == "sending"
-                               else v.state}) for v in views])
+        visits = store.load_record(f"visits:{client_id}")
+        upcoming = sorted(visits.upcoming) if isinstance(visits, VisitsRecord) else []
+        appointments = [
+            AppointmentOut(id=r.appointment.id, start=r.appointment.start, status=r.status,
+                           confirmed_at=r.confirmed_at)
+            for r in store.load_records([f"appointment:{i}" for i in upcoming]).values()
+            if isinstance(r, AppointmentRecord)
+        ]
+        return NotificationsAnswer(client_id=client_id, appointments=appointments,
+                                   notifications=[NotificationOut(**v.__dict__) for v in views])
 
     @app.get("/healthz")
     def healthz() -> JSONResponse:
@@ -186,5 +205,6 @@ def create_app(settings: Settings, store: Store, broker: RedisBroker) -> FastAPI
     def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
+    app.include_router(provider_routes(settings, store))
     app.openapi = lambda: _event_body_schema(app)  # type: ignore[method-assign]
     return app

@@ -229,11 +229,29 @@ def test_support_sms_is_suppressed_without_a_support_phone(store, policy, outbox
 def test_escalation_notice_falls_back_to_email_when_sms_is_closed(store, policy, outbox):
     open_request(store, policy, NOW - timedelta(hours=48), sms=False)
     d = deliverer(store, policy, outbox=outbox)
-    assert d.deliver("escalation_notice:req-1:window:sms", NOW) == "sent"
+    assert d.deliver("escalation_notice:req-1:window:sms", NOW) == "suppressed"
+    email = store.notification("escalation_notice:req-1:window:email")
+    assert (email["state"], email["reason"]) == (
+        "scheduled", "instead of sms: client does not accept sms")
+    assert d.deliver("escalation_notice:req-1:window:email", NOW) == "sent"
     [notice] = outbox.messages()
     assert (notice["channel"], notice["to"]) == ("email", "c1@example.com")
-    assert store.notification("escalation_notice:req-1:window:sms")["reason"] == (
-        "sent by email: client does not accept sms")
+    # Planned once on the other channel, however often the SMS is looked at again.
+    assert not store.add_on_other_channel("escalation_notice:req-1:window:sms", "email", NOW,
+                                          "again")
+
+
+def test_a_client_who_replied_stop_gets_email_and_no_duplicate(store, policy, outbox):
+    book(store, policy)
+    store.set_sms_opt_out("+14155550123", True)
+    d = deliverer(store, policy, outbox=outbox)
+    assert d.deliver(CONFIRM_SMS, NOW) == "suppressed"
+    assert store.notification(CONFIRM_SMS)["reason"] == "client replied STOP"
+    # The confirmation is planned on email already: no second email is added.
+    assert d.deliver(CONFIRM_EMAIL, NOW) == "sent"
+    assert [m["channel"] for m in outbox.messages()] == ["email"]
+    store.set_sms_opt_out("+14155550123", False)
+    assert not store.sms_opted_out("+14155550123")
 
 
 def test_a_digest_with_nothing_open_is_not_sent(store, policy, outbox):

@@ -485,7 +485,7 @@ def test_event_id_outside_the_safe_alphabet_is_422_naming_id(client, secret, red
 def test_notifications_of_an_unknown_client_is_an_empty_list(client):
     answer = client.get("/v1/clients/nobody/notifications")
     assert answer.status_code == 200
-    assert answer.json() == {"client_id": "nobody", "notifications": []}
+    assert answer.json() == {"client_id": "nobody", "notifications": [], "appointments": []}
 
 
 def test_notifications_list_what_a_booking_planned(client, secret, store, policy):

@@ -1,0 +1,78 @@
+"""Email through SendGrid's v3 mail send, with the official SDK.
+
+Text and HTML parts; calendar invites attached as `invite.ics` with their METHOD in the
+content type; the notification id in `custom_args`, so event webhooks can be matched.
+`SENDGRID_API_HOST` selects the region (EU accounts) or a stand-in.
+"""
+
+from __future__ import annotations
+
+import base64
+import urllib.error
+from datetime import datetime
+from typing import Any
+
+from python_http_client.exceptions import HTTPError
+from sendgrid import SendGridAPIClient
+
+from notifier.channels import Message, Receipt
+from notifier.config import Settings
+from notifier.errors import PermanentError, RetryableError
+
+HTTP_TIMEOUT_S = 10.0
+
+
+def build_mail(message: Message, from_email: str, from_name: str) -> dict[str, Any]:
+    """The v3 mail-send body for `message` (pure)."""
+    body: dict[str, Any] = {
+        "personalizations": [{"to": [{"email": message.to}]}],
+        "from": {"email": from_email, "name": from_name},
+        "subject": message.subject or "",
+        "content": [{"type": "text/plain", "value": message.body}],
+        "custom_args": {"notification_id": message.notification_id},
+    }
+    if message.html:
+        body["content"].append({"type": "text/html", "value": message.html})
+    if message.attachments:
+        body["attachments"] = [
+            {"content": base64.b64encode(a.content).decode(), "type": a.content_type,
+             "filename": a.filename, "disposition": "attachment"}
+            for a in message.attachments
+        ]
+    return body
+
+
+class SendGridEmail:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.client = SendGridAPIClient(settings.sendgrid_api_key,
+                                        host=settings.sendgrid_api_host)
+        self.client.client.timeout = HTTP_TIMEOUT_S
+
+    def send(self, message: Message, now: datetime) -> Receipt:
+        mail = build_mail(message, self.settings.from_email, self.settings.practice_name)
+        try:
+            response = self.client.send(mail)
+        except HTTPError as exc:
+            status = int(exc.status_code)
+            if status == 429 or status >= 500:
+                after = (exc.headers or {}).get("Retry-After") if exc.headers else None
+                raise RetryableError(f"sendgrid answered {status}", code=str(status),
+                                     retry_after_s=_seconds(after)) from None
+            raise PermanentError(f"sendgrid refused the message ({status})",
+                                 code=str(status)) from None
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+            raise RetryableError(f"sendgrid unreachable: {type(exc).__name__}",
+                                 code="network") from None
+        message_id = (response.headers or {}).get("X-Message-Id") or message.notification_id
+        return Receipt(provider_id=str(message_id), sent_at=now)
+
+    def already_sent(self, message: Message) -> bool | None:
+        return None
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None

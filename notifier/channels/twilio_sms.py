@@ -1,0 +1,105 @@
+"""SMS through Twilio's Messages API, with the official SDK.
+
+The client is built once per process. `NOTIFIER_TWILIO_BASE_URL` points it elsewhere (a
+compatible gateway, a staging stand-in) through a custom `http_client` that rewrites the
+scheme and host of each request; `TWILIO_EDGE` / `TWILIO_REGION` are passed to the SDK.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import requests
+from twilio.base.exceptions import TwilioRestException
+from twilio.http.http_client import TwilioHttpClient
+from twilio.http.response import Response
+from twilio.rest import Client
+
+from notifier.channels import Message, Receipt
+from notifier.config import Settings
+from notifier.errors import PermanentError, RetryableError
+
+#: Seconds we wait for Twilio before treating the attempt as failed (and retrying).
+HTTP_TIMEOUT_S = 10.0
+#: Twilio's upper bound for ValidityPeriod.
+MAX_VALIDITY_S = 36000
+#: Kinds worthless after their expiry: Twilio drops them from its queue rather than late.
+TIME_BOUND_KINDS = frozenset({"appointment_reminder", "appointment_join_link"})
+
+
+class RoutingHttpClient(TwilioHttpClient):
+    """Twilio's HTTP client, optionally sending to another base URL, and remembering each
+    thread's last response headers (the SDK's exception does not carry Retry-After)."""
+
+    def __init__(self, base_url: str | None = None, timeout: float = HTTP_TIMEOUT_S) -> None:
+        super().__init__(timeout=timeout)
+        self.base_url = base_url.rstrip("/") if base_url else None
+        self._local = threading.local()
+
+    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Response:
+        if self.base_url:
+            parts = urlsplit(url)
+            url = self.base_url + parts.path + (f"?{parts.query}" if parts.query else "")
+        self._local.headers = {}
+        response = super().request(method, url, *args, **kwargs)
+        self._local.headers = {k.lower(): v for k, v in (response.headers or {}).items()}
+        return response
+
+    def last_headers(self) -> dict[str, str]:
+        return getattr(self._local, "headers", {})
+
+
+def retry_after_s(headers: dict[str, str]) -> float | None:
+    value = headers.get("retry-after", "")
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None
+
+
+class TwilioSMS:
+    def __init__(self, settings: Settings, http_client: RoutingHttpClient | None = None) -> None:
+        self.settings = settings
+        self.http = http_client or RoutingHttpClient(settings.twilio_base_url)
+        self.client = Client(settings.twilio_account_sid, settings.twilio_auth_token,
+                             http_client=self.http, edge=settings.twilio_edge,
+                             region=settings.twilio_region)
+
+    def build_request(self, message: Message, now: datetime) -> dict[str, Any]:
+        """The Messages API parameters for `message` (pure)."""
+        params: dict[str, Any] = {
+            "to": message.to,
+            "body": message.body,
+            "status_callback": (f"{self.settings.public_url}/twilio/status"
+                                f"?n={quote(message.notification_id, safe='')}"),
+        }
+        if self.settings.twilio_messaging_service_sid:
+            params["messaging_service_sid"] = self.settings.twilio_messaging_service_sid
+        else:
+            params["from_"] = self.settings.twilio_from
+        if message.kind in TIME_BOUND_KINDS and message.expires_at is not None:
+            left_s = int((message.expires_at - now).total_seconds())
+            params["validity_period"] = max(1, min(MAX_VALIDITY_S, left_s))
+        return params
+
+    def send(self, message: Message, now: datetime) -> Receipt:
+        try:
+            created = self.client.messages.create(**self.build_request(message, now))
+        except TwilioRestException as exc:
+            code = str(exc.code or exc.status)
+            if exc.status == 429 or exc.status >= 500:
+                raise RetryableError(f"twilio answered {exc.status}", code=code,
+                                     retry_after_s=retry_after_s(self.http.last_headers())
+                                     ) from None
+            raise PermanentError(f"twilio refused the message ({code})", code=code) from None
+        except requests.RequestException as exc:
+            raise RetryableError(f"twilio unreachable: {type(exc).__name__}",
+                                 code="network") from None
+        return Receipt(provider_id=str(created.sid), sent_at=now)
+
+    def already_sent(self, message: Message) -> bool | None:
+        """Twilio takes no idempotency key and we do not search its logs: cannot tell."""
+        return None

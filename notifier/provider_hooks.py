@@ -1,0 +1,133 @@
+"""What Twilio and SendGrid tell us: delivery reports, and replies to our SMS.
+
+Every route verifies its provider's signature and answers 403 otherwise (or when the key to
+verify with is not configured). Reports name the notification: Twilio's status callback URL
+carries it (`?n=`), SendGrid echoes our `custom_args`. A report for an unknown id is kept
+aside and ignored; one that arrives before the send is recorded is kept and still counts.
+"""
+
+from __future__ import annotations
+
+import binascii
+import json
+import logging
+from datetime import datetime
+from typing import Any
+from urllib.parse import parse_qs
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from sendgrid.helpers.eventwebhook import EventWebhook
+from twilio.request_validator import RequestValidator
+from twilio.twiml.messaging_response import MessagingResponse
+
+from notifier.config import Settings
+from notifier.delivery import TWILIO_OPTED_OUT, use_other_channel
+from notifier.errors import ConfigError
+from notifier.inbound import reply_to_sms
+from notifier.policy.plan import entity_ref
+from notifier.policy.timing import utcnow
+from notifier.records import ClientRecord
+from notifier.store import DELIVERY_FAILURES, Store
+
+log = logging.getLogger(__name__)
+
+TWIML = "application/xml"
+
+
+def sendgrid_key(settings: Settings) -> Any:
+    if not settings.sendgrid_webhook_public_key:
+        return None
+    try:
+        return EventWebhook().convert_public_key_to_ecdsa(settings.sendgrid_webhook_public_key)
+    except ValueError:
+        raise ConfigError("SENDGRID_WEBHOOK_PUBLIC_KEY: not a base64 ECDSA public key") from None
+
+
+def _after_failure(store: Store, notification_id: str, code: str, now: datetime) -> None:
+    """An asynchronous permanent failure: opt-out bookkeeping and the other channel."""
+    fields = store.notification(notification_id)
+    if not fields or fields.get("to") != "client":
+        return
+    client = store.load_record(entity_ref("client", fields["to_id"]))
+    if not isinstance(client, ClientRecord):
+        return
+    if code == TWILIO_OPTED_OUT and client.client.phone:
+        store.set_sms_opt_out(client.client.phone, True)
+    use_other_channel(store, notification_id, fields["channel"], client,
+                      f"{fields['channel']} {fields.get('delivery', 'failed')} ({code})", now)
+
+
+def provider_routes(settings: Settings, store: Store) -> APIRouter:
+    router = APIRouter()
+    validator = RequestValidator(settings.twilio_auth_token) if settings.twilio_auth_token \
+        else None
+    event_key = sendgrid_key(settings)
+
+    async def twilio_form(request: Request) -> dict[str, str] | None:
+        """The form fields of a request Twilio signed, or None."""
+        body = (await request.body()).decode("utf-8", "replace")
+        form = {k: v[0] for k, v in parse_qs(body, keep_blank_values=True).items()}
+        url = settings.public_url + request.url.path
+        if request.url.query:
+            url += "?" + request.url.query
+        signature = request.headers.get("x-twilio-signature", "")
+        if validator is None or not signature or not validator.validate(url, form, signature):
+            return None
+        return form
+
+    @router.post("/twilio/status", status_code=204, responses={403: {}})
+    async def twilio_status(request: Request) -> Response:
+        form = await twilio_form(request)
+        if form is None:
+            return JSONResponse({"error": "signature"}, status_code=403)
+        notification_id = request.query_params.get("n", "")
+        status = form.get("MessageStatus", "").lower()
+        code = form.get("ErrorCode", "")
+        now = utcnow()
+        if store.record_delivery(notification_id, status, code, now) and (
+                status in DELIVERY_FAILURES):
+            _after_failure(store, notification_id, code, now)
+        return Response(status_code=204)
+
+    @router.post("/twilio/inbound", responses={403: {}, 200: {"content": {TWIML: {}}}})
+    async def twilio_inbound(request: Request) -> Response:
+        form = await twilio_form(request)
+        if form is None:
+            return JSONResponse({"error": "signature"}, status_code=403)
+        reply = reply_to_sms(store, settings, form.get("From", ""),
+                             form.get("Body", ""), form.get("MessageSid", ""), utcnow())
+        twiml = MessagingResponse()
+        if reply:
+            twiml.message(reply)
+        return Response(str(twiml), media_type=TWIML)
+
+    @router.post("/sendgrid/events", status_code=204, responses={403: {}})
+    async def sendgrid_events(request: Request) -> Response:
+        body = await request.body()
+        signature = request.headers.get("x-twilio-email-event-webhook-signature", "")
+        timestamp = request.headers.get("x-twilio-email-event-webhook-timestamp", "")
+        try:
+            valid = event_key is not None and bool(signature) and EventWebhook().verify_signature(
+                body.decode("utf-8"), signature, timestamp, event_key)
+        except (ValueError, binascii.Error, UnicodeDecodeError):
+            valid = False
+        if not valid:
+            return JSONResponse({"error": "signature"}, status_code=403)
+        try:
+            events = json.loads(body)
+        except ValueError:
+            return JSONResponse({"error": "not JSON"}, status_code=400)
+        now = utcnow()
+        for event in events if isinstance(events, list) else []:
+            if not isinstance(event, dict):
+                continue
+            notification_id = str(event.get("notification_id", ""))
+            status = str(event.get("event", "")).lower()
+            code = str(event.get("status") or event.get("type") or "")
+            if store.record_delivery(notification_id, status, code, now) and (
+                    status in DELIVERY_FAILURES):
+                _after_failure(store, notification_id, code or status, now)
+        return Response(status_code=204)
+
+    return router
