@@ -1,0 +1,299 @@
+"""Twilio and SendGrid callbacks: signatures, delivery reports, fallbacks, inbound replies.
+
+Requests are signed the way the providers sign them: Twilio's HMAC over the public URL and
+the form fields (`RequestValidator.compute_signature`), SendGrid's ECDSA P-256 signature of
+timestamp + body with a key made for the test.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import warnings
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from twilio.request_validator import RequestValidator
+
+from notifier.config import Settings
+from notifier.errors import ConfigError
+from notifier.policy.timing import utcnow
+from notifier.provider_hooks import sendgrid_key
+from notifier.store import Store
+from notifier.tasks import build_broker
+from notifier.web import create_app
+from tests.helpers import appointment, client_upserted, provider_upserted, store_and_apply
+
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
+    from fastapi.testclient import TestClient
+
+TOKEN = "twilio-auth-token"
+PUBLIC = "https://notifier.example.org"
+PHONE = "+14155550123"
+SECRET = "whsec_" + base64.b64encode(b"s" * 32).decode()
+
+
+@pytest.fixture(scope="module")
+def ecdsa_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def public_key_b64(key: ec.EllipticCurvePrivateKey) -> str:
+    der = key.public_key().public_bytes(serialization.Encoding.DER,
+                                        serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(der).decode()
+
+
+@pytest.fixture
+def settings(ecdsa_key) -> Settings:
+    return Settings.from_env({
+        "NOTIFIER_WEBHOOK_SECRET": SECRET, "TWILIO_AUTH_TOKEN": TOKEN,
+        "NOTIFIER_PUBLIC_URL": PUBLIC, "SENDGRID_WEBHOOK_PUBLIC_KEY": public_key_b64(ecdsa_key),
+    }, dotenv=Path("/nonexistent"))
+
+
+@pytest.fixture
+def store(redis_client) -> Store:
+    return Store(redis_client)
+
+
+@pytest.fixture
+def http(settings, store, redis_url) -> Iterator[TestClient]:
+    with TestClient(create_app(settings, store, build_broker(redis_url))) as client:
+        yield client
+
+
+def twilio_post(http: TestClient, path: str, form: dict[str, str], token: str = TOKEN):
+    signature = RequestValidator(token).compute_signature(PUBLIC + path, form)
+    return http.post(path, data=form, headers={"X-Twilio-Signature": signature})
+
+
+def sendgrid_post(http: TestClient, events: list[dict], key: ec.EllipticCurvePrivateKey,
+                  tamper: bool = False):
+    body = json.dumps(events)
+    timestamp = str(int(datetime.now(UTC).timestamp()))
+    signature = base64.b64encode(
+        key.sign((timestamp + body).encode(), ec.ECDSA(hashes.SHA256()))).decode()
+    sent = body.replace("delivered", "bounce") if tamper else body
+    return http.post("/sendgrid/events", content=sent, headers={
+        "X-Twilio-Email-Event-Webhook-Signature": signature,
+        "X-Twilio-Email-Event-Webhook-Timestamp": timestamp,
+        "Content-Type": "application/json"})
+
+
+def booked(store: Store, policy, *, sms: bool = True, email: bool = True) -> None:
+    now = utcnow()
+    store_and_apply(store, policy, client_upserted("c1", "America/New_York", now, sms=sms,
+                                                   email=email), now)
+    store_and_apply(store, policy, provider_upserted("prov-1", now), now)
+    store_and_apply(store, policy, appointment("appointment.scheduled", "a1", "c1",
+                                               now + timedelta(days=10), now), now)
+
+
+def sent(store: Store, notification_id: str) -> None:
+    store.schedule.begin(notification_id, utcnow() + timedelta(days=1), lease_s=60)
+    store.schedule.finish(notification_id, "sent", sent_at=utcnow().timestamp())
+
+
+SMS_ID = "appointment_confirmation:a1:booked:sms"
+EMAIL_ID = "appointment_confirmation:a1:booked:email"
+
+
+def shown(http: TestClient, notification_id: str) -> dict:
+    notes = http.get("/v1/clients/c1/notifications").json()["notifications"]
+    return {n["id"]: n for n in notes}[notification_id]
+
+
+# Twilio status callbacks -----------------------------------------------------------------
+
+def test_a_valid_twilio_status_callback_records_delivery(http, store, policy):
+    booked(store, policy)
+    sent(store, SMS_ID)
+    answer = twilio_post(http, f"/twilio/status?n={SMS_ID}",
+                         {"MessageSid": "SM1", "MessageStatus": "delivered"})
+    assert answer.status_code == 204
+    assert shown(http, SMS_ID)["state"] == "delivered"
+
+
+def test_a_status_callback_before_the_send_is_recorded_still_ends_right(http, store, policy):
+    booked(store, policy)
+    store.schedule.begin(SMS_ID, utcnow() + timedelta(days=1), lease_s=60)  # still sending
+    twilio_post(http, f"/twilio/status?n={SMS_ID}",
+                {"MessageSid": "SM1", "MessageStatus": "delivered"})
+    store.schedule.finish(SMS_ID, "sent", sent_at=utcnow().timestamp())
+    assert shown(http, SMS_ID)["state"] == "delivered"
+    # A late `sent` report does not move it back.
+    twilio_post(http, f"/twilio/status?n={SMS_ID}", {"MessageSid": "SM1",
+                                                      "MessageStatus": "sent"})
+    assert shown(http, SMS_ID)["state"] == "delivered"
+
+
+def test_undelivered_records_the_code_and_the_number_that_opted_out(http, store, policy):
+    booked(store, policy)
+    sent(store, SMS_ID)
+    twilio_post(http, f"/twilio/status?n={SMS_ID}",
+                {"MessageSid": "SM1", "MessageStatus": "undelivered", "ErrorCode": "21610"})
+    view = shown(http, SMS_ID)
+    assert (view["state"], view["code"]) == ("failed", "21610")
+    assert store.sms_opted_out(PHONE)
+
+
+def test_an_sms_only_message_that_fails_goes_by_email(http, store, policy):
+    now = utcnow()
+    store_and_apply(store, policy, client_upserted("c1", "America/New_York", now), now)
+    store_and_apply(store, policy, appointment("appointment.scheduled", "a1", "c1",
+                                               now + timedelta(days=10), now,
+                                               join_url="https://v.example.com/r/1"), now)
+    join = next(n for n in store.notifications_for("client", "c1")
+                if n.kind == "appointment_join_link")
+    sent(store, join.id)
+    twilio_post(http, f"/twilio/status?n={join.id}",
+                {"MessageSid": "SM1", "MessageStatus": "failed", "ErrorCode": "30005"})
+    sibling = store.notification(join.id.rsplit(":", 1)[0] + ":email")
+    assert sibling["state"] == "scheduled"
+    assert sibling["reason"] == "instead of sms: sms failed (30005)"
+
+
+def test_unknown_ids_are_recorded_and_ignored(http, store):
+    answer = twilio_post(http, "/twilio/status?n=nope",
+                         {"MessageSid": "SM9", "MessageStatus": "delivered"})
+    assert answer.status_code == 204
+    [kept] = store.redis.lrange("n:callbacks:unknown", 0, -1)
+    assert json.loads(kept)["id"] == "nope"
+
+
+@pytest.mark.parametrize("path", ["/twilio/status?n=x", "/twilio/inbound"])
+def test_twilio_routes_refuse_bad_signatures(http, store, path):
+    form = {"MessageSid": "SM1", "MessageStatus": "delivered", "From": PHONE, "Body": "STOP"}
+    assert twilio_post(http, path, form, token="wrong-token").status_code == 403
+    assert http.post(path, data=form).status_code == 403  # unsigned
+    signature = RequestValidator(TOKEN).compute_signature(PUBLIC + path, form)
+    tampered = {**form, "Body": "START"}
+    assert http.post(path, data=tampered,
+                     headers={"X-Twilio-Signature": signature}).status_code == 403
+    assert not store.sms_opted_out(PHONE)
+    assert store.redis.llen("n:callbacks:unknown") == 0
+
+
+def test_without_a_twilio_token_nothing_can_be_verified(store, redis_url):
+    settings = Settings.from_env({"NOTIFIER_WEBHOOK_SECRET": SECRET},
+                                 dotenv=Path("/nonexistent"))
+    with TestClient(create_app(settings, store, build_broker(redis_url))) as client:
+        form = {"MessageSid": "SM1", "MessageStatus": "delivered"}
+        signature = RequestValidator(TOKEN).compute_signature(PUBLIC + "/twilio/status", form)
+        answer = client.post("/twilio/status", data=form,
+                             headers={"X-Twilio-Signature": signature})
+        assert answer.status_code == 403
+
+
+# SendGrid events -------------------------------------------------------------------------
+
+def test_a_signed_sendgrid_batch_records_delivery_and_bounces(http, store, policy, ecdsa_key):
+    booked(store, policy, sms=False)
+    sent(store, EMAIL_ID)
+    answer = sendgrid_post(http, [
+        {"event": "processed", "notification_id": EMAIL_ID},
+        {"event": "delivered", "notification_id": EMAIL_ID},
+        {"event": "delivered", "notification_id": "unknown-id"},
+    ], ecdsa_key)
+    assert answer.status_code == 204
+    assert shown(http, EMAIL_ID)["state"] == "delivered"
+    assert store.redis.llen("n:callbacks:unknown") == 1
+
+
+def test_a_bounce_fails_the_email_and_sms_is_not_added_when_planned(http, store, policy,
+                                                                    ecdsa_key):
+    booked(store, policy)
+    sent(store, EMAIL_ID)
+    sendgrid_post(http, [{"event": "bounce", "notification_id": EMAIL_ID, "status": "5.1.1"}],
+                  ecdsa_key)
+    view = shown(http, EMAIL_ID)
+    assert (view["state"], view["code"]) == ("failed", "5.1.1")
+    # The SMS twin was planned from the start: nothing new is added.
+    assert store.notification(SMS_ID)["reason"] == ""
+
+
+def test_a_tampered_or_unsigned_sendgrid_batch_is_refused(http, store, policy, ecdsa_key):
+    booked(store, policy)
+    sent(store, EMAIL_ID)
+    events = [{"event": "delivered", "notification_id": EMAIL_ID}]
+    assert sendgrid_post(http, events, ecdsa_key, tamper=True).status_code == 403
+    assert http.post("/sendgrid/events", json=events).status_code == 403
+    other = ec.generate_private_key(ec.SECP256R1())
+    assert sendgrid_post(http, events, other).status_code == 403
+    assert shown(http, EMAIL_ID)["state"] == "sent"
+
+
+def test_a_malformed_sendgrid_public_key_stops_start_up():
+    bad = Settings.from_env({"SENDGRID_WEBHOOK_PUBLIC_KEY": "not-a-key"},
+                            dotenv=Path("/nonexistent"))
+    with pytest.raises(ConfigError, match="^SENDGRID_WEBHOOK_PUBLIC_KEY"):
+        sendgrid_key(bad)
+
+
+# Inbound SMS -----------------------------------------------------------------------------
+
+def inbound(http: TestClient, body: str, sender: str = PHONE):
+    return twilio_post(http, "/twilio/inbound",
+                       {"From": sender, "Body": body, "MessageSid": "SMin1"})
+
+
+@pytest.mark.parametrize("word", ["STOP", "stop", " Stop ", "STOPALL", "UNSUBSCRIBE",
+                                  "cancel", "END", "quit", "Revoke", "OPTOUT"])
+def test_every_opt_out_word_opts_out_and_start_opts_back_in(http, store, word):
+    answer = inbound(http, word)
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("application/xml")
+    assert "<Message>" not in answer.text
+    assert store.sms_opted_out(PHONE)
+    back = inbound(http, "start")
+    assert "you will get our texts again" in back.text
+    assert not store.sms_opted_out(PHONE)
+
+
+@pytest.mark.parametrize("word", ["YES", "UNSTOP"])
+def test_other_opt_in_words(http, store, word):
+    store.set_sms_opt_out(PHONE, True)
+    inbound(http, word)
+    assert not store.sms_opted_out(PHONE)
+
+
+def test_a_sentence_with_stop_in_it_is_not_an_opt_out(http, store):
+    answer = inbound(http, "please stop by tomorrow")
+    assert not store.sms_opted_out(PHONE)
+    assert "use the portal" in answer.text
+
+
+@pytest.mark.parametrize("word", ["HELP", "info"])
+def test_help_answers_with_the_practice_and_how_to_stop(http, word):
+    answer = inbound(http, word)
+    assert "Riverbend Health" in answer.text and "+1 555 0100" in answer.text
+    assert "Reply STOP to opt out" in answer.text
+
+
+def test_c_confirms_the_next_appointment_in_the_read_api(http, store, policy):
+    booked(store, policy)
+    answer = inbound(http, "c")
+    assert "is confirmed" in answer.text
+    [appt] = http.get("/v1/clients/c1/notifications").json()["appointments"]
+    assert appt["id"] == "a1" and appt["confirmed_at"] is not None
+
+
+def test_r_tells_support_the_client_wants_to_reschedule(http, store, policy):
+    booked(store, policy)
+    answer = inbound(http, "R")
+    assert "support team will contact you" in answer.text
+    alert = store.notification("reschedule_request:c1:SMin1:email")
+    assert (alert["state"], alert["to"]) == ("scheduled", "support")
+
+
+def test_c_from_an_unknown_number_or_without_appointments(http, store, policy):
+    assert "could not match this number" in inbound(http, "C", sender="+14155550199").text
+    now = utcnow()
+    store_and_apply(store, policy, client_upserted("c1", "America/New_York", now), now)
+    assert "no upcoming appointment" in inbound(http, "C").text
