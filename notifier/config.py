@@ -147,6 +147,9 @@ class Settings:
     sms_rate_per_s: float = 1.0
     #: Emails per second (0: no limit of our own).
     email_rate_per_s: float = 0.0
+    #: A failing notification is tried this many times in all, backing off from the base.
+    max_attempts: int = 8
+    retry_base_s: float = 5.0
     #: How long a claimed notification is leased to a worker; longer than the slowest send.
     lease_s: int = 60
 
@@ -220,6 +223,8 @@ class Settings:
             worker_threads=_int(env, "NOTIFIER_WORKER_THREADS", defaults.worker_threads),
             lease_s=_int(env, "NOTIFIER_LEASE_S", defaults.lease_s),
             sendgrid_webhook_public_key=opt("SENDGRID_WEBHOOK_PUBLIC_KEY"),
+            max_attempts=_int(env, "NOTIFIER_MAX_ATTEMPTS", defaults.max_attempts),
+            retry_base_s=_float(env, "NOTIFIER_RETRY_BASE_S", defaults.retry_base_s),
             sms_rate_per_s=_float(env, "NOTIFIER_SMS_RATE_PER_S", defaults.sms_rate_per_s),
             email_rate_per_s=_float(env, "NOTIFIER_EMAIL_RATE_PER_S", defaults.email_rate_per_s),
         )

@@ -69,6 +69,8 @@ class Deliverer:
     policy: Policy
     lease_s: float = LEASE_S
     limiters: dict[str, RateLimiter] = field(default_factory=dict)
+    max_attempts: int = MAX_ATTEMPTS
+    retry_base_s: float = RETRY_BASE_S
     rng: random.Random = field(default_factory=random.Random)
 
     def deliver(self, notification_id: str, now: datetime) -> str:
@@ -81,7 +83,7 @@ class Deliverer:
             return self._deliver(n, now, recovering=begun.verdict == "recover")
         except Exception:
             # A bug must not lose the notification: put it back to be tried again later,
-            # until MAX_ATTEMPTS gives up on it.
+            # until max_attempts gives up on it.
             log.exception("delivering %s failed unexpectedly", n.id)
             return self._retry(n, now, "internal error", None)
 
@@ -91,10 +93,10 @@ class Deliverer:
         return state
 
     def _retry(self, n: Stored, now: datetime, reason: str, retry_after_s: float | None) -> str:
-        if n.attempts >= MAX_ATTEMPTS:
+        if n.attempts >= self.max_attempts:
             return self._finish(n, "failed", f"gave up after {n.attempts} attempts: {reason}",
                                 now)
-        backoff = min(RETRY_CAP_S, RETRY_BASE_S * 2 ** (n.attempts - 1))
+        backoff = min(RETRY_CAP_S, self.retry_base_s * 2 ** (n.attempts - 1))
         delay = max(retry_after_s or 0.0, backoff * (0.5 + self.rng.random() / 2))
         due = now + timedelta(seconds=delay)
         if due >= n.expires_at:

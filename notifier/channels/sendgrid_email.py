@@ -8,6 +8,7 @@ content type; the notification id in `custom_args`, so event webhooks can be mat
 from __future__ import annotations
 
 import base64
+import http.client
 import urllib.error
 from datetime import datetime
 from typing import Any
@@ -61,7 +62,8 @@ class SendGridEmail:
                                      retry_after_s=_seconds(after)) from None
             raise PermanentError(f"sendgrid refused the message ({status})",
                                  code=str(status)) from None
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+        except (urllib.error.URLError, TimeoutError, ConnectionError,
+                http.client.HTTPException) as exc:
             raise RetryableError(f"sendgrid unreachable: {type(exc).__name__}",
                                  code="network") from None
         message_id = (response.headers or {}).get("X-Message-Id") or message.notification_id

@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import requests
-from twilio.base.exceptions import TwilioRestException
+from twilio.base.exceptions import TwilioRestException, TwilioServiceException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.http.response import Response
 from twilio.rest import Client
@@ -88,7 +88,7 @@ class TwilioSMS:
     def send(self, message: Message, now: datetime) -> Receipt:
         try:
             created = self.client.messages.create(**self.build_request(message, now))
-        except TwilioRestException as exc:
+        except (TwilioRestException, TwilioServiceException) as exc:
             code = str(exc.code or exc.status)
             if exc.status == 429 or exc.status >= 500:
                 raise RetryableError(f"twilio answered {exc.status}", code=code,
