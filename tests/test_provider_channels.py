@@ -1,0 +1,192 @@
+"""The Twilio and SendGrid channels with the official SDKs, against local stand-ins that
+speak their wire protocols: what we send, and how each answer is classified."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from icalendar import Calendar
+
+from notifier.channels import Attachment, Message
+from notifier.channels.calendar import Invite, build_invite
+from notifier.channels.sendgrid_email import SendGridEmail
+from notifier.channels.twilio_sms import MAX_VALIDITY_S, RoutingHttpClient, TwilioSMS
+from notifier.config import Settings
+from notifier.errors import PermanentError, RetryableError
+from tests.fakes import FakeSendGrid, FakeTwilio, Scripted
+
+NOW = datetime(2026, 11, 25, 15, 0, tzinfo=UTC)
+SID = "AC" + "0" * 32
+
+
+@pytest.fixture
+def twilio() -> Iterator[FakeTwilio]:
+    with FakeTwilio(account_sid=SID, auth_token="test-token") as fake:
+        yield fake
+
+
+@pytest.fixture
+def sendgrid() -> Iterator[FakeSendGrid]:
+    with FakeSendGrid(api_key="SG.test-key") as fake:
+        yield fake
+
+
+def settings(twilio: FakeTwilio | None = None, sendgrid: FakeSendGrid | None = None,
+             **env: str) -> Settings:
+    base = {"TWILIO_ACCOUNT_SID": SID, "TWILIO_AUTH_TOKEN": "test-token",
+            "TWILIO_FROM": "+15005550006", "SENDGRID_API_KEY": "SG.test-key",
+            "NOTIFIER_PUBLIC_URL": "https://notifier.example.org",
+            "NOTIFIER_FROM_EMAIL": "reminders@practice.example"}
+    if twilio:
+        base["NOTIFIER_TWILIO_BASE_URL"] = twilio.url
+    if sendgrid:
+        base["SENDGRID_API_HOST"] = sendgrid.url
+    return Settings.from_env({**base, **env}, dotenv=Path("/nonexistent"))
+
+
+def sms(kind: str = "appointment_reminder", expires_in: timedelta = timedelta(hours=24)
+        ) -> Message:
+    return Message(notification_id=f"{kind}:a1:72h.x:sms", kind=kind, channel="sms",
+                   to="+14155550123", body="Riverbend: reminder", due_at=NOW,
+                   expires_at=NOW + expires_in)
+
+
+def email() -> Message:
+    invite = build_invite(Invite(
+        appointment_id="a1", start=NOW + timedelta(days=3), end=NOW + timedelta(days=3, hours=1),
+        sequence=0, method="REQUEST", organizer_email="reminders@practice.example",
+        organizer_name="Riverbend", attendee_email="ana@example.com", attendee_name="Ana",
+        summary="Appointment with Riverbend", description="Questions: +1 555 0100"), NOW)
+    return Message(notification_id="appointment_confirmation:a1:booked:email",
+                   kind="appointment_confirmation", channel="email", to="ana@example.com",
+                   subject="Your appointment", body="Hi Ana", html="<p>Hi Ana</p>",
+                   attachments=(Attachment("invite.ics", "text/calendar; method=REQUEST",
+                                           invite),), due_at=NOW)
+
+
+# Twilio ------------------------------------------------------------------------------------
+
+def test_twilio_send_carries_callback_and_validity(twilio):
+    receipt = TwilioSMS(settings(twilio)).send(sms(), NOW)
+    [sent] = twilio.sent_messages()
+    assert receipt.provider_id.startswith("SM") and receipt.sent_at == NOW
+    assert (sent["To"], sent["From"], sent["Body"]) == (
+        "+14155550123", "+15005550006", "Riverbend: reminder")
+    callback = urlsplit(sent["StatusCallback"])
+    assert callback.netloc == "notifier.example.org" and callback.path == "/twilio/status"
+    assert parse_qs(callback.query)["n"] == ["appointment_reminder:a1:72h.x:sms"]
+    assert sent["ValidityPeriod"] == str(MAX_VALIDITY_S)
+
+
+def test_validity_is_the_time_left_and_only_for_time_bound_kinds(twilio):
+    channel = TwilioSMS(settings(twilio))
+    channel.send(sms("appointment_join_link", timedelta(minutes=25)), NOW)
+    channel.send(sms("refill_due", timedelta(days=7)), NOW)
+    join, refill = twilio.sent_messages()
+    assert join["ValidityPeriod"] == "1500"
+    assert "ValidityPeriod" not in refill
+
+
+def test_a_messaging_service_replaces_the_from_number(twilio):
+    TwilioSMS(settings(twilio, TWILIO_MESSAGING_SERVICE_SID="MG" + "1" * 32)).send(sms(), NOW)
+    [sent] = twilio.sent_messages()
+    assert sent["MessagingServiceSid"] == "MG" + "1" * 32 and "From" not in sent
+
+
+def test_twilio_429_is_retryable_after_its_retry_after(twilio):
+    twilio.script(FakeTwilio.error(20429, status=429, retry_after_s=7))
+    with pytest.raises(RetryableError) as caught:
+        TwilioSMS(settings(twilio)).send(sms(), NOW)
+    assert (caught.value.code, caught.value.retry_after_s) == ("20429", 7.0)
+
+
+def test_twilio_5xx_is_retryable(twilio):
+    twilio.script(Scripted(status=503, body=b"<html>busy</html>"))
+    with pytest.raises(RetryableError) as caught:
+        TwilioSMS(settings(twilio)).send(sms(), NOW)
+    assert caught.value.code == "503" and caught.value.retry_after_s is None
+
+
+@pytest.mark.parametrize("code", [21211, 21610, 21614])
+def test_twilio_permanent_codes_are_not_retried(twilio, code):
+    twilio.script(FakeTwilio.error(code))
+    with pytest.raises(PermanentError) as caught:
+        TwilioSMS(settings(twilio)).send(sms(), NOW)
+    assert caught.value.code == str(code)
+
+
+def test_a_twilio_timeout_is_retryable(twilio):
+    twilio.script(Scripted(status=201, delay_s=2.0))
+    channel = TwilioSMS(settings(twilio), http_client=RoutingHttpClient(twilio.url, timeout=0.3))
+    with pytest.raises(RetryableError) as caught:
+        channel.send(sms(), NOW)
+    assert caught.value.code == "network"
+
+
+def test_wrong_twilio_credentials_are_permanent(twilio):
+    with pytest.raises(PermanentError) as caught:
+        TwilioSMS(settings(twilio, TWILIO_AUTH_TOKEN="wrong")).send(sms(), NOW)
+    assert caught.value.code == "20003"
+
+
+# SendGrid ----------------------------------------------------------------------------------
+
+def test_sendgrid_send_has_both_parts_the_invite_and_the_notification_id(sendgrid):
+    receipt = SendGridEmail(settings(sendgrid=sendgrid)).send(email(), NOW)
+    [mail] = sendgrid.sent_mails()
+    # The receipt is SendGrid's X-Message-Id, not our own id.
+    assert receipt.provider_id and receipt.provider_id != email().notification_id
+    assert mail["from"] == {"email": "reminders@practice.example", "name": "Riverbend Health"}
+    assert mail["personalizations"] == [{"to": [{"email": "ana@example.com"}]}]
+    assert [c["type"] for c in mail["content"]] == ["text/plain", "text/html"]
+    assert mail["custom_args"] == {"notification_id": "appointment_confirmation:a1:booked:email"}
+    [attachment] = mail["attachments"]
+    assert attachment["type"] == "text/calendar; method=REQUEST"
+    assert attachment["filename"] == "invite.ics"
+    cal = Calendar.from_ical(base64.b64decode(attachment["content"]))
+    assert str(cal["METHOD"]) == "REQUEST"
+    assert sendgrid.requests[0].headers["authorization"] == "Bearer SG.test-key"
+
+
+def test_sendgrid_429_is_retryable_after_its_retry_after(sendgrid):
+    sendgrid.script(FakeSendGrid.error(429, retry_after_s=12))
+    with pytest.raises(RetryableError) as caught:
+        SendGridEmail(settings(sendgrid=sendgrid)).send(email(), NOW)
+    assert (caught.value.code, caught.value.retry_after_s) == ("429", 12.0)
+
+
+@pytest.mark.parametrize("status", [500, 502, 503])
+def test_sendgrid_5xx_is_retryable(sendgrid, status):
+    sendgrid.script(FakeSendGrid.error(status))
+    with pytest.raises(RetryableError) as caught:
+        SendGridEmail(settings(sendgrid=sendgrid)).send(email(), NOW)
+    assert caught.value.code == str(status)
+
+
+def test_sendgrid_400_is_permanent(sendgrid):
+    sendgrid.script(FakeSendGrid.error(400, "Does not contain a valid address.",
+                                       field="personalizations.0.to"))
+    with pytest.raises(PermanentError) as caught:
+        SendGridEmail(settings(sendgrid=sendgrid)).send(email(), NOW)
+    assert caught.value.code == "400"
+
+
+def test_a_sendgrid_timeout_is_retryable(sendgrid):
+    sendgrid.script(Scripted(status=202, delay_s=2.0))
+    channel = SendGridEmail(settings(sendgrid=sendgrid))
+    channel.client.client.timeout = 0.3
+    with pytest.raises(RetryableError) as caught:
+        channel.send(email(), NOW)
+    assert caught.value.code == "network"
+
+
+def test_sendgrid_unreachable_is_retryable():
+    with FakeSendGrid() as gone:
+        url = gone.url
+    with pytest.raises(RetryableError):
+        SendGridEmail(settings(SENDGRID_API_HOST=url)).send(email(), NOW)
