@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import redis
+from pydantic import BaseModel
 
 from notifier.policy.plan import Plan, PlannedNotification
 from notifier.records import RECORD_TYPES, ClientRecord, Record
@@ -84,8 +84,7 @@ def _notification_fields(n: PlannedNotification, now: datetime) -> list[Any]:
     return [item for pair in fields.items() for item in pair]
 
 
-@dataclass(frozen=True)
-class NotificationView:
+class NotificationView(BaseModel):
     """A notification as the read API shows it."""
 
     id: str

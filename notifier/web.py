@@ -27,7 +27,7 @@ from notifier.events import EVENT_MODELS, parse_event
 from notifier.policy.timing import utcnow
 from notifier.provider_hooks import provider_routes
 from notifier.records import AppointmentRecord, VisitsRecord
-from notifier.store import Store
+from notifier.store import NotificationView, Store
 from notifier.tasks import enqueue_apply
 
 log = logging.getLogger(__name__)
@@ -52,19 +52,6 @@ class ErrorAnswer(BaseModel):
     problems: list[ProblemOut] = []
 
 
-class NotificationOut(BaseModel):
-    id: str
-    kind: str
-    channel: str
-    due_at: datetime
-    expires_at: datetime
-    state: str
-    reason: str
-    sent_at: datetime | None
-    code: str | None
-    delivery: str | None = None
-
-
 class AppointmentOut(BaseModel):
     id: str
     start: datetime
@@ -74,7 +61,7 @@ class AppointmentOut(BaseModel):
 
 class NotificationsAnswer(BaseModel):
     client_id: str
-    notifications: list[NotificationOut]
+    notifications: list[NotificationView]
     #: the client's upcoming appointments, with their confirmation by SMS reply (C)
     appointments: list[AppointmentOut] = []
 
@@ -191,7 +178,7 @@ def create_app(settings: Settings, store: Store, broker: RedisBroker) -> FastAPI
             if isinstance(r, AppointmentRecord)
         ]
         return NotificationsAnswer(client_id=client_id, appointments=appointments,
-                                   notifications=[NotificationOut(**v.__dict__) for v in views])
+                                   notifications=views)
 
     @app.get("/healthz")
     def healthz() -> JSONResponse:

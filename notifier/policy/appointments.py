@@ -18,9 +18,9 @@ from notifier.events import (
     AppointmentNoShowData,
     Event,
 )
+from notifier.policy.common import for_client
 from notifier.policy.figures import Channel, Policy
 from notifier.policy.plan import Plan, PlannedNotification, entity_ref, ignored, stale
-from notifier.policy.timing import hold_for_quiet_hours
 from notifier.records import AppointmentRecord, State
 
 
@@ -55,24 +55,12 @@ def client_notification(
     policy: Policy,
     params: dict[str, Any] | None = None,
 ) -> PlannedNotification:
-    """A notification to the appointment's client, held for quiet hours, expired if too late."""
+    """A notification to the appointment's client, about this appointment as it is now."""
     appt = record.appointment
-    if state.client is not None:
-        due_at = hold_for_quiet_hours(due_at, state.client.client.zone, policy.quiet_hours)
-    too_late = due_at >= expires_at
-    return PlannedNotification(
-        id=f"{kind}:{appt.id}:{occasion}:{channel}",
-        kind=kind,
-        channel=channel,
-        recipient="client",
-        recipient_id=appt.client_id,
-        entity=entity_ref("appointment", appt.id),
-        due_at=due_at,
-        expires_at=expires_at,
-        params={**appointment_params(record), **(params or {})},
-        state="expired" if too_late else "scheduled",
-        reason="quiet hours last past its expiry" if too_late else "",
-    )
+    return for_client(kind=kind, entity=entity_ref("appointment", appt.id), occasion=occasion,
+                      channel=channel, client_id=appt.client_id, due_at=due_at,
+                      expires_at=expires_at, state=state, policy=policy,
+                      params={**appointment_params(record), **(params or {})})
 
 
 def reminders(record: AppointmentRecord, booked_at: datetime, state: State, now: datetime,
