@@ -24,6 +24,7 @@ import redis
 PREFIX = "n:"
 SCHEDULE = PREFIX + "schedule"
 INFLIGHT = PREFIX + "inflight"
+OUTCOMES = PREFIX + "stats:outcomes"
 
 
 def notif_key(notification_id: str) -> str:
@@ -104,7 +105,8 @@ end
 return ids
 """
 
-# Begin sending: `scheduled` and due -> `sending` with a lease. A notification found in
+# Begin sending: `scheduled` and due -> `sending` with a lease (off the schedule, in case a
+# redelivered message got here before the clock claimed it again). A notification found in
 # `sending` whose lease has run out belongs to a sender that died inside the send; it is
 # handed back as `recover`. Returns {verdict, fields...}.
 BEGIN_LUA = """
@@ -131,17 +133,20 @@ end
 redis.call('HSET', key, 'state', 'sending', 'lease', ARGV[3])
 redis.call('HINCRBY', key, 'attempts', 1)
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
 local out = {verdict}
 for _, v in ipairs(redis.call('HGETALL', key)) do out[#out + 1] = v end
 return out
 """
 
 # Finish: `sending` -> a final state (sent, failed, expired, suppressed), fields set.
+# The cluster-wide count of outcomes (KEYS[3], by state and channel) feeds /metrics.
 FINISH_LUA = """
 if redis.call('HGET', KEYS[1], 'state') ~= 'sending' then return 0 end
 redis.call('HSET', KEYS[1], 'state', ARGV[2], unpack(ARGV, 3))
 redis.call('HDEL', KEYS[1], 'lease')
 redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HINCRBY', KEYS[3], ARGV[2] .. ':' .. redis.call('HGET', KEYS[1], 'channel'), 1)
 return 1
 """
 
@@ -221,7 +226,7 @@ class Schedule:
 
     def begin(self, notification_id: str, now: datetime, lease_s: float,
               early_s: float = 1.0) -> Begun:
-        raw = self._begin(keys=[notif_key(notification_id), INFLIGHT],
+        raw = self._begin(keys=[notif_key(notification_id), INFLIGHT, SCHEDULE],
                           args=[notification_id, epoch(now), epoch(now) + lease_s, early_s])
         verdict, rest = raw[0].decode(), [v.decode() for v in raw[1:]]
         return Begun(verdict, dict(zip(rest[::2], rest[1::2], strict=True)))
@@ -230,8 +235,14 @@ class Schedule:
         flat: list[Any] = []
         for name, value in fields.items():
             flat += [name, "" if value is None else value]
-        return bool(self._finish(keys=[notif_key(notification_id), INFLIGHT],
+        return bool(self._finish(keys=[notif_key(notification_id), INFLIGHT, OUTCOMES],
                                  args=[notification_id, state, *flat]))
+
+    def outcomes(self) -> dict[tuple[str, str], int]:
+        """How many notifications ended in each (state, channel), since the data began."""
+        raw = self.redis.hgetall(OUTCOMES)
+        return {tuple(k.decode().split(":", 1)): int(v)  # type: ignore[misc]
+                for k, v in raw.items()}
 
     def reschedule(self, notification_id: str, due: datetime, reason: str, *,
                    not_an_attempt: bool = False, **fields: Any) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import binascii
 import logging
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any, Literal
 
@@ -16,6 +17,8 @@ from dramatiq.brokers.redis import RedisBroker
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
@@ -27,7 +30,7 @@ from notifier.events import EVENT_MODELS, parse_event
 from notifier.policy.timing import utcnow
 from notifier.provider_hooks import provider_routes
 from notifier.records import AppointmentRecord, VisitsRecord
-from notifier.store import NotificationView, Store
+from notifier.store import PENDING_EVENTS, NotificationView, Store
 from notifier.tasks import enqueue_apply
 
 log = logging.getLogger(__name__)
@@ -124,6 +127,28 @@ def _event_body_schema(app: FastAPI) -> dict[str, Any]:
     return schema
 
 
+class LedgerCollector(Collector):
+    """Figures read from Redis at scrape time, so they cover every worker and clock."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def collect(self) -> Iterator[Metric]:
+        scheduled, inflight = self.store.schedule.pending_count()
+        yield GaugeMetricFamily("notifier_scheduled", "Notifications waiting for their time",
+                                value=scheduled)
+        yield GaugeMetricFamily("notifier_in_flight", "Notifications claimed, not finished",
+                                value=inflight)
+        yield GaugeMetricFamily("notifier_events_pending", "Events accepted, not yet applied",
+                                value=self.store.redis.zcard(PENDING_EVENTS))
+        outcomes = CounterMetricFamily("notifier_notifications",
+                                       "Notifications finished, by state and channel",
+                                       labels=["state", "channel"])
+        for (state, channel), count in sorted(self.store.schedule.outcomes().items()):
+            outcomes.add_metric([state, channel], count)
+        yield outcomes
+
+
 def create_app(settings: Settings, store: Store, broker: RedisBroker) -> FastAPI:
     secret = settings.require_webhook_secret()
     app = FastAPI(title="Notifier", version=__version__,
@@ -131,6 +156,7 @@ def create_app(settings: Settings, store: Store, broker: RedisBroker) -> FastAPI
     registry = CollectorRegistry()
     events_counter = Counter("notifier_events_total", "Events received, by answer",
                              ["answer"], registry=registry)
+    registry.register(LedgerCollector(store))
 
     @app.post("/v1/events", status_code=202, response_model=EventAnswer,
               responses={200: {"model": EventAnswer}, 401: {"model": ErrorAnswer},

@@ -132,3 +132,44 @@ def _up(port: int) -> bool:
         return httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_jobs_list_shows_the_next_digest_in_each_provider_zone(tmp_path, redis_url,
+                                                               redis_client, policy):
+    from notifier.store import Store
+    from tests.helpers import event, store_and_apply
+
+    now = datetime.now(UTC)
+    store = Store(redis_client)
+    for provider_id, zone in (("p-ny", "America/New_York"), ("p-ber", "Europe/Berlin")):
+        store_and_apply(store, policy, event("provider.upserted", {"provider": {
+            "id": provider_id, "name": "Dr. X", "email": "x@example.com", "timezone": zone}},
+            now), now)
+    result = notifier("jobs", "list", cwd=tmp_path, env={"NOTIFIER_REDIS_URL": redis_url})
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "provider-digest  cron '0 8 * * 1-5'  zone provider"
+    assert [line.split()[0] for line in lines[1:]] == ["America/New_York", "Europe/Berlin"]
+    assert all(" 08:00 " in line for line in lines[1:])
+
+
+def test_jobs_run_refuses_an_unknown_job(tmp_path, redis_url):
+    result = notifier("jobs", "run", "nightly-report", cwd=tmp_path,
+                      env={"NOTIFIER_REDIS_URL": redis_url})
+    assert result.returncode == 2
+    assert "no job named 'nightly-report'" in result.stderr
+
+
+def test_preview_renders_a_kind_in_spanish(tmp_path):
+    result = notifier("preview", "refill_due", "--locale", "es", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("--- sms (es) ---\n")
+    assert "--- email (es) ---" in result.stdout
+    assert "Si está en peligro inmediato" in result.stdout
+
+
+def test_preview_names_the_kinds_when_one_is_unknown(tmp_path):
+    result = notifier("preview", "birthday_card", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "no template for kind 'birthday_card'" in result.stderr
+    assert "appointment_reminder" in result.stderr

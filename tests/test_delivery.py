@@ -22,6 +22,7 @@ from notifier.errors import PermanentError, RetryableError
 from notifier.render import Renderer
 from notifier.schedule import SCHEDULE
 from notifier.store import Store
+from notifier.web import LedgerCollector
 from tests.helpers import (
     appointment,
     client_upserted,
@@ -274,3 +275,17 @@ def test_a_digest_lists_what_is_open_when_it_is_sent(store, policy, outbox):
     [digest] = outbox.messages()
     assert digest["to"] == "rivera@example.com"
     assert "refill request from client c1: waiting 2 h, 46 h left" in digest["body"]
+
+
+def test_outcomes_and_backlog_are_counted_for_metrics(store, policy, outbox):
+    book(store, policy, sms=False)
+    d = deliverer(store, policy, outbox=outbox)
+    d.deliver(CONFIRM_EMAIL, NOW)
+    d.deliver(CONFIRM_SMS, NOW)
+    families = {f.name: f for f in LedgerCollector(store).collect()}
+    outcomes = {(s.labels["state"], s.labels["channel"]): s.value
+                for s in families["notifier_notifications"].samples}
+    assert outcomes == {("sent", "email"): 1, ("suppressed", "sms"): 1}
+    # Four reminders (72 h and 24 h, on two channels) are still waiting for their time.
+    assert families["notifier_scheduled"].samples[0].value == 4
+    assert families["notifier_in_flight"].samples[0].value == 0
