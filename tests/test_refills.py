@@ -426,3 +426,22 @@ def test_refill_notices_are_never_quiet_never_late_and_at_most_one_of_each(
             assert not policy.quiet_hours.contains(n.due_at.astimezone(local).time())
         else:
             assert n.due_at >= n.expires_at, n.id
+
+
+@pytest.mark.parametrize(("refills", "visit_at", "expected_kinds"), [
+    # No refills left and the visit is booked before run-out: nothing to say.
+    (0, utc(2026, 11, 20, 15, 0), set()),
+    # Refills left, last visit too long ago, the visit is booked: the usual reminders.
+    (2, utc(2026, 11, 20, 15, 0), {"refill_due", "refill_nudge"}),
+    # A visit booked only after run-out does not help: ask for an earlier one.
+    (0, utc(2026, 12, 10, 15, 0), {"visit_required"}),
+], ids=["no refills, visit booked", "old visit, visit booked", "visit after run-out"])
+def test_a_visit_already_booked_before_run_out_is_not_asked_for_again(
+        policy: Policy, refills: int, visit_at: datetime, expected_kinds: set[str]) -> None:
+    ledger = Ledger(last_visit=date(2026, 3, 1))
+    visits = ledger.records[f"visits:{CLIENT}"]
+    ledger.records[f"visits:{CLIENT}"] = visits.model_copy(  # type: ignore[union-attr]
+        update={"upcoming": {"apt-9": visit_at}})
+    result = ledger.plan(filled(FILLED_ON, FILL_AT, refills=refills), FILL_AT, policy)
+    assert {n.kind for n in result.add} == expected_kinds
+    assert result.cancel == (REF,)

@@ -66,6 +66,25 @@ def visit_required_notices(*, entity: str, occasion: str, client_id: str, due_at
     ]
 
 
+def _refill_reminders(rx: Prescription, occasion: str, due: datetime, expires: datetime,
+                      state: State, now: datetime, policy: Policy) -> list[PlannedNotification]:
+    """Refill due on both channels, then the SMS nudge if no request comes."""
+    ref = entity_ref("prescription", rx.id)
+    add = [for_client(kind="refill_due", entity=ref, occasion=occasion, channel=channel,
+                      client_id=rx.client_id, due_at=max(due, now), expires_at=expires,
+                      state=state, policy=policy, params=_params(rx, policy))
+           for channel in CHANNELS]
+    nudge = at_client_local(runout_day(rx) - policy.refills.second_nudge_before_runout,
+                            policy.refills.local_send_time, state, policy)
+    # A fill reported so late that both moments passed gets one reminder, not two.
+    if nudge > now:
+        add.append(for_client(kind="refill_nudge", entity=ref, occasion=occasion,
+                              channel="sms", client_id=rx.client_id, due_at=nudge,
+                              expires_at=expires, state=state, policy=policy,
+                              params=_params(rx, policy)))
+    return add
+
+
 def plan_filled(event: Event, state: State, now: datetime, policy: Policy) -> Plan:
     data: PrescriptionFilledData = event.data
     rx = data.prescription
@@ -80,24 +99,21 @@ def plan_filled(event: Event, state: State, now: datetime, policy: Policy) -> Pl
                     records={ref: record})
     occasion = f"fill{rx.filled_on:%Y%m%d}"
     due = refill_due_at(rx, state, policy)
-    if needs_visit(rx, state.visits, policy):
+    visit_booked = state.visits is not None and any(
+        now < start < expires for start in state.visits.upcoming.values())
+    if needs_visit(rx, state.visits, policy) and visit_booked:
+        if rx.refills_remaining == 0:
+            # The visit the provider needs is booked; a refill reminder would be wrong too.
+            return Plan(outcome="applied", reason="visit already booked before run-out",
+                        cancel=(ref,), records={ref: record})
+        add = _refill_reminders(rx, occasion, due, expires, state, now, policy)
+    elif needs_visit(rx, state.visits, policy):
         add = visit_required_notices(
             entity=ref, occasion=occasion, client_id=rx.client_id, due_at=max(due, now),
             expires_at=expires, state=state, policy=policy,
             params=_params(rx, policy, book_by=book_by_day(rx, policy).isoformat()))
     else:
-        add = [for_client(kind="refill_due", entity=ref, occasion=occasion, channel=channel,
-                          client_id=rx.client_id, due_at=max(due, now), expires_at=expires,
-                          state=state, policy=policy, params=_params(rx, policy))
-               for channel in CHANNELS]
-        nudge = at_client_local(runout - policy.refills.second_nudge_before_runout,
-                                policy.refills.local_send_time, state, policy)
-        # A fill reported so late that both moments passed gets one reminder, not two.
-        if nudge > now:
-            add.append(for_client(kind="refill_nudge", entity=ref, occasion=occasion,
-                                  channel="sms", client_id=rx.client_id, due_at=nudge,
-                                  expires_at=expires, state=state, policy=policy,
-                                  params=_params(rx, policy)))
+        add = _refill_reminders(rx, occasion, due, expires, state, now, policy)
     # A new fill replaces whatever was pending for the previous one.
     return Plan(outcome="applied", add=tuple(add), cancel=(ref,), records={ref: record})
 
