@@ -74,10 +74,11 @@ class EmbeddedRedis:
             return self.url
         self.dir.mkdir(parents=True, exist_ok=True)
         self.socket.unlink(missing_ok=True)
+        # fsync on every write: a 202 means the event is on disk, even if the machine dies.
         self.process = subprocess.Popen(
             [redis_server_binary(), "--port", "0", "--unixsocket", str(self.socket),
              "--unixsocketperm", "700", "--dir", str(self.dir), "--appendonly", "yes",
-             "--appendfsync", "everysec", "--save", "", "--daemonize", "no",
+             "--appendfsync", "always", "--save", "", "--daemonize", "no",
              "--logfile", str(self.dir / "redis.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )
