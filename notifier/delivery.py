@@ -101,8 +101,17 @@ class Deliverer:
         due = now + timedelta(seconds=delay)
         if due >= n.expires_at:
             return self._finish(n, "failed", f"{reason}; no time left to retry", now)
-        self.store.schedule.reschedule(n.id, due, f"retrying: {reason}", slot=0)
-        return "retrying"
+        return self._later(n, due, f"retrying: {reason}", "retrying")
+
+    def _later(self, n: Stored, due: datetime, reason: str, outcome: str, *,
+               not_an_attempt: bool = False, slot: float = 0.0) -> str:
+        """Put the notification back on the schedule, unless it was superseded meanwhile."""
+        result = self.store.schedule.reschedule(n.id, due, reason,
+                                                not_an_attempt=not_an_attempt, slot=slot)
+        if result == "cancelled":
+            log.info("notification %s superseded while it was being sent", n.id)
+            return "cancelled"
+        return outcome
 
     def _deliver(self, n: Stored, now: datetime, recovering: bool) -> str:
         if now >= n.expires_at:
@@ -147,9 +156,8 @@ class Deliverer:
         if slot >= n.expires_at:
             return self._finish(n, "expired", "the send rate could not fit it in before "
                                 "it expired", now)
-        self.store.schedule.reschedule(n.id, slot, "paced by the send rate",
-                                       not_an_attempt=True, slot=slot.timestamp())
-        return "paced"
+        return self._later(n, slot, "paced by the send rate", "paced", not_an_attempt=True,
+                           slot=slot.timestamp())
 
     def _after_permanent_failure(self, n: Stored, address: str, exc: PermanentError,
                                  now: datetime) -> None:
@@ -172,14 +180,13 @@ class Deliverer:
             due = now + timedelta(seconds=WAIT_FOR_CLIENT_S)
             if due >= n.expires_at:
                 return self._finish(n, "suppressed", "client details never arrived", now)
-            self.store.schedule.reschedule(n.id, due, "waiting for client details")
-            return "waiting"
+            return self._later(n, due, "waiting for client details", "waiting",
+                               not_an_attempt=True)
         held = hold_for_quiet_hours(now, client.client.zone, self.policy.quiet_hours)
         if held > now:
             if held >= n.expires_at:
                 return self._finish(n, "expired", "quiet hours last past its expiry", now)
-            self.store.schedule.reschedule(n.id, held, "quiet hours")
-            return "held"
+            return self._later(n, held, "quiet hours", "held", not_an_attempt=True)
         closed = closed_reason(n.channel, client, self.store)
         if closed:
             self._use_other_channel(n, client, closed, now)

@@ -64,15 +64,21 @@ return 1
 """
 
 # Cancel every still-scheduled notification about one entity.
+# One being sent right now cannot be stopped, but it is marked `superseded`: if its send
+# fails and would be retried, it is cancelled instead, and a failure report later never
+# moves it to the other channel.
 CANCEL_ENTITY_LUA = """
 local cancelled = 0
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   local key = ARGV[1] .. id
-  if redis.call('HGET', key, 'state') == 'scheduled' then
+  local state = redis.call('HGET', key, 'state')
+  if state == 'scheduled' then
     redis.call('HSET', key, 'state', 'cancelled', 'reason', ARGV[2])
     redis.call('ZREM', KEYS[2], id)
     redis.call('ZREM', KEYS[3], id)
     cancelled = cancelled + 1
+  elseif state == 'sending' or state == 'sent' then
+    redis.call('HSET', key, 'superseded', ARGV[2])
   end
 end
 return cancelled
@@ -155,6 +161,13 @@ return 1
 # further ARGV are field/value pairs to set.
 RESCHEDULE_LUA = """
 if redis.call('HGET', KEYS[1], 'state') ~= 'sending' then return 0 end
+local superseded = redis.call('HGET', KEYS[1], 'superseded')
+if superseded then
+  redis.call('HSET', KEYS[1], 'state', 'cancelled', 'reason', superseded)
+  redis.call('HDEL', KEYS[1], 'lease')
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  return -1
+end
 redis.call('HSET', KEYS[1], 'state', 'scheduled', 'due', ARGV[2], 'reason', ARGV[3])
 if ARGV[5] == '1' then redis.call('HINCRBY', KEYS[1], 'attempts', -1) end
 if #ARGV > 5 then redis.call('HSET', KEYS[1], unpack(ARGV, 6)) end
@@ -245,13 +258,19 @@ class Schedule:
                 for k, v in raw.items()}
 
     def reschedule(self, notification_id: str, due: datetime, reason: str, *,
-                   not_an_attempt: bool = False, **fields: Any) -> bool:
-        flat = [item for pair in fields.items() for item in pair]
-        return bool(self._reschedule(
+                   not_an_attempt: bool = False, slot: float = 0.0) -> str:
+        """Back to `scheduled` at `due`; returns "rescheduled", or "cancelled" when the
+        notification was superseded while it was being sent, or "" when not `sending`.
+
+        `slot` is a send-rate slot reserved for it; any other reschedule forgets the old
+        one, so a batch held overnight is paced again in the morning.
+        """
+        result = self._reschedule(
             keys=[notif_key(notification_id), INFLIGHT, SCHEDULE],
             args=[notification_id, epoch(due), reason, PREFIX + "by-recipient:",
-                  "1" if not_an_attempt else "0", *flat],
-        ))
+                  "1" if not_an_attempt else "0", "slot", slot],
+        )
+        return {1: "rescheduled", -1: "cancelled"}.get(int(result), "")
 
     def record_delivery(self, notification_id: str, status: str, code: str,
                         now: datetime) -> bool:

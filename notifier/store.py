@@ -279,7 +279,7 @@ class Store:
         """Plan the same notification on `channel`, due now, unless it is planned there
         already (its dedupe key is the sibling's, so this happens at most once)."""
         f = self.notification(notification_id)
-        if not f:
+        if not f or f.get("superseded"):
             return False
         sibling = notification_id.rsplit(":", 1)[0] + ":" + channel
         if self.redis.exists(notif_key(sibling)):

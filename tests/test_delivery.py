@@ -289,3 +289,66 @@ def test_outcomes_and_backlog_are_counted_for_metrics(store, policy, outbox):
     # Four reminders (72 h and 24 h, on two channels) are still waiting for their time.
     assert families["notifier_scheduled"].samples[0].value == 4
     assert families["notifier_in_flight"].samples[0].value == 0
+
+
+class CancellingChannel:
+    """Cancels the appointment while its message is at the provider, then fails retryably."""
+
+    def __init__(self, store: Store, policy) -> None:
+        self.store, self.policy = store, policy
+
+    def send(self, message: Message, now: datetime) -> Receipt:
+        store_and_apply(self.store, self.policy, event(
+            "appointment.cancelled", {"appointment_id": "a1", "cancelled_by": "client"}, now),
+            now)
+        raise RetryableError("busy", code="503")
+
+    def already_sent(self, message: Message) -> bool | None:
+        return None
+
+
+def test_a_notification_cancelled_while_it_is_sent_is_not_retried(store, policy, outbox):
+    book(store, policy)
+    d = deliverer(store, policy, sms=CancellingChannel(store, policy), outbox=outbox)
+    assert d.deliver(CONFIRM_SMS, NOW) == "cancelled"
+    n = store.notification(CONFIRM_SMS)
+    assert (n["state"], n["reason"]) == ("cancelled", "superseded")
+    assert store.redis.zscore(SCHEDULE, CONFIRM_SMS) is None
+
+
+def test_a_superseded_message_is_never_moved_to_the_other_channel(store, policy, outbox):
+    now = NOW
+    store_and_apply(store, policy, client_upserted("c1", "America/New_York", now), now)
+    store_and_apply(store, policy, appointment("appointment.scheduled", "a1", "c1", START, now,
+                                               join_url="https://v.example.com/r/1"), now)
+    join = next(v.id for v in store.notifications_for("client", "c1")
+                if v.kind == "appointment_join_link")
+    store.schedule.begin(join, START, lease_s=60)
+    store.schedule.finish(join, "sent")
+    store_and_apply(store, policy, event("appointment.cancelled", {
+        "appointment_id": "a1", "cancelled_by": "client"}, now + timedelta(seconds=1)), now)
+    assert not store.add_on_other_channel(join, "email", now, "sms failed")
+    assert not store.notification(join.rsplit(":", 1)[0] + ":email")
+
+
+def test_waiting_and_quiet_hours_are_not_counted_as_attempts(store, policy, outbox):
+    store_and_apply(store, policy, appointment("appointment.scheduled", "a1", "c1", START, BOOKED),
+                    BOOKED)
+    d = deliverer(store, policy, outbox=outbox)
+    for minute in range(5):
+        assert d.deliver(CONFIRM_SMS, NOW + timedelta(minutes=minute)) == "waiting"
+    assert store.notification(CONFIRM_SMS)["attempts"] == "0"
+    store_and_apply(store, policy, client_upserted("c1", "America/Los_Angeles", NOW), NOW)
+    assert d.deliver(CONFIRM_SMS, datetime(2026, 11, 26, 5, 30, tzinfo=UTC)) == "held"
+    assert store.notification(CONFIRM_SMS)["attempts"] == "0"
+
+
+def test_a_quiet_hours_hold_forgets_the_reserved_send_slot(store, policy, outbox):
+    book(store, policy, zone="America/Los_Angeles")
+    evening = datetime(2026, 11, 26, 5, 30, tzinfo=UTC)
+    store.schedule.begin(CONFIRM_SMS, evening, lease_s=60)
+    store.schedule.reschedule(CONFIRM_SMS, evening, "paced", not_an_attempt=True,
+                              slot=evening.timestamp())
+    assert float(store.notification(CONFIRM_SMS)["slot"]) == evening.timestamp()
+    assert deliverer(store, policy, outbox=outbox).deliver(CONFIRM_SMS, evening) == "held"
+    assert float(store.notification(CONFIRM_SMS)["slot"]) == 0
