@@ -219,10 +219,10 @@ def test_support_sms_is_suppressed_without_a_support_phone(store, policy, outbox
     opened = NOW - timedelta(hours=48)
     open_request(store, policy, opened)
     d = deliverer(store, policy, outbox=outbox)
-    assert d.deliver("support_escalation:req-1:window:sms", NOW) == "suppressed"
-    assert store.notification("support_escalation:req-1:window:sms")["reason"] == (
+    assert d.deliver("support_escalation:req-1:refill_request-window:sms", NOW) == "suppressed"
+    assert store.notification("support_escalation:req-1:refill_request-window:sms")["reason"] == (
         "NOTIFIER_SUPPORT_PHONE is not set")
-    assert d.deliver("support_escalation:req-1:window:email", NOW) == "sent"
+    assert d.deliver("support_escalation:req-1:refill_request-window:email", NOW) == "sent"
     [alert] = outbox.messages()
     assert alert["to"] == "support@practice.example" and "48 hours" in alert["body"]
 
@@ -230,15 +230,15 @@ def test_support_sms_is_suppressed_without_a_support_phone(store, policy, outbox
 def test_escalation_notice_falls_back_to_email_when_sms_is_closed(store, policy, outbox):
     open_request(store, policy, NOW - timedelta(hours=48), sms=False)
     d = deliverer(store, policy, outbox=outbox)
-    assert d.deliver("escalation_notice:req-1:window:sms", NOW) == "suppressed"
-    email = store.notification("escalation_notice:req-1:window:email")
+    assert d.deliver("escalation_notice:req-1:refill_request-window:sms", NOW) == "suppressed"
+    email = store.notification("escalation_notice:req-1:refill_request-window:email")
     assert (email["state"], email["reason"]) == (
         "scheduled", "instead of sms: client does not accept sms")
-    assert d.deliver("escalation_notice:req-1:window:email", NOW) == "sent"
+    assert d.deliver("escalation_notice:req-1:refill_request-window:email", NOW) == "sent"
     [notice] = outbox.messages()
     assert (notice["channel"], notice["to"]) == ("email", "c1@example.com")
     # Planned once on the other channel, however often the SMS is looked at again.
-    assert not store.add_on_other_channel("escalation_notice:req-1:window:sms", "email", NOW,
+    assert not store.add_on_other_channel("escalation_notice:req-1:refill_request-window:sms", "email", NOW,
                                           "again")
 
 

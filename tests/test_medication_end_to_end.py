@@ -87,7 +87,7 @@ def test_an_answered_message_never_escalates(service):
     assert service.sent() == []
     assert {v["state"] for v in service.notifications("c1").values()} == {"cancelled"}
     assert len(planned) == 1
-    state = service.runtime.store.notification("support_escalation:msg-1:window:email")["state"]
+    state = service.runtime.store.notification("support_escalation:msg-1:message-window:email")["state"]
     assert state == "cancelled"
 
 

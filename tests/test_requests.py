@@ -156,12 +156,13 @@ def rows(result: Plan) -> dict[str, Row]:
 def escalation(item_id: str, ref: str, deadline: datetime, notice_due: datetime | None = None
                ) -> dict[str, Row]:
     """Support's email and SMS at the deadline, and the client's SMS notice with it."""
+    window = f"{ref.split(':')[0]}-window"
     return {
-        f"support_escalation:{item_id}:window:email": (
+        f"support_escalation:{item_id}:{window}:email": (
             "support", "support", ref, deadline, deadline + timedelta(days=7), "scheduled"),
-        f"support_escalation:{item_id}:window:sms": (
+        f"support_escalation:{item_id}:{window}:sms": (
             "support", "support", ref, deadline, deadline + timedelta(days=7), "scheduled"),
-        f"escalation_notice:{item_id}:window:sms": (
+        f"escalation_notice:{item_id}:{window}:sms": (
             "client", CLIENT, ref, notice_due or deadline, deadline + timedelta(days=2),
             "scheduled"),
     }
@@ -183,9 +184,9 @@ def test_a_refill_request_opens_an_item_with_its_escalation(policy: Policy) -> N
               "provider_id": PROVIDER, "opened_at": "2026-07-02T14:00:00+00:00",
               "escalates_at": "2026-07-04T14:00:00+00:00"}
     by_id = {n.id: n for n in result.add}
-    assert by_id[f"support_escalation:{REQUEST}:window:email"].params == params
-    assert by_id[f"support_escalation:{REQUEST}:window:sms"].params == params
-    assert by_id[f"escalation_notice:{REQUEST}:window:sms"].params == {
+    assert by_id[f"support_escalation:{REQUEST}:refill_request-window:email"].params == params
+    assert by_id[f"support_escalation:{REQUEST}:refill_request-window:sms"].params == params
+    assert by_id[f"escalation_notice:{REQUEST}:refill_request-window:sms"].params == {
         **params}
     # The client asked: the refill reminders for the prescription stop.
     assert result.cancel == (f"prescription:{RX}",)
@@ -564,3 +565,17 @@ def test_one_alert_at_most_and_none_once_closed_in_time(
         assert states == ["sent", "sent"]
     else:
         assert states == ["cancelled", "cancelled"]
+
+
+def test_a_refill_request_and_a_message_with_the_same_id_escalate_separately(
+        policy: Policy) -> None:
+    ledger = Ledger()
+    shared = "42"
+    request = ledger.apply(requested(THURSDAY, request_id=shared), THURSDAY, policy)
+    message = ledger.apply(event("message.received", {"message": {
+        "id": shared, "client_id": CLIENT, "provider_id": PROVIDER}}, THURSDAY), THURSDAY,
+        policy)
+    request_ids = {n.id for n in request.add}
+    message_ids = {n.id for n in message.add}
+    assert not request_ids & message_ids
+    assert "support_escalation:42:message-window:email" in message_ids

@@ -70,11 +70,13 @@ def plan_opened(event: Event, state: State, now: datetime, policy: Policy) -> Pl
                               "provider_id": item.provider_id,
                               "opened_at": event.occurred_at.isoformat(),
                               "escalates_at": deadline.isoformat()}
+    # The occasion names the item's kind: a refill request and a message may share an id.
+    occasion = f"{kind}-window"
     add: list[PlannedNotification] = for_support(
-        kind="support_escalation", entity=ref, occasion="window", due_at=deadline,
+        kind="support_escalation", entity=ref, occasion=occasion, due_at=deadline,
         params=params)
     add.append(for_client(
-        kind="escalation_notice", entity=ref, occasion="window", channel="sms",
+        kind="escalation_notice", entity=ref, occasion=occasion, channel="sms",
         client_id=item.client_id, due_at=deadline, expires_at=deadline + CLIENT_NOTICE_VALID,
         state=state, policy=policy, params=params))
     cancel: tuple[str, ...] = ()
