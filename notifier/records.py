@@ -45,6 +45,13 @@ class AppointmentRecord(Record):
     confirmed_at: AwareDatetime | None = None
 
 
+class ClosedAppointmentRecord(Record):
+    """An appointment cancelled, completed or missed before we saw it booked: kept so the
+    late booking is recognised as stale instead of planning reminders for it."""
+
+    status: Literal["cancelled", "completed", "no_show"]
+
+
 class VisitsRecord(Record):
     """A client's visits as far as we know them: the basis of visit-required and follow-up."""
 
@@ -97,6 +104,7 @@ RECORD_TYPES: dict[str, type[Record]] = {
     "client": ClientRecord,
     "provider": ProviderRecord,
     "appointment": AppointmentRecord,
+    "appointment_closed": ClosedAppointmentRecord,
     "visits": VisitsRecord,
     "prescription": PrescriptionRecord,
     "refill_request": OpenItemRecord,
@@ -112,6 +120,7 @@ class State:
     client: ClientRecord | None = None
     provider: ProviderRecord | None = None
     appointment: AppointmentRecord | None = None
+    appointment_closed: ClosedAppointmentRecord | None = None
     visits: VisitsRecord | None = None
     prescription: PrescriptionRecord | None = None
     item: OpenItemRecord | None = None

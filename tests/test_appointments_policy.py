@@ -21,7 +21,13 @@ from notifier.events import Event, parse_event
 from notifier.policy import plan
 from notifier.policy.figures import Policy
 from notifier.policy.plan import Plan
-from notifier.records import AppointmentRecord, ClientRecord, Record, State
+from notifier.records import (
+    AppointmentRecord,
+    ClientRecord,
+    ClosedAppointmentRecord,
+    Record,
+    State,
+)
 
 CLIENT = "cl-1"
 APPT = "apt-1"
@@ -485,10 +491,28 @@ def test_cancel_after_the_start_cancels_without_a_notice(policy: Policy) -> None
     assert REF in result.cancel
 
 
-def test_cancel_of_an_unknown_appointment_is_ignored(policy: Policy) -> None:
+def test_cancel_of_an_unknown_appointment_is_recorded_and_changes_nothing(
+        policy: Policy) -> None:
     result = plan(cancelled(MOVED_AT), Ledger().state, MOVED_AT, policy)
-    assert (result.outcome, result.reason, result.add, result.cancel, result.records) == (
-        "ignored", "unknown appointment", (), (), {})
+    assert (result.outcome, result.reason, result.add, result.cancel) == (
+        "ignored", "unknown appointment; recorded as cancelled", (), ())
+    assert result.records == {f"appointment_closed:{APPT}": ClosedAppointmentRecord(
+        status="cancelled", updated_at=MOVED_AT)}
+
+
+@pytest.mark.parametrize("type_", ["appointment.scheduled", "appointment.rescheduled"])
+def test_a_booking_that_arrives_after_its_cancellation_is_stale(policy: Policy,
+                                                                type_: str) -> None:
+    records = dict(plan(cancelled(MOVED_AT), Ledger().state, MOVED_AT, policy).records)
+    booking = parse_event(json.dumps({
+        "id": "evt-late", "type": type_, "occurred_at": "2026-01-01T00:00:00Z",
+        "data": {"appointment": {"id": APPT, "client_id": "c1", "provider_id": "p1",
+                                 "start": "2026-12-01T15:00:00Z",
+                                 "end": "2026-12-01T15:30:00Z",
+                                 "kind": "therapy"}}}).encode())
+    state = State.from_records(records)
+    result = plan(booking, state, MOVED_AT, policy)
+    assert (result.outcome, result.add) == ("stale", ())
 
 
 @pytest.mark.parametrize("second_at", [MOVED_AT, MOVED_AT + timedelta(hours=1)])

@@ -238,8 +238,8 @@ def test_escalation_notice_falls_back_to_email_when_sms_is_closed(store, policy,
     [notice] = outbox.messages()
     assert (notice["channel"], notice["to"]) == ("email", "c1@example.com")
     # Planned once on the other channel, however often the SMS is looked at again.
-    assert not store.add_on_other_channel("escalation_notice:req-1:refill_request-window:sms", "email", NOW,
-                                          "again")
+    notice_sms = "escalation_notice:req-1:refill_request-window:sms"
+    assert not store.add_on_other_channel(notice_sms, "email", NOW, "again")
 
 
 def test_a_client_who_replied_stop_gets_email_and_no_duplicate(store, policy, outbox):

@@ -87,8 +87,8 @@ def test_an_answered_message_never_escalates(service):
     assert service.sent() == []
     assert {v["state"] for v in service.notifications("c1").values()} == {"cancelled"}
     assert len(planned) == 1
-    state = service.runtime.store.notification("support_escalation:msg-1:message-window:email")["state"]
-    assert state == "cancelled"
+    alert = service.runtime.store.notification("support_escalation:msg-1:message-window:email")
+    assert alert["state"] == "cancelled"
 
 
 def test_a_fill_with_no_refills_left_asks_for_a_visit_with_the_book_by_date(service):

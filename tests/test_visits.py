@@ -334,10 +334,13 @@ def test_a_no_show_at_night_holds_the_client_notice_but_not_support(policy: Poli
 @pytest.mark.parametrize("make_event", [
     lambda at: completed(at), lambda at: no_show("provider", at),
     lambda at: no_show("client", at)], ids=["completed", "provider no-show", "client no-show"])
-def test_an_unknown_appointment_is_ignored(policy: Policy, make_event: Any) -> None:
-    result = Ledger().plan(make_event(DONE_AT), DONE_AT, policy)
-    assert (result.outcome, result.reason, result.add, result.cancel, result.records) == (
-        "ignored", "unknown appointment", (), (), {})
+def test_an_unknown_appointment_is_recorded_closed(policy: Policy, make_event: Any) -> None:
+    evt = make_event(DONE_AT)
+    result = Ledger().plan(evt, DONE_AT, policy)
+    status = "completed" if evt.type == "appointment.completed" else "no_show"
+    assert (result.outcome, result.reason, result.add, result.cancel) == (
+        "ignored", f"unknown appointment; recorded as {status}", (), ())
+    assert list(result.records) == [f"appointment_closed:{APPT}"]
 
 
 @pytest.mark.parametrize("make_event", [

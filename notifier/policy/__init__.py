@@ -74,7 +74,8 @@ def refs_for(event: Event) -> list[str]:
         return [entity_ref("provider", data.provider.id)]
     if kind in ("appointment.scheduled", "appointment.rescheduled"):
         appt = data.appointment
-        return [entity_ref("appointment", appt.id), *_client_refs(appt.client_id)]
+        return [entity_ref("appointment", appt.id), entity_ref("appointment_closed", appt.id),
+                *_client_refs(appt.client_id)]
     if kind.startswith("appointment."):
         return [entity_ref("appointment", data.appointment_id)]
     if kind == "prescription.filled":

@@ -21,7 +21,7 @@ from notifier.events import (
 from notifier.policy.common import for_client
 from notifier.policy.figures import Channel, Policy
 from notifier.policy.plan import Plan, PlannedNotification, entity_ref, ignored, stale
-from notifier.records import AppointmentRecord, State
+from notifier.records import AppointmentRecord, ClosedAppointmentRecord, State
 
 
 def _stamp(instant: datetime) -> str:
@@ -130,9 +130,26 @@ def _same_times(a: Appointment, b: Appointment) -> bool:
     return a.start == b.start and a.end == b.end
 
 
+def closed_before(event: Event, state: State) -> bool:
+    """Whether this appointment was cancelled (or completed, missed) before we saw it booked,
+    later than this booking event."""
+    closed = state.appointment_closed
+    return closed is not None and closed.is_newer_than(event.occurred_at)
+
+
+def closed_unknown(event: Event, appointment_id: str, status: str) -> Plan:
+    """A close for an appointment never seen: recorded, so its late booking is stale."""
+    tombstone = ClosedAppointmentRecord(status=status,  # type: ignore[arg-type]
+                                        updated_at=event.occurred_at)
+    return Plan(outcome="ignored", reason=f"unknown appointment; recorded as {status}",
+                records={entity_ref("appointment_closed", appointment_id): tombstone})
+
+
 def plan_scheduled(event: Event, state: State, now: datetime, policy: Policy) -> Plan:
     data: AppointmentData = event.data
     appt, existing = data.appointment, state.appointment
+    if existing is None and closed_before(event, state):
+        return stale("closed before this booking arrived")
     if existing is not None:
         if existing.is_newer_than(event.occurred_at):
             return stale()
@@ -150,6 +167,8 @@ def plan_rescheduled(event: Event, state: State, now: datetime, policy: Policy) 
     data: AppointmentData = event.data
     appt, existing = data.appointment, state.appointment
     ref = entity_ref("appointment", appt.id)
+    if existing is None and closed_before(event, state):
+        return stale("closed before this booking arrived")
     if existing is None:
         # The booking never reached us: plan it as booked, announced as an update.
         record = AppointmentRecord(appointment=appt, updated_at=event.occurred_at, sequence=1)
@@ -182,7 +201,7 @@ def plan_cancelled(event: Event, state: State, now: datetime, policy: Policy) ->
     data: AppointmentCancelledData = event.data
     existing = state.appointment
     if existing is None:
-        return ignored("unknown appointment")
+        return closed_unknown(event, data.appointment_id, "cancelled")
     if existing.is_newer_than(event.occurred_at):
         return stale()
     if existing.status == "cancelled":

@@ -62,7 +62,7 @@ def _without_upcoming(plan: Plan, record: AppointmentRecord, state: State,
 def _closing(event: Event, state: State, status: str) -> Plan | AppointmentRecord:
     existing = state.appointment
     if existing is None:
-        return ignored("unknown appointment")
+        return appointments.closed_unknown(event, event.data.appointment_id, status)
     if existing.is_newer_than(event.occurred_at):
         return stale()
     if existing.status == status:
