@@ -31,12 +31,14 @@ from notifier.errors import PermanentError, RetryableError, TemplateError
 from notifier.policy.figures import Policy
 from notifier.policy.plan import entity_ref
 from notifier.policy.timing import hold_for_quiet_hours
+from notifier.policy.visits import unwanted_because
 from notifier.ratelimit import RateLimiter
 from notifier.records import (
     ClientRecord,
     PrescriptionRecord,
     ProviderQueueRecord,
     ProviderRecord,
+    VisitsRecord,
 )
 from notifier.render import Renderer
 from notifier.store import Store
@@ -49,6 +51,8 @@ Prepared = tuple[Message, str] | str
 #: Longer than the slowest send (HTTP timeouts are 10 s); a lease that runs out means the
 #: worker died and the sweep hands the notification to another.
 LEASE_S = 60.0
+#: Nudges to book a visit, checked against the client's bookings when they go out.
+VISIT_NUDGES = frozenset({"follow_up", "visit_required"})
 #: Twilio's error for a number that replied STOP to our sender.
 TWILIO_OPTED_OUT = "21610"
 #: A notification that keeps failing is given up on after this many attempts.
@@ -187,6 +191,12 @@ class Deliverer:
             if held >= n.expires_at:
                 return self._finish(n, "expired", "quiet hours last past its expiry", now)
             return self._later(n, held, "quiet hours", "held", not_an_attempt=True)
+        if n.kind in VISIT_NUDGES:
+            visits = self.store.load_record(entity_ref("visits", n.recipient_id))
+            unwanted = unwanted_because(n.kind, visits if isinstance(visits, VisitsRecord)
+                                        else None, now, n.expires_at)
+            if unwanted:
+                return self._finish(n, "suppressed", unwanted, now)
         closed = closed_reason(n.channel, client, self.store)
         if closed:
             self._use_other_channel(n, client, closed, now)

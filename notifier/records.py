@@ -62,6 +62,9 @@ class VisitsRecord(Record):
     def has_visit_after(self, instant: datetime) -> bool:
         return any(start > instant for start in self.upcoming.values())
 
+    def has_visit_between(self, start: datetime, end: datetime) -> bool:
+        return any(start < visit < end for visit in self.upcoming.values())
+
 
 class PrescriptionRecord(Record):
     prescription: Prescription

@@ -214,7 +214,7 @@ class Store:
         for n in plan.add:
             self.schedule.add_script(
                 keys=[notif_key(n.id), SCHEDULE, by_recipient_key(n.recipient, n.recipient_id),
-                      *(by_entity_key(ref) for ref in (n.entity, *n.also_cancelled_by))],
+                      by_entity_key(n.entity)],
                 args=[n.id, epoch(n.due_at), *_notification_fields(n, now)],
                 client=pipe,
             )

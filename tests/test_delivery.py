@@ -7,7 +7,7 @@ own `Channel` interface (the Twilio and SendGrid stand-ins come with the real pr
 from __future__ import annotations
 
 import random
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -27,6 +27,7 @@ from tests.helpers import (
     appointment,
     client_upserted,
     event,
+    prescription_filled,
     provider_upserted,
     refill_requested,
     store_and_apply,
@@ -352,3 +353,28 @@ def test_a_quiet_hours_hold_forgets_the_reserved_send_slot(store, policy, outbox
     assert float(store.notification(CONFIRM_SMS)["slot"]) == evening.timestamp()
     assert deliverer(store, policy, outbox=outbox).deliver(CONFIRM_SMS, evening) == "held"
     assert float(store.notification(CONFIRM_SMS)["slot"]) == 0
+
+
+def test_a_visit_required_notice_is_suppressed_when_a_visit_is_booked_by_then(
+        store, policy, outbox):
+    store_and_apply(store, policy, client_upserted("c1", "America/New_York", BOOKED), BOOKED)
+    fill = prescription_filled("rx-1", "c1", date(2026, 11, 1), BOOKED, refills_remaining=0)
+    store_and_apply(store, policy, fill, BOOKED)
+    notice = "visit_required:rx-1:fill20261101:sms"
+    store_and_apply(store, policy, appointment("appointment.scheduled", "a1", "c1",
+                                               datetime(2026, 11, 28, 15, tzinfo=UTC),
+                                               BOOKED), BOOKED)
+    d = deliverer(store, policy, outbox=outbox)
+    assert d.deliver(notice, NOW) == "suppressed"
+    assert store.notification(notice)["reason"] == "a visit is booked"
+
+
+def test_the_same_fill_sent_again_does_not_bring_cancelled_reminders_back(store, policy):
+    fill = prescription_filled("rx-1", "c1", date(2026, 11, 1), BOOKED)
+    store_and_apply(store, policy, client_upserted("c1", "America/New_York", BOOKED), BOOKED)
+    store_and_apply(store, policy, fill, BOOKED)
+    store_and_apply(store, policy, refill_requested("req-1", "rx-1", "c1", NOW), NOW)
+    again = {**fill, "id": "evt-resent"}
+    plan = store_and_apply(store, policy, again, NOW)
+    assert plan is not None and plan.outcome == "ignored"
+    assert store.notification("refill_due:rx-1:fill20261101:sms")["state"] == "cancelled"

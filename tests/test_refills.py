@@ -152,7 +152,7 @@ def test_a_fill_plans_refill_due_and_the_second_nudge(policy: Policy) -> None:
         ("refill_due", "sms"), ("refill_due", "email"), ("refill_nudge", "sms")]
     for n in result.add:
         assert (n.recipient, n.recipient_id, n.entity) == ("client", CLIENT, REF)
-        assert (n.params, n.reason, n.also_cancelled_by) == (PARAMS, "", ())
+        assert (n.params, n.reason) == (PARAMS, "")
     # A new fill replaces whatever was pending for the previous one.
     assert result.cancel == (REF,)
     assert result.records == {REF: PrescriptionRecord(prescription=evt.data.prescription,
@@ -342,12 +342,9 @@ def test_which_notice_a_fill_plans(policy: Policy, refills: int, last_visit: dat
         assert rows(result) == visit_required(OCCASION, DUE, EXPIRES)
         for n in result.add:
             assert (n.recipient_id, n.entity, n.params) == (CLIENT, REF, VISIT_PARAMS)
-            # A later booking by the client cancels it too.
-            assert n.also_cancelled_by == (VISITREQ,)
     else:
         assert rows(result) == {**refill_due(OCCASION, DUE, EXPIRES),
                                 **nudge(OCCASION, NUDGE, EXPIRES)}
-        assert {n.also_cancelled_by for n in result.add} == {()}
     assert result.cancel == (REF,)
 
 
@@ -429,8 +426,9 @@ def test_refill_notices_are_never_quiet_never_late_and_at_most_one_of_each(
 
 
 @pytest.mark.parametrize(("refills", "visit_at", "expected_kinds"), [
-    # No refills left and the visit is booked before run-out: nothing to say.
-    (0, utc(2026, 11, 20, 15, 0), set()),
+    # No refills left and the visit is booked before run-out: the notice is planned, and
+    # checked again when it goes out (the booking may be cancelled meanwhile).
+    (0, utc(2026, 11, 20, 15, 0), {"visit_required"}),
     # Refills left, last visit too long ago, the visit is booked: the usual reminders.
     (2, utc(2026, 11, 20, 15, 0), {"refill_due", "refill_nudge"}),
     # A visit booked only after run-out does not help: ask for an earlier one.

@@ -407,7 +407,6 @@ def test_refill_denied_with_visit_required_asks_for_a_visit_at_once(policy: Poli
     for n in result.add:
         assert n.params == {"provider_id": PROVIDER, "prescription_id": RX,
                             "runout": "2026-07-10", "book_by": "2026-07-08"}
-        assert n.also_cancelled_by == ()
 
 
 def test_refill_denied_with_visit_required_for_an_unknown_prescription(policy: Policy) -> None:
@@ -495,8 +494,7 @@ class Store:
         result = self.ledger.apply(evt, now, policy)
         for ref in result.cancel:
             for stored in self.notifications.values():
-                if stored.state == "scheduled" and ref in (stored.n.entity,
-                                                           *stored.n.also_cancelled_by):
+                if stored.state == "scheduled" and ref == stored.n.entity:
                     stored.state = "cancelled"
         for n in result.add:
             existing = self.notifications.get(n.id)

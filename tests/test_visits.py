@@ -18,6 +18,7 @@ from notifier.events import Event, parse_event
 from notifier.policy import derived_refs, plan, refs_for
 from notifier.policy.figures import Policy
 from notifier.policy.plan import Plan
+from notifier.policy.visits import unwanted_because
 from notifier.records import AppointmentRecord, ClientRecord, Record, State, VisitsRecord
 
 CLIENT = "cl-1"
@@ -131,11 +132,12 @@ def follow_up(due: datetime, expires: datetime, occasion: str = APPT,
 
 # --- booking ------------------------------------------------------------------------------
 
-def test_a_booking_records_the_upcoming_visit_and_cancels_the_nudges(policy: Policy) -> None:
+def test_a_booking_records_the_upcoming_visit(policy: Policy) -> None:
     result = Ledger().plan(scheduled(START, BOOKED), BOOKED, policy)
     assert result.outcome == "applied"
     assert result.records[VISITS_REF] == VisitsRecord(updated_at=BOOKED, upcoming={APPT: START})
-    assert result.cancel == (FOLLOWUP, VISITREQ)
+    # Pending nudges are checked when sent, not cancelled here (see unwanted_because).
+    assert result.cancel == ()
     assert {n.kind for n in result.add} == {"appointment_confirmation", "appointment_reminder"}
 
 
@@ -159,7 +161,7 @@ def test_a_reschedule_moves_the_upcoming_visit(policy: Policy) -> None:
         moved_at), moved_at, policy)
     assert result.records[VISITS_REF] == VisitsRecord(updated_at=moved_at,
                                                       upcoming={APPT: new_start})
-    assert result.cancel == (REF, FOLLOWUP, VISITREQ)
+    assert result.cancel == (REF,)
 
 
 def test_a_cancelled_appointment_leaves_the_upcoming_visits(policy: Policy) -> None:
@@ -250,13 +252,37 @@ def test_an_earlier_appointment_still_listed_does_not_stop_the_follow_up(
     assert result.records[VISITS_REF].upcoming == {"apt-0": earlier}  # type: ignore[attr-defined]
 
 
-def test_a_later_booking_cancels_the_pending_follow_up(policy: Policy) -> None:
+def test_a_later_booking_makes_the_pending_follow_up_unwanted_when_it_is_due(
+        policy: Policy) -> None:
     ledger = booked(policy)
     done = ledger.apply(completed(DONE_AT), DONE_AT, policy)
     assert {n.entity for n in done.add} == {FOLLOWUP}
+    due = done.add[0].due_at
     at = utc(2026, 6, 20, 14, 0)
-    result = ledger.plan(scheduled(utc(2026, 7, 16, 14, 0), at, LATER_APPT), at, policy)
-    assert FOLLOWUP in result.cancel
+    later = utc(2026, 7, 16, 14, 0)
+    ledger.apply(scheduled(later, at, LATER_APPT), at, policy)
+    visits = ledger.records[VISITS_REF]
+    assert isinstance(visits, VisitsRecord)
+    assert unwanted_because("follow_up", visits, due, due + timedelta(days=14)) == (
+        "a later visit is booked")
+    # Cancel that booking and the nudge is wanted again.
+    ledger.apply(event("appointment.cancelled", {"appointment_id": LATER_APPT,
+                                                 "cancelled_by": "client"},
+                       at + timedelta(hours=1)), at, policy)
+    visits = ledger.records[VISITS_REF]
+    assert isinstance(visits, VisitsRecord)
+    assert unwanted_because("follow_up", visits, due, due + timedelta(days=14)) == ""
+
+
+def test_a_visit_required_notice_is_unwanted_only_while_a_visit_is_booked_in_time() -> None:
+    now = utc(2026, 6, 1, 14, 0)
+    expires = utc(2026, 6, 10, 4, 0)
+    in_time = VisitsRecord(updated_at=now, upcoming={"a": utc(2026, 6, 5, 14, 0)})
+    too_late = VisitsRecord(updated_at=now, upcoming={"a": utc(2026, 6, 20, 14, 0)})
+    assert unwanted_because("visit_required", in_time, now, expires) == "a visit is booked"
+    assert unwanted_because("visit_required", too_late, now, expires) == ""
+    assert unwanted_because("visit_required", None, now, expires) == ""
+    assert unwanted_because("refill_due", in_time, now, expires) == ""
 
 
 def test_last_completed_on_never_goes_backwards(policy: Policy) -> None:

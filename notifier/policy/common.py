@@ -27,8 +27,7 @@ def at_client_local(day: date, at: time, state: State, policy: Policy) -> dateti
 
 def for_client(*, kind: str, entity: str, occasion: str, channel: Channel, client_id: str,
                due_at: datetime, expires_at: datetime, state: State, policy: Policy,
-               params: dict[str, Any] | None = None,
-               also_cancelled_by: tuple[str, ...] = ()) -> PlannedNotification:
+               params: dict[str, Any] | None = None) -> PlannedNotification:
     """A client notification, held for quiet hours, planned `expired` if that makes it late."""
     if state.client is not None:
         due_at = hold_for_quiet_hours(due_at, state.client.client.zone, policy.quiet_hours)
@@ -40,7 +39,6 @@ def for_client(*, kind: str, entity: str, occasion: str, channel: Channel, clien
         expires_at=expires_at, params=params or {},
         state="expired" if too_late else "scheduled",
         reason="quiet hours last past its expiry" if too_late else "",
-        also_cancelled_by=also_cancelled_by,
     )
 
 

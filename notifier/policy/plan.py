@@ -40,8 +40,6 @@ class PlannedNotification:
     params: dict[str, Any] = field(default_factory=dict)
     state: PlannedState = "scheduled"
     reason: str = ""
-    #: further entity refs whose cancellation cancels this notification too
-    also_cancelled_by: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

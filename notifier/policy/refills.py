@@ -55,13 +55,11 @@ def _params(prescription: Prescription, policy: Policy, **more: Any) -> dict[str
 def visit_required_notices(*, entity: str, occasion: str, client_id: str, due_at: datetime,
                            expires_at: datetime, state: State, policy: Policy,
                            params: dict[str, Any]) -> list[PlannedNotification]:
-    """The visit-required notice; a later booking by the client cancels it."""
-    visitreq = entity_ref("visitreq", client_id)
+    """The visit-required notice; suppressed when sent if a visit is booked by then."""
     return [
         for_client(kind="visit_required", entity=entity, occasion=occasion, channel=channel,
                    client_id=client_id, due_at=due_at, expires_at=expires_at, state=state,
-                   policy=policy, params=params,
-                   also_cancelled_by=(visitreq,) if entity != visitreq else ())
+                   policy=policy, params=params)
         for channel in CHANNELS
     ]
 
@@ -90,6 +88,10 @@ def plan_filled(event: Event, state: State, now: datetime, policy: Policy) -> Pl
     rx = data.prescription
     if state.prescription is not None and state.prescription.is_newer_than(event.occurred_at):
         return stale()
+    if state.prescription is not None and state.prescription.prescription == rx:
+        # The same fill again (re-sent under another event id): what it planned stands, and
+        # reminders a refill request cancelled must not come back.
+        return ignored("this fill is already applied")
     ref = entity_ref("prescription", rx.id)
     record = PrescriptionRecord(prescription=rx, updated_at=event.occurred_at)
     runout = runout_day(rx)
@@ -99,15 +101,13 @@ def plan_filled(event: Event, state: State, now: datetime, policy: Policy) -> Pl
                     records={ref: record})
     occasion = f"fill{rx.filled_on:%Y%m%d}"
     due = refill_due_at(rx, state, policy)
-    visit_booked = state.visits is not None and any(
-        now < start < expires for start in state.visits.upcoming.values())
-    if needs_visit(rx, state.visits, policy) and visit_booked:
-        if rx.refills_remaining == 0:
-            # The visit the provider needs is booked; a refill reminder would be wrong too.
-            return Plan(outcome="applied", reason="visit already booked before run-out",
-                        cancel=(ref,), records={ref: record})
+    visit_booked = state.visits is not None and state.visits.has_visit_between(now, expires)
+    if needs_visit(rx, state.visits, policy) and visit_booked and rx.refills_remaining > 0:
+        # The visit is booked and refills are left: the usual reminders, not a visit request.
         add = _refill_reminders(rx, occasion, due, expires, state, now, policy)
     elif needs_visit(rx, state.visits, policy):
+        # Planned even when a visit is booked: it is checked again when sent (visits.py),
+        # so a booking cancelled meanwhile does not leave the client without a warning.
         add = visit_required_notices(
             entity=ref, occasion=occasion, client_id=rx.client_id, due_at=max(due, now),
             expires_at=expires, state=state, policy=policy,

@@ -36,10 +36,22 @@ def plan_booked(event: Event, state: State, now: datetime, policy: Policy) -> Pl
     appt = event.data.appointment
     visits = _visits(state, event.occurred_at)
     visits.upcoming[appt.id] = appt.start
-    cancel = (entity_ref("followup", appt.client_id), entity_ref("visitreq", appt.client_id))
-    return Plan(outcome=plan.outcome, reason=plan.reason, add=plan.add,
-                cancel=plan.cancel + cancel,
+    # A pending follow-up nudge or visit-required notice is not cancelled here but checked
+    # when it is sent (`unwanted_because`): if this booking is cancelled meanwhile, it goes.
+    return Plan(outcome=plan.outcome, reason=plan.reason, add=plan.add, cancel=plan.cancel,
                 records={**plan.records, entity_ref("visits", appt.client_id): visits})
+
+
+def unwanted_because(kind: str, visits: VisitsRecord | None, now: datetime,
+                     expires_at: datetime) -> str:
+    """Why a visit nudge is no longer wanted when it is due to go out, or "" if it is."""
+    if visits is None:
+        return ""
+    if kind == "follow_up" and visits.has_visit_after(now):
+        return "a later visit is booked"
+    if kind == "visit_required" and visits.has_visit_between(now, expires_at):
+        return "a visit is booked"
+    return ""
 
 
 def plan_cancelled(event: Event, state: State, now: datetime, policy: Policy) -> Plan:
