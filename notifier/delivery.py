@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from notifier.channels import Channel, Message
@@ -34,6 +34,7 @@ from notifier.policy.timing import hold_for_quiet_hours
 from notifier.policy.visits import unwanted_because
 from notifier.ratelimit import RateLimiter
 from notifier.records import (
+    AppointmentRecord,
     ClientRecord,
     PrescriptionRecord,
     ProviderQueueRecord,
@@ -175,7 +176,8 @@ class Deliverer:
     def _prepare_client(self, n: Stored, now: datetime) -> Prepared:
         """Checks against the client as they are now, then the message (or an outcome)."""
         refs = [entity_ref("client", n.recipient_id)]
-        for kind, key in (("provider", "provider_id"), ("prescription", "prescription_id")):
+        for kind, key in (("provider", "provider_id"), ("prescription", "prescription_id"),
+                          ("appointment", "appointment_id")):
             if n.params.get(key):
                 refs.append(entity_ref(kind, n.params[key]))
         records = self.store.load_records(refs)
@@ -201,6 +203,15 @@ class Deliverer:
         if closed:
             self._use_other_channel(n, client, closed, now)
             return self._finish(n, "suppressed", closed, now)
+        appt = records.get(entity_ref("appointment", n.params.get("appointment_id", "")))
+        if isinstance(appt, AppointmentRecord):
+            # The video link is the appointment's as it is now: one changed without a
+            # reschedule must not send the client to the old room.
+            join_url = str(appt.appointment.join_url) if appt.appointment.join_url else None
+            if n.kind == "appointment_join_link" and join_url is None:
+                return self._finish(n, "suppressed", "the visit no longer has a video link",
+                                    now)
+            n = replace(n, params={**n.params, "join_url": join_url})
         provider = records.get(entity_ref("provider", n.params.get("provider_id", "")))
         rx = records.get(entity_ref("prescription", n.params.get("prescription_id", "")))
         message = compose_client_message(

@@ -378,3 +378,35 @@ def test_the_same_fill_sent_again_does_not_bring_cancelled_reminders_back(store,
     plan = store_and_apply(store, policy, again, NOW)
     assert plan is not None and plan.outcome == "ignored"
     assert store.notification("refill_due:rx-1:fill20261101:sms")["state"] == "cancelled"
+
+
+def test_the_join_link_sent_is_the_appointment_s_current_one(store, policy, outbox):
+    store_and_apply(store, policy, client_upserted("c1", "America/New_York", BOOKED), BOOKED)
+    first = appointment("appointment.scheduled", "a1", "c1", START, BOOKED,
+                        join_url="https://video.example.com/r/old")
+    store_and_apply(store, policy, first, BOOKED)
+    join = next(v.id for v in store.notifications_for("client", "c1")
+                if v.kind == "appointment_join_link")
+    moved_room = appointment("appointment.rescheduled", "a1", "c1", START, NOW,
+                             join_url="https://video.example.com/r/new")
+    store_and_apply(store, policy, moved_room, NOW)
+    d = deliverer(store, policy, outbox=outbox)
+    link_time = START - timedelta(minutes=15)
+    assert d.deliver(join, link_time) == "sent"
+    [sms] = outbox.messages()
+    assert "https://video.example.com/r/new" in sms["body"]
+    assert "/r/old" not in sms["body"]
+
+
+def test_a_join_link_for_a_visit_that_lost_its_link_is_not_sent(store, policy, outbox):
+    store_and_apply(store, policy, client_upserted("c1", "America/New_York", BOOKED), BOOKED)
+    store_and_apply(store, policy, appointment("appointment.scheduled", "a1", "c1", START,
+                                               BOOKED, join_url="https://v.example.com/r/1"),
+                    BOOKED)
+    join = next(v.id for v in store.notifications_for("client", "c1")
+                if v.kind == "appointment_join_link")
+    store_and_apply(store, policy, appointment("appointment.rescheduled", "a1", "c1", START,
+                                               NOW), NOW)
+    d = deliverer(store, policy, outbox=outbox)
+    assert d.deliver(join, START - timedelta(minutes=15)) == "suppressed"
+    assert outbox.messages() == []
