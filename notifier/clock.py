@@ -63,7 +63,7 @@ class Clock:
         if (self._last_event_sweep is None
                 or now - self._last_event_sweep >= timedelta(seconds=self.events_every_s)):
             self._last_event_sweep = now
-            stuck = self.store.unapplied_events(now - timedelta(seconds=self.event_grace_s))
+            stuck = self.store.unapplied_events(now - timedelta(seconds=self.event_grace_s), now)
             for event_id in stuck:
                 enqueue_apply(self.broker, event_id)
             if stuck:

@@ -52,7 +52,20 @@ def _iana_zone(value: str) -> str:
     return value
 
 
+#: Times far outside the practice's life are typos (9999 for 2026) and would overflow the
+#: date arithmetic of planning, so they are refused at the door.
+EARLIEST_YEAR, LATEST_YEAR = 1970, 2100
+
+
+def _plausible(value: datetime | date) -> datetime | date:
+    if not EARLIEST_YEAR <= value.year <= LATEST_YEAR:
+        raise ValueError(f"year must be between {EARLIEST_YEAR} and {LATEST_YEAR}")
+    return value
+
+
 Phone = Annotated[str, AfterValidator(_e164)]
+Instant = Annotated[AwareDatetime, AfterValidator(_plausible)]
+Day = Annotated[date, AfterValidator(_plausible)]
 TimeZone = Annotated[str, AfterValidator(_iana_zone)]
 Name = Annotated[str, Field(min_length=1, max_length=100)]
 
@@ -98,8 +111,8 @@ class Appointment(Strict):
     id: Id
     client_id: Id
     provider_id: Id
-    start: AwareDatetime
-    end: AwareDatetime
+    start: Instant
+    end: Instant
     kind: Literal["medication_management", "therapy"]
     join_url: HttpUrl | None = None
 
@@ -118,7 +131,7 @@ class Prescription(Strict):
     client_id: Id
     provider_id: Id
     medication: Name
-    filled_on: date
+    filled_on: Day
     days_supply: int = Field(ge=1, le=400)
     refills_remaining: int = Field(ge=0, le=100)
 
@@ -194,7 +207,7 @@ class MessageAnsweredData(Strict):
 
 class _Envelope(Strict):
     id: Id
-    occurred_at: AwareDatetime
+    occurred_at: Instant
 
 
 def _event(type_name: str, data: type[Strict]) -> type[_Envelope]:
@@ -229,7 +242,7 @@ class Event(Strict):
 
     id: Id
     type: str
-    occurred_at: AwareDatetime
+    occurred_at: Instant
     data: Any
 
 

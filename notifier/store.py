@@ -116,9 +116,18 @@ class Store:
         raw = self.redis.hgetall(event_key(event_id))
         return {k.decode(): v.decode() for k, v in raw.items()}
 
-    def unapplied_events(self, older_than: datetime, limit: int = 500) -> list[str]:
+    def unapplied_events(self, older_than: datetime, now: datetime,
+                         limit: int = 500) -> list[str]:
+        """Events accepted before `older_than` and still not applied; each is stamped `now`,
+        so it comes up again only after another grace period, not on every sweep."""
         ids = self.redis.zrangebyscore(PENDING_EVENTS, "-inf", epoch(older_than), 0, limit)
+        if ids:
+            self.redis.zadd(PENDING_EVENTS, {i: epoch(now) for i in ids}, xx=True)
         return [i.decode() for i in ids]
+
+    def count_apply_failure(self, event_id: str) -> int:
+        """How many times applying this event failed unexpectedly, this one included."""
+        return int(self.redis.hincrby(event_key(event_id), "failures", 1))
 
     # Records ----------------------------------------------------------------------------
     def load_records(self, refs: list[str], pipe: Any = None) -> dict[str, Record]:
@@ -188,10 +197,12 @@ class Store:
                 except redis.WatchError:
                     continue
 
-    def reject_event(self, event_id: str, reason: str, now: datetime) -> None:
-        """Mark a stored event that can no longer be parsed; it is kept for inspection."""
+    def reject_event(self, event_id: str, reason: str, now: datetime,
+                     status: str = "rejected") -> None:
+        """Mark a stored event that cannot be applied (`rejected`: no longer validates;
+        `failed`: planning kept failing); it is kept for inspection, never retried."""
         with self.redis.pipeline() as pipe:
-            pipe.hset(event_key(event_id), mapping={"status": "rejected", "reason": reason,
+            pipe.hset(event_key(event_id), mapping={"status": status, "reason": reason,
                                                     "applied_at": epoch(now)})
             pipe.zrem(PENDING_EVENTS, event_id)
             pipe.execute()

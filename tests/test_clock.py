@@ -77,3 +77,14 @@ def test_stored_but_unapplied_events_are_enqueued_again(store, redis_url):
     Clock(store, build_broker(redis_url), event_grace_s=30).tick(now)
     queued = [json.loads(m)["args"] for m in store.redis.hvals("notifier-dq:events.msgs")]
     assert queued == [["evt-1"]]
+
+
+def test_a_re_enqueued_event_waits_a_whole_grace_period_before_the_next_try(store, redis_url):
+    now = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+    store.store_event("evt-1", b"{}", now - timedelta(seconds=60))
+    clock = Clock(store, build_broker(redis_url), event_grace_s=30, events_every_s=0)
+    clock.tick(now)
+    clock.tick(now + timedelta(seconds=10))
+    clock.tick(now + timedelta(seconds=31))
+    queued = [json.loads(m)["args"] for m in store.redis.hvals("notifier-dq:events.msgs")]
+    assert queued == [["evt-1"], ["evt-1"]]

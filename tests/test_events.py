@@ -336,3 +336,34 @@ def test_data_of_the_wrong_type_is_named():
     data = copy.deepcopy(SAMPLES["appointment.scheduled"])
     assert list(problems(body("appointment.cancelled", data))) == [
         "data.appointment_id", "data.cancelled_by", "data.appointment"]
+
+
+@pytest.mark.parametrize(("path", "value"), [
+    (("data", "prescription", "filled_on"), "9999-12-20"),
+    (("occurred_at",), "9999-12-31T23:55:00Z"),
+    (("occurred_at",), "1969-12-31T23:59:59Z"),
+])
+def test_implausible_years_are_refused_before_they_reach_planning(path, value):
+    body = {"id": "e1", "type": "prescription.filled", "occurred_at": "2026-11-01T12:00:00Z",
+            "data": {"prescription": {"id": "rx", "client_id": "c", "provider_id": "p",
+                                      "medication": "m", "filled_on": "2026-11-01",
+                                      "days_supply": 30, "refills_remaining": 1}}}
+    target = body
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    with pytest.raises(InvalidEvent) as caught:
+        parse_event(json.dumps(body))
+    assert [p.field for p in caught.value.problems] == [".".join(path)]
+    assert "year must be between 1970 and 2100" in caught.value.problems[0].message
+
+
+def test_a_far_start_is_refused_on_the_appointment():
+    body = {"id": "e1", "type": "appointment.scheduled", "occurred_at": "2026-11-01T12:00:00Z",
+            "data": {"appointment": {"id": "a", "client_id": "c", "provider_id": "p",
+                                     "start": "9999-12-31T23:00:00Z",
+                                     "end": "9999-12-31T23:30:00Z", "kind": "therapy",
+                                     "join_url": "https://v.example.com/r"}}}
+    with pytest.raises(InvalidEvent) as caught:
+        parse_event(json.dumps(body))
+    assert {p.field for p in caught.value.problems} >= {"data.appointment.start"}

@@ -140,3 +140,27 @@ def test_cancel_leaves_sent_notifications_alone(store):
     states = {v.id: v.state for v in store.notifications_for("client", "c1")}
     assert states == {"appointment_reminder:a1:1:sms": "sent",
                       "appointment_reminder:a1:2:sms": "cancelled"}
+
+
+def test_an_event_whose_planning_keeps_failing_is_set_aside(store, policy, monkeypatch):
+    from notifier import apply
+    from notifier.apply import MAX_APPLY_FAILURES, apply_stored_event
+    from notifier.store import PENDING_EVENTS
+
+    store.store_event("evt-1", b'{"id": "evt-1"}', NOW)
+
+    def broken(policy, now):
+        def decide(raw, load):
+            raise OverflowError("date value out of range")
+        return decide
+
+    monkeypatch.setattr(apply, "decide_for", broken)
+    for _ in range(MAX_APPLY_FAILURES - 1):
+        with pytest.raises(OverflowError):
+            apply_stored_event(store, "evt-1", policy, NOW)
+    assert store.event_status("evt-1")["status"] == "accepted"
+    assert apply_stored_event(store, "evt-1", policy, NOW) is None
+    status = store.event_status("evt-1")
+    assert status["status"] == "failed"
+    assert status["reason"] == "planning failed: OverflowError: date value out of range"
+    assert store.redis.zscore(PENDING_EVENTS, "evt-1") is None
