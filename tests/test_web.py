@@ -145,7 +145,8 @@ def test_event_is_stored_even_when_the_queue_is_unreachable(settings, secret, st
     assert answer.status_code == 202
     assert answer.json() == {"id": "evt-1", "status": "accepted"}
     assert store.event_status("evt-1")["status"] == "accepted"
-    assert store.unapplied_events(datetime.now(UTC) + timedelta(seconds=1)) == ["evt-1"]
+    later = datetime.now(UTC) + timedelta(seconds=1)
+    assert store.unapplied_events(later, later) == ["evt-1"]
     assert queued(redis_client) == []
 
 
