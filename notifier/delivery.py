@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+
+import redis
 
 from notifier.channels import Channel, Message
 from notifier.compose import (
@@ -27,7 +30,7 @@ from notifier.compose import (
     compose_support_message,
 )
 from notifier.config import Settings
-from notifier.errors import PermanentError, RetryableError, TemplateError
+from notifier.errors import PermanentError, RetryableError, StoreError, TemplateError
 from notifier.policy.figures import Policy
 from notifier.policy.plan import entity_ref
 from notifier.policy.timing import hold_for_quiet_hours
@@ -46,12 +49,19 @@ from notifier.store import Store
 
 log = logging.getLogger(__name__)
 
+
+class SentButUnrecorded(StoreError):
+    """The provider took the message but Redis would not record it."""
+
 #: A message ready to send with a note for the ledger, or the outcome already recorded.
 Prepared = tuple[Message, str] | str
 
 #: Longer than the slowest send (HTTP timeouts are 10 s); a lease that runs out means the
 #: worker died and the sweep hands the notification to another.
 LEASE_S = 60.0
+#: Recording a send that went out is retried this often (a Redis failover takes moments).
+RECORD_TRIES = 4
+RECORD_PAUSE_S = 0.25
 #: Nudges to book a visit, checked against the client's bookings when they go out.
 VISIT_NUDGES = frozenset({"follow_up", "visit_required"})
 #: Twilio's error for a number that replied STOP to our sender.
@@ -86,6 +96,11 @@ class Deliverer:
         n = Stored.from_fields(notification_id, begun.fields)
         try:
             return self._deliver(n, now, recovering=begun.verdict == "recover")
+        except SentButUnrecorded:
+            # Never retry a message that went out: it stays `sending`, its lease runs out,
+            # and the recovery asks the channel before anything is sent again.
+            log.exception("notification %s was sent but could not be recorded", n.id)
+            return "unrecorded"
         except Exception:
             # A bug must not lose the notification: put it back to be tried again later,
             # until max_attempts gives up on it.
@@ -147,8 +162,15 @@ class Deliverer:
             return outcome
         except RetryableError as exc:
             return self._retry(n, now, f"{exc.code or 'error'}: {exc}", exc.retry_after_s)
-        return self._finish(n, "sent", note, now, sent_at=receipt.sent_at.timestamp(),
-                            receipt=receipt.provider_id)
+        for attempt in range(RECORD_TRIES):
+            try:
+                return self._finish(n, "sent", note, now, sent_at=receipt.sent_at.timestamp(),
+                                    receipt=receipt.provider_id)
+            except redis.RedisError as exc:
+                if attempt == RECORD_TRIES - 1:
+                    raise SentButUnrecorded(n.id) from exc
+                time.sleep(RECORD_PAUSE_S * (attempt + 1))
+        raise AssertionError("unreachable")
 
     def _pace(self, n: Stored, channel: str, now: datetime) -> str | None:
         """Hold the send for its sender's next free slot, reserved once per notification."""

@@ -410,3 +410,32 @@ def test_a_join_link_for_a_visit_that_lost_its_link_is_not_sent(store, policy, o
     d = deliverer(store, policy, outbox=outbox)
     assert d.deliver(join, START - timedelta(minutes=15)) == "suppressed"
     assert outbox.messages() == []
+
+
+class RedisFillsUpChannel:
+    """Sends to the outbox, then Redis refuses every write (maxmemory reached)."""
+
+    def __init__(self, outbox: Outbox, client) -> None:
+        self.outbox, self.client = outbox, client
+
+    def send(self, message: Message, now: datetime) -> Receipt:
+        receipt = self.outbox.send(message, now)
+        self.client.config_set("maxmemory", "1")
+        return receipt
+
+    def already_sent(self, message: Message) -> bool | None:
+        return self.outbox.already_sent(message)
+
+
+def test_a_send_redis_cannot_record_is_recovered_not_sent_again(store, policy, outbox):
+    book(store, policy)
+    d = deliverer(store, policy, sms=RedisFillsUpChannel(outbox, store.redis), outbox=outbox)
+    try:
+        assert d.deliver(CONFIRM_SMS, NOW) == "unrecorded"
+    finally:
+        store.redis.config_set("maxmemory", "0")
+    assert store.notification(CONFIRM_SMS)["state"] == "sending"
+    later = NOW + timedelta(seconds=61)  # the lease has run out
+    assert deliverer(store, policy, outbox=outbox).deliver(CONFIRM_SMS, later) == "sent"
+    assert store.notification(CONFIRM_SMS)["reason"] == "sent before a crash"
+    assert len(outbox.messages()) == 1
