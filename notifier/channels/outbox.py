@@ -60,8 +60,12 @@ class Outbox:
             return any(f'"dedupe_key": {needle}' in line for line in lines)
 
     def messages(self) -> list[dict[str, object]]:
-        """Every line written so far (for `notifier dev` users and tests)."""
+        """Every line written so far (for `notifier dev` users and tests).
+
+        A line still being written by another process has no newline yet: it is left for
+        the next read rather than parsed half-way.
+        """
         if not self.path.exists():
             return []
-        with self.path.open(encoding="utf-8") as lines:
-            return [json.loads(line) for line in lines if line.strip()]
+        complete = self.path.read_text(encoding="utf-8").split("\n")[:-1]
+        return [json.loads(line) for line in complete if line.strip()]
