@@ -208,10 +208,3 @@ def test_invite_is_well_formed_and_stable():
     assert str(event["STATUS"]) == "CANCELLED"
     assert build_invite(invite, NOW) == build_invite(invite, NOW)
 
-
-def test_the_outbox_reader_leaves_a_line_still_being_written(tmp_path):
-    from notifier.channels.outbox import Outbox
-
-    outbox = Outbox(tmp_path)
-    (tmp_path / "messages.jsonl").write_text('{"id": "a"}\n{"id": "b"}\n{"id": "appointment_c')
-    assert outbox.messages() == [{"id": "a"}, {"id": "b"}]

@@ -1,0 +1,47 @@
+"""The outbox channel: one JSON line per message, attachments beside it, exact recovery."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+from notifier.channels import Attachment, Message
+from notifier.channels.outbox import Outbox
+
+NOW = datetime(2026, 11, 25, 15, 0, tzinfo=UTC)
+
+
+def message(notification_id: str = "appointment_confirmation:a1:booked:email") -> Message:
+    return Message(notification_id=notification_id, kind="appointment_confirmation",
+                   channel="email", to="ana@example.com", subject="Booked", body="Hi",
+                   attachments=(Attachment("invite.ics", "text/calendar; method=REQUEST",
+                                           b"BEGIN:VCALENDAR"),), due_at=NOW)
+
+
+def test_a_sent_message_is_a_line_and_its_invite_a_file(tmp_path):
+    outbox = Outbox(tmp_path)
+    receipt = outbox.send(message(), NOW)
+    [line] = (tmp_path / "messages.jsonl").read_text().splitlines()
+    assert json.loads(line) == {
+        "id": "appointment_confirmation:a1:booked:email", "kind": "appointment_confirmation",
+        "channel": "email", "to": "ana@example.com", "subject": "Booked", "body": "Hi",
+        "attachments": ["appointment_confirmation_a1_booked_email.invite.ics"],
+        "due_at": NOW.isoformat(), "sent_at": NOW.isoformat(),
+        "dedupe_key": "appointment_confirmation:a1:booked:email"}
+    assert (tmp_path / "appointment_confirmation_a1_booked_email.invite.ics").read_bytes() == (
+        b"BEGIN:VCALENDAR")
+    assert receipt.provider_id == "outbox:appointment_confirmation:a1:booked:email"
+
+
+def test_already_sent_is_exact(tmp_path):
+    outbox = Outbox(tmp_path)
+    assert outbox.already_sent(message()) is False
+    outbox.send(message(), NOW)
+    assert outbox.already_sent(message()) is True
+    assert outbox.already_sent(message("appointment_confirmation:a10:booked:email")) is False
+
+
+def test_the_reader_leaves_a_line_still_being_written(tmp_path):
+    outbox = Outbox(tmp_path)
+    (tmp_path / "messages.jsonl").write_text('{"id": "a"}\n{"id": "b"}\n{"id": "appointment_c')
+    assert outbox.messages() == [{"id": "a"}, {"id": "b"}]
