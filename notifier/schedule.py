@@ -25,6 +25,8 @@ PREFIX = "n:"
 SCHEDULE = PREFIX + "schedule"
 INFLIGHT = PREFIX + "inflight"
 OUTCOMES = PREFIX + "stats:outcomes"
+#: A finished or cancelled notification is kept this long for the read API, then expires.
+KEEP_FINISHED_S = 90 * 24 * 3600
 
 
 def notif_key(notification_id: str) -> str:
@@ -59,9 +61,12 @@ if redis.call('HGET', KEYS[1], 'state') == 'scheduled' then
   redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 end
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
-for i = 4, #KEYS do redis.call('SADD', KEYS[i], ARGV[1]) end
+for i = 4, #KEYS do
+  redis.call('SADD', KEYS[i], ARGV[1])
+  redis.call('EXPIRE', KEYS[i], {index_ttl})
+end
 return 1
-"""
+""".replace("{index_ttl}", str(180 * 24 * 3600))
 
 # Cancel every still-scheduled notification about one entity.
 # One being sent right now cannot be stopped, but it is marked `superseded`: if its send
@@ -74,6 +79,7 @@ for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   local state = redis.call('HGET', key, 'state')
   if state == 'scheduled' then
     redis.call('HSET', key, 'state', 'cancelled', 'reason', ARGV[2])
+    redis.call('EXPIRE', key, ARGV[3])
     redis.call('ZREM', KEYS[2], id)
     redis.call('ZREM', KEYS[3], id)
     cancelled = cancelled + 1
@@ -149,8 +155,9 @@ return out
 # The cluster-wide count of outcomes (KEYS[3], by state and channel) feeds /metrics.
 FINISH_LUA = """
 if redis.call('HGET', KEYS[1], 'state') ~= 'sending' then return 0 end
-redis.call('HSET', KEYS[1], 'state', ARGV[2], unpack(ARGV, 3))
+redis.call('HSET', KEYS[1], 'state', ARGV[2], unpack(ARGV, 4))
 redis.call('HDEL', KEYS[1], 'lease')
+redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('HINCRBY', KEYS[3], ARGV[2] .. ':' .. redis.call('HGET', KEYS[1], 'channel'), 1)
 return 1
@@ -249,7 +256,7 @@ class Schedule:
         for name, value in fields.items():
             flat += [name, "" if value is None else value]
         return bool(self._finish(keys=[notif_key(notification_id), INFLIGHT, OUTCOMES],
-                                 args=[notification_id, state, *flat]))
+                                 args=[notification_id, state, KEEP_FINISHED_S, *flat]))
 
     def outcomes(self) -> dict[tuple[str, str], int]:
         """How many notifications ended in each (state, channel), since the data began."""

@@ -19,6 +19,7 @@ from notifier.policy.plan import Plan, PlannedNotification
 from notifier.records import RECORD_TYPES, ClientRecord, Record
 from notifier.schedule import (
     INFLIGHT,
+    KEEP_FINISHED_S,
     PREFIX,
     SCHEDULE,
     Schedule,
@@ -221,7 +222,8 @@ class Store:
                 pipe.set(phone_key(record.client.phone), record.client.id)
         for ref in plan.cancel:
             self.schedule.cancel_script(keys=[by_entity_key(ref), SCHEDULE, INFLIGHT],
-                                        args=[PREFIX + "notif:", "superseded"], client=pipe)
+                                        args=[PREFIX + "notif:", "superseded",
+                                              KEEP_FINISHED_S], client=pipe)
         for n in plan.add:
             self.schedule.add_script(
                 keys=[notif_key(n.id), SCHEDULE, by_recipient_key(n.recipient, n.recipient_id),
@@ -235,8 +237,15 @@ class Store:
         raw = self.redis.hgetall(notif_key(notification_id))
         return {k.decode(): v.decode() for k, v in raw.items()}
 
-    def notifications_for(self, recipient: str, recipient_id: str) -> list[NotificationView]:
-        ids = self.redis.zrange(by_recipient_key(recipient, recipient_id), 0, READ_LIMIT - 1)
+    def notifications_for(self, recipient: str, recipient_id: str,
+                          since: datetime | None = None) -> list[NotificationView]:
+        """A recipient's notifications due from `since` on (all, without it), soonest
+        first, at most READ_LIMIT; index entries older than the retention are dropped."""
+        key = by_recipient_key(recipient, recipient_id)
+        if since is not None:
+            self.redis.zremrangebyscore(key, "-inf", epoch(since) - KEEP_FINISHED_S)
+        low = epoch(since) if since is not None else "-inf"
+        ids = self.redis.zrangebyscore(key, low, "+inf", 0, READ_LIMIT)
         with self.redis.pipeline(transaction=False) as pipe:
             for i in ids:
                 pipe.hgetall(notif_key(i.decode()))

@@ -164,3 +164,27 @@ def test_an_event_whose_planning_keeps_failing_is_set_aside(store, policy, monke
     assert status["status"] == "failed"
     assert status["reason"] == "planning failed: OverflowError: date value out of range"
     assert store.redis.zscore(PENDING_EVENTS, "evt-1") is None
+
+
+def test_finished_and_cancelled_notifications_expire_after_the_retention(store):
+    from notifier.schedule import KEEP_FINISHED_S
+
+    write(store, planned(1, NOW), planned(2, NOW))
+    store.schedule.begin("appointment_reminder:a1:1:sms", NOW, 60)
+    store.schedule.finish("appointment_reminder:a1:1:sms", "sent")
+    write(store, cancel=("appointment:a1",))
+    for i in (1, 2):
+        ttl = store.redis.ttl(f"n:notif:appointment_reminder:a1:{i}:sms")
+        assert KEEP_FINISHED_S - 5 <= ttl <= KEEP_FINISHED_S
+
+
+def test_the_read_window_starts_at_since_and_drops_old_index_entries(store):
+    from notifier.schedule import KEEP_FINISHED_S
+
+    old = NOW - timedelta(seconds=KEEP_FINISHED_S + 3600)
+    write(store, planned(1, old), planned(2, NOW - timedelta(days=1)), planned(3, NOW))
+    since = NOW - timedelta(hours=1)
+    assert [v.id for v in store.notifications_for("client", "c1", since)] == [
+        "appointment_reminder:a1:3:sms"]
+    assert [v.id for v in store.notifications_for("client", "c1")] == [
+        "appointment_reminder:a1:2:sms", "appointment_reminder:a1:3:sms"]
