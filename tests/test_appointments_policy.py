@@ -7,7 +7,6 @@ loads them, and `now` is passed in. DST dates and half-hour zones included.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -28,6 +27,7 @@ from notifier.records import (
     Record,
     State,
 )
+from tests.policy_kit import event, iso, utc
 
 CLIENT = "cl-1"
 APPT = "apt-1"
@@ -42,24 +42,8 @@ BOOKED = datetime(2026, 6, 1, 14, 0, tzinfo=UTC)
 START = datetime(2026, 6, 11, 14, 0, tzinfo=UTC)
 CLIENT_SET_AT = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 
-_event_ids = itertools.count(1)
-
-
-def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)
-
-
-def iso(instant: datetime) -> str:
-    return instant.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
 def stamp(instant: datetime) -> str:
     return f"{instant.astimezone(UTC):%Y%m%dT%H%M%SZ}"
-
-
-def event(type_: str, data: dict[str, Any], occurred_at: datetime) -> Event:
-    return parse_event(json.dumps({"id": f"evt-{next(_event_ids)}", "type": type_,
-                                   "occurred_at": iso(occurred_at), "data": data}).encode())
 
 
 def client_upserted(zone: str, occurred_at: datetime = CLIENT_SET_AT) -> Event:

@@ -9,7 +9,6 @@ the run-out day. DST dates included.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -19,17 +18,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from notifier.events import Event, parse_event
-from notifier.policy import derived_refs, plan, refs_for
+from notifier.events import Event
 from notifier.policy.figures import Policy
 from notifier.policy.plan import Plan
 from notifier.records import (
     ClientRecord,
     PrescriptionRecord,
-    Record,
-    State,
     VisitsRecord,
 )
+from tests import policy_kit as kit
+from tests.policy_kit import event, utc
 
 CLIENT = "cl-1"
 PROVIDER = "prov-1"
@@ -38,21 +36,6 @@ REF = f"prescription:{RX}"
 VISITREQ = f"visitreq:{CLIENT}"
 CLIENT_SET_AT = datetime(2026, 1, 2, 12, 0, tzinfo=UTC)
 
-_event_ids = itertools.count(1)
-
-
-def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0,
-        second: int = 0) -> datetime:
-    return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
-
-
-def iso(instant: datetime) -> str:
-    return instant.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def event(type_: str, data: dict[str, Any], occurred_at: datetime) -> Event:
-    return parse_event(json.dumps({"id": f"evt-{next(_event_ids)}", "type": type_,
-                                   "occurred_at": iso(occurred_at), "data": data}).encode())
 
 
 def filled(filled_on: date, occurred_at: datetime, *, days: int = 30,
@@ -68,38 +51,20 @@ def discontinued(occurred_at: datetime) -> Event:
 
 
 def client_record(zone: str) -> ClientRecord:
-    upserted = event("client.upserted", {"client": {
-        "id": CLIENT, "first_name": "Ana", "phone": "+14155550123", "email": "ana@example.com",
-        "timezone": zone, "locale": "en", "channels": {"sms": True, "email": True}}},
-        CLIENT_SET_AT)
-    return ClientRecord(client=upserted.data.client, updated_at=upserted.occurred_at)
+    return kit.client_record(CLIENT, zone, CLIENT_SET_AT)
 
 
-class Ledger:
-    """The records the store would hold; each event sees the ones the store would load."""
+class Ledger(kit.Ledger):
+    """The records this module's cases start from."""
 
     def __init__(self, zone: str | None = "America/New_York", *,
                  last_visit: date | None = None) -> None:
-        self.records: dict[str, Record] = {}
+        super().__init__()
         if zone is not None:
             self.records[f"client:{CLIENT}"] = client_record(zone)
         if last_visit is not None:
             self.records[f"visits:{CLIENT}"] = VisitsRecord(
                 updated_at=CLIENT_SET_AT, last_completed_on=last_visit)
-
-    def state(self, evt: Event) -> State:
-        loaded = {ref: self.records[ref] for ref in refs_for(evt) if ref in self.records}
-        loaded |= {ref: self.records[ref] for ref in derived_refs(loaded)
-                   if ref in self.records}
-        return State.from_records(loaded)
-
-    def plan(self, evt: Event, now: datetime, policy: Policy) -> Plan:
-        return plan(evt, self.state(evt), now, policy)
-
-    def apply(self, evt: Event, now: datetime, policy: Policy) -> Plan:
-        result = self.plan(evt, now, policy)
-        self.records.update(result.records)  # type: ignore[arg-type]
-        return result
 
 
 Row = tuple[datetime, datetime, str]

@@ -8,8 +8,6 @@ store loads it (`refs_for`, then `derived_refs`), and `now` is passed in.
 from __future__ import annotations
 
 import dataclasses
-import itertools
-import json
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -19,8 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from notifier.events import Event, parse_event
-from notifier.policy import derived_refs, plan, refs_for
+from notifier.events import Event
 from notifier.policy.figures import Policy, ResponseWindow
 from notifier.policy.plan import Plan, PlannedNotification
 from notifier.policy.window import escalates_at
@@ -31,9 +28,9 @@ from notifier.records import (
     PrescriptionRecord,
     ProviderQueueRecord,
     ProviderRecord,
-    Record,
-    State,
 )
+from tests import policy_kit as kit
+from tests.policy_kit import event, utc
 
 CLIENT = "cl-1"
 PROVIDER = "prov-1"
@@ -46,21 +43,6 @@ QUEUE_REF = f"provider_queue:{PROVIDER}"
 SET_UP_AT = datetime(2026, 1, 2, 12, 0, tzinfo=UTC)
 NEW_YORK = ZoneInfo("America/New_York")
 
-_event_ids = itertools.count(1)
-
-
-def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0,
-        second: int = 0) -> datetime:
-    return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
-
-
-def iso(instant: datetime) -> str:
-    return instant.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def event(type_: str, data: dict[str, Any], occurred_at: datetime) -> Event:
-    return parse_event(json.dumps({"id": f"evt-{next(_event_ids)}", "type": type_,
-                                   "occurred_at": iso(occurred_at), "data": data}).encode())
 
 
 def requested(occurred_at: datetime, request_id: str = REQUEST) -> Event:
@@ -87,11 +69,7 @@ def answered(occurred_at: datetime) -> Event:
 
 
 def client_record(zone: str) -> ClientRecord:
-    upserted = event("client.upserted", {"client": {
-        "id": CLIENT, "first_name": "Ana", "phone": "+14155550123", "email": "ana@example.com",
-        "timezone": zone, "locale": "en", "channels": {"sms": True, "email": True}}},
-        SET_UP_AT)
-    return ClientRecord(client=upserted.data.client, updated_at=SET_UP_AT)
+    return kit.client_record(CLIENT, zone, SET_UP_AT)
 
 
 def provider_record(zone: str) -> ProviderRecord:
@@ -109,33 +87,19 @@ def prescription_record(filled_on: date, days: int = 30) -> PrescriptionRecord:
     return PrescriptionRecord(prescription=fill.data.prescription, updated_at=SET_UP_AT)
 
 
-class Ledger:
-    """The records the store would hold; each event sees the ones the store would load."""
+class Ledger(kit.Ledger):
+    """The records this module's cases start from."""
 
     def __init__(self, client_zone: str | None = "America/New_York",
                  provider_zone: str | None = "America/New_York",
                  filled_on: date | None = date(2026, 6, 10)) -> None:
-        self.records: dict[str, Record] = {}
+        super().__init__()
         if client_zone is not None:
             self.records[f"client:{CLIENT}"] = client_record(client_zone)
         if provider_zone is not None:
             self.records[f"provider:{PROVIDER}"] = provider_record(provider_zone)
         if filled_on is not None:
             self.records[f"prescription:{RX}"] = prescription_record(filled_on)
-
-    def state(self, evt: Event) -> State:
-        loaded = {ref: self.records[ref] for ref in refs_for(evt) if ref in self.records}
-        loaded |= {ref: self.records[ref] for ref in derived_refs(loaded)
-                   if ref in self.records}
-        return State.from_records(loaded)
-
-    def plan(self, evt: Event, now: datetime, policy: Policy) -> Plan:
-        return plan(evt, self.state(evt), now, policy)
-
-    def apply(self, evt: Event, now: datetime, policy: Policy) -> Plan:
-        result = self.plan(evt, now, policy)
-        self.records.update(result.records)  # type: ignore[arg-type]
-        return result
 
 
 def business_days(policy: Policy) -> Policy:

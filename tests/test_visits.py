@@ -7,19 +7,18 @@ store loads it (`refs_for`, then `derived_refs`), and `now` is passed in.
 
 from __future__ import annotations
 
-import itertools
-import json
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from notifier.events import Event, parse_event
-from notifier.policy import derived_refs, plan, refs_for
+from notifier.events import Event
 from notifier.policy.figures import Policy
 from notifier.policy.plan import Plan
 from notifier.policy.visits import unwanted_because
-from notifier.records import AppointmentRecord, ClientRecord, Record, State, VisitsRecord
+from notifier.records import AppointmentRecord, ClientRecord, VisitsRecord
+from tests import policy_kit as kit
+from tests.policy_kit import event, iso, utc
 
 CLIENT = "cl-1"
 PROVIDER = "prov-1"
@@ -31,21 +30,6 @@ FOLLOWUP = f"followup:{CLIENT}"
 VISITREQ = f"visitreq:{CLIENT}"
 CLIENT_SET_AT = datetime(2026, 1, 2, 12, 0, tzinfo=UTC)
 
-_event_ids = itertools.count(1)
-
-
-def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0,
-        second: int = 0) -> datetime:
-    return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
-
-
-def iso(instant: datetime) -> str:
-    return instant.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def event(type_: str, data: dict[str, Any], occurred_at: datetime) -> Event:
-    return parse_event(json.dumps({"id": f"evt-{next(_event_ids)}", "type": type_,
-                                   "occurred_at": iso(occurred_at), "data": data}).encode())
 
 
 def scheduled(start: datetime, occurred_at: datetime, appt_id: str = APPT) -> Event:
@@ -64,34 +48,16 @@ def no_show(party: str, occurred_at: datetime) -> Event:
 
 
 def client_record(zone: str) -> ClientRecord:
-    upserted = event("client.upserted", {"client": {
-        "id": CLIENT, "first_name": "Ana", "phone": "+14155550123", "email": "ana@example.com",
-        "timezone": zone, "locale": "en", "channels": {"sms": True, "email": True}}},
-        CLIENT_SET_AT)
-    return ClientRecord(client=upserted.data.client, updated_at=CLIENT_SET_AT)
+    return kit.client_record(CLIENT, zone, CLIENT_SET_AT)
 
 
-class Ledger:
-    """The records the store would hold; each event sees the ones the store would load."""
+class Ledger(kit.Ledger):
+    """The records this module's cases start from."""
 
     def __init__(self, zone: str | None = "America/New_York") -> None:
-        self.records: dict[str, Record] = {}
+        super().__init__()
         if zone is not None:
             self.records[f"client:{CLIENT}"] = client_record(zone)
-
-    def state(self, evt: Event) -> State:
-        loaded = {ref: self.records[ref] for ref in refs_for(evt) if ref in self.records}
-        loaded |= {ref: self.records[ref] for ref in derived_refs(loaded)
-                   if ref in self.records}
-        return State.from_records(loaded)
-
-    def plan(self, evt: Event, now: datetime, policy: Policy) -> Plan:
-        return plan(evt, self.state(evt), now, policy)
-
-    def apply(self, evt: Event, now: datetime, policy: Policy) -> Plan:
-        result = self.plan(evt, now, policy)
-        self.records.update(result.records)  # type: ignore[arg-type]
-        return result
 
     @property
     def visits(self) -> VisitsRecord:
