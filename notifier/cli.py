@@ -15,6 +15,8 @@ import secrets
 import signal
 import sys
 import threading
+from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,18 +27,36 @@ from notifier.errors import ConfigError, NotifierError
 log = logging.getLogger("notifier")
 
 
+def _kept_secret(path: Path, make: Callable[[], str]) -> Secret:
+    """A secret made once into `path` (readable by its owner only), then read back; of two
+    commands starting together, the second reads what the first wrote."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(make() + "\n")
+    return Secret(path.read_text().strip())
+
+
 def dev_webhook_secret(settings: Settings) -> Settings:
     """In development, a secret kept under `var/` stands in for NOTIFIER_WEBHOOK_SECRET."""
     if settings.webhook_secret is not None:
         return settings
-    path = settings.var_dir / "webhook-secret"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("whsec_" + base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
-        path.chmod(0o600)
-    from dataclasses import replace
+    secret = _kept_secret(settings.var_dir / "webhook-secret",
+                          lambda: "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode())
+    return replace(settings, webhook_secret=secret)
 
-    return replace(settings, webhook_secret=Secret(path.read_text().strip()))
+
+def dev_api_token(settings: Settings) -> Settings:
+    """In development, a token kept under `var/` stands in for NOTIFIER_API_TOKEN."""
+    if settings.api_token is not None:
+        return settings
+    token = _kept_secret(settings.var_dir / "api-token", lambda: secrets.token_urlsafe(32))
+    return replace(settings, api_token=token)
 
 
 def _setup_logging(level: str = "INFO") -> None:
@@ -78,7 +98,7 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> None:
     from notifier.tasks import build_broker
     from notifier.web import create_app
 
-    settings = dev_webhook_secret(settings)
+    settings = dev_api_token(dev_webhook_secret(settings))
     runtime, embedded = _runtime(settings)
     worker = _start_worker(runtime, settings.worker_threads)
     broker = build_broker(runtime.redis_url)
@@ -92,9 +112,11 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> None:
           f"  redis:  {runtime.redis_url}\n"
           f"  outbox: {settings.outbox_dir.resolve()}/messages.jsonl\n"
           "  client messages wait for 08:00 client-local during quiet hours (21:00-08:00);\n"
-          f"  see them planned at http://127.0.0.1:{args.port}/v1/clients/client-1/notifications\n"
           f"  try:    notifier send-event examples/appointment-scheduled.json "
-          f"--url http://127.0.0.1:{args.port}\n", flush=True)
+          f"--url http://127.0.0.1:{args.port}\n"
+          "  then see them planned:\n"
+          f"  curl -H 'Authorization: Bearer {settings.api_token}' "
+          f"http://127.0.0.1:{args.port}/v1/clients/client-1/notifications\n", flush=True)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     finally:
@@ -174,11 +196,13 @@ def cmd_preview(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def sign_event(secret: str, body: bytes, event_id: str, now: datetime) -> dict[str, str]:
-    from standardwebhooks.webhooks import Webhook
+    """The Standard Webhooks headers for `body`, signed as `POST /v1/events` verifies them."""
+    from notifier.web import sign_webhook
 
-    signature = Webhook(secret).sign(msg_id=event_id, timestamp=now, data=body.decode())
-    return {"webhook-id": event_id, "webhook-timestamp": str(int(now.timestamp())),
-            "webhook-signature": signature, "content-type": "application/json"}
+    timestamp = int(now.timestamp())
+    return {"webhook-id": event_id, "webhook-timestamp": str(timestamp),
+            "webhook-signature": sign_webhook(secret, event_id, timestamp, body),
+            "content-type": "application/json"}
 
 
 def cmd_send_event(args: argparse.Namespace, settings: Settings) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -15,12 +16,17 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
 
+import phonenumbers
+
 from notifier.errors import ConfigError
 
 #: The repository root: templates/ and schedules/ are found relative to it by default.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 Backend = Literal["twilio", "sendgrid", "outbox"]
+
+#: The read API token is compared as sent in `Authorization: Bearer`; shorter is guessable.
+MIN_API_TOKEN_CHARS = 24
 
 
 class Secret(str):
@@ -41,6 +47,44 @@ def _webhook_secret(value: str, name: str) -> Secret:
     if len(key) < 16:
         raise ConfigError(f"{name}: key too short ({len(key)} bytes, need at least 16)")
     return Secret(value)
+
+
+def _api_token(value: str, name: str) -> Secret:
+    if len(value) < MIN_API_TOKEN_CHARS:
+        raise ConfigError(f"{name}: too short ({len(value)} characters, need at least "
+                          f"{MIN_API_TOKEN_CHARS}; e.g. python -c 'import secrets; "
+                          "print(secrets.token_urlsafe(32))')")
+    if not (value.isascii() and value.isprintable()) or " " in value:
+        raise ConfigError(f"{name}: only printable ASCII without spaces (it is sent in a header)")
+    return Secret(value)
+
+
+def _e164(env: Mapping[str, str], name: str) -> str | None:
+    """A phone number in E.164 form, checked as events check theirs, or None when unset."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        number = phonenumbers.parse(raw, None)
+    except phonenumbers.NumberParseException:
+        number = None
+    if number is None or not phonenumbers.is_valid_number(number) or raw != \
+            phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164):
+        raise ConfigError(f"{name}: not a valid phone number in E.164 form "
+                          f"(e.g. +14155550123), got {raw!r}")
+    return raw
+
+
+def _is_local(url: str) -> bool:
+    """Whether `url` names this machine, which no outside service can call back."""
+    host = (urlparse(url).hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_unspecified
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -118,6 +162,8 @@ class Settings:
 
     redis_url: str | None = None
     webhook_secret: Secret | None = None
+    #: Bearer token of the read API; unset, the read API refuses every request.
+    api_token: Secret | None = None
     twilio_account_sid: str | None = None
     twilio_auth_token: Secret | None = None
     twilio_from: str | None = None
@@ -170,9 +216,10 @@ class Settings:
         def opt(name: str) -> str | None:
             return env.get(name, "").strip() or None
 
-        secret = opt("NOTIFIER_WEBHOOK_SECRET")
+        secret, api_token = opt("NOTIFIER_WEBHOOK_SECRET"), opt("NOTIFIER_API_TOKEN")
         sid, token = opt("TWILIO_ACCOUNT_SID"), opt("TWILIO_AUTH_TOKEN")
-        twilio_from, service = opt("TWILIO_FROM"), opt("TWILIO_MESSAGING_SERVICE_SID")
+        twilio_from = _e164(env, "TWILIO_FROM")
+        service = opt("TWILIO_MESSAGING_SERVICE_SID")
         sendgrid_key = opt("SENDGRID_API_KEY")
         sms_backend = _backend(
             env, "NOTIFIER_SMS_BACKEND", "twilio", bool(sid and token and (twilio_from or service))
@@ -189,10 +236,18 @@ class Settings:
         if email_backend == "sendgrid" and not sendgrid_key:
             raise ConfigError("SENDGRID_API_KEY: required when NOTIFIER_EMAIL_BACKEND is sendgrid")
         defaults = cls()
+        public_url = _url(env, "NOTIFIER_PUBLIC_URL", None, {"http", "https"})
+        if sms_backend == "twilio" and (public_url is None or _is_local(public_url)):
+            # Twilio could never call back: every delivery report and STOP would be lost.
+            raise ConfigError(
+                "NOTIFIER_PUBLIC_URL: the twilio backend needs a URL of this service that "
+                f"Twilio can reach (got {public_url or 'none'}); it posts delivery reports and "
+                "STOP replies there")
         var_dir = Path(opt("NOTIFIER_VAR_DIR") or defaults.var_dir)
         return cls(
             redis_url=_url(env, "NOTIFIER_REDIS_URL", None, {"redis", "rediss", "unix"}),
             webhook_secret=_webhook_secret(secret, "NOTIFIER_WEBHOOK_SECRET") if secret else None,
+            api_token=_api_token(api_token, "NOTIFIER_API_TOKEN") if api_token else None,
             twilio_account_sid=sid,
             twilio_auth_token=Secret(token) if token else None,
             twilio_from=twilio_from,
@@ -207,9 +262,8 @@ class Settings:
             or defaults.sendgrid_api_host,
             from_email=_email(env, "NOTIFIER_FROM_EMAIL", defaults.from_email) or "",
             support_email=_email(env, "NOTIFIER_SUPPORT_EMAIL", defaults.support_email) or "",
-            support_phone=opt("NOTIFIER_SUPPORT_PHONE"),
-            public_url=_url(env, "NOTIFIER_PUBLIC_URL", defaults.public_url, {"http", "https"})
-            or defaults.public_url,
+            support_phone=_e164(env, "NOTIFIER_SUPPORT_PHONE"),
+            public_url=public_url or defaults.public_url,
             practice_name=opt("NOTIFIER_PRACTICE_NAME") or defaults.practice_name,
             practice_phone=opt("NOTIFIER_PRACTICE_PHONE") or defaults.practice_phone,
             practice_url=opt("NOTIFIER_PRACTICE_URL") or defaults.practice_url,

@@ -1,9 +1,12 @@
 """What Twilio and SendGrid tell us: delivery reports, and replies to our SMS.
 
 Every route verifies its provider's signature and answers 403 otherwise (or when the key to
-verify with is not configured). Reports name the notification: Twilio's status callback URL
-carries it (`?n=`), SendGrid echoes our `custom_args`. A report for an unknown id is kept
-aside and ignored; one that arrives before the send is recorded is kept and still counts.
+verify with is not configured). SendGrid signs a timestamp with each batch: one more than 10
+minutes from now is refused too, so a captured batch cannot be replayed later.
+
+Reports name the notification: Twilio's status callback URL carries it (`?n=`), SendGrid
+echoes our `custom_args`. A report for an unknown id is kept aside and ignored; one that
+arrives before the send is recorded is kept and still counts.
 """
 
 from __future__ import annotations
@@ -33,6 +36,16 @@ from notifier.store import DELIVERY_FAILURES, Store
 log = logging.getLogger(__name__)
 
 TWIML = "application/xml"
+#: How far SendGrid's signed timestamp may be from now (either way, for clock skew).
+SENDGRID_TOLERANCE_S = 10 * 60
+
+
+def fresh_timestamp(timestamp: str, now: datetime, tolerance_s: int = SENDGRID_TOLERANCE_S
+                    ) -> bool:
+    """Whether `timestamp` is Unix seconds (ASCII digits only) within `tolerance_s` of now."""
+    if not (timestamp.isascii() and timestamp.isdigit()) or len(timestamp) > 12:
+        return False
+    return abs(int(timestamp) - now.timestamp()) <= tolerance_s
 
 
 def sendgrid_key(settings: Settings) -> Any:
@@ -107,6 +120,7 @@ def provider_routes(settings: Settings, store: Store) -> APIRouter:
         body = await request.body()
         signature = request.headers.get("x-twilio-email-event-webhook-signature", "")
         timestamp = request.headers.get("x-twilio-email-event-webhook-timestamp", "")
+        now = utcnow()
         try:
             valid = event_key is not None and bool(signature) and EventWebhook().verify_signature(
                 body.decode("utf-8"), signature, timestamp, event_key)
@@ -114,11 +128,12 @@ def provider_routes(settings: Settings, store: Store) -> APIRouter:
             valid = False
         if not valid:
             return JSONResponse({"error": "signature"}, status_code=403)
+        if not fresh_timestamp(timestamp, now):
+            return JSONResponse({"error": "stale timestamp"}, status_code=403)
         try:
             events = json.loads(body)
         except ValueError:
             return JSONResponse({"error": "not JSON"}, status_code=400)
-        now = utcnow()
         for event in events if isinstance(events, list) else []:
             if not isinstance(event, dict):
                 continue

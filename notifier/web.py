@@ -2,26 +2,32 @@
 
 The web process stores an accepted event in Redis before it answers 202, then enqueues
 `apply_event`; if the enqueue is lost, the clock's sweep finds the stored event later.
+The read API shows health information, so it wants `Authorization: Bearer
+<NOTIFIER_API_TOKEN>`; health, metrics and the OpenAPI document stay open.
 """
 
 from __future__ import annotations
 
+import base64
 import binascii
+import hashlib
+import hmac
 import logging
+import re
 from collections.abc import Iterator
-from datetime import datetime
-from typing import Any, Literal
+from datetime import datetime, timedelta
+from typing import Annotated, Any, Literal
 
 import redis
 from dramatiq.brokers.redis import RedisBroker
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
-from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from notifier import __version__
 from notifier.config import Settings
@@ -38,6 +44,16 @@ log = logging.getLogger(__name__)
 #: Events larger than this are refused with 413 before anything else is looked at.
 MAX_BODY_BYTES = 64 * 1024
 SIGNATURE_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
+#: The read API lists notifications due from this long ago onwards, so a long-time client's
+#: history never crowds out what is coming.
+READ_WINDOW = timedelta(days=30)
+#: Standard Webhooks' replay window: a timestamp further than this from now is refused.
+TIMESTAMP_TOLERANCE_S = 5 * 60
+#: Unix seconds, ASCII digits only: no sign, fraction, exponent, blanks or other scripts.
+TIMESTAMP = re.compile(r"[0-9]{1,12}")
+#: The read API's security scheme; the route itself answers 401, so OpenAPI documents it.
+API_TOKEN = HTTPBearer(auto_error=False, scheme_name="ApiToken",
+                       description="`Authorization: Bearer <NOTIFIER_API_TOKEN>`")
 
 
 class EventAnswer(BaseModel):
@@ -69,21 +85,57 @@ class NotificationsAnswer(BaseModel):
     appointments: list[AppointmentOut] = []
 
 
-def verify_signature(secret: str, body: bytes, headers: dict[str, str]) -> str:
-    """Check a Standard Webhooks signature (any of several, 5-minute tolerance).
+def webhook_signature(secret: str, webhook_id: str, timestamp: str, body: bytes) -> bytes:
+    """HMAC-SHA256 of `{id}.{timestamp}.{body}` with the key after `whsec_`, over bytes
+    (a body need not be UTF-8 to be signed)."""
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    return hmac.new(key, f"{webhook_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
 
-    Returns the `webhook-id`; raises `SignatureError` for anything missing or wrong.
+
+def sign_webhook(secret: str, webhook_id: str, timestamp: int, body: bytes) -> str:
+    """The `webhook-signature` value (`v1,<base64>`) that `verify_signature` accepts."""
+    digest = webhook_signature(secret, webhook_id, str(timestamp), body)
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def _signature_entries(header: str) -> Iterator[bytes]:
+    """The well-formed `v1,<base64>` entries of a `webhook-signature`; others are skipped,
+    so a malformed or future-version entry cannot hide a valid one during key rotation."""
+    for entry in header.split():
+        version, comma, encoded = entry.partition(",")
+        if version != "v1" or not comma or not encoded:
+            continue
+        try:
+            yield base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            continue
+
+
+def verify_signature(secret: str, body: bytes, headers: dict[str, str], now: datetime) -> str:
+    """Check a Standard Webhooks signature: any one of several space-separated entries may
+    match, and the timestamp must be within 5 minutes of `now`.
+
+    `headers` are keyed in lower case. Returns the `webhook-id`; raises `SignatureError`
+    for anything missing, malformed, stale or wrong.
     """
     missing = [h for h in SIGNATURE_HEADERS if not headers.get(h)]
     if missing:
         raise SignatureError(f"missing header {', '.join(missing)}")
-    try:
-        Webhook(secret).verify(body, headers, json_parse=False)
-    except WebhookVerificationError as exc:
-        raise SignatureError(str(exc) or "signature does not match") from None
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise SignatureError("malformed signature header") from None
-    return headers["webhook-id"]
+    webhook_id, timestamp = headers["webhook-id"], headers["webhook-timestamp"]
+    if not TIMESTAMP.fullmatch(timestamp):
+        raise SignatureError("webhook-timestamp is not Unix seconds (digits only)")
+    skew_s = int(timestamp) - now.timestamp()
+    if skew_s < -TIMESTAMP_TOLERANCE_S:
+        raise SignatureError("webhook-timestamp more than 5 minutes old")
+    if skew_s > TIMESTAMP_TOLERANCE_S:
+        raise SignatureError("webhook-timestamp more than 5 minutes ahead")
+    expected = webhook_signature(secret, webhook_id, timestamp, body)
+    # Every entry is compared, so the time taken does not tell which one matched.
+    matched = [hmac.compare_digest(expected, given)
+               for given in _signature_entries(headers["webhook-signature"])]
+    if not any(matched):
+        raise SignatureError("no matching signature")
+    return webhook_id
 
 
 async def read_limited(request: Request, limit: int) -> bytes:
@@ -102,6 +154,18 @@ def _error(status: int, error: str, problems: list[FieldProblem] | None = None) 
     payload = ErrorAnswer(error=error, problems=[ProblemOut(field=p.field, message=p.message)
                                                  for p in problems or []])
     return JSONResponse(payload.model_dump(), status_code=status)
+
+
+def check_api_token(expected: str | None, credentials: HTTPAuthorizationCredentials | None
+                    ) -> str | None:
+    """Why a read API request is refused, or None when it carries the configured token."""
+    if expected is None:
+        return "NOTIFIER_API_TOKEN is not configured: the read API is closed"
+    if credentials is None:
+        return "missing Authorization: Bearer <NOTIFIER_API_TOKEN>"
+    if not hmac.compare_digest(credentials.credentials.encode(), expected.encode()):
+        return "wrong bearer token"
+    return None
 
 
 def _event_body_schema(app: FastAPI) -> dict[str, Any]:
@@ -151,6 +215,8 @@ class LedgerCollector(Collector):
 
 def create_app(settings: Settings, store: Store, broker: RedisBroker) -> FastAPI:
     secret = settings.require_webhook_secret()
+    if settings.api_token is None:
+        log.warning("NOTIFIER_API_TOKEN is not set: the read API refuses every request")
     app = FastAPI(title="Notifier", version=__version__,
                   description="Events in, appointment and medication reminders out.")
     registry = CollectorRegistry()
@@ -165,7 +231,7 @@ def create_app(settings: Settings, store: Store, broker: RedisBroker) -> FastAPI
         try:
             body = await read_limited(request, MAX_BODY_BYTES)
             webhook_id = verify_signature(secret, body, {k.lower(): v for k, v in
-                                                         request.headers.items()})
+                                                         request.headers.items()}, utcnow())
             event = parse_event(body)
             if event.id != webhook_id:
                 raise InvalidEvent([FieldProblem("id", "must equal the webhook-id header")])
@@ -192,9 +258,18 @@ def create_app(settings: Settings, store: Store, broker: RedisBroker) -> FastAPI
         return JSONResponse(EventAnswer(id=event.id, status="accepted").model_dump(),
                             status_code=202)
 
-    @app.get("/v1/clients/{client_id}/notifications", response_model=NotificationsAnswer)
-    def client_notifications(client_id: str) -> NotificationsAnswer:
-        views = store.notifications_for("client", client_id)
+    @app.get("/v1/clients/{client_id}/notifications", response_model=NotificationsAnswer,
+             responses={401: {"model": ErrorAnswer}})
+    def client_notifications(
+        client_id: str,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(API_TOKEN)],
+    ) -> NotificationsAnswer | JSONResponse:
+        refused = check_api_token(settings.api_token, credentials)
+        if refused is not None:
+            answer = _error(401, refused)
+            answer.headers["WWW-Authenticate"] = "Bearer"
+            return answer
+        views = store.notifications_for("client", client_id, since=utcnow() - READ_WINDOW)
         visits = store.load_record(f"visits:{client_id}")
         upcoming = sorted(visits.upcoming) if isinstance(visits, VisitsRecord) else []
         appointments = [

@@ -48,6 +48,7 @@ def service_env(redis_url: str, tmp_path: Path, lease_s: int = 3) -> dict[str, s
         "NOTIFIER_LEASE_S": str(lease_s),
         "NOTIFIER_REDIS_URL": redis_url,
         "NOTIFIER_WEBHOOK_SECRET": "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode(),
+        "NOTIFIER_API_TOKEN": secrets.token_urlsafe(32),
         "NOTIFIER_OUTBOX_DIR": str(tmp_path / "outbox"),
         "NOTIFIER_VAR_DIR": str(tmp_path / "var"),
     }
@@ -95,7 +96,8 @@ class Service:
         return self.http.post("/v1/events", content=body, headers=headers)
 
     def notifications(self, client_id: str) -> dict[str, dict[str, Any]]:
-        answer = self.http.get(f"/v1/clients/{client_id}/notifications")
+        answer = self.http.get(f"/v1/clients/{client_id}/notifications", headers={
+            "Authorization": f"Bearer {self.env['NOTIFIER_API_TOKEN']}"})
         answer.raise_for_status()
         return {n["id"]: n for n in answer.json()["notifications"]}
 

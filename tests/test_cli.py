@@ -14,7 +14,8 @@ from zoneinfo import ZoneInfo
 
 import httpx
 
-from notifier.config import PROJECT_ROOT
+from notifier.cli import dev_api_token
+from notifier.config import PROJECT_ROOT, Settings
 from notifier.policy.timing import hold_for_quiet_hours
 from notifier.redis_server import EmbeddedRedis, free_port
 from tests.service import wait_for
@@ -51,6 +52,14 @@ def test_dev_runs_on_the_embedded_redis_and_send_event_reaches_it(tmp_path, poli
         assert embedded.running()
         assert embedded.ensure() == embedded.url and embedded.process is None  # reused
 
+        token_file = tmp_path / "var" / "api-token"
+        token = token_file.read_text().strip()
+        assert token_file.stat().st_mode & 0o777 == 0o600
+        auth = {"Authorization": f"Bearer {token}"}
+        read_url = base + "/v1/clients/client-1/notifications"
+        assert httpx.get(read_url).status_code == 401
+        assert httpx.get(read_url, headers=auth).status_code == 200
+
         sent = notifier("send-event", str(EXAMPLE), "--url", base, cwd=tmp_path)
         assert sent.returncode == 0, sent.stdout + sent.stderr
         assert sent.stdout.count(": 202 ") == 3
@@ -66,7 +75,7 @@ def test_dev_runs_on_the_embedded_redis_and_send_event_reaches_it(tmp_path, poli
             assert list((tmp_path / "var" / "outbox").glob("*.ics"))
         else:  # night there: held until 08:00 client-local
             def planned() -> dict[str, dict[str, str]]:
-                answer = httpx.get(base + "/v1/clients/client-1/notifications").json()
+                answer = httpx.get(read_url, headers=auth).json()
                 return {n["id"]: n for n in answer["notifications"]}
 
             wait_for(lambda: "appointment_confirmation:appt-1:booked:sms" in planned(),
@@ -82,7 +91,28 @@ def test_dev_runs_on_the_embedded_redis_and_send_event_reaches_it(tmp_path, poli
         output = dev.communicate(timeout=30)[0]
     assert f"listening on http://127.0.0.1:{port}" in output
     assert "notifier send-event examples/appointment-scheduled.json" in output
+    assert f"curl -H 'Authorization: Bearer {token}' {read_url}\n" in output
     assert not EmbeddedRedis(tmp_path / "var").running()  # dev stops what it started
+
+
+def test_dev_makes_an_api_token_once_and_keeps_it(tmp_path):
+    unset = Settings.from_env({"NOTIFIER_VAR_DIR": str(tmp_path / "var")},
+                              dotenv=Path("/nonexistent"))
+    first = dev_api_token(unset).api_token
+    assert first is not None and len(first) >= 24
+    assert dev_api_token(unset).api_token == first
+    # What it wrote is a token the settings themselves would accept.
+    again = Settings.from_env({"NOTIFIER_API_TOKEN": first}, dotenv=Path("/nonexistent"))
+    assert again.api_token == first
+    assert (tmp_path / "var" / "api-token").stat().st_mode & 0o777 == 0o600
+
+
+def test_dev_uses_the_configured_api_token(tmp_path):
+    token = "configured-token-" + "z" * 20
+    configured = Settings.from_env({"NOTIFIER_VAR_DIR": str(tmp_path / "var"),
+                                    "NOTIFIER_API_TOKEN": token}, dotenv=Path("/nonexistent"))
+    assert dev_api_token(configured).api_token == token
+    assert not (tmp_path / "var" / "api-token").exists()
 
 
 def test_a_bad_setting_stops_start_up_with_one_line(tmp_path):

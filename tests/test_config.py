@@ -12,6 +12,9 @@ from notifier.errors import ConfigError
 
 NO_DOTENV = Path("/nonexistent")
 SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
+TOKEN = "t0k3n-" + "a" * 18  # 24 characters, the least allowed
+PUBLIC = "https://notifier.example.org"
+TWILIO = {"TWILIO_ACCOUNT_SID": "AC1", "TWILIO_AUTH_TOKEN": "tok", "TWILIO_FROM": "+15005550006"}
 
 
 def settings(**env: str) -> Settings:
@@ -26,8 +29,7 @@ def test_defaults_deliver_to_the_outbox_on_the_embedded_redis():
 
 
 def test_provider_credentials_choose_the_provider_unless_told_otherwise():
-    creds = {"TWILIO_ACCOUNT_SID": "AC1", "TWILIO_AUTH_TOKEN": "tok", "TWILIO_FROM": "+15005550006",
-             "SENDGRID_API_KEY": "SG.key"}
+    creds = {**TWILIO, "SENDGRID_API_KEY": "SG.key", "NOTIFIER_PUBLIC_URL": PUBLIC}
     s = settings(**creds)
     assert (s.sms_backend, s.email_backend) == ("twilio", "sendgrid")
     s = settings(**creds, NOTIFIER_SMS_BACKEND="outbox", NOTIFIER_EMAIL_BACKEND="OUTBOX")
@@ -37,11 +39,51 @@ def test_provider_credentials_choose_the_provider_unless_told_otherwise():
 
 def test_secrets_never_show_in_repr():
     s = settings(NOTIFIER_WEBHOOK_SECRET=SECRET, TWILIO_AUTH_TOKEN="tok-123",
-                 SENDGRID_API_KEY="SG.very-secret", NOTIFIER_SMS_BACKEND="outbox")
+                 SENDGRID_API_KEY="SG.very-secret", NOTIFIER_SMS_BACKEND="outbox",
+                 NOTIFIER_API_TOKEN=TOKEN)
     text = repr(s)
-    for secret in (SECRET, "tok-123", "SG.very-secret"):
+    for secret in (SECRET, "tok-123", "SG.very-secret", TOKEN):
         assert secret not in text
     assert s.require_webhook_secret() == SECRET
+    assert s.api_token == TOKEN
+
+
+def test_the_api_token_is_optional():
+    assert settings().api_token is None
+
+
+@pytest.mark.parametrize("phone", ["+14155550123", "+442079460958"])
+def test_phones_in_e164_form_are_kept(phone):
+    s = settings(NOTIFIER_SUPPORT_PHONE=phone, TWILIO_FROM=phone)
+    assert (s.support_phone, s.twilio_from) == (phone, phone)
+
+
+@pytest.mark.parametrize("public_url", [PUBLIC, "https://notifier.example.org:8443/base",
+                                        "http://203.0.113.7:8000"])
+def test_the_twilio_backend_starts_with_a_reachable_public_url(public_url):
+    s = settings(**TWILIO, NOTIFIER_PUBLIC_URL=public_url)
+    assert (s.sms_backend, s.public_url) == ("twilio", public_url.rstrip("/"))
+
+
+@pytest.mark.parametrize("public_url", [None, "http://localhost:8000", "https://LOCALHOST",
+                                        "http://127.0.0.1:8000", "http://127.1.2.3",
+                                        "http://[::1]:8000", "http://0.0.0.0:8000",
+                                        "http://app.localhost"])
+@pytest.mark.parametrize("backend", [{}, {"NOTIFIER_SMS_BACKEND": "twilio"}])
+def test_the_twilio_backend_refuses_a_public_url_twilio_cannot_reach(public_url, backend):
+    env = {**TWILIO, **backend}
+    if public_url is not None:
+        env["NOTIFIER_PUBLIC_URL"] = public_url
+    with pytest.raises(ConfigError) as caught:
+        settings(**env)
+    message = str(caught.value)
+    assert message.startswith("NOTIFIER_PUBLIC_URL: the twilio backend needs a URL"), message
+    assert "\n" not in message
+
+
+def test_a_local_public_url_is_fine_for_the_outbox():
+    s = settings(**TWILIO, NOTIFIER_SMS_BACKEND="outbox", NOTIFIER_PUBLIC_URL="http://localhost")
+    assert (s.sms_backend, s.public_url) == ("outbox", "http://localhost")
 
 
 def test_dotenv_is_read_and_the_environment_wins(tmp_path):
@@ -72,6 +114,19 @@ def test_dotenv_is_read_and_the_environment_wins(tmp_path):
     ({"NOTIFIER_WORKER_THREADS": "many"}, "NOTIFIER_WORKER_THREADS"),
     ({"NOTIFIER_WORKER_THREADS": "0"}, "NOTIFIER_WORKER_THREADS"),
     ({"NOTIFIER_LEASE_S": "-5"}, "NOTIFIER_LEASE_S"),
+    ({"NOTIFIER_API_TOKEN": "t" * 23}, "NOTIFIER_API_TOKEN"),
+    ({"NOTIFIER_API_TOKEN": "short"}, "NOTIFIER_API_TOKEN"),
+    ({"NOTIFIER_API_TOKEN": "a token with spaces in it, long enough"}, "NOTIFIER_API_TOKEN"),
+    ({"NOTIFIER_API_TOKEN": "ünïcode-" + "x" * 30}, "NOTIFIER_API_TOKEN"),
+    ({"NOTIFIER_SUPPORT_PHONE": "555-0100"}, "NOTIFIER_SUPPORT_PHONE"),
+    ({"NOTIFIER_SUPPORT_PHONE": "+1 415 555 0123"}, "NOTIFIER_SUPPORT_PHONE"),
+    ({"NOTIFIER_SUPPORT_PHONE": "14155550123"}, "NOTIFIER_SUPPORT_PHONE"),
+    ({"NOTIFIER_SUPPORT_PHONE": "+1415555012"}, "NOTIFIER_SUPPORT_PHONE"),
+    ({"NOTIFIER_SUPPORT_PHONE": "+10005550123"}, "NOTIFIER_SUPPORT_PHONE"),
+    ({"NOTIFIER_SUPPORT_PHONE": "support"}, "NOTIFIER_SUPPORT_PHONE"),
+    ({"TWILIO_FROM": "415-555-0123"}, "TWILIO_FROM"),
+    ({**TWILIO, "TWILIO_FROM": "+1 500 555 0006", "NOTIFIER_PUBLIC_URL": PUBLIC}, "TWILIO_FROM"),
+    ({"NOTIFIER_SMS_BACKEND": "outbox", "TWILIO_FROM": "+1500555000"}, "TWILIO_FROM"),
 ])
 def test_a_bad_value_names_its_variable(env, names):
     with pytest.raises(ConfigError) as caught:

@@ -22,7 +22,7 @@ from twilio.request_validator import RequestValidator
 from notifier.config import Settings
 from notifier.errors import ConfigError
 from notifier.policy.timing import utcnow
-from notifier.provider_hooks import sendgrid_key
+from notifier.provider_hooks import fresh_timestamp, sendgrid_key
 from notifier.store import Store
 from notifier.tasks import build_broker
 from notifier.web import create_app
@@ -36,6 +36,8 @@ TOKEN = "twilio-auth-token"
 PUBLIC = "https://notifier.example.org"
 PHONE = "+14155550123"
 SECRET = "whsec_" + base64.b64encode(b"s" * 32).decode()
+API_TOKEN = "provider-hooks-read-token-0123"
+READ = {"Authorization": f"Bearer {API_TOKEN}"}
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +56,7 @@ def settings(ecdsa_key) -> Settings:
     return Settings.from_env({
         "NOTIFIER_WEBHOOK_SECRET": SECRET, "TWILIO_AUTH_TOKEN": TOKEN,
         "NOTIFIER_PUBLIC_URL": PUBLIC, "SENDGRID_WEBHOOK_PUBLIC_KEY": public_key_b64(ecdsa_key),
+        "NOTIFIER_API_TOKEN": API_TOKEN,
     }, dotenv=Path("/nonexistent"))
 
 
@@ -74,9 +77,9 @@ def twilio_post(http: TestClient, path: str, form: dict[str, str], token: str = 
 
 
 def sendgrid_post(http: TestClient, events: list[dict], key: ec.EllipticCurvePrivateKey,
-                  tamper: bool = False):
+                  tamper: bool = False, timestamp: str | None = None):
     body = json.dumps(events)
-    timestamp = str(int(datetime.now(UTC).timestamp()))
+    timestamp = timestamp or str(int(datetime.now(UTC).timestamp()))
     signature = base64.b64encode(
         key.sign((timestamp + body).encode(), ec.ECDSA(hashes.SHA256()))).decode()
     sent = body.replace("delivered", "bounce") if tamper else body
@@ -105,7 +108,7 @@ EMAIL_ID = "appointment_confirmation:a1:booked:email"
 
 
 def shown(http: TestClient, notification_id: str) -> dict:
-    notes = http.get("/v1/clients/c1/notifications").json()["notifications"]
+    notes = http.get("/v1/clients/c1/notifications", headers=READ).json()["notifications"]
     return {n["id"]: n for n in notes}[notification_id]
 
 
@@ -229,6 +232,53 @@ def test_a_tampered_or_unsigned_sendgrid_batch_is_refused(http, store, policy, e
     assert shown(http, EMAIL_ID)["state"] == "sent"
 
 
+def sendgrid_time(offset: timedelta) -> str:
+    return str(int((datetime.now(UTC) + offset).timestamp()))
+
+
+@pytest.mark.parametrize("offset", [timedelta(minutes=-11), timedelta(minutes=11),
+                                    timedelta(days=-30)])
+def test_a_validly_signed_sendgrid_batch_with_a_stale_timestamp_is_refused(
+        http, store, policy, ecdsa_key, offset):
+    booked(store, policy)
+    sent(store, EMAIL_ID)
+    events = [{"event": "delivered", "notification_id": EMAIL_ID}]
+    answer = sendgrid_post(http, events, ecdsa_key, timestamp=sendgrid_time(offset))
+    assert answer.status_code == 403
+    assert answer.json() == {"error": "stale timestamp"}
+    assert shown(http, EMAIL_ID)["state"] == "sent"
+
+
+@pytest.mark.parametrize("spelled", ["{}.0", "{}.9", "{}e0", "+{}", "{:_}"])
+def test_a_sendgrid_timestamp_that_is_not_plain_digits_is_refused(http, store, policy,
+                                                                  ecdsa_key, spelled):
+    booked(store, policy)
+    sent(store, EMAIL_ID)
+    events = [{"event": "delivered", "notification_id": EMAIL_ID}]
+    timestamp = spelled.format(int(datetime.now(UTC).timestamp()))
+    assert sendgrid_post(http, events, ecdsa_key, timestamp=timestamp).status_code == 403
+    assert shown(http, EMAIL_ID)["state"] == "sent"
+
+
+@pytest.mark.parametrize("offset", [timedelta(minutes=-9), timedelta(minutes=9)])
+def test_a_sendgrid_timestamp_within_10_minutes_is_accepted(http, store, policy, ecdsa_key,
+                                                            offset):
+    booked(store, policy)
+    sent(store, EMAIL_ID)
+    events = [{"event": "delivered", "notification_id": EMAIL_ID}]
+    answer = sendgrid_post(http, events, ecdsa_key, timestamp=sendgrid_time(offset))
+    assert answer.status_code == 204
+    assert shown(http, EMAIL_ID)["state"] == "delivered"
+
+
+@pytest.mark.parametrize(("skew_s", "fresh"), [
+    (0, True), (600, True), (-600, True), (601, False), (-601, False),
+])
+def test_fresh_timestamp_allows_10_minutes_either_way(skew_s, fresh):
+    now = datetime(2030, 3, 4, 12, 0, tzinfo=UTC)
+    assert fresh_timestamp(str(int(now.timestamp()) + skew_s), now) is fresh
+
+
 def test_a_malformed_sendgrid_public_key_stops_start_up():
     bad = Settings.from_env({"SENDGRID_WEBHOOK_PUBLIC_KEY": "not-a-key"},
                             dotenv=Path("/nonexistent"))
@@ -280,7 +330,7 @@ def test_c_confirms_the_next_appointment_in_the_read_api(http, store, policy):
     booked(store, policy)
     answer = inbound(http, "c")
     assert "is confirmed" in answer.text
-    [appt] = http.get("/v1/clients/c1/notifications").json()["appointments"]
+    [appt] = http.get("/v1/clients/c1/notifications", headers=READ).json()["appointments"]
     assert appt["id"] == "a1" and appt["confirmed_at"] is not None
 
 

@@ -21,15 +21,18 @@ from dramatiq.brokers.redis import RedisBroker
 from prometheus_client.parser import text_string_to_metric_families
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from standardwebhooks.webhooks import Webhook
 
 from notifier.apply import apply_stored_event
 from notifier.cli import sign_event
 from notifier.config import Settings
+from notifier.errors import SignatureError
 from notifier.events import EVENT_MODELS
+from notifier.policy.plan import Plan, PlannedNotification
 from notifier.redis_server import free_port
-from notifier.store import PENDING_EVENTS, Store, event_key
+from notifier.store import PENDING_EVENTS, READ_LIMIT, Store, event_key
 from notifier.tasks import APPLY_EVENT, EVENTS_QUEUE, build_broker
-from notifier.web import MAX_BODY_BYTES, create_app
+from notifier.web import MAX_BODY_BYTES, create_app, sign_webhook, verify_signature
 
 with warnings.catch_warnings():
     # Starlette asks for the httpx2 package and warns at import when only httpx is there.
@@ -40,6 +43,7 @@ NAMESPACE = "notifier-dq"
 QUEUE_KEY = f"{NAMESPACE}:{EVENTS_QUEUE}"
 QUEUE_MESSAGES_KEY = f"{NAMESPACE}:{EVENTS_QUEUE}.msgs"
 NOW = datetime(2030, 3, 4, 12, 0, tzinfo=UTC)
+TOKEN = "read-api-token-" + "x" * 20
 
 
 def new_secret() -> str:
@@ -53,7 +57,8 @@ def secret() -> str:
 
 @pytest.fixture
 def settings(secret: str) -> Settings:
-    return Settings.from_env({"NOTIFIER_WEBHOOK_SECRET": secret}, dotenv=Path("/nonexistent"))
+    return Settings.from_env({"NOTIFIER_WEBHOOK_SECRET": secret, "NOTIFIER_API_TOKEN": TOKEN},
+                             dotenv=Path("/nonexistent"))
 
 
 @pytest.fixture
@@ -116,6 +121,11 @@ def assert_nothing_written(r: redis.Redis) -> None:
 
 def problem_fields(answer: Any) -> list[str]:
     return [p["field"] for p in answer.json()["problems"]]
+
+
+def read(client: TestClient, client_id: str, token: str = TOKEN) -> Any:
+    return client.get(f"/v1/clients/{client_id}/notifications",
+                      headers={"Authorization": f"Bearer {token}"})
 
 
 # Accepting -----------------------------------------------------------------------------------
@@ -219,7 +229,7 @@ def test_wrong_secret_is_401(client, redis_client):
     body = encode(event())
     answer = client.post("/v1/events", content=body, headers=signed(new_secret(), body, "evt-1"))
     assert answer.status_code == 401
-    assert answer.json() == {"error": "signature: No matching signature found", "problems": []}
+    assert answer.json() == {"error": "signature: no matching signature", "problems": []}
     assert_nothing_written(redis_client)
 
 
@@ -280,8 +290,8 @@ def test_signature_for_another_timestamp_is_401(client, secret, redis_client):
 
 
 @pytest.mark.parametrize(("skew", "error"), [
-    (timedelta(minutes=-6), "signature: Message timestamp too old"),
-    (timedelta(minutes=6), "signature: Message timestamp too new"),
+    (timedelta(minutes=-6), "signature: webhook-timestamp more than 5 minutes old"),
+    (timedelta(minutes=6), "signature: webhook-timestamp more than 5 minutes ahead"),
 ])
 def test_timestamp_more_than_5_minutes_off_is_401(client, secret, redis_client, skew, error):
     body = encode(event())
@@ -307,6 +317,20 @@ def test_unreadable_timestamp_is_401(client, secret, redis_client, timestamp):
     assert_nothing_written(redis_client)
 
 
+@pytest.mark.parametrize("spelled", ["{}.9", "{}.0", "{}e0", "+{}", "0x{:x}"])
+def test_timestamp_other_than_plain_digits_is_401_even_when_its_floor_was_signed(
+        client, secret, redis_client, spelled):
+    body = encode(event())
+    now = datetime.now(UTC)
+    headers = signed(secret, body, "evt-1", now)
+    headers["webhook-timestamp"] = spelled.format(int(now.timestamp()))
+    answer = client.post("/v1/events", content=body, headers=headers)
+    assert answer.status_code == 401
+    assert answer.json()["error"] == (
+        "signature: webhook-timestamp is not Unix seconds (digits only)")
+    assert_nothing_written(redis_client)
+
+
 def test_key_rotation_second_of_two_signatures_valid_is_accepted(client, secret, redis_client):
     body = encode(event())
     now = datetime.now(UTC)
@@ -319,6 +343,24 @@ def test_key_rotation_second_of_two_signatures_valid_is_accepted(client, secret,
     assert len(queued(redis_client)) == 1
 
 
+@pytest.mark.parametrize("before", [
+    "v2", "v2,{valid}", "v1,abc", "v1,not-base64!!", "garbage", "v1,", "v1", "v1,a,b",
+    "v1,Zm9v", "v1,{other}",
+])
+def test_key_rotation_a_malformed_entry_does_not_hide_a_valid_one(client, secret, redis_client,
+                                                                   before):
+    body = encode(event())
+    now = datetime.now(UTC)
+    valid = signed(secret, body, "evt-1", now)["webhook-signature"]
+    other = signed(new_secret(), body, "evt-1", now)["webhook-signature"]
+    headers = signed(secret, body, "evt-1", now)
+    entry = before.format(valid=valid.removeprefix("v1,"), other=other.removeprefix("v1,"))
+    headers["webhook-signature"] = f"{entry} {valid}"
+    answer = client.post("/v1/events", content=body, headers=headers)
+    assert answer.status_code == 202, answer.json()
+    assert len(queued(redis_client)) == 1
+
+
 def test_key_rotation_with_no_valid_signature_is_401(client, redis_client):
     body = encode(event())
     now = datetime.now(UTC)
@@ -327,6 +369,106 @@ def test_key_rotation_with_no_valid_signature_is_401(client, redis_client):
         "webhook-signature"]
     assert client.post("/v1/events", content=body, headers=headers).status_code == 401
     assert_nothing_written(redis_client)
+
+
+def test_a_body_that_is_not_utf8_is_verified_then_refused_as_not_json(client, secret,
+                                                                      redis_client):
+    body = b'{"id": "evt-1", "x": "\xff\xfe"}'
+    answer = post_raw(client, secret, body)
+    assert answer.status_code == 422
+    assert problem_fields(answer) == ["body"]
+    assert_nothing_written(redis_client)
+
+
+# The verification itself, pure: (secret, body, headers, now) -----------------------------------
+
+PURE_SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
+PURE_NOW = datetime(2030, 3, 4, 12, 0, 0, 700_000, tzinfo=UTC)
+PURE_TS = int(PURE_NOW.timestamp())
+
+
+def pure_headers(signature: str | None = None, timestamp: str | None = None,
+                 body: bytes = b"{}", secret: str = PURE_SECRET) -> dict[str, str]:
+    return {"webhook-id": "evt-1", "webhook-timestamp": timestamp or str(PURE_TS),
+            "webhook-signature": signature or sign_webhook(secret, "evt-1", PURE_TS, body)}
+
+
+def test_pure_verification_returns_the_webhook_id():
+    assert verify_signature(PURE_SECRET, b"{}", pure_headers(), PURE_NOW) == "evt-1"
+
+
+@pytest.mark.parametrize("entries", [
+    "v2 {valid}", "v1,abc {valid}", "garbage {valid}", "{valid} garbage", "v1,!! {valid}",
+    "v1,a,b {valid}", "v2,{valid_b64} {valid}", "{other}  {valid}", "{other}\t{valid}",
+])
+def test_pure_any_well_formed_matching_entry_is_enough(entries):
+    valid = sign_webhook(PURE_SECRET, "evt-1", PURE_TS, b"{}")
+    other = sign_webhook("whsec_" + base64.b64encode(b"o" * 32).decode(), "evt-1", PURE_TS,
+                         b"{}")
+    header = entries.format(valid=valid, valid_b64=valid.removeprefix("v1,"), other=other)
+    assert verify_signature(PURE_SECRET, b"{}", pure_headers(header), PURE_NOW) == "evt-1"
+
+
+@pytest.mark.parametrize("entries", [
+    "v2,{valid_b64}", "V1,{valid_b64}", "v1 {valid_b64}", "v1,{valid_b64}x", "{other}",
+    "garbage", "v1,", ",", "v1,{valid_b64_unpadded}",
+])
+def test_pure_no_well_formed_matching_entry_is_refused(entries):
+    valid = sign_webhook(PURE_SECRET, "evt-1", PURE_TS, b"{}").removeprefix("v1,")
+    other = sign_webhook("whsec_" + base64.b64encode(b"o" * 32).decode(), "evt-1", PURE_TS,
+                         b"{}")
+    header = entries.format(valid_b64=valid, valid_b64_unpadded=valid.rstrip("="), other=other)
+    with pytest.raises(SignatureError, match="^no matching signature$"):
+        verify_signature(PURE_SECRET, b"{}", pure_headers(header), PURE_NOW)
+
+
+@pytest.mark.parametrize("timestamp", [
+    f"{PURE_TS}.9", f"{PURE_TS}.0", f"{PURE_TS}e0", f" {PURE_TS}", f"{PURE_TS} ", f"+{PURE_TS}",
+    f"{PURE_TS}\n", str(PURE_TS).translate(str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩")),
+    f"{PURE_TS:_}", "9" * 40,
+])
+def test_pure_timestamp_must_be_plain_digits(timestamp):
+    # The signature is over the floored value, which the old check accepted.
+    with pytest.raises(SignatureError, match="not Unix seconds"):
+        verify_signature(PURE_SECRET, b"{}", pure_headers(timestamp=timestamp), PURE_NOW)
+
+
+@pytest.mark.parametrize(("skew_s", "accepted"), [
+    (-300, True), (300, True), (-301, False), (301, False), (0, True),
+])
+def test_pure_timestamp_tolerance_is_5_minutes_either_way(skew_s, accepted):
+    ts = PURE_TS + skew_s
+    headers = pure_headers(sign_webhook(PURE_SECRET, "evt-1", ts, b"{}"), str(ts))
+    now = PURE_NOW.replace(microsecond=0)
+    if accepted:
+        assert verify_signature(PURE_SECRET, b"{}", headers, now) == "evt-1"
+    else:
+        with pytest.raises(SignatureError, match="more than 5 minutes"):
+            verify_signature(PURE_SECRET, b"{}", headers, now)
+
+
+@pytest.mark.parametrize("missing", ["webhook-id", "webhook-timestamp", "webhook-signature"])
+def test_pure_each_header_is_required(missing):
+    headers = {k: v for k, v in pure_headers().items() if k != missing}
+    with pytest.raises(SignatureError, match=f"^missing header {missing}$"):
+        verify_signature(PURE_SECRET, b"{}", headers, PURE_NOW)
+
+
+def test_pure_a_body_that_is_not_utf8_is_signed_and_verified_as_bytes():
+    body = b"\xff\xfe\x00 not text"
+    headers = pure_headers(sign_webhook(PURE_SECRET, "evt-1", PURE_TS, body))
+    assert verify_signature(PURE_SECRET, body, headers, PURE_NOW) == "evt-1"
+    with pytest.raises(SignatureError):
+        verify_signature(PURE_SECRET, body + b"!", headers, PURE_NOW)
+
+
+def test_signatures_are_compatible_with_the_standard_webhooks_library():
+    body = encode(event())
+    now = datetime.now(UTC)
+    ours = sign_event(PURE_SECRET, body, "evt-1", now)
+    Webhook(PURE_SECRET).verify(body, ours, json_parse=False)  # raises when they differ
+    theirs = {**ours, "webhook-signature": Webhook(PURE_SECRET).sign("evt-1", now, body.decode())}
+    assert verify_signature(PURE_SECRET, body, theirs, now) == "evt-1"
 
 
 # Size ----------------------------------------------------------------------------------------
@@ -484,7 +626,7 @@ def test_event_id_outside_the_safe_alphabet_is_422_naming_id(client, secret, red
 # Reading -------------------------------------------------------------------------------------
 
 def test_notifications_of_an_unknown_client_is_an_empty_list(client):
-    answer = client.get("/v1/clients/nobody/notifications")
+    answer = read(client, "nobody")
     assert answer.status_code == 200
     assert answer.json() == {"client_id": "nobody", "notifications": [], "appointments": []}
 
@@ -502,7 +644,7 @@ def test_notifications_list_what_a_booking_planned(client, secret, store, policy
         assert post(client, secret, evt).status_code == 202
         assert apply_stored_event(store, evt["id"], policy, NOW) is not None
 
-    answer = client.get("/v1/clients/c1/notifications")
+    answer = read(client, "c1")
     assert answer.status_code == 200
     body = answer.json()
     assert body["client_id"] == "c1"
@@ -528,7 +670,65 @@ def test_notifications_list_what_a_booking_planned(client, secret, store, policy
         assert (n["state"], n["reason"], n["sent_at"], n["code"]) == ("scheduled", "", None, None)
     dues = [datetime.fromisoformat(n["due_at"]) for n in body["notifications"]]
     assert dues == sorted(dues), "listed by due time"
-    assert client.get("/v1/clients/c2/notifications").json()["notifications"] == []
+    assert read(client, "c2").json()["notifications"] == []
+
+
+def planned_for_c1(name: str, due: datetime) -> PlannedNotification:
+    return PlannedNotification(
+        id=f"appointment_reminder:{name}:sms", kind="appointment_reminder", channel="sms",
+        recipient="client", recipient_id="c1", entity=f"appointment:{name}", due_at=due,
+        expires_at=due + timedelta(hours=1))
+
+
+def test_the_read_api_shows_the_last_30_days_and_what_is_coming(client, store):
+    now = datetime.now(UTC)
+    history = [planned_for_c1(f"old{i}", now - timedelta(days=31, minutes=i))
+               for i in range(READ_LIMIT + 10)]
+    recent = planned_for_c1("recent", now - timedelta(days=29))
+    upcoming = planned_for_c1("upcoming", now + timedelta(days=7))
+    store.write_plan(Plan(outcome="applied", add=(*history, recent, upcoming)), now)
+    shown = [n["id"] for n in read(client, "c1").json()["notifications"]]
+    assert shown == [recent.id, upcoming.id]
+
+
+@pytest.mark.parametrize("authorization", [
+    None, f"Basic {TOKEN}", "Bearer", f"Bearer {TOKEN[:-1]}", f"Bearer {TOKEN}x",
+    f"Bearer {TOKEN.upper()}", "Bearer wrong", f"Token {TOKEN}", TOKEN,
+])
+def test_the_read_api_wants_the_bearer_token(client, authorization):
+    headers = {} if authorization is None else {"Authorization": authorization}
+    answer = client.get("/v1/clients/c1/notifications", headers=headers)
+    assert answer.status_code == 401
+    assert answer.headers["www-authenticate"] == "Bearer"
+    assert answer.json()["error"] in {"missing Authorization: Bearer <NOTIFIER_API_TOKEN>",
+                                      "wrong bearer token"}
+    assert "notifications" not in answer.json()
+
+
+def test_the_read_api_names_what_is_wrong(client):
+    missing = client.get("/v1/clients/c1/notifications")
+    assert missing.json() == {"error": "missing Authorization: Bearer <NOTIFIER_API_TOKEN>",
+                              "problems": []}
+    wrong = read(client, "c1", token="x" * len(TOKEN))
+    assert wrong.json() == {"error": "wrong bearer token", "problems": []}
+    assert read(client, "c1").status_code == 200
+
+
+def test_without_an_api_token_configured_the_read_api_is_closed(secret, store, broker):
+    unset = Settings.from_env({"NOTIFIER_WEBHOOK_SECRET": secret}, dotenv=Path("/nonexistent"))
+    with TestClient(create_app(unset, store, broker)) as closed:
+        for headers in ({}, {"Authorization": f"Bearer {TOKEN}"},
+                        {"Authorization": "Bearer None"}, {"Authorization": "Bearer "}):
+            answer = closed.get("/v1/clients/c1/notifications", headers=headers)
+            assert answer.status_code == 401
+            assert answer.json()["error"] == (
+                "NOTIFIER_API_TOKEN is not configured: the read API is closed")
+        assert closed.get("/healthz").status_code == 200
+
+
+def test_health_metrics_and_openapi_need_no_token(client):
+    for path in ("/healthz", "/metrics", "/openapi.json"):
+        assert client.get(path).status_code == 200, path
 
 
 # Health, metrics, OpenAPI ---------------------------------------------------------------------
@@ -613,3 +813,18 @@ def test_openapi_documents_every_event_type_and_the_read_side(client):
     for ref in refs_in(document):
         resolve(document, ref)
     assert client.get("/openapi.json").json() == document
+
+
+def test_openapi_documents_the_read_api_bearer_token_and_nothing_else_needs_it(client):
+    document = client.get("/openapi.json").json()
+    schemes = document["components"]["securitySchemes"]
+    assert [(s["type"], s["scheme"]) for s in schemes.values()] == [("http", "bearer")]
+    [name] = schemes
+    read_op = document["paths"]["/v1/clients/{client_id}/notifications"]["get"]
+    assert read_op["security"] == [{name: []}]
+    assert resolve(document, read_op["responses"]["401"]["content"]["application/json"][
+        "schema"]["$ref"])["title"] == "ErrorAnswer"
+    secured = [(path, method) for path, ops in document["paths"].items()
+               for method, op in ops.items() if "security" in op]
+    assert secured == [("/v1/clients/{client_id}/notifications", "get")]
+    assert "security" not in document
