@@ -10,10 +10,11 @@ import base64
 import binascii
 import ipaddress
 import os
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlparse
 
 import phonenumbers
@@ -34,6 +35,17 @@ class Secret(str):
 
     def __repr__(self) -> str:
         return "Secret('**********')"
+
+
+def read_schedule_file(schedules_dir: Path, name: str, what: str) -> dict[str, Any]:
+    """A TOML file of `schedules/`, or a ConfigError naming what is wrong with it."""
+    path = schedules_dir / name
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"NOTIFIER_SCHEDULES_DIR: no {name} in {schedules_dir}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{what} file {path}: not valid TOML ({exc})") from None
 
 
 def _webhook_secret(value: str, name: str) -> Secret:

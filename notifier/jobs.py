@@ -7,7 +7,6 @@ minute after it, one that occurs twice (fall back) fires once, at the first.
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -15,6 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 
+from notifier.config import read_schedule_file
 from notifier.errors import ConfigError
 from notifier.policy.timing import local_time
 
@@ -34,13 +34,7 @@ class Job:
 
 
 def load_jobs(schedules_dir: Path) -> list[Job]:
-    path = schedules_dir / "jobs.toml"
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"NOTIFIER_SCHEDULES_DIR: no jobs.toml in {schedules_dir}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"jobs file {path}: not valid TOML ({exc})") from None
+    data = read_schedule_file(schedules_dir, "jobs.toml", "jobs")
     for key in data:
         if key != "job":
             raise ConfigError(f"jobs file: unknown table {key!r}; jobs are [[job]] tables")

@@ -6,7 +6,6 @@ Every figure is validated at start-up; a bad one raises `ConfigError` naming the
 from __future__ import annotations
 
 import math
-import tomllib
 from dataclasses import dataclass
 from datetime import time, timedelta
 from pathlib import Path
@@ -15,6 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import holidays
 
+from notifier.config import read_schedule_file
 from notifier.errors import ConfigError
 
 Channel = Literal["sms", "email"]
@@ -182,11 +182,4 @@ def policy_from_mapping(data: dict[str, Any]) -> Policy:
 
 def load_policy(schedules_dir: Path) -> Policy:
     """Read and validate `policy.toml` in `schedules_dir`."""
-    path = schedules_dir / "policy.toml"
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"NOTIFIER_SCHEDULES_DIR: no policy.toml in {schedules_dir}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"policy file {path}: not valid TOML ({exc})") from None
-    return policy_from_mapping(data)
+    return policy_from_mapping(read_schedule_file(schedules_dir, "policy.toml", "policy"))
