@@ -16,7 +16,7 @@ from notifier.events import Appointment, Client, Prescription, Provider
 
 
 class Record(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     updated_at: AwareDatetime
 
