@@ -211,6 +211,7 @@ class Store:
         with self.redis.pipeline() as pipe:
             pipe.hset(event_key(event_id), mapping={"status": status, "reason": reason,
                                                     "applied_at": epoch(now)})
+            pipe.expire(event_key(event_id), EVENT_RETENTION_S)
             pipe.zrem(PENDING_EVENTS, event_id)
             pipe.execute()
 
