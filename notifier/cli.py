@@ -65,6 +65,10 @@ def _setup_logging(level: str = "INFO") -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def _stop_event() -> threading.Event:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -117,6 +121,9 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> None:
           "  then see them planned:\n"
           f"  curl -H 'Authorization: Bearer {settings.api_token}' "
           f"http://127.0.0.1:{args.port}/v1/clients/client-1/notifications\n", flush=True)
+    # uvicorn re-raises the signal that stopped it once it has shut down; for SIGTERM the
+    # default action would kill us before the clean-up below, leaving Redis running.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     finally:

@@ -203,3 +203,18 @@ def test_preview_names_the_kinds_when_one_is_unknown(tmp_path):
     assert result.returncode == 2
     assert "no template for kind 'birthday_card'" in result.stderr
     assert "appointment_reminder" in result.stderr
+
+
+def test_dev_stopped_by_sigterm_stops_the_redis_it_started(tmp_path):
+    port = free_port()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")}
+    dev = subprocess.Popen([sys.executable, "-m", "notifier", "dev", "--port", str(port)],
+                           cwd=tmp_path, env=clean, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: _up(port), timeout_s=30, what="notifier dev to answer")
+        assert EmbeddedRedis(tmp_path / "var").running()
+    finally:
+        dev.send_signal(signal.SIGTERM)
+        dev.wait(timeout=30)
+    assert not EmbeddedRedis(tmp_path / "var").running()
