@@ -20,6 +20,7 @@ from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
 from sendgrid.helpers.eventwebhook import EventWebhook
 from twilio.request_validator import RequestValidator
 from twilio.twiml.messaging_response import MessagingResponse
@@ -40,12 +41,64 @@ TWIML = "application/xml"
 SENDGRID_TOLERANCE_S = 10 * 60
 
 
+class Refusal(BaseModel):
+    error: str
+
+
+def _header(name: str, description: str) -> dict[str, Any]:
+    return {"name": name, "in": "header", "required": True, "description": description,
+            "schema": {"type": "string"}}
+
+
+def _form(*fields: str) -> dict[str, Any]:
+    """A Twilio callback body: form fields, of which we read `fields` (Twilio sends more)."""
+    return {"required": True, "content": {"application/x-www-form-urlencoded": {"schema": {
+        "type": "object", "properties": {f: {"type": "string"} for f in fields},
+        "additionalProperties": {"type": "string"}}}}}
+
+
+# What the routes read by hand, so that the OpenAPI document shows it.
+TWILIO_SIGNATURE = _header("x-twilio-signature", "Twilio's signature of the URL and form")
+REFUSED: dict[int | str, dict[str, Any]] = {403: {"model": Refusal,
+                                                  "description": "Missing or wrong signature"}}
+TWILIO_STATUS = {
+    "parameters": [TWILIO_SIGNATURE, {
+        "name": "n", "in": "query", "required": False, "schema": {"type": "string"},
+        "description": "The notification the report is about, from our status callback URL"}],
+    "requestBody": _form("MessageStatus", "ErrorCode"),
+}
+TWILIO_INBOUND = {"parameters": [TWILIO_SIGNATURE],
+                  "requestBody": _form("MessageSid", "From", "Body")}
+SENDGRID_EVENTS = {
+    "parameters": [
+        _header("x-twilio-email-event-webhook-signature", "SendGrid's ECDSA signature"),
+        _header("x-twilio-email-event-webhook-timestamp", "The signed Unix seconds")],
+    "requestBody": {"required": True, "content": {"application/json": {"schema": {
+        "type": "array", "items": {"type": "object"}}}}},
+}
+
+
 def fresh_timestamp(timestamp: str, now: datetime, tolerance_s: int = SENDGRID_TOLERANCE_S
                     ) -> bool:
     """Whether `timestamp` is Unix seconds (ASCII digits only) within `tolerance_s` of now."""
     if not (timestamp.isascii() and timestamp.isdigit()) or len(timestamp) > 12:
         return False
     return abs(int(timestamp) - now.timestamp()) <= tolerance_s
+
+
+def sendgrid_report(event: object) -> tuple[str, str, str] | None:
+    """The notification id, event and code of one SendGrid event; None for one that is not
+    an object, or whose text cannot be stored (a lone surrogate, from a `\\ud800` escape)."""
+    if not isinstance(event, dict):
+        return None
+    report = (str(event.get("notification_id", "")), str(event.get("event", "")).lower(),
+              str(event.get("status") or event.get("type") or ""))
+    try:
+        for text in report:
+            text.encode()
+    except UnicodeEncodeError:
+        return None
+    return report
 
 
 def sendgrid_key(settings: Settings) -> Any:
@@ -89,7 +142,8 @@ def provider_routes(settings: Settings, store: Store) -> APIRouter:
             return None
         return form
 
-    @router.post("/twilio/status", status_code=204, responses={403: {}})
+    @router.post("/twilio/status", status_code=204, response_class=Response,
+                 responses=REFUSED, openapi_extra=TWILIO_STATUS)
     async def twilio_status(request: Request) -> Response:
         form = await twilio_form(request)
         if form is None:
@@ -103,7 +157,9 @@ def provider_routes(settings: Settings, store: Store) -> APIRouter:
             _after_failure(store, notification_id, code, now)
         return Response(status_code=204)
 
-    @router.post("/twilio/inbound", responses={403: {}, 200: {"content": {TWIML: {}}}})
+    @router.post("/twilio/inbound", response_class=Response, openapi_extra=TWILIO_INBOUND,
+                 responses={**REFUSED, 200: {"description": "TwiML: our reply, if any",
+                                             "content": {TWIML: {"schema": {"type": "string"}}}}})
     async def twilio_inbound(request: Request) -> Response:
         form = await twilio_form(request)
         if form is None:
@@ -115,7 +171,9 @@ def provider_routes(settings: Settings, store: Store) -> APIRouter:
             twiml.message(reply)
         return Response(str(twiml), media_type=TWIML)
 
-    @router.post("/sendgrid/events", status_code=204, responses={403: {}})
+    @router.post("/sendgrid/events", status_code=204, response_class=Response,
+                 openapi_extra=SENDGRID_EVENTS, responses={
+                     **REFUSED, 400: {"model": Refusal, "description": "Signed, but not JSON"}})
     async def sendgrid_events(request: Request) -> Response:
         body = await request.body()
         signature = request.headers.get("x-twilio-email-event-webhook-signature", "")
@@ -132,14 +190,14 @@ def provider_routes(settings: Settings, store: Store) -> APIRouter:
             return JSONResponse({"error": "stale timestamp"}, status_code=403)
         try:
             events = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):
+            # RecursionError: nesting deeper than the parser allows, e.g. 1,000 "[".
             return JSONResponse({"error": "not JSON"}, status_code=400)
         for event in events if isinstance(events, list) else []:
-            if not isinstance(event, dict):
+            report = sendgrid_report(event)
+            if report is None:
                 continue
-            notification_id = str(event.get("notification_id", ""))
-            status = str(event.get("event", "")).lower()
-            code = str(event.get("status") or event.get("type") or "")
+            notification_id, status, code = report
             if store.record_delivery(notification_id, status, code, now) and (
                     status in DELIVERY_FAILURES):
                 _after_failure(store, notification_id, code or status, now)

@@ -71,6 +71,12 @@ class ErrorAnswer(BaseModel):
     problems: list[ProblemOut] = []
 
 
+class HealthAnswer(BaseModel):
+    status: Literal["ok", "unhealthy"]
+    #: "ok", or why Redis could not be reached
+    redis: str
+
+
 class AppointmentOut(BaseModel):
     id: str
     start: datetime
@@ -184,8 +190,14 @@ def _event_body_schema(app: FastAPI) -> dict[str, Any]:
     operation["requestBody"] = {"required": True, "content": {"application/json": {
         "schema": {"oneOf": one_of}}}}
     operation["parameters"] = [
-        {"name": h, "in": "header", "required": True, "schema": {"type": "string"}}
-        for h in SIGNATURE_HEADERS
+        {"name": h, "in": "header", "required": True, "description": about,
+         "schema": {"type": "string", "minLength": 1, **extra}}
+        for h, about, extra in (
+            ("webhook-id", "the event's `id`", {}),
+            ("webhook-timestamp", "Unix seconds, within 5 minutes of now",
+             {"pattern": f"^{TIMESTAMP.pattern}$"}),
+            ("webhook-signature", "`v1,<base64 HMAC-SHA256>` entries, space-separated", {}),
+        )
     ]
     app.openapi_schema = schema
     return schema
@@ -281,7 +293,8 @@ def create_app(settings: Settings, store: Store, broker: RedisBroker) -> FastAPI
         return NotificationsAnswer(client_id=client_id, appointments=appointments,
                                    notifications=views)
 
-    @app.get("/healthz")
+    @app.get("/healthz", response_model=HealthAnswer,
+             responses={503: {"model": HealthAnswer, "description": "Redis unreachable"}})
     def healthz() -> JSONResponse:
         try:
             store.redis.ping()
@@ -289,7 +302,9 @@ def create_app(settings: Settings, store: Store, broker: RedisBroker) -> FastAPI
             return JSONResponse({"status": "unhealthy", "redis": str(exc)}, status_code=503)
         return JSONResponse({"status": "ok", "redis": "ok"})
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=Response, responses={200: {
+        "description": "Prometheus text exposition format",
+        "content": {"text/plain": {"schema": {"type": "string"}}}}})
     def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 

@@ -76,17 +76,22 @@ def twilio_post(http: TestClient, path: str, form: dict[str, str], token: str = 
     return http.post(path, data=form, headers={"X-Twilio-Signature": signature})
 
 
-def sendgrid_post(http: TestClient, events: list[dict], key: ec.EllipticCurvePrivateKey,
-                  tamper: bool = False, timestamp: str | None = None):
-    body = json.dumps(events)
+def sendgrid_headers(body: str, key: ec.EllipticCurvePrivateKey, timestamp: str | None = None
+                     ) -> dict[str, str]:
     timestamp = timestamp or str(int(datetime.now(UTC).timestamp()))
     signature = base64.b64encode(
         key.sign((timestamp + body).encode(), ec.ECDSA(hashes.SHA256()))).decode()
+    return {"X-Twilio-Email-Event-Webhook-Signature": signature,
+            "X-Twilio-Email-Event-Webhook-Timestamp": timestamp,
+            "Content-Type": "application/json"}
+
+
+def sendgrid_post(http: TestClient, events: list[dict], key: ec.EllipticCurvePrivateKey,
+                  tamper: bool = False, timestamp: str | None = None):
+    body = json.dumps(events)
     sent = body.replace("delivered", "bounce") if tamper else body
-    return http.post("/sendgrid/events", content=sent, headers={
-        "X-Twilio-Email-Event-Webhook-Signature": signature,
-        "X-Twilio-Email-Event-Webhook-Timestamp": timestamp,
-        "Content-Type": "application/json"})
+    return http.post("/sendgrid/events", content=sent,
+                     headers=sendgrid_headers(body, key, timestamp))
 
 
 def booked(store: Store, policy, *, sms: bool = True, email: bool = True) -> None:
@@ -230,6 +235,30 @@ def test_a_tampered_or_unsigned_sendgrid_batch_is_refused(http, store, policy, e
     other = ec.generate_private_key(ec.SECP256R1())
     assert sendgrid_post(http, events, other).status_code == 403
     assert shown(http, EMAIL_ID)["state"] == "sent"
+
+
+def test_a_signed_sendgrid_body_nested_too_deep_is_400_not_500(http, store, ecdsa_key):
+    # Found while fuzzing the callbacks: json.loads raised RecursionError, answered 500.
+    body = "[" * 20_000 + "]" * 20_000
+    answer = http.post("/sendgrid/events", content=body,
+                       headers=sendgrid_headers(body, ecdsa_key))
+    assert (answer.status_code, answer.json()) == (400, {"error": "not JSON"})
+
+
+def test_a_signed_sendgrid_event_with_a_lone_surrogate_is_skipped_not_500(http, store, policy,
+                                                                         ecdsa_key):
+    # Found while fuzzing the callbacks: a "\ud800" escape could not be encoded for Redis
+    # (UnicodeEncodeError), answered 500.
+    booked(store, policy, sms=False)
+    sent(store, EMAIL_ID)
+    answer = sendgrid_post(http, [
+        {"event": "bounce", "notification_id": "\ud800"},
+        {"event": "bounce", "notification_id": EMAIL_ID, "status": "\udfff"},
+        {"event": "delivered", "notification_id": EMAIL_ID},
+    ], ecdsa_key)
+    assert answer.status_code == 204
+    assert shown(http, EMAIL_ID)["state"] == "delivered", "the others in the batch count"
+    assert store.redis.llen("n:callbacks:unknown") == 0
 
 
 def sendgrid_time(offset: timedelta) -> str:

@@ -828,3 +828,43 @@ def test_openapi_documents_the_read_api_bearer_token_and_nothing_else_needs_it(c
                for method, op in ops.items() if "security" in op]
     assert secured == [("/v1/clients/{client_id}/notifications", "get")]
     assert "security" not in document
+
+
+def test_openapi_documents_what_health_and_metrics_really_answer(settings, broker, client):
+    # Found by fuzzing: /metrics was documented as JSON; /healthz's 503 was not documented.
+    document = client.get("/openapi.json").json()
+    metrics = document["paths"]["/metrics"]["get"]["responses"]
+    assert list(metrics) == ["200"] and list(metrics["200"]["content"]) == ["text/plain"]
+    assert client.get("/metrics").headers["content-type"].startswith("text/plain;")
+    health = document["paths"]["/healthz"]["get"]["responses"]
+    assert sorted(health) == ["200", "503"]
+    for status in ("200", "503"):
+        assert resolve(document, health[status]["content"]["application/json"]["schema"][
+            "$ref"])["title"] == "HealthAnswer"
+    with TestClient(create_app(settings, Store(down_redis()), broker)) as down_client:
+        assert down_client.get("/healthz").status_code == 503
+
+
+def test_openapi_documents_the_provider_callbacks_inputs_and_refusals(client):
+    document = client.get("/openapi.json").json()
+    paths = document["paths"]
+    expected = {
+        "/twilio/status": ({"x-twilio-signature", "n"}, "application/x-www-form-urlencoded",
+                           {"204", "403"}),
+        "/twilio/inbound": ({"x-twilio-signature"}, "application/x-www-form-urlencoded",
+                            {"200", "403"}),
+        "/sendgrid/events": ({"x-twilio-email-event-webhook-signature",
+                              "x-twilio-email-event-webhook-timestamp"}, "application/json",
+                             {"204", "400", "403"}),
+    }
+    for path, (parameters, body_type, statuses) in expected.items():
+        operation = paths[path]["post"]
+        assert {p["name"] for p in operation["parameters"]} == parameters, path
+        assert list(operation["requestBody"]["content"]) == [body_type], path
+        assert set(operation["responses"]) == statuses, path
+        refusal = operation["responses"]["403"]["content"]["application/json"]["schema"]
+        assert resolve(document, refusal["$ref"])["required"] == ["error"], path
+    inbound = paths["/twilio/inbound"]["post"]["responses"]["200"]
+    assert list(inbound["content"]) == ["application/xml"], "TwiML, not JSON"
+    answer = client.post("/twilio/inbound", data={"Body": "C"})
+    assert (answer.status_code, answer.json()) == (403, {"error": "signature"})
