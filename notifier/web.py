@@ -238,7 +238,9 @@ def create_app(settings: Settings, store: Store, broker: RedisBroker) -> FastAPI
 
     @app.post("/v1/events", status_code=202, response_model=EventAnswer,
               responses={200: {"model": EventAnswer}, 401: {"model": ErrorAnswer},
-                         413: {"model": ErrorAnswer}, 422: {"model": ErrorAnswer}})
+                         413: {"model": ErrorAnswer}, 422: {"model": ErrorAnswer},
+                         503: {"model": ErrorAnswer,
+                               "description": "Redis unreachable: nothing was stored; retry"}})
     async def post_event(request: Request) -> Response:
         try:
             body = await read_limited(request, MAX_BODY_BYTES)
@@ -256,7 +258,17 @@ def create_app(settings: Settings, store: Store, broker: RedisBroker) -> FastAPI
         except InvalidEvent as exc:
             events_counter.labels("invalid").inc()
             return _error(422, "invalid event", exc.problems)
-        if not store.store_event(event.id, body, utcnow()):
+        try:
+            stored = store.store_event(event.id, body, utcnow())
+        except redis.RedisError:
+            # Not stored, so not accepted: the integrator must send it again (a 5xx is what
+            # webhook senders retry), and the answer says when.
+            events_counter.labels("unavailable").inc()
+            log.warning("event %s refused: Redis unreachable", event.id)
+            answer = _error(503, "storage unavailable; nothing was stored, retry later")
+            answer.headers["Retry-After"] = "5"
+            return answer
+        if not stored:
             events_counter.labels("duplicate").inc()
             return JSONResponse(EventAnswer(id=event.id, status="duplicate").model_dump(),
                                 status_code=200)

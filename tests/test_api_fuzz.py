@@ -195,19 +195,22 @@ FORGERIES = ["as generated", *forgeries(b"{}", "evt", datetime.now(UTC))]
 def test_unsigned_fuzzed_events_are_never_let_in(api, http, redis_client):
     tried: Counter[str] = Counter()
 
-    @given(case=event_bodies(api), forgery=st.sampled_from(FORGERIES))
-    @fuzz(max_examples=100)
-    def never_let_in(case: Case, forgery: str) -> None:
+    # Every forgery is tried on every generated body, so none depends on what the
+    # generator happens to draw.
+    @given(case=event_bodies(api))
+    @fuzz(max_examples=40)
+    def never_let_in(case: Case) -> None:
         body = raw_body(case)
-        if forgery == "as generated":
-            status = case.call().status_code
-        else:
-            headers = forgeries(body, webhook_id_for(case), datetime.now(UTC))[forgery]
-            status = http.post(EVENTS_PATH, content=body, headers=headers).status_code
-        tried[forgery] += 1
-        too_large = len(body) > MAX_BODY_BYTES
-        assert status == (413 if too_large else 401), f"{forgery}: answered {status}"
-        assert written(redis_client) == [], f"{forgery}: something was written"
+        for forgery in FORGERIES:
+            if forgery == "as generated":
+                status = case.call().status_code
+            else:
+                headers = forgeries(body, webhook_id_for(case), datetime.now(UTC))[forgery]
+                status = http.post(EVENTS_PATH, content=body, headers=headers).status_code
+            tried[forgery] += 1
+            too_large = len(body) > MAX_BODY_BYTES
+            assert status == (413 if too_large else 401), f"{forgery}: answered {status}"
+            assert written(redis_client) == [], f"{forgery}: something was written"
 
     never_let_in()
     assert written(redis_client) == []

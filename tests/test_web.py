@@ -868,3 +868,14 @@ def test_openapi_documents_the_provider_callbacks_inputs_and_refusals(client):
     assert list(inbound["content"]) == ["application/xml"], "TwiML, not JSON"
     answer = client.post("/twilio/inbound", data={"Body": "C"})
     assert (answer.status_code, answer.json()) == (403, {"error": "signature"})
+
+
+def test_an_event_that_cannot_be_stored_gets_503_and_may_be_sent_again(settings, secret,
+                                                                       broker, client):
+    with TestClient(create_app(settings, Store(down_redis()), broker)) as down_client:
+        answer = post(down_client, secret, event())
+    assert answer.status_code == 503
+    assert answer.headers["retry-after"] == "5"
+    assert answer.json()["error"] == "storage unavailable; nothing was stored, retry later"
+    # Nothing was accepted, so the same event sent again is accepted, not a duplicate.
+    assert post(client, secret, event()).status_code == 202
