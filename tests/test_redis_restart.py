@@ -75,3 +75,30 @@ def test_accepted_events_survive_a_redis_crash(durable, tmp_path):
         assert set(counts) == expected and set(counts.values()) == {1}
     finally:
         service.close()
+
+
+def test_redis_down_under_load_then_back(durable, tmp_path):
+    service = Service(durable.url, tmp_path)
+    try:
+        now = datetime.now(UTC)
+        for evt in (client_upserted("c1", daytime_zone(now), now),
+                    provider_upserted("prov-1", now)):
+            assert service.post(evt).status_code == 202
+        first = appointment("appointment.scheduled", "a1", "c1", now + timedelta(days=5), now)
+        assert service.post(first).status_code == 202
+        durable.kill()
+        late = appointment("appointment.scheduled", "a2", "c1", now + timedelta(days=6), now)
+        refused = service.post(late)
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "5"
+        durable.start()
+        # The integrator retries, as a 503 asks; worker and clock carried on by themselves.
+        wait_for(lambda: service.post(late).status_code == 202, what="Redis to be back")
+        expected = {f"appointment_confirmation:a{i}:booked:{ch}"
+                    for i in (1, 2) for ch in ("sms", "email")}
+        wait_for(lambda: {m["dedupe_key"] for m in service.sent()} >= expected,
+                 timeout_s=60, what="both confirmations")
+        wait_for(service.quiet, what="the service to go idle")
+        counts = Counter(m["dedupe_key"] for m in service.sent())
+        assert set(counts) == expected and set(counts.values()) == {1}
+    finally:
+        service.close()
