@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from notifier.policy.figures import QuietHours
-from notifier.policy.timing import day_in_zone, exists_locally, hold_for_quiet_hours, local_time
+from notifier.policy.timing import exists_locally, hold_for_quiet_hours, local_time
 
 NEW_YORK = ZoneInfo("America/New_York")
 KOLKATA = ZoneInfo("Asia/Kolkata")
@@ -90,16 +90,6 @@ def test_local_time_at_a_repeated_time_takes_the_first_occurrence() -> None:
 ])
 def test_exists_locally(naive: datetime, zone: ZoneInfo, expected: bool) -> None:
     assert exists_locally(naive, zone) is expected
-
-
-@pytest.mark.parametrize(("instant", "zone", "expected"), [
-    (utc(2026, 6, 16, 3, 59), NEW_YORK, date(2026, 6, 15)),
-    (utc(2026, 6, 16, 4, 0), NEW_YORK, date(2026, 6, 16)),
-    (utc(2026, 6, 15, 18, 29), KOLKATA, date(2026, 6, 15)),
-    (utc(2026, 6, 15, 18, 30), KOLKATA, date(2026, 6, 16)),
-])
-def test_day_in_zone(instant: datetime, zone: ZoneInfo, expected: date) -> None:
-    assert day_in_zone(instant, zone) == expected
 
 
 @pytest.mark.parametrize(("due", "zone", "expected"), [

@@ -13,9 +13,7 @@ from typing import Any
 from notifier.events import (
     Appointment,
     AppointmentCancelledData,
-    AppointmentCompletedData,
     AppointmentData,
-    AppointmentNoShowData,
     Event,
 )
 from notifier.policy.common import for_client
@@ -216,18 +214,3 @@ def plan_cancelled(event: Event, state: State, now: datetime, policy: Policy) ->
         add = _notices("appointment_cancelled", f"seq{record.sequence}",
                        policy.appointments.cancellation_channels, record, state, now, policy)
     return Plan(outcome="applied", add=tuple(add), cancel=(ref,), records={ref: record})
-
-
-def plan_closed(event: Event, state: State, now: datetime, policy: Policy) -> Plan:
-    """`appointment.completed` and `appointment.no_show`: nothing more about it is sent."""
-    data: AppointmentCompletedData | AppointmentNoShowData = event.data
-    existing = state.appointment
-    if existing is None:
-        return ignored("unknown appointment")
-    if existing.is_newer_than(event.occurred_at):
-        return stale()
-    status = "completed" if event.type == "appointment.completed" else "no_show"
-    ref = entity_ref("appointment", data.appointment_id)
-    record = existing.model_copy(update={"status": status, "updated_at": event.occurred_at})
-    return Plan(outcome="applied", cancel=(ref,), records={ref: record})
-

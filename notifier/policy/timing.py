@@ -43,7 +43,3 @@ def hold_for_quiet_hours(due: datetime, zone: ZoneInfo, quiet: QuietHours) -> da
     if quiet.start > quiet.end and local.time() >= quiet.start:
         day += timedelta(days=1)
     return max(due, local_time(day, quiet.end, zone))
-
-
-def day_in_zone(instant: datetime, zone: ZoneInfo) -> date:
-    return instant.astimezone(zone).date()
