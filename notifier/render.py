@@ -25,7 +25,6 @@ from babel.dates import format_date, format_datetime
 
 from notifier.errors import TemplateError
 
-LOCALES = ("en", "es")
 DEFAULT_LOCALE = "en"
 #: How dates and times are written in each locale (CLDR patterns, via Babel).
 #: Times are always in the client's own zone. English names it (EST); CLDR has no Spanish
