@@ -59,3 +59,12 @@ class Ledger:
         result = self.plan(evt, now, policy)
         self.records.update(result.records)  # type: ignore[arg-type]
         return result
+
+
+Row = tuple[datetime, datetime, str]
+
+
+def rows(result: Plan) -> dict[str, Row]:
+    """The notifications of a plan as id -> (due_at, expires_at, state)."""
+    assert len({n.id for n in result.add}) == len(result.add), "duplicate ids in one plan"
+    return {n.id: (n.due_at, n.expires_at, n.state) for n in result.add}

@@ -8,6 +8,7 @@ import json
 import secrets
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -103,6 +104,17 @@ class Service:
 
     def sent(self, kind: str | None = None) -> list[dict[str, Any]]:
         return [m for m in self.outbox.messages() if kind is None or m["kind"] == kind]
+
+    def sent_exactly_once(self, expected: set[str], timeout_s: float = 60.0) -> Counter[str]:
+        """Wait until every expected notification is in the outbox and the service is idle;
+        fail if any is missing, unexpected or there twice. Returns the count per key."""
+        wait_for(lambda: {m["dedupe_key"] for m in self.sent()} >= expected,
+                 timeout_s=timeout_s, what=f"all {len(expected)} notifications to be sent")
+        wait_for(self.quiet, what="the service to go idle")
+        counts = Counter(str(m["dedupe_key"]) for m in self.sent())
+        assert set(counts) == expected, set(counts) ^ expected
+        assert max(counts.values()) == 1, [k for k, c in counts.items() if c > 1]
+        return counts
 
     def quiet(self) -> bool:
         """Nothing in flight, nothing due, no event waiting: our own sets say the service

@@ -27,7 +27,7 @@ from notifier.records import (
     Record,
     State,
 )
-from tests.policy_kit import event, iso, utc
+from tests.policy_kit import Row, event, iso, rows, utc
 
 CLIENT = "cl-1"
 APPT = "apt-1"
@@ -104,15 +104,6 @@ class Ledger:
         result = plan(evt, self.state, now, policy)
         self.records.update(result.records)  # type: ignore[arg-type]
         return result
-
-
-Row = tuple[datetime, datetime, str]
-
-
-def rows(result: Plan) -> dict[str, Row]:
-    """The notifications of a plan as id -> (due_at, expires_at, state)."""
-    assert len({n.id for n in result.add}) == len(result.add), "duplicate ids in one plan"
-    return {n.id: (n.due_at, n.expires_at, n.state) for n in result.add}
 
 
 def both(kind: str, occasion: str, due: datetime, expires: datetime,

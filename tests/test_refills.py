@@ -20,14 +20,13 @@ from hypothesis import strategies as st
 
 from notifier.events import Event
 from notifier.policy.figures import Policy
-from notifier.policy.plan import Plan
 from notifier.records import (
     ClientRecord,
     PrescriptionRecord,
     VisitsRecord,
 )
 from tests import policy_kit as kit
-from tests.policy_kit import event, utc
+from tests.policy_kit import Row, event, rows, utc
 
 CLIENT = "cl-1"
 PROVIDER = "prov-1"
@@ -65,15 +64,6 @@ class Ledger(kit.Ledger):
         if last_visit is not None:
             self.records[f"visits:{CLIENT}"] = VisitsRecord(
                 updated_at=CLIENT_SET_AT, last_completed_on=last_visit)
-
-
-Row = tuple[datetime, datetime, str]
-
-
-def rows(result: Plan) -> dict[str, Row]:
-    """The notifications of a plan as id -> (due_at, expires_at, state)."""
-    assert len({n.id for n in result.add}) == len(result.add), "duplicate ids in one plan"
-    return {n.id: (n.due_at, n.expires_at, n.state) for n in result.add}
 
 
 def reminders(kind: str, occasion: str, due: datetime, expires: datetime,

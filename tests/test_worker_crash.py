@@ -51,12 +51,7 @@ def test_sigkilled_worker_loses_nothing_and_sends_nothing_twice(redis_client, re
         assert sent_at_kill < len(expected), "the kill came too late to interrupt anything"
 
         workers.append(start_worker(service, PROJECT_ROOT))
-        wait_for(lambda: len(service.sent()) >= len(expected), timeout_s=60,
-                 what="every notification to be sent after the restart")
-        wait_for(service.quiet, what="the service to go idle")
-        counts = Counter(m["dedupe_key"] for m in service.sent())
-        assert set(counts) == expected
-        assert max(counts.values()) == 1, [k for k, c in counts.items() if c > 1]
+        counts = service.sent_exactly_once(expected)
         states = {store.notification(i)["state"] for i in expected}
         assert states == {"sent"}
         # The dead worker's unacked messages come back only after dramatiq's heartbeat
