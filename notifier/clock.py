@@ -3,7 +3,9 @@
 Every tick it (1) puts back notifications whose lease ran out, (2) claims what is due, up
 to the in-flight cap, and enqueues `deliver` messages of `chunk` ids each, (3) now and then
 re-enqueues accepted events that were never applied (a lost message, a web process that
-died between storing and enqueueing). Several clocks may run: each step is atomic in Redis.
+died between storing and enqueueing), resumes subjects whose turn's holder died, and
+releases held closes whose wait for their opening event is over. Several clocks may run:
+each step is atomic in Redis.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class Clock:
             handed += len(ids)
             if len(ids) < self.claim_batch:
                 break
+        self.resume_turns(now)
         if (self._last_event_sweep is None
                 or now - self._last_event_sweep >= timedelta(seconds=self.events_every_s)):
             self._last_event_sweep = now
@@ -68,8 +71,25 @@ class Clock:
                 enqueue_apply(self.broker, event_id)
             if stuck:
                 log.warning("re-enqueued %d events that were never applied", len(stuck))
+            released = self.store.release_expired_holds(now)
+            for event_id in released:
+                enqueue_apply(self.broker, event_id)
+            if released:
+                log.info("%d closes waited long enough for their opening; applying them",
+                         len(released))
         self.fire_jobs(now)
         return handed
+
+    def resume_turns(self, now: datetime) -> list[str]:
+        """Subjects whose turn's holder died (its lease ran out): enqueue the oldest queued
+        event of each, so the subject's events go on within a lease of the death."""
+        subjects = self.store.turns.expired(now)
+        heads = self.store.turns.heads(subjects) if subjects else []
+        for event_id in heads:
+            enqueue_apply(self.broker, event_id)
+        if subjects:
+            log.warning("turn expired on %d subjects; resumed %d", len(subjects), len(heads))
+        return heads
 
     def _job_zones(self, job: Job, now: datetime) -> set[str]:
         if job.zone != PROVIDER_ZONE:

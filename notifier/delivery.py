@@ -73,6 +73,9 @@ RETRY_BASE_S = 5.0
 RETRY_CAP_S = 3600.0
 #: How long to wait for a client's details when a notification names an unknown client.
 WAIT_FOR_CLIENT_S = 60.0
+#: How long to wait, again and again, while an accepted event about a notification's subject
+#: is not yet applied (applying takes milliseconds; a dead worker's turn, one lease).
+WAIT_FOR_EVENTS_S = 1.0
 
 
 @dataclass
@@ -136,6 +139,12 @@ class Deliverer:
     def _deliver(self, n: Stored, now: datetime, recovering: bool) -> str:
         if now >= n.expires_at:
             return self._finish(n, "expired", "could not go out before it expired", now)
+        if self.store.turns.unapplied_about(subjects_of(n)):
+            # An event about it was accepted (202) and is not applied yet: it may cancel or
+            # change this message, so nothing goes out ahead of what is already known.
+            return self._later(n, now + timedelta(seconds=WAIT_FOR_EVENTS_S),
+                               "waiting for an accepted event about it to be applied",
+                               "waiting", not_an_attempt=True)
         prepare = {"client": self._prepare_client, "support": self._prepare_support,
                    "provider": self._prepare_provider}.get(n.recipient)
         if prepare is None:
@@ -268,6 +277,18 @@ class Deliverer:
             return self._finish(n, "suppressed", "nothing open", now)
         return compose_provider_digest(n, provider, queue, self.settings, self.policy,
                                        self.renderer, now), ""
+
+
+def subjects_of(n: Stored) -> list[str]:
+    """The subjects (see `policy.ordering`) whose unapplied events could change `n`: what it
+    is about, the appointment or prescription it names, and its client."""
+    refs = [n.entity] if n.entity else []
+    for kind, key in (("appointment", "appointment_id"), ("prescription", "prescription_id")):
+        if n.params.get(key):
+            refs.append(entity_ref(kind, n.params[key]))
+    if n.recipient == "client":
+        refs.append(entity_ref("client", n.recipient_id))
+    return list(dict.fromkeys(refs))
 
 
 def use_other_channel(store: Store, notification_id: str, channel: str, client: ClientRecord,

@@ -1,8 +1,13 @@
 """Redis storage of events, entity records and plans; the read side of notifications.
 
-Keys (all under `n:`): `event:{id}` (hash: raw body, status), `events:pending` (accepted,
-not yet applied, scored by arrival), `rec:{ref}` (entity record JSON), and the
-notification keys of `notifier.schedule`.
+Keys (all under `n:`): `event:{id}` (hash: raw body, status, subject, queue member),
+`events:pending` (accepted, not yet applied, scored by arrival; for the clock's sweep),
+`rec:{ref}` (entity record JSON), the per-subject queues and turns of `notifier.turns`, and
+the notification keys of `notifier.schedule`.
+
+An event's `status`: `accepted` (stored, waiting for its subject's turn), `held` (a close
+waiting for its opening event), then `applied`, `stale` or `ignored`, or `rejected` /
+`failed` when it cannot be applied.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Any
 import redis
 from pydantic import BaseModel
 
+from notifier.errors import StoreError
 from notifier.policy.plan import Plan, PlannedNotification
 from notifier.records import RECORD_TYPES, ClientRecord, Record
 from notifier.schedule import (
@@ -30,9 +36,11 @@ from notifier.schedule import (
     from_epoch,
     notif_key,
 )
+from notifier.turns import HELD_EVENTS, Turns, held_key, queue_key, queue_member, turn_key
 
-#: A planner given a stored raw event and a loader of (watched) records.
-Decide = Callable[[bytes, Callable[[list[str]], dict[str, Record]]], Plan]
+#: A planner given a stored raw event, a loader of (watched) records and the event's
+#: arrival time.
+Decide = Callable[[bytes, Callable[[list[str]], dict[str, Record]], datetime], Plan]
 
 PENDING_EVENTS = PREFIX + "events:pending"
 SMS_OPT_OUTS = PREFIX + "sms-optout"
@@ -44,11 +52,17 @@ EVENT_RETENTION_S = 30 * 24 * 3600
 #: At most this many notifications per client are returned by the read API.
 READ_LIMIT = 200
 
-# Store an event unless its id is known: SET NX semantics on a hash, plus the pending index.
+# Store an event unless its id is known: SET NX semantics on a hash, plus the pending index
+# and, when the subject is given (KEYS[3] = its queue), the subject's queue.
+# ARGV: raw, received at, event id, [subject ref, occurred at, queue member].
 STORE_EVENT_LUA = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'raw', ARGV[1], 'status', 'accepted', 'received_at', ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+if KEYS[3] then
+  redis.call('HSET', KEYS[1], 'subject', ARGV[4], 'occurred', ARGV[5], 'member', ARGV[6])
+  redis.call('ZADD', KEYS[3], ARGV[5], ARGV[6])
+end
 return 1
 """
 
@@ -94,6 +108,10 @@ def _notification_fields(n: PlannedNotification, now: datetime) -> list[Any]:
     return [item for pair in fields.items() for item in pair]
 
 
+class TurnLost(StoreError):
+    """The caller's turn on a subject ran out and another worker took it: stop applying."""
+
+
 class NotificationView(BaseModel):
     """A notification as the read API shows it."""
 
@@ -114,13 +132,39 @@ class Store:
         # redis-py types its replies as a sync|async union; the client here is sync.
         self.redis: Any = client
         self.schedule = Schedule(client)
+        self.turns = Turns(client)
         self._store_event = client.register_script(STORE_EVENT_LUA)
 
     # Events ---------------------------------------------------------------------------
-    def store_event(self, event_id: str, raw: bytes, now: datetime) -> bool:
-        """Store a raw event durably; False when this id was accepted before."""
-        return bool(self._store_event(keys=[event_key(event_id), PENDING_EVENTS],
-                                      args=[raw, epoch(now), event_id]))
+    def store_event(self, event_id: str, raw: bytes, now: datetime, subject: str | None = None,
+                    occurred_at: datetime | None = None) -> bool:
+        """Store a raw event durably and queue it for its subject (an entity ref, see
+        `policy.ordering.subject_ref`); False when this id was accepted before.
+
+        Without `subject` the event is queued by the worker that first applies it (events
+        stored by an older version, tests of the store alone).
+        """
+        keys = [event_key(event_id), PENDING_EVENTS]
+        args: list[bytes | str | float] = [raw, epoch(now), event_id]
+        if subject is not None and occurred_at is not None:
+            keys.append(queue_key(subject))
+            args += [subject, epoch(occurred_at), queue_member(event_id, now)]
+        return bool(self._store_event(keys=keys, args=args))
+
+    def event_subject(self, event_id: str) -> tuple[str | None, str | None]:
+        """(status, subject ref) of a stored event; (None, None) for an unknown id."""
+        status, subject = self.redis.hmget(event_key(event_id), "status", "subject")
+        return (status.decode() if status else None, subject.decode() if subject else None)
+
+    def queue_event(self, event_id: str, subject: str, occurred_at: datetime) -> None:
+        """Queue a stored event that has no subject yet (stored by an older version)."""
+        arrived = self.redis.hget(event_key(event_id), "received_at")
+        member = queue_member(event_id, from_epoch(arrived) if arrived else occurred_at)
+        with self.redis.pipeline() as pipe:
+            pipe.hset(event_key(event_id), mapping={"subject": subject, "member": member,
+                                                    "occurred": epoch(occurred_at)})
+            pipe.zadd(queue_key(subject), {member: epoch(occurred_at)})
+            pipe.execute()
 
     def event_status(self, event_id: str) -> dict[str, str]:
         raw = self.redis.hgetall(event_key(event_id))
@@ -169,13 +213,19 @@ class Store:
                     continue
 
     # Applying plans ------------------------------------------------------------------------
-    def apply_event(self, event_id: str, decide: Decide, now: datetime) -> Plan | None:
+    def apply_event(self, event_id: str, decide: Decide, now: datetime,
+                    turn: tuple[str, str] | None = None) -> Plan | None:
         """Apply a stored event exactly once: load, plan, write, all under WATCH.
 
-        `decide(raw, load)` plans, loading the records it needs through `load`, which
-        watches them. The writes, the plan's
-        notifications and the event's new status commit in one MULTI, so a crash leaves
+        `decide(raw, load, arrived_at)` plans, loading the records it needs through `load`,
+        which watches them. The writes, the plan's notifications, the event's new status
+        and its removal from its subject's queue commit in one MULTI, so a crash leaves
         either nothing or everything; a concurrent change to a watched key replans.
+
+        `turn` is (subject ref, token) of the caller's turn (`notifier.turns`): the write
+        happens only while the turn is still the caller's, else `TurnLost` is raised. A
+        `held` plan parks the event beside its subject's queue until the opening arrives;
+        an `applied` plan puts the subject's held events back into the queue, after it.
         Returns None when the event was applied before (or is unknown).
         """
         key = event_key(event_id)
@@ -183,36 +233,110 @@ class Store:
             with self.redis.pipeline() as pipe:
                 try:
                     pipe.watch(key)
-                    status, raw = pipe.hmget(key, "status", "raw")
+                    status, raw, subject, member, received, occurred = pipe.hmget(
+                        key, "status", "raw", "subject", "member", "received_at", "occurred")
+                    ref = subject.decode() if subject else None
                     if status != b"accepted" or raw is None:
+                        if ref and member:
+                            pipe.multi()
+                            pipe.zrem(queue_key(ref), member)
+                            pipe.execute()
                         return None
+                    if turn is not None:
+                        pipe.watch(turn_key(turn[0]))
+                        if pipe.get(turn_key(turn[0])) != turn[1].encode():
+                            raise TurnLost(turn[0])
+                    held: list[tuple[bytes, float]] = []
+                    if ref:
+                        pipe.watch(held_key(ref))
+                        held = pipe.zrange(held_key(ref), 0, -1, withscores=True)
 
                     def load(more: list[str], pipe: Any = pipe) -> dict[str, Record]:
                         if more:
                             pipe.watch(*(record_key(r) for r in more))
                         return self.load_records(more, pipe)
 
-                    plan = decide(raw, load)
+                    arrived = from_epoch(received) if received else now
+                    plan = decide(raw, load, arrived)
                     pipe.multi()
-                    self._write_plan(pipe, plan, now)
-                    pipe.hset(key, mapping={"status": plan.outcome, "reason": plan.reason,
-                                            "applied_at": epoch(now)})
-                    pipe.expire(key, EVENT_RETENTION_S)
+                    if ref and member:
+                        pipe.zrem(queue_key(ref), member)
                     pipe.zrem(PENDING_EVENTS, event_id)
+                    if plan.outcome == "held":
+                        self._hold(pipe, event_id, plan, ref, member, occurred, now)
+                    else:
+                        self._write_plan(pipe, plan, now)
+                        pipe.hset(key, mapping={"status": plan.outcome, "reason": plan.reason,
+                                                "applied_at": epoch(now)})
+                        pipe.expire(key, EVENT_RETENTION_S)
+                        if plan.outcome == "applied" and ref and held:
+                            self._unhold(pipe, ref, held, now)
                     pipe.execute()
                     return plan
                 except redis.WatchError:
                     continue
 
+    @staticmethod
+    def _hold(pipe: Any, event_id: str, plan: Plan, ref: str | None, member: bytes | None,
+              occurred: bytes | None, now: datetime) -> None:
+        """Park a close beside its subject's queue until its opening (or the wait's end)."""
+        if not ref or not member or plan.held_until is None:
+            raise StoreError(f"event {event_id} cannot be held: it has no subject queue")
+        pipe.hset(event_key(event_id), mapping={"status": "held", "reason": plan.reason,
+                                                "held_at": epoch(now)})
+        pipe.zadd(held_key(ref), {member: float(occurred or epoch(now))})
+        pipe.zadd(HELD_EVENTS, {event_id: epoch(plan.held_until)})
+
+    @staticmethod
+    def _unhold(pipe: Any, ref: str, held: list[tuple[bytes, float]],
+                now: datetime) -> None:
+        """Put a subject's held events back into its queue (scores are their occurred_at),
+        accepted again, so this turn applies them next, in order."""
+        pipe.zadd(queue_key(ref), dict(held))
+        pipe.delete(held_key(ref))
+        ids = [m.decode().split(":", 1)[1] for m, _ in held]
+        pipe.zrem(HELD_EVENTS, *ids)
+        pipe.zadd(PENDING_EVENTS, {i: epoch(now) for i in ids})
+        for i in ids:
+            pipe.hset(event_key(i), "status", "accepted")
+
+    def release_expired_holds(self, now: datetime, limit: int = 500) -> list[str]:
+        """Held closes whose wait for an opening is over, put back into their subjects'
+        queues to be applied as they are; returns their ids (to enqueue)."""
+        ids = [i.decode() for i in self.redis.zrangebyscore(HELD_EVENTS, "-inf", epoch(now),
+                                                              0, limit)]
+        if not ids:
+            return []
+        with self.redis.pipeline(transaction=False) as pipe:
+            for i in ids:
+                pipe.hmget(event_key(i), "status", "subject", "member", "occurred")
+            found = pipe.execute()
+        with self.redis.pipeline() as pipe:
+            for i, (status, subject, member, occurred) in zip(ids, found, strict=True):
+                pipe.zrem(HELD_EVENTS, i)
+                if status != b"held" or not subject or not member:
+                    continue
+                ref = subject.decode()
+                pipe.zrem(held_key(ref), member)
+                pipe.zadd(queue_key(ref), {member: float(occurred or epoch(now))})
+                pipe.zadd(PENDING_EVENTS, {i: epoch(now)})
+                pipe.hset(event_key(i), "status", "accepted")
+            pipe.execute()
+        return [i for i, (status, *_) in zip(ids, found, strict=True) if status == b"held"]
+
     def reject_event(self, event_id: str, reason: str, now: datetime,
                      status: str = "rejected") -> None:
         """Mark a stored event that cannot be applied (`rejected`: no longer validates;
-        `failed`: planning kept failing); it is kept for inspection, never retried."""
+        `failed`: planning kept failing); it is kept for inspection, never retried, and
+        leaves its subject's queue so the subject's later events go on."""
+        subject, member = self.redis.hmget(event_key(event_id), "subject", "member")
         with self.redis.pipeline() as pipe:
             pipe.hset(event_key(event_id), mapping={"status": status, "reason": reason,
                                                     "applied_at": epoch(now)})
             pipe.expire(event_key(event_id), EVENT_RETENTION_S)
             pipe.zrem(PENDING_EVENTS, event_id)
+            if subject and member:
+                pipe.zrem(queue_key(subject.decode()), member)
             pipe.execute()
 
     def write_plan(self, plan: Plan, now: datetime) -> None:

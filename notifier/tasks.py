@@ -1,6 +1,7 @@
 """The dramatiq side: the broker, configured in one place, and the two actors.
 
-`apply_event(event_id)` plans an accepted event; `deliver(ids)` sends a batch of claimed
+`apply_event(event_id)` applies an accepted event in its subject's turn (with the subject's
+other queued events, oldest first); `deliver(ids)` sends a batch of claimed
 notifications, each on its own (one failing never holds up the others). The web and the
 clock only enqueue, by name, so they never import what the worker needs to run actors.
 """
@@ -23,7 +24,7 @@ from dramatiq.middleware import (
     TimeLimit,
 )
 
-from notifier.apply import apply_stored_event
+from notifier.apply import apply_in_turn
 from notifier.digest import run_provider_digest
 from notifier.policy.timing import utcnow
 
@@ -72,7 +73,7 @@ def declare_actors(broker: RedisBroker, runtime: Runtime) -> None:
     """Declare the actors on `broker`, bound to this worker process's runtime."""
 
     def apply_event(event_id: str) -> None:
-        apply_stored_event(runtime.store, event_id, runtime.policy, utcnow())
+        apply_in_turn(runtime.store, event_id, runtime.policy, utcnow, runtime.settings.lease_s)
 
     def deliver(ids: list[str]) -> None:
         for notification_id in ids:

@@ -33,6 +33,7 @@ from notifier import __version__
 from notifier.config import Settings
 from notifier.errors import FieldProblem, InvalidEvent, PayloadTooLarge, SignatureError
 from notifier.events import EVENT_MODELS, parse_event
+from notifier.policy.ordering import subject_ref
 from notifier.policy.timing import utcnow
 from notifier.provider_hooks import provider_routes
 from notifier.records import AppointmentRecord, VisitsRecord
@@ -259,7 +260,8 @@ def create_app(settings: Settings, store: Store, broker: RedisBroker) -> FastAPI
             events_counter.labels("invalid").inc()
             return _error(422, "invalid event", exc.problems)
         try:
-            stored = store.store_event(event.id, body, utcnow())
+            stored = store.store_event(event.id, body, utcnow(), subject=subject_ref(event),
+                                       occurred_at=event.occurred_at)
         except redis.RedisError:
             # Not stored, so not accepted: the integrator must send it again (a 5xx is what
             # webhook senders retry), and the answer says when.

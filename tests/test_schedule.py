@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -146,11 +147,14 @@ def test_an_event_whose_planning_keeps_failing_is_set_aside(store, policy, monke
     from notifier import apply
     from notifier.apply import MAX_APPLY_FAILURES, apply_stored_event
     from notifier.store import PENDING_EVENTS
+    from tests.helpers import client_upserted
 
-    store.store_event("evt-1", b'{"id": "evt-1"}', NOW)
+    evt = {**client_upserted("c1", "UTC", NOW), "id": "evt-1"}
+    store.store_event("evt-1", json.dumps(evt).encode(), NOW, subject="client:c1",
+                      occurred_at=NOW)
 
     def broken(policy, now):
-        def decide(raw, load):
+        def decide(raw, load, arrived_at):
             raise OverflowError("date value out of range")
         return decide
 
@@ -164,6 +168,7 @@ def test_an_event_whose_planning_keeps_failing_is_set_aside(store, policy, monke
     assert status["status"] == "failed"
     assert status["reason"] == "planning failed: OverflowError: date value out of range"
     assert store.redis.zscore(PENDING_EVENTS, "evt-1") is None
+    assert store.redis.exists("n:subject-queue:client:c1") == 0, "its subject goes on"
     # Kept for inspection as long as an applied event is remembered, then it expires.
     assert store.redis.ttl("n:event:evt-1") > 0
 

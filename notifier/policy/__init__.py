@@ -77,7 +77,9 @@ def refs_for(event: Event) -> list[str]:
         return [entity_ref("appointment", appt.id), entity_ref("appointment_closed", appt.id),
                 *_client_refs(appt.client_id)]
     if kind.startswith("appointment."):
-        return [entity_ref("appointment", data.appointment_id)]
+        # The tombstone too: a close for an appointment already closed unseen is not held.
+        return [entity_ref("appointment", data.appointment_id),
+                entity_ref("appointment_closed", data.appointment_id)]
     if kind == "prescription.filled":
         rx = data.prescription
         return [entity_ref("prescription", rx.id), *_client_refs(rx.client_id)]

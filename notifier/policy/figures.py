@@ -75,6 +75,8 @@ class Policy:
     practice_zone: ZoneInfo = ZoneInfo("America/New_York")
     follow_up_valid: timedelta = timedelta(days=14)
     digest_max_items: int = 50
+    #: how long a close for an unseen subject waits for its opening event (SPEC: 24 h)
+    opening_wait: timedelta = timedelta(hours=24)
 
 
 class _Section:
@@ -139,6 +141,8 @@ def policy_from_mapping(data: dict[str, Any]) -> Policy:
     quiet, appts = _Section(data, "quiet_hours"), _Section(data, "appointments")
     refills, follow = _Section(data, "refills"), _Section(data, "follow_up")
     window = _Section(data, "response_window")
+    # [events] came later than the other tables: a policy file without it keeps the default.
+    events = _Section(data, "events") if "events" in data else None
     country = str(window._get("holiday_country"))
     if country not in holidays.list_supported_countries():
         raise ConfigError(f"policy file: response_window.holiday_country {country!r} is unknown")
@@ -177,6 +181,8 @@ def policy_from_mapping(data: dict[str, Any]) -> Policy:
         practice_zone=practice_zone,
         follow_up_valid=timedelta(days=follow.number("valid_days", 1)),
         digest_max_items=int(digest.number("max_items", 1)),
+        opening_wait=(timedelta(hours=events.number("opening_wait_h"))
+                      if events is not None else Policy.opening_wait),
     )
 
 

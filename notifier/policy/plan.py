@@ -1,5 +1,5 @@
 """What policy returns: notifications to add, entities whose pending notifications to cancel,
-records to write. Pure data; `store.apply_plan` carries it out in one transaction."""
+records to write. Pure data; `Store.apply_event` writes it in one transaction."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from notifier.policy.figures import Channel
 
 Recipient = Literal["client", "provider", "support"]
 PlannedState = Literal["scheduled", "expired", "suppressed"]
-Outcome = Literal["applied", "stale", "ignored"]
+#: `held`: a close waiting for its subject's opening event (see `policy.ordering`).
+Outcome = Literal["applied", "stale", "ignored", "held"]
 
 
 def entity_ref(kind: str, entity_id: str) -> str:
@@ -51,6 +52,8 @@ class Plan:
     cancel: tuple[str, ...] = ()
     #: entity records to write, by entity ref
     records: dict[str, BaseModel] = field(default_factory=dict)
+    #: for a `held` plan: when the wait for the opening event ends (UTC)
+    held_until: datetime | None = None
 
 
 def stale(reason: str = "older than the state already applied") -> Plan:

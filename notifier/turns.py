@@ -1,0 +1,139 @@
+"""Per-subject event queues and turns in Redis: one worker at a time applies the events
+about one subject, oldest `occurred_at` first.
+
+Keys (all under `n:`; a subject is an entity ref such as `appointment:apt-1`):
+
+- `subject-queue:{ref}`: sorted set of the subject's accepted, unapplied events, scored by
+  `occurred_at` (epoch seconds). Members are `{arrival µs:016d}:{event id}`, so events
+  with the same `occurred_at` are applied in the order they arrived.
+- `turn:{ref}`: the token of the worker whose turn it is, expiring after the lease.
+- `turns`: sorted set of subjects whose turn is taken, scored by lease expiry; the clock's
+  sweep re-enqueues the queue of a subject whose holder died (`expired_turns`).
+- `held:{ref}`: sorted set of closes waiting for the subject's opening event (same members
+  and scores as the queue); `events:held`: their event ids scored by the end of the wait.
+
+Why a queue and a turn rather than dramatiq's ordering: dramatiq delivers messages to any
+thread in any order and redelivers a dead worker's messages late; ordering by `occurred_at`
+needs to see every accepted event of the subject at once, and a lease survives a worker
+killed mid-apply. Taking the turn is one `SET NX`; passing to the next event and giving
+the turn back are one script, which gives the turn back only when the queue is empty, so an
+event queued while the holder finishes is never stranded.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import redis
+
+from notifier.schedule import PREFIX, epoch
+
+TURNS = PREFIX + "turns"
+HELD_EVENTS = PREFIX + "events:held"
+
+
+def queue_key(ref: str) -> str:
+    return f"{PREFIX}subject-queue:{ref}"
+
+
+def turn_key(ref: str) -> str:
+    return f"{PREFIX}turn:{ref}"
+
+
+def held_key(ref: str) -> str:
+    return f"{PREFIX}held:{ref}"
+
+
+def queue_member(event_id: str, arrived_at: datetime) -> str:
+    return f"{int(epoch(arrived_at) * 1_000_000):016d}:{event_id}"
+
+
+def member_event_id(member: str) -> str:
+    return member.split(":", 1)[1]
+
+
+# KEYS: turn:{ref}, turns. ARGV: token, lease ms, lease expiry (epoch s), ref.
+# Take the subject's turn unless another worker has it.
+TAKE_LUA = """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+return 1
+"""
+
+# KEYS: turn:{ref}, subject-queue:{ref}, turns. ARGV: token, lease ms, lease expiry, ref.
+# The next event of the holder's turn (its queue member), renewing the lease; with the
+# queue empty the turn is given back and nothing is returned. Returns false as well when
+# the turn is no longer the caller's (its lease ran out and another worker took it).
+NEXT_LUA = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return false end
+local head = redis.call('ZRANGE', KEYS[2], 0, 0)
+if #head == 0 then
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[3], ARGV[4])
+  return false
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
+return head[1]
+"""
+
+# KEYS: turn:{ref}, turns. ARGV: token, ref. Give the turn back whatever is queued (the
+# caller failed; its retry or the sweep takes the turn again).
+RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[2])
+return 1
+"""
+
+# KEYS: turns. ARGV: now, limit. Subjects whose holder's lease ran out, taken off the set.
+EXPIRED_LUA = """
+local refs = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, ref in ipairs(refs) do redis.call('ZREM', KEYS[1], ref) end
+return refs
+"""
+
+
+class Turns:
+    """The Lua-backed turns of subjects; one instance per process."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        # redis-py types its replies as a sync|async union; the client here is sync.
+        self.redis: Any = client
+        self._take = client.register_script(TAKE_LUA)
+        self._next = client.register_script(NEXT_LUA)
+        self._release = client.register_script(RELEASE_LUA)
+        self._expired = client.register_script(EXPIRED_LUA)
+
+    def take(self, ref: str, token: str, now: datetime, lease_s: float) -> bool:
+        """Take `ref`'s turn for `lease_s` seconds; False when another worker has it."""
+        return bool(self._take(keys=[turn_key(ref), TURNS],
+                               args=[token, int(lease_s * 1000), epoch(now) + lease_s, ref]))
+
+    def next(self, ref: str, token: str, now: datetime, lease_s: float) -> str | None:
+        """The id of the next event to apply in this turn, oldest first, renewing the lease;
+        None when the queue is empty (the turn is then given back) or the turn was lost."""
+        member = self._next(keys=[turn_key(ref), queue_key(ref), TURNS],
+                            args=[token, int(lease_s * 1000), epoch(now) + lease_s, ref])
+        return member_event_id(member.decode()) if member else None
+
+    def release(self, ref: str, token: str) -> None:
+        """Give the turn back early (applying failed; the message's retry takes it again)."""
+        self._release(keys=[turn_key(ref), TURNS], args=[token, ref])
+
+    def expired(self, now: datetime, limit: int = 500) -> list[str]:
+        """Subjects whose turn's lease ran out (the holder died), at most `limit`."""
+        return [r.decode() for r in self._expired(keys=[TURNS], args=[epoch(now), limit])]
+
+    def heads(self, refs: list[str]) -> list[str]:
+        """The oldest queued event id of each subject that has one (one round trip)."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for ref in refs:
+                pipe.zrange(queue_key(ref), 0, 0)
+            heads = pipe.execute()
+        return [member_event_id(h[0].decode()) for h in heads if h]
+
+    def unapplied_about(self, refs: list[str]) -> bool:
+        """Whether any of these subjects has an accepted event not yet applied."""
+        return bool(refs) and bool(self.redis.exists(*(queue_key(r) for r in refs)))
