@@ -184,16 +184,22 @@ def cmd_jobs_list(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_jobs_run(args: argparse.Namespace, settings: Settings) -> None:
-    from notifier.digest import run_provider_digest
+    """Run a job now, for the fire it stands for: in each zone, the job's most recent
+    scheduled fire (see `notifier.digest.manual_fires`). Its digests carry that fire's ids,
+    so a run repeats nothing the clock or an earlier run already planned for it."""
+    from notifier.digest import run_manually
 
     runtime, _ = _runtime(settings)
     if args.name not in {job.name for job in runtime.jobs}:
         known = ", ".join(job.name for job in runtime.jobs)
         raise ConfigError(f"jobs run: no job named {args.name!r} (known: {known})")
-    now = datetime.now(UTC)
-    count = run_provider_digest(runtime.store, now, None, f"run{now:%Y%m%dT%H%M%S}")
-    print(f"{args.name}: {count} digests planned, due now (a running worker and clock send "
-          "them)")
+    runs = run_manually(runtime.store, runtime.jobs, args.name, datetime.now(UTC))
+    if not runs:
+        print(f"{args.name}: no providers known yet: nothing to plan")
+    for run in runs:
+        print(f"{args.name}: {run.describe()}")
+    if any(run.planned for run in runs):
+        print("a running worker and clock send what was planned")
 
 
 def cmd_preview(args: argparse.Namespace, settings: Settings) -> None:
@@ -254,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True)
     jobs_sub.add_parser("list", help="each job's next fire time per zone").set_defaults(
         func=cmd_jobs_list)
-    run = jobs_sub.add_parser("run", help="run a job now")
+    run = jobs_sub.add_parser(
+        "run", help="run a job now, for its most recent scheduled fire in each zone")
     run.add_argument("name")
     run.set_defaults(func=cmd_jobs_run)
     preview = sub.add_parser("preview", help="render a template with sample data")

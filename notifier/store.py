@@ -339,13 +339,17 @@ class Store:
                 pipe.zrem(queue_key(subject.decode()), member)
             pipe.execute()
 
-    def write_plan(self, plan: Plan, now: datetime) -> None:
-        """Write a plan not tied to an event (a cron job's), in one transaction."""
+    def write_plan(self, plan: Plan, now: datetime) -> int:
+        """Write a plan not tied to an event (a cron job's), in one transaction; returns how
+        many of its notifications were added (the others' ids were planned before)."""
         with self.redis.pipeline() as pipe:
             self._write_plan(pipe, plan, now)
-            pipe.execute()
+            replies = pipe.execute()
+        # `_write_plan` queues the adds last; each ADD_LUA reply is 1 (added) or 0 (kept).
+        return sum(int(reply) for reply in replies[len(replies) - len(plan.add):])
 
     def _write_plan(self, pipe: Any, plan: Plan, now: datetime) -> None:
+        """Queue a plan's writes on `pipe`: records, cancels, then the adds (last)."""
         for ref, record in plan.records.items():
             pipe.set(record_key(ref), record.model_dump_json())
             if isinstance(record, ClientRecord) and record.client.phone:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
-from zoneinfo import ZoneInfo
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
@@ -80,10 +79,9 @@ def declare_actors(broker: RedisBroker, runtime: Runtime) -> None:
             runtime.deliverer.deliver(notification_id, utcnow())
 
     def run_job(name: str, zone: str, fire_iso: str) -> None:
-        fire = datetime.fromisoformat(fire_iso)
         if name == "provider-digest":
-            occasion = fire.astimezone(ZoneInfo(zone)).strftime("%Y%m%d")
-            run_provider_digest(runtime.store, utcnow(), zone, occasion)
+            # The digests' ids name this fire, so a redelivered message plans nothing new.
+            run_provider_digest(runtime.store, utcnow(), zone, datetime.fromisoformat(fire_iso))
         else:
             log.error("unknown job %s", name)
 

@@ -27,9 +27,11 @@ def notifier(*args: str, cwd: Path, env: dict[str, str] | None = None,
              **kw) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFIER_", "TWILIO_",
                                                                         "SENDGRID_"))}
+    # The code under test, not whatever checkout the environment has installed.
+    path = os.pathsep.join(filter(None, [str(PROJECT_ROOT), clean.get("PYTHONPATH")]))
     return subprocess.run([sys.executable, "-m", "notifier", *args], cwd=cwd,
-                          env={**clean, **(env or {})}, capture_output=True, text=True,
-                          timeout=60, **kw)
+                          env={**clean, "PYTHONPATH": path, **(env or {})},
+                          capture_output=True, text=True, timeout=60, **kw)
 
 
 def test_dev_runs_on_the_embedded_redis_and_send_event_reaches_it(tmp_path, policy):
@@ -188,6 +190,60 @@ def test_jobs_run_refuses_an_unknown_job(tmp_path, redis_url):
                       env={"NOTIFIER_REDIS_URL": redis_url})
     assert result.returncode == 2
     assert "no job named 'nightly-report'" in result.stderr
+
+
+def test_jobs_run_twice_plans_one_digest_and_says_so(tmp_path, redis_url, redis_client,
+                                                     policy):
+    """A manual run stands for the job's most recent fire in each provider zone, so running
+    it again a moment later plans nothing new, and says so. The job here fires once a year
+    (Jan 1, 09:00 provider-local), so the fire the runs stand for does not depend on the
+    hour the test runs at."""
+    import shutil
+
+    from notifier.jobs import previous_fire
+    from notifier.policy.digest import digest_id
+    from notifier.store import Store
+    from tests.helpers import event, message_received, store_and_apply
+
+    schedules = tmp_path / "schedules"
+    shutil.copytree(PROJECT_ROOT / "schedules", schedules)
+    cron = "0 9 1 1 *"
+    (schedules / "jobs.toml").write_text(
+        f'[[job]]\nname = "provider-digest"\ncron = "{cron}"\nzone = "provider"\n')
+    env = {"NOTIFIER_REDIS_URL": redis_url, "NOTIFIER_SCHEDULES_DIR": str(schedules)}
+
+    nobody = notifier("jobs", "run", "provider-digest", cwd=tmp_path, env=env)
+    assert nobody.returncode == 0, nobody.stderr
+    assert nobody.stdout == "provider-digest: no providers known yet: nothing to plan\n"
+
+    now = datetime.now(UTC)
+    store = Store(redis_client)
+    for provider_id, zone in (("prov-1", "Europe/Madrid"), ("prov-2", "America/New_York")):
+        store_and_apply(store, policy, event("provider.upserted", {"provider": {
+            "id": provider_id, "name": "Dr. X", "email": f"{provider_id}@example.com",
+            "timezone": zone}}, now), now)
+    store_and_apply(store, policy, message_received("msg-1", "c1", now), now)  # for prov-1
+    madrid = previous_fire(cron, now, ZoneInfo("Europe/Madrid"))
+    new_york = previous_fire(cron, now, ZoneInfo("America/New_York"))
+    madrid_fire = f"fire {madrid.astimezone(ZoneInfo('Europe/Madrid')):%a %Y-%m-%d} 09:00 CET"
+    new_york_fire = f"fire {new_york.astimezone(ZoneInfo('America/New_York')):%a %Y-%m-%d}" \
+        " 09:00 EST"
+
+    first = notifier("jobs", "run", "provider-digest", cwd=tmp_path, env=env)
+    second = notifier("jobs", "run", "provider-digest", cwd=tmp_path, env=env)
+    assert first.returncode == second.returncode == 0, first.stderr + second.stderr
+    assert first.stdout.splitlines() == [
+        f"provider-digest: {new_york_fire} in America/New_York: nothing planned: no provider "
+        "has open items",
+        f"provider-digest: {madrid_fire} in Europe/Madrid: planned 1 digest, due now",
+        "a running worker and clock send what was planned"]
+    assert second.stdout.splitlines() == [
+        f"provider-digest: {new_york_fire} in America/New_York: nothing planned: no provider "
+        "has open items",
+        f"provider-digest: {madrid_fire} in Europe/Madrid: nothing planned: 1 provider with "
+        "open items already has a digest for that fire"]
+    planned = [n.id for n in store.notifications_for("provider", "prov-1")]
+    assert planned == [digest_id("prov-1", madrid)]
 
 
 def test_preview_renders_a_kind_in_spanish(tmp_path):

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 
 import pytest
 
 from notifier.clock import Clock
 from notifier.jobs import Job
 from notifier.store import Store
-from notifier.tasks import JOBS_QUEUE, build_broker
-from tests.helpers import event, store_and_apply
+from notifier.tasks import JOBS_QUEUE, RUN_JOB, build_broker, declare_actors
+from tests.helpers import event, message_received, store_and_apply
 
 DIGEST = Job(name="provider-digest", cron="0 8 * * 1-5", zone="provider")
 # Wednesday 2026-11-25: 08:00 in New York is 13:00Z, in Berlin 07:00Z.
@@ -56,6 +57,28 @@ def test_a_fire_is_claimed_once_across_two_clocks_per_provider_zone(store, polic
         ["provider-digest", "America/New_York", NY_FIRE.isoformat()],
         ["provider-digest", "Europe/Berlin", berlin_fire.isoformat()],
     ]
+
+
+def test_the_0800_and_1600_fires_of_one_day_each_send_a_digest(store, policy, redis_url):
+    """A twice-daily cron: both fires are claimed and both plan a digest, through the
+    worker's own `run_job` actor; a redelivered job message plans nothing more."""
+    before = NY_FIRE - timedelta(days=1)
+    store_and_apply(store, policy, provider("prov-1", "America/New_York", before), before)
+    store_and_apply(store, policy, message_received("msg-1", "c1", before), before)
+    twice = Clock(store, build_broker(redis_url),
+                  jobs=[Job(name="provider-digest", cron="0 8,16 * * 1-5", zone="provider")])
+    afternoon = NY_FIRE + timedelta(hours=8)
+    fired = twice.fire_jobs(NY_FIRE + timedelta(seconds=1))
+    fired += twice.fire_jobs(afternoon + timedelta(seconds=1))
+    assert len(fired) == 2
+    worker_broker = build_broker(redis_url)
+    declare_actors(worker_broker, SimpleNamespace(store=store))
+    run_job = worker_broker.get_actor(RUN_JOB).fn
+    for args in queued_jobs(store) * 2:
+        run_job(*args)
+    digests = sorted(n.id for n in store.notifications_for("provider", "prov-1"))
+    assert digests == ["provider_digest:prov-1:20261125T130000Z:email",
+                       "provider_digest:prov-1:20261125T210000Z:email"]
 
 
 def test_a_fire_missed_by_more_than_the_catch_up_window_is_skipped(store, policy, redis_url):

@@ -38,6 +38,7 @@ BOOKED = NOW - timedelta(minutes=1)
 START = NOW + timedelta(days=10)
 CONFIRM_EMAIL = "appointment_confirmation:a1:booked:email"
 CONFIRM_SMS = "appointment_confirmation:a1:booked:sms"
+DIGEST = "provider_digest:prov-1:20261125T150000Z:email"  # for a fire at NOW
 
 
 class FailingChannel:
@@ -258,21 +259,21 @@ def test_a_client_who_replied_stop_gets_email_and_no_duplicate(store, policy, ou
 
 def test_a_digest_with_nothing_open_is_not_sent(store, policy, outbox):
     open_request(store, policy, NOW - timedelta(hours=2))
-    run_provider_digest(store, NOW, None, "20261125")
+    run_provider_digest(store, NOW, None, NOW)
     store_and_apply(store, policy, event("refill.sent", {"request_id": "req-1"}, NOW), NOW)
     d = deliverer(store, policy, outbox=outbox)
-    assert d.deliver("provider_digest:prov-1:20261125:email", NOW) == "suppressed"
-    assert store.notification("provider_digest:prov-1:20261125:email")["reason"] == (
+    assert d.deliver(DIGEST, NOW) == "suppressed"
+    assert store.notification(DIGEST)["reason"] == (
         "nothing open")
     assert [m["kind"] for m in outbox.messages()] == []
 
 
 def test_a_digest_lists_what_is_open_when_it_is_sent(store, policy, outbox):
     open_request(store, policy, NOW - timedelta(hours=2))
-    assert run_provider_digest(store, NOW, "America/Chicago", "20261125") == 1
-    assert run_provider_digest(store, NOW, "Europe/Berlin", "20261125") == 0
+    assert run_provider_digest(store, NOW, "America/Chicago", NOW).planned == 1
+    assert run_provider_digest(store, NOW, "Europe/Berlin", NOW).planned == 0
     d = deliverer(store, policy, outbox=outbox)
-    assert d.deliver("provider_digest:prov-1:20261125:email", NOW) == "sent"
+    assert d.deliver(DIGEST, NOW) == "sent"
     [digest] = outbox.messages()
     assert digest["to"] == "rivera@example.com"
     assert "refill request from client c1: waiting 2 h, 46 h left" in digest["body"]

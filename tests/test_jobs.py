@@ -7,7 +7,7 @@ it, one that occurs twice fires once, at the first.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -15,16 +15,21 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from notifier.digest import DigestRun, run_manually, run_provider_digest
 from notifier.errors import ConfigError
 from notifier.events import Provider
 from notifier.jobs import Job, load_jobs, next_fire, previous_fire
-from notifier.policy.digest import plan_digests
+from notifier.policy.digest import digest_id, fire_occasion, plan_digests
+from notifier.policy.timing import local_time
 from notifier.records import OpenItem, ProviderQueueRecord, ProviderRecord
+from notifier.store import Store
+from tests.helpers import event, message_received, store_and_apply
 
 NEW_YORK = ZoneInfo("America/New_York")
 BERLIN = ZoneInfo("Europe/Berlin")
 KOLKATA = ZoneInfo("Asia/Kolkata")
 WEEKDAYS_8 = "0 8 * * 1-5"
+TWICE_DAILY = "0 8,16 * * 1-5"
 
 
 def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0,
@@ -265,31 +270,207 @@ def test_one_digest_per_provider_with_open_items() -> None:
         (provider("prov-b"), queue()),
         (provider("prov-c"), None),
         (provider("prov-d", "Europe/Berlin"), queue("message:msg-2")),
-    ], "20261102", NOW)
+    ], NOW, NOW)
     assert (result.outcome, result.reason, result.cancel, result.records) == (
         "applied", "2 digests", (), {})
     assert [(n.id, n.kind, n.channel, n.recipient, n.recipient_id, n.entity, n.due_at,
              n.expires_at, n.params, n.state) for n in result.add] == [
-        ("provider_digest:prov-a:20261102:email", "provider_digest", "email", "provider",
+        ("provider_digest:prov-a:20261102T130000Z:email", "provider_digest", "email", "provider",
          "prov-a", "provider:prov-a", NOW, NOW + timedelta(hours=12), {"open": 2}, "scheduled"),
-        ("provider_digest:prov-d:20261102:email", "provider_digest", "email", "provider",
+        ("provider_digest:prov-d:20261102T130000Z:email", "provider_digest", "email", "provider",
          "prov-d", "provider:prov-d", NOW, NOW + timedelta(hours=12), {"open": 1}, "scheduled"),
     ]
 
 
 def test_nothing_open_plans_nothing() -> None:
     result = plan_digests([(provider("prov-b"), queue()), (provider("prov-c"), None)],
-                          "20261102", NOW)
+                          NOW, NOW)
     assert (result.outcome, result.reason, result.add) == ("applied", "0 digests", ())
-    assert plan_digests([], "20261102", NOW).add == ()
+    assert plan_digests([], NOW, NOW).add == ()
 
 
-def test_the_digest_id_is_stable_per_occasion() -> None:
+def test_the_digest_id_is_stable_per_fire() -> None:
     pairs: list[tuple[ProviderRecord, ProviderQueueRecord | None]] = [
         (provider("prov-a"), queue("message:msg-1"))]
-    first = plan_digests(pairs, "20261102", NOW)
-    claimed_again = plan_digests(pairs, "20261102", NOW + timedelta(minutes=3))
-    tomorrow = plan_digests(pairs, "20261103", NOW + timedelta(days=1))
+    first = plan_digests(pairs, NOW, NOW)
+    claimed_again = plan_digests(pairs, NOW, NOW + timedelta(minutes=3))
+    tomorrow = plan_digests(pairs, NOW + timedelta(days=1), NOW + timedelta(days=1))
     assert [n.id for n in claimed_again.add] == [n.id for n in first.add] == [
-        "provider_digest:prov-a:20261102:email"]
-    assert [n.id for n in tomorrow.add] == ["provider_digest:prov-a:20261103:email"]
+        "provider_digest:prov-a:20261102T130000Z:email"]
+    assert [n.id for n in tomorrow.add] == ["provider_digest:prov-a:20261103T130000Z:email"]
+
+
+# --- the digest's id names the job's fire -------------------------------------------------
+
+OCCASION_CASES = {
+    # (zone, the instant the job runs, the fire it stands for (local), the digest's id)
+    "NY summer Monday 08:00:00 EDT: the morning fire": (
+        NEW_YORK, utc(2026, 6, 1, 12, 0), "Mon 2026-06-01 08:00 EDT",
+        "provider_digest:prov-a:20260601T120000Z:email"),
+    "NY 08:40 EDT, the same fire claimed late: the same id": (
+        NEW_YORK, utc(2026, 6, 1, 12, 40), "Mon 2026-06-01 08:00 EDT",
+        "provider_digest:prov-a:20260601T120000Z:email"),
+    "NY 16:00:05 EDT: the afternoon fire, its own id": (
+        NEW_YORK, utc(2026, 6, 1, 20, 0, 5), "Mon 2026-06-01 16:00 EDT",
+        "provider_digest:prov-a:20260601T200000Z:email"),
+    "NY 23:00 EDT (Tuesday in UTC): still Monday's afternoon fire": (
+        NEW_YORK, utc(2026, 6, 2, 3, 0), "Mon 2026-06-01 16:00 EDT",
+        "provider_digest:prov-a:20260601T200000Z:email"),
+    "NY Friday 16:00 EDT before the fall-back weekend": (
+        NEW_YORK, utc(2026, 10, 30, 20, 0), "Fri 2026-10-30 16:00 EDT",
+        "provider_digest:prov-a:20261030T200000Z:email"),
+    "NY the fall-back Sunday: still Friday's afternoon fire": (
+        NEW_YORK, utc(2026, 11, 1, 15, 0), "Fri 2026-10-30 16:00 EDT",
+        "provider_digest:prov-a:20261030T200000Z:email"),
+    "NY Monday 08:00 EST after fall-back: an hour later in UTC": (
+        NEW_YORK, utc(2026, 11, 2, 13, 0), "Mon 2026-11-02 08:00 EST",
+        "provider_digest:prov-a:20261102T130000Z:email"),
+    "NY Monday 16:00 EST after fall-back": (
+        NEW_YORK, utc(2026, 11, 2, 21, 0), "Mon 2026-11-02 16:00 EST",
+        "provider_digest:prov-a:20261102T210000Z:email"),
+    "Berlin Friday 16:00 CET before spring-forward": (
+        BERLIN, utc(2026, 3, 27, 15, 0), "Fri 2026-03-27 16:00 CET",
+        "provider_digest:prov-a:20260327T150000Z:email"),
+    "Berlin Monday 08:00 CEST after spring-forward": (
+        BERLIN, utc(2026, 3, 30, 6, 0), "Mon 2026-03-30 08:00 CEST",
+        "provider_digest:prov-a:20260330T060000Z:email"),
+    "Berlin Monday 16:00 CEST after spring-forward": (
+        BERLIN, utc(2026, 3, 30, 14, 0), "Mon 2026-03-30 16:00 CEST",
+        "provider_digest:prov-a:20260330T140000Z:email"),
+}
+
+
+@pytest.mark.parametrize(("zone", "at", "local_fire", "expected"),
+                         list(OCCASION_CASES.values()), ids=list(OCCASION_CASES))
+def test_the_digest_id_of_a_twice_daily_fire(zone: ZoneInfo, at: datetime, local_fire: str,
+                                             expected: str) -> None:
+    fire = previous_fire(TWICE_DAILY, at, zone)
+    assert f"{fire.astimezone(zone):%a %Y-%m-%d %H:%M %Z}" == local_fire
+    plan = plan_digests([(provider("prov-a", zone.key), queue("message:msg-1"))], fire, at)
+    assert [n.id for n in plan.add] == [expected] == [digest_id("prov-a", fire)]
+    assert fire_occasion(fire) == expected.split(":")[2]
+
+
+@pytest.mark.parametrize(("zone", "day"), [
+    (NEW_YORK, date(2026, 6, 1)), (NEW_YORK, date(2026, 11, 2)),  # EDT; the Monday after DST
+    (BERLIN, date(2026, 3, 30)), (KOLKATA, date(2026, 6, 1))])
+def test_a_twice_daily_cron_plans_two_digests_a_day_each_once(zone: ZoneInfo, day: date
+                                                             ) -> None:
+    pairs: list[tuple[ProviderRecord, ProviderQueueRecord | None]] = [
+        (provider("prov-a", zone.key), queue("message:msg-1"))]
+    morning = [time(8, 0), time(8, 0, 30), time(12, 0), time(15, 59, 59)]
+    afternoon = [time(16, 0), time(16, 0, 5), time(23, 59)]
+    ids = []
+    for at in morning + afternoon:
+        now = local_time(day, at, zone)
+        [digest] = plan_digests(pairs, previous_fire(TWICE_DAILY, now, zone), now).add
+        ids.append(digest.id)
+    assert len(set(ids[:len(morning)])) == len(set(ids[len(morning):])) == 1
+    assert ids[0] != ids[-1]
+
+
+# --- running the job against Redis ---------------------------------------------------------
+
+CHICAGO = ZoneInfo("America/Chicago")
+# Monday 2026-11-30, 08:00 and 16:00 in Chicago (CST).
+MORNING = utc(2026, 11, 30, 14, 0)
+AFTERNOON = utc(2026, 11, 30, 22, 0)
+
+
+@pytest.fixture
+def open_store(redis_client, policy) -> Store:
+    """prov-1 (America/Chicago) with one open message; prov-2 (Berlin) with nothing open."""
+    store = Store(redis_client)
+    before = MORNING - timedelta(days=3)
+    for provider_id, zone in (("prov-1", "America/Chicago"), ("prov-2", "Europe/Berlin")):
+        store_and_apply(store, policy, event("provider.upserted", {"provider": {
+            "id": provider_id, "name": "Dr. X", "email": f"{provider_id}@example.com",
+            "timezone": zone}}, before), before)
+    store_and_apply(store, policy, message_received("msg-1", "c1", before), before)
+    return store
+
+
+def digests(store: Store, provider_id: str = "prov-1") -> list[str]:
+    return [n.id for n in store.notifications_for("provider", provider_id)
+            if n.kind == "provider_digest"]
+
+
+def test_running_the_job_twice_for_one_fire_plans_one_digest(open_store: Store) -> None:
+    first = run_provider_digest(open_store, MORNING + timedelta(seconds=2), "America/Chicago",
+                                MORNING)
+    again = run_provider_digest(open_store, MORNING + timedelta(minutes=5), "America/Chicago",
+                                MORNING)
+    assert (first.due, first.planned) == (1, 1)
+    assert (again.due, again.planned) == (1, 0)
+    assert digests(open_store) == ["provider_digest:prov-1:20261130T140000Z:email"]
+    # The afternoon fire of the same day is a digest of its own.
+    afternoon = run_provider_digest(open_store, AFTERNOON, "America/Chicago", AFTERNOON)
+    assert (afternoon.due, afternoon.planned) == (1, 1)
+    assert digests(open_store) == ["provider_digest:prov-1:20261130T140000Z:email",
+                                   "provider_digest:prov-1:20261130T220000Z:email"]
+
+
+def test_a_manual_run_stands_for_the_latest_fire_in_each_zone(open_store: Store) -> None:
+    jobs = [Job(name="provider-digest", cron=TWICE_DAILY, zone="provider")]
+    # 10:00:59 and 10:01:02 in Chicago: two runs a few seconds apart, across a minute.
+    ten = MORNING + timedelta(hours=2)
+    first = run_manually(open_store, jobs, "provider-digest", ten + timedelta(seconds=59))
+    second = run_manually(open_store, jobs, "provider-digest", ten + timedelta(seconds=62))
+    berlin_fire = utc(2026, 11, 30, 15, 0)   # Monday 16:00 CET, an hour before
+    assert first == [
+        DigestRun(zone="America/Chicago", fire=MORNING, due=1, planned=1),
+        DigestRun(zone="Europe/Berlin", fire=berlin_fire, due=0, planned=0)]
+    assert second == [
+        DigestRun(zone="America/Chicago", fire=MORNING, due=1, planned=0),
+        DigestRun(zone="Europe/Berlin", fire=berlin_fire, due=0, planned=0)]
+    # The clock's run of the afternoon fire, then a manual run after it: one digest.
+    assert run_provider_digest(open_store, AFTERNOON, "America/Chicago", AFTERNOON).planned == 1
+    [chicago, _] = run_manually(open_store, jobs, "provider-digest", AFTERNOON
+                                + timedelta(minutes=20))
+    assert (chicago.fire, chicago.due, chicago.planned) == (AFTERNOON, 1, 0)
+    assert digests(open_store) == ["provider_digest:prov-1:20261130T140000Z:email",
+                                   "provider_digest:prov-1:20261130T220000Z:email"]
+
+
+def test_a_manual_run_takes_the_latest_fire_of_jobs_sharing_a_name(open_store: Store) -> None:
+    jobs = [Job(name="provider-digest", cron=WEEKDAYS_8, zone="provider"),
+            Job(name="provider-digest", cron="0 16 * * 1-5", zone="America/Chicago")]
+    runs = run_manually(open_store, jobs, "provider-digest", AFTERNOON + timedelta(hours=1))
+    assert [(r.zone, r.fire, r.planned) for r in runs] == [
+        ("America/Chicago", AFTERNOON, 1), ("Europe/Berlin", utc(2026, 11, 30, 7, 0), 0)]
+
+
+def test_no_providers_no_manual_runs(redis_client) -> None:
+    jobs = [Job(name="provider-digest", cron=TWICE_DAILY, zone="provider")]
+    assert run_manually(Store(redis_client), jobs, "provider-digest", MORNING) == []
+
+
+DESCRIBED = {
+    "one planned": (DigestRun("America/Chicago", MORNING, 1, 1),
+                    "fire Mon 2026-11-30 08:00 CST in America/Chicago: planned 1 digest, "
+                    "due now"),
+    "three planned": (DigestRun("America/Chicago", MORNING, 3, 3),
+                      "fire Mon 2026-11-30 08:00 CST in America/Chicago: planned 3 digests, "
+                      "due now"),
+    "some planned before": (DigestRun("America/Chicago", MORNING, 3, 1),
+                            "fire Mon 2026-11-30 08:00 CST in America/Chicago: planned 1 "
+                            "digest, due now (2 providers with open items already have one)"),
+    "all planned before, one": (DigestRun("America/Chicago", MORNING, 1, 0),
+                                "fire Mon 2026-11-30 08:00 CST in America/Chicago: nothing "
+                                "planned: 1 provider with open items already has a digest "
+                                "for that fire"),
+    "all planned before, two": (DigestRun("America/Chicago", MORNING, 2, 0),
+                                "fire Mon 2026-11-30 08:00 CST in America/Chicago: nothing "
+                                "planned: 2 providers with open items already have a digest "
+                                "for that fire"),
+    "nothing open": (DigestRun("Europe/Berlin", utc(2026, 11, 30, 7, 0), 0, 0),
+                     "fire Mon 2026-11-30 08:00 CET in Europe/Berlin: nothing planned: no "
+                     "provider has open items"),
+    "every zone": (DigestRun(None, MORNING, 1, 1),
+                   "fire Mon 2026-11-30 14:00 UTC: planned 1 digest, due now"),
+}
+
+
+@pytest.mark.parametrize(("run", "line"), list(DESCRIBED.values()), ids=list(DESCRIBED))
+def test_what_a_run_says_it_planned(run: DigestRun, line: str) -> None:
+    assert run.describe() == line

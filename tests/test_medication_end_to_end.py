@@ -136,7 +136,7 @@ def test_jobs_run_provider_digest_emails_the_open_items(service, tmp_path):
                             env=env, cwd=PROJECT_ROOT, capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0, result.stderr
-    assert "1 digests planned" in result.stdout
+    assert ": planned 1 digest, due now" in result.stdout
     [digest] = wait_for(lambda: service.sent("provider_digest"), what="the digest")
     assert digest["to"] == "rivera@example.com"
     body = digest["body"]
