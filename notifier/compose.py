@@ -55,6 +55,8 @@ class Stored:
     attempts: int
     #: a send-rate slot reserved for it, if any
     slot: datetime | None = None
+    #: the entity it is about (`appointment:a1`), as indexed in the ledger
+    entity: str = ""
 
     @classmethod
     def from_fields(cls, notification_id: str, f: dict[str, str]) -> Stored:
@@ -64,6 +66,7 @@ class Stored:
             expires_at=from_epoch(f["expires"]), params=json.loads(f.get("params") or "{}"),
             attempts=int(f.get("attempts") or 0),
             slot=from_epoch(f["slot"]) if float(f.get("slot") or 0) else None,
+            entity=f.get("entity", ""),
         )
 
 
