@@ -55,7 +55,7 @@ class Stored:
     attempts: int
     #: a send-rate slot reserved for it, if any
     slot: datetime | None = None
-    #: the entity it is about (`appointment:apt-1`)
+    #: the entity it is about (`appointment:a1`), as indexed in the ledger
     entity: str = ""
 
     @classmethod

@@ -1,7 +1,8 @@
 """Delivering one notification: the send-time checks, the channel call, the ledger update.
 
 For each claimed id: `begin` (compare-and-set `scheduled -> sending`, with a lease), then
-expiry, recipient, quiet hours and channel checks against the records as they are now,
+expiry, recipient, quiet hours and channel checks against the records as they are now
+(and, for an update or cancellation, whether the client ever heard of the booking),
 then the send, then `finish`. A retryable failure puts the notification back on our own
 schedule with backoff (never into dramatiq's delay queue); a permanent one records
 `failed` with the provider's code.
@@ -31,6 +32,7 @@ from notifier.compose import (
 )
 from notifier.config import Settings
 from notifier.errors import PermanentError, RetryableError, StoreError, TemplateError
+from notifier.policy.appointments import Told, told_of_booking
 from notifier.policy.figures import Policy
 from notifier.policy.plan import entity_ref
 from notifier.policy.timing import hold_for_quiet_hours
@@ -76,6 +78,13 @@ WAIT_FOR_CLIENT_S = 60.0
 #: How long to wait, again and again, while an accepted event about a notification's subject
 #: is not yet applied (applying takes milliseconds; a dead worker's turn, one lease).
 WAIT_FOR_EVENTS_S = 1.0
+#: Kinds that speak of a booking the client knows: sent only when they were told of it.
+ABOUT_A_KNOWN_BOOKING = frozenset({"appointment_updated", "appointment_cancelled"})
+NEVER_TOLD = "the client was never told of this booking"
+SENT_AS_CONFIRMATION = "sent as a confirmation: the client was never told of the earlier time"
+#: While another message about the appointment is being sent, a message that depends on its
+#: outcome is put back this long (plus up to as much again, jittered).
+WAIT_FOR_SENDING_S = 1.0
 
 
 @dataclass
@@ -230,6 +239,20 @@ class Deliverer:
                                         else None, now, n.expires_at)
             if unwanted:
                 return self._finish(n, "suppressed", unwanted, now)
+        note = ""
+        if n.kind in ABOUT_A_KNOWN_BOOKING:
+            # Before the channel checks: nothing about a booking the client never heard
+            # of goes out, on this channel or the other.
+            told = self._told_of_booking(n)
+            if told == "wait":
+                due = now + timedelta(seconds=WAIT_FOR_SENDING_S * (1 + self.rng.random()))
+                return self._later(n, due, "waiting for another message about this "
+                                   "appointment to be sent", "waiting", not_an_attempt=True)
+            if told == "never":
+                if n.kind == "appointment_cancelled":
+                    return self._finish(n, "suppressed", NEVER_TOLD, now)
+                # A reschedule of a booking never announced announces the new time.
+                n, note = replace(n, kind="appointment_confirmation"), SENT_AS_CONFIRMATION
         closed = closed_reason(n.channel, client, self.store)
         if closed:
             self._use_other_channel(n, client, closed, now)
@@ -249,7 +272,18 @@ class Deliverer:
             n, client, provider if isinstance(provider, ProviderRecord) else None,
             self.settings, self.renderer, now,
             prescription=rx if isinstance(rx, PrescriptionRecord) else None)
-        return message, ""
+        return message, note
+
+    def _told_of_booking(self, n: Stored) -> Told:
+        """Whether the client heard of this booking: from the ledger states of the other
+        client notifications about the appointment. The same message on another channel
+        is left out: it decides the same way (and two of them being sent at once must not
+        wait for each other)."""
+        message = n.id.rsplit(":", 1)[0]
+        return told_of_booking(
+            entry[1] if entry is not None else None
+            for other, entry in self.store.about_entity(n.entity).items()
+            if other.rsplit(":", 1)[0] != message and (entry is None or entry[0] == "client"))
 
     def _use_other_channel(self, n: Stored, client: ClientRecord, why: str,
                            now: datetime) -> None:

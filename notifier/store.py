@@ -372,6 +372,21 @@ class Store:
         raw = self.redis.hgetall(notif_key(notification_id))
         return {k.decode(): v.decode() for k, v in raw.items()}
 
+    def about_entity(self, entity: str) -> dict[str, tuple[str, str] | None]:
+        """(recipient, state) of every notification indexed under `entity` by id; None for
+        one whose ledger entry has expired. Two round trips: the index, then one pipeline
+        of HMGETs."""
+        ids = sorted(i.decode() for i in self.redis.smembers(by_entity_key(entity)))
+        if not ids:
+            return {}
+        with self.redis.pipeline(transaction=False) as pipe:
+            for i in ids:
+                pipe.hmget(notif_key(i), "to", "state")
+            rows = pipe.execute()
+        return {i: (to.decode(), state.decode()) if to is not None and state is not None
+                else None
+                for i, (to, state) in zip(ids, rows, strict=True)}
+
     def notifications_for(self, recipient: str, recipient_id: str,
                           since: datetime | None = None) -> list[NotificationView]:
         """A recipient's notifications due from `since` on (all, without it), soonest

@@ -25,6 +25,13 @@ def daytime_zone(now: datetime) -> str:
     return "Etc/GMT" + (f"{-offset:+d}" if offset else "")
 
 
+def zone_at_hour(now: datetime, hour: int) -> str:
+    """A fixed-offset zone where the local hour at `now` is `hour` (Etc/GMT signs are
+    inverted: Etc/GMT+7 is UTC-7)."""
+    offset = (hour - now.astimezone(UTC).hour + 12) % 24 - 12
+    return "Etc/GMT" + (f"{-offset:+d}" if offset else "")
+
+
 def iso(instant: datetime) -> str:
     return instant.astimezone(UTC).isoformat().replace("+00:00", "Z")
 

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from notifier.events import Event, parse_event
 from notifier.policy import plan
+from notifier.policy.appointments import told_of_booking
 from notifier.policy.figures import Policy
 from notifier.policy.plan import Plan
 from notifier.records import (
@@ -627,3 +628,30 @@ def test_replaying_an_event_plans_the_same_ids(
     assert not [n for n in replay.add
                 if n.kind in ("appointment_confirmation", "appointment_updated")]
     assert replay.records[REF].sequence == first.records[REF].sequence  # type: ignore[attr-defined]
+
+
+# Was the client ever told of a booking? The ledger states of the appointment's other client
+# notifications (None: an entry expired) -> told, never, or wait for one being sent.
+TOLD_TABLE: list[tuple[str, list[str | None], str]] = [
+    ("confirmation superseded before it went out", ["cancelled", "cancelled", "cancelled"],
+     "never"),
+    ("confirmation held, then expired", ["expired", "expired"], "never"),
+    ("confirmation failed and suppressed, reminders still planned",
+     ["failed", "suppressed", "scheduled", "scheduled"], "never"),
+    ("confirmation sent", ["sent", "cancelled"], "told"),
+    ("confirmation sent on one channel only", ["suppressed", "sent"], "told"),
+    ("a reminder sent, the confirmation not", ["cancelled", "sent", "scheduled"], "told"),
+    ("sent wins over one being sent", ["sending", "sent"], "told"),
+    ("a confirmation being sent right now", ["sending", "cancelled"], "wait"),
+    ("a reminder being sent right now", ["cancelled", "sending"], "wait"),
+    ("one entry expired: it may have gone out", [None, "cancelled"], "told"),
+    ("one expired, another being sent", [None, "sending"], "told"),
+    ("nothing on record (the index expired)", [], "told"),
+]
+
+
+@pytest.mark.parametrize(("states", "expected"), [row[1:] for row in TOLD_TABLE],
+                         ids=[row[0] for row in TOLD_TABLE])
+def test_whether_the_client_was_told_of_a_booking(states, expected):
+    assert told_of_booking(states) == expected
+    assert told_of_booking(iter(states)) == expected  # any iterable, read once

@@ -6,6 +6,7 @@ own `Channel` interface (the Twilio and SendGrid stand-ins come with the real pr
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -16,7 +17,7 @@ from icalendar import Calendar
 from notifier.channels import Message, Receipt
 from notifier.channels.outbox import Outbox
 from notifier.config import PROJECT_ROOT, Settings
-from notifier.delivery import MAX_ATTEMPTS, Deliverer
+from notifier.delivery import MAX_ATTEMPTS, NEVER_TOLD, SENT_AS_CONFIRMATION, Deliverer
 from notifier.digest import run_provider_digest
 from notifier.errors import PermanentError, RetryableError
 from notifier.render import Renderer
@@ -440,3 +441,156 @@ def test_a_send_redis_cannot_record_is_recovered_not_sent_again(store, policy, o
     assert deliverer(store, policy, outbox=outbox).deliver(CONFIRM_SMS, later) == "sent"
     assert store.notification(CONFIRM_SMS)["reason"] == "sent before a crash"
     assert len(outbox.messages()) == 1
+
+
+# Nothing is said about what was never said: an update or cancellation of a booking whose
+# client was never told of it.
+CANCEL_EMAIL = "appointment_cancelled:a1:seq1:email"
+CANCEL_SMS = "appointment_cancelled:a1:seq1:sms"
+UPDATE_EMAIL = "appointment_updated:a1:seq1:email"
+UPDATE_SMS = "appointment_updated:a1:seq1:sms"
+MOVED_TO = START + timedelta(days=2)
+
+
+def cancel(store: Store, policy, at: datetime = NOW) -> None:
+    store_and_apply(store, policy, event("appointment.cancelled", {
+        "appointment_id": "a1", "cancelled_by": "client"}, at), at)
+
+
+def move(store: Store, policy, at: datetime = NOW) -> None:
+    store_and_apply(store, policy, appointment("appointment.rescheduled", "a1", "c1", MOVED_TO,
+                                               at), at)
+
+
+def test_a_cancellation_of_a_booking_never_announced_is_suppressed(store, policy, outbox):
+    book(store, policy)
+    cancel(store, policy)  # before the confirmation went out: it is superseded
+    assert store.notification(CONFIRM_EMAIL)["state"] == "cancelled"
+    d = deliverer(store, policy, outbox=outbox)
+    for key in (CANCEL_EMAIL, CANCEL_SMS):
+        assert d.deliver(key, NOW) == "suppressed"
+        n = store.notification(key)
+        assert (n["state"], n["reason"]) == ("suppressed", NEVER_TOLD)
+    assert outbox.messages() == []
+
+
+def test_a_never_told_cancellation_does_not_go_by_the_other_channel(store, policy, outbox):
+    sms_only = dataclasses.replace(policy, appointments=dataclasses.replace(
+        policy.appointments, cancellation_channels=("sms",)))
+    book(store, sms_only, sms=False)
+    cancel(store, sms_only)
+    assert deliverer(store, sms_only, outbox=outbox).deliver(CANCEL_SMS, NOW) == "suppressed"
+    assert store.notification(CANCEL_SMS)["reason"] == NEVER_TOLD
+    assert store.notification(CANCEL_EMAIL) == {}
+    assert outbox.messages() == []
+
+
+def test_a_reschedule_of_a_booking_never_announced_confirms_the_new_time(store, policy, outbox):
+    book(store, policy)
+    move(store, policy)
+    d = deliverer(store, policy, outbox=outbox)
+    assert d.deliver(UPDATE_EMAIL, NOW) == "sent"
+    assert d.deliver(UPDATE_SMS, NOW) == "sent"
+    email, sms = outbox.messages()
+    assert (email["kind"], email["dedupe_key"]) == ("appointment_confirmation", UPDATE_EMAIL)
+    assert (sms["kind"], sms["dedupe_key"]) == ("appointment_confirmation", UPDATE_SMS)
+    assert email["subject"] == "Your appointment on Mon, Dec 7 at 10:00 AM EST is booked"
+    assert "is booked for Mon, Dec 7 at 10:00 AM EST" in email["body"]
+    assert "moved" not in email["body"] + sms["body"]
+    assert "is booked for Mon, Dec 7 at 10:00 AM EST" in sms["body"]
+    [ics_name] = email["attachments"]
+    cal = Calendar.from_ical((outbox.directory / ics_name).read_bytes())
+    [vevent] = cal.walk("VEVENT")
+    assert str(cal["METHOD"]) == "REQUEST" and int(vevent["SEQUENCE"]) == 1
+    assert vevent.decoded("DTSTART") == MOVED_TO
+    for key in (UPDATE_EMAIL, UPDATE_SMS):
+        n = store.notification(key)
+        assert (n["state"], n["kind"], n["reason"]) == (
+            "sent", "appointment_updated", SENT_AS_CONFIRMATION)
+    # Now the client knows of it: its cancellation goes out.
+    cancel(store, policy, NOW + timedelta(minutes=1))
+    cancel_email = "appointment_cancelled:a1:seq2:email"
+    assert d.deliver(cancel_email, NOW + timedelta(minutes=1)) == "sent"
+    assert outbox.messages()[-1]["kind"] == "appointment_cancelled"
+
+
+def test_a_reschedule_after_the_confirmation_went_out_is_an_update(store, policy, outbox):
+    book(store, policy)
+    d = deliverer(store, policy, outbox=outbox)
+    assert d.deliver(CONFIRM_SMS, NOW) == "sent"  # the email never went out: told anyway
+    move(store, policy, NOW + timedelta(minutes=1))
+    assert d.deliver(UPDATE_EMAIL, NOW + timedelta(minutes=1)) == "sent"
+    update = outbox.messages()[-1]
+    assert update["kind"] == "appointment_updated" and "has moved" in update["body"]
+    assert store.notification(UPDATE_EMAIL)["reason"] == ""
+
+
+def test_a_cancellation_after_the_confirmation_went_out_is_sent(store, policy, outbox):
+    book(store, policy)
+    d = deliverer(store, policy, outbox=outbox)
+    assert d.deliver(CONFIRM_EMAIL, NOW) == "sent"
+    cancel(store, policy, NOW + timedelta(minutes=1))
+    assert d.deliver(CANCEL_EMAIL, NOW + timedelta(minutes=1)) == "sent"
+    assert d.deliver(CANCEL_SMS, NOW + timedelta(minutes=1)) == "sent"
+    kinds = [(m["kind"], m["channel"]) for m in outbox.messages()]
+    assert kinds == [("appointment_confirmation", "email"), ("appointment_cancelled", "email"),
+                     ("appointment_cancelled", "sms")]
+    [ics_name] = outbox.messages()[1]["attachments"]
+    cal = Calendar.from_ical((outbox.directory / ics_name).read_bytes())
+    assert str(cal["METHOD"]) == "CANCEL"
+    assert store.notification(CANCEL_EMAIL)["state"] == "sent"
+
+
+def test_a_cancellation_waits_while_the_confirmation_is_being_sent(store, policy, outbox):
+    book(store, policy)
+    store.schedule.begin(CONFIRM_SMS, NOW, lease_s=60)  # another worker is sending it
+    cancel(store, policy)
+    d = deliverer(store, policy, outbox=outbox)
+    assert d.deliver(CANCEL_EMAIL, NOW) == "waiting"
+    n = store.notification(CANCEL_EMAIL)
+    assert (n["state"], n["attempts"]) == ("scheduled", "0")
+    due = store.redis.zscore(SCHEDULE, CANCEL_EMAIL)
+    assert NOW.timestamp() + 1 <= due <= NOW.timestamp() + 2
+    # The confirmation went out after all: the client was told, the cancellation follows.
+    store.schedule.finish(CONFIRM_SMS, "sent")
+    later = datetime.fromtimestamp(due, UTC)
+    assert d.deliver(CANCEL_EMAIL, later) == "sent"
+    assert [m["kind"] for m in outbox.messages()] == ["appointment_cancelled"]
+
+
+def test_a_cancellation_decides_once_the_confirmation_being_sent_failed(store, policy, outbox):
+    book(store, policy)
+    store.schedule.begin(CONFIRM_SMS, NOW, lease_s=60)
+    cancel(store, policy)
+    d = deliverer(store, policy, outbox=outbox)
+    assert d.deliver(CANCEL_SMS, NOW) == "waiting"
+    store.schedule.finish(CONFIRM_SMS, "failed", reason="invalid number")
+    assert d.deliver(CANCEL_SMS, NOW + timedelta(seconds=2)) == "suppressed"
+    assert store.notification(CANCEL_SMS)["reason"] == NEVER_TOLD
+
+
+def test_the_same_notice_being_sent_on_the_other_channel_does_not_hold_it(store, policy, outbox):
+    book(store, policy)
+    cancel(store, policy)
+    store.schedule.begin(CANCEL_SMS, NOW, lease_s=60)  # its twin, on another worker
+    d = deliverer(store, policy, outbox=outbox)
+    assert d.deliver(CANCEL_EMAIL, NOW) == "suppressed"
+    assert store.notification(CANCEL_EMAIL)["reason"] == NEVER_TOLD
+
+
+def test_a_notification_whose_entry_expired_counts_as_told(store, policy, outbox):
+    book(store, policy)
+    cancel(store, policy)
+    # 90 days after it finished, the superseded confirmation's entry is gone: it may have
+    # gone out, so the cancellation is sent rather than withheld.
+    store.redis.delete("n:notif:" + CONFIRM_EMAIL)
+    assert deliverer(store, policy, outbox=outbox).deliver(CANCEL_EMAIL, NOW) == "sent"
+
+
+def test_a_reschedule_of_a_booking_we_never_saw_goes_out_as_a_confirmation(store, policy, outbox):
+    store_and_apply(store, policy, client_upserted("c1", "America/New_York", BOOKED), BOOKED)
+    move(store, policy)
+    assert deliverer(store, policy, outbox=outbox).deliver(UPDATE_SMS, NOW) == "sent"
+    [sms] = outbox.messages()
+    assert sms["kind"] == "appointment_confirmation" and "is booked for" in sms["body"]
+    assert store.notification(UPDATE_SMS)["reason"] == SENT_AS_CONFIRMATION

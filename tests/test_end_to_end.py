@@ -9,12 +9,21 @@ from __future__ import annotations
 import json
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 from icalendar import Calendar
 
+from notifier.delivery import NEVER_TOLD
 from notifier.tasks import build_broker, enqueue_apply
-from tests.helpers import appointment, client_upserted, daytime_zone, provider_upserted
+from tests.helpers import (
+    appointment,
+    client_upserted,
+    daytime_zone,
+    event,
+    provider_upserted,
+    zone_at_hour,
+)
 from tests.service import Service, wait_for
 
 
@@ -144,3 +153,55 @@ def test_an_event_stored_but_never_enqueued_is_applied_by_the_sweep(service):
     service.runtime.store.store_event(evt["id"], json.dumps(evt).encode(), now)
     wait_for(lambda: service.runtime.store.event_status(evt["id"]).get("status") == "applied",
              what="the sweep to apply the stored event")
+
+
+def planned_with(service: Service, keys: tuple[str, ...]) -> dict[str, dict] | None:
+    """The client's notifications once all of `keys` are planned."""
+    planned = service.notifications("c1")
+    return planned if all(k in planned for k in keys) else None
+
+
+def test_a_booking_cancelled_in_the_night_is_never_announced_at_all(service):
+    """The client books at night (quiet hours, 21:00-08:00 their time) and cancels twenty
+    minutes later: the held confirmation is superseded, and at 08:00 the cancellation of a
+    visit they never heard of is suppressed, on both channels, instead of sent."""
+    now = datetime.now(UTC)
+    zone = zone_at_hour(now, 1)  # it is 01:xx there: quiet hours for seven more hours
+    local = now.astimezone(ZoneInfo(zone))
+    morning = local.replace(hour=8, minute=0, second=0, microsecond=0).astimezone(UTC)
+    client = client_upserted("c1", zone, now - timedelta(hours=1))
+    for evt in (client, provider_upserted("prov-1", now - timedelta(hours=1))):
+        assert service.post(evt).status_code == 202
+    # The booking is held by the client's quiet hours only once their zone is known.
+    wait_for(lambda: service.runtime.store.event_status(client["id"]).get("status")
+             == "applied", what="the client's details")
+    booked = appointment("appointment.scheduled", "a1", "c1", now + timedelta(days=3),
+                         now - timedelta(minutes=21))
+    assert service.post(booked).status_code == 202
+    confirmations = ("appointment_confirmation:a1:booked:email",
+                     "appointment_confirmation:a1:booked:sms")
+    planned = wait_for(lambda: planned_with(service, confirmations), what="the booking")
+    assert {datetime.fromisoformat(planned[c]["due_at"]) for c in confirmations} == {morning}
+
+    assert service.post(event("appointment.cancelled", {
+        "appointment_id": "a1", "cancelled_by": "client"}, now)).status_code == 202
+    cancellations = ("appointment_cancelled:a1:seq1:email", "appointment_cancelled:a1:seq1:sms")
+    wait_for(lambda: planned_with(service, cancellations), what="the cancellation")
+    wait_for(service.quiet, what="the service to go idle")
+    planned = service.notifications("c1")
+    for key in confirmations:
+        assert (planned[key]["state"], planned[key]["reason"]) == ("cancelled", "superseded")
+    assert {v["state"] for v in planned.values() if v["kind"] == "appointment_reminder"} == {
+        "cancelled"}
+    for key in cancellations:
+        assert planned[key]["state"] == "scheduled"
+        assert datetime.fromisoformat(planned[key]["due_at"]) == morning  # held for 08:00
+
+    # 08:00 cannot be waited for: deliver the held notices as the worker would then.
+    deliverer = service.runtime.deliverer
+    for key in cancellations:
+        assert deliverer.deliver(key, morning) == "suppressed"
+    shown = service.notifications("c1")
+    for key in cancellations:
+        assert (shown[key]["state"], shown[key]["reason"]) == ("suppressed", NEVER_TOLD)
+    assert service.sent() == []

@@ -7,8 +7,9 @@ expires (a reminder expires at the start).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from notifier.events import (
     Appointment,
@@ -214,3 +215,28 @@ def plan_cancelled(event: Event, state: State, now: datetime, policy: Policy) ->
         add = _notices("appointment_cancelled", f"seq{record.sequence}",
                        policy.appointments.cancellation_channels, record, state, now, policy)
     return Plan(outcome="applied", add=tuple(add), cancel=(ref,), records={ref: record})
+
+
+#: Whether a client was told of a booking: `told`, `never` or `wait` (another message
+#: about it is being sent right now, and its outcome decides).
+Told = Literal["told", "never", "wait"]
+
+
+def told_of_booking(states: Iterable[str | None]) -> Told:
+    """Whether anything about a booking ever reached its client, from the ledger states of
+    every other client notification about the appointment (confirmation, updates,
+    reminders, join link, on any channel; not the one deciding, nor its twin on the other
+    channel). `None` is one whose ledger entry has expired.
+
+    Told when one reached `sent` (a later delivery report does not matter); `wait` while
+    one is `sending`; never told when every one is still on record and none went out.
+    Finished entries expire after 90 days and the index after 180 days without a plan:
+    a notification no longer on record, or no record at all, may have gone out, so the
+    answer is then `told`: a needless notice beats a missing one.
+    """
+    seen = list(states)
+    if not seen or "sent" in seen or None in seen:
+        return "told"
+    if "sending" in seen:
+        return "wait"
+    return "never"
