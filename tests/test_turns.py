@@ -1,0 +1,321 @@
+"""Per-subject queues, turns and held closes, on a real Redis (notifier/turns.py, the
+ordering parts of notifier/store.py and notifier/apply.py)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from notifier.apply import apply_in_turn, apply_stored_event
+from notifier.channels.outbox import Outbox
+from notifier.events import parse_event
+from notifier.policy.figures import Policy
+from notifier.policy.ordering import subject_ref
+from notifier.store import PENDING_EVENTS, Store, TurnLost
+from notifier.turns import HELD_EVENTS, TURNS, held_key, queue_key, turn_key
+from tests.helpers import (
+    appointment,
+    client_upserted,
+    event,
+    message_received,
+    refill_requested,
+)
+
+NOW = datetime(2026, 12, 1, 15, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def store(redis_client) -> Store:
+    return Store(redis_client)
+
+
+def post(store: Store, evt: dict[str, Any], at: datetime = NOW) -> None:
+    """What the web does: store the event with its subject."""
+    parsed = parse_event(json.dumps(evt).encode())
+    assert store.store_event(evt["id"], json.dumps(evt).encode(), at,
+                             subject=subject_ref(parsed), occurred_at=parsed.occurred_at)
+
+
+def status(store: Store, event_id: str) -> str:
+    return store.event_status(event_id)["status"]
+
+
+def fixed(at: datetime):
+    return lambda: at
+
+
+# Turns ------------------------------------------------------------------------------------
+
+def test_one_turn_per_subject_and_it_passes_on_only_with_the_queue_empty(store):
+    turns = store.turns
+    assert turns.take("appointment:a1", "tok-1", NOW, 30)
+    assert not turns.take("appointment:a1", "tok-2", NOW, 30)
+    assert turns.take("appointment:a2", "tok-2", NOW, 30), "other subjects are not held up"
+    store.redis.zadd(queue_key("appointment:a1"), {"0000000000000001:e1": 1.0})
+    assert turns.next("appointment:a1", "tok-1", NOW, 30) == "e1"
+    assert turns.next("appointment:a1", "tok-2", NOW, 30) is None, "not tok-2's turn"
+    assert store.redis.get(turn_key("appointment:a1")) == b"tok-1", "nor can it end it"
+    store.redis.delete(queue_key("appointment:a1"))
+    assert turns.next("appointment:a1", "tok-1", NOW, 30) is None
+    assert not store.redis.exists(turn_key("appointment:a1"))
+    assert store.redis.zscore(TURNS, "appointment:a1") is None
+    assert turns.take("appointment:a1", "tok-3", NOW, 30)
+
+
+def test_a_dead_holders_turn_runs_out_and_is_found_by_the_sweep(store):
+    turns = store.turns
+    assert turns.take("appointment:a1", "dead", NOW, 0.2)
+    assert turns.expired(NOW) == []
+    assert turns.expired(NOW + timedelta(seconds=1)) == ["appointment:a1"]
+    assert turns.expired(NOW + timedelta(seconds=1)) == [], "each death is reported once"
+    store.redis.pexpire(turn_key("appointment:a1"), 1)  # the lease runs out in Redis too
+    store.redis.delete(turn_key("appointment:a1"))
+    assert turns.take("appointment:a1", "next", NOW + timedelta(seconds=1), 30)
+
+
+def test_release_gives_back_only_ones_own_turn(store):
+    turns = store.turns
+    assert turns.take("message:m1", "mine", NOW, 30)
+    turns.release("message:m1", "someone else")
+    assert store.redis.get(turn_key("message:m1")) == b"mine"
+    turns.release("message:m1", "mine")
+    assert not store.redis.exists(turn_key("message:m1"))
+    assert store.redis.zscore(TURNS, "message:m1") is None
+
+
+def test_heads_and_unapplied_about(store):
+    post(store, appointment("appointment.scheduled", "a1", "c1", NOW + timedelta(days=5),
+                            NOW - timedelta(hours=1), ), NOW)
+    assert store.turns.unapplied_about(["appointment:a1", "client:c1"])
+    assert not store.turns.unapplied_about(["appointment:a2", "client:c1"])
+    assert not store.turns.unapplied_about([])
+    [head] = store.turns.heads(["appointment:a1", "appointment:a2"])
+    assert status(store, head) == "accepted"
+
+
+# Order ------------------------------------------------------------------------------------
+
+def test_a_subjects_events_are_applied_oldest_first_whatever_the_arrival(store, policy):
+    start = NOW + timedelta(days=5)
+    booked = appointment("appointment.scheduled", "a1", "c1", start, NOW - timedelta(hours=3))
+    moved = appointment("appointment.rescheduled", "a1", "c1", start + timedelta(days=1),
+                        NOW - timedelta(hours=2))
+    cancelled = event("appointment.cancelled", {"appointment_id": "a1",
+                                                "cancelled_by": "client"},
+                      NOW - timedelta(hours=1))
+    for evt in (cancelled, moved, booked):  # newest first
+        post(store, evt)
+    assert apply_in_turn(store, cancelled["id"], policy, fixed(NOW), 30) == 3
+    assert [status(store, e["id"]) for e in (booked, moved, cancelled)] == ["applied"] * 3
+    record = store.load_record("appointment:a1")
+    assert (record.status, record.sequence) == ("cancelled", 2)
+    assert not store.redis.exists(queue_key("appointment:a1"))
+    assert not store.redis.exists(turn_key("appointment:a1"))
+    assert store.redis.zcard(PENDING_EVENTS) == 0
+
+
+def test_events_with_one_occurred_at_are_applied_in_arrival_order(store, policy):
+    at = NOW - timedelta(hours=1)
+    booked = appointment("appointment.scheduled", "a1", "c1", NOW + timedelta(days=5), at)
+    cancelled = event("appointment.cancelled", {"appointment_id": "a1", "cancelled_by": "client"},
+                      at, event_id="aaa-first-by-name")
+    post(store, booked, NOW)
+    post(store, cancelled, NOW + timedelta(microseconds=5))
+    apply_in_turn(store, booked["id"], policy, fixed(NOW), 30)
+    assert store.load_record("appointment:a1").status == "cancelled"
+
+
+def test_a_worker_finding_the_turn_taken_leaves_the_event_to_the_holder(store, policy):
+    post(store, client_upserted("c1", "UTC", NOW - timedelta(hours=1)))
+    assert store.turns.take("client:c1", "holder", NOW, 30)
+    [event_id] = store.turns.heads(["client:c1"])
+    assert apply_in_turn(store, event_id, policy, fixed(NOW), 30) == 0
+    assert status(store, event_id) == "accepted"
+    # The holder, going on with its turn, finds it next.
+    assert store.turns.next("client:c1", "holder", NOW, 30) == event_id
+
+
+def test_a_write_after_the_turn_passed_on_is_refused(store, policy):
+    evt = client_upserted("c1", "UTC", NOW - timedelta(hours=1))
+    post(store, evt)
+    assert store.turns.take("client:c1", "old", NOW, 30)
+    store.redis.set(turn_key("client:c1"), "new")  # its lease ran out; another took it
+    with pytest.raises(TurnLost):
+        apply_stored_event(store, evt["id"], policy, NOW, turn=("client:c1", "old"))
+    assert status(store, evt["id"]) == "accepted"
+    assert store.load_record("client:c1") is None
+
+
+def test_a_failing_apply_gives_the_turn_back_for_the_retry(store, policy, monkeypatch):
+    from notifier import apply
+
+    evt = client_upserted("c1", "UTC", NOW - timedelta(hours=1))
+    post(store, evt)
+
+    def broken(policy: Policy, now: datetime):
+        def decide(raw, load, arrived_at):
+            raise OverflowError("odd data")
+        return decide
+
+    monkeypatch.setattr(apply, "decide_for", broken)
+    with pytest.raises(OverflowError):
+        apply_in_turn(store, evt["id"], policy, fixed(NOW), 30)
+    assert not store.redis.exists(turn_key("client:c1"))
+    assert status(store, evt["id"]) == "accepted"
+
+
+def test_an_event_stored_without_a_subject_is_queued_when_first_applied(store, policy):
+    """Events accepted by an older version carry no subject: the worker queues them."""
+    evt = client_upserted("c1", "UTC", NOW - timedelta(hours=1))
+    store.store_event(evt["id"], json.dumps(evt).encode(), NOW)
+    assert apply_in_turn(store, evt["id"], policy, fixed(NOW), 30) == 1
+    assert status(store, evt["id"]) == "applied"
+    assert store.event_status(evt["id"])["subject"] == "client:c1"
+
+
+def test_an_unreadable_event_without_a_subject_is_rejected_not_retried(store, policy):
+    store.store_event("evt-x", b'{"id": "evt-x"}', NOW)
+    assert apply_in_turn(store, "evt-x", policy, fixed(NOW), 30) == 0
+    assert status(store, "evt-x") == "rejected"
+    assert store.redis.zcard(PENDING_EVENTS) == 0
+
+
+# Held closes ------------------------------------------------------------------------------
+
+def test_a_close_before_its_open_is_held_then_applied_after_it(store, policy):
+    post(store, client_upserted("c1", "UTC", NOW - timedelta(days=1)))
+    apply_in_turn(store, store.turns.heads(["client:c1"])[0], policy, fixed(NOW), 30)
+    opened = refill_requested("req-1", "rx-1", "c1", NOW - timedelta(minutes=10))
+    sent = event("refill.sent", {"request_id": "req-1"}, NOW - timedelta(minutes=5))
+    post(store, sent)
+    assert apply_in_turn(store, sent["id"], policy, fixed(NOW), 30) == 1
+    held = store.event_status(sent["id"])
+    assert (held["status"], held["reason"]) == (
+        "held", "waiting for the opening event of refill_request:req-1")
+    assert store.redis.zscore(HELD_EVENTS, sent["id"]) == (
+        NOW + policy.opening_wait).timestamp()
+    assert store.redis.zcard(PENDING_EVENTS) == 0, "held is not pending: nothing to sweep"
+    assert not store.turns.unapplied_about(["refill_request:req-1"])
+
+    post(store, opened, NOW + timedelta(minutes=1))
+    later = NOW + timedelta(minutes=1)
+    assert apply_in_turn(store, opened["id"], policy, fixed(later), 30) == 2
+    assert status(store, opened["id"]) == "applied"
+    assert status(store, sent["id"]) == "applied"
+    assert store.load_record("refill_request:req-1").status == "closed"
+    assert store.notification("refill_sent:req-1:sent:sms")["state"] == \
+        "scheduled"
+    assert not store.redis.exists(held_key("refill_request:req-1"))
+    assert store.redis.zcard(HELD_EVENTS) == 0
+
+
+def test_a_held_close_older_than_its_open_is_stale_after_it(store, policy):
+    answered = event("message.answered", {"message_id": "m1"}, NOW - timedelta(hours=2))
+    post(store, answered)
+    apply_in_turn(store, answered["id"], policy, fixed(NOW), 30)
+    opened = message_received("m1", "c1", NOW - timedelta(hours=1))
+    post(store, opened)
+    apply_in_turn(store, opened["id"], policy, fixed(NOW), 30)
+    assert status(store, opened["id"]) == "applied"
+    assert status(store, answered["id"]) == "stale"
+    assert store.load_record("message:m1").status == "open"
+
+
+def test_a_close_whose_opening_never_comes_is_applied_as_it_is_after_the_wait(store, policy):
+    cancelled = event("appointment.cancelled", {"appointment_id": "a1",
+                                                "cancelled_by": "support"},
+                      NOW - timedelta(minutes=5))
+    post(store, cancelled)
+    apply_in_turn(store, cancelled["id"], policy, fixed(NOW), 30)
+    assert status(store, cancelled["id"]) == "held"
+    assert store.release_expired_holds(NOW + timedelta(hours=23)) == []
+    after = NOW + policy.opening_wait
+    assert store.release_expired_holds(after) == [cancelled["id"]]
+    assert status(store, cancelled["id"]) == "accepted"
+    assert apply_in_turn(store, cancelled["id"], policy, fixed(after), 30) == 1
+    applied = store.event_status(cancelled["id"])
+    assert (applied["status"], applied["reason"]) == (
+        "ignored", "unknown appointment; recorded as cancelled")
+    # As before the wait existed: the late booking is stale.
+    booked = appointment("appointment.scheduled", "a1", "c1", NOW + timedelta(days=5),
+                         NOW - timedelta(minutes=10))
+    post(store, booked, after)
+    apply_in_turn(store, booked["id"], policy, fixed(after), 30)
+    assert status(store, booked["id"]) == "stale"
+
+
+def test_a_second_close_for_a_tombstoned_appointment_is_not_held_again(store, policy):
+    first = event("appointment.cancelled", {"appointment_id": "a1", "cancelled_by": "client"},
+                  NOW - timedelta(hours=30))
+    post(store, first, NOW - timedelta(hours=25))
+    apply_in_turn(store, first["id"], policy, fixed(NOW), 30)  # waited 25 h already
+    assert status(store, first["id"]) == "ignored"
+    again = event("appointment.no_show", {"appointment_id": "a1", "party": "client"},
+                  NOW - timedelta(hours=1))
+    post(store, again)
+    apply_in_turn(store, again["id"], policy, fixed(NOW), 30)
+    assert status(store, again["id"]) != "held"
+
+
+def test_an_opening_released_twice_is_applied_once(store, policy):
+    """The clock's release and the opening's arrival race: the close is applied once."""
+    sent = event("refill.sent", {"request_id": "req-1"}, NOW - timedelta(minutes=5))
+    post(store, sent, NOW - policy.opening_wait)
+    apply_in_turn(store, sent["id"], policy, fixed(NOW - policy.opening_wait), 30)
+    assert store.release_expired_holds(NOW) == [sent["id"]]
+    assert store.release_expired_holds(NOW) == []
+    opened = refill_requested("req-1", "rx-1", "c1", NOW - timedelta(minutes=10))
+    post(store, opened)
+    assert apply_in_turn(store, opened["id"], policy, fixed(NOW), 30) == 2
+    assert {status(store, sent["id"]), status(store, opened["id"])} == {"applied"}
+
+
+# Nothing goes out ahead of what is known ----------------------------------------------------
+
+def test_a_notification_waits_while_an_event_about_its_subject_is_unapplied(store, policy,
+                                                                            tmp_path):
+    """The support alert of a message falls due between its answer's 202 and the answer's
+    application: it waits (no attempt counted), then the answer cancels it."""
+    from tests.test_delivery import deliverer
+
+    outbox = Outbox(tmp_path / "outbox")
+    opened = NOW - timedelta(hours=48, seconds=1)
+    for evt in (client_upserted("c1", "UTC", opened), message_received("m1", "c1", opened)):
+        post(store, evt, opened)
+        apply_stored_event(store, evt["id"], policy, opened)
+    alert = "support_escalation:m1:message-window:email"
+    assert store.notification(alert)["state"] == "scheduled"
+    answered = event("message.answered", {"message_id": "m1"}, NOW - timedelta(seconds=1))
+    post(store, answered)  # accepted, not applied yet
+
+    [claimed] = [i for i in store.schedule.claim(NOW, 100, 30) if i == alert]
+    assert deliverer(store, policy, outbox=outbox).deliver(claimed, NOW) == "waiting"
+    waiting = store.notification(alert)
+    assert (waiting["state"], waiting["attempts"]) == ("scheduled", "0")
+    assert float(waiting["due"]) == (NOW + timedelta(seconds=1)).timestamp()
+
+    apply_in_turn(store, answered["id"], policy, fixed(NOW), 30)
+    assert store.notification(alert)["state"] == "cancelled"
+    assert outbox.messages() == []
+
+
+def test_subjects_of_a_notification():
+    from notifier.compose import Stored
+    from notifier.delivery import subjects_of
+
+    n = Stored(id="x", kind="refill_due", channel="sms", recipient="client", recipient_id="c1",
+               due_at=NOW, expires_at=NOW, params={"prescription_id": "rx-1",
+                                                   "provider_id": "prov-1"},
+               attempts=0, entity="prescription:rx-1")
+    assert subjects_of(n) == ["prescription:rx-1", "client:c1"]
+    reminder = Stored(id="y", kind="appointment_reminder", channel="sms", recipient="client",
+                      recipient_id="c1", due_at=NOW, expires_at=NOW,
+                      params={"appointment_id": "a1"}, attempts=0, entity="appointment:a1")
+    assert subjects_of(reminder) == ["appointment:a1", "client:c1"]
+    alert = Stored(id="z", kind="support_escalation", channel="email", recipient="support",
+                   recipient_id="support", due_at=NOW, expires_at=NOW,
+                   params={"item_id": "m1"}, attempts=0, entity="message:m1")
+    assert subjects_of(alert) == ["message:m1"]
