@@ -9,6 +9,7 @@ clock only enqueue, by name, so they never import what the worker needs to run a
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -68,11 +69,13 @@ def enqueue_job(broker: RedisBroker, name: str, zone: str, fire_iso: str) -> Non
     _send(broker, JOBS_QUEUE, RUN_JOB, name, zone, fire_iso)
 
 
-def declare_actors(broker: RedisBroker, runtime: Runtime) -> None:
-    """Declare the actors on `broker`, bound to this worker process's runtime."""
+def declare_actors(broker: RedisBroker, runtime: Runtime,
+                   clock: Callable[[], datetime] = utcnow) -> None:
+    """Declare the actors on `broker`, bound to this worker process's runtime; events are
+    applied at `clock()` (tests pin it to compare plans)."""
 
     def apply_event(event_id: str) -> None:
-        apply_in_turn(runtime.store, event_id, runtime.policy, utcnow, runtime.settings.lease_s)
+        apply_in_turn(runtime.store, event_id, runtime.policy, clock, runtime.settings.lease_s)
 
     def deliver(ids: list[str]) -> None:
         for notification_id in ids:
