@@ -4,6 +4,7 @@ speak their wire protocols: what we send, and how each answer is classified."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import random
 import threading
 from collections import Counter
@@ -126,7 +127,7 @@ def test_twilio_permanent_codes_are_not_retried(twilio, code):
 
 def test_a_twilio_timeout_is_retryable(twilio):
     twilio.script(Scripted(status=201, delay_s=2.0))
-    channel = TwilioSMS(settings(twilio), http_client=RoutingHttpClient(twilio.url, timeout=0.3))
+    channel = TwilioSMS(settings(twilio), timeout_s=0.3)
     with pytest.raises(RetryableError) as caught:
         channel.send(sms(), NOW)
     assert caught.value.code == "network"
@@ -177,6 +178,28 @@ def test_concurrent_sends_each_see_their_own_answer(twilio):
     # Every 201 went to its own send: as many receipts as messages taken, none twice.
     assert len(set(receipts)) == len(receipts) == len(twilio.sent_messages()) == Counter(
         expected.values())["sent"]
+
+
+def test_each_thread_sends_with_its_own_sdk_client(twilio):
+    """The SDK keeps each response on its HTTP client and returns it from there, so threads
+    sharing one could read each other's answers. One thread's send leaves another's alone."""
+    refused = "+14155550001"
+    twilio.answer_to(refused, FakeTwilio.error(21610))
+    channel = TwilioSMS(settings(twilio))
+    used: dict[str, RoutingHttpClient] = {}
+
+    def send(to: str) -> None:
+        with contextlib.suppress(PermanentError):
+            channel.send(replace(sms(), to=to), NOW)
+        used[to] = channel.http
+
+    for to in (refused, "+14155550002"):
+        worker = threading.Thread(target=send, args=(to,))
+        worker.start()
+        worker.join()
+    last = used[refused]._test_only_last_response
+    assert last is not None and last.status_code == 400  # its 21610, not the other's 201
+    assert used[refused] is not used["+14155550002"]
 
 
 def test_wrong_twilio_credentials_are_permanent(twilio):
