@@ -5,11 +5,15 @@ and answers in the provider's wire format. A request is answered by the first th
 
 1. wrong or missing credentials: the provider's 401 (scripted answers are kept for later,
    as the real APIs authenticate before anything else);
-2. the next scripted answer (`script`), first in first out;
-3. chaos mode (`fail_randomly`): with probability `rate`, a random answer from its list;
-4. the provider itself: a validation error when required fields are missing, else success.
+2. the next answer scripted for the request's recipient (`FakeTwilio.answer_to`), first in
+   first out: unlike `script`, it does not depend on the order parallel requests arrive in;
+3. the next scripted answer (`script`), first in first out;
+4. chaos mode (`fail_randomly`): with probability `rate`, a random answer from its list;
+5. the provider itself: a validation error when required fields are missing, else success.
 
-Only requests answered by step 4 with success count as sent (`sent_messages`, `sent_mails`).
+Only requests answered by step 5 with success count as sent (`sent_messages`, `sent_mails`).
+`delay_randomly` holds every answer back a random while, so parallel requests are answered
+out of order, as a real API's are.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import dataclasses
 import json
 import random
 import re
@@ -129,6 +134,7 @@ class FakeProvider:
         self._lock = threading.Condition()
         self._scripted: deque[Scripted] = deque()
         self._chaos: tuple[float, random.Random, list[Scripted]] | None = None
+        self._jitter: tuple[float, random.Random] | None = None
         self._closing = threading.Event()
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.provider = self
@@ -140,7 +146,11 @@ class FakeProvider:
         self._thread.start()
 
     def script(self, *answers: Scripted) -> None:
-        """Queue answers, used first in first out before chaos mode and the default."""
+        """Queue answers, used first in first out before chaos mode and the default.
+
+        They go to requests in the order those arrive, which with parallel senders is not
+        the order the sends were started in: to answer one number, use `FakeTwilio.answer_to`.
+        """
         with self._lock:
             self._scripted.extend(answers)
 
@@ -155,6 +165,13 @@ class FakeProvider:
             raise ValueError("answers must not be empty when rate > 0")
         with self._lock:
             self._chaos = (rate, rng, list(answers)) if rate else None
+
+    def delay_randomly(self, max_s: float, rng: random.Random) -> None:
+        """Delay every answer by a further uniform 0 to `max_s` seconds; 0 turns it off."""
+        if max_s < 0:
+            raise ValueError(f"max_s must not be negative, got {max_s}")
+        with self._lock:
+            self._jitter = (max_s, rng) if max_s else None
 
     def wait_for_requests(self, n: int, timeout_s: float = 10) -> list[Recorded]:
         """All requests so far, once there are at least `n`; raises TimeoutError otherwise."""
@@ -183,15 +200,30 @@ class FakeProvider:
         with self._lock:
             self.requests.append(request)
             self._lock.notify_all()
-            if not self._authorized(request):
-                return self._unauthorized()
-            if self._scripted:
-                return self._scripted.popleft()
-            if self._chaos:
-                rate, rng, answers = self._chaos
-                if rng.random() < rate:
-                    return rng.choice(answers)
-            return self._default(request)
+            answer = self._choose(request)
+            if self._jitter:
+                max_s, rng = self._jitter
+                answer = dataclasses.replace(answer,
+                                             delay_s=answer.delay_s + rng.uniform(0, max_s))
+            return answer
+
+    def _choose(self, request: Recorded) -> Scripted:
+        if not self._authorized(request):
+            return self._unauthorized()
+        for_recipient = self._scripted_for(request)
+        if for_recipient is not None:
+            return for_recipient
+        if self._scripted:
+            return self._scripted.popleft()
+        if self._chaos:
+            rate, rng, answers = self._chaos
+            if rng.random() < rate:
+                return rng.choice(answers)
+        return self._default(request)
+
+    def _scripted_for(self, request: Recorded) -> Scripted | None:
+        """The next answer scripted for this request's recipient, if any (none here)."""
+        return None
 
     def _authorized(self, request: Recorded) -> bool:
         return True
@@ -248,7 +280,14 @@ class FakeTwilio(FakeProvider):
         self._authorization = "Basic " + base64.b64encode(
             f"{account_sid}:{auth_token}".encode()).decode()
         self._sent: list[dict[str, str]] = []
+        self._by_recipient: dict[str, deque[Scripted]] = {}
         super().__init__()
+
+    def answer_to(self, to: str, *answers: Scripted) -> None:
+        """Queue answers for the requests whose To is `to`, first in first out, before any
+        `script`ed ones; once they are used up that number is answered as usual."""
+        with self._lock:
+            self._by_recipient.setdefault(to, deque()).extend(answers)
 
     @staticmethod
     def error(code: int, status: int = 400, message: str | None = None,
@@ -265,6 +304,10 @@ class FakeTwilio(FakeProvider):
         """Form fields (first value of each) of the Messages.json POSTs answered 201."""
         with self._lock:
             return list(self._sent)
+
+    def _scripted_for(self, request: Recorded) -> Scripted | None:
+        queue = self._by_recipient.get(request.form.get("To", [""])[0])
+        return queue.popleft() if queue else None
 
     def _authorized(self, request: Recorded) -> bool:
         account = _TWILIO_ACCOUNT.match(request.path)

@@ -225,6 +225,41 @@ def test_twilio_chaos_mode_is_reproducible_from_the_seed(fake_twilio: FakeTwilio
     assert len(fake_twilio.wait_for_requests(24, timeout_s=1)) == 24
 
 
+def test_twilio_answers_for_a_number_go_to_that_number_first(fake_twilio: FakeTwilio) -> None:
+    client, _ = twilio_client(fake_twilio)
+    other = "+14155550199"
+    fake_twilio.answer_to(TO, FakeTwilio.error(21610), FakeTwilio.error(20429, 429))
+    fake_twilio.script(FakeTwilio.error(20500, 500))
+
+    def status(to: str) -> int:
+        try:
+            client.messages.create(to=to, from_=FROM, body="hi")
+            return 201
+        except TwilioRestException as error:
+            return error.code
+
+    # The scripted 500 goes to whichever request comes first without an answer of its own.
+    assert [status(other), status(TO), status(other), status(TO), status(TO)] == [
+        20500, 21610, 201, 20429, 201]
+    assert [m["To"] for m in fake_twilio.sent_messages()] == [other, TO]
+
+
+def test_random_delays_still_answer_each_request_its_own(fake_twilio: FakeTwilio) -> None:
+    fake_twilio.delay_randomly(0.1, random.Random(3))
+    numbers = [f"+1415555{i:04d}" for i in range(8)]
+
+    def send(to: str) -> Any:
+        return twilio_client(fake_twilio)[0].messages.create(to=to, from_=FROM, body="hi")
+
+    with ThreadPoolExecutor(8) as pool:
+        sent = list(pool.map(send, numbers))
+
+    assert [message.to for message in sent] == numbers
+    assert sorted(m["To"] for m in fake_twilio.sent_messages()) == numbers
+    with pytest.raises(ValueError):
+        fake_twilio.delay_randomly(-1, random.Random(3))
+
+
 def test_chaos_mode_rejects_a_rate_outside_0_to_1(fake_twilio: FakeTwilio) -> None:
     with pytest.raises(ValueError):
         fake_twilio.fail_randomly(1.5, random.Random(1), [FakeTwilio.error(20500, 500)])

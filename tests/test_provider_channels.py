@@ -4,7 +4,12 @@ speak their wire protocols: what we send, and how each answer is classified."""
 from __future__ import annotations
 
 import base64
+import contextlib
+import random
+import threading
+from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -122,10 +127,79 @@ def test_twilio_permanent_codes_are_not_retried(twilio, code):
 
 def test_a_twilio_timeout_is_retryable(twilio):
     twilio.script(Scripted(status=201, delay_s=2.0))
-    channel = TwilioSMS(settings(twilio), http_client=RoutingHttpClient(twilio.url, timeout=0.3))
+    channel = TwilioSMS(settings(twilio), timeout_s=0.3)
     with pytest.raises(RetryableError) as caught:
         channel.send(sms(), NOW)
     assert caught.value.code == "network"
+
+
+def test_concurrent_sends_each_see_their_own_answer(twilio):
+    """One channel shared by many threads, as the worker's threads share it: each send is
+    classified by the answer to its own request, never by another thread's."""
+    threads, per_thread = 8, 30
+    answers = {"opted out": FakeTwilio.error(21610),
+               "rate limited": FakeTwilio.error(20429, status=429, retry_after_s=1)}
+    expected: dict[str, str] = {}
+    for i in range(threads * per_thread):
+        to = f"+1415555{i:04d}"
+        expected[to] = ("opted out", "rate limited", "sent")[i % 3]
+        if expected[to] in answers:
+            twilio.answer_to(to, answers[expected[to]])
+    twilio.delay_randomly(0.02, random.Random(7))  # answers overtake each other
+    channel = TwilioSMS(settings(twilio))
+    seen: dict[str, str] = {}
+    receipts: list[str] = []
+    start = threading.Barrier(threads)
+
+    def send_all(numbers: list[str]) -> None:
+        start.wait()
+        for to in numbers:
+            message = replace(sms(), to=to, notification_id=f"appointment_reminder:{to}:sms")
+            try:
+                receipts.append(channel.send(message, NOW).provider_id)
+                seen[to] = "sent"
+            except PermanentError as exc:
+                seen[to] = "opted out" if exc.code == "21610" else f"permanent {exc.code}"
+            except RetryableError as exc:
+                seen[to] = ("rate limited" if (exc.code, exc.retry_after_s) == ("20429", 1.0)
+                            else f"retryable {exc.code} after {exc.retry_after_s}")
+            except Exception as exc:  # anything else is a mix-up as well: record it
+                seen[to] = f"{type(exc).__name__}: {exc}"
+
+    numbers = list(expected)
+    workers = [threading.Thread(target=send_all, args=(numbers[t::threads],))
+               for t in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+    wrong = {to: (expected[to], seen.get(to)) for to in expected if seen.get(to) != expected[to]}
+    assert not wrong, f"{len(wrong)} of {len(expected)} sends saw another's answer: {wrong}"
+    # Every 201 went to its own send: as many receipts as messages taken, none twice.
+    assert len(set(receipts)) == len(receipts) == len(twilio.sent_messages()) == Counter(
+        expected.values())["sent"]
+
+
+def test_each_thread_sends_with_its_own_sdk_client(twilio):
+    """The SDK keeps each response on its HTTP client and returns it from there, so threads
+    sharing one could read each other's answers. One thread's send leaves another's alone."""
+    refused = "+14155550001"
+    twilio.answer_to(refused, FakeTwilio.error(21610))
+    channel = TwilioSMS(settings(twilio))
+    used: dict[str, RoutingHttpClient] = {}
+
+    def send(to: str) -> None:
+        with contextlib.suppress(PermanentError):
+            channel.send(replace(sms(), to=to), NOW)
+        used[to] = channel.http
+
+    for to in (refused, "+14155550002"):
+        worker = threading.Thread(target=send, args=(to,))
+        worker.start()
+        worker.join()
+    last = used[refused]._test_only_last_response
+    assert last is not None and last.status_code == 400  # its 21610, not the other's 201
+    assert used[refused] is not used["+14155550002"]
 
 
 def test_wrong_twilio_credentials_are_permanent(twilio):

@@ -3,9 +3,11 @@ permanent failures and the other channel, opt-outs by reply, and pacing a burst.
 
 from __future__ import annotations
 
+import random
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, urlsplit
 
@@ -128,6 +130,68 @@ def test_21610_marks_the_number_opted_out_and_email_takes_over(service, fakes):
     # The email twin was planned anyway: no second email is added for the failed SMS.
     wait_for(service.quiet, what="the service to go idle")
     assert len(sendgrid.sent_mails()) == 1
+
+
+@pytest.mark.parametrize("rate", [None, "1000"], ids=["default-rate", "unpaced"])
+def test_bookings_at_once_each_number_gets_its_own_answer(
+        redis_client, redis_url, tmp_path, fakes, rate):
+    """Three clients booked at once; Twilio rate-limits one number once and refuses another
+    as unsubscribed (21610, as often as asked, like Twilio). In whatever order the worker's
+    threads send, each number's outcome is its own answer."""
+    twilio, sendgrid = fakes
+    phones = {"c1": "+14155550101", "c2": "+14155550102", "c3": "+14155550103"}
+    limited, opted_out = phones["c1"], phones["c2"]
+    twilio.answer_to(limited, FakeTwilio.error(20429, status=429, retry_after_s=1))
+    twilio.answer_to(opted_out, *[FakeTwilio.error(21610)] * 10)
+    twilio.delay_randomly(0.05, random.Random(5))
+    env = provider_env(twilio, sendgrid)
+    if rate is None:
+        del env["NOTIFIER_SMS_RATE_PER_S"]
+    else:
+        env["NOTIFIER_SMS_RATE_PER_S"] = rate
+    service = Service(redis_url, tmp_path, env=env)
+    try:
+        now = datetime.now(UTC)
+        assert service.post(provider_upserted("prov-1", now - timedelta(hours=1))).is_success
+        for client_id, phone in phones.items():
+            evt = client_upserted(client_id, daytime_zone(now), now - timedelta(hours=1))
+            evt["data"]["client"]["phone"] = phone
+            assert service.post(evt).is_success
+        bookings = [appointment("appointment.scheduled", f"a-{client_id}", client_id,
+                                now + timedelta(days=5), now) for client_id in phones]
+        with ThreadPoolExecutor(len(bookings)) as pool:
+            assert all(answer.is_success for answer in pool.map(service.post, bookings))
+
+        def sms(client_id: str) -> dict[str, str]:
+            return state(service, f"appointment_confirmation:a-{client_id}:booked:sms")
+
+        wait_for(lambda: [sms(c).get("state") for c in phones] == ["sent", "failed", "sent"],
+                 timeout_s=30, what="the three confirmation SMS")
+        assert (sms("c2")["code"], sms("c2")["attempts"]) == ("21610", "1")  # not retried
+        assert sms("c1")["attempts"] == "2" and sms("c3")["attempts"] == "1"
+        store = service.runtime.store
+        wait_for(lambda: store.sms_opted_out(opted_out), what="the number opted out")
+        assert not store.sms_opted_out(limited) and not store.sms_opted_out(phones["c3"])
+        wait_for(lambda: all(state(service, f"appointment_confirmation:a-{c}:booked:email")
+                             .get("state") == "sent" for c in phones),
+                 what="the confirmation emails")
+
+        # A later booking for the opted-out client: its SMS are skipped, email goes instead.
+        start = datetime.now(UTC) + timedelta(hours=72, seconds=3)
+        assert service.post(appointment("appointment.scheduled", "a-later", "c2", start,
+                                        datetime.now(UTC))).is_success
+        reminder = f"appointment_reminder:a-later:72h.{start:%Y%m%dT%H%M%SZ}"
+        wait_for(lambda: state(service, f"{reminder}:email").get("state") == "sent"
+                 and state(service, f"{reminder}:sms").get("state") == "suppressed",
+                 what="the later reminder, by email only")
+        assert state(service, f"{reminder}:sms")["reason"] == "client replied STOP"
+        wait_for(service.quiet, what="the service to go idle")
+        to_opted_out = [r for r in twilio.requests
+                        if r.path.endswith("Messages.json") and r.form["To"] == [opted_out]]
+        assert len(to_opted_out) == 1
+        assert sorted(m["To"] for m in twilio.sent_messages()) == [limited, phones["c3"]]
+    finally:
+        service.close()
 
 
 def test_stop_by_reply_then_start(service, fakes):

@@ -1,8 +1,9 @@
 """SMS through Twilio's Messages API, with the official SDK.
 
-The client is built once per process. `NOTIFIER_TWILIO_BASE_URL` points it elsewhere (a
-compatible gateway, a staging stand-in) through a custom `http_client` that rewrites the
-scheme and host of each request; `TWILIO_EDGE` / `TWILIO_REGION` are passed to the SDK.
+The SDK client is built once per thread (see `TwilioSMS`). `NOTIFIER_TWILIO_BASE_URL` points
+it elsewhere (a compatible gateway, a staging stand-in) through a custom `http_client` that
+rewrites the scheme and host of each request; `TWILIO_EDGE` / `TWILIO_REGION` are passed to
+the SDK.
 """
 
 from __future__ import annotations
@@ -31,25 +32,25 @@ TIME_BOUND_KINDS = frozenset({"appointment_reminder", "appointment_join_link"})
 
 
 class RoutingHttpClient(TwilioHttpClient):
-    """Twilio's HTTP client, optionally sending to another base URL, and remembering each
-    thread's last response headers (the SDK's exception does not carry Retry-After)."""
+    """Twilio's HTTP client, optionally sending to another base URL, and remembering the last
+    response's headers (the SDK's exception does not carry Retry-After). One thread's only."""
 
     def __init__(self, base_url: str | None = None, timeout: float = HTTP_TIMEOUT_S) -> None:
         super().__init__(timeout=timeout)
         self.base_url = base_url.rstrip("/") if base_url else None
-        self._local = threading.local()
+        self._headers: dict[str, str] = {}
 
     def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Response:
         if self.base_url:
             parts = urlsplit(url)
             url = self.base_url + parts.path + (f"?{parts.query}" if parts.query else "")
-        self._local.headers = {}
+        self._headers = {}
         response = super().request(method, url, *args, **kwargs)
-        self._local.headers = {k.lower(): v for k, v in (response.headers or {}).items()}
+        self._headers = {k.lower(): v for k, v in (response.headers or {}).items()}
         return response
 
     def last_headers(self) -> dict[str, str]:
-        return getattr(self._local, "headers", {})
+        return self._headers
 
 
 def retry_after_s(headers: dict[str, str]) -> float | None:
@@ -61,12 +62,32 @@ def retry_after_s(headers: dict[str, str]) -> float | None:
 
 
 class TwilioSMS:
-    def __init__(self, settings: Settings, http_client: RoutingHttpClient | None = None) -> None:
+    """Shared by the worker's threads, but each thread sends with its own SDK client: the SDK's
+    `TwilioHttpClient.request` keeps each response on the instance (`_test_only_last_response`)
+    and returns it from there, on one `requests.Session`, so a client shared by threads could
+    hand one of them another's answer (a 21610 read as someone's 429). With CPython's GIL no
+    thread switch falls between that store and the return; without it (free-threaded
+    builds), or with any code the SDK adds there, nothing would stop it."""
+
+    def __init__(self, settings: Settings, timeout_s: float = HTTP_TIMEOUT_S) -> None:
         self.settings = settings
-        self.http = http_client or RoutingHttpClient(settings.twilio_base_url)
-        self.client = Client(settings.twilio_account_sid, settings.twilio_auth_token,
-                             http_client=self.http, edge=settings.twilio_edge,
-                             region=settings.twilio_region)
+        self.timeout_s = timeout_s
+        self._local = threading.local()
+
+    @property
+    def http(self) -> RoutingHttpClient:
+        """This thread's HTTP client."""
+        return self._sdk()[1]
+
+    def _sdk(self) -> tuple[Client, RoutingHttpClient]:
+        sdk: tuple[Client, RoutingHttpClient] | None = getattr(self._local, "sdk", None)
+        if sdk is None:
+            http = RoutingHttpClient(self.settings.twilio_base_url, self.timeout_s)
+            sdk = (Client(self.settings.twilio_account_sid, self.settings.twilio_auth_token,
+                          http_client=http, edge=self.settings.twilio_edge,
+                          region=self.settings.twilio_region), http)
+            self._local.sdk = sdk
+        return sdk
 
     def build_request(self, message: Message, now: datetime) -> dict[str, Any]:
         """The Messages API parameters for `message` (pure)."""
@@ -86,13 +107,14 @@ class TwilioSMS:
         return params
 
     def send(self, message: Message, now: datetime) -> Receipt:
+        client, http = self._sdk()
         try:
-            created = self.client.messages.create(**self.build_request(message, now))
+            created = client.messages.create(**self.build_request(message, now))
         except (TwilioRestException, TwilioServiceException) as exc:
             code = str(exc.code or exc.status)
             if exc.status == 429 or exc.status >= 500:
                 raise RetryableError(f"twilio answered {exc.status}", code=code,
-                                     retry_after_s=retry_after_s(self.http.last_headers())
+                                     retry_after_s=retry_after_s(http.last_headers())
                                      ) from None
             raise PermanentError(f"twilio refused the message ({code})", code=code) from None
         except requests.RequestException as exc:
