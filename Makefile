@@ -24,6 +24,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.claim_burst
+	$(BIN)/python -m bench.apply_order
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
