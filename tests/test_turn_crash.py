@@ -19,6 +19,7 @@ the production figure back. The deadline for recovery is a few leases from the k
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -29,10 +30,15 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from notifier.apply import apply_in_turn
+from notifier.clock import Clock
 from notifier.config import PROJECT_ROOT
+from notifier.events import parse_event
+from notifier.policy.ordering import subject_ref
+from notifier.policy.timing import utcnow
 from notifier.records import AppointmentRecord
-from notifier.store import PENDING_EVENTS, record_key
-from notifier.tasks import EVENTS_QUEUE
+from notifier.store import PENDING_EVENTS, Store, record_key
+from notifier.tasks import EVENTS_QUEUE, build_broker
 from notifier.turns import TURNS, member_event_id, queue_key, turn_key
 from tests.helpers import appointment, client_upserted, daytime_zone, store_and_apply
 from tests.service import Service, wait_for
@@ -161,3 +167,33 @@ def test_sigkilled_turn_holder_is_resumed_within_the_lease(redis_client, redis_u
                 worker.wait(timeout=10)
         service.close()
 
+
+def test_a_turn_is_resumed_once_its_key_has_expired_not_before(redis_client, redis_url, policy):
+    """`turns` holds the lease's end as the holder's clock saw it before its script ran (a
+    thread waiting for the GIL, a slow round trip, another host's clock), so the clock can
+    find a lease over while the turn key still holds. The subject must stay due for resuming
+    until the key is gone: a worker given it early finds the turn taken and returns."""
+    store = Store(redis_client)
+    clock = Clock(store, build_broker(redis_url), lease_s=1)
+    now = utcnow()
+    evt = client_upserted("c1", daytime_zone(now), now)
+    ref = subject_ref(parse_event(json.dumps(evt).encode()))
+    store.store_event(evt["id"], json.dumps(evt).encode(), now, subject=ref,
+                      occurred_at=now)
+    # A holder that read its clock 0.5 s before its script ran, then died: `turns` says its
+    # lease ends 0.5 s before its key expires.
+    assert store.turns.take(ref, "dead", utcnow() - timedelta(seconds=0.5), lease_s=1.0)
+    lease_end = datetime.fromtimestamp(redis_client.zscore(TURNS, ref), UTC)
+    # A tick after that end, while the key still holds: whatever it resumes finds the turn
+    # taken.
+    wait_for(lambda: utcnow() > lease_end, what="the lease's end as `turns` has it")
+    assert redis_client.pttl(turn_key(ref)) > 100, "too slow to tick before the key expired"
+    for event_id in clock.resume_turns(utcnow()):
+        assert apply_in_turn(store, event_id, policy, utcnow, 1.0) == 0
+    wait_for(lambda: not redis_client.exists(turn_key(ref)), timeout_s=5,
+             what="the dead holder's turn key to expire")
+    # Once the key is gone, a tick resumes the subject, and its event is applied.
+    wait_for(lambda: clock.resume_turns(utcnow()) == [evt["id"]], timeout_s=2,
+             what="a tick to resume the subject")
+    assert apply_in_turn(store, evt["id"], policy, utcnow, 1.0) == 1
+    assert store.event_status(evt["id"])["status"] == "applied"
