@@ -8,7 +8,8 @@ Keys (all under `n:`; a subject is an entity ref such as `appointment:apt-1`):
   with the same `occurred_at` are applied in the order they arrived.
 - `turn:{ref}`: the token of the worker whose turn it is, expiring after the lease.
 - `turns`: sorted set of subjects whose turn is taken, scored by lease expiry; the clock's
-  sweep re-enqueues the queue of a subject whose holder died (`expired_turns`).
+  sweep re-enqueues the queue of a subject whose holder died (`expired`), once its turn
+  key has expired.
 - `held:{ref}`: sorted set of closes waiting for the subject's opening event (same members
   and scores as the queue); `events:held`: their event ids scored by the end of the wait.
 
@@ -87,11 +88,24 @@ redis.call('ZREM', KEYS[2], ARGV[2])
 return 1
 """
 
-# KEYS: turns. ARGV: now, limit. Subjects whose holder's lease ran out, taken off the set.
+# KEYS: turns. ARGV: now, limit, turn key prefix. Subjects whose holder's lease ran out,
+# taken off the set. The set's score is the lease's end by the holder's clock, read before
+# its script ran (or on another host), so it can come before the turn key expires: a
+# subject whose key still holds stays, scored again by the key's time to live, because a
+# worker resuming it now would find the turn taken, and nothing would resume it later.
 EXPIRED_LUA = """
 local refs = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
-for _, ref in ipairs(refs) do redis.call('ZREM', KEYS[1], ref) end
-return refs
+local expired = {}
+for _, ref in ipairs(refs) do
+  local ttl = redis.call('PTTL', ARGV[3] .. ref)
+  if ttl >= 0 then
+    redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + ttl / 1000, ref)
+  else
+    redis.call('ZREM', KEYS[1], ref)
+    expired[#expired + 1] = ref
+  end
+end
+return expired
 """
 
 
@@ -123,8 +137,10 @@ class Turns:
         self._release(keys=[turn_key(ref), TURNS], args=[token, ref])
 
     def expired(self, now: datetime, limit: int = 500) -> list[str]:
-        """Subjects whose turn's lease ran out (the holder died), at most `limit`."""
-        return [r.decode() for r in self._expired(keys=[TURNS], args=[epoch(now), limit])]
+        """Subjects whose turn's lease ran out (the holder died) and whose turn key is gone,
+        at most `limit`; one whose key still holds is looked at again when it expires."""
+        return [r.decode() for r in self._expired(keys=[TURNS],
+                                                  args=[epoch(now), limit, turn_key("")])]
 
     def heads(self, refs: list[str]) -> list[str]:
         """The oldest queued event id of each subject that has one (one round trip)."""
