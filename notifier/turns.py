@@ -88,21 +88,25 @@ redis.call('ZREM', KEYS[2], ARGV[2])
 return 1
 """
 
-# KEYS: turns. ARGV: now, limit, turn key prefix. Subjects whose holder's lease ran out,
-# taken off the set. The set's score is the lease's end by the holder's clock, read before
-# its script ran (or on another host), so it can come before the turn key expires: a
-# subject whose key still holds stays, scored again by the key's time to live, because a
-# worker resuming it now would find the turn taken, and nothing would resume it later.
+# KEYS: turns, turn:{ref} for each candidate. ARGV: now, then each candidate's ref.
+# Candidates are subjects whose lease ended by `turns`. That score is the lease's end by the
+# holder's clock, read before its script ran (or on another host), so it can come before the
+# turn key expires: a subject whose key still holds stays, scored again by the key's time to
+# live, because a worker resuming it now would find the turn taken and nothing would resume
+# it later. The others are taken off the set and returned.
 EXPIRED_LUA = """
-local refs = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
 local expired = {}
-for _, ref in ipairs(refs) do
-  local ttl = redis.call('PTTL', ARGV[3] .. ref)
-  if ttl >= 0 then
-    redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + ttl / 1000, ref)
-  else
-    redis.call('ZREM', KEYS[1], ref)
-    expired[#expired + 1] = ref
+for i = 2, #KEYS do
+  local ref = ARGV[i]
+  local score = redis.call('ZSCORE', KEYS[1], ref)
+  if score and tonumber(score) <= tonumber(ARGV[1]) then
+    local ttl = redis.call('PTTL', KEYS[i])
+    if ttl >= 0 then
+      redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + ttl / 1000, ref)
+    else
+      redis.call('ZREM', KEYS[1], ref)
+      expired[#expired + 1] = ref
+    end
   end
 end
 return expired
@@ -139,8 +143,13 @@ class Turns:
     def expired(self, now: datetime, limit: int = 500) -> list[str]:
         """Subjects whose turn's lease ran out (the holder died) and whose turn key is gone,
         at most `limit`; one whose key still holds is looked at again when it expires."""
-        return [r.decode() for r in self._expired(keys=[TURNS],
-                                                  args=[epoch(now), limit, turn_key("")])]
+        candidates = [r.decode() for r in self.redis.zrangebyscore(TURNS, "-inf", epoch(now),
+                                                                    0, limit)]
+        if not candidates:
+            return []
+        found = self._expired(keys=[TURNS, *(turn_key(r) for r in candidates)],
+                              args=[epoch(now), *candidates])
+        return [r.decode() for r in found]
 
     def heads(self, refs: list[str]) -> list[str]:
         """The oldest queued event id of each subject that has one (one round trip)."""
