@@ -39,6 +39,7 @@ from notifier.provider_hooks import provider_routes
 from notifier.records import AppointmentRecord, VisitsRecord
 from notifier.store import PENDING_EVENTS, NotificationView, Store
 from notifier.tasks import enqueue_apply
+from notifier.turns import HELD_EVENTS
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,14 @@ class AppointmentOut(BaseModel):
     start: datetime
     status: str
     confirmed_at: datetime | None
+
+
+class EventStatusAnswer(BaseModel):
+    id: str
+    #: accepted (waiting for its subject's turn), held (a close waiting for its opening),
+    #: applied, stale, ignored, rejected (no longer valid) or failed (planning kept failing)
+    status: Literal["accepted", "held", "applied", "stale", "ignored", "rejected", "failed"]
+    reason: str = ""
 
 
 class NotificationsAnswer(BaseModel):
@@ -218,6 +227,9 @@ class LedgerCollector(Collector):
                                 value=inflight)
         yield GaugeMetricFamily("notifier_events_pending", "Events accepted, not yet applied",
                                 value=self.store.redis.zcard(PENDING_EVENTS))
+        yield GaugeMetricFamily("notifier_events_held",
+                                "Closes waiting for their subject's opening event",
+                                value=self.store.redis.zcard(HELD_EVENTS))
         outcomes = CounterMetricFamily("notifier_notifications",
                                        "Notifications finished, by state and channel",
                                        labels=["state", "channel"])
@@ -306,6 +318,24 @@ def create_app(settings: Settings, store: Store, broker: RedisBroker) -> FastAPI
         ]
         return NotificationsAnswer(client_id=client_id, appointments=appointments,
                                    notifications=views)
+
+    @app.get("/v1/events/{event_id}", response_model=EventStatusAnswer,
+             responses={401: {"model": ErrorAnswer}, 404: {"model": ErrorAnswer}})
+    def event_status(
+        event_id: str,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(API_TOKEN)],
+    ) -> EventStatusAnswer | JSONResponse:
+        """Where an accepted event is: waiting, held for its opening event, or applied."""
+        refused = check_api_token(settings.api_token, credentials)
+        if refused is not None:
+            answer = _error(401, refused)
+            answer.headers["WWW-Authenticate"] = "Bearer"
+            return answer
+        stored = store.event_status(event_id)
+        if not stored.get("status"):
+            return _error(404, "no event with this id (or it expired after 30 days)")
+        return EventStatusAnswer(id=event_id, status=stored["status"],  # type: ignore[arg-type]
+                                 reason=stored.get("reason", ""))
 
     @app.get("/healthz", response_model=HealthAnswer,
              responses={503: {"model": HealthAnswer, "description": "Redis unreachable"}})

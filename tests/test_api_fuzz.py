@@ -63,6 +63,7 @@ BOTH = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
 OPERATIONS: dict[tuple[str, str], tuple[GenerationMode, ...]] = {
     (EVENTS_PATH, "POST"): BOTH,
     ("/v1/clients/{client_id}/notifications", "GET"): BOTH,
+    ("/v1/events/{event_id}", "GET"): BOTH,
     ("/healthz", "GET"): (GenerationMode.POSITIVE,),
     ("/metrics", "GET"): (GenerationMode.POSITIVE,),
     ("/twilio/status", "POST"): BOTH,

@@ -820,13 +820,15 @@ def test_openapi_documents_the_read_api_bearer_token_and_nothing_else_needs_it(c
     schemes = document["components"]["securitySchemes"]
     assert [(s["type"], s["scheme"]) for s in schemes.values()] == [("http", "bearer")]
     [name] = schemes
-    read_op = document["paths"]["/v1/clients/{client_id}/notifications"]["get"]
-    assert read_op["security"] == [{name: []}]
-    assert resolve(document, read_op["responses"]["401"]["content"]["application/json"][
-        "schema"]["$ref"])["title"] == "ErrorAnswer"
+    for path in ("/v1/clients/{client_id}/notifications", "/v1/events/{event_id}"):
+        read_op = document["paths"][path]["get"]
+        assert read_op["security"] == [{name: []}]
+        assert resolve(document, read_op["responses"]["401"]["content"]["application/json"][
+            "schema"]["$ref"])["title"] == "ErrorAnswer"
     secured = [(path, method) for path, ops in document["paths"].items()
                for method, op in ops.items() if "security" in op]
-    assert secured == [("/v1/clients/{client_id}/notifications", "get")]
+    assert sorted(secured) == [("/v1/clients/{client_id}/notifications", "get"),
+                               ("/v1/events/{event_id}", "get")]
     assert "security" not in document
 
 
@@ -879,3 +881,34 @@ def test_an_event_that_cannot_be_stored_gets_503_and_may_be_sent_again(settings,
     assert answer.json()["error"] == "storage unavailable; nothing was stored, retry later"
     # Nothing was accepted, so the same event sent again is accepted, not a duplicate.
     assert post(client, secret, event()).status_code == 202
+
+
+# Event status -----------------------------------------------------------------------------
+
+def event_read(client: TestClient, event_id: str, token: str | None = TOKEN) -> Any:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return client.get(f"/v1/events/{event_id}", headers=headers)
+
+
+def test_an_events_status_shows_it_held_then_applied(client, secret, store, policy):
+    closed = event("evt-close", "refill.sent", data={"request_id": "req-1"})
+    assert post(client, secret, closed).status_code == 202
+    assert event_read(client, "evt-close").json() == {
+        "id": "evt-close", "status": "accepted", "reason": ""}
+    apply_stored_event(store, "evt-close", policy, datetime.now(UTC))  # arrived just now
+    assert event_read(client, "evt-close").json() == {
+        "id": "evt-close", "status": "held",
+        "reason": "waiting for the opening event of refill_request:req-1"}
+    scrape = client.get("/metrics").text
+    assert "notifier_events_held 1.0" in scrape
+    assert "notifier_events_pending 0.0" in scrape
+
+
+def test_an_unknown_event_is_404_and_the_status_wants_the_token(client):
+    missing = event_read(client, "evt-nope")
+    assert missing.status_code == 404
+    assert missing.json()["error"] == "no event with this id (or it expired after 30 days)"
+    for token in (None, "wrong"):
+        refused = event_read(client, "evt-nope", token=token)
+        assert refused.status_code == 401
+        assert refused.headers["www-authenticate"] == "Bearer"
