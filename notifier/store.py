@@ -232,9 +232,8 @@ class Store:
         while True:
             with self.redis.pipeline() as pipe:
                 try:
-                    pipe.watch(key)
-                    status, raw, subject, member, received, occurred = pipe.hmget(
-                        key, "status", "raw", "subject", "member", "received_at", "occurred")
+                    status, raw, subject, member, received, occurred, holder, held = \
+                        self._watch_event(pipe, event_id, turn)
                     ref = subject.decode() if subject else None
                     if status != b"accepted" or raw is None:
                         if ref and member:
@@ -242,12 +241,9 @@ class Store:
                             pipe.zrem(queue_key(ref), member)
                             pipe.execute()
                         return None
-                    if turn is not None:
-                        pipe.watch(turn_key(turn[0]))
-                        if pipe.get(turn_key(turn[0])) != turn[1].encode():
-                            raise TurnLost(turn[0])
-                    held: list[tuple[bytes, float]] = []
-                    if ref:
+                    if turn is not None and holder != turn[1].encode():
+                        raise TurnLost(turn[0])
+                    if turn is None and ref:
                         pipe.watch(held_key(ref))
                         held = pipe.zrange(held_key(ref), 0, -1, withscores=True)
 
@@ -275,6 +271,24 @@ class Store:
                     return plan
                 except redis.WatchError:
                     continue
+
+    def _watch_event(self, pipe: Any, event_id: str, turn: tuple[str, str] | None
+                     ) -> list[Any]:
+        """WATCH the event (and, in a turn, the turn and the subject's held closes), then
+        read them in one round trip: the event's fields, the turn's holder, the held
+        closes. Reads after the WATCH are checked by it, so they need not share its
+        connection."""
+        key = event_key(event_id)
+        with self.redis.pipeline(transaction=False) as reads:
+            reads.hmget(key, "status", "raw", "subject", "member", "received_at", "occurred")
+            if turn is None:
+                pipe.watch(key)
+                return [*reads.execute()[0], None, []]
+            pipe.watch(key, turn_key(turn[0]), held_key(turn[0]))
+            reads.get(turn_key(turn[0]))
+            reads.zrange(held_key(turn[0]), 0, -1, withscores=True)
+            fields, holder, held = reads.execute()
+        return [*fields, holder, held]
 
     @staticmethod
     def _hold(pipe: Any, event_id: str, plan: Plan, ref: str | None, member: bytes | None,
