@@ -61,7 +61,9 @@ def reply_to_sms(store: Store, settings: Settings, sender: str, body: str, messa
         return (f"{settings.practice_name}: appointment and refill reminders. Help: "
                 f"{settings.practice_phone} or {settings.practice_url}. Reply STOP to opt out. "
                 "Msg & data rates may apply.")
-    client = store.client_for_phone(sender)
+    # Still one client per number here (the first by id); see the shared-phone change.
+    clients = store.clients_for_phone(sender)
+    client = clients[0] if clients else None
     if word in (CONFIRM, RESCHEDULE):
         if client is None:
             return (f"{settings.practice_name}: we could not match this number. "
