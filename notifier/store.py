@@ -2,8 +2,9 @@
 
 Keys (all under `n:`): `event:{id}` (hash: raw body, status, subject, queue member),
 `events:pending` (accepted, not yet applied, scored by arrival; for the clock's sweep),
-`rec:{ref}` (entity record JSON), the per-subject queues and turns of `notifier.turns`, and
-the notification keys of `notifier.schedule`.
+`rec:{ref}` (entity record JSON), `phone-clients:{phone}` (the ids of every client with
+that number), `sms-optout` (opted-out numbers), the per-subject queues and turns of
+`notifier.turns`, and the notification keys of `notifier.schedule`.
 
 An event's `status`: `accepted` (stored, waiting for its subject's turn), `held` (a close
 waiting for its opening event), then `applied`, `stale` or `ignored`, or `rejected` /

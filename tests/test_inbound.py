@@ -7,6 +7,7 @@ language follow.
 
 from __future__ import annotations
 
+import re
 import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -38,6 +39,13 @@ ZWSP, ZWJ, WJ, BOM, VS16 = "\u200b", "\u200d", "\u2060", "\ufeff", "\ufe0f"
 def test_no_two_words_of_the_table_read_the_same():
     assert len(WORDS) == len(REPLY_WORDS)
     assert all(normalise(w.word) for w in REPLY_WORDS)
+
+
+def test_the_readme_lists_every_word_of_the_table():
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    table = readme[readme.index("| does | English"):readme.index("Twilio itself blocks")]
+    for word in REPLY_WORDS:
+        assert re.search(rf"\b{word.word}\b", table), word.word
 
 
 def test_cancel_is_an_opt_out_word_and_our_keywords_are_c_and_r():
