@@ -1,35 +1,113 @@
 """Replies to our SMS: opt-out and opt-in words, HELP, and our own two keywords.
 
-`C` confirms the client's next appointment and `R` asks support to reschedule it; our own
-keywords never use CANCEL, an opt-out word. The service is not a chat channel: anything
-else gets a pointer to the portal.
+A reply is read as one word after `normalise`: people write "Opt out", "opt-out", "stop?",
+"\u201cSTOP\u201d" or "Stop 🛑" and mean STOP, and Spanish speakers write PARAR or BAJA. The
+words are the table `REPLY_WORDS`, the one place they are listed.
+
+`C` confirms the soonest upcoming appointment of any client with the sender's number (a
+family may share one phone) and `R` asks support to reschedule it; the answer names whose
+appointment it was. Our own keywords never use CANCEL, an opt-out word. The service is not
+a chat channel: anything else gets a pointer to the portal. Answers are the templates in
+`templates/replies/`, in Spanish for a Spanish word or when the number's clients are
+Spanish-speaking.
 """
 
 from __future__ import annotations
 
 import logging
+import unicodedata
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, Literal, get_args
+from zoneinfo import ZoneInfo
 
 from notifier.config import Settings
+from notifier.events import Client
 from notifier.policy.common import for_support
 from notifier.policy.plan import Plan, entity_ref
 from notifier.records import AppointmentRecord, ClientRecord, Record, VisitsRecord
-from notifier.render import format_local_datetime
+from notifier.render import DEFAULT_LOCALE, Renderer, format_local_datetime
 from notifier.store import Store
 
 log = logging.getLogger(__name__)
 
-#: SPEC rule 5 / carrier practice: any of these alone, in any letter case.
-OPT_OUT_WORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE",
-                           "OPTOUT"})
-OPT_IN_WORDS = frozenset({"START", "YES", "UNSTOP"})
-HELP_WORDS = frozenset({"HELP", "INFO"})
-CONFIRM, RESCHEDULE = "C", "R"
+Action = Literal["opt_out", "opt_in", "help", "confirm", "reschedule"]
+#: The locales a client may have, so every reply exists in each.
+LOCALES: tuple[str, ...] = get_args(Client.model_fields["locale"].annotation)
+UTC_ZONE = ZoneInfo("UTC")
 
 
-def keyword(body: str) -> str:
-    """The reply as a keyword: trimmed, upper case, trailing punctuation dropped."""
-    return body.strip().rstrip(".!").strip().upper()
+@dataclass(frozen=True)
+class ReplyWord:
+    #: As people know it; matched after `normalise`, so "OPTOUT" is also "opt-out" and
+    #: "Opt out!", and "SI" is also "Sí".
+    word: str
+    action: Action
+    #: "es" for a Spanish word (the answer is in Spanish); None for a word either language
+    #: uses (our Spanish messages say "Responda STOP"): the answer follows the clients.
+    locale: str | None = None
+    #: One of Twilio's own opt-out keywords: sent exactly (any case, trimmed), Twilio
+    #: blocks the number and confirms by itself, and would refuse an answer of ours.
+    carrier_confirms: bool = False
+
+
+#: Every word we act on (CTIA's and Twilio's opt-out list, Spanish equivalents, HELP, and
+#: our own C and R). A table test in tests/test_provider_hooks.py tries each of them.
+REPLY_WORDS: tuple[ReplyWord, ...] = (
+    # OPTOUT is also "OPT OUT" and "opt-out": `normalise` drops the space and the hyphen
+    # (only the exact OPTOUT is Twilio's, see `carrier_confirmed`).
+    *(ReplyWord(w, "opt_out", carrier_confirms=True) for w in (
+        "STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT")),
+    *(ReplyWord(w, "opt_out", "es") for w in ("ALTO", "PARAR", "CANCELAR", "BAJA")),
+    *(ReplyWord(w, "opt_in") for w in ("START", "YES", "UNSTOP")),
+    *(ReplyWord(w, "opt_in", "es") for w in ("INICIO", "ALTA", "SI")),
+    *(ReplyWord(w, "help") for w in ("HELP", "INFO")),
+    ReplyWord("AYUDA", "help", "es"),
+    ReplyWord("C", "confirm"),
+    ReplyWord("R", "reschedule"),
+)
+
+#: The answers (`templates/replies/{name}.{locale}.txt`); start-up renders each one.
+REPLY_TEMPLATES = ("opted_out", "opted_in", "help", "confirmed", "reschedule",
+                   "no_appointment", "unknown_number", "not_a_chat")
+
+
+def normalise(body: str) -> str:
+    """A reply reduced to its letters and digits, upper case.
+
+    NFKD turns full-width and other compatibility forms into plain letters and splits
+    accents off (Í -> I + a combining mark); then only letters and digits are kept, so
+    combining marks, variation selectors, zero-width and other invisible characters,
+    quotes, punctuation, emoji, hyphens and spaces all go. A sentence stays a sentence
+    ("please stop by" is PLEASESTOPBY, not STOP): only a reply that is the word counts.
+    """
+    kept = (ch for ch in unicodedata.normalize("NFKD", body)
+            if unicodedata.category(ch)[0] in "LN")
+    return "".join(kept).upper()
+
+
+#: `REPLY_WORDS` by their normalised form (a test checks no two rows share one).
+WORDS = {normalise(w.word): w for w in REPLY_WORDS}
+
+
+def read_word(body: str) -> ReplyWord | None:
+    return WORDS.get(normalise(body))
+
+
+def carrier_confirmed(body: str, word: ReplyWord) -> bool:
+    """Whether Twilio itself took `body` as an opt-out (its keywords, exactly): then it has
+    confirmed it and our answer would be refused. Any other spelling ("Stop 🛑", "opt-out",
+    PARAR) reaches only us, and the confirmation is ours to send."""
+    return word.carrier_confirms and body.strip().upper() == word.word
+
+
+def reply_locale(word: ReplyWord | None, clients: list[ClientRecord]) -> str:
+    """The language of our answer: a Spanish word's, else the one all the number's clients
+    share, else English."""
+    if word is not None and word.locale is not None:
+        return word.locale
+    locales = {c.client.locale for c in clients}
+    return locales.pop() if len(locales) == 1 else DEFAULT_LOCALE
 
 
 def next_appointment(store: Store, client: ClientRecord, now: datetime
@@ -45,47 +123,72 @@ def next_appointment(store: Store, client: ClientRecord, now: datetime
     return None
 
 
-def reply_to_sms(store: Store, settings: Settings, sender: str, body: str, message_sid: str,
-                 now: datetime) -> str | None:
+def soonest(candidates: list[tuple[ClientRecord, AppointmentRecord]]
+            ) -> tuple[ClientRecord, AppointmentRecord] | None:
+    """The appointment a C or R from a shared number is about: the soonest of any of its
+    clients (by start, then client id, so a tie always picks the same one)."""
+    if not candidates:
+        return None
+    return min(candidates, key=lambda c: (c[1].appointment.start, c[0].client.id))
+
+
+def reply_to_sms(store: Store, settings: Settings, renderer: Renderer, sender: str, body: str,
+                 message_sid: str, now: datetime) -> str | None:
     """Act on an inbound SMS; the text to answer with, or None for no answer."""
-    word = keyword(body)
-    if word in OPT_OUT_WORDS:
+    word = read_word(body)
+    clients = store.clients_for_phone(sender)
+    locale = reply_locale(word, clients)
+    context: dict[str, Any] = {"practice_name": settings.practice_name,
+                               "practice_phone": settings.practice_phone,
+                               "practice_url": settings.practice_url}
+
+    def answer(name: str, **more: Any) -> str:
+        return renderer.reply(name, locale, {**context, **more})
+
+    if word is None:
+        return answer("not_a_chat")
+    if word.action == "opt_out":
+        # Per number, so for every client who shares it.
         store.set_sms_opt_out(sender, True)
         log.info("inbound %s: opted out", message_sid)
-        return None  # the carrier sends the opt-out confirmation; ours would be refused
-    if word in OPT_IN_WORDS:
+        return None if carrier_confirmed(body, word) else answer("opted_out")
+    if word.action == "opt_in":
         store.set_sms_opt_out(sender, False)
-        return (f"{settings.practice_name}: you will get our texts again. "
-                "Reply STOP to opt out.")
-    if word in HELP_WORDS:
-        return (f"{settings.practice_name}: appointment and refill reminders. Help: "
-                f"{settings.practice_phone} or {settings.practice_url}. Reply STOP to opt out. "
-                "Msg & data rates may apply.")
-    client = store.client_for_phone(sender)
-    if word in (CONFIRM, RESCHEDULE):
-        if client is None:
-            return (f"{settings.practice_name}: we could not match this number. "
-                    f"Please call {settings.practice_phone}.")
-        appt = next_appointment(store, client, now)
-        if appt is None:
-            return (f"{settings.practice_name}: we found no upcoming appointment. "
-                    f"Questions: {settings.practice_phone}.")
-        when = format_local_datetime(appt.appointment.start, client.client.zone,
-                                     client.client.locale)
-        if word == CONFIRM:
-            confirm(store, appt.appointment.id, now)
-            return f"{settings.practice_name}: thank you, your appointment on {when} is confirmed."
-        store.write_plan(Plan(outcome="applied", add=tuple(for_support(
-            kind="reschedule_request", entity=entity_ref("client", client.client.id),
-            occasion=message_sid or now.strftime("%Y%m%dT%H%M%S"), due_at=now,
-            params={"client_id": client.client.id, "appointment_id": appt.appointment.id,
-                    "provider_id": appt.appointment.provider_id,
-                    "start": appt.appointment.start.isoformat()})),
-            ), now)
-        return (f"{settings.practice_name}: thank you, our support team will contact you to "
-                f"find a new time for your appointment on {when}.")
-    return (f"{settings.practice_name}: this number cannot take messages. To reach your "
-            f"provider, use the portal: {settings.practice_url}. In an emergency call 911.")
+        return answer("opted_in")
+    if word.action == "help":
+        return answer("help")
+    if not clients:
+        return answer("unknown_number")
+    found = soonest([(client, appt) for client in clients
+                     if (appt := next_appointment(store, client, now)) is not None])
+    if found is None:
+        return answer("no_appointment")
+    client, appt = found
+    about = {"first_name": client.client.first_name,
+             "start_local": format_local_datetime(appt.appointment.start, client.client.zone,
+                                                  locale)}
+    if word.action == "confirm":
+        confirm(store, appt.appointment.id, now)
+        return answer("confirmed", **about)
+    store.write_plan(Plan(outcome="applied", add=tuple(for_support(
+        kind="reschedule_request", entity=entity_ref("client", client.client.id),
+        occasion=message_sid or now.strftime("%Y%m%dT%H%M%S"), due_at=now,
+        params={"client_id": client.client.id, "appointment_id": appt.appointment.id,
+                "provider_id": appt.appointment.provider_id,
+                "start": appt.appointment.start.isoformat()})),
+        ), now)
+    return answer("reschedule", **about)
+
+
+def check_reply_templates(renderer: Renderer, settings: Settings, now: datetime) -> None:
+    """Render every answer in every locale, so a missing or broken reply template stops
+    start-up instead of failing the first client who writes (raises TemplateError)."""
+    sample = {"practice_name": settings.practice_name, "practice_phone": settings.practice_phone,
+              "practice_url": settings.practice_url, "first_name": "Ana"}
+    for name in REPLY_TEMPLATES:
+        for locale in LOCALES:
+            renderer.reply(name, locale, {
+                **sample, "start_local": format_local_datetime(now, UTC_ZONE, locale)})
 
 
 def confirm(store: Store, appointment_id: str, now: datetime) -> None:

@@ -15,6 +15,7 @@ import binascii
 import json
 import logging
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -28,10 +29,11 @@ from twilio.twiml.messaging_response import MessagingResponse
 from notifier.config import Settings
 from notifier.delivery import TWILIO_OPTED_OUT, use_other_channel
 from notifier.errors import ConfigError
-from notifier.inbound import reply_to_sms
+from notifier.inbound import check_reply_templates, reply_to_sms
 from notifier.policy.plan import entity_ref
 from notifier.policy.timing import utcnow
 from notifier.records import ClientRecord
+from notifier.render import Renderer
 from notifier.store import DELIVERY_FAILURES, Store
 
 log = logging.getLogger(__name__)
@@ -129,6 +131,8 @@ def provider_routes(settings: Settings, store: Store) -> APIRouter:
     validator = RequestValidator(settings.twilio_auth_token) if settings.twilio_auth_token \
         else None
     event_key = sendgrid_key(settings)
+    renderer = Renderer(Path(settings.templates_dir))
+    check_reply_templates(renderer, settings, utcnow())
 
     async def twilio_form(request: Request) -> dict[str, str] | None:
         """The form fields of a request Twilio signed, or None."""
@@ -164,7 +168,7 @@ def provider_routes(settings: Settings, store: Store) -> APIRouter:
         form = await twilio_form(request)
         if form is None:
             return JSONResponse({"error": "signature"}, status_code=403)
-        reply = reply_to_sms(store, settings, form.get("From", ""),
+        reply = reply_to_sms(store, settings, renderer, form.get("From", ""),
                              form.get("Body", ""), form.get("MessageSid", ""), utcnow())
         twiml = MessagingResponse()
         if reply:

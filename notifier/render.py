@@ -135,6 +135,23 @@ class Renderer:
             raise TemplateError(f"sms/{kind}.{locale}: {exc}") from exc
         return body
 
+    def reply(self, name: str, locale: str, context: dict[str, Any]) -> str:
+        """Our answer to an inbound SMS, from `templates/replies/{name}.{locale}.txt` (`en`
+        when the locale has none), folded and kept to GSM-7 like an SMS body. Apart from
+        `sms/` so that nothing that walks the notification kinds meets them."""
+        for candidate in (locale, DEFAULT_LOCALE):
+            try:
+                template = self.sms_env.get_template(f"replies/{name}.{candidate}.txt")
+                break
+            except jinja2.TemplateNotFound:
+                continue
+        else:
+            raise TemplateError(f"no reply template for {name!r}")
+        try:
+            return to_gsm7(" ".join(template.render(context).split()))
+        except jinja2.TemplateError as exc:
+            raise TemplateError(f"replies/{name}.{locale}: {exc}") from exc
+
     def email(self, kind: str, locale: str, context: dict[str, Any]) -> RenderedEmail:
         template = self._template("email", kind, locale)
         try:

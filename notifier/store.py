@@ -2,8 +2,9 @@
 
 Keys (all under `n:`): `event:{id}` (hash: raw body, status, subject, queue member),
 `events:pending` (accepted, not yet applied, scored by arrival; for the clock's sweep),
-`rec:{ref}` (entity record JSON), the per-subject queues and turns of `notifier.turns`, and
-the notification keys of `notifier.schedule`.
+`rec:{ref}` (entity record JSON), `phone-clients:{phone}` (the ids of every client with
+that number), `sms-optout` (opted-out numbers), the per-subject queues and turns of
+`notifier.turns`, and the notification keys of `notifier.schedule`.
 
 An event's `status`: `accepted` (stored, waiting for its subject's turn), `held` (a close
 waiting for its opening event), then `applied`, `stale` or `ignored`, or `rejected` /
@@ -13,7 +14,7 @@ waiting for its opening event), then `applied`, `stale` or `ignored`, or `reject
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
@@ -83,8 +84,36 @@ def parse_record(kind: str, raw: bytes) -> Record:
     return RECORD_TYPES[kind].model_validate_json(raw)
 
 
-def phone_key(phone: str) -> str:
+def legacy_phone_key(phone: str) -> str:
+    """The one-client-per-number string older versions wrote (last write won); still read,
+    never written, so numbers indexed before the upgrade keep working."""
     return f"{PREFIX}phone:{phone}"
+
+
+def phone_clients_key(phone: str) -> str:
+    """The set of ids of every client with this number: a family may share one phone."""
+    return f"{PREFIX}phone-clients:{phone}"
+
+
+def phone_index_changes(before: Mapping[str, BaseModel], after: Mapping[str, BaseModel]
+                        ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(phone, client id) pairs to take out of and put into the per-number sets when the
+    records `after` replace `before` (the same refs, as stored until now; a ref missing
+    from `before` is a new client). A client whose number changed or went leaves the old
+    number's set."""
+    leave: list[tuple[str, str]] = []
+    join: list[tuple[str, str]] = []
+    for ref, record in after.items():
+        if not isinstance(record, ClientRecord):
+            continue
+        old = before.get(ref)
+        old_phone = old.client.phone if isinstance(old, ClientRecord) else None
+        new_phone = record.client.phone
+        if old_phone and old_phone != new_phone:
+            leave.append((old_phone, record.client.id))
+        if new_phone:
+            join.append((new_phone, record.client.id))
+    return leave, join
 
 
 def shown_state(fields: dict[str, str]) -> str:
@@ -254,6 +283,7 @@ class Store:
 
                     arrived = from_epoch(received) if received else now
                     plan = decide(raw, load, arrived)
+                    before = self._clients_before(plan, pipe)
                     pipe.multi()
                     if ref and member:
                         pipe.zrem(queue_key(ref), member)
@@ -261,7 +291,7 @@ class Store:
                     if plan.outcome == "held":
                         self._hold(pipe, event_id, plan, ref, member, occurred, now)
                     else:
-                        self._write_plan(pipe, plan, now)
+                        self._write_plan(pipe, plan, now, before)
                         pipe.hset(key, mapping={"status": plan.outcome, "reason": plan.reason,
                                                 "applied_at": epoch(now)})
                         pipe.expire(key, EVENT_RETENTION_S)
@@ -357,18 +387,34 @@ class Store:
         """Write a plan not tied to an event (a cron job's), in one transaction; returns how
         many of its notifications were added (the others' ids were planned before)."""
         with self.redis.pipeline() as pipe:
-            self._write_plan(pipe, plan, now)
+            self._write_plan(pipe, plan, now, self._clients_before(plan, self.redis))
             replies = pipe.execute()
         # `_write_plan` queues the adds last; each ADD_LUA reply is 1 (added) or 0 (kept).
         return sum(int(reply) for reply in replies[len(replies) - len(plan.add):])
 
-    def _write_plan(self, pipe: Any, plan: Plan, now: datetime) -> None:
-        """Queue a plan's writes on `pipe`: records, cancels, then the adds (last)."""
+    def _clients_before(self, plan: Plan, pipe: Any) -> dict[str, Record]:
+        """The stored versions of the client records `plan` writes, read before its MULTI
+        (and watched, on a watching pipeline), so `_write_plan` can move a client whose
+        number changed out of the old number's set."""
+        refs = [ref for ref, record in plan.records.items() if isinstance(record, ClientRecord)]
+        if refs and getattr(pipe, "watching", False):
+            pipe.watch(*(record_key(r) for r in refs))
+        return self.load_records(refs, pipe)
+
+    def _write_plan(self, pipe: Any, plan: Plan, now: datetime,
+                    before: Mapping[str, BaseModel] | None = None) -> None:
+        """Queue a plan's writes on `pipe`: records, cancels, then the adds (last).
+
+        `before`: the stored versions of the plan's client records (`_clients_before`);
+        callers whose plans hold no client records may leave it out."""
         for ref, record in plan.records.items():
             pipe.set(record_key(ref), record.model_dump_json())
-            if isinstance(record, ClientRecord) and record.client.phone:
-                # Inbound SMS name a number; this finds the client it belongs to.
-                pipe.set(phone_key(record.client.phone), record.client.id)
+        # Inbound SMS name a number; these sets find every client it belongs to.
+        leave, join = phone_index_changes(before or {}, plan.records)
+        for phone, client_id in leave:
+            pipe.srem(phone_clients_key(phone), client_id)
+        for phone, client_id in join:
+            pipe.sadd(phone_clients_key(phone), client_id)
         for ref in plan.cancel:
             self.schedule.cancel_script(keys=[by_entity_key(ref), SCHEDULE, INFLIGHT],
                                         args=[PREFIX + "notif:", "superseded",
@@ -438,12 +484,18 @@ class Store:
     def sms_opted_out(self, phone: str) -> bool:
         return bool(self.redis.sismember(SMS_OPT_OUTS, phone))
 
-    def client_for_phone(self, phone: str) -> ClientRecord | None:
-        client_id = self.redis.get(phone_key(phone))
-        record = self.load_record(f"client:{client_id.decode()}") if client_id else None
-        if isinstance(record, ClientRecord) and record.client.phone == phone:
-            return record
-        return None
+    def clients_for_phone(self, phone: str) -> list[ClientRecord]:
+        """Every client whose current number is `phone`, by id. Reads the per-number set and
+        the string older versions wrote; each candidate's record must still carry the
+        number, so an entry left behind by a change (or by the old index) finds no one."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.smembers(phone_clients_key(phone))
+            pipe.get(legacy_phone_key(phone))
+            members, legacy = pipe.execute()
+        ids = {m.decode() for m in members} | ({legacy.decode()} if legacy else set())
+        records = self.load_records([f"client:{i}" for i in sorted(ids)])
+        return [r for r in records.values()
+                if isinstance(r, ClientRecord) and r.client.phone == phone]
 
     # Delivery reports and fallbacks ------------------------------------------------------
     def record_delivery(self, notification_id: str, status: str, code: str,

@@ -43,11 +43,15 @@ def event(type_: str, data: dict[str, Any], occurred_at: datetime, event_id: str
 
 
 def client_upserted(client_id: str, zone: str, occurred_at: datetime, *, sms: bool = True,
-                    email: bool = True, locale: str = "en") -> dict[str, Any]:
-    return event("client.upserted", {"client": {
-        "id": client_id, "first_name": "Ana", "phone": "+14155550123",
-        "email": f"{client_id}@example.com", "timezone": zone, "locale": locale,
-        "channels": {"sms": sms, "email": email}}}, occurred_at)
+                    email: bool = True, locale: str = "en", first_name: str = "Ana",
+                    phone: str | None = "+14155550123") -> dict[str, Any]:
+    """A client; `phone=None` for one without a number."""
+    client: dict[str, Any] = {
+        "id": client_id, "first_name": first_name, "email": f"{client_id}@example.com",
+        "timezone": zone, "locale": locale, "channels": {"sms": sms, "email": email}}
+    if phone is not None:
+        client["phone"] = phone
+    return event("client.upserted", {"client": client}, occurred_at)
 
 
 def provider_upserted(provider_id: str, occurred_at: datetime) -> dict[str, Any]:

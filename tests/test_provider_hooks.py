@@ -21,6 +21,7 @@ from twilio.request_validator import RequestValidator
 
 from notifier.config import Settings
 from notifier.errors import ConfigError
+from notifier.inbound import REPLY_WORDS
 from notifier.policy.timing import utcnow
 from notifier.provider_hooks import fresh_timestamp, sendgrid_key
 from notifier.store import Store
@@ -324,7 +325,8 @@ def inbound(http: TestClient, body: str, sender: str = PHONE):
 
 @pytest.mark.parametrize("word", ["STOP", "stop", " Stop ", "STOPALL", "UNSUBSCRIBE",
                                   "cancel", "END", "quit", "Revoke", "OPTOUT"])
-def test_every_opt_out_word_opts_out_and_start_opts_back_in(http, store, word):
+def test_twilios_own_opt_out_words_opt_out_without_an_answer_of_ours(http, store, word):
+    # Twilio blocks the number and confirms by itself; an answer of ours would be refused.
     answer = inbound(http, word)
     assert answer.status_code == 200
     assert answer.headers["content-type"].startswith("application/xml")
@@ -376,3 +378,129 @@ def test_c_from_an_unknown_number_or_without_appointments(http, store, policy):
     now = utcnow()
     store_and_apply(store, policy, client_upserted("c1", "America/New_York", now), now)
     assert "no upcoming appointment" in inbound(http, "C").text
+
+
+# Opt-out words as people type them (issue 10, item 4). A table that grows: each row is a
+# reply as typed and whether it must be answered in Spanish. None of these is one of
+# Twilio's own keywords sent exactly, so Twilio neither blocks nor confirms: we confirm.
+TYPED_OPT_OUTS = [
+    ("Opt out", "en"), ("opt-out", "en"), ("OPT-OUT", "en"), ("stop?", "en"), ('"STOP"', "en"),
+    ("Stop 🛑", "en"), ("\u201cStop\u201d", "en"), ("ＳＴＯＰ", "en"), ("s\u200btop", "en"),
+    ("stop \u270b\ufe0f", "en"), ("Stop all!", "en"), ("End.", "en"),
+    ("Parar", "es"), ("Cancelar", "es"), ("Baja", "es"), ("¡Alto!", "es"), ("BAJA 🙏", "es"),
+]
+
+
+@pytest.mark.parametrize(("typed", "locale"), TYPED_OPT_OUTS)
+def test_opt_out_words_as_people_type_them_opt_out_and_are_confirmed(http, store, typed,
+                                                                     locale):
+    answer = inbound(http, typed)
+    assert answer.status_code == 200
+    assert store.sms_opted_out(PHONE)
+    assert "cannot take messages" not in answer.text
+    expected = {"en": "you will get no more texts from us. Reply START",
+                "es": "no le enviaremos mas mensajes. Responda INICIO"}[locale]
+    assert expected in answer.text
+
+
+@pytest.mark.parametrize(("typed", "expected"), [
+    ("START", "you will get our texts again"), ("yes!", "you will get our texts again"),
+    ("Un-stop", "you will get our texts again"), ("Inicio", "volvera a recibir"),
+    ("ALTA", "volvera a recibir"), ("Sí", "volvera a recibir"), ("si", "volvera a recibir"),
+])
+def test_opt_in_words_as_people_type_them(http, store, typed, expected):
+    store.set_sms_opt_out(PHONE, True)
+    assert expected in inbound(http, typed).text
+    assert not store.sms_opted_out(PHONE)
+
+
+@pytest.mark.parametrize("row", REPLY_WORDS, ids=lambda w: w.word)
+def test_every_word_of_the_table_is_acted_on(http, store, policy, row):
+    booked(store, policy)
+    store.set_sms_opt_out(PHONE, row.action == "opt_in")
+    answer = inbound(http, row.word.lower())
+    assert answer.status_code == 200 and "cannot take messages" not in answer.text
+    assert store.sms_opted_out(PHONE) is (row.action == "opt_out")
+
+
+def test_help_in_spanish_for_ayuda_or_a_spanish_speaking_client(http, store, policy):
+    assert "Ayuda: +1 555 0100" in inbound(http, "¿Ayuda?").text
+    now = utcnow()
+    store_and_apply(store, policy, client_upserted("c1", "America/New_York", now, locale="es"),
+                    now)
+    answer = inbound(http, "HELP").text
+    assert "recordatorios de citas" in answer and "Responda STOP para darse de baja" in answer
+
+
+@pytest.mark.parametrize("typed", ["c", "C.", "'C'", "Ｃ", "c 👍"])
+def test_our_confirm_keyword_as_people_type_it(http, store, policy, typed):
+    booked(store, policy)
+    assert "is confirmed" in inbound(http, typed).text
+    assert not store.sms_opted_out(PHONE)
+
+
+def test_a_spanish_speaking_client_is_answered_in_spanish(http, store, policy):
+    now = utcnow()
+    store_and_apply(store, policy, client_upserted("c1", "America/New_York", now, locale="es"),
+                    now)
+    assert "no encontramos ninguna cita" in inbound(http, "C").text
+    assert "este numero no recibe mensajes" in inbound(http, "hola").text
+
+
+# A phone shared by a family (issue 10, item 5) -------------------------------------------
+
+def family(store: Store, policy, *, child_appointment: timedelta | None = None) -> datetime:
+    """Parent and child share PHONE; the child was upserted last; the parent has an
+    appointment in 10 days, the child one after `child_appointment` if given."""
+    now = utcnow()
+    store_and_apply(store, policy, client_upserted("parent", "America/New_York", now,
+                                                   first_name="Maria"), now)
+    store_and_apply(store, policy, provider_upserted("prov-1", now), now)
+    store_and_apply(store, policy, appointment("appointment.scheduled", "a-parent", "parent",
+                                               now + timedelta(days=10), now), now)
+    later = now + timedelta(seconds=1)
+    store_and_apply(store, policy, client_upserted("child", "America/New_York", later,
+                                                   first_name="Leo"), later)
+    if child_appointment is not None:
+        store_and_apply(store, policy, appointment("appointment.scheduled", "a-child", "child",
+                                                   now + child_appointment, later), later)
+    return now
+
+
+def appointments(http: TestClient, client_id: str) -> dict[str, dict]:
+    shown = http.get(f"/v1/clients/{client_id}/notifications", headers=READ).json()
+    return {a["id"]: a for a in shown["appointments"]}
+
+
+def test_c_from_a_shared_phone_confirms_the_parents_appointment_and_says_whose(
+        http, store, policy):
+    family(store, policy)
+    answer = inbound(http, "C").text
+    assert "Maria's appointment on" in answer and "is confirmed" in answer
+    assert appointments(http, "parent")["a-parent"]["confirmed_at"] is not None
+
+
+def test_r_from_a_shared_phone_reschedules_the_parents_appointment_and_says_whose(
+        http, store, policy):
+    family(store, policy)
+    answer = inbound(http, "R").text
+    assert "support team will contact you" in answer and "Maria's appointment on" in answer
+    alert = store.notification("reschedule_request:parent:SMin1:email")
+    assert (alert["state"], alert["to"]) == ("scheduled", "support")
+    assert json.loads(alert["params"])["appointment_id"] == "a-parent"
+
+
+def test_c_from_a_shared_phone_confirms_the_soonest_appointment_of_the_family(
+        http, store, policy):
+    family(store, policy, child_appointment=timedelta(days=3))
+    assert "Leo's appointment on" in inbound(http, "C").text
+    assert appointments(http, "child")["a-child"]["confirmed_at"] is not None
+    assert appointments(http, "parent")["a-parent"]["confirmed_at"] is None
+
+
+def test_stop_from_a_shared_phone_opts_out_the_number_the_whole_family_has(http, store,
+                                                                           policy):
+    family(store, policy)
+    inbound(http, "Stop 🛑")
+    assert [c.client.id for c in store.clients_for_phone(PHONE)] == ["child", "parent"]
+    assert store.sms_opted_out(PHONE)  # kept per number, which every client of it has
