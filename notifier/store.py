@@ -23,7 +23,13 @@ from pydantic import BaseModel
 
 from notifier.errors import StoreError
 from notifier.policy.plan import Plan, PlannedNotification
-from notifier.records import RECORD_TYPES, ClientRecord, Record
+from notifier.records import (
+    RECORD_TYPES,
+    AppointmentRecord,
+    ClientRecord,
+    Record,
+    VisitsRecord,
+)
 from notifier.schedule import (
     INFLIGHT,
     KEEP_FINISHED_S,
@@ -193,6 +199,21 @@ class Store:
 
     def load_record(self, ref: str) -> Record | None:
         return self.load_records([ref]).get(ref)
+
+    def upcoming_appointments(self, client_id: str, now: datetime) -> list[AppointmentRecord]:
+        """The client's booked appointments that have not ended by `now`, soonest first.
+
+        The visits record keeps an appointment until its completion, no-show or
+        cancellation arrives, which may be never: one that has ended is past, whatever
+        the record still says. Two round trips: the visits record, then the appointments.
+        """
+        visits = self.load_record(f"visits:{client_id}")
+        if not isinstance(visits, VisitsRecord):
+            return []
+        records = self.load_records([f"appointment:{i}" for i in sorted(visits.upcoming)])
+        upcoming = [r for r in records.values()
+                    if isinstance(r, AppointmentRecord) and r.appointment.end > now]
+        return sorted(upcoming, key=lambda r: (r.appointment.start, r.appointment.id))
 
     def update_record(self, ref: str, change: Callable[[Record | None], Record | None]) -> bool:
         """Change one record atomically (WATCH, retried on a concurrent write); `change`

@@ -36,7 +36,6 @@ from notifier.events import EVENT_MODELS, parse_event
 from notifier.policy.ordering import subject_ref
 from notifier.policy.timing import utcnow
 from notifier.provider_hooks import provider_routes
-from notifier.records import AppointmentRecord, VisitsRecord
 from notifier.store import PENDING_EVENTS, NotificationView, Store
 from notifier.tasks import enqueue_apply
 
@@ -81,6 +80,8 @@ class HealthAnswer(BaseModel):
 class AppointmentOut(BaseModel):
     id: str
     start: datetime
+    #: listed until it ends, even when no completion ever arrives
+    end: datetime
     status: str
     confirmed_at: datetime | None
 
@@ -295,14 +296,13 @@ def create_app(settings: Settings, store: Store, broker: RedisBroker) -> FastAPI
             answer = _error(401, refused)
             answer.headers["WWW-Authenticate"] = "Bearer"
             return answer
-        views = store.notifications_for("client", client_id, since=utcnow() - READ_WINDOW)
-        visits = store.load_record(f"visits:{client_id}")
-        upcoming = sorted(visits.upcoming) if isinstance(visits, VisitsRecord) else []
+        now = utcnow()
+        views = store.notifications_for("client", client_id, since=now - READ_WINDOW)
         appointments = [
-            AppointmentOut(id=r.appointment.id, start=r.appointment.start, status=r.status,
+            AppointmentOut(id=r.appointment.id, start=r.appointment.start,
+                           end=r.appointment.end, status=r.status,
                            confirmed_at=r.confirmed_at)
-            for r in store.load_records([f"appointment:{i}" for i in upcoming]).values()
-            if isinstance(r, AppointmentRecord)
+            for r in store.upcoming_appointments(client_id, now)
         ]
         return NotificationsAnswer(client_id=client_id, appointments=appointments,
                                    notifications=views)

@@ -691,6 +691,76 @@ def test_the_read_api_shows_the_last_30_days_and_what_is_coming(client, store):
     assert shown == [recent.id, upcoming.id]
 
 
+def booking_event(event_id: str, appt_id: str, start: datetime, occurred_at: datetime,
+                  minutes: int = 30) -> dict[str, Any]:
+    return event(event_id, "appointment.scheduled", {"appointment": {
+        "id": appt_id, "client_id": "c1", "provider_id": "p1", "start": start.isoformat(),
+        "end": (start + timedelta(minutes=minutes)).isoformat(), "kind": "therapy"}},
+        occurred_at=occurred_at.isoformat())
+
+
+def client_event(zone: str, occurred_at: datetime) -> dict[str, Any]:
+    return event("evt-client", "client.upserted", {"client": {
+        "id": "c1", "first_name": "Ana", "phone": "+14155550123", "email": "ana@example.com",
+        "timezone": zone, "channels": {"sms": True, "email": True}}},
+        occurred_at=occurred_at.isoformat())
+
+
+def test_a_booking_made_after_the_start_shows_why_its_notices_expired(client, secret, store,
+                                                                      policy):
+    # Issue 11: a client in Madrid at 09:18 (UTC+1 in March), an appointment from 09:00.
+    start, now = datetime(2030, 3, 4, 8, 0, tzinfo=UTC), datetime(2030, 3, 4, 8, 18, tzinfo=UTC)
+    for evt in (client_event("Europe/Madrid", now - timedelta(days=1)),
+                booking_event("evt-late-booking", "a1", start, now)):
+        assert post(client, secret, evt).status_code == 202
+        assert apply_stored_event(store, evt["id"], policy, now) is not None
+    shown = {(n["kind"], n["state"], n["reason"])
+             for n in read(client, "c1").json()["notifications"]}
+    assert shown == {("appointment_confirmation", "expired",
+                      "the appointment had already started when it was booked")}
+
+
+def book_three(store: Store, policy, now: datetime) -> None:
+    """For client c1: `ended` (over 30 min ago, never completed), `running` (started 10 min
+    ago, ends in 20) and `ahead` (in two days), each booked three days before `now`."""
+    booked_at = now - timedelta(days=3)
+    for evt in (client_event("UTC", booked_at),
+                booking_event("evt-ended", "ended", now - timedelta(hours=1), booked_at),
+                booking_event("evt-running", "running", now - timedelta(minutes=10), booked_at),
+                booking_event("evt-ahead", "ahead", now + timedelta(days=2), booked_at)):
+        store.store_event(evt["id"], encode(evt), booked_at)
+        assert apply_stored_event(store, evt["id"], policy, booked_at) is not None
+
+
+def test_upcoming_appointments_are_those_not_ended(store, policy):
+    book_three(store, policy, NOW)
+    upcoming = store.upcoming_appointments("c1", NOW)
+    assert [r.appointment.id for r in upcoming] == ["running", "ahead"]
+    # An appointment is past from its end on, to the second.
+    running_end = upcoming[0].appointment.end
+    assert [r.appointment.id for r in store.upcoming_appointments(
+        "c1", running_end - timedelta(seconds=1))] == ["running", "ahead"]
+    assert [r.appointment.id for r in store.upcoming_appointments(
+        "c1", running_end)] == ["ahead"]
+    assert store.upcoming_appointments("nobody", NOW) == []
+
+
+def test_upcoming_appointments_skip_one_whose_record_is_gone(store, policy):
+    book_three(store, policy, NOW)
+    store.redis.delete("n:rec:appointment:ahead")
+    assert [r.appointment.id for r in store.upcoming_appointments("c1", NOW)] == ["running"]
+
+
+def test_the_read_api_lists_as_upcoming_only_appointments_not_ended(client, store, policy):
+    # The read API reads the real clock: times are set around it, not fixed.
+    book_three(store, policy, datetime.now(UTC))
+    listed = read(client, "c1").json()["appointments"]
+    assert [a["id"] for a in listed] == ["running", "ahead"]
+    assert all(a["status"] == "scheduled" for a in listed)
+    assert all(datetime.fromisoformat(a["end"]) > datetime.fromisoformat(a["start"])
+               for a in listed)
+
+
 @pytest.mark.parametrize("authorization", [
     None, f"Basic {TOKEN}", "Bearer", f"Bearer {TOKEN[:-1]}", f"Bearer {TOKEN}x",
     f"Bearer {TOKEN.upper()}", "Bearer wrong", f"Token {TOKEN}", TOKEN,
