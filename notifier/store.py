@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
@@ -33,14 +34,19 @@ from notifier.records import (
 from notifier.schedule import (
     INFLIGHT,
     KEEP_FINISHED_S,
+    LATENESS,
+    OUTCOMES,
     PREFIX,
     SCHEDULE,
+    Lateness,
     Schedule,
     by_entity_key,
     by_recipient_key,
     epoch,
     from_epoch,
     notif_key,
+    parse_lateness,
+    parse_outcomes,
 )
 from notifier.turns import HELD_EVENTS, Turns, held_key, queue_key, queue_member, turn_key
 
@@ -112,6 +118,19 @@ def _notification_fields(n: PlannedNotification, now: datetime) -> list[Any]:
         "attempts": 0, "created": epoch(now),
     }
     return [item for pair in fields.items() for item in pair]
+
+
+@dataclass(frozen=True)
+class LedgerFigures:
+    """What /metrics reports from Redis, read in one round trip."""
+
+    scheduled: int
+    in_flight: int
+    events_pending: int
+    #: (state, channel) -> notifications that ended so
+    outcomes: dict[tuple[str, str], int]
+    #: (kind, channel) -> send lateness
+    lateness: dict[tuple[str, str], Lateness]
 
 
 class TurnLost(StoreError):
@@ -377,18 +396,32 @@ class Store:
                 # Inbound SMS name a number; this finds the client it belongs to.
                 pipe.set(phone_key(record.client.phone), record.client.id)
         for ref in plan.cancel:
-            self.schedule.cancel_script(keys=[by_entity_key(ref), SCHEDULE, INFLIGHT],
+            self.schedule.cancel_script(keys=[by_entity_key(ref), SCHEDULE, INFLIGHT,
+                                              OUTCOMES],
                                         args=[PREFIX + "notif:", "superseded",
                                               KEEP_FINISHED_S], client=pipe)
         for n in plan.add:
             self.schedule.add_script(
                 keys=[notif_key(n.id), SCHEDULE, by_recipient_key(n.recipient, n.recipient_id),
-                      by_entity_key(n.entity)],
+                      OUTCOMES, by_entity_key(n.entity)],
                 args=[n.id, epoch(n.due_at), *_notification_fields(n, now)],
                 client=pipe,
             )
 
     # Reading -----------------------------------------------------------------------------
+    def figures(self) -> LedgerFigures:
+        """The backlog, the outcomes and the send lateness, for /metrics: one pipeline."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(SCHEDULE)
+            pipe.zcard(INFLIGHT)
+            pipe.zcard(PENDING_EVENTS)
+            pipe.hgetall(OUTCOMES)
+            pipe.hgetall(LATENESS)
+            scheduled, in_flight, pending, outcomes, lateness = pipe.execute()
+        return LedgerFigures(scheduled=int(scheduled), in_flight=int(in_flight),
+                             events_pending=int(pending), outcomes=parse_outcomes(outcomes),
+                             lateness=parse_lateness(lateness))
+
     def notification(self, notification_id: str) -> dict[str, str]:
         raw = self.redis.hgetall(notif_key(notification_id))
         return {k.decode(): v.decode() for k, v in raw.items()}

@@ -30,7 +30,7 @@ from notifier.errors import PermanentError, RetryableError
 from notifier.policy.common import PLANNED_AFTER_EXPIRY, QUIET_HOURS_PAST_EXPIRY
 from notifier.policy.plan import Plan, PlannedNotification
 from notifier.render import Renderer
-from notifier.schedule import SCHEDULE
+from notifier.schedule import FINAL_STATES, SCHEDULE
 from notifier.store import Store
 from notifier.web import LedgerCollector
 from tests.helpers import (
@@ -342,7 +342,9 @@ def test_outcomes_and_backlog_are_counted_for_metrics(store, policy, outbox):
     families = {f.name: f for f in LedgerCollector(store).collect()}
     outcomes = {(s.labels["state"], s.labels["channel"]): s.value
                 for s in families["notifier_notifications"].samples}
-    assert outcomes == {("sent", "email"): 1, ("suppressed", "sms"): 1}
+    # Every state on both channels, zero until one happens.
+    zero = {(state, channel): 0 for state in FINAL_STATES for channel in ("sms", "email")}
+    assert outcomes == {**zero, ("sent", "email"): 1, ("suppressed", "sms"): 1}
     # Four reminders (72 h and 24 h, on two channels) are still waiting for their time.
     assert families["notifier_scheduled"].samples[0].value == 4
     assert families["notifier_in_flight"].samples[0].value == 0
