@@ -65,13 +65,13 @@ def client_notification(
                       too_late=too_late)
 
 
-#: What each event did to the appointment, as a verb and as a noun, for `too_late`.
+#: What each event did to the appointment, as a verb and as a noun, for `why_too_late`.
 _DONE = {"appointment.scheduled": ("booked", "booking"),
          "appointment.rescheduled": ("rescheduled", "reschedule"),
          "appointment.cancelled": ("cancelled", "cancellation")}
 
 
-def too_late(appt: Appointment, event: Event) -> str:
+def why_too_late(appt: Appointment, event: Event) -> str:
     """Why a message about `appt` planned for `event` is already past its expiry (the start,
     or shortly after for the join link): the event itself came after the start (a booking
     entered once the visit was under way), or it came before but was applied only after
@@ -178,7 +178,7 @@ def plan_scheduled(event: Event, state: State, now: datetime, policy: Policy) ->
         return plan_rescheduled(event, state, now, policy)
     record = AppointmentRecord(appointment=appt, updated_at=event.occurred_at)
     ref = entity_ref("appointment", appt.id)
-    late = too_late(appt, event)
+    late = why_too_late(appt, event)
     add = _notices("appointment_confirmation", "booked",
                    policy.appointments.confirmation_channels, record, state, now, policy, late)
     add += reminders(record, event.occurred_at, state, now, policy, late)
@@ -189,7 +189,7 @@ def plan_rescheduled(event: Event, state: State, now: datetime, policy: Policy) 
     data: AppointmentData = event.data
     appt, existing = data.appointment, state.appointment
     ref = entity_ref("appointment", appt.id)
-    late = too_late(appt, event)
+    late = why_too_late(appt, event)
     if existing is None and closed_before(event, state):
         return stale("closed before this booking arrived")
     if existing is None:
@@ -238,7 +238,7 @@ def plan_cancelled(event: Event, state: State, now: datetime, policy: Policy) ->
     if existing.status == "scheduled" and existing.appointment.start > now:
         add = _notices("appointment_cancelled", f"seq{record.sequence}",
                        policy.appointments.cancellation_channels, record, state, now, policy,
-                       too_late(existing.appointment, event))
+                       why_too_late(existing.appointment, event))
     return Plan(outcome="applied", add=tuple(add), cancel=(ref,), records={ref: record})
 
 

@@ -18,7 +18,8 @@ SUPPORT_ALERT_VALID = timedelta(days=7)
 #: client's quiet hours, comes at or after its expiry.
 QUIET_HOURS_PAST_EXPIRY = "quiet hours last past its expiry"
 #: Why one is planned `expired` whose own moment was already at or past its expiry, when
-#: the caller does not name the cause more exactly (policies should: see `too_late`).
+#: the caller does not name the cause more exactly (policies should, as
+#: `appointments.why_too_late` does).
 PLANNED_AFTER_EXPIRY = "its expiry had passed when it was planned"
 
 
