@@ -57,6 +57,8 @@ class Stored:
     slot: datetime | None = None
     #: the entity it is about (`appointment:a1`), as indexed in the ledger
     entity: str = ""
+    #: when it was planned (None for an entry written before this was recorded)
+    created_at: datetime | None = None
 
     @classmethod
     def from_fields(cls, notification_id: str, f: dict[str, str]) -> Stored:
@@ -67,6 +69,7 @@ class Stored:
             attempts=int(f.get("attempts") or 0),
             slot=from_epoch(f["slot"]) if float(f.get("slot") or 0) else None,
             entity=f.get("entity", ""),
+            created_at=from_epoch(f["created"]) if f.get("created") else None,
         )
 
 

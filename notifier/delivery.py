@@ -33,6 +33,7 @@ from notifier.compose import (
 from notifier.config import Settings
 from notifier.errors import PermanentError, RetryableError, StoreError, TemplateError
 from notifier.policy.appointments import Told, told_of_booking
+from notifier.policy.common import PLANNED_AFTER_EXPIRY, QUIET_HOURS_PAST_EXPIRY
 from notifier.policy.figures import Policy
 from notifier.policy.plan import entity_ref
 from notifier.policy.timing import hold_for_quiet_hours
@@ -147,7 +148,7 @@ class Deliverer:
 
     def _deliver(self, n: Stored, now: datetime, recovering: bool) -> str:
         if now >= n.expires_at:
-            return self._finish(n, "expired", "could not go out before it expired", now)
+            return self._finish(n, "expired", expired_because(n, now), now)
         if self.store.turns.unapplied_about(subjects_of(n)):
             # An event about it was accepted (202) and is not applied yet: it may cancel or
             # change this message, so nothing goes out ahead of what is already known.
@@ -231,7 +232,7 @@ class Deliverer:
         held = hold_for_quiet_hours(now, client.client.zone, self.policy.quiet_hours)
         if held > now:
             if held >= n.expires_at:
-                return self._finish(n, "expired", "quiet hours last past its expiry", now)
+                return self._finish(n, "expired", QUIET_HOURS_PAST_EXPIRY, now)
             return self._later(n, held, "quiet hours", "held", not_an_attempt=True)
         if n.kind in VISIT_NUDGES:
             visits = self.store.load_record(entity_ref("visits", n.recipient_id))
@@ -311,6 +312,29 @@ class Deliverer:
             return self._finish(n, "suppressed", "nothing open", now)
         return compose_provider_digest(n, provider, queue, self.settings, self.policy,
                                        self.renderer, now), ""
+
+
+def expired_because(n: Stored, now: datetime) -> str:
+    """Why `n` is past its expiry when a worker takes it at `now`: it was planned that way
+    (an event applied after the moment it was about), or the workers reached it late (none
+    running, or a backlog); the lateness says how late."""
+    if n.created_at is not None and n.created_at >= n.expires_at:
+        return PLANNED_AFTER_EXPIRY
+    return (f"the workers reached it only after its expiry, "
+            f"{_duration(now - n.due_at)} after it was due")
+
+
+def _duration(span: timedelta) -> str:
+    """A span as a person reads it: `40 s`, `12 min`, `3 h 5 min`, `2 days 4 h`."""
+    seconds = max(0, int(span.total_seconds()))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if days:
+        return f"{days} day{'s' if days != 1 else ''}" + (f" {hours} h" if hours else "")
+    if hours:
+        return f"{hours} h" + (f" {minutes} min" if minutes else "")
+    return f"{minutes} min" if minutes else f"{seconds} s"
 
 
 def subjects_of(n: Stored) -> list[str]:

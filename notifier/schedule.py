@@ -24,7 +24,16 @@ import redis
 PREFIX = "n:"
 SCHEDULE = PREFIX + "schedule"
 INFLIGHT = PREFIX + "inflight"
+#: How many notifications ended in each state, per channel: `{state}:{channel}` -> count.
 OUTCOMES = PREFIX + "stats:outcomes"
+#: Send lateness (sent_at - due, seconds) as cumulative histogram buckets per kind and
+#: channel: `{kind}:{channel}:{bound}` -> sends at most that late, and `…:count`, `…:sum`.
+LATENESS = PREFIX + "stats:lateness"
+#: Every state a notification can end in, counted in OUTCOMES (zero until one happens).
+FINAL_STATES = ("sent", "failed", "expired", "suppressed", "cancelled")
+#: Upper bounds of the lateness buckets, seconds: on time (a clock tick), a slow batch, a
+#: backlog of minutes, of an hour. A reminder later than an hour has missed its point.
+LATENESS_BUCKETS_S = (1, 5, 15, 60, 300, 900, 3600)
 #: A finished or cancelled notification is kept this long for the read API, then expires.
 KEEP_FINISHED_S = 90 * 24 * 3600
 
@@ -51,24 +60,30 @@ def from_epoch(value: str | float) -> datetime:
 
 
 # Add a planned notification unless one with this id exists in any state but `cancelled`:
-# the first plan wins, so replays and duplicate events add nothing.
+# the first plan wins, so replays and duplicate events add nothing. One planned `expired` or
+# `suppressed` has ended already, and is counted in the outcomes (KEYS[4]) like any other.
+# KEYS[5...] are the entity indexes.
 ADD_LUA = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if state and state ~= 'cancelled' then return 0 end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], unpack(ARGV, 3))
-if redis.call('HGET', KEYS[1], 'state') == 'scheduled' then
+local planned = redis.call('HGET', KEYS[1], 'state')
+if planned == 'scheduled' then
   redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+else
+  redis.call('HINCRBY', KEYS[4], planned .. ':' .. redis.call('HGET', KEYS[1], 'channel'), 1)
 end
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
-for i = 4, #KEYS do
+for i = 5, #KEYS do
   redis.call('SADD', KEYS[i], ARGV[1])
   redis.call('EXPIRE', KEYS[i], {index_ttl})
 end
 return 1
 """.replace("{index_ttl}", str(180 * 24 * 3600))
 
-# Cancel every still-scheduled notification about one entity.
+# Cancel every still-scheduled notification about one entity, counting each in the
+# outcomes (KEYS[4]).
 # One being sent right now cannot be stopped, but it is marked `superseded`: if its send
 # fails and would be retried, it is cancelled instead, and a failure report later never
 # moves it to the other channel.
@@ -82,6 +97,7 @@ for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
     redis.call('EXPIRE', key, ARGV[3])
     redis.call('ZREM', KEYS[2], id)
     redis.call('ZREM', KEYS[3], id)
+    redis.call('HINCRBY', KEYS[4], 'cancelled:' .. redis.call('HGET', key, 'channel'), 1)
     cancelled = cancelled + 1
   elseif state == 'sending' or state == 'sent' then
     redis.call('HSET', key, 'superseded', ARGV[2])
@@ -152,20 +168,36 @@ return out
 """
 
 # Finish: `sending` -> a final state (sent, failed, expired, suppressed), fields set.
-# The cluster-wide count of outcomes (KEYS[3], by state and channel) feeds /metrics.
+# The cluster-wide count of outcomes (KEYS[3], by state and channel) feeds /metrics, and so
+# does a send's lateness (KEYS[4]): sent_at minus the due time it was sent for (after quiet
+# hours, pacing or a retry moved it, so what it measures is how far the workers lag), into
+# cumulative buckets. A send recorded without `sent_at` (one found sent after a crash) has
+# no known lateness and is not observed.
 FINISH_LUA = """
 if redis.call('HGET', KEYS[1], 'state') ~= 'sending' then return 0 end
 redis.call('HSET', KEYS[1], 'state', ARGV[2], unpack(ARGV, 4))
 redis.call('HDEL', KEYS[1], 'lease')
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('HINCRBY', KEYS[3], ARGV[2] .. ':' .. redis.call('HGET', KEYS[1], 'channel'), 1)
+local channel = redis.call('HGET', KEYS[1], 'channel')
+redis.call('HINCRBY', KEYS[3], ARGV[2] .. ':' .. channel, 1)
+local sent_at = tonumber(redis.call('HGET', KEYS[1], 'sent_at') or '')
+if ARGV[2] == 'sent' and sent_at then
+  local late = math.max(0, sent_at - tonumber(redis.call('HGET', KEYS[1], 'due')))
+  local series = redis.call('HGET', KEYS[1], 'kind') .. ':' .. channel .. ':'
+  for _, bound in ipairs({{buckets}}) do
+    if late <= bound then redis.call('HINCRBY', KEYS[4], series .. bound, 1) end
+  end
+  redis.call('HINCRBY', KEYS[4], series .. 'count', 1)
+  redis.call('HINCRBYFLOAT', KEYS[4], series .. 'sum', tostring(late))
+end
 return 1
-"""
+""".replace("{buckets}", ", ".join(str(b) for b in LATENESS_BUCKETS_S))
 
 # Put back: `sending` -> `scheduled` at a later due time (retry, quiet hours, waiting).
 # ARGV[5] = '1' when this was no attempt at all (a rate-limit slot), so it is not counted;
-# further ARGV are field/value pairs to set.
+# further ARGV are field/value pairs to set. One superseded meanwhile is `cancelled`
+# instead, and counted in the outcomes (KEYS[4]).
 RESCHEDULE_LUA = """
 if redis.call('HGET', KEYS[1], 'state') ~= 'sending' then return 0 end
 local superseded = redis.call('HGET', KEYS[1], 'superseded')
@@ -173,6 +205,7 @@ if superseded then
   redis.call('HSET', KEYS[1], 'state', 'cancelled', 'reason', superseded)
   redis.call('HDEL', KEYS[1], 'lease')
   redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('HINCRBY', KEYS[4], 'cancelled:' .. redis.call('HGET', KEYS[1], 'channel'), 1)
   return -1
 end
 redis.call('HSET', KEYS[1], 'state', 'scheduled', 'due', ARGV[2], 'reason', ARGV[3])
@@ -255,14 +288,13 @@ class Schedule:
         flat: list[Any] = []
         for name, value in fields.items():
             flat += [name, "" if value is None else value]
-        return bool(self._finish(keys=[notif_key(notification_id), INFLIGHT, OUTCOMES],
+        return bool(self._finish(keys=[notif_key(notification_id), INFLIGHT, OUTCOMES,
+                                       LATENESS],
                                  args=[notification_id, state, KEEP_FINISHED_S, *flat]))
 
     def outcomes(self) -> dict[tuple[str, str], int]:
         """How many notifications ended in each (state, channel), since the data began."""
-        raw = self.redis.hgetall(OUTCOMES)
-        return {tuple(k.decode().split(":", 1)): int(v)  # type: ignore[misc]
-                for k, v in raw.items()}
+        return parse_outcomes(self.redis.hgetall(OUTCOMES))
 
     def reschedule(self, notification_id: str, due: datetime, reason: str, *,
                    not_an_attempt: bool = False, slot: float = 0.0) -> str:
@@ -273,7 +305,7 @@ class Schedule:
         one, so a batch held overnight is paced again in the morning.
         """
         result = self._reschedule(
-            keys=[notif_key(notification_id), INFLIGHT, SCHEDULE],
+            keys=[notif_key(notification_id), INFLIGHT, SCHEDULE, OUTCOMES],
             args=[notification_id, epoch(due), reason, PREFIX + "by-recipient:",
                   "1" if not_an_attempt else "0", "slot", slot],
         )
@@ -294,3 +326,32 @@ class Schedule:
             pipe.zcard(INFLIGHT)
             scheduled, inflight = pipe.execute()
         return int(scheduled), int(inflight)
+
+
+@dataclass(frozen=True)
+class Lateness:
+    """One (kind, channel)'s send lateness: cumulative counts per bucket bound (seconds),
+    how many sends, and their total lateness."""
+
+    buckets: tuple[tuple[float, int], ...]
+    count: int
+    total_s: float
+
+
+def parse_outcomes(raw: dict[bytes, bytes]) -> dict[tuple[str, str], int]:
+    """The OUTCOMES hash as {(state, channel): count}."""
+    return {tuple(k.decode().split(":", 1)): int(v)  # type: ignore[misc]
+            for k, v in raw.items()}
+
+
+def parse_lateness(raw: dict[bytes, bytes]) -> dict[tuple[str, str], Lateness]:
+    """The LATENESS hash as {(kind, channel): Lateness}; a bucket no send fell in yet has
+    no field, and counts zero."""
+    fields: dict[tuple[str, str], dict[str, str]] = {}
+    for key, value in raw.items():
+        kind, channel, name = key.decode().rsplit(":", 2)
+        fields.setdefault((kind, channel), {})[name] = value.decode()
+    return {series: Lateness(
+        buckets=tuple((float(b), int(f.get(str(b), 0))) for b in LATENESS_BUCKETS_S),
+        count=int(f.get("count", 0)), total_s=float(f.get("sum", 0.0)))
+        for series, f in sorted(fields.items())}

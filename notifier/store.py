@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
@@ -24,18 +25,29 @@ from pydantic import BaseModel
 
 from notifier.errors import StoreError
 from notifier.policy.plan import Plan, PlannedNotification
-from notifier.records import RECORD_TYPES, ClientRecord, Record
+from notifier.records import (
+    RECORD_TYPES,
+    AppointmentRecord,
+    ClientRecord,
+    Record,
+    VisitsRecord,
+)
 from notifier.schedule import (
     INFLIGHT,
     KEEP_FINISHED_S,
+    LATENESS,
+    OUTCOMES,
     PREFIX,
     SCHEDULE,
+    Lateness,
     Schedule,
     by_entity_key,
     by_recipient_key,
     epoch,
     from_epoch,
     notif_key,
+    parse_lateness,
+    parse_outcomes,
 )
 from notifier.turns import HELD_EVENTS, Turns, held_key, queue_key, queue_member, turn_key
 
@@ -137,6 +149,20 @@ def _notification_fields(n: PlannedNotification, now: datetime) -> list[Any]:
     return [item for pair in fields.items() for item in pair]
 
 
+@dataclass(frozen=True)
+class LedgerFigures:
+    """What /metrics reports from Redis, read in one round trip."""
+
+    scheduled: int
+    in_flight: int
+    events_pending: int
+    events_held: int
+    #: (state, channel) -> notifications that ended so
+    outcomes: dict[tuple[str, str], int]
+    #: (kind, channel) -> send lateness
+    lateness: dict[tuple[str, str], Lateness]
+
+
 class TurnLost(StoreError):
     """The caller's turn on a subject ran out and another worker took it: stop applying."""
 
@@ -222,6 +248,21 @@ class Store:
 
     def load_record(self, ref: str) -> Record | None:
         return self.load_records([ref]).get(ref)
+
+    def upcoming_appointments(self, client_id: str, now: datetime) -> list[AppointmentRecord]:
+        """The client's booked appointments that have not ended by `now`, soonest first.
+
+        The visits record keeps an appointment until its completion, no-show or
+        cancellation arrives, which may be never: one that has ended is past, whatever
+        the record still says. Two round trips: the visits record, then the appointments.
+        """
+        visits = self.load_record(f"visits:{client_id}")
+        if not isinstance(visits, VisitsRecord):
+            return []
+        records = self.load_records([f"appointment:{i}" for i in sorted(visits.upcoming)])
+        upcoming = [r for r in records.values()
+                    if isinstance(r, AppointmentRecord) and r.appointment.end > now]
+        return sorted(upcoming, key=lambda r: (r.appointment.start, r.appointment.id))
 
     def update_record(self, ref: str, change: Callable[[Record | None], Record | None]) -> bool:
         """Change one record atomically (WATCH, retried on a concurrent write); `change`
@@ -416,18 +457,34 @@ class Store:
         for phone, client_id in join:
             pipe.sadd(phone_clients_key(phone), client_id)
         for ref in plan.cancel:
-            self.schedule.cancel_script(keys=[by_entity_key(ref), SCHEDULE, INFLIGHT],
+            self.schedule.cancel_script(keys=[by_entity_key(ref), SCHEDULE, INFLIGHT,
+                                              OUTCOMES],
                                         args=[PREFIX + "notif:", "superseded",
                                               KEEP_FINISHED_S], client=pipe)
         for n in plan.add:
             self.schedule.add_script(
                 keys=[notif_key(n.id), SCHEDULE, by_recipient_key(n.recipient, n.recipient_id),
-                      by_entity_key(n.entity)],
+                      OUTCOMES, by_entity_key(n.entity)],
                 args=[n.id, epoch(n.due_at), *_notification_fields(n, now)],
                 client=pipe,
             )
 
     # Reading -----------------------------------------------------------------------------
+    def figures(self) -> LedgerFigures:
+        """The backlog, the outcomes and the send lateness, for /metrics: one pipeline."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(SCHEDULE)
+            pipe.zcard(INFLIGHT)
+            pipe.zcard(PENDING_EVENTS)
+            pipe.zcard(HELD_EVENTS)
+            pipe.hgetall(OUTCOMES)
+            pipe.hgetall(LATENESS)
+            scheduled, in_flight, pending, held, outcomes, lateness = pipe.execute()
+        return LedgerFigures(scheduled=int(scheduled), in_flight=int(in_flight),
+                             events_pending=int(pending), events_held=int(held),
+                             outcomes=parse_outcomes(outcomes),
+                             lateness=parse_lateness(lateness))
+
     def notification(self, notification_id: str) -> dict[str, str]:
         raw = self.redis.hgetall(notif_key(notification_id))
         return {k.decode(): v.decode() for k, v in raw.items()}

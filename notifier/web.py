@@ -24,8 +24,14 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
@@ -33,13 +39,13 @@ from notifier import __version__
 from notifier.config import Settings
 from notifier.errors import FieldProblem, InvalidEvent, PayloadTooLarge, SignatureError
 from notifier.events import EVENT_MODELS, parse_event
+from notifier.policy.figures import CHANNELS
 from notifier.policy.ordering import subject_ref
 from notifier.policy.timing import utcnow
 from notifier.provider_hooks import provider_routes
-from notifier.records import AppointmentRecord, VisitsRecord
-from notifier.store import PENDING_EVENTS, NotificationView, Store
+from notifier.schedule import FINAL_STATES
+from notifier.store import NotificationView, Store
 from notifier.tasks import enqueue_apply
-from notifier.turns import HELD_EVENTS
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +88,8 @@ class HealthAnswer(BaseModel):
 class AppointmentOut(BaseModel):
     id: str
     start: datetime
+    #: listed until it ends, even when no completion ever arrives
+    end: datetime
     status: str
     confirmed_at: datetime | None
 
@@ -220,22 +228,39 @@ class LedgerCollector(Collector):
         self.store = store
 
     def collect(self) -> Iterator[Metric]:
-        scheduled, inflight = self.store.schedule.pending_count()
+        figures = self.store.figures()
         yield GaugeMetricFamily("notifier_scheduled", "Notifications waiting for their time",
-                                value=scheduled)
+                                value=figures.scheduled)
         yield GaugeMetricFamily("notifier_in_flight", "Notifications claimed, not finished",
-                                value=inflight)
+                                value=figures.in_flight)
         yield GaugeMetricFamily("notifier_events_pending", "Events accepted, not yet applied",
-                                value=self.store.redis.zcard(PENDING_EVENTS))
+                                value=figures.events_pending)
         yield GaugeMetricFamily("notifier_events_held",
                                 "Closes waiting for their subject's opening event",
-                                value=self.store.redis.zcard(HELD_EVENTS))
-        outcomes = CounterMetricFamily("notifier_notifications",
-                                       "Notifications finished, by state and channel",
-                                       labels=["state", "channel"])
-        for (state, channel), count in sorted(self.store.schedule.outcomes().items()):
+                                value=figures.events_held)
+        outcomes = CounterMetricFamily(
+            "notifier_notifications",
+            "Notifications ended (sent, failed, expired, suppressed, cancelled; when sent or "
+            "when planned), by state and channel", labels=["state", "channel"])
+        # Every state on every channel from the start, so a rate() or an alert on `failed`
+        # or `expired` has a series before the first one happens.
+        counts: dict[tuple[str, str], int] = {
+            (state, channel): 0 for state in FINAL_STATES for channel in CHANNELS}
+        counts.update(figures.outcomes)
+        for (state, channel), count in sorted(counts.items()):
             outcomes.add_metric([state, channel], count)
         yield outcomes
+        lateness = HistogramMetricFamily(
+            "notifier_send_lateness_seconds",
+            "How long after its due time each notification was sent (sent_at - due_at), by "
+            "kind and channel", labels=["kind", "channel"])
+        for kind_and_channel, late in figures.lateness.items():
+            lateness.add_metric(
+                list(kind_and_channel),
+                buckets=[(floatToGoString(bound), count) for bound, count in late.buckets]
+                + [("+Inf", late.count)],
+                sum_value=late.total_s)
+        yield lateness
 
 
 def create_app(settings: Settings, store: Store, broker: RedisBroker) -> FastAPI:
@@ -307,14 +332,13 @@ def create_app(settings: Settings, store: Store, broker: RedisBroker) -> FastAPI
             answer = _error(401, refused)
             answer.headers["WWW-Authenticate"] = "Bearer"
             return answer
-        views = store.notifications_for("client", client_id, since=utcnow() - READ_WINDOW)
-        visits = store.load_record(f"visits:{client_id}")
-        upcoming = sorted(visits.upcoming) if isinstance(visits, VisitsRecord) else []
+        now = utcnow()
+        views = store.notifications_for("client", client_id, since=now - READ_WINDOW)
         appointments = [
-            AppointmentOut(id=r.appointment.id, start=r.appointment.start, status=r.status,
+            AppointmentOut(id=r.appointment.id, start=r.appointment.start,
+                           end=r.appointment.end, status=r.status,
                            confirmed_at=r.confirmed_at)
-            for r in store.load_records([f"appointment:{i}" for i in upcoming]).values()
-            if isinstance(r, AppointmentRecord)
+            for r in store.upcoming_appointments(client_id, now)
         ]
         return NotificationsAnswer(client_id=client_id, appointments=appointments,
                                    notifications=views)

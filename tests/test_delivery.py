@@ -16,12 +16,21 @@ from icalendar import Calendar
 
 from notifier.channels import Message, Receipt
 from notifier.channels.outbox import Outbox
+from notifier.compose import Stored
 from notifier.config import PROJECT_ROOT, Settings
-from notifier.delivery import MAX_ATTEMPTS, NEVER_TOLD, SENT_AS_CONFIRMATION, Deliverer
+from notifier.delivery import (
+    MAX_ATTEMPTS,
+    NEVER_TOLD,
+    SENT_AS_CONFIRMATION,
+    Deliverer,
+    expired_because,
+)
 from notifier.digest import run_provider_digest
 from notifier.errors import PermanentError, RetryableError
+from notifier.policy.common import PLANNED_AFTER_EXPIRY, QUIET_HOURS_PAST_EXPIRY
+from notifier.policy.plan import Plan, PlannedNotification
 from notifier.render import Renderer
-from notifier.schedule import SCHEDULE
+from notifier.schedule import FINAL_STATES, SCHEDULE
 from notifier.store import Store
 from notifier.web import LedgerCollector
 from tests.helpers import (
@@ -112,6 +121,51 @@ def test_expired_is_never_sent_late(store, policy, outbox):
     assert deliverer(store, policy, outbox=outbox).deliver(CONFIRM_SMS, START) == "expired"
     assert outbox.messages() == []
     assert store.notification(CONFIRM_SMS)["state"] == "expired"
+
+
+EXPIRED_AT_SEND_CASES = {
+    "the workers reached it ten days late": (
+        "America/New_York", START, None,
+        "the workers reached it only after its expiry, 10 days after it was due"),
+    "quiet hours at 06:00 in Los Angeles last past its 07:00 start": (
+        "America/Los_Angeles", START - timedelta(hours=1), None, QUIET_HOURS_PAST_EXPIRY),
+    "planned once its expiry had passed (an event applied late)": (
+        "America/New_York", NOW, NOW - timedelta(hours=1), PLANNED_AFTER_EXPIRY),
+}
+
+
+@pytest.mark.parametrize(("zone", "at", "planned_expiring", "reason"),
+                         list(EXPIRED_AT_SEND_CASES.values()), ids=list(EXPIRED_AT_SEND_CASES))
+def test_expired_at_send_time_says_why(store, policy, outbox, zone, at, planned_expiring,
+                                       reason):
+    book(store, policy, zone=zone)
+    notification_id = CONFIRM_SMS
+    if planned_expiring is not None:
+        notification_id = "escalation_notice:req-1:refill_request-window:sms"
+        store.write_plan(Plan(outcome="applied", add=(PlannedNotification(
+            id=notification_id, kind="escalation_notice", channel="sms", recipient="client",
+            recipient_id="c1", entity="refill_request:req-1",
+            due_at=planned_expiring - timedelta(hours=2), expires_at=planned_expiring),)), at)
+    assert deliverer(store, policy, outbox=outbox).deliver(notification_id, at) == "expired"
+    n = store.notification(notification_id)
+    assert (n["state"], n["reason"]) == ("expired", reason)
+    assert outbox.messages() == []
+
+
+@pytest.mark.parametrize(("late", "words"), [
+    (timedelta(seconds=40), "40 s"), (timedelta(minutes=12, seconds=5), "12 min"),
+    (timedelta(hours=3), "3 h"), (timedelta(hours=3, minutes=5), "3 h 5 min"),
+    (timedelta(days=1), "1 day"), (timedelta(days=2, hours=4, minutes=9), "2 days 4 h"),
+])
+def test_pure_the_expiry_reason_says_how_late_the_workers_were(late, words):
+    n = Stored(id="x", kind="appointment_reminder", channel="sms", recipient="client",
+               recipient_id="c1", due_at=NOW, expires_at=NOW + timedelta(seconds=1), params={},
+               attempts=0, created_at=NOW - timedelta(days=1))
+    assert expired_because(n, NOW + late) == (
+        f"the workers reached it only after its expiry, {words} after it was due")
+    # Planned at or after its expiry: that is the cause, however late the workers were.
+    assert expired_because(dataclasses.replace(n, created_at=n.expires_at), NOW + late) == (
+        PLANNED_AFTER_EXPIRY)
 
 
 def test_quiet_hours_at_send_time_hold_until_morning(store, policy, outbox):
@@ -288,7 +342,9 @@ def test_outcomes_and_backlog_are_counted_for_metrics(store, policy, outbox):
     families = {f.name: f for f in LedgerCollector(store).collect()}
     outcomes = {(s.labels["state"], s.labels["channel"]): s.value
                 for s in families["notifier_notifications"].samples}
-    assert outcomes == {("sent", "email"): 1, ("suppressed", "sms"): 1}
+    # Every state on both channels, zero until one happens.
+    zero = {(state, channel): 0 for state in FINAL_STATES for channel in ("sms", "email")}
+    assert outcomes == {**zero, ("sent", "email"): 1, ("suppressed", "sms"): 1}
     # Four reminders (72 h and 24 h, on two channels) are still waiting for their time.
     assert families["notifier_scheduled"].samples[0].value == 4
     assert families["notifier_in_flight"].samples[0].value == 0

@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 from icalendar import Calendar
+from prometheus_client.parser import text_string_to_metric_families
 
 from notifier.delivery import NEVER_TOLD
 from notifier.tasks import build_broker, enqueue_apply
@@ -205,3 +207,49 @@ def test_a_booking_cancelled_in_the_night_is_never_announced_at_all(service):
     for key in cancellations:
         assert (shown[key]["state"], shown[key]["reason"]) == ("suppressed", NEVER_TOLD)
     assert service.sent() == []
+
+
+def scraped(service: Service) -> dict[str, Any]:
+    answer = service.http.get("/metrics")
+    answer.raise_for_status()
+    return {f.name: f for f in text_string_to_metric_families(answer.text)}
+
+
+def test_metrics_cover_what_the_workers_did(service):
+    # Issue 11 §4 and §6 through the running service: a booking made after its start shows
+    # its notices expired with the real cause, and /metrics (read from Redis, so it covers
+    # every worker) counts them and the sends' lateness.
+    now = datetime.now(UTC)
+    onboard(service, now)
+    zero = {s.labels["state"] + ":" + s.labels["channel"]: s.value
+            for s in scraped(service)["notifier_notifications"].samples
+            if s.name == "notifier_notifications_total"}
+    assert set(zero.values()) == {0.0} and len(zero) == 10
+    for evt in (appointment("appointment.scheduled", "a0", "c1", now - timedelta(minutes=5),
+                            now),
+                appointment("appointment.scheduled", "a1", "c1", now + timedelta(days=5),
+                            now)):
+        assert service.post(evt).status_code == 202
+
+    def ended() -> dict[tuple[str, str], float] | None:
+        counts = {(s.labels["state"], s.labels["channel"]): s.value
+                  for s in scraped(service)["notifier_notifications"].samples
+                  if s.name == "notifier_notifications_total"}
+        return counts if counts[("sent", "sms")] + counts[("sent", "email")] == 2 else None
+
+    counts = wait_for(ended, what="both confirmations of a1 to be sent")
+    assert counts[("expired", "sms")] == counts[("expired", "email")] == 1
+    shown = service.notifications("c1")
+    for channel in ("sms", "email"):
+        a0 = shown[f"appointment_confirmation:a0:booked:{channel}"]
+        assert (a0["state"], a0["reason"]) == (
+            "expired", "the appointment had already started when it was booked")
+    lateness = scraped(service)["notifier_send_lateness_seconds"]
+    assert lateness.type == "histogram"
+    for channel in ("sms", "email"):
+        samples = [s for s in lateness.samples if s.labels["kind"] == "appointment_confirmation"
+                   and s.labels["channel"] == channel]
+        [count] = [s.value for s in samples if s.name.endswith("_count")]
+        buckets = [s.value for s in samples if s.name.endswith("_bucket")]
+        assert count == 1.0
+        assert buckets == sorted(buckets) and buckets[-1] == count, "cumulative, +Inf last"

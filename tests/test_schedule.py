@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from notifier.policy.plan import Plan, PlannedNotification
-from notifier.schedule import INFLIGHT, SCHEDULE
+from notifier.schedule import INFLIGHT, LATENESS, LATENESS_BUCKETS_S, SCHEDULE
 from notifier.store import Store
 
 NOW = datetime(2026, 11, 25, 15, 0, tzinfo=UTC)
@@ -195,3 +195,111 @@ def test_the_read_window_starts_at_since_and_drops_old_index_entries(store):
         "appointment_reminder:a1:3:sms"]
     assert [v.id for v in store.notifications_for("client", "c1")] == [
         "appointment_reminder:a1:2:sms", "appointment_reminder:a1:3:sms"]
+
+
+# Counted for /metrics: every way a notification ends, and how late each send was ---------
+
+def ended(store: Store) -> dict[tuple[str, str], int]:
+    return store.schedule.outcomes()
+
+
+def send(store: Store, notification_id: str, at: datetime, **fields: object) -> None:
+    assert store.schedule.begin(notification_id, at, lease_s=60).may_send
+    assert store.schedule.finish(notification_id, "sent", **fields)
+
+
+def test_planned_expired_or_suppressed_count_as_ended_once(store):
+    write(store, planned(1, NOW, state="expired"), planned(2, NOW, state="suppressed"),
+          planned(3, NOW))
+    # The same plan again (a replayed event) adds nothing, so counts nothing.
+    write(store, planned(1, NOW, state="expired"), planned(2, NOW, state="suppressed"))
+    assert ended(store) == {("expired", "sms"): 1, ("suppressed", "sms"): 1}
+
+
+def test_cancelled_counts_each_scheduled_notification_it_cancels(store):
+    write(store, planned(1, NOW), planned(2, NOW), planned(3, NOW))
+    send(store, "appointment_reminder:a1:3:sms", NOW, sent_at=NOW.timestamp())
+    write(store, cancel=("appointment:a1",))
+    write(store, cancel=("appointment:a1",))  # nothing left to cancel: counts nothing
+    assert ended(store) == {("cancelled", "sms"): 2, ("sent", "sms"): 1}
+
+
+def test_superseded_while_sending_counts_as_cancelled_when_put_back(store):
+    write(store, planned(1, NOW))
+    assert store.schedule.begin("appointment_reminder:a1:1:sms", NOW, lease_s=60).may_send
+    write(store, cancel=("appointment:a1",))  # it is being sent: only marked superseded
+    assert ended(store) == {}
+    assert store.schedule.reschedule("appointment_reminder:a1:1:sms", NOW + timedelta(
+        minutes=1), "retrying: busy") == "cancelled"
+    assert ended(store) == {("cancelled", "sms"): 1}
+
+
+def lateness_fields(store: Store) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in store.redis.hgetall(LATENESS).items()}
+
+
+@pytest.mark.parametrize(("late_s", "in_buckets"), [
+    (-0.5, LATENESS_BUCKETS_S),        # begun up to a second early: on time, not negative
+    (0.0, LATENESS_BUCKETS_S),
+    (1.0, LATENESS_BUCKETS_S),         # a bound is inclusive (Prometheus `le`)
+    (1.25, LATENESS_BUCKETS_S[1:]),
+    (60.0, (60, 300, 900, 3600)),
+    (3600.5, ()),                      # later than the last bound: only in +Inf
+])
+def test_a_send_is_counted_in_every_lateness_bucket_it_fits(store, late_s, in_buckets):
+    write(store, planned(1, NOW))
+    send(store, "appointment_reminder:a1:1:sms", NOW,
+         sent_at=(NOW + timedelta(seconds=late_s)).timestamp())
+    series = store.figures().lateness[("appointment_reminder", "sms")]
+    assert series.buckets == tuple((float(b), int(b in in_buckets))
+                                   for b in LATENESS_BUCKETS_S)
+    assert (series.count, series.total_s) == (1, max(0.0, late_s))
+
+
+def test_lateness_is_kept_per_kind_and_channel_and_summed(store):
+    write(store, planned(1, NOW), planned(2, NOW))
+    send(store, "appointment_reminder:a1:1:sms", NOW, sent_at=NOW.timestamp() + 3)
+    send(store, "appointment_reminder:a1:2:sms", NOW, sent_at=NOW.timestamp() + 120)
+    series = store.figures().lateness
+    assert list(series) == [("appointment_reminder", "sms")]
+    assert series[("appointment_reminder", "sms")].count == 2
+    assert series[("appointment_reminder", "sms")].total_s == 123.0
+    assert dict(series[("appointment_reminder", "sms")].buckets)[5.0] == 1
+
+
+def test_lateness_is_measured_from_the_due_time_it_was_sent_for(store):
+    # Put back (quiet hours, a retry): the lateness counts from the new due time, so it
+    # measures how far the workers lag, not the hold.
+    write(store, planned(1, NOW))
+    assert store.schedule.begin("appointment_reminder:a1:1:sms", NOW, lease_s=60).may_send
+    morning = NOW + timedelta(hours=9)
+    store.schedule.reschedule("appointment_reminder:a1:1:sms", morning, "quiet hours",
+                              not_an_attempt=True)
+    send(store, "appointment_reminder:a1:1:sms", morning, sent_at=morning.timestamp() + 2)
+    assert store.figures().lateness[("appointment_reminder", "sms")].total_s == 2.0
+
+
+def test_a_send_without_sent_at_counts_as_sent_but_has_no_lateness(store):
+    # Found sent after a crash: when it went out is not known, so it is not guessed.
+    write(store, planned(1, NOW))
+    send(store, "appointment_reminder:a1:1:sms", NOW)
+    assert ended(store) == {("sent", "sms"): 1}
+    assert lateness_fields(store) == {}
+    assert store.figures().lateness == {}
+
+
+def test_only_sends_have_a_lateness(store):
+    write(store, planned(1, NOW))
+    assert store.schedule.begin("appointment_reminder:a1:1:sms", NOW, lease_s=60).may_send
+    store.schedule.finish("appointment_reminder:a1:1:sms", "failed", reason="invalid number",
+                          sent_at=NOW.timestamp())
+    assert ended(store) == {("failed", "sms"): 1}
+    assert lateness_fields(store) == {}
+
+
+def test_figures_read_backlog_outcomes_and_lateness_at_once(store):
+    write(store, planned(1, NOW), planned(2, NOW + timedelta(hours=1)))
+    store.schedule.claim(NOW, limit=10, lease_s=60)
+    figures = store.figures()
+    assert (figures.scheduled, figures.in_flight, figures.events_pending) == (1, 1, 0)
+    assert (figures.outcomes, figures.lateness) == ({}, {})

@@ -24,12 +24,17 @@ from redis.retry import Retry
 from standardwebhooks.webhooks import Webhook
 
 from notifier.apply import apply_stored_event
+from notifier.channels import Message, Receipt
+from notifier.channels.outbox import Outbox
 from notifier.cli import sign_event
-from notifier.config import Settings
-from notifier.errors import SignatureError
+from notifier.config import PROJECT_ROOT, Settings
+from notifier.delivery import Deliverer
+from notifier.errors import PermanentError, SignatureError
 from notifier.events import EVENT_MODELS
 from notifier.policy.plan import Plan, PlannedNotification
 from notifier.redis_server import free_port
+from notifier.render import Renderer
+from notifier.schedule import FINAL_STATES
 from notifier.store import PENDING_EVENTS, READ_LIMIT, Store, event_key
 from notifier.tasks import APPLY_EVENT, EVENTS_QUEUE, build_broker
 from notifier.web import MAX_BODY_BYTES, create_app, sign_webhook, verify_signature
@@ -691,6 +696,76 @@ def test_the_read_api_shows_the_last_30_days_and_what_is_coming(client, store):
     assert shown == [recent.id, upcoming.id]
 
 
+def booking_event(event_id: str, appt_id: str, start: datetime, occurred_at: datetime,
+                  minutes: int = 30) -> dict[str, Any]:
+    return event(event_id, "appointment.scheduled", {"appointment": {
+        "id": appt_id, "client_id": "c1", "provider_id": "p1", "start": start.isoformat(),
+        "end": (start + timedelta(minutes=minutes)).isoformat(), "kind": "therapy"}},
+        occurred_at=occurred_at.isoformat())
+
+
+def client_event(zone: str, occurred_at: datetime) -> dict[str, Any]:
+    return event("evt-client", "client.upserted", {"client": {
+        "id": "c1", "first_name": "Ana", "phone": "+14155550123", "email": "ana@example.com",
+        "timezone": zone, "channels": {"sms": True, "email": True}}},
+        occurred_at=occurred_at.isoformat())
+
+
+def test_a_booking_made_after_the_start_shows_why_its_notices_expired(client, secret, store,
+                                                                      policy):
+    # Issue 11: a client in Madrid at 09:18 (UTC+1 in March), an appointment from 09:00.
+    start, now = datetime(2030, 3, 4, 8, 0, tzinfo=UTC), datetime(2030, 3, 4, 8, 18, tzinfo=UTC)
+    for evt in (client_event("Europe/Madrid", now - timedelta(days=1)),
+                booking_event("evt-late-booking", "a1", start, now)):
+        assert post(client, secret, evt).status_code == 202
+        assert apply_stored_event(store, evt["id"], policy, now) is not None
+    shown = {(n["kind"], n["state"], n["reason"])
+             for n in read(client, "c1").json()["notifications"]}
+    assert shown == {("appointment_confirmation", "expired",
+                      "the appointment had already started when it was booked")}
+
+
+def book_three(store: Store, policy, now: datetime) -> None:
+    """For client c1: `ended` (over 30 min ago, never completed), `running` (started 10 min
+    ago, ends in 20) and `ahead` (in two days), each booked three days before `now`."""
+    booked_at = now - timedelta(days=3)
+    for evt in (client_event("UTC", booked_at),
+                booking_event("evt-ended", "ended", now - timedelta(hours=1), booked_at),
+                booking_event("evt-running", "running", now - timedelta(minutes=10), booked_at),
+                booking_event("evt-ahead", "ahead", now + timedelta(days=2), booked_at)):
+        store.store_event(evt["id"], encode(evt), booked_at)
+        assert apply_stored_event(store, evt["id"], policy, booked_at) is not None
+
+
+def test_upcoming_appointments_are_those_not_ended(store, policy):
+    book_three(store, policy, NOW)
+    upcoming = store.upcoming_appointments("c1", NOW)
+    assert [r.appointment.id for r in upcoming] == ["running", "ahead"]
+    # An appointment is past from its end on, to the second.
+    running_end = upcoming[0].appointment.end
+    assert [r.appointment.id for r in store.upcoming_appointments(
+        "c1", running_end - timedelta(seconds=1))] == ["running", "ahead"]
+    assert [r.appointment.id for r in store.upcoming_appointments(
+        "c1", running_end)] == ["ahead"]
+    assert store.upcoming_appointments("nobody", NOW) == []
+
+
+def test_upcoming_appointments_skip_one_whose_record_is_gone(store, policy):
+    book_three(store, policy, NOW)
+    store.redis.delete("n:rec:appointment:ahead")
+    assert [r.appointment.id for r in store.upcoming_appointments("c1", NOW)] == ["running"]
+
+
+def test_the_read_api_lists_as_upcoming_only_appointments_not_ended(client, store, policy):
+    # The read API reads the real clock: times are set around it, not fixed.
+    book_three(store, policy, datetime.now(UTC))
+    listed = read(client, "c1").json()["appointments"]
+    assert [a["id"] for a in listed] == ["running", "ahead"]
+    assert all(a["status"] == "scheduled" for a in listed)
+    assert all(datetime.fromisoformat(a["end"]) > datetime.fromisoformat(a["start"])
+               for a in listed)
+
+
 @pytest.mark.parametrize("authorization", [
     None, f"Basic {TOKEN}", "Bearer", f"Bearer {TOKEN[:-1]}", f"Bearer {TOKEN}x",
     f"Bearer {TOKEN.upper()}", "Bearer wrong", f"Token {TOKEN}", TOKEN,
@@ -912,3 +987,97 @@ def test_an_unknown_event_is_404_and_the_status_wants_the_token(client):
         refused = event_read(client, "evt-nope", token=token)
         assert refused.status_code == 401
         assert refused.headers["www-authenticate"] == "Bearer"
+
+
+# Metrics of the ledger: every state from zero, and send lateness ---------------------------
+
+class RefusingSms:
+    """An SMS provider that refuses the number for good."""
+
+    def send(self, message: Message, now: datetime) -> Receipt:
+        raise PermanentError("invalid number", code="21211")
+
+    def already_sent(self, message: Message) -> bool | None:
+        return None
+
+
+def scrape(client: TestClient) -> dict[str, Any]:
+    """/metrics parsed as Prometheus parses it: the families by name."""
+    answer = client.get("/metrics")
+    assert answer.status_code == 200
+    return {f.name: f for f in text_string_to_metric_families(answer.text)}
+
+
+def ended_counts(families: dict[str, Any]) -> dict[tuple[str, str], float]:
+    return {(s.labels["state"], s.labels["channel"]): s.value
+            for s in families["notifier_notifications"].samples
+            if s.name == "notifier_notifications_total"}
+
+
+def lateness_samples(families: dict[str, Any]) -> dict[tuple[str, ...], float]:
+    """(sample name suffix, kind, channel[, le]) -> value."""
+    return {(s.name.removeprefix("notifier_send_lateness_seconds"), s.labels["kind"],
+             s.labels["channel"], *([s.labels["le"]] if "le" in s.labels else [])): s.value
+            for s in families["notifier_send_lateness_seconds"].samples}
+
+
+def test_metrics_count_every_way_a_notification_ends_and_how_late_sends_are(
+        client, secret, store, policy, tmp_path):
+    # Nothing has happened: every state on both channels is there, at zero.
+    before = scrape(client)
+    assert ended_counts(before) == {(state, channel): 0.0 for state in FINAL_STATES
+                                    for channel in ("email", "sms")}
+    assert before["notifier_send_lateness_seconds"].type == "histogram"
+    assert lateness_samples(before) == {}
+
+    now = NOW
+    settings = Settings.from_env({}, dotenv=Path("/nonexistent"))
+    outbox = Outbox(tmp_path / "outbox")
+
+    def deliverer(sms: Any) -> Deliverer:
+        return Deliverer(store=store, channels={"sms": sms, "email": outbox},
+                         renderer=Renderer(PROJECT_ROOT / "templates"), settings=settings,
+                         policy=policy)
+
+    # London at noon: no quiet hours. a1 in ten days; a2 booked ten minutes after its start.
+    for evt in (client_event("Europe/London", now - timedelta(days=1)),
+                booking_event("evt-a1", "a1", now + timedelta(days=10), now),
+                booking_event("evt-a2", "a2", now - timedelta(minutes=10), now)):
+        store.store_event(evt["id"], encode(evt), now)
+        assert apply_stored_event(store, evt["id"], policy, now) is not None
+    # Sent 3 s after its due time; refused by the SMS provider.
+    assert deliverer(outbox).deliver("appointment_confirmation:a1:booked:email",
+                                     now + timedelta(seconds=3)) == "sent"
+    assert deliverer(RefusingSms()).deliver("appointment_confirmation:a1:booked:sms",
+                                            now + timedelta(seconds=3)) == "failed"
+    # Cancelled: its four reminders are cancelled; the notice by SMS is suppressed (the
+    # client replied STOP), the one by email goes out two minutes late.
+    cancel = event("evt-cancel", "appointment.cancelled",
+                   {"appointment_id": "a1", "cancelled_by": "client"},
+                   occurred_at=now.isoformat())
+    store.store_event(cancel["id"], encode(cancel), now)
+    assert apply_stored_event(store, cancel["id"], policy, now) is not None
+    store.set_sms_opt_out("+14155550123", True)
+    assert deliverer(outbox).deliver("appointment_cancelled:a1:seq1:sms",
+                                     now + timedelta(seconds=1)) == "suppressed"
+    assert deliverer(outbox).deliver("appointment_cancelled:a1:seq1:email",
+                                     now + timedelta(minutes=2)) == "sent"
+
+    after = scrape(client)
+    assert ended_counts(after) == {
+        ("sent", "email"): 2.0, ("sent", "sms"): 0.0,
+        ("failed", "email"): 0.0, ("failed", "sms"): 1.0,
+        # a2's confirmations, planned expired: it had started when it was booked
+        ("expired", "email"): 1.0, ("expired", "sms"): 1.0,
+        ("suppressed", "email"): 0.0, ("suppressed", "sms"): 1.0,
+        ("cancelled", "email"): 2.0, ("cancelled", "sms"): 2.0,
+    }
+    bounds = ("1.0", "5.0", "15.0", "60.0", "300.0", "900.0", "3600.0", "+Inf")
+    expected: dict[tuple[str, ...], float] = {}
+    for kind, late_s in (("appointment_confirmation", 3.0), ("appointment_cancelled", 120.0)):
+        for le in bounds:
+            expected[("_bucket", kind, "email", le)] = float(
+                le == "+Inf" or late_s <= float(le))
+        expected[("_count", kind, "email")] = 1.0
+        expected[("_sum", kind, "email")] = late_s
+    assert lateness_samples(after) == expected

@@ -53,17 +53,37 @@ def client_notification(
     state: State,
     policy: Policy,
     params: dict[str, Any] | None = None,
+    too_late: str,
 ) -> PlannedNotification:
-    """A notification to the appointment's client, about this appointment as it is now."""
+    """A notification to the appointment's client, about this appointment as it is now;
+    `too_late` says why, if its moment had already passed its expiry when planned."""
     appt = record.appointment
     return for_client(kind=kind, entity=entity_ref("appointment", appt.id), occasion=occasion,
                       channel=channel, client_id=appt.client_id, due_at=due_at,
                       expires_at=expires_at, state=state, policy=policy,
-                      params={**appointment_params(record), **(params or {})})
+                      params={**appointment_params(record), **(params or {})},
+                      too_late=too_late)
+
+
+#: What each event did to the appointment, as a verb and as a noun, for `why_too_late`.
+_DONE = {"appointment.scheduled": ("booked", "booking"),
+         "appointment.rescheduled": ("rescheduled", "reschedule"),
+         "appointment.cancelled": ("cancelled", "cancellation")}
+
+
+def why_too_late(appt: Appointment, event: Event) -> str:
+    """Why a message about `appt` planned for `event` is already past its expiry (the start,
+    or shortly after for the join link): the event itself came after the start (a booking
+    entered once the visit was under way), or it came before but was applied only after
+    (workers were down, or the integrator sent it late)."""
+    verb, noun = _DONE.get(event.type, ("changed", "change"))
+    if event.occurred_at >= appt.start:
+        return f"the appointment had already started when it was {verb}"
+    return f"the appointment had started by the time its {noun} was processed"
 
 
 def reminders(record: AppointmentRecord, booked_at: datetime, state: State, now: datetime,
-              policy: Policy) -> list[PlannedNotification]:
+              policy: Policy, late: str) -> list[PlannedNotification]:
     """Reminders at start minus each offset, and the join link for video visits.
 
     A reminder whose moment passed before the booking is skipped. When several moments
@@ -86,7 +106,7 @@ def reminders(record: AppointmentRecord, booked_at: datetime, state: State, now:
                 record=record, due_at=max(due, now), expires_at=appt.start, state=state,
                 policy=policy,
                 params=_change_by(record, policy) if offset > figures.late_change_window
-                else {},
+                else {}, too_late=late,
             ))
     if appt.join_url is not None:
         due = appt.start - figures.join_link_offset
@@ -94,7 +114,7 @@ def reminders(record: AppointmentRecord, booked_at: datetime, state: State, now:
             planned.append(client_notification(
                 kind="appointment_join_link", occasion=occasion, channel="sms", record=record,
                 due_at=max(due, now), expires_at=appt.start + figures.join_link_grace,
-                state=state, policy=policy,
+                state=state, policy=policy, too_late=late,
             ))
     return planned
 
@@ -112,15 +132,17 @@ def _change_by(record: AppointmentRecord, policy: Policy) -> dict[str, Any]:
 
 
 def _notices(kind: str, occasion: str, channels: tuple[Channel, ...], record: AppointmentRecord,
-             state: State, now: datetime, policy: Policy) -> list[PlannedNotification]:
-    """Messages that go out at once (quiet hours permitting) and expire at the start."""
+             state: State, now: datetime, policy: Policy, late: str
+             ) -> list[PlannedNotification]:
+    """Messages that go out at once (quiet hours permitting) and expire at the start: one
+    planned once the appointment has started is `expired`, saying so (`late`)."""
     change_by = record.appointment.start - policy.appointments.late_change_window
     params = _change_by(record, policy) if change_by > now and kind != "appointment_cancelled" \
         else {}
     return [
         client_notification(kind=kind, occasion=occasion, channel=channel, record=record,
                             due_at=now, expires_at=record.appointment.start, state=state,
-                            policy=policy, params=params)
+                            policy=policy, params=params, too_late=late)
         for channel in channels
     ]
 
@@ -156,9 +178,10 @@ def plan_scheduled(event: Event, state: State, now: datetime, policy: Policy) ->
         return plan_rescheduled(event, state, now, policy)
     record = AppointmentRecord(appointment=appt, updated_at=event.occurred_at)
     ref = entity_ref("appointment", appt.id)
+    late = why_too_late(appt, event)
     add = _notices("appointment_confirmation", "booked",
-                   policy.appointments.confirmation_channels, record, state, now, policy)
-    add += reminders(record, event.occurred_at, state, now, policy)
+                   policy.appointments.confirmation_channels, record, state, now, policy, late)
+    add += reminders(record, event.occurred_at, state, now, policy, late)
     return Plan(outcome="applied", add=tuple(add), records={ref: record})
 
 
@@ -166,14 +189,15 @@ def plan_rescheduled(event: Event, state: State, now: datetime, policy: Policy) 
     data: AppointmentData = event.data
     appt, existing = data.appointment, state.appointment
     ref = entity_ref("appointment", appt.id)
+    late = why_too_late(appt, event)
     if existing is None and closed_before(event, state):
         return stale("closed before this booking arrived")
     if existing is None:
         # The booking never reached us: plan it as booked, announced as an update.
         record = AppointmentRecord(appointment=appt, updated_at=event.occurred_at, sequence=1)
         add = _notices("appointment_updated", "seq1", policy.appointments.update_channels,
-                       record, state, now, policy)
-        add += reminders(record, event.occurred_at, state, now, policy)
+                       record, state, now, policy, late)
+        add += reminders(record, event.occurred_at, state, now, policy, late)
         return Plan(outcome="applied", reason="rescheduled before we saw the booking",
                     add=tuple(add), records={ref: record})
     if existing.is_newer_than(event.occurred_at):
@@ -184,15 +208,15 @@ def plan_rescheduled(event: Event, state: State, now: datetime, policy: Policy) 
         # Nothing the client sees changed (say, a new join link): keep the plan, refresh data.
         record = existing.model_copy(update={"appointment": appt,
                                              "updated_at": event.occurred_at})
-        add = reminders(record, event.occurred_at, state, now, policy)
+        add = reminders(record, event.occurred_at, state, now, policy, late)
         return Plan(outcome="applied", reason="times unchanged", add=tuple(add),
                     records={ref: record})
     sequence = existing.sequence + 1
     record = AppointmentRecord(appointment=appt, updated_at=event.occurred_at, sequence=sequence,
                                status="scheduled")
     add = _notices("appointment_updated", f"seq{sequence}", policy.appointments.update_channels,
-                   record, state, now, policy)
-    add += reminders(record, event.occurred_at, state, now, policy)
+                   record, state, now, policy, late)
+    add += reminders(record, event.occurred_at, state, now, policy, late)
     return Plan(outcome="applied", add=tuple(add), cancel=(ref,), records={ref: record})
 
 
@@ -213,7 +237,8 @@ def plan_cancelled(event: Event, state: State, now: datetime, policy: Policy) ->
     add: list[PlannedNotification] = []
     if existing.status == "scheduled" and existing.appointment.start > now:
         add = _notices("appointment_cancelled", f"seq{record.sequence}",
-                       policy.appointments.cancellation_channels, record, state, now, policy)
+                       policy.appointments.cancellation_channels, record, state, now, policy,
+                       why_too_late(existing.appointment, event))
     return Plan(outcome="applied", add=tuple(add), cancel=(ref,), records={ref: record})
 
 

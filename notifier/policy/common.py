@@ -14,6 +14,13 @@ from notifier.records import State
 
 #: Support alerts are acted on by people at work; one still unsent after this is moot.
 SUPPORT_ALERT_VALID = timedelta(days=7)
+#: Why a client notification is planned `expired`: its moment, held to the end of the
+#: client's quiet hours, comes at or after its expiry.
+QUIET_HOURS_PAST_EXPIRY = "quiet hours last past its expiry"
+#: Why one is planned `expired` whose own moment was already at or past its expiry, when
+#: the caller does not name the cause more exactly (policies should, as
+#: `appointments.why_too_late` does).
+PLANNED_AFTER_EXPIRY = "its expiry had passed when it was planned"
 
 
 def client_zone(state: State, policy: Policy) -> ZoneInfo:
@@ -27,18 +34,25 @@ def at_client_local(day: date, at: time, state: State, policy: Policy) -> dateti
 
 def for_client(*, kind: str, entity: str, occasion: str, channel: Channel, client_id: str,
                due_at: datetime, expires_at: datetime, state: State, policy: Policy,
-               params: dict[str, Any] | None = None) -> PlannedNotification:
-    """A client notification, held for quiet hours, planned `expired` if that makes it late."""
+               params: dict[str, Any] | None = None,
+               too_late: str = PLANNED_AFTER_EXPIRY) -> PlannedNotification:
+    """A client notification, held for quiet hours, planned `expired` if it is late.
+
+    The reason names the cause: `too_late` (the caller's words for why the moment itself
+    had passed, e.g. the appointment had started) when `due_at` is already at or past the
+    expiry, and quiet hours only when it is they that push it past the expiry.
+    """
+    reason = too_late if due_at >= expires_at else ""
     if state.client is not None:
         due_at = hold_for_quiet_hours(due_at, state.client.client.zone, policy.quiet_hours)
-    too_late = due_at >= expires_at
+    if not reason and due_at >= expires_at:
+        reason = QUIET_HOURS_PAST_EXPIRY
     entity_id = entity.split(":", 1)[1]
     return PlannedNotification(
         id=f"{kind}:{entity_id}:{occasion}:{channel}", kind=kind, channel=channel,
         recipient="client", recipient_id=client_id, entity=entity, due_at=due_at,
         expires_at=expires_at, params=params or {},
-        state="expired" if too_late else "scheduled",
-        reason="quiet hours last past its expiry" if too_late else "",
+        state="expired" if reason else "scheduled", reason=reason,
     )
 
 

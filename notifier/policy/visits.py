@@ -98,10 +98,17 @@ def plan_completed(event: Event, state: State, now: datetime, policy: Policy) ->
     if not any(start > appt.start for start in upcoming.values()):
         due = at_client_local(visit_day + policy.follow_up_after, policy.follow_up_local_time,
                               state, policy)
+        expires = due + policy.follow_up_valid
+        # A completion reported (or processed) so long after the visit that the nudge's
+        # window has closed: planned `expired`, saying which of the two it was.
+        late = ("the visit was reported completed after the follow-up's window had closed"
+                if event.occurred_at >= expires else
+                "the visit's completion was processed after the follow-up's window had closed")
         add = [for_client(kind="follow_up", entity=entity_ref("followup", appt.client_id),
                           occasion=appt.id, channel=channel, client_id=appt.client_id,
-                          due_at=max(due, now), expires_at=due + policy.follow_up_valid,
-                          state=state, policy=policy, params={"provider_id": appt.provider_id})
+                          due_at=max(due, now), expires_at=expires, state=state,
+                          policy=policy, params={"provider_id": appt.provider_id},
+                          too_late=late)
                for channel in CHANNELS]
     plan = Plan(outcome="applied", add=tuple(add), cancel=(ref,), records={ref: record})
     return _without_upcoming(plan, existing, state, event.occurred_at,
