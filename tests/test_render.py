@@ -22,7 +22,8 @@ from notifier.preview import (
     sample_stored,
 )
 from notifier.records import ClientRecord
-from notifier.render import Renderer, sms_segments, text_to_html, to_gsm7
+from notifier.render import Renderer, text_to_html
+from notifier.sms_text import measure
 
 EMERGENCY = {
     "en": "If you are in immediate danger, call 911 or your local emergency number.",
@@ -80,8 +81,9 @@ def test_every_client_sms_fits_two_segments_and_names_nothing_clinical(renderer,
     message = compose_client_message(n, client(locale), SAMPLE_PROVIDER,
                                      settings(NOTIFIER_EMAIL_SHOWS_MEDICATION="true"), renderer,
                                      NOW, prescription=SAMPLE_PRESCRIPTION)
-    assert sms_segments(message.body) <= 2, (kind, len(message.body), message.body)
-    assert message.body == to_gsm7(message.body)
+    assert message.sms == measure(message.body)
+    assert message.sms.segments <= 2, (kind, message.sms, message.body)
+    assert message.sms.encoding == "GSM-7", message.body
     assert "Riverbend Health Partners" in message.body
     lowered = message.body.lower()
     assert not any(word in lowered for word in CLINICAL_WORDS), message.body
@@ -130,7 +132,7 @@ def test_staff_messages_render_with_ids_not_contact_details(kind):
     assert "+14155550123" not in text and "ana@example.com" not in text
     if kind in TEMPLATES.kinds("sms"):
         sms = preview(settings(), kind, "en", "sms").split("\n", 1)[1]
-        assert sms_segments(sms) <= 2, sms
+        assert measure(sms).segments <= 2, sms
 
 
 def test_times_are_written_in_the_clients_zone(renderer):
@@ -160,21 +162,6 @@ def test_missing_template_and_missing_variable_raise_template_error(renderer, tm
         renderer.sms("appointment_confirmation", "en", {})
     with pytest.raises(TemplateError, match="does not exist"):
         Renderer(tmp_path / "missing")
-
-
-@pytest.mark.parametrize(("text", "segments"), [
-    ("a" * 160, 1), ("a" * 161, 2), ("a" * 306, 2), ("a" * 307, 3),
-    ("€" * 80, 1), ("€" * 81, 2),  # extension characters take two septets
-    ("á" * 70, 1), ("á" * 71, 2), ("á" * 134, 2), ("á" * 135, 3),  # not GSM-7: UCS-2
-    ("ñé¿¡ü" * 32, 1),  # Spanish letters in the GSM-7 basic set
-])
-def test_sms_segments(text, segments):
-    assert sms_segments(text) == segments
-
-
-def test_sms_text_is_folded_into_gsm7_where_a_close_letter_exists():
-    assert to_gsm7("María Ángel sáb ¿qué? ñú ç €") == "Maria Angel sab ¿qué? ñu c €"
-    assert to_gsm7("Zoë 🙂 李") == "Zoe 🙂 李"
 
 
 def test_a_provider_we_do_not_know_is_named_in_the_clients_language(renderer):
