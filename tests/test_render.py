@@ -3,8 +3,10 @@ clinical detail, every client email ends with the emergency line, invites are we
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo, available_timezones
 
 import pytest
 from icalendar import Calendar
@@ -22,8 +24,8 @@ from notifier.preview import (
     sample_stored,
 )
 from notifier.records import ClientRecord
-from notifier.render import Renderer, text_to_html
-from notifier.sms_text import measure
+from notifier.render import Renderer, text_to_html, zone_label
+from notifier.sms_text import is_gsm7, measure, normalise
 
 EMERGENCY = {
     "en": "If you are in immediate danger, call 911 or your local emergency number.",
@@ -140,6 +142,69 @@ def test_times_are_written_in_the_clients_zone(renderer):
                                      SAMPLE_PROVIDER, settings(), renderer, NOW)
     assert "Mon, Dec 14 at 10:30 AM EST" in message.body
     assert "Sun, Dec 13 at 10:30 AM EST" in message.body  # change-by, start - 24 h
+
+
+#: Issue 10 item 6: one zone rule for every locale, across a DST change. (zone, instant,
+#: English, Spanish): CLDR's abbreviation where it has one, else the zone's city; never an
+#: offset such as "+0000".
+ZONE_TIMES = [
+    ("Europe/London", datetime(2026, 3, 28, 8, 37, tzinfo=UTC),
+     "Sat, Mar 28 at 8:37 AM GMT", "sáb 28 de mar, 8:37 GMT"),
+    ("Europe/London", datetime(2026, 3, 30, 8, 37, tzinfo=UTC),  # BST from Mar 29
+     "Mon, Mar 30 at 9:37 AM BST", "lun 30 de mar, 9:37 BST"),
+    ("America/New_York", datetime(2026, 3, 7, 15, 0, tzinfo=UTC),
+     "Sat, Mar 7 at 10:00 AM EST", "sáb 7 de mar, 10:00 EST"),
+    ("America/New_York", datetime(2026, 3, 9, 15, 0, tzinfo=UTC),  # EDT from Mar 8
+     "Mon, Mar 9 at 11:00 AM EDT", "lun 9 de mar, 11:00 EDT"),
+    ("America/New_York", datetime(2026, 11, 2, 15, 0, tzinfo=UTC),  # EST again from Nov 1
+     "Mon, Nov 2 at 10:00 AM EST", "lun 2 de nov, 10:00 EST"),
+    ("Europe/Madrid", datetime(2026, 3, 30, 8, 0, tzinfo=UTC),
+     "Mon, Mar 30 at 10:00 AM CEST", "lun 30 de mar, 10:00 CEST"),
+    # Dublin's winter is its negative daylight saving in the tz database: still GMT.
+    ("Europe/Dublin", datetime(2026, 1, 15, 9, 0, tzinfo=UTC),
+     "Thu, Jan 15 at 9:00 AM GMT", "jue 15 de ene, 9:00 GMT"),
+    ("Europe/Dublin", datetime(2026, 7, 15, 9, 0, tzinfo=UTC),
+     "Wed, Jul 15 at 10:00 AM IST", "mié 15 de jul, 10:00 IST"),
+    # No CLDR abbreviation: the city, in the message's language, folded into GSM-7.
+    ("America/Bogota", datetime(2026, 3, 9, 15, 0, tzinfo=UTC),
+     "Mon, Mar 9 at 10:00 AM Bogota Time", "lun 9 de mar, 10:00 hora de Bogota"),
+    ("Asia/Tokyo", datetime(2026, 3, 9, 1, 0, tzinfo=UTC),
+     "Mon, Mar 9 at 10:00 AM Tokyo Time", "lun 9 de mar, 10:00 hora de Tokio"),
+]
+
+
+@pytest.mark.parametrize(("zone", "start", "english", "spanish"), ZONE_TIMES)
+def test_times_name_the_zone_one_way_in_every_locale(renderer, zone, start, english, spanish):
+    for locale, written in (("en", english), ("es", spanish)):
+        n = stored("appointment_confirmation", "sms", start=start.isoformat())
+        message = compose_client_message(n, client(locale, zone), SAMPLE_PROVIDER, settings(),
+                                         renderer, NOW)
+        assert normalise(written) in message.body, message.body
+        assert not re.search(r"[+-]\d{4}\b", message.body), message.body
+
+
+def test_every_zone_has_a_label_and_it_is_gsm7():
+    instants = (datetime(2026, 1, 15, 12, tzinfo=UTC), datetime(2026, 7, 15, 12, tzinfo=UTC))
+    for key in sorted(available_timezones()):
+        for locale in LOCALES:
+            for instant in instants:
+                label = normalise(zone_label(instant, ZoneInfo(key), locale))
+                assert label and is_gsm7(label), (key, locale, label)
+                assert not re.fullmatch(r"[+-]\d{4}", label), (key, locale, label)
+
+
+@pytest.mark.parametrize("locale", LOCALES)
+def test_a_late_cancellation_says_a_fee_may_apply_in_sms_and_email(renderer, locale):
+    says = {"en": "late-cancellation fee may apply",
+            "es": "cargo por cancelación tardía"}[locale]
+    for channel in ("sms", "email"):
+        late = compose_client_message(stored("appointment_cancelled", channel, late_fee=True),
+                                      client(locale), SAMPLE_PROVIDER, settings(), renderer, NOW)
+        on_time = compose_client_message(stored("appointment_cancelled", channel),
+                                         client(locale), SAMPLE_PROVIDER, settings(), renderer,
+                                         NOW)
+        folded = normalise(says) if channel == "sms" else says
+        assert folded in late.body and folded not in on_time.body
 
 
 def test_a_reminder_inside_the_late_window_does_not_offer_a_fee_free_change(renderer):
