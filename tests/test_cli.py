@@ -312,3 +312,14 @@ def test_dev_stopped_by_sigterm_stops_the_redis_it_started(tmp_path):
         dev.send_signal(signal.SIGTERM)
         dev.wait(timeout=30)
     assert not EmbeddedRedis(tmp_path / "var").running()
+
+
+def test_a_practice_name_that_breaks_the_sms_budget_stops_start_up(tmp_path, redis_url):
+    name = "The Riverbend Community Behavioral Health Partners of Greater Springfield"
+    result = notifier("jobs", "list", cwd=tmp_path,
+                      env={"NOTIFIER_REDIS_URL": redis_url, "NOTIFIER_PRACTICE_NAME": name})
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"notifier: NOTIFIER_PRACTICE_NAME: {name!r} is too long for the "
+                           "SMS budget: sms/")
+    assert "3 segments" in line
