@@ -440,6 +440,23 @@ def test_an_sms_records_its_encoding_and_segments_in_the_ledger_api_and_outbox(
     assert (email.sms_encoding, email.sms_segments) == (None, None)
 
 
+class CarrierCounting:
+    """A channel whose provider reports the segments it sent, as Twilio's num_segments."""
+
+    def send(self, message: Message, now: datetime) -> Receipt:
+        return Receipt(provider_id="SM1", sent_at=now, segments=3)
+
+    def already_sent(self, message: Message) -> bool | None:
+        return None
+
+
+def test_the_providers_segment_count_is_kept_beside_ours(store, policy):
+    book(store, policy)
+    assert deliverer(store, policy, sms=CarrierCounting()).deliver(CONFIRM_SMS, NOW) == "sent"
+    view = {v.id: v for v in store.notifications_for("client", "c1")}[CONFIRM_SMS]
+    assert view.provider_segments == 3 and view.sms_segments in (1, 2)
+
+
 def test_a_long_video_link_goes_as_the_short_link(store, policy, outbox):
     join = book_video(store, policy, LONG_LINK)
     d = deliverer(store, policy, outbox=outbox)
