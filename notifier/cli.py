@@ -203,8 +203,13 @@ def cmd_jobs_run(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_preview(args: argparse.Namespace, settings: Settings) -> None:
-    from notifier.preview import preview
+    from notifier.preview import preview, preview_all
 
+    if args.all:
+        print(preview_all(settings))
+        return
+    if not args.kind:
+        raise ConfigError("preview: name a KIND, or give --all")
     print(preview(settings, args.kind, args.locale, args.channel))
 
 
@@ -264,8 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
         "run", help="run a job now, for its most recent scheduled fire in each zone")
     run.add_argument("name")
     run.set_defaults(func=cmd_jobs_run)
-    preview = sub.add_parser("preview", help="render a template with sample data")
-    preview.add_argument("kind")
+    preview = sub.add_parser("preview", help="render a template with sample data; --all: "
+                             "every kind, channel and locale with worst-case data and what "
+                             "each SMS costs")
+    preview.add_argument("kind", nargs="?")
+    preview.add_argument("--all", action="store_true")
     preview.add_argument("--locale", default="en")
     preview.add_argument("--channel", choices=("sms", "email"), default=None)
     preview.set_defaults(func=cmd_preview)

@@ -8,6 +8,7 @@ SEQUENCE) was fixed when it was planned.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -24,14 +25,14 @@ from notifier.records import (
 )
 from notifier.render import Renderer, format_day, format_local_datetime, format_local_time
 from notifier.schedule import from_epoch
+from notifier.sms_budget import fit, sms_name
+from notifier.sms_text import measure
 
 #: How a message names a provider whose details have not reached us.
 UNKNOWN_PROVIDER = {"en": "your provider", "es": "su profesional de salud"}
 #: Kinds addressed to the support team or a provider rather than a client.
 STAFF_KINDS = frozenset({"support_escalation", "provider_no_show", "provider_digest",
                          "reschedule_request"})
-#: SMS carry at most this much of a first name, so every body stays within two segments.
-SMS_NAME_CHARS = 20
 #: Kinds whose email carries a calendar invite, and its METHOD.
 INVITE_METHODS = {
     "appointment_confirmation": "REQUEST",
@@ -85,6 +86,7 @@ def client_context(n: Stored, client: ClientRecord, provider: ProviderRecord | N
         else UNKNOWN_PROVIDER.get(c.locale, UNKNOWN_PROVIDER["en"]),
         "join_url": p.get("join_url"),
         "item_kind": str(p.get("item_kind", "")).replace("_", " "),
+        "late_fee": bool(p.get("late_fee")),
     }
     if "start" in p:
         start = datetime.fromisoformat(p["start"])
@@ -125,10 +127,14 @@ def invite_for(n: Stored, client: ClientRecord, settings: Settings, now: datetim
 
 def compose_client_message(n: Stored, client: ClientRecord, provider: ProviderRecord | None,
                            settings: Settings, renderer: Renderer, now: datetime, *,
-                           prescription: PrescriptionRecord | None = None) -> Message:
+                           prescription: PrescriptionRecord | None = None,
+                           shorten: Callable[[], str] | None = None) -> Message:
     """The message for a client notification on its channel (the caller has checked the
     address). The medication is named in email only when the practice
-    allows it, and never in SMS."""
+    allows it, and never in SMS.
+
+    An SMS is fitted to its budget (`sms_budget.fit`; `shorten()` gives a short link to stand
+    in for a video link too long to fit); `sms_budget.OverBudget` when it cannot be."""
     c = client.client
     context = client_context(n, client, provider, settings)
     channel = n.channel
@@ -136,11 +142,13 @@ def compose_client_message(n: Stored, client: ClientRecord, provider: ProviderRe
     if channel == "email" and settings.email_shows_medication and prescription is not None:
         context["medication"] = prescription.prescription.medication
     if channel == "sms":
-        # A long name must not push a message past two segments.
-        context["first_name"] = c.first_name[:SMS_NAME_CHARS]
-        body = renderer.sms(n.kind, c.locale, context)
+        # Personal data must not push a message past its budget (emoji, other scripts).
+        context["first_name"] = sms_name(c.first_name)
+        fitted = fit(f"{n.kind}.{c.locale}",
+                     lambda ctx: renderer.sms(n.kind, c.locale, ctx), context, shorten)
         return Message(notification_id=n.id, kind=n.kind, channel="sms", to=c.phone or "",
-                       body=body, due_at=n.due_at, expires_at=n.expires_at)
+                       body=fitted.body, due_at=n.due_at, expires_at=n.expires_at,
+                       sms=fitted.size, fallback=fitted.fallback)
     email = renderer.email(n.kind, c.locale, context)
     attachments = (invite_for(n, client, settings, now),) if n.kind in INVITE_METHODS else ()
     return Message(notification_id=n.id, kind=n.kind, channel="email", to=c.email or "",
@@ -155,8 +163,9 @@ def _hours(delta: timedelta) -> int:
 def _staff_message(n: Stored, to: str, context: dict[str, Any], renderer: Renderer) -> Message:
     """Support and provider messages: English, no quiet hours, ids rather than names."""
     if n.channel == "sms":
-        return Message(notification_id=n.id, kind=n.kind, channel="sms", to=to,
-                       body=renderer.sms(n.kind, "en", context), due_at=n.due_at)
+        body = renderer.sms(n.kind, "en", context)
+        return Message(notification_id=n.id, kind=n.kind, channel="sms", to=to, body=body,
+                       due_at=n.due_at, sms=measure(body))
     email = renderer.email(n.kind, "en", context)
     return Message(notification_id=n.id, kind=n.kind, channel="email", to=to,
                    subject=email.subject, body=email.text, html=email.html, due_at=n.due_at)

@@ -48,6 +48,7 @@ from notifier.records import (
     VisitsRecord,
 )
 from notifier.render import Renderer
+from notifier.sms_budget import OverBudget, short_url
 from notifier.store import Store
 
 log = logging.getLogger(__name__)
@@ -181,10 +182,14 @@ class Deliverer:
             return outcome
         except RetryableError as exc:
             return self._retry(n, now, f"{exc.code or 'error'}: {exc}", exc.retry_after_s)
+        sizes: dict[str, object] = {}
+        if message.sms is not None:
+            sizes = {"sms_encoding": message.sms.encoding, "sms_segments": message.sms.segments,
+                     "provider_segments": receipt.segments}
         for attempt in range(RECORD_TRIES):
             try:
                 return self._finish(n, "sent", note, now, sent_at=receipt.sent_at.timestamp(),
-                                    receipt=receipt.provider_id)
+                                    receipt=receipt.provider_id, **sizes)
             except redis.RedisError as exc:
                 if attempt == RECORD_TRIES - 1:
                     raise SentButUnrecorded(n.id) from exc
@@ -269,11 +274,25 @@ class Deliverer:
             n = replace(n, params={**n.params, "join_url": join_url})
         provider = records.get(entity_ref("provider", n.params.get("provider_id", "")))
         rx = records.get(entity_ref("prescription", n.params.get("prescription_id", "")))
-        message = compose_client_message(
-            n, client, provider if isinstance(provider, ProviderRecord) else None,
-            self.settings, self.renderer, now,
-            prescription=rx if isinstance(rx, PrescriptionRecord) else None)
-        return message, note
+        appointment_id = n.params.get("appointment_id")
+
+        def shorten() -> str:
+            return short_url(self.settings.public_url,
+                             self.store.short_links.token_for(str(appointment_id)))
+
+        try:
+            message = compose_client_message(
+                n, client, provider if isinstance(provider, ProviderRecord) else None,
+                self.settings, self.renderer, now,
+                prescription=rx if isinstance(rx, PrescriptionRecord) else None,
+                shorten=shorten if appointment_id else None)
+        except OverBudget as exc:
+            # The last step of the budget rule: not sent as SMS at all, by email instead.
+            reason = f"over the SMS budget: {exc}"
+            self._use_other_channel(n, client, reason, now)
+            return self._finish(n, "suppressed", reason, now, sms_encoding=exc.size.encoding,
+                                sms_segments=exc.size.segments)
+        return message, "; ".join(part for part in (note, message.fallback) if part)
 
     def _told_of_booking(self, n: Stored) -> Told:
         """Whether the client heard of this booking: from the ledger states of the other

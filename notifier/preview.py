@@ -1,4 +1,6 @@
-"""`notifier preview KIND`: a template rendered with sample data, as it would be sent."""
+"""`notifier preview KIND`: a template rendered with sample data, as it would be sent;
+`notifier preview --all`: every kind, channel and locale with worst-case data, and what each
+SMS costs."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from notifier.channels import Message
 from notifier.compose import (
     STAFF_KINDS,
     Stored,
@@ -24,6 +27,16 @@ from notifier.records import (
     ProviderRecord,
 )
 from notifier.render import Renderer
+from notifier.sms_budget import (
+    LOCALES,
+    MAX_SEGMENTS,
+    SHORT_TOKEN_CHARS,
+    OverBudget,
+    longest_zone,
+    short_url,
+    worst_case_sizes,
+)
+from notifier.sms_text import SmsSize
 
 SAMPLE_NOW = datetime(2026, 12, 1, 15, 0, tzinfo=UTC)
 
@@ -78,6 +91,81 @@ def sample_stored(kind: str, channel: str, **overrides: Any) -> Stored:
                   params=sample_params(**overrides), attempts=1)
 
 
+#: Worst-case sample data for `preview --all`: the longest first name events allow, with
+#: accents outside GSM-7, a typographic apostrophe and emoji; a real-length Teams link.
+WORST_NAME = ("María-Josefína 🌻 O’Brien-Úrsula " * 4)[:100]
+LONG_JOIN_URL = (
+    "https://teams.microsoft.com/l/meetup-join/19%3ameeting_NzQ2ZTE5YjItZDU0Ni00OTljLWI5"
+    "ZjMtNmQ3ZmM0MmE4YjYx%40thread.v2/0?context=%7b%22Tid%22%3a%2272f988bf-86f1-41af-91ab-"
+    "2d7cd011db47%22%2c%22Oid%22%3a%2211e4c5f5-9a6b-4c3e-8d2a-3f1b7c9d0e42%22%7d")
+#: A Wednesday in September: the longest day and month names in both locales.
+WORST_START = datetime(2026, 9, 30, 22, 30, tzinfo=UTC)
+
+
+def _message(settings: Settings, renderer: Renderer, kind: str, channel: str, locale: str,
+             n: Stored, client: ClientRecord) -> Message:
+    policy = load_policy(settings.schedules_dir)
+    if kind == "provider_digest":
+        return compose_provider_digest(n, SAMPLE_PROVIDER, SAMPLE_QUEUE, settings, policy,
+                                       renderer, SAMPLE_NOW)
+    if kind in STAFF_KINDS:
+        return compose_support_message(n, SAMPLE_PROVIDER, settings, renderer, SAMPLE_NOW)
+    return compose_client_message(
+        n, client, SAMPLE_PROVIDER, settings, renderer, SAMPLE_NOW,
+        prescription=SAMPLE_PRESCRIPTION,
+        shorten=lambda: short_url(settings.public_url, "S" * SHORT_TOKEN_CHARS))
+
+
+def _size(size: SmsSize | None) -> str:
+    return f"{size.encoding:<6} {size.segments:>2} ({size.units})" if size else "-"
+
+
+def preview_all(settings: Settings) -> str:
+    """Every kind x channel x locale rendered with worst-case data (`WORST_NAME`,
+    `LONG_JOIN_URL`, the zone with the longest name, a late cancellation), with each SMS's
+    encoding and segments; and for client SMS the worst case over every name, date, zone
+    and branch of the template (`sms_budget.worst_case_sizes`), as start-up checks it."""
+    renderer = Renderer(Path(settings.templates_dir))
+    bounds = worst_case_sizes(settings, renderer, STAFF_KINDS)
+    rows = [f"{'template':<36} {'sample: encoding, segments (units)':<36} "
+            f"{'worst case':<17} note"]
+    over = 0
+    for channel in ("sms", "email"):
+        for kind in renderer.kinds(channel):
+            for locale in ("en",) if kind in STAFF_KINDS else LOCALES:
+                zone = longest_zone(locale)[0]
+                record = sample_client(locale, first_name=WORST_NAME)
+                record = record.model_copy(update={"client": record.client.model_copy(
+                    update={"timezone": zone})})
+                n = sample_stored(kind, channel, start=WORST_START.isoformat(),
+                                  end=(WORST_START + timedelta(minutes=30)).isoformat(),
+                                  change_by=(WORST_START - timedelta(hours=24)).isoformat(),
+                                  join_url=LONG_JOIN_URL, late_fee=True)
+                name = f"{channel}/{kind}.{locale}"
+                try:
+                    message = _message(settings, renderer, kind, channel, locale, n, record)
+                except OverBudget as exc:
+                    over += 1
+                    rows.append(f"{name:<36} {_size(exc.size):<36} {'':<17} OVER BUDGET: "
+                                "not sent as SMS")
+                    continue
+                bound = bounds.get(f"{kind}.{locale}") if channel == "sms" else None
+                if channel == "email":
+                    note = f"subject: {message.subject}"
+                elif kind in STAFF_KINDS:
+                    note = "staff SMS: ids only, not budgeted"
+                else:
+                    note = message.fallback
+                if bound is not None and bound.segments > MAX_SEGMENTS:
+                    over += 1
+                    note = f"OVER BUDGET in the worst case; {note}"
+                rows.append(f"{name:<36} {_size(message.sms):<36} {_size(bound):<17} "
+                            f"{note}".rstrip())
+    rows.append(f"client SMS budget: {MAX_SEGMENTS} segments; "
+                + (f"{over} over it" if over else "every client SMS within it"))
+    return "\n".join(rows)
+
+
 def preview(settings: Settings, kind: str, locale: str, channel: str | None) -> str:
     renderer = Renderer(Path(settings.templates_dir))
     channels = [channel] if channel else [c for c in ("sms", "email")
@@ -85,20 +173,12 @@ def preview(settings: Settings, kind: str, locale: str, channel: str | None) -> 
     if not channels:
         kinds = sorted(set(renderer.kinds("sms") + renderer.kinds("email")))
         raise TemplateError(f"no template for kind {kind!r}; kinds: {', '.join(kinds)}")
-    policy = load_policy(settings.schedules_dir)
     out = []
     for ch in channels:
         n = sample_stored(kind, ch)
-        if kind == "provider_digest":
-            message = compose_provider_digest(n, SAMPLE_PROVIDER, SAMPLE_QUEUE, settings, policy,
-                                              renderer, SAMPLE_NOW)
-        elif kind in STAFF_KINDS:
-            message = compose_support_message(n, SAMPLE_PROVIDER, settings, renderer, SAMPLE_NOW)
-        else:
-            message = compose_client_message(n, sample_client(locale), SAMPLE_PROVIDER, settings,
-                                             renderer, SAMPLE_NOW,
-                                             prescription=SAMPLE_PRESCRIPTION)
-        header = f"--- {ch} ({locale}) ---"
+        message = _message(settings, renderer, kind, ch, locale, n, sample_client(locale))
+        cost = f" {message.sms.describe()}" if message.sms else ""
+        header = f"--- {ch} ({locale}){cost} ---"
         if ch == "email":
             files = ", ".join(a.filename for a in message.attachments) or "none"
             out.append(f"{header}\nSubject: {message.subject}\nAttachments: {files}\n\n"

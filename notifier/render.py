@@ -13,69 +13,92 @@ from __future__ import annotations
 
 import html
 import re
-import unicodedata
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import jinja2
-from babel.dates import format_date, format_datetime
+from babel import Locale, UnknownLocaleError
+from babel.core import get_global
+from babel.dates import (
+    format_date,
+    format_datetime,
+    get_timezone,
+    get_timezone_location,
+    get_timezone_name,
+)
 
 from notifier.errors import TemplateError
+from notifier.sms_text import normalise
 
 DEFAULT_LOCALE = "en"
-#: How dates and times are written in each locale (CLDR patterns, via Babel).
-#: Times are always in the client's own zone. English names it (EST); CLDR has no Spanish
-#: abbreviations (it would print -0500), so Spanish leaves it out.
-DATETIME_PATTERNS = {"en": "EEE, MMM d 'at' h:mm a z", "es": "EEE d 'de' MMM, H:mm"}
-TIME_PATTERNS = {"en": "h:mm a z", "es": "H:mm"}
+#: How dates and times are written in each locale (CLDR patterns, via Babel), always in the
+#: client's own zone and followed by `zone_label`.
+DATETIME_PATTERNS = {"en": "EEE, MMM d 'at' h:mm a", "es": "EEE d 'de' MMM, H:mm"}
+TIME_PATTERNS = {"en": "h:mm a", "es": "H:mm"}
 DATE_PATTERNS = {"en": "EEEE, MMMM d", "es": "EEEE d 'de' MMMM"}
-
-# GSM 03.38 basic character set and its extension table (escape-prefixed, two septets).
-GSM7_BASIC = set(
-    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
-    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
-)
-GSM7_EXTENDED = set("^{}\\[~]|€\f")
+#: What counts as a zone abbreviation in CLDR's short names (EST, BST, AKDT, CEST); anything
+#: else Babel returns for `short` is a long name or an offset ("-0500") no reader knows.
+ZONE_ABBREVIATION = re.compile(r"[A-Z]{2,5}")
 
 
-def to_gsm7(text: str) -> str:
-    """Replace characters outside the GSM-7 alphabet by their closest GSM-7 letter.
-
-    One accented letter outside GSM-7 (á, í, ó, ú, ç, …) would switch a whole SMS to UCS-2
-    and halve what a segment holds, so "María" and "sáb" are sent as "Maria" and "sab".
-    Characters with no GSM-7 base (emoji, other scripts) are kept: they cost segments but
-    never change meaning.
-    """
-    out = []
-    for ch in text:
-        if ch in GSM7_BASIC or ch in GSM7_EXTENDED:
-            out.append(ch)
-            continue
-        base = unicodedata.normalize("NFKD", ch)[0]
-        out.append(base if base in GSM7_BASIC else ch)
-    return "".join(out)
+def _daylight(local: datetime) -> bool:
+    """Whether `local` is in its zone's summer time. Europe/Dublin counts winter as its
+    negative daylight saving (dst() < 0), so summer there is the time with dst() == 0."""
+    dst = local.dst()
+    if dst is None or dst < timedelta(0):
+        return False
+    if dst > timedelta(0):
+        return True
+    zone = local.tzinfo
+    return any((datetime(local.year, month, 15, 12, tzinfo=zone).dst() or timedelta(0))
+               < timedelta(0) for month in (1, 7))
 
 
-def sms_segments(text: str) -> int:
-    """How many SMS segments `text` takes (GSM-7: 160/153 septets; else UCS-2: 70/67)."""
-    if all(ch in GSM7_BASIC or ch in GSM7_EXTENDED for ch in text):
-        septets = sum(2 if ch in GSM7_EXTENDED else 1 for ch in text)
-        return 1 if septets <= 160 else -(-septets // 153)
-    units = len(text.encode("utf-16-le")) // 2
-    return 1 if units <= 70 else -(-units // 67)
+@lru_cache(maxsize=1024)
+def _zone_abbreviation(zone_key: str, daylight: bool) -> str | None:
+    """The zone's CLDR short name as written in English in the zone's own country (EST/EDT
+    for New York from en_US, GMT/BST for London from en_GB), if CLDR has one."""
+    territory = get_global("zone_territories").get(zone_key)
+    try:
+        where = Locale.parse(f"en_{territory}") if territory else Locale("en")
+    except (UnknownLocaleError, ValueError):
+        where = Locale("en")
+    name = get_timezone_name(get_timezone(zone_key), width="short", locale=where,
+                             zone_variant="daylight" if daylight else "standard")
+    return name if ZONE_ABBREVIATION.fullmatch(name) else None
+
+
+@lru_cache(maxsize=1024)
+def _zone_city(zone_key: str, locale: str) -> str:
+    """CLDR's "{city} Time" ("hora de {city}") in the message's locale."""
+    city = get_timezone_location(get_timezone(zone_key), locale=locale, return_city=True)
+    return str(Locale.parse(locale).zone_formats["region"] % city)
+
+
+def zone_label(instant: datetime, zone: ZoneInfo, locale: str) -> str:
+    """How a message names the client's zone: one rule for every locale. The zone's CLDR
+    abbreviation where it has one (GMT/BST, EST/EDT, CET/CEST: the ones clocks and TV show
+    there, so a Spanish message in New York says EST too), else its city in the message's
+    language ("Bogotá Time", "hora de Bogotá"). Offsets such as "+0000" are never shown."""
+    local = instant.astimezone(zone)
+    return (_zone_abbreviation(zone.key, _daylight(local))
+            or _zone_city(zone.key, locale if locale in DATETIME_PATTERNS else DEFAULT_LOCALE))
 
 
 def format_local_datetime(instant: datetime, zone: ZoneInfo, locale: str) -> str:
     pattern = DATETIME_PATTERNS.get(locale, DATETIME_PATTERNS[DEFAULT_LOCALE])
-    return format_datetime(instant, pattern, tzinfo=zone, locale=locale)
+    written = format_datetime(instant, pattern, tzinfo=zone, locale=locale)
+    return f"{written} {zone_label(instant, zone, locale)}"
 
 
 def format_local_time(instant: datetime, zone: ZoneInfo, locale: str) -> str:
     pattern = TIME_PATTERNS.get(locale, TIME_PATTERNS[DEFAULT_LOCALE])
-    return format_datetime(instant, pattern, tzinfo=zone, locale=locale)
+    written = format_datetime(instant, pattern, tzinfo=zone, locale=locale)
+    return f"{written} {zone_label(instant, zone, locale)}"
 
 
 def format_day(day: date, locale: str) -> str:
@@ -130,7 +153,9 @@ class Renderer:
     def sms(self, kind: str, locale: str, context: dict[str, Any]) -> str:
         template = self._template("sms", kind, locale)
         try:
-            body = to_gsm7(" ".join(template.render(context).split()))
+            # Folded onto one line, then into GSM-7 where an equivalent exists (quotes,
+            # dashes, accents, CLDR's narrow no-break space before AM/PM).
+            body = " ".join(normalise(template.render(context)).split())
         except jinja2.TemplateError as exc:
             raise TemplateError(f"sms/{kind}.{locale}: {exc}") from exc
         return body
@@ -148,7 +173,7 @@ class Renderer:
         else:
             raise TemplateError(f"no reply template for {name!r}")
         try:
-            return to_gsm7(" ".join(template.render(context).split()))
+            return " ".join(normalise(template.render(context)).split())
         except jinja2.TemplateError as exc:
             raise TemplateError(f"replies/{name}.{locale}: {exc}") from exc
 

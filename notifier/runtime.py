@@ -9,6 +9,7 @@ import redis
 
 from notifier.channels import Channel
 from notifier.channels.outbox import Outbox
+from notifier.compose import STAFF_KINDS
 from notifier.config import Settings
 from notifier.delivery import Deliverer
 from notifier.jobs import Job, load_jobs
@@ -16,6 +17,7 @@ from notifier.policy.figures import Policy, load_policy
 from notifier.ratelimit import RateLimiter
 from notifier.redis_server import EmbeddedRedis
 from notifier.render import Renderer
+from notifier.sms_budget import check_configuration
 from notifier.store import Store
 
 
@@ -73,6 +75,8 @@ class Runtime:
         client = redis.Redis.from_url(redis_url, health_check_interval=30)
         store = Store(client)
         renderer = Renderer(Path(settings.templates_dir))
+        # A practice name or URL that would put a client SMS over budget stops start-up.
+        check_configuration(settings, renderer, STAFF_KINDS)
         channels = build_channels(settings)
         deliverer = Deliverer(store=store, channels=channels, renderer=renderer,
                               settings=settings, policy=policy, lease_s=settings.lease_s,

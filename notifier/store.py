@@ -49,6 +49,7 @@ from notifier.schedule import (
     parse_lateness,
     parse_outcomes,
 )
+from notifier.shortlinks import ShortLinks
 from notifier.turns import HELD_EVENTS, Turns, held_key, queue_key, queue_member, turn_key
 
 #: A planner given a stored raw event, a loader of (watched) records and the event's
@@ -180,6 +181,12 @@ class NotificationView(BaseModel):
     sent_at: datetime | None
     code: str | None
     delivery: str | None = None
+    #: an SMS's encoding when it was rendered: GSM-7 or UCS-2
+    sms_encoding: str | None = None
+    #: the segments it takes, counted as carriers count them
+    sms_segments: int | None = None
+    #: the segments the provider says it sent (Twilio's num_segments)
+    provider_segments: int | None = None
 
 
 class Store:
@@ -188,6 +195,7 @@ class Store:
         self.redis: Any = client
         self.schedule = Schedule(client)
         self.turns = Turns(client)
+        self.short_links = ShortLinks(client)
         self._store_event = client.register_script(STORE_EVENT_LUA)
 
     # Events ---------------------------------------------------------------------------
@@ -528,6 +536,10 @@ class Store:
                 state=shown_state(f), reason=f.get("reason", ""),
                 sent_at=from_epoch(f["sent_at"]) if f.get("sent_at") else None,
                 code=f.get("code") or None, delivery=f.get("delivery") or None,
+                sms_encoding=f.get("sms_encoding") or None,
+                sms_segments=int(f["sms_segments"]) if f.get("sms_segments") else None,
+                provider_segments=(int(f["provider_segments"]) if f.get("provider_segments")
+                                   else None),
             ))
         return views
 

@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 import redis
 from dramatiq.brokers.redis import RedisBroker
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import (
@@ -43,6 +43,7 @@ from notifier.policy.figures import CHANNELS
 from notifier.policy.ordering import subject_ref
 from notifier.policy.timing import utcnow
 from notifier.provider_hooks import provider_routes
+from notifier.records import AppointmentRecord
 from notifier.schedule import FINAL_STATES
 from notifier.store import NotificationView, Store
 from notifier.tasks import enqueue_apply
@@ -100,6 +101,10 @@ class EventStatusAnswer(BaseModel):
     #: applied, stale, ignored, rejected (no longer valid) or failed (planning kept failing)
     status: Literal["accepted", "held", "applied", "stale", "ignored", "rejected", "failed"]
     reason: str = ""
+
+
+class LinkNotFound(BaseModel):
+    error: str
 
 
 class NotificationsAnswer(BaseModel):
@@ -375,6 +380,25 @@ def create_app(settings: Settings, store: Store, broker: RedisBroker) -> FastAPI
         "content": {"text/plain": {"schema": {"type": "string"}}}}})
     def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/j/{token}", response_class=RedirectResponse, status_code=307,
+             responses={307: {"description": "To the visit's current video link"},
+                        404: {"model": LinkNotFound,
+                              "description": "Unknown link, or no video visit behind it"}})
+    def follow_short_link(token: str) -> Response:
+        """A short link in an SMS (`notifier.shortlinks`): to the appointment's join URL as
+        it is now, so a room changed after the SMS went out still works."""
+        appointment_id = store.short_links.appointment_for(token)
+        if appointment_id is None:
+            return JSONResponse({"error": "no such link"}, status_code=404)
+        record = store.load_record(f"appointment:{appointment_id}")
+        if (not isinstance(record, AppointmentRecord) or record.status == "cancelled"
+                or record.appointment.join_url is None):
+            return JSONResponse({"error": "this visit has no video link any more"},
+                                status_code=404)
+        # Never cached: the link is looked up again on every click.
+        return RedirectResponse(str(record.appointment.join_url), status_code=307,
+                                headers={"Cache-Control": "no-store"})
 
     app.include_router(provider_routes(settings, store))
     app.openapi = lambda: _event_body_schema(app)  # type: ignore[method-assign]

@@ -59,7 +59,8 @@ API_TOKEN = "fuzz-read-api-token-0123456789"
 EVENTS_PATH = "/v1/events"
 BOTH = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
 #: Every operation of the document and the modes it is fuzzed in. One with no parameters
-#: and no body has nothing to make invalid, so it has no negative mode.
+#: and no body has nothing to make invalid, so it has no negative mode; nor has the short
+#: link, whose one parameter is any string (a malformed token is an unknown one: 404).
 OPERATIONS: dict[tuple[str, str], tuple[GenerationMode, ...]] = {
     (EVENTS_PATH, "POST"): BOTH,
     ("/v1/clients/{client_id}/notifications", "GET"): BOTH,
@@ -69,6 +70,7 @@ OPERATIONS: dict[tuple[str, str], tuple[GenerationMode, ...]] = {
     ("/twilio/status", "POST"): BOTH,
     ("/twilio/inbound", "POST"): BOTH,
     ("/sendgrid/events", "POST"): BOTH,
+    ("/j/{token}", "GET"): (GenerationMode.POSITIVE,),
 }
 #: The checks for answers to requests we sent ourselves (signed): the answer as documented.
 CONFORMANCE = [not_a_server_error, status_code_conformance, content_type_conformance,

@@ -467,6 +467,40 @@ def test_cancel_after_the_start_cancels_without_a_notice(policy: Policy) -> None
     assert REF in result.cancel
 
 
+#: Issue 10 item 7, SPEC §1: (who cancelled, how long before the start, whether the notice
+#: says a late-cancellation fee may apply). Measured from the event's occurred_at.
+LATE_FEE = [
+    ("client", timedelta(hours=23, minutes=59), True),
+    ("client", timedelta(hours=2), True),
+    ("client", timedelta(minutes=10), True),
+    ("client", timedelta(hours=24), False),  # the window is "less than 24 h"
+    ("client", timedelta(days=3), False),
+    ("provider", timedelta(hours=2), False),
+    ("support", timedelta(hours=2), False),
+]
+
+
+@pytest.mark.parametrize(("by", "before_start", "late_fee"), LATE_FEE)
+def test_a_late_cancellation_by_the_client_says_a_fee_may_apply(
+        policy: Policy, by: str, before_start: timedelta, late_fee: bool) -> None:
+    ledger, _ = booked_ledger(policy)
+    at = START - before_start
+    result = plan(cancelled(at, by=by), ledger.state, at, policy)
+    assert result.add
+    for n in result.add:
+        assert n.kind == "appointment_cancelled"
+        assert n.params.get("late_fee", False) is late_fee
+
+
+def test_the_late_fee_is_judged_when_the_client_cancelled_not_when_it_was_applied(
+        policy: Policy) -> None:
+    ledger, _ = booked_ledger(policy)
+    cancelled_at = START - timedelta(hours=25)
+    applied_at = START - timedelta(hours=23)  # a worker was down for two hours
+    result = plan(cancelled(cancelled_at), ledger.state, applied_at, policy)
+    assert result.add and not any(n.params.get("late_fee") for n in result.add)
+
+
 def test_cancel_of_an_unknown_appointment_is_recorded_and_changes_nothing(
         policy: Policy) -> None:
     result = plan(cancelled(MOVED_AT), Ledger().state, MOVED_AT, policy)

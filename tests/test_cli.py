@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,9 +16,11 @@ from zoneinfo import ZoneInfo
 import httpx
 
 from notifier.cli import dev_api_token
+from notifier.compose import STAFF_KINDS
 from notifier.config import PROJECT_ROOT, Settings
 from notifier.policy.timing import hold_for_quiet_hours
 from notifier.redis_server import EmbeddedRedis, free_port
+from notifier.render import Renderer
 from tests.service import wait_for
 
 EXAMPLE = PROJECT_ROOT / "examples" / "appointment-scheduled.json"
@@ -249,9 +252,44 @@ def test_jobs_run_twice_plans_one_digest_and_says_so(tmp_path, redis_url, redis_
 def test_preview_renders_a_kind_in_spanish(tmp_path):
     result = notifier("preview", "refill_due", "--locale", "es", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("--- sms (es) ---\n")
+    assert result.stdout.startswith("--- sms (es) GSM-7, ")
     assert "--- email (es) ---" in result.stdout
     assert "Si está en peligro inmediato" in result.stdout
+
+
+def test_preview_all_prints_what_every_sms_costs_and_the_worst_case(tmp_path):
+    result = notifier("preview", "--all", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line for line in result.stdout.splitlines()[1:-1]}
+    renderer = Renderer(PROJECT_ROOT / "templates")
+    expected = {f"{channel}/{kind}.{locale}" for channel in ("sms", "email")
+                for kind in renderer.kinds(channel)
+                for locale in (("en",) if kind in STAFF_KINDS else ("en", "es"))}
+    assert set(rows) == expected
+    for name, line in rows.items():
+        if name.startswith("sms/") and name.split("/")[1].split(".")[0] not in STAFF_KINDS:
+            # sample, then worst case: "GSM-7 2 (286)  GSM-7 2 (288)"
+            sample, worst = re.findall(r"(GSM-7|UCS-2)\s+(\d+) \(\d+\)", line)
+            assert sample[0] == worst[0] == "GSM-7", line
+            assert int(sample[1]) <= int(worst[1]) <= 2, line
+    # The long Teams link of the sample makes the join link fall back to the short link.
+    assert "video link shortened" in rows["sms/appointment_join_link.es"]
+    assert result.stdout.splitlines()[-1].endswith("every client SMS within it")
+
+
+def test_preview_all_shows_a_practice_name_that_breaks_the_budget(tmp_path):
+    env = {"NOTIFIER_PRACTICE_NAME": "The Riverbend Community Behavioral Health Partners "
+                                     "of Greater Springfield"}
+    result = notifier("preview", "--all", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "OVER BUDGET" in result.stdout
+    assert not result.stdout.splitlines()[-1].endswith("every client SMS within it")
+
+
+def test_preview_wants_a_kind_or_all(tmp_path):
+    result = notifier("preview", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "name a KIND, or give --all" in result.stderr
 
 
 def test_preview_names_the_kinds_when_one_is_unknown(tmp_path):
@@ -274,3 +312,14 @@ def test_dev_stopped_by_sigterm_stops_the_redis_it_started(tmp_path):
         dev.send_signal(signal.SIGTERM)
         dev.wait(timeout=30)
     assert not EmbeddedRedis(tmp_path / "var").running()
+
+
+def test_a_practice_name_that_breaks_the_sms_budget_stops_start_up(tmp_path, redis_url):
+    name = "The Riverbend Community Behavioral Health Partners of Greater Springfield"
+    result = notifier("jobs", "list", cwd=tmp_path,
+                      env={"NOTIFIER_REDIS_URL": redis_url, "NOTIFIER_PRACTICE_NAME": name})
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"notifier: NOTIFIER_PRACTICE_NAME: {name!r} is too long for the "
+                           "SMS budget: sms/")
+    assert "3 segments" in line

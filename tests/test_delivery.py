@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import shutil
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -468,6 +469,81 @@ def test_a_join_link_for_a_visit_that_lost_its_link_is_not_sent(store, policy, o
     d = deliverer(store, policy, outbox=outbox)
     assert d.deliver(join, START - timedelta(minutes=15)) == "suppressed"
     assert outbox.messages() == []
+
+
+#: A Teams link longer than any join-link SMS can carry as it is (issue 10 item 3).
+LONG_LINK = "https://teams.microsoft.com/l/meetup-join/19%3ameeting_" + "N" * 260
+
+
+def book_video(store, policy, join_url: str) -> str:
+    store_and_apply(store, policy, client_upserted("c1", "America/New_York", BOOKED), BOOKED)
+    store_and_apply(store, policy, appointment("appointment.scheduled", "a1", "c1", START,
+                                               BOOKED, join_url=join_url), BOOKED)
+    return next(v.id for v in store.notifications_for("client", "c1")
+                if v.kind == "appointment_join_link")
+
+
+def test_an_sms_records_its_encoding_and_segments_in_the_ledger_api_and_outbox(
+        store, policy, outbox):
+    book(store, policy)
+    assert deliverer(store, policy, outbox=outbox).deliver(CONFIRM_SMS, NOW) == "sent"
+    [line] = outbox.messages()
+    view = {v.id: v for v in store.notifications_for("client", "c1")}[CONFIRM_SMS]
+    assert (view.sms_encoding, view.sms_segments) == ("GSM-7", line["segments"])
+    assert line["encoding"] == "GSM-7" and line["segments"] in (1, 2)
+    assert view.provider_segments is None  # the outbox is no carrier
+    email = {v.id: v for v in store.notifications_for("client", "c1")}[CONFIRM_EMAIL]
+    assert (email.sms_encoding, email.sms_segments) == (None, None)
+
+
+class CarrierCounting:
+    """A channel whose provider reports the segments it sent, as Twilio's num_segments."""
+
+    def send(self, message: Message, now: datetime) -> Receipt:
+        return Receipt(provider_id="SM1", sent_at=now, segments=3)
+
+    def already_sent(self, message: Message) -> bool | None:
+        return None
+
+
+def test_the_providers_segment_count_is_kept_beside_ours(store, policy):
+    book(store, policy)
+    assert deliverer(store, policy, sms=CarrierCounting()).deliver(CONFIRM_SMS, NOW) == "sent"
+    view = {v.id: v for v in store.notifications_for("client", "c1")}[CONFIRM_SMS]
+    assert view.provider_segments == 3 and view.sms_segments in (1, 2)
+
+
+def test_a_long_video_link_goes_as_the_short_link(store, policy, outbox):
+    join = book_video(store, policy, LONG_LINK)
+    d = deliverer(store, policy, outbox=outbox)
+    assert d.deliver(join, START - timedelta(minutes=15)) == "sent"
+    [sms] = outbox.messages()
+    token = store.short_links.token_for("a1")
+    assert f"http://localhost:8000/j/{token}" in sms["body"] and "teams" not in sms["body"]
+    assert sms["segments"] == 1
+    assert store.notification(join)["reason"] == "video link shortened to fit the SMS budget"
+    assert store.short_links.appointment_for(token) == "a1"
+
+
+def test_an_sms_over_budget_is_not_sent_and_goes_by_email(store, policy, outbox, tmp_path):
+    # A template of the practice's own that no link or name can bring within budget.
+    templates = tmp_path / "templates"
+    shutil.copytree(PROJECT_ROOT / "templates", templates)
+    (templates / "sms" / "appointment_join_link.en.txt").write_text(
+        "{{ practice_name }}: " + "Your video visit is about to start. " * 10 + "{{ join_url }}")
+    join = book_video(store, policy, "https://v.example.com/r/1")
+    d = dataclasses.replace(deliverer(store, policy, outbox=outbox),
+                            renderer=Renderer(templates))
+    assert d.deliver(join, START - timedelta(minutes=15)) == "suppressed"
+    assert outbox.messages() == []
+    fields = store.notification(join)
+    assert fields["reason"].startswith("over the SMS budget: sms/appointment_join_link.en is "
+                                       "GSM-7")
+    assert (fields["sms_encoding"], int(fields["sms_segments"])) == ("GSM-7", 3)
+    email = join.rsplit(":", 1)[0] + ":email"
+    assert store.notification(email)["state"] == "scheduled"
+    assert d.deliver(email, START - timedelta(minutes=15)) == "sent"
+    assert "https://v.example.com/r/1" in outbox.messages()[0]["body"]
 
 
 class RedisFillsUpChannel:

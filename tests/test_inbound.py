@@ -30,7 +30,8 @@ from notifier.inbound import (
     soonest,
 )
 from notifier.records import AppointmentRecord, ClientRecord
-from notifier.render import Renderer, format_local_datetime, sms_segments
+from notifier.render import Renderer, format_local_datetime
+from notifier.sms_text import measure
 
 NOW = datetime(2030, 3, 4, 15, 0, tzinfo=UTC)
 ZWSP, ZWJ, WJ, BOM, VS16 = "\u200b", "\u200d", "\u2060", "\ufeff", "\ufe0f"
@@ -148,7 +149,9 @@ def test_every_reply_renders_in_every_locale_within_two_segments():
                 "practice_url": config.practice_url, "first_name": "Maximiliana Josefina",
                 "start_local": format_local_datetime(NOW, ZoneInfo("America/New_York"),
                                                      locale)})
-            assert "{" not in text and sms_segments(text) <= 2, (name, locale, text)
+            size = measure(text)
+            assert "{" not in text and size.encoding == "GSM-7" and size.segments <= 2, (
+                name, locale, text)
 
 
 def copy_templates(tmp_path: Path) -> Path:

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 from notifier.channels import Attachment, Message
 from notifier.channels.outbox import Outbox
+from notifier.sms_text import measure
 
 NOW = datetime(2026, 11, 25, 15, 0, tzinfo=UTC)
 
@@ -31,6 +32,15 @@ def test_a_sent_message_is_a_line_and_its_invite_a_file(tmp_path):
     assert (tmp_path / "appointment_confirmation_a1_booked_email.invite.ics").read_bytes() == (
         b"BEGIN:VCALENDAR")
     assert receipt.provider_id == "outbox:appointment_confirmation:a1:booked:email"
+
+
+def test_an_sms_line_says_its_encoding_and_segments(tmp_path):
+    body = "Riverbend Health: Hi Ana, " + "x" * 200
+    sms = Message(notification_id="refill_sent:r1:sms", kind="refill_sent", channel="sms",
+                  to="+14155550123", body=body, due_at=NOW, sms=measure(body))
+    Outbox(tmp_path).send(sms, NOW)
+    [line] = Outbox(tmp_path).messages()
+    assert (line["encoding"], line["segments"], line["body"]) == ("GSM-7", 2, body)
 
 
 def test_already_sent_is_exact(tmp_path):

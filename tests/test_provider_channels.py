@@ -88,6 +88,22 @@ def test_twilio_send_carries_callback_and_validity(twilio):
     assert sent["ValidityPeriod"] == str(MAX_VALIDITY_S)
 
 
+@pytest.mark.parametrize(("body", "segments"), [
+    ("Riverbend: reminder", 1),
+    ("x" * 161, 2),
+    ("x" * 307, 3),
+    # Twilio counts after its Smart Encoding: the apostrophe is GSM-7 by then.
+    ("O\u2019Brien " + "x" * 120, 1),
+    ("Ana \U0001f33b " + "x" * 120, 2),  # an emoji has no look-alike: UCS-2
+])
+def test_twilio_sends_smart_encoded_and_its_segment_count_is_kept(twilio, body, segments):
+    message = replace(sms(), body=body)
+    receipt = TwilioSMS(settings(twilio)).send(message, NOW)
+    [sent] = twilio.sent_messages()
+    assert sent["SmartEncoded"] == "true"
+    assert receipt.segments == segments
+
+
 def test_validity_is_the_time_left_and_only_for_time_bound_kinds(twilio):
     channel = TwilioSMS(settings(twilio))
     channel.send(sms("appointment_join_link", timedelta(minutes=25)), NOW)

@@ -3,8 +3,10 @@ clinical detail, every client email ends with the emergency line, invites are we
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo, available_timezones
 
 import pytest
 from icalendar import Calendar
@@ -22,7 +24,8 @@ from notifier.preview import (
     sample_stored,
 )
 from notifier.records import ClientRecord
-from notifier.render import Renderer, sms_segments, text_to_html, to_gsm7
+from notifier.render import Renderer, text_to_html, zone_label
+from notifier.sms_text import is_gsm7, measure, normalise
 
 EMERGENCY = {
     "en": "If you are in immediate danger, call 911 or your local emergency number.",
@@ -80,8 +83,9 @@ def test_every_client_sms_fits_two_segments_and_names_nothing_clinical(renderer,
     message = compose_client_message(n, client(locale), SAMPLE_PROVIDER,
                                      settings(NOTIFIER_EMAIL_SHOWS_MEDICATION="true"), renderer,
                                      NOW, prescription=SAMPLE_PRESCRIPTION)
-    assert sms_segments(message.body) <= 2, (kind, len(message.body), message.body)
-    assert message.body == to_gsm7(message.body)
+    assert message.sms == measure(message.body)
+    assert message.sms.segments <= 2, (kind, message.sms, message.body)
+    assert message.sms.encoding == "GSM-7", message.body
     assert "Riverbend Health Partners" in message.body
     lowered = message.body.lower()
     assert not any(word in lowered for word in CLINICAL_WORDS), message.body
@@ -130,7 +134,7 @@ def test_staff_messages_render_with_ids_not_contact_details(kind):
     assert "+14155550123" not in text and "ana@example.com" not in text
     if kind in TEMPLATES.kinds("sms"):
         sms = preview(settings(), kind, "en", "sms").split("\n", 1)[1]
-        assert sms_segments(sms) <= 2, sms
+        assert measure(sms).segments <= 2, sms
 
 
 def test_times_are_written_in_the_clients_zone(renderer):
@@ -138,6 +142,69 @@ def test_times_are_written_in_the_clients_zone(renderer):
                                      SAMPLE_PROVIDER, settings(), renderer, NOW)
     assert "Mon, Dec 14 at 10:30 AM EST" in message.body
     assert "Sun, Dec 13 at 10:30 AM EST" in message.body  # change-by, start - 24 h
+
+
+#: Issue 10 item 6: one zone rule for every locale, across a DST change. (zone, instant,
+#: English, Spanish): CLDR's abbreviation where it has one, else the zone's city; never an
+#: offset such as "+0000".
+ZONE_TIMES = [
+    ("Europe/London", datetime(2026, 3, 28, 8, 37, tzinfo=UTC),
+     "Sat, Mar 28 at 8:37 AM GMT", "sáb 28 de mar, 8:37 GMT"),
+    ("Europe/London", datetime(2026, 3, 30, 8, 37, tzinfo=UTC),  # BST from Mar 29
+     "Mon, Mar 30 at 9:37 AM BST", "lun 30 de mar, 9:37 BST"),
+    ("America/New_York", datetime(2026, 3, 7, 15, 0, tzinfo=UTC),
+     "Sat, Mar 7 at 10:00 AM EST", "sáb 7 de mar, 10:00 EST"),
+    ("America/New_York", datetime(2026, 3, 9, 15, 0, tzinfo=UTC),  # EDT from Mar 8
+     "Mon, Mar 9 at 11:00 AM EDT", "lun 9 de mar, 11:00 EDT"),
+    ("America/New_York", datetime(2026, 11, 2, 15, 0, tzinfo=UTC),  # EST again from Nov 1
+     "Mon, Nov 2 at 10:00 AM EST", "lun 2 de nov, 10:00 EST"),
+    ("Europe/Madrid", datetime(2026, 3, 30, 8, 0, tzinfo=UTC),
+     "Mon, Mar 30 at 10:00 AM CEST", "lun 30 de mar, 10:00 CEST"),
+    # Dublin's winter is its negative daylight saving in the tz database: still GMT.
+    ("Europe/Dublin", datetime(2026, 1, 15, 9, 0, tzinfo=UTC),
+     "Thu, Jan 15 at 9:00 AM GMT", "jue 15 de ene, 9:00 GMT"),
+    ("Europe/Dublin", datetime(2026, 7, 15, 9, 0, tzinfo=UTC),
+     "Wed, Jul 15 at 10:00 AM IST", "mié 15 de jul, 10:00 IST"),
+    # No CLDR abbreviation: the city, in the message's language, folded into GSM-7.
+    ("America/Bogota", datetime(2026, 3, 9, 15, 0, tzinfo=UTC),
+     "Mon, Mar 9 at 10:00 AM Bogota Time", "lun 9 de mar, 10:00 hora de Bogota"),
+    ("Asia/Tokyo", datetime(2026, 3, 9, 1, 0, tzinfo=UTC),
+     "Mon, Mar 9 at 10:00 AM Tokyo Time", "lun 9 de mar, 10:00 hora de Tokio"),
+]
+
+
+@pytest.mark.parametrize(("zone", "start", "english", "spanish"), ZONE_TIMES)
+def test_times_name_the_zone_one_way_in_every_locale(renderer, zone, start, english, spanish):
+    for locale, written in (("en", english), ("es", spanish)):
+        n = stored("appointment_confirmation", "sms", start=start.isoformat())
+        message = compose_client_message(n, client(locale, zone), SAMPLE_PROVIDER, settings(),
+                                         renderer, NOW)
+        assert normalise(written) in message.body, message.body
+        assert not re.search(r"[+-]\d{4}\b", message.body), message.body
+
+
+def test_every_zone_has_a_label_and_it_is_gsm7():
+    instants = (datetime(2026, 1, 15, 12, tzinfo=UTC), datetime(2026, 7, 15, 12, tzinfo=UTC))
+    for key in sorted(available_timezones()):
+        for locale in LOCALES:
+            for instant in instants:
+                label = normalise(zone_label(instant, ZoneInfo(key), locale))
+                assert label and is_gsm7(label), (key, locale, label)
+                assert not re.fullmatch(r"[+-]\d{4}", label), (key, locale, label)
+
+
+@pytest.mark.parametrize("locale", LOCALES)
+def test_a_late_cancellation_says_a_fee_may_apply_in_sms_and_email(renderer, locale):
+    says = {"en": "late-cancellation fee may apply",
+            "es": "cargo por cancelación tardía"}[locale]
+    for channel in ("sms", "email"):
+        late = compose_client_message(stored("appointment_cancelled", channel, late_fee=True),
+                                      client(locale), SAMPLE_PROVIDER, settings(), renderer, NOW)
+        on_time = compose_client_message(stored("appointment_cancelled", channel),
+                                         client(locale), SAMPLE_PROVIDER, settings(), renderer,
+                                         NOW)
+        folded = normalise(says) if channel == "sms" else says
+        assert folded in late.body and folded not in on_time.body
 
 
 def test_a_reminder_inside_the_late_window_does_not_offer_a_fee_free_change(renderer):
@@ -160,21 +227,6 @@ def test_missing_template_and_missing_variable_raise_template_error(renderer, tm
         renderer.sms("appointment_confirmation", "en", {})
     with pytest.raises(TemplateError, match="does not exist"):
         Renderer(tmp_path / "missing")
-
-
-@pytest.mark.parametrize(("text", "segments"), [
-    ("a" * 160, 1), ("a" * 161, 2), ("a" * 306, 2), ("a" * 307, 3),
-    ("€" * 80, 1), ("€" * 81, 2),  # extension characters take two septets
-    ("á" * 70, 1), ("á" * 71, 2), ("á" * 134, 2), ("á" * 135, 3),  # not GSM-7: UCS-2
-    ("ñé¿¡ü" * 32, 1),  # Spanish letters in the GSM-7 basic set
-])
-def test_sms_segments(text, segments):
-    assert sms_segments(text) == segments
-
-
-def test_sms_text_is_folded_into_gsm7_where_a_close_letter_exists():
-    assert to_gsm7("María Ángel sáb ¿qué? ñú ç €") == "Maria Angel sab ¿qué? ñu c €"
-    assert to_gsm7("Zoë 🙂 李") == "Zoe 🙂 李"
 
 
 def test_a_provider_we_do_not_know_is_named_in_the_clients_language(renderer):

@@ -1081,3 +1081,64 @@ def test_metrics_count_every_way_a_notification_ends_and_how_late_sends_are(
         expected[("_count", kind, "email")] = 1.0
         expected[("_sum", kind, "email")] = late_s
     assert lateness_samples(after) == expected
+
+
+# Short links to video visits (GET /j/{token}) -------------------------------------------------
+
+def _booked_video(store: Store, policy, join_url: str | None, when: datetime,
+                  type_: str = "appointment.scheduled") -> None:
+    from tests.helpers import appointment, client_upserted, store_and_apply
+
+    store_and_apply(store, policy, client_upserted("c1", "America/New_York", when), when)
+    store_and_apply(store, policy, appointment(type_, "a1", "c1", when + timedelta(days=5),
+                                               when, join_url=join_url), when)
+
+
+def test_a_short_link_redirects_to_the_visit_s_current_link_at_click_time(client, store,
+                                                                         policy):
+    at = datetime.now(UTC)
+    _booked_video(store, policy, "https://video.example.com/r/first", at)
+    token = store.short_links.token_for("a1")
+    answer = client.get(f"/j/{token}", follow_redirects=False)
+    assert answer.status_code == 307
+    assert answer.headers["location"] == "https://video.example.com/r/first"
+    assert answer.headers["cache-control"] == "no-store"
+    # The room changes after the SMS went out: the same link leads to the new room.
+    _booked_video(store, policy, "https://video.example.com/r/second", at + timedelta(seconds=1),
+                  "appointment.rescheduled")
+    answer = client.get(f"/j/{token}", follow_redirects=False)
+    assert answer.headers["location"] == "https://video.example.com/r/second"
+
+
+def test_a_short_link_to_a_visit_with_no_link_any_more_is_404(client, store, policy):
+    from tests.helpers import event, store_and_apply
+
+    at = datetime.now(UTC)
+    _booked_video(store, policy, "https://video.example.com/r/1", at)
+    token = store.short_links.token_for("a1")
+    _booked_video(store, policy, None, at + timedelta(seconds=1), "appointment.rescheduled")
+    assert client.get(f"/j/{token}", follow_redirects=False).status_code == 404
+    _booked_video(store, policy, "https://video.example.com/r/1", at + timedelta(seconds=2),
+                  "appointment.rescheduled")
+    assert client.get(f"/j/{token}", follow_redirects=False).status_code == 307
+    store_and_apply(store, policy, event("appointment.cancelled", {
+        "appointment_id": "a1", "cancelled_by": "client"}, at + timedelta(seconds=3)),
+        at + timedelta(seconds=3))
+    answer = client.get(f"/j/{token}", follow_redirects=False)
+    assert answer.status_code == 404
+    assert answer.json() == {"error": "this visit has no video link any more"}
+
+
+@pytest.mark.parametrize("token", ["AAAAAAAAAAAAAAAA", "short", "x" * 200, "..etc%3F",
+                                   "AbCdEfGhIjKlMnO=", "ÄbCdEfGhIjKlMnOp"])
+def test_an_unknown_or_malformed_short_link_is_404(client, token):
+    answer = client.get(f"/j/{token}", follow_redirects=False)
+    assert (answer.status_code, answer.json()) == (404, {"error": "no such link"})
+
+
+def test_short_link_tokens_are_random_one_per_appointment_and_stable(store):
+    tokens = {store.short_links.token_for(f"appt-{i}") for i in range(50)}
+    assert len(tokens) == 50
+    assert all(len(t) == 16 and t.replace("-", "").replace("_", "").isalnum() for t in tokens)
+    assert store.short_links.token_for("appt-7") == store.short_links.token_for("appt-7")
+    assert store.short_links.appointment_for(store.short_links.token_for("appt-7")) == "appt-7"

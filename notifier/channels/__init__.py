@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
+from notifier.sms_text import SmsSize
+
 
 @dataclass(frozen=True)
 class Attachment:
@@ -33,6 +35,10 @@ class Message:
     attachments: tuple[Attachment, ...] = field(default_factory=tuple)
     #: a time-bound message is worthless after this (carriers may be told so)
     expires_at: datetime | None = None
+    #: an SMS's encoding and segment count, as measured when it was rendered
+    sms: SmsSize | None = None
+    #: the budget fallback used to fit it (`sms_budget`), or ""
+    fallback: str = ""
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,8 @@ class Receipt:
 
     provider_id: str
     sent_at: datetime
+    #: how many segments the provider says it sent (Twilio's `num_segments`), if it says
+    segments: int | None = None
 
 
 class Channel(Protocol):

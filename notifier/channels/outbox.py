@@ -1,6 +1,7 @@
 """The outbox: the channel used without provider credentials (SPEC §4).
 
-One JSON line per sent message in `messages.jsonl`, each attachment as a file beside it
+One JSON line per sent message in `messages.jsonl` (an SMS's with its `encoding` and
+`segments`), each attachment as a file beside it
 named after the notification. Lines are written with a single `write` on a file opened
 in append mode, so concurrent worker threads and processes never interleave a line.
 """
@@ -32,7 +33,7 @@ class Outbox:
             name = f"{_safe_name(message.notification_id)}.{attachment.filename}"
             (self.directory / name).write_bytes(attachment.content)
             names.append(name)
-        line = json.dumps({
+        fields: dict[str, object] = {
             "id": message.notification_id,
             "kind": message.kind,
             "channel": message.channel,
@@ -43,7 +44,11 @@ class Outbox:
             "due_at": message.due_at.isoformat(),
             "sent_at": now.isoformat(),
             "dedupe_key": message.notification_id,
-        }, ensure_ascii=False) + "\n"
+        }
+        if message.sms is not None:
+            # What the SMS costs, as a carrier would bill it (`sms_text.measure`).
+            fields.update(encoding=message.sms.encoding, segments=message.sms.segments)
+        line = json.dumps(fields, ensure_ascii=False) + "\n"
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         try:
             os.write(fd, line.encode())

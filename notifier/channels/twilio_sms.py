@@ -61,6 +61,14 @@ def retry_after_s(headers: dict[str, str]) -> float | None:
         return None
 
 
+def _int_or_none(value: object) -> int | None:
+    """Twilio's `num_segments` (a string in its JSON), or None when absent or not a number."""
+    try:
+        return int(str(value))
+    except ValueError:
+        return None
+
+
 class TwilioSMS:
     """Shared by the worker's threads, but each thread sends with its own SDK client: the SDK's
     `TwilioHttpClient.request` keeps each response on the instance (`_test_only_last_response`)
@@ -94,6 +102,9 @@ class TwilioSMS:
         params: dict[str, Any] = {
             "to": message.to,
             "body": message.body,
+            # Our text is GSM-7 already (`sms_text.normalise`); Twilio's Smart Encoding is a
+            # second line of defence, folding what might slip through the same way.
+            "smart_encoded": True,
             "status_callback": (f"{self.settings.public_url}/twilio/status"
                                 f"?n={quote(message.notification_id, safe='')}"),
         }
@@ -120,7 +131,8 @@ class TwilioSMS:
         except requests.RequestException as exc:
             raise RetryableError(f"twilio unreachable: {type(exc).__name__}",
                                  code="network") from None
-        return Receipt(provider_id=str(created.sid), sent_at=now)
+        return Receipt(provider_id=str(created.sid), sent_at=now,
+                       segments=_int_or_none(created.num_segments))
 
     def already_sent(self, message: Message) -> bool | None:
         """Twilio takes no idempotency key and we do not search its logs: cannot tell."""

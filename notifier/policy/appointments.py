@@ -132,19 +132,30 @@ def _change_by(record: AppointmentRecord, policy: Policy) -> dict[str, Any]:
 
 
 def _notices(kind: str, occasion: str, channels: tuple[Channel, ...], record: AppointmentRecord,
-             state: State, now: datetime, policy: Policy, late: str
-             ) -> list[PlannedNotification]:
+             state: State, now: datetime, policy: Policy, late: str, *,
+             late_fee: bool = False) -> list[PlannedNotification]:
     """Messages that go out at once (quiet hours permitting) and expire at the start: one
     planned once the appointment has started is `expired`, saying so (`late`)."""
     change_by = record.appointment.start - policy.appointments.late_change_window
-    params = _change_by(record, policy) if change_by > now and kind != "appointment_cancelled" \
-        else {}
+    params: dict[str, Any] = _change_by(record, policy) \
+        if change_by > now and kind != "appointment_cancelled" else {}
+    if late_fee:
+        params["late_fee"] = True
     return [
         client_notification(kind=kind, occasion=occasion, channel=channel, record=record,
                             due_at=now, expires_at=record.appointment.start, state=state,
                             policy=policy, params=params, too_late=late)
         for channel in channels
     ]
+
+
+def late_cancellation(data: AppointmentCancelledData, existing: AppointmentRecord,
+                      cancelled_at: datetime, policy: Policy) -> bool:
+    """SPEC §1: a cancellation by the client within the late-change window (24 h) before the
+    start may carry the late-cancellation fee, so the message says so. Measured from when the
+    client cancelled (the event's occurred_at), not from when we applied it."""
+    return (data.cancelled_by == "client"
+            and existing.appointment.start - cancelled_at < policy.appointments.late_change_window)
 
 
 def _same_times(a: Appointment, b: Appointment) -> bool:
@@ -238,7 +249,8 @@ def plan_cancelled(event: Event, state: State, now: datetime, policy: Policy) ->
     if existing.status == "scheduled" and existing.appointment.start > now:
         add = _notices("appointment_cancelled", f"seq{record.sequence}",
                        policy.appointments.cancellation_channels, record, state, now, policy,
-                       why_too_late(existing.appointment, event))
+                       why_too_late(existing.appointment, event),
+                       late_fee=late_cancellation(data, existing, event.occurred_at, policy))
     return Plan(outcome="applied", add=tuple(add), cancel=(ref,), records={ref: record})
 
 
