@@ -27,6 +27,7 @@ from notifier.policy.common import for_support
 from notifier.policy.plan import Plan, entity_ref
 from notifier.records import AppointmentRecord, ClientRecord, Record, VisitsRecord
 from notifier.render import DEFAULT_LOCALE, Renderer, format_local_datetime
+from notifier.sms_budget import sms_name
 from notifier.store import Store
 
 log = logging.getLogger(__name__)
@@ -164,7 +165,9 @@ def reply_to_sms(store: Store, settings: Settings, renderer: Renderer, sender: s
     if found is None:
         return answer("no_appointment")
     client, appt = found
-    about = {"first_name": client.client.first_name,
+    # The same rule as a notification's SMS: only basic GSM-7 letters of a name (an emoji
+    # there would make the whole reply UCS-2).
+    about = {"first_name": sms_name(client.client.first_name),
              "start_local": format_local_datetime(appt.appointment.start, client.client.zone,
                                                   locale)}
     if word.action == "confirm":

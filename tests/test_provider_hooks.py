@@ -449,12 +449,13 @@ def test_a_spanish_speaking_client_is_answered_in_spanish(http, store, policy):
 
 # A phone shared by a family (issue 10, item 5) -------------------------------------------
 
-def family(store: Store, policy, *, child_appointment: timedelta | None = None) -> datetime:
+def family(store: Store, policy, *, child_appointment: timedelta | None = None,
+           parent_name: str = "Maria") -> datetime:
     """Parent and child share PHONE; the child was upserted last; the parent has an
     appointment in 10 days, the child one after `child_appointment` if given."""
     now = utcnow()
     store_and_apply(store, policy, client_upserted("parent", "America/New_York", now,
-                                                   first_name="Maria"), now)
+                                                   first_name=parent_name), now)
     store_and_apply(store, policy, provider_upserted("prov-1", now), now)
     store_and_apply(store, policy, appointment("appointment.scheduled", "a-parent", "parent",
                                                now + timedelta(days=10), now), now)
@@ -478,6 +479,12 @@ def test_c_from_a_shared_phone_confirms_the_parents_appointment_and_says_whose(
     answer = inbound(http, "C").text
     assert "Maria's appointment on" in answer and "is confirmed" in answer
     assert appointments(http, "parent")["a-parent"]["confirmed_at"] is not None
+
+
+def test_the_name_in_a_reply_keeps_to_gsm7_like_any_sms(http, store, policy):
+    family(store, policy, parent_name="María 🌻")
+    answer = inbound(http, "C").text
+    assert "Maria's appointment on" in answer and "🌻" not in answer
 
 
 def test_r_from_a_shared_phone_reschedules_the_parents_appointment_and_says_whose(
