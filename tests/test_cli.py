@@ -139,6 +139,7 @@ def test_dev_runs_on_the_embedded_redis_and_send_event_reaches_it(tmp_path, poli
     finally:
         dev.send_signal(signal.SIGINT)
         output = dev.communicate(timeout=30)[0]
+    assert dev.returncode == 130  # Ctrl-C, said the shell's way, without a traceback
     assert f"listening on http://127.0.0.1:{port}" in output
     # Started as `python -m notifier` outside the checkout: commands say just that.
     assert f"{sys.executable} -m notifier send-event {EXAMPLE} --url {base}\n" in output
@@ -325,6 +326,7 @@ def test_dev_stopped_by_sigterm_stops_the_redis_it_started(tmp_path):
     finally:
         dev.send_signal(signal.SIGTERM)
         dev.wait(timeout=30)
+    assert dev.returncode == 128 + signal.SIGTERM
     assert not EmbeddedRedis(tmp_path / "var").running()
 
 
@@ -709,3 +711,65 @@ def test_notifications_says_what_is_planned_and_why_at_any_hour(tmp_path, redis_
                  if "appointment_reminder" in line]
     assert reminders and all(line.split()[0] == "cancelled" and not line.endswith(" -")
                              for line in reminders), cancelled.stdout
+
+
+def test_an_unexpected_error_is_one_line_unless_debugging(tmp_path):
+    """Something no check foresaw (here a policy.toml that is a directory): one line that
+    says how to see more; with NOTIFIER_LOG_LEVEL=DEBUG, the traceback itself."""
+    schedules = tmp_path / "schedules"
+    shutil.copytree(PROJECT_ROOT / "schedules", schedules)
+    (schedules / "policy.toml").unlink()
+    (schedules / "policy.toml").mkdir()
+    env = {"NOTIFIER_SCHEDULES_DIR": str(schedules)}
+    result = notifier("preview", "refill_due", cwd=tmp_path, env=env)
+    assert result.returncode == 1
+    line = one_line(result)
+    assert line.startswith("notifier: unexpected error: IsADirectoryError: ")
+    assert line.endswith("(NOTIFIER_LOG_LEVEL=DEBUG shows the traceback)")
+    debugging = notifier("preview", "refill_due", cwd=tmp_path,
+                         env={**env, "NOTIFIER_LOG_LEVEL": "debug"})
+    assert debugging.returncode == 1
+    assert "Traceback (most recent call last)" in debugging.stderr
+
+
+def test_dev_with_a_local_twilio_stand_in_starts_and_its_sdk_keeps_quiet(tmp_path):
+    """A staging set-up: Twilio is a stand-in on this machine, so a localhost public URL
+    is fine (no real Twilio must reach it); the SDK's per-request INFO lines stay out of
+    the log, and the SMS does go through it."""
+    from tests.fakes import FakeTwilio
+    from tests.helpers import client_upserted, daytime_zone, event, provider_upserted
+
+    now = datetime.now(UTC)
+    events = [client_upserted("client-7", daytime_zone(now), now),
+              provider_upserted("prov-1", now),
+              event("appointment.scheduled", {"appointment": {
+                  "id": "appt-7", "client_id": "client-7", "provider_id": "prov-1",
+                  "start": (now + timedelta(days=20)).isoformat(),
+                  "end": (now + timedelta(days=20, minutes=30)).isoformat(),
+                  "kind": "medication_management"}}, now)]
+    (tmp_path / "events.json").write_text(json.dumps(events))
+    port = free_port()
+    sid = "AC" + "7" * 32
+    with FakeTwilio(account_sid=sid, auth_token="stand-in-token") as twilio:
+        clean = {k: v for k, v in os.environ.items()
+                 if not k.startswith(("NOTIFIER_", "TWILIO_", "SENDGRID_"))}
+        env = {**clean, "PYTHONPATH": str(PROJECT_ROOT), "TWILIO_ACCOUNT_SID": sid,
+               "TWILIO_AUTH_TOKEN": "stand-in-token", "TWILIO_FROM": "+15005550006",
+               "NOTIFIER_TWILIO_BASE_URL": twilio.url,
+               "NOTIFIER_PUBLIC_URL": f"http://localhost:{port}"}
+        dev = subprocess.Popen([sys.executable, "-m", "notifier", "dev", "--port", str(port)],
+                               cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+        try:
+            wait_for(lambda: _up(port), timeout_s=30, what="notifier dev to answer")
+            sent = subprocess.run([sys.executable, "-m", "notifier", "send-event", "events.json"],
+                                  cwd=tmp_path, env=env, capture_output=True, text=True,
+                                  timeout=60)
+            assert sent.returncode == 0, sent.stderr
+            wait_for(lambda: twilio.sent_messages(), what="the confirmation SMS at the stand-in")
+        finally:
+            dev.send_signal(signal.SIGINT)
+            output = dev.communicate(timeout=30)[0]
+    assert "listening on" in output
+    assert "twilio.http_client" not in output and "Twilio API Request" not in output
+    assert "Traceback" not in output
