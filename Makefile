@@ -26,5 +26,9 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.claim_burst
 	$(BIN)/python -m bench.apply_order
 
+# Stop the embedded Redis first: deleting var/ under a live server leaves it running on
+# deleted files (and the next `make run` starting a second one).
 clean:
+	@if [ -S var/redis/redis.sock ] && [ -x $(BIN)/python ]; then \
+		$(BIN)/python -m notifier.redis_server stop var; fi
 	rm -rf $(VENV) var .pytest_cache

@@ -1,37 +1,53 @@
-"""The `notifier` command: dev, web, worker, clock, send-event.
+"""The `notifier` command: dev, web, worker, clock, jobs, preview, notifications, send-event.
 
-Each command builds its settings once from the environment (and `.env`); a bad setting
-stops it with one line naming the variable.
+Each command builds its settings once from the environment (and `.env`); a bad setting,
+a wrong argument or a service that does not answer stops it with one line saying what is
+wrong and what to do, and a non-zero exit.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import errno
 import json
 import logging
 import os
 import secrets
+import shlex
+import shutil
 import signal
+import socket
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
+from urllib.parse import urlsplit, urlunsplit
 
-from notifier.config import Secret, Settings
-from notifier.errors import ConfigError, NotifierError
+from notifier.config import PROJECT_ROOT, Secret, Settings
+from notifier.errors import NotifierError, UsageError
 
 log = logging.getLogger("notifier")
+
+
+def private_dir(path: Path) -> Path:
+    """`path` made if need be, readable by its owner only: what goes under `var/` holds
+    contact details, secrets and the Redis data. A directory an older version made with
+    the umask's mode is tightened as well (mkdir's mode applies only to a new one)."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path, 0o700)
+    return path
 
 
 def _kept_secret(path: Path, make: Callable[[], str]) -> Secret:
     """A secret made once into `path` (readable by its owner only), then read back; of two
     commands starting together, the second reads what the first wrote."""
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
@@ -59,10 +75,14 @@ def dev_api_token(settings: Settings) -> Settings:
     return replace(settings, api_token=token)
 
 
-def _setup_logging(level: str = "INFO") -> None:
+def setup_logging(level: str = "INFO") -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("dramatiq").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # The Twilio SDK logs every request at INFO, with the account URL and headers: noise
+    # at best. Asked for DEBUG, a person is debugging a send and wants to see them.
+    logging.getLogger("twilio").setLevel(logging.NOTSET if level == "DEBUG"
+                                         else logging.WARNING)
 
 
 def _exit_on_signal(signum: int, frame: object) -> None:
@@ -88,80 +108,202 @@ def _start_worker(runtime: Any, threads: int) -> Any:
     return worker
 
 
-def _runtime(settings: Settings) -> tuple[Any, Any]:
+def _redacted(url: str) -> str:
+    """`url` without a password, to show in an error."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+@contextmanager
+def _runtime(settings: Settings) -> Iterator[Any]:
+    """The runtime, on Redis that answers; the embedded Redis is released on the way out,
+    so a command that started it for itself stops it (see `EmbeddedRedis.release`)."""
+    import redis
+
     from notifier.runtime import Runtime, resolve_redis_url
 
     url, embedded = resolve_redis_url(settings)
-    return Runtime.build(settings, url), embedded
+    try:
+        runtime = Runtime.build(settings, url)
+        try:
+            runtime.redis.ping()
+        except redis.RedisError as exc:
+            raise UsageError(f"cannot reach Redis at {_redacted(url)} ({exc}): start it, or "
+                             "point NOTIFIER_REDIS_URL at one that runs (unset, the "
+                             "embedded one is used)") from None
+        yield runtime
+    finally:
+        if embedded is not None:
+            embedded.release()
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on `host:port`, made before anything else starts, so a busy port
+    is said in one line rather than after a banner, a clock and a worker have started."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    # As uvicorn does: a restart right after a stop need not wait out TIME_WAIT. A port
+    # another process listens on still refuses the bind (no SO_REUSEPORT).
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise UsageError(f"port {port} is in use: another notifier dev or web may be "
+                             f"running; stop it, or pass --port {port + 1}") from None
+        raise UsageError(f"cannot listen on {host}:{port} ({exc.strerror}): pass another "
+                         "--host or --port") from None
+    return sock
+
+
+def _serve(app: Any, sock: socket.socket, log_level: str) -> None:
+    import uvicorn
+
+    # uvicorn re-raises the signal that stopped it once it has shut down; for SIGTERM the
+    # default action would kill us before the callers' clean-up, leaving Redis running.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    uvicorn.Server(uvicorn.Config(app, log_level=log_level)).run(sockets=[sock])
+
+
+def shell_path(path: str | Path, cwd: Path | None = None) -> str:
+    """`path` as typed in a shell started in `cwd`: relative when it lies below, quoted."""
+    here = Path(os.path.abspath(cwd or Path.cwd()))
+    absolute = Path(os.path.abspath(path))  # abspath: .venv/bin/python is a symlink, kept
+    try:
+        relative = absolute.relative_to(here)
+    except ValueError:
+        return shlex.quote(str(absolute))
+    text = str(relative)
+    return shlex.quote(text if "/" in text else f"./{text}")
+
+
+def _same_file(a: str | Path | None, b: str | Path) -> bool:
+    try:
+        return a is not None and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def invocation(argv0: str | None = None, executable: str | None = None,
+               cwd: Path | None = None) -> str:
+    """How to run `notifier` again from the shell this one was started from: `notifier`
+    only when that is on PATH as this very script (a venv not activated is not), else the
+    script's path (`.venv/bin/notifier`), or `python -m notifier` as it was started."""
+    script = Path(argv0 if argv0 is not None else sys.argv[0])
+    if script.name == "notifier":
+        if _same_file(shutil.which("notifier"), script):
+            return "notifier"
+        return shell_path(script, cwd)
+    python = executable or sys.executable
+    if _same_file(shutil.which("python3"), python):
+        return "python3 -m notifier"
+    return f"{shell_path(python, cwd)} -m notifier"
+
+
+EXAMPLE_EVENTS = PROJECT_ROOT / "examples" / "appointment-scheduled.json"
+EXAMPLE_CLIENT = "client-1"
+
+
+def example_events() -> str:
+    """The example events as a path to type: `examples/…` where the shell has them (a
+    checkout), else where this code has them."""
+    here = Path("examples") / EXAMPLE_EVENTS.name
+    return shell_path(here if here.is_file() else EXAMPLE_EVENTS)
+
+
+def dev_banner(settings: Settings, host: str, port: int, redis_url: str) -> str:
+    """What `notifier dev` prints: where it listens and the first commands to try, each
+    one ready to paste into the shell `notifier dev` was started from."""
+    me = invocation()
+    base = f"http://{host if host not in ('0.0.0.0', '::') else '127.0.0.1'}:{port}"
+    # send-event posts to NOTIFIER_PUBLIC_URL unless told otherwise.
+    default_target = urlsplit(settings.public_url)
+    url = "" if (default_target.hostname in ("localhost", "127.0.0.1")
+                 and default_target.port == port and not default_target.path) \
+        else f" --url {base}"
+    outbox = shell_path(settings.outbox_dir / "messages.jsonl")
+    lines = [
+        f"notifier dev: listening on {base}  (API docs at /docs)",
+        f"  redis:  {_redacted(redis_url)}",
+        f"  outbox: {outbox}",
+        "In another terminal, from this directory:",
+        f"  {me} send-event {example_events()}{url}",
+        f"  {me} notifications {EXAMPLE_CLIENT}    # what is planned for the client, and why",
+        f"  tail {outbox}    # what was sent",
+        f"  curl -H 'Authorization: Bearer {settings.api_token}' "
+        f"{base}/v1/clients/{EXAMPLE_CLIENT}/notifications",
+        "Client messages wait for 08:00 client-local during quiet hours (21:00-08:00): at "
+        "night the confirmation shows as scheduled for the morning, not in the outbox.",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def cmd_dev(args: argparse.Namespace, settings: Settings) -> None:
-    import uvicorn
-
     from notifier.clock import Clock
     from notifier.tasks import build_broker
     from notifier.web import create_app
 
-    settings = dev_api_token(dev_webhook_secret(settings))
-    runtime, embedded = _runtime(settings)
-    worker = _start_worker(runtime, settings.worker_threads)
-    broker = build_broker(runtime.redis_url)
-    stop = threading.Event()
-    clock = threading.Thread(target=Clock(runtime.store, broker, lease_s=settings.lease_s,
-                                          jobs=runtime.jobs).run,
-                             args=(stop,), daemon=True)
-    clock.start()
-    app = create_app(settings, runtime.store, broker)
-    print(f"notifier dev: listening on http://127.0.0.1:{args.port}  (API docs at /docs)\n"
-          f"  redis:  {runtime.redis_url}\n"
-          f"  outbox: {settings.outbox_dir.resolve()}/messages.jsonl\n"
-          "  client messages wait for 08:00 client-local during quiet hours (21:00-08:00);\n"
-          f"  try:    notifier send-event examples/appointment-scheduled.json "
-          f"--url http://127.0.0.1:{args.port}\n"
-          "  then see them planned:\n"
-          f"  curl -H 'Authorization: Bearer {settings.api_token}' "
-          f"http://127.0.0.1:{args.port}/v1/clients/client-1/notifications\n", flush=True)
-    # uvicorn re-raises the signal that stopped it once it has shut down; for SIGTERM the
-    # default action would kill us before the clean-up below, leaving Redis running.
-    signal.signal(signal.SIGTERM, _exit_on_signal)
+    sock = bind(args.host, args.port)
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+        settings = dev_api_token(dev_webhook_secret(settings))
+        with _runtime(settings) as runtime:
+            worker = _start_worker(runtime, settings.worker_threads)
+            broker = build_broker(runtime.redis_url)
+            stop = threading.Event()
+            clock = threading.Thread(target=Clock(runtime.store, broker,
+                                                  lease_s=settings.lease_s,
+                                                  jobs=runtime.jobs).run,
+                                     args=(stop,), daemon=True)
+            clock.start()
+            try:
+                app = create_app(settings, runtime.store, broker)
+                print(dev_banner(settings, args.host, args.port, runtime.redis_url),
+                      flush=True)
+                _serve(app, sock, "warning")
+            finally:
+                stop.set()
+                clock.join(timeout=5)
+                worker.stop()
     finally:
-        stop.set()
-        clock.join(timeout=5)
-        worker.stop()
-        if embedded is not None:
-            embedded.stop()
+        sock.close()
 
 
 def cmd_web(args: argparse.Namespace, settings: Settings) -> None:
-    import uvicorn
-
     from notifier.tasks import build_broker
     from notifier.web import create_app
 
-    runtime, _ = _runtime(settings)
-    app = create_app(settings, runtime.store, build_broker(runtime.redis_url))
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    sock = bind(args.host, args.port)
+    try:
+        with _runtime(settings) as runtime:
+            _serve(create_app(settings, runtime.store, build_broker(runtime.redis_url)), sock,
+                   "info")
+    finally:
+        sock.close()
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
-    runtime, _ = _runtime(settings)
-    stop = _stop_event()
-    worker = _start_worker(runtime, args.threads or settings.worker_threads)
-    log.info("worker running with %d threads", args.threads or settings.worker_threads)
-    stop.wait()
-    worker.stop()
+    with _runtime(settings) as runtime:
+        stop = _stop_event()
+        worker = _start_worker(runtime, args.threads or settings.worker_threads)
+        log.info("worker running with %d threads", args.threads or settings.worker_threads)
+        stop.wait()
+        worker.stop()
 
 
 def cmd_clock(args: argparse.Namespace, settings: Settings) -> None:
     from notifier.clock import Clock
     from notifier.tasks import build_broker
 
-    runtime, _ = _runtime(settings)
-    stop = _stop_event()
-    Clock(runtime.store, build_broker(runtime.redis_url), lease_s=settings.lease_s,
-          jobs=runtime.jobs).run(stop)
+    with _runtime(settings) as runtime:
+        stop = _stop_event()
+        Clock(runtime.store, build_broker(runtime.redis_url), lease_s=settings.lease_s,
+              jobs=runtime.jobs).run(stop)
 
 
 def cmd_jobs_list(args: argparse.Namespace, settings: Settings) -> None:
@@ -170,17 +312,19 @@ def cmd_jobs_list(args: argparse.Namespace, settings: Settings) -> None:
     from notifier.digest import provider_zones
     from notifier.jobs import PROVIDER_ZONE, next_fire
 
-    runtime, _ = _runtime(settings)
-    now = datetime.now(UTC)
-    for job in runtime.jobs:
-        zones = sorted(provider_zones(runtime.store)) if job.zone == PROVIDER_ZONE else [job.zone]
-        print(f"{job.name}  cron '{job.cron}'  zone {job.zone}")
-        if not zones:
-            print("  no providers known yet: nothing to fire")
-        for zone in zones:
-            fire = next_fire(job.cron, now, ZoneInfo(zone))
-            local = fire.astimezone(ZoneInfo(zone))
-            print(f"  {zone:<24} next {local:%a %Y-%m-%d %H:%M %Z}  ({fire:%Y-%m-%d %H:%M} UTC)")
+    with _runtime(settings) as runtime:
+        now = datetime.now(UTC)
+        for job in runtime.jobs:
+            zones = (sorted(provider_zones(runtime.store)) if job.zone == PROVIDER_ZONE
+                     else [job.zone])
+            print(f"{job.name}  cron '{job.cron}'  zone {job.zone}")
+            if not zones:
+                print("  no providers known yet: nothing to fire")
+            for zone in zones:
+                fire = next_fire(job.cron, now, ZoneInfo(zone))
+                local = fire.astimezone(ZoneInfo(zone))
+                print(f"  {zone:<24} next {local:%a %Y-%m-%d %H:%M %Z}  "
+                      f"({fire:%Y-%m-%d %H:%M} UTC)")
 
 
 def cmd_jobs_run(args: argparse.Namespace, settings: Settings) -> None:
@@ -189,11 +333,12 @@ def cmd_jobs_run(args: argparse.Namespace, settings: Settings) -> None:
     so a run repeats nothing the clock or an earlier run already planned for it."""
     from notifier.digest import run_manually
 
-    runtime, _ = _runtime(settings)
-    if args.name not in {job.name for job in runtime.jobs}:
-        known = ", ".join(job.name for job in runtime.jobs)
-        raise ConfigError(f"jobs run: no job named {args.name!r} (known: {known})")
-    runs = run_manually(runtime.store, runtime.jobs, args.name, datetime.now(UTC))
+    with _runtime(settings) as runtime:
+        if args.name not in {job.name for job in runtime.jobs}:
+            known = ", ".join(job.name for job in runtime.jobs)
+            raise UsageError(f"jobs run: no job named {args.name!r} (known: {known}; "
+                             f"`{invocation()} jobs list` shows them)")
+        runs = run_manually(runtime.store, runtime.jobs, args.name, datetime.now(UTC))
     if not runs:
         print(f"{args.name}: no providers known yet: nothing to plan")
     for run in runs:
@@ -202,14 +347,90 @@ def cmd_jobs_run(args: argparse.Namespace, settings: Settings) -> None:
         print("a running worker and clock send what was planned")
 
 
+def _duration(delta: timedelta) -> str:
+    minutes = max(0, int(delta.total_seconds() // 60))
+    days, minutes = divmod(minutes, 24 * 60)
+    hours, minutes = divmod(minutes, 60)
+    if days:
+        return f"{days} d {hours} h"
+    return f"{hours} h {minutes} min" if hours else f"{minutes} min"
+
+
+def notification_lines(views: list[Any], zone: Any, now: datetime, quiet: Any) -> list[str]:
+    """One line per notification: state, when (client-local), kind, channel, and why it
+    is where it is. A scheduled one says when it is due, and that quiet hours hold it when
+    its due time is their end; the others say what the ledger recorded."""
+    rows = []
+    for view in views:
+        due = view.due_at.astimezone(zone)
+        if view.state == "scheduled":
+            if view.due_at <= now:
+                why = "due now: a running worker and clock send it"
+            else:
+                why = f"due in {_duration(view.due_at - now)}"
+                if due.time() == quiet.end:
+                    why += (f", held by quiet hours ({quiet.start:%H:%M}-{quiet.end:%H:%M} "
+                            "client-local)")
+            if view.reason:
+                why += f" ({view.reason})"
+            when = due
+        elif view.sent_at is not None:
+            when = view.sent_at.astimezone(zone)
+            why = "sent" + (f", {view.delivery}" if view.delivery else "")
+            if view.reason:
+                why += f": {view.reason}"
+        else:
+            when = due
+            why = view.reason or "-"
+        if view.code:
+            why += f" (code {view.code})"
+        rows.append((view.state, f"{when:%a %Y-%m-%d %H:%M %Z}", view.kind, view.channel, why))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return ["  " + "  ".join([*(cell.ljust(width) for cell, width in zip(row, widths,
+                                                                         strict=False)),
+                              row[4]]) for row in rows]
+
+
+def cmd_notifications(args: argparse.Namespace, settings: Settings) -> None:
+    """What is planned for a client, and why, from the ledger itself. It reads the store
+    rather than the read API: it works with no web server running and no token, and the
+    read API is a thin view of this same call (`Store.notifications_for`, same window)."""
+    from zoneinfo import ZoneInfo
+
+    from notifier.records import ClientRecord
+    from notifier.web import READ_WINDOW
+
+    with _runtime(settings) as runtime:
+        now = datetime.now(UTC)
+        record = runtime.store.load_record(f"client:{args.client_id}")
+        views = runtime.store.notifications_for("client", args.client_id,
+                                                since=now - READ_WINDOW)
+    if not isinstance(record, ClientRecord) and not views:
+        raise UsageError(f"no client {args.client_id!r} known yet: send its events first, "
+                         f"e.g. {invocation()} send-event {example_events()}")
+    zone = record.client.zone if isinstance(record, ClientRecord) else ZoneInfo("UTC")
+    print(f"{args.client_id}: {len(views)} notification{'s' if len(views) != 1 else ''} "
+          f"due from {READ_WINDOW.days} days ago on (times {zone.key}, now "
+          f"{now.astimezone(zone):%a %Y-%m-%d %H:%M %Z})")
+    for line in notification_lines(views, zone, now, runtime.policy.quiet_hours):
+        print(line)
+
+
 def cmd_preview(args: argparse.Namespace, settings: Settings) -> None:
+    from typing import get_args
+
+    from notifier.events import Client
     from notifier.preview import preview, preview_all
 
     if args.all:
         print(preview_all(settings))
         return
     if not args.kind:
-        raise ConfigError("preview: name a KIND, or give --all")
+        raise UsageError("preview: name a KIND, or give --all (see notifier preview --help)")
+    locales = get_args(Client.model_fields["locale"].annotation)
+    if args.locale not in locales:
+        raise UsageError(f"preview: no locale {args.locale!r}; templates exist in "
+                         f"{', '.join(locales)} (pass --locale {locales[0]})")
     print(preview(settings, args.kind, args.locale, args.channel))
 
 
@@ -223,31 +444,65 @@ def sign_event(secret: str, body: bytes, event_id: str, now: datetime) -> dict[s
             "content-type": "application/json"}
 
 
+def read_events(path: str) -> list[dict[str, Any]]:
+    """The events of a file (one event, or a JSON list of them), each an object with an
+    `id`: the id is also the `webhook-id` the signature covers, so without it the service
+    could only refuse the event."""
+    try:
+        loaded = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read it ({exc.strerror}): check the path") from None
+    except ValueError as exc:
+        raise UsageError(f"{path}: not valid JSON ({exc}): a file holds one event or a "
+                         "JSON list of them") from None
+    events = loaded if isinstance(loaded, list) else [loaded]
+    for number, event in enumerate(events, start=1):
+        where = f"{path}: event {number}" if isinstance(loaded, list) else path
+        if not isinstance(event, dict):
+            raise UsageError(f"{where}: not a JSON object: an event is an object with id, "
+                             "type, occurred_at and data")
+        if not isinstance(event.get("id"), str) or not event["id"].strip():
+            raise UsageError(f"{where}: no \"id\": every event needs a unique string id "
+                             "(it is also the webhook-id it is signed with)")
+    return events
+
+
 def cmd_send_event(args: argparse.Namespace, settings: Settings) -> None:
     import httpx
 
     settings = dev_webhook_secret(settings)
     secret = settings.require_webhook_secret()
-    url = (args.url or settings.public_url).rstrip("/") + "/v1/events"
+    base = (args.url or settings.public_url).rstrip("/")
+    url = base + "/v1/events"
+    # Every file is read and checked before anything is sent: a mistake in the third file
+    # does not leave the first two half-sent.
+    batches = [read_events(path) for path in args.files]
     failed = False
-    for path in args.files:
+    for event in (event for batch in batches for event in batch):
+        body = json.dumps(event).encode()
+        headers = sign_event(secret, body, event["id"], datetime.now(UTC))
         try:
-            loaded = json.loads(Path(path).read_text())
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"{path}: cannot read an event from it ({exc})") from None
-        for event in loaded if isinstance(loaded, list) else [loaded]:
-            body = json.dumps(event).encode()
-            headers = sign_event(secret, body, str(event.get("id", "")), datetime.now(UTC))
             answer = httpx.post(url, content=body, headers=headers, timeout=10)
-            print(f"{event.get('id')} {event.get('type')}: {answer.status_code} {answer.text}")
-            failed = failed or answer.status_code >= 400
+        except httpx.HTTPError as exc:
+            raise UsageError(f"nothing answers at {base} ({exc or type(exc).__name__}): "
+                             f"start it (make run, or {invocation()} dev), or pass --url") \
+                from None
+        print(f"{event['id']} {event.get('type')}: {answer.status_code} {answer.text}")
+        failed = failed or answer.status_code >= 400
     if failed:
         sys.exit(1)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors in one line: what is wrong, and where to read more."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="notifier", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="notifier", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     dev = sub.add_parser("dev", help="web, worker and clock in one process (embedded Redis)")
     dev.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
     dev.add_argument("--host", default="127.0.0.1")
@@ -262,7 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
     clock = sub.add_parser("clock", help="claim due notifications, sweep leases")
     clock.set_defaults(func=cmd_clock)
     jobs = sub.add_parser("jobs", help="cron jobs: list them, or run one now")
-    jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True)
+    jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True, metavar="list|run")
     jobs_sub.add_parser("list", help="each job's next fire time per zone").set_defaults(
         func=cmd_jobs_list)
     run = jobs_sub.add_parser(
@@ -277,6 +532,10 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--locale", default="en")
     preview.add_argument("--channel", choices=("sms", "email"), default=None)
     preview.set_defaults(func=cmd_preview)
+    notifications = sub.add_parser(
+        "notifications", help="what is planned for a client, and why")
+    notifications.add_argument("client_id")
+    notifications.set_defaults(func=cmd_notifications)
     send = sub.add_parser("send-event", help="sign and post events from JSON files")
     send.add_argument("files", nargs="+", help="a file holding one event or a list of them")
     send.add_argument("--url", help="base URL (default NOTIFIER_PUBLIC_URL)")
@@ -284,12 +543,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _fail(message: str, code: int = 2) -> NoReturn:
+    print(f"notifier: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    _setup_logging(os.environ.get("NOTIFIER_LOG_LEVEL", "INFO"))
+    debug = False
     try:
         settings = Settings.from_env()
+        debug = settings.log_level == "DEBUG"
+        setup_logging(settings.log_level)
         args.func(args, settings)
     except NotifierError as exc:
-        print(f"notifier: {exc}", file=sys.stderr)
-        sys.exit(2)
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        sys.exit(130)  # Ctrl-C: the shell's convention, and no traceback for it
+    except Exception as exc:
+        # A newcomer needs one line; whoever debugs asks for DEBUG and gets the traceback.
+        if debug:
+            raise
+        _fail(f"unexpected error: {type(exc).__name__}: {exc} (NOTIFIER_LOG_LEVEL=DEBUG "
+              "shows the traceback)", code=1)

@@ -189,6 +189,19 @@ def compose_support_message(n: Stored, provider: ProviderRecord | None, settings
     return _staff_message(n, to or "", context, renderer)
 
 
+def greeting(local: datetime) -> str:
+    """The greeting that fits the hour where the reader is: a digest run by hand (or a cron
+    set to another hour) is not always read in the morning. In the small hours none of the
+    three fits, so it is a plain hello."""
+    if 5 <= local.hour < 12:
+        return "Good morning"
+    if 12 <= local.hour < 18:
+        return "Good afternoon"
+    if local.hour >= 18:
+        return "Good evening"
+    return "Hello"
+
+
 @dataclass(frozen=True)
 class DigestLine:
     kind: str
@@ -209,8 +222,13 @@ def compose_provider_digest(n: Stored, provider: ProviderRecord, queue: Provider
                         overdue=item.escalates_at <= now)
              for item in items]
     shown = lines[:policy.digest_max_items]
+    zone = provider.provider.zone
+    local = now.astimezone(zone)
+    # The list is as of the moment it is written; its date and time say so, in the
+    # provider's zone, and the items carry their own ages.
     context = {"provider_name": provider.provider.name, "practice_name": settings.practice_name,
                "items": shown, "more": len(lines) - len(shown), "count": len(lines),
                "overdue": sum(line.overdue for line in lines),
-               "date_local": format_day(now.astimezone(provider.provider.zone).date(), "en")}
+               "greeting": greeting(local),
+               "as_of": f"{format_day(local.date(), 'en')}, {format_local_time(now, zone, 'en')}"}
     return _staff_message(n, provider.provider.email, context, renderer)

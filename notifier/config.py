@@ -26,6 +26,9 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 Backend = Literal["twilio", "sendgrid", "outbox"]
 
+#: What NOTIFIER_LOG_LEVEL may be (any case).
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
 #: The read API token is compared as sent in `Authorization: Bearer`; shorter is guessable.
 MIN_API_TOKEN_CHARS = 24
 
@@ -147,6 +150,16 @@ def _url(env: Mapping[str, str], name: str, default: str | None, schemes: set[st
     return raw.rstrip("/")
 
 
+def _log_level(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if raw.upper() not in LOG_LEVELS:
+        raise ConfigError(f"{name}: expected one of {', '.join(LOG_LEVELS).lower()}, "
+                          f"got {raw!r}")
+    return raw.upper()
+
+
 def _email(env: Mapping[str, str], name: str, default: str | None) -> str | None:
     raw = env.get(name, "").strip() or default
     if raw is None:
@@ -210,6 +223,7 @@ class Settings:
     retry_base_s: float = 5.0
     #: How long a claimed notification is leased to a worker; longer than the slowest send.
     lease_s: int = 60
+    log_level: str = "INFO"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, dotenv: Path | None = None) -> Settings:
@@ -249,7 +263,12 @@ class Settings:
             raise ConfigError("SENDGRID_API_KEY: required when NOTIFIER_EMAIL_BACKEND is sendgrid")
         defaults = cls()
         public_url = _url(env, "NOTIFIER_PUBLIC_URL", None, {"http", "https"})
-        if sms_backend == "twilio" and (public_url is None or _is_local(public_url)):
+        twilio_base_url = _url(env, "NOTIFIER_TWILIO_BASE_URL", None, {"http", "https"})
+        # Only a Twilio elsewhere has to call us back. A stand-in on this machine (staging,
+        # tests) reaches a local URL; a base URL elsewhere may be a gateway to the real one.
+        twilio_calls_back = twilio_base_url is None or not _is_local(twilio_base_url)
+        if sms_backend == "twilio" and twilio_calls_back and (
+                public_url is None or _is_local(public_url)):
             # Twilio could never call back: every delivery report and STOP would be lost.
             raise ConfigError(
                 "NOTIFIER_PUBLIC_URL: the twilio backend needs a URL of this service that "
@@ -264,7 +283,7 @@ class Settings:
             twilio_auth_token=Secret(token) if token else None,
             twilio_from=twilio_from,
             twilio_messaging_service_sid=service,
-            twilio_base_url=_url(env, "NOTIFIER_TWILIO_BASE_URL", None, {"http", "https"}),
+            twilio_base_url=twilio_base_url,
             twilio_edge=opt("TWILIO_EDGE"),
             twilio_region=opt("TWILIO_REGION"),
             sendgrid_api_key=Secret(sendgrid_key) if sendgrid_key else None,
@@ -288,6 +307,7 @@ class Settings:
             email_shows_medication=_bool(env, "NOTIFIER_EMAIL_SHOWS_MEDICATION", False),
             worker_threads=_int(env, "NOTIFIER_WORKER_THREADS", defaults.worker_threads),
             lease_s=_int(env, "NOTIFIER_LEASE_S", defaults.lease_s),
+            log_level=_log_level(env, "NOTIFIER_LOG_LEVEL", defaults.log_level),
             sendgrid_webhook_public_key=opt("SENDGRID_WEBHOOK_PUBLIC_KEY"),
             max_attempts=_int(env, "NOTIFIER_MAX_ATTEMPTS", defaults.max_attempts),
             retry_base_s=_float(env, "NOTIFIER_RETRY_BASE_S", defaults.retry_base_s),

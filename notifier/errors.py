@@ -2,6 +2,8 @@
 
     NotifierError
     ├── ConfigError            a setting or policy figure is missing or malformed
+    ├── UsageError             a command was given something it cannot use (a file, a
+    │                          name, a locale) or something it needs does not answer
     ├── EventError             an event cannot be accepted
     │   ├── SignatureError     missing, malformed or wrong signature, stale timestamp
     │   ├── PayloadTooLarge    body over the size limit
@@ -24,6 +26,11 @@ class NotifierError(Exception):
 
 class ConfigError(NotifierError):
     """A setting or policy figure is missing or malformed; start-up stops."""
+
+
+class UsageError(NotifierError):
+    """A command cannot do what it was asked: a wrong argument or file, or a service it
+    needs (Redis, the web server) does not answer. Its message says what to do."""
 
 
 class EventError(NotifierError):

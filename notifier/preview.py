@@ -170,9 +170,14 @@ def preview(settings: Settings, kind: str, locale: str, channel: str | None) -> 
     renderer = Renderer(Path(settings.templates_dir))
     channels = [channel] if channel else [c for c in ("sms", "email")
                                           if kind in renderer.kinds(c)]
-    if not channels:
-        kinds = sorted(set(renderer.kinds("sms") + renderer.kinds("email")))
-        raise TemplateError(f"no template for kind {kind!r}; kinds: {', '.join(kinds)}")
+    known = {c: renderer.kinds(c) for c in ("sms", "email")}
+    if not any(kind in kinds for kinds in known.values()):
+        every = sorted(set(known["sms"] + known["email"]))
+        raise TemplateError(f"no template for kind {kind!r}; kinds: {', '.join(every)}")
+    if channel is not None and kind not in known[channel]:
+        other = "email" if channel == "sms" else "sms"
+        raise TemplateError(f"{kind} is not sent by {channel}: pass --channel {other}, "
+                            "or no --channel")
     out = []
     for ch in channels:
         n = sample_stored(kind, ch)

@@ -30,18 +30,24 @@ def resolve_redis_url(settings: Settings) -> tuple[str, EmbeddedRedis | None]:
 
 
 def build_channels(settings: Settings) -> dict[str, Channel]:
-    """One channel per medium, chosen from settings once per process."""
-    outbox = Outbox(settings.outbox_dir)
-    sms: Channel = outbox
-    email: Channel = outbox
+    """One channel per medium, chosen from settings once per process. The outbox (and its
+    file) is made only when a medium uses it: with both providers there is none."""
+    if "outbox" in (settings.sms_backend, settings.email_backend):
+        outbox = Outbox(settings.outbox_dir)
+    sms: Channel
+    email: Channel
     if settings.sms_backend == "twilio":
         from notifier.channels.twilio_sms import TwilioSMS
 
         sms = TwilioSMS(settings)
+    else:
+        sms = outbox
     if settings.email_backend == "sendgrid":
         from notifier.channels.sendgrid_email import SendGridEmail
 
         email = SendGridEmail(settings)
+    else:
+        email = outbox
     return {"sms": sms, "email": email}
 
 

@@ -6,14 +6,17 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import httpx
+import pytest
 
 from notifier.cli import dev_api_token
 from notifier.compose import STAFF_KINDS
@@ -24,6 +27,33 @@ from notifier.render import Renderer
 from tests.service import wait_for
 
 EXAMPLE = PROJECT_ROOT / "examples" / "appointment-scheduled.json"
+
+
+def one_line(result: subprocess.CompletedProcess[str]) -> str:
+    """The one line a failed command prints: on stderr, nothing else, no traceback."""
+    assert result.returncode != 0, result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def redis_servers_under(directory: Path) -> list[int]:
+    """Pids of live redis-server processes working in a directory below `directory`,
+    whoever their parent is now (one left behind is reparented away from its command).
+    Redis rewrites its command line but works in its `--dir`, so its cwd tells."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if (proc / "comm").read_text().strip() != "redis-server":
+                continue
+            cwd = (proc / "cwd").resolve(strict=True)
+        except OSError:
+            continue  # gone meanwhile, or a zombie (exited, not yet reaped)
+        if cwd.is_relative_to(directory.resolve()):
+            pids.append(int(proc.name))
+    return pids
 
 
 def notifier(*args: str, cwd: Path, env: dict[str, str] | None = None,
@@ -56,6 +86,11 @@ def test_dev_runs_on_the_embedded_redis_and_send_event_reaches_it(tmp_path, poli
         embedded = EmbeddedRedis(tmp_path / "var")
         assert embedded.running()
         assert embedded.ensure() == embedded.url and embedded.process is None  # reused
+        embedded.release()  # a user that found it running leaves it running
+        assert embedded.running()
+        # Created at start-up, so `tail` works before the first message.
+        outbox = tmp_path / "var" / "outbox" / "messages.jsonl"
+        assert outbox.exists() and outbox.stat().st_mode & 0o777 == 0o600
 
         token_file = tmp_path / "var" / "api-token"
         token = token_file.read_text().strip()
@@ -71,13 +106,22 @@ def test_dev_runs_on_the_embedded_redis_and_send_event_reaches_it(tmp_path, poli
 
         now = datetime.now(UTC)
         morning = hold_for_quiet_hours(now, ZoneInfo("America/New_York"), policy.quiet_hours)
-        outbox = tmp_path / "var" / "outbox" / "messages.jsonl"
+
+        def confirmation_line() -> str:
+            listed = notifier("notifications", "client-1", cwd=tmp_path)
+            assert listed.returncode == 0, listed.stderr
+            [line] = [line for line in listed.stdout.splitlines()
+                      if "appointment_confirmation" in line and " sms " in line]
+            return line
+
         if morning == now:  # daytime in New York: the confirmation goes out at once
             wait_for(lambda: outbox.exists() and len(outbox.read_text().splitlines()) == 2,
                      what="the confirmation in the outbox")
             kinds = {json.loads(line)["kind"] for line in outbox.read_text().splitlines()}
             assert kinds == {"appointment_confirmation"}
-            assert list((tmp_path / "var" / "outbox").glob("*.ics"))
+            [ics] = (tmp_path / "var" / "outbox").glob("*.ics")
+            assert ics.stat().st_mode & 0o777 == 0o600
+            assert confirmation_line().split()[0] == "sent"
         else:  # night there: held until 08:00 client-local
             def planned() -> dict[str, dict[str, str]]:
                 answer = httpx.get(read_url, headers=auth).json()
@@ -87,16 +131,23 @@ def test_dev_runs_on_the_embedded_redis_and_send_event_reaches_it(tmp_path, poli
                      what="the planned confirmation")
             held = planned()["appointment_confirmation:appt-1:booked:sms"]
             assert datetime.fromisoformat(held["due_at"]) == morning
-            assert not outbox.exists()
+            assert outbox.read_text() == ""
+            line = confirmation_line()
+            assert line.split()[0] == "scheduled"
+            assert line.endswith("held by quiet hours (21:00-08:00 client-local)")
 
         again = notifier("send-event", str(EXAMPLE), "--url", base, cwd=tmp_path)
         assert again.stdout.count(": 200 ") == 3 and "duplicate" in again.stdout
     finally:
         dev.send_signal(signal.SIGINT)
         output = dev.communicate(timeout=30)[0]
+    assert dev.returncode == 130  # Ctrl-C, said the shell's way, without a traceback
     assert f"listening on http://127.0.0.1:{port}" in output
-    assert "notifier send-event examples/appointment-scheduled.json" in output
+    # Started as `python -m notifier` outside the checkout: commands say just that.
+    assert f"{sys.executable} -m notifier send-event {EXAMPLE} --url {base}\n" in output
+    assert f"{sys.executable} -m notifier notifications client-1 " in output
     assert f"curl -H 'Authorization: Bearer {token}' {read_url}\n" in output
+    assert "Traceback" not in output
     assert not EmbeddedRedis(tmp_path / "var").running()  # dev stops what it started
 
 
@@ -110,6 +161,7 @@ def test_dev_makes_an_api_token_once_and_keeps_it(tmp_path):
     again = Settings.from_env({"NOTIFIER_API_TOKEN": first}, dotenv=Path("/nonexistent"))
     assert again.api_token == first
     assert (tmp_path / "var" / "api-token").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "var").stat().st_mode & 0o777 == 0o700
 
 
 def test_dev_uses_the_configured_api_token(tmp_path):
@@ -139,7 +191,7 @@ def test_send_event_names_a_file_it_cannot_read(tmp_path):
     (tmp_path / "broken.json").write_text("{not json")
     result = notifier("send-event", str(tmp_path / "broken.json"), cwd=tmp_path)
     assert result.returncode == 2
-    assert "broken.json: cannot read an event from it" in result.stderr
+    assert one_line(result).startswith(f"notifier: {tmp_path / 'broken.json'}: not valid JSON (")
 
 
 def test_send_event_exits_non_zero_when_the_service_refuses(tmp_path, redis_url):
@@ -311,6 +363,7 @@ def test_dev_stopped_by_sigterm_stops_the_redis_it_started(tmp_path):
     finally:
         dev.send_signal(signal.SIGTERM)
         dev.wait(timeout=30)
+    assert dev.returncode == 128 + signal.SIGTERM
     assert not EmbeddedRedis(tmp_path / "var").running()
 
 
@@ -323,3 +376,446 @@ def test_a_practice_name_that_breaks_the_sms_budget_stops_start_up(tmp_path, red
     assert line.startswith(f"notifier: NOTIFIER_PRACTICE_NAME: {name!r} is too long for the "
                            "SMS budget: sms/")
     assert "3 segments" in line
+# --- one line for every error ----------------------------------------------------------------
+
+def test_help_lists_every_command(tmp_path):
+    from notifier.cli import build_parser
+
+    result = notifier("--help", cwd=tmp_path)
+    assert result.returncode == 0
+    commands = [action for action in build_parser()._subparsers._group_actions  # type: ignore
+                if action.choices][0].choices
+    summary = result.stdout.split("\n\n")[1].replace("\n", " ")  # the description
+    for name in commands:
+        assert name in summary, name
+        assert re.search(rf"\n    {name}\s", result.stdout), name  # listed, with its help
+    assert {"jobs", "preview", "notifications"} <= set(commands)
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    ((), "notifier: the following arguments are required: COMMAND (see notifier --help)"),
+    (("serve",), "notifier: argument COMMAND: invalid choice: 'serve'"),
+    (("dev", "--port", "abc"), "notifier dev: argument --port: invalid int value: 'abc' "
+     "(see notifier dev --help)"),
+    (("jobs",), "notifier jobs: the following arguments are required: list|run"),
+    (("jobs", "run"), "notifier jobs run: the following arguments are required: name"),
+    (("preview",), "notifier preview: the following arguments are required: kind"),
+    (("preview", "refill_due", "--channel", "fax"), "notifier preview: argument --channel: "
+     "invalid choice: 'fax'"),
+    (("notifications",), "notifier notifications: the following arguments are required: "
+     "client_id"),
+    (("send-event",), "notifier send-event: the following arguments are required: files"),
+    (("worker", "--threads", "four"), "notifier worker: argument --threads: invalid int"),
+])
+def test_a_wrong_argument_is_one_line(tmp_path, args, says):
+    result = notifier(*args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert one_line(result).startswith(says)
+    assert not (tmp_path / "var").exists()  # refused before anything started
+
+
+def test_send_event_with_nothing_listening_says_what_to_do(tmp_path):
+    port = free_port()
+    result = notifier("send-event", str(EXAMPLE), "--url", f"http://127.0.0.1:{port}",
+                      cwd=tmp_path)
+    line = one_line(result)
+    assert line.startswith(f"notifier: nothing answers at http://127.0.0.1:{port} (")
+    assert line.endswith("dev), or pass --url")
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize(("content", "says"), [
+    ('{"type": "client.upserted", "data": {}}', "{path}: no \"id\": every event needs"),
+    ('[{"id": "evt-1"}, {"id": ""}]', "{path}: event 2: no \"id\": every event needs"),
+    ('[{"id": "evt-1"}, 7]', "{path}: event 2: not a JSON object"),
+    ('{"id": 12}', "{path}: no \"id\""),
+    ("{not json", "{path}: not valid JSON ("),
+    ("", "{path}: not valid JSON ("),
+])
+def test_send_event_checks_every_event_before_sending_any(tmp_path, content, says):
+    """Checked before anything is sent: the URL has nothing listening, yet the answer is
+    about the file, and the first, good file was not sent either."""
+    good, bad = tmp_path / "good.json", tmp_path / "bad.json"
+    good.write_text('{"id": "evt-0", "type": "client.upserted"}')
+    bad.write_text(content)
+    result = notifier("send-event", str(good), str(bad), "--url",
+                      f"http://127.0.0.1:{free_port()}", cwd=tmp_path)
+    assert result.returncode == 2
+    assert one_line(result).startswith("notifier: " + says.format(path=bad))
+    assert result.stdout == ""
+
+
+def test_send_event_names_a_file_that_is_not_there(tmp_path):
+    result = notifier("send-event", "nowhere.json", cwd=tmp_path)
+    assert result.returncode == 2
+    assert one_line(result) == ("notifier: nowhere.json: cannot read it (No such file or "
+                                "directory): check the path")
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (("refill_due", "--locale", "fr"), "notifier: preview: no locale 'fr'; templates exist "
+     "in en, es (pass --locale en)"),
+    (("refill_due", "--locale", "fr", "--channel", "sms"), "notifier: preview: no locale 'fr'"),
+    (("provider_digest", "--channel", "sms"), "notifier: provider_digest is not sent by sms: "
+     "pass --channel email, or no --channel"),
+    (("birthday_card",), "notifier: no template for kind 'birthday_card'; kinds: "),
+])
+def test_preview_errors_are_one_line(tmp_path, args, says):
+    result = notifier("preview", *args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert one_line(result).startswith(says)
+
+
+@pytest.mark.parametrize("args", [("jobs", "list"), ("jobs", "run", "provider-digest"),
+                                  ("notifications", "client-1"), ("worker",), ("clock",)])
+def test_a_stopped_redis_is_one_line(tmp_path, args):
+    url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
+    result = notifier(*args, cwd=tmp_path, env={"NOTIFIER_REDIS_URL": url})
+    assert result.returncode == 2
+    line = one_line(result)
+    assert line.startswith("notifier: cannot reach Redis at redis://:***@127.0.0.1:")
+    assert line.endswith("start it, or point NOTIFIER_REDIS_URL at one that runs (unset, "
+                         "the embedded one is used)")
+    assert "hunter2" not in result.stderr
+
+
+def test_a_log_level_that_does_not_exist_is_one_line(tmp_path):
+    result = notifier("jobs", "list", cwd=tmp_path, env={"NOTIFIER_LOG_LEVEL": "verbose"})
+    assert result.returncode == 2
+    assert one_line(result) == ("notifier: NOTIFIER_LOG_LEVEL: expected one of debug, info, "
+                                "warning, error, critical, got 'verbose'")
+
+
+def test_notifications_of_an_unknown_client_says_to_send_its_events(tmp_path, redis_url):
+    result = notifier("notifications", "client-9", cwd=tmp_path,
+                      env={"NOTIFIER_REDIS_URL": redis_url})
+    assert result.returncode == 2
+    assert one_line(result) == (
+        f"notifier: no client 'client-9' known yet: send its events first, e.g. "
+        f"{sys.executable} -m notifier send-event {EXAMPLE}")
+
+
+# --- the embedded Redis: started for a command, stopped after it ------------------------------
+
+def assert_no_embedded_redis(tmp_path: Path) -> None:
+    server = EmbeddedRedis(tmp_path / "var")
+    assert redis_servers_under(tmp_path) == []
+    assert not server.pidfile.exists() and not server.socket.exists()
+
+
+@pytest.mark.parametrize("args", [("jobs", "list"), ("jobs", "run", "provider-digest"),
+                                  ("notifications", "client-1"),
+                                  ("jobs", "run", "nightly-report")])
+def test_a_command_that_starts_the_embedded_redis_stops_it(tmp_path, args):
+    result = notifier(*args, cwd=tmp_path)
+    assert "Traceback" not in result.stderr
+    assert_no_embedded_redis(tmp_path)
+    # It did run one (its data is there), owner-only: the AOF holds contact details.
+    redis_dir = tmp_path / "var" / "redis"
+    for directory in (tmp_path / "var", redis_dir, tmp_path / "var" / "outbox"):
+        assert directory.stat().st_mode & 0o777 == 0o700, directory
+    for name in ("appendonly.aof", "redis.log"):
+        assert (redis_dir / name).stat().st_mode & 0o777 == 0o600, name
+
+
+def test_a_command_that_found_the_embedded_redis_running_leaves_it(tmp_path):
+    with EmbeddedRedis(tmp_path / "var") as server:
+        assert server.process is not None  # this test started it
+        result = notifier("jobs", "list", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert server.running() and server.process.poll() is None
+        assert redis_servers_under(tmp_path) == [server.process.pid]
+    assert_no_embedded_redis(tmp_path)
+
+
+def test_the_last_user_stops_a_server_its_starter_left_to_others(tmp_path):
+    """The command that started it ends while another still uses it: it stays up for
+    that one, which stops it when it ends (nothing is left behind either way)."""
+    starter, other = EmbeddedRedis(tmp_path / "var"), EmbeddedRedis(tmp_path / "var")
+    starter.ensure()
+    other.ensure()
+    assert other.process is None
+    pid = starter.process.pid if starter.process else 0
+    starter.release()
+    assert other.running() and redis_servers_under(tmp_path) == [pid]
+    other.release()
+    assert_no_embedded_redis(tmp_path)
+
+
+def test_a_stray_server_nobody_started_for_this_run_is_left(tmp_path):
+    """One found running with no mark (left by an older version, say): not ours to stop."""
+    stray = EmbeddedRedis(tmp_path / "var")
+    stray.ensure()
+    try:
+        stray.process = None  # as if its starter were gone without handing it over
+        stray.release()
+        assert stray.running()
+        result = notifier("notifications", "client-1", cwd=tmp_path)
+        assert result.returncode == 2  # unknown client, said in one line
+        assert stray.running()
+    finally:
+        stray.shutdown()
+    assert_no_embedded_redis(tmp_path)
+
+
+def test_make_clean_stops_the_embedded_redis_before_deleting_var(tmp_path):
+    shutil.copy(PROJECT_ROOT / "Makefile", tmp_path / "Makefile")
+    server = EmbeddedRedis(tmp_path / "var")
+    server.ensure()
+    assert server.process is not None
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    # The shared venv's python stands in for .venv/ (VENV points where nothing is deleted).
+    result = subprocess.run(["make", "clean", f"VENV={tmp_path / 'no-venv'}",
+                             f"BIN={Path(sys.executable).parent}"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "stopped the embedded redis-server" in result.stdout
+    assert server.process.wait(timeout=10) == 0  # a clean shutdown, not a kill
+    assert not (tmp_path / "var").exists()
+    assert redis_servers_under(tmp_path) == []
+    server.release()  # its directory is gone: nothing to do, and no error
+
+
+def test_make_clean_without_a_server_just_deletes(tmp_path):
+    shutil.copy(PROJECT_ROOT / "Makefile", tmp_path / "Makefile")
+    (tmp_path / "var" / "outbox").mkdir(parents=True)
+    result = subprocess.run(["make", "clean", f"VENV={tmp_path / 'no-venv'}",
+                             f"BIN={Path(sys.executable).parent}"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "var").exists()
+
+
+# --- a second dev on a busy port ---------------------------------------------------------------
+
+def test_dev_on_a_busy_port_says_so_before_starting_anything(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = notifier("dev", "--port", str(port), cwd=tmp_path)
+    assert result.returncode == 2
+    assert one_line(result) == (f"notifier: port {port} is in use: another notifier dev or "
+                                f"web may be running; stop it, or pass --port {port + 1}")
+    assert result.stdout == ""  # no banner
+    assert not (tmp_path / "var").exists()  # no Redis, clock, worker or secret started
+    assert redis_servers_under(tmp_path) == []
+
+
+def test_web_on_a_busy_port_says_so_too(tmp_path, redis_url):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = notifier("web", "--port", str(port), "--host", "127.0.0.1", cwd=tmp_path,
+                          env={"NOTIFIER_REDIS_URL": redis_url})
+    assert result.returncode == 2
+    assert one_line(result).startswith(f"notifier: port {port} is in use: ")
+
+
+def test_dev_on_an_address_it_cannot_have_says_so(tmp_path):
+    result = notifier("dev", "--host", "192.0.2.1", "--port", str(free_port()), cwd=tmp_path)
+    assert result.returncode == 2
+    assert one_line(result).startswith("notifier: cannot listen on 192.0.2.1:")
+    assert result.stdout == ""
+
+
+# --- first steps: commands that work as printed, at any hour ----------------------------------
+
+def quick_start_commands() -> list[str]:
+    """The commands of README's quick start to run beside `make run` (its second block)."""
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    section = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```sh\n(.*?)```", section, flags=re.S)
+    return [line for line in blocks[1].splitlines() if line.strip()]
+
+
+def venv_script(checkout: Path) -> Path:
+    """`.venv/bin/notifier` as pip writes it (a Python script whose argv[0] is its path),
+    for the code under test, in a directory laid out like a checkout."""
+    script = checkout / ".venv" / "bin" / "notifier"
+    script.parent.mkdir(parents=True)
+    script.write_text(f"#!{sys.executable}\nimport sys\nfrom notifier.cli import main\n"
+                      "sys.exit(main())\n")
+    script.chmod(0o755)
+    (checkout / "examples").symlink_to(PROJECT_ROOT / "examples")
+    return script
+
+
+def test_the_readme_quick_start_works_as_written_at_any_hour(tmp_path):
+    """`make run` is `.venv/bin/notifier dev`; beside it, README's commands run as written
+    (only the port is a free one, not 8000) and each shows something, day or night."""
+    venv_script(tmp_path)
+    port = free_port()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")}
+    env = {**clean, "PYTHONPATH": str(PROJECT_ROOT),
+           "NOTIFIER_PUBLIC_URL": f"http://localhost:{port}"}
+    dev = subprocess.Popen([".venv/bin/notifier", "dev", "--port", str(port)], cwd=tmp_path,
+                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    results = []
+    try:
+        wait_for(lambda: _up(port), timeout_s=30, what="notifier dev to answer")
+        for command in quick_start_commands():
+            results.append(subprocess.run(["bash", "-c", command.replace(":8000", f":{port}")],
+                                          cwd=tmp_path, env=env, capture_output=True,
+                                          text=True, timeout=60))
+            if command.startswith(".venv/bin/notifier send-event"):
+                # what the worker does with it, before the next command looks
+                wait_for(lambda: "appointment_confirmation" in notifier(
+                    "notifications", "client-1", cwd=tmp_path).stdout,
+                    what="the confirmation planned")
+    finally:
+        dev.send_signal(signal.SIGINT)
+        banner = dev.communicate(timeout=30)[0]
+    for command, result in zip(quick_start_commands(), results, strict=True):
+        assert result.returncode == 0, (command, result.stderr)
+        assert "Traceback" not in result.stderr + result.stdout
+    send, listing, tail, curl = results
+    assert send.stdout.count(": 202 ") == 3
+    planned = [line for line in listing.stdout.splitlines() if "appointment_confirmation" in line]
+    assert len(planned) == 2, listing.stdout
+    assert all(line.split()[0] in ("scheduled", "sent") for line in planned)
+    assert '"notifications"' in curl.stdout
+    # The banner prints the same commands, in the form the user started it with.
+    assert ".venv/bin/notifier send-event examples/appointment-scheduled.json\n" in banner
+    assert ".venv/bin/notifier notifications client-1 " in banner
+    assert "tail var/outbox/messages.jsonl " in banner
+    assert redis_servers_under(tmp_path) == []
+
+
+def test_commands_are_printed_as_the_user_can_run_them(tmp_path, monkeypatch):
+    from notifier.cli import invocation, shell_path
+
+    script = venv_script(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    assert invocation(".venv/bin/notifier") == ".venv/bin/notifier"
+    assert invocation(str(script)) == ".venv/bin/notifier"  # found through PATH elsewhere
+    (tmp_path / "sub").mkdir()
+    assert invocation(str(script), cwd=tmp_path / "sub") == str(script)
+    monkeypatch.setenv("PATH", f"{script.parent}:/usr/bin:/bin")  # an activated venv
+    assert invocation(str(script)) == "notifier"
+    assert invocation("/x/notifier/__main__.py", executable="/opt/py 3/bin/python") == \
+        "'/opt/py 3/bin/python' -m notifier"
+    assert shell_path(tmp_path / "var" / "outbox" / "messages.jsonl") == \
+        "var/outbox/messages.jsonl"
+    assert shell_path(tmp_path / "events.json") == "./events.json"
+
+
+def test_notifications_says_what_is_planned_and_why_at_any_hour(tmp_path, redis_url,
+                                                                  redis_client, policy):
+    """Two clients booked now: one where it is 23:00, one where it is noon. The first's
+    confirmation is held by quiet hours until 08:00 its time, the second's is due now; a
+    cancelled booking's notices say what cancelled them."""
+    from notifier.store import Store
+    from tests.helpers import (
+        appointment,
+        client_upserted,
+        event,
+        store_and_apply,
+        zone_at_hour,
+    )
+
+    now = datetime.now(UTC)
+    store = Store(redis_client)
+    night, day = zone_at_hour(now, 23), zone_at_hour(now, 12)
+    start = now + timedelta(days=30)
+    for client_id, zone in (("c-night", night), ("c-day", day)):
+        store_and_apply(store, policy, client_upserted(client_id, zone, now), now)
+        store_and_apply(store, policy, appointment("appointment.scheduled", f"a-{client_id}",
+                                                   client_id, start, now), now)
+    env = {"NOTIFIER_REDIS_URL": redis_url}
+
+    held = notifier("notifications", "c-night", cwd=tmp_path, env=env)
+    assert held.returncode == 0, held.stderr
+    header, *lines = held.stdout.splitlines()
+    assert header.startswith(f"c-night: {len(lines)} notifications due from 30 days ago on "
+                             f"(times {night}, now ")
+    confirmations = [line for line in lines if "appointment_confirmation" in line]
+    assert len(confirmations) == 2
+    for line in confirmations:
+        state, _, _day, clock, *_ = line.split()
+        assert (state, clock) == ("scheduled", "08:00")
+        assert re.search(r"due in (8|9) h \d+ min, held by quiet hours \(21:00-08:00 "
+                         r"client-local\)$", line), line
+
+    due = notifier("notifications", "c-day", cwd=tmp_path, env=env)
+    assert due.returncode == 0, due.stderr
+    confirmations = [line for line in due.stdout.splitlines()
+                     if "appointment_confirmation" in line]
+    assert len(confirmations) == 2
+    assert all(line.endswith("due now: a running worker and clock send it")
+               for line in confirmations)
+    reminders = [line for line in due.stdout.splitlines() if "appointment_reminder" in line]
+    assert reminders and all(re.search(r"due in \d+ d \d+ h$", line) for line in reminders)
+
+    later = now + timedelta(seconds=1)
+    store_and_apply(store, policy, event("appointment.cancelled", {
+        "appointment_id": "a-c-day", "cancelled_by": "client"}, later), later)
+    cancelled = notifier("notifications", "c-day", cwd=tmp_path, env=env)
+    reminders = [line for line in cancelled.stdout.splitlines()
+                 if "appointment_reminder" in line]
+    assert reminders and all(line.split()[0] == "cancelled" and not line.endswith(" -")
+                             for line in reminders), cancelled.stdout
+
+
+def test_an_unexpected_error_is_one_line_unless_debugging(tmp_path):
+    """Something no check foresaw (here a policy.toml that is a directory): one line that
+    says how to see more; with NOTIFIER_LOG_LEVEL=DEBUG, the traceback itself."""
+    schedules = tmp_path / "schedules"
+    shutil.copytree(PROJECT_ROOT / "schedules", schedules)
+    (schedules / "policy.toml").unlink()
+    (schedules / "policy.toml").mkdir()
+    env = {"NOTIFIER_SCHEDULES_DIR": str(schedules)}
+    result = notifier("preview", "refill_due", cwd=tmp_path, env=env)
+    assert result.returncode == 1
+    line = one_line(result)
+    assert line.startswith("notifier: unexpected error: IsADirectoryError: ")
+    assert line.endswith("(NOTIFIER_LOG_LEVEL=DEBUG shows the traceback)")
+    debugging = notifier("preview", "refill_due", cwd=tmp_path,
+                         env={**env, "NOTIFIER_LOG_LEVEL": "debug"})
+    assert debugging.returncode == 1
+    assert "Traceback (most recent call last)" in debugging.stderr
+
+
+def test_dev_with_a_local_twilio_stand_in_starts_and_its_sdk_keeps_quiet(tmp_path):
+    """A staging set-up: Twilio is a stand-in on this machine, so a localhost public URL
+    is fine (no real Twilio must reach it); the SDK's per-request INFO lines stay out of
+    the log, and the SMS does go through it."""
+    from tests.fakes import FakeTwilio
+    from tests.helpers import client_upserted, daytime_zone, event, provider_upserted
+
+    now = datetime.now(UTC)
+    events = [client_upserted("client-7", daytime_zone(now), now),
+              provider_upserted("prov-1", now),
+              event("appointment.scheduled", {"appointment": {
+                  "id": "appt-7", "client_id": "client-7", "provider_id": "prov-1",
+                  "start": (now + timedelta(days=20)).isoformat(),
+                  "end": (now + timedelta(days=20, minutes=30)).isoformat(),
+                  "kind": "medication_management"}}, now)]
+    (tmp_path / "events.json").write_text(json.dumps(events))
+    port = free_port()
+    sid = "AC" + "7" * 32
+    with FakeTwilio(account_sid=sid, auth_token="stand-in-token") as twilio:
+        clean = {k: v for k, v in os.environ.items()
+                 if not k.startswith(("NOTIFIER_", "TWILIO_", "SENDGRID_"))}
+        env = {**clean, "PYTHONPATH": str(PROJECT_ROOT), "TWILIO_ACCOUNT_SID": sid,
+               "TWILIO_AUTH_TOKEN": "stand-in-token", "TWILIO_FROM": "+15005550006",
+               "NOTIFIER_TWILIO_BASE_URL": twilio.url,
+               "NOTIFIER_PUBLIC_URL": f"http://localhost:{port}"}
+        dev = subprocess.Popen([sys.executable, "-m", "notifier", "dev", "--port", str(port)],
+                               cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+        try:
+            wait_for(lambda: _up(port), timeout_s=30, what="notifier dev to answer")
+            sent = subprocess.run([sys.executable, "-m", "notifier", "send-event", "events.json"],
+                                  cwd=tmp_path, env=env, capture_output=True, text=True,
+                                  timeout=60)
+            assert sent.returncode == 0, sent.stderr
+            wait_for(lambda: twilio.sent_messages(), what="the confirmation SMS at the stand-in")
+        finally:
+            dev.send_signal(signal.SIGINT)
+            output = dev.communicate(timeout=30)[0]
+    assert "listening on" in output
+    assert "twilio.http_client" not in output and "Twilio API Request" not in output
+    assert "Traceback" not in output

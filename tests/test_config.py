@@ -81,6 +81,32 @@ def test_the_twilio_backend_refuses_a_public_url_twilio_cannot_reach(public_url,
     assert "\n" not in message
 
 
+@pytest.mark.parametrize("stand_in", ["http://127.0.0.1:8765", "http://localhost:9000/twilio"])
+@pytest.mark.parametrize("public_url", [None, "http://localhost:8000", "http://127.0.0.1:8000"])
+def test_a_local_public_url_is_fine_when_twilio_is_a_local_stand_in(stand_in, public_url):
+    """A stand-in on this machine (staging, tests) reaches a local URL; no real Twilio
+    has to call it."""
+    env = {**TWILIO, "NOTIFIER_TWILIO_BASE_URL": stand_in}
+    if public_url is not None:
+        env["NOTIFIER_PUBLIC_URL"] = public_url
+    s = settings(**env)
+    assert (s.sms_backend, s.twilio_base_url) == ("twilio", stand_in.rstrip("/"))
+    assert s.public_url == (public_url or "http://localhost:8000")
+
+
+def test_a_gateway_elsewhere_still_needs_a_reachable_public_url():
+    """A base URL on another host may be a gateway to the real Twilio, which calls back."""
+    with pytest.raises(ConfigError, match="^NOTIFIER_PUBLIC_URL: the twilio backend needs"):
+        settings(**TWILIO, NOTIFIER_TWILIO_BASE_URL="https://twilio-gateway.example.org",
+                 NOTIFIER_PUBLIC_URL="http://localhost:8000")
+
+
+@pytest.mark.parametrize(("raw", "level"), [("", "INFO"), ("debug", "DEBUG"),
+                                            (" Warning ", "WARNING"), ("ERROR", "ERROR")])
+def test_the_log_level_is_a_logging_level_in_any_case(raw, level):
+    assert settings(NOTIFIER_LOG_LEVEL=raw).log_level == level
+
+
 def test_a_local_public_url_is_fine_for_the_outbox():
     s = settings(**TWILIO, NOTIFIER_SMS_BACKEND="outbox", NOTIFIER_PUBLIC_URL="http://localhost")
     assert (s.sms_backend, s.public_url) == ("outbox", "http://localhost")
@@ -114,6 +140,8 @@ def test_dotenv_is_read_and_the_environment_wins(tmp_path):
     ({"NOTIFIER_WORKER_THREADS": "many"}, "NOTIFIER_WORKER_THREADS"),
     ({"NOTIFIER_WORKER_THREADS": "0"}, "NOTIFIER_WORKER_THREADS"),
     ({"NOTIFIER_LEASE_S": "-5"}, "NOTIFIER_LEASE_S"),
+    ({"NOTIFIER_LOG_LEVEL": "verbose"}, "NOTIFIER_LOG_LEVEL"),
+    ({"NOTIFIER_LOG_LEVEL": "10"}, "NOTIFIER_LOG_LEVEL"),
     ({"NOTIFIER_API_TOKEN": "t" * 23}, "NOTIFIER_API_TOKEN"),
     ({"NOTIFIER_API_TOKEN": "short"}, "NOTIFIER_API_TOKEN"),
     ({"NOTIFIER_API_TOKEN": "a token with spaces in it, long enough"}, "NOTIFIER_API_TOKEN"),

@@ -289,6 +289,11 @@ def test_nothing_open_plans_nothing() -> None:
     assert plan_digests([], NOW, NOW).add == ()
 
 
+def test_one_digest_is_said_in_the_singular() -> None:
+    result = plan_digests([(provider("prov-a"), queue("message:msg-1"))], NOW, NOW)
+    assert (result.reason, len(result.add)) == ("1 digest", 1)
+
+
 def test_the_digest_id_is_stable_per_fire() -> None:
     pairs: list[tuple[ProviderRecord, ProviderQueueRecord | None]] = [
         (provider("prov-a"), queue("message:msg-1"))]

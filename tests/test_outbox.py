@@ -55,3 +55,35 @@ def test_the_reader_leaves_a_line_still_being_written(tmp_path):
     outbox = Outbox(tmp_path)
     (tmp_path / "messages.jsonl").write_text('{"id": "a"}\n{"id": "b"}\n{"id": "appointment_c')
     assert outbox.messages() == [{"id": "a"}, {"id": "b"}]
+
+
+def test_everything_in_the_outbox_is_the_owners_only(tmp_path):
+    """Contact details and invites: directory 0700, every file 0600, whatever the umask."""
+    import os
+
+    directory = tmp_path / "outbox"
+    old = os.umask(0o022)
+    try:
+        outbox = Outbox(directory)
+        assert (directory / "messages.jsonl").read_text() == ""  # there before any message
+        outbox.send(message(), NOW)
+    finally:
+        os.umask(old)
+    assert directory.stat().st_mode & 0o777 == 0o700
+    files = sorted(p.name for p in directory.iterdir())
+    assert files == ["appointment_confirmation_a1_booked_email.invite.ics", "messages.jsonl"]
+    for path in directory.iterdir():
+        assert path.stat().st_mode & 0o777 == 0o600, path.name
+
+
+def test_an_outbox_an_older_version_left_readable_is_tightened(tmp_path):
+    import os
+
+    directory = tmp_path / "outbox"
+    directory.mkdir(mode=0o755)
+    (directory / "messages.jsonl").write_text("")
+    os.chmod(directory / "messages.jsonl", 0o644)
+    os.chmod(directory, 0o755)
+    Outbox(directory)
+    assert directory.stat().st_mode & 0o777 == 0o700
+    assert (directory / "messages.jsonl").stat().st_mode & 0o777 == 0o600

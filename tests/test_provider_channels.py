@@ -280,3 +280,26 @@ def test_sendgrid_unreachable_is_retryable():
         url = gone.url
     with pytest.raises(RetryableError):
         SendGridEmail(settings(SENDGRID_API_HOST=url)).send(email(), NOW)
+
+
+@pytest.mark.parametrize(("level", "logged"), [("INFO", False), ("WARNING", False),
+                                               ("DEBUG", True)])
+def test_the_twilio_sdk_logs_its_requests_only_when_asked_for_debug(twilio, caplog, level,
+                                                                    logged):
+    """The SDK logs every request at INFO with the account URL and headers; `notifier`
+    quiets it unless NOTIFIER_LOG_LEVEL=DEBUG."""
+    import logging
+
+    from notifier.cli import setup_logging
+
+    sdk = logging.getLogger("twilio")
+    before = sdk.level
+    caplog.set_level(logging.DEBUG)
+    try:
+        setup_logging(level)
+        TwilioSMS(settings(twilio)).send(sms(), NOW)
+    finally:
+        sdk.setLevel(before)
+    from_sdk = [r for r in caplog.records if r.name.startswith("twilio")]
+    assert bool(from_sdk) == logged
+    assert all(r.levelno >= logging.WARNING for r in from_sdk) or logged

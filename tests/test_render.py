@@ -260,3 +260,40 @@ def test_invite_is_well_formed_and_stable():
     assert str(event["STATUS"]) == "CANCELLED"
     assert build_invite(invite, NOW) == build_invite(invite, NOW)
 
+
+
+# --- the provider digest's wording ------------------------------------------------------------
+
+@pytest.mark.parametrize(("local_hour", "greeting"), [
+    (2, "Hello"), (4, "Hello"), (5, "Good morning"), (8, "Good morning"),
+    (11, "Good morning"), (12, "Good afternoon"), (17, "Good afternoon"),
+    (18, "Good evening"), (23, "Good evening")])
+def test_the_digest_greets_by_the_provider_local_hour(renderer, policy, local_hour, greeting):
+    """A digest run by hand at 02:24 provider-local does not say good morning."""
+    from notifier.compose import compose_provider_digest
+    from notifier.preview import SAMPLE_QUEUE
+
+    # SAMPLE_PROVIDER is in America/Chicago (UTC-6 in December).
+    now = datetime(2026, 12, 1, local_hour + 6, 24, tzinfo=UTC) if local_hour < 18 else \
+        datetime(2026, 12, 2, local_hour - 18, 24, tzinfo=UTC)
+    message = compose_provider_digest(sample_stored("provider_digest", "email"),
+                                      SAMPLE_PROVIDER, SAMPLE_QUEUE, Settings(), policy,
+                                      renderer, now)
+    assert message.body.startswith(f"{greeting} Dr. Rivera,\n\n")
+    hour12 = local_hour % 12 or 12
+    assert (f"These 2 requests are waiting for your answer as of Tuesday, December 1, "
+            f"{hour12}:24 {'AM' if local_hour < 12 else 'PM'} CST, oldest first:\n") \
+        in message.body
+
+
+def test_a_digest_of_one_item_says_so(renderer, policy):
+    from notifier.compose import compose_provider_digest
+    from notifier.preview import SAMPLE_QUEUE
+    from notifier.records import ProviderQueueRecord
+
+    one = ProviderQueueRecord(updated_at=NOW, items=dict(list(SAMPLE_QUEUE.items.items())[:1]))
+    message = compose_provider_digest(sample_stored("provider_digest", "email"),
+                                      SAMPLE_PROVIDER, one, Settings(), policy, renderer, NOW)
+    assert message.subject == "1 open request waiting for you (1 overdue)"
+    assert "This request is waiting for your answer as of Tuesday, December 1, 9:00 AM CST, " \
+        "oldest first:\n" in message.body

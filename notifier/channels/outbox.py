@@ -4,6 +4,10 @@ One JSON line per sent message in `messages.jsonl` (an SMS's with its `encoding`
 `segments`), each attachment as a file beside it
 named after the notification. Lines are written with a single `write` on a file opened
 in append mode, so concurrent worker threads and processes never interleave a line.
+
+Everything here holds contact details: the directory is the owner's only (0700), and so
+is every file (0600). `messages.jsonl` is created empty when the outbox is set up, so
+`tail` works before the first message (at night the first one waits for the morning).
 """
 
 from __future__ import annotations
@@ -21,17 +25,30 @@ def _safe_name(notification_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", notification_id)
 
 
+def _private_file(path: Path, flags: int) -> int:
+    """A file descriptor on `path`, created 0600; one made looser by an older version is
+    tightened too (O_CREAT's mode applies only to a new file)."""
+    fd = os.open(path, flags | os.O_CREAT, 0o600)
+    os.fchmod(fd, 0o600)
+    return fd
+
+
 class Outbox:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.directory.mkdir(exist_ok=True, mode=0o700)
+        os.chmod(self.directory, 0o700)
         self.path = directory / "messages.jsonl"
+        os.close(_private_file(self.path, os.O_WRONLY | os.O_APPEND))
 
     def send(self, message: Message, now: datetime) -> Receipt:
         names = []
         for attachment in message.attachments:
             name = f"{_safe_name(message.notification_id)}.{attachment.filename}"
-            (self.directory / name).write_bytes(attachment.content)
+            fd = _private_file(self.directory / name, os.O_WRONLY | os.O_TRUNC)
+            with os.fdopen(fd, "wb") as out:
+                out.write(attachment.content)
             names.append(name)
         fields: dict[str, object] = {
             "id": message.notification_id,
@@ -49,7 +66,7 @@ class Outbox:
             # What the SMS costs, as a carrier would bill it (`sms_text.measure`).
             fields.update(encoding=message.sms.encoding, segments=message.sms.segments)
         line = json.dumps(fields, ensure_ascii=False) + "\n"
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             os.write(fd, line.encode())
         finally:

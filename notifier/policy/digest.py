@@ -44,4 +44,5 @@ def plan_digests(providers: list[tuple[ProviderRecord, ProviderQueueRecord | Non
             expires_at=now + DIGEST_VALID, params={"open": len(queue.items)})
         for record, queue in providers if queue is not None and queue.items
     ]
-    return Plan(outcome="applied", reason=f"{len(add)} digests", add=tuple(add))
+    reason = f"{len(add)} digest" if len(add) == 1 else f"{len(add)} digests"
+    return Plan(outcome="applied", reason=reason, add=tuple(add))
