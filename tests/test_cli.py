@@ -399,7 +399,8 @@ def test_help_lists_every_command(tmp_path):
      "(see notifier dev --help)"),
     (("jobs",), "notifier jobs: the following arguments are required: list|run"),
     (("jobs", "run"), "notifier jobs run: the following arguments are required: name"),
-    (("preview",), "notifier preview: the following arguments are required: kind"),
+    (("preview",), "notifier: preview: name a KIND, or give --all (see notifier preview "
+     "--help)"),
     (("preview", "refill_due", "--channel", "fax"), "notifier preview: argument --channel: "
      "invalid choice: 'fax'"),
     (("notifications",), "notifier notifications: the following arguments are required: "
