@@ -151,11 +151,7 @@ class Deliverer:
         if now >= n.expires_at:
             return self._finish(n, "expired", expired_because(n, now), now)
         if self.store.turns.unapplied_about(subjects_of(n)):
-            # An event about it was accepted (202) and is not applied yet: it may cancel or
-            # change this message, so nothing goes out ahead of what is already known.
-            return self._later(n, now + timedelta(seconds=WAIT_FOR_EVENTS_S),
-                               "waiting for an accepted event about it to be applied",
-                               "waiting", not_an_attempt=True)
+            return self._wait_for_events(n, now)
         prepare = {"client": self._prepare_client, "support": self._prepare_support,
                    "provider": self._prepare_provider}.get(n.recipient)
         if prepare is None:
@@ -173,6 +169,13 @@ class Deliverer:
         paced = self._pace(n, message.channel, now)
         if paced:
             return paced
+        # A last look just before the provider's call: rendering and pacing take time, and
+        # an event about it may have been accepted, or applied and superseded it, meanwhile.
+        superseded, unapplied = self.store.send_blockers(n.id, subjects_of(n))
+        if superseded:
+            return self._later(n, now, "superseded while being prepared", "cancelled")
+        if unapplied:
+            return self._wait_for_events(n, now)
         try:
             receipt = channel.send(message, now)
         except PermanentError as exc:
@@ -195,6 +198,13 @@ class Deliverer:
                     raise SentButUnrecorded(n.id) from exc
                 time.sleep(RECORD_PAUSE_S * (attempt + 1))
         raise AssertionError("unreachable")
+
+    def _wait_for_events(self, n: Stored, now: datetime) -> str:
+        """An event about it was accepted (202) and is not applied yet: it may cancel or
+        change this message, so nothing goes out ahead of what is already known."""
+        return self._later(n, now + timedelta(seconds=WAIT_FOR_EVENTS_S),
+                           "waiting for an accepted event about it to be applied", "waiting",
+                           not_an_attempt=True)
 
     def _pace(self, n: Stored, channel: str, now: datetime) -> str | None:
         """Hold the send for its sender's next free slot, reserved once per notification."""

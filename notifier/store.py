@@ -493,6 +493,17 @@ class Store:
                              outcomes=parse_outcomes(outcomes),
                              lateness=parse_lateness(lateness))
 
+    def send_blockers(self, notification_id: str, subjects: list[str]) -> tuple[bool, bool]:
+        """(superseded, unapplied) just before a send, in one round trip: whether a plan
+        cancelled the notification while it was `sending`, and whether an accepted event
+        about any of `subjects` is still unapplied."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hexists(notif_key(notification_id), "superseded")
+            if subjects:
+                pipe.exists(*(queue_key(r) for r in subjects))
+            replies = pipe.execute()
+        return bool(replies[0]), len(replies) > 1 and bool(replies[1])
+
     def notification(self, notification_id: str) -> dict[str, str]:
         raw = self.redis.hgetall(notif_key(notification_id))
         return {k.decode(): v.decode() for k, v in raw.items()}

@@ -322,3 +322,50 @@ def test_subjects_of_a_notification():
                    recipient_id="support", due_at=NOW, expires_at=NOW,
                    params={"item_id": "m1"}, attempts=0, entity="message:m1")
     assert subjects_of(alert) == ["message:m1"]
+
+
+class Meanwhile:
+    """A send-rate limiter (our own interface) that lets something happen while a message
+    is being prepared, as another worker would, and never holds the send back."""
+
+    enabled = True
+
+    def __init__(self, happen) -> None:
+        self.happen = happen
+
+    def reserve(self, now: datetime) -> datetime:
+        self.happen()
+        return now
+
+
+@pytest.mark.parametrize("applied_meanwhile", [True, False], ids=["applied", "accepted"])
+def test_the_last_look_before_a_send_sees_what_happened_while_it_was_prepared(
+        store, policy, tmp_path, applied_meanwhile):
+    """The answer arrives after the escalation notice passed its first check: just before
+    the provider's call it is cancelled (answer applied) or made to wait (only accepted)."""
+    from tests.test_delivery import deliverer
+
+    outbox = Outbox(tmp_path / "outbox")
+    opened = NOW - timedelta(hours=48, seconds=1)
+    for evt in (client_upserted("c1", "UTC", opened), message_received("m1", "c1", opened)):
+        post(store, evt, opened)
+        apply_stored_event(store, evt["id"], policy, opened)
+    notice = "escalation_notice:m1:message-window:sms"
+    answered = event("message.answered", {"message_id": "m1"}, NOW - timedelta(seconds=1))
+
+    def answer_arrives() -> None:
+        post(store, answered)
+        if applied_meanwhile:
+            apply_in_turn(store, answered["id"], policy, fixed(NOW), 30)
+
+    sender = deliverer(store, policy, outbox=outbox)
+    sender.limiters = {"sms": Meanwhile(answer_arrives)}
+    assert notice in store.schedule.claim(NOW, 100, 30)
+    outcome = sender.deliver(notice, NOW)
+    assert outbox.messages() == []
+    if applied_meanwhile:
+        assert outcome == "cancelled"
+        assert store.notification(notice)["state"] == "cancelled"
+    else:
+        assert outcome == "waiting"
+        assert store.notification(notice)["state"] == "scheduled"
