@@ -71,6 +71,13 @@ class PrescriptionRecord(Record):
     status: Literal["active", "discontinued"] = "active"
 
 
+class ClosedPrescriptionRecord(Record):
+    """A prescription discontinued before we saw it filled (after waiting for the fill):
+    kept so the late fill is recognised as stale instead of planning refill reminders."""
+
+    status: Literal["discontinued"] = "discontinued"
+
+
 ItemKind = Literal["refill_request", "message"]
 
 
@@ -110,6 +117,7 @@ RECORD_TYPES: dict[str, type[Record]] = {
     "appointment_closed": ClosedAppointmentRecord,
     "visits": VisitsRecord,
     "prescription": PrescriptionRecord,
+    "prescription_closed": ClosedPrescriptionRecord,
     "refill_request": OpenItemRecord,
     "message": OpenItemRecord,
     "provider_queue": ProviderQueueRecord,
@@ -126,6 +134,7 @@ class State:
     appointment_closed: ClosedAppointmentRecord | None = None
     visits: VisitsRecord | None = None
     prescription: PrescriptionRecord | None = None
+    prescription_closed: ClosedPrescriptionRecord | None = None
     item: OpenItemRecord | None = None
     provider_queue: ProviderQueueRecord | None = None
 

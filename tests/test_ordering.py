@@ -10,6 +10,7 @@ from notifier.policy.ordering import CLOSING, subject_ref, wait_for_opening
 from notifier.records import (
     AppointmentRecord,
     ClosedAppointmentRecord,
+    ClosedPrescriptionRecord,
     OpenItemRecord,
     PrescriptionRecord,
     State,
@@ -59,6 +60,7 @@ SEEN = {
         status="cancelled", updated_at=AT)),
     "prescription": State(prescription=PrescriptionRecord.model_validate(
         {"prescription": RX, "updated_at": AT})),
+    "prescription_closed": State(prescription_closed=ClosedPrescriptionRecord(updated_at=AT)),
     "item": State(item=OpenItemRecord(id="r1", kind="refill_request", updated_at=AT)),
 }
 
@@ -81,6 +83,7 @@ def test_a_close_for_an_unseen_subject_waits_until_the_wait_is_over(type_, polic
 @pytest.mark.parametrize(("type_", "seen"), [
     ("appointment.cancelled", "appointment"), ("appointment.completed", "appointment_closed"),
     ("appointment.no_show", "appointment"), ("prescription.discontinued", "prescription"),
+    ("prescription.discontinued", "prescription_closed"),
     ("refill.sent", "item"), ("refill.denied", "item"), ("message.answered", "item"),
 ])
 def test_a_close_for_a_seen_subject_is_planned_at_once(type_, seen, policy):

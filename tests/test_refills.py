@@ -22,6 +22,7 @@ from notifier.events import Event
 from notifier.policy.figures import Policy
 from notifier.records import (
     ClientRecord,
+    ClosedPrescriptionRecord,
     PrescriptionRecord,
     VisitsRecord,
 )
@@ -263,11 +264,26 @@ def test_discontinued_cancels_the_pending_reminders(policy: Policy) -> None:
         "discontinued", at, FILLED_ON)
 
 
-def test_discontinued_for_an_unknown_prescription_is_ignored(policy: Policy) -> None:
+def test_discontinued_for_an_unknown_prescription_leaves_a_tombstone(policy: Policy) -> None:
+    """Planned so only after waiting for the fill in vain (`policy.ordering`)."""
     at = utc(2026, 11, 10, 12, 0)
     result = Ledger().plan(discontinued(at), at, policy)
-    assert (result.outcome, result.reason, result.add, result.cancel, result.records) == (
-        "ignored", "unknown prescription", (), (), {})
+    assert (result.outcome, result.reason, result.add, result.cancel) == (
+        "ignored", "unknown prescription; recorded as discontinued", (), ())
+    assert result.records == {f"prescription_closed:{RX}": ClosedPrescriptionRecord(
+        updated_at=at)}
+
+
+def test_a_fill_older_than_its_tombstone_is_stale_and_plans_nothing(policy: Policy) -> None:
+    ledger = Ledger()
+    at = utc(2026, 11, 10, 12, 0)
+    ledger.apply(discontinued(at), at, policy)
+    late = ledger.plan(filled(FILLED_ON, at - timedelta(hours=1)), at, policy)
+    assert (late.outcome, late.reason, late.add, late.records) == (
+        "stale", "discontinued before this fill arrived", (), {})
+    # A fill after the discontinuation is a new prescription's fill: planned as usual.
+    renewed = ledger.plan(filled(FILLED_ON, at + timedelta(hours=1)), at, policy)
+    assert renewed.outcome == "applied" and renewed.add
 
 
 # --- visit required instead of refill due -------------------------------------------------

@@ -21,6 +21,7 @@ from tests.helpers import (
     client_upserted,
     event,
     message_received,
+    prescription_filled,
     refill_requested,
 )
 
@@ -248,6 +249,25 @@ def test_a_close_whose_opening_never_comes_is_applied_as_it_is_after_the_wait(st
     post(store, booked, after)
     apply_in_turn(store, booked["id"], policy, fixed(after), 30)
     assert status(store, booked["id"]) == "stale"
+
+
+def test_a_discontinuation_whose_fill_never_came_makes_the_late_fill_stale(store, policy):
+    stopped = event("prescription.discontinued", {"prescription_id": "rx-1"},
+                    NOW - timedelta(minutes=5))
+    post(store, stopped)
+    apply_in_turn(store, stopped["id"], policy, fixed(NOW), 30)
+    assert status(store, stopped["id"]) == "held"
+    after = NOW + policy.opening_wait
+    assert store.release_expired_holds(after) == [stopped["id"]]
+    apply_in_turn(store, stopped["id"], policy, fixed(after), 30)
+    assert store.event_status(stopped["id"])["reason"] == (
+        "unknown prescription; recorded as discontinued")
+    fill = prescription_filled("rx-1", "c1", (NOW - timedelta(days=10)).date(),
+                               NOW - timedelta(days=1))
+    post(store, fill, after)
+    apply_in_turn(store, fill["id"], policy, fixed(after), 30)
+    assert status(store, fill["id"]) == "stale"
+    assert store.redis.exists("n:by-entity:prescription:rx-1") == 0, "nothing planned"
 
 
 def test_a_second_close_for_a_tombstoned_appointment_is_not_held_again(store, policy):

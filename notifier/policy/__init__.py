@@ -82,9 +82,11 @@ def refs_for(event: Event) -> list[str]:
                 entity_ref("appointment_closed", data.appointment_id)]
     if kind == "prescription.filled":
         rx = data.prescription
-        return [entity_ref("prescription", rx.id), *_client_refs(rx.client_id)]
+        return [entity_ref("prescription", rx.id), entity_ref("prescription_closed", rx.id),
+                *_client_refs(rx.client_id)]
     if kind == "prescription.discontinued":
-        return [entity_ref("prescription", data.prescription_id)]
+        return [entity_ref("prescription", data.prescription_id),
+                entity_ref("prescription_closed", data.prescription_id)]
     ref = requests.item_ref(event)
     if kind in requests.OPENING:
         item = getattr(data, requests.OPENING[kind][1])

@@ -55,7 +55,7 @@ def _seen(event: Event, state: State) -> bool:
     if event.type.startswith("appointment."):
         return state.appointment is not None or state.appointment_closed is not None
     if event.type.startswith("prescription."):
-        return state.prescription is not None
+        return state.prescription is not None or state.prescription_closed is not None
     return state.item is not None
 
 

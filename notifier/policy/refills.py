@@ -19,7 +19,12 @@ from notifier.events import (
 from notifier.policy.common import at_client_local, for_client
 from notifier.policy.figures import CHANNELS, Policy
 from notifier.policy.plan import Plan, PlannedNotification, entity_ref, ignored, stale
-from notifier.records import PrescriptionRecord, State, VisitsRecord
+from notifier.records import (
+    ClosedPrescriptionRecord,
+    PrescriptionRecord,
+    State,
+    VisitsRecord,
+)
 
 
 def runout_day(prescription: Prescription) -> date:
@@ -88,6 +93,10 @@ def plan_filled(event: Event, state: State, now: datetime, policy: Policy) -> Pl
     rx = data.prescription
     if state.prescription is not None and state.prescription.is_newer_than(event.occurred_at):
         return stale()
+    closed = state.prescription_closed
+    if state.prescription is None and closed is not None and closed.is_newer_than(
+            event.occurred_at):
+        return stale("discontinued before this fill arrived")
     if state.prescription is not None and state.prescription.prescription == rx:
         # The same fill again (re-sent under another event id): what it planned stands, and
         # reminders a refill request cancelled must not come back.
@@ -122,7 +131,11 @@ def plan_discontinued(event: Event, state: State, now: datetime, policy: Policy)
     data: PrescriptionDiscontinuedData = event.data
     existing = state.prescription
     if existing is None:
-        return ignored("unknown prescription")
+        # Waited for its fill in vain (`policy.ordering`): recorded, so a late fill is stale.
+        tombstone = ClosedPrescriptionRecord(updated_at=event.occurred_at)
+        return Plan(outcome="ignored", reason="unknown prescription; recorded as discontinued",
+                    records={entity_ref("prescription_closed", data.prescription_id):
+                             tombstone})
     if existing.is_newer_than(event.occurred_at):
         return stale()
     ref = entity_ref("prescription", data.prescription_id)
