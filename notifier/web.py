@@ -58,6 +58,9 @@ SIGNATURE_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
 READ_WINDOW = timedelta(days=30)
 #: Standard Webhooks' replay window: a timestamp further than this from now is refused.
 TIMESTAMP_TOLERANCE_S = 5 * 60
+#: An event may say it happened at most this far ahead of our clock (the same tolerance as
+#: the signature's timestamp): clocks disagree a little, never by hours.
+MAX_FUTURE_SKEW = timedelta(seconds=TIMESTAMP_TOLERANCE_S)
 #: Unix seconds, ASCII digits only: no sign, fraction, exponent, blanks or other scripts.
 TIMESTAMP = re.compile(r"[0-9]{1,12}")
 #: The read API's security scheme; the route itself answers 401, so OpenAPI documents it.
@@ -292,6 +295,12 @@ def create_app(settings: Settings, store: Store, broker: RedisBroker) -> FastAPI
             event = parse_event(body)
             if event.id != webhook_id:
                 raise InvalidEvent([FieldProblem("id", "must equal the webhook-id header")])
+            if event.occurred_at > utcnow() + MAX_FUTURE_SKEW:
+                # Applied, it would make every real later event about its subject stale
+                # (a cancellation included) until the clock caught up with it.
+                raise InvalidEvent([FieldProblem(
+                    "occurred_at", "is in the future: more than 5 minutes ahead of this "
+                    "server's clock")])
         except PayloadTooLarge as exc:
             events_counter.labels("too_large").inc()
             return _error(413, str(exc))

@@ -91,7 +91,7 @@ def down_redis() -> redis.Redis:
 
 
 def event(event_id: str = "evt-1", type_: str = "appointment.completed",
-          data: dict[str, Any] | None = None, occurred_at: str = "2030-03-04T12:00:00Z"
+          data: dict[str, Any] | None = None, occurred_at: str = "2026-03-04T12:00:00Z"
           ) -> dict[str, Any]:
     return {"id": event_id, "type": type_, "occurred_at": occurred_at,
             "data": {"appointment_id": "a1"} if data is None else data}
@@ -137,7 +137,7 @@ def read(client: TestClient, client_id: str, token: str = TOKEN) -> Any:
 
 def test_valid_event_is_stored_queued_and_accepted(client, secret, redis_client, store):
     body = b'{"id": "evt-1", "type": "appointment.completed",\n "occurred_at": ' \
-           b'"2030-03-04T12:00:00Z", "data": {"appointment_id": "a1"}}'
+           b'"2026-03-04T12:00:00Z", "data": {"appointment_id": "a1"}}'
     answer = client.post("/v1/events", content=body, headers=signed(secret, body, "evt-1"))
     assert answer.status_code == 202
     assert answer.json() == {"id": "evt-1", "status": "accepted"}
@@ -713,8 +713,11 @@ def client_event(zone: str, occurred_at: datetime) -> dict[str, Any]:
 
 def test_a_booking_made_after_the_start_shows_why_its_notices_expired(client, secret, store,
                                                                       policy):
-    # Issue 11: a client in Madrid at 09:18 (UTC+1 in March), an appointment from 09:00.
-    start, now = datetime(2030, 3, 4, 8, 0, tzinfo=UTC), datetime(2030, 3, 4, 8, 18, tzinfo=UTC)
+    # Issue 11: a client in Madrid at 09:18 (UTC+1 in winter), an appointment from 09:00;
+    # yesterday, so the read API's window holds it and no event is dated in the future.
+    now = (datetime.now(UTC) - timedelta(days=1)).replace(hour=8, minute=18, second=0,
+                                                          microsecond=0)
+    start = now - timedelta(minutes=18)
     for evt in (client_event("Europe/Madrid", now - timedelta(days=1)),
                 booking_event("evt-late-booking", "a1", start, now)):
         assert post(client, secret, evt).status_code == 202
@@ -959,6 +962,24 @@ def test_an_event_that_cannot_be_stored_gets_503_and_may_be_sent_again(settings,
 
 
 # Event status -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("ahead", "accepted"), [
+    (timedelta(minutes=4, seconds=50), True), (timedelta(minutes=6), False),
+    (timedelta(hours=6), False)])
+def test_an_event_dated_in_the_future_is_refused(client, secret, redis_client, ahead, accepted):
+    """One integrator's skewed clock must not make every real later event about the
+    subject stale (a cancellation included) until our clock catches up."""
+    at = (datetime.now(UTC) + ahead).isoformat()
+    answer = post(client, secret, event("evt-ahead", occurred_at=at))
+    if accepted:
+        assert answer.status_code == 202
+        return
+    assert answer.status_code == 422
+    assert answer.json()["problems"] == [{
+        "field": "occurred_at",
+        "message": "is in the future: more than 5 minutes ahead of this server's clock"}]
+    assert_nothing_written(redis_client)
+
 
 def event_read(client: TestClient, event_id: str, token: str | None = TOKEN) -> Any:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
