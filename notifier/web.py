@@ -200,6 +200,18 @@ def check_api_token(expected: str | None, credentials: HTTPAuthorizationCredenti
     return None
 
 
+def _unauthorized(expected: str | None, credentials: HTTPAuthorizationCredentials | None
+                  ) -> JSONResponse | None:
+    """The read API's 401 answer (with `WWW-Authenticate: Bearer`), or None when the
+    request carries the configured token."""
+    refused = check_api_token(expected, credentials)
+    if refused is None:
+        return None
+    answer = _error(401, refused)
+    answer.headers["WWW-Authenticate"] = "Bearer"
+    return answer
+
+
 def _event_body_schema(app: FastAPI) -> dict[str, Any]:
     """The OpenAPI document, with the event body as a oneOf of every event type."""
     if app.openapi_schema:
@@ -341,11 +353,9 @@ def create_app(settings: Settings, store: Store, broker: RedisBroker) -> FastAPI
         client_id: str,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(API_TOKEN)],
     ) -> NotificationsAnswer | JSONResponse:
-        refused = check_api_token(settings.api_token, credentials)
+        refused = _unauthorized(settings.api_token, credentials)
         if refused is not None:
-            answer = _error(401, refused)
-            answer.headers["WWW-Authenticate"] = "Bearer"
-            return answer
+            return refused
         now = utcnow()
         views = store.notifications_for("client", client_id, since=now - READ_WINDOW)
         appointments = [
@@ -364,11 +374,9 @@ def create_app(settings: Settings, store: Store, broker: RedisBroker) -> FastAPI
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(API_TOKEN)],
     ) -> EventStatusAnswer | JSONResponse:
         """Where an accepted event is: waiting, held for its opening event, or applied."""
-        refused = check_api_token(settings.api_token, credentials)
+        refused = _unauthorized(settings.api_token, credentials)
         if refused is not None:
-            answer = _error(401, refused)
-            answer.headers["WWW-Authenticate"] = "Bearer"
-            return answer
+            return refused
         stored = store.event_status(event_id)
         if not stored.get("status"):
             return _error(404, "no event with this id (or it expired after 30 days)")
