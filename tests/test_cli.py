@@ -19,11 +19,11 @@ import httpx
 import pytest
 
 from notifier.cli import dev_api_token
-from notifier.compose import STAFF_KINDS
 from notifier.config import PROJECT_ROOT, Settings
+from notifier.delivery.compose import STAFF_KINDS
+from notifier.delivery.render import Renderer
+from notifier.ledger.embedded_redis import EmbeddedRedis, free_port
 from notifier.policy.timing import hold_for_quiet_hours
-from notifier.redis_server import EmbeddedRedis, free_port
-from notifier.render import Renderer
 from tests.service import wait_for
 
 EXAMPLE = PROJECT_ROOT / "examples" / "appointment-scheduled.json"
@@ -223,7 +223,7 @@ def _up(port: int) -> bool:
 
 def test_jobs_list_shows_the_next_digest_in_each_provider_zone(tmp_path, redis_url,
                                                                redis_client, policy):
-    from notifier.store import Store
+    from notifier.ledger.store import Store
     from tests.helpers import event, store_and_apply
 
     now = datetime.now(UTC)
@@ -255,9 +255,9 @@ def test_jobs_run_twice_plans_one_digest_and_says_so(tmp_path, redis_url, redis_
     hour the test runs at."""
     import shutil
 
-    from notifier.jobs import previous_fire
+    from notifier.ledger.store import Store
     from notifier.policy.digest import digest_id
-    from notifier.store import Store
+    from notifier.worker.cron import previous_fire
     from tests.helpers import event, message_received, store_and_apply
 
     schedules = tmp_path / "schedules"
@@ -708,7 +708,7 @@ def test_notifications_says_what_is_planned_and_why_at_any_hour(tmp_path, redis_
     """Two clients booked now: one where it is 23:00, one where it is noon. The first's
     confirmation is held by quiet hours until 08:00 its time, the second's is due now; a
     cancelled booking's notices say what cancelled them."""
-    from notifier.store import Store
+    from notifier.ledger.store import Store
     from tests.helpers import (
         appointment,
         client_upserted,
