@@ -56,14 +56,19 @@ def redis_servers_under(directory: Path) -> list[int]:
     return pids
 
 
+def this_checkout(env: dict[str, str]) -> dict[str, str]:
+    """`env` with this checkout first on PYTHONPATH: a subprocess runs the code under test,
+    not whatever checkout the environment has installed (an editable install elsewhere)."""
+    path = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
+    return {**env, "PYTHONPATH": path}
+
+
 def notifier(*args: str, cwd: Path, env: dict[str, str] | None = None,
              **kw) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFIER_", "TWILIO_",
                                                                         "SENDGRID_"))}
-    # The code under test, not whatever checkout the environment has installed.
-    path = os.pathsep.join(filter(None, [str(PROJECT_ROOT), clean.get("PYTHONPATH")]))
     return subprocess.run([sys.executable, "-m", "notifier", *args], cwd=cwd,
-                          env={**clean, "PYTHONPATH": path, **(env or {})},
+                          env={**this_checkout(clean), **(env or {})},
                           capture_output=True, text=True, timeout=60, **kw)
 
 
@@ -71,7 +76,7 @@ def test_dev_runs_on_the_embedded_redis_and_send_event_reaches_it(tmp_path, poli
     port = free_port()
     clean = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")}
     dev = subprocess.Popen([sys.executable, "-m", "notifier", "dev", "--port", str(port)],
-                           cwd=tmp_path, env=clean, stdout=subprocess.PIPE,
+                           cwd=tmp_path, env=this_checkout(clean), stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True)
     try:
         base = f"http://127.0.0.1:{port}"
@@ -200,7 +205,7 @@ def test_send_event_exits_non_zero_when_the_service_refuses(tmp_path, redis_url)
            "NOTIFIER_WEBHOOK_SECRET": "whsec_" + "a" * 40}
     web = subprocess.Popen([sys.executable, "-m", "notifier", "web", "--port", str(port),
                             "--host", "127.0.0.1"], cwd=tmp_path,
-                           env={**os.environ, **env}, stdout=subprocess.DEVNULL,
+                           env=this_checkout({**os.environ, **env}), stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
     try:
         wait_for(lambda: _up(port), timeout_s=30, what="notifier web")
@@ -355,7 +360,8 @@ def test_dev_stopped_by_sigterm_stops_the_redis_it_started(tmp_path):
     port = free_port()
     clean = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")}
     dev = subprocess.Popen([sys.executable, "-m", "notifier", "dev", "--port", str(port)],
-                           cwd=tmp_path, env=clean, stdout=subprocess.DEVNULL,
+                           cwd=tmp_path, env=this_checkout(clean),
+                           stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
     try:
         wait_for(lambda: _up(port), timeout_s=30, what="notifier dev to answer")
