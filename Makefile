@@ -30,5 +30,5 @@ bench: $(STAMP)
 # deleted files (and the next `make run` starting a second one).
 clean:
 	@if [ -S var/redis/redis.sock ] && [ -x $(BIN)/python ]; then \
-		$(BIN)/python -m notifier.redis_server stop var; fi
+		$(BIN)/python -m notifier.ledger.embedded_redis stop var; fi
 	rm -rf $(VENV) var .pytest_cache

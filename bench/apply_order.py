@@ -47,17 +47,17 @@ from typing import Any
 import dramatiq
 import redis
 
-import notifier.apply as apply_module
+import notifier.intake.apply as apply_module
 from bench.claim_burst import machine, private_redis
-from notifier.apply import apply_stored_event
 from notifier.config import Settings
-from notifier.events import parse_event
+from notifier.intake.apply import apply_stored_event
+from notifier.intake.events import parse_event
+from notifier.ledger.records import AppointmentRecord, ClientRecord, ProviderRecord
+from notifier.ledger.store import PENDING_EVENTS, event_key, record_key
 from notifier.policy.ordering import subject_ref
 from notifier.policy.timing import utcnow
-from notifier.records import AppointmentRecord, ClientRecord, ProviderRecord
 from notifier.runtime import Runtime
-from notifier.store import PENDING_EVENTS, event_key, record_key
-from notifier.tasks import EVENTS_QUEUE, build_broker, declare_actors, enqueue_apply
+from notifier.worker.actors import EVENTS_QUEUE, build_broker, declare_actors, enqueue_apply
 
 CLIENTS = 50
 PROVIDERS = 5
@@ -169,7 +169,7 @@ def check(runtime: Runtime, ids: list[str], sequences: dict[str, int]) -> None:
 
 class PlanCounter:
     """Counts plans made by the worker (`decide` calls); plans beyond one per event are
-    replans after a WATCH conflict. Wraps `notifier.apply.decide_for` for the run."""
+    replans after a WATCH conflict. Wraps `notifier.intake.apply.decide_for` for the run."""
 
     def __init__(self) -> None:
         self.calls: list[None] = []  # list.append is atomic across threads

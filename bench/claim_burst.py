@@ -26,15 +26,15 @@ from pathlib import Path
 import dramatiq
 import redis
 
-from notifier.clock import Clock
 from notifier.config import Settings
+from notifier.ledger.embedded_redis import free_port, redis_server_binary, wait_for_redis
+from notifier.ledger.notifications import SCHEDULE
+from notifier.ledger.records import ClientRecord
+from notifier.ledger.store import record_key
 from notifier.policy.plan import Plan, PlannedNotification
-from notifier.records import ClientRecord
-from notifier.redis_server import free_port, redis_server_binary, wait_for_redis
 from notifier.runtime import Runtime
-from notifier.schedule import SCHEDULE
-from notifier.store import record_key
-from notifier.tasks import build_broker, declare_actors
+from notifier.worker.actors import build_broker, declare_actors
+from notifier.worker.clock import Clock
 
 
 def machine() -> str:

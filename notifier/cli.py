@@ -99,7 +99,7 @@ def _stop_event() -> threading.Event:
 def _start_worker(runtime: Any, threads: int) -> Any:
     import dramatiq
 
-    from notifier.tasks import build_broker, declare_actors
+    from notifier.worker.actors import build_broker, declare_actors
 
     broker = build_broker(runtime.redis_url)
     declare_actors(broker, runtime)
@@ -245,9 +245,9 @@ def dev_banner(settings: Settings, host: str, port: int, redis_url: str) -> str:
 
 
 def cmd_dev(args: argparse.Namespace, settings: Settings) -> None:
-    from notifier.clock import Clock
-    from notifier.tasks import build_broker
-    from notifier.web import create_app
+    from notifier.web.app import create_app
+    from notifier.worker.actors import build_broker
+    from notifier.worker.clock import Clock
 
     sock = bind(args.host, args.port)
     try:
@@ -275,8 +275,8 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_web(args: argparse.Namespace, settings: Settings) -> None:
-    from notifier.tasks import build_broker
-    from notifier.web import create_app
+    from notifier.web.app import create_app
+    from notifier.worker.actors import build_broker
 
     sock = bind(args.host, args.port)
     try:
@@ -297,8 +297,8 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_clock(args: argparse.Namespace, settings: Settings) -> None:
-    from notifier.clock import Clock
-    from notifier.tasks import build_broker
+    from notifier.worker.actors import build_broker
+    from notifier.worker.clock import Clock
 
     with _runtime(settings) as runtime:
         stop = _stop_event()
@@ -309,8 +309,8 @@ def cmd_clock(args: argparse.Namespace, settings: Settings) -> None:
 def cmd_jobs_list(args: argparse.Namespace, settings: Settings) -> None:
     from zoneinfo import ZoneInfo
 
-    from notifier.digest import provider_zones
-    from notifier.jobs import PROVIDER_ZONE, next_fire
+    from notifier.worker.cron import PROVIDER_ZONE, next_fire
+    from notifier.worker.digests import provider_zones
 
     with _runtime(settings) as runtime:
         now = datetime.now(UTC)
@@ -329,9 +329,9 @@ def cmd_jobs_list(args: argparse.Namespace, settings: Settings) -> None:
 
 def cmd_jobs_run(args: argparse.Namespace, settings: Settings) -> None:
     """Run a job now, for the fire it stands for: in each zone, the job's most recent
-    scheduled fire (see `notifier.digest.manual_fires`). Its digests carry that fire's ids,
+    scheduled fire (see `notifier.worker.digests.manual_fires`). Its digests carry that fire's ids,
     so a run repeats nothing the clock or an earlier run already planned for it."""
-    from notifier.digest import run_manually
+    from notifier.worker.digests import run_manually
 
     with _runtime(settings) as runtime:
         if args.name not in {job.name for job in runtime.jobs}:
@@ -397,8 +397,8 @@ def cmd_notifications(args: argparse.Namespace, settings: Settings) -> None:
     read API is a thin view of this same call (`Store.notifications_for`, same window)."""
     from zoneinfo import ZoneInfo
 
-    from notifier.records import ClientRecord
-    from notifier.web import READ_WINDOW
+    from notifier.ledger.records import ClientRecord
+    from notifier.web.app import READ_WINDOW
 
     with _runtime(settings) as runtime:
         now = datetime.now(UTC)
@@ -419,8 +419,8 @@ def cmd_notifications(args: argparse.Namespace, settings: Settings) -> None:
 def cmd_preview(args: argparse.Namespace, settings: Settings) -> None:
     from typing import get_args
 
-    from notifier.events import Client
-    from notifier.preview import preview, preview_all
+    from notifier.delivery.preview import preview, preview_all
+    from notifier.intake.events import Client
 
     if args.all:
         print(preview_all(settings))
@@ -436,7 +436,7 @@ def cmd_preview(args: argparse.Namespace, settings: Settings) -> None:
 
 def sign_event(secret: str, body: bytes, event_id: str, now: datetime) -> dict[str, str]:
     """The Standard Webhooks headers for `body`, signed as `POST /v1/events` verifies them."""
-    from notifier.web import sign_webhook
+    from notifier.web.app import sign_webhook
 
     timestamp = int(now.timestamp())
     return {"webhook-id": event_id, "webhook-timestamp": str(timestamp),

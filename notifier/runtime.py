@@ -7,18 +7,18 @@ from pathlib import Path
 
 import redis
 
-from notifier.channels import Channel
-from notifier.channels.outbox import Outbox
-from notifier.compose import STAFF_KINDS
 from notifier.config import Settings
-from notifier.delivery import Deliverer
-from notifier.jobs import Job, load_jobs
+from notifier.delivery.channels import Channel
+from notifier.delivery.channels.outbox import Outbox
+from notifier.delivery.compose import STAFF_KINDS
+from notifier.delivery.deliverer import Deliverer
+from notifier.delivery.render import Renderer
+from notifier.delivery.sms_budget import check_configuration
+from notifier.ledger.embedded_redis import EmbeddedRedis
+from notifier.ledger.ratelimit import RateLimiter
+from notifier.ledger.store import Store
 from notifier.policy.figures import Policy, load_policy
-from notifier.ratelimit import RateLimiter
-from notifier.redis_server import EmbeddedRedis
-from notifier.render import Renderer
-from notifier.sms_budget import check_configuration
-from notifier.store import Store
+from notifier.worker.cron import Job, load_jobs
 
 
 def resolve_redis_url(settings: Settings) -> tuple[str, EmbeddedRedis | None]:
@@ -37,13 +37,13 @@ def build_channels(settings: Settings) -> dict[str, Channel]:
     sms: Channel
     email: Channel
     if settings.sms_backend == "twilio":
-        from notifier.channels.twilio_sms import TwilioSMS
+        from notifier.delivery.channels.twilio_sms import TwilioSMS
 
         sms = TwilioSMS(settings)
     else:
         sms = outbox
     if settings.email_backend == "sendgrid":
-        from notifier.channels.sendgrid_email import SendGridEmail
+        from notifier.delivery.channels.sendgrid_email import SendGridEmail
 
         email = SendGridEmail(settings)
     else:

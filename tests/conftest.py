@@ -15,8 +15,8 @@ import pytest
 import redis
 
 from notifier.config import PROJECT_ROOT
+from notifier.ledger.embedded_redis import free_port, redis_server_binary, wait_for_redis
 from notifier.policy.figures import Policy, load_policy
-from notifier.redis_server import free_port, redis_server_binary, wait_for_redis
 
 
 @pytest.fixture(scope="session")

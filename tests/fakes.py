@@ -253,7 +253,7 @@ TWILIO_MESSAGES = {
 }
 
 # GSM 03.38 basic alphabet and its escape-prefixed extension (two septets each), kept apart
-# from notifier.render on purpose: the fake counts segments as Twilio does, not as we do.
+# from notifier.delivery.render on purpose: the fake counts segments as Twilio does, not as we do.
 _GSM7 = frozenset("@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
                   "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà")
 _GSM7_EXTENSION = frozenset("^{}\\[~]|€\f")

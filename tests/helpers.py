@@ -7,10 +7,10 @@ import json
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from notifier.apply import apply_stored_event
+from notifier.intake.apply import apply_stored_event
+from notifier.ledger.store import Store
 from notifier.policy.figures import Policy
 from notifier.policy.plan import Plan
-from notifier.store import Store
 
 _ids = itertools.count(1)
 

@@ -8,11 +8,11 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from notifier.events import Event, parse_event
+from notifier.intake.events import Event, parse_event
+from notifier.ledger.records import ClientRecord, Record, State
 from notifier.policy import derived_refs, plan, refs_for
 from notifier.policy.figures import Policy
 from notifier.policy.plan import Plan
-from notifier.records import ClientRecord, Record, State
 
 _event_ids = itertools.count(1)
 

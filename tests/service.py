@@ -19,15 +19,15 @@ import httpx
 import redis
 import uvicorn
 
-from notifier.channels.outbox import Outbox
 from notifier.cli import sign_event
-from notifier.clock import Clock
 from notifier.config import Settings
-from notifier.redis_server import free_port
+from notifier.delivery.channels.outbox import Outbox
+from notifier.ledger.embedded_redis import free_port
+from notifier.ledger.notifications import INFLIGHT, SCHEDULE
 from notifier.runtime import Runtime
-from notifier.schedule import INFLIGHT, SCHEDULE
-from notifier.tasks import DELIVER_QUEUE, EVENTS_QUEUE, build_broker, declare_actors
-from notifier.web import create_app
+from notifier.web.app import create_app
+from notifier.worker.actors import DELIVER_QUEUE, EVENTS_QUEUE, build_broker, declare_actors
+from notifier.worker.clock import Clock
 
 T = TypeVar("T")
 

@@ -44,9 +44,9 @@ from schemathesis.specs.openapi.checks import (
 
 from notifier.cli import sign_event
 from notifier.config import Settings
-from notifier.store import Store, event_key
-from notifier.tasks import build_broker
-from notifier.web import MAX_BODY_BYTES, create_app
+from notifier.ledger.store import Store, event_key
+from notifier.web.app import MAX_BODY_BYTES, create_app
+from notifier.worker.actors import build_broker
 
 with warnings.catch_warnings():
     # Starlette asks for the httpx2 package and warns at import when only httpx is there.

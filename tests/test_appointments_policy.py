@@ -16,18 +16,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from notifier.events import Event, parse_event
-from notifier.policy import plan
-from notifier.policy.appointments import told_of_booking
-from notifier.policy.figures import Policy
-from notifier.policy.plan import Plan
-from notifier.records import (
+from notifier.intake.events import Event, parse_event
+from notifier.ledger.records import (
     AppointmentRecord,
     ClientRecord,
     ClosedAppointmentRecord,
     Record,
     State,
 )
+from notifier.policy import plan
+from notifier.policy.appointments import told_of_booking
+from notifier.policy.figures import Policy
+from notifier.policy.plan import Plan
 from tests.policy_kit import Row, event, iso, rows, utc
 
 CLIENT = "cl-1"
@@ -435,7 +435,7 @@ def test_cancel_sends_a_cancel_notice_and_cancels_the_plan(policy: Policy) -> No
 
 
 def test_the_cancel_notice_is_the_kind_whose_invite_is_method_cancel(policy: Policy) -> None:
-    from notifier.compose import INVITE_METHODS
+    from notifier.delivery.compose import INVITE_METHODS
 
     ledger, _ = booked_ledger(policy)
     result = plan(cancelled(MOVED_AT), ledger.state, MOVED_AT, policy)

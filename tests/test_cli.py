@@ -19,11 +19,11 @@ import httpx
 import pytest
 
 from notifier.cli import dev_api_token
-from notifier.compose import STAFF_KINDS
 from notifier.config import PROJECT_ROOT, Settings
+from notifier.delivery.compose import STAFF_KINDS
+from notifier.delivery.render import Renderer
+from notifier.ledger.embedded_redis import EmbeddedRedis, free_port
 from notifier.policy.timing import hold_for_quiet_hours
-from notifier.redis_server import EmbeddedRedis, free_port
-from notifier.render import Renderer
 from tests.service import wait_for
 
 EXAMPLE = PROJECT_ROOT / "examples" / "appointment-scheduled.json"
@@ -56,14 +56,19 @@ def redis_servers_under(directory: Path) -> list[int]:
     return pids
 
 
+def this_checkout(env: dict[str, str]) -> dict[str, str]:
+    """`env` with this checkout first on PYTHONPATH: a subprocess runs the code under test,
+    not whatever checkout the environment has installed (an editable install elsewhere)."""
+    path = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
+    return {**env, "PYTHONPATH": path}
+
+
 def notifier(*args: str, cwd: Path, env: dict[str, str] | None = None,
              **kw) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFIER_", "TWILIO_",
                                                                         "SENDGRID_"))}
-    # The code under test, not whatever checkout the environment has installed.
-    path = os.pathsep.join(filter(None, [str(PROJECT_ROOT), clean.get("PYTHONPATH")]))
     return subprocess.run([sys.executable, "-m", "notifier", *args], cwd=cwd,
-                          env={**clean, "PYTHONPATH": path, **(env or {})},
+                          env={**this_checkout(clean), **(env or {})},
                           capture_output=True, text=True, timeout=60, **kw)
 
 
@@ -71,7 +76,7 @@ def test_dev_runs_on_the_embedded_redis_and_send_event_reaches_it(tmp_path, poli
     port = free_port()
     clean = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")}
     dev = subprocess.Popen([sys.executable, "-m", "notifier", "dev", "--port", str(port)],
-                           cwd=tmp_path, env=clean, stdout=subprocess.PIPE,
+                           cwd=tmp_path, env=this_checkout(clean), stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True)
     try:
         base = f"http://127.0.0.1:{port}"
@@ -200,7 +205,7 @@ def test_send_event_exits_non_zero_when_the_service_refuses(tmp_path, redis_url)
            "NOTIFIER_WEBHOOK_SECRET": "whsec_" + "a" * 40}
     web = subprocess.Popen([sys.executable, "-m", "notifier", "web", "--port", str(port),
                             "--host", "127.0.0.1"], cwd=tmp_path,
-                           env={**os.environ, **env}, stdout=subprocess.DEVNULL,
+                           env=this_checkout({**os.environ, **env}), stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
     try:
         wait_for(lambda: _up(port), timeout_s=30, what="notifier web")
@@ -223,7 +228,7 @@ def _up(port: int) -> bool:
 
 def test_jobs_list_shows_the_next_digest_in_each_provider_zone(tmp_path, redis_url,
                                                                redis_client, policy):
-    from notifier.store import Store
+    from notifier.ledger.store import Store
     from tests.helpers import event, store_and_apply
 
     now = datetime.now(UTC)
@@ -255,9 +260,9 @@ def test_jobs_run_twice_plans_one_digest_and_says_so(tmp_path, redis_url, redis_
     hour the test runs at."""
     import shutil
 
-    from notifier.jobs import previous_fire
+    from notifier.ledger.store import Store
     from notifier.policy.digest import digest_id
-    from notifier.store import Store
+    from notifier.worker.cron import previous_fire
     from tests.helpers import event, message_received, store_and_apply
 
     schedules = tmp_path / "schedules"
@@ -355,7 +360,8 @@ def test_dev_stopped_by_sigterm_stops_the_redis_it_started(tmp_path):
     port = free_port()
     clean = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")}
     dev = subprocess.Popen([sys.executable, "-m", "notifier", "dev", "--port", str(port)],
-                           cwd=tmp_path, env=clean, stdout=subprocess.DEVNULL,
+                           cwd=tmp_path, env=this_checkout(clean),
+                           stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
     try:
         wait_for(lambda: _up(port), timeout_s=30, what="notifier dev to answer")
@@ -708,7 +714,7 @@ def test_notifications_says_what_is_planned_and_why_at_any_hour(tmp_path, redis_
     """Two clients booked now: one where it is 23:00, one where it is noon. The first's
     confirmation is held by quiet hours until 08:00 its time, the second's is due now; a
     cancelled booking's notices say what cancelled them."""
-    from notifier.store import Store
+    from notifier.ledger.store import Store
     from tests.helpers import (
         appointment,
         client_upserted,

@@ -9,10 +9,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from notifier.clock import Clock
-from notifier.jobs import Job
-from notifier.store import Store
-from notifier.tasks import JOBS_QUEUE, RUN_JOB, build_broker, declare_actors
+from notifier.ledger.store import Store
+from notifier.worker.actors import JOBS_QUEUE, RUN_JOB, build_broker, declare_actors
+from notifier.worker.clock import Clock
+from notifier.worker.cron import Job
 from tests.helpers import event, message_received, store_and_apply
 
 DIGEST = Job(name="provider-digest", cron="0 8 * * 1-5", zone="provider")

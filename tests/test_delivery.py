@@ -15,25 +15,25 @@ from pathlib import Path
 import pytest
 from icalendar import Calendar
 
-from notifier.channels import Message, Receipt
-from notifier.channels.outbox import Outbox
-from notifier.compose import Stored
 from notifier.config import PROJECT_ROOT, Settings
-from notifier.delivery import (
+from notifier.delivery.channels import Message, Receipt
+from notifier.delivery.channels.outbox import Outbox
+from notifier.delivery.compose import Stored
+from notifier.delivery.deliverer import (
     MAX_ATTEMPTS,
     NEVER_TOLD,
     SENT_AS_CONFIRMATION,
     Deliverer,
     expired_because,
 )
-from notifier.digest import run_provider_digest
+from notifier.delivery.render import Renderer
 from notifier.errors import PermanentError, RetryableError
+from notifier.ledger.notifications import FINAL_STATES, SCHEDULE
+from notifier.ledger.store import Store
 from notifier.policy.common import PLANNED_AFTER_EXPIRY, QUIET_HOURS_PAST_EXPIRY
 from notifier.policy.plan import Plan, PlannedNotification
-from notifier.render import Renderer
-from notifier.schedule import FINAL_STATES, SCHEDULE
-from notifier.store import Store
-from notifier.web import LedgerCollector
+from notifier.web.app import LedgerCollector
+from notifier.worker.digests import run_provider_digest
 from tests.helpers import (
     appointment,
     client_upserted,

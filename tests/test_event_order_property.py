@@ -25,13 +25,13 @@ from dramatiq.brokers.redis import RedisBroker
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from notifier.apply import apply_in_turn
 from notifier.config import Settings
-from notifier.events import parse_event
+from notifier.intake.apply import apply_in_turn
+from notifier.intake.events import parse_event
+from notifier.ledger.store import PENDING_EVENTS
 from notifier.policy.ordering import subject_ref
 from notifier.runtime import Runtime
-from notifier.store import PENDING_EVENTS
-from notifier.tasks import build_broker, declare_actors, enqueue_apply
+from notifier.worker.actors import build_broker, declare_actors, enqueue_apply
 from tests.helpers import appointment, client_upserted, event, provider_upserted
 from tests.service import service_env, wait_for
 

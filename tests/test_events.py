@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from notifier.errors import InvalidEvent
-from notifier.events import (
+from notifier.intake.events import (
     EVENT_MODELS,
     Appointment,
     AppointmentCancelledData,

@@ -16,8 +16,10 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from notifier.config import PROJECT_ROOT, Settings
+from notifier.delivery.render import Renderer, format_local_datetime
+from notifier.delivery.sms_text import measure
 from notifier.errors import TemplateError
-from notifier.inbound import (
+from notifier.intake.replies import (
     LOCALES,
     REPLY_TEMPLATES,
     REPLY_WORDS,
@@ -29,9 +31,7 @@ from notifier.inbound import (
     reply_locale,
     soonest,
 )
-from notifier.records import AppointmentRecord, ClientRecord
-from notifier.render import Renderer, format_local_datetime
-from notifier.sms_text import measure
+from notifier.ledger.records import AppointmentRecord, ClientRecord
 
 NOW = datetime(2030, 3, 4, 15, 0, tzinfo=UTC)
 ZWSP, ZWJ, WJ, BOM, VS16 = "\u200b", "\u200d", "\u2060", "\ufeff", "\ufe0f"

@@ -1,4 +1,4 @@
-"""Cron jobs (notifier/jobs.py) and the digest plan (notifier/policy/digest.py).
+"""Cron jobs (notifier/worker/cron.py) and the digest plan (notifier/policy/digest.py).
 
 `next_fire` / `previous_fire` are pure and tested with tables of (after, expected), DST dates
 included: a wall-clock fire time that does not exist moves to the first valid minute after
@@ -15,14 +15,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from notifier.digest import DigestRun, run_manually, run_provider_digest
 from notifier.errors import ConfigError
-from notifier.events import Provider
-from notifier.jobs import Job, load_jobs, next_fire, previous_fire
+from notifier.intake.events import Provider
+from notifier.ledger.records import OpenItem, ProviderQueueRecord, ProviderRecord
+from notifier.ledger.store import Store
 from notifier.policy.digest import digest_id, fire_occasion, plan_digests
 from notifier.policy.timing import local_time
-from notifier.records import OpenItem, ProviderQueueRecord, ProviderRecord
-from notifier.store import Store
+from notifier.worker.cron import Job, load_jobs, next_fire, previous_fire
+from notifier.worker.digests import DigestRun, run_manually, run_provider_digest
 from tests.helpers import event, message_received, store_and_apply
 
 NEW_YORK = ZoneInfo("America/New_York")

@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from notifier.config import PROJECT_ROOT
-from notifier.render import format_day
+from notifier.delivery.render import format_day
 from tests.helpers import (
     client_upserted,
     daytime_zone,

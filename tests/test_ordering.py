@@ -6,8 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from notifier.policy.ordering import CLOSING, subject_ref, wait_for_opening
-from notifier.records import (
+from notifier.ledger.records import (
     AppointmentRecord,
     ClosedAppointmentRecord,
     ClosedPrescriptionRecord,
@@ -15,6 +14,7 @@ from notifier.records import (
     PrescriptionRecord,
     State,
 )
+from notifier.policy.ordering import CLOSING, subject_ref, wait_for_opening
 from tests.policy_kit import event, utc
 
 AT = utc(2026, 12, 1, 15)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
-from notifier.channels import Attachment, Message
-from notifier.channels.outbox import Outbox
-from notifier.sms_text import measure
+from notifier.delivery.channels import Attachment, Message
+from notifier.delivery.channels.outbox import Outbox
+from notifier.delivery.sms_text import measure
 
 NOW = datetime(2026, 11, 25, 15, 0, tzinfo=UTC)
 

@@ -11,15 +11,15 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from notifier.policy.plan import Plan, entity_ref
-from notifier.records import ClientRecord, ProviderRecord
-from notifier.store import (
+from notifier.ledger.records import ClientRecord, ProviderRecord
+from notifier.ledger.store import (
     Store,
     legacy_phone_key,
     phone_clients_key,
     phone_index_changes,
     record_key,
 )
+from notifier.policy.plan import Plan, entity_ref
 from tests.helpers import client_upserted, store_and_apply
 
 NOW = datetime(2030, 3, 4, 15, 0, tzinfo=UTC)

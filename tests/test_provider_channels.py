@@ -17,11 +17,11 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from icalendar import Calendar
 
-from notifier.channels import Attachment, Message
-from notifier.channels.calendar import Invite, build_invite
-from notifier.channels.sendgrid_email import SendGridEmail
-from notifier.channels.twilio_sms import MAX_VALIDITY_S, RoutingHttpClient, TwilioSMS
 from notifier.config import Settings
+from notifier.delivery.channels import Attachment, Message
+from notifier.delivery.channels.calendar import Invite, build_invite
+from notifier.delivery.channels.sendgrid_email import SendGridEmail
+from notifier.delivery.channels.twilio_sms import MAX_VALIDITY_S, RoutingHttpClient, TwilioSMS
 from notifier.errors import PermanentError, RetryableError
 from tests.fakes import FakeSendGrid, FakeTwilio, Scripted
 

@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from twilio.request_validator import RequestValidator
 
-from notifier.store import Store
+from notifier.ledger.store import Store
 from tests.fakes import FakeSendGrid, FakeTwilio, Scripted
 from tests.helpers import (
     appointment,

@@ -21,12 +21,12 @@ from twilio.request_validator import RequestValidator
 
 from notifier.config import Settings
 from notifier.errors import ConfigError
-from notifier.inbound import REPLY_WORDS
+from notifier.intake.replies import REPLY_WORDS
+from notifier.ledger.store import Store
 from notifier.policy.timing import utcnow
-from notifier.provider_hooks import fresh_timestamp, sendgrid_key
-from notifier.store import Store
-from notifier.tasks import build_broker
-from notifier.web import create_app
+from notifier.web.app import create_app
+from notifier.web.provider_hooks import fresh_timestamp, sendgrid_key
+from notifier.worker.actors import build_broker
 from tests.helpers import appointment, client_upserted, provider_upserted, store_and_apply
 
 with warnings.catch_warnings():

@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from notifier.events import Event
+from notifier.intake.events import Event
 from notifier.policy.common import QUIET_HOURS_PAST_EXPIRY
 from notifier.policy.figures import Policy
 from tests.policy_kit import Ledger, client_record, event, iso, utc

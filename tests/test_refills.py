@@ -18,14 +18,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from notifier.events import Event
-from notifier.policy.figures import Policy
-from notifier.records import (
+from notifier.intake.events import Event
+from notifier.ledger.records import (
     ClientRecord,
     ClosedPrescriptionRecord,
     PrescriptionRecord,
     VisitsRecord,
 )
+from notifier.policy.figures import Policy
 from tests import policy_kit as kit
 from tests.policy_kit import Row, event, rows, utc
 

@@ -12,20 +12,20 @@ import pytest
 from icalendar import Calendar
 from jinja2 import meta
 
-from notifier.channels.calendar import Invite, build_invite, invite_uid
-from notifier.compose import INVITE_METHODS, STAFF_KINDS, Stored, compose_client_message
 from notifier.config import PROJECT_ROOT, Settings
-from notifier.errors import TemplateError
-from notifier.preview import (
+from notifier.delivery.channels.calendar import Invite, build_invite, invite_uid
+from notifier.delivery.compose import INVITE_METHODS, STAFF_KINDS, Stored, compose_client_message
+from notifier.delivery.preview import (
     SAMPLE_PRESCRIPTION,
     SAMPLE_PROVIDER,
     preview,
     sample_client,
     sample_stored,
 )
-from notifier.records import ClientRecord
-from notifier.render import Renderer, text_to_html, zone_label
-from notifier.sms_text import is_gsm7, measure, normalise
+from notifier.delivery.render import Renderer, text_to_html, zone_label
+from notifier.delivery.sms_text import is_gsm7, measure, normalise
+from notifier.errors import TemplateError
+from notifier.ledger.records import ClientRecord
 
 EMERGENCY = {
     "en": "If you are in immediate danger, call 911 or your local emergency number.",
@@ -270,8 +270,8 @@ def test_invite_is_well_formed_and_stable():
     (18, "Good evening"), (23, "Good evening")])
 def test_the_digest_greets_by_the_provider_local_hour(renderer, policy, local_hour, greeting):
     """A digest run by hand at 02:24 provider-local does not say good morning."""
-    from notifier.compose import compose_provider_digest
-    from notifier.preview import SAMPLE_QUEUE
+    from notifier.delivery.compose import compose_provider_digest
+    from notifier.delivery.preview import SAMPLE_QUEUE
 
     # SAMPLE_PROVIDER is in America/Chicago (UTC-6 in December).
     now = datetime(2026, 12, 1, local_hour + 6, 24, tzinfo=UTC) if local_hour < 18 else \
@@ -287,9 +287,9 @@ def test_the_digest_greets_by_the_provider_local_hour(renderer, policy, local_ho
 
 
 def test_a_digest_of_one_item_says_so(renderer, policy):
-    from notifier.compose import compose_provider_digest
-    from notifier.preview import SAMPLE_QUEUE
-    from notifier.records import ProviderQueueRecord
+    from notifier.delivery.compose import compose_provider_digest
+    from notifier.delivery.preview import SAMPLE_QUEUE
+    from notifier.ledger.records import ProviderQueueRecord
 
     one = ProviderQueueRecord(updated_at=NOW, items=dict(list(SAMPLE_QUEUE.items.items())[:1]))
     message = compose_provider_digest(sample_stored("provider_digest", "email"),

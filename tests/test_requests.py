@@ -17,11 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from notifier.events import Event
-from notifier.policy.figures import Policy, ResponseWindow
-from notifier.policy.plan import Plan, PlannedNotification
-from notifier.policy.window import escalates_at
-from notifier.records import (
+from notifier.intake.events import Event
+from notifier.ledger.records import (
     ClientRecord,
     OpenItem,
     OpenItemRecord,
@@ -29,6 +26,9 @@ from notifier.records import (
     ProviderQueueRecord,
     ProviderRecord,
 )
+from notifier.policy.figures import Policy, ResponseWindow
+from notifier.policy.plan import Plan, PlannedNotification
+from notifier.policy.window import escalates_at
 from tests import policy_kit as kit
 from tests.policy_kit import event, utc
 

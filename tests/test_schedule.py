@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from notifier.ledger.notifications import INFLIGHT, LATENESS, LATENESS_BUCKETS_S, SCHEDULE
+from notifier.ledger.store import Store
 from notifier.policy.plan import Plan, PlannedNotification
-from notifier.schedule import INFLIGHT, LATENESS, LATENESS_BUCKETS_S, SCHEDULE
-from notifier.store import Store
 
 NOW = datetime(2026, 11, 25, 15, 0, tzinfo=UTC)
 
@@ -144,9 +144,9 @@ def test_cancel_leaves_sent_notifications_alone(store):
 
 
 def test_an_event_whose_planning_keeps_failing_is_set_aside(store, policy, monkeypatch):
-    from notifier import apply
-    from notifier.apply import MAX_APPLY_FAILURES, apply_stored_event
-    from notifier.store import PENDING_EVENTS
+    from notifier.intake import apply
+    from notifier.intake.apply import MAX_APPLY_FAILURES, apply_stored_event
+    from notifier.ledger.store import PENDING_EVENTS
     from tests.helpers import client_upserted
 
     evt = {**client_upserted("c1", "UTC", NOW), "id": "evt-1"}
@@ -174,7 +174,7 @@ def test_an_event_whose_planning_keeps_failing_is_set_aside(store, policy, monke
 
 
 def test_finished_and_cancelled_notifications_expire_after_the_retention(store):
-    from notifier.schedule import KEEP_FINISHED_S
+    from notifier.ledger.notifications import KEEP_FINISHED_S
 
     write(store, planned(1, NOW), planned(2, NOW))
     store.schedule.begin("appointment_reminder:a1:1:sms", NOW, 60)
@@ -186,7 +186,7 @@ def test_finished_and_cancelled_notifications_expire_after_the_retention(store):
 
 
 def test_the_read_window_starts_at_since_and_drops_old_index_entries(store):
-    from notifier.schedule import KEEP_FINISHED_S
+    from notifier.ledger.notifications import KEEP_FINISHED_S
 
     old = NOW - timedelta(seconds=KEEP_FINISHED_S + 3600)
     write(store, planned(1, old), planned(2, NOW - timedelta(days=1)), planned(3, NOW))

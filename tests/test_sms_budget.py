@@ -1,6 +1,6 @@
-"""The SMS budget (notifier/sms_budget.py): every failing input of issue 10 as a row of a table
-that grows, the start-up check of the practice's settings, and a property over random names,
-practice names and link lengths.
+"""The SMS budget (notifier/delivery/sms_budget.py): every failing input of issue 10 as a row
+of a table that grows, the start-up check of the practice's settings, and a property over
+random names, practice names and link lengths.
 
 Messages are composed as the worker composes them (`compose_client_message`) from the real
 templates; the short link is a function of ours counting its calls."""
@@ -15,12 +15,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from notifier.compose import STAFF_KINDS, compose_client_message
 from notifier.config import PROJECT_ROOT, Settings
-from notifier.errors import ConfigError, TemplateError
-from notifier.preview import SAMPLE_PROVIDER, sample_client, sample_stored
-from notifier.render import Renderer
-from notifier.sms_budget import (
+from notifier.delivery.compose import STAFF_KINDS, compose_client_message
+from notifier.delivery.preview import SAMPLE_PROVIDER, sample_client, sample_stored
+from notifier.delivery.render import Renderer
+from notifier.delivery.sms_budget import (
     MAX_SEGMENTS,
     SHORT_LINK_FALLBACK,
     OverBudget,
@@ -28,7 +27,8 @@ from notifier.sms_budget import (
     client_sms_kinds,
     short_url,
 )
-from notifier.sms_text import GSM7_BASIC
+from notifier.delivery.sms_text import GSM7_BASIC
+from notifier.errors import ConfigError, TemplateError
 
 NOW = datetime(2026, 12, 1, 15, 0, tzinfo=UTC)
 #: A Wednesday in September, the longest day and month names in both locales.

@@ -1,5 +1,5 @@
-"""SMS text (notifier/sms_text.py): segment counts as carriers count them, and normalising text
-into GSM-7. Tables that grow: add a row for each input that once went wrong."""
+"""SMS text (notifier/delivery/sms_text.py): segment counts as carriers count them, and
+normalising text into GSM-7. Tables that grow: add a row for each input that once went wrong."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from notifier.sms_text import (
+from notifier.delivery.sms_text import (
     GSM7_BASIC,
     GSM7_EXTENDED,
     SmsSize,

@@ -30,16 +30,16 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from notifier.apply import apply_in_turn
-from notifier.clock import Clock
 from notifier.config import PROJECT_ROOT
-from notifier.events import parse_event
+from notifier.intake.apply import apply_in_turn
+from notifier.intake.events import parse_event
+from notifier.ledger.records import AppointmentRecord
+from notifier.ledger.store import PENDING_EVENTS, Store, record_key
+from notifier.ledger.turns import TURNS, member_event_id, queue_key, turn_key
 from notifier.policy.ordering import subject_ref
 from notifier.policy.timing import utcnow
-from notifier.records import AppointmentRecord
-from notifier.store import PENDING_EVENTS, Store, record_key
-from notifier.tasks import EVENTS_QUEUE, build_broker
-from notifier.turns import TURNS, member_event_id, queue_key, turn_key
+from notifier.worker.actors import EVENTS_QUEUE, build_broker
+from notifier.worker.clock import Clock
 from tests.helpers import appointment, client_upserted, daytime_zone, store_and_apply
 from tests.service import Service, wait_for
 
@@ -71,7 +71,7 @@ def test_sigkilled_turn_holder_is_resumed_within_the_lease(redis_client, redis_u
                                                            caplog):
     service = Service(redis_url, tmp_path, lease_s=LEASE_S, with_worker=False)
     service.clock.event_grace_s = PRODUCTION_EVENT_GRACE_S
-    caplog.set_level(logging.WARNING, logger="notifier.clock")
+    caplog.set_level(logging.WARNING, logger="notifier.worker.clock")
     r = service.redis
     workers: dict[str, subprocess.Popen[bytes]] = {}
     logs = {name: tmp_path / f"worker-{name}.log" for name in ("a", "b")}
@@ -130,7 +130,7 @@ def test_sigkilled_turn_holder_is_resumed_within_the_lease(redis_client, redis_u
                  what="every event to be applied within a few leases of the kill")
         print(f"all applied {time.monotonic() - killed_at:.1f} s after the kill")
         # ...because the clock resumed the subject when the dead worker's lease ran out.
-        assert any(rec.name == "notifier.clock" and "turn expired on 1 subjects; resumed 1"
+        assert any(rec.name == "notifier.worker.clock" and "turn expired on 1 subjects; resumed 1"
                    in rec.getMessage() for rec in caplog.records)
 
         # Applied one at a time, oldest first: each reschedule raised the sequence (an

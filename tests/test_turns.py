@@ -1,5 +1,5 @@
-"""Per-subject queues, turns and held closes, on a real Redis (notifier/turns.py, the
-ordering parts of notifier/store.py and notifier/apply.py)."""
+"""Per-subject queues, turns and held closes, on a real Redis (notifier/ledger/turns.py, the
+ordering parts of notifier/ledger/store.py and notifier/intake/apply.py)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from notifier.apply import apply_in_turn, apply_stored_event
-from notifier.channels.outbox import Outbox
-from notifier.events import parse_event
+from notifier.delivery.channels.outbox import Outbox
+from notifier.intake.apply import apply_in_turn, apply_stored_event
+from notifier.intake.events import parse_event
+from notifier.ledger.store import PENDING_EVENTS, Store, TurnLost
+from notifier.ledger.turns import HELD_EVENTS, TURNS, held_key, queue_key, turn_key
 from notifier.policy.figures import Policy
 from notifier.policy.ordering import subject_ref
-from notifier.store import PENDING_EVENTS, Store, TurnLost
-from notifier.turns import HELD_EVENTS, TURNS, held_key, queue_key, turn_key
 from tests.helpers import (
     appointment,
     client_upserted,
@@ -154,8 +154,7 @@ def test_a_write_after_the_turn_passed_on_is_refused(store, policy):
 
 
 def test_a_failing_apply_gives_the_turn_back_for_the_retry(store, policy, monkeypatch):
-    from notifier import apply
-
+    from notifier.intake import apply
     evt = client_upserted("c1", "UTC", NOW - timedelta(hours=1))
     post(store, evt)
 
@@ -326,8 +325,8 @@ def test_a_notification_waits_while_an_event_about_its_subject_is_unapplied(stor
 
 
 def test_subjects_of_a_notification():
-    from notifier.compose import Stored
-    from notifier.delivery import subjects_of
+    from notifier.delivery.compose import Stored
+    from notifier.delivery.deliverer import subjects_of
 
     n = Stored(id="x", kind="refill_due", channel="sms", recipient="client", recipient_id="c1",
                due_at=NOW, expires_at=NOW, params={"prescription_id": "rx-1",

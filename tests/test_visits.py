@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from notifier.events import Event
+from notifier.intake.events import Event
+from notifier.ledger.records import AppointmentRecord, ClientRecord, VisitsRecord
 from notifier.policy.figures import Policy
 from notifier.policy.plan import Plan
 from notifier.policy.visits import unwanted_because
-from notifier.records import AppointmentRecord, ClientRecord, VisitsRecord
 from tests import policy_kit as kit
 from tests.policy_kit import event, iso, utc
 

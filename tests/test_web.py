@@ -23,21 +23,21 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from standardwebhooks.webhooks import Webhook
 
-from notifier.apply import apply_stored_event
-from notifier.channels import Message, Receipt
-from notifier.channels.outbox import Outbox
 from notifier.cli import sign_event
 from notifier.config import PROJECT_ROOT, Settings
-from notifier.delivery import Deliverer
+from notifier.delivery.channels import Message, Receipt
+from notifier.delivery.channels.outbox import Outbox
+from notifier.delivery.deliverer import Deliverer
+from notifier.delivery.render import Renderer
 from notifier.errors import PermanentError, SignatureError
-from notifier.events import EVENT_MODELS
+from notifier.intake.apply import apply_stored_event
+from notifier.intake.events import EVENT_MODELS
+from notifier.ledger.embedded_redis import free_port
+from notifier.ledger.notifications import FINAL_STATES
+from notifier.ledger.store import PENDING_EVENTS, READ_LIMIT, Store, event_key
 from notifier.policy.plan import Plan, PlannedNotification
-from notifier.redis_server import free_port
-from notifier.render import Renderer
-from notifier.schedule import FINAL_STATES
-from notifier.store import PENDING_EVENTS, READ_LIMIT, Store, event_key
-from notifier.tasks import APPLY_EVENT, EVENTS_QUEUE, build_broker
-from notifier.web import MAX_BODY_BYTES, create_app, sign_webhook, verify_signature
+from notifier.web.app import MAX_BODY_BYTES, create_app, sign_webhook, verify_signature
+from notifier.worker.actors import APPLY_EVENT, EVENTS_QUEUE, build_broker
 
 with warnings.catch_warnings():
     # Starlette asks for the httpx2 package and warns at import when only httpx is there.

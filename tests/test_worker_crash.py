@@ -11,8 +11,8 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 from notifier.config import PROJECT_ROOT
-from notifier.schedule import INFLIGHT
-from notifier.tasks import enqueue_deliver
+from notifier.ledger.notifications import INFLIGHT
+from notifier.worker.actors import enqueue_deliver
 from tests.helpers import appointment, client_upserted, daytime_zone, store_and_apply
 from tests.service import Service, wait_for
 

@@ -10,11 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
-from notifier.events import ClientUpsertedData, Event, ProviderUpsertedData
-from notifier.policy import refills, requests, visits
-from notifier.policy.figures import Policy
-from notifier.policy.plan import Plan, entity_ref, ignored, stale
-from notifier.records import (
+from notifier.intake.events import ClientUpsertedData, Event, ProviderUpsertedData
+from notifier.ledger.records import (
     AppointmentRecord,
     ClientRecord,
     OpenItemRecord,
@@ -23,6 +20,9 @@ from notifier.records import (
     Record,
     State,
 )
+from notifier.policy import refills, requests, visits
+from notifier.policy.figures import Policy
+from notifier.policy.plan import Plan, entity_ref, ignored, stale
 
 Planner = Callable[[Event, State, datetime, Policy], Plan]
 

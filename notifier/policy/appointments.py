@@ -11,16 +11,16 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from notifier.events import (
+from notifier.intake.events import (
     Appointment,
     AppointmentCancelledData,
     AppointmentData,
     Event,
 )
+from notifier.ledger.records import AppointmentRecord, ClosedAppointmentRecord, State
 from notifier.policy.common import for_client
 from notifier.policy.figures import Channel, Policy
 from notifier.policy.plan import Plan, PlannedNotification, entity_ref, ignored, stale
-from notifier.records import AppointmentRecord, ClosedAppointmentRecord, State
 
 
 def _stamp(instant: datetime) -> str:

@@ -7,10 +7,10 @@ from datetime import date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from notifier.ledger.records import State
 from notifier.policy.figures import Channel, Policy
 from notifier.policy.plan import PlannedNotification
 from notifier.policy.timing import hold_for_quiet_hours, local_time
-from notifier.records import State
 
 #: Support alerts are acted on by people at work; one still unsent after this is moot.
 SUPPORT_ALERT_VALID = timedelta(days=7)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from notifier.ledger.records import ProviderQueueRecord, ProviderRecord
 from notifier.policy.plan import Plan, PlannedNotification, entity_ref
-from notifier.records import ProviderQueueRecord, ProviderRecord
 
 #: A digest not sent within this long of being planned is stale news.
 DIGEST_VALID = timedelta(hours=12)

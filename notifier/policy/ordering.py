@@ -19,10 +19,10 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from notifier.events import Event
+from notifier.intake.events import Event
+from notifier.ledger.records import State
 from notifier.policy import requests
 from notifier.policy.plan import Plan, entity_ref
-from notifier.records import State
 
 #: Events that close a subject; each waits for the subject's opening if it was never seen.
 CLOSING = frozenset({

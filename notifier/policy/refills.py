@@ -10,21 +10,21 @@ from __future__ import annotations
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
-from notifier.events import (
+from notifier.intake.events import (
     Event,
     Prescription,
     PrescriptionDiscontinuedData,
     PrescriptionFilledData,
 )
-from notifier.policy.common import at_client_local, for_client
-from notifier.policy.figures import CHANNELS, Policy
-from notifier.policy.plan import Plan, PlannedNotification, entity_ref, ignored, stale
-from notifier.records import (
+from notifier.ledger.records import (
     ClosedPrescriptionRecord,
     PrescriptionRecord,
     State,
     VisitsRecord,
 )
+from notifier.policy.common import at_client_local, for_client
+from notifier.policy.figures import CHANNELS, Policy
+from notifier.policy.plan import Plan, PlannedNotification, entity_ref, ignored, stale
 
 
 def runout_day(prescription: Prescription) -> date:

@@ -12,13 +12,13 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from notifier.events import Event
+from notifier.intake.events import Event
+from notifier.ledger.records import ItemKind, OpenItem, OpenItemRecord, ProviderQueueRecord, State
 from notifier.policy.common import client_zone, for_client, for_support
 from notifier.policy.figures import Policy
 from notifier.policy.plan import Plan, PlannedNotification, entity_ref, stale
 from notifier.policy.refills import book_by_day, runout_day, visit_required_notices
 from notifier.policy.window import escalates_at
-from notifier.records import ItemKind, OpenItem, OpenItemRecord, ProviderQueueRecord, State
 
 #: The client is told of an escalation only while it is fresh.
 CLIENT_NOTICE_VALID = timedelta(days=2)

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from notifier.events import AppointmentNoShowData, Event
+from notifier.intake.events import AppointmentNoShowData, Event
+from notifier.ledger.records import AppointmentRecord, State, VisitsRecord
 from notifier.policy import appointments
 from notifier.policy.common import at_client_local, client_zone, for_client, for_support
 from notifier.policy.figures import CHANNELS, Policy
 from notifier.policy.plan import Plan, PlannedNotification, entity_ref, ignored, stale
-from notifier.records import AppointmentRecord, State, VisitsRecord
 
 #: No-show notices are about rebooking soon; after this they are moot.
 NO_SHOW_NOTICE_VALID = timedelta(days=2)

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from notifier.events import Appointment, Client, Prescription, Provider
+from notifier.intake.events import Appointment, Client, Prescription, Provider
 
 
 class Record(BaseModel):

@@ -31,8 +31,8 @@ from babel.dates import (
     get_timezone_name,
 )
 
+from notifier.delivery.sms_text import normalise
 from notifier.errors import TemplateError
-from notifier.sms_text import normalise
 
 DEFAULT_LOCALE = "en"
 #: How dates and times are written in each locale (CLDR patterns, via Babel), always in the

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from notifier.schedule import PREFIX
+from notifier.ledger.notifications import PREFIX
 
 RESERVE_LUA = """
 local now = tonumber(ARGV[1])

@@ -4,7 +4,7 @@ Keys (all under `n:`): `event:{id}` (hash: raw body, status, subject, queue memb
 `events:pending` (accepted, not yet applied, scored by arrival; for the clock's sweep),
 `rec:{ref}` (entity record JSON), `phone-clients:{phone}` (the ids of every client with
 that number), `sms-optout` (opted-out numbers), the per-subject queues and turns of
-`notifier.turns`, and the notification keys of `notifier.schedule`.
+`notifier.ledger.turns`, and the notification keys of `notifier.ledger.notifications`.
 
 An event's `status`: `accepted` (stored, waiting for its subject's turn), `held` (a close
 waiting for its opening event), then `applied`, `stale` or `ignored`, or `rejected` /
@@ -24,15 +24,7 @@ import redis
 from pydantic import BaseModel
 
 from notifier.errors import StoreError
-from notifier.policy.plan import Plan, PlannedNotification
-from notifier.records import (
-    RECORD_TYPES,
-    AppointmentRecord,
-    ClientRecord,
-    Record,
-    VisitsRecord,
-)
-from notifier.schedule import (
+from notifier.ledger.notifications import (
     INFLIGHT,
     KEEP_FINISHED_S,
     LATENESS,
@@ -49,8 +41,16 @@ from notifier.schedule import (
     parse_lateness,
     parse_outcomes,
 )
-from notifier.shortlinks import ShortLinks
-from notifier.turns import HELD_EVENTS, Turns, held_key, queue_key, queue_member, turn_key
+from notifier.ledger.records import (
+    RECORD_TYPES,
+    AppointmentRecord,
+    ClientRecord,
+    Record,
+    VisitsRecord,
+)
+from notifier.ledger.shortlinks import ShortLinks
+from notifier.ledger.turns import HELD_EVENTS, Turns, held_key, queue_key, queue_member, turn_key
+from notifier.policy.plan import Plan, PlannedNotification
 
 #: A planner given a stored raw event, a loader of (watched) records and the event's
 #: arrival time.
@@ -300,7 +300,7 @@ class Store:
         and its removal from its subject's queue commit in one MULTI, so a crash leaves
         either nothing or everything; a concurrent change to a watched key replans.
 
-        `turn` is (subject ref, token) of the caller's turn (`notifier.turns`): the write
+        `turn` is (subject ref, token) of the caller's turn (`notifier.ledger.turns`): the write
         happens only while the turn is still the caller's, else `TurnLost` is raised. A
         `held` plan parks the event beside its subject's queue until the opening arrives;
         an `applied` plan puts the subject's held events back into the queue, after it.

@@ -19,8 +19,8 @@ from twilio.http.http_client import TwilioHttpClient
 from twilio.http.response import Response
 from twilio.rest import Client
 
-from notifier.channels import Message, Receipt
 from notifier.config import Settings
+from notifier.delivery.channels import Message, Receipt
 from notifier.errors import PermanentError, RetryableError
 
 #: Seconds we wait for Twilio before treating the attempt as failed (and retrying).

@@ -13,20 +13,20 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from notifier.channels import Attachment, Message
-from notifier.channels.calendar import Invite, build_invite
 from notifier.config import Settings
-from notifier.policy.figures import Policy
-from notifier.records import (
+from notifier.delivery.channels import Attachment, Message
+from notifier.delivery.channels.calendar import Invite, build_invite
+from notifier.delivery.render import Renderer, format_day, format_local_datetime, format_local_time
+from notifier.delivery.sms_budget import fit, sms_name
+from notifier.delivery.sms_text import measure
+from notifier.ledger.notifications import from_epoch
+from notifier.ledger.records import (
     ClientRecord,
     PrescriptionRecord,
     ProviderQueueRecord,
     ProviderRecord,
 )
-from notifier.render import Renderer, format_day, format_local_datetime, format_local_time
-from notifier.schedule import from_epoch
-from notifier.sms_budget import fit, sms_name
-from notifier.sms_text import measure
+from notifier.policy.figures import Policy
 
 #: How a message names a provider whose details have not reached us.
 UNKNOWN_PROVIDER = {"en": "your provider", "es": "su profesional de salud"}

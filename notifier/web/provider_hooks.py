@@ -27,14 +27,14 @@ from twilio.request_validator import RequestValidator
 from twilio.twiml.messaging_response import MessagingResponse
 
 from notifier.config import Settings
-from notifier.delivery import TWILIO_OPTED_OUT, use_other_channel
+from notifier.delivery.deliverer import TWILIO_OPTED_OUT, use_other_channel
+from notifier.delivery.render import Renderer
 from notifier.errors import ConfigError
-from notifier.inbound import check_reply_templates, reply_to_sms
+from notifier.intake.replies import check_reply_templates, reply_to_sms
+from notifier.ledger.records import ClientRecord
+from notifier.ledger.store import DELIVERY_FAILURES, Store
 from notifier.policy.plan import entity_ref
 from notifier.policy.timing import utcnow
-from notifier.records import ClientRecord
-from notifier.render import Renderer
-from notifier.store import DELIVERY_FAILURES, Store
 
 log = logging.getLogger(__name__)
 

@@ -11,13 +11,13 @@ from datetime import datetime
 import redis
 
 from notifier.errors import InvalidEvent
-from notifier.events import parse_event
+from notifier.intake.events import parse_event
+from notifier.ledger.records import Record, State
+from notifier.ledger.store import Store, TurnLost, event_key
 from notifier.policy import derived_refs, plan, refs_for
 from notifier.policy.figures import Policy
 from notifier.policy.ordering import subject_ref, wait_for_opening
 from notifier.policy.plan import Plan
-from notifier.records import Record, State
-from notifier.store import Store, TurnLost, event_key
 
 log = logging.getLogger(__name__)
 

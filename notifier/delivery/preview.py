@@ -8,26 +8,17 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from notifier.channels import Message
-from notifier.compose import (
+from notifier.config import Settings
+from notifier.delivery.channels import Message
+from notifier.delivery.compose import (
     STAFF_KINDS,
     Stored,
     compose_client_message,
     compose_provider_digest,
     compose_support_message,
 )
-from notifier.config import Settings
-from notifier.errors import TemplateError
-from notifier.policy.figures import load_policy
-from notifier.records import (
-    ClientRecord,
-    OpenItem,
-    PrescriptionRecord,
-    ProviderQueueRecord,
-    ProviderRecord,
-)
-from notifier.render import Renderer
-from notifier.sms_budget import (
+from notifier.delivery.render import Renderer
+from notifier.delivery.sms_budget import (
     LOCALES,
     MAX_SEGMENTS,
     SHORT_TOKEN_CHARS,
@@ -36,7 +27,16 @@ from notifier.sms_budget import (
     short_url,
     worst_case_sizes,
 )
-from notifier.sms_text import SmsSize
+from notifier.delivery.sms_text import SmsSize
+from notifier.errors import TemplateError
+from notifier.ledger.records import (
+    ClientRecord,
+    OpenItem,
+    PrescriptionRecord,
+    ProviderQueueRecord,
+    ProviderRecord,
+)
+from notifier.policy.figures import load_policy
 
 SAMPLE_NOW = datetime(2026, 12, 1, 15, 0, tzinfo=UTC)
 

@@ -1,7 +1,7 @@
 """Channels behind one small interface: `send(message) -> Receipt`.
 
 The rest of the code never imports a provider SDK; the choice of implementation is made
-from settings once per process (`notifier.channels.build`).
+from settings once per process (`notifier.delivery.channels.build`).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
-from notifier.sms_text import SmsSize
+from notifier.delivery.sms_text import SmsSize
 
 
 @dataclass(frozen=True)

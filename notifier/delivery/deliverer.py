@@ -23,23 +23,19 @@ from datetime import datetime, timedelta
 
 import redis
 
-from notifier.channels import Channel, Message
-from notifier.compose import (
+from notifier.config import Settings
+from notifier.delivery.channels import Channel, Message
+from notifier.delivery.compose import (
     Stored,
     compose_client_message,
     compose_provider_digest,
     compose_support_message,
 )
-from notifier.config import Settings
+from notifier.delivery.render import Renderer
+from notifier.delivery.sms_budget import OverBudget, short_url
 from notifier.errors import PermanentError, RetryableError, StoreError, TemplateError
-from notifier.policy.appointments import Told, told_of_booking
-from notifier.policy.common import PLANNED_AFTER_EXPIRY, QUIET_HOURS_PAST_EXPIRY
-from notifier.policy.figures import Policy
-from notifier.policy.plan import entity_ref
-from notifier.policy.timing import hold_for_quiet_hours
-from notifier.policy.visits import unwanted_because
-from notifier.ratelimit import RateLimiter
-from notifier.records import (
+from notifier.ledger.ratelimit import RateLimiter
+from notifier.ledger.records import (
     AppointmentRecord,
     ClientRecord,
     PrescriptionRecord,
@@ -47,9 +43,13 @@ from notifier.records import (
     ProviderRecord,
     VisitsRecord,
 )
-from notifier.render import Renderer
-from notifier.sms_budget import OverBudget, short_url
-from notifier.store import Store
+from notifier.ledger.store import Store
+from notifier.policy.appointments import Told, told_of_booking
+from notifier.policy.common import PLANNED_AFTER_EXPIRY, QUIET_HOURS_PAST_EXPIRY
+from notifier.policy.figures import Policy
+from notifier.policy.plan import entity_ref
+from notifier.policy.timing import hold_for_quiet_hours
+from notifier.policy.visits import unwanted_because
 
 log = logging.getLogger(__name__)
 

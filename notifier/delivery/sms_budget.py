@@ -33,21 +33,21 @@ from zoneinfo import ZoneInfo, available_timezones
 from babel.dates import format_date, format_datetime
 
 from notifier.config import Settings
-from notifier.errors import ConfigError, TemplateError
-from notifier.render import (
+from notifier.delivery.render import (
     DATE_PATTERNS,
     DATETIME_PATTERNS,
     TIME_PATTERNS,
     Renderer,
     zone_label,
 )
-from notifier.sms_text import SmsSize, gsm7_only, is_gsm7, measure, normalise
+from notifier.delivery.sms_text import SmsSize, gsm7_only, is_gsm7, measure, normalise
+from notifier.errors import ConfigError, TemplateError
 
 #: SPEC §3 rule 8.
 MAX_SEGMENTS = 2
 #: A first name in an SMS: at most this many characters (each one septet, see `sms_name`).
 SMS_NAME_CHARS = 20
-#: The length of a short link's token (`notifier.shortlinks`), for the worst case.
+#: The length of a short link's token (`notifier.ledger.shortlinks`), for the worst case.
 SHORT_TOKEN_CHARS = 16
 #: Configuration that goes into client SMS, by the environment variable that sets it.
 SMS_SETTINGS = {"NOTIFIER_PRACTICE_NAME": "practice_name",

@@ -1,5 +1,5 @@
 """Short links to video visits: `{NOTIFIER_PUBLIC_URL}/j/<token>` redirects to the
-appointment's join URL as it is when the link is clicked (the route is in `notifier.web`).
+appointment's join URL as it is when the link is clicked (the route is in `notifier.web.app`).
 
 A Teams or Zoom link runs to 200+ characters and would push an SMS past its budget; the short
 link is 16 characters after the base, and a room changed after the SMS went out still works.
@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 
-from notifier.schedule import PREFIX
+from notifier.ledger.notifications import PREFIX
 
 #: 12 random bytes, 16 URL-safe characters (see `sms_budget.SHORT_TOKEN_CHARS`).
 TOKEN_BYTES = 12

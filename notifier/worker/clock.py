@@ -19,11 +19,11 @@ from zoneinfo import ZoneInfo
 
 from dramatiq.brokers.redis import RedisBroker
 
-from notifier.digest import provider_zones
-from notifier.jobs import CATCH_UP, PROVIDER_ZONE, Job, previous_fire
+from notifier.ledger.store import Store
 from notifier.policy.timing import utcnow
-from notifier.store import Store
-from notifier.tasks import enqueue_apply, enqueue_deliver, enqueue_job
+from notifier.worker.actors import enqueue_apply, enqueue_deliver, enqueue_job
+from notifier.worker.cron import CATCH_UP, PROVIDER_ZONE, Job, previous_fire
+from notifier.worker.digests import provider_zones
 
 log = logging.getLogger(__name__)
 

@@ -38,15 +38,15 @@ from pydantic.json_schema import models_json_schema
 from notifier import __version__
 from notifier.config import Settings
 from notifier.errors import FieldProblem, InvalidEvent, PayloadTooLarge, SignatureError
-from notifier.events import EVENT_MODELS, parse_event
+from notifier.intake.events import EVENT_MODELS, parse_event
+from notifier.ledger.notifications import FINAL_STATES
+from notifier.ledger.records import AppointmentRecord
+from notifier.ledger.store import NotificationView, Store
 from notifier.policy.figures import CHANNELS
 from notifier.policy.ordering import subject_ref
 from notifier.policy.timing import utcnow
-from notifier.provider_hooks import provider_routes
-from notifier.records import AppointmentRecord
-from notifier.schedule import FINAL_STATES
-from notifier.store import NotificationView, Store
-from notifier.tasks import enqueue_apply
+from notifier.web.provider_hooks import provider_routes
+from notifier.worker.actors import enqueue_apply
 
 log = logging.getLogger(__name__)
 
@@ -403,7 +403,7 @@ def create_app(settings: Settings, store: Store, broker: RedisBroker) -> FastAPI
                         404: {"model": LinkNotFound,
                               "description": "Unknown link, or no video visit behind it"}})
     def follow_short_link(token: str) -> Response:
-        """A short link in an SMS (`notifier.shortlinks`): to the appointment's join URL as
+        """A short link in an SMS (`notifier.ledger.shortlinks`): to the appointment's join URL as
         it is now, so a room changed after the SMS went out still works."""
         appointment_id = store.short_links.appointment_for(token)
         if appointment_id is None:

@@ -28,7 +28,7 @@ from typing import Any
 
 import redis
 
-from notifier.schedule import PREFIX, epoch
+from notifier.ledger.notifications import PREFIX, epoch
 
 TURNS = PREFIX + "turns"
 HELD_EVENTS = PREFIX + "events:held"

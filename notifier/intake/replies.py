@@ -22,13 +22,13 @@ from typing import Any, Literal, get_args
 from zoneinfo import ZoneInfo
 
 from notifier.config import Settings
-from notifier.events import Client
+from notifier.delivery.render import DEFAULT_LOCALE, Renderer, format_local_datetime
+from notifier.delivery.sms_budget import sms_name
+from notifier.intake.events import Client
+from notifier.ledger.records import AppointmentRecord, ClientRecord, Record, VisitsRecord
+from notifier.ledger.store import Store
 from notifier.policy.common import for_support
 from notifier.policy.plan import Plan, entity_ref
-from notifier.records import AppointmentRecord, ClientRecord, Record, VisitsRecord
-from notifier.render import DEFAULT_LOCALE, Renderer, format_local_datetime
-from notifier.sms_budget import sms_name
-from notifier.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -202,10 +202,10 @@ class EmbeddedRedis:
 
 
 def main(argv: list[str]) -> int:
-    """`python -m notifier.redis_server stop VAR_DIR`: what `make clean` runs before it
+    """`python -m notifier.ledger.embedded_redis stop VAR_DIR`: what `make clean` runs before it
     deletes `var/`, so no server is left writing into a deleted directory."""
     if len(argv) != 2 or argv[0] != "stop":
-        print("usage: python -m notifier.redis_server stop VAR_DIR", file=sys.stderr)
+        print("usage: python -m notifier.ledger.embedded_redis stop VAR_DIR", file=sys.stderr)
         return 2
     server = EmbeddedRedis(Path(argv[1]))
     if server.running():

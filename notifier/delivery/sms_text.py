@@ -1,7 +1,7 @@
 """SMS text: the GSM-7 alphabet, normalising text into it, and counting segments as carriers do.
 
 Pure functions, no I/O. The budget *policy* (what to do when a message does not fit) is in
-`notifier.sms_budget`; this module only says what a text is and what it costs.
+`notifier.delivery.sms_budget`; this module only says what a text is and what it costs.
 
 References:
 

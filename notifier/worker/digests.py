@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
-from notifier.jobs import PROVIDER_ZONE, Job, previous_fire
+from notifier.ledger.records import ProviderQueueRecord, ProviderRecord
+from notifier.ledger.store import Store
 from notifier.policy.digest import plan_digests
 from notifier.policy.plan import entity_ref
-from notifier.records import ProviderQueueRecord, ProviderRecord
-from notifier.store import Store
+from notifier.worker.cron import PROVIDER_ZONE, Job, previous_fire
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import re
 from datetime import datetime
 from pathlib import Path
 
-from notifier.channels import Message, Receipt
+from notifier.delivery.channels import Message, Receipt
 
 
 def _safe_name(notification_id: str) -> str:

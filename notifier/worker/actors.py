@@ -24,9 +24,9 @@ from dramatiq.middleware import (
     TimeLimit,
 )
 
-from notifier.apply import apply_in_turn
-from notifier.digest import run_provider_digest
+from notifier.intake.apply import apply_in_turn
 from notifier.policy.timing import utcnow
+from notifier.worker.digests import run_provider_digest
 
 if TYPE_CHECKING:
     from notifier.runtime import Runtime

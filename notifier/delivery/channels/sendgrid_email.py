@@ -16,8 +16,8 @@ from typing import Any
 from python_http_client.exceptions import HTTPError
 from sendgrid import SendGridAPIClient
 
-from notifier.channels import Message, Receipt
 from notifier.config import Settings
+from notifier.delivery.channels import Message, Receipt
 from notifier.errors import PermanentError, RetryableError
 
 HTTP_TIMEOUT_S = 10.0
