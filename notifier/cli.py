@@ -456,6 +456,9 @@ def read_events(path: str) -> list[dict[str, Any]]:
         raise UsageError(f"{path}: not valid JSON ({exc}): a file holds one event or a "
                          "JSON list of them") from None
     events = loaded if isinstance(loaded, list) else [loaded]
+    if not events:
+        raise UsageError(f"{path}: an empty list: a file holds one event or a JSON list of "
+                         "them")
     for number, event in enumerate(events, start=1):
         where = f"{path}: event {number}" if isinstance(loaded, list) else path
         if not isinstance(event, dict):
@@ -473,6 +476,10 @@ def cmd_send_event(args: argparse.Namespace, settings: Settings) -> None:
     settings = dev_webhook_secret(settings)
     secret = settings.require_webhook_secret()
     base = (args.url or settings.public_url).rstrip("/")
+    target = urlsplit(base)
+    if target.scheme not in ("http", "https") or not target.hostname:
+        raise UsageError(f"--url {base!r} is not an http(s) URL: pass the service's base URL, "
+                         "such as http://127.0.0.1:8000")
     url = base + "/v1/events"
     # Every file is read and checked before anything is sent: a mistake in the third file
     # does not leave the first two half-sent.
@@ -493,6 +500,20 @@ def cmd_send_event(args: argparse.Namespace, settings: Settings) -> None:
         sys.exit(1)
 
 
+def _port(value: str) -> int:
+    """A TCP port number, for argparse: one line naming the range otherwise."""
+    if not value.isdigit() or not 1 <= int(value) <= 65535:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port (1 to 65535)")
+    return int(value)
+
+
+def _threads(value: str) -> int:
+    """A worker's thread count, for argparse: at least one."""
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a thread count (1 or more)")
+    return int(value)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with its errors in one line: what is wrong, and where to read more."""
 
@@ -504,15 +525,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="notifier", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     dev = sub.add_parser("dev", help="web, worker and clock in one process (embedded Redis)")
-    dev.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    dev.add_argument("--port", type=_port, default=int(os.environ.get("PORT", "8000")))
     dev.add_argument("--host", default="127.0.0.1")
     dev.set_defaults(func=cmd_dev)
     web = sub.add_parser("web", help="the HTTP API")
-    web.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    web.add_argument("--port", type=_port, default=int(os.environ.get("PORT", "8000")))
     web.add_argument("--host", default="0.0.0.0")
     web.set_defaults(func=cmd_web)
     worker = sub.add_parser("worker", help="apply events and deliver notifications")
-    worker.add_argument("--threads", type=int, default=0)
+    worker.add_argument("--threads", type=_threads, default=0)
     worker.set_defaults(func=cmd_worker)
     clock = sub.add_parser("clock", help="claim due notifications, sweep leases")
     clock.set_defaults(func=cmd_clock)

@@ -401,8 +401,14 @@ def test_help_lists_every_command(tmp_path):
 @pytest.mark.parametrize(("args", "says"), [
     ((), "notifier: the following arguments are required: COMMAND (see notifier --help)"),
     (("serve",), "notifier: argument COMMAND: invalid choice: 'serve'"),
-    (("dev", "--port", "abc"), "notifier dev: argument --port: invalid int value: 'abc' "
-     "(see notifier dev --help)"),
+    (("dev", "--port", "abc"), "notifier dev: argument --port: 'abc' is not a port (1 to "
+     "65535) (see notifier dev --help)"),
+    (("dev", "--port", "99999"), "notifier dev: argument --port: '99999' is not a port"),
+    (("web", "--port", "0"), "notifier web: argument --port: '0' is not a port"),
+    (("worker", "--threads", "0"), "notifier worker: argument --threads: '0' is not a thread "
+     "count (1 or more)"),
+    (("worker", "--threads", "-1"), "notifier worker: argument --threads: '-1' is not a "
+     "thread count"),
     (("jobs",), "notifier jobs: the following arguments are required: list|run"),
     (("jobs", "run"), "notifier jobs run: the following arguments are required: name"),
     (("preview",), "notifier: preview: name a KIND, or give --all (see notifier preview "
@@ -412,7 +418,8 @@ def test_help_lists_every_command(tmp_path):
     (("notifications",), "notifier notifications: the following arguments are required: "
      "client_id"),
     (("send-event",), "notifier send-event: the following arguments are required: files"),
-    (("worker", "--threads", "four"), "notifier worker: argument --threads: invalid int"),
+    (("worker", "--threads", "four"), "notifier worker: argument --threads: 'four' is not a "
+     "thread count"),
 ])
 def test_a_wrong_argument_is_one_line(tmp_path, args, says):
     result = notifier(*args, cwd=tmp_path)
@@ -450,6 +457,19 @@ def test_send_event_checks_every_event_before_sending_any(tmp_path, content, say
     assert result.returncode == 2
     assert one_line(result).startswith("notifier: " + says.format(path=bad))
     assert result.stdout == ""
+
+
+def test_send_event_refuses_an_empty_list_and_a_url_that_is_not_one(tmp_path):
+    (tmp_path / "empty.json").write_text("[]")
+    result = notifier("send-event", "empty.json", cwd=tmp_path)
+    assert result.returncode == 2
+    assert one_line(result) == ("notifier: empty.json: an empty list: a file holds one event "
+                                "or a JSON list of them")
+    (tmp_path / "one.json").write_text('{"id": "evt-1"}')
+    result = notifier("send-event", "one.json", "--url", "notaurl", cwd=tmp_path)
+    assert result.returncode == 2
+    assert one_line(result) == ("notifier: --url 'notaurl' is not an http(s) URL: pass the "
+                                "service's base URL, such as http://127.0.0.1:8000")
 
 
 def test_send_event_names_a_file_that_is_not_there(tmp_path):
