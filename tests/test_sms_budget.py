@@ -212,6 +212,18 @@ def test_a_setting_that_would_break_the_budget_stops_start_up_naming_it(variable
     assert "sms/" in message and "segments" in message and "\n" not in message
 
 
+@pytest.mark.parametrize("variable", ["NOTIFIER_PRACTICE_URL", "NOTIFIER_PUBLIC_URL"])
+def test_a_url_that_folding_would_change_stops_start_up(variable):
+    """clínica.example folded into GSM-7 is clinica.example: another host."""
+    with pytest.raises(ConfigError) as raised:
+        check_configuration(config(**{variable: "https://clínica.example/portal"}), RENDERER,
+                            STAFF_KINDS)
+    assert str(raised.value) == (
+        f"{variable}: 'https://clínica.example/portal' is not ASCII: an SMS cannot carry it "
+        "as it is, and folding it would change where it leads; give its ASCII form "
+        "(punycode host, percent-encoded path)")
+
+
 def test_a_long_public_url_stops_start_up_through_the_short_link():
     url = "https://notifier.riverbend-health.example.org/" + "services/" * 20 + "sms"
     with pytest.raises(ConfigError, match=r"^NOTIFIER_PUBLIC_URL: .* sms/appointment_join_link"):

@@ -198,6 +198,12 @@ def check_configuration(settings: Settings, renderer: Renderer,
     defaults = Settings()
     for variable, field in SMS_SETTINGS.items():
         value = getattr(settings, field)
+        if variable.endswith("_URL") and not value.isascii():
+            # Folding a URL into GSM-7 (clínica -> clinica) would send people elsewhere.
+            raise ConfigError(
+                f"{variable}: {value!r} is not ASCII: an SMS cannot carry it as it is, and "
+                "folding it would change where it leads; give its ASCII form (punycode "
+                "host, percent-encoded path)")
         outside = sorted({ch for ch in normalise(value) if not is_gsm7(ch)})
         if outside:
             raise ConfigError(
