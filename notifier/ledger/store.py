@@ -24,6 +24,7 @@ import redis
 from pydantic import BaseModel
 
 from notifier.errors import StoreError
+from notifier.ledger.lua import lua_source
 from notifier.ledger.notifications import (
     INFLIGHT,
     KEEP_FINISHED_S,
@@ -66,19 +67,7 @@ EVENT_RETENTION_S = 30 * 24 * 3600
 #: At most this many notifications per client are returned by the read API.
 READ_LIMIT = 200
 
-# Store an event unless its id is known: SET NX semantics on a hash, plus the pending index
-# and, when the subject is given (KEYS[3] = its queue), the subject's queue.
-# ARGV: raw, received at, event id, [subject ref, occurred at, queue member].
-STORE_EVENT_LUA = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'raw', ARGV[1], 'status', 'accepted', 'received_at', ARGV[2])
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
-if KEYS[3] then
-  redis.call('HSET', KEYS[1], 'subject', ARGV[4], 'occurred', ARGV[5], 'member', ARGV[6])
-  redis.call('ZADD', KEYS[3], ARGV[5], ARGV[6])
-end
-return 1
-"""
+STORE_EVENT_LUA = lua_source("event_store")
 
 
 def event_key(event_id: str) -> str:
