@@ -38,6 +38,8 @@ FINAL_STATES = ("sent", "failed", "expired", "suppressed", "cancelled")
 LATENESS_BUCKETS_S = (1, 5, 15, 60, 300, 900, 3600)
 #: A finished or cancelled notification is kept this long for the read API, then expires.
 KEEP_FINISHED_S = 90 * 24 * 3600
+#: An entity's index of notifications expires this long after its last add.
+ENTITY_INDEX_TTL_S = 180 * 24 * 3600
 
 
 def notif_key(notification_id: str) -> str:
@@ -62,13 +64,12 @@ def from_epoch(value: str | float) -> datetime:
 
 
 # The scripts that move a notification; each documents its KEYS and ARGV at its top.
-ADD_LUA = lua_source("notif_add").replace("{index_ttl}", str(180 * 24 * 3600))
+ADD_LUA = lua_source("notif_add")
 CANCEL_ENTITY_LUA = lua_source("notif_cancel_entity")
 CLAIM_LUA = lua_source("notif_claim")
 SWEEP_LUA = lua_source("notif_sweep")
 BEGIN_LUA = lua_source("notif_begin")
-FINISH_LUA = lua_source("notif_finish").replace(
-    "{buckets}", ", ".join(str(b) for b in LATENESS_BUCKETS_S))
+FINISH_LUA = lua_source("notif_finish")
 RESCHEDULE_LUA = lua_source("notif_reschedule")
 
 
@@ -129,7 +130,8 @@ class Schedule:
             flat += [name, "" if value is None else value]
         return bool(self._finish(keys=[notif_key(notification_id), INFLIGHT, OUTCOMES,
                                        LATENESS],
-                                 args=[notification_id, state, KEEP_FINISHED_S, *flat]))
+                                 args=[notification_id, state, KEEP_FINISHED_S,
+                                       ",".join(str(b) for b in LATENESS_BUCKETS_S), *flat]))
 
     def outcomes(self) -> dict[tuple[str, str], int]:
         """How many notifications ended in each (state, channel), since the data began."""

@@ -26,6 +26,7 @@ from pydantic import BaseModel
 from notifier.errors import StoreError
 from notifier.ledger.lua import lua_source
 from notifier.ledger.notifications import (
+    ENTITY_INDEX_TTL_S,
     INFLIGHT,
     KEEP_FINISHED_S,
     LATENESS,
@@ -462,7 +463,8 @@ class Store:
             self.schedule.add_script(
                 keys=[notif_key(n.id), SCHEDULE, by_recipient_key(n.recipient, n.recipient_id),
                       OUTCOMES, by_entity_key(n.entity)],
-                args=[n.id, epoch(n.due_at), *_notification_fields(n, now)],
+                args=[n.id, epoch(n.due_at), ENTITY_INDEX_TTL_S,
+                      *_notification_fields(n, now)],
                 client=pipe,
             )
 

@@ -10,13 +10,14 @@
 --
 -- ARGV[1]     the notification id
 -- ARGV[2]     its due time, epoch seconds
--- ARGV[3..]   the hash's field/value pairs (`state`, `channel` among them)
+-- ARGV[3]     how long an entity index is kept after its last add, seconds
+-- ARGV[4..]   the hash's field/value pairs (`state`, `channel` among them)
 --
 -- Returns 1 when added, 0 when one with this id was kept.
 local state = redis.call('HGET', KEYS[1], 'state')
 if state and state ~= 'cancelled' then return 0 end
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
 local planned = redis.call('HGET', KEYS[1], 'state')
 if planned == 'scheduled' then
   redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
@@ -26,6 +27,6 @@ end
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
 for i = 5, #KEYS do
   redis.call('SADD', KEYS[i], ARGV[1])
-  redis.call('EXPIRE', KEYS[i], {index_ttl})
+  redis.call('EXPIRE', KEYS[i], ARGV[3])
 end
 return 1
