@@ -107,6 +107,16 @@ class Schedule:
         self._reschedule = client.register_script(RESCHEDULE_LUA)
         self._delivery = client.register_script(DELIVERY_LUA)
 
+    def cancel_entity(self, pipe: Any, ref: str, ids: list[str],
+                      reason: str = "superseded") -> None:
+        """Queue on `pipe` the cancel of `ref`'s still-scheduled notifications (those being
+        sent are marked `reason`). `ids` are the members of `by_entity_key(ref)`, read
+        after the caller WATCHed it (`Store.cancel_targets`), so that an id added meanwhile
+        fails the caller's transaction instead of escaping the cancel."""
+        self.cancel_script(keys=[by_entity_key(ref), SCHEDULE, INFLIGHT, OUTCOMES,
+                                 *(notif_key(i) for i in ids)],
+                           args=[reason, KEEP_FINISHED_S, *ids], client=pipe)
+
     def claim(self, now: datetime, limit: int, lease_s: float,
               max_inflight: int = 5000) -> list[str]:
         ids = self._claim(keys=[SCHEDULE, INFLIGHT],
