@@ -80,3 +80,36 @@ def test_a_plan_that_cancels_without_its_targets_is_refused(store):
 
     with store.redis.pipeline() as pipe, pytest.raises(StoreError):
         store._write_plan(pipe, Plan(outcome="applied", cancel=("appointment:a1",)), NOW)
+
+
+# Reading first, then rescheduling -------------------------------------------------------
+def sending(store: Store, i: int = 1) -> str:
+    store.write_plan(Plan(outcome="applied", add=(planned(i),)), NOW)
+    nid = f"appointment_reminder:a1:{i}:sms"
+    assert store.schedule.begin(nid, NOW, lease_s=60).may_send
+    return nid
+
+
+def test_reschedule_moves_the_notification_in_the_index_its_recipient_names(store):
+    nid = sending(store)
+    later = NOW + timedelta(hours=1)
+    assert store.schedule.reschedule(nid, later, "quiet hours",
+                                     recipient=("client", "c1")) == "rescheduled"
+    assert store.redis.zscore("n:by-recipient:client:c1", nid) == later.timestamp()
+    assert store.redis.zscore(SCHEDULE, nid) == later.timestamp()
+
+
+def test_reschedule_given_a_recipient_that_no_longer_matches_reads_it_again(store):
+    """The script checks `to`/`to_id` against the index key it was given: a mismatch
+    changes nothing, and the caller reads the recipient and tries again."""
+    nid = sending(store)
+    later = NOW + timedelta(hours=1)
+    assert store.schedule.reschedule(nid, later, "quiet hours",
+                                     recipient=("client", "someone-else")) == "rescheduled"
+    assert store.redis.zscore("n:by-recipient:client:c1", nid) == later.timestamp()
+    assert not store.redis.exists("n:by-recipient:client:someone-else")
+
+
+def test_reschedule_of_an_unknown_notification_changes_nothing(store):
+    assert store.schedule.reschedule("nope", NOW, "quiet hours") == ""
+    assert store.redis.dbsize() == 0

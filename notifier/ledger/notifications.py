@@ -20,6 +20,7 @@ from typing import Any
 
 import redis
 
+from notifier.errors import StoreError
 from notifier.ledger.lua import lua_source
 
 #: Key prefix of every key Notifier writes.
@@ -148,19 +149,33 @@ class Schedule:
         return parse_outcomes(self.redis.hgetall(OUTCOMES))
 
     def reschedule(self, notification_id: str, due: datetime, reason: str, *,
-                   not_an_attempt: bool = False, slot: float = 0.0) -> str:
+                   not_an_attempt: bool = False, slot: float = 0.0,
+                   recipient: tuple[str, str] | None = None) -> str:
         """Back to `scheduled` at `due`; returns "rescheduled", or "cancelled" when the
         notification was superseded while it was being sent, or "" when not `sending`.
 
         `slot` is a send-rate slot reserved for it; any other reschedule forgets the old
-        one, so a batch held overnight is paced again in the morning.
+        one, so a batch held overnight is paced again in the morning. `recipient` is the
+        notification's (`to`, `to_id`), which names the by-recipient index it moves in
+        (the script is given that key); read from the notification when not given, and
+        read again if it does not match. Raises StoreError if it keeps changing.
         """
-        result = self._reschedule(
-            keys=[notif_key(notification_id), INFLIGHT, SCHEDULE, OUTCOMES],
-            args=[notification_id, epoch(due), reason, PREFIX + "by-recipient:",
-                  "1" if not_an_attempt else "0", "slot", slot],
-        )
-        return {1: "rescheduled", -1: "cancelled"}.get(int(result), "")
+        key = notif_key(notification_id)
+        for _ in range(3):
+            if recipient is None:
+                to, to_id = self.redis.hmget(key, "to", "to_id")
+                if to is None or to_id is None:
+                    return ""  # no notification, so none being sent
+                recipient = (to.decode(), to_id.decode())
+            result = int(self._reschedule(
+                keys=[key, INFLIGHT, SCHEDULE, OUTCOMES, by_recipient_key(*recipient)],
+                args=[notification_id, epoch(due), reason, "1" if not_an_attempt else "0",
+                      *recipient, "slot", slot],
+            ))
+            if result != -2:
+                return {1: "rescheduled", -1: "cancelled"}.get(result, "")
+            recipient = None
+        raise StoreError(f"notification {notification_id}: its recipient keeps changing")
 
     def record_delivery(self, notification_id: str, status: str, code: str,
                         now: datetime) -> bool:
