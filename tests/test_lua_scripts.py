@@ -5,11 +5,15 @@ between the read and the script."""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
+from importlib.resources import files
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from notifier.ledger.lua import lua_source
 from notifier.ledger.notifications import SCHEDULE
 from notifier.ledger.store import Store
 from notifier.policy.plan import Plan, PlannedNotification
@@ -29,6 +33,73 @@ def planned(i: int, due: datetime = NOW, entity: str = "appointment:a1",
 @pytest.fixture
 def store(redis_client):
     return Store(redis_client)
+
+
+SCRIPTS = sorted(p.name for p in files("notifier.ledger.lua").iterdir()
+                 if p.name.endswith(".lua"))
+#: `-- KEYS[1]  ...` or `-- ARGV[3..]  ...` in a file's header.
+DOCUMENTED = re.compile(r"^--\s+(KEYS|ARGV)\[(\d+)(\.\.)?\]", re.M)
+
+
+def header_and_code(name: str) -> tuple[str, str]:
+    lines = lua_source(name.removesuffix(".lua")).splitlines()
+    n = next(i for i, line in enumerate(lines) if not line.startswith("--"))
+    return "\n".join(lines[:n]), "\n".join(lines[n:])
+
+
+# What each file says, checked statically ----------------------------------------------
+def test_there_are_scripts_and_no_lua_left_in_python():
+    assert len(SCRIPTS) >= 14
+    package = Path(__file__).resolve().parents[1] / "notifier"
+    assert [str(p) for p in package.rglob("*.py") if "redis.call(" in p.read_text()] == []
+
+
+def test_the_scripts_run_are_the_files_as_they_are():
+    """No text is filled into a script before it runs: each constant is a file's text."""
+    from notifier.ledger import notifications, ratelimit, store, turns
+
+    sources = {lua_source(name.removesuffix(".lua")) for name in SCRIPTS}
+    constants = {f"{m.__name__}.{k}": getattr(m, k)
+                 for m in (notifications, ratelimit, store, turns) for k in dir(m)
+                 if k.endswith("_LUA")}
+    assert len(constants) == len(SCRIPTS)
+    assert {k: v in sources for k, v in constants.items()} == dict.fromkeys(constants, True)
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_each_script_documents_its_keys_argv_and_return_at_the_top(name):
+    header, code = header_and_code(name)
+    assert "Returns" in header, f"{name}: say what it returns"
+    documented: dict[str, set[int]] = {"KEYS": set(), "ARGV": set()}
+    ranges: dict[str, int | None] = {"KEYS": None, "ARGV": None}
+    for table, index, open_ended in DOCUMENTED.findall(header):
+        if open_ended:
+            ranges[table] = int(index)
+        else:
+            documented[table].add(int(index))
+    assert documented["KEYS"] or ranges["KEYS"], f"{name}: document KEYS"
+    for table, index in re.findall(r"\b(KEYS|ARGV)\[(\d+)\]", code):
+        start = ranges[table]
+        assert int(index) in documented[table] or (start is not None and int(index) >= start), \
+            f"{name}: {table}[{index}] is used but not documented"
+    for index in re.findall(r"unpack\(ARGV, (\d+)\)", code):
+        assert ranges["ARGV"] == int(index), f"{name}: document ARGV[{index}..]"
+    for table in re.findall(r"\b(KEYS|ARGV)\[[a-z_]", code):
+        assert ranges[table] is not None, f"{name}: {table} indexed by a variable: document " \
+            f"{table}[n..]"
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_no_script_builds_a_key(name):
+    """Every redis.call names its key as KEYS[...] exactly: nothing concatenated from ARGV
+    or from a value read in Redis, and no text is filled into a script before it runs."""
+    _, code = header_and_code(name)
+    calls = re.findall(r"redis\.p?call\(\s*([^,)]*)\s*,?\s*([^,)]*)", code)
+    assert calls, name
+    for command, first in calls:
+        assert re.fullmatch(r"'[A-Z]+'", command), f"{name}: command {command} not a literal"
+        assert re.fullmatch(r"KEYS\[\w+\]", first.strip()), \
+            f"{name}: {command} {first} is not a key from KEYS"
 
 
 # Reading first, then cancelling ----------------------------------------------------------

@@ -14,8 +14,7 @@
 --
 -- Returns {verdict, field, value, ...}: `ok` or `recover` with the hash's fields;
 -- `missing`, `not_due`, `busy` or the state found, alone.
-local key = KEYS[1]
-local state = redis.call('HGET', key, 'state')
+local state = redis.call('HGET', KEYS[1], 'state')
 local now = tonumber(ARGV[2])
 if not state then
   redis.call('ZREM', KEYS[2], ARGV[1])
@@ -23,21 +22,21 @@ if not state then
 end
 local verdict
 if state == 'scheduled' then
-  if tonumber(redis.call('HGET', key, 'due')) > now + tonumber(ARGV[4]) then
+  if tonumber(redis.call('HGET', KEYS[1], 'due')) > now + tonumber(ARGV[4]) then
     return {'not_due'}
   end
   verdict = 'ok'
 elseif state == 'sending' then
-  if tonumber(redis.call('HGET', key, 'lease') or '0') > now then return {'busy'} end
+  if tonumber(redis.call('HGET', KEYS[1], 'lease') or '0') > now then return {'busy'} end
   verdict = 'recover'
 else
   redis.call('ZREM', KEYS[2], ARGV[1])
   return {state}
 end
-redis.call('HSET', key, 'state', 'sending', 'lease', ARGV[3])
-redis.call('HINCRBY', key, 'attempts', 1)
+redis.call('HSET', KEYS[1], 'state', 'sending', 'lease', ARGV[3])
+redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 local out = {verdict}
-for _, v in ipairs(redis.call('HGETALL', key)) do out[#out + 1] = v end
+for _, v in ipairs(redis.call('HGETALL', KEYS[1])) do out[#out + 1] = v end
 return out

@@ -21,20 +21,20 @@
 -- Returns how many notifications were cancelled.
 local cancelled = 0
 for i = 5, #KEYS do
-  local key, id = KEYS[i], ARGV[i - 2]
+  local id = ARGV[i - 2]
   local state = false
   if redis.call('SISMEMBER', KEYS[1], id) == 1 then
-    state = redis.call('HGET', key, 'state')
+    state = redis.call('HGET', KEYS[i], 'state')
   end
   if state == 'scheduled' then
-    redis.call('HSET', key, 'state', 'cancelled', 'reason', ARGV[1])
-    redis.call('EXPIRE', key, ARGV[2])
+    redis.call('HSET', KEYS[i], 'state', 'cancelled', 'reason', ARGV[1])
+    redis.call('EXPIRE', KEYS[i], ARGV[2])
     redis.call('ZREM', KEYS[2], id)
     redis.call('ZREM', KEYS[3], id)
-    redis.call('HINCRBY', KEYS[4], 'cancelled:' .. redis.call('HGET', key, 'channel'), 1)
+    redis.call('HINCRBY', KEYS[4], 'cancelled:' .. redis.call('HGET', KEYS[i], 'channel'), 1)
     cancelled = cancelled + 1
   elseif state == 'sending' or state == 'sent' then
-    redis.call('HSET', key, 'superseded', ARGV[1])
+    redis.call('HSET', KEYS[i], 'superseded', ARGV[1])
   end
 end
 return cancelled
