@@ -5,16 +5,20 @@ between the read and the script."""
 
 from __future__ import annotations
 
+import hashlib
 import re
+import time
 from datetime import UTC, datetime, timedelta
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from notifier.ledger.lua import lua_source
-from notifier.ledger.notifications import SCHEDULE
+from notifier.ledger.notifications import SCHEDULE, epoch
+from notifier.ledger.ratelimit import RateLimiter
 from notifier.ledger.store import Store
 from notifier.policy.plan import Plan, PlannedNotification
 
@@ -184,3 +188,116 @@ def test_reschedule_given_a_recipient_that_no_longer_matches_reads_it_again(stor
 def test_reschedule_of_an_unknown_notification_changes_nothing(store):
     assert store.schedule.reschedule("nope", NOW, "quiet hours") == ""
     assert store.redis.dbsize() == 0
+
+
+# What each script touches, checked against a real Redis -------------------------------
+#: One argument of a MONITOR line: Redis quotes each and escapes \\ \" \n \r \t \a \b \xHH.
+MONITOR_ARG = re.compile(r'"((?:[^"\\]|\\.)*)"')
+MONITOR_LINE = re.compile(r"^[\d.]+ \[\d+ (\S*)\] (.*)$")
+
+
+def monitor_args(text: str) -> list[str]:
+    return [a.encode("latin-1", "backslashreplace").decode("unicode_escape")
+            for a in MONITOR_ARG.findall(text)]
+
+
+class Monitor:
+    """The commands Redis ran while the block ran, as (source, args): source `lua` for a
+    command a script ran, else the client's address."""
+
+    def __init__(self, url: str) -> None:
+        self.client = redis.Redis.from_url(url)
+        self.lines: list[tuple[str, list[str]]] = []
+
+    def __enter__(self) -> Monitor:
+        self.monitor = self.client.monitor().__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        redis.Redis(connection_pool=self.client.connection_pool).echo("monitor-end")
+        while True:
+            raw = self.monitor.connection.read_response()
+            line = raw.decode("latin-1") if isinstance(raw, bytes) else raw
+            match = MONITOR_LINE.match(line)
+            assert match, line
+            args = monitor_args(match.group(2))
+            if args == ["ECHO", "monitor-end"]:
+                break
+            self.lines.append((match.group(1), args))
+        self.monitor.__exit__(None, None, None)
+        self.client.close()
+
+
+def every_script_runs(store: Store) -> None:
+    """Each script, along its branches that touch keys: events, turns, notifications
+    from add to finish, cancel and reschedule (both ways), delivery reports, pacing."""
+    store.store_event("e1", b'{"a": "b c"}', NOW)
+    store.store_event("e2", b"{}", NOW, subject="appointment:a1", occurred_at=NOW)
+    turns = store.turns
+    assert turns.take("appointment:a1", "t1", NOW, lease_s=30)
+    assert turns.next("appointment:a1", "t1", NOW, lease_s=30) == "e2"
+    turns.release("appointment:a1", "t1")
+    assert turns.take("appointment:b2", "t2", NOW, lease_s=0.001)
+    time.sleep(0.01)
+    assert turns.take("appointment:c3", "t3", NOW, lease_s=30)
+    assert sorted(turns.expired(NOW + timedelta(minutes=5))) == ["appointment:b2"]
+    turns.redis.zadd("n:turns", {"appointment:c3": epoch(NOW)})
+    assert turns.expired(NOW + timedelta(minutes=5)) == []  # its key still holds
+    assert not turns.next("appointment:c3", "t3", NOW, lease_s=30)  # queue empty: given back
+
+    schedule = store.schedule
+    store.write_plan(Plan(outcome="applied", add=(
+        planned(1), planned(2), planned(3), planned(4, entity="appointment:b2", recipient_id="c2"),
+        PlannedNotification(id="expired-one", kind="appointment_reminder", channel="sms",
+                            recipient="client", recipient_id="c1", entity="appointment:a1",
+                            due_at=NOW, expires_at=NOW, state="expired"))), NOW)
+    assert len(schedule.claim(NOW, 10, lease_s=1)) == 4
+    assert len(schedule.sweep(NOW + timedelta(minutes=1))) == 4
+    for i in (1, 2, 3, 4):
+        assert schedule.begin(f"appointment_reminder:a1:{i}:sms", NOW, lease_s=60).may_send
+    assert schedule.begin("missing-one", NOW, lease_s=60).verdict == "missing"
+    assert schedule.finish("appointment_reminder:a1:1:sms", "sent", sent_at=epoch(NOW) + 3)
+    assert schedule.record_delivery("appointment_reminder:a1:1:sms", "delivered", "", NOW)
+    assert schedule.reschedule("appointment_reminder:a1:2:sms", NOW + timedelta(hours=1),
+                               "quiet hours", slot=1.5) == "rescheduled"
+    store.write_plan(Plan(outcome="applied", cancel=("appointment:a1",)), NOW)
+    assert schedule.reschedule("appointment_reminder:a1:3:sms", NOW, "retrying") == "cancelled"
+    assert schedule.reschedule("appointment_reminder:a1:4:sms", NOW, "paced",
+                               not_an_attempt=True,
+                               recipient=("client", "stale")) == "rescheduled"
+    limiter = RateLimiter(store.redis, "twilio", per_s=10)
+    limiter.reserve(NOW)
+    limiter.reserve(NOW)
+
+
+def test_every_script_touches_only_the_keys_in_its_keys(redis_url, store):
+    """Run every script with MONITOR on, and ask Redis (COMMAND GETKEYS) which keys each
+    command a script ran touched: all must be among the KEYS the script was called with,
+    as Redis Cluster requires. Redis 6 shows a script's commands after its EVALSHA;
+    Redis 7 before it."""
+    with Monitor(redis_url) as monitor:
+        every_script_runs(store)
+    version = int(store.redis.info("server")["redis_version"].split(".")[0])
+    lines = monitor.lines if version < 7 else list(reversed(monitor.lines))
+    shas = {hashlib.sha1(lua_source(n.removesuffix(".lua")).encode()).hexdigest(): n
+            for n in SCRIPTS}
+    script: tuple[str, set[str]] | None = None
+    touched: dict[str, set[str]] = {}
+    strays: list[tuple[str, str, str]] = []
+    for source, args in lines:
+        if source != "lua":
+            if args[0].upper() in ("EVALSHA", "EVAL"):
+                name = shas.get(args[1], args[1]) if args[0].upper() == "EVALSHA" else "eval"
+                script = (name, set(args[3:3 + int(args[2])]))
+            else:
+                script = None
+            continue
+        assert script is not None, f"a script's command with no script: {args}"
+        name, keys = script
+        for key in store.redis.command_getkeys(*args) if len(args) > 1 else []:
+            key = key.decode() if isinstance(key, bytes) else key
+            touched.setdefault(name, set()).add(key)
+            if key not in keys:
+                strays.append((name, args[0], key))
+    assert strays == []
+    assert sorted(touched) == SCRIPTS  # every script ran and touched keys
