@@ -24,9 +24,7 @@ def planned(i: int, due: datetime, entity: str = "appointment:a1",
 
 
 def write(store: Store, *notifications: PlannedNotification, cancel: tuple[str, ...] = ()) -> None:
-    with store.redis.pipeline() as pipe:
-        store._write_plan(pipe, Plan(outcome="applied", add=notifications, cancel=cancel), NOW)
-        pipe.execute()
+    store.write_plan(Plan(outcome="applied", add=notifications, cancel=cancel), NOW)
 
 
 @pytest.fixture

@@ -141,7 +141,8 @@ class Deliverer:
                not_an_attempt: bool = False, slot: float = 0.0) -> str:
         """Put the notification back on the schedule, unless it was superseded meanwhile."""
         result = self.store.schedule.reschedule(n.id, due, reason,
-                                                not_an_attempt=not_an_attempt, slot=slot)
+                                                not_an_attempt=not_an_attempt, slot=slot,
+                                                recipient=(n.recipient, n.recipient_id))
         if result == "cancelled":
             log.info("notification %s superseded while it was being sent", n.id)
             return "cancelled"

@@ -20,6 +20,9 @@ from typing import Any
 
 import redis
 
+from notifier.errors import StoreError
+from notifier.ledger.lua import lua_source
+
 #: Key prefix of every key Notifier writes.
 PREFIX = "n:"
 SCHEDULE = PREFIX + "schedule"
@@ -36,6 +39,8 @@ FINAL_STATES = ("sent", "failed", "expired", "suppressed", "cancelled")
 LATENESS_BUCKETS_S = (1, 5, 15, 60, 300, 900, 3600)
 #: A finished or cancelled notification is kept this long for the read API, then expires.
 KEEP_FINISHED_S = 90 * 24 * 3600
+#: An entity's index of notifications expires this long after its last add.
+ENTITY_INDEX_TTL_S = 180 * 24 * 3600
 
 
 def notif_key(notification_id: str) -> str:
@@ -59,185 +64,21 @@ def from_epoch(value: str | float) -> datetime:
     return datetime.fromtimestamp(float(value), UTC)
 
 
-# Add a planned notification unless one with this id exists in any state but `cancelled`:
-# the first plan wins, so replays and duplicate events add nothing. One planned `expired` or
-# `suppressed` has ended already, and is counted in the outcomes (KEYS[4]) like any other.
-# KEYS[5...] are the entity indexes.
-ADD_LUA = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if state and state ~= 'cancelled' then return 0 end
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
-local planned = redis.call('HGET', KEYS[1], 'state')
-if planned == 'scheduled' then
-  redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
-else
-  redis.call('HINCRBY', KEYS[4], planned .. ':' .. redis.call('HGET', KEYS[1], 'channel'), 1)
-end
-redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
-for i = 5, #KEYS do
-  redis.call('SADD', KEYS[i], ARGV[1])
-  redis.call('EXPIRE', KEYS[i], {index_ttl})
-end
-return 1
-""".replace("{index_ttl}", str(180 * 24 * 3600))
-
-# Cancel every still-scheduled notification about one entity, counting each in the
-# outcomes (KEYS[4]).
-# One being sent right now cannot be stopped, but it is marked `superseded`: if its send
-# fails and would be retried, it is cancelled instead, and a failure report later never
-# moves it to the other channel.
-CANCEL_ENTITY_LUA = """
-local cancelled = 0
-for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local key = ARGV[1] .. id
-  local state = redis.call('HGET', key, 'state')
-  if state == 'scheduled' then
-    redis.call('HSET', key, 'state', 'cancelled', 'reason', ARGV[2])
-    redis.call('EXPIRE', key, ARGV[3])
-    redis.call('ZREM', KEYS[2], id)
-    redis.call('ZREM', KEYS[3], id)
-    redis.call('HINCRBY', KEYS[4], 'cancelled:' .. redis.call('HGET', key, 'channel'), 1)
-    cancelled = cancelled + 1
-  elseif state == 'sending' or state == 'sent' then
-    redis.call('HSET', key, 'superseded', ARGV[2])
-  end
-end
-return cancelled
-"""
-
-# Claim up to ARGV[2] ids due by ARGV[1]: move them from the schedule to the in-flight set
-# with a lease until ARGV[3]. Atomic, so two clocks never claim the same id. At most
-# ARGV[4] ids are in flight at once: a burst is fed to the workers as they keep up, so no
-# lease runs out while its message still waits in the queue.
-CLAIM_LUA = """
-local room = tonumber(ARGV[4]) - redis.call('ZCARD', KEYS[2])
-if room <= 0 then return {} end
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0,
-                       math.min(room, tonumber(ARGV[2])))
-for _, id in ipairs(ids) do
-  redis.call('ZREM', KEYS[1], id)
-  redis.call('ZADD', KEYS[2], ARGV[3], id)
-end
-return ids
-"""
-
-# Put ids whose lease expired by ARGV[1] back on the schedule, due at once: their claimer
-# died between claim and send, or its message was lost.
-SWEEP_LUA = """
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
-for _, id in ipairs(ids) do
-  redis.call('ZREM', KEYS[1], id)
-  redis.call('ZADD', KEYS[2], ARGV[1], id)
-end
-return ids
-"""
-
-# Begin sending: `scheduled` and due -> `sending` with a lease (off the schedule, in case a
-# redelivered message got here before the clock claimed it again). A notification found in
-# `sending` whose lease has run out belongs to a sender that died inside the send; it is
-# handed back as `recover`. Returns {verdict, fields...}.
-BEGIN_LUA = """
-local key = KEYS[1]
-local state = redis.call('HGET', key, 'state')
-local now = tonumber(ARGV[2])
-if not state then
-  redis.call('ZREM', KEYS[2], ARGV[1])
-  return {'missing'}
-end
-local verdict
-if state == 'scheduled' then
-  if tonumber(redis.call('HGET', key, 'due')) > now + tonumber(ARGV[4]) then
-    return {'not_due'}
-  end
-  verdict = 'ok'
-elseif state == 'sending' then
-  if tonumber(redis.call('HGET', key, 'lease') or '0') > now then return {'busy'} end
-  verdict = 'recover'
-else
-  redis.call('ZREM', KEYS[2], ARGV[1])
-  return {state}
-end
-redis.call('HSET', key, 'state', 'sending', 'lease', ARGV[3])
-redis.call('HINCRBY', key, 'attempts', 1)
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
-redis.call('ZREM', KEYS[3], ARGV[1])
-local out = {verdict}
-for _, v in ipairs(redis.call('HGETALL', key)) do out[#out + 1] = v end
-return out
-"""
-
-# Finish: `sending` -> a final state (sent, failed, expired, suppressed), fields set.
-# The cluster-wide count of outcomes (KEYS[3], by state and channel) feeds /metrics, and so
-# does a send's lateness (KEYS[4]): sent_at minus the due time it was sent for (after quiet
-# hours, pacing or a retry moved it, so what it measures is how far the workers lag), into
-# cumulative buckets. A send recorded without `sent_at` (one found sent after a crash) has
-# no known lateness and is not observed.
-FINISH_LUA = """
-if redis.call('HGET', KEYS[1], 'state') ~= 'sending' then return 0 end
-redis.call('HSET', KEYS[1], 'state', ARGV[2], unpack(ARGV, 4))
-redis.call('HDEL', KEYS[1], 'lease')
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-redis.call('ZREM', KEYS[2], ARGV[1])
-local channel = redis.call('HGET', KEYS[1], 'channel')
-redis.call('HINCRBY', KEYS[3], ARGV[2] .. ':' .. channel, 1)
-local sent_at = tonumber(redis.call('HGET', KEYS[1], 'sent_at') or '')
-if ARGV[2] == 'sent' and sent_at then
-  local late = math.max(0, sent_at - tonumber(redis.call('HGET', KEYS[1], 'due')))
-  local series = redis.call('HGET', KEYS[1], 'kind') .. ':' .. channel .. ':'
-  for _, bound in ipairs({{buckets}}) do
-    if late <= bound then redis.call('HINCRBY', KEYS[4], series .. bound, 1) end
-  end
-  redis.call('HINCRBY', KEYS[4], series .. 'count', 1)
-  redis.call('HINCRBYFLOAT', KEYS[4], series .. 'sum', tostring(late))
-end
-return 1
-""".replace("{buckets}", ", ".join(str(b) for b in LATENESS_BUCKETS_S))
-
-# Put back: `sending` -> `scheduled` at a later due time (retry, quiet hours, waiting).
-# ARGV[5] = '1' when this was no attempt at all (a rate-limit slot), so it is not counted;
-# further ARGV are field/value pairs to set. One superseded meanwhile is `cancelled`
-# instead, and counted in the outcomes (KEYS[4]).
-RESCHEDULE_LUA = """
-if redis.call('HGET', KEYS[1], 'state') ~= 'sending' then return 0 end
-local superseded = redis.call('HGET', KEYS[1], 'superseded')
-if superseded then
-  redis.call('HSET', KEYS[1], 'state', 'cancelled', 'reason', superseded)
-  redis.call('HDEL', KEYS[1], 'lease')
-  redis.call('ZREM', KEYS[2], ARGV[1])
-  redis.call('HINCRBY', KEYS[4], 'cancelled:' .. redis.call('HGET', KEYS[1], 'channel'), 1)
-  return -1
-end
-redis.call('HSET', KEYS[1], 'state', 'scheduled', 'due', ARGV[2], 'reason', ARGV[3])
-if ARGV[5] == '1' then redis.call('HINCRBY', KEYS[1], 'attempts', -1) end
-if #ARGV > 5 then redis.call('HSET', KEYS[1], unpack(ARGV, 6)) end
-redis.call('HDEL', KEYS[1], 'lease')
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
-local to = redis.call('HGET', KEYS[1], 'to') .. ':' .. redis.call('HGET', KEYS[1], 'to_id')
-redis.call('ZADD', ARGV[4] .. to, ARGV[2], ARGV[1])
-return 1
-"""
+# The scripts that move a notification; each documents its KEYS and ARGV at its top.
+ADD_LUA = lua_source("notif_add")
+CANCEL_ENTITY_LUA = lua_source("notif_cancel_entity")
+CLAIM_LUA = lua_source("notif_claim")
+SWEEP_LUA = lua_source("notif_sweep")
+BEGIN_LUA = lua_source("notif_begin")
+FINISH_LUA = lua_source("notif_finish")
+RESCHEDULE_LUA = lua_source("notif_reschedule")
 
 
 #: Delivery reports by how far along they are; a report never replaces a later one.
 DELIVERY_RANK = {"queued": 1, "accepted": 1, "processed": 1, "sending": 2, "sent": 3,
                  "deferred": 3, "delivered": 4, "undelivered": 4, "failed": 4, "bounce": 4,
                  "dropped": 4}
-
-# Record a delivery report in its own fields, beside `state`: a report arriving before the
-# send is recorded (callbacks race the provider's HTTP answer) is kept, and `finish` later
-# leaves it alone.
-DELIVERY_LUA = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local rank = tonumber(redis.call('HGET', KEYS[1], 'delivery_rank') or '0')
-if tonumber(ARGV[2]) >= rank then
-  redis.call('HSET', KEYS[1], 'delivery', ARGV[1], 'delivery_rank', ARGV[2],
-             'delivery_at', ARGV[4])
-  if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'code', ARGV[3]) end
-end
-return 1
-"""
+DELIVERY_LUA = lua_source("notif_delivery")
 
 
 @dataclass(frozen=True)
@@ -267,6 +108,16 @@ class Schedule:
         self._reschedule = client.register_script(RESCHEDULE_LUA)
         self._delivery = client.register_script(DELIVERY_LUA)
 
+    def cancel_entity(self, pipe: Any, ref: str, ids: list[str],
+                      reason: str = "superseded") -> None:
+        """Queue on `pipe` the cancel of `ref`'s still-scheduled notifications (those being
+        sent are marked `reason`). `ids` are the members of `by_entity_key(ref)`, read
+        after the caller WATCHed it (`Store.cancel_targets`), so that an id added meanwhile
+        fails the caller's transaction instead of escaping the cancel."""
+        self.cancel_script(keys=[by_entity_key(ref), SCHEDULE, INFLIGHT, OUTCOMES,
+                                 *(notif_key(i) for i in ids)],
+                           args=[reason, KEEP_FINISHED_S, *ids], client=pipe)
+
     def claim(self, now: datetime, limit: int, lease_s: float,
               max_inflight: int = 5000) -> list[str]:
         ids = self._claim(keys=[SCHEDULE, INFLIGHT],
@@ -290,26 +141,41 @@ class Schedule:
             flat += [name, "" if value is None else value]
         return bool(self._finish(keys=[notif_key(notification_id), INFLIGHT, OUTCOMES,
                                        LATENESS],
-                                 args=[notification_id, state, KEEP_FINISHED_S, *flat]))
+                                 args=[notification_id, state, KEEP_FINISHED_S,
+                                       ",".join(str(b) for b in LATENESS_BUCKETS_S), *flat]))
 
     def outcomes(self) -> dict[tuple[str, str], int]:
         """How many notifications ended in each (state, channel), since the data began."""
         return parse_outcomes(self.redis.hgetall(OUTCOMES))
 
     def reschedule(self, notification_id: str, due: datetime, reason: str, *,
-                   not_an_attempt: bool = False, slot: float = 0.0) -> str:
+                   not_an_attempt: bool = False, slot: float = 0.0,
+                   recipient: tuple[str, str] | None = None) -> str:
         """Back to `scheduled` at `due`; returns "rescheduled", or "cancelled" when the
         notification was superseded while it was being sent, or "" when not `sending`.
 
         `slot` is a send-rate slot reserved for it; any other reschedule forgets the old
-        one, so a batch held overnight is paced again in the morning.
+        one, so a batch held overnight is paced again in the morning. `recipient` is the
+        notification's (`to`, `to_id`), which names the by-recipient index it moves in
+        (the script is given that key); read from the notification when not given, and
+        read again if it does not match. Raises StoreError if it keeps changing.
         """
-        result = self._reschedule(
-            keys=[notif_key(notification_id), INFLIGHT, SCHEDULE, OUTCOMES],
-            args=[notification_id, epoch(due), reason, PREFIX + "by-recipient:",
-                  "1" if not_an_attempt else "0", "slot", slot],
-        )
-        return {1: "rescheduled", -1: "cancelled"}.get(int(result), "")
+        key = notif_key(notification_id)
+        for _ in range(3):
+            if recipient is None:
+                to, to_id = self.redis.hmget(key, "to", "to_id")
+                if to is None or to_id is None:
+                    return ""  # no notification, so none being sent
+                recipient = (to.decode(), to_id.decode())
+            result = int(self._reschedule(
+                keys=[key, INFLIGHT, SCHEDULE, OUTCOMES, by_recipient_key(*recipient)],
+                args=[notification_id, epoch(due), reason, "1" if not_an_attempt else "0",
+                      *recipient, "slot", slot],
+            ))
+            if result != -2:
+                return {1: "rescheduled", -1: "cancelled"}.get(result, "")
+            recipient = None
+        raise StoreError(f"notification {notification_id}: its recipient keeps changing")
 
     def record_delivery(self, notification_id: str, status: str, code: str,
                         now: datetime) -> bool:

@@ -11,14 +11,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from notifier.ledger.lua import lua_source
 from notifier.ledger.notifications import PREFIX
 
-RESERVE_LUA = """
-local now = tonumber(ARGV[1])
-local slot = math.max(now, tonumber(redis.call('GET', KEYS[1]) or '0'))
-redis.call('SET', KEYS[1], tostring(slot + tonumber(ARGV[2])), 'EX', 86400)
-return tostring(slot)
-"""
+RESERVE_LUA = lua_source("rate_reserve")
 
 #: A slot this close to now counts as now.
 SLACK_S = 0.005

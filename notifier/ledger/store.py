@@ -24,7 +24,9 @@ import redis
 from pydantic import BaseModel
 
 from notifier.errors import StoreError
+from notifier.ledger.lua import lua_source
 from notifier.ledger.notifications import (
+    ENTITY_INDEX_TTL_S,
     INFLIGHT,
     KEEP_FINISHED_S,
     LATENESS,
@@ -66,19 +68,7 @@ EVENT_RETENTION_S = 30 * 24 * 3600
 #: At most this many notifications per client are returned by the read API.
 READ_LIMIT = 200
 
-# Store an event unless its id is known: SET NX semantics on a hash, plus the pending index
-# and, when the subject is given (KEYS[3] = its queue), the subject's queue.
-# ARGV: raw, received at, event id, [subject ref, occurred at, queue member].
-STORE_EVENT_LUA = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'raw', ARGV[1], 'status', 'accepted', 'received_at', ARGV[2])
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
-if KEYS[3] then
-  redis.call('HSET', KEYS[1], 'subject', ARGV[4], 'occurred', ARGV[5], 'member', ARGV[6])
-  redis.call('ZADD', KEYS[3], ARGV[5], ARGV[6])
-end
-return 1
-"""
+STORE_EVENT_LUA = lua_source("event_store")
 
 
 def event_key(event_id: str) -> str:
@@ -333,6 +323,7 @@ class Store:
                     arrived = from_epoch(received) if received else now
                     plan = decide(raw, load, arrived)
                     before = self._clients_before(plan, pipe)
+                    targets = self.cancel_targets(plan, pipe)
                     pipe.multi()
                     if ref and member:
                         pipe.zrem(queue_key(ref), member)
@@ -340,7 +331,7 @@ class Store:
                     if plan.outcome == "held":
                         self._hold(pipe, event_id, plan, ref, member, occurred, now)
                     else:
-                        self._write_plan(pipe, plan, now, before)
+                        self._write_plan(pipe, plan, now, before, targets)
                         pipe.hset(key, mapping={"status": plan.outcome, "reason": plan.reason,
                                                 "applied_at": epoch(now)})
                         pipe.expire(key, EVENT_RETENTION_S)
@@ -434,12 +425,35 @@ class Store:
 
     def write_plan(self, plan: Plan, now: datetime) -> int:
         """Write a plan not tied to an event (a cron job's), in one transaction; returns how
-        many of its notifications were added (the others' ids were planned before)."""
-        with self.redis.pipeline() as pipe:
-            self._write_plan(pipe, plan, now, self._clients_before(plan, self.redis))
-            replies = pipe.execute()
-        # `_write_plan` queues the adds last; each ADD_LUA reply is 1 (added) or 0 (kept).
-        return sum(int(reply) for reply in replies[len(replies) - len(plan.add):])
+        many of its notifications were added (the others' ids were planned before).
+        An id added to a cancelled entity's index meanwhile writes it again."""
+        while True:
+            with self.redis.pipeline() as pipe:
+                try:
+                    targets = self.cancel_targets(plan, pipe)
+                    before = self._clients_before(plan, pipe if pipe.watching else self.redis)
+                    pipe.multi()
+                    self._write_plan(pipe, plan, now, before, targets)
+                    replies = pipe.execute()
+                except redis.WatchError:
+                    continue
+            # `_write_plan` queues the adds last; each ADD_LUA reply is 1 (added) or 0 (kept).
+            return sum(int(reply) for reply in replies[len(replies) - len(plan.add):])
+
+    def cancel_targets(self, plan: Plan, pipe: Any) -> dict[str, list[str]]:
+        """The notification ids indexed under each entity `plan` cancels, by ref: the
+        indexes are WATCHed on `pipe` first, then read in one round trip. The cancel
+        script is given each id's key (every key a script touches is in its KEYS), and
+        the WATCH fails the transaction when an id is added before it commits."""
+        if not plan.cancel:
+            return {}
+        pipe.watch(*(by_entity_key(ref) for ref in plan.cancel))
+        with self.redis.pipeline(transaction=False) as reads:
+            for ref in plan.cancel:
+                reads.smembers(by_entity_key(ref))
+            found = reads.execute()
+        return {ref: sorted(i.decode() for i in ids)
+                for ref, ids in zip(plan.cancel, found, strict=True)}
 
     def _clients_before(self, plan: Plan, pipe: Any) -> dict[str, Record]:
         """The stored versions of the client records `plan` writes, read before its MULTI
@@ -451,11 +465,15 @@ class Store:
         return self.load_records(refs, pipe)
 
     def _write_plan(self, pipe: Any, plan: Plan, now: datetime,
-                    before: Mapping[str, BaseModel] | None = None) -> None:
+                    before: Mapping[str, BaseModel] | None = None,
+                    targets: Mapping[str, list[str]] | None = None) -> None:
         """Queue a plan's writes on `pipe`: records, cancels, then the adds (last).
 
         `before`: the stored versions of the plan's client records (`_clients_before`);
-        callers whose plans hold no client records may leave it out."""
+        callers whose plans hold no client records may leave it out. `targets`: the ids
+        of each entity the plan cancels (`cancel_targets`), required when it cancels."""
+        if plan.cancel and (targets is None or not set(plan.cancel) <= set(targets)):
+            raise StoreError("a plan that cancels needs the ids it cancels: cancel_targets")
         for ref, record in plan.records.items():
             pipe.set(record_key(ref), record.model_dump_json())
         # Inbound SMS name a number; these sets find every client it belongs to.
@@ -465,15 +483,13 @@ class Store:
         for phone, client_id in join:
             pipe.sadd(phone_clients_key(phone), client_id)
         for ref in plan.cancel:
-            self.schedule.cancel_script(keys=[by_entity_key(ref), SCHEDULE, INFLIGHT,
-                                              OUTCOMES],
-                                        args=[PREFIX + "notif:", "superseded",
-                                              KEEP_FINISHED_S], client=pipe)
+            self.schedule.cancel_entity(pipe, ref, (targets or {})[ref])
         for n in plan.add:
             self.schedule.add_script(
                 keys=[notif_key(n.id), SCHEDULE, by_recipient_key(n.recipient, n.recipient_id),
                       OUTCOMES, by_entity_key(n.entity)],
-                args=[n.id, epoch(n.due_at), *_notification_fields(n, now)],
+                args=[n.id, epoch(n.due_at), ENTITY_INDEX_TTL_S,
+                      *_notification_fields(n, now)],
                 client=pipe,
             )
 

@@ -28,6 +28,7 @@ from typing import Any
 
 import redis
 
+from notifier.ledger.lua import lua_source
 from notifier.ledger.notifications import PREFIX, epoch
 
 TURNS = PREFIX + "turns"
@@ -54,63 +55,11 @@ def member_event_id(member: str) -> str:
     return member.split(":", 1)[1]
 
 
-# KEYS: turn:{ref}, turns. ARGV: token, lease ms, lease expiry (epoch s), ref.
-# Take the subject's turn unless another worker has it.
-TAKE_LUA = """
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
-return 1
-"""
-
-# KEYS: turn:{ref}, subject-queue:{ref}, turns. ARGV: token, lease ms, lease expiry, ref.
-# The next event of the holder's turn (its queue member), renewing the lease; with the
-# queue empty the turn is given back and nothing is returned. Returns false as well when
-# the turn is no longer the caller's (its lease ran out and another worker took it).
-NEXT_LUA = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return false end
-local head = redis.call('ZRANGE', KEYS[2], 0, 0)
-if #head == 0 then
-  redis.call('DEL', KEYS[1])
-  redis.call('ZREM', KEYS[3], ARGV[4])
-  return false
-end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
-return head[1]
-"""
-
-# KEYS: turn:{ref}, turns. ARGV: token, ref. Give the turn back whatever is queued (the
-# caller failed; its retry or the sweep takes the turn again).
-RELEASE_LUA = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1])
-redis.call('ZREM', KEYS[2], ARGV[2])
-return 1
-"""
-
-# KEYS: turns, turn:{ref} for each candidate. ARGV: now, then each candidate's ref.
-# Candidates are subjects whose lease ended by `turns`. That score is the lease's end by the
-# holder's clock, read before its script ran (or on another host), so it can come before the
-# turn key expires: a subject whose key still holds stays, scored again by the key's time to
-# live, because a worker resuming it now would find the turn taken and nothing would resume
-# it later. The others are taken off the set and returned.
-EXPIRED_LUA = """
-local expired = {}
-for i = 2, #KEYS do
-  local ref = ARGV[i]
-  local score = redis.call('ZSCORE', KEYS[1], ref)
-  if score and tonumber(score) <= tonumber(ARGV[1]) then
-    local ttl = redis.call('PTTL', KEYS[i])
-    if ttl >= 0 then
-      redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + ttl / 1000, ref)
-    else
-      redis.call('ZREM', KEYS[1], ref)
-      expired[#expired + 1] = ref
-    end
-  end
-end
-return expired
-"""
+# The scripts of turns; each documents its KEYS and ARGV at its top.
+TAKE_LUA = lua_source("turn_take")
+NEXT_LUA = lua_source("turn_next")
+RELEASE_LUA = lua_source("turn_release")
+EXPIRED_LUA = lua_source("turn_expired")
 
 
 class Turns:

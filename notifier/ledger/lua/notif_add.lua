@@ -1,0 +1,32 @@
+-- Add a planned notification unless one with this id exists in any state but `cancelled`:
+-- the first plan wins, so replays and duplicate events add nothing. One planned `expired`
+-- or `suppressed` has ended already, and is counted in the outcomes like any other.
+--
+-- KEYS[1]     n:notif:{id}                 the notification's hash
+-- KEYS[2]     n:schedule                   scheduled ids by due time
+-- KEYS[3]     n:by-recipient:{to}:{to_id}  the recipient's notifications by due time
+-- KEYS[4]     n:stats:outcomes             final states counted by state and channel
+-- KEYS[5..]   n:by-entity:{ref}            each entity index the notification joins
+--
+-- ARGV[1]     the notification id
+-- ARGV[2]     its due time, epoch seconds
+-- ARGV[3]     how long an entity index is kept after its last add, seconds
+-- ARGV[4..]   the hash's field/value pairs (`state`, `channel` among them)
+--
+-- Returns 1 when added, 0 when one with this id was kept.
+local state = redis.call('HGET', KEYS[1], 'state')
+if state and state ~= 'cancelled' then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+local planned = redis.call('HGET', KEYS[1], 'state')
+if planned == 'scheduled' then
+  redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+else
+  redis.call('HINCRBY', KEYS[4], planned .. ':' .. redis.call('HGET', KEYS[1], 'channel'), 1)
+end
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+for i = 5, #KEYS do
+  redis.call('SADD', KEYS[i], ARGV[1])
+  redis.call('EXPIRE', KEYS[i], ARGV[3])
+end
+return 1

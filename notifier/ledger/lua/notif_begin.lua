@@ -1,0 +1,42 @@
+-- Begin sending: `scheduled` and due -> `sending` with a lease (off the schedule, in case
+-- a redelivered message got here before the clock claimed it again). A notification found
+-- in `sending` whose lease has run out belongs to a sender that died inside the send; it
+-- is handed back as `recover`.
+--
+-- KEYS[1]     n:notif:{id}
+-- KEYS[2]     n:inflight
+-- KEYS[3]     n:schedule
+--
+-- ARGV[1]     the notification id
+-- ARGV[2]     now, epoch seconds
+-- ARGV[3]     the lease's end, epoch seconds
+-- ARGV[4]     how early a notification may be begun, seconds
+--
+-- Returns {verdict, field, value, ...}: `ok` or `recover` with the hash's fields;
+-- `missing`, `not_due`, `busy` or the state found, alone.
+local state = redis.call('HGET', KEYS[1], 'state')
+local now = tonumber(ARGV[2])
+if not state then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  return {'missing'}
+end
+local verdict
+if state == 'scheduled' then
+  if tonumber(redis.call('HGET', KEYS[1], 'due')) > now + tonumber(ARGV[4]) then
+    return {'not_due'}
+  end
+  verdict = 'ok'
+elseif state == 'sending' then
+  if tonumber(redis.call('HGET', KEYS[1], 'lease') or '0') > now then return {'busy'} end
+  verdict = 'recover'
+else
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  return {state}
+end
+redis.call('HSET', KEYS[1], 'state', 'sending', 'lease', ARGV[3])
+redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+local out = {verdict}
+for _, v in ipairs(redis.call('HGETALL', KEYS[1])) do out[#out + 1] = v end
+return out

@@ -1,0 +1,40 @@
+-- Cancel every still-scheduled notification about one entity, counting each in the
+-- outcomes. One being sent right now cannot be stopped, but it is marked `superseded`: if
+-- its send fails and would be retried, it is cancelled instead, and a failure report later
+-- never moves it to the other channel.
+--
+-- The entity's ids live in KEYS[1], so the caller reads them first and passes each id's
+-- key: it WATCHes KEYS[1] before reading and runs this script inside the MULTI, so an id
+-- added in between fails the transaction and the caller reads again (`Store` does). An id
+-- passed but no longer in KEYS[1] is left alone.
+--
+-- KEYS[1]     n:by-entity:{ref}            the entity's notification ids
+-- KEYS[2]     n:schedule
+-- KEYS[3]     n:inflight
+-- KEYS[4]     n:stats:outcomes
+-- KEYS[5..]   n:notif:{id} of each id in ARGV[3..], in the same order
+--
+-- ARGV[1]     the reason recorded (`superseded`)
+-- ARGV[2]     how long a cancelled notification is kept, seconds
+-- ARGV[3..]   the entity's notification ids, as read from KEYS[1]
+--
+-- Returns how many notifications were cancelled.
+local cancelled = 0
+for i = 5, #KEYS do
+  local id = ARGV[i - 2]
+  local state = false
+  if redis.call('SISMEMBER', KEYS[1], id) == 1 then
+    state = redis.call('HGET', KEYS[i], 'state')
+  end
+  if state == 'scheduled' then
+    redis.call('HSET', KEYS[i], 'state', 'cancelled', 'reason', ARGV[1])
+    redis.call('EXPIRE', KEYS[i], ARGV[2])
+    redis.call('ZREM', KEYS[2], id)
+    redis.call('ZREM', KEYS[3], id)
+    redis.call('HINCRBY', KEYS[4], 'cancelled:' .. redis.call('HGET', KEYS[i], 'channel'), 1)
+    cancelled = cancelled + 1
+  elseif state == 'sending' or state == 'sent' then
+    redis.call('HSET', KEYS[i], 'superseded', ARGV[1])
+  end
+end
+return cancelled

@@ -1,0 +1,43 @@
+-- Put back: `sending` -> `scheduled` at a later due time (retry, quiet hours, waiting),
+-- moved in its recipient's index too. One superseded meanwhile is `cancelled` instead, and
+-- counted in the outcomes.
+--
+-- The recipient's index is named by the notification's `to` and `to_id`, so the caller
+-- passes them (read first, or known from the notification it is sending); the script
+-- checks they still match and otherwise changes nothing and returns -2, to be read again.
+--
+-- KEYS[1]     n:notif:{id}
+-- KEYS[2]     n:inflight
+-- KEYS[3]     n:schedule
+-- KEYS[4]     n:stats:outcomes
+-- KEYS[5]     n:by-recipient:{to}:{to_id}  the recipient's notifications by due time
+--
+-- ARGV[1]     the notification id
+-- ARGV[2]     the new due time, epoch seconds
+-- ARGV[3]     the reason recorded
+-- ARGV[4]     '1' when this was no attempt at all (a rate-limit slot): not counted
+-- ARGV[5]     the notification's `to`, as in KEYS[5]
+-- ARGV[6]     the notification's `to_id`, as in KEYS[5]
+-- ARGV[7..]   field/value pairs to set
+--
+-- Returns 1 when rescheduled, -1 when cancelled (superseded), 0 when not `sending`, -2
+-- when `to`/`to_id` are not ARGV[5]/ARGV[6].
+if redis.call('HGET', KEYS[1], 'state') ~= 'sending' then return 0 end
+local to = redis.call('HMGET', KEYS[1], 'to', 'to_id')
+if to[1] ~= ARGV[5] or to[2] ~= ARGV[6] then return -2 end
+local superseded = redis.call('HGET', KEYS[1], 'superseded')
+if superseded then
+  redis.call('HSET', KEYS[1], 'state', 'cancelled', 'reason', superseded)
+  redis.call('HDEL', KEYS[1], 'lease')
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('HINCRBY', KEYS[4], 'cancelled:' .. redis.call('HGET', KEYS[1], 'channel'), 1)
+  return -1
+end
+redis.call('HSET', KEYS[1], 'state', 'scheduled', 'due', ARGV[2], 'reason', ARGV[3])
+if ARGV[4] == '1' then redis.call('HINCRBY', KEYS[1], 'attempts', -1) end
+if #ARGV > 6 then redis.call('HSET', KEYS[1], unpack(ARGV, 7)) end
+redis.call('HDEL', KEYS[1], 'lease')
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[5], ARGV[2], ARGV[1])
+return 1
