@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
-from notifier.config import PROJECT_ROOT, Secret, Settings
+from notifier.config import Secret, Settings, project_dir
 from notifier.errors import NotifierError, UsageError
 
 log = logging.getLogger("notifier")
@@ -206,15 +206,15 @@ def invocation(argv0: str | None = None, executable: str | None = None,
     return f"{shell_path(python, cwd)} -m notifier"
 
 
-EXAMPLE_EVENTS = PROJECT_ROOT / "examples" / "appointment-scheduled.json"
+EXAMPLE_EVENTS = "appointment-scheduled.json"
 EXAMPLE_CLIENT = "client-1"
 
 
 def example_events() -> str:
     """The example events as a path to type: `examples/…` where the shell has them (a
-    checkout), else where this code has them."""
-    here = Path("examples") / EXAMPLE_EVENTS.name
-    return shell_path(here if here.is_file() else EXAMPLE_EVENTS)
+    checkout), else where this code has them (the checkout's, or the wheel's copy)."""
+    here = Path("examples") / EXAMPLE_EVENTS
+    return shell_path(here if here.is_file() else project_dir("examples") / EXAMPLE_EVENTS)
 
 
 def dev_banner(settings: Settings, host: str, port: int, redis_url: str) -> str:

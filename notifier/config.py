@@ -12,7 +12,9 @@ import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cache
+from importlib.resources import files
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
@@ -21,8 +23,31 @@ import phonenumbers
 
 from notifier.errors import ConfigError
 
-#: The repository root: templates/ and schedules/ are found relative to it by default.
+#: The directory above the package: the repository root when this code runs from a source
+#: checkout (an editable install, the tests), else the site-packages it is installed in.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@cache
+def in_checkout() -> bool:
+    """Whether this code runs from this project's source checkout (PROJECT_ROOT holds the
+    pyproject.toml of `notifier`), rather than from an installed wheel."""
+    try:
+        project = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]
+    except (OSError, tomllib.TOMLDecodeError, KeyError):
+        return False
+    return isinstance(project, dict) and project.get("name") == "notifier"
+
+
+def project_dir(name: str) -> Path:
+    """A top-level directory of the project (`templates`, `schedules`, `examples`): the
+    checkout's own when this code runs from one, else the copy the wheel ships under
+    `notifier/_data/` (see `[tool.setuptools.package-data]` in pyproject.toml). Settings
+    point elsewhere with NOTIFIER_TEMPLATES_DIR and NOTIFIER_SCHEDULES_DIR."""
+    if in_checkout() and (PROJECT_ROOT / name).is_dir():
+        return PROJECT_ROOT / name
+    # A wheel is installed unpacked, so the package's files are a directory on disk.
+    return Path(str(files("notifier") / "_data" / name))
 
 Backend = Literal["twilio", "sendgrid", "outbox"]
 
@@ -205,8 +230,8 @@ class Settings:
     practice_name: str = "Riverbend Health"
     practice_phone: str = "+1 555 0100"
     practice_url: str = "https://portal.practice.example"
-    schedules_dir: Path = PROJECT_ROOT / "schedules"
-    templates_dir: Path = PROJECT_ROOT / "templates"
+    schedules_dir: Path = field(default_factory=lambda: project_dir("schedules"))
+    templates_dir: Path = field(default_factory=lambda: project_dir("templates"))
     outbox_dir: Path = Path("var/outbox")
     var_dir: Path = Path("var")
     sms_backend: Backend = "outbox"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from notifier.config import Settings
+from notifier.config import PROJECT_ROOT, Settings, in_checkout, project_dir
 from notifier.errors import ConfigError
 
 NO_DOTENV = Path("/nonexistent")
@@ -26,6 +26,18 @@ def test_defaults_deliver_to_the_outbox_on_the_embedded_redis():
     assert (s.redis_url, s.sms_backend, s.email_backend) == (None, "outbox", "outbox")
     assert s.outbox_dir == Path("var/outbox")
     assert s.lease_s == 60
+
+
+def test_run_from_the_checkout_templates_and_schedules_are_its_top_level_ones(tmp_path):
+    # The installed wheel's side is tests/test_wheel.py.
+    assert in_checkout()
+    assert settings().templates_dir == PROJECT_ROOT / "templates" == project_dir("templates")
+    assert settings().schedules_dir == PROJECT_ROOT / "schedules"
+    told = settings(NOTIFIER_TEMPLATES_DIR=str(tmp_path), NOTIFIER_SCHEDULES_DIR=str(tmp_path))
+    assert told.templates_dir == told.schedules_dir == tmp_path
+    # The links the wheel is built from lead to the same files.
+    assert (PROJECT_ROOT / "notifier" / "_data" / "templates").resolve() == \
+        PROJECT_ROOT / "templates"
 
 
 def test_provider_credentials_choose_the_provider_unless_told_otherwise():
