@@ -4,6 +4,10 @@ Every route verifies its provider's signature and answers 403 otherwise (or when
 verify with is not configured). SendGrid signs a timestamp with each batch: one more than 10
 minutes from now is refused too, so a captured batch cannot be replayed later.
 
+The routes read and verify the request on the event loop; their Redis work (recording a
+report, the other channel after a failure, answering a reply) is synchronous, so it runs
+in the threadpool: a slow or stalled Redis holds up these requests, never the others.
+
 Reports name the notification: Twilio's status callback URL carries it (`?n=`), SendGrid
 echoes our `custom_args`. A report for an unknown id is kept aside and ignored; one that
 arrives before the send is recorded is kept and still counts.
@@ -23,6 +27,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from sendgrid.helpers.eventwebhook import EventWebhook
+from starlette.concurrency import run_in_threadpool
 from twilio.request_validator import RequestValidator
 from twilio.twiml.messaging_response import MessagingResponse
 
@@ -156,9 +161,13 @@ def provider_routes(settings: Settings, store: Store) -> APIRouter:
         status = form.get("MessageStatus", "").lower()
         code = form.get("ErrorCode", "")
         now = utcnow()
-        if store.record_delivery(notification_id, status, code, now) and (
-                status in DELIVERY_FAILURES):
-            _after_failure(store, notification_id, code, now)
+
+        def record() -> None:  # synchronous Redis work: in the threadpool
+            if store.record_delivery(notification_id, status, code, now) and (
+                    status in DELIVERY_FAILURES):
+                _after_failure(store, notification_id, code, now)
+
+        await run_in_threadpool(record)
         return Response(status_code=204)
 
     @router.post("/twilio/inbound", response_class=Response, openapi_extra=TWILIO_INBOUND,
@@ -168,8 +177,9 @@ def provider_routes(settings: Settings, store: Store) -> APIRouter:
         form = await twilio_form(request)
         if form is None:
             return JSONResponse({"error": "signature"}, status_code=403)
-        reply = reply_to_sms(store, settings, renderer, form.get("From", ""),
-                             form.get("Body", ""), form.get("MessageSid", ""), utcnow())
+        reply = await run_in_threadpool(reply_to_sms, store, settings, renderer,
+                                        form.get("From", ""), form.get("Body", ""),
+                                        form.get("MessageSid", ""), utcnow())
         twiml = MessagingResponse()
         if reply:
             twiml.message(reply)
@@ -197,14 +207,18 @@ def provider_routes(settings: Settings, store: Store) -> APIRouter:
         except (ValueError, RecursionError):
             # RecursionError: nesting deeper than the parser allows, e.g. 1,000 "[".
             return JSONResponse({"error": "not JSON"}, status_code=400)
-        for event in events if isinstance(events, list) else []:
-            report = sendgrid_report(event)
-            if report is None:
-                continue
-            notification_id, status, code = report
-            if store.record_delivery(notification_id, status, code, now) and (
-                    status in DELIVERY_FAILURES):
-                _after_failure(store, notification_id, code or status, now)
+
+        def record() -> None:  # synchronous Redis work: in the threadpool
+            for event in events if isinstance(events, list) else []:
+                report = sendgrid_report(event)
+                if report is None:
+                    continue
+                notification_id, status, code = report
+                if store.record_delivery(notification_id, status, code, now) and (
+                        status in DELIVERY_FAILURES):
+                    _after_failure(store, notification_id, code or status, now)
+
+        await run_in_threadpool(record)
         return Response(status_code=204)
 
     return router

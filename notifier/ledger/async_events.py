@@ -1,0 +1,76 @@
+"""Storing an accepted event from the HTTP process, on the asyncio Redis client.
+
+The web's event loop serves every request: a synchronous Redis call there would stop all
+of them for a round trip (and, with `appendfsync always`, an fsync), and for as long as
+Redis does not answer. So the HTTP side writes with `redis.asyncio`, the worker side keeps
+the synchronous client of `notifier.ledger.store.Store`.
+
+The write is the same script, keys and arguments as `Store.store_event`: an event stored
+here is read, queued and applied by the worker exactly like one stored there.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import redis
+import redis.asyncio
+
+from notifier.ledger.notifications import epoch
+from notifier.ledger.store import PENDING_EVENTS, STORE_EVENT_LUA, event_key
+from notifier.ledger.turns import queue_key, queue_member
+
+#: The connection settings an asyncio twin of a synchronous client takes over; the rest of
+#: the synchronous pool's keyword arguments (its retry object, parser, maintenance
+#: handlers) are objects of the synchronous client, not settings.
+TWIN_SETTINGS = ("host", "port", "path", "db", "username", "password", "client_name",
+                 "socket_timeout", "socket_connect_timeout", "socket_keepalive",
+                 "health_check_interval", "ssl_keyfile", "ssl_certfile", "ssl_cert_reqs",
+                 "ssl_ca_certs", "ssl_check_hostname")
+
+
+def store_event_call(event_id: str, raw: bytes, now: datetime, subject: str | None,
+                     occurred_at: datetime | None
+                     ) -> tuple[list[str], list[bytes | str | float]]:
+    """The KEYS and ARGV of `STORE_EVENT_LUA` for one event, as `Store.store_event` builds
+    them: the event's hash, the pending index and, with a subject, the subject's queue."""
+    keys = [event_key(event_id), PENDING_EVENTS]
+    args: list[bytes | str | float] = [raw, epoch(now), event_id]
+    if subject is not None and occurred_at is not None:
+        keys.append(queue_key(subject))
+        args += [subject, epoch(occurred_at), queue_member(event_id, now)]
+    return keys, args
+
+
+def async_twin(client: redis.Redis) -> redis.asyncio.Redis:
+    """A new asyncio client of the server `client` talks to (TCP, TLS or a Unix socket),
+    with its database, credentials and timeouts. It belongs to the event loop that first
+    uses it."""
+    pool = client.connection_pool
+    settings = {k: v for k, v in pool.connection_kwargs.items() if k in TWIN_SETTINGS}
+    # The asyncio module has a connection class of the same name for each kind.
+    connection_class = getattr(redis.asyncio.connection, pool.connection_class.__name__,
+                               redis.asyncio.connection.Connection)
+    # from_pool: closing the client closes its pool's connections too.
+    return redis.asyncio.Redis.from_pool(redis.asyncio.ConnectionPool(
+        connection_class=connection_class, max_connections=pool.max_connections, **settings))
+
+
+class AsyncEventStore:
+    """The event writes of the HTTP process, awaited rather than blocking."""
+
+    def __init__(self, client: redis.asyncio.Redis) -> None:
+        self.redis = client
+        self._store_event = client.register_script(STORE_EVENT_LUA)
+
+    async def store_event(self, event_id: str, raw: bytes, now: datetime,
+                          subject: str | None = None, occurred_at: datetime | None = None
+                          ) -> bool:
+        """Store a raw event durably and queue it for its subject; False when this id was
+        accepted before. Raises `redis.RedisError` when Redis cannot be reached."""
+        keys, args = store_event_call(event_id, raw, now, subject, occurred_at)
+        return bool(await self._store_event(keys=keys, args=args))
+
+    async def close(self) -> None:
+        """Close the client and every connection of its pool."""
+        await self.redis.aclose()
