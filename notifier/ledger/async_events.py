@@ -16,9 +16,7 @@ from datetime import datetime
 import redis
 import redis.asyncio
 
-from notifier.ledger.notifications import epoch
-from notifier.ledger.store import PENDING_EVENTS, STORE_EVENT_LUA, event_key
-from notifier.ledger.turns import queue_key, queue_member
+from notifier.ledger.store import STORE_EVENT_LUA, store_event_call
 
 #: The connection settings an asyncio twin of a synchronous client takes over; the rest of
 #: the synchronous pool's keyword arguments (its retry object, parser, maintenance
@@ -27,19 +25,6 @@ TWIN_SETTINGS = ("host", "port", "path", "db", "username", "password", "client_n
                  "socket_timeout", "socket_connect_timeout", "socket_keepalive",
                  "health_check_interval", "ssl_keyfile", "ssl_certfile", "ssl_cert_reqs",
                  "ssl_ca_certs", "ssl_check_hostname")
-
-
-def store_event_call(event_id: str, raw: bytes, now: datetime, subject: str | None,
-                     occurred_at: datetime | None
-                     ) -> tuple[list[str], list[bytes | str | float]]:
-    """The KEYS and ARGV of `STORE_EVENT_LUA` for one event, as `Store.store_event` builds
-    them: the event's hash, the pending index and, with a subject, the subject's queue."""
-    keys = [event_key(event_id), PENDING_EVENTS]
-    args: list[bytes | str | float] = [raw, epoch(now), event_id]
-    if subject is not None and occurred_at is not None:
-        keys.append(queue_key(subject))
-        args += [subject, epoch(occurred_at), queue_member(event_id, now)]
-    return keys, args
 
 
 def async_twin(client: redis.Redis) -> redis.asyncio.Redis:

@@ -71,6 +71,20 @@ READ_LIMIT = 200
 STORE_EVENT_LUA = lua_source("event_store")
 
 
+def store_event_call(event_id: str, raw: bytes, now: datetime, subject: str | None,
+                     occurred_at: datetime | None
+                     ) -> tuple[list[str], list[bytes | str | float]]:
+    """The KEYS and ARGV of `STORE_EVENT_LUA` for one event (for `Store.store_event` and the
+    web's asyncio twin): the event's hash, the pending index and, with a subject, the
+    subject's queue."""
+    keys = [event_key(event_id), PENDING_EVENTS]
+    args: list[bytes | str | float] = [raw, epoch(now), event_id]
+    if subject is not None and occurred_at is not None:
+        keys.append(queue_key(subject))
+        args += [subject, epoch(occurred_at), queue_member(event_id, now)]
+    return keys, args
+
+
 def event_key(event_id: str) -> str:
     return f"{PREFIX}event:{event_id}"
 
@@ -197,11 +211,7 @@ class Store:
         Without `subject` the event is queued by the worker that first applies it (events
         stored by an older version, tests of the store alone).
         """
-        keys = [event_key(event_id), PENDING_EVENTS]
-        args: list[bytes | str | float] = [raw, epoch(now), event_id]
-        if subject is not None and occurred_at is not None:
-            keys.append(queue_key(subject))
-            args += [subject, epoch(occurred_at), queue_member(event_id, now)]
+        keys, args = store_event_call(event_id, raw, now, subject, occurred_at)
         return bool(self._store_event(keys=keys, args=args))
 
     def event_subject(self, event_id: str) -> tuple[str | None, str | None]:
