@@ -2,9 +2,11 @@
 
 Keys (all under `n:`): `event:{id}` (hash: raw body, status, subject, queue member),
 `events:pending` (accepted, not yet applied, scored by arrival; for the clock's sweep),
-`rec:{ref}` (entity record JSON), `phone-clients:{phone}` (the ids of every client with
-that number), `sms-optout` (opted-out numbers), the per-subject queues and turns of
-`notifier.ledger.turns`, and the notification keys of `notifier.ledger.notifications`.
+`rec:{ref}` (entity record JSON), `providers` (the id of every provider with a record, so
+the clock finds them without scanning the keyspace), `phone-clients:{phone}` (the ids of
+every client with that number), `sms-optout` (opted-out numbers), the per-subject queues
+and turns of `notifier.ledger.turns`, and the notification keys of
+`notifier.ledger.notifications`.
 
 An event's `status`: `accepted` (stored, waiting for its subject's turn), `held` (a close
 waiting for its opening event), then `applied`, `stale` or `ignored`, or `rejected` /
@@ -45,6 +47,7 @@ from notifier.ledger.records import (
     RECORD_TYPES,
     AppointmentRecord,
     ClientRecord,
+    ProviderRecord,
     Record,
     VisitsRecord,
 )
@@ -57,6 +60,10 @@ from notifier.policy.plan import Plan, PlannedNotification
 Decide = Callable[[bytes, Callable[[list[str]], dict[str, Record]], datetime], Plan]
 
 PENDING_EVENTS = PREFIX + "events:pending"
+#: The id of every provider with a record; written with the record, in its transaction.
+PROVIDERS = PREFIX + "providers"
+#: Set once `PROVIDERS` holds every provider, including those stored before it existed.
+PROVIDERS_INDEXED = PREFIX + "providers:indexed"
 SMS_OPT_OUTS = PREFIX + "sms-optout"
 UNKNOWN_CALLBACKS = PREFIX + "callbacks:unknown"
 #: Delivery reports that mean the message did not arrive.
@@ -284,7 +291,7 @@ class Store:
                     if updated is None:
                         return False
                     pipe.multi()
-                    pipe.set(key, updated.model_dump_json())
+                    self._set_record(pipe, ref, updated)
                     pipe.execute()
                     return True
                 except redis.WatchError:
@@ -457,7 +464,7 @@ class Store:
         `before`: the stored versions of the plan's client records (`_clients_before`);
         callers whose plans hold no client records may leave it out."""
         for ref, record in plan.records.items():
-            pipe.set(record_key(ref), record.model_dump_json())
+            self._set_record(pipe, ref, record)
         # Inbound SMS name a number; these sets find every client it belongs to.
         leave, join = phone_index_changes(before or {}, plan.records)
         for phone, client_id in leave:
@@ -476,6 +483,41 @@ class Store:
                 args=[n.id, epoch(n.due_at), *_notification_fields(n, now)],
                 client=pipe,
             )
+
+    @staticmethod
+    def _set_record(pipe: Any, ref: str, record: BaseModel) -> None:
+        """Queue the write of one record on `pipe`, with the indexes kept beside it."""
+        pipe.set(record_key(ref), record.model_dump_json())
+        if isinstance(record, ProviderRecord):
+            pipe.sadd(PROVIDERS, record.provider.id)
+
+    # Providers ---------------------------------------------------------------------------
+    def provider_ids(self) -> list[str]:
+        """The id of every provider with a record, sorted: read from `PROVIDERS`.
+
+        Data written before that set existed is indexed once: the first call SCANs for
+        provider records, adds them to the set and marks it complete, so no later call
+        scans (a deployment with no provider yet included)."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.exists(PROVIDERS_INDEXED)
+            pipe.smembers(PROVIDERS)
+            indexed, members = pipe.execute()
+        ids = {m.decode() for m in members}
+        if not indexed:
+            prefix = record_key("provider:")
+            ids |= {key.decode().removeprefix(prefix)
+                    for key in self.redis.scan_iter(match=prefix + "*", count=1000)}
+            with self.redis.pipeline() as pipe:
+                if ids:
+                    pipe.sadd(PROVIDERS, *ids)
+                pipe.set(PROVIDERS_INDEXED, 1)
+                pipe.execute()
+        return sorted(ids)
+
+    def providers(self) -> list[ProviderRecord]:
+        """Every provider's record, by id."""
+        records = self.load_records([f"provider:{i}" for i in self.provider_ids()])
+        return [r for r in records.values() if isinstance(r, ProviderRecord)]
 
     # Reading -----------------------------------------------------------------------------
     def figures(self) -> LedgerFigures:
