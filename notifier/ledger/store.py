@@ -25,7 +25,7 @@ from typing import Any
 import redis
 from pydantic import BaseModel
 
-from notifier.errors import StoreError
+from notifier.errors import StoreContention, StoreError
 from notifier.ledger.notifications import (
     INFLIGHT,
     KEEP_FINISHED_S,
@@ -70,6 +70,8 @@ UNKNOWN_CALLBACKS = PREFIX + "callbacks:unknown"
 DELIVERY_FAILURES = frozenset({"undelivered", "failed", "bounce", "dropped"})
 #: How long an applied event's id is remembered for duplicate detection.
 EVENT_RETENTION_S = 30 * 24 * 3600
+#: A WATCHed read-modify-write tries at most this many times before `StoreContention`.
+MAX_WATCH_TRIES = 50
 #: At most this many notifications per client are returned by the read API.
 READ_LIMIT = 200
 
@@ -281,9 +283,10 @@ class Store:
 
     def update_record(self, ref: str, change: Callable[[Record | None], Record | None]) -> bool:
         """Change one record atomically (WATCH, retried on a concurrent write); `change`
-        returns the new record, or None to leave it as it is."""
+        returns the new record, or None to leave it as it is. Raises `StoreContention` when
+        concurrent writes win `MAX_WATCH_TRIES` times in a row."""
         key = record_key(ref)
-        while True:
+        for _ in range(MAX_WATCH_TRIES):
             with self.redis.pipeline() as pipe:
                 try:
                     pipe.watch(key)
@@ -296,6 +299,8 @@ class Store:
                     return True
                 except redis.WatchError:
                     continue
+        raise StoreContention(f"record {ref} changed under every one of "
+                              f"{MAX_WATCH_TRIES} tries to update it")
 
     # Applying plans ------------------------------------------------------------------------
     def apply_event(self, event_id: str, decide: Decide, now: datetime,
@@ -311,10 +316,12 @@ class Store:
         happens only while the turn is still the caller's, else `TurnLost` is raised. A
         `held` plan parks the event beside its subject's queue until the opening arrives;
         an `applied` plan puts the subject's held events back into the queue, after it.
-        Returns None when the event was applied before (or is unknown).
+        Returns None when the event was applied before (or is unknown). Raises
+        `StoreContention` (nothing written) when a watched key changes under each of
+        `MAX_WATCH_TRIES` tries.
         """
         key = event_key(event_id)
-        while True:
+        for _ in range(MAX_WATCH_TRIES):
             with self.redis.pipeline() as pipe:
                 try:
                     status, raw, subject, member, received, occurred, holder, held = \
@@ -357,6 +364,8 @@ class Store:
                     return plan
                 except redis.WatchError:
                     continue
+        raise StoreContention(f"event {event_id}: its keys changed under every one of "
+                              f"{MAX_WATCH_TRIES} tries to apply it")
 
     def _watch_event(self, pipe: Any, event_id: str, turn: tuple[str, str] | None
                      ) -> list[Any]:
