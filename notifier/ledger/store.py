@@ -452,10 +452,10 @@ class Store:
         """Write a plan not tied to an event (a cron job's), in one transaction; returns how
         many of its notifications were added (the others' ids were planned before)."""
         with self.redis.pipeline() as pipe:
-            self._write_plan(pipe, plan, now, self._clients_before(plan, self.redis))
+            adds = self._write_plan(pipe, plan, now, self._clients_before(plan, self.redis))
             replies = pipe.execute()
-        # `_write_plan` queues the adds last; each ADD_LUA reply is 1 (added) or 0 (kept).
-        return sum(int(reply) for reply in replies[len(replies) - len(plan.add):])
+        # Each ADD_LUA reply is 1 (added) or 0 (kept).
+        return sum(int(reply) for reply in replies[adds])
 
     def _clients_before(self, plan: Plan, pipe: Any) -> dict[str, Record]:
         """The stored versions of the client records `plan` writes, read before its MULTI
@@ -467,8 +467,15 @@ class Store:
         return self.load_records(refs, pipe)
 
     def _write_plan(self, pipe: Any, plan: Plan, now: datetime,
-                    before: Mapping[str, BaseModel] | None = None) -> None:
-        """Queue a plan's writes on `pipe`: records, cancels, then the adds (last).
+                    before: Mapping[str, BaseModel] | None = None) -> slice:
+        """Queue a plan's writes on `pipe`: records, cancels, the adds, then the trimming of
+        the recipients' read indexes; returns where the adds' replies are among the
+        pipeline's.
+
+        The read index of each recipient the plan adds to loses its entries due more than
+        `KEEP_FINISHED_S` before `now` (their notifications have expired or soon will, and
+        the read API's window is far shorter): trimmed here, on the write that makes it
+        grow, so a read never writes.
 
         `before`: the stored versions of the plan's client records (`_clients_before`);
         callers whose plans hold no client records may leave it out."""
@@ -485,6 +492,7 @@ class Store:
                                               OUTCOMES],
                                         args=[PREFIX + "notif:", "superseded",
                                               KEEP_FINISHED_S], client=pipe)
+        first_add = len(pipe)
         for n in plan.add:
             self.schedule.add_script(
                 keys=[notif_key(n.id), SCHEDULE, by_recipient_key(n.recipient, n.recipient_id),
@@ -492,6 +500,10 @@ class Store:
                 args=[n.id, epoch(n.due_at), *_notification_fields(n, now)],
                 client=pipe,
             )
+        adds = slice(first_add, len(pipe))
+        for index in sorted({by_recipient_key(n.recipient, n.recipient_id) for n in plan.add}):
+            pipe.zremrangebyscore(index, "-inf", f"({epoch(now) - KEEP_FINISHED_S}")
+        return adds
 
     @staticmethod
     def _set_record(pipe: Any, ref: str, record: BaseModel) -> None:
@@ -577,10 +589,9 @@ class Store:
     def notifications_for(self, recipient: str, recipient_id: str,
                           since: datetime | None = None) -> list[NotificationView]:
         """A recipient's notifications due from `since` on (all, without it), soonest
-        first, at most READ_LIMIT; index entries older than the retention are dropped."""
+        first, at most READ_LIMIT. Reads only: the index is trimmed when written
+        (`_write_plan`)."""
         key = by_recipient_key(recipient, recipient_id)
-        if since is not None:
-            self.redis.zremrangebyscore(key, "-inf", epoch(since) - KEEP_FINISHED_S)
         low = epoch(since) if since is not None else "-inf"
         ids = self.redis.zrangebyscore(key, low, "+inf", 0, READ_LIMIT)
         with self.redis.pipeline(transaction=False) as pipe:
