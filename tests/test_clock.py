@@ -11,8 +11,8 @@ import pytest
 
 from notifier.ledger.store import Store
 from notifier.worker.actors import JOBS_QUEUE, RUN_JOB, build_broker, declare_actors
-from notifier.worker.clock import Clock
-from notifier.worker.cron import Job
+from notifier.worker.clock import FIRED_MARGIN, Clock
+from notifier.worker.cron import CATCH_UP, Job
 from notifier.worker.digests import provider_zones
 from tests.helpers import event, message_received, store_and_apply
 
@@ -92,6 +92,24 @@ def test_a_fire_missed_by_more_than_the_catch_up_window_is_skipped(store, policy
 
 def test_no_providers_no_fires(store, redis_url):
     assert clock(store, redis_url).fire_jobs(NY_FIRE) == []
+
+
+def test_the_clock_remembers_only_fires_that_can_still_come_up(store, policy, redis_url):
+    """A week of ticks every 10 minutes: the clock's memory of claimed fires stays the size
+    of one catch-up window, not one entry per fire for ever."""
+    before = NY_FIRE - timedelta(days=1)
+    store_and_apply(store, policy, provider("p-ny", "America/New_York", before), before)
+    store_and_apply(store, policy, provider("p-ber", "Europe/Berlin", before), before)
+    hourly = Job(name="provider-digest", cron="0 * * * *", zone="provider")
+    ticking = Clock(store, build_broker(redis_url), jobs=[hourly])
+    fired = 0
+    at = NY_FIRE
+    for _ in range(7 * 24 * 6):
+        fired += len(ticking.fire_jobs(at))
+        assert len(ticking._fired) <= 2 * 3, "two zones, fires of the last 1 h 10 min"
+        at += timedelta(minutes=10)
+    assert fired == 2 * 7 * 24, "every hourly fire in both zones, each once"
+    assert all(at - fire <= CATCH_UP + FIRED_MARGIN for fire in ticking._fired.values())
 
 
 def count_scans(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[object]:
