@@ -12,11 +12,6 @@ from zoneinfo import ZoneInfo
 from notifier.policy.figures import QuietHours
 
 
-def utcnow() -> datetime:
-    """The one place the real clock is read (by the clock loop, the web and the worker)."""
-    return datetime.now(UTC)
-
-
 def exists_locally(naive: datetime, zone: ZoneInfo) -> bool:
     """Whether `naive` is a wall-clock time that occurs in `zone` (not inside a DST gap)."""
     aware = naive.replace(tzinfo=zone, fold=0)

@@ -25,7 +25,7 @@ from dramatiq.middleware import (
 )
 
 from notifier.intake.apply import apply_in_turn
-from notifier.policy.timing import utcnow
+from notifier.timeutil import utcnow
 from notifier.worker.digests import run_provider_digest
 
 if TYPE_CHECKING:

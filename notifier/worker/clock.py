@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 from dramatiq.brokers.redis import RedisBroker
 
 from notifier.ledger.store import Store
-from notifier.policy.timing import utcnow
+from notifier.timeutil import utcnow
 from notifier.worker.actors import enqueue_apply, enqueue_deliver, enqueue_job
 from notifier.worker.cron import CATCH_UP, PROVIDER_ZONE, Job, previous_fire
 from notifier.worker.digests import provider_zones
