@@ -1,7 +1,7 @@
 """Pure time arithmetic: wall-clock times in a zone, quiet hours, expiry.
 
-Wall-clock rules (SPEC §3): a local time that does not exist (spring forward) moves to the
-first valid minute after it; one that occurs twice (fall back) takes the first occurrence.
+Wall-clock rules: a local time that does not exist (spring forward) moves to the first
+valid minute after it; one that occurs twice (fall back) takes the first occurrence.
 """
 
 from __future__ import annotations
