@@ -55,8 +55,8 @@ from notifier.intake.events import parse_event
 from notifier.ledger.records import AppointmentRecord, ClientRecord, ProviderRecord
 from notifier.ledger.store import PENDING_EVENTS, event_key, record_key
 from notifier.policy.ordering import subject_ref
-from notifier.policy.timing import utcnow
 from notifier.runtime import Runtime
+from notifier.timeutil import utcnow
 from notifier.worker.actors import EVENTS_QUEUE, build_broker, declare_actors, enqueue_apply
 
 CLIENTS = 50

@@ -13,6 +13,7 @@
     │   ├── RetryableError     try again later (rate limit, 5xx, timeout)
     │   └── PermanentError     never retry (invalid number, unsubscribed, bounced)
     └── StoreError             Redis data is not what we expect
+        └── StoreContention    a WATCHed write lost to concurrent writers too many times
 """
 
 from __future__ import annotations
@@ -87,3 +88,8 @@ class PermanentError(ChannelError):
 
 class StoreError(NotifierError):
     """Data in Redis is not what Notifier expects."""
+
+
+class StoreContention(StoreError):
+    """An optimistic (WATCH) write kept losing to concurrent writers of the same keys and
+    gave up; nothing was written. Retrying later is safe."""

@@ -467,8 +467,9 @@ def test_cancel_after_the_start_cancels_without_a_notice(policy: Policy) -> None
     assert REF in result.cancel
 
 
-#: Issue 10 item 7, SPEC §1: (who cancelled, how long before the start, whether the notice
-#: says a late-cancellation fee may apply). Measured from the event's occurred_at.
+#: Issue 10 item 7, the late-change window: (who cancelled, how long before the start,
+#: whether the notice says a late-cancellation fee may apply). Measured from the event's
+#: occurred_at.
 LATE_FEE = [
     ("client", timedelta(hours=23, minutes=59), True),
     ("client", timedelta(hours=2), True),

@@ -11,8 +11,9 @@ import pytest
 
 from notifier.ledger.store import Store
 from notifier.worker.actors import JOBS_QUEUE, RUN_JOB, build_broker, declare_actors
-from notifier.worker.clock import Clock
-from notifier.worker.cron import Job
+from notifier.worker.clock import FIRED_MARGIN, Clock
+from notifier.worker.cron import CATCH_UP, Job
+from notifier.worker.digests import provider_zones
 from tests.helpers import event, message_received, store_and_apply
 
 DIGEST = Job(name="provider-digest", cron="0 8 * * 1-5", zone="provider")
@@ -91,6 +92,84 @@ def test_a_fire_missed_by_more_than_the_catch_up_window_is_skipped(store, policy
 
 def test_no_providers_no_fires(store, redis_url):
     assert clock(store, redis_url).fire_jobs(NY_FIRE) == []
+
+
+def test_the_clock_remembers_only_fires_that_can_still_come_up(store, policy, redis_url):
+    """A week of ticks every 10 minutes: the clock's memory of claimed fires stays the size
+    of one catch-up window, not one entry per fire for ever."""
+    before = NY_FIRE - timedelta(days=1)
+    store_and_apply(store, policy, provider("p-ny", "America/New_York", before), before)
+    store_and_apply(store, policy, provider("p-ber", "Europe/Berlin", before), before)
+    hourly = Job(name="provider-digest", cron="0 * * * *", zone="provider")
+    ticking = Clock(store, build_broker(redis_url), jobs=[hourly])
+    fired = 0
+    at = NY_FIRE
+    for _ in range(7 * 24 * 6):
+        fired += len(ticking.fire_jobs(at))
+        assert len(ticking._fired) <= 2 * 3, "two zones, fires of the last 1 h 10 min"
+        at += timedelta(minutes=10)
+    assert fired == 2 * 7 * 24, "every hourly fire in both zones, each once"
+    assert all(at - fire <= CATCH_UP + FIRED_MARGIN for fire in ticking._fired.values())
+
+
+def count_scans(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Record every SCAN the store's client sends (`scan_iter` goes through `scan`)."""
+    calls: list[object] = []
+    real_scan = store.redis.scan
+
+    def scan(*args: object, **kwargs: object) -> object:
+        calls.append(kwargs.get("match"))
+        return real_scan(*args, **kwargs)
+
+    monkeypatch.setattr(store.redis, "scan", scan)
+    return calls
+
+
+def test_the_clock_finds_provider_zones_without_scanning_the_keyspace(store, policy, redis_url,
+                                                                      monkeypatch):
+    before = NY_FIRE - timedelta(days=1)
+    store_and_apply(store, policy, provider("p-ny", "America/New_York", before), before)
+    store_and_apply(store, policy, provider("p-ber", "Europe/Berlin", before), before)
+    # Written with each provider's record, in the same transaction.
+    assert store.redis.smembers("n:providers") == {b"p-ny", b"p-ber"}
+    scans = count_scans(store, monkeypatch)
+    ticking = Clock(store, build_broker(redis_url), jobs=[DIGEST], zones_every_s=0)
+    for minutes in range(5):
+        ticking.fire_jobs(NY_FIRE + timedelta(minutes=minutes))
+    assert ticking._job_zones(DIGEST, NY_FIRE) == {"America/New_York", "Europe/Berlin"}
+    # One SCAN at most, the first time (to index data older than the set), then none.
+    assert len(scans) <= 1
+    scans.clear()
+    store_and_apply(store, policy, provider("p-tyo", "Asia/Tokyo", before), before)
+    assert ticking._job_zones(DIGEST, NY_FIRE + timedelta(minutes=9)) == {
+        "America/New_York", "Europe/Berlin", "Asia/Tokyo"}
+    assert scans == []
+
+
+def test_providers_stored_before_the_set_existed_are_indexed_by_one_scan(store, policy,
+                                                                        monkeypatch):
+    before = NY_FIRE - timedelta(days=1)
+    store_and_apply(store, policy, provider("p-ny", "America/New_York", before), before)
+    store_and_apply(store, policy, provider("p-ber", "Europe/Berlin", before), before)
+    store.redis.delete("n:providers")  # as an older version left the data: records only
+    store.redis.set("n:rec:provider_queue:p-ny", b"{}")  # not a provider record
+    scans = count_scans(store, monkeypatch)
+    assert provider_zones(store) == {"America/New_York", "Europe/Berlin"}
+    assert provider_zones(store) == {"America/New_York", "Europe/Berlin"}
+    assert store.redis.smembers("n:providers") == {b"p-ny", b"p-ber"}
+    assert len(scans) >= 1
+    first = len(scans)
+    assert provider_zones(store) == {"America/New_York", "Europe/Berlin"}
+    assert len(scans) == first, "scanned once, then the set is read"
+
+
+def test_with_no_providers_the_keyspace_is_scanned_once_not_every_time(store, monkeypatch):
+    scans = count_scans(store, monkeypatch)
+    assert provider_zones(store) == set()
+    first = len(scans)
+    for _ in range(3):
+        assert provider_zones(store) == set()
+    assert len(scans) == first
 
 
 def test_stored_but_unapplied_events_are_enqueued_again(store, redis_url):

@@ -1,4 +1,4 @@
-"""parse_event: the integrator contract of SPEC §2, one rule at a time."""
+"""parse_event: the integrator's event contract, one rule at a time."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ APPOINTMENT = {"id": "a1", "client_id": "c1", "provider_id": "p1",
                "start": "2030-03-14T15:00:00Z", "end": "2030-03-14T15:30:00Z",
                "kind": "therapy", "join_url": "https://video.example/a1"}
 
-#: A valid `data` for every event type of SPEC §2.
+#: A valid `data` for every event type.
 SAMPLES: dict[str, dict[str, Any]] = {
     "client.upserted": {"client": CLIENT},
     "provider.upserted": {"provider": {"id": "p1", "name": "Dr. Rivera",

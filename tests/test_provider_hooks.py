@@ -23,7 +23,7 @@ from notifier.config import Settings
 from notifier.errors import ConfigError
 from notifier.intake.replies import REPLY_WORDS
 from notifier.ledger.store import Store
-from notifier.policy.timing import utcnow
+from notifier.timeutil import utcnow
 from notifier.web.app import create_app
 from notifier.web.provider_hooks import fresh_timestamp, sendgrid_key
 from notifier.worker.actors import build_broker

@@ -31,7 +31,8 @@ EMERGENCY = {
     "en": "If you are in immediate danger, call 911 or your local emergency number.",
     "es": "Si está en peligro inmediato, llame al 911 o al número de emergencias local.",
 }
-#: Words no SMS may carry (SPEC §3 rule 6), checked case-insensitively.
+#: Words no SMS may carry (no medication, diagnosis, dosage or psychiatry), checked
+#: case-insensitively.
 CLINICAL_WORDS = ("psychiatr", "medication", "prescription", "dosage", "diagnos", " mg")
 START = datetime(2026, 12, 14, 15, 30, tzinfo=UTC)
 NOW = datetime(2026, 12, 1, 15, 0, tzinfo=UTC)

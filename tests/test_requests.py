@@ -439,7 +439,7 @@ class Stored:
 
 @dataclass
 class Store:
-    """What `store.apply_plan` and the sender do, as far as these properties need: records
+    """What `Store.apply_event` and the sender do, as far as these properties need: records
     replaced, cancellation by entity, the first plan of an id wins unless it was cancelled,
     and due notifications sent (or expired) as time passes."""
 

@@ -195,6 +195,22 @@ def test_the_read_window_starts_at_since_and_drops_old_index_entries(store):
         "appointment_reminder:a1:2:sms", "appointment_reminder:a1:3:sms"]
 
 
+def test_a_write_trims_its_recipients_index_of_entries_past_the_retention(store):
+    from notifier.ledger.notifications import KEEP_FINISHED_S
+
+    retention = timedelta(seconds=KEEP_FINISHED_S)
+    long_ago = NOW - retention - timedelta(days=10)
+    with store.redis.pipeline() as pipe:  # as a write at that time left it
+        store._write_plan(pipe, Plan(outcome="applied", add=(planned(1, long_ago),)), long_ago)
+        pipe.execute()
+    assert store.redis.zcard("n:by-recipient:client:c1") == 1
+    write(store, planned(2, NOW - retention + timedelta(hours=1)), planned(3, NOW))
+    assert [m.decode() for m in store.redis.zrange("n:by-recipient:client:c1", 0, -1)] == [
+        "appointment_reminder:a1:2:sms", "appointment_reminder:a1:3:sms"]
+    assert store.write_plan(Plan(outcome="applied", add=(planned(4, NOW),)), NOW) == 1, (
+        "the adds' replies are still counted, with the trimming queued after them")
+
+
 # Counted for /metrics: every way a notification ends, and how late each send was ---------
 
 def ended(store: Store) -> dict[tuple[str, str], int]:

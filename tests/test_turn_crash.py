@@ -37,7 +37,7 @@ from notifier.ledger.records import AppointmentRecord
 from notifier.ledger.store import PENDING_EVENTS, Store, record_key
 from notifier.ledger.turns import TURNS, member_event_id, queue_key, turn_key
 from notifier.policy.ordering import subject_ref
-from notifier.policy.timing import utcnow
+from notifier.timeutil import utcnow
 from notifier.worker.actors import EVENTS_QUEUE, build_broker
 from notifier.worker.clock import Clock
 from tests.helpers import appointment, client_upserted, daytime_zone, store_and_apply

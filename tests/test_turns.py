@@ -8,11 +8,21 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import redis
 
 from notifier.delivery.channels.outbox import Outbox
+from notifier.errors import StoreContention
 from notifier.intake.apply import apply_in_turn, apply_stored_event
 from notifier.intake.events import parse_event
-from notifier.ledger.store import PENDING_EVENTS, Store, TurnLost
+from notifier.ledger.records import Record
+from notifier.ledger.store import (
+    MAX_WATCH_TRIES,
+    PENDING_EVENTS,
+    Store,
+    TurnLost,
+    event_key,
+    record_key,
+)
 from notifier.ledger.turns import HELD_EVENTS, TURNS, held_key, queue_key, turn_key
 from notifier.policy.figures import Policy
 from notifier.policy.ordering import subject_ref
@@ -168,6 +178,59 @@ def test_a_failing_apply_gives_the_turn_back_for_the_retry(store, policy, monkey
         apply_in_turn(store, evt["id"], policy, fixed(NOW), 30)
     assert not store.redis.exists(turn_key("client:c1"))
     assert status(store, evt["id"]) == "accepted"
+
+
+def test_apply_gives_up_when_a_concurrent_writer_keeps_changing_its_keys(store, policy,
+                                                                        redis_url, monkeypatch):
+    """A bounded WATCH loop: after MAX_WATCH_TRIES lost races the apply raises the project's
+    own error, writes nothing, gives the turn back, and does not count against the event."""
+    from notifier.intake import apply
+    evt = client_upserted("c1", "UTC", NOW - timedelta(hours=1))
+    post(store, evt)
+    writer = redis.Redis.from_url(redis_url)  # another process's connection
+    tries: list[int] = []
+    real_decide_for = apply.decide_for
+
+    def contended(policy: Policy, now: datetime):
+        decide = real_decide_for(policy, now)
+
+        def interfered(raw, load, arrived_at):
+            tries.append(1)
+            if len(tries) <= 4 * MAX_WATCH_TRIES:  # then let one through
+                writer.hset(event_key(evt["id"]), "touched", len(tries))
+            return decide(raw, load, arrived_at)
+        return interfered
+
+    monkeypatch.setattr(apply, "decide_for", contended)
+    with pytest.raises(StoreContention):
+        apply_in_turn(store, evt["id"], policy, fixed(NOW), 30)
+    assert len(tries) == MAX_WATCH_TRIES
+    assert status(store, evt["id"]) == "accepted"
+    assert store.load_record("client:c1") is None
+    assert not store.redis.exists(turn_key("client:c1")), "the turn is given back"
+    assert "failures" not in store.event_status(evt["id"]), "not the event's fault"
+    monkeypatch.undo()
+    assert apply_in_turn(store, evt["id"], policy, fixed(NOW), 30) == 1
+    writer.close()
+
+
+def test_update_record_gives_up_when_a_concurrent_writer_keeps_changing_it(store, redis_url):
+    from notifier.delivery.preview import SAMPLE_PROVIDER
+    ref = f"provider:{SAMPLE_PROVIDER.provider.id}"
+    writer = redis.Redis.from_url(redis_url)
+    tries: list[int] = []
+
+    def change(record: Record | None) -> Record | None:
+        tries.append(1)
+        if len(tries) <= 4 * MAX_WATCH_TRIES:
+            writer.set(record_key(ref), SAMPLE_PROVIDER.model_dump_json())
+        return SAMPLE_PROVIDER.model_copy(update={"updated_at": NOW})
+
+    with pytest.raises(StoreContention):
+        store.update_record(ref, change)
+    assert len(tries) == MAX_WATCH_TRIES
+    assert store.load_record(ref) == SAMPLE_PROVIDER, "only the other writer's value"
+    writer.close()
 
 
 def test_an_event_stored_without_a_subject_is_queued_when_first_applied(store, policy):

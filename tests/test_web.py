@@ -696,6 +696,28 @@ def test_the_read_api_shows_the_last_30_days_and_what_is_coming(client, store):
     assert shown == [recent.id, upcoming.id]
 
 
+def redis_contents(r: redis.Redis) -> dict[bytes, bytes | None]:
+    """Every key with its serialized value (DUMP): equal snapshots mean nothing changed."""
+    return {key: r.dump(key) for key in sorted(r.scan_iter(count=1000))}
+
+
+def test_a_read_writes_nothing(client, store, redis_client):
+    """GET is a read: it leaves Redis exactly as it found it, even when the recipient's index
+    holds entries older than the retention (left by a write long ago)."""
+    now = datetime.now(UTC)
+    long_ago = now - timedelta(days=400)
+    store.write_plan(Plan(outcome="applied", add=(planned_for_c1("ancient", long_ago),)),
+                     long_ago)
+    recent = planned_for_c1("recent", now - timedelta(days=1))
+    store.write_plan(Plan(outcome="applied", add=(recent,)), long_ago)
+    before = redis_contents(redis_client)
+    assert b"n:by-recipient:client:c1" in before
+    assert [n["id"] for n in read(client, "c1").json()["notifications"]] == [recent.id]
+    assert [v.id for v in store.notifications_for("client", "c1", now - timedelta(days=30))
+            ] == [recent.id]
+    assert redis_contents(redis_client) == before
+
+
 def booking_event(event_id: str, appt_id: str, start: datetime, occurred_at: datetime,
                   minutes: int = 30) -> dict[str, Any]:
     return event(event_id, "appointment.scheduled", {"appointment": {

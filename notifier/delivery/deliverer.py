@@ -381,8 +381,9 @@ def subjects_of(n: Stored) -> list[str]:
 
 def use_other_channel(store: Store, notification_id: str, channel: str, client: ClientRecord,
                       why: str, now: datetime) -> bool:
-    """SPEC rules 5 and 7: when a client cannot be reached on one channel, the message goes
-    by the other if they allow it, unless it is planned there already."""
+    """When a client cannot be reached on one channel (they opted out of SMS, or the
+    provider failed for good: invalid number, unsubscribed, bounced), the message goes by
+    the other if they allow it, unless it is planned there already."""
     other = "email" if channel == "sms" else "sms"
     if closed_reason(other, client, store):
         return False

@@ -1,5 +1,6 @@
-"""The SMS budget (SPEC §3 rule 8): every client SMS within two segments, whatever the names,
-links and configuration put into it. Pure, apart from the start-up check's template reads.
+"""The SMS budget: every client SMS within two segments, whatever the names, links and
+configuration put into it, counted as carriers count (GSM-7 or UCS-2). Pure, apart from the
+start-up check's template reads.
 
 The rule, applied at render time to every client SMS (`fit`), in this order:
 
@@ -43,7 +44,7 @@ from notifier.delivery.render import (
 from notifier.delivery.sms_text import SmsSize, gsm7_only, is_gsm7, measure, normalise
 from notifier.errors import ConfigError, TemplateError
 
-#: SPEC §3 rule 8.
+#: The most segments a client SMS may take.
 MAX_SEGMENTS = 2
 #: A first name in an SMS: at most this many characters (each one septet, see `sms_name`).
 SMS_NAME_CHARS = 20

@@ -10,7 +10,7 @@ from datetime import datetime
 
 import redis
 
-from notifier.errors import InvalidEvent
+from notifier.errors import InvalidEvent, StoreContention
 from notifier.intake.events import parse_event
 from notifier.ledger.records import Record, State
 from notifier.ledger.store import Store, TurnLost, event_key
@@ -95,7 +95,8 @@ def apply_stored_event(store: Store, event_id: str, policy: Policy, now: datetim
     `turn` is the caller's (subject, token) from `apply_in_turn`; without one (a single
     caller, as in tests) the event is applied directly. An event that no longer validates
     (stored by an older version, say) is marked `rejected` and kept, never retried forever.
-    Raises `TurnLost` when the turn ran out.
+    Raises `TurnLost` when the turn ran out, `StoreContention` when concurrent writers kept
+    changing its keys (the message is retried; the event is not counted as failing).
     """
     if turn is None and ensure_subject(store, event_id, now) is None:
         return None
@@ -105,8 +106,8 @@ def apply_stored_event(store: Store, event_id: str, policy: Policy, now: datetim
         log.error("event %s no longer validates: %s", event_id, exc)
         store.reject_event(event_id, str(exc), now)
         return None
-    except (redis.RedisError, TurnLost):
-        raise  # Redis is away, or the turn passed on: nothing is wrong with the event
+    except (redis.RedisError, TurnLost, StoreContention):
+        raise  # Redis is away or busy, or the turn passed on: nothing is wrong with the event
     except Exception as exc:
         failures = store.count_apply_failure(event_id)
         if failures < MAX_APPLY_FAILURES:

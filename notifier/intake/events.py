@@ -1,4 +1,4 @@
-"""Event schemas: the integrator contract of SPEC §2, as pydantic models.
+"""Event schemas: what integrators may post to `POST /v1/events`, as pydantic models.
 
 `parse_event(raw_bytes)` is the one way in; it raises `InvalidEvent` naming every bad field.
 Entity records kept in Redis reuse these models, so what we store is what we validated.

@@ -2,9 +2,11 @@
 
 Keys (all under `n:`): `event:{id}` (hash: raw body, status, subject, queue member),
 `events:pending` (accepted, not yet applied, scored by arrival; for the clock's sweep),
-`rec:{ref}` (entity record JSON), `phone-clients:{phone}` (the ids of every client with
-that number), `sms-optout` (opted-out numbers), the per-subject queues and turns of
-`notifier.ledger.turns`, and the notification keys of `notifier.ledger.notifications`.
+`rec:{ref}` (entity record JSON), `providers` (the id of every provider with a record, so
+the clock finds them without scanning the keyspace), `phone-clients:{phone}` (the ids of
+every client with that number), `sms-optout` (opted-out numbers), the per-subject queues
+and turns of `notifier.ledger.turns`, and the notification keys of
+`notifier.ledger.notifications`.
 
 An event's `status`: `accepted` (stored, waiting for its subject's turn), `held` (a close
 waiting for its opening event), then `applied`, `stale` or `ignored`, or `rejected` /
@@ -23,7 +25,7 @@ from typing import Any
 import redis
 from pydantic import BaseModel
 
-from notifier.errors import StoreError
+from notifier.errors import StoreContention, StoreError
 from notifier.ledger.lua import lua_source
 from notifier.ledger.notifications import (
     ENTITY_INDEX_TTL_S,
@@ -47,6 +49,7 @@ from notifier.ledger.records import (
     RECORD_TYPES,
     AppointmentRecord,
     ClientRecord,
+    ProviderRecord,
     Record,
     VisitsRecord,
 )
@@ -59,12 +62,18 @@ from notifier.policy.plan import Plan, PlannedNotification
 Decide = Callable[[bytes, Callable[[list[str]], dict[str, Record]], datetime], Plan]
 
 PENDING_EVENTS = PREFIX + "events:pending"
+#: The id of every provider with a record; written with the record, in its transaction.
+PROVIDERS = PREFIX + "providers"
+#: Set once `PROVIDERS` holds every provider, including those stored before it existed.
+PROVIDERS_INDEXED = PREFIX + "providers:indexed"
 SMS_OPT_OUTS = PREFIX + "sms-optout"
 UNKNOWN_CALLBACKS = PREFIX + "callbacks:unknown"
 #: Delivery reports that mean the message did not arrive.
 DELIVERY_FAILURES = frozenset({"undelivered", "failed", "bounce", "dropped"})
 #: How long an applied event's id is remembered for duplicate detection.
 EVENT_RETENTION_S = 30 * 24 * 3600
+#: A WATCHed read-modify-write tries at most this many times before `StoreContention`.
+MAX_WATCH_TRIES = 50
 #: At most this many notifications per client are returned by the read API.
 READ_LIMIT = 200
 
@@ -274,9 +283,10 @@ class Store:
 
     def update_record(self, ref: str, change: Callable[[Record | None], Record | None]) -> bool:
         """Change one record atomically (WATCH, retried on a concurrent write); `change`
-        returns the new record, or None to leave it as it is."""
+        returns the new record, or None to leave it as it is. Raises `StoreContention` when
+        concurrent writes win `MAX_WATCH_TRIES` times in a row."""
         key = record_key(ref)
-        while True:
+        for _ in range(MAX_WATCH_TRIES):
             with self.redis.pipeline() as pipe:
                 try:
                     pipe.watch(key)
@@ -284,11 +294,13 @@ class Store:
                     if updated is None:
                         return False
                     pipe.multi()
-                    pipe.set(key, updated.model_dump_json())
+                    self._set_record(pipe, ref, updated)
                     pipe.execute()
                     return True
                 except redis.WatchError:
                     continue
+        raise StoreContention(f"record {ref} changed under every one of "
+                              f"{MAX_WATCH_TRIES} tries to update it")
 
     # Applying plans ------------------------------------------------------------------------
     def apply_event(self, event_id: str, decide: Decide, now: datetime,
@@ -304,10 +316,12 @@ class Store:
         happens only while the turn is still the caller's, else `TurnLost` is raised. A
         `held` plan parks the event beside its subject's queue until the opening arrives;
         an `applied` plan puts the subject's held events back into the queue, after it.
-        Returns None when the event was applied before (or is unknown).
+        Returns None when the event was applied before (or is unknown). Raises
+        `StoreContention` (nothing written) when a watched key changes under each of
+        `MAX_WATCH_TRIES` tries.
         """
         key = event_key(event_id)
-        while True:
+        for _ in range(MAX_WATCH_TRIES):
             with self.redis.pipeline() as pipe:
                 try:
                     status, raw, subject, member, received, occurred, holder, held = \
@@ -351,6 +365,8 @@ class Store:
                     return plan
                 except redis.WatchError:
                     continue
+        raise StoreContention(f"event {event_id}: its keys changed under every one of "
+                              f"{MAX_WATCH_TRIES} tries to apply it")
 
     def _watch_event(self, pipe: Any, event_id: str, turn: tuple[str, str] | None
                      ) -> list[Any]:
@@ -436,19 +452,22 @@ class Store:
     def write_plan(self, plan: Plan, now: datetime) -> int:
         """Write a plan not tied to an event (a cron job's), in one transaction; returns how
         many of its notifications were added (the others' ids were planned before).
-        An id added to a cancelled entity's index meanwhile writes it again."""
-        while True:
+        An id added to a cancelled entity's index meanwhile writes it again; raises
+        `StoreContention` when that happens `MAX_WATCH_TRIES` times in a row."""
+        for _ in range(MAX_WATCH_TRIES):
             with self.redis.pipeline() as pipe:
                 try:
                     targets = self.cancel_targets(plan, pipe)
                     before = self._clients_before(plan, pipe if pipe.watching else self.redis)
                     pipe.multi()
-                    self._write_plan(pipe, plan, now, before, targets)
+                    adds = self._write_plan(pipe, plan, now, before, targets)
                     replies = pipe.execute()
                 except redis.WatchError:
                     continue
-            # `_write_plan` queues the adds last; each ADD_LUA reply is 1 (added) or 0 (kept).
-            return sum(int(reply) for reply in replies[len(replies) - len(plan.add):])
+            # Each ADD_LUA reply is 1 (added) or 0 (kept).
+            return sum(int(reply) for reply in replies[adds])
+        raise StoreContention(f"the entities a plan cancels changed under every one of "
+                              f"{MAX_WATCH_TRIES} tries to write it")
 
     def cancel_targets(self, plan: Plan, pipe: Any) -> dict[str, list[str]]:
         """The notification ids indexed under each entity `plan` cancels, by ref: the
@@ -476,8 +495,15 @@ class Store:
 
     def _write_plan(self, pipe: Any, plan: Plan, now: datetime,
                     before: Mapping[str, BaseModel] | None = None,
-                    targets: Mapping[str, list[str]] | None = None) -> None:
-        """Queue a plan's writes on `pipe`: records, cancels, then the adds (last).
+                    targets: Mapping[str, list[str]] | None = None) -> slice:
+        """Queue a plan's writes on `pipe`: records, cancels, the adds, then the trimming of
+        the recipients' read indexes; returns where the adds' replies are among the
+        pipeline's.
+
+        The read index of each recipient the plan adds to loses its entries due more than
+        `KEEP_FINISHED_S` before `now` (their notifications have expired or soon will, and
+        the read API's window is far shorter): trimmed here, on the write that makes it
+        grow, so a read never writes.
 
         `before`: the stored versions of the plan's client records (`_clients_before`);
         callers whose plans hold no client records may leave it out. `targets`: the ids
@@ -485,7 +511,7 @@ class Store:
         if plan.cancel and (targets is None or not set(plan.cancel) <= set(targets)):
             raise StoreError("a plan that cancels needs the ids it cancels: cancel_targets")
         for ref, record in plan.records.items():
-            pipe.set(record_key(ref), record.model_dump_json())
+            self._set_record(pipe, ref, record)
         # Inbound SMS name a number; these sets find every client it belongs to.
         leave, join = phone_index_changes(before or {}, plan.records)
         for phone, client_id in leave:
@@ -494,6 +520,7 @@ class Store:
             pipe.sadd(phone_clients_key(phone), client_id)
         for ref in plan.cancel:
             self.schedule.cancel_entity(pipe, ref, (targets or {})[ref])
+        first_add = len(pipe)
         for n in plan.add:
             self.schedule.add_script(
                 keys=[notif_key(n.id), SCHEDULE, by_recipient_key(n.recipient, n.recipient_id),
@@ -502,6 +529,45 @@ class Store:
                       *_notification_fields(n, now)],
                 client=pipe,
             )
+        adds = slice(first_add, len(pipe))
+        for index in sorted({by_recipient_key(n.recipient, n.recipient_id) for n in plan.add}):
+            pipe.zremrangebyscore(index, "-inf", f"({epoch(now) - KEEP_FINISHED_S}")
+        return adds
+
+    @staticmethod
+    def _set_record(pipe: Any, ref: str, record: BaseModel) -> None:
+        """Queue the write of one record on `pipe`, with the indexes kept beside it."""
+        pipe.set(record_key(ref), record.model_dump_json())
+        if isinstance(record, ProviderRecord):
+            pipe.sadd(PROVIDERS, record.provider.id)
+
+    # Providers ---------------------------------------------------------------------------
+    def provider_ids(self) -> list[str]:
+        """The id of every provider with a record, sorted: read from `PROVIDERS`.
+
+        Data written before that set existed is indexed once: the first call SCANs for
+        provider records, adds them to the set and marks it complete, so no later call
+        scans (a deployment with no provider yet included)."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.exists(PROVIDERS_INDEXED)
+            pipe.smembers(PROVIDERS)
+            indexed, members = pipe.execute()
+        ids = {m.decode() for m in members}
+        if not indexed:
+            prefix = record_key("provider:")
+            ids |= {key.decode().removeprefix(prefix)
+                    for key in self.redis.scan_iter(match=prefix + "*", count=1000)}
+            with self.redis.pipeline() as pipe:
+                if ids:
+                    pipe.sadd(PROVIDERS, *ids)
+                pipe.set(PROVIDERS_INDEXED, 1)
+                pipe.execute()
+        return sorted(ids)
+
+    def providers(self) -> list[ProviderRecord]:
+        """Every provider's record, by id."""
+        records = self.load_records([f"provider:{i}" for i in self.provider_ids()])
+        return [r for r in records.values() if isinstance(r, ProviderRecord)]
 
     # Reading -----------------------------------------------------------------------------
     def figures(self) -> LedgerFigures:
@@ -552,10 +618,9 @@ class Store:
     def notifications_for(self, recipient: str, recipient_id: str,
                           since: datetime | None = None) -> list[NotificationView]:
         """A recipient's notifications due from `since` on (all, without it), soonest
-        first, at most READ_LIMIT; index entries older than the retention are dropped."""
+        first, at most READ_LIMIT. Reads only: the index is trimmed when written
+        (`_write_plan`)."""
         key = by_recipient_key(recipient, recipient_id)
-        if since is not None:
-            self.redis.zremrangebyscore(key, "-inf", epoch(since) - KEEP_FINISHED_S)
         low = epoch(since) if since is not None else "-inf"
         ids = self.redis.zrangebyscore(key, low, "+inf", 0, READ_LIMIT)
         with self.redis.pipeline(transaction=False) as pipe:

@@ -151,9 +151,10 @@ def _notices(kind: str, occasion: str, channels: tuple[Channel, ...], record: Ap
 
 def late_cancellation(data: AppointmentCancelledData, existing: AppointmentRecord,
                       cancelled_at: datetime, policy: Policy) -> bool:
-    """SPEC §1: a cancellation by the client within the late-change window (24 h) before the
-    start may carry the late-cancellation fee, so the message says so. Measured from when the
-    client cancelled (the event's occurred_at), not from when we applied it."""
+    """The practice's rule: a cancellation by the client within the late-change window
+    (24 h) before the start may carry the late-cancellation fee, so the message says so.
+    Measured from when the client cancelled (the event's occurred_at), not from when we
+    applied it."""
     return (data.cancelled_by == "client"
             and existing.appointment.start - cancelled_at < policy.appointments.late_change_window)
 

@@ -75,7 +75,7 @@ class Policy:
     practice_zone: ZoneInfo = ZoneInfo("America/New_York")
     follow_up_valid: timedelta = timedelta(days=14)
     digest_max_items: int = 50
-    #: how long a close for an unseen subject waits for its opening event (SPEC: 24 h)
+    #: how long a close for an unseen subject waits for its opening event
     opening_wait: timedelta = timedelta(hours=24)
 
 

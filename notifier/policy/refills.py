@@ -32,7 +32,8 @@ def runout_day(prescription: Prescription) -> date:
 
 
 def refill_due_at(prescription: Prescription, state: State, policy: Policy) -> datetime:
-    """Run-out minus `due_before_runout`, at the local send time (SPEC: 7 days, 10:00)."""
+    """Run-out minus `due_before_runout`, at the local send time (by default a week before,
+    at 10:00 client-local: clients should ask for a refill about a week ahead)."""
     day = runout_day(prescription) - policy.refills.due_before_runout
     return at_client_local(day, policy.refills.local_send_time, state, policy)
 

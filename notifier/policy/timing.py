@@ -1,7 +1,7 @@
 """Pure time arithmetic: wall-clock times in a zone, quiet hours, expiry.
 
-Wall-clock rules (SPEC §3): a local time that does not exist (spring forward) moves to the
-first valid minute after it; one that occurs twice (fall back) takes the first occurrence.
+Wall-clock rules: a local time that does not exist (spring forward) moves to the first
+valid minute after it; one that occurs twice (fall back) takes the first occurrence.
 """
 
 from __future__ import annotations
@@ -10,11 +10,6 @@ from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from notifier.policy.figures import QuietHours
-
-
-def utcnow() -> datetime:
-    """The one place the real clock is read (by the clock loop, the web and the worker)."""
-    return datetime.now(UTC)
 
 
 def exists_locally(naive: datetime, zone: ZoneInfo) -> bool:

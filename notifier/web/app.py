@@ -49,7 +49,7 @@ from notifier.ledger.records import AppointmentRecord
 from notifier.ledger.store import NotificationView, Store
 from notifier.policy.figures import CHANNELS
 from notifier.policy.ordering import subject_ref
-from notifier.policy.timing import utcnow
+from notifier.timeutil import utcnow
 from notifier.web.provider_hooks import provider_routes
 from notifier.worker.actors import enqueue_apply
 

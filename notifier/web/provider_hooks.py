@@ -39,7 +39,7 @@ from notifier.intake.replies import check_reply_templates, reply_to_sms
 from notifier.ledger.records import ClientRecord
 from notifier.ledger.store import DELIVERY_FAILURES, Store
 from notifier.policy.plan import entity_ref
-from notifier.policy.timing import utcnow
+from notifier.timeutil import utcnow
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from dramatiq.middleware import (
 )
 
 from notifier.intake.apply import apply_in_turn
-from notifier.policy.timing import utcnow
+from notifier.timeutil import utcnow
 from notifier.worker.digests import run_provider_digest
 
 if TYPE_CHECKING:
@@ -40,7 +40,9 @@ APPLY_EVENT = "apply_event"
 DELIVER = "deliver"
 RUN_JOB = "run_job"
 #: Dramatiq's own retries are only for planning errors (a Redis hiccup); their backoff
-#: sits in dramatiq's FIFO delay list, so it is capped near an hour (DESIGN.md §1).
+#: sits in dramatiq's delay list, a plain FIFO that workers pre-fetch, where a message due
+#: in seconds waits behind those due later: so it is capped near an hour, and reminders
+#: wait in our own schedule instead, never there.
 MAX_BACKOFF_MS = 3_600_000
 TIME_LIMIT_MS = 5 * 60 * 1000
 

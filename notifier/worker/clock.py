@@ -20,12 +20,15 @@ from zoneinfo import ZoneInfo
 from dramatiq.brokers.redis import RedisBroker
 
 from notifier.ledger.store import Store
-from notifier.policy.timing import utcnow
+from notifier.timeutil import utcnow
 from notifier.worker.actors import enqueue_apply, enqueue_deliver, enqueue_job
 from notifier.worker.cron import CATCH_UP, PROVIDER_ZONE, Job, previous_fire
 from notifier.worker.digests import provider_zones
 
 log = logging.getLogger(__name__)
+
+#: How much longer than `CATCH_UP` a claimed fire is remembered in memory.
+FIRED_MARGIN = timedelta(minutes=10)
 
 
 @dataclass
@@ -46,7 +49,9 @@ class Clock:
     rng: random.Random = field(default_factory=random.Random)
     _last_event_sweep: datetime | None = None
     _zones: tuple[datetime, set[str]] | None = None
-    _fired: set[str] = field(default_factory=set)
+    #: fires this clock claimed (or saw claimed), by key, with their fire time; kept only
+    #: while a fire can still come up (`CATCH_UP`, plus `FIRED_MARGIN`), so it stays small
+    _fired: dict[str, datetime] = field(default_factory=dict)
 
     def tick(self, now: datetime) -> int:
         """One pass; returns how many notifications were handed to workers."""
@@ -102,18 +107,26 @@ class Clock:
         """Enqueue each job whose fire time in a zone has come, once across all clocks:
         the fire is claimed with SET NX on (job, zone, fire time)."""
         fired = []
+        self._forget_old_fires(now)
         for job in self.jobs:
             for zone in sorted(self._job_zones(job, now)):
                 fire = previous_fire(job.cron, now, ZoneInfo(zone))
                 key = f"n:job:{job.name}:{zone}:{int(fire.timestamp())}"
                 if now - fire > CATCH_UP or key in self._fired:
                     continue
-                self._fired.add(key)
+                self._fired[key] = fire
                 if self.store.redis.set(key, now.timestamp(), nx=True, ex=3 * 24 * 3600):
                     enqueue_job(self.broker, job.name, zone, fire.isoformat())
                     fired.append(key)
                     log.info("fired %s for %s at %s", job.name, zone, fire.isoformat())
         return fired
+
+    def _forget_old_fires(self, now: datetime) -> None:
+        """Drop fires too old to come up again: past the catch-up window (with a margin),
+        `fire_jobs` skips them before it looks here."""
+        horizon = now - CATCH_UP - FIRED_MARGIN
+        for key in [k for k, fire in self._fired.items() if fire < horizon]:
+            del self._fired[key]
 
     def run(self, stop: threading.Event) -> None:
         log.info("clock running")

@@ -56,13 +56,12 @@ def _count(n: int, noun: str) -> str:
 
 
 def all_providers(store: Store) -> list[ProviderRecord]:
-    refs = [key.decode().removeprefix("n:rec:")
-            for key in store.redis.scan_iter(match="n:rec:provider:*", count=1000)]
-    records = store.load_records(refs)
-    return [r for r in records.values() if isinstance(r, ProviderRecord)]
+    """Every provider's record, found through the providers set (no keyspace SCAN)."""
+    return store.providers()
 
 
 def provider_zones(store: Store) -> set[str]:
+    """The zones of all providers: where a job in the providers' zone fires."""
     return {p.provider.timezone for p in all_providers(store)}
 
 

@@ -1,7 +1,7 @@
 """Channels behind one small interface: `send(message) -> Receipt`.
 
 The rest of the code never imports a provider SDK; the choice of implementation is made
-from settings once per process (`notifier.delivery.channels.build`).
+from settings once per process (`notifier.runtime.build_channels`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The outbox: the channel used without provider credentials (SPEC §4).
+"""The outbox: the channel used without provider credentials, in place of Twilio and
+SendGrid; the rest of the pipeline is the same.
 
 One JSON line per sent message in `messages.jsonl` (an SMS's with its `encoding` and
 `segments`), each attachment as a file beside it
