@@ -15,12 +15,11 @@ from pathlib import Path
 import pytest
 from icalendar import Calendar
 
-from notifier.config import PROJECT_ROOT, Settings
+from notifier.config import MAX_ATTEMPTS, PROJECT_ROOT, Settings
 from notifier.delivery.channels import Message, Receipt
 from notifier.delivery.channels.outbox import Outbox
 from notifier.delivery.compose import Stored
 from notifier.delivery.deliverer import (
-    MAX_ATTEMPTS,
     NEVER_TOLD,
     SENT_AS_CONFIRMATION,
     Deliverer,

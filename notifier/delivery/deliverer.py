@@ -31,7 +31,9 @@ from notifier.delivery.compose import (
     compose_provider_digest,
     compose_support_message,
 )
+from notifier.delivery.fallback import closed_now, use_other_channel
 from notifier.delivery.render import Renderer
+from notifier.delivery.retry import GiveUp, next_attempt
 from notifier.delivery.sms_budget import OverBudget, short_url
 from notifier.errors import PermanentError, RetryableError, StoreError, TemplateError
 from notifier.ledger.ratelimit import RateLimiter
@@ -60,9 +62,6 @@ class SentButUnrecorded(StoreError):
 #: A message ready to send with a note for the ledger, or the outcome already recorded.
 Prepared = tuple[Message, str] | str
 
-#: Longer than the slowest send (HTTP timeouts are 10 s); a lease that runs out means the
-#: worker died and the sweep hands the notification to another.
-LEASE_S = 60.0
 #: Recording a send that went out is retried this often (a Redis failover takes moments).
 RECORD_TRIES = 4
 RECORD_PAUSE_S = 0.25
@@ -70,11 +69,6 @@ RECORD_PAUSE_S = 0.25
 VISIT_NUDGES = frozenset({"follow_up", "visit_required"})
 #: Twilio's error for a number that replied STOP to our sender.
 TWILIO_OPTED_OUT = "21610"
-#: A notification that keeps failing is given up on after this many attempts.
-MAX_ATTEMPTS = 8
-#: Backoff for retryable failures: base * 2^attempt, jittered, capped.
-RETRY_BASE_S = 5.0
-RETRY_CAP_S = 3600.0
 #: How long to wait for a client's details when a notification names an unknown client.
 WAIT_FOR_CLIENT_S = 60.0
 #: How long to wait, again and again, while an accepted event about a notification's subject
@@ -96,15 +90,12 @@ class Deliverer:
     renderer: Renderer
     settings: Settings
     policy: Policy
-    lease_s: float = LEASE_S
     limiters: dict[str, RateLimiter] = field(default_factory=dict)
-    max_attempts: int = MAX_ATTEMPTS
-    retry_base_s: float = RETRY_BASE_S
     rng: random.Random = field(default_factory=random.Random)
 
     def deliver(self, notification_id: str, now: datetime) -> str:
         """Take one claimed notification as far as it can go now; returns its outcome."""
-        begun = self.store.schedule.begin(notification_id, now, self.lease_s)
+        begun = self.store.schedule.begin(notification_id, now, self.settings.lease_s)
         if not begun.may_send:
             return begun.verdict
         n = Stored.from_fields(notification_id, begun.fields)
@@ -127,14 +118,11 @@ class Deliverer:
         return state
 
     def _retry(self, n: Stored, now: datetime, reason: str, retry_after_s: float | None) -> str:
-        if n.attempts >= self.max_attempts:
-            return self._finish(n, "failed", f"gave up after {n.attempts} attempts: {reason}",
-                                now)
-        backoff = min(RETRY_CAP_S, self.retry_base_s * 2 ** (n.attempts - 1))
-        delay = max(retry_after_s or 0.0, backoff * (0.5 + self.rng.random() / 2))
-        due = now + timedelta(seconds=delay)
-        if due >= n.expires_at:
-            return self._finish(n, "failed", f"{reason}; no time left to retry", now)
+        due = next_attempt(n.attempts, reason, retry_after_s, n.expires_at, now, self.rng,
+                           max_attempts=self.settings.max_attempts,
+                           base_s=self.settings.retry_base_s)
+        if isinstance(due, GiveUp):
+            return self._finish(n, "failed", due.reason, now)
         return self._later(n, due, f"retrying: {reason}", "retrying")
 
     def _later(self, n: Stored, due: datetime, reason: str, outcome: str, *,
@@ -269,7 +257,7 @@ class Deliverer:
                     return self._finish(n, "suppressed", NEVER_TOLD, now)
                 # A reschedule of a booking never announced announces the new time.
                 n, note = replace(n, kind="appointment_confirmation"), SENT_AS_CONFIRMATION
-        closed = closed_reason(n.channel, client, self.store)
+        closed = closed_now(n.channel, client, self.store)
         if closed:
             self._use_other_channel(n, client, closed, now)
             return self._finish(n, "suppressed", closed, now)
@@ -376,34 +364,3 @@ def subjects_of(n: Stored) -> list[str]:
     if n.recipient == "client":
         refs.append(entity_ref("client", n.recipient_id))
     return list(dict.fromkeys(refs))
-
-
-def use_other_channel(store: Store, notification_id: str, channel: str, client: ClientRecord,
-                      why: str, now: datetime) -> bool:
-    """SPEC rules 5 and 7: when a client cannot be reached on one channel, the message goes
-    by the other if they allow it, unless it is planned there already."""
-    other = "email" if channel == "sms" else "sms"
-    if closed_reason(other, client, store):
-        return False
-    if store.add_on_other_channel(notification_id, other, now, f"instead of {channel}: {why}"):
-        log.info("notification %s goes by %s instead", notification_id, other)
-        return True
-    return False
-
-
-def closed_reason(channel: str, client: ClientRecord, store: Store) -> str:
-    """Why `channel` cannot reach `client` now, or "" when it can."""
-    c = client.client
-    if channel == "sms":
-        if not c.channels.sms:
-            return "client does not accept sms"
-        if not c.phone:
-            return "no phone number"
-        if store.sms_opted_out(c.phone):
-            return "client replied STOP"
-    elif channel == "email":
-        if not c.channels.email:
-            return "client does not accept email"
-        if not c.email:
-            return "no email address"
-    return ""
