@@ -54,6 +54,15 @@ Backend = Literal["twilio", "sendgrid", "outbox"]
 #: What NOTIFIER_LOG_LEVEL may be (any case).
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
+#: Defaults of the delivery settings (NOTIFIER_MAX_ATTEMPTS, NOTIFIER_RETRY_BASE_S,
+#: NOTIFIER_LEASE_S); defined here only.
+#: A failing notification is tried this many times in all, backing off from the base.
+MAX_ATTEMPTS = 8
+RETRY_BASE_S = 5.0
+#: How long a claimed notification is leased to a worker, in seconds: longer than the
+#: slowest send (HTTP timeouts are 10 s); a lease that runs out means the worker died.
+LEASE_S = 60
+
 #: The read API token is compared as sent in `Authorization: Bearer`; shorter is guessable.
 MIN_API_TOKEN_CHARS = 24
 
@@ -244,10 +253,10 @@ class Settings:
     #: Emails per second (0: no limit of our own).
     email_rate_per_s: float = 0.0
     #: A failing notification is tried this many times in all, backing off from the base.
-    max_attempts: int = 8
-    retry_base_s: float = 5.0
+    max_attempts: int = MAX_ATTEMPTS
+    retry_base_s: float = RETRY_BASE_S
     #: How long a claimed notification is leased to a worker; longer than the slowest send.
-    lease_s: int = 60
+    lease_s: int = LEASE_S
     log_level: str = "INFO"
 
     @classmethod

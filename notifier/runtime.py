@@ -85,10 +85,8 @@ class Runtime:
         check_configuration(settings, renderer, STAFF_KINDS)
         channels = build_channels(settings)
         deliverer = Deliverer(store=store, channels=channels, renderer=renderer,
-                              settings=settings, policy=policy, lease_s=settings.lease_s,
-                              limiters=build_limiters(settings, client),
-                              max_attempts=settings.max_attempts,
-                              retry_base_s=settings.retry_base_s)
+                              settings=settings, policy=policy,
+                              limiters=build_limiters(settings, client))
         return cls(settings=settings, policy=policy, redis_url=redis_url, redis=client,
                    store=store, renderer=renderer, channels=channels, deliverer=deliverer,
                    jobs=load_jobs(settings.schedules_dir))

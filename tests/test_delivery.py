@@ -15,17 +15,12 @@ from pathlib import Path
 import pytest
 from icalendar import Calendar
 
-from notifier.config import PROJECT_ROOT, Settings
+from notifier.config import MAX_ATTEMPTS, PROJECT_ROOT, Settings
 from notifier.delivery.channels import Message, Receipt
 from notifier.delivery.channels.outbox import Outbox
 from notifier.delivery.compose import Stored
-from notifier.delivery.deliverer import (
-    MAX_ATTEMPTS,
-    NEVER_TOLD,
-    SENT_AS_CONFIRMATION,
-    Deliverer,
-    expired_because,
-)
+from notifier.delivery.decide import NEVER_TOLD, SENT_AS_CONFIRMATION, expired_because
+from notifier.delivery.deliverer import Deliverer
 from notifier.delivery.render import Renderer
 from notifier.errors import PermanentError, RetryableError
 from notifier.ledger.notifications import FINAL_STATES, SCHEDULE

@@ -16,7 +16,7 @@ import pytest
 from icalendar import Calendar
 from prometheus_client.parser import text_string_to_metric_families
 
-from notifier.delivery.deliverer import NEVER_TOLD
+from notifier.delivery.decide import NEVER_TOLD
 from notifier.worker.actors import build_broker, enqueue_apply
 from tests.helpers import (
     appointment,

@@ -389,7 +389,7 @@ def test_a_notification_waits_while_an_event_about_its_subject_is_unapplied(stor
 
 def test_subjects_of_a_notification():
     from notifier.delivery.compose import Stored
-    from notifier.delivery.deliverer import subjects_of
+    from notifier.delivery.decide import subjects_of
 
     n = Stored(id="x", kind="refill_due", channel="sms", recipient="client", recipient_id="c1",
                due_at=NOW, expires_at=NOW, params={"prescription_id": "rx-1",

@@ -32,7 +32,8 @@ from twilio.request_validator import RequestValidator
 from twilio.twiml.messaging_response import MessagingResponse
 
 from notifier.config import Settings
-from notifier.delivery.deliverer import TWILIO_OPTED_OUT, use_other_channel
+from notifier.delivery.deliverer import TWILIO_OPTED_OUT
+from notifier.delivery.fallback import use_other_channel
 from notifier.delivery.render import Renderer
 from notifier.errors import ConfigError
 from notifier.intake.replies import check_reply_templates, reply_to_sms

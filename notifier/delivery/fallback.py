@@ -1,0 +1,63 @@
+"""The other channel: when a client cannot be reached on one, the message goes by the other.
+
+Used at send time (the channel is closed to the client, an SMS over budget, a permanent
+failure) and when a provider reports a failure later (`web.provider_hooks`).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from notifier.ledger.records import ClientRecord
+from notifier.ledger.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def other_channel(channel: str) -> str:
+    return "email" if channel == "sms" else "sms"
+
+
+def closed_reason(channel: str, client: ClientRecord, opted_out: bool) -> str:
+    """Why `channel` cannot reach `client` now, or "" when it can; `opted_out` says whether
+    the client's phone replied STOP to our sender (only looked at for sms)."""
+    c = client.client
+    if channel == "sms":
+        if not c.channels.sms:
+            return "client does not accept sms"
+        if not c.phone:
+            return "no phone number"
+        if opted_out:
+            return "client replied STOP"
+    elif channel == "email":
+        if not c.channels.email:
+            return "client does not accept email"
+        if not c.email:
+            return "no email address"
+    return ""
+
+
+def needs_opt_out(channel: str, client: ClientRecord) -> bool:
+    """Whether `closed_reason(channel, client, ...)` depends on the opt-out list: only an
+    SMS the client accepts, to a phone they have, does."""
+    return channel == "sms" and client.client.channels.sms and bool(client.client.phone)
+
+
+def closed_now(channel: str, client: ClientRecord, store: Store) -> str:
+    """`closed_reason`, reading the opt-out list only when it matters."""
+    opted_out = needs_opt_out(channel, client) and store.sms_opted_out(str(client.client.phone))
+    return closed_reason(channel, client, opted_out)
+
+
+def use_other_channel(store: Store, notification_id: str, channel: str, client: ClientRecord,
+                      why: str, now: datetime) -> bool:
+    """When a client cannot be reached on `channel`, the message goes by the other if they
+    allow it, unless it is planned there already; returns whether it was added."""
+    other = other_channel(channel)
+    if closed_now(other, client, store):
+        return False
+    if store.add_on_other_channel(notification_id, other, now, f"instead of {channel}: {why}"):
+        log.info("notification %s goes by %s instead", notification_id, other)
+        return True
+    return False
