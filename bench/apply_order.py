@@ -52,8 +52,9 @@ from bench.claim_burst import machine, private_redis
 from notifier.config import Settings
 from notifier.intake.apply import apply_stored_event
 from notifier.intake.events import parse_event
+from notifier.ledger.events import PENDING_EVENTS, event_key
+from notifier.ledger.record_store import record_key
 from notifier.ledger.records import AppointmentRecord, ClientRecord, ProviderRecord
-from notifier.ledger.store import PENDING_EVENTS, event_key, record_key
 from notifier.policy.ordering import subject_ref
 from notifier.runtime import Runtime
 from notifier.timeutil import utcnow

@@ -29,8 +29,8 @@ import redis
 from notifier.config import Settings
 from notifier.ledger.embedded_redis import free_port, redis_server_binary, wait_for_redis
 from notifier.ledger.notifications import SCHEDULE
+from notifier.ledger.record_store import record_key
 from notifier.ledger.records import ClientRecord
-from notifier.ledger.store import record_key
 from notifier.policy.plan import Plan, PlannedNotification
 from notifier.runtime import Runtime
 from notifier.worker.actors import build_broker, declare_actors
@@ -68,7 +68,7 @@ def plan_burst(runtime: Runtime, count: int, due: datetime, zone: str) -> None:
                     "kind": "medication_management", "join_url": None, "sequence": 0},
         ) for i in range(start, min(count, start + batch)))
         with runtime.redis.pipeline() as pipe:
-            runtime.store._write_plan(pipe, Plan(outcome="applied", add=adds), due)
+            runtime.store.plans._write_plan(pipe, Plan(outcome="applied", add=adds), due)
             pipe.execute()
 
 

@@ -44,7 +44,8 @@ from schemathesis.specs.openapi.checks import (
 
 from notifier.cli import sign_event
 from notifier.config import Settings
-from notifier.ledger.store import Store, event_key
+from notifier.ledger.events import event_key
+from notifier.ledger.store import Store
 from notifier.web.app import MAX_BODY_BYTES, create_app
 from notifier.worker.actors import build_broker
 

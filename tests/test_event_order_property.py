@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from notifier.config import Settings
 from notifier.intake.apply import apply_in_turn
 from notifier.intake.events import parse_event
-from notifier.ledger.store import PENDING_EVENTS
+from notifier.ledger.events import PENDING_EVENTS
 from notifier.policy.ordering import subject_ref
 from notifier.runtime import Runtime
 from notifier.worker.actors import build_broker, declare_actors, enqueue_apply

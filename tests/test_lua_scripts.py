@@ -18,6 +18,7 @@ import redis
 
 from notifier.ledger.lua import lua_source
 from notifier.ledger.notifications import SCHEDULE, epoch
+from notifier.ledger.plans import PlanWriter
 from notifier.ledger.ratelimit import RateLimiter
 from notifier.ledger.store import Store
 from notifier.policy.plan import Plan, PlannedNotification
@@ -60,11 +61,11 @@ def test_there_are_scripts_and_no_lua_left_in_python():
 
 def test_the_scripts_run_are_the_files_as_they_are():
     """No text is filled into a script before it runs: each constant is a file's text."""
-    from notifier.ledger import notifications, ratelimit, store, turns
+    from notifier.ledger import events, notifications, ratelimit, turns
 
     sources = {lua_source(name.removesuffix(".lua")) for name in SCRIPTS}
     constants = {f"{m.__name__}.{k}": getattr(m, k)
-                 for m in (notifications, ratelimit, store, turns) for k in dir(m)
+                 for m in (events, notifications, ratelimit, turns) for k in dir(m)
                  if k.endswith("_LUA")}
     assert len(constants) == len(SCRIPTS)
     assert {k: v in sources for k, v in constants.items()} == dict.fromkeys(constants, True)
@@ -121,9 +122,9 @@ def test_an_id_added_between_reading_and_cancelling_is_cancelled_too(store, monk
     store.write_plan(Plan(outcome="applied", add=(planned(1),)), NOW)
     other = Store(store.redis)
     reads: list[dict[str, list[str]]] = []
-    real = Store.cancel_targets
+    real = PlanWriter.cancel_targets
 
-    def racing(self: Store, plan: Plan, pipe: Any) -> dict[str, list[str]]:
+    def racing(self: PlanWriter, plan: Plan, pipe: Any) -> dict[str, list[str]]:
         targets = real(self, plan, pipe)
         if not plan.cancel:
             return targets
@@ -132,7 +133,7 @@ def test_an_id_added_between_reading_and_cancelling_is_cancelled_too(store, monk
             other.write_plan(Plan(outcome="applied", add=(planned(2),)), NOW)
         return targets
 
-    monkeypatch.setattr(Store, "cancel_targets", racing)
+    monkeypatch.setattr(PlanWriter, "cancel_targets", racing)
     store.write_plan(Plan(outcome="applied", cancel=("appointment:a1",)), NOW)
     assert reads == [{"appointment:a1": ["appointment_reminder:a1:1:sms"]},
                      {"appointment:a1": ["appointment_reminder:a1:1:sms",
@@ -154,7 +155,7 @@ def test_a_plan_that_cancels_without_its_targets_is_refused(store):
     from notifier.errors import StoreError
 
     with store.redis.pipeline() as pipe, pytest.raises(StoreError):
-        store._write_plan(pipe, Plan(outcome="applied", cancel=("appointment:a1",)), NOW)
+        store.plans._write_plan(pipe, Plan(outcome="applied", cancel=("appointment:a1",)), NOW)
 
 
 # Reading first, then rescheduling -------------------------------------------------------

@@ -11,14 +11,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from notifier.ledger.records import ClientRecord, ProviderRecord
-from notifier.ledger.store import (
-    Store,
+from notifier.ledger.record_store import (
     legacy_phone_key,
     phone_clients_key,
     phone_index_changes,
     record_key,
 )
+from notifier.ledger.records import ClientRecord, ProviderRecord
+from notifier.ledger.store import Store
 from notifier.policy.plan import Plan, entity_ref
 from tests.helpers import client_upserted, store_and_apply
 

@@ -144,7 +144,7 @@ def test_cancel_leaves_sent_notifications_alone(store):
 def test_an_event_whose_planning_keeps_failing_is_set_aside(store, policy, monkeypatch):
     from notifier.intake import apply
     from notifier.intake.apply import MAX_APPLY_FAILURES, apply_stored_event
-    from notifier.ledger.store import PENDING_EVENTS
+    from notifier.ledger.events import PENDING_EVENTS
     from tests.helpers import client_upserted
 
     evt = {**client_upserted("c1", "UTC", NOW), "id": "evt-1"}
@@ -201,7 +201,8 @@ def test_a_write_trims_its_recipients_index_of_entries_past_the_retention(store)
     retention = timedelta(seconds=KEEP_FINISHED_S)
     long_ago = NOW - retention - timedelta(days=10)
     with store.redis.pipeline() as pipe:  # as a write at that time left it
-        store._write_plan(pipe, Plan(outcome="applied", add=(planned(1, long_ago),)), long_ago)
+        store.plans._write_plan(pipe, Plan(outcome="applied", add=(planned(1, long_ago),)),
+                                long_ago)
         pipe.execute()
     assert store.redis.zcard("n:by-recipient:client:c1") == 1
     write(store, planned(2, NOW - retention + timedelta(hours=1)), planned(3, NOW))

@@ -33,8 +33,10 @@ from pathlib import Path
 from notifier.config import PROJECT_ROOT
 from notifier.intake.apply import apply_in_turn
 from notifier.intake.events import parse_event
+from notifier.ledger.events import PENDING_EVENTS
+from notifier.ledger.record_store import record_key
 from notifier.ledger.records import AppointmentRecord
-from notifier.ledger.store import PENDING_EVENTS, Store, record_key
+from notifier.ledger.store import Store
 from notifier.ledger.turns import TURNS, member_event_id, queue_key, turn_key
 from notifier.policy.ordering import subject_ref
 from notifier.timeutil import utcnow

@@ -1,5 +1,6 @@
 """Per-subject queues, turns and held closes, on a real Redis (notifier/ledger/turns.py, the
-ordering parts of notifier/ledger/store.py and notifier/intake/apply.py)."""
+ordering parts of notifier/ledger/plans.py, notifier/ledger/events.py and
+notifier/intake/apply.py)."""
 
 from __future__ import annotations
 
@@ -14,15 +15,11 @@ from notifier.delivery.channels.outbox import Outbox
 from notifier.errors import StoreContention
 from notifier.intake.apply import apply_in_turn, apply_stored_event
 from notifier.intake.events import parse_event
+from notifier.ledger.events import PENDING_EVENTS, event_key
+from notifier.ledger.plans import TurnLost
+from notifier.ledger.record_store import MAX_WATCH_TRIES, record_key
 from notifier.ledger.records import Record
-from notifier.ledger.store import (
-    MAX_WATCH_TRIES,
-    PENDING_EVENTS,
-    Store,
-    TurnLost,
-    event_key,
-    record_key,
-)
+from notifier.ledger.store import Store
 from notifier.ledger.turns import HELD_EVENTS, TURNS, held_key, queue_key, turn_key
 from notifier.policy.figures import Policy
 from notifier.policy.ordering import subject_ref

@@ -33,8 +33,10 @@ from notifier.errors import PermanentError, SignatureError
 from notifier.intake.apply import apply_stored_event
 from notifier.intake.events import EVENT_MODELS
 from notifier.ledger.embedded_redis import free_port
+from notifier.ledger.events import PENDING_EVENTS, event_key
 from notifier.ledger.notifications import FINAL_STATES
-from notifier.ledger.store import PENDING_EVENTS, READ_LIMIT, Store, event_key
+from notifier.ledger.reading import READ_LIMIT
+from notifier.ledger.store import Store
 from notifier.policy.plan import Plan, PlannedNotification
 from notifier.web.app import MAX_BODY_BYTES, create_app, sign_webhook, verify_signature
 from notifier.worker.actors import APPLY_EVENT, EVENTS_QUEUE, build_broker

@@ -12,8 +12,10 @@ import redis
 
 from notifier.errors import InvalidEvent, StoreContention
 from notifier.intake.events import parse_event
+from notifier.ledger.events import event_key
+from notifier.ledger.plans import TurnLost
 from notifier.ledger.records import Record, State
-from notifier.ledger.store import Store, TurnLost, event_key
+from notifier.ledger.store import Store
 from notifier.policy import derived_refs, plan, refs_for
 from notifier.policy.figures import Policy
 from notifier.policy.ordering import subject_ref, wait_for_opening

@@ -3,9 +3,9 @@
 The web's event loop serves every request: a synchronous Redis call there would stop all
 of them for a round trip (and, with `appendfsync always`, an fsync), and for as long as
 Redis does not answer. So the HTTP side writes with `redis.asyncio`, the worker side keeps
-the synchronous client of `notifier.ledger.store.Store`.
+the synchronous client of `notifier.ledger.events.Events`.
 
-The write is the same script, keys and arguments as `Store.store_event`: an event stored
+The write is the same script, keys and arguments as `Events.store_event`: an event stored
 here is read, queued and applied by the worker exactly like one stored there.
 """
 
@@ -16,7 +16,7 @@ from datetime import datetime
 import redis
 import redis.asyncio
 
-from notifier.ledger.store import STORE_EVENT_LUA, store_event_call
+from notifier.ledger.events import STORE_EVENT_LUA, store_event_call
 
 #: The connection settings an asyncio twin of a synchronous client takes over; the rest of
 #: the synchronous pool's keyword arguments (its retry object, parser, maintenance

@@ -46,11 +46,12 @@ from notifier.intake.events import EVENT_MODELS, parse_event
 from notifier.ledger.async_events import AsyncEventStore, async_twin
 from notifier.ledger.notifications import FINAL_STATES
 from notifier.ledger.records import AppointmentRecord
-from notifier.ledger.store import NotificationView, Store
+from notifier.ledger.store import Store
 from notifier.policy.figures import CHANNELS
 from notifier.policy.ordering import subject_ref
 from notifier.timeutil import utcnow
 from notifier.web.provider_hooks import provider_routes
+from notifier.web.views import NotificationView
 from notifier.worker.actors import enqueue_apply
 
 log = logging.getLogger(__name__)
@@ -428,7 +429,8 @@ def create_app(settings: Settings, store: Store, broker: RedisBroker) -> FastAPI
         if refused is not None:
             return refused
         now = utcnow()
-        views = store.notifications_for("client", client_id, since=now - READ_WINDOW)
+        views = [NotificationView.model_validate(row) for row in
+                 store.notifications_for("client", client_id, since=now - READ_WINDOW)]
         appointments = [
             AppointmentOut(id=r.appointment.id, start=r.appointment.start,
                            end=r.appointment.end, status=r.status,

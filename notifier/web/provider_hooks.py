@@ -37,8 +37,9 @@ from notifier.delivery.fallback import use_other_channel
 from notifier.delivery.render import Renderer
 from notifier.errors import ConfigError
 from notifier.intake.replies import check_reply_templates, reply_to_sms
+from notifier.ledger.deliveries import DELIVERY_FAILURES
 from notifier.ledger.records import ClientRecord
-from notifier.ledger.store import DELIVERY_FAILURES, Store
+from notifier.ledger.store import Store
 from notifier.policy.plan import entity_ref
 from notifier.timeutil import utcnow
 

@@ -1,0 +1,63 @@
+"""Delivery reports from providers, and planning a notification again on another channel
+(a fallback). Key (under `n:`): `callbacks:unknown` (reports about ids the ledger does not
+know, the last thousand, kept for inspection)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import redis
+
+from notifier.ledger.notifications import PREFIX, Schedule, epoch, from_epoch, notif_key
+from notifier.policy.plan import Plan, PlannedNotification
+
+if TYPE_CHECKING:
+    from notifier.ledger.plans import PlanWriter
+    from notifier.ledger.reading import Reading
+
+UNKNOWN_CALLBACKS = PREFIX + "callbacks:unknown"
+#: Delivery reports that mean the message did not arrive.
+DELIVERY_FAILURES = frozenset({"undelivered", "failed", "bounce", "dropped"})
+
+
+class Deliveries:
+    """What happens to a notification after it is sent: reports, and other channels."""
+
+    def __init__(self, client: redis.Redis, schedule: Schedule, reading: Reading,
+                 plans: PlanWriter) -> None:
+        # redis-py types its replies as a sync|async union; the client here is sync.
+        self.redis: Any = client
+        self.schedule = schedule
+        self.reading = reading
+        self.plans = plans
+
+    def record_delivery(self, notification_id: str, status: str, code: str,
+                        now: datetime) -> bool:
+        """Record a provider's delivery report; an unknown id is kept aside and ignored."""
+        if self.schedule.record_delivery(notification_id, status, code, now):
+            return True
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.lpush(UNKNOWN_CALLBACKS, json.dumps(
+                {"id": notification_id, "status": status, "code": code, "at": epoch(now)}))
+            pipe.ltrim(UNKNOWN_CALLBACKS, 0, 999)
+            pipe.execute()
+        return False
+
+    def add_on_other_channel(self, notification_id: str, channel: str, now: datetime,
+                             reason: str) -> bool:
+        """Plan the same notification on `channel`, due now, unless it is planned there
+        already (its dedupe key is the sibling's, so this happens at most once)."""
+        f = self.reading.notification(notification_id)
+        if not f or f.get("superseded"):
+            return False
+        sibling = notification_id.rsplit(":", 1)[0] + ":" + channel
+        if self.redis.exists(notif_key(sibling)):
+            return False
+        self.plans.write_plan(Plan(outcome="applied", add=(PlannedNotification(
+            id=sibling, kind=f["kind"], channel=channel,  # type: ignore[arg-type]
+            recipient=f["to"], recipient_id=f["to_id"],  # type: ignore[arg-type]
+            entity=f["entity"], due_at=now, expires_at=from_epoch(f["expires"]),
+            params=json.loads(f.get("params") or "{}"), reason=reason),)), now)
+        return True

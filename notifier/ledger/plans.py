@@ -1,0 +1,238 @@
+"""Applying a plan: a stored event's, exactly once under WATCH (`PlanWriter.apply_event`),
+or one not tied to an event (`PlanWriter.write_plan`, a cron job's). A plan's records,
+cancels and notifications, the event's new status and its leaving its subject's queue
+commit in one MULTI.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any
+
+import redis
+from pydantic import BaseModel
+
+from notifier.errors import StoreContention, StoreError
+from notifier.ledger.events import EVENT_RETENTION_S, PENDING_EVENTS, event_key, hold, unhold
+from notifier.ledger.notifications import (
+    ENTITY_INDEX_TTL_S,
+    KEEP_FINISHED_S,
+    OUTCOMES,
+    SCHEDULE,
+    Schedule,
+    by_entity_key,
+    by_recipient_key,
+    epoch,
+    from_epoch,
+    notif_key,
+)
+from notifier.ledger.record_store import (
+    MAX_WATCH_TRIES,
+    RecordStore,
+    phone_clients_key,
+    phone_index_changes,
+    record_key,
+    set_record,
+)
+from notifier.ledger.records import ClientRecord, Record
+from notifier.ledger.turns import held_key, queue_key, turn_key
+from notifier.policy.plan import Plan, PlannedNotification
+
+#: A planner given a stored raw event, a loader of (watched) records and the event's
+#: arrival time.
+Decide = Callable[[bytes, Callable[[list[str]], dict[str, Record]], datetime], Plan]
+
+
+class TurnLost(StoreError):
+    """The caller's turn on a subject ran out and another worker took it: stop applying."""
+
+
+def _notification_fields(n: PlannedNotification, now: datetime) -> list[Any]:
+    fields = {
+        "kind": n.kind, "channel": n.channel, "to": n.recipient, "to_id": n.recipient_id,
+        "entity": n.entity, "due": epoch(n.due_at), "expires": epoch(n.expires_at),
+        "state": n.state, "reason": n.reason, "params": json.dumps(n.params, sort_keys=True),
+        "attempts": 0, "created": epoch(now),
+    }
+    return [item for pair in fields.items() for item in pair]
+
+
+
+class PlanWriter:
+    """Writes plans: their records, cancels and notifications, in one transaction."""
+
+    def __init__(self, client: redis.Redis, schedule: Schedule, records: RecordStore) -> None:
+        # redis-py types its replies as a sync|async union; the client here is sync.
+        self.redis: Any = client
+        self.schedule = schedule
+        self.records = records
+
+    def apply_event(self, event_id: str, decide: Decide, now: datetime,
+                    turn: tuple[str, str] | None = None) -> Plan | None:
+        """Apply a stored event exactly once: load, plan, write, all under WATCH.
+
+        `decide(raw, load, arrived_at)` plans, loading the records it needs through `load`,
+        which watches them. The writes, the plan's notifications, the event's new status
+        and its removal from its subject's queue commit in one MULTI, so a crash leaves
+        either nothing or everything; a concurrent change to a watched key replans.
+
+        `turn` is (subject ref, token) of the caller's turn (`notifier.ledger.turns`): the write
+        happens only while the turn is still the caller's, else `TurnLost` is raised. A
+        `held` plan parks the event beside its subject's queue until the opening arrives;
+        an `applied` plan puts the subject's held events back into the queue, after it.
+        Returns None when the event was applied before (or is unknown). Raises
+        `StoreContention` (nothing written) when a watched key changes under each of
+        `MAX_WATCH_TRIES` tries.
+        """
+        key = event_key(event_id)
+        for _ in range(MAX_WATCH_TRIES):
+            with self.redis.pipeline() as pipe:
+                try:
+                    status, raw, subject, member, received, occurred, holder, held = \
+                        self._watch_event(pipe, event_id, turn)
+                    ref = subject.decode() if subject else None
+                    if status != b"accepted" or raw is None:
+                        if ref and member:
+                            pipe.multi()
+                            pipe.zrem(queue_key(ref), member)
+                            pipe.execute()
+                        return None
+                    if turn is not None and holder != turn[1].encode():
+                        raise TurnLost(turn[0])
+                    if turn is None and ref:
+                        pipe.watch(held_key(ref))
+                        held = pipe.zrange(held_key(ref), 0, -1, withscores=True)
+
+                    def load(more: list[str], pipe: Any = pipe) -> dict[str, Record]:
+                        if more:
+                            pipe.watch(*(record_key(r) for r in more))
+                        return self.records.load_records(more, pipe)
+
+                    arrived = from_epoch(received) if received else now
+                    plan = decide(raw, load, arrived)
+                    before = self._clients_before(plan, pipe)
+                    targets = self.cancel_targets(plan, pipe)
+                    pipe.multi()
+                    if ref and member:
+                        pipe.zrem(queue_key(ref), member)
+                    pipe.zrem(PENDING_EVENTS, event_id)
+                    if plan.outcome == "held":
+                        hold(pipe, event_id, plan, ref, member, occurred, now)
+                    else:
+                        self._write_plan(pipe, plan, now, before, targets)
+                        pipe.hset(key, mapping={"status": plan.outcome, "reason": plan.reason,
+                                                "applied_at": epoch(now)})
+                        pipe.expire(key, EVENT_RETENTION_S)
+                        if plan.outcome == "applied" and ref and held:
+                            unhold(pipe, ref, held, now)
+                    pipe.execute()
+                    return plan
+                except redis.WatchError:
+                    continue
+        raise StoreContention(f"event {event_id}: its keys changed under every one of "
+                              f"{MAX_WATCH_TRIES} tries to apply it")
+
+    def _watch_event(self, pipe: Any, event_id: str, turn: tuple[str, str] | None
+                     ) -> list[Any]:
+        """WATCH the event (and, in a turn, the turn and the subject's held closes), then
+        read them in one round trip: the event's fields, the turn's holder, the held
+        closes. Reads after the WATCH are checked by it, so they need not share its
+        connection."""
+        key = event_key(event_id)
+        with self.redis.pipeline(transaction=False) as reads:
+            reads.hmget(key, "status", "raw", "subject", "member", "received_at", "occurred")
+            if turn is None:
+                pipe.watch(key)
+                return [*reads.execute()[0], None, []]
+            pipe.watch(key, turn_key(turn[0]), held_key(turn[0]))
+            reads.get(turn_key(turn[0]))
+            reads.zrange(held_key(turn[0]), 0, -1, withscores=True)
+            fields, holder, held = reads.execute()
+        return [*fields, holder, held]
+
+    def write_plan(self, plan: Plan, now: datetime) -> int:
+        """Write a plan not tied to an event (a cron job's), in one transaction; returns how
+        many of its notifications were added (the others' ids were planned before).
+        An id added to a cancelled entity's index meanwhile writes it again; raises
+        `StoreContention` when that happens `MAX_WATCH_TRIES` times in a row."""
+        for _ in range(MAX_WATCH_TRIES):
+            with self.redis.pipeline() as pipe:
+                try:
+                    targets = self.cancel_targets(plan, pipe)
+                    before = self._clients_before(plan, pipe if pipe.watching else self.redis)
+                    pipe.multi()
+                    adds = self._write_plan(pipe, plan, now, before, targets)
+                    replies = pipe.execute()
+                except redis.WatchError:
+                    continue
+            # Each ADD_LUA reply is 1 (added) or 0 (kept).
+            return sum(int(reply) for reply in replies[adds])
+        raise StoreContention(f"the entities a plan cancels changed under every one of "
+                              f"{MAX_WATCH_TRIES} tries to write it")
+
+    def cancel_targets(self, plan: Plan, pipe: Any) -> dict[str, list[str]]:
+        """The notification ids indexed under each entity `plan` cancels, by ref: the
+        indexes are WATCHed on `pipe` first, then read in one round trip. The cancel
+        script is given each id's key (every key a script touches is in its KEYS), and
+        the WATCH fails the transaction when an id is added before it commits."""
+        if not plan.cancel:
+            return {}
+        pipe.watch(*(by_entity_key(ref) for ref in plan.cancel))
+        with self.redis.pipeline(transaction=False) as reads:
+            for ref in plan.cancel:
+                reads.smembers(by_entity_key(ref))
+            found = reads.execute()
+        return {ref: sorted(i.decode() for i in ids)
+                for ref, ids in zip(plan.cancel, found, strict=True)}
+
+    def _clients_before(self, plan: Plan, pipe: Any) -> dict[str, Record]:
+        """The stored versions of the client records `plan` writes, read before its MULTI
+        (and watched, on a watching pipeline), so `_write_plan` can move a client whose
+        number changed out of the old number's set."""
+        refs = [ref for ref, record in plan.records.items() if isinstance(record, ClientRecord)]
+        if refs and getattr(pipe, "watching", False):
+            pipe.watch(*(record_key(r) for r in refs))
+        return self.records.load_records(refs, pipe)
+
+    def _write_plan(self, pipe: Any, plan: Plan, now: datetime,
+                    before: Mapping[str, BaseModel] | None = None,
+                    targets: Mapping[str, list[str]] | None = None) -> slice:
+        """Queue a plan's writes on `pipe`: records, cancels, the adds, then the trimming of
+        the recipients' read indexes; returns where the adds' replies are among the
+        pipeline's.
+
+        The read index of each recipient the plan adds to loses its entries due more than
+        `KEEP_FINISHED_S` before `now` (their notifications have expired or soon will, and
+        the read API's window is far shorter): trimmed here, on the write that makes it
+        grow, so a read never writes.
+
+        `before`: the stored versions of the plan's client records (`_clients_before`);
+        callers whose plans hold no client records may leave it out. `targets`: the ids
+        of each entity the plan cancels (`cancel_targets`), required when it cancels."""
+        if plan.cancel and (targets is None or not set(plan.cancel) <= set(targets)):
+            raise StoreError("a plan that cancels needs the ids it cancels: cancel_targets")
+        for ref, record in plan.records.items():
+            set_record(pipe, ref, record)
+        # Inbound SMS name a number; these sets find every client it belongs to.
+        leave, join = phone_index_changes(before or {}, plan.records)
+        for phone, client_id in leave:
+            pipe.srem(phone_clients_key(phone), client_id)
+        for phone, client_id in join:
+            pipe.sadd(phone_clients_key(phone), client_id)
+        for ref in plan.cancel:
+            self.schedule.cancel_entity(pipe, ref, (targets or {})[ref])
+        first_add = len(pipe)
+        for n in plan.add:
+            self.schedule.add_script(
+                keys=[notif_key(n.id), SCHEDULE, by_recipient_key(n.recipient, n.recipient_id),
+                      OUTCOMES, by_entity_key(n.entity)],
+                args=[n.id, epoch(n.due_at), ENTITY_INDEX_TTL_S,
+                      *_notification_fields(n, now)],
+                client=pipe,
+            )
+        adds = slice(first_add, len(pipe))
+        for index in sorted({by_recipient_key(n.recipient, n.recipient_id) for n in plan.add}):
+            pipe.zremrangebyscore(index, "-inf", f"({epoch(now) - KEEP_FINISHED_S}")
+        return adds

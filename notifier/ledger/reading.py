@@ -1,0 +1,185 @@
+"""Reading the ledger: one notification, a recipient's notifications as the read API shows
+them, an entity's, a client's upcoming appointments, what stands in a send's way, and the
+figures /metrics reports. Reads only: nothing here writes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import redis
+
+from notifier.ledger.deliveries import DELIVERY_FAILURES
+from notifier.ledger.events import PENDING_EVENTS
+from notifier.ledger.notifications import (
+    INFLIGHT,
+    LATENESS,
+    OUTCOMES,
+    SCHEDULE,
+    Lateness,
+    by_entity_key,
+    by_recipient_key,
+    epoch,
+    from_epoch,
+    notif_key,
+    parse_lateness,
+    parse_outcomes,
+)
+from notifier.ledger.record_store import RecordStore
+from notifier.ledger.records import AppointmentRecord, VisitsRecord
+from notifier.ledger.turns import HELD_EVENTS, queue_key
+
+#: At most this many notifications per client are returned by the read API.
+READ_LIMIT = 200
+
+
+def shown_state(fields: dict[str, str]) -> str:
+    """The state the read API shows: delivery reports refine `sent`; `sending` is still
+    `scheduled` to the outside."""
+    state, delivery = fields["state"], fields.get("delivery", "")
+    if state in ("sent", "sending") and delivery == "delivered":
+        return "delivered"
+    if state in ("sent", "sending") and delivery in DELIVERY_FAILURES:
+        return "failed"
+    return "scheduled" if state == "sending" else state
+
+
+
+@dataclass(frozen=True)
+class NotificationRow:
+    """A notification as the read API shows it (`notifier.web.views.NotificationView` is
+    its HTTP shape)."""
+
+    id: str
+    kind: str
+    channel: str
+    due_at: datetime
+    expires_at: datetime
+    state: str
+    reason: str
+    sent_at: datetime | None
+    code: str | None
+    delivery: str | None = None
+    #: an SMS's encoding when it was rendered: GSM-7 or UCS-2
+    sms_encoding: str | None = None
+    #: the segments it takes, counted as carriers count them
+    sms_segments: int | None = None
+    #: the segments the provider says it sent (Twilio's num_segments)
+    provider_segments: int | None = None
+
+
+@dataclass(frozen=True)
+class LedgerFigures:
+    """What /metrics reports from Redis, read in one round trip."""
+
+    scheduled: int
+    in_flight: int
+    events_pending: int
+    events_held: int
+    #: (state, channel) -> notifications that ended so
+    outcomes: dict[tuple[str, str], int]
+    #: (kind, channel) -> send lateness
+    lateness: dict[tuple[str, str], Lateness]
+
+
+
+class Reading:
+    """The ledger's reads, for the read API, the sender and /metrics."""
+
+    def __init__(self, client: redis.Redis, records: RecordStore) -> None:
+        # redis-py types its replies as a sync|async union; the client here is sync.
+        self.redis: Any = client
+        self.records = records
+
+    def figures(self) -> LedgerFigures:
+        """The backlog, the outcomes and the send lateness, for /metrics: one pipeline."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(SCHEDULE)
+            pipe.zcard(INFLIGHT)
+            pipe.zcard(PENDING_EVENTS)
+            pipe.zcard(HELD_EVENTS)
+            pipe.hgetall(OUTCOMES)
+            pipe.hgetall(LATENESS)
+            scheduled, in_flight, pending, held, outcomes, lateness = pipe.execute()
+        return LedgerFigures(scheduled=int(scheduled), in_flight=int(in_flight),
+                             events_pending=int(pending), events_held=int(held),
+                             outcomes=parse_outcomes(outcomes),
+                             lateness=parse_lateness(lateness))
+
+    def send_blockers(self, notification_id: str, subjects: list[str]) -> tuple[bool, bool]:
+        """(superseded, unapplied) just before a send, in one round trip: whether a plan
+        cancelled the notification while it was `sending`, and whether an accepted event
+        about any of `subjects` is still unapplied."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hexists(notif_key(notification_id), "superseded")
+            if subjects:
+                pipe.exists(*(queue_key(r) for r in subjects))
+            replies = pipe.execute()
+        return bool(replies[0]), len(replies) > 1 and bool(replies[1])
+
+    def notification(self, notification_id: str) -> dict[str, str]:
+        raw = self.redis.hgetall(notif_key(notification_id))
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    def about_entity(self, entity: str) -> dict[str, tuple[str, str] | None]:
+        """(recipient, state) of every notification indexed under `entity` by id; None for
+        one whose ledger entry has expired. Two round trips: the index, then one pipeline
+        of HMGETs."""
+        ids = sorted(i.decode() for i in self.redis.smembers(by_entity_key(entity)))
+        if not ids:
+            return {}
+        with self.redis.pipeline(transaction=False) as pipe:
+            for i in ids:
+                pipe.hmget(notif_key(i), "to", "state")
+            rows = pipe.execute()
+        return {i: (to.decode(), state.decode()) if to is not None and state is not None
+                else None
+                for i, (to, state) in zip(ids, rows, strict=True)}
+
+    def notifications_for(self, recipient: str, recipient_id: str,
+                          since: datetime | None = None) -> list[NotificationRow]:
+        """A recipient's notifications due from `since` on (all, without it), soonest
+        first, at most READ_LIMIT. Reads only: the index is trimmed when written
+        (`_write_plan`)."""
+        key = by_recipient_key(recipient, recipient_id)
+        low = epoch(since) if since is not None else "-inf"
+        ids = self.redis.zrangebyscore(key, low, "+inf", 0, READ_LIMIT)
+        with self.redis.pipeline(transaction=False) as pipe:
+            for i in ids:
+                pipe.hgetall(notif_key(i.decode()))
+            hashes = pipe.execute()
+        views = []
+        for i, h in zip(ids, hashes, strict=True):
+            f = {k.decode(): v.decode() for k, v in h.items()}
+            if not f:
+                continue
+            views.append(NotificationRow(
+                id=i.decode(), kind=f["kind"], channel=f["channel"],
+                due_at=from_epoch(f["due"]), expires_at=from_epoch(f["expires"]),
+                state=shown_state(f), reason=f.get("reason", ""),
+                sent_at=from_epoch(f["sent_at"]) if f.get("sent_at") else None,
+                code=f.get("code") or None, delivery=f.get("delivery") or None,
+                sms_encoding=f.get("sms_encoding") or None,
+                sms_segments=int(f["sms_segments"]) if f.get("sms_segments") else None,
+                provider_segments=(int(f["provider_segments"]) if f.get("provider_segments")
+                                   else None),
+            ))
+        return views
+
+    def upcoming_appointments(self, client_id: str, now: datetime) -> list[AppointmentRecord]:
+        """The client's booked appointments that have not ended by `now`, soonest first.
+
+        The visits record keeps an appointment until its completion, no-show or
+        cancellation arrives, which may be never: one that has ended is past, whatever
+        the record still says. Two round trips: the visits record, then the appointments.
+        """
+        visits = self.records.load_record(f"visits:{client_id}")
+        if not isinstance(visits, VisitsRecord):
+            return []
+        records = self.records.load_records(
+            [f"appointment:{i}" for i in sorted(visits.upcoming)])
+        upcoming = [r for r in records.values()
+                    if isinstance(r, AppointmentRecord) and r.appointment.end > now]
+        return sorted(upcoming, key=lambda r: (r.appointment.start, r.appointment.id))
+

@@ -1,0 +1,161 @@
+"""Entity records in Redis and the indexes kept beside them: the providers set and the
+per-number sets of clients (inbound SMS name a number, not a client).
+
+Keys (all under `n:`): `rec:{ref}` (entity record JSON), `providers` (the id of every
+provider with a record, so the clock finds them without scanning the keyspace),
+`phone-clients:{phone}` (the ids of every client with that number). The record models are
+in `notifier.ledger.records`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from functools import lru_cache
+from typing import Any
+
+import redis
+from pydantic import BaseModel
+
+from notifier.errors import StoreContention
+from notifier.ledger.notifications import PREFIX
+from notifier.ledger.records import RECORD_TYPES, ClientRecord, ProviderRecord, Record
+
+#: The id of every provider with a record; written with the record, in its transaction.
+PROVIDERS = PREFIX + "providers"
+#: Set once `PROVIDERS` holds every provider, including those stored before it existed.
+PROVIDERS_INDEXED = PREFIX + "providers:indexed"
+#: A WATCHed read-modify-write tries at most this many times before `StoreContention`.
+MAX_WATCH_TRIES = 50
+
+
+def record_key(ref: str) -> str:
+    return f"{PREFIX}rec:{ref}"
+
+
+@lru_cache(maxsize=4096)
+def parse_record(kind: str, raw: bytes) -> Record:
+    """A record from its stored JSON. Cached by the exact bytes: a client's record is read
+    for every message they get, and validating it (email addresses, phone numbers, zones)
+    costs more than the Redis round trip. Records are frozen, so sharing them is safe."""
+    return RECORD_TYPES[kind].model_validate_json(raw)
+
+
+def legacy_phone_key(phone: str) -> str:
+    """The one-client-per-number string older versions wrote (last write won); still read,
+    never written, so numbers indexed before the upgrade keep working."""
+    return f"{PREFIX}phone:{phone}"
+
+
+def phone_clients_key(phone: str) -> str:
+    """The set of ids of every client with this number: a family may share one phone."""
+    return f"{PREFIX}phone-clients:{phone}"
+
+
+def phone_index_changes(before: Mapping[str, BaseModel], after: Mapping[str, BaseModel]
+                        ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(phone, client id) pairs to take out of and put into the per-number sets when the
+    records `after` replace `before` (the same refs, as stored until now; a ref missing
+    from `before` is a new client). A client whose number changed or went leaves the old
+    number's set."""
+    leave: list[tuple[str, str]] = []
+    join: list[tuple[str, str]] = []
+    for ref, record in after.items():
+        if not isinstance(record, ClientRecord):
+            continue
+        old = before.get(ref)
+        old_phone = old.client.phone if isinstance(old, ClientRecord) else None
+        new_phone = record.client.phone
+        if old_phone and old_phone != new_phone:
+            leave.append((old_phone, record.client.id))
+        if new_phone:
+            join.append((new_phone, record.client.id))
+    return leave, join
+
+
+
+def set_record(pipe: Any, ref: str, record: BaseModel) -> None:
+    """Queue the write of one record on `pipe`, with the indexes kept beside it."""
+    pipe.set(record_key(ref), record.model_dump_json())
+    if isinstance(record, ProviderRecord):
+        pipe.sadd(PROVIDERS, record.provider.id)
+
+
+class RecordStore:
+    """Reading and writing entity records; finding providers and the clients of a number."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        # redis-py types its replies as a sync|async union; the client here is sync.
+        self.redis: Any = client
+
+    def load_records(self, refs: list[str], pipe: Any = None) -> dict[str, Record]:
+        if not refs:
+            return {}
+        values = (pipe or self.redis).mget([record_key(r) for r in refs])
+        return {ref: parse_record(ref.split(":", 1)[0], value)
+                for ref, value in zip(refs, values, strict=True) if value is not None}
+
+    def load_record(self, ref: str) -> Record | None:
+        return self.load_records([ref]).get(ref)
+
+    def update_record(self, ref: str, change: Callable[[Record | None], Record | None]) -> bool:
+        """Change one record atomically (WATCH, retried on a concurrent write); `change`
+        returns the new record, or None to leave it as it is. Raises `StoreContention` when
+        concurrent writes win `MAX_WATCH_TRIES` times in a row."""
+        key = record_key(ref)
+        for _ in range(MAX_WATCH_TRIES):
+            with self.redis.pipeline() as pipe:
+                try:
+                    pipe.watch(key)
+                    updated = change(self.load_records([ref], pipe).get(ref))
+                    if updated is None:
+                        return False
+                    pipe.multi()
+                    set_record(pipe, ref, updated)
+                    pipe.execute()
+                    return True
+                except redis.WatchError:
+                    continue
+        raise StoreContention(f"record {ref} changed under every one of "
+                              f"{MAX_WATCH_TRIES} tries to update it")
+
+    # Providers ---------------------------------------------------------------------------
+    def provider_ids(self) -> list[str]:
+        """The id of every provider with a record, sorted: read from `PROVIDERS`.
+
+        Data written before that set existed is indexed once: the first call SCANs for
+        provider records, adds them to the set and marks it complete, so no later call
+        scans (a deployment with no provider yet included)."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.exists(PROVIDERS_INDEXED)
+            pipe.smembers(PROVIDERS)
+            indexed, members = pipe.execute()
+        ids = {m.decode() for m in members}
+        if not indexed:
+            prefix = record_key("provider:")
+            ids |= {key.decode().removeprefix(prefix)
+                    for key in self.redis.scan_iter(match=prefix + "*", count=1000)}
+            with self.redis.pipeline() as pipe:
+                if ids:
+                    pipe.sadd(PROVIDERS, *ids)
+                pipe.set(PROVIDERS_INDEXED, 1)
+                pipe.execute()
+        return sorted(ids)
+
+    def providers(self) -> list[ProviderRecord]:
+        """Every provider's record, by id."""
+        records = self.load_records([f"provider:{i}" for i in self.provider_ids()])
+        return [r for r in records.values() if isinstance(r, ProviderRecord)]
+
+    def clients_for_phone(self, phone: str) -> list[ClientRecord]:
+        """Every client whose current number is `phone`, by id. Reads the per-number set and
+        the string older versions wrote; each candidate's record must still carry the
+        number, so an entry left behind by a change (or by the old index) finds no one."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.smembers(phone_clients_key(phone))
+            pipe.get(legacy_phone_key(phone))
+            members, legacy = pipe.execute()
+        ids = {m.decode() for m in members} | ({legacy.decode()} if legacy else set())
+        records = self.load_records([f"client:{i}" for i in sorted(ids)])
+        return [r for r in records.values()
+                if isinstance(r, ClientRecord) and r.client.phone == phone]
+
