@@ -28,15 +28,8 @@ from notifier.ledger.notifications import (
     from_epoch,
     notif_key,
 )
-from notifier.ledger.record_store import (
-    MAX_WATCH_TRIES,
-    RecordStore,
-    phone_clients_key,
-    phone_index_changes,
-    record_key,
-    set_record,
-)
-from notifier.ledger.records import ClientRecord, Record
+from notifier.ledger.record_store import MAX_WATCH_TRIES, RecordStore, record_key, write_records
+from notifier.ledger.records import Record
 from notifier.ledger.turns import held_key, queue_key, turn_key
 from notifier.policy.plan import Plan, PlannedNotification
 
@@ -112,7 +105,7 @@ class PlanWriter:
 
                     arrived = from_epoch(received) if received else now
                     plan = decide(raw, load, arrived)
-                    before = self._clients_before(plan, pipe)
+                    before = self.records.clients_before(plan.records, pipe)
                     targets = self.cancel_targets(plan, pipe)
                     pipe.multi()
                     if ref and member:
@@ -161,7 +154,8 @@ class PlanWriter:
             with self.redis.pipeline() as pipe:
                 try:
                     targets = self.cancel_targets(plan, pipe)
-                    before = self._clients_before(plan, pipe if pipe.watching else self.redis)
+                    before = self.records.clients_before(plan.records,
+                                                        pipe if pipe.watching else self.redis)
                     pipe.multi()
                     adds = self._write_plan(pipe, plan, now, before, targets)
                     replies = pipe.execute()
@@ -187,15 +181,6 @@ class PlanWriter:
         return {ref: sorted(i.decode() for i in ids)
                 for ref, ids in zip(plan.cancel, found, strict=True)}
 
-    def _clients_before(self, plan: Plan, pipe: Any) -> dict[str, Record]:
-        """The stored versions of the client records `plan` writes, read before its MULTI
-        (and watched, on a watching pipeline), so `_write_plan` can move a client whose
-        number changed out of the old number's set."""
-        refs = [ref for ref, record in plan.records.items() if isinstance(record, ClientRecord)]
-        if refs and getattr(pipe, "watching", False):
-            pipe.watch(*(record_key(r) for r in refs))
-        return self.records.load_records(refs, pipe)
-
     def _write_plan(self, pipe: Any, plan: Plan, now: datetime,
                     before: Mapping[str, BaseModel] | None = None,
                     targets: Mapping[str, list[str]] | None = None) -> slice:
@@ -208,19 +193,13 @@ class PlanWriter:
         the read API's window is far shorter): trimmed here, on the write that makes it
         grow, so a read never writes.
 
-        `before`: the stored versions of the plan's client records (`_clients_before`);
+        `before`: the stored versions of the plan's client records
+        (`RecordStore.clients_before`);
         callers whose plans hold no client records may leave it out. `targets`: the ids
         of each entity the plan cancels (`cancel_targets`), required when it cancels."""
         if plan.cancel and (targets is None or not set(plan.cancel) <= set(targets)):
             raise StoreError("a plan that cancels needs the ids it cancels: cancel_targets")
-        for ref, record in plan.records.items():
-            set_record(pipe, ref, record)
-        # Inbound SMS name a number; these sets find every client it belongs to.
-        leave, join = phone_index_changes(before or {}, plan.records)
-        for phone, client_id in leave:
-            pipe.srem(phone_clients_key(phone), client_id)
-        for phone, client_id in join:
-            pipe.sadd(phone_clients_key(phone), client_id)
+        write_records(pipe, plan.records, before or {})
         for ref in plan.cancel:
             self.schedule.cancel_entity(pipe, ref, (targets or {})[ref])
         first_add = len(pipe)

@@ -80,6 +80,21 @@ def set_record(pipe: Any, ref: str, record: BaseModel) -> None:
         pipe.sadd(PROVIDERS, record.provider.id)
 
 
+def write_records(pipe: Any, records: Mapping[str, BaseModel],
+                  before: Mapping[str, BaseModel]) -> None:
+    """Queue the writes of `records` on `pipe`, and move their clients between the
+    per-number sets: `before` holds the stored versions of the client records among them
+    (`RecordStore.clients_before`), so a client whose number changed leaves the old set."""
+    for ref, record in records.items():
+        set_record(pipe, ref, record)
+    # Inbound SMS name a number; these sets find every client it belongs to.
+    leave, join = phone_index_changes(before, records)
+    for phone, client_id in leave:
+        pipe.srem(phone_clients_key(phone), client_id)
+    for phone, client_id in join:
+        pipe.sadd(phone_clients_key(phone), client_id)
+
+
 class RecordStore:
     """Reading and writing entity records; finding providers and the clients of a number."""
 
@@ -118,7 +133,6 @@ class RecordStore:
         raise StoreContention(f"record {ref} changed under every one of "
                               f"{MAX_WATCH_TRIES} tries to update it")
 
-    # Providers ---------------------------------------------------------------------------
     def provider_ids(self) -> list[str]:
         """The id of every provider with a record, sorted: read from `PROVIDERS`.
 
@@ -145,6 +159,14 @@ class RecordStore:
         """Every provider's record, by id."""
         records = self.load_records([f"provider:{i}" for i in self.provider_ids()])
         return [r for r in records.values() if isinstance(r, ProviderRecord)]
+
+    def clients_before(self, records: Mapping[str, BaseModel], pipe: Any) -> dict[str, Record]:
+        """The stored versions of the client records among `records`, read before they
+        are written (and watched, on a watching pipeline), for `write_records`."""
+        refs = [ref for ref, record in records.items() if isinstance(record, ClientRecord)]
+        if refs and getattr(pipe, "watching", False):
+            pipe.watch(*(record_key(r) for r in refs))
+        return self.load_records(refs, pipe)
 
     def clients_for_phone(self, phone: str) -> list[ClientRecord]:
         """Every client whose current number is `phone`, by id. Reads the per-number set and
