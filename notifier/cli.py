@@ -162,6 +162,13 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def server_log_level(level: str, at_least: str = "DEBUG") -> str:
+    """uvicorn's log level (its access log is at INFO): NOTIFIER_LOG_LEVEL (`level`), or
+    `at_least` when that is more severe (`notifier dev` keeps its console to the banner)."""
+    severity = max(logging.getLevelNamesMapping()[level], logging.getLevelNamesMapping()[at_least])
+    return logging.getLevelName(severity).lower()
+
+
 def _serve(app: Any, sock: socket.socket, log_level: str) -> None:
     import uvicorn
 
@@ -265,7 +272,7 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> None:
                 app = create_app(settings, runtime.store, broker)
                 print(dev_banner(settings, args.host, args.port, runtime.redis_url),
                       flush=True)
-                _serve(app, sock, "warning")
+                _serve(app, sock, server_log_level(settings.log_level, at_least="WARNING"))
             finally:
                 stop.set()
                 clock.join(timeout=5)
@@ -282,7 +289,7 @@ def cmd_web(args: argparse.Namespace, settings: Settings) -> None:
     try:
         with _runtime(settings) as runtime:
             _serve(create_app(settings, runtime.store, build_broker(runtime.redis_url)), sock,
-                   "info")
+                   server_log_level(settings.log_level))
     finally:
         sock.close()
 

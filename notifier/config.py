@@ -215,6 +215,20 @@ def _backend(
     return raw  # type: ignore[return-value]
 
 
+def _read_dotenv(path: Path) -> dict[str, str]:
+    """The variables a `.env` file sets, or a ConfigError naming the file it cannot read."""
+    from dotenv import dotenv_values
+
+    try:
+        values = dotenv_values(path)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at "
+                          f"offset {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it ({exc.strerror})") from None
+    return {k: v for k, v in values.items() if v is not None}
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the processes need to know, validated."""
@@ -265,9 +279,7 @@ class Settings:
         merged: dict[str, str] = {}
         dotenv_path = dotenv if dotenv is not None else Path(".env")
         if dotenv_path.is_file():
-            from dotenv import dotenv_values
-
-            merged.update({k: v for k, v in dotenv_values(dotenv_path).items() if v is not None})
+            merged.update(_read_dotenv(dotenv_path))
         merged.update(os.environ if env is None else env)
         return cls._from_mapping(merged)
 

@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 
-from notifier.cli import dev_api_token
+from notifier.cli import dev_api_token, server_log_level
 from notifier.config import PROJECT_ROOT, Settings
 from notifier.delivery.compose import STAFF_KINDS
 from notifier.delivery.render import Renderer
@@ -511,6 +511,25 @@ def test_a_log_level_that_does_not_exist_is_one_line(tmp_path):
     assert result.returncode == 2
     assert one_line(result) == ("notifier: NOTIFIER_LOG_LEVEL: expected one of debug, info, "
                                 "warning, error, critical, got 'verbose'")
+
+
+def test_a_log_level_in_dotenv_that_does_not_exist_is_one_line(tmp_path):
+    (tmp_path / ".env").write_text("NOTIFIER_LOG_LEVEL=verbose\n")
+    result = notifier("jobs", "list", cwd=tmp_path)
+    assert result.returncode == 2
+    assert one_line(result) == ("notifier: NOTIFIER_LOG_LEVEL: expected one of debug, info, "
+                                "warning, error, critical, got 'verbose'")
+
+
+@pytest.mark.parametrize(("level", "at_least", "server"), [
+    ("INFO", "DEBUG", "info"), ("WARNING", "DEBUG", "warning"), ("DEBUG", "DEBUG", "debug"),
+    ("INFO", "WARNING", "warning"), ("DEBUG", "WARNING", "warning"),
+    ("ERROR", "WARNING", "error"),
+])
+def test_the_web_server_logs_at_the_configured_level(level, at_least, server):
+    """NOTIFIER_LOG_LEVEL=warning quiets uvicorn's access log too; `notifier dev` never
+    logs each request under its banner."""
+    assert server_log_level(level, at_least) == server
 
 
 def test_notifications_of_an_unknown_client_says_to_send_its_events(tmp_path, redis_url):

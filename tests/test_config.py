@@ -131,6 +131,26 @@ def test_dotenv_is_read_and_the_environment_wins(tmp_path):
     assert (s.practice_name, s.worker_threads) == ("From Dotenv", 3)
 
 
+def test_the_log_level_is_read_from_dotenv_and_the_environment_wins(tmp_path):
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("NOTIFIER_LOG_LEVEL=debug\n")
+    assert Settings.from_env({}, dotenv=dotenv).log_level == "DEBUG"
+    assert Settings.from_env({"NOTIFIER_LOG_LEVEL": "error"}, dotenv=dotenv).log_level == "ERROR"
+    dotenv.write_text("NOTIFIER_LOG_LEVEL=verbose\n")
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({}, dotenv=dotenv)
+    assert str(caught.value) == ("NOTIFIER_LOG_LEVEL: expected one of debug, info, warning, "
+                                 "error, critical, got 'verbose'")
+
+
+def test_a_dotenv_that_is_not_text_is_named_in_one_line(tmp_path):
+    dotenv = tmp_path / ".env"
+    dotenv.write_bytes(b"NOTIFIER_PRACTICE_NAME=Caf\xe9\n")  # Latin-1, not UTF-8
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({}, dotenv=dotenv)
+    assert str(caught.value) == f"{dotenv}: not UTF-8 text (byte 0xe9 at offset 26)"
+
+
 @pytest.mark.parametrize(("env", "names"), [
     ({"NOTIFIER_REDIS_URL": "localhost:6379"}, "NOTIFIER_REDIS_URL"),
     ({"NOTIFIER_WEBHOOK_SECRET": "plain"}, "NOTIFIER_WEBHOOK_SECRET"),
