@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from notifier.cli import dev_api_token, server_log_level
-from notifier.config import PROJECT_ROOT, Settings
+from notifier.config import PROJECT_ROOT, Settings, reveal
 from notifier.delivery.compose import STAFF_KINDS
 from notifier.delivery.render import Renderer
 from notifier.ledger.embedded_redis import EmbeddedRedis, free_port
@@ -159,12 +159,12 @@ def test_dev_runs_on_the_embedded_redis_and_send_event_reaches_it(tmp_path, poli
 def test_dev_makes_an_api_token_once_and_keeps_it(tmp_path):
     unset = Settings.from_env({"NOTIFIER_VAR_DIR": str(tmp_path / "var")},
                               dotenv=Path("/nonexistent"))
-    first = dev_api_token(unset).api_token
+    first = reveal(dev_api_token(unset).api_token)
     assert first is not None and len(first) >= 24
-    assert dev_api_token(unset).api_token == first
+    assert reveal(dev_api_token(unset).api_token) == first
     # What it wrote is a token the settings themselves would accept.
     again = Settings.from_env({"NOTIFIER_API_TOKEN": first}, dotenv=Path("/nonexistent"))
-    assert again.api_token == first
+    assert reveal(again.api_token) == first
     assert (tmp_path / "var" / "api-token").stat().st_mode & 0o777 == 0o600
     assert (tmp_path / "var").stat().st_mode & 0o777 == 0o700
 
@@ -173,7 +173,7 @@ def test_dev_uses_the_configured_api_token(tmp_path):
     token = "configured-token-" + "z" * 20
     configured = Settings.from_env({"NOTIFIER_VAR_DIR": str(tmp_path / "var"),
                                     "NOTIFIER_API_TOKEN": token}, dotenv=Path("/nonexistent"))
-    assert dev_api_token(configured).api_token == token
+    assert reveal(dev_api_token(configured).api_token) == token
     assert not (tmp_path / "var" / "api-token").exists()
 
 

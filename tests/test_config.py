@@ -6,8 +6,9 @@ import base64
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
-from notifier.config import PROJECT_ROOT, Settings, in_checkout, project_dir
+from notifier.config import PROJECT_ROOT, Settings, in_checkout, project_dir, reveal
 from notifier.errors import ConfigError
 
 NO_DOTENV = Path("/nonexistent")
@@ -46,7 +47,7 @@ def test_provider_credentials_choose_the_provider_unless_told_otherwise():
     assert (s.sms_backend, s.email_backend) == ("twilio", "sendgrid")
     s = settings(**creds, NOTIFIER_SMS_BACKEND="outbox", NOTIFIER_EMAIL_BACKEND="OUTBOX")
     assert (s.sms_backend, s.email_backend) == ("outbox", "outbox")
-    assert s.twilio_auth_token == "tok"  # kept: an outbox still verifies Twilio signatures
+    assert reveal(s.twilio_auth_token) == "tok"  # kept: an outbox still verifies Twilio signatures
 
 
 def test_secrets_never_show_in_repr():
@@ -57,7 +58,22 @@ def test_secrets_never_show_in_repr():
     for secret in (SECRET, "tok-123", "SG.very-secret", TOKEN):
         assert secret not in text
     assert s.require_webhook_secret() == SECRET
-    assert s.api_token == TOKEN
+    assert reveal(s.api_token) == TOKEN
+
+
+def test_secrets_never_show_in_str_or_f_strings_either():
+    """A secret put in a log line or an error message by mistake shows as stars; its value
+    is only had by asking for it (`reveal`, `get_secret_value`)."""
+    s = settings(NOTIFIER_WEBHOOK_SECRET=SECRET, TWILIO_AUTH_TOKEN="tok-123",
+                 SENDGRID_API_KEY="SG.very-secret", NOTIFIER_SMS_BACKEND="outbox",
+                 NOTIFIER_API_TOKEN=TOKEN)
+    held = (s.webhook_secret, s.twilio_auth_token, s.sendgrid_api_key, s.api_token)
+    for secret, value in zip(held, (SECRET, "tok-123", "SG.very-secret", TOKEN), strict=True):
+        assert isinstance(secret, SecretStr)
+        for shown in (str(secret), f"{secret}", f"{secret!r}", str(s)):
+            assert value not in shown
+        assert reveal(secret) == secret.get_secret_value() == value
+    assert reveal(None) is None
 
 
 def test_the_api_token_is_optional():
