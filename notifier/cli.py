@@ -28,7 +28,9 @@ from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
-from notifier.config import Secret, Settings, project_dir
+from pydantic import SecretStr
+
+from notifier.config import Settings, project_dir, reveal
 from notifier.errors import NotifierError, UsageError
 
 log = logging.getLogger("notifier")
@@ -43,7 +45,7 @@ def private_dir(path: Path) -> Path:
     return path
 
 
-def _kept_secret(path: Path, make: Callable[[], str]) -> Secret:
+def _kept_secret(path: Path, make: Callable[[], str]) -> SecretStr:
     """A secret made once into `path` (readable by its owner only), then read back; of two
     commands starting together, the second reads what the first wrote."""
     if not path.exists():
@@ -55,7 +57,7 @@ def _kept_secret(path: Path, make: Callable[[], str]) -> Secret:
         else:
             with os.fdopen(fd, "w") as f:
                 f.write(make() + "\n")
-    return Secret(path.read_text().strip())
+    return SecretStr(path.read_text().strip())
 
 
 def dev_webhook_secret(settings: Settings) -> Settings:
@@ -162,6 +164,13 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def server_log_level(level: str, at_least: str = "DEBUG") -> str:
+    """uvicorn's log level (its access log is at INFO): NOTIFIER_LOG_LEVEL (`level`), or
+    `at_least` when that is more severe (`notifier dev` keeps its console to the banner)."""
+    severity = max(logging.getLevelNamesMapping()[level], logging.getLevelNamesMapping()[at_least])
+    return logging.getLevelName(severity).lower()
+
+
 def _serve(app: Any, sock: socket.socket, log_level: str) -> None:
     import uvicorn
 
@@ -236,7 +245,7 @@ def dev_banner(settings: Settings, host: str, port: int, redis_url: str) -> str:
         f"  {me} send-event {example_events()}{url}",
         f"  {me} notifications {EXAMPLE_CLIENT}    # what is planned for the client, and why",
         f"  tail {outbox}    # what was sent",
-        f"  curl -H 'Authorization: Bearer {settings.api_token}' "
+        f"  curl -H 'Authorization: Bearer {reveal(settings.api_token)}' "
         f"{base}/v1/clients/{EXAMPLE_CLIENT}/notifications",
         "Client messages wait for 08:00 client-local during quiet hours (21:00-08:00): at "
         "night the confirmation shows as scheduled for the morning, not in the outbox.",
@@ -265,7 +274,7 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> None:
                 app = create_app(settings, runtime.store, broker)
                 print(dev_banner(settings, args.host, args.port, runtime.redis_url),
                       flush=True)
-                _serve(app, sock, "warning")
+                _serve(app, sock, server_log_level(settings.log_level, at_least="WARNING"))
             finally:
                 stop.set()
                 clock.join(timeout=5)
@@ -282,7 +291,7 @@ def cmd_web(args: argparse.Namespace, settings: Settings) -> None:
     try:
         with _runtime(settings) as runtime:
             _serve(create_app(settings, runtime.store, build_broker(runtime.redis_url)), sock,
-                   "info")
+                   server_log_level(settings.log_level))
     finally:
         sock.close()
 

@@ -18,8 +18,8 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 
-from notifier.cli import dev_api_token
-from notifier.config import PROJECT_ROOT, Settings
+from notifier.cli import dev_api_token, server_log_level
+from notifier.config import PROJECT_ROOT, Settings, reveal
 from notifier.delivery.compose import STAFF_KINDS
 from notifier.delivery.render import Renderer
 from notifier.ledger.embedded_redis import EmbeddedRedis, free_port
@@ -159,12 +159,12 @@ def test_dev_runs_on_the_embedded_redis_and_send_event_reaches_it(tmp_path, poli
 def test_dev_makes_an_api_token_once_and_keeps_it(tmp_path):
     unset = Settings.from_env({"NOTIFIER_VAR_DIR": str(tmp_path / "var")},
                               dotenv=Path("/nonexistent"))
-    first = dev_api_token(unset).api_token
+    first = reveal(dev_api_token(unset).api_token)
     assert first is not None and len(first) >= 24
-    assert dev_api_token(unset).api_token == first
+    assert reveal(dev_api_token(unset).api_token) == first
     # What it wrote is a token the settings themselves would accept.
     again = Settings.from_env({"NOTIFIER_API_TOKEN": first}, dotenv=Path("/nonexistent"))
-    assert again.api_token == first
+    assert reveal(again.api_token) == first
     assert (tmp_path / "var" / "api-token").stat().st_mode & 0o777 == 0o600
     assert (tmp_path / "var").stat().st_mode & 0o777 == 0o700
 
@@ -173,7 +173,7 @@ def test_dev_uses_the_configured_api_token(tmp_path):
     token = "configured-token-" + "z" * 20
     configured = Settings.from_env({"NOTIFIER_VAR_DIR": str(tmp_path / "var"),
                                     "NOTIFIER_API_TOKEN": token}, dotenv=Path("/nonexistent"))
-    assert dev_api_token(configured).api_token == token
+    assert reveal(dev_api_token(configured).api_token) == token
     assert not (tmp_path / "var" / "api-token").exists()
 
 
@@ -511,6 +511,25 @@ def test_a_log_level_that_does_not_exist_is_one_line(tmp_path):
     assert result.returncode == 2
     assert one_line(result) == ("notifier: NOTIFIER_LOG_LEVEL: expected one of debug, info, "
                                 "warning, error, critical, got 'verbose'")
+
+
+def test_a_log_level_in_dotenv_that_does_not_exist_is_one_line(tmp_path):
+    (tmp_path / ".env").write_text("NOTIFIER_LOG_LEVEL=verbose\n")
+    result = notifier("jobs", "list", cwd=tmp_path)
+    assert result.returncode == 2
+    assert one_line(result) == ("notifier: NOTIFIER_LOG_LEVEL: expected one of debug, info, "
+                                "warning, error, critical, got 'verbose'")
+
+
+@pytest.mark.parametrize(("level", "at_least", "server"), [
+    ("INFO", "DEBUG", "info"), ("WARNING", "DEBUG", "warning"), ("DEBUG", "DEBUG", "debug"),
+    ("INFO", "WARNING", "warning"), ("DEBUG", "WARNING", "warning"),
+    ("ERROR", "WARNING", "error"),
+])
+def test_the_web_server_logs_at_the_configured_level(level, at_least, server):
+    """NOTIFIER_LOG_LEVEL=warning quiets uvicorn's access log too; `notifier dev` never
+    logs each request under its banner."""
+    assert server_log_level(level, at_least) == server
 
 
 def test_notifications_of_an_unknown_client_says_to_send_its_events(tmp_path, redis_url):

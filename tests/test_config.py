@@ -6,8 +6,9 @@ import base64
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
-from notifier.config import PROJECT_ROOT, Settings, in_checkout, project_dir
+from notifier.config import PROJECT_ROOT, Settings, in_checkout, project_dir, reveal
 from notifier.errors import ConfigError
 
 NO_DOTENV = Path("/nonexistent")
@@ -46,7 +47,7 @@ def test_provider_credentials_choose_the_provider_unless_told_otherwise():
     assert (s.sms_backend, s.email_backend) == ("twilio", "sendgrid")
     s = settings(**creds, NOTIFIER_SMS_BACKEND="outbox", NOTIFIER_EMAIL_BACKEND="OUTBOX")
     assert (s.sms_backend, s.email_backend) == ("outbox", "outbox")
-    assert s.twilio_auth_token == "tok"  # kept: an outbox still verifies Twilio signatures
+    assert reveal(s.twilio_auth_token) == "tok"  # kept: an outbox still verifies Twilio signatures
 
 
 def test_secrets_never_show_in_repr():
@@ -57,7 +58,22 @@ def test_secrets_never_show_in_repr():
     for secret in (SECRET, "tok-123", "SG.very-secret", TOKEN):
         assert secret not in text
     assert s.require_webhook_secret() == SECRET
-    assert s.api_token == TOKEN
+    assert reveal(s.api_token) == TOKEN
+
+
+def test_secrets_never_show_in_str_or_f_strings_either():
+    """A secret put in a log line or an error message by mistake shows as stars; its value
+    is only had by asking for it (`reveal`, `get_secret_value`)."""
+    s = settings(NOTIFIER_WEBHOOK_SECRET=SECRET, TWILIO_AUTH_TOKEN="tok-123",
+                 SENDGRID_API_KEY="SG.very-secret", NOTIFIER_SMS_BACKEND="outbox",
+                 NOTIFIER_API_TOKEN=TOKEN)
+    held = (s.webhook_secret, s.twilio_auth_token, s.sendgrid_api_key, s.api_token)
+    for secret, value in zip(held, (SECRET, "tok-123", "SG.very-secret", TOKEN), strict=True):
+        assert isinstance(secret, SecretStr)
+        for shown in (str(secret), f"{secret}", f"{secret!r}", str(s)):
+            assert value not in shown
+        assert reveal(secret) == secret.get_secret_value() == value
+    assert reveal(None) is None
 
 
 def test_the_api_token_is_optional():
@@ -129,6 +145,26 @@ def test_dotenv_is_read_and_the_environment_wins(tmp_path):
     dotenv.write_text("NOTIFIER_PRACTICE_NAME=From Dotenv\nNOTIFIER_WORKER_THREADS=7\n")
     s = Settings.from_env({"NOTIFIER_WORKER_THREADS": "3"}, dotenv=dotenv)
     assert (s.practice_name, s.worker_threads) == ("From Dotenv", 3)
+
+
+def test_the_log_level_is_read_from_dotenv_and_the_environment_wins(tmp_path):
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("NOTIFIER_LOG_LEVEL=debug\n")
+    assert Settings.from_env({}, dotenv=dotenv).log_level == "DEBUG"
+    assert Settings.from_env({"NOTIFIER_LOG_LEVEL": "error"}, dotenv=dotenv).log_level == "ERROR"
+    dotenv.write_text("NOTIFIER_LOG_LEVEL=verbose\n")
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({}, dotenv=dotenv)
+    assert str(caught.value) == ("NOTIFIER_LOG_LEVEL: expected one of debug, info, warning, "
+                                 "error, critical, got 'verbose'")
+
+
+def test_a_dotenv_that_is_not_text_is_named_in_one_line(tmp_path):
+    dotenv = tmp_path / ".env"
+    dotenv.write_bytes(b"NOTIFIER_PRACTICE_NAME=Caf\xe9\n")  # Latin-1, not UTF-8
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({}, dotenv=dotenv)
+    assert str(caught.value) == f"{dotenv}: not UTF-8 text (byte 0xe9 at offset 26)"
 
 
 @pytest.mark.parametrize(("env", "names"), [

@@ -35,7 +35,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
 from pydantic.json_schema import models_json_schema
 from starlette.concurrency import run_in_threadpool
 
@@ -194,19 +194,20 @@ def _error(status: int, error: str, problems: list[FieldProblem] | None = None) 
     return JSONResponse(payload.model_dump(), status_code=status)
 
 
-def check_api_token(expected: str | None, credentials: HTTPAuthorizationCredentials | None
+def check_api_token(expected: SecretStr | None, credentials: HTTPAuthorizationCredentials | None
                     ) -> str | None:
     """Why a read API request is refused, or None when it carries the configured token."""
     if expected is None:
         return "NOTIFIER_API_TOKEN is not configured: the read API is closed"
     if credentials is None:
         return "missing Authorization: Bearer <NOTIFIER_API_TOKEN>"
-    if not hmac.compare_digest(credentials.credentials.encode(), expected.encode()):
+    if not hmac.compare_digest(credentials.credentials.encode(),
+                               expected.get_secret_value().encode()):
         return "wrong bearer token"
     return None
 
 
-def _unauthorized(expected: str | None, credentials: HTTPAuthorizationCredentials | None
+def _unauthorized(expected: SecretStr | None, credentials: HTTPAuthorizationCredentials | None
                   ) -> JSONResponse | None:
     """The read API's 401 answer (with `WWW-Authenticate: Bearer`), or None when the
     request carries the configured token."""

@@ -31,7 +31,7 @@ from starlette.concurrency import run_in_threadpool
 from twilio.request_validator import RequestValidator
 from twilio.twiml.messaging_response import MessagingResponse
 
-from notifier.config import Settings
+from notifier.config import Settings, reveal
 from notifier.delivery.deliverer import TWILIO_OPTED_OUT
 from notifier.delivery.fallback import use_other_channel
 from notifier.delivery.render import Renderer
@@ -135,8 +135,8 @@ def _after_failure(store: Store, notification_id: str, code: str, now: datetime)
 
 def provider_routes(settings: Settings, store: Store) -> APIRouter:
     router = APIRouter()
-    validator = RequestValidator(settings.twilio_auth_token) if settings.twilio_auth_token \
-        else None
+    token = reveal(settings.twilio_auth_token)
+    validator = RequestValidator(token) if token else None
     event_key = sendgrid_key(settings)
     renderer = Renderer(Path(settings.templates_dir))
     check_reply_templates(renderer, settings, utcnow())

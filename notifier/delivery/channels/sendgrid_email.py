@@ -16,7 +16,7 @@ from typing import Any
 from python_http_client.exceptions import HTTPError
 from sendgrid import SendGridAPIClient
 
-from notifier.config import Settings
+from notifier.config import Settings, reveal
 from notifier.delivery.channels import Message, Receipt
 from notifier.errors import PermanentError, RetryableError
 
@@ -46,7 +46,7 @@ def build_mail(message: Message, from_email: str, from_name: str) -> dict[str, A
 class SendGridEmail:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.client = SendGridAPIClient(settings.sendgrid_api_key,
+        self.client = SendGridAPIClient(reveal(settings.sendgrid_api_key),
                                         host=settings.sendgrid_api_host)
         self.client.client.timeout = HTTP_TIMEOUT_S
 

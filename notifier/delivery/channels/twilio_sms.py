@@ -19,7 +19,7 @@ from twilio.http.http_client import TwilioHttpClient
 from twilio.http.response import Response
 from twilio.rest import Client
 
-from notifier.config import Settings
+from notifier.config import Settings, reveal
 from notifier.delivery.channels import Message, Receipt
 from notifier.errors import PermanentError, RetryableError
 
@@ -91,7 +91,7 @@ class TwilioSMS:
         sdk: tuple[Client, RoutingHttpClient] | None = getattr(self._local, "sdk", None)
         if sdk is None:
             http = RoutingHttpClient(self.settings.twilio_base_url, self.timeout_s)
-            sdk = (Client(self.settings.twilio_account_sid, self.settings.twilio_auth_token,
+            sdk = (Client(self.settings.twilio_account_sid, reveal(self.settings.twilio_auth_token),
                           http_client=http, edge=self.settings.twilio_edge,
                           region=self.settings.twilio_region), http)
             self._local.sdk = sdk
