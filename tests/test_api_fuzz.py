@@ -45,7 +45,8 @@ from schemathesis.specs.openapi.checks import (
 from notifier.cli import sign_event
 from notifier.config import Settings
 from notifier.ledger.store import Store, event_key
-from notifier.web.app import MAX_BODY_BYTES, create_app
+from notifier.web.app import create_app
+from notifier.web.events import MAX_BODY_BYTES
 from notifier.worker.actors import build_broker
 
 with warnings.catch_warnings():
