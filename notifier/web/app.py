@@ -12,14 +12,14 @@ from contextlib import asynccontextmanager
 
 from dramatiq.brokers.redis import RedisBroker
 from fastapi import FastAPI
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry
 
 from notifier import __version__
 from notifier.config import Settings
 from notifier.ledger.store import Store
-from notifier.web.events import EventStores, event_routes
+from notifier.web.events import EventStores, document_event_body, event_routes, events_counter
 from notifier.web.links import link_routes
-from notifier.web.ops import LedgerCollector, _event_body_schema, ops_routes
+from notifier.web.ops import LedgerCollector, openapi_document, ops_routes
 from notifier.web.provider_hooks import provider_routes
 from notifier.web.read_api import read_api_routes
 
@@ -39,15 +39,15 @@ def create_app(settings: Settings, store: Store, broker: RedisBroker) -> FastAPI
 
     app = FastAPI(title="Notifier", version=__version__, lifespan=lifespan,
                   description="Events in, appointment and medication reminders out.")
+    # `/metrics` shows the events counter first, then the ledger's figures.
     registry = CollectorRegistry()
-    events_counter = Counter("notifier_events_total", "Events received, by answer",
-                             ["answer"], registry=registry)
+    counter = events_counter(registry)
     registry.register(LedgerCollector(store))
 
-    app.include_router(event_routes(secret, event_stores, broker, events_counter))
+    app.include_router(event_routes(secret, event_stores, broker, counter))
     app.include_router(read_api_routes(settings.api_token, store))
     app.include_router(ops_routes(store, registry))
     app.include_router(link_routes(store))
     app.include_router(provider_routes(settings, store))
-    app.openapi = lambda: _event_body_schema(app)  # type: ignore[method-assign]
+    app.openapi = lambda: openapi_document(app, document_event_body)  # type: ignore[method-assign]
     return app

@@ -12,24 +12,25 @@ import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
-from typing import Literal
+from typing import Any, Literal
 
 import redis
 from dramatiq.brokers.redis import RedisBroker
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import Counter
+from prometheus_client import CollectorRegistry, Counter
 from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
 from starlette.concurrency import run_in_threadpool
 
 from notifier.errors import FieldProblem, InvalidEvent, PayloadTooLarge, SignatureError
-from notifier.intake.events import parse_event
+from notifier.intake.events import EVENT_MODELS, parse_event
 from notifier.ledger.async_events import AsyncEventStore, async_twin
 from notifier.ledger.store import Store
 from notifier.policy.ordering import subject_ref
 from notifier.timeutil import utcnow
 from notifier.web.answers import ErrorAnswer, error_answer
-from notifier.web.signatures import TIMESTAMP_TOLERANCE_S, verify_signature
+from notifier.web.signatures import TIMESTAMP, TIMESTAMP_TOLERANCE_S, verify_signature
 from notifier.worker.actors import enqueue_apply
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,12 @@ MAX_FUTURE_SKEW = timedelta(seconds=TIMESTAMP_TOLERANCE_S)
 class EventAnswer(BaseModel):
     id: str
     status: Literal["accepted", "duplicate"]
+
+
+def events_counter(registry: CollectorRegistry) -> Counter:
+    """`notifier_events_total{answer}`: what `POST /v1/events` answered."""
+    return Counter("notifier_events_total", "Events received, by answer", ["answer"],
+                   registry=registry)
 
 
 async def read_limited(request: Request, limit: int) -> bytes:
@@ -176,3 +183,25 @@ def event_routes(secret: str, event_stores: EventStores, broker: RedisBroker,
                             status_code=202)
 
     return router
+
+
+def document_event_body(schema: dict[str, Any]) -> None:
+    """Add to the OpenAPI document what `post_event` reads by hand: the body, a oneOf of
+    every event type, and the signature headers."""
+    _, defs = models_json_schema([(m, "validation") for m in EVENT_MODELS.values()],
+                                 ref_template="#/components/schemas/{model}")
+    schema.setdefault("components", {}).setdefault("schemas", {}).update(defs["$defs"])
+    one_of = [{"$ref": f"#/components/schemas/{m.__name__}"} for m in EVENT_MODELS.values()]
+    operation = schema["paths"]["/v1/events"]["post"]
+    operation["requestBody"] = {"required": True, "content": {"application/json": {
+        "schema": {"oneOf": one_of}}}}
+    operation["parameters"] = [
+        {"name": h, "in": "header", "required": True, "description": about,
+         "schema": {"type": "string", "minLength": 1, **extra}}
+        for h, about, extra in (
+            ("webhook-id", "the event's `id`", {}),
+            ("webhook-timestamp", "Unix seconds, within 5 minutes of now",
+             {"pattern": f"^{TIMESTAMP.pattern}$"}),
+            ("webhook-signature", "`v1,<base64 HMAC-SHA256>` entries, space-separated", {}),
+        )
+    ]

@@ -3,11 +3,12 @@ and the OpenAPI document. None of them needs a token."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 import redis
 from fastapi import APIRouter, FastAPI
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -19,13 +20,10 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 from pydantic import BaseModel
-from pydantic.json_schema import models_json_schema
 
-from notifier.intake.events import EVENT_MODELS
 from notifier.ledger.notifications import FINAL_STATES
 from notifier.ledger.store import Store
 from notifier.policy.figures import CHANNELS
-from notifier.web.signatures import TIMESTAMP
 
 
 class HealthAnswer(BaseModel):
@@ -97,30 +95,13 @@ def ops_routes(store: Store, registry: CollectorRegistry) -> APIRouter:
     return router
 
 
-def _event_body_schema(app: FastAPI) -> dict[str, Any]:
-    """The OpenAPI document, with the event body as a oneOf of every event type."""
+def openapi_document(app: FastAPI, amend: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """The app's OpenAPI document, built once, with what routes read by hand added by
+    `amend` (FastAPI cannot see it)."""
     if app.openapi_schema:
         return app.openapi_schema
-    from fastapi.openapi.utils import get_openapi
-
     schema = get_openapi(title=app.title, version=app.version, routes=app.routes,
                          description=app.description)
-    _, defs = models_json_schema([(m, "validation") for m in EVENT_MODELS.values()],
-                                 ref_template="#/components/schemas/{model}")
-    schema.setdefault("components", {}).setdefault("schemas", {}).update(defs["$defs"])
-    one_of = [{"$ref": f"#/components/schemas/{m.__name__}"} for m in EVENT_MODELS.values()]
-    operation = schema["paths"]["/v1/events"]["post"]
-    operation["requestBody"] = {"required": True, "content": {"application/json": {
-        "schema": {"oneOf": one_of}}}}
-    operation["parameters"] = [
-        {"name": h, "in": "header", "required": True, "description": about,
-         "schema": {"type": "string", "minLength": 1, **extra}}
-        for h, about, extra in (
-            ("webhook-id", "the event's `id`", {}),
-            ("webhook-timestamp", "Unix seconds, within 5 minutes of now",
-             {"pattern": f"^{TIMESTAMP.pattern}$"}),
-            ("webhook-signature", "`v1,<base64 HMAC-SHA256>` entries, space-separated", {}),
-        )
-    ]
+    amend(schema)
     app.openapi_schema = schema
     return schema
