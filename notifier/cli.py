@@ -407,7 +407,7 @@ def cmd_notifications(args: argparse.Namespace, settings: Settings) -> None:
     from zoneinfo import ZoneInfo
 
     from notifier.ledger.records import ClientRecord
-    from notifier.web.app import READ_WINDOW
+    from notifier.web.read_api import READ_WINDOW
 
     with _runtime(settings) as runtime:
         now = datetime.now(UTC)
@@ -445,7 +445,7 @@ def cmd_preview(args: argparse.Namespace, settings: Settings) -> None:
 
 def sign_event(secret: str, body: bytes, event_id: str, now: datetime) -> dict[str, str]:
     """The Standard Webhooks headers for `body`, signed as `POST /v1/events` verifies them."""
-    from notifier.web.app import sign_webhook
+    from notifier.web.signatures import sign_webhook
 
     timestamp = int(now.timestamp())
     return {"webhook-id": event_id, "webhook-timestamp": str(timestamp),

@@ -46,7 +46,8 @@ from notifier.cli import sign_event
 from notifier.config import Settings
 from notifier.ledger.events import event_key
 from notifier.ledger.store import Store
-from notifier.web.app import MAX_BODY_BYTES, create_app
+from notifier.web.app import create_app
+from notifier.web.events import MAX_BODY_BYTES
 from notifier.worker.actors import build_broker
 
 with warnings.catch_warnings():

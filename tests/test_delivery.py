@@ -27,7 +27,7 @@ from notifier.ledger.notifications import FINAL_STATES, SCHEDULE
 from notifier.ledger.store import Store
 from notifier.policy.common import PLANNED_AFTER_EXPIRY, QUIET_HOURS_PAST_EXPIRY
 from notifier.policy.plan import Plan, PlannedNotification
-from notifier.web.app import LedgerCollector
+from notifier.web.ops import LedgerCollector
 from notifier.worker.digests import run_provider_digest
 from tests.helpers import (
     appointment,

@@ -38,7 +38,9 @@ from notifier.ledger.notifications import FINAL_STATES
 from notifier.ledger.reading import READ_LIMIT
 from notifier.ledger.store import Store
 from notifier.policy.plan import Plan, PlannedNotification
-from notifier.web.app import MAX_BODY_BYTES, create_app, sign_webhook, verify_signature
+from notifier.web.app import create_app
+from notifier.web.events import MAX_BODY_BYTES
+from notifier.web.signatures import sign_webhook, verify_signature
 from notifier.worker.actors import APPLY_EVENT, EVENTS_QUEUE, build_broker
 
 with warnings.catch_warnings():

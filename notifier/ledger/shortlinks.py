@@ -1,5 +1,5 @@
 """Short links to video visits: `{NOTIFIER_PUBLIC_URL}/j/<token>` redirects to the
-appointment's join URL as it is when the link is clicked (the route is in `notifier.web.app`).
+appointment's join URL as it is when the link is clicked (the route is in `notifier.web.links`).
 
 A Teams or Zoom link runs to 200+ characters and would push an SMS past its budget; the short
 link is 16 characters after the base, and a room changed after the SMS went out still works.

@@ -1,1 +1,1 @@
-"""The HTTP side: the FastAPI app (events, read API, ops) and the providers' webhooks."""
+"""The HTTP side: one router per concern (events, read API, links, ops, provider hooks)."""

@@ -1,0 +1,107 @@
+"""What operators read: `/healthz`, `/metrics` (figures read from Redis at scrape time)
+and the OpenAPI document. None of them needs a token."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any, Literal
+
+import redis
+from fastapi import APIRouter, FastAPI
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+from pydantic import BaseModel
+
+from notifier.ledger.notifications import FINAL_STATES
+from notifier.ledger.store import Store
+from notifier.policy.figures import CHANNELS
+
+
+class HealthAnswer(BaseModel):
+    status: Literal["ok", "unhealthy"]
+    #: "ok", or why Redis could not be reached
+    redis: str
+
+
+class LedgerCollector(Collector):
+    """Figures read from Redis at scrape time, so they cover every worker and clock."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def collect(self) -> Iterator[Metric]:
+        figures = self.store.figures()
+        yield GaugeMetricFamily("notifier_scheduled", "Notifications waiting for their time",
+                                value=figures.scheduled)
+        yield GaugeMetricFamily("notifier_in_flight", "Notifications claimed, not finished",
+                                value=figures.in_flight)
+        yield GaugeMetricFamily("notifier_events_pending", "Events accepted, not yet applied",
+                                value=figures.events_pending)
+        yield GaugeMetricFamily("notifier_events_held",
+                                "Closes waiting for their subject's opening event",
+                                value=figures.events_held)
+        outcomes = CounterMetricFamily(
+            "notifier_notifications",
+            "Notifications ended (sent, failed, expired, suppressed, cancelled; when sent or "
+            "when planned), by state and channel", labels=["state", "channel"])
+        # Every state on every channel from the start, so a rate() or an alert on `failed`
+        # or `expired` has a series before the first one happens.
+        counts: dict[tuple[str, str], int] = {
+            (state, channel): 0 for state in FINAL_STATES for channel in CHANNELS}
+        counts.update(figures.outcomes)
+        for (state, channel), count in sorted(counts.items()):
+            outcomes.add_metric([state, channel], count)
+        yield outcomes
+        lateness = HistogramMetricFamily(
+            "notifier_send_lateness_seconds",
+            "How long after its due time each notification was sent (sent_at - due_at), by "
+            "kind and channel", labels=["kind", "channel"])
+        for kind_and_channel, late in figures.lateness.items():
+            lateness.add_metric(
+                list(kind_and_channel),
+                buckets=[(floatToGoString(bound), count) for bound, count in late.buckets]
+                + [("+Inf", late.count)],
+                sum_value=late.total_s)
+        yield lateness
+
+
+def ops_routes(store: Store, registry: CollectorRegistry) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/healthz", response_model=HealthAnswer,
+                responses={503: {"model": HealthAnswer, "description": "Redis unreachable"}})
+    def healthz() -> JSONResponse:
+        try:
+            store.redis.ping()
+        except redis.RedisError as exc:
+            return JSONResponse({"status": "unhealthy", "redis": str(exc)}, status_code=503)
+        return JSONResponse({"status": "ok", "redis": "ok"})
+
+    @router.get("/metrics", response_class=Response, responses={200: {
+        "description": "Prometheus text exposition format",
+        "content": {"text/plain": {"schema": {"type": "string"}}}}})
+    def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return router
+
+
+def openapi_document(app: FastAPI, amend: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """The app's OpenAPI document, built once, with what routes read by hand added by
+    `amend` (FastAPI cannot see it)."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version, routes=app.routes,
+                         description=app.description)
+    amend(schema)
+    app.openapi_schema = schema
+    return schema
