@@ -22,8 +22,6 @@ import time
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 
-import redis
-
 from notifier.config import Settings
 from notifier.delivery.channels import Channel, Message
 from notifier.delivery.compose import (
@@ -149,7 +147,7 @@ class Deliverer:
             try:
                 return self._finish(n, "sent", note, sent_at=receipt.sent_at.timestamp(),
                                     receipt=receipt.provider_id, **sizes)
-            except redis.RedisError as exc:
+            except StoreError as exc:
                 if attempt == RECORD_TRIES - 1:
                     raise SentButUnrecorded(n.id) from exc
                 time.sleep(RECORD_PAUSE_S * (attempt + 1))

@@ -26,6 +26,7 @@ import redis
 from pydantic import BaseModel
 
 from notifier.errors import StoreContention, StoreError
+from notifier.ledger.client import ledger_client
 from notifier.ledger.lua import lua_source
 from notifier.ledger.notifications import (
     ENTITY_INDEX_TTL_S,
@@ -204,6 +205,7 @@ class NotificationView(BaseModel):
 
 class Store:
     def __init__(self, client: redis.Redis) -> None:
+        client = ledger_client(client)  # Redis failures raise StoreUnavailable / StoreError
         # redis-py types its replies as a sync|async union; the client here is sync.
         self.redis: Any = client
         self.schedule = Schedule(client)

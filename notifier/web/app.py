@@ -21,7 +21,6 @@ from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
-import redis
 from dramatiq.brokers.redis import RedisBroker
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
@@ -41,7 +40,14 @@ from starlette.concurrency import run_in_threadpool
 
 from notifier import __version__
 from notifier.config import Settings
-from notifier.errors import FieldProblem, InvalidEvent, PayloadTooLarge, SignatureError
+from notifier.errors import (
+    FieldProblem,
+    InvalidEvent,
+    PayloadTooLarge,
+    SignatureError,
+    StoreError,
+    StoreUnavailable,
+)
 from notifier.intake.events import EVENT_MODELS, parse_event
 from notifier.ledger.async_events import AsyncEventStore, async_twin
 from notifier.ledger.notifications import FINAL_STATES
@@ -395,7 +401,7 @@ def create_app(settings: Settings, store: Store, broker: RedisBroker) -> FastAPI
                 stored = await events.store_event(event.id, body, utcnow(),
                                                   subject=subject_ref(event),
                                                   occurred_at=event.occurred_at)
-        except redis.RedisError:
+        except StoreUnavailable:
             # Not stored, so not accepted: the integrator must send it again (a 5xx is what
             # webhook senders retry), and the answer says when.
             events_counter.labels("unavailable").inc()
@@ -410,7 +416,7 @@ def create_app(settings: Settings, store: Store, broker: RedisBroker) -> FastAPI
         try:
             # Nothing synchronous on the event loop: see ENQUEUE_CHOICE.
             await run_in_threadpool(enqueue_apply, broker, event.id)
-        except redis.RedisError:
+        except StoreError:
             # Stored durably already: the clock's sweep will enqueue it.
             log.warning("event %s stored but not enqueued; the sweep will pick it up", event.id)
         events_counter.labels("accepted").inc()
@@ -459,7 +465,7 @@ def create_app(settings: Settings, store: Store, broker: RedisBroker) -> FastAPI
     def healthz() -> JSONResponse:
         try:
             store.redis.ping()
-        except redis.RedisError as exc:
+        except StoreUnavailable as exc:
             return JSONResponse({"status": "unhealthy", "redis": str(exc)}, status_code=503)
         return JSONResponse({"status": "ok", "redis": "ok"})
 
