@@ -64,7 +64,8 @@ class LedgerPipeline(redis.client.Pipeline):
 
     def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         with store_errors():
-            return super().execute_command(*args, **kwargs)
+            # redis-py leaves execute_command unannotated
+            return super().execute_command(*args, **kwargs)  # type: ignore[no-untyped-call]
 
     def execute(self, raise_on_error: bool = True) -> list[Any]:
         with store_errors():
@@ -77,7 +78,8 @@ class LedgerRedis(redis.Redis):
 
     def execute_command(self, *args: Any, **options: Any) -> Any:
         with store_errors():
-            return super().execute_command(*args, **options)
+            # redis-py leaves execute_command unannotated
+            return super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
 
     def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> LedgerPipeline:
         return LedgerPipeline(self.connection_pool, self.response_callbacks, transaction,

@@ -51,7 +51,9 @@ TIME_LIMIT_MS = 5 * 60 * 1000
 def build_broker(redis_url: str) -> RedisBroker:
     middleware = [AgeLimit(), TimeLimit(time_limit=TIME_LIMIT_MS), ShutdownNotifications(),
                   Callbacks(), Pipelines(), Retries(max_retries=10, max_backoff=MAX_BACKOFF_MS)]
-    broker = RedisBroker(url=redis_url, middleware=middleware, namespace="notifier-dq")
+    # dramatiq leaves RedisBroker.__init__ unannotated
+    broker = RedisBroker(url=redis_url, middleware=middleware,  # type: ignore[no-untyped-call]
+                         namespace="notifier-dq")
     return broker
 
 
