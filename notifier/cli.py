@@ -31,7 +31,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import SecretStr
 
 from notifier.config import Settings, project_dir, reveal
-from notifier.errors import NotifierError, UsageError
+from notifier.errors import NotifierError, StoreError, UsageError
 
 log = logging.getLogger("notifier")
 
@@ -124,8 +124,6 @@ def _redacted(url: str) -> str:
 def _runtime(settings: Settings) -> Iterator[Any]:
     """The runtime, on Redis that answers; the embedded Redis is released on the way out,
     so a command that started it for itself stops it (see `EmbeddedRedis.release`)."""
-    import redis
-
     from notifier.runtime import Runtime, resolve_redis_url
 
     url, embedded = resolve_redis_url(settings)
@@ -133,7 +131,7 @@ def _runtime(settings: Settings) -> Iterator[Any]:
         runtime = Runtime.build(settings, url)
         try:
             runtime.redis.ping()
-        except redis.RedisError as exc:
+        except StoreError as exc:
             raise UsageError(f"cannot reach Redis at {_redacted(url)} ({exc}): start it, or "
                              "point NOTIFIER_REDIS_URL at one that runs (unset, the "
                              "embedded one is used)") from None

@@ -231,9 +231,11 @@ def _backend(
     raw = env.get(name, "").strip().lower()
     if not raw:
         return provider if has_credentials else "outbox"
-    if raw not in {provider, "outbox"}:
+    if raw == "outbox":
+        return "outbox"
+    if raw != provider:
         raise ConfigError(f"{name}: expected {provider!r} or 'outbox', got {raw!r}")
-    return raw  # type: ignore[return-value]
+    return provider
 
 
 def _read_dotenv(path: Path) -> dict[str, str]:

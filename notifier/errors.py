@@ -12,7 +12,8 @@
     ├── ChannelError           a channel (SMS, email, outbox) could not send
     │   ├── RetryableError     try again later (rate limit, 5xx, timeout)
     │   └── PermanentError     never retry (invalid number, unsubscribed, bounced)
-    └── StoreError             Redis data is not what we expect
+    └── StoreError             Redis data is not what we expect, or Redis refused a command
+        ├── StoreUnavailable   Redis cannot be reached or cannot take commands now
         └── StoreContention    a WATCHed write lost to concurrent writers too many times
 """
 
@@ -87,7 +88,14 @@ class PermanentError(ChannelError):
 
 
 class StoreError(NotifierError):
-    """Data in Redis is not what Notifier expects."""
+    """Data in Redis is not what Notifier expects, or Redis refused a command."""
+
+
+class StoreUnavailable(StoreError):
+    """Redis cannot be reached or cannot take commands now (refused or lost connection,
+    timeout, loading, read-only after a failover, out of memory). Nothing is known to have
+    been written; retrying later is the remedy. Raised by the ledger's Redis client
+    (`notifier.ledger.client`) in place of redis-py's errors."""
 
 
 class StoreContention(StoreError):

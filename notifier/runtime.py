@@ -14,6 +14,7 @@ from notifier.delivery.compose import STAFF_KINDS
 from notifier.delivery.deliverer import Deliverer
 from notifier.delivery.render import Renderer
 from notifier.delivery.sms_budget import check_configuration
+from notifier.ledger.client import LedgerRedis
 from notifier.ledger.embedded_redis import EmbeddedRedis
 from notifier.ledger.ratelimit import RateLimiter
 from notifier.ledger.store import Store
@@ -78,7 +79,7 @@ class Runtime:
     @classmethod
     def build(cls, settings: Settings, redis_url: str) -> Runtime:
         policy = load_policy(settings.schedules_dir)
-        client = redis.Redis.from_url(redis_url, health_check_interval=30)
+        client = LedgerRedis.from_url(redis_url, health_check_interval=30)
         store = Store(client)
         renderer = Renderer(Path(settings.templates_dir))
         # A practice name or URL that would put a client SMS over budget stops start-up.

@@ -7,7 +7,16 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from notifier.ledger.notifications import INFLIGHT, LATENESS, LATENESS_BUCKETS_S, SCHEDULE
+from notifier.delivery.decide import Outcome
+from notifier.ledger.notifications import (
+    INFLIGHT,
+    LATENESS,
+    LATENESS_BUCKETS_S,
+    SCHEDULE,
+    Begun,
+    Rescheduled,
+    Verdict,
+)
 from notifier.ledger.store import Store
 from notifier.policy.plan import Plan, PlannedNotification
 
@@ -318,3 +327,20 @@ def test_figures_read_backlog_outcomes_and_lateness_at_once(store):
     figures = store.figures()
     assert (figures.scheduled, figures.in_flight, figures.events_pending) == (1, 1, 0)
     assert (figures.outcomes, figures.lateness) == ({}, {})
+
+
+def test_every_verdict_but_a_send_is_an_outcome_of_deliver():
+    """`deliver` reports a verdict that stops the send as `Outcome(verdict)`."""
+    for verdict in Verdict:
+        if not Begun(verdict, {}).may_send:
+            assert Outcome(verdict) == verdict
+    assert {v for v in Verdict if Begun(v, {}).may_send} == {Verdict.OK, Verdict.RECOVER}
+
+
+def test_begin_and_reschedule_answer_with_their_enums(store):
+    write(store, planned(1, NOW))
+    nid = "appointment_reminder:a1:1:sms"
+    assert store.schedule.begin(nid, NOW, lease_s=60).verdict is Verdict.OK
+    assert store.schedule.reschedule(nid, NOW, "held") is Rescheduled.RESCHEDULED
+    assert store.schedule.reschedule(nid, NOW, "held") is Rescheduled.NOT_SENDING
+    assert not Rescheduled.NOT_SENDING

@@ -22,8 +22,6 @@ import time
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 
-import redis
-
 from notifier.config import Settings
 from notifier.delivery.channels import Channel, Message
 from notifier.delivery.compose import (
@@ -57,6 +55,7 @@ from notifier.delivery.render import Renderer
 from notifier.delivery.retry import GiveUp, next_attempt
 from notifier.delivery.sms_budget import OverBudget, short_url
 from notifier.errors import PermanentError, RetryableError, StoreError, TemplateError
+from notifier.ledger.notifications import Rescheduled, Verdict
 from notifier.ledger.ratelimit import RateLimiter
 from notifier.ledger.records import ClientRecord
 from notifier.ledger.store import Store
@@ -96,7 +95,7 @@ class Deliverer:
             return Outcome(begun.verdict)
         n = Stored.from_fields(notification_id, begun.fields)
         try:
-            return self._deliver(n, now, recovering=begun.verdict == "recover")
+            return self._deliver(n, now, recovering=begun.verdict is Verdict.RECOVER)
         except SentButUnrecorded:
             # Never retry a message that went out: it stays `sending`, its lease runs out,
             # and the recovery asks the channel before anything is sent again.
@@ -148,7 +147,7 @@ class Deliverer:
             try:
                 return self._finish(n, "sent", note, sent_at=receipt.sent_at.timestamp(),
                                     receipt=receipt.provider_id, **sizes)
-            except redis.RedisError as exc:
+            except StoreError as exc:
                 if attempt == RECORD_TRIES - 1:
                     raise SentButUnrecorded(n.id) from exc
                 time.sleep(RECORD_PAUSE_S * (attempt + 1))
@@ -222,7 +221,7 @@ class Deliverer:
                                                 not_an_attempt=hold.not_an_attempt,
                                                 slot=hold.slot,
                                                 recipient=(n.recipient, n.recipient_id))
-        if result == "cancelled":
+        if result is Rescheduled.CANCELLED:
             log.info("notification %s superseded while it was being sent", n.id)
             return Outcome.CANCELLED
         return hold.outcome

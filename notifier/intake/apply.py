@@ -8,9 +8,7 @@ import secrets
 from collections.abc import Callable
 from datetime import datetime
 
-import redis
-
-from notifier.errors import InvalidEvent, StoreContention
+from notifier.errors import InvalidEvent, StoreContention, StoreUnavailable
 from notifier.intake.events import parse_event
 from notifier.ledger.events import event_key
 from notifier.ledger.plans import TurnLost
@@ -108,7 +106,7 @@ def apply_stored_event(store: Store, event_id: str, policy: Policy, now: datetim
         log.error("event %s no longer validates: %s", event_id, exc)
         store.reject_event(event_id, str(exc), now)
         return None
-    except (redis.RedisError, TurnLost, StoreContention):
+    except (StoreUnavailable, TurnLost, StoreContention):
         raise  # Redis is away or busy, or the turn passed on: nothing is wrong with the event
     except Exception as exc:
         failures = store.count_apply_failure(event_id)

@@ -212,7 +212,7 @@ class _Envelope(Strict):
 
 def _event(type_name: str, data: type[Strict]) -> type[_Envelope]:
     fields: dict[str, Any] = {"type": (Literal[type_name], ...), "data": (data, ...)}
-    return create_model(  # type: ignore[no-any-return, call-overload]
+    return create_model(
         "Event_" + type_name.replace(".", "_"), __base__=_Envelope, **fields
     )
 

@@ -16,6 +16,7 @@ from datetime import datetime
 import redis
 import redis.asyncio
 
+from notifier.ledger.client import store_errors
 from notifier.ledger.events import STORE_EVENT_LUA, store_event_call
 
 #: The connection settings an asyncio twin of a synchronous client takes over; the rest of
@@ -52,9 +53,10 @@ class AsyncEventStore:
                           subject: str | None = None, occurred_at: datetime | None = None
                           ) -> bool:
         """Store a raw event durably and queue it for its subject; False when this id was
-        accepted before. Raises `redis.RedisError` when Redis cannot be reached."""
+        accepted before. Raises `StoreUnavailable` when Redis cannot be reached."""
         keys, args = store_event_call(event_id, raw, now, subject, occurred_at)
-        return bool(await self._store_event(keys=keys, args=args))
+        with store_errors():
+            return bool(await self._store_event(keys=keys, args=args))
 
     async def close(self) -> None:
         """Close the client and every connection of its pool."""

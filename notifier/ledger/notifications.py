@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 import redis
@@ -81,16 +82,51 @@ DELIVERY_RANK = {"queued": 1, "accepted": 1, "processed": 1, "sending": 2, "sent
 DELIVERY_LUA = lua_source("notif_delivery")
 
 
+class Verdict(StrEnum):
+    """What `begin` found (compares equal to its value). Every verdict but `OK` and
+    `RECOVER` has the value of a `delivery.decide.Outcome`, which `deliver` reports."""
+
+    #: `scheduled` and due: now `sending`, leased to this worker
+    OK = "ok"
+    #: `sending` with its lease run out (a sender died inside the send): leased again
+    RECOVER = "recover"
+    #: no such notification (gone, or never added)
+    MISSING = "missing"
+    #: `scheduled` but not due yet
+    NOT_DUE = "not_due"
+    #: `sending` under another worker's lease
+    BUSY = "busy"
+    # already in a final state: nothing to do
+    SENT = "sent"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    SUPPRESSED = "suppressed"
+    CANCELLED = "cancelled"
+
+
+class Rescheduled(StrEnum):
+    """What `reschedule` did (compares equal to its value)."""
+
+    #: back on the schedule at the new due time
+    RESCHEDULED = "rescheduled"
+    #: superseded while it was being sent: `cancelled` instead
+    CANCELLED = "cancelled"
+    #: nothing: the notification is not `sending` (or does not exist). Its value is the
+    #: empty string, so it alone is falsy.
+    NOT_SENDING = ""
+
+
 @dataclass(frozen=True)
 class Begun:
-    """The verdict of `begin`, and the notification's fields when it may be sent."""
+    """The verdict of `begin`, and the notification's fields when it may be sent (empty
+    otherwise)."""
 
-    verdict: str
+    verdict: Verdict
     fields: dict[str, str]
 
     @property
     def may_send(self) -> bool:
-        return self.verdict in ("ok", "recover")
+        return self.verdict in (Verdict.OK, Verdict.RECOVER)
 
 
 class Schedule:
@@ -130,9 +166,12 @@ class Schedule:
 
     def begin(self, notification_id: str, now: datetime, lease_s: float,
               early_s: float = 1.0) -> Begun:
+        """`scheduled` (and due within `early_s`) -> `sending`, leased until `now +
+        lease_s`, or an expired lease taken over; see `Verdict` for every answer. Raises
+        ValueError for a verdict the script does not give."""
         raw = self._begin(keys=[notif_key(notification_id), INFLIGHT, SCHEDULE],
                           args=[notification_id, epoch(now), epoch(now) + lease_s, early_s])
-        verdict, rest = raw[0].decode(), [v.decode() for v in raw[1:]]
+        verdict, rest = Verdict(raw[0].decode()), [v.decode() for v in raw[1:]]
         return Begun(verdict, dict(zip(rest[::2], rest[1::2], strict=True)))
 
     def finish(self, notification_id: str, state: str, **fields: Any) -> bool:
@@ -150,9 +189,10 @@ class Schedule:
 
     def reschedule(self, notification_id: str, due: datetime, reason: str, *,
                    not_an_attempt: bool = False, slot: float = 0.0,
-                   recipient: tuple[str, str] | None = None) -> str:
-        """Back to `scheduled` at `due`; returns "rescheduled", or "cancelled" when the
-        notification was superseded while it was being sent, or "" when not `sending`.
+                   recipient: tuple[str, str] | None = None) -> Rescheduled:
+        """Back to `scheduled` at `due`; returns `Rescheduled.RESCHEDULED`, or `CANCELLED`
+        when the notification was superseded while it was being sent, or `NOT_SENDING`
+        (falsy, equal to "") when it is not `sending`.
 
         `slot` is a send-rate slot reserved for it; any other reschedule forgets the old
         one, so a batch held overnight is paced again in the morning. `recipient` is the
@@ -165,7 +205,7 @@ class Schedule:
             if recipient is None:
                 to, to_id = self.redis.hmget(key, "to", "to_id")
                 if to is None or to_id is None:
-                    return ""  # no notification, so none being sent
+                    return Rescheduled.NOT_SENDING  # no notification, so none being sent
                 recipient = (to.decode(), to_id.decode())
             result = int(self._reschedule(
                 keys=[key, INFLIGHT, SCHEDULE, OUTCOMES, by_recipient_key(*recipient)],
@@ -173,7 +213,8 @@ class Schedule:
                       *recipient, "slot", slot],
             ))
             if result != -2:
-                return {1: "rescheduled", -1: "cancelled"}.get(result, "")
+                return {1: Rescheduled.RESCHEDULED, -1: Rescheduled.CANCELLED}.get(
+                    result, Rescheduled.NOT_SENDING)
             recipient = None
         raise StoreError(f"notification {notification_id}: its recipient keeps changing")
 

@@ -43,7 +43,8 @@ class ShortLinks:
         the one that was stored first (SET NX, then read back)."""
         key = appointment_key(appointment_id)
         self.redis.set(key, secrets.token_urlsafe(TOKEN_BYTES), nx=True, ex=KEEP_S)
-        token = self.redis.get(key).decode()
+        stored: bytes = self.redis.get(key)
+        token = stored.decode()
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.set(token_key(token), appointment_id, ex=KEEP_S)
             pipe.expire(key, KEEP_S)

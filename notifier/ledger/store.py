@@ -23,6 +23,7 @@ from typing import Any
 
 import redis
 
+from notifier.ledger.client import ledger_client
 from notifier.ledger.deliveries import Deliveries
 from notifier.ledger.events import Events
 from notifier.ledger.notifications import Schedule
@@ -40,6 +41,7 @@ class Store:
     """The parts of the ledger over one Redis client, and their methods forwarded."""
 
     def __init__(self, client: redis.Redis) -> None:
+        client = ledger_client(client)  # Redis failures raise StoreUnavailable / StoreError
         # redis-py types its replies as a sync|async union; the client here is sync.
         self.redis: Any = client
         self.schedule = Schedule(client)

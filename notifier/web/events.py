@@ -14,7 +14,6 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any, Literal
 
-import redis
 from dramatiq.brokers.redis import RedisBroker
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -23,7 +22,14 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 from starlette.concurrency import run_in_threadpool
 
-from notifier.errors import FieldProblem, InvalidEvent, PayloadTooLarge, SignatureError
+from notifier.errors import (
+    FieldProblem,
+    InvalidEvent,
+    PayloadTooLarge,
+    SignatureError,
+    StoreError,
+    StoreUnavailable,
+)
 from notifier.intake.events import EVENT_MODELS, parse_event
 from notifier.ledger.async_events import AsyncEventStore, async_twin
 from notifier.ledger.store import Store
@@ -159,7 +165,7 @@ def event_routes(secret: str, event_stores: EventStores, broker: RedisBroker,
                 stored = await events.store_event(event.id, body, utcnow(),
                                                   subject=subject_ref(event),
                                                   occurred_at=event.occurred_at)
-        except redis.RedisError:
+        except StoreUnavailable:
             # Not stored, so not accepted: the integrator must send it again (a 5xx is what
             # webhook senders retry), and the answer says when.
             events_counter.labels("unavailable").inc()
@@ -174,7 +180,7 @@ def event_routes(secret: str, event_stores: EventStores, broker: RedisBroker,
         try:
             # Nothing synchronous on the event loop: see ENQUEUE_CHOICE.
             await run_in_threadpool(enqueue_apply, broker, event.id)
-        except redis.RedisError:
+        except StoreError:
             # Stored durably already: the clock's sweep will enqueue it.
             log.warning("event %s stored but not enqueued; the sweep will pick it up", event.id)
         events_counter.labels("accepted").inc()

@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
-import redis
 from fastapi import APIRouter, FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
@@ -21,6 +20,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 from pydantic import BaseModel
 
+from notifier.errors import StoreUnavailable
 from notifier.ledger.notifications import FINAL_STATES
 from notifier.ledger.store import Store
 from notifier.policy.figures import CHANNELS
@@ -82,7 +82,7 @@ def ops_routes(store: Store, registry: CollectorRegistry) -> APIRouter:
     def healthz() -> JSONResponse:
         try:
             store.redis.ping()
-        except redis.RedisError as exc:
+        except StoreUnavailable as exc:
             return JSONResponse({"status": "unhealthy", "redis": str(exc)}, status_code=503)
         return JSONResponse({"status": "ok", "redis": "ok"})
 

@@ -25,6 +25,7 @@ from dramatiq.middleware import (
 )
 
 from notifier.intake.apply import apply_in_turn
+from notifier.ledger.client import store_errors
 from notifier.timeutil import utcnow
 from notifier.worker.digests import run_provider_digest
 
@@ -50,13 +51,18 @@ TIME_LIMIT_MS = 5 * 60 * 1000
 def build_broker(redis_url: str) -> RedisBroker:
     middleware = [AgeLimit(), TimeLimit(time_limit=TIME_LIMIT_MS), ShutdownNotifications(),
                   Callbacks(), Pipelines(), Retries(max_retries=10, max_backoff=MAX_BACKOFF_MS)]
-    broker = RedisBroker(url=redis_url, middleware=middleware, namespace="notifier-dq")
+    # dramatiq leaves RedisBroker.__init__ unannotated
+    broker = RedisBroker(url=redis_url, middleware=middleware,  # type: ignore[no-untyped-call]
+                         namespace="notifier-dq")
     return broker
 
 
 def _send(broker: RedisBroker, queue: str, actor: str, *args: Any) -> None:
-    broker.enqueue(dramatiq.Message(queue_name=queue, actor_name=actor, args=args, kwargs={},
-                                    options={}))
+    """Enqueue a message; raises `StoreUnavailable` (or `StoreError`) when the broker's
+    Redis fails."""
+    with store_errors():
+        broker.enqueue(dramatiq.Message(queue_name=queue, actor_name=actor, args=args,
+                                        kwargs={}, options={}))
 
 
 def enqueue_apply(broker: RedisBroker, event_id: str) -> None:

@@ -31,7 +31,7 @@ MAX_VALIDITY_S = 36000
 TIME_BOUND_KINDS = frozenset({"appointment_reminder", "appointment_join_link"})
 
 
-class RoutingHttpClient(TwilioHttpClient):
+class RoutingHttpClient(TwilioHttpClient):  # type: ignore[misc]  # twilio has no type hints
     """Twilio's HTTP client, optionally sending to another base URL, and remembering the last
     response's headers (the SDK's exception does not carry Retry-After). One thread's only."""
 
