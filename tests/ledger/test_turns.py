@@ -364,7 +364,7 @@ def test_a_notification_waits_while_an_event_about_its_subject_is_unapplied(stor
                                                                             tmp_path):
     """The support alert of a message falls due between its answer's 202 and the answer's
     application: it waits (no attempt counted), then the answer cancels it."""
-    from tests.test_delivery import deliverer
+    from tests.delivery.test_deliverer import deliverer
 
     outbox = Outbox(tmp_path / "outbox")
     opened = NOW - timedelta(hours=48, seconds=1)
@@ -425,7 +425,7 @@ def test_the_last_look_before_a_send_sees_what_happened_while_it_was_prepared(
         store, policy, tmp_path, applied_meanwhile):
     """The answer arrives after the escalation notice passed its first check: just before
     the provider's call it is cancelled (answer applied) or made to wait (only accepted)."""
-    from tests.test_delivery import deliverer
+    from tests.delivery.test_deliverer import deliverer
 
     outbox = Outbox(tmp_path / "outbox")
     opened = NOW - timedelta(hours=48, seconds=1)

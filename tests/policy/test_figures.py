@@ -14,7 +14,7 @@ import pytest
 from notifier.errors import ConfigError
 from notifier.policy.figures import Policy, load_policy, policy_from_mapping
 
-SHIPPED = Path(__file__).resolve().parent.parent / "schedules" / "policy.toml"
+SHIPPED = Path(__file__).resolve().parents[2] / "schedules" / "policy.toml"
 MISSING = object()
 
 

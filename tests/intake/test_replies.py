@@ -1,7 +1,7 @@
 """Reading replies to our SMS (issue 10, item 4): the pure part, without HTTP or Redis.
 
 What the reply words do end to end, over signed Twilio webhooks, is in
-tests/test_provider_hooks.py; this is how a body becomes a word, and which answer and
+tests/web/test_provider_hooks.py; this is how a body becomes a word, and which answer and
 language follow.
 """
 

@@ -1,7 +1,8 @@
 """The send-time rules of `delivery.decide`, as tables: no Redis, no templates, no channels.
 
 Each row is a notification, the facts read so far and the time, and the decision expected,
-outlined as a tuple (`outline`). `tests/test_delivery.py` runs the same rules end to end.
+outlined as a tuple (`outline`). `tests/delivery/test_deliverer.py` runs the same rules end
+to end.
 """
 
 from __future__ import annotations

@@ -54,7 +54,7 @@ def header_and_code(name: str) -> tuple[str, str]:
 # What each file says, checked statically ----------------------------------------------
 def test_there_are_scripts_and_no_lua_left_in_python():
     assert len(SCRIPTS) >= 14
-    package = Path(__file__).resolve().parents[1] / "notifier"
+    package = Path(__file__).resolve().parents[2] / "notifier"
     assert [str(p) for p in package.rglob("*.py") if "redis.call(" in p.read_text()] == []
 
 

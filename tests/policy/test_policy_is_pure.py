@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parent.parent / "notifier"
+PACKAGE = Path(__file__).resolve().parents[2] / "notifier"
 POLICY = PACKAGE / "policy"
 
 #: Methods that read the real clock, on `datetime`, `date` or `time` objects.
