@@ -29,10 +29,10 @@ from notifier.policy.common import PLANNED_AFTER_EXPIRY, QUIET_HOURS_PAST_EXPIRY
 from notifier.policy.plan import Plan, PlannedNotification
 from notifier.web.app import LedgerCollector
 from notifier.worker.digests import run_provider_digest
-from tests.helpers import (
+from tests.kit import (
     appointment,
     client_upserted,
-    event,
+    event_dict,
     prescription_filled,
     provider_upserted,
     refill_requested,
@@ -311,7 +311,7 @@ def test_a_client_who_replied_stop_gets_email_and_no_duplicate(store, policy, ou
 def test_a_digest_with_nothing_open_is_not_sent(store, policy, outbox):
     open_request(store, policy, NOW - timedelta(hours=2))
     run_provider_digest(store, NOW, None, NOW)
-    store_and_apply(store, policy, event("refill.sent", {"request_id": "req-1"}, NOW), NOW)
+    store_and_apply(store, policy, event_dict("refill.sent", {"request_id": "req-1"}, NOW), NOW)
     d = deliverer(store, policy, outbox=outbox)
     assert d.deliver(DIGEST, NOW) == "suppressed"
     assert store.notification(DIGEST)["reason"] == (
@@ -353,7 +353,7 @@ class CancellingChannel:
         self.store, self.policy = store, policy
 
     def send(self, message: Message, now: datetime) -> Receipt:
-        store_and_apply(self.store, self.policy, event(
+        store_and_apply(self.store, self.policy, event_dict(
             "appointment.cancelled", {"appointment_id": "a1", "cancelled_by": "client"}, now),
             now)
         raise RetryableError("busy", code="503")
@@ -380,7 +380,7 @@ def test_a_superseded_message_is_never_moved_to_the_other_channel(store, policy,
                 if v.kind == "appointment_join_link")
     store.schedule.begin(join, START, lease_s=60)
     store.schedule.finish(join, "sent")
-    store_and_apply(store, policy, event("appointment.cancelled", {
+    store_and_apply(store, policy, event_dict("appointment.cancelled", {
         "appointment_id": "a1", "cancelled_by": "client"}, now + timedelta(seconds=1)), now)
     assert not store.add_on_other_channel(join, "email", now, "sms failed")
     assert not store.notification(join.rsplit(":", 1)[0] + ":email")
@@ -580,7 +580,7 @@ MOVED_TO = START + timedelta(days=2)
 
 
 def cancel(store: Store, policy, at: datetime = NOW) -> None:
-    store_and_apply(store, policy, event("appointment.cancelled", {
+    store_and_apply(store, policy, event_dict("appointment.cancelled", {
         "appointment_id": "a1", "cancelled_by": "client"}, at), at)
 
 

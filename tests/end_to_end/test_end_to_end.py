@@ -18,11 +18,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from notifier.delivery.decide import NEVER_TOLD
 from notifier.worker.actors import build_broker, enqueue_apply
-from tests.helpers import (
+from tests.kit import (
     appointment,
     client_upserted,
     daytime_zone,
-    event,
+    event_dict,
     provider_upserted,
     zone_at_hour,
 )
@@ -185,7 +185,7 @@ def test_a_booking_cancelled_in_the_night_is_never_announced_at_all(service):
     planned = wait_for(lambda: planned_with(service, confirmations), what="the booking")
     assert {datetime.fromisoformat(planned[c]["due_at"]) for c in confirmations} == {morning}
 
-    assert service.post(event("appointment.cancelled", {
+    assert service.post(event_dict("appointment.cancelled", {
         "appointment_id": "a1", "cancelled_by": "client"}, now)).status_code == 202
     cancellations = ("appointment_cancelled:a1:seq1:email", "appointment_cancelled:a1:seq1:sms")
     wait_for(lambda: planned_with(service, cancellations), what="the cancellation")

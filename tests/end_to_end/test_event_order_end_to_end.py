@@ -11,11 +11,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tests.helpers import (
+from tests.kit import (
     appointment,
     client_upserted,
     daytime_zone,
-    event,
+    event_dict,
     message_received,
     prescription_filled,
     provider_upserted,
@@ -60,7 +60,7 @@ def test_a_refill_sent_moments_after_its_request_tells_the_client(service, close
     now = datetime.now(UTC)
     onboard(service, now, sms=False)
     requested = refill_requested("req-1", "rx-1", "c1", now - timedelta(seconds=2))
-    sent = event("refill.sent", {"request_id": "req-1"}, now - timedelta(seconds=1))
+    sent = event_dict("refill.sent", {"request_id": "req-1"}, now - timedelta(seconds=1))
     burst(service, *((sent, requested) if close_first else (requested, sent)))
     wait_for(lambda: settled(service, requested, sent), what="both events applied")
     assert event_statuses(service, requested, sent) == ["applied", "applied"]
@@ -80,8 +80,8 @@ def test_a_denial_for_a_visit_moments_after_the_request_asks_for_the_visit(servi
                                  now - timedelta(days=25))
     assert service.post(filled).status_code == 202
     requested = refill_requested("req-1", "rx-1", "c1", now - timedelta(seconds=2))
-    denied = event("refill.denied", {"request_id": "req-1", "reason": "visit_required"},
-                   now - timedelta(seconds=1))
+    denied = event_dict("refill.denied", {"request_id": "req-1", "reason": "visit_required"},
+                        now - timedelta(seconds=1))
     burst(service, *((denied, requested) if close_first else (requested, denied)))
     wait_for(lambda: settled(service, filled, requested, denied), what="the events applied")
     assert event_statuses(service, requested, denied) == ["applied", "applied"]
@@ -96,8 +96,8 @@ def test_a_completion_posted_right_after_its_booking_plans_the_follow_up(service
     onboard(service, now)
     booked = appointment("appointment.scheduled", "a1", "c1", now - timedelta(hours=2),
                          now - timedelta(days=6))
-    completed = event("appointment.completed", {"appointment_id": "a1"},
-                      now - timedelta(minutes=80))
+    completed = event_dict("appointment.completed", {"appointment_id": "a1"},
+                           now - timedelta(minutes=80))
     burst(service, *((completed, booked) if close_first else (booked, completed)))
     wait_for(lambda: settled(service, booked, completed), what="both events applied")
     assert event_statuses(service, booked, completed) == ["applied", "applied"]
@@ -117,7 +117,7 @@ def test_no_alert_goes_out_for_a_message_whose_answer_was_accepted(service):
     onboard(service, now)
     opened = now - timedelta(hours=49)
     pairs = [(message_received(f"m{i}", "c1", opened),
-              event("message.answered", {"message_id": f"m{i}"}, now - timedelta(seconds=1)))
+              event_dict("message.answered", {"message_id": f"m{i}"}, now - timedelta(seconds=1)))
              for i in range(8)]
     burst(service, *(e for pair in pairs for e in pair))
     everything = [e for pair in pairs for e in pair]

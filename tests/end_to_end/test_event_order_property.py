@@ -32,7 +32,7 @@ from notifier.ledger.store import PENDING_EVENTS
 from notifier.policy.ordering import subject_ref
 from notifier.runtime import Runtime
 from notifier.worker.actors import build_broker, declare_actors, enqueue_apply
-from tests.helpers import appointment, client_upserted, event, provider_upserted
+from tests.kit import appointment, client_upserted, event_dict, provider_upserted
 from tests.service import service_env, wait_for
 
 NOW = datetime(2026, 12, 1, 15, 0, tzinfo=UTC)
@@ -48,11 +48,11 @@ def _appointment_events(appt_id: str, client_id: str) -> list[tuple[str, Any]]:
                                         start + timedelta(days=2), at)),
         ("move-back", lambda at: appointment("appointment.rescheduled", appt_id, client_id,
                                              start, at)),
-        ("cancel", lambda at: event("appointment.cancelled", {
+        ("cancel", lambda at: event_dict("appointment.cancelled", {
             "appointment_id": appt_id, "cancelled_by": "client"}, at)),
-        ("complete", lambda at: event("appointment.completed", {"appointment_id": appt_id},
-                                      at)),
-        ("no-show", lambda at: event("appointment.no_show", {
+        ("complete", lambda at: event_dict("appointment.completed", {"appointment_id": appt_id},
+                                           at)),
+        ("no-show", lambda at: event_dict("appointment.no_show", {
             "appointment_id": appt_id, "party": "provider"}, at)),
     ]
 
@@ -60,15 +60,15 @@ def _appointment_events(appt_id: str, client_id: str) -> list[tuple[str, Any]]:
 CHOICES: list[tuple[str, Any]] = [
     *_appointment_events("a1", "c1"),
     *_appointment_events("a2", "c2"),
-    ("request", lambda at: event("refill.requested", {"request": {
+    ("request", lambda at: event_dict("refill.requested", {"request": {
         "id": "r1", "prescription_id": "rx-9", "client_id": "c1", "provider_id": "prov-1"}},
         at)),
-    ("sent", lambda at: event("refill.sent", {"request_id": "r1"}, at)),
-    ("denied", lambda at: event("refill.denied", {"request_id": "r1",
-                                                  "reason": "visit_required"}, at)),
-    ("received", lambda at: event("message.received", {"message": {
+    ("sent", lambda at: event_dict("refill.sent", {"request_id": "r1"}, at)),
+    ("denied", lambda at: event_dict("refill.denied", {"request_id": "r1",
+                                                       "reason": "visit_required"}, at)),
+    ("received", lambda at: event_dict("message.received", {"message": {
         "id": "m1", "client_id": "c2", "provider_id": "prov-1"}}, at)),
-    ("answered", lambda at: event("message.answered", {"message_id": "m1"}, at)),
+    ("answered", lambda at: event_dict("message.answered", {"message_id": "m1"}, at)),
 ]
 
 

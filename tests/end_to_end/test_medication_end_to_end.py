@@ -16,10 +16,10 @@ import pytest
 
 from notifier.config import PROJECT_ROOT
 from notifier.delivery.render import format_day
-from tests.helpers import (
+from tests.kit import (
     client_upserted,
     daytime_zone,
-    event,
+    event_dict,
     message_received,
     prescription_filled,
     provider_upserted,
@@ -64,7 +64,7 @@ def test_an_unanswered_request_escalates_exactly_once(service):
     for alert in alerts.values():
         assert datetime.fromisoformat(alert["sent_at"]) >= opened + timedelta(hours=48)
     # A late answer changes nothing that was sent, and nothing is alerted again.
-    closed = event("refill.sent", {"request_id": "req-1"}, datetime.now(UTC))
+    closed = event_dict("refill.sent", {"request_id": "req-1"}, datetime.now(UTC))
     assert service.post(closed).status_code == 202
     wait_for(lambda: len(service.sent("refill_sent")) == 1, what="the refill-sent notice")
     wait_for(service.quiet, what="the service to go idle")
@@ -79,7 +79,7 @@ def test_an_answered_message_never_escalates(service):
     planned = wait_for(lambda: {k: v for k, v in service.notifications("c1").items()
                                 if v["kind"] == "escalation_notice"} or None,
                        what="the planned notice")
-    answered = event("message.answered", {"message_id": "msg-1"}, now)
+    answered = event_dict("message.answered", {"message_id": "msg-1"}, now)
     assert service.post(answered).status_code == 202
     deadline = opened + timedelta(hours=48)
     wait_for(lambda: datetime.now(UTC) > deadline + timedelta(seconds=1) and service.quiet(),

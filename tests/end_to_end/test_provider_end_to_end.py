@@ -16,7 +16,7 @@ from twilio.request_validator import RequestValidator
 
 from notifier.ledger.store import Store
 from tests.fakes import FakeSendGrid, FakeTwilio, Scripted
-from tests.helpers import (
+from tests.kit import (
     appointment,
     client_upserted,
     daytime_zone,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from notifier.ledger.embedded_redis import free_port, redis_server_binary, wait_for_redis
-from tests.helpers import appointment, client_upserted, daytime_zone, provider_upserted
+from tests.kit import appointment, client_upserted, daytime_zone, provider_upserted
 from tests.service import Service, wait_for
 
 

@@ -40,7 +40,7 @@ from notifier.policy.ordering import subject_ref
 from notifier.timeutil import utcnow
 from notifier.worker.actors import EVENTS_QUEUE, build_broker
 from notifier.worker.clock import Clock
-from tests.helpers import appointment, client_upserted, daytime_zone, store_and_apply
+from tests.kit import appointment, client_upserted, daytime_zone, store_and_apply
 from tests.service import Service, wait_for
 
 LEASE_S = 3

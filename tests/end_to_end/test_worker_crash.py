@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from notifier.config import PROJECT_ROOT
 from notifier.ledger.notifications import INFLIGHT
 from notifier.worker.actors import enqueue_deliver
-from tests.helpers import appointment, client_upserted, daytime_zone, store_and_apply
+from tests.kit import appointment, client_upserted, daytime_zone, store_and_apply
 from tests.service import Service, wait_for
 
 BOOKINGS = 200  # two confirmations each, due at once

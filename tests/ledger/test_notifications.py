@@ -145,7 +145,7 @@ def test_an_event_whose_planning_keeps_failing_is_set_aside(store, policy, monke
     from notifier.intake import apply
     from notifier.intake.apply import MAX_APPLY_FAILURES, apply_stored_event
     from notifier.ledger.store import PENDING_EVENTS
-    from tests.helpers import client_upserted
+    from tests.kit import client_upserted
 
     evt = {**client_upserted("c1", "UTC", NOW), "id": "evt-1"}
     store.store_event("evt-1", json.dumps(evt).encode(), NOW, subject="client:c1",

@@ -20,7 +20,7 @@ from notifier.ledger.store import (
     record_key,
 )
 from notifier.policy.plan import Plan, entity_ref
-from tests.helpers import client_upserted, store_and_apply
+from tests.kit import client_upserted, store_and_apply
 
 NOW = datetime(2030, 3, 4, 15, 0, tzinfo=UTC)
 HOME, OTHER = "+14155550123", "+14155550177"

@@ -26,10 +26,10 @@ from notifier.ledger.store import (
 from notifier.ledger.turns import HELD_EVENTS, TURNS, held_key, queue_key, turn_key
 from notifier.policy.figures import Policy
 from notifier.policy.ordering import subject_ref
-from tests.helpers import (
+from tests.kit import (
     appointment,
     client_upserted,
-    event,
+    event_dict,
     message_received,
     prescription_filled,
     refill_requested,
@@ -117,9 +117,9 @@ def test_a_subjects_events_are_applied_oldest_first_whatever_the_arrival(store, 
     booked = appointment("appointment.scheduled", "a1", "c1", start, NOW - timedelta(hours=3))
     moved = appointment("appointment.rescheduled", "a1", "c1", start + timedelta(days=1),
                         NOW - timedelta(hours=2))
-    cancelled = event("appointment.cancelled", {"appointment_id": "a1",
-                                                "cancelled_by": "client"},
-                      NOW - timedelta(hours=1))
+    cancelled = event_dict("appointment.cancelled", {"appointment_id": "a1",
+                                                     "cancelled_by": "client"},
+                           NOW - timedelta(hours=1))
     for evt in (cancelled, moved, booked):  # newest first
         post(store, evt)
     assert apply_in_turn(store, cancelled["id"], policy, fixed(NOW), 30) == 3
@@ -134,8 +134,9 @@ def test_a_subjects_events_are_applied_oldest_first_whatever_the_arrival(store, 
 def test_events_with_one_occurred_at_are_applied_in_arrival_order(store, policy):
     at = NOW - timedelta(hours=1)
     booked = appointment("appointment.scheduled", "a1", "c1", NOW + timedelta(days=5), at)
-    cancelled = event("appointment.cancelled", {"appointment_id": "a1", "cancelled_by": "client"},
-                      at, event_id="aaa-first-by-name")
+    cancelled = event_dict("appointment.cancelled",
+                           {"appointment_id": "a1", "cancelled_by": "client"},
+                           at, event_id="aaa-first-by-name")
     post(store, booked, NOW)
     post(store, cancelled, NOW + timedelta(microseconds=5))
     apply_in_turn(store, booked["id"], policy, fixed(NOW), 30)
@@ -255,7 +256,7 @@ def test_a_close_before_its_open_is_held_then_applied_after_it(store, policy):
     post(store, client_upserted("c1", "UTC", NOW - timedelta(days=1)))
     apply_in_turn(store, store.turns.heads(["client:c1"])[0], policy, fixed(NOW), 30)
     opened = refill_requested("req-1", "rx-1", "c1", NOW - timedelta(minutes=10))
-    sent = event("refill.sent", {"request_id": "req-1"}, NOW - timedelta(minutes=5))
+    sent = event_dict("refill.sent", {"request_id": "req-1"}, NOW - timedelta(minutes=5))
     post(store, sent)
     assert apply_in_turn(store, sent["id"], policy, fixed(NOW), 30) == 1
     held = store.event_status(sent["id"])
@@ -279,7 +280,7 @@ def test_a_close_before_its_open_is_held_then_applied_after_it(store, policy):
 
 
 def test_a_held_close_older_than_its_open_is_stale_after_it(store, policy):
-    answered = event("message.answered", {"message_id": "m1"}, NOW - timedelta(hours=2))
+    answered = event_dict("message.answered", {"message_id": "m1"}, NOW - timedelta(hours=2))
     post(store, answered)
     apply_in_turn(store, answered["id"], policy, fixed(NOW), 30)
     opened = message_received("m1", "c1", NOW - timedelta(hours=1))
@@ -291,9 +292,9 @@ def test_a_held_close_older_than_its_open_is_stale_after_it(store, policy):
 
 
 def test_a_close_whose_opening_never_comes_is_applied_as_it_is_after_the_wait(store, policy):
-    cancelled = event("appointment.cancelled", {"appointment_id": "a1",
-                                                "cancelled_by": "support"},
-                      NOW - timedelta(minutes=5))
+    cancelled = event_dict("appointment.cancelled", {"appointment_id": "a1",
+                                                     "cancelled_by": "support"},
+                           NOW - timedelta(minutes=5))
     post(store, cancelled)
     apply_in_turn(store, cancelled["id"], policy, fixed(NOW), 30)
     assert status(store, cancelled["id"]) == "held"
@@ -314,8 +315,8 @@ def test_a_close_whose_opening_never_comes_is_applied_as_it_is_after_the_wait(st
 
 
 def test_a_discontinuation_whose_fill_never_came_makes_the_late_fill_stale(store, policy):
-    stopped = event("prescription.discontinued", {"prescription_id": "rx-1"},
-                    NOW - timedelta(minutes=5))
+    stopped = event_dict("prescription.discontinued", {"prescription_id": "rx-1"},
+                         NOW - timedelta(minutes=5))
     post(store, stopped)
     apply_in_turn(store, stopped["id"], policy, fixed(NOW), 30)
     assert status(store, stopped["id"]) == "held"
@@ -333,13 +334,13 @@ def test_a_discontinuation_whose_fill_never_came_makes_the_late_fill_stale(store
 
 
 def test_a_second_close_for_a_tombstoned_appointment_is_not_held_again(store, policy):
-    first = event("appointment.cancelled", {"appointment_id": "a1", "cancelled_by": "client"},
-                  NOW - timedelta(hours=30))
+    first = event_dict("appointment.cancelled", {"appointment_id": "a1", "cancelled_by": "client"},
+                       NOW - timedelta(hours=30))
     post(store, first, NOW - timedelta(hours=25))
     apply_in_turn(store, first["id"], policy, fixed(NOW), 30)  # waited 25 h already
     assert status(store, first["id"]) == "ignored"
-    again = event("appointment.no_show", {"appointment_id": "a1", "party": "client"},
-                  NOW - timedelta(hours=1))
+    again = event_dict("appointment.no_show", {"appointment_id": "a1", "party": "client"},
+                       NOW - timedelta(hours=1))
     post(store, again)
     apply_in_turn(store, again["id"], policy, fixed(NOW), 30)
     assert status(store, again["id"]) != "held"
@@ -347,7 +348,7 @@ def test_a_second_close_for_a_tombstoned_appointment_is_not_held_again(store, po
 
 def test_an_opening_released_twice_is_applied_once(store, policy):
     """The clock's release and the opening's arrival race: the close is applied once."""
-    sent = event("refill.sent", {"request_id": "req-1"}, NOW - timedelta(minutes=5))
+    sent = event_dict("refill.sent", {"request_id": "req-1"}, NOW - timedelta(minutes=5))
     post(store, sent, NOW - policy.opening_wait)
     apply_in_turn(store, sent["id"], policy, fixed(NOW - policy.opening_wait), 30)
     assert store.release_expired_holds(NOW) == [sent["id"]]
@@ -373,7 +374,7 @@ def test_a_notification_waits_while_an_event_about_its_subject_is_unapplied(stor
         apply_stored_event(store, evt["id"], policy, opened)
     alert = "support_escalation:m1:message-window:email"
     assert store.notification(alert)["state"] == "scheduled"
-    answered = event("message.answered", {"message_id": "m1"}, NOW - timedelta(seconds=1))
+    answered = event_dict("message.answered", {"message_id": "m1"}, NOW - timedelta(seconds=1))
     post(store, answered)  # accepted, not applied yet
 
     [claimed] = [i for i in store.schedule.claim(NOW, 100, 30) if i == alert]
@@ -433,7 +434,7 @@ def test_the_last_look_before_a_send_sees_what_happened_while_it_was_prepared(
         post(store, evt, opened)
         apply_stored_event(store, evt["id"], policy, opened)
     notice = "escalation_notice:m1:message-window:sms"
-    answered = event("message.answered", {"message_id": "m1"}, NOW - timedelta(seconds=1))
+    answered = event_dict("message.answered", {"message_id": "m1"}, NOW - timedelta(seconds=1))
 
     def answer_arrives() -> None:
         post(store, answered)

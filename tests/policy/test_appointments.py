@@ -28,7 +28,7 @@ from notifier.policy import plan
 from notifier.policy.appointments import told_of_booking
 from notifier.policy.figures import Policy
 from notifier.policy.plan import Plan
-from tests.policy_kit import Row, event, iso, rows, utc
+from tests.kit import Row, iso, parsed_event, rows, utc
 
 CLIENT = "cl-1"
 APPT = "apt-1"
@@ -48,7 +48,7 @@ def stamp(instant: datetime) -> str:
 
 
 def client_upserted(zone: str, occurred_at: datetime = CLIENT_SET_AT) -> Event:
-    return event("client.upserted", {"client": {
+    return parsed_event("client.upserted", {"client": {
         "id": CLIENT, "first_name": "Ana", "phone": "+14155550123", "email": "ana@example.com",
         "timezone": zone, "locale": "en", "channels": {"sms": True, "email": True}}},
         occurred_at)
@@ -66,7 +66,7 @@ def booking(type_: str, start: datetime, occurred_at: datetime, *,
                             "kind": "medication_management"}
     if join_url is not None:
         appt["join_url"] = join_url
-    return event(type_, {"appointment": appt}, occurred_at)
+    return parsed_event(type_, {"appointment": appt}, occurred_at)
 
 
 def scheduled(start: datetime, occurred_at: datetime, **kw: Any) -> Event:
@@ -78,15 +78,15 @@ def rescheduled(start: datetime, occurred_at: datetime, **kw: Any) -> Event:
 
 
 def cancelled(occurred_at: datetime, by: str = "client") -> Event:
-    return event("appointment.cancelled", {"appointment_id": APPT, "cancelled_by": by},
-                 occurred_at)
+    return parsed_event("appointment.cancelled", {"appointment_id": APPT, "cancelled_by": by},
+                        occurred_at)
 
 
 def closed(type_: str, occurred_at: datetime) -> Event:
     data: dict[str, Any] = {"appointment_id": APPT}
     if type_ == "appointment.no_show":
         data["party"] = "client"
-    return event(type_, data, occurred_at)
+    return parsed_event(type_, data, occurred_at)
 
 
 class Ledger:

@@ -15,7 +15,7 @@ from notifier.ledger.records import (
     State,
 )
 from notifier.policy.ordering import CLOSING, subject_ref, wait_for_opening
-from tests.policy_kit import event, utc
+from tests.kit import parsed_event, utc
 
 AT = utc(2026, 12, 1, 15)
 APPT = {"id": "a1", "client_id": "c1", "provider_id": "p1", "start": "2026-12-09T15:00:00Z",
@@ -50,7 +50,7 @@ EVENTS = {
 @pytest.mark.parametrize("type_", sorted(EVENTS))
 def test_every_event_type_has_its_subject(type_):
     data, expected = EVENTS[type_]
-    assert subject_ref(event(type_, data, AT)) == expected
+    assert subject_ref(parsed_event(type_, data, AT)) == expected
 
 
 SEEN = {
@@ -67,7 +67,7 @@ SEEN = {
 
 @pytest.mark.parametrize("type_", sorted(CLOSING))
 def test_a_close_for_an_unseen_subject_waits_until_the_wait_is_over(type_, policy):
-    evt = event(type_, EVENTS[type_][0], AT)
+    evt = parsed_event(type_, EVENTS[type_][0], AT)
     arrived = AT + timedelta(minutes=1)
     held = wait_for_opening(evt, State(), arrived, arrived, policy.opening_wait)
     assert held is not None
@@ -87,13 +87,13 @@ def test_a_close_for_an_unseen_subject_waits_until_the_wait_is_over(type_, polic
     ("refill.sent", "item"), ("refill.denied", "item"), ("message.answered", "item"),
 ])
 def test_a_close_for_a_seen_subject_is_planned_at_once(type_, seen, policy):
-    evt = event(type_, EVENTS[type_][0], AT)
+    evt = parsed_event(type_, EVENTS[type_][0], AT)
     assert wait_for_opening(evt, SEEN[seen], AT, AT, policy.opening_wait) is None
 
 
 @pytest.mark.parametrize("type_", sorted(set(EVENTS) - CLOSING))
 def test_openings_and_upserts_never_wait(type_, policy):
-    evt = event(type_, EVENTS[type_][0], AT)
+    evt = parsed_event(type_, EVENTS[type_][0], AT)
     assert wait_for_opening(evt, State(), AT, AT, policy.opening_wait) is None
 
 

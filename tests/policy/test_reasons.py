@@ -17,7 +17,7 @@ import pytest
 from notifier.intake.events import Event
 from notifier.policy.common import QUIET_HOURS_PAST_EXPIRY
 from notifier.policy.figures import Policy
-from tests.policy_kit import Ledger, client_record, event, iso, utc
+from tests.kit import Ledger, client_record, iso, parsed_event, utc
 
 CLIENT = "cl-1"
 APPT = "apt-1"
@@ -37,7 +37,7 @@ def appointment(type_: str, start: datetime, occurred_at: datetime,
                             "kind": "medication_management"}
     if join_url is not None:
         appt["join_url"] = join_url
-    return event(type_, {"appointment": appt}, occurred_at)
+    return parsed_event(type_, {"appointment": appt}, occurred_at)
 
 
 def booked(start: datetime, at: datetime, join_url: str | None = None) -> Event:
@@ -49,12 +49,12 @@ def moved(start: datetime, at: datetime) -> Event:
 
 
 def cancelled(at: datetime) -> Event:
-    return event("appointment.cancelled", {"appointment_id": APPT, "cancelled_by": "client"},
-                 at)
+    return parsed_event("appointment.cancelled", {"appointment_id": APPT, "cancelled_by": "client"},
+                        at)
 
 
 def completed(at: datetime) -> Event:
-    return event("appointment.completed", {"appointment_id": APPT}, at)
+    return parsed_event("appointment.completed", {"appointment_id": APPT}, at)
 
 
 def both(kind: str, state: str, reason: str) -> set[tuple[str, str, str]]:

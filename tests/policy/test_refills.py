@@ -26,8 +26,8 @@ from notifier.ledger.records import (
     VisitsRecord,
 )
 from notifier.policy.figures import Policy
-from tests import policy_kit as kit
-from tests.policy_kit import Row, event, rows, utc
+from tests import kit
+from tests.kit import Row, parsed_event, rows, utc
 
 CLIENT = "cl-1"
 PROVIDER = "prov-1"
@@ -40,14 +40,14 @@ CLIENT_SET_AT = datetime(2026, 1, 2, 12, 0, tzinfo=UTC)
 
 def filled(filled_on: date, occurred_at: datetime, *, days: int = 30,
            refills: int = 2) -> Event:
-    return event("prescription.filled", {"prescription": {
+    return parsed_event("prescription.filled", {"prescription": {
         "id": RX, "client_id": CLIENT, "provider_id": PROVIDER, "medication": "Sertraline",
         "filled_on": filled_on.isoformat(), "days_supply": days,
         "refills_remaining": refills}}, occurred_at)
 
 
 def discontinued(occurred_at: datetime) -> Event:
-    return event("prescription.discontinued", {"prescription_id": RX}, occurred_at)
+    return parsed_event("prescription.discontinued", {"prescription_id": RX}, occurred_at)
 
 
 def client_record(zone: str) -> ClientRecord:

@@ -29,8 +29,8 @@ from notifier.ledger.records import (
 from notifier.policy.figures import Policy, ResponseWindow
 from notifier.policy.plan import Plan, PlannedNotification
 from notifier.policy.window import escalates_at
-from tests import policy_kit as kit
-from tests.policy_kit import event, utc
+from tests import kit
+from tests.kit import parsed_event, utc
 
 CLIENT = "cl-1"
 PROVIDER = "prov-1"
@@ -46,26 +46,26 @@ NEW_YORK = ZoneInfo("America/New_York")
 
 
 def requested(occurred_at: datetime, request_id: str = REQUEST) -> Event:
-    return event("refill.requested", {"request": {
+    return parsed_event("refill.requested", {"request": {
         "id": request_id, "prescription_id": RX, "client_id": CLIENT,
         "provider_id": PROVIDER}}, occurred_at)
 
 
 def received(occurred_at: datetime) -> Event:
-    return event("message.received", {"message": {
+    return parsed_event("message.received", {"message": {
         "id": MESSAGE, "client_id": CLIENT, "provider_id": PROVIDER}}, occurred_at)
 
 
 def sent(occurred_at: datetime) -> Event:
-    return event("refill.sent", {"request_id": REQUEST}, occurred_at)
+    return parsed_event("refill.sent", {"request_id": REQUEST}, occurred_at)
 
 
 def denied(occurred_at: datetime, reason: str = "other") -> Event:
-    return event("refill.denied", {"request_id": REQUEST, "reason": reason}, occurred_at)
+    return parsed_event("refill.denied", {"request_id": REQUEST, "reason": reason}, occurred_at)
 
 
 def answered(occurred_at: datetime) -> Event:
-    return event("message.answered", {"message_id": MESSAGE}, occurred_at)
+    return parsed_event("message.answered", {"message_id": MESSAGE}, occurred_at)
 
 
 def client_record(zone: str) -> ClientRecord:
@@ -73,14 +73,14 @@ def client_record(zone: str) -> ClientRecord:
 
 
 def provider_record(zone: str) -> ProviderRecord:
-    upserted = event("provider.upserted", {"provider": {
+    upserted = parsed_event("provider.upserted", {"provider": {
         "id": PROVIDER, "name": "Dr. Rivera", "email": "rivera@example.com",
         "timezone": zone}}, SET_UP_AT)
     return ProviderRecord(provider=upserted.data.provider, updated_at=SET_UP_AT)
 
 
 def prescription_record(filled_on: date, days: int = 30) -> PrescriptionRecord:
-    fill = event("prescription.filled", {"prescription": {
+    fill = parsed_event("prescription.filled", {"prescription": {
         "id": RX, "client_id": CLIENT, "provider_id": PROVIDER, "medication": "Sertraline",
         "filled_on": filled_on.isoformat(), "days_supply": days, "refills_remaining": 2}},
         SET_UP_AT)
@@ -534,7 +534,7 @@ def test_a_refill_request_and_a_message_with_the_same_id_escalate_separately(
     ledger = Ledger()
     shared = "42"
     request = ledger.apply(requested(THURSDAY, request_id=shared), THURSDAY, policy)
-    message = ledger.apply(event("message.received", {"message": {
+    message = ledger.apply(parsed_event("message.received", {"message": {
         "id": shared, "client_id": CLIENT, "provider_id": PROVIDER}}, THURSDAY), THURSDAY,
         policy)
     request_ids = {n.id for n in request.add}

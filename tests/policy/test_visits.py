@@ -17,8 +17,8 @@ from notifier.ledger.records import AppointmentRecord, ClientRecord, VisitsRecor
 from notifier.policy.figures import Policy
 from notifier.policy.plan import Plan
 from notifier.policy.visits import unwanted_because
-from tests import policy_kit as kit
-from tests.policy_kit import event, iso, utc
+from tests import kit
+from tests.kit import iso, parsed_event, utc
 
 CLIENT = "cl-1"
 PROVIDER = "prov-1"
@@ -33,18 +33,19 @@ CLIENT_SET_AT = datetime(2026, 1, 2, 12, 0, tzinfo=UTC)
 
 
 def scheduled(start: datetime, occurred_at: datetime, appt_id: str = APPT) -> Event:
-    return event("appointment.scheduled", {"appointment": {
+    return parsed_event("appointment.scheduled", {"appointment": {
         "id": appt_id, "client_id": CLIENT, "provider_id": PROVIDER, "start": iso(start),
         "end": iso(start + timedelta(minutes=30)), "kind": "medication_management"}},
         occurred_at)
 
 
 def completed(occurred_at: datetime, appt_id: str = APPT) -> Event:
-    return event("appointment.completed", {"appointment_id": appt_id}, occurred_at)
+    return parsed_event("appointment.completed", {"appointment_id": appt_id}, occurred_at)
 
 
 def no_show(party: str, occurred_at: datetime) -> Event:
-    return event("appointment.no_show", {"appointment_id": APPT, "party": party}, occurred_at)
+    return parsed_event("appointment.no_show", {"appointment_id": APPT, "party": party},
+                        occurred_at)
 
 
 def client_record(zone: str) -> ClientRecord:
@@ -121,7 +122,7 @@ def test_a_booking_keeps_what_is_known_of_earlier_visits(policy: Policy) -> None
 def test_a_reschedule_moves_the_upcoming_visit(policy: Policy) -> None:
     ledger = booked(policy)
     moved_at, new_start = utc(2026, 6, 2, 14, 0), utc(2026, 6, 12, 15, 0)
-    result = ledger.plan(event("appointment.rescheduled", {"appointment": {
+    result = ledger.plan(parsed_event("appointment.rescheduled", {"appointment": {
         "id": APPT, "client_id": CLIENT, "provider_id": PROVIDER, "start": iso(new_start),
         "end": iso(new_start + timedelta(minutes=30)), "kind": "medication_management"}},
         moved_at), moved_at, policy)
@@ -133,7 +134,7 @@ def test_a_reschedule_moves_the_upcoming_visit(policy: Policy) -> None:
 def test_a_cancelled_appointment_leaves_the_upcoming_visits(policy: Policy) -> None:
     ledger = booked(policy)
     at = utc(2026, 6, 2, 14, 0)
-    result = ledger.plan(event("appointment.cancelled", {
+    result = ledger.plan(parsed_event("appointment.cancelled", {
         "appointment_id": APPT, "cancelled_by": "client"}, at), at, policy)
     assert result.records[VISITS_REF] == VisitsRecord(updated_at=at, upcoming={})
 
@@ -232,9 +233,9 @@ def test_a_later_booking_makes_the_pending_follow_up_unwanted_when_it_is_due(
     assert unwanted_because("follow_up", visits, due, due + timedelta(days=14)) == (
         "a later visit is booked")
     # Cancel that booking and the nudge is wanted again.
-    ledger.apply(event("appointment.cancelled", {"appointment_id": LATER_APPT,
-                                                 "cancelled_by": "client"},
-                       at + timedelta(hours=1)), at, policy)
+    ledger.apply(parsed_event("appointment.cancelled", {"appointment_id": LATER_APPT,
+                                                        "cancelled_by": "client"},
+                              at + timedelta(hours=1)), at, policy)
     visits = ledger.records[VISITS_REF]
     assert isinstance(visits, VisitsRecord)
     assert unwanted_because("follow_up", visits, due, due + timedelta(days=14)) == ""

@@ -1130,7 +1130,7 @@ def test_metrics_count_every_way_a_notification_ends_and_how_late_sends_are(
 
 def _booked_video(store: Store, policy, join_url: str | None, when: datetime,
                   type_: str = "appointment.scheduled") -> None:
-    from tests.helpers import appointment, client_upserted, store_and_apply
+    from tests.kit import appointment, client_upserted, store_and_apply
 
     store_and_apply(store, policy, client_upserted("c1", "America/New_York", when), when)
     store_and_apply(store, policy, appointment(type_, "a1", "c1", when + timedelta(days=5),
@@ -1154,7 +1154,7 @@ def test_a_short_link_redirects_to_the_visit_s_current_link_at_click_time(client
 
 
 def test_a_short_link_to_a_visit_with_no_link_any_more_is_404(client, store, policy):
-    from tests.helpers import event, store_and_apply
+    from tests.kit import event_dict, store_and_apply
 
     at = datetime.now(UTC)
     _booked_video(store, policy, "https://video.example.com/r/1", at)
@@ -1164,7 +1164,7 @@ def test_a_short_link_to_a_visit_with_no_link_any_more_is_404(client, store, pol
     _booked_video(store, policy, "https://video.example.com/r/1", at + timedelta(seconds=2),
                   "appointment.rescheduled")
     assert client.get(f"/j/{token}", follow_redirects=False).status_code == 307
-    store_and_apply(store, policy, event("appointment.cancelled", {
+    store_and_apply(store, policy, event_dict("appointment.cancelled", {
         "appointment_id": "a1", "cancelled_by": "client"}, at + timedelta(seconds=3)),
         at + timedelta(seconds=3))
     answer = client.get(f"/j/{token}", follow_redirects=False)

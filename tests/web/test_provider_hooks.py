@@ -27,7 +27,7 @@ from notifier.timeutil import utcnow
 from notifier.web.app import create_app
 from notifier.web.provider_hooks import fresh_timestamp, sendgrid_key
 from notifier.worker.actors import build_broker
-from tests.helpers import appointment, client_upserted, provider_upserted, store_and_apply
+from tests.kit import appointment, client_upserted, provider_upserted, store_and_apply
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")

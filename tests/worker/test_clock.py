@@ -14,7 +14,7 @@ from notifier.worker.actors import JOBS_QUEUE, RUN_JOB, build_broker, declare_ac
 from notifier.worker.clock import FIRED_MARGIN, Clock
 from notifier.worker.cron import CATCH_UP, Job
 from notifier.worker.digests import provider_zones
-from tests.helpers import event, message_received, store_and_apply
+from tests.kit import event_dict, message_received, store_and_apply
 
 DIGEST = Job(name="provider-digest", cron="0 8 * * 1-5", zone="provider")
 # Wednesday 2026-11-25: 08:00 in New York is 13:00Z, in Berlin 07:00Z.
@@ -22,7 +22,7 @@ NY_FIRE = datetime(2026, 11, 25, 13, 0, tzinfo=UTC)
 
 
 def provider(provider_id: str, zone: str, at: datetime) -> dict:
-    return event("provider.upserted", {"provider": {
+    return event_dict("provider.upserted", {"provider": {
         "id": provider_id, "name": f"Dr. {provider_id}", "email": f"{provider_id}@example.com",
         "timezone": zone}}, at)
 

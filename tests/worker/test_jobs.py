@@ -23,7 +23,7 @@ from notifier.policy.digest import digest_id, fire_occasion, plan_digests
 from notifier.policy.timing import local_time
 from notifier.worker.cron import Job, load_jobs, next_fire, previous_fire
 from notifier.worker.digests import DigestRun, run_manually, run_provider_digest
-from tests.helpers import event, message_received, store_and_apply
+from tests.kit import event_dict, message_received, store_and_apply
 
 NEW_YORK = ZoneInfo("America/New_York")
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -388,7 +388,7 @@ def open_store(redis_client, policy) -> Store:
     store = Store(redis_client)
     before = MORNING - timedelta(days=3)
     for provider_id, zone in (("prov-1", "America/Chicago"), ("prov-2", "Europe/Berlin")):
-        store_and_apply(store, policy, event("provider.upserted", {"provider": {
+        store_and_apply(store, policy, event_dict("provider.upserted", {"provider": {
             "id": provider_id, "name": "Dr. X", "email": f"{provider_id}@example.com",
             "timezone": zone}}, before), before)
     store_and_apply(store, policy, message_received("msg-1", "c1", before), before)
