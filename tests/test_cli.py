@@ -26,6 +26,9 @@ from notifier.ledger.embedded_redis import EmbeddedRedis, free_port
 from notifier.policy.timing import hold_for_quiet_hours
 from tests.service import wait_for
 
+#: Every test runs the `notifier` command in a process of its own.
+pytestmark = pytest.mark.slow
+
 EXAMPLE = PROJECT_ROOT / "examples" / "appointment-scheduled.json"
 
 

@@ -28,6 +28,9 @@ from tests.kit import (
 )
 from tests.service import Service, wait_for
 
+#: The whole service (web on a port, worker, clock) or its processes.
+pytestmark = pytest.mark.e2e
+
 
 @pytest.fixture
 def service(redis_client, redis_url, tmp_path):

@@ -35,6 +35,9 @@ from notifier.worker.actors import build_broker, declare_actors, enqueue_apply
 from tests.kit import appointment, client_upserted, event_dict, provider_upserted
 from tests.service import service_env, wait_for
 
+#: The whole service (web on a port, worker, clock) or its processes.
+pytestmark = pytest.mark.e2e
+
 NOW = datetime(2026, 12, 1, 15, 0, tzinfo=UTC)
 LEASE_S = 30.0
 

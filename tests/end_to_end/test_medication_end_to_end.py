@@ -27,6 +27,9 @@ from tests.kit import (
 )
 from tests.service import Service, wait_for
 
+#: The whole service (web on a port, worker, clock) or its processes.
+pytestmark = pytest.mark.e2e
+
 SUPPORT = {"NOTIFIER_SUPPORT_EMAIL": "support@practice.example",
            "NOTIFIER_SUPPORT_PHONE": "+14155550100"}
 

@@ -25,6 +25,9 @@ from tests.kit import (
 )
 from tests.service import Service, wait_for
 
+#: The whole service (web on a port, worker, clock) or its processes.
+pytestmark = pytest.mark.e2e
+
 SID = "AC" + "0" * 32
 TOKEN = "test-token"
 PUBLIC = "https://notifier.test"

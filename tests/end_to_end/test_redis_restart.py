@@ -15,6 +15,9 @@ from notifier.ledger.embedded_redis import free_port, redis_server_binary, wait_
 from tests.kit import appointment, client_upserted, daytime_zone, provider_upserted
 from tests.service import Service, wait_for
 
+#: The whole service (web on a port, worker, clock) or its processes.
+pytestmark = pytest.mark.e2e
+
 
 class DurableRedis:
     """A redis-server with its append-only file on, that a test can kill and bring back."""

@@ -30,6 +30,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from notifier.config import PROJECT_ROOT
 from notifier.intake.apply import apply_in_turn
 from notifier.intake.events import parse_event
@@ -42,6 +44,9 @@ from notifier.worker.actors import EVENTS_QUEUE, build_broker
 from notifier.worker.clock import Clock
 from tests.kit import appointment, client_upserted, daytime_zone, store_and_apply
 from tests.service import Service, wait_for
+
+#: The whole service (web on a port, worker, clock) or its processes.
+pytestmark = pytest.mark.e2e
 
 LEASE_S = 3
 BEFORE_KILL = 300  # reschedules queued before the workers start

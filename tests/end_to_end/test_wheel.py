@@ -23,7 +23,8 @@ from notifier.config import PROJECT_ROOT
 from notifier.ledger.embedded_redis import EmbeddedRedis, free_port
 from tests.service import wait_for
 
-pytestmark = pytest.mark.slow
+#: The installed wheel runs the whole service, and building it is slow.
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 #: The top-level directories the wheel carries, and where it puts them.
 SHIPPED = ("templates", "schedules", "examples")

@@ -10,11 +10,16 @@ import sys
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from notifier.config import PROJECT_ROOT
 from notifier.ledger.notifications import INFLIGHT
 from notifier.worker.actors import enqueue_deliver
 from tests.kit import appointment, client_upserted, daytime_zone, store_and_apply
 from tests.service import Service, wait_for
+
+#: The whole service (web on a port, worker, clock) or its processes.
+pytestmark = pytest.mark.e2e
 
 BOOKINGS = 200  # two confirmations each, due at once
 
