@@ -26,6 +26,9 @@ from notifier.ledger.embedded_redis import EmbeddedRedis, free_port
 from notifier.policy.timing import hold_for_quiet_hours
 from tests.service import wait_for
 
+#: Every test runs the `notifier` command in a process of its own.
+pytestmark = pytest.mark.slow
+
 EXAMPLE = PROJECT_ROOT / "examples" / "appointment-scheduled.json"
 
 
@@ -229,12 +232,12 @@ def _up(port: int) -> bool:
 def test_jobs_list_shows_the_next_digest_in_each_provider_zone(tmp_path, redis_url,
                                                                redis_client, policy):
     from notifier.ledger.store import Store
-    from tests.helpers import event, store_and_apply
+    from tests.kit import event_dict, store_and_apply
 
     now = datetime.now(UTC)
     store = Store(redis_client)
     for provider_id, zone in (("p-ny", "America/New_York"), ("p-ber", "Europe/Berlin")):
-        store_and_apply(store, policy, event("provider.upserted", {"provider": {
+        store_and_apply(store, policy, event_dict("provider.upserted", {"provider": {
             "id": provider_id, "name": "Dr. X", "email": "x@example.com", "timezone": zone}},
             now), now)
     result = notifier("jobs", "list", cwd=tmp_path, env={"NOTIFIER_REDIS_URL": redis_url})
@@ -263,7 +266,7 @@ def test_jobs_run_twice_plans_one_digest_and_says_so(tmp_path, redis_url, redis_
     from notifier.ledger.store import Store
     from notifier.policy.digest import digest_id
     from notifier.worker.cron import previous_fire
-    from tests.helpers import event, message_received, store_and_apply
+    from tests.kit import event_dict, message_received, store_and_apply
 
     schedules = tmp_path / "schedules"
     shutil.copytree(PROJECT_ROOT / "schedules", schedules)
@@ -279,7 +282,7 @@ def test_jobs_run_twice_plans_one_digest_and_says_so(tmp_path, redis_url, redis_
     now = datetime.now(UTC)
     store = Store(redis_client)
     for provider_id, zone in (("prov-1", "Europe/Madrid"), ("prov-2", "America/New_York")):
-        store_and_apply(store, policy, event("provider.upserted", {"provider": {
+        store_and_apply(store, policy, event_dict("provider.upserted", {"provider": {
             "id": provider_id, "name": "Dr. X", "email": f"{provider_id}@example.com",
             "timezone": zone}}, now), now)
     store_and_apply(store, policy, message_received("msg-1", "c1", now), now)  # for prov-1
@@ -754,10 +757,10 @@ def test_notifications_says_what_is_planned_and_why_at_any_hour(tmp_path, redis_
     confirmation is held by quiet hours until 08:00 its time, the second's is due now; a
     cancelled booking's notices say what cancelled them."""
     from notifier.ledger.store import Store
-    from tests.helpers import (
+    from tests.kit import (
         appointment,
         client_upserted,
-        event,
+        event_dict,
         store_and_apply,
         zone_at_hour,
     )
@@ -796,7 +799,7 @@ def test_notifications_says_what_is_planned_and_why_at_any_hour(tmp_path, redis_
     assert reminders and all(re.search(r"due in \d+ d \d+ h$", line) for line in reminders)
 
     later = now + timedelta(seconds=1)
-    store_and_apply(store, policy, event("appointment.cancelled", {
+    store_and_apply(store, policy, event_dict("appointment.cancelled", {
         "appointment_id": "a-c-day", "cancelled_by": "client"}, later), later)
     cancelled = notifier("notifications", "c-day", cwd=tmp_path, env=env)
     reminders = [line for line in cancelled.stdout.splitlines()
@@ -829,16 +832,16 @@ def test_dev_with_a_local_twilio_stand_in_starts_and_its_sdk_keeps_quiet(tmp_pat
     is fine (no real Twilio must reach it); the SDK's per-request INFO lines stay out of
     the log, and the SMS does go through it."""
     from tests.fakes import FakeTwilio
-    from tests.helpers import client_upserted, daytime_zone, event, provider_upserted
+    from tests.kit import client_upserted, daytime_zone, event_dict, provider_upserted
 
     now = datetime.now(UTC)
     events = [client_upserted("client-7", daytime_zone(now), now),
               provider_upserted("prov-1", now),
-              event("appointment.scheduled", {"appointment": {
-                  "id": "appt-7", "client_id": "client-7", "provider_id": "prov-1",
-                  "start": (now + timedelta(days=20)).isoformat(),
-                  "end": (now + timedelta(days=20, minutes=30)).isoformat(),
-                  "kind": "medication_management"}}, now)]
+              event_dict("appointment.scheduled", {"appointment": {
+                       "id": "appt-7", "client_id": "client-7", "provider_id": "prov-1",
+                       "start": (now + timedelta(days=20)).isoformat(),
+                       "end": (now + timedelta(days=20, minutes=30)).isoformat(),
+                       "kind": "medication_management"}}, now)]
     (tmp_path / "events.json").write_text(json.dumps(events))
     port = free_port()
     sid = "AC" + "7" * 32

@@ -30,7 +30,7 @@ def test_defaults_deliver_to_the_outbox_on_the_embedded_redis():
 
 
 def test_run_from_the_checkout_templates_and_schedules_are_its_top_level_ones(tmp_path):
-    # The installed wheel's side is tests/test_wheel.py.
+    # The installed wheel's side is tests/end_to_end/test_wheel.py.
     assert in_checkout()
     assert settings().templates_dir == PROJECT_ROOT / "templates" == project_dir("templates")
     assert settings().schedules_dir == PROJECT_ROOT / "schedules"

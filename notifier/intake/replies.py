@@ -53,7 +53,7 @@ class ReplyWord:
 
 
 #: Every word we act on (CTIA's and Twilio's opt-out list, Spanish equivalents, HELP, and
-#: our own C and R). A table test in tests/test_provider_hooks.py tries each of them.
+#: our own C and R). A table test in tests/web/test_provider_hooks.py tries each of them.
 REPLY_WORDS: tuple[ReplyWord, ...] = (
     # OPTOUT is also "OPT OUT" and "opt-out": `normalise` drops the space and the hyphen
     # (only the exact OPTOUT is Twilio's, see `carrier_confirmed`).

@@ -78,7 +78,7 @@ async def read_limited(request: Request, limit: int) -> bytes:
 #: dispatch script ourselves (its private argument order, `broker_id`, `_max_unpack_size`,
 #: `redis_message_id`): coupled to dramatiq's internals, and a pipeline cannot make the
 #: enqueue depend on the store's answer, so a duplicate would enqueue again, and the queue
-#: could no longer live on another Redis (three tests of tests/test_web.py fail with it).
+#: could no longer live on another Redis (three tests of tests/web/test_app.py fail with it).
 #: Measured with `python -m bench.ingest --events 4000 --concurrency 32` (2 shared cores,
 #: load average near 8 from other work, so noisy), four rounds, events/s:
 #: blocking (before) 924/713/1728/474, this 852/996/861/720, one pipeline 1325/1498/970/776;

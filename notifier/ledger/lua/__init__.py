@@ -3,7 +3,7 @@
 Every script names each key it touches in KEYS (none is built from ARGV or from a value
 read inside Redis), so each can run on Redis Cluster once the keys share a hash slot.
 Each file starts with a comment block: what the script does, its KEYS, its ARGV and what
-it returns. `tests/test_lua_scripts.py` checks both, statically and against a
+it returns. `tests/ledger/test_lua_scripts.py` checks both, statically and against a
 real Redis.
 """
 
