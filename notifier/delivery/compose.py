@@ -63,6 +63,9 @@ class Stored:
 
     @classmethod
     def from_fields(cls, notification_id: str, f: dict[str, str]) -> Stored:
+        """A notification from its hash's decoded fields (as `Schedule.begin` returns them);
+        times as aware UTC datetimes, `params` parsed from JSON. Raises KeyError when
+        `kind`, `channel`, `to`, `to_id`, `due` or `expires` is missing."""
         return cls(
             id=notification_id, kind=f["kind"], channel=f["channel"], recipient=f["to"],
             recipient_id=f["to_id"], due_at=from_epoch(f["due"]),
@@ -76,6 +79,10 @@ class Stored:
 
 def client_context(n: Stored, client: ClientRecord, provider: ProviderRecord | None,
                    settings: Settings) -> dict[str, Any]:
+    """The template variables of a client message: the practice's details, the provider's
+    name (or a stand-in in the client's language), and the params' times and dates written
+    in the client's zone and locale (`start_local`, `change_by_local`, `runout_local`, ...).
+    """
     c, p = client.client, n.params
     context: dict[str, Any] = {
         "first_name": c.first_name,
@@ -104,6 +111,9 @@ def client_context(n: Stored, client: ClientRecord, provider: ProviderRecord | N
 
 
 def invite_for(n: Stored, client: ClientRecord, settings: Settings, now: datetime) -> Attachment:
+    """The `invite.ics` attachment of a confirmation, update or cancellation email (METHOD
+    REQUEST or CANCEL). Raises KeyError when `n.params` lacks `appointment_id`, `start`,
+    `end` or `sequence`."""
     method = INVITE_METHODS[n.kind]
     p = n.params
     invite = Invite(
@@ -134,7 +144,8 @@ def compose_client_message(n: Stored, client: ClientRecord, provider: ProviderRe
     allows it, and never in SMS.
 
     An SMS is fitted to its budget (`sms_budget.fit`; `shorten()` gives a short link to stand
-    in for a video link too long to fit); `sms_budget.OverBudget` when it cannot be."""
+    in for a video link too long to fit); `sms_budget.OverBudget` when it cannot be. A
+    template that is missing or fails to render raises `TemplateError`."""
     c = client.client
     context = client_context(n, client, provider, settings)
     channel = n.channel
@@ -173,7 +184,8 @@ def _staff_message(n: Stored, to: str, context: dict[str, Any], renderer: Render
 
 def compose_support_message(n: Stored, provider: ProviderRecord | None, settings: Settings,
                             renderer: Renderer, now: datetime) -> Message:
-    """An alert to the support team: which client (by id), which provider, what, how old."""
+    """An alert to the support team: which client (by id), which provider, what, how old.
+    Raises `TemplateError` when its template is missing or fails to render."""
     p = n.params
     context: dict[str, Any] = {
         "practice_name": settings.practice_name,
@@ -214,7 +226,9 @@ class DigestLine:
 def compose_provider_digest(n: Stored, provider: ProviderRecord, queue: ProviderQueueRecord,
                             settings: Settings, policy: Policy, renderer: Renderer,
                             now: datetime) -> Message:
-    """The provider's open items, oldest first, with age and time left before escalation."""
+    """The provider's open items, oldest first, with age and time left before escalation.
+    Ages and times left are in whole hours. Raises `TemplateError` when its template is
+    missing or fails to render."""
     items = sorted(queue.items.values(), key=lambda item: item.opened_at)
     lines = [DigestLine(kind=item.kind.replace("_", " "), client_id=item.client_id,
                         age_h=_hours(now - item.opened_at),

@@ -80,6 +80,8 @@ MAX_READS = len(fields(Facts))
 
 @dataclass
 class Deliverer:
+    """Delivers claimed notifications: the store, the channels by name (`sms`, `email`), the
+    renderer, settings, policy and the send-rate limiters by channel."""
     store: Store
     channels: dict[str, Channel]
     renderer: Renderer
@@ -89,7 +91,12 @@ class Deliverer:
     rng: random.Random = field(default_factory=random.Random)
 
     def deliver(self, notification_id: str, now: datetime) -> Outcome:
-        """Take one claimed notification as far as it can go now; returns its outcome."""
+        """Take one claimed notification as far as it can go now; returns its `Outcome`.
+        Channel errors, template errors and bugs are not raised: they end in a retry or a
+        final state, and a send that went out but could not be recorded is
+        `Outcome.UNRECORDED`. Raises `StoreUnavailable` / `StoreError` when Redis fails
+        before anything is sent (`begin`) or while the notification is put back after an
+        unexpected error."""
         begun = self.store.schedule.begin(notification_id, now, self.settings.lease_s)
         if not begun.may_send:
             return Outcome(begun.verdict)

@@ -16,6 +16,7 @@ log = logging.getLogger(__name__)
 
 
 def other_channel(channel: str) -> str:
+    """The other channel: `email` for `sms`, `sms` for anything else."""
     return "email" if channel == "sms" else "sms"
 
 
@@ -45,7 +46,8 @@ def needs_opt_out(channel: str, client: ClientRecord) -> bool:
 
 
 def closed_now(channel: str, client: ClientRecord, store: Store) -> str:
-    """`closed_reason`, reading the opt-out list only when it matters."""
+    """`closed_reason`, reading the opt-out list only when it matters. Raises
+    `StoreUnavailable` when Redis cannot be reached."""
     opted_out = needs_opt_out(channel, client) and store.sms_opted_out(str(client.client.phone))
     return closed_reason(channel, client, opted_out)
 
@@ -53,7 +55,9 @@ def closed_now(channel: str, client: ClientRecord, store: Store) -> str:
 def use_other_channel(store: Store, notification_id: str, channel: str, client: ClientRecord,
                       why: str, now: datetime) -> bool:
     """When a client cannot be reached on `channel`, the message goes by the other if they
-    allow it, unless it is planned there already; returns whether it was added."""
+    allow it, unless it is planned there already; returns whether it was added. Raises
+    `StoreUnavailable` / `StoreError` from Redis, and `StoreContention` as
+    `PlanWriter.write_plan` does."""
     other = other_channel(channel)
     if closed_now(other, client, store):
         return False

@@ -42,6 +42,7 @@ SAMPLE_NOW = datetime(2026, 12, 1, 15, 0, tzinfo=UTC)
 
 
 def sample_client(locale: str, first_name: str = "Ana") -> ClientRecord:
+    """A sample client record (New York, SMS and email allowed) in `locale`."""
     return ClientRecord.model_validate({"updated_at": SAMPLE_NOW, "client": {
         "id": "client-1", "first_name": first_name, "phone": "+14155550123",
         "email": "ana@example.com", "timezone": "America/New_York", "locale": locale,
@@ -68,6 +69,8 @@ SAMPLE_QUEUE = ProviderQueueRecord(updated_at=SAMPLE_NOW, items={
 
 
 def sample_params(**overrides: Any) -> dict[str, Any]:
+    """Sample params of a notification (an appointment 13 days after `SAMPLE_NOW`, a
+    prescription, an open item), with `overrides` on top."""
     start = SAMPLE_NOW + timedelta(days=13, hours=0, minutes=30)
     params: dict[str, Any] = {
         "appointment_id": "appt-1", "provider_id": "prov-1", "start": start.isoformat(),
@@ -83,6 +86,8 @@ def sample_params(**overrides: Any) -> dict[str, Any]:
 
 
 def sample_stored(kind: str, channel: str, **overrides: Any) -> Stored:
+    """A sample notification of `kind` on `channel`, addressed to the recipient the kind
+    goes to, due at `SAMPLE_NOW`."""
     recipient = ("provider" if kind == "provider_digest"
                  else "support" if kind in STAFF_KINDS else "client")
     return Stored(id=f"{kind}:sample:preview:{channel}", kind=kind, channel=channel,
@@ -124,7 +129,9 @@ def preview_all(settings: Settings) -> str:
     """Every kind x channel x locale rendered with worst-case data (`WORST_NAME`,
     `LONG_JOIN_URL`, the zone with the longest name, a late cancellation), with each SMS's
     encoding and segments; and for client SMS the worst case over every name, date, zone
-    and branch of the template (`sms_budget.worst_case_sizes`), as start-up checks it."""
+    and branch of the template (`sms_budget.worst_case_sizes`), as start-up checks it.
+    Returns the table as text. Raises `TemplateError` when a template is missing or fails to
+    render, `ConfigError` when the policy file is bad."""
     renderer = Renderer(Path(settings.templates_dir))
     bounds = worst_case_sizes(settings, renderer, STAFF_KINDS)
     rows = [f"{'template':<36} {'sample: encoding, segments (units)':<36} "
@@ -167,6 +174,10 @@ def preview_all(settings: Settings) -> str:
 
 
 def preview(settings: Settings, kind: str, locale: str, channel: str | None) -> str:
+    """`kind` rendered with sample data in `locale`, on `channel` or on every channel it has
+    a template for: each message as text under a header with its SMS size. Raises
+    `TemplateError` for an unknown kind, a channel the kind is not sent by, or a template
+    that fails to render; `ConfigError` when the policy file is bad."""
     renderer = Renderer(Path(settings.templates_dir))
     channels = [channel] if channel else [c for c in ("sms", "email")
                                           if kind in renderer.kinds(c)]

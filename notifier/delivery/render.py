@@ -90,23 +90,30 @@ def zone_label(instant: datetime, zone: ZoneInfo, locale: str) -> str:
 
 
 def format_local_datetime(instant: datetime, zone: ZoneInfo, locale: str) -> str:
+    """`instant` written in `zone` with the locale's pattern (`en`'s for another locale),
+    followed by `zone_label`: `Tue, Dec 14 at 3:30 PM EST`."""
     pattern = DATETIME_PATTERNS.get(locale, DATETIME_PATTERNS[DEFAULT_LOCALE])
     written = format_datetime(instant, pattern, tzinfo=zone, locale=locale)
     return f"{written} {zone_label(instant, zone, locale)}"
 
 
 def format_local_time(instant: datetime, zone: ZoneInfo, locale: str) -> str:
+    """The time of day of `instant` in `zone`, as `format_local_datetime` writes it: `3:30
+    PM EST`."""
     pattern = TIME_PATTERNS.get(locale, TIME_PATTERNS[DEFAULT_LOCALE])
     written = format_datetime(instant, pattern, tzinfo=zone, locale=locale)
     return f"{written} {zone_label(instant, zone, locale)}"
 
 
 def format_day(day: date, locale: str) -> str:
+    """A date in the locale's pattern (`en`'s for another locale): `Monday, December 14`."""
     pattern = DATE_PATTERNS.get(locale, DATE_PATTERNS[DEFAULT_LOCALE])
     return format_date(day, pattern, locale=locale)
 
 
 def text_to_html(text: str) -> str:
+    """An HTML document from a text email: paragraphs escaped, line breaks kept, http(s)
+    URLs made links."""
     paragraphs = [p.strip() for p in text.split("\n\n") if p.strip()]
     parts = []
     for paragraph in paragraphs:
@@ -124,6 +131,8 @@ class RenderedEmail:
 
 
 class Renderer:
+    """The templates under one directory. Raises `TemplateError` when the directory does not
+    exist."""
     def __init__(self, templates_dir: Path) -> None:
         if not templates_dir.is_dir():
             raise TemplateError(f"templates directory {templates_dir} does not exist")
@@ -151,6 +160,9 @@ class Renderer:
         raise TemplateError(f"no {channel} template for {kind!r}")
 
     def sms(self, kind: str, locale: str, context: dict[str, Any]) -> str:
+        """The SMS body of `kind` in `locale` (`en` when it has none): one line, folded into
+        GSM-7 where it can be. Raises `TemplateError` when the template is missing or fails
+        to render."""
         template = self._template("sms", kind, locale)
         try:
             # Folded onto one line, then into GSM-7 where an equivalent exists (quotes,
@@ -163,7 +175,8 @@ class Renderer:
     def reply(self, name: str, locale: str, context: dict[str, Any]) -> str:
         """Our answer to an inbound SMS, from `templates/replies/{name}.{locale}.txt` (`en`
         when the locale has none), folded and kept to GSM-7 like an SMS body. Apart from
-        `sms/` so that nothing that walks the notification kinds meets them."""
+        `sms/` so that nothing that walks the notification kinds meets them. Raises
+        `TemplateError` when the template is missing or fails to render."""
         for candidate in (locale, DEFAULT_LOCALE):
             try:
                 template = self.sms_env.get_template(f"replies/{name}.{candidate}.txt")
@@ -178,6 +191,9 @@ class Renderer:
             raise TemplateError(f"replies/{name}.{locale}: {exc}") from exc
 
     def email(self, kind: str, locale: str, context: dict[str, Any]) -> RenderedEmail:
+        """The subject, text and HTML of the email of `kind` in `locale` (`en` when it has
+        none). Raises `TemplateError` when the template is missing, has no `subject` block
+        or fails to render."""
         template = self._template("email", kind, locale)
         try:
             subject = "".join(template.blocks["subject"](template.new_context(context))).strip()

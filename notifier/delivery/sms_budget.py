@@ -78,6 +78,7 @@ class FittedSms:
 
 
 def within_budget(size: SmsSize) -> bool:
+    """Whether `size` takes at most `MAX_SEGMENTS` segments."""
     return size.segments <= MAX_SEGMENTS
 
 
@@ -87,6 +88,7 @@ def sms_name(first_name: str) -> str:
 
 
 def short_url(public_url: str, token: str) -> str:
+    """The short link of `token` under the public URL: `{public_url}/j/{token}`."""
     return f"{public_url.rstrip('/')}/j/{token}"
 
 
@@ -95,7 +97,8 @@ def fit(template: str, render: Callable[[dict[str, Any]], str], context: dict[st
     """Render a client SMS within budget (steps 3 and 4 of the module's rule; the context's
     personal data is already cleaned). `template` names it in errors (`kind.locale`);
     `shorten()` gives the short link to the video visit, called only when it is needed (it
-    makes one on first use)."""
+    makes one on first use). Raises `OverBudget` (a `TemplateError`) when it does not fit
+    even with the short link, and `TemplateError` as `render` does."""
     body = render(context)
     size = measure(body)
     if within_budget(size):
@@ -136,6 +139,7 @@ def longest_zone(locale: str) -> tuple[str, str]:
 
 
 def longest_zone_label(locale: str) -> str:
+    """The longest zone label in `locale` (see `longest_zone`)."""
     return longest_zone(locale)[1]
 
 
@@ -174,12 +178,14 @@ def worst_case_contexts(settings: Settings, locale: str) -> Iterator[dict[str, A
 
 
 def client_sms_kinds(renderer: Renderer, staff_kinds: frozenset[str]) -> list[str]:
+    """The kinds with an SMS template, staff kinds left out, sorted."""
     return [k for k in renderer.kinds("sms") if k not in staff_kinds]
 
 
 def worst_case_sizes(settings: Settings, renderer: Renderer,
                      staff_kinds: frozenset[str]) -> dict[str, SmsSize]:
-    """The largest size of each client SMS template (`kind.locale`) over its worst cases."""
+    """The largest size of each client SMS template (`kind.locale`) over its worst cases.
+    Raises `TemplateError` when a template fails to render."""
     sizes: dict[str, SmsSize] = {}
     for kind in client_sms_kinds(renderer, staff_kinds):
         for locale in LOCALES:

@@ -92,6 +92,7 @@ def gsm7_only(text: str) -> str:
 
 
 def is_gsm7(text: str) -> bool:
+    """Whether every character of `text` is in GSM-7 (basic or extension table)."""
     return all(ch in GSM7 for ch in text)
 
 
@@ -105,6 +106,7 @@ class SmsSize:
     segments: int
 
     def describe(self) -> str:
+        """The size in words: `GSM-7, 161 septets, 2 segments`."""
         unit = "septets" if self.encoding == "GSM-7" else "UCS-2 units"
         plural = "" if self.segments == 1 else "s"
         return f"{self.encoding}, {self.units} {unit}, {self.segments} segment{plural}"

@@ -53,7 +53,8 @@ class AsyncEventStore:
                           subject: str | None = None, occurred_at: datetime | None = None
                           ) -> bool:
         """Store a raw event durably and queue it for its subject; False when this id was
-        accepted before. Raises `StoreUnavailable` when Redis cannot be reached."""
+        accepted before. Raises `StoreUnavailable` when Redis cannot be reached or take
+        commands now, `StoreError` when it refuses the script."""
         keys, args = store_event_call(event_id, raw, now, subject, occurred_at)
         with store_errors():
             return bool(await self._store_event(keys=keys, args=args))

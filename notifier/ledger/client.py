@@ -63,11 +63,16 @@ class LedgerPipeline(redis.client.Pipeline):
     `execute`) raise the ledger's errors."""
 
     def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        """Run one command now (while WATCHing: its reply) or queue it (the pipeline
+        itself), raising `StoreUnavailable` / `StoreError` in place of redis-py's errors."""
         with store_errors():
             # redis-py leaves execute_command unannotated
             return super().execute_command(*args, **kwargs)  # type: ignore[no-untyped-call]
 
     def execute(self, raise_on_error: bool = True) -> list[Any]:
+        """Send the queued commands; returns their replies, in order. Raises
+        `StoreUnavailable` / `StoreError`, or `redis.WatchError` when a WATCHed key changed
+        (nothing was written)."""
         with store_errors():
             return super().execute(raise_on_error)
 
@@ -77,11 +82,15 @@ class LedgerRedis(redis.Redis):
     (`StoreUnavailable`, `StoreError`) instead of redis-py's."""
 
     def execute_command(self, *args: Any, **options: Any) -> Any:
+        """Run one command; returns redis-py's reply. Raises `StoreUnavailable` /
+        `StoreError` in place of redis-py's errors."""
         with store_errors():
             # redis-py leaves execute_command unannotated
             return super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
 
     def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> LedgerPipeline:
+        """A `LedgerPipeline` on this client's connection pool (MULTI/EXEC unless
+        `transaction` is False)."""
         return LedgerPipeline(self.connection_pool, self.response_callbacks, transaction,
                               shard_hint)
 

@@ -1,6 +1,12 @@
 """Delivery reports from providers, and planning a notification again on another channel
 (a fallback). Key (under `n:`): `callbacks:unknown` (reports about ids the ledger does not
-know, the last thousand, kept for inspection)."""
+know, the last thousand, kept for inspection).
+
+Errors: on the ledger's client (`notifier.ledger.client`, as `Store` builds every part) each
+Redis call raises `StoreUnavailable` when Redis cannot be reached or cannot take commands
+now, and `StoreError` when it refuses one (a script error, `WRONGTYPE`); the docstrings
+below name only the errors of their own.
+"""
 
 from __future__ import annotations
 
@@ -35,7 +41,8 @@ class Deliveries:
 
     def record_delivery(self, notification_id: str, status: str, code: str,
                         now: datetime) -> bool:
-        """Record a provider's delivery report; an unknown id is kept aside and ignored."""
+        """Record a provider's delivery report; an unknown id is kept aside and ignored.
+        Returns False for an unknown id."""
         if self.schedule.record_delivery(notification_id, status, code, now):
             return True
         with self.redis.pipeline(transaction=False) as pipe:
@@ -48,7 +55,9 @@ class Deliveries:
     def add_on_other_channel(self, notification_id: str, channel: str, now: datetime,
                              reason: str) -> bool:
         """Plan the same notification on `channel`, due now, unless it is planned there
-        already (its dedupe key is the sibling's, so this happens at most once)."""
+        already (its dedupe key is the sibling's, so this happens at most once). Returns
+        whether it was added: False for an unknown or superseded notification, or one
+        planned there already. Raises `StoreContention` as `PlanWriter.write_plan` does."""
         f = self.reading.notification(notification_id)
         if not f or f.get("superseded"):
             return False

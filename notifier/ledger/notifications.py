@@ -10,6 +10,11 @@ A notification is a hash `n:notif:{id}` (id = its dedupe key) with a `state`:
 `n:inflight` holds claimed ids scored by lease expiry; a sweep puts expired leases back.
 Every transition is one Lua script, so two workers, a redelivered message or a replayed
 event can never move a notification twice (compare-and-set on `state`).
+
+Errors: on the ledger's client (`notifier.ledger.client`, as `Store` builds every part) each
+Redis call raises `StoreUnavailable` when Redis cannot be reached or cannot take commands
+now, and `StoreError` when it refuses one (a script error, `WRONGTYPE`); the docstrings
+below name only the errors of their own.
 """
 
 from __future__ import annotations
@@ -45,23 +50,30 @@ ENTITY_INDEX_TTL_S = 180 * 24 * 3600
 
 
 def notif_key(notification_id: str) -> str:
+    """The key of a notification's hash: `n:notif:{id}`."""
     return f"{PREFIX}notif:{notification_id}"
 
 
 def by_recipient_key(recipient: str, recipient_id: str) -> str:
-    """Index of one recipient's notifications by due time (the read API's source)."""
+    """Index of one recipient's notifications by due time (the read API's source): a sorted
+    set of ids scored in epoch seconds."""
     return f"{PREFIX}by-recipient:{recipient}:{recipient_id}"
 
 
 def by_entity_key(ref: str) -> str:
+    """The set of ids of the notifications planned about entity `ref` (`appointment:a1`)."""
     return f"{PREFIX}by-entity:{ref}"
 
 
 def epoch(instant: datetime) -> float:
+    """An aware datetime as epoch seconds (a float), the unit of every score and time field
+    in Redis."""
     return instant.timestamp()
 
 
 def from_epoch(value: str | float) -> datetime:
+    """Epoch seconds (a number, or its string as read from Redis) as an aware UTC datetime.
+    """
     return datetime.fromtimestamp(float(value), UTC)
 
 
@@ -126,6 +138,7 @@ class Begun:
 
     @property
     def may_send(self) -> bool:
+        """Whether the caller may send: the verdict is `OK` or `RECOVER`."""
         return self.verdict in (Verdict.OK, Verdict.RECOVER)
 
 
@@ -156,25 +169,34 @@ class Schedule:
 
     def claim(self, now: datetime, limit: int, lease_s: float,
               max_inflight: int = 5000) -> list[str]:
+        """Move the notifications due by `now` from the schedule to in flight, leased until
+        `now + lease_s` (seconds); returns their ids, soonest due first. At most `limit`,
+        and none beyond `max_inflight` in flight at once."""
         ids = self._claim(keys=[SCHEDULE, INFLIGHT],
                           args=[epoch(now), limit, epoch(now) + lease_s, max_inflight])
         return [i.decode() for i in ids]
 
     def sweep(self, now: datetime, limit: int = 1000) -> list[str]:
+        """Put notifications whose in-flight lease ran out by `now` back on the schedule;
+        returns their ids, at most `limit`."""
         ids = self._sweep(keys=[INFLIGHT, SCHEDULE], args=[epoch(now), limit])
         return [i.decode() for i in ids]
 
     def begin(self, notification_id: str, now: datetime, lease_s: float,
               early_s: float = 1.0) -> Begun:
-        """`scheduled` (and due within `early_s`) -> `sending`, leased until `now +
-        lease_s`, or an expired lease taken over; see `Verdict` for every answer. Raises
-        ValueError for a verdict the script does not give."""
+        """`scheduled` (and due within `early_s` seconds) -> `sending`, leased until `now +
+        lease_s`, or an expired lease taken over; see `Verdict` for every answer. The fields
+        are the hash's, decoded, when it may be sent. Raises ValueError for a verdict the
+        script does not give."""
         raw = self._begin(keys=[notif_key(notification_id), INFLIGHT, SCHEDULE],
                           args=[notification_id, epoch(now), epoch(now) + lease_s, early_s])
         verdict, rest = Verdict(raw[0].decode()), [v.decode() for v in raw[1:]]
         return Begun(verdict, dict(zip(rest[::2], rest[1::2], strict=True)))
 
     def finish(self, notification_id: str, state: str, **fields: Any) -> bool:
+        """`sending` -> the final `state`, with `fields` set on the hash (None stored as
+        ""); counts the outcome, and for a send with `sent_at` its lateness. False when the
+        notification was not `sending` (or does not exist)."""
         flat: list[Any] = []
         for name, value in fields.items():
             flat += [name, "" if value is None else value]

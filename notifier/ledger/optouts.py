@@ -1,6 +1,12 @@
 """SMS opt-outs, per number (so for every client who shares it): set by an opt-out reply
 or a carrier's "opted out" error, cleared by an opt-in reply. Key (under `n:`):
-`sms-optout` (a set of numbers)."""
+`sms-optout` (a set of numbers).
+
+Errors: on the ledger's client (`notifier.ledger.client`, as `Store` builds every part) each
+Redis call raises `StoreUnavailable` when Redis cannot be reached or cannot take commands
+now, and `StoreError` when it refuses one (a script error, `WRONGTYPE`); the docstrings
+below name only the errors of their own.
+"""
 
 from __future__ import annotations
 
@@ -21,11 +27,14 @@ class OptOuts:
         self.redis: Any = client
 
     def set_sms_opt_out(self, phone: str, opted_out: bool) -> None:
+        """Add `phone` (E.164) to the opt-out set, or take it out when `opted_out` is False.
+        """
         if opted_out:
             self.redis.sadd(SMS_OPT_OUTS, phone)
         else:
             self.redis.srem(SMS_OPT_OUTS, phone)
 
     def sms_opted_out(self, phone: str) -> bool:
+        """Whether `phone` has opted out of SMS."""
         return bool(self.redis.sismember(SMS_OPT_OUTS, phone))
 

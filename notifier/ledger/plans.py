@@ -2,6 +2,11 @@
 or one not tied to an event (`PlanWriter.write_plan`, a cron job's). A plan's records,
 cancels and notifications, the event's new status and its leaving its subject's queue
 commit in one MULTI.
+
+Errors: on the ledger's client (`notifier.ledger.client`, as `Store` builds every part) each
+Redis call raises `StoreUnavailable` when Redis cannot be reached or cannot take commands
+now, and `StoreError` when it refuses one (a script error, `WRONGTYPE`); the docstrings
+below name only the errors of their own.
 """
 
 from __future__ import annotations
@@ -170,7 +175,8 @@ class PlanWriter:
         """The notification ids indexed under each entity `plan` cancels, by ref: the
         indexes are WATCHed on `pipe` first, then read in one round trip. The cancel
         script is given each id's key (every key a script touches is in its KEYS), and
-        the WATCH fails the transaction when an id is added before it commits."""
+        the WATCH fails the transaction when an id is added before it commits. {} when the
+        plan cancels nothing."""
         if not plan.cancel:
             return {}
         pipe.watch(*(by_entity_key(ref) for ref in plan.cancel))

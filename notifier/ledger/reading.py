@@ -1,6 +1,12 @@
 """Reading the ledger: one notification, a recipient's notifications as the read API shows
 them, an entity's, a client's upcoming appointments, what stands in a send's way, and the
-figures /metrics reports. Reads only: nothing here writes."""
+figures /metrics reports. Reads only: nothing here writes.
+
+Errors: on the ledger's client (`notifier.ledger.client`, as `Store` builds every part) each
+Redis call raises `StoreUnavailable` when Redis cannot be reached or cannot take commands
+now, and `StoreError` when it refuses one (a script error, `WRONGTYPE`); the docstrings
+below name only the errors of their own.
+"""
 
 from __future__ import annotations
 
@@ -119,6 +125,9 @@ class Reading:
         return bool(replies[0]), len(replies) > 1 and bool(replies[1])
 
     def notification(self, notification_id: str) -> dict[str, str]:
+        """Every field of the notification's hash, decoded (`state`, `kind`, `channel`,
+        `to`, `to_id`, `entity`, `params` as JSON, `due` and `expires` in epoch seconds); {}
+        for an unknown or expired id."""
         raw = self.redis.hgetall(notif_key(notification_id))
         return {k.decode(): v.decode() for k, v in raw.items()}
 

@@ -5,6 +5,11 @@ Keys (all under `n:`): `rec:{ref}` (entity record JSON), `providers` (the id of 
 provider with a record, so the clock finds them without scanning the keyspace),
 `phone-clients:{phone}` (the ids of every client with that number). The record models are
 in `notifier.ledger.records`.
+
+Errors: on the ledger's client (`notifier.ledger.client`, as `Store` builds every part) each
+Redis call raises `StoreUnavailable` when Redis cannot be reached or cannot take commands
+now, and `StoreError` when it refuses one (a script error, `WRONGTYPE`); the docstrings
+below name only the errors of their own.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ MAX_WATCH_TRIES = 50
 
 
 def record_key(ref: str) -> str:
+    """The key of an entity record's JSON: `n:rec:{ref}`."""
     return f"{PREFIX}rec:{ref}"
 
 
@@ -36,7 +42,9 @@ def record_key(ref: str) -> str:
 def parse_record(kind: str, raw: bytes) -> Record:
     """A record from its stored JSON. Cached by the exact bytes: a client's record is read
     for every message they get, and validating it (email addresses, phone numbers, zones)
-    costs more than the Redis round trip. Records are frozen, so sharing them is safe."""
+    costs more than the Redis round trip. Records are frozen, so sharing them is safe.
+    Raises KeyError for an unknown kind and pydantic's ValidationError for JSON that does
+    not fit the model."""
     return RECORD_TYPES[kind].model_validate_json(raw)
 
 
@@ -103,6 +111,9 @@ class RecordStore:
         self.redis: Any = client
 
     def load_records(self, refs: list[str], pipe: Any = None) -> dict[str, Record]:
+        """The stored records of `refs` (`client:c1`), by ref; a ref with no record is left
+        out. Read in one MGET, on `pipe` when given (a WATCHing pipeline reads at once). A
+        record that no longer parses raises as `parse_record` says."""
         if not refs:
             return {}
         values = (pipe or self.redis).mget([record_key(r) for r in refs])
@@ -110,6 +121,7 @@ class RecordStore:
                 for ref, value in zip(refs, values, strict=True) if value is not None}
 
     def load_record(self, ref: str) -> Record | None:
+        """The stored record of `ref`, or None when there is none."""
         return self.load_records([ref]).get(ref)
 
     def update_record(self, ref: str, change: Callable[[Record | None], Record | None]) -> bool:

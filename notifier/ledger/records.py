@@ -60,9 +60,12 @@ class VisitsRecord(Record):
     upcoming: dict[str, AwareDatetime] = Field(default_factory=dict)
 
     def has_visit_after(self, instant: datetime) -> bool:
+        """Whether a still-scheduled visit starts after `instant` (aware)."""
         return any(start > instant for start in self.upcoming.values())
 
     def has_visit_between(self, start: datetime, end: datetime) -> bool:
+        """Whether a still-scheduled visit starts strictly between `start` and `end`
+        (aware)."""
         return any(start < visit < end for visit in self.upcoming.values())
 
 

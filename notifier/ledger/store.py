@@ -13,6 +13,11 @@ parts, each of one concern, and forwards to them, so callers hold one object.
 - `opt_outs` (`notifier.ledger.optouts.OptOuts`): numbers opted out of SMS;
 - `schedule`, `turns`, `short_links`: the notification ledger, per-subject turns and short
   links (`notifier.ledger.notifications`, `.turns`, `.shortlinks`).
+
+Errors: `Store` puts the client it is given behind `ledger_client`, so every Redis call
+below raises `StoreUnavailable` when Redis cannot be reached or take commands now and
+`StoreError` when it refuses one; each method forwards to one part, whose docstring says
+what it returns and the errors of its own (`StoreContention`, `TurnLost`).
 """
 
 from __future__ import annotations

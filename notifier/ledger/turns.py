@@ -19,6 +19,11 @@ needs to see every accepted event of the subject at once, and a lease survives a
 killed mid-apply. Taking the turn is one `SET NX`; passing to the next event and giving
 the turn back are one script, which gives the turn back only when the queue is empty, so an
 event queued while the holder finishes is never stranded.
+
+Errors: on the ledger's client (`notifier.ledger.client`, as `Store` builds every part) each
+Redis call raises `StoreUnavailable` when Redis cannot be reached or cannot take commands
+now, and `StoreError` when it refuses one (a script error, `WRONGTYPE`); the docstrings
+below name only the errors of their own.
 """
 
 from __future__ import annotations
@@ -36,22 +41,28 @@ HELD_EVENTS = PREFIX + "events:held"
 
 
 def queue_key(ref: str) -> str:
+    """The key of a subject's queue of unapplied events: `n:subject-queue:{ref}`."""
     return f"{PREFIX}subject-queue:{ref}"
 
 
 def turn_key(ref: str) -> str:
+    """The key holding the token of the worker whose turn it is: `n:turn:{ref}`."""
     return f"{PREFIX}turn:{ref}"
 
 
 def held_key(ref: str) -> str:
+    """The key of a subject's held closes: `n:held:{ref}`."""
     return f"{PREFIX}held:{ref}"
 
 
 def queue_member(event_id: str, arrived_at: datetime) -> str:
+    """The queue member of an event: its arrival in microseconds since the epoch (16 digits)
+    and its id, so equal scores keep arrival order."""
     return f"{int(epoch(arrived_at) * 1_000_000):016d}:{event_id}"
 
 
 def member_event_id(member: str) -> str:
+    """The event id of a queue member (`queue_member`'s inverse)."""
     return member.split(":", 1)[1]
 
 

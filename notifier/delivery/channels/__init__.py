@@ -52,8 +52,11 @@ class Receipt:
 
 
 class Channel(Protocol):
+    """What the deliverer sends through: `send`, and `already_sent` after a crash."""
     def send(self, message: Message, now: datetime) -> Receipt:
-        """Send or raise `RetryableError` / `PermanentError`."""
+        """Send `message`; returns the provider's `Receipt` (`sent_at` is `now`). Raises
+        `RetryableError` (may succeed later, perhaps with `retry_after_s`) or
+        `PermanentError` (never will), both with the provider's `code`."""
         ...
 
     def already_sent(self, message: Message) -> bool | None:

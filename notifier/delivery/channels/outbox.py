@@ -35,6 +35,7 @@ def _private_file(path: Path, flags: int) -> int:
 
 
 class Outbox:
+    """The outbox under `directory`, created owner-only with an empty `messages.jsonl`."""
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.directory.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -44,6 +45,9 @@ class Outbox:
         os.close(_private_file(self.path, os.O_WRONLY | os.O_APPEND))
 
     def send(self, message: Message, now: datetime) -> Receipt:
+        """Append `message` as one JSON line (attachments written beside it); returns a
+        `Receipt` whose provider id is `outbox:{notification id}`. Raises no `ChannelError`;
+        an `OSError` when the directory cannot be written."""
         names = []
         for attachment in message.attachments:
             name = f"{_safe_name(message.notification_id)}.{attachment.filename}"

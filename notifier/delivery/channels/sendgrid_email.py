@@ -44,6 +44,7 @@ def build_mail(message: Message, from_email: str, from_name: str) -> dict[str, A
 
 
 class SendGridEmail:
+    """The email channel through SendGrid, with the key, host and sender of `settings`."""
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.client = SendGridAPIClient(reveal(settings.sendgrid_api_key),
@@ -51,6 +52,10 @@ class SendGridEmail:
         self.client.client.timeout = HTTP_TIMEOUT_S
 
     def send(self, message: Message, now: datetime) -> Receipt:
+        """Send `message`; returns a `Receipt` with SendGrid's `X-Message-Id` (the
+        notification id when it gives none). Raises `RetryableError` for a 429 or 5xx (with
+        Retry-After's seconds) and for a network failure or timeout (code `network`),
+        `PermanentError` for any other refusal (code: the HTTP status)."""
         mail = build_mail(message, self.settings.from_email, self.settings.practice_name)
         try:
             response = self.client.send(mail)
@@ -70,6 +75,7 @@ class SendGridEmail:
         return Receipt(provider_id=str(message_id), sent_at=now)
 
     def already_sent(self, message: Message) -> bool | None:
+        """SendGrid cannot be asked whether a message went out: always None."""
         return None
 
 

@@ -41,6 +41,8 @@ class RoutingHttpClient(TwilioHttpClient):  # type: ignore[misc]  # twilio has n
         self._headers: dict[str, str] = {}
 
     def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Response:
+        """Twilio's request, sent to `base_url` when one is set; the response's headers are
+        kept for `last_headers`."""
         if self.base_url:
             parts = urlsplit(url)
             url = self.base_url + parts.path + (f"?{parts.query}" if parts.query else "")
@@ -50,10 +52,14 @@ class RoutingHttpClient(TwilioHttpClient):  # type: ignore[misc]  # twilio has n
         return response
 
     def last_headers(self) -> dict[str, str]:
+        """The headers of the last response, names lower-case; {} while a request is under
+        way."""
         return self._headers
 
 
 def retry_after_s(headers: dict[str, str]) -> float | None:
+    """A `Retry-After` header in seconds (at least 0); None when absent or not a number of
+    seconds."""
     value = headers.get("retry-after", "")
     try:
         return max(0.0, float(value)) if value else None
@@ -118,6 +124,11 @@ class TwilioSMS:
         return params
 
     def send(self, message: Message, now: datetime) -> Receipt:
+        """Send `message`; returns a `Receipt` with the message's SID and Twilio's segment
+        count. Raises `RetryableError` for a 429 or 5xx (with Retry-After's seconds) and for
+        a network failure or timeout (code `network`), `PermanentError` for any other
+        refusal (code: Twilio's error code, such as 21610 for a number that replied STOP).
+        """
         client, http = self._sdk()
         try:
             created = client.messages.create(**self.build_request(message, now))
