@@ -14,7 +14,8 @@
     │   └── PermanentError     never retry (invalid number, unsubscribed, bounced)
     └── StoreError             Redis data is not what we expect, or Redis refused a command
         ├── StoreUnavailable   Redis cannot be reached or cannot take commands now
-        └── StoreContention    a WATCHed write lost to concurrent writers too many times
+        ├── StoreContention    a WATCHed write lost to concurrent writers too many times
+        └── TurnLost           a worker's turn on a subject ran out; another goes on
 """
 
 from __future__ import annotations
@@ -101,3 +102,7 @@ class StoreUnavailable(StoreError):
 class StoreContention(StoreError):
     """An optimistic (WATCH) write kept losing to concurrent writers of the same keys and
     gave up; nothing was written. Retrying later is safe."""
+
+
+class TurnLost(StoreError):
+    """The caller's turn on a subject ran out and another worker took it: stop applying."""

@@ -8,10 +8,9 @@ import secrets
 from collections.abc import Callable
 from datetime import datetime
 
-from notifier.errors import InvalidEvent, StoreContention, StoreUnavailable
+from notifier.errors import InvalidEvent, StoreContention, StoreUnavailable, TurnLost
 from notifier.intake.events import parse_event
 from notifier.ledger.events import event_key
-from notifier.ledger.plans import TurnLost
 from notifier.ledger.records import Record, State
 from notifier.ledger.store import Store
 from notifier.policy import derived_refs, plan, refs_for

@@ -19,7 +19,7 @@ from typing import Any
 import redis
 from pydantic import BaseModel
 
-from notifier.errors import StoreContention, StoreError
+from notifier.errors import StoreContention, StoreError, TurnLost
 from notifier.ledger.events import EVENT_RETENTION_S, PENDING_EVENTS, event_key, hold, unhold
 from notifier.ledger.notifications import (
     ENTITY_INDEX_TTL_S,
@@ -41,10 +41,6 @@ from notifier.policy.plan import Plan, PlannedNotification
 #: A planner given a stored raw event, a loader of (watched) records and the event's
 #: arrival time.
 Decide = Callable[[bytes, Callable[[list[str]], dict[str, Record]], datetime], Plan]
-
-
-class TurnLost(StoreError):
-    """The caller's turn on a subject ran out and another worker took it: stop applying."""
 
 
 def _notification_fields(n: PlannedNotification, now: datetime) -> list[Any]:

@@ -12,11 +12,10 @@ import pytest
 import redis
 
 from notifier.delivery.channels.outbox import Outbox
-from notifier.errors import StoreContention
+from notifier.errors import StoreContention, TurnLost
 from notifier.intake.apply import apply_in_turn, apply_stored_event
 from notifier.intake.events import parse_event
 from notifier.ledger.events import PENDING_EVENTS, event_key
-from notifier.ledger.plans import TurnLost
 from notifier.ledger.record_store import MAX_WATCH_TRIES, record_key
 from notifier.ledger.records import Record
 from notifier.ledger.store import Store
