@@ -371,14 +371,16 @@ def notification_lines(views: list[Any], zone: Any, now: datetime, quiet: Any) -
     for view in views:
         due = view.due_at.astimezone(zone)
         if view.state == "scheduled":
+            held = view.due_at > now and due.time() == quiet.end
             if view.due_at <= now:
                 why = "due now: a running worker and clock send it"
             else:
                 why = f"due in {_duration(view.due_at - now)}"
-                if due.time() == quiet.end:
+                if held:
                     why += (f", held by quiet hours ({quiet.start:%H:%M}-{quiet.end:%H:%M} "
                             "client-local)")
-            if view.reason:
+            # The worker records "quiet hours" when it holds one itself: said already.
+            if view.reason and not (held and view.reason == "quiet hours"):
                 why += f" ({view.reason})"
             when = due
         elif view.sent_at is not None:

@@ -872,3 +872,20 @@ def test_dev_with_a_local_twilio_stand_in_starts_and_its_sdk_keeps_quiet(tmp_pat
     assert "listening on" in output
     assert "twilio.http_client" not in output and "Twilio API Request" not in output
     assert "Traceback" not in output
+
+
+@pytest.mark.parametrize("reason", ["", "quiet hours"])
+def test_a_hold_for_quiet_hours_is_said_once_whoever_held_it(policy, reason):
+    """Planned at night, or held by the worker when it came up (which records "quiet
+    hours"): the line says it once either way."""
+    from notifier.cli import notification_lines
+    from notifier.ledger.reading import NotificationRow
+
+    zone = ZoneInfo("America/New_York")
+    now = datetime(2026, 11, 30, 6, 0, tzinfo=UTC)  # 01:00 in New York
+    morning = datetime(2026, 11, 30, 13, 0, tzinfo=UTC)  # 08:00 there
+    row = NotificationRow(id="n1", kind="appointment_confirmation", channel="sms",
+                          due_at=morning, expires_at=morning + timedelta(days=9),
+                          state="scheduled", reason=reason, sent_at=None, code=None)
+    [line] = notification_lines([row], zone, now, policy.quiet_hours)
+    assert line.endswith("due in 7 h 0 min, held by quiet hours (21:00-08:00 client-local)")
