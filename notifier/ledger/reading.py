@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 import redis
+from pydantic import BaseModel, ConfigDict
 
 from notifier.ledger.deliveries import DELIVERY_FAILURES
 from notifier.ledger.events import PENDING_EVENTS
@@ -52,10 +53,11 @@ def shown_state(fields: dict[str, str]) -> str:
 
 
 
-@dataclass(frozen=True)
-class NotificationRow:
+class NotificationRow(BaseModel):
     """A notification as the read API shows it (`notifier.web.views.NotificationView` is
-    its HTTP shape)."""
+    its HTTP shape: the same fields, under the name the API documents)."""
+
+    model_config = ConfigDict(frozen=True)
 
     id: str
     kind: str

@@ -2,30 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from pydantic import ConfigDict
 
-from pydantic import BaseModel, ConfigDict
+from notifier.ledger.reading import NotificationRow
 
 
-class NotificationView(BaseModel):
-    """A notification as the read API shows it (built from a
-    `notifier.ledger.reading.NotificationRow`)."""
+class NotificationView(NotificationRow):
+    """A notification as the read API shows it: the ledger's `NotificationRow`, under the
+    name the OpenAPI document gives it (built from a row with `model_validate`)."""
 
-    model_config = ConfigDict(from_attributes=True)
-
-    id: str
-    kind: str
-    channel: str
-    due_at: datetime
-    expires_at: datetime
-    state: str
-    reason: str
-    sent_at: datetime | None
-    code: str | None
-    delivery: str | None = None
-    #: an SMS's encoding when it was rendered: GSM-7 or UCS-2
-    sms_encoding: str | None = None
-    #: the segments it takes, counted as carriers count them
-    sms_segments: int | None = None
-    #: the segments the provider says it sent (Twilio's num_segments)
-    provider_segments: int | None = None
+    model_config = ConfigDict(from_attributes=True, frozen=True)
