@@ -38,6 +38,7 @@ import argparse
 import os
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -157,7 +158,7 @@ def plan_through_events(server: common.RedisServer, port: int, count: int, due: 
     wait_applied(r, alive)
     expected = workload.expected_ids(len(messages), tag)
     scheduled = r.zcard(SCHEDULE)
-    if scheduled < len(expected):
+    if time.time() < min(messages).timestamp() and scheduled < len(expected):
         raise RuntimeError(f"{scheduled} notifications scheduled, {len(expected)} expected")
     return expected, time.perf_counter() - started
 
@@ -173,19 +174,25 @@ def wait_applied(r: Any, alive: Callable[[], None], timeout_s: float = 600.0) ->
 
 #: Events posted and applied per second, first guess (a busy 2-core machine); later runs
 #: of one invocation use what the first measured.
-PLAN_RATE_GUESS = 200.0
+PLAN_RATE_GUESS = 250.0
 
 
 def plan_margin_s(messages: int, plan_rate: float) -> float:
     """How long after start-up T is set: the planning at `plan_rate` events/s, with room
     (a run that overruns says so in its table)."""
-    return START_MARGIN_S + 1.3 * messages / plan_rate
+    return START_MARGIN_S + 1.2 * messages / plan_rate
 
 
 def run_ours(server: common.RedisServer, base: Path, count: int, processes: int | None,
-             threads: int | None, plan_rate: float = PLAN_RATE_GUESS) -> Run:
+             threads: int | None, plan_rate: float = PLAN_RATE_GUESS,
+             spread_s: float = 0.0, fsync_from_due: str | None = None,
+             at_due: Callable[[int, str, int], None] | None = None) -> Run:
     """Our Procfile processes: `processes` x `notifier worker --threads T` (None: one
-    `notifier worker` at its defaults)."""
+    `notifier worker` at its defaults). The `count` notifications fall due at T, or, with
+    `spread_s`, evenly from T over that many seconds (three at each instant). `at_due(port,
+    secret, web_pid)`, if given, runs in a thread from T on, and is waited for.
+    `fsync_from_due`: the server's `appendfsync` is set to it once everything is planned
+    (planning under `always` is slow, and it is not what is measured)."""
     label = "defaults" if processes is None else f"{processes}x{threads}"
     work = fresh_dir(base, f"ours-{label}")
     r = server.client(0)
@@ -199,19 +206,36 @@ def run_ours(server: common.RedisServer, base: Path, count: int, processes: int 
         common.wait_for_http(port, alive=procs)
         common.wait_settled(procs.pids)
         base_memory = int(r.info("memory")["used_memory"])
-        due = datetime.now(UTC) + timedelta(seconds=plan_margin_s(messages_for(count), plan_rate))
+        messages = messages_for(count)
+        due = datetime.now(UTC) + timedelta(seconds=plan_margin_s(messages, plan_rate))
+        dues = [due + timedelta(seconds=spread_s * i / messages) for i in range(messages)]
         expected, plan_s = plan_through_events(server, port, count, due, "b", secret,
-                                               procs.check_alive)
+                                               procs.check_alive, dues)
         planned_at = time.time()
         memory = int(r.info("memory")["used_memory"]) - base_memory
+        if fsync_from_due is not None:
+            r.config_set("appendfsync", fsync_from_due)
         senders = [pid for name, pid in zip(procs.names, procs.pids, strict=True)
                    if name != "web"]
         layout = (default_layout(senders[0]) if processes is None
                   else f"{processes} x {threads}")
+        side = None
+        if at_due is not None:
+            web_pid = procs.pids[procs.names.index("web")]
+            side = threading.Thread(target=_at, args=(due.timestamp(), at_due,
+                                                      (port, secret, web_pid)))
+            side.start()
         drained = drain(work / "outbox", expected, due.timestamp(), senders, server.pid,
                         procs.check_alive)
+        if side is not None:
+            side.join()
     return result("Notifier" + (" (defaults)" if processes is None else ""), layout,
                   expected, plan_s, planned_at, due.timestamp(), drained, memory)
+
+
+def _at(due: float, work: Callable[..., None], args: tuple[Any, ...]) -> None:
+    time.sleep(max(0.0, due - time.time()))
+    work(*args)
 
 
 def default_layout(worker_pid: int) -> str:

