@@ -283,7 +283,7 @@ def run(url: str, tmp: Path, count: int, thread_counts: list[int]) -> None:
                    "runs."])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=None,
                         help="events per scenario (default 800; --quick 200)")
@@ -291,7 +291,7 @@ def main() -> None:
                         help="worker thread counts to run, comma-separated (default 4,8; "
                              "--quick 4)")
     parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     threads = args.threads or ("4" if args.quick else "4,8")
     thread_counts = [int(t) for t in threads.split(",")]
     with common.redis_server() as server:

@@ -4,7 +4,7 @@ the real processes, beside Celery ETA tasks and dramatiq delayed messages on the
 How to run:
 
     python -m bench.burst                  # N = 20,000, each system 2 processes x 4 threads
-    python -m bench.burst --quick          # N = 5,000 (what `make bench` runs)
+    python -m bench.burst --quick          # N = 3,000 (what `make bench` runs)
     python -m bench.burst --count 3000 --processes 1 --threads 8 --no-defaults --no-peers
 
 How it works, per system, one after the other on one private redis-server (no
@@ -52,7 +52,7 @@ from notifier.ledger.events import PENDING_EVENTS
 from notifier.ledger.notifications import SCHEDULE
 
 #: Seconds between the processes being up and T, beyond the planning itself.
-START_MARGIN_S = 2.0
+START_MARGIN_S = 1.5
 
 
 @dataclass
@@ -283,7 +283,7 @@ def run_peer(server: common.RedisServer, base: Path, system: str, count: int, pr
     with common.processes(commands, env, work, work / "logs") as procs:
         common.wait_settled(procs.pids)
         base_memory = int(r.info("memory")["used_memory"])
-        due = datetime.now(UTC) + timedelta(seconds=START_MARGIN_S + count / 1000)
+        due = datetime.now(UTC) + timedelta(seconds=1.0 + count / 2000)
         tasks = workload.peer_tasks([due] * messages, "b")
         started = time.perf_counter()
         send = celery_sender(url) if system == "Celery" else dramatiq_sender(url)
@@ -409,7 +409,7 @@ def run_burst(count: int, processes: int, threads: int, *, defaults: bool = True
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--count", type=int, default=None,
-                        help="notifications due at T (default 20,000; --quick 5,000)")
+                        help="notifications due at T (default 20,000; --quick 3,000)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--threads", type=int, default=4)
@@ -417,7 +417,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="skip ours at `notifier worker`'s own defaults")
     parser.add_argument("--no-peers", action="store_true")
     args = parser.parse_args(argv)
-    count = args.count or (5_000 if args.quick else 20_000)
+    count = args.count or (3_000 if args.quick else 20_000)
     run_burst(count, args.processes, args.threads, defaults=not args.no_defaults,
               peers=not args.no_peers)
 

@@ -5,7 +5,7 @@ while a burst is draining.
 How to run:
 
     python -m bench.ingest                 # 30 s per variant
-    python -m bench.ingest --quick         # 5 s per variant (what `make bench` runs)
+    python -m bench.ingest --quick         # 3 s per variant (what `make bench` runs)
     python -m bench.ingest --seconds 10 --clients 32 --burst 20000
 
 How it works: a private redis-server with `appendonly yes` and the chosen `appendfsync`;
@@ -14,8 +14,9 @@ the real `notifier web` process (the Procfile's) on 127.0.0.1. Distinct signed
 from `--clients` keep-alive connections for `--seconds` (after a 200-event warm-up that
 is not counted). Every answer must be 202 ("refused" counts the others).
 
-- `always` and `everysec`: `notifier web` alone; the events wait for a worker that is not
-  started, so only storing and enqueueing is measured.
+- `always` and `everysec`: `notifier web` alone (one process, the policy switched with
+  CONFIG SET between the two); the events wait for a worker that is not started, so only
+  storing and enqueueing is measured.
 - `always, burst draining`: the whole product (web, clock, `notifier worker` at its
   defaults) with a burst of `--burst` notifications falling due (`bench/burst.py`); the
   load starts at the burst's due instant and runs while it drains. The burst is planned
@@ -86,20 +87,27 @@ def load(variant: str, port: int, secret: str, web_pid: int, clients: int,
                   web_cpu_s_per_1k=cpu * 1000 / max(1, len(latencies)))
 
 
-def web_alone(appendfsync: str, clients: int, seconds: float) -> tuple[Ingest, common.Machine]:
-    with common.redis_server(appendfsync) as server:
+def web_alone(policies: list[str], clients: int, seconds: float
+              ) -> tuple[list[Ingest], common.Machine]:
+    """`notifier web` alone, loaded once per fsync policy (set with CONFIG SET between
+    them, on one server and one web process)."""
+    with common.redis_server(policies[0]) as server:
         work = fresh_dir(server.dir, "web")
         secret = workload.new_secret()
         env = common.python_env(common.product_env(server.url, work / "outbox", secret,
                                                    work / "var"))
         commands = common.product_commands(0, None, clock=False)
         port = common.web_port(commands)
+        results = []
         with common.processes(commands, env, work, work / "logs") as procs:
             common.wait_for_http(port, alive=procs)
             common.wait_settled(procs.pids)
-            result = load(f"appendfsync {appendfsync}", port, secret, procs.pids[-1], clients,
-                          seconds)
-        return result, common.machine(server.url)
+            r = server.client()
+            for policy in policies:
+                r.config_set("appendfsync", policy)
+                results.append(load(f"appendfsync {policy}", port, secret, procs.pids[-1],
+                                    clients, seconds))
+        return results, common.machine(server.url)
 
 
 def during_burst(clients: int, seconds: float, burst: int) -> tuple[Ingest, Any]:
@@ -118,18 +126,17 @@ def during_burst(clients: int, seconds: float, burst: int) -> tuple[Ingest, Any]
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--seconds", type=float, default=None,
-                        help="load per variant (default 30; --quick 5)")
+                        help="load per variant (default 30; --quick 3)")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--burst", type=int, default=None,
-                        help="notifications draining meanwhile (default 20,000; --quick 5,000)")
+                        help="notifications draining meanwhile (default 20,000; --quick 3,000)")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
-    seconds = args.seconds or (5.0 if args.quick else 30.0)
-    burst = args.burst or (5_000 if args.quick else 20_000)
-    always, box = web_alone("always", args.clients, seconds)
-    everysec, _ = web_alone("everysec", args.clients, seconds)
+    seconds = args.seconds or (3.0 if args.quick else 30.0)
+    burst = args.burst or (3_000 if args.quick else 20_000)
+    runs, box = web_alone(["always", "everysec"], args.clients, seconds)
     draining, burst_run = during_burst(args.clients, seconds, burst)
-    runs = [always, everysec, draining]
+    runs.append(draining)
     rows = [[r.variant, r.clients, r.events, r.rate, r.p50_ms, r.p99_ms, r.max_ms,
              r.web_cpu_s_per_1k, r.refused] for r in runs]
     notes = [f"While draining: {burst_run.count:,} notifications due at the load's start, "

@@ -4,7 +4,7 @@ goes out.
 How to run:
 
     python -m bench.steady                 # 200/s for 60 s (12,000 notifications)
-    python -m bench.steady --quick         # 200/s for 15 s (what `make bench` runs)
+    python -m bench.steady --quick         # 200/s for 10 s (what `make bench` runs)
     python -m bench.steady --rate 500 --seconds 30 --processes 2 --threads 4
 
 How it works: the product's Procfile processes (`notifier web`, `notifier clock`, and
@@ -34,12 +34,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--rate", type=float, default=200.0, help="notifications due per s")
     parser.add_argument("--seconds", type=float, default=None,
-                        help="how long the stream lasts (default 60; --quick 15)")
+                        help="how long the stream lasts (default 60; --quick 10)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--processes", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
-    seconds = args.seconds or (15.0 if args.quick else 60.0)
+    seconds = args.seconds or (10.0 if args.quick else 60.0)
     count = int(args.rate * seconds)
     with common.redis_server() as server:
         run = run_ours(server, server.dir / "runs", count, args.processes, args.threads,
