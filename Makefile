@@ -4,7 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# The benchmarks' peers (Celery) are an optional extra, installed on first `make bench`.
+# The benchmarks' peers (Celery) are an optional extra, installed on first `make bench`
+# (or `make test`, whose slow suite runs the burst harness).
 BENCH_STAMP := $(VENV)/.bench-installed
 
 .PHONY: run test test-fast lint bench bench-full clean
@@ -18,7 +19,8 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/notifier dev
 
-test: $(STAMP)
+# The bench extra too: tests/bench/ runs the burst harness with its Celery peer.
+test: $(STAMP) $(BENCH_STAMP)
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)

@@ -378,8 +378,10 @@ def rows(runs: list[Run]) -> tuple[list[str], list[list[Any]]]:
 
 
 def run_burst(count: int, processes: int, threads: int, *, defaults: bool = True,
-              peers: bool = True) -> list[Run]:
-    """Every system, one after the other, on one private Redis; the runs, ours first."""
+              peers: bool = True) -> tuple[list[Run], common.Machine]:
+    """Every system, one after the other, on one private Redis: the runs, ours first, and
+    the machine they ran on. Raises `RuntimeError` when a process exits early or an event
+    is refused."""
     runs = []
     with common.redis_server() as server:
         base = server.dir / "runs"
@@ -391,6 +393,11 @@ def run_burst(count: int, processes: int, threads: int, *, defaults: bool = True
             runs.append(run_peer(server, base, "Celery", count, processes, threads))
             runs.append(run_peer(server, base, "dramatiq", count, processes, threads))
         box = common.machine(server.url)
+    return runs, box
+
+
+def report(runs: list[Run], box: common.Machine) -> None:
+    """Print the table and write var/bench/burst.json."""
     headers, table = rows(runs)
     notes = [f"N = {runs[0].count:,} notifications due at one instant (3 per `message.received`"
              " event, posted over HTTP before T); every system on the same redis-server, "
@@ -403,7 +410,6 @@ def run_burst(count: int, processes: int, threads: int, *, defaults: bool = True
     common.report("burst", "burst: N notifications due at one instant", box,
                   common.table(headers, table), {"runs": [asdict(r) | {"rate": r.rate}
                                                           for r in runs]}, notes)
-    return runs
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -418,8 +424,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-peers", action="store_true")
     args = parser.parse_args(argv)
     count = args.count or (3_000 if args.quick else 20_000)
-    run_burst(count, args.processes, args.threads, defaults=not args.no_defaults,
-              peers=not args.no_peers)
+    report(*run_burst(count, args.processes, args.threads, defaults=not args.no_defaults,
+                      peers=not args.no_peers))
 
 
 if __name__ == "__main__":
