@@ -197,11 +197,11 @@ class PlanCounter:
 
             return counted
 
-        apply_module.decide_for = decide_for  # type: ignore[assignment]
+        apply_module.decide_for = decide_for
         return self
 
     def __exit__(self, *exc: object) -> None:
-        apply_module.decide_for = self.original  # type: ignore[assignment]
+        apply_module.decide_for = self.original
 
 
 # Runs -------------------------------------------------------------------------------------------

@@ -217,8 +217,10 @@ def run_ours(server: common.RedisServer, base: Path, count: int, processes: int 
             r.config_set("appendfsync", fsync_from_due)
         senders = [pid for name, pid in zip(procs.names, procs.pids, strict=True)
                    if name != "web"]
+        # Our clock is one more (mostly idle) process than the peers have: said, and its
+        # CPU counted with the workers'.
         layout = (default_layout(senders[0]) if processes is None
-                  else f"{processes} x {threads}")
+                  else f"{processes} x {threads}") + " + clock"
         side = None
         if at_due is not None:
             web_pid = procs.pids[procs.names.index("web")]
