@@ -186,18 +186,20 @@ def plan_margin_s(messages: int, plan_rate: float) -> float:
 def run_ours(server: common.RedisServer, base: Path, count: int, processes: int | None,
              threads: int | None, plan_rate: float = PLAN_RATE_GUESS,
              spread_s: float = 0.0, fsync_from_due: str | None = None,
-             at_due: Callable[[int, str, int], None] | None = None) -> Run:
+             at_due: Callable[[int, str, int], None] | None = None,
+             secret: str | None = None) -> Run:
     """Our Procfile processes: `processes` x `notifier worker --threads T` (None: one
     `notifier worker` at its defaults). The `count` notifications fall due at T, or, with
     `spread_s`, evenly from T over that many seconds (three at each instant). `at_due(port,
     secret, web_pid)`, if given, runs in a thread from T on, and is waited for.
     `fsync_from_due`: the server's `appendfsync` is set to it once everything is planned
-    (planning under `always` is slow, and it is not what is measured)."""
+    (planning under `always` is slow, and it is not what is measured). `secret`: the
+    webhook secret (default: a new one)."""
     label = "defaults" if processes is None else f"{processes}x{threads}"
     work = fresh_dir(base, f"ours-{label}")
     r = server.client(0)
     r.flushdb()
-    secret = workload.new_secret()
+    secret = secret or workload.new_secret()
     env = common.python_env(common.product_env(server.url_for(0), work / "outbox", secret,
                                                work / "var"))
     commands = common.product_commands(processes, threads)
@@ -426,8 +428,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-peers", action="store_true")
     args = parser.parse_args(argv)
     count = args.count or (3_000 if args.quick else 20_000)
-    report(*run_burst(count, args.processes, args.threads, defaults=not args.no_defaults,
-                      peers=not args.no_peers))
+    runs, box = run_burst(count, args.processes, args.threads,
+                          defaults=not args.no_defaults, peers=not args.no_peers)
+    report(runs, box)
+    check_guarantees(runs)
+
+
+def check_guarantees(runs: list[Run]) -> None:
+    """Exit non-zero when one of our runs lost or duplicated a notification: a broken
+    guarantee is a failure, not a figure. (A peer's losses are only shown.)"""
+    broken = [f"{r.system} ({r.layout}): {r.lost} lost, {r.duplicates} duplicates"
+              for r in runs if r.system.startswith("Notifier") and (r.lost or r.duplicates)]
+    if broken:
+        raise SystemExit("guarantee broken: " + "; ".join(broken))
 
 
 if __name__ == "__main__":

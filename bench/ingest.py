@@ -12,7 +12,8 @@ How it works: a private redis-server with `appendonly yes` and the chosen `appen
 the real `notifier web` process (the Procfile's) on 127.0.0.1. Distinct signed
 `appointment.completed` events (each its own subject) are signed beforehand, then sent
 from `--clients` keep-alive connections for `--seconds` (after a 200-event warm-up that
-is not counted). Every answer must be 202 ("refused" counts the others).
+is not counted; the web is warm from the burst's events in the third variant). Every
+answer must be 202 ("refused" counts the others).
 
 - `always` and `everysec`: `notifier web` alone (one process, the policy switched with
   CONFIG SET between the two); the events wait for a worker that is not started, so only
@@ -71,11 +72,9 @@ def completed_events(first: int, count: int) -> list[bytes]:
             for i in range(first, first + count)]
 
 
-def load(variant: str, port: int, secret: str, web_pid: int, clients: int,
+def load(variant: str, port: int, requests: list[bytes], web_pid: int, clients: int,
          seconds: float) -> Ingest:
-    """Warm up, then send signed events for `seconds` from `clients` connections."""
-    workload.post(port, workload.sign_all(secret, completed_events(0, WARM_UP)), clients)
-    requests = workload.sign_all(secret, completed_events(WARM_UP, int(SIGNED_PER_S * seconds)))
+    """Send the signed `requests` for `seconds` from `clients` connections."""
     cpu0 = common.cpu_seconds([web_pid])
     wall, latencies, refused = workload.post(port, requests, clients, duration_s=seconds)
     cpu = common.cpu_seconds([web_pid]) - cpu0
@@ -85,6 +84,11 @@ def load(variant: str, port: int, secret: str, web_pid: int, clients: int,
                   p99_ms=common.percentile(ordered, 0.99) * 1000,
                   max_ms=ordered[-1] * 1000 if ordered else float("nan"),
                   web_cpu_s_per_1k=cpu * 1000 / max(1, len(latencies)))
+
+
+def signed(secret: str, first: int, seconds: float) -> list[bytes]:
+    """Enough signed events for `seconds` of load, numbered from `first`."""
+    return workload.sign_all(secret, completed_events(first, int(SIGNED_PER_S * seconds)))
 
 
 def web_alone(policies: list[str], clients: int, seconds: float
@@ -103,9 +107,12 @@ def web_alone(policies: list[str], clients: int, seconds: float
             common.wait_for_http(port, alive=procs)
             common.wait_settled(procs.pids)
             r = server.client()
-            for policy in policies:
+            workload.post(port, workload.sign_all(secret, completed_events(0, WARM_UP)),
+                          clients)
+            for n, policy in enumerate(policies):
+                requests = signed(secret, WARM_UP + n * int(SIGNED_PER_S * seconds), seconds)
                 r.config_set("appendfsync", policy)
-                results.append(load(f"appendfsync {policy}", port, secret, procs.pids[-1],
+                results.append(load(f"appendfsync {policy}", port, requests, procs.pids[-1],
                                     clients, seconds))
         return results, common.machine(server.url)
 
@@ -113,13 +120,17 @@ def web_alone(policies: list[str], clients: int, seconds: float
 def during_burst(clients: int, seconds: float, burst: int) -> tuple[Ingest, Any]:
     """The load while `burst` notifications drain: (the ingest, the burst's run)."""
     found: list[Ingest] = []
+    secret = workload.new_secret()
+    # Signed before the burst's due instant, so the load starts at it (the web is warm
+    # from posting the burst's events).
+    requests = signed(secret, 0, seconds)
     with common.redis_server("everysec") as server:
-        def at_due(port: int, secret: str, web_pid: int) -> None:
-            found.append(load("appendfsync always, burst draining", port, secret, web_pid,
+        def at_due(port: int, _secret: str, web_pid: int) -> None:
+            found.append(load("appendfsync always, burst draining", port, requests, web_pid,
                               clients, seconds))
 
         burst_run = run_ours(server, server.dir / "runs", burst, None, None,
-                             fsync_from_due="always", at_due=at_due)
+                             fsync_from_due="always", at_due=at_due, secret=secret)
     return found[0], burst_run
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import argparse
 
 from bench import common
-from bench.burst import run_ours
+from bench.burst import check_guarantees, run_ours
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     common.report("steady", f"steady: {args.rate:,.0f} notifications/s coming due", box,
                   common.table(["figure", "Notifier"], rows),
                   {"rate_per_s": args.rate, "seconds": seconds, "run": run.__dict__}, notes)
+    check_guarantees([run])
 
 
 if __name__ == "__main__":
