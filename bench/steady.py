@@ -25,9 +25,10 @@ var/bench/steady.json.
 from __future__ import annotations
 
 import argparse
+from functools import partial
 
 from bench import common
-from bench.burst import check_guarantees, run_ours
+from bench.burst import PLAN_RATE_GUESS, check_guarantees, messages_for, planned_in_time, run_ours
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -42,8 +43,9 @@ def main(argv: list[str] | None = None) -> None:
     seconds = args.seconds or (10.0 if args.quick else 60.0)
     count = int(args.rate * seconds)
     with common.redis_server() as server:
-        run = run_ours(server, server.dir / "runs", count, args.processes, args.threads,
-                       spread_s=seconds)
+        run = planned_in_time(partial(run_ours, server, server.dir / "runs", count,
+                                      args.processes, args.threads, spread_s=seconds),
+                              PLAN_RATE_GUESS, messages_for(count))
         box = common.machine(server.url)
     rows = [
         ["workers (processes x threads)", run.layout],
