@@ -246,17 +246,28 @@ def _at(due: float, work: Callable[..., None], args: tuple[Any, ...]) -> None:
 
 
 def default_layout(worker_pid: int) -> str:
-    """`notifier worker` at its defaults: its processes (itself and any it forked) x the
-    threads its settings give each."""
+    """`notifier worker` at its defaults: its working processes x the threads its settings
+    give each. A working process is one of the tree (itself and what it forked) running
+    at least 3 threads, so a supervisor that only forks and waits is not counted."""
     from notifier.config import Settings
 
-    procs = 1 + len(_descendants(worker_pid))
+    working = sum(1 for pid in [worker_pid, *_descendants(worker_pid)] if _threads(pid) >= 3)
     threads = Settings.from_env({}, dotenv=Path("/nonexistent")).worker_threads
-    return f"{procs} x {threads}"
+    return f"{max(1, working)} x {threads}"
+
+
+def _threads(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("Threads:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def _descendants(pid: int) -> list[int]:
-    tree = common._children()
+    tree = common.children()
     out, todo = [], list(tree.get(pid, []))
     while todo:
         child = todo.pop()

@@ -247,7 +247,8 @@ def wait_for_http(port: int, timeout_s: float = 30.0, alive: Processes | None = 
 
 
 # CPU from /proc -----------------------------------------------------------------------------
-def _children() -> dict[int, list[int]]:
+def children() -> dict[int, list[int]]:
+    """Every live process's children, by parent pid, from /proc."""
     tree: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -265,7 +266,7 @@ def cpu_seconds(pids: Sequence[int]) -> float:
     """utime + stime, seconds, of `pids` and every live descendant (a worker that forks
     its own processes counts whole), all threads included. Exited descendants count once
     reaped (their times move to the parent's cutime/cstime, which are added too)."""
-    tree = _children()
+    tree = children()
     todo, seen, total = list(pids), set(), 0
     while todo:
         pid = todo.pop()
