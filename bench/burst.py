@@ -25,7 +25,9 @@ How to read the table: "drain" is N / (last sent_at - T); lateness is each messa
 sent_at - due_at from its outbox line; CPU is utime + stime of the worker (and our clock)
 processes between T and the last send, from /proc, per 1,000 sends ("Redis CPU" is the
 server's own); "Redis bytes per pending" is used_memory just before T minus before
-planning, per notification (ours holds the events, records and indexes too). Lost and
+planning, per notification (ours holds the events, records and indexes too; a peer's
+depends on how much its workers have pre-fetched by then: Celery moves each ETA task from
+its queue list to its `unacked` hash, which costs more, as it fetches it). Lost and
 duplicates are read from the outbox and must be 0. The ratio column is ours at the same
 resources against the best peer (drain: higher is better; the others: lower is better).
 The machine is shared: on a busy 2-core machine every figure moves by 10-30% between runs;
