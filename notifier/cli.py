@@ -295,12 +295,28 @@ def cmd_web(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
+    """Run the worker: in this process with `--processes 1`, else as a parent of that
+    many worker processes (`notifier.worker.processes`), exiting non-zero when one of
+    them ended on its own."""
+    from notifier.worker.processes import default_processes, run_processes
+
+    threads = args.threads or settings.worker_threads
+    processes = args.processes or settings.worker_processes or default_processes()
+    status = 0
     with _runtime(settings) as runtime:
-        stop = _stop_event()
-        worker = _start_worker(runtime, args.threads or settings.worker_threads)
-        log.info("worker running with %d threads", args.threads or settings.worker_threads)
-        stop.wait()
-        worker.stop()
+        def serve(stop: threading.Event) -> None:
+            worker = _start_worker(runtime, threads)
+            log.info("worker running with %d threads", threads)
+            stop.wait()
+            worker.stop()
+
+        if processes == 1:
+            serve(_stop_event())
+        else:
+            log.info("worker running: %d processes of %d threads", processes, threads)
+            status = run_processes(processes, serve)
+    if status:
+        sys.exit(status)
 
 
 def cmd_clock(args: argparse.Namespace, settings: Settings) -> None:
@@ -523,6 +539,13 @@ def _threads(value: str) -> int:
     return int(value)
 
 
+def _processes(value: str) -> int:
+    """A worker's process count, for argparse: at least one."""
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a process count (1 or more)")
+    return int(value)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with its errors in one line: what is wrong, and where to read more."""
 
@@ -542,7 +565,11 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument("--host", default="0.0.0.0")
     web.set_defaults(func=cmd_web)
     worker = sub.add_parser("worker", help="apply events and deliver notifications")
-    worker.add_argument("--threads", type=_threads, default=0)
+    worker.add_argument("--threads", type=_threads, default=0,
+                        help="threads per worker process (default NOTIFIER_WORKER_THREADS)")
+    worker.add_argument("--processes", type=_processes, default=0,
+                        help="worker processes (default NOTIFIER_WORKER_PROCESSES, else one "
+                             "per core)")
     worker.set_defaults(func=cmd_worker)
     clock = sub.add_parser("clock", help="claim due notifications, sweep leases")
     clock.set_defaults(func=cmd_clock)

@@ -161,7 +161,7 @@ class Schedule:
                       reason: str = "superseded") -> None:
         """Queue on `pipe` the cancel of `ref`'s still-scheduled notifications (those being
         sent are marked `reason`). `ids` are the members of `by_entity_key(ref)`, read
-        after the caller WATCHed it (`PlanWriter.cancel_targets`), so that an id added meanwhile
+        after the caller WATCHed it (`PlanWriter.write_targets`), so that an id added meanwhile
         fails the caller's transaction instead of escaping the cancel."""
         self.cancel_script(keys=[by_entity_key(ref), SCHEDULE, INFLIGHT, OUTCOMES,
                                  *(notif_key(i) for i in ids)],

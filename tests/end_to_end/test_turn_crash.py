@@ -61,9 +61,11 @@ PRODUCTION_EVENT_GRACE_S = 30.0
 
 
 def start_worker(service: Service, log_path: Path) -> subprocess.Popen[bytes]:
-    """A real `python -m notifier worker` running this checkout's code, logging at INFO."""
+    """A real `python -m notifier worker` running this checkout's code, logging at INFO:
+    one process, so the process the test kills is the one holding the turn."""
     env = {**os.environ, **service.env, "PYTHONPATH": str(PROJECT_ROOT),
-           "NOTIFIER_WORKER_THREADS": "2", "NOTIFIER_LOG_LEVEL": "INFO"}
+           "NOTIFIER_WORKER_PROCESSES": "1", "NOTIFIER_WORKER_THREADS": "2",
+           "NOTIFIER_LOG_LEVEL": "INFO"}
     with log_path.open("wb") as log:
         return subprocess.Popen([sys.executable, "-m", "notifier", "worker"], env=env,
                                 cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=log)
