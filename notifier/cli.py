@@ -169,13 +169,27 @@ def server_log_level(level: str, at_least: str = "DEBUG") -> str:
     return logging.getLevelName(severity).lower()
 
 
+def server_config(app: Any, log_level: str, **listen: Any) -> Any:
+    """uvicorn's `Config` for the app (`notifier web` and `dev`, and the ingest benchmark):
+    `log_level` as `server_log_level` gives it, lower case; `listen` as uvicorn takes it
+    (`host`, `port`), or none when the caller passes a socket to `Server.run`.
+
+    uvicorn's access log is on only at `debug`. At `info` it would be a second line per
+    request beside `POST /v1/events`'s own, which names the event and its answer; a line
+    per request to the other routes (health checks, the read API) is what a reverse proxy
+    or load balancer in front already logs. Both lines cost the web CPU per request."""
+    import uvicorn
+
+    return uvicorn.Config(app, log_level=log_level, access_log=log_level == "debug", **listen)
+
+
 def _serve(app: Any, sock: socket.socket, log_level: str) -> None:
     import uvicorn
 
     # uvicorn re-raises the signal that stopped it once it has shut down; for SIGTERM the
     # default action would kill us before the callers' clean-up, leaving Redis running.
     signal.signal(signal.SIGTERM, _exit_on_signal)
-    uvicorn.Server(uvicorn.Config(app, log_level=log_level)).run(sockets=[sock])
+    uvicorn.Server(server_config(app, log_level)).run(sockets=[sock])
 
 
 def shell_path(path: str | Path, cwd: Path | None = None) -> str:

@@ -23,6 +23,7 @@ from typing import Any
 import redis
 
 from notifier.errors import StoreError
+from notifier.ledger.broker_messages import BrokerMessage
 from notifier.ledger.lua import lua_source
 from notifier.ledger.notifications import PREFIX, epoch, from_epoch
 from notifier.ledger.turns import HELD_EVENTS, held_key, queue_key, queue_member
@@ -36,16 +37,22 @@ STORE_EVENT_LUA = lua_source("event_store")
 
 
 def store_event_call(event_id: str, raw: bytes, now: datetime, subject: str | None,
-                     occurred_at: datetime | None
+                     occurred_at: datetime | None, message: BrokerMessage | None = None
                      ) -> tuple[list[str], list[bytes | str | float]]:
     """The KEYS and ARGV of `STORE_EVENT_LUA` for one event (for `Events.store_event` and
     the web's asyncio twin): the event's hash, the pending index and, with a subject, the
-    subject's queue."""
+    subject's queue; with a `message`, its dramatiq queue and messages hash too. Raises
+    `ValueError` for a message without a subject (the script's KEYS are positional)."""
     keys = [event_key(event_id), PENDING_EVENTS]
     args: list[bytes | str | float] = [raw, epoch(now), event_id]
     if subject is not None and occurred_at is not None:
         keys.append(queue_key(subject))
         args += [subject, epoch(occurred_at), queue_member(event_id, now)]
+    if message is not None:
+        if len(keys) < 3:
+            raise ValueError("an event is stored with its message only with its subject")
+        keys += [message.queue_key, message.messages_key]
+        args += [message.redis_message_id, message.data]
     return keys, args
 
 
@@ -88,14 +95,17 @@ class Events:
         self._store_event = client.register_script(STORE_EVENT_LUA)
 
     def store_event(self, event_id: str, raw: bytes, now: datetime, subject: str | None = None,
-                    occurred_at: datetime | None = None) -> bool:
+                    occurred_at: datetime | None = None,
+                    message: BrokerMessage | None = None) -> bool:
         """Store a raw event durably and queue it for its subject (an entity ref, see
-        `policy.ordering.subject_ref`); False when this id was accepted before.
+        `policy.ordering.subject_ref`), and enqueue `message` (its `apply_event`) in the
+        same script; False when this id was accepted before (nothing is enqueued then).
 
         Without `subject` the event is queued by the worker that first applies it (events
-        stored by an older version, tests of the store alone).
+        stored by an older version, tests of the store alone). Raises `ValueError` for a
+        `message` without a subject.
         """
-        keys, args = store_event_call(event_id, raw, now, subject, occurred_at)
+        keys, args = store_event_call(event_id, raw, now, subject, occurred_at, message)
         return bool(self._store_event(keys=keys, args=args))
 
     def event_subject(self, event_id: str) -> tuple[str | None, str | None]:

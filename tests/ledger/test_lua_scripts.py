@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import redis
 
+from notifier.ledger.broker_messages import broker_message
 from notifier.ledger.client import script_body
 from notifier.ledger.lua import lua_source
 from notifier.ledger.notifications import SCHEDULE, epoch
@@ -235,6 +236,9 @@ def every_script_runs(store: Store) -> None:
     from add to finish, cancel and reschedule (both ways), delivery reports, pacing."""
     store.store_event("e1", b'{"a": "b c"}', NOW)
     store.store_event("e2", b"{}", NOW, subject="appointment:a1", occurred_at=NOW)
+    store.events.store_event("e3", b"{}", NOW, subject="appointment:a9", occurred_at=NOW,
+                             message=broker_message("notifier-dq", "events", "apply_event",
+                                                    "e3"))
     turns = store.turns
     assert turns.take("appointment:a1", "t1", NOW, lease_s=30)
     assert turns.next("appointment:a1", "t1", NOW, lease_s=30) == "e2"
