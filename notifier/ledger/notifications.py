@@ -1,6 +1,7 @@
 """The notification ledger and schedule in Redis, and the Lua scripts that move state.
 
-A notification is a hash `n:notif:{id}` (id = its dedupe key) with a `state`:
+A notification is a hash `n:notif:{id}` (id = its dedupe key) with a `state`; its fields
+are laid out to stay in Redis's compact encoding (`notifier.ledger.notif_fields`):
 
     scheduled ──claim──▶ (in flight, leased) ──begin──▶ sending ──▶ sent ──▶ delivered | failed
         │                                                  └──────▶ failed | expired | suppressed

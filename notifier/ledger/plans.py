@@ -11,7 +11,6 @@ below name only the errors of their own.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
@@ -21,6 +20,7 @@ from pydantic import BaseModel
 
 from notifier.errors import StoreContention, StoreError, TurnLost
 from notifier.ledger.events import EVENT_RETENTION_S, PENDING_EVENTS, event_key, hold, unhold
+from notifier.ledger.notif_fields import planned_fields
 from notifier.ledger.notifications import (
     ENTITY_INDEX_TTL_S,
     KEEP_FINISHED_S,
@@ -36,22 +36,11 @@ from notifier.ledger.notifications import (
 from notifier.ledger.record_store import MAX_WATCH_TRIES, RecordStore, record_key, write_records
 from notifier.ledger.records import Record
 from notifier.ledger.turns import held_key, queue_key, turn_key
-from notifier.policy.plan import Plan, PlannedNotification
+from notifier.policy.plan import Plan
 
 #: A planner given a stored raw event, a loader of (watched) records and the event's
 #: arrival time.
 Decide = Callable[[bytes, Callable[[list[str]], dict[str, Record]], datetime], Plan]
-
-
-def _notification_fields(n: PlannedNotification, now: datetime) -> list[Any]:
-    fields = {
-        "kind": n.kind, "channel": n.channel, "to": n.recipient, "to_id": n.recipient_id,
-        "entity": n.entity, "due": epoch(n.due_at), "expires": epoch(n.expires_at),
-        "state": n.state, "reason": n.reason, "params": json.dumps(n.params, sort_keys=True),
-        "attempts": 0, "created": epoch(now),
-    }
-    return [item for pair in fields.items() for item in pair]
-
 
 
 class PlanWriter:
@@ -210,7 +199,7 @@ class PlanWriter:
                 keys=[notif_key(n.id), SCHEDULE, by_recipient_key(n.recipient, n.recipient_id),
                       OUTCOMES, by_entity_key(n.entity)],
                 args=[n.id, epoch(n.due_at), ENTITY_INDEX_TTL_S,
-                      *_notification_fields(n, now)],
+                      *planned_fields(n, now)],
                 client=pipe,
             )
         adds = slice(first_add, len(pipe))

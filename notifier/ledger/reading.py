@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict
 
 from notifier.ledger.deliveries import DELIVERY_FAILURES
 from notifier.ledger.events import PENDING_EVENTS
+from notifier.ledger.notif_fields import logical
 from notifier.ledger.notifications import (
     INFLIGHT,
     LATENESS,
@@ -128,10 +129,11 @@ class Reading:
 
     def notification(self, notification_id: str) -> dict[str, str]:
         """Every field of the notification's hash, decoded (`state`, `kind`, `channel`,
-        `to`, `to_id`, `entity`, `params` as JSON, `due` and `expires` in epoch seconds); {}
+        `to`, `to_id`, `entity`, `params` as JSON, `due` and `expires` in epoch seconds,
+        `reason`, `attempts`), whichever layout stored it (`notif_fields.logical`); {}
         for an unknown or expired id."""
         raw = self.redis.hgetall(notif_key(notification_id))
-        return {k.decode(): v.decode() for k, v in raw.items()}
+        return logical({k.decode(): v.decode() for k, v in raw.items()})
 
     def about_entity(self, entity: str) -> dict[str, tuple[str, str] | None]:
         """(recipient, state) of every notification indexed under `entity` by id; None for

