@@ -62,8 +62,17 @@ def by_recipient_key(recipient: str, recipient_id: str) -> str:
 
 
 def by_entity_key(ref: str) -> str:
-    """The set of ids of the notifications planned about entity `ref` (`appointment:a1`)."""
+    """The ids of the notifications planned about entity `ref` (`appointment:a1`): a sorted
+    set, every score 0, or a set as versions before it wrote one (read with
+    `read_entity_ids`)."""
     return f"{PREFIX}by-entity:{ref}"
+
+
+def read_entity_ids(client: Any, ref: str) -> Any:
+    """Read (or queue on a pipeline) the ids in `ref`'s entity index, whichever type holds
+    it: `SORT … BY nosort` lists a set's and a sorted set's members alike, unsorted, in
+    one command. Returns the ids as bytes ([] for no index), or the pipeline."""
+    return client.sort(by_entity_key(ref), by="nosort")
 
 
 def epoch(instant: datetime) -> float:

@@ -32,6 +32,7 @@ from notifier.ledger.notifications import (
     epoch,
     from_epoch,
     notif_key,
+    read_entity_ids,
 )
 from notifier.ledger.record_store import MAX_WATCH_TRIES, RecordStore, record_key, write_records
 from notifier.ledger.records import Record
@@ -167,7 +168,7 @@ class PlanWriter:
         pipe.watch(*(by_entity_key(ref) for ref in plan.cancel))
         with self.redis.pipeline(transaction=False) as reads:
             for ref in plan.cancel:
-                reads.smembers(by_entity_key(ref))
+                read_entity_ids(reads, ref)
             found = reads.execute()
         return {ref: sorted(i.decode() for i in ids)
                 for ref, ids in zip(plan.cancel, found, strict=True)}

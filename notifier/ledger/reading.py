@@ -26,13 +26,13 @@ from notifier.ledger.notifications import (
     OUTCOMES,
     SCHEDULE,
     Lateness,
-    by_entity_key,
     by_recipient_key,
     epoch,
     from_epoch,
     notif_key,
     parse_lateness,
     parse_outcomes,
+    read_entity_ids,
 )
 from notifier.ledger.record_store import RecordStore
 from notifier.ledger.records import AppointmentRecord, VisitsRecord
@@ -139,7 +139,7 @@ class Reading:
         """(recipient, state) of every notification indexed under `entity` by id; None for
         one whose ledger entry has expired. Two round trips: the index, then one pipeline
         of HMGETs."""
-        ids = sorted(i.decode() for i in self.redis.smembers(by_entity_key(entity)))
+        ids = sorted(i.decode() for i in read_entity_ids(self.redis, entity))
         if not ids:
             return {}
         with self.redis.pipeline(transaction=False) as pipe:

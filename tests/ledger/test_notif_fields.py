@@ -17,7 +17,7 @@ from notifier.delivery.compose import Stored
 from notifier.delivery.deliverer import Deliverer
 from notifier.delivery.render import Renderer
 from notifier.ledger.notif_fields import logical, params_of, planned_fields
-from notifier.ledger.notifications import SCHEDULE, notif_key
+from notifier.ledger.notifications import SCHEDULE, by_entity_key, notif_key
 from notifier.ledger.store import Store
 from notifier.policy.plan import Plan, PlannedNotification
 from tests.kit import appointment, client_upserted, provider_upserted, store_and_apply
@@ -137,6 +137,7 @@ def test_the_hashes_an_event_plans_stay_compact(store, policy, join_url):
     assert len(ids) >= 5
     for i in ids:
         assert store.redis.object("encoding", notif_key(i)) in COMPACT, i
+    assert store.redis.object("encoding", by_entity_key("appointment:a1")) in COMPACT
 
 
 # Hashes written by an older version --------------------------------------------------------
@@ -168,6 +169,11 @@ def test_an_older_hash_is_delivered_and_reported_as_before(store, policy, tmp_pa
     before = {i: store.notification(i) for i in (CONFIRM_EMAIL, CONFIRM_SMS, REMINDER_SMS)}
     for i in before:
         assert b"params" in to_older_layout(store, i)
+    entity = by_entity_key("appointment:a1")
+    indexed = store.redis.zrange(entity, 0, -1)
+    store.redis.delete(entity)
+    store.redis.sadd(entity, *indexed)  # as older versions kept an entity's ids
+    assert set(store.about_entity("appointment:a1")) == {i.decode() for i in indexed}
     assert {i: store.notification(i)["params"] for i in before} == {
         i: f["params"] for i, f in before.items()}
 
@@ -188,7 +194,13 @@ def test_an_older_hash_is_delivered_and_reported_as_before(store, policy, tmp_pa
     assert rows[REMINDER_SMS].state == "scheduled"
     assert rows[REMINDER_SMS].due_at == START - timedelta(hours=24)
 
-    # An older hash is cancelled by a reschedule, and its replacement planned anew.
+    # An older hash, indexed in an older set, is cancelled by a reschedule, and its
+    # replacement planned anew; the index is a sorted set from then on.
     store_and_apply(store, policy, appointment("appointment.rescheduled", "a1", "c1",
                                                START + timedelta(days=1), NOW), NOW)
     assert store.notification(REMINDER_SMS)["state"] == "cancelled"
+    assert store.redis.type(entity) == b"zset"
+    now_indexed = set(store.redis.zrange(entity, 0, -1))
+    assert set(indexed) < now_indexed
+    assert {store.notification(i.decode())["state"] for i in now_indexed - set(indexed)} == {
+        "scheduled"}

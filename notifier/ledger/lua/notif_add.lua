@@ -6,7 +6,11 @@
 -- KEYS[2]     n:schedule                   scheduled ids by due time
 -- KEYS[3]     n:by-recipient:{to}:{to_id}  the recipient's notifications by due time
 -- KEYS[4]     n:stats:outcomes             final states counted by state and channel
--- KEYS[5..]   n:by-entity:{ref}            each entity index the notification joins
+-- KEYS[5..]   n:by-entity:{ref}            each entity index the notification joins: a
+--                                          sorted set, every score 0 (small, it is kept
+--                                          compact, where a set of strings is a hashtable
+--                                          before Redis 7.2); one written as a set by an
+--                                          older version is made a sorted set here
 --
 -- ARGV[1]     the notification id
 -- ARGV[2]     its due time, epoch seconds
@@ -26,7 +30,12 @@ else
 end
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
 for i = 5, #KEYS do
-  redis.call('SADD', KEYS[i], ARGV[1])
+  if redis.call('TYPE', KEYS[i]).ok == 'set' then
+    local ids = redis.call('SMEMBERS', KEYS[i])
+    redis.call('DEL', KEYS[i])
+    for _, id in ipairs(ids) do redis.call('ZADD', KEYS[i], 0, id) end
+  end
+  redis.call('ZADD', KEYS[i], 0, ARGV[1])
   redis.call('EXPIRE', KEYS[i], ARGV[3])
 end
 return 1

@@ -8,7 +8,8 @@
 -- added in between fails the transaction and the caller reads again (`Store` does). An id
 -- passed but no longer in KEYS[1] is left alone.
 --
--- KEYS[1]     n:by-entity:{ref}            the entity's notification ids
+-- KEYS[1]     n:by-entity:{ref}            the entity's notification ids: a sorted set,
+--                                          or a set as older versions wrote it
 -- KEYS[2]     n:schedule
 -- KEYS[3]     n:inflight
 -- KEYS[4]     n:stats:outcomes
@@ -20,10 +21,17 @@
 --
 -- Returns how many notifications were cancelled.
 local cancelled = 0
+local in_set = redis.call('TYPE', KEYS[1]).ok == 'set'
 for i = 5, #KEYS do
   local id = ARGV[i - 2]
   local state = false
-  if redis.call('SISMEMBER', KEYS[1], id) == 1 then
+  local indexed
+  if in_set then
+    indexed = redis.call('SISMEMBER', KEYS[1], id) == 1
+  else
+    indexed = redis.call('ZSCORE', KEYS[1], id) ~= false
+  end
+  if indexed then
     state = redis.call('HGET', KEYS[i], 'state')
   end
   if state == 'scheduled' then
