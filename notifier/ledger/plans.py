@@ -19,7 +19,7 @@ import redis
 from pydantic import BaseModel
 
 from notifier.errors import StoreContention, StoreError, TurnLost
-from notifier.ledger.events import EVENT_RETENTION_S, PENDING_EVENTS, event_key, hold, unhold
+from notifier.ledger.events import PENDING_EVENTS, event_key, hold, settle, unhold
 from notifier.ledger.notif_fields import planned_fields
 from notifier.ledger.notifications import (
     ENTITY_INDEX_TTL_S,
@@ -70,7 +70,6 @@ class PlanWriter:
         `StoreContention` (nothing written) when a watched key changes under each of
         `MAX_WATCH_TRIES` tries.
         """
-        key = event_key(event_id)
         for _ in range(MAX_WATCH_TRIES):
             with self.redis.pipeline() as pipe:
                 try:
@@ -106,9 +105,7 @@ class PlanWriter:
                         hold(pipe, event_id, plan, ref, member, occurred, now)
                     else:
                         self._write_plan(pipe, plan, now, before, targets)
-                        pipe.hset(key, mapping={"status": plan.outcome, "reason": plan.reason,
-                                                "applied_at": epoch(now)})
-                        pipe.expire(key, EVENT_RETENTION_S)
+                        settle(pipe, event_id, plan, now, subject, received, occurred)
                         if plan.outcome == "applied" and ref and held:
                             unhold(pipe, ref, held, now)
                     pipe.execute()
