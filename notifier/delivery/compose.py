@@ -18,7 +18,7 @@ from notifier.delivery.channels.calendar import Invite, build_invite
 from notifier.delivery.render import Renderer, format_day, format_local_datetime, format_local_time
 from notifier.delivery.sms_budget import fit, sms_name
 from notifier.delivery.sms_text import measure
-from notifier.ledger.notif_fields import params_of
+from notifier.ledger.notif_fields import params_of, with_derived
 from notifier.ledger.notifications import from_epoch
 from notifier.ledger.records import (
     ClientRecord,
@@ -64,9 +64,10 @@ class Stored:
     @classmethod
     def from_fields(cls, notification_id: str, f: dict[str, str]) -> Stored:
         """A notification from its hash's decoded fields (as `Schedule.begin` returns them);
-        times as aware UTC datetimes, `params` read from either hash layout
-        (`notif_fields.params_of`). Raises KeyError when `kind`, `channel`, `to`, `to_id`,
+        times as aware UTC datetimes, `kind`, `channel` and `params` read from either hash
+        layout (`notif_fields`). Raises KeyError when `kind`, `channel`, `to`, `to_id`,
         `due` or `expires` is missing."""
+        f = with_derived(notification_id, f)
         return cls(
             id=notification_id, kind=f["kind"], channel=f["channel"], recipient=f["to"],
             recipient_id=f["to_id"], due_at=from_epoch(f["due"]),

@@ -14,6 +14,10 @@ most 128 fields; one longer value converts it for good. So, when planned:
   the same);
 - `reason` when empty and `attempts` when 0 are left out (the scripts' HINCRBY starts
   from 0, and readers default them);
+- `kind` and `channel` are left out when the id says them: a dedupe key is
+  `{kind}:{entity id}:{occasion}:{channel}` (`policy.plan.PlannedNotification`), so they
+  are its first and last parts (`with_derived` puts them back, and the scripts take them
+  from the id the same way);
 - times (`due`, `expires`) are epoch seconds, a whole second written as an integer
   (`1797008400`, not `1797008400.0`): Redis keeps an integer-looking value in 1 to 9
   bytes instead of its text. `created` is kept to the whole second (rounded down): it
@@ -62,17 +66,38 @@ def planned_fields(n: PlannedNotification, now: datetime) -> list[Any]:
     """The hash of a notification planned at `now`, as a flat [field, value, ...] list for
     HSET. See the module docstring for what is left out and why."""
     fields: dict[str, Any] = {
-        "kind": n.kind, "channel": n.channel, "to": n.recipient, "to_id": n.recipient_id,
-        "entity": n.entity, "due": brief_number(n.due_at.timestamp()),
+        "to": n.recipient, "to_id": n.recipient_id, "entity": n.entity,
+        "due": brief_number(n.due_at.timestamp()),
         "expires": brief_number(n.expires_at.timestamp()), "state": n.state,
         "created": math.floor(now.timestamp()),
     }
+    derived = _derived(n.id)
+    if derived.get("kind") != n.kind:
+        fields["kind"] = n.kind
+    if derived.get("channel") != n.channel:
+        fields["channel"] = n.channel
     if n.reason:
         fields["reason"] = n.reason
     for name, value in sorted(n.params.items()):
         if value is not None:
             fields.update(param_fields(name, value))
     return [item for pair in fields.items() for item in pair]
+
+
+def _derived(notification_id: str) -> dict[str, str]:
+    """`kind` and `channel` as a dedupe key says them: its first and last parts, as the
+    scripts take them (`string.match(id, '^[^:]*')`, `'[^:]*$'`); {} for an id of one
+    part."""
+    first, sep, rest = notification_id.partition(":")
+    return {"kind": first, "channel": rest.rpartition(":")[2]} if sep else {}
+
+
+def with_derived(notification_id: str, fields: dict[str, str]) -> dict[str, str]:
+    """A notification's decoded hash fields with `kind` and `channel` put back from its id
+    where they were left out (see the module docstring); {} stays {}."""
+    if not fields or ("kind" in fields and "channel" in fields):
+        return fields
+    return {**_derived(notification_id), **fields}
 
 
 def param_fields(name: str, value: Any) -> list[tuple[str, str | int | float]]:
@@ -146,13 +171,15 @@ def params_of(fields: dict[str, str]) -> dict[str, Any]:
     return params
 
 
-def logical(fields: dict[str, str]) -> dict[str, str]:
+def logical(notification_id: str, fields: dict[str, str]) -> dict[str, str]:
     """A notification's decoded hash fields as callers know them, whichever layout wrote
-    it: `params` as one JSON object (sorted keys), `reason` "" and `attempts` "0" when
-    absent. {} stays {} (no such notification). Raises ValueError as `params_of` does."""
+    it: `kind` and `channel` always, `params` as one JSON object (sorted keys), `reason`
+    "" and `attempts` "0" when absent. {} stays {} (no such notification). Raises
+    ValueError as `params_of` does."""
     if not fields:
         return {}
-    shown = {k: v for k, v in fields.items() if k[:2] not in PARAM_PREFIXES}
+    shown = {k: v for k, v in with_derived(notification_id, fields).items()
+             if k[:2] not in PARAM_PREFIXES}
     shown[LEGACY_PARAMS] = json.dumps(params_of(fields), sort_keys=True)
     shown.setdefault("reason", "")
     shown.setdefault("attempts", "0")

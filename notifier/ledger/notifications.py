@@ -29,6 +29,7 @@ import redis
 
 from notifier.errors import StoreError
 from notifier.ledger.lua import lua_source
+from notifier.ledger.notif_fields import with_derived
 
 #: Key prefix of every key Notifier writes.
 PREFIX = "n:"
@@ -196,12 +197,13 @@ class Schedule:
               early_s: float = 1.0) -> Begun:
         """`scheduled` (and due within `early_s` seconds) -> `sending`, leased until `now +
         lease_s`, or an expired lease taken over; see `Verdict` for every answer. The fields
-        are the hash's, decoded, when it may be sent. Raises ValueError for a verdict the
-        script does not give."""
+        are the hash's, decoded, with `kind` and `channel` (`notif_fields.with_derived`),
+        when it may be sent. Raises ValueError for a verdict the script does not give."""
         raw = self._begin(keys=[notif_key(notification_id), INFLIGHT, SCHEDULE],
                           args=[notification_id, epoch(now), epoch(now) + lease_s, early_s])
         verdict, rest = Verdict(raw[0].decode()), [v.decode() for v in raw[1:]]
-        return Begun(verdict, dict(zip(rest[::2], rest[1::2], strict=True)))
+        return Begun(verdict, with_derived(notification_id,
+                                           dict(zip(rest[::2], rest[1::2], strict=True))))
 
     def finish(self, notification_id: str, state: str, **fields: Any) -> bool:
         """`sending` -> the final `state`, with `fields` set on the hash (None stored as

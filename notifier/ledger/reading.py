@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict
 
 from notifier.ledger.deliveries import DELIVERY_FAILURES
 from notifier.ledger.events import PENDING_EVENTS
-from notifier.ledger.notif_fields import logical
+from notifier.ledger.notif_fields import logical, with_derived
 from notifier.ledger.notifications import (
     INFLIGHT,
     LATENESS,
@@ -133,7 +133,7 @@ class Reading:
         `reason`, `attempts`), whichever layout stored it (`notif_fields.logical`); {}
         for an unknown or expired id."""
         raw = self.redis.hgetall(notif_key(notification_id))
-        return logical({k.decode(): v.decode() for k, v in raw.items()})
+        return logical(notification_id, {k.decode(): v.decode() for k, v in raw.items()})
 
     def about_entity(self, entity: str) -> dict[str, tuple[str, str] | None]:
         """(recipient, state) of every notification indexed under `entity` by id; None for
@@ -164,7 +164,7 @@ class Reading:
             hashes = pipe.execute()
         views = []
         for i, h in zip(ids, hashes, strict=True):
-            f = {k.decode(): v.decode() for k, v in h.items()}
+            f = with_derived(i.decode(), {k.decode(): v.decode() for k, v in h.items()})
             if not f:
                 continue
             views.append(NotificationRow(

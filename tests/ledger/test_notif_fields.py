@@ -16,7 +16,7 @@ from notifier.delivery.channels.outbox import Outbox
 from notifier.delivery.compose import Stored
 from notifier.delivery.deliverer import Deliverer
 from notifier.delivery.render import Renderer
-from notifier.ledger.notif_fields import logical, params_of, planned_fields
+from notifier.ledger.notif_fields import logical, params_of, planned_fields, with_derived
 from notifier.ledger.notifications import SCHEDULE, by_entity_key, notif_key
 from notifier.ledger.store import Store
 from notifier.policy.plan import Plan, PlannedNotification
@@ -100,11 +100,26 @@ def test_a_utc_time_param_is_kept_as_epoch_seconds_and_a_none_param_not_at_all()
 def test_defaults_are_left_out_and_read_back():
     fields = as_fields(planned_fields(realistic(), NOW))
     assert "reason" not in fields and "attempts" not in fields and "params" not in fields
-    shown = logical(fields)
+    shown = logical(realistic().id, fields)
     assert (shown["reason"], shown["attempts"]) == ("", "0")
     assert json.loads(shown["params"]) == params_of(fields)
     assert as_fields(planned_fields(realistic("expired", "too late"), NOW))["reason"] == \
         "too late"
+
+
+def test_kind_and_channel_are_left_out_only_when_the_id_says_them():
+    fields = as_fields(planned_fields(realistic(), NOW))
+    assert "kind" not in fields and "channel" not in fields
+    shown = logical(realistic().id, fields)
+    assert (shown["kind"], shown["channel"]) == ("appointment_reminder", "sms")
+    odd = PlannedNotification(**{**realistic().__dict__, "id": "legacy-id-7",
+                                 "kind": "follow_up", "channel": "email"})
+    kept = as_fields(planned_fields(odd, NOW))
+    assert (kept["kind"], kept["channel"]) == ("follow_up", "email")
+    other = PlannedNotification(**{**realistic().__dict__, "id": "appointment_reminder:a9:1:sms",
+                                   "channel": "email"})
+    assert "kind" not in (f := as_fields(planned_fields(other, NOW))) and f["channel"] == "email"
+    assert Stored.from_fields(other.id, f).channel == "email"
 
 
 def test_an_older_hash_reads_the_same():
@@ -114,7 +129,7 @@ def test_an_older_hash_reads_the_same():
            "state": "scheduled", "reason": "", "params": json.dumps(params, sort_keys=True),
            "attempts": "0", "created": "1796050800.123456"}
     assert params_of(old) == params
-    assert logical(old) == old
+    assert logical("appointment_reminder:a1:24h:sms", old) == old
     stored = Stored.from_fields("appointment_reminder:a1:24h:sms", old)
     assert stored.params == params and stored.attempts == 0
     assert stored.due_at == datetime(2026, 12, 4, 15, 0, tzinfo=UTC)
@@ -151,10 +166,12 @@ def book(store: Store, policy, join_url: str | None = None) -> None:
 
 def to_older_layout(store: Store, notification_id: str) -> dict[bytes, bytes]:
     """Rewrite a notification's hash as versions before the compact layout wrote it: all
-    params as one JSON value, `reason` and `attempts` always, times as floats."""
+    params as one JSON value; `kind`, `channel`, `reason` and `attempts` always; times as
+    floats."""
     key = notif_key(notification_id)
     new = {k.decode(): v.decode() for k, v in store.redis.hgetall(key).items()}
-    old = {k: v for k, v in new.items() if k[:2] not in ("s.", "t.", "p.")}
+    old = {k: v for k, v in with_derived(notification_id, new).items()
+           if k[:2] not in ("s.", "t.", "p.")}
     old.update(params=json.dumps(params_of(new), sort_keys=True),
                reason=new.get("reason", ""), attempts=new.get("attempts", "0"))
     for name in ("due", "expires", "created"):
@@ -168,7 +185,7 @@ def test_an_older_hash_is_delivered_and_reported_as_before(store, policy, tmp_pa
     book(store, policy)
     before = {i: store.notification(i) for i in (CONFIRM_EMAIL, CONFIRM_SMS, REMINDER_SMS)}
     for i in before:
-        assert b"params" in to_older_layout(store, i)
+        assert {b"params", b"kind", b"channel"} <= set(to_older_layout(store, i))
     entity = by_entity_key("appointment:a1")
     indexed = store.redis.zrange(entity, 0, -1)
     store.redis.delete(entity)

@@ -26,7 +26,9 @@ local planned = redis.call('HGET', KEYS[1], 'state')
 if planned == 'scheduled' then
   redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 else
-  redis.call('HINCRBY', KEYS[4], planned .. ':' .. redis.call('HGET', KEYS[1], 'channel'), 1)
+  -- `channel` is left out of the hash when the id ends with it (`notif_fields`)
+  local channel = redis.call('HGET', KEYS[1], 'channel') or string.match(ARGV[1], '[^:]*$')
+  redis.call('HINCRBY', KEYS[4], planned .. ':' .. channel, 1)
 end
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
 for i = 5, #KEYS do

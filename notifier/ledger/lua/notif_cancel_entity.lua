@@ -39,7 +39,9 @@ for i = 5, #KEYS do
     redis.call('EXPIRE', KEYS[i], ARGV[2])
     redis.call('ZREM', KEYS[2], id)
     redis.call('ZREM', KEYS[3], id)
-    redis.call('HINCRBY', KEYS[4], 'cancelled:' .. redis.call('HGET', KEYS[i], 'channel'), 1)
+    -- `channel` is left out of the hash when the id ends with it (`notif_fields`)
+    local channel = redis.call('HGET', KEYS[i], 'channel') or string.match(id, '[^:]*$')
+    redis.call('HINCRBY', KEYS[4], 'cancelled:' .. channel, 1)
     cancelled = cancelled + 1
   elseif state == 'sending' or state == 'sent' then
     redis.call('HSET', KEYS[i], 'superseded', ARGV[1])
