@@ -64,8 +64,8 @@ def by_recipient_key(recipient: str, recipient_id: str) -> str:
 
 def by_entity_key(ref: str) -> str:
     """The ids of the notifications planned about entity `ref` (`appointment:a1`): a sorted
-    set, every score 0, or a set as versions before it wrote one (read with
-    `read_entity_ids`)."""
+    set, every score 0, while Redis can keep it compact, else a set (`notif_add.lua` says
+    when); read with `read_entity_ids`."""
     return f"{PREFIX}by-entity:{ref}"
 
 

@@ -155,6 +155,29 @@ def test_the_hashes_an_event_plans_stay_compact(store, policy, join_url):
     assert store.redis.object("encoding", by_entity_key("appointment:a1")) in COMPACT
 
 
+def entity_plan(*ids: str) -> Plan:
+    return Plan(outcome="applied", add=tuple(
+        PlannedNotification(**{**realistic().__dict__, "id": i, "entity": "appointment:a1"})
+        for i in ids))
+
+
+def test_an_entity_index_is_a_compact_sorted_set_until_redis_could_not_keep_it_so(store):
+    index = by_entity_key("appointment:a1")
+    short = [f"appointment_reminder:a1:{i}h:sms" for i in range(128)]
+    store.write_plan(entity_plan(*short), NOW)
+    assert store.redis.object("encoding", index) in COMPACT
+    store.write_plan(entity_plan("appointment_reminder:a1:129th:sms"), NOW)
+    assert store.redis.type(index) == b"set", "129 ids: a set is the smaller"
+    assert len(store.about_entity("appointment:a1")) == 129
+
+    store.redis.delete(index)
+    long_id = f"appointment_reminder:{APPT_ID}:72h.20261128T150000Z:email"
+    store.write_plan(entity_plan("appointment_reminder:a1:x:sms", long_id), NOW)
+    assert store.redis.type(index) == b"set", "an id over 64 bytes: a set is the smaller"
+    store.write_plan(Plan(outcome="applied", cancel=("appointment:a1",)), NOW)
+    assert store.notification(long_id)["state"] == "cancelled"
+
+
 # Hashes written by an older version --------------------------------------------------------
 
 def book(store: Store, policy, join_url: str | None = None) -> None:
@@ -212,12 +235,12 @@ def test_an_older_hash_is_delivered_and_reported_as_before(store, policy, tmp_pa
     assert rows[REMINDER_SMS].due_at == START - timedelta(hours=24)
 
     # An older hash, indexed in an older set, is cancelled by a reschedule, and its
-    # replacement planned anew; the index is a sorted set from then on.
+    # replacement planned anew, indexed in the same set.
     store_and_apply(store, policy, appointment("appointment.rescheduled", "a1", "c1",
                                                START + timedelta(days=1), NOW), NOW)
     assert store.notification(REMINDER_SMS)["state"] == "cancelled"
-    assert store.redis.type(entity) == b"zset"
-    now_indexed = set(store.redis.zrange(entity, 0, -1))
+    assert store.redis.type(entity) == b"set"
+    now_indexed = set(store.redis.smembers(entity))
     assert set(indexed) < now_indexed
     assert {store.notification(i.decode())["state"] for i in now_indexed - set(indexed)} == {
         "scheduled"}

@@ -7,10 +7,11 @@
 -- KEYS[3]     n:by-recipient:{to}:{to_id}  the recipient's notifications by due time
 -- KEYS[4]     n:stats:outcomes             final states counted by state and channel
 -- KEYS[5..]   n:by-entity:{ref}            each entity index the notification joins: a
---                                          sorted set, every score 0 (small, it is kept
---                                          compact, where a set of strings is a hashtable
---                                          before Redis 7.2); one written as a set by an
---                                          older version is made a sorted set here
+--                                          sorted set, every score 0, while Redis keeps
+--                                          that compact (ids of at most 64 bytes, at most
+--                                          128 of them); past that, or as older versions
+--                                          wrote it, a set (a hashtable either way before
+--                                          Redis 7.2, and a set's is the smaller)
 --
 -- ARGV[1]     the notification id
 -- ARGV[2]     its due time, epoch seconds
@@ -18,6 +19,10 @@
 -- ARGV[4..]   the hash's field/value pairs (`state`, `channel` among them)
 --
 -- Returns 1 when added, 0 when one with this id was kept.
+
+-- Redis's defaults for a compact sorted set: zset-max-listpack-value / -entries (Redis 7),
+-- zset-max-ziplist-value / -entries (Redis 6).
+local COMPACT_BYTES, COMPACT_MEMBERS = 64, 128
 local state = redis.call('HGET', KEYS[1], 'state')
 if state and state ~= 'cancelled' then return 0 end
 redis.call('DEL', KEYS[1])
@@ -32,12 +37,20 @@ else
 end
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
 for i = 5, #KEYS do
-  if redis.call('TYPE', KEYS[i]).ok == 'set' then
-    local ids = redis.call('SMEMBERS', KEYS[i])
+  local index = redis.call('TYPE', KEYS[i]).ok
+  if index == 'zset' and (#ARGV[1] > COMPACT_BYTES
+                          or redis.call('ZCARD', KEYS[i]) >= COMPACT_MEMBERS) then
+    -- Past Redis's compact limits a sorted set costs more than a set: made a set here.
+    local ids = redis.call('ZRANGE', KEYS[i], 0, -1)
     redis.call('DEL', KEYS[i])
-    for _, id in ipairs(ids) do redis.call('ZADD', KEYS[i], 0, id) end
+    redis.call('SADD', KEYS[i], unpack(ids))
+    index = 'set'
   end
-  redis.call('ZADD', KEYS[i], 0, ARGV[1])
+  if index == 'set' or (index == 'none' and #ARGV[1] > COMPACT_BYTES) then
+    redis.call('SADD', KEYS[i], ARGV[1])
+  else
+    redis.call('ZADD', KEYS[i], 0, ARGV[1])
+  end
   redis.call('EXPIRE', KEYS[i], ARGV[3])
 end
 return 1

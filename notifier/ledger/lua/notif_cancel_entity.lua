@@ -8,8 +8,8 @@
 -- added in between fails the transaction and the caller reads again (`Store` does). An id
 -- passed but no longer in KEYS[1] is left alone.
 --
--- KEYS[1]     n:by-entity:{ref}            the entity's notification ids: a sorted set,
---                                          or a set as older versions wrote it
+-- KEYS[1]     n:by-entity:{ref}            the entity's notification ids: a sorted set
+--                                          or a set (`notif_add.lua` says when)
 -- KEYS[2]     n:schedule
 -- KEYS[3]     n:inflight
 -- KEYS[4]     n:stats:outcomes
