@@ -102,7 +102,10 @@ def with_derived(notification_id: str, fields: dict[str, str]) -> dict[str, str]
 
 def param_fields(name: str, value: Any) -> list[tuple[str, str | int | float]]:
     """The (field, value) pairs that keep one param (not None) in the hash: one, or one
-    per piece of a text longer than `VALUE_BYTES`."""
+    per piece of a text longer than `VALUE_BYTES`. Raises ValueError for a name holding
+    `PIECE`, which would be read back as a piece of another param."""
+    if PIECE in name:
+        raise ValueError(f"param name {name!r}: {PIECE!r} marks a param's pieces")
     if isinstance(value, str):
         instant = _utc_instant(value)
         if instant is not None and _utc_text(instant) == value:

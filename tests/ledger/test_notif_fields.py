@@ -89,6 +89,12 @@ def test_a_long_param_is_cut_into_pieces_of_at_most_64_bytes():
     assert all(len(v.encode()) <= 64 for v in fields.values())
 
 
+def test_a_param_name_that_would_read_as_a_piece_is_refused():
+    planned = PlannedNotification(**{**realistic().__dict__, "params": {"url#1": "x"}})
+    with pytest.raises(ValueError, match="pieces"):
+        planned_fields(planned, NOW)
+
+
 def test_a_utc_time_param_is_kept_as_epoch_seconds_and_a_none_param_not_at_all():
     fields = as_fields(planned_fields(realistic(), NOW))
     assert fields["t.start"] == str(int((NOW + timedelta(days=3)).timestamp()))
