@@ -135,9 +135,9 @@ class Events:
             pipe.execute()
 
     def event_status(self, event_id: str) -> dict[str, str]:
-        """Every field of the event's hash, decoded (`status`, `reason`, `subject`, `raw`,
-        times such as `received_at` and `applied_at` in epoch seconds); {} for an unknown or
-        expired id."""
+        """Every field of the event's hash, decoded (`status`, `reason`, `subject`, `raw`
+        until it is applied (`settle`), times such as `received_at` and `applied_at` in
+        epoch seconds); {} for an unknown or expired id."""
         raw = self.redis.hgetall(event_key(event_id))
         return {k.decode(): v.decode() for k, v in raw.items()}
 
