@@ -1,7 +1,9 @@
 """Stored events: storing and queueing them for their subject, their statuses, holding a
 close until its opening, rejecting, and the clock's sweeps of unapplied and held events.
 
-Keys (all under `n:`): `event:{id}` (hash: raw body, status, subject, queue member),
+Keys (all under `n:`): `event:{id}` (hash: raw body, status, subject, queue member; once
+applied, only what its id's 30 days of duplicate detection and `GET /v1/events/{id}` need,
+see `settle`),
 `events:pending` (accepted, not yet applied, scored by arrival; for the clock's sweep), and
 the per-subject queues and held sets of `notifier.ledger.turns`.
 
@@ -59,6 +61,25 @@ def store_event_call(event_id: str, raw: bytes, now: datetime, subject: str | No
 def event_key(event_id: str) -> str:
     """The key of a stored event's hash: `n:event:{id}`."""
     return f"{PREFIX}event:{event_id}"
+
+
+def settle(pipe: Any, event_id: str, plan: Plan, now: datetime, subject: bytes | None,
+           received: bytes | None, occurred: bytes | None) -> None:
+    """Queue on `pipe` an applied (or stale, or ignored) event's last form: its status,
+    reason and times, its subject, kept `EVENT_RETENTION_S` so a duplicate is known.
+
+    The raw body (and the queue member) go: nothing reads them once the event is applied,
+    and the body, a few hundred bytes, made the hash a hashtable (Redis keeps a hash
+    compact only while each value is at most 64 bytes) that outweighed the notifications
+    the event planned. The hash is written anew, since Redis never makes a hashtable
+    compact again. A `rejected` or `failed` event keeps its body (`Events.reject_event`).
+    """
+    key = event_key(event_id)
+    kept = {"status": plan.outcome, "reason": plan.reason, "applied_at": epoch(now),
+            "subject": subject, "received_at": received, "occurred": occurred}
+    pipe.delete(key)
+    pipe.hset(key, mapping={k: v for k, v in kept.items() if v is not None})
+    pipe.expire(key, EVENT_RETENTION_S)
 
 
 def hold(pipe: Any, event_id: str, plan: Plan, ref: str | None, member: bytes | None,
@@ -124,9 +145,9 @@ class Events:
             pipe.execute()
 
     def event_status(self, event_id: str) -> dict[str, str]:
-        """Every field of the event's hash, decoded (`status`, `reason`, `subject`, `raw`,
-        times such as `received_at` and `applied_at` in epoch seconds); {} for an unknown or
-        expired id."""
+        """Every field of the event's hash, decoded (`status`, `reason`, `subject`, `raw`
+        until it is applied (`settle`), times such as `received_at` and `applied_at` in
+        epoch seconds); {} for an unknown or expired id."""
         raw = self.redis.hgetall(event_key(event_id))
         return {k.decode(): v.decode() for k, v in raw.items()}
 

@@ -11,7 +11,6 @@ below name only the errors of their own.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
@@ -20,7 +19,8 @@ import redis
 from pydantic import BaseModel
 
 from notifier.errors import StoreContention, StoreError, TurnLost
-from notifier.ledger.events import EVENT_RETENTION_S, PENDING_EVENTS, event_key, hold, unhold
+from notifier.ledger.events import PENDING_EVENTS, event_key, hold, settle, unhold
+from notifier.ledger.notif_fields import planned_fields
 from notifier.ledger.notifications import (
     ENTITY_INDEX_TTL_S,
     KEEP_FINISHED_S,
@@ -32,6 +32,7 @@ from notifier.ledger.notifications import (
     epoch,
     from_epoch,
     notif_key,
+    read_entity_ids,
 )
 from notifier.ledger.record_store import (
     MAX_WATCH_TRIES,
@@ -42,22 +43,11 @@ from notifier.ledger.record_store import (
 )
 from notifier.ledger.records import ClientRecord, Record
 from notifier.ledger.turns import held_key, queue_key, turn_key
-from notifier.policy.plan import Plan, PlannedNotification
+from notifier.policy.plan import Plan
 
 #: A planner given a stored raw event, a loader of (watched) records and the event's
 #: arrival time.
 Decide = Callable[[bytes, Callable[[list[str]], dict[str, Record]], datetime], Plan]
-
-
-def _notification_fields(n: PlannedNotification, now: datetime) -> list[Any]:
-    fields = {
-        "kind": n.kind, "channel": n.channel, "to": n.recipient, "to_id": n.recipient_id,
-        "entity": n.entity, "due": epoch(n.due_at), "expires": epoch(n.expires_at),
-        "state": n.state, "reason": n.reason, "params": json.dumps(n.params, sort_keys=True),
-        "attempts": 0, "created": epoch(now),
-    }
-    return [item for pair in fields.items() for item in pair]
-
 
 
 class PlanWriter:
@@ -86,7 +76,6 @@ class PlanWriter:
         `StoreContention` (nothing written) when a watched key changes under each of
         `MAX_WATCH_TRIES` tries.
         """
-        key = event_key(event_id)
         for _ in range(MAX_WATCH_TRIES):
             with self.redis.pipeline() as pipe:
                 try:
@@ -125,9 +114,7 @@ class PlanWriter:
                         hold(pipe, event_id, plan, ref, member, occurred, now)
                     else:
                         self._write_plan(pipe, plan, now, before, targets)
-                        pipe.hset(key, mapping={"status": plan.outcome, "reason": plan.reason,
-                                                "applied_at": epoch(now)})
-                        pipe.expire(key, EVENT_RETENTION_S)
+                        settle(pipe, event_id, plan, now, subject, received, occurred)
                         if plan.outcome == "applied" and ref and held:
                             unhold(pipe, ref, held, now)
                     pipe.execute()
@@ -211,7 +198,7 @@ class PlanWriter:
             if unread:
                 reads.mget([record_key(r) for r in unread])
             for ref in plan.cancel:
-                reads.smembers(by_entity_key(ref))
+                read_entity_ids(reads, ref)
             replies = pipe.watch_and_read(keys, reads)
         if unread:
             before.update(parse_records(unread, replies.pop(0)))
@@ -245,7 +232,7 @@ class PlanWriter:
                 keys=[notif_key(n.id), SCHEDULE, by_recipient_key(n.recipient, n.recipient_id),
                       OUTCOMES, by_entity_key(n.entity)],
                 args=[n.id, epoch(n.due_at), ENTITY_INDEX_TTL_S,
-                      *_notification_fields(n, now)],
+                      *planned_fields(n, now)],
                 client=pipe,
             )
         adds = slice(first_add, len(pipe))
