@@ -11,7 +11,7 @@ How it works, per system, one after the other on one private redis-server (no
 persistence; ours on DB 0, Celery on DB 1, dramatiq on DB 2):
 
 - Notifier: starts the Procfile's processes as subprocesses (`notifier web`, `notifier
-  clock` and P x `notifier worker --threads T`; then once more with one `notifier
+  clock` and `notifier worker --processes P --threads T`; then once more with `notifier
   worker` at its own defaults), outbox delivery on both channels. It posts signed
   `message.received` events over HTTP (16 connections) that escalate at T (see
   `bench/workload.py`: 3 notifications each), lets the workers apply them, and waits for T.
@@ -193,8 +193,8 @@ def run_ours(server: common.RedisServer, base: Path, count: int, processes: int 
              spread_s: float = 0.0, fsync_from_due: str | None = None,
              at_due: Callable[[int, str, int], None] | None = None,
              secret: str | None = None) -> Run:
-    """Our Procfile processes: `processes` x `notifier worker --threads T` (None: one
-    `notifier worker` at its defaults). The `count` notifications fall due at T, or, with
+    """Our Procfile processes, the worker as `notifier worker --processes P --threads T`
+    (None: `notifier worker` at its defaults). The `count` notifications fall due at T, or, with
     `spread_s`, evenly from T over that many seconds (three at each instant). `at_due(port,
     secret, web_pid)`, if given, runs in a thread from T on, and is waited for.
     `fsync_from_due`: the server's `appendfsync` is set to it once everything is planned

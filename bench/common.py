@@ -134,9 +134,9 @@ def python_env(extra: dict[str, str]) -> dict[str, str]:
 def product_env(redis_url: str, outbox_dir: Path, secret: str, var_dir: Path,
                 **extra: str) -> dict[str, str]:
     """NOTIFIER_* settings for the product's processes: this Redis, the outbox on both
-    channels (no provider is called), the webhook secret, a support phone (so support SMS
-    are sent, not suppressed) and WARNING logs (a log line per send is not what is
-    measured)."""
+    channels (no provider is called), the webhook secret and a support phone (so support
+    SMS are sent, not suppressed). Logging stays at its default level, as deployed: the
+    lines go to each process's file under the run's `logs/`."""
     return {
         "NOTIFIER_REDIS_URL": redis_url,
         "NOTIFIER_OUTBOX_DIR": str(outbox_dir),
@@ -145,7 +145,6 @@ def product_env(redis_url: str, outbox_dir: Path, secret: str, var_dir: Path,
         "NOTIFIER_SMS_BACKEND": "outbox",
         "NOTIFIER_EMAIL_BACKEND": "outbox",
         "NOTIFIER_SUPPORT_PHONE": "+14155550100",
-        "NOTIFIER_LOG_LEVEL": "WARNING",
         **extra,
     }
 
@@ -202,16 +201,16 @@ def notifier_argv(*args: str) -> list[str]:
 
 def product_commands(processes: int | None, threads: int | None, web: bool = True,
                      clock: bool = True) -> list[tuple[str, list[str]]]:
-    """The Procfile's processes: `notifier web`, `notifier clock`, and the workers:
-    `processes` separate `notifier worker --threads N` (None, None: one `notifier worker`
-    at its defaults, however many processes and threads it chooses itself)."""
+    """The Procfile's processes: `notifier web`, `notifier clock`, and the worker:
+    `notifier worker --processes P --threads T` (it forks P worker processes of T threads
+    each); `processes` 0: no worker; None: `notifier worker` at its own defaults."""
     commands: list[tuple[str, list[str]]] = []
     if processes is None:
         commands.append(("worker", notifier_argv("worker")))
-    else:
-        for i in range(processes):
-            extra = ["--threads", str(threads)] if threads else []
-            commands.append((f"worker-{i}", notifier_argv("worker", *extra)))
+    elif processes > 0:
+        extra = ["--threads", str(threads)] if threads else []
+        commands.append(("worker", notifier_argv("worker", "--processes", str(processes),
+                                                 *extra)))
     if clock:
         commands.append(("clock", notifier_argv("clock")))
     if web:

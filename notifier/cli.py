@@ -169,13 +169,27 @@ def server_log_level(level: str, at_least: str = "DEBUG") -> str:
     return logging.getLevelName(severity).lower()
 
 
+def server_config(app: Any, log_level: str, **listen: Any) -> Any:
+    """uvicorn's `Config` for the app (`notifier web` and `dev`, and the ingest benchmark):
+    `log_level` as `server_log_level` gives it, lower case; `listen` as uvicorn takes it
+    (`host`, `port`), or none when the caller passes a socket to `Server.run`.
+
+    uvicorn's access log is on only at `debug`. At `info` it would be a second line per
+    request beside `POST /v1/events`'s own, which names the event and its answer; a line
+    per request to the other routes (health checks, the read API) is what a reverse proxy
+    or load balancer in front already logs. Both lines cost the web CPU per request."""
+    import uvicorn
+
+    return uvicorn.Config(app, log_level=log_level, access_log=log_level == "debug", **listen)
+
+
 def _serve(app: Any, sock: socket.socket, log_level: str) -> None:
     import uvicorn
 
     # uvicorn re-raises the signal that stopped it once it has shut down; for SIGTERM the
     # default action would kill us before the callers' clean-up, leaving Redis running.
     signal.signal(signal.SIGTERM, _exit_on_signal)
-    uvicorn.Server(uvicorn.Config(app, log_level=log_level)).run(sockets=[sock])
+    uvicorn.Server(server_config(app, log_level)).run(sockets=[sock])
 
 
 def shell_path(path: str | Path, cwd: Path | None = None) -> str:
@@ -295,12 +309,28 @@ def cmd_web(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
+    """Run the worker: in this process with `--processes 1`, else as a parent of that
+    many worker processes (`notifier.worker.processes`), exiting non-zero when one of
+    them ended on its own."""
+    from notifier.worker.processes import default_processes, run_processes
+
+    threads = args.threads or settings.worker_threads
+    processes = args.processes or settings.worker_processes or default_processes()
+    status = 0
     with _runtime(settings) as runtime:
-        stop = _stop_event()
-        worker = _start_worker(runtime, args.threads or settings.worker_threads)
-        log.info("worker running with %d threads", args.threads or settings.worker_threads)
-        stop.wait()
-        worker.stop()
+        def serve(stop: threading.Event) -> None:
+            worker = _start_worker(runtime, threads)
+            log.info("worker running with %d threads", threads)
+            stop.wait()
+            worker.stop()
+
+        if processes == 1:
+            serve(_stop_event())
+        else:
+            log.info("worker running: %d processes of %d threads", processes, threads)
+            status = run_processes(processes, serve)
+    if status:
+        sys.exit(status)
 
 
 def cmd_clock(args: argparse.Namespace, settings: Settings) -> None:
@@ -523,6 +553,13 @@ def _threads(value: str) -> int:
     return int(value)
 
 
+def _processes(value: str) -> int:
+    """A worker's process count, for argparse: at least one."""
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a process count (1 or more)")
+    return int(value)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with its errors in one line: what is wrong, and where to read more."""
 
@@ -542,7 +579,11 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument("--host", default="0.0.0.0")
     web.set_defaults(func=cmd_web)
     worker = sub.add_parser("worker", help="apply events and deliver notifications")
-    worker.add_argument("--threads", type=_threads, default=0)
+    worker.add_argument("--threads", type=_threads, default=0,
+                        help="threads per worker process (default NOTIFIER_WORKER_THREADS)")
+    worker.add_argument("--processes", type=_processes, default=0,
+                        help="worker processes (default NOTIFIER_WORKER_PROCESSES, else one "
+                             "per core)")
     worker.set_defaults(func=cmd_worker)
     clock = sub.add_parser("clock", help="claim due notifications, sweep leases")
     clock.set_defaults(func=cmd_clock)

@@ -427,6 +427,8 @@ def test_help_lists_every_command(tmp_path):
     (("send-event",), "notifier send-event: the following arguments are required: files"),
     (("worker", "--threads", "four"), "notifier worker: argument --threads: 'four' is not a "
      "thread count"),
+    (("worker", "--processes", "0"), "notifier worker: argument --processes: '0' is not a "
+     "process count (1 or more)"),
 ])
 def test_a_wrong_argument_is_one_line(tmp_path, args, says):
     result = notifier(*args, cwd=tmp_path)

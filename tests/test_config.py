@@ -187,6 +187,7 @@ def test_a_dotenv_that_is_not_text_is_named_in_one_line(tmp_path):
     ({"NOTIFIER_EMAIL_SHOWS_MEDICATION": "maybe"}, "NOTIFIER_EMAIL_SHOWS_MEDICATION"),
     ({"NOTIFIER_WORKER_THREADS": "many"}, "NOTIFIER_WORKER_THREADS"),
     ({"NOTIFIER_WORKER_THREADS": "0"}, "NOTIFIER_WORKER_THREADS"),
+    ({"NOTIFIER_WORKER_PROCESSES": "0"}, "NOTIFIER_WORKER_PROCESSES"),
     ({"NOTIFIER_LEASE_S": "-5"}, "NOTIFIER_LEASE_S"),
     ({"NOTIFIER_LOG_LEVEL": "verbose"}, "NOTIFIER_LOG_LEVEL"),
     ({"NOTIFIER_LOG_LEVEL": "10"}, "NOTIFIER_LOG_LEVEL"),
@@ -215,3 +216,8 @@ def test_a_bad_value_names_its_variable(env, names):
 def test_missing_webhook_secret_is_named_when_required():
     with pytest.raises(ConfigError, match="^NOTIFIER_WEBHOOK_SECRET: required"):
         settings().require_webhook_secret()
+
+
+def test_worker_processes_default_to_one_per_core_unless_set():
+    assert settings().worker_processes is None  # `notifier worker` then runs one per core
+    assert settings(NOTIFIER_WORKER_PROCESSES="3").worker_processes == 3

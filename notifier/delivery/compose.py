@@ -7,7 +7,6 @@ SEQUENCE) was fixed when it was planned.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -19,6 +18,7 @@ from notifier.delivery.channels.calendar import Invite, build_invite
 from notifier.delivery.render import Renderer, format_day, format_local_datetime, format_local_time
 from notifier.delivery.sms_budget import fit, sms_name
 from notifier.delivery.sms_text import measure
+from notifier.ledger.notif_fields import params_of, with_derived
 from notifier.ledger.notifications import from_epoch
 from notifier.ledger.records import (
     ClientRecord,
@@ -64,12 +64,14 @@ class Stored:
     @classmethod
     def from_fields(cls, notification_id: str, f: dict[str, str]) -> Stored:
         """A notification from its hash's decoded fields (as `Schedule.begin` returns them);
-        times as aware UTC datetimes, `params` parsed from JSON. Raises KeyError when
-        `kind`, `channel`, `to`, `to_id`, `due` or `expires` is missing."""
+        times as aware UTC datetimes, `kind`, `channel` and `params` read from either hash
+        layout (`notif_fields`). Raises KeyError when `kind`, `channel`, `to`, `to_id`,
+        `due` or `expires` is missing."""
+        f = with_derived(notification_id, f)
         return cls(
             id=notification_id, kind=f["kind"], channel=f["channel"], recipient=f["to"],
             recipient_id=f["to_id"], due_at=from_epoch(f["due"]),
-            expires_at=from_epoch(f["expires"]), params=json.loads(f.get("params") or "{}"),
+            expires_at=from_epoch(f["expires"]), params=params_of(f),
             attempts=int(f.get("attempts") or 0),
             slot=from_epoch(f["slot"]) if float(f.get("slot") or 0) else None,
             entity=f.get("entity", ""),

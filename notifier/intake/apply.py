@@ -72,13 +72,13 @@ def apply_in_turn(store: Store, event_id: str, policy: Policy, clock: Callable[[
     if subject is None:
         return 0
     token = secrets.token_hex(16)
-    if not store.turns.take(subject, token, clock(), lease_s):
-        return 0
+    next_id = store.turns.take_first(subject, token, clock(), lease_s)
     applied = 0
     try:
-        while (next_id := store.turns.next(subject, token, clock(), lease_s)) is not None:
+        while next_id is not None:
             apply_stored_event(store, next_id, policy, clock(), turn=(subject, token))
             applied += 1
+            next_id = store.turns.next(subject, token, clock(), lease_s)
     except TurnLost:
         log.warning("turn on %s ran out while applying; another worker goes on", subject)
     except BaseException:

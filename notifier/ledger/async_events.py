@@ -6,7 +6,10 @@ Redis does not answer. So the HTTP side writes with `redis.asyncio`, the worker 
 the synchronous client of `notifier.ledger.events.Events`.
 
 The write is the same script, keys and arguments as `Events.store_event`: an event stored
-here is read, queued and applied by the worker exactly like one stored there.
+here is read, queued and applied by the worker exactly like one stored there. The web
+passes the event's `apply_event` message along (`ledger.broker_messages`), so the event
+and its message are one script: one round trip and, with `appendfsync always`, one fsync,
+shared by whatever other writes Redis ran in the same pass of its event loop.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from datetime import datetime
 import redis
 import redis.asyncio
 
+from notifier.ledger.broker_messages import BrokerMessage
 from notifier.ledger.client import store_errors
 from notifier.ledger.events import STORE_EVENT_LUA, store_event_call
 
@@ -42,6 +46,19 @@ def async_twin(client: redis.Redis) -> redis.asyncio.Redis:
         connection_class=connection_class, max_connections=pool.max_connections, **settings))
 
 
+#: The connection settings that say which server and database a client writes to.
+SERVER_SETTINGS = ("host", "port", "path", "db")
+
+
+def same_server(a: redis.Redis, b: redis.Redis) -> bool:
+    """Whether two clients write to the same Redis database, as their connection settings
+    say (host, port or Unix socket path, and database; `localhost` and `127.0.0.1` differ)."""
+    def server(client: redis.Redis) -> tuple[object, ...]:
+        settings = client.connection_pool.connection_kwargs
+        return tuple(settings.get(k) for k in SERVER_SETTINGS)
+    return server(a) == server(b)
+
+
 class AsyncEventStore:
     """The event writes of the HTTP process, awaited rather than blocking."""
 
@@ -50,12 +67,14 @@ class AsyncEventStore:
         self._store_event = client.register_script(STORE_EVENT_LUA)
 
     async def store_event(self, event_id: str, raw: bytes, now: datetime,
-                          subject: str | None = None, occurred_at: datetime | None = None
-                          ) -> bool:
-        """Store a raw event durably and queue it for its subject; False when this id was
-        accepted before. Raises `StoreUnavailable` when Redis cannot be reached or take
-        commands now, `StoreError` when it refuses the script."""
-        keys, args = store_event_call(event_id, raw, now, subject, occurred_at)
+                          subject: str | None = None, occurred_at: datetime | None = None,
+                          message: BrokerMessage | None = None) -> bool:
+        """Store a raw event durably, queue it for its subject and enqueue `message`, in
+        one script; False when this id was accepted before (nothing written or enqueued).
+        Raises `StoreUnavailable` when Redis cannot be reached or take commands now,
+        `StoreError` when it refuses the script, `ValueError` for a `message` without a
+        subject."""
+        keys, args = store_event_call(event_id, raw, now, subject, occurred_at, message)
         with store_errors():
             return bool(await self._store_event(keys=keys, args=args))
 

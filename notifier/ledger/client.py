@@ -13,6 +13,14 @@ is changed:
 - `WatchError` and `NoScriptError` stay what they are: the ledger's WATCH loops and
   redis-py's `Script` handle them as part of their normal work.
 
+Two round trips redis-py would make are saved here, for the ledger's transactions:
+
+- a pipeline holding scripts sends each one's source (`EVAL`) rather than asking
+  `SCRIPT EXISTS` first and sending `EVALSHA` (`LedgerPipeline.load_scripts`): no round
+  trip, and no moment between the check and the `EXEC` where a flushed script cache
+  could make one command of a transaction fail while the others commit;
+- `LedgerPipeline.watch_and_read` sends a `WATCH` and the reads it guards together.
+
 `Store` wraps the client it is given (`ledger_client`), so every part of the ledger
 built from it speaks these errors; code that talks to Redis some other way (the dramatiq
 broker, the asyncio client of `async_events`) translates with `store_errors()`.
@@ -22,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from typing import Any
 
 import redis
@@ -58,9 +67,85 @@ def store_errors() -> Iterator[None]:
         raise StoreError(str(exc)) from exc
 
 
+@lru_cache(maxsize=64)
+def script_body(source: str) -> str:
+    """A Lua script's source without its leading comment block (its documentation), as
+    sent with every `EVAL`: the same program in fewer bytes."""
+    lines = source.splitlines()
+    first = next((i for i, line in enumerate(lines)
+                  if line.strip() and not line.lstrip().startswith("--")), len(lines))
+    return "\n".join(lines[first:]) + "\n"
+
+
 class LedgerPipeline(redis.client.Pipeline):
     """A pipeline whose commands (run at once while WATCHing, or queued and sent by
-    `execute`) raise the ledger's errors."""
+    `execute`) raise the ledger's errors; see the module's docstring for the round trips
+    it saves."""
+
+    def load_scripts(self) -> None:
+        """Make the queued scripts runnable without a round trip: each `EVALSHA` of a
+        script queued through redis-py's `Script` becomes an `EVAL` of its source (Redis
+        compiles a script once and finds it again by its hash). redis-py instead asks
+        `SCRIPT EXISTS` before every `execute` that holds scripts, one round trip each
+        time. Called by `execute`, which has already taken the command stack: it is
+        changed in place."""
+        bodies = {script.sha: script.script for script in self.scripts}
+        for number, (args, options) in enumerate(self.command_stack):
+            if args[0] == "EVALSHA" and args[1] in bodies:
+                source = bodies[args[1]]
+                text = source.decode() if isinstance(source, bytes) else str(source)
+                self.command_stack[number] = (("EVAL", script_body(text), *args[2:]),
+                                              options)
+
+    def watch_and_read(self, keys: list[str], reads: redis.client.Pipeline) -> list[Any]:
+        """`WATCH keys`, then the commands queued on `reads` (a `transaction=False`
+        pipeline, emptied here), sent together on this pipeline's connection: one round
+        trip where `watch` and then the reads make two. Returns the reads' replies, in
+        order. The reads come after the `WATCH` on one connection, so a change to a
+        watched key after them still fails the `EXEC`.
+
+        Raises `redis.WatchError` when the connection fails while this pipeline already
+        watched keys (the watch is lost: the caller's loop starts again); otherwise a
+        failing connection is retried as redis-py retries, then raises `StoreUnavailable`.
+        A refused command raises `StoreError` once every reply has been read."""
+        if self.explicit_transaction:
+            raise redis.RedisError("Cannot issue a WATCH after a MULTI")
+        commands = [(("WATCH", *keys), {}), *reads.command_stack]
+        reads.reset()
+        conn = self.connection
+        if conn is None:
+            conn = self.connection_pool.get_connection()
+            self.connection = conn
+
+        def fail(error: Exception) -> None:
+            # As redis-py's own WATCH does: a watch on a dead connection is lost.
+            conn.disconnect()  # type: ignore[no-untyped-call]
+            if self.watching:
+                self.reset()
+                raise redis.WatchError(f"a {type(error).__name__} while watching keys")
+
+        with store_errors():
+            replies = conn.retry.call_with_retry(lambda: self._send_reads(conn, commands),
+                                                 fail)
+        return replies[1:]
+
+    def _send_reads(self, conn: Any, commands: list[tuple[tuple[Any, ...], dict[str, Any]]]
+                    ) -> list[Any]:
+        """Send `commands` in one write and read every reply (so the connection stays in
+        step), then raise the first refusal, if any."""
+        conn.send_packed_command(conn.pack_commands([args for args, _ in commands]))
+        replies: list[Any] = []
+        for args, options in commands:
+            try:
+                # redis-py leaves parse_response unannotated
+                replies.append(self.parse_response(  # type: ignore[no-untyped-call]
+                    conn, args[0], **options))
+            except redis.ResponseError as exc:
+                replies.append(exc)
+        for reply in replies:
+            if isinstance(reply, redis.ResponseError):
+                raise reply
+        return replies
 
     def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         """Run one command now (while WATCHing: its reply) or queue it (the pipeline

@@ -1,7 +1,9 @@
 """Stored events: storing and queueing them for their subject, their statuses, holding a
 close until its opening, rejecting, and the clock's sweeps of unapplied and held events.
 
-Keys (all under `n:`): `event:{id}` (hash: raw body, status, subject, queue member),
+Keys (all under `n:`): `event:{id}` (hash: raw body, status, subject, queue member; once
+applied, only what its id's 30 days of duplicate detection and `GET /v1/events/{id}` need,
+see `settle`),
 `events:pending` (accepted, not yet applied, scored by arrival; for the clock's sweep), and
 the per-subject queues and held sets of `notifier.ledger.turns`.
 
@@ -23,6 +25,7 @@ from typing import Any
 import redis
 
 from notifier.errors import StoreError
+from notifier.ledger.broker_messages import BrokerMessage
 from notifier.ledger.lua import lua_source
 from notifier.ledger.notifications import PREFIX, epoch, from_epoch
 from notifier.ledger.turns import HELD_EVENTS, held_key, queue_key, queue_member
@@ -36,22 +39,47 @@ STORE_EVENT_LUA = lua_source("event_store")
 
 
 def store_event_call(event_id: str, raw: bytes, now: datetime, subject: str | None,
-                     occurred_at: datetime | None
+                     occurred_at: datetime | None, message: BrokerMessage | None = None
                      ) -> tuple[list[str], list[bytes | str | float]]:
     """The KEYS and ARGV of `STORE_EVENT_LUA` for one event (for `Events.store_event` and
     the web's asyncio twin): the event's hash, the pending index and, with a subject, the
-    subject's queue."""
+    subject's queue; with a `message`, its dramatiq queue and messages hash too. Raises
+    `ValueError` for a message without a subject (the script's KEYS are positional)."""
     keys = [event_key(event_id), PENDING_EVENTS]
     args: list[bytes | str | float] = [raw, epoch(now), event_id]
     if subject is not None and occurred_at is not None:
         keys.append(queue_key(subject))
         args += [subject, epoch(occurred_at), queue_member(event_id, now)]
+    if message is not None:
+        if len(keys) < 3:
+            raise ValueError("an event is stored with its message only with its subject")
+        keys += [message.queue_key, message.messages_key]
+        args += [message.redis_message_id, message.data]
     return keys, args
 
 
 def event_key(event_id: str) -> str:
     """The key of a stored event's hash: `n:event:{id}`."""
     return f"{PREFIX}event:{event_id}"
+
+
+def settle(pipe: Any, event_id: str, plan: Plan, now: datetime, subject: bytes | None,
+           received: bytes | None, occurred: bytes | None) -> None:
+    """Queue on `pipe` an applied (or stale, or ignored) event's last form: its status,
+    reason and times, its subject, kept `EVENT_RETENTION_S` so a duplicate is known.
+
+    The raw body (and the queue member) go: nothing reads them once the event is applied,
+    and the body, a few hundred bytes, made the hash a hashtable (Redis keeps a hash
+    compact only while each value is at most 64 bytes) that outweighed the notifications
+    the event planned. The hash is written anew, since Redis never makes a hashtable
+    compact again. A `rejected` or `failed` event keeps its body (`Events.reject_event`).
+    """
+    key = event_key(event_id)
+    kept = {"status": plan.outcome, "reason": plan.reason, "applied_at": epoch(now),
+            "subject": subject, "received_at": received, "occurred": occurred}
+    pipe.delete(key)
+    pipe.hset(key, mapping={k: v for k, v in kept.items() if v is not None})
+    pipe.expire(key, EVENT_RETENTION_S)
 
 
 def hold(pipe: Any, event_id: str, plan: Plan, ref: str | None, member: bytes | None,
@@ -88,14 +116,17 @@ class Events:
         self._store_event = client.register_script(STORE_EVENT_LUA)
 
     def store_event(self, event_id: str, raw: bytes, now: datetime, subject: str | None = None,
-                    occurred_at: datetime | None = None) -> bool:
+                    occurred_at: datetime | None = None,
+                    message: BrokerMessage | None = None) -> bool:
         """Store a raw event durably and queue it for its subject (an entity ref, see
-        `policy.ordering.subject_ref`); False when this id was accepted before.
+        `policy.ordering.subject_ref`), and enqueue `message` (its `apply_event`) in the
+        same script; False when this id was accepted before (nothing is enqueued then).
 
         Without `subject` the event is queued by the worker that first applies it (events
-        stored by an older version, tests of the store alone).
+        stored by an older version, tests of the store alone). Raises `ValueError` for a
+        `message` without a subject.
         """
-        keys, args = store_event_call(event_id, raw, now, subject, occurred_at)
+        keys, args = store_event_call(event_id, raw, now, subject, occurred_at, message)
         return bool(self._store_event(keys=keys, args=args))
 
     def event_subject(self, event_id: str) -> tuple[str | None, str | None]:
@@ -114,9 +145,9 @@ class Events:
             pipe.execute()
 
     def event_status(self, event_id: str) -> dict[str, str]:
-        """Every field of the event's hash, decoded (`status`, `reason`, `subject`, `raw`,
-        times such as `received_at` and `applied_at` in epoch seconds); {} for an unknown or
-        expired id."""
+        """Every field of the event's hash, decoded (`status`, `reason`, `subject`, `raw`
+        until it is applied (`settle`), times such as `received_at` and `applied_at` in
+        epoch seconds); {} for an unknown or expired id."""
         raw = self.redis.hgetall(event_key(event_id))
         return {k.decode(): v.decode() for k, v in raw.items()}
 

@@ -1,6 +1,7 @@
 """The notification ledger and schedule in Redis, and the Lua scripts that move state.
 
-A notification is a hash `n:notif:{id}` (id = its dedupe key) with a `state`:
+A notification is a hash `n:notif:{id}` (id = its dedupe key) with a `state`; its fields
+are laid out to stay in Redis's compact encoding (`notifier.ledger.notif_fields`):
 
     scheduled ──claim──▶ (in flight, leased) ──begin──▶ sending ──▶ sent ──▶ delivered | failed
         │                                                  └──────▶ failed | expired | suppressed
@@ -28,6 +29,7 @@ import redis
 
 from notifier.errors import StoreError
 from notifier.ledger.lua import lua_source
+from notifier.ledger.notif_fields import with_derived
 
 #: Key prefix of every key Notifier writes.
 PREFIX = "n:"
@@ -61,8 +63,17 @@ def by_recipient_key(recipient: str, recipient_id: str) -> str:
 
 
 def by_entity_key(ref: str) -> str:
-    """The set of ids of the notifications planned about entity `ref` (`appointment:a1`)."""
+    """The ids of the notifications planned about entity `ref` (`appointment:a1`): a sorted
+    set, every score 0, while Redis can keep it compact, else a set (`notif_add.lua` says
+    when); read with `read_entity_ids`."""
     return f"{PREFIX}by-entity:{ref}"
+
+
+def read_entity_ids(client: Any, ref: str) -> Any:
+    """Read (or queue on a pipeline) the ids in `ref`'s entity index, whichever type holds
+    it: `SORT … BY nosort` lists a set's and a sorted set's members alike, unsorted, in
+    one command. Returns the ids as bytes ([] for no index), or the pipeline."""
+    return client.sort(by_entity_key(ref), by="nosort")
 
 
 def epoch(instant: datetime) -> float:
@@ -161,7 +172,7 @@ class Schedule:
                       reason: str = "superseded") -> None:
         """Queue on `pipe` the cancel of `ref`'s still-scheduled notifications (those being
         sent are marked `reason`). `ids` are the members of `by_entity_key(ref)`, read
-        after the caller WATCHed it (`PlanWriter.cancel_targets`), so that an id added meanwhile
+        after the caller WATCHed it (`PlanWriter.write_targets`), so that an id added meanwhile
         fails the caller's transaction instead of escaping the cancel."""
         self.cancel_script(keys=[by_entity_key(ref), SCHEDULE, INFLIGHT, OUTCOMES,
                                  *(notif_key(i) for i in ids)],
@@ -186,12 +197,13 @@ class Schedule:
               early_s: float = 1.0) -> Begun:
         """`scheduled` (and due within `early_s` seconds) -> `sending`, leased until `now +
         lease_s`, or an expired lease taken over; see `Verdict` for every answer. The fields
-        are the hash's, decoded, when it may be sent. Raises ValueError for a verdict the
-        script does not give."""
+        are the hash's, decoded, with `kind` and `channel` (`notif_fields.with_derived`),
+        when it may be sent. Raises ValueError for a verdict the script does not give."""
         raw = self._begin(keys=[notif_key(notification_id), INFLIGHT, SCHEDULE],
                           args=[notification_id, epoch(now), epoch(now) + lease_s, early_s])
         verdict, rest = Verdict(raw[0].decode()), [v.decode() for v in raw[1:]]
-        return Begun(verdict, dict(zip(rest[::2], rest[1::2], strict=True)))
+        return Begun(verdict, with_derived(notification_id,
+                                           dict(zip(rest[::2], rest[1::2], strict=True))))
 
     def finish(self, notification_id: str, state: str, **fields: Any) -> bool:
         """`sending` -> the final `state`, with `fields` set on the hash (None stored as

@@ -11,7 +11,6 @@ below name only the errors of their own.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
@@ -20,7 +19,8 @@ import redis
 from pydantic import BaseModel
 
 from notifier.errors import StoreContention, StoreError, TurnLost
-from notifier.ledger.events import EVENT_RETENTION_S, PENDING_EVENTS, event_key, hold, unhold
+from notifier.ledger.events import PENDING_EVENTS, event_key, hold, settle, unhold
+from notifier.ledger.notif_fields import planned_fields
 from notifier.ledger.notifications import (
     ENTITY_INDEX_TTL_S,
     KEEP_FINISHED_S,
@@ -32,26 +32,22 @@ from notifier.ledger.notifications import (
     epoch,
     from_epoch,
     notif_key,
+    read_entity_ids,
 )
-from notifier.ledger.record_store import MAX_WATCH_TRIES, RecordStore, record_key, write_records
-from notifier.ledger.records import Record
+from notifier.ledger.record_store import (
+    MAX_WATCH_TRIES,
+    RecordStore,
+    parse_records,
+    record_key,
+    write_records,
+)
+from notifier.ledger.records import ClientRecord, Record
 from notifier.ledger.turns import held_key, queue_key, turn_key
-from notifier.policy.plan import Plan, PlannedNotification
+from notifier.policy.plan import Plan
 
 #: A planner given a stored raw event, a loader of (watched) records and the event's
 #: arrival time.
 Decide = Callable[[bytes, Callable[[list[str]], dict[str, Record]], datetime], Plan]
-
-
-def _notification_fields(n: PlannedNotification, now: datetime) -> list[Any]:
-    fields = {
-        "kind": n.kind, "channel": n.channel, "to": n.recipient, "to_id": n.recipient_id,
-        "entity": n.entity, "due": epoch(n.due_at), "expires": epoch(n.expires_at),
-        "state": n.state, "reason": n.reason, "params": json.dumps(n.params, sort_keys=True),
-        "attempts": 0, "created": epoch(now),
-    }
-    return [item for pair in fields.items() for item in pair]
-
 
 
 class PlanWriter:
@@ -80,7 +76,6 @@ class PlanWriter:
         `StoreContention` (nothing written) when a watched key changes under each of
         `MAX_WATCH_TRIES` tries.
         """
-        key = event_key(event_id)
         for _ in range(MAX_WATCH_TRIES):
             with self.redis.pipeline() as pipe:
                 try:
@@ -96,18 +91,21 @@ class PlanWriter:
                     if turn is not None and holder != turn[1].encode():
                         raise TurnLost(turn[0])
                     if turn is None and ref:
-                        pipe.watch(held_key(ref))
-                        held = pipe.zrange(held_key(ref), 0, -1, withscores=True)
+                        with self.redis.pipeline(transaction=False) as reads:
+                            reads.zrange(held_key(ref), 0, -1, withscores=True)
+                            held, = pipe.watch_and_read([held_key(ref)], reads)
+                    # Every record read in this try, watched: None for one not stored.
+                    known: dict[str, Record | None] = {}
 
-                    def load(more: list[str], pipe: Any = pipe) -> dict[str, Record]:
-                        if more:
-                            pipe.watch(*(record_key(r) for r in more))
-                        return self.records.load_records(more, pipe)
+                    def load(more: list[str], pipe: Any = pipe,
+                             known: dict[str, Record | None] = known) -> dict[str, Record]:
+                        found = self._watch_records(pipe, more)
+                        known.update({r: found.get(r) for r in more})
+                        return found
 
                     arrived = from_epoch(received) if received else now
                     plan = decide(raw, load, arrived)
-                    before = self.records.clients_before(plan.records, pipe)
-                    targets = self.cancel_targets(plan, pipe)
+                    before, targets = self.write_targets(plan, pipe, known)
                     pipe.multi()
                     if ref and member:
                         pipe.zrem(queue_key(ref), member)
@@ -116,9 +114,7 @@ class PlanWriter:
                         hold(pipe, event_id, plan, ref, member, occurred, now)
                     else:
                         self._write_plan(pipe, plan, now, before, targets)
-                        pipe.hset(key, mapping={"status": plan.outcome, "reason": plan.reason,
-                                                "applied_at": epoch(now)})
-                        pipe.expire(key, EVENT_RETENTION_S)
+                        settle(pipe, event_id, plan, now, subject, received, occurred)
                         if plan.outcome == "applied" and ref and held:
                             unhold(pipe, ref, held, now)
                     pipe.execute()
@@ -130,21 +126,31 @@ class PlanWriter:
 
     def _watch_event(self, pipe: Any, event_id: str, turn: tuple[str, str] | None
                      ) -> list[Any]:
-        """WATCH the event (and, in a turn, the turn and the subject's held closes), then
-        read them in one round trip: the event's fields, the turn's holder, the held
-        closes. Reads after the WATCH are checked by it, so they need not share its
-        connection."""
+        """WATCH the event (and, in a turn, the turn and the subject's held closes) and
+        read them, in one round trip: the event's fields, the turn's holder, the held
+        closes."""
         key = event_key(event_id)
         with self.redis.pipeline(transaction=False) as reads:
             reads.hmget(key, "status", "raw", "subject", "member", "received_at", "occurred")
             if turn is None:
-                pipe.watch(key)
-                return [*reads.execute()[0], None, []]
-            pipe.watch(key, turn_key(turn[0]), held_key(turn[0]))
+                fields, = pipe.watch_and_read([key], reads)
+                return [*fields, None, []]
             reads.get(turn_key(turn[0]))
             reads.zrange(held_key(turn[0]), 0, -1, withscores=True)
-            fields, holder, held = reads.execute()
+            fields, holder, held = pipe.watch_and_read(
+                [key, turn_key(turn[0]), held_key(turn[0])], reads)
         return [*fields, holder, held]
+
+    def _watch_records(self, pipe: Any, refs: list[str]) -> dict[str, Record]:
+        """The stored records of `refs`, by ref (one with none is left out), WATCHed and
+        read in one round trip."""
+        if not refs:
+            return {}
+        keys = [record_key(r) for r in refs]
+        with self.redis.pipeline(transaction=False) as reads:
+            reads.mget(keys)
+            values, = pipe.watch_and_read(keys, reads)
+        return parse_records(refs, values)
 
     def write_plan(self, plan: Plan, now: datetime) -> int:
         """Write a plan not tied to an event (a cron job's), in one transaction; returns how
@@ -154,9 +160,7 @@ class PlanWriter:
         for _ in range(MAX_WATCH_TRIES):
             with self.redis.pipeline() as pipe:
                 try:
-                    targets = self.cancel_targets(plan, pipe)
-                    before = self.records.clients_before(plan.records,
-                                                        pipe if pipe.watching else self.redis)
+                    before, targets = self.write_targets(plan, pipe)
                     pipe.multi()
                     adds = self._write_plan(pipe, plan, now, before, targets)
                     replies = pipe.execute()
@@ -167,21 +171,40 @@ class PlanWriter:
         raise StoreContention(f"the entities a plan cancels changed under every one of "
                               f"{MAX_WATCH_TRIES} tries to write it")
 
-    def cancel_targets(self, plan: Plan, pipe: Any) -> dict[str, list[str]]:
-        """The notification ids indexed under each entity `plan` cancels, by ref: the
-        indexes are WATCHed on `pipe` first, then read in one round trip. The cancel
-        script is given each id's key (every key a script touches is in its KEYS), and
-        the WATCH fails the transaction when an id is added before it commits. {} when the
-        plan cancels nothing."""
-        if not plan.cancel:
-            return {}
-        pipe.watch(*(by_entity_key(ref) for ref in plan.cancel))
+    def write_targets(self, plan: Plan, pipe: Any,
+                      known: Mapping[str, Record | None] | None = None
+                      ) -> tuple[dict[str, Record], dict[str, list[str]]]:
+        """What writing `plan` must read first, WATCHed on `pipe` and read in one round
+        trip: (the stored versions of its client records, by ref, for `write_records`,
+        which moves a client whose number changed between the per-number sets; the ids
+        indexed under each entity it cancels, by ref, for the cancel script, which is
+        given each id's key since every key a script touches is in its KEYS). The WATCH
+        fails the transaction when a client record changes or an id is added to a
+        cancelled entity before it commits.
+
+        `known`: records already read and WATCHed on `pipe` (None for one not stored),
+        which are not read again. Returns ({}, {}) without a round trip when there is
+        nothing to read."""
+        known = known or {}
+        clients = [ref for ref, record in plan.records.items()
+                   if isinstance(record, ClientRecord)]
+        unread = [ref for ref in clients if ref not in known]
+        before = {ref: record for ref in clients
+                  if (record := known.get(ref)) is not None}
+        if not unread and not plan.cancel:
+            return before, {}
+        keys = [record_key(r) for r in unread] + [by_entity_key(r) for r in plan.cancel]
         with self.redis.pipeline(transaction=False) as reads:
+            if unread:
+                reads.mget([record_key(r) for r in unread])
             for ref in plan.cancel:
-                reads.smembers(by_entity_key(ref))
-            found = reads.execute()
-        return {ref: sorted(i.decode() for i in ids)
-                for ref, ids in zip(plan.cancel, found, strict=True)}
+                read_entity_ids(reads, ref)
+            replies = pipe.watch_and_read(keys, reads)
+        if unread:
+            before.update(parse_records(unread, replies.pop(0)))
+        targets = {ref: sorted(i.decode() for i in ids)
+                   for ref, ids in zip(plan.cancel, replies, strict=True)}
+        return before, targets
 
     def _write_plan(self, pipe: Any, plan: Plan, now: datetime,
                     before: Mapping[str, BaseModel] | None = None,
@@ -195,12 +218,11 @@ class PlanWriter:
         the read API's window is far shorter): trimmed here, on the write that makes it
         grow, so a read never writes.
 
-        `before`: the stored versions of the plan's client records
-        (`RecordStore.clients_before`);
+        `before`: the stored versions of the plan's client records (`write_targets`);
         callers whose plans hold no client records may leave it out. `targets`: the ids
-        of each entity the plan cancels (`cancel_targets`), required when it cancels."""
+        of each entity the plan cancels (`write_targets`), required when it cancels."""
         if plan.cancel and (targets is None or not set(plan.cancel) <= set(targets)):
-            raise StoreError("a plan that cancels needs the ids it cancels: cancel_targets")
+            raise StoreError("a plan that cancels needs the ids it cancels: write_targets")
         write_records(pipe, plan.records, before or {})
         for ref in plan.cancel:
             self.schedule.cancel_entity(pipe, ref, (targets or {})[ref])
@@ -210,7 +232,7 @@ class PlanWriter:
                 keys=[notif_key(n.id), SCHEDULE, by_recipient_key(n.recipient, n.recipient_id),
                       OUTCOMES, by_entity_key(n.entity)],
                 args=[n.id, epoch(n.due_at), ENTITY_INDEX_TTL_S,
-                      *_notification_fields(n, now)],
+                      *planned_fields(n, now)],
                 client=pipe,
             )
         adds = slice(first_add, len(pipe))

@@ -19,19 +19,20 @@ from pydantic import BaseModel, ConfigDict
 
 from notifier.ledger.deliveries import DELIVERY_FAILURES
 from notifier.ledger.events import PENDING_EVENTS
+from notifier.ledger.notif_fields import logical, with_derived
 from notifier.ledger.notifications import (
     INFLIGHT,
     LATENESS,
     OUTCOMES,
     SCHEDULE,
     Lateness,
-    by_entity_key,
     by_recipient_key,
     epoch,
     from_epoch,
     notif_key,
     parse_lateness,
     parse_outcomes,
+    read_entity_ids,
 )
 from notifier.ledger.record_store import RecordStore
 from notifier.ledger.records import AppointmentRecord, VisitsRecord
@@ -128,16 +129,17 @@ class Reading:
 
     def notification(self, notification_id: str) -> dict[str, str]:
         """Every field of the notification's hash, decoded (`state`, `kind`, `channel`,
-        `to`, `to_id`, `entity`, `params` as JSON, `due` and `expires` in epoch seconds); {}
+        `to`, `to_id`, `entity`, `params` as JSON, `due` and `expires` in epoch seconds,
+        `reason`, `attempts`), whichever layout stored it (`notif_fields.logical`); {}
         for an unknown or expired id."""
         raw = self.redis.hgetall(notif_key(notification_id))
-        return {k.decode(): v.decode() for k, v in raw.items()}
+        return logical(notification_id, {k.decode(): v.decode() for k, v in raw.items()})
 
     def about_entity(self, entity: str) -> dict[str, tuple[str, str] | None]:
         """(recipient, state) of every notification indexed under `entity` by id; None for
         one whose ledger entry has expired. Two round trips: the index, then one pipeline
         of HMGETs."""
-        ids = sorted(i.decode() for i in self.redis.smembers(by_entity_key(entity)))
+        ids = sorted(i.decode() for i in read_entity_ids(self.redis, entity))
         if not ids:
             return {}
         with self.redis.pipeline(transaction=False) as pipe:
@@ -162,7 +164,7 @@ class Reading:
             hashes = pipe.execute()
         views = []
         for i, h in zip(ids, hashes, strict=True):
-            f = {k.decode(): v.decode() for k, v in h.items()}
+            f = with_derived(i.decode(), {k.decode(): v.decode() for k, v in h.items()})
             if not f:
                 continue
             views.append(NotificationRow(

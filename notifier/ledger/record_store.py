@@ -48,6 +48,13 @@ def parse_record(kind: str, raw: bytes) -> Record:
     return RECORD_TYPES[kind].model_validate_json(raw)
 
 
+def parse_records(refs: list[str], values: list[bytes | None]) -> dict[str, Record]:
+    """The records of `refs` from their stored JSON (`values`, as an MGET of their keys
+    returns them), by ref; a ref with no value is left out. Raises as `parse_record`."""
+    return {ref: parse_record(ref.split(":", 1)[0], value)
+            for ref, value in zip(refs, values, strict=True) if value is not None}
+
+
 def legacy_phone_key(phone: str) -> str:
     """The one-client-per-number string older versions wrote (last write won); still read,
     never written, so numbers indexed before the upgrade keep working."""
@@ -92,7 +99,7 @@ def write_records(pipe: Any, records: Mapping[str, BaseModel],
                   before: Mapping[str, BaseModel]) -> None:
     """Queue the writes of `records` on `pipe`, and move their clients between the
     per-number sets: `before` holds the stored versions of the client records among them
-    (`RecordStore.clients_before`), so a client whose number changed leaves the old set."""
+    (`PlanWriter.write_targets`), so a client whose number changed leaves the old set."""
     for ref, record in records.items():
         set_record(pipe, ref, record)
     # Inbound SMS name a number; these sets find every client it belongs to.
@@ -116,9 +123,7 @@ class RecordStore:
         record that no longer parses raises as `parse_record` says."""
         if not refs:
             return {}
-        values = (pipe or self.redis).mget([record_key(r) for r in refs])
-        return {ref: parse_record(ref.split(":", 1)[0], value)
-                for ref, value in zip(refs, values, strict=True) if value is not None}
+        return parse_records(refs, (pipe or self.redis).mget([record_key(r) for r in refs]))
 
     def load_record(self, ref: str) -> Record | None:
         """The stored record of `ref`, or None when there is none."""
@@ -171,14 +176,6 @@ class RecordStore:
         """Every provider's record, by id."""
         records = self.load_records([f"provider:{i}" for i in self.provider_ids()])
         return [r for r in records.values() if isinstance(r, ProviderRecord)]
-
-    def clients_before(self, records: Mapping[str, BaseModel], pipe: Any) -> dict[str, Record]:
-        """The stored versions of the client records among `records`, read before they
-        are written (and watched, on a watching pipeline), for `write_records`."""
-        refs = [ref for ref, record in records.items() if isinstance(record, ClientRecord)]
-        if refs and getattr(pipe, "watching", False):
-            pipe.watch(*(record_key(r) for r in refs))
-        return self.load_records(refs, pipe)
 
     def clients_for_phone(self, phone: str) -> list[ClientRecord]:
         """Every client whose current number is `phone`, by id. Reads the per-number set and

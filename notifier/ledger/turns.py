@@ -89,6 +89,20 @@ class Turns:
         return bool(self._take(keys=[turn_key(ref), TURNS],
                                args=[token, int(lease_s * 1000), epoch(now) + lease_s, ref]))
 
+    def take_first(self, ref: str, token: str, now: datetime, lease_s: float) -> str | None:
+        """Take `ref`'s turn and return its first event's id, in one round trip (`take`,
+        then `next`, pipelined); None when another worker has the turn, or when the queue
+        is empty (the turn is then given back at once)."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            self._take(keys=[turn_key(ref), TURNS],
+                       args=[token, int(lease_s * 1000), epoch(now) + lease_s, ref],
+                       client=pipe)
+            self._next(keys=[turn_key(ref), queue_key(ref), TURNS],
+                       args=[token, int(lease_s * 1000), epoch(now) + lease_s, ref],
+                       client=pipe)
+            _, member = pipe.execute()
+        return member_event_id(member.decode()) if member else None
+
     def next(self, ref: str, token: str, now: datetime, lease_s: float) -> str | None:
         """The id of the next event to apply in this turn, oldest first, renewing the lease;
         None when the queue is empty (the turn is then given back) or the turn was lost."""

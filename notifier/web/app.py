@@ -16,8 +16,10 @@ from prometheus_client import CollectorRegistry
 
 from notifier import __version__
 from notifier.config import Settings
+from notifier.errors import ConfigError
+from notifier.ledger.async_events import same_server
 from notifier.ledger.store import Store
-from notifier.web.events import EventStores, document_event_body, event_routes, events_counter
+from notifier.web.events import EventStores, document_event_body, event_route, events_counter
 from notifier.web.links import link_routes
 from notifier.web.ops import LedgerCollector, openapi_document, ops_routes
 from notifier.web.provider_hooks import provider_routes
@@ -27,7 +29,13 @@ log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings, store: Store, broker: RedisBroker) -> FastAPI:
+    """The app, serving `store`'s Redis. Raises `ConfigError` without a webhook secret, or
+    when `broker` uses another Redis than `store` (the webhook writes an event and its
+    `apply_event` message in one script: `web.events.ONE_WRITE`)."""
     secret = settings.require_webhook_secret()
+    if not same_server(store.redis, broker.client):
+        raise ConfigError("the dramatiq broker must use the ledger's Redis: the webhook "
+                          "stores an event and enqueues it in one script")
     if settings.api_token is None:
         log.warning("NOTIFIER_API_TOKEN is not set: the read API refuses every request")
     event_stores = EventStores(store)
@@ -44,10 +52,12 @@ def create_app(settings: Settings, store: Store, broker: RedisBroker) -> FastAPI
     counter = events_counter(registry)
     registry.register(LedgerCollector(store))
 
-    app.include_router(event_routes(secret, event_stores, broker, counter))
+    events = event_route(secret, event_stores, broker, counter)
+    app.add_route("/v1/events", events.endpoint, methods=["POST"])
     app.include_router(read_api_routes(settings.api_token, store))
     app.include_router(ops_routes(store, registry))
     app.include_router(link_routes(store))
     app.include_router(provider_routes(settings, store))
-    app.openapi = lambda: openapi_document(app, document_event_body)  # type: ignore[method-assign]
+    app.openapi = lambda: openapi_document(  # type: ignore[method-assign]
+        app, document_event_body, documented=events.documented.routes)
     return app

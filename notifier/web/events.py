@@ -1,7 +1,7 @@
 """`POST /v1/events`: the signed event webhook.
 
-The web process stores an accepted event in Redis before it answers 202, then enqueues
-`apply_event`; if the enqueue is lost, the clock's sweep finds the stored event later.
+The web process stores an accepted event in Redis and enqueues its `apply_event` message
+in one script before it answers 202 (see ONE_WRITE below).
 """
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from dramatiq.brokers.redis import RedisBroker
 from fastapi import APIRouter, Request
@@ -20,24 +20,23 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry, Counter
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
-from starlette.concurrency import run_in_threadpool
 
 from notifier.errors import (
     FieldProblem,
     InvalidEvent,
     PayloadTooLarge,
     SignatureError,
-    StoreError,
     StoreUnavailable,
 )
 from notifier.intake.events import EVENT_MODELS, parse_event
 from notifier.ledger.async_events import AsyncEventStore, async_twin
+from notifier.ledger.broker_messages import broker_message
 from notifier.ledger.store import Store
 from notifier.policy.ordering import subject_ref
 from notifier.timeutil import utcnow
 from notifier.web.answers import ErrorAnswer, error_answer
 from notifier.web.signatures import TIMESTAMP, TIMESTAMP_TOLERANCE_S, verify_signature
-from notifier.worker.actors import enqueue_apply
+from notifier.worker.actors import APPLY_EVENT, EVENTS_QUEUE
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +50,12 @@ MAX_FUTURE_SKEW = timedelta(seconds=TIMESTAMP_TOLERANCE_S)
 class EventAnswer(BaseModel):
     id: str
     status: Literal["accepted", "duplicate"]
+
+
+def event_answer(event_id: str, status: Literal["accepted", "duplicate"], code: int
+                 ) -> JSONResponse:
+    """An `EventAnswer` with its status code, written without building the model."""
+    return JSONResponse({"id": event_id, "status": status}, status_code=code)
 
 
 def events_counter(registry: CollectorRegistry) -> Counter:
@@ -71,20 +76,21 @@ async def read_limited(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-#: ENQUEUE_CHOICE: how `POST /v1/events` stores and enqueues without blocking its event loop.
-#: The event is stored with `redis.asyncio` (`AsyncEventStore`); the `apply_event` message
-#: is then enqueued by dramatiq's own synchronous `broker.enqueue`, in the threadpool.
-#: The alternative, store and enqueue in one asyncio pipeline, means calling the broker's
-#: dispatch script ourselves (its private argument order, `broker_id`, `_max_unpack_size`,
-#: `redis_message_id`): coupled to dramatiq's internals, and a pipeline cannot make the
-#: enqueue depend on the store's answer, so a duplicate would enqueue again, and the queue
-#: could no longer live on another Redis (three tests of tests/web/test_app.py fail with it).
-#: Measured with `python -m bench.ingest --events 4000 --concurrency 32` (2 shared cores,
-#: load average near 8 from other work, so noisy), four rounds, events/s:
-#: blocking (before) 924/713/1728/474, this 852/996/861/720, one pipeline 1325/1498/970/776;
-#: p99 ms: 404/150/50/512, 320/157/218/256, 162/136/195/310. The pipeline is faster, by
-#: less than the machine's noise between rounds; not worth owning dramatiq's protocol.
-#: A lost enqueue is recovered by the clock's sweep either way.
+#: ONE_WRITE: how `POST /v1/events` stores and enqueues. The event and its `apply_event`
+#: message are written by one script (`event_store.lua`, on `redis.asyncio`, so the event
+#: loop never waits on a socket), the message exactly as dramatiq's `RedisBroker.enqueue`
+#: writes it (`ledger.broker_messages`, which says what is left out and why). So:
+#: - an answer 202 means the event is stored *and* queued: there is no window where a web
+#:   process dying (or Redis failing) between two writes leaves an event stored but not
+#:   queued, waiting for the clock's sweep (30 s or more, and only if a clock runs);
+#: - a duplicate writes nothing, its message included (the script decides, not a
+#:   pipeline sent before the answer is known);
+#: - one round trip and one fsync per event instead of two of each, and with
+#:   `appendfsync always` concurrent requests share Redis's fsync (it syncs once per pass
+#:   of its event loop, after every client's commands of that pass).
+#: The price: the broker must use the ledger's Redis (`create_app` checks), which is how
+#: every process builds it (`build_broker(runtime.redis_url)`), and a dramatiq upgrade is
+#: checked against its Redis layout by tests/web/test_ingest.py with a real worker.
 
 
 class EventStores:
@@ -127,17 +133,26 @@ class EventStores:
             await events.close()
 
 
-def event_routes(secret: str, event_stores: EventStores, broker: RedisBroker,
-                 events_counter: Counter) -> APIRouter:
-    router = APIRouter()
+class EventRoute(NamedTuple):
+    """`POST /v1/events` twice: `endpoint`, served as a plain Starlette route, and
+    `documented`, the same endpoint as FastAPI describes it in the OpenAPI document, never
+    served.
 
-    @router.post("/v1/events", status_code=202, response_model=EventAnswer,
-                 responses={200: {"model": EventAnswer}, 401: {"model": ErrorAnswer},
-                            413: {"model": ErrorAnswer}, 422: {"model": ErrorAnswer},
-                            503: {"model": ErrorAnswer,
-                                  "description": "Redis unreachable: nothing was stored; "
-                                                 "retry"}})
+    FastAPI's own route costs about a fifth of the web's CPU per event on this, its
+    busiest route (solving the endpoint's parameters, which are none but the request, and
+    its wrappers); the endpoint reads its body and writes its answers by hand anyway."""
+
+    endpoint: Callable[[Request], Awaitable[Response]]
+    documented: APIRouter
+
+
+def event_route(secret: str, event_stores: EventStores, broker: RedisBroker,
+                events_counter: Counter) -> EventRoute:
+    """The signed event webhook, storing with `event_stores` and enqueueing its messages
+    in `broker`'s namespace (on the store's Redis: see ONE_WRITE)."""
     async def post_event(request: Request) -> Response:
+        # One log line per request to this route, whatever the answer: uvicorn's access log
+        # is off by default (see `cli.server_config`), and this line names the event.
         try:
             body = await read_limited(request, MAX_BODY_BYTES)
             webhook_id = verify_signature(secret, body, {k.lower(): v for k, v in
@@ -153,18 +168,25 @@ def event_routes(secret: str, event_stores: EventStores, broker: RedisBroker,
                     "server's clock")])
         except PayloadTooLarge as exc:
             events_counter.labels("too_large").inc()
+            log.info("event refused: 413 %s", exc)
             return error_answer(413, str(exc))
         except SignatureError as exc:
             events_counter.labels("unauthorized").inc()
+            log.info("event refused: 401 signature: %s", exc)
             return error_answer(401, f"signature: {exc}")
         except InvalidEvent as exc:
             events_counter.labels("invalid").inc()
+            # The fields' names only: their messages may quote what was sent.
+            log.info("event refused: 422 invalid %s", ", ".join(p.field for p in exc.problems))
             return error_answer(422, "invalid event", exc.problems)
+        message = broker_message(broker.namespace, EVENTS_QUEUE, APPLY_EVENT, event.id)
         try:
             async with event_stores.current() as events:
+                # See ONE_WRITE: stored and enqueued together, or neither.
                 stored = await events.store_event(event.id, body, utcnow(),
                                                   subject=subject_ref(event),
-                                                  occurred_at=event.occurred_at)
+                                                  occurred_at=event.occurred_at,
+                                                  message=message)
         except StoreUnavailable:
             # Not stored, so not accepted: the integrator must send it again (a 5xx is what
             # webhook senders retry), and the answer says when.
@@ -175,20 +197,20 @@ def event_routes(secret: str, event_stores: EventStores, broker: RedisBroker,
             return answer
         if not stored:
             events_counter.labels("duplicate").inc()
-            return JSONResponse(EventAnswer(id=event.id, status="duplicate").model_dump(),
-                                status_code=200)
-        try:
-            # Nothing synchronous on the event loop: see ENQUEUE_CHOICE.
-            await run_in_threadpool(enqueue_apply, broker, event.id)
-        except StoreError:
-            # Stored durably already: the clock's sweep will enqueue it.
-            log.warning("event %s stored but not enqueued; the sweep will pick it up", event.id)
+            log.info("event %s duplicate", event.id)
+            return event_answer(event.id, "duplicate", 200)
         events_counter.labels("accepted").inc()
         log.info("event %s accepted (%s)", event.id, event.type)
-        return JSONResponse(EventAnswer(id=event.id, status="accepted").model_dump(),
-                            status_code=202)
+        return event_answer(event.id, "accepted", 202)
 
-    return router
+    documented = APIRouter()
+    documented.post("/v1/events", status_code=202, response_model=EventAnswer,
+                    responses={200: {"model": EventAnswer}, 401: {"model": ErrorAnswer},
+                               413: {"model": ErrorAnswer}, 422: {"model": ErrorAnswer},
+                               503: {"model": ErrorAnswer,
+                                     "description": "Redis unreachable: nothing was stored; "
+                                                    "retry"}})(post_event)
+    return EventRoute(post_event, documented)
 
 
 def document_event_body(schema: dict[str, Any]) -> None:

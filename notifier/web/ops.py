@@ -3,7 +3,7 @@ and the OpenAPI document. None of them needs a token."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
 from fastapi import APIRouter, FastAPI
@@ -19,6 +19,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 from pydantic import BaseModel
+from starlette.routing import BaseRoute
 
 from notifier.errors import StoreUnavailable
 from notifier.ledger.notifications import FINAL_STATES
@@ -95,13 +96,15 @@ def ops_routes(store: Store, registry: CollectorRegistry) -> APIRouter:
     return router
 
 
-def openapi_document(app: FastAPI, amend: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-    """The app's OpenAPI document, built once, with what routes read by hand added by
+def openapi_document(app: FastAPI, amend: Callable[[dict[str, Any]], None],
+                     documented: Sequence[BaseRoute] = ()) -> dict[str, Any]:
+    """The app's OpenAPI document, built once: its FastAPI routes, then those `documented`
+    for routes it serves as plain Starlette ones, then what routes read by hand, added by
     `amend` (FastAPI cannot see it)."""
     if app.openapi_schema:
         return app.openapi_schema
-    schema = get_openapi(title=app.title, version=app.version, routes=app.routes,
-                         description=app.description)
+    schema = get_openapi(title=app.title, version=app.version,
+                         routes=[*app.routes, *documented], description=app.description)
     amend(schema)
     app.openapi_schema = schema
     return schema

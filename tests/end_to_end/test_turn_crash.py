@@ -4,8 +4,9 @@ applied, in order, within the lease.
 How the kill is made to land inside a turn, with no hook in the production code and no fixed
 sleep: the booking and hundreds of reschedules of ONE appointment are posted (signed HTTP)
 while no worker runs, so they all wait in the appointment's queue. Two real worker
-processes are then started together; whichever takes the appointment's turn applies the
-whole queue in one long turn (the other worker's threads find the turn taken and return).
+processes are then started, and once both run one apply message is sent (the others are
+set aside, or the first worker up would drain the queue before the second has imported):
+whichever takes the turn applies the whole queue in one long turn.
 Polling Redis, the test waits until both workers run and the turn is mid-drain (some
 events applied, many left), names the holder from the workers' logs (only the holder logs
 "event ... applied" for them) and SIGKILLs it. Later reschedules are then posted while the
@@ -42,7 +43,7 @@ from notifier.ledger.store import Store
 from notifier.ledger.turns import TURNS, member_event_id, queue_key, turn_key
 from notifier.policy.ordering import subject_ref
 from notifier.timeutil import utcnow
-from notifier.worker.actors import EVENTS_QUEUE, build_broker
+from notifier.worker.actors import EVENTS_QUEUE, build_broker, enqueue_apply
 from notifier.worker.clock import Clock
 from tests.kit import appointment, client_upserted, daytime_zone, store_and_apply
 from tests.service import Service, wait_for
@@ -61,9 +62,11 @@ PRODUCTION_EVENT_GRACE_S = 30.0
 
 
 def start_worker(service: Service, log_path: Path) -> subprocess.Popen[bytes]:
-    """A real `python -m notifier worker` running this checkout's code, logging at INFO."""
+    """A real `python -m notifier worker` running this checkout's code, logging at INFO:
+    one process, so the process the test kills is the one holding the turn."""
     env = {**os.environ, **service.env, "PYTHONPATH": str(PROJECT_ROOT),
-           "NOTIFIER_WORKER_THREADS": "2", "NOTIFIER_LOG_LEVEL": "INFO"}
+           "NOTIFIER_WORKER_PROCESSES": "1", "NOTIFIER_WORKER_THREADS": "2",
+           "NOTIFIER_LOG_LEVEL": "INFO"}
     with log_path.open("wb") as log:
         return subprocess.Popen([sys.executable, "-m", "notifier", "worker"], env=env,
                                 cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=log)
@@ -96,16 +99,21 @@ def test_sigkilled_turn_holder_is_resumed_within_the_lease(redis_client, redis_u
             assert service.post(evt).status_code == 202
         assert r.zcard(queue_key(REF)) == BEFORE_KILL + 1
 
+        # Both workers must be up before the turn starts, or the first one up drains the
+        # queue before the second has imported (applying 300 events takes well under a
+        # second): the apply messages are set aside and one is sent once both run.
+        r.delete(f"notifier-dq:{EVENTS_QUEUE}", f"notifier-dq:{EVENTS_QUEUE}.msgs")
         for name, path in logs.items():
             workers[name] = start_worker(service, path)
+        wait_for(lambda: all("worker running" in p.read_text(errors="replace")
+                             for p in logs.values()), timeout_s=60, what="both workers up")
+        enqueue_apply(build_broker(redis_url), events[0]["id"])
 
         def mid_turn() -> bool:
-            running = all("worker running" in p.read_text(errors="replace")
-                          for p in logs.values())
             left = r.zcard(queue_key(REF))
-            return running and bool(r.exists(turn_key(REF))) and 50 <= left <= BEFORE_KILL - 10
+            return bool(r.exists(turn_key(REF))) and 50 <= left <= BEFORE_KILL - 10
 
-        wait_for(mid_turn, timeout_s=30, what="both workers up, one in the middle of the turn")
+        wait_for(mid_turn, timeout_s=30, what="one worker in the middle of the turn")
         holders = [name for name, path in logs.items() if applied_in_log(path)]
         assert len(holders) == 1, f"expected one worker applying the queue, got {holders}"
         holder = workers[holders[0]]

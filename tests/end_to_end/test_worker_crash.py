@@ -25,8 +25,10 @@ BOOKINGS = 200  # two confirmations each, due at once
 
 
 def start_worker(service: Service, cwd) -> subprocess.Popen[bytes]:
-    env = {**os.environ, **service.env, "NOTIFIER_WORKER_THREADS": "4",
-           "NOTIFIER_LOG_LEVEL": "WARNING"}
+    """One worker process, so the process the test kills is the one sending (several
+    processes stop gracefully when their parent is killed: tests/worker/test_processes)."""
+    env = {**os.environ, **service.env, "NOTIFIER_WORKER_PROCESSES": "1",
+           "NOTIFIER_WORKER_THREADS": "4", "NOTIFIER_LOG_LEVEL": "WARNING"}
     return subprocess.Popen([sys.executable, "-m", "notifier", "worker"], env=env, cwd=cwd,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 import redis
 
+from notifier.ledger.broker_messages import broker_message
+from notifier.ledger.client import script_body
 from notifier.ledger.lua import lua_source
 from notifier.ledger.notifications import SCHEDULE, epoch
 from notifier.ledger.plans import PlanWriter
@@ -122,18 +124,18 @@ def test_an_id_added_between_reading_and_cancelling_is_cancelled_too(store, monk
     store.write_plan(Plan(outcome="applied", add=(planned(1),)), NOW)
     other = Store(store.redis)
     reads: list[dict[str, list[str]]] = []
-    real = PlanWriter.cancel_targets
+    real = PlanWriter.write_targets
 
-    def racing(self: PlanWriter, plan: Plan, pipe: Any) -> dict[str, list[str]]:
-        targets = real(self, plan, pipe)
+    def racing(self: PlanWriter, plan: Plan, pipe: Any, known: Any = None) -> Any:
+        before, targets = real(self, plan, pipe, known)
         if not plan.cancel:
-            return targets
+            return before, targets
         reads.append(targets)
         if len(reads) == 1:  # another writer adds to the entity right after the read
             other.write_plan(Plan(outcome="applied", add=(planned(2),)), NOW)
-        return targets
+        return before, targets
 
-    monkeypatch.setattr(PlanWriter, "cancel_targets", racing)
+    monkeypatch.setattr(PlanWriter, "write_targets", racing)
     store.write_plan(Plan(outcome="applied", cancel=("appointment:a1",)), NOW)
     assert reads == [{"appointment:a1": ["appointment_reminder:a1:1:sms"]},
                      {"appointment:a1": ["appointment_reminder:a1:1:sms",
@@ -234,6 +236,9 @@ def every_script_runs(store: Store) -> None:
     from add to finish, cancel and reschedule (both ways), delivery reports, pacing."""
     store.store_event("e1", b'{"a": "b c"}', NOW)
     store.store_event("e2", b"{}", NOW, subject="appointment:a1", occurred_at=NOW)
+    store.events.store_event("e3", b"{}", NOW, subject="appointment:a9", occurred_at=NOW,
+                             message=broker_message("notifier-dq", "events", "apply_event",
+                                                    "e3"))
     turns = store.turns
     assert turns.take("appointment:a1", "t1", NOW, lease_s=30)
     assert turns.next("appointment:a1", "t1", NOW, lease_s=30) == "e2"
@@ -282,13 +287,16 @@ def test_every_script_touches_only_the_keys_in_its_keys(redis_url, store):
     lines = monitor.lines if version < 7 else list(reversed(monitor.lines))
     shas = {hashlib.sha1(lua_source(n.removesuffix(".lua")).encode()).hexdigest(): n
             for n in SCRIPTS}
+    bodies = {script_body(lua_source(n.removesuffix(".lua"))): n for n in SCRIPTS}
     script: tuple[str, set[str]] | None = None
     touched: dict[str, set[str]] = {}
     strays: list[tuple[str, str, str]] = []
     for source, args in lines:
         if source != "lua":
             if args[0].upper() in ("EVALSHA", "EVAL"):
-                name = shas.get(args[1], args[1]) if args[0].upper() == "EVALSHA" else "eval"
+                # A transaction or pipeline sends a script's source (`script_body`).
+                name = (shas.get(args[1], args[1]) if args[0].upper() == "EVALSHA"
+                        else bodies.get(args[1], "eval"))
                 script = (name, set(args[3:3 + int(args[2])]))
             else:
                 script = None

@@ -6,7 +6,12 @@
 -- KEYS[2]     n:schedule                   scheduled ids by due time
 -- KEYS[3]     n:by-recipient:{to}:{to_id}  the recipient's notifications by due time
 -- KEYS[4]     n:stats:outcomes             final states counted by state and channel
--- KEYS[5..]   n:by-entity:{ref}            each entity index the notification joins
+-- KEYS[5..]   n:by-entity:{ref}            each entity index the notification joins: a
+--                                          sorted set, every score 0, while Redis keeps
+--                                          that compact (ids of at most 64 bytes, at most
+--                                          128 of them); past that, or as older versions
+--                                          wrote it, a set (a hashtable either way before
+--                                          Redis 7.2, and a set's is the smaller)
 --
 -- ARGV[1]     the notification id
 -- ARGV[2]     its due time, epoch seconds
@@ -14,6 +19,10 @@
 -- ARGV[4..]   the hash's field/value pairs (`state`, `channel` among them)
 --
 -- Returns 1 when added, 0 when one with this id was kept.
+
+-- Redis's defaults for a compact sorted set: zset-max-listpack-value / -entries (Redis 7),
+-- zset-max-ziplist-value / -entries (Redis 6).
+local COMPACT_BYTES, COMPACT_MEMBERS = 64, 128
 local state = redis.call('HGET', KEYS[1], 'state')
 if state and state ~= 'cancelled' then return 0 end
 redis.call('DEL', KEYS[1])
@@ -22,11 +31,26 @@ local planned = redis.call('HGET', KEYS[1], 'state')
 if planned == 'scheduled' then
   redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 else
-  redis.call('HINCRBY', KEYS[4], planned .. ':' .. redis.call('HGET', KEYS[1], 'channel'), 1)
+  -- `channel` is left out of the hash when the id ends with it (`notif_fields`)
+  local channel = redis.call('HGET', KEYS[1], 'channel') or string.match(ARGV[1], '[^:]*$')
+  redis.call('HINCRBY', KEYS[4], planned .. ':' .. channel, 1)
 end
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
 for i = 5, #KEYS do
-  redis.call('SADD', KEYS[i], ARGV[1])
+  local index = redis.call('TYPE', KEYS[i]).ok
+  if index == 'zset' and (#ARGV[1] > COMPACT_BYTES
+                          or redis.call('ZCARD', KEYS[i]) >= COMPACT_MEMBERS) then
+    -- Past Redis's compact limits a sorted set costs more than a set: made a set here.
+    local ids = redis.call('ZRANGE', KEYS[i], 0, -1)
+    redis.call('DEL', KEYS[i])
+    redis.call('SADD', KEYS[i], unpack(ids))
+    index = 'set'
+  end
+  if index == 'set' or (index == 'none' and #ARGV[1] > COMPACT_BYTES) then
+    redis.call('SADD', KEYS[i], ARGV[1])
+  else
+    redis.call('ZADD', KEYS[i], 0, ARGV[1])
+  end
   redis.call('EXPIRE', KEYS[i], ARGV[3])
 end
 return 1

@@ -8,7 +8,8 @@
 -- added in between fails the transaction and the caller reads again (`Store` does). An id
 -- passed but no longer in KEYS[1] is left alone.
 --
--- KEYS[1]     n:by-entity:{ref}            the entity's notification ids
+-- KEYS[1]     n:by-entity:{ref}            the entity's notification ids: a sorted set
+--                                          or a set (`notif_add.lua` says when)
 -- KEYS[2]     n:schedule
 -- KEYS[3]     n:inflight
 -- KEYS[4]     n:stats:outcomes
@@ -20,10 +21,17 @@
 --
 -- Returns how many notifications were cancelled.
 local cancelled = 0
+local in_set = redis.call('TYPE', KEYS[1]).ok == 'set'
 for i = 5, #KEYS do
   local id = ARGV[i - 2]
   local state = false
-  if redis.call('SISMEMBER', KEYS[1], id) == 1 then
+  local indexed
+  if in_set then
+    indexed = redis.call('SISMEMBER', KEYS[1], id) == 1
+  else
+    indexed = redis.call('ZSCORE', KEYS[1], id) ~= false
+  end
+  if indexed then
     state = redis.call('HGET', KEYS[i], 'state')
   end
   if state == 'scheduled' then
@@ -31,7 +39,9 @@ for i = 5, #KEYS do
     redis.call('EXPIRE', KEYS[i], ARGV[2])
     redis.call('ZREM', KEYS[2], id)
     redis.call('ZREM', KEYS[3], id)
-    redis.call('HINCRBY', KEYS[4], 'cancelled:' .. redis.call('HGET', KEYS[i], 'channel'), 1)
+    -- `channel` is left out of the hash when the id ends with it (`notif_fields`)
+    local channel = redis.call('HGET', KEYS[i], 'channel') or string.match(id, '[^:]*$')
+    redis.call('HINCRBY', KEYS[4], 'cancelled:' .. channel, 1)
     cancelled = cancelled + 1
   elseif state == 'sending' or state == 'sent' then
     redis.call('HSET', KEYS[i], 'superseded', ARGV[1])

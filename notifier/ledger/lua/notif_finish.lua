@@ -22,12 +22,15 @@ redis.call('HSET', KEYS[1], 'state', ARGV[2], unpack(ARGV, 5))
 redis.call('HDEL', KEYS[1], 'lease')
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('ZREM', KEYS[2], ARGV[1])
-local channel = redis.call('HGET', KEYS[1], 'channel')
+-- `kind` and `channel` are left out of the hash when the id starts / ends with them
+-- (`notif_fields`)
+local channel = redis.call('HGET', KEYS[1], 'channel') or string.match(ARGV[1], '[^:]*$')
 redis.call('HINCRBY', KEYS[3], ARGV[2] .. ':' .. channel, 1)
 local sent_at = tonumber(redis.call('HGET', KEYS[1], 'sent_at') or '')
 if ARGV[2] == 'sent' and sent_at then
   local late = math.max(0, sent_at - tonumber(redis.call('HGET', KEYS[1], 'due')))
-  local series = redis.call('HGET', KEYS[1], 'kind') .. ':' .. channel .. ':'
+  local kind = redis.call('HGET', KEYS[1], 'kind') or string.match(ARGV[1], '^[^:]*')
+  local series = kind .. ':' .. channel .. ':'
   for bound in string.gmatch(ARGV[4], '[^,]+') do
     if late <= tonumber(bound) then redis.call('HINCRBY', KEYS[4], series .. bound, 1) end
   end

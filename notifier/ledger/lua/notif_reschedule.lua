@@ -30,7 +30,9 @@ if superseded then
   redis.call('HSET', KEYS[1], 'state', 'cancelled', 'reason', superseded)
   redis.call('HDEL', KEYS[1], 'lease')
   redis.call('ZREM', KEYS[2], ARGV[1])
-  redis.call('HINCRBY', KEYS[4], 'cancelled:' .. redis.call('HGET', KEYS[1], 'channel'), 1)
+  -- `channel` is left out of the hash when the id ends with it (`notif_fields`)
+  local channel = redis.call('HGET', KEYS[1], 'channel') or string.match(ARGV[1], '[^:]*$')
+  redis.call('HINCRBY', KEYS[4], 'cancelled:' .. channel, 1)
   return -1
 end
 redis.call('HSET', KEYS[1], 'state', 'scheduled', 'due', ARGV[2], 'reason', ARGV[3])

@@ -1,0 +1,42 @@
+"""Stored events once applied: what is kept of them, and for how long."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+from notifier.intake.apply import apply_stored_event
+from notifier.ledger.events import EVENT_RETENTION_S, event_key
+from notifier.ledger.store import Store
+from tests.kit import appointment, client_upserted
+
+NOW = datetime(2026, 11, 25, 15, 0, tzinfo=UTC)
+
+
+def test_an_applied_event_keeps_a_small_compact_hash_and_no_body(redis_client, policy):
+    store = Store(redis_client)
+    evt = appointment("appointment.scheduled", "a1", "c1", NOW + timedelta(days=3),
+                      NOW - timedelta(minutes=5), join_url="https://video.example.com/r/a1")
+    store.store_event(evt["id"], json.dumps(evt).encode(), NOW, subject="appointment:a1",
+                      occurred_at=NOW - timedelta(minutes=5))
+    assert apply_stored_event(store, evt["id"], policy, NOW) is not None
+    kept = store.event_status(evt["id"])
+    assert kept == {"status": "applied", "reason": kept["reason"], "subject": "appointment:a1",
+                    "applied_at": str(NOW.timestamp()), "received_at": str(NOW.timestamp()),
+                    "occurred": str((NOW - timedelta(minutes=5)).timestamp())}
+    assert redis_client.object("encoding", event_key(evt["id"])) in {b"ziplist", b"listpack"}
+    assert 0 < redis_client.ttl(event_key(evt["id"])) <= EVENT_RETENTION_S
+    # Its id is still known: the same event again is a duplicate, and changes nothing.
+    assert not store.store_event(evt["id"], json.dumps(evt).encode(), NOW)
+    assert apply_stored_event(store, evt["id"], policy, NOW) is None
+
+
+def test_a_stale_event_is_kept_the_same_way(redis_client, policy):
+    store = Store(redis_client)
+    newer = client_upserted("c1", "America/New_York", NOW - timedelta(minutes=1))
+    older = client_upserted("c1", "America/Chicago", NOW - timedelta(minutes=2))
+    for evt in (newer, older):
+        store.store_event(evt["id"], json.dumps(evt).encode(), NOW)
+        apply_stored_event(store, evt["id"], policy, NOW)
+    kept = store.event_status(older["id"])
+    assert kept["status"] == "stale" and "raw" not in kept
