@@ -73,10 +73,12 @@ RECORD_TRIES = 4
 RECORD_PAUSE_S = 0.25
 #: Twilio's error for a number that replied STOP to our sender.
 TWILIO_OPTED_OUT = "21610"
-#: A batch sends only while its leases have at least this share of their time left; the
-#: rest of it is put back, due at once, rather than sent on a lease that could run out (when
-#: another worker may take the notification over and send it too).
-LEASE_SHARE_USABLE = 0.5
+#: A batch sends for at most this long (seconds), and at most half its lease: its decisions
+#: and the send time recorded are the batch's `now`, which must not go stale (quiet hours,
+#: expiry), and a lease must not run out under a send (another worker could take the
+#: notification over and send it too). The rest is put back, due at once, to be decided
+#: afresh. A batch of 25 to the outbox takes milliseconds; to a slow provider, seconds.
+BATCH_SEND_S = 5.0
 
 
 @dataclass
@@ -219,9 +221,9 @@ class Deliverer:
         the one window for a duplicate stays a process dying between the provider's answer
         and that round trip (the next message's composing, well under a millisecond)."""
         n = self._n(job)
-        if self.monotonic() - started > self.settings.lease_s * LEASE_SHARE_USABLE:
-            self._act(writes, job, HoldUntil(now, "its lease ran short before its turn in the "
-                                             "batch", Outcome.WAITING), now)
+        if self.monotonic() - started > min(BATCH_SEND_S, self.settings.lease_s / 2):
+            self._act(writes, job, HoldUntil(now, "its batch ran long: to be decided afresh",
+                                             Outcome.WAITING), now)
             return
         try:
             message = self._compose(send, now)

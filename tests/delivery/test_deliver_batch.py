@@ -7,6 +7,7 @@ small classes of our own `Channel` interface.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
@@ -20,6 +21,7 @@ from notifier.delivery.channels import Message, Receipt
 from notifier.delivery.channels.outbox import Outbox
 from notifier.errors import RetryableError
 from notifier.intake.events import parse_event
+from notifier.ledger.ratelimit import RateLimiter
 from notifier.ledger.record_store import record_key
 from notifier.ledger.store import Store
 from notifier.policy.ordering import subject_ref
@@ -248,22 +250,44 @@ def test_redis_failing_mid_batch_leaves_every_one_finished_or_to_its_lease(store
     assert sorted(m["to"] for m in outbox.messages()) == [phone(0), phone(1), phone(2)]
 
 
-def test_a_batch_that_runs_long_puts_the_rest_back_before_its_leases_run_short(
-        store, policy, outbox):
-    """A slow provider: once half the lease is gone, the rest of the batch is not sent on
-    it (another worker could take them over when it runs out) but put back, due at once."""
+@pytest.mark.parametrize(("lease_s", "at_provider_s"), [(60, 3.0), (4, 1.5)])
+def test_a_batch_that_runs_long_puts_the_rest_back_to_be_decided_afresh(
+        store, policy, outbox, lease_s, at_provider_s):
+    """A slow provider: after BATCH_SEND_S (or half the lease, if shorter) the rest of the
+    batch is not sent on decisions and leases that are getting old, but put back, due at
+    once."""
     for i in range(3):
         book(store, policy, f"a{i}", f"c{i}", i)
     ids = [sms(f"a{i}") for i in range(3)]
     clock = [0.0]
 
     def slow(message: Message) -> None:
-        clock[0] += 25.0  # seconds at the provider, of a 60 s lease
+        clock[0] += at_provider_s
 
     d = deliverer(store, policy, sms=Watching(outbox, slow), outbox=outbox)
+    d.settings = dataclasses.replace(d.settings, lease_s=lease_s)
     d.monotonic = lambda: clock[0]
     assert d.deliver_batch(ids, NOW) == ["sent", "sent", "waiting"]
     n = store.notification(ids[2])
-    assert (n["state"], n["reason"]) == ("scheduled", "its lease ran short before its turn in "
-                                                      "the batch")
+    assert (n["state"], n["reason"]) == ("scheduled", "its batch ran long: to be decided "
+                                                      "afresh")
     assert store.redis.zscore("n:schedule", ids[2]) == NOW.timestamp()
+
+
+def test_a_batch_is_paced_by_the_send_rate_with_a_slot_reserved_once_each(store, policy,
+                                                                          outbox):
+    """The slot is reserved in the round trip of the last look: at one SMS a second, a
+    batch of three sends one and puts two back at their slots, where they go out without
+    reserving again."""
+    for i in range(3):
+        book(store, policy, f"a{i}", f"c{i}", i)
+    ids = [sms(f"a{i}") for i in range(3)]
+    d = deliverer(store, policy, outbox=outbox)
+    d.limiters = {"sms": RateLimiter(store.redis, "sms:test", per_s=1.0)}
+    assert d.deliver_batch(ids, NOW) == ["sent", "paced", "paced"]
+    slots = [store.redis.zscore("n:schedule", i) for i in ids[1:]]
+    assert slots == [NOW.timestamp() + 1, NOW.timestamp() + 2]
+    later = NOW + timedelta(seconds=2)
+    store.schedule.claim(later, 10, 60)
+    assert d.deliver_batch(ids[1:], later) == ["sent", "sent"]
+    assert len(outbox.messages()) == 3
