@@ -53,6 +53,7 @@ from notifier.delivery.decide import (
 )
 from notifier.delivery.facts import decide_all
 from notifier.delivery.fallback import use_other_channel
+from notifier.delivery.jobs import Job, Writes
 from notifier.delivery.render import Renderer
 from notifier.delivery.retry import GiveUp, next_attempt
 from notifier.delivery.sms_budget import OverBudget, short_url
@@ -79,47 +80,6 @@ TWILIO_OPTED_OUT = "21610"
 #: notification over and send it too). The rest is put back, due at once, to be decided
 #: afresh. A batch of 25 to the outbox takes milliseconds; to a slow provider, seconds.
 BATCH_SEND_S = 5.0
-
-
-@dataclass
-class _Job:
-    """One notification of a batch, as far as it has got."""
-
-    id: str
-    n: Stored | None = None
-    recovering: bool = False
-    outcome: Outcome | None = None
-    #: what left it to its lease (`Outcome.LEASED`): Redis failing, or a bug before it began
-    error: Exception | None = None
-
-
-class _Writes:
-    """Ledger writes of a batch, queued until the next round trip, each with what to make
-    of its answer (its notification's outcome)."""
-
-    def __init__(self, store: Store) -> None:
-        self.batch = Batch(store.redis)
-        self._then: list[tuple[_Job, Callable[[], Outcome]]] = []
-        #: the job whose send is queued to be recorded: recorded before anything else is sent
-        self.sent: _Job | None = None
-        #: whether a send that went out could not be recorded (`Outcome.UNRECORDED`)
-        self.unrecorded = False
-
-    def then(self, job: _Job, done: Callable[[], Outcome]) -> None:
-        """After the round trip, `job`'s outcome is `done()` (which reads the answers)."""
-        self._then.append((job, done))
-
-    def run(self, failed: Callable[[_Job, Exception], None]) -> None:
-        """One round trip for everything queued; a job whose `done()` raises goes to
-        `failed`, never stopping the others."""
-        self.batch.run()
-        then, self._then, self.sent = self._then, [], None
-        for job, done in then:
-            try:
-                job.outcome = done()
-            except Exception as exc:
-                failed(job, exc)
-            self.unrecorded |= job.outcome is Outcome.UNRECORDED
 
 
 @dataclass
@@ -160,14 +120,14 @@ class Deliverer:
         return [Outcome.LEASED if job.error is not None or job.outcome is None
                 else job.outcome for job in self._run(ids, now)]
 
-    def _run(self, ids: Sequence[str], now: datetime) -> list[_Job]:
+    def _run(self, ids: Sequence[str], now: datetime) -> list[Job]:
         started = self.monotonic()
         jobs = self._begin(ids, now)
         begun = [job for job in jobs if job.n is not None]
         answers = decide_all(self.store, [job.n for job in begun if job.n is not None], now,
                              policy=self.policy, settings=self.settings, rng=self.rng)
-        writes = _Writes(self.store)
-        sends: list[tuple[_Job, Send]] = []
+        writes = Writes(self.store)
+        sends: list[tuple[Job, Send]] = []
         for job, answer in zip(begun, answers, strict=True):
             if isinstance(answer, Exception):  # logged by decide_all
                 self._act(writes, job, self._retry_decision(job, now, "internal error"), now)
@@ -189,7 +149,7 @@ class Deliverer:
         writes.run(lambda failed, exc: self._write_failed(failed, exc, now))
         return jobs
 
-    def _begin(self, ids: Sequence[str], now: datetime) -> list[_Job]:
+    def _begin(self, ids: Sequence[str], now: datetime) -> list[Job]:
         """`begin` for every id in one round trip (each its own compare-and-set and lease)."""
         batch = Batch(self.store.redis)
         replies = [self.store.schedule.queue_begin(batch, i, now, self.settings.lease_s)
@@ -197,7 +157,7 @@ class Deliverer:
         batch.run()
         jobs = []
         for notification_id, reply in zip(ids, replies, strict=True):
-            job = _Job(notification_id)
+            job = Job(notification_id)
             jobs.append(job)
             try:
                 begun = reply.get()
@@ -212,7 +172,7 @@ class Deliverer:
                 job.error, job.n = exc, None
         return jobs
 
-    def _send(self, writes: _Writes, job: _Job, send: Send, now: datetime,
+    def _send(self, writes: Writes, job: Job, send: Send, now: datetime,
               started: float) -> None:
         """Compose and send one notification, or queue what it comes to instead.
 
@@ -220,7 +180,7 @@ class Deliverer:
         records the previous send: so a send is recorded before the next one goes out, and
         the one window for a duplicate stays a process dying between the provider's answer
         and that round trip (the next message's composing, well under a millisecond)."""
-        n = self._n(job)
+        n = job.stored
         if self.monotonic() - started > min(BATCH_SEND_S, self.settings.lease_s / 2):
             self._act(writes, job, HoldUntil(now, "its batch ran long: to be decided afresh",
                                              Outcome.WAITING), now)
@@ -303,11 +263,6 @@ class Deliverer:
         log.info("notification %s sent %s", n.id, note)
         return Outcome.SENT
 
-    @staticmethod
-    def _n(job: _Job) -> Stored:
-        if job.n is None:
-            raise ValueError(f"{job.id} was not begun")
-        return job.n
 
     def _compose(self, send: Send, now: datetime) -> Message:
         if isinstance(send, SendToSupport):
@@ -328,7 +283,7 @@ class Deliverer:
 
     # Acting on a decision ----------------------------------------------------------------
 
-    def _act(self, writes: _Writes, job: _Job, decision: NoSend, now: datetime) -> None:
+    def _act(self, writes: Writes, job: Job, decision: NoSend, now: datetime) -> None:
         """Queue on `writes` what `decision` comes to for `job` (a plan on the other channel
         is written at once); when that fails, the notification is put back instead."""
         try:
@@ -337,8 +292,8 @@ class Deliverer:
             log.exception("acting on %s failed", job.id)
             self._queue(writes, job, self._retry_decision(job, now, "internal error"), now)
 
-    def _queue(self, writes: _Writes, job: _Job, decision: NoSend, now: datetime) -> None:
-        n = self._n(job)
+    def _queue(self, writes: Writes, job: Job, decision: NoSend, now: datetime) -> None:
+        n = job.stored
         if isinstance(decision, UseOtherChannel):
             use_other_channel(self.store, n.id, n.channel, decision.client, decision.reason,
                               now)
@@ -355,13 +310,13 @@ class Deliverer:
             slot=hold.slot, recipient=(n.recipient, n.recipient_id))
         writes.then(job, lambda: self._held(n, hold, rescheduled.get()))
 
-    def _write_failed(self, job: _Job, exc: Exception, now: datetime) -> None:
+    def _write_failed(self, job: Job, exc: Exception, now: datetime) -> None:
         """A queued write Redis refused, or whose round trip failed: put the notification
         back at once, as after any unexpected error; if that fails too, it is left to its
         lease (`job.error`)."""
         log.error("recording %s failed: %s", job.id, exc, exc_info=exc)
         try:
-            job.outcome = self._act_now(self._n(job), self._retry_decision(
+            job.outcome = self._act_now(job.stored, self._retry_decision(
                 job, now, "internal error"), now)
         except Exception as again:
             log.exception("putting %s back failed; its lease will", job.id)
@@ -401,11 +356,11 @@ class Deliverer:
             return Outcome.CANCELLED
         return hold.outcome
 
-    def _retry_decision(self, job: _Job, now: datetime, reason: str,
+    def _retry_decision(self, job: Job, now: datetime, reason: str,
                         retry_after_s: float | None = None) -> HoldUntil | FinishAs:
         """Another attempt later (with backoff), or `failed` once max_attempts is reached or
         the next attempt would come after its expiry."""
-        n = self._n(job)
+        n = job.stored
         due = next_attempt(n.attempts, reason, retry_after_s, n.expires_at, now, self.rng,
                            max_attempts=self.settings.max_attempts,
                            base_s=self.settings.retry_base_s)
