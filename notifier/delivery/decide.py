@@ -80,6 +80,9 @@ class Outcome(StrEnum):
     PACED = "paced"
     #: sent, but Redis would not record it: left `sending` for the recovery
     UNRECORDED = "unrecorded"
+    #: Redis failed before it was sent, or while it was put back: left in flight or
+    #: `sending`, taken again when its lease runs out
+    LEASED = "leased"
     # not taken (`begin`'s verdict): gone, not due yet, or another worker holds its lease
     MISSING = "missing"
     NOT_DUE = "not_due"

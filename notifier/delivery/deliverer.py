@@ -1,17 +1,22 @@
-"""Delivering one notification: the reads, the channel call, the ledger update.
+"""Delivering claimed notifications, a batch at a time: the reads, the channel calls, the
+ledger updates.
 
-For each claimed id: `begin` (compare-and-set `scheduled -> sending`, with a lease), then
-the send-time rules of `delivery.decide` against the records as they are now (this module
-reads what they ask for and acts on their answer), then the send, then `finish`. A
-retryable failure puts the notification back on our own schedule with backoff
-(`delivery.retry`; never into dramatiq's delay queue); a permanent one records `failed`
-with the provider's code, and a client's message goes by the other channel
-(`delivery.fallback`).
+For a batch of claimed ids (one `deliver` message): `begin` for all of them in one round
+trip (each its own compare-and-set `scheduled -> sending`, with its own lease); then the
+send-time rules of `delivery.decide` against the records as they are now, their facts read
+for the whole batch at once (`delivery.facts`); then the sends, one at a time, each just
+after its last look; then `finish`. A retryable failure puts the notification back on our
+own schedule with backoff (`delivery.retry`; never into dramatiq's delay queue); a
+permanent one records `failed` with the provider's code, and a client's message goes by the
+other channel (`delivery.fallback`). Each notification keeps its own outcome: one that
+fails (a bug, a channel error, a record that no longer parses) is retried on its own, and
+the rest of the batch goes on.
 
-The one window for a duplicate is a process dying inside `channel.send`: the notification
-stays `sending`, its lease runs out, and the next attempt asks the channel whether the
-message went out (`already_sent`); a channel that cannot tell is sent again (at least
-once beats never for a reminder).
+The one window for a duplicate is a process dying between a provider's answer and the
+next round trip (the send is recorded in the round trip that takes the next message's
+last look, before that message is sent): the notification stays `sending`, its lease runs
+out, and the next attempt asks the channel whether the message went out (`already_sent`);
+a channel that cannot tell is sent again (at least once beats never for a reminder).
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ from __future__ import annotations
 import logging
 import random
 import time
-from dataclasses import dataclass, field, fields, replace
-from datetime import datetime
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 from notifier.config import Settings
 from notifier.delivery.channels import Channel, Message
@@ -31,30 +37,28 @@ from notifier.delivery.compose import (
     compose_support_message,
 )
 from notifier.delivery.decide import (
-    Facts,
     FinishAs,
     HoldUntil,
     NoSend,
     Outcome,
-    Read,
     Send,
     SendDigest,
     SendToClient,
     SendToSupport,
     UseOtherChannel,
-    decide,
     last_look,
     over_budget,
     paced,
-    record_refs,
     subjects_of,
-    told_of,
 )
+from notifier.delivery.facts import decide_all
 from notifier.delivery.fallback import use_other_channel
+from notifier.delivery.jobs import Job, Writes
 from notifier.delivery.render import Renderer
 from notifier.delivery.retry import GiveUp, next_attempt
 from notifier.delivery.sms_budget import OverBudget, short_url
 from notifier.errors import PermanentError, RetryableError, StoreError, TemplateError
+from notifier.ledger.batch import Batch, Reply
 from notifier.ledger.notifications import Rescheduled, Verdict
 from notifier.ledger.ratelimit import RateLimiter
 from notifier.ledger.records import ClientRecord
@@ -65,17 +69,17 @@ from notifier.policy.plan import entity_ref
 log = logging.getLogger(__name__)
 
 
-class SentButUnrecorded(StoreError):
-    """The provider took the message but Redis would not record it."""
-
-
 #: Recording a send that went out is retried this often (a Redis failover takes moments).
 RECORD_TRIES = 4
 RECORD_PAUSE_S = 0.25
 #: Twilio's error for a number that replied STOP to our sender.
 TWILIO_OPTED_OUT = "21610"
-#: A decision asks for each fact at most once; more rounds than this is a bug in `decide`.
-MAX_READS = len(fields(Facts))
+#: A batch sends for at most this long (seconds), and at most half its lease: its decisions
+#: are made at the batch's `now`, which must not go stale (quiet hours,
+#: expiry), and a lease must not run out under a send (another worker could take the
+#: notification over and send it too). The rest is put back, due at once, to be decided
+#: afresh. A batch of 25 to the outbox takes milliseconds; to a slow provider, seconds.
+BATCH_SEND_S = 5.0
 
 
 @dataclass
@@ -89,98 +93,178 @@ class Deliverer:
     policy: Policy
     limiters: dict[str, RateLimiter] = field(default_factory=dict)
     rng: random.Random = field(default_factory=random.Random)
+    #: seconds on a clock that only goes forward: how long a batch has been running
+    monotonic: Callable[[], float] = field(default=time.monotonic)
 
     def deliver(self, notification_id: str, now: datetime) -> Outcome:
-        """Take one claimed notification as far as it can go now; returns its `Outcome`.
-        Channel errors, template errors and bugs are not raised: they end in a retry or a
-        final state, and a send that went out but could not be recorded is
-        `Outcome.UNRECORDED`. Raises `StoreUnavailable` / `StoreError` when Redis fails
-        before anything is sent (`begin`) or while the notification is put back after an
-        unexpected error."""
-        begun = self.store.schedule.begin(notification_id, now, self.settings.lease_s)
-        if not begun.may_send:
-            return Outcome(begun.verdict)
-        n = Stored.from_fields(notification_id, begun.fields)
-        try:
-            return self._deliver(n, now, recovering=begun.verdict is Verdict.RECOVER)
-        except SentButUnrecorded:
-            # Never retry a message that went out: it stays `sending`, its lease runs out,
-            # and the recovery asks the channel before anything is sent again.
-            log.exception("notification %s was sent but could not be recorded", n.id)
-            return Outcome.UNRECORDED
-        except Exception:
-            # A bug must not lose the notification: put it back to be tried again later,
-            # until max_attempts gives up on it.
-            log.exception("delivering %s failed unexpectedly", n.id)
-            return self._retry(n, now, "internal error", None)
+        """`deliver_batch` of one notification, except that a Redis failure that leaves it to
+        its lease is raised (`StoreUnavailable` / `StoreError`) instead of answered
+        `Outcome.LEASED`."""
+        job = self._run([notification_id], now)[0]
+        if job.error is not None:
+            raise job.error
+        return job.outcome or Outcome.LEASED
 
-    def _deliver(self, n: Stored, now: datetime, recovering: bool) -> Outcome:
-        decision = self._decide(n, now)
-        if not isinstance(decision, SendToClient | SendToSupport | SendDigest):
-            return self._act(n, decision, now)
+    def deliver_batch(self, ids: Sequence[str], now: datetime) -> list[Outcome]:
+        """Take each claimed notification of `ids` as far as it can go at `now`; returns
+        their `Outcome`s, in order. Never raises: channel errors, template errors and bugs
+        end in a retry or a final state, as each notification's own; a send that went out
+        but could not be recorded is `Outcome.UNRECORDED`; one that Redis failed for before
+        it was sent or while it was put back is `Outcome.LEASED` (logged), left in flight or
+        `sending` until its lease runs out.
+
+        Round trips: one `begin` for all, a few reads for all (`delivery.facts`), then per
+        send one round trip that records the previous send (and the batch's other writes)
+        and takes this one's send-rate slot and last look, and a last one for what is left.
+        """
+        return [Outcome.LEASED if job.error is not None or job.outcome is None
+                else job.outcome for job in self._run(ids, now)]
+
+    def _run(self, ids: Sequence[str], now: datetime) -> list[Job]:
+        started = self.monotonic()
+        jobs = self._begin(ids, now)
+        begun = [job for job in jobs if job.n is not None]
+        answers = decide_all(self.store, [job.n for job in begun if job.n is not None], now,
+                             policy=self.policy, settings=self.settings, rng=self.rng)
+        writes = Writes(self.store)
+        sends: list[tuple[Job, Send]] = []
+        for job, answer in zip(begun, answers, strict=True):
+            if isinstance(answer, Exception):  # logged by decide_all
+                self._act(writes, job, self._retry_decision(job, now, "internal error"), now)
+            elif isinstance(answer, SendToClient | SendToSupport | SendDigest):
+                sends.append((job, answer))
+            else:
+                self._act(writes, job, answer, now)
+        for job, send in sends:
+            try:
+                self._send(writes, job, send, now, started)
+            except Exception:
+                # A bug must not lose the notification: put it back to be tried again
+                # later, until max_attempts gives up on it.
+                log.exception("delivering %s failed unexpectedly", job.id)
+                self._act(writes, job, self._retry_decision(job, now, "internal error"), now)
+            if writes.sent is not None and writes.sent is not job:
+                # A send is recorded before anything else is sent (see `_send`).
+                writes.run(lambda failed, exc: self._write_failed(failed, exc, now))
+        writes.run(lambda failed, exc: self._write_failed(failed, exc, now))
+        return jobs
+
+    def _begin(self, ids: Sequence[str], now: datetime) -> list[Job]:
+        """`begin` for every id in one round trip (each its own compare-and-set and lease)."""
+        batch = Batch(self.store.redis)
+        replies = [self.store.schedule.queue_begin(batch, i, now, self.settings.lease_s)
+                   for i in ids]
+        batch.run()
+        jobs = []
+        for notification_id, reply in zip(ids, replies, strict=True):
+            job = Job(notification_id)
+            jobs.append(job)
+            try:
+                begun = reply.get()
+                if not begun.may_send:
+                    job.outcome = Outcome(begun.verdict)
+                    continue
+                job.n = Stored.from_fields(notification_id, begun.fields)
+                job.recovering = begun.verdict is Verdict.RECOVER
+            except Exception as exc:
+                # Left in flight (or `sending`): its lease runs out and it is taken again.
+                log.exception("beginning %s failed", notification_id)
+                job.error, job.n = exc, None
+        return jobs
+
+    def _send(self, writes: Writes, job: Job, send: Send, now: datetime,
+              started: float) -> None:
+        """Compose and send one notification, or queue what it comes to instead.
+
+        The last look is read just before the provider's call, in the round trip that also
+        records the previous send: so a send is recorded before the next one goes out, and
+        the one window for a duplicate stays a process dying between the provider's answer
+        and that round trip (the next message's composing, well under a millisecond)."""
+        n = job.stored
+        if self.monotonic() - started > min(BATCH_SEND_S, self.settings.lease_s / 2):
+            self._act(writes, job, HoldUntil(now, "its batch ran long: to be decided afresh",
+                                             Outcome.WAITING), now)
+            return
         try:
-            message = self._compose(decision, now)
+            message = self._compose(send, now)
         except OverBudget as exc:
-            if not isinstance(decision, SendToClient):
+            if not isinstance(send, SendToClient):
                 raise
-            return self._act(n, over_budget(exc, decision.client), now)
+            self._act(writes, job, over_budget(exc, send.client), now)
+            return
         except TemplateError as exc:
-            return self._act(n, FinishAs("failed", f"template: {exc}"), now)
-        note = decision.note if isinstance(decision, SendToClient) else ""
+            self._act(writes, job, FinishAs("failed", f"template: {exc}"), now)
+            return
+        note = send.note if isinstance(send, SendToClient) else ""
         note = "; ".join(part for part in (note, message.fallback) if part)
         channel = self.channels[message.channel]
-        if recovering and channel.already_sent(message):
-            return self._act(n, FinishAs("sent", "sent before a crash"), now)
-        held = self._pace(n, message.channel, now)
+        if job.recovering and channel.already_sent(message):
+            self._act(writes, job, FinishAs("sent", "sent before a crash"), now)
+            return
+        limiter = self.limiters.get(message.channel)
+        slot = (limiter.queue_reserve(writes.batch, now)
+                if limiter is not None and limiter.enabled and not (n.slot and n.slot <= now)
+                else None)  # reserved once per notification, kept across its hold
+        blockers = self.store.reading.queue_send_blockers(writes.batch, n.id, subjects_of(n))
+        writes.run(lambda failed, exc: self._write_failed(failed, exc, now))
+        if writes.unrecorded:
+            # Redis would not record a send that went out: send nothing more on it.
+            self._act(writes, job, HoldUntil(now, "not sent: Redis would not record a send",
+                                             Outcome.WAITING), now)
+            return
+        held = paced(n, slot.get(), now) if slot is not None else None
         if held:
-            return self._act(n, held, now)
-        looked = last_look(*self.store.send_blockers(n.id, subjects_of(n)), now)
+            self._act(writes, job, held, now)
+            return
+        looked = last_look(*blockers.get(), now)
         if looked:
-            return self._act(n, looked, now)
+            self._act(writes, job, looked, now)
+            return
         try:
-            receipt = channel.send(message, now)
+            # Sent at the batch's `now` plus its time so far: the decisions stay at `now`,
+            # but `sent_at` (and the lateness it measures) is when this message left.
+            receipt = channel.send(message, now + timedelta(seconds=self.monotonic() - started))
         except PermanentError as exc:
-            outcome = self._finish(n, "failed", str(exc), code=exc.code)
+            job.outcome = self._finish(n, "failed", str(exc), code=exc.code)
             if n.recipient == "client":
                 self._after_permanent_failure(n, message.to, exc, now)
-            return outcome
+            return
         except RetryableError as exc:
-            return self._retry(n, now, f"{exc.code or 'error'}: {exc}", exc.retry_after_s)
-        sizes: dict[str, object] = {}
+            self._act(writes, job, self._retry_decision(
+                job, now, f"{exc.code or 'error'}: {exc}", exc.retry_after_s), now)
+            return
+        fields: dict[str, object] = {"sent_at": receipt.sent_at.timestamp(),
+                                     "receipt": receipt.provider_id}
         if message.sms is not None:
-            sizes = {"sms_encoding": message.sms.encoding, "sms_segments": message.sms.segments,
-                     "provider_segments": receipt.segments}
+            fields |= {"sms_encoding": message.sms.encoding,
+                       "sms_segments": message.sms.segments,
+                       "provider_segments": receipt.segments}
+        reply = self.store.schedule.queue_finish(writes.batch, n.id, "sent", reason=note,
+                                                 **fields)
+        writes.then(job, lambda: self._recorded(n, note, fields, reply))
+        writes.sent = job
+
+    def _recorded(self, n: Stored, note: str, fields: dict[str, object],
+                  reply: Reply[bool]) -> Outcome:
+        """A send's record, retried when Redis would not take it (a failover takes
+        moments); `Outcome.UNRECORDED` when it never does: the notification stays `sending`,
+        its lease runs out, and the recovery asks the channel before anything is sent
+        again (a message that went out is never retried)."""
         for attempt in range(RECORD_TRIES):
             try:
-                return self._finish(n, "sent", note, sent_at=receipt.sent_at.timestamp(),
-                                    receipt=receipt.provider_id, **sizes)
-            except StoreError as exc:
+                if attempt == 0:
+                    reply.get()
+                else:
+                    self.store.schedule.finish(n.id, "sent", reason=note, **fields)
+                break
+            except StoreError:
                 if attempt == RECORD_TRIES - 1:
-                    raise SentButUnrecorded(n.id) from exc
+                    log.exception("notification %s was sent but could not be recorded", n.id)
+                    return Outcome.UNRECORDED
                 time.sleep(RECORD_PAUSE_S * (attempt + 1))
-        raise AssertionError("unreachable")
+        log.info("notification %s sent %s", n.id, note)
+        return Outcome.SENT
 
-    # Reading what the rules ask for ------------------------------------------------------
-
-    def _decide(self, n: Stored, now: datetime) -> Send | NoSend:
-        """`decide`, reading each fact it asks for (only those, once each)."""
-        facts = Facts()
-        for _ in range(MAX_READS + 1):
-            decision = decide(n, facts, now, policy=self.policy, settings=self.settings,
-                              rng=self.rng)
-            if not isinstance(decision, Read):
-                return decision
-            facts = self._read(n, decision, facts)
-        raise AssertionError(f"decide kept asking for facts about {n.id}")
-
-    def _read(self, n: Stored, read: Read, facts: Facts) -> Facts:
-        if read.fact == "unapplied":
-            return replace(facts, unapplied=self.store.turns.unapplied_about(subjects_of(n)))
-        if read.fact == "records":
-            return replace(facts, records=self.store.load_records(record_refs(n)))
-        if read.fact == "told":
-            return replace(facts, told=told_of(n, self.store.about_entity(n.entity)))
-        return replace(facts, opted_out=self.store.sms_opted_out(read.phone))
 
     def _compose(self, send: Send, now: datetime) -> Message:
         if isinstance(send, SendToSupport):
@@ -199,49 +283,92 @@ class Deliverer:
                                       self.renderer, now, prescription=send.prescription,
                                       shorten=shorten if appointment_id else None)
 
-    def _pace(self, n: Stored, channel: str, now: datetime) -> HoldUntil | FinishAs | None:
-        """Hold the send for its sender's next free slot, reserved once per notification."""
-        limiter = self.limiters.get(channel)
-        if limiter is None or not limiter.enabled or (n.slot and n.slot <= now):
-            return None
-        return paced(n, limiter.reserve(now), now)
-
     # Acting on a decision ----------------------------------------------------------------
 
-    def _act(self, n: Stored, decision: NoSend, now: datetime) -> Outcome:
+    def _act(self, writes: Writes, job: Job, decision: NoSend, now: datetime) -> None:
+        """Queue on `writes` what `decision` comes to for `job` (a plan on the other channel
+        is written at once); when that fails, the notification is put back instead."""
+        try:
+            self._queue(writes, job, decision, now)
+        except Exception:
+            log.exception("acting on %s failed", job.id)
+            self._queue(writes, job, self._retry_decision(job, now, "internal error"), now)
+
+    def _queue(self, writes: Writes, job: Job, decision: NoSend, now: datetime) -> None:
+        n = job.stored
+        if isinstance(decision, UseOtherChannel):
+            use_other_channel(self.store, n.id, n.channel, decision.client, decision.reason,
+                              now)
+            decision = FinishAs("suppressed", decision.reason, decision.fields)
+        if isinstance(decision, FinishAs):
+            state, reason = decision.state, decision.reason
+            finished = self.store.schedule.queue_finish(writes.batch, n.id, state,
+                                                        reason=reason, **decision.fields)
+            writes.then(job, lambda: self._finished(n, state, reason, finished.get()))
+            return
+        hold = decision
+        rescheduled = self.store.schedule.queue_reschedule(
+            writes.batch, n.id, hold.due, hold.reason, not_an_attempt=hold.not_an_attempt,
+            slot=hold.slot, recipient=(n.recipient, n.recipient_id))
+        writes.then(job, lambda: self._held(n, hold, rescheduled.get()))
+
+    def _write_failed(self, job: Job, exc: Exception, now: datetime) -> None:
+        """A queued write Redis refused, or whose round trip failed: put the notification
+        back at once, as after any unexpected error; if that fails too, it is left to its
+        lease (`job.error`)."""
+        log.error("recording %s failed: %s", job.id, exc, exc_info=exc)
+        try:
+            job.outcome = self._act_now(job.stored, self._retry_decision(
+                job, now, "internal error"), now)
+        except Exception as again:
+            log.exception("putting %s back failed; its lease will", job.id)
+            job.error = again
+
+    def _act_now(self, n: Stored, decision: NoSend, now: datetime) -> Outcome:
+        """`_act` in round trips of its own, for the rare paths (a failed write, a permanent
+        provider error)."""
         if isinstance(decision, FinishAs):
             return self._finish(n, decision.state, decision.reason, **decision.fields)
         if isinstance(decision, UseOtherChannel):
             use_other_channel(self.store, n.id, n.channel, decision.client, decision.reason,
                               now)
             return self._finish(n, "suppressed", decision.reason, **decision.fields)
-        return self._later(n, decision)
+        return self._held(n, decision, None)
 
     def _finish(self, n: Stored, state: str, reason: str, **fields: object) -> Outcome:
-        self.store.schedule.finish(n.id, state, reason=reason, **fields)
+        done = self.store.schedule.finish(n.id, state, reason=reason, **fields)
+        return self._finished(n, state, reason, done)
+
+    def _finished(self, n: Stored, state: str, reason: str, done: bool) -> Outcome:
+        """The outcome of a `finish` (one not `sending` any more changed nothing, and is
+        reported as asked, as it always was)."""
         log.info("notification %s %s %s", n.id, state, reason)
         return Outcome(state)
 
-    def _later(self, n: Stored, hold: HoldUntil) -> Outcome:
-        """Put the notification back on the schedule, unless it was superseded meanwhile."""
-        result = self.store.schedule.reschedule(n.id, hold.due, hold.reason,
-                                                not_an_attempt=hold.not_an_attempt,
-                                                slot=hold.slot,
-                                                recipient=(n.recipient, n.recipient_id))
+    def _held(self, n: Stored, hold: HoldUntil, result: Rescheduled | None) -> Outcome:
+        """The outcome of putting `n` back (`result` of the batched reschedule; None: not
+        done yet, or its recipient changed meanwhile, so done here reading it), unless it
+        was superseded meanwhile."""
+        if result is None:
+            result = self.store.schedule.reschedule(n.id, hold.due, hold.reason,
+                                                    not_an_attempt=hold.not_an_attempt,
+                                                    slot=hold.slot)
         if result is Rescheduled.CANCELLED:
             log.info("notification %s superseded while it was being sent", n.id)
             return Outcome.CANCELLED
         return hold.outcome
 
-    def _retry(self, n: Stored, now: datetime, reason: str, retry_after_s: float | None,
-               ) -> Outcome:
+    def _retry_decision(self, job: Job, now: datetime, reason: str,
+                        retry_after_s: float | None = None) -> HoldUntil | FinishAs:
+        """Another attempt later (with backoff), or `failed` once max_attempts is reached or
+        the next attempt would come after its expiry."""
+        n = job.stored
         due = next_attempt(n.attempts, reason, retry_after_s, n.expires_at, now, self.rng,
                            max_attempts=self.settings.max_attempts,
                            base_s=self.settings.retry_base_s)
         if isinstance(due, GiveUp):
-            return self._finish(n, "failed", due.reason)
-        return self._later(n, HoldUntil(due, f"retrying: {reason}", Outcome.RETRYING,
-                                        not_an_attempt=False))
+            return FinishAs("failed", due.reason)
+        return HoldUntil(due, f"retrying: {reason}", Outcome.RETRYING, not_an_attempt=False)
 
     def _after_permanent_failure(self, n: Stored, address: str, exc: PermanentError,
                                  now: datetime) -> None:

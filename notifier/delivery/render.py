@@ -89,11 +89,19 @@ def zone_label(instant: datetime, zone: ZoneInfo, locale: str) -> str:
             or _zone_city(zone.key, locale if locale in DATETIME_PATTERNS else DEFAULT_LOCALE))
 
 
+@lru_cache(maxsize=64)
+def _locale(identifier: str) -> Locale:
+    """A Babel locale, parsed once: Babel parses an identifier given as a string again on
+    each call, about a fifth of a date's formatting (measured). Raises what
+    `Locale.parse` raises (`UnknownLocaleError`, ValueError), never cached."""
+    return Locale.parse(identifier)
+
+
 def format_local_datetime(instant: datetime, zone: ZoneInfo, locale: str) -> str:
     """`instant` written in `zone` with the locale's pattern (`en`'s for another locale),
     followed by `zone_label`: `Tue, Dec 14 at 3:30 PM EST`."""
     pattern = DATETIME_PATTERNS.get(locale, DATETIME_PATTERNS[DEFAULT_LOCALE])
-    written = format_datetime(instant, pattern, tzinfo=zone, locale=locale)
+    written = format_datetime(instant, pattern, tzinfo=zone, locale=_locale(locale))
     return f"{written} {zone_label(instant, zone, locale)}"
 
 
@@ -101,14 +109,14 @@ def format_local_time(instant: datetime, zone: ZoneInfo, locale: str) -> str:
     """The time of day of `instant` in `zone`, as `format_local_datetime` writes it: `3:30
     PM EST`."""
     pattern = TIME_PATTERNS.get(locale, TIME_PATTERNS[DEFAULT_LOCALE])
-    written = format_datetime(instant, pattern, tzinfo=zone, locale=locale)
+    written = format_datetime(instant, pattern, tzinfo=zone, locale=_locale(locale))
     return f"{written} {zone_label(instant, zone, locale)}"
 
 
 def format_day(day: date, locale: str) -> str:
     """A date in the locale's pattern (`en`'s for another locale): `Monday, December 14`."""
     pattern = DATE_PATTERNS.get(locale, DATE_PATTERNS[DEFAULT_LOCALE])
-    return format_date(day, pattern, locale=locale)
+    return format_date(day, pattern, locale=_locale(locale))
 
 
 def text_to_html(text: str) -> str:

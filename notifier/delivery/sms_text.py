@@ -79,7 +79,13 @@ def normalise(text: str) -> str:
     """NFC, then every character folded to its GSM-7 equivalent where one exists (quotes,
     dashes, ellipsis, spaces, invisible characters, accented letters). What has no
     equivalent (emoji, other scripts) is kept: see `gsm7_only` for personal data."""
-    return "".join(_fold_char(ch) for ch in unicodedata.normalize("NFC", text))
+    text = unicodedata.normalize("NFC", text)
+    # Folding is per character: only the few distinct ones outside GSM-7 need a look (a
+    # message is mostly plain letters; CLDR's narrow space before AM/PM is the usual other).
+    odd = set(text).difference(GSM7)
+    if not odd:
+        return text
+    return text.translate({ord(ch): _fold_char(ch) for ch in odd})
 
 
 def gsm7_only(text: str) -> str:
@@ -87,13 +93,14 @@ def gsm7_only(text: str) -> str:
     one. For personal data (a first name): an emoji or another script there would make a
     whole SMS UCS-2 and push it past its budget; extension characters ({, €, ~) are dropped
     too, so each character left costs exactly one septet."""
-    kept = "".join(ch if ch in GSM7_BASIC else "" for ch in normalise(text))
+    folded = normalise(text)
+    kept = folded.translate(dict.fromkeys(map(ord, set(folded).difference(GSM7_BASIC))))
     return " ".join(kept.split())
 
 
 def is_gsm7(text: str) -> bool:
     """Whether every character of `text` is in GSM-7 (basic or extension table)."""
-    return all(ch in GSM7 for ch in text)
+    return GSM7.issuperset(text)
 
 
 @dataclass(frozen=True)
@@ -126,11 +133,14 @@ def measure(text: str) -> SmsSize:
     text can take one more part than length / 153 suggests.
     """
     encoding: Encoding = "GSM-7" if is_gsm7(text) else "UCS-2"
-    units = _char_units(text, encoding)
     single, part = LIMITS[encoding]
-    total = sum(units)
+    if encoding == "GSM-7":
+        total = len(text) + sum(text.count(ch) for ch in GSM7_EXTENDED)
+    else:
+        total = len(text.encode("utf-16-le")) // 2
     if total <= single:
         return SmsSize(encoding, total, 1 if total else 0)
+    units = _char_units(text, encoding)
     segments, left = 1, part
     for size in units:
         if size > left:

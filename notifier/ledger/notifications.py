@@ -28,6 +28,7 @@ from typing import Any
 import redis
 
 from notifier.errors import StoreError
+from notifier.ledger.batch import Batch, Reply
 from notifier.ledger.lua import lua_source
 from notifier.ledger.notif_fields import with_derived
 
@@ -201,21 +202,43 @@ class Schedule:
         when it may be sent. Raises ValueError for a verdict the script does not give."""
         raw = self._begin(keys=[notif_key(notification_id), INFLIGHT, SCHEDULE],
                           args=[notification_id, epoch(now), epoch(now) + lease_s, early_s])
-        verdict, rest = Verdict(raw[0].decode()), [v.decode() for v in raw[1:]]
-        return Begun(verdict, with_derived(notification_id,
-                                           dict(zip(rest[::2], rest[1::2], strict=True))))
+        return _begun(notification_id, raw)
 
     def finish(self, notification_id: str, state: str, **fields: Any) -> bool:
         """`sending` -> the final `state`, with `fields` set on the hash (None stored as
         ""); counts the outcome, and for a send with `sent_at` its lateness. False when the
         notification was not `sending` (or does not exist)."""
-        flat: list[Any] = []
-        for name, value in fields.items():
-            flat += [name, "" if value is None else value]
-        return bool(self._finish(keys=[notif_key(notification_id), INFLIGHT, OUTCOMES,
-                                       LATENESS],
-                                 args=[notification_id, state, KEEP_FINISHED_S,
-                                       ",".join(str(b) for b in LATENESS_BUCKETS_S), *flat]))
+        keys, args = _finish_call(notification_id, state, fields)
+        return bool(self._finish(keys=keys, args=args))
+
+    # The same transitions queued on a `Batch`, one script call per notification (each keeps
+    # its own compare-and-set), for a worker that delivers many in a few round trips.
+
+    def queue_begin(self, batch: Batch, notification_id: str, now: datetime, lease_s: float,
+                    early_s: float = 1.0) -> Reply[Begun]:
+        """`begin`, queued on `batch`."""
+        return batch.script(self._begin, [notif_key(notification_id), INFLIGHT, SCHEDULE],
+                            [notification_id, epoch(now), epoch(now) + lease_s, early_s],
+                            parse=lambda raw: _begun(notification_id, raw))
+
+    def queue_finish(self, batch: Batch, notification_id: str, state: str,
+                     **fields: Any) -> Reply[bool]:
+        """`finish`, queued on `batch`."""
+        keys, args = _finish_call(notification_id, state, fields)
+        return batch.script(self._finish, keys, args, parse=bool)
+
+    def queue_reschedule(self, batch: Batch, notification_id: str, due: datetime, reason: str,
+                         *, not_an_attempt: bool, slot: float, recipient: tuple[str, str],
+                         ) -> Reply[Rescheduled | None]:
+        """`reschedule` with its `recipient` given, queued on `batch`; the reply is None when
+        that recipient is no longer the notification's (call `reschedule` to read it)."""
+        return batch.script(
+            self._reschedule,
+            [notif_key(notification_id), INFLIGHT, SCHEDULE, OUTCOMES,
+             by_recipient_key(*recipient)],
+            [notification_id, epoch(due), reason, "1" if not_an_attempt else "0", *recipient,
+             "slot", slot],
+            parse=_rescheduled)
 
     def outcomes(self) -> dict[tuple[str, str], int]:
         """How many notifications ended in each (state, channel), since the data began."""
@@ -241,14 +264,13 @@ class Schedule:
                 if to is None or to_id is None:
                     return Rescheduled.NOT_SENDING  # no notification, so none being sent
                 recipient = (to.decode(), to_id.decode())
-            result = int(self._reschedule(
+            result = _rescheduled(self._reschedule(
                 keys=[key, INFLIGHT, SCHEDULE, OUTCOMES, by_recipient_key(*recipient)],
                 args=[notification_id, epoch(due), reason, "1" if not_an_attempt else "0",
                       *recipient, "slot", slot],
             ))
-            if result != -2:
-                return {1: Rescheduled.RESCHEDULED, -1: Rescheduled.CANCELLED}.get(
-                    result, Rescheduled.NOT_SENDING)
+            if result is not None:
+                return result
             recipient = None
         raise StoreError(f"notification {notification_id}: its recipient keeps changing")
 
@@ -267,6 +289,36 @@ class Schedule:
             pipe.zcard(INFLIGHT)
             scheduled, inflight = pipe.execute()
         return int(scheduled), int(inflight)
+
+
+def _begun(notification_id: str, raw: list[bytes]) -> Begun:
+    """`notif_begin.lua`'s answer about `notification_id` as a `Begun`, its fields with
+    `kind` and `channel` (`notif_fields.with_derived`); ValueError for a verdict the script
+    does not give."""
+    verdict, rest = Verdict(raw[0].decode()), [v.decode() for v in raw[1:]]
+    return Begun(verdict, with_derived(notification_id,
+                                       dict(zip(rest[::2], rest[1::2], strict=True))))
+
+
+def _finish_call(notification_id: str, state: str, fields: dict[str, Any]
+                 ) -> tuple[list[str], list[Any]]:
+    """The KEYS and ARGV of `notif_finish.lua` (a None field is stored as "")."""
+    flat: list[Any] = []
+    for name, value in fields.items():
+        flat += [name, "" if value is None else value]
+    return ([notif_key(notification_id), INFLIGHT, OUTCOMES, LATENESS],
+            [notification_id, state, KEEP_FINISHED_S,
+             ",".join(str(b) for b in LATENESS_BUCKETS_S), *flat])
+
+
+def _rescheduled(raw: Any) -> Rescheduled | None:
+    """`notif_reschedule.lua`'s answer; None for -2 (the recipient given is not the
+    notification's)."""
+    result = int(raw)
+    if result == -2:
+        return None
+    return {1: Rescheduled.RESCHEDULED, -1: Rescheduled.CANCELLED}.get(
+        result, Rescheduled.NOT_SENDING)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from typing import Any
 
 import redis
 
+from notifier.ledger.batch import Batch, Reply
 from notifier.ledger.notifications import PREFIX
 
 SMS_OPT_OUTS = PREFIX + "sms-optout"
@@ -38,3 +39,11 @@ class OptOuts:
         """Whether `phone` has opted out of SMS."""
         return bool(self.redis.sismember(SMS_OPT_OUTS, phone))
 
+    def queue_opted_out(self, batch: Batch, phones: list[str]) -> Reply[dict[str, bool]]:
+        """`sms_opted_out` of each of `phones`, by phone, in one SMISMEMBER queued on
+        `batch`."""
+        if not phones:
+            return Reply(dict)
+        return batch.call("smismember", SMS_OPT_OUTS, phones,
+                          parse=lambda found: {p: bool(f) for p, f in zip(phones, found,
+                                                                        strict=True)})

@@ -16,6 +16,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from notifier.ledger.batch import Batch, Reply
 from notifier.ledger.lua import lua_source
 from notifier.ledger.notifications import PREFIX
 
@@ -44,6 +45,18 @@ class RateLimiter:
         if not self.enabled:
             return now
         slot = float(self._reserve(keys=[self.key], args=[now.timestamp(), self.interval_s]))
-        if slot - now.timestamp() <= SLACK_S:
-            return now
-        return datetime.fromtimestamp(slot, UTC)
+        return _slot(slot, now)
+
+    def queue_reserve(self, batch: Batch, now: datetime) -> Reply[datetime]:
+        """`reserve`, queued on `batch`."""
+        if not self.enabled:
+            return Reply(lambda: now)
+        return batch.script(self._reserve, [self.key], [now.timestamp(), self.interval_s],
+                            parse=lambda slot: _slot(float(slot), now))
+
+
+def _slot(slot: float, now: datetime) -> datetime:
+    """A reserved slot (epoch seconds) as the instant to send: `now` when it is now."""
+    if slot - now.timestamp() <= SLACK_S:
+        return now
+    return datetime.fromtimestamp(slot, UTC)

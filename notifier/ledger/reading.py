@@ -17,6 +17,7 @@ from typing import Any
 import redis
 from pydantic import BaseModel, ConfigDict
 
+from notifier.ledger.batch import Batch, Reply
 from notifier.ledger.deliveries import DELIVERY_FAILURES
 from notifier.ledger.events import PENDING_EVENTS
 from notifier.ledger.notif_fields import logical, with_derived
@@ -127,6 +128,15 @@ class Reading:
             replies = pipe.execute()
         return bool(replies[0]), len(replies) > 1 and bool(replies[1])
 
+    def queue_send_blockers(self, batch: Batch, notification_id: str, subjects: list[str]
+                            ) -> Reply[tuple[bool, bool]]:
+        """`send_blockers`, queued on `batch`."""
+        superseded = batch.call("hexists", notif_key(notification_id), "superseded",
+                                parse=bool)
+        unapplied = (batch.call("exists", *(queue_key(r) for r in subjects), parse=bool)
+                     if subjects else Reply(lambda: False))
+        return Reply(lambda: (superseded.get(), unapplied.get()))
+
     def notification(self, notification_id: str) -> dict[str, str]:
         """Every field of the notification's hash, decoded (`state`, `kind`, `channel`,
         `to`, `to_id`, `entity`, `params` as JSON, `due` and `expires` in epoch seconds,
@@ -139,16 +149,29 @@ class Reading:
         """(recipient, state) of every notification indexed under `entity` by id; None for
         one whose ledger entry has expired. Two round trips: the index, then one pipeline
         of HMGETs."""
-        ids = sorted(i.decode() for i in read_entity_ids(self.redis, entity))
-        if not ids:
+        return self.about_entities([entity])[entity]
+
+    def about_entities(self, entities: list[str]) -> dict[str, dict[str, tuple[str, str] | None]]:
+        """`about_entity` of each of `entities`, by entity, in two round trips for all (the
+        indexes, then every notification's HMGET)."""
+        entities = list(dict.fromkeys(entities))
+        if not entities:
             return {}
         with self.redis.pipeline(transaction=False) as pipe:
-            for i in ids:
-                pipe.hmget(notif_key(i), "to", "state")
-            rows = pipe.execute()
-        return {i: (to.decode(), state.decode()) if to is not None and state is not None
-                else None
-                for i, (to, state) in zip(ids, rows, strict=True)}
+            for entity in entities:
+                read_entity_ids(pipe, entity)
+            members = pipe.execute()
+        ids = {e: sorted(i.decode() for i in m) for e, m in zip(entities, members, strict=True)}
+        every = sorted({i for found in ids.values() for i in found})
+        rows: dict[str, tuple[str, str] | None] = {}
+        if every:
+            with self.redis.pipeline(transaction=False) as pipe:
+                for i in every:
+                    pipe.hmget(notif_key(i), "to", "state")
+                for i, (to, state) in zip(every, pipe.execute(), strict=True):
+                    rows[i] = ((to.decode(), state.decode())
+                               if to is not None and state is not None else None)
+        return {e: {i: rows[i] for i in found} for e, found in ids.items()}
 
     def notifications_for(self, recipient: str, recipient_id: str,
                           since: datetime | None = None) -> list[NotificationRow]:

@@ -22,6 +22,7 @@ import redis
 from pydantic import BaseModel
 
 from notifier.errors import StoreContention
+from notifier.ledger.batch import Batch, Reply
 from notifier.ledger.notifications import PREFIX
 from notifier.ledger.records import RECORD_TYPES, ClientRecord, ProviderRecord, Record
 
@@ -124,6 +125,19 @@ class RecordStore:
         if not refs:
             return {}
         return parse_records(refs, (pipe or self.redis).mget([record_key(r) for r in refs]))
+
+    def queue_raw_records(self, batch: Batch, refs: list[str]) -> Reply[dict[str, bytes]]:
+        """The stored JSON of those `refs` that have a record, by ref, in one MGET queued on
+        `batch`; `parse_record(kind, raw)` makes each a record (parsed one by one, so a
+        record that no longer parses fails only what needs it)."""
+        if not refs:
+            return Reply(dict)
+
+        def found(values: list[bytes | None]) -> dict[str, bytes]:
+            return {ref: value for ref, value in zip(refs, values, strict=True)
+                    if value is not None}
+
+        return batch.call("mget", [record_key(r) for r in refs], parse=found)
 
     def load_record(self, ref: str) -> Record | None:
         """The stored record of `ref`, or None when there is none."""

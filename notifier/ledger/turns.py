@@ -33,6 +33,7 @@ from typing import Any
 
 import redis
 
+from notifier.ledger.batch import Batch, Reply
 from notifier.ledger.lua import lua_source
 from notifier.ledger.notifications import PREFIX, epoch
 
@@ -136,3 +137,9 @@ class Turns:
     def unapplied_about(self, refs: list[str]) -> bool:
         """Whether any of these subjects has an accepted event not yet applied."""
         return bool(refs) and bool(self.redis.exists(*(queue_key(r) for r in refs)))
+
+    def queue_unapplied_about(self, batch: Batch, refs: list[str]) -> Reply[bool]:
+        """`unapplied_about`, queued on `batch` (nothing queued for no subjects)."""
+        if not refs:
+            return Reply(lambda: False)
+        return batch.call("exists", *(queue_key(r) for r in refs), parse=bool)

@@ -2,7 +2,8 @@
 
 `apply_event(event_id)` applies an accepted event in its subject's turn (with the subject's
 other queued events, oldest first); `deliver(ids)` sends a batch of claimed
-notifications, each on its own (one failing never holds up the others). The web and the
+notifications in a few round trips, each with its own outcome (one failing never holds up
+the others). The web and the
 clock only enqueue, by name, so they never import what the worker needs to run actors.
 """
 
@@ -86,8 +87,7 @@ def declare_actors(broker: RedisBroker, runtime: Runtime,
         apply_in_turn(runtime.store, event_id, runtime.policy, clock, runtime.settings.lease_s)
 
     def deliver(ids: list[str]) -> None:
-        for notification_id in ids:
-            runtime.deliverer.deliver(notification_id, utcnow())
+        runtime.deliverer.deliver_batch(ids, utcnow())
 
     def run_job(name: str, zone: str, fire_iso: str) -> None:
         if name == "provider-digest":

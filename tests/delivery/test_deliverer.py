@@ -101,7 +101,8 @@ def test_confirmation_goes_out_with_an_invite(store, policy, outbox):
     assert vevent.decoded("DTSTART") == START
     assert sms["to"] == "+14155550123" and sms["attachments"] == []
     view = {v.id: v for v in store.notifications_for("client", "c1")}[CONFIRM_SMS]
-    assert (view.state, view.sent_at) == ("sent", NOW)
+    # sent at `now` plus the moments the batch took to get to it
+    assert view.state == "sent" and NOW <= view.sent_at < NOW + timedelta(seconds=5)
 
 
 def test_a_second_deliver_never_sends_twice(store, policy, outbox):

@@ -3,6 +3,8 @@ normalising text into GSM-7. Tables that grow: add a row for each input that onc
 
 from __future__ import annotations
 
+import unicodedata
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -11,6 +13,8 @@ from notifier.delivery.sms_text import (
     GSM7_BASIC,
     GSM7_EXTENDED,
     SmsSize,
+    _char_units,
+    _fold_char,
     gsm7_only,
     is_gsm7,
     measure,
@@ -85,6 +89,24 @@ NORMALISED = [
 @pytest.mark.parametrize(("typed", "sent"), NORMALISED)
 def test_normalise(typed, sent):
     assert normalise(typed) == sent
+
+
+@given(st.text())
+def test_normalise_and_measure_are_per_character(text):
+    """For speed, `normalise` folds only the distinct characters outside GSM-7 and `measure`
+    counts units without a per-character list when the text fits one part: the same as
+    folding, and counting, every character one by one."""
+    nfc = unicodedata.normalize("NFC", text)
+    assert normalise(text) == "".join(_fold_char(ch) for ch in nfc)
+    size = measure(text)
+    assert size.units == sum(_char_units(text, size.encoding))
+
+
+def test_normalise_folds_what_people_type_character_by_character():
+    text = unicodedata.normalize("NFC", "".join(
+        chr(c) for c in (*range(0x20, 0x250), *range(0x2000, 0x2070), 0x3000, 0xFE0F,
+                         0x1F33B, 0xFF21, 0xFB01)))
+    assert normalise(text) == "".join(_fold_char(ch) for ch in text)
 
 
 #: (first name as given, as an SMS carries it).

@@ -15,6 +15,7 @@ from notifier.delivery.channels.outbox import Outbox
 from notifier.errors import StoreContention, TurnLost
 from notifier.intake.apply import apply_in_turn, apply_stored_event
 from notifier.intake.events import parse_event
+from notifier.ledger.batch import Reply
 from notifier.ledger.events import PENDING_EVENTS, event_key
 from notifier.ledger.record_store import MAX_WATCH_TRIES, record_key
 from notifier.ledger.records import Record
@@ -415,6 +416,11 @@ class Meanwhile:
     def reserve(self, now: datetime) -> datetime:
         self.happen()
         return now
+
+    def queue_reserve(self, batch, now: datetime) -> Reply[datetime]:
+        # The deliverer reserves in the round trip of the last look: it happens before it.
+        self.happen()
+        return Reply(lambda: now)
 
 
 @pytest.mark.parametrize("applied_meanwhile", [True, False], ids=["applied", "accepted"])
