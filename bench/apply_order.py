@@ -30,7 +30,16 @@ never claimed or delivered; outbox delivery is not part of this measurement. "re
 counts plans made again because a watched key changed under the transaction (a WATCH
 conflict, such as two appointments of one client both writing the client's visits record).
 
-    python -m bench.apply_order [--events 800] [--threads 4,8]
+How to run and read:
+
+    python -m bench.apply_order                     # 800 events per scenario, 4 and 8 threads
+    python -m bench.apply_order --quick             # 200 events, 4 threads (`make bench`)
+    python -m bench.apply_order --events 800 --threads 4,8
+
+Events/s is events over the wall time from the worker's start until all are applied (the
+"1, direct" rows: one thread calling `apply_stored_event`, no queue or turns). The
+machine is shared: rates move by 10-30% between runs. Results also go to
+var/bench/apply.json.
 """
 
 from __future__ import annotations
@@ -39,8 +48,8 @@ import argparse
 import json
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +57,7 @@ import dramatiq
 import redis
 
 import notifier.intake.apply as apply_module
-from bench.claim_burst import machine, private_redis
+from bench import common
 from notifier.config import Settings
 from notifier.intake.apply import apply_stored_event
 from notifier.intake.events import parse_event
@@ -188,11 +197,11 @@ class PlanCounter:
 
             return counted
 
-        apply_module.decide_for = decide_for  # type: ignore[assignment]
+        apply_module.decide_for = decide_for
         return self
 
     def __exit__(self, *exc: object) -> None:
-        apply_module.decide_for = self.original  # type: ignore[assignment]
+        apply_module.decide_for = self.original
 
 
 # Runs -------------------------------------------------------------------------------------------
@@ -264,25 +273,29 @@ def run(url: str, tmp: Path, count: int, thread_counts: list[int]) -> None:
         results.append(run_sequential(runtime, scenario, raws, sequences))
         for threads in thread_counts:
             results.append(run_worker(url, runtime, scenario, raws, threads, sequences))
-    print(f"machine: {machine()}; Redis {runtime.redis.info('server')['redis_version']}; "
-          f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
-    print("| scenario | events | threads | seconds | events/s | replans |\n"
-          "|---|---:|---:|---:|---:|---:|")
-    for res in results:
-        print(f"| {res.scenario} | {res.events:,} | {res.threads} | {res.seconds:.2f} | "
-              f"{res.rate:,.0f} | {res.replans:,} |")
+    rows = [[res.scenario, res.events, res.threads, res.seconds, res.rate, res.replans]
+            for res in results]
+    common.report("apply", "apply: events applied per second, ordered", common.machine(url),
+                  common.table(["scenario", "events", "threads", "seconds", "events/s",
+                                "replans"], rows),
+                  {"runs": [asdict(res) | {"rate": res.rate} for res in results]},
+                  ["The machine is shared with other work: rates move by 10-30% between "
+                   "runs."])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--events", type=int, default=800,
-                        help="events per scenario")
-    parser.add_argument("--threads", default="4,8",
-                        help="worker thread counts to run, comma-separated")
-    args = parser.parse_args()
-    thread_counts = [int(t) for t in args.threads.split(",")]
-    with private_redis() as (url, tmp):
-        run(url, tmp, args.events, thread_counts)
+    parser.add_argument("--events", type=int, default=None,
+                        help="events per scenario (default 800; --quick 200)")
+    parser.add_argument("--threads", default=None,
+                        help="worker thread counts to run, comma-separated (default 4,8; "
+                             "--quick 4)")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    threads = args.threads or ("4" if args.quick else "4,8")
+    thread_counts = [int(t) for t in threads.split(",")]
+    with common.redis_server() as server:
+        run(server.url, server.dir, args.events or (200 if args.quick else 800), thread_counts)
 
 
 if __name__ == "__main__":

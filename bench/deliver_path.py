@@ -17,15 +17,18 @@ from __future__ import annotations
 
 import argparse
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import redis
 from redis.connection import Connection
 
-from bench.claim_burst import machine, plan_burst, private_redis
+from bench import common
 from notifier.config import Settings
+from notifier.ledger.record_store import record_key
+from notifier.ledger.records import ClientRecord
+from notifier.policy.plan import Plan, PlannedNotification
 from notifier.runtime import Runtime
 
 #: The ids of one `deliver` message, as the clock chunks them.
@@ -40,6 +43,29 @@ class CountingConnection(Connection):
     def send_packed_command(self, command: Any, check_health: bool = True) -> None:
         CountingConnection.sent += 1
         super().send_packed_command(command, check_health)
+
+
+def plan_burst(runtime: Runtime, count: int, due: datetime, zone: str) -> None:
+    """`count` SMS reminders for one client in `zone`, due at `due`, written through the
+    store 500 per transaction (as an applied event writes its plan)."""
+    client = ClientRecord.model_validate({
+        "updated_at": due, "client": {
+            "id": "c1", "first_name": "Ana", "phone": "+14155550123",
+            "email": "ana@example.com", "timezone": zone, "channels": {"sms": True,
+                                                                        "email": True}}})
+    runtime.redis.set(record_key("client:c1"), client.model_dump_json())
+    batch = 500
+    for start in range(0, count, batch):
+        adds = tuple(PlannedNotification(
+            id=f"appointment_reminder:appt-{i:06d}:72h.20270315T150000Z:sms",
+            kind="appointment_reminder", channel="sms", recipient="client", recipient_id="c1",
+            entity=f"appointment:appt-{i:06d}", due_at=due, expires_at=due + timedelta(hours=72),
+            params={"appointment_id": f"appt-{i:06d}", "provider_id": "prov-1",
+                    "start": (due + timedelta(hours=72)).isoformat(),
+                    "end": (due + timedelta(hours=72, minutes=30)).isoformat(),
+                    "kind": "medication_management", "join_url": None, "sequence": 0},
+        ) for i in range(start, min(count, start + batch)))
+        runtime.store.write_plan(Plan(outcome="applied", add=adds), due)
 
 
 def run(url: str, tmp: Path, count: int, chunk: int) -> None:
@@ -63,7 +89,7 @@ def run(url: str, tmp: Path, count: int, chunk: int) -> None:
             raise SystemExit(f"not all sent: {outcomes}")
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     trips = CountingConnection.sent - sent
-    print(f"machine: {machine()}; Redis {client.info('server')['redis_version']}")
+    print(f"{common.utc_stamp()}; {common.machine(url).describe()}")
     print(f"| figure | value |\n|---|---|\n"
           f"| reminders delivered, {chunk} per message, one thread | {len(ids):,} |\n"
           f"| time per notification | {elapsed / len(ids) * 1e6:,.0f} µs |\n"
@@ -76,8 +102,8 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=5000)
     parser.add_argument("--chunk", type=int, default=CHUNK)
     args = parser.parse_args()
-    with private_redis() as (url, tmp):
-        run(url, tmp, args.count, args.chunk)
+    with common.redis_server() as server:
+        run(server.url, server.dir, args.count, args.chunk)
 
 
 if __name__ == "__main__":
