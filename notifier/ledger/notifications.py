@@ -188,6 +188,12 @@ class Schedule:
                           args=[epoch(now), limit, epoch(now) + lease_s, max_inflight])
         return [i.decode() for i in ids]
 
+    def next_due(self) -> datetime | None:
+        """When the soonest scheduled notification falls due (UTC), or None when none is
+        scheduled. One ZRANGE of the schedule's first member: O(log N)."""
+        first = self.redis.zrange(SCHEDULE, 0, 0, withscores=True)
+        return from_epoch(first[0][1]) if first else None
+
     def sweep(self, now: datetime, limit: int = 1000) -> list[str]:
         """Put notifications whose in-flight lease ran out by `now` back on the schedule;
         returns their ids, at most `limit`."""

@@ -1,11 +1,13 @@
 """The clock: claims due notifications in batches and hands them to the workers.
 
 Every tick it (1) puts back notifications whose lease ran out, (2) claims what is due, up
-to the in-flight cap, and enqueues `deliver` messages of `chunk` ids each, (3) now and then
+to the in-flight cap, and enqueues `deliver` messages of `chunk` ids each (in one round
+trip), (3) now and then
 re-enqueues accepted events that were never applied (a lost message, a web process that
 died between storing and enqueueing), resumes subjects whose turn's holder died, and
 releases held closes whose wait for their opening event is over. Several clocks may run:
-each step is atomic in Redis.
+each step is atomic in Redis. Between ticks it waits the poll interval, or less when the
+next notification falls due sooner (`wait_s`).
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ from zoneinfo import ZoneInfo
 
 from dramatiq.brokers.redis import RedisBroker
 
+from notifier.errors import StoreError
 from notifier.ledger.store import Store
 from notifier.timeutil import utcnow
-from notifier.worker.actors import enqueue_apply, enqueue_deliver, enqueue_job
+from notifier.worker.actors import enqueue_apply, enqueue_deliveries, enqueue_job
 from notifier.worker.cron import CATCH_UP, PROVIDER_ZONE, Job, previous_fire
 from notifier.worker.digests import provider_zones
 
@@ -40,6 +43,9 @@ class Clock:
     chunk: int = 25
     max_inflight: int = 5000
     poll_s: float = 0.25
+    #: the shortest wait between ticks (seconds), however soon the next is due: notifications
+    #: due every few milliseconds are claimed together, not one tick each
+    min_wait_s: float = 0.02
     #: an accepted event not applied after this long is enqueued again
     event_grace_s: float = 30.0
     events_every_s: float = 5.0
@@ -62,8 +68,8 @@ class Clock:
         handed = 0
         while True:
             ids = schedule.claim(now, self.claim_batch, self.lease_s, self.max_inflight)
-            for start in range(0, len(ids), self.chunk):
-                enqueue_deliver(self.broker, ids[start:start + self.chunk])
+            enqueue_deliveries(self.broker, [ids[start:start + self.chunk]
+                                             for start in range(0, len(ids), self.chunk)])
             handed += len(ids)
             if len(ids) < self.claim_batch:
                 break
@@ -135,5 +141,19 @@ class Clock:
                 self.tick(utcnow())
             except Exception:
                 log.exception("clock tick failed; trying again")
-            # Jitter keeps several clocks from polling in lockstep.
-            stop.wait(self.poll_s * (0.5 + self.rng.random()))
+            stop.wait(self.wait_s(utcnow()))
+
+    def wait_s(self, now: datetime) -> float:
+        """Seconds to wait before the next tick: the poll interval, jittered so several
+        clocks do not poll in lockstep, but no longer than until the next notification
+        falls due (a reminder due in 0.1 s is not left for a whole poll), and at least
+        `min_wait_s`. The poll interval alone when the soonest is already due (the
+        in-flight cap holds it back) or Redis cannot say."""
+        wait = self.poll_s * (0.5 + self.rng.random())
+        try:
+            soonest = self.store.schedule.next_due()
+        except StoreError:
+            return wait  # the tick says so; this only decides how long to wait
+        if soonest is None or soonest <= now:
+            return wait
+        return max(self.min_wait_s, min(wait, (soonest - now).total_seconds()))

@@ -190,3 +190,59 @@ def test_a_re_enqueued_event_waits_a_whole_grace_period_before_the_next_try(stor
     clock.tick(now + timedelta(seconds=31))
     queued = [json.loads(m)["args"] for m in store.redis.hvals("notifier-dq:events.msgs")]
     assert queued == [["evt-1"], ["evt-1"]]
+
+
+# Claiming and waking -----------------------------------------------------------------------
+
+def test_a_claim_is_handed_over_in_messages_of_chunk_ids_in_one_round_trip(store, redis_url):
+    """60 due ids: three `deliver` messages (25, 25, 10), as dramatiq's own enqueue writes
+    them, sent in one pipeline (one request on the broker's connection, not one each;
+    the connection's own handshake apart)."""
+    now = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+    ids = [f"n{i:02d}" for i in range(60)]
+    store.redis.zadd("n:schedule", {i: now.timestamp() - 1 for i in ids})
+    broker = build_broker(redis_url)
+    requests = []
+    original = broker.client.connection_pool.connection_class.send_packed_command
+
+    def counting(connection, command, check_health=True):
+        requests.append(command)
+        return original(connection, command, check_health)
+
+    broker.client.connection_pool.connection_class = type(
+        "Counting", (broker.client.connection_pool.connection_class,),
+        {"send_packed_command": counting})
+    assert Clock(store, broker, chunk=25).tick(now) == 60
+    with_messages = [b"".join(r) for r in requests if any(b"RPUSH" in part for part in r)]
+    assert len(with_messages) == 1 and with_messages[0].count(b"RPUSH") == 3
+    queued = [store.redis.hget("notifier-dq:deliver.msgs", i)
+              for i in store.redis.lrange("notifier-dq:deliver", 0, -1)]
+    messages = [json.loads(m) for m in queued]
+    assert [m["actor_name"] for m in messages] == ["deliver"] * 3
+    assert [m["args"][0] for m in messages] == [ids[:25], ids[25:50], ids[50:]]
+
+
+def test_the_clock_wakes_when_the_next_notification_falls_due_not_a_poll_later(store,
+                                                                              redis_url):
+    now = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+    clock = Clock(store, build_broker(redis_url), poll_s=0.25, min_wait_s=0.02)
+    # Nothing scheduled: the jittered poll, 0.5x to 1.5x.
+    assert all(0.125 <= clock.wait_s(now) <= 0.375 for _ in range(50))
+    # Due in 60 ms: woken then, not up to 375 ms later.
+    store.redis.zadd("n:schedule", {"soon": now.timestamp() + 0.06})
+    assert clock.wait_s(now) == pytest.approx(0.06)
+    # Due in 1 ms: the shortest wait, so a stream of due times is claimed in batches.
+    assert clock.wait_s(now + timedelta(seconds=0.059)) == 0.02
+    # Already due (the in-flight cap holds it back): the poll again, not a busy loop.
+    assert 0.125 <= clock.wait_s(now + timedelta(seconds=1)) <= 0.375
+    # Due later than a poll: the poll.
+    store.redis.zadd("n:schedule", {"soon": now.timestamp() + 10})
+    assert 0.125 <= clock.wait_s(now) <= 0.375
+
+
+def test_the_clock_polls_when_redis_cannot_say_what_is_due_next(redis_url):
+    from notifier.ledger.client import LedgerRedis
+
+    down = Store(LedgerRedis(host="127.0.0.1", port=1, socket_connect_timeout=0.2))
+    clock = Clock(down, build_broker(redis_url), poll_s=0.25)
+    assert 0.125 <= clock.wait_s(datetime(2026, 11, 25, 12, 0, tzinfo=UTC)) <= 0.375
