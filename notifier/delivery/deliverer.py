@@ -51,7 +51,7 @@ from notifier.delivery.decide import (
     paced,
     subjects_of,
 )
-from notifier.delivery.facts import decide_all
+from notifier.delivery.facts import Records, decide_all, queue_changed_since
 from notifier.delivery.fallback import use_other_channel
 from notifier.delivery.jobs import Job, Writes
 from notifier.delivery.render import Renderer
@@ -124,8 +124,10 @@ class Deliverer:
         started = self.monotonic()
         jobs = self._begin(ids, now)
         begun = [job for job in jobs if job.n is not None]
+        records = Records()
         answers = decide_all(self.store, [job.n for job in begun if job.n is not None], now,
-                             policy=self.policy, settings=self.settings, rng=self.rng)
+                             policy=self.policy, settings=self.settings, rng=self.rng,
+                             records=records)
         writes = Writes(self.store)
         sends: list[tuple[Job, Send]] = []
         for job, answer in zip(begun, answers, strict=True):
@@ -137,7 +139,7 @@ class Deliverer:
                 self._act(writes, job, answer, now)
         for job, send in sends:
             try:
-                self._send(writes, job, send, now, started)
+                self._send(writes, job, send, now, started, records)
             except Exception:
                 # A bug must not lose the notification: put it back to be tried again
                 # later, until max_attempts gives up on it.
@@ -173,7 +175,7 @@ class Deliverer:
         return jobs
 
     def _send(self, writes: Writes, job: Job, send: Send, now: datetime,
-              started: float) -> None:
+              started: float, records: Records) -> None:
         """Compose and send one notification, or queue what it comes to instead.
 
         The last look is read just before the provider's call, in the round trip that also
@@ -206,6 +208,8 @@ class Deliverer:
                 if limiter is not None and limiter.enabled and not (n.slot and n.slot <= now)
                 else None)  # reserved once per notification, kept across its hold
         blockers = self.store.reading.queue_send_blockers(writes.batch, n.id, subjects_of(n))
+        changed = queue_changed_since(self.store, writes.batch, n,
+                                      message.to if message.channel == "sms" else None, records)
         writes.run(lambda failed, exc: self._write_failed(failed, exc, now))
         if writes.unrecorded:
             # Redis would not record a send that went out: send nothing more on it.
@@ -219,6 +223,11 @@ class Deliverer:
         looked = last_look(*blockers.get(), now)
         if looked:
             self._act(writes, job, looked, now)
+            return
+        if changed.get():
+            self._act(writes, job, HoldUntil(now, "its records changed while its batch was "
+                                             "sending: to be decided afresh", Outcome.WAITING),
+                      now)
             return
         try:
             # Sent at the batch's `now` plus its time so far: the decisions stay at `now`,

@@ -60,6 +60,14 @@ class Records:
         """Those of `refs` not read yet."""
         return [r for r in refs if r not in self._raw]
 
+    def read(self, refs: Sequence[str]) -> list[str]:
+        """Those of `refs` read already."""
+        return [r for r in refs if r in self._raw]
+
+    def raw(self, ref: str) -> bytes | None:
+        """What was read of `ref`: its stored JSON, None for no record."""
+        return self._raw[ref]
+
     def add(self, refs: Sequence[str], found: dict[str, bytes]) -> None:
         """What one read of `refs` found (a ref not in `found` has no record)."""
         for ref in refs:
@@ -85,12 +93,14 @@ class Records:
 
 
 def decide_all(store: Store, batch: Sequence[Stored], now: datetime, *, policy: Policy,
-               settings: Settings, rng: random.Random) -> list[Answer]:
+               settings: Settings, rng: random.Random,
+               records: Records | None = None) -> list[Answer]:
     """The decision for each of `batch` at `now`, in order, or the exception that stopped
-    it (logged here). Redis failures end as answers too (`StoreUnavailable`)."""
+    it (logged here). Redis failures end as answers too (`StoreUnavailable`). `records`
+    keeps what was read (for `queue_changed_since`)."""
     answers: list[Answer | None] = [None] * len(batch)
     facts = [Facts() for _ in batch]
-    records = Records()
+    records = records if records is not None else Records()
     undecided = list(range(len(batch)))
     for _ in range(MAX_READS + 1):
         reads: dict[int, Read] = {}
@@ -175,3 +185,23 @@ def _read(store: Store, asks: dict[int, tuple[Stored, Facts, Read]], records: Re
         except Exception as exc:
             out[i] = exc
     return out
+
+
+def queue_changed_since(store: Store, batch: Batch, n: Stored, sms_to: str | None,
+                        records: Records) -> Reply[bool]:
+    """Whether what `n`'s send was decided on has changed since its batch read it, queued
+    on `batch` (the round trip of the last look): a record it read written anew (the
+    client's number, channels, zone; the appointment), or, for an SMS to `sms_to`, that
+    number opted out since. A batch sends for up to `deliverer.BATCH_SEND_S`; an update
+    applied meanwhile must not be sent past, as the one-at-a-time path never did."""
+    refs = records.read(record_refs(n))
+    stored = store.records.queue_raw_records(batch, refs)
+    opted_out = (store.opt_outs.queue_opted_out(batch, [sms_to]) if sms_to is not None
+                 else Reply(dict))
+
+    def changed() -> bool:
+        now_stored = stored.get()
+        return (any(records.raw(ref) != now_stored.get(ref) for ref in refs)
+                or any(opted_out.get().values()))
+
+    return Reply(changed)

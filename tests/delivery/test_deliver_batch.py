@@ -149,7 +149,10 @@ def test_a_batch_takes_a_few_round_trips_not_a_few_per_notification(counted, pol
     assert d.deliver_batch(ids, NOW) == ["sent"] * len(ids)
     assert CountingConnection.sent - sent == len(ids) + FIXED_ROUND_TRIPS
     after = command_calls(store.redis, "mget", "smismember")
-    assert {n: after[n] - before[n] for n in after} == {"mget": 1, "smismember": 1}
+    # One MGET and one SMISMEMBER decide the batch; each send's last look checks again
+    # whether its records or its number's opt-out changed since (in the same round trip).
+    assert {n: after[n] - before[n] for n in after} == {"mget": 1 + len(ids),
+                                                        "smismember": 1 + len(ids)}
     # Without a send, the whole batch is its fixed round trips, the writes included.
     ids = [email(f"a{i:02d}") for i in range(25)]
     for i in range(25):
@@ -294,3 +297,49 @@ def test_a_batch_is_paced_by_the_send_rate_with_a_slot_reserved_once_each(store,
     store.schedule.claim(later, 10, 60)
     assert d.deliver_batch(ids[1:], later) == ["sent", "sent"]
     assert len(outbox.messages()) == 3
+
+
+@pytest.mark.parametrize(("update", "expected"), [
+    ({"sms": False}, ("suppressed", None)),
+    ({"phone": "+14155550133"}, ("sent", "+14155550133")),
+])
+def test_a_client_updated_while_its_batch_is_sending_is_decided_afresh(store, policy, outbox,
+                                                                      update, expected):
+    """Found by QA: a batch decides at its start and sends for up to BATCH_SEND_S; a
+    `client.upserted` applied meanwhile (SMS turned off, a new number) must not be sent
+    past. The last look sees the record changed and puts the notification back, due at
+    once; decided afresh, it goes by what the client said."""
+    book(store, policy, "a1", "c1", 1)
+    book(store, policy, "a2", "c2", 2)
+
+    def update_c2(message: Message) -> None:
+        if message.to == phone(1):  # while the first is being sent
+            store_and_apply(store, policy, client_upserted(
+                "c2", "America/New_York", BOOKED + timedelta(minutes=1),
+                **{"phone": phone(2), **update}), BOOKED + timedelta(minutes=1))
+
+    d = deliverer(store, policy, sms=Watching(outbox, update_c2), outbox=outbox)
+    assert d.deliver_batch([sms("a1"), sms("a2")], NOW) == ["sent", "waiting"]
+    assert [m["to"] for m in outbox.messages()] == [phone(1)]
+    assert store.notification(sms("a2"))["reason"] == (
+        "its records changed while its batch was sending: to be decided afresh")
+    store.schedule.claim(NOW, 10, 60)
+    state, to = expected
+    assert d.deliver_batch([sms("a2")], NOW) == [state]
+    assert [m["to"] for m in outbox.messages()][1:] == ([to] if to else [])
+
+
+def test_a_number_opted_out_while_its_batch_is_sending_gets_no_sms(store, policy, outbox):
+    """The same for a STOP recorded mid-batch (a reply Twilio does not block itself)."""
+    book(store, policy, "a1", "c1", 1)
+    book(store, policy, "a2", "c2", 2)
+
+    def stop_c2(message: Message) -> None:
+        if message.to == phone(1):
+            store.set_sms_opt_out(phone(2), True)
+
+    d = deliverer(store, policy, sms=Watching(outbox, stop_c2), outbox=outbox)
+    assert d.deliver_batch([sms("a1"), sms("a2")], NOW) == ["sent", "waiting"]
+    store.schedule.claim(NOW, 10, 60)
+    assert d.deliver_batch([sms("a2")], NOW) != ["sent"]
+    assert [m["to"] for m in outbox.messages()] == [phone(1)]
