@@ -16,7 +16,7 @@ Fencing: each notification's lease has a token (its end as `begin` wrote it) tha
 write about it carries, so a worker whose lease ran out and was taken over writes nothing.
 A message is sent only if its last look (the round trip just before the provider's call)
 finds the lease still this worker's, with time left for the channel's longest call
-(`call_limits_s`) plus `LEASE_MARGIN_S`, by the batch's clock (`now` plus a monotonic
+(`call_limits_s`) plus `fencing.LEASE_MARGIN_S`, by the batch's clock (`now` plus a monotonic
 clock's time since). A message that still left after its lease was lost (the process
 paused between that look and the call) is recorded all the same, as the notification's
 send or as a second one (`Outcome.SENT_AGAIN`, `notif_finish.lua`).
@@ -38,7 +38,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from notifier.config import LEASE_S, Settings
+from notifier.config import Settings
 from notifier.delivery.channels import Channel, Message
 from notifier.delivery.compose import (
     Stored,
@@ -63,17 +63,12 @@ from notifier.delivery.decide import (
 )
 from notifier.delivery.facts import Records, decide_all, queue_changed_since
 from notifier.delivery.fallback import use_other_channel
+from notifier.delivery.fencing import check_lease_fits, may_send
 from notifier.delivery.jobs import Job, Writes
 from notifier.delivery.render import Renderer
 from notifier.delivery.retry import GiveUp, next_attempt
 from notifier.delivery.sms_budget import OverBudget, short_url
-from notifier.errors import (
-    ConfigError,
-    PermanentError,
-    RetryableError,
-    StoreError,
-    TemplateError,
-)
+from notifier.errors import PermanentError, RetryableError, StoreError, TemplateError
 from notifier.ledger.batch import Batch, Reply
 from notifier.ledger.notifications import Finished, Rescheduled, Verdict, epoch
 from notifier.ledger.ratelimit import RateLimiter
@@ -96,13 +91,6 @@ TWILIO_OPTED_OUT = "21610"
 #: notification over and send it too). The rest is put back, due at once, to be decided
 #: afresh. A batch of 25 to the outbox takes milliseconds; to a slow provider, seconds.
 BATCH_SEND_S = 5.0
-#: A send starts only while its lease has this much time left (seconds) beyond its
-#: channel's longest call: for the step from the last look to the call (a thread waiting
-#: for the interpreter lock) and for workers' clocks that disagree a little (NTP keeps
-#: them within milliseconds). A worker paused for longer than this plus the call's unused
-#: time, between its last look and the provider's acceptance, may send a message that
-#: the worker that took its lease over sends too: the duplicate window (README).
-LEASE_MARGIN_S = 1.0
 
 
 @dataclass
@@ -125,15 +113,8 @@ class Deliverer:
 
     def __post_init__(self) -> None:
         """Raises ConfigError when the lease leaves too little time for a channel's call
-        once a batch has sent for as long as it may: every such send would be put back."""
-        lease_s = self.settings.lease_s
-        need_s = max(self.call_limits_s.values(), default=0.0) + LEASE_MARGIN_S
-        if lease_s - min(BATCH_SEND_S, lease_s / 2) < need_s:
-            raise ConfigError(
-                f"NOTIFIER_LEASE_S: {lease_s} s leaves less than the {need_s:g} s a send "
-                f"needs (the provider's timeouts and a margin) after a batch's "
-                f"{min(BATCH_SEND_S, lease_s / 2):g} s; at least "
-                f"{max(need_s + BATCH_SEND_S, 2 * need_s):g} (default {LEASE_S})")
+        (`fencing.check_lease_fits`)."""
+        check_lease_fits(self.settings.lease_s, BATCH_SEND_S, self.call_limits_s)
 
     def deliver(self, notification_id: str, now: datetime) -> Outcome:
         """`deliver_batch` of one notification, except that a Redis failure that leaves it to
@@ -264,8 +245,8 @@ class Deliverer:
             job.outcome = self._taken_over(n)
             return
         # By the batch's clock, which is how another worker tells the lease has run out.
-        left_s = float(job.lease) - (epoch(now) + self.monotonic() - started)
-        if left_s < self.call_limits_s.get(message.channel, 0.0) + LEASE_MARGIN_S:
+        if not may_send(job.lease, epoch(now) + self.monotonic() - started,
+                        self.call_limits_s.get(message.channel, 0.0)):
             self._act(writes, job, HoldUntil(now, "too little of its lease left for the send: "
                                              "to be decided afresh", Outcome.WAITING), now)
             return

@@ -17,7 +17,8 @@ import pytest
 
 from notifier.config import LEASE_S as DEFAULT_LEASE_S
 from notifier.delivery.channels import Message
-from notifier.delivery.deliverer import BATCH_SEND_S, LEASE_MARGIN_S, Deliverer
+from notifier.delivery.deliverer import BATCH_SEND_S, Deliverer
+from notifier.delivery.fencing import LEASE_MARGIN_S, check_lease_fits, may_send
 from notifier.errors import ConfigError
 from notifier.ledger.batch import Reply
 from notifier.ledger.notifications import INFLIGHT
@@ -177,3 +178,30 @@ def test_a_lease_too_short_for_the_providers_timeouts_stops_start_up(store, poli
     Deliverer(store=store, channels=d.channels, renderer=d.renderer, settings=short,
               policy=policy)
 
+
+
+@pytest.mark.parametrize(("left_s", "call_s", "expected"), [
+    (21.0, 20.0, True),   # the call and the margin, exactly
+    (20.9, 20.0, False),
+    (1.0, 0.0, True),     # the outbox: the margin alone
+    (0.5, 0.0, False),
+    (-3.0, 0.0, False),   # run out
+])
+def test_may_send_only_with_the_call_and_the_margin_left(left_s, call_s, expected):
+    at_s = 1_800_000_000.0
+    assert may_send(repr(at_s + left_s), at_s, call_s) is expected
+
+
+@pytest.mark.parametrize(("lease_s", "call_limits", "fits"), [
+    (60, {"sms": 20.0}, True),
+    (26, {"sms": 20.0, "email": 20.0}, True),  # 26 - 5 = 21 = 20 + 1
+    (25, {"sms": 20.0}, False),
+    (2, {}, True),                              # the outbox: 2 - 1 >= 1
+    (1, {}, False),
+])
+def test_a_lease_fits_the_longest_call_after_a_batch_s_longest_run(lease_s, call_limits, fits):
+    if fits:
+        check_lease_fits(lease_s, BATCH_SEND_S, call_limits)
+    else:
+        with pytest.raises(ConfigError, match="NOTIFIER_LEASE_S"):
+            check_lease_fits(lease_s, BATCH_SEND_S, call_limits)
