@@ -46,4 +46,4 @@ def check_lease_fits(lease_s: float, batch_send_s: float,
         raise ConfigError(
             f"NOTIFIER_LEASE_S: {lease_s:g} s leaves less than the {need_s:g} s a send needs "
             f"(the provider's timeouts and a margin) after a batch's {ran_s:g} s; at least "
-            f"{max(need_s + batch_send_s, 2 * need_s):g} (default {LEASE_S})")
+            f"{min(need_s + batch_send_s, 2 * need_s):g} (default {LEASE_S})")

@@ -164,7 +164,7 @@ def test_a_lease_too_short_for_the_providers_timeouts_stops_start_up(store, poli
     twilio = dataclasses.replace(d.settings, sms_backend="twilio", lease_s=20)
     limits = call_limits_s(twilio)
     assert limits == {"sms": 20.0}
-    with pytest.raises(ConfigError, match="NOTIFIER_LEASE_S"):
+    with pytest.raises(ConfigError, match=r"^NOTIFIER_LEASE_S: 20 s .* at least 26 "):
         Deliverer(store=store, channels=d.channels, renderer=d.renderer, settings=twilio,
                   policy=policy, call_limits_s=limits)
     # The default lease leaves a provider's call its time after a batch's longest run.

@@ -44,7 +44,10 @@ def provider_env(twilio: FakeTwilio, sendgrid: FakeSendGrid, **more: str) -> dic
             "TWILIO_FROM": "+15005550006", "NOTIFIER_TWILIO_BASE_URL": twilio.url,
             "SENDGRID_API_KEY": "SG.test-key", "SENDGRID_API_HOST": sendgrid.url,
             "NOTIFIER_PUBLIC_URL": PUBLIC, "NOTIFIER_RETRY_BASE_S": "0.05",
-            "NOTIFIER_SMS_RATE_PER_S": "1000", **more}
+            "NOTIFIER_SMS_RATE_PER_S": "1000",
+            # A provider's call may take 20 s, which a send needs left on its lease
+            # (`delivery.fencing`): the service's 3 s lease is too short for one.
+            "NOTIFIER_LEASE_S": "30", **more}
 
 
 @pytest.fixture
