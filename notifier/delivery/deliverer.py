@@ -26,7 +26,7 @@ next round trip (the send is recorded in the round trip that takes the next mess
 last look, before that message is sent): the notification stays `sending`, its lease runs
 out, and the next attempt asks the channel whether the message went out (`already_sent`);
 a channel that cannot tell is sent again (at least once beats never for a reminder). The
-README's Guarantees state both windows.
+README's "At most one send per notification" states every window exactly.
 """
 
 from __future__ import annotations
