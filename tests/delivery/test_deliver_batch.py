@@ -25,7 +25,15 @@ from notifier.ledger.ratelimit import RateLimiter
 from notifier.ledger.record_store import record_key
 from notifier.ledger.store import Store
 from notifier.policy.ordering import subject_ref
-from tests.delivery.test_deliverer import BOOKED, NOW, START, deliverer, outbox, store
+from tests.delivery.test_deliverer import (
+    BOOKED,
+    NOW,
+    START,
+    RedisFillsUpChannel,
+    deliverer,
+    outbox,
+    store,
+)
 from tests.kit import appointment, client_upserted, event_dict, store_and_apply
 
 __all__ = ["outbox", "store"]  # the fixtures, shared with test_deliverer
@@ -217,21 +225,6 @@ def test_each_send_is_recorded_before_the_next_goes_out(store, policy, outbox):
                     ["sent", "sent", "sending"]]
 
 
-class RedisFillsUp:
-    """Sends to the outbox, then Redis refuses every write (maxmemory reached)."""
-
-    def __init__(self, outbox: Outbox, client: Any) -> None:
-        self.outbox, self.client = outbox, client
-
-    def send(self, message: Message, now: datetime) -> Receipt:
-        receipt = self.outbox.send(message, now)
-        self.client.config_set("maxmemory", "1")
-        return receipt
-
-    def already_sent(self, message: Message) -> bool | None:
-        return self.outbox.already_sent(message)
-
-
 def test_redis_failing_mid_batch_leaves_every_one_finished_or_to_its_lease(store, policy,
                                                                          outbox):
     """The first send goes out and Redis stops taking writes: nothing more is sent, and
@@ -240,7 +233,7 @@ def test_redis_failing_mid_batch_leaves_every_one_finished_or_to_its_lease(store
     for i in range(3):
         book(store, policy, f"a{i}", f"c{i}", i)
     ids = [sms(f"a{i}") for i in range(3)]
-    d = deliverer(store, policy, sms=RedisFillsUp(outbox, store.redis), outbox=outbox)
+    d = deliverer(store, policy, sms=RedisFillsUpChannel(outbox, store.redis), outbox=outbox)
     try:
         assert d.deliver_batch(ids, NOW) == ["unrecorded", "leased", "leased"]
     finally:

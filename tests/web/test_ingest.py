@@ -33,10 +33,12 @@ from notifier.ledger.store import Store
 from notifier.runtime import Runtime
 from notifier.web.app import create_app
 from notifier.worker.actors import APPLY_EVENT, EVENTS_QUEUE, build_broker, declare_actors
-from tests.end_to_end.test_redis_restart import DurableRedis
+from tests.end_to_end.test_redis_restart import durable
 from tests.kit import client_upserted, daytime_zone
 from tests.ledger.test_lua_scripts import Monitor
 from tests.service import wait_for
+
+__all__ = ["durable"]  # the fixture, shared with test_redis_restart
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
@@ -83,16 +85,6 @@ def web(redis_url: str, redis_client: redis.Redis, tmp_path: Path) -> Iterator[T
     with TestClient(app) as http:
         yield http
     broker.close()
-
-
-@pytest.fixture
-def durable(tmp_path: Path) -> Iterator[DurableRedis]:
-    directory = tmp_path / "redis"
-    directory.mkdir()
-    server = DurableRedis(directory)
-    server.start()
-    yield server
-    server.stop()
 
 
 def test_a_posted_event_is_applied_by_a_real_worker_from_its_message_alone(
