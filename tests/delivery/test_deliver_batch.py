@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 import redis
-from redis.connection import Connection
 
 from notifier.delivery.channels import Message, Receipt
 from notifier.delivery.channels.outbox import Outbox
@@ -34,7 +33,7 @@ from tests.delivery.test_deliverer import (
     outbox,
     store,
 )
-from tests.kit import appointment, client_upserted, event_dict, store_and_apply
+from tests.kit import CountingConnection, appointment, client_upserted, event_dict, store_and_apply
 
 __all__ = ["outbox", "store"]  # the fixtures, shared with test_deliverer
 
@@ -120,16 +119,6 @@ def test_a_batch_with_mixed_outcomes_keeps_each_its_own(store, policy, outbox):
         ("+14155550001", "appointment_confirmation"),
         ("c1@example.com", "appointment_confirmation")]
     assert store.schedule.pending_count()[1] == 0  # nothing left in flight
-
-
-class CountingConnection(Connection):
-    """A real connection that counts what it sends: one packet per command or pipeline."""
-
-    sent = 0
-
-    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        CountingConnection.sent += 1
-        super().send_packed_command(command, check_health)
 
 
 @pytest.fixture
