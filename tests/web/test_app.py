@@ -992,11 +992,12 @@ def test_an_event_that_cannot_be_stored_gets_503_and_may_be_sent_again(settings,
 
 @pytest.mark.parametrize(("ahead", "accepted"), [
     (timedelta(minutes=4, seconds=50), True), (timedelta(minutes=6), False),
-    (timedelta(hours=6), False)])
+    (timedelta(hours=6), False), ("2099-01-01T00:00:00Z", False),
+    ("2100-12-31T23:59:59-12:00", False)])  # 2101 in UTC
 def test_an_event_dated_in_the_future_is_refused(client, secret, redis_client, ahead, accepted):
     """One integrator's skewed clock must not make every real later event about the
     subject stale (a cancellation included) until our clock catches up."""
-    at = (datetime.now(UTC) + ahead).isoformat()
+    at = ahead if isinstance(ahead, str) else (datetime.now(UTC) + ahead).isoformat()
     answer = post(client, secret, event("evt-ahead", occurred_at=at))
     if accepted:
         assert answer.status_code == 202
@@ -1005,6 +1006,28 @@ def test_an_event_dated_in_the_future_is_refused(client, secret, redis_client, a
     assert answer.json()["problems"] == [{
         "field": "occurred_at",
         "message": "is in the future: more than 5 minutes ahead of this server's clock"}]
+    assert_nothing_written(redis_client)
+
+
+@pytest.mark.parametrize(("skew_s", "ahead", "accepted", "words"), [
+    ("30", timedelta(seconds=20), True, ""),
+    ("30", timedelta(seconds=40), False, "30 seconds"),
+    ("3600", timedelta(minutes=50), True, ""),
+    ("3600", timedelta(minutes=61), False, "60 minutes"),
+])
+def test_how_far_ahead_an_event_may_be_is_a_setting(secret, store, broker, redis_client,
+                                                    skew_s, ahead, accepted, words):
+    told = Settings.from_env({"NOTIFIER_WEBHOOK_SECRET": secret, "NOTIFIER_FUTURE_SKEW_S": skew_s},
+                             dotenv=Path("/nonexistent"))
+    at = (datetime.now(UTC) + ahead).isoformat()
+    with TestClient(create_app(told, store, broker)) as skewed:
+        answer = post(skewed, secret, event("evt-ahead", occurred_at=at))
+    if accepted:
+        assert answer.status_code == 202
+        return
+    assert (answer.status_code, answer.json()["problems"]) == (422, [{
+        "field": "occurred_at",
+        "message": f"is in the future: more than {words} ahead of this server's clock"}])
     assert_nothing_written(redis_client)
 
 
