@@ -1031,6 +1031,49 @@ def test_how_far_ahead_an_event_may_be_is_a_setting(secret, store, broker, redis
     assert_nothing_written(redis_client)
 
 
+#: Failing input 6 of issue 13, at the webhook: (what is sent, the field the 422 names).
+STRICT_REFUSALS = [
+    ('"days_supply": 30', '"days_supply": true', "data.prescription.days_supply"),
+    ('"days_supply": 30', '"days_supply": "30"', "data.prescription.days_supply"),
+    ('"refills_remaining": 2', '"refills_remaining": 2.0', "data.prescription.refills_remaining"),
+    ('"id": "evt-1"', '"id": "evt-1", "id": "evt-1"', "id"),
+    ('"id": "evt-1"', '"id": "evt-0", "id": "evt-1"', "id"),
+    ('"medication": "Sertraline"', '"medication": "Sertraline", "medication": "x"',
+     "data.prescription.medication"),
+    ('"medication": "Sertraline"', '"medication": "Sertraline\\u0000"',
+     "data.prescription.medication"),
+    ('"medication": "Sertraline"', '"medication": "Sertraline\\r\\n"',
+     "data.prescription.medication"),
+    ('"medication": "Sertraline"', '"medication": "\\u202eSertraline"',
+     "data.prescription.medication"),
+]
+
+
+@pytest.mark.parametrize(("sample", "sent", "field"), STRICT_REFUSALS)
+def test_strict_input_is_refused_at_the_webhook_naming_the_field(client, secret, redis_client,
+                                                                 sample, sent, field):
+    valid = encode(event(type_="prescription.filled", data={"prescription": {
+        "id": "rx-1", "client_id": "c1", "provider_id": "p1", "medication": "Sertraline",
+        "filled_on": "2026-03-01", "days_supply": 30, "refills_remaining": 2}}))
+    assert sample.encode() in valid
+    answer = post_raw(client, secret, valid.replace(sample.encode(), sent.encode()))
+    assert answer.status_code == 422
+    assert answer.json()["error"] == "invalid event"
+    assert problem_fields(answer) == [field]
+    assert_nothing_written(redis_client)
+    assert post_raw(client, secret, valid).status_code == 202, "the same event, strictly sent"
+
+
+def test_a_client_name_with_invisible_debris_is_accepted_without_it(client, secret, store,
+                                                                     policy):
+    debris = event(type_="client.upserted", data={"client": {
+        "id": "c1", "first_name": "\ufeffAna\u200b", "email": "ana@example.com",
+        "timezone": "UTC", "channels": {"sms": False, "email": True}}})
+    assert post(client, secret, debris).status_code == 202
+    apply_stored_event(store, "evt-1", policy, datetime.now(UTC))
+    assert store.load_record("client:c1").client.first_name == "Ana"
+
+
 def event_read(client: TestClient, event_id: str, token: str | None = TOKEN) -> Any:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     return client.get(f"/v1/events/{event_id}", headers=headers)
