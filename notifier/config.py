@@ -83,6 +83,10 @@ RETRY_BASE_S = 5.0
 #: How long a claimed notification is leased to a worker, in seconds: longer than the
 #: slowest send (HTTP timeouts are 10 s); a lease that runs out means the worker died.
 LEASE_S = 60
+#: How far ahead of this server's clock an event's `occurred_at` may be, in seconds (the
+#: signature timestamp's tolerance): clocks disagree by seconds, never by hours, and an
+#: event from the future would make every real later one about its subject stale.
+FUTURE_SKEW_S = 5 * 60
 
 #: The read API token is compared as sent in `Authorization: Bearer`; shorter is guessable.
 MIN_API_TOKEN_CHARS = 24
@@ -299,6 +303,8 @@ class Settings:
     retry_base_s: float = RETRY_BASE_S
     #: How long a claimed notification is leased to a worker; longer than the slowest send.
     lease_s: int = LEASE_S
+    #: How far ahead of our clock an event's `occurred_at` may be; further is a 422.
+    future_skew_s: int = FUTURE_SKEW_S
     log_level: str = "INFO"
 
     @classmethod
@@ -382,6 +388,7 @@ class Settings:
             worker_threads=_int(env, "NOTIFIER_WORKER_THREADS", defaults.worker_threads),
             worker_processes=_int(env, "NOTIFIER_WORKER_PROCESSES", 0) or None,
             lease_s=_int(env, "NOTIFIER_LEASE_S", defaults.lease_s),
+            future_skew_s=_int(env, "NOTIFIER_FUTURE_SKEW_S", defaults.future_skew_s),
             log_level=_log_level(env, "NOTIFIER_LOG_LEVEL", defaults.log_level),
             sendgrid_webhook_public_key=opt("SENDGRID_WEBHOOK_PUBLIC_KEY"),
             max_attempts=_int(env, "NOTIFIER_MAX_ATTEMPTS", defaults.max_attempts),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 from dramatiq.brokers.redis import RedisBroker
 from fastapi import FastAPI
@@ -52,7 +53,8 @@ def create_app(settings: Settings, store: Store, broker: RedisBroker) -> FastAPI
     counter = events_counter(registry)
     registry.register(LedgerCollector(store))
 
-    events = event_route(secret, event_stores, broker, counter)
+    events = event_route(secret, event_stores, broker, counter,
+                         future_skew=timedelta(seconds=settings.future_skew_s))
     app.add_route("/v1/events", events.endpoint, methods=["POST"])
     app.include_router(read_api_routes(settings.api_token, store))
     app.include_router(ops_routes(store, registry))

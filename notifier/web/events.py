@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry, Counter
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from notifier.config import FUTURE_SKEW_S
 from notifier.errors import (
     FieldProblem,
     InvalidEvent,
@@ -35,16 +36,25 @@ from notifier.ledger.store import Store
 from notifier.policy.ordering import subject_ref
 from notifier.timeutil import utcnow
 from notifier.web.answers import ErrorAnswer, error_answer
-from notifier.web.signatures import TIMESTAMP, TIMESTAMP_TOLERANCE_S, verify_signature
+from notifier.web.signatures import TIMESTAMP, verify_signature
 from notifier.worker.actors import APPLY_EVENT, EVENTS_QUEUE
 
 log = logging.getLogger(__name__)
 
 #: Events larger than this are refused with 413 before anything else is looked at.
 MAX_BODY_BYTES = 64 * 1024
-#: An event may say it happened at most this far ahead of our clock (the same tolerance as
-#: the signature's timestamp): clocks disagree a little, never by hours.
-MAX_FUTURE_SKEW = timedelta(seconds=TIMESTAMP_TOLERANCE_S)
+#: An event may say it happened at most this far ahead of our clock, by default
+#: (NOTIFIER_FUTURE_SKEW_S): clocks disagree a little, never by hours.
+MAX_FUTURE_SKEW = timedelta(seconds=FUTURE_SKEW_S)
+
+
+def _span(delta: timedelta) -> str:
+    """`delta` in words: "5 minutes", "90 seconds"."""
+    seconds = int(delta.total_seconds())
+    minutes, rest = divmod(seconds, 60)
+    if rest or not minutes:
+        return f"{seconds} second{'s' * (seconds != 1)}"
+    return f"{minutes} minute{'s' * (minutes != 1)}"
 
 
 class EventAnswer(BaseModel):
@@ -147,9 +157,14 @@ class EventRoute(NamedTuple):
 
 
 def event_route(secret: str, event_stores: EventStores, broker: RedisBroker,
-                events_counter: Counter) -> EventRoute:
+                events_counter: Counter, future_skew: timedelta = MAX_FUTURE_SKEW
+                ) -> EventRoute:
     """The signed event webhook, storing with `event_stores` and enqueueing its messages
-    in `broker`'s namespace (on the store's Redis: see ONE_WRITE)."""
+    in `broker`'s namespace (on the store's Redis: see ONE_WRITE). An event dated more
+    than `future_skew` ahead of our clock is refused with 422."""
+    too_far_ahead = f"is in the future: more than {_span(future_skew)} ahead of this " \
+                    "server's clock"
+
     async def post_event(request: Request) -> Response:
         # One log line per request to this route, whatever the answer: uvicorn's access log
         # is off by default (see `cli.server_config`), and this line names the event.
@@ -160,12 +175,10 @@ def event_route(secret: str, event_stores: EventStores, broker: RedisBroker,
             event = parse_event(body)
             if event.id != webhook_id:
                 raise InvalidEvent([FieldProblem("id", "must equal the webhook-id header")])
-            if event.occurred_at > utcnow() + MAX_FUTURE_SKEW:
+            if event.occurred_at > utcnow() + future_skew:
                 # Applied, it would make every real later event about its subject stale
                 # (a cancellation included) until the clock caught up with it.
-                raise InvalidEvent([FieldProblem(
-                    "occurred_at", "is in the future: more than 5 minutes ahead of this "
-                    "server's clock")])
+                raise InvalidEvent([FieldProblem("occurred_at", too_far_ahead)])
         except PayloadTooLarge as exc:
             events_counter.labels("too_large").inc()
             log.info("event refused: 413 %s", exc)
