@@ -284,3 +284,24 @@ def test_a_tick_that_raises_does_not_end_the_clock(store, redis_url, caplog):
     assert not runner.is_alive() and clock.ticks == 4
     failed = [r for r in caplog.records if r.getMessage() == "clock tick failed; trying again"]
     assert [type(r.exc_info[1]) for r in failed] == [StoreError, redis.ConnectionError, KeyError]
+
+
+# The defaults, as `notifier clock` builds it -----------------------------------------------
+
+def test_by_default_at_most_5000_in_flight_handed_over_25_ids_a_message(store, redis_url):
+    """The README's figures, with the clock built as the CLI builds it (no chunk or cap
+    given): 6,000 due ids give 5,000 in flight in 200 messages of 25, and nothing more is
+    claimed until some finish."""
+    now = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+    ids = [f"n{i:04d}" for i in range(6000)]
+    store.redis.zadd("n:schedule", {i: now.timestamp() - 1 for i in ids})
+    clock = Clock(store, build_broker(redis_url))
+    assert clock.tick(now) == 5000
+    assert store.redis.zcard("n:inflight") == 5000
+    queued = [json.loads(m)["args"][0]
+              for m in store.redis.hvals("notifier-dq:deliver.msgs")]
+    assert len(queued) == 200 and {len(batch) for batch in queued} == {25}
+    assert sorted(i for batch in queued for i in batch) == ids[:5000]
+    assert clock.tick(now + timedelta(seconds=1)) == 0
+    store.redis.zrem("n:inflight", *ids[:25])
+    assert clock.tick(now + timedelta(seconds=2)) == 25
