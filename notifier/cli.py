@@ -121,9 +121,12 @@ def _redacted(url: str) -> str:
 
 
 @contextmanager
-def _runtime(settings: Settings) -> Iterator[Any]:
+def _runtime(settings: Settings, *, serving: bool = False) -> Iterator[Any]:
     """The runtime, on Redis that answers; the embedded Redis is released on the way out,
-    so a command that started it for itself stops it (see `EmbeddedRedis.release`)."""
+    so a command that started it for itself stops it (see `EmbeddedRedis.release`). A
+    `serving` command (dev, web, worker, clock) logs Redis's fsync policy first; one-shot
+    commands keep their output to their answer."""
+    from notifier.ledger.durability import log_fsync_policy
     from notifier.runtime import Runtime, resolve_redis_url
 
     url, embedded = resolve_redis_url(settings)
@@ -131,6 +134,8 @@ def _runtime(settings: Settings) -> Iterator[Any]:
         runtime = Runtime.build(settings, url)
         try:
             runtime.redis.ping()
+            if serving:
+                log_fsync_policy(runtime.redis)
         except StoreError as exc:
             raise UsageError(f"cannot reach Redis at {_redacted(url)} ({exc}): start it, or "
                              "point NOTIFIER_REDIS_URL at one that runs (unset, the "
@@ -273,7 +278,7 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> None:
     sock = bind(args.host, args.port)
     try:
         settings = dev_api_token(dev_webhook_secret(settings))
-        with _runtime(settings) as runtime:
+        with _runtime(settings, serving=True) as runtime:
             worker = _start_worker(runtime, settings.worker_threads)
             broker = build_broker(runtime.redis_url)
             stop = threading.Event()
@@ -301,7 +306,7 @@ def cmd_web(args: argparse.Namespace, settings: Settings) -> None:
 
     sock = bind(args.host, args.port)
     try:
-        with _runtime(settings) as runtime:
+        with _runtime(settings, serving=True) as runtime:
             _serve(create_app(settings, runtime.store, build_broker(runtime.redis_url)), sock,
                    server_log_level(settings.log_level))
     finally:
@@ -317,7 +322,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
     threads = args.threads or settings.worker_threads
     processes = args.processes or settings.worker_processes or default_processes()
     status = 0
-    with _runtime(settings) as runtime:
+    with _runtime(settings, serving=True) as runtime:
         def serve(stop: threading.Event) -> None:
             worker = _start_worker(runtime, threads)
             log.info("worker running with %d threads", threads)
@@ -337,7 +342,7 @@ def cmd_clock(args: argparse.Namespace, settings: Settings) -> None:
     from notifier.worker.actors import build_broker
     from notifier.worker.clock import Clock
 
-    with _runtime(settings) as runtime:
+    with _runtime(settings, serving=True) as runtime:
         stop = _stop_event()
         Clock(runtime.store, build_broker(runtime.redis_url), lease_s=settings.lease_s,
               jobs=runtime.jobs).run(stop)

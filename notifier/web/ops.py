@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from starlette.routing import BaseRoute
 
 from notifier.errors import StoreUnavailable
+from notifier.ledger.durability import Fsync, fsync_policy
 from notifier.ledger.notifications import FINAL_STATES
 from notifier.ledger.store import Store
 from notifier.policy.figures import CHANNELS
@@ -31,6 +32,8 @@ class HealthAnswer(BaseModel):
     status: Literal["ok", "unhealthy"]
     #: "ok", or why Redis could not be reached
     redis: str
+    #: Redis's fsync policy (`ledger.durability`): always, everysec, no, off, unknown
+    redis_fsync: Fsync | None = None
 
 
 class LedgerCollector(Collector):
@@ -85,7 +88,11 @@ def ops_routes(store: Store, registry: CollectorRegistry) -> APIRouter:
             store.redis.ping()
         except StoreUnavailable as exc:
             return JSONResponse({"status": "unhealthy", "redis": str(exc)}, status_code=503)
-        return JSONResponse({"status": "ok", "redis": "ok"})
+        try:
+            fsync = fsync_policy(store.redis)
+        except StoreUnavailable:
+            fsync = "unknown"  # it went between the two commands; the ping said it was up
+        return JSONResponse({"status": "ok", "redis": "ok", "redis_fsync": fsync})
 
     @router.get("/metrics", response_class=Response, responses={200: {
         "description": "Prometheus text exposition format",

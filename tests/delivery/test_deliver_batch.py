@@ -325,3 +325,19 @@ def test_a_number_opted_out_while_its_batch_is_sending_gets_no_sms(store, policy
     store.schedule.claim(NOW, 10, 60)
     assert d.deliver_batch([sms("a2")], NOW) != ["sent"]
     assert [m["to"] for m in outbox.messages()] == [phone(1)]
+
+
+def test_a_send_rate_slot_past_the_expiry_ends_it_expired_not_sent_late(store, policy, outbox):
+    """At one SMS every 11.6 days (1e-6 a second), the second confirmation's slot falls
+    after its appointment: `expired` at once, saying why, rather than held and sent late."""
+    for i in range(2):
+        book(store, policy, f"a{i}", f"c{i}", i)
+    ids = [sms(f"a{i}") for i in range(2)]
+    d = deliverer(store, policy, outbox=outbox)
+    d.limiters = {"sms": RateLimiter(store.redis, "sms:test", per_s=1e-6)}
+    assert d.deliver_batch(ids, NOW) == ["sent", "expired"]
+    n = store.notification(ids[1])
+    assert (n["state"], n["reason"]) == (
+        "expired", "the send rate could not fit it in before it expired")
+    assert store.redis.zscore("n:schedule", ids[1]) is None
+    assert len(outbox.messages()) == 1
