@@ -21,16 +21,17 @@ from prometheus_client.utils import floatToGoString
 from pydantic import BaseModel
 from starlette.routing import BaseRoute
 
-from notifier.errors import StoreUnavailable
+from notifier.errors import StoreError
 from notifier.ledger.notifications import FINAL_STATES
 from notifier.ledger.store import Store
 from notifier.policy.figures import CHANNELS
+from notifier.web.answers import RETRY_AFTER_S
 
 
 class HealthAnswer(BaseModel):
     status: Literal["ok", "unhealthy"]
-    #: "ok", or why Redis could not be reached
-    redis: str
+    #: "ok" or "unreachable"
+    redis: Literal["ok", "unreachable"]
 
 
 class LedgerCollector(Collector):
@@ -83,8 +84,11 @@ def ops_routes(store: Store, registry: CollectorRegistry) -> APIRouter:
     def healthz() -> JSONResponse:
         try:
             store.redis.ping()
-        except StoreUnavailable as exc:
-            return JSONResponse({"status": "unhealthy", "redis": str(exc)}, status_code=503)
+        except StoreError:
+            # Not Redis's own words: they name its internal address, and this route needs
+            # no token. The web's log has them, from any route that needed Redis.
+            return JSONResponse({"status": "unhealthy", "redis": "unreachable"},
+                                status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
         return JSONResponse({"status": "ok", "redis": "ok"})
 
     @router.get("/metrics", response_class=Response, responses={200: {
