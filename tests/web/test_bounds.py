@@ -31,6 +31,7 @@ from twilio.request_validator import RequestValidator
 
 from notifier.cli import server_config, sign_event
 from notifier.config import Settings
+from notifier.errors import ConfigError
 from notifier.ledger.embedded_redis import free_port, redis_server_binary, wait_for_redis
 from notifier.ledger.store import Store
 from notifier.web.app import create_app
@@ -238,6 +239,22 @@ def test_a_dripped_body_is_408_and_closed_not_accepted(web, caplog):
     assert problems(caplog.records) == []
 
 
+def test_many_connections_holding_half_sent_bodies_are_all_closed(web):
+    """300 held connections all stayed open before (issue 13): each is closed by the
+    deadline, and the service answers meanwhile and after."""
+    held = [web.raw() for _ in range(100)]
+    try:
+        for sock in held:
+            sock.sendall(head("/v1/events", 1000) + b"{")
+        assert web.http.get("/healthz").status_code == 200
+        assert all(read_answer(sock).startswith(b"HTTP/1.1 408 ") for sock in held)
+    finally:
+        for sock in held:
+            sock.close()
+    wait_for(lambda: len(web.server.server_state.connections) <= 1, what="all closed")
+    assert web.http.get("/healthz").status_code == 200
+
+
 def test_headers_never_finished_are_408_and_closed(web):
     with web.raw() as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
@@ -290,7 +307,7 @@ def test_over_the_connection_cap_requests_are_503(own_redis):
     try:
         for sock in held:
             sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # headers never ended
-        wait_for(lambda: served.server.server_state.connections.__len__() >= 3,
+        wait_for(lambda: len(served.server.server_state.connections) >= 3,
                  what="the held connections")
         assert served.http.get("/healthz").status_code == 503
         for sock in held:
@@ -306,3 +323,7 @@ def test_the_bounds_are_settings_with_defaults():
     assert (defaults.web_read_timeout_s, defaults.web_max_connections) == (10.0, 1000)
     config = server_config(None, "info", defaults)
     assert config.limit_concurrency == 1000
+    with pytest.raises(ConfigError, match="NOTIFIER_WEB_READ_TIMEOUT_S: must be more than 0"):
+        settings(NOTIFIER_WEB_READ_TIMEOUT_S="0")
+    with pytest.raises(ConfigError, match="NOTIFIER_WEB_MAX_CONNECTIONS: must be at least 1"):
+        settings(NOTIFIER_WEB_MAX_CONNECTIONS="0")
