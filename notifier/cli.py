@@ -174,27 +174,38 @@ def server_log_level(level: str, at_least: str = "DEBUG") -> str:
     return logging.getLevelName(severity).lower()
 
 
-def server_config(app: Any, log_level: str, **listen: Any) -> Any:
+def server_config(app: Any, log_level: str, settings: Settings | None = None,
+                  **listen: Any) -> Any:
     """uvicorn's `Config` for the app (`notifier web` and `dev`, and the ingest benchmark):
-    `log_level` as `server_log_level` gives it, lower case; `listen` as uvicorn takes it
+    `log_level` as `server_log_level` gives it, lower case; the request read deadline and
+    the connection cap of `settings` (default: the defaults); `listen` as uvicorn takes it
     (`host`, `port`), or none when the caller passes a socket to `Server.run`.
 
     uvicorn's access log is on only at `debug`. At `info` it would be a second line per
     request beside `POST /v1/events`'s own, which names the event and its answer; a line
     per request to the other routes (health checks, the read API) is what a reverse proxy
-    or load balancer in front already logs. Both lines cost the web CPU per request."""
+    or load balancer in front already logs. Both lines cost the web CPU per request.
+
+    Above `web_max_connections` connections (and requests in progress) uvicorn answers
+    every new request 503 and closes its connection: memory stays bounded however many
+    clients hold connections open, each for at most the read deadline (`web.server`)."""
     import uvicorn
 
-    return uvicorn.Config(app, log_level=log_level, access_log=log_level == "debug", **listen)
+    from notifier.web.server import deadline_protocol
+
+    settings = settings or Settings()
+    return uvicorn.Config(app, log_level=log_level, access_log=log_level == "debug",
+                          http=deadline_protocol(settings.web_read_timeout_s),
+                          limit_concurrency=settings.web_max_connections, **listen)
 
 
-def _serve(app: Any, sock: socket.socket, log_level: str) -> None:
+def _serve(app: Any, sock: socket.socket, log_level: str, settings: Settings) -> None:
     import uvicorn
 
     # uvicorn re-raises the signal that stopped it once it has shut down; for SIGTERM the
     # default action would kill us before the callers' clean-up, leaving Redis running.
     signal.signal(signal.SIGTERM, _exit_on_signal)
-    uvicorn.Server(server_config(app, log_level)).run(sockets=[sock])
+    uvicorn.Server(server_config(app, log_level, settings)).run(sockets=[sock])
 
 
 def shell_path(path: str | Path, cwd: Path | None = None) -> str:
@@ -291,7 +302,8 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> None:
                 app = create_app(settings, runtime.store, broker)
                 print(dev_banner(settings, args.host, args.port, runtime.redis_url),
                       flush=True)
-                _serve(app, sock, server_log_level(settings.log_level, at_least="WARNING"))
+                _serve(app, sock, server_log_level(settings.log_level, at_least="WARNING"),
+                       settings)
             finally:
                 stop.set()
                 clock.join(timeout=5)
@@ -308,7 +320,7 @@ def cmd_web(args: argparse.Namespace, settings: Settings) -> None:
     try:
         with _runtime(settings, serving=True) as runtime:
             _serve(create_app(settings, runtime.store, build_broker(runtime.redis_url)), sock,
-                   server_log_level(settings.log_level))
+                   server_log_level(settings.log_level), settings)
     finally:
         sock.close()
 

@@ -198,6 +198,13 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _positive(env: Mapping[str, str], name: str, default: float) -> float:
+    value = _float(env, name, default)
+    if value == 0:
+        raise ConfigError(f"{name}: must be more than 0")
+    return value
+
+
 def _url(env: Mapping[str, str], name: str, default: str | None, schemes: set[str]) -> str | None:
     raw = env.get(name, "").strip() or default
     if raw is None:
@@ -306,6 +313,11 @@ class Settings:
     #: How far ahead of our clock an event's `occurred_at` may be; further is a 422.
     future_skew_s: int = FUTURE_SKEW_S
     log_level: str = "INFO"
+    #: A request's head and body must arrive within this many seconds (of the connection
+    #: opening, or of the request's first byte); slower clients get 408 and are closed.
+    web_read_timeout_s: float = 10.0
+    #: Connections (and requests in progress) the web serves at once; above, 503.
+    web_max_connections: int = 1000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, dotenv: Path | None = None) -> Settings:
@@ -395,6 +407,10 @@ class Settings:
             retry_base_s=_float(env, "NOTIFIER_RETRY_BASE_S", defaults.retry_base_s),
             sms_rate_per_s=_float(env, "NOTIFIER_SMS_RATE_PER_S", defaults.sms_rate_per_s),
             email_rate_per_s=_float(env, "NOTIFIER_EMAIL_RATE_PER_S", defaults.email_rate_per_s),
+            web_read_timeout_s=_positive(env, "NOTIFIER_WEB_READ_TIMEOUT_S",
+                                         defaults.web_read_timeout_s),
+            web_max_connections=_int(env, "NOTIFIER_WEB_MAX_CONNECTIONS",
+                                     defaults.web_max_connections),
         )
 
     def require_webhook_secret(self) -> str:

@@ -21,6 +21,7 @@ from notifier.errors import ConfigError
 from notifier.ledger.async_events import same_server
 from notifier.ledger.store import Store
 from notifier.web.events import EventStores, document_event_body, event_route, events_counter
+from notifier.web.failures import install_failure_handlers
 from notifier.web.links import link_routes
 from notifier.web.ops import LedgerCollector, openapi_document, ops_routes
 from notifier.web.provider_hooks import provider_routes
@@ -48,6 +49,7 @@ def create_app(settings: Settings, store: Store, broker: RedisBroker) -> FastAPI
 
     app = FastAPI(title="Notifier", version=__version__, lifespan=lifespan,
                   description="Events in, appointment and medication reminders out.")
+    install_failure_handlers(app)
     # `/metrics` shows the events counter first, then the ledger's figures.
     registry = CollectorRegistry()
     counter = events_counter(registry)

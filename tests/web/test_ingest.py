@@ -32,6 +32,7 @@ from notifier.ledger.lua import lua_source
 from notifier.ledger.store import Store
 from notifier.runtime import Runtime
 from notifier.web.app import create_app
+from notifier.web.events import UNAVAILABLE
 from notifier.worker.actors import APPLY_EVENT, EVENTS_QUEUE, build_broker, declare_actors
 from tests.end_to_end.test_redis_restart import durable
 from tests.kit import client_upserted, daytime_zone
@@ -208,8 +209,7 @@ def test_redis_dying_under_a_request_is_503_with_retry_after_and_nothing_written
             [answer] = answers
             assert answer.status_code == 503
             assert answer.headers["retry-after"] == "5"
-            assert answer.json()["error"] == \
-                "storage unavailable; nothing was stored, retry later"
+            assert answer.json()["error"] == UNAVAILABLE
             durable.start()
             assert client.dbsize() == 0, "nothing of the refused event was written"
             assert post(http, evt).status_code == 202  # sent again, as the 503 asks
