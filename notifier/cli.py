@@ -121,9 +121,12 @@ def _redacted(url: str) -> str:
 
 
 @contextmanager
-def _runtime(settings: Settings) -> Iterator[Any]:
+def _runtime(settings: Settings, *, serving: bool = False) -> Iterator[Any]:
     """The runtime, on Redis that answers; the embedded Redis is released on the way out,
-    so a command that started it for itself stops it (see `EmbeddedRedis.release`)."""
+    so a command that started it for itself stops it (see `EmbeddedRedis.release`). A
+    `serving` command (dev, web, worker, clock) logs Redis's fsync policy first; one-shot
+    commands keep their output to their answer."""
+    from notifier.ledger.durability import log_fsync_policy
     from notifier.runtime import Runtime, resolve_redis_url
 
     url, embedded = resolve_redis_url(settings)
@@ -131,6 +134,8 @@ def _runtime(settings: Settings) -> Iterator[Any]:
         runtime = Runtime.build(settings, url)
         try:
             runtime.redis.ping()
+            if serving:
+                log_fsync_policy(runtime.redis)
         except StoreError as exc:
             raise UsageError(f"cannot reach Redis at {_redacted(url)} ({exc}): start it, or "
                              "point NOTIFIER_REDIS_URL at one that runs (unset, the "
@@ -169,27 +174,38 @@ def server_log_level(level: str, at_least: str = "DEBUG") -> str:
     return logging.getLevelName(severity).lower()
 
 
-def server_config(app: Any, log_level: str, **listen: Any) -> Any:
+def server_config(app: Any, log_level: str, settings: Settings | None = None,
+                  **listen: Any) -> Any:
     """uvicorn's `Config` for the app (`notifier web` and `dev`, and the ingest benchmark):
-    `log_level` as `server_log_level` gives it, lower case; `listen` as uvicorn takes it
+    `log_level` as `server_log_level` gives it, lower case; the request read deadline and
+    the connection cap of `settings` (default: the defaults); `listen` as uvicorn takes it
     (`host`, `port`), or none when the caller passes a socket to `Server.run`.
 
     uvicorn's access log is on only at `debug`. At `info` it would be a second line per
     request beside `POST /v1/events`'s own, which names the event and its answer; a line
     per request to the other routes (health checks, the read API) is what a reverse proxy
-    or load balancer in front already logs. Both lines cost the web CPU per request."""
+    or load balancer in front already logs. Both lines cost the web CPU per request.
+
+    Above `web_max_connections` connections (and requests in progress) uvicorn answers
+    every new request 503 and closes its connection: memory stays bounded however many
+    clients hold connections open, each for at most the read deadline (`web.server`)."""
     import uvicorn
 
-    return uvicorn.Config(app, log_level=log_level, access_log=log_level == "debug", **listen)
+    from notifier.web.server import deadline_protocol
+
+    settings = settings or Settings()
+    return uvicorn.Config(app, log_level=log_level, access_log=log_level == "debug",
+                          http=deadline_protocol(settings.web_read_timeout_s),
+                          limit_concurrency=settings.web_max_connections, **listen)
 
 
-def _serve(app: Any, sock: socket.socket, log_level: str) -> None:
+def _serve(app: Any, sock: socket.socket, log_level: str, settings: Settings) -> None:
     import uvicorn
 
     # uvicorn re-raises the signal that stopped it once it has shut down; for SIGTERM the
     # default action would kill us before the callers' clean-up, leaving Redis running.
     signal.signal(signal.SIGTERM, _exit_on_signal)
-    uvicorn.Server(server_config(app, log_level)).run(sockets=[sock])
+    uvicorn.Server(server_config(app, log_level, settings)).run(sockets=[sock])
 
 
 def shell_path(path: str | Path, cwd: Path | None = None) -> str:
@@ -273,7 +289,7 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> None:
     sock = bind(args.host, args.port)
     try:
         settings = dev_api_token(dev_webhook_secret(settings))
-        with _runtime(settings) as runtime:
+        with _runtime(settings, serving=True) as runtime:
             worker = _start_worker(runtime, settings.worker_threads)
             broker = build_broker(runtime.redis_url)
             stop = threading.Event()
@@ -286,7 +302,8 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> None:
                 app = create_app(settings, runtime.store, broker)
                 print(dev_banner(settings, args.host, args.port, runtime.redis_url),
                       flush=True)
-                _serve(app, sock, server_log_level(settings.log_level, at_least="WARNING"))
+                _serve(app, sock, server_log_level(settings.log_level, at_least="WARNING"),
+                       settings)
             finally:
                 stop.set()
                 clock.join(timeout=5)
@@ -301,9 +318,9 @@ def cmd_web(args: argparse.Namespace, settings: Settings) -> None:
 
     sock = bind(args.host, args.port)
     try:
-        with _runtime(settings) as runtime:
+        with _runtime(settings, serving=True) as runtime:
             _serve(create_app(settings, runtime.store, build_broker(runtime.redis_url)), sock,
-                   server_log_level(settings.log_level))
+                   server_log_level(settings.log_level), settings)
     finally:
         sock.close()
 
@@ -317,7 +334,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
     threads = args.threads or settings.worker_threads
     processes = args.processes or settings.worker_processes or default_processes()
     status = 0
-    with _runtime(settings) as runtime:
+    with _runtime(settings, serving=True) as runtime:
         def serve(stop: threading.Event) -> None:
             worker = _start_worker(runtime, threads)
             log.info("worker running with %d threads", threads)
@@ -337,7 +354,7 @@ def cmd_clock(args: argparse.Namespace, settings: Settings) -> None:
     from notifier.worker.actors import build_broker
     from notifier.worker.clock import Clock
 
-    with _runtime(settings) as runtime:
+    with _runtime(settings, serving=True) as runtime:
         stop = _stop_event()
         Clock(runtime.store, build_broker(runtime.redis_url), lease_s=settings.lease_s,
               jobs=runtime.jobs).run(stop)

@@ -91,6 +91,10 @@ PROVIDER_TIMEOUT_S = 10.0
 #: PROVIDER_TIMEOUT_S (a DNS lookup, or an answer trickled byte by byte, is not bounded
 #: by them).
 PROVIDER_CALL_S = 2 * PROVIDER_TIMEOUT_S
+#: How far ahead of this server's clock an event's `occurred_at` may be, in seconds (the
+#: signature timestamp's tolerance): clocks disagree by seconds, never by hours, and an
+#: event from the future would make every real later one about its subject stale.
+FUTURE_SKEW_S = 5 * 60
 
 #: The read API token is compared as sent in `Authorization: Bearer`; shorter is guessable.
 MIN_API_TOKEN_CHARS = 24
@@ -202,6 +206,13 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _positive(env: Mapping[str, str], name: str, default: float) -> float:
+    value = _float(env, name, default)
+    if value == 0:
+        raise ConfigError(f"{name}: must be more than 0")
+    return value
+
+
 def _url(env: Mapping[str, str], name: str, default: str | None, schemes: set[str]) -> str | None:
     raw = env.get(name, "").strip() or default
     if raw is None:
@@ -307,7 +318,14 @@ class Settings:
     retry_base_s: float = RETRY_BASE_S
     #: How long a claimed notification is leased to a worker; longer than the slowest send.
     lease_s: int = LEASE_S
+    #: How far ahead of our clock an event's `occurred_at` may be; further is a 422.
+    future_skew_s: int = FUTURE_SKEW_S
     log_level: str = "INFO"
+    #: A request's head and body must arrive within this many seconds (of the connection
+    #: opening, or of the request's first byte); slower clients get 408 and are closed.
+    web_read_timeout_s: float = 10.0
+    #: Connections (and requests in progress) the web serves at once; above, 503.
+    web_max_connections: int = 1000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, dotenv: Path | None = None) -> Settings:
@@ -390,12 +408,17 @@ class Settings:
             worker_threads=_int(env, "NOTIFIER_WORKER_THREADS", defaults.worker_threads),
             worker_processes=_int(env, "NOTIFIER_WORKER_PROCESSES", 0) or None,
             lease_s=_int(env, "NOTIFIER_LEASE_S", defaults.lease_s),
+            future_skew_s=_int(env, "NOTIFIER_FUTURE_SKEW_S", defaults.future_skew_s),
             log_level=_log_level(env, "NOTIFIER_LOG_LEVEL", defaults.log_level),
             sendgrid_webhook_public_key=opt("SENDGRID_WEBHOOK_PUBLIC_KEY"),
             max_attempts=_int(env, "NOTIFIER_MAX_ATTEMPTS", defaults.max_attempts),
             retry_base_s=_float(env, "NOTIFIER_RETRY_BASE_S", defaults.retry_base_s),
             sms_rate_per_s=_float(env, "NOTIFIER_SMS_RATE_PER_S", defaults.sms_rate_per_s),
             email_rate_per_s=_float(env, "NOTIFIER_EMAIL_RATE_PER_S", defaults.email_rate_per_s),
+            web_read_timeout_s=_positive(env, "NOTIFIER_WEB_READ_TIMEOUT_S",
+                                         defaults.web_read_timeout_s),
+            web_max_connections=_int(env, "NOTIFIER_WEB_MAX_CONNECTIONS",
+                                     defaults.web_max_connections),
         )
 
     def require_webhook_secret(self) -> str:

@@ -301,8 +301,9 @@ class FakeTwilio(FakeProvider):
 
     @staticmethod
     def error(code: int, status: int = 400, message: str | None = None,
-              retry_after_s: int | None = None) -> Scripted:
-        """Twilio's error JSON; the message defaults to Twilio's own for known codes."""
+              retry_after_s: int | str | None = None) -> Scripted:
+        """Twilio's error JSON; the message defaults to Twilio's own for known codes. A
+        `retry_after_s` string goes into Retry-After as it is (an HTTP-date)."""
         body = {"code": code, "message": message or TWILIO_MESSAGES.get(code, f"Error {code}"),
                 "more_info": f"https://www.twilio.com/docs/errors/{code}", "status": status}
         headers = {"Twilio-Request-Id": "RQ" + uuid.uuid4().hex}
@@ -387,8 +388,9 @@ class FakeSendGrid(FakeProvider):
 
     @staticmethod
     def error(status: int, message: str | None = None, field: str | None = None,
-              retry_after_s: int | None = None) -> Scripted:
-        """SendGrid's error JSON; the message defaults to SendGrid's own for common statuses."""
+              retry_after_s: int | str | None = None) -> Scripted:
+        """SendGrid's error JSON; the message defaults to SendGrid's own for common statuses.
+        A `retry_after_s` string goes into Retry-After as it is (an HTTP-date)."""
         return _sendgrid_errors(status, [(message or _SENDGRID_MESSAGES.get(status, "error"),
                                           field)], retry_after_s)
 
@@ -416,7 +418,7 @@ class FakeSendGrid(FakeProvider):
 
 
 def _sendgrid_errors(status: int, problems: list[tuple[str, str | None]],
-                     retry_after_s: int | None) -> Scripted:
+                     retry_after_s: int | str | None) -> Scripted:
     body = {"errors": [{"message": message, "field": field, "help": None}
                        for message, field in problems]}
     headers = {} if retry_after_s is None else {"Retry-After": str(retry_after_s)}

@@ -17,6 +17,8 @@ import json
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from redis.connection import Connection
+
 from notifier.intake.apply import apply_stored_event
 from notifier.intake.events import Event, parse_event
 from notifier.ledger.records import ClientRecord, Record, State
@@ -160,3 +162,15 @@ def rows(result: Plan) -> dict[str, Row]:
     """The notifications of a plan as id -> (due_at, expires_at, state)."""
     assert len({n.id for n in result.add}) == len(result.add), "duplicate ids in one plan"
     return {n.id: (n.due_at, n.expires_at, n.state) for n in result.add}
+
+
+class CountingConnection(Connection):
+    """A real Redis connection that counts the requests it writes, class-wide (one is one
+    round trip the client then waits for: a command, or a pipeline sent whole)."""
+
+    sent = 0
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        """Count one request, then send it as redis-py does."""
+        CountingConnection.sent += 1
+        super().send_packed_command(command, check_health)

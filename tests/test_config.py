@@ -27,6 +27,8 @@ def test_defaults_deliver_to_the_outbox_on_the_embedded_redis():
     assert (s.redis_url, s.sms_backend, s.email_backend) == (None, "outbox", "outbox")
     assert s.outbox_dir == Path("var/outbox")
     assert s.lease_s == 60
+    assert s.future_skew_s == 300
+    assert settings(NOTIFIER_FUTURE_SKEW_S="30").future_skew_s == 30
 
 
 def test_run_from_the_checkout_templates_and_schedules_are_its_top_level_ones(tmp_path):
@@ -189,6 +191,8 @@ def test_a_dotenv_that_is_not_text_is_named_in_one_line(tmp_path):
     ({"NOTIFIER_WORKER_THREADS": "0"}, "NOTIFIER_WORKER_THREADS"),
     ({"NOTIFIER_WORKER_PROCESSES": "0"}, "NOTIFIER_WORKER_PROCESSES"),
     ({"NOTIFIER_LEASE_S": "-5"}, "NOTIFIER_LEASE_S"),
+    ({"NOTIFIER_FUTURE_SKEW_S": "0"}, "NOTIFIER_FUTURE_SKEW_S"),
+    ({"NOTIFIER_FUTURE_SKEW_S": "5m"}, "NOTIFIER_FUTURE_SKEW_S"),
     ({"NOTIFIER_LOG_LEVEL": "verbose"}, "NOTIFIER_LOG_LEVEL"),
     ({"NOTIFIER_LOG_LEVEL": "10"}, "NOTIFIER_LOG_LEVEL"),
     ({"NOTIFIER_API_TOKEN": "t" * 23}, "NOTIFIER_API_TOKEN"),

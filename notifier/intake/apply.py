@@ -9,7 +9,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from notifier.errors import InvalidEvent, StoreContention, StoreUnavailable, TurnLost
-from notifier.intake.events import parse_event
+from notifier.intake.events import parse_stored_event
 from notifier.ledger.events import event_key
 from notifier.ledger.records import Record, State
 from notifier.ledger.store import Store
@@ -28,7 +28,7 @@ MAX_APPLY_FAILURES = 5
 def decide_for(policy: Policy, now: datetime) -> Callable[..., Plan]:
     def decide(raw: bytes, load: Callable[[list[str]], dict[str, Record]],
                arrived_at: datetime) -> Plan:
-        event = parse_event(raw)
+        event = parse_stored_event(raw)
         records = load(refs_for(event))
         more = derived_refs(records)
         if more:
@@ -48,7 +48,7 @@ def ensure_subject(store: Store, event_id: str, now: datetime) -> str | None:
         return subject if status == "accepted" else None
     raw = store.redis.hget(event_key(event_id), "raw")
     try:
-        event = parse_event(raw or b"")
+        event = parse_stored_event(raw or b"")
     except InvalidEvent as exc:
         log.error("event %s no longer validates: %s", event_id, exc)
         store.reject_event(event_id, str(exc), now)

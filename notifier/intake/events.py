@@ -1,6 +1,11 @@
 """Event schemas: what integrators may post to `POST /v1/events`, as pydantic models.
 
 `parse_event(raw_bytes)` is the one way in; it raises `InvalidEvent` naming every bad field.
+It is strict: JSON types as the contract gives them (an integer is a JSON number without a
+fraction, never `true` or `"30"`; a boolean is `true` or `false`; instants, dates and URLs
+are strings), no key given twice (`json_body`), no control or bidirectional-override
+character in free text (`text`). `parse_stored_event` reads an event the door accepted,
+perhaps under an older version's laxer rules, so that an accepted event is always applied.
 Entity records kept in Redis reuse these models, so what we store is what we validated.
 """
 
@@ -16,6 +21,7 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     EmailStr,
     Field,
@@ -27,6 +33,8 @@ from pydantic import (
 )
 
 from notifier.errors import FieldProblem, InvalidEvent
+from notifier.intake.json_body import load_object, strings_with_surrogates
+from notifier.intake.text import plain_text
 
 #: Ids end up inside Redis keys and dedupe keys, so they are kept to a safe alphabet.
 Id = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._~-]{0,127}$")]
@@ -63,11 +71,24 @@ def _plausible(value: datetime | date) -> datetime | date:
     return value
 
 
+#: The validation context of `parse_event`: free text with a refused character is a
+#: problem there; elsewhere (records and events written before) the character is removed.
+AT_THE_DOOR = {"at_the_door": True}
+
+
+def _free_text(value: Any, info: ValidationInfo) -> Any:
+    # Before the length check, so text of nothing but removed characters is too short.
+    if not isinstance(value, str):
+        return value  # refused by the str schema, in its words
+    return plain_text(value, refuse=bool(info.context and info.context.get("at_the_door")))
+
+
 Phone = Annotated[str, AfterValidator(_e164)]
 Instant = Annotated[AwareDatetime, AfterValidator(_plausible)]
 Day = Annotated[date, AfterValidator(_plausible)]
 TimeZone = Annotated[str, AfterValidator(_iana_zone)]
-Name = Annotated[str, Field(min_length=1, max_length=100)]
+#: Free text that goes into messages: see `notifier.intake.text` for what it may hold.
+Name = Annotated[str, Field(min_length=1, max_length=100), BeforeValidator(_free_text)]
 
 
 class Strict(BaseModel):
@@ -246,22 +267,70 @@ class Event(Strict):
     data: Any
 
 
+#: What strict validation means, added to pydantic's words where "30" or `true` would
+#: leave an integrator wondering what is wrong with them.
+_STRICT_HINTS = {
+    "int_type": " (a JSON number without quotes or fraction, such as 30)",
+    "bool_type": " (JSON true or false, without quotes)",
+    "string_type": " (a JSON string, in quotes)",
+}
+
+
 def _problems(exc: ValidationError) -> list[FieldProblem]:
     return [
-        FieldProblem(".".join(str(part) for part in error["loc"]) or "body", error["msg"])
+        FieldProblem(".".join(str(part) for part in error["loc"]) or "body",
+                     error["msg"] + _STRICT_HINTS.get(error["type"], ""))
         for error in exc.errors(include_url=False)
     ]
 
 
 def parse_event(raw: bytes | str) -> Event:
-    """Validate a raw event body; raises `InvalidEvent` listing every bad field."""
+    """Validate a raw event body as it arrives at the door, strictly (see the module
+    docstring); raises `InvalidEvent` listing every bad field."""
+    text, body = load_object(raw)
+    model = _model_or_refuse(body)
+    try:
+        # Validated from the text, not from `body`: pydantic's JSON mode is what takes
+        # instants, dates and URLs as strings while refusing a string for a number.
+        parsed = model.model_validate_json(text, strict=True, context=AT_THE_DOOR)
+    except ValidationError as exc:
+        problems = _problems(exc)
+        if any(error["type"] == "json_invalid" for error in exc.errors()):
+            # `json` took what pydantic's parser does not: a lone surrogate escape.
+            problems = [FieldProblem(path, "must be text: holds half of a UTF-16 surrogate "
+                                           "pair (a \\ud800-\\udfff escape without its pair)")
+                        for path in strings_with_surrogates(body)] or problems
+        raise InvalidEvent(problems) from None
+    return _validated(parsed)
+
+
+def parse_stored_event(raw: bytes | str) -> Event:
+    """Validate an event the door accepted, by this version or an older one, under the
+    rules it was accepted by: lax types (`"30"` read as 30), the last copy of a repeated
+    key, refused characters of free text removed. The rules tightened since must not
+    leave an accepted event unapplied. Raises `InvalidEvent` listing every bad field."""
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        # RecursionError: nesting deeper than the parser allows, e.g. 1,000 "[".
+    except (ValueError, RecursionError) as exc:
         raise InvalidEvent([FieldProblem("body", f"not valid JSON: {exc}")]) from None
     if not isinstance(body, dict):
         raise InvalidEvent([FieldProblem("body", "must be a JSON object")])
+    model = _model_or_refuse(body)
+    try:
+        parsed = model.model_validate(body)
+    except ValidationError as exc:
+        raise InvalidEvent(_problems(exc)) from None
+    return _validated(parsed)
+
+
+def _validated(parsed: _Envelope) -> Event:
+    fields = parsed.model_dump(include={"id", "occurred_at", "type"})
+    return Event(data=parsed.data, **fields)  # type: ignore[attr-defined]
+
+
+def _model_or_refuse(body: dict[str, Any]) -> type[_Envelope]:
+    """The model of `body`'s type; raises `InvalidEvent` naming `type` (and any bad
+    envelope field) for an unknown one."""
     event_type = body.get("type")
     model = EVENT_MODELS.get(event_type) if isinstance(event_type, str) else None
     if model is None:
@@ -269,13 +338,10 @@ def parse_event(raw: bytes | str) -> Event:
         problems = [FieldProblem("type", f"unknown event type {event_type!r}; one of: {known}")]
         envelope = {k: v for k, v in body.items() if k in ("id", "occurred_at")}
         try:
-            _Envelope.model_validate({"id": "x", "occurred_at": "2000-01-01T00:00:00Z", **envelope})
+            _Envelope.model_validate_json(json.dumps(
+                {"id": "x", "occurred_at": "2000-01-01T00:00:00Z", **envelope}), strict=True)
         except ValidationError as exc:
-            problems.extend(_problems(exc))
+            # Less a "body" problem: a lone surrogate json.dumps writes, pydantic refuses.
+            problems.extend(p for p in _problems(exc) if p.field != "body")
         raise InvalidEvent(problems)
-    try:
-        parsed = model.model_validate(body)
-    except ValidationError as exc:
-        raise InvalidEvent(_problems(exc)) from None
-    fields = parsed.model_dump(include={"id", "occurred_at"})
-    return Event(type=str(event_type), data=parsed.data, **fields)  # type: ignore[attr-defined]
+    return model

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 from dramatiq.brokers.redis import RedisBroker
 from fastapi import FastAPI
@@ -20,6 +21,7 @@ from notifier.errors import ConfigError
 from notifier.ledger.async_events import same_server
 from notifier.ledger.store import Store
 from notifier.web.events import EventStores, document_event_body, event_route, events_counter
+from notifier.web.failures import install_failure_handlers
 from notifier.web.links import link_routes
 from notifier.web.ops import LedgerCollector, openapi_document, ops_routes
 from notifier.web.provider_hooks import provider_routes
@@ -47,12 +49,14 @@ def create_app(settings: Settings, store: Store, broker: RedisBroker) -> FastAPI
 
     app = FastAPI(title="Notifier", version=__version__, lifespan=lifespan,
                   description="Events in, appointment and medication reminders out.")
+    install_failure_handlers(app)
     # `/metrics` shows the events counter first, then the ledger's figures.
     registry = CollectorRegistry()
     counter = events_counter(registry)
     registry.register(LedgerCollector(store))
 
-    events = event_route(secret, event_stores, broker, counter)
+    events = event_route(secret, event_stores, broker, counter,
+                         future_skew=timedelta(seconds=settings.future_skew_s))
     app.add_route("/v1/events", events.endpoint, methods=["POST"])
     app.include_router(read_api_routes(settings.api_token, store))
     app.include_router(ops_routes(store, registry))

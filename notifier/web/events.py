@@ -21,12 +21,13 @@ from prometheus_client import CollectorRegistry, Counter
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from notifier.config import FUTURE_SKEW_S
 from notifier.errors import (
     FieldProblem,
     InvalidEvent,
     PayloadTooLarge,
     SignatureError,
-    StoreUnavailable,
+    StoreError,
 )
 from notifier.intake.events import EVENT_MODELS, parse_event
 from notifier.ledger.async_events import AsyncEventStore, async_twin
@@ -34,17 +35,30 @@ from notifier.ledger.broker_messages import broker_message
 from notifier.ledger.store import Store
 from notifier.policy.ordering import subject_ref
 from notifier.timeutil import utcnow
-from notifier.web.answers import ErrorAnswer, error_answer
-from notifier.web.signatures import TIMESTAMP, TIMESTAMP_TOLERANCE_S, verify_signature
+from notifier.web.answers import ErrorAnswer, error_answer, unavailable_answer
+from notifier.web.bodies import MAX_BODY_BYTES, read_limited
+from notifier.web.signatures import TIMESTAMP, verify_signature
 from notifier.worker.actors import APPLY_EVENT, EVENTS_QUEUE
 
 log = logging.getLogger(__name__)
 
-#: Events larger than this are refused with 413 before anything else is looked at.
-MAX_BODY_BYTES = 64 * 1024
-#: An event may say it happened at most this far ahead of our clock (the same tolerance as
-#: the signature's timestamp): clocks disagree a little, never by hours.
-MAX_FUTURE_SKEW = timedelta(seconds=TIMESTAMP_TOLERANCE_S)
+#: An event may say it happened at most this far ahead of our clock, by default
+#: (NOTIFIER_FUTURE_SKEW_S): clocks disagree a little, never by hours.
+MAX_FUTURE_SKEW = timedelta(seconds=FUTURE_SKEW_S)
+#: The 503's words: the event was not accepted. It may have been stored all the same (the
+#: answer of a write in flight when Redis went away is lost), and then its retry is
+#: answered `duplicate`, which is as good as accepted.
+UNAVAILABLE = ("storage unavailable: not accepted; retry (a retry of an event already "
+               "stored is answered duplicate)")
+
+
+def _span(delta: timedelta) -> str:
+    """`delta` in words: "5 minutes", "90 seconds"."""
+    seconds = int(delta.total_seconds())
+    minutes, rest = divmod(seconds, 60)
+    if rest or not minutes:
+        return f"{seconds} second{'s' * (seconds != 1)}"
+    return f"{minutes} minute{'s' * (minutes != 1)}"
 
 
 class EventAnswer(BaseModel):
@@ -62,18 +76,6 @@ def events_counter(registry: CollectorRegistry) -> Counter:
     """`notifier_events_total{answer}`: what `POST /v1/events` answered."""
     return Counter("notifier_events_total", "Events received, by answer", ["answer"],
                    registry=registry)
-
-
-async def read_limited(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"body over {limit} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise PayloadTooLarge(f"body over {limit} bytes")
-    return bytes(body)
 
 
 #: ONE_WRITE: how `POST /v1/events` stores and enqueues. The event and its `apply_event`
@@ -147,9 +149,14 @@ class EventRoute(NamedTuple):
 
 
 def event_route(secret: str, event_stores: EventStores, broker: RedisBroker,
-                events_counter: Counter) -> EventRoute:
+                events_counter: Counter, future_skew: timedelta = MAX_FUTURE_SKEW
+                ) -> EventRoute:
     """The signed event webhook, storing with `event_stores` and enqueueing its messages
-    in `broker`'s namespace (on the store's Redis: see ONE_WRITE)."""
+    in `broker`'s namespace (on the store's Redis: see ONE_WRITE). An event dated more
+    than `future_skew` ahead of our clock is refused with 422."""
+    too_far_ahead = f"is in the future: more than {_span(future_skew)} ahead of this " \
+                    "server's clock"
+
     async def post_event(request: Request) -> Response:
         # One log line per request to this route, whatever the answer: uvicorn's access log
         # is off by default (see `cli.server_config`), and this line names the event.
@@ -160,16 +167,15 @@ def event_route(secret: str, event_stores: EventStores, broker: RedisBroker,
             event = parse_event(body)
             if event.id != webhook_id:
                 raise InvalidEvent([FieldProblem("id", "must equal the webhook-id header")])
-            if event.occurred_at > utcnow() + MAX_FUTURE_SKEW:
+            if event.occurred_at > utcnow() + future_skew:
                 # Applied, it would make every real later event about its subject stale
                 # (a cancellation included) until the clock caught up with it.
-                raise InvalidEvent([FieldProblem(
-                    "occurred_at", "is in the future: more than 5 minutes ahead of this "
-                    "server's clock")])
+                raise InvalidEvent([FieldProblem("occurred_at", too_far_ahead)])
         except PayloadTooLarge as exc:
             events_counter.labels("too_large").inc()
             log.info("event refused: 413 %s", exc)
-            return error_answer(413, str(exc))
+            # Closed, rather than the rest of the body read and thrown away.
+            return error_answer(413, str(exc), headers={"Connection": "close"})
         except SignatureError as exc:
             events_counter.labels("unauthorized").inc()
             log.info("event refused: 401 signature: %s", exc)
@@ -187,14 +193,14 @@ def event_route(secret: str, event_stores: EventStores, broker: RedisBroker,
                                                   subject=subject_ref(event),
                                                   occurred_at=event.occurred_at,
                                                   message=message)
-        except StoreUnavailable:
-            # Not stored, so not accepted: the integrator must send it again (a 5xx is what
-            # webhook senders retry), and the answer says when.
+        except StoreError as exc:
+            # Unreachable, or refusing the write (out of memory, read-only after a failover).
+            # Not accepted: the integrator must send it again (a 5xx is what webhook senders
+            # retry). A request in flight when Redis died may have been stored all the same,
+            # so the answer does not say "nothing was stored": its retry is a duplicate.
             events_counter.labels("unavailable").inc()
-            log.warning("event %s refused: Redis unreachable", event.id)
-            answer = error_answer(503, "storage unavailable; nothing was stored, retry later")
-            answer.headers["Retry-After"] = "5"
-            return answer
+            log.warning("event %s refused: 503, Redis unavailable: %s", event.id, exc)
+            return unavailable_answer(UNAVAILABLE)
         if not stored:
             events_counter.labels("duplicate").inc()
             log.info("event %s duplicate", event.id)
@@ -208,8 +214,8 @@ def event_route(secret: str, event_stores: EventStores, broker: RedisBroker,
                     responses={200: {"model": EventAnswer}, 401: {"model": ErrorAnswer},
                                413: {"model": ErrorAnswer}, 422: {"model": ErrorAnswer},
                                503: {"model": ErrorAnswer,
-                                     "description": "Redis unreachable: nothing was stored; "
-                                                    "retry"}})(post_event)
+                                     "description": "Redis unreachable or refusing writes: "
+                                                    + UNAVAILABLE}})(post_event)
     return EventRoute(post_event, documented)
 
 

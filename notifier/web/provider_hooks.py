@@ -1,6 +1,7 @@
 """What Twilio and SendGrid tell us: delivery reports, and replies to our SMS.
 
-Every route verifies its provider's signature and answers 403 otherwise (or when the key to
+Every route reads at most `web.bodies`' limit (413 past it, before anything else) and
+verifies its provider's signature, answering 403 otherwise (or when the key to
 verify with is not configured). SendGrid signs a timestamp with each batch: one more than 10
 minutes from now is refused too, so a captured batch cannot be replayed later.
 
@@ -42,6 +43,7 @@ from notifier.ledger.records import ClientRecord
 from notifier.ledger.store import Store
 from notifier.policy.plan import entity_ref
 from notifier.timeutil import utcnow
+from notifier.web.bodies import MAX_SENDGRID_BODY_BYTES, read_limited
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +145,7 @@ def provider_routes(settings: Settings, store: Store) -> APIRouter:
 
     async def twilio_form(request: Request) -> dict[str, str] | None:
         """The form fields of a request Twilio signed, or None."""
-        body = (await request.body()).decode("utf-8", "replace")
+        body = (await read_limited(request)).decode("utf-8", "replace")
         form = {k: v[0] for k, v in parse_qs(body, keep_blank_values=True).items()}
         url = settings.public_url + request.url.path
         if request.url.query:
@@ -191,7 +193,7 @@ def provider_routes(settings: Settings, store: Store) -> APIRouter:
                  openapi_extra=SENDGRID_EVENTS, responses={
                      **REFUSED, 400: {"model": Refusal, "description": "Signed, but not JSON"}})
     async def sendgrid_events(request: Request) -> Response:
-        body = await request.body()
+        body = await read_limited(request, MAX_SENDGRID_BODY_BYTES)
         signature = request.headers.get("x-twilio-email-event-webhook-signature", "")
         timestamp = request.headers.get("x-twilio-email-event-webhook-timestamp", "")
         now = utcnow()

@@ -20,7 +20,8 @@ def test_a_tiny_burst_reaches_every_outbox_once_on_every_system() -> None:
     for run in runs:
         assert (run.system, run.sent, run.lost, run.duplicates) == (run.system, run.count, 0, 0)
         assert run.count >= 100
-        assert not math.isnan(run.p99_s) and run.cpu_s_per_1k > 0
+        # 100 sends may take less CPU than one clock tick of /proc (10 ms): 0 can be read.
+        assert not math.isnan(run.p99_s) and run.cpu_s_per_1k >= 0
     headers, table = rows(runs)
     assert headers[-1] == "ours / best peer" and len(table[0]) == len(headers)
     assert box.redis and box.cores >= 1

@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 import redis
-from redis.connection import Connection
 
 from notifier.delivery.channels import Message, Receipt
 from notifier.delivery.channels.outbox import Outbox
@@ -25,8 +24,16 @@ from notifier.ledger.ratelimit import RateLimiter
 from notifier.ledger.record_store import record_key
 from notifier.ledger.store import Store
 from notifier.policy.ordering import subject_ref
-from tests.delivery.test_deliverer import BOOKED, NOW, START, deliverer, outbox, store
-from tests.kit import appointment, client_upserted, event_dict, store_and_apply
+from tests.delivery.test_deliverer import (
+    BOOKED,
+    NOW,
+    START,
+    RedisFillsUpChannel,
+    deliverer,
+    outbox,
+    store,
+)
+from tests.kit import CountingConnection, appointment, client_upserted, event_dict, store_and_apply
 
 __all__ = ["outbox", "store"]  # the fixtures, shared with test_deliverer
 
@@ -112,16 +119,6 @@ def test_a_batch_with_mixed_outcomes_keeps_each_its_own(store, policy, outbox):
         ("+14155550001", "appointment_confirmation"),
         ("c1@example.com", "appointment_confirmation")]
     assert store.schedule.pending_count()[1] == 0  # nothing left in flight
-
-
-class CountingConnection(Connection):
-    """A real connection that counts what it sends: one packet per command or pipeline."""
-
-    sent = 0
-
-    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        CountingConnection.sent += 1
-        super().send_packed_command(command, check_health)
 
 
 @pytest.fixture
@@ -217,21 +214,6 @@ def test_each_send_is_recorded_before_the_next_goes_out(store, policy, outbox):
                     ["sent", "sent", "sending"]]
 
 
-class RedisFillsUp:
-    """Sends to the outbox, then Redis refuses every write (maxmemory reached)."""
-
-    def __init__(self, outbox: Outbox, client: Any) -> None:
-        self.outbox, self.client = outbox, client
-
-    def send(self, message: Message, now: datetime) -> Receipt:
-        receipt = self.outbox.send(message, now)
-        self.client.config_set("maxmemory", "1")
-        return receipt
-
-    def already_sent(self, message: Message) -> bool | None:
-        return self.outbox.already_sent(message)
-
-
 def test_redis_failing_mid_batch_leaves_every_one_finished_or_to_its_lease(store, policy,
                                                                          outbox):
     """The first send goes out and Redis stops taking writes: nothing more is sent, and
@@ -240,7 +222,7 @@ def test_redis_failing_mid_batch_leaves_every_one_finished_or_to_its_lease(store
     for i in range(3):
         book(store, policy, f"a{i}", f"c{i}", i)
     ids = [sms(f"a{i}") for i in range(3)]
-    d = deliverer(store, policy, sms=RedisFillsUp(outbox, store.redis), outbox=outbox)
+    d = deliverer(store, policy, sms=RedisFillsUpChannel(outbox, store.redis), outbox=outbox)
     try:
         assert d.deliver_batch(ids, NOW) == ["unrecorded", "leased", "leased"]
     finally:
@@ -343,3 +325,19 @@ def test_a_number_opted_out_while_its_batch_is_sending_gets_no_sms(store, policy
     store.schedule.claim(NOW, 10, 60)
     assert d.deliver_batch([sms("a2")], NOW) != ["sent"]
     assert [m["to"] for m in outbox.messages()] == [phone(1)]
+
+
+def test_a_send_rate_slot_past_the_expiry_ends_it_expired_not_sent_late(store, policy, outbox):
+    """At one SMS every 11.6 days (1e-6 a second), the second confirmation's slot falls
+    after its appointment: `expired` at once, saying why, rather than held and sent late."""
+    for i in range(2):
+        book(store, policy, f"a{i}", f"c{i}", i)
+    ids = [sms(f"a{i}") for i in range(2)]
+    d = deliverer(store, policy, outbox=outbox)
+    d.limiters = {"sms": RateLimiter(store.redis, "sms:test", per_s=1e-6)}
+    assert d.deliver_batch(ids, NOW) == ["sent", "expired"]
+    n = store.notification(ids[1])
+    assert (n["state"], n["reason"]) == (
+        "expired", "the send rate could not fit it in before it expired")
+    assert store.redis.zscore("n:schedule", ids[1]) is None
+    assert len(outbox.messages()) == 1

@@ -722,3 +722,26 @@ def test_a_reschedule_of_a_booking_we_never_saw_goes_out_as_a_confirmation(store
     [sms] = outbox.messages()
     assert sms["kind"] == "appointment_confirmation" and "is booked for" in sms["body"]
     assert store.notification(UPDATE_SMS)["reason"] == SENT_AS_CONFIRMATION
+
+
+def test_a_client_whose_details_never_arrive_is_waited_for_then_suppressed_at_expiry(
+        store, policy, outbox):
+    """The README: it "waits (re-checked every minute) until it expires, then is
+    `suppressed` with the reason" — not `expired` as if the workers were late, not sent."""
+    start = NOW + timedelta(minutes=30)
+    store_and_apply(store, policy, appointment("appointment.scheduled", "a1", "c1", start,
+                                               BOOKED), BOOKED)
+    expires = datetime.fromtimestamp(float(store.notification(CONFIRM_SMS)["expires"]), UTC)
+    assert expires == start
+    d = deliverer(store, policy, outbox=outbox)
+    now, waits = NOW, 0
+    while (outcome := d.deliver(CONFIRM_SMS, now)) == "waiting":
+        due = datetime.fromtimestamp(store.redis.zscore(SCHEDULE, CONFIRM_SMS), UTC)
+        assert due - now == timedelta(minutes=1)
+        now, waits = due, waits + 1
+    assert outcome == "suppressed"
+    assert now < expires <= now + timedelta(minutes=1)
+    assert waits == 29  # 15:00 to 15:28; at 15:29 the next look would be at the expiry
+    n = store.notification(CONFIRM_SMS)
+    assert (n["state"], n["reason"]) == ("suppressed", "client details never arrived")
+    assert outbox.messages() == []

@@ -1,13 +1,23 @@
-"""The backoff of `delivery.retry`, as a table: attempts, retry-after, cap, expiry."""
+"""The backoff of `delivery.retry`, as a table: attempts, retry-after, cap, expiry; and the
+same backoff through the deliverer and Redis, as the README states it."""
 
 from __future__ import annotations
 
 import random
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
+from notifier.config import MAX_ATTEMPTS, PROJECT_ROOT, RETRY_BASE_S, Settings
+from notifier.delivery.channels.outbox import Outbox
+from notifier.delivery.deliverer import Deliverer
+from notifier.delivery.render import Renderer
 from notifier.delivery.retry import RETRY_CAP_S, GiveUp, next_attempt
+from notifier.errors import RetryableError
+from notifier.ledger.notifications import SCHEDULE
+from notifier.ledger.store import Store
+from tests.delivery.test_deliverer import CONFIRM_SMS, FailingChannel, book
 
 NOW = datetime(2026, 11, 25, 15, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -70,3 +80,33 @@ def test_giving_up_on_the_count_draws_nothing():
     assert isinstance(next_attempt(8, "x", None, NOW + DAY, NOW, rng, max_attempts=8,
                                    base_s=5.0), GiveUp)
     assert rng.getstate() == state
+
+
+def test_the_readme_figures_doubling_from_5_s_capped_at_an_hour():
+    """The README: "backoff base 5 s (doubling, jittered, capped at an hour)"."""
+    assert (RETRY_CAP_S, RETRY_BASE_S, MAX_ATTEMPTS) == (3600.0, 5.0, 8)
+
+
+def test_a_failing_send_is_put_back_doubling_until_the_hour_cap(redis_client, policy, tmp_path):
+    """Through the deliverer and Redis: the wait before attempt k+1 is between half and all
+    of `5 s * 2^(k-1)`, capped at an hour, so the deliverer passes the attempts made (not
+    one) and the cap holds (a cap of seconds, or no doubling, fails here)."""
+    store = Store(redis_client)
+    book(store, policy)
+    failing = FailingChannel(RetryableError("busy", code="503"))
+    settings = Settings.from_env({"NOTIFIER_MAX_ATTEMPTS": "14"}, dotenv=Path("/nonexistent"))
+    d = Deliverer(store=store, channels={"sms": failing, "email": Outbox(tmp_path / "outbox")},
+                  renderer=Renderer(PROJECT_ROOT / "templates"), settings=settings,
+                  policy=policy, rng=random.Random(7))
+    now, waits = NOW, []
+    for _ in range(13):
+        assert d.deliver(CONFIRM_SMS, now) == "retrying"
+        due = datetime.fromtimestamp(store.redis.zscore(SCHEDULE, CONFIRM_SMS), UTC)
+        waits.append((due - now).total_seconds())
+        now = due
+    for attempt, wait in enumerate(waits, start=1):
+        backoff = min(3600.0, 5.0 * 2 ** (attempt - 1))
+        assert backoff / 2 <= wait <= backoff, (attempt, wait)
+    assert max(waits) > 1800.0  # the cap was reached and held, not merely never reached
+    assert d.deliver(CONFIRM_SMS, now) == "failed"
+    assert failing.calls == 14

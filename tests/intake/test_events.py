@@ -8,6 +8,8 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from notifier.errors import InvalidEvent
 from notifier.intake.events import (
@@ -20,7 +22,10 @@ from notifier.intake.events import (
     Provider,
     RefillRequest,
     parse_event,
+    parse_stored_event,
 )
+from notifier.intake.text import plain_text
+from notifier.ledger.record_store import parse_record
 
 OCCURRED_AT = "2030-03-04T12:00:00Z"
 
@@ -367,3 +372,175 @@ def test_a_far_start_is_refused_on_the_appointment():
     with pytest.raises(InvalidEvent) as caught:
         parse_event(json.dumps(body))
     assert {p.field for p in caught.value.problems} >= {"data.appointment.start"}
+
+
+# Strict input: the contract's JSON types, and free text fit for messages -----------------
+
+REFUSED = "refused"
+
+#: (event type, field, value sent, answer: the value as parsed, in JSON form, or REFUSED)
+CONTRACT: list[tuple[str, str, Any, Any]] = [
+    ("prescription.filled", "data.prescription.days_supply", 30, 30),
+    ("prescription.filled", "data.prescription.days_supply", True, REFUSED),
+    ("prescription.filled", "data.prescription.days_supply", "30", REFUSED),
+    ("prescription.filled", "data.prescription.days_supply", 30.0, REFUSED),
+    ("prescription.filled", "data.prescription.days_supply", 30.5, REFUSED),
+    ("prescription.filled", "data.prescription.days_supply", None, REFUSED),
+    ("prescription.filled", "data.prescription.refills_remaining", 0, 0),
+    ("prescription.filled", "data.prescription.refills_remaining", False, REFUSED),
+    ("prescription.filled", "data.prescription.refills_remaining", "2", REFUSED),
+    ("prescription.filled", "data.prescription.filled_on", "2030-03-01", "2030-03-01"),
+    ("prescription.filled", "data.prescription.filled_on", 20300301, REFUSED),
+    ("prescription.filled", "data.prescription.medication", "Sertraline\u00ad 50 mg",
+     "Sertraline 50 mg"),
+    ("prescription.filled", "data.prescription.medication", "Sertraline\x0050", REFUSED),
+    ("prescription.filled", "data.prescription.medication", 50, REFUSED),
+    ("client.upserted", "data.client.channels.sms", True, True),
+    ("client.upserted", "data.client.channels.sms", 1, REFUSED),
+    ("client.upserted", "data.client.channels.sms", "true", REFUSED),
+    ("client.upserted", "data.client.channels.email", "no", REFUSED),
+    ("client.upserted", "data.client.first_name", "Ana", "Ana"),
+    ("client.upserted", "data.client.first_name", "José María", "José María"),
+    ("client.upserted", "data.client.first_name", "\ufeffAna\u200b", "Ana"),
+    ("client.upserted", "data.client.first_name", "Ana\x00", REFUSED),
+    ("client.upserted", "data.client.first_name", "Ana\r\nBcc: eve@example.com", REFUSED),
+    ("client.upserted", "data.client.first_name", "Ana\u202egpj.exe", REFUSED),
+    ("client.upserted", "data.client.first_name", "\u2067Ana\u2069", REFUSED),
+    ("client.upserted", "data.client.first_name", "Ana\x85", REFUSED),
+    ("client.upserted", "data.client.first_name", "\u200b", REFUSED),  # nothing left
+    ("client.upserted", "data.client.first_name", "Ana\ud800", REFUSED),
+    ("client.upserted", "data.client.first_name", 7, REFUSED),
+    ("client.upserted", "data.client.email", "ana\r\n@example.com", REFUSED),
+    ("client.upserted", "data.client.email", "a\u202ena@example.com", REFUSED),
+    ("client.upserted", "data.client.email", "ana@example.com\u200b", REFUSED),
+    ("client.upserted", "data.client.phone", "+14155550123\u202e", REFUSED),
+    ("client.upserted", "data.client.phone", 14155550123, REFUSED),
+    ("client.upserted", "data.client.timezone", "America/New_York\x00", REFUSED),
+    ("client.upserted", "data.client.locale", "en\n", REFUSED),
+    ("provider.upserted", "data.provider.name", "Dr. Rivera", "Dr. Rivera"),
+    ("provider.upserted", "data.provider.name", "Dr.\u202eRivera", REFUSED),
+    ("provider.upserted", "data.provider.name", "Dr. Rivera\n", REFUSED),
+    ("appointment.scheduled", "data.appointment.start", "2030-03-14T16:00:00+01:00",
+     "2030-03-14T16:00:00+01:00"),
+    ("appointment.scheduled", "data.appointment.start", 1899900000, REFUSED),
+    # A URL is parsed by the URL Standard, strictly: controls refused (tab, CR and LF,
+    # which it would drop, included); what else is not ASCII is percent-encoded, so the
+    # link that goes into a message is plain ASCII.
+    ("appointment.scheduled", "data.appointment.join_url", "https://video.example/a\u202eb",
+     "https://video.example/a%E2%80%AEb"),
+    ("appointment.scheduled", "data.appointment.join_url", "https://video.example/a\x00b",
+     REFUSED),
+    ("appointment.scheduled", "data.appointment.join_url", "https://video.example/a\r\nb",
+     REFUSED),
+    ("appointment.scheduled", "data.appointment.join_url", "https://video.example/a\tb",
+     REFUSED),
+    ("appointment.scheduled", "data.appointment.join_url", "https://vi\u202edeo.example/a",
+     REFUSED),
+    ("appointment.cancelled", "data.cancelled_by", "client\x00", REFUSED),
+    ("refill.sent", "occurred_at", "2030-03-04T12:00:00-05:00", "2030-03-04T12:00:00-05:00"),
+    ("refill.sent", "occurred_at", 1899900000, REFUSED),
+    ("refill.sent", "id", True, REFUSED),
+    ("refill.sent", "id", 5, REFUSED),
+    ("refill.sent", "id", "evt-1\u202e", REFUSED),
+]
+
+
+def _with(type_: str, field: str, value: Any) -> dict[str, Any]:
+    event = json.loads(body(type_))
+    *parents, last = field.split(".")
+    target = event
+    for key in parents:
+        target = target[key]
+    target[last] = value
+    return event
+
+
+def _dig(tree: Any, field: str) -> Any:
+    for key in field.split("."):
+        tree = tree[key]
+    return tree
+
+
+@pytest.mark.parametrize(("type_", "field", "value", "answer"), CONTRACT)
+def test_the_contract_takes_what_it_says_and_refuses_the_rest(type_, field, value, answer):
+    raw = json.dumps(_with(type_, field, value)).encode()
+    if answer == REFUSED:
+        assert list(problems(raw)) == [field]
+        return
+    event = parse_event(raw)
+    parsed = {"id": event.id, "occurred_at": event.occurred_at.isoformat().replace(
+        "+00:00", "Z"), "data": event.data.model_dump(mode="json")}
+    assert _dig(parsed, field) == answer
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    (True, "Input should be a valid integer (a JSON number without quotes or fraction, "
+           "such as 30)"),
+    ("30", "Input should be a valid integer (a JSON number without quotes or fraction, "
+           "such as 30)"),
+])
+def test_a_refused_integer_says_what_an_integer_is(value, message):
+    raw = json.dumps(_with("prescription.filled", "data.prescription.days_supply", value))
+    assert problems(raw) == {"data.prescription.days_supply": message}
+
+
+@pytest.mark.parametrize(("name", "message"), [
+    ("Ana\x00", "Value error, must be plain text: U+0000 at index 3"),
+    ("Ana\u202egpj.exe", "Value error, must be plain text: U+202E RIGHT-TO-LEFT OVERRIDE at "
+                         "index 3"),
+    ("Ana\r\n", "Value error, must be plain text: U+000D at index 3"),
+    ("Ana\ud800", "must be text: holds half of a UTF-16 surrogate pair"),
+])
+def test_a_refused_character_is_named_with_where_it_is(name, message):
+    assert problems(client_event(first_name=name))["data.client.first_name"].startswith(
+        message)
+
+
+def test_a_repeated_key_is_refused_the_id_included():
+    raw = body("refill.sent").decode().replace('"id": "evt-1"', '"id": "evt-1", "id": "evt-2"')
+    assert problems(raw) == {"id": "key given more than once in its object; send each key once"}
+    raw = client_event().decode().replace('"first_name": "Ana"',
+                                          '"first_name": "Ana", "first_name": "Eve"')
+    assert list(problems(raw)) == ["data.client.first_name"]
+
+
+@given(name=st.text(alphabet=st.characters(codec=None), max_size=110))
+@settings(max_examples=300, derandomize=True, deadline=None)
+def test_any_first_name_is_refused_naming_it_or_kept_as_plain_text(name):
+    try:
+        event = parse_event(client_event(first_name=name))
+    except InvalidEvent as exc:
+        assert [p.field for p in exc.problems] == ["data.client.first_name"]
+        return
+    kept = event.data.client.first_name
+    assert kept == plain_text(name, refuse=False)
+    assert 1 <= len(kept) <= 100
+    assert kept.encode("utf-8").decode("utf-8") == kept, "encodable in any message"
+
+
+def test_an_event_the_door_accepted_before_is_read_by_its_own_rules():
+    """An event accepted by an older, laxer version waits in the queue across an upgrade:
+    it is applied, not refused (accepted means applied)."""
+    rx = {**SAMPLES["prescription.filled"]["prescription"], "days_supply": "30",
+          "refills_remaining": True}
+    raw = body("prescription.filled", {"prescription": rx})
+    stored = parse_stored_event(raw).data.prescription
+    assert (stored.days_supply, stored.refills_remaining) == (30, 1)
+    repeated = body("refill.sent").decode().replace('"id": "evt-1"',
+                                                    '"id": "evt-0", "id": "evt-1"')
+    assert parse_stored_event(repeated).id == "evt-1", "the last copy, as json reads it"
+    named = client_event(first_name="Ana\u202e\r\n\x00\u200b")
+    assert parse_stored_event(named).data.client.first_name == "Ana", "never into a message"
+    with pytest.raises(InvalidEvent):
+        parse_stored_event(client_event(phone="415-555-0123"))
+
+
+@pytest.mark.parametrize("type_", sorted(SAMPLES))
+def test_the_door_and_the_stored_reading_agree_on_what_the_door_accepts(type_):
+    assert parse_stored_event(body(type_)) == parse_event(body(type_))
+
+
+def test_a_record_written_before_is_read_with_its_free_text_made_plain():
+    record = {"updated_at": OCCURRED_AT, "client": {**CLIENT, "first_name": "Ana\u202e\r\n"}}
+    parse_record.cache_clear()
+    assert parse_record("client", json.dumps(record).encode()).client.first_name == "Ana"

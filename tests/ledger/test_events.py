@@ -40,3 +40,26 @@ def test_a_stale_event_is_kept_the_same_way(redis_client, policy):
         apply_stored_event(store, evt["id"], policy, NOW)
     kept = store.event_status(older["id"])
     assert kept["status"] == "stale" and "raw" not in kept
+
+
+#: The README's duplicate window: "Event ids are remembered for 30 days after being applied".
+THIRTY_DAYS_S = 30 * 24 * 3600
+
+
+def test_an_event_id_is_remembered_thirty_days_whatever_became_of_it(redis_client, policy):
+    """Applied, stale and rejected alike: the id (and so the duplicate refusal) lasts the
+    whole 30 days, give or take the seconds this test takes, not merely some while."""
+    store = Store(redis_client)
+    newer = client_upserted("c1", "America/New_York", NOW - timedelta(minutes=1))
+    older = client_upserted("c1", "America/Chicago", NOW - timedelta(minutes=2))
+    for evt in (newer, older):
+        store.store_event(evt["id"], json.dumps(evt).encode(), NOW)
+        apply_stored_event(store, evt["id"], policy, NOW)
+    bad = client_upserted("c2", "America/New_York", NOW)
+    store.store_event(bad["id"], json.dumps(bad).encode(), NOW)
+    store.reject_event(bad["id"], "no longer validates", NOW)
+    assert EVENT_RETENTION_S == THIRTY_DAYS_S
+    for evt, status in ((newer, "applied"), (older, "stale"), (bad, "rejected")):
+        assert store.event_status(evt["id"])["status"] == status
+        assert THIRTY_DAYS_S - 60 <= redis_client.ttl(event_key(evt["id"])) <= THIRTY_DAYS_S
+        assert not store.store_event(evt["id"], json.dumps(evt).encode(), NOW), status

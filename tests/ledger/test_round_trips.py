@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 import redis
-from redis.connection import Connection
 
 from notifier.intake.apply import apply_in_turn
 from notifier.intake.events import parse_event
@@ -26,7 +25,13 @@ from notifier.ledger.lua import lua_source
 from notifier.ledger.store import Store
 from notifier.policy.figures import Policy
 from notifier.policy.ordering import subject_ref
-from tests.kit import appointment, client_upserted, provider_upserted, store_and_apply
+from tests.kit import (
+    CountingConnection,
+    appointment,
+    client_upserted,
+    provider_upserted,
+    store_and_apply,
+)
 
 NOW = datetime(2026, 12, 1, 15, 0, tzinfo=UTC)
 EVENTS = 20
@@ -37,17 +42,6 @@ ROUND_TRIPS_PER_BOOKING = 6
 #: A reschedule also reads the records its appointment leads to (the client, the
 #: provider: 1) and the appointment's notification ids, to cancel them (1).
 ROUND_TRIPS_PER_RESCHEDULE = 8
-
-
-class CountingConnection(Connection):
-    """A real connection that counts the requests it writes (class-wide)."""
-
-    writes = 0
-
-    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        """Count one request, then send it as redis-py does."""
-        CountingConnection.writes += 1
-        super().send_packed_command(command, check_health)
 
 
 @pytest.fixture
@@ -76,7 +70,7 @@ def apply_counted(store: Store, plain: redis.Redis, policy: Policy, ids: list[st
     """Apply each event as the worker's actor does; (round trips per event, calls per
     event of each command), the first event left out: it opens the connections."""
     assert apply_in_turn(store, ids[0], policy, lambda: NOW, 60) == 1
-    before, writes = commands(plain), CountingConnection.writes
+    before, writes = commands(plain), CountingConnection.sent
     for event_id in ids[1:]:
         assert apply_in_turn(store, event_id, policy, lambda: NOW, 60) == 1
     after = commands(plain)
@@ -84,7 +78,7 @@ def apply_counted(store: Store, plain: redis.Redis, policy: Policy, ids: list[st
                  for name, calls in after.items() if calls != before.get(name, 0)}
     for event_id in ids:
         assert plain.hget(event_key(event_id), "status") == b"applied"
-    return (CountingConnection.writes - writes) / (len(ids) - 1), per_event
+    return (CountingConnection.sent - writes) / (len(ids) - 1), per_event
 
 
 def seed(store: Store, policy: Policy) -> None:

@@ -240,6 +240,21 @@ def test_an_event_stored_without_a_subject_is_queued_when_first_applied(store, p
     assert store.event_status(evt["id"])["subject"] == "client:c1"
 
 
+def test_an_event_an_older_laxer_version_accepted_is_applied_not_rejected(store, policy):
+    """Accepted means applied: an event queued across the upgrade that made the door strict
+    (a numeric string, a repeated key, a control character in a name) is still applied."""
+    fill = prescription_filled("rx-1", "c1", NOW.date(), NOW - timedelta(hours=1))
+    fill["data"]["prescription"]["days_supply"] = "30"
+    raw = json.dumps(fill).replace('"id": "rx-1"', '"id": "rx-0", "id": "rx-1"')
+    named = client_upserted("c1", "UTC", NOW - timedelta(hours=1), first_name="Ana\u202e\r\n")
+    for evt, body in ((named, json.dumps(named)), (fill, raw)):
+        store.store_event(evt["id"], body.encode(), NOW)
+        assert apply_in_turn(store, evt["id"], policy, fixed(NOW), 30) == 1
+        assert status(store, evt["id"]) == "applied"
+    assert store.load_record("prescription:rx-1").prescription.days_supply == 30
+    assert store.load_record("client:c1").client.first_name == "Ana"
+
+
 def test_an_unreadable_event_without_a_subject_is_rejected_not_retried(store, policy):
     store.store_event("evt-x", b'{"id": "evt-x"}', NOW)
     assert apply_in_turn(store, "evt-x", policy, fixed(NOW), 30) == 0

@@ -15,7 +15,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from notifier.intake.events import Event
@@ -372,6 +372,11 @@ ZONES = ["America/New_York", "America/Los_Angeles", "America/St_Johns", "Europe/
        days=st.integers(min_value=1, max_value=120),
        refills=st.integers(min_value=0, max_value=3),
        delay_min=st.integers(min_value=0, max_value=130 * 24 * 60))
+# Run-out 2026-09-05 in Santiago: the expiry, midnight on 2026-09-06, falls in the DST gap
+# (clocks jump from 00:00 to 01:00). Compared as a Santiago wall time it never equals the
+# planned instant (PEP 495); this failed about 1 run in 75 before it was pinned here.
+@example(zone="America/Santiago", filled_on=date(2026, 8, 6), days=30, refills=2, delay_min=0)
+@example(zone="America/Santiago", filled_on=date(2026, 8, 6), days=30, refills=0, delay_min=0)
 def test_refill_notices_are_never_quiet_never_late_and_at_most_one_of_each(
     policy: Policy, zone: str, filled_on: date, days: int, refills: int, delay_min: int,
 ) -> None:

@@ -232,7 +232,7 @@ def test_signed_fuzzed_events_are_stored_exactly_or_refused(api, http, redis_cli
         return http.post(EVENTS_PATH, content=body, headers=headers)
 
     @given(case=event_bodies(api))
-    @fuzz(max_examples=150)
+    @fuzz(max_examples=200)
     def stored_exactly_or_refused(case: Case) -> None:
         redis_client.flushdb()
         body, webhook_id = raw_body(case), webhook_id_for(case)

@@ -39,7 +39,7 @@ from notifier.ledger.reading import READ_LIMIT
 from notifier.ledger.store import Store
 from notifier.policy.plan import Plan, PlannedNotification
 from notifier.web.app import create_app
-from notifier.web.events import MAX_BODY_BYTES
+from notifier.web.events import MAX_BODY_BYTES, UNAVAILABLE
 from notifier.web.signatures import sign_webhook, verify_signature
 from notifier.worker.actors import APPLY_EVENT, EVENTS_QUEUE, build_broker
 
@@ -841,7 +841,8 @@ def test_health_metrics_and_openapi_need_no_token(client):
 def test_healthz_is_200_with_redis_up(client):
     answer = client.get("/healthz")
     assert answer.status_code == 200
-    assert answer.json() == {"status": "ok", "redis": "ok"}
+    # The session's Redis runs without an append-only file.
+    assert answer.json() == {"status": "ok", "redis": "ok", "redis_fsync": "off"}
 
 
 def test_healthz_is_503_with_redis_down(settings):
@@ -849,7 +850,9 @@ def test_healthz_is_503_with_redis_down(settings):
         answer = down_client.get("/healthz")
     assert answer.status_code == 503
     assert answer.json()["status"] == "unhealthy"
-    assert "Connection refused" in answer.json()["redis"]
+    # "unreachable", not Redis's own words, which name its address (issue 13).
+    assert answer.json()["redis"] == "unreachable"
+    assert answer.headers["retry-after"] == "5"
 
 
 def events_counted(client: TestClient) -> dict[str, float]:
@@ -983,7 +986,7 @@ def test_an_event_that_cannot_be_stored_gets_503_and_may_be_sent_again(settings,
         answer = post(down_client, secret, event())
     assert answer.status_code == 503
     assert answer.headers["retry-after"] == "5"
-    assert answer.json()["error"] == "storage unavailable; nothing was stored, retry later"
+    assert answer.json()["error"] == UNAVAILABLE
     # Nothing was accepted, so the same event sent again is accepted, not a duplicate.
     assert post(client, secret, event()).status_code == 202
 
@@ -992,11 +995,12 @@ def test_an_event_that_cannot_be_stored_gets_503_and_may_be_sent_again(settings,
 
 @pytest.mark.parametrize(("ahead", "accepted"), [
     (timedelta(minutes=4, seconds=50), True), (timedelta(minutes=6), False),
-    (timedelta(hours=6), False)])
+    (timedelta(hours=6), False), ("2099-01-01T00:00:00Z", False),
+    ("2100-12-31T23:59:59-12:00", False)])  # 2101 in UTC
 def test_an_event_dated_in_the_future_is_refused(client, secret, redis_client, ahead, accepted):
     """One integrator's skewed clock must not make every real later event about the
     subject stale (a cancellation included) until our clock catches up."""
-    at = (datetime.now(UTC) + ahead).isoformat()
+    at = ahead if isinstance(ahead, str) else (datetime.now(UTC) + ahead).isoformat()
     answer = post(client, secret, event("evt-ahead", occurred_at=at))
     if accepted:
         assert answer.status_code == 202
@@ -1006,6 +1010,71 @@ def test_an_event_dated_in_the_future_is_refused(client, secret, redis_client, a
         "field": "occurred_at",
         "message": "is in the future: more than 5 minutes ahead of this server's clock"}]
     assert_nothing_written(redis_client)
+
+
+@pytest.mark.parametrize(("skew_s", "ahead", "accepted", "words"), [
+    ("30", timedelta(seconds=20), True, ""),
+    ("30", timedelta(seconds=40), False, "30 seconds"),
+    ("3600", timedelta(minutes=50), True, ""),
+    ("3600", timedelta(minutes=61), False, "60 minutes"),
+])
+def test_how_far_ahead_an_event_may_be_is_a_setting(secret, store, broker, redis_client,
+                                                    skew_s, ahead, accepted, words):
+    told = Settings.from_env({"NOTIFIER_WEBHOOK_SECRET": secret, "NOTIFIER_FUTURE_SKEW_S": skew_s},
+                             dotenv=Path("/nonexistent"))
+    at = (datetime.now(UTC) + ahead).isoformat()
+    with TestClient(create_app(told, store, broker)) as skewed:
+        answer = post(skewed, secret, event("evt-ahead", occurred_at=at))
+    if accepted:
+        assert answer.status_code == 202
+        return
+    assert (answer.status_code, answer.json()["problems"]) == (422, [{
+        "field": "occurred_at",
+        "message": f"is in the future: more than {words} ahead of this server's clock"}])
+    assert_nothing_written(redis_client)
+
+
+#: Failing input 6 of issue 13, at the webhook: (what is sent, the field the 422 names).
+STRICT_REFUSALS = [
+    ('"days_supply": 30', '"days_supply": true', "data.prescription.days_supply"),
+    ('"days_supply": 30', '"days_supply": "30"', "data.prescription.days_supply"),
+    ('"refills_remaining": 2', '"refills_remaining": 2.0', "data.prescription.refills_remaining"),
+    ('"id": "evt-1"', '"id": "evt-1", "id": "evt-1"', "id"),
+    ('"id": "evt-1"', '"id": "evt-0", "id": "evt-1"', "id"),
+    ('"medication": "Sertraline"', '"medication": "Sertraline", "medication": "x"',
+     "data.prescription.medication"),
+    ('"medication": "Sertraline"', '"medication": "Sertraline\\u0000"',
+     "data.prescription.medication"),
+    ('"medication": "Sertraline"', '"medication": "Sertraline\\r\\n"',
+     "data.prescription.medication"),
+    ('"medication": "Sertraline"', '"medication": "\\u202eSertraline"',
+     "data.prescription.medication"),
+]
+
+
+@pytest.mark.parametrize(("sample", "sent", "field"), STRICT_REFUSALS)
+def test_strict_input_is_refused_at_the_webhook_naming_the_field(client, secret, redis_client,
+                                                                 sample, sent, field):
+    valid = encode(event(type_="prescription.filled", data={"prescription": {
+        "id": "rx-1", "client_id": "c1", "provider_id": "p1", "medication": "Sertraline",
+        "filled_on": "2026-03-01", "days_supply": 30, "refills_remaining": 2}}))
+    assert sample.encode() in valid
+    answer = post_raw(client, secret, valid.replace(sample.encode(), sent.encode()))
+    assert answer.status_code == 422
+    assert answer.json()["error"] == "invalid event"
+    assert problem_fields(answer) == [field]
+    assert_nothing_written(redis_client)
+    assert post_raw(client, secret, valid).status_code == 202, "the same event, strictly sent"
+
+
+def test_a_client_name_with_invisible_debris_is_accepted_without_it(client, secret, store,
+                                                                     policy):
+    debris = event(type_="client.upserted", data={"client": {
+        "id": "c1", "first_name": "\ufeffAna\u200b", "email": "ana@example.com",
+        "timezone": "UTC", "channels": {"sms": False, "email": True}}})
+    assert post(client, secret, debris).status_code == 202
+    apply_stored_event(store, "evt-1", policy, datetime.now(UTC))
+    assert store.load_record("client:c1").client.first_name == "Ana"
 
 
 def event_read(client: TestClient, event_id: str, token: str | None = TOKEN) -> Any:

@@ -32,11 +32,14 @@ from notifier.ledger.lua import lua_source
 from notifier.ledger.store import Store
 from notifier.runtime import Runtime
 from notifier.web.app import create_app
+from notifier.web.events import UNAVAILABLE
 from notifier.worker.actors import APPLY_EVENT, EVENTS_QUEUE, build_broker, declare_actors
-from tests.end_to_end.test_redis_restart import DurableRedis
+from tests.end_to_end.test_redis_restart import durable
 from tests.kit import client_upserted, daytime_zone
 from tests.ledger.test_lua_scripts import Monitor
 from tests.service import wait_for
+
+__all__ = ["durable"]  # the fixture, shared with test_redis_restart
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
@@ -83,16 +86,6 @@ def web(redis_url: str, redis_client: redis.Redis, tmp_path: Path) -> Iterator[T
     with TestClient(app) as http:
         yield http
     broker.close()
-
-
-@pytest.fixture
-def durable(tmp_path: Path) -> Iterator[DurableRedis]:
-    directory = tmp_path / "redis"
-    directory.mkdir()
-    server = DurableRedis(directory)
-    server.start()
-    yield server
-    server.stop()
 
 
 def test_a_posted_event_is_applied_by_a_real_worker_from_its_message_alone(
@@ -216,8 +209,7 @@ def test_redis_dying_under_a_request_is_503_with_retry_after_and_nothing_written
             [answer] = answers
             assert answer.status_code == 503
             assert answer.headers["retry-after"] == "5"
-            assert answer.json()["error"] == \
-                "storage unavailable; nothing was stored, retry later"
+            assert answer.json()["error"] == UNAVAILABLE
             durable.start()
             assert client.dbsize() == 0, "nothing of the refused event was written"
             assert post(http, evt).status_code == 202  # sent again, as the 503 asks

@@ -4,11 +4,14 @@ claims fed in chunks; stuck events re-enqueued."""
 from __future__ import annotations
 
 import json
+import threading
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 import pytest
+import redis
 
+from notifier.errors import StoreError
 from notifier.ledger.store import Store
 from notifier.worker.actors import JOBS_QUEUE, RUN_JOB, build_broker, declare_actors
 from notifier.worker.clock import FIRED_MARGIN, Clock
@@ -246,3 +249,59 @@ def test_the_clock_polls_when_redis_cannot_say_what_is_due_next(redis_url):
     down = Store(LedgerRedis(host="127.0.0.1", port=1, socket_connect_timeout=0.2))
     clock = Clock(down, build_broker(redis_url), poll_s=0.25)
     assert 0.125 <= clock.wait_s(datetime(2026, 11, 25, 12, 0, tzinfo=UTC)) <= 0.375
+
+
+# Surviving errors --------------------------------------------------------------------------
+
+class Flaky(Clock):
+    """A clock whose ticks raise until the fourth, which stops it: each a different error
+    (Redis refusing, a bug), as a long-running clock meets them."""
+
+    def __init__(self, *args, stop: threading.Event, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.stop, self.ticks = stop, 0
+
+    def tick(self, now: datetime) -> int:
+        self.ticks += 1
+        if self.ticks == 1:
+            raise StoreError("Redis is loading the dataset in memory")
+        if self.ticks == 2:
+            raise redis.ConnectionError("Connection refused")
+        if self.ticks == 3:
+            raise KeyError("a bug")
+        self.stop.set()
+        return super().tick(now)
+
+
+def test_a_tick_that_raises_does_not_end_the_clock(store, redis_url, caplog):
+    """The clock thread is the only one claiming due notifications: one failed tick (any
+    error, not only Redis') is logged and the next tick runs, a poll later."""
+    stop = threading.Event()
+    clock = Flaky(store, build_broker(redis_url), poll_s=0.01, min_wait_s=0.001, stop=stop)
+    runner = threading.Thread(target=clock.run, args=(stop,), daemon=True)
+    runner.start()
+    runner.join(timeout=30)
+    assert not runner.is_alive() and clock.ticks == 4
+    failed = [r for r in caplog.records if r.getMessage() == "clock tick failed; trying again"]
+    assert [type(r.exc_info[1]) for r in failed] == [StoreError, redis.ConnectionError, KeyError]
+
+
+# The defaults, as `notifier clock` builds it -----------------------------------------------
+
+def test_by_default_at_most_5000_in_flight_handed_over_25_ids_a_message(store, redis_url):
+    """The README's figures, with the clock built as the CLI builds it (no chunk or cap
+    given): 6,000 due ids give 5,000 in flight in 200 messages of 25, and nothing more is
+    claimed until some finish."""
+    now = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+    ids = [f"n{i:04d}" for i in range(6000)]
+    store.redis.zadd("n:schedule", {i: now.timestamp() - 1 for i in ids})
+    clock = Clock(store, build_broker(redis_url))
+    assert clock.tick(now) == 5000
+    assert store.redis.zcard("n:inflight") == 5000
+    queued = [json.loads(m)["args"][0]
+              for m in store.redis.hvals("notifier-dq:deliver.msgs")]
+    assert len(queued) == 200 and {len(batch) for batch in queued} == {25}
+    assert sorted(i for batch in queued for i in batch) == ids[:5000]
+    assert clock.tick(now + timedelta(seconds=1)) == 0
+    store.redis.zrem("n:inflight", *ids[:25])
+    assert clock.tick(now + timedelta(seconds=2)) == 25

@@ -18,6 +18,7 @@ from sendgrid import SendGridAPIClient
 
 from notifier.config import PROVIDER_TIMEOUT_S, Settings, reveal
 from notifier.delivery.channels import Message, Receipt
+from notifier.delivery.channels.retry_after import retry_after_s
 from notifier.errors import PermanentError, RetryableError
 
 HTTP_TIMEOUT_S = PROVIDER_TIMEOUT_S
@@ -54,7 +55,7 @@ class SendGridEmail:
     def send(self, message: Message, now: datetime) -> Receipt:
         """Send `message`; returns a `Receipt` with SendGrid's `X-Message-Id` (the
         notification id when it gives none). Raises `RetryableError` for a 429 or 5xx (with
-        Retry-After's seconds) and for a network failure or timeout (code `network`),
+        Retry-After's seconds or date) and for a network failure or timeout (code `network`),
         `PermanentError` for any other refusal (code: the HTTP status)."""
         mail = build_mail(message, self.settings.from_email, self.settings.practice_name)
         try:
@@ -64,7 +65,7 @@ class SendGridEmail:
             if status == 429 or status >= 500:
                 after = (exc.headers or {}).get("Retry-After") if exc.headers else None
                 raise RetryableError(f"sendgrid answered {status}", code=str(status),
-                                     retry_after_s=_seconds(after)) from None
+                                     retry_after_s=retry_after_s(after, now)) from None
             raise PermanentError(f"sendgrid refused the message ({status})",
                                  code=str(status)) from None
         except (urllib.error.URLError, TimeoutError, ConnectionError,
@@ -76,11 +77,4 @@ class SendGridEmail:
 
     def already_sent(self, message: Message) -> bool | None:
         """SendGrid cannot be asked whether a message went out: always None."""
-        return None
-
-
-def _seconds(value: str | None) -> float | None:
-    try:
-        return max(0.0, float(value)) if value else None
-    except ValueError:
         return None

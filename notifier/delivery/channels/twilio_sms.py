@@ -21,6 +21,7 @@ from twilio.rest import Client
 
 from notifier.config import PROVIDER_TIMEOUT_S, Settings, reveal
 from notifier.delivery.channels import Message, Receipt
+from notifier.delivery.channels.retry_after import retry_after_s
 from notifier.errors import PermanentError, RetryableError
 
 #: Seconds we wait for Twilio before treating the attempt as failed (and retrying).
@@ -55,16 +56,6 @@ class RoutingHttpClient(TwilioHttpClient):  # type: ignore[misc]  # twilio has n
         """The headers of the last response, names lower-case; {} while a request is under
         way."""
         return self._headers
-
-
-def retry_after_s(headers: dict[str, str]) -> float | None:
-    """A `Retry-After` header in seconds (at least 0); None when absent or not a number of
-    seconds."""
-    value = headers.get("retry-after", "")
-    try:
-        return max(0.0, float(value)) if value else None
-    except ValueError:
-        return None
 
 
 def _int_or_none(value: object) -> int | None:
@@ -125,7 +116,7 @@ class TwilioSMS:
 
     def send(self, message: Message, now: datetime) -> Receipt:
         """Send `message`; returns a `Receipt` with the message's SID and Twilio's segment
-        count. Raises `RetryableError` for a 429 or 5xx (with Retry-After's seconds) and for
+        count. Raises `RetryableError` for a 429 or 5xx (with Retry-After's seconds or date) and for
         a network failure or timeout (code `network`), `PermanentError` for any other
         refusal (code: Twilio's error code, such as 21610 for a number that replied STOP).
         """
@@ -136,7 +127,8 @@ class TwilioSMS:
             code = str(exc.code or exc.status)
             if exc.status == 429 or exc.status >= 500:
                 raise RetryableError(f"twilio answered {exc.status}", code=code,
-                                     retry_after_s=retry_after_s(http.last_headers())
+                                     retry_after_s=retry_after_s(
+                                         http.last_headers().get("retry-after"), now)
                                      ) from None
             raise PermanentError(f"twilio refused the message ({code})", code=code) from None
         except requests.RequestException as exc:

@@ -126,6 +126,14 @@ def test_twilio_429_is_retryable_after_its_retry_after(twilio):
     assert (caught.value.code, caught.value.retry_after_s) == ("20429", 7.0)
 
 
+def test_twilio_retry_after_as_an_http_date_is_waited_for(twilio):
+    twilio.script(FakeTwilio.error(20429, status=429,
+                                   retry_after_s="Wed, 25 Nov 2026 15:02:00 GMT"))
+    with pytest.raises(RetryableError) as caught:
+        TwilioSMS(settings(twilio)).send(sms(), NOW)
+    assert (caught.value.code, caught.value.retry_after_s) == ("20429", 120.0)
+
+
 def test_twilio_5xx_is_retryable(twilio):
     twilio.script(Scripted(status=503, body=b"<html>busy</html>"))
     with pytest.raises(RetryableError) as caught:
@@ -248,6 +256,13 @@ def test_sendgrid_429_is_retryable_after_its_retry_after(sendgrid):
     with pytest.raises(RetryableError) as caught:
         SendGridEmail(settings(sendgrid=sendgrid)).send(email(), NOW)
     assert (caught.value.code, caught.value.retry_after_s) == ("429", 12.0)
+
+
+def test_sendgrid_retry_after_as_an_http_date_is_waited_for(sendgrid):
+    sendgrid.script(FakeSendGrid.error(503, retry_after_s="Wed, 25 Nov 2026 16:00:00 GMT"))
+    with pytest.raises(RetryableError) as caught:
+        SendGridEmail(settings(sendgrid=sendgrid)).send(email(), NOW)
+    assert (caught.value.code, caught.value.retry_after_s) == ("503", 3600.0)
 
 
 @pytest.mark.parametrize("status", [500, 502, 503])

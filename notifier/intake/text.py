@@ -1,0 +1,57 @@
+"""Free text that goes into messages (a client's first name, a provider's name, a
+medication): which characters it may hold.
+
+`plain_text(text, refuse=True)` is the rule at the door; `refuse=False` is the rule for
+text accepted before (an event stored, or a record written, by an older version): the same
+characters are removed instead, so none ever reaches a message.
+
+At the door, controls (NUL, tab, CR, LF, DEL, C1), U+2028/U+2029, lone surrogates and the
+bidirectional embeddings, overrides and isolates (U+202A-U+202E, U+2066-U+2069) are refused:
+no name holds them, so they mean a broken integration or an attack (CR/LF split an email
+header or an .ics line; U+202E shows what follows it right to left, a spoofing vector in
+email; a surrogate cannot be encoded). Other invisible format characters (Unicode Cf: zero-
+width space, BOM, soft hyphen, LRM/RLM, word joiner, tag characters) are removed: copying a
+name from a document brings them along, and refusing would leave a client without reminders
+for something no one can see. Zero-width joiner and non-joiner are kept: Persian and Indic
+names and emoji are spelt with them. README "Decisions" has the table.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+#: Unicode general categories refused at the door: controls, line and paragraph
+#: separators, surrogates.
+REFUSED_CATEGORIES = frozenset({"Cc", "Zl", "Zp", "Cs"})
+#: Bidirectional embeddings, overrides (U+202A-U+202E) and isolates (U+2066-U+2069).
+BIDI_CONTROLS = frozenset(chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A)))
+#: Format characters kept: zero-width non-joiner and joiner.
+KEPT_FORMAT = frozenset({"\u200c", "\u200d"})
+
+
+def _describe(char: str) -> str:
+    # Controls have no Unicode name; the code point is what an integrator can search for.
+    name = unicodedata.name(char, "")
+    return f"U+{ord(char):04X} {name}".rstrip() if name else f"U+{ord(char):04X}"
+
+
+def plain_text(text: str, refuse: bool = True) -> str:
+    """`text` without the characters the table above removes. With `refuse`, a refused
+    character raises ValueError naming it (code point and name) and its index; without,
+    it is removed too."""
+    if text.isprintable():
+        # Nearly every name: no control, format, separator or surrogate (a C-speed scan).
+        return text
+    kept = []
+    for index, char in enumerate(text):
+        category = unicodedata.category(char)
+        if category in REFUSED_CATEGORIES or char in BIDI_CONTROLS:
+            if refuse:
+                raise ValueError(f"must be plain text: {_describe(char)} at index {index} "
+                                 "(control, line-break and bidirectional-override characters "
+                                 "are refused)")
+            continue
+        if category == "Cf" and char not in KEPT_FORMAT:
+            continue
+        kept.append(char)
+    return "".join(kept)
