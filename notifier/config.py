@@ -81,8 +81,16 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MAX_ATTEMPTS = 8
 RETRY_BASE_S = 5.0
 #: How long a claimed notification is leased to a worker, in seconds: longer than the
-#: slowest send (HTTP timeouts are 10 s); a lease that runs out means the worker died.
+#: slowest send (see PROVIDER_CALL_S); a lease that runs out means the worker died, or
+#: stalled (a send then needs a lease with time left: `delivery.deliverer`).
 LEASE_S = 60
+#: Seconds each wait on a provider (Twilio, SendGrid) may take: connecting, and each read
+#: of its answer (the SDKs' socket timeouts).
+PROVIDER_TIMEOUT_S = 10.0
+#: The longest one provider call takes, seconds: connecting, then its answer, each up to
+#: PROVIDER_TIMEOUT_S (a DNS lookup, or an answer trickled byte by byte, is not bounded
+#: by them).
+PROVIDER_CALL_S = 2 * PROVIDER_TIMEOUT_S
 #: How far ahead of this server's clock an event's `occurred_at` may be, in seconds (the
 #: signature timestamp's tolerance): clocks disagree by seconds, never by hours, and an
 #: event from the future would make every real later one about its subject stale.

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import redis
 
-from notifier.config import Settings
+from notifier.config import PROVIDER_CALL_S, Settings
 from notifier.delivery.channels import Channel
 from notifier.delivery.channels.outbox import Outbox
 from notifier.delivery.compose import STAFF_KINDS
@@ -52,6 +52,14 @@ def build_channels(settings: Settings) -> dict[str, Channel]:
     return {"sms": sms, "email": email}
 
 
+def call_limits_s(settings: Settings) -> dict[str, float]:
+    """The longest one send takes on each channel that calls a provider, seconds: the
+    deliverer sends only while a lease has that much time left (and a margin)."""
+    return {medium: PROVIDER_CALL_S for medium, backend in (
+        ("sms", settings.sms_backend), ("email", settings.email_backend))
+        if backend != "outbox"}
+
+
 def build_limiters(settings: Settings, client: redis.Redis) -> dict[str, RateLimiter]:
     """Send rates per sender, for the real providers only (the outbox has no carrier)."""
     limiters = {}
@@ -87,7 +95,8 @@ class Runtime:
         channels = build_channels(settings)
         deliverer = Deliverer(store=store, channels=channels, renderer=renderer,
                               settings=settings, policy=policy,
-                              limiters=build_limiters(settings, client))
+                              limiters=build_limiters(settings, client),
+                              call_limits_s=call_limits_s(settings))
         return cls(settings=settings, policy=policy, redis_url=redis_url, redis=client,
                    store=store, renderer=renderer, channels=channels, deliverer=deliverer,
                    jobs=load_jobs(settings.schedules_dir))

@@ -83,6 +83,12 @@ class Outcome(StrEnum):
     #: Redis failed before it was sent, or while it was put back: left in flight or
     #: `sending`, taken again when its lease runs out
     LEASED = "leased"
+    #: its lease ran out and another worker took it over (the sender was paused past it):
+    #: not sent, nothing written; left to the one that took it
+    TAKEN_OVER = "taken_over"
+    #: sent after its lease was lost, when its send was already recorded or it ended
+    #: another way meanwhile: recorded as a second send (`sent_again` in the outcomes)
+    SENT_AGAIN = "sent_again"
     # not taken (`begin`'s verdict): gone, not due yet, or another worker holds its lease
     MISSING = "missing"
     NOT_DUE = "not_due"

@@ -12,11 +12,21 @@ other channel (`delivery.fallback`). Each notification keeps its own outcome: on
 fails (a bug, a channel error, a record that no longer parses) is retried on its own, and
 the rest of the batch goes on.
 
-The one window for a duplicate is a process dying between a provider's answer and the
+Fencing: each notification's lease has a token (its end as `begin` wrote it) that every
+write about it carries, so a worker whose lease ran out and was taken over writes nothing.
+A message is sent only if its last look (the round trip just before the provider's call)
+finds the lease still this worker's, with time left for the channel's longest call
+(`call_limits_s`) plus `fencing.LEASE_MARGIN_S`, by the batch's clock (`now` plus a monotonic
+clock's time since). A message that still left after its lease was lost (the process
+paused between that look and the call) is recorded all the same, as the notification's
+send or as a second one (`Outcome.SENT_AGAIN`, `notif_finish.lua`).
+
+The other window for a duplicate is a process dying between a provider's answer and the
 next round trip (the send is recorded in the round trip that takes the next message's
 last look, before that message is sent): the notification stays `sending`, its lease runs
 out, and the next attempt asks the channel whether the message went out (`already_sent`);
-a channel that cannot tell is sent again (at least once beats never for a reminder).
+a channel that cannot tell is sent again (at least once beats never for a reminder). The
+README's "At most one send per notification" states every window exactly.
 """
 
 from __future__ import annotations
@@ -53,13 +63,14 @@ from notifier.delivery.decide import (
 )
 from notifier.delivery.facts import Records, decide_all, queue_changed_since
 from notifier.delivery.fallback import use_other_channel
+from notifier.delivery.fencing import check_lease_fits, may_send
 from notifier.delivery.jobs import Job, Writes
 from notifier.delivery.render import Renderer
 from notifier.delivery.retry import GiveUp, next_attempt
 from notifier.delivery.sms_budget import OverBudget, short_url
 from notifier.errors import PermanentError, RetryableError, StoreError, TemplateError
 from notifier.ledger.batch import Batch, Reply
-from notifier.ledger.notifications import Rescheduled, Verdict
+from notifier.ledger.notifications import Finished, Rescheduled, Verdict, epoch
 from notifier.ledger.ratelimit import RateLimiter
 from notifier.ledger.records import ClientRecord
 from notifier.ledger.store import Store
@@ -95,6 +106,15 @@ class Deliverer:
     rng: random.Random = field(default_factory=random.Random)
     #: seconds on a clock that only goes forward: how long a batch has been running
     monotonic: Callable[[], float] = field(default=time.monotonic)
+    #: the longest one send can take on each channel, seconds, by channel name
+    #: (`config.PROVIDER_CALL_S` for Twilio and SendGrid); a channel not named takes no
+    #: time worth a lease's attention (the outbox: a local file write)
+    call_limits_s: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """Raises ConfigError when the lease leaves too little time for a channel's call
+        (`fencing.check_lease_fits`)."""
+        check_lease_fits(self.settings.lease_s, BATCH_SEND_S, self.call_limits_s)
 
     def deliver(self, notification_id: str, now: datetime) -> Outcome:
         """`deliver_batch` of one notification, except that a Redis failure that leaves it to
@@ -168,6 +188,7 @@ class Deliverer:
                     continue
                 job.n = Stored.from_fields(notification_id, begun.fields)
                 job.recovering = begun.verdict is Verdict.RECOVER
+                job.lease = begun.lease
             except Exception as exc:
                 # Left in flight (or `sending`): its lease runs out and it is taken again.
                 log.exception("beginning %s failed", notification_id)
@@ -180,8 +201,11 @@ class Deliverer:
 
         The last look is read just before the provider's call, in the round trip that also
         records the previous send: so a send is recorded before the next one goes out, and
-        the one window for a duplicate stays a process dying between the provider's answer
-        and that round trip (the next message's composing, well under a millisecond)."""
+        the window for a duplicate stays a process dying between the provider's answer
+        and that round trip (the next message's composing, well under a millisecond), or
+        stalling between the look and the call. The look also reads the lease's token: a
+        notification whose lease was taken over is not sent, one whose lease has too little
+        time left for the call is put back."""
         n = job.stored
         if self.monotonic() - started > min(BATCH_SEND_S, self.settings.lease_s / 2):
             self._act(writes, job, HoldUntil(now, "its batch ran long: to be decided afresh",
@@ -210,11 +234,21 @@ class Deliverer:
         blockers = self.store.reading.queue_send_blockers(writes.batch, n.id, subjects_of(n))
         changed = queue_changed_since(self.store, writes.batch, n,
                                       message.to if message.channel == "sms" else None, records)
+        lease = self.store.schedule.lease_of(writes.batch, n.id)
         writes.run(lambda failed, exc: self._write_failed(failed, exc, now))
         if writes.unrecorded:
             # Redis would not record a send that went out: send nothing more on it.
             self._act(writes, job, HoldUntil(now, "not sent: Redis would not record a send",
                                              Outcome.WAITING), now)
+            return
+        if lease.get() != job.lease:
+            job.outcome = self._taken_over(n)
+            return
+        # By the batch's clock, which is how another worker tells the lease has run out.
+        if not may_send(job.lease, epoch(now) + self.monotonic() - started,
+                        self.call_limits_s.get(message.channel, 0.0)):
+            self._act(writes, job, HoldUntil(now, "too little of its lease left for the send: "
+                                             "to be decided afresh", Outcome.WAITING), now)
             return
         held = paced(n, slot.get(), now) if slot is not None else None
         if held:
@@ -234,7 +268,7 @@ class Deliverer:
             # but `sent_at` (and the lateness it measures) is when this message left.
             receipt = channel.send(message, now + timedelta(seconds=self.monotonic() - started))
         except PermanentError as exc:
-            job.outcome = self._finish(n, "failed", str(exc), code=exc.code)
+            job.outcome = self._finish(job, "failed", str(exc), code=exc.code)
             if n.recipient == "client":
                 self._after_permanent_failure(n, message.to, exc, now)
             return
@@ -248,31 +282,46 @@ class Deliverer:
             fields |= {"sms_encoding": message.sms.encoding,
                        "sms_segments": message.sms.segments,
                        "provider_segments": receipt.segments}
-        reply = self.store.schedule.queue_finish(writes.batch, n.id, "sent", reason=note,
-                                                 **fields)
-        writes.then(job, lambda: self._recorded(n, note, fields, reply))
+        reply = self.store.schedule.queue_finish(writes.batch, n.id, "sent", lease=job.lease,
+                                                 reason=note, **fields)
+        writes.then(job, lambda: self._recorded(job, note, fields, reply))
         writes.sent = job
 
-    def _recorded(self, n: Stored, note: str, fields: dict[str, object],
-                  reply: Reply[bool]) -> Outcome:
+    def _recorded(self, job: Job, note: str, fields: dict[str, object],
+                  reply: Reply[Finished]) -> Outcome:
         """A send's record, retried when Redis would not take it (a failover takes
-        moments); `Outcome.UNRECORDED` when it never does: the notification stays `sending`,
-        its lease runs out, and the recovery asks the channel before anything is sent
-        again (a message that went out is never retried)."""
+        moments; recording a send is idempotent); `Outcome.UNRECORDED` when it never does:
+        the notification stays `sending`, its lease runs out, and the recovery asks the
+        channel before anything is sent again (a message that went out is never retried).
+        `Outcome.SENT_AGAIN` for a send after a lost lease recorded as a second one."""
+        n = job.stored
         for attempt in range(RECORD_TRIES):
             try:
                 if attempt == 0:
-                    reply.get()
+                    done = reply.get()
                 else:
-                    self.store.schedule.finish(n.id, "sent", reason=note, **fields)
+                    done = self.store.schedule.finish(n.id, "sent", lease=job.lease,
+                                                      reason=note, **fields)
                 break
             except StoreError:
                 if attempt == RECORD_TRIES - 1:
                     log.exception("notification %s was sent but could not be recorded", n.id)
                     return Outcome.UNRECORDED
                 time.sleep(RECORD_PAUSE_S * (attempt + 1))
+        if done is Finished.SENT_AGAIN:
+            log.warning("notification %s was sent again: its lease ran out before the "
+                        "provider's call (the process stalled); recorded as a second send",
+                        n.id)
+            return Outcome.SENT_AGAIN
         log.info("notification %s sent %s", n.id, note)
         return Outcome.SENT
+
+    def _taken_over(self, n: Stored) -> Outcome:
+        """A notification whose lease ran out and was taken over by another worker: left to
+        it, nothing written."""
+        log.warning("notification %s not sent: its lease ran out and was taken over (this "
+                    "process stalled)", n.id)
+        return Outcome.TAKEN_OVER
 
 
     def _compose(self, send: Send, now: datetime) -> Message:
@@ -312,14 +361,16 @@ class Deliverer:
         if isinstance(decision, FinishAs):
             state, reason = decision.state, decision.reason
             finished = self.store.schedule.queue_finish(writes.batch, n.id, state,
-                                                        reason=reason, **decision.fields)
+                                                        lease=job.lease, reason=reason,
+                                                        **decision.fields)
             writes.then(job, lambda: self._finished(n, state, reason, finished.get()))
             return
         hold = decision
         rescheduled = self.store.schedule.queue_reschedule(
-            writes.batch, n.id, hold.due, hold.reason, not_an_attempt=hold.not_an_attempt,
-            slot=hold.slot, recipient=(n.recipient, n.recipient_id))
-        writes.then(job, lambda: self._held(n, hold, rescheduled.get()))
+            writes.batch, n.id, hold.due, hold.reason, lease=job.lease,
+            not_an_attempt=hold.not_an_attempt, slot=hold.slot,
+            recipient=(n.recipient, n.recipient_id))
+        writes.then(job, lambda: self._held(job, hold, rescheduled.get()))
 
     def _write_failed(self, job: Job, exc: Exception, now: datetime) -> None:
         """A queued write Redis refused, or whose round trip failed: put the notification
@@ -327,44 +378,52 @@ class Deliverer:
         lease (`job.error`)."""
         log.error("recording %s failed: %s", job.id, exc, exc_info=exc)
         try:
-            job.outcome = self._act_now(job.stored, self._retry_decision(
-                job, now, "internal error"), now)
+            job.outcome = self._act_now(job, self._retry_decision(job, now, "internal error"),
+                                        now)
         except Exception as again:
             log.exception("putting %s back failed; its lease will", job.id)
             job.error = again
 
-    def _act_now(self, n: Stored, decision: NoSend, now: datetime) -> Outcome:
+    def _act_now(self, job: Job, decision: NoSend, now: datetime) -> Outcome:
         """`_act` in round trips of its own, for the rare paths (a failed write, a permanent
         provider error)."""
+        n = job.stored
         if isinstance(decision, FinishAs):
-            return self._finish(n, decision.state, decision.reason, **decision.fields)
+            return self._finish(job, decision.state, decision.reason, **decision.fields)
         if isinstance(decision, UseOtherChannel):
             use_other_channel(self.store, n.id, n.channel, decision.client, decision.reason,
                               now)
-            return self._finish(n, "suppressed", decision.reason, **decision.fields)
-        return self._held(n, decision, None)
+            return self._finish(job, "suppressed", decision.reason, **decision.fields)
+        return self._held(job, decision, None)
 
-    def _finish(self, n: Stored, state: str, reason: str, **fields: object) -> Outcome:
-        done = self.store.schedule.finish(n.id, state, reason=reason, **fields)
-        return self._finished(n, state, reason, done)
+    def _finish(self, job: Job, state: str, reason: str, **fields: object) -> Outcome:
+        done = self.store.schedule.finish(job.id, state, lease=job.lease, reason=reason,
+                                          **fields)
+        return self._finished(job.stored, state, reason, done)
 
-    def _finished(self, n: Stored, state: str, reason: str, done: bool) -> Outcome:
-        """The outcome of a `finish` (one not `sending` any more changed nothing, and is
-        reported as asked, as it always was)."""
+    def _finished(self, n: Stored, state: str, reason: str, done: Finished) -> Outcome:
+        """The outcome of a `finish`: `Outcome.TAKEN_OVER` when it was refused (the lease
+        is another worker's now, or it ended meanwhile), which changed nothing."""
+        if not done:
+            return self._taken_over(n)
         log.info("notification %s %s %s", n.id, state, reason)
         return Outcome(state)
 
-    def _held(self, n: Stored, hold: HoldUntil, result: Rescheduled | None) -> Outcome:
-        """The outcome of putting `n` back (`result` of the batched reschedule; None: not
-        done yet, or its recipient changed meanwhile, so done here reading it), unless it
-        was superseded meanwhile."""
+    def _held(self, job: Job, hold: HoldUntil, result: Rescheduled | None) -> Outcome:
+        """The outcome of putting `job`'s notification back (`result` of the batched
+        reschedule; None: not done yet, or its recipient changed meanwhile, so done here
+        reading it), unless it was superseded meanwhile, or its lease was taken over."""
+        n = job.stored
         if result is None:
             result = self.store.schedule.reschedule(n.id, hold.due, hold.reason,
+                                                    lease=job.lease,
                                                     not_an_attempt=hold.not_an_attempt,
                                                     slot=hold.slot)
         if result is Rescheduled.CANCELLED:
             log.info("notification %s superseded while it was being sent", n.id)
             return Outcome.CANCELLED
+        if result is Rescheduled.NOT_SENDING:
+            return self._taken_over(n)
         return hold.outcome
 
     def _retry_decision(self, job: Job, now: datetime, reason: str,

@@ -19,6 +19,8 @@ class Job:
     id: str
     n: Stored | None = None
     recovering: bool = False
+    #: its lease's token (`Begun.lease`), which every write about it carries
+    lease: str = ""
     outcome: Outcome | None = None
     #: what left it to its lease (`Outcome.LEASED`): Redis failing, or a bug before it began
     error: Exception | None = None

@@ -43,6 +43,10 @@ OUTCOMES = PREFIX + "stats:outcomes"
 LATENESS = PREFIX + "stats:lateness"
 #: Every state a notification can end in, counted in OUTCOMES (zero until one happens).
 FINAL_STATES = ("sent", "failed", "expired", "suppressed", "cancelled")
+#: Counted in OUTCOMES beside the states: a message that left after its sender had lost
+#: the lease, when the notification's own send was already recorded or it ended another
+#: way (`notif_finish.lua`). `sent` + `sent_again` is every message that left.
+SENT_AGAIN = "sent_again"
 #: Upper bounds of the lateness buckets, seconds: on time (a clock tick), a slow batch, a
 #: backlog of minutes, of an hour. A reminder later than an hour has missed its point.
 LATENESS_BUCKETS_S = (1, 5, 15, 60, 300, 900, 3600)
@@ -128,6 +132,19 @@ class Verdict(StrEnum):
     CANCELLED = "cancelled"
 
 
+class Finished(StrEnum):
+    """What `finish` did (compares equal to its value)."""
+
+    #: the final state set (or, for a send after a lost lease, the send recorded as the
+    #: notification's own: no other had been)
+    FINISHED = "finished"
+    #: a send after a lost lease recorded as a second send (`SENT_AGAIN`)
+    SENT_AGAIN = "sent_again"
+    #: nothing: the notification is not `sending` under this lease (taken over, or ended),
+    #: and there is no send to record. Its value is the empty string, so it alone is falsy.
+    REFUSED = ""
+
+
 class Rescheduled(StrEnum):
     """What `reschedule` did (compares equal to its value)."""
 
@@ -135,8 +152,8 @@ class Rescheduled(StrEnum):
     RESCHEDULED = "rescheduled"
     #: superseded while it was being sent: `cancelled` instead
     CANCELLED = "cancelled"
-    #: nothing: the notification is not `sending` (or does not exist). Its value is the
-    #: empty string, so it alone is falsy.
+    #: nothing: the notification is not `sending` under this lease (taken over, ended, or
+    #: gone). Its value is the empty string, so it alone is falsy.
     NOT_SENDING = ""
 
 
@@ -152,6 +169,12 @@ class Begun:
     def may_send(self) -> bool:
         """Whether the caller may send: the verdict is `OK` or `RECOVER`."""
         return self.verdict in (Verdict.OK, Verdict.RECOVER)
+
+    @property
+    def lease(self) -> str:
+        """The lease's token, for `finish` and `reschedule`: its end (epoch seconds) as
+        `begin` wrote it. KeyError when the caller may not send (no lease)."""
+        return self.fields["lease"]
 
 
 class Schedule:
@@ -205,17 +228,30 @@ class Schedule:
         """`scheduled` (and due within `early_s` seconds) -> `sending`, leased until `now +
         lease_s`, or an expired lease taken over; see `Verdict` for every answer. The fields
         are the hash's, decoded, with `kind` and `channel` (`notif_fields.with_derived`),
-        when it may be sent. Raises ValueError for a verdict the script does not give."""
+        when it may be sent; `Begun.lease` is the lease's token. Raises ValueError for a
+        verdict the script does not give."""
         raw = self._begin(keys=[notif_key(notification_id), INFLIGHT, SCHEDULE],
                           args=[notification_id, epoch(now), epoch(now) + lease_s, early_s])
         return _begun(notification_id, raw)
 
-    def finish(self, notification_id: str, state: str, **fields: Any) -> bool:
-        """`sending` -> the final `state`, with `fields` set on the hash (None stored as
-        ""); counts the outcome, and for a send with `sent_at` its lateness. False when the
-        notification was not `sending` (or does not exist)."""
-        keys, args = _finish_call(notification_id, state, fields)
-        return bool(self._finish(keys=keys, args=args))
+    def finish(self, notification_id: str, state: str, *, lease: str,
+               **fields: Any) -> Finished:
+        """`sending` under the lease whose token is `lease` (`Begun.lease`) -> the final
+        `state`, with `fields` set on the hash (None stored as ""); counts the outcome, and
+        for a send with `sent_at` its lateness. `Finished.REFUSED` (falsy) when the
+        notification is not `sending` under that lease (taken over, ended, or gone),
+        except for a send (`sent` with `sent_at`): a message that left is always recorded,
+        as the notification's send or as a second one (`Finished.SENT_AGAIN`;
+        `notif_finish.lua` says which). Idempotent for a send (its `sent_at` recorded)."""
+        keys, args = _finish_call(notification_id, state, lease, fields)
+        return Finished(_FINISH_ANSWERS[int(self._finish(keys=keys, args=args))])
+
+    def lease_of(self, batch: Batch, notification_id: str) -> Reply[str | None]:
+        """The token of the notification's lease now (None: no lease: not `sending`),
+        queued on `batch`: a sender compares it with its own just before the provider's
+        call."""
+        return batch.call("hget", notif_key(notification_id), "lease",
+                          parse=lambda raw: None if raw is None else raw.decode())
 
     # The same transitions queued on a `Batch`, one script call per notification (each keeps
     # its own compare-and-set), for a worker that delivers many in a few round trips.
@@ -227,15 +263,16 @@ class Schedule:
                             [notification_id, epoch(now), epoch(now) + lease_s, early_s],
                             parse=lambda raw: _begun(notification_id, raw))
 
-    def queue_finish(self, batch: Batch, notification_id: str, state: str,
-                     **fields: Any) -> Reply[bool]:
+    def queue_finish(self, batch: Batch, notification_id: str, state: str, *, lease: str,
+                     **fields: Any) -> Reply[Finished]:
         """`finish`, queued on `batch`."""
-        keys, args = _finish_call(notification_id, state, fields)
-        return batch.script(self._finish, keys, args, parse=bool)
+        keys, args = _finish_call(notification_id, state, lease, fields)
+        return batch.script(self._finish, keys, args,
+                            parse=lambda raw: Finished(_FINISH_ANSWERS[int(raw)]))
 
     def queue_reschedule(self, batch: Batch, notification_id: str, due: datetime, reason: str,
-                         *, not_an_attempt: bool, slot: float, recipient: tuple[str, str],
-                         ) -> Reply[Rescheduled | None]:
+                         *, lease: str, not_an_attempt: bool, slot: float,
+                         recipient: tuple[str, str]) -> Reply[Rescheduled | None]:
         """`reschedule` with its `recipient` given, queued on `batch`; the reply is None when
         that recipient is no longer the notification's (call `reschedule` to read it)."""
         return batch.script(
@@ -243,19 +280,20 @@ class Schedule:
             [notif_key(notification_id), INFLIGHT, SCHEDULE, OUTCOMES,
              by_recipient_key(*recipient)],
             [notification_id, epoch(due), reason, "1" if not_an_attempt else "0", *recipient,
-             "slot", slot],
+             lease, "slot", slot],
             parse=_rescheduled)
 
     def outcomes(self) -> dict[tuple[str, str], int]:
         """How many notifications ended in each (state, channel), since the data began."""
         return parse_outcomes(self.redis.hgetall(OUTCOMES))
 
-    def reschedule(self, notification_id: str, due: datetime, reason: str, *,
+    def reschedule(self, notification_id: str, due: datetime, reason: str, *, lease: str,
                    not_an_attempt: bool = False, slot: float = 0.0,
                    recipient: tuple[str, str] | None = None) -> Rescheduled:
-        """Back to `scheduled` at `due`; returns `Rescheduled.RESCHEDULED`, or `CANCELLED`
-        when the notification was superseded while it was being sent, or `NOT_SENDING`
-        (falsy, equal to "") when it is not `sending`.
+        """Back to `scheduled` at `due`, by the holder of the lease whose token is `lease`
+        (`Begun.lease`); returns `Rescheduled.RESCHEDULED`, or `CANCELLED` when the
+        notification was superseded while it was being sent, or `NOT_SENDING` (falsy, equal
+        to "") when it is not `sending` under that lease (taken over, ended, or gone).
 
         `slot` is a send-rate slot reserved for it; any other reschedule forgets the old
         one, so a batch held overnight is paced again in the morning. `recipient` is the
@@ -273,7 +311,7 @@ class Schedule:
             result = _rescheduled(self._reschedule(
                 keys=[key, INFLIGHT, SCHEDULE, OUTCOMES, by_recipient_key(*recipient)],
                 args=[notification_id, epoch(due), reason, "1" if not_an_attempt else "0",
-                      *recipient, "slot", slot],
+                      *recipient, lease, "slot", slot],
             ))
             if result is not None:
                 return result
@@ -306,15 +344,19 @@ def _begun(notification_id: str, raw: list[bytes]) -> Begun:
                                        dict(zip(rest[::2], rest[1::2], strict=True))))
 
 
-def _finish_call(notification_id: str, state: str, fields: dict[str, Any]
+#: `notif_finish.lua`'s answers.
+_FINISH_ANSWERS = {1: Finished.FINISHED, 2: Finished.SENT_AGAIN, 0: Finished.REFUSED}
+
+
+def _finish_call(notification_id: str, state: str, lease: str, fields: dict[str, Any]
                  ) -> tuple[list[str], list[Any]]:
     """The KEYS and ARGV of `notif_finish.lua` (a None field is stored as "")."""
     flat: list[Any] = []
     for name, value in fields.items():
         flat += [name, "" if value is None else value]
-    return ([notif_key(notification_id), INFLIGHT, OUTCOMES, LATENESS],
+    return ([notif_key(notification_id), INFLIGHT, OUTCOMES, LATENESS, SCHEDULE],
             [notification_id, state, KEEP_FINISHED_S,
-             ",".join(str(b) for b in LATENESS_BUCKETS_S), *flat])
+             ",".join(str(b) for b in LATENESS_BUCKETS_S), lease, *flat])
 
 
 def _rescheduled(raw: Any) -> Rescheduled | None:

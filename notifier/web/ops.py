@@ -23,7 +23,7 @@ from starlette.routing import BaseRoute
 
 from notifier.errors import StoreError
 from notifier.ledger.durability import Fsync, fsync_policy
-from notifier.ledger.notifications import FINAL_STATES
+from notifier.ledger.notifications import FINAL_STATES, SENT_AGAIN
 from notifier.ledger.store import Store
 from notifier.policy.figures import CHANNELS
 from notifier.web.answers import RETRY_AFTER_S
@@ -63,9 +63,19 @@ class LedgerCollector(Collector):
         counts: dict[tuple[str, str], int] = {
             (state, channel): 0 for state in FINAL_STATES for channel in CHANNELS}
         counts.update(figures.outcomes)
+        again = dict.fromkeys(CHANNELS, 0) | {
+            channel: counts.pop((state, channel)) for state, channel in list(counts)
+            if state == SENT_AGAIN}
         for (state, channel), count in sorted(counts.items()):
             outcomes.add_metric([state, channel], count)
         yield outcomes
+        sent_again = CounterMetricFamily(
+            "notifier_sent_again",
+            "Messages sent again after their worker lost its lease (stalled past it), by "
+            "channel: with state=sent above, every message that left", labels=["channel"])
+        for channel, count in sorted(again.items()):
+            sent_again.add_metric([channel], count)
+        yield sent_again
         lateness = HistogramMetricFamily(
             "notifier_send_lateness_seconds",
             "How long after its due time each notification was sent (sent_at - due_at), by "

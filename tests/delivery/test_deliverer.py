@@ -379,8 +379,8 @@ def test_a_superseded_message_is_never_moved_to_the_other_channel(store, policy,
                                                join_url="https://v.example.com/r/1"), now)
     join = next(v.id for v in store.notifications_for("client", "c1")
                 if v.kind == "appointment_join_link")
-    store.schedule.begin(join, START, lease_s=60)
-    store.schedule.finish(join, "sent")
+    lease = store.schedule.begin(join, START, lease_s=60).lease
+    store.schedule.finish(join, "sent", lease=lease)
     store_and_apply(store, policy, event_dict("appointment.cancelled", {
         "appointment_id": "a1", "cancelled_by": "client"}, now + timedelta(seconds=1)), now)
     assert not store.add_on_other_channel(join, "email", now, "sms failed")
@@ -402,8 +402,8 @@ def test_waiting_and_quiet_hours_are_not_counted_as_attempts(store, policy, outb
 def test_a_quiet_hours_hold_forgets_the_reserved_send_slot(store, policy, outbox):
     book(store, policy, zone="America/Los_Angeles")
     evening = datetime(2026, 11, 26, 5, 30, tzinfo=UTC)
-    store.schedule.begin(CONFIRM_SMS, evening, lease_s=60)
-    store.schedule.reschedule(CONFIRM_SMS, evening, "paced", not_an_attempt=True,
+    lease = store.schedule.begin(CONFIRM_SMS, evening, lease_s=60).lease
+    store.schedule.reschedule(CONFIRM_SMS, evening, "paced", lease=lease, not_an_attempt=True,
                               slot=evening.timestamp())
     assert float(store.notification(CONFIRM_SMS)["slot"]) == evening.timestamp()
     assert deliverer(store, policy, outbox=outbox).deliver(CONFIRM_SMS, evening) == "held"
@@ -671,7 +671,7 @@ def test_a_cancellation_after_the_confirmation_went_out_is_sent(store, policy, o
 
 def test_a_cancellation_waits_while_the_confirmation_is_being_sent(store, policy, outbox):
     book(store, policy)
-    store.schedule.begin(CONFIRM_SMS, NOW, lease_s=60)  # another worker is sending it
+    lease = store.schedule.begin(CONFIRM_SMS, NOW, lease_s=60).lease  # another worker's
     cancel(store, policy)
     d = deliverer(store, policy, outbox=outbox)
     assert d.deliver(CANCEL_EMAIL, NOW) == "waiting"
@@ -680,7 +680,7 @@ def test_a_cancellation_waits_while_the_confirmation_is_being_sent(store, policy
     due = store.redis.zscore(SCHEDULE, CANCEL_EMAIL)
     assert NOW.timestamp() + 1 <= due <= NOW.timestamp() + 2
     # The confirmation went out after all: the client was told, the cancellation follows.
-    store.schedule.finish(CONFIRM_SMS, "sent")
+    store.schedule.finish(CONFIRM_SMS, "sent", lease=lease)
     later = datetime.fromtimestamp(due, UTC)
     assert d.deliver(CANCEL_EMAIL, later) == "sent"
     assert [m["kind"] for m in outbox.messages()] == ["appointment_cancelled"]
@@ -688,11 +688,11 @@ def test_a_cancellation_waits_while_the_confirmation_is_being_sent(store, policy
 
 def test_a_cancellation_decides_once_the_confirmation_being_sent_failed(store, policy, outbox):
     book(store, policy)
-    store.schedule.begin(CONFIRM_SMS, NOW, lease_s=60)
+    lease = store.schedule.begin(CONFIRM_SMS, NOW, lease_s=60).lease
     cancel(store, policy)
     d = deliverer(store, policy, outbox=outbox)
     assert d.deliver(CANCEL_SMS, NOW) == "waiting"
-    store.schedule.finish(CONFIRM_SMS, "failed", reason="invalid number")
+    store.schedule.finish(CONFIRM_SMS, "failed", lease=lease, reason="invalid number")
     assert d.deliver(CANCEL_SMS, NOW + timedelta(seconds=2)) == "suppressed"
     assert store.notification(CANCEL_SMS)["reason"] == NEVER_TOLD
 

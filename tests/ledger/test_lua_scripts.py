@@ -161,17 +161,19 @@ def test_a_plan_that_cancels_without_its_targets_is_refused(store):
 
 
 # Reading first, then rescheduling -------------------------------------------------------
-def sending(store: Store, i: int = 1) -> str:
+def sending(store: Store, i: int = 1) -> tuple[str, str]:
+    """A notification begun: its id and its lease's token."""
     store.write_plan(Plan(outcome="applied", add=(planned(i),)), NOW)
     nid = f"appointment_reminder:a1:{i}:sms"
-    assert store.schedule.begin(nid, NOW, lease_s=60).may_send
-    return nid
+    begun = store.schedule.begin(nid, NOW, lease_s=60)
+    assert begun.may_send
+    return nid, begun.lease
 
 
 def test_reschedule_moves_the_notification_in_the_index_its_recipient_names(store):
-    nid = sending(store)
+    nid, lease = sending(store)
     later = NOW + timedelta(hours=1)
-    assert store.schedule.reschedule(nid, later, "quiet hours",
+    assert store.schedule.reschedule(nid, later, "quiet hours", lease=lease,
                                      recipient=("client", "c1")) == "rescheduled"
     assert store.redis.zscore("n:by-recipient:client:c1", nid) == later.timestamp()
     assert store.redis.zscore(SCHEDULE, nid) == later.timestamp()
@@ -180,16 +182,16 @@ def test_reschedule_moves_the_notification_in_the_index_its_recipient_names(stor
 def test_reschedule_given_a_recipient_that_no_longer_matches_reads_it_again(store):
     """The script checks `to`/`to_id` against the index key it was given: a mismatch
     changes nothing, and the caller reads the recipient and tries again."""
-    nid = sending(store)
+    nid, lease = sending(store)
     later = NOW + timedelta(hours=1)
-    assert store.schedule.reschedule(nid, later, "quiet hours",
+    assert store.schedule.reschedule(nid, later, "quiet hours", lease=lease,
                                      recipient=("client", "someone-else")) == "rescheduled"
     assert store.redis.zscore("n:by-recipient:client:c1", nid) == later.timestamp()
     assert not store.redis.exists("n:by-recipient:client:someone-else")
 
 
 def test_reschedule_of_an_unknown_notification_changes_nothing(store):
-    assert store.schedule.reschedule("nope", NOW, "quiet hours") == ""
+    assert store.schedule.reschedule("nope", NOW, "quiet hours", lease="1") == ""
     assert store.redis.dbsize() == 0
 
 
@@ -259,16 +261,24 @@ def every_script_runs(store: Store) -> None:
                             due_at=NOW, expires_at=NOW, state="expired"))), NOW)
     assert len(schedule.claim(NOW, 10, lease_s=1)) == 4
     assert len(schedule.sweep(NOW + timedelta(minutes=1))) == 4
+    leases = {}
     for i in (1, 2, 3, 4):
-        assert schedule.begin(f"appointment_reminder:a1:{i}:sms", NOW, lease_s=60).may_send
+        begun = schedule.begin(f"appointment_reminder:a1:{i}:sms", NOW, lease_s=60)
+        assert begun.may_send
+        leases[i] = begun.lease
     assert schedule.begin("missing-one", NOW, lease_s=60).verdict == "missing"
-    assert schedule.finish("appointment_reminder:a1:1:sms", "sent", sent_at=epoch(NOW) + 3)
+    assert schedule.finish("appointment_reminder:a1:1:sms", "sent", lease=leases[1],
+                           sent_at=epoch(NOW) + 3)
+    # A send after a lost lease: recorded as a second send.
+    assert schedule.finish("appointment_reminder:a1:1:sms", "sent", lease="0",
+                           sent_at=epoch(NOW) + 4) == "sent_again"
     assert schedule.record_delivery("appointment_reminder:a1:1:sms", "delivered", "", NOW)
     assert schedule.reschedule("appointment_reminder:a1:2:sms", NOW + timedelta(hours=1),
-                               "quiet hours", slot=1.5) == "rescheduled"
+                               "quiet hours", lease=leases[2], slot=1.5) == "rescheduled"
     store.write_plan(Plan(outcome="applied", cancel=("appointment:a1",)), NOW)
-    assert schedule.reschedule("appointment_reminder:a1:3:sms", NOW, "retrying") == "cancelled"
-    assert schedule.reschedule("appointment_reminder:a1:4:sms", NOW, "paced",
+    assert schedule.reschedule("appointment_reminder:a1:3:sms", NOW, "retrying",
+                               lease=leases[3]) == "cancelled"
+    assert schedule.reschedule("appointment_reminder:a1:4:sms", NOW, "paced", lease=leases[4],
                                not_an_attempt=True,
                                recipient=("client", "stale")) == "rescheduled"
     limiter = RateLimiter(store.redis, "twilio", per_s=10)

@@ -99,9 +99,9 @@ def test_begin_is_a_compare_and_set(store):
     assert first.verdict == "ok" and first.fields["kind"] == "appointment_reminder"
     assert first.fields["attempts"] == "1"
     assert store.schedule.begin(nid, NOW, lease_s=60).verdict == "busy"
-    assert store.schedule.finish(nid, "sent", sent_at=NOW.timestamp())
+    assert store.schedule.finish(nid, "sent", lease=first.lease, sent_at=NOW.timestamp())
     assert store.schedule.begin(nid, NOW, lease_s=60).verdict == "sent"
-    assert not store.schedule.finish(nid, "failed")
+    assert not store.schedule.finish(nid, "failed", lease=first.lease)
     assert store.notification(nid)["state"] == "sent"
     assert store.redis.zcard(INFLIGHT) == 0
 
@@ -131,9 +131,9 @@ def test_begin_of_a_cancelled_or_unknown_notification_does_nothing(store):
 def test_reschedule_moves_the_due_time_everywhere(store):
     write(store, planned(1, NOW))
     nid = "appointment_reminder:a1:1:sms"
-    store.schedule.begin(nid, NOW, lease_s=60)
+    lease = store.schedule.begin(nid, NOW, lease_s=60).lease
     later = NOW + timedelta(minutes=3)
-    assert store.schedule.reschedule(nid, later, "quiet hours")
+    assert store.schedule.reschedule(nid, later, "quiet hours", lease=lease)
     assert store.redis.zscore(SCHEDULE, nid) == later.timestamp()
     assert store.redis.zcard(INFLIGHT) == 0
     [view] = store.notifications_for("client", "c1")
@@ -142,8 +142,8 @@ def test_reschedule_moves_the_due_time_everywhere(store):
 
 def test_cancel_leaves_sent_notifications_alone(store):
     write(store, planned(1, NOW), planned(2, NOW))
-    store.schedule.begin("appointment_reminder:a1:1:sms", NOW, 60)
-    store.schedule.finish("appointment_reminder:a1:1:sms", "sent")
+    lease = store.schedule.begin("appointment_reminder:a1:1:sms", NOW, 60).lease
+    store.schedule.finish("appointment_reminder:a1:1:sms", "sent", lease=lease)
     write(store, cancel=("appointment:a1",))
     states = {v.id: v.state for v in store.notifications_for("client", "c1")}
     assert states == {"appointment_reminder:a1:1:sms": "sent",
@@ -184,8 +184,8 @@ def test_finished_and_cancelled_notifications_expire_after_the_retention(store):
     from notifier.ledger.notifications import KEEP_FINISHED_S
 
     write(store, planned(1, NOW), planned(2, NOW))
-    store.schedule.begin("appointment_reminder:a1:1:sms", NOW, 60)
-    store.schedule.finish("appointment_reminder:a1:1:sms", "sent")
+    lease = store.schedule.begin("appointment_reminder:a1:1:sms", NOW, 60).lease
+    store.schedule.finish("appointment_reminder:a1:1:sms", "sent", lease=lease)
     write(store, cancel=("appointment:a1",))
     for i in (1, 2):
         ttl = store.redis.ttl(f"n:notif:appointment_reminder:a1:{i}:sms")
@@ -228,8 +228,9 @@ def ended(store: Store) -> dict[tuple[str, str], int]:
 
 
 def send(store: Store, notification_id: str, at: datetime, **fields: object) -> None:
-    assert store.schedule.begin(notification_id, at, lease_s=60).may_send
-    assert store.schedule.finish(notification_id, "sent", **fields)
+    begun = store.schedule.begin(notification_id, at, lease_s=60)
+    assert begun.may_send
+    assert store.schedule.finish(notification_id, "sent", lease=begun.lease, **fields)
 
 
 def test_planned_expired_or_suppressed_count_as_ended_once(store):
@@ -250,11 +251,11 @@ def test_cancelled_counts_each_scheduled_notification_it_cancels(store):
 
 def test_superseded_while_sending_counts_as_cancelled_when_put_back(store):
     write(store, planned(1, NOW))
-    assert store.schedule.begin("appointment_reminder:a1:1:sms", NOW, lease_s=60).may_send
+    lease = store.schedule.begin("appointment_reminder:a1:1:sms", NOW, lease_s=60).lease
     write(store, cancel=("appointment:a1",))  # it is being sent: only marked superseded
     assert ended(store) == {}
     assert store.schedule.reschedule("appointment_reminder:a1:1:sms", NOW + timedelta(
-        minutes=1), "retrying: busy") == "cancelled"
+        minutes=1), "retrying: busy", lease=lease) == "cancelled"
     assert ended(store) == {("cancelled", "sms"): 1}
 
 
@@ -295,10 +296,10 @@ def test_lateness_is_measured_from_the_due_time_it_was_sent_for(store):
     # Put back (quiet hours, a retry): the lateness counts from the new due time, so it
     # measures how far the workers lag, not the hold.
     write(store, planned(1, NOW))
-    assert store.schedule.begin("appointment_reminder:a1:1:sms", NOW, lease_s=60).may_send
+    lease = store.schedule.begin("appointment_reminder:a1:1:sms", NOW, lease_s=60).lease
     morning = NOW + timedelta(hours=9)
     store.schedule.reschedule("appointment_reminder:a1:1:sms", morning, "quiet hours",
-                              not_an_attempt=True)
+                              lease=lease, not_an_attempt=True)
     send(store, "appointment_reminder:a1:1:sms", morning, sent_at=morning.timestamp() + 2)
     assert store.figures().lateness[("appointment_reminder", "sms")].total_s == 2.0
 
@@ -314,9 +315,9 @@ def test_a_send_without_sent_at_counts_as_sent_but_has_no_lateness(store):
 
 def test_only_sends_have_a_lateness(store):
     write(store, planned(1, NOW))
-    assert store.schedule.begin("appointment_reminder:a1:1:sms", NOW, lease_s=60).may_send
-    store.schedule.finish("appointment_reminder:a1:1:sms", "failed", reason="invalid number",
-                          sent_at=NOW.timestamp())
+    lease = store.schedule.begin("appointment_reminder:a1:1:sms", NOW, lease_s=60).lease
+    store.schedule.finish("appointment_reminder:a1:1:sms", "failed", lease=lease,
+                          reason="invalid number", sent_at=NOW.timestamp())
     assert ended(store) == {("failed", "sms"): 1}
     assert lateness_fields(store) == {}
 
@@ -340,7 +341,10 @@ def test_every_verdict_but_a_send_is_an_outcome_of_deliver():
 def test_begin_and_reschedule_answer_with_their_enums(store):
     write(store, planned(1, NOW))
     nid = "appointment_reminder:a1:1:sms"
-    assert store.schedule.begin(nid, NOW, lease_s=60).verdict is Verdict.OK
-    assert store.schedule.reschedule(nid, NOW, "held") is Rescheduled.RESCHEDULED
-    assert store.schedule.reschedule(nid, NOW, "held") is Rescheduled.NOT_SENDING
+    begun = store.schedule.begin(nid, NOW, lease_s=60)
+    assert begun.verdict is Verdict.OK
+    assert store.schedule.reschedule(nid, NOW, "held", lease=begun.lease) is (
+        Rescheduled.RESCHEDULED)
+    assert store.schedule.reschedule(nid, NOW, "held", lease=begun.lease) is (
+        Rescheduled.NOT_SENDING)
     assert not Rescheduled.NOT_SENDING

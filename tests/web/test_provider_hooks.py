@@ -105,8 +105,10 @@ def booked(store: Store, policy, *, sms: bool = True, email: bool = True) -> Non
 
 
 def sent(store: Store, notification_id: str) -> None:
-    store.schedule.begin(notification_id, utcnow() + timedelta(days=1), lease_s=60)
-    store.schedule.finish(notification_id, "sent", sent_at=utcnow().timestamp())
+    begun = store.schedule.begin(notification_id, utcnow() + timedelta(days=1), lease_s=60)
+    if begun.may_send:  # a join link is not due yet: left `scheduled` (as it always was)
+        store.schedule.finish(notification_id, "sent", lease=begun.lease,
+                              sent_at=utcnow().timestamp())
 
 
 SMS_ID = "appointment_confirmation:a1:booked:sms"
@@ -131,10 +133,10 @@ def test_a_valid_twilio_status_callback_records_delivery(http, store, policy):
 
 def test_a_status_callback_before_the_send_is_recorded_still_ends_right(http, store, policy):
     booked(store, policy)
-    store.schedule.begin(SMS_ID, utcnow() + timedelta(days=1), lease_s=60)  # still sending
+    lease = store.schedule.begin(SMS_ID, utcnow() + timedelta(days=1), lease_s=60).lease
     twilio_post(http, f"/twilio/status?n={SMS_ID}",
                 {"MessageSid": "SM1", "MessageStatus": "delivered"})
-    store.schedule.finish(SMS_ID, "sent", sent_at=utcnow().timestamp())
+    store.schedule.finish(SMS_ID, "sent", lease=lease, sent_at=utcnow().timestamp())
     assert shown(http, SMS_ID)["state"] == "delivered"
     # A late `sent` report does not move it back.
     twilio_post(http, f"/twilio/status?n={SMS_ID}", {"MessageSid": "SM1",

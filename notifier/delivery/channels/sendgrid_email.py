@@ -16,12 +16,12 @@ from typing import Any
 from python_http_client.exceptions import HTTPError
 from sendgrid import SendGridAPIClient
 
-from notifier.config import Settings, reveal
+from notifier.config import PROVIDER_TIMEOUT_S, Settings, reveal
 from notifier.delivery.channels import Message, Receipt
 from notifier.delivery.channels.retry_after import retry_after_s
 from notifier.errors import PermanentError, RetryableError
 
-HTTP_TIMEOUT_S = 10.0
+HTTP_TIMEOUT_S = PROVIDER_TIMEOUT_S
 
 
 def build_mail(message: Message, from_email: str, from_name: str) -> dict[str, Any]:

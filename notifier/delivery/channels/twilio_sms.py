@@ -19,13 +19,13 @@ from twilio.http.http_client import TwilioHttpClient
 from twilio.http.response import Response
 from twilio.rest import Client
 
-from notifier.config import Settings, reveal
+from notifier.config import PROVIDER_TIMEOUT_S, Settings, reveal
 from notifier.delivery.channels import Message, Receipt
 from notifier.delivery.channels.retry_after import retry_after_s
 from notifier.errors import PermanentError, RetryableError
 
 #: Seconds we wait for Twilio before treating the attempt as failed (and retrying).
-HTTP_TIMEOUT_S = 10.0
+HTTP_TIMEOUT_S = PROVIDER_TIMEOUT_S
 #: Twilio's upper bound for ValidityPeriod.
 MAX_VALIDITY_S = 36000
 #: Kinds worthless after their expiry: Twilio drops them from its queue rather than late.

@@ -3,6 +3,10 @@
 -- in `sending` whose lease has run out belongs to a sender that died inside the send; it
 -- is handed back as `recover`.
 --
+-- The lease's end, as written here, is its token (fencing): `finish` and `reschedule` take
+-- it and refuse a worker whose lease was taken over. A lease is taken over only at or after
+-- its end, so the new one ends later: the worker that lost it never holds the new token.
+--
 -- KEYS[1]     n:notif:{id}
 -- KEYS[2]     n:inflight
 -- KEYS[3]     n:schedule
@@ -12,7 +16,8 @@
 -- ARGV[3]     the lease's end, epoch seconds
 -- ARGV[4]     how early a notification may be begun, seconds
 --
--- Returns {verdict, field, value, ...}: `ok` or `recover` with the hash's fields;
+-- Returns {verdict, field, value, ...}: `ok` or `recover` with the hash's fields (`lease`
+-- among them: the token);
 -- `missing`, `not_due`, `busy` or the state found, alone.
 local state = redis.call('HGET', KEYS[1], 'state')
 local now = tonumber(ARGV[2])

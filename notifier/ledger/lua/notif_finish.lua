@@ -1,30 +1,77 @@
--- Finish: `sending` -> a final state (sent, failed, expired, suppressed), fields set.
+-- Finish: `sending` -> a final state (sent, failed, expired, suppressed), fields set, by
+-- the holder of the lease only (fencing: the lease's token is the lease's end as `begin`
+-- wrote it, so a worker whose lease ran out and was taken over is refused).
 -- The cluster-wide count of outcomes (by state and channel) feeds /metrics, and so does a
 -- send's lateness: sent_at minus the due time it was sent for (after quiet hours, pacing
 -- or a retry moved it, so what it measures is how far the workers lag), into cumulative
 -- buckets. A send recorded without `sent_at` (one found sent after a crash) has no known
 -- lateness and is not observed.
 --
+-- A message that left after its sender lost the lease (the process paused between its
+-- last look and the provider's call) is still recorded, so that the ledger and /metrics
+-- count every message that left; the state never moves backwards:
+-- - the notification is `sending` (under the new holder) or `scheduled` again: no send is
+--   recorded yet, so this one is its send: `sent`, as above (the new holder's own finish
+--   is then refused, or recorded as a second send if it sent too);
+-- - it is `sent` as found sent after a crash (no `sent_at`): that was this message, whose
+--   fields are filled in (counted once already);
+-- - otherwise (sent by another, or ended another way meanwhile) it is a second send:
+--   `sent_again` (a count) and `sent_again_at` on the hash, and `sent_again:{channel}` in
+--   the outcomes. Not a state, and not in the lateness (which observes first sends).
+-- A finish retried after a lost reply (its `sent_at` already recorded) changes nothing.
+--
 -- KEYS[1]     n:notif:{id}
 -- KEYS[2]     n:inflight
 -- KEYS[3]     n:stats:outcomes
 -- KEYS[4]     n:stats:lateness
+-- KEYS[5]     n:schedule
 --
 -- ARGV[1]     the notification id
 -- ARGV[2]     the final state
 -- ARGV[3]     how long a finished notification is kept, seconds
 -- ARGV[4]     the lateness buckets' upper bounds, seconds, comma-separated ('1,5,15')
--- ARGV[5..]   field/value pairs to set
+-- ARGV[5]     the lease's token: its end as `begin` wrote it
+-- ARGV[6..]   field/value pairs to set
 --
--- Returns 1 when finished, 0 when the notification was not `sending`.
-if redis.call('HGET', KEYS[1], 'state') ~= 'sending' then return 0 end
-redis.call('HSET', KEYS[1], 'state', ARGV[2], unpack(ARGV, 5))
+-- Returns 1 when finished, 0 when refused (not `sending` under this lease, and no send to
+-- record), 2 when recorded as a second send.
+local state = redis.call('HGET', KEYS[1], 'state')
+local sent_at_given = false
+if ARGV[2] == 'sent' then
+  for i = 6, #ARGV - 1, 2 do
+    if ARGV[i] == 'sent_at' then sent_at_given = ARGV[i + 1] end
+  end
+end
+-- `channel` is left out of the hash when the id ends with it (`notif_fields`)
+local function channel_of()
+  return redis.call('HGET', KEYS[1], 'channel') or string.match(ARGV[1], '[^:]*$')
+end
+if not (state == 'sending' and redis.call('HGET', KEYS[1], 'lease') == ARGV[5]) then
+  if not sent_at_given then return 0 end
+  if state then
+    local recorded = redis.call('HMGET', KEYS[1], 'sent_at', 'sent_again_at')
+    if recorded[1] == sent_at_given then return 1 end
+    if recorded[2] == sent_at_given then return 2 end
+  end
+  if state == 'sent' and not redis.call('HGET', KEYS[1], 'sent_at') then
+    redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+    return 1
+  end
+  if state ~= 'sending' and state ~= 'scheduled' then
+    if state then
+      redis.call('HINCRBY', KEYS[1], 'sent_again', 1)
+      redis.call('HSET', KEYS[1], 'sent_again_at', sent_at_given)
+    end
+    redis.call('HINCRBY', KEYS[3], 'sent_again:' .. channel_of(), 1)
+    return 2
+  end
+  redis.call('ZREM', KEYS[5], ARGV[1])
+end
+redis.call('HSET', KEYS[1], 'state', ARGV[2], unpack(ARGV, 6))
 redis.call('HDEL', KEYS[1], 'lease')
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('ZREM', KEYS[2], ARGV[1])
--- `kind` and `channel` are left out of the hash when the id starts / ends with them
--- (`notif_fields`)
-local channel = redis.call('HGET', KEYS[1], 'channel') or string.match(ARGV[1], '[^:]*$')
+local channel = channel_of()
 redis.call('HINCRBY', KEYS[3], ARGV[2] .. ':' .. channel, 1)
 local sent_at = tonumber(redis.call('HGET', KEYS[1], 'sent_at') or '')
 if ARGV[2] == 'sent' and sent_at then

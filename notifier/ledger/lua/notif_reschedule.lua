@@ -1,5 +1,6 @@
 -- Put back: `sending` -> `scheduled` at a later due time (retry, quiet hours, waiting),
--- moved in its recipient's index too. One superseded meanwhile is `cancelled` instead, and
+-- moved in its recipient's index too, by the holder of the lease only (its token is the
+-- lease's end as `begin` wrote it: a worker whose lease was taken over is refused). One superseded meanwhile is `cancelled` instead, and
 -- counted in the outcomes.
 --
 -- The recipient's index is named by the notification's `to` and `to_id`, so the caller
@@ -18,11 +19,13 @@
 -- ARGV[4]     '1' when this was no attempt at all (a rate-limit slot): not counted
 -- ARGV[5]     the notification's `to`, as in KEYS[5]
 -- ARGV[6]     the notification's `to_id`, as in KEYS[5]
--- ARGV[7..]   field/value pairs to set
+-- ARGV[7]     the lease's token: its end as `begin` wrote it
+-- ARGV[8..]   field/value pairs to set
 --
--- Returns 1 when rescheduled, -1 when cancelled (superseded), 0 when not `sending`, -2
--- when `to`/`to_id` are not ARGV[5]/ARGV[6].
+-- Returns 1 when rescheduled, -1 when cancelled (superseded), 0 when not `sending` under
+-- this lease, -2 when `to`/`to_id` are not ARGV[5]/ARGV[6].
 if redis.call('HGET', KEYS[1], 'state') ~= 'sending' then return 0 end
+if redis.call('HGET', KEYS[1], 'lease') ~= ARGV[7] then return 0 end
 local to = redis.call('HMGET', KEYS[1], 'to', 'to_id')
 if to[1] ~= ARGV[5] or to[2] ~= ARGV[6] then return -2 end
 local superseded = redis.call('HGET', KEYS[1], 'superseded')
@@ -37,7 +40,7 @@ if superseded then
 end
 redis.call('HSET', KEYS[1], 'state', 'scheduled', 'due', ARGV[2], 'reason', ARGV[3])
 if ARGV[4] == '1' then redis.call('HINCRBY', KEYS[1], 'attempts', -1) end
-if #ARGV > 6 then redis.call('HSET', KEYS[1], unpack(ARGV, 7)) end
+if #ARGV > 7 then redis.call('HSET', KEYS[1], unpack(ARGV, 8)) end
 redis.call('HDEL', KEYS[1], 'lease')
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
