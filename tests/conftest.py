@@ -19,19 +19,13 @@ from notifier.ledger.embedded_redis import free_port, redis_server_binary, wait_
 from notifier.policy.figures import Policy, load_policy
 
 
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    external = os.environ.get("NOTIFIER_TEST_REDIS_URL")
-    if external:
-        yield external
-        return
-    workdir = tmp_path_factory.mktemp("redis")
+def private_redis(directory: Path, *args: str) -> Iterator[str]:
+    """A redis-server of the caller's own on a free loopback port, its files in `directory`,
+    no RDB snapshots, with extra `args`; yields its URL, stops it after."""
     port = free_port()
-    proc = subprocess.Popen(
-        [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    proc = subprocess.Popen([redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1",
+                             "--dir", str(directory), "--save", "", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"redis://127.0.0.1:{port}/0"
     try:
         wait_for_redis(url)
@@ -39,6 +33,15 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    external = os.environ.get("NOTIFIER_TEST_REDIS_URL")
+    if external:
+        yield external
+        return
+    yield from private_redis(tmp_path_factory.mktemp("redis"), "--appendonly", "no")
 
 
 @pytest.fixture

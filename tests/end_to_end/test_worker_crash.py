@@ -33,21 +33,30 @@ def start_worker(service: Service, cwd) -> subprocess.Popen[bytes]:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def claimed_bookings(service: Service, bookings: int) -> set[str]:
+    """`bookings` appointments of one client booked ten days out, their two confirmations
+    each due now and claimed by the service's clock while no worker runs; returns their
+    ids."""
+    now = datetime.now(UTC)
+    store, policy = service.runtime.store, service.runtime.policy
+    store_and_apply(store, policy, client_upserted("c1", daytime_zone(now), now), now)
+    for i in range(bookings):
+        store_and_apply(store, policy, appointment(
+            "appointment.scheduled", f"a{i}", "c1", now + timedelta(days=10), now), now)
+    expected = {f"appointment_confirmation:a{i}:booked:{ch}"
+                for i in range(bookings) for ch in ("sms", "email")}
+    wait_for(lambda: service.redis.zcard(INFLIGHT) == len(expected), what="the claims")
+    return expected
+
+
 def test_sigkilled_worker_loses_nothing_and_sends_nothing_twice(redis_client, redis_url,
                                                                 tmp_path):
     service = Service(redis_url, tmp_path, lease_s=2, with_worker=False)
     workers: list[subprocess.Popen[bytes]] = []
     try:
-        now = datetime.now(UTC)
-        store, policy = service.runtime.store, service.runtime.policy
-        store_and_apply(store, policy, client_upserted("c1", daytime_zone(now), now), now)
-        for i in range(BOOKINGS):
-            store_and_apply(store, policy, appointment(
-                "appointment.scheduled", f"a{i}", "c1", now + timedelta(days=10), now), now)
-        expected = {f"appointment_confirmation:a{i}:booked:{ch}"
-                    for i in range(BOOKINGS) for ch in ("sms", "email")}
         # The clock claims everything due and enqueues it while no worker runs.
-        wait_for(lambda: service.redis.zcard(INFLIGHT) == len(expected), what="the claims")
+        expected = claimed_bookings(service, BOOKINGS)
+        store = service.runtime.store
 
         workers.append(start_worker(service, PROJECT_ROOT))
         # Kill it mid-stream: some sent, some being sent, the rest claimed and waiting.

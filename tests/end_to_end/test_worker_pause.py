@@ -11,15 +11,12 @@ import signal
 import subprocess
 import time
 from collections import Counter
-from datetime import UTC, datetime, timedelta
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from notifier.config import PROJECT_ROOT
-from notifier.ledger.notifications import INFLIGHT
-from tests.end_to_end.test_worker_crash import start_worker
-from tests.kit import appointment, client_upserted, daytime_zone, store_and_apply
+from tests.end_to_end.test_worker_crash import claimed_bookings, start_worker
 from tests.service import Service, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -50,15 +47,8 @@ def test_a_worker_paused_past_its_lease_sends_nothing_twice_unrecorded(redis_cli
     service = Service(redis_url, tmp_path, lease_s=LEASE_S, with_worker=False)
     workers: list[subprocess.Popen[bytes]] = []
     try:
-        now = datetime.now(UTC)
-        store, policy = service.runtime.store, service.runtime.policy
-        store_and_apply(store, policy, client_upserted("c1", daytime_zone(now), now), now)
-        for i in range(BOOKINGS):
-            store_and_apply(store, policy, appointment(
-                "appointment.scheduled", f"a{i}", "c1", now + timedelta(days=10), now), now)
-        expected = {f"appointment_confirmation:a{i}:booked:{ch}"
-                    for i in range(BOOKINGS) for ch in ("sms", "email")}
-        wait_for(lambda: service.redis.zcard(INFLIGHT) == len(expected), what="the claims")
+        expected = claimed_bookings(service, BOOKINGS)
+        store = service.runtime.store
 
         paused = start_worker(service, PROJECT_ROOT)
         workers.append(paused)

@@ -4,7 +4,6 @@ when a command starts. A private redis-server per test, whose settings it may ch
 from __future__ import annotations
 
 import logging
-import subprocess
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,29 +17,16 @@ from notifier import cli
 from notifier.config import Settings
 from notifier.errors import StoreUnavailable
 from notifier.ledger.durability import fsync_policy, log_fsync_policy
-from notifier.ledger.embedded_redis import free_port, redis_server_binary, wait_for_redis
+from notifier.ledger.embedded_redis import free_port
 from notifier.ledger.store import Store
 from notifier.web.app import create_app
 from notifier.worker.actors import build_broker
+from tests.conftest import private_redis
 
 with warnings.catch_warnings():
     # Starlette asks for the httpx2 package and warns at import when only httpx is there.
     warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
     from fastapi.testclient import TestClient
-
-
-def private_redis(directory: Path, *args: str) -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen([redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1",
-                             "--dir", str(directory), "--save", "", *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    try:
-        wait_for_redis(url)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 @pytest.fixture
