@@ -32,6 +32,7 @@ from pydantic import SecretStr
 
 from notifier.config import Settings, project_dir, reveal
 from notifier.errors import NotifierError, StoreError, UsageError
+from notifier.intake.json_body import repeated_keys
 
 log = logging.getLogger("notifier")
 
@@ -505,12 +506,19 @@ def read_events(path: str) -> list[dict[str, Any]]:
     `id`: the id is also the `webhook-id` the signature covers, so without it the service
     could only refuse the event."""
     try:
-        loaded = json.loads(Path(path).read_text())
+        text = Path(path).read_text()
+        loaded = json.loads(text)
+        repeated = repeated_keys(text)
     except OSError as exc:
         raise UsageError(f"{path}: cannot read it ({exc.strerror}): check the path") from None
     except ValueError as exc:
         raise UsageError(f"{path}: not valid JSON ({exc}): a file holds one event or a "
                          "JSON list of them") from None
+    if repeated:
+        # json.loads keeps the last copy; sending that would sign something other than the
+        # file, and the service refuses a repeated key anyway.
+        raise UsageError(f"{path}: {', '.join(repeated)}: given more than once in its "
+                         "object; give each key once")
     events = loaded if isinstance(loaded, list) else [loaded]
     if not events:
         raise UsageError(f"{path}: an empty list: a file holds one event or a JSON list of "

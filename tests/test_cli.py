@@ -454,6 +454,9 @@ def test_send_event_with_nothing_listening_says_what_to_do(tmp_path):
     ('{"id": 12}', "{path}: no \"id\""),
     ("{not json", "{path}: not valid JSON ("),
     ("", "{path}: not valid JSON ("),
+    ('{"id": "evt-1", "id": "evt-2"}', "{path}: id: given more than once"),
+    ('[{"id": "evt-1"}, {"id": "evt-2", "data": {"a": 1, "a": 2}}]',
+     "{path}: 1.data.a: given more than once"),
 ])
 def test_send_event_checks_every_event_before_sending_any(tmp_path, content, says):
     """Checked before anything is sent: the URL has nothing listening, yet the answer is

@@ -70,6 +70,18 @@ def _repeated_paths(node: Any, path: tuple[str, ...] = ()) -> Iterator[str]:
             yield from _repeated_paths(value, (*path, str(index)))
 
 
+def repeated_keys(text: str) -> list[str]:
+    """The dotted paths of the keys given more than once in the JSON document `text` (an
+    object, or a list of them: `0.data.client.id`), [] for none; raises ValueError for
+    what is not JSON. For `notifier send-event`, which must not collapse what the door
+    would refuse."""
+    try:
+        _STRICT.decode(text)
+    except _RepeatedKey:
+        return list(_repeated_paths(_MARKING.decode(text)))
+    return []
+
+
 def load_object(raw: bytes | str) -> tuple[str, dict[str, Any]]:
     """(text, object) of a JSON body; raises `InvalidEvent` as the module docstring says.
     A UTF-8 byte order mark is ignored, as RFC 8259 allows."""
