@@ -231,7 +231,7 @@ class PlanWriter:
             self.schedule.add_script(
                 keys=[notif_key(n.id), SCHEDULE, by_recipient_key(n.recipient, n.recipient_id),
                       OUTCOMES, by_entity_key(n.entity)],
-                args=[n.id, epoch(n.due_at), ENTITY_INDEX_TTL_S,
+                args=[n.id, epoch(n.due_at), ENTITY_INDEX_TTL_S, KEEP_FINISHED_S,
                       *planned_fields(n, now)],
                 client=pipe,
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -209,16 +210,39 @@ def test_a_write_trims_its_recipients_index_of_entries_past_the_retention(store)
 
     retention = timedelta(seconds=KEEP_FINISHED_S)
     long_ago = NOW - retention - timedelta(days=10)
+    later = NOW + timedelta(days=30)  # keeps the index alive past the first's retention
     with store.redis.pipeline() as pipe:  # as a write at that time left it
-        store.plans._write_plan(pipe, Plan(outcome="applied", add=(planned(1, long_ago),)),
-                                long_ago)
+        store.plans._write_plan(pipe, Plan(outcome="applied", add=(
+            planned(9, later), planned(1, long_ago))), long_ago)
         pipe.execute()
-    assert store.redis.zcard("n:by-recipient:client:c1") == 1
+    assert store.redis.zcard("n:by-recipient:client:c1") == 2
     write(store, planned(2, NOW - retention + timedelta(hours=1)), planned(3, NOW))
     assert [m.decode() for m in store.redis.zrange("n:by-recipient:client:c1", 0, -1)] == [
-        "appointment_reminder:a1:2:sms", "appointment_reminder:a1:3:sms"]
+        "appointment_reminder:a1:2:sms", "appointment_reminder:a1:3:sms",
+        "appointment_reminder:a1:9:sms"]
     assert store.write_plan(Plan(outcome="applied", add=(planned(4, NOW),)), NOW) == 1, (
         "the adds' replies are still counted, with the trimming queued after them")
+
+
+def test_a_recipients_index_expires_its_retention_after_the_latest_due_in_it(store):
+    """Bounded data (issue 13): a recipient nothing is planned for again leaves no index
+    behind; each add moves the expiry to the latest due time in it plus the retention."""
+    from notifier.ledger.notifications import KEEP_FINISHED_S
+
+    key = "n:by-recipient:client:c1"
+    soon, later = NOW + timedelta(days=2), NOW + timedelta(days=40)
+
+    def expires_at() -> float:  # EXPIRETIME is Redis 7; the tests run on 6.2 too
+        return time.time() + store.redis.ttl(key)
+
+    write(store, planned(1, later))
+    assert expires_at() == pytest.approx(later.timestamp() + KEEP_FINISHED_S, abs=5)
+    write(store, planned(2, soon))  # an earlier due does not shorten it
+    assert expires_at() == pytest.approx(later.timestamp() + KEEP_FINISHED_S, abs=5)
+    # A recipient whose latest due is past its retention keeps no index at all.
+    store.redis.delete(key)
+    write(store, planned(4, NOW - timedelta(seconds=KEEP_FINISHED_S + 60)))
+    assert not store.redis.exists(key)
 
 
 # Counted for /metrics: every way a notification ends, and how late each send was ---------

@@ -16,7 +16,8 @@
 -- ARGV[1]     the notification id
 -- ARGV[2]     its due time, epoch seconds
 -- ARGV[3]     how long an entity index is kept after its last add, seconds
--- ARGV[4..]   the hash's field/value pairs (`state`, `channel` among them)
+-- ARGV[4]     how long a recipient's index is kept after the latest due time in it, seconds
+-- ARGV[5..]   the hash's field/value pairs (`state`, `channel` among them)
 --
 -- Returns 1 when added, 0 when one with this id was kept.
 
@@ -26,7 +27,7 @@ local COMPACT_BYTES, COMPACT_MEMBERS = 64, 128
 local state = redis.call('HGET', KEYS[1], 'state')
 if state and state ~= 'cancelled' then return 0 end
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 local planned = redis.call('HGET', KEYS[1], 'state')
 if planned == 'scheduled' then
   redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
@@ -36,6 +37,11 @@ else
   redis.call('HINCRBY', KEYS[4], planned .. ':' .. channel, 1)
 end
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+-- A recipient's index expires ARGV[4] after the latest due time in it: nothing in it is
+-- shown after that (older entries are trimmed on each plan's write), and a recipient
+-- nothing is planned for again leaves no index behind.
+local latest = redis.call('ZRANGE', KEYS[3], -1, -1, 'WITHSCORES')
+redis.call('EXPIREAT', KEYS[3], math.ceil(tonumber(latest[2]) + tonumber(ARGV[4])))
 for i = 5, #KEYS do
   local index = redis.call('TYPE', KEYS[i]).ok
   if index == 'zset' and (#ARGV[1] > COMPACT_BYTES
