@@ -263,6 +263,13 @@ def test_planned_expired_or_suppressed_count_as_ended_once(store):
     # The same plan again (a replayed event) adds nothing, so counts nothing.
     write(store, planned(1, NOW, state="expired"), planned(2, NOW, state="suppressed"))
     assert ended(store) == {("expired", "sms"): 1, ("suppressed", "sms"): 1}
+    # Kept for the retention, as one that ends later is (issue 13: they never expired);
+    # the scheduled one has no expiry until it ends.
+    from notifier.ledger.notifications import KEEP_FINISHED_S
+
+    ttls = [store.redis.ttl(f"n:notif:appointment_reminder:a1:{i}:sms") for i in (1, 2, 3)]
+    assert [t == pytest.approx(KEEP_FINISHED_S, abs=5) for t in ttls[:2]] == [True, True]
+    assert ttls[2] == -1
 
 
 def test_cancelled_counts_each_scheduled_notification_it_cancels(store):

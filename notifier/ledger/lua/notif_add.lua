@@ -16,7 +16,9 @@
 -- ARGV[1]     the notification id
 -- ARGV[2]     its due time, epoch seconds
 -- ARGV[3]     how long an entity index is kept after its last add, seconds
--- ARGV[4]     how long a recipient's index is kept after the latest due time in it, seconds
+-- ARGV[4]     the retention, seconds: how long a notification planned as already ended
+--             (`expired`, `suppressed`) is kept, as `notif_finish.lua` keeps one that
+--             ends later, and a recipient's index after the latest due time in it
 -- ARGV[5..]   the hash's field/value pairs (`state`, `channel` among them)
 --
 -- Returns 1 when added, 0 when one with this id was kept.
@@ -35,6 +37,7 @@ else
   -- `channel` is left out of the hash when the id ends with it (`notif_fields`)
   local channel = redis.call('HGET', KEYS[1], 'channel') or string.match(ARGV[1], '[^:]*$')
   redis.call('HINCRBY', KEYS[4], planned .. ':' .. channel, 1)
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
 end
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
 -- A recipient's index expires ARGV[4] after the latest due time in it: nothing in it is
