@@ -37,7 +37,8 @@ def next_attempt(attempts: int, reason: str, retry_after_s: float | None,
         return GiveUp(f"gave up after {attempts} attempts: {reason}")
     backoff = min(cap_s, base_s * 2 ** (attempts - 1))
     delay = max(retry_after_s or 0.0, backoff * (0.5 + rng.random() / 2))
-    due = now + timedelta(seconds=delay)
-    if due >= expires_at:
+    # Compared in seconds first: a provider's Retry-After of 1e12 (or inf) is past any
+    # expiry, and as a datetime it would overflow.
+    if not delay < (expires_at - now).total_seconds():
         return GiveUp(f"{reason}; no time left to retry")
-    return due
+    return now + timedelta(seconds=delay)

@@ -87,11 +87,14 @@ def load_object(raw: bytes | str) -> tuple[str, dict[str, Any]]:
     A UTF-8 byte order mark is ignored, as RFC 8259 allows."""
     try:
         text = raw.decode("utf-8-sig") if isinstance(raw, bytes) else raw
-        body = _STRICT.decode(text)
-    except _RepeatedKey:
-        raise InvalidEvent([FieldProblem(path, "key given more than once in its object; "
-                                               "send each key once")
-                            for path in _repeated_paths(_MARKING.decode(text))]) from None
+        try:
+            body = _STRICT.decode(text)
+        except _RepeatedKey:
+            # Named by a second parse, which runs a few frames deeper than the first: a
+            # body nested just under the limit can fail here (RecursionError, below).
+            raise InvalidEvent([FieldProblem(path, "key given more than once in its "
+                                                   "object; send each key once")
+                                for path in _repeated_paths(_MARKING.decode(text))]) from None
     except (ValueError, RecursionError) as exc:
         # ValueError covers UnicodeDecodeError; RecursionError: nesting deeper than the
         # parser allows, e.g. 1,000 "[".

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -30,6 +31,8 @@ from notifier.worker.digests import provider_zones
 
 log = logging.getLogger(__name__)
 
+#: While ticks keep failing with the same error, it is said once per this many seconds.
+FAILING_SAID_EVERY_S = 60.0
 #: How much longer than `CATCH_UP` a claimed fire is remembered in memory.
 FIRED_MARGIN = timedelta(minutes=10)
 
@@ -135,12 +138,28 @@ class Clock:
             del self._fired[key]
 
     def run(self, stop: threading.Event) -> None:
+        """Tick until `stop` is set. A failing tick never ends the loop (this thread alone
+        claims due notifications); its traceback is logged once per new error, and while
+        the same error repeats (Redis down: four ticks a second) one line a minute says so,
+        and one more when ticks succeed again."""
         log.info("clock running")
+        failures, last_error, last_said = 0, "", 0.0
         while not stop.is_set():
             try:
                 self.tick(utcnow())
-            except Exception:
-                log.exception("clock tick failed; trying again")
+            except Exception as exc:
+                failures += 1
+                error = f"{type(exc).__name__}: {exc}"
+                if error != last_error:
+                    log.exception("clock tick failed; trying again")
+                    last_error, last_said = error, time.monotonic()
+                elif time.monotonic() - last_said >= FAILING_SAID_EVERY_S:
+                    log.warning("clock tick still failing (%d in a row): %s", failures, error)
+                    last_said = time.monotonic()
+            else:
+                if failures:
+                    log.info("clock ticks again after %d failed ticks", failures)
+                failures, last_error = 0, ""
             stop.wait(self.wait_s(utcnow()))
 
     def wait_s(self, now: datetime) -> float:

@@ -53,6 +53,9 @@ class Fixed(random.Random):
         (1, None, 1.0, timedelta(seconds=5), "x; no time left to retry"),
         (1, None, 1.0, timedelta(seconds=5.001), 5.0),
         (1, 3600.0, 0.0, timedelta(minutes=5), "x; no time left to retry"),
+        # found by QA: a Retry-After past any date (1e12 s, inf) gives up, not overflows
+        (1, 1e12, 0.5, DAY, "x; no time left to retry"),
+        (1, float("inf"), 0.5, DAY, "x; no time left to retry"),
         # the count runs out first, whatever the time left
         (8, None, 1.0, DAY, "gave up after 8 attempts: x"),
         (9, 1.0, 1.0, DAY, "gave up after 9 attempts: x"),

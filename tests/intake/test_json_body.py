@@ -57,3 +57,19 @@ def test_lone_surrogates_are_found_by_path():
     _, body = load_object('{"id": "\\ud800", "data": {"ok": "\\ud83d\\ude00", '
                           '"list": ["x", "a\\udfffb"]}}')
     assert list(strings_with_surrogates(body)) == ["id", "data.list.1"]
+
+
+def test_a_body_too_deep_to_name_its_repeated_key_is_refused_not_a_500(monkeypatch):
+    """Found by QA: a repeated key nested just under the parser's depth limit passed the
+    first parse, and the second one (naming the key, a few frames deeper) went over it:
+    a RecursionError out of the handler, a 500. It is the body's 422 instead."""
+    from notifier.intake import json_body
+
+    class TooDeep:
+        def decode(self, text: str) -> object:
+            raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(json_body, "_MARKING", TooDeep())
+    with pytest.raises(InvalidEvent) as refused:
+        load_object('{"id": "e", "x": {"k": 1, "k": 2}}')
+    assert [p.field for p in refused.value.problems] == ["body"]

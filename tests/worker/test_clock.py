@@ -4,6 +4,7 @@ claims fed in chunks; stuck events re-enqueued."""
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
@@ -305,3 +306,53 @@ def test_by_default_at_most_5000_in_flight_handed_over_25_ids_a_message(store, r
     assert clock.tick(now + timedelta(seconds=1)) == 0
     store.redis.zrem("n:inflight", *ids[:25])
     assert clock.tick(now + timedelta(seconds=2)) == 25
+
+
+class Down(Clock):
+    """A clock whose first 30 ticks find Redis down, then tick; the 32nd stops it."""
+
+    def __init__(self, *args, stop: threading.Event, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.stop, self.ticks = stop, 0
+
+    def tick(self, now: datetime) -> int:
+        self.ticks += 1
+        if self.ticks <= 30:
+            raise StoreError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+        if self.ticks == 32:
+            self.stop.set()
+        return super().tick(now)
+
+
+def test_a_redis_outage_is_one_traceback_not_one_a_tick(store, redis_url, caplog):
+    """Found by QA: four ticks a second, each a 4 KB traceback while Redis was down. The
+    same error again is not logged again (one line a minute says it goes on), and the
+    recovery is one line."""
+    caplog.set_level(logging.INFO, logger="notifier.worker.clock")
+    stop = threading.Event()
+    clock = Down(store, build_broker(redis_url), poll_s=0.01, min_wait_s=0.001, stop=stop)
+    runner = threading.Thread(target=clock.run, args=(stop,), daemon=True)
+    runner.start()
+    runner.join(timeout=30)
+    assert not runner.is_alive() and clock.ticks == 32
+    lines = [r for r in caplog.records if r.name == "notifier.worker.clock"
+             and r.getMessage() != "clock running"]
+    assert [(r.levelname, r.exc_info is not None) for r in lines] == [
+        ("ERROR", True), ("INFO", False)]
+    assert lines[1].getMessage() == "clock ticks again after 30 failed ticks"
+
+
+def test_an_outage_that_goes_on_is_said_again_now_and_then(store, redis_url, caplog,
+                                                           monkeypatch):
+    """With the period at 0, every repeat is the one line (no traceback), with its count."""
+    from notifier.worker import clock as clock_module
+
+    monkeypatch.setattr(clock_module, "FAILING_SAID_EVERY_S", 0.0)
+    stop = threading.Event()
+    clock = Down(store, build_broker(redis_url), poll_s=0.01, min_wait_s=0.001, stop=stop)
+    runner = threading.Thread(target=clock.run, args=(stop,), daemon=True)
+    runner.start()
+    runner.join(timeout=30)
+    again = [r for r in caplog.records if r.getMessage().startswith("clock tick still failing")]
+    assert len(again) == 29 and not any(r.exc_info for r in again)
+    assert again[-1].getMessage().startswith("clock tick still failing (30 in a row): ")

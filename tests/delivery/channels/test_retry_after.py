@@ -28,6 +28,10 @@ NOW = datetime(2026, 11, 25, 15, 0, tzinfo=UTC)
     ("", None),
     ("soon", None),
     ("Wed, 31 Nov 2026 15:00:00 GMT", None),
+    # found by QA: huge or infinite waits stand (the retry gives up), NaN says nothing
+    ("1e12", 1e12),
+    ("inf", float("inf")),
+    ("nan", None),
 ])
 def test_retry_after(value, expected):
     assert retry_after_s(value, NOW) == expected
