@@ -254,6 +254,16 @@ def test_the_clock_polls_when_redis_cannot_say_what_is_due_next(redis_url):
 
 # Surviving errors --------------------------------------------------------------------------
 
+
+def run_until_stopped(clock: Clock, stop: threading.Event) -> None:
+    """`clock.run` in its own thread, as `notifier clock` runs it, until its ticks set
+    `stop` (at most 30 s)."""
+    runner = threading.Thread(target=clock.run, args=(stop,), daemon=True)
+    runner.start()
+    runner.join(timeout=30)
+    assert not runner.is_alive(), "the clock did not stop"
+
+
 class Flaky(Clock):
     """A clock whose ticks raise until the fourth, which stops it: each a different error
     (Redis refusing, a bug), as a long-running clock meets them."""
@@ -279,10 +289,8 @@ def test_a_tick_that_raises_does_not_end_the_clock(store, redis_url, caplog):
     error, not only Redis') is logged and the next tick runs, a poll later."""
     stop = threading.Event()
     clock = Flaky(store, build_broker(redis_url), poll_s=0.01, min_wait_s=0.001, stop=stop)
-    runner = threading.Thread(target=clock.run, args=(stop,), daemon=True)
-    runner.start()
-    runner.join(timeout=30)
-    assert not runner.is_alive() and clock.ticks == 4
+    run_until_stopped(clock, stop)
+    assert clock.ticks == 4
     failed = [r for r in caplog.records if r.getMessage() == "clock tick failed; trying again"]
     assert [type(r.exc_info[1]) for r in failed] == [StoreError, redis.ConnectionError, KeyError]
 
@@ -331,10 +339,8 @@ def test_a_redis_outage_is_one_traceback_not_one_a_tick(store, redis_url, caplog
     caplog.set_level(logging.INFO, logger="notifier.worker.clock")
     stop = threading.Event()
     clock = Down(store, build_broker(redis_url), poll_s=0.01, min_wait_s=0.001, stop=stop)
-    runner = threading.Thread(target=clock.run, args=(stop,), daemon=True)
-    runner.start()
-    runner.join(timeout=30)
-    assert not runner.is_alive() and clock.ticks == 32
+    run_until_stopped(clock, stop)
+    assert clock.ticks == 32
     lines = [r for r in caplog.records if r.name == "notifier.worker.clock"
              and r.getMessage() != "clock running"]
     assert [(r.levelname, r.exc_info is not None) for r in lines] == [
@@ -350,9 +356,7 @@ def test_an_outage_that_goes_on_is_said_again_now_and_then(store, redis_url, cap
     monkeypatch.setattr(clock_module, "FAILING_SAID_EVERY_S", 0.0)
     stop = threading.Event()
     clock = Down(store, build_broker(redis_url), poll_s=0.01, min_wait_s=0.001, stop=stop)
-    runner = threading.Thread(target=clock.run, args=(stop,), daemon=True)
-    runner.start()
-    runner.join(timeout=30)
+    run_until_stopped(clock, stop)
     again = [r for r in caplog.records if r.getMessage().startswith("clock tick still failing")]
     assert len(again) == 29 and not any(r.exc_info for r in again)
     assert again[-1].getMessage().startswith("clock tick still failing (30 in a row): ")
