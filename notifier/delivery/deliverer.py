@@ -244,9 +244,11 @@ class Deliverer:
         if lease.get() != job.lease:
             job.outcome = self._taken_over(n)
             return
-        # By the batch's clock, which is how another worker tells the lease has run out.
-        if not may_send(job.lease, epoch(now) + self.monotonic() - started,
-                        self.call_limits_s.get(message.channel, 0.0)):
+        # The batch's `now` plus its time so far: the decisions stay at `now`, but the lease
+        # is judged (as another worker judges it) and `sent_at` recorded (the lateness it
+        # measures) at the moment of the send.
+        at = now + timedelta(seconds=self.monotonic() - started)
+        if not may_send(job.lease, epoch(at), self.call_limits_s.get(message.channel, 0.0)):
             self._act(writes, job, HoldUntil(now, "too little of its lease left for the send: "
                                              "to be decided afresh", Outcome.WAITING), now)
             return
@@ -264,9 +266,7 @@ class Deliverer:
                       now)
             return
         try:
-            # Sent at the batch's `now` plus its time so far: the decisions stay at `now`,
-            # but `sent_at` (and the lateness it measures) is when this message left.
-            receipt = channel.send(message, now + timedelta(seconds=self.monotonic() - started))
+            receipt = channel.send(message, at)
         except PermanentError as exc:
             job.outcome = self._finish(job, "failed", str(exc), code=exc.code)
             if n.recipient == "client":
