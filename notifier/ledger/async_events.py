@@ -18,6 +18,8 @@ from datetime import datetime
 
 import redis
 import redis.asyncio
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from notifier.ledger.broker_messages import BrokerMessage
 from notifier.ledger.client import store_errors
@@ -41,9 +43,14 @@ def async_twin(client: redis.Redis) -> redis.asyncio.Redis:
     # The asyncio module has a connection class of the same name for each kind.
     connection_class = getattr(redis.asyncio.connection, pool.connection_class.__name__,
                                redis.asyncio.connection.Connection)
+    # One immediate retry on a connection error: a pooled connection that died with a
+    # restarted server is replaced by a new one, rather than the next request getting a
+    # 503. The event script is idempotent (a retry after a lost reply is a duplicate, as
+    # good as accepted); while Redis is down, the retry is refused as fast as the first.
     # from_pool: closing the client closes its pool's connections too.
     return redis.asyncio.Redis.from_pool(redis.asyncio.ConnectionPool(
-        connection_class=connection_class, max_connections=pool.max_connections, **settings))
+        connection_class=connection_class, max_connections=pool.max_connections,
+        retry=Retry(NoBackoff(), 1), retry_on_error=[redis.ConnectionError], **settings))
 
 
 #: The connection settings that say which server and database a client writes to.

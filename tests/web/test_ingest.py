@@ -180,6 +180,26 @@ def test_each_event_answered_202_is_there_with_its_message_after_a_redis_crash(
         client.close()
 
 
+def test_after_a_redis_restart_the_first_event_is_accepted(durable, tmp_path):
+    """The web's pooled connections die with the server; the next request reconnects
+    instead of answering 503 to whoever comes first."""
+    client = redis.Redis.from_url(durable.url)
+    broker = build_broker(durable.url)
+    try:
+        app = create_app(settings_for(durable.url, tmp_path), Store(client), broker)
+        with TestClient(app) as http:
+            assert post(http, client_event("c0")).status_code == 202
+            durable.kill()
+            durable.start()
+            evt = client_event("c1")
+            assert post(http, evt).status_code == 202
+            assert http.get("/healthz").status_code == 200
+            assert evt["id"] in [m["args"][0] for m in queued(client)]
+    finally:
+        broker.close()
+        client.close()
+
+
 def test_redis_dying_under_a_request_is_503_with_retry_after_and_nothing_written(
         durable, tmp_path, monkeypatch):
     client = redis.Redis.from_url(durable.url)
