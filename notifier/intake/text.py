@@ -13,7 +13,13 @@ email; a surrogate cannot be encoded). Other invisible format characters (Unicod
 width space, BOM, soft hyphen, LRM/RLM, word joiner, tag characters) are removed: copying a
 name from a document brings them along, and refusing would leave a client without reminders
 for something no one can see. Zero-width joiner and non-joiner are kept: Persian and Indic
-names and emoji are spelt with them. README "Decisions" has the table.
+names and emoji are spelt with them. Also refused at the door: the Unicode noncharacters
+(U+FDD0-U+FDEF and the last two code points of every plane, U+FFFE, U+FFFF, ...), which
+Unicode reserves for a program's internal use, never for interchange (Unicode 15, §23.7),
+and text with no visible character (only spaces, or joiners): "Hi   ," greets no one.
+Private-use characters are kept (a vendor's logo in a name is a choice, not an error), and
+so are code points unassigned in this Python's Unicode version (a newer emoji).
+README "Decisions" has the table.
 """
 
 from __future__ import annotations
@@ -27,6 +33,9 @@ REFUSED_CATEGORIES = frozenset({"Cc", "Zl", "Zp", "Cs"})
 BIDI_CONTROLS = frozenset(chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A)))
 #: Format characters kept: zero-width non-joiner and joiner.
 KEPT_FORMAT = frozenset({"\u200c", "\u200d"})
+#: Unicode's noncharacters: U+FDD0-U+FDEF and U+xxFFFE, U+xxFFFF of each of the 17 planes.
+NONCHARACTERS = frozenset([chr(c) for c in range(0xFDD0, 0xFDF0)]
+                          + [chr(p * 0x10000 + c) for p in range(17) for c in (0xFFFE, 0xFFFF)])
 
 
 def _describe(char: str) -> str:
@@ -37,21 +46,31 @@ def _describe(char: str) -> str:
 
 def plain_text(text: str, refuse: bool = True) -> str:
     """`text` without the characters the table above removes. With `refuse`, a refused
-    character raises ValueError naming it (code point and name) and its index; without,
-    it is removed too."""
-    if text.isprintable():
+    character raises ValueError naming it (code point and name) and its index, and so does
+    text with no visible character left (empty text is left to the caller's length
+    check); without, refused characters are removed too and nothing else is refused."""
+    if text.isprintable() and not NONCHARACTERS.intersection(text):
         # Nearly every name: no control, format, separator or surrogate (a C-speed scan).
-        return text
+        kept = text
+    else:
+        kept = "".join(_kept_chars(text, refuse))
+    if refuse and kept and all(c.isspace() or c in KEPT_FORMAT for c in kept):
+        raise ValueError("must hold a visible character (this holds only spaces or "
+                         "joiners)")
+    return kept
+
+
+def _kept_chars(text: str, refuse: bool) -> list[str]:
     kept = []
     for index, char in enumerate(text):
         category = unicodedata.category(char)
-        if category in REFUSED_CATEGORIES or char in BIDI_CONTROLS:
+        if category in REFUSED_CATEGORIES or char in BIDI_CONTROLS or char in NONCHARACTERS:
             if refuse:
                 raise ValueError(f"must be plain text: {_describe(char)} at index {index} "
-                                 "(control, line-break and bidirectional-override characters "
-                                 "are refused)")
+                                 "(control, line-break, bidirectional-override and "
+                                 "noncharacter code points are refused)")
             continue
         if category == "Cf" and char not in KEPT_FORMAT:
             continue
         kept.append(char)
-    return "".join(kept)
+    return kept

@@ -408,6 +408,10 @@ CONTRACT: list[tuple[str, str, Any, Any]] = [
     ("client.upserted", "data.client.first_name", "\u2067Ana\u2069", REFUSED),
     ("client.upserted", "data.client.first_name", "Ana\x85", REFUSED),
     ("client.upserted", "data.client.first_name", "\u200b", REFUSED),  # nothing left
+    ("client.upserted", "data.client.first_name", "   ", REFUSED),  # nothing visible
+    ("client.upserted", "data.client.first_name", "\u200d", REFUSED),
+    ("client.upserted", "data.client.first_name", "Ana\uffff", REFUSED),
+    ("client.upserted", "data.client.first_name", " Ana ", " Ana "),
     ("client.upserted", "data.client.first_name", "Ana\ud800", REFUSED),
     ("client.upserted", "data.client.first_name", 7, REFUSED),
     ("client.upserted", "data.client.email", "ana\r\n@example.com", REFUSED),

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from notifier.intake.text import BIDI_CONTROLS, plain_text
+from notifier.intake.text import BIDI_CONTROLS, NONCHARACTERS, plain_text
 
 #: (text, at the door: the kept text or the refused code point, elsewhere: the kept text)
 TABLE = [
@@ -43,7 +43,21 @@ TABLE = [
     ("A\u2060na", "Ana", "Ana"),  # word joiner
     ("Ana\U000e0041\U000e0042", "Ana", "Ana"),  # tag characters (hidden text)
     ("\u200b", "", ""),  # nothing left: the schema's length check refuses it
+    ("Ana\uffff", "U+FFFF", "Ana"),  # noncharacters: never for interchange
+    ("Ana\ufdd0", "U+FDD0", "Ana"),
+    ("Ana\U0010fffe", "U+10FFFE", "Ana"),
+    ("Ana\ue000", "Ana\ue000", "Ana\ue000"),  # private use: kept
 ]
+
+#: Text with no visible character: refused at the door, kept as it is elsewhere.
+INVISIBLE = ["   ", "\u00a0", "\u3000", "\u200d", " \u200c ", "\u200b \ufeff"]
+
+
+@pytest.mark.parametrize("text", INVISIBLE)
+def test_text_with_nothing_visible_is_refused_at_the_door(text):
+    with pytest.raises(ValueError, match="^must hold a visible character"):
+        plain_text(text)
+    assert plain_text(text, refuse=False) == text.replace("\u200b", "").replace("\ufeff", "")
 
 
 @pytest.mark.parametrize(("text", "at_the_door", "elsewhere"), TABLE)
@@ -66,7 +80,11 @@ def test_the_refusal_names_the_character_and_where_it_is():
 def _unsafe(char: str) -> bool:
     category = unicodedata.category(char)
     return (category in {"Cc", "Cs", "Zl", "Zp"} or char in BIDI_CONTROLS
-            or (category == "Cf" and char not in "\u200c\u200d"))
+            or char in NONCHARACTERS or (category == "Cf" and char not in "\u200c\u200d"))
+
+
+def _invisible(text: str) -> bool:
+    return bool(text) and all(c.isspace() or c in "\u200c\u200d" for c in text)
 
 
 @settings(max_examples=500, derandomize=True)
@@ -79,7 +97,8 @@ def test_whatever_the_text_nothing_unsafe_is_left_and_the_door_agrees(text):
     try:
         at_the_door = plain_text(text)
     except ValueError:
-        assert any(unicodedata.category(c) in {"Cc", "Cs", "Zl", "Zp"} or c in BIDI_CONTROLS
-                   for c in text)
+        assert _invisible(kept) or any(
+            unicodedata.category(c) in {"Cc", "Cs", "Zl", "Zp"} or c in BIDI_CONTROLS
+            or c in NONCHARACTERS for c in text)
     else:
         assert at_the_door == kept
