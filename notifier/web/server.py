@@ -14,6 +14,11 @@ one uvicorn picks, httptools being a dependency):
 - otherwise the client gets 408 (unless an answer has started) and the connection is
   closed; the app, if it was waiting for the body, sees the client gone
   (`web.failures.client_gone`). One INFO line.
+
+Over uvicorn's connection cap (`limit_concurrency`) it answers 503 and closes; the answer
+here also says when to come back (`Retry-After`, `CAP_RETRY_AFTER_S`), as every other 503
+of the service does: an integrator's client that honours it spreads its retries instead of
+hammering a full server.
 """
 
 from __future__ import annotations
@@ -22,12 +27,28 @@ import asyncio
 import logging
 from typing import Any
 
+from uvicorn.protocols.http.flow_control import service_unavailable
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 log = logging.getLogger(__name__)
 
 TIMED_OUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
              b"content-length: 16\r\nconnection: close\r\n\r\nrequest too slow")
+
+
+#: Retry-After of the 503 over the connection cap, in seconds: connections are held for at
+#: most the read deadline, so a slot is usually free again within a second or two.
+CAP_RETRY_AFTER_S = 1
+FULL_BODY = b"server busy, retry after 1 s"
+
+
+async def over_the_cap(scope: Any, receive: Any, send: Any) -> None:
+    """uvicorn's `service_unavailable`, with Retry-After."""
+    await send({"type": "http.response.start", "status": 503, "headers": [
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", str(len(FULL_BODY)).encode()),
+        (b"retry-after", str(CAP_RETRY_AFTER_S).encode()), (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": FULL_BODY, "more_body": False})
 
 
 def deadline_protocol(read_timeout_s: float) -> type[HttpToolsProtocol]:
@@ -61,6 +82,12 @@ def deadline_protocol(read_timeout_s: float) -> type[HttpToolsProtocol]:
         def on_message_complete(self) -> None:
             self._disarm()
             super().on_message_complete()
+
+        def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+            # uvicorn picks its own `service_unavailable` over the cap (no Retry-After);
+            # every request, pipelined or not, starts here.
+            super()._start_asgi_task(cycle, over_the_cap if app is service_unavailable
+                                     else app)
 
         def _too_slow(self) -> None:
             self._deadline = None

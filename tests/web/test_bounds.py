@@ -309,7 +309,9 @@ def test_over_the_connection_cap_requests_are_503(own_redis):
             sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # headers never ended
         wait_for(lambda: len(served.server.server_state.connections) >= 3,
                  what="the held connections")
-        assert served.http.get("/healthz").status_code == 503
+        full = served.http.get("/healthz")
+        assert (full.status_code, full.headers["retry-after"]) == (503, "1")
+        assert full.headers["connection"] == "close"
         for sock in held:
             sock.close()
         wait_for(lambda: served.http.get("/healthz").status_code == 200,
