@@ -14,13 +14,14 @@ itself, and none answers 500 with a traceback in the log:
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.requests import ClientDisconnect
 
 from notifier.errors import PayloadTooLarge, StoreError
-from notifier.web.answers import error_answer, unavailable_answer
+from notifier.web.answers import RETRY_AFTER_S, error_answer, unavailable_answer
 
 log = logging.getLogger(__name__)
 
@@ -47,3 +48,36 @@ def install_failure_handlers(app: FastAPI) -> None:
     app.add_exception_handler(PayloadTooLarge, too_large)
     app.add_exception_handler(StoreError, store_failed)
     app.add_exception_handler(ClientDisconnect, client_gone)
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/ErrorAnswer"}}}}
+
+
+RETRY_AFTER_HEADER = {"Retry-After": {
+    "description": f"seconds to wait before retrying ({RETRY_AFTER_S})",
+    "schema": {"type": "integer"}}}
+
+
+def document_failures(schema: dict[str, Any]) -> None:
+    """Add to every operation of an OpenAPI `schema` what the handlers above and the
+    server (`web.server`) answer whatever the route: 503 with Retry-After (every route
+    reads or writes Redis), 408 (a request not read within the deadline; plain text), and
+    413 where the operation takes a body. An answer the route documents itself is kept.
+    The answers refer to the `ErrorAnswer` schema, which the read API's 401 puts in the
+    document's components."""
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            responses.setdefault("503", _error("Redis unavailable or refusing writes; "
+                                               "retry after Retry-After"))
+            # Every 503 of the service says when to come back, /healthz's too.
+            responses["503"].setdefault("headers", RETRY_AFTER_HEADER)
+            responses.setdefault("408", {
+                "description": "The request's head and body did not arrive within "
+                               "NOTIFIER_WEB_READ_TIMEOUT_S; the connection is closed",
+                "content": {"text/plain": {"schema": {"type": "string"}}}})
+            if "requestBody" in operation:
+                responses.setdefault("413", _error("Body over the route's size limit; "
+                                                   "the connection is closed"))

@@ -27,6 +27,7 @@ from notifier.ledger.notifications import FINAL_STATES, SENT_AGAIN
 from notifier.ledger.store import Store
 from notifier.policy.figures import CHANNELS
 from notifier.web.answers import RETRY_AFTER_S
+from notifier.web.failures import document_failures
 
 
 class HealthAnswer(BaseModel):
@@ -121,11 +122,13 @@ def openapi_document(app: FastAPI, amend: Callable[[dict[str, Any]], None],
                      documented: Sequence[BaseRoute] = ()) -> dict[str, Any]:
     """The app's OpenAPI document, built once: its FastAPI routes, then those `documented`
     for routes it serves as plain Starlette ones, then what routes read by hand, added by
-    `amend` (FastAPI cannot see it)."""
+    `amend` (FastAPI cannot see it), then what any route may answer when Redis fails or a
+    request is too slow or too large (`web.failures.document_failures`)."""
     if app.openapi_schema:
         return app.openapi_schema
     schema = get_openapi(title=app.title, version=app.version,
                          routes=[*app.routes, *documented], description=app.description)
     amend(schema)
+    document_failures(schema)
     app.openapi_schema = schema
     return schema

@@ -944,15 +944,36 @@ def test_openapi_documents_what_health_and_metrics_really_answer(settings, clien
     # Found by fuzzing: /metrics was documented as JSON; /healthz's 503 was not documented.
     document = client.get("/openapi.json").json()
     metrics = document["paths"]["/metrics"]["get"]["responses"]
-    assert list(metrics) == ["200"] and list(metrics["200"]["content"]) == ["text/plain"]
+    assert sorted(metrics) == ["200", "408", "503"]
+    assert list(metrics["200"]["content"]) == ["text/plain"]
     assert client.get("/metrics").headers["content-type"].startswith("text/plain;")
     health = document["paths"]["/healthz"]["get"]["responses"]
-    assert sorted(health) == ["200", "503"]
+    assert sorted(health) == ["200", "408", "503"]
     for status in ("200", "503"):
         assert resolve(document, health[status]["content"]["application/json"]["schema"][
             "$ref"])["title"] == "HealthAnswer"
     with TestClient(down_app(settings)) as down_client:
         assert down_client.get("/healthz").status_code == 503
+
+
+def test_openapi_documents_the_answers_every_route_may_give(settings, client):
+    """503 with Retry-After when Redis fails (every route uses it), 408 for a request too
+    slow to arrive, 413 for a body over its limit: said for every operation."""
+    document = client.get("/openapi.json").json()
+    operations = [(path, method, op) for path, ops in document["paths"].items()
+                  for method, op in ops.items()]
+    assert len(operations) >= 9
+    for path, method, op in operations:
+        responses = op["responses"]
+        assert {"408", "503"} <= set(responses), (path, method)
+        assert ("413" in responses) == ("requestBody" in op), (path, method)
+        assert "Retry-After" in responses["503"]["headers"], (path, method)
+        if path != "/healthz":  # its 503 is its own answer, the health report
+            assert resolve(document, responses["503"]["content"]["application/json"][
+                "schema"]["$ref"])["title"] == "ErrorAnswer"
+    with TestClient(down_app(settings)) as down_client:
+        answer = down_client.get("/metrics")
+        assert (answer.status_code, answer.headers["retry-after"]) == (503, "5")
 
 
 def test_openapi_documents_the_provider_callbacks_inputs_and_refusals(client):
@@ -971,7 +992,7 @@ def test_openapi_documents_the_provider_callbacks_inputs_and_refusals(client):
         operation = paths[path]["post"]
         assert {p["name"] for p in operation["parameters"]} == parameters, path
         assert list(operation["requestBody"]["content"]) == [body_type], path
-        assert set(operation["responses"]) == statuses, path
+        assert set(operation["responses"]) == statuses | {"408", "413", "503"}, path
         refusal = operation["responses"]["403"]["content"]["application/json"]["schema"]
         assert resolve(document, refusal["$ref"])["required"] == ["error"], path
     inbound = paths["/twilio/inbound"]["post"]["responses"]["200"]
