@@ -19,7 +19,7 @@ import httpx
 import redis
 import uvicorn
 
-from notifier.cli import sign_event
+from notifier.cli import server_config, sign_event
 from notifier.config import Settings
 from notifier.delivery.channels.outbox import Outbox
 from notifier.ledger.embedded_redis import free_port
@@ -77,8 +77,9 @@ class Service:
         self.clock_thread.start()
         self.port = free_port()
         app = create_app(self.settings, self.runtime.store, build_broker(redis_url))
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
-                                                    log_level="warning"))
+        # The production server's config: read deadline, connection cap, httptools.
+        self.server = uvicorn.Server(server_config(app, "warning", self.settings,
+                                                   host="127.0.0.1", port=self.port))
         self.web_thread = threading.Thread(target=self.server.run, daemon=True)
         self.web_thread.start()
         wait_for(lambda: self.server.started, 10, "the web server")
