@@ -1,4 +1,7 @@
-"""`GET /j/{token}`: the short links in our SMS, to a video visit's join URL as it is now."""
+"""`GET /j/{token}`: the short links in our SMS, to a video visit's join URL as it is now.
+
+`HEAD` is answered the same, without a body: phones and messaging apps ask with it
+before showing a link's preview, and a 405 there shows the patient a broken link."""
 
 from __future__ import annotations
 
@@ -36,4 +39,7 @@ def link_routes(store: Store) -> APIRouter:
         return RedirectResponse(str(record.appointment.join_url), status_code=307,
                                 headers={"Cache-Control": "no-store"})
 
+    # HEAD: the same function (the server drops the body); one operation in the document.
+    router.add_api_route("/j/{token}", follow_short_link, methods=["HEAD"],
+                         include_in_schema=False)
     return router

@@ -1247,6 +1247,11 @@ def test_a_short_link_redirects_to_the_visit_s_current_link_at_click_time(client
                   "appointment.rescheduled")
     answer = client.get(f"/j/{token}", follow_redirects=False)
     assert answer.headers["location"] == "https://video.example.com/r/second"
+    # A link preview asks with HEAD: the same answer, no body.
+    answer = client.head(f"/j/{token}", follow_redirects=False)
+    assert (answer.status_code, answer.content) == (307, b"")
+    assert answer.headers["location"] == "https://video.example.com/r/second"
+    assert client.head("/j/AAAAAAAAAAAAAAAA").status_code == 404
 
 
 def test_a_short_link_to_a_visit_with_no_link_any_more_is_404(client, store, policy):
