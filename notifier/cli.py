@@ -480,7 +480,12 @@ def cmd_preview(args: argparse.Namespace, settings: Settings) -> None:
     from notifier.intake.events import Client
 
     if args.all:
-        print(preview_all(settings))
+        table, over = preview_all(settings)
+        print(table)
+        if over:
+            # As a linter does: a template over the budget would stop the service's
+            # start-up, so a script or CI checking templates must see it fail.
+            sys.exit(1)
         return
     if not args.kind:
         raise UsageError("preview: name a KIND, or give --all (see notifier preview --help)")

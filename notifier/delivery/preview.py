@@ -125,13 +125,14 @@ def _size(size: SmsSize | None) -> str:
     return f"{size.encoding:<6} {size.segments:>2} ({size.units})" if size else "-"
 
 
-def preview_all(settings: Settings) -> str:
+def preview_all(settings: Settings) -> tuple[str, int]:
     """Every kind x channel x locale rendered with worst-case data (`WORST_NAME`,
     `LONG_JOIN_URL`, the zone with the longest name, a late cancellation), with each SMS's
     encoding and segments; and for client SMS the worst case over every name, date, zone
     and branch of the template (`sms_budget.worst_case_sizes`), as start-up checks it.
-    Returns the table as text. Raises `TemplateError` when a template is missing or fails to
-    render, `ConfigError` when the policy file is bad."""
+    Returns the table as text and how many SMS templates are over the budget (a template
+    over it in the worst case stops start-up). Raises `TemplateError` when a template is
+    missing or fails to render, `ConfigError` when the policy file is bad."""
     renderer = Renderer(Path(settings.templates_dir))
     bounds = worst_case_sizes(settings, renderer, STAFF_KINDS)
     rows = [f"{'template':<36} {'sample: encoding, segments (units)':<36} "
@@ -170,7 +171,7 @@ def preview_all(settings: Settings) -> str:
                             f"{note}".rstrip())
     rows.append(f"client SMS budget: {MAX_SEGMENTS} segments; "
                 + (f"{over} over it" if over else "every client SMS within it"))
-    return "\n".join(rows)
+    return "\n".join(rows), over
 
 
 def preview(settings: Settings, kind: str, locale: str, channel: str | None) -> str:
