@@ -282,3 +282,18 @@ def test_a_booking_whose_sent_confirmation_was_retired_still_counts_as_told(kept
     assert told_of_booking(states) == "told"
     # Without the marker, the pending reminder alone would say "never told".
     assert told_of_booking([about[later.id][1]]) == "never"  # type: ignore[index]
+
+
+def test_an_id_no_longer_in_the_index_when_the_script_runs_is_not_retired(kept_store):
+    """Read, then gone from the index before the script ran: the script goes by the index
+    as it is, so a notification whose entry moved is left whole."""
+    store = kept_store
+    n = video_reminder(NOW - 31 * DAY)
+    sent_and_delivered(store, n)
+    index = by_recipient_key("client", "client-0042")
+    store.redis.zrem(index, n.id)
+    store.redis.zadd(index, {"appointment_reminder:apt-9:x:sms": NOW.timestamp()})
+    assert store.trimmer._trim(keys=[index, notif_key(n.id)],
+                               args=[NOW.timestamp() - RETENTION_DAYS * 86400, 0,
+                                     HISTORY_DAYS * 86400, n.id]) == [0, 0]
+    assert store.notification(n.id)["to_id"] == "client-0042"

@@ -45,8 +45,9 @@ for i = 2, #KEYS do
   local id = ARGV[i + 2]
   local state = redis.call('HGET', KEYS[i], 'state')
   local drop = not state
-  if state and by_due and tonumber(redis.call('ZSCORE', KEYS[1], id) or '0') < tonumber(ARGV[1])
-     and ENDED[state] then
+  -- No score: no longer in this index (moved or trimmed since it was read): not retired.
+  local due = by_due and redis.call('ZSCORE', KEYS[1], id)
+  if state and due and tonumber(due) < tonumber(ARGV[1]) and ENDED[state] then
     if redis.call('HEXISTS', KEYS[i], 'retired') == 0 then
       local values = redis.call('HMGET', KEYS[i], unpack(KEEP))
       redis.call('DEL', KEYS[i])
