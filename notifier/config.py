@@ -96,6 +96,16 @@ PROVIDER_CALL_S = 2 * PROVIDER_TIMEOUT_S
 #: event from the future would make every real later one about its subject stale.
 FUTURE_SKEW_S = 5 * 60
 
+#: Days a finished notification is kept whole (`NOTIFIER_RETENTION_DAYS`): 90, what it was
+#: before it was a setting (GOV.UK Notify keeps 7 by default, a service may set its own).
+RETENTION_DAYS = 90
+#: The shortest retention allowed: the read API lists notifications due from 30 days ago.
+MIN_RETENTION_DAYS = 30
+#: Days a retired notification's content-free row is kept after the retention
+#: (`NOTIFIER_HISTORY_DAYS`): a year, so its dedupe key still holds for replays and the
+#: year's outcomes can be counted; 0 deletes it at the retention.
+HISTORY_DAYS = 365
+
 #: The read API token is compared as sent in `Authorization: Bearer`; shorter is guessable.
 MIN_API_TOKEN_CHARS = 24
 
@@ -320,6 +330,10 @@ class Settings:
     lease_s: int = LEASE_S
     #: How far ahead of our clock an event's `occurred_at` may be; further is a 422.
     future_skew_s: int = FUTURE_SKEW_S
+    #: Days a finished notification is kept (from its due time), then removed by the clock.
+    retention_days: int = RETENTION_DAYS
+    #: Days a retired notification's content-free row is kept after the retention.
+    history_days: int = HISTORY_DAYS
     log_level: str = "INFO"
     #: A request's head and body must arrive within this many seconds (of the connection
     #: opening, or of the request's first byte); slower clients get 408 and are closed.
@@ -409,6 +423,9 @@ class Settings:
             worker_processes=_int(env, "NOTIFIER_WORKER_PROCESSES", 0) or None,
             lease_s=_int(env, "NOTIFIER_LEASE_S", defaults.lease_s),
             future_skew_s=_int(env, "NOTIFIER_FUTURE_SKEW_S", defaults.future_skew_s),
+            retention_days=_int(env, "NOTIFIER_RETENTION_DAYS", defaults.retention_days,
+                                minimum=MIN_RETENTION_DAYS),
+            history_days=_int(env, "NOTIFIER_HISTORY_DAYS", defaults.history_days, minimum=0),
             log_level=_log_level(env, "NOTIFIER_LOG_LEVEL", defaults.log_level),
             sendgrid_webhook_public_key=opt("SENDGRID_WEBHOOK_PUBLIC_KEY"),
             max_attempts=_int(env, "NOTIFIER_MAX_ATTEMPTS", defaults.max_attempts),
@@ -420,6 +437,16 @@ class Settings:
             web_max_connections=_int(env, "NOTIFIER_WEB_MAX_CONNECTIONS",
                                      defaults.web_max_connections),
         )
+
+    @property
+    def retention_s(self) -> int:
+        """`retention_days` in seconds."""
+        return self.retention_days * 24 * 3600
+
+    @property
+    def history_s(self) -> int:
+        """`history_days` in seconds."""
+        return self.history_days * 24 * 3600
 
     def require_webhook_secret(self) -> str:
         """The value of NOTIFIER_WEBHOOK_SECRET, to sign or verify events with."""

@@ -29,6 +29,10 @@ def test_defaults_deliver_to_the_outbox_on_the_embedded_redis():
     assert s.lease_s == 60
     assert s.future_skew_s == 300
     assert settings(NOTIFIER_FUTURE_SKEW_S="30").future_skew_s == 30
+    assert (s.retention_days, s.retention_s) == (90, 90 * 86400)
+    assert (s.history_days, s.history_s) == (365, 365 * 86400)
+    assert settings(NOTIFIER_RETENTION_DAYS="30").retention_s == 30 * 86400
+    assert settings(NOTIFIER_HISTORY_DAYS="0").history_s == 0
 
 
 def test_run_from_the_checkout_templates_and_schedules_are_its_top_level_ones(tmp_path):
@@ -193,6 +197,10 @@ def test_a_dotenv_that_is_not_text_is_named_in_one_line(tmp_path):
     ({"NOTIFIER_LEASE_S": "-5"}, "NOTIFIER_LEASE_S"),
     ({"NOTIFIER_FUTURE_SKEW_S": "0"}, "NOTIFIER_FUTURE_SKEW_S"),
     ({"NOTIFIER_FUTURE_SKEW_S": "5m"}, "NOTIFIER_FUTURE_SKEW_S"),
+    # Shorter than the read API's 30-day window would empty it early.
+    ({"NOTIFIER_RETENTION_DAYS": "29"}, "NOTIFIER_RETENTION_DAYS"),
+    ({"NOTIFIER_RETENTION_DAYS": "90d"}, "NOTIFIER_RETENTION_DAYS"),
+    ({"NOTIFIER_HISTORY_DAYS": "-1"}, "NOTIFIER_HISTORY_DAYS"),
     ({"NOTIFIER_LOG_LEVEL": "verbose"}, "NOTIFIER_LOG_LEVEL"),
     ({"NOTIFIER_LOG_LEVEL": "10"}, "NOTIFIER_LOG_LEVEL"),
     ({"NOTIFIER_API_TOKEN": "t" * 23}, "NOTIFIER_API_TOKEN"),

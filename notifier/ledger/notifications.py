@@ -50,7 +50,8 @@ SENT_AGAIN = "sent_again"
 #: Upper bounds of the lateness buckets, seconds: on time (a clock tick), a slow batch, a
 #: backlog of minutes, of an hour. A reminder later than an hour has missed its point.
 LATENESS_BUCKETS_S = (1, 5, 15, 60, 300, 900, 3600)
-#: A finished or cancelled notification is kept this long for the read API, then expires.
+#: A finished or cancelled notification is kept this long for the read API, then expires:
+#: the default of `Schedule(keep_finished_s=…)`, which `NOTIFIER_RETENTION_DAYS` sets.
 KEEP_FINISHED_S = 90 * 24 * 3600
 #: An entity's index of notifications expires this long after its last add.
 ENTITY_INDEX_TTL_S = 180 * 24 * 3600
@@ -180,9 +181,15 @@ class Begun:
 class Schedule:
     """The Lua-backed transitions of notifications; one instance per process."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, keep_finished_s: int = KEEP_FINISHED_S,
+                 history_s: int = 0) -> None:
         # redis-py types its replies as a sync|async union; the client here is sync.
         self.redis: Any = client
+        #: the retention, seconds: how long a finished or cancelled notification is kept
+        #: whole (the clock then retires it: `notifier.ledger.trimming`)
+        self.keep_finished_s = keep_finished_s
+        #: how long its content-free row is kept after that, seconds
+        self.history_s = history_s
         self.add_script = client.register_script(ADD_LUA)
         self.cancel_script = client.register_script(CANCEL_ENTITY_LUA)
         self._claim = client.register_script(CLAIM_LUA)
@@ -192,6 +199,12 @@ class Schedule:
         self._reschedule = client.register_script(RESCHEDULE_LUA)
         self._delivery = client.register_script(DELIVERY_LUA)
 
+    @property
+    def ended_ttl_s(self) -> int:
+        """The expiry set on a notification when it ends, seconds: the retention and the
+        history, so that the clock retires it in between; the expiry is the backstop."""
+        return self.keep_finished_s + self.history_s
+
     def cancel_entity(self, pipe: Any, ref: str, ids: list[str],
                       reason: str = "superseded") -> None:
         """Queue on `pipe` the cancel of `ref`'s still-scheduled notifications (those being
@@ -200,7 +213,7 @@ class Schedule:
         fails the caller's transaction instead of escaping the cancel."""
         self.cancel_script(keys=[by_entity_key(ref), SCHEDULE, INFLIGHT, OUTCOMES,
                                  *(notif_key(i) for i in ids)],
-                           args=[reason, KEEP_FINISHED_S, *ids], client=pipe)
+                           args=[reason, self.ended_ttl_s, *ids], client=pipe)
 
     def claim(self, now: datetime, limit: int, lease_s: float,
               max_inflight: int = 5000) -> list[str]:
@@ -243,7 +256,8 @@ class Schedule:
         except for a send (`sent` with `sent_at`): a message that left is always recorded,
         as the notification's send or as a second one (`Finished.SENT_AGAIN`;
         `notif_finish.lua` says which). Idempotent for a send (its `sent_at` recorded)."""
-        keys, args = _finish_call(notification_id, state, lease, fields)
+        keys, args = _finish_call(notification_id, state, lease, fields,
+                                   self.ended_ttl_s)
         return Finished(_FINISH_ANSWERS[int(self._finish(keys=keys, args=args))])
 
     def lease_of(self, batch: Batch, notification_id: str) -> Reply[str | None]:
@@ -266,7 +280,8 @@ class Schedule:
     def queue_finish(self, batch: Batch, notification_id: str, state: str, *, lease: str,
                      **fields: Any) -> Reply[Finished]:
         """`finish`, queued on `batch`."""
-        keys, args = _finish_call(notification_id, state, lease, fields)
+        keys, args = _finish_call(notification_id, state, lease, fields,
+                                   self.ended_ttl_s)
         return batch.script(self._finish, keys, args,
                             parse=lambda raw: Finished(_FINISH_ANSWERS[int(raw)]))
 
@@ -348,14 +363,14 @@ def _begun(notification_id: str, raw: list[bytes]) -> Begun:
 _FINISH_ANSWERS = {1: Finished.FINISHED, 2: Finished.SENT_AGAIN, 0: Finished.REFUSED}
 
 
-def _finish_call(notification_id: str, state: str, lease: str, fields: dict[str, Any]
-                 ) -> tuple[list[str], list[Any]]:
+def _finish_call(notification_id: str, state: str, lease: str, fields: dict[str, Any],
+                 keep_s: int) -> tuple[list[str], list[Any]]:
     """The KEYS and ARGV of `notif_finish.lua` (a None field is stored as "")."""
     flat: list[Any] = []
     for name, value in fields.items():
         flat += [name, "" if value is None else value]
     return ([notif_key(notification_id), INFLIGHT, OUTCOMES, LATENESS, SCHEDULE],
-            [notification_id, state, KEEP_FINISHED_S,
+            [notification_id, state, keep_s,
              ",".join(str(b) for b in LATENESS_BUCKETS_S), lease, *flat])
 
 

@@ -23,7 +23,6 @@ from notifier.ledger.events import PENDING_EVENTS, event_key, hold, settle, unho
 from notifier.ledger.notif_fields import planned_fields
 from notifier.ledger.notifications import (
     ENTITY_INDEX_TTL_S,
-    KEEP_FINISHED_S,
     OUTCOMES,
     SCHEDULE,
     Schedule,
@@ -209,14 +208,10 @@ class PlanWriter:
     def _write_plan(self, pipe: Any, plan: Plan, now: datetime,
                     before: Mapping[str, BaseModel] | None = None,
                     targets: Mapping[str, list[str]] | None = None) -> slice:
-        """Queue a plan's writes on `pipe`: records, cancels, the adds, then the trimming of
-        the recipients' read indexes; returns where the adds' replies are among the
-        pipeline's.
-
-        The read index of each recipient the plan adds to loses its entries due more than
-        `KEEP_FINISHED_S` before `now` (their notifications have expired or soon will, and
-        the read API's window is far shorter): trimmed here, on the write that makes it
-        grow, so a read never writes.
+        """Queue a plan's writes on `pipe`: records, cancels, the adds; returns where the
+        adds' replies are among the pipeline's. The indexes the adds join are trimmed by
+        the clock (`notifier.ledger.trimming`), not here: an entry past the retention
+        must stay until its notification is retired.
 
         `before`: the stored versions of the plan's client records (`write_targets`);
         callers whose plans hold no client records may leave it out. `targets`: the ids
@@ -231,11 +226,8 @@ class PlanWriter:
             self.schedule.add_script(
                 keys=[notif_key(n.id), SCHEDULE, by_recipient_key(n.recipient, n.recipient_id),
                       OUTCOMES, by_entity_key(n.entity)],
-                args=[n.id, epoch(n.due_at), ENTITY_INDEX_TTL_S, KEEP_FINISHED_S,
+                args=[n.id, epoch(n.due_at), ENTITY_INDEX_TTL_S, self.schedule.ended_ttl_s,
                       *planned_fields(n, now)],
                 client=pipe,
             )
-        adds = slice(first_add, len(pipe))
-        for index in sorted({by_recipient_key(n.recipient, n.recipient_id) for n in plan.add}):
-            pipe.zremrangebyscore(index, "-inf", f"({epoch(now) - KEEP_FINISHED_S}")
-        return adds
+        return slice(first_add, len(pipe))

@@ -176,8 +176,8 @@ class Reading:
     def notifications_for(self, recipient: str, recipient_id: str,
                           since: datetime | None = None) -> list[NotificationRow]:
         """A recipient's notifications due from `since` on (all, without it), soonest
-        first, at most READ_LIMIT. Reads only: the index is trimmed when written
-        (`_write_plan`)."""
+        first, at most READ_LIMIT. Reads only: the clock trims the index
+        (`notifier.ledger.trimming`)."""
         key = by_recipient_key(recipient, recipient_id)
         low = epoch(since) if since is not None else "-inf"
         ids = self.redis.zrangebyscore(key, low, "+inf", 0, READ_LIMIT)

@@ -56,8 +56,16 @@ class VisitsRecord(Record):
     """A client's visits as far as we know them: the basis of visit-required and follow-up."""
 
     last_completed_on: date | None = None
-    #: appointment id -> start, for appointments still scheduled
+    #: appointment id -> start, for appointments still scheduled that had not started when
+    #: the record was last written (`without_started`): a visit whose completion or no-show
+    #: never arrives leaves at the next write instead of staying for ever
     upcoming: dict[str, AwareDatetime] = Field(default_factory=dict)
+
+    def without_started(self, now: datetime) -> dict[str, datetime]:
+        """`upcoming` without the visits that started at or before `now` (aware): what a
+        write keeps. Pure; the readers below ignore started visits whether or not a write
+        has dropped them yet."""
+        return {appt: start for appt, start in self.upcoming.items() if start > now}
 
     def has_visit_after(self, instant: datetime) -> bool:
         """Whether a still-scheduled visit starts after `instant` (aware)."""

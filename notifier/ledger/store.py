@@ -12,7 +12,9 @@ parts, each of one concern, and forwards to them, so callers hold one object.
 - `deliveries` (`notifier.ledger.deliveries.Deliveries`): delivery reports, other channels;
 - `opt_outs` (`notifier.ledger.optouts.OptOuts`): numbers opted out of SMS;
 - `schedule`, `turns`, `short_links`: the notification ledger, per-subject turns and short
-  links (`notifier.ledger.notifications`, `.turns`, `.shortlinks`).
+  links (`notifier.ledger.notifications`, `.turns`, `.shortlinks`);
+- `trimmer` (`notifier.ledger.trimming.IndexTrimmer`): the clock's trimming of the
+  indexes of notification ids.
 
 Errors: `Store` puts the client it is given behind `ledger_client`, so every Redis call
 below raises `StoreUnavailable` when Redis cannot be reached or take commands now and
@@ -31,13 +33,14 @@ import redis
 from notifier.ledger.client import ledger_client
 from notifier.ledger.deliveries import Deliveries
 from notifier.ledger.events import Events
-from notifier.ledger.notifications import Schedule
+from notifier.ledger.notifications import KEEP_FINISHED_S, Schedule
 from notifier.ledger.optouts import OptOuts
 from notifier.ledger.plans import Decide, PlanWriter
 from notifier.ledger.reading import LedgerFigures, NotificationRow, Reading
 from notifier.ledger.record_store import RecordStore
 from notifier.ledger.records import AppointmentRecord, ClientRecord, ProviderRecord, Record
 from notifier.ledger.shortlinks import ShortLinks
+from notifier.ledger.trimming import IndexTrimmer
 from notifier.ledger.turns import Turns
 from notifier.policy.plan import Plan
 
@@ -45,11 +48,16 @@ from notifier.policy.plan import Plan
 class Store:
     """The parts of the ledger over one Redis client, and their methods forwarded."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, keep_finished_s: int = KEEP_FINISHED_S,
+                 history_s: int = 0) -> None:
+        """`keep_finished_s`: the retention (`NOTIFIER_RETENTION_DAYS`), seconds;
+        `history_s`: how long a retired notification's content-free row is kept after it
+        (`NOTIFIER_HISTORY_DAYS`), seconds."""
         client = ledger_client(client)  # Redis failures raise StoreUnavailable / StoreError
         # redis-py types its replies as a sync|async union; the client here is sync.
         self.redis: Any = client
-        self.schedule = Schedule(client)
+        self.schedule = Schedule(client, keep_finished_s, history_s)
+        self.trimmer = IndexTrimmer(client, keep_finished_s, history_s)
         self.turns = Turns(client)
         self.short_links = ShortLinks(client)
         self.events = Events(client)

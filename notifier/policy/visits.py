@@ -20,9 +20,13 @@ from notifier.policy.plan import Plan, PlannedNotification, entity_ref, ignored,
 NO_SHOW_NOTICE_VALID = timedelta(days=2)
 
 
-def _visits(state: State, at: datetime) -> VisitsRecord:
+def _visits(state: State, at: datetime, now: datetime) -> VisitsRecord:
+    """The client's visits record to write for an event that occurred `at`, applied `now`:
+    visits that started by `now` leave `upcoming` (issue 13: past bookings stayed there
+    for ever when their completion never came), so the record stays as small as the
+    client's future bookings."""
     visits = state.visits or VisitsRecord(updated_at=at)
-    return visits.model_copy(update={"upcoming": dict(visits.upcoming),
+    return visits.model_copy(update={"upcoming": visits.without_started(now),
                                      "updated_at": max(visits.updated_at, at)})
 
 
@@ -34,7 +38,9 @@ def plan_booked(event: Event, state: State, now: datetime, policy: Policy) -> Pl
     if plan.outcome != "applied":
         return plan
     appt = event.data.appointment
-    visits = _visits(state, event.occurred_at)
+    visits = _visits(state, event.occurred_at, now)
+    # Added even if it has started already (booked late): the read API lists it until it
+    # ends, and the next write drops it.
     visits.upcoming[appt.id] = appt.start
     # A pending follow-up nudge or visit-required notice is not cancelled here but checked
     # when it is sent (`unwanted_because`): if this booking is cancelled meanwhile, it goes.
@@ -58,12 +64,12 @@ def plan_cancelled(event: Event, state: State, now: datetime, policy: Policy) ->
     plan = appointments.plan_cancelled(event, state, now, policy)
     if plan.outcome != "applied" or state.appointment is None:
         return plan
-    return _without_upcoming(plan, state.appointment, state, event.occurred_at)
+    return _without_upcoming(plan, state.appointment, state, event.occurred_at, now)
 
 
 def _without_upcoming(plan: Plan, record: AppointmentRecord, state: State,
-                      at: datetime, **changes: object) -> Plan:
-    visits = _visits(state, at)
+                      at: datetime, now: datetime, **changes: object) -> Plan:
+    visits = _visits(state, at, now)
     visits.upcoming.pop(record.appointment.id, None)
     visits = visits.model_copy(update=changes) if changes else visits
     return Plan(outcome=plan.outcome, reason=plan.reason, add=plan.add, cancel=plan.cancel,
@@ -111,7 +117,7 @@ def plan_completed(event: Event, state: State, now: datetime, policy: Policy) ->
                           too_late=late)
                for channel in CHANNELS]
     plan = Plan(outcome="applied", add=tuple(add), cancel=(ref,), records={ref: record})
-    return _without_upcoming(plan, existing, state, event.occurred_at,
+    return _without_upcoming(plan, existing, state, event.occurred_at, now,
                              last_completed_on=max(filter(None, (previous, visit_day))))
 
 
@@ -137,4 +143,4 @@ def plan_no_show(event: Event, state: State, now: datetime, policy: Policy) -> P
                        policy=policy, params=params)
             for channel in CHANNELS]
     plan = Plan(outcome="applied", add=tuple(add), cancel=(ref,), records={ref: record})
-    return _without_upcoming(plan, existing, state, event.occurred_at)
+    return _without_upcoming(plan, existing, state, event.occurred_at, now)

@@ -63,11 +63,11 @@ def test_there_are_scripts_and_no_lua_left_in_python():
 
 def test_the_scripts_run_are_the_files_as_they_are():
     """No text is filled into a script before it runs: each constant is a file's text."""
-    from notifier.ledger import events, notifications, ratelimit, turns
+    from notifier.ledger import events, notifications, ratelimit, trimming, turns
 
     sources = {lua_source(name.removesuffix(".lua")) for name in SCRIPTS}
     constants = {f"{m.__name__}.{k}": getattr(m, k)
-                 for m in (events, notifications, ratelimit, turns) for k in dir(m)
+                 for m in (events, notifications, ratelimit, trimming, turns) for k in dir(m)
                  if k.endswith("_LUA")}
     assert len(constants) == len(SCRIPTS)
     assert {k: v in sources for k, v in constants.items()} == dict.fromkeys(constants, True)
@@ -284,6 +284,8 @@ def every_script_runs(store: Store) -> None:
     limiter = RateLimiter(store.redis, "twilio", per_s=10)
     limiter.reserve(NOW)
     limiter.reserve(NOW)
+    store.redis.delete("n:notif:expired-one")  # its index entry is trimmed
+    assert store.trimmer.run(NOW).removed >= 1
 
 
 def test_every_script_touches_only_the_keys_in_its_keys(redis_url, store):

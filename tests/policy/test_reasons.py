@@ -103,6 +103,15 @@ CASES: dict[str, tuple[str, list[tuple[Event, datetime]], Event, datetime,
     "booked at 23:30 for 07:00: quiet hours, the one real case of it": (
         "America/New_York", [], booked(NY_EARLY_START, NY_LATE_EVENING), NY_LATE_EVENING,
         both("appointment_confirmation", "expired", QUIET_HOURS_PAST_EXPIRY)),
+    # Issue 13: inside quiet hours too, a visit that had started says so, not quiet hours.
+    "New York 23:30, in quiet hours: booked after its 23:00 start": (
+        "America/New_York", [], booked(NY_LATE_EVENING - timedelta(minutes=30),
+                                       NY_LATE_EVENING), NY_LATE_EVENING,
+        both("appointment_confirmation", "expired", BOOKED_LATE)),
+    "New York 23:30: booked at 22:00 for 23:00, processed after the start": (
+        "America/New_York", [], booked(NY_LATE_EVENING - timedelta(minutes=30),
+                                       NY_LATE_EVENING - timedelta(minutes=90)),
+        NY_LATE_EVENING, both("appointment_confirmation", "expired", PROCESSED_LATE)),
     "booked at 10:00 for tomorrow 10:00: everything scheduled": (
         "America/New_York", [],
         booked(NY_START, NY_START - timedelta(days=1)), NY_START - timedelta(days=1),

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from notifier.intake.events import Event
 from notifier.ledger.records import AppointmentRecord, ClientRecord, VisitsRecord
@@ -112,11 +115,11 @@ def test_a_booking_keeps_what_is_known_of_earlier_visits(policy: Policy) -> None
     ledger = Ledger()
     ledger.records[VISITS_REF] = VisitsRecord(updated_at=CLIENT_SET_AT,
                                               last_completed_on=date(2026, 5, 1),
-                                              upcoming={"apt-0": utc(2026, 5, 20, 14, 0)})
+                                              upcoming={"apt-0": utc(2026, 6, 5, 14, 0)})
     result = ledger.plan(scheduled(START, BOOKED), BOOKED, policy)
     assert result.records[VISITS_REF] == VisitsRecord(
         updated_at=BOOKED, last_completed_on=date(2026, 5, 1),
-        upcoming={"apt-0": utc(2026, 5, 20, 14, 0), APPT: START})
+        upcoming={"apt-0": utc(2026, 6, 5, 14, 0), APPT: START})
 
 
 def test_a_reschedule_moves_the_upcoming_visit(policy: Policy) -> None:
@@ -216,7 +219,76 @@ def test_an_earlier_appointment_still_listed_does_not_stop_the_follow_up(
         update={"upcoming": {**ledger.visits.upcoming, "apt-0": earlier}})
     result = ledger.plan(completed(DONE_AT), DONE_AT, policy)
     assert {n.kind for n in result.add} == {"follow_up"}
-    assert result.records[VISITS_REF].upcoming == {"apt-0": earlier}  # type: ignore[attr-defined]
+    # ... and, having started, it leaves the record with this write (issue 13).
+    assert result.records[VISITS_REF].upcoming == {}  # type: ignore[attr-defined]
+
+
+# --- past bookings leave `upcoming` (issue 13) --------------------------------------------
+
+#: (visit start, now, kept): a visit stays upcoming while it starts strictly after `now`.
+#: New York's fall-back, 2026-11-01: 01:30 local happens twice, 05:30 then 06:30 UTC. As
+#: stored (from JSON with an offset) and compared (with `now` in UTC), in UTC: Python
+#: compares two datetimes of one zone by wall clock, fold ignored.
+NY = ZoneInfo("America/New_York")
+STARTED_CASES = {
+    "a second before its start: kept": (utc(2026, 6, 11, 14, 0), utc(2026, 6, 11, 13, 59, 59),
+                                       True),
+    "at its start: gone": (utc(2026, 6, 11, 14, 0), utc(2026, 6, 11, 14, 0), False),
+    "a month after, its completion never came: gone": (utc(2026, 6, 11, 14, 0),
+                                                       utc(2026, 7, 11, 14, 0), False),
+    "the second 01:30 EST, at the first 01:30 EDT: kept": (
+        datetime(2026, 11, 1, 1, 30, fold=1, tzinfo=NY).astimezone(UTC),
+        datetime(2026, 11, 1, 1, 30, fold=0, tzinfo=NY).astimezone(UTC), True),
+    "the first 01:30 EDT, at the second 01:30 EST: gone": (
+        datetime(2026, 11, 1, 1, 30, fold=0, tzinfo=NY).astimezone(UTC),
+        datetime(2026, 11, 1, 1, 30, fold=1, tzinfo=NY).astimezone(UTC), False),
+}
+
+
+@pytest.mark.parametrize(("start", "now", "kept"), list(STARTED_CASES.values()),
+                         ids=list(STARTED_CASES))
+def test_a_started_visit_leaves_upcoming_when_the_record_is_next_written(
+        policy: Policy, start: datetime, now: datetime, kept: bool) -> None:
+    ledger = Ledger()
+    ledger.records[VISITS_REF] = VisitsRecord(updated_at=CLIENT_SET_AT,
+                                              upcoming={"apt-0": start})
+    # Any write of the record will do: here a booking of another visit, far ahead.
+    far = utc(2027, 3, 1, 15, 0)
+    result = ledger.plan(scheduled(far, CLIENT_SET_AT), now, policy)
+    expected = {"apt-0": start, APPT: far} if kept else {APPT: far}
+    assert result.records[VISITS_REF].upcoming == expected  # type: ignore[attr-defined]
+    # Read before any write: a started visit never counts as upcoming.
+    visits = VisitsRecord(updated_at=CLIENT_SET_AT, upcoming={"apt-0": start})
+    assert visits.has_visit_after(now) is kept
+    assert visits.has_visit_between(now, now + timedelta(days=400)) is kept
+    assert ("apt-0" in visits.without_started(now)) is kept
+
+
+def test_a_visit_booked_after_its_start_is_recorded_until_the_next_write(
+        policy: Policy) -> None:
+    # The read API lists a visit until it ends; the next write of the record drops it.
+    late = START + timedelta(minutes=5)
+    ledger = Ledger()
+    result = ledger.apply(scheduled(START, late), late, policy)
+    assert result.records[VISITS_REF].upcoming == {APPT: START}  # type: ignore[attr-defined]
+    far = utc(2027, 3, 1, 15, 0)
+    result = ledger.plan(scheduled(far, late, LATER_APPT), late, policy)
+    assert result.records[VISITS_REF].upcoming == {LATER_APPT: far}  # type: ignore[attr-defined]
+
+
+@given(starts=st.lists(st.datetimes(min_value=datetime(2026, 1, 1), max_value=datetime(2028, 1, 1),
+                                    timezones=st.just(UTC)), max_size=8),
+       now=st.datetimes(min_value=datetime(2026, 1, 1), max_value=datetime(2028, 1, 1),
+                        timezones=st.just(UTC)))
+def test_a_write_keeps_exactly_the_visits_not_yet_started(starts: list[datetime],
+                                                          now: datetime) -> None:
+    visits = VisitsRecord(updated_at=CLIENT_SET_AT,
+                          upcoming={f"a{i}": s for i, s in enumerate(starts)})
+    kept = visits.without_started(now)
+    assert all(s > now for s in kept.values())
+    assert {k for k, s in visits.upcoming.items() if s > now} == set(kept)
+    # What was dropped was never counted as upcoming anyway.
+    assert visits.has_visit_after(now) == bool(kept)
 
 
 def test_a_later_booking_makes_the_pending_follow_up_unwanted_when_it_is_due(

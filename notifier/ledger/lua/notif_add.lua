@@ -16,9 +16,10 @@
 -- ARGV[1]     the notification id
 -- ARGV[2]     its due time, epoch seconds
 -- ARGV[3]     how long an entity index is kept after its last add, seconds
--- ARGV[4]     the retention, seconds: how long a notification planned as already ended
---             (`expired`, `suppressed`) is kept, as `notif_finish.lua` keeps one that
---             ends later, and a recipient's index after the latest due time in it
+-- ARGV[4]     how long a notification planned as already ended (`expired`,
+--             `suppressed`) is kept, seconds, as `notif_finish.lua` keeps one that ends
+--             later (the retention and the history: the clock retires it in between),
+--             and a recipient's index after the latest due time in it
 -- ARGV[5..]   the hash's field/value pairs (`state`, `channel` among them)
 --
 -- Returns 1 when added, 0 when one with this id was kept.
@@ -41,8 +42,8 @@ else
 end
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
 -- A recipient's index expires ARGV[4] after the latest due time in it: nothing in it is
--- shown after that (older entries are trimmed on each plan's write), and a recipient
--- nothing is planned for again leaves no index behind.
+-- shown after that (the clock trims and retires older entries: `index_trim.lua`), and a
+-- recipient nothing is planned for again leaves no index behind.
 local latest = redis.call('ZRANGE', KEYS[3], -1, -1, 'WITHSCORES')
 redis.call('EXPIREAT', KEYS[3], math.ceil(tonumber(latest[2]) + tonumber(ARGV[4])))
 for i = 5, #KEYS do

@@ -1,0 +1,78 @@
+"""Every family of keys Notifier (and dramatiq, under its namespace) writes in Redis: how
+each expires, or why it need not and what keeps it bounded.
+
+`tests/end_to_end/test_key_expiry.py` runs a realistic flow (events applied, held and
+cancelled, messages sent, replies, a digest, the clock's trimming), then SCANs the whole
+keyspace: a key matching no family fails it, and so does a key without an expiry in a
+family that promises one. The README's key table says the same, in short.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+
+
+@dataclass(frozen=True)
+class KeyFamily:
+    """Keys matching `pattern` (a glob). `expires`: how they expire ("" when they never
+    do); `bounded_by`: what keeps the family (or one key of it) from growing for ever."""
+
+    pattern: str
+    expires: str
+    bounded_by: str
+
+
+#: dramatiq's namespace, as `notifier.worker.actors.build_broker` sets it (the test checks).
+BROKER_NAMESPACE = "notifier-dq"
+_DQ = BROKER_NAMESPACE
+
+#: In the order a key is matched: the first family whose pattern matches names it.
+KEY_FAMILIES: tuple[KeyFamily, ...] = (
+    KeyFamily("n:notif:*", "when it ends: the retention, plus the history",
+              "pending ones by `n:schedule`; the clock retires an ended one to a "
+              "content-free row at the retention"),
+    KeyFamily("n:schedule", "", "scheduled notifications: each leaves when claimed or "
+              "cancelled"),
+    KeyFamily("n:inflight", "", "claimed notifications, at most 5,000 (the clock's cap)"),
+    KeyFamily("n:by-recipient:*", "the latest due time in it, plus the retention and the "
+              "history", "the clock trims ids gone, or ended and past the retention"),
+    KeyFamily("n:by-entity:*", "180 days after its last add",
+              "the clock trims ids gone or retired"),
+    KeyFamily("n:stats:*", "", "counters: a field per state and channel, per kind, "
+              "channel and lateness bucket"),
+    KeyFamily("n:event:*", "30 days once applied (or stale, ignored, rejected, failed)",
+              "unapplied ones by `n:events:pending`, held ones by the 24-hour wait"),
+    KeyFamily("n:events:*", "", "events accepted and not applied yet, or held (at most "
+              "24 hours)"),
+    KeyFamily("n:held:*", "", "a subject's held closes (at most 24 hours)"),
+    KeyFamily("n:subject-queue:*", "", "a subject's unapplied events; deleted when empty"),
+    KeyFamily("n:turn:*", "the lease", ""),
+    KeyFamily("n:turns", "", "subjects whose turn is taken; swept when the lease runs out"),
+    KeyFamily("n:rec:*", "", "one record per entity the integrator sent: what makes a "
+              "late event stale and what the rules read; it grows with the practice "
+              "(a few hundred bytes per appointment), not with time"),
+    KeyFamily("n:providers*", "", "one id per provider"),
+    KeyFamily("n:phone-clients:*", "", "one set per number in use; a client leaves it "
+              "when its number changes, and an empty set is no key"),
+    KeyFamily("n:phone:*", "", "written by older versions only"),
+    KeyFamily("n:sms-optout", "", "one entry per opted-out number: an opt-out holds until "
+              "the number opts back in"),
+    KeyFamily("n:rate:*", "a day", ""),
+    KeyFamily("n:short:*", "90 days after the link was last made", ""),
+    KeyFamily("n:short-for:*", "90 days after the link was last made", ""),
+    KeyFamily("n:callbacks:unknown", "", "the last 1,000 reports about unknown ids"),
+    KeyFamily("n:job:*", "3 days", ""),
+    KeyFamily(f"{_DQ}:__heartbeats__", "", "one entry per live worker (dramatiq's "
+              "maintenance drops the dead)"),
+    KeyFamily(f"{_DQ}:__acks__.*", "", "a worker's messages in hand; a dead worker's go "
+              "back to their queue (dramatiq's maintenance)"),
+    KeyFamily(f"{_DQ}:*.XQ*", "", "dead-lettered messages, purged by dramatiq after 7 "
+              "days (`dead_message_ttl`)"),
+    KeyFamily(f"{_DQ}:*", "", "queued and delayed messages, deleted when acknowledged"),
+)
+
+
+def family_of(key: str) -> KeyFamily | None:
+    """The family `key` belongs to, or None for a key no family names."""
+    return next((f for f in KEY_FAMILIES if fnmatchcase(key, f.pattern)), None)
