@@ -257,6 +257,29 @@ def test_redis_killed_mid_apply_leaves_the_event_queued_and_the_turn_to_expire(
         server.stop()
 
 
+def test_a_turn_that_ran_out_mid_apply_writes_nothing_and_leaves_the_subject_to_its_taker(
+        store, policy, monkeypatch, caplog):
+    """The apply's turn runs out while it plans (a long pause) and another worker takes the
+    subject: the write is refused (the turn is WATCHed, and checked again on the replan),
+    the worker stops with one warning and does not raise (its message is done: the taker
+    applies the queue), and the taker's turn is left alone."""
+    caplog.set_level(logging.WARNING, logger="notifier.intake.apply")
+    evt = client_upserted("c1", "UTC", NOW - timedelta(hours=1))
+    post_stored(store, evt)
+
+    def taken_over(_: str) -> None:
+        store.redis.set(turn_key("client:c1"), "the-taker")
+
+    planned = between_read_and_write(monkeypatch, taken_over)
+    assert apply_in_turn(store, evt["id"], policy, lambda: NOW, 30) == 0
+    assert planned == [evt["id"]], "planned once: the replan found the turn gone"
+    assert store.event_status(evt["id"])["status"] == "accepted"
+    assert store.load_record("client:c1") is None
+    assert store.redis.get(turn_key("client:c1")) == b"the-taker"
+    assert [r.getMessage() for r in caplog.records] == [
+        "turn on client:c1 ran out while applying; another worker goes on"]
+
+
 # A concurrent write between the reads and the write: the replan ----------------------------
 
 def test_a_client_changed_between_the_reads_and_the_write_is_planned_for_afresh(
