@@ -174,6 +174,40 @@ def test_an_event_that_no_longer_validates_is_rejected_and_its_subject_goes_on(
     assert redis_client.hlen(f"notifier-dq:{EVENTS_QUEUE}.DQ.msgs") == 0
     assert not redis_client.exists(queue_key("client:c1"), turn_key("client:c1"))
     assert redis_client.zcard(PENDING_EVENTS) == redis_client.zcard(TURNS) == 0
+    # Counted, for an alert: an accepted event that will never apply.
+    scrape = web.get("/metrics").text
+    assert 'notifier_events_set_aside_total{status="rejected"} 1.0' in scrape
+    assert 'notifier_events_set_aside_total{status="failed"} 0.0' in scrape
+
+
+def test_an_event_set_aside_is_counted_once_by_status(store, policy, monkeypatch):
+    """`failed` after MAX_APPLY_FAILURES tries, `rejected` when it no longer validates: each
+    counted once in `/metrics`' figures, however often the event is looked at again."""
+    broken = client_upserted("c1", "UTC", NOW - timedelta(hours=1))
+    invalid = client_upserted("c2", "UTC", NOW - timedelta(hours=1))
+    for evt in (broken, invalid):
+        post_stored(store, evt)
+    store.redis.hset(event_key(invalid["id"]), "raw", json.dumps(
+        {**invalid, "type": "client.merged"}))  # a type since retired
+
+    def planning_fails(policy: Policy, now: datetime) -> Callable[..., Any]:
+        def decide(raw: bytes, load: Any, arrived_at: datetime) -> Any:
+            raise OverflowError("date value out of range")
+        return decide
+
+    with monkeypatch.context() as patched:
+        patched.setattr(apply, "decide_for", planning_fails)
+        for _ in range(apply.MAX_APPLY_FAILURES - 1):
+            with pytest.raises(OverflowError):
+                apply_in_turn(store, broken["id"], policy, lambda: NOW, 30)
+        assert apply_in_turn(store, broken["id"], policy, lambda: NOW, 30) == 1
+    assert apply_in_turn(store, invalid["id"], policy, lambda: NOW, 30) == 1
+    assert [store.event_status(e["id"])["status"] for e in (broken, invalid)] == [
+        "failed", "rejected"]
+    for evt in (broken, invalid):  # looked at again: applied before, or set aside again
+        assert apply_in_turn(store, evt["id"], policy, lambda: NOW, 30) == 0
+        store.reject_event(evt["id"], "set aside again", NOW)
+    assert store.figures().events_set_aside == {"failed": 1, "rejected": 1}
 
 
 # Redis failing in the middle of an apply ---------------------------------------------------
