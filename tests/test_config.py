@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,35 @@ def test_defaults_deliver_to_the_outbox_on_the_embedded_redis():
     assert (s.history_days, s.history_s) == (365, 365 * 86400)
     assert settings(NOTIFIER_RETENTION_DAYS="30").retention_s == 30 * 86400
     assert settings(NOTIFIER_HISTORY_DAYS="0").history_s == 0
+
+
+def readme_defaults() -> dict[str, str]:
+    """Each variable of README's Configuration table whose default is one literal value (a
+    number, a word), by name; `A` / `B` rows give one each. Defaults that are words about
+    the value ("embedded", "one per core") are left out."""
+    text = (PROJECT_ROOT / "README.md").read_text()
+    table = text.split("## Configuration", 1)[1].split("\n\n", 3)
+    rows = next(part for part in table if part.startswith("| variable"))
+    found: dict[str, str] = {}
+    for row in rows.splitlines()[2:]:
+        names_cell, default_cell = row.split(" | ")[0].strip("| "), row.split(" | ")[1]
+        names = re.findall(r"`([A-Z_]+)`", names_cell)
+        values = [v.strip() for v in default_cell.split(" / ")]
+        literals = [re.fullmatch(r"`([^`]+)`(?: \(no limit\))?", v) for v in values]
+        if len(names) == len(values) and all(literals):
+            found.update(zip(names, (m[1] for m in literals if m), strict=True))
+    return found
+
+
+def test_every_literal_default_in_the_readme_is_the_real_one():
+    """Setting a variable to the default README gives it changes nothing (lease, skew,
+    SMS and email rates, attempts and backoff, threads, web bounds, log level, …)."""
+    documented = readme_defaults()
+    assert {"NOTIFIER_LEASE_S", "NOTIFIER_SMS_RATE_PER_S", "NOTIFIER_EMAIL_RATE_PER_S",
+            "NOTIFIER_MAX_ATTEMPTS", "NOTIFIER_RETRY_BASE_S", "NOTIFIER_WORKER_THREADS",
+            "NOTIFIER_WEB_MAX_CONNECTIONS"} <= set(documented), documented
+    for name, value in documented.items():
+        assert settings(**{name: value}) == settings(), f"{name}: README says {value}"
 
 
 def test_run_from_the_checkout_templates_and_schedules_are_its_top_level_ones(tmp_path):

@@ -4,8 +4,9 @@ close until its opening, rejecting, and the clock's sweeps of unapplied and held
 Keys (all under `n:`): `event:{id}` (hash: raw body, status, subject, queue member; once
 applied, only what its id's 30 days of duplicate detection and `GET /v1/events/{id}` need,
 see `settle`),
-`events:pending` (accepted, not yet applied, scored by arrival; for the clock's sweep), and
-the per-subject queues and held sets of `notifier.ledger.turns`.
+`events:pending` (accepted, not yet applied, scored by arrival; for the clock's sweep),
+`stats:events-set-aside` (how many accepted events were `rejected` or `failed`, for
+`/metrics`), and the per-subject queues and held sets of `notifier.ledger.turns`.
 
 An event's `status`: `accepted` (stored, waiting for its subject's turn), `held` (a close
 waiting for its opening event), then `applied`, `stale` or `ignored`, or `rejected` /
@@ -32,6 +33,11 @@ from notifier.ledger.turns import HELD_EVENTS, held_key, queue_key, queue_member
 from notifier.policy.plan import Plan
 
 PENDING_EVENTS = PREFIX + "events:pending"
+#: How many accepted events were set aside, never applied: `rejected` / `failed` -> count.
+#: Two counters for the life of the deployment (like `notifications.OUTCOMES`): no expiry.
+SET_ASIDE = PREFIX + "stats:events-set-aside"
+#: The statuses of an accepted event that will never be applied.
+SET_ASIDE_STATUSES = ("rejected", "failed")
 #: How long an applied event's id is remembered for duplicate detection.
 EVENT_RETENTION_S = 30 * 24 * 3600
 
@@ -193,11 +199,16 @@ class Events:
                      status: str = "rejected") -> None:
         """Mark a stored event that cannot be applied (`rejected`: no longer validates;
         `failed`: planning kept failing); it is kept for inspection, never retried, and
-        leaves its subject's queue so the subject's later events go on."""
-        subject, member = self.redis.hmget(event_key(event_id), "subject", "member")
+        leaves its subject's queue so the subject's later events go on. Counted once in
+        `SET_ASIDE` (for `/metrics`: an accepted event that will never apply is worth an
+        alert)."""
+        before, subject, member = self.redis.hmget(event_key(event_id), "status", "subject",
+                                                   "member")
         with self.redis.pipeline() as pipe:
             pipe.hset(event_key(event_id), mapping={"status": status, "reason": reason,
                                                     "applied_at": epoch(now)})
+            if before not in (b"rejected", b"failed"):
+                pipe.hincrby(SET_ASIDE, status, 1)
             pipe.expire(event_key(event_id), EVENT_RETENTION_S)
             pipe.zrem(PENDING_EVENTS, event_id)
             if subject and member:

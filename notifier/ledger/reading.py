@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict
 
 from notifier.ledger.batch import Batch, Reply
 from notifier.ledger.deliveries import DELIVERY_FAILURES
-from notifier.ledger.events import PENDING_EVENTS
+from notifier.ledger.events import PENDING_EVENTS, SET_ASIDE
 from notifier.ledger.notif_fields import logical, with_derived
 from notifier.ledger.notifications import (
     INFLIGHT,
@@ -87,6 +87,8 @@ class LedgerFigures:
     in_flight: int
     events_pending: int
     events_held: int
+    #: status (`rejected`, `failed`) -> accepted events set aside so, never applied
+    events_set_aside: dict[str, int]
     #: (state, channel) -> notifications that ended so
     outcomes: dict[tuple[str, str], int]
     #: (kind, channel) -> send lateness
@@ -111,9 +113,12 @@ class Reading:
             pipe.zcard(HELD_EVENTS)
             pipe.hgetall(OUTCOMES)
             pipe.hgetall(LATENESS)
-            scheduled, in_flight, pending, held, outcomes, lateness = pipe.execute()
+            pipe.hgetall(SET_ASIDE)
+            scheduled, in_flight, pending, held, outcomes, lateness, set_aside = pipe.execute()
         return LedgerFigures(scheduled=int(scheduled), in_flight=int(in_flight),
                              events_pending=int(pending), events_held=int(held),
+                             events_set_aside={k.decode(): int(v)
+                                               for k, v in set_aside.items()},
                              outcomes=parse_outcomes(outcomes),
                              lateness=parse_lateness(lateness))
 

@@ -23,6 +23,7 @@ from starlette.routing import BaseRoute
 
 from notifier.errors import StoreError
 from notifier.ledger.durability import Fsync, fsync_policy
+from notifier.ledger.events import SET_ASIDE_STATUSES
 from notifier.ledger.notifications import FINAL_STATES, SENT_AGAIN
 from notifier.ledger.store import Store
 from notifier.policy.figures import CHANNELS
@@ -55,6 +56,13 @@ class LedgerCollector(Collector):
         yield GaugeMetricFamily("notifier_events_held",
                                 "Closes waiting for their subject's opening event",
                                 value=figures.events_held)
+        set_aside = CounterMetricFamily(
+            "notifier_events_set_aside",
+            "Accepted events that will never be applied: rejected (no longer valid) or "
+            "failed (planning kept failing), by status", labels=["status"])
+        for status in SET_ASIDE_STATUSES:
+            set_aside.add_metric([status], figures.events_set_aside.get(status, 0))
+        yield set_aside
         outcomes = CounterMetricFamily(
             "notifier_notifications",
             "Notifications ended (sent, failed, expired, suppressed, cancelled; when sent or "

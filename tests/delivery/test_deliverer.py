@@ -519,6 +519,8 @@ def test_a_long_video_link_goes_as_the_short_link(store, policy, outbox):
     assert sms["segments"] == 1
     assert store.notification(join)["reason"] == "video link shortened to fit the SMS budget"
     assert store.short_links.appointment_for(token) == "a1"
+    # README, "SMS budget": "one per appointment, kept 90 days".
+    assert 90 * 86400 - 5 <= store.redis.ttl(f"n:short:{token}") <= 90 * 86400
 
 
 def test_an_sms_over_budget_is_not_sent_and_goes_by_email(store, policy, outbox, tmp_path):

@@ -17,7 +17,7 @@ from notifier import cli
 from notifier.config import Settings
 from notifier.errors import StoreUnavailable
 from notifier.ledger.durability import fsync_policy, log_fsync_policy
-from notifier.ledger.embedded_redis import free_port
+from notifier.ledger.embedded_redis import EmbeddedRedis, free_port
 from notifier.ledger.store import Store
 from notifier.web.app import create_app
 from notifier.worker.actors import build_broker
@@ -104,3 +104,14 @@ def test_healthz_reports_the_policy(durable_url, durable):
         durable.config_set("appendfsync", "everysec")
         assert client.get("/healthz").json()["redis_fsync"] == "everysec"
     broker.close()
+
+
+def test_the_embedded_redis_fsyncs_every_write(tmp_path):
+    """README, Guarantees: the embedded Redis (`notifier dev`, and every command run without
+    `NOTIFIER_REDIS_URL`) runs with `appendfsync always`, so its 202s survive a power loss."""
+    with EmbeddedRedis(tmp_path / "var") as server:
+        client = redis.Redis.from_url(server.url)
+        try:
+            assert fsync_policy(client) == "always"
+        finally:
+            client.close()

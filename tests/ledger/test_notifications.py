@@ -167,6 +167,7 @@ def test_an_event_whose_planning_keeps_failing_is_set_aside(store, policy, monke
         return decide
 
     monkeypatch.setattr(apply, "decide_for", broken)
+    assert MAX_APPLY_FAILURES == 5  # README, "Event order": "after 5 tries"
     for _ in range(MAX_APPLY_FAILURES - 1):
         with pytest.raises(OverflowError):
             apply_stored_event(store, "evt-1", policy, NOW)
@@ -191,6 +192,17 @@ def test_finished_and_cancelled_notifications_expire_after_the_retention(store):
     for i in (1, 2):
         ttl = store.redis.ttl(f"n:notif:appointment_reminder:a1:{i}:sms")
         assert KEEP_FINISHED_S - 5 <= ttl <= KEEP_FINISHED_S
+
+
+def test_an_entitys_index_expires_180_days_after_something_was_last_planned_about_it(store):
+    """README, "Retention and that rule": the index that says whether a client was told of
+    a booking lasts 180 days from the last plan about the entity, renewed by each."""
+    days_s = 24 * 3600
+    write(store, planned(1, NOW))
+    assert 180 * days_s - 5 <= store.redis.ttl("n:by-entity:appointment:a1") <= 180 * days_s
+    store.redis.expire("n:by-entity:appointment:a1", days_s)
+    write(store, planned(2, NOW + timedelta(days=1)))
+    assert store.redis.ttl("n:by-entity:appointment:a1") > 179 * days_s
 
 
 def test_the_read_window_starts_at_since_and_drops_old_index_entries(store):

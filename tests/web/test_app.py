@@ -701,6 +701,15 @@ def test_the_read_api_shows_the_last_30_days_and_what_is_coming(client, store):
     assert shown == [recent.id, upcoming.id]
 
 
+def test_the_read_api_lists_at_most_200_soonest_first(client, store):
+    """README: "lists notifications due from 30 days ago on, at most 200"."""
+    now = datetime.now(UTC)
+    coming = [planned_for_c1(f"n{i:03}", now + timedelta(hours=i)) for i in range(201)]
+    store.write_plan(Plan(outcome="applied", add=tuple(reversed(coming))), now)
+    shown = [n["id"] for n in read(client, "c1").json()["notifications"]]
+    assert shown == [n.id for n in coming[:200]]
+
+
 def redis_contents(r: redis.Redis) -> dict[bytes, bytes | None]:
     """Every key with its serialized value (DUMP): equal snapshots mean nothing changed."""
     return {key: r.dump(key) for key in sorted(r.scan_iter(count=1000))}

@@ -94,6 +94,15 @@ def test_a_fire_missed_by_more_than_the_catch_up_window_is_skipped(store, policy
     assert queued_jobs(store) == []
 
 
+def test_a_fire_missed_by_less_than_an_hour_still_happens(store, policy, redis_url):
+    """README, Architecture: "a fire missed by less than an hour (a clock restart) still
+    happens"."""
+    before = NY_FIRE - timedelta(days=1)
+    store_and_apply(store, policy, provider("p-ny", "America/New_York", before), before)
+    assert len(clock(store, redis_url).fire_jobs(NY_FIRE + timedelta(minutes=59))) == 1
+    assert queued_jobs(store) == [["provider-digest", "America/New_York", NY_FIRE.isoformat()]]
+
+
 def test_no_providers_no_fires(store, redis_url):
     assert clock(store, redis_url).fire_jobs(NY_FIRE) == []
 
@@ -228,8 +237,10 @@ def test_a_claim_is_handed_over_in_messages_of_chunk_ids_in_one_round_trip(store
 
 def test_the_clock_wakes_when_the_next_notification_falls_due_not_a_poll_later(store,
                                                                               redis_url):
+    """README, Architecture: at its defaults the clock polls every 0.25 s (jittered), but
+    wakes when the next notification falls due, at most 50 ticks a second."""
     now = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
-    clock = Clock(store, build_broker(redis_url), poll_s=0.25, min_wait_s=0.02)
+    clock = Clock(store, build_broker(redis_url))
     # Nothing scheduled: the jittered poll, 0.5x to 1.5x.
     assert all(0.125 <= clock.wait_s(now) <= 0.375 for _ in range(50))
     # Due in 60 ms: woken then, not up to 375 ms later.
