@@ -26,9 +26,11 @@ but not for the ledger: a real report arriving later still replaces it
 
 Bounds: a run claims at most `LOOKUPS_PER_RUN` ids, `BATCH` at a time (each batch one
 round trip to read, one to write), and calls the provider one message at a time, for at
-most `RUN_BUDGET_S` (then one call's 20 s more at worst): with a run a minute, at most
-200 look-ups a minute (3.3 a second), whatever the backlog. A backlog of 100,000 takes
-about 8 hours to clear, well within the 72 h wait.
+most `RUN_BUDGET_S` (then one call's 20 s more at worst). Runs start at most once a
+minute (`EVERY_S`), so the provider sees about 200 look-ups a minute (3.3 a second) at
+most, whatever the backlog: one of 100,000 takes about 8 hours to clear, well within the
+72 h wait. Measured against the local stand-in, a run of 200 takes 0.3-0.4 s, so the
+provider's own answer time is what bounds a run.
 """
 
 from __future__ import annotations
