@@ -113,12 +113,12 @@ class Reports:
                 receipt=receipt.decode() if receipt is not None else "")
         return found
 
-    def settle(self, settle: Settle, now: datetime) -> dict[str, bool]:
-        """Write a batch's end in one round trip: each report recorded as a provider's
-        would be (`Schedule.record_delivery`: never backwards; a final one or `unknown`
-        leaves the index), the dropped ids out of the index, the others due again at
-        `now` (the next run takes them), the outcomes counted. Returns, per recorded id,
-        whether its notification was still there."""
+    def settle(self, settle: Settle, now: datetime, again_at: datetime) -> dict[str, bool]:
+        """Write a batch's end in one round trip: each report recorded at `now` as a
+        provider's would be (`Schedule.record_delivery`: never backwards; a final one or
+        `unknown` leaves the index), the dropped ids out of the index, the others due again
+        at `again_at` (the next run takes them), the outcomes counted. Returns, per
+        recorded id, whether its notification was still there."""
         batch = Batch(self.redis)
         replies: dict[str, Reply[bool]] = {
             notification_id: self.schedule.queue_delivery(batch, notification_id, status,
@@ -128,13 +128,18 @@ class Reports:
             batch.call("zrem", AWAITING_REPORT, *settle.drop, parse=int)
         if settle.again:
             # XX: one that a final report took out meanwhile stays out.
-            due = epoch(now)
+            due = epoch(again_at)
             batch.call("execute_command", "ZADD", AWAITING_REPORT, "XX",
                        *(x for i in settle.again for x in (due, i)), parse=int)
         for (outcome, channel), count in settle.counts.items():
             batch.call("hincrby", LOOKUPS, f"{outcome}:{channel}", count, parse=int)
         batch.run()
         return {notification_id: reply.get() for notification_id, reply in replies.items()}
+
+    def look_again(self, ids: list[str], at: datetime) -> None:
+        """Put `ids` back in the index, due at `at` (the next run looks them up), whether
+        or not a report took them out."""
+        self.redis.zadd(AWAITING_REPORT, dict.fromkeys(ids, epoch(at)))
 
     def figures(self, now: datetime) -> ReportFigures:
         """Sends awaiting a report, those past their wait at `now`, and the look-ups so

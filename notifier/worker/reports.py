@@ -11,7 +11,8 @@ at most once a minute across clocks: provider calls block for up to 20 s each):
 - SMS (Twilio): its Message resource is fetched by SID (`TwilioSMS.look_up`). A final
   status is recorded as the status callback would record it (never backwards), and a
   final failure is handled as a failed callback is (`fallback.after_reported_failure`:
-  21610 opts the number out; a client's message goes by email where they allow it). Any
+  21610 opts the number out; a client's message goes by email where they allow it; one
+  that Redis kept from being planned is looked up again next run, not lost). Any
   other status (Twilio still says `sent`: the carrier never reported) and a permanent
   refusal (20404: a SID this account does not know) record `unknown`; a 429, a 5xx or
   the network leave it for the next run, and end this run's calls.
@@ -39,12 +40,12 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 from notifier.delivery.channels import Channel, LookedUp, ReportLookup
 from notifier.delivery.fallback import after_reported_failure
-from notifier.errors import PermanentError, RetryableError
+from notifier.errors import PermanentError, RetryableError, StoreError
 from notifier.ledger.deliveries import DELIVERY_FAILURES
 from notifier.ledger.notifications import DELIVERY_RANK, FINAL_RANK, UNKNOWN
 from notifier.ledger.reports import Awaiting, Settle
@@ -66,6 +67,9 @@ RUN_BUDGET_S = 60.0
 #: A claimed send is due again after this long if its run died before writing it back
 #: (longer than a run can take).
 CLAIM_S = 300.0
+#: A send left for the next run is due this long after the run's `now`: later than the
+#: instant this run claims at, so it does not take it again, and long before the next run.
+AGAIN_AFTER_S = 1.0
 
 
 class LookupOutcome(StrEnum):
@@ -104,6 +108,7 @@ def run_report_lookups(store: Store, channels: Mapping[str, Channel], now: datet
     `StoreUnavailable` / `StoreError` when Redis fails (what was claimed comes back after
     `CLAIM_S`)."""
     started = monotonic()
+    again_at = now + timedelta(seconds=AGAIN_AFTER_S)
     done: Counter[LookupOutcome] = Counter()
     calling = True  # until the provider struggles or the budget is spent
     handled = 0
@@ -137,10 +142,10 @@ def run_report_lookups(store: Store, channels: Mapping[str, Channel], now: datet
             settle.record.append((notification_id, status, code))
             if outcome is LookupOutcome.FAILED:
                 failures.append((notification_id, code or status))
-        found = store.reports.settle(settle, now)
+        found = store.reports.settle(settle, now, again_at)
         for notification_id, code in failures:
             if found.get(notification_id):
-                after_reported_failure(store, notification_id, code, now)
+                _after_failure(store, notification_id, code, now, again_at)
     if done:
         log.info("delivery reports looked up: %s",
                  ", ".join(f"{count} {outcome}" for outcome, count in sorted(done.items())))
@@ -163,6 +168,20 @@ def _ask(lookup: ReportLookup, awaiting: Awaiting, now: datetime
         return LookupOutcome.UNKNOWN, UNKNOWN, ""
     outcome, status = verdict(looked)
     return outcome, status, looked.code
+
+
+def _after_failure(store: Store, notification_id: str, code: str, now: datetime,
+                   again_at: datetime) -> None:
+    """A failure the look-up found, handled as a failed callback is. When Redis fails
+    meanwhile (the other channel's plan lost to contention), the send is looked up again
+    next run: its report is recorded already (recording it again changes nothing) and
+    planning the other channel is idempotent, so the fallback is tried again, not lost."""
+    try:
+        after_reported_failure(store, notification_id, code, now)
+    except StoreError:
+        log.exception("delivery report of %s: its failure is recorded, but the other channel "
+                      "could not be planned; trying again next run", notification_id)
+        store.reports.look_again([notification_id], again_at)
 
 
 def _count(settle: Settle, done: Counter[LookupOutcome], outcome: LookupOutcome,

@@ -155,11 +155,12 @@ def test_a_batch_is_settled_in_one_round_trip(store):
     store.redis.pipeline = counting
     found = store.reports.settle(Settle(
         record=[(delivered, "delivered", "")], drop=[gone], again=[again, settled],
-        counts=Counter({("delivered", "sms"): 1, ("gone", "sms"): 1})), NOW)
+        counts=Counter({("delivered", "sms"): 1, ("gone", "sms"): 1})), NOW,
+        again_at=NOW + timedelta(seconds=1))
     del store.redis.pipeline
     assert len(calls) == 1
     assert found == {delivered: True}
-    assert awaiting(store) == {again: epoch(NOW)}, "a settled one is not put back"
+    assert awaiting(store) == {again: epoch(NOW) + 1}, "a settled one is not put back"
     assert store.reports.figures(NOW).lookups == {("delivered", "sms"): 1, ("gone", "sms"): 1}
 
 

@@ -14,11 +14,13 @@ import dramatiq
 import pytest
 
 from notifier.config import Settings
+from notifier.errors import StoreContention
 from notifier.ledger.notifications import AWAITING_REPORT, notif_key
 from notifier.ledger.reading import shown_state
 from notifier.ledger.store import Store
 from notifier.runtime import Runtime
 from notifier.web.ops import LedgerCollector
+from notifier.worker import reports
 from notifier.worker.actors import JOBS_QUEUE, RUN_JOB, build_broker, declare_actors
 from notifier.worker.clock import REPORTS_TURN, Clock
 from notifier.worker.reports import (
@@ -185,6 +187,30 @@ def test_an_sms_that_never_arrived_goes_by_email_as_after_a_failed_callback(runt
     assert sibling["reason"].startswith("instead of sms: sms undelivered (30003)")
 
 
+def test_a_fallback_redis_kept_from_being_planned_is_tried_again_next_run(
+        runtime, policy, twilio, monkeypatch):
+    book(runtime, policy, "a1", join=True)
+    store = runtime.store
+    [join] = [n.id for n in store.notifications_for("client", "c1")
+              if n.kind == "appointment_join_link"]
+    twilio.set_status(sid(store, join), "undelivered", error_code=30003)
+    sibling = join.removesuffix(":sms") + ":email"
+    planned = reports.after_reported_failure
+
+    def contended(*args):
+        monkeypatch.setattr(reports, "after_reported_failure", planned)
+        raise StoreContention("the plan lost to concurrent writers")
+
+    monkeypatch.setattr(reports, "after_reported_failure", contended)
+    at = LATER + timedelta(minutes=15)
+    assert run(runtime, at)[LookupOutcome.FAILED] == 1
+    assert shown(store, join)[0] == "failed" and not store.notification(sibling)
+    assert join in awaiting(store)
+    run(runtime, at + timedelta(minutes=1))
+    assert store.notification(sibling)["reason"].startswith("instead of sms: sms undelivered")
+    assert awaiting(store) == set()
+
+
 def test_twilio_still_saying_sent_is_unknown_and_a_real_report_later_still_counts(
         runtime, policy, twilio):
     book(runtime, policy, "a1")
@@ -224,8 +250,15 @@ def test_a_look_up_twilio_cannot_answer_now_is_asked_again_next_run(runtime, pol
     for notification_id in (first, second):
         twilio.set_status(sid(store, notification_id), "delivered")
     twilio.script(answer)
-    done = run(runtime)
+    claims = []
+    claim = store.reports.claim
+    store.reports.claim = lambda *args: claims.append(claim(*args)) or claims[-1]
+    try:
+        done = run(runtime)
+    finally:
+        del store.reports.claim
     assert (done[LookupOutcome.RETRY], len(look_ups(twilio))) == (1, 1)
+    assert [len(c) for c in claims] == [4, 0], "what is left for the next run, this one leaves"
     assert {first, second} <= awaiting(store)
     assert shown(store, first)[1] == shown(store, second)[1] == ""
     # The next run (a minute later) asks again, and hears.
@@ -275,7 +308,9 @@ def test_a_run_stops_calling_the_provider_when_its_time_is_spent(runtime, policy
     ticks = itertools.count(0, 25)  # every reading of the clock 25 s on: 2 calls in 60 s
     done = run(runtime, budget_s=60, monotonic=lambda: next(ticks))
     assert len(look_ups(twilio)) == 2 and done == Counter({LookupOutcome.UNKNOWN: 2})
-    assert len(awaiting(store)) == 2 and store.reports.overdue(LATER) == 2, (
+    assert len(awaiting(store)) == 2
+    assert store.reports.overdue(LATER) == 0, "not for this run again"
+    assert store.reports.overdue(LATER + timedelta(seconds=1)) == 2, (
         "the SMS not asked are due for the next run")
 
 
