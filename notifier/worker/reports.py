@@ -112,7 +112,7 @@ def run_report_lookups(store: Store, channels: Mapping[str, Channel], now: datet
     done: Counter[LookupOutcome] = Counter()
     calling = True  # until the provider struggles or the budget is spent
     handled = 0
-    while handled < limit:
+    while handled < limit and calling:  # once it stops calling, it claims no more
         ids = store.reports.claim(now, min(batch, limit - handled), CLAIM_S)
         if not ids:
             break
