@@ -105,6 +105,15 @@ MIN_RETENTION_DAYS = 30
 #: (`NOTIFIER_HISTORY_DAYS`): a year, so its dedupe key still holds for replays and the
 #: year's outcomes can be counted; 0 deletes it at the retention.
 HISTORY_DAYS = 365
+#: How long after a send through Twilio or SendGrid with no final delivery report the
+#: repair job looks it up, in seconds: 72 h, when a report can no longer be expected.
+#: SendGrid retries a deferred email for up to 72 hours before it gives up
+#: (https://www.twilio.com/docs/sendgrid/ui/sending-email/deferrals), Twilio drops a
+#: message still in its queue after at most 36,000 s (`ValidityPeriod`), and GOV.UK Notify
+#: gives up waiting on its providers' reports after the same 3 days
+#: (alphagov/notifications-api, `SENDING_NOTIFICATIONS_TIMEOUT_PERIOD = 259200`, run by
+#: its nightly `timeout-sending-notifications` task).
+DELIVERY_REPORT_WAIT_S = 72 * 3600
 
 #: The read API token is compared as sent in `Authorization: Bearer`; shorter is guessable.
 MIN_API_TOKEN_CHARS = 24
@@ -340,6 +349,9 @@ class Settings:
     web_read_timeout_s: float = 10.0
     #: Connections (and requests in progress) the web serves at once; above, 503.
     web_max_connections: int = 1000
+    #: A send through a provider with no final delivery report this long after it (seconds)
+    #: is looked up by the clock's repair job.
+    delivery_report_wait_s: int = DELIVERY_REPORT_WAIT_S
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, dotenv: Path | None = None) -> Settings:
@@ -436,6 +448,8 @@ class Settings:
                                          defaults.web_read_timeout_s),
             web_max_connections=_int(env, "NOTIFIER_WEB_MAX_CONNECTIONS",
                                      defaults.web_max_connections),
+            delivery_report_wait_s=_int(env, "NOTIFIER_DELIVERY_REPORT_WAIT_S",
+                                        defaults.delivery_report_wait_s),
         )
 
     @property

@@ -236,6 +236,7 @@ class FakeProvider:
 
 
 _TWILIO_MESSAGES = re.compile(r"/2010-04-01/Accounts/[^/]+/Messages\.json")
+_TWILIO_MESSAGE = re.compile(r"/2010-04-01/Accounts/[^/]+/Messages/([^/.]+)\.json")
 _TWILIO_ACCOUNT = re.compile(r"/2010-04-01/Accounts/([^/.]+)")
 
 #: Messages Twilio sends with its error codes, used when `FakeTwilio.error` is given none.
@@ -278,11 +279,15 @@ def _segments(body: str) -> int:
 
 
 class FakeTwilio(FakeProvider):
-    """Twilio's Messages API: POST /2010-04-01/Accounts/{AccountSid}/Messages.json.
+    """Twilio's Messages API: POST /2010-04-01/Accounts/{AccountSid}/Messages.json, and
+    GET /2010-04-01/Accounts/{AccountSid}/Messages/{Sid}.json.
 
     Requires HTTP basic auth with `account_sid`:`auth_token`, and the path's AccountSid to be
-    `account_sid`. Answers 201 with a Message resource echoing the request; missing To, From
-    (or MessagingServiceSid) or Body (or MediaUrl, ContentSid) get Twilio's 400 errors.
+    `account_sid`. A POST is answered 201 with a Message resource echoing the request;
+    missing To, From (or MessagingServiceSid) or Body (or MediaUrl, ContentSid) get Twilio's
+    400 errors. A GET is answered with the Message resource it created, with the status and
+    error code a test set (`set_status`), or Twilio's 404 (error 20404) for a SID it never
+    gave.
     """
 
     def __init__(self, account_sid: str = "AC" + "0" * 32, auth_token: str = "test-token"):
@@ -291,7 +296,17 @@ class FakeTwilio(FakeProvider):
             f"{account_sid}:{auth_token}".encode()).decode()
         self._sent: list[dict[str, str]] = []
         self._by_recipient: dict[str, deque[Scripted]] = {}
+        self._messages: dict[str, dict[str, Any]] = {}
         super().__init__()
+
+    def set_status(self, sid: str, status: str, error_code: int | None = None) -> None:
+        """What a GET of message `sid` says from now on: `status` ("delivered",
+        "undelivered"...) and `error_code`, as Twilio updates them when carriers report.
+        KeyError for a SID this fake never gave."""
+        with self._lock:
+            message = self._messages[sid]
+            message.update(status=status, error_code=error_code,
+                           date_updated=format_datetime(datetime.now(UTC)))
 
     def answer_to(self, to: str, *answers: Scripted) -> None:
         """Queue answers for the requests whose To is `to`, first in first out, before any
@@ -331,6 +346,10 @@ class FakeTwilio(FakeProvider):
         return answer
 
     def _default(self, request: Recorded) -> Scripted:
+        fetched = _TWILIO_MESSAGE.fullmatch(request.path)
+        if request.method == "GET" and fetched and fetched[1] in self._messages:
+            return Scripted(200, dict(self._messages[fetched[1]]),
+                            {"Twilio-Request-Id": "RQ" + uuid.uuid4().hex})
         if request.method != "POST" or not _TWILIO_MESSAGES.fullmatch(request.path):
             return self.error(20404, 404, f"The requested resource {request.path} was not found")
         fields = {name: values[0] for name, values in request.form.items()}
@@ -341,8 +360,9 @@ class FakeTwilio(FakeProvider):
         if not (fields.get("Body") or fields.get("MediaUrl") or fields.get("ContentSid")):
             return self.error(21602)
         self._sent.append(fields)
-        return Scripted(201, self._message(fields, len(request.form.get("MediaUrl", []))),
-                        {"Twilio-Request-Id": "RQ" + uuid.uuid4().hex})
+        message = self._message(fields, len(request.form.get("MediaUrl", [])))
+        self._messages[message["sid"]] = message
+        return Scripted(201, dict(message), {"Twilio-Request-Id": "RQ" + uuid.uuid4().hex})
 
     def _message(self, fields: dict[str, str], num_media: int) -> dict[str, Any]:
         sid, now = "SM" + uuid.uuid4().hex, format_datetime(datetime.now(UTC))

@@ -34,6 +34,8 @@ def test_defaults_deliver_to_the_outbox_on_the_embedded_redis():
     assert (s.history_days, s.history_s) == (365, 365 * 86400)
     assert settings(NOTIFIER_RETENTION_DAYS="30").retention_s == 30 * 86400
     assert settings(NOTIFIER_HISTORY_DAYS="0").history_s == 0
+    assert s.delivery_report_wait_s == 72 * 3600
+    assert settings(NOTIFIER_DELIVERY_REPORT_WAIT_S="3600").delivery_report_wait_s == 3600
 
 
 def readme_defaults() -> dict[str, str]:
@@ -231,6 +233,8 @@ def test_a_dotenv_that_is_not_text_is_named_in_one_line(tmp_path):
     ({"NOTIFIER_RETENTION_DAYS": "29"}, "NOTIFIER_RETENTION_DAYS"),
     ({"NOTIFIER_RETENTION_DAYS": "90d"}, "NOTIFIER_RETENTION_DAYS"),
     ({"NOTIFIER_HISTORY_DAYS": "-1"}, "NOTIFIER_HISTORY_DAYS"),
+    ({"NOTIFIER_DELIVERY_REPORT_WAIT_S": "0"}, "NOTIFIER_DELIVERY_REPORT_WAIT_S"),
+    ({"NOTIFIER_DELIVERY_REPORT_WAIT_S": "3d"}, "NOTIFIER_DELIVERY_REPORT_WAIT_S"),
     ({"NOTIFIER_LOG_LEVEL": "verbose"}, "NOTIFIER_LOG_LEVEL"),
     ({"NOTIFIER_LOG_LEVEL": "10"}, "NOTIFIER_LOG_LEVEL"),
     ({"NOTIFIER_API_TOKEN": "t" * 23}, "NOTIFIER_API_TOKEN"),

@@ -118,6 +118,33 @@ def test_twilio_send_is_recorded_with_basic_auth(fake_twilio: FakeTwilio) -> Non
         "StatusCallback": CALLBACK, "ValidityPeriod": "600"}]
 
 
+def test_twilio_message_is_fetched_by_sid_with_the_status_set_for_it(
+        fake_twilio: FakeTwilio) -> None:
+    client, _ = twilio_client(fake_twilio)
+    sid = send_sms(client).sid
+
+    assert client.messages(sid).fetch().status == "queued"
+    fake_twilio.set_status(sid, "undelivered", error_code=30003)
+    fetched = client.messages(sid).fetch()
+
+    assert (fetched.sid, fetched.to, fetched.status, fetched.error_code) == (
+        sid, TO, "undelivered", 30003)
+    assert fake_twilio.requests[-1].method == "GET"
+    assert fake_twilio.requests[-1].path == f"/2010-04-01/Accounts/{SID}/Messages/{sid}.json"
+
+
+def test_twilio_message_never_sent_is_404_with_20404(fake_twilio: FakeTwilio) -> None:
+    client, _ = twilio_client(fake_twilio)
+
+    with pytest.raises(TwilioRestException) as caught:
+        client.messages("SM" + "0" * 32).fetch()
+
+    assert (caught.value.status, caught.value.code) == (404, 20404)
+    with pytest.raises(TwilioRestException) as caught:
+        twilio_client(fake_twilio, token="wrong-token")[0].messages("SM" + "0" * 32).fetch()
+    assert caught.value.status == 401
+
+
 def test_twilio_messaging_service_send_is_accepted_without_a_sender(
         fake_twilio: FakeTwilio) -> None:
     client, _ = twilio_client(fake_twilio)

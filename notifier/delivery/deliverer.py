@@ -62,7 +62,7 @@ from notifier.delivery.decide import (
     subjects_of,
 )
 from notifier.delivery.facts import Records, decide_all, queue_changed_since
-from notifier.delivery.fallback import use_other_channel
+from notifier.delivery.fallback import TWILIO_OPTED_OUT, use_other_channel
 from notifier.delivery.fencing import check_lease_fits, may_send
 from notifier.delivery.jobs import Job, Writes
 from notifier.delivery.render import Renderer
@@ -83,8 +83,6 @@ log = logging.getLogger(__name__)
 #: Recording a send that went out is retried this often (a Redis failover takes moments).
 RECORD_TRIES = 4
 RECORD_PAUSE_S = 0.25
-#: Twilio's error for a number that replied STOP to our sender.
-TWILIO_OPTED_OUT = "21610"
 #: A batch sends for at most this long (seconds), and at most half its lease: its decisions
 #: are made at the batch's `now`, which must not go stale (quiet hours,
 #: expiry), and a lease must not run out under a send (another worker could take the
@@ -282,13 +280,17 @@ class Deliverer:
             fields |= {"sms_encoding": message.sms.encoding,
                        "sms_segments": message.sms.segments,
                        "provider_segments": receipt.segments}
+        # A provider that reports delivery: the send awaits a final report, and the
+        # repair job looks it up if none came by then (`worker.reports`).
+        report_at = (receipt.sent_at.timestamp() + self.settings.delivery_report_wait_s
+                     if receipt.awaits_report else None)
         reply = self.store.schedule.queue_finish(writes.batch, n.id, "sent", lease=job.lease,
-                                                 reason=note, **fields)
-        writes.then(job, lambda: self._recorded(job, note, fields, reply))
+                                                 report_at=report_at, reason=note, **fields)
+        writes.then(job, lambda: self._recorded(job, note, fields, report_at, reply))
         writes.sent = job
 
     def _recorded(self, job: Job, note: str, fields: dict[str, object],
-                  reply: Reply[Finished]) -> Outcome:
+                  report_at: float | None, reply: Reply[Finished]) -> Outcome:
         """A send's record, retried when Redis would not take it (a failover takes
         moments; recording a send is idempotent); `Outcome.UNRECORDED` when it never does:
         the notification stays `sending`, its lease runs out, and the recovery asks the
@@ -301,7 +303,8 @@ class Deliverer:
                     done = reply.get()
                 else:
                     done = self.store.schedule.finish(n.id, "sent", lease=job.lease,
-                                                      reason=note, **fields)
+                                                      report_at=report_at, reason=note,
+                                                      **fields)
                 break
             except StoreError:
                 if attempt == RECORD_TRIES - 1:

@@ -1,7 +1,8 @@
 """The other channel: when a client cannot be reached on one, the message goes by the other.
 
 Used at send time (the channel is closed to the client, an SMS over budget, a permanent
-failure) and when a provider reports a failure later (`web.provider_hooks`).
+failure) and when a provider reports a failure later (`web.provider_hooks`, or the repair
+job's look-up, `worker.reports`).
 """
 
 from __future__ import annotations
@@ -11,8 +12,12 @@ from datetime import datetime
 
 from notifier.ledger.records import ClientRecord
 from notifier.ledger.store import Store
+from notifier.policy.plan import entity_ref
 
 log = logging.getLogger(__name__)
+
+#: Twilio's error for a number that replied STOP: it opts the number out here too.
+TWILIO_OPTED_OUT = "21610"
 
 
 def other_channel(channel: str) -> str:
@@ -65,3 +70,23 @@ def use_other_channel(store: Store, notification_id: str, channel: str, client: 
         log.info("notification %s goes by %s instead", notification_id, other)
         return True
     return False
+
+
+def after_reported_failure(store: Store, notification_id: str, code: str,
+                           now: datetime) -> bool:
+    """A failure the provider reported after the send (a status callback, a bounce, or the
+    repair job's look-up): Twilio's 21610 opts the client's number out, and a client's
+    message goes by the other channel where they allow it; returns whether it was added
+    there. Nothing for a message to staff or an unknown notification. Raises as
+    `use_other_channel` does."""
+    fields = store.notification(notification_id)
+    if not fields or fields.get("to") != "client":
+        return False
+    client = store.load_record(entity_ref("client", fields["to_id"]))
+    if not isinstance(client, ClientRecord):
+        return False
+    if code == TWILIO_OPTED_OUT and client.client.phone:
+        store.set_sms_opt_out(client.client.phone, True)
+    return use_other_channel(store, notification_id, fields["channel"], client,
+                             f"{fields['channel']} {fields.get('delivery', 'failed')} ({code})",
+                             now)

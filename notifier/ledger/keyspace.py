@@ -35,6 +35,9 @@ KEY_FAMILIES: tuple[KeyFamily, ...] = (
     KeyFamily("n:schedule", "", "scheduled notifications: each leaves when claimed or "
               "cancelled"),
     KeyFamily("n:inflight", "", "claimed notifications, at most 5,000 (the clock's cap)"),
+    KeyFamily("n:awaiting-report", "", "messages sent through Twilio or SendGrid with no "
+              "final delivery report: each leaves on one, or when the clock's repair job "
+              "looks it up after the wait (or drops it, its notification gone)"),
     KeyFamily("n:by-recipient:*", "the latest due time in it, plus the retention and the "
               "history", "the clock trims ids gone, or ended and past the retention"),
     KeyFamily("n:by-entity:*", "180 days after its last add",
@@ -62,7 +65,7 @@ KEY_FAMILIES: tuple[KeyFamily, ...] = (
     KeyFamily("n:short:*", "90 days after the link was last made", ""),
     KeyFamily("n:short-for:*", "90 days after the link was last made", ""),
     KeyFamily("n:callbacks:unknown", "", "the last 1,000 reports about unknown ids"),
-    KeyFamily("n:job:*", "3 days", ""),
+    KeyFamily("n:job:*", "3 days (a cron fire), a minute (the repair job's turn)", ""),
     KeyFamily(f"{_DQ}:__heartbeats__", "", "one entry per live worker (dramatiq's "
               "maintenance drops the dead)"),
     KeyFamily(f"{_DQ}:__acks__.*", "", "a worker's messages in hand; a dead worker's go "

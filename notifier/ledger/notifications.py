@@ -9,6 +9,8 @@ are laid out to stay in Redis's compact encoding (`notifier.ledger.notif_fields`
 
 `n:schedule` is a sorted set of scheduled ids scored by due time (epoch seconds).
 `n:inflight` holds claimed ids scored by lease expiry; a sweep puts expired leases back.
+`n:awaiting-report` holds sent ids with no final delivery report yet, scored by when the
+repair job looks them up (`notifier.ledger.reports`).
 Every transition is one Lua script, so two workers, a redelivered message or a replayed
 event can never move a notification twice (compare-and-set on `state`).
 
@@ -36,6 +38,9 @@ from notifier.ledger.notif_fields import with_derived
 PREFIX = "n:"
 SCHEDULE = PREFIX + "schedule"
 INFLIGHT = PREFIX + "inflight"
+#: Sends through a provider that reports delivery, with no final report yet: a sorted set
+#: of ids scored by when the repair job looks them up (`notifier.ledger.reports`).
+AWAITING_REPORT = PREFIX + "awaiting-report"
 #: How many notifications ended in each state, per channel: `{state}:{channel}` -> count.
 OUTCOMES = PREFIX + "stats:outcomes"
 #: Send lateness (sent_at - due, seconds) as cumulative histogram buckets per kind and
@@ -105,9 +110,17 @@ RESCHEDULE_LUA = lua_source("notif_reschedule")
 
 
 #: Delivery reports by how far along they are; a report never replaces a later one.
+#: `unknown` is the repair job's (`notifier.worker.reports`): no final report came and the
+#: provider could not say; past `sent` and `deferred`, so their late copies leave it, and
+#: below the final reports, so a real one arriving later still replaces it. 3.5 fits it in
+#: between the ranks that hashes already hold, so nothing stored needs rewriting.
 DELIVERY_RANK = {"queued": 1, "accepted": 1, "processed": 1, "sending": 2, "sent": 3,
-                 "deferred": 3, "delivered": 4, "undelivered": 4, "failed": 4, "bounce": 4,
-                 "dropped": 4}
+                 "deferred": 3, "unknown": 3.5, "delivered": 4, "undelivered": 4,
+                 "failed": 4, "bounce": 4, "dropped": 4}
+#: The rank of a final report: the message arrived or never will.
+FINAL_RANK = 4
+#: The repair job's verdict when no final report came and the provider cannot say.
+UNKNOWN = "unknown"
 DELIVERY_LUA = lua_source("notif_delivery")
 
 
@@ -248,16 +261,20 @@ class Schedule:
         return _begun(notification_id, raw)
 
     def finish(self, notification_id: str, state: str, *, lease: str,
-               **fields: Any) -> Finished:
+               report_at: Any = None, **fields: Any) -> Finished:
         """`sending` under the lease whose token is `lease` (`Begun.lease`) -> the final
         `state`, with `fields` set on the hash (None stored as ""); counts the outcome, and
         for a send with `sent_at` its lateness. `Finished.REFUSED` (falsy) when the
         notification is not `sending` under that lease (taken over, ended, or gone),
         except for a send (`sent` with `sent_at`): a message that left is always recorded,
         as the notification's send or as a second one (`Finished.SENT_AGAIN`;
-        `notif_finish.lua` says which). Idempotent for a send (its `sent_at` recorded)."""
+        `notif_finish.lua` says which). Idempotent for a send (its `sent_at` recorded).
+        `report_at` (epoch seconds, a float; typed Any only so that callers' `**fields` of
+        objects still type-check) is given for a send through a provider that reports
+        delivery: the send then awaits its report in `AWAITING_REPORT`, looked up at that
+        time if no final report came first."""
         keys, args = _finish_call(notification_id, state, lease, fields,
-                                   self.ended_ttl_s)
+                                  self.ended_ttl_s, report_at)
         return Finished(_FINISH_ANSWERS[int(self._finish(keys=keys, args=args))])
 
     def lease_of(self, batch: Batch, notification_id: str) -> Reply[str | None]:
@@ -278,10 +295,10 @@ class Schedule:
                             parse=lambda raw: _begun(notification_id, raw))
 
     def queue_finish(self, batch: Batch, notification_id: str, state: str, *, lease: str,
-                     **fields: Any) -> Reply[Finished]:
+                     report_at: Any = None, **fields: Any) -> Reply[Finished]:
         """`finish`, queued on `batch`."""
         keys, args = _finish_call(notification_id, state, lease, fields,
-                                   self.ended_ttl_s)
+                                  self.ended_ttl_s, report_at)
         return batch.script(self._finish, keys, args,
                             parse=lambda raw: Finished(_FINISH_ANSWERS[int(raw)]))
 
@@ -336,10 +353,16 @@ class Schedule:
     def record_delivery(self, notification_id: str, status: str, code: str,
                         now: datetime) -> bool:
         """A provider's word on delivery; never moves backwards (a late `sent` after
-        `delivered` changes nothing). False for an unknown id."""
-        return bool(self._delivery(keys=[notif_key(notification_id)],
-                                   args=[status, DELIVERY_RANK.get(status, 0), code,
-                                         epoch(now)]))
+        `delivered` changes nothing). A final one (or `unknown`) ends the send's wait in
+        `AWAITING_REPORT`. False for an unknown id."""
+        return bool(self._delivery(keys=[notif_key(notification_id), AWAITING_REPORT],
+                                   args=_delivery_args(notification_id, status, code, now)))
+
+    def queue_delivery(self, batch: Batch, notification_id: str, status: str, code: str,
+                       now: datetime) -> Reply[bool]:
+        """`record_delivery`, queued on `batch`."""
+        return batch.script(self._delivery, [notif_key(notification_id), AWAITING_REPORT],
+                            _delivery_args(notification_id, status, code, now), parse=bool)
 
     def pending_count(self) -> tuple[int, int]:
         """(scheduled, in flight): for health and metrics."""
@@ -364,14 +387,23 @@ _FINISH_ANSWERS = {1: Finished.FINISHED, 2: Finished.SENT_AGAIN, 0: Finished.REF
 
 
 def _finish_call(notification_id: str, state: str, lease: str, fields: dict[str, Any],
-                 keep_s: int) -> tuple[list[str], list[Any]]:
+                 keep_s: int, report_at: float | None) -> tuple[list[str], list[Any]]:
     """The KEYS and ARGV of `notif_finish.lua` (a None field is stored as "")."""
     flat: list[Any] = []
     for name, value in fields.items():
         flat += [name, "" if value is None else value]
-    return ([notif_key(notification_id), INFLIGHT, OUTCOMES, LATENESS, SCHEDULE],
+    return ([notif_key(notification_id), INFLIGHT, OUTCOMES, LATENESS, SCHEDULE,
+             AWAITING_REPORT],
             [notification_id, state, keep_s,
-             ",".join(str(b) for b in LATENESS_BUCKETS_S), lease, *flat])
+             ",".join(str(b) for b in LATENESS_BUCKETS_S), lease,
+             "" if report_at is None else report_at, *flat])
+
+
+def _delivery_args(notification_id: str, status: str, code: str, now: datetime) -> list[Any]:
+    """The ARGV of `notif_delivery.lua`: an unknown status ranks 0 (it replaces nothing)."""
+    rank = DELIVERY_RANK.get(status, 0)
+    settles = rank >= FINAL_RANK or status == UNKNOWN
+    return [status, rank, code, epoch(now), notification_id, "1" if settles else "0"]
 
 
 def _rescheduled(raw: Any) -> Rescheduled | None:

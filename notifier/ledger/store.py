@@ -11,6 +11,8 @@ parts, each of one concern, and forwards to them, so callers hold one object.
   an entity's, upcoming appointments, send blockers, /metrics figures;
 - `deliveries` (`notifier.ledger.deliveries.Deliveries`): delivery reports, other channels;
 - `opt_outs` (`notifier.ledger.optouts.OptOuts`): numbers opted out of SMS;
+- `reports` (`notifier.ledger.reports.Reports`): sends awaiting a delivery report, for the
+  clock's repair job;
 - `schedule`, `turns`, `short_links`: the notification ledger, per-subject turns and short
   links (`notifier.ledger.notifications`, `.turns`, `.shortlinks`);
 - `trimmer` (`notifier.ledger.trimming.IndexTrimmer`): the clock's trimming of the
@@ -39,6 +41,7 @@ from notifier.ledger.plans import Decide, PlanWriter
 from notifier.ledger.reading import LedgerFigures, NotificationRow, Reading
 from notifier.ledger.record_store import RecordStore
 from notifier.ledger.records import AppointmentRecord, ClientRecord, ProviderRecord, Record
+from notifier.ledger.reports import Reports
 from notifier.ledger.shortlinks import ShortLinks
 from notifier.ledger.trimming import IndexTrimmer
 from notifier.ledger.turns import Turns
@@ -66,6 +69,7 @@ class Store:
         self.reading = Reading(client, self.records)
         self.deliveries = Deliveries(client, self.schedule, self.reading, self.plans)
         self.opt_outs = OptOuts(client)
+        self.reports = Reports(client, self.schedule)
 
     # Events ---------------------------------------------------------------------------
     def store_event(self, event_id: str, raw: bytes, now: datetime, subject: str | None = None,

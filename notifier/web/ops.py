@@ -27,8 +27,10 @@ from notifier.ledger.events import SET_ASIDE_STATUSES
 from notifier.ledger.notifications import FINAL_STATES, SENT_AGAIN
 from notifier.ledger.store import Store
 from notifier.policy.figures import CHANNELS
+from notifier.timeutil import utcnow
 from notifier.web.answers import RETRY_AFTER_S
 from notifier.web.failures import document_failures
+from notifier.worker.reports import LookupOutcome
 
 
 class HealthAnswer(BaseModel):
@@ -96,6 +98,30 @@ class LedgerCollector(Collector):
                 + [("+Inf", late.count)],
                 sum_value=late.total_s)
         yield lateness
+        yield from report_metrics(self.store)
+
+
+def report_metrics(store: Store) -> Iterator[Metric]:
+    """The delivery-report repair job's figures (`notifier.worker.reports`)."""
+    figures = store.reports.figures(utcnow())
+    yield GaugeMetricFamily("notifier_awaiting_report",
+                            "Sends through Twilio or SendGrid with no final delivery report",
+                            value=figures.awaiting)
+    yield GaugeMetricFamily("notifier_awaiting_report_overdue",
+                            "Of those, the ones past their wait: the repair job's backlog",
+                            value=figures.overdue)
+    lookups = CounterMetricFamily(
+        "notifier_report_lookups",
+        "Sends with no final delivery report after the wait, by how the repair job's "
+        "look-up ended (delivered, failed, unknown, retry, gone) and channel",
+        labels=["outcome", "channel"])
+    # Every outcome on every channel from the start, as for the notifications above.
+    counts: dict[tuple[str, str], int] = {
+        (outcome.value, channel): 0 for outcome in LookupOutcome for channel in CHANNELS}
+    counts.update(figures.lookups)
+    for (outcome, channel), count in sorted(counts.items()):
+        lookups.add_metric([outcome, channel], count)
+    yield lookups
 
 
 def ops_routes(store: Store, registry: CollectorRegistry) -> APIRouter:

@@ -33,15 +33,12 @@ from twilio.request_validator import RequestValidator
 from twilio.twiml.messaging_response import MessagingResponse
 
 from notifier.config import Settings, reveal
-from notifier.delivery.deliverer import TWILIO_OPTED_OUT
-from notifier.delivery.fallback import use_other_channel
+from notifier.delivery.fallback import after_reported_failure
 from notifier.delivery.render import Renderer
 from notifier.errors import ConfigError
 from notifier.intake.replies import check_reply_templates, reply_to_sms
 from notifier.ledger.deliveries import DELIVERY_FAILURES
-from notifier.ledger.records import ClientRecord
 from notifier.ledger.store import Store
-from notifier.policy.plan import entity_ref
 from notifier.timeutil import utcnow
 from notifier.web.bodies import MAX_SENDGRID_BODY_BYTES, read_limited
 
@@ -121,20 +118,6 @@ def sendgrid_key(settings: Settings) -> Any:
         raise ConfigError("SENDGRID_WEBHOOK_PUBLIC_KEY: not a base64 ECDSA public key") from None
 
 
-def _after_failure(store: Store, notification_id: str, code: str, now: datetime) -> None:
-    """An asynchronous permanent failure: opt-out bookkeeping and the other channel."""
-    fields = store.notification(notification_id)
-    if not fields or fields.get("to") != "client":
-        return
-    client = store.load_record(entity_ref("client", fields["to_id"]))
-    if not isinstance(client, ClientRecord):
-        return
-    if code == TWILIO_OPTED_OUT and client.client.phone:
-        store.set_sms_opt_out(client.client.phone, True)
-    use_other_channel(store, notification_id, fields["channel"], client,
-                      f"{fields['channel']} {fields.get('delivery', 'failed')} ({code})", now)
-
-
 def provider_routes(settings: Settings, store: Store) -> APIRouter:
     router = APIRouter()
     token = reveal(settings.twilio_auth_token)
@@ -169,7 +152,7 @@ def provider_routes(settings: Settings, store: Store) -> APIRouter:
         def record() -> None:  # synchronous Redis work: in the threadpool
             if store.record_delivery(notification_id, status, code, now) and (
                     status in DELIVERY_FAILURES):
-                _after_failure(store, notification_id, code, now)
+                after_reported_failure(store, notification_id, code, now)
 
         await run_in_threadpool(record)
         return Response(status_code=204)
@@ -220,7 +203,7 @@ def provider_routes(settings: Settings, store: Store) -> APIRouter:
                 notification_id, status, code = report
                 if store.record_delivery(notification_id, status, code, now) and (
                         status in DELIVERY_FAILURES):
-                    _after_failure(store, notification_id, code or status, now)
+                    after_reported_failure(store, notification_id, code or status, now)
 
         await run_in_threadpool(record)
         return Response(status_code=204)

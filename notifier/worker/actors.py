@@ -3,7 +3,8 @@
 `apply_event(event_id)` applies an accepted event in its subject's turn (with the subject's
 other queued events, oldest first); `deliver(ids)` sends a batch of claimed
 notifications in a few round trips, each with its own outcome (one failing never holds up
-the others). The web and the
+the others); `run_job(name, zone, fire)` runs a cron job's fire, or the clock's repair job
+for delivery reports (`notifier.worker.reports`). The web and the
 clock only enqueue, by name, so they never import what the worker needs to run actors.
 """
 
@@ -30,6 +31,7 @@ from notifier.ledger.broker_messages import broker_message
 from notifier.ledger.client import store_errors
 from notifier.timeutil import utcnow
 from notifier.worker.digests import run_provider_digest
+from notifier.worker.reports import REPORT_LOOKUPS, run_report_lookups
 
 if TYPE_CHECKING:
     from notifier.runtime import Runtime
@@ -110,6 +112,9 @@ def declare_actors(broker: RedisBroker, runtime: Runtime,
         if name == "provider-digest":
             # The digests' ids name this fire, so a redelivered message plans nothing new.
             run_provider_digest(runtime.store, utcnow(), zone, datetime.fromisoformat(fire_iso))
+        elif name == REPORT_LOOKUPS:
+            # Claims make a redelivered or concurrent run look up nothing twice.
+            run_report_lookups(runtime.store, runtime.channels, utcnow())
         else:
             log.error("unknown job %s", name)
 

@@ -7,9 +7,11 @@ re-enqueues accepted events that were never applied (a lost message, a web proce
 died between storing and enqueueing), resumes subjects whose turn's holder died, and
 releases held closes whose wait for their opening event is over, (4) every
 `trim_every_s` trims a slice of the indexes of notification ids
-(`notifier.ledger.trimming`). Several clocks may run:
-each step is atomic in Redis. Between ticks it waits the poll interval, or less when the
-next notification falls due sooner (`wait_s`).
+(`notifier.ledger.trimming`), and (5) once a minute, when sends are past their wait for a
+delivery report, enqueues the repair job that looks them up (`notifier.worker.reports`; it
+runs in a worker, as provider calls block). Several clocks may run: each step is atomic in
+Redis. Between ticks it waits the poll interval, or less when the next notification falls
+due sooner (`wait_s`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from notifier.timeutil import utcnow
 from notifier.worker.actors import enqueue_apply, enqueue_deliveries, enqueue_job
 from notifier.worker.cron import CATCH_UP, PROVIDER_ZONE, Job, previous_fire
 from notifier.worker.digests import provider_zones
+from notifier.worker.reports import EVERY_S, REPORT_LOOKUPS
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,9 @@ log = logging.getLogger(__name__)
 FAILING_SAID_EVERY_S = 60.0
 #: How much longer than `CATCH_UP` a claimed fire is remembered in memory.
 FIRED_MARGIN = timedelta(minutes=10)
+#: Held (SET NX EX) by the clock that enqueued the latest run of the delivery-report job,
+#: for that run's interval: one run per interval across clocks, and the key expires.
+REPORTS_TURN = "n:job:" + REPORT_LOOKUPS
 
 
 @dataclass
@@ -66,7 +72,10 @@ class Clock:
     _last_trim: datetime | None = None
     #: where the next trim goes on in the keyspace (0: a new pass)
     _trim_cursor: int = 0
+    #: how often the delivery-report repair job is started, seconds (0: never)
+    reports_every_s: float = EVERY_S
     _last_event_sweep: datetime | None = None
+    _last_reports: datetime | None = None
     _zones: tuple[datetime, set[str]] | None = None
     #: fires this clock claimed (or saw claimed), by key, with their fire time; kept only
     #: while a fire can still come up (`CATCH_UP`, plus `FIRED_MARGIN`), so it stays small
@@ -103,6 +112,11 @@ class Clock:
                          len(released))
         self.fire_jobs(now)
         self.trim_indexes(now)
+        if self.reports_every_s and (
+                self._last_reports is None
+                or now - self._last_reports >= timedelta(seconds=self.reports_every_s)):
+            self._last_reports = now
+            self.start_report_lookups(now)
         return handed
 
     def trim_indexes(self, now: datetime) -> int:
@@ -117,6 +131,18 @@ class Clock:
         if run.removed:
             log.info("trimmed %d ids from %d notification indexes", run.removed, run.indexes)
         return run.removed
+
+    def start_report_lookups(self, now: datetime) -> bool:
+        """Enqueue the delivery-report repair job when sends are past their wait, unless a
+        clock did within `reports_every_s` (SET NX EX on `REPORTS_TURN`); returns whether
+        it did. The job runs in a worker: its provider calls block."""
+        if not self.store.reports.overdue(now):
+            return False
+        if not self.store.redis.set(REPORTS_TURN, now.timestamp(), nx=True,
+                                    ex=max(1, int(self.reports_every_s))):
+            return False
+        enqueue_job(self.broker, REPORT_LOOKUPS, "UTC", now.isoformat())
+        return True
 
     def resume_turns(self, now: datetime) -> list[str]:
         """Subjects whose turn's holder died (its lease ran out): enqueue the oldest queued

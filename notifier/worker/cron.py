@@ -88,4 +88,10 @@ def previous_fire(expr: str, at: datetime, zone: ZoneInfo) -> datetime:
         local: datetime = cron.get_prev(datetime)
         fire = local_time(local.date(), local.time(), zone)
         if fire <= at:
-            return fire
+            break
+    # In the second pass of a fall-back hour the wall clock reads earlier than fires of the
+    # first pass that already happened (at 01:30 EST, 01:40 EDT came before): walking back
+    # by wall clock finds 01:20 EDT, so walk forward to the last fire at or before `at`.
+    while (following := next_fire(expr, fire, zone)) <= at:
+        fire = following
+    return fire

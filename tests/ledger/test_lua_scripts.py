@@ -63,11 +63,12 @@ def test_there_are_scripts_and_no_lua_left_in_python():
 
 def test_the_scripts_run_are_the_files_as_they_are():
     """No text is filled into a script before it runs: each constant is a file's text."""
-    from notifier.ledger import events, notifications, ratelimit, trimming, turns
+    from notifier.ledger import events, notifications, ratelimit, reports, trimming, turns
 
     sources = {lua_source(name.removesuffix(".lua")) for name in SCRIPTS}
     constants = {f"{m.__name__}.{k}": getattr(m, k)
-                 for m in (events, notifications, ratelimit, trimming, turns) for k in dir(m)
+                 for m in (events, notifications, ratelimit, reports, trimming, turns)
+                 for k in dir(m)
                  if k.endswith("_LUA")}
     assert len(constants) == len(SCRIPTS)
     assert {k: v in sources for k, v in constants.items()} == dict.fromkeys(constants, True)
@@ -235,7 +236,8 @@ class Monitor:
 
 def every_script_runs(store: Store) -> None:
     """Each script, along its branches that touch keys: events, turns, notifications
-    from add to finish, cancel and reschedule (both ways), delivery reports, pacing."""
+    from add to finish, cancel and reschedule (both ways), delivery reports and the
+    repair job's claim of a send awaiting one, pacing."""
     store.store_event("e1", b'{"a": "b c"}', NOW)
     store.store_event("e2", b"{}", NOW, subject="appointment:a1", occurred_at=NOW)
     store.events.store_event("e3", b"{}", NOW, subject="appointment:a9", occurred_at=NOW,
@@ -268,10 +270,12 @@ def every_script_runs(store: Store) -> None:
         leases[i] = begun.lease
     assert schedule.begin("missing-one", NOW, lease_s=60).verdict == "missing"
     assert schedule.finish("appointment_reminder:a1:1:sms", "sent", lease=leases[1],
-                           sent_at=epoch(NOW) + 3)
+                           report_at=epoch(NOW), sent_at=epoch(NOW) + 3)
     # A send after a lost lease: recorded as a second send.
     assert schedule.finish("appointment_reminder:a1:1:sms", "sent", lease="0",
                            sent_at=epoch(NOW) + 4) == "sent_again"
+    # The repair job claims the send awaiting its report; a final report settles it.
+    assert store.reports.claim(NOW, 10, claim_s=60) == ["appointment_reminder:a1:1:sms"]
     assert schedule.record_delivery("appointment_reminder:a1:1:sms", "delivered", "", NOW)
     assert schedule.reschedule("appointment_reminder:a1:2:sms", NOW + timedelta(hours=1),
                                "quiet hours", lease=leases[2], slot=1.5) == "rescheduled"

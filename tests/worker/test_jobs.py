@@ -131,6 +131,11 @@ PREVIOUS_CASES = {
         "30 2 * * *", NEW_YORK, utc(2026, 3, 8, 6, 59), utc(2026, 3, 7, 7, 30)),
     "NY 02:30 daily: later that day -> the moved fire": (
         "30 2 * * *", NEW_YORK, utc(2026, 3, 8, 12, 0), utc(2026, 3, 8, 7, 0)),
+    "NY every 20 min: at 01:30 EST on the fall-back day -> 01:40 EDT, the first pass's last": (
+        "*/20 * * * *", NEW_YORK, utc(2026, 11, 1, 6, 30), utc(2026, 11, 1, 5, 40)),
+    "Chatham every 20 min: at 02:45 CHAST, the fall-back -> 03:40 CHADT": (
+        "*/20 * * * *", ZoneInfo("Pacific/Chatham"), utc(2028, 4, 1, 14, 0),
+        utc(2028, 4, 1, 13, 55)),
     "NY 01:30 daily: at 01:30 EST on the fall-back day -> 01:30 EDT": (
         "30 1 * * *", NEW_YORK, utc(2026, 11, 1, 6, 30), utc(2026, 11, 1, 5, 30)),
     "NY 01:30 daily: a minute before 01:30 EDT -> the day before": (

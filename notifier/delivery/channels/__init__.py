@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from notifier.delivery.sms_text import SmsSize
 
@@ -49,6 +49,18 @@ class Receipt:
     sent_at: datetime
     #: how many segments the provider says it sent (Twilio's `num_segments`), if it says
     segments: int | None = None
+    #: whether the provider reports delivery later (Twilio, SendGrid; the outbox does not):
+    #: the send then awaits a final report, and is looked up if none comes
+    awaits_report: bool = False
+
+
+@dataclass(frozen=True)
+class LookedUp:
+    """What a provider says of a message it accepted: its status in the provider's words
+    (Twilio's `delivered`, `undelivered`, `sent`...) and its error code, or ""."""
+
+    status: str
+    code: str = ""
 
 
 class Channel(Protocol):
@@ -61,4 +73,14 @@ class Channel(Protocol):
 
     def already_sent(self, message: Message) -> bool | None:
         """After a crash inside `send`: did it go out? None when the channel cannot tell."""
+        ...
+
+
+@runtime_checkable
+class ReportLookup(Protocol):
+    """A channel whose provider can be asked about a message it accepted (Twilio)."""
+    def look_up(self, provider_id: str, now: datetime) -> LookedUp:
+        """The message's status now, by the id its `Receipt` gave. Raises `RetryableError`
+        (may answer later) or `PermanentError` (never will: an id the provider does not
+        know), both with the provider's `code`."""
         ...

@@ -3,6 +3,10 @@
 Text and HTML parts; calendar invites attached as `invite.ics` with their METHOD in the
 content type; the notification id in `custom_args`, so event webhooks can be matched.
 `SENDGRID_API_HOST` selects the region (EU accounts) or a stand-in.
+
+No `look_up` (`channels.ReportLookup`): SendGrid answers about one message only through
+its Email Activity API (`GET /v3/messages`), a paid add-on, so a send whose report never
+came is marked `unknown` by the repair job (`notifier.worker.reports`) without asking.
 """
 
 from __future__ import annotations
@@ -73,7 +77,7 @@ class SendGridEmail:
             raise RetryableError(f"sendgrid unreachable: {type(exc).__name__}",
                                  code="network") from None
         message_id = (response.headers or {}).get("X-Message-Id") or message.notification_id
-        return Receipt(provider_id=str(message_id), sent_at=now)
+        return Receipt(provider_id=str(message_id), sent_at=now, awaits_report=True)
 
     def already_sent(self, message: Message) -> bool | None:
         """SendGrid cannot be asked whether a message went out: always None."""

@@ -20,7 +20,7 @@ from twilio.http.response import Response
 from twilio.rest import Client
 
 from notifier.config import PROVIDER_TIMEOUT_S, Settings, reveal
-from notifier.delivery.channels import Message, Receipt
+from notifier.delivery.channels import LookedUp, Message, Receipt
 from notifier.delivery.channels.retry_after import retry_after_s
 from notifier.errors import PermanentError, RetryableError
 
@@ -64,6 +64,19 @@ def _int_or_none(value: object) -> int | None:
         return int(str(value))
     except ValueError:
         return None
+
+
+def _refusal(exc: TwilioRestException | TwilioServiceException, http: RoutingHttpClient,
+             now: datetime, what: str) -> RetryableError | PermanentError:
+    """Twilio's error answer as ours: a 429 or 5xx may succeed later (after its
+    Retry-After, seconds or a date), any other never will; the code is Twilio's error code
+    (its HTTP status when it gives none)."""
+    code = str(exc.code or exc.status)
+    if exc.status == 429 or exc.status >= 500:
+        return RetryableError(f"twilio answered {exc.status}", code=code,
+                              retry_after_s=retry_after_s(http.last_headers().get("retry-after"),
+                                                          now))
+    return PermanentError(f"twilio {what} ({code})", code=code)
 
 
 class TwilioSMS:
@@ -124,18 +137,29 @@ class TwilioSMS:
         try:
             created = client.messages.create(**self.build_request(message, now))
         except (TwilioRestException, TwilioServiceException) as exc:
-            code = str(exc.code or exc.status)
-            if exc.status == 429 or exc.status >= 500:
-                raise RetryableError(f"twilio answered {exc.status}", code=code,
-                                     retry_after_s=retry_after_s(
-                                         http.last_headers().get("retry-after"), now)
-                                     ) from None
-            raise PermanentError(f"twilio refused the message ({code})", code=code) from None
+            raise _refusal(exc, http, now, "refused the message") from None
         except requests.RequestException as exc:
             raise RetryableError(f"twilio unreachable: {type(exc).__name__}",
                                  code="network") from None
         return Receipt(provider_id=str(created.sid), sent_at=now,
-                       segments=_int_or_none(created.num_segments))
+                       segments=_int_or_none(created.num_segments), awaits_report=True)
+
+    def look_up(self, provider_id: str, now: datetime) -> LookedUp:
+        """The Message resource whose SID is `provider_id`, fetched (`GET
+        /2010-04-01/Accounts/{AccountSid}/Messages/{Sid}.json`): its `status` and
+        `error_code`. Raises as `send` does: `RetryableError` for a 429, a 5xx or the
+        network, `PermanentError` for any other refusal (20404: no such message in this
+        account)."""
+        client, http = self._sdk()
+        try:
+            found = client.messages(provider_id).fetch()
+        except (TwilioRestException, TwilioServiceException) as exc:
+            raise _refusal(exc, http, now, "does not know the message") from None
+        except requests.RequestException as exc:
+            raise RetryableError(f"twilio unreachable: {type(exc).__name__}",
+                                 code="network") from None
+        code = found.error_code
+        return LookedUp(status=str(found.status or ""), code="" if code is None else str(code))
 
     def already_sent(self, message: Message) -> bool | None:
         """Twilio takes no idempotency key and we do not search its logs: cannot tell."""

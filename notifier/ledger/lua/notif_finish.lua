@@ -20,31 +20,43 @@
 --   the outcomes. Not a state, and not in the lateness (which observes first sends).
 -- A finish retried after a lost reply (its `sent_at` already recorded) changes nothing.
 --
+-- A send recorded as the notification's own, through a provider that reports delivery
+-- (ARGV[6] not ''), goes into the index of sends awaiting a final report, scored by when
+-- the clock's repair job is to look it up, unless a final report (rank 4) came first.
+--
 -- KEYS[1]     n:notif:{id}
 -- KEYS[2]     n:inflight
 -- KEYS[3]     n:stats:outcomes
 -- KEYS[4]     n:stats:lateness
 -- KEYS[5]     n:schedule
+-- KEYS[6]     n:awaiting-report
 --
 -- ARGV[1]     the notification id
 -- ARGV[2]     the final state
 -- ARGV[3]     how long a finished notification is kept, seconds
 -- ARGV[4]     the lateness buckets' upper bounds, seconds, comma-separated ('1,5,15')
 -- ARGV[5]     the lease's token: its end as `begin` wrote it
--- ARGV[6..]   field/value pairs to set
+-- ARGV[6]     when to look the send up if no final report came (epoch seconds), or ''
+-- ARGV[7..]   field/value pairs to set
 --
 -- Returns 1 when finished, 0 when refused (not `sending` under this lease, and no send to
 -- record), 2 when recorded as a second send.
 local state = redis.call('HGET', KEYS[1], 'state')
 local sent_at_given = false
 if ARGV[2] == 'sent' then
-  for i = 6, #ARGV - 1, 2 do
+  for i = 7, #ARGV - 1, 2 do
     if ARGV[i] == 'sent_at' then sent_at_given = ARGV[i + 1] end
   end
 end
 -- `channel` is left out of the hash when the id ends with it (`notif_fields`)
 local function channel_of()
   return redis.call('HGET', KEYS[1], 'channel') or string.match(ARGV[1], '[^:]*$')
+end
+-- the send is the notification's own: await its report (see above)
+local function await_report()
+  if ARGV[6] ~= '' and tonumber(redis.call('HGET', KEYS[1], 'delivery_rank') or '0') < 4 then
+    redis.call('ZADD', KEYS[6], ARGV[6], ARGV[1])
+  end
 end
 if not (state == 'sending' and redis.call('HGET', KEYS[1], 'lease') == ARGV[5]) then
   if not sent_at_given then return 0 end
@@ -54,7 +66,8 @@ if not (state == 'sending' and redis.call('HGET', KEYS[1], 'lease') == ARGV[5]) 
     if recorded[2] == sent_at_given then return 2 end
   end
   if state == 'sent' and not redis.call('HGET', KEYS[1], 'sent_at') then
-    redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+    redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+    await_report()
     return 1
   end
   if state ~= 'sending' and state ~= 'scheduled' then
@@ -67,13 +80,14 @@ if not (state == 'sending' and redis.call('HGET', KEYS[1], 'lease') == ARGV[5]) 
   end
   redis.call('ZREM', KEYS[5], ARGV[1])
 end
-redis.call('HSET', KEYS[1], 'state', ARGV[2], unpack(ARGV, 6))
+redis.call('HSET', KEYS[1], 'state', ARGV[2], unpack(ARGV, 7))
 redis.call('HDEL', KEYS[1], 'lease')
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('ZREM', KEYS[2], ARGV[1])
 local channel = channel_of()
 redis.call('HINCRBY', KEYS[3], ARGV[2] .. ':' .. channel, 1)
 local sent_at = tonumber(redis.call('HGET', KEYS[1], 'sent_at') or '')
+if ARGV[2] == 'sent' then await_report() end
 if ARGV[2] == 'sent' and sent_at then
   local late = math.max(0, sent_at - tonumber(redis.call('HGET', KEYS[1], 'due')))
   local kind = redis.call('HGET', KEYS[1], 'kind') or string.match(ARGV[1], '^[^:]*')

@@ -18,8 +18,9 @@ import pytest
 from icalendar import Calendar
 
 from notifier.config import Settings
-from notifier.delivery.channels import Attachment, Message
+from notifier.delivery.channels import Attachment, LookedUp, Message, ReportLookup
 from notifier.delivery.channels.calendar import Invite, build_invite
+from notifier.delivery.channels.outbox import Outbox
 from notifier.delivery.channels.sendgrid_email import SendGridEmail
 from notifier.delivery.channels.twilio_sms import MAX_VALIDITY_S, RoutingHttpClient, TwilioSMS
 from notifier.errors import PermanentError, RetryableError
@@ -157,6 +158,54 @@ def test_a_twilio_timeout_is_retryable(twilio):
     assert caught.value.code == "network"
 
 
+def test_a_twilio_send_awaits_its_delivery_report(twilio):
+    assert TwilioSMS(settings(twilio)).send(sms(), NOW).awaits_report
+
+
+# Twilio look-ups: the Message resource fetched by SID (the repair job, `worker.reports`)
+
+def test_a_look_up_fetches_the_message_by_sid_with_its_status_and_code(twilio):
+    channel = TwilioSMS(settings(twilio))
+    sid = channel.send(sms(), NOW).provider_id
+    assert channel.look_up(sid, NOW) == LookedUp(status="queued", code="")
+    twilio.set_status(sid, "undelivered", error_code=30003)
+    assert channel.look_up(sid, NOW) == LookedUp(status="undelivered", code="30003")
+    fetched = twilio.requests[-1]
+    assert (fetched.method, fetched.path) == (
+        "GET", f"/2010-04-01/Accounts/{SID}/Messages/{sid}.json")
+
+
+def test_a_look_up_of_a_sid_twilio_does_not_know_is_permanent(twilio):
+    with pytest.raises(PermanentError) as caught:
+        TwilioSMS(settings(twilio)).look_up("SM" + "f" * 32, NOW)
+    assert caught.value.code == "20404"
+
+
+def test_a_look_up_answered_429_is_retryable_after_its_retry_after(twilio):
+    twilio.script(FakeTwilio.error(20429, status=429, retry_after_s=7))
+    with pytest.raises(RetryableError) as caught:
+        TwilioSMS(settings(twilio)).look_up("SM" + "0" * 32, NOW)
+    assert (caught.value.code, caught.value.retry_after_s) == ("20429", 7.0)
+
+
+def test_a_look_up_answered_5xx_or_timing_out_is_retryable(twilio):
+    twilio.script(Scripted(status=500, body=b"oops"), Scripted(status=200, delay_s=2.0))
+    channel = TwilioSMS(settings(twilio), timeout_s=0.3)
+    with pytest.raises(RetryableError) as caught:
+        channel.look_up("SM" + "0" * 32, NOW)
+    assert caught.value.code == "500"
+    with pytest.raises(RetryableError) as caught:
+        channel.look_up("SM" + "0" * 32, NOW)
+    assert caught.value.code == "network"
+
+
+def test_only_twilio_can_be_asked_about_a_message(twilio, sendgrid, tmp_path):
+    """SendGrid answers about one message only through a paid add-on: not asked."""
+    assert isinstance(TwilioSMS(settings(twilio)), ReportLookup)
+    assert not isinstance(SendGridEmail(settings(sendgrid=sendgrid)), ReportLookup)
+    assert not isinstance(Outbox(tmp_path), ReportLookup)
+
+
 def test_concurrent_sends_each_see_their_own_answer(twilio):
     """One channel shared by many threads, as the worker's threads share it: each send is
     classified by the answer to its own request, never by another thread's."""
@@ -239,6 +288,7 @@ def test_sendgrid_send_has_both_parts_the_invite_and_the_notification_id(sendgri
     [mail] = sendgrid.sent_mails()
     # The receipt is SendGrid's X-Message-Id, not our own id.
     assert receipt.provider_id and receipt.provider_id != email().notification_id
+    assert receipt.awaits_report  # SendGrid's event webhook reports delivery
     assert mail["from"] == {"email": "reminders@practice.example", "name": "Riverbend Health"}
     assert mail["personalizations"] == [{"to": [{"email": "ana@example.com"}]}]
     assert [c["type"] for c in mail["content"]] == ["text/plain", "text/html"]

@@ -1,0 +1,190 @@
+"""The clock's repair job for delivery reports: sends with no final report after
+`NOTIFIER_DELIVERY_REPORT_WAIT_S` are looked up at the provider.
+
+A callback can be lost (our web was down when Twilio called: Twilio does not retry status
+callbacks; a webhook batch refused), and some carriers never report. So a send through a
+provider that reports delivery waits in an index (`notifier.ledger.reports`) until a final
+report (delivered, undelivered, failed, bounce, dropped) takes it out; one still there
+after the wait is handled here, in a worker (the clock only enqueues the job, `run_job`,
+at most once a minute across clocks: provider calls block for up to 20 s each):
+
+- SMS (Twilio): its Message resource is fetched by SID (`TwilioSMS.look_up`). A final
+  status is recorded as the status callback would record it (never backwards), and a
+  final failure is handled as a failed callback is (`fallback.after_reported_failure`:
+  21610 opts the number out; a client's message goes by email where they allow it; one
+  that Redis kept from being planned is looked up again next run, not lost). Any
+  other status (Twilio still says `sent`: the carrier never reported) and a permanent
+  refusal (20404: a SID this account does not know) record `unknown`; a 429, a 5xx or
+  the network leave it for the next run, and end this run's calls.
+- Email (SendGrid): it cannot be asked without its paid Email Activity add-on, so
+  `unknown` at once; so is a send whose channel is no longer one that can be asked (the
+  backend switched to the outbox since).
+- Its notification's hash gone (expired): dropped from the index.
+
+`unknown` is final for the job (the send leaves the index, so it is not looked up again)
+but not for the ledger: a real report arriving later still replaces it
+(`notifications.DELIVERY_RANK`).
+
+Bounds: a run claims at most `LOOKUPS_PER_RUN` ids, `BATCH` at a time (each batch one
+round trip to read, one to write), and calls the provider one message at a time, for at
+most `RUN_BUDGET_S` (then one call's 20 s more at worst). Runs start at most once a
+minute (`EVERY_S`), so the provider sees about 200 look-ups a minute (3.3 a second) at
+most, whatever the backlog: one of 100,000 takes about 8 hours to clear, well within the
+72 h wait. Measured against the local stand-in, a run of 200 takes 0.3-0.4 s, so the
+provider's own answer time is what bounds a run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from notifier.delivery.channels import Channel, LookedUp, ReportLookup
+from notifier.delivery.fallback import after_reported_failure
+from notifier.errors import PermanentError, RetryableError, StoreError
+from notifier.ledger.deliveries import DELIVERY_FAILURES
+from notifier.ledger.notifications import DELIVERY_RANK, FINAL_RANK, UNKNOWN
+from notifier.ledger.reports import Awaiting, Settle
+from notifier.ledger.store import Store
+
+log = logging.getLogger(__name__)
+
+#: The job's name in `run_job` (the clock enqueues it; `notifier.worker.actors` runs it).
+REPORT_LOOKUPS = "delivery-reports"
+#: How often the clock starts a run, seconds (once across all clocks).
+EVERY_S = 60.0
+#: The most sends a run handles (so the most provider calls it makes).
+LOOKUPS_PER_RUN = 200
+#: Sends claimed, read and written at a time: one round trip each way per batch.
+BATCH = 50
+#: A run makes no new provider call after this many seconds; the rest wait for the next
+#: run. With one call's 20 s on top, a run stays far inside dramatiq's 5 minute time limit.
+RUN_BUDGET_S = 60.0
+#: A claimed send is due again after this long if its run died before writing it back
+#: (longer than a run can take).
+CLAIM_S = 300.0
+#: A send left for the next run is due this long after the run's `now`: later than the
+#: instant this run claims at, so it does not take it again, and long before the next run.
+AGAIN_AFTER_S = 1.0
+
+
+class LookupOutcome(StrEnum):
+    """How one send's look-up ended (`notifier_report_lookups_total{outcome}`)."""
+
+    #: the provider says delivered
+    DELIVERED = "delivered"
+    #: the provider says it never arrived (Twilio's undelivered, failed)
+    FAILED = "failed"
+    #: no final word: still `sent` at the provider, unknown to it, or not askable (email)
+    UNKNOWN = "unknown"
+    #: the provider could not answer now (429, 5xx, network): the next run asks again
+    RETRY = "retry"
+    #: its notification had expired: dropped from the index
+    GONE = "gone"
+
+
+def verdict(looked: LookedUp) -> tuple[LookupOutcome, str]:
+    """What a provider's answer records (pure): its own status when final (`delivered`,
+    or a failure, with its code), else `unknown`."""
+    status = looked.status.lower()
+    if DELIVERY_RANK.get(status, 0) < FINAL_RANK:
+        return LookupOutcome.UNKNOWN, UNKNOWN
+    if status in DELIVERY_FAILURES:
+        return LookupOutcome.FAILED, status
+    return LookupOutcome.DELIVERED, status
+
+
+def run_report_lookups(store: Store, channels: Mapping[str, Channel], now: datetime, *,
+                       limit: int = LOOKUPS_PER_RUN, batch: int = BATCH,
+                       budget_s: float = RUN_BUDGET_S,
+                       monotonic: Callable[[], float] = time.monotonic
+                       ) -> Counter[LookupOutcome]:
+    """One run at `now`: claim the sends past their wait, `batch` at a time, up to `limit`,
+    and settle each (see the module docstring). Returns how many ended each way. Raises
+    `StoreUnavailable` / `StoreError` when Redis fails (what was claimed comes back after
+    `CLAIM_S`)."""
+    started = monotonic()
+    again_at = now + timedelta(seconds=AGAIN_AFTER_S)
+    done: Counter[LookupOutcome] = Counter()
+    calling = True  # until the provider struggles or the budget is spent
+    handled = 0
+    while handled < limit and calling:  # once it stops calling, it claims no more
+        ids = store.reports.claim(now, min(batch, limit - handled), CLAIM_S)
+        if not ids:
+            break
+        handled += len(ids)
+        settle = Settle(record=[], drop=[], again=[], counts=Counter())
+        failures: list[tuple[str, str]] = []
+        for notification_id, awaiting in store.reports.facts(ids).items():
+            if awaiting is None:
+                settle.drop.append(notification_id)
+                _count(settle, done, LookupOutcome.GONE, notification_id.rsplit(":", 1)[-1])
+                continue
+            lookup = channels.get(awaiting.channel)
+            if not isinstance(lookup, ReportLookup) or not awaiting.receipt:
+                settle.record.append((notification_id, UNKNOWN, ""))
+                _count(settle, done, LookupOutcome.UNKNOWN, awaiting.channel)
+                continue
+            calling = calling and monotonic() - started < budget_s
+            if not calling:
+                settle.again.append(notification_id)  # not asked: the next run asks
+                continue
+            outcome, status, code = _ask(lookup, awaiting, now)
+            _count(settle, done, outcome, awaiting.channel)
+            if outcome is LookupOutcome.RETRY:
+                settle.again.append(notification_id)
+                calling = False  # the provider struggles: leave it be until the next run
+                continue
+            settle.record.append((notification_id, status, code))
+            if outcome is LookupOutcome.FAILED:
+                failures.append((notification_id, code or status))
+        found = store.reports.settle(settle, now, again_at)
+        for notification_id, code in failures:
+            if found.get(notification_id):
+                _after_failure(store, notification_id, code, now, again_at)
+    if done:
+        log.info("delivery reports looked up: %s",
+                 ", ".join(f"{count} {outcome}" for outcome, count in sorted(done.items())))
+    return done
+
+
+def _ask(lookup: ReportLookup, awaiting: Awaiting, now: datetime
+         ) -> tuple[LookupOutcome, str, str]:
+    """One look-up: (outcome, status to record, code)."""
+    try:
+        looked = lookup.look_up(awaiting.receipt, now)
+    except RetryableError as exc:
+        log.warning("delivery report of %s: the provider could not answer (%s); asking "
+                    "again next run", awaiting.id, exc.code or exc)
+        return LookupOutcome.RETRY, "", ""
+    except PermanentError as exc:
+        log.info("delivery report of %s: the provider does not know it (%s): unknown",
+                 awaiting.id, exc.code)
+        # Its code is the look-up's, not the message's: logged, not recorded as a failure's.
+        return LookupOutcome.UNKNOWN, UNKNOWN, ""
+    outcome, status = verdict(looked)
+    return outcome, status, looked.code
+
+
+def _after_failure(store: Store, notification_id: str, code: str, now: datetime,
+                   again_at: datetime) -> None:
+    """A failure the look-up found, handled as a failed callback is. When Redis fails
+    meanwhile (the other channel's plan lost to contention), the send is looked up again
+    next run: its report is recorded already (recording it again changes nothing) and
+    planning the other channel is idempotent, so the fallback is tried again, not lost."""
+    try:
+        after_reported_failure(store, notification_id, code, now)
+    except StoreError:
+        log.exception("delivery report of %s: its failure is recorded, but the other channel "
+                      "could not be planned; trying again next run", notification_id)
+        store.reports.look_again([notification_id], again_at)
+
+
+def _count(settle: Settle, done: Counter[LookupOutcome], outcome: LookupOutcome,
+           channel: str) -> None:
+    settle.counts[(outcome.value, channel)] += 1
+    done[outcome] += 1
