@@ -51,6 +51,18 @@ class Service:
     layout: Layout
     #: when a worker process was SIGKILLed (epoch seconds)
     kills: list[float] = field(default_factory=list)
+    #: what `plan` planned: each notification's due time by id
+    due: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._tail = workload.OutboxTail(self.work / "outbox" / "messages.jsonl")
+
+    def wait_sent(self, lines: int, until: float) -> int:
+        """Wait until the outbox has at least `lines` lines, or until `until` (epoch
+        seconds); returns how many it has."""
+        while (count := self._tail.count()) < lines and time.time() < until:
+            time.sleep(0.005)
+        return count
 
     @property
     def worker_names(self) -> list[str]:
@@ -96,6 +108,7 @@ class Service:
         if refused:
             raise RuntimeError(f"{refused} events refused (see the web log)")
         wait_applied(self.server.client(0), self.alive)
+        self.due |= due_times(dues, tag)
         return due_times(dues, tag)
 
     def quiet(self) -> bool:
