@@ -64,6 +64,7 @@ def _under_load(name: str, layout: Layout, seed: int, base: Path, bursts: int,
         seen = svc.seen()
         if provider:
             due |= _fallbacks(svc, due, {i for i, s in seen.items() if s.refused})
+            svc.settle(due)  # the other channel's messages may be retrying too
             seen = svc.seen(list(due))
         kills = list(svc.kills)
     row = tally(name, due, seen, provider=provider, kills=kills)

@@ -111,19 +111,21 @@ class Service:
         self.due |= due_times(dues, tag)
         return due_times(dues, tag)
 
-    def quiet(self) -> bool:
-        """Nothing in flight, nothing due, no event waiting to be applied."""
+    def quiet(self, ids: Sequence[str]) -> bool:
+        """Nothing in flight, nothing due, no event waiting to be applied, and none of
+        `ids` scheduled (a retry backing off is not done)."""
         r = self.server.client(0)
         try:
             return (r.zcard(INFLIGHT) == 0 and r.zcount(SCHEDULE, "-inf", time.time()) == 0
-                    and r.zcard(PENDING_EVENTS) == 0)
+                    and r.zcard(PENDING_EVENTS) == 0
+                    and not any(r.zmscore(SCHEDULE, list(ids)) if ids else ()))
         finally:
             r.close()
 
-    def settle(self, due: dict[str, float], timeout_s: float = 120.0) -> None:
+    def settle(self, due: dict[str, float], timeout_s: float = 300.0) -> None:
         """Wait until every notification of `due` is due, and then the service is quiet
-        twice in a row half a second apart (a resumed worker's late send shows). Raises
-        `RuntimeError` after `timeout_s` or when a process exited."""
+        (`quiet(due)`) twice in a row half a second apart (a resumed worker's late send
+        shows). Raises `RuntimeError` after `timeout_s` or when a process exited."""
         deadline = time.monotonic() + timeout_s
         while time.time() < max(due.values(), default=0):
             time.sleep(0.1)
@@ -132,7 +134,7 @@ class Service:
             self.alive()
             if time.monotonic() > deadline:
                 raise RuntimeError(f"not quiet after {timeout_s:.0f} s")
-            calm = calm + 1 if self.quiet() else 0
+            calm = calm + 1 if self.quiet(list(due)) else 0
             time.sleep(0.5)
 
     def seen(self, extra_ids: Sequence[str] = ()) -> dict[str, Seen]:
@@ -158,7 +160,8 @@ class Service:
         ledger = self.ledger(ids)
         return {i: Seen(tuple(copies.get(i, [])), ledger[i].get("state", "unknown"),
                         int(ledger[i].get("sent_again", 0)), i in refused,
-                        int(ledger[i].get("attempts", 0))) for i in ids}
+                        int(ledger[i].get("attempts", 0)), ledger[i].get("reason", ""))
+                for i in ids}
 
     def ledger(self, ids: Sequence[str]) -> dict[str, dict[str, str]]:
         """Each notification's hash as `Reading.notification` decodes it, in one round

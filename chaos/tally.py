@@ -59,6 +59,14 @@ class Seen:
     sent_again: int = 0
     refused: bool = False
     attempts: int = 1
+    #: the ledger's `reason` (why it is where it is)
+    reason: str = ""
+
+    def describe(self) -> str:
+        """What the ledger and the copies say, for a failure's example."""
+        return (f"{self.state}, {self.attempts} attempts, {len(self.copies)} copies, "
+                f"{self.sent_again} recorded again" + (", refused" if self.refused else "")
+                + (f": {self.reason}" if self.reason else ""))
 
 
 @dataclass
@@ -85,7 +93,7 @@ class Row:
     #: how many the faults reached
     retried: int = 0
     windows: dict[str, int] = field(default_factory=dict)
-    #: ids behind any failure, at most a few of each kind, to look up in the ledger
+    #: ids behind any failure, at most a few of each kind, each with what the ledger says
     examples: dict[str, list[str]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     #: what else the experiment found broken (an event refused, a slow answer)
@@ -126,7 +134,8 @@ def tally(experiment: str, due: Mapping[str, float], seen: Mapping[str, Seen], *
     def example(kind: str, notification_id: str) -> None:
         ids = examples.setdefault(kind, [])
         if len(ids) < 5:
-            ids.append(notification_id)
+            s = seen.get(notification_id)
+            ids.append(notification_id + (f" ({s.describe()})" if s else ""))
 
     for notification_id, due_at in due.items():
         s = seen.get(notification_id, Seen((), "unknown"))
