@@ -42,7 +42,7 @@ bench: $(BENCH_STAMP)
 bench-full: $(BENCH_STAMP)
 	$(BIN)/python -m bench
 
-# The chaos experiments at full size (about 7 minutes on a 2-core machine): a table on stdout,
+# The chaos experiments at full size (about 6 minutes on a 2-core machine): a table on stdout,
 # results in var/chaos/chaos.json; exits 1 on a loss or a duplicate outside the documented
 # windows. `make test` runs them in their quick size (tests/chaos/).
 chaos: $(STAMP)
