@@ -83,6 +83,8 @@ class RedisServer:
     dir: Path
     process: subprocess.Popen[bytes]
     appendfsync: str | None
+    #: the server's command line, to start it again after `kill`
+    argv: list[str] = field(default_factory=list)
 
     def client(self, db: int = 0) -> redis.Redis:
         return redis.Redis.from_url(self.url_for(db))
@@ -93,6 +95,19 @@ class RedisServer:
     @property
     def pid(self) -> int:
         return self.process.pid
+
+    def kill(self) -> None:
+        """SIGKILL the server (no shutdown, no save: only its append-only file is left)."""
+        self.process.kill()
+        self.process.wait(timeout=10)
+
+    def start(self) -> None:
+        """Start the server again on the same port and directory (after `kill`); it loads
+        its append-only file. Raises `redis.ConnectionError` when it does not answer
+        within 10 s."""
+        self.process = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+        wait_for_redis(self.url)
 
 
 @contextmanager
@@ -107,17 +122,19 @@ def redis_server(appendfsync: str | None = None) -> Iterator[RedisServer]:
         port = free_port()
         persistence = (["--appendonly", "no"] if appendfsync is None
                        else ["--appendonly", "yes", "--appendfsync", appendfsync])
-        process = subprocess.Popen(
-            [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--dir", tmp, "--databases", "16", *persistence],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        argv = [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                "--dir", tmp, "--databases", "16", *persistence]
+        process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         url = f"redis://127.0.0.1:{port}/0"
+        server = RedisServer(url=url, dir=Path(tmp), process=process, appendfsync=appendfsync,
+                             argv=argv)
         try:
             wait_for_redis(url)
-            yield RedisServer(url=url, dir=Path(tmp), process=process, appendfsync=appendfsync)
+            yield server
         finally:
-            process.terminate()
-            process.wait(timeout=10)
+            if server.process.poll() is None:
+                server.process.terminate()
+                server.process.wait(timeout=10)
 
 
 # Subprocesses -------------------------------------------------------------------------------
@@ -155,16 +172,47 @@ class Processes:
 
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
+    #: how each was started: (argv, env, cwd, log file), for `restart`
+    launch: list[tuple[list[str], dict[str, str], Path, Path]] = field(default_factory=list)
 
     @property
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs]
+
+    def start(self, name: str, argv: list[str], env: dict[str, str], cwd: Path,
+              log: Path) -> subprocess.Popen[bytes]:
+        """Start `argv` as the child `name`, its output appended to `log`."""
+        proc = _spawn(argv, env, cwd, log)
+        self.procs.append(proc)
+        self.names.append(name)
+        self.launch.append((argv, env, cwd, log))
+        return proc
+
+    def restart(self, name: str) -> subprocess.Popen[bytes]:
+        """Start the child `name` again as it was first started (as a supervisor restarts
+        a process that exited); the old one must have exited. Raises `ValueError` for an
+        unknown name, `RuntimeError` while the old one still runs."""
+        i = self.names.index(name)
+        if self.procs[i].poll() is None:
+            raise RuntimeError(f"{name} is still running")
+        self.procs[i] = _spawn(*self.launch[i])
+        return self.procs[i]
+
+    def of(self, name: str) -> subprocess.Popen[bytes]:
+        """The child `name` as it runs now. Raises `ValueError` for an unknown name."""
+        return self.procs[self.names.index(name)]
 
     def check_alive(self) -> None:
         """Raises `RuntimeError` naming a child that has exited."""
         for name, proc in zip(self.names, self.procs, strict=True):
             if proc.poll() is not None:
                 raise RuntimeError(f"{name} exited with status {proc.returncode}")
+
+
+def _spawn(argv: list[str], env: dict[str, str], cwd: Path, log: Path
+           ) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(argv, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
 
 
 @contextmanager
@@ -177,10 +225,7 @@ def processes(commands: Sequence[tuple[str, list[str]]], env: dict[str, str], cw
     log_dir.mkdir(parents=True, exist_ok=True)
     try:
         for name, argv in commands:
-            with (log_dir / f"{name}.log").open("ab") as out:
-                started.procs.append(subprocess.Popen(argv, env=env, cwd=cwd, stdout=out,
-                                                      stderr=subprocess.STDOUT))
-            started.names.append(name)
+            started.start(name, argv, env, cwd, log_dir / f"{name}.log")
         yield started
     finally:
         for proc in started.procs:

@@ -8,10 +8,13 @@ and answers in the provider's wire format. A request is answered by the first th
 2. the next answer scripted for the request's recipient (`FakeTwilio.answer_to`), first in
    first out: unlike `script`, it does not depend on the order parallel requests arrive in;
 3. the next scripted answer (`script`), first in first out;
-4. chaos mode (`fail_randomly`): with probability `rate`, a random answer from its list;
-5. the provider itself: a validation error when required fields are missing, else success.
+4. the function given to `answer_with`, when it returns an answer;
+5. chaos mode (`fail_randomly`): with probability `rate`, a random answer from its list;
+6. the provider itself: a validation error when required fields are missing, else success.
 
-Only requests answered by step 5 with success count as sent (`sent_messages`, `sent_mails`).
+Only requests answered by step 6 with success count as sent (`sent_messages`, `sent_mails`),
+and those answered by a `Scripted(accepted=True)`: the provider takes the message as in step
+6, then sends that answer's delay and nothing else (a read timeout after acceptance).
 `delay_randomly` holds every answer back a random while, so parallel requests are answered
 out of order, as a real API's are.
 """
@@ -29,6 +32,7 @@ import secrets
 import threading
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -53,12 +57,17 @@ class Recorded:
 
 @dataclass
 class Scripted:
-    """One answer: a dict body is sent as JSON; `delay_s` lets a client's timeout fire first."""
+    """One answer: a dict body is sent as JSON; `delay_s` lets a client's timeout fire first.
+
+    `accepted`: the provider takes the message (step 6 of the module docstring) and answers
+    as it would, after `delay_s`: with a delay past the client's timeout, the message went
+    out and the client never hears of it."""
 
     status: int
     body: bytes | dict[str, Any] | None = None
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
+    accepted: bool = False
 
 
 def _record(method: str, target: str, headers: dict[str, str], body: bytes) -> Recorded:
@@ -134,6 +143,7 @@ class FakeProvider:
         self._lock = threading.Condition()
         self._scripted: deque[Scripted] = deque()
         self._chaos: tuple[float, random.Random, list[Scripted]] | None = None
+        self._decide: Callable[[Recorded], Scripted | None] | None = None
         self._jitter: tuple[float, random.Random] | None = None
         self._closing = threading.Event()
         self._server = _Server(("127.0.0.1", 0), _Handler)
@@ -165,6 +175,13 @@ class FakeProvider:
             raise ValueError("answers must not be empty when rate > 0")
         with self._lock:
             self._chaos = (rate, rng, list(answers)) if rate else None
+
+    def answer_with(self, decide: Callable[[Recorded], Scripted | None] | None) -> None:
+        """Answer each request with `decide(request)` when it returns an answer (None: the
+        next step); called under the fake's lock, in the order requests arrive, so it may
+        count them. None turns it off."""
+        with self._lock:
+            self._decide = decide
 
     def delay_randomly(self, max_s: float, rng: random.Random) -> None:
         """Delay every answer by a further uniform 0 to `max_s` seconds; 0 turns it off."""
@@ -201,6 +218,8 @@ class FakeProvider:
             self.requests.append(request)
             self._lock.notify_all()
             answer = self._choose(request)
+            if answer.accepted:
+                answer = dataclasses.replace(self._default(request), delay_s=answer.delay_s)
             if self._jitter:
                 max_s, rng = self._jitter
                 answer = dataclasses.replace(answer,
@@ -215,6 +234,9 @@ class FakeProvider:
             return for_recipient
         if self._scripted:
             return self._scripted.popleft()
+        decided = self._decide(request) if self._decide else None
+        if decided is not None:
+            return decided
         if self._chaos:
             rate, rng, answers = self._chaos
             if rng.random() < rate:

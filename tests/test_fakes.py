@@ -216,6 +216,39 @@ def test_twilio_timeout_raises_requests_read_timeout(fake_twilio: FakeTwilio) ->
     assert len(fake_twilio.requests) == 1
 
 
+def test_twilio_accepts_then_times_out(fake_twilio: FakeTwilio) -> None:
+    client, _ = twilio_client(fake_twilio, timeout_s=0.5)
+    fake_twilio.script(Scripted(0, delay_s=5, accepted=True))
+
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        send_sms(client)
+
+    # The message went out all the same: the client just never heard.
+    assert [m["To"] for m in fake_twilio.sent_messages()] == [TO]
+
+
+def test_answers_decided_per_request_come_before_chaos_mode(fake_twilio: FakeTwilio) -> None:
+    client, _ = twilio_client(fake_twilio)
+    fake_twilio.fail_randomly(1.0, random.Random(1), [FakeTwilio.error(20500, 500)])
+    seen: list[str] = []
+
+    def decide(request: Any) -> Scripted | None:
+        seen.append(request.form["Body"][0])
+        return FakeTwilio.error(21211) if len(seen) == 1 else None
+
+    fake_twilio.answer_with(decide)
+    with pytest.raises(TwilioRestException) as first:
+        send_sms(client)
+    with pytest.raises(TwilioRestException) as second:
+        send_sms(client)  # decide said nothing: chaos mode answers
+    fake_twilio.answer_with(None)
+    fake_twilio.fail_randomly(0, random.Random(1), [])
+    send_sms(client)
+
+    assert (first.value.code, second.value.code, len(seen)) == (21211, 20500, 2)
+    assert len(fake_twilio.sent_messages()) == 1
+
+
 def test_twilio_wrong_token_is_401(fake_twilio: FakeTwilio) -> None:
     client, _ = twilio_client(fake_twilio, token="wrong-token")
     fake_twilio.script(FakeTwilio.error(20429, 429))
@@ -374,6 +407,17 @@ def test_sendgrid_timeout_raises_builtin_timeout_error(fake_sendgrid: FakeSendGr
         client.send(mail())
 
     assert len(fake_sendgrid.requests) == 1
+
+
+def test_sendgrid_accepts_then_times_out(fake_sendgrid: FakeSendGrid) -> None:
+    fake_sendgrid.script(Scripted(0, delay_s=5, accepted=True))
+    client = sendgrid_client(fake_sendgrid)
+    client.client.timeout = 0.5
+
+    with pytest.raises(TimeoutError):
+        client.send(mail())
+
+    assert len(fake_sendgrid.sent_mails()) == 1
 
 
 @pytest.mark.parametrize("api_key", ["SG.wrong-key", ""])

@@ -1,0 +1,21 @@
+"""Every chaos experiment in its quick size (`python -m chaos --quick`): the real processes
+under each fault lose nothing, send nothing again outside the documented windows, and record
+every permanent failure. The full run, and its table in the README, is `make chaos`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from chaos.__main__ import DEFAULT_SEED, details
+from chaos.experiments import EXPERIMENTS
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(EXPERIMENTS))
+def test_the_service_keeps_its_promises_under(name: str, tmp_path: Path) -> None:
+    row = EXPERIMENTS[name](DEFAULT_SEED, True, tmp_path)
+
+    assert not row.failed, details([row])
+    assert row.sent + row.expected_failed >= row.expected > 0
