@@ -38,6 +38,7 @@ from typing import Any
 
 import redis
 
+from notifier.ledger.client import store_errors
 from notifier.ledger.lua import lua_source
 from notifier.ledger.notifications import PREFIX, epoch, notif_key
 
@@ -100,13 +101,25 @@ class IndexTrimmer:
             return 0, 0
         with self.redis.pipeline(transaction=False) as pipe:
             for key in keys:
-                if key.startswith(RECIPIENT_INDEXES):
-                    # Oldest due first: those past the retention are at the front.
-                    pipe.zrange(key, 0, IDS_PER_INDEX - 1)
-                else:
-                    # SORT BY nosort reads a set's and a sorted set's members alike.
-                    pipe.sort(key, by="nosort", start=0, num=IDS_PER_INDEX)
-            members = pipe.execute()
+                # Oldest due first in a recipient's index: those past the retention are at
+                # the front. An entity's index is a sorted set or a set: both are asked,
+                # and the one of the wrong type answers WRONGTYPE. Not `SORT BY nosort`
+                # (one command for either, as readers use): Redis refuses SORT over
+                # `maxmemory`, and this is the job that frees memory.
+                pipe.zrange(key, 0, IDS_PER_INDEX - 1)
+                if not key.startswith(RECIPIENT_INDEXES):
+                    pipe.srandmember(key, IDS_PER_INDEX)
+            replies = iter(pipe.execute(raise_on_error=False))
+        members = []
+        for key in keys:
+            found = next(replies)
+            if not key.startswith(RECIPIENT_INDEXES):
+                as_set = next(replies)
+                found = as_set if isinstance(found, Exception) else found
+            if isinstance(found, Exception):
+                with store_errors():  # as `StoreError`, like every other Redis refusal
+                    raise found
+            members.append(found)
         start = epoch(now) - self.keep_finished_s
         with self.redis.pipeline(transaction=False) as pipe:
             for key, ids in zip(keys, members, strict=True):

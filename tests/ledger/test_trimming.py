@@ -297,3 +297,53 @@ def test_an_id_no_longer_in_the_index_when_the_script_runs_is_not_retired(kept_s
                                args=[NOW.timestamp() - RETENTION_DAYS * 86400, 0,
                                      HISTORY_DAYS * 86400, n.id]) == [0, 0]
     assert store.notification(n.id)["to_id"] == "client-0042"
+
+
+def test_an_entity_index_whose_ids_all_retire_keeps_its_expiry(redis_client):
+    """Emptied, Redis deletes the index, and the `~` added back made a new key with no
+    expiry: one for every past appointment, kept for ever (found by QA). It keeps the time
+    the index had left."""
+    store = Store(redis_client, keep_finished_s=RETENTION_DAYS * 86400, history_s=365 * 86400)
+    store.write_plan(Plan(outcome="applied", add=(planned(
+        "appointment_confirmation:a1:booked:sms", NOW - 40 * DAY, "appointment:a1",
+        state="expired"),)), NOW - 40 * DAY)
+    key = by_entity_key("appointment:a1")
+    left = redis_client.ttl(key)
+    assert left > 0
+    for _ in range(2):  # the recipient's index retires it, then the entity's drops it
+        store.trimmer.run(NOW)
+    assert ids(store, key) == {GONE_MARKER}
+    assert 0 < left - 5 <= redis_client.ttl(key) <= left
+
+
+def test_the_clock_retires_and_trims_when_redis_is_full(tmp_path):
+    """The trim is what frees memory and strips content past the retention: it must run
+    when Redis is full (`maxmemory` under noeviction, as a queue runs), where Redis refuses
+    SORT (found by QA: the whole run failed on it)."""
+    import redis
+
+    from tests.conftest import private_redis
+
+    servers = private_redis(tmp_path)
+    client = redis.Redis.from_url(next(servers))
+    try:
+        full = Store(client, keep_finished_s=RETENTION_DAYS * 86400, history_s=365 * 86400)
+        old = "follow_up:c1:a1:sms"
+        full.write_plan(Plan(outcome="applied", add=(planned(old, NOW - 40 * DAY,
+                                                             "followup:c1", state="expired"),
+                                                     )), NOW - 40 * DAY)
+        client.sadd(by_entity_key("appointment:big"), "gone-1", "gone-2")  # a set index
+        for i in range(100):
+            client.set(f"fill:{i}", "x" * 1000)
+        client.config_set("maxmemory-policy", "noeviction")
+        client.config_set("maxmemory", str(int(client.info("memory")["used_memory"]) - 20_000))
+        with pytest.raises(redis.ResponseError, match="maxmemory"):
+            client.set("one-more", "x")
+        run = full.trimmer.run(NOW)
+        assert client.hget(notif_key(old), "retired") is not None
+        assert client.hget(notif_key(old), "to") is None
+        assert client.smembers(by_entity_key("appointment:big")) == {GONE_MARKER.encode()}
+        assert run.removed >= 2 and run.retired == 1
+    finally:
+        client.close()
+        servers.close()

@@ -39,6 +39,9 @@ local ENDED = {sent = true, failed = true, expired = true, suppressed = true,
 local GONE = '~'
 local index = redis.call('TYPE', KEYS[1]).ok
 if index == 'none' then return {0, 0} end
+-- An index emptied below is deleted by Redis, and the `~` added back would have no expiry:
+-- it gets back the time the index had left.
+local ttl = redis.call('PTTL', KEYS[1])
 local by_due = ARGV[1] ~= '' and index == 'zset'
 local removed, retired = 0, 0
 for i = 2, #KEYS do
@@ -76,5 +79,6 @@ end
 if removed > 0 and not by_due then
   if index == 'zset' then redis.call('ZADD', KEYS[1], 0, GONE)
   else redis.call('SADD', KEYS[1], GONE) end
+  if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
 end
 return {removed, retired}
