@@ -105,6 +105,11 @@ MIN_RETENTION_DAYS = 30
 #: (`NOTIFIER_HISTORY_DAYS`): a year, so its dedupe key still holds for replays and the
 #: year's outcomes can be counted; 0 deletes it at the retention.
 HISTORY_DAYS = 365
+#: The longest retention or history (days): ten years, past any medical-record retention
+#: rule a US practice keeps for this (HIPAA documentation, 6 years: 45 CFR 164.316(b)(2)),
+#: and far inside what Redis's EXPIRE takes (a larger value would fail every plan holding
+#: an ended notification, in the middle of its transaction).
+MAX_KEEP_DAYS = 3650
 #: How long after a send through Twilio or SendGrid with no final delivery report the
 #: repair job looks it up, in seconds: 72 h, when a report can no longer be expected.
 #: SendGrid retries a deferred email for up to 72 hours before it gives up
@@ -199,16 +204,20 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise ConfigError(f"{name}: expected true or false, got {raw!r}")
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1,
+         maximum: int | None = None) -> int:
     raw = env.get(name, "").strip()
     if not raw:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name}: expected a whole number, got {raw!r}") from None
+    # ASCII digits only: Python's int() also takes "3_0", "+30" and other scripts' digits,
+    # which no one means in a setting.
+    if not (raw.isascii() and raw.lstrip("-").isdigit()):
+        raise ConfigError(f"{name}: expected a whole number, got {raw!r}")
+    value = int(raw)
     if value < minimum:
         raise ConfigError(f"{name}: must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name}: must be at most {maximum}, got {value}")
     return value
 
 
@@ -436,8 +445,9 @@ class Settings:
             lease_s=_int(env, "NOTIFIER_LEASE_S", defaults.lease_s),
             future_skew_s=_int(env, "NOTIFIER_FUTURE_SKEW_S", defaults.future_skew_s),
             retention_days=_int(env, "NOTIFIER_RETENTION_DAYS", defaults.retention_days,
-                                minimum=MIN_RETENTION_DAYS),
-            history_days=_int(env, "NOTIFIER_HISTORY_DAYS", defaults.history_days, minimum=0),
+                                minimum=MIN_RETENTION_DAYS, maximum=MAX_KEEP_DAYS),
+            history_days=_int(env, "NOTIFIER_HISTORY_DAYS", defaults.history_days, minimum=0,
+                              maximum=MAX_KEEP_DAYS),
             log_level=_log_level(env, "NOTIFIER_LOG_LEVEL", defaults.log_level),
             sendgrid_webhook_public_key=opt("SENDGRID_WEBHOOK_PUBLIC_KEY"),
             max_attempts=_int(env, "NOTIFIER_MAX_ATTEMPTS", defaults.max_attempts),
@@ -448,8 +458,10 @@ class Settings:
                                          defaults.web_read_timeout_s),
             web_max_connections=_int(env, "NOTIFIER_WEB_MAX_CONNECTIONS",
                                      defaults.web_max_connections),
+            # At most the shortest retention: looked up while the row still has its SID.
             delivery_report_wait_s=_int(env, "NOTIFIER_DELIVERY_REPORT_WAIT_S",
-                                        defaults.delivery_report_wait_s),
+                                        defaults.delivery_report_wait_s,
+                                        maximum=MIN_RETENTION_DAYS * 86400),
         )
 
     @property

@@ -33,6 +33,8 @@ def test_defaults_deliver_to_the_outbox_on_the_embedded_redis():
     assert (s.retention_days, s.retention_s) == (90, 90 * 86400)
     assert (s.history_days, s.history_s) == (365, 365 * 86400)
     assert settings(NOTIFIER_RETENTION_DAYS="30").retention_s == 30 * 86400
+    assert settings(NOTIFIER_RETENTION_DAYS="3650", NOTIFIER_HISTORY_DAYS="3650"
+                    ).retention_s == 3650 * 86400
     assert settings(NOTIFIER_HISTORY_DAYS="0").history_s == 0
     assert s.delivery_report_wait_s == 72 * 3600
     assert settings(NOTIFIER_DELIVERY_REPORT_WAIT_S="3600").delivery_report_wait_s == 3600
@@ -233,6 +235,16 @@ def test_a_dotenv_that_is_not_text_is_named_in_one_line(tmp_path):
     ({"NOTIFIER_RETENTION_DAYS": "29"}, "NOTIFIER_RETENTION_DAYS"),
     ({"NOTIFIER_RETENTION_DAYS": "90d"}, "NOTIFIER_RETENTION_DAYS"),
     ({"NOTIFIER_HISTORY_DAYS": "-1"}, "NOTIFIER_HISTORY_DAYS"),
+    # Found by QA: past what Redis's EXPIRE takes, every plan with an ended notification
+    # failed mid-transaction; ten years is the bound.
+    ({"NOTIFIER_RETENTION_DAYS": "99999999999999"}, "NOTIFIER_RETENTION_DAYS"),
+    ({"NOTIFIER_RETENTION_DAYS": "3651"}, "NOTIFIER_RETENTION_DAYS"),
+    ({"NOTIFIER_HISTORY_DAYS": "3651"}, "NOTIFIER_HISTORY_DAYS"),
+    ({"NOTIFIER_RETENTION_DAYS": "3_0"}, "NOTIFIER_RETENTION_DAYS"),
+    ({"NOTIFIER_RETENTION_DAYS": "+30"}, "NOTIFIER_RETENTION_DAYS"),
+    ({"NOTIFIER_RETENTION_DAYS": "\u0663\u0660"}, "NOTIFIER_RETENTION_DAYS"),  # Arabic-Indic 30
+    ({"NOTIFIER_DELIVERY_REPORT_WAIT_S": str(30 * 86400 + 1)},
+     "NOTIFIER_DELIVERY_REPORT_WAIT_S"),
     ({"NOTIFIER_DELIVERY_REPORT_WAIT_S": "0"}, "NOTIFIER_DELIVERY_REPORT_WAIT_S"),
     ({"NOTIFIER_DELIVERY_REPORT_WAIT_S": "3d"}, "NOTIFIER_DELIVERY_REPORT_WAIT_S"),
     ({"NOTIFIER_LOG_LEVEL": "verbose"}, "NOTIFIER_LOG_LEVEL"),
