@@ -16,7 +16,10 @@ for something no one can see. Zero-width joiner and non-joiner are kept: Persian
 names and emoji are spelt with them. Also refused at the door: the Unicode noncharacters
 (U+FDD0-U+FDEF and the last two code points of every plane, U+FFFE, U+FFFF, ...), which
 Unicode reserves for a program's internal use, never for interchange (Unicode 15, §23.7),
-and text with no visible character (only spaces, or joiners): "Hi   ," greets no one.
+and text with no visible character: "Hi   ," greets no one. Visible means a letter, digit,
+punctuation mark or symbol (Unicode L, N, P, S) other than the blank ones (the Hangul
+fillers, the blank braille pattern); spaces, joiners, variation selectors and combining
+marks with no base show nothing on their own.
 Private-use characters are kept (a vendor's logo in a name is a choice, not an error), and
 so are code points unassigned in this Python's Unicode version (a newer emoji).
 README "Decisions" has the table.
@@ -33,6 +36,9 @@ REFUSED_CATEGORIES = frozenset({"Cc", "Zl", "Zp", "Cs"})
 BIDI_CONTROLS = frozenset(chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A)))
 #: Format characters kept: zero-width non-joiner and joiner.
 KEPT_FORMAT = frozenset({"\u200c", "\u200d"})
+#: Letters and symbols that draw nothing: Hangul fillers (choseong, jungseong, compatibility,
+#: halfwidth), the blank braille pattern, and the Khmer inherent vowels (U+17B4, U+17B5).
+BLANK_GRAPHIC = frozenset("\u115f\u1160\u3164\uffa0\u2800\u17b4\u17b5")
 #: Unicode's noncharacters: U+FDD0-U+FDEF and U+xxFFFE, U+xxFFFF of each of the 17 planes.
 NONCHARACTERS = frozenset([chr(c) for c in range(0xFDD0, 0xFDF0)]
                           + [chr(p * 0x10000 + c) for p in range(17) for c in (0xFFFE, 0xFFFF)])
@@ -54,10 +60,14 @@ def plain_text(text: str, refuse: bool = True) -> str:
         kept = text
     else:
         kept = "".join(_kept_chars(text, refuse))
-    if refuse and kept and all(c.isspace() or c in KEPT_FORMAT for c in kept):
-        raise ValueError("must hold a visible character (this holds only spaces or "
-                         "joiners)")
+    if refuse and kept and not any(_visible(c) for c in kept):
+        raise ValueError("must hold a visible character (a letter, digit, punctuation mark "
+                         "or symbol): this holds only spaces, joiners, marks or blanks")
     return kept
+
+
+def _visible(char: str) -> bool:
+    return unicodedata.category(char)[0] in "LNPS" and char not in BLANK_GRAPHIC
 
 
 def _kept_chars(text: str, refuse: bool) -> list[str]:
