@@ -442,6 +442,8 @@ def notification_lines(views: list[Any], zone: Any, now: datetime, quiet: Any) -
         if view.code:
             why += f" (code {view.code})"
         rows.append((view.state, f"{when:%a %Y-%m-%d %H:%M %Z}", view.kind, view.channel, why))
+    if not rows:
+        return []
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     return ["  " + "  ".join([*(cell.ljust(width) for cell, width in zip(row, widths,
                                                                          strict=False)),

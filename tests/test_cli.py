@@ -24,7 +24,7 @@ from notifier.delivery.compose import STAFF_KINDS
 from notifier.delivery.render import Renderer
 from notifier.ledger.embedded_redis import EmbeddedRedis, free_port
 from notifier.policy.timing import hold_for_quiet_hours
-from tests.service import wait_for
+from tests.service import service_env, wait_for
 
 #: Every test runs the `notifier` command in a process of its own.
 pytestmark = pytest.mark.slow
@@ -894,3 +894,20 @@ def test_a_hold_for_quiet_hours_is_said_once_whoever_held_it(policy, reason):
                           state="scheduled", reason=reason, sent_at=None, code=None)
     [line] = notification_lines([row], zone, now, policy.quiet_hours)
     assert line.endswith("due in 7 h 0 min, held by quiet hours (21:00-08:00 client-local)")
+
+
+def test_notifications_of_a_client_with_none_in_the_window_says_so(redis_url, redis_client,
+                                                                   policy, tmp_path):
+    """A client on record with nothing due in the window (just upserted; or everything
+    older, or retired past the retention): its header, no rows, exit 0 (found by QA: it
+    failed on the widest cell of no rows)."""
+    from notifier.ledger.store import Store
+    from tests.kit import client_upserted, store_and_apply
+
+    now = datetime.now(UTC)
+    store_and_apply(Store(redis_client), policy, client_upserted("c-quiet", "UTC", now), now)
+    listed = notifier("notifications", "c-quiet", cwd=tmp_path,
+                      env=service_env(redis_url, tmp_path))
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.startswith("c-quiet: 0 notifications due from 30 days ago on")
+    assert len(listed.stdout.splitlines()) == 1
