@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -174,3 +176,21 @@ class CountingConnection(Connection):
         """Count one request, then send it as redis-py does."""
         CountingConnection.sent += 1
         super().send_packed_command(command, check_health)
+
+
+@contextmanager
+def counted_pipelines(client: Any) -> Iterator[list[int]]:
+    """Inside it, each pipeline `client` opens appends 1 to the list it yields: a test counts
+    the round trips of code that batches its Redis work one pipeline a round trip."""
+    opened: list[int] = []
+    original = client.pipeline
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        opened.append(1)
+        return original(*args, **kwargs)
+
+    client.pipeline = counting
+    try:
+        yield opened
+    finally:
+        del client.pipeline

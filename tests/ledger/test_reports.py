@@ -13,6 +13,7 @@ from notifier.ledger.reading import shown_state
 from notifier.ledger.reports import Awaiting, Settle
 from notifier.ledger.store import Store
 from notifier.policy.plan import Plan, PlannedNotification
+from tests.kit import counted_pipelines
 
 NOW = datetime(2026, 11, 25, 15, 0, tzinfo=UTC)
 WAIT_S = 3600.0
@@ -145,19 +146,11 @@ def test_a_batch_is_settled_in_one_round_trip(store):
     delivered, gone, again, settled = (sent(store, i) for i in range(1, 5))
     store.redis.delete(notif_key(gone))
     store.schedule.record_delivery(settled, "delivered", "", NOW)  # while the job asked
-    calls = []
-    original = store.redis.pipeline
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return original(*args, **kwargs)
-
-    store.redis.pipeline = counting
-    found = store.reports.settle(Settle(
-        record=[(delivered, "delivered", "")], drop=[gone], again=[again, settled],
-        counts=Counter({("delivered", "sms"): 1, ("gone", "sms"): 1})), NOW,
-        again_at=NOW + timedelta(seconds=1))
-    del store.redis.pipeline
+    with counted_pipelines(store.redis) as calls:
+        found = store.reports.settle(Settle(
+            record=[(delivered, "delivered", "")], drop=[gone], again=[again, settled],
+            counts=Counter({("delivered", "sms"): 1, ("gone", "sms"): 1})), NOW,
+            again_at=NOW + timedelta(seconds=1))
     assert len(calls) == 1
     assert found == {delivered: True}
     assert awaiting(store) == {again: epoch(NOW) + 1}, "a settled one is not put back"

@@ -32,7 +32,13 @@ from notifier.worker.reports import (
     run_report_lookups,
 )
 from tests.fakes import FakeSendGrid, FakeTwilio, Scripted
-from tests.kit import appointment, client_upserted, provider_upserted, store_and_apply
+from tests.kit import (
+    appointment,
+    client_upserted,
+    counted_pipelines,
+    provider_upserted,
+    store_and_apply,
+)
 from tests.service import wait_for
 
 NOW = datetime(2026, 11, 25, 15, 0, tzinfo=UTC)  # 10:00 in New York
@@ -283,18 +289,8 @@ def test_a_run_handles_at_most_its_bound_in_batches_and_a_backlog_drains(runtime
     book(runtime, policy, *(f"a{i}" for i in range(12)), email=False)
     store = runtime.store
     assert len(awaiting(store)) == 12  # a confirmation by SMS each
-    pipelines = []
-    original = store.redis.pipeline
-
-    def counting(*args, **kwargs):
-        pipelines.append(1)
-        return original(*args, **kwargs)
-
-    store.redis.pipeline = counting
-    try:
+    with counted_pipelines(store.redis) as pipelines:
         done = run(runtime, limit=10, batch=4)
-    finally:
-        del store.redis.pipeline
     assert sum(done.values()) == 10 and len(awaiting(store)) == 2
     assert len(look_ups(twilio)) == 10, "one call per send, the run's bound"
     assert len(pipelines) == 2 * 3, "a read and a write per batch of 4, 4, 2"
