@@ -110,6 +110,11 @@ HISTORY_DAYS = 365
 #: and far inside what Redis's EXPIRE takes (a larger value would fail every plan holding
 #: an ended notification, in the middle of its transaction).
 MAX_KEEP_DAYS = 3650
+#: The longest wait for a delivery report before the look-up (seconds): a week, far inside
+#: the shortest retention (30 days from the due time: a send can come days after it), so a
+#: send is looked up while its row still has its SID (found by QA: with 30 days and 30, the
+#: row was retired first and the job recorded `unknown` unasked).
+MAX_REPORT_WAIT_S = 7 * 86400
 #: How long after a send through Twilio or SendGrid with no final delivery report the
 #: repair job looks it up, in seconds: 72 h, when a report can no longer be expected.
 #: SendGrid retries a deferred email for up to 72 hours before it gives up
@@ -458,10 +463,9 @@ class Settings:
                                          defaults.web_read_timeout_s),
             web_max_connections=_int(env, "NOTIFIER_WEB_MAX_CONNECTIONS",
                                      defaults.web_max_connections),
-            # At most the shortest retention: looked up while the row still has its SID.
             delivery_report_wait_s=_int(env, "NOTIFIER_DELIVERY_REPORT_WAIT_S",
                                         defaults.delivery_report_wait_s,
-                                        maximum=MIN_RETENTION_DAYS * 86400),
+                                        maximum=MAX_REPORT_WAIT_S),
         )
 
     @property

@@ -73,20 +73,21 @@ def use_other_channel(store: Store, notification_id: str, channel: str, client: 
 
 
 def after_reported_failure(store: Store, notification_id: str, code: str,
-                           now: datetime) -> bool:
+                           now: datetime, address: str = "") -> bool:
     """A failure the provider reported after the send (a status callback, a bounce, or the
-    repair job's look-up): Twilio's 21610 opts the client's number out, and a client's
-    message goes by the other channel where they allow it; returns whether it was added
-    there. Nothing for a message to staff or an unknown notification. Raises as
-    `use_other_channel` does."""
+    repair job's look-up): Twilio's 21610 opts out the number the message went to
+    (`address`, Twilio's `To`; the client's number on record when not given: a number
+    changed since is not opted out in its place), and a client's message goes by the other
+    channel where they allow it; returns whether it was added there. Nothing for a message
+    to staff or an unknown notification. Raises as `use_other_channel` does."""
     fields = store.notification(notification_id)
     if not fields or fields.get("to") != "client":
         return False
     client = store.load_record(entity_ref("client", fields["to_id"]))
     if not isinstance(client, ClientRecord):
         return False
-    if code == TWILIO_OPTED_OUT and client.client.phone:
-        store.set_sms_opt_out(client.client.phone, True)
+    if code == TWILIO_OPTED_OUT and (address or client.client.phone):
+        store.set_sms_opt_out(address or str(client.client.phone), True)
     return use_other_channel(store, notification_id, fields["channel"], client,
                              f"{fields['channel']} {fields.get('delivery', 'failed')} ({code})",
                              now)

@@ -40,17 +40,20 @@ class Deliveries:
         self.plans = plans
 
     def record_delivery(self, notification_id: str, status: str, code: str,
-                        now: datetime) -> bool:
-        """Record a provider's delivery report; an unknown id is kept aside and ignored.
-        Returns False for an unknown id."""
-        if self.schedule.record_delivery(notification_id, status, code, now):
-            return True
+                        now: datetime, message_id: str = "") -> str | None:
+        """Record a provider's delivery report about its message `message_id` ("": not
+        said) as `Schedule.record_delivery` does; an unknown id is kept aside and ignored.
+        Returns the delivery status on record after it, None for an unknown id."""
+        on_record = self.schedule.record_delivery(notification_id, status, code, now,
+                                                  message_id)
+        if on_record is not None:
+            return on_record
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.lpush(UNKNOWN_CALLBACKS, json.dumps(
                 {"id": notification_id, "status": status, "code": code, "at": epoch(now)}))
             pipe.ltrim(UNKNOWN_CALLBACKS, 0, 999)
             pipe.execute()
-        return False
+        return None
 
     def add_on_other_channel(self, notification_id: str, channel: str, now: datetime,
                              reason: str) -> bool:

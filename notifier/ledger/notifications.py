@@ -351,18 +351,23 @@ class Schedule:
         raise StoreError(f"notification {notification_id}: its recipient keeps changing")
 
     def record_delivery(self, notification_id: str, status: str, code: str,
-                        now: datetime) -> bool:
-        """A provider's word on delivery; never moves backwards (a late `sent` after
-        `delivered` changes nothing). A final one (or `unknown`) ends the send's wait in
-        `AWAITING_REPORT`. False for an unknown id."""
-        return bool(self._delivery(keys=[notif_key(notification_id), AWAITING_REPORT],
-                                   args=_delivery_args(notification_id, status, code, now)))
+                        now: datetime, message_id: str = "") -> str | None:
+        """A provider's word on delivery about its message `message_id` ("": not said);
+        never moves backwards (a late `sent` after `delivered` changes nothing), never
+        replaces a final one, and a report about another message than the recorded send
+        (its `receipt`) changes nothing (`notif_delivery.lua`). A final one (or `unknown`)
+        ends the send's wait in `AWAITING_REPORT`. Returns the delivery status on record
+        after it ("" for none yet), None for an unknown id."""
+        return _on_record(self._delivery(
+            keys=[notif_key(notification_id), AWAITING_REPORT],
+            args=_delivery_args(notification_id, status, code, now, message_id)))
 
     def queue_delivery(self, batch: Batch, notification_id: str, status: str, code: str,
-                       now: datetime) -> Reply[bool]:
+                       now: datetime) -> Reply[str | None]:
         """`record_delivery`, queued on `batch`."""
         return batch.script(self._delivery, [notif_key(notification_id), AWAITING_REPORT],
-                            _delivery_args(notification_id, status, code, now), parse=bool)
+                            _delivery_args(notification_id, status, code, now),
+                            parse=_on_record)
 
     def pending_count(self) -> tuple[int, int]:
         """(scheduled, in flight): for health and metrics."""
@@ -399,11 +404,18 @@ def _finish_call(notification_id: str, state: str, lease: str, fields: dict[str,
              "" if report_at is None else report_at, *flat])
 
 
-def _delivery_args(notification_id: str, status: str, code: str, now: datetime) -> list[Any]:
+def _delivery_args(notification_id: str, status: str, code: str, now: datetime,
+                   message_id: str = "") -> list[Any]:
     """The ARGV of `notif_delivery.lua`: an unknown status ranks 0 (it replaces nothing)."""
     rank = DELIVERY_RANK.get(status, 0)
     settles = rank >= FINAL_RANK or status == UNKNOWN
-    return [status, rank, code, epoch(now), notification_id, "1" if settles else "0"]
+    return [status, rank, code, epoch(now), notification_id, "1" if settles else "0",
+            message_id]
+
+
+def _on_record(raw: Any) -> str | None:
+    """`notif_delivery.lua`'s answer: the delivery status on record, None for 0 (unknown)."""
+    return raw.decode() if isinstance(raw, bytes) else None if raw == 0 else str(raw)
 
 
 def _rescheduled(raw: Any) -> Rescheduled | None:

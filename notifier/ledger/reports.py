@@ -113,14 +113,16 @@ class Reports:
                 receipt=receipt.decode() if receipt is not None else "")
         return found
 
-    def settle(self, settle: Settle, now: datetime, again_at: datetime) -> dict[str, bool]:
+    def settle(self, settle: Settle, now: datetime, again_at: datetime
+               ) -> dict[str, str | None]:
         """Write a batch's end in one round trip: each report recorded at `now` as a
         provider's would be (`Schedule.record_delivery`: never backwards; a final one or
         `unknown` leaves the index), the dropped ids out of the index, the others due again
         at `again_at` (the next run takes them), the outcomes counted. Returns, per
-        recorded id, whether its notification was still there."""
+        recorded id, its delivery status on record after it (None: the notification is
+        gone)."""
         batch = Batch(self.redis)
-        replies: dict[str, Reply[bool]] = {
+        replies: dict[str, Reply[str | None]] = {
             notification_id: self.schedule.queue_delivery(batch, notification_id, status,
                                                           code, now)
             for notification_id, status, code in settle.record}

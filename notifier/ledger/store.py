@@ -170,9 +170,10 @@ class Store:
 
     # Delivery reports and fallbacks ------------------------------------------------------
     def record_delivery(self, notification_id: str, status: str, code: str,
-                        now: datetime) -> bool:
+                        now: datetime, message_id: str = "") -> str | None:
         """`Deliveries.record_delivery`."""
-        return self.deliveries.record_delivery(notification_id, status, code, now)
+        return self.deliveries.record_delivery(notification_id, status, code, now,
+                                               message_id)
 
     def add_on_other_channel(self, notification_id: str, channel: str, now: datetime,
                              reason: str) -> bool:

@@ -150,9 +150,15 @@ def provider_routes(settings: Settings, store: Store) -> APIRouter:
         now = utcnow()
 
         def record() -> None:  # synchronous Redis work: in the threadpool
-            if store.record_delivery(notification_id, status, code, now) and (
-                    status in DELIVERY_FAILURES):
-                after_reported_failure(store, notification_id, code, now)
+            # About the message Twilio names (MessageSid): a second copy's report does not
+            # settle the send recorded. The failure's handling runs while the delivery on
+            # record is a failure: again for a repeated report (it is idempotent), never
+            # after `delivered`.
+            on_record = store.record_delivery(notification_id, status, code, now,
+                                              form.get("MessageSid", ""))
+            if on_record in DELIVERY_FAILURES:
+                after_reported_failure(store, notification_id, code, now,
+                                       address=form.get("To", ""))
 
         await run_in_threadpool(record)
         return Response(status_code=204)
@@ -201,8 +207,8 @@ def provider_routes(settings: Settings, store: Store) -> APIRouter:
                 if report is None:
                     continue
                 notification_id, status, code = report
-                if store.record_delivery(notification_id, status, code, now) and (
-                        status in DELIVERY_FAILURES):
+                if store.record_delivery(notification_id, status, code, now) in (
+                        DELIVERY_FAILURES):
                     after_reported_failure(store, notification_id, code or status, now)
 
         await run_in_threadpool(record)

@@ -32,7 +32,7 @@ from notifier.timeutil import utcnow
 from notifier.worker.actors import enqueue_apply, enqueue_deliveries, enqueue_job
 from notifier.worker.cron import CATCH_UP, PROVIDER_ZONE, Job, previous_fire
 from notifier.worker.digests import provider_zones
-from notifier.worker.reports import EVERY_S, REPORT_LOOKUPS
+from notifier.worker.reports import EVERY_S, QUEUED_S, REPORT_LOOKUPS, REPORTS_TURN
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +40,6 @@ log = logging.getLogger(__name__)
 FAILING_SAID_EVERY_S = 60.0
 #: How much longer than `CATCH_UP` a claimed fire is remembered in memory.
 FIRED_MARGIN = timedelta(minutes=10)
-#: Held (SET NX EX) by the clock that enqueued the latest run of the delivery-report job,
-#: for that run's interval: one run per interval across clocks, and the key expires.
-REPORTS_TURN = "n:job:" + REPORT_LOOKUPS
 
 
 @dataclass
@@ -134,12 +131,13 @@ class Clock:
 
     def start_report_lookups(self, now: datetime) -> bool:
         """Enqueue the delivery-report repair job when sends are past their wait, unless a
-        clock did within `reports_every_s` (SET NX EX on `REPORTS_TURN`); returns whether
-        it did. The job runs in a worker: its provider calls block."""
+        run is queued (up to `QUEUED_S`) or started within `reports_every_s`: SET NX on
+        `REPORTS_TURN` (`worker.reports.start_run`); returns whether it did. The job runs
+        in a worker: its provider calls block."""
         if not self.store.reports.overdue(now):
             return False
         if not self.store.redis.set(REPORTS_TURN, now.timestamp(), nx=True,
-                                    ex=max(1, int(self.reports_every_s))):
+                                    ex=max(QUEUED_S, int(self.reports_every_s))):
             return False
         enqueue_job(self.broker, REPORT_LOOKUPS, "UTC", now.isoformat())
         return True

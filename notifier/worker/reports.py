@@ -55,8 +55,19 @@ log = logging.getLogger(__name__)
 
 #: The job's name in `run_job` (the clock enqueues it; `notifier.worker.actors` runs it).
 REPORT_LOOKUPS = "delivery-reports"
-#: How often the clock starts a run, seconds (once across all clocks).
+#: How often a run starts, seconds (once across all clocks and workers).
 EVERY_S = 60.0
+#: The job's turn: held (SET NX) by the clock that enqueued a run for as long as the run
+#: may wait in the queue (`QUEUED_S`), then by the run itself for `EVERY_S` from its start.
+#: So while no worker takes the queued run (workers down, or busy with a backlog), no
+#: second one is queued behind it to start together with it.
+REPORTS_TURN = "n:job:" + REPORT_LOOKUPS
+#: Taken (SET NX EX) by a run as it starts: a run that finds it taken (another started
+#: under `EVERY_S` ago: two queued before a long outage) does nothing.
+REPORTS_STARTED = REPORTS_TURN + ":started"
+#: How long a queued run holds the turn, seconds: if its worker died with it, the clock
+#: queues another after this.
+QUEUED_S = 600
 #: The most sends a run handles (so the most provider calls it makes).
 LOOKUPS_PER_RUN = 200
 #: Sends claimed, read and written at a time: one round trip each way per batch.
@@ -98,6 +109,18 @@ def verdict(looked: LookedUp) -> tuple[LookupOutcome, str]:
     return LookupOutcome.DELIVERED, status
 
 
+def start_run(store: Store, every_s: float = EVERY_S) -> bool:
+    """Take this run's start, unless another run started less than `every_s` ago; returns
+    whether this one may run. The turn is then this run's for `every_s`: the clock queues
+    the next one no sooner."""
+    if not store.redis.set(REPORTS_STARTED, "1", nx=True, ex=max(1, int(every_s) - 1)):
+        log.info("delivery reports: a run started under %g s ago; this one does nothing",
+                 every_s)
+        return False
+    store.redis.set(REPORTS_TURN, "running", ex=max(1, int(every_s)))
+    return True
+
+
 def run_report_lookups(store: Store, channels: Mapping[str, Channel], now: datetime, *,
                        limit: int = LOOKUPS_PER_RUN, batch: int = BATCH,
                        budget_s: float = RUN_BUDGET_S,
@@ -118,7 +141,7 @@ def run_report_lookups(store: Store, channels: Mapping[str, Channel], now: datet
             break
         handled += len(ids)
         settle = Settle(record=[], drop=[], again=[], counts=Counter())
-        failures: list[tuple[str, str]] = []
+        failures: list[tuple[str, str, str]] = []
         for notification_id, awaiting in store.reports.facts(ids).items():
             if awaiting is None:
                 settle.drop.append(notification_id)
@@ -133,7 +156,7 @@ def run_report_lookups(store: Store, channels: Mapping[str, Channel], now: datet
             if not calling:
                 settle.again.append(notification_id)  # not asked: the next run asks
                 continue
-            outcome, status, code = _ask(lookup, awaiting, now)
+            outcome, status, code, to = _ask(lookup, awaiting, now)
             _count(settle, done, outcome, awaiting.channel)
             if outcome is LookupOutcome.RETRY:
                 settle.again.append(notification_id)
@@ -141,43 +164,54 @@ def run_report_lookups(store: Store, channels: Mapping[str, Channel], now: datet
                 continue
             settle.record.append((notification_id, status, code))
             if outcome is LookupOutcome.FAILED:
-                failures.append((notification_id, code or status))
-        found = store.reports.settle(settle, now, again_at)
-        for notification_id, code in failures:
-            if found.get(notification_id):
-                _after_failure(store, notification_id, code, now, again_at)
+                failures.append((notification_id, code or status, to))
+        on_record = store.reports.settle(settle, now, again_at)
+        for notification_id, code, to in failures:
+            # While the delivery on record is a failure (not after a `delivered`).
+            if on_record.get(notification_id) in DELIVERY_FAILURES:
+                _after_failure(store, notification_id, code, to, now, again_at)
     if done:
         log.info("delivery reports looked up: %s",
                  ", ".join(f"{count} {outcome}" for outcome, count in sorted(done.items())))
     return done
 
 
+#: The look-up's refusals that say the provider has no such message (Twilio's 404, error
+#: 20404): it will never know more, so the report is `unknown`. Any other refusal (401
+#: 20003 after a rotated token, 403) says nothing of the message: asked again next run.
+NO_SUCH_MESSAGE = frozenset({"20404", "404"})
+
+
 def _ask(lookup: ReportLookup, awaiting: Awaiting, now: datetime
-         ) -> tuple[LookupOutcome, str, str]:
-    """One look-up: (outcome, status to record, code)."""
+         ) -> tuple[LookupOutcome, str, str, str]:
+    """One look-up: (outcome, status to record, code, the address it went to)."""
     try:
         looked = lookup.look_up(awaiting.receipt, now)
     except RetryableError as exc:
         log.warning("delivery report of %s: the provider could not answer (%s); asking "
                     "again next run", awaiting.id, exc.code or exc)
-        return LookupOutcome.RETRY, "", ""
+        return LookupOutcome.RETRY, "", "", ""
     except PermanentError as exc:
+        if exc.code not in NO_SUCH_MESSAGE:
+            log.error("delivery report of %s: the provider refused the look-up (%s): check "
+                      "the account's credentials; asking again next run", awaiting.id, exc)
+            return LookupOutcome.RETRY, "", "", ""
         log.info("delivery report of %s: the provider does not know it (%s): unknown",
                  awaiting.id, exc.code)
         # Its code is the look-up's, not the message's: logged, not recorded as a failure's.
-        return LookupOutcome.UNKNOWN, UNKNOWN, ""
+        return LookupOutcome.UNKNOWN, UNKNOWN, "", ""
     outcome, status = verdict(looked)
-    return outcome, status, looked.code
+    return outcome, status, looked.code, looked.to
 
 
-def _after_failure(store: Store, notification_id: str, code: str, now: datetime,
-                   again_at: datetime) -> None:
+def _after_failure(store: Store, notification_id: str, code: str, address: str,
+                   now: datetime, again_at: datetime) -> None:
     """A failure the look-up found, handled as a failed callback is. When Redis fails
     meanwhile (the other channel's plan lost to contention), the send is looked up again
     next run: its report is recorded already (recording it again changes nothing) and
     planning the other channel is idempotent, so the fallback is tried again, not lost."""
     try:
-        after_reported_failure(store, notification_id, code, now)
+        after_reported_failure(store, notification_id, code, now, address=address)
     except StoreError:
         log.exception("delivery report of %s: its failure is recorded, but the other channel "
                       "could not be planned; trying again next run", notification_id)

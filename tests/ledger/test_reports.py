@@ -152,7 +152,7 @@ def test_a_batch_is_settled_in_one_round_trip(store):
             counts=Counter({("delivered", "sms"): 1, ("gone", "sms"): 1})), NOW,
             again_at=NOW + timedelta(seconds=1))
     assert len(calls) == 1
-    assert found == {delivered: True}
+    assert found == {delivered: "delivered"}, "the delivery on record after each report"
     assert awaiting(store) == {again: epoch(NOW) + 1}, "a settled one is not put back"
     assert store.reports.figures(NOW).lookups == {("delivered", "sms"): 1, ("gone", "sms"): 1}
 

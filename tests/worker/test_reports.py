@@ -22,14 +22,17 @@ from notifier.runtime import Runtime
 from notifier.web.ops import LedgerCollector
 from notifier.worker import reports
 from notifier.worker.actors import JOBS_QUEUE, RUN_JOB, build_broker, declare_actors
-from notifier.worker.clock import REPORTS_TURN, Clock
+from notifier.worker.clock import Clock
 from notifier.worker.reports import (
     EVERY_S,
     LOOKUPS_PER_RUN,
+    QUEUED_S,
     REPORT_LOOKUPS,
+    REPORTS_TURN,
     RUN_BUDGET_S,
     LookupOutcome,
     run_report_lookups,
+    start_run,
 )
 from tests.fakes import FakeSendGrid, FakeTwilio, Scripted
 from tests.kit import (
@@ -203,7 +206,7 @@ def test_a_fallback_redis_kept_from_being_planned_is_tried_again_next_run(
     sibling = join.removesuffix(":sms") + ":email"
     planned = reports.after_reported_failure
 
-    def contended(*args):
+    def contended(*args, **kwargs):
         monkeypatch.setattr(reports, "after_reported_failure", planned)
         raise StoreContention("the plan lost to concurrent writers")
 
@@ -345,7 +348,7 @@ def test_the_clock_enqueues_the_job_once_per_interval_across_clocks_when_any_is_
     assert not first.start_report_lookups(NOW), "sent, but the wait is not over"
     assert first.start_report_lookups(LATER)
     assert not second.start_report_lookups(LATER), "another clock started this interval's"
-    assert 0 < store.redis.ttl(REPORTS_TURN) <= 60
+    assert 0 < store.redis.ttl(REPORTS_TURN) <= QUEUED_S, "held while the run is queued"
     messages = store.redis.hvals(JOB_MESSAGES)
     assert len(messages) == 1 and REPORT_LOOKUPS.encode() in messages[0]
 
@@ -383,3 +386,21 @@ def test_the_job_started_by_the_clock_runs_in_a_real_worker(runtime, policy, twi
         broker.close()
     assert shown(store, EMAIL.format("a1"))[1] == "unknown"
     assert awaiting(store) == set()
+
+
+def test_runs_queued_while_no_worker_takes_them_do_not_pile_up_or_start_together(
+        runtime, policy, redis_url):
+    """Found by QA: the clock queued a run a minute whether or not the last had started, so
+    after workers were away the queued runs started together (195 look-ups in a second).
+    A queued run holds the turn; a run that finds another started under a minute ago does
+    nothing; the next run is queued a minute after this one started."""
+    book(runtime, policy, "a1")
+    store = runtime.store
+    clock = Clock(store, build_broker(redis_url))
+    assert clock.start_report_lookups(LATER)
+    for minute in range(1, 4):  # no worker meanwhile: nothing more is queued
+        assert not clock.start_report_lookups(LATER + timedelta(minutes=minute))
+    assert len(store.redis.hvals(JOB_MESSAGES)) == 1
+    assert start_run(store), "the queued run starts"
+    assert 0 < store.redis.ttl(REPORTS_TURN) <= EVERY_S, "the next one a minute after it"
+    assert not start_run(store), "another queued before the outage does nothing"

@@ -61,6 +61,8 @@ class LookedUp:
 
     status: str
     code: str = ""
+    #: the address it went to (Twilio's `to`), or ""
+    to: str = ""
 
 
 class Channel(Protocol):

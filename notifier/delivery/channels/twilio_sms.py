@@ -146,8 +146,8 @@ class TwilioSMS:
 
     def look_up(self, provider_id: str, now: datetime) -> LookedUp:
         """The Message resource whose SID is `provider_id`, fetched (`GET
-        /2010-04-01/Accounts/{AccountSid}/Messages/{Sid}.json`): its `status` and
-        `error_code`. Raises as `send` does: `RetryableError` for a 429, a 5xx or the
+        /2010-04-01/Accounts/{AccountSid}/Messages/{Sid}.json`): its `status`,
+        `error_code` and `to`. Raises as `send` does: `RetryableError` for a 429, a 5xx or the
         network, `PermanentError` for any other refusal (20404: no such message in this
         account)."""
         client, http = self._sdk()
@@ -159,7 +159,8 @@ class TwilioSMS:
             raise RetryableError(f"twilio unreachable: {type(exc).__name__}",
                                  code="network") from None
         code = found.error_code
-        return LookedUp(status=str(found.status or ""), code="" if code is None else str(code))
+        return LookedUp(status=str(found.status or ""), code="" if code is None else str(code),
+                        to=str(found.to or ""))
 
     def already_sent(self, message: Message) -> bool | None:
         """Twilio takes no idempotency key and we do not search its logs: cannot tell."""

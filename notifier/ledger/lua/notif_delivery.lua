@@ -1,6 +1,11 @@
 -- Record a delivery report in its own fields, beside `state`: a report arriving before
 -- the send is recorded (callbacks race the provider's HTTP answer) is kept, and `finish`
--- later leaves it alone. A report never replaces one further along (a lower rank).
+-- later leaves it alone. A report never replaces one further along (a lower rank), and a
+-- final one (rank 4: delivered, undelivered, failed, bounce, dropped) is replaced by
+-- nothing: a carrier's late `undelivered` after `delivered` does not unsay it (nor send
+-- the message again by the other channel). A report about another message than the one
+-- recorded as the send (a second copy, from duplicate window 3: its SID differs from our
+-- `receipt`) changes nothing either.
 -- A report that settles the send (a final one, or the repair job's `unknown`) takes it out
 -- of the index of sends awaiting a report, whether or not it was further along.
 --
@@ -13,14 +18,25 @@
 -- ARGV[4]     now, epoch seconds
 -- ARGV[5]     the notification id
 -- ARGV[6]     '1' when the report settles the send, else '0'
+-- ARGV[7]     the provider's id of the message reported on, or '' (not known)
 --
--- Returns 1, or 0 when the notification is unknown.
+-- Returns the delivery status on record after it ('' for none yet), or 0 when the
+-- notification is unknown.
+local FINAL = 4
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  if ARGV[6] == '1' then redis.call('ZREM', KEYS[2], ARGV[5]) end
+  return 0
+end
+local receipt = redis.call('HGET', KEYS[1], 'receipt')
+if ARGV[7] ~= '' and receipt and receipt ~= '' and receipt ~= ARGV[7] then
+  return redis.call('HGET', KEYS[1], 'delivery') or ''
+end
 if ARGV[6] == '1' then redis.call('ZREM', KEYS[2], ARGV[5]) end
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local rank = tonumber(redis.call('HGET', KEYS[1], 'delivery_rank') or '0')
-if tonumber(ARGV[2]) >= rank then
+local new = tonumber(ARGV[2])
+if new > rank or (new == rank and rank < FINAL) then
   redis.call('HSET', KEYS[1], 'delivery', ARGV[1], 'delivery_rank', ARGV[2],
              'delivery_at', ARGV[4])
   if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'code', ARGV[3]) end
 end
-return 1
+return redis.call('HGET', KEYS[1], 'delivery') or ''

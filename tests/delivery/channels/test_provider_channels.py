@@ -167,9 +167,10 @@ def test_a_twilio_send_awaits_its_delivery_report(twilio):
 def test_a_look_up_fetches_the_message_by_sid_with_its_status_and_code(twilio):
     channel = TwilioSMS(settings(twilio))
     sid = channel.send(sms(), NOW).provider_id
-    assert channel.look_up(sid, NOW) == LookedUp(status="queued", code="")
+    assert channel.look_up(sid, NOW) == LookedUp(status="queued", code="", to="+14155550123")
     twilio.set_status(sid, "undelivered", error_code=30003)
-    assert channel.look_up(sid, NOW) == LookedUp(status="undelivered", code="30003")
+    assert channel.look_up(sid, NOW) == LookedUp(status="undelivered", code="30003",
+                                                 to="+14155550123")
     fetched = twilio.requests[-1]
     assert (fetched.method, fetched.path) == (
         "GET", f"/2010-04-01/Accounts/{SID}/Messages/{sid}.json")
