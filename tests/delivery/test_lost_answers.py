@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import random
+import warnings
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from twilio.request_validator import RequestValidator
 
 from notifier.config import PROJECT_ROOT, Settings
 from notifier.delivery.channels import sendgrid_email, twilio_sms
@@ -25,10 +27,18 @@ from notifier.delivery.deliverer import Deliverer
 from notifier.delivery.render import Renderer
 from notifier.ledger.notifications import epoch
 from notifier.ledger.store import Store
+from notifier.web.app import create_app
+from notifier.worker.actors import build_broker
 from tests.delivery.test_deliverer import CONFIRM_EMAIL, CONFIRM_SMS, NOW, START, book
 from tests.fakes import FakeSendGrid, FakeTwilio, Scripted
 
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
+    from fastapi.testclient import TestClient
+
 SID, TOKEN = "AC" + "0" * 32, "test-token"
+PUBLIC = "https://notifier.test"
+SECRET = "whsec_" + base64.b64encode(b"s" * 32).decode()
 #: The stand-in takes the message and holds its answer past the client's read timeout.
 LOST = Scripted(status=201, delay_s=2.0, accepted=True)
 
@@ -61,7 +71,8 @@ def settings(twilio_url: str, sendgrid_url: str = "http://127.0.0.1:9", **env: s
         "NOTIFIER_SMS_BACKEND": "twilio", "NOTIFIER_EMAIL_BACKEND": "sendgrid",
         "TWILIO_ACCOUNT_SID": SID, "TWILIO_AUTH_TOKEN": TOKEN, "TWILIO_FROM": "+15005550006",
         "NOTIFIER_TWILIO_BASE_URL": twilio_url, "SENDGRID_API_KEY": "SG.test-key",
-        "SENDGRID_API_HOST": sendgrid_url, "NOTIFIER_PUBLIC_URL": "https://notifier.test",
+        "SENDGRID_API_HOST": sendgrid_url, "NOTIFIER_PUBLIC_URL": PUBLIC,
+        "NOTIFIER_WEBHOOK_SECRET": SECRET,
         **env}, dotenv=Path("/nonexistent"))
 
 
@@ -96,6 +107,26 @@ def test_a_lost_answer_then_a_status_callback_is_sent_once(store, policy, twilio
     assert float(done["sent_at"]) == pytest.approx(float(held[MAYBE_SENT_AT]))
     assert "sent_again" not in done
     assert store.schedule.outcomes().get(("sent", "sms")) == 1
+
+
+def test_a_status_callback_posted_to_the_web_while_the_answer_was_lost_is_found(
+        store, policy, twilio, redis_url):
+    """The callback Twilio posts, at the URL our request gave it, while the worker still
+    waits for the answer: kept on the hash, found by the next attempt."""
+    book(store, policy)
+    s = settings(twilio.url)
+    twilio.script(LOST)
+    assert deliverer(store, policy, s).deliver(CONFIRM_SMS, NOW) == "retrying"
+    [taken] = twilio.sent_messages()
+    url, form = taken["StatusCallback"], {"MessageSid": "SM1", "MessageStatus": "queued"}
+    signature = RequestValidator(TOKEN).compute_signature(url, form)
+    with TestClient(create_app(s, store, build_broker(redis_url))) as http:
+        answer = http.post(url.removeprefix(PUBLIC), data=form,
+                           headers={"X-Twilio-Signature": signature})
+    assert answer.status_code == 204
+    later = NOW + timedelta(seconds=due_after(store, CONFIRM_SMS))
+    assert deliverer(store, policy, s).deliver(CONFIRM_SMS, later) == "sent"
+    assert len(twilio.sent_messages()) == 1
 
 
 def test_a_lost_answer_and_no_report_is_sent_again_after_the_wait(store, policy, twilio):
