@@ -5,12 +5,20 @@ Each request's answer is drawn from (seed, notification id, how many requests fo
 came before): 10% 429 (Retry-After 1 s), 5% 500, 2% a timeout, 1% a permanent refusal
 (Twilio 21211, SendGrid 400), else success. The timeout is the worst realistic one: the
 provider takes the message, and its answer is held past the SDK's read timeout
-(`notifier.config.PROVIDER_TIMEOUT_S`), so the worker retries a message that went out
-(duplicate window 3). Every request is kept with its time, its id and what it was answered.
+(`notifier.config.PROVIDER_TIMEOUT_S`). Every request is kept with its time, its id and
+what it was answered.
+
+As real Twilio does when a request gives `StatusCallback`, the Twilio stand-in posts a
+signed `sent` status callback for each message it took (a timed-out one too), a second
+later: the worker waits for that report before sending again a message whose answer it
+lost, and finds it (`delivery.decide.reported_after_lost_answer`). The SendGrid stand-in
+posts no events (no `SENDGRID_WEBHOOK_PUBLIC_KEY` here), so a lost SendGrid answer is sent
+again after the usual backoff: duplicate window 3.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
@@ -21,6 +29,9 @@ from functools import partial
 from typing import Literal
 from urllib.parse import parse_qs, urlsplit
 
+import requests
+from twilio.request_validator import RequestValidator
+
 from notifier.config import PROVIDER_TIMEOUT_S
 from tests.fakes import FakeSendGrid, FakeTwilio, Recorded, Scripted
 
@@ -30,6 +41,8 @@ FAILURES: tuple[tuple[Fate, float], ...] = (("429", 0.10), ("500", 0.05), ("time
                                             ("permanent", 0.01))
 #: How long a timed-out answer is held: past the SDK's read timeout.
 HOLD_S = PROVIDER_TIMEOUT_S + 1.0
+#: Seconds after taking a message that the Twilio stand-in posts its `sent` callback.
+CALLBACK_AFTER_S = 1.0
 ACCOUNT_SID, AUTH_TOKEN, API_KEY = "AC" + "c" * 32, "chaos-token", "SG.chaos-key"
 TWILIO_FROM = "+14155550199"
 
@@ -98,6 +111,8 @@ class StandIns:
             self._counts[notification_id] = attempt + 1
             answer = fate(self.seed, notification_id, attempt, self.failures)
             self.requests.append(Request(time.time(), notification_id, answer))
+        if sms and answer in ("ok", "timeout"):
+            self._call_back(request)
         if answer == "429":
             return (FakeTwilio.error(20429, 429, retry_after_s=1) if sms
                     else FakeSendGrid.error(429, retry_after_s=1))
@@ -108,6 +123,25 @@ class StandIns:
         if answer == "permanent":
             return FakeTwilio.error(21211) if sms else FakeSendGrid.error(400, "Bad Request")
         return None
+
+    def _call_back(self, request: Recorded) -> None:
+        """Post Twilio's `sent` status callback for the message `request` sent, to its
+        `StatusCallback` URL, signed as Twilio signs, `CALLBACK_AFTER_S` later (from a timer
+        thread; a callback the web does not take is dropped, as Twilio gives up too)."""
+        url = request.form.get("StatusCallback", [""])[0]
+        if not url:
+            return
+        form = {"MessageSid": "SM" + "0" * 32, "MessageStatus": "sent"}
+        signature = RequestValidator(AUTH_TOKEN).compute_signature(url, form)
+
+        def post() -> None:
+            with contextlib.suppress(requests.RequestException):
+                requests.post(url, data=form, headers={"X-Twilio-Signature": signature},
+                              timeout=10)
+
+        timer = threading.Timer(CALLBACK_AFTER_S, post)
+        timer.daemon = True
+        timer.start()
 
     def close(self) -> None:
         self.twilio.close()

@@ -198,14 +198,15 @@ def running(layout: Layout, base: Path, name: str) -> Iterator[Service]:
     with common.redis_server("always") as server:
         extra = {"NOTIFIER_LEASE_S": str(layout.lease_s), "NOTIFIER_SMS_RATE_PER_S": "10000",
                  "NOTIFIER_RETRY_BASE_S": "1", **layout.env}
+        port = free_port()
         if layout.stand_ins is not None:
-            extra |= layout.stand_ins.env()
+            # the Twilio stand-in posts its status callbacks to this web
+            extra |= layout.stand_ins.env() | {"NOTIFIER_PUBLIC_URL": f"http://127.0.0.1:{port}"}
         env = common.python_env(common.product_env(server.url_for(0), work / "outbox", secret,
                                                    work / "var", **extra))
         commands = [(f"worker-{i + 1}", common.notifier_argv(
             "worker", "--processes", str(p), "--threads", str(t)))
             for i, (p, t) in enumerate(layout.workers)]
-        port = free_port()
         commands += [("clock", common.notifier_argv("clock")),
                      ("web", common.notifier_argv("web", "--host", "127.0.0.1",
                                                   "--port", str(port)))]

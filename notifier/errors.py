@@ -11,6 +11,7 @@
     ├── TemplateError          a template is missing or fails to render
     ├── ChannelError           a channel (SMS, email, outbox) could not send
     │   ├── RetryableError     try again later (rate limit, 5xx, timeout)
+    │   │   └── MaybeSent      the request may have reached the provider; no answer came
     │   └── PermanentError     never retry (invalid number, unsubscribed, bounced)
     └── StoreError             Redis data is not what we expect, or Redis refused a command
         ├── StoreUnavailable   Redis cannot be reached or cannot take commands now
@@ -82,6 +83,20 @@ class RetryableError(ChannelError):
     def __init__(self, message: str, code: str | None = None, retry_after_s: float | None = None):
         self.retry_after_s = retry_after_s
         super().__init__(message, code)
+
+
+class MaybeSent(RetryableError):
+    """The request may have reached the provider and its answer was lost (a read timeout, a
+    connection dropped after the request was written): the provider may have taken the
+    message. Its opposite, a failure before the request left (refused, DNS, a connect
+    timeout), is a plain `RetryableError`. `report_wait_s`: how long the provider's first
+    delivery report about it takes to arrive, seconds; None when none can (no callback or
+    webhook configured)."""
+
+    def __init__(self, message: str, code: str | None = None, retry_after_s: float | None = None,
+                 report_wait_s: float | None = None):
+        self.report_wait_s = report_wait_s
+        super().__init__(message, code, retry_after_s)
 
 
 class PermanentError(ChannelError):

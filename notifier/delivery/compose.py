@@ -60,6 +60,11 @@ class Stored:
     entity: str = ""
     #: when it was planned (None for an entry written before this was recorded)
     created_at: datetime | None = None
+    #: when a send of it may have reached its provider, whose answer was lost
+    #: (`errors.MaybeSent`; its hash's `maybe_sent_at`), or None
+    maybe_sent_at: datetime | None = None
+    #: the provider's latest delivery report about it (its hash's `delivery`), or ""
+    reported: str = ""
 
     @classmethod
     def from_fields(cls, notification_id: str, f: dict[str, str]) -> Stored:
@@ -76,6 +81,9 @@ class Stored:
             slot=from_epoch(f["slot"]) if float(f.get("slot") or 0) else None,
             entity=f.get("entity", ""),
             created_at=from_epoch(f["created"]) if f.get("created") else None,
+            maybe_sent_at=(from_epoch(f["maybe_sent_at"]) if f.get("maybe_sent_at")
+                           else None),
+            reported=f.get("delivery", ""),
         )
 
 

@@ -10,7 +10,8 @@ about the world so far (`Facts`) and the time, and answers with one `Decision`:
 - `FinishAs(state, reason)`: a final state (`expired`, `suppressed`, `failed`, `sent`);
 - `UseOtherChannel(reason)`: `suppressed` here, and planned on the client's other channel.
 
-The rules, in order: expiry; an accepted event about it not yet applied; then by recipient.
+The rules, in order: a delivery report for a send whose answer was lost (it went out);
+expiry; an accepted event about it not yet applied; then by recipient.
 A client's: their details, quiet hours, a visit nudge no longer wanted, a message about a
 booking the client never heard of, the channel closed to them, the video link gone. A
 support alert by SMS needs a support phone; a provider digest needs something open.
@@ -59,6 +60,10 @@ WAIT_FOR_EVENTS_S = 1.0
 ABOUT_A_KNOWN_BOOKING = frozenset({"appointment_updated", "appointment_cancelled"})
 NEVER_TOLD = "the client was never told of this booking"
 SENT_AS_CONFIRMATION = "sent as a confirmation: the client was never told of the earlier time"
+#: The hash field marking a send whose answer was lost (`errors.MaybeSent`): its time,
+#: epoch seconds (`lost_answer_hold`, `reported_after_lost_answer`).
+MAYBE_SENT_AT = "maybe_sent_at"
+REPORTED_AFTER_LOST_ANSWER = "sent: the provider reported it after its answer was lost"
 #: While another message about the appointment is being sent, a message that depends on its
 #: outcome is put back this long (plus up to as much again, jittered).
 WAIT_FOR_SENDING_S = 1.0
@@ -155,6 +160,8 @@ class HoldUntil:
     not_an_attempt: bool = True
     #: a send-rate slot reserved for it (epoch seconds), kept across the hold
     slot: float = 0.0
+    #: more fields for its hash (`MAYBE_SENT_AT`)
+    fields: Mapping[str, object] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -184,6 +191,9 @@ def decide(n: Stored, facts: Facts, now: datetime, *, policy: Policy, settings: 
            rng: random.Random) -> Decision:
     """The next step for `n` at `now`, given what is known. Draws from `rng` only to jitter
     the wait for another message about the same booking."""
+    reported = reported_after_lost_answer(n)
+    if reported is not None:
+        return reported
     if now >= n.expires_at:
         return FinishAs("expired", expired_because(n, now))
     if facts.unapplied is None:
@@ -276,6 +286,31 @@ def over_budget(exc: OverBudget, client: ClientRecord) -> UseOtherChannel:
     but by email instead."""
     return UseOtherChannel(client, f"over the SMS budget: {exc}",
                            {"sms_encoding": exc.size.encoding, "sms_segments": exc.size.segments})
+
+
+def lost_answer_hold(retry: HoldUntil | FinishAs, report_wait_s: float | None,
+                     sent_at: datetime) -> HoldUntil | FinishAs:
+    """The retry after a send whose answer was lost (`errors.MaybeSent`), tried at
+    `sent_at`: when a delivery report can tell whether it went out (`report_wait_s` not
+    None; the retry's due time was computed with at least that wait), marked with
+    `MAYBE_SENT_AT`, so the next attempt looks for a report first
+    (`reported_after_lost_answer`). Otherwise, and when the retry gave up (expiry, max
+    attempts), `retry` as it is."""
+    if report_wait_s is None or not isinstance(retry, HoldUntil):
+        return retry
+    return replace(retry, reason=retry.reason + "; waiting for a delivery report first",
+                   fields={MAYBE_SENT_AT: sent_at.timestamp()})
+
+
+def reported_after_lost_answer(n: Stored) -> FinishAs | None:
+    """`sent` (at the lost answer's time, so counted once and in the lateness) when a send
+    of `n` whose answer was lost (`n.maybe_sent_at`) has since been reported on by the
+    provider (any status: a report names only a message it took); None otherwise, and the
+    message is sent again (a missed reminder is the worse failure)."""
+    if n.maybe_sent_at is None or not n.reported:
+        return None
+    return FinishAs("sent", REPORTED_AFTER_LOST_ANSWER,
+                    {"sent_at": n.maybe_sent_at.timestamp()})
 
 
 def wait_for_events(now: datetime) -> HoldUntil:

@@ -25,8 +25,11 @@ The other window for a duplicate is a process dying between a provider's answer 
 next round trip (the send is recorded in the round trip that takes the next message's
 last look, before that message is sent): the notification stays `sending`, its lease runs
 out, and the next attempt asks the channel whether the message went out (`already_sent`);
-a channel that cannot tell is sent again (at least once beats never for a reminder). The
-README's "At most one send per notification" states every window exactly.
+a channel that cannot tell is sent again (at least once beats never for a reminder). A
+provider's answer lost after the request left (`errors.MaybeSent`) is retried only after a
+wait for the provider's delivery report, and a report found then records it `sent` instead
+(`decide.lost_answer_hold`, `decide.reported_after_lost_answer`). The README's "At most one
+send per notification" states every window exactly.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ from notifier.delivery.decide import (
     SendToClient,
     SendToSupport,
     last_look,
+    lost_answer_hold,
     over_budget,
     paced,
     subjects_of,
@@ -65,7 +69,7 @@ from notifier.delivery.jobs import Job, Writes
 from notifier.delivery.recording import Recorder
 from notifier.delivery.render import Renderer
 from notifier.delivery.sms_budget import OverBudget, short_url
-from notifier.errors import PermanentError, RetryableError, TemplateError
+from notifier.errors import MaybeSent, PermanentError, RetryableError, TemplateError
 from notifier.ledger.batch import Batch
 from notifier.ledger.notifications import Verdict, epoch
 from notifier.ledger.ratelimit import RateLimiter
@@ -265,6 +269,15 @@ class Deliverer:
             job.outcome = self.record.finish(job, "failed", str(exc), code=exc.code)
             if n.recipient == "client":
                 self.record.after_permanent_failure(n, message.to, exc, now)
+            return
+        except MaybeSent as exc:
+            # The provider may have taken it: where a report can tell, wait for one before
+            # sending again (`decide.reported_after_lost_answer` reads it then).
+            wait = exc.report_wait_s
+            retry = self.record.retry_decision(
+                job, now, f"{exc.code or 'error'}: {exc}",
+                exc.retry_after_s if wait is None else max(wait, exc.retry_after_s or 0.0))
+            self.record.act(writes, job, lost_answer_hold(retry, wait, at), now)
             return
         except RetryableError as exc:
             self.record.act(writes, job, self.record.retry_decision(

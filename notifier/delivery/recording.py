@@ -106,7 +106,7 @@ class Recorder:
         rescheduled = self.store.schedule.queue_reschedule(
             writes.batch, n.id, hold.due, hold.reason, lease=job.lease,
             not_an_attempt=hold.not_an_attempt, slot=hold.slot,
-            recipient=(n.recipient, n.recipient_id))
+            recipient=(n.recipient, n.recipient_id), fields=hold.fields)
         writes.then(job, lambda: self.held(job, hold, rescheduled.get()))
 
     def write_failed(self, job: Job, exc: Exception, now: datetime) -> None:
@@ -157,7 +157,7 @@ class Recorder:
             result = self.store.schedule.reschedule(n.id, hold.due, hold.reason,
                                                     lease=job.lease,
                                                     not_an_attempt=hold.not_an_attempt,
-                                                    slot=hold.slot)
+                                                    slot=hold.slot, fields=hold.fields)
         if result is Rescheduled.CANCELLED:
             log.info("notification %s superseded while it was being sent", n.id)
             return Outcome.CANCELLED

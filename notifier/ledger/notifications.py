@@ -22,6 +22,7 @@ below name only the errors of their own.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -304,7 +305,8 @@ class Schedule:
 
     def queue_reschedule(self, batch: Batch, notification_id: str, due: datetime, reason: str,
                          *, lease: str, not_an_attempt: bool, slot: float,
-                         recipient: tuple[str, str]) -> Reply[Rescheduled | None]:
+                         recipient: tuple[str, str], fields: Mapping[str, object] | None = None,
+                         ) -> Reply[Rescheduled | None]:
         """`reschedule` with its `recipient` given, queued on `batch`; the reply is None when
         that recipient is no longer the notification's (call `reschedule` to read it)."""
         return batch.script(
@@ -312,7 +314,7 @@ class Schedule:
             [notif_key(notification_id), INFLIGHT, SCHEDULE, OUTCOMES,
              by_recipient_key(*recipient)],
             [notification_id, epoch(due), reason, "1" if not_an_attempt else "0", *recipient,
-             lease, "slot", slot],
+             lease, "slot", slot, *_flat(fields)],
             parse=_rescheduled)
 
     def outcomes(self) -> dict[tuple[str, str], int]:
@@ -321,14 +323,16 @@ class Schedule:
 
     def reschedule(self, notification_id: str, due: datetime, reason: str, *, lease: str,
                    not_an_attempt: bool = False, slot: float = 0.0,
-                   recipient: tuple[str, str] | None = None) -> Rescheduled:
+                   recipient: tuple[str, str] | None = None,
+                   fields: Mapping[str, object] | None = None) -> Rescheduled:
         """Back to `scheduled` at `due`, by the holder of the lease whose token is `lease`
         (`Begun.lease`); returns `Rescheduled.RESCHEDULED`, or `CANCELLED` when the
         notification was superseded while it was being sent, or `NOT_SENDING` (falsy, equal
         to "") when it is not `sending` under that lease (taken over, ended, or gone).
 
         `slot` is a send-rate slot reserved for it; any other reschedule forgets the old
-        one, so a batch held overnight is paced again in the morning. `recipient` is the
+        one, so a batch held overnight is paced again in the morning. `fields` are set on
+        the hash too (`maybe_sent_at`: `delivery.decide`). `recipient` is the
         notification's (`to`, `to_id`), which names the by-recipient index it moves in
         (the script is given that key); read from the notification when not given, and
         read again if it does not match. Raises StoreError if it keeps changing.
@@ -343,7 +347,7 @@ class Schedule:
             result = _rescheduled(self._reschedule(
                 keys=[key, INFLIGHT, SCHEDULE, OUTCOMES, by_recipient_key(*recipient)],
                 args=[notification_id, epoch(due), reason, "1" if not_an_attempt else "0",
-                      *recipient, lease, "slot", slot],
+                      *recipient, lease, "slot", slot, *_flat(fields)],
             ))
             if result is not None:
                 return result
@@ -402,6 +406,11 @@ def _finish_call(notification_id: str, state: str, lease: str, fields: dict[str,
             [notification_id, state, keep_s,
              ",".join(str(b) for b in LATENESS_BUCKETS_S), lease,
              "" if report_at is None else report_at, *flat])
+
+
+def _flat(fields: Mapping[str, object] | None) -> list[Any]:
+    """`fields` as the field/value pairs a script takes after its other ARGV."""
+    return [x for pair in (fields or {}).items() for x in pair]
 
 
 def _delivery_args(notification_id: str, status: str, code: str, now: datetime,

@@ -23,9 +23,14 @@ from sendgrid import SendGridAPIClient
 from notifier.config import PROVIDER_TIMEOUT_S, Settings, reveal
 from notifier.delivery.channels import Message, Receipt
 from notifier.delivery.channels.retry_after import retry_after_s
-from notifier.errors import PermanentError, RetryableError
+from notifier.errors import MaybeSent, PermanentError, RetryableError
 
 HTTP_TIMEOUT_S = PROVIDER_TIMEOUT_S
+#: Seconds to wait for SendGrid's first event (`processed`, our id in its `custom_args`)
+#: before sending again a message whose answer was lost (`errors.MaybeSent`): "Events post
+#: every 30 seconds or when the batch size reaches 768 kilobytes" (SendGrid's Event Webhook
+#: guide, "Data Storage"); twice that leaves room for one late batch.
+REPORT_WAIT_S = 60.0
 
 
 def build_mail(message: Message, from_email: str, from_name: str) -> dict[str, Any]:
@@ -59,8 +64,11 @@ class SendGridEmail:
     def send(self, message: Message, now: datetime) -> Receipt:
         """Send `message`; returns a `Receipt` with SendGrid's `X-Message-Id` (the
         notification id when it gives none). Raises `RetryableError` for a 429 or 5xx (with
-        Retry-After's seconds or date) and for a network failure or timeout (code `network`),
-        `PermanentError` for any other refusal (code: the HTTP status)."""
+        Retry-After's seconds or date) and for a network failure before the request was
+        written (urllib's `URLError`: refused, DNS, a connect timeout; code `network`), its
+        subclass `MaybeSent` for one after (a read timeout, a dropped connection: code
+        `network`; `report_wait_s` `REPORT_WAIT_S` when the event webhook is configured,
+        else None), `PermanentError` for any other refusal (code: the HTTP status)."""
         mail = build_mail(message, self.settings.from_email, self.settings.practice_name)
         try:
             response = self.client.send(mail)
@@ -72,10 +80,15 @@ class SendGridEmail:
                                      retry_after_s=retry_after_s(after, now)) from None
             raise PermanentError(f"sendgrid refused the message ({status})",
                                  code=str(status)) from None
-        except (urllib.error.URLError, TimeoutError, ConnectionError,
-                http.client.HTTPException) as exc:
+        except urllib.error.URLError as exc:
+            # urllib wraps in URLError what fails while connecting and writing the request
+            # (`AbstractHTTPHandler.do_open`); what fails reading the answer comes bare.
             raise RetryableError(f"sendgrid unreachable: {type(exc).__name__}",
                                  code="network") from None
+        except (TimeoutError, ConnectionError, http.client.HTTPException) as exc:
+            wait = REPORT_WAIT_S if self.settings.sendgrid_webhook_public_key else None
+            raise MaybeSent(f"sendgrid's answer lost: {type(exc).__name__}", code="network",
+                            report_wait_s=wait) from None
         message_id = (response.headers or {}).get("X-Message-Id") or message.notification_id
         return Receipt(provider_id=str(message_id), sent_at=now, awaits_report=True)
 

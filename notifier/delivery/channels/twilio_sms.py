@@ -18,14 +18,20 @@ from twilio.base.exceptions import TwilioRestException, TwilioServiceException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.http.response import Response
 from twilio.rest import Client
+from urllib3.exceptions import MaxRetryError, NewConnectionError
 
 from notifier.config import PROVIDER_TIMEOUT_S, Settings, reveal
 from notifier.delivery.channels import LookedUp, Message, Receipt
 from notifier.delivery.channels.retry_after import retry_after_s
-from notifier.errors import PermanentError, RetryableError
+from notifier.errors import MaybeSent, PermanentError, RetryableError
 
 #: Seconds we wait for Twilio before treating the attempt as failed (and retrying).
 HTTP_TIMEOUT_S = PROVIDER_TIMEOUT_S
+#: Seconds to wait for Twilio's first status callback (`queued` or `sent`, carrying our id
+#: in its URL's `?n=`) before sending again a message whose answer was lost
+#: (`errors.MaybeSent`): Twilio posts `queued`/`sent` within seconds of taking a message;
+#: a minute leaves room for its callback retries and our web being briefly away.
+REPORT_WAIT_S = 60.0
 #: Twilio's upper bound for ValidityPeriod.
 MAX_VALIDITY_S = 36000
 #: Kinds worthless after their expiry: Twilio drops them from its queue rather than late.
@@ -64,6 +70,20 @@ def _int_or_none(value: object) -> int | None:
         return int(str(value))
     except ValueError:
         return None
+
+
+def never_left(exc: requests.RequestException) -> bool:
+    """Whether `exc` (from requests, under the SDK) came before the request was written, so
+    Twilio cannot have taken the message: a connect timeout (`ConnectTimeout`), or a
+    connection that could not be opened (refused, DNS: urllib3's `NewConnectionError`,
+    which requests raises as a `ConnectionError` wrapping a `MaxRetryError`). Anything else
+    (a read timeout, a connection dropped while writing or reading, TLS) may have reached
+    it."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return True
+    cause = exc.args[0] if exc.args else None
+    return (isinstance(exc, requests.ConnectionError) and isinstance(cause, MaxRetryError)
+            and isinstance(cause.reason, NewConnectionError))
 
 
 def _refusal(exc: TwilioRestException | TwilioServiceException, http: RoutingHttpClient,
@@ -130,8 +150,11 @@ class TwilioSMS:
     def send(self, message: Message, now: datetime) -> Receipt:
         """Send `message`; returns a `Receipt` with the message's SID and Twilio's segment
         count. Raises `RetryableError` for a 429 or 5xx (with Retry-After's seconds or date) and for
-        a network failure or timeout (code `network`), `PermanentError` for any other
-        refusal (code: Twilio's error code, such as 21610 for a number that replied STOP).
+        a network failure before the request left (`never_left`, code `network`), its
+        subclass `MaybeSent` for one after it may have (a read timeout, a dropped
+        connection: code `network`, `report_wait_s` `REPORT_WAIT_S`, as our status callback
+        URL is always given), `PermanentError` for any other refusal (code: Twilio's error
+        code, such as 21610 for a number that replied STOP).
         """
         client, http = self._sdk()
         try:
@@ -139,8 +162,11 @@ class TwilioSMS:
         except (TwilioRestException, TwilioServiceException) as exc:
             raise _refusal(exc, http, now, "refused the message") from None
         except requests.RequestException as exc:
-            raise RetryableError(f"twilio unreachable: {type(exc).__name__}",
-                                 code="network") from None
+            if never_left(exc):
+                raise RetryableError(f"twilio unreachable: {type(exc).__name__}",
+                                     code="network") from None
+            raise MaybeSent(f"twilio's answer lost: {type(exc).__name__}", code="network",
+                            report_wait_s=REPORT_WAIT_S) from None
         return Receipt(provider_id=str(created.sid), sent_at=now,
                        segments=_int_or_none(created.num_segments), awaits_report=True)
 

@@ -20,7 +20,7 @@
 -- ARGV[5]     the notification's `to`, as in KEYS[5]
 -- ARGV[6]     the notification's `to_id`, as in KEYS[5]
 -- ARGV[7]     the lease's token: its end as `begin` wrote it
--- ARGV[8..]   field/value pairs to set
+-- ARGV[8..]   field/value pairs to set (`slot`, and `maybe_sent_at` after a lost answer)
 --
 -- Returns 1 when rescheduled, -1 when cancelled (superseded), 0 when not `sending` under
 -- this lease, -2 when `to`/`to_id` are not ARGV[5]/ARGV[6].
