@@ -221,7 +221,10 @@ class Deliverer:
         note = send.note if isinstance(send, SendToClient) else ""
         note = "; ".join(part for part in (note, message.fallback) if part)
         channel = self.channels[message.channel]
-        if job.recovering and channel.already_sent(message):
+        # A process died with it `sending`: it went out if the channel says so, or if its
+        # provider has reported on it since (a report names only a message it took; one
+        # recorded before had ended it `sent`).
+        if job.recovering and (n.reported or channel.already_sent(message)):
             self.record.act(writes, job, FinishAs("sent", "sent before a crash"), now)
             return
         limiter = self.limiters.get(message.channel)

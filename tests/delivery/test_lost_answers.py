@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from twilio.request_validator import RequestValidator
 
 from notifier.config import PROJECT_ROOT, Settings
-from notifier.delivery.channels import sendgrid_email, twilio_sms
+from notifier.delivery.channels import Message, sendgrid_email, twilio_sms
 from notifier.delivery.channels.sendgrid_email import SendGridEmail
 from notifier.delivery.channels.twilio_sms import TwilioSMS
 from notifier.delivery.decide import MAYBE_SENT_AT, REPORTED_AFTER_LOST_ANSWER
@@ -192,3 +192,32 @@ def test_sendgrid_waits_for_its_event_webhook_only_when_it_is_configured(store, 
     last = NOW + timedelta(seconds=due_after(store, CONFIRM_EMAIL))
     assert hooked.deliver(CONFIRM_EMAIL, last) == "sent"
     assert len(sendgrid.sent_mails()) == 2  # the first lost answer was retried, as before
+
+
+def test_a_crash_after_the_provider_took_it_and_reported_is_not_sent_again(store, policy,
+                                                                           twilio):
+    """The process died between Twilio's answer and recording the send: `sending`, no
+    receipt. Its status callback came meanwhile, so the recovery records it `sent`."""
+    book(store, policy)
+    s = settings(twilio.url)
+    begun = store.schedule.begin(CONFIRM_SMS, NOW, lease_s=60)
+    assert begun.may_send
+    # The worker's send went out, and then it died.
+    receipt = TwilioSMS(s).send(Message(
+        notification_id=CONFIRM_SMS, kind="appointment_confirmation", channel="sms",
+        to="+14155550123", body="Riverbend: confirmed", due_at=NOW,
+        expires_at=NOW + timedelta(days=1)), NOW)
+    store.record_delivery(CONFIRM_SMS, "sent", "", NOW + timedelta(seconds=2),
+                          receipt.provider_id)
+    later = NOW + timedelta(seconds=61)  # its lease has run out
+    assert deliverer(store, policy, s).deliver(CONFIRM_SMS, later) == "sent"
+    assert store.notification(CONFIRM_SMS)["reason"] == "sent before a crash"
+    assert len(twilio.sent_messages()) == 1
+
+
+def test_a_crash_before_the_provider_took_it_is_sent_on_recovery(store, policy, twilio):
+    book(store, policy)
+    assert store.schedule.begin(CONFIRM_SMS, NOW, lease_s=60).may_send  # then it died
+    later = NOW + timedelta(seconds=61)
+    assert deliverer(store, policy, settings(twilio.url)).deliver(CONFIRM_SMS, later) == "sent"
+    assert len(twilio.sent_messages()) == 1
