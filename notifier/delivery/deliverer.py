@@ -280,7 +280,9 @@ class Deliverer:
             retry = self.record.retry_decision(
                 job, now, f"{exc.code or 'error'}: {exc}",
                 exc.retry_after_s if wait is None else max(wait, exc.retry_after_s or 0.0))
-            self.record.act(writes, job, lost_answer_hold(retry, wait, at), now)
+            # Marked at the first lost answer's time: a report later is about its message.
+            self.record.act(writes, job, lost_answer_hold(retry, wait, n.maybe_sent_at or at),
+                            now)
             return
         except RetryableError as exc:
             self.record.act(writes, job, self.record.retry_decision(

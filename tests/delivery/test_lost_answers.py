@@ -221,3 +221,22 @@ def test_a_crash_before_the_provider_took_it_is_sent_on_recovery(store, policy, 
     later = NOW + timedelta(seconds=61)
     assert deliverer(store, policy, settings(twilio.url)).deliver(CONFIRM_SMS, later) == "sent"
     assert len(twilio.sent_messages()) == 1
+
+
+def test_two_lost_answers_then_a_report_is_sent_at_the_first_attempt_s_time(
+        store, policy, twilio):
+    """Found by QA: the second lost answer overwrote the first's time."""
+    book(store, policy)
+    d = deliverer(store, policy, settings(twilio.url))
+    twilio.script(LOST)
+    assert d.deliver(CONFIRM_SMS, NOW) == "retrying"
+    first = float(store.notification(CONFIRM_SMS)[MAYBE_SENT_AT])
+    later = NOW + timedelta(seconds=due_after(store, CONFIRM_SMS))
+    twilio.script(LOST)
+    assert d.deliver(CONFIRM_SMS, later) == "retrying"
+    assert float(store.notification(CONFIRM_SMS)[MAYBE_SENT_AT]) == first
+    store.record_delivery(CONFIRM_SMS, "delivered", "", later)
+    last = NOW + timedelta(seconds=due_after(store, CONFIRM_SMS))
+    assert d.deliver(CONFIRM_SMS, last) == "sent"
+    assert len(twilio.sent_messages()) == 2
+    assert float(store.notification(CONFIRM_SMS)["sent_at"]) == first

@@ -76,10 +76,12 @@ def never_left(exc: requests.RequestException) -> bool:
     """Whether `exc` (from requests, under the SDK) came before the request was written, so
     Twilio cannot have taken the message: a connect timeout (`ConnectTimeout`), or a
     connection that could not be opened (refused, DNS: urllib3's `NewConnectionError`,
-    which requests raises as a `ConnectionError` wrapping a `MaxRetryError`). Anything else
-    (a read timeout, a connection dropped while writing or reading, TLS) may have reached
-    it."""
-    if isinstance(exc, requests.ConnectTimeout):
+    which requests raises as a `ConnectionError` wrapping a `MaxRetryError`), or a TLS
+    handshake that failed (`SSLError`: a bad certificate or CA bundle, a proxy closing the
+    connection; the request is written only once the handshake is done; found by QA).
+    Anything else (a read timeout, a connection dropped while writing or reading) may have
+    reached it."""
+    if isinstance(exc, requests.ConnectTimeout | requests.exceptions.SSLError):
         return True
     cause = exc.args[0] if exc.args else None
     return (isinstance(exc, requests.ConnectionError) and isinstance(cause, MaxRetryError)

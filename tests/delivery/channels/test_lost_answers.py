@@ -103,6 +103,42 @@ def test_a_twilio_connection_refused_never_left():
     assert not isinstance(caught.value, MaybeSent) and caught.value.code == "network"
 
 
+@pytest.fixture
+def no_tls() -> Iterator[str]:
+    """An https URL whose server takes the TCP connection and closes it before the TLS
+    handshake ends (a TLS-terminating proxy down, a middlebox): nothing was sent."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    server.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"https://127.0.0.1:{server.getsockname()[1]}"
+    stop.set()
+    thread.join()
+    server.close()
+
+
+def test_a_twilio_tls_handshake_that_failed_never_left(no_tls):
+    """Found by QA: taken as a lost answer, it waited 60 s, and one due within a minute of
+    its expiry was `failed` unsent."""
+    channel = TwilioSMS(settings(NOTIFIER_TWILIO_BASE_URL=no_tls), timeout_s=2)
+    with pytest.raises(RetryableError) as caught:
+        channel.send(sms(), NOW)
+    assert not isinstance(caught.value, MaybeSent), str(caught.value)
+    assert never_left(requests.exceptions.SSLError("handshake failure"))
+
+
 def test_never_left_knows_requests_connect_failures_from_the_rest():
     """A connect timeout and a connection never opened (refused, DNS) never left; a
     connection aborted (`ProtocolError`) or read timeout may have."""
