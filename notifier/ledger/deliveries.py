@@ -59,12 +59,15 @@ class Deliveries:
                              reason: str) -> bool:
         """Plan the same notification on `channel`, due now, unless it is planned there
         already (its dedupe key is the sibling's, so this happens at most once). Returns
-        whether it was added: False for an unknown or superseded notification, or one
-        planned there already, or one retired past the retention (its row no longer says
-        to whom: `notifier.ledger.trimming`). Raises `StoreContention` as
-        `PlanWriter.write_plan` does."""
+        whether it was added: False for an unknown, superseded or cancelled notification
+        (cancelled while a lost answer waited for its report: a failure reported then is
+        about a message no longer wanted; found by QA), or one planned there already, or
+        one retired past the retention (its row no longer says to whom:
+        `notifier.ledger.trimming`). Raises `StoreContention` as `PlanWriter.write_plan`
+        does."""
         f = self.reading.notification(notification_id)
-        if not f or f.get("superseded") or f.get("retired"):
+        if (not f or f.get("superseded") or f.get("retired")
+                or f.get("state") == "cancelled"):
             return False
         sibling = notification_id.rsplit(":", 1)[0] + ":" + channel
         if self.redis.exists(notif_key(sibling)):

@@ -170,3 +170,30 @@ def test_another_copys_failure_before_any_report_of_ours_changes_nothing(
     # A report without a SID (not said) is taken as ours, as before.
     assert twilio_post(http, path, {"MessageStatus": "sent"}).status_code == 204
     assert store.notification(sms).get("delivery") == "sent"
+
+
+def test_a_lost_answer_s_failure_after_its_appointment_was_cancelled_plans_no_email(
+        http, store, policy):  # noqa: F811
+    """A client SMS whose answer was lost waits, `scheduled` with `maybe_sent_at`, for its
+    report; the appointment is cancelled meanwhile (the SMS `cancelled`, not `superseded`:
+    it was not sending). Twilio's `undelivered` for the message that did leave plans no
+    email about the cancelled appointment (found by QA: it did, due now)."""
+    from tests.kit import event_dict, store_and_apply
+
+    booked(store, policy, email=True)
+    now = utcnow()
+    sms = _sent_sms(store)  # an SMS-only kind about appointment a1 ...
+    # ... put back as the lost-answer hold leaves it (the same fields `lost_answer_hold` sets)
+    store.redis.hset("n:notif:" + sms, mapping={"state": "scheduled",
+                                                "maybe_sent_at": now.timestamp()})
+    store.redis.hdel("n:notif:" + sms, "receipt", "sent_at")
+    store.redis.zadd("n:schedule", {sms: now.timestamp() + 60})
+    store_and_apply(store, policy, event_dict(
+        "appointment.cancelled", {"appointment_id": "a1", "cancelled_by": "client"}, now), now)
+    fields = store.notification(sms)
+    assert fields["state"] == "cancelled"
+    form = {"MessageSid": "SM" + "b" * 32, "MessageStatus": "undelivered",
+            "ErrorCode": "30005", "To": "+14155550123"}
+    assert twilio_post(http, f"/twilio/status?n={sms}", form).status_code == 204
+    sibling = store.notification(sms.removesuffix(":sms") + ":email")
+    assert not sibling, f"an email planned for a cancelled appointment: {sibling}"
