@@ -65,7 +65,8 @@ KEY_FAMILIES: tuple[KeyFamily, ...] = (
     KeyFamily("n:short:*", "90 days after the link was last made", ""),
     KeyFamily("n:short-for:*", "90 days after the link was last made", ""),
     KeyFamily("n:callbacks:unknown", "", "the last 1,000 reports about unknown ids"),
-    KeyFamily("n:job:*", "3 days (a cron fire), a minute (the repair job's turn)", ""),
+    KeyFamily("n:job:*", "3 days (a cron fire); the repair job's turn: 10 minutes while a run "
+              "is queued, a minute from a run's start, 110 s while it runs", ""),
     KeyFamily(f"{_DQ}:__heartbeats__", "", "one entry per live worker (dramatiq's "
               "maintenance drops the dead)"),
     KeyFamily(f"{_DQ}:__acks__.*", "", "a worker's messages in hand; a dead worker's go "

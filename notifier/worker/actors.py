@@ -31,7 +31,7 @@ from notifier.ledger.broker_messages import broker_message
 from notifier.ledger.client import store_errors
 from notifier.timeutil import utcnow
 from notifier.worker.digests import run_provider_digest
-from notifier.worker.reports import REPORT_LOOKUPS, run_report_lookups, start_run
+from notifier.worker.reports import REPORT_LOOKUPS, end_run, run_report_lookups, start_run
 
 if TYPE_CHECKING:
     from notifier.runtime import Runtime
@@ -116,7 +116,10 @@ def declare_actors(broker: RedisBroker, runtime: Runtime,
             # Claims make a redelivered or concurrent run look up nothing twice; a run
             # queued behind another (workers were away) does nothing.
             if start_run(runtime.store):
-                run_report_lookups(runtime.store, runtime.channels, utcnow())
+                try:
+                    run_report_lookups(runtime.store, runtime.channels, utcnow())
+                finally:
+                    end_run(runtime.store)
         else:
             log.error("unknown job %s", name)
 

@@ -65,6 +65,9 @@ REPORTS_TURN = "n:job:" + REPORT_LOOKUPS
 #: Taken (SET NX EX) by a run as it starts: a run that finds it taken (another started
 #: under `EVERY_S` ago: two queued before a long outage) does nothing.
 REPORTS_STARTED = REPORTS_TURN + ":started"
+#: Held by a run while it runs (SET NX; deleted at its end, or expiring after the longest
+#: run, `RUN_BUDGET_S` plus one call's 20 s, plus a margin): no second run beside it.
+REPORTS_RUNNING = REPORTS_TURN + ":running"
 #: How long a queued run holds the turn, seconds: if its worker died with it, the clock
 #: queues another after this.
 QUEUED_S = 600
@@ -110,15 +113,25 @@ def verdict(looked: LookedUp) -> tuple[LookupOutcome, str]:
 
 
 def start_run(store: Store, every_s: float = EVERY_S) -> bool:
-    """Take this run's start, unless another run started less than `every_s` ago; returns
-    whether this one may run. The turn is then this run's for `every_s`: the clock queues
-    the next one no sooner."""
-    if not store.redis.set(REPORTS_STARTED, "1", nx=True, ex=max(1, int(every_s) - 1)):
-        log.info("delivery reports: a run started under %g s ago; this one does nothing",
-                 every_s)
+    """Take this run's start, unless another run started less than `every_s` ago or is
+    still running; returns whether this one may run (then it must call `end_run`). The
+    queued run's turn is given back, so the clock queues the next at its next try, a
+    minute after it queued this one (found by QA: held for a minute from the run's start,
+    it made runs two minutes apart). A run that does nothing gives it back too: it is no
+    longer queued."""
+    store.redis.delete(REPORTS_TURN)
+    if store.redis.exists(REPORTS_RUNNING) or not store.redis.set(
+            REPORTS_STARTED, "1", nx=True, ex=max(1, int(every_s) - 1)):
+        log.info("delivery reports: a run started under %g s ago, or is still running; "
+                 "this one does nothing", every_s)
         return False
-    store.redis.set(REPORTS_TURN, "running", ex=max(1, int(every_s)))
+    store.redis.set(REPORTS_RUNNING, "1", ex=int(RUN_BUDGET_S + 20 + 30))
     return True
+
+
+def end_run(store: Store) -> None:
+    """The run started by `start_run` is over: the next may start (a minute after it)."""
+    store.redis.delete(REPORTS_RUNNING)
 
 
 def run_report_lookups(store: Store, channels: Mapping[str, Channel], now: datetime, *,

@@ -28,9 +28,12 @@ from notifier.worker.reports import (
     LOOKUPS_PER_RUN,
     QUEUED_S,
     REPORT_LOOKUPS,
+    REPORTS_RUNNING,
+    REPORTS_STARTED,
     REPORTS_TURN,
     RUN_BUDGET_S,
     LookupOutcome,
+    end_run,
     run_report_lookups,
     start_run,
 )
@@ -402,5 +405,25 @@ def test_runs_queued_while_no_worker_takes_them_do_not_pile_up_or_start_together
         assert not clock.start_report_lookups(LATER + timedelta(minutes=minute))
     assert len(store.redis.hvals(JOB_MESSAGES)) == 1
     assert start_run(store), "the queued run starts"
-    assert 0 < store.redis.ttl(REPORTS_TURN) <= EVERY_S, "the next one a minute after it"
+    assert not store.redis.exists(REPORTS_TURN), "no longer queued: the clock's next try queues"
     assert not start_run(store), "another queued before the outage does nothing"
+    end_run(store)
+    assert not start_run(store), "nor one queued after it ended, under a minute after it began"
+
+
+def test_runs_start_once_a_minute_and_never_two_at_once(runtime, policy, redis_url):
+    """Found by QA: the run held the turn for a minute from its own start, so the clock's
+    try a minute after queueing it was refused (runs two minutes apart); and a run still
+    calling past a minute had the next one start beside it."""
+    book(runtime, policy, "a1")
+    store = runtime.store
+    clock = Clock(store, build_broker(redis_url))
+    assert clock.start_report_lookups(LATER)
+    assert start_run(store)
+    assert clock.start_report_lookups(LATER + timedelta(seconds=EVERY_S)), "a minute on"
+    store.redis.delete(REPORTS_STARTED)  # a minute has passed since the first began
+    assert not start_run(store), "the first is still calling: the second does nothing"
+    assert clock.start_report_lookups(LATER + timedelta(seconds=2 * EVERY_S))
+    end_run(store)
+    assert start_run(store), "the first over and a minute gone: the next runs"
+    assert 0 < store.redis.ttl(REPORTS_RUNNING) <= RUN_BUDGET_S + 50

@@ -27,10 +27,12 @@ from notifier.errors import MaybeSent, PermanentError, RetryableError
 
 #: Seconds we wait for Twilio before treating the attempt as failed (and retrying).
 HTTP_TIMEOUT_S = PROVIDER_TIMEOUT_S
-#: Seconds to wait for Twilio's first status callback (`queued` or `sent`, carrying our id
-#: in its URL's `?n=`) before sending again a message whose answer was lost
-#: (`errors.MaybeSent`): Twilio posts `queued`/`sent` within seconds of taking a message;
-#: a minute leaves room for its callback retries and our web being briefly away.
+#: Seconds to wait for Twilio's first status callback (carrying our id in its URL's `?n=`)
+#: before sending again a message whose answer was lost (`errors.MaybeSent`). Twilio posts
+#: no callback for a message's initial status (`queued`: "Outbound Message Status in Status
+#: Callbacks"); the first is `sent` (or `failed`), when the message leaves its sender's
+#: queue, seconds later at the usual rates. A sender queue longer than a minute (a burst
+#: far over the number's rate) makes the second copy go before the report comes.
 REPORT_WAIT_S = 60.0
 #: Twilio's upper bound for ValidityPeriod.
 MAX_VALIDITY_S = 36000
