@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from notifier.intake.apply import apply_stored_event
 from notifier.ledger.events import EVENT_RETENTION_S, event_key
 from notifier.ledger.store import Store
-from tests.kit import appointment, client_upserted
+from tests.kit import appointment, client_upserted, store_and_apply
 
 NOW = datetime(2026, 11, 25, 15, 0, tzinfo=UTC)
 
@@ -31,13 +32,18 @@ def test_an_applied_event_keeps_a_small_compact_hash_and_no_body(redis_client, p
     assert apply_stored_event(store, evt["id"], policy, NOW) is None
 
 
-def test_a_stale_event_is_kept_the_same_way(redis_client, policy):
-    store = Store(redis_client)
+def newer_then_older(store: Store, policy) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Two updates of one client applied out of order: the older one is `stale`."""
     newer = client_upserted("c1", "America/New_York", NOW - timedelta(minutes=1))
     older = client_upserted("c1", "America/Chicago", NOW - timedelta(minutes=2))
     for evt in (newer, older):
-        store.store_event(evt["id"], json.dumps(evt).encode(), NOW)
-        apply_stored_event(store, evt["id"], policy, NOW)
+        store_and_apply(store, policy, evt, NOW)
+    return newer, older
+
+
+def test_a_stale_event_is_kept_the_same_way(redis_client, policy):
+    store = Store(redis_client)
+    newer, older = newer_then_older(store, policy)
     kept = store.event_status(older["id"])
     assert kept["status"] == "stale" and "raw" not in kept
 
@@ -50,11 +56,7 @@ def test_an_event_id_is_remembered_thirty_days_whatever_became_of_it(redis_clien
     """Applied, stale and rejected alike: the id (and so the duplicate refusal) lasts the
     whole 30 days, give or take the seconds this test takes, not merely some while."""
     store = Store(redis_client)
-    newer = client_upserted("c1", "America/New_York", NOW - timedelta(minutes=1))
-    older = client_upserted("c1", "America/Chicago", NOW - timedelta(minutes=2))
-    for evt in (newer, older):
-        store.store_event(evt["id"], json.dumps(evt).encode(), NOW)
-        apply_stored_event(store, evt["id"], policy, NOW)
+    newer, older = newer_then_older(store, policy)
     bad = client_upserted("c2", "America/New_York", NOW)
     store.store_event(bad["id"], json.dumps(bad).encode(), NOW)
     store.reject_event(bad["id"], "no longer validates", NOW)
