@@ -8,15 +8,13 @@ the policy is read and reported)."""
 
 from __future__ import annotations
 
-import signal
-import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from notifier.ledger.embedded_redis import free_port, redis_server_binary, wait_for_redis
+from tests.conftest import OwnRedis
 from tests.kit import appointment, client_upserted, daytime_zone, provider_upserted
 from tests.service import Service, wait_for
 
@@ -24,30 +22,12 @@ from tests.service import Service, wait_for
 pytestmark = pytest.mark.e2e
 
 
-class DurableRedis:
-    """A redis-server with its append-only file on, that a test can kill and bring back."""
+class DurableRedis(OwnRedis):
+    """A redis-server with its append-only file on, fsync always, that a test can kill and
+    bring back."""
 
     def __init__(self, directory: Path) -> None:
-        self.directory, self.port = directory, free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-             "--dir", str(self.directory), "--appendonly", "yes", "--appendfsync", "always",
-             "--save", ""], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for_redis(self.url)
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
+        super().__init__(directory, "--appendonly", "yes", "--appendfsync", "always")
 
 
 @pytest.fixture

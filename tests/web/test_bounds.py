@@ -10,9 +10,7 @@ import base64
 import json
 import logging
 import secrets
-import signal
 import socket
-import subprocess
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -32,11 +30,12 @@ from twilio.request_validator import RequestValidator
 from notifier.cli import server_config, sign_event
 from notifier.config import Settings
 from notifier.errors import ConfigError
-from notifier.ledger.embedded_redis import free_port, redis_server_binary, wait_for_redis
+from notifier.ledger.embedded_redis import free_port
 from notifier.ledger.store import Store
 from notifier.web.app import create_app
 from notifier.web.events import UNAVAILABLE
 from notifier.worker.actors import build_broker
+from tests.conftest import OwnRedis
 from tests.kit import client_upserted, daytime_zone
 from tests.service import wait_for
 
@@ -46,24 +45,6 @@ TWILIO_TOKEN = "twilio-auth-token"
 PUBLIC = "https://notifier.example.org"
 READ = {"Authorization": f"Bearer {API_TOKEN}"}
 SENDGRID_KEY = ec.generate_private_key(ec.SECP256R1())
-
-
-class OwnRedis:
-    """A redis-server of the test's own, which it may stop or fill."""
-
-    def __init__(self, directory: Path) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process = subprocess.Popen(
-            [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", str(directory)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for_redis(self.url)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(timeout=10)
 
 
 def settings(**env: str) -> Settings:
@@ -106,7 +87,8 @@ class Web:
 
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
-    server = OwnRedis(tmp_path)
+    """A redis-server of the test's own, which it may kill or fill."""
+    server = OwnRedis(tmp_path, "--appendonly", "no").start()
     yield server
     server.stop()
 
@@ -171,7 +153,7 @@ def problems(records: list[logging.LogRecord]) -> list[str]:
 def test_with_redis_down_every_route_is_503_with_retry_after_and_no_traceback(
         own_redis, web, caplog):
     assert all(a.status_code < 500 for a in every_route(web.http).values())
-    own_redis.stop()
+    own_redis.kill()
     with caplog.at_level(logging.INFO):
         answers = every_route(web.http)
     assert {route: a.status_code for route, a in answers.items()} == dict.fromkeys(answers, 503)

@@ -14,7 +14,6 @@ import base64
 import json
 import secrets
 import signal
-import subprocess
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -29,37 +28,28 @@ import uvicorn
 from notifier.cli import sign_event
 from notifier.config import Settings
 from notifier.ledger import async_events
-from notifier.ledger.embedded_redis import free_port, redis_server_binary, wait_for_redis
+from notifier.ledger.embedded_redis import free_port
 from notifier.ledger.store import Store
 from notifier.web.app import create_app
 from notifier.worker.actors import build_broker
+from tests.conftest import OwnRedis
 from tests.service import wait_for
 
 SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
 @pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """A redis-server of this test's own, which it may pause: (its URL, its process)."""
-    port = free_port()
-    proc = subprocess.Popen([redis_server_binary(), "--port", str(port), "--bind",
-                             "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(tmp_path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    try:
-        wait_for_redis(url)
-        yield url, proc
-    finally:
-        proc.send_signal(signal.SIGCONT)
-        proc.terminate()
-        proc.wait(timeout=10)
+def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
+    """A redis-server of this test's own, which it may pause."""
+    server = OwnRedis(tmp_path, "--appendonly", "no").start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture
-def server(own_redis: tuple[str, subprocess.Popen[bytes]]) -> Iterator[str]:
+def server(own_redis: OwnRedis) -> Iterator[str]:
     """The app on a real port, on the dedicated Redis: its base URL."""
-    url, _ = own_redis
+    url = own_redis.url
     settings = Settings.from_env({"NOTIFIER_WEBHOOK_SECRET": SECRET,
                                   "NOTIFIER_API_TOKEN": secrets.token_urlsafe(32)},
                                  dotenv=Path("/nonexistent"))
@@ -88,9 +78,10 @@ def signed_event(event_id: str) -> tuple[bytes, dict[str, str]]:
 
 
 def test_a_paused_redis_does_not_hold_up_a_route_that_does_not_need_it(
-        server: str, own_redis: tuple[str, subprocess.Popen[bytes]],
+        server: str, own_redis: OwnRedis,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    _, redis_process = own_redis
+    redis_process = own_redis.process
+    assert redis_process is not None
     # Told when the POST is about to wait for Redis: the order of events, not a sleep.
     waiting_for_redis = threading.Event()
     store_event = async_events.AsyncEventStore.store_event
