@@ -68,17 +68,22 @@ def notif_key(notification_id: str) -> str:
     return f"{PREFIX}notif:{notification_id}"
 
 
+#: The key prefixes of the two kinds of index of notification ids.
+RECIPIENT_INDEXES = PREFIX + "by-recipient:"
+ENTITY_INDEXES = PREFIX + "by-entity:"
+
+
 def by_recipient_key(recipient: str, recipient_id: str) -> str:
     """Index of one recipient's notifications by due time (the read API's source): a sorted
     set of ids scored in epoch seconds."""
-    return f"{PREFIX}by-recipient:{recipient}:{recipient_id}"
+    return f"{RECIPIENT_INDEXES}{recipient}:{recipient_id}"
 
 
 def by_entity_key(ref: str) -> str:
     """The ids of the notifications planned about entity `ref` (`appointment:a1`): a sorted
     set, every score 0, while Redis can keep it compact, else a set (`notif_add.lua` says
     when); read with `read_entity_ids`."""
-    return f"{PREFIX}by-entity:{ref}"
+    return f"{ENTITY_INDEXES}{ref}"
 
 
 def read_entity_ids(client: Any, ref: str) -> Any:

@@ -40,12 +40,15 @@ import redis
 
 from notifier.ledger.client import store_errors
 from notifier.ledger.lua import lua_source
-from notifier.ledger.notifications import PREFIX, epoch, notif_key
+from notifier.ledger.notifications import (
+    ENTITY_INDEXES,
+    PREFIX,
+    RECIPIENT_INDEXES,
+    epoch,
+    notif_key,
+)
 
 INDEX_TRIM_LUA = lua_source("index_trim")
-#: Key patterns of the indexes trimmed, and whether each is scored by due time.
-RECIPIENT_INDEXES = PREFIX + "by-recipient:"
-ENTITY_INDEXES = PREFIX + "by-entity:"
 #: Keys SCAN is asked to look at per page (a hint: Redis may return more or fewer).
 SCAN_PAGE = 1000
 #: What stands, in an entity's index, for the ids the trimming dropped from it: read as a
