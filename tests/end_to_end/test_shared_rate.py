@@ -62,7 +62,11 @@ class RateKeyWrites:
     before the commands it runs."""
 
     def __init__(self, url: str) -> None:
-        self.client = redis.Redis.from_url(url, socket_timeout=0.2)
+        # No read timeout: one that fires in the middle of a MONITOR line (a loaded machine)
+        # leaves the connection unusable ("Connection closed by server"); `close` wakes the
+        # reader with a command of its own instead.
+        self.url = url
+        self.client = redis.Redis.from_url(url)
         self.writes: list[tuple[str, float, str]] = []
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._record, daemon=True)
@@ -75,10 +79,7 @@ class RateKeyWrites:
         with self.client.monitor() as monitor:
             self.ready.set()
             while not self.stop.is_set():
-                try:
-                    seen = monitor.next_command()
-                except redis.TimeoutError:
-                    continue
+                seen = monitor.next_command()
                 words = seen["command"].split()
                 if seen["client_type"] != "lua":
                     caller = f"{seen['client_address']}:{seen['client_port']}"
@@ -87,6 +88,9 @@ class RateKeyWrites:
 
     def close(self) -> None:
         self.stop.set()
+        waker = redis.Redis.from_url(self.url)
+        waker.ping()  # the reader sees it, and then the stop
+        waker.close()
         self.thread.join(timeout=10)
         self.client.close()
 
