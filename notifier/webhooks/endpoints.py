@@ -103,10 +103,12 @@ def load_endpoints(env: Mapping[str, str], schedules_dir: Path) -> tuple[Endpoin
         source, tables = str(path), _toml_tables(path)
     else:
         return ()
-    endpoints = [_endpoint(source, number, table, env)
-                 for number, table in enumerate(tables, start=1)]
-    _check_distinct(source, endpoints)
-    return tuple(sorted(endpoints, key=lambda e: e.name))
+    fields = [_fields(source, number, table) for number, table in enumerate(tables, start=1)]
+    # Before the secrets are read: with two endpoints reading one variable, a message
+    # about that variable would blame the wrong one.
+    _check_distinct(source, [f["name"] for f in fields])
+    return tuple(sorted((Endpoint(**f, **_secrets(env, f["name"])) for f in fields),
+                        key=lambda e: e.name))
 
 
 def _json_tables(text: str) -> list[Any]:
@@ -145,8 +147,8 @@ def _toml_tables(path: Path) -> list[Any]:
     return tables
 
 
-def _endpoint(source: str, number: int, table: Any, env: Mapping[str, str]) -> Endpoint:
-    """Endpoint `number` (from 1) of `source`, validated."""
+def _fields(source: str, number: int, table: Any) -> dict[str, Any]:
+    """The fields of endpoint `number` (from 1) of `source` but its secrets, validated."""
     where = f"{source}: endpoint {number}"
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: expected a table of keys (name, url, events, ...)")
@@ -165,13 +167,12 @@ def _endpoint(source: str, number: int, table: Any, env: Mapping[str, str]) -> E
     description = table.get("description", "")
     if not isinstance(description, str) or not description.isprintable():
         raise ConfigError(f"{where}: description: expected one line of text")
-    return Endpoint(
-        name=name, url=_url(where, table["url"]), events=_events(where, table["events"]),
-        description=description,
-        max_in_flight=_whole(where, "max_in_flight", table.get("max_in_flight", 4),
-                             MAX_IN_FLIGHT),
-        timeout_s=_seconds(where, "timeout_s", table.get("timeout_s", 10.0), TIMEOUT_S),
-        **_secrets(env, name))
+    return {
+        "name": name, "url": _url(where, table["url"]),
+        "events": _events(where, table["events"]), "description": description,
+        "max_in_flight": _whole(where, "max_in_flight", table.get("max_in_flight", 4),
+                                MAX_IN_FLIGHT),
+        "timeout_s": _seconds(where, "timeout_s", table.get("timeout_s", 10.0), TIMEOUT_S)}
 
 
 def _url(where: str, value: Any) -> str:
@@ -258,21 +259,21 @@ def _instant(value: str, variable: str) -> datetime:
         raise ConfigError(f"{variable}: not a real instant ({exc}): {value!r}") from None
 
 
-def _check_distinct(source: str, endpoints: list[Endpoint]) -> None:
+def _check_distinct(source: str, names: list[str]) -> None:
     """Names unique, and no two endpoints reading one variable (`a-b` and `a_b`; `x` and
     `x_previous`, whose secret would be `x`'s previous one)."""
     readers: dict[str, str] = {}
-    for endpoint in endpoints:
-        variable = secret_variable(endpoint.name)
+    for name in names:
+        variable = secret_variable(name)
         for read in (variable, f"{variable}_PREVIOUS", f"{variable}_PREVIOUS_UNTIL"):
             other = readers.get(read)
-            if other == endpoint.name:
-                raise ConfigError(f"{source}: endpoint {endpoint.name!r}: name: given to more "
-                                  "than one endpoint")
+            if other == name:
+                raise ConfigError(f"{source}: endpoint {name!r}: name: given to more than "
+                                  "one endpoint")
             if other is not None:
-                raise ConfigError(f"{source}: endpoint {endpoint.name!r}: name: reads "
-                                  f"{read} as endpoint {other!r} does; rename one")
-            readers[read] = endpoint.name
+                raise ConfigError(f"{source}: endpoint {name!r}: name: reads {read} as "
+                                  f"endpoint {other!r} does; rename one")
+            readers[read] = name
 
 
 def _one_line(exc: BaseException) -> str:
