@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from pydantic import SecretStr
 
 from notifier.cli import endpoint_lines
 from notifier.config import PROJECT_ROOT, Settings
@@ -421,11 +422,11 @@ def test_endpoint_lines_show_everything_but_secrets():
     now = datetime(2026, 11, 30, tzinfo=UTC)
     ehr = Endpoint(name="ehr", url="https://ehr.example/hooks",
                    events=frozenset({"notification.sent", "client.opted_out"}),
-                   secret=_secret(SECRET), previous_secret=_secret(OLD),
+                   secret=SecretStr(SECRET), previous_secret=SecretStr(OLD),
                    previous_until=datetime(2026, 12, 1, tzinfo=UTC),
                    description="the EHR's status feed", timeout_s=2.5)
     plain = Endpoint(name="zz", url="http://127.0.0.1:9/", events=frozenset({"event.rejected"}),
-                     secret=_secret(SECRET))
+                     secret=SecretStr(SECRET))
     assert endpoint_lines((ehr, plain), now) == [
         "ehr  https://ehr.example/hooks",
         "  events: client.opted_out, notification.sent",
@@ -439,12 +440,6 @@ def test_endpoint_lines_show_everything_but_secrets():
     ]
     later = endpoint_lines((ehr,), datetime(2026, 12, 2, tzinfo=UTC))
     assert later[3] == "  previous secret: expired 2026-12-01 00:00:00 UTC (unset it)"
-
-
-def _secret(value: str) -> Any:
-    from pydantic import SecretStr
-
-    return SecretStr(value)
 
 
 def _schedules(tmp_path: Path, webhooks: str) -> Path:
