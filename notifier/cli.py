@@ -1,4 +1,5 @@
-"""The `notifier` command: dev, web, worker, clock, jobs, preview, notifications, send-event.
+"""The `notifier` command: dev, web, worker, clock, jobs, preview, notifications, send-event,
+webhooks.
 
 Each command builds its settings once from the environment (and `.env`); a bad setting,
 a wrong argument or a service that does not answer stops it with one line saying what is
@@ -33,6 +34,7 @@ from pydantic import SecretStr
 from notifier.config import Settings, project_dir, reveal
 from notifier.errors import NotifierError, StoreError, UsageError
 from notifier.intake.json_body import repeated_keys
+from notifier.webhooks.endpoints import Endpoint
 
 log = logging.getLogger("notifier")
 
@@ -571,6 +573,40 @@ def cmd_send_event(args: argparse.Namespace, settings: Settings) -> None:
         sys.exit(1)
 
 
+def endpoint_lines(endpoints: tuple[Endpoint, ...], now: datetime) -> list[str]:
+    """What `notifier webhooks list` prints for each endpoint, never a secret: its name and
+    URL, then its events, limits, previous secret (`now` tells whether it still signs) and
+    description, indented."""
+    lines = []
+    for endpoint in endpoints:
+        until = endpoint.previous_until
+        if until is None:
+            previous = "none"
+        elif now < until:
+            previous = f"signs too until {until:%Y-%m-%d %H:%M:%S} UTC"
+        else:
+            previous = f"expired {until:%Y-%m-%d %H:%M:%S} UTC (unset it)"
+        lines += [f"{endpoint.name}  {endpoint.url}",
+                  f"  events: {', '.join(sorted(endpoint.events))}",
+                  f"  max_in_flight {endpoint.max_in_flight}, timeout_s {endpoint.timeout_s:g}",
+                  f"  previous secret: {previous}"]
+        if endpoint.description:
+            lines.append(f"  description: {endpoint.description}")
+    return lines
+
+
+def cmd_webhooks_list(args: argparse.Namespace, settings: Settings) -> None:
+    """The delivery-webhook endpoints as configured (validated at start-up, as every
+    command's settings are); needs no Redis."""
+    if not settings.webhook_endpoints:
+        print("no webhook endpoints: none in NOTIFIER_WEBHOOK_ENDPOINTS or in "
+              f"{shell_path(settings.schedules_dir / 'webhooks.toml')} (or the file "
+              "NOTIFIER_WEBHOOKS_FILE names); see schedules/webhooks.example.toml")
+        return
+    for line in endpoint_lines(settings.webhook_endpoints, datetime.now(UTC)):
+        print(line)
+
+
 def _port(value: str) -> int:
     """A TCP port number, for argparse: one line naming the range otherwise."""
     if not value.isdigit() or not 1 <= int(value) <= 65535:
@@ -643,6 +679,12 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("files", nargs="+", help="a file holding one event or a list of them")
     send.add_argument("--url", help="base URL (default NOTIFIER_PUBLIC_URL)")
     send.set_defaults(func=cmd_send_event)
+    webhooks = sub.add_parser("webhooks", help="delivery webhooks to integrators: list the "
+                              "endpoints")
+    webhooks_sub = webhooks.add_subparsers(dest="webhooks_command", required=True,
+                                           metavar="list")
+    webhooks_sub.add_parser("list", help="each endpoint, its events and limits (never its "
+                            "secret)").set_defaults(func=cmd_webhooks_list)
     return parser
 
 

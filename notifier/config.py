@@ -36,13 +36,16 @@ from dataclasses import dataclass, field
 from functools import cache
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlparse
 
 import phonenumbers
 from pydantic import SecretStr
 
 from notifier.errors import ConfigError
+
+if TYPE_CHECKING:
+    from notifier.webhooks.endpoints import Endpoint
 
 #: The directory above the package: the repository root when this code runs from a source
 #: checkout (an editable install, the tests), else the site-packages it is installed in.
@@ -366,6 +369,8 @@ class Settings:
     #: A send through a provider with no final delivery report this long after it (seconds)
     #: is looked up by the clock's repair job.
     delivery_report_wait_s: int = DELIVERY_REPORT_WAIT_S
+    #: Receivers of delivery webhooks, sorted by name (`notifier.webhooks.endpoints`).
+    webhook_endpoints: tuple[Endpoint, ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, dotenv: Path | None = None) -> Settings:
@@ -415,6 +420,10 @@ class Settings:
                 f"Twilio can reach (got {public_url or 'none'}); it posts delivery reports and "
                 "STOP replies there")
         var_dir = Path(opt("NOTIFIER_VAR_DIR") or defaults.var_dir)
+        schedules_dir = Path(opt("NOTIFIER_SCHEDULES_DIR") or defaults.schedules_dir)
+        # Imported here: the endpoints module takes `_webhook_secret` from this one.
+        from notifier.webhooks.endpoints import load_endpoints
+
         return cls(
             redis_url=_url(env, "NOTIFIER_REDIS_URL", None, {"redis", "rediss", "unix"}),
             webhook_secret=_webhook_secret(secret, "NOTIFIER_WEBHOOK_SECRET") if secret else None,
@@ -438,7 +447,7 @@ class Settings:
             practice_name=opt("NOTIFIER_PRACTICE_NAME") or defaults.practice_name,
             practice_phone=opt("NOTIFIER_PRACTICE_PHONE") or defaults.practice_phone,
             practice_url=opt("NOTIFIER_PRACTICE_URL") or defaults.practice_url,
-            schedules_dir=Path(opt("NOTIFIER_SCHEDULES_DIR") or defaults.schedules_dir),
+            schedules_dir=schedules_dir,
             templates_dir=Path(opt("NOTIFIER_TEMPLATES_DIR") or defaults.templates_dir),
             outbox_dir=Path(opt("NOTIFIER_OUTBOX_DIR") or var_dir / "outbox"),
             var_dir=var_dir,
@@ -466,6 +475,7 @@ class Settings:
             delivery_report_wait_s=_int(env, "NOTIFIER_DELIVERY_REPORT_WAIT_S",
                                         defaults.delivery_report_wait_s,
                                         maximum=MAX_REPORT_WAIT_S),
+            webhook_endpoints=load_endpoints(env, schedules_dir),
         )
 
     @property

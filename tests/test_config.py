@@ -91,12 +91,20 @@ def test_provider_credentials_choose_the_provider_unless_told_otherwise():
 
 
 def test_secrets_never_show_in_repr():
+    endpoint_secret = "whsec_" + base64.b64encode(b"e" * 32).decode()
+    previous = "whsec_" + base64.b64encode(b"p" * 32).decode()
     s = settings(NOTIFIER_WEBHOOK_SECRET=SECRET, TWILIO_AUTH_TOKEN="tok-123",
                  SENDGRID_API_KEY="SG.very-secret", NOTIFIER_SMS_BACKEND="outbox",
-                 NOTIFIER_API_TOKEN=TOKEN)
+                 NOTIFIER_API_TOKEN=TOKEN,
+                 NOTIFIER_WEBHOOK_ENDPOINTS='[{"name": "ehr", "url": "https://ehr.example", '
+                                            '"events": ["*"]}]',
+                 NOTIFIER_WEBHOOK_SECRET_EHR=endpoint_secret,
+                 NOTIFIER_WEBHOOK_SECRET_EHR_PREVIOUS=previous,
+                 NOTIFIER_WEBHOOK_SECRET_EHR_PREVIOUS_UNTIL="2026-12-01T00:00:00Z")
     text = repr(s)
-    for secret in (SECRET, "tok-123", "SG.very-secret", TOKEN):
+    for secret in (SECRET, "tok-123", "SG.very-secret", TOKEN, endpoint_secret, previous):
         assert secret not in text
+    assert "'ehr'" in text  # the endpoints are there, their secrets starred
     assert s.require_webhook_secret() == SECRET
     assert reveal(s.api_token) == TOKEN
 
