@@ -286,6 +286,7 @@ def dev_banner(settings: Settings, host: str, port: int, redis_url: str) -> str:
 
 def cmd_dev(args: argparse.Namespace, settings: Settings) -> None:
     from notifier.web.app import create_app
+    from notifier.webhooks.dispatcher import Dispatcher
     from notifier.worker.actors import build_broker
     from notifier.worker.clock import Clock
 
@@ -298,9 +299,13 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> None:
             stop = threading.Event()
             clock = threading.Thread(target=Clock(runtime.store, broker,
                                                   lease_s=settings.lease_s,
-                                                  jobs=runtime.jobs).run,
+                                                  jobs=runtime.jobs,
+                                                  webhooks=runtime.webhooks).run,
                                      args=(stop,), daemon=True)
             clock.start()
+            webhooks = threading.Thread(target=Dispatcher(runtime.webhooks).serve,
+                                        args=(stop,), daemon=True)
+            webhooks.start()
             try:
                 app = create_app(settings, runtime.store, broker)
                 print(dev_banner(settings, args.host, args.port, runtime.redis_url),
@@ -310,6 +315,7 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> None:
             finally:
                 stop.set()
                 clock.join(timeout=5)
+                webhooks.join(timeout=5)
                 worker.stop()
     finally:
         sock.close()
@@ -332,6 +338,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
     """Run the worker: in this process with `--processes 1`, else as a parent of that
     many worker processes (`notifier.worker.processes`), exiting non-zero when one of
     them ended on its own."""
+    from notifier.webhooks.dispatcher import Dispatcher
     from notifier.worker.processes import default_processes, run_processes
 
     threads = args.threads or settings.worker_threads
@@ -344,11 +351,19 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
             stop.wait()
             worker.stop()
 
+        # Delivery webhooks are sent by a process of their own (with one process, threads
+        # of their own): a slow receiver never holds a thread that delivers notifications.
+        webhooks = Dispatcher(runtime.webhooks).serve
         if processes == 1:
-            serve(_stop_event())
+            stop = _stop_event()
+            sender = threading.Thread(target=webhooks, args=(stop,), name="webhooks")
+            sender.start()
+            serve(stop)
+            sender.join()
         else:
             log.info("worker running: %d processes of %d threads", processes, threads)
-            status = run_processes(processes, serve)
+            also = [("webhooks", webhooks)] if runtime.webhooks.endpoints else []
+            status = run_processes(processes, serve, also=also)
     if status:
         sys.exit(status)
 
@@ -360,7 +375,7 @@ def cmd_clock(args: argparse.Namespace, settings: Settings) -> None:
     with _runtime(settings, serving=True) as runtime:
         stop = _stop_event()
         Clock(runtime.store, build_broker(runtime.redis_url), lease_s=settings.lease_s,
-              jobs=runtime.jobs).run(stop)
+              jobs=runtime.jobs, webhooks=runtime.webhooks).run(stop)
 
 
 def cmd_jobs_list(args: argparse.Namespace, settings: Settings) -> None:

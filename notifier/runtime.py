@@ -19,6 +19,7 @@ from notifier.ledger.embedded_redis import EmbeddedRedis
 from notifier.ledger.ratelimit import RateLimiter
 from notifier.ledger.store import Store
 from notifier.policy.figures import Policy, load_policy
+from notifier.webhooks.outbox import WebhookOutbox
 from notifier.worker.cron import Job, load_jobs
 
 
@@ -83,6 +84,9 @@ class Runtime:
     channels: dict[str, Channel]
     deliverer: Deliverer
     jobs: list[Job]
+    #: the delivery-webhook outbox and the endpoints it fans out to (none configured: the
+    #: clock still drains it)
+    webhooks: WebhookOutbox
 
     @classmethod
     def build(cls, settings: Settings, redis_url: str) -> Runtime:
@@ -99,4 +103,5 @@ class Runtime:
                               call_limits_s=call_limits_s(settings))
         return cls(settings=settings, policy=policy, redis_url=redis_url, redis=client,
                    store=store, renderer=renderer, channels=channels, deliverer=deliverer,
-                   jobs=load_jobs(settings.schedules_dir))
+                   jobs=load_jobs(settings.schedules_dir),
+                   webhooks=WebhookOutbox(client, settings.webhook_endpoints))

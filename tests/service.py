@@ -10,7 +10,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,6 +26,7 @@ from notifier.ledger.embedded_redis import free_port
 from notifier.ledger.notifications import INFLIGHT, SCHEDULE
 from notifier.runtime import Runtime
 from notifier.web.app import create_app
+from notifier.webhooks.dispatcher import Dispatcher
 from notifier.worker.actors import DELIVER_QUEUE, EVENTS_QUEUE, build_broker, declare_actors
 from notifier.worker.clock import Clock
 
@@ -71,10 +72,19 @@ class Service:
         self.clock = Clock(self.runtime.store, build_broker(redis_url),
                            lease_s=self.settings.lease_s, poll_s=0.05, event_grace_s=2.0,
                            events_every_s=0.5,
-                           jobs=self.runtime.jobs if with_jobs else [])
+                           jobs=self.runtime.jobs if with_jobs else [],
+                           webhooks=self.runtime.webhooks)
         self.clock_thread = threading.Thread(target=self.clock.run, args=(self.stop,),
                                              daemon=True)
         self.clock_thread.start()
+        #: the delivery-webhook senders' clock is real time plus this (tests move it past
+        #: retry delays); they send to the endpoints of `env`, if any
+        self.webhook_offset = timedelta(0)
+        self.dispatcher = Dispatcher(self.runtime.webhooks, idle_s=0.02,
+                                     now=lambda: datetime.now(UTC) + self.webhook_offset)
+        self.webhooks_thread = threading.Thread(target=self.dispatcher.serve,
+                                                args=(self.stop,), daemon=True)
+        self.webhooks_thread.start()
         self.port = free_port()
         app = create_app(self.settings, self.runtime.store, build_broker(redis_url))
         # The production server's config: read deadline, connection cap, httptools.
@@ -136,6 +146,7 @@ class Service:
         self.server.should_exit = True
         self.web_thread.join(timeout=10)
         self.clock_thread.join(timeout=10)
+        self.webhooks_thread.join(timeout=10)
         if self.worker is not None:
             self.worker.stop()
         self.http.close()

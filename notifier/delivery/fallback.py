@@ -87,7 +87,7 @@ def after_reported_failure(store: Store, notification_id: str, code: str,
     if not isinstance(client, ClientRecord):
         return False
     if code == TWILIO_OPTED_OUT and (address or client.client.phone):
-        store.set_sms_opt_out(address or str(client.client.phone), True)
+        store.set_sms_opt_out(address or str(client.client.phone), True, "carrier", code)
     return use_other_channel(store, notification_id, fields["channel"], client,
                              f"{fields['channel']} {fields.get('delivery', 'failed')} ({code})",
                              now)

@@ -184,7 +184,7 @@ class Recorder:
         by the other channel where the client allows it (`delivery.fallback`)."""
         if exc.code == TWILIO_OPTED_OUT:
             # The carrier says this number replied STOP: record it like an inbound STOP.
-            self.store.set_sms_opt_out(address, True)
+            self.store.set_sms_opt_out(address, True, "carrier", exc.code)
         client = self.store.load_record(entity_ref("client", n.recipient_id))
         if isinstance(client, ClientRecord):
             use_other_channel(self.store, n.id, n.channel, client,

@@ -29,6 +29,7 @@ from notifier.ledger.records import AppointmentRecord, ClientRecord, Record, Vis
 from notifier.ledger.store import Store
 from notifier.policy.common import for_support
 from notifier.policy.plan import Plan, entity_ref
+from notifier.webhooks.catalogue import Announcement
 
 log = logging.getLogger(__name__)
 
@@ -150,11 +151,11 @@ def reply_to_sms(store: Store, settings: Settings, renderer: Renderer, sender: s
         return answer("not_a_chat")
     if word.action == "opt_out":
         # Per number, so for every client who shares it.
-        store.set_sms_opt_out(sender, True)
+        store.set_sms_opt_out(sender, True, "reply")
         log.info("inbound %s: opted out", message_sid)
         return None if carrier_confirmed(body, word) else answer("opted_out")
     if word.action == "opt_in":
-        store.set_sms_opt_out(sender, False)
+        store.set_sms_opt_out(sender, False, "reply")
         return answer("opted_in")
     if word.action == "help":
         return answer("help")
@@ -170,8 +171,11 @@ def reply_to_sms(store: Store, settings: Settings, renderer: Renderer, sender: s
     about = {"first_name": sms_name(client.client.first_name),
              "start_local": format_local_datetime(appt.appointment.start, client.client.zone,
                                                   locale)}
+    ids = {"appointment_id": appt.appointment.id, "client_id": client.client.id,
+           "provider_id": appt.appointment.provider_id}
     if word.action == "confirm":
-        confirm(store, appt.appointment.id, now)
+        confirm(store, appt.appointment.id, now, Announcement(
+            "appointment.confirmed", appt.appointment.id, {**ids, "source": "sms_reply"}))
         return answer("confirmed", **about)
     store.write_plan(Plan(outcome="applied", add=tuple(for_support(
         kind="reschedule_request", entity=entity_ref("client", client.client.id),
@@ -179,7 +183,8 @@ def reply_to_sms(store: Store, settings: Settings, renderer: Renderer, sender: s
         params={"client_id": client.client.id, "appointment_id": appt.appointment.id,
                 "provider_id": appt.appointment.provider_id,
                 "start": appt.appointment.start.isoformat()})),
-        ), now)
+        announce=(Announcement("appointment.reschedule_requested", appt.appointment.id,
+                               {**ids, "source": "sms_reply"}),)), now)
     return answer("reschedule", **about)
 
 
@@ -194,10 +199,13 @@ def check_reply_templates(renderer: Renderer, settings: Settings, now: datetime)
                 **sample, "start_local": format_local_datetime(now, UTC_ZONE, locale)})
 
 
-def confirm(store: Store, appointment_id: str, now: datetime) -> None:
+def confirm(store: Store, appointment_id: str, now: datetime,
+            announcement: Announcement) -> None:
+    """Record the appointment confirmed at `now` (the first confirmation only), and
+    announce it in the same transaction."""
     def change(record: Record | None) -> Record | None:
         if isinstance(record, AppointmentRecord) and record.confirmed_at is None:
             return record.model_copy(update={"confirmed_at": now})
         return None
 
-    store.update_record(entity_ref("appointment", appointment_id), change)
+    store.update_record(entity_ref("appointment", appointment_id), change, (announcement,))

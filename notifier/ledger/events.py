@@ -20,17 +20,20 @@ below name only the errors of their own.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
 import redis
 
 from notifier.errors import StoreError
+from notifier.ledger.announcements import queue_announcement
 from notifier.ledger.broker_messages import BrokerMessage
 from notifier.ledger.lua import lua_source
 from notifier.ledger.notifications import PREFIX, epoch, from_epoch
 from notifier.ledger.turns import HELD_EVENTS, held_key, queue_key, queue_member
 from notifier.policy.plan import Plan
+from notifier.webhooks.catalogue import Announcement
 
 PENDING_EVENTS = PREFIX + "events:pending"
 #: How many accepted events were set aside, never applied: `rejected` / `failed` -> count.
@@ -201,17 +204,32 @@ class Events:
         `failed`: planning kept failing); it is kept for inspection, never retried, and
         leaves its subject's queue so the subject's later events go on. Counted once in
         `SET_ASIDE` (for `/metrics`: an accepted event that will never apply is worth an
-        alert)."""
-        before, subject, member = self.redis.hmget(event_key(event_id), "status", "subject",
-                                                   "member")
+        alert), and announced to delivery webhooks (`event.rejected`) in the same
+        transaction: the event's id and type, the status, and whether it was invalid or
+        its planning failed (never the reason's text, which may quote the event's data)."""
+        before, subject, member, raw = self.redis.hmget(event_key(event_id), "status",
+                                                        "subject", "member", "raw")
         with self.redis.pipeline() as pipe:
             pipe.hset(event_key(event_id), mapping={"status": status, "reason": reason,
                                                     "applied_at": epoch(now)})
             if before not in (b"rejected", b"failed"):
                 pipe.hincrby(SET_ASIDE, status, 1)
+                queue_announcement(pipe, Announcement("event.rejected", event_id, {
+                    "event_id": event_id, "event_type": _event_type(raw),
+                    "status": status, "subject": subject.decode() if subject else None}))
             pipe.expire(event_key(event_id), EVENT_RETENTION_S)
             pipe.zrem(PENDING_EVENTS, event_id)
             if subject and member:
                 pipe.zrem(queue_key(subject.decode()), member)
             pipe.execute()
 
+
+
+def _event_type(raw: bytes | None) -> str | None:
+    """The `type` of a stored event's body, None when it has none to read."""
+    try:
+        body = json.loads(raw or b"")
+    except ValueError:
+        return None
+    kind = body.get("type") if isinstance(body, dict) else None
+    return kind if isinstance(kind, str) else None

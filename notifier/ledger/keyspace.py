@@ -67,6 +67,19 @@ KEY_FAMILIES: tuple[KeyFamily, ...] = (
     KeyFamily("n:callbacks:unknown", "", "the last 1,000 reports about unknown ids"),
     KeyFamily("n:job:*", "3 days (a cron fire); the repair job's turn: 10 minutes while a run "
               "is queued, a minute from a run's start, 110 s while it runs", ""),
+    KeyFamily("n:wh:outbox", "", "changes to announce to delivery webhooks: the clock "
+              "fans it out, 2,000 entries a tick (`notifier.webhooks.outbox`)"),
+    KeyFamily("n:wh:seq", "", "one counter"),
+    KeyFamily("n:wh:msg:*", "14 days after the message was made", ""),
+    KeyFamily("n:wh:due:*", "", "an endpoint's pending messages: each ends within the "
+              "27.6 hours of the retry schedule, or waits while the endpoint is disabled "
+              "and is dropped when claimed after its 14 days"),
+    KeyFamily("n:wh:inflight:*", "", "at most an endpoint's `max_in_flight`"),
+    KeyFamily("n:wh:pending:*", "", "an endpoint's pending messages; the clock trims those "
+              "past 14 days"),
+    KeyFamily("n:wh:log:*", "", "an endpoint's messages of the last 14 days; the clock "
+              "trims older ones"),
+    KeyFamily("n:wh:ep:*", "", "one per endpoint configured: its counts and health"),
     KeyFamily(f"{_DQ}:__heartbeats__", "", "one entry per live worker (dramatiq's "
               "maintenance drops the dead)"),
     KeyFamily(f"{_DQ}:__acks__.*", "", "a worker's messages in hand; a dead worker's go "

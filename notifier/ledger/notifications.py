@@ -47,6 +47,11 @@ OUTCOMES = PREFIX + "stats:outcomes"
 #: Send lateness (sent_at - due, seconds) as cumulative histogram buckets per kind and
 #: channel: `{kind}:{channel}:{bound}` -> sends at most that late, and `…:count`, `…:sum`.
 LATENESS = PREFIX + "stats:lateness"
+#: The delivery-webhook outbox (a list of JSON entries) and its sequence counter, which
+#: every script that changes what webhooks announce writes to (`lua/_webhook_emit.lua`);
+#: the clock fans the outbox out to the endpoints (`notifier.webhooks.outbox`).
+WEBHOOK_OUTBOX = PREFIX + "wh:outbox"
+WEBHOOK_SEQ = PREFIX + "wh:seq"
 #: Every state a notification can end in, counted in OUTCOMES (zero until one happens).
 FINAL_STATES = ("sent", "failed", "expired", "suppressed", "cancelled")
 #: Counted in OUTCOMES beside the states: a message that left after its sender had lost
@@ -231,7 +236,7 @@ class Schedule:
         after the caller WATCHed it (`PlanWriter.write_targets`), so that an id added meanwhile
         fails the caller's transaction instead of escaping the cancel."""
         self.cancel_script(keys=[by_entity_key(ref), SCHEDULE, INFLIGHT, OUTCOMES,
-                                 *(notif_key(i) for i in ids)],
+                                 WEBHOOK_OUTBOX, WEBHOOK_SEQ, *(notif_key(i) for i in ids)],
                            args=[reason, self.ended_ttl_s, *ids], client=pipe)
 
     def claim(self, now: datetime, limit: int, lease_s: float,
@@ -317,7 +322,7 @@ class Schedule:
         return batch.script(
             self._reschedule,
             [notif_key(notification_id), INFLIGHT, SCHEDULE, OUTCOMES,
-             by_recipient_key(*recipient)],
+             by_recipient_key(*recipient), WEBHOOK_OUTBOX, WEBHOOK_SEQ],
             [notification_id, epoch(due), reason, "1" if not_an_attempt else "0", *recipient,
              lease, "slot", slot, *_flat(fields)],
             parse=_rescheduled)
@@ -350,7 +355,8 @@ class Schedule:
                     return Rescheduled.NOT_SENDING  # no notification, so none being sent
                 recipient = (to.decode(), to_id.decode())
             result = _rescheduled(self._reschedule(
-                keys=[key, INFLIGHT, SCHEDULE, OUTCOMES, by_recipient_key(*recipient)],
+                keys=[key, INFLIGHT, SCHEDULE, OUTCOMES, by_recipient_key(*recipient),
+                      WEBHOOK_OUTBOX, WEBHOOK_SEQ],
                 args=[notification_id, epoch(due), reason, "1" if not_an_attempt else "0",
                       *recipient, lease, "slot", slot, *_flat(fields)],
             ))
@@ -368,13 +374,14 @@ class Schedule:
         ends the send's wait in `AWAITING_REPORT`. Returns the delivery status on record
         after it ("" for none yet), None for an unknown id."""
         return _on_record(self._delivery(
-            keys=[notif_key(notification_id), AWAITING_REPORT],
+            keys=[notif_key(notification_id), AWAITING_REPORT, WEBHOOK_OUTBOX, WEBHOOK_SEQ],
             args=_delivery_args(notification_id, status, code, now, message_id)))
 
     def queue_delivery(self, batch: Batch, notification_id: str, status: str, code: str,
                        now: datetime) -> Reply[str | None]:
         """`record_delivery`, queued on `batch`."""
-        return batch.script(self._delivery, [notif_key(notification_id), AWAITING_REPORT],
+        return batch.script(self._delivery, [notif_key(notification_id), AWAITING_REPORT,
+                                             WEBHOOK_OUTBOX, WEBHOOK_SEQ],
                             _delivery_args(notification_id, status, code, now),
                             parse=_on_record)
 
@@ -407,7 +414,7 @@ def _finish_call(notification_id: str, state: str, lease: str, fields: dict[str,
     for name, value in fields.items():
         flat += [name, "" if value is None else value]
     return ([notif_key(notification_id), INFLIGHT, OUTCOMES, LATENESS, SCHEDULE,
-             AWAITING_REPORT],
+             AWAITING_REPORT, WEBHOOK_OUTBOX, WEBHOOK_SEQ],
             [notification_id, state, keep_s,
              ",".join(str(b) for b in LATENESS_BUCKETS_S), lease,
              "" if report_at is None else report_at, *flat])

@@ -1,6 +1,7 @@
 """SMS opt-outs, per number (so for every client who shares it): set by an opt-out reply
 or a carrier's "opted out" error, cleared by an opt-in reply. Key (under `n:`):
-`sms-optout` (a set of numbers).
+`sms-optout` (a set of numbers). A change is announced to delivery webhooks
+(`client.opted_out` / `client.opted_in`) in the same script that makes it.
 
 Errors: on the ledger's client (`notifier.ledger.client`, as `Store` builds every part) each
 Redis call raises `StoreUnavailable` when Redis cannot be reached or cannot take commands
@@ -10,14 +11,18 @@ below name only the errors of their own.
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from typing import Any, Literal
 
 import redis
 
 from notifier.ledger.batch import Batch, Reply
-from notifier.ledger.notifications import PREFIX
+from notifier.ledger.lua import lua_source
+from notifier.ledger.notifications import PREFIX, WEBHOOK_OUTBOX, WEBHOOK_SEQ
+from notifier.ledger.record_store import phone_clients_key
 
 SMS_OPT_OUTS = PREFIX + "sms-optout"
+OPTOUT_SET_LUA = lua_source("optout_set")
 
 
 class OptOuts:
@@ -26,14 +31,20 @@ class OptOuts:
     def __init__(self, client: redis.Redis) -> None:
         # redis-py types its replies as a sync|async union; the client here is sync.
         self.redis: Any = client
+        self._set = client.register_script(OPTOUT_SET_LUA)
 
-    def set_sms_opt_out(self, phone: str, opted_out: bool) -> None:
-        """Add `phone` (E.164) to the opt-out set, or take it out when `opted_out` is False.
-        """
-        if opted_out:
-            self.redis.sadd(SMS_OPT_OUTS, phone)
-        else:
-            self.redis.srem(SMS_OPT_OUTS, phone)
+    def set_sms_opt_out(self, phone: str, opted_out: bool,
+                        source: Literal["reply", "carrier"] = "reply",
+                        code: str | None = None) -> bool:
+        """Add `phone` (E.164) to the opt-out set, or take it out when `opted_out` is False;
+        returns whether that changed it. A change is announced to delivery webhooks with
+        the ids of the clients with that number (never the number), how it came (`source`:
+        a reply, or a carrier's error `code`)."""
+        ids = sorted(i.decode() for i in self.redis.smembers(phone_clients_key(phone)))
+        data = {"client_ids": ids, "channel": "sms", "source": source, "error_code": code}
+        return bool(self._set(keys=[SMS_OPT_OUTS, WEBHOOK_OUTBOX, WEBHOOK_SEQ],
+                              args=[phone, "1" if opted_out else "0", ids[0] if ids else "",
+                                    json.dumps(data, separators=(",", ":"))]))
 
     def sms_opted_out(self, phone: str) -> bool:
         """Whether `phone` has opted out of SMS."""

@@ -19,12 +19,15 @@ import redis
 from pydantic import BaseModel
 
 from notifier.errors import StoreContention, StoreError, TurnLost
+from notifier.ledger.announcements import queue_announcement
 from notifier.ledger.events import PENDING_EVENTS, event_key, hold, settle, unhold
 from notifier.ledger.notif_fields import planned_fields
 from notifier.ledger.notifications import (
     ENTITY_INDEX_TTL_S,
     OUTCOMES,
     SCHEDULE,
+    WEBHOOK_OUTBOX,
+    WEBHOOK_SEQ,
     Schedule,
     by_entity_key,
     by_recipient_key,
@@ -221,11 +224,13 @@ class PlanWriter:
         write_records(pipe, plan.records, before or {})
         for ref in plan.cancel:
             self.schedule.cancel_entity(pipe, ref, (targets or {})[ref])
+        for announcement in plan.announce:
+            queue_announcement(pipe, announcement)
         first_add = len(pipe)
         for n in plan.add:
             self.schedule.add_script(
                 keys=[notif_key(n.id), SCHEDULE, by_recipient_key(n.recipient, n.recipient_id),
-                      OUTCOMES, by_entity_key(n.entity)],
+                      OUTCOMES, WEBHOOK_OUTBOX, WEBHOOK_SEQ, by_entity_key(n.entity)],
                 args=[n.id, epoch(n.due_at), ENTITY_INDEX_TTL_S, self.schedule.ended_ttl_s,
                       *planned_fields(n, now)],
                 client=pipe,

@@ -14,7 +14,7 @@ below name only the errors of their own.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -22,9 +22,11 @@ import redis
 from pydantic import BaseModel
 
 from notifier.errors import StoreContention
+from notifier.ledger.announcements import queue_announcement
 from notifier.ledger.batch import Batch, Reply
 from notifier.ledger.notifications import PREFIX
 from notifier.ledger.records import RECORD_TYPES, ClientRecord, ProviderRecord, Record
+from notifier.webhooks.catalogue import Announcement
 
 #: The id of every provider with a record; written with the record, in its transaction.
 PROVIDERS = PREFIX + "providers"
@@ -143,10 +145,13 @@ class RecordStore:
         """The stored record of `ref`, or None when there is none."""
         return self.load_records([ref]).get(ref)
 
-    def update_record(self, ref: str, change: Callable[[Record | None], Record | None]) -> bool:
+    def update_record(self, ref: str, change: Callable[[Record | None], Record | None],
+                      announce: Sequence[Announcement] = ()) -> bool:
         """Change one record atomically (WATCH, retried on a concurrent write); `change`
-        returns the new record, or None to leave it as it is. Raises `StoreContention` when
-        concurrent writes win `MAX_WATCH_TRIES` times in a row."""
+        returns the new record, or None to leave it as it is. When it changes, `announce`
+        is written to the delivery-webhook outbox in the same transaction. Returns whether
+        it changed. Raises `StoreContention` when concurrent writes win `MAX_WATCH_TRIES`
+        times in a row."""
         key = record_key(ref)
         for _ in range(MAX_WATCH_TRIES):
             with self.redis.pipeline() as pipe:
@@ -157,6 +162,8 @@ class RecordStore:
                         return False
                     pipe.multi()
                     set_record(pipe, ref, updated)
+                    for announcement in announce:
+                        queue_announcement(pipe, announcement)
                     pipe.execute()
                     return True
                 except redis.WatchError:

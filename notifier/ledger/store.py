@@ -26,9 +26,9 @@ what it returns and the errors of its own (`StoreContention`, `TurnLost`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import redis
 
@@ -46,6 +46,7 @@ from notifier.ledger.shortlinks import ShortLinks
 from notifier.ledger.trimming import IndexTrimmer
 from notifier.ledger.turns import Turns
 from notifier.policy.plan import Plan
+from notifier.webhooks.catalogue import Announcement
 
 
 class Store:
@@ -116,9 +117,10 @@ class Store:
         """`RecordStore.load_record`."""
         return self.records.load_record(ref)
 
-    def update_record(self, ref: str, change: Callable[[Record | None], Record | None]) -> bool:
+    def update_record(self, ref: str, change: Callable[[Record | None], Record | None],
+                      announce: Sequence[Announcement] = ()) -> bool:
         """`RecordStore.update_record`."""
-        return self.records.update_record(ref, change)
+        return self.records.update_record(ref, change, announce)
 
     def provider_ids(self) -> list[str]:
         """`RecordStore.provider_ids`."""
@@ -181,9 +183,11 @@ class Store:
         return self.deliveries.add_on_other_channel(notification_id, channel, now, reason)
 
     # SMS opt-outs ------------------------------------------------------------------------
-    def set_sms_opt_out(self, phone: str, opted_out: bool) -> None:
+    def set_sms_opt_out(self, phone: str, opted_out: bool,
+                        source: Literal["reply", "carrier"] = "reply",
+                        code: str | None = None) -> bool:
         """`OptOuts.set_sms_opt_out`."""
-        self.opt_outs.set_sms_opt_out(phone, opted_out)
+        return self.opt_outs.set_sms_opt_out(phone, opted_out, source, code)
 
     def sms_opted_out(self, phone: str) -> bool:
         """`OptOuts.sms_opted_out`."""

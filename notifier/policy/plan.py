@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from notifier.policy.figures import Channel
+from notifier.webhooks.catalogue import Announcement
 
 Recipient = Literal["client", "provider", "support"]
 PlannedState = Literal["scheduled", "expired", "suppressed"]
@@ -54,6 +55,8 @@ class Plan:
     records: dict[str, BaseModel] = field(default_factory=dict)
     #: for a `held` plan: when the wait for the opening event ends (UTC)
     held_until: datetime | None = None
+    #: changes to announce to delivery webhooks, written in the plan's transaction
+    announce: tuple[Announcement, ...] = ()
 
 
 def stale(reason: str = "older than the state already applied") -> Plan:

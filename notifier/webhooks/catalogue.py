@@ -9,6 +9,11 @@ never a name, a contact detail or a medication: HIPAA's minimum necessary standa
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
 #: Every event type an endpoint may subscribe to, with what causes it.
 EVENT_TYPES: dict[str, str] = {
     "notification.scheduled": "a notification was planned (once; a retry or a move past "
@@ -49,3 +54,101 @@ def expand(patterns: list[str]) -> frozenset[str]:
             raise ValueError(f"unknown event type {pattern!r}")
         chosen |= matched
     return frozenset(chosen)
+
+
+@dataclass(frozen=True)
+class Announcement:
+    """A change made by Python code to announce (`notifier.ledger.announcements`): its
+    event type, its subject's id, and the payload's data (ids and codes only)."""
+
+    type: str
+    subject: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+#: The fields `_webhook_emit.lua` reads from a notification's hash, in its order.
+NOTIFICATION_FIELDS = ("kind", "channel", "reason", "code", "to", "to_id", "entity", "due",
+                       "delivery", "sent_at")
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    """One change as the outbox holds it: `[sequence, type, "sec.usec", subject, data]`
+    (`_webhook_emit.lua`), where data is a notification's fields (a list, in the order of
+    `NOTIFICATION_FIELDS`) or a JSON object's text."""
+
+    sequence: int
+    type: str
+    at: datetime
+    subject: str
+    data: dict[str, Any]
+
+    @property
+    def message_id(self) -> str:
+        """The message's `webhook-id`: the same for every endpoint and every attempt, so
+        a receiver dedupes on it; unique across Redis data sets too (a restored or new one
+        starts the sequence again, not the clock)."""
+        return f"msg_{self.sequence}_{round(self.at.timestamp() * 1e6)}"
+
+    def payload(self) -> dict[str, Any]:
+        """The message's JSON body: `{"type", "timestamp", "data"}`, `data.sequence` being
+        the entry's (it grows with every change, so it orders a notification's messages)."""
+        return {"type": self.type, "timestamp": _rfc3339(self.at),
+                "data": {"sequence": self.sequence, **self.data}}
+
+
+def parse_entry(raw: bytes | str) -> OutboxEntry:
+    """An outbox entry from its JSON. Raises ValueError for one not of that shape."""
+    try:
+        sequence, event_type, at, subject, data = json.loads(raw)
+        instant = datetime.fromtimestamp(float(at), UTC)
+        if isinstance(data, list):
+            fields = dict(zip(NOTIFICATION_FIELDS, data, strict=True))
+            body = notification_data(str(subject), event_type, fields)
+        else:
+            body = json.loads(data)
+            if not isinstance(body, dict):
+                raise ValueError("data is not an object")
+        return OutboxEntry(int(sequence), str(event_type), instant, str(subject), body)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"outbox entry {raw!r:.200}: {exc}") from exc
+
+
+def notification_data(notification_id: str, event_type: str,
+                      fields: dict[str, str | bool]) -> dict[str, Any]:
+    """The `data` of a `notification.*` message from the notification's hash fields (false
+    for one not set): ids, kind, channel, the state the event announces, reason, the
+    provider's code, and times as RFC 3339 UTC."""
+    def text(name: str) -> str:
+        value = fields.get(name)
+        return value if isinstance(value, str) else ""
+
+    kind, _, rest = notification_id.partition(":")
+    channel = text("channel") or rest.rpartition(":")[2]
+    entity_kind, _, entity_id = text("entity").partition(":")
+    data: dict[str, Any] = {
+        "notification_id": notification_id,
+        "kind": text("kind") or kind,
+        "channel": channel,
+        "state": event_type.removeprefix("notification."),
+        "reason": text("reason"),
+        "recipient": {"type": text("to"), "id": text("to_id")},
+        "entity": {"type": entity_kind, "id": entity_id},
+        "due_at": _time(text("due")),
+    }
+    if event_type in ("notification.sent", "notification.delivered", "notification.failed"):
+        data["sent_at"] = _time(text("sent_at"))
+    if event_type in ("notification.delivered", "notification.failed"):
+        data["delivery"] = text("delivery") or None
+    if event_type == "notification.failed":
+        data["error_code"] = text("code") or None
+    return data
+
+
+def _time(epoch_s: str) -> str | None:
+    return _rfc3339(datetime.fromtimestamp(float(epoch_s), UTC)) if epoch_s else None
+
+
+def _rfc3339(instant: datetime) -> str:
+    """`2026-11-30T17:00:00.123456Z`: UTC, microseconds when there are any."""
+    return instant.astimezone(UTC).isoformat().replace("+00:00", "Z")

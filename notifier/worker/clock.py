@@ -9,9 +9,10 @@ releases held closes whose wait for their opening event is over, (4) every
 `trim_every_s` trims a slice of the indexes of notification ids
 (`notifier.ledger.trimming`), and (5) once a minute, when sends are past their wait for a
 delivery report, enqueues the repair job that looks them up (`notifier.worker.reports`; it
-runs in a worker, as provider calls block). Several clocks may run: each step is atomic in
-Redis. Between ticks it waits the poll interval, or less when the next notification falls
-due sooner (`wait_s`).
+runs in a worker, as provider calls block), and (6) fans the delivery-webhook outbox out to
+the endpoints (`notifier.webhooks.outbox`; the worker's dispatcher sends). Several clocks may
+run: each step is atomic in Redis. Between ticks it waits the poll interval, or less when
+the next notification falls due sooner (`wait_s`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from dramatiq.brokers.redis import RedisBroker
 from notifier.errors import StoreError
 from notifier.ledger.store import Store
 from notifier.timeutil import utcnow
+from notifier.webhooks.outbox import FAN_OUT_BATCH, WebhookOutbox
 from notifier.worker.actors import enqueue_apply, enqueue_deliveries, enqueue_job
 from notifier.worker.cron import CATCH_UP, PROVIDER_ZONE, Job, previous_fire
 from notifier.worker.digests import provider_zones
@@ -77,6 +79,9 @@ class Clock:
     #: fires this clock claimed (or saw claimed), by key, with their fire time; kept only
     #: while a fire can still come up (`CATCH_UP`, plus `FIRED_MARGIN`), so it stays small
     _fired: dict[str, datetime] = field(default_factory=dict)
+    #: the delivery-webhook outbox, fanned out every tick (None: left alone, for tests of
+    #: the rest; every command passes one, with or without endpoints)
+    webhooks: WebhookOutbox | None = None
 
     def tick(self, now: datetime) -> int:
         """One pass; returns how many notifications were handed to workers."""
@@ -92,6 +97,7 @@ class Clock:
             handed += len(ids)
             if len(ids) < self.claim_batch:
                 break
+        self.fan_out_webhooks(now)
         self.resume_turns(now)
         if (self._last_event_sweep is None
                 or now - self._last_event_sweep >= timedelta(seconds=self.events_every_s)):
@@ -116,6 +122,18 @@ class Clock:
             self.start_report_lookups(now)
         return handed
 
+    def fan_out_webhooks(self, now: datetime, max_batches: int = 10) -> int:
+        """Fan the webhook outbox out, a batch at a time, until it is empty or
+        `max_batches` were taken (the rest waits a tick: claiming comes first); returns
+        how many entries left it."""
+        moved = 0
+        for _ in range(max_batches if self.webhooks is not None else 0):
+            taken = self.webhooks.fan_out(now)  # type: ignore[union-attr]
+            moved += taken
+            if taken < FAN_OUT_BATCH:
+                break
+        return moved
+
     def trim_indexes(self, now: datetime) -> int:
         """Every `trim_every_s`, one slice of the index trimming, going on where the last
         stopped; returns how many ids it removed."""
@@ -123,6 +141,8 @@ class Clock:
                 and now - self._last_trim < timedelta(seconds=self.trim_every_s)):
             return 0
         self._last_trim = now
+        if self.webhooks is not None:
+            self.webhooks.trim(now)
         run = self.store.trimmer.run(now, self._trim_cursor, self.trim_pages)
         self._trim_cursor = run.cursor
         if run.removed:

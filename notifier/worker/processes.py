@@ -30,7 +30,7 @@ import multiprocessing.connection
 import os
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import FrameType
 
 log = logging.getLogger(__name__)
@@ -70,18 +70,20 @@ def _child(serve: Callable[[threading.Event], None]) -> None:
 
 
 def run_processes(count: int, serve: Callable[[threading.Event], None],
-                  poll_s: float = 1.0) -> int:
-    """Run `serve(stop)` in `count` forked processes until SIGTERM or SIGINT, or until
-    one ends on its own; return the parent's exit status: 0 when every child stopped
-    cleanly when told to, `CHILD_DIED` (1) otherwise. `serve` must return once `stop` is
-    set. `poll_s`: how often the parent looks for children that ended, seconds (a signal
-    is acted on at once)."""
+                  poll_s: float = 1.0,
+                  also: Sequence[tuple[str, Callable[[threading.Event], None]]] = ()) -> int:
+    """Run `serve(stop)` in `count` forked processes, and each of `also` (name, serve)
+    in one more, until SIGTERM or SIGINT, or until one ends on its own; return the
+    parent's exit status: 0 when every child stopped cleanly when told to, `CHILD_DIED`
+    (1) otherwise. Each serve must return once `stop` is set. `poll_s`: how often the
+    parent looks for children that ended, seconds (a signal is acted on at once)."""
     context = multiprocessing.get_context("fork")
     previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     children = []
     try:
-        for number in range(count):
-            child = context.Process(target=_child, args=(serve,), name=f"worker-{number}")
+        targets = [(f"worker-{number}", serve) for number in range(count)] + list(also)
+        for name, target in targets:
+            child = context.Process(target=_child, args=(target,), name=name)
             child.start()
             children.append(child)
     except BaseException:
@@ -105,7 +107,7 @@ def run_processes(count: int, serve: Callable[[threading.Event], None],
             stop_children(signal.SIGKILL)
             return
         stopping = True
-        log.info("stopping %d worker processes", count)
+        log.info("stopping %d worker processes", len(children))
         stop_children(signal.SIGTERM)
 
     handlers = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}

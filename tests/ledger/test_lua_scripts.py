@@ -15,15 +15,19 @@ from typing import Any
 
 import pytest
 import redis
+from pydantic import SecretStr
 
 from notifier.ledger.broker_messages import broker_message
 from notifier.ledger.client import script_body
-from notifier.ledger.lua import lua_source
+from notifier.ledger.lua import INCLUDE, lua_source
 from notifier.ledger.notifications import SCHEDULE, epoch
 from notifier.ledger.plans import PlanWriter
 from notifier.ledger.ratelimit import RateLimiter
 from notifier.ledger.store import Store
 from notifier.policy.plan import Plan, PlannedNotification
+from notifier.webhooks.catalogue import expand
+from notifier.webhooks.endpoints import Endpoint
+from notifier.webhooks.outbox import WebhookOutbox
 
 NOW = datetime(2026, 11, 25, 15, 0, tzinfo=UTC)
 
@@ -43,7 +47,10 @@ def store(redis_client):
 
 
 SCRIPTS = sorted(p.name for p in files("notifier.ledger.lua").iterdir()
-                 if p.name.endswith(".lua"))
+                 if p.name.endswith(".lua") and not p.name.startswith("_"))
+#: The shared parts scripts include (`-- #include _name`), and the names their functions
+#: take keys by: each caller passes its own KEYS entries (checked below).
+PARTS = {"_webhook_emit.lua": ("outbox", "seq", "notif")}
 #: `-- KEYS[1]  ...` or `-- ARGV[3..]  ...` in a file's header.
 DOCUMENTED = re.compile(r"^--\s+(KEYS|ARGV)\[(\d+)(\.\.)?\]", re.M)
 
@@ -63,11 +70,22 @@ def test_there_are_scripts_and_no_lua_left_in_python():
 
 def test_the_scripts_run_are_the_files_as_they_are():
     """No text is filled into a script before it runs: each constant is a file's text."""
-    from notifier.ledger import events, notifications, ratelimit, reports, trimming, turns
+    from notifier.ledger import (
+        announcements,
+        events,
+        notifications,
+        optouts,
+        ratelimit,
+        reports,
+        trimming,
+        turns,
+    )
+    from notifier.webhooks import outbox
 
     sources = {lua_source(name.removesuffix(".lua")) for name in SCRIPTS}
     constants = {f"{m.__name__}.{k}": getattr(m, k)
-                 for m in (events, notifications, ratelimit, reports, trimming, turns)
+                 for m in (announcements, events, notifications, optouts, ratelimit, reports,
+                           trimming, turns, outbox)
                  for k in dir(m)
                  if k.endswith("_LUA")}
     assert len(constants) == len(SCRIPTS)
@@ -97,6 +115,35 @@ def test_each_script_documents_its_keys_argv_and_return_at_the_top(name):
             f"{table}[n..]"
 
 
+def part_text(part: str) -> str:
+    return lua_source(part.removesuffix(".lua"))
+
+
+#: The commands a script may call that take no key (Redis's clock: replicated as the
+#: effects of the script since Redis 5, so the same on a replica).
+KEYLESS = {"'TIME'"}
+#: The functions of `_webhook_emit.lua`, and how many of their first arguments are keys.
+KEY_ARGUMENTS = {"emit": 2, "emit_notification": 3}
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_a_script_gives_the_parts_it_includes_keys_from_its_keys(name):
+    """The shared part takes keys as arguments; each call passes a KEYS entry for each."""
+    own = lua_source(name.removesuffix(".lua")).replace(part_text("_webhook_emit.lua"), "")
+    for function, args in re.findall(r"\b(emit|emit_notification)\(([^()]*)\)", own):
+        keys = [a.strip() for a in args.split(",")][:KEY_ARGUMENTS[function]]
+        assert all(re.fullmatch(r"KEYS\[\w+\]", k) for k in keys), f"{name}: {function}({args})"
+
+
+def test_the_parts_are_included_verbatim_where_a_script_says():
+    part = part_text("_webhook_emit.lua")
+    including = [n for n in SCRIPTS if part in lua_source(n.removesuffix(".lua"))]
+    assert set(including) == {"notif_add.lua", "notif_cancel_entity.lua", "notif_delivery.lua",
+                              "notif_finish.lua", "notif_reschedule.lua", "optout_set.lua",
+                              "webhook_emit.lua"}
+    assert not any(INCLUDE.search(lua_source(n.removesuffix(".lua"))) for n in SCRIPTS)
+
+
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_no_script_builds_a_key(name):
     """Every redis.call names its key as KEYS[...] exactly: nothing concatenated from ARGV
@@ -104,9 +151,14 @@ def test_no_script_builds_a_key(name):
     _, code = header_and_code(name)
     calls = re.findall(r"redis\.p?call\(\s*([^,)]*)\s*,?\s*([^,)]*)", code)
     assert calls, name
+    whole = lua_source(name.removesuffix(".lua"))
+    passed = {param for part, params in PARTS.items() if part_text(part) in whole
+              for param in params}
     for command, first in calls:
         assert re.fullmatch(r"'[A-Z]+'", command), f"{name}: command {command} not a literal"
-        assert re.fullmatch(r"KEYS\[\w+\]", first.strip()), \
+        if command in KEYLESS:
+            continue
+        assert re.fullmatch(r"KEYS\[\w+\]", first.strip()) or first.strip() in passed, \
             f"{name}: {command} {first} is not a key from KEYS"
 
 
@@ -290,6 +342,16 @@ def every_script_runs(store: Store) -> None:
     limiter.reserve(NOW)
     store.redis.delete("n:notif:expired-one")  # its index entry is trimmed
     assert store.trimmer.run(NOW).removed >= 1
+    # Opt-outs and rejected events, announced; the webhook outbox fanned out, a message
+    # claimed and its attempt recorded.
+    assert store.set_sms_opt_out("+15005550006", True)
+    store.reject_event("e1", "no longer validates", NOW)
+    endpoint = Endpoint(name="ehr", url="http://127.0.0.1:9/", events=expand(["*"]),
+                        secret=SecretStr("whsec_" + "A" * 32))
+    webhooks = WebhookOutbox(store.redis, [endpoint])
+    assert webhooks.fan_out(NOW)
+    claimed = webhooks.claim(endpoint, NOW, lease_s=30)
+    assert webhooks.finish(endpoint, claimed[0].id, "delivered", NOW) == 1
 
 
 def test_every_script_touches_only_the_keys_in_its_keys(redis_url, store):

@@ -6,7 +6,9 @@
 -- KEYS[2]     n:schedule                   scheduled ids by due time
 -- KEYS[3]     n:by-recipient:{to}:{to_id}  the recipient's notifications by due time
 -- KEYS[4]     n:stats:outcomes             final states counted by state and channel
--- KEYS[5..]   n:by-entity:{ref}            each entity index the notification joins: a
+-- KEYS[5]     n:wh:outbox                  delivery-webhook messages (`_webhook_emit.lua`)
+-- KEYS[6]     n:wh:seq                     their sequence
+-- KEYS[7..]   n:by-entity:{ref}            each entity index the notification joins: a
 --                                          sorted set, every score 0, while Redis keeps
 --                                          that compact (ids of at most 64 bytes, at most
 --                                          128 of them); past that, or as older versions
@@ -22,11 +24,13 @@
 --             and a recipient's index after the latest due time in it
 -- ARGV[5..]   the hash's field/value pairs (`state`, `channel` among them)
 --
--- Returns 1 when added, 0 when one with this id was kept.
+-- Returns 1 when added, 0 when one with this id was kept. An added one is announced:
+-- `notification.scheduled`, or the state it was planned in (`expired`, `suppressed`).
 
 -- Redis's defaults for a compact sorted set: zset-max-listpack-value / -entries (Redis 7),
 -- zset-max-ziplist-value / -entries (Redis 6).
 local COMPACT_BYTES, COMPACT_MEMBERS = 64, 128
+-- #include _webhook_emit
 local state = redis.call('HGET', KEYS[1], 'state')
 if state and state ~= 'cancelled' then return 0 end
 redis.call('DEL', KEYS[1])
@@ -46,7 +50,7 @@ redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
 -- recipient nothing is planned for again leaves no index behind.
 local latest = redis.call('ZRANGE', KEYS[3], -1, -1, 'WITHSCORES')
 redis.call('EXPIREAT', KEYS[3], math.ceil(tonumber(latest[2]) + tonumber(ARGV[4])))
-for i = 5, #KEYS do
+for i = 7, #KEYS do
   local index = redis.call('TYPE', KEYS[i]).ok
   if index == 'zset' and (#ARGV[1] > COMPACT_BYTES
                           or redis.call('ZCARD', KEYS[i]) >= COMPACT_MEMBERS) then
@@ -63,4 +67,5 @@ for i = 5, #KEYS do
   end
   redis.call('EXPIRE', KEYS[i], ARGV[3])
 end
+emit_notification(KEYS[5], KEYS[6], KEYS[1], ARGV[1], planned)
 return 1

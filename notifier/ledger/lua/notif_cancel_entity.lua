@@ -13,17 +13,21 @@
 -- KEYS[2]     n:schedule
 -- KEYS[3]     n:inflight
 -- KEYS[4]     n:stats:outcomes
--- KEYS[5..]   n:notif:{id} of each id in ARGV[3..], in the same order
+-- KEYS[5]     n:wh:outbox                  delivery-webhook messages (`_webhook_emit.lua`)
+-- KEYS[6]     n:wh:seq                     their sequence
+-- KEYS[7..]   n:notif:{id} of each id in ARGV[3..], in the same order
 --
 -- ARGV[1]     the reason recorded (`superseded`)
 -- ARGV[2]     how long a cancelled notification is kept, seconds
 -- ARGV[3..]   the entity's notification ids, as read from KEYS[1]
 --
--- Returns how many notifications were cancelled.
+-- Returns how many notifications were cancelled; each is announced
+-- (`notification.cancelled`).
+-- #include _webhook_emit
 local cancelled = 0
 local in_set = redis.call('TYPE', KEYS[1]).ok == 'set'
-for i = 5, #KEYS do
-  local id = ARGV[i - 2]
+for i = 7, #KEYS do
+  local id = ARGV[i - 4]
   local state = false
   local indexed
   if in_set then
@@ -42,6 +46,7 @@ for i = 5, #KEYS do
     -- `channel` is left out of the hash when the id ends with it (`notif_fields`)
     local channel = redis.call('HGET', KEYS[i], 'channel') or string.match(id, '[^:]*$')
     redis.call('HINCRBY', KEYS[4], 'cancelled:' .. channel, 1)
+    emit_notification(KEYS[5], KEYS[6], KEYS[i], id, 'cancelled')
     cancelled = cancelled + 1
   elseif state == 'sending' or state == 'sent' then
     redis.call('HSET', KEYS[i], 'superseded', ARGV[1])

@@ -11,6 +11,8 @@
 --
 -- KEYS[1]     n:notif:{id}
 -- KEYS[2]     n:awaiting-report
+-- KEYS[3]     n:wh:outbox                  delivery-webhook messages (`_webhook_emit.lua`)
+-- KEYS[4]     n:wh:seq                     their sequence
 --
 -- ARGV[1]     the delivery status
 -- ARGV[2]     its rank (how far along it is)
@@ -21,8 +23,11 @@
 -- ARGV[7]     the provider's id of the message reported on, or '' (not known)
 --
 -- Returns the delivery status on record after it ('' for none yet), or 0 when the
--- notification is unknown.
+-- notification is unknown. A final report recorded about a notification already `sent`
+-- is announced (`notification.delivered` or `.failed`); one that came before the send was
+-- recorded is announced by `notif_finish.lua`, after `notification.sent`.
 local FINAL = 4
+-- #include _webhook_emit
 if redis.call('EXISTS', KEYS[1]) == 0 then
   if ARGV[6] == '1' then redis.call('ZREM', KEYS[2], ARGV[5]) end
   return 0
@@ -38,5 +43,9 @@ if new > rank or (new == rank and rank < FINAL) then
   redis.call('HSET', KEYS[1], 'delivery', ARGV[1], 'delivery_rank', ARGV[2],
              'delivery_at', ARGV[4])
   if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'code', ARGV[3]) end
+  local reported = DELIVERY_EVENTS[ARGV[1]]
+  if reported and redis.call('HGET', KEYS[1], 'state') == 'sent' then
+    emit_notification(KEYS[3], KEYS[4], KEYS[1], ARGV[5], reported)
+  end
 end
 return redis.call('HGET', KEYS[1], 'delivery') or ''

@@ -30,6 +30,8 @@
 -- KEYS[4]     n:stats:lateness
 -- KEYS[5]     n:schedule
 -- KEYS[6]     n:awaiting-report
+-- KEYS[7]     n:wh:outbox                  delivery-webhook messages (`_webhook_emit.lua`)
+-- KEYS[8]     n:wh:seq                     their sequence
 --
 -- ARGV[1]     the notification id
 -- ARGV[2]     the final state
@@ -41,6 +43,11 @@
 --
 -- Returns 1 when finished, 0 when refused (not `sending` under this lease, and no send to
 -- record), 2 when recorded as a second send.
+-- A final state set is announced (`notification.{state}`); a send whose final delivery
+-- report came first (callbacks race the provider's answer) is announced right after, so
+-- `delivered` follows `sent` in the messages' sequence as it does in fact. A second send,
+-- or the fields of a send already recorded, announce nothing.
+-- #include _webhook_emit
 local state = redis.call('HGET', KEYS[1], 'state')
 local sent_at_given = false
 if ARGV[2] == 'sent' then
@@ -88,6 +95,11 @@ local channel = channel_of()
 redis.call('HINCRBY', KEYS[3], ARGV[2] .. ':' .. channel, 1)
 local sent_at = tonumber(redis.call('HGET', KEYS[1], 'sent_at') or '')
 if ARGV[2] == 'sent' then await_report() end
+emit_notification(KEYS[7], KEYS[8], KEYS[1], ARGV[1], ARGV[2])
+local reported = DELIVERY_EVENTS[redis.call('HGET', KEYS[1], 'delivery') or '']
+if ARGV[2] == 'sent' and reported then
+  emit_notification(KEYS[7], KEYS[8], KEYS[1], ARGV[1], reported)
+end
 if ARGV[2] == 'sent' and sent_at then
   local late = math.max(0, sent_at - tonumber(redis.call('HGET', KEYS[1], 'due')))
   local kind = redis.call('HGET', KEYS[1], 'kind') or string.match(ARGV[1], '^[^:]*')

@@ -12,6 +12,8 @@
 -- KEYS[3]     n:schedule
 -- KEYS[4]     n:stats:outcomes
 -- KEYS[5]     n:by-recipient:{to}:{to_id}  the recipient's notifications by due time
+-- KEYS[6]     n:wh:outbox                  delivery-webhook messages (`_webhook_emit.lua`)
+-- KEYS[7]     n:wh:seq                     their sequence
 --
 -- ARGV[1]     the notification id
 -- ARGV[2]     the new due time, epoch seconds
@@ -23,7 +25,9 @@
 -- ARGV[8..]   field/value pairs to set (`slot`, and `maybe_sent_at` after a lost answer)
 --
 -- Returns 1 when rescheduled, -1 when cancelled (superseded), 0 when not `sending` under
--- this lease, -2 when `to`/`to_id` are not ARGV[5]/ARGV[6].
+-- this lease, -2 when `to`/`to_id` are not ARGV[5]/ARGV[6]. A cancel is announced
+-- (`notification.cancelled`); a move is not (`notification.scheduled` is sent once).
+-- #include _webhook_emit
 if redis.call('HGET', KEYS[1], 'state') ~= 'sending' then return 0 end
 if redis.call('HGET', KEYS[1], 'lease') ~= ARGV[7] then return 0 end
 local to = redis.call('HMGET', KEYS[1], 'to', 'to_id')
@@ -36,6 +40,7 @@ if superseded then
   -- `channel` is left out of the hash when the id ends with it (`notif_fields`)
   local channel = redis.call('HGET', KEYS[1], 'channel') or string.match(ARGV[1], '[^:]*$')
   redis.call('HINCRBY', KEYS[4], 'cancelled:' .. channel, 1)
+  emit_notification(KEYS[6], KEYS[7], KEYS[1], ARGV[1], 'cancelled')
   return -1
 end
 redis.call('HSET', KEYS[1], 'state', 'scheduled', 'due', ARGV[2], 'reason', ARGV[3])

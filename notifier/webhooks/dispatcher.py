@@ -1,0 +1,164 @@
+"""The senders of delivery-webhook messages: for each endpoint, `max_in_flight` threads of
+its own, each claiming one due message at a time, signing it and POSTing it with the
+endpoint's short timeout.
+
+Nothing here shares a thread, a queue or a connection with notification delivery (the
+worker runs the dispatcher in a process of its own: `notifier.worker.processes`), and
+nothing is shared between endpoints: a receiver that hangs holds its own threads for its
+own timeout, and its own in-flight bound (`webhook_claim.lua`) keeps it from taking more.
+
+Signing is Standard Webhooks' (https://www.standardwebhooks.com/), with the reference
+`standardwebhooks` package: `webhook-id` (the message's, the same on every attempt, so a
+receiver dedupes on it), `webhook-timestamp` (the attempt's, so a retry hours later is
+within a receiver's 5-minute tolerance), `webhook-signature` (one `v1,` signature per
+secret in use: two while a rotation overlaps, space-separated).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING
+
+import httpx
+from standardwebhooks.webhooks import Webhook
+
+from notifier.errors import StoreError
+from notifier.timeutil import utcnow
+from notifier.webhooks.retries import DISABLE_AFTER_S, Verdict, judge
+
+if TYPE_CHECKING:
+    from notifier.webhooks.endpoints import Endpoint
+    from notifier.webhooks.outbox import Message, WebhookOutbox
+
+log = logging.getLogger(__name__)
+
+#: A lease outlives the request's timeout by this much, seconds, so that only a sender
+#: that died (or hung past any timeout) loses its message to another.
+LEASE_MARGIN_S = 30.0
+#: How long a sender with nothing to send waits before it looks again, seconds.
+IDLE_S = 0.2
+#: How long a sender waits after Redis failed it, seconds.
+STORE_BACKOFF_S = 1.0
+
+
+def _user_agent() -> str:
+    try:
+        return f"Notifier-Webhooks/{version('notifier')}"
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "Notifier-Webhooks"
+
+
+USER_AGENT = _user_agent()
+
+
+def signed_headers(endpoint: Endpoint, message_id: str, body: str,
+                   now: datetime) -> dict[str, str]:
+    """The headers of one attempt at `now` (pure): content type, user agent, and the
+    three Standard Webhooks headers, signed with every secret `endpoint` uses at `now`."""
+    signatures = " ".join(Webhook(secret).sign(message_id, now, body)
+                          for secret in endpoint.signing_secrets(now))
+    return {"content-type": "application/json", "user-agent": USER_AGENT,
+            "webhook-id": message_id, "webhook-timestamp": str(int(now.timestamp())),
+            "webhook-signature": signatures}
+
+
+def attempt(client: httpx.Client, endpoint: Endpoint, message_id: str, body: str,
+            attempts_before: int, now: datetime, signed_at: datetime | None = None,
+            ) -> tuple[Verdict, int | None]:
+    """POST one message once, signed at `signed_at` (default `now`); its verdict at `now`
+    (`retries.judge`) and the status answered (None: no answer). Never raises for what
+    the network or the receiver does."""
+    headers = signed_headers(endpoint, message_id, body, signed_at or now)
+    try:
+        answer = client.post(endpoint.url, content=body.encode(), headers=headers,
+                             timeout=_timeout(endpoint))
+    except httpx.TimeoutException as exc:
+        return judge(None, attempts_before, now, error=f"timeout: {type(exc).__name__}"), None
+    except httpx.HTTPError as exc:
+        return judge(None, attempts_before, now, error=f"no answer: {type(exc).__name__}"), None
+    return judge(answer.status_code, attempts_before, now,
+                 answer.headers.get("retry-after")), answer.status_code
+
+
+def _timeout(endpoint: Endpoint) -> httpx.Timeout:
+    """The endpoint's timeout for each phase; connecting gets at most 5 s of it."""
+    return httpx.Timeout(endpoint.timeout_s, connect=min(5.0, endpoint.timeout_s))
+
+
+class Dispatcher:
+    """Sends every endpoint's due messages until stopped; one per process that sends.
+
+    `now`: the clock of the schedule (what is due, when to retry, when an endpoint has
+    failed for 5 days); injected, tests move it past a retry's delay or the 5-day window
+    instead of waiting. Signatures always carry the real time (`timeutil.utcnow`), which
+    receivers check against their own clocks. `transport`: httpx's, for tests that need
+    one (None: the network)."""
+
+    def __init__(self, outbox: WebhookOutbox, *, now: Callable[[], datetime] = utcnow,
+                 idle_s: float = IDLE_S, disable_after_s: float = DISABLE_AFTER_S,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        self.outbox = outbox
+        self.now = now
+        self.idle_s = idle_s
+        self.disable_after_s = disable_after_s
+        self.transport = transport
+
+    def serve(self, stop: threading.Event) -> None:
+        """Send until `stop` is set, then wait for the requests in hand (each bounded by
+        its endpoint's timeout). Returns at once when no endpoint is configured."""
+        threads = [threading.Thread(target=self.run_sender, args=(endpoint, stop),
+                                    name=f"webhooks-{endpoint.name}-{n}", daemon=True)
+                   for endpoint in self.outbox.endpoints
+                   for n in range(endpoint.max_in_flight)]
+        for thread in threads:
+            thread.start()
+        if threads:
+            log.info("webhooks: sending to %d endpoints with %d threads",
+                     len(self.outbox.endpoints), len(threads))
+        for thread in threads:
+            thread.join()
+
+    def run_sender(self, endpoint: Endpoint, stop: threading.Event) -> None:
+        """One sender thread of `endpoint`: claim one message, send it, record the
+        attempt; wait `idle_s` when none is due."""
+        with httpx.Client(transport=self.transport, follow_redirects=False) as client:
+            while not stop.is_set():
+                try:
+                    sent = self.send_due(client, endpoint)
+                except StoreError:
+                    log.warning("webhooks %s: Redis unavailable; trying again", endpoint.name,
+                                exc_info=True)
+                    stop.wait(STORE_BACKOFF_S)
+                    continue
+                if not sent:
+                    stop.wait(self.idle_s)
+
+    def send_due(self, client: httpx.Client, endpoint: Endpoint) -> int:
+        """Claim and send at most one of `endpoint`'s due messages; how many were sent."""
+        claimed = self.outbox.claim(endpoint, self.now(),
+                                    lease_s=endpoint.timeout_s + LEASE_MARGIN_S)
+        for message in claimed:
+            self.send(client, endpoint, message)
+        return len(claimed)
+
+    def send(self, client: httpx.Client, endpoint: Endpoint, message: Message) -> Verdict:
+        """One attempt at `message`, recorded; the verdict."""
+        verdict, status = attempt(client, endpoint, message.id, message.body,
+                                  message.attempts, self.now(), signed_at=utcnow())
+        recorded = self.outbox.finish(endpoint, message.id, verdict.outcome, self.now(),
+                                      next_at=verdict.next_at, status=status,
+                                      error=verdict.why, disable_after_s=self.disable_after_s)
+        if verdict.outcome == "delivered":
+            log.debug("webhooks %s: %s delivered", endpoint.name, message.id)
+        else:
+            log.info("webhooks %s: %s %s (%s)", endpoint.name, message.id, verdict.outcome,
+                     verdict.why)
+        if recorded == 2:
+            log.error("webhooks %s: endpoint disabled: every attempt failed for %.0f days; "
+                      "fix it, then `notifier webhooks replay --endpoint %s --since ...`",
+                      endpoint.name, self.disable_after_s / 86400, endpoint.name)
+        return verdict

@@ -1,0 +1,122 @@
+"""Delivery webhooks through the whole service (web, worker, clock, the senders) to a real
+HTTP receiver that verifies every message with the reference `standardwebhooks` package."""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from tests.end_to_end.test_provider_end_to_end import (  # the Twilio/SendGrid stand-ins
+    SMS,
+    fakes,  # noqa: F401  (a fixture)
+    onboard_and_book,
+    provider_env,
+    signed_twilio,
+    state,
+)
+from tests.service import Service, wait_for
+from tests.webhooks.receiver import Answer, WebhookReceiver
+
+pytestmark = pytest.mark.e2e
+
+
+def new_secret() -> str:
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def endpoints_env(receiver: WebhookReceiver, *endpoints: dict[str, Any]) -> dict[str, str]:
+    """`NOTIFIER_WEBHOOK_ENDPOINTS` for `endpoints` (each with a `path` on `receiver`), and
+    a new secret for each, registered with the receiver's endpoint of that path."""
+    env: dict[str, str] = {}
+    tables = []
+    for e in endpoints:
+        secret = new_secret()
+        env[f"NOTIFIER_WEBHOOK_SECRET_{e['name'].upper()}"] = secret
+        receiver.endpoint(e["path"], secrets=[secret], script=e.get("script", [Answer(200)]))
+        tables.append({"name": e["name"], "url": receiver.url(e["path"]),
+                       "events": e.get("events", ["*"]),
+                       **{k: e[k] for k in ("timeout_s", "max_in_flight") if k in e}})
+    env["NOTIFIER_WEBHOOK_ENDPOINTS"] = json.dumps(tables)
+    return env
+
+
+@pytest.fixture
+def receiver() -> Iterator[WebhookReceiver]:
+    with WebhookReceiver() as r:
+        yield r
+
+
+@pytest.fixture
+def service(redis_client, redis_url, tmp_path, fakes, receiver  # noqa: F811
+            ) -> Iterator[Service]:
+    env = {**provider_env(*fakes), **endpoints_env(receiver, {"name": "ehr", "path": "/ehr"})}
+    svc = Service(redis_url, tmp_path, env=env)
+    yield svc
+    svc.close()
+
+
+def about(receiver: WebhookReceiver, path: str, notification_id: str) -> list[dict[str, Any]]:
+    return [p for p in receiver.verified_payloads(path)
+            if p["data"].get("notification_id") == notification_id]
+
+
+def test_a_notifications_lifecycle_arrives_signed_and_in_order_of_sequence(
+        service: Service, receiver: WebhookReceiver) -> None:
+    onboard_and_book(service)
+    wait_for(lambda: state(service, SMS).get("state") == "sent", what="the confirmation SMS")
+    signed_twilio(service, f"/twilio/status?n={SMS}",
+                  {"MessageSid": state(service, SMS)["receipt"], "MessageStatus": "delivered"})
+    receiver.wait_for(lambda: len(about(receiver, "/ehr", SMS)) >= 3,
+                      what="scheduled, sent and delivered")
+    messages = about(receiver, "/ehr", SMS)
+    assert [m["type"] for m in messages] == ["notification.scheduled", "notification.sent",
+                                             "notification.delivered"]
+    sequences = [m["data"]["sequence"] for m in messages]
+    assert sequences == sorted(sequences) and len(set(sequences)) == 3
+    assert messages[-1]["data"]["delivery"] == "delivered"
+    assert messages[0]["data"]["recipient"] == {"type": "client", "id": "c1"}
+    assert messages[0]["data"]["entity"] == {"type": "appointment", "id": "a1"}
+    requests = receiver.received("/ehr")
+    assert all(r.verified for r in requests)
+    # One webhook-id per message, the same across endpoints and attempts.
+    ids = [r.headers["webhook-id"] for r in requests]
+    assert len(ids) == len(set(ids))
+
+
+def test_no_message_carries_a_name_a_contact_detail_or_a_medication(
+        service: Service, receiver: WebhookReceiver) -> None:
+    onboard_and_book(service)
+    wait_for(lambda: state(service, SMS).get("state") == "sent", what="the confirmation SMS")
+    receiver.wait_for(lambda: len(about(receiver, "/ehr", SMS)) >= 2, what="sent")
+    for request in receiver.received("/ehr"):
+        body = request.body.decode()
+        for secret_ish in ("+14155550123", "c1@example.com", "Ana", "prov-1@"):
+            assert secret_ish not in body, (secret_ish, body)
+
+
+def test_a_stop_reply_is_announced_with_the_client_not_the_number(
+        service: Service, receiver: WebhookReceiver) -> None:
+    from tests.kit import client_upserted, daytime_zone
+
+    now = datetime.now(UTC)
+    assert service.post(client_upserted("c1", daytime_zone(now),
+                                        now - timedelta(minutes=1))).status_code == 202
+    wait_for(lambda: service.runtime.store.load_record("client:c1"), what="the client")
+    for body, sid in (("STOP", "SMin1"), ("stop", "SMin2"), ("START", "SMin3")):
+        signed_twilio(service, "/twilio/inbound",
+                      {"From": "+14155550123", "Body": body, "MessageSid": sid})
+    receiver.wait_for(lambda: len([p for p in receiver.verified_payloads("/ehr")
+                                   if p["type"].startswith("client.")]) >= 2,
+                      what="opted out, then in")
+    changes = [p for p in receiver.verified_payloads("/ehr") if p["type"].startswith("client.")]
+    # The second STOP changed nothing, and announces nothing.
+    assert [p["type"] for p in changes] == ["client.opted_out", "client.opted_in"]
+    assert changes[0]["data"]["client_ids"] == ["c1"]
+    assert changes[0]["data"]["source"] == "reply"
+    assert "+1415" not in json.dumps(changes)
