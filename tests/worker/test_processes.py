@@ -20,10 +20,13 @@ from notifier.intake.events import parse_event
 from notifier.ledger.events import PENDING_EVENTS
 from notifier.ledger.store import Store
 from notifier.policy.ordering import subject_ref
+from notifier.webhooks.endpoints import load_endpoints
+from notifier.webhooks.outbox import WebhookOutbox
 from notifier.worker.actors import build_broker, enqueue_apply
 from notifier.worker.processes import default_processes
 from tests.kit import appointment, client_upserted, daytime_zone, store_and_apply
 from tests.service import service_env, wait_for
+from tests.webhooks.receiver import WebhookReceiver
 
 #: Runs the worker's processes.
 pytestmark = pytest.mark.e2e
@@ -32,9 +35,10 @@ PROCESSES = 3
 HEARTBEATS = "notifier-dq:__heartbeats__"  # dramatiq's: one member per consuming process
 
 
-def start(redis_url: str, tmp_path: Path, *args: str) -> subprocess.Popen[bytes]:
+def start(redis_url: str, tmp_path: Path, *args: str,
+          env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     env = {**os.environ, **service_env(redis_url, tmp_path), "PYTHONPATH": str(PROJECT_ROOT),
-           "NOTIFIER_LOG_LEVEL": "WARNING"}
+           "NOTIFIER_LOG_LEVEL": "WARNING", **(env or {})}
     return subprocess.Popen([sys.executable, "-m", "notifier", "worker", *args], env=env,
                             cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -126,3 +130,28 @@ def test_children_stop_when_their_parent_is_killed(redis_client, redis_url, tmp_
 
 def test_one_process_per_core_by_default():
     assert default_processes() == len(os.sched_getaffinity(0))
+
+
+def test_delivery_webhooks_are_sent_by_a_process_of_their_own(redis_client, redis_url,
+                                                              tmp_path, stop_after):
+    """With endpoints configured, one more child sends them: a receiver that hangs holds
+    none of the threads that deliver notifications."""
+    secret = "whsec_" + "QUJD" * 8
+    with WebhookReceiver() as receiver:
+        receiver.endpoint("/ehr", secrets=[secret])
+        env = {"NOTIFIER_WEBHOOK_ENDPOINTS": json.dumps(
+                   [{"name": "ehr", "url": receiver.url("/ehr"), "events": ["client.*"]}]),
+               "NOTIFIER_WEBHOOK_SECRET_EHR": secret}
+        worker = start(redis_url, tmp_path, "--processes", str(PROCESSES), "--threads", "1",
+                       env=env)
+        stop_after(worker)
+        pids = wait_for(lambda: len(found := children(worker.pid)) == PROCESSES + 1 and found,
+                        timeout_s=30, what="the worker processes and the webhooks one")
+        store = Store(redis_client)
+        store.set_sms_opt_out("+14155550123", True)
+        WebhookOutbox(redis_client, load_endpoints(env, tmp_path)).fan_out(datetime.now(UTC))
+        receiver.wait_for(lambda: receiver.verified_payloads("/ehr"), timeout_s=30,
+                          what="the opt-out, sent by the webhooks process")
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0
+        assert all(gone(pid) for pid in pids)

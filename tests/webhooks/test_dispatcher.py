@@ -1,0 +1,95 @@
+"""One attempt at a message, over real HTTP to the verifying receiver: headers, signatures
+(with a rotation's two), and what each kind of answer or silence makes of it."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+from pydantic import SecretStr
+from standardwebhooks.webhooks import Webhook
+
+from notifier.ledger.embedded_redis import free_port
+from notifier.webhooks.catalogue import expand
+from notifier.webhooks.dispatcher import Dispatcher, attempt, signed_headers
+from notifier.webhooks.endpoints import Endpoint
+from notifier.webhooks.outbox import WebhookOutbox
+from tests.webhooks.receiver import Answer, Drop, Hang, WebhookReceiver
+
+NEW, OLD = "whsec_" + "TkVX" * 8, "whsec_" + "T0xE" * 8
+BODY = '{"type":"notification.sent","timestamp":"2026-11-30T15:00:00Z","data":{}}'
+
+
+def endpoint(url: str, *, timeout_s: float = 2.0, rotating_until: datetime | None = None
+             ) -> Endpoint:
+    return Endpoint(name="ehr", url=url, events=expand(["*"]), secret=SecretStr(NEW),
+                    previous_secret=SecretStr(OLD) if rotating_until else None,
+                    previous_until=rotating_until, timeout_s=timeout_s)
+
+
+def test_the_headers_verify_with_the_reference_library():
+    now = datetime.now(UTC)
+    headers = signed_headers(endpoint("http://x/"), "msg_1_2", BODY, now)
+    assert headers["webhook-id"] == "msg_1_2"
+    assert headers["webhook-timestamp"] == str(int(now.timestamp()))
+    assert headers["content-type"] == "application/json"
+    assert Webhook(NEW).verify(BODY, headers)["type"] == "notification.sent"
+    with pytest.raises(Exception, match="signature"):
+        Webhook(OLD).verify(BODY, headers)
+
+
+def test_while_a_rotation_overlaps_both_secrets_sign():
+    now = datetime.now(UTC)
+    rotating = endpoint("http://x/", rotating_until=now + timedelta(hours=1))
+    headers = signed_headers(rotating, "msg_1_2", BODY, now)
+    assert len(headers["webhook-signature"].split(" ")) == 2
+    assert Webhook(OLD).verify(BODY, headers) and Webhook(NEW).verify(BODY, headers)
+    after = signed_headers(rotating, "msg_1_2", BODY, now + timedelta(hours=2))
+    assert len(after["webhook-signature"].split(" ")) == 1
+
+
+@pytest.mark.parametrize(("script", "outcome", "status"), [
+    ([Answer(204)], "delivered", 204),
+    ([Answer(503)], "retry", 503),
+    ([Answer(429, retry_after="120")], "retry", 429),
+    ([Answer(410)], "failed", 410),
+    ([Answer(400)], "failed", 400),
+    ([Hang(30)], "retry", None),
+    ([Drop()], "retry", None),
+])
+def test_each_answer_makes_its_verdict(script, outcome, status):
+    now = datetime.now(UTC)
+    with WebhookReceiver() as receiver, httpx.Client() as client:
+        receiver.endpoint("/ehr", secrets=[NEW], script=script)
+        verdict, answered = attempt(client, endpoint(receiver.url("/ehr"), timeout_s=0.5),
+                                    "msg_1_2", BODY, 0, now)
+        assert (verdict.outcome, answered) == (outcome, status)
+        (request,) = receiver.received("/ehr")
+        assert request.verified and request.body == BODY.encode()
+    if status == 429:
+        assert verdict.next_at == now + timedelta(seconds=120)
+
+
+def test_nobody_listening_is_retried():
+    now = datetime.now(UTC)
+    with httpx.Client() as client:
+        verdict, answered = attempt(client, endpoint(f"http://127.0.0.1:{free_port()}/"),
+                                    "msg_1_2", BODY, 0, now)
+    assert (verdict.outcome, answered) == ("retry", None)
+    assert verdict.why.startswith("no answer")
+
+
+def test_the_dispatcher_stops_when_told_and_without_endpoints_at_once(redis_client):
+    stop = threading.Event()
+    Dispatcher(WebhookOutbox(redis_client, ())).serve(stop)  # returns: nothing to send
+    with WebhookReceiver() as receiver:
+        receiver.endpoint("/ehr", secrets=[NEW])
+        dispatcher = Dispatcher(WebhookOutbox(redis_client, [endpoint(receiver.url("/ehr"))]),
+                                idle_s=0.01)
+        thread = threading.Thread(target=dispatcher.serve, args=(stop,))
+        thread.start()
+        stop.set()
+        thread.join(timeout=5)
+        assert not thread.is_alive()
