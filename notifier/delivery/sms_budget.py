@@ -9,7 +9,10 @@ The rule, applied at render time to every client SMS (`fit`), in this order:
    GSM-7 lacks the letter (María -> Maria).
 2. Personal data keeps only GSM-7 letters (`sms_name`): "Ana 🌻" is "Ana", a name in
    another script is left out ("Hi, your appointment ..."), at most 20 characters. An emoji
-   in a name is not worth a message twice the price that may arrive in three parts.
+   in a name is not worth a message twice the price that may arrive in three parts. Only
+   words of letters (with an inner ' or -) are kept, their surrounding punctuation dropped:
+   a "name" such as `https://evil.example/x` or `(she/her)` is left out, so no link, path
+   or markup of an integrator's data reaches a client's phone in our words.
 3. Over budget with the video link as it is: the link is replaced by this service's short
    link (`{NOTIFIER_PUBLIC_URL}/j/<token>`, which redirects to the visit's current link).
 4. Still over budget: the SMS is not sent. It is `suppressed` with the reason, and the
@@ -24,6 +27,8 @@ budget stops start-up naming the variable and the template.
 
 from __future__ import annotations
 
+import re
+import string
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -82,9 +87,17 @@ def within_budget(size: SmsSize) -> bool:
     return size.segments <= MAX_SEGMENTS
 
 
+#: A word of a name as SMS carry it: letters, joined by an apostrophe or a hyphen inside
+#: (O'Brien, Smith-Jones), nothing else.
+NAME_WORD = re.compile(r"[^\W\d_]+(?:['-][^\W\d_]+)*")
+
+
 def sms_name(first_name: str) -> str:
-    """A first name as client SMS carry it: basic GSM-7 letters only, at most 20."""
-    return gsm7_only(first_name)[:SMS_NAME_CHARS].strip()
+    """A first name as client SMS carry it: its words of basic GSM-7 letters (each
+    without the punctuation around it; a word with any other character left out), at most
+    20 characters ("“Bo” Smith–Jones…" -> "Bo Smith-Jones"; "https://x.example" -> "")."""
+    words = (word.strip(string.punctuation) for word in gsm7_only(first_name).split())
+    return " ".join(w for w in words if NAME_WORD.fullmatch(w))[:SMS_NAME_CHARS].strip()
 
 
 def short_url(public_url: str, token: str) -> str:

@@ -84,7 +84,11 @@ FAILING_NAMES = [
     # 1. typographic punctuation: U+2019 made the confirmation and 72 h reminder 3 segments
     ("O’Brien", "appointment_confirmation", "Hi O'Brien,"),
     ("O’Brien", "appointment_reminder", "Reminder, O'Brien:"),
-    ("“Bo” Smith–Jones…", "appointment_confirmation", "Hi \"Bo\" Smith-Jones...,"),
+    ("“Bo” Smith–Jones…", "appointment_confirmation", "Hi Bo Smith-Jones,"),
+    # 3. a name that is no name: no link, path or markup reaches the phone
+    ("https://evil.example/x", "appointment_confirmation", "Hi, your appointment"),
+    ("Ana (she/her)", "appointment_confirmation", "Hi Ana,"),
+    ("<b>Ana</b>", "appointment_reminder", "Reminder: your appointment"),
     ("Ana\u00a0María\u200b", "appointment_confirmation", "Hi Ana Maria,"),
     # 2. emoji: 3 segments, the worst template 4
     ("Ana 🌻", "appointment_confirmation", "Hi Ana,"),
