@@ -12,6 +12,7 @@ Entity records kept in Redis reuse these models, so what we store is what we val
 from __future__ import annotations
 
 import json
+import re
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -83,8 +84,28 @@ def _free_text(value: Any, info: ValidationInfo) -> Any:
     return plain_text(value, refuse=bool(info.context and info.context.get("at_the_door")))
 
 
+#: An instant as RFC 3339 writes it: a date, a time, and `Z` or an offset (seconds and
+#: their fraction optional; one without its offset is refused after, by `AwareDatetime`).
+#: pydantic alone also reads a number, or a string of digits, as Unix time: `"1764518400"`
+#: is more likely a mistake than a time.
+RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?([Zz]|[+-]\d{2}:\d{2})?")
+
+
+def _rfc3339(value: Any) -> Any:
+    """A string in RFC 3339's form, read (a datetime, so that strict validation after
+    this takes it as it is); a number refused; anything else left to the datetime schema.
+    """
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise ValueError("an RFC 3339 instant in a string, not a number")
+    if not isinstance(value, str):
+        return value
+    if not RFC3339.fullmatch(value):
+        raise ValueError("an RFC 3339 instant with an offset, such as 2026-12-01T15:00:00Z")
+    return datetime.fromisoformat(value.upper())
+
+
 Phone = Annotated[str, AfterValidator(_e164)]
-Instant = Annotated[AwareDatetime, AfterValidator(_plausible)]
+Instant = Annotated[AwareDatetime, BeforeValidator(_rfc3339), AfterValidator(_plausible)]
 Day = Annotated[date, AfterValidator(_plausible)]
 TimeZone = Annotated[str, AfterValidator(_iana_zone)]
 #: Free text that goes into messages: see `notifier.intake.text` for what it may hold.

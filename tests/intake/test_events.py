@@ -292,16 +292,28 @@ def test_bad_email_is_rejected(email):
     assert list(problems(client_event(email=email))) == ["data.client.email"]
 
 
+@pytest.mark.parametrize(("occurred_at", "says"), [
+    ("1764518400", "RFC 3339"), (1764518400, "not a number"), (1764518400.5, "not a number"),
+    ("2030-03-04", "RFC 3339"), ("2030-03-04T12:00:00+0530", "RFC 3339"),
+    (" 2030-03-04T12:00:00Z", "RFC 3339"),
+])
+def test_unix_time_and_other_forms_are_no_rfc3339_instant(occurred_at, says):
+    """pydantic alone reads a number, or a string of digits, as Unix time (found by QA)."""
+    found = problems(body("refill.sent", occurred_at=occurred_at))
+    assert says in found["occurred_at"], found
+
+
 def test_naive_occurred_at_is_rejected():
     found = problems(body("refill.sent", occurred_at="2030-03-04T12:00:00"))
     assert found == {"occurred_at": "Input should have timezone info"}
 
 
 @pytest.mark.parametrize("occurred_at", ["2030-03-04T12:00:00+05:30", "2030-03-04T12:00:00Z",
-                                         "2030-03-04T12:00:00.123456-08:00"])
+                                         "2030-03-04T12:00:00.123456-08:00",
+                                         "2030-03-04t12:00:00z", "2030-03-04 12:00:00Z"])
 def test_aware_occurred_at_is_accepted(occurred_at):
     event = parse_event(body("refill.sent", occurred_at=occurred_at))
-    assert event.occurred_at == datetime.fromisoformat(occurred_at)
+    assert event.occurred_at == datetime.fromisoformat(occurred_at.upper())
     assert event.occurred_at.tzinfo is not None
 
 
