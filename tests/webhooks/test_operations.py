@@ -338,3 +338,27 @@ def test_the_webhook_figures_cost_one_round_trip_whatever_the_endpoints(
             assert len(families) == 6
     finally:
         counted.close()
+
+
+# README -----------------------------------------------------------------------------------------
+
+def test_the_readme_s_example_verifies_a_message_and_refuses_a_tampered_one():
+    """README, "Delivery webhooks": the Python example, run as written."""
+    from notifier.config import PROJECT_ROOT
+    from notifier.webhooks.dispatcher import signed_headers
+
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    section = readme.split("## Delivery webhooks\n", 1)[1].split("\n## ", 1)[0]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, object] = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102
+    verified = namespace["verified"]
+    secret = new_secret()
+    env = {"NOTIFIER_WEBHOOK_SECRET_EHR": secret, "NOTIFIER_WEBHOOK_ENDPOINTS": json.dumps(
+        [{"name": "ehr", "url": "https://ehr.example/hooks", "events": ["*"]}])}
+    (ehr,) = settings_of(env).webhook_endpoints
+    body = '{"type":"client.opted_out","timestamp":"2026-11-30T15:00:00Z","data":{}}'
+    headers = signed_headers(ehr, "msg_1_2", body, datetime.now(UTC))
+    assert verified(secret, body.encode(), headers)["type"] == "client.opted_out"
+    assert verified(secret, body.replace("out", "in").encode(), headers) is None
+    assert verified(new_secret(), body.encode(), headers) is None
