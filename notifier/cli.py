@@ -1,5 +1,5 @@
 """The `notifier` command: dev, web, worker, clock, jobs, preview, notifications, send-event,
-webhooks.
+webhooks (list, test, replay).
 
 Each command builds its settings once from the environment (and `.env`); a bad setting,
 a wrong argument or a service that does not answer stops it with one line saying what is
@@ -622,6 +622,48 @@ def cmd_webhooks_list(args: argparse.Namespace, settings: Settings) -> None:
         print(line)
 
 
+def cmd_webhooks_test(args: argparse.Namespace, settings: Settings) -> None:
+    """Send one signed `webhook.test` message to an endpoint at once (not through the
+    outbox: no Redis needed, nothing recorded) and say what it answered; exit 1 unless 2xx."""
+    import httpx
+
+    from notifier.webhooks.operations import named, send_test
+
+    endpoint = named(settings.webhook_endpoints, args.name, "test")
+    with httpx.Client(follow_redirects=False) as client:
+        result = send_test(client, endpoint, datetime.now(UTC))
+    print(result.line(endpoint.name))
+    if not result.delivered:
+        sys.exit(1)
+
+
+def cmd_webhooks_replay(args: argparse.Namespace, settings: Settings) -> None:
+    """Enable an endpoint (or each) again and make its messages that failed since `--since`
+    pending again (`WebhookOutbox.replay`); a running worker sends them."""
+    from notifier.webhooks.operations import named, parse_since
+
+    now = datetime.now(UTC)
+    since = parse_since(args.since, now)
+    if args.endpoint is not None:
+        endpoints: tuple[Endpoint, ...] = (
+            named(settings.webhook_endpoints, args.endpoint, "replay"),)
+    elif settings.webhook_endpoints:
+        endpoints = settings.webhook_endpoints
+    else:
+        raise UsageError("webhooks replay: no webhook endpoints are configured (see "
+                         "`notifier webhooks list`)")
+    with _runtime(settings) as runtime:
+        disabled = {s.name: s.disabled_at for s in runtime.webhooks.statuses(now)}
+        for endpoint in endpoints:
+            count = runtime.webhooks.replay(endpoint, since, now)
+            was = disabled.get(endpoint.name)
+            enabled = "" if was is None else \
+                f"; enabled again (disabled since {was:%Y-%m-%d %H:%M:%S} UTC)"
+            print(f"{endpoint.name}: {count} failed message{'' if count == 1 else 's'} "
+                  f"made since {since:%Y-%m-%d %H:%M:%S} UTC requeued{enabled}")
+    print("a running worker sends them")
+
+
 def _port(value: str) -> int:
     """A TCP port number, for argparse: one line naming the range otherwise."""
     if not value.isdigit() or not 1 <= int(value) <= 65535:
@@ -695,11 +737,23 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--url", help="base URL (default NOTIFIER_PUBLIC_URL)")
     send.set_defaults(func=cmd_send_event)
     webhooks = sub.add_parser("webhooks", help="delivery webhooks to integrators: list the "
-                              "endpoints")
+                              "endpoints, test one, replay failed messages")
     webhooks_sub = webhooks.add_subparsers(dest="webhooks_command", required=True,
-                                           metavar="list")
+                                           metavar="list|test|replay")
     webhooks_sub.add_parser("list", help="each endpoint, its events and limits (never its "
                             "secret)").set_defaults(func=cmd_webhooks_list)
+    test = webhooks_sub.add_parser("test", help="send one signed webhook.test message to an "
+                                   "endpoint now; exit 1 unless it answers 2xx")
+    test.add_argument("name")
+    test.set_defaults(func=cmd_webhooks_test)
+    replay = webhooks_sub.add_parser("replay", help="enable an endpoint again and requeue "
+                                     "its messages that failed since TIME")
+    replay.add_argument("--since", required=True, metavar="TIME",
+                        help="an RFC 3339 instant (2026-11-30T15:00:00Z) or a duration "
+                             "before now (45m, 2h, 3d)")
+    replay.add_argument("--endpoint", metavar="NAME", help="only this endpoint (default: "
+                        "each one)")
+    replay.set_defaults(func=cmd_webhooks_replay)
     return parser
 
 

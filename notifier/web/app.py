@@ -23,9 +23,10 @@ from notifier.ledger.store import Store
 from notifier.web.events import EventStores, document_event_body, event_route, events_counter
 from notifier.web.failures import install_failure_handlers
 from notifier.web.links import link_routes
-from notifier.web.ops import LedgerCollector, openapi_document, ops_routes
+from notifier.web.ops import LedgerCollector, WebhookCollector, openapi_document, ops_routes
 from notifier.web.provider_hooks import provider_routes
 from notifier.web.read_api import read_api_routes
+from notifier.webhooks.outbox import WebhookOutbox
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +51,12 @@ def create_app(settings: Settings, store: Store, broker: RedisBroker) -> FastAPI
     app = FastAPI(title="Notifier", version=__version__, lifespan=lifespan,
                   description="Events in, appointment and medication reminders out.")
     install_failure_handlers(app)
-    # `/metrics` shows the events counter first, then the ledger's figures.
+    # `/metrics` shows the events counter first, then the ledger's figures, then each
+    # delivery-webhook endpoint's.
     registry = CollectorRegistry()
     counter = events_counter(registry)
     registry.register(LedgerCollector(store))
+    registry.register(WebhookCollector(WebhookOutbox(store.redis, settings.webhook_endpoints)))
 
     events = event_route(secret, event_stores, broker, counter,
                          future_skew=timedelta(seconds=settings.future_skew_s))

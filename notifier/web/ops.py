@@ -30,6 +30,7 @@ from notifier.policy.figures import CHANNELS
 from notifier.timeutil import utcnow
 from notifier.web.answers import RETRY_AFTER_S
 from notifier.web.failures import document_failures
+from notifier.webhooks.outbox import WebhookOutbox
 from notifier.worker.reports import LookupOutcome
 
 
@@ -122,6 +123,44 @@ def report_metrics(store: Store) -> Iterator[Metric]:
     for (outcome, channel), count in sorted(counts.items()):
         lookups.add_metric([outcome, channel], count)
     yield lookups
+
+
+class WebhookCollector(Collector):
+    """Each configured delivery-webhook endpoint's figures, read from Redis at scrape time
+    in one round trip (`WebhookOutbox.statuses`): they cover every dispatcher."""
+
+    def __init__(self, outbox: WebhookOutbox) -> None:
+        self.outbox = outbox
+
+    def collect(self) -> Iterator[Metric]:
+        statuses = self.outbox.statuses(utcnow())
+        messages = CounterMetricFamily(
+            "notifier_webhook_messages",
+            "Delivery-webhook messages ended, by endpoint and outcome: delivered (2xx), "
+            "failed (given up: a 4xx, retries spent, or the endpoint disabled)",
+            labels=["endpoint", "outcome"])
+        retries = CounterMetricFamily(
+            "notifier_webhook_retries", "Attempts answered 'later' (no answer, 429, 5xx) "
+            "and scheduled again, by endpoint", labels=["endpoint"])
+        gauges = {name: GaugeMetricFamily(f"notifier_webhook_{name}", text, labels=["endpoint"])
+                  for name, text in (
+                      ("retrying", "Messages waiting for a retry's time"),
+                      ("pending", "Messages not yet delivered or failed"),
+                      ("oldest_pending_seconds", "Age of the oldest pending message (0: none)"),
+                      ("endpoint_disabled", "1 while the endpoint is disabled (every attempt "
+                                            "failed for 5 days): `notifier webhooks replay`"))}
+        for status in statuses:
+            labels = [status.name]
+            messages.add_metric([status.name, "delivered"], status.delivered)
+            messages.add_metric([status.name, "failed"], status.failed)
+            retries.add_metric(labels, status.retried)
+            gauges["retrying"].add_metric(labels, status.retrying)
+            gauges["pending"].add_metric(labels, status.pending)
+            gauges["oldest_pending_seconds"].add_metric(labels, status.oldest_pending_s)
+            gauges["endpoint_disabled"].add_metric(labels, float(status.disabled_at is not None))
+        yield messages
+        yield retries
+        yield from gauges.values()
 
 
 def ops_routes(store: Store, registry: CollectorRegistry) -> APIRouter:

@@ -8,5 +8,6 @@ Standard Webhooks scheme, retried on a schedule of its own, never in the way of 
 - `outbox`     Redis: the outbox written in the same script as each change, its fan-out to
                endpoints, each message's attempts;
 - `retries`    the retry schedule and when an endpoint is disabled (pure);
-- `dispatcher` the threads that send, a few per endpoint, with short timeouts.
+- `dispatcher` the threads that send, a few per endpoint, with short timeouts;
+- `operations` what operators do by hand: `notifier webhooks test` and `replay --since`.
 """

@@ -33,6 +33,12 @@ EVENT_TYPES: dict[str, str] = {
                       "kept failing)",
 }
 
+#: The type of the message `notifier webhooks test NAME` sends to one endpoint, at once and
+#: once, to check its URL and secret. Not an event: it is not in `EVENT_TYPES`, so no
+#: endpoint subscribes to it (`expand` refuses it, `*` does not match it) and nothing but
+#: that command sends it; its `data` is `{"endpoint": NAME}`, with no `sequence`.
+TEST_EVENT_TYPE = "webhook.test"
+
 #: The states of a notification that are announced, each by `notification.{state}`.
 NOTIFICATION_STATES = frozenset(
     t.removeprefix("notification.") for t in EVENT_TYPES if t.startswith("notification."))
@@ -95,6 +101,11 @@ class OutboxEntry:
         the entry's (it grows with every change, so it orders a notification's messages)."""
         return {"type": self.type, "timestamp": _rfc3339(self.at),
                 "data": {"sequence": self.sequence, **self.data}}
+
+
+def webhook_test_payload(endpoint: str, now: datetime) -> dict[str, Any]:
+    """The body of `notifier webhooks test`'s message to `endpoint`, made at `now`."""
+    return {"type": TEST_EVENT_TYPE, "timestamp": _rfc3339(now), "data": {"endpoint": endpoint}}
 
 
 def parse_entry(raw: bytes | str) -> OutboxEntry:

@@ -93,3 +93,34 @@ def test_the_dispatcher_stops_when_told_and_without_endpoints_at_once(redis_clie
         stop.set()
         thread.join(timeout=5)
         assert not thread.is_alive()
+
+
+def test_every_attempt_at_a_message_carries_its_one_webhook_id(redis_client):
+    """A retry is the same message: the receiver dedupes on `webhook-id`, and orders by
+    `data.sequence`; only the signature's timestamp is the attempt's own."""
+    from notifier.ledger.announcements import queue_announcement
+    from notifier.webhooks.catalogue import Announcement
+
+    clock = [datetime.now(UTC)]
+    with WebhookReceiver() as receiver, httpx.Client() as client:
+        receiver.endpoint("/ehr", secrets=[NEW], script=[Answer(503), Drop(), Answer(200)])
+        ehr = endpoint(receiver.url("/ehr"))
+        outbox = WebhookOutbox(redis_client, [ehr])
+        with redis_client.pipeline() as pipe:
+            queue_announcement(pipe, Announcement("client.opted_out", "client:c1",
+                                                  {"client_id": "c1"}))
+            pipe.execute()
+        assert outbox.fan_out(clock[0]) == 1
+        dispatcher = Dispatcher(outbox, now=lambda: clock[0])
+        # The schedule's clock moves past the first two delays (5 s, then 5 min: an hour,
+        # beyond any receiver's tolerance); signatures carry the real time, and verify.
+        for wait_s in (0, 5, 3600):
+            clock[0] += timedelta(seconds=wait_s)
+            assert dispatcher.send_due(client, ehr) == 1
+        assert dispatcher.send_due(client, ehr) == 0, "delivered: nothing left"
+        requests = receiver.received("/ehr")
+    assert len(requests) == 3 and all(r.verified for r in requests)
+    assert len({r.headers["webhook-id"] for r in requests}) == 1
+    assert len({r.body for r in requests}) == 1
+    (status,) = outbox.statuses(clock[0])
+    assert (status.delivered, status.retried, status.pending) == (1, 2, 0)
