@@ -43,7 +43,7 @@ def test_a_tiny_run_delivers_every_message_and_every_reminder_once() -> None:
         assert not math.isnan(x.run.p95_s)
     dead = lateness[1]
     # Each reminder's `notification.scheduled` was fanned out before T, and none delivered.
-    assert dead.senders_held >= 1 and dead.messages_waiting >= dead.run.count
+    assert dead.attempts_hung >= 1 and dead.messages_waiting >= dead.run.count
     assert "webhooks process" in dead.run.layout
     assert len(throughput_rows(throughput)[0]) == len(THROUGHPUT_HEADERS)
     assert all(len(row) == len(LATENESS_HEADERS) for row in lateness_rows(lateness))
