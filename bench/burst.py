@@ -72,6 +72,7 @@ class Run:
     lost: int
     duplicates: int
     p50_s: float
+    p95_s: float
     p99_s: float
     max_s: float
     cpu_s_per_1k: float
@@ -121,6 +122,7 @@ def result(system: str, layout: str, expected: set[str], plan_s: float, planned_
                planned_before_t=planned_at <= due, drain_s=max(0.0, s.last_sent - due),
                sent=s.sent, lost=s.lost, duplicates=s.duplicates,
                p50_s=common.percentile(s.lateness, 0.50),
+               p95_s=common.percentile(s.lateness, 0.95),
                p99_s=common.percentile(s.lateness, 0.99),
                max_s=s.lateness[-1] if s.lateness else float("nan"),
                cpu_s_per_1k=drained.cpu_s * per_1k,
@@ -192,21 +194,24 @@ def run_ours(server: common.RedisServer, base: Path, count: int, processes: int 
              threads: int | None, plan_rate: float = PLAN_RATE_GUESS,
              spread_s: float = 0.0, fsync_from_due: str | None = None,
              at_due: Callable[[int, str, int], None] | None = None,
-             secret: str | None = None) -> Run:
+             secret: str | None = None, env_extra: dict[str, str] | None = None,
+             on_drained: Callable[[], None] | None = None) -> Run:
     """Our Procfile processes, the worker as `notifier worker --processes P --threads T`
     (None: `notifier worker` at its defaults). The `count` notifications fall due at T, or, with
     `spread_s`, evenly from T over that many seconds (three at each instant). `at_due(port,
     secret, web_pid)`, if given, runs in a thread from T on, and is waited for.
     `fsync_from_due`: the server's `appendfsync` is set to it once everything is planned
     (planning under `always` is slow, and it is not what is measured). `secret`: the
-    webhook secret (default: a new one)."""
+    webhook secret (default: a new one). `env_extra`: more NOTIFIER_* settings for every
+    process (delivery-webhook endpoints, say). `on_drained()`, if given, runs once the
+    drain is measured, before the processes are stopped."""
     label = "defaults" if processes is None else f"{processes}x{threads}"
     work = fresh_dir(base, f"ours-{label}")
     r = server.client(0)
     r.flushdb()
     secret = secret or workload.new_secret()
     env = common.python_env(common.product_env(server.url_for(0), work / "outbox", secret,
-                                               work / "var"))
+                                               work / "var", **(env_extra or {})))
     commands = common.product_commands(processes, threads)
     port = common.web_port(commands)
     with common.processes(commands, env, work, work / "logs") as procs:
@@ -238,6 +243,8 @@ def run_ours(server: common.RedisServer, base: Path, count: int, processes: int 
                         procs.check_alive)
         if side is not None:
             side.join()
+        if on_drained is not None:
+            on_drained()
     return result("Notifier" + (" (defaults)" if processes is None else ""), layout,
                   expected, plan_s, planned_at, due.timestamp(), drained, memory)
 
