@@ -59,7 +59,9 @@ def service_env(redis_url: str, tmp_path: Path, lease_s: int = 3) -> dict[str, s
 class Service:
     def __init__(self, redis_url: str, tmp_path: Path, *, lease_s: int = 3,
                  with_worker: bool = True, with_jobs: bool = False,
-                 env: dict[str, str] | None = None) -> None:
+                 with_webhooks: bool = True, env: dict[str, str] | None = None) -> None:
+        """`with_webhooks=False`: no delivery-webhook senders in this process (the clock
+        still fans the outbox out), for tests whose worker process sends them."""
         self.env = {**service_env(redis_url, tmp_path, lease_s), **(env or {})}
         self.settings = Settings.from_env(self.env, dotenv=Path("/nonexistent"))
         self.runtime = Runtime.build(self.settings, redis_url)
@@ -84,7 +86,8 @@ class Service:
                                      now=lambda: datetime.now(UTC) + self.webhook_offset)
         self.webhooks_thread = threading.Thread(target=self.dispatcher.serve,
                                                 args=(self.stop,), daemon=True)
-        self.webhooks_thread.start()
+        if with_webhooks:
+            self.webhooks_thread.start()
         self.port = free_port()
         app = create_app(self.settings, self.runtime.store, build_broker(redis_url))
         # The production server's config: read deadline, connection cap, httptools.
@@ -146,7 +149,8 @@ class Service:
         self.server.should_exit = True
         self.web_thread.join(timeout=10)
         self.clock_thread.join(timeout=10)
-        self.webhooks_thread.join(timeout=10)
+        if self.webhooks_thread.is_alive():
+            self.webhooks_thread.join(timeout=10)
         if self.worker is not None:
             self.worker.stop()
         self.http.close()

@@ -3,12 +3,9 @@ HTTP receiver that verifies every message with the reference `standardwebhooks` 
 
 from __future__ import annotations
 
-import base64
 import json
-import secrets
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 
@@ -21,29 +18,10 @@ from tests.end_to_end.test_provider_end_to_end import (  # the Twilio/SendGrid s
     state,
 )
 from tests.service import Service, wait_for
-from tests.webhooks.receiver import Answer, WebhookReceiver
+from tests.webhooks.kit import about, endpoints_env
+from tests.webhooks.receiver import WebhookReceiver
 
 pytestmark = pytest.mark.e2e
-
-
-def new_secret() -> str:
-    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
-
-
-def endpoints_env(receiver: WebhookReceiver, *endpoints: dict[str, Any]) -> dict[str, str]:
-    """`NOTIFIER_WEBHOOK_ENDPOINTS` for `endpoints` (each with a `path` on `receiver`), and
-    a new secret for each, registered with the receiver's endpoint of that path."""
-    env: dict[str, str] = {}
-    tables = []
-    for e in endpoints:
-        secret = new_secret()
-        env[f"NOTIFIER_WEBHOOK_SECRET_{e['name'].upper()}"] = secret
-        receiver.endpoint(e["path"], secrets=[secret], script=e.get("script", [Answer(200)]))
-        tables.append({"name": e["name"], "url": receiver.url(e["path"]),
-                       "events": e.get("events", ["*"]),
-                       **{k: e[k] for k in ("timeout_s", "max_in_flight") if k in e}})
-    env["NOTIFIER_WEBHOOK_ENDPOINTS"] = json.dumps(tables)
-    return env
 
 
 @pytest.fixture
@@ -61,11 +39,6 @@ def service(redis_client, redis_url, tmp_path, fakes, receiver  # noqa: F811
     svc.close()
 
 
-def about(receiver: WebhookReceiver, path: str, notification_id: str) -> list[dict[str, Any]]:
-    return [p for p in receiver.verified_payloads(path)
-            if p["data"].get("notification_id") == notification_id]
-
-
 def test_a_notifications_lifecycle_arrives_signed_and_in_order_of_sequence(
         service: Service, receiver: WebhookReceiver) -> None:
     onboard_and_book(service)
@@ -74,11 +47,11 @@ def test_a_notifications_lifecycle_arrives_signed_and_in_order_of_sequence(
                   {"MessageSid": state(service, SMS)["receipt"], "MessageStatus": "delivered"})
     receiver.wait_for(lambda: len(about(receiver, "/ehr", SMS)) >= 3,
                       what="scheduled, sent and delivered")
-    messages = about(receiver, "/ehr", SMS)
+    # Sent by parallel senders, they may arrive in any order: `sequence` orders them.
+    messages = sorted(about(receiver, "/ehr", SMS), key=lambda m: m["data"]["sequence"])
     assert [m["type"] for m in messages] == ["notification.scheduled", "notification.sent",
                                              "notification.delivered"]
-    sequences = [m["data"]["sequence"] for m in messages]
-    assert sequences == sorted(sequences) and len(set(sequences)) == 3
+    assert len({m["data"]["sequence"] for m in messages}) == 3
     assert messages[-1]["data"]["delivery"] == "delivered"
     assert messages[0]["data"]["recipient"] == {"type": "client", "id": "c1"}
     assert messages[0]["data"]["entity"] == {"type": "appointment", "id": "a1"}
@@ -114,7 +87,8 @@ def test_a_stop_reply_is_announced_with_the_client_not_the_number(
     receiver.wait_for(lambda: len([p for p in receiver.verified_payloads("/ehr")
                                    if p["type"].startswith("client.")]) >= 2,
                       what="opted out, then in")
-    changes = [p for p in receiver.verified_payloads("/ehr") if p["type"].startswith("client.")]
+    changes = sorted((p for p in receiver.verified_payloads("/ehr")
+                      if p["type"].startswith("client.")), key=lambda p: p["data"]["sequence"])
     # The second STOP changed nothing, and announces nothing.
     assert [p["type"] for p in changes] == ["client.opted_out", "client.opted_in"]
     assert changes[0]["data"]["client_ids"] == ["c1"]
