@@ -68,7 +68,7 @@ KEY_FAMILIES: tuple[KeyFamily, ...] = (
     KeyFamily("n:job:*", "3 days (a cron fire); the repair job's turn: 10 minutes while a run "
               "is queued, a minute from a run's start, 110 s while it runs", ""),
     KeyFamily("n:wh:outbox", "", "changes to announce to delivery webhooks: the clock "
-              "fans it out, 2,000 entries a tick (`notifier.webhooks.outbox`)"),
+              "fans it out, up to 2,000 entries a tick (200 while claiming a burst)"),
     KeyFamily("n:wh:seq", "", "one counter"),
     KeyFamily("n:wh:msg:*", "14 days after the message was made", ""),
     KeyFamily("n:wh:due:*", "", "an endpoint's pending messages: each ends within the "

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 LEASE_MARGIN_S = 30.0
 #: How long a sender with nothing to send waits before it looks again, seconds.
 IDLE_S = 0.2
-#: How long a sender waits after Redis failed it, seconds.
+#: How long a sender waits after Redis (or anything else) failed it, seconds.
 STORE_BACKOFF_S = 1.0
 
 
@@ -132,6 +132,12 @@ class Dispatcher:
                 except StoreError:
                     log.warning("webhooks %s: Redis unavailable; trying again", endpoint.name,
                                 exc_info=True)
+                    stop.wait(STORE_BACKOFF_S)
+                    continue
+                except Exception:
+                    # A bug must not silently cost the endpoint a sender for good: the
+                    # message in hand comes back when its lease runs out.
+                    log.exception("webhooks %s: sending failed; going on", endpoint.name)
                     stop.wait(STORE_BACKOFF_S)
                     continue
                 if not sent:

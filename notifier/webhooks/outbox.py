@@ -133,7 +133,7 @@ class WebhookOutbox:
                 if endpoint.wants(entry.type):
                     keys += [message_key(endpoint.name, entry.message_id),
                              due_key(endpoint.name), log_key(endpoint.name),
-                             pending_key(endpoint.name)]
+                             pending_key(endpoint.name), endpoint_key(endpoint.name)]
                     args += [entry.message_id, body, "0" if off else "1", entry.type]
         return len(raw) if self._fanout(keys=keys, args=args) else 0
 

@@ -97,7 +97,9 @@ class Clock:
             handed += len(ids)
             if len(ids) < self.claim_batch:
                 break
-        self.fan_out_webhooks(now)
+        # While a burst is being claimed, the outbox takes one batch a tick (its messages
+        # are no less safe for waiting), so that fanning out never delays a reminder.
+        self.fan_out_webhooks(now, max_batches=1 if handed else 10)
         self.resume_turns(now)
         if (self._last_event_sweep is None
                 or now - self._last_event_sweep >= timedelta(seconds=self.events_every_s)):

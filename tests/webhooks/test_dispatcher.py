@@ -124,3 +124,31 @@ def test_every_attempt_at_a_message_carries_its_one_webhook_id(redis_client):
     assert len({r.body for r in requests}) == 1
     (status,) = outbox.statuses(clock[0])
     assert (status.delivered, status.retried, status.pending) == (1, 2, 0)
+
+
+def test_a_sender_that_hits_an_unexpected_error_goes_on(redis_client, caplog):
+    """One bad moment (here a message whose body vanished from under the claim) is logged,
+    and the same thread sends the next message."""
+    from notifier.webhooks.outbox import due_key, message_key
+
+    with WebhookReceiver() as receiver:
+        receiver.endpoint("/ehr", secrets=[NEW])
+        ehr = endpoint(receiver.url("/ehr"))
+        outbox = WebhookOutbox(redis_client, [ehr])
+        now = datetime.now(UTC)
+        for mid in ("msg_1_1", "msg_2_2"):
+            redis_client.hset(message_key("ehr", mid), mapping={
+                "body": BODY, "attempts": "x" if mid == "msg_1_1" else 0,
+                "state": "pending"})
+            redis_client.zadd(due_key("ehr"), {mid: now.timestamp()})
+        stop = threading.Event()
+        dispatcher = Dispatcher(outbox, idle_s=0.01)
+        thread = threading.Thread(target=dispatcher.run_sender, args=(ehr, stop))
+        thread.start()
+        try:
+            receiver.wait_for(lambda: receiver.received("/ehr"), what="the second message")
+        finally:
+            stop.set()
+            thread.join(timeout=5)
+        assert [r.headers["webhook-id"] for r in receiver.received("/ehr")] == ["msg_2_2"]
+        assert "sending failed; going on" in caplog.text

@@ -242,6 +242,8 @@ def test_an_endpoint_failing_every_attempt_for_five_days_is_disabled_then_replay
     # a change made while disabled is kept, failed, for the replay
     store.write_plan(Plan(outcome="applied", add=(planned("third:x:y:sms"),)), NOW)
     outbox.fan_out(day5)
+    (status,) = outbox.statuses(day5)
+    assert (status.failed, status.pending) == (2, 1)  # m and the third; m2 waits
     assert outbox.replay(ehr, NOW - timedelta(minutes=1), day5) == 2  # m and the third
     claimed = outbox.claim(ehr, day5, lease_s=30, limit=5)
     assert {c.id for c in claimed} >= {m.id}

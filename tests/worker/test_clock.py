@@ -371,3 +371,26 @@ def test_an_outage_that_goes_on_is_said_again_now_and_then(store, redis_url, cap
     again = [r for r in caplog.records if r.getMessage().startswith("clock tick still failing")]
     assert len(again) == 29 and not any(r.exc_info for r in again)
     assert again[-1].getMessage().startswith("clock tick still failing (30 in a row): ")
+
+
+
+def test_the_webhook_outbox_waits_while_a_burst_is_claimed(store, redis_url):
+    """A tick that hands notifications out fans out one batch of the outbox; an idle one
+    up to ten, so a burst of changes never holds up a reminder."""
+    from notifier.ledger.notifications import WEBHOOK_OUTBOX
+    from notifier.policy.plan import Plan, PlannedNotification
+    from notifier.webhooks.outbox import FAN_OUT_BATCH, WebhookOutbox
+
+    now = datetime.now(UTC)
+    entry = json.dumps([1, "client.opted_in", "1796050800.5", "c1", "{}"])
+    store.redis.rpush(WEBHOOK_OUTBOX, *[entry] * (FAN_OUT_BATCH * 12))
+    clock = Clock(store, build_broker(redis_url), webhooks=WebhookOutbox(store.redis, ()))
+    store.write_plan(Plan(outcome="applied", add=(PlannedNotification(
+        id="appointment_reminder:a1:72h:sms", kind="appointment_reminder", channel="sms",
+        recipient="client", recipient_id="c1", entity="appointment:a1", due_at=now,
+        expires_at=now + timedelta(hours=1)),)), now)
+    assert clock.tick(now) == 1
+    # the plan's own entry too: one batch taken of twelve batches and one entry
+    assert store.redis.llen(WEBHOOK_OUTBOX) == FAN_OUT_BATCH * 11 + 1
+    assert clock.tick(now) == 0
+    assert store.redis.llen(WEBHOOK_OUTBOX) == FAN_OUT_BATCH + 1

@@ -6,8 +6,9 @@
 -- message already recorded is left as it is, so a repeat is harmless.
 --
 -- KEYS[1]     n:wh:outbox
--- KEYS[2..]   per message, four keys: n:wh:msg:{endpoint}:{message id} (its hash),
---             n:wh:due:{endpoint}, n:wh:log:{endpoint}, n:wh:pending:{endpoint}
+-- KEYS[2..]   per message, five keys: n:wh:msg:{endpoint}:{message id} (its hash),
+--             n:wh:due:{endpoint}, n:wh:log:{endpoint}, n:wh:pending:{endpoint},
+--             n:wh:ep:{endpoint} (a message failed at once counts in its `failed`)
 --
 -- ARGV[1]     how many entries leave the outbox
 -- ARGV[2]     the first of them, as read
@@ -18,8 +19,8 @@
 --
 -- Returns 1 when the entries were fanned out, 0 when the outbox's head was not ARGV[2].
 if redis.call('LINDEX', KEYS[1], 0) ~= ARGV[2] then return 0 end
-for m = 0, (#KEYS - 1) / 4 - 1 do
-  local hash, due, log, pending = 2 + 4 * m, 3 + 4 * m, 4 + 4 * m, 5 + 4 * m
+for m = 0, (#KEYS - 1) / 5 - 1 do
+  local hash, due, log, pending, ep = 2 + 5 * m, 3 + 5 * m, 4 + 5 * m, 5 + 5 * m, 6 + 5 * m
   local a = 5 + 4 * m
   if redis.call('EXISTS', KEYS[hash]) == 0 then
     local state = 'pending'
@@ -28,6 +29,7 @@ for m = 0, (#KEYS - 1) / 4 - 1 do
                'created', ARGV[3], 'state', state, 'attempts', 0)
     if state == 'failed' then
       redis.call('HSET', KEYS[hash], 'last_error', 'endpoint disabled', 'ended', ARGV[3])
+      redis.call('HINCRBY', KEYS[ep], 'failed', 1)
     else
       redis.call('ZADD', KEYS[due], ARGV[3], ARGV[a])
       redis.call('ZADD', KEYS[pending], ARGV[3], ARGV[a])
