@@ -34,7 +34,7 @@ $(BENCH_STAMP): pyproject.toml $(STAMP)
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	touch $(BENCH_STAMP)
 
-# Every benchmark in its quick mode (under 2 minutes on an idle 2-core machine); tables on
+# Every benchmark in its quick mode (about 2 minutes on an idle 2-core machine); tables on
 # stdout, results in var/bench/*.json. `make bench-full` is the documented full run.
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench --quick

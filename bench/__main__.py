@@ -1,6 +1,6 @@
 """Every benchmark, one after the other: `python -m bench [--quick]`.
 
-`--quick` (what `make bench` runs) is each benchmark's quick mode, under 2 minutes in all
+`--quick` (what `make bench` runs) is each benchmark's quick mode, about 2 minutes in all
 on an otherwise idle 2-core machine; without it (`make bench-full`) the documented full
 run: burst of 20,000 with both peers, steady 200/s for 60 s, ingest 30 s per variant,
 memory of 5,000 bookings, clock at 10k and 1M pending, apply of 800 events per scenario,
