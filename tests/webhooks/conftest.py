@@ -10,7 +10,7 @@ from tests.webhooks.receiver import WebhookReceiver
 
 
 @pytest.fixture
-def webhook_receiver() -> Iterator[WebhookReceiver]:
+def receiver() -> Iterator[WebhookReceiver]:
     """A started `WebhookReceiver` with no endpoints yet, closed after the test."""
-    with WebhookReceiver() as receiver:
-        yield receiver
+    with WebhookReceiver() as started:
+        yield started

@@ -122,13 +122,13 @@ def test_a_since_of_neither_form_names_both(value):
 # notifier webhooks test -----------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_test_sends_one_verified_webhook_test_message_and_exits_0(tmp_path, webhook_receiver):
+def test_test_sends_one_verified_webhook_test_message_and_exits_0(tmp_path, receiver):
     from tests.test_cli import notifier
 
-    env = endpoints_env(webhook_receiver, "ehr", "crm")
+    env = endpoints_env(receiver, "ehr", "crm")
     result = notifier("webhooks", "test", "ehr", cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr
-    (request,) = webhook_receiver.received()
+    (request,) = receiver.received()
     assert request.path == "/ehr" and request.verified
     assert request.headers["webhook-id"].startswith("msg_test_")
     assert request.payload["type"] == "webhook.test"
@@ -139,7 +139,7 @@ def test_test_sends_one_verified_webhook_test_message_and_exits_0(tmp_path, webh
     assert line.endswith(f" ms: counts as delivered ({request.headers['webhook-id']})")
     # A second test is another message: a receiver deduping on webhook-id takes both.
     assert notifier("webhooks", "test", "ehr", cwd=tmp_path, env=env).returncode == 0
-    ids = {r.headers["webhook-id"] for r in webhook_receiver.received("/ehr")}
+    ids = {r.headers["webhook-id"] for r in receiver.received("/ehr")}
     assert len(ids) == 2
 
 
@@ -148,14 +148,14 @@ def test_test_sends_one_verified_webhook_test_message_and_exits_0(tmp_path, webh
     (Answer(500), "HTTP 500 in {} ms: would count as retry"),
     (Answer(410), "HTTP 410 in {} ms: would count as failed"),
 ])
-def test_test_exits_1_and_says_how_an_answer_would_count(tmp_path, webhook_receiver, answer,
+def test_test_exits_1_and_says_how_an_answer_would_count(tmp_path, receiver, answer,
                                                          counts):
     from tests.test_cli import notifier
 
-    env = endpoints_env(webhook_receiver, "ehr", script=(answer,))
+    env = endpoints_env(receiver, "ehr", script=(answer,))
     result = notifier("webhooks", "test", "ehr", cwd=tmp_path, env=env)
     assert result.returncode == 1
-    (request,) = webhook_receiver.received("/ehr")
+    (request,) = receiver.received("/ehr")
     assert request.verified
     prefix, _, suffix = counts.partition("{}")
     line = result.stdout.strip()
@@ -163,12 +163,12 @@ def test_test_exits_1_and_says_how_an_answer_would_count(tmp_path, webhook_recei
 
 
 @pytest.mark.slow
-def test_test_of_an_endpoint_that_does_not_answer_exits_1(tmp_path, webhook_receiver):
+def test_test_of_an_endpoint_that_does_not_answer_exits_1(tmp_path, receiver):
     from tests.test_cli import notifier
 
-    env = endpoints_env(webhook_receiver, "ehr")
+    env = endpoints_env(receiver, "ehr")
     env["NOTIFIER_WEBHOOK_ENDPOINTS"] = env["NOTIFIER_WEBHOOK_ENDPOINTS"].replace(
-        webhook_receiver.base_url, "http://127.0.0.1:1")
+        receiver.base_url, "http://127.0.0.1:1")
     result = notifier("webhooks", "test", "ehr", cwd=tmp_path, env=env)
     assert result.returncode == 1
     assert result.stdout.startswith("ehr: no answer: ConnectError in "), result.stdout
@@ -176,25 +176,25 @@ def test_test_of_an_endpoint_that_does_not_answer_exits_1(tmp_path, webhook_rece
 
 
 @pytest.mark.slow
-def test_test_of_an_unknown_endpoint_is_one_line(tmp_path, webhook_receiver):
+def test_test_of_an_unknown_endpoint_is_one_line(tmp_path, receiver):
     from tests.test_cli import notifier, one_line
 
-    env = endpoints_env(webhook_receiver, "ehr", "crm")
+    env = endpoints_env(receiver, "ehr", "crm")
     result = notifier("webhooks", "test", "billing", cwd=tmp_path, env=env)
     assert result.returncode == 2
     assert one_line(result) == ("notifier: webhooks test: no endpoint named 'billing' "
                                 "(known: crm, ehr; `notifier webhooks list` shows them)")
-    assert webhook_receiver.received() == []
+    assert receiver.received() == []
 
 
 # notifier webhooks replay ---------------------------------------------------------------------
 
 @pytest.mark.slow
 def test_replay_requeues_only_failed_messages_made_since_and_enables_again(
-        tmp_path, webhook_receiver, redis_client, redis_url):
+        tmp_path, receiver, redis_client, redis_url):
     from tests.test_cli import notifier
 
-    env = {**endpoints_env(webhook_receiver, "ehr", "crm"), "NOTIFIER_REDIS_URL": redis_url}
+    env = {**endpoints_env(receiver, "ehr", "crm"), "NOTIFIER_REDIS_URL": redis_url}
     outbox = WebhookOutbox(redis_client, settings_of(env).webhook_endpoints)
     crm, ehr = outbox.endpoints
     now = datetime.now(UTC)  # the command reads the real clock for --since 2h
@@ -245,8 +245,8 @@ def test_replay_requeues_only_failed_messages_made_since_and_enables_again(
 # /metrics -------------------------------------------------------------------------------------
 
 @pytest.fixture
-def metrics_env(webhook_receiver: WebhookReceiver) -> dict[str, str]:
-    return {**endpoints_env(webhook_receiver, "ehr", "crm"),
+def metrics_env(receiver: WebhookReceiver) -> dict[str, str]:
+    return {**endpoints_env(receiver, "ehr", "crm"),
             "NOTIFIER_WEBHOOK_SECRET": new_secret(), "NOTIFIER_API_TOKEN": "t" * 32}
 
 

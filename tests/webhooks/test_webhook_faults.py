@@ -41,18 +41,12 @@ from tests.webhooks.kit import (
     message,
     new_secret,
 )
-from tests.webhooks.receiver import Answer, Hang, Request, WebhookReceiver
+from tests.webhooks.receiver import Answer, Hang, Request
 
 pytestmark = pytest.mark.e2e
 
 PHONE = "+14155550123"  # client c1's (tests.kit.client_upserted)
 _sids = itertools.count(1)
-
-
-@pytest.fixture
-def receiver() -> Iterator[WebhookReceiver]:
-    with WebhookReceiver() as r:
-        yield r
 
 
 @pytest.fixture

@@ -25,12 +25,6 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
-def receiver() -> Iterator[WebhookReceiver]:
-    with WebhookReceiver() as r:
-        yield r
-
-
-@pytest.fixture
 def service(redis_client, redis_url, tmp_path, fakes, receiver  # noqa: F811
             ) -> Iterator[Service]:
     env = {**provider_env(*fakes), **endpoints_env(receiver, {"name": "ehr", "path": "/ehr"})}
