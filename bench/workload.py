@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from notifier.cli import sign_event
+from notifier.cli.send_event import sign_event
 
 #: Notifications one `message.received` plans at its escalation: (kind, channel, recipient).
 PER_MESSAGE = (("support_escalation", "email", "support"),

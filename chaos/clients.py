@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 
 import httpx
 
-from notifier.cli import sign_event
+from notifier.cli.send_event import sign_event
 
 #: Pause between tries of one event, seconds (a webhook sender backs off longer; the
 #: experiments are short).

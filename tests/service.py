@@ -19,7 +19,8 @@ import httpx
 import redis
 import uvicorn
 
-from notifier.cli import server_config, sign_event
+from notifier.cli.common import server_config
+from notifier.cli.send_event import sign_event
 from notifier.config import Settings
 from notifier.delivery.channels.outbox import Outbox
 from notifier.ledger.embedded_redis import free_port

@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 
-from notifier.cli import dev_api_token, server_log_level
+from notifier.cli.common import dev_api_token, server_log_level
 from notifier.config import PROJECT_ROOT, Settings, reveal
 from notifier.delivery.compose import STAFF_KINDS
 from notifier.delivery.render import Renderer
@@ -742,7 +742,7 @@ def test_the_readme_quick_start_works_as_written_at_any_hour(tmp_path):
 
 
 def test_commands_are_printed_as_the_user_can_run_them(tmp_path, monkeypatch):
-    from notifier.cli import invocation, shell_path
+    from notifier.cli.common import invocation, shell_path
 
     script = venv_script(tmp_path)
     monkeypatch.chdir(tmp_path)
@@ -883,7 +883,7 @@ def test_dev_with_a_local_twilio_stand_in_starts_and_its_sdk_keeps_quiet(tmp_pat
 def test_a_hold_for_quiet_hours_is_said_once_whoever_held_it(policy, reason):
     """Planned at night, or held by the worker when it came up (which records "quiet
     hours"): the line says it once either way."""
-    from notifier.cli import notification_lines
+    from notifier.cli.tools import notification_lines
     from notifier.ledger.reading import NotificationRow
 
     zone = ZoneInfo("America/New_York")

@@ -159,7 +159,8 @@ def event_route(secret: str, event_stores: EventStores, broker: RedisBroker,
 
     async def post_event(request: Request) -> Response:
         # One log line per request to this route, whatever the answer: uvicorn's access log
-        # is off by default (see `cli.server_config`), and this line names the event.
+        # is off by default (see `notifier.cli.common.server_config`), and this line names
+        # the event.
         try:
             body = await read_limited(request, MAX_BODY_BYTES)
             webhook_id = verify_signature(secret, body, {k.lower(): v for k, v in

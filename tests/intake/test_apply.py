@@ -23,7 +23,7 @@ import dramatiq
 import pytest
 import redis
 
-from notifier.cli import sign_event
+from notifier.cli.send_event import sign_event
 from notifier.config import Settings
 from notifier.errors import StoreUnavailable
 from notifier.intake import apply

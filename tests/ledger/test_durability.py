@@ -13,7 +13,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from notifier import cli
+from notifier.cli.common import open_runtime
 from notifier.config import Settings
 from notifier.errors import StoreUnavailable
 from notifier.ledger.durability import fsync_policy, log_fsync_policy
@@ -86,10 +86,10 @@ def test_a_serving_command_logs_the_policy_when_it_starts_a_one_shot_does_not(
                                   "NOTIFIER_OUTBOX_DIR": str(tmp_path / "outbox"),
                                   "NOTIFIER_VAR_DIR": str(tmp_path / "var")},
                                  dotenv=Path("/nonexistent"))
-    with cli._runtime(settings):
+    with open_runtime(settings):
         pass
     assert caplog.records == []
-    with cli._runtime(settings, serving=True):
+    with open_runtime(settings, serving=True):
         pass
     assert [r.getMessage() for r in caplog.records] == ["redis fsync policy: always"]
 

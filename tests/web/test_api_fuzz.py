@@ -42,7 +42,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from notifier.cli import sign_event
+from notifier.cli.send_event import sign_event
 from notifier.config import Settings
 from notifier.ledger.events import event_key
 from notifier.ledger.store import Store

@@ -23,7 +23,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from standardwebhooks.webhooks import Webhook
 
-from notifier.cli import sign_event
+from notifier.cli.send_event import sign_event
 from notifier.config import PROJECT_ROOT, Settings
 from notifier.delivery.channels import Message, Receipt
 from notifier.delivery.channels.outbox import Outbox

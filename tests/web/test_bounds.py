@@ -1,7 +1,7 @@
 """Faults at the web's edge (issue 13): Redis away or refusing writes, slow and vanishing
 clients, oversized bodies, too many connections. The real app served by uvicorn as
-`notifier web` configures it (`cli.server_config`) on a real port, on a redis-server of the
-test's own that it stops or fills; raw sockets where a client misbehaves.
+`notifier web` configures it (`notifier.cli.common.server_config`) on a real port, on a
+redis-server of the test's own that it stops or fills; raw sockets where a client misbehaves.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from twilio.request_validator import RequestValidator
 
-from notifier.cli import server_config, sign_event
+from notifier.cli.common import server_config
+from notifier.cli.send_event import sign_event
 from notifier.config import Settings
 from notifier.errors import ConfigError
 from notifier.ledger.embedded_redis import free_port

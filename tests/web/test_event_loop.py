@@ -25,7 +25,7 @@ import pytest
 import redis
 import uvicorn
 
-from notifier.cli import sign_event
+from notifier.cli.send_event import sign_event
 from notifier.config import Settings
 from notifier.ledger import async_events
 from notifier.ledger.embedded_redis import free_port

@@ -23,7 +23,8 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import Middleware
 
-from notifier.cli import server_config, sign_event
+from notifier.cli.common import server_config
+from notifier.cli.send_event import sign_event
 from notifier.config import Settings
 from notifier.ledger import async_events
 from notifier.ledger.broker_messages import broker_message

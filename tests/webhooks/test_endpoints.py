@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from notifier.cli import endpoint_lines
+from notifier.cli.webhooks import endpoint_lines
 from notifier.config import PROJECT_ROOT, Settings
 from notifier.errors import ConfigError
 from notifier.webhooks.catalogue import EVENT_TYPES

@@ -1,5 +1,5 @@
 """`notifier worker --processes N` as real processes on the session's Redis
-(notifier/worker/processes.py, `cmd_worker` in notifier/cli.py): N children consume,
+(notifier/worker/processes.py, `cmd_worker` in notifier/cli/serve.py): N children consume,
 SIGTERM stops them all, a child that dies takes the others down with a non-zero exit, and
 children do not outlive a killed parent."""
 

@@ -356,7 +356,7 @@ def test_the_twilio_sdk_logs_its_requests_only_when_asked_for_debug(twilio, capl
     quiets it unless NOTIFIER_LOG_LEVEL=DEBUG."""
     import logging
 
-    from notifier.cli import setup_logging
+    from notifier.cli.common import setup_logging
 
     sdk = logging.getLogger("twilio")
     before = sdk.level
