@@ -1,10 +1,12 @@
 """Run the chaos experiments: `python -m chaos [--quick] [--only NAME,...] [--seed N]`.
 
 Prints one row per experiment (expected, sent, duplicates in the documented windows and
-outside them, lost, lateness p99, wall time) under the date, the machine, the Redis
-version and the seed; writes the same to `var/chaos/chaos.json`. Exits 1 when any
-experiment lost a notification, sent one again outside the windows, left a permanent
-failure unrecorded, or found another problem (each said below the table).
+outside them, lost, lateness p99; delivery webhooks received, resent, lost, changes under
+two ids, unverified; wall time) under the date, the machine, the Redis version and the
+seed; writes the same to `var/chaos/chaos.json`. Exits 1 when any experiment lost a
+notification, sent one again outside the windows, left a permanent failure unrecorded,
+lost a webhook, announced a change under two ids, sent one that did not verify, or found
+another problem (each said below the table).
 """
 
 from __future__ import annotations
@@ -60,10 +62,14 @@ def heading(seed: int, quick: bool) -> str:
 
 def rows(results: list[Row]) -> str:
     headers = ["experiment", "expected", "sent", "expected failed", "duplicates in window",
-               "duplicates outside", "lost", "lateness p99 s", "wall s"]
+               "duplicates outside", "lost", "lateness p99 s", "webhooks received",
+               "webhooks resent", "webhooks lost", "webhook changes under two ids",
+               "webhooks unverified", "wall s"]
     return table(headers, [[r.experiment, r.expected, r.sent, r.expected_failed,
                             r.dup_in_window, r.dup_outside, r.lost, r.lateness_p99_s,
-                            r.wall_s] for r in results])
+                            r.webhooks.received, r.webhooks.resent, r.webhooks.lost,
+                            r.webhooks.two_ids, r.webhooks.unverified, r.wall_s]
+                           for r in results])
 
 
 def details(results: list[Row]) -> list[str]:
@@ -75,14 +81,20 @@ def details(results: list[Row]) -> list[str]:
         if r.windows:
             said.append("duplicates by window: " + ", ".join(
                 f"{w}: {n}" for w, n in sorted(r.windows.items())))
+        said.append(f"{r.webhooks.made} webhook messages made")
         if r.failed:
+            hooks = r.webhooks
             broken = [f"{n} {what}" for n, what in (
                 (r.lost, "lost"), (r.dup_outside, "duplicates outside the windows"),
                 (r.unrecorded_failure, "permanent failures not recorded as failed"),
-                (r.ledger_disagrees, "the ledger disagrees"), (r.unexpected, "unexpected"))
+                (r.ledger_disagrees, "the ledger disagrees"), (r.unexpected, "unexpected"),
+                (hooks.lost, "webhook changes lost"),
+                (hooks.two_ids, "webhook changes under two ids"),
+                (hooks.unverified, "webhook requests unverified"))
                 if n]
+            examples = r.examples | hooks.examples
             said.append("FAILED: " + "; ".join(broken + r.problems)
-                        + (f"; e.g. {r.examples}" if r.examples else ""))
+                        + (f"; e.g. {examples}" if examples else ""))
         lines.append(f"- {r.experiment}: " + "; ".join(said))
     return lines
 

@@ -1,8 +1,10 @@
 """The experiments: each a function of (seed, quick, base directory) returning its row.
 
 Every experiment starts a fresh Redis and the service's processes (`chaos/service.py`),
-puts load on it, disturbs it (the seed decides when and whom), waits until it is quiet,
-and tallies what left against what was due (`chaos/tally.py`). Sizes are (quick, full).
+puts load on it, disturbs it (the seed decides when and whom), waits until it is quiet
+and its delivery-webhook endpoint has nothing pending, and tallies what left against what
+was due, and the webhooks received against the ledger (`chaos/tally.py`). Sizes are
+(quick, full).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from bench.burst import wait_applied
 from chaos.clients import Hostile, Ingested, hostile, ingest
 from chaos.providers import stand_ins
 from chaos.service import Layout, Service, due_times, running, spread
-from chaos.tally import Row, tally
+from chaos.tally import Row, Webhooks, tally
 from notifier.delivery.fallback import other_channel
 
 #: Events posted and applied per second when planning, a low guess for a busy 2-core
@@ -67,9 +69,19 @@ def _under_load(name: str, layout: Layout, seed: int, base: Path, bursts: int,
             svc.settle(due)  # the other channel's messages may be retrying too
             seen = svc.seen(list(due))
         kills = list(svc.kills)
+        hooks = svc.webhooks(list(due))
     row = tally(name, due, seen, provider=provider, kills=kills)
     row.notes += notes
+    _with_webhooks(row, *hooks)
     row.wall_s = time.perf_counter() - began
+    return row
+
+
+def _with_webhooks(row: Row, hooks: Webhooks, drained: bool, note: str) -> Row:
+    """`row` with what became of its webhooks (`Service.webhooks`); not drained by the
+    deadline is a problem."""
+    row.webhooks = hooks
+    (row.notes if drained else row.problems).append(note)
     return row
 
 
@@ -221,8 +233,10 @@ def _ingest_row(name: str, layout: Layout, seed: int, base: Path, messages: int,
         due = due_times(dues, tag)
         svc.settle(due)
         seen = svc.seen()
+        hooks = svc.webhooks(list(due))
     row = _with_ingested(tally(name, due, seen), due, got)
     row.notes += notes
+    _with_webhooks(row, *hooks)
     row.wall_s = time.perf_counter() - began
     return row, got[0]
 

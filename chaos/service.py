@@ -1,8 +1,9 @@
 """The service under test, as deployed: `notifier web`, `notifier clock` and worker
 processes (each `notifier worker --processes P --threads T`) as real subprocesses, on a
 private redis-server with its append-only file (`appendfsync always`), sending to the
-outbox or to the stand-ins of `chaos/providers.py`; and what it did, read afterwards from
-the outbox or the stand-ins and from the ledger.
+outbox or to the stand-ins of `chaos/providers.py`, and its delivery webhooks to the
+receiver of `chaos/webhooks.py`; and what it did, read afterwards from the outbox or the
+stand-ins, the webhook receiver and outbox, and the ledger.
 
 The load is `bench/workload.py`'s: signed `message.received` events over HTTP, three
 notifications each, due at chosen instants.
@@ -21,8 +22,9 @@ from pathlib import Path
 
 from bench import common, workload
 from bench.burst import fresh_dir, wait_applied
+from chaos import webhooks
 from chaos.providers import StandIns
-from chaos.tally import Copy, Seen
+from chaos.tally import Copy, Seen, Webhooks, tally_webhooks
 from notifier.delivery.channels.outbox import Outbox
 from notifier.ledger.embedded_redis import free_port
 from notifier.ledger.events import PENDING_EVENTS
@@ -49,6 +51,8 @@ class Service:
     secret: str
     work: Path
     layout: Layout
+    #: the delivery-webhook endpoint's receiver
+    receiver: webhooks.Receiver
     #: when a worker process was SIGKILLed (epoch seconds)
     kills: list[float] = field(default_factory=list)
     #: what `plan` planned: each notification's due time by id
@@ -74,9 +78,11 @@ class Service:
 
     def working_pids(self, name: str) -> list[int]:
         """The processes of worker command `name` that run actors: itself with
-        `--processes 1`, else the ones it forked."""
+        `--processes 1`, else the ones it forked but the webhook dispatcher's (forked
+        last: `notifier.worker.processes.run_processes`)."""
         pid = self.procs.of(name).pid
-        return common.children().get(pid, []) or [pid]
+        forked = sorted(common.children().get(pid, []), key=_started)
+        return forked[:-1] or [pid]
 
     def kill_worker(self, name: str, pid: int | None = None) -> None:
         """SIGKILL one working process of `name` (default its first), and restart the
@@ -163,6 +169,21 @@ class Service:
                         int(ledger[i].get("attempts", 0)), ledger[i].get("reason", ""))
                 for i in ids}
 
+    def webhooks(self, ids: Sequence[str]) -> tuple[Webhooks, bool, str]:
+        """Once the endpoint has nothing pending (`webhooks.drain`, with its deadline),
+        what became of the webhooks (`tally_webhooks`) about the notifications `ids` and
+        every message the outbox made; whether it drained, and a note saying how long
+        that took or what was left."""
+        r = self.server.client(0)
+        try:
+            outbox = webhooks.outbox_for(r, self.receiver, self.work)
+            drained, note = webhooks.drain(outbox)
+            made = webhooks.made(outbox)
+        finally:
+            r.close()
+        return (tally_webhooks(self.ledger(ids), made, self.receiver.received()), drained,
+                note)
+
     def ledger(self, ids: Sequence[str]) -> dict[str, dict[str, str]]:
         """Each notification's hash as `Reading.notification` decodes it, in one round
         trip."""
@@ -176,6 +197,16 @@ class Service:
             r.close()
         return {i: logical(i, {k.decode(): v.decode() for k, v in raw.items()})
                 for i, raw in zip(ids, raws, strict=True)}
+
+
+def _started(pid: int) -> tuple[int, int]:
+    """When process `pid` started (clock ticks since boot, `/proc/PID/stat` field 22),
+    then its pid: the order processes were forked in."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return (0, pid)
+    return (int(stat.rsplit(")", 1)[1].split()[19]), pid)
 
 
 def due_times(dues: Sequence[datetime], tag: str) -> dict[str, float]:
@@ -195,9 +226,9 @@ def running(layout: Layout, base: Path, name: str) -> Iterator[Service]:
     stopped afterwards (logs stay in `base/name/logs`)."""
     work = fresh_dir(base, name)
     secret = workload.new_secret()
-    with common.redis_server("always") as server:
+    with common.redis_server("always") as server, webhooks.Receiver() as receiver:
         extra = {"NOTIFIER_LEASE_S": str(layout.lease_s), "NOTIFIER_SMS_RATE_PER_S": "10000",
-                 "NOTIFIER_RETRY_BASE_S": "1", **layout.env}
+                 "NOTIFIER_RETRY_BASE_S": "1", **receiver.env(), **layout.env}
         port = free_port()
         if layout.stand_ins is not None:
             # the Twilio stand-in posts its status callbacks to this web
@@ -212,4 +243,4 @@ def running(layout: Layout, base: Path, name: str) -> Iterator[Service]:
                                                   "--port", str(port)))]
         with common.processes(commands, env, work, work / "logs") as procs:
             common.wait_for_http(port, alive=procs)
-            yield Service(server, procs, port, secret, work, layout)
+            yield Service(server, procs, port, secret, work, layout, receiver)

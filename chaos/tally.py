@@ -19,6 +19,13 @@ window when:
   killed worker's send is found, never repeated.
 
 Any other copy is outside the windows, and fails the run.
+
+Delivery webhooks (`tally_webhooks`): every change the ledger shows a notification went
+through (planned `scheduled`, its final state, a final delivery report) and every message
+the outbox made must have been received, verified, at least once (else **lost**); no
+change may come under two `webhook-id`s (**two ids**: announced twice); the same id
+received again is at-least-once delivery, counted (**resent**), not a failure. A message
+that fails verification fails the run.
 """
 
 from __future__ import annotations
@@ -34,6 +41,14 @@ from bench.common import percentile
 KILLED_WITHIN_S = 1.0
 #: Ledger states that end a notification.
 SENT_STATES = frozenset({"sent", "delivered"})
+#: A notification's final states, each announced as `notification.{state}`
+#: (`notifier.ledger.notifications.FINAL_STATES`).
+FINAL_STATES = frozenset({"sent", "failed", "suppressed", "expired", "cancelled"})
+#: The message a final delivery report on a sent notification announces
+#: (`_webhook_emit.lua` DELIVERY_EVENTS).
+REPORTED = {"delivered": "notification.delivered", "undelivered": "notification.failed",
+            "failed": "notification.failed", "bounce": "notification.failed",
+            "dropped": "notification.failed"}
 
 
 @dataclass(frozen=True)
@@ -69,6 +84,47 @@ class Seen:
                 + (f": {self.reason}" if self.reason else ""))
 
 
+@dataclass(frozen=True)
+class Received:
+    """One webhook request as the receiver got it: its `webhook-id`, the body's type and
+    subject (`chaos.webhooks.subject_of`), whether its signature verified."""
+
+    webhook_id: str
+    type: str
+    subject: str
+    verified: bool = True
+
+
+@dataclass(frozen=True)
+class Made:
+    """One message the outbox made for the endpoint (`n:wh:log:`): its id (`webhook-id`),
+    type and subject."""
+
+    webhook_id: str
+    type: str
+    subject: str
+
+
+@dataclass
+class Webhooks:
+    """An experiment's delivery webhooks: messages `made` by the outbox, distinct ids
+    `received` verified, receipts of an id already received (`resent`), changes never
+    received (`lost`), changes received under more than one id (`two_ids`), requests
+    that failed verification (`unverified`); example changes behind each failure."""
+
+    made: int = 0
+    received: int = 0
+    resent: int = 0
+    lost: int = 0
+    two_ids: int = 0
+    unverified: int = 0
+    examples: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.lost or self.two_ids or self.unverified)
+
+
 @dataclass
 class Row:
     """One experiment's line of the table. Counts are notifications, except the duplicates
@@ -98,14 +154,17 @@ class Row:
     notes: list[str] = field(default_factory=list)
     #: what else the experiment found broken (an event refused, a slow answer)
     problems: list[str] = field(default_factory=list)
+    #: what became of the delivery webhooks (`tally_webhooks`)
+    webhooks: Webhooks = field(default_factory=Webhooks)
 
     @property
     def failed(self) -> bool:
         """Whether the run broke a promise: a loss, a duplicate outside the windows, a
-        permanent failure not recorded, a ledger that disagrees, an unexpected message, or
-        one of `problems`."""
+        permanent failure not recorded, a ledger that disagrees, an unexpected message, a
+        webhook lost, announced under two ids or unverified, or one of `problems`."""
         return bool(self.lost or self.dup_outside or self.unrecorded_failure
-                    or self.ledger_disagrees or self.unexpected or self.problems)
+                    or self.ledger_disagrees or self.unexpected or self.problems
+                    or self.webhooks.failed)
 
 
 def _why_again(earlier: Sequence[Copy], again: Copy, recorded_left: int, provider: bool,
@@ -175,3 +234,54 @@ def tally(experiment: str, due: Mapping[str, float], seen: Mapping[str, Seen], *
                unrecorded_failure=unrecorded, ledger_disagrees=disagrees, retried=retried,
                windows=windows,
                examples=examples)
+
+
+def owed_webhooks(fields: Mapping[str, str]) -> set[str]:
+    """The messages a notification's ledger hash (`logical` fields) says were announced:
+    `notification.scheduled` unless it was planned already ended (`expired` or
+    `suppressed` with no attempt), its final state, a final delivery report's."""
+    state = fields.get("state", "")
+    if not state:
+        return set()
+    owed = set()
+    if not (state in ("expired", "suppressed") and fields.get("attempts", "0") == "0"):
+        owed.add("notification.scheduled")
+    if state in FINAL_STATES:
+        owed.add(f"notification.{state}")
+    if state == "sent" and fields.get("delivery", "") in REPORTED:
+        owed.add(REPORTED[fields["delivery"]])
+    return owed
+
+
+def tally_webhooks(ledger: Mapping[str, Mapping[str, str]], made: Sequence[Made],
+                   received: Sequence[Received]) -> Webhooks:
+    """What became of the webhooks: `ledger` maps each notification id to check to its
+    hash's fields (`owed_webhooks`), `made` is what the outbox made for the endpoint,
+    `received` every request the receiver got. A change is (subject, type): lost when the
+    ledger owes it or the outbox made it and no verified request brought it; under two
+    ids when the messages made or received for it have more than one `webhook-id`."""
+    verified = [r for r in received if r.verified]
+    got = {(r.subject, r.type) for r in verified}
+    ids = {r.webhook_id for r in verified}
+    lost = {(i, t) for i, fields in ledger.items() for t in owed_webhooks(fields)} | {
+        (m.subject, m.type) for m in made}
+    lost -= got
+    # Made or received: a change the outbox made twice is announced twice, received or not.
+    named: dict[tuple[str, str], set[str]] = {}
+    for subject, kind, webhook_id in [(m.subject, m.type, m.webhook_id) for m in made] + [
+            (r.subject, r.type, r.webhook_id) for r in verified]:
+        named.setdefault((subject, kind), set()).add(webhook_id)
+    twice = {change: sorted(i) for change, i in named.items() if len(i) > 1}
+    examples: dict[str, list[str]] = {}
+    if lost:
+        examples["webhook lost"] = [f"{t} {s}" for s, t in sorted(lost)[:5]]
+    if twice:
+        examples["webhook under two ids"] = [f"{t} {s}: {i}" for (s, t), i
+                                             in sorted(twice.items())[:5]]
+    bad = [r for r in received if not r.verified]
+    if bad:
+        examples["webhook unverified"] = [f"{r.webhook_id} {r.type} {r.subject}"
+                                          for r in bad[:5]]
+    return Webhooks(made=len(made), received=len(ids), resent=len(verified) - len(ids),
+                    lost=len(lost), two_ids=len(twice), unverified=len(bad),
+                    examples=examples)

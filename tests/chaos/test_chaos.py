@@ -1,6 +1,8 @@
 """Every chaos experiment in its quick size (`python -m chaos --quick`): the real processes
-under each fault lose nothing, send nothing again outside the documented windows, and record
-every permanent failure. The full run, and its table in the README, is `make chaos`."""
+under each fault lose nothing, send nothing again outside the documented windows, record
+every permanent failure, and announce every change by delivery webhook once (one id each,
+received and verified at least once). The full run, and its table in the README, is
+`make chaos`."""
 
 from __future__ import annotations
 
@@ -19,3 +21,5 @@ def test_the_service_keeps_its_promises_under(name: str, tmp_path: Path) -> None
 
     assert not row.failed, details([row])
     assert row.sent + row.expected_failed >= row.expected > 0
+    # planned and ended: two messages each at least
+    assert row.webhooks.received >= 2 * row.expected

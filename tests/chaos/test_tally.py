@@ -1,9 +1,22 @@
 """The chaos suite's arithmetic: what counts as sent, lost, expected failed, and which
-window of README "At most one send per notification" a duplicate falls in, or none."""
+window of README "At most one send per notification" a duplicate falls in, or none; which
+delivery webhooks count as lost, resent, or one change under two ids."""
 
 from __future__ import annotations
 
-from chaos.tally import KILLED_WITHIN_S, Copy, Seen, tally
+import pytest
+
+from chaos.tally import (
+    KILLED_WITHIN_S,
+    Copy,
+    Made,
+    Received,
+    Seen,
+    Webhooks,
+    owed_webhooks,
+    tally,
+    tally_webhooks,
+)
 
 DUE = 1_000.0
 
@@ -97,4 +110,83 @@ def test_a_message_nobody_planned_fails_the_run() -> None:
 def test_problems_fail_the_run() -> None:
     row = one(Seen((Copy(DUE),), "sent"))
     row.problems.append("an event refused")
+    assert row.failed
+
+
+# Delivery webhooks: a change is (notification id, type); received verified at least once.
+
+SENT = {"state": "sent", "attempts": "1"}
+
+
+def hooks(ledger: dict[str, dict[str, str]], made: list[Made], received: list[Received]):
+    return tally_webhooks(ledger, made, received)
+
+
+def test_every_change_received_once_is_nothing_lost() -> None:
+    got = [Received("m1", "notification.scheduled", "n"), Received("m2", "notification.sent", "n")]
+    w = hooks({"n": SENT}, [Made("m1", "notification.scheduled", "n"),
+                            Made("m2", "notification.sent", "n")], got)
+    assert (w.made, w.received, w.resent, w.lost, w.two_ids, w.unverified) == (2, 2, 0, 0, 0, 0)
+    assert not w.failed
+
+
+def test_a_final_state_the_ledger_shows_never_received_is_lost() -> None:
+    """Whether or not the outbox made it: a change never emitted is lost too."""
+    w = hooks({"n": SENT}, [], [Received("m1", "notification.scheduled", "n")])
+    assert (w.lost, w.examples["webhook lost"]) == (1, ["notification.sent n"])
+    assert w.failed
+
+
+def test_a_message_made_and_never_received_is_lost() -> None:
+    w = hooks({}, [Made("m9", "client.opted_out", '{"to": "x"}')], [])
+    assert w.lost == 1 and w.failed
+
+
+def test_the_same_id_received_again_is_resent_not_a_failure() -> None:
+    again = Received("m2", "notification.sent", "n")
+    w = hooks({"n": SENT}, [], [Received("m1", "notification.scheduled", "n"), again, again])
+    assert (w.received, w.resent, w.two_ids) == (2, 1, 0) and not w.failed
+
+
+def test_one_change_under_two_ids_fails_the_run() -> None:
+    got = [Received("m1", "notification.scheduled", "n"), Received("m2", "notification.sent", "n"),
+           Received("m3", "notification.sent", "n")]
+    w = hooks({"n": SENT}, [], got)
+    assert w.two_ids == 1 and w.failed
+    assert w.examples["webhook under two ids"] == ["notification.sent n: ['m2', 'm3']"]
+
+
+def test_a_change_the_outbox_made_twice_is_under_two_ids_even_if_received_once() -> None:
+    made = [Made("m1", "notification.sent", "n"), Made("m2", "notification.sent", "n")]
+    w = hooks({}, made, [Received("m1", "notification.sent", "n")])
+    assert (w.two_ids, w.lost) == (1, 0)
+
+
+def test_an_unverified_request_fails_the_run_and_brings_nothing() -> None:
+    w = hooks({"n": SENT}, [], [Received("m1", "notification.scheduled", "n", verified=False),
+                                Received("m2", "notification.sent", "n")])
+    assert (w.unverified, w.lost, w.received) == (1, 1, 1) and w.failed
+
+
+@pytest.mark.parametrize(("fields", "owed"), [
+    ({}, set()),
+    ({"state": "scheduled"}, {"notification.scheduled"}),
+    ({"state": "failed", "attempts": "2"}, {"notification.scheduled", "notification.failed"}),
+    ({"state": "sent", "delivery": "undelivered"},
+     {"notification.scheduled", "notification.sent", "notification.failed"}),
+    ({"state": "sent", "delivery": "sent"}, {"notification.scheduled", "notification.sent"}),
+    # planned already ended: announced in that state only
+    ({"state": "expired", "attempts": "0"}, {"notification.expired"}),
+    ({"state": "suppressed", "attempts": "1"},
+     {"notification.scheduled", "notification.suppressed"}),
+    ({"state": "cancelled", "attempts": "0"},
+     {"notification.scheduled", "notification.cancelled"}),
+])
+def test_what_the_ledger_owes(fields: dict[str, str], owed: set[str]) -> None:
+    assert owed_webhooks(fields) == owed
+
+
+def test_a_webhook_failure_fails_the_row() -> None:
+    row = one(Seen((Copy(DUE),), "sent"))
+    row.webhooks = Webhooks(two_ids=1)
     assert row.failed
