@@ -33,11 +33,12 @@ from notifier.webhooks.outbox import WebhookOutbox, log_key, message_key
 #: The endpoint's name (its keys are `n:wh:*:chaos`).
 ENDPOINT = "chaos"
 #: The endpoint's request timeout, seconds: the receiver is local and answers at once; a
-#: sender that died holds its message for this plus the dispatcher's 30 s lease margin.
+#: sender that died holds its message for this plus the dispatcher's lease margin
+#: (`notifier.webhooks.dispatcher.LEASE_MARGIN_S`, 10 s).
 TIMEOUT_S = 2.0
 #: How long to wait for the endpoint to have nothing pending after an experiment settled,
-#: seconds: past a dead sender's lease (`TIMEOUT_S` + 30 s) and the first retry (5 s),
-#: twice over.
+#: seconds: past a dead sender's lease (`TIMEOUT_S` + 10 s) and the first retry (5 s),
+#: several times over.
 DRAIN_S = 90.0
 
 

@@ -184,7 +184,9 @@ def reply_to_sms(store: Store, settings: Settings, renderer: Renderer, sender: s
                 "provider_id": appt.appointment.provider_id,
                 "start": appt.appointment.start.isoformat()})),
         announce=(Announcement("appointment.reschedule_requested", appt.appointment.id,
-                               {**ids, "source": "sms_reply"}),)), now)
+                               {**ids, "source": "sms_reply"},
+                               once=f"reschedule:{message_sid}" if message_sid else ""),)),
+        now)
     return answer("reschedule", **about)
 
 

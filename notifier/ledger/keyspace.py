@@ -70,6 +70,7 @@ KEY_FAMILIES: tuple[KeyFamily, ...] = (
     KeyFamily("n:wh:outbox", "", "changes to announce to delivery webhooks: the clock "
               "fans it out, up to 2,000 entries a tick (200 while claiming a burst)"),
     KeyFamily("n:wh:seq", "", "one counter"),
+    KeyFamily("n:wh:once:*", "7 days", ""),
     KeyFamily("n:wh:msg:*", "14 days after the message was made", ""),
     KeyFamily("n:wh:due:*", "", "an endpoint's pending messages: each ends within the "
               "27.6 hours of the retry schedule, or waits while the endpoint is disabled "

@@ -70,6 +70,9 @@ class Announcement:
     type: str
     subject: str
     data: dict[str, Any] = field(default_factory=dict)
+    #: a key naming this change when it may be made again harmlessly (the same inbound
+    #: SMS posted twice): then it is announced only once ("": no such key)
+    once: str = ""
 
 
 #: The fields `_webhook_emit.lua` reads from a notification's hash, in its order.

@@ -36,9 +36,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: A lease outlives the request's timeout by this much, seconds, so that only a sender
-#: that died (or hung past any timeout) loses its message to another.
-LEASE_MARGIN_S = 30.0
+#: A lease outlives the request's timeout (a hard deadline: `attempt`) by this much,
+#: seconds, so that only a sender that died loses its message to another: the time to
+#: record the attempt, with room for a slow Redis.
+LEASE_MARGIN_S = 10.0
 #: How long a sender with nothing to send waits before it looks again, seconds.
 IDLE_S = 0.2
 #: How long a sender waits after Redis (or anything else) failed it, seconds.
@@ -71,21 +72,41 @@ def attempt(client: httpx.Client, endpoint: Endpoint, message_id: str, body: str
             ) -> tuple[Verdict, int | None]:
     """POST one message once, signed at `signed_at` (default `now`); its verdict at `now`
     (`retries.judge`) and the status answered (None: no answer). Never raises for what
-    the network or the receiver does."""
+    the network, the receiver or its URL does.
+
+    The whole request, connecting to the answer's status and headers, has the endpoint's
+    `timeout_s`: past it `client` is closed from a timer, which cuts a receiver that
+    trickles its answer a byte at a time (httpx's own timeouts are per read), and the
+    caller makes a new client (`client.is_closed`). The answer's body is never read: its
+    status says all, and a receiver streaming an endless one must not fill our memory."""
     headers = signed_headers(endpoint, message_id, body, signed_at or now)
+    cut = threading.Event()
+
+    def cut_short() -> None:
+        cut.set()
+        client.close()
+
+    deadline = threading.Timer(endpoint.timeout_s, cut_short)
+    deadline.start()
     try:
-        answer = client.post(endpoint.url, content=body.encode(), headers=headers,
-                             timeout=_timeout(endpoint))
+        with client.stream("POST", endpoint.url, content=body.encode(), headers=headers,
+                           timeout=_timeout(endpoint)) as answer:
+            status, retry_after = answer.status_code, answer.headers.get("retry-after")
     except httpx.TimeoutException as exc:
         return judge(None, attempts_before, now, error=f"timeout: {type(exc).__name__}"), None
     except httpx.HTTPError as exc:
-        return judge(None, attempts_before, now, error=f"no answer: {type(exc).__name__}"), None
-    return judge(answer.status_code, attempts_before, now,
-                 answer.headers.get("retry-after")), answer.status_code
+        error = (f"timeout: no answer within {endpoint.timeout_s:g} s" if cut.is_set()
+                 else f"no answer: {type(exc).__name__}")
+        return judge(None, attempts_before, now, error=error), None
+    except (UnicodeError, ValueError) as exc:  # a host no request can name (start-up checks)
+        return Verdict("failed", why=f"cannot send to this URL: {type(exc).__name__}"), None
+    finally:
+        deadline.cancel()
+    return judge(status, attempts_before, now, retry_after), status
 
 
 def _timeout(endpoint: Endpoint) -> httpx.Timeout:
-    """The endpoint's timeout for each phase; connecting gets at most 5 s of it."""
+    """httpx's timeouts, each phase's at most the endpoint's; connecting at most 5 s."""
     return httpx.Timeout(endpoint.timeout_s, connect=min(5.0, endpoint.timeout_s))
 
 
@@ -109,7 +130,16 @@ class Dispatcher:
 
     def serve(self, stop: threading.Event) -> None:
         """Send until `stop` is set, then wait for the requests in hand (each bounded by
-        its endpoint's timeout). Returns at once when no endpoint is configured."""
+        its endpoint's timeout). Returns at once when no endpoint is configured. Says
+        first (a warning) which endpoints no longer configured still have messages
+        pending: nothing sends them."""
+        try:
+            for name, pending in self.outbox.unconfigured().items():
+                log.warning("webhooks: endpoint %s is no longer configured and has %d messages "
+                            "pending, which nothing sends: configure it again under that "
+                            "name, or delete its keys (n:wh:*:%s)", name, pending, name)
+        except StoreError:
+            log.warning("webhooks: Redis unavailable; could not look for endpoints removed")
         threads = [threading.Thread(target=self.run_sender, args=(endpoint, stop),
                                     name=f"webhooks-{endpoint.name}-{n}", daemon=True)
                    for endpoint in self.outbox.endpoints
@@ -125,8 +155,11 @@ class Dispatcher:
     def run_sender(self, endpoint: Endpoint, stop: threading.Event) -> None:
         """One sender thread of `endpoint`: claim one message, send it, record the
         attempt; wait `idle_s` when none is due."""
-        with httpx.Client(transport=self.transport, follow_redirects=False) as client:
+        client = self._client()
+        try:
             while not stop.is_set():
+                if client.is_closed:  # an attempt's deadline closed it
+                    client = self._client()
                 try:
                     sent = self.send_due(client, endpoint)
                 except StoreError:
@@ -142,6 +175,13 @@ class Dispatcher:
                     continue
                 if not sent:
                     stop.wait(self.idle_s)
+        finally:
+            client.close()
+
+    def _client(self) -> httpx.Client:
+        """A sender thread's own HTTP client: its connections are reused between its
+        messages, redirects are not followed (Standard Webhooks' senders do not)."""
+        return httpx.Client(transport=self.transport, follow_redirects=False)
 
     def send_due(self, client: httpx.Client, endpoint: Endpoint) -> int:
         """Claim and send at most one of `endpoint`'s due messages; how many were sent."""

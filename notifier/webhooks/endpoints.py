@@ -44,11 +44,10 @@ NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
 #: Concurrent requests to one endpoint: a few keep a slow receiver from holding up its own
 #: queue; more than 32 would be a flood to a receiver that is struggling.
 MAX_IN_FLIGHT = (1, 32)
-#: The request's timeout, seconds, for connecting (at most 5 s of it) and for each wait
-#: on the receiver (httpx's per-phase timeouts): a receiver should answer at once and do
-#: its work later (Standard Webhooks advises a short timeout; Stripe's is 10 s, Svix's
-#: 15 s). One that trickles its answer a byte at a time can hold a sender longer; only its
-#: own senders, and past the lease (the timeout + 30 s) the message is sent again.
+#: The whole request's timeout, seconds, connecting (at most 5 s of it) to the answer's
+#: status (`dispatcher.attempt` cuts it there however the receiver trickles): a receiver
+#: should answer at once and do its work later (Standard Webhooks advises a short timeout;
+#: Stripe's is 10 s, Svix's 15 s).
 TIMEOUT_S = (1.0, 30.0)
 #: RFC 3339's date-time (section 5.6): seconds required, an offset required.
 RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")
@@ -198,6 +197,13 @@ def _url(where: str, value: Any) -> str:
                           "signed; put nothing secret in the file)")
     if parts.fragment or value.endswith("#"):
         raise ConfigError(f"{where}: url: no #fragment (it is never sent): {value!r}")
+    try:
+        # What httpx does to the host before each request (IDNA): an empty label
+        # (`crm..example`) or one over 63 characters would fail every message instead.
+        parts.hostname.encode("idna")
+    except UnicodeError:
+        raise ConfigError(f"{where}: url: not a host name a request can be sent to: "
+                          f"{parts.hostname!r}") from None
     return value
 
 

@@ -42,17 +42,24 @@ def named(endpoints: tuple[Endpoint, ...], name: str, command: str) -> Endpoint:
 def parse_since(value: str, now: datetime) -> datetime:
     """`--since` as an instant (aware, UTC): an RFC 3339 date-time, or `now` less a duration
     such as `2h` or `3d` (the two forms that cannot be misread: no naive local times, no
-    month arithmetic). Raises UsageError naming both forms."""
+    month arithmetic). Raises UsageError naming both forms, or for an instant after `now`.
+    """
     text = value.strip()
     relative = RELATIVE.fullmatch(text)
-    if relative:
-        return now - timedelta(seconds=int(relative[1]) * _UNIT_S[relative[2]])
-    if RFC3339.fullmatch(text):
-        try:
-            return datetime.fromisoformat(text.upper()).astimezone(UTC)
-        except ValueError:
-            pass  # the shape of one, not a real instant (2026-02-30)
-    raise UsageError(f"webhooks replay: --since {value!r}: expected {SINCE_FORMS}")
+    since: datetime | None = None
+    try:
+        if relative:
+            since = now - timedelta(seconds=int(relative[1]) * _UNIT_S[relative[2]])
+        elif RFC3339.fullmatch(text):
+            since = datetime.fromisoformat(text.upper()).astimezone(UTC)
+    except (ValueError, OverflowError):
+        pass  # the shape of one, not a real instant (2026-02-30, 999999d before now)
+    if since is None:
+        raise UsageError(f"webhooks replay: --since {value!r}: expected {SINCE_FORMS}")
+    if since > now:
+        raise UsageError(f"webhooks replay: --since {value!r} is in the future: nothing "
+                         "was made since then")
+    return since
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ import redis
 from notifier.ledger.lua import lua_source
 from notifier.ledger.notifications import PREFIX, WEBHOOK_OUTBOX, epoch
 from notifier.webhooks.catalogue import OutboxEntry, parse_entry
+from notifier.webhooks.retries import DISABLE_AFTER_S, endpoints_fault
 
 if TYPE_CHECKING:
     from notifier.webhooks.endpoints import Endpoint
@@ -141,7 +142,7 @@ class WebhookOutbox:
               limit: int = 1) -> list[Message]:
         """Claim up to `limit` of `endpoint`'s due messages, leased for `lease_s` seconds,
         within its `max_in_flight`; none while it is disabled. A message no longer kept
-        is dropped (recorded as gone) rather than returned."""
+        (its hash expired) is dropped from the endpoint's sets rather than returned."""
         ids = [i.decode() for i in self._claim(
             keys=[due_key(endpoint.name), inflight_key(endpoint.name),
                   endpoint_key(endpoint.name)],
@@ -162,16 +163,19 @@ class WebhookOutbox:
 
     def finish(self, endpoint: Endpoint, message_id: str, outcome: str, now: datetime, *,
                next_at: datetime | None = None, status: int | None = None,
-               error: str = "", disable_after_s: float = 5 * 86400) -> int:
+               error: str = "", disable_after_s: float = DISABLE_AFTER_S) -> int:
         """Record an attempt's `outcome` (`delivered`, `retry` due at `next_at`, or
-        `failed`); returns 0 when the message was no longer pending, 1 when recorded, 2
-        when recorded and the endpoint disabled by it (`webhook_finish.lua`)."""
+        `failed`) after HTTP `status` (None: no answer); returns 0 when the message was no
+        longer pending, 1 when recorded, 2 when recorded and the endpoint disabled by it:
+        it has failed (no answer, 429, 5xx; a 4xx is not the endpoint's failure) with no
+        success since `disable_after_s` seconds ago (`webhook_finish.lua`)."""
         return int(self._finish(
             keys=[message_key(endpoint.name, message_id), due_key(endpoint.name),
                   inflight_key(endpoint.name), endpoint_key(endpoint.name),
                   pending_key(endpoint.name)],
             args=[message_id, outcome, epoch(now), "" if next_at is None else epoch(next_at),
-                  "" if status is None else status, error[:200], disable_after_s]))
+                  "" if status is None else status, error[:200], disable_after_s,
+                  "1" if endpoints_fault(status) else "0"]))
 
     def statuses(self, now: datetime) -> list[EndpointStatus]:
         """Every configured endpoint's figures, in one round trip."""
@@ -197,8 +201,9 @@ class WebhookOutbox:
 
     def replay(self, endpoint: Endpoint, since: datetime, now: datetime) -> int:
         """Enable `endpoint` again and make every message to it made since `since` that
-        ended `failed` pending again, due now, with its attempts from zero (the same
-        `webhook-id`, so a receiver that had it dedupes it); returns how many."""
+        ended `failed` pending again, due now, with its attempts from zero and kept
+        `KEEP_S` from now (the same `webhook-id`, so a receiver that had it dedupes it);
+        returns how many."""
         ids = [i.decode() for i in self.redis.zrangebyscore(
             log_key(endpoint.name), epoch(since), "+inf")]
         with self.redis.pipeline(transaction=False) as pipe:
@@ -213,10 +218,25 @@ class WebhookOutbox:
                 pipe.hset(message_key(endpoint.name, i),
                           mapping={"state": "pending", "attempts": 0})
                 pipe.hdel(message_key(endpoint.name, i), "ended")
+                pipe.expire(message_key(endpoint.name, i), KEEP_S)
                 pipe.zadd(due_key(endpoint.name), {i: epoch(now)})
                 pipe.zadd(pending_key(endpoint.name), {i: created})
             pipe.execute()
         return len(again)
+
+    def unconfigured(self) -> dict[str, int]:
+        """Endpoints with messages still pending in Redis that are no longer configured
+        (renamed or removed: a name is an endpoint's identity), with how many: nothing
+        sends those. One SCAN of `pending:*` keys."""
+        names = {e.name for e in self.endpoints}
+        found = {key.decode().removeprefix(pending_key("")): key
+                 for key in self.redis.scan_iter(match=pending_key("*"), count=1000)}
+        left = sorted(name for name in found if name not in names)
+        with self.redis.pipeline(transaction=False) as pipe:
+            for name in left:
+                pipe.zcard(found[name])
+            counts = pipe.execute()
+        return {name: int(n) for name, n in zip(left, counts, strict=True) if n}
 
     def trim(self, now: datetime) -> None:
         """Drop ids of messages no longer kept from each endpoint's log and pending set."""

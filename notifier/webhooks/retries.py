@@ -20,8 +20,9 @@ from typing import Literal
 
 #: The delays before the 2nd, 3rd, ... 8th attempt, seconds (Svix's schedule).
 RETRY_SCHEDULE_S = (5, 300, 1800, 7200, 18000, 36000, 36000)
-#: An endpoint whose every attempt failed for this long (no success in between) is
-#: disabled and alerted on, seconds: 5 days, as Svix does.
+#: An endpoint failing for this long (no answer, 429 or 5xx from the first such failure
+#: on, and no success in between) is disabled and alerted on, seconds: 5 days, as Svix
+#: does. A 4xx neither starts nor ends that time (`endpoints_fault`).
 DISABLE_AFTER_S = 5 * 24 * 3600
 #: The longest `Retry-After` honoured, seconds: the schedule's longest step.
 RETRY_AFTER_MAX_S = max(RETRY_SCHEDULE_S)
@@ -47,7 +48,7 @@ def judge(status: int | None, attempts_before: int, now: datetime,
     if status is not None and 200 <= status < 300:
         return Verdict("delivered")
     why = error or f"HTTP {status}"
-    if status is not None and status != 429 and status < 500:
+    if not endpoints_fault(status):
         return Verdict("failed", why=why)
     if attempts_before >= len(RETRY_SCHEDULE_S):
         return Verdict("failed", why=f"{why}; no retries left")
@@ -56,6 +57,13 @@ def judge(status: int | None, attempts_before: int, now: datetime,
     if asked_s is not None:
         delay_s = max(delay_s, min(asked_s, RETRY_AFTER_MAX_S))
     return Verdict("retry", now + timedelta(seconds=delay_s), why)
+
+
+def endpoints_fault(status: int | None) -> bool:
+    """Whether an attempt's answer (None: none) is a failure of the endpoint itself, which
+    counts towards disabling it: no answer, 429, 5xx. A 4xx is the endpoint up and
+    refusing one message; a 2xx, success."""
+    return status is None or status == 429 or status >= 500
 
 
 def retry_after_s(value: str | None, now: datetime) -> float | None:

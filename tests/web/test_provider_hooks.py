@@ -375,6 +375,24 @@ def test_r_tells_support_the_client_wants_to_reschedule(http, store, policy):
     assert (alert["state"], alert["to"]) == ("scheduled", "support")
 
 
+def test_the_same_r_posted_twice_is_announced_once(http, store, policy):
+    """Twilio may post one inbound SMS again: the support alert is planned once (its id
+    has the SID) and `appointment.reschedule_requested` recorded once, so a receiver
+    never gets the same change under two webhook-ids (found by QA)."""
+    from notifier.ledger.notifications import WEBHOOK_OUTBOX
+    from notifier.webhooks.catalogue import parse_entry
+
+    booked(store, policy)
+    inbound(http, "R")
+    inbound(http, "R")
+    requested = [e for raw in store.redis.lrange(WEBHOOK_OUTBOX, 0, -1)
+                 if (e := parse_entry(raw)).type == "appointment.reschedule_requested"]
+    assert len(requested) == 1
+    assert requested[0].payload()["data"] == {
+        "sequence": requested[0].sequence, "appointment_id": "a1", "client_id": "c1",
+        "provider_id": "prov-1", "source": "sms_reply"}
+
+
 def test_c_from_an_unknown_number_or_without_appointments(http, store, policy):
     assert "could not match this number" in inbound(http, "C", sender="+14155550199").text
     now = utcnow()

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import socket
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -152,3 +154,68 @@ def test_a_sender_that_hits_an_unexpected_error_goes_on(redis_client, caplog):
             thread.join(timeout=5)
         assert [r.headers["webhook-id"] for r in receiver.received("/ehr")] == ["msg_2_2"]
         assert "sending failed; going on" in caplog.text
+
+
+def test_an_endless_answer_is_never_read():
+    """A receiver (or a URL pointing at a download) answering 200 with an endless body:
+    only the status is read, so the webhooks process's memory stays flat (found by QA:
+    a 600 MB answer took `notifier webhooks test` to 1.27 GB)."""
+    pulled = 0
+
+    def endless() -> Iterator[bytes]:
+        nonlocal pulled
+        chunk = b"x" * 65536
+        while pulled < 64 * 1024 * 1024:  # stands for "never ends"
+            pulled += len(chunk)
+            yield chunk
+
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, content=endless()))
+    with httpx.Client(transport=transport) as client:
+        verdict, status = attempt(client, endpoint("http://x/"), "msg_1_1", "{}", 0,
+                                  datetime.now(UTC))
+    assert (verdict.outcome, status) == ("delivered", 200)
+    assert pulled <= 1024 * 1024, f"read {pulled} bytes of the receiver's answer"
+
+
+def test_a_receiver_trickling_its_answer_is_cut_at_the_timeout():
+    """httpx's timeouts are per read: a receiver sending a header line every 0.2 s would
+    hold a sender for ever. The whole request has the endpoint's timeout; then the client
+    is closed, and the sender makes a new one."""
+    server = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def trickle() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\n")
+            while not stop.wait(0.2):
+                try:
+                    conn.sendall(b"X-Slow: 1\r\n")
+                except OSError:
+                    return
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.getsockname()[1]}/"
+        client = httpx.Client()
+        verdict, status = attempt(client, endpoint(url, timeout_s=1.0), "msg_1_1", BODY, 0,
+                                  datetime.now(UTC))
+        assert (verdict.outcome, status) == ("retry", None)
+        assert verdict.why == "timeout: no answer within 1 s"
+        assert client.is_closed
+    finally:
+        stop.set()
+        server.close()
+        thread.join(timeout=5)
+
+
+@pytest.mark.parametrize("url", ["http://crm..example/hook", f"http://{'a' * 64}.example/"])
+def test_a_url_no_request_can_name_fails_the_message_and_never_raises(url):
+    """Start-up refuses such a URL (`endpoints`); were one to get here, the attempt fails
+    the message rather than raising out of the sender (found by QA)."""
+    with httpx.Client() as client:
+        verdict, status = attempt(client, endpoint(url), "msg_1_1", BODY, 0, datetime.now(UTC))
+    assert (verdict.outcome, status) == ("failed", None)
+    assert verdict.why.startswith("cannot send to this URL")

@@ -143,6 +143,11 @@ BAD: list[tuple[str | None, str | None, dict[str, str], str]] = [
      "{file}: endpoint 'ehr': url: not an absolute http(s) URL"),
     (EHR.replace("https://ehr.example/hooks", "/hooks"), None, {},
      "{file}: endpoint 'ehr': url: not an absolute http(s) URL"),
+    # a host no request can name (an empty label, one over 63 characters): found by QA
+    (EHR.replace("ehr.example", "ehr..example"), None, {},
+     "{file}: endpoint 'ehr': url: not a host name a request can be sent to"),
+    (EHR.replace("ehr.example", "a" * 64 + ".example"), None, {},
+     "{file}: endpoint 'ehr': url: not a host name a request can be sent to"),
     (EHR.replace("ehr.example", "user:hunter2@ehr.example"), None, {},
      "{file}: endpoint 'ehr': url: no user or password in it"),
     (EHR.replace("ehr.example", "ehr.example:99999"), None, {},

@@ -119,6 +119,16 @@ def test_a_since_of_neither_form_names_both(value):
         "(2026-11-30T15:00:00Z) or a duration before now (90s, 45m, 2h, 3d)")
 
 
+def test_a_since_too_far_back_or_in_the_future_is_a_one_line_usage_error():
+    """`--since 999999d` overflowed into "unexpected error" (found by QA); an instant after
+    now would replay nothing, silently."""
+    with pytest.raises(UsageError, match="expected an RFC 3339 instant"):
+        parse_since("999999d", NOW)
+    with pytest.raises(UsageError, match="is in the future"):
+        parse_since("2026-12-01T00:00:00Z", NOW)
+    assert parse_since("0s", NOW) == NOW
+
+
 # notifier webhooks test -----------------------------------------------------------------------
 
 @pytest.mark.slow

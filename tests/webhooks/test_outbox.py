@@ -230,7 +230,7 @@ def test_an_endpoint_failing_every_attempt_for_five_days_is_disabled_then_replay
     outbox = WebhookOutbox(store.redis, [ehr])
     messages(store, outbox, 1)
     (m,) = outbox.claim(ehr, NOW, lease_s=30)
-    assert outbox.finish(ehr, m.id, "failed", NOW, status=410) == 1
+    assert outbox.finish(ehr, m.id, "failed", NOW, status=503) == 1  # retries spent
     day5 = NOW + timedelta(days=5)
     store.write_plan(Plan(outcome="applied", add=(planned("other:x:y:sms"),)), NOW)
     outbox.fan_out(day5)
@@ -269,3 +269,43 @@ def test_trim_forgets_ids_past_the_keep(store):
     outbox.trim(NOW + timedelta(seconds=KEEP_S + 1))
     assert store.redis.zcard(log_key("ehr")) == 0
     assert store.redis.zcard(pending_key("ehr")) == 0
+
+
+def test_a_4xx_neither_starts_nor_ends_an_endpoints_failing_time(store):
+    """An endpoint refusing one message (400) on Monday and quiet since is up, not failing:
+    Saturday's first 503 starts its 5 days, it does not end them (found by QA)."""
+    ehr = endpoint()
+    outbox = WebhookOutbox(store.redis, [ehr])
+    messages(store, outbox, 1)
+    (m,) = outbox.claim(ehr, NOW, lease_s=30)
+    assert outbox.finish(ehr, m.id, "failed", NOW, status=400) == 1
+    assert not store.redis.hexists("n:wh:ep:ehr", "failing_since")
+    saturday = NOW + timedelta(days=6)
+    store.write_plan(Plan(outcome="applied", add=(planned("other:x:y:sms"),)), NOW)
+    outbox.fan_out(saturday)
+    (m2,) = outbox.claim(ehr, saturday, lease_s=30)
+    assert outbox.finish(ehr, m2.id, "retry", saturday, next_at=saturday, status=503) == 1
+    assert outbox.statuses(saturday)[0].disabled_at is None
+    # and a 4xx later does not clear the 503's clock: the endpoint is failing
+    (m2,) = outbox.claim(ehr, saturday, lease_s=30)
+    assert outbox.finish(ehr, m2.id, "failed", saturday, status=404) == 1
+    assert float(store.redis.hget("n:wh:ep:ehr", "failing_since")) == saturday.timestamp()
+
+
+def test_an_endpoint_renamed_with_messages_pending_is_said(store, caplog):
+    """A name is an endpoint's identity: renamed or removed with messages pending, nothing
+    sends those, and the webhooks process says so when it starts (found by QA)."""
+    import threading
+
+    from notifier.webhooks.dispatcher import Dispatcher
+
+    old = WebhookOutbox(store.redis, [endpoint("crm")])
+    messages(store, old, 2)
+    renamed = WebhookOutbox(store.redis, [endpoint("crm2")])
+    assert renamed.unconfigured() == {"crm": 2}
+    stop = threading.Event()
+    stop.set()
+    with caplog.at_level(logging.WARNING):
+        Dispatcher(renamed).serve(stop)
+    assert "endpoint crm is no longer configured and has 2 messages pending" in caplog.text
+    assert WebhookOutbox(store.redis, [endpoint("crm")]).unconfigured() == {}

@@ -353,7 +353,7 @@ def test_a_worker_sigkilled_mid_send_loses_no_message_and_sends_each_under_one_i
         redis_client, redis_url, tmp_path, receiver):
     """The worker process sends the webhooks (the test's service does not); it is killed
     while its first request hangs, after the change was made and before any answer.
-    The message's lease (timeout_s + 30 s) lapses and the restarted worker sends it again,
+    The message's lease (timeout_s + 10 s) lapses and the restarted worker sends it again,
     under the same webhook-id."""
     env = endpoints_env(receiver, {"name": "ehr", "path": "/ehr", "timeout_s": 4,
                                    "script": [Hang(60), Answer(200)]})

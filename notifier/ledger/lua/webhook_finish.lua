@@ -1,8 +1,11 @@
 -- Record one attempt to send a message: `delivered` (2xx), `retry` (due again at
 -- ARGV[4]) or `failed` (given up). Only a message still `pending` changes: a late answer
--- after a replay or another sender's success is ignored. An endpoint whose every attempt
--- has failed since ARGV[7] seconds ago (no success in between) is disabled: its messages
--- wait, unclaimed, until an operator replays them (`notifier webhooks replay`).
+-- after a replay or another sender's success is ignored. An endpoint that has failed
+-- since ARGV[7] seconds ago (no success in between) is disabled: its messages wait,
+-- unclaimed, until an operator replays them (`notifier webhooks replay`). Only a failure
+-- of the endpoint (ARGV[8] '1': no answer, 429, 5xx) starts or continues that time: a
+-- 4xx is the endpoint refusing one message, up and answering (found by QA: one 400 on a
+-- Monday, then quiet days, disabled the endpoint at Saturday's first 503).
 --
 -- KEYS[1]     n:wh:msg:{endpoint}:{message id}
 -- KEYS[2]     n:wh:due:{endpoint}
@@ -17,6 +20,7 @@
 -- ARGV[5]     the HTTP status answered, or '' (no answer: timeout, connection error)
 -- ARGV[6]     what went wrong, briefly, or ''
 -- ARGV[7]     how long an endpoint may fail every attempt before it is disabled, seconds
+-- ARGV[8]     '1' when this failure is the endpoint's (no answer, 429, 5xx), else '0'
 --
 -- A message no longer kept (its hash expired) leaves the endpoint's pending set.
 --
@@ -45,6 +49,7 @@ else
   redis.call('ZREM', KEYS[5], ARGV[1])
   redis.call('HINCRBY', KEYS[4], 'failed', 1)
 end
+if ARGV[8] ~= '1' then return 1 end
 redis.call('HSETNX', KEYS[4], 'failing_since', ARGV[3])
 local since = tonumber(redis.call('HGET', KEYS[4], 'failing_since'))
 if tonumber(ARGV[3]) - since >= tonumber(ARGV[7])
