@@ -147,8 +147,8 @@ class WebhookCollector(Collector):
                       ("retrying", "Messages waiting for a retry's time"),
                       ("pending", "Messages not yet delivered or failed"),
                       ("oldest_pending_seconds", "Age of the oldest pending message (0: none)"),
-                      ("endpoint_disabled", "1 while the endpoint is disabled (every attempt "
-                                            "failed for 5 days): `notifier webhooks replay`"))}
+                      ("endpoint_disabled", "1 while the endpoint is disabled (failing for 5 "
+                                            "days, no success): `notifier webhooks replay`"))}
         for status in statuses:
             labels = [status.name]
             messages.add_metric([status.name, "delivered"], status.delivered)

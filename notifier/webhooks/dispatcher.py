@@ -204,7 +204,8 @@ class Dispatcher:
             log.info("webhooks %s: %s %s (%s)", endpoint.name, message.id, verdict.outcome,
                      verdict.why)
         if recorded == 2:
-            log.error("webhooks %s: endpoint disabled: every attempt failed for %.0f days; "
-                      "fix it, then `notifier webhooks replay --endpoint %s --since ...`",
+            log.error("webhooks %s: endpoint disabled: failing (no answer, 429 or 5xx) for "
+                      "%.0f days with no success; fix it, then `notifier webhooks replay "
+                      "--endpoint %s --since ...`",
                       endpoint.name, self.disable_after_s / 86400, endpoint.name)
         return verdict
