@@ -355,7 +355,9 @@ def test_a_worker_sigkilled_mid_send_loses_no_message_and_sends_each_under_one_i
     while its first request hangs, after the change was made and before any answer.
     The message's lease (timeout_s + 10 s) lapses and the restarted worker sends it again,
     under the same webhook-id."""
-    env = endpoints_env(receiver, {"name": "ehr", "path": "/ehr", "timeout_s": 4,
+    # The kill must land before the hung request's timeout (its deadline then records an
+    # attempt): 8 s leaves room on a loaded machine (4 s failed once beside a CI run).
+    env = endpoints_env(receiver, {"name": "ehr", "path": "/ehr", "timeout_s": 8,
                                    "script": [Hang(60), Answer(200)]})
     service = Service(redis_url, tmp_path, with_worker=False, with_webhooks=False, env=env)
     workers: list[subprocess.Popen[bytes]] = []
@@ -383,7 +385,7 @@ def test_a_worker_sigkilled_mid_send_loses_no_message_and_sends_each_under_one_i
             return (service.redis.llen(WEBHOOK_OUTBOX) == 0
                     and status(service, "ehr").pending == 0)
 
-        wait_for(settled, timeout_s=30, what="every message delivered")
+        wait_for(settled, timeout_s=60, what="every message delivered")
         notifications = service.notifications("c1")
         changes = {(n, "notification.scheduled") for n in notifications} | {
             (n, "notification.sent") for n, v in notifications.items() if v["state"] == "sent"}
