@@ -17,8 +17,11 @@ secret in use: two while a rotation overlaps, space-separated).
 from __future__ import annotations
 
 import logging
+import os
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
@@ -40,6 +43,9 @@ log = logging.getLogger(__name__)
 #: seconds, so that only a sender that died loses its message to another: the time to
 #: record the attempt, with room for a slow Redis.
 LEASE_MARGIN_S = 10.0
+#: The most of an answer's body read (and dropped), bytes: enough for any short answer to
+#: end, so that its connection is kept for the next message.
+ANSWER_READ_BYTES = 64 * 1024
 #: How long a sender with nothing to send waits before it looks again, seconds.
 IDLE_S = 0.2
 #: How long a sender waits after Redis (or anything else) failed it, seconds.
@@ -67,41 +73,96 @@ def signed_headers(endpoint: Endpoint, message_id: str, body: str,
             "webhook-signature": signatures}
 
 
+class Deadlines:
+    """Cuts requests that outlive their deadline: one daemon thread that, every `tick_s`
+    seconds, closes the client of each request past it (a `threading.Timer` per request
+    cost the dispatcher a thread per message)."""
+
+    def __init__(self, tick_s: float = 0.1) -> None:
+        self.tick_s = tick_s
+        #: the process whose thread this is (a forked child has none: `shared_deadlines`)
+        self.pid = os.getpid()
+        self._lock = threading.Lock()
+        self._watched: dict[int, tuple[float, httpx.Client, threading.Event]] = {}
+        threading.Thread(target=self._run, name="webhooks-deadlines", daemon=True).start()
+
+    @contextmanager
+    def watch(self, client: httpx.Client, within_s: float) -> Iterator[threading.Event]:
+        """While the block runs, close `client` once `within_s` seconds have passed; yields
+        the event set when it did."""
+        cut = threading.Event()
+        key = id(cut)
+        with self._lock:
+            self._watched[key] = (time.monotonic() + within_s, client, cut)
+        try:
+            yield cut
+        finally:
+            with self._lock:
+                self._watched.pop(key, None)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.tick_s)
+            now = time.monotonic()
+            with self._lock:
+                late = [(k, client, cut) for k, (at, client, cut) in self._watched.items()
+                        if at <= now]
+                for key, _, _ in late:
+                    del self._watched[key]
+            for _, client, cut in late:
+                cut.set()
+                client.close()
+
+
+_shared: Deadlines | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_deadlines() -> Deadlines:
+    """The process's one `Deadlines`, its thread started on first use in this process (a
+    child forked by `notifier worker` after its parent used one has no such thread)."""
+    global _shared
+    with _shared_lock:
+        if _shared is None or _shared.pid != os.getpid():
+            _shared = Deadlines()
+        return _shared
+
+
 def attempt(client: httpx.Client, endpoint: Endpoint, message_id: str, body: str,
             attempts_before: int, now: datetime, signed_at: datetime | None = None,
-            ) -> tuple[Verdict, int | None]:
+            deadlines: Deadlines | None = None) -> tuple[Verdict, int | None]:
     """POST one message once, signed at `signed_at` (default `now`); its verdict at `now`
     (`retries.judge`) and the status answered (None: no answer). Never raises for what
     the network, the receiver or its URL does.
 
     The whole request, connecting to the answer's status and headers, has the endpoint's
-    `timeout_s`: past it `client` is closed from a timer, which cuts a receiver that
-    trickles its answer a byte at a time (httpx's own timeouts are per read), and the
-    caller makes a new client (`client.is_closed`). The answer's body is never read: its
-    status says all, and a receiver streaming an endless one must not fill our memory."""
+    `timeout_s`: past it `client` is closed (by `deadlines`; default the process's), which
+    cuts a receiver that trickles its answer a byte at a time (httpx's own timeouts are
+    per read), and the caller makes a new client (`client.is_closed`). Of the answer's body
+    at most `ANSWER_READ_BYTES` are read, and dropped: its status says all, and a receiver
+    streaming an endless one must not fill our memory."""
     headers = signed_headers(endpoint, message_id, body, signed_at or now)
-    cut = threading.Event()
-
-    def cut_short() -> None:
-        cut.set()
-        client.close()
-
-    deadline = threading.Timer(endpoint.timeout_s, cut_short)
-    deadline.start()
-    try:
-        with client.stream("POST", endpoint.url, content=body.encode(), headers=headers,
-                           timeout=_timeout(endpoint)) as answer:
-            status, retry_after = answer.status_code, answer.headers.get("retry-after")
-    except httpx.TimeoutException as exc:
-        return judge(None, attempts_before, now, error=f"timeout: {type(exc).__name__}"), None
-    except httpx.HTTPError as exc:
-        error = (f"timeout: no answer within {endpoint.timeout_s:g} s" if cut.is_set()
-                 else f"no answer: {type(exc).__name__}")
-        return judge(None, attempts_before, now, error=error), None
-    except (UnicodeError, ValueError) as exc:  # a host no request can name (start-up checks)
-        return Verdict("failed", why=f"cannot send to this URL: {type(exc).__name__}"), None
-    finally:
-        deadline.cancel()
+    with (deadlines or shared_deadlines()).watch(client, endpoint.timeout_s) as cut:
+        try:
+            with client.stream("POST", endpoint.url, content=body.encode(), headers=headers,
+                               timeout=_timeout(endpoint)) as answer:
+                status, retry_after = answer.status_code, answer.headers.get("retry-after")
+                # A short answer is read to its end, so that its connection serves the next
+                # message (one left unread is closed); a long one is left, and closed.
+                read = 0
+                for chunk in answer.iter_raw():
+                    read += len(chunk)
+                    if read > ANSWER_READ_BYTES:
+                        break
+        except httpx.TimeoutException as exc:
+            return judge(None, attempts_before, now,
+                         error=f"timeout: {type(exc).__name__}"), None
+        except httpx.HTTPError as exc:
+            error = (f"timeout: no answer within {endpoint.timeout_s:g} s" if cut.is_set()
+                     else f"no answer: {type(exc).__name__}")
+            return judge(None, attempts_before, now, error=error), None
+        except (UnicodeError, ValueError) as exc:  # a host no request can name
+            return Verdict("failed", why=f"cannot send to this URL: {type(exc).__name__}"), None
     return judge(status, attempts_before, now, retry_after), status
 
 
@@ -194,7 +255,8 @@ class Dispatcher:
     def send(self, client: httpx.Client, endpoint: Endpoint, message: Message) -> Verdict:
         """One attempt at `message`, recorded; the verdict."""
         verdict, status = attempt(client, endpoint, message.id, message.body,
-                                  message.attempts, self.now(), signed_at=utcnow())
+                                  message.attempts, self.now(), signed_at=utcnow(),
+                                  deadlines=shared_deadlines())
         recorded = self.outbox.finish(endpoint, message.id, verdict.outcome, self.now(),
                                       next_at=verdict.next_at, status=status,
                                       error=verdict.why, disable_after_s=self.disable_after_s)

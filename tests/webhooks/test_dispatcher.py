@@ -219,3 +219,28 @@ def test_a_url_no_request_can_name_fails_the_message_and_never_raises(url):
         verdict, status = attempt(client, endpoint(url), "msg_1_1", BODY, 0, datetime.now(UTC))
     assert (verdict.outcome, status) == ("failed", None)
     assert verdict.why.startswith("cannot send to this URL")
+
+
+def _deadlines_cut_in_this_process() -> None:
+    from notifier.webhooks.dispatcher import shared_deadlines
+
+    client = httpx.Client()
+    with shared_deadlines().watch(client, 0.05) as cut:
+        if not cut.wait(timeout=10):
+            raise SystemExit(1)
+    raise SystemExit(0 if client.is_closed else 2)
+
+
+def test_a_forked_webhooks_process_has_its_own_deadline_thread():
+    """`notifier worker` forks its webhooks process after the parent may have used the
+    deadlines: a thread does not survive a fork, so the child must start its own, or no
+    request of its would ever be cut."""
+    import multiprocessing
+
+    from notifier.webhooks.dispatcher import shared_deadlines
+
+    shared_deadlines()  # the parent's, as a parent that tested an endpoint would have
+    child = multiprocessing.get_context("fork").Process(target=_deadlines_cut_in_this_process)
+    child.start()
+    child.join(timeout=30)
+    assert child.exitcode == 0
