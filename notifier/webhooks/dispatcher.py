@@ -161,7 +161,7 @@ def attempt(client: httpx.Client, endpoint: Endpoint, message_id: str, body: str
             error = (f"timeout: no answer within {endpoint.timeout_s:g} s" if cut.is_set()
                      else f"no answer: {type(exc).__name__}")
             return judge(None, attempts_before, now, error=error), None
-        except (UnicodeError, ValueError) as exc:  # a host no request can name
+        except (httpx.InvalidURL, UnicodeError, ValueError) as exc:  # start-up refuses it
             return Verdict("failed", why=f"cannot send to this URL: {type(exc).__name__}"), None
     return judge(status, attempts_before, now, retry_after), status
 
@@ -217,15 +217,19 @@ class Dispatcher:
         """One sender thread of `endpoint`: claim one message, send it, record the
         attempt; wait `idle_s` when none is due."""
         client = self._client()
+        redis_down = False
         try:
             while not stop.is_set():
                 if client.is_closed:  # an attempt's deadline closed it
                     client = self._client()
                 try:
                     sent = self.send_due(client, endpoint)
-                except StoreError:
-                    log.warning("webhooks %s: Redis unavailable; trying again", endpoint.name,
-                                exc_info=True)
+                except StoreError as exc:
+                    # Said once an outage, not every second by every thread (found by QA).
+                    if not redis_down:
+                        log.warning("webhooks %s: Redis unavailable (%s); trying again every "
+                                    "%g s", endpoint.name, exc, STORE_BACKOFF_S)
+                    redis_down = True
                     stop.wait(STORE_BACKOFF_S)
                     continue
                 except Exception:
@@ -234,6 +238,9 @@ class Dispatcher:
                     log.exception("webhooks %s: sending failed; going on", endpoint.name)
                     stop.wait(STORE_BACKOFF_S)
                     continue
+                if redis_down:
+                    log.info("webhooks %s: Redis answers again", endpoint.name)
+                    redis_down = False
                 if not sent:
                     stop.wait(self.idle_s)
         finally:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 from pydantic import SecretStr
 
 from notifier.config import _webhook_secret
@@ -198,10 +199,12 @@ def _url(where: str, value: Any) -> str:
     if parts.fragment or value.endswith("#"):
         raise ConfigError(f"{where}: url: no #fragment (it is never sent): {value!r}")
     try:
-        # What httpx does to the host before each request (IDNA): an empty label
-        # (`crm..example`) or one over 63 characters would fail every message instead.
+        # What httpx does to the URL before each request (its parser, then IDNA for the
+        # host): `256.1.1.1`, `[v1.x]`, an empty label (`crm..example`) or one over 63
+        # characters would fail every message instead (found by QA).
+        httpx.URL(value)
         parts.hostname.encode("idna")
-    except UnicodeError:
+    except (httpx.InvalidURL, UnicodeError):
         raise ConfigError(f"{where}: url: not a host name a request can be sent to: "
                           f"{parts.hostname!r}") from None
     return value

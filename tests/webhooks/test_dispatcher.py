@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
+import redis
 from pydantic import SecretStr
 from standardwebhooks.webhooks import Webhook
 
@@ -211,7 +214,8 @@ def test_a_receiver_trickling_its_answer_is_cut_at_the_timeout():
         thread.join(timeout=5)
 
 
-@pytest.mark.parametrize("url", ["http://crm..example/hook", f"http://{'a' * 64}.example/"])
+@pytest.mark.parametrize("url", ["http://crm..example/hook", f"http://{'a' * 64}.example/",
+                                 "http://256.1.1.1/hook", "http://[v1.x]/hook"])
 def test_a_url_no_request_can_name_fails_the_message_and_never_raises(url):
     """Start-up refuses such a URL (`endpoints`); were one to get here, the attempt fails
     the message rather than raising out of the sender (found by QA)."""
@@ -244,3 +248,38 @@ def test_a_forked_webhooks_process_has_its_own_deadline_thread():
     child.start()
     child.join(timeout=30)
     assert child.exitcode == 0
+
+
+def test_a_redis_outage_is_said_once_a_sender_not_every_second(tmp_path, caplog):
+    """16 senders logging a traceback every second flooded the log during an outage (found
+    by the second QA pass): each says it once, and once more when Redis answers again."""
+    from notifier.ledger.client import ledger_client
+    from tests.conftest import OwnRedis
+
+    server = OwnRedis(tmp_path).start()
+    try:
+        with WebhookReceiver() as receiver:
+            receiver.endpoint("/ehr", secrets=[NEW])
+            client = ledger_client(redis.Redis.from_url(server.url, socket_timeout=2))
+            dispatcher = Dispatcher(WebhookOutbox(client, [endpoint(receiver.url("/ehr"))]),
+                                    idle_s=0.01)
+            ehr = dispatcher.outbox.endpoints[0]
+            stop = threading.Event()
+            thread = threading.Thread(target=dispatcher.run_sender, args=(ehr, stop))
+            with caplog.at_level(logging.INFO, logger="notifier.webhooks"):
+                server.kill()
+                thread.start()
+                deadline = time.monotonic() + 20
+                while not caplog.records and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                time.sleep(2.5)  # several of the senders' 1 s tries while Redis is down
+                server.start()
+                while len(caplog.records) < 2 and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                stop.set()
+                thread.join(timeout=10)
+    finally:
+        server.stop()
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 2, said
+    assert "Redis unavailable" in said[0] and "answers again" in said[1]

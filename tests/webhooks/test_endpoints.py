@@ -148,6 +148,13 @@ BAD: list[tuple[str | None, str | None, dict[str, str], str]] = [
      "{file}: endpoint 'ehr': url: not a host name a request can be sent to"),
     (EHR.replace("ehr.example", "a" * 64 + ".example"), None, {},
      "{file}: endpoint 'ehr': url: not a host name a request can be sent to"),
+    # ... or one httpx's parser refuses (found by the second QA pass)
+    (EHR.replace("ehr.example", "256.1.1.1"), None, {},
+     "{file}: endpoint 'ehr': url: not a host name a request can be sent to"),
+    (EHR.replace("ehr.example", "01.02.03.04"), None, {},
+     "{file}: endpoint 'ehr': url: not a host name a request can be sent to"),
+    (EHR.replace("ehr.example", "[v1.x]"), None, {},
+     "{file}: endpoint 'ehr': url: not a host name a request can be sent to"),
     (EHR.replace("ehr.example", "user:hunter2@ehr.example"), None, {},
      "{file}: endpoint 'ehr': url: no user or password in it"),
     (EHR.replace("ehr.example", "ehr.example:99999"), None, {},
