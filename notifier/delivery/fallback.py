@@ -72,6 +72,13 @@ def use_other_channel(store: Store, notification_id: str, channel: str, client: 
     return False
 
 
+def carrier_opt_out(store: Store, code: str | None, address: str) -> None:
+    """Twilio's 21610 (the carrier says `address` replied STOP) recorded like an inbound
+    STOP, whether the send was refused with it or a report said it later."""
+    if code == TWILIO_OPTED_OUT and address:
+        store.set_sms_opt_out(address, True, "carrier", code)
+
+
 def after_reported_failure(store: Store, notification_id: str, code: str,
                            now: datetime, address: str = "") -> bool:
     """A failure the provider reported after the send (a status callback, a bounce, or the
@@ -86,8 +93,7 @@ def after_reported_failure(store: Store, notification_id: str, code: str,
     client = store.load_record(entity_ref("client", fields["to_id"]))
     if not isinstance(client, ClientRecord):
         return False
-    if code == TWILIO_OPTED_OUT and (address or client.client.phone):
-        store.set_sms_opt_out(address or str(client.client.phone), True, "carrier", code)
+    carrier_opt_out(store, code, address or str(client.client.phone or ""))
     return use_other_channel(store, notification_id, fields["channel"], client,
                              f"{fields['channel']} {fields.get('delivery', 'failed')} ({code})",
                              now)

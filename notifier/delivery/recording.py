@@ -18,7 +18,7 @@ from datetime import datetime
 from notifier.config import Settings
 from notifier.delivery.compose import Stored
 from notifier.delivery.decide import FinishAs, HoldUntil, NoSend, Outcome, UseOtherChannel
-from notifier.delivery.fallback import TWILIO_OPTED_OUT, use_other_channel
+from notifier.delivery.fallback import carrier_opt_out, use_other_channel
 from notifier.delivery.jobs import Job, Writes
 from notifier.delivery.retry import GiveUp, next_attempt
 from notifier.errors import PermanentError, StoreError
@@ -182,9 +182,7 @@ class Recorder:
         """What a provider's permanent refusal of a client's message at `address` means:
         Twilio's 21610 (the number replied STOP) is recorded as an opt-out; the message goes
         by the other channel where the client allows it (`delivery.fallback`)."""
-        if exc.code == TWILIO_OPTED_OUT:
-            # The carrier says this number replied STOP: record it like an inbound STOP.
-            self.store.set_sms_opt_out(address, True, "carrier", exc.code)
+        carrier_opt_out(self.store, exc.code, address)
         client = self.store.load_record(entity_ref("client", n.recipient_id))
         if isinstance(client, ClientRecord):
             use_other_channel(self.store, n.id, n.channel, client,
