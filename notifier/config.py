@@ -371,6 +371,15 @@ class Settings:
     delivery_report_wait_s: int = DELIVERY_REPORT_WAIT_S
     #: Receivers of delivery webhooks, sorted by name (`notifier.webhooks.endpoints`).
     webhook_endpoints: tuple[Endpoint, ...] = ()
+    #: Signs the operator console's session cookies; unset, the console is not served.
+    console_secret: SecretStr | None = None
+    #: The console's operators and their argon2id password hashes (`notifier.console.operators`).
+    console_operators_file: Path = Path("var/console/operators.toml")
+    #: A console session unused this long (seconds) is over: the operator signs in again.
+    console_session_s: int = 1800
+    #: Days the console's audit records are kept: six years, as HIPAA keeps access logs
+    #: (45 CFR 164.316(b)(2)), leap days included.
+    console_audit_days: int = 2192
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, dotenv: Path | None = None) -> Settings:
@@ -388,6 +397,7 @@ class Settings:
             return env.get(name, "").strip() or None
 
         secret, api_token = opt("NOTIFIER_WEBHOOK_SECRET"), opt("NOTIFIER_API_TOKEN")
+        console_secret = opt("NOTIFIER_CONSOLE_SECRET")
         sid, token = opt("TWILIO_ACCOUNT_SID"), opt("TWILIO_AUTH_TOKEN")
         twilio_from = _e164(env, "TWILIO_FROM")
         service = opt("TWILIO_MESSAGING_SERVICE_SID")
@@ -476,6 +486,15 @@ class Settings:
                                         defaults.delivery_report_wait_s,
                                         maximum=MAX_REPORT_WAIT_S),
             webhook_endpoints=load_endpoints(env, schedules_dir),
+            console_secret=(_api_token(console_secret, "NOTIFIER_CONSOLE_SECRET")
+                            if console_secret else None),
+            console_operators_file=Path(opt("NOTIFIER_CONSOLE_OPERATORS_FILE")
+                                        or var_dir / "console" / "operators.toml"),
+            console_session_s=_int(env, "NOTIFIER_CONSOLE_SESSION_S",
+                                   defaults.console_session_s, minimum=60, maximum=86400),
+            console_audit_days=_int(env, "NOTIFIER_CONSOLE_AUDIT_DAYS",
+                                    defaults.console_audit_days, minimum=1,
+                                    maximum=MAX_KEEP_DAYS),
         )
 
     @property

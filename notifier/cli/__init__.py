@@ -6,6 +6,7 @@ one and turns an error into one line. The commands live by concern:
   that look into the service and act on it;
 - `notifier.cli.send_event`: `send-event`, events signed and posted as an integrator would;
 - `notifier.cli.webhooks`: `webhooks list|test|replay`, the delivery-webhook endpoints;
+- `notifier.cli.console`: `console add-operator`, who may sign in to the operator console;
 - `notifier.cli.common`: what they share (the runtime on Redis, development secrets,
   logging, the listening socket, how to name the command in what they print).
 """
@@ -18,6 +19,7 @@ import sys
 from typing import NoReturn
 
 from notifier.cli.common import setup_logging
+from notifier.cli.console import cmd_console_add_operator
 from notifier.cli.send_event import cmd_send_event
 from notifier.cli.serve import cmd_clock, cmd_dev, cmd_web, cmd_worker
 from notifier.cli.tools import cmd_jobs_list, cmd_jobs_run, cmd_notifications, cmd_preview
@@ -28,7 +30,7 @@ from notifier.errors import NotifierError
 #: What `notifier --help` says above the commands.
 DESCRIPTION = """\
 The `notifier` command: dev, web, worker, clock, jobs, preview, notifications, send-event,
-webhooks (list, test, replay).
+webhooks (list, test, replay), console (add-operator).
 
 Each command builds its settings once from the environment (and `.env`); a bad setting,
 a wrong argument or a service that does not answer stops it with one line saying what is
@@ -126,6 +128,15 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--endpoint", metavar="NAME", help="only this endpoint (default: "
                         "each one)")
     replay.set_defaults(func=cmd_webhooks_replay)
+    console = sub.add_parser("console", help="the operator console under /console: set an "
+                             "operator's password")
+    console_sub = console.add_subparsers(dest="console_command", required=True,
+                                         metavar="add-operator")
+    add_operator = console_sub.add_parser(
+        "add-operator", help="add an operator, or set their password again (asked twice; "
+        "read from standard input when it is not a terminal)")
+    add_operator.add_argument("name")
+    add_operator.set_defaults(func=cmd_console_add_operator)
     return parser
 
 

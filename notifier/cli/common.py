@@ -69,6 +69,14 @@ def dev_api_token(settings: Settings) -> Settings:
     return replace(settings, api_token=token)
 
 
+def dev_console_secret(settings: Settings) -> Settings:
+    """In development, a secret kept under `var/` stands in for NOTIFIER_CONSOLE_SECRET."""
+    if settings.console_secret is not None:
+        return settings
+    secret = _kept_secret(settings.var_dir / "console-secret", lambda: secrets.token_urlsafe(32))
+    return replace(settings, console_secret=secret)
+
+
 def setup_logging(level: str = "INFO") -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("dramatiq").setLevel(logging.WARNING)

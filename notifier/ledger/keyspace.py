@@ -81,6 +81,8 @@ KEY_FAMILIES: tuple[KeyFamily, ...] = (
     KeyFamily("n:wh:log:*", "", "an endpoint's messages of the last 14 days; the clock "
               "trims older ones"),
     KeyFamily("n:wh:ep:*", "", "one per endpoint configured: its counts and health"),
+    KeyFamily("n:audit", "", "the console's audit records: each XADD trims those older "
+              "than NOTIFIER_CONSOLE_AUDIT_DAYS (six years by default)"),
     KeyFamily(f"{_DQ}:__heartbeats__", "", "one entry per live worker (dramatiq's "
               "maintenance drops the dead)"),
     KeyFamily(f"{_DQ}:__acks__.*", "", "a worker's messages in hand; a dead worker's go "

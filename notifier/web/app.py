@@ -1,7 +1,9 @@
 """The FastAPI app: one router per concern, wired together with what each one needs.
 
 `events` (the signed event webhook), `read_api` (bearer token), `links` (short links),
-`ops` (health, metrics, the OpenAPI document) and `provider_hooks` (Twilio and SendGrid).
+`ops` (health, metrics, the OpenAPI document), `provider_hooks` (Twilio and SendGrid), and
+the operator console under `/console` (`notifier.console.routes`) when
+NOTIFIER_CONSOLE_SECRET is set.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from prometheus_client import CollectorRegistry
 
 from notifier import __version__
 from notifier.config import Settings
+from notifier.console.audit import AuditLog
+from notifier.console.routes import Console, console_routes
+from notifier.console.sessions import SessionCodec
 from notifier.errors import ConfigError
 from notifier.ledger.async_events import same_server
 from notifier.ledger.store import Store
@@ -34,13 +39,23 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings, store: Store, broker: RedisBroker) -> FastAPI:
     """The app, serving `store`'s Redis. Raises `ConfigError` without a webhook secret, or
     when `broker` uses another Redis than `store` (the webhook writes an event and its
-    `apply_event` message in one script: `web.events.ONE_WRITE`)."""
+    `apply_event` message in one script: `web.events.ONE_WRITE`), or when the console's
+    operators file is not valid (`notifier.console.operators.load_operators`)."""
     secret = settings.require_webhook_secret()
     if not same_server(store.redis, broker.client):
         raise ConfigError("the dramatiq broker must use the ledger's Redis: the webhook "
                           "stores an event and enqueues it in one script")
     if settings.api_token is None:
         log.warning("NOTIFIER_API_TOKEN is not set: the read API refuses every request")
+    console = None
+    if settings.console_secret is None:
+        log.warning("NOTIFIER_CONSOLE_SECRET is not set: the console (/console) is not served")
+    else:
+        console = Console(
+            settings.console_operators_file,
+            SessionCodec(settings.console_secret.get_secret_value(),
+                         settings.console_session_s),
+            AuditLog(store.redis, settings.console_audit_days), settings.practice_name)
     event_stores = EventStores(store)
 
     @asynccontextmanager
@@ -65,6 +80,8 @@ def create_app(settings: Settings, store: Store, broker: RedisBroker) -> FastAPI
     app.include_router(ops_routes(store, registry))
     app.include_router(link_routes(store))
     app.include_router(provider_routes(settings, store))
+    if console is not None:
+        app.include_router(console_routes(console))
     app.openapi = lambda: openapi_document(  # type: ignore[method-assign]
         app, document_event_body, documented=events.documented.routes)
     return app

@@ -1,0 +1,201 @@
+"""The console's routes under `/console`: `GET /console/login` (the form), `POST
+/console/login`, `POST /console/logout` and `GET /console/` (who is signed in, for now).
+
+Every answer is server-rendered HTML (templates/console/, Jinja2 with autoescape) with a
+Content-Security-Policy of `default-src 'self'` (no inline script or style), `no-store`
+caching, and no framing. Every route but the login form's answers 401 without a valid
+session, and every POST without the right CSRF token 403. Sign-ins (good or not),
+sign-outs and page views are audited (`notifier.console.audit`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import jinja2
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from notifier.config import project_dir
+from notifier.console.audit import AuditLog
+from notifier.console.operators import NAME_RE, Operator, load_operators, verify_password
+from notifier.console.sessions import (
+    CSRF_FIELD,
+    LOGIN_CSRF_COOKIE,
+    LOGIN_FORM_S,
+    SESSION_COOKIE,
+    Session,
+    SessionCodec,
+    csrf_ok,
+)
+from notifier.errors import ConfigError
+from notifier.timeutil import utcnow
+
+log = logging.getLogger(__name__)
+
+#: Headers on every console answer: scripts, styles and everything else from this origin
+#: only (none inline), never framed, never cached (pages show health information).
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'; "
+                               "form-action 'self'; base-uri 'none'",
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
+#: A console form is a few fields; a larger body is refused unread past this.
+MAX_FORM_BYTES = 8192
+
+
+def console_templates() -> jinja2.Environment:
+    """The console's templates, from the project's `templates/console/` (not
+    NOTIFIER_TEMPLATES_DIR, which holds the messages' templates)."""
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(Path(project_dir("templates")) / "console"),
+        autoescape=True, undefined=jinja2.StrictUndefined)
+
+
+class Console:
+    """What the routes share: the operators file (read again at each sign-in, so
+    `notifier console add-operator` needs no restart), the cookie codec, the audit log,
+    the templates and the clock."""
+
+    def __init__(self, operators_file: Path, codec: SessionCodec, audit: AuditLog,
+                 practice_name: str, clock: Callable[[], datetime] = utcnow) -> None:
+        self.operators_file = operators_file
+        # Read now: a bad file stops start-up with one line (ConfigError).
+        self.operators: dict[str, Operator] = load_operators(operators_file)
+        if not self.operators:
+            log.warning("no console operators in %s: the console refuses every sign-in "
+                        "(notifier console add-operator NAME)", operators_file)
+        self.codec = codec
+        self.audit = audit
+        self.practice_name = practice_name
+        self.clock = clock
+        self.templates = console_templates()
+
+    def page(self, template: str, status: int = 200, **context: Any) -> HTMLResponse:
+        html = self.templates.get_template(template).render(
+            practice_name=self.practice_name, **context)
+        return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
+
+    def refused(self, status: int, title: str, message: str) -> HTMLResponse:
+        return self.page("refused.html", status, title=title, message=message)
+
+    def unauthorized(self) -> HTMLResponse:
+        return self.refused(401, "Sign in first",
+                            "Your session has ended or you have not signed in.")
+
+    def session(self, request: Request) -> Session | None:
+        return self.codec.load(request.cookies.get(SESSION_COOKIE), self.clock())
+
+    def keep(self, response: Response, session: Session) -> Response:
+        """`response` with the session's cookie sent again: its idle time starts over."""
+        response.set_cookie(SESSION_COOKIE, self.codec.dump(session),
+                            max_age=int(self.codec.idle.total_seconds()), path="/",
+                            secure=True, httponly=True, samesite="strict")
+        return response
+
+    def current_operators(self) -> dict[str, Operator]:
+        """The operators file as it is now; if it went bad since start-up, the operators
+        read last (and an error in the log)."""
+        try:
+            self.operators = load_operators(self.operators_file)
+        except ConfigError as exc:
+            log.error("console operators file unusable, keeping the last good one: %s", exc)
+        return self.operators
+
+    def login_form(self, status: int = 200, error: str = "", name: str = "") -> Response:
+        token, cookie = self.codec.login_token()
+        response = self.page("login.html", status, csrf_token=token, error=error, name=name)
+        response.set_cookie(LOGIN_CSRF_COOKIE, cookie, max_age=LOGIN_FORM_S, path="/",
+                            secure=True, httponly=True, samesite="strict")
+        return response
+
+
+async def read_form(request: Request) -> dict[str, str] | None:
+    """A url-encoded form's fields (the first value of each), or None when the body is
+    too large or not url-encoded."""
+    if request.headers.get("content-type", "").split(";")[0].strip() != \
+            "application/x-www-form-urlencoded":
+        return None
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM_BYTES:
+            return None
+    try:
+        fields = parse_qs(body.decode(), keep_blank_values=True, max_num_fields=20)
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return {key: values[0] for key, values in fields.items()}
+
+
+def console_routes(console: Console) -> APIRouter:
+    """The router of `console`'s pages, under `/console`; not in the OpenAPI document."""
+    router = APIRouter(prefix="/console", include_in_schema=False)
+
+    @router.get("/login")
+    async def login_page(request: Request) -> Response:
+        if console.session(request) is not None:
+            return RedirectResponse("/console/", status_code=303, headers=SECURITY_HEADERS)
+        return console.login_form()
+
+    @router.post("/login")
+    async def login(request: Request) -> Response:
+        form = await read_form(request)
+        if form is None:
+            return console.refused(400, "Not a form", "The sign-in form was not sent.")
+        now = console.clock()
+        if not console.codec.login_token_ok(request.cookies.get(LOGIN_CSRF_COOKIE),
+                                            form.get(CSRF_FIELD), now):
+            return console.refused(403, "Form expired",
+                                   "This form is too old or was not sent from the console.")
+        name, password = form.get("name", "").strip(), form.get("password", "")
+        operators = await run_in_threadpool(console.current_operators)
+        operator = await run_in_threadpool(verify_password, operators, name, password)
+        if operator is None:
+            # The name tried is recorded when it could be one, never what else was typed.
+            tried = name if NAME_RE.fullmatch(name) else "(not a name)"
+            await run_in_threadpool(console.audit.record, "", "login-failed", tried, now)
+            log.info("console sign-in refused")
+            return console.login_form(401, "Wrong name or password.", tried if
+                                      tried != "(not a name)" else "")
+        await run_in_threadpool(console.audit.record, operator.name, "login", "", now)
+        response = RedirectResponse("/console/", status_code=303, headers=SECURITY_HEADERS)
+        response.delete_cookie(LOGIN_CSRF_COOKIE, path="/", secure=True, httponly=True,
+                               samesite="strict")
+        return console.keep(response, console.codec.new_session(operator.name))
+
+    @router.post("/logout")
+    async def logout(request: Request) -> Response:
+        session = console.session(request)
+        if session is None:
+            return console.unauthorized()
+        form = await read_form(request)
+        if form is None or not csrf_ok(session, form.get(CSRF_FIELD)):
+            return console.refused(403, "Refused", "This form was not sent from the console.")
+        await run_in_threadpool(console.audit.record, session.operator, "logout", "",
+                                console.clock())
+        response = RedirectResponse("/console/login", status_code=303,
+                                    headers=SECURITY_HEADERS)
+        response.delete_cookie(SESSION_COOKIE, path="/", secure=True, httponly=True,
+                               samesite="strict")
+        return response
+
+    @router.get("/")
+    async def home(request: Request) -> Response:
+        session = console.session(request)
+        if session is None:
+            return console.unauthorized()
+        await run_in_threadpool(console.audit.record, session.operator, "view", "home",
+                                console.clock())
+        return console.keep(console.page("home.html", operator=session.operator,
+                                         csrf_token=session.csrf), session)
+
+    return router

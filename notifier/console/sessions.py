@@ -1,0 +1,97 @@
+"""Console sessions in signed cookies (itsdangerous), and CSRF tokens.
+
+A session cookie holds `{"op": operator name, "csrf": token}`, signed and timestamped with
+NOTIFIER_CONSOLE_SECRET. Every answer to a signed-in request sends it again with a fresh
+timestamp, so a session unused for NOTIFIER_CONSOLE_SESSION_S is over (an idle timeout).
+The CSRF token is bound to the session: every form carries it, every POST is checked
+against it. Before sign-in, the login page sets a short-lived signed cookie holding a token
+the login form carries back (double submit).
+
+Cookies are `Secure` always, also in `notifier dev`: browsers treat http://localhost as a
+secure context and keep such cookies there; a plain-HTTP host elsewhere cannot sign in.
+A session cannot be revoked before its timeout (signing out clears the browser's cookie).
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+
+#: The session cookie's name; `__Host-` makes browsers insist on Secure, path / and no domain.
+SESSION_COOKIE = "__Host-notifier-console"
+#: The pre-session CSRF cookie the login page sets.
+LOGIN_CSRF_COOKIE = "__Host-notifier-console-login"
+#: How long a login form stays usable (seconds).
+LOGIN_FORM_S = 3600
+#: The form field carrying the CSRF token.
+CSRF_FIELD = "csrf_token"
+
+
+@dataclass(frozen=True)
+class Session:
+    """A signed-in operator, and the CSRF token their forms carry."""
+
+    operator: str
+    csrf: str
+
+
+class SessionCodec:
+    """Makes and reads the console's signed cookies with `secret`; a session older than
+    `idle_s` seconds (since its cookie was last sent) is refused."""
+
+    def __init__(self, secret: str, idle_s: int) -> None:
+        self.idle = timedelta(seconds=idle_s)
+        self._sessions = URLSafeTimedSerializer(secret, salt="notifier.console.session")
+        self._logins = URLSafeTimedSerializer(secret, salt="notifier.console.login-csrf")
+
+    def new_session(self, operator: str) -> Session:
+        """A session for `operator` with a fresh CSRF token."""
+        return Session(operator, secrets.token_urlsafe(32))
+
+    def dump(self, session: Session) -> str:
+        """The cookie value of `session`, timestamped now."""
+        return self._sessions.dumps({"op": session.operator, "csrf": session.csrf})
+
+    def load(self, cookie: str | None, now: datetime) -> Session | None:
+        """The session in `cookie`, or None when it is missing, forged, malformed or idle
+        for longer than the timeout at `now` (timezone-aware)."""
+        if not cookie:
+            return None
+        try:
+            data, signed_at = self._sessions.loads(cookie, return_timestamp=True)
+        except BadSignature:
+            return None
+        if now - signed_at > self.idle:
+            return None
+        if not (isinstance(data, dict) and isinstance(data.get("op"), str)
+                and isinstance(data.get("csrf"), str)):
+            return None
+        return Session(data["op"], data["csrf"])
+
+    def login_token(self) -> tuple[str, str]:
+        """A new pre-session CSRF token and the cookie value holding it."""
+        token = secrets.token_urlsafe(32)
+        return token, self._logins.dumps(token)
+
+    def login_token_ok(self, cookie: str | None, submitted: str | None, now: datetime) -> bool:
+        """Whether the login form's `submitted` token matches the one in its cookie, and
+        the cookie is genuine and younger than `LOGIN_FORM_S`."""
+        if not cookie or not submitted:
+            return False
+        try:
+            token, signed_at = self._logins.loads(cookie, return_timestamp=True)
+        except BadSignature:
+            return False
+        if now - signed_at > timedelta(seconds=LOGIN_FORM_S) or not isinstance(token, str):
+            return False
+        return hmac.compare_digest(token.encode(), submitted.encode())
+
+
+def csrf_ok(session: Session, submitted: str | None) -> bool:
+    """Whether a form's `submitted` token is `session`'s (compared in constant time)."""
+    return submitted is not None and hmac.compare_digest(session.csrf.encode(),
+                                                         submitted.encode())
