@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import hmac
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from itsdangerous import BadSignature, URLSafeTimedSerializer
+from itsdangerous import BadSignature, TimestampSigner, URLSafeTimedSerializer
+
+from notifier.timeutil import utcnow
 
 #: The session cookie's name; `__Host-` makes browsers insist on Secure, path / and no domain.
 SESSION_COOKIE = "__Host-notifier-console"
@@ -39,14 +42,29 @@ class Session:
     csrf: str
 
 
+def _signer_on(clock: Callable[[], datetime]) -> type[TimestampSigner]:
+    """itsdangerous's timestamp signer, stamping with `clock` rather than `time.time()`."""
+
+    class ClockSigner(TimestampSigner):
+        def get_timestamp(self) -> int:
+            return int(clock().timestamp())
+
+    return ClockSigner
+
+
 class SessionCodec:
     """Makes and reads the console's signed cookies with `secret`; a session older than
-    `idle_s` seconds (since its cookie was last sent) is refused."""
+    `idle_s` seconds (since its cookie was last sent) is refused. Cookies are stamped with
+    `clock` (timezone-aware), the one the caller checks them against."""
 
-    def __init__(self, secret: str, idle_s: int) -> None:
+    def __init__(self, secret: str, idle_s: int,
+                 clock: Callable[[], datetime] = utcnow) -> None:
         self.idle = timedelta(seconds=idle_s)
-        self._sessions = URLSafeTimedSerializer(secret, salt="notifier.console.session")
-        self._logins = URLSafeTimedSerializer(secret, salt="notifier.console.login-csrf")
+        signer = _signer_on(clock)
+        self._sessions = URLSafeTimedSerializer(secret, salt="notifier.console.session",
+                                                signer=signer)
+        self._logins = URLSafeTimedSerializer(secret, salt="notifier.console.login-csrf",
+                                              signer=signer)
 
     def new_session(self, operator: str) -> Session:
         """A session for `operator` with a fresh CSRF token."""
