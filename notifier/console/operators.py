@@ -17,6 +17,7 @@ import re
 import tempfile
 import tomllib
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 from argon2 import PasswordHasher, extract_parameters
@@ -31,9 +32,6 @@ MIN_PASSWORD_CHARS = 12
 
 #: argon2-cffi's defaults (RFC 9106's second recommendation: 64 MiB, 3 passes).
 _HASHER = PasswordHasher()
-#: Checked against when the name is unknown, so an unknown name costs what a known one does
-#: (no telling names apart by the answer's time).
-_DUMMY_HASH = _HASHER.hash("not a password of anyone's")
 
 
 @dataclass(frozen=True)
@@ -118,13 +116,21 @@ def load_operators(path: Path) -> dict[str, Operator]:
     return parse_operators(text, str(path))
 
 
+@cache
+def _dummy_hash() -> str:
+    """Checked against when the name is unknown, so an unknown name costs what a known one
+    does (no telling names apart by the answer's time). Made on first use: a hash takes
+    64 MiB and tens of milliseconds, which no other command should pay at import."""
+    return _HASHER.hash("not a password of anyone's")
+
+
 def verify_password(operators: dict[str, Operator], name: str, password: str) -> Operator | None:
     """The operator `name` if `password` is theirs, else None (unknown name included, at the
     same cost). argon2-cffi compares in constant time; a hash made with older parameters
     still verifies (rehashing it is left to `add-operator`)."""
     operator = operators.get(name)
     try:
-        _HASHER.verify(operator.password_hash if operator else _DUMMY_HASH, password)
+        _HASHER.verify(operator.password_hash if operator else _dummy_hash(), password)
     except (VerificationError, InvalidHashError):
         return None
     return operator
