@@ -19,8 +19,10 @@ from urllib.parse import parse_qs
 
 import jinja2
 from fastapi import APIRouter, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 
 from notifier.config import project_dir
 from notifier.console.audit import AuditLog
@@ -109,6 +111,18 @@ class Console:
         except ConfigError as exc:
             log.error("console operators file unusable, keeping the last good one: %s", exc)
         return self.operators
+
+    async def http_error(self, request: Request, exc: Exception) -> Response:
+        """The app's answer to an HTTP error (404, 405, ...): FastAPI's own outside the
+        console; under `/console`, 401 without a session (no telling which pages exist),
+        else a page with the console's headers."""
+        if not isinstance(exc, HTTPException):  # registered for HTTPException only
+            raise exc
+        if not request.url.path.startswith("/console"):
+            return await http_exception_handler(request, exc)
+        if self.session(request) is None:
+            return self.unauthorized()
+        return self.refused(exc.status_code, "Not here", "There is no such page or form.")
 
     def login_form(self, status: int = 200, error: str = "", name: str = "") -> Response:
         token, cookie = self.codec.login_token()

@@ -16,6 +16,7 @@ from datetime import timedelta
 from dramatiq.brokers.redis import RedisBroker
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
+from starlette.exceptions import HTTPException
 
 from notifier import __version__
 from notifier.config import Settings
@@ -82,6 +83,7 @@ def create_app(settings: Settings, store: Store, broker: RedisBroker) -> FastAPI
     app.include_router(provider_routes(settings, store))
     if console is not None:
         app.include_router(console_routes(console))
+        app.add_exception_handler(HTTPException, console.http_error)
     app.openapi = lambda: openapi_document(  # type: ignore[method-assign]
         app, document_event_body, documented=events.documented.routes)
     return app

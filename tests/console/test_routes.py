@@ -92,6 +92,24 @@ def test_without_a_session_every_route_but_the_login_form_is_401_html(client):
     assert LOGIN_CSRF_COOKIE in client.cookies
 
 
+def test_a_page_that_does_not_exist_is_401_without_a_session_and_html_with_one(client):
+    for method, path in (("GET", "/console/clients/c-1"), ("GET", "/console/logout")):
+        answer = client.request(method, path)
+        assert answer.status_code == 401, path
+        assert answer.headers["content-security-policy"].startswith("default-src 'self'")
+    assert sign_in(client).status_code == 303
+    for method, path, status in (("GET", "/console/clients/c-1", 404),
+                                 ("GET", "/console/logout", 405)):
+        answer = client.request(method, path)
+        assert answer.status_code == status, path
+        assert answer.headers["content-type"].startswith("text/html")
+        assert answer.headers["content-security-policy"].startswith("default-src 'self'")
+    # Outside the console, FastAPI's own answer.
+    outside = client.get("/nowhere")
+    assert outside.status_code == 404
+    assert outside.json() == {"detail": "Not Found"}
+
+
 def test_a_forged_session_cookie_is_401(client):
     client.cookies.set(SESSION_COOKIE, "eyJvcCI6ImFuYSJ9.forged.signature")
     assert client.get("/console/").status_code == 401
