@@ -184,7 +184,7 @@ def console_routes(console: Console) -> APIRouter:
         response = RedirectResponse("/console/", status_code=303, headers=SECURITY_HEADERS)
         response.delete_cookie(LOGIN_CSRF_COOKIE, path="/", secure=True, httponly=True,
                                samesite="strict")
-        return console.keep(response, console.codec.new_session(operator.name))
+        return console.keep(response, console.codec.new_session(operator.name, now))
 
     @router.post("/logout")
     async def logout(request: Request) -> Response:

@@ -9,7 +9,9 @@ the login form carries back (double submit).
 
 Cookies are `Secure` always, also in `notifier dev`: browsers treat http://localhost as a
 secure context and keep such cookies there; a plain-HTTP host elsewhere cannot sign in.
-A session cannot be revoked before its timeout (signing out clears the browser's cookie).
+A session also ends `MAX_SESSION` after its sign-in, however busy: a stolen cookie cannot
+be kept alive for ever. It cannot be revoked sooner (signing out clears the browser's
+cookie, not a copy of it).
 """
 
 from __future__ import annotations
@@ -30,16 +32,20 @@ SESSION_COOKIE = "__Host-notifier-console"
 LOGIN_CSRF_COOKIE = "__Host-notifier-console-login"
 #: How long a login form stays usable (seconds).
 LOGIN_FORM_S = 3600
+#: However busy, a session ends this long after its sign-in: a working day.
+MAX_SESSION = timedelta(hours=12)
 #: The form field carrying the CSRF token.
 CSRF_FIELD = "csrf_token"
 
 
 @dataclass(frozen=True)
 class Session:
-    """A signed-in operator, and the CSRF token their forms carry."""
+    """A signed-in operator, the CSRF token their forms carry, and when they signed in
+    (whole seconds since the epoch)."""
 
     operator: str
     csrf: str
+    since: int
 
 
 def _signer_on(clock: Callable[[], datetime]) -> type[TimestampSigner]:
@@ -66,17 +72,19 @@ class SessionCodec:
         self._logins = URLSafeTimedSerializer(secret, salt="notifier.console.login-csrf",
                                               signer=signer)
 
-    def new_session(self, operator: str) -> Session:
-        """A session for `operator` with a fresh CSRF token."""
-        return Session(operator, secrets.token_urlsafe(32))
+    def new_session(self, operator: str, now: datetime) -> Session:
+        """A session for `operator` signing in at `now`, with a fresh CSRF token."""
+        return Session(operator, secrets.token_urlsafe(32), int(now.timestamp()))
 
     def dump(self, session: Session) -> str:
         """The cookie value of `session`, timestamped now."""
-        return self._sessions.dumps({"op": session.operator, "csrf": session.csrf})
+        return self._sessions.dumps({"op": session.operator, "csrf": session.csrf,
+                                     "since": session.since})
 
     def load(self, cookie: str | None, now: datetime) -> Session | None:
-        """The session in `cookie`, or None when it is missing, forged, malformed or idle
-        for longer than the timeout at `now` (timezone-aware)."""
+        """The session in `cookie`, or None when it is missing, forged, malformed, idle
+        for longer than the timeout at `now` (timezone-aware), or older than
+        `MAX_SESSION`."""
         if not cookie:
             return None
         try:
@@ -86,9 +94,11 @@ class SessionCodec:
         if now - signed_at > self.idle:
             return None
         if not (isinstance(data, dict) and isinstance(data.get("op"), str)
-                and isinstance(data.get("csrf"), str)):
+                and isinstance(data.get("csrf"), str) and isinstance(data.get("since"), int)):
             return None
-        return Session(data["op"], data["csrf"])
+        if now.timestamp() - data["since"] > MAX_SESSION.total_seconds():
+            return None
+        return Session(data["op"], data["csrf"], data["since"])
 
     def login_token(self) -> tuple[str, str]:
         """A new pre-session CSRF token and the cookie value holding it."""

@@ -165,6 +165,26 @@ def test_a_session_idle_past_the_timeout_is_refused_and_each_answer_restarts_it(
         assert "session has ended" in expired.text
 
 
+def test_a_busy_session_still_ends_twelve_hours_after_its_sign_in(settings, redis_client):
+    now = [utcnow()]
+
+    def clock() -> datetime:
+        return now[0]
+
+    console = Console(settings.console_operators_file,
+                      SessionCodec(CONSOLE_SECRET, 1800, clock), AuditLog(redis_client, 1),
+                      "Practice", clock=clock)
+    app = FastAPI()
+    app.include_router(console_routes(console))
+    with TestClient(app, base_url="https://testserver") as client:
+        assert sign_in(client).status_code == 303
+        for _ in range(24):  # a page every 29 minutes for 11.6 hours
+            now[0] += timedelta(minutes=29)
+            assert client.get("/console/").status_code == 200
+        now[0] += timedelta(minutes=29)
+        assert client.get("/console/").status_code == 401
+
+
 def test_a_bad_operators_file_stops_start_up_with_one_line(
         tmp_path: Path, redis_client: redis.Redis, redis_url: str):
     bad = tmp_path / "operators.toml"
