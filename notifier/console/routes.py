@@ -35,6 +35,8 @@ from notifier.console.sessions import (
     Session,
     SessionCodec,
     csrf_ok,
+    end_session,
+    session_ended,
 )
 from notifier.errors import ConfigError
 from notifier.timeutil import utcnow
@@ -93,8 +95,13 @@ class Console:
         return self.refused(401, "Sign in first",
                             "Your session has ended or you have not signed in.")
 
-    def session(self, request: Request) -> Session | None:
-        return self.codec.load(request.cookies.get(SESSION_COOKIE), self.clock())
+    async def session(self, request: Request) -> Session | None:
+        """The request's session, unless missing, forged, past its time or signed out."""
+        session = self.codec.load(request.cookies.get(SESSION_COOKIE), self.clock())
+        if session is None or await run_in_threadpool(session_ended, self.audit.redis,
+                                                      session):
+            return None
+        return session
 
     def keep(self, response: Response, session: Session) -> Response:
         """`response` with the session's cookie sent again: its idle time starts over."""
@@ -120,7 +127,7 @@ class Console:
             raise exc
         if not request.url.path.startswith("/console"):
             return await http_exception_handler(request, exc)
-        if self.session(request) is None:
+        if await self.session(request) is None:
             return self.unauthorized()
         return self.refused(exc.status_code, "Not here", "There is no such page or form.")
 
@@ -156,7 +163,7 @@ def console_routes(console: Console) -> APIRouter:
 
     @router.get("/login")
     async def login_page(request: Request) -> Response:
-        if console.session(request) is not None:
+        if await console.session(request) is not None:
             return RedirectResponse("/console/", status_code=303, headers=SECURITY_HEADERS)
         return console.login_form()
 
@@ -188,12 +195,13 @@ def console_routes(console: Console) -> APIRouter:
 
     @router.post("/logout")
     async def logout(request: Request) -> Response:
-        session = console.session(request)
+        session = await console.session(request)
         if session is None:
             return console.unauthorized()
         form = await read_form(request)
         if form is None or not csrf_ok(session, form.get(CSRF_FIELD)):
             return console.refused(403, "Refused", "This form was not sent from the console.")
+        await run_in_threadpool(end_session, console.audit.redis, session)
         await run_in_threadpool(console.audit.record, session.operator, "logout", "",
                                 console.clock())
         response = RedirectResponse("/console/login", status_code=303,
@@ -204,7 +212,7 @@ def console_routes(console: Console) -> APIRouter:
 
     @router.get("/")
     async def home(request: Request) -> Response:
-        session = console.session(request)
+        session = await console.session(request)
         if session is None:
             return console.unauthorized()
         await run_in_threadpool(console.audit.record, session.operator, "view", "home",

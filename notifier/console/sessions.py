@@ -10,17 +10,20 @@ the login form carries back (double submit).
 Cookies are `Secure` always, also in `notifier dev`: browsers treat http://localhost as a
 secure context and keep such cookies there; a plain-HTTP host elsewhere cannot sign in.
 A session also ends `MAX_SESSION` after its sign-in, however busy: a stolen cookie cannot
-be kept alive for ever. It cannot be revoked sooner (signing out clears the browser's
-cookie, not a copy of it).
+be kept alive for ever. Signing out clears the browser's cookie and marks the session
+ended in Redis (`n:console:signed-out:{id}`, kept `MAX_SESSION`), so a copy of the cookie
+is refused too.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from itsdangerous import BadSignature, TimestampSigner, URLSafeTimedSerializer
 
@@ -34,6 +37,8 @@ LOGIN_CSRF_COOKIE = "__Host-notifier-console-login"
 LOGIN_FORM_S = 3600
 #: However busy, a session ends this long after its sign-in: a working day.
 MAX_SESSION = timedelta(hours=12)
+#: Sessions signed out, by id (a key family of `notifier.ledger.keyspace`).
+SIGNED_OUT_PREFIX = "n:console:signed-out:"
 #: The form field carrying the CSRF token.
 CSRF_FIELD = "csrf_token"
 
@@ -123,3 +128,21 @@ def csrf_ok(session: Session, submitted: str | None) -> bool:
     """Whether a form's `submitted` token is `session`'s (compared in constant time)."""
     return submitted is not None and hmac.compare_digest(session.csrf.encode(),
                                                          submitted.encode())
+
+
+def session_id(session: Session) -> str:
+    """`session`'s id in Redis: a digest of its CSRF token (random, one per session), so
+    Redis never holds the token itself."""
+    return hashlib.sha256(session.csrf.encode()).hexdigest()[:32]
+
+
+def end_session(redis: Any, session: Session) -> None:
+    """Mark `session` signed out (through redis-py client `redis`) until it would have
+    ended anyway."""
+    redis.set(SIGNED_OUT_PREFIX + session_id(session), b"1",
+              ex=int(MAX_SESSION.total_seconds()))
+
+
+def session_ended(redis: Any, session: Session) -> bool:
+    """Whether `session` was signed out."""
+    return bool(redis.exists(SIGNED_OUT_PREFIX + session_id(session)))

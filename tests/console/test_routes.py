@@ -136,11 +136,19 @@ def test_a_post_without_the_csrf_token_is_403(client, redis_client):
 def test_signing_out_ends_the_session_and_is_audited(client, redis_client):
     assert sign_in(client).status_code == 303
     token = csrf_in(client.get("/console/").text)
+    kept = client.cookies[SESSION_COOKIE]
     out = client.post("/console/logout", data={"csrf_token": token}, follow_redirects=False)
     assert out.status_code == 303
     assert out.headers["location"] == "/console/login"
     assert client.get("/console/").status_code == 401
     assert audited(redis_client)[-1] == (NAME, "logout", "")
+    # A copy of the cookie kept from before is refused too, and the mark expires.
+    client.cookies.set(SESSION_COOKIE, kept)
+    assert client.get("/console/").status_code == 401
+    [mark] = redis_client.keys("n:console:signed-out:*")
+    assert 0 < redis_client.ttl(mark) <= 12 * 3600
+    redis_client.delete(mark)  # what refused it: without the mark, the copy would do
+    assert client.get("/console/").status_code == 200
 
 
 def test_a_session_idle_past_the_timeout_is_refused_and_each_answer_restarts_it(
