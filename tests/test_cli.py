@@ -159,6 +159,8 @@ def test_dev_runs_on_the_embedded_redis_and_send_event_reaches_it(tmp_path, poli
     assert f"{sys.executable} -m notifier send-event {EXAMPLE} --url {base}\n" in output
     assert f"{sys.executable} -m notifier notifications client-1 " in output
     assert f"curl -H 'Authorization: Bearer {token}' {read_url}\n" in output
+    assert (f"Operator console: {base}/console/  (the first operator, once: "
+            f"{sys.executable} -m notifier console add-operator NAME)\n") in output
     assert "Traceback" not in output
     assert not EmbeddedRedis(tmp_path / "var").running()  # dev stops what it started
 

@@ -64,6 +64,9 @@ def dev_banner(settings: Settings, host: str, port: int, redis_url: str) -> str:
         "Client messages wait for 08:00 client-local during quiet hours (21:00-08:00): at "
         "night the confirmation shows as scheduled for the morning, not in the outbox.",
     ]
+    if settings.console_secret is not None:
+        lines += [f"Operator console: {base}/console/  (the first operator, once: "
+                  f"{me} console add-operator NAME)"]
     return "\n".join(lines) + "\n"
 
 
