@@ -151,17 +151,26 @@ def test_signing_out_ends_the_session_and_is_audited(client, redis_client):
     assert client.get("/console/").status_code == 200
 
 
-def test_a_session_idle_past_the_timeout_is_refused_and_each_answer_restarts_it(
-        settings: Settings, redis_client):
+def clocked_console(settings: Settings, redis_client: Any, idle_s: int
+                    ) -> tuple[FastAPI, list[datetime]]:
+    """The console alone, on a clock the test moves (`now[0]`), sessions idle after
+    `idle_s` seconds."""
     now = [utcnow()]
+
     def clock() -> datetime:
         return now[0]
 
     console = Console(settings.console_operators_file,
-                      SessionCodec(CONSOLE_SECRET, 60, clock), AuditLog(redis_client, 1),
+                      SessionCodec(CONSOLE_SECRET, idle_s, clock), AuditLog(redis_client, 1),
                       "Practice", clock=clock)
     app = FastAPI()
     app.include_router(console_routes(console))
+    return app, now
+
+
+def test_a_session_idle_past_the_timeout_is_refused_and_each_answer_restarts_it(
+        settings: Settings, redis_client):
+    app, now = clocked_console(settings, redis_client, 60)
     with TestClient(app, base_url="https://testserver") as client:
         assert sign_in(client).status_code == 303
         for _ in range(3):  # each answer sends the cookie again, stamped anew
@@ -174,16 +183,7 @@ def test_a_session_idle_past_the_timeout_is_refused_and_each_answer_restarts_it(
 
 
 def test_a_busy_session_still_ends_twelve_hours_after_its_sign_in(settings, redis_client):
-    now = [utcnow()]
-
-    def clock() -> datetime:
-        return now[0]
-
-    console = Console(settings.console_operators_file,
-                      SessionCodec(CONSOLE_SECRET, 1800, clock), AuditLog(redis_client, 1),
-                      "Practice", clock=clock)
-    app = FastAPI()
-    app.include_router(console_routes(console))
+    app, now = clocked_console(settings, redis_client, 1800)
     with TestClient(app, base_url="https://testserver") as client:
         assert sign_in(client).status_code == 303
         for _ in range(24):  # a page every 29 minutes for 11.6 hours
