@@ -8,15 +8,17 @@ answer (timeout, connection refused or dropped), 429 and 5xx. A 2xx delivers; an
 answer (a 4xx such as 400, 401 or 410, a 3xx: redirects are not followed, as with
 Standard Webhooks' senders) ends the message `failed` at once: sending it again would get
 the same answer. A `Retry-After` on a retried answer is honoured: the next attempt waits
-for it, though never less than the schedule's delay, and never more than `RETRY_AFTER_MAX_S`.
+for it, though never less than the schedule's delay, and never more than `RETRY_AFTER_MAX_S`
+(read as the providers' is: `notifier.delivery.channels.retry_after`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from email.utils import parsedate_to_datetime
 from typing import Literal
+
+from notifier.delivery.channels.retry_after import retry_after_s
 
 #: The delays before the 2nd, 3rd, ... 8th attempt, seconds (Svix's schedule).
 RETRY_SCHEDULE_S = (5, 300, 1800, 7200, 18000, 36000, 36000)
@@ -64,20 +66,3 @@ def endpoints_fault(status: int | None) -> bool:
     counts towards disabling it: no answer, 429, 5xx. A 4xx is the endpoint up and
     refusing one message; a 2xx, success."""
     return status is None or status == 429 or status >= 500
-
-
-def retry_after_s(value: str | None, now: datetime) -> float | None:
-    """A `Retry-After` header's wait in seconds (RFC 9110 10.2.3: delay-seconds or an
-    HTTP-date), None when absent or unreadable; a date in the past waits 0."""
-    if not value:
-        return None
-    text = value.strip()
-    if text.isdigit():
-        return float(text)
-    try:
-        when = parsedate_to_datetime(text)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        return None
-    return max(0.0, (when - now).total_seconds())

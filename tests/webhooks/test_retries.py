@@ -13,7 +13,6 @@ from notifier.webhooks.retries import (
     RETRY_AFTER_MAX_S,
     RETRY_SCHEDULE_S,
     judge,
-    retry_after_s,
 )
 
 NOW = datetime(2026, 11, 30, 17, 0, tzinfo=UTC)
@@ -53,13 +52,14 @@ def test_a_retry_after_is_honoured_but_never_sooner_than_the_schedule():
 
 
 def test_retry_after_reads_seconds_and_http_dates():
-    assert retry_after_s("120", NOW) == 120
-    assert retry_after_s(" 7 ", NOW) == 7
-    assert retry_after_s(format_datetime(NOW - timedelta(hours=1), usegmt=True), NOW) == 0
-    assert retry_after_s("", NOW) is None
-    assert retry_after_s(None, NOW) is None
-    assert retry_after_s("-5", NOW) is None
-    assert retry_after_s("Wed, 99 Foo 2026", NOW) is None
+    """Read as a provider's is (`delivery.channels.retry_after`): what asks for no more
+    than the schedule, or says nothing, leaves the schedule's delay."""
+    schedule = NOW + timedelta(seconds=RETRY_SCHEDULE_S[0])
+    assert judge(503, 0, NOW, "120").next_at == NOW + timedelta(seconds=120)
+    assert judge(503, 0, NOW, " 7 ").next_at == NOW + timedelta(seconds=7)
+    past = format_datetime(NOW - timedelta(hours=1), usegmt=True)
+    for said in (past, "", None, "-5", "Wed, 99 Foo 2026"):
+        assert judge(503, 0, NOW, said).next_at == schedule, said
 
 
 @given(status=st.one_of(st.none(), st.integers(100, 599)),
