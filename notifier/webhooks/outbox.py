@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from notifier.ledger.lua import lua_source
-from notifier.ledger.notifications import PREFIX, WEBHOOK_OUTBOX, epoch
+from notifier.ledger.notifications import PREFIX, WEBHOOK_OUTBOX, epoch, from_epoch
 from notifier.webhooks.catalogue import OutboxEntry, parse_entry
 from notifier.webhooks.retries import DISABLE_AFTER_S, endpoints_fault
 
@@ -196,7 +196,7 @@ class WebhookOutbox:
                 failed=int(fields.get("failed", 0)), retried=int(fields.get("retried", 0)),
                 retrying=int(retrying), pending=int(pending),
                 oldest_pending_s=max(0.0, epoch(now) - oldest[0][1]) if oldest else 0.0,
-                disabled_at=None if disabled is None else _from_epoch(disabled)))
+                disabled_at=None if disabled is None else from_epoch(disabled)))
         return statuses
 
     def replay(self, endpoint: Endpoint, since: datetime, now: datetime) -> int:
@@ -254,9 +254,3 @@ def _parsed(raw: Iterable[bytes]) -> Iterable[OutboxEntry]:
             yield parse_entry(item)
         except ValueError:
             log.exception("webhook outbox: dropping an entry that does not parse")
-
-
-def _from_epoch(value: str) -> datetime:
-    from notifier.ledger.notifications import from_epoch
-
-    return from_epoch(value)
