@@ -1,5 +1,7 @@
 """The console's routes under `/console`: `GET /console/login` (the form), `POST
-/console/login`, `POST /console/logout` and `GET /console/` (who is signed in, for now).
+/console/login`, `POST /console/logout`, `GET /console/static/console.css` (the one
+stylesheet, served without a session: it holds no data) and `GET /console/` (the start
+page); the pages of each concern come from their own modules (`PAGE_ROUTERS`).
 
 Every answer is server-rendered HTML (templates/console/, Jinja2 with autoescape) with a
 Content-Security-Policy of `default-src 'self'` (no inline script or style), `no-store`
@@ -24,7 +26,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from notifier.config import project_dir
+from notifier.config import Settings, project_dir
 from notifier.console.audit import AuditLog
 from notifier.console.operators import NAME_RE, Operator, load_operators, verify_password
 from notifier.console.sessions import (
@@ -39,6 +41,7 @@ from notifier.console.sessions import (
     session_ended,
 )
 from notifier.errors import ConfigError
+from notifier.ledger.store import Store
 from notifier.timeutil import utcnow
 
 log = logging.getLogger(__name__)
@@ -52,6 +55,8 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",
 }
+#: The console's one stylesheet (no inline styles: the CSP forbids them).
+STYLESHEET = Path(project_dir("templates")) / "console" / "static" / "console.css"
 #: A console form is a few fields; a larger body is refused unread past this.
 MAX_FORM_BYTES = 8192
 
@@ -65,12 +70,15 @@ def console_templates() -> jinja2.Environment:
 
 
 class Console:
-    """What the routes share: the operators file (read again at each sign-in, so
-    `notifier console add-operator` needs no restart), the cookie codec, the audit log,
-    the templates and the clock."""
+    """What the routes share: the settings, the ledger (`store`), the operators file
+    (read again at each sign-in, so `notifier console add-operator` needs no restart),
+    the cookie codec, the audit log, the templates and the clock."""
 
-    def __init__(self, operators_file: Path, codec: SessionCodec, audit: AuditLog,
-                 practice_name: str, clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(self, settings: Settings, store: Store, codec: SessionCodec,
+                 audit: AuditLog, clock: Callable[[], datetime] = utcnow) -> None:
+        self.settings = settings
+        self.store = store
+        operators_file = settings.console_operators_file
         self.operators_file = operators_file
         # Read now: a bad file stops start-up with one line (ConfigError).
         self.operators: dict[str, Operator] = load_operators(operators_file)
@@ -79,17 +87,54 @@ class Console:
                         "(notifier console add-operator NAME)", operators_file)
         self.codec = codec
         self.audit = audit
-        self.practice_name = practice_name
+        self.practice_name = settings.practice_name
         self.clock = clock
         self.templates = console_templates()
 
     def page(self, template: str, status: int = 200, **context: Any) -> HTMLResponse:
+        """`template` rendered with `context` (and `practice_name`), with the console's
+        headers. A signed-in page passes `session` too: the layout shows the navigation,
+        the search form and the sign-out button (with the CSRF token) only then."""
+        context.setdefault("session", None)
         html = self.templates.get_template(template).render(
             practice_name=self.practice_name, **context)
         return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
 
-    def refused(self, status: int, title: str, message: str) -> HTMLResponse:
-        return self.page("refused.html", status, title=title, message=message)
+    async def viewer(self, request: Request, subject: str) -> Session | Response:
+        """The session of a request for a page showing `subject` (`client:{id}`,
+        `notification:{id}`, `today`, ...), its view audited; or the 401 page to answer
+        instead. Raises `StoreUnavailable` when Redis is down: nothing is shown that
+        could not be audited."""
+        session = await self.session(request)
+        if session is None:
+            return self.unauthorized()
+        await run_in_threadpool(self.audit.record, session.operator, "view", subject,
+                                self.clock())
+        return session
+
+    async def action(self, request: Request) -> tuple[Session, dict[str, str]] | Response:
+        """The session and form of a POST, or the page to answer instead: 401 without a
+        session, 403 without the session's CSRF token (or when the body is not a form).
+        The caller audits the action itself, once it knows what was done."""
+        session = await self.session(request)
+        if session is None:
+            return self.unauthorized()
+        form = await read_form(request)
+        if form is None or not csrf_ok(session, form.get(CSRF_FIELD)):
+            return self.refused(403, "Refused", "This form was not sent from the console.",
+                                session=session)
+        return session, form
+
+    def signed_in(self, session: Session, template: str, status: int = 200,
+                  **context: Any) -> Response:
+        """A signed-in page: `template` with `session` in its context, the session's
+        cookie sent again (its idle time starts over)."""
+        return self.keep(self.page(template, status, session=session, **context), session)
+
+    def refused(self, status: int, title: str, message: str,
+                session: Session | None = None) -> HTMLResponse:
+        return self.page("refused.html", status, title=title, message=message,
+                         session=session)
 
     def unauthorized(self) -> HTMLResponse:
         return self.refused(401, "Sign in first",
@@ -129,7 +174,8 @@ class Console:
             return await http_exception_handler(request, exc)
         if await self.session(request) is None:
             return self.unauthorized()
-        return self.refused(exc.status_code, "Not here", "There is no such page or form.")
+        return self.refused(exc.status_code, "Not here", "There is no such page or form.",
+                            session=await self.session(request))
 
     def login_form(self, status: int = 200, error: str = "", name: str = "") -> Response:
         token, cookie = self.codec.login_token()
@@ -195,12 +241,10 @@ def console_routes(console: Console) -> APIRouter:
 
     @router.post("/logout")
     async def logout(request: Request) -> Response:
-        session = await console.session(request)
-        if session is None:
-            return console.unauthorized()
-        form = await read_form(request)
-        if form is None or not csrf_ok(session, form.get(CSRF_FIELD)):
-            return console.refused(403, "Refused", "This form was not sent from the console.")
+        checked = await console.action(request)
+        if isinstance(checked, Response):
+            return checked
+        session, _ = checked
         await run_in_threadpool(end_session, console.audit.redis, session)
         await run_in_threadpool(console.audit.record, session.operator, "logout", "",
                                 console.clock())
@@ -210,14 +254,23 @@ def console_routes(console: Console) -> APIRouter:
                                samesite="strict")
         return response
 
+    @router.get("/static/console.css")
+    async def stylesheet() -> Response:
+        # No session needed: the login page uses it too, and it holds no data.
+        return Response(STYLESHEET.read_bytes(), media_type="text/css",
+                        headers={**SECURITY_HEADERS, "Cache-Control": "max-age=300"})
+
     @router.get("/")
     async def home(request: Request) -> Response:
-        session = await console.session(request)
-        if session is None:
-            return console.unauthorized()
-        await run_in_threadpool(console.audit.record, session.operator, "view", "home",
-                                console.clock())
-        return console.keep(console.page("home.html", operator=session.operator,
-                                         csrf_token=session.csrf), session)
+        session = await console.viewer(request, "home")
+        if isinstance(session, Response):
+            return session
+        return console.signed_in(session, "home.html")
 
+    for page_routes in PAGE_ROUTERS:
+        router.include_router(page_routes(console))
     return router
+
+
+#: The routers of the console's pages, each built from the `Console` (one module each).
+PAGE_ROUTERS: list[Callable[[Console], APIRouter]] = []

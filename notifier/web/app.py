@@ -53,10 +53,10 @@ def create_app(settings: Settings, store: Store, broker: RedisBroker) -> FastAPI
         log.warning("NOTIFIER_CONSOLE_SECRET is not set: the console (/console) is not served")
     else:
         console = Console(
-            settings.console_operators_file,
+            settings, store,
             SessionCodec(settings.console_secret.get_secret_value(),
                          settings.console_session_s),
-            AuditLog(store.redis, settings.console_audit_days), settings.practice_name)
+            AuditLog(store.redis, settings.console_audit_days))
     event_stores = EventStores(store)
 
     @asynccontextmanager

@@ -160,9 +160,9 @@ def clocked_console(settings: Settings, redis_client: Any, idle_s: int
     def clock() -> datetime:
         return now[0]
 
-    console = Console(settings.console_operators_file,
+    console = Console(settings, Store(redis_client),
                       SessionCodec(CONSOLE_SECRET, idle_s, clock), AuditLog(redis_client, 1),
-                      "Practice", clock=clock)
+                      clock=clock)
     app = FastAPI()
     app.include_router(console_routes(console))
     return app, now
