@@ -1,7 +1,8 @@
 """The console's routes under `/console`: `GET /console/login` (the form), `POST
 /console/login`, `POST /console/logout`, `GET /console/static/console.css` (the one
 stylesheet, served without a session: it holds no data) and `GET /console/` (the start
-page); the pages of each concern come from their own modules (`PAGE_ROUTERS`).
+page); the pages of each concern come from their own modules
+(`notifier.console.pages.PAGE_ROUTERS`).
 
 Every answer is server-rendered HTML (templates/console/, Jinja2 with autoescape) with a
 Content-Security-Policy of `default-src 'self'` (no inline script or style), `no-store`
@@ -267,10 +268,8 @@ def console_routes(console: Console) -> APIRouter:
             return session
         return console.signed_in(session, "home.html")
 
+    # Imported here: the page modules import `Console` from this one.
+    from notifier.console.pages import PAGE_ROUTERS
     for page_routes in PAGE_ROUTERS:
         router.include_router(page_routes(console))
     return router
-
-
-#: The routers of the console's pages, each built from the `Console` (one module each).
-PAGE_ROUTERS: list[Callable[[Console], APIRouter]] = []
