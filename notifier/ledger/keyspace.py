@@ -84,6 +84,7 @@ KEY_FAMILIES: tuple[KeyFamily, ...] = (
     KeyFamily("n:audit", "", "the console's audit records: each XADD trims those older "
               "than NOTIFIER_CONSOLE_AUDIT_DAYS (six years by default)"),
     KeyFamily("n:console:signed-out:*", "12 hours: when the session would have ended", ""),
+    KeyFamily("n:console:limits:*", "15 minutes: the sign-in throttle's window", ""),
     KeyFamily(f"{_DQ}:__heartbeats__", "", "one entry per live worker (dramatiq's "
               "maintenance drops the dead)"),
     KeyFamily(f"{_DQ}:__acks__.*", "", "a worker's messages in hand; a dead worker's go "
