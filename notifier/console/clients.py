@@ -56,6 +56,15 @@ def local_text(instant: datetime | None, zone: ZoneInfo) -> str:
     return f"{local:%a} {local.day} {local:%b %Y %H:%M %Z}"
 
 
+def span_text(start: datetime, end: datetime, zone: ZoneInfo) -> str:
+    """`Mon 2 Nov 2026 10:00 to 10:30 EST`: a visit in `zone`, its end's date (and zone
+    abbreviation) left out when they are the start's."""
+    first, last = start.astimezone(zone), end.astimezone(zone)
+    if (first.date(), first.tzname()) == (last.date(), last.tzname()):
+        return f"{first:%a} {first.day} {first:%b %Y %H:%M} to {last:%H:%M %Z}"
+    return f"{local_text(start, zone)} to {local_text(end, zone)}"
+
+
 def time_left(until: datetime | None, now: datetime) -> str:
     """How long from `now` to `until`, in days and hours or hours and minutes (`1 d 3 h`,
     `2 h 5 min`), or `overdue by ...` once it has passed; `—` for None."""
@@ -132,7 +141,7 @@ def routes(console: Console) -> APIRouter:
             viewed, "client.html", file=file, client=client, now=now,
             client_zone=client.zone, operator_zone=operator_zone,
             timeline=timeline_svg(file.notifications, now, operator_zone),
-            legend=legend_items(), when=local_text, time_left=time_left,
+            legend=legend_items(), when=local_text, span=span_text, time_left=time_left,
             notification_href=notification_href, quote=lambda v: quote(v, safe=""))
 
     def missing(session: Session, client_id: str) -> Response:

@@ -11,7 +11,7 @@ colour (`SHAPES`; `legend_items` draws each for the page's key), so the line rea
 grey. Marks close in time go to other lanes (at most `LANES`, then they overlap).
 
 Units: the viewBox is `WIDTH` units wide; at 390 px it is scaled to about half, so text
-is `FONT` units (about 11 px there). Every mark's translate is inside the viewBox.
+is `FONT` units (about 12 px there). Every mark's translate is inside the viewBox.
 """
 
 from __future__ import annotations
@@ -29,13 +29,13 @@ from notifier.ledger.reading import NotificationRow
 WIDTH = 720
 #: Room at each end of the axis, in viewBox units: a mark at an end stays whole.
 PAD = 24
-FONT = 20
+FONT = 24
 #: Marks closer than this (viewBox units) go to different lanes.
 MIN_GAP = 22
 LANES = 4
 LANE_H = 30
 #: The first lane's centre, below the "now" label.
-TOP = 56
+TOP = 60
 #: The axis's span when there is nothing to show, either side of now.
 EMPTY_SPAN = timedelta(days=1)
 
@@ -131,7 +131,7 @@ def timeline_svg(rows: Sequence[NotificationRow], now: datetime, zone: ZoneInfo)
     placed = place(rows, start, end)
     lanes = max((int((p.y - TOP) / LANE_H) + 1 for p in placed), default=1)
     axis_y = TOP + (lanes - 1) * LANE_H + 22
-    height = axis_y + 34
+    height = axis_y + 40
     now_x = x_of(now, start, end)
     count = f"{len(rows)} notification{'' if len(rows) == 1 else 's'}"
     desc = (f"{count} from {short_time(start, zone)} to {short_time(end, zone)}, "
@@ -145,9 +145,9 @@ def timeline_svg(rows: Sequence[NotificationRow], now: datetime, zone: ZoneInfo)
         f'<desc id="{TIMELINE_DESC_ID}">{escape(desc)}</desc>',
         f'<line class="axis" x1="{PAD}" y1="{axis_y}" x2="{WIDTH - PAD}" y2="{axis_y}"/>',
         f'<line class="now" x1="{now_x}" y1="{FONT + 8}" x2="{now_x}" y2="{axis_y + 6}"/>',
-        _label(now_x, FONT, "now", "now"),
-        _label(PAD, axis_y + 28, short_time(start, zone)),
-        _label(WIDTH - PAD, axis_y + 28, short_time(end, zone)),
+        _label(now_x, FONT, "now", "now-label"),
+        _label(PAD, axis_y + 32, short_time(start, zone)),
+        _label(WIDTH - PAD, axis_y + 32, short_time(end, zone)),
     ]
     if not rows:
         parts.append(_label(WIDTH / 2, TOP, "nothing due in this time", "muted"))

@@ -248,15 +248,15 @@ def test_a_booked_client_page_shows_details_reminders_in_both_zones_and_the_time
 
     appointments = cells(html, "appointments")
     assert appointments == [[
-        "a-c1 (medication_management)", "Mon 2 Nov 2026 10:00 EST", "Mon 2 Nov 2026 15:00 GMT",
-        "Mon 2 Nov 2026 10:30 EST", "Mon 2 Nov 2026 15:30 GMT", "scheduled", "not confirmed",
+        "a-c1 (medication_management)", "Mon 2 Nov 2026 10:00 to 10:30 EST",
+        "Mon 2 Nov 2026 15:00 to 15:30 GMT", "scheduled", "not confirmed",
         "Resend the invite for a-c1"]]
     assert 'href="/console/appointments/a-c1/resend-invite"' in html
 
 
 def test_the_due_times_read_in_both_zones_before_and_after_the_change(web, store, policy):
     # Booked for 1 November 05:30 UTC (01:30 EDT) and 06:30 UTC (01:30 EST): the same
-    # wall-clock time in New York, an hour apart.
+    # wall-clock time in New York, an hour apart; the first ends at 01:00 EST.
     store_and_apply(store, policy, provider_upserted("prov-1", NOW), NOW)
     upsert(store, policy, "c1")
     for appt, start in (("early", utc(2026, 11, 1, 5, 30)), ("late", utc(2026, 11, 1, 6, 30))):
@@ -264,8 +264,9 @@ def test_the_due_times_read_in_both_zones_before_and_after_the_change(web, store
                                                    NOW), NOW)
     rows = cells(web.get("/console/clients/c1").text, "appointments")
     assert [row[1:3] for row in rows] == [
-        ["Sun 1 Nov 2026 01:30 EDT", "Sun 1 Nov 2026 05:30 GMT"],
-        ["Sun 1 Nov 2026 01:30 EST", "Sun 1 Nov 2026 06:30 GMT"]]
+        ["Sun 1 Nov 2026 01:30 EDT to Sun 1 Nov 2026 01:00 EST",
+         "Sun 1 Nov 2026 05:30 to 06:00 GMT"],
+        ["Sun 1 Nov 2026 01:30 to 02:00 EST", "Sun 1 Nov 2026 06:30 to 07:00 GMT"]]
 
 
 def test_an_opted_out_number_shows_it_and_the_way_back(web, store, policy):
