@@ -17,7 +17,7 @@ import pytest
 import redis
 from fastapi import FastAPI
 
-from notifier.cli import main
+from notifier.cli import build_parser
 from notifier.config import Settings
 from notifier.console.audit import AuditLog
 from notifier.console.client_data import load_client_file
@@ -348,7 +348,7 @@ def test_records_join_their_client_s_entities_when_written(store, policy, redis_
 
 
 def test_reindex_fills_the_indexes_of_records_stored_before_them_and_can_run_again(
-        store, policy, redis_client, redis_url, monkeypatch, capsys):
+        store, policy, redis_client, redis_url, capsys):
     booked(store, policy)
     upsert(store, policy, "c2", phone="+14155550199", email="Two@Example.com")
     store_and_apply(store, policy, prescription_filled("rx-1", "c1", date(2026, 10, 20), NOW),
@@ -363,9 +363,11 @@ def test_reindex_fills_the_indexes_of_records_stored_before_them_and_can_run_aga
     old = [k for k in redis_client.scan_iter("n:email-clients:*")] + \
         [k for k in redis_client.scan_iter("n:client-entities:*")]
     redis_client.delete(*old)
-    monkeypatch.setenv("NOTIFIER_REDIS_URL", redis_url)
+    # The command as `notifier console reindex` runs it (without `main`'s logging set-up).
+    args = build_parser().parse_args(["console", "reindex"])
+    settings = Settings.from_env({"NOTIFIER_REDIS_URL": redis_url}, dotenv=Path("/nonexistent"))
     for _ in range(2):
-        main(["console", "reindex"])
+        args.func(args, settings)
         assert capsys.readouterr().out == (
             "indexed 2 client email addresses and 3 appointment, prescription, refill "
             "request and message records\n")
