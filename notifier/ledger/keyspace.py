@@ -59,6 +59,12 @@ KEY_FAMILIES: tuple[KeyFamily, ...] = (
     KeyFamily("n:phone-clients:*", "", "one set per number in use; a client leaves it "
               "when its number changes, and an empty set is no key"),
     KeyFamily("n:phone:*", "", "written by older versions only"),
+    KeyFamily("n:email-clients:*", "", "one set per address in use (lower-cased); a client "
+              "leaves it when its address changes, and an empty set is no key"),
+    KeyFamily("n:client-entities:*", "", "one set per client: the refs of its "
+              "appointments, prescriptions, refill requests and messages, never removed; "
+              "it grows with the records of `n:rec:*` it names (with the practice), not "
+              "with time"),
     KeyFamily("n:sms-optout", "", "one entry per opted-out number: an opt-out holds until "
               "the number opts back in"),
     KeyFamily("n:rate:*", "a day", ""),
