@@ -69,19 +69,22 @@ def _n(value: float) -> str:
     return f"{value:.2f}".rstrip("0").rstrip(".")
 
 
-def _value(value: float, unit: str) -> str:
+def _value(value: float, units: tuple[str, str]) -> str:
+    """`value` and its unit: `units[0]` after exactly 1, else `units[1]`."""
     shown = f"{value:g}" if value != int(value) else str(int(value))
-    return f"{shown}{unit}"
+    return f"{shown}{units[0] if value == 1 else units[1]}"
 
 
-def bar_chart(chart_id: str, title: str, bars: Sequence[Bar], unit: str = "") -> Markup:
+def bar_chart(chart_id: str, title: str, bars: Sequence[Bar],
+              units: tuple[str, str] = ("", "")) -> Markup:
     """`bars` as an SVG bar chart named `title` (its `<title>`, which screen readers say),
-    with a `<desc>` giving every bar's label and value (`unit` after each number, e.g.
-    " sends"); `chart_id` makes the ids of both unique on the page. No bar, or only zeros:
-    an empty baseline and "no data" / all-zero description. Text is escaped."""
+    with a `<desc>` giving every bar's label and value (with its unit after it, singular
+    or plural: `(" send", " sends")`); `chart_id` makes the ids of both unique on the
+    page. No bar, or only zeros: an empty baseline and "no data" / all-zero description.
+    Text is escaped."""
     values = [max(b.value, 0.0) for b in bars]
     rects = layout(values)
-    desc = "; ".join(f"{b.label}: {_value(v, unit)}" for b, v in zip(bars, values, strict=True))
+    desc = "; ".join(f"{b.label}: {_value(v, units)}" for b, v in zip(bars, values, strict=True))
     if not bars:
         desc = "No data."
     elif not any(values):
@@ -97,11 +100,11 @@ def bar_chart(chart_id: str, title: str, bars: Sequence[Bar], unit: str = "") ->
     ]
     if values and max(values) > 0:
         parts.append(f'<text class="scale" x="{SIDE}" y="{TOP - 6}">max '
-                     f'{escape(_value(max(values), unit))}</text>')
+                     f'{escape(_value(max(values), units))}</text>')
     for bar, value, rect in zip(bars, values, rects, strict=True):
         parts.append(f'<rect class="bar" x="{_n(rect.x)}" y="{_n(rect.y)}" '
                      f'width="{_n(rect.width)}" height="{_n(rect.height)}">'
-                     f'<title>{escape(bar.label)}: {escape(_value(value, unit))}</title></rect>')
+                     f'<title>{escape(bar.label)}: {escape(_value(value, units))}</title></rect>')
         if bar.tick:
             parts.append(f'<text class="tick" x="{_n(rect.x + rect.width / 2)}" '
                          f'y="{HEIGHT - 6}" text-anchor="middle">{escape(bar.tick)}</text>')

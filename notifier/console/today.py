@@ -195,7 +195,7 @@ def today_view(g: Gathered, zone: ZoneInfo) -> dict[str, Any]:
         total = sum(int(b.value) for b in bars)
         sends.append({"channel": channel, "total": total, "chart": bar_chart(
             f"sends-{channel}", f"{channel.upper()} sends per hour, last 24 hours", bars,
-            " sends")})
+            (" send", " sends"))})
     by_channel: dict[str, list[Lateness]] = {}
     for (_, channel), kind_series in g.figures.lateness.items():
         by_channel.setdefault(channel, []).append(kind_series)
@@ -207,7 +207,7 @@ def today_view(g: Gathered, zone: ZoneInfo) -> dict[str, Any]:
         lateness.append({"channel": channel, "count": count, "mean_s": round(mean, 1),
                          "chart": bar_chart(f"late-{channel}",
                                             f"{channel.upper()} send lateness (sent - due)",
-                                            lateness_bars(series), " sends")})
+                                            lateness_bars(series), (" send", " sends"))})
     failures = sorted(g.daily.failed.items(), key=lambda kv: (-kv[1], kv[0]))
     set_aside = {status: g.figures.events_set_aside.get(status, 0)
                  for status in ("rejected", "failed")}

@@ -22,7 +22,6 @@ below name only the errors of their own.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -36,6 +35,7 @@ from notifier.ledger.batch import Batch, Reply
 from notifier.ledger.daily import day_of, failed_key, sent_key
 from notifier.ledger.lua import lua_source
 from notifier.ledger.notif_fields import with_derived
+from notifier.timeutil import utcnow
 
 #: Key prefix of every key Notifier writes.
 PREFIX = "n:"
@@ -414,8 +414,9 @@ def _finish_call(notification_id: str, state: str, lease: str, fields: dict[str,
     flat: list[Any] = []
     for name, value in fields.items():
         flat += [name, "" if value is None else value]
-    # The day counted in (`notifier.ledger.daily`): the send's, else the call's.
-    day = day_of(float(fields.get("sent_at") or time.time()))
+    # The day counted in (`notifier.ledger.daily`): the send's, else the call's (`finish`
+    # takes no `now`; a failure counted in the day it was recorded is what the page wants).
+    day = day_of(float(fields.get("sent_at") or utcnow().timestamp()))
     return ([notif_key(notification_id), INFLIGHT, OUTCOMES, LATENESS, SCHEDULE,
              AWAITING_REPORT, WEBHOOK_OUTBOX, WEBHOOK_SEQ, sent_key(day), failed_key(day)],
             [notification_id, state, keep_s,

@@ -54,11 +54,12 @@ def test_an_sms_shows_its_text_encoding_and_segments_as_measured(client, setting
     assert sign_in(client).status_code == 303
     text = client.get("/console/templates").text
     part = section(text, "t-sms-appointment_reminder-en")
-    assert f'<dd class="sms-encoding">{size.encoding}</dd>' in part
-    assert f'<dd class="sms-segments">{size.segments} ' in part
+    assert f'<span class="sms-encoding">{size.encoding}</span>' in part
+    plural = "" if size.segments == 1 else "s"
+    assert f'<span class="sms-segments">{size.segments} segment{plural}</span>' in part
     assert reminder.message.body in html.unescape(part)
     assert "Ana" in part  # the plain sample client, not the worst-case name
-    assert '<dd class="sms-worst">GSM-7, ' in part
+    assert '<span class="sms-worst">GSM-7, ' in part
 
 
 def test_an_email_shows_subject_text_and_escaped_html_source_never_live(client, settings):

@@ -122,11 +122,11 @@ def test_today_shows_what_the_ledger_holds(console, redis_client, policy):
     assert backlog["Events pending"] == str(figures.events_pending)
     assert "SMS: 2 sent" in text and "EMAIL: 0 sent" in text
     # Both sends fall in the hour of `now` (or the hour before, just after the hour).
-    hours = re.findall(r"<title>(\d\d:00-\d\d:00): (\d+) sends</title>", text)
+    hours = re.findall(r"<title>(\d\d:00-\d\d:00): (\d+) sends?</title>", text)
     assert sum(int(n) for _, n in hours) == 2
     assert "SMS: 2 sends, 61.5 s late on average" in text
     late = re.search(r'<desc id="late-sms-d">([^<]*)</desc>', text)
-    assert late and "1-5 s: 1 sends" in late.group(1) and "1-5 min: 1 sends" in late.group(1)
+    assert late and "1-5 s: 1 send;" in late.group(1) and "1-5 min: 1 send;" in late.group(1)
     failures = re.findall(r'<td data-label="Channel">(\w+)</td><td data-label="Code">([^<]+)'
                           r'</td><td data-label="Failures" class="num">(\d+)</td>', text)
     assert sorted(failures) == [("sms", "21211", "1"), ("sms", "30003", "1")]
