@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 from notifier.config import Settings
-from notifier.delivery.preview import preview_entries, template_keys
+from notifier.delivery.preview import preview_all, preview_entries, template_keys
 from notifier.delivery.render import Renderer
 from notifier.delivery.sms_text import measure
 from notifier.ledger.store import Store
@@ -32,6 +32,10 @@ def test_every_kind_channel_and_locale_preview_knows_is_shown_once(client, setti
     expected = {f"t-{c}-{k}-{loc}" for c, k, loc in
                 template_keys(Renderer(Path(settings.templates_dir)))}
     assert len(expected) > 40
+    # The same list as `notifier preview --all` prints, a row per template.
+    table, _ = preview_all(settings)
+    printed = {line.split()[0] for line in table.splitlines()[1:-1]}
+    assert {f"t-{name.replace('/', '-').replace('.', '-')}" for name in printed} == expected
     sections = re.findall(r'<section class="gallery-item" id="([^"]+)"', page.text)
     assert sorted(sections) == sorted(expected)
     links = set(re.findall(r'<a href="#(t-[^"]+)">', page.text))
