@@ -42,6 +42,11 @@ KEY_FAMILIES: tuple[KeyFamily, ...] = (
               "history", "the clock trims ids gone, or ended and past the retention"),
     KeyFamily("n:by-entity:*", "180 days after its last add",
               "the clock trims ids gone or retired"),
+    # Before `n:stats:*`: the first family that matches names a key.
+    KeyFamily("n:stats:sent:*", "3 days after its day's last send counted",
+              "one hash per UTC day, a field per hour and channel (`ledger.daily`)"),
+    KeyFamily("n:stats:failed:*", "8 days after its day's last failure counted",
+              "one hash per UTC day, a field per channel and provider code"),
     KeyFamily("n:stats:*", "", "counters: a field per state and channel, per kind, "
               "channel and lateness bucket"),
     KeyFamily("n:event:*", "30 days once applied (or stale, ignored, rejected, failed)",
