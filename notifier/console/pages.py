@@ -7,8 +7,11 @@ from collections.abc import Callable
 
 from fastapi import APIRouter
 
+from notifier.console import actions, notifications
 from notifier.console.routes import Console
 
 #: The routers `console_routes` includes, in this order.
 PAGE_ROUTERS: list[Callable[[Console], APIRouter]] = [
+    notifications.routes,
+    actions.routes,
 ]
