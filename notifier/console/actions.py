@@ -24,13 +24,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from notifier.console.allowed import (
-    MAX_REASON_CHARS,
-    invite_refusal,
-    reason_error,
-    refusal,
-    sms_enable_refusal,
-)
+from notifier.console.allowed import MAX_REASON_CHARS, reason_error, refusal
 from notifier.console.notifications import notification_url
 from notifier.console.routes import SECURITY_HEADERS, Console
 from notifier.console.sessions import Session
@@ -38,12 +32,13 @@ from notifier.ledger.console_actions import (
     Done,
     cancel_notification,
     enable_sms,
+    invite_check,
+    resend_check,
     resend_invite,
     resend_notification,
+    sms_enable_check,
 )
-from notifier.ledger.records import AppointmentRecord, ClientRecord
 from notifier.policy.figures import load_policy
-from notifier.policy.plan import entity_ref
 
 
 @dataclass(frozen=True)
@@ -58,6 +53,7 @@ class Confirm:
 
 
 def client_url(client_id: str) -> str:
+    """The client page's URL (`notifier.console.clients`), the id url-quoted."""
     return f"/console/clients/{quote(client_id, safe='')}"
 
 
@@ -103,8 +99,8 @@ def routes(console: Console) -> APIRouter:
         session = await console.viewer(request, f"notification:{notification_id}")
         if isinstance(session, Response):
             return session
-        fields = await run_in_threadpool(store.notification, notification_id)
-        why = refusal("resend", fields)
+        why, fields = await run_in_threadpool(resend_check, store, notification_id,
+                                              console.clock())
         if why:
             return refused_page(session, "Cannot send this again", why,
                                 notification_url(notification_id), 404 if not fields else 409)
@@ -168,18 +164,12 @@ def routes(console: Console) -> APIRouter:
              "The reason you give is kept in the audit log."],
             client_url(client_id), asks_reason=True)
 
-    def sms_state(client_id: str) -> str:
-        record = store.load_record(entity_ref("client", client_id))
-        client = record if isinstance(record, ClientRecord) else None
-        phone = client.client.phone if client is not None else None
-        return sms_enable_refusal(client, bool(phone) and store.sms_opted_out(str(phone)))
-
     @router.get("/clients/{client_id}/sms-enable")
     async def sms_enable_form(request: Request, client_id: str) -> Response:
         session = await console.viewer(request, f"client:{client_id}")
         if isinstance(session, Response):
             return session
-        why = await run_in_threadpool(sms_state, client_id)
+        why, _ = await run_in_threadpool(sms_enable_check, store, client_id)
         if why:
             return refused_page(session, "Nothing to re-enable", why, client_url(client_id))
         return confirm_page(session, sms_confirm(client_id),
@@ -206,24 +196,18 @@ def routes(console: Console) -> APIRouter:
         return back_to(client_url(client_id), "sms-enabled")
 
     # Resend the latest invite --------------------------------------------------------------
-    def invite_check(appointment_id: str) -> tuple[str, str]:
+    def invite_state(appointment_id: str) -> tuple[str, str]:
         """(why the invite cannot be sent again, "" if it can; the page to go back to:
         the appointment's client's, or the start page for an unknown appointment)."""
-        record = store.load_record(entity_ref("appointment", appointment_id))
-        appt = record if isinstance(record, AppointmentRecord) else None
-        client = None
-        if appt is not None:
-            found = store.load_record(entity_ref("client", appt.appointment.client_id))
-            client = found if isinstance(found, ClientRecord) else None
-        back = client_url(appt.appointment.client_id) if appt is not None else "/console/"
-        return invite_refusal(appt, client, console.clock()), back
+        why, record = invite_check(store, appointment_id, console.clock())
+        return why, client_url(record.appointment.client_id) if record else "/console/"
 
     @router.get("/appointments/{appointment_id}/resend-invite")
     async def invite_form(request: Request, appointment_id: str) -> Response:
         session = await console.viewer(request, f"appointment:{appointment_id}")
         if isinstance(session, Response):
             return session
-        why, back = await run_in_threadpool(invite_check, appointment_id)
+        why, back = await run_in_threadpool(invite_state, appointment_id)
         if why:
             return refused_page(session, "Cannot resend the invite", why, back)
         return confirm_page(session, Confirm(
@@ -241,9 +225,12 @@ def routes(console: Console) -> APIRouter:
         if isinstance(checked, Response):
             return checked
         session, _ = checked
-        done = await run_in_threadpool(resend_invite, store, appointment_id, console.clock(),
-                                       policy.appointments.late_change_window)
-        _, back = await run_in_threadpool(invite_check, appointment_id)
+        def act() -> tuple[Done, str]:
+            _, back = invite_state(appointment_id)
+            return resend_invite(store, appointment_id, console.clock(),
+                                 policy.appointments.late_change_window), back
+
+        done, back = await run_in_threadpool(act)
         if not done.ok:
             return refused_page(session, "Cannot resend the invite", done.refused, back)
         await audited_action(session, f"resend-invite: as {done.subject}",

@@ -8,6 +8,9 @@
   now: the operator asked for it now, so it is worth sending within a few hours, not
   tomorrow. The worker sends it as any other, so quiet hours, opt-outs and the channel's
   rules still apply.
+  Refused, too, for one superseded by a later change of what it is about, and for a
+  message about an appointment that changed since it was planned (`appointment_changed`):
+  it would give the old time, or speak of a visit that is over or cancelled.
 - Cancel: only a `scheduled` notification (also one the clock has claimed but no worker
   has begun); one `sending` is being sent right now and cannot be stopped.
 - Re-enable SMS: only for a client whose number is opted out; the reason is required.
@@ -18,6 +21,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from notifier.ledger.reading import shown_state
 from notifier.ledger.records import AppointmentRecord, ClientRecord
@@ -45,7 +49,7 @@ def allowed_actions(fields: dict[str, str]) -> frozenset[str]:
     if not fields or fields.get("retired") or "state" not in fields:
         return frozenset()
     allowed = set()
-    if shown_state(fields) in RESEND_STATES:
+    if shown_state(fields) in RESEND_STATES and not fields.get("superseded"):
         allowed.add("resend")
     if fields["state"] == "scheduled":
         allowed.add("cancel")
@@ -62,11 +66,38 @@ def refusal(action: str, fields: dict[str, str]) -> str:
     if fields.get("retired"):
         return "This notification is past the retention: its content is no longer kept."
     state = shown_state(fields)
+    if action == "resend" and fields.get("superseded"):
+        return ("A later change of what it is about replaced it "
+                f"({fields['superseded']}): sending it again would say what is no longer "
+                "true.")
     if action == "cancel":
         if fields.get("state") == "sending":
             return "This notification is being sent right now and cannot be stopped."
         return f"Only a scheduled notification can be cancelled; this one is {state}."
     return f"Only a failed or expired notification can be sent again; this one is {state}."
+
+
+def appointment_changed(kind: str, params: dict[str, Any],
+                        appointment: AppointmentRecord | None, now: datetime) -> str:
+    """Why a message of `kind` with `params` can no longer be sent again as it was planned,
+    given its appointment as it is now (None: not on record); "" when it can, or when it
+    is about no appointment. A cancellation notice wants the appointment still cancelled
+    at the same SEQUENCE; any other message wants it booked, at the same SEQUENCE (not
+    moved since), and not over by `now`."""
+    if not params.get("appointment_id"):
+        return ""
+    if appointment is None:
+        return "Its appointment is no longer on record."
+    wanted = "cancelled" if kind == "appointment_cancelled" else "scheduled"
+    if appointment.status != wanted:
+        return (f"Its appointment is {appointment.status} now: the message no longer "
+                "says what is true.")
+    if params.get("sequence") is not None and int(params["sequence"]) != appointment.sequence:
+        return ("Its appointment was changed since it was planned: the message would give "
+                "the old details. Resend the latest invite from the client's page instead.")
+    if wanted == "scheduled" and appointment.appointment.end <= now:
+        return "Its appointment is over: the message would be of no use now."
+    return ""
 
 
 def resend_id(notification_id: str, n: int) -> str:

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from notifier.console.allowed import (
     CANCEL_REASON,
     RESEND_REASON,
-    allowed_actions,
+    appointment_changed,
     invite_kind,
     invite_refusal,
     refusal,
@@ -55,13 +55,33 @@ def cancel_notification(store: Store, notification_id: str) -> Done:
     return Done(False, refused=refusal("cancel", store.notification(notification_id)))
 
 
+def resend_check(store: Store, notification_id: str, now: datetime
+                 ) -> tuple[str, dict[str, str]]:
+    """(why the notification cannot be sent again at `now`, "" when it can; its fields as
+    `Reading.notification` gives them): its state (`allowed.refusal`), and for a message
+    about an appointment, the appointment as it is now (`allowed.appointment_changed`)."""
+    fields = store.notification(notification_id)
+    why = refusal("resend", fields)
+    if why:
+        return why, fields
+    params = params_of(fields)
+    if not params.get("appointment_id"):
+        return "", fields
+    found = store.load_record(entity_ref("appointment", str(params["appointment_id"])))
+    return appointment_changed(fields["kind"], params,
+                               found if isinstance(found, AppointmentRecord) else None,
+                               now), fields
+
+
 def resend_notification(store: Store, notification_id: str, now: datetime) -> Done:
     """Plan a failed or expired notification again, as a new one due `now`
     (`allowed.resend_id`, `allowed.resend_expiry`); the old one is left as it is. Refused,
-    with why, for one in another state, unknown or retired."""
-    fields = store.notification(notification_id)
-    if "resend" not in allowed_actions(fields):
-        return Done(False, refused=refusal("resend", fields))
+    with why, for one in another state, unknown, retired or superseded, or about an
+    appointment changed since (`allowed.appointment_changed`)."""
+    why, fields = resend_check(store, notification_id, now)
+    if why:
+        return Done(False, refused=why)
+    params = params_of(fields)
     expires = resend_expiry(from_epoch(fields["expires"]), now)
     for n in range(1, MAX_AGAIN + 1):
         new_id = resend_id(notification_id, n)
@@ -71,10 +91,24 @@ def resend_notification(store: Store, notification_id: str, now: datetime) -> Do
             id=new_id, kind=fields["kind"], channel=fields["channel"],  # type: ignore[arg-type]
             recipient=fields["to"], recipient_id=fields["to_id"],  # type: ignore[arg-type]
             entity=fields["entity"], due_at=now, expires_at=expires,
-            params=params_of(fields), reason=RESEND_REASON),)), now)
+            params=params, reason=RESEND_REASON),)), now)
         if added:
             return Done(True, new_id)
     return Done(False, refused=f"It has been sent again {MAX_AGAIN} times already.")
+
+
+def invite_check(store: Store, appointment_id: str, now: datetime
+                 ) -> tuple[str, AppointmentRecord | None]:
+    """(why the appointment's invite cannot be sent again at `now`, "" when it can; its
+    record, None for an unknown appointment): two reads, the appointment then its
+    client."""
+    found = store.load_record(entity_ref("appointment", appointment_id))
+    record = found if isinstance(found, AppointmentRecord) else None
+    client = None
+    if record is not None:
+        loaded = store.load_record(entity_ref("client", record.appointment.client_id))
+        client = loaded if isinstance(loaded, ClientRecord) else None
+    return invite_refusal(record, client, now), record
 
 
 def resend_invite(store: Store, appointment_id: str, now: datetime,
@@ -88,13 +122,7 @@ def resend_invite(store: Store, appointment_id: str, now: datetime,
     Refused, with why, for a cancelled or started appointment or a client without email.
     """
     ref = entity_ref("appointment", appointment_id)
-    appt = store.load_record(ref)
-    record = appt if isinstance(appt, AppointmentRecord) else None
-    client = None
-    if record is not None:
-        found = store.load_record(entity_ref("client", record.appointment.client_id))
-        client = found if isinstance(found, ClientRecord) else None
-    why = invite_refusal(record, client, now)
+    why, record = invite_check(store, appointment_id, now)
     if why or record is None:
         return Done(False, refused=why)
     kind = invite_kind(record)
@@ -116,17 +144,22 @@ def resend_invite(store: Store, appointment_id: str, now: datetime,
     return Done(False, refused=f"The invite has been sent again {MAX_AGAIN} times already.")
 
 
+def sms_enable_check(store: Store, client_id: str) -> tuple[str, str]:
+    """(why SMS cannot be re-enabled for the client, "" when it can; the client's number,
+    "" for none): two reads, the client's record then the opt-out set."""
+    found = store.load_record(entity_ref("client", client_id))
+    client = found if isinstance(found, ClientRecord) else None
+    phone = str(client.client.phone or "") if client is not None else ""
+    return sms_enable_refusal(client, bool(phone) and store.sms_opted_out(phone)), phone
+
+
 def enable_sms(store: Store, client_id: str) -> Done:
     """Take the client's number off the SMS opt-out set (announced as `client.opted_in`,
     source `operator`). Refused, with why, for an unknown client, one without a number,
     or a number not opted out. `subject` is the client's id (never the number)."""
-    found = store.load_record(entity_ref("client", client_id))
-    client = found if isinstance(found, ClientRecord) else None
-    phone = client.client.phone if client is not None else None
-    opted_out = bool(phone) and store.sms_opted_out(str(phone))
-    why = sms_enable_refusal(client, opted_out)
+    why, phone = sms_enable_check(store, client_id)
     if why or not phone:
         return Done(False, refused=why)
-    if not store.set_sms_opt_out(str(phone), False, "operator"):
+    if not store.set_sms_opt_out(phone, False, "operator"):
         return Done(False, refused="The number was opted in again meanwhile.")
     return Done(True, client_id)

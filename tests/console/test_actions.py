@@ -18,6 +18,7 @@ from notifier.console.allowed import (
     MAX_REASON_CHARS,
     RESEND_VALID,
     allowed_actions,
+    appointment_changed,
     invite_kind,
     reason_error,
     refusal,
@@ -206,6 +207,23 @@ def test_send_again_is_refused_for_a_scheduled_notification(client, store, polic
     assert not [a for a in audited(redis_client) if a[1].startswith("resend")]
 
 
+def test_send_again_is_refused_once_its_appointment_changed(client, store, policy, outbox,
+                                                           redis_client):
+    now = utcnow()
+    start = book(store, policy, now)
+    fail(store, policy, outbox)
+    store_and_apply(store, policy, appointment("appointment.rescheduled", "a1", "c1",
+                                               start + timedelta(hours=3), now), now)
+    sign_in(client)
+    form = client.get(url(CONFIRM_EMAIL, "resend"))
+    assert form.status_code == 409 and "changed since it was planned" in form.text
+    token = csrf_in(form.text)
+    posted = client.post(url(CONFIRM_EMAIL, "resend"), data={"csrf_token": token})
+    assert posted.status_code == 409
+    assert not store.redis.exists(notif_key(resend_id(CONFIRM_EMAIL, 1)))
+    assert not [a for a in audited(redis_client) if a[1].startswith("resend")]
+
+
 # Guards: CSRF and session, for every action ----------------------------------------------
 POSTS = [url(CONFIRM_SMS, "cancel"), url(CONFIRM_EMAIL, "resend"), "/console/clients/c1/sms-enable",
          "/console/appointments/a1/resend-invite"]
@@ -356,9 +374,35 @@ def test_which_actions_a_notification_allows():
     assert allowed_actions({"state": "sent", "delivery": "delivered"}) == frozenset()
     assert allowed_actions({"state": "failed", "retired": "1797000000"}) == frozenset()
     assert allowed_actions({"state": "cancelled"}) == frozenset()
+    assert allowed_actions({"state": "failed", "superseded": "superseded"}) == frozenset()
+    assert "replaced it" in refusal("resend", {"state": "failed", "superseded": "x"})
     assert refusal("cancel", {"state": "scheduled"}) == ""
     assert "being sent" in refusal("cancel", {"state": "sending"})
     assert "retention" in refusal("resend", {"state": "failed", "retired": "1"})
+
+
+def test_a_message_about_an_appointment_changed_since_is_not_sent_again(store, policy):
+    now = utcnow()
+    store_and_apply(store, policy, client_upserted("c1", daytime_zone(now), now), now)
+    store_and_apply(store, policy, appointment("appointment.scheduled", "a1", "c1",
+                                               now + timedelta(days=3), now), now)
+    record = store.load_record("appointment:a1")
+    assert isinstance(record, AppointmentRecord)
+    about = {"appointment_id": "a1", "sequence": 0}
+    assert appointment_changed("appointment_reminder", {}, None, now) == ""
+    assert appointment_changed("appointment_reminder", about, record, now) == ""
+    assert "no longer on record" in appointment_changed("appointment_reminder", about, None,
+                                                        now)
+    moved = record.model_copy(update={"sequence": 1})
+    assert "changed since" in appointment_changed("appointment_reminder", about, moved, now)
+    cancelled = record.model_copy(update={"status": "cancelled"})
+    assert "cancelled now" in appointment_changed("appointment_reminder", about, cancelled,
+                                                  now)
+    assert appointment_changed("appointment_cancelled", about, cancelled, now) == ""
+    assert "is scheduled now" in appointment_changed("appointment_cancelled", about, record,
+                                                     now)
+    assert "over" in appointment_changed("appointment_reminder", about, record,
+                                         now + timedelta(days=4))
 
 
 def test_the_id_and_expiry_of_a_notification_sent_again():
