@@ -53,7 +53,7 @@ class Confirm:
 
 
 def client_url(client_id: str) -> str:
-    """The client page's URL (the clients helper's page), the id url-quoted."""
+    """The URL of the client's console page, the id url-quoted."""
     return f"/console/clients/{quote(client_id, safe='')}"
 
 
