@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from fastapi import APIRouter
 
-from notifier.console import clients, gallery, today
+from notifier.console import actions, clients, gallery, notifications, today
 from notifier.console.routes import Console
 
 #: The routers `console_routes` includes, in this order.
@@ -15,4 +15,6 @@ PAGE_ROUTERS: list[Callable[[Console], APIRouter]] = [
     clients.routes,
     today.routes,
     gallery.routes,
+    notifications.routes,
+    actions.routes,
 ]

@@ -115,6 +115,7 @@ def from_epoch(value: str | float) -> datetime:
 # The scripts that move a notification; each documents its KEYS and ARGV at its top.
 ADD_LUA = lua_source("notif_add")
 CANCEL_ENTITY_LUA = lua_source("notif_cancel_entity")
+CANCEL_ONE_LUA = lua_source("notif_cancel")
 CLAIM_LUA = lua_source("notif_claim")
 SWEEP_LUA = lua_source("notif_sweep")
 BEGIN_LUA = lua_source("notif_begin")
@@ -218,6 +219,7 @@ class Schedule:
         self.history_s = history_s
         self.add_script = client.register_script(ADD_LUA)
         self.cancel_script = client.register_script(CANCEL_ENTITY_LUA)
+        self._cancel_one = client.register_script(CANCEL_ONE_LUA)
         self._claim = client.register_script(CLAIM_LUA)
         self._sweep = client.register_script(SWEEP_LUA)
         self._begin = client.register_script(BEGIN_LUA)
@@ -240,6 +242,16 @@ class Schedule:
         self.cancel_script(keys=[by_entity_key(ref), SCHEDULE, INFLIGHT, OUTCOMES,
                                  WEBHOOK_OUTBOX, WEBHOOK_SEQ, *(notif_key(i) for i in ids)],
                            args=[reason, self.ended_ttl_s, *ids], client=pipe)
+
+    def cancel_one(self, notification_id: str, reason: str) -> str:
+        """Cancel one `scheduled` notification with `reason` (`notif_cancel.lua`: off the
+        schedule, counted, noted in its history and announced, at once). Returns
+        "cancelled" when it was, else the state found ("" for no such notification), which
+        is left alone (one `sending` cannot be stopped)."""
+        found = self._cancel_one(keys=[notif_key(notification_id), SCHEDULE, INFLIGHT,
+                                       OUTCOMES, WEBHOOK_OUTBOX, WEBHOOK_SEQ],
+                                 args=[notification_id, reason, self.ended_ttl_s])
+        return found.decode() if isinstance(found, bytes) else str(found or "")
 
     def claim(self, now: datetime, limit: int, lease_s: float,
               max_inflight: int = 5000) -> list[str]:

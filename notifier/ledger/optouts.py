@@ -34,12 +34,13 @@ class OptOuts:
         self._set = client.register_script(OPTOUT_SET_LUA)
 
     def set_sms_opt_out(self, phone: str, opted_out: bool,
-                        source: Literal["reply", "carrier"] = "reply",
+                        source: Literal["reply", "carrier", "operator"] = "reply",
                         code: str | None = None) -> bool:
         """Add `phone` (E.164) to the opt-out set, or take it out when `opted_out` is False;
         returns whether that changed it. A change is announced to delivery webhooks with
         the ids of the clients with that number (never the number), how it came (`source`:
-        a reply, or a carrier's error `code`)."""
+        a reply, a carrier's error `code`, or an operator in the console re-enabling SMS
+        after the client asked)."""
         ids = sorted(i.decode() for i in self.redis.smembers(phone_clients_key(phone)))
         data = {"client_ids": ids, "channel": "sms", "source": source, "error_code": code}
         return bool(self._set(keys=[SMS_OPT_OUTS, WEBHOOK_OUTBOX, WEBHOOK_SEQ],

@@ -196,7 +196,7 @@ class Store:
 
     # SMS opt-outs ------------------------------------------------------------------------
     def set_sms_opt_out(self, phone: str, opted_out: bool,
-                        source: Literal["reply", "carrier"] = "reply",
+                        source: Literal["reply", "carrier", "operator"] = "reply",
                         code: str | None = None) -> bool:
         """`OptOuts.set_sms_opt_out`."""
         return self.opt_outs.set_sms_opt_out(phone, opted_out, source, code)

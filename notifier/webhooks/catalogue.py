@@ -26,7 +26,8 @@ EVENT_TYPES: dict[str, str] = {
     "notification.expired": "not sent: its time to be useful had passed",
     "notification.cancelled": "not sent: what it was about changed (`reason`)",
     "client.opted_out": "a number stopped SMS, by a reply (STOP) or a carrier's code",
-    "client.opted_in": "a number started SMS again, by a reply (START)",
+    "client.opted_in": "a number started SMS again, by a reply (START) or an "
+                       "operator in the console (`source`: `operator`)",
     "appointment.confirmed": "a client confirmed an appointment by replying C",
     "appointment.reschedule_requested": "a client asked to reschedule by replying R",
     "event.rejected": "an accepted event could not be applied (invalid, or planning "

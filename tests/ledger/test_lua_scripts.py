@@ -138,7 +138,8 @@ def test_a_script_gives_the_parts_it_includes_keys_from_its_keys(name):
 def test_the_parts_are_included_verbatim_where_a_script_says():
     part = part_text("_webhook_emit.lua")
     including = [n for n in SCRIPTS if part in lua_source(n.removesuffix(".lua"))]
-    assert set(including) == {"notif_add.lua", "notif_cancel_entity.lua", "notif_delivery.lua",
+    assert set(including) == {"notif_add.lua", "notif_begin.lua", "notif_cancel.lua",
+                              "notif_cancel_entity.lua", "notif_delivery.lua",
                               "notif_finish.lua", "notif_reschedule.lua", "optout_set.lua",
                               "webhook_emit.lua"}
     assert not any(INCLUDE.search(lua_source(n.removesuffix(".lua"))) for n in SCRIPTS)
@@ -331,6 +332,8 @@ def every_script_runs(store: Store) -> None:
     assert schedule.record_delivery("appointment_reminder:a1:1:sms", "delivered", "", NOW)
     assert schedule.reschedule("appointment_reminder:a1:2:sms", NOW + timedelta(hours=1),
                                "quiet hours", lease=leases[2], slot=1.5) == "rescheduled"
+    # The console's cancel of one notification (scheduled again just above).
+    assert schedule.cancel_one("appointment_reminder:a1:2:sms", "by hand") == "cancelled"
     store.write_plan(Plan(outcome="applied", cancel=("appointment:a1",)), NOW)
     assert schedule.reschedule("appointment_reminder:a1:3:sms", NOW, "retrying",
                                lease=leases[3]) == "cancelled"

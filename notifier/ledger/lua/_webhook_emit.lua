@@ -15,7 +15,21 @@
 -- KEYS        none of its own: callers pass their KEYS entries for n:wh:outbox (`outbox`),
 --             n:wh:seq (`seq`) and the notification's hash (`notif`)
 --
--- Returns nothing: it defines `emit`, `emit_notification` and `DELIVERY_EVENTS`.
+-- It also keeps each notification's history on its own hash (`note_history`): every
+-- script that changes a notification's state, and a delivery report that changes what is
+-- on record, appends one entry, so the console can say what happened when. Entries are
+-- fields `h1`, `h2`, ... with their count in `hn`; each value is "{epoch seconds}
+-- {state} {note}" (the note may be empty), cut to at most 64 bytes of whole UTF-8
+-- characters so the hash stays in Redis's compact encoding (`notifier.ledger.notif_fields`
+-- says why). A delivery report's state is `report:{status}` and its note the provider's
+-- code. At most HISTORY_MAX entries are kept: past that, the newest replaces the last,
+-- so the first ones and the latest are shown. The planned state is not an entry (the
+-- hash's `created` and `state` say it: pending notifications stay as small as before);
+-- retiring a notification drops its history with the rest of its content
+-- (`index_trim.lua`). The parser is `notifier.console.history.parse_history`.
+--
+-- Returns nothing: it defines `emit`, `emit_notification`, `note_history` and
+-- `DELIVERY_EVENTS`.
 local function emit(outbox, seq, event_type, subject, data)
   local now = redis.call('TIME')
   local n = redis.call('INCR', seq)
@@ -31,3 +45,24 @@ end
 -- DELIVERY_FAILURES` are the failures), nil for a report that is not final.
 local DELIVERY_EVENTS = {delivered = 'delivered', undelivered = 'failed', failed = 'failed',
                          bounce = 'failed', dropped = 'failed'}
+-- See above: the history entries of a notification (`h1`.. and their count `hn`).
+local HISTORY_MAX, HISTORY_BYTES = 16, 64
+local function note_history(notif, state, note)
+  local now = redis.call('TIME')
+  local entry = now[1] .. ' ' .. state
+  if note and note ~= '' then entry = entry .. ' ' .. note end
+  if #entry > HISTORY_BYTES then
+    -- Cut before a UTF-8 continuation byte (0x80-0xBF): whole characters only.
+    local cut = HISTORY_BYTES
+    while cut > 0 and entry:byte(cut + 1) >= 128 and entry:byte(cut + 1) < 192 do
+      cut = cut - 1
+    end
+    entry = string.sub(entry, 1, cut)
+  end
+  local count = redis.call('HINCRBY', notif, 'hn', 1)
+  if count > HISTORY_MAX then
+    count = HISTORY_MAX
+    redis.call('HSET', notif, 'hn', count)
+  end
+  redis.call('HSET', notif, 'h' .. count, entry)
+end

@@ -29,7 +29,9 @@
 -- Returns {ids removed from the index, notifications retired}.
 
 -- What a retired row keeps: the outcome and its times, what it cost (segments), and the
--- delivery's rank, so a report arriving that late still moves only forward.
+-- delivery's rank, so a report arriving that late still moves only forward. Not its
+-- history (`h1`.. `hn`, `_webhook_emit.lua`): the outcome, reason and code kept say how it
+-- ended, and the steps before are a detail of the retention, like its content.
 local KEEP = {'state', 'kind', 'channel', 'reason', 'code', 'due', 'sent_at',
               'sent_again_at', 'delivery', 'delivery_rank', 'delivery_at', 'attempts',
               'sms_segments'}

@@ -18,7 +18,9 @@
 --
 -- Returns {verdict, field, value, ...}: `ok` or `recover` with the hash's fields (`lease`
 -- among them: the token);
--- `missing`, `not_due`, `busy` or the state found, alone.
+-- `missing`, `not_due`, `busy` or the state found, alone. A begun send is noted in the
+-- notification's history (`sending`, with the attempt's number: `_webhook_emit.lua`).
+-- #include _webhook_emit
 local state = redis.call('HGET', KEYS[1], 'state')
 local now = tonumber(ARGV[2])
 if not state then
@@ -39,7 +41,10 @@ else
   return {state}
 end
 redis.call('HSET', KEYS[1], 'state', 'sending', 'lease', ARGV[3])
-redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+local note = 'attempt ' .. attempt
+if verdict == 'recover' then note = note .. ', lease taken over' end
+note_history(KEYS[1], 'sending', note)
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 local out = {verdict}

@@ -22,7 +22,7 @@
 -- ARGV[3..]   the entity's notification ids, as read from KEYS[1]
 --
 -- Returns how many notifications were cancelled; each is announced
--- (`notification.cancelled`).
+-- (`notification.cancelled`) and noted in its history (`_webhook_emit.lua`).
 -- #include _webhook_emit
 local cancelled = 0
 local in_set = redis.call('TYPE', KEYS[1]).ok == 'set'
@@ -46,6 +46,7 @@ for i = 7, #KEYS do
     -- `channel` is left out of the hash when the id ends with it (`notif_fields`)
     local channel = redis.call('HGET', KEYS[i], 'channel') or string.match(id, '[^:]*$')
     redis.call('HINCRBY', KEYS[4], 'cancelled:' .. channel, 1)
+    note_history(KEYS[i], 'cancelled', ARGV[1])
     emit_notification(KEYS[5], KEYS[6], KEYS[i], id, 'cancelled')
     cancelled = cancelled + 1
   elseif state == 'sending' or state == 'sent' then

@@ -26,7 +26,9 @@
 -- Returns the delivery status on record after it ('' for none yet), or 0 when the
 -- notification is unknown. A final report recorded about a notification already `sent`
 -- is announced (`notification.delivered` or `.failed`); one that came before the send was
--- recorded is announced by `notif_finish.lua`, after `notification.sent`.
+-- recorded is announced by `notif_finish.lua`, after `notification.sent`. A report that
+-- changes what is on record is noted in the notification's history (`report:{status}`,
+-- with its code: `_webhook_emit.lua`).
 local FINAL = 4
 -- #include _webhook_emit
 if redis.call('EXISTS', KEYS[1]) == 0 then
@@ -44,6 +46,7 @@ if new > rank or (new == rank and rank < FINAL) then
   redis.call('HSET', KEYS[1], 'delivery', ARGV[1], 'delivery_rank', ARGV[2],
              'delivery_at', ARGV[4])
   if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'code', ARGV[3]) end
+  note_history(KEYS[1], 'report:' .. ARGV[1], ARGV[3] ~= '' and ('code ' .. ARGV[3]) or '')
   local reported = DELIVERY_EVENTS[ARGV[1]]
   if reported and redis.call('HGET', KEYS[1], 'state') == 'sent' then
     emit_notification(KEYS[3], KEYS[4], KEYS[1], ARGV[5], reported)

@@ -48,7 +48,8 @@
 -- A final state set is announced (`notification.{state}`); a send whose final delivery
 -- report came first (callbacks race the provider's answer) is announced right after, so
 -- `delivered` follows `sent` in the messages' sequence as it does in fact. A second send,
--- or the fields of a send already recorded, announce nothing.
+-- or the fields of a send already recorded, announce nothing. The final state (with its
+-- reason) and a second send are noted in the notification's history (`_webhook_emit.lua`).
 -- #include _webhook_emit
 local state = redis.call('HGET', KEYS[1], 'state')
 local sent_at_given = false
@@ -83,6 +84,7 @@ if not (state == 'sending' and redis.call('HGET', KEYS[1], 'lease') == ARGV[5]) 
     if state then
       redis.call('HINCRBY', KEYS[1], 'sent_again', 1)
       redis.call('HSET', KEYS[1], 'sent_again_at', sent_at_given)
+      note_history(KEYS[1], 'sent_again', 'a second send, after a lost lease')
     end
     redis.call('HINCRBY', KEYS[3], 'sent_again:' .. channel_of(), 1)
     return 2
@@ -95,6 +97,7 @@ redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('ZREM', KEYS[2], ARGV[1])
 local channel = channel_of()
 redis.call('HINCRBY', KEYS[3], ARGV[2] .. ':' .. channel, 1)
+note_history(KEYS[1], ARGV[2], redis.call('HGET', KEYS[1], 'reason'))
 local sent_at = tonumber(redis.call('HGET', KEYS[1], 'sent_at') or '')
 if ARGV[2] == 'sent' then await_report() end
 emit_notification(KEYS[7], KEYS[8], KEYS[1], ARGV[1], ARGV[2])

@@ -27,6 +27,8 @@
 -- Returns 1 when rescheduled, -1 when cancelled (superseded), 0 when not `sending` under
 -- this lease, -2 when `to`/`to_id` are not ARGV[5]/ARGV[6]. A cancel is announced
 -- (`notification.cancelled`); a move is not (`notification.scheduled` is sent once).
+-- Either is noted in the notification's history (`scheduled` with the reason, or
+-- `cancelled`: `_webhook_emit.lua`).
 -- #include _webhook_emit
 if redis.call('HGET', KEYS[1], 'state') ~= 'sending' then return 0 end
 if redis.call('HGET', KEYS[1], 'lease') ~= ARGV[7] then return 0 end
@@ -40,6 +42,7 @@ if superseded then
   -- `channel` is left out of the hash when the id ends with it (`notif_fields`)
   local channel = redis.call('HGET', KEYS[1], 'channel') or string.match(ARGV[1], '[^:]*$')
   redis.call('HINCRBY', KEYS[4], 'cancelled:' .. channel, 1)
+  note_history(KEYS[1], 'cancelled', superseded)
   emit_notification(KEYS[6], KEYS[7], KEYS[1], ARGV[1], 'cancelled')
   return -1
 end
@@ -47,6 +50,7 @@ redis.call('HSET', KEYS[1], 'state', 'scheduled', 'due', ARGV[2], 'reason', ARGV
 if ARGV[4] == '1' then redis.call('HINCRBY', KEYS[1], 'attempts', -1) end
 if #ARGV > 7 then redis.call('HSET', KEYS[1], unpack(ARGV, 8)) end
 redis.call('HDEL', KEYS[1], 'lease')
+note_history(KEYS[1], 'scheduled', ARGV[3])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[5], ARGV[2], ARGV[1])

@@ -1,0 +1,240 @@
+"""The console's actions, each a confirmation page (GET) and the form it posts (POST, CSRF
+checked by `Console.action`), audited (`{action}: {detail}` as the audit's action, the
+notification, client or appointment as its subject: ids and the operator's reason only),
+then 303 back to the page it came from with `?done=` (shown as a notice there):
+
+- `/console/notifications/{id}/resend`: send a failed or expired notification again now,
+  as a new notification (`ledger.console_actions.resend_notification`);
+- `/console/notifications/{id}/cancel`: cancel a scheduled one;
+- `/console/clients/{client_id}/sms-enable`: re-enable SMS for the client's number, with
+  the reason the form asks for;
+- `/console/appointments/{appointment_id}/resend-invite`: send the appointment's latest
+  calendar invite again.
+
+What each allows is decided by `console.allowed`; a refused action answers 409 with why.
+Viewing a confirmation page is audited like any page (`Console.viewer`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from fastapi import APIRouter, Request
+from fastapi.responses import RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from notifier.console.allowed import MAX_REASON_CHARS, reason_error, refusal
+from notifier.console.notifications import notification_url
+from notifier.console.routes import SECURITY_HEADERS, Console
+from notifier.console.sessions import Session
+from notifier.ledger.console_actions import (
+    Done,
+    cancel_notification,
+    enable_sms,
+    invite_check,
+    resend_check,
+    resend_invite,
+    resend_notification,
+    sms_enable_check,
+)
+from notifier.policy.figures import load_policy
+
+
+@dataclass(frozen=True)
+class Confirm:
+    """What a confirmation page says: its title, what will happen, where Cancel goes back
+    to, and whether it asks for a reason."""
+
+    title: str
+    explain: list[str]
+    back: str
+    asks_reason: bool = False
+
+
+def client_url(client_id: str) -> str:
+    """The URL of the client's console page, the id url-quoted."""
+    return f"/console/clients/{quote(client_id, safe='')}"
+
+
+def routes(console: Console) -> APIRouter:
+    """The actions' router (mounted under `/console`)."""
+    router = APIRouter()
+    policy = load_policy(console.settings.schedules_dir)
+    store = console.store
+
+    def confirm_page(session: Session, confirm: Confirm, action: str, status: int = 200,
+                     error: str = "", reason: str = "") -> Response:
+        return console.signed_in(session, "confirm.html", status, confirm=confirm,
+                                 action=action, error=error, reason=reason,
+                                 max_reason=MAX_REASON_CHARS, refused="")
+
+    def refused_page(session: Session, title: str, why: str, back: str,
+                     status: int = 409) -> Response:
+        return console.signed_in(session, "confirm.html", status,
+                                 confirm=Confirm(title, [], back), action="", error="",
+                                 reason="", max_reason=MAX_REASON_CHARS, refused=why)
+
+    def back_to(url: str, done: str, **more: str) -> Response:
+        query = "&".join(f"{k}={quote(v, safe='')}" for k, v in {"done": done, **more}.items())
+        return RedirectResponse(f"{url}?{query}", status_code=303, headers=SECURITY_HEADERS)
+
+    async def audited_action(session: Session, action: str, subject: str) -> None:
+        await run_in_threadpool(console.audit.record, session.operator, action, subject,
+                                console.clock())
+
+    # Send again now ----------------------------------------------------------------------
+    def resend_confirm(notification_id: str) -> Confirm:
+        return Confirm(
+            "Send this notification again now?",
+            [f"A new notification is planned, due now, with the same content as "
+             f"{notification_id}; this one is kept as it ended.",
+             "The worker sends it like any other: the send-time checks still apply (quiet "
+             "hours hold it until the morning, an opted-out number or a channel the "
+             "client turned off is not used)."],
+            notification_url(notification_id))
+
+    @router.get("/notifications/{notification_id}/resend")
+    async def resend_form(request: Request, notification_id: str) -> Response:
+        session = await console.viewer(request, f"notification:{notification_id}")
+        if isinstance(session, Response):
+            return session
+        why, fields = await run_in_threadpool(resend_check, store, notification_id,
+                                              console.clock())
+        if why:
+            return refused_page(session, "Cannot send this again", why,
+                                notification_url(notification_id), 404 if not fields else 409)
+        return confirm_page(session, resend_confirm(notification_id),
+                            notification_url(notification_id, "resend"))
+
+    @router.post("/notifications/{notification_id}/resend")
+    async def resend(request: Request, notification_id: str) -> Response:
+        checked = await console.action(request)
+        if isinstance(checked, Response):
+            return checked
+        session, _ = checked
+        done: Done = await run_in_threadpool(resend_notification, store, notification_id,
+                                             console.clock())
+        if not done.ok:
+            return refused_page(session, "Cannot send this again", done.refused,
+                                notification_url(notification_id))
+        await audited_action(session, f"resend-notification: as {done.subject}",
+                             f"notification:{notification_id}")
+        return back_to(notification_url(notification_id), "resent", new=done.subject)
+
+    # Cancel ------------------------------------------------------------------------------
+    @router.get("/notifications/{notification_id}/cancel")
+    async def cancel_form(request: Request, notification_id: str) -> Response:
+        session = await console.viewer(request, f"notification:{notification_id}")
+        if isinstance(session, Response):
+            return session
+        fields = await run_in_threadpool(store.notification, notification_id)
+        why = refusal("cancel", fields)
+        if why:
+            return refused_page(session, "Cannot cancel this", why,
+                                notification_url(notification_id), 404 if not fields else 409)
+        return confirm_page(session, Confirm(
+            "Cancel this notification?",
+            [f"{notification_id} will not be sent. Webhooks are told "
+             "(notification.cancelled).",
+             "If the worker begins sending it before you confirm, it can no longer be "
+             "stopped, and the cancel is refused."],
+            notification_url(notification_id)), notification_url(notification_id, "cancel"))
+
+    @router.post("/notifications/{notification_id}/cancel")
+    async def cancel(request: Request, notification_id: str) -> Response:
+        checked = await console.action(request)
+        if isinstance(checked, Response):
+            return checked
+        session, _ = checked
+        done = await run_in_threadpool(cancel_notification, store, notification_id)
+        if not done.ok:
+            return refused_page(session, "Cannot cancel this", done.refused,
+                                notification_url(notification_id))
+        await audited_action(session, "cancel-notification", f"notification:{notification_id}")
+        return back_to(notification_url(notification_id), "cancelled")
+
+    # Re-enable SMS -----------------------------------------------------------------------
+    def sms_confirm(client_id: str) -> Confirm:
+        return Confirm(
+            "Re-enable SMS for this client's number?",
+            ["Do this only when the client asked for text messages again. Their number is "
+             "taken off the opt-out list (every client sharing it gets SMS again), and "
+             "webhooks are told (client.opted_in).",
+             "The reason you give is kept in the audit log."],
+            client_url(client_id), asks_reason=True)
+
+    @router.get("/clients/{client_id}/sms-enable")
+    async def sms_enable_form(request: Request, client_id: str) -> Response:
+        session = await console.viewer(request, f"client:{client_id}")
+        if isinstance(session, Response):
+            return session
+        why, _ = await run_in_threadpool(sms_enable_check, store, client_id)
+        if why:
+            return refused_page(session, "Nothing to re-enable", why, client_url(client_id))
+        return confirm_page(session, sms_confirm(client_id),
+                            f"{client_url(client_id)}/sms-enable")
+
+    @router.post("/clients/{client_id}/sms-enable")
+    async def sms_enable(request: Request, client_id: str) -> Response:
+        checked = await console.action(request)
+        if isinstance(checked, Response):
+            return checked
+        session, form = checked
+        reason = form.get("reason", "")
+        bad = reason_error(reason)
+        if bad:
+            return confirm_page(session, sms_confirm(client_id),
+                                f"{client_url(client_id)}/sms-enable", 400, bad,
+                                reason[:MAX_REASON_CHARS * 2])
+        done = await run_in_threadpool(enable_sms, store, client_id)
+        if not done.ok:
+            return refused_page(session, "Nothing to re-enable", done.refused,
+                                client_url(client_id))
+        await audited_action(session, f"sms-enable: {' '.join(reason.split())}",
+                             f"client:{client_id}")
+        return back_to(client_url(client_id), "sms-enabled")
+
+    # Resend the latest invite --------------------------------------------------------------
+    def invite_state(appointment_id: str) -> tuple[str, str]:
+        """(why the invite cannot be sent again, "" if it can; the page to go back to:
+        the appointment's client's, or the start page for an unknown appointment)."""
+        why, record = invite_check(store, appointment_id, console.clock())
+        return why, client_url(record.appointment.client_id) if record else "/console/"
+
+    @router.get("/appointments/{appointment_id}/resend-invite")
+    async def invite_form(request: Request, appointment_id: str) -> Response:
+        session = await console.viewer(request, f"appointment:{appointment_id}")
+        if isinstance(session, Response):
+            return session
+        why, back = await run_in_threadpool(invite_state, appointment_id)
+        if why:
+            return refused_page(session, "Cannot resend the invite", why, back)
+        return confirm_page(session, Confirm(
+            "Send the latest calendar invite again?",
+            ["An email with the appointment's invite as it is now (its latest time and "
+             "SEQUENCE, so the client's calendar updates the event it has) is planned, "
+             "due now.",
+             "The worker sends it like any other: quiet hours and the client's email "
+             "preference still apply."], back),
+            f"/console/appointments/{quote(appointment_id, safe='')}/resend-invite")
+
+    @router.post("/appointments/{appointment_id}/resend-invite")
+    async def invite(request: Request, appointment_id: str) -> Response:
+        checked = await console.action(request)
+        if isinstance(checked, Response):
+            return checked
+        session, _ = checked
+        def act() -> tuple[Done, str]:
+            _, back = invite_state(appointment_id)
+            return resend_invite(store, appointment_id, console.clock(),
+                                 policy.appointments.late_change_window), back
+
+        done, back = await run_in_threadpool(act)
+        if not done.ok:
+            return refused_page(session, "Cannot resend the invite", done.refused, back)
+        await audited_action(session, f"resend-invite: as {done.subject}",
+                             f"appointment:{appointment_id}")
+        return back_to(back, "invite-resent", new=done.subject)
+
+    return router

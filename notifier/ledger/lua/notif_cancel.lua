@@ -1,0 +1,32 @@
+-- Cancel one scheduled notification (an operator's cancel in the console): `scheduled` ->
+-- `cancelled` with the reason given, off the schedule (and off the in-flight set, if the
+-- clock had claimed it but no worker had begun it: `begin` would then find it cancelled),
+-- counted in the outcomes, noted in its history and announced
+-- (`notification.cancelled`), all at once. One in any other state is left alone: one
+-- being sent (`sending`) cannot be stopped, and one ended stays as it ended.
+--
+-- KEYS[1]     n:notif:{id}
+-- KEYS[2]     n:schedule
+-- KEYS[3]     n:inflight
+-- KEYS[4]     n:stats:outcomes
+-- KEYS[5]     n:wh:outbox                  delivery-webhook messages (`_webhook_emit.lua`)
+-- KEYS[6]     n:wh:seq                     their sequence
+--
+-- ARGV[1]     the notification id
+-- ARGV[2]     the reason recorded
+-- ARGV[3]     how long a cancelled notification is kept, seconds
+--
+-- Returns 'cancelled' when cancelled, else the state found ('' for no such notification).
+-- #include _webhook_emit
+local state = redis.call('HGET', KEYS[1], 'state')
+if state ~= 'scheduled' then return state or '' end
+redis.call('HSET', KEYS[1], 'state', 'cancelled', 'reason', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+-- `channel` is left out of the hash when the id ends with it (`notif_fields`)
+local channel = redis.call('HGET', KEYS[1], 'channel') or string.match(ARGV[1], '[^:]*$')
+redis.call('HINCRBY', KEYS[4], 'cancelled:' .. channel, 1)
+note_history(KEYS[1], 'cancelled', ARGV[2])
+emit_notification(KEYS[5], KEYS[6], KEYS[1], ARGV[1], 'cancelled')
+return 'cancelled'
