@@ -87,6 +87,13 @@ def search_subject(query: Query, found: list[ClientRecord]) -> str:
     return f"{query.kinds()}: {shown}"
 
 
+#: What `?done=` says after an action came back to the client page (only these are shown).
+NOTICES = {
+    "sms-enabled": "SMS re-enabled for this number: reminders by SMS go out again.",
+    "invite-resent": "The latest calendar invite is planned again, due now, by email.",
+}
+
+
 def client_href(client_id: str) -> str:
     return "/console/clients/" + quote(client_id, safe="")
 
@@ -137,8 +144,11 @@ def routes(console: Console) -> APIRouter:
         if file is None:
             return missing(viewed, client_id)
         client = file.client.client
+        done = request.query_params.get("done", "")
+        new_id = request.query_params.get("new", "") if done == "invite-resent" else ""
         return console.signed_in(
             viewed, "client.html", file=file, client=client, now=now,
+            notice=NOTICES.get(done, ""), new_id=new_id,
             client_zone=client.zone, operator_zone=operator_zone,
             timeline=timeline_svg(file.notifications, now, operator_zone),
             legend=legend_items(), when=local_text, span=span_text, time_left=time_left,

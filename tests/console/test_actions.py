@@ -269,6 +269,8 @@ def test_re_enable_sms_with_a_reason(client, store, policy, redis_client):
     assert PHONE not in opted_in[4]  # ids only, never the number
     assert ("ana", "sms-enable: Client called and asked for texts again", "client:c1") in \
         audited(redis_client)
+    page = client.get(answer.headers["location"])
+    assert '<p class="notice" role="status">SMS re-enabled for this number' in page.text
 
 
 @pytest.mark.parametrize("reason,why", [("", "the reason is required"),
@@ -320,6 +322,9 @@ def test_resend_the_latest_invite_with_the_current_sequence(client, store, polic
     assert new["state"] == "scheduled" and new["to_id"] == "c1"
     assert json.loads(new["params"])["sequence"] == 1
     assert ("ana", f"resend-invite: as {new_id}", "appointment:a1") in audited(redis_client)
+    page = client.get(answer.headers["location"]).text
+    assert "The latest calendar invite is planned again" in page
+    assert f'<a href="/console/notifications/{quote(new_id, safe="")}">{new_id}</a>' in page
     assert deliverer(store, policy, outbox).deliver(new_id, utcnow()) == "sent"
     [email] = outbox.messages()
     ics = (outbox.directory / email["attachments"][0]).read_text()
