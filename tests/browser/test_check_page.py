@@ -1,6 +1,6 @@
-"""`check_page` itself: a page that scrolls sideways, breaks axe-core's serious rules or is
-refused by its CSP fails it, each problem named; a plain page passes. (Served by the
-browser's own routing: no service needed.)"""
+"""`check_page` itself: a page that scrolls sideways, breaks axe-core's serious rules, is
+refused by its CSP or misses a resource it loads fails it, each problem named; a plain
+page passes. (Served by the browser's own routing: no service needed.)"""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import Browser, Page
 
-from tests.browser.conftest import ARTIFACTS, _page_errors, check_page
+from tests.browser.conftest import ARTIFACTS, check_page, watched
 
 pytestmark = pytest.mark.browser
 
@@ -34,14 +34,10 @@ def local_page(browser: Browser) -> Iterator[Page]:
         content_type="text/html", body=GOOD.replace("<main>", "<main style='x: 1'>"),
         headers=STRICT))
     context.route("http://checks.example/photo.png", lambda r: r.fulfill(status=404))
-    page = context.new_page()
-    errors: list[str] = []
-    _page_errors[page] = errors
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     try:
-        yield page
+        with watched(context.new_page()) as page:
+            yield page
     finally:
-        del _page_errors[page]
         context.close()
 
 
@@ -63,6 +59,7 @@ def test_sideways_scrolling_and_serious_accessibility_faults_fail_a_page(
     assert "1280 px: scrolls sideways" not in report
     assert "axe image-alt (critical)" in report
     assert "axe color-contrast (serious)" in report
+    assert "logged: Failed to load resource" in report and "photo.png" in report
 
 
 def test_an_inline_style_refused_by_the_csp_fails_a_page(local_page: Page) -> None:
