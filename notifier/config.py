@@ -38,6 +38,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlparse
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
 from pydantic import SecretStr
@@ -249,6 +250,18 @@ def _positive(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _zone(env: Mapping[str, str], name: str, default: str) -> str:
+    """An IANA time zone name (`America/Chicago`), checked against the zone database."""
+    raw = env.get(name, "").strip() or default
+    try:
+        ZoneInfo(raw)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        # OSError: a directory of the zone database such as "America".
+        raise ConfigError(f"{name}: not an IANA time zone such as America/Chicago, "
+                          f"got {raw!r}") from None
+    return raw
+
+
 def _url(env: Mapping[str, str], name: str, default: str | None, schemes: set[str]) -> str | None:
     raw = env.get(name, "").strip() or default
     if raw is None:
@@ -380,6 +393,8 @@ class Settings:
     #: Days the console's audit records are kept: six years, as HIPAA keeps access logs
     #: (45 CFR 164.316(b)(2)), leap days included.
     console_audit_days: int = 2192
+    #: The IANA zone the console shows times in beside the client's own (the operators').
+    console_timezone: str = "UTC"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, dotenv: Path | None = None) -> Settings:
@@ -495,6 +510,8 @@ class Settings:
             console_audit_days=_int(env, "NOTIFIER_CONSOLE_AUDIT_DAYS",
                                     defaults.console_audit_days, minimum=1,
                                     maximum=MAX_KEEP_DAYS),
+            console_timezone=_zone(env, "NOTIFIER_CONSOLE_TIMEZONE",
+                                   defaults.console_timezone),
         )
 
     @property

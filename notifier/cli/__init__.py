@@ -6,7 +6,8 @@ one and turns an error into one line. The commands live by concern:
   that look into the service and act on it;
 - `notifier.cli.send_event`: `send-event`, events signed and posted as an integrator would;
 - `notifier.cli.webhooks`: `webhooks list|test|replay`, the delivery-webhook endpoints;
-- `notifier.cli.console`: `console add-operator`, who may sign in to the operator console;
+- `notifier.cli.console`: `console add-operator`, who may sign in to the operator console,
+  and `console reindex`, the console's indexes filled for records stored before them;
 - `notifier.cli.common`: what they share (the runtime on Redis, development secrets,
   logging, the listening socket, how to name the command in what they print).
 """
@@ -19,7 +20,7 @@ import sys
 from typing import NoReturn
 
 from notifier.cli.common import setup_logging
-from notifier.cli.console import cmd_console_add_operator
+from notifier.cli.console import cmd_console_add_operator, cmd_console_reindex
 from notifier.cli.send_event import cmd_send_event
 from notifier.cli.serve import cmd_clock, cmd_dev, cmd_web, cmd_worker
 from notifier.cli.tools import cmd_jobs_list, cmd_jobs_run, cmd_notifications, cmd_preview
@@ -30,7 +31,7 @@ from notifier.errors import NotifierError
 #: What `notifier --help` says above the commands.
 DESCRIPTION = """\
 The `notifier` command: dev, web, worker, clock, jobs, preview, notifications, send-event,
-webhooks (list, test, replay), console (add-operator).
+webhooks (list, test, replay), console (add-operator, reindex).
 
 Each command builds its settings once from the environment (and `.env`); a bad setting,
 a wrong argument or a service that does not answer stops it with one line saying what is
@@ -129,14 +130,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "each one)")
     replay.set_defaults(func=cmd_webhooks_replay)
     console = sub.add_parser("console", help="the operator console under /console: set an "
-                             "operator's password")
+                             "operator's password, fill its indexes")
     console_sub = console.add_subparsers(dest="console_command", required=True,
-                                         metavar="add-operator")
+                                         metavar="add-operator|reindex")
     add_operator = console_sub.add_parser(
         "add-operator", help="add an operator, or set their password again (asked twice; "
         "read from standard input when it is not a terminal)")
     add_operator.add_argument("name")
     add_operator.set_defaults(func=cmd_console_add_operator)
+    reindex = console_sub.add_parser(
+        "reindex", help="index stored clients by email address and their appointments, "
+        "prescriptions, refill requests and messages under them (for records stored "
+        "before this version; safe to run again)")
+    reindex.set_defaults(func=cmd_console_reindex)
     return parser
 
 

@@ -1,6 +1,7 @@
 """`notifier console add-operator NAME`: sets an operator's console password (a new
 operator, or a new password for one), in the operators file NOTIFIER_CONSOLE_OPERATORS_FILE
-names."""
+names. `notifier console reindex`: fills the indexes the console finds clients and their
+records by, for records written before those indexes existed."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import argparse
 import getpass
 import sys
 
-from notifier.cli.common import shell_path
+from notifier.cli.common import open_runtime, shell_path
 from notifier.config import Settings
 from notifier.console.operators import (
     MIN_PASSWORD_CHARS,
@@ -53,3 +54,16 @@ def cmd_console_add_operator(args: argparse.Namespace, settings: Settings) -> No
     print(f"{'password changed for' if existed else 'added'} operator {name} in "
           f"{shell_path(path)} (readable by its owner only); a running web reads it at the "
           "next sign-in")
+
+
+def cmd_console_reindex(args: argparse.Namespace, settings: Settings) -> None:
+    """Index every stored client by email address and every appointment, prescription,
+    refill request and message under its client (`RecordStore.reindex_clients`), and say
+    how many. It only adds: safe to run again, and while the service runs."""
+    with open_runtime(settings) as runtime:
+        clients, entities, unreadable = runtime.store.reindex_clients()
+    print(f"indexed {clients} client email address{'es' if clients != 1 else ''} and "
+          f"{entities} appointment, prescription, refill request and message record"
+          f"{'s' if entities != 1 else ''}"
+          + (f"; {unreadable} record{'s' if unreadable != 1 else ''} no longer parse and "
+             "were skipped" if unreadable else ""))

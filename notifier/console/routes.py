@@ -13,7 +13,9 @@ sign-outs and page views are audited (`notifier.console.audit`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -41,6 +43,7 @@ from notifier.console.sessions import (
     end_session,
     session_ended,
 )
+from notifier.console.throttle import VERIFY_SLOTS, SignInThrottle
 from notifier.errors import ConfigError
 from notifier.ledger.store import Store
 from notifier.timeutil import utcnow
@@ -88,6 +91,8 @@ class Console:
                         "(notifier console add-operator NAME)", operators_file)
         self.codec = codec
         self.audit = audit
+        self.throttle = SignInThrottle(audit.redis)
+        self.verify_slots = asyncio.Semaphore(VERIFY_SLOTS)
         self.practice_name = settings.practice_name
         self.clock = clock
         self.templates = console_templates()
@@ -225,15 +230,29 @@ def console_routes(console: Console) -> APIRouter:
             return console.refused(403, "Form expired",
                                    "This form is too old or was not sent from the console.")
         name, password = form.get("name", "").strip(), form.get("password", "")
+        # The name tried is recorded when it could be one, never what else was typed.
+        tried = name if NAME_RE.fullmatch(name) else "(not a name)"
+        address = request.client.host if request.client else "unknown"
+        refusal = await run_in_threadpool(console.throttle.refusal, tried, address)
+        if refusal is not None:
+            await run_in_threadpool(console.audit.record, "", "login-throttled", tried, now)
+            log.warning("console sign-in throttled: too many failures for %s", refusal.what)
+            minutes = math.ceil(refusal.retry_after_s / 60)
+            answer = console.login_form(
+                429, f"Too many failed sign-ins for {refusal.what}: try again in "
+                f"{minutes} minute{'s' if minutes != 1 else ''}.", "")
+            answer.headers["Retry-After"] = str(refusal.retry_after_s)
+            return answer
         operators = await run_in_threadpool(console.current_operators)
-        operator = await run_in_threadpool(verify_password, operators, name, password)
+        async with console.verify_slots:
+            operator = await run_in_threadpool(verify_password, operators, name, password)
         if operator is None:
-            # The name tried is recorded when it could be one, never what else was typed.
-            tried = name if NAME_RE.fullmatch(name) else "(not a name)"
+            await run_in_threadpool(console.throttle.failed, tried, address)
             await run_in_threadpool(console.audit.record, "", "login-failed", tried, now)
             log.info("console sign-in refused")
             return console.login_form(401, "Wrong name or password.", tried if
                                       tried != "(not a name)" else "")
+        await run_in_threadpool(console.throttle.succeeded, operator.name)
         await run_in_threadpool(console.audit.record, operator.name, "login", "", now)
         response = RedirectResponse("/console/", status_code=303, headers=SECURITY_HEADERS)
         response.delete_cookie(LOGIN_CSRF_COOKIE, path="/", secure=True, httponly=True,

@@ -4,6 +4,7 @@ SMS costs."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -125,50 +126,96 @@ def _size(size: SmsSize | None) -> str:
     return f"{size.encoding:<6} {size.segments:>2} ({size.units})" if size else "-"
 
 
-def preview_all(settings: Settings) -> tuple[str, int]:
-    """Every kind x channel x locale rendered with worst-case data (`WORST_NAME`,
-    `LONG_JOIN_URL`, the zone with the longest name, a late cancellation), with each SMS's
-    encoding and segments; and for client SMS the worst case over every name, date, zone
-    and branch of the template (`sms_budget.worst_case_sizes`), as start-up checks it.
-    Returns the table as text and how many SMS templates are over the budget (a template
-    over it in the worst case stops start-up). Raises `TemplateError` when a template is
+@dataclass(frozen=True)
+class TemplatePreview:
+    """One template (kind x channel x locale) rendered with sample data.
+
+    `message` is None when the sample SMS is over the budget (it would not be sent as SMS:
+    `size` is then what it measured); `size` is the sample SMS's encoding and segments
+    (None for email); `worst` the client SMS's worst case over every name, date, zone and
+    branch of the template (`sms_budget.worst_case_sizes`; None for email and staff SMS);
+    `over_budget` whether the sample or the worst case is over `MAX_SEGMENTS`; `note` the
+    email's subject, the SMS's budget fallback, or why it is not budgeted."""
+
+    kind: str
+    channel: str
+    locale: str
+    message: Message | None
+    size: SmsSize | None
+    worst: SmsSize | None
+    over_budget: bool
+    note: str
+
+    @property
+    def name(self) -> str:
+        """`sms/appointment_reminder.en`."""
+        return f"{self.channel}/{self.kind}.{self.locale}"
+
+
+def template_keys(renderer: Renderer) -> list[tuple[str, str, str]]:
+    """Every (channel, kind, locale) there is a template for: SMS first, then email; staff
+    kinds in English only."""
+    return [(channel, kind, locale) for channel in ("sms", "email")
+            for kind in renderer.kinds(channel)
+            for locale in (("en",) if kind in STAFF_KINDS else LOCALES)]
+
+
+def preview_entries(settings: Settings, worst_case: bool = True) -> list[TemplatePreview]:
+    """Every template (`template_keys`) rendered with sample data: worst-case data
+    (`WORST_NAME`, `LONG_JOIN_URL`, the zone with the longest name, a late cancellation)
+    when `worst_case`, else the plain sample `notifier preview KIND` shows; each with its
+    SMS size and the client SMS's worst case. Raises `TemplateError` when a template is
     missing or fails to render, `ConfigError` when the policy file is bad."""
     renderer = Renderer(Path(settings.templates_dir))
     bounds = worst_case_sizes(settings, renderer, STAFF_KINDS)
+    entries = []
+    for channel, kind, locale in template_keys(renderer):
+        if worst_case:
+            record = sample_client(locale, first_name=WORST_NAME)
+            record = record.model_copy(update={"client": record.client.model_copy(
+                update={"timezone": longest_zone(locale)[0]})})
+            n = sample_stored(kind, channel, start=WORST_START.isoformat(),
+                              end=(WORST_START + timedelta(minutes=30)).isoformat(),
+                              change_by=(WORST_START - timedelta(hours=24)).isoformat(),
+                              join_url=LONG_JOIN_URL, late_fee=True)
+        else:
+            record, n = sample_client(locale), sample_stored(kind, channel)
+        try:
+            message = _message(settings, renderer, kind, channel, locale, n, record)
+        except OverBudget as exc:
+            entries.append(TemplatePreview(kind, channel, locale, None, exc.size, None, True,
+                                           "OVER BUDGET: not sent as SMS"))
+            continue
+        bound = bounds.get(f"{kind}.{locale}") if channel == "sms" else None
+        if channel == "email":
+            note = f"subject: {message.subject}"
+        elif kind in STAFF_KINDS:
+            note = "staff SMS: ids only, not budgeted"
+        else:
+            note = message.fallback
+        over = bound is not None and bound.segments > MAX_SEGMENTS
+        if over:
+            note = f"OVER BUDGET in the worst case; {note}"
+        entries.append(TemplatePreview(kind, channel, locale, message, message.sms, bound,
+                                       over, note))
+    return entries
+
+
+def preview_all(settings: Settings) -> tuple[str, int]:
+    """`preview_entries` with worst-case data as a table: each template's sample SMS
+    encoding and segments, its worst case, and a note. Returns the table as text and how
+    many SMS templates are over the budget (a template over it in the worst case stops
+    start-up). Raises as `preview_entries`."""
     rows = [f"{'template':<36} {'sample: encoding, segments (units)':<36} "
             f"{'worst case':<17} note"]
     over = 0
-    for channel in ("sms", "email"):
-        for kind in renderer.kinds(channel):
-            for locale in ("en",) if kind in STAFF_KINDS else LOCALES:
-                zone = longest_zone(locale)[0]
-                record = sample_client(locale, first_name=WORST_NAME)
-                record = record.model_copy(update={"client": record.client.model_copy(
-                    update={"timezone": zone})})
-                n = sample_stored(kind, channel, start=WORST_START.isoformat(),
-                                  end=(WORST_START + timedelta(minutes=30)).isoformat(),
-                                  change_by=(WORST_START - timedelta(hours=24)).isoformat(),
-                                  join_url=LONG_JOIN_URL, late_fee=True)
-                name = f"{channel}/{kind}.{locale}"
-                try:
-                    message = _message(settings, renderer, kind, channel, locale, n, record)
-                except OverBudget as exc:
-                    over += 1
-                    rows.append(f"{name:<36} {_size(exc.size):<36} {'':<17} OVER BUDGET: "
-                                "not sent as SMS")
-                    continue
-                bound = bounds.get(f"{kind}.{locale}") if channel == "sms" else None
-                if channel == "email":
-                    note = f"subject: {message.subject}"
-                elif kind in STAFF_KINDS:
-                    note = "staff SMS: ids only, not budgeted"
-                else:
-                    note = message.fallback
-                if bound is not None and bound.segments > MAX_SEGMENTS:
-                    over += 1
-                    note = f"OVER BUDGET in the worst case; {note}"
-                rows.append(f"{name:<36} {_size(message.sms):<36} {_size(bound):<17} "
-                            f"{note}".rstrip())
+    for e in preview_entries(settings):
+        over += e.over_budget
+        if e.message is None:
+            rows.append(f"{e.name:<36} {_size(e.size):<36} {'':<17} {e.note}")
+        else:
+            rows.append(f"{e.name:<36} {_size(e.size):<36} {_size(e.worst):<17} "
+                        f"{e.note}".rstrip())
     rows.append(f"client SMS budget: {MAX_SEGMENTS} segments; "
                 + (f"{over} over it" if over else "every client SMS within it"))
     return "\n".join(rows), over

@@ -42,6 +42,11 @@ KEY_FAMILIES: tuple[KeyFamily, ...] = (
               "history", "the clock trims ids gone, or ended and past the retention"),
     KeyFamily("n:by-entity:*", "180 days after its last add",
               "the clock trims ids gone or retired"),
+    # Before `n:stats:*`: the first family that matches names a key.
+    KeyFamily("n:stats:sent:*", "3 days after its day's last send counted",
+              "one hash per UTC day, a field per hour and channel (`ledger.daily`)"),
+    KeyFamily("n:stats:failed:*", "8 days after its day's last failure counted",
+              "one hash per UTC day, a field per channel and provider code"),
     KeyFamily("n:stats:*", "", "counters: a field per state and channel, per kind, "
               "channel and lateness bucket"),
     KeyFamily("n:event:*", "30 days once applied (or stale, ignored, rejected, failed)",
@@ -59,6 +64,12 @@ KEY_FAMILIES: tuple[KeyFamily, ...] = (
     KeyFamily("n:phone-clients:*", "", "one set per number in use; a client leaves it "
               "when its number changes, and an empty set is no key"),
     KeyFamily("n:phone:*", "", "written by older versions only"),
+    KeyFamily("n:email-clients:*", "", "one set per address in use (lower-cased); a client "
+              "leaves it when its address changes, and an empty set is no key"),
+    KeyFamily("n:client-entities:*", "", "one set per client: the refs of its "
+              "appointments, prescriptions, refill requests and messages, never removed; "
+              "it grows with the records of `n:rec:*` it names (with the practice), not "
+              "with time"),
     KeyFamily("n:sms-optout", "", "one entry per opted-out number: an opt-out holds until "
               "the number opts back in"),
     KeyFamily("n:rate:*", "a day", ""),
@@ -84,6 +95,7 @@ KEY_FAMILIES: tuple[KeyFamily, ...] = (
     KeyFamily("n:audit", "", "the console's audit records: each XADD trims those older "
               "than NOTIFIER_CONSOLE_AUDIT_DAYS (six years by default)"),
     KeyFamily("n:console:signed-out:*", "12 hours: when the session would have ended", ""),
+    KeyFamily("n:console:limits:*", "15 minutes: the sign-in throttle's window", ""),
     KeyFamily(f"{_DQ}:__heartbeats__", "", "one entry per live worker (dramatiq's "
               "maintenance drops the dead)"),
     KeyFamily(f"{_DQ}:__acks__.*", "", "a worker's messages in hand; a dead worker's go "

@@ -32,8 +32,10 @@ import redis
 
 from notifier.errors import StoreError
 from notifier.ledger.batch import Batch, Reply
+from notifier.ledger.daily import day_of, failed_key, sent_key
 from notifier.ledger.lua import lua_source
 from notifier.ledger.notif_fields import with_derived
+from notifier.timeutil import utcnow
 
 #: Key prefix of every key Notifier writes.
 PREFIX = "n:"
@@ -374,14 +376,13 @@ class Schedule:
         ends the send's wait in `AWAITING_REPORT`. Returns the delivery status on record
         after it ("" for none yet), None for an unknown id."""
         return _on_record(self._delivery(
-            keys=[notif_key(notification_id), AWAITING_REPORT, WEBHOOK_OUTBOX, WEBHOOK_SEQ],
+            keys=_delivery_keys(notification_id, now),
             args=_delivery_args(notification_id, status, code, now, message_id)))
 
     def queue_delivery(self, batch: Batch, notification_id: str, status: str, code: str,
                        now: datetime) -> Reply[str | None]:
         """`record_delivery`, queued on `batch`."""
-        return batch.script(self._delivery, [notif_key(notification_id), AWAITING_REPORT,
-                                             WEBHOOK_OUTBOX, WEBHOOK_SEQ],
+        return batch.script(self._delivery, _delivery_keys(notification_id, now),
                             _delivery_args(notification_id, status, code, now),
                             parse=_on_record)
 
@@ -413,8 +414,11 @@ def _finish_call(notification_id: str, state: str, lease: str, fields: dict[str,
     flat: list[Any] = []
     for name, value in fields.items():
         flat += [name, "" if value is None else value]
+    # The day counted in (`notifier.ledger.daily`): the send's, else the call's (`finish`
+    # takes no `now`; a failure counted in the day it was recorded is what the page wants).
+    day = day_of(float(fields.get("sent_at") or utcnow().timestamp()))
     return ([notif_key(notification_id), INFLIGHT, OUTCOMES, LATENESS, SCHEDULE,
-             AWAITING_REPORT, WEBHOOK_OUTBOX, WEBHOOK_SEQ],
+             AWAITING_REPORT, WEBHOOK_OUTBOX, WEBHOOK_SEQ, sent_key(day), failed_key(day)],
             [notification_id, state, keep_s,
              ",".join(str(b) for b in LATENESS_BUCKETS_S), lease,
              "" if report_at is None else report_at, *flat])
@@ -423,6 +427,12 @@ def _finish_call(notification_id: str, state: str, lease: str, fields: dict[str,
 def _flat(fields: Mapping[str, object] | None) -> list[Any]:
     """`fields` as the field/value pairs a script takes after its other ARGV."""
     return [x for pair in (fields or {}).items() for x in pair]
+
+
+def _delivery_keys(notification_id: str, now: datetime) -> list[str]:
+    """The KEYS of `notif_delivery.lua`: a failure is counted in `now`'s day."""
+    return [notif_key(notification_id), AWAITING_REPORT, WEBHOOK_OUTBOX, WEBHOOK_SEQ,
+            failed_key(day_of(epoch(now)))]
 
 
 def _delivery_args(notification_id: str, status: str, code: str, now: datetime,

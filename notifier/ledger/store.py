@@ -4,7 +4,7 @@ parts, each of one concern, and forwards to them, so callers hold one object.
 - `events` (`notifier.ledger.events.Events`): storing, queueing, holding and rejecting
   events, and their statuses;
 - `records` (`notifier.ledger.record_store.RecordStore`): entity records, the providers
-  set and the per-number index of clients;
+  set, the per-number and per-address indexes of clients and each client's entities;
 - `plans` (`notifier.ledger.plans.PlanWriter`): applying a stored event's plan exactly
   once, or writing a cron job's;
 - `reading` (`notifier.ledger.reading.Reading`): notifications as the read API shows them,
@@ -133,6 +133,18 @@ class Store:
     def clients_for_phone(self, phone: str) -> list[ClientRecord]:
         """`RecordStore.clients_for_phone`."""
         return self.records.clients_for_phone(phone)
+
+    def clients_for_email(self, email: str) -> list[ClientRecord]:
+        """`RecordStore.clients_for_email`."""
+        return self.records.clients_for_email(email)
+
+    def client_entity_refs(self, client_ids: list[str]) -> dict[str, list[str]]:
+        """`RecordStore.client_entity_refs`."""
+        return self.records.client_entity_refs(client_ids)
+
+    def reindex_clients(self) -> tuple[int, int, int]:
+        """`RecordStore.reindex_clients`."""
+        return self.records.reindex_clients()
 
     # Applying plans ----------------------------------------------------------------------
     def apply_event(self, event_id: str, decide: Decide, now: datetime,

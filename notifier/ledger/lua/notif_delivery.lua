@@ -13,6 +13,7 @@
 -- KEYS[2]     n:awaiting-report
 -- KEYS[3]     n:wh:outbox                  delivery-webhook messages (`_webhook_emit.lua`)
 -- KEYS[4]     n:wh:seq                     their sequence
+-- KEYS[5]     n:stats:failed:{YYYY-MM-DD}  the day's failures per provider code
 --
 -- ARGV[1]     the delivery status
 -- ARGV[2]     its rank (how far along it is)
@@ -46,6 +47,13 @@ if new > rank or (new == rank and rank < FINAL) then
   local reported = DELIVERY_EVENTS[ARGV[1]]
   if reported and redis.call('HGET', KEYS[1], 'state') == 'sent' then
     emit_notification(KEYS[3], KEYS[4], KEYS[1], ARGV[5], reported)
+  end
+  -- the console's count of the day's failures (`notifier.ledger.daily`), once per
+  -- notification: one that ended `failed` was counted then
+  if reported == 'failed' and redis.call('HGET', KEYS[1], 'state') ~= 'failed' then
+    local channel = redis.call('HGET', KEYS[1], 'channel') or string.match(ARGV[5], '[^:]*$')
+    redis.call('HINCRBY', KEYS[5], channel .. '|' .. (redis.call('HGET', KEYS[1], 'code') or ''), 1)
+    redis.call('EXPIRE', KEYS[5], 691200)
   end
 end
 return redis.call('HGET', KEYS[1], 'delivery') or ''

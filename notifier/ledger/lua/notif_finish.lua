@@ -32,6 +32,8 @@
 -- KEYS[6]     n:awaiting-report
 -- KEYS[7]     n:wh:outbox                  delivery-webhook messages (`_webhook_emit.lua`)
 -- KEYS[8]     n:wh:seq                     their sequence
+-- KEYS[9]     n:stats:sent:{YYYY-MM-DD}    the day's sends per hour (`notifier.ledger.daily`)
+-- KEYS[10]    n:stats:failed:{YYYY-MM-DD}  the day's failures per provider code
 --
 -- ARGV[1]     the notification id
 -- ARGV[2]     the final state
@@ -109,5 +111,15 @@ if ARGV[2] == 'sent' and sent_at then
   end
   redis.call('HINCRBY', KEYS[4], series .. 'count', 1)
   redis.call('HINCRBYFLOAT', KEYS[4], series .. 'sum', tostring(late))
+end
+-- The console's counters of the day (`notifier.ledger.daily`, which names the TTLs): a send
+-- by the UTC hour of its `sent_at`; a failure by its code, unless a failure report counted it.
+if ARGV[2] == 'sent' and sent_at then
+  local hour = string.format('%02d', math.floor(sent_at % 86400 / 3600))
+  redis.call('HINCRBY', KEYS[9], hour .. '|' .. channel, 1)
+  redis.call('EXPIRE', KEYS[9], 259200)
+elseif ARGV[2] == 'failed' and reported ~= 'failed' then
+  redis.call('HINCRBY', KEYS[10], channel .. '|' .. (redis.call('HGET', KEYS[1], 'code') or ''), 1)
+  redis.call('EXPIRE', KEYS[10], 691200)
 end
 return 1

@@ -1,0 +1,74 @@
+"""Sign-in throttling: failed sign-ins counted per operator name and per client address,
+in Redis (the `limits` package's fixed windows, keys `n:console:limits:*`, each expiring
+with its window), so every web process shares the count.
+
+- `NAME_LIMIT`: 5 failed sign-ins for one name in 15 minutes (OWASP's Authentication
+  Cheat Sheet, "Login Throttling"; NIST SP 800-63B 5.2.2 allows at most 100 in a row),
+  then that name is refused until the window ends, even with the right password; a
+  good sign-in clears the name's count;
+- `ADDRESS_LIMIT`: 30 failed sign-ins from one address in 15 minutes (someone trying
+  many names), then that address is refused likewise.
+
+A refused attempt never reaches the password check, whose argon2 hash costs 64 MiB and
+tens of milliseconds: `VERIFY_SLOTS` such checks run at once per web process, so a flood
+of sign-ins cannot take the memory either.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from limits import RateLimitItemPerMinute
+from limits.storage import RedisStorage
+from limits.strategies import FixedWindowRateLimiter
+
+#: Failed sign-ins allowed per operator name, per 15 minutes.
+NAME_LIMIT = RateLimitItemPerMinute(5, 15)
+#: Failed sign-ins allowed per client address, per 15 minutes.
+ADDRESS_LIMIT = RateLimitItemPerMinute(30, 15)
+#: The keys' prefix (a family of `notifier.ledger.keyspace`).
+KEY_PREFIX = "n:console:limits"
+#: Password checks (argon2id, 64 MiB each) running at once in one web process.
+VERIFY_SLOTS = 2
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a sign-in is refused before its password is checked, and for how long
+    (whole seconds, at least 1)."""
+
+    what: str
+    retry_after_s: int
+
+
+class SignInThrottle:
+    """Failed sign-ins per name and per address, over redis-py client `redis`'s
+    connection pool. Redis's errors reach the caller as redis-py's (the console's sign-in
+    answers 503 then, as any page does without Redis)."""
+
+    def __init__(self, redis: Any) -> None:
+        storage = RedisStorage("redis://", connection_pool=redis.connection_pool,
+                               key_prefix=KEY_PREFIX)
+        self._limiter = FixedWindowRateLimiter(storage)
+
+    def refusal(self, name: str, address: str) -> Refusal | None:
+        """Why a sign-in as `name` from `address` is refused now, or None when it may be
+        tried. (The windows run on the wall clock, as `limits` keeps them.)"""
+        for limit, what, key in ((NAME_LIMIT, "this name", f"name:{name}"),
+                                 (ADDRESS_LIMIT, "this address", f"address:{address}")):
+            if not self._limiter.test(limit, key):
+                reset = self._limiter.get_window_stats(limit, key).reset_time
+                return Refusal(what, max(1, math.ceil(reset - time.time())))
+        return None
+
+    def failed(self, name: str, address: str) -> None:
+        """Count a failed sign-in against `name` and `address`."""
+        self._limiter.hit(NAME_LIMIT, f"name:{name}")
+        self._limiter.hit(ADDRESS_LIMIT, f"address:{address}")
+
+    def succeeded(self, name: str) -> None:
+        """A good sign-in: `name`'s failures are forgotten (the address's are not)."""
+        self._limiter.clear(NAME_LIMIT, f"name:{name}")

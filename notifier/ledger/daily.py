@@ -1,0 +1,113 @@
+"""The console's counters of the day, kept a few days each: sends per hour and channel, and
+failures per channel and provider code. The Today page reads them
+(`notifier.console.today`); `notif_finish.lua` and `notif_delivery.lua` write them, in the
+same script as the state they count, so a count is never lost nor doubled.
+
+- `n:stats:sent:{YYYY-MM-DD}`: a hash, field `{HH}|{channel}` (the UTC hour of the send's
+  `sent_at`) -> sends recorded as the notification's own. A send recorded without `sent_at`
+  (found sent after a crash: when it left is not known) is not counted here. Expires 3 days
+  after its last count (`SENT_KEEP_S`): the last 24 hours need today's and yesterday's.
+- `n:stats:failed:{YYYY-MM-DD}`: a hash, field `{channel}|{code}` (the provider's error
+  code, "" when none was given) -> notifications that failed that day: ended `failed` by a
+  send (`notif_finish.lua`, the day of its `sent_at`, else of the call), or reported failed
+  after being sent (`undelivered`, `failed`, `bounce`, `dropped`: `notif_delivery.lua`, the
+  day of the report). Each notification counts once: a failure report about one already
+  ended `failed` is not counted, nor a `failed` end after a failure report. Expires 8 days
+  after its last count (`FAILED_KEEP_S`): the page shows the last 7 days.
+
+Both TTLs are also written in the two scripts (a script takes no value but its KEYS and
+ARGV, and their ARGV are laid out already); `tests/ledger/test_daily.py` checks they agree.
+The days are UTC days: the keys are named from the epoch, whatever the operator's zone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+#: `notifier.ledger.notifications.PREFIX` + `stats:`; not imported: that module imports this.
+_STATS = "n:stats:"
+#: Sends per UTC hour and channel, one hash per UTC day (`sent_key`).
+SENT_DAILY = _STATS + "sent:"
+#: Failures per channel and provider code, one hash per UTC day (`failed_key`).
+FAILED_DAILY = _STATS + "failed:"
+#: How long a day's sends are kept after its last count, seconds (`notif_finish.lua`).
+SENT_KEEP_S = 3 * 86400
+#: How long a day's failures are kept after its last count, seconds (both scripts).
+FAILED_KEEP_S = 8 * 86400
+#: How many days of failures the Today page sums: today and the six before.
+FAILED_DAYS = 7
+
+
+def day_of(instant_s: float) -> date:
+    """The UTC day of an instant given in epoch seconds."""
+    return datetime.fromtimestamp(instant_s, UTC).date()
+
+
+def sent_key(day: date) -> str:
+    """The hash of `day`'s sends: `n:stats:sent:2026-11-30`."""
+    return f"{SENT_DAILY}{day.isoformat()}"
+
+
+def failed_key(day: date) -> str:
+    """The hash of `day`'s failures: `n:stats:failed:2026-11-30`."""
+    return f"{FAILED_DAILY}{day.isoformat()}"
+
+
+@dataclass(frozen=True)
+class DailyCounts:
+    """What the Today page shows of the daily counters.
+
+    `sent`: (start of the UTC hour, channel) -> sends, for the 24 hours ending with the
+    hour of `now` (hours with no send are absent). `failed`: (channel, code) -> failures
+    over the last `FAILED_DAYS` UTC days, `now`'s included ("" code: none given)."""
+
+    sent: dict[tuple[datetime, str], int]
+    failed: dict[tuple[str, str], int]
+
+
+def queue_daily(pipe: Any, now: datetime) -> None:
+    """Queue on `pipe` the reads `parse_daily` takes, in this order: the sends of `now`'s
+    UTC day and of the day before (2 HGETALLs), then the failures of the last
+    `FAILED_DAYS` days (`FAILED_DAYS` HGETALLs)."""
+    today = now.astimezone(UTC).date()
+    pipe.hgetall(sent_key(today))
+    pipe.hgetall(sent_key(today - timedelta(days=1)))
+    for back in range(FAILED_DAYS):
+        pipe.hgetall(failed_key(today - timedelta(days=back)))
+
+
+#: How many replies `queue_daily` queues.
+DAILY_REPLIES = 2 + FAILED_DAYS
+
+
+def parse_daily(replies: list[dict[bytes, bytes]], now: datetime) -> DailyCounts:
+    """The `DAILY_REPLIES` replies of `queue_daily(pipe, now)` as `DailyCounts`. A field
+    that does not parse (written by hand) is skipped."""
+    today = now.astimezone(UTC).date()
+    hour_now = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    first_hour = hour_now - timedelta(hours=23)
+    sent: dict[tuple[datetime, str], int] = {}
+    for day, raw in ((today, replies[0]), (today - timedelta(days=1), replies[1])):
+        midnight = datetime(day.year, day.month, day.day, tzinfo=UTC)
+        for hour, channel, count in _fields(raw.items()):
+            if not hour.isdigit():
+                continue
+            start = midnight + timedelta(hours=int(hour))
+            if first_hour <= start <= hour_now:
+                sent[(start, channel)] = sent.get((start, channel), 0) + count
+    failed: dict[tuple[str, str], int] = {}
+    for raw in replies[2:2 + FAILED_DAYS]:
+        for channel, code, count in _fields(raw.items()):
+            failed[(channel, code)] = failed.get((channel, code), 0) + count
+    return DailyCounts(sent=sent, failed=failed)
+
+
+def _fields(items: Iterable[tuple[bytes, bytes]]) -> Iterable[tuple[str, str, int]]:
+    """A counter hash's `{a}|{b}` -> count fields as (a, b, count); others skipped."""
+    for key, value in items:
+        a, bar, b = key.decode().partition("|")
+        if bar and value.lstrip(b"-").isdigit():
+            yield a, b, int(value)
