@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # (or `make test`, whose slow suite runs the burst harness).
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: run test test-fast lint bench bench-full chaos clean
+.PHONY: run test test-fast lint bench bench-full chaos clean chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,15 +20,26 @@ run: $(STAMP)
 	$(BIN)/notifier dev
 
 # The bench extra too: tests/bench/ runs the burst harness with its Celery peer.
-test: $(STAMP) $(BENCH_STAMP)
+test: $(STAMP) $(BENCH_STAMP) chromium
 	$(BIN)/python -m pytest -q
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) chromium
 	$(BIN)/python -m pytest -q -m "not e2e and not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check notifier tests bench chaos
 	$(BIN)/mypy notifier chaos
+
+# tests/browser/ drives the distribution's headless Chromium (Playwright's own browser
+# downloads are never used): installed here when missing, as root or through sudo. When it
+# cannot be, one line says so and the browser tests fail with the same advice.
+chromium:
+	@command -v chromium >/dev/null || { \
+		if [ "$$(id -u)" -eq 0 ]; then SUDO=; \
+		elif command -v sudo >/dev/null; then SUDO=sudo; \
+		else SUDO=false; fi; \
+		$$SUDO apt-get update && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver; \
+	} || echo "make: could not install Chromium: run 'apt-get install chromium chromium-driver' as root; the browser tests (tests/browser/) fail without it" >&2
 
 $(BENCH_STAMP): pyproject.toml $(STAMP)
 	$(BIN)/pip install --quiet -e '.[dev,bench]'

@@ -241,7 +241,7 @@ def test_a_booked_client_page_shows_details_reminders_in_both_zones_and_the_time
     # One link per notification in the table and in the time line, to the same pages.
     links = {f"/console/notifications/{quote(n.id, safe='')}" for n in planned}
     table_links = re.findall(r'<td data-label="Details"><a href="([^"]+)"', html)
-    svg = re.search(r'<svg class="timeline" role="img".*?</svg>', html, re.S)
+    svg = re.search(r'<svg class="timeline" role="group".*?</svg>', html, re.S)
     assert svg
     svg_links = re.findall(r'<a href="([^"]+)">', svg.group(0))
     assert sorted(table_links) == sorted(svg_links) == sorted(links)

@@ -77,7 +77,7 @@ def test_every_notification_gets_one_link_and_every_mark_is_inside_the_view_box(
 
 def test_the_svg_names_itself_and_scales_to_the_page():
     svg = parsed(timeline_svg([row("n-1", NOW + timedelta(days=1))], NOW, ZoneInfo("UTC")))
-    assert svg.attrib["class"] == "timeline" and svg.attrib["role"] == "img"
+    assert svg.attrib["class"] == "timeline" and svg.attrib["role"] == "group"
     assert svg.attrib["width"] == "100%"
     title_id, desc_id = svg.attrib["aria-labelledby"].split()
     title = svg.find(SVG + "title")
