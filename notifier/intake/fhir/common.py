@@ -18,9 +18,12 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from notifier.errors import FieldProblem, InvalidEvent
+
+if TYPE_CHECKING:
+    from notifier.policy.figures import Policy
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,13 @@ class Defaults:
     zone: str = "America/New_York"
     phone_region: str = "US"
     video_extensions: tuple[str, ...] = ()
+
+    @classmethod
+    def of_policy(cls, policy: Policy) -> Defaults:
+        """The practice's zone (`[practice] timezone`) and, for phone numbers, the country
+        whose holidays it keeps (`response_window.holiday_country`): the same country."""
+        return cls(zone=policy.practice_zone.key,
+                   phone_region=policy.response_window.holiday_country)
 
 
 @dataclass(frozen=True)
