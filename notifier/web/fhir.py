@@ -25,8 +25,8 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-from datetime import timedelta
-from typing import Any, Literal
+from datetime import datetime, timedelta
+from typing import Literal
 
 from dramatiq.brokers.redis import RedisBroker
 from fastapi import APIRouter, Request
@@ -87,7 +87,7 @@ def fhir_counter(registry: CollectorRegistry) -> Counter:
 
 
 def authenticate(headers: dict[str, str], body: bytes, secret: str,
-                 token: SecretStr | None, now: Any) -> None:
+                 token: SecretStr | None, now: datetime) -> None:
     """Accept the bearer token or a Standard Webhooks signature (see the module docstring);
     raises `SignatureError` saying what is wrong. `headers` are keyed in lower case."""
     authorization = headers.get("authorization")
@@ -103,7 +103,7 @@ def authenticate(headers: dict[str, str], body: bytes, secret: str,
         raise SignatureError("wrong bearer token")
 
 
-def _events(mapped: list[MappedResource], latest: Any) -> list[tuple[Event, bytes]]:
+def _events(mapped: list[MappedResource], latest: datetime) -> list[tuple[Event, bytes]]:
     """Each mapped event parsed as the door parses one, with its body; raises
     `InvalidEvent` naming `meta.lastUpdated` of resources dated past `latest`."""
     found: list[tuple[Event, bytes]] = []

@@ -17,7 +17,7 @@ import hashlib
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from notifier.errors import FieldProblem, InvalidEvent
@@ -162,6 +162,29 @@ def envelope(resource: Any, ctx: Context, event_type: str, data: dict[str, Any],
 def extension_values(extensions: Iterable[Any] | None, url: str) -> list[tuple[int, Any]]:
     """(index, extension) of each extension with `url`, in order."""
     return [(i, ext) for i, ext in enumerate(extensions or ()) if ext.url == url]
+
+
+def day_of(value: Any) -> date | None:
+    """The calendar day a FHIR `dateTime` names, as written (its own offset's day); None
+    for a partial one (`2026`, `2026-11`: fhir.resources keeps those as strings)."""
+    if isinstance(value, datetime):
+        return value.date()
+    return value if isinstance(value, date) else None
+
+
+def ends_by(value: Any) -> datetime:
+    """The first instant after a FHIR `dateTime` used as a period's end, aware: a day's
+    end is the next midnight UTC, a partial `2026-11` the first of December, `2026` the
+    next new year (close enough to say whether a contact point is still in use)."""
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day, tzinfo=UTC) + timedelta(days=1)
+    year, _, month = str(value).partition("-")
+    if not month:
+        return datetime(int(year) + 1, 1, 1, tzinfo=UTC)
+    after = int(month) + 1
+    return datetime(int(year) + after // 13, (after - 1) % 12 + 1, 1, tzinfo=UTC)
 
 
 def codes(concept: Any) -> list[str]:

@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import phonenumbers
 
 from notifier.intake.events import Client
-from notifier.intake.fhir.common import Defaults, extension_values
+from notifier.intake.fhir.common import Defaults, ends_by, extension_values
 
 #: The timezone extension FHIR defines for a resource's zone (an IANA name, `valueCode`).
 TIMEZONE_URL = "http://hl7.org/fhir/StructureDefinition/timezone"
@@ -30,15 +30,7 @@ LOCALES: tuple[str, ...] = get_args(Client.model_fields["locale"].annotation)
 
 def _in_use(point: Any, at: datetime) -> bool:
     period = point.period
-    return period is None or period.end is None or _aware(period.end) > at
-
-
-def _aware(value: Any) -> datetime:
-    """A FHIR dateTime as an aware datetime: a bare date or a time without offset (FHIR
-    allows both in a period) is taken at UTC, close enough for "has it ended"."""
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=ZoneInfo("UTC"))
-    return datetime(value.year, value.month, value.day, tzinfo=ZoneInfo("UTC"))
+    return period is None or period.end is None or ends_by(period.end) > at
 
 
 def ranked(telecom: Iterable[Any] | None, at: datetime) -> list[Any]:

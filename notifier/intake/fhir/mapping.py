@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
 from typing import Any
 
 from notifier.errors import FieldProblem, InvalidEvent
@@ -65,6 +66,13 @@ def _index(entries: list[Entry]) -> dict[str, Any]:
     return others
 
 
+def _handed(value: Any) -> str:
+    """A sort key for `whenHandedOver`: an instant in UTC, a day, a partial date, or ""."""
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat()
+    return str(value.isoformat() if isinstance(value, date) else value or "")
+
+
 def _fills(entries: list[Entry], others: dict[str, Any]) -> dict[int, dict[str, int]]:
     """For each completed dispense (by entry index): its request's fill count so far."""
     dispenses: list[tuple[str, int, str, str]] = []
@@ -75,9 +83,8 @@ def _fills(entries: list[Entry], others: dict[str, Any]) -> dict[int, dict[str, 
             continue
         request = authorizing(resource, Context(where=entry.where, others=others))
         if request is not None and request.id:
-            handed = resource.whenHandedOver
             # Two versions of one dispense in a history are one fill.
-            dispenses.append((handed.isoformat() if handed else "", number,
+            dispenses.append((_handed(resource.whenHandedOver), number,
                               request_key(request), resource.id or str(number)))
     counts: dict[str, int] = {}
     fills: dict[int, dict[str, int]] = {}

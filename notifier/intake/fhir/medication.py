@@ -25,7 +25,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from notifier.intake.fhir.common import (
@@ -34,6 +33,7 @@ from notifier.intake.fhir.common import (
     Ignored,
     Mapped,
     concept_text,
+    day_of,
     envelope,
     ref_of,
 )
@@ -105,9 +105,9 @@ def map_dispense(dispense: Any, ctx: Context, defaults: Defaults) -> Mapped:
         return Ignored("its MedicationRequest (authorizingPrescription) is neither contained "
                        "nor in the payload: include it (_include=MedicationDispense:"
                        "prescription)")
-    handed = dispense.whenHandedOver
-    if handed is None:
-        return Ignored("not handed over (MedicationDispense.whenHandedOver)")
+    filled_on = day_of(dispense.whenHandedOver)
+    if filled_on is None:
+        return Ignored("not handed over on a known day (MedicationDispense.whenHandedOver)")
     client = ref_of(ctx, dispense.subject, "Patient") or ref_of(ctx, request.subject, "Patient")
     provider = ref_of(ctx, request.requester, "Practitioner")
     if client is None or provider is None:
@@ -121,7 +121,6 @@ def map_dispense(dispense: Any, ctx: Context, defaults: Defaults) -> Mapped:
     allowed = (request.dispenseRequest.numberOfRepeatsAllowed
                if request.dispenseRequest else None) or 0
     refills_used = max(ctx.fills.get(request_key(request), 1) - 1, 0)
-    filled_on = handed.date() if isinstance(handed, datetime) else handed
     prescription = {"id": request.id, "client_id": client, "provider_id": provider,
                     "medication": medication, "filled_on": filled_on.isoformat(),
                     "days_supply": days, "refills_remaining": max(allowed - refills_used, 0)}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from fhir.resources.R4B.subscription import Subscription
 
 from notifier.cli import main
 from notifier.errors import InvalidEvent
@@ -116,3 +117,10 @@ def test_fhir_map_names_a_file_it_cannot_read(tmp_path, capsys):
         main(["fhir", "map", str(tmp_path / "missing.json")])
     assert exited.value.code == 2
     assert "missing.json: cannot read it" in capsys.readouterr().err
+
+
+def test_the_example_subscription_is_a_valid_r4_subscription_to_our_endpoint():
+    path = VISIT_BUNDLE.parent / "subscription-appointment.json"
+    subscription = Subscription.model_validate_json(path.read_text())
+    assert subscription.channel.endpoint.endswith("/fhir/r4/notify")
+    assert subscription.channel.header == ["Authorization: Bearer <NOTIFIER_FHIR_TOKEN>"]

@@ -93,6 +93,7 @@ def test_two_versions_of_one_dispense_are_one_fill():
     ({"daysSupply": None}, "days_supply", 30),  # the request's expectedSupplyDuration
     ({"daysSupply": {"value": 89.6, "unit": "Day"}}, "days_supply", 90),
     ({"whenHandedOver": "2026-11-21T23:30:00-06:00"}, "filled_on", "2026-11-21"),
+    ({"whenHandedOver": "2026-11-20"}, "filled_on", "2026-11-20"),
     ({"medicationCodeableConcept": None,
       "medicationReference": {"reference": "#med"},
       "contained": [{"resourceType": "Medication", "id": "med",
@@ -111,7 +112,10 @@ def test_what_a_fill_reads(changes, field, value):
 @pytest.mark.parametrize(("changes", "why"), [
     ({"status": "in-progress"}, "a MedicationDispense in-progress: only a completed one is a "
                                 "fill"),
-    ({"whenHandedOver": None}, "not handed over (MedicationDispense.whenHandedOver)"),
+    ({"whenHandedOver": None},
+     "not handed over on a known day (MedicationDispense.whenHandedOver)"),
+    ({"whenHandedOver": "2026-11"},
+     "not handed over on a known day (MedicationDispense.whenHandedOver)"),
 ])
 def test_a_dispense_that_is_no_fill_is_ignored(changes, why):
     _, item = mapped(of(request(), dispense(**changes)))

@@ -41,6 +41,13 @@ def test_the_example_patient_becomes_her_client_record():
     ([MOBILE, OTHER_MOBILE], "+14155550123"),  # unranked: the first listed
     ([{**MOBILE, "period": {"end": "2026-10-01"}}, OTHER_MOBILE], "+16465550188"),
     ([{**MOBILE, "period": {"start": "2020-01-01", "end": "2027-01-01"}}], "+14155550123"),
+    # Ends on the day of the update (2026-11-02): in use until that day is over.
+    ([{**MOBILE, "period": {"end": "2026-11-02"}}], "+14155550123"),
+    ([{**MOBILE, "period": {"end": "2026-11-02T13:59:59Z"}}], None),
+    # Partial dates: October is over by November; November is not.
+    ([{**MOBILE, "period": {"end": "2026-10"}}], None),
+    ([{**MOBILE, "period": {"end": "2026-11"}}], "+14155550123"),
+    ([{**MOBILE, "period": {"end": "2025"}}], None),
     ([{"system": "phone", "value": "not a number", "use": "mobile"}, OTHER_MOBILE],
      "+16465550188"),
     ([{"system": "phone", "value": "+44 7911 123456", "use": "mobile"}], "+447911123456"),
