@@ -82,7 +82,7 @@ def create_app(settings: Settings, store: Store, broker: RedisBroker) -> FastAPI
     app.add_route("/v1/events", events.endpoint, methods=["POST"])
     app.include_router(fhir_routes(secret, settings.fhir_token,
                                    Defaults.of_policy(load_policy(settings.schedules_dir)),
-                                   event_stores, broker, fhir_counter(registry),
+                                   store, event_stores, broker, fhir_counter(registry),
                                    timedelta(seconds=settings.future_skew_s)))
     app.include_router(read_api_routes(settings.api_token, store))
     app.include_router(ops_routes(store, registry))

@@ -12,7 +12,8 @@ Anything else is 401.
 Answers: 413 over `MAX_FHIR_BODY_BYTES`; 422 naming each bad element by its FHIRPath (a
 malformed resource, one without `id` or `meta.lastUpdated`, one that makes an event our
 rules refuse, a `meta.lastUpdated` ahead of our clock by more than NOTIFIER_FUTURE_SKEW_S),
-and then nothing of the notification is stored; 503 when Redis cannot take the events
+and then nothing of the notification is stored (but its completed dispenses are counted as
+fills, which a resend does not count again); 503 when Redis cannot take the events
 (those stored before are answered `duplicate` on the server's retry); otherwise 200 with
 what became of each resource: its events, each `accepted` or `duplicate`, or `ignored`
 and why. An ignored resource (a type or status we do not map) is answered 200 so the
@@ -38,6 +39,8 @@ from starlette.concurrency import run_in_threadpool
 from notifier.errors import FieldProblem, InvalidEvent, PayloadTooLarge, SignatureError, StoreError
 from notifier.intake.events import Event, parse_event
 from notifier.intake.fhir import Defaults, MappedResource, map_payload
+from notifier.ledger.fhir_fills import FhirFills
+from notifier.ledger.store import Store
 from notifier.timeutil import utcnow
 from notifier.web.answers import ErrorAnswer, error_answer, unavailable_answer
 from notifier.web.bodies import MAX_FHIR_BODY_BYTES, read_limited
@@ -122,11 +125,13 @@ def _events(mapped: list[MappedResource], latest: datetime) -> list[tuple[Event,
     return found
 
 
-def fhir_routes(secret: str, token: SecretStr | None, defaults: Defaults,
+def fhir_routes(secret: str, token: SecretStr | None, defaults: Defaults, store: Store,
                 event_stores: EventStores, broker: RedisBroker, counter: Counter,
                 future_skew: timedelta) -> APIRouter:
-    """The FHIR notification route (see the module docstring)."""
+    """The FHIR notification route (see the module docstring); dispenses are counted as
+    fills on `store`'s Redis (`notifier.ledger.fhir_fills`)."""
     router = APIRouter()
+    fills = FhirFills(store.redis)
 
     @router.post(NOTIFY_PATH, response_model=FhirAnswer, openapi_extra=NOTIFY_BODY,
                  summary="A FHIR server's Subscription notification (rest-hook)",
@@ -143,8 +148,9 @@ def fhir_routes(secret: str, token: SecretStr | None, defaults: Defaults,
             body = await read_limited(request, MAX_FHIR_BODY_BYTES)
             authenticate({k.lower(): v for k, v in request.headers.items()}, body, secret,
                          token, utcnow())
-            # fhir.resources' validation takes milliseconds per resource: off the loop.
-            mapped = await run_in_threadpool(map_payload, body, defaults)
+            # fhir.resources' validation takes milliseconds per resource, and the fill
+            # counts are Redis calls: off the loop, in one thread.
+            mapped = await run_in_threadpool(map_payload, body, defaults, fills.count)
             events = _events(mapped, utcnow() + future_skew)
         except PayloadTooLarge as exc:
             counter.labels("too_large").inc()
@@ -158,6 +164,10 @@ def fhir_routes(secret: str, token: SecretStr | None, defaults: Defaults,
             log.info("FHIR notification refused: 422 %s",
                      ", ".join(p.field for p in exc.problems))
             return error_answer(422, "invalid FHIR", exc.problems)
+        except StoreError as exc:
+            counter.labels("unavailable").inc()
+            log.warning("FHIR notification refused: 503, Redis unavailable: %s", exc)
+            return unavailable_answer(UNAVAILABLE)
         answers: dict[str, str] = {}
         try:
             for event, raw in events:

@@ -164,6 +164,10 @@ def test_malformed_fhir_is_422_naming_the_element_and_stores_nothing(client, red
     bundle["entry"][2]["resource"]["participant"][0]["actor"] = {"reference": "Patient/pat-ana"}
     answer = notify(client, bundle)
     assert problem_fields(answer) == ["Bundle.entry[0].resource.meta.lastUpdated"]
+    # No event; the dispense is counted as a fill all the same (a set: sent again, fixed,
+    # it is not counted twice).
+    assert redis_client.keys("n:*") == [b"n:fhir-fills:rx-1"]
+    redis_client.delete("n:fhir-fills:rx-1")
     assert_nothing_written(redis_client)
 
 
@@ -276,3 +280,32 @@ def test_the_visit_cycle_plans_what_the_same_story_through_v1_events_plans(
         assert posted.status_code == 202, posted.text
     through_events = _planned(store, policy, [e["id"] for e in _story()])
     assert through_fhir == through_events
+
+
+def test_a_dispense_sent_alone_counts_the_fills_seen_before(client, redis_client):
+    request = example("MedicationRequest")
+    first = example("MedicationDispense")
+    second = {**example("MedicationDispense"), "id": "disp-2",
+              "meta": {"versionId": "1", "lastUpdated": "2026-11-29T18:00:00Z"},
+              "whenHandedOver": "2026-11-29T12:00:00-06:00"}
+
+    def refills_left(dispense: dict[str, Any]) -> int:
+        bundle = {"resourceType": "Bundle", "type": "history", "entry": [
+            {"fullUrl": "https://ehr.example.org/fhir/MedicationDispense/" + dispense["id"],
+             "resource": dispense},
+            {"fullUrl": "https://ehr.example.org/fhir/MedicationRequest/rx-1",
+             "resource": request, "search": {"mode": "include"}}]}
+        answer = notify(client, bundle)
+        assert answer.status_code == 200, answer.text
+        (event,) = answer.json()["resources"][0]["events"]
+        stored = Store(redis_client).event_status(event["id"])["raw"]
+        return json.loads(stored)["data"]["prescription"]["refills_remaining"]
+
+    assert refills_left(first) == 2
+    assert refills_left(second) == 1
+    refills_left(first)  # sent again: the same dispense, not a third fill
+    third = {**second, "id": "disp-3", "meta": {"versionId": "1",
+                                                "lastUpdated": "2026-11-29T19:00:00Z"}}
+    assert refills_left(third) == 0
+    assert redis_client.smembers("n:fhir-fills:rx-1") == {b"disp-1", b"disp-2", b"disp-3"}
+    assert 0 < redis_client.ttl("n:fhir-fills:rx-1") <= 400 * 86400

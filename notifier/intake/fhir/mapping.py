@@ -3,10 +3,13 @@
 event it makes as `POST /v1/events` would (`notifier.intake.events.parse_event`), so what
 comes out can be stored as an integrator's event is.
 
-It is pure: the payload alone decides the events. References are resolved within it (a
-bundle's other resources by `Type/id` or `fullUrl`, a resource's `contained`), and a
-dispense's fill number is counted among the payload's completed dispenses of the same
-MedicationRequest, in `whenHandedOver` order (`notifier.intake.fhir.medication`).
+References are resolved within the payload (a bundle's other resources by `Type/id` or
+`fullUrl`, a resource's `contained`). A dispense's fill number comes from a `FillCounter`
+called for each completed dispense in `whenHandedOver` order: by default one counting the
+payload's own dispenses, so the mapping is pure (`notifier fhir map`); the web's counts
+every dispense seen before too (`notifier.ledger.fhir_fills`), so a dispense sent alone
+still counts the refills before it. A dispense arriving before an earlier one is counted
+in arrival order (its event, being older, is stale anyway).
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ from notifier.intake.fhir.practitioner import map_practitioner
 from notifier.intake.fhir.task import map_task
 
 Mapper = Callable[[Any, Context, Defaults], Mapped]
+#: (`MedicationRequest/{id}`, dispense id) -> how many distinct dispenses of that request
+#: are known, this one included.
+FillCounter = Callable[[str, str], int]
 
 #: The mapper of each resource type we take (`parse.MAPPED_TYPES` names the same).
 MAPPERS: dict[str, Mapper] = {
@@ -73,7 +79,19 @@ def _handed(value: Any) -> str:
     return str(value.isoformat() if isinstance(value, date) else value or "")
 
 
-def _fills(entries: list[Entry], others: dict[str, Any]) -> dict[int, dict[str, int]]:
+def payload_fills() -> FillCounter:
+    """A `FillCounter` knowing only the dispenses it is called with."""
+    seen: dict[str, set[str]] = {}
+
+    def count(request: str, dispense_id: str) -> int:
+        seen.setdefault(request, set()).add(dispense_id)
+        return len(seen[request])
+
+    return count
+
+
+def _fills(entries: list[Entry], others: dict[str, Any], count: FillCounter
+           ) -> dict[int, dict[str, int]]:
     """For each completed dispense (by entry index): its request's fill count so far."""
     dispenses: list[tuple[str, int, str, str]] = []
     for number, entry in enumerate(entries):
@@ -86,15 +104,8 @@ def _fills(entries: list[Entry], others: dict[str, Any]) -> dict[int, dict[str, 
             # Two versions of one dispense in a history are one fill.
             dispenses.append((_handed(resource.whenHandedOver), number,
                               request_key(request), resource.id or str(number)))
-    counts: dict[str, int] = {}
-    fills: dict[int, dict[str, int]] = {}
-    seen: set[tuple[str, str]] = set()
-    for _, number, key, dispense_id in sorted(dispenses):
-        if (key, dispense_id) not in seen:
-            seen.add((key, dispense_id))
-            counts[key] = counts.get(key, 0) + 1
-        fills[number] = {key: counts[key]}
-    return fills
+    return {number: {key: count(key, dispense_id)}
+            for _, number, key, dispense_id in sorted(dispenses)}
 
 
 def _checked(events: list[dict[str, Any]], where: str) -> list[FieldProblem]:
@@ -110,13 +121,15 @@ def _checked(events: list[dict[str, Any]], where: str) -> list[FieldProblem]:
     return problems
 
 
-def map_payload(raw: bytes | str, defaults: Defaults) -> list[MappedResource]:
-    """What each resource of a FHIR payload becomes, in payload order; raises
+def map_payload(raw: bytes | str, defaults: Defaults, count_fill: FillCounter | None = None
+                ) -> list[MappedResource]:
+    """What each resource of a FHIR payload becomes, in payload order (fills counted by
+    `count_fill`, by default `payload_fills()`: see the module docstring); raises
     `InvalidEvent` naming (by FHIRPath) every element of every resource that is malformed,
     lacks `id` or `meta.lastUpdated`, or makes an event our rules refuse."""
     entries = parse(raw)
     others = _index(entries)
-    fills = _fills(entries, others)
+    fills = _fills(entries, others, count_fill or payload_fills())
     outcomes: list[MappedResource] = []
     problems: list[FieldProblem] = []
     for number, entry in enumerate(entries):

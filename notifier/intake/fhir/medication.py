@@ -15,12 +15,12 @@
   MedicationDispense:prescription`, or a bundle): a dispense without it is ignored,
   saying so, since neither the prescriber nor the refills allowed are known otherwise.
 - `refills_remaining` = `dispenseRequest.numberOfRepeatsAllowed` (none given: 0) minus the
-  refills already dispensed, that is the dispenses of that request known up to and
-  including this one, less the first fill (`Context.fills`, counted by the caller). What
-  our events carry is only the number left, so the count is the caller's: a payload
-  counts its own dispenses; dispenses of earlier payloads are not known to a pure mapper,
-  and an EHR that sends each dispense alone gives the full number of repeats until the
-  last (`visit_required` then comes from the last visit's age, not the count).
+  refills already dispensed: the dispenses of that request known up to and including this
+  one, less the first fill (`Context.fills`). Our events carry only the number left, so
+  the count is the caller's (`notifier.intake.fhir.mapping.FillCounter`): `notifier fhir
+  map` counts the payload's own dispenses; `POST /fhir/r4/notify` every dispense it has
+  seen (`notifier.ledger.fhir_fills`), so an EHR sending each dispense alone still gets
+  the count right.
 """
 
 from __future__ import annotations

@@ -3,9 +3,12 @@ with the refills left counted from the request and the payload's dispenses."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from tests.intake.fhir.build import events, ignored, mapped, of, resource
+from notifier.intake.fhir import map_payload
+from tests.intake.fhir.build import DEFAULTS, events, ignored, mapped, of, resource
 
 FILLED = {"id": "rx-1", "client_id": "pat-ana", "provider_id": "prac-rivera",
           "medication": "Sertraline 50 mg tablet", "filled_on": "2026-11-21",
@@ -127,3 +130,15 @@ def test_a_dispense_without_any_supply_duration_is_ignored():
     del rx["dispenseRequest"]["expectedSupplyDuration"]
     _, item = mapped(of(rx, dispense(daysSupply=None)))
     assert item.ignored == "no daysSupply, nor the request's expectedSupplyDuration"
+
+
+def test_the_fill_count_is_the_callers():
+    seen: list[tuple[str, str]] = []
+
+    def third_fill(request_key: str, dispense_id: str) -> int:
+        seen.append((request_key, dispense_id))
+        return 3
+
+    _, item = map_payload(json.dumps(of(request(), dispense())).encode(), DEFAULTS, third_fill)
+    assert item.events[0]["data"]["prescription"]["refills_remaining"] == 0
+    assert seen == [("MedicationRequest/rx-1", "disp-1")]
