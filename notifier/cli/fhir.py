@@ -13,11 +13,13 @@ from pathlib import Path
 
 from notifier.config import Settings
 from notifier.errors import InvalidEvent, UsageError
-from notifier.intake.fhir import Defaults, map_payload
-from notifier.policy.figures import load_policy
 
 
 def cmd_fhir_map(args: argparse.Namespace, settings: Settings) -> None:
+    # Imported here: the FHIR models are not every command's start-up cost.
+    from notifier.intake.fhir import Defaults, map_payload
+    from notifier.policy.figures import load_policy
+
     try:
         raw = Path(args.file).read_bytes()
     except OSError as exc:
