@@ -386,6 +386,9 @@ class Settings:
     webhook_endpoints: tuple[Endpoint, ...] = ()
     #: Signs the operator console's session cookies; unset, the console is not served.
     console_secret: SecretStr | None = None
+    #: The bearer token a FHIR server sends to `POST /fhir/r4/notify` (its Subscription's
+    #: `channel.header`); unset, only Standard Webhooks signatures are taken there.
+    fhir_token: SecretStr | None = None
     #: The console's operators and their argon2id password hashes (`notifier.console.operators`).
     console_operators_file: Path = Path("var/console/operators.toml")
     #: A console session unused this long (seconds) is over: the operator signs in again.
@@ -413,6 +416,7 @@ class Settings:
 
         secret, api_token = opt("NOTIFIER_WEBHOOK_SECRET"), opt("NOTIFIER_API_TOKEN")
         console_secret = opt("NOTIFIER_CONSOLE_SECRET")
+        fhir_token = opt("NOTIFIER_FHIR_TOKEN")
         sid, token = opt("TWILIO_ACCOUNT_SID"), opt("TWILIO_AUTH_TOKEN")
         twilio_from = _e164(env, "TWILIO_FROM")
         service = opt("TWILIO_MESSAGING_SERVICE_SID")
@@ -503,6 +507,7 @@ class Settings:
             webhook_endpoints=load_endpoints(env, schedules_dir),
             console_secret=(_api_token(console_secret, "NOTIFIER_CONSOLE_SECRET")
                             if console_secret else None),
+            fhir_token=_api_token(fhir_token, "NOTIFIER_FHIR_TOKEN") if fhir_token else None,
             console_operators_file=Path(opt("NOTIFIER_CONSOLE_OPERATORS_FILE")
                                         or var_dir / "console" / "operators.toml"),
             console_session_s=_int(env, "NOTIFIER_CONSOLE_SESSION_S",

@@ -8,6 +8,8 @@ one and turns an error into one line. The commands live by concern:
 - `notifier.cli.webhooks`: `webhooks list|test|replay`, the delivery-webhook endpoints;
 - `notifier.cli.console`: `console add-operator`, who may sign in to the operator console,
   and `console reindex`, the console's indexes filled for records stored before them;
+- `notifier.cli.console`: `console add-operator`, who may sign in to the operator console;
+- `notifier.cli.fhir`: `fhir map`, the events a FHIR resource or bundle becomes;
 - `notifier.cli.common`: what they share (the runtime on Redis, development secrets,
   logging, the listening socket, how to name the command in what they print).
 """
@@ -21,6 +23,7 @@ from typing import NoReturn
 
 from notifier.cli.common import setup_logging
 from notifier.cli.console import cmd_console_add_operator, cmd_console_reindex
+from notifier.cli.fhir import cmd_fhir_map
 from notifier.cli.send_event import cmd_send_event
 from notifier.cli.serve import cmd_clock, cmd_dev, cmd_web, cmd_worker
 from notifier.cli.tools import cmd_jobs_list, cmd_jobs_run, cmd_notifications, cmd_preview
@@ -32,6 +35,7 @@ from notifier.errors import NotifierError
 DESCRIPTION = """\
 The `notifier` command: dev, web, worker, clock, jobs, preview, notifications, send-event,
 webhooks (list, test, replay), console (add-operator, reindex).
+webhooks (list, test, replay), console (add-operator), fhir (map).
 
 Each command builds its settings once from the environment (and `.env`); a bad setting,
 a wrong argument or a service that does not answer stops it with one line saying what is
@@ -143,6 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
         "prescriptions, refill requests and messages under them (for records stored "
         "before this version; safe to run again)")
     reindex.set_defaults(func=cmd_console_reindex)
+    fhir = sub.add_parser("fhir", help="the FHIR R4 intake: map a resource or bundle to our "
+                          "events")
+    fhir_sub = fhir.add_subparsers(dest="fhir_command", required=True, metavar="map")
+    fhir_map = fhir_sub.add_parser(
+        "map", help="print the events (JSON lines) a FHIR resource or bundle becomes, the "
+        "ignored resources and why on stderr; exit 1 naming each bad element by FHIRPath")
+    fhir_map.add_argument("file")
+    fhir_map.set_defaults(func=cmd_fhir_map)
     return parser
 
 

@@ -1,9 +1,9 @@
 """The FastAPI app: one router per concern, wired together with what each one needs.
 
 `events` (the signed event webhook), `read_api` (bearer token), `links` (short links),
-`ops` (health, metrics, the OpenAPI document), `provider_hooks` (Twilio and SendGrid), and
-the operator console under `/console` (`notifier.console.routes`) when
-NOTIFIER_CONSOLE_SECRET is set.
+`ops` (health, metrics, the OpenAPI document), `provider_hooks` (Twilio and SendGrid),
+`fhir` (a FHIR server's Subscription notifications, `/fhir/r4/notify`), and the operator
+console under `/console` (`notifier.console.routes`) when NOTIFIER_CONSOLE_SECRET is set.
 """
 
 from __future__ import annotations
@@ -24,10 +24,13 @@ from notifier.console.audit import AuditLog
 from notifier.console.routes import Console, console_routes
 from notifier.console.sessions import SessionCodec
 from notifier.errors import ConfigError
+from notifier.intake.fhir import Defaults
 from notifier.ledger.async_events import same_server
 from notifier.ledger.store import Store
+from notifier.policy.figures import load_policy
 from notifier.web.events import EventStores, document_event_body, event_route, events_counter
 from notifier.web.failures import install_failure_handlers
+from notifier.web.fhir import fhir_counter, fhir_routes
 from notifier.web.links import link_routes
 from notifier.web.ops import LedgerCollector, WebhookCollector, openapi_document, ops_routes
 from notifier.web.provider_hooks import provider_routes
@@ -77,6 +80,10 @@ def create_app(settings: Settings, store: Store, broker: RedisBroker) -> FastAPI
     events = event_route(secret, event_stores, broker, counter,
                          future_skew=timedelta(seconds=settings.future_skew_s))
     app.add_route("/v1/events", events.endpoint, methods=["POST"])
+    app.include_router(fhir_routes(secret, settings.fhir_token,
+                                   Defaults.of_policy(load_policy(settings.schedules_dir)),
+                                   store, event_stores, broker, fhir_counter(registry),
+                                   timedelta(seconds=settings.future_skew_s)))
     app.include_router(read_api_routes(settings.api_token, store))
     app.include_router(ops_routes(store, registry))
     app.include_router(link_routes(store))

@@ -16,6 +16,8 @@ from notifier.errors import PayloadTooLarge
 MAX_BODY_BYTES = 64 * 1024
 #: SendGrid posts its events in batches of up to 768 KB.
 MAX_SENDGRID_BODY_BYTES = 1024 * 1024
+#: A FHIR notification: a resource is a few KB, a bundle of a visit's changes some tens.
+MAX_FHIR_BODY_BYTES = 1024 * 1024
 
 
 async def read_limited(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:

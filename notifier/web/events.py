@@ -29,7 +29,7 @@ from notifier.errors import (
     SignatureError,
     StoreError,
 )
-from notifier.intake.events import EVENT_MODELS, parse_event
+from notifier.intake.events import EVENT_MODELS, Event, parse_event
 from notifier.ledger.async_events import AsyncEventStore, async_twin
 from notifier.ledger.broker_messages import broker_message
 from notifier.ledger.store import Store
@@ -135,6 +135,18 @@ class EventStores:
             await events.close()
 
 
+async def store_accepted(event_stores: EventStores, broker: RedisBroker, event: Event,
+                         body: bytes) -> bool:
+    """Store an accepted `event` (`body`, its JSON as sent) and enqueue its `apply_event`
+    message in `broker`'s namespace, in one write (ONE_WRITE). True when stored, False for
+    a duplicate (nothing written); raises `StoreError` when Redis cannot take it."""
+    message = broker_message(broker.namespace, EVENTS_QUEUE, APPLY_EVENT, event.id)
+    async with event_stores.current() as events:
+        # See ONE_WRITE: stored and enqueued together, or neither.
+        return await events.store_event(event.id, body, utcnow(), subject=subject_ref(event),
+                                        occurred_at=event.occurred_at, message=message)
+
+
 class EventRoute(NamedTuple):
     """`POST /v1/events` twice: `endpoint`, served as a plain Starlette route, and
     `documented`, the same endpoint as FastAPI describes it in the OpenAPI document, never
@@ -186,14 +198,8 @@ def event_route(secret: str, event_stores: EventStores, broker: RedisBroker,
             # The fields' names only: their messages may quote what was sent.
             log.info("event refused: 422 invalid %s", ", ".join(p.field for p in exc.problems))
             return error_answer(422, "invalid event", exc.problems)
-        message = broker_message(broker.namespace, EVENTS_QUEUE, APPLY_EVENT, event.id)
         try:
-            async with event_stores.current() as events:
-                # See ONE_WRITE: stored and enqueued together, or neither.
-                stored = await events.store_event(event.id, body, utcnow(),
-                                                  subject=subject_ref(event),
-                                                  occurred_at=event.occurred_at,
-                                                  message=message)
+            stored = await store_accepted(event_stores, broker, event, body)
         except StoreError as exc:
             # Unreachable, or refusing the write (out of memory, read-only after a failover).
             # Not accepted: the integrator must send it again (a 5xx is what webhook senders

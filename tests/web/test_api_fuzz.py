@@ -73,6 +73,7 @@ OPERATIONS: dict[tuple[str, str], tuple[GenerationMode, ...]] = {
     ("/twilio/inbound", "POST"): BOTH,
     ("/sendgrid/events", "POST"): BOTH,
     ("/j/{token}", "GET"): (GenerationMode.POSITIVE,),
+    ("/fhir/r4/notify", "POST"): BOTH,
 }
 #: The checks for answers to requests we sent ourselves (signed): the answer as documented.
 CONFORMANCE = [not_a_server_error, status_code_conformance, content_type_conformance,

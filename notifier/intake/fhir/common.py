@@ -1,0 +1,206 @@
+"""What the FHIR mappers share: the `Ignored` answer, the practice's `Defaults`, the
+`Context` a resource is mapped in (its bundle's other resources, for references), event
+ids and instants, references and extensions read.
+
+An event made from a FHIR resource is named by the resource: `fhir.{type}.{id}.{version}`
+(the version `meta.versionId`, else `meta.lastUpdated` in UTC as `20261120T150000.123Z`),
+with a suffix when one resource becomes several events (`.{patient id}` for a group
+appointment). So a resent version is the same event id (a duplicate), a new version a new
+event, and an older version arriving late is `stale` by its `occurred_at`, which is
+`meta.lastUpdated` (a stored FHIR resource always has one; without it a resource is refused
+naming `meta.lastUpdated`, since nothing else says when the change happened).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from notifier.errors import FieldProblem, InvalidEvent
+
+if TYPE_CHECKING:
+    from notifier.policy.figures import Policy
+
+
+@dataclass(frozen=True)
+class Ignored:
+    """A resource accepted but turned into no event: an unsupported status or type, or a
+    valid FHIR resource lacking what our events need. `reason` says which, for people."""
+
+    reason: str
+
+
+#: What a mapper returns: our events (JSON-ready dicts, as `POST /v1/events` takes them),
+#: or why there are none.
+Mapped = list[dict[str, Any]] | Ignored
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """What the practice decides where a resource says nothing: `zone` (IANA) for a
+    client or provider without the timezone extension; `phone_region` (ISO 3166 alpha-2)
+    for phone numbers written without a country code; `video_extensions`: extension URLs
+    (on Appointment) whose `valueUrl`/`valueUri`/`valueString` is the video link, looked
+    at after the R5 `virtualService` backport extension."""
+
+    zone: str = "America/New_York"
+    phone_region: str = "US"
+    video_extensions: tuple[str, ...] = ()
+
+    @classmethod
+    def of_policy(cls, policy: Policy) -> Defaults:
+        """The practice's zone (`[practice] timezone`) and, for phone numbers, the country
+        whose holidays it keeps (`response_window.holiday_country`): the same country."""
+        return cls(zone=policy.practice_zone.key,
+                   phone_region=policy.response_window.holiday_country)
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where a resource is mapped: `where` is its FHIRPath root for problems (`Patient`, or
+    `Bundle.entry[2].resource`), `others` the payload's resources by `Type/id` and by
+    `fullUrl` (a transaction bundle refers by `urn:uuid:`), so a dispense finds its
+    MedicationRequest, and `fills` how many dispenses of each MedicationRequest
+    (`MedicationRequest/id`) are known up to and including the one being mapped."""
+
+    where: str
+    others: Mapping[str, Any] = field(default_factory=dict)
+    fills: Mapping[str, int] = field(default_factory=dict)
+
+    def path(self, element: str) -> str:
+        """The FHIRPath of `element` (`participant[0].actor`) of the resource."""
+        return f"{self.where}.{element}" if element else self.where
+
+    def resolve(self, reference: str | None) -> Any | None:
+        """The resource `reference` names, from the resource's own `contained` (`#id`,
+        looked up by the caller) or the payload; None when it is not there."""
+        if not reference:
+            return None
+        if reference in self.others:
+            return self.others[reference]
+        parsed = ref_id(reference)
+        return self.others.get(f"{parsed[0]}/{parsed[1]}") if parsed else None
+
+
+def problem(ctx: Context, element: str, message: str) -> InvalidEvent:
+    """The error a resource FHIR accepts but we cannot read is raised as, naming it."""
+    return InvalidEvent([FieldProblem(ctx.path(element), message)])
+
+
+#: `Type/id`, perhaps absolute (`https://ehr.example/fhir/Patient/1`) or versioned
+#: (`Patient/1/_history/2`): FHIR's own reference grammar, less the version.
+_REFERENCE = re.compile(r"(?:^|/)([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?$")
+
+
+def ref_id(reference: str | None) -> tuple[str, str] | None:
+    """(type, id) of a literal reference, None for one that is not `Type/id` (a contained
+    `#x`, an `urn:uuid:`, which `Context.resolve` answers through the payload)."""
+    if not reference:
+        return None
+    match = _REFERENCE.search(reference)
+    return (match.group(1), match.group(2)) if match else None
+
+
+def ref_of(ctx: Context, reference: Any, resource_type: str) -> str | None:
+    """The id of the `resource_type` a Reference element points at, literally or through
+    the payload (`urn:uuid:`); None when it points at something else."""
+    if reference is None or not reference.reference:
+        return None
+    parsed = ref_id(reference.reference)
+    if parsed is None:
+        target = ctx.resolve(reference.reference)
+        if target is None or target.id is None:
+            return None
+        parsed = (target.get_resource_type(), target.id)
+    return parsed[1] if parsed[0] == resource_type else None
+
+
+def updated_at(resource: Any, ctx: Context) -> datetime:
+    """`meta.lastUpdated`, aware; raises `InvalidEvent` naming it when absent."""
+    meta = resource.meta
+    if meta is None or meta.lastUpdated is None:
+        raise problem(ctx, "meta.lastUpdated", "required here: it is when the change "
+                      "happened (a FHIR server sets it on every stored resource)")
+    return meta.lastUpdated  # type: ignore[no-any-return]
+
+
+def instant(value: datetime) -> str:
+    """An aware datetime as our events write instants: RFC 3339 in UTC."""
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+#: Our event ids' longest and alphabet (`notifier.intake.events.Id`).
+_ID_MAX = 128
+_SAFE = re.compile(r"[A-Za-z0-9._~-]+")
+
+
+def event_id(resource: Any, ctx: Context, suffix: str = "") -> str:
+    """The event id a resource version becomes (see the module docstring); a hash of it
+    when the id and version are too long for our ids."""
+    meta = resource.meta
+    version = meta.versionId if meta is not None and meta.versionId else None
+    if version is None:
+        version = updated_at(resource, ctx).astimezone(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    name = f"fhir.{resource.get_resource_type()}.{resource.id}.{version}"
+    name += f".{suffix}" if suffix else ""
+    if len(name) > _ID_MAX or not _SAFE.fullmatch(name):
+        return "fhir." + hashlib.sha256(name.encode()).hexdigest()
+    return name
+
+
+def envelope(resource: Any, ctx: Context, event_type: str, data: dict[str, Any],
+             suffix: str = "") -> dict[str, Any]:
+    """One of our events, named and timed by `resource`."""
+    return {"id": event_id(resource, ctx, suffix), "type": event_type,
+            "occurred_at": instant(updated_at(resource, ctx)), "data": data}
+
+
+def extension_values(extensions: Iterable[Any] | None, url: str) -> list[tuple[int, Any]]:
+    """(index, extension) of each extension with `url`, in order."""
+    return [(i, ext) for i, ext in enumerate(extensions or ()) if ext.url == url]
+
+
+def day_of(value: Any) -> date | None:
+    """The calendar day a FHIR `dateTime` names, as written (its own offset's day); None
+    for a partial one (`2026`, `2026-11`: fhir.resources keeps those as strings)."""
+    if isinstance(value, datetime):
+        return value.date()
+    return value if isinstance(value, date) else None
+
+
+def ends_by(value: Any) -> datetime:
+    """The first instant after a FHIR `dateTime` used as a period's end, aware: a day's
+    end is the next midnight UTC, a partial `2026-11` the first of December, `2026` the
+    next new year (close enough to say whether a contact point is still in use)."""
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day, tzinfo=UTC) + timedelta(days=1)
+    year, _, month = str(value).partition("-")
+    if not month:
+        return datetime(int(year) + 1, 1, 1, tzinfo=UTC)
+    after = int(month) + 1
+    return datetime(int(year) + after // 13, (after - 1) % 12 + 1, 1, tzinfo=UTC)
+
+
+def codes(concept: Any) -> list[str]:
+    """The codes of a CodeableConcept (none for None)."""
+    if concept is None:
+        return []
+    return [coding.code for coding in concept.coding or () if coding.code]
+
+
+def concept_text(concept: Any) -> str | None:
+    """What a CodeableConcept says to people: its text, else its first display."""
+    if concept is None:
+        return None
+    if concept.text:
+        return str(concept.text)
+    for coding in concept.coding or ():
+        if coding.display:
+            return str(coding.display)
+    return None

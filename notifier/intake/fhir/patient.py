@@ -1,0 +1,56 @@
+"""`Patient` -> `client.upserted`.
+
+- `first_name`: the first given name of the name in use (`use` official or usual first,
+  then any other but `old`/`maiden`), else the first word of its `text`; without a name
+  the Patient is ignored (we greet clients by name).
+- `phone`: the preferred mobile (`notifier.intake.fhir.contact`); `email`: the preferred
+  email; `channels.sms`/`channels.email` are whether each exists: a contact point whose
+  `period` has ended is how FHIR says "no longer use this", and is how an opt-out given in
+  the EHR reaches us. A Patient with neither is still a client (the records other events
+  need), reached by no channel.
+- `timezone`: the timezone extension, else the practice's; `locale`: `communication`'s
+  language when our templates have it, else English.
+- `active: false` or a `deceased` Patient: ignored (no message should go to them; the
+  appointments the EHR cancels come as their own events).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from notifier.intake.fhir import contact
+from notifier.intake.fhir.common import Context, Defaults, Ignored, Mapped, envelope, updated_at
+
+_LAST = {"old", "maiden"}
+
+
+def first_name(names: list[Any] | None) -> str | None:
+    """The given name a client is greeted by, None without one."""
+    usable = [n for n in names or () if n.use not in _LAST]
+    usable.sort(key=lambda n: n.use not in ("usual", "official"))
+    for name in usable:
+        for given in name.given or ():
+            if given and given.strip():
+                return str(given).strip()
+        if name.text and name.text.strip():
+            return str(name.text).split()[0]
+    return None
+
+
+def map_patient(patient: Any, ctx: Context, defaults: Defaults) -> Mapped:
+    """A Patient as `client.upserted`, or why not."""
+    at = updated_at(patient, ctx)
+    if patient.active is False:
+        return Ignored("an inactive Patient: nothing is sent to them")
+    if patient.deceasedBoolean or patient.deceasedDateTime is not None:
+        return Ignored("a deceased Patient: nothing is sent to them")
+    name = first_name(patient.name)
+    if name is None:
+        return Ignored("no given name (Patient.name): clients are greeted by name")
+    phone = contact.mobile(patient.telecom, at, defaults)
+    email = contact.email(patient.telecom, at)
+    client = {"id": patient.id, "first_name": name, "phone": phone, "email": email,
+              "timezone": contact.zone(patient.extension, defaults),
+              "locale": contact.locale(patient.communication),
+              "channels": {"sms": phone is not None, "email": email is not None}}
+    return [envelope(patient, ctx, "client.upserted", {"client": client})]

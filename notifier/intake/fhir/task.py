@@ -1,0 +1,72 @@
+"""`Task` (a refill request) -> `refill.requested` / `refill.sent` / `refill.denied`.
+
+A Task is a refill request when its `focus` is a MedicationRequest (our prescription);
+any other Task is ignored. Our refill request's id is the Task's. By `status`:
+
+- `requested`, `received`, `accepted`, `ready`, `in-progress` -> `refill.requested` (the
+  request is open; a later version with the same status is a duplicate opening our
+  policy ignores);
+- `completed` -> `refill.sent`;
+- `rejected` -> `refill.denied`, `reason: visit_required` when `statusReason` has the code
+  `visit-required` (any system) or its text mentions a visit, else `other`;
+- `cancelled` (withdrawn by whoever asked) -> `refill.denied` with `reason: other`: the
+  request is closed, so support is not alerted about it;
+- `draft`, `on-hold`, `failed`, `entered-in-error`: ignored.
+
+The client is `for` (a Patient); the provider `owner` when it is a Practitioner, else the
+focused MedicationRequest's `requester` when that request is in the payload; without
+either the opening is ignored (closings need only the Task's id).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from notifier.intake.fhir.common import (
+    Context,
+    Defaults,
+    Ignored,
+    Mapped,
+    codes,
+    envelope,
+    ref_of,
+)
+
+OPEN = ("requested", "received", "accepted", "ready", "in-progress")
+VISIT_CODES = ("visit-required", "visit_required")
+
+
+def denial_reason(task: Any) -> str:
+    """`visit_required` or `other`, from `statusReason`."""
+    reason = task.statusReason
+    if reason is None:
+        return "other"
+    if any(code in VISIT_CODES for code in codes(reason)):
+        return "visit_required"
+    texts = [reason.text or "", *(c.display or "" for c in reason.coding or ())]
+    return "visit_required" if any("visit" in t.lower() for t in texts) else "other"
+
+
+def map_task(task: Any, ctx: Context, defaults: Defaults) -> Mapped:
+    """A refill-request Task as our events, or why none."""
+    prescription = ref_of(ctx, task.focus, "MedicationRequest")
+    if prescription is None:
+        return Ignored("not a refill request (Task.focus is not a MedicationRequest)")
+    status = task.status
+    if status in OPEN:
+        client = ref_of(ctx, task.for_fhir, "Patient")
+        provider = ref_of(ctx, task.owner, "Practitioner")
+        if provider is None and (request := ctx.resolve(task.focus.reference)) is not None:
+            provider = ref_of(ctx, request.requester, "Practitioner")
+        if client is None or provider is None:
+            return Ignored("no Patient (Task.for) or Practitioner (Task.owner, or the "
+                           "MedicationRequest's requester in the payload)")
+        request_data = {"id": task.id, "prescription_id": prescription, "client_id": client,
+                        "provider_id": provider}
+        return [envelope(task, ctx, "refill.requested", {"request": request_data})]
+    if status == "completed":
+        return [envelope(task, ctx, "refill.sent", {"request_id": task.id})]
+    if status in ("rejected", "cancelled"):
+        reason = denial_reason(task) if status == "rejected" else "other"
+        return [envelope(task, ctx, "refill.denied", {"request_id": task.id, "reason": reason})]
+    return Ignored(f"a refill request {status}")

@@ -1,0 +1,58 @@
+"""Task (a refill request) -> refill.requested / refill.sent / refill.denied."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.intake.fhir.build import events, ignored, of, resource
+
+OPENED = {"request": {"id": "refill-1", "prescription_id": "rx-1", "client_id": "pat-ana",
+                      "provider_id": "prac-rivera"}}
+
+
+def task(**changes) -> dict:
+    return resource("Task", **changes)
+
+
+@pytest.mark.parametrize(("status", "changes", "kind", "data"), [
+    ("requested", {}, "refill.requested", OPENED),
+    ("received", {}, "refill.requested", OPENED),
+    ("accepted", {}, "refill.requested", OPENED),
+    ("in-progress", {}, "refill.requested", OPENED),
+    ("completed", {}, "refill.sent", {"request_id": "refill-1"}),
+    ("rejected", {"statusReason": {"coding": [{"system": "http://ehr.example.org/reasons",
+                                               "code": "visit-required"}]}},
+     "refill.denied", {"request_id": "refill-1", "reason": "visit_required"}),
+    ("rejected", {"statusReason": {"text": "Needs a visit before more refills"}},
+     "refill.denied", {"request_id": "refill-1", "reason": "visit_required"}),
+    ("rejected", {"statusReason": {"text": "Duplicate request"}},
+     "refill.denied", {"request_id": "refill-1", "reason": "other"}),
+    ("rejected", {}, "refill.denied", {"request_id": "refill-1", "reason": "other"}),
+    ("cancelled", {}, "refill.denied", {"request_id": "refill-1", "reason": "other"}),
+])
+def test_each_status(status, changes, kind, data):
+    (event,) = events(task(status=status, **changes))
+    assert (event["id"], event["type"], event["data"]) == ("fhir.Task.refill-1.1", kind, data)
+
+
+@pytest.mark.parametrize("status", ["draft", "on-hold", "failed", "entered-in-error"])
+def test_other_statuses_are_ignored(status):
+    assert ignored(task(status=status)) == f"a refill request {status}"
+
+
+def test_a_task_about_something_else_is_ignored():
+    assert ignored(task(focus={"reference": "ServiceRequest/sr-1"})) == (
+        "not a refill request (Task.focus is not a MedicationRequest)")
+
+
+def test_without_an_owner_the_provider_is_the_prescriber_in_the_payload():
+    (event,) = events(of(resource("MedicationRequest"), task(owner=None)))
+    assert event["data"] == OPENED
+    assert ignored(task(owner=None)) == (
+        "no Patient (Task.for) or Practitioner (Task.owner, or the MedicationRequest's "
+        "requester in the payload)")
+
+
+def test_a_closing_needs_only_the_task():
+    (event,) = events(task(status="completed", owner=None, **{"for": None}))
+    assert event["data"] == {"request_id": "refill-1"}
