@@ -197,7 +197,9 @@ def today_view(g: Gathered, zone: ZoneInfo) -> dict[str, Any]:
     for (_, channel), kind_series in g.figures.lateness.items():
         by_channel.setdefault(channel, []).append(kind_series)
     lateness = []
-    for channel in sorted(by_channel, key=lambda c: (c not in CHANNELS, c)):
+    # The same order as the sends' charts: SMS, email, then any other.
+    order = {c: n for n, c in enumerate(CHANNELS)}
+    for channel in sorted(by_channel, key=lambda c: (order.get(c, len(order)), c)):
         series = by_channel[channel]
         count = sum(s.count for s in series)
         mean = sum(s.total_s for s in series) / count if count else 0.0

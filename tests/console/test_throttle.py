@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from notifier.console.throttle import ADDRESS_LIMIT, KEY_PREFIX, NAME_LIMIT
 from tests.console.conftest import NAME, PASSWORD
-from tests.console.test_routes import audited, sign_in
+from tests.console.test_routes import audited, clocked_console, csrf_in, sign_in
 
 
 def test_the_documented_limits():
@@ -47,3 +47,49 @@ def test_thirty_failures_from_one_address_refuse_every_name_from_it(client, redi
     assert refused.status_code == 429
     assert "for this address" in refused.text
     assert audited(redis_client)[-1] == ("", "login-throttled", NAME)
+
+
+def test_at_most_two_password_checks_run_at_once(settings, redis_client, monkeypatch):
+    """Six sign-ins at once: the argon2 checks (64 MiB each) run two at a time. The real
+    check runs, wrapped to count how many are under way."""
+    import asyncio
+    import threading
+
+    import httpx
+
+    from notifier.console import routes
+    from notifier.console.throttle import VERIFY_SLOTS
+
+    real = routes.verify_password
+    running, peak, lock = [0], [0], threading.Lock()
+
+    def counted(*args: object) -> object:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        try:
+            return real(*args)  # type: ignore[arg-type]
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(routes, "verify_password", counted)
+    app, _ = clocked_console(settings, redis_client, 600)
+
+    async def six_at_once() -> list[int]:
+        transport = httpx.ASGITransport(app=app)
+
+        async def attempt(n: int) -> int:
+            # A client each: each sign-in form has its own CSRF cookie.
+            async with httpx.AsyncClient(transport=transport,
+                                         base_url="https://testserver") as http:
+                form = await http.get("/console/login")
+                answer = await http.post("/console/login", data={
+                    "csrf_token": csrf_in(form.text), "name": f"someone{n}",
+                    "password": "not the password"})
+                return answer.status_code
+
+        return list(await asyncio.gather(*(attempt(n) for n in range(6))))
+
+    assert asyncio.run(six_at_once()) == [401] * 6
+    assert peak[0] == VERIFY_SLOTS == 2

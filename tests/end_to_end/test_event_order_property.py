@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -116,10 +117,17 @@ def _known_people(runtime: Runtime) -> None:
         apply_in_turn(runtime.store, evt["id"], runtime.policy, lambda: NOW, LEASE_S)
 
 
+#: A notification's history fields (`notifier.console.history`).
+HISTORY_FIELD = re.compile(r"h[0-9]+|hn")
+
+
 def _outcome(runtime: Runtime, events: list[dict[str, Any]]) -> dict[str, Any]:
-    """Everything a plan leaves: notifications, records, and each event's status."""
+    """Everything a plan leaves: notifications, records, and each event's status. Not a
+    notification's history (`h1`.., `hn`): it tells the path taken, at Redis's own times,
+    and the end is what must not depend on the arrival order."""
     r = runtime.redis
-    notes = {k.decode(): {f.decode(): v.decode() for f, v in r.hgetall(k).items()}
+    notes = {k.decode(): {f.decode(): v.decode() for f, v in r.hgetall(k).items()
+                          if not HISTORY_FIELD.fullmatch(f.decode())}
              for k in r.scan_iter(match="n:notif:*", count=1000)}
     records = {k.decode(): r.get(k) for k in r.scan_iter(match="n:rec:*", count=1000)}
     statuses = {e["id"]: tuple(v.decode() if v else None for v in r.hmget(
