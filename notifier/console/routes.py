@@ -14,13 +14,14 @@ sign-outs and page views are audited (`notifier.console.audit`).
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import math
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 
 import jinja2
 from fastapi import APIRouter, Request
@@ -39,6 +40,7 @@ from notifier.console.sessions import (
     SESSION_COOKIE,
     Session,
     SessionCodec,
+    credential_key,
     csrf_ok,
     end_session,
     session_ended,
@@ -86,6 +88,7 @@ class Console:
         self.operators_file = operators_file
         # Read now: a bad file stops start-up with one line (ConfigError).
         self.operators: dict[str, Operator] = load_operators(operators_file)
+        self._operators_seen: tuple[int, ...] = ()
         if not self.operators:
             log.warning("no console operators in %s: the console refuses every sign-in "
                         "(notifier console add-operator NAME)", operators_file)
@@ -113,7 +116,7 @@ class Console:
         could not be audited."""
         session = await self.session(request)
         if session is None:
-            return self.unauthorized()
+            return self.unauthorized(request)
         await run_in_threadpool(self.audit.record, session.operator, "view", subject,
                                 self.clock())
         return session
@@ -124,7 +127,7 @@ class Console:
         The caller audits the action itself, once it knows what was done."""
         session = await self.session(request)
         if session is None:
-            return self.unauthorized()
+            return self.unauthorized(request)
         form = await read_form(request)
         if form is None or not csrf_ok(session, form.get(CSRF_FIELD)):
             return self.refused(403, "Refused", "This form was not sent from the console.",
@@ -142,17 +145,32 @@ class Console:
         return self.page("refused.html", status, title=title, message=message,
                          session=session)
 
-    def unauthorized(self) -> HTMLResponse:
-        return self.refused(401, "Sign in first",
-                            "Your session has ended or you have not signed in.")
+    def unauthorized(self, request: Request | None = None) -> HTMLResponse:
+        """The 401 page; its sign-in link comes back to the page `request` asked for (a
+        GET), so a console link opened from a ticket lands where it pointed."""
+        wanted = (request.url.path + (f"?{request.url.query}" if request.url.query else "")
+                  if request is not None and request.method == "GET" else "")
+        return self.page("refused.html", 401, title="Sign in first",
+                         message="Your session has ended or you have not signed in.",
+                         login_url="/console/login" + (f"?next={quote(wanted, safe='/')}"
+                                                       if safe_next(wanted) else ""))
 
     async def session(self, request: Request) -> Session | None:
-        """The request's session, unless missing, forged, past its time or signed out."""
+        """The request's session, unless missing, forged, past its time, signed out, or
+        of an operator no longer in the operators file or whose password was set again
+        since (`sessions.credential_key`)."""
         session = self.codec.load(request.cookies.get(SESSION_COOKIE), self.clock())
-        if session is None or await run_in_threadpool(session_ended, self.audit.redis,
-                                                      session):
+        if session is None:
             return None
-        return session
+
+        def still_valid() -> bool:
+            operator = self.current_operators().get(session.operator)
+            return (operator is not None
+                    and hmac.compare_digest(credential_key(operator.password_hash),
+                                            session.key)
+                    and not session_ended(self.audit.redis, session))
+
+        return session if await run_in_threadpool(still_valid) else None
 
     def keep(self, response: Response, session: Session) -> Response:
         """`response` with the session's cookie sent again: its idle time starts over."""
@@ -162,10 +180,19 @@ class Console:
         return response
 
     def current_operators(self) -> dict[str, Operator]:
-        """The operators file as it is now; if it went bad since start-up, the operators
-        read last (and an error in the log)."""
+        """The operators file as it is now (read again when its size, time or inode
+        changed: every request asks); if it went bad since start-up, the operators read
+        last (and an error in the log)."""
+        try:
+            stat = self.operators_file.stat()
+            seen: tuple[int, ...] = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        except OSError:
+            seen = ()
+        if seen and seen == self._operators_seen:
+            return self.operators
         try:
             self.operators = load_operators(self.operators_file)
+            self._operators_seen = seen
         except ConfigError as exc:
             log.error("console operators file unusable, keeping the last good one: %s", exc)
         return self.operators
@@ -178,17 +205,27 @@ class Console:
             raise exc
         if not request.url.path.startswith("/console"):
             return await http_exception_handler(request, exc)
-        if await self.session(request) is None:
-            return self.unauthorized()
+        session = await self.session(request)
+        if session is None:
+            return self.unauthorized(request)
         return self.refused(exc.status_code, "Not here", "There is no such page or form.",
-                            session=await self.session(request))
+                            session=session)
 
-    def login_form(self, status: int = 200, error: str = "", name: str = "") -> Response:
+    def login_form(self, status: int = 200, error: str = "", name: str = "",
+                   next_url: str = "") -> Response:
         token, cookie = self.codec.login_token()
-        response = self.page("login.html", status, csrf_token=token, error=error, name=name)
+        response = self.page("login.html", status, csrf_token=token, error=error, name=name,
+                             next_url=next_url if safe_next(next_url) else "")
         response.set_cookie(LOGIN_CSRF_COOKIE, cookie, max_age=LOGIN_FORM_S, path="/",
                             secure=True, httponly=True, samesite="strict")
         return response
+
+
+def safe_next(url: str) -> bool:
+    """Whether `url` may be where a sign-in goes on to: a console page of this site (a
+    path under `/console/`, nothing that a browser could read as another host)."""
+    return (url.startswith("/console/") and "\\" not in url and "//" not in url
+            and all(" " < ch < "\x7f" for ch in url) and len(url) <= 2000)
 
 
 async def read_form(request: Request) -> dict[str, str] | None:
@@ -214,10 +251,11 @@ def console_routes(console: Console) -> APIRouter:
     router = APIRouter(prefix="/console", include_in_schema=False)
 
     @router.get("/login")
-    async def login_page(request: Request) -> Response:
+    async def login_page(request: Request, next: str = "") -> Response:  # noqa: A002
         if await console.session(request) is not None:
-            return RedirectResponse("/console/", status_code=303, headers=SECURITY_HEADERS)
-        return console.login_form()
+            return RedirectResponse(next if safe_next(next) else "/console/",
+                                    status_code=303, headers=SECURITY_HEADERS)
+        return console.login_form(next_url=next)
 
     @router.post("/login")
     async def login(request: Request) -> Response:
@@ -230,34 +268,38 @@ def console_routes(console: Console) -> APIRouter:
             return console.refused(403, "Form expired",
                                    "This form is too old or was not sent from the console.")
         name, password = form.get("name", "").strip(), form.get("password", "")
-        # The name tried is recorded when it could be one, never what else was typed.
-        tried = name if NAME_RE.fullmatch(name) else "(not a name)"
+        next_url = form.get("next", "")
+        operators = await run_in_threadpool(console.current_operators)
+        # The audit names the operator tried only when there is one of that name: what
+        # else was typed there may be a password in the wrong field.
+        tried = name if name in operators else "(unknown name)"
         address = request.client.host if request.client else "unknown"
-        refusal = await run_in_threadpool(console.throttle.refusal, tried, address)
+        # Counted before the check, so sign-ins sent at once cannot all pass the count.
+        refusal = await run_in_threadpool(console.throttle.attempt, name, address)
         if refusal is not None:
             await run_in_threadpool(console.audit.record, "", "login-throttled", tried, now)
-            log.warning("console sign-in throttled: too many failures for %s", refusal.what)
+            log.warning("console sign-in throttled: too many attempts for %s", refusal.what)
             minutes = math.ceil(refusal.retry_after_s / 60)
             answer = console.login_form(
                 429, f"Too many failed sign-ins for {refusal.what}: try again in "
-                f"{minutes} minute{'s' if minutes != 1 else ''}.", "")
+                f"{minutes} minute{'s' if minutes != 1 else ''}.", "", next_url)
             answer.headers["Retry-After"] = str(refusal.retry_after_s)
             return answer
-        operators = await run_in_threadpool(console.current_operators)
         async with console.verify_slots:
             operator = await run_in_threadpool(verify_password, operators, name, password)
         if operator is None:
-            await run_in_threadpool(console.throttle.failed, tried, address)
             await run_in_threadpool(console.audit.record, "", "login-failed", tried, now)
             log.info("console sign-in refused")
-            return console.login_form(401, "Wrong name or password.", tried if
-                                      tried != "(not a name)" else "")
+            return console.login_form(401, "Wrong name or password.",
+                                      name if NAME_RE.fullmatch(name) else "", next_url)
         await run_in_threadpool(console.throttle.succeeded, operator.name)
         await run_in_threadpool(console.audit.record, operator.name, "login", "", now)
-        response = RedirectResponse("/console/", status_code=303, headers=SECURITY_HEADERS)
+        response = RedirectResponse(next_url if safe_next(next_url) else "/console/",
+                                    status_code=303, headers=SECURITY_HEADERS)
         response.delete_cookie(LOGIN_CSRF_COOKIE, path="/", secure=True, httponly=True,
                                samesite="strict")
-        return console.keep(response, console.codec.new_session(operator.name, now))
+        return console.keep(response, console.codec.new_session(
+            operator.name, operator.password_hash, now))
 
     @router.post("/logout")
     async def logout(request: Request) -> Response:

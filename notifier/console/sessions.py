@@ -10,9 +10,11 @@ the login form carries back (double submit).
 Cookies are `Secure` always, also in `notifier dev`: browsers treat http://localhost as a
 secure context and keep such cookies there; a plain-HTTP host elsewhere cannot sign in.
 A session also ends `MAX_SESSION` after its sign-in, however busy: a stolen cookie cannot
-be kept alive for ever. Signing out clears the browser's cookie and marks the session
-ended in Redis (`n:console:signed-out:{id}`, kept `MAX_SESSION`), so a copy of the cookie
-is refused too.
+be kept alive for ever. It carries a digest of the operator's password hash as it was at
+sign-in (`credential_key`): an operator taken out of the operators file, or whose password
+is set again, has every session ended at their next request. Signing out clears the
+browser's cookie and marks the session ended in Redis (`n:console:signed-out:{id}`, kept
+`MAX_SESSION`), so a copy of the cookie is refused too.
 """
 
 from __future__ import annotations
@@ -45,12 +47,20 @@ CSRF_FIELD = "csrf_token"
 
 @dataclass(frozen=True)
 class Session:
-    """A signed-in operator, the CSRF token their forms carry, and when they signed in
-    (whole seconds since the epoch)."""
+    """A signed-in operator, the CSRF token their forms carry, when they signed in (whole
+    seconds since the epoch), and `credential_key` of their password hash then."""
 
     operator: str
     csrf: str
     since: int
+    key: str
+
+
+def credential_key(password_hash: str) -> str:
+    """A short digest of an operator's password hash: a session holds it, so a new
+    password (a new hash, salted anew) ends the sessions opened with the old one. The hash
+    itself never leaves the operators file."""
+    return hashlib.sha256(password_hash.encode()).hexdigest()[:16]
 
 
 def _signer_on(clock: Callable[[], datetime]) -> type[TimestampSigner]:
@@ -77,14 +87,16 @@ class SessionCodec:
         self._logins = URLSafeTimedSerializer(secret, salt="notifier.console.login-csrf",
                                               signer=signer)
 
-    def new_session(self, operator: str, now: datetime) -> Session:
-        """A session for `operator` signing in at `now`, with a fresh CSRF token."""
-        return Session(operator, secrets.token_urlsafe(32), int(now.timestamp()))
+    def new_session(self, operator: str, password_hash: str, now: datetime) -> Session:
+        """A session for `operator` (whose password hash is `password_hash`) signing in at
+        `now`, with a fresh CSRF token."""
+        return Session(operator, secrets.token_urlsafe(32), int(now.timestamp()),
+                       credential_key(password_hash))
 
     def dump(self, session: Session) -> str:
         """The cookie value of `session`, timestamped now."""
         return self._sessions.dumps({"op": session.operator, "csrf": session.csrf,
-                                     "since": session.since})
+                                     "since": session.since, "key": session.key})
 
     def load(self, cookie: str | None, now: datetime) -> Session | None:
         """The session in `cookie`, or None when it is missing, forged, malformed, idle
@@ -99,11 +111,12 @@ class SessionCodec:
         if now - signed_at > self.idle:
             return None
         if not (isinstance(data, dict) and isinstance(data.get("op"), str)
-                and isinstance(data.get("csrf"), str) and isinstance(data.get("since"), int)):
+                and isinstance(data.get("csrf"), str) and isinstance(data.get("since"), int)
+                and isinstance(data.get("key"), str)):
             return None
         if now.timestamp() - data["since"] > MAX_SESSION.total_seconds():
             return None
-        return Session(data["op"], data["csrf"], data["since"])
+        return Session(data["op"], data["csrf"], data["since"], data["key"])
 
     def login_token(self) -> tuple[str, str]:
         """A new pre-session CSRF token and the cookie value holding it."""

@@ -1,13 +1,20 @@
-"""Sign-in throttling: failed sign-ins counted per operator name and per client address,
-in Redis (the `limits` package's fixed windows, keys `n:console:limits:*`, each expiring
-with its window), so every web process shares the count.
+"""Sign-in throttling: sign-ins counted per name tried and per client address, in Redis
+(the `limits` package's fixed windows, keys `n:console:limits:*`, each expiring with its
+window), so every web process shares the count. Each attempt is counted before its
+password is checked (one atomic INCR), so sign-ins sent at once cannot all slip under the
+limit; a good sign-in then clears its name's count, so what the name limit bounds is
+failures.
 
-- `NAME_LIMIT`: 5 failed sign-ins for one name in 15 minutes (OWASP's Authentication
-  Cheat Sheet, "Login Throttling"; NIST SP 800-63B 5.2.2 allows at most 100 in a row),
-  then that name is refused until the window ends, even with the right password; a
-  good sign-in clears the name's count;
-- `ADDRESS_LIMIT`: 30 failed sign-ins from one address in 15 minutes (someone trying
-  many names), then that address is refused likewise.
+- `NAME_LIMIT`: 5 sign-ins for one name in 15 minutes without a good one (OWASP's
+  Authentication Cheat Sheet, "Login Throttling"; NIST SP 800-63B 5.2.2 allows at most
+  100 in a row), then that name is refused until the window ends, even with the right
+  password. Anyone who knows a name can hold it off this way for 15 minutes at a time:
+  the price of bounding guesses per account;
+- `ADDRESS_LIMIT`: 30 sign-ins from one address in 15 minutes, good ones included
+  (someone trying many names), then that address is refused likewise.
+
+Names are kept in the keys as a digest: what is typed in the name field may be a
+password typed in the wrong field.
 
 A refused attempt never reaches the password check, whose argon2 hash costs 64 MiB and
 tens of milliseconds: `VERIFY_SLOTS` such checks run at once per web process, so a flood
@@ -16,6 +23,7 @@ of sign-ins cannot take the memory either.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from dataclasses import dataclass
@@ -54,21 +62,22 @@ class SignInThrottle:
                                key_prefix=KEY_PREFIX)
         self._limiter = FixedWindowRateLimiter(storage)
 
-    def refusal(self, name: str, address: str) -> Refusal | None:
-        """Why a sign-in as `name` from `address` is refused now, or None when it may be
-        tried. (The windows run on the wall clock, as `limits` keeps them.)"""
-        for limit, what, key in ((NAME_LIMIT, "this name", f"name:{name}"),
+    def attempt(self, name: str, address: str) -> Refusal | None:
+        """Count a sign-in as `name` from `address`, and say why it is refused, or None
+        when its password may be checked. (The windows run on the wall clock, as `limits`
+        keeps them.)"""
+        for limit, what, key in ((NAME_LIMIT, "this name", _name_key(name)),
                                  (ADDRESS_LIMIT, "this address", f"address:{address}")):
-            if not self._limiter.test(limit, key):
+            if not self._limiter.hit(limit, key):
                 reset = self._limiter.get_window_stats(limit, key).reset_time
                 return Refusal(what, max(1, math.ceil(reset - time.time())))
         return None
 
-    def failed(self, name: str, address: str) -> None:
-        """Count a failed sign-in against `name` and `address`."""
-        self._limiter.hit(NAME_LIMIT, f"name:{name}")
-        self._limiter.hit(ADDRESS_LIMIT, f"address:{address}")
-
     def succeeded(self, name: str) -> None:
-        """A good sign-in: `name`'s failures are forgotten (the address's are not)."""
-        self._limiter.clear(NAME_LIMIT, f"name:{name}")
+        """A good sign-in: `name`'s attempts are forgotten (the address's are not)."""
+        self._limiter.clear(NAME_LIMIT, _name_key(name))
+
+
+def _name_key(name: str) -> str:
+    """The limiter's key of a name tried: a digest, never the text typed."""
+    return "name:" + hashlib.sha256(name.encode()).hexdigest()[:24]

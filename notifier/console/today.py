@@ -198,7 +198,7 @@ def today_view(g: Gathered, zone: ZoneInfo) -> dict[str, Any]:
         by_channel.setdefault(channel, []).append(kind_series)
     lateness = []
     # The same order as the sends' charts: SMS, email, then any other.
-    order = {c: n for n, c in enumerate(CHANNELS)}
+    order: dict[str, int] = {c: n for n, c in enumerate(CHANNELS)}
     for channel in sorted(by_channel, key=lambda c: (order.get(c, len(order)), c)):
         series = by_channel[channel]
         count = sum(s.count for s in series)

@@ -15,6 +15,7 @@ from fastapi import FastAPI
 
 from notifier.config import Settings
 from notifier.console.audit import AuditLog
+from notifier.console.operators import Operator, hash_password, write_operators
 from notifier.console.routes import Console, console_routes
 from notifier.console.sessions import LOGIN_CSRF_COOKIE, SESSION_COOKIE, SessionCodec
 from notifier.errors import ConfigError
@@ -76,7 +77,9 @@ def test_a_wrong_password_or_unknown_name_is_refused_and_audited(client, redis_c
         assert "Wrong name or password." in answer.text
         assert SESSION_COOKIE not in client.cookies
     assert client.get("/console/").status_code == 401
-    assert audited(redis_client) == [("", "login-failed", NAME), ("", "login-failed", "bob")]
+    # A name no operator has is not recorded: it may be a password typed in the wrong field.
+    assert audited(redis_client) == [("", "login-failed", NAME),
+                                     ("", "login-failed", "(unknown name)")]
 
 
 def test_without_a_session_every_route_but_the_login_form_is_401_html(client):
@@ -85,7 +88,7 @@ def test_without_a_session_every_route_but_the_login_form_is_401_html(client):
         assert answer.status_code == 401, path
         assert answer.headers["content-type"].startswith("text/html")
         assert answer.headers["content-security-policy"].startswith("default-src 'self'")
-        assert 'href="/console/login"' in answer.text
+        assert 'href="/console/login' in answer.text
     login = client.get("/console/login")
     assert login.status_code == 200
     assert login.headers["content-security-policy"].startswith("default-src 'self'")
@@ -226,3 +229,49 @@ def test_without_a_console_secret_the_console_is_not_served(
 def test_the_console_is_not_in_the_openapi_document(client):
     paths = client.get("/openapi.json").json()["paths"]
     assert not [p for p in paths if p.startswith("/console")]
+
+
+@pytest.mark.parametrize("wanted", ["/console/clients/c1", "/console/today?x=1"])
+def test_a_link_opened_without_a_session_comes_back_to_its_page_after_sign_in(
+        client, wanted):
+    """A console link in a ticket opens without the session cookie (SameSite=Strict): the
+    401 page's sign-in link carries the page, and the sign-in goes on to it."""
+    refused = client.get(wanted)
+    assert refused.status_code == 401
+    login_url = re.search(r'href="(/console/login\?next=[^"]+)"', refused.text).group(1)
+    form = client.get(login_url.replace("&amp;", "&"))
+    assert f'name="next" value="{wanted}"' in form.text
+    answer = client.post("/console/login", follow_redirects=False, data={
+        "csrf_token": csrf_in(form.text), "name": NAME, "password": PASSWORD,
+        "next": wanted})
+    assert answer.status_code == 303 and answer.headers["location"] == wanted
+    # Signed in already, the sign-in page goes straight on.
+    again = client.get(login_url.replace("&amp;", "&"), follow_redirects=False)
+    assert again.status_code == 303 and again.headers["location"] == wanted
+
+
+@pytest.mark.parametrize("elsewhere", ["https://evil.example/", "//evil.example/x",
+                                       "/console/\\evil.example", "/j/abc", "/console/\n",
+                                       "javascript:alert(1)"])
+def test_a_sign_in_never_goes_on_outside_the_console(client, elsewhere):
+    form = client.get("/console/login", params={"next": elsewhere})
+    assert 'name="next"' not in form.text
+    answer = client.post("/console/login", follow_redirects=False, data={
+        "csrf_token": csrf_in(form.text), "name": NAME, "password": PASSWORD,
+        "next": elsewhere})
+    assert answer.status_code == 303 and answer.headers["location"] == "/console/"
+
+
+def test_an_operator_removed_or_given_a_new_password_has_their_sessions_ended(
+        client, operators_file, ana_hash, redis_client):
+    assert sign_in(client).status_code == 303
+    assert client.get("/console/").status_code == 200
+    write_operators(operators_file, {"bob": Operator("bob", ana_hash)})  # ana removed
+    assert client.get("/console/").status_code == 401
+    write_operators(operators_file, {NAME: Operator(NAME, ana_hash)})  # back, same hash
+    assert client.get("/console/").status_code == 200
+    write_operators(operators_file, {NAME: Operator(NAME, hash_password("a new password 2"))})
+    assert client.get("/console/").status_code == 401
+    client.cookies.clear()
+    assert sign_in(client, password="a new password 2").status_code == 303
+    assert client.get("/console/").status_code == 200

@@ -93,3 +93,35 @@ def test_at_most_two_password_checks_run_at_once(settings, redis_client, monkeyp
 
     assert asyncio.run(six_at_once()) == [401] * 6
     assert peak[0] == VERIFY_SLOTS == 2
+
+
+def test_sign_ins_sent_at_once_for_one_name_are_counted_before_any_check(client):
+    """Twelve wrong passwords for one name at the same moment: each is counted before its
+    password is checked, so five are checked and the others refused."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    forms = []
+    for _ in range(12):
+        form = client.get("/console/login")
+        forms.append((csrf_in(form.text), dict(client.cookies)))
+        client.cookies.clear()
+
+    def attempt(form: tuple[str, dict[str, str]]) -> int:
+        token, cookies = form
+        header = "; ".join(f"{k}={v}" for k, v in cookies.items())
+        return int(client.post("/console/login", headers={"cookie": header},
+                               follow_redirects=False, data={
+                                   "csrf_token": token, "name": NAME,
+                                   "password": "not the password"}).status_code)
+
+    with ThreadPoolExecutor(len(forms)) as pool:
+        answers = sorted(pool.map(attempt, forms))
+    assert answers == [401] * 5 + [429] * 7
+
+
+def test_the_name_tried_is_kept_in_redis_only_as_a_digest(client, redis_client):
+    typed = "Tr0ub4dor&3-typed-in-the-name-field"
+    assert sign_in(client, name=typed, password="whatever it is").status_code == 401
+    keys = [k.decode() for k in redis_client.keys(KEY_PREFIX + ":*")]
+    assert len(keys) == 2 and not any(typed in k for k in keys)
+    assert not any(typed in str(entry) for entry in audited(redis_client))
