@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 import redis
+from argon2 import PasswordHasher
 
 from notifier.config import Settings
-from notifier.console.operators import Operator, hash_password, write_operators
+from notifier.console.operators import Operator, write_operators
 from notifier.ledger.store import Store
 from notifier.web.app import create_app
 from notifier.worker.actors import build_broker
@@ -30,7 +31,11 @@ CONSOLE_SECRET = secrets.token_urlsafe(32)
 
 @pytest.fixture(scope="session")
 def ana_hash() -> str:
-    return hash_password(PASSWORD)
+    """A real argon2id hash of PASSWORD, made with argon2's smallest costs: every sign-in
+    of the suite verifies it, and at the production costs (64 MiB, 3 passes) that is most
+    of the console tests' time. `verify_password` reads the costs from the hash itself;
+    tests/console/test_operators.py checks what `hash_password` makes."""
+    return PasswordHasher(time_cost=1, memory_cost=8, parallelism=1).hash(PASSWORD)
 
 
 @pytest.fixture
