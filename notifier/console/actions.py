@@ -11,8 +11,11 @@ then 303 back to the page it came from with `?done=` (shown as a notice there):
 - `/console/appointments/{appointment_id}/resend-invite`: send the appointment's latest
   calendar invite again.
 
-What each allows is decided by `console.allowed`; a refused action answers 409 with why.
-Viewing a confirmation page is audited like any page (`Console.viewer`).
+What each allows is decided by `console.allowed`; a refused action answers 409 with why
+(and a link to the copy still to go out, when that is why). Viewing a confirmation page
+is audited like any page (`Console.viewer`); a path whose id cannot be one
+(`notifications.NOTIFICATION_ID_RE`, `client_search.ID_RE` as the intake's ids) answers
+a 404 page unaudited, GET or POST.
 """
 
 from __future__ import annotations
@@ -24,12 +27,19 @@ from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from notifier.console.allowed import MAX_REASON_CHARS, reason_error, refusal
-from notifier.console.notifications import notification_url
+from notifier.console.allowed import MAX_REASON_CHARS, audited_reason, reason_error, refusal
+from notifier.console.client_search import ID_RE
+from notifier.console.notifications import (
+    NOTIFICATION_ID_RE,
+    notification_url,
+    session_unaudited,
+    shown_non_id,
+)
 from notifier.console.routes import SECURITY_HEADERS, Console
 from notifier.console.sessions import Session
 from notifier.ledger.console_actions import (
     Done,
+    InviteCheck,
     cancel_notification,
     enable_sms,
     invite_check,
@@ -67,13 +77,26 @@ def routes(console: Console) -> APIRouter:
                      error: str = "", reason: str = "") -> Response:
         return console.signed_in(session, "confirm.html", status, confirm=confirm,
                                  action=action, error=error, reason=reason,
-                                 max_reason=MAX_REASON_CHARS, refused="")
+                                 max_reason=MAX_REASON_CHARS, refused="", pending="",
+                                 pending_url="")
 
     def refused_page(session: Session, title: str, why: str, back: str,
-                     status: int = 409) -> Response:
+                     status: int = 409, pending: str = "") -> Response:
         return console.signed_in(session, "confirm.html", status,
                                  confirm=Confirm(title, [], back), action="", error="",
-                                 reason="", max_reason=MAX_REASON_CHARS, refused=why)
+                                 reason="", max_reason=MAX_REASON_CHARS, refused=why,
+                                 pending=pending,
+                                 pending_url=notification_url(pending) if pending else "")
+
+    async def not_an_id(request: Request, what: str, path_id: str) -> Response:
+        """The 404 page for a path whose id cannot be one (`what`: "notification",
+        "client", "appointment"), unaudited; the 401 page without a session."""
+        session = await session_unaudited(console, request)
+        if isinstance(session, Response):
+            return session
+        return refused_page(session, f"No such {what}",
+                            f"There is no {what} {shown_non_id(path_id)!r}.", "/console/",
+                            404)
 
     def back_to(url: str, done: str, **more: str) -> Response:
         query = "&".join(f"{k}={quote(v, safe='')}" for k, v in {"done": done, **more}.items())
@@ -96,19 +119,24 @@ def routes(console: Console) -> APIRouter:
 
     @router.get("/notifications/{notification_id}/resend")
     async def resend_form(request: Request, notification_id: str) -> Response:
+        if not NOTIFICATION_ID_RE.fullmatch(notification_id):
+            return await not_an_id(request, "notification", notification_id)
         session = await console.viewer(request, f"notification:{notification_id}")
         if isinstance(session, Response):
             return session
-        why, fields = await run_in_threadpool(resend_check, store, notification_id,
-                                              console.clock())
-        if why:
-            return refused_page(session, "Cannot send this again", why,
-                                notification_url(notification_id), 404 if not fields else 409)
+        check = await run_in_threadpool(resend_check, store, notification_id,
+                                        console.clock())
+        if check.why:
+            return refused_page(session, "Cannot send this again", check.why,
+                                notification_url(notification_id),
+                                404 if not check.fields else 409, check.pending)
         return confirm_page(session, resend_confirm(notification_id),
                             notification_url(notification_id, "resend"))
 
     @router.post("/notifications/{notification_id}/resend")
     async def resend(request: Request, notification_id: str) -> Response:
+        if not NOTIFICATION_ID_RE.fullmatch(notification_id):
+            return await not_an_id(request, "notification", notification_id)
         checked = await console.action(request)
         if isinstance(checked, Response):
             return checked
@@ -117,7 +145,7 @@ def routes(console: Console) -> APIRouter:
                                              console.clock())
         if not done.ok:
             return refused_page(session, "Cannot send this again", done.refused,
-                                notification_url(notification_id))
+                                notification_url(notification_id), pending=done.pending)
         await audited_action(session, f"resend-notification: as {done.subject}",
                              f"notification:{notification_id}")
         return back_to(notification_url(notification_id), "resent", new=done.subject)
@@ -125,6 +153,8 @@ def routes(console: Console) -> APIRouter:
     # Cancel ------------------------------------------------------------------------------
     @router.get("/notifications/{notification_id}/cancel")
     async def cancel_form(request: Request, notification_id: str) -> Response:
+        if not NOTIFICATION_ID_RE.fullmatch(notification_id):
+            return await not_an_id(request, "notification", notification_id)
         session = await console.viewer(request, f"notification:{notification_id}")
         if isinstance(session, Response):
             return session
@@ -143,6 +173,8 @@ def routes(console: Console) -> APIRouter:
 
     @router.post("/notifications/{notification_id}/cancel")
     async def cancel(request: Request, notification_id: str) -> Response:
+        if not NOTIFICATION_ID_RE.fullmatch(notification_id):
+            return await not_an_id(request, "notification", notification_id)
         checked = await console.action(request)
         if isinstance(checked, Response):
             return checked
@@ -166,6 +198,8 @@ def routes(console: Console) -> APIRouter:
 
     @router.get("/clients/{client_id}/sms-enable")
     async def sms_enable_form(request: Request, client_id: str) -> Response:
+        if not ID_RE.fullmatch(client_id):
+            return await not_an_id(request, "client", client_id)
         session = await console.viewer(request, f"client:{client_id}")
         if isinstance(session, Response):
             return session
@@ -177,6 +211,8 @@ def routes(console: Console) -> APIRouter:
 
     @router.post("/clients/{client_id}/sms-enable")
     async def sms_enable(request: Request, client_id: str) -> Response:
+        if not ID_RE.fullmatch(client_id):
+            return await not_an_id(request, "client", client_id)
         checked = await console.action(request)
         if isinstance(checked, Response):
             return checked
@@ -191,25 +227,29 @@ def routes(console: Console) -> APIRouter:
         if not done.ok:
             return refused_page(session, "Nothing to re-enable", done.refused,
                                 client_url(client_id))
-        await audited_action(session, f"sms-enable: {' '.join(reason.split())}",
+        await audited_action(session, f"sms-enable: {audited_reason(reason)}",
                              f"client:{client_id}")
         return back_to(client_url(client_id), "sms-enabled")
 
     # Resend the latest invite --------------------------------------------------------------
-    def invite_state(appointment_id: str) -> tuple[str, str]:
-        """(why the invite cannot be sent again, "" if it can; the page to go back to:
+    def invite_state(appointment_id: str) -> tuple[InviteCheck, str]:
+        """(whether the invite can be sent again, `invite_check`; the page to go back to:
         the appointment's client's, or the start page for an unknown appointment)."""
-        why, record = invite_check(store, appointment_id, console.clock())
-        return why, client_url(record.appointment.client_id) if record else "/console/"
+        check = invite_check(store, appointment_id, console.clock())
+        record = check.record
+        return check, client_url(record.appointment.client_id) if record else "/console/"
 
     @router.get("/appointments/{appointment_id}/resend-invite")
     async def invite_form(request: Request, appointment_id: str) -> Response:
+        if not ID_RE.fullmatch(appointment_id):
+            return await not_an_id(request, "appointment", appointment_id)
         session = await console.viewer(request, f"appointment:{appointment_id}")
         if isinstance(session, Response):
             return session
-        why, back = await run_in_threadpool(invite_state, appointment_id)
-        if why:
-            return refused_page(session, "Cannot resend the invite", why, back)
+        check, back = await run_in_threadpool(invite_state, appointment_id)
+        if check.why:
+            return refused_page(session, "Cannot resend the invite", check.why, back,
+                                pending=check.pending)
         return confirm_page(session, Confirm(
             "Send the latest calendar invite again?",
             ["An email with the appointment's invite as it is now (its latest time and "
@@ -221,6 +261,8 @@ def routes(console: Console) -> APIRouter:
 
     @router.post("/appointments/{appointment_id}/resend-invite")
     async def invite(request: Request, appointment_id: str) -> Response:
+        if not ID_RE.fullmatch(appointment_id):
+            return await not_an_id(request, "appointment", appointment_id)
         checked = await console.action(request)
         if isinstance(checked, Response):
             return checked
@@ -232,7 +274,8 @@ def routes(console: Console) -> APIRouter:
 
         done, back = await run_in_threadpool(act)
         if not done.ok:
-            return refused_page(session, "Cannot resend the invite", done.refused, back)
+            return refused_page(session, "Cannot resend the invite", done.refused, back,
+                                pending=done.pending)
         await audited_action(session, f"resend-invite: as {done.subject}",
                              f"appointment:{appointment_id}")
         return back_to(back, "invite-resent", new=done.subject)

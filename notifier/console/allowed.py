@@ -13,16 +13,25 @@
   it would give the old time, or speak of a visit that is over or cancelled.
 - Cancel: only a `scheduled` notification (also one the clock has claimed but no worker
   has begun); one `sending` is being sent right now and cannot be stopped.
-- Re-enable SMS: only for a client whose number is opted out; the reason is required.
+  Refused, too, while a copy sent again earlier is still to go out (`PENDING_STATES`):
+  a confirmation form posted twice (a double click, Back and Confirm) must send once.
+  The next copy's `n` is one past the last copy kept (`next_copy`), so two posts at the
+  same moment plan the same id and the ledger's dedupe (`notif_add.lua`) keeps one.
+- Re-enable SMS: only for a client whose number is opted out; the reason is required,
+  plain text as the intake takes it (`intake.text.plain_text`: no controls, no bidi
+  overrides), since it is kept in the audit log.
 - Resend the latest invite: only for a booked appointment that has not started, to a
-  client with an email address.
+  client with an email address, and no invite sent again earlier still to go out (the
+  same rule as for a copy).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+from notifier.intake.text import plain_text
 from notifier.ledger.reading import shown_state
 from notifier.ledger.records import AppointmentRecord, ClientRecord
 
@@ -39,6 +48,9 @@ RESEND_REASON = "sent again from the console"
 #: The reason recorded on a notification cancelled in the console (the operator is in
 #: the audit log, not in the ledger).
 CANCEL_REASON = "cancelled in the console"
+#: The raw states of a notification still to go out: a copy sent again earlier in one of
+#: them refuses another one.
+PENDING_STATES = frozenset({"scheduled", "sending"})
 #: The longest reason an operator may give for re-enabling SMS, characters.
 MAX_REASON_CHARS = 200
 
@@ -113,6 +125,22 @@ def resend_id(notification_id: str, n: int) -> str:
     return f"{rest}{AGAIN}{n}:{channel}"
 
 
+def next_copy(copies: Sequence[tuple[str, str]]) -> tuple[str, int]:
+    """From the copies sent again so far of one notification (or of one appointment's
+    invite), `(id, raw state)` for n = 1, 2, ... in order, the state "" for an id not (or
+    no longer) kept: (the id of a copy still to go out (`PENDING_STATES`), "" for none;
+    the `n` the next copy takes: one past the last one kept)."""
+    pending = next((i for i, state in copies if state in PENDING_STATES), "")
+    last = max((n for n, (_, state) in enumerate(copies, 1) if state), default=0)
+    return pending, last + 1
+
+
+def pending_refusal(copy_id: str, what: str = "It") -> str:
+    """Why `what` (the notification, the invite) is not sent again while `copy_id`, sent
+    again earlier, is still to go out."""
+    return f"{what} was already planned again as {copy_id}, not sent yet."
+
+
 def resend_expiry(old_expires: datetime, now: datetime) -> datetime:
     """When a notification sent again at `now` expires: its old expiry when at least
     `MIN_LEFT` is left before it, else `RESEND_VALID` from now."""
@@ -121,13 +149,27 @@ def resend_expiry(old_expires: datetime, now: datetime) -> datetime:
 
 def reason_error(reason: str) -> str:
     """What is wrong with an operator's reason (required, at most `MAX_REASON_CHARS`
-    characters once trimmed); "" when it will do."""
+    characters once trimmed, plain text as `intake.text.plain_text` wants it: it is kept
+    in the audit log, where a control character (NUL, ESC) or a bidirectional override
+    would garble or disguise what a reader sees); "" when it will do."""
     text = reason.strip()
     if not text:
         return "Say why: the reason is required."
     if len(text) > MAX_REASON_CHARS:
         return f"Keep the reason to {MAX_REASON_CHARS} characters or fewer."
-    return ""
+    try:
+        kept = audited_reason(text)
+    except ValueError as error:
+        return f"The reason {error}; type it again without it."
+    # Only invisible format characters (removed): nothing is said.
+    return "" if kept else "Say why: the reason is required."
+
+
+def audited_reason(reason: str) -> str:
+    """The reason as the audit keeps it: its whitespace (line breaks typed in the box
+    among it) collapsed to single spaces, then `intake.text.plain_text` (invisible format
+    characters removed). Raises ValueError, naming the character, for a refused one."""
+    return plain_text(" ".join(reason.split()))
 
 
 def sms_enable_refusal(client: ClientRecord | None, opted_out: bool) -> str:

@@ -6,11 +6,14 @@ client's zone and in UTC, expiry, state as the read API shows it, reason, provid
 delivery, attempts, SMS sizes), its message rendered now (`console.message`: the ledger
 keeps no bodies), its history of state changes and delivery reports
 (`console.history`), and the actions it allows (`console.allowed`), each a link to its
-confirmation page (`console.actions`). An unknown id answers a 404 page.
+confirmation page (`console.actions`). An unknown id answers a 404 page; a path that
+cannot be an id at all (`NOTIFICATION_ID_RE`) answers it unaudited: nothing was looked
+at, and the audit log (kept six years) is not a place for whatever a path holds.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +29,7 @@ from notifier.console.allowed import allowed_actions
 from notifier.console.history import parse_history
 from notifier.console.message import Rendered, render_message, stored_of
 from notifier.console.routes import Console
+from notifier.console.sessions import Session
 from notifier.delivery.render import Renderer, format_local_datetime
 from notifier.ledger.console_reads import NotificationRead, read_notification
 from notifier.ledger.notifications import from_epoch
@@ -40,6 +44,30 @@ NOTICES = {
     "resent": "Planned again as a new notification, due now; the worker sends it as any "
               "other (quiet hours and opt-outs still apply).",
 }
+
+#: What a notification id can be: `{kind}:{entity id}:{occasion}:{channel}`
+#: (`policy.common`, `policy.digest`, the console's `.again{n}` and `invite{n}.seq{s}`
+#: copies, `ledger.deliveries`' sibling on the other channel), each part of kind
+#: names (`[a-z_]`), intake ids (`intake.events.Id`: `[A-Za-z0-9._~-]`, at most 128),
+#: UTC stamps and labels (`20261130T130000Z`, `72h`); an entity id and an occasion may
+#: each hold an intake id, so the bound is generous.
+NOTIFICATION_ID_RE = re.compile(r"[A-Za-z0-9._~:-]{1,400}")
+#: How much of a path that is no id a 404 page shows back, characters.
+NOTIFICATION_ID_MAX_SHOWN = 100
+
+
+def shown_non_id(text: str) -> str:
+    """A path that is no id as a 404 page shows it back: cut to
+    `NOTIFICATION_ID_MAX_SHOWN` characters (marked with an ellipsis)."""
+    cut = text[:NOTIFICATION_ID_MAX_SHOWN]
+    return cut if cut == text else f"{cut}…"
+
+
+async def session_unaudited(console: Console, request: Request) -> Session | Response:
+    """The request's session for a path that cannot name anything (nothing is looked
+    at, so nothing is audited), or the 401 page."""
+    session = await console.session(request)
+    return console.unauthorized() if session is None else session
 
 
 def notification_url(notification_id: str, action: str = "") -> str:
@@ -107,6 +135,12 @@ def routes(console: Console) -> APIRouter:
 
     @router.get("/notifications/{notification_id}")
     async def notification_page(request: Request, notification_id: str) -> Response:
+        if not NOTIFICATION_ID_RE.fullmatch(notification_id):
+            unaudited = await session_unaudited(console, request)
+            if isinstance(unaudited, Response):
+                return unaudited
+            return console.signed_in(unaudited, "notification.html", 404, missing=True,
+                                     id=shown_non_id(notification_id))
         session = await console.viewer(request, f"notification:{notification_id}")
         if isinstance(session, Response):
             return session

@@ -18,6 +18,8 @@ from notifier.console.allowed import (
     appointment_changed,
     invite_kind,
     invite_refusal,
+    next_copy,
+    pending_refusal,
     refusal,
     resend_expiry,
     resend_id,
@@ -30,8 +32,8 @@ from notifier.ledger.store import Store
 from notifier.policy.appointments import appointment_params
 from notifier.policy.plan import Plan, PlannedNotification, entity_ref
 
-#: How many `.again{n}` ids are tried before giving up (each taken one was sent again
-#: already, or is being planned by another operator at the same moment).
+#: How many copies of one notification (or invites of one appointment at one SEQUENCE)
+#: may be sent again: `.again{n}` / `invite{n}`, n = 1..MAX_AGAIN.
 MAX_AGAIN = 50
 
 
@@ -43,72 +45,135 @@ class Done:
     ok: bool
     subject: str = ""
     refused: str = ""
+    #: for one refused because a copy sent again earlier is still to go out: its id
+    pending: str = ""
 
 
 def cancel_notification(store: Store, notification_id: str) -> Done:
     """Cancel a scheduled notification (`Schedule.cancel_one`: announced, off the schedule,
-    in one script). Refused, with why, for any other state."""
-    found = store.schedule.cancel_one(notification_id, CANCEL_REASON)
-    if found == "cancelled":
+    in one script). Refused, with why, for any other state: one cancelled already (by a
+    first click, another operator or the system) too, so it is neither answered as done
+    nor audited again."""
+    if store.schedule.cancel_one(notification_id, CANCEL_REASON):
         return Done(True, notification_id)
     # Read again to say why (the script changed nothing).
     return Done(False, refused=refusal("cancel", store.notification(notification_id)))
 
 
-def resend_check(store: Store, notification_id: str, now: datetime
-                 ) -> tuple[str, dict[str, str]]:
-    """(why the notification cannot be sent again at `now`, "" when it can; its fields as
-    `Reading.notification` gives them): its state (`allowed.refusal`), and for a message
-    about an appointment, the appointment as it is now (`allowed.appointment_changed`)."""
+def copy_states(store: Store, ids: list[str]) -> list[tuple[str, str]]:
+    """`(id, raw state)` of each of `ids`, "" for one not kept: one round trip."""
+    with store.redis.pipeline(transaction=False) as pipe:
+        for copy_id in ids:
+            pipe.hget(notif_key(copy_id), "state")
+        states = pipe.execute()
+    return [(copy_id, state.decode() if isinstance(state, bytes) else str(state or ""))
+            for copy_id, state in zip(ids, states, strict=True)]
+
+
+@dataclass(frozen=True)
+class Check:
+    """Whether a notification (or an appointment's invite) may be sent again now: `why`
+    not ("" when it may), `pending` the id of a copy sent again earlier and still to go
+    out ("" for none; `why` says so), `next_id` the id the next copy takes."""
+
+    why: str
+    fields: dict[str, str]
+    pending: str = ""
+    next_id: str = ""
+
+
+def resend_check(store: Store, notification_id: str, now: datetime) -> Check:
+    """Whether the notification may be sent again at `now`, with its fields as
+    `Reading.notification` gives them: its state (`allowed.refusal`), for a message about
+    an appointment the appointment as it is now (`allowed.appointment_changed`), and no
+    copy sent again earlier still to go out (`allowed.next_copy`)."""
     fields = store.notification(notification_id)
     why = refusal("resend", fields)
     if why:
-        return why, fields
+        return Check(why, fields)
     params = params_of(fields)
-    if not params.get("appointment_id"):
-        return "", fields
-    found = store.load_record(entity_ref("appointment", str(params["appointment_id"])))
-    return appointment_changed(fields["kind"], params,
-                               found if isinstance(found, AppointmentRecord) else None,
-                               now), fields
+    if params.get("appointment_id"):
+        found = store.load_record(entity_ref("appointment", str(params["appointment_id"])))
+        why = appointment_changed(fields["kind"], params,
+                                  found if isinstance(found, AppointmentRecord) else None,
+                                  now)
+        if why:
+            return Check(why, fields)
+    pending, n = next_copy(copy_states(
+        store, [resend_id(notification_id, i) for i in range(1, MAX_AGAIN + 1)]))
+    if pending:
+        return Check(pending_refusal(pending), fields, pending)
+    if n > MAX_AGAIN:
+        return Check(f"It has been sent again {MAX_AGAIN} times already.", fields)
+    return Check("", fields, next_id=resend_id(notification_id, n))
 
 
 def resend_notification(store: Store, notification_id: str, now: datetime) -> Done:
     """Plan a failed or expired notification again, as a new one due `now`
     (`allowed.resend_id`, `allowed.resend_expiry`); the old one is left as it is. Refused,
-    with why, for one in another state, unknown, retired or superseded, or about an
-    appointment changed since (`allowed.appointment_changed`)."""
-    why, fields = resend_check(store, notification_id, now)
-    if why:
-        return Done(False, refused=why)
-    params = params_of(fields)
-    expires = resend_expiry(from_epoch(fields["expires"]), now)
-    for n in range(1, MAX_AGAIN + 1):
-        new_id = resend_id(notification_id, n)
-        if store.redis.exists(notif_key(new_id)):
-            continue
-        added = store.write_plan(Plan(outcome="applied", add=(PlannedNotification(
-            id=new_id, kind=fields["kind"], channel=fields["channel"],  # type: ignore[arg-type]
-            recipient=fields["to"], recipient_id=fields["to_id"],  # type: ignore[arg-type]
-            entity=fields["entity"], due_at=now, expires_at=expires,
-            params=params, reason=RESEND_REASON),)), now)
-        if added:
-            return Done(True, new_id)
-    return Done(False, refused=f"It has been sent again {MAX_AGAIN} times already.")
+    with why, for one in another state, unknown, retired or superseded, about an
+    appointment changed since (`allowed.appointment_changed`), or while a copy sent again
+    earlier is still to go out. Two calls at the same moment plan the same id
+    (`Check.next_id`): the ledger keeps the first (`notif_add.lua`), the other is refused
+    as pending."""
+    check = resend_check(store, notification_id, now)
+    if check.why:
+        return Done(False, refused=check.why, pending=check.pending)
+    fields = check.fields
+    added = store.write_plan(Plan(outcome="applied", add=(PlannedNotification(
+        id=check.next_id, kind=fields["kind"], channel=fields["channel"],  # type: ignore[arg-type]
+        recipient=fields["to"], recipient_id=fields["to_id"],  # type: ignore[arg-type]
+        entity=fields["entity"], due_at=now,
+        expires_at=resend_expiry(from_epoch(fields["expires"]), now),
+        params=params_of(fields), reason=RESEND_REASON),)), now)
+    if not added:
+        return Done(False, refused=pending_refusal(check.next_id), pending=check.next_id)
+    return Done(True, check.next_id)
 
 
-def invite_check(store: Store, appointment_id: str, now: datetime
-                 ) -> tuple[str, AppointmentRecord | None]:
-    """(why the appointment's invite cannot be sent again at `now`, "" when it can; its
-    record, None for an unknown appointment): two reads, the appointment then its
-    client."""
+def invite_id(kind: str, appointment_id: str, n: int, sequence: int) -> str:
+    """The id of the `n`th (1, 2, ...) invite sent again of an appointment at `sequence`:
+    its occasion `invite{n}.seq{sequence}`, `kind` as `allowed.invite_kind` says."""
+    return f"{kind}:{appointment_id}:invite{n}.seq{sequence}:email"
+
+
+@dataclass(frozen=True)
+class InviteCheck:
+    """Whether an appointment's invite may be sent again now: `why` not ("" when it may),
+    the appointment's record (None for an unknown one), `pending` the id of an invite
+    sent again earlier and still to go out ("" for none; `why` says so), `next_id` the id
+    the next one takes."""
+
+    why: str
+    record: AppointmentRecord | None
+    pending: str = ""
+    next_id: str = ""
+
+
+def invite_check(store: Store, appointment_id: str, now: datetime) -> InviteCheck:
+    """Whether the appointment's invite may be sent again at `now`: the appointment then
+    its client (`allowed.invite_refusal`), then the invites sent again at its current
+    SEQUENCE (`allowed.next_copy`; one sent again at an earlier SEQUENCE was cancelled
+    with the change, unless it was being sent)."""
     found = store.load_record(entity_ref("appointment", appointment_id))
     record = found if isinstance(found, AppointmentRecord) else None
     client = None
     if record is not None:
         loaded = store.load_record(entity_ref("client", record.appointment.client_id))
         client = loaded if isinstance(loaded, ClientRecord) else None
-    return invite_refusal(record, client, now), record
+    why = invite_refusal(record, client, now)
+    if why or record is None:
+        return InviteCheck(why, record)
+    kind = invite_kind(record)
+    pending, n = next_copy(copy_states(store, [
+        invite_id(kind, appointment_id, i, record.sequence) for i in range(1, MAX_AGAIN + 1)]))
+    if pending:
+        return InviteCheck(pending_refusal(pending, "The invite"), record, pending)
+    if n > MAX_AGAIN:
+        return InviteCheck(f"The invite has been sent again {MAX_AGAIN} times already.",
+                           record)
+    return InviteCheck("", record, next_id=invite_id(kind, appointment_id, n,
+                                                     record.sequence))
 
 
 def resend_invite(store: Store, appointment_id: str, now: datetime,
@@ -116,32 +181,30 @@ def resend_invite(store: Store, appointment_id: str, now: datetime,
     """Plan the appointment's latest calendar invite again: a new email of the kind that
     carries it (`allowed.invite_kind`) with the appointment as it is now (its SEQUENCE
     among the params, so the .ics updates the event the client has), due `now`, expiring
-    at the start, as the confirmation is planned (`policy.appointments`). Its id's
-    occasion is `invite{n}.seq{sequence}`. `change_window`: the policy's late-change
-    window (a message due before the start minus it says until when a change is free).
-    Refused, with why, for a cancelled or started appointment or a client without email.
+    at the start, as the confirmation is planned (`policy.appointments`), with the id
+    `invite_check` gives (`invite_id`). `change_window`: the policy's late-change window
+    (a message due before the start minus it says until when a change is free). Refused,
+    with why, for a cancelled or started appointment, a client without email, or while an
+    invite sent again earlier is still to go out (two calls at the same moment plan the
+    same id: the ledger keeps the first).
     """
-    ref = entity_ref("appointment", appointment_id)
-    why, record = invite_check(store, appointment_id, now)
-    if why or record is None:
-        return Done(False, refused=why)
-    kind = invite_kind(record)
+    check = invite_check(store, appointment_id, now)
+    record = check.record
+    if check.why or record is None:
+        return Done(False, refused=check.why, pending=check.pending)
     params = appointment_params(record)
     change_by = record.appointment.start - change_window
     if change_by > now:
         params["change_by"] = change_by.isoformat()
-    for n in range(1, MAX_AGAIN + 1):
-        new_id = f"{kind}:{appointment_id}:invite{n}.seq{record.sequence}:email"
-        if store.redis.exists(notif_key(new_id)):
-            continue
-        added = store.write_plan(Plan(outcome="applied", add=(PlannedNotification(
-            id=new_id, kind=kind, channel="email", recipient="client",
-            recipient_id=record.appointment.client_id, entity=ref, due_at=now,
-            expires_at=record.appointment.start, params=params,
-            reason=RESEND_REASON),)), now)
-        if added:
-            return Done(True, new_id)
-    return Done(False, refused=f"The invite has been sent again {MAX_AGAIN} times already.")
+    added = store.write_plan(Plan(outcome="applied", add=(PlannedNotification(
+        id=check.next_id, kind=invite_kind(record), channel="email", recipient="client",
+        recipient_id=record.appointment.client_id,
+        entity=entity_ref("appointment", appointment_id), due_at=now,
+        expires_at=record.appointment.start, params=params, reason=RESEND_REASON),)), now)
+    if not added:
+        return Done(False, refused=pending_refusal(check.next_id, "The invite"),
+                    pending=check.next_id)
+    return Done(True, check.next_id)
 
 
 def sms_enable_check(store: Store, client_id: str) -> tuple[str, str]:

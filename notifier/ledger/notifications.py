@@ -243,15 +243,14 @@ class Schedule:
                                  WEBHOOK_OUTBOX, WEBHOOK_SEQ, *(notif_key(i) for i in ids)],
                            args=[reason, self.ended_ttl_s, *ids], client=pipe)
 
-    def cancel_one(self, notification_id: str, reason: str) -> str:
+    def cancel_one(self, notification_id: str, reason: str) -> bool:
         """Cancel one `scheduled` notification with `reason` (`notif_cancel.lua`: off the
-        schedule, counted, noted in its history and announced, at once). Returns
-        "cancelled" when it was, else the state found ("" for no such notification), which
-        is left alone (one `sending` cannot be stopped)."""
-        found = self._cancel_one(keys=[notif_key(notification_id), SCHEDULE, INFLIGHT,
-                                       OUTCOMES, WEBHOOK_OUTBOX, WEBHOOK_SEQ],
-                                 args=[notification_id, reason, self.ended_ttl_s])
-        return found.decode() if isinstance(found, bytes) else str(found or "")
+        schedule, counted, noted in its history and announced, at once). Returns True when
+        this call cancelled it; False for one in any other state (cancelled already
+        included), which is left alone (one `sending` cannot be stopped), or none."""
+        return bool(self._cancel_one(keys=[notif_key(notification_id), SCHEDULE, INFLIGHT,
+                                           OUTCOMES, WEBHOOK_OUTBOX, WEBHOOK_SEQ],
+                                     args=[notification_id, reason, self.ended_ttl_s]))
 
     def claim(self, now: datetime, limit: int, lease_s: float,
               max_inflight: int = 5000) -> list[str]:

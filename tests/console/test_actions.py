@@ -148,6 +148,46 @@ def test_one_being_sent_cannot_be_cancelled(client, store, policy):
     assert "being sent right now and cannot be stopped" in posted.text
 
 
+def test_cancelling_an_already_cancelled_notification_is_refused_and_not_audited_again(
+        client, store, policy, redis_client):
+    """A double submit (or a second operator, or the Back button) posting the cancel form
+    of a notification cancelled already: 409, nothing announced again, one audit entry
+    (QA, issue 15: it was answered `?done=cancelled` and audited twice)."""
+    book(store, policy, utcnow())
+    sign_in(client)
+    token = csrf_in(client.get(url(CONFIRM_SMS, "cancel")).text)
+    first = client.post(url(CONFIRM_SMS, "cancel"), data={"csrf_token": token},
+                        follow_redirects=False)
+    assert first.status_code == 303
+    second = client.post(url(CONFIRM_SMS, "cancel"), data={"csrf_token": token},
+                         follow_redirects=False)
+    assert second.status_code == 409, (second.status_code, second.headers.get("location"))
+    assert "Only a scheduled notification can be cancelled; this one is cancelled" \
+        in second.text
+    cancels = [a for a in audited(redis_client) if a[1] == "cancel-notification"]
+    assert len(cancels) == 1, cancels
+    assert len([e for e in outbox_entries(store) if e[1] == "notification.cancelled"]) == 1
+
+
+def test_a_notification_the_system_cancelled_is_not_cancelled_by_the_operator(
+        client, store, policy, redis_client):
+    """The confirmation page opened, then the appointment cancelled (its notifications
+    with it): the Confirm is refused, and the audit does not say the operator did it."""
+    now = utcnow()
+    start = book(store, policy, now)
+    sign_in(client)
+    token = csrf_in(client.get(url(CONFIRM_SMS, "cancel")).text)
+    # The appointment moved: its scheduled notifications cancelled by the system.
+    store_and_apply(store, policy, appointment("appointment.rescheduled", "a1", "c1",
+                                               start + timedelta(hours=3), now), now)
+    assert store.notification(CONFIRM_SMS)["state"] == "cancelled"
+    posted = client.post(url(CONFIRM_SMS, "cancel"), data={"csrf_token": token},
+                         follow_redirects=False)
+    assert posted.status_code == 409
+    assert store.notification(CONFIRM_SMS)["reason"] != "cancelled in the console"
+    assert not [a for a in audited(redis_client) if a[1] == "cancel-notification"]
+
+
 def test_cancel_of_an_unknown_notification_is_a_clear_404(client):
     sign_in(client)
     answer = client.get(url("appointment_reminder:zz:x:sms", "cancel"))
@@ -190,6 +230,82 @@ def test_send_a_failed_notification_again_now(client, store, policy, outbox, red
     # Sending the old one again once more makes a second new one.
     again = confirm(client, url(CONFIRM_EMAIL, "resend"))
     assert "again2" in again.headers["location"]
+
+
+def test_one_confirmation_form_posted_twice_sends_again_once(client, store, policy, outbox,
+                                                             redis_client):
+    """A double click on Confirm (or Back and Confirm again, or a retried POST) posts the
+    same form twice: the second is refused while the first copy is still to go out, with
+    a link to it, and so is the confirmation page (QA, issue 15: it planned `.again1` and
+    `.again2`, and the client got the message twice)."""
+    book(store, policy, utcnow())
+    fail(store, policy, outbox)
+    sign_in(client)
+    token = csrf_in(client.get(url(CONFIRM_EMAIL, "resend")).text)
+    first = client.post(url(CONFIRM_EMAIL, "resend"), data={"csrf_token": token},
+                        follow_redirects=False)
+    assert first.status_code == 303
+    copy = "appointment_confirmation:a1:booked.again1:email"
+    second = client.post(url(CONFIRM_EMAIL, "resend"), data={"csrf_token": token},
+                         follow_redirects=False)
+    assert second.status_code == 409
+    assert f"already planned again as {copy}, not sent yet" in second.text
+    assert f'<a href="{url(copy)}">{copy}</a>' in second.text
+    form = client.get(url(CONFIRM_EMAIL, "resend"))
+    assert form.status_code == 409 and "Confirm" not in form.text
+    assert f'<a href="{url(copy)}">{copy}</a>' in form.text
+    # Still pending while it is being sent.
+    assert store.schedule.begin(copy, utcnow(), lease_s=60).may_send
+    assert client.get(url(CONFIRM_EMAIL, "resend")).status_code == 409
+    copies = sorted(k.decode() for k in store.redis.scan_iter("n:notif:*again*"))
+    assert copies == [notif_key(copy)]
+    assert len([a for a in audited(redis_client)
+                if a[1].startswith("resend-notification")]) == 1
+
+
+def test_once_the_copy_has_gone_out_the_notification_can_be_sent_again(
+        client, store, policy, outbox):
+    """Sending again deliberately after the first copy was sent (or failed, or expired)
+    is allowed: the next copy is `.again2`, and sent again from a copy, still `.again{n}`
+    of the original."""
+    book(store, policy, utcnow())
+    fail(store, policy, outbox)
+    sign_in(client)
+    assert confirm(client, url(CONFIRM_EMAIL, "resend")).status_code == 303
+    first = "appointment_confirmation:a1:booked.again1:email"
+    fail(store, policy, outbox, first)
+    again = confirm(client, url(first, "resend"))
+    assert again.status_code == 303
+    assert "again2" in again.headers["location"]
+    assert deliverer(store, policy, outbox).deliver(
+        "appointment_confirmation:a1:booked.again2:email", utcnow()) == "sent"
+    third = confirm(client, url(CONFIRM_EMAIL, "resend"))
+    assert "again3" in third.headers["location"]
+
+
+def test_two_resends_at_the_same_moment_plan_one_copy(store, policy, outbox):
+    """Posts arriving at once all pass the "nothing pending" check before any writes:
+    they then plan the same id (one past the last copy), and the ledger keeps one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from notifier.ledger.console_actions import resend_invite, resend_notification
+
+    now = utcnow()
+    book(store, policy, now)
+    fail(store, policy, outbox)
+    with ThreadPoolExecutor(8) as pool:
+        done = list(pool.map(lambda _: resend_notification(store, CONFIRM_EMAIL, now),
+                             range(8)))
+        invites = list(pool.map(lambda _: resend_invite(store, "a1", now, timedelta(0)),
+                                range(8)))
+    assert [d.subject for d in done if d.ok] == [
+        "appointment_confirmation:a1:booked.again1:email"]
+    assert {d.pending for d in done if not d.ok} == {
+        "appointment_confirmation:a1:booked.again1:email"}
+    assert [d.subject for d in invites if d.ok] == [
+        "appointment_confirmation:a1:invite1.seq0:email"]
+    assert len(list(store.redis.scan_iter("n:notif:*again*"))) == 1
+    assert len(list(store.redis.scan_iter("n:notif:*invite*"))) == 1
 
 
 def test_send_again_is_refused_for_a_scheduled_notification(client, store, policy,
@@ -290,6 +406,40 @@ def test_re_enable_sms_wants_a_reason_of_at_most_200_characters(client, store, p
     assert not [a for a in audited(redis_client) if a[1].startswith("sms-enable")]
 
 
+@pytest.mark.parametrize("reason,why", [
+    ("asked by phone\x00", "U+0000"), ("asked by phone\x1b[2J", "U+001B"),
+    ("asked by phone \u202edeggol", "U+202E RIGHT-TO-LEFT OVERRIDE"),
+    ("\u200b\u200b", "the reason is required"), ("\u0301", "visible character")])
+def test_the_re_enable_reason_keeps_no_control_or_bidi_characters_in_the_audit(
+        client, store, policy, redis_client, reason, why):
+    """The reason goes into the audit log, kept six years as evidence: NUL, ESC (a
+    terminal escape sequence for whoever reads the log with a terminal tool) and U+202E
+    (shows what follows it reversed) are refused with the form (400) saying which, as
+    the intake refuses them in free text (`intake.text.plain_text`) (QA, issue 15)."""
+    book(store, policy, utcnow())
+    store.set_sms_opt_out(PHONE, True)
+    sign_in(client)
+    form = client.get("/console/clients/c1/sms-enable")
+    answer = client.post("/console/clients/c1/sms-enable", follow_redirects=False, data={
+        "csrf_token": csrf_in(form.text), "reason": reason})
+    assert answer.status_code == 400
+    assert why in answer.text and 'role="alert"' in answer.text
+    assert store.sms_opted_out(PHONE)
+    assert not [a for a in audited(redis_client) if a[1].startswith("sms-enable")]
+
+
+def test_a_reason_typed_on_several_lines_is_kept_on_one(client, store, policy,
+                                                      redis_client):
+    book(store, policy, utcnow())
+    store.set_sms_opt_out(PHONE, True)
+    sign_in(client)
+    answer = confirm(client, "/console/clients/c1/sms-enable",
+                     reason="Client called.\r\n\tAsked\u200b for texts again ")
+    assert answer.status_code == 303
+    assert ("ana", "sms-enable: Client called. Asked for texts again", "client:c1") in \
+        audited(redis_client)
+
+
 def test_re_enable_sms_is_refused_when_the_number_is_not_opted_out(client, store, policy):
     book(store, policy, utcnow())
     sign_in(client)
@@ -330,6 +480,32 @@ def test_resend_the_latest_invite_with_the_current_sequence(client, store, polic
     ics = (outbox.directory / email["attachments"][0]).read_text()
     assert "SEQUENCE:1" in ics and "METHOD:REQUEST" in ics
     assert moved.strftime("%Y%m%dT%H%M%SZ") in ics
+
+
+def test_an_invite_resend_is_refused_while_the_last_one_is_still_to_go_out(
+        client, store, policy, outbox, redis_client):
+    """The invite's confirmation form posted twice sends once; once that invite has gone
+    out, sending it again is allowed."""
+    book(store, policy, utcnow())
+    sign_in(client)
+    path = "/console/appointments/a1/resend-invite"
+    token = csrf_in(client.get(path).text)
+    assert client.post(path, data={"csrf_token": token},
+                       follow_redirects=False).status_code == 303
+    first = "appointment_confirmation:a1:invite1.seq0:email"
+    second = client.post(path, data={"csrf_token": token}, follow_redirects=False)
+    assert second.status_code == 409
+    assert f"The invite was already planned again as {first}, not sent yet" in second.text
+    assert f'<a href="{url(first)}">{first}</a>' in second.text
+    assert client.get(path).status_code == 409
+    assert [k.decode() for k in store.redis.scan_iter("n:notif:*invite*")] == [
+        notif_key(first)]
+    assert deliverer(store, policy, outbox).deliver(first, utcnow()) == "sent"
+    again = confirm(client, path)
+    assert again.status_code == 303
+    assert quote("appointment_confirmation:a1:invite2.seq0:email", safe="") in \
+        again.headers["location"]
+    assert len([a for a in audited(redis_client) if a[1].startswith("resend-invite")]) == 2
 
 
 def test_resend_invite_is_refused_for_a_cancelled_or_unknown_appointment(client, store,
@@ -419,6 +595,18 @@ def test_the_id_and_expiry_of_a_notification_sent_again():
     assert resend_expiry(now + timedelta(days=2), now) == now + timedelta(days=2)
     assert resend_expiry(now - timedelta(days=2), now) == now + RESEND_VALID
     assert resend_expiry(now + timedelta(minutes=5), now) == now + RESEND_VALID
+
+
+def test_the_next_copy_and_the_one_still_pending():
+    from notifier.console.allowed import next_copy
+
+    assert next_copy([("x1", ""), ("x2", "")]) == ("", 1)
+    assert next_copy([("x1", "sent"), ("x2", "")]) == ("", 2)
+    assert next_copy([("x1", "failed"), ("x2", "scheduled"), ("x3", "")]) == ("x2", 3)
+    assert next_copy([("x1", "sending"), ("x2", "")]) == ("x1", 2)
+    # One no longer kept before the last one kept: one past the last.
+    assert next_copy([("x1", ""), ("x2", "expired"), ("x3", "")]) == ("", 3)
+    assert next_copy([("x1", "cancelled"), ("x2", "")]) == ("", 2)
 
 
 def test_reason_rules_and_the_invites_kind(store, policy):

@@ -156,6 +156,84 @@ def test_without_a_session_the_page_is_401(client, store, policy):
     assert "Dr. Rivera" not in shown and "appointment_confirmation" not in shown
 
 
+def test_a_view_of_a_notification_id_that_cannot_be_an_id_does_not_bloat_the_audit(
+        client, store, policy, redis_client):
+    """A path that cannot be an id (far longer than any, or with characters no id has)
+    answers the 404 page unaudited: the audit log is kept six years, and one GET of a
+    40,000-character 'id' would otherwise write a 40 kB entry (QA, issue 15). Without a
+    session it is still 401. The POSTs too (before their CSRF check: nothing is done)."""
+    book(store, policy, utcnow())
+    huge = "a" * 40_000
+    paths = [f"/console/notifications/{huge}", f"/console/notifications/{huge}/resend",
+             f"/console/notifications/{huge}/cancel",
+             f"/console/appointments/{huge}/resend-invite",
+             f"/console/clients/{huge}/sms-enable",
+             "/console/notifications/a%20b", "/console/appointments/a%2Fb/resend-invite"]
+    assert all(client.get(path).status_code == 401 for path in paths)
+    sign_in(client)
+    before = audited(redis_client)
+    for path in paths:
+        answer = client.get(path)
+        assert answer.status_code == 404, (path[:60], answer.status_code)
+        assert "no such" in answer.text.lower() and len(answer.text) < 20_000
+    for path in paths[1:5]:
+        assert client.post(path, data={"csrf_token": "x"}).status_code == 404
+    assert audited(redis_client) == before
+    # A real id is still viewed, and audited.
+    assert page(client, CONFIRM_SMS).status_code == 200
+    assert audited(redis_client)[-1][2] == f"notification:{CONFIRM_SMS}"
+
+
+def test_every_id_the_policy_builds_is_one_the_console_takes(client, store, policy):
+    """`NOTIFICATION_ID_RE` must never refuse a real id: every notification the policy
+    plans for events whose ids are the longest the intake takes (128 characters, with
+    each punctuation mark an id may hold), the digests', the copies sent again and the
+    invites sent again from the console match it, with room to spare."""
+    from notifier.console.allowed import resend_id
+    from notifier.console.notifications import NOTIFICATION_ID_RE
+    from notifier.ledger.console_actions import MAX_AGAIN, invite_id
+    from notifier.policy.digest import digest_id
+    from tests.kit import (
+        event_dict,
+        message_received,
+        prescription_filled,
+        refill_requested,
+    )
+
+    def longest(prefix: str) -> str:
+        return (prefix + "-" + "a~._" * 40)[:128]
+
+    now = utcnow()
+    c, a, b, rx, rq, msg = (longest(p) for p in ("C", "A", "B", "R", "Q", "M"))
+    before = now - timedelta(minutes=5)
+    for evt in (
+            client_upserted(c, daytime_zone(now), before),
+            provider_upserted("prov-1", before),
+            appointment("appointment.scheduled", a, c, now + timedelta(days=4), before),
+            appointment("appointment.rescheduled", a, c, now + timedelta(days=5), before),
+            event_dict("appointment.cancelled", {"appointment_id": a,
+                                                 "cancelled_by": "provider"}, before),
+            appointment("appointment.scheduled", b, c, now - timedelta(hours=1), before),
+            event_dict("appointment.no_show", {"appointment_id": b, "party": "provider"},
+                       before),
+            prescription_filled(rx, c, (now - timedelta(days=27)).date(), before),
+            refill_requested(rq, rx, c, before),
+            event_dict("refill.denied", {"request_id": rq, "reason": "visit_required"},
+                       before),
+            message_received(msg, c, before)):
+        store_and_apply(store, policy, evt, now)
+    planned = [k.decode().removeprefix("n:notif:") for k in store.redis.scan_iter("n:notif:*")]
+    kinds = {i.split(":", 1)[0] for i in planned}
+    assert len(kinds) >= 8, kinds  # the events above reached most of the policy
+    ids = [*planned, *(resend_id(i, MAX_AGAIN) for i in planned),
+           invite_id("appointment_updated", a, MAX_AGAIN, 10**6),
+           digest_id(longest("P"), now)]
+    assert [i for i in ids if not NOTIFICATION_ID_RE.fullmatch(i)] == []
+    assert max(map(len, ids)) < 350
+    sign_in(client)
+    assert page(client, max(planned, key=len)).status_code == 200
+
+
 def test_the_history_of_a_send_and_its_delivery_report_is_shown(
         client, store, policy, outbox):
     now = utcnow()

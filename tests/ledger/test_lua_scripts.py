@@ -333,7 +333,10 @@ def every_script_runs(store: Store) -> None:
     assert schedule.reschedule("appointment_reminder:a1:2:sms", NOW + timedelta(hours=1),
                                "quiet hours", lease=leases[2], slot=1.5) == "rescheduled"
     # The console's cancel of one notification (scheduled again just above).
-    assert schedule.cancel_one("appointment_reminder:a1:2:sms", "by hand") == "cancelled"
+    assert schedule.cancel_one("appointment_reminder:a1:2:sms", "by hand") is True
+    # Once only: a second cancel of it (a double submit) cancels nothing.
+    assert schedule.cancel_one("appointment_reminder:a1:2:sms", "by hand") is False
+    assert schedule.cancel_one("no-such-one", "by hand") is False
     store.write_plan(Plan(outcome="applied", cancel=("appointment:a1",)), NOW)
     assert schedule.reschedule("appointment_reminder:a1:3:sms", NOW, "retrying",
                                lease=leases[3]) == "cancelled"

@@ -16,10 +16,11 @@
 -- ARGV[2]     the reason recorded
 -- ARGV[3]     how long a cancelled notification is kept, seconds
 --
--- Returns 'cancelled' when cancelled, else the state found ('' for no such notification).
+-- Returns 1 when it cancelled it now, else 0 (any state found, `cancelled` too: one
+-- cancelled already, by a first click or by the system, was not cancelled by this call).
 -- #include _webhook_emit
 local state = redis.call('HGET', KEYS[1], 'state')
-if state ~= 'scheduled' then return state or '' end
+if state ~= 'scheduled' then return 0 end
 redis.call('HSET', KEYS[1], 'state', 'cancelled', 'reason', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('ZREM', KEYS[2], ARGV[1])
@@ -29,4 +30,4 @@ local channel = redis.call('HGET', KEYS[1], 'channel') or string.match(ARGV[1], 
 redis.call('HINCRBY', KEYS[4], 'cancelled:' .. channel, 1)
 note_history(KEYS[1], 'cancelled', ARGV[2])
 emit_notification(KEYS[5], KEYS[6], KEYS[1], ARGV[1], 'cancelled')
-return 'cancelled'
+return 1
