@@ -1,7 +1,8 @@
 """The console's Today page, `GET /console/today` (audited as a view of `today`): what an
 operator watches. The backlog by state, sends per hour over the last 24 hours per
 channel, send lateness (sent - due) per channel, failures by provider code over the last
-7 days, events set aside or held, and providers whose open requests are past (or within
+7 days, events set aside or held, events refused at the door (422) by type over the last 7
+days, and providers whose open requests are past (or within
 24 hours of) their escalation.
 
 `gather` reads it all in one thread and four round trips, whatever the size of the
@@ -29,7 +30,14 @@ from starlette.concurrency import run_in_threadpool
 from notifier.config import Settings
 from notifier.console.charts import Bar, bar_chart
 from notifier.console.routes import Console
-from notifier.ledger.daily import DAILY_REPLIES, FAILED_DAYS, DailyCounts, parse_daily, queue_daily
+from notifier.ledger.daily import (
+    DAILY_REPLIES,
+    FAILED_DAYS,
+    REFUSED_DAYS,
+    DailyCounts,
+    parse_daily,
+    queue_daily,
+)
 from notifier.ledger.notifications import LATENESS_BUCKETS_S, WEBHOOK_OUTBOX, Lateness
 from notifier.ledger.reading import LedgerFigures
 from notifier.ledger.record_store import parse_record, record_key
@@ -217,6 +225,8 @@ def today_view(g: Gathered, zone: ZoneInfo) -> dict[str, Any]:
         "failures": [{"channel": c, "code": code, "count": n} for (c, code), n in failures],
         "failed_days": FAILED_DAYS, "set_aside": sorted(set_aside.items()),
         "events_held": f.events_held,
+        "refused": sorted(g.daily.refused.items(), key=lambda kv: (-kv[1], kv[0])),
+        "refused_days": REFUSED_DAYS,
         "escalations": [{"e": e, "first_overdue": shown_time(e.first_overdue, zone)
                          if e.first_overdue else "", "next_coming":
                          shown_time(e.next_coming, zone) if e.next_coming else ""}

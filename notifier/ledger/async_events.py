@@ -23,6 +23,7 @@ from redis.backoff import NoBackoff
 
 from notifier.ledger.broker_messages import BrokerMessage
 from notifier.ledger.client import store_errors
+from notifier.ledger.daily import count_refused
 from notifier.ledger.events import STORE_EVENT_LUA, store_event_call
 
 #: The connection settings an asyncio twin of a synchronous client takes over; the rest of
@@ -84,6 +85,13 @@ class AsyncEventStore:
         keys, args = store_event_call(event_id, raw, now, subject, occurred_at, message)
         with store_errors():
             return bool(await self._store_event(keys=keys, args=args))
+
+    async def count_refused(self, event_type: str, now: datetime) -> None:
+        """Count an event of `event_type` refused at the door (422) at `now`
+        (`notifier.ledger.daily.count_refused`), in one round trip. Raises
+        `StoreUnavailable` / `StoreError` as `store_event` does."""
+        with store_errors():
+            await count_refused(self.redis, event_type, now)
 
     async def close(self) -> None:
         """Close the client and every connection of its pool."""

@@ -15,7 +15,14 @@ same script as the state they count, so a count is never lost nor doubled.
   ended `failed` is not counted, nor a `failed` end after a failure report. Expires 8 days
   after its last count (`FAILED_KEEP_S`): the page shows the last 7 days.
 
-Both TTLs are also written in the two scripts (a script takes no value but its KEYS and
+- `n:stats:refused:{YYYY-MM-DD}`: a hash, field the event's `type` (`unreadable` when the
+  body has no known type) -> events refused at the door that UTC day (`POST /v1/events`
+  answered 422: signed, but not a valid event). Written by the web (`count_refused`, on its
+  asyncio client), not by a script: nothing else is written then. A 401 (bad signature) is
+  not counted: anyone can send junk. Expires 8 days after its last count
+  (`REFUSED_KEEP_S`): the page shows the last 7 days.
+
+The first two TTLs are also written in the two scripts (a script takes no value but its KEYS and
 ARGV, and their ARGV are laid out already); `tests/ledger/test_daily.py` checks they agree.
 The days are UTC days: the keys are named from the epoch, whatever the operator's zone.
 """
@@ -26,6 +33,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
+
+import redis.asyncio
 
 #: `notifier.ledger.notifications.PREFIX` + `stats:`; not imported: that module imports this.
 _STATS = "n:stats:"
@@ -39,6 +48,14 @@ SENT_KEEP_S = 3 * 86400
 FAILED_KEEP_S = 8 * 86400
 #: How many days of failures the Today page sums: today and the six before.
 FAILED_DAYS = 7
+#: Events refused at the door (422) per type, one hash per UTC day (`refused_key`).
+REFUSED_DAILY = _STATS + "refused:"
+#: How long a day's refusals are kept after its last count, seconds.
+REFUSED_KEEP_S = 8 * 86400
+#: How many days of refusals the Today page sums: today and the six before.
+REFUSED_DAYS = 7
+#: The field of a refused event whose body names no known type.
+UNREADABLE = "unreadable"
 
 
 def day_of(instant_s: float) -> date:
@@ -56,31 +73,53 @@ def failed_key(day: date) -> str:
     return f"{FAILED_DAILY}{day.isoformat()}"
 
 
+def refused_key(day: date) -> str:
+    """The hash of `day`'s events refused at the door: `n:stats:refused:2026-11-30`."""
+    return f"{REFUSED_DAILY}{day.isoformat()}"
+
+
+async def count_refused(client: redis.asyncio.Redis, event_type: str, now: datetime) -> None:
+    """Count one event of `event_type` refused at the door at `now` on `client` (a
+    `redis.asyncio.Redis`): HINCRBY and EXPIRE in one round trip. Raises what the client
+    raises (`redis.RedisError`)."""
+    key = refused_key(now.astimezone(UTC).date())
+    async with client.pipeline(transaction=False) as pipe:
+        pipe.hincrby(key, event_type, 1)
+        pipe.expire(key, REFUSED_KEEP_S)
+        await pipe.execute()
+
+
 @dataclass(frozen=True)
 class DailyCounts:
     """What the Today page shows of the daily counters.
 
     `sent`: (start of the UTC hour, channel) -> sends, for the 24 hours ending with the
     hour of `now` (hours with no send are absent). `failed`: (channel, code) -> failures
-    over the last `FAILED_DAYS` UTC days, `now`'s included ("" code: none given)."""
+    over the last `FAILED_DAYS` UTC days, `now`'s included ("" code: none given).
+    `refused`: event type (or `UNREADABLE`) -> events refused at the door (422) over the
+    last `REFUSED_DAYS` UTC days."""
 
     sent: dict[tuple[datetime, str], int]
     failed: dict[tuple[str, str], int]
+    refused: dict[str, int]
 
 
 def queue_daily(pipe: Any, now: datetime) -> None:
     """Queue on `pipe` the reads `parse_daily` takes, in this order: the sends of `now`'s
     UTC day and of the day before (2 HGETALLs), then the failures of the last
-    `FAILED_DAYS` days (`FAILED_DAYS` HGETALLs)."""
+    `FAILED_DAYS` days (`FAILED_DAYS` HGETALLs), then the refusals of the last
+    `REFUSED_DAYS` days (`REFUSED_DAYS` HGETALLs)."""
     today = now.astimezone(UTC).date()
     pipe.hgetall(sent_key(today))
     pipe.hgetall(sent_key(today - timedelta(days=1)))
     for back in range(FAILED_DAYS):
         pipe.hgetall(failed_key(today - timedelta(days=back)))
+    for back in range(REFUSED_DAYS):
+        pipe.hgetall(refused_key(today - timedelta(days=back)))
 
 
 #: How many replies `queue_daily` queues.
-DAILY_REPLIES = 2 + FAILED_DAYS
+DAILY_REPLIES = 2 + FAILED_DAYS + REFUSED_DAYS
 
 
 def parse_daily(replies: list[dict[bytes, bytes]], now: datetime) -> DailyCounts:
@@ -102,7 +141,13 @@ def parse_daily(replies: list[dict[bytes, bytes]], now: datetime) -> DailyCounts
     for raw in replies[2:2 + FAILED_DAYS]:
         for channel, code, count in _fields(raw.items()):
             failed[(channel, code)] = failed.get((channel, code), 0) + count
-    return DailyCounts(sent=sent, failed=failed)
+    refused: dict[str, int] = {}
+    for raw in replies[2 + FAILED_DAYS:DAILY_REPLIES]:
+        for key, value in raw.items():
+            if value.lstrip(b"-").isdigit():
+                event_type = key.decode()
+                refused[event_type] = refused.get(event_type, 0) + int(value)
+    return DailyCounts(sent=sent, failed=failed, refused=refused)
 
 
 def _fields(items: Iterable[tuple[bytes, bytes]]) -> Iterable[tuple[str, str, int]]:

@@ -47,6 +47,8 @@ KEY_FAMILIES: tuple[KeyFamily, ...] = (
               "one hash per UTC day, a field per hour and channel (`ledger.daily`)"),
     KeyFamily("n:stats:failed:*", "8 days after its day's last failure counted",
               "one hash per UTC day, a field per channel and provider code"),
+    KeyFamily("n:stats:refused:*", "8 days after its day's last refusal counted",
+              "one hash per UTC day, a field per event type refused at the door (422)"),
     KeyFamily("n:stats:*", "", "counters: a field per state and channel, per kind, "
               "channel and lateness bucket"),
     KeyFamily("n:event:*", "30 days once applied (or stale, ignored, rejected, failed)",

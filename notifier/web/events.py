@@ -7,6 +7,7 @@ in one script before it answers 202 (see ONE_WRITE below).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -32,6 +33,7 @@ from notifier.errors import (
 from notifier.intake.events import EVENT_MODELS, Event, parse_event
 from notifier.ledger.async_events import AsyncEventStore, async_twin
 from notifier.ledger.broker_messages import broker_message
+from notifier.ledger.daily import UNREADABLE
 from notifier.ledger.store import Store
 from notifier.policy.ordering import subject_ref
 from notifier.timeutil import utcnow
@@ -147,6 +149,30 @@ async def store_accepted(event_stores: EventStores, broker: RedisBroker, event: 
                                         occurred_at=event.occurred_at, message=message)
 
 
+def refused_type(body: bytes) -> str:
+    """The `type` of a refused event's `body` when it names a known event type, else
+    `UNREADABLE`: the field of the day's refusal counter (a known name only, so that a
+    sender cannot grow the hash with made-up types)."""
+    try:
+        parsed = json.loads(body)
+    except (ValueError, RecursionError):
+        return UNREADABLE
+    event_type = parsed.get("type") if isinstance(parsed, dict) else None
+    return event_type if isinstance(event_type, str) and event_type in EVENT_MODELS \
+        else UNREADABLE
+
+
+async def count_refused(event_stores: EventStores, body: bytes) -> None:
+    """Count a signed event refused with 422 (`body`, as sent) in the day's refusal
+    counter the Today page shows (`notifier.ledger.daily`). Redis refusing the count is
+    logged, never raised: the 422 is the answer either way."""
+    try:
+        async with event_stores.current() as events:
+            await events.count_refused(refused_type(body), utcnow())
+    except StoreError as exc:
+        log.warning("refused event not counted: Redis unavailable: %s", exc)
+
+
 class EventRoute(NamedTuple):
     """`POST /v1/events` twice: `endpoint`, served as a plain Starlette route, and
     `documented`, the same endpoint as FastAPI describes it in the OpenAPI document, never
@@ -197,6 +223,9 @@ def event_route(secret: str, event_stores: EventStores, broker: RedisBroker,
             events_counter.labels("invalid").inc()
             # The fields' names only: their messages may quote what was sent.
             log.info("event refused: 422 invalid %s", ", ".join(p.field for p in exc.problems))
+            # Signed, so sent by the integration: what the Today page shows an operator.
+            # A 401 is not counted: anyone can send junk.
+            await count_refused(event_stores, body)
             return error_answer(422, "invalid event", exc.problems)
         try:
             stored = await store_accepted(event_stores, broker, event, body)

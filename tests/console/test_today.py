@@ -1,20 +1,24 @@
 """The console's Today page (`notifier.console.today`), on a ledger seeded through the real
 scripts and events: backlog, sends per hour, lateness, failures by provider code, events
-set aside, escalations; the empty ledger; access and audit; the round trips."""
+set aside, events refused at the door (422), escalations; the empty ledger; access and
+audit; the round trips."""
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import re
 import warnings
 from datetime import UTC, datetime, timedelta
+from html import unescape
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 import redis
 
+from notifier.cli.send_event import sign_event
 from notifier.console.today import (
     ProviderEscalations,
     escalations,
@@ -24,6 +28,7 @@ from notifier.console.today import (
     shown_time,
 )
 from notifier.ledger.client import LedgerRedis
+from notifier.ledger.daily import REFUSED_KEEP_S, refused_key
 from notifier.ledger.notifications import LATENESS_BUCKETS_S, Lateness
 from notifier.ledger.records import OpenItem, ProviderQueueRecord, ProviderRecord
 from notifier.ledger.store import Store
@@ -211,3 +216,71 @@ def test_a_broken_record_leaves_the_rest_of_the_page(console, redis_client, poli
     page = client.get("/console/today")
     assert page.status_code == 200
     assert 'id="escalations-none"' in page.text and "SMS: 2 sent" in page.text
+
+
+def text_of(html: str) -> str:
+    """A page's words, tags removed, whitespace collapsed."""
+    return " ".join(unescape(re.sub(r"<[^>]+>", " ", html)).split())
+
+
+def post_signed(client: Any, settings: Any, event: dict[str, Any], body: bytes | None = None,
+                secret: str | None = None) -> Any:
+    body = json.dumps(event).encode() if body is None else body
+    assert settings.webhook_secret is not None
+    return client.post("/v1/events", content=body, headers=sign_event(
+        secret or settings.webhook_secret.get_secret_value(), body, event["id"],
+        datetime.now(UTC)))
+
+
+def test_today_counts_an_event_refused_at_the_door(client, settings, redis_client):
+    """QA (issue 15): a signed event refused with 422 (here a client in no IANA zone) was
+    only logged, and Today said 0. It is counted by type on the day's refusal counter and
+    shown; a 401 (bad signature) is not counted."""
+    now = datetime.now(UTC)
+    event = client_upserted("c-bad", "America/New_York", now)
+    event["data"]["client"]["timezone"] = "Mars/Olympus_Mons"  # refused: not an IANA zone
+    answer = post_signed(client, settings, event)
+    assert answer.status_code == 422, answer.text
+    forged = post_signed(client, settings, event,
+                         secret="whsec_" + base64.b64encode(b"x" * 32).decode())
+    assert forged.status_code == 401
+    sign_in(client)
+    page = client.get("/console/today")
+    assert page.status_code == 200
+    text = text_of(page.text)
+    section = text[text.index("Events set aside or held"):text.index("Open escalations")]
+    assert "Refused at the door (422), last 7 days" in section
+    assert re.search(r"\bclient\.upserted 1\b", section), section
+    assert "(401) are not counted" in section
+    assert 'id="refused-none"' not in page.text
+
+
+def test_a_refused_event_is_counted_by_type_or_as_unreadable_for_eight_days(
+        client, settings, redis_client):
+    now = datetime.now(UTC)
+    event = client_upserted("c-bad", "America/New_York", now)
+    event["data"]["client"]["timezone"] = "Mars/Olympus_Mons"
+    assert post_signed(client, settings, event).status_code == 422
+    assert post_signed(client, settings, event).status_code == 422
+    assert post_signed(client, settings, event, body=b"not json").status_code == 422
+    unknown = {**event, "type": "client.exploded"}
+    assert post_signed(client, settings, unknown).status_code == 422
+    assert post_signed(client, settings, {"id": "evt-x"}, body=b"[1]").status_code == 422
+    key = refused_key(datetime.now(UTC).date())
+    assert redis_client.hgetall(key) == {b"client.upserted": b"2", b"unreadable": b"3"}
+    assert 0 < redis_client.ttl(key) <= REFUSED_KEEP_S == 8 * 86400
+    assert redis_client.ttl(key) > REFUSED_KEEP_S - 60
+    # Only the counter: no event stored, nothing else written.
+    assert [k.decode() for k in redis_client.keys("n:*")] == [key]
+
+
+def test_the_refusals_of_the_last_seven_days_are_summed(redis_client):
+    """Seven UTC days, today's included: the eighth day back is left out."""
+    now = datetime(2026, 11, 30, 1, 0, tzinfo=UTC)
+    for back, n in ((0, 1), (6, 2), (7, 50)):
+        redis_client.hincrby(refused_key(now.date() - timedelta(days=back)),
+                             "client.upserted", n)
+    redis_client.hincrby(refused_key(now.date()), "unreadable", 4)
+    redis_client.hset(refused_key(now.date()), "by hand", "x")
+    gathered = gather(Store(redis_client), now)
+    assert gathered.daily.refused == {"client.upserted": 3, "unreadable": 4}

@@ -74,6 +74,10 @@ def realistic_flow(service: Service) -> None:
     ]
     for evt in events:
         assert service.post(evt).status_code == 202, evt
+    # An event refused at the door (422): counted for the console's Today page.
+    refused = client_upserted("c-refused", "America/New_York", now)
+    refused["data"]["client"]["timezone"] = "Mars/Olympus_Mons"
+    assert service.post(refused).status_code == 422
     store = service.runtime.store
     wait_for(lambda: all(store.event_status(e["id"]).get("status") not in (None, "accepted")
                          for e in events), timeout_s=60, what="every event applied or held")
@@ -124,7 +128,8 @@ def test_every_key_expires_or_is_in_a_family_that_says_why_not(service):
     seen = {family_of(k.decode()).pattern for k in redis.scan_iter(count=1000)}  # type: ignore[union-attr]
     assert {"n:notif:*", "n:by-recipient:*", "n:by-entity:*", "n:event:*", "n:rec:*",
             "n:sms-optout", "n:callbacks:unknown", "n:phone-clients:*", "n:held:*",
-            "n:schedule", "n:stats:*", f"{BROKER_NAMESPACE}:__heartbeats__"} <= seen, seen
+            "n:schedule", "n:stats:*", "n:stats:refused:*",
+            f"{BROKER_NAMESPACE}:__heartbeats__"} <= seen, seen
 
 
 def test_every_family_says_how_it_expires_or_what_bounds_it():

@@ -44,6 +44,7 @@ from schemathesis.specs.openapi.checks import (
 
 from notifier.cli.send_event import sign_event
 from notifier.config import Settings
+from notifier.ledger.daily import REFUSED_DAILY
 from notifier.ledger.events import event_key
 from notifier.ledger.store import Store
 from notifier.web.app import create_app
@@ -128,6 +129,17 @@ def http(app: FastAPI) -> Iterator[TestClient]:
 def written(r: redis.Redis) -> list[bytes]:
     """Everything a request may have left behind: our keys and dramatiq's."""
     return sorted(r.keys("n:*") + r.keys("notifier-dq*"))
+
+
+def stored(r: redis.Redis) -> list[bytes]:
+    """What a request left behind but the day's count of events refused at the door
+    (422), the one thing a refusal writes."""
+    return [k for k in written(r) if not k.startswith(REFUSED_DAILY.encode())]
+
+
+def refused_count(r: redis.Redis) -> int:
+    """Events counted as refused at the door (422), all days and types."""
+    return sum(int(v) for k in r.keys(REFUSED_DAILY + "*") for v in r.hvals(k))
 
 
 def raw_body(case: Case) -> bytes:
@@ -247,7 +259,8 @@ def test_signed_fuzzed_events_are_stored_exactly_or_refused(api, http, redis_cli
             assert redis_client.hget(event_key(webhook_id), "raw") == body
         else:
             assert first.json()["error"] == "invalid event" and first.json()["problems"]
-            assert written(redis_client) == [], "a refused event left something behind"
+            assert stored(redis_client) == [], "a refused event left something behind"
+            assert refused_count(redis_client) == 1
 
         again = send(body, webhook_id)
         case.validate_response(again, checks=CONFORMANCE)
@@ -257,7 +270,8 @@ def test_signed_fuzzed_events_are_stored_exactly_or_refused(api, http, redis_cli
             assert redis_client.hget(event_key(webhook_id), "raw") == body
         else:
             assert again.status_code == 422
-            assert written(redis_client) == []
+            assert stored(redis_client) == []
+            assert refused_count(redis_client) == 2
 
     stored_exactly_or_refused()
     # Not vacuous: the generated events are both accepted and refused.

@@ -32,6 +32,7 @@ from notifier.delivery.render import Renderer
 from notifier.errors import ConfigError, PermanentError, SignatureError
 from notifier.intake.apply import apply_stored_event
 from notifier.intake.events import EVENT_MODELS
+from notifier.ledger.daily import REFUSED_DAILY
 from notifier.ledger.embedded_redis import free_port
 from notifier.ledger.events import PENDING_EVENTS, event_key
 from notifier.ledger.notifications import FINAL_STATES
@@ -132,6 +133,16 @@ def queued(r: redis.Redis) -> list[dict[str, Any]]:
 def assert_nothing_written(r: redis.Redis) -> None:
     assert r.keys("n:*") == [], "an event was stored"
     assert r.keys(f"{NAMESPACE}*") == [], "something was enqueued"
+
+
+def assert_refused_at_the_door(r: redis.Redis, refused: int = 1) -> None:
+    """Nothing stored nor enqueued but the day's count of events refused at the door
+    (422), which the console's Today page shows: `refused` of them."""
+    assert [k for k in r.keys("n:*") if not k.startswith(REFUSED_DAILY.encode())] == [], \
+        "an event was stored"
+    assert r.keys(f"{NAMESPACE}*") == [], "something was enqueued"
+    counted = sum(int(v) for k in r.keys(REFUSED_DAILY + "*") for v in r.hvals(k))
+    assert counted == refused, f"{counted} refusals counted"
 
 
 def problem_fields(answer: Any) -> list[str]:
@@ -387,7 +398,7 @@ def test_a_body_that_is_not_utf8_is_verified_then_refused_as_not_json(client, se
     answer = post_raw(client, secret, body)
     assert answer.status_code == 422
     assert problem_fields(answer) == ["body"]
-    assert_nothing_written(redis_client)
+    assert_refused_at_the_door(redis_client)
 
 
 # The verification itself, pure: (secret, body, headers, now) -----------------------------------
@@ -547,7 +558,7 @@ def test_not_json_is_422(client, secret, redis_client, body):
     assert answer.json()["error"] == "invalid event"
     assert problem_fields(answer) == ["body"]
     assert answer.json()["problems"][0]["message"].startswith("not valid JSON")
-    assert_nothing_written(redis_client)
+    assert_refused_at_the_door(redis_client)
 
 
 @pytest.mark.parametrize("body", [b"[]", encode([event()]), b"null", b'"evt-1"'])
@@ -556,14 +567,14 @@ def test_json_that_is_no_object_is_422(client, secret, redis_client, body):
     assert answer.status_code == 422
     assert answer.json() == {"error": "invalid event", "problems": [
         {"field": "body", "message": "must be a JSON object"}]}
-    assert_nothing_written(redis_client)
+    assert_refused_at_the_door(redis_client)
 
 
 def test_json_nested_too_deep_is_422_not_500(client, secret, redis_client):
     answer = post_raw(client, secret, b"[" * 20_000 + b"]" * 20_000)
     assert answer.status_code == 422
     assert problem_fields(answer) == ["body"]
-    assert_nothing_written(redis_client)
+    assert_refused_at_the_door(redis_client)
 
 
 def test_unknown_type_is_422_naming_type(client, secret, redis_client):
@@ -571,7 +582,7 @@ def test_unknown_type_is_422_naming_type(client, secret, redis_client):
     assert answer.status_code == 422
     assert problem_fields(answer) == ["type"]
     assert "unknown event type 'appointment.booked'" in answer.json()["problems"][0]["message"]
-    assert_nothing_written(redis_client)
+    assert_refused_at_the_door(redis_client)
 
 
 def test_invalid_fields_are_each_named(client, secret, redis_client):
@@ -585,7 +596,7 @@ def test_invalid_fields_are_each_named(client, secret, redis_client):
     assert sorted(problem_fields(answer)) == [
         "data.client.email", "data.client.favourite_colour", "data.client.phone",
         "data.client.timezone"]
-    assert_nothing_written(redis_client)
+    assert_refused_at_the_door(redis_client)
 
 
 def test_timezone_that_is_a_zone_directory_is_422_not_500(client, secret, redis_client):
@@ -594,7 +605,7 @@ def test_timezone_that_is_a_zone_directory_is_422_not_500(client, secret, redis_
     answer = post(client, secret, event(type_="client.upserted", data=data))
     assert answer.status_code == 422
     assert problem_fields(answer) == ["data.client.timezone"]
-    assert_nothing_written(redis_client)
+    assert_refused_at_the_door(redis_client)
 
 
 def test_appointment_ending_before_it_starts_is_422_naming_end(client, secret, redis_client):
@@ -605,7 +616,7 @@ def test_appointment_ending_before_it_starts_is_422_naming_end(client, secret, r
     assert answer.status_code == 422
     assert answer.json()["problems"] == [
         {"field": "data.appointment.end", "message": "Value error, end must be after start"}]
-    assert_nothing_written(redis_client)
+    assert_refused_at_the_door(redis_client)
 
 
 def test_unknown_envelope_field_and_naive_time_are_named(client, secret, redis_client):
@@ -613,7 +624,7 @@ def test_unknown_envelope_field_and_naive_time_are_named(client, secret, redis_c
     answer = post(client, secret, evt)
     assert answer.status_code == 422
     assert sorted(problem_fields(answer)) == ["occurred_at", "source"]
-    assert_nothing_written(redis_client)
+    assert_refused_at_the_door(redis_client)
 
 
 def test_event_id_other_than_webhook_id_is_422_naming_id(client, secret, redis_client):
@@ -622,7 +633,7 @@ def test_event_id_other_than_webhook_id_is_422_naming_id(client, secret, redis_c
     assert answer.status_code == 422
     assert answer.json()["problems"] == [
         {"field": "id", "message": "must equal the webhook-id header"}]
-    assert_nothing_written(redis_client)
+    assert_refused_at_the_door(redis_client)
 
 
 def test_event_id_outside_the_safe_alphabet_is_422_naming_id(client, secret, redis_client):
@@ -630,7 +641,7 @@ def test_event_id_outside_the_safe_alphabet_is_422_naming_id(client, secret, red
     answer = post_raw(client, secret, body, event_id="evt 1")
     assert answer.status_code == 422
     assert problem_fields(answer) == ["id"]
-    assert_nothing_written(redis_client)
+    assert_refused_at_the_door(redis_client)
 
 
 # Reading -------------------------------------------------------------------------------------
@@ -1039,7 +1050,7 @@ def test_an_event_dated_in_the_future_is_refused(client, secret, redis_client, a
     assert answer.json()["problems"] == [{
         "field": "occurred_at",
         "message": "is in the future: more than 5 minutes ahead of this server's clock"}]
-    assert_nothing_written(redis_client)
+    assert_refused_at_the_door(redis_client)
 
 
 @pytest.mark.parametrize(("skew_s", "ahead", "accepted", "words"), [
@@ -1061,7 +1072,7 @@ def test_how_far_ahead_an_event_may_be_is_a_setting(secret, store, broker, redis
     assert (answer.status_code, answer.json()["problems"]) == (422, [{
         "field": "occurred_at",
         "message": f"is in the future: more than {words} ahead of this server's clock"}])
-    assert_nothing_written(redis_client)
+    assert_refused_at_the_door(redis_client)
 
 
 #: Failing input 6 of issue 13, at the webhook: (what is sent, the field the 422 names).
@@ -1093,7 +1104,7 @@ def test_strict_input_is_refused_at_the_webhook_naming_the_field(client, secret,
     assert answer.status_code == 422
     assert answer.json()["error"] == "invalid event"
     assert problem_fields(answer) == [field]
-    assert_nothing_written(redis_client)
+    assert_refused_at_the_door(redis_client)
     assert post_raw(client, secret, valid).status_code == 202, "the same event, strictly sent"
 
 

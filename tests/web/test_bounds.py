@@ -179,6 +179,29 @@ def test_with_redis_refusing_writes_the_writing_routes_are_503_not_500(own_redis
     assert problems(caplog.records) == []
 
 
+def test_an_invalid_event_is_422_whether_or_not_redis_takes_its_count(own_redis, web, caplog):
+    """The count of events refused at the door (for the console's Today page) is a
+    by-product: Redis refusing it (out of memory) or away leaves the 422 and a warning."""
+    now = datetime.now(UTC)
+    evt = client_upserted("c1", daytime_zone(now), now)
+    evt["data"]["client"]["timezone"] = "Mars/Olympus_Mons"
+    body = json.dumps(evt).encode()
+
+    def post() -> httpx.Response:
+        return web.http.post("/v1/events", content=body, headers=sign_event(
+            SECRET, body, evt["id"], datetime.now(UTC)))
+
+    assert post().status_code == 422
+    redis.Redis.from_url(own_redis.url).config_set("maxmemory", "1")  # noeviction: OOM
+    with caplog.at_level(logging.INFO):
+        assert post().status_code == 422
+        own_redis.kill()
+        assert post().status_code == 422
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len([w for w in warned if w.startswith("refused event not counted")]) == 2, warned
+    assert problems(caplog.records) == []
+
+
 # Slow, vanishing and oversized clients --------------------------------------------------------
 
 def read_answer(sock: socket.socket) -> bytes:
