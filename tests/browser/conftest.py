@@ -174,6 +174,11 @@ def watched(page: Page) -> Iterator[Page]:
 def sign_in(page: Page, name: str = OPERATOR, password: str = PASSWORD) -> None:
     """Sign in through the login form, as a person would."""
     page.goto("/console/login")
+    fill_sign_in(page, name, password)
+
+
+def fill_sign_in(page: Page, name: str = OPERATOR, password: str = PASSWORD) -> None:
+    """Fill in and send the sign-in form the page shows."""
     page.get_by_label("Name").fill(name)
     page.get_by_label("Password").fill(password)
     page.get_by_role("button", name="Sign in").click()

@@ -14,6 +14,7 @@ from tests.browser.conftest import (
     SESSION_S,
     ConsoleService,
     check_page,
+    fill_sign_in,
     put_session_cookie,
     session_cookie,
     sign_in,
@@ -31,7 +32,7 @@ def test_the_login_page_signs_in_to_the_start_page(page: Page, context: BrowserC
     answer = page.goto("/console/")
     assert answer is not None and answer.status == 401
     page.get_by_role("link", name="Sign in").click()
-    expect(page).to_have_url(f"{service.base_url}/console/login")
+    expect(page).to_have_url(f"{service.base_url}/console/login?next=/console/")
     expect(page.get_by_role("heading", level=1)).to_have_text("Sign in to the console")
     check_page(page, "login")
 
@@ -82,15 +83,19 @@ def test_a_session_left_idle_past_its_time_is_sent_to_sign_in(
     # re-signing alone changes nothing).
     assert browse_with(service.stale_cookie(cookie["value"], SESSION_S - 30)) == 200
     signed_in_as_operator(page)
-    # Last answered just past the timeout: over.
-    assert browse_with(service.stale_cookie(cookie["value"], SESSION_S + 5)) == 401
+    # Last answered just past the timeout: over. (Asked for Today, which signing in again
+    # goes on to.)
+    put_session_cookie(context, service.stale_cookie(cookie["value"], SESSION_S + 5))
+    answer = page.goto("/console/today")
+    assert answer is not None and answer.status == 401
     expect(page.get_by_role("heading", level=1)).to_have_text("Sign in first")
     expect(page.get_by_text("Your session has ended")).to_be_visible()
     expect(page.locator("form.signout")).to_have_count(0)
     check_page(page, "session-ended")
     page.get_by_role("link", name="Sign in").click()
-    expect(page).to_have_url(f"{service.base_url}/console/login")
-    sign_in(page)
+    expect(page).to_have_url(f"{service.base_url}/console/login?next=/console/today")
+    fill_sign_in(page)
+    expect(page).to_have_url(f"{service.base_url}/console/today")
     signed_in_as_operator(page)
 
 
