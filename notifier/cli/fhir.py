@@ -25,7 +25,8 @@ def cmd_fhir_map(args: argparse.Namespace, settings: Settings) -> None:
     except OSError as exc:
         raise UsageError(f"{args.file}: cannot read it ({exc.strerror}): check the path") \
             from None
-    defaults = Defaults.of_policy(load_policy(settings.schedules_dir))
+    defaults = Defaults.of_policy(load_policy(settings.schedules_dir),
+                                  settings.fhir_video_extensions)
     try:
         mapped = map_payload(raw, defaults)
     except InvalidEvent as exc:

@@ -22,7 +22,8 @@ By `status`:
 The client is the `Patient` participant, the provider the first `Practitioner` one (a
 PractitionerRole or Location is not a provider to us); without both it is ignored. An
 Appointment with several patients (group therapy) becomes one event set per patient, and
-our appointment id is always `{Appointment.id}.{Patient.id}`: each client has their own
+our appointment id is always `{Appointment.id}.{Patient.id}` (hashed when too long:
+`common.fit`): each client has their own
 reminders, and the ids do not change when a patient joins (a patient removed from the
 group is not cancelled for them: the EHR cancels their part, or their own appointment).
 
@@ -46,6 +47,7 @@ from notifier.intake.fhir.common import (
     codes,
     envelope,
     extension_values,
+    fit,
     instant,
     ref_of,
 )
@@ -126,7 +128,7 @@ def map_appointment(appointment: Any, ctx: Context, defaults: Defaults) -> Mappe
     provider_id, _ = practitioners[0]
     events: list[dict[str, Any]] = []
     for patient in patients:
-        appointment_id = f"{appointment.id}.{patient}"
+        appointment_id = fit(f"{ctx.own(appointment)}.{patient}")
         if status == "booked":
             if appointment.start is None:
                 return Ignored("booked with no start (Appointment.start)")

@@ -9,13 +9,16 @@ any other Task is ignored. Our refill request's id is the Task's. By `status`:
 - `completed` -> `refill.sent`;
 - `rejected` -> `refill.denied`, `reason: visit_required` when `statusReason` has the code
   `visit-required` (any system) or its text mentions a visit, else `other`;
-- `cancelled` (withdrawn by whoever asked) -> `refill.denied` with `reason: other`: the
-  request is closed, so support is not alerted about it;
-- `draft`, `on-hold`, `failed`, `entered-in-error`: ignored.
+- `cancelled` (withdrawn by whoever asked) and `entered-in-error` (a request that never
+  was) -> `refill.denied` with `reason: other`: the request is closed, so support is not
+  alerted about it (our policy tells the client nothing of an `other` denial it did not
+  open);
+- `draft`, `on-hold`, `failed`: ignored.
 
 The client is `for` (a Patient); the provider `owner` when it is a Practitioner, else the
-focused MedicationRequest's `requester` when that request is in the payload; without
-either the opening is ignored (closings need only the Task's id).
+focused MedicationRequest's `requester`, that request being in the payload or remembered
+from its own notification (`Context.requests`); without either the opening is ignored
+(closings need only the Task's id).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from notifier.intake.fhir.common import (
     envelope,
     ref_of,
 )
+from notifier.intake.fhir.medication import KnownRequest, known_request
 
 OPEN = ("requested", "received", "accepted", "ready", "in-progress")
 VISIT_CODES = ("visit-required", "visit_required")
@@ -47,6 +51,15 @@ def denial_reason(task: Any) -> str:
     return "visit_required" if any("visit" in t.lower() for t in texts) else "other"
 
 
+def _prescriber(task: Any, ctx: Context, prescription: str) -> str | None:
+    """The focused MedicationRequest's requester: from the payload, else remembered."""
+    request = ctx.resolve(task.focus.reference)
+    if request is not None and request.get_resource_type() == "MedicationRequest":
+        return known_request(request, ctx).provider_id
+    remembered = ctx.requests.get(prescription)
+    return remembered.provider_id if isinstance(remembered, KnownRequest) else None
+
+
 def map_task(task: Any, ctx: Context, defaults: Defaults) -> Mapped:
     """A refill-request Task as our events, or why none."""
     prescription = ref_of(ctx, task.focus, "MedicationRequest")
@@ -55,18 +68,18 @@ def map_task(task: Any, ctx: Context, defaults: Defaults) -> Mapped:
     status = task.status
     if status in OPEN:
         client = ref_of(ctx, task.for_fhir, "Patient")
-        provider = ref_of(ctx, task.owner, "Practitioner")
-        if provider is None and (request := ctx.resolve(task.focus.reference)) is not None:
-            provider = ref_of(ctx, request.requester, "Practitioner")
+        provider = (ref_of(ctx, task.owner, "Practitioner")
+                    or _prescriber(task, ctx, prescription))
         if client is None or provider is None:
             return Ignored("no Patient (Task.for) or Practitioner (Task.owner, or the "
-                           "MedicationRequest's requester in the payload)")
-        request_data = {"id": task.id, "prescription_id": prescription, "client_id": client,
-                        "provider_id": provider}
+                           "MedicationRequest's requester, in the payload or posted before)")
+        request_data = {"id": ctx.own(task), "prescription_id": prescription,
+                        "client_id": client, "provider_id": provider}
         return [envelope(task, ctx, "refill.requested", {"request": request_data})]
     if status == "completed":
-        return [envelope(task, ctx, "refill.sent", {"request_id": task.id})]
-    if status in ("rejected", "cancelled"):
+        return [envelope(task, ctx, "refill.sent", {"request_id": ctx.own(task)})]
+    if status in ("rejected", "cancelled", "entered-in-error"):
         reason = denial_reason(task) if status == "rejected" else "other"
-        return [envelope(task, ctx, "refill.denied", {"request_id": task.id, "reason": reason})]
+        return [envelope(task, ctx, "refill.denied",
+                         {"request_id": ctx.own(task), "reason": reason})]
     return Ignored(f"a refill request {status}")
