@@ -22,15 +22,16 @@ Authentication, either of:
   headers are present another `Authorization` (a gateway's own) does not shadow them.
 Anything else is 401.
 
-Answers: 413 over `MAX_FHIR_BODY_BYTES`; 422 naming each bad element by its FHIRPath (a
-malformed resource, one without `id` or `meta.lastUpdated`, one that makes an event our
-rules refuse, a `meta.lastUpdated` ahead of our clock by more than NOTIFIER_FUTURE_SKEW_S),
-and then nothing of the notification is stored (but its completed dispenses are counted as
-fills, which a resend does not count again); 503 when Redis cannot take the events
-(those stored before are answered `duplicate` on the server's retry); otherwise 200 with
-what became of each resource: its events, each `accepted` or `duplicate`, or `ignored`
-and why. An ignored resource (a type or status we do not map) is answered 200 so the
-server does not retry it for ever; it is logged and counted
+Answers: 413 over `MAX_FHIR_BODY_BYTES`; 415 for XML (`Content-Type` naming xml: the
+Subscription's `channel.payload` must be `application/fhir+json`); 422 naming each bad
+element by its FHIRPath (a malformed resource, one without `id` or `meta.lastUpdated`, one
+that makes an event our rules refuse, a `meta.lastUpdated` ahead of our clock by more than
+NOTIFIER_FUTURE_SKEW_S), and then nothing of the notification is stored (but its completed
+dispenses are counted as fills, which a resend does not count again); 503 when Redis cannot
+take the events (those stored before are answered `duplicate` on the server's retry);
+otherwise 200 with what became of each resource: its events, each `accepted` or `duplicate`,
+or `ignored` and why. An ignored resource (a type or status we do not map) is answered 200
+so the server does not retry it for ever; it is logged and counted
 (`notifier_fhir_resources_total{outcome="ignored"}`), not stored. The MedicationRequests of
 a notification taken are remembered (`notifier.ledger.fhir_fills`) for the dispenses and
 refill Tasks posted after them.
@@ -204,6 +205,10 @@ def fhir_routes(door: FhirDoor, store: Store, event_stores: EventStores, broker:
             body = await read_limited(request, MAX_FHIR_BODY_BYTES)
             authenticate({k.lower(): v for k, v in request.headers.items()}, body,
                          door.secret, door.token, utcnow())
+            if "xml" in request.headers.get("content-type", "").lower():
+                counter.labels("invalid").inc()
+                return error_answer(415, "FHIR XML is not read here: set the Subscription's "
+                                         "channel.payload to application/fhir+json")
             if delete and update is not None:
                 counter.labels("ignored").inc()
                 log.info("FHIR %s/%s deleted: ignored", *update)
@@ -263,6 +268,8 @@ def fhir_routes(door: FhirDoor, store: Store, event_stores: EventStores, broker:
         "responses": {401: {"model": ErrorAnswer,
                             "description": "No or wrong bearer token or signature"},
                       404: {"model": ErrorAnswer, "description": "An unknown source"},
+                      415: {"model": ErrorAnswer,
+                            "description": "FHIR XML: JSON is read here"},
                       422: {"model": ErrorAnswer,
                             "description": "Malformed FHIR, each element named by its "
                                            "FHIRPath; nothing stored"}}}

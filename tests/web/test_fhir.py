@@ -543,3 +543,19 @@ def test_a_resource_twice_in_one_notification_is_answered_accepted_then_duplicat
     assert answer.status_code == 200, answer.text
     statuses = [e["status"] for r in answer.json()["resources"] for e in r["events"]]
     assert statuses == ["accepted", "duplicate"]
+
+
+def test_an_xml_notification_is_415_saying_what_to_change(client, redis_client):
+    """A Subscription with `channel.payload: application/fhir+xml` posts XML: 415 says
+    what to change (the payload type), where 422 `not valid JSON` would not."""
+    xml = (b'<Patient xmlns="http://hl7.org/fhir"><id value="pat-ana"/>'
+           b'<meta><versionId value="1"/><lastUpdated value="2026-11-02T14:00:00Z"/></meta>'
+           b'<name><given value="Ana"/></name></Patient>')
+    answer = client.post("/fhir/r4/notify", content=xml, headers={
+        "Authorization": f"Bearer {TOKEN}", "Content-Type": "application/fhir+xml"})
+    assert answer.status_code == 415, answer.text
+    assert "application/fhir+json" in answer.json()["error"]
+    assert_nothing_written(redis_client)
+    unauthenticated = client.post("/fhir/r4/notify", content=xml,
+                                  headers={"Content-Type": "application/fhir+xml"})
+    assert unauthenticated.status_code == 401

@@ -196,16 +196,30 @@ def _remembered(entries: list[Entry], contexts: list[Context], memory: Memory
     return memory.recall(sorted(wanted)) if wanted else {}
 
 
+#: The FHIR element an event's field is read from, where one element is (by our field's
+#: path less `data.`); a problem of another field is named by the whole resource.
+ELEMENTS = {
+    "appointment.start": "start", "appointment.end": "end",
+    "appointment.join_url": "extension", "client.first_name": "name",
+    "client.timezone": "extension", "provider.name": "name", "provider.email": "telecom",
+    "provider.phone": "telecom", "provider.timezone": "extension",
+    "prescription.filled_on": "whenHandedOver", "prescription.days_supply": "daysSupply",
+}
+
+
 def _checked(events: list[dict[str, Any]], where: str) -> list[FieldProblem]:
-    """Problems of the events a resource became, by our event rules, named under it."""
+    """Problems of the events a resource became, by our event rules, named by the FHIR
+    element they come from (`ELEMENTS`), else by the resource."""
     problems: list[FieldProblem] = []
     for event in events:
         try:
             parse_event(json.dumps(event))
         except InvalidEvent as exc:
-            problems += [FieldProblem(where, f"becomes a {event['type']} event we refuse: "
-                                             f"{p.field}: {p.message}")
-                         for p in exc.problems]
+            for p in exc.problems:
+                element = ELEMENTS.get(p.field.removeprefix("data."))
+                problems.append(FieldProblem(
+                    f"{where}.{element}" if element else where,
+                    f"becomes a {event['type']} event we refuse: {p.field}: {p.message}"))
     return problems
 
 

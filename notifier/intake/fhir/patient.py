@@ -1,8 +1,9 @@
 """`Patient` -> `client.upserted`.
 
-- `first_name`: the first given name of the name in use (`use` official or usual first,
-  then any other but `old`/`maiden`), else the first word of its `text`; without a name
-  the Patient is ignored (we greet clients by name).
+- `first_name`: the first given name of the name in use (`use` usual first: FHIR's "known
+  as", Peter Chalmers' `Jim`; then official, then any other but `old`/`maiden`), else the
+  first word of its `text`; without a name the Patient is ignored (we greet clients by
+  name).
 - `phone`: the preferred mobile (`notifier.intake.fhir.contact`); `email`: the preferred
   email; `channels.sms`/`channels.email` are whether each exists: a contact point whose
   `period` has ended is how FHIR says "no longer use this", and is how an opt-out given in
@@ -28,7 +29,7 @@ _LAST = {"old", "maiden"}
 def first_name(names: list[Any] | None) -> str | None:
     """The given name a client is greeted by, None without one."""
     usable = [n for n in names or () if n.use not in _LAST]
-    usable.sort(key=lambda n: n.use not in ("usual", "official"))
+    usable.sort(key=lambda n: {"usual": 0, "official": 1}.get(n.use, 2))
     for name in usable:
         for given in name.given or ():
             if given and given.strip():

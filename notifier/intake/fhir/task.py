@@ -8,7 +8,9 @@ any other Task is ignored. Our refill request's id is the Task's. By `status`:
   policy ignores);
 - `completed` -> `refill.sent`;
 - `rejected` -> `refill.denied`, `reason: visit_required` when `statusReason` has the code
-  `visit-required` (any system) or its text mentions a visit, else `other`;
+  `visit-required` (any system) or its text says one is needed ("visit required", "needs
+  an appointment", "book a visit"; not "no visit needed" nor "refilled at last visit"),
+  else `other`: `visit_required` asks the client to book one;
 - `cancelled` (withdrawn by whoever asked) and `entered-in-error` (a request that never
   was) -> `refill.denied` with `reason: other`: the request is closed, so support is not
   alerted about it (our policy tells the client nothing of an `other` denial it did not
@@ -23,6 +25,7 @@ from its own notification (`Context.requests`); without either the opening is ig
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from notifier.intake.fhir.common import (
@@ -38,6 +41,11 @@ from notifier.intake.fhir.medication import KnownRequest, known_request
 
 OPEN = ("requested", "received", "accepted", "ready", "in-progress")
 VISIT_CODES = ("visit-required", "visit_required")
+#: A text saying a visit is needed, not negated.
+_VISIT_NEEDED = re.compile(
+    r"(?<!\bno )(?<!\bnot )\b(visit|appointment)s?\s+(is\s+|are\s+)?(required|needed|"
+    r"necessary)\b|\b(needs?|requires?|book|schedule)\s+(a|an|another|a\s+new)\s+"
+    r"(office\s+|follow-up\s+)?(visit|appointment)\b", re.IGNORECASE)
 
 
 def denial_reason(task: Any) -> str:
@@ -48,7 +56,7 @@ def denial_reason(task: Any) -> str:
     if any(code in VISIT_CODES for code in codes(reason)):
         return "visit_required"
     texts = [reason.text or "", *(c.display or "" for c in reason.coding or ())]
-    return "visit_required" if any("visit" in t.lower() for t in texts) else "other"
+    return "visit_required" if any(_VISIT_NEEDED.search(t) for t in texts) else "other"
 
 
 def _prescriber(task: Any, ctx: Context, prescription: str) -> str | None:

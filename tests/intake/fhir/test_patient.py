@@ -105,7 +105,13 @@ def test_the_zone_is_the_extensions_or_the_practices(extension, zone):
 
 @pytest.mark.parametrize(("names", "first"), [
     ([{"use": "official", "family": "Reyes", "given": ["Ana", "Sofía"]}], "Ana"),
-    ([{"use": "official", "given": ["Ana"]}, {"use": "usual", "given": ["Annie"]}], "Ana"),
+    # `usual` is FHIR's "known as" (patient-example.json's Peter Chalmers is Jim)
+    ([{"use": "official", "given": ["Ana"]}, {"use": "usual", "given": ["Annie"]}], "Annie"),
+    ([{"use": "official", "family": "Chalmers", "given": ["Peter", "James"]},
+      {"use": "usual", "given": ["Jim"]},
+      {"use": "maiden", "family": "Windsor", "given": ["Peter", "James"],
+       "period": {"end": "2002"}}], "Jim"),
+    ([{"use": "nickname", "given": ["Annie"]}, {"use": "official", "given": ["Ana"]}], "Ana"),
     ([{"use": "old", "given": ["Anita"]}, {"given": ["Ana"]}], "Ana"),
     ([{"text": "Ana Reyes"}], "Ana"),
 ])
@@ -144,7 +150,7 @@ def test_a_patient_whose_client_our_rules_refuse_is_refused_naming_it():
     with pytest.raises(InvalidEvent) as caught:
         events(patient)
     (found,) = caught.value.problems
-    assert found.field == "Patient"
+    assert found.field == "Patient.name"
     assert "client.upserted" in found.message and "data.client.first_name" in found.message
 
 

@@ -31,6 +31,15 @@ def task(**changes) -> dict:
      "refill.denied", {"request_id": "refill-1", "reason": "visit_required"}),
     ("rejected", {"statusReason": {"text": "Duplicate request"}},
      "refill.denied", {"request_id": "refill-1", "reason": "other"}),
+    # A visit mentioned is not a visit required.
+    ("rejected", {"statusReason": {"text": "Duplicate request, no visit needed"}},
+     "refill.denied", {"request_id": "refill-1", "reason": "other"}),
+    ("rejected", {"statusReason": {"text": "Already refilled at last visit"}},
+     "refill.denied", {"request_id": "refill-1", "reason": "other"}),
+    ("rejected", {"statusReason": {"text": "Please schedule an appointment first"}},
+     "refill.denied", {"request_id": "refill-1", "reason": "visit_required"}),
+    ("rejected", {"statusReason": {"text": "Visit required before renewal"}},
+     "refill.denied", {"request_id": "refill-1", "reason": "visit_required"}),
     ("rejected", {}, "refill.denied", {"request_id": "refill-1", "reason": "other"}),
     ("cancelled", {}, "refill.denied", {"request_id": "refill-1", "reason": "other"}),
     # A request that never was: closed, so support is not alerted about it.
