@@ -12,6 +12,8 @@ records' ids carry the source's name: `notifier.intake.fhir.common`):
 - `DELETE /fhir/r4/notify/{type}/{id}` (and under a source): HAPI's deletion, accepted
   and ignored (200): a deletion carries no resource, so which patient's appointment it
   was is unknown here; an EHR cancels an appointment by its status, which we map.
+  These two, FHIR interactions, are answered in FHIR (`FhirOutcome`: an
+  OperationOutcome, `application/fhir+json`), since HAPI parses the answer as a resource.
 An unknown source is 404.
 
 Authentication, either of:
@@ -90,6 +92,39 @@ class FhirAnswer(BaseModel):
     """What became of each resource of a notification, in its order."""
 
     resources: list[FhirResourceAnswer]
+
+
+class FhirIssue(BaseModel):
+    severity: Literal["information"]
+    code: Literal["informational"]
+    #: `Patient/pat-ana: mapped: client.upserted fhir.Patient.pat-ana.1 accepted`
+    diagnostics: str
+
+
+class FhirOutcome(BaseModel):
+    """A FHIR update's or deletion's answer, as a FHIR client reads one: HAPI FHIR parses
+    a 2xx answer's JSON as a resource and counts a delivery whose answer is none as
+    failed. One issue per resource, saying what `FhirAnswer` says."""
+
+    resourceType: Literal["OperationOutcome"]
+    issue: list[FhirIssue]
+
+
+class FhirJSONResponse(JSONResponse):
+    media_type = "application/fhir+json"
+
+
+def as_outcome(answer: dict[str, Any]) -> dict[str, Any]:
+    """A `FhirAnswer` as a `FhirOutcome`."""
+    issues = []
+    for resource in answer["resources"]:
+        said = "; ".join(f"{e['type']} {e['id']} {e['status']}" for e in resource["events"])
+        text = f"{resource['resource']}: {resource['status']}"
+        text += f": {resource['reason']}" if resource["reason"] else ""
+        text += f": {said}" if said else ""
+        issues.append({"severity": "information", "code": "informational",
+                       "diagnostics": text})
+    return {"resourceType": "OperationOutcome", "issue": issues}
 
 
 #: What the route reads by hand, for the OpenAPI document.
@@ -212,7 +247,7 @@ def fhir_routes(door: FhirDoor, store: Store, event_stores: EventStores, broker:
             if delete and update is not None:
                 counter.labels("ignored").inc()
                 log.info("FHIR %s/%s deleted: ignored", *update)
-                return JSONResponse(_deleted(*update), status_code=200)
+                return FhirJSONResponse(as_outcome(_deleted(*update)), status_code=200)
             if update is not None:
                 check_update(body, *update)
             mapped, events = await run_in_threadpool(mapped_and_remembered, body, source)
@@ -258,6 +293,8 @@ def fhir_routes(door: FhirDoor, store: Store, event_stores: EventStores, broker:
                 "events": [{"id": e["id"], "type": e["type"], "status": next(told)}
                            for e in resource.events]})
         log.info("FHIR notification: %d resources, %d events", len(mapped), len(events))
+        if update is not None:
+            return FhirJSONResponse(as_outcome({"resources": resources}), status_code=200)
         return JSONResponse({"resources": resources}, status_code=200)
 
     common: dict[str, Any] = {
@@ -273,6 +310,10 @@ def fhir_routes(door: FhirDoor, store: Store, event_stores: EventStores, broker:
                       422: {"model": ErrorAnswer,
                             "description": "Malformed FHIR, each element named by its "
                                            "FHIRPath; nothing stored"}}}
+    # A FHIR update or deletion is answered in FHIR (`FhirOutcome`); its errors as ours.
+    rest = {**common, "response_model": FhirOutcome, "response_class": FhirJSONResponse,
+            "responses": {status: {**answer, "content": {"application/json": {}}}
+                          for status, answer in common["responses"].items()}}
     # Path segments are checked by `receive` (an unknown source is 404) and
     # `check_update` (the body must be the resource the URL names).
     source_param, type_param, id_param = Path(), Path(), Path()
@@ -289,25 +330,25 @@ def fhir_routes(door: FhirDoor, store: Store, event_stores: EventStores, broker:
         return await receive(request, source)
 
     @router.put(NOTIFY_PATH + "/{kind}/{fhir_id}", openapi_extra=NOTIFY_BODY,
-                summary="A rest-hook delivered as a FHIR update (HAPI FHIR)", **common)
+                summary="A rest-hook delivered as a FHIR update (HAPI FHIR)", **rest)
     async def update(request: Request, kind: str = type_param, fhir_id: str = id_param
                      ) -> Response:
         return await receive(request, "", (kind, fhir_id))
 
     @router.put(SOURCE_PATH + "/{kind}/{fhir_id}", openapi_extra=NOTIFY_BODY,
-                summary="A source's rest-hook delivered as a FHIR update", **common)
+                summary="A source's rest-hook delivered as a FHIR update", **rest)
     async def update_source(request: Request, source: str = source_param,
                             kind: str = type_param, fhir_id: str = id_param) -> Response:
         return await receive(request, source, (kind, fhir_id))
 
     @router.delete(NOTIFY_PATH + "/{kind}/{fhir_id}",
-                   summary="A deletion delivered by HAPI FHIR: accepted, ignored", **common)
+                   summary="A deletion delivered by HAPI FHIR: accepted, ignored", **rest)
     async def delete(request: Request, kind: str = type_param, fhir_id: str = id_param
                      ) -> Response:
         return await receive(request, "", (kind, fhir_id), delete=True)
 
     @router.delete(SOURCE_PATH + "/{kind}/{fhir_id}",
-                   summary="A source's deletion: accepted, ignored", **common)
+                   summary="A source's deletion: accepted, ignored", **rest)
     async def delete_source(request: Request, source: str = source_param,
                             kind: str = type_param, fhir_id: str = id_param) -> Response:
         return await receive(request, source, (kind, fhir_id), delete=True)
