@@ -13,8 +13,13 @@ records' ids carry the source's name: `notifier.intake.fhir.common`):
   and ignored (200): a deletion carries no resource, so which patient's appointment it
   was is unknown here; an EHR cancels an appointment by its status, which we map.
   These two, FHIR interactions, are answered in FHIR (`FhirOutcome`: an
-  OperationOutcome, `application/fhir+json`), since HAPI parses the answer as a resource.
-An unknown source is 404.
+  OperationOutcome, `application/fhir+json`), since HAPI parses the answer as a resource;
+  so is a POST whose `Accept` asks for FHIR JSON only (a FHIR client's, such as HAPI's
+  posting a topic-based notification as a transaction): a Bundle posted is answered with a
+  `transaction-response` Bundle, a resource with an OperationOutcome.
+An unknown source is 404. An empty POST (a Subscription with no `payload`: HAPI's
+notification) is answered 200 with no resources: there is nothing to map, so subscribe
+with `full-resource` content.
 
 Authentication, either of:
 - `Authorization: Bearer <NOTIFIER_FHIR_TOKEN>`, the header a FHIR server is configured to
@@ -114,17 +119,39 @@ class FhirJSONResponse(JSONResponse):
     media_type = "application/fhir+json"
 
 
+def _issue(resource: dict[str, Any]) -> dict[str, Any]:
+    said = "; ".join(f"{e['type']} {e['id']} {e['status']}" for e in resource["events"])
+    text = f"{resource['resource']}: {resource['status']}"
+    text += f": {resource['reason']}" if resource["reason"] else ""
+    text += f": {said}" if said else ""
+    return {"severity": "information", "code": "informational", "diagnostics": text}
+
+
 def as_outcome(answer: dict[str, Any]) -> dict[str, Any]:
-    """A `FhirAnswer` as a `FhirOutcome`."""
-    issues = []
-    for resource in answer["resources"]:
-        said = "; ".join(f"{e['type']} {e['id']} {e['status']}" for e in resource["events"])
-        text = f"{resource['resource']}: {resource['status']}"
-        text += f": {resource['reason']}" if resource["reason"] else ""
-        text += f": {said}" if said else ""
-        issues.append({"severity": "information", "code": "informational",
-                       "diagnostics": text})
+    """A `FhirAnswer` as a `FhirOutcome` (an OperationOutcome needs an issue: a payload
+    of no resource has one saying so)."""
+    issues = [_issue(resource) for resource in answer["resources"]] or [
+        {"severity": "information", "code": "informational",
+         "diagnostics": "no resource in the notification"}]
     return {"resourceType": "OperationOutcome", "issue": issues}
+
+
+def as_bundle(answer: dict[str, Any]) -> dict[str, Any]:
+    """A `FhirAnswer` as a FHIR `transaction-response` Bundle: what HAPI FHIR's client
+    parses the answer to a Bundle it posts as (a topic-based notification, or a payload
+    search), one entry per resource with its outcome."""
+    return {"resourceType": "Bundle", "type": "transaction-response", "entry": [
+        {"response": {"status": "200 OK", "outcome": {
+            "resourceType": "OperationOutcome", "issue": [_issue(resource)]}}}
+        for resource in answer["resources"]]}
+
+
+def wants_fhir(accept: str) -> bool:
+    """Whether an `Accept` header asks for FHIR JSON and not plain JSON (a FHIR client's,
+    such as HAPI's `application/fhir+json;q=1.0, application/json+fhir;q=0.9`)."""
+    media = [part.split(";")[0].strip().lower() for part in accept.split(",")]
+    return (any(m in ("application/fhir+json", "application/json+fhir") for m in media)
+            and not any(m in ("application/json", "*/*", "application/*") for m in media))
 
 
 #: What the route reads by hand, for the OpenAPI document.
@@ -248,6 +275,11 @@ def fhir_routes(door: FhirDoor, store: Store, event_stores: EventStores, broker:
                 counter.labels("ignored").inc()
                 log.info("FHIR %s/%s deleted: ignored", *update)
                 return FhirJSONResponse(as_outcome(_deleted(*update)), status_code=200)
+            if update is None and not body.strip():
+                # A Subscription with no payload: HAPI posts nothing, and ignores the answer.
+                counter.labels("ignored").inc()
+                log.info("FHIR notification without payload: ignored")
+                return JSONResponse({"resources": []}, status_code=200)
             if update is not None:
                 check_update(body, *update)
             mapped, events = await run_in_threadpool(mapped_and_remembered, body, source)
@@ -295,6 +327,12 @@ def fhir_routes(door: FhirDoor, store: Store, event_stores: EventStores, broker:
         log.info("FHIR notification: %d resources, %d events", len(mapped), len(events))
         if update is not None:
             return FhirJSONResponse(as_outcome({"resources": resources}), status_code=200)
+        if wants_fhir(request.headers.get("accept", "")):
+            answer = {"resources": resources}
+            # A single resource is always one entry, rooted at its type.
+            bundled = not mapped or mapped[0].where.startswith("Bundle.")
+            return FhirJSONResponse(as_bundle(answer) if bundled else as_outcome(answer),
+                                    status_code=200)
         return JSONResponse({"resources": resources}, status_code=200)
 
     common: dict[str, Any] = {

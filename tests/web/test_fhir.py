@@ -565,3 +565,34 @@ def test_an_xml_notification_is_415_saying_what_to_change(client, redis_client):
     unauthenticated = client.post("/fhir/r4/notify", content=xml,
                                   headers={"Content-Type": "application/fhir+xml"})
     assert unauthenticated.status_code == 401
+
+
+HAPI_ACCEPT = "application/fhir+json;q=1.0, application/json+fhir;q=0.9"
+
+
+def test_a_fhir_client_posting_a_bundle_is_answered_with_a_transaction_response(client):
+    """HAPI FHIR posts a topic-based notification (or a payload search) as a transaction
+    and parses the answer as a Bundle: asked for FHIR JSON only, it gets one."""
+    answer = notify(client, BUNDLE, {**BEARER, "Accept": HAPI_ACCEPT})
+    assert answer.status_code == 200
+    assert answer.headers["content-type"] == "application/fhir+json"
+    bundle = answer.json()
+    assert (bundle["resourceType"], bundle["type"]) == ("Bundle", "transaction-response")
+    assert len(bundle["entry"]) == 11
+    first = bundle["entry"][0]["response"]
+    assert first["status"] == "200 OK"
+    assert first["outcome"]["issue"][0]["diagnostics"] == (
+        "Patient/pat-ana: mapped: client.upserted fhir.Patient.pat-ana.1 accepted")
+    single = notify(client, example("Practitioner"), {**BEARER, "Accept": HAPI_ACCEPT})
+    assert single.json()["resourceType"] == "OperationOutcome"
+    plain = notify(client, example("Practitioner"),
+                   {**BEARER, "Accept": "application/fhir+json, application/json"})
+    assert plain.json()["resources"][0]["events"][0]["status"] == "duplicate"
+
+
+def test_an_empty_notification_is_answered_200_with_nothing_taken(client, redis_client):
+    """A Subscription without a payload: HAPI FHIR posts an empty body to the endpoint."""
+    answer = notify(client, b"")
+    assert (answer.status_code, answer.json()) == (200, {"resources": []})
+    assert_nothing_written(redis_client)
+    assert notify(client, b"", {}).status_code == 401
