@@ -72,8 +72,8 @@ class Context:
     """Where a resource is mapped: `where` is its FHIRPath root for problems (`Patient`, or
     `Bundle.entry[2].resource`), `others` the payload's resources by `Type/id` and by
     `fullUrl` (a transaction bundle refers by `urn:uuid:`), so a dispense finds its
-    MedicationRequest, and `fills` how many dispenses of each MedicationRequest
-    (`MedicationRequest/id`) are known up to and including the one being mapped."""
+    MedicationRequest, and `fills` the dispense's place (1 = the first fill) among its
+    prescription's known fills, by our prescription id."""
 
     where: str
     others: Mapping[str, Any] = field(default_factory=dict)
