@@ -64,7 +64,7 @@ def mobile(telecom: Iterable[Any] | None, at: datetime, defaults: Defaults) -> s
     return None
 
 
-#: Our events' own email check (`notifier.intake.events.Client.email`).
+#: Our events' own email check (`Client.email` of `notifier.intake.events`).
 _EMAIL: TypeAdapter[str] = TypeAdapter(EmailStr)
 
 
