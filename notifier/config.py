@@ -30,6 +30,7 @@ import base64
 import binascii
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -262,6 +263,34 @@ def _zone(env: Mapping[str, str], name: str, default: str) -> str:
     return raw
 
 
+#: A FHIR source's name: a path segment, and the prefix of its records' ids.
+FHIR_SOURCE = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
+
+
+def _csv(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """A comma-separated list, blanks dropped, duplicates kept once, in order."""
+    items = [item.strip() for item in env.get(name, "").split(",")]
+    return tuple(dict.fromkeys(item for item in items if item))
+
+
+def _fhir_sources(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    sources = _csv(env, name)
+    for source in sources:
+        if not FHIR_SOURCE.fullmatch(source) or source == "notify":
+            raise ConfigError(f"{name}: {source!r} is not a source name (1-32 lower-case "
+                              "letters, digits and '-', a letter or digit first; not "
+                              "'notify')")
+    return sources
+
+
+def _fhir_extensions(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    urls = _csv(env, name)
+    for url in urls:
+        if not re.fullmatch(r"(https?|urn):\S+", url):
+            raise ConfigError(f"{name}: {url!r} is not an extension URL (http, https or urn)")
+    return urls
+
+
 def _url(env: Mapping[str, str], name: str, default: str | None, schemes: set[str]) -> str | None:
     raw = env.get(name, "").strip() or default
     if raw is None:
@@ -389,6 +418,14 @@ class Settings:
     #: The bearer token a FHIR server sends to `POST /fhir/r4/notify` (its Subscription's
     #: `channel.header`); unset, only Standard Webhooks signatures are taken there.
     fhir_token: SecretStr | None = None
+    #: The EHRs posting under their own path, `/fhir/r4/{source}/notify` (names of 1-32
+    #: lower-case letters, digits and `-`), so two EHRs' `Patient/123` are two clients;
+    #: `/fhir/r4/notify` is always served, as the default source.
+    fhir_sources: tuple[str, ...] = ()
+    #: Appointment extension URLs whose `valueUrl`/`valueUri`/`valueString` is the video
+    #: link, looked at after the R5 `virtualService` backport extension (an EHR vendor's
+    #: telehealth extension).
+    fhir_video_extensions: tuple[str, ...] = ()
     #: The console's operators and their argon2id password hashes (`notifier.console.operators`).
     console_operators_file: Path = Path("var/console/operators.toml")
     #: A console session unused this long (seconds) is over: the operator signs in again.
@@ -508,6 +545,8 @@ class Settings:
             console_secret=(_api_token(console_secret, "NOTIFIER_CONSOLE_SECRET")
                             if console_secret else None),
             fhir_token=_api_token(fhir_token, "NOTIFIER_FHIR_TOKEN") if fhir_token else None,
+            fhir_sources=_fhir_sources(env, "NOTIFIER_FHIR_SOURCES"),
+            fhir_video_extensions=_fhir_extensions(env, "NOTIFIER_FHIR_VIDEO_EXTENSIONS"),
             console_operators_file=Path(opt("NOTIFIER_CONSOLE_OPERATORS_FILE")
                                         or var_dir / "console" / "operators.toml"),
             console_session_s=_int(env, "NOTIFIER_CONSOLE_SESSION_S",

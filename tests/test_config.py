@@ -287,3 +287,23 @@ def test_missing_webhook_secret_is_named_when_required():
 def test_worker_processes_default_to_one_per_core_unless_set():
     assert settings().worker_processes is None  # `notifier worker` then runs one per core
     assert settings(NOTIFIER_WORKER_PROCESSES="3").worker_processes == 3
+
+
+def test_fhir_sources_and_video_extensions_are_comma_separated_lists():
+    assert (settings().fhir_sources, settings().fhir_video_extensions) == ((), ())
+    told = settings(NOTIFIER_FHIR_SOURCES=" ehr-b, clinic2,,ehr-b ",
+                    NOTIFIER_FHIR_VIDEO_EXTENSIONS="http://open.epic.com/x, urn:vendor:video")
+    assert told.fhir_sources == ("ehr-b", "clinic2")
+    assert told.fhir_video_extensions == ("http://open.epic.com/x", "urn:vendor:video")
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("NOTIFIER_FHIR_SOURCES", "EHR-B"),  # upper case: FHIR types are; sources are not
+    ("NOTIFIER_FHIR_SOURCES", "ehr/b"),
+    ("NOTIFIER_FHIR_SOURCES", "notify"),
+    ("NOTIFIER_FHIR_SOURCES", "x" * 33),
+    ("NOTIFIER_FHIR_VIDEO_EXTENSIONS", "telehealth-url"),
+])
+def test_a_bad_fhir_source_or_extension_is_refused_naming_it(name, value):
+    with pytest.raises(ConfigError, match=f"^{name}: "):
+        settings(**{name: value})

@@ -154,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
         "map", help="print the events (JSON lines) a FHIR resource or bundle becomes, the "
         "ignored resources and why on stderr; exit 1 naming each bad element by FHIRPath")
     fhir_map.add_argument("file")
+    fhir_map.add_argument("--source", default="", help="the source (NOTIFIER_FHIR_SOURCES) "
+                          "the EHR posts under: its ids are prefixed as there")
     fhir_map.set_defaults(func=cmd_fhir_map)
     return parser
 

@@ -78,6 +78,7 @@ KEY_FAMILIES: tuple[KeyFamily, ...] = (
     KeyFamily("n:short:*", "90 days after the link was last made", ""),
     KeyFamily("n:short-for:*", "90 days after the link was last made", ""),
     KeyFamily("n:fhir-fills:*", "400 days after its MedicationRequest's last dispense", ""),
+    KeyFamily("n:fhir-rx:*", "400 days after its MedicationRequest was last posted", ""),
     KeyFamily("n:callbacks:unknown", "", "the last 1,000 reports about unknown ids"),
     KeyFamily("n:job:*", "3 days (a cron fire); the repair job's turn: 10 minutes while a run "
               "is queued, a minute from a run's start, 110 s while it runs", ""),

@@ -30,7 +30,7 @@ from notifier.ledger.store import Store
 from notifier.policy.figures import load_policy
 from notifier.web.events import EventStores, document_event_body, event_route, events_counter
 from notifier.web.failures import install_failure_handlers
-from notifier.web.fhir import fhir_counter, fhir_routes
+from notifier.web.fhir import FhirDoor, fhir_counter, fhir_routes
 from notifier.web.links import link_routes
 from notifier.web.ops import LedgerCollector, WebhookCollector, openapi_document, ops_routes
 from notifier.web.provider_hooks import provider_routes
@@ -80,10 +80,12 @@ def create_app(settings: Settings, store: Store, broker: RedisBroker) -> FastAPI
     events = event_route(secret, event_stores, broker, counter,
                          future_skew=timedelta(seconds=settings.future_skew_s))
     app.add_route("/v1/events", events.endpoint, methods=["POST"])
-    app.include_router(fhir_routes(secret, settings.fhir_token,
-                                   Defaults.of_policy(load_policy(settings.schedules_dir)),
-                                   store, event_stores, broker, fhir_counter(registry),
-                                   timedelta(seconds=settings.future_skew_s)))
+    app.include_router(fhir_routes(FhirDoor(
+        secret=secret, token=settings.fhir_token, sources=settings.fhir_sources,
+        defaults=Defaults.of_policy(load_policy(settings.schedules_dir),
+                                    settings.fhir_video_extensions),
+        future_skew=timedelta(seconds=settings.future_skew_s)),
+        store, event_stores, broker, fhir_counter(registry)))
     app.include_router(read_api_routes(settings.api_token, store))
     app.include_router(ops_routes(store, registry))
     app.include_router(link_routes(store))

@@ -16,8 +16,10 @@ from notifier.errors import PayloadTooLarge
 MAX_BODY_BYTES = 64 * 1024
 #: SendGrid posts its events in batches of up to 768 KB.
 MAX_SENDGRID_BODY_BYTES = 1024 * 1024
-#: A FHIR notification: a resource is a few KB, a bundle of a visit's changes some tens.
-MAX_FHIR_BODY_BYTES = 1024 * 1024
+#: A FHIR notification: a resource is a few KB, a bundle of a visit's changes some tens,
+#: but a US Core Patient may carry its photo (`Patient.photo.data`, base64: a 1 MB JPEG is
+#: 1.4 MB) and a bundle several Patients: bodies are read whole, so a bound stays.
+MAX_FHIR_BODY_BYTES = 8 * 1024 * 1024
 
 
 async def read_limited(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:

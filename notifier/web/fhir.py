@@ -1,24 +1,47 @@
-"""`POST /fhir/r4/notify`: a FHIR server's Subscription notifications (`rest-hook`), mapped
-to our events (`notifier.intake.fhir`) and stored exactly as `POST /v1/events` stores an
-event (`notifier.web.events.store_accepted`), so the same policies run on them.
+"""A FHIR server's Subscription notifications (`rest-hook`), mapped to our events
+(`notifier.intake.fhir`) and stored exactly as `POST /v1/events` stores an event
+(`notifier.web.events.store_accepted`), so the same policies run on them.
+
+Routes, for the default source and for each configured one (NOTIFIER_FHIR_SOURCES, whose
+records' ids carry the source's name: `notifier.intake.fhir.common`):
+- `POST /fhir/r4/notify`, `POST /fhir/r4/{source}/notify`: a resource or a Bundle (see
+  `notifier.intake.fhir.parse`);
+- `PUT /fhir/r4/notify/{type}/{id}` (and under a source): the endpoint used as a FHIR
+  base, as HAPI FHIR delivers a full-resource rest-hook (a FHIR update); the body must be
+  that resource (else 422 naming `{type}.id` or `resourceType`);
+- `DELETE /fhir/r4/notify/{type}/{id}` (and under a source): HAPI's deletion, accepted
+  and ignored (200): a deletion carries no resource, so which patient's appointment it
+  was is unknown here; an EHR cancels an appointment by its status, which we map.
+  These two, FHIR interactions, are answered in FHIR (`FhirOutcome`: an
+  OperationOutcome, `application/fhir+json`), since HAPI parses the answer as a resource;
+  so is a POST whose `Accept` asks for FHIR JSON only (a FHIR client's, such as HAPI's
+  posting a topic-based notification as a transaction): a Bundle posted is answered with a
+  `transaction-response` Bundle, a resource with an OperationOutcome.
+An unknown source is 404. An empty POST (a Subscription with no `payload`: HAPI's
+notification) is answered 200 with no resources: there is nothing to map, so subscribe
+with `full-resource` content.
 
 Authentication, either of:
 - `Authorization: Bearer <NOTIFIER_FHIR_TOKEN>`, the header a FHIR server is configured to
   send (`Subscription.channel.header`), compared in constant time;
 - a Standard Webhooks signature over the body, as on `/v1/events` (its `webhook-id` names
-  the notification, not an event: one notification may carry many).
+  the notification, not an event: one notification may carry many); when the signature
+  headers are present another `Authorization` (a gateway's own) does not shadow them.
 Anything else is 401.
 
-Answers: 413 over `MAX_FHIR_BODY_BYTES`; 422 naming each bad element by its FHIRPath (a
-malformed resource, one without `id` or `meta.lastUpdated`, one that makes an event our
-rules refuse, a `meta.lastUpdated` ahead of our clock by more than NOTIFIER_FUTURE_SKEW_S),
-and then nothing of the notification is stored (but its completed dispenses are counted as
-fills, which a resend does not count again); 503 when Redis cannot take the events
-(those stored before are answered `duplicate` on the server's retry); otherwise 200 with
-what became of each resource: its events, each `accepted` or `duplicate`, or `ignored`
-and why. An ignored resource (a type or status we do not map) is answered 200 so the
-server does not retry it for ever; it is logged and counted
-(`notifier_fhir_resources_total{outcome="ignored"}`), not stored.
+Answers: 413 over `MAX_FHIR_BODY_BYTES`; 415 for XML (`Content-Type` naming xml: the
+Subscription's `channel.payload` must be `application/fhir+json`); 422 naming each bad
+element by its FHIRPath (a malformed resource, one without `id` or `meta.lastUpdated`, one
+that makes an event our rules refuse, a `meta.lastUpdated` ahead of our clock by more than
+NOTIFIER_FUTURE_SKEW_S), and then nothing of the notification is stored (but its completed
+dispenses are counted as fills, which a resend does not count again); 503 when Redis cannot
+take the events (those stored before are answered `duplicate` on the server's retry);
+otherwise 200 with what became of each resource: its events, each `accepted` or `duplicate`,
+or `ignored` and why. An ignored resource (a type or status we do not map) is answered 200
+so the server does not retry it for ever; it is logged and counted
+(`notifier_fhir_resources_total{outcome="ignored"}`), not stored. The MedicationRequests of
+a notification taken are remembered (`notifier.ledger.fhir_fills`) for the dispenses and
+refill Tasks posted after them.
 """
 
 from __future__ import annotations
@@ -26,11 +49,12 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from dramatiq.brokers.redis import RedisBroker
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry, Counter
 from pydantic import BaseModel, SecretStr
@@ -39,6 +63,7 @@ from starlette.concurrency import run_in_threadpool
 from notifier.errors import FieldProblem, InvalidEvent, PayloadTooLarge, SignatureError, StoreError
 from notifier.intake.events import Event, parse_event
 from notifier.intake.fhir import Defaults, MappedResource, map_payload
+from notifier.intake.fhir.parse import load_fhir
 from notifier.ledger.fhir_fills import FhirFills
 from notifier.ledger.store import Store
 from notifier.timeutil import utcnow
@@ -50,6 +75,7 @@ from notifier.web.signatures import verify_signature
 log = logging.getLogger(__name__)
 
 NOTIFY_PATH = "/fhir/r4/notify"
+SOURCE_PATH = "/fhir/r4/{source}/notify"
 
 
 class FhirEventAnswer(BaseModel):
@@ -73,6 +99,61 @@ class FhirAnswer(BaseModel):
     resources: list[FhirResourceAnswer]
 
 
+class FhirIssue(BaseModel):
+    severity: Literal["information"]
+    code: Literal["informational"]
+    #: `Patient/pat-ana: mapped: client.upserted fhir.Patient.pat-ana.1 accepted`
+    diagnostics: str
+
+
+class FhirOutcome(BaseModel):
+    """A FHIR update's or deletion's answer, as a FHIR client reads one: HAPI FHIR parses
+    a 2xx answer's JSON as a resource and counts a delivery whose answer is none as
+    failed. One issue per resource, saying what `FhirAnswer` says."""
+
+    resourceType: Literal["OperationOutcome"]
+    issue: list[FhirIssue]
+
+
+class FhirJSONResponse(JSONResponse):
+    media_type = "application/fhir+json"
+
+
+def _issue(resource: dict[str, Any]) -> dict[str, Any]:
+    said = "; ".join(f"{e['type']} {e['id']} {e['status']}" for e in resource["events"])
+    text = f"{resource['resource']}: {resource['status']}"
+    text += f": {resource['reason']}" if resource["reason"] else ""
+    text += f": {said}" if said else ""
+    return {"severity": "information", "code": "informational", "diagnostics": text}
+
+
+def as_outcome(answer: dict[str, Any]) -> dict[str, Any]:
+    """A `FhirAnswer` as a `FhirOutcome` (an OperationOutcome needs an issue: a payload
+    of no resource has one saying so)."""
+    issues = [_issue(resource) for resource in answer["resources"]] or [
+        {"severity": "information", "code": "informational",
+         "diagnostics": "no resource in the notification"}]
+    return {"resourceType": "OperationOutcome", "issue": issues}
+
+
+def as_bundle(answer: dict[str, Any]) -> dict[str, Any]:
+    """A `FhirAnswer` as a FHIR `transaction-response` Bundle: what HAPI FHIR's client
+    parses the answer to a Bundle it posts as (a topic-based notification, or a payload
+    search), one entry per resource with its outcome."""
+    return {"resourceType": "Bundle", "type": "transaction-response", "entry": [
+        {"response": {"status": "200 OK", "outcome": {
+            "resourceType": "OperationOutcome", "issue": [_issue(resource)]}}}
+        for resource in answer["resources"]]}
+
+
+def wants_fhir(accept: str) -> bool:
+    """Whether an `Accept` header asks for FHIR JSON and not plain JSON (a FHIR client's,
+    such as HAPI's `application/fhir+json;q=1.0, application/json+fhir;q=0.9`)."""
+    media = [part.split(";")[0].strip().lower() for part in accept.split(",")]
+    return (any(m in ("application/fhir+json", "application/json+fhir") for m in media)
+            and not any(m in ("application/json", "*/*", "application/*") for m in media))
+
+
 #: What the route reads by hand, for the OpenAPI document.
 NOTIFY_BODY = {"requestBody": {"required": True, "description": "A FHIR R4 resource or Bundle "
                                "(history, transaction, collection, searchset; the "
@@ -94,16 +175,18 @@ def authenticate(headers: dict[str, str], body: bytes, secret: str,
     """Accept the bearer token or a Standard Webhooks signature (see the module docstring);
     raises `SignatureError` saying what is wrong. `headers` are keyed in lower case."""
     authorization = headers.get("authorization")
-    if authorization is None:
+    scheme, _, given = (authorization or "").partition(" ")
+    if (authorization is not None and token is not None and scheme.lower() == "bearer"
+            and hmac.compare_digest(given.strip().encode(),
+                                    token.get_secret_value().encode())):
+        return
+    if authorization is None or "webhook-signature" in headers:
         verify_signature(secret, body, headers, now)
         return
     if token is None:
         raise SignatureError("no bearer token is configured here (NOTIFIER_FHIR_TOKEN): "
                              "sign the notification instead")
-    scheme, _, given = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-            given.strip().encode(), token.get_secret_value().encode()):
-        raise SignatureError("wrong bearer token")
+    raise SignatureError("wrong bearer token")
 
 
 def _events(mapped: list[MappedResource], latest: datetime) -> list[tuple[Event, bytes]]:
@@ -125,33 +208,81 @@ def _events(mapped: list[MappedResource], latest: datetime) -> list[tuple[Event,
     return found
 
 
-def fhir_routes(secret: str, token: SecretStr | None, defaults: Defaults, store: Store,
-                event_stores: EventStores, broker: RedisBroker, counter: Counter,
-                future_skew: timedelta) -> APIRouter:
-    """The FHIR notification route (see the module docstring); dispenses are counted as
-    fills on `store`'s Redis (`notifier.ledger.fhir_fills`)."""
-    router = APIRouter()
-    fills = FhirFills(store.redis)
+def check_update(body: bytes, kind: str, fhir_id: str) -> None:
+    """A FHIR update's body (`PUT .../{kind}/{fhir_id}`) must be that resource; raises
+    `InvalidEvent` naming what differs (a malformed body is left to the mapping)."""
+    try:
+        resource = load_fhir(body)
+    except InvalidEvent:
+        return
+    if resource.get("resourceType") != kind:
+        raise InvalidEvent([FieldProblem("resourceType", f"must be {kind}, the type in the "
+                                                         "URL (a FHIR update)")])
+    if resource.get("id") != fhir_id:
+        raise InvalidEvent([FieldProblem(f"{kind}.id", f"must be {fhir_id}, the id in the "
+                                                       "URL (a FHIR update)")])
 
-    @router.post(NOTIFY_PATH, response_model=FhirAnswer, openapi_extra=NOTIFY_BODY,
-                 summary="A FHIR server's Subscription notification (rest-hook)",
-                 description="Authenticated by `Authorization: Bearer <NOTIFIER_FHIR_TOKEN>`"
-                             " or Standard Webhooks headers (`webhook-id`, "
-                             "`webhook-timestamp`, `webhook-signature`) as on /v1/events.",
-                 responses={401: {"model": ErrorAnswer,
-                                  "description": "No or wrong bearer token or signature"},
-                            422: {"model": ErrorAnswer,
-                                  "description": "Malformed FHIR, each element named by "
-                                                 "its FHIRPath; nothing stored"}})
-    async def notify(request: Request) -> Response:
+
+@dataclass(frozen=True)
+class FhirDoor:
+    """The FHIR routes' settings: the Standard Webhooks `secret`, the bearer `token`
+    (None: signatures only), the configured `sources`, the mapping's `defaults`, and how
+    far ahead of our clock a `meta.lastUpdated` may be (`future_skew`)."""
+
+    secret: str
+    token: SecretStr | None
+    sources: tuple[str, ...]
+    defaults: Defaults
+    future_skew: timedelta
+
+
+def _deleted(kind: str, fhir_id: str) -> dict[str, Any]:
+    return {"resources": [{"resource": f"{kind}/{fhir_id}", "status": "ignored",
+                           "reason": "a deletion: nothing is sent for it (an EHR cancels "
+                                     "an appointment by its status)", "events": []}]}
+
+
+def fhir_routes(door: FhirDoor, store: Store, event_stores: EventStores, broker: RedisBroker,
+                counter: Counter) -> APIRouter:
+    """The FHIR notification routes (see the module docstring); dispenses are counted as
+    fills and MedicationRequests remembered on `store`'s Redis
+    (`notifier.ledger.fhir_fills`)."""
+    router = APIRouter()
+    memory = FhirFills(store.redis)
+
+    def mapped_and_remembered(body: bytes, source: str
+                              ) -> tuple[list[MappedResource], list[tuple[Event, bytes]]]:
+        # fhir.resources' validation takes milliseconds per resource, and the memory is
+        # Redis calls: off the loop, in one thread.
+        mapped = map_payload(body, door.defaults, memory, source)
+        events = _events(mapped, utcnow() + door.future_skew)
+        memory.remember(r.request for r in mapped if r.request is not None)
+        return mapped, events
+
+    async def receive(request: Request, source: str, update: tuple[str, str] | None = None,
+                      delete: bool = False) -> Response:
+        if source and source not in door.sources:
+            return error_answer(404, f"no FHIR source {source!r} here (NOTIFIER_FHIR_SOURCES)")
         try:
             body = await read_limited(request, MAX_FHIR_BODY_BYTES)
-            authenticate({k.lower(): v for k, v in request.headers.items()}, body, secret,
-                         token, utcnow())
-            # fhir.resources' validation takes milliseconds per resource, and the fill
-            # counts are Redis calls: off the loop, in one thread.
-            mapped = await run_in_threadpool(map_payload, body, defaults, fills.count)
-            events = _events(mapped, utcnow() + future_skew)
+            authenticate({k.lower(): v for k, v in request.headers.items()}, body,
+                         door.secret, door.token, utcnow())
+            if "xml" in request.headers.get("content-type", "").lower():
+                counter.labels("invalid").inc()
+                return error_answer(415, "FHIR XML is not read here: set the Subscription's "
+                                         "channel.payload to application/fhir+json")
+            if delete and update is not None:
+                counter.labels("ignored").inc()
+                log.info("FHIR %s/%s deleted: ignored", *update)
+                return FhirJSONResponse(as_outcome(_deleted(*update)), status_code=200)
+            if update is None and not body.strip():
+                # A Subscription with no payload: HAPI posts nothing, and ignores the answer.
+                counter.labels("ignored").inc()
+                log.info("FHIR notification without payload: ignored")
+                return JSONResponse({"resources": []}, status_code=200)
+            if update is not None:
+                check_update(body, *update)
+            mapped, events = await run_in_threadpool(mapped_and_remembered, body, source)
         except PayloadTooLarge as exc:
             counter.labels("too_large").inc()
             return error_answer(413, str(exc), headers={"Connection": "close"})
@@ -168,16 +299,22 @@ def fhir_routes(secret: str, token: SecretStr | None, defaults: Defaults, store:
             counter.labels("unavailable").inc()
             log.warning("FHIR notification refused: 503, Redis unavailable: %s", exc)
             return unavailable_answer(UNAVAILABLE)
-        answers: dict[str, str] = {}
+        # Each event's answer, in payload order: the same version twice in one payload
+        # (a searchset's match and include) is stored once, the second a duplicate.
+        answers: list[str] = []
+        seen: set[str] = set()
         try:
             for event, raw in events:
-                stored = await store_accepted(event_stores, broker, event, raw)
-                answers[event.id] = "accepted" if stored else "duplicate"
+                stored = event.id not in seen and await store_accepted(
+                    event_stores, broker, event, raw)
+                seen.add(event.id)
+                answers.append("accepted" if stored else "duplicate")
         except StoreError as exc:
             counter.labels("unavailable").inc()
             log.warning("FHIR notification refused: 503, Redis unavailable: %s", exc)
             return unavailable_answer(UNAVAILABLE)
         resources = []
+        told = iter(answers)
         for resource in mapped:
             outcome = "ignored" if resource.ignored is not None else "mapped"
             counter.labels(outcome).inc()
@@ -185,9 +322,73 @@ def fhir_routes(secret: str, token: SecretStr | None, defaults: Defaults, store:
                 log.info("FHIR %s ignored: %s", resource.label, resource.ignored)
             resources.append({
                 "resource": resource.label, "status": outcome, "reason": resource.ignored,
-                "events": [{"id": e["id"], "type": e["type"], "status": answers[e["id"]]}
+                "events": [{"id": e["id"], "type": e["type"], "status": next(told)}
                            for e in resource.events]})
         log.info("FHIR notification: %d resources, %d events", len(mapped), len(events))
+        if update is not None:
+            return FhirJSONResponse(as_outcome({"resources": resources}), status_code=200)
+        if wants_fhir(request.headers.get("accept", "")):
+            answer = {"resources": resources}
+            # A single resource is always one entry, rooted at its type.
+            bundled = not mapped or mapped[0].where.startswith("Bundle.")
+            return FhirJSONResponse(as_bundle(answer) if bundled else as_outcome(answer),
+                                    status_code=200)
         return JSONResponse({"resources": resources}, status_code=200)
+
+    common: dict[str, Any] = {
+        "response_model": FhirAnswer,
+        "description": "Authenticated by `Authorization: Bearer <NOTIFIER_FHIR_TOKEN>` or "
+                       "Standard Webhooks headers (`webhook-id`, `webhook-timestamp`, "
+                       "`webhook-signature`) as on /v1/events.",
+        "responses": {401: {"model": ErrorAnswer,
+                            "description": "No or wrong bearer token or signature"},
+                      404: {"model": ErrorAnswer, "description": "An unknown source"},
+                      415: {"model": ErrorAnswer,
+                            "description": "FHIR XML: JSON is read here"},
+                      422: {"model": ErrorAnswer,
+                            "description": "Malformed FHIR, each element named by its "
+                                           "FHIRPath; nothing stored"}}}
+    # A FHIR update or deletion is answered in FHIR (`FhirOutcome`); its errors as ours.
+    rest = {**common, "response_model": FhirOutcome, "response_class": FhirJSONResponse,
+            "responses": {status: {**answer, "content": {"application/json": {}}}
+                          for status, answer in common["responses"].items()}}
+    # Path segments are checked by `receive` (an unknown source is 404) and
+    # `check_update` (the body must be the resource the URL names).
+    source_param, type_param, id_param = Path(), Path(), Path()
+
+    @router.post(NOTIFY_PATH, openapi_extra=NOTIFY_BODY,
+                 summary="A FHIR server's Subscription notification (rest-hook)", **common)
+    async def notify(request: Request) -> Response:
+        return await receive(request, "")
+
+    @router.post(SOURCE_PATH, openapi_extra=NOTIFY_BODY,
+                 summary="A notification from a configured source (NOTIFIER_FHIR_SOURCES)",
+                 **common)
+    async def notify_source(request: Request, source: str = source_param) -> Response:
+        return await receive(request, source)
+
+    @router.put(NOTIFY_PATH + "/{kind}/{fhir_id}", openapi_extra=NOTIFY_BODY,
+                summary="A rest-hook delivered as a FHIR update (HAPI FHIR)", **rest)
+    async def update(request: Request, kind: str = type_param, fhir_id: str = id_param
+                     ) -> Response:
+        return await receive(request, "", (kind, fhir_id))
+
+    @router.put(SOURCE_PATH + "/{kind}/{fhir_id}", openapi_extra=NOTIFY_BODY,
+                summary="A source's rest-hook delivered as a FHIR update", **rest)
+    async def update_source(request: Request, source: str = source_param,
+                            kind: str = type_param, fhir_id: str = id_param) -> Response:
+        return await receive(request, source, (kind, fhir_id))
+
+    @router.delete(NOTIFY_PATH + "/{kind}/{fhir_id}",
+                   summary="A deletion delivered by HAPI FHIR: accepted, ignored", **rest)
+    async def delete(request: Request, kind: str = type_param, fhir_id: str = id_param
+                     ) -> Response:
+        return await receive(request, "", (kind, fhir_id), delete=True)
+
+    @router.delete(SOURCE_PATH + "/{kind}/{fhir_id}",
+                   summary="A source's deletion: accepted, ignored", **rest)
+    async def delete_source(request: Request, source: str = source_param,
+                            kind: str = type_param, fhir_id: str = id_param) -> Response:
+        return await receive(request, source, (kind, fhir_id), delete=True)
 
     return router

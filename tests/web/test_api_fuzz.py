@@ -63,7 +63,8 @@ EVENTS_PATH = "/v1/events"
 BOTH = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
 #: Every operation of the document and the modes it is fuzzed in. One with no parameters
 #: and no body has nothing to make invalid, so it has no negative mode; nor has the short
-#: link, whose one parameter is any string (a malformed token is an unknown one: 404).
+#: link, whose one parameter is any string (a malformed token is an unknown one: 404), nor
+#: a FHIR deletion (its type and id are any strings, as a FHIR server's are answered).
 OPERATIONS: dict[tuple[str, str], tuple[GenerationMode, ...]] = {
     (EVENTS_PATH, "POST"): BOTH,
     ("/v1/clients/{client_id}/notifications", "GET"): BOTH,
@@ -75,6 +76,11 @@ OPERATIONS: dict[tuple[str, str], tuple[GenerationMode, ...]] = {
     ("/sendgrid/events", "POST"): BOTH,
     ("/j/{token}", "GET"): (GenerationMode.POSITIVE,),
     ("/fhir/r4/notify", "POST"): BOTH,
+    ("/fhir/r4/{source}/notify", "POST"): BOTH,
+    ("/fhir/r4/notify/{kind}/{fhir_id}", "PUT"): BOTH,
+    ("/fhir/r4/{source}/notify/{kind}/{fhir_id}", "PUT"): BOTH,
+    ("/fhir/r4/notify/{kind}/{fhir_id}", "DELETE"): (GenerationMode.POSITIVE,),
+    ("/fhir/r4/{source}/notify/{kind}/{fhir_id}", "DELETE"): (GenerationMode.POSITIVE,),
 }
 #: The checks for answers to requests we sent ourselves (signed): the answer as documented.
 CONFORMANCE = [not_a_server_error, status_code_conformance, content_type_conformance,

@@ -4,6 +4,7 @@ planning what the same story sent through `/v1/events` plans."""
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import warnings
@@ -307,5 +308,291 @@ def test_a_dispense_sent_alone_counts_the_fills_seen_before(client, redis_client
     third = {**second, "id": "disp-3", "meta": {"versionId": "1",
                                                 "lastUpdated": "2026-11-29T19:00:00Z"}}
     assert refills_left(third) == 0
-    assert redis_client.smembers("n:fhir-fills:rx-1") == {b"disp-1", b"disp-2", b"disp-3"}
+    assert redis_client.zrange("n:fhir-fills:rx-1", 0, -1) == [b"disp-1", b"disp-2", b"disp-3"]
     assert 0 < redis_client.ttl("n:fhir-fills:rx-1") <= 400 * 86400
+
+
+def _with_request(dispense: dict[str, Any]) -> dict[str, Any]:
+    return {"resourceType": "Bundle", "type": "history", "entry": [
+        {"fullUrl": "https://ehr.example.org/fhir/MedicationDispense/" + str(dispense.get("id")),
+         "resource": dispense},
+        {"fullUrl": "https://ehr.example.org/fhir/MedicationRequest/rx-1",
+         "resource": example("MedicationRequest"), "search": {"mode": "include"}}]}
+
+
+def _refills_left(client: TestClient, redis_client: redis.Redis,
+                  dispense: dict[str, Any]) -> int:
+    answer = notify(client, _with_request(dispense))
+    assert answer.status_code == 200, answer.text
+    (event,) = answer.json()["resources"][0]["events"]
+    stored = Store(redis_client).event_status(event["id"])["raw"]
+    return int(json.loads(stored)["data"]["prescription"]["refills_remaining"])
+
+
+def test_hapi_fhir_rest_hook_delivery_as_an_update_is_taken(client, store):
+    """HAPI FHIR delivers a full-resource rest-hook as a FHIR update on the endpoint used
+    as a base URL: `PUT {endpoint}/Patient/pat-ana` with the resource."""
+    answer = client.put("/fhir/r4/notify/Patient/pat-ana",
+                        content=json.dumps(example("Patient")), headers=BEARER)
+    assert answer.status_code == 200, answer.text
+    # Answered in FHIR: HAPI parses a 2xx answer as a resource.
+    assert answer.headers["content-type"] == "application/fhir+json"
+    assert answer.json() == {"resourceType": "OperationOutcome", "issue": [
+        {"severity": "information", "code": "informational",
+         "diagnostics": "Patient/pat-ana: mapped: client.upserted fhir.Patient.pat-ana.1 "
+                        "accepted"}]}
+    assert store.event_status("fhir.Patient.pat-ana.1")["status"] == "accepted"
+
+
+@pytest.mark.parametrize(("path", "field"), [
+    ("/fhir/r4/notify/Patient/pat-ben", "Patient.id"),
+    ("/fhir/r4/notify/Practitioner/pat-ana", "resourceType"),
+])
+def test_an_update_whose_body_is_not_the_resource_of_its_url_is_422(client, redis_client,
+                                                                     path, field):
+    answer = client.put(path, content=json.dumps(example("Patient")), headers=BEARER)
+    assert answer.status_code == 422
+    assert problem_fields(answer) == [field]
+    assert_nothing_written(redis_client)
+
+
+def test_a_hapi_deletion_is_accepted_and_ignored(client, redis_client):
+    answer = client.delete("/fhir/r4/notify/Appointment/appt-1", headers=BEARER)
+    assert answer.status_code == 200
+    (issue,) = answer.json()["issue"]
+    assert issue["diagnostics"].startswith("Appointment/appt-1: ignored: a deletion")
+    assert_nothing_written(redis_client)
+    assert client.delete("/fhir/r4/notify/Appointment/appt-1").status_code == 401
+
+
+@pytest.fixture
+def sourced(secret: str, store: Store, broker: RedisBroker) -> Iterator[TestClient]:
+    settings = Settings.from_env({"NOTIFIER_WEBHOOK_SECRET": secret,
+                                  "NOTIFIER_FHIR_TOKEN": TOKEN,
+                                  "NOTIFIER_FHIR_SOURCES": "ehr-b, clinic2"},
+                                 dotenv=Path("/nonexistent"))
+    with TestClient(create_app(settings, store, broker)) as test_client:
+        yield test_client
+
+
+def test_a_second_ehr_posts_under_its_own_path_and_its_ids_do_not_collide(sourced, store):
+    """Two EHRs' `Patient/pat-ana` are two clients, and two events."""
+    assert notify(sourced, example("Patient")).status_code == 200
+    answer = sourced.post("/fhir/r4/ehr-b/notify", content=json.dumps(example("Patient")),
+                          headers=BEARER)
+    assert answer.status_code == 200, answer.text
+    (event,) = answer.json()["resources"][0]["events"]
+    assert (event["id"], event["status"]) == ("fhir~ehr-b.Patient.pat-ana.1", "accepted")
+    raw = json.loads(store.event_status(event["id"])["raw"])
+    assert raw["data"]["client"]["id"] == "ehr-b~pat-ana"
+    updated = sourced.put("/fhir/r4/clinic2/notify/Patient/pat-ana",
+                          content=json.dumps(example("Patient")), headers=BEARER)
+    assert updated.status_code == 200, updated.text
+    assert store.event_status("fhir~clinic2.Patient.pat-ana.1")["status"] == "accepted"
+
+
+def test_a_source_not_configured_is_404(sourced, redis_client):
+    answer = sourced.post("/fhir/r4/ehr-c/notify", content=json.dumps(example("Patient")),
+                          headers=BEARER)
+    assert answer.status_code == 404
+    assert "NOTIFIER_FHIR_SOURCES" in answer.json()["error"]
+    assert_nothing_written(redis_client)
+
+
+def test_a_dispense_posted_alone_after_its_request_is_a_fill(client, store, redis_client):
+    """A plain R4 rest-hook Subscription posts each resource alone: the MedicationRequest
+    (ignored, but remembered), then its MedicationDispense: a fill."""
+    assert notify(client, example("MedicationRequest")).status_code == 200
+    assert 0 < redis_client.ttl("n:fhir-rx:rx-1") <= 400 * 86400
+    answer = notify(client, example("MedicationDispense"))
+    assert answer.status_code == 200, answer.text
+    (resource,) = answer.json()["resources"]
+    assert resource["status"] == "mapped", resource["reason"]
+    (event,) = resource["events"]
+    raw = json.loads(store.event_status(event["id"])["raw"])
+    assert raw["data"]["prescription"] == {
+        "id": "rx-1", "client_id": "pat-ana", "provider_id": "prac-rivera",
+        "medication": "Sertraline 50 mg tablet", "filled_on": "2026-11-21",
+        "days_supply": 30, "refills_remaining": 2}
+
+
+def test_an_older_request_does_not_replace_the_one_remembered(client, store):
+    newer = {**example("MedicationRequest"),
+             "meta": {"versionId": "2", "lastUpdated": "2026-11-22T10:00:00Z"}}
+    newer["dispenseRequest"] = {**newer["dispenseRequest"], "numberOfRepeatsAllowed": 5}
+    assert notify(client, newer).status_code == 200
+    assert notify(client, example("MedicationRequest")).status_code == 200
+    answer = notify(client, example("MedicationDispense"))
+    (event,) = answer.json()["resources"][0]["events"]
+    raw = json.loads(store.event_status(event["id"])["raw"])
+    assert raw["data"]["prescription"]["refills_remaining"] == 5
+
+
+def test_a_refill_task_owned_by_the_clinic_finds_the_prescriber_remembered(client, store):
+    assert notify(client, example("MedicationRequest")).status_code == 200
+    task = {**example("Task"), "owner": {"reference": "Organization/clinic"}}
+    answer = notify(client, task)
+    (event,) = answer.json()["resources"][0]["events"]
+    raw = json.loads(store.event_status(event["id"])["raw"])
+    assert raw["data"]["request"]["provider_id"] == "prac-rivera"
+
+
+def test_a_new_version_of_an_earlier_dispense_keeps_its_own_refill_count(client, redis_client):
+    """disp-1 (2 refills left), disp-2 (1 left), then disp-1 corrected (a new version):
+    still the first fill, 2 left."""
+    first = example("MedicationDispense")
+    second = {**example("MedicationDispense"), "id": "disp-2",
+              "meta": {"versionId": "1", "lastUpdated": "2026-11-29T18:00:00Z"},
+              "whenHandedOver": "2026-11-29T12:00:00-06:00"}
+    assert _refills_left(client, redis_client, first) == 2
+    assert _refills_left(client, redis_client, second) == 1
+    corrected = {**first, "meta": {"versionId": "2", "lastUpdated": "2026-11-30T09:00:00Z"},
+                 "note": [{"text": "Lot number corrected"}]}
+    assert _refills_left(client, redis_client, corrected) == 2
+
+
+def test_a_dispense_refused_for_having_no_id_is_not_counted_as_a_fill(client, redis_client):
+    nameless = example("MedicationDispense")
+    del nameless["id"]
+    refused = notify(client, _with_request(nameless))
+    assert refused.status_code == 422
+    assert problem_fields(refused) == ["Bundle.entry[0].resource.id"]
+    assert _refills_left(client, redis_client, example("MedicationDispense")) == 2
+
+
+def test_a_dispense_entered_in_error_no_longer_counts_as_a_fill(client, redis_client):
+    first = example("MedicationDispense")
+    second = {**first, "id": "disp-2", "whenHandedOver": "2026-11-29T12:00:00-06:00",
+              "meta": {"versionId": "1", "lastUpdated": "2026-11-29T18:00:00Z"}}
+    assert _refills_left(client, redis_client, first) == 2
+    assert _refills_left(client, redis_client, second) == 1
+    voided = {**second, "status": "entered-in-error",
+              "meta": {"versionId": "2", "lastUpdated": "2026-11-29T19:00:00Z"}}
+    assert notify(client, voided).status_code == 200  # alone: its request is not needed
+    assert redis_client.zrange("n:fhir-fills:rx-1", 0, -1) == [b"disp-1"]
+    third = {**second, "id": "disp-3", "whenHandedOver": "2026-11-29T13:00:00-06:00",
+             "meta": {"versionId": "1", "lastUpdated": "2026-11-29T20:00:00Z"}}
+    assert _refills_left(client, redis_client, third) == 1
+
+
+def test_a_patient_with_a_photo_is_taken(client):
+    """A US Core Patient carrying its photo (base64, ~1.6 MB) is under the FHIR limit."""
+    patient = example("Patient")
+    patient["photo"] = [{"contentType": "image/jpeg",
+                         "data": base64.b64encode(b"\xff\xd8" * 600_000).decode()}]
+    answer = notify(client, patient)
+    assert answer.status_code == 200, answer.text
+
+
+def test_a_bad_email_in_one_patient_does_not_lose_the_whole_notification(client, store):
+    patient = example("Patient")
+    patient["telecom"] = [{"system": "phone", "value": "(415) 555-0123", "use": "mobile"},
+                          {"system": "email", "value": "ana.reyes@example"}]
+    bundle = {"resourceType": "Bundle", "type": "history", "entry": [
+        {"fullUrl": "https://ehr.example.org/fhir/Patient/pat-ana", "resource": patient},
+        {"fullUrl": "https://ehr.example.org/fhir/Appointment/appt-1",
+         "resource": example("Appointment")}]}
+    answer = notify(client, bundle)
+    assert answer.status_code == 200, answer.text
+    assert store.event_status("fhir.Appointment.appt-1.1.pat-ana")["status"] == "accepted"
+
+
+def test_a_signed_notification_is_taken_beside_another_authorization_header(client, secret,
+                                                                            store):
+    """A gateway's own `Authorization: Basic …` does not shadow a valid signature."""
+    body = json.dumps(example("Patient")).encode()
+    headers = {**sign_event(secret, body, "notification-7", datetime.now(UTC)),
+               "Authorization": "Basic ZWhyOmdhdGV3YXk="}
+    answer = notify(client, body, headers)
+    assert answer.status_code == 200, answer.text
+    bad = {**headers, "webhook-signature": "v1,AAAA"}
+    assert notify(client, body, bad).status_code == 401
+
+
+def test_a_configured_video_extension_gives_the_join_link(secret, store, broker):
+    url = "http://open.epic.com/FHIR/StructureDefinition/extension/telehealth-url"
+    settings = Settings.from_env({"NOTIFIER_WEBHOOK_SECRET": secret,
+                                  "NOTIFIER_FHIR_TOKEN": TOKEN,
+                                  "NOTIFIER_FHIR_VIDEO_EXTENSIONS": url},
+                                 dotenv=Path("/nonexistent"))
+    appointment = example("Appointment")
+    appointment["extension"] = [{"url": url, "valueUrl": "https://video.example.com/r/9"}]
+    with TestClient(create_app(settings, store, broker)) as app_client:
+        answer = notify(app_client, appointment)
+    assert answer.status_code == 200, answer.text
+    event_id = answer.json()["resources"][0]["events"][0]["id"]
+    raw = json.loads(store.event_status(event_id)["raw"])
+    assert raw["data"]["appointment"]["join_url"] == "https://video.example.com/r/9"
+
+
+def test_deeply_nested_extensions_are_a_422_not_a_server_error(client, redis_client):
+    depth = 250
+    nested = ('{"url":"http://ehr.example.org/x","extension":[' * depth
+              + '{"url":"http://ehr.example.org/y","valueString":"x"}' + ']}' * depth)
+    patient = example("Patient")
+    patient.pop("extension")
+    body = (json.dumps(patient)[:-1] + ', "extension": [' + nested + ']}').encode()
+    answer = notify(client, body)
+    assert answer.status_code == 422, answer.text
+    assert problem_fields(answer) == ["body"]
+    assert_nothing_written(redis_client)
+
+
+def test_a_resource_twice_in_one_notification_is_answered_accepted_then_duplicate(client):
+    patient = example("Patient")
+    bundle = {"resourceType": "Bundle", "type": "searchset", "entry": [
+        {"fullUrl": "https://ehr.example.org/fhir/Patient/pat-ana", "resource": patient,
+         "search": {"mode": "match"}},
+        {"fullUrl": "https://ehr.example.org/fhir/Patient/pat-ana", "resource": patient,
+         "search": {"mode": "include"}}]}
+    answer = notify(client, bundle)
+    assert answer.status_code == 200, answer.text
+    statuses = [e["status"] for r in answer.json()["resources"] for e in r["events"]]
+    assert statuses == ["accepted", "duplicate"]
+
+
+def test_an_xml_notification_is_415_saying_what_to_change(client, redis_client):
+    """A Subscription with `channel.payload: application/fhir+xml` posts XML: 415 says
+    what to change (the payload type), where 422 `not valid JSON` would not."""
+    xml = (b'<Patient xmlns="http://hl7.org/fhir"><id value="pat-ana"/>'
+           b'<meta><versionId value="1"/><lastUpdated value="2026-11-02T14:00:00Z"/></meta>'
+           b'<name><given value="Ana"/></name></Patient>')
+    answer = client.post("/fhir/r4/notify", content=xml, headers={
+        "Authorization": f"Bearer {TOKEN}", "Content-Type": "application/fhir+xml"})
+    assert answer.status_code == 415, answer.text
+    assert "application/fhir+json" in answer.json()["error"]
+    assert_nothing_written(redis_client)
+    unauthenticated = client.post("/fhir/r4/notify", content=xml,
+                                  headers={"Content-Type": "application/fhir+xml"})
+    assert unauthenticated.status_code == 401
+
+
+HAPI_ACCEPT = "application/fhir+json;q=1.0, application/json+fhir;q=0.9"
+
+
+def test_a_fhir_client_posting_a_bundle_is_answered_with_a_transaction_response(client):
+    """HAPI FHIR posts a topic-based notification (or a payload search) as a transaction
+    and parses the answer as a Bundle: asked for FHIR JSON only, it gets one."""
+    answer = notify(client, BUNDLE, {**BEARER, "Accept": HAPI_ACCEPT})
+    assert answer.status_code == 200
+    assert answer.headers["content-type"] == "application/fhir+json"
+    bundle = answer.json()
+    assert (bundle["resourceType"], bundle["type"]) == ("Bundle", "transaction-response")
+    assert len(bundle["entry"]) == 11
+    first = bundle["entry"][0]["response"]
+    assert first["status"] == "200 OK"
+    assert first["outcome"]["issue"][0]["diagnostics"] == (
+        "Patient/pat-ana: mapped: client.upserted fhir.Patient.pat-ana.1 accepted")
+    single = notify(client, example("Practitioner"), {**BEARER, "Accept": HAPI_ACCEPT})
+    assert single.json()["resourceType"] == "OperationOutcome"
+    plain = notify(client, example("Practitioner"),
+                   {**BEARER, "Accept": "application/fhir+json, application/json"})
+    assert plain.json()["resources"][0]["events"][0]["status"] == "duplicate"
+
+
+def test_an_empty_notification_is_answered_200_with_nothing_taken(client, redis_client):
+    """A Subscription without a payload: HAPI FHIR posts an empty body to the endpoint."""
+    answer = notify(client, b"")
+    assert (answer.status_code, answer.json()) == (200, {"resources": []})
+    assert_nothing_written(redis_client)
+    assert notify(client, b"", {}).status_code == 401

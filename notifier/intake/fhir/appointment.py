@@ -2,7 +2,9 @@
 
 By `status`:
 
-- `booked` -> `appointment.scheduled`, every time. Our policy reads a second
+- `booked` -> `appointment.scheduled`, every time; for a patient participant whose
+  `status` is `declined` (one of a group who will not come) `appointment.cancelled` by the
+  client instead, so they are not reminded of it. Our policy reads a second
   `appointment.scheduled` for an appointment it knows as an update
   (`notifier.policy.appointments.plan_scheduled`): new times send `appointment_updated`,
   the same times only refresh its details (a new video link). So whether a version is a
@@ -22,19 +24,23 @@ By `status`:
 The client is the `Patient` participant, the provider the first `Practitioner` one (a
 PractitionerRole or Location is not a provider to us); without both it is ignored. An
 Appointment with several patients (group therapy) becomes one event set per patient, and
-our appointment id is always `{Appointment.id}.{Patient.id}`: each client has their own
+our appointment id is always `{Appointment.id}.{Patient.id}` (hashed when too long:
+`common.fit`): each client has their own
 reminders, and the ids do not change when a patient joins (a patient removed from the
 group is not cancelled for them: the EHR cancels their part, or their own appointment).
 
 `start`, `end` (or `start + minutesDuration`); without a start it is ignored. `kind` is
-`therapy` when the service, type or specialty says so (a code or text with "therap",
-"counsel" or "psychotherapy", or SNOMED 75516001), else `medication_management`. The video
+`therapy` when the service, type or specialty says so (SNOMED 75516001, or a text or
+display with the word "therapy", "psychotherapy" or "counseling"/"counselling", but not
+"medication therapy" or "drug therapy": medication therapy management is ours, and so is
+"therapeutic drug monitoring"), else `medication_management`. The video
 link is the R5 `virtualService` backport extension's `address` (a URL), else the value of
 the first of `Defaults.video_extensions` present.
 """
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from typing import Any
 
@@ -46,6 +52,7 @@ from notifier.intake.fhir.common import (
     codes,
     envelope,
     extension_values,
+    fit,
     instant,
     ref_of,
 )
@@ -54,7 +61,8 @@ from notifier.intake.fhir.common import (
 VIRTUAL_SERVICE_URL = "http://hl7.org/fhir/5.0/StructureDefinition/extension-Appointment.virtualService"
 #: SNOMED CT "Psychotherapy".
 PSYCHOTHERAPY = "75516001"
-_THERAPY_WORDS = ("therap", "counsel")
+_THERAPY = re.compile(r"(?<!medication )(?<!drug )\b(psycho)?therapy\b|\bcounsell?ing\b",
+                      re.IGNORECASE)
 _NOT_YET = {"proposed": "proposed, not booked yet", "pending": "pending, not booked yet",
             "waitlist": "on the waitlist, not booked", "arrived": "under way (arrived)",
             "checked-in": "under way (checked in)"}
@@ -88,20 +96,26 @@ def kind(appointment: Any) -> str:
         if PSYCHOTHERAPY in codes(concept):
             return "therapy"
         words = [concept.text or "", *(c.display or "" for c in concept.coding or ())]
-        if any(w in text.lower() for text in words for w in _THERAPY_WORDS):
+        if any(_THERAPY.search(text) for text in words):
             return "therapy"
     return "medication_management"
 
 
-def _participants(appointment: Any, ctx: Context) -> tuple[list[str], list[tuple[str, Any]]]:
+def _participants(appointment: Any, ctx: Context
+                  ) -> tuple[list[str], set[str], list[tuple[str, Any]]]:
+    """(patients in order, those who declined, (practitioner, participant) pairs)."""
     patients: list[str] = []
+    declined: set[str] = set()
     practitioners: list[tuple[str, Any]] = []
     for participant in appointment.participant or ():
-        if (patient := ref_of(ctx, participant.actor, "Patient")) and patient not in patients:
-            patients.append(patient)
+        if patient := ref_of(ctx, participant.actor, "Patient"):
+            if patient not in patients:
+                patients.append(patient)
+            if participant.status == "declined":
+                declined.add(patient)
         if practitioner := ref_of(ctx, participant.actor, "Practitioner"):
             practitioners.append((practitioner, participant))
-    return patients, practitioners
+    return patients, declined, practitioners
 
 
 def _cancelled_by(appointment: Any) -> str:
@@ -118,7 +132,7 @@ def map_appointment(appointment: Any, ctx: Context, defaults: Defaults) -> Mappe
     status = appointment.status
     if status in _NOT_YET:
         return Ignored(f"an Appointment {_NOT_YET[status]}")
-    patients, practitioners = _participants(appointment, ctx)
+    patients, declined, practitioners = _participants(appointment, ctx)
     if not patients:
         return Ignored("no Patient participant (Appointment.participant.actor)")
     if not practitioners:
@@ -126,8 +140,12 @@ def map_appointment(appointment: Any, ctx: Context, defaults: Defaults) -> Mappe
     provider_id, _ = practitioners[0]
     events: list[dict[str, Any]] = []
     for patient in patients:
-        appointment_id = f"{appointment.id}.{patient}"
-        if status == "booked":
+        appointment_id = fit(f"{ctx.own(appointment)}.{patient}")
+        data: dict[str, Any]
+        if status == "booked" and patient in declined:
+            data = {"appointment_id": appointment_id, "cancelled_by": "client"}
+            kind_name = "appointment.cancelled"
+        elif status == "booked":
             if appointment.start is None:
                 return Ignored("booked with no start (Appointment.start)")
             end = appointment.end
@@ -135,7 +153,7 @@ def map_appointment(appointment: Any, ctx: Context, defaults: Defaults) -> Mappe
                 end = appointment.start + timedelta(minutes=appointment.minutesDuration)
             if end is None:
                 return Ignored("booked with no end or minutesDuration (Appointment.end)")
-            data: dict[str, Any] = {"appointment": {
+            data = {"appointment": {
                 "id": appointment_id, "client_id": patient, "provider_id": provider_id,
                 "start": instant(appointment.start), "end": instant(end),
                 "kind": kind(appointment), "join_url": join_url(appointment, defaults)}}

@@ -5,10 +5,16 @@ ids and instants, references and extensions read.
 An event made from a FHIR resource is named by the resource: `fhir.{type}.{id}.{version}`
 (the version `meta.versionId`, else `meta.lastUpdated` in UTC as `20261120T150000.123Z`),
 with a suffix when one resource becomes several events (`.{patient id}` for a group
-appointment). So a resent version is the same event id (a duplicate), a new version a new
-event, and an older version arriving late is `stale` by its `occurred_at`, which is
-`meta.lastUpdated` (a stored FHIR resource always has one; without it a resource is refused
-naming `meta.lastUpdated`, since nothing else says when the change happened).
+appointment). A notification posted under a source's own path (`/fhir/r4/{source}/notify`,
+several EHRs connected) names its events `fhir~{source}.{type}.{id}.{version}` and our
+records (clients, providers, appointments, prescriptions...) `{source}~{id}`: `~` is in our
+ids' alphabet but never in a FHIR id (`[A-Za-z0-9-.]`), so two EHRs' `Patient/123` are two
+clients, and no FHIR id of the default source can look like a sourced one. An id too long
+for ours (128) becomes a hash of it (`fit`). So a resent version is the same event id (a
+duplicate), a new version a new event, and an older version arriving late is `stale` by
+its `occurred_at`, which is `meta.lastUpdated` (a stored FHIR resource always has one;
+without it a resource is refused naming `meta.lastUpdated`, since nothing else says when
+the change happened).
 """
 
 from __future__ import annotations
@@ -52,11 +58,13 @@ class Defaults:
     video_extensions: tuple[str, ...] = ()
 
     @classmethod
-    def of_policy(cls, policy: Policy) -> Defaults:
+    def of_policy(cls, policy: Policy, video_extensions: tuple[str, ...] = ()) -> Defaults:
         """The practice's zone (`[practice] timezone`) and, for phone numbers, the country
-        whose holidays it keeps (`response_window.holiday_country`): the same country."""
+        whose holidays it keeps (`response_window.holiday_country`): the same country;
+        `video_extensions` from the settings (NOTIFIER_FHIR_VIDEO_EXTENSIONS)."""
         return cls(zone=policy.practice_zone.key,
-                   phone_region=policy.response_window.holiday_country)
+                   phone_region=policy.response_window.holiday_country,
+                   video_extensions=video_extensions)
 
 
 @dataclass(frozen=True)
@@ -64,12 +72,25 @@ class Context:
     """Where a resource is mapped: `where` is its FHIRPath root for problems (`Patient`, or
     `Bundle.entry[2].resource`), `others` the payload's resources by `Type/id` and by
     `fullUrl` (a transaction bundle refers by `urn:uuid:`), so a dispense finds its
-    MedicationRequest, and `fills` how many dispenses of each MedicationRequest
-    (`MedicationRequest/id`) are known up to and including the one being mapped."""
+    MedicationRequest, and `fills` the dispense's place (1 = the first fill) among its
+    prescription's known fills, by our prescription id."""
 
     where: str
     others: Mapping[str, Any] = field(default_factory=dict)
     fills: Mapping[str, int] = field(default_factory=dict)
+    #: The source the payload was posted under ("" for `/fhir/r4/notify`).
+    source: str = ""
+    #: MedicationRequests remembered from earlier notifications (`KnownRequest`s of
+    #: `notifier.intake.fhir.medication`), by our prescription id.
+    requests: Mapping[str, Any] = field(default_factory=dict)
+
+    def scoped(self, fhir_id: str) -> str:
+        """Our id for a FHIR id of this payload's source (see the module docstring)."""
+        return fit(f"{self.source}~{fhir_id}" if self.source else fhir_id)
+
+    def own(self, resource: Any) -> str:
+        """Our id for `resource` itself (a Patient's client id, a Task's request id)."""
+        return self.scoped(str(resource.id))
 
     def path(self, element: str) -> str:
         """The FHIRPath of `element` (`participant[0].actor`) of the resource."""
@@ -106,8 +127,9 @@ def ref_id(reference: str | None) -> tuple[str, str] | None:
 
 
 def ref_of(ctx: Context, reference: Any, resource_type: str) -> str | None:
-    """The id of the `resource_type` a Reference element points at, literally or through
-    the payload (`urn:uuid:`); None when it points at something else."""
+    """Our id (`Context.scoped`) of the `resource_type` a Reference element points at,
+    literally or through the payload (`urn:uuid:`); None when it points at something
+    else."""
     if reference is None or not reference.reference:
         return None
     parsed = ref_id(reference.reference)
@@ -116,7 +138,7 @@ def ref_of(ctx: Context, reference: Any, resource_type: str) -> str | None:
         if target is None or target.id is None:
             return None
         parsed = (target.get_resource_type(), target.id)
-    return parsed[1] if parsed[0] == resource_type else None
+    return ctx.scoped(parsed[1]) if parsed[0] == resource_type else None
 
 
 def updated_at(resource: Any, ctx: Context) -> datetime:
@@ -133,9 +155,16 @@ def instant(value: datetime) -> str:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-#: Our event ids' longest and alphabet (`notifier.intake.events.Id`).
-_ID_MAX = 128
-_SAFE = re.compile(r"[A-Za-z0-9._~-]+")
+#: Our ids (`notifier.intake.events.Id`): 1-128 of a safe alphabet, a letter or digit first.
+_OUR_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~-]{0,127}")
+
+
+def fit(name: str, prefix: str = "fhir-") -> str:
+    """`name` when it is one of our ids, else `prefix` and its SHA-256 (the same name
+    always gives the same id)."""
+    if _OUR_ID.fullmatch(name):
+        return name
+    return prefix + hashlib.sha256(name.encode()).hexdigest()
 
 
 def event_id(resource: Any, ctx: Context, suffix: str = "") -> str:
@@ -145,11 +174,10 @@ def event_id(resource: Any, ctx: Context, suffix: str = "") -> str:
     version = meta.versionId if meta is not None and meta.versionId else None
     if version is None:
         version = updated_at(resource, ctx).astimezone(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
-    name = f"fhir.{resource.get_resource_type()}.{resource.id}.{version}"
+    root = f"fhir~{ctx.source}" if ctx.source else "fhir"
+    name = f"{root}.{resource.get_resource_type()}.{resource.id}.{version}"
     name += f".{suffix}" if suffix else ""
-    if len(name) > _ID_MAX or not _SAFE.fullmatch(name):
-        return "fhir." + hashlib.sha256(name.encode()).hexdigest()
-    return name
+    return fit(name, "fhir.")
 
 
 def envelope(resource: Any, ctx: Context, event_type: str, data: dict[str, Any],

@@ -28,7 +28,8 @@ def map_communication(message: Any, ctx: Context, defaults: Defaults) -> Mapped:
                      if (p := ref_of(ctx, r, "Practitioner")) is not None]
         if not providers:
             return Ignored("from a Patient to no Practitioner (Communication.recipient)")
-        data = {"message": {"id": message.id, "client_id": client, "provider_id": providers[0]}}
+        data = {"message": {"id": ctx.own(message), "client_id": client,
+                            "provider_id": providers[0]}}
         return [envelope(message, ctx, "message.received", data)]
     if ref_of(ctx, message.sender, "Practitioner") is not None:
         answered = [a for r in message.inResponseTo or ()

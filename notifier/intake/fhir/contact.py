@@ -7,7 +7,10 @@ A contact point is in use unless its `period` ended at or before the resource's
 listed. A phone is a mobile when its `system` is `sms`, or `phone` with `use: mobile`: a
 home or work line cannot take SMS, and a phone with no `use` is not assumed to. Numbers
 are read with the practice's region when written without a country code (`(555)
-555-0100`); one that is not a valid number is passed over for the next.
+555-0100`); one that is not a valid number is passed over for the next, and so is an
+email address our events refuse (`ana.reyes@`): FHIR takes any string, and one typo
+must not refuse the whole notification on every retry. A `mailto:` before an address
+is dropped.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
+from pydantic import EmailStr, TypeAdapter, ValidationError
 
 from notifier.intake.events import Client
 from notifier.intake.fhir.common import Defaults, ends_by, extension_values
@@ -60,11 +64,27 @@ def mobile(telecom: Iterable[Any] | None, at: datetime, defaults: Defaults) -> s
     return None
 
 
+#: Our events' own email check (`Client.email` of `notifier.intake.events`).
+_EMAIL: TypeAdapter[str] = TypeAdapter(EmailStr)
+
+
+def valid_email(value: str) -> str | None:
+    """`value` (less a `mailto:`) when our events take it as an email, else None."""
+    address = value.strip()
+    if address[:7].lower() == "mailto:":
+        address = address[7:].strip()
+    try:
+        _EMAIL.validate_python(address)
+    except ValidationError:
+        return None
+    return address
+
+
 def email(telecom: Iterable[Any] | None, at: datetime) -> str | None:
-    """The most preferred email address in use (checked by our event's own validation)."""
+    """The most preferred valid email address in use; None without one."""
     for point in ranked(telecom, at):
-        if point.system == "email":
-            return str(point.value).strip()
+        if point.system == "email" and (address := valid_email(str(point.value))):
+            return address
     return None
 
 

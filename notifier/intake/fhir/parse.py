@@ -3,9 +3,12 @@ R4B models (R4B is R4 plus the backported Subscription resources; every R4 resou
 reads the same).
 
 `parse(raw)` takes what a FHIR server posts for a Subscription (`rest-hook`): one resource,
-or a `Bundle` of type `history`, `transaction`, `collection` or `searchset`. The
-Subscriptions Backport IG's notification is a `history` Bundle whose first entry is a
+or a `Bundle` of type `history`, `transaction`, `collection`, `searchset` or (R4B's
+own) `subscription-notification`. The Subscriptions Backport IG's notification is a
+`history` (R4) or `subscription-notification` (R4B) Bundle whose first entry is a
 `Parameters` (R4) or `SubscriptionStatus` (R4B) describing the notification: skipped.
+JSON nested deeper than `MAX_DEPTH` is refused before validation (FHIR resources are a few
+levels deep; fhir.resources' validation recurses per level and would overflow the stack).
 Entries without a resource (a deletion in a history, an `id-only` notification) and
 resources of types we do not map are returned as `Entry`s with an `ignored` reason and are
 not validated (a bad Observation must not refuse the Appointment next to it). Every
@@ -16,6 +19,7 @@ or `Bundle.entry[2].resource.participant[0].actor.reference` inside a bundle).
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,7 +34,11 @@ from notifier.intake.json_body import load_object
 #: The resource types a mapper exists for (`notifier.intake.fhir.mapping`).
 MAPPED_TYPES = frozenset({"Patient", "Practitioner", "Appointment", "MedicationRequest",
                           "MedicationDispense", "Task", "Communication"})
-BUNDLE_TYPES = ("history", "transaction", "collection", "searchset")
+BUNDLE_TYPES = ("history", "transaction", "collection", "searchset",
+                "subscription-notification")
+#: The deepest JSON taken: arrays and objects within each other (a Bundle's contained
+#: resource's extension's extension is about 10).
+MAX_DEPTH = 64
 #: The Backport IG's first entry, describing the notification rather than a change.
 NOTIFICATION_STATUS = ("Parameters", "SubscriptionStatus")
 
@@ -93,7 +101,8 @@ def _resource(body: Any, root: str) -> tuple[Entry | None, list[FieldProblem]]:
         return None, [FieldProblem(root, "must be a JSON object (a FHIR resource)")]
     kind = body.get("resourceType")
     if not isinstance(kind, str) or not kind:
-        return None, [FieldProblem(f"{root}.resourceType", "required: the resource's type")]
+        return None, [FieldProblem(f"{root}.resourceType".lstrip("."),
+                                   "required: the resource's type (a string)")]
     if kind not in MAPPED_TYPES:
         return Entry(where=root, label=_label(body),
                      ignored=f"{kind} is not a resource type we map"), []
@@ -133,7 +142,8 @@ def _bundle(body: dict[str, Any]) -> tuple[list[Entry], list[FieldProblem]]:
             entries.append(Entry(where=root, label=str(full_url or root), full_url=full_url,
                                  ignored=why))
             continue
-        if (number == 0 and body["type"] == "history" and isinstance(resource, dict)
+        if (number == 0 and body["type"] in ("history", "subscription-notification")
+                and isinstance(resource, dict)
                 and resource.get("resourceType") in NOTIFICATION_STATUS):
             continue  # the notification's own status, not a change
         entry, found = _resource(resource, root)
@@ -144,20 +154,59 @@ def _bundle(body: dict[str, Any]) -> tuple[list[Entry], list[FieldProblem]]:
     return entries, problems
 
 
-def parse(raw: bytes | str) -> list[Entry]:
-    """The resources of a FHIR JSON payload, in order; raises `InvalidEvent` naming each
-    bad element by its FHIRPath (JSON errors and repeated keys as `notifier.intake.
-    json_body` names them)."""
+def _depth(node: Any) -> int:
+    """How deep arrays and objects nest in `node` (a scalar: 0), without recursion."""
+    deepest, stack = 0, [(node, 1)]
+    while stack:
+        value, level = stack.pop()
+        children = (value.values() if isinstance(value, dict)
+                    else value if isinstance(value, list) else None)
+        if children is None:
+            continue
+        deepest = max(deepest, level)
+        if deepest > MAX_DEPTH:
+            break
+        stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def load_fhir(raw: bytes | str) -> dict[str, Any]:
+    """A FHIR JSON body's object; raises `InvalidEvent` for what is not JSON (`body`), a
+    key given twice (named by its FHIRPath under the resource: `Patient.telecom`), or
+    nesting deeper than `MAX_DEPTH` (`body`)."""
     try:
         _, body = load_object(raw)
     except InvalidEvent as exc:
-        raise InvalidEvent([FieldProblem(fhirpath("", p.field.split(".")).lstrip(".")
+        root = _root_of(raw)
+        raise InvalidEvent([FieldProblem(fhirpath(root, p.field.split(".")).lstrip(".")
                                          if p.field != "body" else "body", p.message)
                             for p in exc.problems]) from None
+    if _depth(body) > MAX_DEPTH:
+        raise InvalidEvent([FieldProblem("body", f"nested deeper than {MAX_DEPTH} arrays "
+                                                 "and objects: no FHIR resource is")])
+    return body
+
+
+def _root_of(raw: bytes | str) -> str:
+    """The FHIRPath root of a body our strict parser refused (its `resourceType` read by
+    a lenient parse), "" when unknown."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        return ""
+    kind = body.get("resourceType") if isinstance(body, dict) else None
+    return kind if isinstance(kind, str) and _NAME.fullmatch(kind) else ""
+
+
+def parse(raw: bytes | str) -> list[Entry]:
+    """The resources of a FHIR JSON payload, in order; raises `InvalidEvent` naming each
+    bad element by its FHIRPath (JSON errors as `notifier.intake.json_body` names them)."""
+    body = load_fhir(raw)
     if body.get("resourceType") == "Bundle":
         entries, problems = _bundle(body)
     else:
-        entry, problems = _resource(body, str(body.get("resourceType") or "body"))
+        kind = body.get("resourceType")
+        entry, problems = _resource(body, kind if isinstance(kind, str) and kind else "")
         entries = [entry] if entry is not None else []
     if problems:
         raise InvalidEvent(problems)

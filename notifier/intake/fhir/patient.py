@@ -1,8 +1,9 @@
 """`Patient` -> `client.upserted`.
 
-- `first_name`: the first given name of the name in use (`use` official or usual first,
-  then any other but `old`/`maiden`), else the first word of its `text`; without a name
-  the Patient is ignored (we greet clients by name).
+- `first_name`: the first given name of the name in use (`use` usual first: FHIR's "known
+  as", Peter Chalmers' `Jim`; then official, then any other but `old`/`maiden`), else the
+  first word of its `text`; without a name the Patient is ignored (we greet clients by
+  name).
 - `phone`: the preferred mobile (`notifier.intake.fhir.contact`); `email`: the preferred
   email; `channels.sms`/`channels.email` are whether each exists: a contact point whose
   `period` has ended is how FHIR says "no longer use this", and is how an opt-out given in
@@ -10,8 +11,9 @@
   need), reached by no channel.
 - `timezone`: the timezone extension, else the practice's; `locale`: `communication`'s
   language when our templates have it, else English.
-- `active: false` or a `deceased` Patient: ignored (no message should go to them; the
-  appointments the EHR cancels come as their own events).
+- `active: false` (merged, left the practice) or a `deceased` Patient: upserted with both
+  channels off, so nothing more reaches them (refill reminders and follow-ups included;
+  the appointments the EHR cancels come as their own events).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ _LAST = {"old", "maiden"}
 def first_name(names: list[Any] | None) -> str | None:
     """The given name a client is greeted by, None without one."""
     usable = [n for n in names or () if n.use not in _LAST]
-    usable.sort(key=lambda n: n.use not in ("usual", "official"))
+    usable.sort(key=lambda n: {"usual": 0, "official": 1}.get(n.use, 2))
     for name in usable:
         for given in name.given or ():
             if given and given.strip():
@@ -40,17 +42,16 @@ def first_name(names: list[Any] | None) -> str | None:
 def map_patient(patient: Any, ctx: Context, defaults: Defaults) -> Mapped:
     """A Patient as `client.upserted`, or why not."""
     at = updated_at(patient, ctx)
-    if patient.active is False:
-        return Ignored("an inactive Patient: nothing is sent to them")
-    if patient.deceasedBoolean or patient.deceasedDateTime is not None:
-        return Ignored("a deceased Patient: nothing is sent to them")
+    reachable = not (patient.active is False or patient.deceasedBoolean
+                     or patient.deceasedDateTime is not None)
     name = first_name(patient.name)
     if name is None:
         return Ignored("no given name (Patient.name): clients are greeted by name")
     phone = contact.mobile(patient.telecom, at, defaults)
     email = contact.email(patient.telecom, at)
-    client = {"id": patient.id, "first_name": name, "phone": phone, "email": email,
+    client = {"id": ctx.own(patient), "first_name": name, "phone": phone, "email": email,
               "timezone": contact.zone(patient.extension, defaults),
               "locale": contact.locale(patient.communication),
-              "channels": {"sms": phone is not None, "email": email is not None}}
+              "channels": {"sms": reachable and phone is not None,
+                           "email": reachable and email is not None}}
     return [envelope(patient, ctx, "client.upserted", {"client": client})]

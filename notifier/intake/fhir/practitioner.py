@@ -50,7 +50,7 @@ def map_practitioner(practitioner: Any, ctx: Context, defaults: Defaults) -> Map
     email = contact.email(work, at) or contact.email(practitioner.telecom, at)
     if email is None:
         return Ignored("no email (Practitioner.telecom): a provider's digest goes by email")
-    provider = {"id": practitioner.id, "name": name, "email": email,
+    provider = {"id": ctx.own(practitioner), "name": name, "email": email,
                 "phone": _phone(practitioner.telecom, ctx, defaults, at),
                 "timezone": contact.zone(practitioner.extension, defaults)}
     return [envelope(practitioner, ctx, "provider.upserted", {"provider": provider})]

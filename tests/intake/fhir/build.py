@@ -42,13 +42,15 @@ def of(*resources: dict[str, Any], kind: str = "collection") -> dict[str, Any]:
                        "resource": r} for r in resources]}
 
 
-def mapped(body: dict[str, Any], defaults: Defaults = DEFAULTS) -> list[MappedResource]:
-    return map_payload(json.dumps(body).encode(), defaults)
+def mapped(body: dict[str, Any], defaults: Defaults = DEFAULTS, source: str = ""
+           ) -> list[MappedResource]:
+    return map_payload(json.dumps(body).encode(), defaults, source=source)
 
 
-def events(body: dict[str, Any], defaults: Defaults = DEFAULTS) -> list[dict[str, Any]]:
+def events(body: dict[str, Any], defaults: Defaults = DEFAULTS, source: str = ""
+           ) -> list[dict[str, Any]]:
     """Every event a payload becomes, in order."""
-    return [event for item in mapped(body, defaults) for event in item.events]
+    return [event for item in mapped(body, defaults, source) for event in item.events]
 
 
 def ignored(body: dict[str, Any]) -> str | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 
 from notifier.errors import InvalidEvent
@@ -99,6 +101,12 @@ def test_end_from_minutes_duration():
     ({"appointmentType": {"coding": [{"code": "ROUTINE", "display": "Counseling session"}]}},
      "therapy"),
     ({"specialty": [{"text": "Psychiatry"}]}, "medication_management"),
+    # A medication practice's own visits whose names say "therap..."
+    ({"serviceType": [{"text": "Medication therapy management"}]}, "medication_management"),
+    ({"serviceType": [{"text": "Therapeutic drug monitoring (lithium level review)"}]},
+     "medication_management"),
+    ({"serviceType": [{"text": "Family therapy"}]}, "therapy"),
+    ({"serviceType": [{"text": "Grief counselling"}]}, "therapy"),
 ])
 def test_the_kind_of_visit(concepts, kind):
     body = appointment(**{"serviceType": None, **concepts})
@@ -133,11 +141,13 @@ def test_a_booking_without_times_is_ignored():
         "booked with no end or minutesDuration (Appointment.end)")
 
 
-def test_a_booking_our_rules_refuse_names_the_appointment():
+def test_a_booking_our_rules_refuse_names_the_fhir_element():
+    """4xx answers name the bad element by its FHIRPath: the end before the start is
+    `Appointment.end` (under its entry), not the whole resource."""
     with pytest.raises(InvalidEvent) as caught:
         events(of(appointment(end="2026-11-20T14:00:00Z")))
     (found,) = caught.value.problems
-    assert found.field == "Bundle.entry[0].resource"
+    assert found.field == "Bundle.entry[0].resource.end"
     assert "data.appointment.end: Value error, end must be after start" in found.message
 
 
@@ -152,3 +162,18 @@ def test_a_participant_in_a_transaction_bundle_is_found_through_its_full_url():
          "request": {"method": "PUT", "url": "Appointment/appt-1"}}]}
     _, scheduled = events(bundle)
     assert scheduled["data"]["appointment"]["client_id"] == "pat-ana"
+
+
+def test_a_patient_who_declined_a_group_appointment_is_not_reminded_of_it():
+    """A booked group Appointment with two patients, one of whom declined
+    (participant.status `declined`): the other is scheduled, the one who declined has
+    their part cancelled (by the client)."""
+    body = appointment()
+    declined = copy.deepcopy(body["participant"][0])
+    declined["actor"] = {"reference": "Patient/pat-ben", "display": "Ben Ortiz"}
+    declined["status"] = "declined"
+    body["participant"].insert(1, declined)
+    assert [(e["type"], e["data"].get("appointment_id")) for e in events(body)] == [
+        ("appointment.scheduled", None),
+        ("appointment.cancelled", "appt-1.pat-ben")]
+    assert events(body)[1]["data"]["cancelled_by"] == "client"

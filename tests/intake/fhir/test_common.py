@@ -7,8 +7,8 @@ from datetime import UTC, date, datetime
 import pytest
 from fhir.resources.R4B.patient import Patient
 
-from notifier.intake.fhir.common import Context, day_of, ends_by, event_id, ref_id
-from tests.intake.fhir.build import resource
+from notifier.intake.fhir.common import Context, day_of, ends_by, event_id, fit, ref_id
+from tests.intake.fhir.build import events, resource
 
 
 @pytest.mark.parametrize(("value", "ends"), [
@@ -53,3 +53,21 @@ def test_an_event_id_too_long_for_ours_is_hashed_the_same_every_time():
     first = event_id(patient, ctx)
     assert first == event_id(patient, ctx)
     assert first.startswith("fhir.") and len(first) == 5 + 64
+
+
+def test_a_sources_ids_are_its_own():
+    """Under a source, event ids start `fhir~{source}.` and our records' ids
+    `{source}~`: `~` is never in a FHIR id, so nothing of the default source collides."""
+    ctx = Context(where="Patient", source="ehr-b")
+    assert ctx.scoped("pat-ana") == "ehr-b~pat-ana"
+    assert Context(where="Patient").scoped("pat-ana") == "pat-ana"
+    long = "x" * 64
+    assert ctx.scoped(long) == "ehr-b~" + long
+    assert fit("a" * 129).startswith("fhir-") and len(fit("a" * 129)) == 69
+    assert fit(".starts-with-a-dot") != ".starts-with-a-dot"
+    (event,) = events(resource("Patient"), source="ehr-b")
+    assert event["id"] == "fhir~ehr-b.Patient.pat-ana.1"
+    assert event["data"]["client"]["id"] == "ehr-b~pat-ana"
+    appointment = events(resource("Appointment"), source="ehr-b")[0]
+    assert appointment["data"]["appointment"]["id"] == "ehr-b~appt-1.ehr-b~pat-ana"
+    assert appointment["data"]["appointment"]["provider_id"] == "ehr-b~prac-rivera"

@@ -112,6 +112,19 @@ def test_fhir_map_names_each_bad_element_and_exits_1(tmp_path, capsys):
                   "valid string\n"
 
 
+def test_fhir_map_under_a_source_prefixes_its_ids(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "patient.json"
+    path.write_text(json.dumps(resource("Patient")))
+    monkeypatch.setenv("NOTIFIER_FHIR_SOURCES", "ehr-b")
+    main(["fhir", "map", "--source", "ehr-b", str(path)])
+    (line,) = capsys.readouterr().out.splitlines()
+    assert json.loads(line)["data"]["client"]["id"] == "ehr-b~pat-ana"
+    with pytest.raises(SystemExit) as exited:
+        main(["fhir", "map", "--source", "ehr-c", str(path)])
+    assert exited.value.code == 2
+    assert "not one of NOTIFIER_FHIR_SOURCES (ehr-b)" in capsys.readouterr().err
+
+
 def test_fhir_map_names_a_file_it_cannot_read(tmp_path, capsys):
     with pytest.raises(SystemExit) as exited:
         main(["fhir", "map", str(tmp_path / "missing.json")])

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from notifier.intake.fhir import map_payload
+from notifier.intake.fhir.mapping import PayloadMemory
 from tests.intake.fhir.build import DEFAULTS, events, ignored, mapped, of, resource
 
 FILLED = {"id": "rx-1", "client_id": "pat-ana", "provider_id": "prac-rivera",
@@ -52,7 +53,8 @@ def test_a_dispense_with_its_request_contained_is_a_fill():
     body = dispense(contained=[contained],
                     authorizingPrescription=[{"reference": "#rx-1"}])
     (event,) = events(body)
-    assert event["data"]["prescription"] == FILLED
+    # A contained id is local to its container: ours names both.
+    assert event["data"]["prescription"] == {**FILLED, "id": "disp-1_rx-1"}
 
 
 def test_a_dispense_without_its_request_is_ignored_saying_what_to_include():
@@ -132,13 +134,96 @@ def test_a_dispense_without_any_supply_duration_is_ignored():
     assert item.ignored == "no daysSupply, nor the request's expectedSupplyDuration"
 
 
-def test_the_fill_count_is_the_callers():
-    seen: list[tuple[str, str]] = []
+class ThirdFill(PayloadMemory):
+    """A memory in which every fill is the third."""
 
-    def third_fill(request_key: str, dispense_id: str) -> int:
-        seen.append((request_key, dispense_id))
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[str, str, float]] = []
+
+    def count(self, prescription_id: str, dispense_id: str, handed_at: float) -> int:
+        self.seen.append((prescription_id, dispense_id, handed_at))
         return 3
 
-    _, item = map_payload(json.dumps(of(request(), dispense())).encode(), DEFAULTS, third_fill)
+
+def test_the_fill_count_is_the_callers():
+    memory = ThirdFill()
+    _, item = map_payload(json.dumps(of(request(), dispense())).encode(), DEFAULTS, memory)
     assert item.events[0]["data"]["prescription"]["refills_remaining"] == 0
-    assert seen == [("MedicationRequest/rx-1", "disp-1")]
+    # whenHandedOver 2026-11-21T12:55:00-06:00, in Unix seconds
+    assert memory.seen == [("rx-1", "disp-1", 1795287300.0)]
+
+
+def test_contained_requests_of_two_dispenses_are_two_prescriptions():
+    """A contained resource's id is local to its container: two pharmacies' dispenses
+    each containing their MedicationRequest as `#rx` are two prescriptions, each at its
+    first fill."""
+    def contained_dispense(dispense_id: str, patient: str) -> dict:
+        rx = resource("MedicationRequest", id="rx", meta=None,
+                      subject={"reference": f"Patient/{patient}"})
+        return dispense(id=dispense_id, contained=[rx],
+                        subject={"reference": f"Patient/{patient}"},
+                        authorizingPrescription=[{"reference": "#rx"}])
+    found = events(of(contained_dispense("disp-a", "pat-ana"),
+                      contained_dispense("disp-b", "pat-ben")))
+    assert [e["data"]["prescription"]["id"] for e in found] == ["disp-a_rx", "disp-b_rx"]
+    assert [e["data"]["prescription"]["refills_remaining"] for e in found] == [2, 2]
+
+
+_PACK = ("{21 (ethinyl estradiol 0.035 MG / norgestimate 0.25 MG Oral Tablet) / "
+         "7 (inert ingredients 1 MG Oral Tablet) } Pack [Sprintec 28 Day]")
+
+
+@pytest.mark.parametrize(("change", "medication"), [
+    # RxNorm's own display of a pack (133 characters): over our 100-character Name
+    ({"medicationCodeableConcept": {"coding": [{
+        "system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "748962",
+        "display": _PACK}]}}, _PACK[:99].rstrip() + "\u2026"),
+    # a pharmacy system's free text on two lines
+    ({"medicationCodeableConcept": {"text": "Sertraline 50 mg tablet\nTake 1 daily"}},
+     "Sertraline 50 mg tablet"),
+], ids=["rxnorm-pack-display", "multi-line-text"])
+def test_a_fhir_valid_dispense_is_a_fill_whatever_its_medication_text(change, medication):
+    """Valid FHIR whose text breaks our event rules is made to fit (first line,
+    shortened) rather than refusing the whole notification on every retry."""
+    (event,) = events(of(dispense(**change), request()))
+    assert event["type"] == "prescription.filled"
+    assert event["data"]["prescription"]["medication"] == medication
+    assert len(medication) == 100 or "\n" not in medication
+
+
+def test_a_reference_resolves_to_the_newest_version_in_a_history_bundle():
+    """A `_history` bundle lists versions newest first: the dispense reads rx-1 v2 (5
+    refills allowed), whichever order the versions come in."""
+    v2 = request(meta={"versionId": "2", "lastUpdated": "2026-11-21T17:00:00Z"})
+    v2["dispenseRequest"]["numberOfRepeatsAllowed"] = 5
+    for body in (of(dispense(), v2, request(), kind="history"),
+                 of(dispense(), request(), v2, kind="collection")):
+        (filled,) = [e for e in events(body) if e["type"] == "prescription.filled"]
+        assert filled["data"]["prescription"]["refills_remaining"] == 5
+
+
+def test_a_dispense_alone_is_a_fill_of_a_request_remembered():
+    """What an active MedicationRequest posted before says is kept (`MappedResource.
+    request`, remembered by the caller): its dispense posted alone is a fill."""
+    memory = PayloadMemory()
+    (item,) = map_payload(json.dumps(request()).encode(), DEFAULTS, memory)
+    assert item.ignored is not None and item.request is not None
+    memory.remember([item.request])
+    (item,) = map_payload(json.dumps(dispense()).encode(), DEFAULTS, memory)
+    assert item.events[0]["data"]["prescription"] == FILLED
+    (item,) = map_payload(json.dumps(dispense()).encode(), DEFAULTS, memory, source="ehr-b")
+    assert item.ignored is not None  # another EHR's rx-1 is another prescription
+
+
+def test_a_fill_is_counted_by_its_place_among_the_known_fills():
+    memory = PayloadMemory()
+    later = dispense(id="disp-2", whenHandedOver="2026-12-20T10:00:00-06:00",
+                     meta={"versionId": "1", "lastUpdated": "2026-12-20T16:05:00Z"})
+    (_, item) = map_payload(json.dumps(of(request(), later)).encode(), DEFAULTS, memory)
+    assert item.events[0]["data"]["prescription"]["refills_remaining"] == 2
+    # The earlier fill, posted late, is the first; disp-2 sent again is the second.
+    (_, item) = map_payload(json.dumps(of(request(), dispense())).encode(), DEFAULTS, memory)
+    assert item.events[0]["data"]["prescription"]["refills_remaining"] == 2
+    (_, item) = map_payload(json.dumps(of(request(), later)).encode(), DEFAULTS, memory)
+    assert item.events[0]["data"]["prescription"]["refills_remaining"] == 1

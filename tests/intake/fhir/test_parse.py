@@ -8,7 +8,7 @@ import json
 import pytest
 
 from notifier.errors import InvalidEvent
-from notifier.intake.fhir.parse import fhirpath, parse
+from notifier.intake.fhir.parse import MAX_DEPTH, fhirpath, parse
 from tests.intake.fhir.build import of, resource
 
 
@@ -35,7 +35,8 @@ def test_a_single_resource_is_one_entry():
     assert entry.resource.name[0].given == ["Ana", "Sofía"]
 
 
-@pytest.mark.parametrize("kind", ["history", "transaction", "collection", "searchset"])
+@pytest.mark.parametrize("kind", ["history", "transaction", "collection", "searchset",
+                                  "subscription-notification"])
 def test_every_bundle_type_a_server_sends_is_read(kind):
     entries = parse(json.dumps(of(resource("Patient"), resource("Practitioner"), kind=kind)))
     assert [e.where for e in entries] == ["Bundle.entry[0].resource", "Bundle.entry[1].resource"]
@@ -49,8 +50,11 @@ def test_every_bundle_type_a_server_sends_is_read(kind):
     {"resourceType": "SubscriptionStatus", "status": "active", "type": "event-notification",
      "subscription": {"reference": "Subscription/s1"}},
 ])
-def test_the_backport_notifications_status_entry_is_skipped(status):
-    body = of(resource("Appointment"), kind="history")
+@pytest.mark.parametrize("kind", ["history", "subscription-notification"])
+def test_the_backport_notifications_status_entry_is_skipped(status, kind):
+    """R4's Backport notification is a history bundle; R4B gives it its own
+    `subscription-notification` type."""
+    body = of(resource("Appointment"), kind=kind)
     body["entry"].insert(0, {"fullUrl": "urn:uuid:9e41ff6d-5be6-4e6a-8b85-abd4e7f58400",
                              "resource": status})
     (entry,) = parse(json.dumps(body))
@@ -105,11 +109,33 @@ def test_a_bundle_of_another_type_is_refused():
 
 
 def test_a_resource_without_a_type_is_refused():
-    assert list(problems({"id": "x"})) == ["body.resourceType"]
+    assert list(problems({"id": "x"})) == ["resourceType"]
+    assert list(problems({"resourceType": 5, "id": "x"})) == ["resourceType"]
     assert list(problems(of({"id": "x"}))) == ["Bundle.entry[0].resource.resourceType"]
 
 
 def test_not_json_and_repeated_keys_are_refused():
     assert list(problems(b"{not json")) == ["body"]
     repeated = '{"resourceType": "Patient", "id": "a", "id": "b"}'
-    assert list(problems(repeated)) == ["id"]
+    assert list(problems(repeated)) == ["Patient.id"]
+    bundle = json.dumps(of(resource("Patient")))
+    in_bundle = bundle.replace('"id": "pat-ana",', '"id": "pat-ana", "id": "pat-ben",', 1)
+    assert list(problems(in_bundle)) == ["Bundle.entry[0].resource.id"]
+
+
+@pytest.mark.parametrize(("levels", "refused"), [(30, False), (31, True), (2500, True)])
+def test_json_nested_deeper_than_fhir_is_refused_before_validation(levels, refused):
+    """fhir.resources' validation recurses per level: 250 nested extensions overflow
+    the stack (a 500); nesting is bounded first. `levels` extensions within each other
+    are 3 + 2 x levels deep (the Patient, its array, each object and array, the last)."""
+    assert (3 + 2 * levels > MAX_DEPTH) == refused
+    nest = ('{"url":"http://e.example/x","extension":[' * levels
+            + '{"url":"http://e.example/y","valueString":"x"}' + "]}" * levels)
+    text = '{"resourceType": "Patient", "id": "p", "extension": [' + nest + "]}"
+    if refused:
+        # Deeper than Python's parser goes: "not valid JSON" (maximum recursion depth).
+        assert list(problems(text)) == ["body"]
+        assert levels > 400 or problems(text)["body"] == (
+            f"nested deeper than {MAX_DEPTH} arrays and objects: no FHIR resource is")
+    else:
+        assert parse(text)[0].label == "Patient/p"

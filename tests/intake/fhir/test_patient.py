@@ -7,7 +7,7 @@ import pytest
 
 from notifier.errors import InvalidEvent
 from notifier.intake.fhir import Defaults
-from tests.intake.fhir.build import events, ignored, resource
+from tests.intake.fhir.build import events, ignored, of, resource
 
 HOME = {"system": "phone", "value": "(312) 555-0142", "use": "home"}
 MOBILE = {"system": "phone", "value": "(415) 555-0123", "use": "mobile"}
@@ -105,7 +105,13 @@ def test_the_zone_is_the_extensions_or_the_practices(extension, zone):
 
 @pytest.mark.parametrize(("names", "first"), [
     ([{"use": "official", "family": "Reyes", "given": ["Ana", "Sofía"]}], "Ana"),
-    ([{"use": "official", "given": ["Ana"]}, {"use": "usual", "given": ["Annie"]}], "Ana"),
+    # `usual` is FHIR's "known as" (patient-example.json's Peter Chalmers is Jim)
+    ([{"use": "official", "given": ["Ana"]}, {"use": "usual", "given": ["Annie"]}], "Annie"),
+    ([{"use": "official", "family": "Chalmers", "given": ["Peter", "James"]},
+      {"use": "usual", "given": ["Jim"]},
+      {"use": "maiden", "family": "Windsor", "given": ["Peter", "James"],
+       "period": {"end": "2002"}}], "Jim"),
+    ([{"use": "nickname", "given": ["Annie"]}, {"use": "official", "given": ["Ana"]}], "Ana"),
     ([{"use": "old", "given": ["Anita"]}, {"given": ["Ana"]}], "Ana"),
     ([{"text": "Ana Reyes"}], "Ana"),
 ])
@@ -117,8 +123,6 @@ def test_the_client_is_greeted_by_a_given_name(names, first):
     ({"name": None}, "no given name (Patient.name): clients are greeted by name"),
     ({"name": [{"use": "maiden", "given": ["Anita"]}]}, "no given name (Patient.name): "
                                                         "clients are greeted by name"),
-    ({"active": False}, "an inactive Patient: nothing is sent to them"),
-    ({"deceasedDateTime": "2026-10-30"}, "a deceased Patient: nothing is sent to them"),
 ])
 def test_a_patient_nobody_writes_to_is_ignored(changes, why):
     assert ignored(resource("Patient", **changes)) == why
@@ -141,9 +145,45 @@ def test_a_patient_without_last_updated_is_refused_naming_it():
 
 
 def test_a_patient_whose_client_our_rules_refuse_is_refused_naming_it():
-    patient = resource("Patient", telecom=[{"system": "email", "value": "not an address"}])
+    # A given name of nothing visible (a zero-width space): no one to greet.
+    patient = resource("Patient", name=[{"given": ["\u200b"]}])
     with pytest.raises(InvalidEvent) as caught:
         events(patient)
     (found,) = caught.value.problems
-    assert found.field == "Patient"
-    assert "client.upserted" in found.message and "data.client.email" in found.message
+    assert found.field == "Patient.name"
+    assert "client.upserted" in found.message and "data.client.first_name" in found.message
+
+
+@pytest.mark.parametrize("value", ["ana.reyes@", "ana.reyes@example", "not an address"])
+def test_a_patient_whose_email_is_malformed_is_still_a_client(value):
+    """FHIR takes any string as an email: a typo must not refuse the notification (and
+    the Appointment next to it) on every retry. The address is passed over, as a bad
+    phone number is."""
+    patient = resource("Patient", telecom=[
+        {"system": "phone", "value": "(415) 555-0123", "use": "mobile"},
+        {"system": "email", "value": value}])
+    (event, _) = events(of(patient, resource("Appointment")))
+    assert event["data"]["client"]["phone"] == "+14155550123"
+    assert event["data"]["client"]["email"] is None
+    assert event["data"]["client"]["channels"] == {"sms": True, "email": False}
+
+
+def test_a_mailto_email_is_read_and_a_bad_one_passed_over_for_the_next():
+    assert client(telecom=[
+        {"system": "email", "value": "ana@", "rank": 1},
+        {"system": "email", "value": "mailto:ana.reyes@example.com", "rank": 2}],
+    )["email"] == "ana.reyes@example.com"
+
+
+@pytest.mark.parametrize("change", [{"deceasedDateTime": "2026-11-25T08:00:00-06:00"},
+                                    {"deceasedBoolean": True}, {"active": False}])
+def test_a_deceased_or_inactive_patient_is_no_longer_reached(change):
+    """A Patient marked deceased (or inactive: merged, left the practice) is upserted
+    with every channel off: the refill reminders and follow-ups of their records stop
+    going to a deceased patient's phone."""
+    patient = resource("Patient", meta={"versionId": "2",
+                                        "lastUpdated": "2026-11-25T15:00:00Z"}, **change)
+    (event,) = events(patient)
+    assert event["type"] == "client.upserted"
+    assert event["data"]["client"]["channels"] == {"sms": False, "email": False}
+    assert event["data"]["client"]["phone"] == "+14155550123"
