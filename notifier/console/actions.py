@@ -4,7 +4,7 @@ notification, client or appointment as its subject: ids and the operator's reaso
 then 303 back to the page it came from with `?done=` (shown as a notice there):
 
 - `/console/notifications/{id}/resend`: send a failed or expired notification again now,
-  as a new notification (`ledger.console_actions.resend_notification`);
+  as a new notification (`console.operations.resend_notification`);
 - `/console/notifications/{id}/cancel`: cancel a scheduled one;
 - `/console/clients/{client_id}/sms-enable`: re-enable SMS for the client's number, with
   the reason the form asks for;
@@ -35,9 +35,7 @@ from notifier.console.notifications import (
     session_unaudited,
     shown_non_id,
 )
-from notifier.console.routes import SECURITY_HEADERS, Console
-from notifier.console.sessions import Session
-from notifier.ledger.console_actions import (
+from notifier.console.operations import (
     Done,
     InviteCheck,
     cancel_notification,
@@ -48,6 +46,8 @@ from notifier.ledger.console_actions import (
     resend_notification,
     sms_enable_check,
 )
+from notifier.console.routes import SECURITY_HEADERS, Console
+from notifier.console.sessions import Session
 from notifier.policy.figures import load_policy
 
 

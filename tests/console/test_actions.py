@@ -288,7 +288,7 @@ def test_two_resends_at_the_same_moment_plan_one_copy(store, policy, outbox):
     they then plan the same id (one past the last copy), and the ledger keeps one."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from notifier.ledger.console_actions import resend_invite, resend_notification
+    from notifier.console.operations import resend_invite, resend_notification
 
     now = utcnow()
     book(store, policy, now)

@@ -191,7 +191,7 @@ def test_every_id_the_policy_builds_is_one_the_console_takes(client, store, poli
     invites sent again from the console match it, with room to spare."""
     from notifier.console.allowed import resend_id
     from notifier.console.notifications import NOTIFICATION_ID_RE
-    from notifier.ledger.console_actions import MAX_AGAIN, invite_id
+    from notifier.console.operations import MAX_AGAIN, invite_id
     from notifier.policy.digest import digest_id
     from tests.kit import (
         event_dict,

@@ -1,4 +1,4 @@
-"""The ledger's side of the console's actions: cancel one notification, send one again,
+"""The console's actions on the ledger: cancel one notification, send one again,
 send an appointment's latest invite again, re-enable SMS for a number. What each may do is
 decided by `notifier.console.allowed` (pure); this module reads, asks it, and writes.
 
