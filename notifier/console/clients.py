@@ -108,7 +108,7 @@ def routes(console: Console) -> APIRouter:
     async def search(request: Request, q: str = "") -> Response:
         session = await console.session(request)
         if session is None:
-            return console.unauthorized()
+            return console.unauthorized(request)
         shown_query = q[:MAX_QUERY_CHARS]
         query = read_query(q, region)
         if query is None:
@@ -134,7 +134,7 @@ def routes(console: Console) -> APIRouter:
             # Not an id at all: nothing to look at, so nothing to audit.
             session = await console.session(request)
             if session is None:
-                return console.unauthorized()
+                return console.unauthorized(request)
             return missing(session, client_id)
         viewed = await console.viewer(request, f"client:{client_id}")
         if isinstance(viewed, Response):

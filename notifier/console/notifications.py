@@ -67,7 +67,7 @@ async def session_unaudited(console: Console, request: Request) -> Session | Res
     """The request's session for a path that cannot name anything (nothing is looked
     at, so nothing is audited), or the 401 page."""
     session = await console.session(request)
-    return console.unauthorized() if session is None else session
+    return console.unauthorized(request) if session is None else session
 
 
 def notification_url(notification_id: str, action: str = "") -> str:

@@ -145,11 +145,11 @@ class Console:
         return self.page("refused.html", status, title=title, message=message,
                          session=session)
 
-    def unauthorized(self, request: Request | None = None) -> HTMLResponse:
+    def unauthorized(self, request: Request) -> HTMLResponse:
         """The 401 page; its sign-in link comes back to the page `request` asked for (a
         GET), so a console link opened from a ticket lands where it pointed."""
         wanted = (request.url.path + (f"?{request.url.query}" if request.url.query else "")
-                  if request is not None and request.method == "GET" else "")
+                  if request.method == "GET" else "")
         return self.page("refused.html", 401, title="Sign in first",
                          message="Your session has ended or you have not signed in.",
                          login_url="/console/login" + (f"?next={quote(wanted, safe='/')}"
