@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import secrets
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,16 +12,13 @@ from typing import Any
 import pytest
 import redis
 from argon2 import PasswordHasher
+from fastapi.testclient import TestClient
 
 from notifier.config import Settings
 from notifier.console.operators import Operator, write_operators
 from notifier.ledger.store import Store
 from notifier.web.app import create_app
 from notifier.worker.actors import build_broker
-
-with warnings.catch_warnings():
-    warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
-    from fastapi.testclient import TestClient
 
 NAME = "ana"
 PASSWORD = "correct horse battery"

@@ -6,7 +6,6 @@ indexes they read, kept with the records and filled by `notifier console reindex
 from __future__ import annotations
 
 import re
-import warnings
 from collections.abc import Iterator
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -16,6 +15,7 @@ from urllib.parse import quote
 import pytest
 import redis
 from fastapi import FastAPI
+from fastapi.testclient import TestClient
 
 from notifier.cli import build_parser
 from notifier.config import Settings
@@ -39,10 +39,6 @@ from tests.kit import (
     store_and_apply,
     utc,
 )
-
-with warnings.catch_warnings():
-    warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
-    from fastapi.testclient import TestClient
 
 #: Two days before New York leaves daylight saving time (1 November 2026, 06:00 UTC);
 #: London left it on 25 October.

@@ -4,7 +4,6 @@ the idle timeout, CSRF on every POST, the security headers, and the audit of eac
 from __future__ import annotations
 
 import re
-import warnings
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 import pytest
 import redis
 from fastapi import FastAPI
+from fastapi.testclient import TestClient
 
 from notifier.config import Settings
 from notifier.console.audit import AuditLog
@@ -24,10 +24,6 @@ from notifier.timeutil import utcnow
 from notifier.web.app import create_app
 from notifier.worker.actors import build_broker
 from tests.console.conftest import CONSOLE_SECRET, NAME, PASSWORD, console_env
-
-with warnings.catch_warnings():
-    warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
-    from fastapi.testclient import TestClient
 
 FORM = {"content-type": "application/x-www-form-urlencoded"}
 

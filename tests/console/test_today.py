@@ -9,7 +9,6 @@ import base64
 import dataclasses
 import json
 import re
-import warnings
 from datetime import UTC, datetime, timedelta
 from html import unescape
 from typing import Any
@@ -17,6 +16,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import redis
+from fastapi.testclient import TestClient
 
 from notifier.cli.send_event import sign_event
 from notifier.console.today import (
@@ -41,10 +41,6 @@ from tests.kit import (
     provider_upserted,
     store_and_apply,
 )
-
-with warnings.catch_warnings():
-    warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
-    from fastapi.testclient import TestClient
 
 
 def planned(i: int, now: datetime, channel: str = "sms") -> PlannedNotification:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import random
-import warnings
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from fastapi.testclient import TestClient
 from twilio.request_validator import RequestValidator
 
 from notifier.config import PROJECT_ROOT, Settings
@@ -31,10 +31,6 @@ from notifier.web.app import create_app
 from notifier.worker.actors import build_broker
 from tests.delivery.test_deliverer import CONFIRM_EMAIL, CONFIRM_SMS, NOW, START, book
 from tests.fakes import FakeSendGrid, FakeTwilio, Scripted
-
-with warnings.catch_warnings():
-    warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
-    from fastapi.testclient import TestClient
 
 SID, TOKEN = "AC" + "0" * 32, "test-token"
 PUBLIC = "https://notifier.test"

@@ -4,12 +4,12 @@ when a command starts. A private redis-server per test, whose settings it may ch
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
+from fastapi.testclient import TestClient
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -22,11 +22,6 @@ from notifier.ledger.store import Store
 from notifier.web.app import create_app
 from notifier.worker.actors import build_broker
 from tests.conftest import private_redis
-
-with warnings.catch_warnings():
-    # Starlette asks for the httpx2 package and warns at import when only httpx is there.
-    warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
-    from fastapi.testclient import TestClient
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import json
-import warnings
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -30,6 +29,7 @@ import schemathesis
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi import FastAPI
+from fastapi.testclient import TestClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from schemathesis import BaseSchema, Case, GenerationMode
@@ -50,11 +50,6 @@ from notifier.ledger.store import Store
 from notifier.web.app import create_app
 from notifier.web.events import MAX_BODY_BYTES
 from notifier.worker.actors import build_broker
-
-with warnings.catch_warnings():
-    # Starlette asks for the httpx2 package and warns at import when only httpx is there.
-    warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
-    from fastapi.testclient import TestClient
 
 SECRET = "whsec_" + base64.b64encode(b"f" * 32).decode()
 OTHER_SECRET = "whsec_" + base64.b64encode(b"o" * 32).decode()

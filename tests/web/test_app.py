@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import json
 import secrets
-import warnings
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 import pytest
 import redis
 from dramatiq.brokers.redis import RedisBroker
+from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -43,11 +43,6 @@ from notifier.web.app import create_app
 from notifier.web.events import MAX_BODY_BYTES, UNAVAILABLE
 from notifier.web.signatures import sign_webhook, verify_signature
 from notifier.worker.actors import APPLY_EVENT, EVENTS_QUEUE, build_broker
-
-with warnings.catch_warnings():
-    # Starlette asks for the httpx2 package and warns at import when only httpx is there.
-    warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
-    from fastapi.testclient import TestClient
 
 NAMESPACE = "notifier-dq"
 QUEUE_KEY = f"{NAMESPACE}:{EVENTS_QUEUE}"

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import copy
 import json
-import warnings
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 import pytest
 import redis
 from dramatiq.brokers.redis import RedisBroker
+from fastapi.testclient import TestClient
 
 from notifier.cli.send_event import sign_event
 from notifier.config import PROJECT_ROOT, Settings
@@ -34,10 +34,6 @@ from tests.web.test_app import (
     problem_fields,
     queued,
 )
-
-with warnings.catch_warnings():
-    warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
-    from fastapi.testclient import TestClient
 
 TOKEN = "fhir-token-" + "y" * 24
 BUNDLE = (PROJECT_ROOT / "examples" / "fhir" / "visit-bundle.json").read_bytes()

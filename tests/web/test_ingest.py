@@ -11,7 +11,6 @@ import json
 import logging
 import signal
 import threading
-import warnings
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,9 +41,7 @@ from tests.service import wait_for
 
 __all__ = ["durable"]  # the fixture, shared with test_redis_restart
 
-with warnings.catch_warnings():
-    warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
-    from fastapi.testclient import TestClient
+from fastapi.testclient import TestClient
 
 NAMESPACE = "notifier-dq"
 QUEUE_KEY = f"{NAMESPACE}:{EVENTS_QUEUE}"

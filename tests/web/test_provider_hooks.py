@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import warnings
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from fastapi.testclient import TestClient
 from twilio.request_validator import RequestValidator
 
 from notifier.config import Settings
@@ -28,10 +28,6 @@ from notifier.web.app import create_app
 from notifier.web.provider_hooks import fresh_timestamp, sendgrid_key
 from notifier.worker.actors import build_broker
 from tests.kit import appointment, client_upserted, provider_upserted, store_and_apply
-
-with warnings.catch_warnings():
-    warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
-    from fastapi.testclient import TestClient
 
 TOKEN = "twilio-auth-token"
 PUBLIC = "https://notifier.example.org"

@@ -8,13 +8,13 @@ from __future__ import annotations
 import base64
 import json
 import secrets
-import warnings
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import redis
+from fastapi.testclient import TestClient
 
 from notifier.config import Settings
 from notifier.errors import UsageError
@@ -29,11 +29,6 @@ from notifier.webhooks.outbox import WebhookOutbox, message_key
 from notifier.worker.actors import build_broker
 from tests.kit import CountingConnection
 from tests.webhooks.receiver import Answer, WebhookReceiver
-
-with warnings.catch_warnings():
-    # Starlette asks for the httpx2 package and warns at import when only httpx is there.
-    warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
-    from fastapi.testclient import TestClient
 
 NOW = datetime(2026, 11, 30, 18, 0, tzinfo=UTC)
 
