@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import json
-import secrets
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -42,7 +41,8 @@ from notifier.policy.plan import Plan, PlannedNotification
 from notifier.web.app import create_app
 from notifier.web.events import MAX_BODY_BYTES, UNAVAILABLE
 from notifier.web.signatures import sign_webhook, verify_signature
-from notifier.worker.actors import APPLY_EVENT, EVENTS_QUEUE, build_broker
+from notifier.worker.actors import APPLY_EVENT, EVENTS_QUEUE
+from tests.web.conftest import new_secret
 
 NAMESPACE = "notifier-dq"
 QUEUE_KEY = f"{NAMESPACE}:{EVENTS_QUEUE}"
@@ -51,37 +51,10 @@ NOW = datetime(2030, 3, 4, 12, 0, tzinfo=UTC)
 TOKEN = "read-api-token-" + "x" * 20
 
 
-def new_secret() -> str:
-    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
-
-
-@pytest.fixture
-def secret() -> str:
-    return new_secret()
-
-
 @pytest.fixture
 def settings(secret: str) -> Settings:
     return Settings.from_env({"NOTIFIER_WEBHOOK_SECRET": secret, "NOTIFIER_API_TOKEN": TOKEN},
                              dotenv=Path("/nonexistent"))
-
-
-@pytest.fixture
-def broker(redis_url: str) -> Iterator[RedisBroker]:
-    broker = build_broker(redis_url)
-    yield broker
-    broker.close()
-
-
-@pytest.fixture
-def store(redis_client: redis.Redis) -> Store:
-    return Store(redis_client)
-
-
-@pytest.fixture
-def client(settings: Settings, store: Store, broker: RedisBroker) -> Iterator[TestClient]:
-    with TestClient(create_app(settings, store, broker)) as test_client:
-        yield test_client
 
 
 def down_redis() -> redis.Redis:

@@ -26,11 +26,10 @@ from notifier.ledger.store import Store
 from notifier.web.app import create_app
 from notifier.web.bodies import MAX_FHIR_BODY_BYTES
 from notifier.web.events import UNAVAILABLE
-from notifier.worker.actors import APPLY_EVENT, EVENTS_QUEUE, build_broker
+from notifier.worker.actors import APPLY_EVENT, EVENTS_QUEUE
 from tests.web.test_app import (
     assert_nothing_written,
     down_app,
-    new_secret,
     problem_fields,
     queued,
 )
@@ -41,32 +40,9 @@ BEARER = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/fhir+
 
 
 @pytest.fixture
-def secret() -> str:
-    return new_secret()
-
-
-@pytest.fixture
 def settings(secret: str) -> Settings:
     return Settings.from_env({"NOTIFIER_WEBHOOK_SECRET": secret, "NOTIFIER_FHIR_TOKEN": TOKEN},
                              dotenv=Path("/nonexistent"))
-
-
-@pytest.fixture
-def broker(redis_url: str) -> Iterator[RedisBroker]:
-    broker = build_broker(redis_url)
-    yield broker
-    broker.close()
-
-
-@pytest.fixture
-def store(redis_client: redis.Redis) -> Store:
-    return Store(redis_client)
-
-
-@pytest.fixture
-def client(settings: Settings, store: Store, broker: RedisBroker) -> Iterator[TestClient]:
-    with TestClient(create_app(settings, store, broker)) as test_client:
-        yield test_client
 
 
 def notify(client: TestClient, body: bytes | dict[str, Any],
