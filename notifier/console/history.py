@@ -1,11 +1,12 @@
 """A notification's history as its hash keeps it, read back: pure.
 
 The scripts that change a notification's state append an entry each (`_webhook_emit.lua`,
-`note_history`): fields `h1`, `h2`, ... with their count in `hn`, each value "{epoch
-seconds} {state} {note}" cut to at most 64 bytes. A delivery report's state is
-`report:{status}` (its note the provider's code). The planned state is no entry: the
-hash's `created` says when it was planned. Hashes written before the history was kept,
-and retired rows (`index_trim.lua` drops it), have no entry at all.
+`note_history`): fields `h1`, `h2`, ... and `hn` the number of changes, each value
+"{epoch seconds} {state} {note}" cut to at most 64 bytes. At most `HISTORY_MAX` are
+kept: past that the newest replaces the last (`left_out` says how many are missing). A
+delivery report's state is `report:{status}` (its note the provider's code). The planned
+state is no entry: the hash's `created` says when it was planned. Hashes written before
+the history was kept, and retired rows (`index_trim.lua` drops it), have no entry at all.
 """
 
 from __future__ import annotations
@@ -18,6 +19,16 @@ from notifier.ledger.notifications import from_epoch
 
 #: The prefix of a delivery report's entry (`report:delivered`).
 REPORT = "report:"
+#: Entries a hash keeps (`HISTORY_MAX` of `_webhook_emit.lua`; a test checks they agree).
+HISTORY_MAX = 16
+
+
+def left_out(fields: dict[str, str]) -> int:
+    """How many changes of the notification its history does not hold: those between
+    the first `HISTORY_MAX` - 1 entries and the latest, once there were more (`hn`, the
+    number of changes, past `HISTORY_MAX`); 0 for a whole history or none."""
+    count = fields.get("hn", "")
+    return max(0, int(count) - HISTORY_MAX) if count.isdigit() else 0
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from notifier.delivery.compose import (
     compose_provider_digest,
     compose_support_message,
 )
+from notifier.delivery.fallback import closed_reason
 from notifier.delivery.render import Renderer
 from notifier.delivery.sms_budget import SHORT_TOKEN_CHARS, OverBudget, short_url
 from notifier.delivery.sms_text import SmsSize
@@ -57,6 +58,10 @@ class Rendered:
     html: str = ""
     ics: str = ""
     problem: str = ""
+    #: why its channel cannot reach the client now (`delivery.fallback.closed_reason`: no
+    #: number, no address, the channel refused), "" when it can; the opt-out list is
+    #: shown apart, on the client's page
+    closed: str = ""
 
 
 def stored_of(notification_id: str, fields: dict[str, str]) -> Stored | None:
@@ -92,8 +97,12 @@ def render_message(n: Stored | None, records: dict[str, Record], settings: Setti
         return Rendered(channel=n.channel, problem=message)
     ics = next((a.content.decode("utf-8", "replace") for a in message.attachments
                 if a.filename.endswith(".ics")), "")
+    client = records.get(entity_ref("client", n.recipient_id))
+    closed = (closed_reason(n.channel, client, opted_out=False)
+              if n.recipient == "client" and isinstance(client, ClientRecord) else "")
     return Rendered(channel=message.channel, text=message.body, sms=message.sms,
-                    subject=message.subject or "", html=message.html or "", ics=ics)
+                    subject=message.subject or "", html=message.html or "", ics=ics,
+                    closed=closed)
 
 
 def _compose(n: Stored, records: dict[str, Record], settings: Settings, renderer: Renderer,

@@ -26,7 +26,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from notifier.console.allowed import allowed_actions
-from notifier.console.history import parse_history
+from notifier.console.history import HISTORY_MAX, left_out, parse_history
 from notifier.console.message import Rendered, render_message, stored_of
 from notifier.console.routes import Console
 from notifier.console.sessions import Session
@@ -114,6 +114,7 @@ def page_context(notification_id: str, read: NotificationRead, rendered: Rendere
         "client_link": (f"/console/clients/{quote(f['to_id'], safe='')}"
                         if f.get("to") == "client" and f.get("to_id") else ""),
         "history": [(e, moment(str(e.at.timestamp()), zone)) for e in parse_history(f)],
+        "left_out": left_out(f), "history_first": HISTORY_MAX - 1,
         "allowed": allowed_actions(f), "message": rendered,
         "resend_url": notification_url(notification_id, "resend"),
         "cancel_url": notification_url(notification_id, "cancel"),

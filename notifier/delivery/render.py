@@ -74,9 +74,24 @@ def _zone_abbreviation(zone_key: str, daylight: bool) -> str | None:
 
 @lru_cache(maxsize=1024)
 def _zone_city(zone_key: str, locale: str) -> str:
-    """CLDR's "{city} Time" ("hora de {city}") in the message's locale."""
+    """CLDR's "{city} Time" ("hora de {city}") in the message's locale; for a fixed-offset
+    `Etc/` zone, which has no city, its offset from UTC (`etc_offset_label`)."""
+    if zone_key.startswith("Etc/"):
+        return etc_offset_label(ZoneInfo(zone_key))
     city = get_timezone_location(get_timezone(zone_key), locale=locale, return_city=True)
     return str(Locale.parse(locale).zone_formats["region"] % city)
+
+
+def etc_offset_label(zone: ZoneInfo) -> str:
+    """A fixed-offset zone named by its offset from UTC, in ASCII (an SMS stays GSM-7):
+    `UTC-9` for `Etc/GMT+9`, `UTC+5:30`. IANA's `Etc/GMT+9` is nine hours *behind* UTC
+    (POSIX signs), and Babel calls it "GMT+9" as if it were ahead: its own name is never
+    shown."""
+    offset = zone.utcoffset(datetime(2000, 1, 1)) or timedelta(0)
+    minutes = int(offset.total_seconds()) // 60
+    sign, minutes = ("-", -minutes) if minutes < 0 else ("+", minutes)
+    hours, rest = divmod(minutes, 60)
+    return f"UTC{sign}{hours}" + (f":{rest:02d}" if rest else "")
 
 
 def zone_label(instant: datetime, zone: ZoneInfo, locale: str) -> str:

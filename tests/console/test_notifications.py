@@ -15,7 +15,7 @@ from urllib.parse import quote
 import pytest
 
 from notifier.config import PROJECT_ROOT, Settings
-from notifier.console.history import HistoryEntry, parse_history
+from notifier.console.history import HISTORY_MAX, HistoryEntry, left_out, parse_history
 from notifier.delivery.channels import Message, Receipt
 from notifier.delivery.channels.outbox import Outbox
 from notifier.delivery.deliverer import Deliverer
@@ -25,8 +25,10 @@ from notifier.ledger.notifications import from_epoch, notif_key
 from notifier.ledger.store import Store
 from notifier.policy.plan import Plan, PlannedNotification
 from notifier.timeutil import utcnow
+from notifier.worker.digests import run_provider_digest
 from tests.console.conftest import console_env
 from tests.console.test_routes import audited, sign_in
+from tests.delivery.test_deliverer import open_request
 from tests.kit import (
     appointment,
     client_upserted,
@@ -297,11 +299,58 @@ def test_the_history_keeps_the_first_entries_and_the_latest_past_its_limit(store
         assert store.schedule.reschedule(CONFIRM_SMS, now, f"held {i}", lease=begun.lease,
                                          not_an_attempt=True)
     fields = store.notification(CONFIRM_SMS)
-    assert fields["hn"] == "16"
+    assert fields["hn"] == "40"  # every change counted: 20 begun, 20 held
     entries = parse_history(fields)
     assert len(entries) == 17  # planned, and 16 kept
     assert entries[1].state == "sending" and entries[-1].note == "held 19"
+    # The 14th change is the 7th hold, the 15th a begin; the 16th to 39th are not kept.
+    assert entries[-3].note == "held 6" and entries[-2].state == "sending"
+    assert left_out(fields) == 24
     assert len(store.redis.hgetall(notif_key(CONFIRM_SMS))) < 128  # still compact
+
+
+def test_a_history_past_its_limit_says_how_many_steps_are_not_kept(client, store, policy):
+    now = utcnow()
+    book(store, policy, now)
+    for i in range(20):
+        begun = store.schedule.begin(CONFIRM_SMS, now, lease_s=60)
+        assert store.schedule.reschedule(CONFIRM_SMS, now, f"held {i}", lease=begun.lease,
+                                         not_an_attempt=True)
+    sign_in(client)
+    text = page(client, CONFIRM_SMS).text
+    assert ("24 steps not kept: the history holds the first 15 changes and the latest"
+            in text)
+    assert "held 19" in text and "held 6" in text and "held 7<" not in text
+
+
+def test_the_history_limit_is_the_scripts(store):
+    source = (PROJECT_ROOT / "notifier" / "ledger" / "lua" / "_webhook_emit.lua").read_text()
+    assert f"local HISTORY_MAX, HISTORY_BYTES = {HISTORY_MAX}, 64" in source
+
+
+def test_a_message_its_channel_cannot_carry_says_so(client, store, policy):
+    now = utcnow()
+    booked = now - timedelta(minutes=1)
+    event = client_upserted("c9", "America/New_York", booked, phone=None)
+    del event["data"]["client"]["email"]
+    store_and_apply(store, policy, event, booked)
+    store_and_apply(store, policy, appointment("appointment.scheduled", "a9", "c9",
+                                               now + timedelta(days=5), booked), booked)
+    sign_in(client)
+    text = page(client, "appointment_confirmation:a9:booked:sms").text
+    assert "It cannot go by sms now: no phone number." in text
+    book(store, policy, now)  # c1 has a number
+    assert "cannot go by" not in page(client, CONFIRM_SMS).text
+
+
+def test_a_provider_digest_page_speaks_of_the_provider(client, store, policy):
+    now = utcnow()
+    open_request(store, policy, now - timedelta(hours=2))
+    assert run_provider_digest(store, now, None, now).planned == 1
+    [key] = [k.decode() for k in store.redis.scan_iter("n:notif:provider_digest:*")]
+    sign_in(client)
+    text = page(client, key.removeprefix("n:notif:")).text
+    assert "the provider's current details" in text and "client's" not in text
 
 
 def test_a_pending_notification_gets_no_history_field(store, policy):

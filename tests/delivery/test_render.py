@@ -171,6 +171,12 @@ ZONE_TIMES = [
      "Mon, Mar 9 at 10:00 AM Bogota Time", "lun 9 de mar, 10:00 hora de Bogota"),
     ("Asia/Tokyo", datetime(2026, 3, 9, 1, 0, tzinfo=UTC),
      "Mon, Mar 9 at 10:00 AM Tokyo Time", "lun 9 de mar, 10:00 hora de Tokio"),
+    # A fixed-offset zone has no city: its offset, with the sign the clock has (IANA's
+    # Etc/GMT+9 is nine hours behind UTC; Babel would say "GMT+9").
+    ("Etc/GMT+9", datetime(2026, 3, 9, 19, 0, tzinfo=UTC),
+     "Mon, Mar 9 at 10:00 AM UTC-9", "lun 9 de mar, 10:00 UTC-9"),
+    ("Etc/GMT-14", datetime(2026, 3, 9, 20, 0, tzinfo=UTC),
+     "Tue, Mar 10 at 10:00 AM UTC+14", "mar 10 de mar, 10:00 UTC+14"),
 ]
 
 
@@ -192,6 +198,8 @@ def test_every_zone_has_a_label_and_it_is_gsm7():
                 label = normalise(zone_label(instant, ZoneInfo(key), locale))
                 assert label and is_gsm7(label), (key, locale, label)
                 assert not re.fullmatch(r"[+-]\d{4}", label), (key, locale, label)
+                # Etc/GMT+N is N hours behind UTC: never named "GMT+N".
+                assert not re.search(r"GMT[+-]\d", label), (key, locale, label)
 
 
 @pytest.mark.parametrize("locale", LOCALES)
