@@ -17,9 +17,9 @@ records' ids carry the source's name: `notifier.intake.fhir.common`):
   so is a POST whose `Accept` asks for FHIR JSON only (a FHIR client's, such as HAPI's
   posting a topic-based notification as a transaction): a Bundle posted is answered with a
   `transaction-response` Bundle, a resource with an OperationOutcome.
-An unknown source is 404. An empty POST (a Subscription with no `payload`: HAPI's
-notification) is answered 200 with no resources: there is nothing to map, so subscribe
-with `full-resource` content.
+An unknown source is 404 (to an authenticated caller: 401 first). An empty POST (a
+Subscription with no `payload`: HAPI's notification) is answered 200 with no resources:
+there is nothing to map, so subscribe with `full-resource` content.
 
 Authentication, either of:
 - `Authorization: Bearer <NOTIFIER_FHIR_TOKEN>`, the header a FHIR server is configured to
@@ -280,12 +280,14 @@ def fhir_routes(door: FhirDoor, store: Store, event_stores: EventStores, broker:
 
     async def receive(request: Request, source: str, update: tuple[str, str] | None = None,
                       delete: bool = False) -> Response:
-        if source and source not in door.sources:
-            return error_answer(404, f"no FHIR source {source!r} here (NOTIFIER_FHIR_SOURCES)")
         try:
             body = await read_limited(request, MAX_FHIR_BODY_BYTES)
             authenticate({k.lower(): v for k, v in request.headers.items()}, body,
                          door.secret, door.token, utcnow())
+            # After authentication: which EHRs are connected is not told to anyone.
+            if source and source not in door.sources:
+                return error_answer(404, f"no FHIR source {source!r} here "
+                                         "(NOTIFIER_FHIR_SOURCES)")
             if "xml" in request.headers.get("content-type", "").lower():
                 counter.labels("invalid").inc()
                 return error_answer(415, "FHIR XML is not read here: set the Subscription's "

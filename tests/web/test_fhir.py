@@ -399,6 +399,16 @@ def test_a_source_not_configured_is_404(sourced, redis_client):
     assert_nothing_written(redis_client)
 
 
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE"])
+def test_an_unknown_source_is_401_before_404_to_a_caller_without_the_token(sourced, method):
+    """Which EHRs are connected is not told to whoever asks: no token, no 404."""
+    path = "/fhir/r4/ehr-c/notify" + ("" if method == "POST" else "/Patient/pat-ana")
+    answer = sourced.request(method, path, content=json.dumps(example("Patient")),
+                             headers={"Content-Type": "application/fhir+json"})
+    assert answer.status_code == 401, answer.text
+    assert "ehr-c" not in answer.text
+
+
 def test_a_dispense_posted_alone_after_its_request_is_a_fill(client, store, redis_client):
     """A plain R4 rest-hook Subscription posts each resource alone: the MedicationRequest
     (ignored, but remembered), then its MedicationDispense: a fill."""
