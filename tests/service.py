@@ -134,11 +134,19 @@ class Service:
     def quiet(self) -> bool:
         """Nothing in flight, nothing due, no event waiting: our own sets say the service
         has nothing left to do (a dead worker's unacked queue messages may still come back
-        later, and change nothing)."""
-        now = datetime.now(UTC).timestamp()
-        return (self.redis.zcard(INFLIGHT) == 0
-                and self.redis.zcount(SCHEDULE, "-inf", now) == 0
-                and self.redis.zcard("n:events:pending") == 0)
+        later, and change nothing).
+
+        The three sets are read in one MULTI: read one by one, an event applied between
+        the reads (its notifications added to the schedule, itself taken off the pending
+        set in one transaction) was seen neither pending nor planned. "Due" looks a second
+        ahead, since a plan's due time is the worker's clock when it planned, which may be
+        a moment after ours here."""
+        soon = datetime.now(UTC).timestamp() + 1.0
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zcard(INFLIGHT)
+            pipe.zcount(SCHEDULE, "-inf", soon)
+            pipe.zcard("n:events:pending")
+            return not any(pipe.execute())
 
     def drained(self) -> bool:
         """Quiet, and every queue message taken and acknowledged (no worker has died)."""

@@ -17,9 +17,9 @@ records' ids carry the source's name: `notifier.intake.fhir.common`):
   so is a POST whose `Accept` asks for FHIR JSON only (a FHIR client's, such as HAPI's
   posting a topic-based notification as a transaction): a Bundle posted is answered with a
   `transaction-response` Bundle, a resource with an OperationOutcome.
-An unknown source is 404. An empty POST (a Subscription with no `payload`: HAPI's
-notification) is answered 200 with no resources: there is nothing to map, so subscribe
-with `full-resource` content.
+An unknown source is 404 (to an authenticated caller: 401 first). An empty POST (a
+Subscription with no `payload`: HAPI's notification) is answered 200 with no resources:
+there is nothing to map, so subscribe with `full-resource` content.
 
 Authentication, either of:
 - `Authorization: Bearer <NOTIFIER_FHIR_TOKEN>`, the header a FHIR server is configured to
@@ -49,6 +49,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -136,14 +137,32 @@ def as_outcome(answer: dict[str, Any]) -> dict[str, Any]:
     return {"resourceType": "OperationOutcome", "issue": issues}
 
 
-def as_bundle(answer: dict[str, Any]) -> dict[str, Any]:
+#: The answer to a Bundle entry that is the notification's own status (the Backport IG's
+#: first entry), read and skipped.
+_STATUS_READ = {"severity": "information", "code": "informational",
+                "diagnostics": "the notification's status (Parameters/SubscriptionStatus): "
+                               "read, nothing to map"}
+
+
+def entry_number(where: str) -> int | None:
+    """The entry index of a FHIRPath root `Bundle.entry[3].resource` (3); None for a
+    resource posted alone."""
+    match = re.match(r"Bundle\.entry\[(\d+)\]", where)
+    return int(match.group(1)) if match else None
+
+
+def as_bundle(answer: dict[str, Any], wheres: list[str], entry_count: int) -> dict[str, Any]:
     """A `FhirAnswer` as a FHIR `transaction-response` Bundle: what HAPI FHIR's client
     parses the answer to a Bundle it posts as (a topic-based notification, or a payload
-    search), one entry per resource with its outcome."""
+    search). One entry per entry posted (`entry_count`), in its order, as FHIR requires:
+    each resource's outcome (`wheres`: each answered resource's FHIRPath root, in the
+    answer's order), and the notification's status entry, skipped, said to be read."""
+    outcomes = {entry_number(where): _issue(resource)
+                for resource, where in zip(answer["resources"], wheres, strict=True)}
     return {"resourceType": "Bundle", "type": "transaction-response", "entry": [
         {"response": {"status": "200 OK", "outcome": {
-            "resourceType": "OperationOutcome", "issue": [_issue(resource)]}}}
-        for resource in answer["resources"]]}
+            "resourceType": "OperationOutcome", "issue": [outcomes.get(number, _STATUS_READ)]}}}
+        for number in range(max(entry_count, len(outcomes)))]}
 
 
 def wants_fhir(accept: str) -> bool:
@@ -261,12 +280,14 @@ def fhir_routes(door: FhirDoor, store: Store, event_stores: EventStores, broker:
 
     async def receive(request: Request, source: str, update: tuple[str, str] | None = None,
                       delete: bool = False) -> Response:
-        if source and source not in door.sources:
-            return error_answer(404, f"no FHIR source {source!r} here (NOTIFIER_FHIR_SOURCES)")
         try:
             body = await read_limited(request, MAX_FHIR_BODY_BYTES)
             authenticate({k.lower(): v for k, v in request.headers.items()}, body,
                          door.secret, door.token, utcnow())
+            # After authentication: which EHRs are connected is not told to anyone.
+            if source and source not in door.sources:
+                return error_answer(404, f"no FHIR source {source!r} here "
+                                         "(NOTIFIER_FHIR_SOURCES)")
             if "xml" in request.headers.get("content-type", "").lower():
                 counter.labels("invalid").inc()
                 return error_answer(415, "FHIR XML is not read here: set the Subscription's "
@@ -331,8 +352,14 @@ def fhir_routes(door: FhirDoor, store: Store, event_stores: EventStores, broker:
             answer = {"resources": resources}
             # A single resource is always one entry, rooted at its type.
             bundled = not mapped or mapped[0].where.startswith("Bundle.")
-            return FhirJSONResponse(as_bundle(answer) if bundled else as_outcome(answer),
-                                    status_code=200)
+            if not bundled:
+                return FhirJSONResponse(as_outcome(answer), status_code=200)
+            # The entries posted, counted again (the mapping skips the status entry):
+            # a Bundle, since it validated; an empty body is answered above.
+            posted = await run_in_threadpool(load_fhir, body)
+            entry_count = len(posted.get("entry") or [])
+            return FhirJSONResponse(as_bundle(answer, [r.where for r in mapped],
+                                              entry_count), status_code=200)
         return JSONResponse({"resources": resources}, status_code=200)
 
     common: dict[str, Any] = {

@@ -371,6 +371,16 @@ def test_a_source_not_configured_is_404(sourced, redis_client):
     assert_nothing_written(redis_client)
 
 
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE"])
+def test_an_unknown_source_is_401_before_404_to_a_caller_without_the_token(sourced, method):
+    """Which EHRs are connected is not told to whoever asks: no token, no 404."""
+    path = "/fhir/r4/ehr-c/notify" + ("" if method == "POST" else "/Patient/pat-ana")
+    answer = sourced.request(method, path, content=json.dumps(example("Patient")),
+                             headers={"Content-Type": "application/fhir+json"})
+    assert answer.status_code == 401, answer.text
+    assert "ehr-c" not in answer.text
+
+
 def test_a_dispense_posted_alone_after_its_request_is_a_fill(client, store, redis_client):
     """A plain R4 rest-hook Subscription posts each resource alone: the MedicationRequest
     (ignored, but remembered), then its MedicationDispense: a fill."""
@@ -568,3 +578,27 @@ def test_an_empty_notification_is_answered_200_with_nothing_taken(client, redis_
     assert (answer.status_code, answer.json()) == (200, {"resources": []})
     assert_nothing_written(redis_client)
     assert notify(client, b"", {}).status_code == 401
+
+
+def test_a_transaction_response_has_an_entry_for_each_entry_posted(client):
+    """A transaction-response answers every entry of the request, in its order (FHIR R4
+    `Bundle`: "one entry in the response Bundle for each entry in the transaction"): the
+    Backport IG's notification status, read and not mapped, has its entry too; a heartbeat
+    (the status alone) is answered with one entry, not none."""
+    status = {"fullUrl": "urn:uuid:1b9f6f4e-8d1a-4c0e-9f3e-2a7b5c6d8e9f",
+              "resource": {"resourceType": "Parameters", "parameter": [
+                  {"name": "type", "valueCode": "event-notification"}]}}
+    notification = {"resourceType": "Bundle", "type": "history", "entry": [
+        status, {"fullUrl": "https://ehr.example.org/fhir/Patient/pat-ana",
+                 "resource": example("Patient")}]}
+    answer = notify(client, notification, {**BEARER, "Accept": HAPI_ACCEPT})
+    assert answer.status_code == 200, answer.text
+    entries = [e["response"]["outcome"]["issue"][0]["diagnostics"]
+               for e in answer.json()["entry"]]
+    assert len(entries) == 2
+    assert "notification's status" in entries[0]
+    assert entries[1].startswith("Patient/pat-ana: mapped")
+    heartbeat = {**notification, "entry": [status]}
+    answer = notify(client, heartbeat, {**BEARER, "Accept": HAPI_ACCEPT})
+    assert answer.status_code == 200, answer.text
+    assert len(answer.json()["entry"]) == 1
