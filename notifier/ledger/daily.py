@@ -73,6 +73,10 @@ def failed_key(day: date) -> str:
     return f"{FAILED_DAILY}{day.isoformat()}"
 
 
+#: The refusal counter's field for a FHIR notification refused with 422 (any resource).
+FHIR_REFUSED = "FHIR notification"
+
+
 def refused_key(day: date) -> str:
     """The hash of `day`'s events refused at the door: `n:stats:refused:2026-11-30`."""
     return f"{REFUSED_DAILY}{day.isoformat()}"

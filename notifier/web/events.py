@@ -164,11 +164,17 @@ def refused_type(body: bytes) -> str:
 
 async def count_refused(event_stores: EventStores, body: bytes) -> None:
     """Count a signed event refused with 422 (`body`, as sent) in the day's refusal
-    counter the Today page shows (`notifier.ledger.daily`). Redis refusing the count is
+    counter the Today page shows (`notifier.ledger.daily`), under its type."""
+    await count_refusal(event_stores, refused_type(body))
+
+
+async def count_refusal(event_stores: EventStores, field: str) -> None:
+    """Count one refusal (422) under `field` of the day's refusal counter (an event type,
+    `UNREADABLE`, or `FHIR_REFUSED` for a FHIR notification). Redis refusing the count is
     logged, never raised: the 422 is the answer either way."""
     try:
         async with event_stores.current() as events:
-            await events.count_refused(refused_type(body), utcnow())
+            await events.count_refused(field, utcnow())
     except StoreError as exc:
         log.warning("refused event not counted: Redis unavailable: %s", exc)
 

@@ -65,12 +65,13 @@ from notifier.errors import FieldProblem, InvalidEvent, PayloadTooLarge, Signatu
 from notifier.intake.events import Event, parse_event
 from notifier.intake.fhir import Defaults, MappedResource, map_payload
 from notifier.intake.fhir.parse import load_fhir
+from notifier.ledger.daily import FHIR_REFUSED
 from notifier.ledger.fhir_fills import FhirFills
 from notifier.ledger.store import Store
 from notifier.timeutil import utcnow
 from notifier.web.answers import ErrorAnswer, error_answer, unavailable_answer
 from notifier.web.bodies import MAX_FHIR_BODY_BYTES, read_limited
-from notifier.web.events import UNAVAILABLE, EventStores, store_accepted
+from notifier.web.events import UNAVAILABLE, EventStores, count_refusal, store_accepted
 from notifier.web.signatures import verify_signature
 
 log = logging.getLogger(__name__)
@@ -315,6 +316,7 @@ def fhir_routes(door: FhirDoor, store: Store, event_stores: EventStores, broker:
             counter.labels("invalid").inc()
             log.info("FHIR notification refused: 422 %s",
                      ", ".join(p.field for p in exc.problems))
+            await count_refusal(event_stores, FHIR_REFUSED)
             return error_answer(422, "invalid FHIR", exc.problems)
         except StoreError as exc:
             counter.labels("unavailable").inc()

@@ -11,6 +11,7 @@ import json
 import re
 from datetime import UTC, datetime, timedelta
 from html import unescape
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -19,6 +20,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from notifier.cli.send_event import sign_event
+from notifier.config import Settings
 from notifier.console.today import (
     ProviderEscalations,
     escalations,
@@ -33,6 +35,9 @@ from notifier.ledger.notifications import LATENESS_BUCKETS_S, Lateness
 from notifier.ledger.records import OpenItem, ProviderQueueRecord, ProviderRecord
 from notifier.ledger.store import Store
 from notifier.policy.plan import Plan, PlannedNotification
+from notifier.web.app import create_app
+from notifier.worker.actors import build_broker
+from tests.console.conftest import console_env
 from tests.console.test_routes import audited, clocked_console, sign_in
 from tests.kit import (
     CountingConnection,
@@ -249,6 +254,31 @@ def test_today_counts_an_event_refused_at_the_door(client, settings, redis_clien
     assert re.search(r"\bclient\.upserted 1\b", section), section
     assert "(401) are not counted" in section
     assert 'id="refused-none"' not in page.text
+
+
+def test_today_counts_a_fhir_notification_refused_with_422(operators_file, redis_client,
+                                                           redis_url):
+    """QA (issue 15): an EHR's FHIR notification refused with 422 is counted too, as a
+    FHIR notification (its resources may be many, of any type)."""
+    from tests.web.test_fhir import BEARER, BUNDLE, TOKEN
+
+    fhir_settings = Settings.from_env(console_env(operators_file, NOTIFIER_FHIR_TOKEN=TOKEN),
+                                      dotenv=Path("/nonexistent"))
+    bundle = json.loads(BUNDLE)
+    bundle["entry"][2]["resource"]["participant"][0]["actor"] = {"reference": 42}
+    broker = build_broker(redis_url)
+    try:
+        with TestClient(create_app(fhir_settings, Store(redis_client), broker),
+                        base_url="https://testserver") as http:
+            answer = http.post("/fhir/r4/notify", content=json.dumps(bundle).encode(),
+                               headers=BEARER)
+            assert answer.status_code == 422, answer.text
+            sign_in(http)
+            text = text_of(http.get("/console/today").text)
+    finally:
+        broker.close()
+    section = text[text.index("Events set aside or held"):text.index("Open escalations")]
+    assert re.search(r"\bFHIR notification 1\b", section), section
 
 
 def test_a_refused_event_is_counted_by_type_or_as_unreadable_for_eight_days(

@@ -21,6 +21,7 @@ from notifier.cli.send_event import sign_event
 from notifier.config import PROJECT_ROOT, Settings
 from notifier.intake.apply import apply_stored_event
 from notifier.intake.events import parse_event
+from notifier.ledger.daily import FHIR_REFUSED, REFUSED_DAILY
 from notifier.ledger.events import PENDING_EVENTS
 from notifier.ledger.store import Store
 from notifier.web.app import create_app
@@ -29,6 +30,7 @@ from notifier.web.events import UNAVAILABLE
 from notifier.worker.actors import APPLY_EVENT, EVENTS_QUEUE
 from tests.web.test_app import (
     assert_nothing_written,
+    assert_refused_at_the_door,
     down_app,
     problem_fields,
     queued,
@@ -138,10 +140,12 @@ def test_malformed_fhir_is_422_naming_the_element_and_stores_nothing(client, red
     answer = notify(client, bundle)
     assert problem_fields(answer) == ["Bundle.entry[0].resource.meta.lastUpdated"]
     # No event; the dispense is counted as a fill all the same (a set: sent again, fixed,
-    # it is not counted twice).
-    assert redis_client.keys("n:*") == [b"n:fhir-fills:rx-1"]
+    # it is not counted twice); and the two refusals are counted for the Today page.
+    assert redis_client.exists("n:fhir-fills:rx-1")
     redis_client.delete("n:fhir-fills:rx-1")
-    assert_nothing_written(redis_client)
+    assert_refused_at_the_door(redis_client, 2)
+    [day] = redis_client.keys(REFUSED_DAILY + "*")
+    assert redis_client.hgetall(day) == {FHIR_REFUSED.encode(): b"2"}
 
 
 def test_a_last_update_ahead_of_our_clock_is_refused(client, redis_client):
@@ -151,7 +155,7 @@ def test_a_last_update_ahead_of_our_clock_is_refused(client, redis_client):
     answer = notify(client, patient)
     assert answer.status_code == 422
     assert problem_fields(answer) == ["Patient.meta.lastUpdated"]
-    assert_nothing_written(redis_client)
+    assert_refused_at_the_door(redis_client)
 
 
 def test_a_body_over_the_limit_is_413(client, redis_client):
@@ -325,7 +329,7 @@ def test_an_update_whose_body_is_not_the_resource_of_its_url_is_422(client, redi
     answer = client.put(path, content=json.dumps(example("Patient")), headers=BEARER)
     assert answer.status_code == 422
     assert problem_fields(answer) == [field]
-    assert_nothing_written(redis_client)
+    assert_refused_at_the_door(redis_client)
 
 
 def test_a_hapi_deletion_is_accepted_and_ignored(client, redis_client):
@@ -517,7 +521,7 @@ def test_deeply_nested_extensions_are_a_422_not_a_server_error(client, redis_cli
     answer = notify(client, body)
     assert answer.status_code == 422, answer.text
     assert problem_fields(answer) == ["body"]
-    assert_nothing_written(redis_client)
+    assert_refused_at_the_door(redis_client)
 
 
 def test_a_resource_twice_in_one_notification_is_answered_accepted_then_duplicate(client):
