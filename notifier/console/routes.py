@@ -77,8 +77,9 @@ def console_templates() -> jinja2.Environment:
 
 class Console:
     """What the routes share: the settings, the ledger (`store`), the operators file
-    (read again at each sign-in, so `notifier console add-operator` needs no restart),
-    the cookie codec, the audit log, the templates and the clock."""
+    (read again whenever it changed, so `notifier console add-operator` needs no restart
+    and a session of an operator taken out ends at once), the cookie codec, the sign-in
+    throttle, the audit log, the templates and the clock."""
 
     def __init__(self, settings: Settings, store: Store, codec: SessionCodec,
                  audit: AuditLog, clock: Callable[[], datetime] = utcnow) -> None:
