@@ -259,6 +259,25 @@ def test_the_visit_cycle_plans_what_the_same_story_through_v1_events_plans(
     assert through_fhir == through_events
 
 
+def test_an_older_version_posted_after_a_newer_is_stale_and_the_same_again_a_duplicate(
+        client, store, policy):
+    newer = example("Patient")
+    newer["meta"] = {"versionId": "3", "lastUpdated": "2026-11-29T10:00:00Z"}
+    newer["telecom"] = [t for t in newer["telecom"] if t.get("system") != "phone"]
+    older = example("Patient")
+    older["meta"] = {"versionId": "2", "lastUpdated": "2026-11-28T10:00:00Z"}
+    posted = [notify(client, r).json()["resources"][0]["events"][0] for r in (newer, older)]
+    assert [e["status"] for e in posted] == ["accepted", "accepted"]
+    for event in posted:  # applied as the worker does, the newer first, as they arrived
+        apply_stored_event(store, event["id"], policy, datetime.now(UTC))
+    assert store.event_status(posted[0]["id"])["status"] == "applied"
+    assert store.event_status(posted[1]["id"])["status"] == "stale"
+    kept = store.load_record("client:pat-ana")
+    assert kept is not None and kept.client.phone is None  # the newer version's
+    again = notify(client, older).json()["resources"][0]["events"][0]
+    assert (again["id"], again["status"]) == (posted[1]["id"], "duplicate")
+
+
 def test_a_dispense_sent_alone_counts_the_fills_seen_before(client, redis_client):
     request = example("MedicationRequest")
     first = example("MedicationDispense")
