@@ -49,16 +49,15 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 from dramatiq.brokers.redis import RedisBroker
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry, Counter
-from pydantic import BaseModel, SecretStr
+from pydantic import SecretStr
 from starlette.concurrency import run_in_threadpool
 
 from notifier.errors import FieldProblem, InvalidEvent, PayloadTooLarge, SignatureError, StoreError
@@ -72,106 +71,20 @@ from notifier.timeutil import utcnow
 from notifier.web.answers import ErrorAnswer, error_answer, unavailable_answer
 from notifier.web.bodies import MAX_FHIR_BODY_BYTES, read_limited
 from notifier.web.events import UNAVAILABLE, EventStores, count_refusal, store_accepted
+from notifier.web.fhir_answers import (
+    FhirAnswer,
+    FhirJSONResponse,
+    FhirOutcome,
+    as_bundle,
+    as_outcome,
+    wants_fhir,
+)
 from notifier.web.signatures import verify_signature
 
 log = logging.getLogger(__name__)
 
 NOTIFY_PATH = "/fhir/r4/notify"
 SOURCE_PATH = "/fhir/r4/{source}/notify"
-
-
-class FhirEventAnswer(BaseModel):
-    id: str
-    type: str
-    status: Literal["accepted", "duplicate"]
-
-
-class FhirResourceAnswer(BaseModel):
-    #: `Type/id` (just `Type` for a resource without an id)
-    resource: str
-    status: Literal["mapped", "ignored"]
-    #: why an ignored resource became no event
-    reason: str | None
-    events: list[FhirEventAnswer]
-
-
-class FhirAnswer(BaseModel):
-    """What became of each resource of a notification, in its order."""
-
-    resources: list[FhirResourceAnswer]
-
-
-class FhirIssue(BaseModel):
-    severity: Literal["information"]
-    code: Literal["informational"]
-    #: `Patient/pat-ana: mapped: client.upserted fhir.Patient.pat-ana.1 accepted`
-    diagnostics: str
-
-
-class FhirOutcome(BaseModel):
-    """A FHIR update's or deletion's answer, as a FHIR client reads one: HAPI FHIR parses
-    a 2xx answer's JSON as a resource and counts a delivery whose answer is none as
-    failed. One issue per resource, saying what `FhirAnswer` says."""
-
-    resourceType: Literal["OperationOutcome"]
-    issue: list[FhirIssue]
-
-
-class FhirJSONResponse(JSONResponse):
-    media_type = "application/fhir+json"
-
-
-def _issue(resource: dict[str, Any]) -> dict[str, Any]:
-    said = "; ".join(f"{e['type']} {e['id']} {e['status']}" for e in resource["events"])
-    text = f"{resource['resource']}: {resource['status']}"
-    text += f": {resource['reason']}" if resource["reason"] else ""
-    text += f": {said}" if said else ""
-    return {"severity": "information", "code": "informational", "diagnostics": text}
-
-
-def as_outcome(answer: dict[str, Any]) -> dict[str, Any]:
-    """A `FhirAnswer` as a `FhirOutcome` (an OperationOutcome needs an issue: a payload
-    of no resource has one saying so)."""
-    issues = [_issue(resource) for resource in answer["resources"]] or [
-        {"severity": "information", "code": "informational",
-         "diagnostics": "no resource in the notification"}]
-    return {"resourceType": "OperationOutcome", "issue": issues}
-
-
-#: The answer to a Bundle entry that is the notification's own status (the Backport IG's
-#: first entry), read and skipped.
-_STATUS_READ = {"severity": "information", "code": "informational",
-                "diagnostics": "the notification's status (Parameters/SubscriptionStatus): "
-                               "read, nothing to map"}
-
-
-def entry_number(where: str) -> int | None:
-    """The entry index of a FHIRPath root `Bundle.entry[3].resource` (3); None for a
-    resource posted alone."""
-    match = re.match(r"Bundle\.entry\[(\d+)\]", where)
-    return int(match.group(1)) if match else None
-
-
-def as_bundle(answer: dict[str, Any], wheres: list[str], entry_count: int) -> dict[str, Any]:
-    """A `FhirAnswer` as a FHIR `transaction-response` Bundle: what HAPI FHIR's client
-    parses the answer to a Bundle it posts as (a topic-based notification, or a payload
-    search). One entry per entry posted (`entry_count`), in its order, as FHIR requires:
-    each resource's outcome (`wheres`: each answered resource's FHIRPath root, in the
-    answer's order), and the notification's status entry, skipped, said to be read."""
-    outcomes = {entry_number(where): _issue(resource)
-                for resource, where in zip(answer["resources"], wheres, strict=True)}
-    return {"resourceType": "Bundle", "type": "transaction-response", "entry": [
-        {"response": {"status": "200 OK", "outcome": {
-            "resourceType": "OperationOutcome", "issue": [outcomes.get(number, _STATUS_READ)]}}}
-        for number in range(max(entry_count, len(outcomes)))]}
-
-
-def wants_fhir(accept: str) -> bool:
-    """Whether an `Accept` header asks for FHIR JSON and not plain JSON (a FHIR client's,
-    such as HAPI's `application/fhir+json;q=1.0, application/json+fhir;q=0.9`)."""
-    media = [part.split(";")[0].strip().lower() for part in accept.split(",")]
-    return (any(m in ("application/fhir+json", "application/json+fhir") for m in media)
-            and not any(m in ("application/json", "*/*", "application/*") for m in media))
 
 
 #: What the route reads by hand, for the OpenAPI document.
