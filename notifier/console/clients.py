@@ -22,9 +22,7 @@ Selectors the other pages and the browser tests rely on: `svg.timeline`,
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
 from urllib.parse import quote
-from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
@@ -42,43 +40,11 @@ from notifier.console.client_search import (
 from notifier.console.routes import SECURITY_HEADERS, Console
 from notifier.console.sessions import Session
 from notifier.console.timeline import legend_items, notification_href, timeline_svg
+from notifier.console.times import local_text, operator_zone, span_text, time_left
 from notifier.ledger.records import ClientRecord
 
 BAD_QUERY = ("Type a client's id, phone number or email address, whole (no part of one, no "
              f"name; at most {MAX_QUERY_CHARS} characters).")
-
-
-def local_text(instant: datetime | None, zone: ZoneInfo) -> str:
-    """`Tue 3 Nov 2026 14:00 EST`: `instant` in `zone`; `—` for None."""
-    if instant is None:
-        return "—"
-    local = instant.astimezone(zone)
-    return f"{local:%a} {local.day} {local:%b %Y %H:%M %Z}"
-
-
-def span_text(start: datetime, end: datetime, zone: ZoneInfo) -> str:
-    """`Mon 2 Nov 2026 10:00 to 10:30 EST`: a visit in `zone`, its end's date (and zone
-    abbreviation) left out when they are the start's."""
-    first, last = start.astimezone(zone), end.astimezone(zone)
-    if (first.date(), first.tzname()) == (last.date(), last.tzname()):
-        return f"{first:%a} {first.day} {first:%b %Y %H:%M} to {last:%H:%M %Z}"
-    return f"{local_text(start, zone)} to {local_text(end, zone)}"
-
-
-def time_left(until: datetime | None, now: datetime) -> str:
-    """How long from `now` to `until`, in days and hours or hours and minutes (`1 d 3 h`,
-    `2 h 5 min`), or `overdue by ...` once it has passed; `—` for None."""
-    if until is None:
-        return "—"
-    left = until - now
-    text = _span(abs(left))
-    return text if left >= timedelta(0) else f"overdue by {text}"
-
-
-def _span(span: timedelta) -> str:
-    minutes = int(span.total_seconds() // 60)
-    days, hours, mins = minutes // 1440, minutes // 60 % 24, minutes % 60
-    return f"{days} d {hours} h" if days else f"{hours} h {mins} min"
 
 
 def search_subject(query: Query, found: list[ClientRecord]) -> str:
@@ -102,7 +68,7 @@ def routes(console: Console) -> APIRouter:
     """The client pages' router (included under `/console`)."""
     router = APIRouter()
     region = practice_region(console.settings)
-    operator_zone = ZoneInfo(console.settings.console_timezone)
+    zone = operator_zone(console.settings)
 
     @router.get("/clients")
     async def search(request: Request, q: str = "") -> Response:
@@ -149,8 +115,8 @@ def routes(console: Console) -> APIRouter:
         return console.signed_in(
             viewed, "client.html", file=file, client=client, now=now,
             notice=NOTICES.get(done, ""), new_id=new_id,
-            client_zone=client.zone, operator_zone=operator_zone,
-            timeline=timeline_svg(file.notifications, now, operator_zone),
+            client_zone=client.zone, operator_zone=zone,
+            timeline=timeline_svg(file.notifications, now, zone),
             legend=legend_items(), when=local_text, span=span_text, time_left=time_left,
             notification_href=notification_href, quote=lambda v: quote(v, safe=""))
 

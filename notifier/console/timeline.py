@@ -24,6 +24,7 @@ from zoneinfo import ZoneInfo
 
 from markupsafe import Markup, escape
 
+from notifier.console.times import short_time
 from notifier.ledger.reading import NotificationRow
 
 WIDTH = 720
@@ -107,12 +108,6 @@ def mark_title(row: NotificationRow, zone: ZoneInfo) -> str:
     """What a mark says when pointed at: `reminder_24h, sms, scheduled, due Tue 3 Nov
     14:00 EST` (in `zone`)."""
     return f"{row.kind}, {row.channel}, {row.state}, due {short_time(row.due_at, zone)}"
-
-
-def short_time(instant: datetime, zone: ZoneInfo) -> str:
-    """`Tue 3 Nov 14:00 EST`: `instant` in `zone`, with the zone's abbreviation."""
-    local = instant.astimezone(zone)
-    return f"{local:%a} {local.day} {local:%b %H:%M %Z}"
 
 
 def _label(x: float, y: float, text: str, css: str = "") -> str:

@@ -27,9 +27,9 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from notifier.config import Settings
 from notifier.console.charts import Bar, bar_chart
 from notifier.console.routes import Console
+from notifier.console.times import operator_zone, short_time
 from notifier.ledger.daily import (
     DAILY_REPLIES,
     FAILED_DAYS,
@@ -139,17 +139,6 @@ def escalations(providers: Mapping[str, ProviderRecord],
     return sorted(found, key=lambda e: (-e.overdue, e.next_coming or far, e.name))
 
 
-def operator_zone(settings: Settings) -> ZoneInfo:
-    """The zone the console shows times in: NOTIFIER_CONSOLE_TIMEZONE (checked at
-    start-up)."""
-    return ZoneInfo(settings.console_timezone)
-
-
-def shown_time(instant: datetime, zone: ZoneInfo) -> str:
-    """An instant as the page shows it, in `zone`: `Mon 30 Nov 14:05 EST`."""
-    return instant.astimezone(zone).strftime("%a %d %b %H:%M %Z")
-
-
 #: The lateness chart's bars: each bucket between the previous bound and its own.
 LATENESS_LABELS = ("≤ 1 s", "1-5 s", "5-15 s", "15 s-1 min", "1-5 min", "5-15 min",
                    "15 min-1 h", "> 1 h")
@@ -220,16 +209,16 @@ def today_view(g: Gathered, zone: ZoneInfo) -> dict[str, Any]:
                  for status in ("rejected", "failed")}
     set_aside |= g.figures.events_set_aside
     return {
-        "now_shown": shown_time(g.now, zone), "zone": zone.key,
+        "now_shown": short_time(g.now, zone), "zone": zone.key,
         "backlog": backlog, "sends": sends, "lateness": lateness,
         "failures": [{"channel": c, "code": code, "count": n} for (c, code), n in failures],
         "failed_days": FAILED_DAYS, "set_aside": sorted(set_aside.items()),
         "events_held": f.events_held,
         "refused": sorted(g.daily.refused.items(), key=lambda kv: (-kv[1], kv[0])),
         "refused_days": REFUSED_DAYS,
-        "escalations": [{"e": e, "first_overdue": shown_time(e.first_overdue, zone)
+        "escalations": [{"e": e, "first_overdue": short_time(e.first_overdue, zone)
                          if e.first_overdue else "", "next_coming":
-                         shown_time(e.next_coming, zone) if e.next_coming else ""}
+                         short_time(e.next_coming, zone) if e.next_coming else ""}
                         for e in g.escalations],
     }
 

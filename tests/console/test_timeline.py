@@ -12,7 +12,6 @@ from zoneinfo import ZoneInfo
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from notifier.console.clients import local_text, time_left
 from notifier.console.timeline import (
     LANES,
     SHAPES,
@@ -21,6 +20,7 @@ from notifier.console.timeline import (
     notification_href,
     timeline_svg,
 )
+from notifier.console.times import local_text, time_left
 from notifier.ledger.reading import NotificationRow
 
 SVG = "{http://www.w3.org/2000/svg}"

@@ -21,13 +21,12 @@ from fastapi.testclient import TestClient
 
 from notifier.cli.send_event import sign_event
 from notifier.config import Settings
+from notifier.console.times import operator_zone, short_time
 from notifier.console.today import (
     ProviderEscalations,
     escalations,
     gather,
     lateness_bars,
-    operator_zone,
-    shown_time,
 )
 from notifier.ledger.client import LedgerRedis
 from notifier.ledger.daily import REFUSED_KEEP_S, refused_key
@@ -194,8 +193,8 @@ def test_times_are_shown_in_the_operators_zone(settings):
     assert operator_zone(settings) == ZoneInfo("UTC")
     chicago = dataclasses.replace(settings, console_timezone="America/Chicago")
     assert operator_zone(chicago) == ZoneInfo("America/Chicago")
-    assert shown_time(T0, ZoneInfo("America/New_York")) == "Mon 30 Nov 10:00 EST"
-    assert shown_time(T0, ZoneInfo("UTC")) == "Mon 30 Nov 15:00 UTC"
+    assert short_time(T0, ZoneInfo("America/New_York")) == "Mon 30 Nov 10:00 EST"
+    assert short_time(T0, ZoneInfo("UTC")) == "Mon 30 Nov 15:00 UTC"
 
 
 def test_lateness_bands_are_the_cumulative_buckets_summed_and_differenced():
