@@ -30,7 +30,8 @@ from notifier.console.history import HISTORY_MAX, left_out, parse_history
 from notifier.console.message import Rendered, render_message, stored_of
 from notifier.console.routes import Console
 from notifier.console.sessions import Session
-from notifier.delivery.render import Renderer, format_local_datetime
+from notifier.console.times import local_text
+from notifier.delivery.render import Renderer
 from notifier.ledger.console_reads import NotificationRead, read_notification
 from notifier.ledger.notifications import from_epoch
 from notifier.ledger.reading import shown_state
@@ -94,7 +95,7 @@ def moment(value: str | None, zone: ZoneInfo | None) -> Moment | None:
     except (ValueError, OverflowError, OSError):
         return None
     utc = instant.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    return Moment(format_local_datetime(instant, zone, "en") if zone else "", utc)
+    return Moment(local_text(instant, zone) if zone else "", utc)
 
 
 def page_context(notification_id: str, read: NotificationRead, rendered: Rendered,

@@ -1,7 +1,7 @@
 """The console's routes under `/console`: `GET /console/login` (the form), `POST
-/console/login`, `POST /console/logout`, `GET /console/static/console.css` (the one
-stylesheet, served without a session: it holds no data) and `GET /console/` (the start
-page); the pages of each concern come from their own modules
+/console/login`, `POST /console/logout`, `GET /console/static/{console.css,favicon.svg}`
+(the one stylesheet and the icon, served without a session: they hold no data) and
+`GET /console/` (the start page); the pages of each concern come from their own modules
 (`notifier.console.pages.PAGE_ROUTERS`).
 
 Every answer is server-rendered HTML (templates/console/, Jinja2 with autoescape) with a
@@ -61,8 +61,10 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",
 }
-#: The console's one stylesheet (no inline styles: the CSP forbids them).
-STYLESHEET = Path(project_dir("templates")) / "console" / "static" / "console.css"
+#: The console's static files, by name, and their types: the one stylesheet (no inline
+#: styles: the CSP forbids them) and the icon (else browsers ask for `/favicon.ico`).
+STATIC = Path(project_dir("templates")) / "console" / "static"
+STATIC_TYPES = {"console.css": "text/css", "favicon.svg": "image/svg+xml"}
 #: A console form is a few fields; a larger body is refused unread past this.
 MAX_FORM_BYTES = 8192
 
@@ -317,10 +319,14 @@ def console_routes(console: Console) -> APIRouter:
                                samesite="strict")
         return response
 
-    @router.get("/static/console.css")
-    async def stylesheet() -> Response:
-        # No session needed: the login page uses it too, and it holds no data.
-        return Response(STYLESHEET.read_bytes(), media_type="text/css",
+    @router.get("/static/{name}")
+    async def static(request: Request, name: str) -> Response:
+        # No session needed: the login page uses them too, and they hold no data.
+        if name not in STATIC_TYPES:
+            session = await console.session(request)
+            return (console.unauthorized(request) if session is None else console.refused(
+                404, "Not here", "There is no such page or form.", session=session))
+        return Response((STATIC / name).read_bytes(), media_type=STATIC_TYPES[name],
                         headers={**SECURITY_HEADERS, "Cache-Control": "max-age=300"})
 
     @router.get("/")

@@ -11,7 +11,8 @@ colour (`SHAPES`; `legend_items` draws each for the page's key), so the line rea
 grey. Marks close in time go to other lanes (at most `LANES`, then they overlap).
 
 Units: the viewBox is `WIDTH` units wide; at 390 px it is scaled to about half, so text
-is `FONT` units (about 12 px there). Every mark's translate is inside the viewBox.
+is `FONT` units (about 11 px there, 21 px at the page's widest). Every mark's translate
+is inside the viewBox.
 """
 
 from __future__ import annotations
@@ -30,10 +31,12 @@ from notifier.ledger.reading import NotificationRow
 WIDTH = 720
 #: Room at each end of the axis, in viewBox units: a mark at an end stays whole.
 PAD = 24
-FONT = 24
+FONT = 20
 #: Marks closer than this (viewBox units) go to different lanes.
 MIN_GAP = 22
-LANES = 4
+#: Enough for a day's confirmations, reminders and their copies at one instant (a
+#: booking processed late plans them all at once); past it marks overlap.
+LANES = 16
 LANE_H = 30
 #: The first lane's centre, below the "now" label.
 TOP = 60

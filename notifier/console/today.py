@@ -48,6 +48,8 @@ from notifier.policy.figures import CHANNELS
 
 log = logging.getLogger(__name__)
 
+#: How the page names each channel.
+CHANNEL_NAMES = {"sms": "SMS", "email": "Email"}
 #: Open items escalating within this long are listed as coming due.
 COMING_DUE = timedelta(hours=24)
 
@@ -187,8 +189,9 @@ def today_view(g: Gathered, zone: ZoneInfo) -> dict[str, Any]:
     for channel in channels:
         bars = sends_bars(g.daily, channel, g.now, zone)
         total = sum(int(b.value) for b in bars)
+        name = CHANNEL_NAMES.get(channel, channel)
         sends.append({"channel": channel, "total": total, "chart": bar_chart(
-            f"sends-{channel}", f"{channel.upper()} sends per hour, last 24 hours", bars,
+            f"sends-{channel}", f"{name} sends per hour, last 24 hours", bars,
             (" send", " sends"))})
     by_channel: dict[str, list[Lateness]] = {}
     for (_, channel), kind_series in g.figures.lateness.items():
@@ -202,7 +205,8 @@ def today_view(g: Gathered, zone: ZoneInfo) -> dict[str, Any]:
         mean = sum(s.total_s for s in series) / count if count else 0.0
         lateness.append({"channel": channel, "count": count, "mean_s": round(mean, 1),
                          "chart": bar_chart(f"late-{channel}",
-                                            f"{channel.upper()} send lateness (sent - due)",
+                                            f"{CHANNEL_NAMES.get(channel, channel)} send "
+                                            "lateness (sent - due)",
                                             lateness_bars(series), (" send", " sends"))})
     failures = sorted(g.daily.failed.items(), key=lambda kv: (-kv[1], kv[0]))
     set_aside = {status: g.figures.events_set_aside.get(status, 0)
@@ -211,6 +215,7 @@ def today_view(g: Gathered, zone: ZoneInfo) -> dict[str, Any]:
     return {
         "now_shown": short_time(g.now, zone), "zone": zone.key,
         "backlog": backlog, "sends": sends, "lateness": lateness,
+        "channel_names": CHANNEL_NAMES,
         "failures": [{"channel": c, "code": code, "count": n} for (c, code), n in failures],
         "failed_days": FAILED_DAYS, "set_aside": sorted(set_aside.items()),
         "events_held": f.events_held,

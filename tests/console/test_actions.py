@@ -71,7 +71,7 @@ def confirm(client: Any, path: str, **fields: str) -> Any:
     form = client.get(path)
     assert form.status_code == 200, form.text
     assert '<button type="submit">Confirm</button>' in form.text
-    assert 'method="post"' in form.text and ">Cancel</a>" in form.text
+    assert 'method="post"' in form.text and ">Go back without doing it</a>" in form.text
     return client.post(path, data={"csrf_token": csrf_in(form.text), **fields},
                        follow_redirects=False)
 

@@ -271,3 +271,17 @@ def test_an_operator_removed_or_given_a_new_password_has_their_sessions_ended(
     client.cookies.clear()
     assert sign_in(client, password="a new password 2").status_code == 303
     assert client.get("/console/").status_code == 200
+
+
+def test_the_stylesheet_and_icon_are_served_without_a_session_and_nothing_else_is(client):
+    for name, kind in (("console.css", "text/css"), ("favicon.svg", "image/svg+xml")):
+        answer = client.get(f"/console/static/{name}")
+        assert answer.status_code == 200, name
+        assert answer.headers["content-type"].startswith(kind)
+        assert answer.headers["content-security-policy"].startswith("default-src 'self'")
+    for name in ("operators.toml", "..%2Fbase.html", "login.html"):
+        assert client.get(f"/console/static/{name}").status_code == 401, name
+    assert sign_in(client).status_code == 303
+    assert client.get("/console/static/login.html").status_code == 404
+    page = client.get("/console/").text
+    assert '<link rel="icon" href="/console/static/favicon.svg"' in page

@@ -104,7 +104,7 @@ def test_an_empty_ledger_renders_zero_charts_and_says_there_is_nothing(client, r
     text = page.text
     assert "<h1>Today</h1>" in text
     assert len(re.findall(r'<svg class="chart" role="img"', text)) == 2  # SMS and email
-    assert "All zero." in text and "SMS: 0 sent" in text and "EMAIL: 0 sent" in text
+    assert "All zero." in text and "SMS: 0 sent" in text and "Email: 0 sent" in text
     assert 'id="late-none"' in text and 'id="failures-none"' in text
     assert 'id="escalations-none"' in text
     assert "style=" not in text and "<script" not in text
@@ -126,7 +126,7 @@ def test_today_shows_what_the_ledger_holds(console, redis_client, policy):
     assert int(backlog["Scheduled"]) == figures.scheduled >= 2
     assert backlog["In flight"] == "0"
     assert backlog["Events pending"] == str(figures.events_pending)
-    assert "SMS: 2 sent" in text and "EMAIL: 0 sent" in text
+    assert "SMS: 2 sent" in text and "Email: 0 sent" in text
     # Both sends fall in the hour of `now` (or the hour before, just after the hour).
     hours = re.findall(r"<title>(\d\d:00-\d\d:00): (\d+) sends?</title>", text)
     assert sum(int(n) for _, n in hours) == 2
