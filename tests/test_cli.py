@@ -150,6 +150,12 @@ def test_dev_runs_on_the_embedded_redis_and_send_event_reaches_it(tmp_path, poli
 
         again = notifier("send-event", str(EXAMPLE), "--url", base, cwd=tmp_path)
         assert again.stdout.count(": 200 ") == 3 and "duplicate" in again.stdout
+        # The banner's FHIR line, as printed, posts the example bundle.
+        fhir_token = (tmp_path / "var" / "fhir-token").read_text().strip()
+        bundle = PROJECT_ROOT / "examples" / "fhir" / "visit-bundle.json"
+        posted = httpx.post(f"{base}/fhir/r4/notify", content=bundle.read_bytes(), headers={
+            "Content-Type": "application/fhir+json", "Authorization": f"Bearer {fhir_token}"})
+        assert posted.status_code == 200, posted.text
     finally:
         dev.send_signal(signal.SIGINT)
         output = dev.communicate(timeout=30)[0]
@@ -161,6 +167,9 @@ def test_dev_runs_on_the_embedded_redis_and_send_event_reaches_it(tmp_path, poli
     assert f"curl -H 'Authorization: Bearer {token}' {read_url}\n" in output
     assert (f"Operator console: {base}/console/  (the first operator, once: "
             f"{sys.executable} -m notifier console add-operator NAME)\n") in output
+    assert (f"FHIR intake: curl -H 'Content-Type: application/fhir+json' -H "
+            f"'Authorization: Bearer {fhir_token}' --data-binary @") in output
+    assert f"examples/fhir/visit-bundle.json {base}/fhir/r4/notify\n" in output
     assert "Traceback" not in output
     assert not EmbeddedRedis(tmp_path / "var").running()  # dev stops what it started
 

@@ -69,6 +69,14 @@ def dev_api_token(settings: Settings) -> Settings:
     return replace(settings, api_token=token)
 
 
+def dev_fhir_token(settings: Settings) -> Settings:
+    """In development, a token kept under `var/` stands in for NOTIFIER_FHIR_TOKEN."""
+    if settings.fhir_token is not None:
+        return settings
+    token = _kept_secret(settings.var_dir / "fhir-token", lambda: secrets.token_urlsafe(32))
+    return replace(settings, fhir_token=token)
+
+
 def dev_console_secret(settings: Settings) -> Settings:
     """In development, a secret kept under `var/` stands in for NOTIFIER_CONSOLE_SECRET."""
     if settings.console_secret is not None:

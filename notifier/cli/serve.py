@@ -14,6 +14,7 @@ from notifier.cli.common import (
     bind,
     dev_api_token,
     dev_console_secret,
+    dev_fhir_token,
     dev_webhook_secret,
     invocation,
     open_runtime,
@@ -67,6 +68,11 @@ def dev_banner(settings: Settings, host: str, port: int, redis_url: str) -> str:
     if settings.console_secret is not None:
         lines += [f"Operator console: {base}/console/  (the first operator, once: "
                   f"{me} console add-operator NAME)"]
+    if settings.fhir_token is not None:
+        lines += [f"FHIR intake: curl -H 'Content-Type: application/fhir+json' -H "
+                  f"'Authorization: Bearer {reveal(settings.fhir_token)}' --data-binary "
+                  f"@{shell_path(project_dir('examples') / 'fhir' / 'visit-bundle.json')} "
+                  f"{base}/fhir/r4/notify"]
     return "\n".join(lines) + "\n"
 
 
@@ -78,7 +84,8 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> None:
 
     sock = bind(args.host, args.port)
     try:
-        settings = dev_console_secret(dev_api_token(dev_webhook_secret(settings)))
+        settings = dev_fhir_token(dev_console_secret(dev_api_token(dev_webhook_secret(
+            settings))))
         with open_runtime(settings, serving=True) as runtime:
             worker = start_worker(runtime, settings.worker_threads)
             broker = build_broker(runtime.redis_url)

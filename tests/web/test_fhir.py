@@ -74,8 +74,8 @@ def test_the_visit_bundle_is_stored_event_by_event_as_v1_events_stores_them(
         ("MedicationDispense/disp-1", "mapped"), ("Task/refill-1", "mapped"),
         ("Task/refill-1", "mapped"), ("Communication/msg-1", "mapped"),
         ("Communication/msg-2", "mapped")]
-    assert resources[5]["reason"] == "a MedicationRequest active: reminders start with a " \
-                                     "dispense"
+    assert resources[5]["reason"] == ("no event for a MedicationRequest active: reminders "
+                                      "start with its dispense")
     ids = [e["id"] for r in resources for e in r["events"]]
     assert len(ids) == 10
     assert {e["status"] for r in resources for e in r["events"]} == {"accepted"}

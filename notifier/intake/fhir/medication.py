@@ -53,8 +53,8 @@ ENDED = ("stopped", "cancelled", "completed")
 def map_request(request: Any, ctx: Context, defaults: Defaults) -> Mapped:
     """A MedicationRequest as `prescription.discontinued`, or why nothing."""
     if request.status not in ENDED:
-        return Ignored(f"a MedicationRequest {request.status}: reminders start with a "
-                       "dispense")
+        return Ignored(f"no event for a MedicationRequest {request.status}: reminders start "
+                       "with its dispense")
     return [envelope(request, ctx, "prescription.discontinued",
                      {"prescription_id": ctx.own(request)})]
 

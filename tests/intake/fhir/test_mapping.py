@@ -44,7 +44,8 @@ def test_the_visit_cycle_becomes_the_events_of_the_same_story():
 def test_the_active_prescription_is_reported_ignored_in_the_cycle():
     ignored = [(m.label, m.ignored) for m in mapped(bundle()) if m.ignored]
     assert ignored == [("MedicationRequest/rx-1",
-                        "a MedicationRequest active: reminders start with a dispense")]
+                        "no event for a MedicationRequest active: reminders start with "
+                        "its dispense")]
 
 
 def test_a_resent_version_is_the_same_event_and_a_new_version_another():
@@ -95,8 +96,8 @@ def test_fhir_map_prints_the_events_as_json_lines(capsys):
     out, err = capsys.readouterr()
     assert [tuple(json.loads(line)[k] for k in ("id", "type"))
             for line in out.splitlines()] == CYCLE
-    assert err == ("# MedicationRequest/rx-1: ignored: a MedicationRequest active: reminders "
-                   "start with a dispense\n")
+    assert err == ("# MedicationRequest/rx-1: ignored: no event for a MedicationRequest "
+                   "active: reminders start with its dispense\n")
 
 
 def test_fhir_map_names_each_bad_element_and_exits_1(tmp_path, capsys):

@@ -36,7 +36,7 @@ def test_an_ended_request_discontinues_the_prescription(status):
 @pytest.mark.parametrize("status", ["active", "on-hold", "draft", "unknown"])
 def test_a_request_still_going_is_ignored_until_its_fill(status):
     assert ignored(request(status=status)) == (
-        f"a MedicationRequest {status}: reminders start with a dispense")
+        f"no event for a MedicationRequest {status}: reminders start with its dispense")
 
 
 def test_a_dispense_with_its_request_in_the_payload_is_a_fill():
