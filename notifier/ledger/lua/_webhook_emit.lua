@@ -18,13 +18,14 @@
 -- It also keeps each notification's history on its own hash (`note_history`): every
 -- script that changes a notification's state, and a delivery report that changes what is
 -- on record, appends one entry, so the console can say what happened when. Entries are
--- fields `h1`, `h2`, ..., and `hn` the number of changes recorded; each value is "{epoch seconds}
--- {state} {note}" (the note may be empty), cut to at most 64 bytes of whole UTF-8
--- characters so the hash stays in Redis's compact encoding (`notifier.ledger.notif_fields`
--- says why). A delivery report's state is `report:{status}` and its note the provider's
--- code. At most HISTORY_MAX entries are kept: past that, the newest replaces the last,
--- so the first ones and the latest are shown, and `hn` beyond HISTORY_MAX says how many
--- changes there were (the page says some are not kept). The planned state is not an entry (the
+-- fields `h1`, `h2`, ..., and `hn` the number of changes recorded; each value is
+-- "{epoch seconds} {state} {note}" (the note may be empty), cut to at most 64 bytes of
+-- whole UTF-8 characters so the hash stays in Redis's compact encoding
+-- (`notifier.ledger.notif_fields` says why). A delivery report's state is
+-- `report:{status}` and its note the provider's code. At most HISTORY_MAX entries are
+-- kept: past that, the newest replaces the last, so the first ones and the latest are
+-- shown, and `hn` beyond HISTORY_MAX says how many changes there were (the page says some
+-- are not kept). The planned state is not an entry (the
 -- hash's `created` and `state` say it: pending notifications stay as small as before);
 -- retiring a notification drops its history with the rest of its content
 -- (`index_trim.lua`). The parser is `notifier.console.history.parse_history`.
