@@ -25,7 +25,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from notifier.console.allowed import allowed_actions
+from notifier.console.allowed import allowed_actions, appointment_changed
 from notifier.console.history import HISTORY_MAX, left_out, parse_history
 from notifier.console.message import Rendered, render_message, stored_of
 from notifier.console.routes import Console
@@ -33,9 +33,10 @@ from notifier.console.sessions import Session
 from notifier.console.times import local_text
 from notifier.delivery.render import Renderer
 from notifier.ledger.console_reads import NotificationRead, read_notification
+from notifier.ledger.notif_fields import params_of
 from notifier.ledger.notifications import from_epoch
 from notifier.ledger.reading import shown_state
-from notifier.ledger.records import ClientRecord
+from notifier.ledger.records import AppointmentRecord, ClientRecord
 from notifier.policy.figures import load_policy
 from notifier.policy.plan import entity_ref
 
@@ -98,10 +99,24 @@ def moment(value: str | None, zone: ZoneInfo | None) -> Moment | None:
     return Moment(local_text(instant, zone) if zone else "", utc)
 
 
+def resend_blocked(fields: dict[str, str], records: dict[str, Any], now: datetime) -> str:
+    """Why "send again" is not offered for a notification its state would allow: its
+    appointment, among the `records` the page read, changed since (`allowed.
+    appointment_changed`); "" otherwise. An appointment not read leaves the offer to the
+    confirmation page, which reads it and refuses with why."""
+    params = params_of(fields)
+    found = records.get(entity_ref("appointment", str(params.get("appointment_id") or "")))
+    if not isinstance(found, AppointmentRecord):
+        return ""
+    return appointment_changed(fields.get("kind", ""), params, found, now)
+
+
 def page_context(notification_id: str, read: NotificationRead, rendered: Rendered,
-                 ) -> dict[str, Any]:
-    """The template's context for the notification page (pure)."""
+                 now: datetime) -> dict[str, Any]:
+    """The template's context for the notification page at `now` (pure)."""
     f = read.fields
+    allowed = allowed_actions(f)
+    blocked = resend_blocked(f, read.records, now) if "resend" in allowed else ""
     client = read.records.get(entity_ref("client", f.get("to_id", "")))
     zone = (client.client.zone if isinstance(client, ClientRecord)
             and f.get("to") == "client" else None)
@@ -116,7 +131,8 @@ def page_context(notification_id: str, read: NotificationRead, rendered: Rendere
                         if f.get("to") == "client" and f.get("to_id") else ""),
         "history": [(e, moment(str(e.at.timestamp()), zone)) for e in parse_history(f)],
         "left_out": left_out(f), "history_first": HISTORY_MAX - 1,
-        "allowed": allowed_actions(f), "message": rendered,
+        "allowed": allowed - {"resend"} if blocked else allowed, "resend_blocked": blocked,
+        "message": rendered,
         "resend_url": notification_url(notification_id, "resend"),
         "cancel_url": notification_url(notification_id, "cancel"),
     }
@@ -146,7 +162,8 @@ def routes(console: Console) -> APIRouter:
         session = await console.viewer(request, f"notification:{notification_id}")
         if isinstance(session, Response):
             return session
-        read, rendered = await run_in_threadpool(load, notification_id, console.clock())
+        now = console.clock()
+        read, rendered = await run_in_threadpool(load, notification_id, now)
         if not read.fields:
             return console.signed_in(
                 session, "notification.html", 404, missing=True, id=notification_id)
@@ -157,6 +174,6 @@ def routes(console: Console) -> APIRouter:
             notice=NOTICES.get(done, ""),
             new_link=notification_url(new_id) if done == "resent" and new_id else "",
             new_id=new_id if done == "resent" else "",
-            **page_context(notification_id, read, rendered))
+            **page_context(notification_id, read, rendered, now))
 
     return router

@@ -340,6 +340,20 @@ def test_send_again_is_refused_once_its_appointment_changed(client, store, polic
     assert not [a for a in audited(redis_client) if a[1].startswith("resend")]
 
 
+def test_the_page_does_not_offer_to_send_again_what_its_appointment_changed(
+        client, store, policy, outbox):
+    now = utcnow()
+    start = book(store, policy, now)
+    fail(store, policy, outbox)
+    sign_in(client)
+    assert "Send again now" in client.get(url(CONFIRM_EMAIL)).text
+    store_and_apply(store, policy, appointment("appointment.rescheduled", "a1", "c1",
+                                               start + timedelta(hours=3), now), now)
+    page = client.get(url(CONFIRM_EMAIL)).text
+    assert "Send again now" not in page
+    assert "Not offered again: Its appointment was changed since it was planned" in page
+
+
 # Guards: CSRF and session, for every action ----------------------------------------------
 POSTS = [url(CONFIRM_SMS, "cancel"), url(CONFIRM_EMAIL, "resend"), "/console/clients/c1/sms-enable",
          "/console/appointments/a1/resend-invite"]
