@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 
-from notifier.cli.common import dev_api_token, server_log_level
+from notifier.cli.common import dev_secret, server_log_level
 from notifier.config import PROJECT_ROOT, Settings, reveal
 from notifier.delivery.compose import STAFF_KINDS
 from notifier.delivery.render import Renderer
@@ -177,9 +177,9 @@ def test_dev_runs_on_the_embedded_redis_and_send_event_reaches_it(tmp_path, poli
 def test_dev_makes_an_api_token_once_and_keeps_it(tmp_path):
     unset = Settings.from_env({"NOTIFIER_VAR_DIR": str(tmp_path / "var")},
                               dotenv=Path("/nonexistent"))
-    first = reveal(dev_api_token(unset).api_token)
+    first = reveal(dev_secret(unset, "api_token").api_token)
     assert first is not None and len(first) >= 24
-    assert reveal(dev_api_token(unset).api_token) == first
+    assert reveal(dev_secret(unset, "api_token").api_token) == first
     # What it wrote is a token the settings themselves would accept.
     again = Settings.from_env({"NOTIFIER_API_TOKEN": first}, dotenv=Path("/nonexistent"))
     assert reveal(again.api_token) == first
@@ -191,7 +191,7 @@ def test_dev_uses_the_configured_api_token(tmp_path):
     token = "configured-token-" + "z" * 20
     configured = Settings.from_env({"NOTIFIER_VAR_DIR": str(tmp_path / "var"),
                                     "NOTIFIER_API_TOKEN": token}, dotenv=Path("/nonexistent"))
-    assert reveal(dev_api_token(configured).api_token) == token
+    assert reveal(dev_secret(configured, "api_token").api_token) == token
     assert not (tmp_path / "var" / "api-token").exists()
 
 

@@ -52,37 +52,40 @@ def _kept_secret(path: Path, make: Callable[[], str]) -> SecretStr:
     return SecretStr(path.read_text().strip())
 
 
-def dev_webhook_secret(settings: Settings) -> Settings:
-    """In development, a secret kept under `var/` stands in for NOTIFIER_WEBHOOK_SECRET."""
-    if settings.webhook_secret is not None:
+def _token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def _webhook_secret() -> str:
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+#: The secrets `notifier dev` stands in for when unset, by settings field: the file under
+#: `var/` each is kept in, and how one is made.
+DEV_SECRETS: dict[str, tuple[str, Callable[[], str]]] = {
+    "webhook_secret": ("webhook-secret", _webhook_secret),  # NOTIFIER_WEBHOOK_SECRET
+    "api_token": ("api-token", _token),                     # NOTIFIER_API_TOKEN
+    "console_secret": ("console-secret", _token),           # NOTIFIER_CONSOLE_SECRET
+    "fhir_token": ("fhir-token", _token),                   # NOTIFIER_FHIR_TOKEN
+}
+
+
+def dev_secret(settings: Settings, field: str) -> Settings:
+    """In development, a secret kept under `var/` stands in for the setting `field` (one
+    of `DEV_SECRETS`) when it is unset; `settings` as they are when it is set."""
+    if getattr(settings, field) is not None:
         return settings
-    secret = _kept_secret(settings.var_dir / "webhook-secret",
-                          lambda: "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode())
-    return replace(settings, webhook_secret=secret)
+    name, make = DEV_SECRETS[field]
+    # Typed loosely: `field` names one of the SecretStr | None fields of DEV_SECRETS.
+    change: dict[str, Any] = {field: _kept_secret(settings.var_dir / name, make)}
+    return replace(settings, **change)
 
 
-def dev_api_token(settings: Settings) -> Settings:
-    """In development, a token kept under `var/` stands in for NOTIFIER_API_TOKEN."""
-    if settings.api_token is not None:
-        return settings
-    token = _kept_secret(settings.var_dir / "api-token", lambda: secrets.token_urlsafe(32))
-    return replace(settings, api_token=token)
-
-
-def dev_fhir_token(settings: Settings) -> Settings:
-    """In development, a token kept under `var/` stands in for NOTIFIER_FHIR_TOKEN."""
-    if settings.fhir_token is not None:
-        return settings
-    token = _kept_secret(settings.var_dir / "fhir-token", lambda: secrets.token_urlsafe(32))
-    return replace(settings, fhir_token=token)
-
-
-def dev_console_secret(settings: Settings) -> Settings:
-    """In development, a secret kept under `var/` stands in for NOTIFIER_CONSOLE_SECRET."""
-    if settings.console_secret is not None:
-        return settings
-    secret = _kept_secret(settings.var_dir / "console-secret", lambda: secrets.token_urlsafe(32))
-    return replace(settings, console_secret=secret)
+def dev_secrets(settings: Settings) -> Settings:
+    """`dev_secret` of every field of `DEV_SECRETS`: what `notifier dev` runs with."""
+    for field in DEV_SECRETS:
+        settings = dev_secret(settings, field)
+    return settings
 
 
 def setup_logging(level: str = "INFO") -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from notifier.cli.common import dev_webhook_secret, invocation
+from notifier.cli.common import dev_secret, invocation
 from notifier.config import Settings
 from notifier.errors import UsageError
 from notifier.intake.json_body import repeated_keys
@@ -63,7 +63,7 @@ def read_events(path: str) -> list[dict[str, Any]]:
 def cmd_send_event(args: argparse.Namespace, settings: Settings) -> None:
     import httpx
 
-    settings = dev_webhook_secret(settings)
+    settings = dev_secret(settings, "webhook_secret")
     secret = settings.require_webhook_secret()
     base = (args.url or settings.public_url).rstrip("/")
     target = urlsplit(base)

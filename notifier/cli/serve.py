@@ -12,10 +12,7 @@ from urllib.parse import urlsplit
 
 from notifier.cli.common import (
     bind,
-    dev_api_token,
-    dev_console_secret,
-    dev_fhir_token,
-    dev_webhook_secret,
+    dev_secrets,
     invocation,
     open_runtime,
     redacted,
@@ -84,8 +81,7 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> None:
 
     sock = bind(args.host, args.port)
     try:
-        settings = dev_fhir_token(dev_console_secret(dev_api_token(dev_webhook_secret(
-            settings))))
+        settings = dev_secrets(settings)
         with open_runtime(settings, serving=True) as runtime:
             worker = start_worker(runtime, settings.worker_threads)
             broker = build_broker(runtime.redis_url)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from notifier.cli.common import dev_console_secret
+from notifier.cli.common import dev_secret
 from notifier.config import Settings
 from notifier.errors import ConfigError
 
@@ -48,11 +48,11 @@ def test_the_secret_hides_in_repr():
 
 def test_in_development_a_secret_is_made_once_under_var(tmp_path: Path):
     settings = Settings.from_env({"NOTIFIER_VAR_DIR": str(tmp_path)}, dotenv=NO_DOTENV)
-    first = dev_console_secret(settings).console_secret
-    again = dev_console_secret(settings).console_secret
+    first = dev_secret(settings, "console_secret").console_secret
+    again = dev_secret(settings, "console_secret").console_secret
     assert first is not None and again is not None
     assert first.get_secret_value() == again.get_secret_value()
     assert len(first.get_secret_value()) >= 24
     assert stat.S_IMODE((tmp_path / "console-secret").stat().st_mode) == 0o600
     given = Settings.from_env({"NOTIFIER_CONSOLE_SECRET": "g" * 30}, dotenv=NO_DOTENV)
-    assert dev_console_secret(given) is given
+    assert dev_secret(given, "console_secret") is given
