@@ -20,6 +20,7 @@ a 404 page unaudited, GET or POST.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -98,6 +99,22 @@ def routes(console: Console) -> APIRouter:
                             f"There is no {what} {shown_non_id(path_id)!r}.", "/console/",
                             404)
 
+    async def viewing(request: Request, what: str, path_id: str,
+                      pattern: re.Pattern[str]) -> Session | Response:
+        """A confirmation page's session, its view of `{what}:{path_id}` audited; or the
+        page to answer instead (`not_an_id` for an id `pattern` refuses, 401)."""
+        if not pattern.fullmatch(path_id):
+            return await not_an_id(request, what, path_id)
+        return await console.viewer(request, f"{what}:{path_id}")
+
+    async def acting(request: Request, what: str, path_id: str, pattern: re.Pattern[str]
+                     ) -> tuple[Session, dict[str, str]] | Response:
+        """An action's session and form (`Console.action`), or the page to answer
+        instead (`not_an_id` for an id `pattern` refuses, 401, 403)."""
+        if not pattern.fullmatch(path_id):
+            return await not_an_id(request, what, path_id)
+        return await console.action(request)
+
     def back_to(url: str, done: str, **more: str) -> Response:
         query = "&".join(f"{k}={quote(v, safe='')}" for k, v in {"done": done, **more}.items())
         return RedirectResponse(f"{url}?{query}", status_code=303, headers=SECURITY_HEADERS)
@@ -119,9 +136,7 @@ def routes(console: Console) -> APIRouter:
 
     @router.get("/notifications/{notification_id}/resend")
     async def resend_form(request: Request, notification_id: str) -> Response:
-        if not NOTIFICATION_ID_RE.fullmatch(notification_id):
-            return await not_an_id(request, "notification", notification_id)
-        session = await console.viewer(request, f"notification:{notification_id}")
+        session = await viewing(request, "notification", notification_id, NOTIFICATION_ID_RE)
         if isinstance(session, Response):
             return session
         check = await run_in_threadpool(resend_check, store, notification_id,
@@ -135,9 +150,7 @@ def routes(console: Console) -> APIRouter:
 
     @router.post("/notifications/{notification_id}/resend")
     async def resend(request: Request, notification_id: str) -> Response:
-        if not NOTIFICATION_ID_RE.fullmatch(notification_id):
-            return await not_an_id(request, "notification", notification_id)
-        checked = await console.action(request)
+        checked = await acting(request, "notification", notification_id, NOTIFICATION_ID_RE)
         if isinstance(checked, Response):
             return checked
         session, _ = checked
@@ -153,9 +166,7 @@ def routes(console: Console) -> APIRouter:
     # Cancel ------------------------------------------------------------------------------
     @router.get("/notifications/{notification_id}/cancel")
     async def cancel_form(request: Request, notification_id: str) -> Response:
-        if not NOTIFICATION_ID_RE.fullmatch(notification_id):
-            return await not_an_id(request, "notification", notification_id)
-        session = await console.viewer(request, f"notification:{notification_id}")
+        session = await viewing(request, "notification", notification_id, NOTIFICATION_ID_RE)
         if isinstance(session, Response):
             return session
         fields = await run_in_threadpool(store.notification, notification_id)
@@ -173,9 +184,7 @@ def routes(console: Console) -> APIRouter:
 
     @router.post("/notifications/{notification_id}/cancel")
     async def cancel(request: Request, notification_id: str) -> Response:
-        if not NOTIFICATION_ID_RE.fullmatch(notification_id):
-            return await not_an_id(request, "notification", notification_id)
-        checked = await console.action(request)
+        checked = await acting(request, "notification", notification_id, NOTIFICATION_ID_RE)
         if isinstance(checked, Response):
             return checked
         session, _ = checked
@@ -198,9 +207,7 @@ def routes(console: Console) -> APIRouter:
 
     @router.get("/clients/{client_id}/sms-enable")
     async def sms_enable_form(request: Request, client_id: str) -> Response:
-        if not ID_RE.fullmatch(client_id):
-            return await not_an_id(request, "client", client_id)
-        session = await console.viewer(request, f"client:{client_id}")
+        session = await viewing(request, "client", client_id, ID_RE)
         if isinstance(session, Response):
             return session
         why, _ = await run_in_threadpool(sms_enable_check, store, client_id)
@@ -211,9 +218,7 @@ def routes(console: Console) -> APIRouter:
 
     @router.post("/clients/{client_id}/sms-enable")
     async def sms_enable(request: Request, client_id: str) -> Response:
-        if not ID_RE.fullmatch(client_id):
-            return await not_an_id(request, "client", client_id)
-        checked = await console.action(request)
+        checked = await acting(request, "client", client_id, ID_RE)
         if isinstance(checked, Response):
             return checked
         session, form = checked
@@ -241,9 +246,7 @@ def routes(console: Console) -> APIRouter:
 
     @router.get("/appointments/{appointment_id}/resend-invite")
     async def invite_form(request: Request, appointment_id: str) -> Response:
-        if not ID_RE.fullmatch(appointment_id):
-            return await not_an_id(request, "appointment", appointment_id)
-        session = await console.viewer(request, f"appointment:{appointment_id}")
+        session = await viewing(request, "appointment", appointment_id, ID_RE)
         if isinstance(session, Response):
             return session
         check, back = await run_in_threadpool(invite_state, appointment_id)
@@ -261,9 +264,7 @@ def routes(console: Console) -> APIRouter:
 
     @router.post("/appointments/{appointment_id}/resend-invite")
     async def invite(request: Request, appointment_id: str) -> Response:
-        if not ID_RE.fullmatch(appointment_id):
-            return await not_an_id(request, "appointment", appointment_id)
-        checked = await console.action(request)
+        checked = await acting(request, "appointment", appointment_id, ID_RE)
         if isinstance(checked, Response):
             return checked
         session, _ = checked
