@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import phonenumbers
 
 from notifier.config import Settings
+from notifier.intake.events import e164
 from notifier.ledger.records import ClientRecord
 from notifier.ledger.store import Store
 
@@ -53,18 +54,6 @@ def practice_region(settings: Settings) -> str:
             if region and region != "ZZ":
                 return str(region)
     return DEFAULT_REGION
-
-
-def e164(text: str, region: str) -> str | None:
-    """`text` as an E.164 number when it is a valid phone number (national ones read in
-    `region`), else None."""
-    try:
-        number = phonenumbers.parse(text, region)
-    except phonenumbers.NumberParseException:
-        return None
-    if not phonenumbers.is_valid_number(number):
-        return None
-    return str(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
 
 
 def read_query(raw: str, region: str) -> Query | None:

@@ -41,6 +41,19 @@ from notifier.intake.text import plain_text
 Id = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._~-]{0,127}$")]
 
 
+def e164(text: str, region: str | None) -> str | None:
+    """`text` as an E.164 number (`+14155550123`) when it is a valid phone number (national
+    ones read in `region`, an ISO 3166 code such as `US`), else None. How the FHIR intake
+    reads a Patient's telecom and the console a number typed in its search."""
+    try:
+        number = phonenumbers.parse(text, region)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(number):
+        return None
+    return str(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
+
+
 def _e164(value: str) -> str:
     try:
         number = phonenumbers.parse(value, None)

@@ -20,10 +20,9 @@ from datetime import datetime
 from typing import Any, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import phonenumbers
 from pydantic import EmailStr, TypeAdapter, ValidationError
 
-from notifier.intake.events import Client
+from notifier.intake.events import Client, e164
 from notifier.intake.fhir.common import Defaults, ends_by, extension_values
 
 #: The timezone extension FHIR defines for a resource's zone (an IANA name, `valueCode`).
@@ -41,17 +40,6 @@ def ranked(telecom: Iterable[Any] | None, at: datetime) -> list[Any]:
     """The contact points in use at `at`, most preferred first."""
     points = [p for p in telecom or () if p.value and _in_use(p, at)]
     return sorted(points, key=lambda p: p.rank if p.rank is not None else 2**31)
-
-
-def e164(value: str, region: str) -> str | None:
-    """`value` as E.164 (`+14155550123`), None when it is not a valid number."""
-    try:
-        number = phonenumbers.parse(value, region)
-    except phonenumbers.NumberParseException:
-        return None
-    if not phonenumbers.is_valid_number(number):
-        return None
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
 def mobile(telecom: Iterable[Any] | None, at: datetime, defaults: Defaults) -> str | None:

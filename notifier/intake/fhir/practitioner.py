@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from notifier.intake.events import e164
 from notifier.intake.fhir import contact
 from notifier.intake.fhir.common import Context, Defaults, Ignored, Mapped, envelope, updated_at
 
@@ -32,7 +33,7 @@ def display_name(names: list[Any] | None) -> str | None:
 def _phone(telecom: list[Any] | None, ctx: Context, defaults: Defaults, at: Any) -> str | None:
     for point in contact.ranked(telecom, at):
         if point.system in ("phone", "sms") and point.use in ("mobile", "work", None):
-            number = contact.e164(str(point.value), defaults.phone_region)
+            number = e164(str(point.value), defaults.phone_region)
             if number is not None:
                 return number
     return None
