@@ -6,7 +6,7 @@ webhook outbox, the ledger, a real worker's send."""
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -576,13 +576,19 @@ def test_which_actions_a_notification_allows():
     assert "retention" in refusal("resend", {"state": "failed", "retired": "1"})
 
 
-def test_a_message_about_an_appointment_changed_since_is_not_sent_again(store, policy):
-    now = utcnow()
+def booked_in_three_days(store: Store, policy: Any, now: datetime) -> AppointmentRecord:
+    """Client c1 and appointment a1, three days after `now`, applied: a1's record."""
     store_and_apply(store, policy, client_upserted("c1", daytime_zone(now), now), now)
     store_and_apply(store, policy, appointment("appointment.scheduled", "a1", "c1",
                                                now + timedelta(days=3), now), now)
     record = store.load_record("appointment:a1")
     assert isinstance(record, AppointmentRecord)
+    return record
+
+
+def test_a_message_about_an_appointment_changed_since_is_not_sent_again(store, policy):
+    now = utcnow()
+    record = booked_in_three_days(store, policy, now)
     about = {"appointment_id": "a1", "sequence": 0}
     assert appointment_changed("appointment_reminder", {}, None, now) == ""
     assert appointment_changed("appointment_reminder", about, record, now) == ""
@@ -628,10 +634,6 @@ def test_reason_rules_and_the_invites_kind(store, policy):
     assert reason_error("") and reason_error("x" * 201)
     assert reason_error(" " + "x" * 200 + " ") == ""
     now = utcnow()
-    store_and_apply(store, policy, client_upserted("c1", daytime_zone(now), now), now)
-    store_and_apply(store, policy, appointment("appointment.scheduled", "a1", "c1",
-                                               now + timedelta(days=3), now), now)
-    record = store.load_record("appointment:a1")
-    assert isinstance(record, AppointmentRecord)
+    record = booked_in_three_days(store, policy, now)
     assert invite_kind(record) == "appointment_confirmation"
     assert invite_kind(record.model_copy(update={"sequence": 2})) == "appointment_updated"

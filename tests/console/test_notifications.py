@@ -291,13 +291,19 @@ def test_a_retry_and_a_long_multibyte_reason_keep_each_entry_within_64_bytes(sto
     assert last.state == "scheduled" and last.note.startswith("réessai après")
 
 
-def test_the_history_keeps_the_first_entries_and_the_latest_past_its_limit(store, policy):
+def held_twenty_times(store: Store, policy: Any) -> None:
+    """Book, then begin and hold the SMS confirmation twenty times ("held 0".."held 19"):
+    forty changes, past the history's sixteen."""
     now = utcnow()
     book(store, policy, now)
     for i in range(20):
         begun = store.schedule.begin(CONFIRM_SMS, now, lease_s=60)
         assert store.schedule.reschedule(CONFIRM_SMS, now, f"held {i}", lease=begun.lease,
                                          not_an_attempt=True)
+
+
+def test_the_history_keeps_the_first_entries_and_the_latest_past_its_limit(store, policy):
+    held_twenty_times(store, policy)
     fields = store.notification(CONFIRM_SMS)
     assert fields["hn"] == "40"  # every change counted: 20 begun, 20 held
     entries = parse_history(fields)
@@ -310,12 +316,7 @@ def test_the_history_keeps_the_first_entries_and_the_latest_past_its_limit(store
 
 
 def test_a_history_past_its_limit_says_how_many_steps_are_not_kept(client, store, policy):
-    now = utcnow()
-    book(store, policy, now)
-    for i in range(20):
-        begun = store.schedule.begin(CONFIRM_SMS, now, lease_s=60)
-        assert store.schedule.reschedule(CONFIRM_SMS, now, f"held {i}", lease=begun.lease,
-                                         not_an_attempt=True)
+    held_twenty_times(store, policy)
     sign_in(client)
     text = page(client, CONFIRM_SMS).text
     assert ("24 steps not kept: the history holds the first 15 changes and the latest"
