@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from urllib.parse import quote
 
 from fastapi import APIRouter, Request
@@ -237,10 +238,10 @@ def routes(console: Console) -> APIRouter:
         return back_to(client_url(client_id), "sms-enabled")
 
     # Resend the latest invite --------------------------------------------------------------
-    def invite_state(appointment_id: str) -> tuple[InviteCheck, str]:
-        """(whether the invite can be sent again, `invite_check`; the page to go back to:
-        the appointment's client's, or the start page for an unknown appointment)."""
-        check = invite_check(store, appointment_id, console.clock())
+    def invite_state(appointment_id: str, now: datetime) -> tuple[InviteCheck, str]:
+        """(whether the invite can be sent again at `now`, `invite_check`; the page to go
+        back to: the appointment's client's, or the start page for an unknown one)."""
+        check = invite_check(store, appointment_id, now)
         record = check.record
         return check, client_url(record.appointment.client_id) if record else "/console/"
 
@@ -249,7 +250,8 @@ def routes(console: Console) -> APIRouter:
         session = await viewing(request, "appointment", appointment_id, ID_RE)
         if isinstance(session, Response):
             return session
-        check, back = await run_in_threadpool(invite_state, appointment_id)
+        check, back = await run_in_threadpool(invite_state, appointment_id,
+                                              console.clock())
         if check.why:
             return refused_page(session, "Cannot resend the invite", check.why, back,
                                 pending=check.pending)
@@ -269,9 +271,10 @@ def routes(console: Console) -> APIRouter:
             return checked
         session, _ = checked
         def act() -> tuple[Done, str]:
-            _, back = invite_state(appointment_id)
-            return resend_invite(store, appointment_id, console.clock(),
-                                 policy.appointments.late_change_window), back
+            now = console.clock()
+            check, back = invite_state(appointment_id, now)
+            return resend_invite(store, appointment_id, now,
+                                 policy.appointments.late_change_window, check), back
 
         done, back = await run_in_threadpool(act)
         if not done.ok:

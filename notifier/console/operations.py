@@ -177,7 +177,7 @@ def invite_check(store: Store, appointment_id: str, now: datetime) -> InviteChec
 
 
 def resend_invite(store: Store, appointment_id: str, now: datetime,
-                  change_window: timedelta) -> Done:
+                  change_window: timedelta, check: InviteCheck | None = None) -> Done:
     """Plan the appointment's latest calendar invite again: a new email of the kind that
     carries it (`allowed.invite_kind`) with the appointment as it is now (its SEQUENCE
     among the params, so the .ics updates the event the client has), due `now`, expiring
@@ -186,9 +186,10 @@ def resend_invite(store: Store, appointment_id: str, now: datetime,
     (a message due before the start minus it says until when a change is free). Refused,
     with why, for a cancelled or started appointment, a client without email, or while an
     invite sent again earlier is still to go out (two calls at the same moment plan the
-    same id: the ledger keeps the first).
+    same id: the ledger keeps the first). `check`: `invite_check` of the appointment at
+    `now` when the caller has just made it (read again otherwise).
     """
-    check = invite_check(store, appointment_id, now)
+    check = check or invite_check(store, appointment_id, now)
     record = check.record
     if check.why or record is None:
         return Done(False, refused=check.why, pending=check.pending)
