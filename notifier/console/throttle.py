@@ -33,6 +33,8 @@ from limits import RateLimitItemPerMinute
 from limits.storage import RedisStorage
 from limits.strategies import FixedWindowRateLimiter
 
+from notifier.ledger.client import store_errors
+
 #: Failed sign-ins allowed per operator name, per 15 minutes.
 NAME_LIMIT = RateLimitItemPerMinute(5, 15)
 #: Failed sign-ins allowed per client address, per 15 minutes.
@@ -54,8 +56,9 @@ class Refusal:
 
 class SignInThrottle:
     """Failed sign-ins per name and per address, over redis-py client `redis`'s
-    connection pool. Redis's errors reach the caller as redis-py's (the console's sign-in
-    answers 503 then, as any page does without Redis)."""
+    connection pool. Raises `StoreUnavailable` / `StoreError` as the ledger does
+    (`notifier.ledger.client.store_errors`): the sign-in answers 503 then, as any page
+    does without Redis."""
 
     def __init__(self, redis: Any) -> None:
         storage = RedisStorage("redis://", connection_pool=redis.connection_pool,
@@ -66,16 +69,18 @@ class SignInThrottle:
         """Count a sign-in as `name` from `address`, and say why it is refused, or None
         when its password may be checked. (The windows run on the wall clock, as `limits`
         keeps them.)"""
-        for limit, what, key in ((NAME_LIMIT, "this name", _name_key(name)),
-                                 (ADDRESS_LIMIT, "this address", f"address:{address}")):
-            if not self._limiter.hit(limit, key):
-                reset = self._limiter.get_window_stats(limit, key).reset_time
-                return Refusal(what, max(1, math.ceil(reset - time.time())))
+        with store_errors():
+            for limit, what, key in ((NAME_LIMIT, "this name", _name_key(name)),
+                                     (ADDRESS_LIMIT, "this address", f"address:{address}")):
+                if not self._limiter.hit(limit, key):
+                    reset = self._limiter.get_window_stats(limit, key).reset_time
+                    return Refusal(what, max(1, math.ceil(reset - time.time())))
         return None
 
     def succeeded(self, name: str) -> None:
         """A good sign-in: `name`'s attempts are forgotten (the address's are not)."""
-        self._limiter.clear(NAME_LIMIT, _name_key(name))
+        with store_errors():
+            self._limiter.clear(NAME_LIMIT, _name_key(name))
 
 
 def _name_key(name: str) -> str:

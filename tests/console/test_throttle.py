@@ -3,6 +3,8 @@ refuse further sign-ins (429 with Retry-After) before any password is checked.""
 
 from __future__ import annotations
 
+import pytest
+
 from notifier.console.throttle import ADDRESS_LIMIT, KEY_PREFIX, NAME_LIMIT, SignInThrottle
 from tests.console.conftest import NAME, PASSWORD
 from tests.console.test_routes import audited, clocked_console, csrf_in, sign_in
@@ -130,3 +132,17 @@ def test_the_name_tried_is_kept_in_redis_only_as_a_digest(client, redis_client):
     keys = [k.decode() for k in redis_client.keys(KEY_PREFIX + ":*")]
     assert len(keys) == 2 and not any(typed in k for k in keys)
     assert not any(typed in str(entry) for entry in audited(redis_client))
+
+
+def test_without_redis_a_sign_in_is_store_unavailable_not_a_redis_error():
+    """The app answers StoreUnavailable 503 (`web.failures`); a redis-py error would be a
+    500 with a traceback."""
+    from notifier.console.throttle import SignInThrottle as Throttle
+    from notifier.errors import StoreUnavailable
+    from tests.web.test_app import down_redis
+
+    throttle = Throttle(down_redis())
+    with pytest.raises(StoreUnavailable):
+        throttle.attempt(NAME, "testclient")
+    with pytest.raises(StoreUnavailable):
+        throttle.succeeded(NAME)
