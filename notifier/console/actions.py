@@ -1,7 +1,8 @@
 """The console's actions, each a confirmation page (GET) and the form it posts (POST, CSRF
 checked by `Console.action`), audited (`{action}: {detail}` as the audit's action, the
-notification, client or appointment as its subject: ids and the operator's reason only),
-then 303 back to the page it came from with `?done=` (shown as a notice there):
+notification, client or appointment as its subject: ids and the operator's reason only;
+the entry is appended by the script that makes the change, only when it makes it), then
+303 back to the page it came from with `?done=` (shown as a notice there):
 
 - `/console/notifications/{id}/resend`: send a failed or expired notification again now,
   as a new notification (`console.operations.resend_notification`);
@@ -50,6 +51,7 @@ from notifier.console.operations import (
 )
 from notifier.console.routes import SECURITY_HEADERS, Console
 from notifier.console.sessions import Session
+from notifier.ledger.audit_write import AuditWrite
 from notifier.policy.figures import load_policy
 
 
@@ -120,9 +122,10 @@ def routes(console: Console) -> APIRouter:
         query = "&".join(f"{k}={quote(v, safe='')}" for k, v in {"done": done, **more}.items())
         return RedirectResponse(f"{url}?{query}", status_code=303, headers=SECURITY_HEADERS)
 
-    async def audited_action(session: Session, action: str, subject: str) -> None:
-        await run_in_threadpool(console.audit.record, session.operator, action, subject,
-                                console.clock())
+    def audit_of(session: Session, action: str, subject: str) -> AuditWrite:
+        """The action's audit entry, which the ledger appends in the same script as the
+        change, only when it makes it (`notifier.ledger.audit_write`)."""
+        return console.audit.entry(session.operator, action, subject, console.clock())
 
     # Send again now ----------------------------------------------------------------------
     def resend_confirm(notification_id: str) -> Confirm:
@@ -155,13 +158,13 @@ def routes(console: Console) -> APIRouter:
         if isinstance(checked, Response):
             return checked
         session, _ = checked
-        done: Done = await run_in_threadpool(resend_notification, store, notification_id,
-                                             console.clock())
+        done: Done = await run_in_threadpool(
+            resend_notification, store, notification_id, console.clock(),
+            lambda new_id: audit_of(session, f"resend-notification: as {new_id}",
+                                    f"notification:{notification_id}"))
         if not done.ok:
             return refused_page(session, "Cannot send this again", done.refused,
                                 notification_url(notification_id), pending=done.pending)
-        await audited_action(session, f"resend-notification: as {done.subject}",
-                             f"notification:{notification_id}")
         return back_to(notification_url(notification_id), "resent", new=done.subject)
 
     # Cancel ------------------------------------------------------------------------------
@@ -189,11 +192,12 @@ def routes(console: Console) -> APIRouter:
         if isinstance(checked, Response):
             return checked
         session, _ = checked
-        done = await run_in_threadpool(cancel_notification, store, notification_id)
+        done = await run_in_threadpool(
+            cancel_notification, store, notification_id,
+            audit_of(session, "cancel-notification", f"notification:{notification_id}"))
         if not done.ok:
             return refused_page(session, "Cannot cancel this", done.refused,
                                 notification_url(notification_id))
-        await audited_action(session, "cancel-notification", f"notification:{notification_id}")
         return back_to(notification_url(notification_id), "cancelled")
 
     # Re-enable SMS -----------------------------------------------------------------------
@@ -229,12 +233,12 @@ def routes(console: Console) -> APIRouter:
             return confirm_page(session, sms_confirm(client_id),
                                 f"{client_url(client_id)}/sms-enable", 400, bad,
                                 reason[:MAX_REASON_CHARS * 2])
-        done = await run_in_threadpool(enable_sms, store, client_id)
+        done = await run_in_threadpool(
+            enable_sms, store, client_id,
+            audit_of(session, f"sms-enable: {audited_reason(reason)}", f"client:{client_id}"))
         if not done.ok:
             return refused_page(session, "Nothing to re-enable", done.refused,
                                 client_url(client_id))
-        await audited_action(session, f"sms-enable: {audited_reason(reason)}",
-                             f"client:{client_id}")
         return back_to(client_url(client_id), "sms-enabled")
 
     # Resend the latest invite --------------------------------------------------------------
@@ -273,15 +277,15 @@ def routes(console: Console) -> APIRouter:
         def act() -> tuple[Done, str]:
             now = console.clock()
             check, back = invite_state(appointment_id, now)
-            return resend_invite(store, appointment_id, now,
-                                 policy.appointments.late_change_window, check), back
+            return resend_invite(
+                store, appointment_id, now, policy.appointments.late_change_window, check,
+                lambda new_id: audit_of(session, f"resend-invite: as {new_id}",
+                                        f"appointment:{appointment_id}")), back
 
         done, back = await run_in_threadpool(act)
         if not done.ok:
             return refused_page(session, "Cannot resend the invite", done.refused, back,
                                 pending=done.pending)
-        await audited_action(session, f"resend-invite: as {done.subject}",
-                             f"appointment:{appointment_id}")
         return back_to(back, "invite-resent", new=done.subject)
 
     return router

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from notifier.ledger.audit_write import AuditWrite
+
 #: The stream's key (a family of `notifier.ledger.keyspace`).
 AUDIT_STREAM = "n:audit"
 
@@ -33,16 +35,25 @@ class AuditLog:
         self.redis = redis
         self.keep = timedelta(days=keep_days)
 
-    def record(self, operator: str, action: str, subject: str, now: datetime) -> str:
-        """Append an entry (`operator` may be "" for a sign-in under an unknown name, which
-        `subject` then holds) and drop those older than the retention at `now`; returns
-        the entry's id. Raises redis-py's errors: an action that cannot be audited fails."""
+    def entry(self, operator: str, action: str, subject: str, now: datetime) -> AuditWrite:
+        """The entry `record` appends, for a ledger action to append in the same script as
+        its change (`notifier.ledger.audit_write`): `operator` may be "" for a sign-in
+        under an unknown name, which `subject` then holds; the MINID drops the entries
+        older than the retention at `now`."""
         min_id = int((now - self.keep).timestamp() * 1000)
+        return AuditWrite(AUDIT_STREAM, max(min_id, 0), operator, action, subject,
+                          now.astimezone(UTC).isoformat())
+
+    def record(self, operator: str, action: str, subject: str, now: datetime) -> str:
+        """Append `entry(operator, action, subject, now)` (a page view, a sign-in) and drop
+        those older than the retention; returns the entry's id. Raises redis-py's errors:
+        a view that cannot be audited fails."""
+        entry = self.entry(operator, action, subject, now)
         entry_id = self.redis.xadd(
             AUDIT_STREAM,
-            {"operator": operator, "action": action, "subject": subject,
-             "at": now.astimezone(UTC).isoformat()},
-            minid=max(min_id, 0), approximate=False)
+            {"operator": entry.operator, "action": entry.action, "subject": entry.subject,
+             "at": entry.at},
+            minid=entry.min_id, approximate=False)
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
     def recent(self, count: int = 100) -> list[AuditEntry]:

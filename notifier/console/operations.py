@@ -9,6 +9,7 @@ now, and `StoreError` when it refuses one; `StoreContention` as `PlanWriter.writ
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -25,12 +26,16 @@ from notifier.console.allowed import (
     resend_id,
     sms_enable_refusal,
 )
+from notifier.ledger.audit_write import AuditWrite
 from notifier.ledger.notif_fields import params_of
 from notifier.ledger.notifications import from_epoch, notif_key
 from notifier.ledger.records import AppointmentRecord, ClientRecord
 from notifier.ledger.store import Store
 from notifier.policy.appointments import appointment_params
 from notifier.policy.plan import Plan, PlannedNotification, entity_ref
+
+#: The audit entry of an action that plans a new notification, given the id it takes.
+AuditOf = Callable[[str], AuditWrite]
 
 #: How many copies of one notification (or invites of one appointment at one SEQUENCE)
 #: may be sent again: `.again{n}` / `invite{n}`, n = 1..MAX_AGAIN.
@@ -49,12 +54,13 @@ class Done:
     pending: str = ""
 
 
-def cancel_notification(store: Store, notification_id: str) -> Done:
+def cancel_notification(store: Store, notification_id: str,
+                        audit: AuditWrite | None = None) -> Done:
     """Cancel a scheduled notification (`Schedule.cancel_one`: announced, off the schedule,
-    in one script). Refused, with why, for any other state: one cancelled already (by a
-    first click, another operator or the system) too, so it is neither answered as done
-    nor audited again."""
-    if store.schedule.cancel_one(notification_id, CANCEL_REASON):
+    `audit` appended, in one script). Refused, with why, for any other state: one
+    cancelled already (by a first click, another operator or the system) too, so it is
+    neither answered as done nor audited again."""
+    if store.schedule.cancel_one(notification_id, CANCEL_REASON, audit):
         return Done(True, notification_id)
     # Read again to say why (the script changed nothing).
     return Done(False, refused=refusal("cancel", store.notification(notification_id)))
@@ -108,14 +114,15 @@ def resend_check(store: Store, notification_id: str, now: datetime) -> Check:
     return Check("", fields, next_id=resend_id(notification_id, n))
 
 
-def resend_notification(store: Store, notification_id: str, now: datetime) -> Done:
+def resend_notification(store: Store, notification_id: str, now: datetime,
+                        audit: AuditOf | None = None) -> Done:
     """Plan a failed or expired notification again, as a new one due `now`
     (`allowed.resend_id`, `allowed.resend_expiry`); the old one is left as it is. Refused,
     with why, for one in another state, unknown, retired or superseded, about an
     appointment changed since (`allowed.appointment_changed`), or while a copy sent again
     earlier is still to go out. Two calls at the same moment plan the same id
     (`Check.next_id`): the ledger keeps the first (`notif_add.lua`), the other is refused
-    as pending."""
+    as pending. `audit(new id)`: the entry appended with the add, in one script."""
     check = resend_check(store, notification_id, now)
     if check.why:
         return Done(False, refused=check.why, pending=check.pending)
@@ -125,7 +132,8 @@ def resend_notification(store: Store, notification_id: str, now: datetime) -> Do
         recipient=fields["to"], recipient_id=fields["to_id"],  # type: ignore[arg-type]
         entity=fields["entity"], due_at=now,
         expires_at=resend_expiry(from_epoch(fields["expires"]), now),
-        params=params_of(fields), reason=RESEND_REASON),)), now)
+        params=params_of(fields), reason=RESEND_REASON),)), now,
+        audit(check.next_id) if audit else None)
     if not added:
         return Done(False, refused=pending_refusal(check.next_id), pending=check.next_id)
     return Done(True, check.next_id)
@@ -177,7 +185,8 @@ def invite_check(store: Store, appointment_id: str, now: datetime) -> InviteChec
 
 
 def resend_invite(store: Store, appointment_id: str, now: datetime,
-                  change_window: timedelta, check: InviteCheck | None = None) -> Done:
+                  change_window: timedelta, check: InviteCheck | None = None,
+                  audit: AuditOf | None = None) -> Done:
     """Plan the appointment's latest calendar invite again: a new email of the kind that
     carries it (`allowed.invite_kind`) with the appointment as it is now (its SEQUENCE
     among the params, so the .ics updates the event the client has), due `now`, expiring
@@ -187,7 +196,8 @@ def resend_invite(store: Store, appointment_id: str, now: datetime,
     with why, for a cancelled or started appointment, a client without email, or while an
     invite sent again earlier is still to go out (two calls at the same moment plan the
     same id: the ledger keeps the first). `check`: `invite_check` of the appointment at
-    `now` when the caller has just made it (read again otherwise).
+    `now` when the caller has just made it (read again otherwise). `audit(new id)`: the
+    entry appended with the add, in one script.
     """
     check = check or invite_check(store, appointment_id, now)
     record = check.record
@@ -201,7 +211,8 @@ def resend_invite(store: Store, appointment_id: str, now: datetime,
         id=check.next_id, kind=invite_kind(record), channel="email", recipient="client",
         recipient_id=record.appointment.client_id,
         entity=entity_ref("appointment", appointment_id), due_at=now,
-        expires_at=record.appointment.start, params=params, reason=RESEND_REASON),)), now)
+        expires_at=record.appointment.start, params=params, reason=RESEND_REASON),)), now,
+        audit(check.next_id) if audit else None)
     if not added:
         return Done(False, refused=pending_refusal(check.next_id, "The invite"),
                     pending=check.next_id)
@@ -217,13 +228,14 @@ def sms_enable_check(store: Store, client_id: str) -> tuple[str, str]:
     return sms_enable_refusal(client, bool(phone) and store.sms_opted_out(phone)), phone
 
 
-def enable_sms(store: Store, client_id: str) -> Done:
+def enable_sms(store: Store, client_id: str, audit: AuditWrite | None = None) -> Done:
     """Take the client's number off the SMS opt-out set (announced as `client.opted_in`,
-    source `operator`). Refused, with why, for an unknown client, one without a number,
-    or a number not opted out. `subject` is the client's id (never the number)."""
+    source `operator`, and `audit` appended, in one script). Refused, with why, for an
+    unknown client, one without a number, or a number not opted out. `subject` is the
+    client's id (never the number)."""
     why, phone = sms_enable_check(store, client_id)
     if why or not phone:
         return Done(False, refused=why)
-    if not store.set_sms_opt_out(phone, False, "operator"):
+    if not store.set_sms_opt_out(phone, False, "operator", audit=audit):
         return Done(False, refused="The number was opted in again meanwhile.")
     return Done(True, client_id)

@@ -31,6 +31,7 @@ from typing import Any
 import redis
 
 from notifier.errors import StoreError
+from notifier.ledger.audit_write import AuditWrite
 from notifier.ledger.batch import Batch, Reply
 from notifier.ledger.daily import day_of, failed_key, sent_key
 from notifier.ledger.lua import lua_source
@@ -243,14 +244,20 @@ class Schedule:
                                  WEBHOOK_OUTBOX, WEBHOOK_SEQ, *(notif_key(i) for i in ids)],
                            args=[reason, self.ended_ttl_s, *ids], client=pipe)
 
-    def cancel_one(self, notification_id: str, reason: str) -> bool:
+    def cancel_one(self, notification_id: str, reason: str,
+                   audit: AuditWrite | None = None) -> bool:
         """Cancel one `scheduled` notification with `reason` (`notif_cancel.lua`: off the
-        schedule, counted, noted in its history and announced, at once). Returns True when
-        this call cancelled it; False for one in any other state (cancelled already
-        included), which is left alone (one `sending` cannot be stopped), or none."""
-        return bool(self._cancel_one(keys=[notif_key(notification_id), SCHEDULE, INFLIGHT,
-                                           OUTCOMES, WEBHOOK_OUTBOX, WEBHOOK_SEQ],
-                                     args=[notification_id, reason, self.ended_ttl_s]))
+        schedule, counted, noted in its history and announced, at once, and `audit`, an
+        operator's entry, appended). Returns True when this call cancelled it; False for
+        one in any other state (cancelled already included), which is left alone (one
+        `sending` cannot be stopped) and not audited, or none."""
+        keys = [notif_key(notification_id), SCHEDULE, INFLIGHT, OUTCOMES, WEBHOOK_OUTBOX,
+                WEBHOOK_SEQ]
+        args: list[str | int] = [notification_id, reason, self.ended_ttl_s]
+        if audit is not None:
+            keys.append(audit.stream)
+            args += audit.args()
+        return bool(self._cancel_one(keys=keys, args=args))
 
     def claim(self, now: datetime, limit: int, lease_s: float,
               max_inflight: int = 5000) -> list[str]:

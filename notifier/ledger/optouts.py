@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import redis
 
+from notifier.ledger.audit_write import AuditWrite
 from notifier.ledger.batch import Batch, Reply
 from notifier.ledger.lua import lua_source
 from notifier.ledger.notifications import PREFIX, WEBHOOK_OUTBOX, WEBHOOK_SEQ
@@ -35,17 +36,22 @@ class OptOuts:
 
     def set_sms_opt_out(self, phone: str, opted_out: bool,
                         source: Literal["reply", "carrier", "operator"] = "reply",
-                        code: str | None = None) -> bool:
+                        code: str | None = None, audit: AuditWrite | None = None) -> bool:
         """Add `phone` (E.164) to the opt-out set, or take it out when `opted_out` is False;
         returns whether that changed it. A change is announced to delivery webhooks with
         the ids of the clients with that number (never the number), how it came (`source`:
         a reply, a carrier's error `code`, or an operator in the console re-enabling SMS
-        after the client asked)."""
+        after the client asked), and `audit`, an operator's entry, appended in the same
+        script (not when nothing changed)."""
         ids = sorted(i.decode() for i in self.redis.smembers(phone_clients_key(phone)))
         data = {"client_ids": ids, "channel": "sms", "source": source, "error_code": code}
-        return bool(self._set(keys=[SMS_OPT_OUTS, WEBHOOK_OUTBOX, WEBHOOK_SEQ],
-                              args=[phone, "1" if opted_out else "0", ids[0] if ids else "",
-                                    json.dumps(data, separators=(",", ":"))]))
+        keys = [SMS_OPT_OUTS, WEBHOOK_OUTBOX, WEBHOOK_SEQ]
+        args = [phone, "1" if opted_out else "0", ids[0] if ids else "",
+                json.dumps(data, separators=(",", ":"))]
+        if audit is not None:
+            keys.append(audit.stream)
+            args += audit.args()
+        return bool(self._set(keys=keys, args=args))
 
     def sms_opted_out(self, phone: str) -> bool:
         """Whether `phone` has opted out of SMS."""

@@ -20,6 +20,7 @@ from pydantic import BaseModel
 
 from notifier.errors import StoreContention, StoreError, TurnLost
 from notifier.ledger.announcements import queue_announcement
+from notifier.ledger.audit_write import AuditWrite
 from notifier.ledger.events import PENDING_EVENTS, event_key, hold, settle, unhold
 from notifier.ledger.notif_fields import planned_fields
 from notifier.ledger.notifications import (
@@ -154,17 +155,23 @@ class PlanWriter:
             values, = pipe.watch_and_read(keys, reads)
         return parse_records(refs, values)
 
-    def write_plan(self, plan: Plan, now: datetime) -> int:
-        """Write a plan not tied to an event (a cron job's), in one transaction; returns how
-        many of its notifications were added (the others' ids were planned before).
-        An id added to a cancelled entity's index meanwhile writes it again; raises
-        `StoreContention` when that happens `MAX_WATCH_TRIES` times in a row."""
+    def write_plan(self, plan: Plan, now: datetime, audit: AuditWrite | None = None) -> int:
+        """Write a plan not tied to an event (a cron job's, an operator's), in one
+        transaction; returns how many of its notifications were added (the others' ids
+        were planned before). `audit`: an operator's entry, appended by the script that
+        adds the plan's first notification when it adds it (`_audit.lua`), so a plan the
+        ledger kept out (planned already) is not audited. An id added to a cancelled
+        entity's index meanwhile writes it again; raises `StoreContention` when that
+        happens `MAX_WATCH_TRIES` times in a row, and `StoreError` for an `audit` with a
+        plan that adds nothing."""
+        if audit is not None and not plan.add:
+            raise StoreError("an audited plan must add a notification: its add is audited")
         for _ in range(MAX_WATCH_TRIES):
             with self.redis.pipeline() as pipe:
                 try:
                     before, targets = self.write_targets(plan, pipe)
                     pipe.multi()
-                    adds = self._write_plan(pipe, plan, now, before, targets)
+                    adds = self._write_plan(pipe, plan, now, before, targets, audit)
                     replies = pipe.execute()
                 except redis.WatchError:
                     continue
@@ -210,7 +217,8 @@ class PlanWriter:
 
     def _write_plan(self, pipe: Any, plan: Plan, now: datetime,
                     before: Mapping[str, BaseModel] | None = None,
-                    targets: Mapping[str, list[str]] | None = None) -> slice:
+                    targets: Mapping[str, list[str]] | None = None,
+                    audit: AuditWrite | None = None) -> slice:
         """Queue a plan's writes on `pipe`: records, cancels, the adds; returns where the
         adds' replies are among the pipeline's. The indexes the adds join are trimmed by
         the clock (`notifier.ledger.trimming`), not here: an entry past the retention
@@ -218,7 +226,8 @@ class PlanWriter:
 
         `before`: the stored versions of the plan's client records (`write_targets`);
         callers whose plans hold no client records may leave it out. `targets`: the ids
-        of each entity the plan cancels (`write_targets`), required when it cancels."""
+        of each entity the plan cancels (`write_targets`), required when it cancels.
+        `audit`: an entry the first add appends when it adds (`write_plan`)."""
         if plan.cancel and (targets is None or not set(plan.cancel) <= set(targets)):
             raise StoreError("a plan that cancels needs the ids it cancels: write_targets")
         write_records(pipe, plan.records, before or {})
@@ -227,12 +236,16 @@ class PlanWriter:
         for announcement in plan.announce:
             queue_announcement(pipe, announcement)
         first_add = len(pipe)
-        for n in plan.add:
-            self.schedule.add_script(
-                keys=[notif_key(n.id), SCHEDULE, by_recipient_key(n.recipient, n.recipient_id),
-                      OUTCOMES, WEBHOOK_OUTBOX, WEBHOOK_SEQ, by_entity_key(n.entity)],
-                args=[n.id, epoch(n.due_at), ENTITY_INDEX_TTL_S, self.schedule.ended_ttl_s,
-                      *planned_fields(n, now)],
-                client=pipe,
-            )
+        for i, n in enumerate(plan.add):
+            keys = [notif_key(n.id), SCHEDULE, by_recipient_key(n.recipient, n.recipient_id),
+                    OUTCOMES, WEBHOOK_OUTBOX, WEBHOOK_SEQ, by_entity_key(n.entity)]
+            args: list[str | float] = [n.id, epoch(n.due_at), ENTITY_INDEX_TTL_S,
+                                       self.schedule.ended_ttl_s]
+            if audit is not None and i == 0:
+                keys.append(audit.stream)
+                args += ["1", *audit.args()]
+            else:
+                args.append("0")
+            self.schedule.add_script(keys=keys, args=[*args, *planned_fields(n, now)],
+                                     client=pipe)
         return slice(first_add, len(pipe))

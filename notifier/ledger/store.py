@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 import redis
 
+from notifier.ledger.audit_write import AuditWrite
 from notifier.ledger.client import ledger_client
 from notifier.ledger.deliveries import Deliveries
 from notifier.ledger.events import Events
@@ -152,9 +153,9 @@ class Store:
         """`PlanWriter.apply_event`."""
         return self.plans.apply_event(event_id, decide, now, turn)
 
-    def write_plan(self, plan: Plan, now: datetime) -> int:
+    def write_plan(self, plan: Plan, now: datetime, audit: AuditWrite | None = None) -> int:
         """`PlanWriter.write_plan`."""
-        return self.plans.write_plan(plan, now)
+        return self.plans.write_plan(plan, now, audit)
 
     # Reading -----------------------------------------------------------------------------
     def figures(self) -> LedgerFigures:
@@ -197,9 +198,9 @@ class Store:
     # SMS opt-outs ------------------------------------------------------------------------
     def set_sms_opt_out(self, phone: str, opted_out: bool,
                         source: Literal["reply", "carrier", "operator"] = "reply",
-                        code: str | None = None) -> bool:
+                        code: str | None = None, audit: AuditWrite | None = None) -> bool:
         """`OptOuts.set_sms_opt_out`."""
-        return self.opt_outs.set_sms_opt_out(phone, opted_out, source, code)
+        return self.opt_outs.set_sms_opt_out(phone, opted_out, source, code, audit)
 
     def sms_opted_out(self, phone: str) -> bool:
         """`OptOuts.sms_opted_out`."""

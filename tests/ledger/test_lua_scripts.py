@@ -50,7 +50,7 @@ SCRIPTS = sorted(p.name for p in files("notifier.ledger.lua").iterdir()
                  if p.name.endswith(".lua") and not p.name.startswith("_"))
 #: The shared parts scripts include (`-- #include _name`), and the names their functions
 #: take keys by: each caller passes its own KEYS entries (checked below).
-PARTS = {"_webhook_emit.lua": ("outbox", "seq", "notif")}
+PARTS = {"_webhook_emit.lua": ("outbox", "seq", "notif"), "_audit.lua": ("stream",)}
 #: `-- KEYS[1]  ...` or `-- ARGV[3..]  ...` in a file's header.
 DOCUMENTED = re.compile(r"^--\s+(KEYS|ARGV)\[(\d+)(\.\.)?\]", re.M)
 
@@ -122,22 +122,27 @@ def part_text(part: str) -> str:
 #: The commands a script may call that take no key (Redis's clock: replicated as the
 #: effects of the script since Redis 5, so the same on a replica).
 KEYLESS = {"'TIME'"}
-#: The functions of `_webhook_emit.lua`, and how many of their first arguments are keys.
-KEY_ARGUMENTS = {"emit": 2, "emit_notification": 3}
+#: The functions of the parts, and how many of their first arguments are keys.
+KEY_ARGUMENTS = {"emit": 2, "emit_notification": 3, "audit": 1}
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_a_script_gives_the_parts_it_includes_keys_from_its_keys(name):
     """The shared part takes keys as arguments; each call passes a KEYS entry for each."""
-    own = lua_source(name.removesuffix(".lua")).replace(part_text("_webhook_emit.lua"), "")
-    for function, args in re.findall(r"\b(emit|emit_notification)\(([^()]*)\)", own):
+    own = lua_source(name.removesuffix(".lua"))
+    for part in PARTS:
+        own = own.replace(part_text(part), "")
+    for function, args in re.findall(r"\b(emit|emit_notification|audit)\(([^()]*)\)", own):
         keys = [a.strip() for a in args.split(",")][:KEY_ARGUMENTS[function]]
-        assert all(re.fullmatch(r"KEYS\[\w+\]", k) for k in keys), f"{name}: {function}({args})"
+        assert all(re.fullmatch(r"KEYS\[(\w+|#KEYS)\]", k) for k in keys), \
+            f"{name}: {function}({args})"
 
 
 def test_the_parts_are_included_verbatim_where_a_script_says():
     part = part_text("_webhook_emit.lua")
     including = [n for n in SCRIPTS if part in lua_source(n.removesuffix(".lua"))]
+    assert {n for n in SCRIPTS if part_text("_audit.lua") in lua_source(n.removesuffix(".lua"))
+            } == {"notif_add.lua", "notif_cancel.lua", "optout_set.lua"}
     assert set(including) == {"notif_add.lua", "notif_begin.lua", "notif_cancel.lua",
                               "notif_cancel_entity.lua", "notif_delivery.lua",
                               "notif_finish.lua", "notif_reschedule.lua", "optout_set.lua",

@@ -8,7 +8,9 @@
 -- KEYS[4]     n:stats:outcomes             final states counted by state and channel
 -- KEYS[5]     n:wh:outbox                  delivery-webhook messages (`_webhook_emit.lua`)
 -- KEYS[6]     n:wh:seq                     their sequence
--- KEYS[7..]   n:by-entity:{ref}            each entity index the notification joins: a
+-- KEYS[7..]   n:by-entity:{ref}            each entity index the notification joins
+--                                          (then, when ARGV[5] is '1', the console's
+--                                          audit stream n:audit, last: `_audit.lua`): a
 --                                          sorted set, every score 0, while Redis keeps
 --                                          that compact (ids of at most 64 bytes, at most
 --                                          128 of them); past that, or as older versions
@@ -22,7 +24,10 @@
 --             `suppressed`) is kept, seconds, as `notif_finish.lua` keeps one that ends
 --             later (the retention and the history: the clock retires it in between),
 --             and a recipient's index after the latest due time in it
--- ARGV[5..]   the hash's field/value pairs (`state`, `channel` among them)
+-- ARGV[5]     '1' when an operator's audit entry follows (ARGV[6..10], appended when
+--             the notification is added), else '0'
+-- ARGV[6..]   the hash's field/value pairs (`state`, `channel` among them), from
+--             ARGV[11] when an audit entry is given
 --
 -- Returns 1 when added, 0 when one with this id was kept. An added one is announced:
 -- `notification.scheduled`, or the state it was planned in (`expired`, `suppressed`).
@@ -31,10 +36,14 @@
 -- zset-max-ziplist-value / -entries (Redis 6).
 local COMPACT_BYTES, COMPACT_MEMBERS = 64, 128
 -- #include _webhook_emit
+-- #include _audit
 local state = redis.call('HGET', KEYS[1], 'state')
 if state and state ~= 'cancelled' then return 0 end
+local audited = ARGV[5] == '1'
+local indexes, fields = #KEYS, 6
+if audited then indexes, fields = #KEYS - 1, 11 end
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('HSET', KEYS[1], unpack(ARGV, fields))
 local planned = redis.call('HGET', KEYS[1], 'state')
 if planned == 'scheduled' then
   redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
@@ -50,7 +59,7 @@ redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
 -- recipient nothing is planned for again leaves no index behind.
 local latest = redis.call('ZRANGE', KEYS[3], -1, -1, 'WITHSCORES')
 redis.call('EXPIREAT', KEYS[3], math.ceil(tonumber(latest[2]) + tonumber(ARGV[4])))
-for i = 7, #KEYS do
+for i = 7, indexes do
   local index = redis.call('TYPE', KEYS[i]).ok
   if index == 'zset' and (#ARGV[1] > COMPACT_BYTES
                           or redis.call('ZCARD', KEYS[i]) >= COMPACT_MEMBERS) then
@@ -68,4 +77,5 @@ for i = 7, #KEYS do
   redis.call('EXPIRE', KEYS[i], ARGV[3])
 end
 emit_notification(KEYS[5], KEYS[6], KEYS[1], ARGV[1], planned)
+if audited then audit(KEYS[#KEYS], 6) end
 return 1

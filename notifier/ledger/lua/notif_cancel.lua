@@ -11,14 +11,17 @@
 -- KEYS[4]     n:stats:outcomes
 -- KEYS[5]     n:wh:outbox                  delivery-webhook messages (`_webhook_emit.lua`)
 -- KEYS[6]     n:wh:seq                     their sequence
+-- KEYS[7]     (optional) n:audit           the console's audit stream (`_audit.lua`)
 --
 -- ARGV[1]     the notification id
 -- ARGV[2]     the reason recorded
 -- ARGV[3]     how long a cancelled notification is kept, seconds
+-- ARGV[4..]   (with KEYS[7]) the operator's audit entry, appended when it cancels
 --
 -- Returns 1 when it cancelled it now, else 0 (any state found, `cancelled` too: one
 -- cancelled already, by a first click or by the system, was not cancelled by this call).
 -- #include _webhook_emit
+-- #include _audit
 local state = redis.call('HGET', KEYS[1], 'state')
 if state ~= 'scheduled' then return 0 end
 redis.call('HSET', KEYS[1], 'state', 'cancelled', 'reason', ARGV[2])
@@ -30,4 +33,5 @@ local channel = redis.call('HGET', KEYS[1], 'channel') or string.match(ARGV[1], 
 redis.call('HINCRBY', KEYS[4], 'cancelled:' .. channel, 1)
 note_history(KEYS[1], 'cancelled', ARGV[2])
 emit_notification(KEYS[5], KEYS[6], KEYS[1], ARGV[1], 'cancelled')
+if #KEYS == 7 then audit(KEYS[7], 4) end
 return 1

@@ -5,14 +5,17 @@
 -- KEYS[1]     n:sms-optout                 the numbers opted out
 -- KEYS[2]     n:wh:outbox
 -- KEYS[3]     n:wh:seq
+-- KEYS[4]     (optional) n:audit           the console's audit stream (`_audit.lua`)
 --
 -- ARGV[1]     the number (E.164)
 -- ARGV[2]     '1' to opt out, '0' to opt in
 -- ARGV[3]     the announcement's subject id (the first client with that number, or '')
 -- ARGV[4]     the announcement's data, a JSON object
+-- ARGV[5..]   (with KEYS[4]) the operator's audit entry, appended when it changes the set
 --
 -- Returns 1 when it changed the set, 0 when the number was already so.
 -- #include _webhook_emit
+-- #include _audit
 local changed
 if ARGV[2] == '1' then
   changed = redis.call('SADD', KEYS[1], ARGV[1])
@@ -23,5 +26,6 @@ if changed == 1 then
   local event_type = 'client.opted_in'
   if ARGV[2] == '1' then event_type = 'client.opted_out' end
   emit(KEYS[2], KEYS[3], event_type, ARGV[3], ARGV[4])
+  if #KEYS == 4 then audit(KEYS[4], 5) end
 end
 return changed
