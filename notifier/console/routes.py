@@ -49,6 +49,7 @@ from notifier.console.throttle import VERIFY_SLOTS, SignInThrottle
 from notifier.errors import ConfigError
 from notifier.ledger.store import Store
 from notifier.timeutil import utcnow
+from notifier.web.failures import store_failed
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +214,21 @@ class Console:
             return self.unauthorized(request)
         return self.refused(exc.status_code, "Not here", "There is no such page or form.",
                             session=session)
+
+    async def store_failed(self, request: Request, exc: Exception) -> Response:
+        """The app's answer when Redis fails under a route (`web.failures.store_failed`):
+        under `/console`, a page a browser shows (503, `Retry-After`, the console's
+        headers; no navigation, since a session cannot be checked without Redis) instead
+        of the API's JSON error."""
+        answer = await store_failed(request, exc)
+        if not request.url.path.startswith("/console"):
+            return answer
+        page = self.refused(503, "Try again in a moment",
+                            "The console cannot reach its database just now, so it can "
+                            "neither show this page nor record that you saw it. Nothing "
+                            "was changed. Try again in a few seconds.")
+        page.headers["Retry-After"] = answer.headers["Retry-After"]
+        return page
 
     def login_form(self, status: int = 200, error: str = "", name: str = "",
                    next_url: str = "") -> Response:

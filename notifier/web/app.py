@@ -23,7 +23,7 @@ from notifier.config import Settings
 from notifier.console.audit import AuditLog
 from notifier.console.routes import Console, console_routes
 from notifier.console.sessions import SessionCodec
-from notifier.errors import ConfigError
+from notifier.errors import ConfigError, StoreError
 from notifier.intake.fhir import Defaults
 from notifier.ledger.async_events import same_server
 from notifier.ledger.store import Store
@@ -93,6 +93,7 @@ def create_app(settings: Settings, store: Store, broker: RedisBroker) -> FastAPI
     if console is not None:
         app.include_router(console_routes(console))
         app.add_exception_handler(HTTPException, console.http_error)
+        app.add_exception_handler(StoreError, console.store_failed)
     app.openapi = lambda: openapi_document(  # type: ignore[method-assign]
         app, document_event_body, documented=events.documented.routes)
     return app

@@ -146,3 +146,24 @@ def test_without_redis_a_sign_in_is_store_unavailable_not_a_redis_error():
         throttle.attempt(NAME, "testclient")
     with pytest.raises(StoreUnavailable):
         throttle.succeeded(NAME)
+
+
+def test_without_redis_the_console_answers_a_page_and_the_api_its_json(settings):
+    """A browser is shown a page it can read (503, Retry-After, the console's headers, no
+    navigation), not the API's JSON error; the API keeps its JSON."""
+    from fastapi.testclient import TestClient
+
+    from tests.web.test_app import down_app
+
+    with TestClient(down_app(settings), base_url="https://testserver") as down:
+        form = down.get("/console/login")  # the form itself needs no Redis
+        answer = down.post("/console/login", follow_redirects=False, data={
+            "csrf_token": csrf_in(form.text), "name": NAME, "password": PASSWORD})
+        api = down.get("/healthz")
+    assert answer.status_code == 503
+    assert answer.headers["content-type"].startswith("text/html")
+    assert answer.headers["retry-after"] == api.headers["retry-after"]
+    assert answer.headers["content-security-policy"].startswith("default-src 'self'")
+    assert "Try again in a moment" in answer.text and "Nothing was changed" in answer.text
+    assert "Sign out" not in answer.text
+    assert api.status_code == 503 and api.headers["content-type"] == "application/json"
