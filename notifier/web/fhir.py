@@ -16,7 +16,9 @@ records' ids carry the source's name: `notifier.intake.fhir.common`):
   OperationOutcome, `application/fhir+json`), since HAPI parses the answer as a resource;
   so is a POST whose `Accept` asks for FHIR JSON only (a FHIR client's, such as HAPI's
   posting a topic-based notification as a transaction): a Bundle posted is answered with a
-  `transaction-response` Bundle, a resource with an OperationOutcome.
+  `transaction-response` Bundle, a resource with an OperationOutcome. Their errors are
+  OperationOutcomes too, of severity `error` (`fhir_answers.in_fhir`: the issue code says
+  which, `transient` for a 503, and each bad element's FHIRPath is an `expression`).
 An unknown source is 404 (to an authenticated caller: 401 first). An empty POST (a
 Subscription with no `payload`: HAPI's notification) is answered 200 with no resources:
 there is nothing to map, so subscribe with `full-resource` content.
@@ -77,6 +79,7 @@ from notifier.web.fhir_answers import (
     FhirOutcome,
     as_bundle,
     as_outcome,
+    in_fhir,
     wants_fhir,
 )
 from notifier.web.signatures import verify_signature
@@ -194,6 +197,15 @@ def fhir_routes(door: FhirDoor, store: Store, event_stores: EventStores, broker:
 
     async def receive(request: Request, source: str, update: tuple[str, str] | None = None,
                       delete: bool = False) -> Response:
+        """The notification's answer; a FHIR interaction's (`update`), or a POST's whose
+        `Accept` asks for FHIR JSON only, in FHIR's shape, its errors too (`in_fhir`)."""
+        answer = await answer_notification(request, source, update, delete)
+        if update is not None or wants_fhir(request.headers.get("accept", "")):
+            return in_fhir(answer)
+        return answer
+
+    async def answer_notification(request: Request, source: str,
+                                  update: tuple[str, str] | None, delete: bool) -> Response:
         try:
             body = await read_limited(request, MAX_FHIR_BODY_BYTES)
             authenticate({k.lower(): v for k, v in request.headers.items()}, body,
@@ -290,9 +302,11 @@ def fhir_routes(door: FhirDoor, store: Store, event_stores: EventStores, broker:
                       422: {"model": ErrorAnswer,
                             "description": "Malformed FHIR, each element named by its "
                                            "FHIRPath; nothing stored"}}}
-    # A FHIR update or deletion is answered in FHIR (`FhirOutcome`); its errors as ours.
+    # A FHIR update or deletion is answered in FHIR (`FhirOutcome`), its errors too (an
+    # OperationOutcome of severity `error`: `in_fhir`).
     rest = {**common, "response_model": FhirOutcome, "response_class": FhirJSONResponse,
-            "responses": {status: {**answer, "content": {"application/json": {}}}
+            "responses": {status: {"description": answer["description"],
+                                   "content": {"application/fhir+json": {}}}
                           for status, answer in common["responses"].items()}}
     # Path segments are checked by `receive` (an unknown source is 404) and
     # `check_update` (the body must be the resource the URL names).

@@ -1,14 +1,16 @@
 """The answers of the FHIR intake (`notifier.web.fhir`): what became of each resource
 (`FhirAnswer`, JSON), and the same in FHIR's own shapes for a FHIR client that reads the
 answer as a resource (HAPI FHIR): an OperationOutcome (`as_outcome`) or a
-`transaction-response` Bundle (`as_bundle`). Pure."""
+`transaction-response` Bundle (`as_bundle`), and an error as an OperationOutcome of
+severity `error` (`in_fhir`). Pure."""
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any, Literal
 
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 
@@ -104,3 +106,34 @@ def wants_fhir(accept: str) -> bool:
     media = [part.split(";")[0].strip().lower() for part in accept.split(",")]
     return (any(m in ("application/fhir+json", "application/json+fhir") for m in media)
             and not any(m in ("application/json", "*/*", "application/*") for m in media))
+
+
+#: The OperationOutcome issue code (FHIR R4's IssueType value set) of each error we answer.
+ISSUE_TYPES = {401: "security", 404: "not-found", 413: "too-long", 415: "not-supported",
+               422: "invalid", 503: "transient"}
+#: The headers an error's answer keeps when it is put in FHIR's shape.
+_KEPT_HEADERS = ("retry-after", "connection")
+
+
+def error_outcome(status: int, answer: dict[str, Any]) -> dict[str, Any]:
+    """An error answer (`web.answers.ErrorAnswer`: `{error, problems}`) as an
+    OperationOutcome: one issue saying the error, then one per problem with the element's
+    FHIRPath in `expression`, each of severity `error` and the code of `ISSUE_TYPES`
+    (`processing` for a status not in it)."""
+    code = ISSUE_TYPES.get(status, "processing")
+    issues = [{"severity": "error", "code": code, "diagnostics": answer["error"]}]
+    issues += [{"severity": "error", "code": code, "diagnostics": problem["message"],
+                "expression": [problem["field"]]} for problem in answer.get("problems", [])]
+    return {"resourceType": "OperationOutcome", "issue": issues}
+
+
+def in_fhir(response: Response) -> Response:
+    """`response` as a FHIR client reads it: an error (4xx, 5xx, our JSON `ErrorAnswer`)
+    becomes `error_outcome`'s OperationOutcome with the same status, `Retry-After` and
+    `Connection`; any other answer is returned as it is."""
+    if response.status_code < 400:
+        return response
+    answer = json.loads(bytes(response.body))
+    headers = {k: v for k, v in response.headers.items() if k.lower() in _KEPT_HEADERS}
+    return FhirJSONResponse(error_outcome(response.status_code, answer),
+                            status_code=response.status_code, headers=headers)

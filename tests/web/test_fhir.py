@@ -347,8 +347,36 @@ def test_an_update_whose_body_is_not_the_resource_of_its_url_is_422(client, redi
                                                                      path, field):
     answer = client.put(path, content=json.dumps(example("Patient")), headers=BEARER)
     assert answer.status_code == 422
-    assert problem_fields(answer) == [field]
+    # Answered in FHIR, as HAPI reads it: the error, then the element named by FHIRPath.
+    assert answer.headers["content-type"] == "application/fhir+json"
+    outcome = answer.json()
+    assert outcome["resourceType"] == "OperationOutcome"
+    assert [(i["severity"], i["code"]) for i in outcome["issue"]] == [("error", "invalid")] * 2
+    assert outcome["issue"][1]["expression"] == [field]
     assert_refused_at_the_door(redis_client)
+
+
+def test_a_fhir_clients_errors_are_operation_outcomes(client, settings):
+    """A FHIR interaction (HAPI's update) or a POST asking for FHIR JSON only gets its
+    errors as an OperationOutcome of severity `error` with FHIR's issue code, the status
+    and `Retry-After` kept; a plain POST keeps our JSON error."""
+    patient = json.dumps(example("Patient"))
+    unsigned = client.put("/fhir/r4/notify/Patient/pat-ana", content=patient,
+                          headers={"Content-Type": "application/fhir+json"})
+    assert unsigned.status_code == 401
+    assert unsigned.json()["issue"][0]["code"] == "security"
+    xml = client.post("/fhir/r4/notify", content=b"<Patient/>",
+                      headers={**BEARER, "Content-Type": "application/fhir+xml",
+                               "Accept": HAPI_ACCEPT})
+    assert (xml.status_code, xml.json()["issue"][0]["code"]) == (415, "not-supported")
+    with TestClient(down_app(settings)) as down:
+        put = down.put("/fhir/r4/notify/Patient/pat-ana", content=patient, headers=BEARER)
+        plain = notify(down, BUNDLE)
+    assert put.status_code == 503 and put.headers["Retry-After"]
+    assert put.headers["content-type"] == "application/fhir+json"
+    assert put.json() == {"resourceType": "OperationOutcome", "issue": [
+        {"severity": "error", "code": "transient", "diagnostics": UNAVAILABLE}]}
+    assert plain.status_code == 503 and plain.json()["error"] == UNAVAILABLE
 
 
 def test_a_hapi_deletion_is_accepted_and_ignored(client, redis_client):
