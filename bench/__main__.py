@@ -3,10 +3,10 @@
 `--quick` (what `make bench` runs) is each benchmark's quick mode, about 2 minutes in all
 on an otherwise idle 2-core machine; without it (`make bench-full`) the documented full
 run: burst of 20,000 with both peers, steady 200/s for 60 s, ingest 30 s per variant,
-memory of 5,000 bookings, clock at 10k and 1M pending, apply of 800 events per scenario,
-webhooks: 10,000 messages and a burst of 6,000 reminders beside a dead endpoint, twice.
-Each prints its own table and writes var/bench/{name}.json; see each module's docstring
-for how to read it. `--only burst,clock` runs a subset.
+memory of 5,000 bookings, retention of 2,000, clock at 10k and 1M pending, apply of 800
+events per scenario, webhooks: 10,000 messages and a burst of 6,000 reminders beside a
+dead endpoint, twice. Each prints its own table and writes var/bench/{name}.json; see
+each module's docstring for how to read it. `--only burst,clock` runs a subset.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ import argparse
 import time
 from collections.abc import Callable
 
-from bench import apply_order, burst, clock, ingest, memory, steady, webhooks
+from bench import apply_order, burst, clock, ingest, memory, retention, steady, webhooks
 
 BENCHES: dict[str, Callable[[list[str] | None], None]] = {
     "burst": burst.main, "steady": steady.main, "ingest": ingest.main,
-    "memory": memory.main, "clock": clock.main, "apply": apply_order.main,
-    "webhooks": webhooks.main,
+    "memory": memory.main, "retention": retention.main, "clock": clock.main,
+    "apply": apply_order.main, "webhooks": webhooks.main,
 }
 
 
