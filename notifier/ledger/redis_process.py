@@ -98,6 +98,20 @@ class LoopbackRedis:
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(timeout=10)
 
+    def pause(self) -> None:
+        """SIGSTOP: a hung server, whose port still takes connections that nothing
+        answers. Raises `RuntimeError` when it is not running."""
+        self._signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after `pause()`. Raises `RuntimeError` when it is not running."""
+        self._signal(signal.SIGCONT)
+
+    def _signal(self, signum: signal.Signals) -> None:
+        if self.process is None or self.process.poll() is not None:
+            raise RuntimeError(f"the redis-server on port {self.port} is not running")
+        self.process.send_signal(signum)
+
     def stop(self) -> None:
         """Stop it if it runs (resumed first if a test paused it)."""
         if self.process is not None and self.process.poll() is None:

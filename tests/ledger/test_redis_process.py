@@ -29,3 +29,11 @@ def test_killing_a_server_never_started_says_so(tmp_path):
     server = LoopbackRedis(tmp_path)
     with pytest.raises(RuntimeError, match=f"port {server.port} was never started"):
         server.kill()
+
+
+def test_pausing_or_resuming_a_server_not_running_says_so(tmp_path):
+    server = LoopbackRedis(tmp_path)
+    with pytest.raises(RuntimeError, match=f"port {server.port} is not running"):
+        server.pause()
+    with pytest.raises(RuntimeError, match=f"port {server.port} is not running"):
+        server.resume()
