@@ -2,8 +2,9 @@
 for it to answer, and one server process on a loopback port that can be killed as in a
 crash and started again on the same port and files.
 
-The embedded Redis (`notifier.ledger.embedded_redis`), the tests and the benchmarks all
-start their servers from here.
+The embedded Redis (`notifier.ledger.embedded_redis`), the local Redis Cluster
+(`notifier.ledger.cluster_server`), the tests and the benchmarks all start their servers
+from here.
 """
 
 from __future__ import annotations
