@@ -26,7 +26,6 @@ if the machine itself went down (a killed process's writes are in the kernel alr
 
 from __future__ import annotations
 
-import shutil
 import socket
 import time
 from pathlib import Path
@@ -202,12 +201,6 @@ class LocalCluster:
         """Stop every node still running; their files stay under `directory`."""
         for node in self.nodes:
             node.stop()
-
-    def remove(self) -> None:
-        """`stop()`, then delete every node's files."""
-        self.stop()
-        for node in self.nodes:
-            shutil.rmtree(node.directory, ignore_errors=True)
 
 
 class NodeReport(NamedTuple):

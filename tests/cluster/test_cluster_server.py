@@ -54,7 +54,20 @@ def test_every_node_is_ok_sees_every_master_and_reports_the_planned_map(cluster)
         assert seen.state == "ok"
         assert seen.up == ports
         assert seen.slot_map == cluster.expected_map()
+        client = redis.Redis.from_url(node.url)
+        assert client.config_get("appendfsync") == {"appendfsync": "always"}
+        assert client.config_get("cluster-require-full-coverage") == {
+            "cluster-require-full-coverage": "no"}
+        client.close()
     assert {last - first + 1 for first, last in cluster.ranges} == {5461, 5462}
+
+
+def test_each_slot_has_its_master_and_no_other_slot_exists(cluster):
+    assert [cluster.node_of_slot(slot) for slot in (0, 5460, 5461, 10921, 10922, 16383)] \
+        == [0, 0, 1, 1, 2, 2]
+    for slot in (-1, SLOTS):
+        with pytest.raises(ValueError, match=f"no slot {slot}: slots are 0 to 16383"):
+            cluster.node_of_slot(slot)
 
 
 def test_keys_with_different_hash_tags_land_on_different_masters(cluster, cluster_client):
