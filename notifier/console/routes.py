@@ -46,7 +46,7 @@ from notifier.console.sessions import (
     session_ended,
 )
 from notifier.console.throttle import VERIFY_SLOTS, SignInThrottle
-from notifier.errors import ConfigError
+from notifier.errors import ConfigError, StoreError
 from notifier.ledger.store import Store
 from notifier.timeutil import utcnow
 from notifier.web.failures import store_failed
@@ -209,7 +209,10 @@ class Console:
             raise exc
         if not request.url.path.startswith("/console"):
             return await http_exception_handler(request, exc)
-        session = await self.session(request)
+        try:
+            session = await self.session(request)
+        except StoreError as failed:  # raised in a handler: not handled by another
+            return await self.store_failed(request, failed)
         if session is None:
             return self.unauthorized(request)
         return self.refused(exc.status_code, "Not here", "There is no such page or form.",
@@ -223,10 +226,16 @@ class Console:
         answer = await store_failed(request, exc)
         if not request.url.path.startswith("/console"):
             return answer
-        page = self.refused(503, "Try again in a moment",
-                            "The console cannot reach its database just now, so it can "
-                            "neither show this page nor record that you saw it. Nothing "
-                            "was changed. Try again in a few seconds.")
+        # A POST's change may have been made with only Redis's reply lost (its audit
+        # entry with it: they are one script), so the page does not say nothing changed.
+        after = ("Nothing was changed." if request.method in ("GET", "HEAD")
+                 or request.url.path == "/console/login" else
+                 "What you confirmed may or may not have been done: once the console is "
+                 "back, open the page again to see before doing it again.")
+        page = self.page("refused.html", 503, title="Try again in a moment",
+                         message="The console cannot reach its database just now, so it "
+                                 f"cannot show or record anything. {after} Try again in a "
+                                 "few seconds.", login_url="")
         page.headers["Retry-After"] = answer.headers["Retry-After"]
         return page
 
