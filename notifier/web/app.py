@@ -14,7 +14,9 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 
 from dramatiq.brokers.redis import RedisBroker
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import Response
 from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException
 
@@ -31,6 +33,7 @@ from notifier.policy.figures import load_policy
 from notifier.web.events import EventStores, document_event_body, event_route, events_counter
 from notifier.web.failures import install_failure_handlers
 from notifier.web.fhir import FhirDoor, fhir_counter, fhir_routes
+from notifier.web.fhir_answers import fhir_http_error
 from notifier.web.links import link_routes
 from notifier.web.ops import LedgerCollector, WebhookCollector, openapi_document, ops_routes
 from notifier.web.provider_hooks import provider_routes
@@ -92,8 +95,20 @@ def create_app(settings: Settings, store: Store, broker: RedisBroker) -> FastAPI
     app.include_router(provider_routes(settings, store))
     if console is not None:
         app.include_router(console_routes(console))
-        app.add_exception_handler(HTTPException, console.http_error)
         app.add_exception_handler(StoreError, console.store_failed)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        """An HTTP error (404, 405) in the shape its caller reads: the console's page, a
+        FHIR OperationOutcome under /fhir/, FastAPI's JSON elsewhere."""
+        if not isinstance(exc, HTTPException):  # registered for HTTPException only
+            raise exc
+        if request.url.path.startswith("/fhir/"):
+            return await fhir_http_error(request, exc)
+        if console is not None:
+            return await console.http_error(request, exc)
+        return await http_exception_handler(request, exc)
+
+    app.add_exception_handler(HTTPException, http_error)
     app.openapi = lambda: openapi_document(  # type: ignore[method-assign]
         app, document_event_body, documented=events.documented.routes)
     return app

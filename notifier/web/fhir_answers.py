@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException
 
 
 class FhirEventAnswer(BaseModel):
@@ -109,8 +110,8 @@ def wants_fhir(accept: str) -> bool:
 
 
 #: The OperationOutcome issue code (FHIR R4's IssueType value set) of each error we answer.
-ISSUE_TYPES = {401: "security", 404: "not-found", 413: "too-long", 415: "not-supported",
-               422: "invalid", 503: "transient"}
+ISSUE_TYPES = {401: "security", 404: "not-found", 405: "not-supported", 413: "too-long",
+               415: "not-supported", 422: "invalid", 503: "transient"}
 #: The headers an error's answer keeps when it is put in FHIR's shape.
 _KEPT_HEADERS = ("retry-after", "connection")
 
@@ -137,3 +138,13 @@ def in_fhir(response: Response) -> Response:
     headers = {k: v for k, v in response.headers.items() if k.lower() in _KEPT_HEADERS}
     return FhirJSONResponse(error_outcome(response.status_code, answer),
                             status_code=response.status_code, headers=headers)
+
+
+async def fhir_http_error(request: Any, exc: HTTPException) -> Response:
+    """The answer to an HTTP error (404, 405: a method or path no FHIR route has) under
+    `/fhir/`: an OperationOutcome, as a FHIR client reads one (`error_outcome`), with the
+    error's status and headers (`Allow` of a 405)."""
+    detail = exc.detail if isinstance(exc.detail, str) else "not found"
+    headers = dict(exc.headers or {})
+    return FhirJSONResponse(error_outcome(exc.status_code, {"error": detail}),
+                            status_code=exc.status_code, headers=headers)

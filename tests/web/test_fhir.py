@@ -653,3 +653,21 @@ def test_a_transaction_response_has_an_entry_for_each_entry_posted(client):
     answer = notify(client, heartbeat, {**BEARER, "Accept": HAPI_ACCEPT})
     assert answer.status_code == 200, answer.text
     assert len(answer.json()["entry"]) == 1
+
+
+@pytest.mark.parametrize(("method", "path", "status"), [
+    ("PATCH", "/fhir/r4/notify/Patient/pat-ana", 405),
+    ("GET", "/fhir/r4/notify/Patient/pat-ana", 405),
+    ("PUT", "/fhir/r4/notify/Patient", 404),
+])
+def test_a_method_or_path_no_fhir_route_has_is_an_operation_outcome(client, method, path,
+                                                                      status):
+    """QA: FastAPI's own 404 and 405 reached a FHIR client as plain JSON."""
+    answer = client.request(method, path, headers=BEARER)
+    assert answer.status_code == status
+    assert answer.headers["content-type"] == "application/fhir+json"
+    (issue,) = answer.json()["issue"]
+    assert issue["severity"] == "error"
+    assert issue["code"] == {404: "not-found", 405: "not-supported"}[status]
+    if status == 405:
+        assert "PUT" in answer.headers["allow"]
