@@ -32,6 +32,13 @@ slot's owner, up to `REDIRECTS` times. A node that fails (refused, lost, timed o
 its own commands with `StoreUnavailable` (in place with `raise_on_error=False`, as a
 `Batch` reads them; raised otherwise) and not the other nodes'; what it did with them is
 unknown, so they are not sent again.
+
+`ASK` is not followed with `ASKING` to the importing node: the ledger's transactions and
+scripts name several keys of their slot, which a slot half migrated serves on neither node
+(`TRYAGAIN`), so a migrating slot's commands wait `MIGRATING_PAUSE_S` between tries and
+then fail with `StoreUnavailable` until the migration of that slot ends (`redis-cli
+--cluster reshard` moves a slot's keys in batches; the caller retries later, as for any
+`StoreUnavailable`). Plain commands on the client itself follow `ASK` (redis-py does).
 """
 
 from __future__ import annotations
