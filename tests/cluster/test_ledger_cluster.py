@@ -354,6 +354,22 @@ def test_a_hung_master_is_store_unavailable_after_the_clients_timeout(
     assert ledger.get(hung) == b"v"
 
 
+def test_a_slot_the_clients_map_gives_no_node_is_store_unavailable(cluster):
+    ledger = ledger_client(fresh_client(cluster))
+    lost, kept = (f"n:{{{shard_on(cluster, i)}}}:k" for i in (1, 0))
+    # As after a map read while the slot's master was being replaced: no node for it.
+    del ledger.nodes_manager.slots_cache[key_slot(lost.encode())]
+    with ledger.pipeline() as pipe, pytest.raises(StoreUnavailable, match="not covered"):
+        pipe.watch(lost)
+    with ledger.pipeline(transaction=False) as pipe:
+        pipe.set(kept, "v")
+        pipe.get(lost)
+        got = pipe.execute(raise_on_error=False)
+    assert got[0] is True
+    assert isinstance(got[1], StoreUnavailable)
+    ledger.close()
+
+
 def node_id(cluster: LocalCluster, index: int) -> str:
     client = node(cluster, index)
     try:
