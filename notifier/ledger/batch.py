@@ -12,8 +12,14 @@ again through the `Script` object, which loads it: a command that got `NOSCRIPT`
 so running it again is safe.
 
 Errors: `Reply.get()` raises `StoreUnavailable` when the round trip failed (Redis cannot
-be reached or take commands now: every reply of the batch raises it) and `StoreError` when
-Redis refused that command (a script error, `WRONGTYPE`). `run()` itself never raises.
+be reached or take commands now: every reply of the batch raises it; on a Redis Cluster,
+every reply of the node that failed, the other nodes' replies stand) and `StoreError` when
+Redis refused that command (a script error, `WRONGTYPE`; `CrossSlot` for every reply when a
+command's keys are in several cluster slots, nothing sent). `run()` itself never raises.
+
+On a cluster (`notifier.ledger.cluster_client`) the pipeline is a `SpreadPipeline`: the
+commands are grouped per node and every node is sent its group before any reply is read,
+still one round trip.
 """
 
 from __future__ import annotations
@@ -50,7 +56,8 @@ class Batch:
     """Commands queued now, sent in one pipeline by `run()`; reusable after it runs."""
 
     def __init__(self, client: Any) -> None:
-        # `client` is the ledger's (`LedgerRedis`): its pipeline raises the ledger's errors.
+        # `client` is the ledger's (`LedgerRedis` or `LedgerCluster`): its pipeline raises
+        # the ledger's errors.
         self.client = client
         self._queued: list[tuple[Script | None, str, tuple[Any, ...]]] = []
         self._answers: list[Any] = []

@@ -29,12 +29,13 @@ broker, the asyncio client of `async_events`) translates with `store_errors()`.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 import redis.client
+from redis.cluster import RedisCluster
 from redis.exceptions import (
     ClusterDownError,
     NoScriptError,
@@ -44,6 +45,9 @@ from redis.exceptions import (
 )
 
 from notifier.errors import StoreError, StoreUnavailable
+
+if TYPE_CHECKING:
+    from notifier.ledger.cluster_client import LedgerCluster
 
 #: Redis errors that mean "not now": the command may succeed later, unchanged.
 UNAVAILABLE: tuple[type[redis.RedisError], ...] = (
@@ -81,6 +85,11 @@ class LedgerPipeline(redis.client.Pipeline):
     """A pipeline whose commands (run at once while WATCHing, or queued and sent by
     `execute`) raise the ledger's errors; see the module's docstring for the round trips
     it saves."""
+
+    def _translated(self) -> AbstractContextManager[None]:
+        """Where redis-py's errors become the ledger's: `store_errors()` here; a cluster
+        node's transaction (`notifier.ledger.cluster_pipelines`) also reads redirections."""
+        return store_errors()
 
     def load_scripts(self) -> None:
         """Make the queued scripts runnable without a round trip: each `EVALSHA` of a
@@ -124,7 +133,7 @@ class LedgerPipeline(redis.client.Pipeline):
                 self.reset()
                 raise redis.WatchError(f"a {type(error).__name__} while watching keys")
 
-        with store_errors():
+        with self._translated():
             replies = conn.retry.call_with_retry(lambda: self._send_reads(conn, commands),
                                                  fail)
         return replies[1:]
@@ -150,7 +159,7 @@ class LedgerPipeline(redis.client.Pipeline):
     def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         """Run one command now (while WATCHing: its reply) or queue it (the pipeline
         itself), raising `StoreUnavailable` / `StoreError` in place of redis-py's errors."""
-        with store_errors():
+        with self._translated():
             # redis-py leaves execute_command unannotated
             return super().execute_command(*args, **kwargs)  # type: ignore[no-untyped-call]
 
@@ -158,7 +167,7 @@ class LedgerPipeline(redis.client.Pipeline):
         """Send the queued commands; returns their replies, in order. Raises
         `StoreUnavailable` / `StoreError`, or `redis.WatchError` when a WATCHed key changed
         (nothing was written)."""
-        with store_errors():
+        with self._translated():
             return super().execute(raise_on_error)
 
 
@@ -180,9 +189,16 @@ class LedgerRedis(redis.Redis):
                               shard_hint)
 
 
-def ledger_client(client: redis.Redis) -> LedgerRedis:
-    """`client` as a `LedgerRedis`: itself if it is one, else a new one on its connection
-    pool (same server, settings and connections; closing it leaves the pool open)."""
+def ledger_client(client: redis.Redis | RedisCluster) -> LedgerRedis | LedgerCluster:
+    """`client` as the ledger's client: itself if it is one already; for one server a new
+    `LedgerRedis` on its connection pool (same server, settings and connections; closing it
+    leaves the pool open); for a `RedisCluster` a `LedgerCluster` sharing its nodes, slot
+    map and pools (`LedgerCluster.adopt`: closing it leaves them open)."""
     if isinstance(client, LedgerRedis):
         return client
+    if isinstance(client, RedisCluster):
+        # Imported here: the cluster modules build on this one.
+        from notifier.ledger.cluster_client import LedgerCluster
+
+        return LedgerCluster.adopt(client)
     return LedgerRedis(connection_pool=client.connection_pool)

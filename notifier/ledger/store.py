@@ -58,9 +58,11 @@ class Store:
         """`keep_finished_s`: the retention (`NOTIFIER_RETENTION_DAYS`), seconds;
         `history_s`: how long a retired notification's content-free row is kept after it
         (`NOTIFIER_HISTORY_DAYS`), seconds."""
-        client = ledger_client(client)  # Redis failures raise StoreUnavailable / StoreError
-        # redis-py types its replies as a sync|async union; the client here is sync.
-        self.redis: Any = client
+        # Redis failures raise StoreUnavailable / StoreError. redis-py types its replies as
+        # a sync|async union; the client here is sync.
+        ledger: Any = ledger_client(client)
+        self.redis: Any = ledger
+        client = ledger
         self.schedule = Schedule(client, keep_finished_s, history_s)
         self.trimmer = IndexTrimmer(client, keep_finished_s, history_s)
         self.turns = Turns(client)
