@@ -37,6 +37,14 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
+def other_redis_url(tmp_path: Path) -> Iterator[str]:
+    """A second Redis of the test's own: a queue's own Redis (NOTIFIER_BROKER_URL)."""
+    directory = tmp_path / "other-redis"
+    directory.mkdir()
+    yield from private_redis(directory, "--appendonly", "no")
+
+
+@pytest.fixture
 def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url)
     client.flushdb()
