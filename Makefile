@@ -42,9 +42,10 @@ chromium:
 	} || echo "make: could not install Chromium: run 'apt-get install chromium chromium-driver' as root; the browser tests (tests/browser/) fail without it" >&2
 
 # tests/end_to_end/test_rabbitmq_end_to_end.py runs the service on RabbitMQ: a private
-# rabbitmq-server of the distribution's package, started by the test on loopback ports.
-# Installed here when missing, as root or through sudo; the package's own service (on the
-# default port, for every user) is stopped and disabled, for only the tests' runs. When it
+# rabbitmq-server of the distribution's package, started by the test on free loopback ports
+# with an epmd of its own (tests/rabbitmq.py), so a service already running does not
+# matter. Installed here when missing, as root or through sudo; the package's own service
+# (on the default port) is stopped and disabled: only the tests' own runs are wanted. When it
 # cannot be installed, one line says so and those tests fail with the same advice.
 rabbitmq:
 	@command -v rabbitmq-server >/dev/null || [ -x /usr/sbin/rabbitmq-server ] || { \
@@ -53,7 +54,7 @@ rabbitmq:
 		else SUDO=false; fi; \
 		$$SUDO apt-get update && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y rabbitmq-server \
 		&& { $$SUDO service rabbitmq-server stop; $$SUDO update-rc.d rabbitmq-server disable; \
-		     $$SUDO pkill -u rabbitmq -x epmd; true; } >/dev/null 2>&1; \
+		     true; } >/dev/null 2>&1; \
 	} || echo "make: could not install RabbitMQ: run 'apt-get install rabbitmq-server' as root; the RabbitMQ tests (tests/end_to_end/test_rabbitmq_end_to_end.py) fail without it" >&2
 
 $(BENCH_STAMP): pyproject.toml $(STAMP)
