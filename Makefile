@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # (or `make test`, whose slow suite runs the burst harness).
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: run test test-fast lint bench bench-full chaos clean chromium
+.PHONY: run test test-fast lint bench bench-full chaos clean chromium rabbitmq
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,7 @@ run: $(STAMP)
 	$(BIN)/notifier dev
 
 # The bench extra too: tests/bench/ runs the burst harness with its Celery peer.
-test: $(STAMP) $(BENCH_STAMP) chromium
+test: $(STAMP) $(BENCH_STAMP) chromium rabbitmq
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP) chromium
@@ -40,6 +40,22 @@ chromium:
 		else SUDO=false; fi; \
 		$$SUDO apt-get update && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver; \
 	} || echo "make: could not install Chromium: run 'apt-get install chromium chromium-driver' as root; the browser tests (tests/browser/) fail without it" >&2
+
+# tests/end_to_end/test_rabbitmq_end_to_end.py runs the service on RabbitMQ: a private
+# rabbitmq-server of the distribution's package, started by the test on free loopback ports
+# with an epmd of its own (tests/rabbitmq.py), so a service already running does not
+# matter. Installed here when missing, as root or through sudo; the package's own service
+# (on the default port) is stopped and disabled: only the tests' own runs are wanted. When it
+# cannot be installed, one line says so and those tests fail with the same advice.
+rabbitmq:
+	@command -v rabbitmq-server >/dev/null || [ -x /usr/sbin/rabbitmq-server ] || { \
+		if [ "$$(id -u)" -eq 0 ]; then SUDO=; \
+		elif command -v sudo >/dev/null; then SUDO=sudo; \
+		else SUDO=false; fi; \
+		$$SUDO apt-get update && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y rabbitmq-server \
+		&& { $$SUDO service rabbitmq-server stop; $$SUDO update-rc.d rabbitmq-server disable; \
+		     true; } >/dev/null 2>&1; \
+	} || echo "make: could not install RabbitMQ: run 'apt-get install rabbitmq-server' as root; the RabbitMQ tests (tests/end_to_end/test_rabbitmq_end_to_end.py) fail without it" >&2
 
 $(BENCH_STAMP): pyproject.toml $(STAMP)
 	$(BIN)/pip install --quiet -e '.[dev,bench]'

@@ -77,6 +77,9 @@ def project_dir(name: str) -> Path:
 
 Backend = Literal["twilio", "sendgrid", "outbox"]
 
+#: What NOTIFIER_BROKER_URL may start with: RabbitMQ (`amqp`, `amqps` with TLS) or a Redis
+#: (`redis`, `rediss`, `unix`), each as dramatiq's broker for it takes its URL.
+BROKER_SCHEMES = {"amqp", "amqps", "redis", "rediss", "unix"}
 #: What NOTIFIER_LOG_LEVEL may be (any case).
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -354,6 +357,9 @@ class Settings:
     """Everything the processes need to know, validated."""
 
     redis_url: str | None = None
+    #: dramatiq's broker: `amqp://` (RabbitMQ) or `redis://` (a Redis of its own); unset,
+    #: the ledger's Redis (`worker.actors.build_broker`, `worker.queueing`)
+    broker_url: str | None = None
     webhook_secret: SecretStr | None = None
     #: Bearer token of the read API; unset, the read API refuses every request.
     api_token: SecretStr | None = None
@@ -492,6 +498,7 @@ class Settings:
 
         return cls(
             redis_url=_url(env, "NOTIFIER_REDIS_URL", None, {"redis", "rediss", "unix"}),
+            broker_url=_url(env, "NOTIFIER_BROKER_URL", None, BROKER_SCHEMES),
             webhook_secret=_webhook_secret(secret, "NOTIFIER_WEBHOOK_SECRET") if secret else None,
             api_token=_api_token(api_token, "NOTIFIER_API_TOKEN") if api_token else None,
             twilio_account_sid=sid,

@@ -78,6 +78,8 @@ class Runtime:
     settings: Settings
     policy: Policy
     redis_url: str
+    #: dramatiq's broker: NOTIFIER_BROKER_URL, else the ledger's Redis (`redis_url`)
+    broker_url: str
     redis: redis.Redis
     store: Store
     renderer: Renderer
@@ -101,7 +103,8 @@ class Runtime:
                               settings=settings, policy=policy,
                               limiters=build_limiters(settings, client),
                               call_limits_s=call_limits_s(settings))
-        return cls(settings=settings, policy=policy, redis_url=redis_url, redis=client,
+        return cls(settings=settings, policy=policy, redis_url=redis_url,
+                   broker_url=settings.broker_url or redis_url, redis=client,
                    store=store, renderer=renderer, channels=channels, deliverer=deliverer,
                    jobs=load_jobs(settings.schedules_dir),
                    webhooks=WebhookOutbox(client, settings.webhook_endpoints))

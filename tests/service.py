@@ -1,5 +1,6 @@
 """The whole service in one test process: web on a real port, a real dramatiq worker, the
-clock, all on the session's real Redis. Tests talk to it over HTTP, like an integrator."""
+clock, all on the session's real Redis (the queue too, unless `env` names another
+broker in NOTIFIER_BROKER_URL). Tests talk to it over HTTP, like an integrator."""
 
 from __future__ import annotations
 
@@ -72,7 +73,7 @@ class Service:
         self.worker: dramatiq.Worker | None = None
         if with_worker:
             self.start_worker()
-        self.clock = Clock(self.runtime.store, build_broker(redis_url),
+        self.clock = Clock(self.runtime.store, build_broker(self.runtime.broker_url),
                            lease_s=self.settings.lease_s, poll_s=0.05, event_grace_s=2.0,
                            events_every_s=0.5,
                            jobs=self.runtime.jobs if with_jobs else [],
@@ -90,7 +91,8 @@ class Service:
         if with_webhooks:
             self.webhooks_thread.start()
         self.port = free_port()
-        app = create_app(self.settings, self.runtime.store, build_broker(redis_url))
+        self.web_broker = build_broker(self.runtime.broker_url)
+        app = create_app(self.settings, self.runtime.store, self.web_broker)
         # The production server's config: read deadline, connection cap, httptools.
         self.server = uvicorn.Server(server_config(app, "warning", self.settings,
                                                    host="127.0.0.1", port=self.port))
@@ -100,7 +102,7 @@ class Service:
         self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=10)
 
     def start_worker(self) -> None:
-        broker = build_broker(self.runtime.redis_url)
+        broker = build_broker(self.runtime.broker_url)
         declare_actors(broker, self.runtime)
         self.worker = dramatiq.Worker(broker, worker_threads=4, worker_timeout=50)
         self.worker.start()
@@ -162,4 +164,6 @@ class Service:
             self.webhooks_thread.join(timeout=10)
         if self.worker is not None:
             self.worker.stop()
+        self.clock.broker.close()
+        self.web_broker.close()
         self.http.close()

@@ -26,6 +26,9 @@ def settings(**env: str) -> Settings:
 def test_defaults_deliver_to_the_outbox_on_the_embedded_redis():
     s = settings()
     assert (s.redis_url, s.sms_backend, s.email_backend) == (None, "outbox", "outbox")
+    assert s.broker_url is None
+    for url in ("amqp://guest:guest@rabbit:5672/%2F", "redis://queue:6379/0"):
+        assert settings(NOTIFIER_BROKER_URL=url).broker_url == url
     assert s.outbox_dir == Path("var/outbox")
     assert s.lease_s == 60
     assert s.future_skew_s == 300
@@ -220,6 +223,8 @@ def test_a_dotenv_that_is_not_text_is_named_in_one_line(tmp_path):
     # notifier.ledger.connect reads it, but the ledger is not cluster-safe yet (issue 17)
     ({"NOTIFIER_REDIS_URL": "redis+cluster://127.0.0.1:7000,127.0.0.1:7001/"},
      "NOTIFIER_REDIS_URL"),
+    ({"NOTIFIER_BROKER_URL": "http://rabbit:5672"}, "NOTIFIER_BROKER_URL"),
+    ({"NOTIFIER_BROKER_URL": "rabbit:5672"}, "NOTIFIER_BROKER_URL"),
     ({"NOTIFIER_WEBHOOK_SECRET": "plain"}, "NOTIFIER_WEBHOOK_SECRET"),
     ({"NOTIFIER_WEBHOOK_SECRET": "whsec_!!!"}, "NOTIFIER_WEBHOOK_SECRET"),
     ({"NOTIFIER_WEBHOOK_SECRET": "whsec_" + base64.b64encode(b"short").decode()},

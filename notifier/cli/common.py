@@ -114,7 +114,7 @@ def start_worker(runtime: Any, threads: int) -> Any:
 
     from notifier.worker.actors import build_broker, declare_actors
 
-    broker = build_broker(runtime.redis_url)
+    broker = build_broker(runtime.broker_url)
     declare_actors(broker, runtime)
     worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=100)
     worker.start()

@@ -84,7 +84,7 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> None:
         settings = dev_secrets(settings)
         with open_runtime(settings, serving=True) as runtime:
             worker = start_worker(runtime, settings.worker_threads)
-            broker = build_broker(runtime.redis_url)
+            broker = build_broker(runtime.broker_url)
             stop = threading.Event()
             clock = threading.Thread(target=Clock(runtime.store, broker,
                                                   lease_s=settings.lease_s,
@@ -117,7 +117,7 @@ def cmd_web(args: argparse.Namespace, settings: Settings) -> None:
     sock = bind(args.host, args.port)
     try:
         with open_runtime(settings, serving=True) as runtime:
-            serve_app(create_app(settings, runtime.store, build_broker(runtime.redis_url)), sock,
+            serve_app(create_app(settings, runtime.store, build_broker(runtime.broker_url)), sock,
                       server_log_level(settings.log_level), settings)
     finally:
         sock.close()
@@ -163,5 +163,5 @@ def cmd_clock(args: argparse.Namespace, settings: Settings) -> None:
 
     with open_runtime(settings, serving=True) as runtime:
         stop = stop_event()
-        Clock(runtime.store, build_broker(runtime.redis_url), lease_s=settings.lease_s,
+        Clock(runtime.store, build_broker(runtime.broker_url), lease_s=settings.lease_s,
               jobs=runtime.jobs, webhooks=runtime.webhooks).run(stop)

@@ -1,7 +1,8 @@
 """A dramatiq message as dramatiq's `RedisBroker.enqueue` writes it into Redis, for a
 ledger script to write together with what the message is about: the web stores an
 accepted event and its `apply_event` message in one script (`event_store.lua`), so an
-event answered 202 is always queued, in one round trip and one fsync.
+event answered 202 is always queued, in one round trip and one fsync. Only when the
+broker is a `RedisBroker` on the ledger's own Redis: `notifier.worker.queueing` decides.
 
 What `RedisBroker.enqueue(message)` does without a delay (dramatiq 1.x and 2.x,
 `dramatiq/brokers/redis.py` and `redis/dispatch.lua`, command `enqueue`), and what is

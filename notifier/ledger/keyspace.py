@@ -23,7 +23,7 @@ class KeyFamily:
     bounded_by: str
 
 
-#: dramatiq's namespace, as `notifier.worker.actors.build_broker` sets it (the test checks).
+#: dramatiq's namespace on Redis, which `notifier.worker.actors.build_broker` gives it.
 BROKER_NAMESPACE = "notifier-dq"
 _DQ = BROKER_NAMESPACE
 

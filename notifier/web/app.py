@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 
-from dramatiq.brokers.redis import RedisBroker
+import dramatiq
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import Response
@@ -25,9 +25,8 @@ from notifier.config import Settings
 from notifier.console.audit import AuditLog
 from notifier.console.routes import Console, console_routes
 from notifier.console.sessions import SessionCodec
-from notifier.errors import ConfigError, StoreError
+from notifier.errors import StoreError
 from notifier.intake.fhir import Defaults
-from notifier.ledger.async_events import same_server
 from notifier.ledger.store import Store
 from notifier.policy.figures import load_policy
 from notifier.web.events import EventStores, document_event_body, event_route, events_counter
@@ -43,15 +42,12 @@ from notifier.webhooks.outbox import WebhookOutbox
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings, store: Store, broker: RedisBroker) -> FastAPI:
-    """The app, serving `store`'s Redis. Raises `ConfigError` without a webhook secret, or
-    when `broker` uses another Redis than `store` (the webhook writes an event and its
-    `apply_event` message in one script: `web.events.ONE_WRITE`), or when the console's
-    operators file is not valid (`notifier.console.operators.load_operators`)."""
+def create_app(settings: Settings, store: Store, broker: dramatiq.Broker) -> FastAPI:
+    """The app, serving `store`'s Redis and enqueueing through `broker` (on the store's
+    Redis, an event and its message are one write: `web.events.ONE_WRITE`). Raises
+    `ConfigError` without a webhook secret, or when the console's operators file is not
+    valid (`notifier.console.operators.load_operators`)."""
     secret = settings.require_webhook_secret()
-    if not same_server(store.redis, broker.client):
-        raise ConfigError("the dramatiq broker must use the ledger's Redis: the webhook "
-                          "stores an event and enqueues it in one script")
     if settings.api_token is None:
         log.warning("NOTIFIER_API_TOKEN is not set: the read API refuses every request")
     console = None

@@ -1,7 +1,8 @@
 """`POST /v1/events`: the signed event webhook.
 
 The web process stores an accepted event in Redis and enqueues its `apply_event` message
-in one script before it answers 202 (see ONE_WRITE below).
+before it answers 202: in one script when the broker is on the ledger's Redis, the
+default (see ONE_WRITE below), else stored first and enqueued after (`worker.queueing`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any, Literal, NamedTuple
 
-from dramatiq.brokers.redis import RedisBroker
+import dramatiq
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry, Counter
@@ -32,7 +33,6 @@ from notifier.errors import (
 )
 from notifier.intake.events import EVENT_MODELS, Event, parse_event
 from notifier.ledger.async_events import AsyncEventStore, async_twin
-from notifier.ledger.broker_messages import broker_message
 from notifier.ledger.daily import UNREADABLE
 from notifier.ledger.store import Store
 from notifier.policy.ordering import subject_ref
@@ -40,7 +40,8 @@ from notifier.timeutil import utcnow
 from notifier.web.answers import ErrorAnswer, error_answer, unavailable_answer
 from notifier.web.bodies import MAX_BODY_BYTES, read_limited
 from notifier.web.signatures import TIMESTAMP, verify_signature
-from notifier.worker.actors import APPLY_EVENT, EVENTS_QUEUE
+from notifier.worker.actors import APPLY_EVENT, EVENTS_QUEUE, enqueue_apply
+from notifier.worker.queueing import ledger_message
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +93,10 @@ def events_counter(registry: CollectorRegistry) -> Counter:
 #: - one round trip and one fsync per event instead of two of each, and with
 #:   `appendfsync always` concurrent requests share Redis's fsync (it syncs once per pass
 #:   of its event loop, after every client's commands of that pass).
-#: The price: the broker must use the ledger's Redis (`create_app` checks), which is how
-#: every process builds it (`build_broker(runtime.redis_url)`), and a dramatiq upgrade is
-#: checked against its Redis layout by tests/web/test_ingest.py with a real worker.
+#: The price: this needs the broker on the ledger's Redis (NOTIFIER_BROKER_URL unset), and a
+#: dramatiq upgrade is checked against its Redis layout by tests/web/test_ingest.py with a
+#: real worker. With RabbitMQ, or a Redis of the queue's own, the event is stored, then its
+#: message enqueued (`worker.queueing`, which says what covers a crash between the two).
 
 
 class EventStores:
@@ -137,16 +139,29 @@ class EventStores:
             await events.close()
 
 
-async def store_accepted(event_stores: EventStores, broker: RedisBroker, event: Event,
+async def store_accepted(event_stores: EventStores, broker: dramatiq.Broker, event: Event,
                          body: bytes) -> bool:
     """Store an accepted `event` (`body`, its JSON as sent) and enqueue its `apply_event`
-    message in `broker`'s namespace, in one write (ONE_WRITE). True when stored, False for
-    a duplicate (nothing written); raises `StoreError` when Redis cannot take it."""
-    message = broker_message(broker.namespace, EVENTS_QUEUE, APPLY_EVENT, event.id)
+    message through `broker`: in one write on the ledger's Redis (ONE_WRITE), else after
+    the store (`worker.queueing`). True when stored, False for a duplicate (nothing
+    written or enqueued); raises `StoreError` when Redis cannot store it. A broker that
+    cannot take the message once the event is stored is logged, not raised: the event
+    is accepted, and the clock's sweep of unapplied events enqueues it again."""
+    message = ledger_message(broker, event_stores.store.redis, EVENTS_QUEUE, APPLY_EVENT,
+                             event.id)
     async with event_stores.current() as events:
-        # See ONE_WRITE: stored and enqueued together, or neither.
-        return await events.store_event(event.id, body, utcnow(), subject=subject_ref(event),
-                                        occurred_at=event.occurred_at, message=message)
+        # See ONE_WRITE: with a message, stored and enqueued together, or neither.
+        stored = await events.store_event(event.id, body, utcnow(),
+                                          subject=subject_ref(event),
+                                          occurred_at=event.occurred_at, message=message)
+    if stored and message is None:
+        try:
+            # In a thread: enqueueing blocks (pika's connections are blocking ones).
+            await asyncio.to_thread(enqueue_apply, broker, event.id)
+        except StoreError as exc:
+            log.warning("event %s stored but not queued (the clock's sweep queues it): %s",
+                        event.id, exc)
+    return stored
 
 
 def refused_type(body: bytes) -> str:
@@ -192,11 +207,11 @@ class EventRoute(NamedTuple):
     documented: APIRouter
 
 
-def event_route(secret: str, event_stores: EventStores, broker: RedisBroker,
+def event_route(secret: str, event_stores: EventStores, broker: dramatiq.Broker,
                 events_counter: Counter, future_skew: timedelta = MAX_FUTURE_SKEW
                 ) -> EventRoute:
     """The signed event webhook, storing with `event_stores` and enqueueing its messages
-    in `broker`'s namespace (on the store's Redis: see ONE_WRITE). An event dated more
+    through `broker` (see ONE_WRITE). An event dated more
     than `future_skew` ahead of our clock is refused with 422."""
     too_far_ahead = f"is in the future: more than {_span(future_skew)} ahead of this " \
                     "server's clock"

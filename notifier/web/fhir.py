@@ -55,7 +55,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from dramatiq.brokers.redis import RedisBroker
+import dramatiq
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry, Counter
@@ -178,7 +178,7 @@ def _deleted(kind: str, fhir_id: str) -> dict[str, Any]:
                                      "an appointment by its status)", "events": []}]}
 
 
-def fhir_routes(door: FhirDoor, store: Store, event_stores: EventStores, broker: RedisBroker,
+def fhir_routes(door: FhirDoor, store: Store, event_stores: EventStores, broker: dramatiq.Broker,
                 counter: Counter) -> APIRouter:
     """The FHIR notification routes (see the module docstring); dispenses are counted as
     fills and MedicationRequests remembered on `store`'s Redis

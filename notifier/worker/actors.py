@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
@@ -27,10 +28,10 @@ from dramatiq.middleware import (
 )
 
 from notifier.intake.apply import apply_in_turn
-from notifier.ledger.broker_messages import broker_message
-from notifier.ledger.client import store_errors
+from notifier.ledger.keyspace import BROKER_NAMESPACE
 from notifier.timeutil import utcnow
 from notifier.worker.digests import run_provider_digest
+from notifier.worker.queueing import send, send_batches
 from notifier.worker.reports import REPORT_LOOKUPS, end_run, run_report_lookups, start_run
 
 if TYPE_CHECKING:
@@ -52,52 +53,48 @@ MAX_BACKOFF_MS = 3_600_000
 TIME_LIMIT_MS = 5 * 60 * 1000
 
 
-def build_broker(redis_url: str) -> RedisBroker:
+def build_broker(url: str) -> dramatiq.Broker:
+    """dramatiq's broker at `url`, with our middleware: `RabbitmqBroker` for `amqp://` and
+    `amqps://` (publisher confirms on: an enqueue returns once RabbitMQ has the message),
+    else a `RedisBroker` in the `notifier-dq` namespace. Connects on first use, not here.
+    Whether the ledger may write its messages in its own scripts is `worker.queueing`'s
+    to say."""
     middleware = [AgeLimit(), TimeLimit(time_limit=TIME_LIMIT_MS), ShutdownNotifications(),
                   Callbacks(), Pipelines(), Retries(max_retries=10, max_backoff=MAX_BACKOFF_MS)]
+    if urlsplit(url).scheme in ("amqp", "amqps"):
+        # Imported here: pika is needed only by a process configured for RabbitMQ.
+        from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+        return RabbitmqBroker(url=url, middleware=middleware, confirm_delivery=True)
     # dramatiq leaves RedisBroker.__init__ unannotated
-    broker = RedisBroker(url=redis_url, middleware=middleware,  # type: ignore[no-untyped-call]
-                         namespace="notifier-dq")
+    broker: dramatiq.Broker = RedisBroker(  # type: ignore[no-untyped-call]
+        url=url, middleware=middleware, namespace=BROKER_NAMESPACE)
     return broker
 
 
-def _send(broker: RedisBroker, queue: str, actor: str, *args: Any) -> None:
-    """Enqueue a message; raises `StoreUnavailable` (or `StoreError`) when the broker's
-    Redis fails."""
-    with store_errors():
-        broker.enqueue(dramatiq.Message(queue_name=queue, actor_name=actor, args=args,
-                                        kwargs={}, options={}))
+def enqueue_apply(broker: dramatiq.Broker, event_id: str) -> None:
+    """Raises `StoreUnavailable` (or `StoreError`) when the broker fails
+    (`worker.queueing.send`), as every `enqueue_*` does."""
+    send(broker, EVENTS_QUEUE, APPLY_EVENT, event_id)
 
 
-def enqueue_apply(broker: RedisBroker, event_id: str) -> None:
-    _send(broker, EVENTS_QUEUE, APPLY_EVENT, event_id)
+def enqueue_deliver(broker: dramatiq.Broker, ids: list[str]) -> None:
+    send(broker, DELIVER_QUEUE, DELIVER, ids)
 
 
-def enqueue_deliver(broker: RedisBroker, ids: list[str]) -> None:
-    _send(broker, DELIVER_QUEUE, DELIVER, ids)
+def enqueue_deliveries(broker: dramatiq.Broker, batches: list[list[str]]) -> None:
+    """One `deliver` message per list of ids, in one round trip on a Redis broker
+    (`worker.queueing.send_batches`), where a loop of `enqueue_deliver` makes one a
+    message (40 for a claim of 1,000). When the broker fails, the ids stay in flight and
+    their leases bring them back."""
+    send_batches(broker, DELIVER_QUEUE, DELIVER, batches)
 
 
-def enqueue_deliveries(broker: RedisBroker, batches: list[list[str]]) -> None:
-    """One `deliver` message per list of ids, all in one round trip: a pipeline of what
-    `RedisBroker.enqueue` writes for each (`ledger.broker_messages`), where a loop of
-    `enqueue_deliver` makes one round trip a message (40 for a claim of 1,000). Raises
-    `StoreUnavailable` (or `StoreError`) when the broker's Redis fails; the ids stay in
-    flight and their leases bring them back."""
-    if not batches:
-        return
-    with store_errors(), broker.client.pipeline(transaction=False) as pipe:
-        for ids in batches:
-            message = broker_message(broker.namespace, DELIVER_QUEUE, DELIVER, ids)
-            pipe.hset(message.messages_key, message.redis_message_id, message.data)
-            pipe.rpush(message.queue_key, message.redis_message_id)
-        pipe.execute()
+def enqueue_job(broker: dramatiq.Broker, name: str, zone: str, fire_iso: str) -> None:
+    send(broker, JOBS_QUEUE, RUN_JOB, name, zone, fire_iso)
 
 
-def enqueue_job(broker: RedisBroker, name: str, zone: str, fire_iso: str) -> None:
-    _send(broker, JOBS_QUEUE, RUN_JOB, name, zone, fire_iso)
-
-
-def declare_actors(broker: RedisBroker, runtime: Runtime,
+def declare_actors(broker: dramatiq.Broker, runtime: Runtime,
                    clock: Callable[[], datetime] = utcnow) -> None:
     """Declare the actors on `broker`, bound to this worker process's runtime; events are
     applied at `clock()` (tests pin it to compare plans)."""

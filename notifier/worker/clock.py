@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from dramatiq.brokers.redis import RedisBroker
+import dramatiq
 
 from notifier.errors import StoreError
 from notifier.ledger.store import Store
@@ -47,7 +47,7 @@ FIRED_MARGIN = timedelta(minutes=10)
 @dataclass
 class Clock:
     store: Store
-    broker: RedisBroker
+    broker: dramatiq.Broker
     lease_s: float = 60.0
     claim_batch: int = 1000
     chunk: int = 25

@@ -28,7 +28,7 @@ from notifier.delivery.channels import Message, Receipt
 from notifier.delivery.channels.outbox import Outbox
 from notifier.delivery.deliverer import Deliverer
 from notifier.delivery.render import Renderer
-from notifier.errors import ConfigError, PermanentError, SignatureError
+from notifier.errors import PermanentError, SignatureError
 from notifier.intake.apply import apply_stored_event
 from notifier.intake.events import EVENT_MODELS
 from notifier.ledger.daily import REFUSED_DAILY
@@ -41,7 +41,7 @@ from notifier.policy.plan import Plan, PlannedNotification
 from notifier.web.app import create_app
 from notifier.web.events import MAX_BODY_BYTES, UNAVAILABLE
 from notifier.web.signatures import sign_webhook, verify_signature
-from notifier.worker.actors import APPLY_EVENT, EVENTS_QUEUE
+from notifier.worker.actors import APPLY_EVENT, EVENTS_QUEUE, build_broker
 from tests.web.conftest import new_secret
 
 NAMESPACE = "notifier-dq"
@@ -141,12 +141,33 @@ def test_valid_event_is_stored_queued_and_accepted(client, secret, redis_client,
         EVENTS_QUEUE, APPLY_EVENT, ["evt-1"])
 
 
-def test_a_broker_on_another_redis_than_the_store_is_refused_at_start(settings, store):
-    """The webhook stores an event and enqueues it in one script, on the store's Redis: a
-    broker elsewhere would never see the messages."""
+def test_a_queue_redis_of_its_own_gets_the_message_after_the_event_is_stored(
+        settings, store, secret, redis_client, other_redis_url):
+    """NOTIFIER_BROKER_URL naming another Redis: the event is stored in the ledger and its
+    `apply_event` enqueued on the broker's Redis (`worker.queueing`), nothing in the
+    ledger's namespace."""
+    broker = build_broker(other_redis_url)
+    with TestClient(create_app(settings, store, broker)) as client:
+        assert post(client, secret, event()).status_code == 202
+    broker.close()
+    assert store.event_status("evt-1")["status"] == "accepted"
+    assert redis_client.keys(f"{NAMESPACE}*") == []
+    [message] = queued(redis.Redis.from_url(other_redis_url))
+    assert (message["actor_name"], message["args"]) == (APPLY_EVENT, ["evt-1"])
+
+
+def test_an_event_stored_when_its_broker_is_down_is_accepted_for_the_sweep(
+        settings, store, secret, redis_client, caplog):
+    """Stored, then the broker (its own Redis, down) refuses the message: the answer is
+    still 202, for the event is stored, pending, and the clock's sweep of unapplied
+    events enqueues it (tests/end_to_end: `..._applied_by_the_sweep`)."""
     elsewhere = RedisBroker(namespace=NAMESPACE, client=down_redis())
-    with pytest.raises(ConfigError, match="the dramatiq broker must use the ledger's Redis"):
-        create_app(settings, store, elsewhere)
+    with TestClient(create_app(settings, store, elsewhere)) as client:
+        answer = post(client, secret, event())
+    assert (answer.status_code, answer.json()["status"]) == (202, "accepted")
+    assert redis_client.zrange(PENDING_EVENTS, 0, -1) == [b"evt-1"]
+    assert redis_client.keys(f"{NAMESPACE}*") == []
+    assert "event evt-1 stored but not queued (the clock's sweep queues it)" in caplog.text
 
 
 def test_same_id_again_is_a_duplicate_and_changes_nothing(client, secret, redis_client, store):
