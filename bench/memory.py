@@ -33,7 +33,8 @@ from typing import Any
 
 from bench import common, workload
 from bench.burst import fresh_dir, wait_applied
-from notifier.ledger.notifications import SCHEDULE
+from notifier.ledger.notifications import pending_counts, queue_pending_counts
+from notifier.ledger.shards import ledger_keys
 from notifier.webhooks.outbox import WebhookOutbox
 
 
@@ -110,7 +111,10 @@ def main(argv: list[str] | None = None) -> None:
             while outbox.fan_out(datetime.now(UTC)):
                 pass
             after = int(r.info("memory")["used_memory"])
-            pending = int(r.zcard(SCHEDULE))
+            keys = ledger_keys(r)
+            with r.pipeline(transaction=False) as pipe:
+                queue_pending_counts(pipe, keys)
+                pending = pending_counts(keys, pipe.execute())[0]
             parts = breakdown(r)
         box = common.machine(server.url)
     per = (after - before) / pending
