@@ -18,7 +18,7 @@ later, one way or the other:
   2 GB of Redis for 1M).
 - `--fill zadd` (quick): only the schedules (`n:{shard}:schedule`), with pipelined ZADDs of
   10,000 ids, in seconds. The claim reads only what is due, so the notifications behind
-  those ids are not needed, as long as the schedule is that one sorted set of ids.
+  those ids are not needed, as long as each id is on its own shard's schedule.
 
 Then:
 
