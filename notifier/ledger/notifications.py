@@ -38,8 +38,8 @@ from notifier.ledger.batch import Batch, Reply
 from notifier.ledger.daily import day_of, failed_key, sent_key
 from notifier.ledger.lua import lua_source
 from notifier.ledger.notif_fields import with_derived
-from notifier.ledger.shards import DEFAULT_SHARDS, ShardKeys
 from notifier.ledger.shards import PREFIX as PREFIX  # re-exported: key modules import it here
+from notifier.ledger.shards import ShardKeys
 from notifier.timeutil import utcnow
 
 #: Sends through a provider that reports delivery, with no final report yet: a sorted set
@@ -200,11 +200,11 @@ class Schedule:
     """The Lua-backed transitions of notifications; one instance per process."""
 
     def __init__(self, client: redis.Redis, keep_finished_s: int = KEEP_FINISHED_S,
-                 history_s: int = 0, keys: ShardKeys | None = None) -> None:
+                 history_s: int = 0, *, keys: ShardKeys) -> None:
         # redis-py types its replies as a sync|async union; the client here is sync.
         self.redis: Any = client
         #: the shard count and the keys built with it (`notifier.ledger.shards`)
-        self.keys = keys if keys is not None else ShardKeys(DEFAULT_SHARDS)
+        self.keys = keys
         #: where the next `claim` starts among the shards it is given: each call starts
         #: one further, so that under the in-flight cap no shard waits behind the others
         self._claim_turn = 0

@@ -99,13 +99,12 @@ class LedgerFigures:
 class Reading:
     """The ledger's reads, for the read API, the sender and /metrics."""
 
-    def __init__(self, client: redis.Redis, records: RecordStore,
-                 keys: ShardKeys | None = None) -> None:
+    def __init__(self, client: redis.Redis, records: RecordStore, keys: ShardKeys) -> None:
         # redis-py types its replies as a sync|async union; the client here is sync.
         self.redis: Any = client
         self.records = records
         #: the shard count and the keys built with it (`notifier.ledger.shards`)
-        self.keys = keys if keys is not None else ShardKeys()
+        self.keys = keys
 
     def figures(self) -> LedgerFigures:
         """The backlog (every shard's), the outcomes and the send lateness, for /metrics:

@@ -67,8 +67,8 @@ class Store:
         self.redis: Any = client
         #: the shard count and the keys built with it, which every part is given
         self.keys = ShardKeys(shards)
-        self.schedule = Schedule(client, keep_finished_s, history_s, self.keys)
-        self.trimmer = IndexTrimmer(client, keep_finished_s, history_s, self.keys)
+        self.schedule = Schedule(client, keep_finished_s, history_s, keys=self.keys)
+        self.trimmer = IndexTrimmer(client, keep_finished_s, history_s, keys=self.keys)
         self.turns = Turns(client)
         self.short_links = ShortLinks(client)
         self.events = Events(client)

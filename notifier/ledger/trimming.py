@@ -2,8 +2,8 @@
 retention, on the clock: not when an index is read or grows.
 
 The indexes that hold notification ids, `n:by-recipient:{to}:{to_id}` (the read API's, by
-due time) and `n:{shard}:by-entity:{ref}` (what a plan cancels), each expire as a whole some time
-after their last add (`notif_add.lua`). An index that keeps being added to would still
+due time) and `n:{shard}:by-entity:{ref}` (what a plan cancels), each expire as a whole
+some time after their last add (`notif_add.lua`). An index that keeps being added to would still
 keep, for ever, the ids of notifications whose hashes expired long ago: a client's
 follow-up index gains ids with every completed visit. `IndexTrimmer.run` walks the
 keyspace a page at a time (SCAN, so Redis is never blocked) and, per index, drops the ids
@@ -26,9 +26,8 @@ are in the entity's shard; a recipient's index (not sharded yet) is trimmed by o
 shard its ids are in.
 
 The other sets of ids (each shard's schedule and in-flight set) hold only pending
-notifications and are
-emptied by the clock as they are sent; `n:phone-clients:{phone}` holds client ids, whose
-records are kept (see the README's key table).
+notifications and are emptied by the clock as they are sent; `n:phone-clients:{phone}`
+holds client ids, whose records are kept (see the README's key table).
 
 Errors: on the ledger's client each Redis call raises `StoreUnavailable` when Redis cannot
 be reached or take commands now, and `StoreError` when it refuses one.
@@ -77,12 +76,12 @@ class TrimRun:
 class IndexTrimmer:
     """Trims the notification indexes, a bounded slice of the keyspace per run."""
 
-    def __init__(self, client: redis.Redis, keep_finished_s: int, history_s: int = 0,
-                 keys: ShardKeys | None = None) -> None:
+    def __init__(self, client: redis.Redis, keep_finished_s: int, history_s: int = 0, *,
+                 keys: ShardKeys) -> None:
         # redis-py types its replies as a sync|async union; the client here is sync.
         self.redis: Any = client
         #: the shard count and the keys built with it (`notifier.ledger.shards`)
-        self.keys = keys if keys is not None else ShardKeys()
+        self.keys = keys
         #: the retention, seconds: a notification due longer ago than this is retired
         self.keep_finished_s = keep_finished_s
         #: how long a retired notification's content-free row is kept, seconds

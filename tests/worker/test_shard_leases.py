@@ -162,3 +162,17 @@ def test_a_clock_of_a_store_with_one_shard_claims_it_all(redis_client, redis_url
     assert c.tick(NOW) == 30
     assert held(c) == {0}
     assert sorted(handed_ids(store)) == ids
+
+
+def test_a_clock_that_cannot_release_its_shards_says_they_expire(redis_url, caplog):
+    """Redis gone as the clock stops: the release fails, the stop goes on, and the log
+    says the shards are free within the lease."""
+    from notifier.ledger.client import LedgerRedis
+
+    down = Store(LedgerRedis(host="127.0.0.1", port=1, socket_connect_timeout=0.2))
+    c = clock(down, redis_url, shard_lease_s=5)
+    c.leases = ShardLeases(down.redis, down.keys)
+    c.leases.held = [3]
+    c.release_shards()
+    assert [r.getMessage() for r in caplog.records] == [
+        "could not release the clock's shards; they are free within 5 s"]
