@@ -52,7 +52,8 @@ from typing import Any
 
 from bench import common, peer_celery, peer_dramatiq, peer_work, workload
 from notifier.ledger.events import PENDING_EVENTS
-from notifier.ledger.notifications import SCHEDULE
+from notifier.ledger.notifications import pending_counts, queue_pending_counts
+from notifier.ledger.shards import ledger_keys
 
 #: Seconds between the processes being up and T, beyond the planning itself.
 START_MARGIN_S = 1.5
@@ -162,7 +163,10 @@ def plan_through_events(server: common.RedisServer, port: int, count: int, due: 
         raise RuntimeError(f"{refused + refused2} events were not accepted (see the web log)")
     wait_applied(r, alive)
     expected = workload.expected_ids(len(messages), tag)
-    scheduled = r.zcard(SCHEDULE)
+    keys = ledger_keys(r)
+    with r.pipeline(transaction=False) as pipe:
+        queue_pending_counts(pipe, keys)
+        scheduled = pending_counts(keys, pipe.execute())[0]
     if time.time() < min(messages).timestamp() and scheduled < len(expected):
         raise RuntimeError(f"{scheduled} notifications scheduled, {len(expected)} expected")
     return expected, time.perf_counter() - started

@@ -16,9 +16,9 @@ later, one way or the other:
   them (`Store.write_plan`, 1,000 per transaction): hashes, schedule and indexes, as the
   product lays them out, whatever that layout is. About 9,000/s here (2 minutes and
   2 GB of Redis for 1M).
-- `--fill zadd` (quick): only the schedule (`n:schedule`), with pipelined ZADDs of
+- `--fill zadd` (quick): only the schedules (`n:{shard}:schedule`), with pipelined ZADDs of
   10,000 ids, in seconds. The claim reads only what is due, so the notifications behind
-  those ids are not needed, as long as the schedule is that one sorted set of ids.
+  those ids are not needed, as long as each id is on its own shard's schedule.
 
 Then:
 
@@ -49,7 +49,7 @@ from typing import Any
 
 from bench import common
 from notifier.config import Settings
-from notifier.ledger.notifications import INFLIGHT, SCHEDULE
+from notifier.ledger.shards import ledger_keys
 from notifier.policy.plan import Plan, PlannedNotification
 from notifier.runtime import Runtime
 from notifier.worker.actors import build_broker
@@ -73,11 +73,13 @@ def fill(r: Any, count: int, now: datetime) -> float:
     """`count` ids on the schedule, due from tomorrow on; seconds it took."""
     started = time.perf_counter()
     first = (now + timedelta(days=1)).timestamp()
+    keys = ledger_keys(r)
     with r.pipeline(transaction=False) as pipe:
         for start in range(0, count, FILL_CHUNK):
-            pipe.zadd(SCHEDULE, {
-                f"appointment_reminder:appt-{i:07d}:24h.20270315T150000Z:sms": first + i * 0.01
-                for i in range(start, min(count, start + FILL_CHUNK))})
+            ids = {f"appointment_reminder:appt-{i:07d}:24h.20270315T150000Z:sms": first + i * 0.01
+                   for i in range(start, min(count, start + FILL_CHUNK))}
+            for shard, group in keys.by_shard(ids).items():
+                pipe.zadd(keys.schedule(shard), {i: ids[i] for i in group})
             if len(pipe) >= 20:
                 pipe.execute()
         pipe.execute()
@@ -112,7 +114,8 @@ def due_now(runtime: Runtime, now: datetime, round_: int) -> None:
 
 
 def clear_claimed(r: Any) -> None:
-    r.delete(INFLIGHT)
+    keys = ledger_keys(r)
+    r.delete(*(keys.inflight(shard) for shard in keys.all()))
     for key in r.scan_iter(match="notifier-dq:*"):
         r.delete(key)
 

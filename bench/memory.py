@@ -33,7 +33,8 @@ from typing import Any
 
 from bench import common, workload
 from bench.burst import fresh_dir, wait_applied
-from notifier.ledger.notifications import SCHEDULE
+from notifier.ledger.notifications import pending_counts, queue_pending_counts
+from notifier.ledger.shards import ledger_keys
 from notifier.webhooks.outbox import WebhookOutbox
 
 
@@ -55,7 +56,11 @@ def bookings(count: int, now: datetime) -> list[bytes]:
 
 
 def family(key: bytes) -> str:
+    """The key up to its second `:`, a shard's tag left out (`n:{3}:notif:x` -> `n:notif`:
+    the families are summed over the shards)."""
     parts = key.decode(errors="replace").split(":")
+    if len(parts) > 2 and parts[1].startswith("{") and parts[1].endswith("}"):
+        parts = [parts[0], *parts[2:]]
     return ":".join(parts[:2]) if len(parts) > 1 else parts[0]
 
 
@@ -110,7 +115,10 @@ def main(argv: list[str] | None = None) -> None:
             while outbox.fan_out(datetime.now(UTC)):
                 pass
             after = int(r.info("memory")["used_memory"])
-            pending = int(r.zcard(SCHEDULE))
+            keys = ledger_keys(r)
+            with r.pipeline(transaction=False) as pipe:
+                queue_pending_counts(pipe, keys)
+                pending = pending_counts(keys, pipe.execute())[0]
             parts = breakdown(r)
         box = common.machine(server.url)
     per = (after - before) / pending

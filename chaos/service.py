@@ -29,7 +29,7 @@ from notifier.delivery.channels.outbox import Outbox
 from notifier.ledger.embedded_redis import free_port
 from notifier.ledger.events import PENDING_EVENTS
 from notifier.ledger.notif_fields import logical
-from notifier.ledger.notifications import INFLIGHT, SCHEDULE, notif_key
+from notifier.ledger.shards import ledger_keys
 
 
 @dataclass(frozen=True)
@@ -122,9 +122,17 @@ class Service:
         `ids` scheduled (a retry backing off is not done)."""
         r = self.server.client(0)
         try:
-            return (r.zcard(INFLIGHT) == 0 and r.zcount(SCHEDULE, "-inf", time.time()) == 0
-                    and r.zcard(PENDING_EVENTS) == 0
-                    and not any(r.zmscore(SCHEDULE, list(ids)) if ids else ()))
+            keys = ledger_keys(r)
+            with r.pipeline(transaction=False) as pipe:
+                for shard in keys.all():
+                    pipe.zcard(keys.inflight(shard))
+                    pipe.zcount(keys.schedule(shard), "-inf", time.time())
+                pipe.zcard(PENDING_EVENTS)
+                for shard, group in keys.by_shard(ids).items():
+                    pipe.zmscore(keys.schedule(shard), group)
+                replies = pipe.execute()
+            counts, scores = replies[:2 * keys.count + 1], replies[2 * keys.count + 1:]
+            return not any(counts) and not any(s for group in scores for s in group)
         finally:
             r.close()
 
@@ -189,9 +197,10 @@ class Service:
         trip."""
         r = self.server.client(0)
         try:
+            keys = ledger_keys(r)
             pipe = r.pipeline(transaction=False)
             for i in ids:
-                pipe.hgetall(notif_key(i))
+                pipe.hgetall(keys.notif(i))
             raws = pipe.execute()
         finally:
             r.close()

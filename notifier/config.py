@@ -104,6 +104,11 @@ PROVIDER_CALL_S = 2 * PROVIDER_TIMEOUT_S
 #: event from the future would make every real later one about its subject stale.
 FUTURE_SKEW_S = 5 * 60
 
+#: The ledger's shards by default, and the most allowed: `notifier.ledger.shards`'s
+#: DEFAULT_SHARDS and MAX_SHARDS (a test keeps them equal). Not imported from there: the
+#: policy imports this module, and must import nothing of Redis's (`redis.crc`).
+LEDGER_SHARDS = 16
+MAX_LEDGER_SHARDS = 1024
 #: Days a finished notification is kept whole (`NOTIFIER_RETENTION_DAYS`): 90, what it was
 #: before it was a setting (GOV.UK Notify keeps 7 by default, a service may set its own).
 RETENTION_DAYS = 90
@@ -408,6 +413,9 @@ class Settings:
     retention_days: int = RETENTION_DAYS
     #: Days a retired notification's content-free row is kept after the retention.
     history_days: int = HISTORY_DAYS
+    #: The ledger's shard count (`notifier.ledger.shards`): part of the data, so fixed
+    #: once the ledger is written (start-up refuses another).
+    ledger_shards: int = LEDGER_SHARDS
     log_level: str = "INFO"
     #: A request's head and body must arrive within this many seconds (of the connection
     #: opening, or of the request's first byte); slower clients get 408 and are closed.
@@ -533,6 +541,8 @@ class Settings:
             future_skew_s=_int(env, "NOTIFIER_FUTURE_SKEW_S", defaults.future_skew_s),
             retention_days=_int(env, "NOTIFIER_RETENTION_DAYS", defaults.retention_days,
                                 minimum=MIN_RETENTION_DAYS, maximum=MAX_KEEP_DAYS),
+            ledger_shards=_int(env, "NOTIFIER_LEDGER_SHARDS", defaults.ledger_shards,
+                               maximum=MAX_LEDGER_SHARDS),
             history_days=_int(env, "NOTIFIER_HISTORY_DAYS", defaults.history_days, minimum=0,
                               maximum=MAX_KEEP_DAYS),
             log_level=_log_level(env, "NOTIFIER_LOG_LEVEL", defaults.log_level),

@@ -94,7 +94,8 @@ class Runtime:
     def build(cls, settings: Settings, redis_url: str) -> Runtime:
         policy = load_policy(settings.schedules_dir)
         client = LedgerRedis.from_url(redis_url, health_check_interval=30)
-        store = Store(client, settings.retention_s, settings.history_s)
+        store = Store(client, settings.retention_s, settings.history_s,
+                      settings.ledger_shards)
         renderer = Renderer(Path(settings.templates_dir))
         # A practice name or URL that would put a client SMS over budget stops start-up.
         check_configuration(settings, renderer, STAFF_KINDS)

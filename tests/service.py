@@ -25,7 +25,7 @@ from notifier.cli.send_event import sign_event
 from notifier.config import Settings
 from notifier.delivery.channels.outbox import Outbox
 from notifier.ledger.embedded_redis import free_port
-from notifier.ledger.notifications import INFLIGHT, SCHEDULE
+from notifier.ledger.shards import check_shards
 from notifier.runtime import Runtime
 from notifier.web.app import create_app
 from notifier.webhooks.dispatcher import Dispatcher
@@ -68,6 +68,7 @@ class Service:
         self.settings = Settings.from_env(self.env, dotenv=Path("/nonexistent"))
         self.runtime = Runtime.build(self.settings, redis_url)
         self.redis: redis.Redis = self.runtime.redis
+        check_shards(self.redis, self.settings.ledger_shards)  # as start-up does
         self.outbox = Outbox(self.settings.outbox_dir)
         self.stop = threading.Event()
         self.worker: dramatiq.Worker | None = None
@@ -144,9 +145,11 @@ class Service:
         ahead, since a plan's due time is the worker's clock when it planned, which may be
         a moment after ours here."""
         soon = datetime.now(UTC).timestamp() + 1.0
+        keys = self.runtime.store.keys
         with self.redis.pipeline(transaction=True) as pipe:
-            pipe.zcard(INFLIGHT)
-            pipe.zcount(SCHEDULE, "-inf", soon)
+            for shard in keys.all():
+                pipe.zcard(keys.inflight(shard))
+                pipe.zcount(keys.schedule(shard), "-inf", soon)
             pipe.zcard("n:events:pending")
             return not any(pipe.execute())
 

@@ -9,8 +9,16 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from notifier.config import PROJECT_ROOT, Settings, in_checkout, project_dir, reveal
+from notifier.config import (
+    MAX_LEDGER_SHARDS,
+    PROJECT_ROOT,
+    Settings,
+    in_checkout,
+    project_dir,
+    reveal,
+)
 from notifier.errors import ConfigError
+from notifier.ledger.shards import DEFAULT_SHARDS, MAX_SHARDS
 
 NO_DOTENV = Path("/nonexistent")
 SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
@@ -39,6 +47,10 @@ def test_defaults_deliver_to_the_outbox_on_the_embedded_redis():
     assert settings(NOTIFIER_RETENTION_DAYS="3650", NOTIFIER_HISTORY_DAYS="3650"
                     ).retention_s == 3650 * 86400
     assert settings(NOTIFIER_HISTORY_DAYS="0").history_s == 0
+    assert s.ledger_shards == 16 == DEFAULT_SHARDS
+    assert MAX_LEDGER_SHARDS == MAX_SHARDS
+    assert settings(NOTIFIER_LEDGER_SHARDS="1").ledger_shards == 1
+    assert settings(NOTIFIER_LEDGER_SHARDS="1024").ledger_shards == 1024
     assert s.delivery_report_wait_s == 72 * 3600
     assert settings(NOTIFIER_DELIVERY_REPORT_WAIT_S="3600").delivery_report_wait_s == 3600
 
@@ -251,6 +263,9 @@ def test_a_dotenv_that_is_not_text_is_named_in_one_line(tmp_path):
     ({"NOTIFIER_RETENTION_DAYS": "29"}, "NOTIFIER_RETENTION_DAYS"),
     ({"NOTIFIER_RETENTION_DAYS": "90d"}, "NOTIFIER_RETENTION_DAYS"),
     ({"NOTIFIER_HISTORY_DAYS": "-1"}, "NOTIFIER_HISTORY_DAYS"),
+    ({"NOTIFIER_LEDGER_SHARDS": "0"}, "NOTIFIER_LEDGER_SHARDS"),
+    ({"NOTIFIER_LEDGER_SHARDS": "1025"}, "NOTIFIER_LEDGER_SHARDS"),
+    ({"NOTIFIER_LEDGER_SHARDS": "sixteen"}, "NOTIFIER_LEDGER_SHARDS"),
     # Found by QA: past what Redis's EXPIRE takes, every plan with an ended notification
     # failed mid-transaction; ten years is the bound.
     ({"NOTIFIER_RETENTION_DAYS": "99999999999999"}, "NOTIFIER_RETENTION_DAYS"),

@@ -138,6 +138,7 @@ def open_runtime(settings: Settings, *, serving: bool = False) -> Iterator[Any]:
     `serving` command (dev, web, worker, clock) logs Redis's fsync policy first; one-shot
     commands keep their output to their answer."""
     from notifier.ledger.durability import log_fsync_policy
+    from notifier.ledger.shards import check_shards
     from notifier.runtime import Runtime, resolve_redis_url
 
     url, embedded = resolve_redis_url(settings)
@@ -145,6 +146,8 @@ def open_runtime(settings: Settings, *, serving: bool = False) -> Iterator[Any]:
         runtime = Runtime.build(settings, url)
         try:
             runtime.redis.ping()
+            # The shard count is part of the data: another count stops start-up here.
+            check_shards(runtime.redis, settings.ledger_shards)
             if serving:
                 log_fsync_policy(runtime.redis)
         except StoreError as exc:

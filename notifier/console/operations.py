@@ -28,7 +28,7 @@ from notifier.console.allowed import (
 )
 from notifier.ledger.audit_write import AuditWrite
 from notifier.ledger.notif_fields import params_of
-from notifier.ledger.notifications import from_epoch, notif_key
+from notifier.ledger.notifications import from_epoch
 from notifier.ledger.records import AppointmentRecord, ClientRecord
 from notifier.ledger.store import Store
 from notifier.policy.appointments import appointment_params
@@ -70,7 +70,7 @@ def copy_states(store: Store, ids: list[str]) -> list[tuple[str, str]]:
     """`(id, raw state)` of each of `ids`, "" for one not kept: one round trip."""
     with store.redis.pipeline(transaction=False) as pipe:
         for copy_id in ids:
-            pipe.hget(notif_key(copy_id), "state")
+            pipe.hget(store.keys.notif(copy_id), "state")
         states = pipe.execute()
     return [(copy_id, state.decode() if isinstance(state, bytes) else str(state or ""))
             for copy_id, state in zip(ids, states, strict=True)]

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from notifier.delivery.compose import Stored
 from notifier.delivery.decide import record_refs
 from notifier.ledger.notif_fields import logical
-from notifier.ledger.notifications import notif_key
 from notifier.ledger.record_store import parse_record, record_key
 from notifier.ledger.records import Record
 from notifier.ledger.shortlinks import appointment_key
@@ -38,7 +37,7 @@ class NotificationRead:
 def read_notification(store: Store, notification_id: str) -> NotificationRead:
     """Read what the notification page shows of `notification_id`; a row no message can be
     made from (retired, unknown: `Stored.from_fields` fails) reads no records."""
-    raw = store.redis.hgetall(notif_key(notification_id))
+    raw = store.redis.hgetall(store.keys.notif(notification_id))
     fields = logical(notification_id, {k.decode(): v.decode() for k, v in raw.items()})
     stored = None
     if fields and not fields.get("retired"):

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from notifier.ledger.notifications import PREFIX, Schedule, epoch, from_epoch, notif_key
+from notifier.ledger.notifications import PREFIX, Schedule, epoch, from_epoch
 from notifier.policy.plan import Plan, PlannedNotification
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ class Deliveries:
                 or f.get("state") == "cancelled"):
             return False
         sibling = notification_id.rsplit(":", 1)[0] + ":" + channel
-        if self.redis.exists(notif_key(sibling)):
+        if self.redis.exists(self.schedule.keys.notif(sibling)):
             return False
         self.plans.write_plan(Plan(outcome="applied", add=(PlannedNotification(
             id=sibling, kind=f["kind"], channel=channel,  # type: ignore[arg-type]

@@ -29,19 +29,25 @@ _DQ = BROKER_NAMESPACE
 
 #: In the order a key is matched: the first family whose pattern matches names it.
 KEY_FAMILIES: tuple[KeyFamily, ...] = (
-    KeyFamily("n:notif:*", "when it ends: the retention, plus the history",
-              "pending ones by `n:schedule`; the clock retires an ended one to a "
+    # The sharded families (`notifier.ledger.shards`), `n:{shard}:…`.
+    KeyFamily("n:{*}:notif:*", "when it ends: the retention, plus the history",
+              "pending ones by their shard's schedule; the clock retires an ended one to a "
               "content-free row at the retention"),
-    KeyFamily("n:schedule", "", "scheduled notifications: each leaves when claimed or "
-              "cancelled"),
-    KeyFamily("n:inflight", "", "claimed notifications, at most 5,000 (the clock's cap)"),
+    KeyFamily("n:{*}:schedule", "", "one per shard: scheduled notifications, each leaves "
+              "when claimed or cancelled"),
+    KeyFamily("n:{*}:inflight", "", "one per shard: claimed notifications, at most 5,000 in "
+              "all shards (the clock's cap)"),
+    KeyFamily("n:{*}:by-entity:*", "180 days after its last add",
+              "the clock trims ids gone or retired"),
+    KeyFamily("n:{*}:clock", "the clock's shard lease (5 s) unless renewed", ""),
+    KeyFamily("n:clocks", "twice the shard lease after the last clock's beat",
+              "one entry per live clock"),
+    KeyFamily("n:shards", "", "one number: the shard count the ledger was written with"),
     KeyFamily("n:awaiting-report", "", "messages sent through Twilio or SendGrid with no "
               "final delivery report: each leaves on one, or when the clock's repair job "
               "looks it up after the wait (or drops it, its notification gone)"),
     KeyFamily("n:by-recipient:*", "the latest due time in it, plus the retention and the "
               "history", "the clock trims ids gone, or ended and past the retention"),
-    KeyFamily("n:by-entity:*", "180 days after its last add",
-              "the clock trims ids gone or retired"),
     # Before `n:stats:*`: the first family that matches names a key.
     KeyFamily("n:stats:sent:*", "3 days after its day's last send counted",
               "one hash per UTC day, a field per hour and channel (`ledger.daily`)"),

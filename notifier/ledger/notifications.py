@@ -1,14 +1,16 @@
 """The notification ledger and schedule in Redis, and the Lua scripts that move state.
 
-A notification is a hash `n:notif:{id}` (id = its dedupe key) with a `state`; its fields
+A notification is a hash `n:{shard}:notif:{id}` (id = its dedupe key; the shard is its
+entity's, `notifier.ledger.shards`) with a `state`; its fields
 are laid out to stay in Redis's compact encoding (`notifier.ledger.notif_fields`):
 
     scheduled ──claim──▶ (in flight, leased) ──begin──▶ sending ──▶ sent ──▶ delivered | failed
         │                                                  └──────▶ failed | expired | suppressed
         └──cancel──▶ cancelled (a later plan with the same id may schedule it again)
 
-`n:schedule` is a sorted set of scheduled ids scored by due time (epoch seconds).
-`n:inflight` holds claimed ids scored by lease expiry; a sweep puts expired leases back.
+Each shard's `n:{shard}:schedule` is a sorted set of its scheduled ids scored by due time
+(epoch seconds); its `n:{shard}:inflight` holds its claimed ids scored by lease expiry; a
+sweep puts expired leases back. A script is given the keys of one shard.
 `n:awaiting-report` holds sent ids with no final delivery report yet, scored by when the
 repair job looks them up (`notifier.ledger.reports`).
 Every transition is one Lua script, so two workers, a redelivered message or a replayed
@@ -22,7 +24,7 @@ below name only the errors of their own.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -36,12 +38,10 @@ from notifier.ledger.batch import Batch, Reply
 from notifier.ledger.daily import day_of, failed_key, sent_key
 from notifier.ledger.lua import lua_source
 from notifier.ledger.notif_fields import with_derived
+from notifier.ledger.shards import PREFIX as PREFIX  # re-exported: key modules import it here
+from notifier.ledger.shards import ShardKeys
 from notifier.timeutil import utcnow
 
-#: Key prefix of every key Notifier writes.
-PREFIX = "n:"
-SCHEDULE = PREFIX + "schedule"
-INFLIGHT = PREFIX + "inflight"
 #: Sends through a provider that reports delivery, with no final report yet: a sorted set
 #: of ids scored by when the repair job looks them up (`notifier.ledger.reports`).
 AWAITING_REPORT = PREFIX + "awaiting-report"
@@ -71,14 +71,9 @@ KEEP_FINISHED_S = 90 * 24 * 3600
 ENTITY_INDEX_TTL_S = 180 * 24 * 3600
 
 
-def notif_key(notification_id: str) -> str:
-    """The key of a notification's hash: `n:notif:{id}`."""
-    return f"{PREFIX}notif:{notification_id}"
-
-
-#: The key prefixes of the two kinds of index of notification ids.
+#: The key prefix of the recipients' indexes of notification ids (not sharded yet); an
+#: entity's index is `ShardKeys.by_entity`.
 RECIPIENT_INDEXES = PREFIX + "by-recipient:"
-ENTITY_INDEXES = PREFIX + "by-entity:"
 
 
 def by_recipient_key(recipient: str, recipient_id: str) -> str:
@@ -87,18 +82,13 @@ def by_recipient_key(recipient: str, recipient_id: str) -> str:
     return f"{RECIPIENT_INDEXES}{recipient}:{recipient_id}"
 
 
-def by_entity_key(ref: str) -> str:
-    """The ids of the notifications planned about entity `ref` (`appointment:a1`): a sorted
-    set, every score 0, while Redis can keep it compact, else a set (`notif_add.lua` says
-    when); read with `read_entity_ids`."""
-    return f"{ENTITY_INDEXES}{ref}"
-
-
-def read_entity_ids(client: Any, ref: str) -> Any:
-    """Read (or queue on a pipeline) the ids in `ref`'s entity index, whichever type holds
-    it: `SORT … BY nosort` lists a set's and a sorted set's members alike, unsorted, in
-    one command. Returns the ids as bytes ([] for no index), or the pipeline."""
-    return client.sort(by_entity_key(ref), by="nosort")
+def read_entity_ids(client: Any, keys: ShardKeys, ref: str) -> Any:
+    """Read (or queue on a pipeline) the ids in `ref`'s entity index (`keys.by_entity`:
+    a sorted set, every score 0, while Redis can keep it compact, else a set;
+    `notif_add.lua` says when), whichever type holds it: `SORT … BY nosort` lists a set's
+    and a sorted set's members alike, unsorted, in one command. Returns the ids as bytes
+    ([] for no index), or the pipeline."""
+    return client.sort(keys.by_entity(ref), by="nosort")
 
 
 def epoch(instant: datetime) -> float:
@@ -210,9 +200,14 @@ class Schedule:
     """The Lua-backed transitions of notifications; one instance per process."""
 
     def __init__(self, client: redis.Redis, keep_finished_s: int = KEEP_FINISHED_S,
-                 history_s: int = 0) -> None:
+                 history_s: int = 0, *, keys: ShardKeys) -> None:
         # redis-py types its replies as a sync|async union; the client here is sync.
         self.redis: Any = client
+        #: the shard count and the keys built with it (`notifier.ledger.shards`)
+        self.keys = keys
+        #: where the next `claim` starts among the shards it is given: each call starts
+        #: one further, so that under the in-flight cap no shard waits behind the others
+        self._claim_turn = 0
         #: the retention, seconds: how long a finished or cancelled notification is kept
         #: whole (the clock then retires it: `notifier.ledger.trimming`)
         self.keep_finished_s = keep_finished_s
@@ -237,11 +232,14 @@ class Schedule:
     def cancel_entity(self, pipe: Any, ref: str, ids: list[str],
                       reason: str = "superseded") -> None:
         """Queue on `pipe` the cancel of `ref`'s still-scheduled notifications (those being
-        sent are marked `reason`). `ids` are the members of `by_entity_key(ref)`, read
+        sent are marked `reason`). `ids` are the members of `keys.by_entity(ref)`, read
         after the caller WATCHed it (`PlanWriter.write_targets`), so that an id added meanwhile
-        fails the caller's transaction instead of escaping the cancel."""
-        self.cancel_script(keys=[by_entity_key(ref), SCHEDULE, INFLIGHT, OUTCOMES,
-                                 WEBHOOK_OUTBOX, WEBHOOK_SEQ, *(notif_key(i) for i in ids)],
+        fails the caller's transaction instead of escaping the cancel. They are all in
+        `ref`'s shard (an id names its entity), so the script is given one shard's keys."""
+        k, shard = self.keys, self.keys.of_ref(ref)
+        self.cancel_script(keys=[k.by_entity(ref), k.schedule(shard), k.inflight(shard),
+                                 OUTCOMES, WEBHOOK_OUTBOX, WEBHOOK_SEQ,
+                                 *(k.notif(i) for i in ids)],
                            args=[reason, self.ended_ttl_s, *ids], client=pipe)
 
     def cancel_one(self, notification_id: str, reason: str,
@@ -251,8 +249,9 @@ class Schedule:
         operator's entry, appended). Returns True when this call cancelled it; False for
         one in any other state (cancelled already included), which is left alone (one
         `sending` cannot be stopped) and not audited, or none."""
-        keys = [notif_key(notification_id), SCHEDULE, INFLIGHT, OUTCOMES, WEBHOOK_OUTBOX,
-                WEBHOOK_SEQ]
+        shard = self.keys.of_notification(notification_id)
+        keys = [self.keys.notif(notification_id), self.keys.schedule(shard),
+                self.keys.inflight(shard), OUTCOMES, WEBHOOK_OUTBOX, WEBHOOK_SEQ]
         args: list[str | int] = [notification_id, reason, self.ended_ttl_s]
         if audit is not None:
             keys.append(audit.stream)
@@ -260,25 +259,68 @@ class Schedule:
         return bool(self._cancel_one(keys=keys, args=args))
 
     def claim(self, now: datetime, limit: int, lease_s: float,
-              max_inflight: int = 5000) -> list[str]:
-        """Move the notifications due by `now` from the schedule to in flight, leased until
-        `now + lease_s` (seconds); returns their ids, soonest due first. At most `limit`,
-        and none beyond `max_inflight` in flight at once."""
-        ids = self._claim(keys=[SCHEDULE, INFLIGHT],
-                          args=[epoch(now), limit, epoch(now) + lease_s, max_inflight])
-        return [i.decode() for i in ids]
+              max_inflight: int = 5000, shards: Iterable[int] | None = None) -> list[str]:
+        """Move the notifications due by `now` from the schedules of `shards` (default:
+        every shard) to in flight, leased until `now + lease_s` (seconds); returns their
+        ids, soonest due first within each shard. At most `limit`, and none beyond
+        `max_inflight` in flight in all shards at once. Two round trips whatever the
+        count: the due and in-flight counts of every shard, then one claim script per
+        shard with something due (each atomic in its shard, so two clocks never claim
+        one id), given its share of the room. Each call starts one shard further, so a
+        backlog held back by the cap is taken from every shard in turn. The cap is
+        counted before the claims: clocks claiming other shards at the same moment can
+        take it past by what they claim."""
+        held = list(self.keys.all() if shards is None else shards)
+        if not held or limit <= 0:
+            return []
+        with self.redis.pipeline(transaction=False) as pipe:
+            for shard in held:
+                pipe.zcount(self.keys.schedule(shard), "-inf", epoch(now))
+            for shard in self.keys.all():
+                pipe.zcard(self.keys.inflight(shard))
+            replies = pipe.execute()
+        due = dict(zip(held, (int(r) for r in replies[:len(held)]), strict=True))
+        inflight = [int(r) for r in replies[len(held):]]
+        budget = min(limit, max_inflight - sum(inflight))
+        start = self._claim_turn % len(held)
+        self._claim_turn += 1
+        takes: list[tuple[int, int]] = []
+        for shard in held[start:] + held[:start]:
+            take = min(due[shard], budget)
+            if take > 0:
+                takes.append((shard, take))
+                budget -= take
+        if not takes:
+            return []
+        with self.redis.pipeline(transaction=False) as pipe:
+            for shard, take in takes:
+                self._claim(keys=[self.keys.schedule(shard), self.keys.inflight(shard)],
+                            args=[epoch(now), take, epoch(now) + lease_s,
+                                  inflight[shard] + take], client=pipe)
+            claimed = pipe.execute()
+        return [i.decode() for ids in claimed for i in ids]
 
-    def next_due(self) -> datetime | None:
-        """When the soonest scheduled notification falls due (UTC), or None when none is
-        scheduled. One ZRANGE of the schedule's first member: O(log N)."""
-        first = self.redis.zrange(SCHEDULE, 0, 0, withscores=True)
-        return from_epoch(first[0][1]) if first else None
+    def next_due(self, shards: Iterable[int] | None = None) -> datetime | None:
+        """When the soonest notification scheduled in `shards` (default: every shard)
+        falls due (UTC), or None when none is scheduled. One pipeline of each schedule's
+        first member: O(S log N)."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for shard in self.keys.all() if shards is None else shards:
+                pipe.zrange(self.keys.schedule(shard), 0, 0, withscores=True)
+            firsts = [first[0][1] for first in pipe.execute() if first]
+        return from_epoch(min(firsts)) if firsts else None
 
-    def sweep(self, now: datetime, limit: int = 1000) -> list[str]:
-        """Put notifications whose in-flight lease ran out by `now` back on the schedule;
-        returns their ids, at most `limit`."""
-        ids = self._sweep(keys=[INFLIGHT, SCHEDULE], args=[epoch(now), limit])
-        return [i.decode() for i in ids]
+    def sweep(self, now: datetime, limit: int = 1000,
+              shards: Iterable[int] | None = None) -> list[str]:
+        """Put notifications whose in-flight lease ran out by `now` back on the schedule,
+        in each of `shards` (default: every shard); returns their ids, at most `limit`
+        per shard. One round trip: a script per shard, pipelined."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for shard in self.keys.all() if shards is None else shards:
+                self._sweep(keys=[self.keys.inflight(shard), self.keys.schedule(shard)],
+                            args=[epoch(now), limit], client=pipe)
+            swept = pipe.execute()
+        return [i.decode() for ids in swept for i in ids]
 
     def begin(self, notification_id: str, now: datetime, lease_s: float,
               early_s: float = 1.0) -> Begun:
@@ -287,7 +329,7 @@ class Schedule:
         are the hash's, decoded, with `kind` and `channel` (`notif_fields.with_derived`),
         when it may be sent; `Begun.lease` is the lease's token. Raises ValueError for a
         verdict the script does not give."""
-        raw = self._begin(keys=[notif_key(notification_id), INFLIGHT, SCHEDULE],
+        raw = self._begin(keys=self._begin_keys(notification_id),
                           args=[notification_id, epoch(now), epoch(now) + lease_s, early_s])
         return _begun(notification_id, raw)
 
@@ -304,7 +346,7 @@ class Schedule:
         objects still type-check) is given for a send through a provider that reports
         delivery: the send then awaits its report in `AWAITING_REPORT`, looked up at that
         time if no final report came first."""
-        keys, args = _finish_call(notification_id, state, lease, fields,
+        keys, args = _finish_call(self.keys, notification_id, state, lease, fields,
                                   self.ended_ttl_s, report_at)
         return Finished(_FINISH_ANSWERS[int(self._finish(keys=keys, args=args))])
 
@@ -312,7 +354,7 @@ class Schedule:
         """The token of the notification's lease now (None: no lease: not `sending`),
         queued on `batch`: a sender compares it with its own just before the provider's
         call."""
-        return batch.call("hget", notif_key(notification_id), "lease",
+        return batch.call("hget", self.keys.notif(notification_id), "lease",
                           parse=lambda raw: None if raw is None else raw.decode())
 
     # The same transitions queued on a `Batch`, one script call per notification (each keeps
@@ -321,14 +363,14 @@ class Schedule:
     def queue_begin(self, batch: Batch, notification_id: str, now: datetime, lease_s: float,
                     early_s: float = 1.0) -> Reply[Begun]:
         """`begin`, queued on `batch`."""
-        return batch.script(self._begin, [notif_key(notification_id), INFLIGHT, SCHEDULE],
+        return batch.script(self._begin, self._begin_keys(notification_id),
                             [notification_id, epoch(now), epoch(now) + lease_s, early_s],
                             parse=lambda raw: _begun(notification_id, raw))
 
     def queue_finish(self, batch: Batch, notification_id: str, state: str, *, lease: str,
                      report_at: Any = None, **fields: Any) -> Reply[Finished]:
         """`finish`, queued on `batch`."""
-        keys, args = _finish_call(notification_id, state, lease, fields,
+        keys, args = _finish_call(self.keys, notification_id, state, lease, fields,
                                   self.ended_ttl_s, report_at)
         return batch.script(self._finish, keys, args,
                             parse=lambda raw: Finished(_FINISH_ANSWERS[int(raw)]))
@@ -341,8 +383,7 @@ class Schedule:
         that recipient is no longer the notification's (call `reschedule` to read it)."""
         return batch.script(
             self._reschedule,
-            [notif_key(notification_id), INFLIGHT, SCHEDULE, OUTCOMES,
-             by_recipient_key(*recipient), WEBHOOK_OUTBOX, WEBHOOK_SEQ],
+            self._reschedule_keys(notification_id, recipient),
             [notification_id, epoch(due), reason, "1" if not_an_attempt else "0", *recipient,
              lease, "slot", slot, *_flat(fields)],
             parse=_rescheduled)
@@ -367,7 +408,7 @@ class Schedule:
         (the script is given that key); read from the notification when not given, and
         read again if it does not match. Raises StoreError if it keeps changing.
         """
-        key = notif_key(notification_id)
+        key = self.keys.notif(notification_id)
         for _ in range(3):
             if recipient is None:
                 to, to_id = self.redis.hmget(key, "to", "to_id")
@@ -375,8 +416,7 @@ class Schedule:
                     return Rescheduled.NOT_SENDING  # no notification, so none being sent
                 recipient = (to.decode(), to_id.decode())
             result = _rescheduled(self._reschedule(
-                keys=[key, INFLIGHT, SCHEDULE, OUTCOMES, by_recipient_key(*recipient),
-                      WEBHOOK_OUTBOX, WEBHOOK_SEQ],
+                keys=self._reschedule_keys(notification_id, recipient),
                 args=[notification_id, epoch(due), reason, "1" if not_an_attempt else "0",
                       *recipient, lease, "slot", slot, *_flat(fields)],
             ))
@@ -394,23 +434,49 @@ class Schedule:
         ends the send's wait in `AWAITING_REPORT`. Returns the delivery status on record
         after it ("" for none yet), None for an unknown id."""
         return _on_record(self._delivery(
-            keys=_delivery_keys(notification_id, now),
+            keys=_delivery_keys(self.keys, notification_id, now),
             args=_delivery_args(notification_id, status, code, now, message_id)))
 
     def queue_delivery(self, batch: Batch, notification_id: str, status: str, code: str,
                        now: datetime) -> Reply[str | None]:
         """`record_delivery`, queued on `batch`."""
-        return batch.script(self._delivery, _delivery_keys(notification_id, now),
+        return batch.script(self._delivery, _delivery_keys(self.keys, notification_id, now),
                             _delivery_args(notification_id, status, code, now),
                             parse=_on_record)
 
     def pending_count(self) -> tuple[int, int]:
-        """(scheduled, in flight): for health and metrics."""
+        """(scheduled, in flight) over every shard: for health and metrics. One pipeline."""
         with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zcard(SCHEDULE)
-            pipe.zcard(INFLIGHT)
-            scheduled, inflight = pipe.execute()
-        return int(scheduled), int(inflight)
+            queue_pending_counts(pipe, self.keys)
+            return pending_counts(self.keys, pipe.execute())
+
+    def _begin_keys(self, notification_id: str) -> list[str]:
+        """The KEYS of `notif_begin.lua`: the notification's, its shard's."""
+        shard = self.keys.of_notification(notification_id)
+        return [self.keys.notif(notification_id), self.keys.inflight(shard),
+                self.keys.schedule(shard)]
+
+    def _reschedule_keys(self, notification_id: str, recipient: tuple[str, str]) -> list[str]:
+        """The KEYS of `notif_reschedule.lua`."""
+        shard = self.keys.of_notification(notification_id)
+        return [self.keys.notif(notification_id), self.keys.inflight(shard),
+                self.keys.schedule(shard), OUTCOMES, by_recipient_key(*recipient),
+                WEBHOOK_OUTBOX, WEBHOOK_SEQ]
+
+
+def queue_pending_counts(pipe: Any, keys: ShardKeys) -> None:
+    """Queue on `pipe` the ZCARDs of every shard's schedule and in-flight set, 2 x S
+    replies, for `pending_counts`."""
+    for shard in keys.all():
+        pipe.zcard(keys.schedule(shard))
+        pipe.zcard(keys.inflight(shard))
+
+
+def pending_counts(keys: ShardKeys, replies: list[Any]) -> tuple[int, int]:
+    """(scheduled, in flight) summed from `queue_pending_counts`'s replies, the first
+    2 x S of `replies`."""
+    counts = [int(r) for r in replies[:2 * keys.count]]
+    return sum(counts[0::2]), sum(counts[1::2])
 
 
 def _begun(notification_id: str, raw: list[bytes]) -> Begun:
@@ -426,8 +492,9 @@ def _begun(notification_id: str, raw: list[bytes]) -> Begun:
 _FINISH_ANSWERS = {1: Finished.FINISHED, 2: Finished.SENT_AGAIN, 0: Finished.REFUSED}
 
 
-def _finish_call(notification_id: str, state: str, lease: str, fields: dict[str, Any],
-                 keep_s: int, report_at: float | None) -> tuple[list[str], list[Any]]:
+def _finish_call(keys: ShardKeys, notification_id: str, state: str, lease: str,
+                 fields: dict[str, Any], keep_s: int, report_at: float | None,
+                 ) -> tuple[list[str], list[Any]]:
     """The KEYS and ARGV of `notif_finish.lua` (a None field is stored as "")."""
     flat: list[Any] = []
     for name, value in fields.items():
@@ -435,7 +502,9 @@ def _finish_call(notification_id: str, state: str, lease: str, fields: dict[str,
     # The day counted in (`notifier.ledger.daily`): the send's, else the call's (`finish`
     # takes no `now`; a failure counted in the day it was recorded is what the page wants).
     day = day_of(float(fields.get("sent_at") or utcnow().timestamp()))
-    return ([notif_key(notification_id), INFLIGHT, OUTCOMES, LATENESS, SCHEDULE,
+    shard = keys.of_notification(notification_id)
+    return ([keys.notif(notification_id), keys.inflight(shard), OUTCOMES, LATENESS,
+             keys.schedule(shard),
              AWAITING_REPORT, WEBHOOK_OUTBOX, WEBHOOK_SEQ, sent_key(day), failed_key(day)],
             [notification_id, state, keep_s,
              ",".join(str(b) for b in LATENESS_BUCKETS_S), lease,
@@ -447,9 +516,9 @@ def _flat(fields: Mapping[str, object] | None) -> list[Any]:
     return [x for pair in (fields or {}).items() for x in pair]
 
 
-def _delivery_keys(notification_id: str, now: datetime) -> list[str]:
+def _delivery_keys(keys: ShardKeys, notification_id: str, now: datetime) -> list[str]:
     """The KEYS of `notif_delivery.lua`: a failure is counted in `now`'s day."""
-    return [notif_key(notification_id), AWAITING_REPORT, WEBHOOK_OUTBOX, WEBHOOK_SEQ,
+    return [keys.notif(notification_id), AWAITING_REPORT, WEBHOOK_OUTBOX, WEBHOOK_SEQ,
             failed_key(day_of(epoch(now)))]
 
 

@@ -26,15 +26,12 @@ from notifier.ledger.notif_fields import planned_fields
 from notifier.ledger.notifications import (
     ENTITY_INDEX_TTL_S,
     OUTCOMES,
-    SCHEDULE,
     WEBHOOK_OUTBOX,
     WEBHOOK_SEQ,
     Schedule,
-    by_entity_key,
     by_recipient_key,
     epoch,
     from_epoch,
-    notif_key,
     read_entity_ids,
 )
 from notifier.ledger.record_store import (
@@ -202,12 +199,13 @@ class PlanWriter:
                   if (record := known.get(ref)) is not None}
         if not unread and not plan.cancel:
             return before, {}
-        keys = [record_key(r) for r in unread] + [by_entity_key(r) for r in plan.cancel]
+        keys = ([record_key(r) for r in unread]
+                + [self.schedule.keys.by_entity(r) for r in plan.cancel])
         with self.redis.pipeline(transaction=False) as reads:
             if unread:
                 reads.mget([record_key(r) for r in unread])
             for ref in plan.cancel:
-                read_entity_ids(reads, ref)
+                read_entity_ids(reads, self.schedule.keys, ref)
             replies = pipe.watch_and_read(keys, reads)
         if unread:
             before.update(parse_records(unread, replies.pop(0)))
@@ -236,9 +234,16 @@ class PlanWriter:
         for announcement in plan.announce:
             queue_announcement(pipe, announcement)
         first_add = len(pipe)
+        k = self.schedule.keys
         for i, n in enumerate(plan.add):
-            keys = [notif_key(n.id), SCHEDULE, by_recipient_key(n.recipient, n.recipient_id),
-                    OUTCOMES, WEBHOOK_OUTBOX, WEBHOOK_SEQ, by_entity_key(n.entity)]
+            shard = k.of_notification(n.id)
+            if shard != k.of_ref(n.entity):
+                # One script call gets one shard's keys (`notifier.ledger.shards`): an id
+                # that does not name its entity would be in another slot than its index.
+                raise StoreError(f"notification {n.id} does not name its entity {n.entity}")
+            keys = [k.notif(n.id), k.schedule(shard),
+                    by_recipient_key(n.recipient, n.recipient_id),
+                    OUTCOMES, WEBHOOK_OUTBOX, WEBHOOK_SEQ, k.by_entity(n.entity)]
             args: list[str | float] = [n.id, epoch(n.due_at), ENTITY_INDEX_TTL_S,
                                        self.schedule.ended_ttl_s]
             if audit is not None and i == 0:

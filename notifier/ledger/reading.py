@@ -22,21 +22,21 @@ from notifier.ledger.deliveries import DELIVERY_FAILURES
 from notifier.ledger.events import PENDING_EVENTS, SET_ASIDE
 from notifier.ledger.notif_fields import logical, with_derived
 from notifier.ledger.notifications import (
-    INFLIGHT,
     LATENESS,
     OUTCOMES,
-    SCHEDULE,
     Lateness,
     by_recipient_key,
     epoch,
     from_epoch,
-    notif_key,
     parse_lateness,
     parse_outcomes,
+    pending_counts,
+    queue_pending_counts,
     read_entity_ids,
 )
 from notifier.ledger.record_store import RecordStore
 from notifier.ledger.records import AppointmentRecord, VisitsRecord
+from notifier.ledger.shards import ShardKeys
 from notifier.ledger.turns import HELD_EVENTS, queue_key
 
 #: At most this many notifications per client are returned by the read API.
@@ -99,22 +99,26 @@ class LedgerFigures:
 class Reading:
     """The ledger's reads, for the read API, the sender and /metrics."""
 
-    def __init__(self, client: redis.Redis, records: RecordStore) -> None:
+    def __init__(self, client: redis.Redis, records: RecordStore, keys: ShardKeys) -> None:
         # redis-py types its replies as a sync|async union; the client here is sync.
         self.redis: Any = client
         self.records = records
+        #: the shard count and the keys built with it (`notifier.ledger.shards`)
+        self.keys = keys
 
     def figures(self) -> LedgerFigures:
-        """The backlog, the outcomes and the send lateness, for /metrics: one pipeline."""
+        """The backlog (every shard's), the outcomes and the send lateness, for /metrics:
+        one pipeline."""
         with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zcard(SCHEDULE)
-            pipe.zcard(INFLIGHT)
+            queue_pending_counts(pipe, self.keys)
             pipe.zcard(PENDING_EVENTS)
             pipe.zcard(HELD_EVENTS)
             pipe.hgetall(OUTCOMES)
             pipe.hgetall(LATENESS)
             pipe.hgetall(SET_ASIDE)
-            scheduled, in_flight, pending, held, outcomes, lateness, set_aside = pipe.execute()
+            replies = pipe.execute()
+        scheduled, in_flight = pending_counts(self.keys, replies)
+        pending, held, outcomes, lateness, set_aside = replies[2 * self.keys.count:]
         return LedgerFigures(scheduled=int(scheduled), in_flight=int(in_flight),
                              events_pending=int(pending), events_held=int(held),
                              events_set_aside={k.decode(): int(v)
@@ -127,7 +131,7 @@ class Reading:
         cancelled the notification while it was `sending`, and whether an accepted event
         about any of `subjects` is still unapplied."""
         with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hexists(notif_key(notification_id), "superseded")
+            pipe.hexists(self.keys.notif(notification_id), "superseded")
             if subjects:
                 pipe.exists(*(queue_key(r) for r in subjects))
             replies = pipe.execute()
@@ -136,7 +140,7 @@ class Reading:
     def queue_send_blockers(self, batch: Batch, notification_id: str, subjects: list[str]
                             ) -> Reply[tuple[bool, bool]]:
         """`send_blockers`, queued on `batch`."""
-        superseded = batch.call("hexists", notif_key(notification_id), "superseded",
+        superseded = batch.call("hexists", self.keys.notif(notification_id), "superseded",
                                 parse=bool)
         unapplied = (batch.call("exists", *(queue_key(r) for r in subjects), parse=bool)
                      if subjects else Reply(lambda: False))
@@ -147,7 +151,7 @@ class Reading:
         `to`, `to_id`, `entity`, `params` as JSON, `due` and `expires` in epoch seconds,
         `reason`, `attempts`), whichever layout stored it (`notif_fields.logical`); {}
         for an unknown or expired id."""
-        raw = self.redis.hgetall(notif_key(notification_id))
+        raw = self.redis.hgetall(self.keys.notif(notification_id))
         return logical(notification_id, {k.decode(): v.decode() for k, v in raw.items()})
 
     def about_entity(self, entity: str) -> dict[str, tuple[str, str] | None]:
@@ -164,7 +168,7 @@ class Reading:
             return {}
         with self.redis.pipeline(transaction=False) as pipe:
             for entity in entities:
-                read_entity_ids(pipe, entity)
+                read_entity_ids(pipe, self.keys, entity)
             members = pipe.execute()
         ids = {e: sorted(i.decode() for i in m) for e, m in zip(entities, members, strict=True)}
         every = sorted({i for found in ids.values() for i in found})
@@ -172,7 +176,7 @@ class Reading:
         if every:
             with self.redis.pipeline(transaction=False) as pipe:
                 for i in every:
-                    pipe.hmget(notif_key(i), "to", "state")
+                    pipe.hmget(self.keys.notif(i), "to", "state")
                 for i, (to, state) in zip(every, pipe.execute(), strict=True):
                     rows[i] = ((to.decode(), state.decode())
                                if to is not None and state is not None else None)
@@ -188,7 +192,7 @@ class Reading:
         ids = self.redis.zrangebyscore(key, low, "+inf", 0, READ_LIMIT)
         with self.redis.pipeline(transaction=False) as pipe:
             for i in ids:
-                pipe.hgetall(notif_key(i.decode()))
+                pipe.hgetall(self.keys.notif(i.decode()))
             hashes = pipe.execute()
         views = []
         for i, h in zip(ids, hashes, strict=True):

@@ -36,7 +36,6 @@ from notifier.ledger.notifications import (
     PREFIX,
     Schedule,
     epoch,
-    notif_key,
 )
 
 LOOKUPS = PREFIX + "stats:report-lookups"
@@ -98,7 +97,8 @@ class Reports:
         one round trip."""
         with self.redis.pipeline(transaction=False) as pipe:
             for notification_id in ids:
-                pipe.hmget(notif_key(notification_id), "state", "channel", "receipt")
+                pipe.hmget(self.schedule.keys.notif(notification_id), "state", "channel",
+                           "receipt")
             rows = pipe.execute()
         found: dict[str, Awaiting | None] = {}
         for notification_id, (state, channel, receipt) in zip(ids, rows, strict=True):

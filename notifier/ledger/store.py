@@ -43,6 +43,7 @@ from notifier.ledger.reading import LedgerFigures, NotificationRow, Reading
 from notifier.ledger.record_store import RecordStore
 from notifier.ledger.records import AppointmentRecord, ClientRecord, ProviderRecord, Record
 from notifier.ledger.reports import Reports
+from notifier.ledger.shards import DEFAULT_SHARDS, ShardKeys
 from notifier.ledger.shortlinks import ShortLinks
 from notifier.ledger.trimming import IndexTrimmer
 from notifier.ledger.turns import Turns
@@ -54,23 +55,28 @@ class Store:
     """The parts of the ledger over one Redis client, and their methods forwarded."""
 
     def __init__(self, client: redis.Redis, keep_finished_s: int = KEEP_FINISHED_S,
-                 history_s: int = 0) -> None:
+                 history_s: int = 0, shards: int = DEFAULT_SHARDS) -> None:
         """`keep_finished_s`: the retention (`NOTIFIER_RETENTION_DAYS`), seconds;
         `history_s`: how long a retired notification's content-free row is kept after it
-        (`NOTIFIER_HISTORY_DAYS`), seconds."""
+        (`NOTIFIER_HISTORY_DAYS`), seconds; `shards`: the ledger's shard count
+        (`NOTIFIER_LEDGER_SHARDS`, `notifier.ledger.shards`; ValueError outside 1..1024).
+        Makes no Redis call: start-up checks the count against the ledger's
+        (`shards.check_shards`)."""
         # Redis failures raise StoreUnavailable / StoreError. redis-py types its replies as
         # a sync|async union; the client here is sync.
         ledger: Any = ledger_client(client)
         self.redis: Any = ledger
         client = ledger
-        self.schedule = Schedule(client, keep_finished_s, history_s)
-        self.trimmer = IndexTrimmer(client, keep_finished_s, history_s)
+        #: the shard count and the keys built with it, which every part is given
+        self.keys = ShardKeys(shards)
+        self.schedule = Schedule(client, keep_finished_s, history_s, keys=self.keys)
+        self.trimmer = IndexTrimmer(client, keep_finished_s, history_s, keys=self.keys)
         self.turns = Turns(client)
         self.short_links = ShortLinks(client)
         self.events = Events(client)
         self.records = RecordStore(client)
         self.plans = PlanWriter(client, self.schedule, self.records)
-        self.reading = Reading(client, self.records)
+        self.reading = Reading(client, self.records, self.keys)
         self.deliveries = Deliveries(client, self.schedule, self.reading, self.plans)
         self.opt_outs = OptOuts(client)
         self.reports = Reports(client, self.schedule)

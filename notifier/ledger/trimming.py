@@ -2,8 +2,8 @@
 retention, on the clock: not when an index is read or grows.
 
 The indexes that hold notification ids, `n:by-recipient:{to}:{to_id}` (the read API's, by
-due time) and `n:by-entity:{ref}` (what a plan cancels), each expire as a whole some time
-after their last add (`notif_add.lua`). An index that keeps being added to would still
+due time) and `n:{shard}:by-entity:{ref}` (what a plan cancels), each expire as a whole
+some time after their last add (`notif_add.lua`). An index that keeps being added to would still
 keep, for ever, the ids of notifications whose hashes expired long ago: a client's
 follow-up index gains ids with every completed visit. `IndexTrimmer.run` walks the
 keyspace a page at a time (SCAN, so Redis is never blocked) and, per index, drops the ids
@@ -21,9 +21,13 @@ long as it is kept, at a fraction of the bytes (`tests/ledger/test_trimming.py` 
 both with MEMORY USAGE). A hash's own expiry (retention + history from when it ended) is
 the backstop should the clock not run.
 
-The other sets of ids (`n:schedule`, `n:inflight`) hold only pending notifications and are
-emptied by the clock as they are sent; `n:phone-clients:{phone}` holds client ids, whose
-records are kept (see the README's key table).
+The script is given one shard's notification keys a call: an entity's index and its ids
+are in the entity's shard; a recipient's index (not sharded yet) is trimmed by one call per
+shard its ids are in.
+
+The other sets of ids (each shard's schedule and in-flight set) hold only pending
+notifications and are emptied by the clock as they are sent; `n:phone-clients:{phone}`
+holds client ids, whose records are kept (see the README's key table).
 
 Errors: on the ledger's client each Redis call raises `StoreUnavailable` when Redis cannot
 be reached or take commands now, and `StoreError` when it refuses one.
@@ -32,6 +36,7 @@ be reached or take commands now, and `StoreError` when it refuses one.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -40,13 +45,8 @@ import redis
 
 from notifier.ledger.client import store_errors
 from notifier.ledger.lua import lua_source
-from notifier.ledger.notifications import (
-    ENTITY_INDEXES,
-    PREFIX,
-    RECIPIENT_INDEXES,
-    epoch,
-    notif_key,
-)
+from notifier.ledger.notifications import PREFIX, RECIPIENT_INDEXES, epoch
+from notifier.ledger.shards import ShardKeys
 
 INDEX_TRIM_LUA = lua_source("index_trim")
 #: Keys SCAN is asked to look at per page (a hint: Redis may return more or fewer).
@@ -57,6 +57,8 @@ GONE_MARKER = "~"
 #: Ids of one index looked at per run: a recipient's index holds at most the retention's
 #: worth (the support team's is the largest), an entity's a few dozen.
 IDS_PER_INDEX = 1000
+#: An entity's index, `n:{shard}:by-entity:{ref}`: the ref is group 1.
+ENTITY_INDEX = re.compile(r"^n:\{\d+\}:by-entity:(.+)$")
 
 
 @dataclass(frozen=True)
@@ -74,9 +76,12 @@ class TrimRun:
 class IndexTrimmer:
     """Trims the notification indexes, a bounded slice of the keyspace per run."""
 
-    def __init__(self, client: redis.Redis, keep_finished_s: int, history_s: int = 0) -> None:
+    def __init__(self, client: redis.Redis, keep_finished_s: int, history_s: int = 0, *,
+                 keys: ShardKeys) -> None:
         # redis-py types its replies as a sync|async union; the client here is sync.
         self.redis: Any = client
+        #: the shard count and the keys built with it (`notifier.ledger.shards`)
+        self.keys = keys
         #: the retention, seconds: a notification due longer ago than this is retired
         self.keep_finished_s = keep_finished_s
         #: how long a retired notification's content-free row is kept, seconds
@@ -89,9 +94,11 @@ class IndexTrimmer:
         Returns where the next run starts (0: the pass is complete; pass it back)."""
         indexes = removed = retired = 0
         for _ in range(pages):
-            cursor, keys = self.redis.scan(cursor, match=PREFIX + "by-*", count=SCAN_PAGE)
-            found = [k.decode() for k in keys
-                     if k.startswith((RECIPIENT_INDEXES.encode(), ENTITY_INDEXES.encode()))]
+            # `n:by-recipient:…` and `n:{shard}:by-entity:…` in one pattern; matched
+            # exactly below (a notification's key may hold `by-` in its id)
+            cursor, keys = self.redis.scan(cursor, match=PREFIX + "*by-*", count=SCAN_PAGE)
+            found = [k.decode() for k in keys if k.startswith(RECIPIENT_INDEXES.encode())
+                     or ENTITY_INDEX.match(k.decode())]
             indexes += len(found)
             dropped, ended = self._trim_indexes(found, now)
             removed, retired = removed + dropped, retired + ended
@@ -126,10 +133,21 @@ class IndexTrimmer:
         start = epoch(now) - self.keep_finished_s
         with self.redis.pipeline(transaction=False) as pipe:
             for key, ids in zip(keys, members, strict=True):
-                decoded = [i.decode() for i in ids]
-                cutoff = start if key.startswith(RECIPIENT_INDEXES) else ""
-                self._trim(keys=[key, *(notif_key(i) for i in decoded)],
-                           args=[cutoff, math.floor(epoch(now)), self.history_s, *decoded],
-                           client=pipe)
+                for shard, decoded in self._by_shard(key, [i.decode() for i in ids]):
+                    cutoff = start if key.startswith(RECIPIENT_INDEXES) else ""
+                    self._trim(keys=[key, *(self.keys.tag(shard) + "notif:" + i
+                                            for i in decoded)],
+                               args=[cutoff, math.floor(epoch(now)), self.history_s,
+                                     *decoded],
+                               client=pipe)
             replies = pipe.execute()
         return (sum(int(r[0]) for r in replies), sum(int(r[1]) for r in replies))
+
+    def _by_shard(self, key: str, ids: list[str]) -> list[tuple[int, list[str]]]:
+        """The script calls for one index: (shard, ids). An entity's index is one call in
+        its entity's shard, which holds every id it lists (and the `~` marker, which is
+        no id); a recipient's, one call per shard its ids are in."""
+        entity = ENTITY_INDEX.match(key)
+        if entity is not None:
+            return [(self.keys.of_ref(entity.group(1)), ids)]
+        return sorted(self.keys.by_shard(ids).items()) or [(0, [])]

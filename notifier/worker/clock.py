@@ -1,8 +1,10 @@
 """The clock: claims due notifications in batches and hands them to the workers.
 
-Every tick it (1) puts back notifications whose lease ran out, (2) claims what is due, up
-to the in-flight cap, and enqueues `deliver` messages of `chunk` ids each (in one round
-trip), (3) now and then
+Every tick it (0) renews its leases on shards of the schedule
+(`notifier.ledger.shard_leases`: each clock takes its fair share of the shards, and a dead
+clock's are taken over within a lease), then in the shards it holds (1) puts back
+notifications whose lease ran out, (2) claims what is due, up to the in-flight cap, and
+enqueues `deliver` messages of `chunk` ids each (in one round trip), (3) now and then
 re-enqueues accepted events that were never applied (a lost message, a web process that
 died between storing and enqueueing), resumes subjects whose turn's holder died, and
 releases held closes whose wait for their opening event is over, (4) every
@@ -11,8 +13,9 @@ releases held closes whose wait for their opening event is over, (4) every
 delivery report, enqueues the repair job that looks them up (`notifier.worker.reports`; it
 runs in a worker, as provider calls block), and (6) fans the delivery-webhook outbox out to
 the endpoints (`notifier.webhooks.outbox`; the worker's dispatcher sends). Several clocks may
-run: each step is atomic in Redis. Between ticks it waits the poll interval, or less when
-the next notification falls due sooner (`wait_s`).
+run: each step is atomic in Redis, and the shard leases spread the claiming between them.
+Between ticks it waits the poll interval, or less when the next notification falls due
+sooner (`wait_s`).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from zoneinfo import ZoneInfo
 import dramatiq
 
 from notifier.errors import StoreError
+from notifier.ledger.shard_leases import SHARD_LEASE_S, ShardLeases
 from notifier.ledger.store import Store
 from notifier.timeutil import utcnow
 from notifier.webhooks.outbox import FAN_OUT_BATCH, WebhookOutbox
@@ -82,21 +86,19 @@ class Clock:
     #: the delivery-webhook outbox, fanned out every tick (None: left alone, for tests of
     #: the rest; every command passes one, with or without endpoints)
     webhooks: WebhookOutbox | None = None
+    #: how long this clock's leases on shards last unrenewed, seconds: a dead clock's
+    #: shards are taken over within it
+    shard_lease_s: float = SHARD_LEASE_S
+    #: this clock's shard leases (made at the first tick)
+    leases: ShardLeases | None = None
 
     def tick(self, now: datetime) -> int:
         """One pass; returns how many notifications were handed to workers."""
-        schedule = self.store.schedule
-        swept = schedule.sweep(now)
-        if swept:
-            log.warning("lease expired for %d notifications; putting them back", len(swept))
-        handed = 0
-        while True:
-            ids = schedule.claim(now, self.claim_batch, self.lease_s, self.max_inflight)
-            enqueue_deliveries(self.broker, [ids[start:start + self.chunk]
-                                             for start in range(0, len(ids), self.chunk)])
-            handed += len(ids)
-            if len(ids) < self.claim_batch:
-                break
+        if self.leases is None:
+            self.leases = ShardLeases(self.store.redis, self.store.keys,
+                                      self.shard_lease_s, self.rng)
+        held = self.leases.renew()
+        handed = self.claim_due(now, held) if held else 0
         # While a burst is being claimed, the outbox takes one batch a tick (its messages
         # are no less safe for waiting), so that fanning out never delays a reminder.
         self.fan_out_webhooks(now, max_batches=1 if handed else 10)
@@ -123,6 +125,29 @@ class Clock:
             self._last_reports = now
             self.start_report_lookups(now)
         return handed
+
+    def claim_due(self, now: datetime, shards: list[int]) -> int:
+        """Sweep and claim in `shards` (one round trip for the sweep, two a claim), and
+        hand the claimed ids to the workers in messages of `chunk` ids, one pipeline a
+        claim; returns how many were handed."""
+        schedule = self.store.schedule
+        swept = schedule.sweep(now, shards=shards)
+        if swept:
+            log.warning("lease expired for %d notifications; putting them back", len(swept))
+        handed, waiting = 0, []
+        while True:
+            ids = schedule.claim(now, self.claim_batch, self.lease_s, self.max_inflight,
+                                 shards)
+            waiting += ids
+            # Whole chunks now; the rest waits for the next claim (claims from several
+            # shards would otherwise each end in a short message), and goes when it is last.
+            last = len(ids) < self.claim_batch
+            whole = len(waiting) if last else len(waiting) - len(waiting) % self.chunk
+            enqueue_deliveries(self.broker, [waiting[start:min(start + self.chunk, whole)]
+                                             for start in range(0, whole, self.chunk)])
+            handed, waiting = handed + whole, waiting[whole:]
+            if last:
+                return handed
 
     def fan_out_webhooks(self, now: datetime, max_batches: int = 10) -> int:
         """Fan the webhook outbox out, a batch at a time, until it is empty or
@@ -213,6 +238,23 @@ class Clock:
         the same error repeats (Redis down: four ticks a second) one line a minute says so,
         and one more when ticks succeed again."""
         log.info("clock running")
+        try:
+            self._run(stop)
+        finally:
+            self.release_shards()
+
+    def release_shards(self) -> None:
+        """Give up this clock's shards (it is stopping), so the other clocks take them at
+        their next tick instead of a lease later; Redis down: they expire."""
+        if self.leases is None:
+            return
+        try:
+            self.leases.release_all()
+        except StoreError:
+            log.warning("could not release the clock's shards; they are free within %.0f s",
+                        self.shard_lease_s)
+
+    def _run(self, stop: threading.Event) -> None:
         failures, last_error, last_said = 0, "", 0.0
         while not stop.is_set():
             try:
@@ -237,7 +279,9 @@ class Clock:
         clocks do not poll in lockstep, but no longer than until the next notification
         falls due (a reminder due in 0.1 s is not left for a whole poll), and at least
         `min_wait_s`. The poll interval alone when the soonest is already due (the
-        in-flight cap holds it back) or Redis cannot say."""
+        in-flight cap holds it back) or Redis cannot say. Every shard's next due time, not
+        only those this clock holds: a tick woken by another clock's notification finds
+        nothing to claim, cheaper than missing one of a shard this clock is about to take."""
         wait = self.poll_s * (0.5 + self.rng.random())
         try:
             soonest = self.store.schedule.next_due()

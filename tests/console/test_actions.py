@@ -27,7 +27,7 @@ from notifier.console.allowed import (
 )
 from notifier.console.audit import AuditLog
 from notifier.delivery.channels.outbox import Outbox
-from notifier.ledger.notifications import SCHEDULE, from_epoch, notif_key
+from notifier.ledger.notifications import from_epoch
 from notifier.ledger.records import AppointmentRecord
 from notifier.ledger.store import Store
 from notifier.timeutil import utcnow
@@ -42,6 +42,7 @@ from tests.console.test_notifications import (
 )
 from tests.console.test_routes import FORM, audited, csrf_in, sign_in
 from tests.kit import appointment, client_upserted, daytime_zone, store_and_apply
+from tests.ledger_keys import due_score, notif_key, notification_ids
 
 PHONE = "+14155550123"
 
@@ -111,7 +112,7 @@ def test_cancel_a_scheduled_notification(client, store, policy, redis_client):
     assert view["state"] == "cancelled" and view["reason"] == "cancelled in the console"
     assert [e[3] for e in outbox_entries(store)
             if e[1] == "notification.cancelled"] == [CONFIRM_SMS]
-    assert store.redis.zscore(SCHEDULE, CONFIRM_SMS) is None
+    assert due_score(store.redis, CONFIRM_SMS) is None
     assert store.notification(CONFIRM_SMS)["h1"].split(" ", 2)[1:] == [
         "cancelled", "cancelled in the console"]
     assert ("ana", "cancel-notification", f"notification:{CONFIRM_SMS}") in \
@@ -220,7 +221,7 @@ def test_send_a_failed_notification_again_now(client, store, policy, outbox, red
     assert new["state"] == "scheduled" and new["reason"] == "sent again from the console"
     assert abs(from_epoch(new["due"]) - utcnow()) < timedelta(minutes=1)
     assert new["params"] == store.notification(CONFIRM_EMAIL)["params"]
-    assert store.redis.zscore(SCHEDULE, new_id) is not None
+    assert due_score(store.redis, new_id) is not None
     assert read_api(client)[new_id]["state"] == "scheduled"
     assert ("ana", f"resend-notification: as {new_id}", f"notification:{CONFIRM_EMAIL}") \
         in audited(redis_client)
@@ -258,8 +259,7 @@ def test_one_confirmation_form_posted_twice_sends_again_once(client, store, poli
     # Still pending while it is being sent.
     assert store.schedule.begin(copy, utcnow(), lease_s=60).may_send
     assert client.get(url(CONFIRM_EMAIL, "resend")).status_code == 409
-    copies = sorted(k.decode() for k in store.redis.scan_iter("n:notif:*again*"))
-    assert copies == [notif_key(copy)]
+    assert notification_ids(store.redis, "*again*") == [copy]
     assert len([a for a in audited(redis_client)
                 if a[1].startswith("resend-notification")]) == 1
 
@@ -305,8 +305,8 @@ def test_two_resends_at_the_same_moment_plan_one_copy(store, policy, outbox):
         "appointment_confirmation:a1:booked.again1:email"}
     assert [d.subject for d in invites if d.ok] == [
         "appointment_confirmation:a1:invite1.seq0:email"]
-    assert len(list(store.redis.scan_iter("n:notif:*again*"))) == 1
-    assert len(list(store.redis.scan_iter("n:notif:*invite*"))) == 1
+    assert len(notification_ids(store.redis, "*again*")) == 1
+    assert len(notification_ids(store.redis, "*invite*")) == 1
 
 
 def test_send_again_is_refused_for_a_scheduled_notification(client, store, policy,
@@ -370,7 +370,7 @@ def test_an_action_without_the_csrf_token_is_403_and_does_nothing(client, store,
     assert answer.status_code == 403
     assert store.notification(CONFIRM_SMS)["state"] == "scheduled"
     assert store.sms_opted_out(PHONE)
-    assert not [k for k in store.redis.scan_iter("n:notif:*invite*")]
+    assert not notification_ids(store.redis, "*invite*")
     assert [a for a in audited(redis_client) if a[1] not in ("login", "view")] == []
 
 
@@ -543,8 +543,7 @@ def test_an_invite_resend_is_refused_while_the_last_one_is_still_to_go_out(
     assert f"The invite was already planned again as {first}, not sent yet" in second.text
     assert f'<a href="{url(first)}">{first}</a>' in second.text
     assert client.get(path).status_code == 409
-    assert [k.decode() for k in store.redis.scan_iter("n:notif:*invite*")] == [
-        notif_key(first)]
+    assert notification_ids(store.redis, "*invite*") == [first]
     assert deliverer(store, policy, outbox).deliver(first, utcnow()) == "sent"
     again = confirm(client, path)
     assert again.status_code == 303
@@ -586,7 +585,7 @@ def test_resend_invite_is_refused_for_a_client_without_email_or_a_started_visit(
     token = csrf_in(client.get(url(CONFIRM_SMS)).text)
     posted = client.post("/console/appointments/a2/resend-invite", data={"csrf_token": token})
     assert posted.status_code == 409
-    assert list(store.redis.scan_iter("n:notif:*invite*")) == []
+    assert notification_ids(store.redis, "*invite*") == []
 
 
 # The pure decisions -------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from notifier.delivery.channels.outbox import Outbox
 from notifier.delivery.deliverer import Deliverer
 from notifier.delivery.render import Renderer
 from notifier.errors import PermanentError
-from notifier.ledger.notifications import from_epoch, notif_key
+from notifier.ledger.notifications import from_epoch
 from notifier.ledger.store import Store
 from notifier.policy.plan import Plan, PlannedNotification
 from notifier.timeutil import utcnow
@@ -36,6 +36,7 @@ from tests.kit import (
     provider_upserted,
     store_and_apply,
 )
+from tests.ledger_keys import notif_key, notification_ids
 
 API_TOKEN = "t" * 40
 CONFIRM_EMAIL = "appointment_confirmation:a1:booked:email"
@@ -224,7 +225,7 @@ def test_every_id_the_policy_builds_is_one_the_console_takes(client, store, poli
                        before),
             message_received(msg, c, before)):
         store_and_apply(store, policy, evt, now)
-    planned = [k.decode().removeprefix("n:notif:") for k in store.redis.scan_iter("n:notif:*")]
+    planned = notification_ids(store.redis)
     kinds = {i.split(":", 1)[0] for i in planned}
     assert len(kinds) >= 8, kinds  # the events above reached most of the policy
     ids = [*planned, *(resend_id(i, MAX_AGAIN) for i in planned),
@@ -348,9 +349,9 @@ def test_a_provider_digest_page_speaks_of_the_provider(client, store, policy):
     now = utcnow()
     open_request(store, policy, now - timedelta(hours=2))
     assert run_provider_digest(store, now, None, now).planned == 1
-    [key] = [k.decode() for k in store.redis.scan_iter("n:notif:provider_digest:*")]
+    [key] = notification_ids(store.redis, "provider_digest:*")
     sign_in(client)
-    text = page(client, key.removeprefix("n:notif:")).text
+    text = page(client, key).text
     assert "the provider's current details" in text and "client's" not in text
 
 

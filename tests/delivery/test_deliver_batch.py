@@ -34,6 +34,7 @@ from tests.delivery.test_deliverer import (
     store,
 )
 from tests.kit import CountingConnection, appointment, client_upserted, event_dict, store_and_apply
+from tests.ledger_keys import due_score
 
 __all__ = ["outbox", "store"]  # the fixtures, shared with test_deliverer
 
@@ -256,7 +257,7 @@ def test_a_batch_that_runs_long_puts_the_rest_back_to_be_decided_afresh(
     n = store.notification(ids[2])
     assert (n["state"], n["reason"]) == ("scheduled", "its batch ran long: to be decided "
                                                       "afresh")
-    assert store.redis.zscore("n:schedule", ids[2]) == NOW.timestamp()
+    assert due_score(store.redis, ids[2]) == NOW.timestamp()
     # Each send's time is its own: the batch's `now` plus the time the batch has taken.
     sent_at = [float(store.notification(i)["sent_at"]) for i in ids[:2]]
     assert sent_at == [NOW.timestamp(), NOW.timestamp() + at_provider_s]
@@ -273,7 +274,7 @@ def test_a_batch_is_paced_by_the_send_rate_with_a_slot_reserved_once_each(store,
     d = deliverer(store, policy, outbox=outbox)
     d.limiters = {"sms": RateLimiter(store.redis, "sms:test", per_s=1.0)}
     assert d.deliver_batch(ids, NOW) == ["sent", "paced", "paced"]
-    slots = [store.redis.zscore("n:schedule", i) for i in ids[1:]]
+    slots = [due_score(store.redis, i) for i in ids[1:]]
     assert slots == [NOW.timestamp() + 1, NOW.timestamp() + 2]
     later = NOW + timedelta(seconds=2)
     store.schedule.claim(later, 10, 60)
@@ -339,5 +340,5 @@ def test_a_send_rate_slot_past_the_expiry_ends_it_expired_not_sent_late(store, p
     n = store.notification(ids[1])
     assert (n["state"], n["reason"]) == (
         "expired", "the send rate could not fit it in before it expired")
-    assert store.redis.zscore("n:schedule", ids[1]) is None
+    assert due_score(store.redis, ids[1]) is None
     assert len(outbox.messages()) == 1

@@ -23,7 +23,7 @@ from notifier.delivery.decide import NEVER_TOLD, SENT_AS_CONFIRMATION, expired_b
 from notifier.delivery.deliverer import Deliverer
 from notifier.delivery.render import Renderer
 from notifier.errors import PermanentError, RetryableError
-from notifier.ledger.notifications import FINAL_STATES, SCHEDULE
+from notifier.ledger.notifications import FINAL_STATES
 from notifier.ledger.store import Store
 from notifier.policy.common import PLANNED_AFTER_EXPIRY, QUIET_HOURS_PAST_EXPIRY
 from notifier.policy.plan import Plan, PlannedNotification
@@ -38,6 +38,7 @@ from tests.kit import (
     refill_requested,
     store_and_apply,
 )
+from tests.ledger_keys import due_score, notif_key
 
 NOW = datetime(2026, 11, 25, 15, 0, tzinfo=UTC)  # 10:00 in New York
 BOOKED = NOW - timedelta(minutes=1)
@@ -170,7 +171,7 @@ def test_quiet_hours_at_send_time_hold_until_morning(store, policy, outbox):
     late_evening = datetime(2026, 11, 26, 5, 30, tzinfo=UTC)  # 21:30 in Los Angeles
     assert deliverer(store, policy, outbox=outbox).deliver(CONFIRM_SMS, late_evening) == "held"
     morning = datetime(2026, 11, 26, 16, 0, tzinfo=UTC)  # 08:00 in Los Angeles
-    assert store.redis.zscore(SCHEDULE, CONFIRM_SMS) == morning.timestamp()
+    assert due_score(store.redis, CONFIRM_SMS) == morning.timestamp()
     assert outbox.messages() == []
 
 
@@ -197,7 +198,7 @@ def test_retryable_failures_back_off_then_give_up(store, policy, outbox):
     now = NOW
     for attempt in range(1, MAX_ATTEMPTS):
         assert d.deliver(CONFIRM_SMS, now) == "retrying"
-        due = store.redis.zscore(SCHEDULE, CONFIRM_SMS)
+        due = due_score(store.redis, CONFIRM_SMS)
         assert due >= (now + timedelta(seconds=30)).timestamp(), attempt
         now = datetime.fromtimestamp(due, UTC)
     assert d.deliver(CONFIRM_SMS, now) == "failed"
@@ -237,7 +238,7 @@ def test_recovery_after_a_crash_inside_the_send_asks_the_outbox(store, policy, o
     d = deliverer(store, policy, outbox=outbox)
     assert d.deliver(CONFIRM_SMS, NOW) == "sent"
     # Simulate the crash: the line is in the outbox but the ledger still says `sending`.
-    store.redis.hset("n:notif:" + CONFIRM_SMS, mapping={"state": "sending",
+    store.redis.hset(notif_key(CONFIRM_SMS), mapping={"state": "sending",
                                                          "lease": NOW.timestamp()})
     assert d.deliver(CONFIRM_SMS, NOW + timedelta(seconds=61)) == "sent"
     assert store.notification(CONFIRM_SMS)["reason"] == "sent before a crash"
@@ -369,7 +370,7 @@ def test_a_notification_cancelled_while_it_is_sent_is_not_retried(store, policy,
     assert d.deliver(CONFIRM_SMS, NOW) == "cancelled"
     n = store.notification(CONFIRM_SMS)
     assert (n["state"], n["reason"]) == ("cancelled", "superseded")
-    assert store.redis.zscore(SCHEDULE, CONFIRM_SMS) is None
+    assert due_score(store.redis, CONFIRM_SMS) is None
 
 
 def test_a_superseded_message_is_never_moved_to_the_other_channel(store, policy, outbox):
@@ -679,7 +680,7 @@ def test_a_cancellation_waits_while_the_confirmation_is_being_sent(store, policy
     assert d.deliver(CANCEL_EMAIL, NOW) == "waiting"
     n = store.notification(CANCEL_EMAIL)
     assert (n["state"], n["attempts"]) == ("scheduled", "0")
-    due = store.redis.zscore(SCHEDULE, CANCEL_EMAIL)
+    due = due_score(store.redis, CANCEL_EMAIL)
     assert NOW.timestamp() + 1 <= due <= NOW.timestamp() + 2
     # The confirmation went out after all: the client was told, the cancellation follows.
     store.schedule.finish(CONFIRM_SMS, "sent", lease=lease)
@@ -713,7 +714,7 @@ def test_a_notification_whose_entry_expired_counts_as_told(store, policy, outbox
     cancel(store, policy)
     # 90 days after it finished, the superseded confirmation's entry is gone: it may have
     # gone out, so the cancellation is sent rather than withheld.
-    store.redis.delete("n:notif:" + CONFIRM_EMAIL)
+    store.redis.delete(notif_key(CONFIRM_EMAIL))
     assert deliverer(store, policy, outbox=outbox).deliver(CANCEL_EMAIL, NOW) == "sent"
 
 
@@ -738,7 +739,7 @@ def test_a_client_whose_details_never_arrive_is_waited_for_then_suppressed_at_ex
     d = deliverer(store, policy, outbox=outbox)
     now, waits = NOW, 0
     while (outcome := d.deliver(CONFIRM_SMS, now)) == "waiting":
-        due = datetime.fromtimestamp(store.redis.zscore(SCHEDULE, CONFIRM_SMS), UTC)
+        due = datetime.fromtimestamp(due_score(store.redis, CONFIRM_SMS), UTC)
         assert due - now == timedelta(minutes=1)
         now, waits = due, waits + 1
     assert outcome == "suppressed"

@@ -21,11 +21,11 @@ from notifier.delivery.deliverer import BATCH_SEND_S, Deliverer
 from notifier.delivery.fencing import LEASE_MARGIN_S, check_lease_fits, may_send
 from notifier.errors import ConfigError
 from notifier.ledger.batch import Reply
-from notifier.ledger.notifications import INFLIGHT
 from notifier.runtime import call_limits_s
 from notifier.web.ops import LedgerCollector
 from tests.delivery.test_deliver_batch import Watching, book, phone, sms
 from tests.delivery.test_deliverer import NOW, deliverer, outbox, store
+from tests.ledger_keys import inflight_count
 
 __all__ = ["outbox", "store"]  # the fixtures, shared with test_deliverer
 
@@ -105,7 +105,7 @@ def test_a_send_after_a_lost_lease_is_recorded_and_counted_as_a_second_send(stor
             if s.name == "notifier_notifications_total" and s.labels["state"] == "sent"}
     assert again == {"sms": 1, "email": 0}
     assert sent["sms"] + again["sms"] == len(outbox.messages())
-    assert store.redis.zcard(INFLIGHT) == 0
+    assert inflight_count(store.redis) == 0
 
 
 def test_a_send_after_a_lost_lease_that_no_one_sent_yet_is_the_send(store, policy, outbox):

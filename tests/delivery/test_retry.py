@@ -15,9 +15,9 @@ from notifier.delivery.deliverer import Deliverer
 from notifier.delivery.render import Renderer
 from notifier.delivery.retry import RETRY_CAP_S, GiveUp, next_attempt
 from notifier.errors import RetryableError
-from notifier.ledger.notifications import SCHEDULE
 from notifier.ledger.store import Store
 from tests.delivery.test_deliverer import CONFIRM_SMS, FailingChannel, book
+from tests.ledger_keys import due_score
 
 NOW = datetime(2026, 11, 25, 15, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -104,7 +104,7 @@ def test_a_failing_send_is_put_back_doubling_until_the_hour_cap(redis_client, po
     now, waits = NOW, []
     for _ in range(13):
         assert d.deliver(CONFIRM_SMS, now) == "retrying"
-        due = datetime.fromtimestamp(store.redis.zscore(SCHEDULE, CONFIRM_SMS), UTC)
+        due = datetime.fromtimestamp(due_score(store.redis, CONFIRM_SMS), UTC)
         waits.append((due - now).total_seconds())
         now = due
     for attempt, wait in enumerate(waits, start=1):

@@ -128,7 +128,7 @@ def _outcome(runtime: Runtime, events: list[dict[str, Any]]) -> dict[str, Any]:
     r = runtime.redis
     notes = {k.decode(): {f.decode(): v.decode() for f, v in r.hgetall(k).items()
                           if not HISTORY_FIELD.fullmatch(f.decode())}
-             for k in r.scan_iter(match="n:notif:*", count=1000)}
+             for k in r.scan_iter(match="n:{*}:notif:*", count=1000)}
     records = {k.decode(): r.get(k) for k in r.scan_iter(match="n:rec:*", count=1000)}
     statuses = {e["id"]: tuple(v.decode() if v else None for v in r.hmget(
         f"n:event:{e['id']}", "status", "reason")) for e in events}

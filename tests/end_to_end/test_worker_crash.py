@@ -13,9 +13,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from notifier.config import PROJECT_ROOT
-from notifier.ledger.notifications import INFLIGHT
 from notifier.worker.actors import enqueue_deliver
 from tests.kit import appointment, client_upserted, daytime_zone, store_and_apply
+from tests.ledger_keys import inflight_count
 from tests.service import Service, wait_for
 
 #: The whole service (web on a port, worker, clock) or its processes.
@@ -45,7 +45,7 @@ def claimed_bookings(service: Service, bookings: int) -> set[str]:
             "appointment.scheduled", f"a{i}", "c1", now + timedelta(days=10), now), now)
     expected = {f"appointment_confirmation:a{i}:booked:{ch}"
                 for i in range(bookings) for ch in ("sms", "email")}
-    wait_for(lambda: service.redis.zcard(INFLIGHT) == len(expected), what="the claims")
+    wait_for(lambda: inflight_count(service.redis) == len(expected), what="the claims")
     return expected
 
 

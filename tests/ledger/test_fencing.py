@@ -12,16 +12,10 @@ from datetime import timedelta
 
 import pytest
 
-from notifier.ledger.notifications import (
-    INFLIGHT,
-    SCHEDULE,
-    Finished,
-    Rescheduled,
-    Verdict,
-    epoch,
-)
+from notifier.ledger.notifications import Finished, Rescheduled, Verdict, epoch
 from notifier.ledger.store import Store
 from tests.ledger.test_notifications import NOW, planned, write
+from tests.ledger_keys import due_score, inflight_score, notif_key
 
 NID = "appointment_reminder:a1:1:sms"
 #: The first worker's lease is 60 s; the second takes it over once it has run out.
@@ -48,7 +42,7 @@ def test_the_token_is_the_lease_end_as_written(store):
     write(store, planned(1, NOW))
     begun = store.schedule.begin(NID, NOW, lease_s=LEASE_S)
     assert float(begun.lease) == epoch(NOW) + LEASE_S
-    assert store.redis.hget(f"n:notif:{NID}", "lease").decode() == begun.lease
+    assert store.redis.hget(notif_key(NID), "lease").decode() == begun.lease
 
 
 def test_finish_and_reschedule_with_a_stale_token_are_refused(store):
@@ -103,7 +97,7 @@ def test_a_send_after_a_lost_lease_is_the_send_when_none_was_recorded(store):
                                  receipt="SM-a") is Finished.FINISHED
     n = store.notification(NID)
     assert (n["state"], n["receipt"]) == ("sent", "SM-a")
-    assert "lease" not in n and store.redis.zscore(INFLIGHT, NID) is None
+    assert "lease" not in n and inflight_score(store.redis, NID) is None
     assert store.schedule.finish(NID, "sent", lease=b, reason="sent before a crash") is (
         Finished.REFUSED)
     assert store.schedule.finish(NID, "sent", lease=b, sent_at=epoch(LATER) + 1,
@@ -119,7 +113,7 @@ def test_a_send_after_a_lost_lease_ends_a_notification_put_back_meanwhile(store)
     assert store.schedule.finish(NID, "sent", lease=a, sent_at=epoch(LATER),
                                  receipt="SM-a") is Finished.FINISHED
     assert store.notification(NID)["state"] == "sent"
-    assert store.redis.zscore(SCHEDULE, NID) is None
+    assert due_score(store.redis, NID) is None
     assert store.schedule.begin(NID, LATER + timedelta(minutes=5), LEASE_S).verdict == "sent"
 
 
@@ -148,5 +142,5 @@ def test_a_send_after_a_lost_lease_never_moves_an_ended_notification(store, stat
 def test_a_send_after_its_entry_expired_is_still_counted(store):
     assert store.schedule.finish(NID, "sent", lease="1", sent_at=epoch(NOW)) is (
         Finished.SENT_AGAIN)
-    assert not store.redis.exists(f"n:notif:{NID}")  # not made again, without an expiry
+    assert not store.redis.exists(notif_key(NID))  # not made again, without an expiry
     assert store.schedule.outcomes() == {("sent_again", "sms"): 1}

@@ -20,14 +20,16 @@ from pydantic import SecretStr
 from notifier.ledger.broker_messages import broker_message
 from notifier.ledger.client import script_body
 from notifier.ledger.lua import INCLUDE, lua_source
-from notifier.ledger.notifications import SCHEDULE, epoch
+from notifier.ledger.notifications import epoch
 from notifier.ledger.plans import PlanWriter
 from notifier.ledger.ratelimit import RateLimiter
+from notifier.ledger.shard_leases import ShardLeases
 from notifier.ledger.store import Store
 from notifier.policy.plan import Plan, PlannedNotification
 from notifier.webhooks.catalogue import expand
 from notifier.webhooks.endpoints import Endpoint
 from notifier.webhooks.outbox import WebhookOutbox
+from tests.ledger_keys import due_score, notif_key, scheduled_count
 
 NOW = datetime(2026, 11, 25, 15, 0, tzinfo=UTC)
 
@@ -77,6 +79,7 @@ def test_the_scripts_run_are_the_files_as_they_are():
         optouts,
         ratelimit,
         reports,
+        shard_leases,
         trimming,
         turns,
     )
@@ -85,7 +88,7 @@ def test_the_scripts_run_are_the_files_as_they_are():
     sources = {lua_source(name.removesuffix(".lua")) for name in SCRIPTS}
     constants = {f"{m.__name__}.{k}": getattr(m, k)
                  for m in (announcements, events, notifications, optouts, ratelimit, reports,
-                           trimming, turns, outbox)
+                           shard_leases, trimming, turns, outbox)
                  for k in dir(m)
                  if k.endswith("_LUA")}
     assert len(constants) == len(SCRIPTS)
@@ -174,7 +177,7 @@ def test_cancel_reads_the_entitys_ids_first_and_cancels_each(store):
     store.write_plan(Plan(outcome="applied", cancel=("appointment:a1",)), NOW)
     assert store.notification("appointment_reminder:a1:1:sms")["state"] == "cancelled"
     assert store.notification("appointment_reminder:a1:2:sms")["state"] == "cancelled"
-    assert store.redis.zcard(SCHEDULE) == 0
+    assert scheduled_count(store.redis) == 0
 
 
 def test_an_id_added_between_reading_and_cancelling_is_cancelled_too(store, monkeypatch):
@@ -200,11 +203,11 @@ def test_an_id_added_between_reading_and_cancelling_is_cancelled_too(store, monk
                      {"appointment:a1": ["appointment_reminder:a1:1:sms",
                                          "appointment_reminder:a1:2:sms"]}]
     assert store.notification("appointment_reminder:a1:2:sms")["state"] == "cancelled"
-    assert store.redis.zcard(SCHEDULE) == 0
+    assert scheduled_count(store.redis) == 0
 
 
 def test_the_cancel_script_leaves_an_id_no_longer_in_the_entitys_index_alone(store):
-    store.write_plan(Plan(outcome="applied", add=(planned(1), planned(2, entity="x:y"))), NOW)
+    store.write_plan(Plan(outcome="applied", add=(planned(1), planned(2, entity="other:a1"))), NOW)
     with store.redis.pipeline() as pipe:
         store.schedule.cancel_entity(pipe, "appointment:a1", ["appointment_reminder:a1:1:sms",
                                                               "appointment_reminder:a1:2:sms"])
@@ -235,7 +238,7 @@ def test_reschedule_moves_the_notification_in_the_index_its_recipient_names(stor
     assert store.schedule.reschedule(nid, later, "quiet hours", lease=lease,
                                      recipient=("client", "c1")) == "rescheduled"
     assert store.redis.zscore("n:by-recipient:client:c1", nid) == later.timestamp()
-    assert store.redis.zscore(SCHEDULE, nid) == later.timestamp()
+    assert due_score(store.redis, nid) == later.timestamp()
 
 
 def test_reschedule_given_a_recipient_that_no_longer_matches_reads_it_again(store):
@@ -255,7 +258,7 @@ def test_reschedule_of_an_unknown_notification_changes_nothing(store):
 
 
 # What each script touches, checked against a real Redis -------------------------------
-#: One argument of a MONITOR line: Redis quotes each and escapes \\ \" \n \r \t \a \b \xHH.
+#: One argument of a MONITOR line: Redis quotes each and escapes \\ " \n \r \t \a \b \xHH.
 MONITOR_ARG = re.compile(r'"((?:[^"\\]|\\.)*)"')
 MONITOR_LINE = re.compile(r"^[\d.]+ \[\d+ (\S*)\] (.*)$")
 
@@ -315,9 +318,10 @@ def every_script_runs(store: Store) -> None:
 
     schedule = store.schedule
     store.write_plan(Plan(outcome="applied", add=(
-        planned(1), planned(2), planned(3), planned(4, entity="appointment:b2", recipient_id="c2"),
-        PlannedNotification(id="expired-one", kind="appointment_reminder", channel="sms",
-                            recipient="client", recipient_id="c1", entity="appointment:a1",
+        planned(1), planned(2), planned(3), planned(4, entity="other:a1", recipient_id="c2"),
+        PlannedNotification(id="appointment_reminder:a1:expired:sms",
+                            kind="appointment_reminder", channel="sms", recipient="client",
+                            recipient_id="c1", entity="appointment:a1",
                             due_at=NOW, expires_at=NOW, state="expired"))), NOW)
     assert len(schedule.claim(NOW, 10, lease_s=1)) == 4
     assert len(schedule.sweep(NOW + timedelta(minutes=1))) == 4
@@ -351,7 +355,8 @@ def every_script_runs(store: Store) -> None:
     limiter = RateLimiter(store.redis, "twilio", per_s=10)
     limiter.reserve(NOW)
     limiter.reserve(NOW)
-    store.redis.delete("n:notif:expired-one")  # its index entry is trimmed
+    # its index entry is trimmed
+    store.redis.delete(notif_key("appointment_reminder:a1:expired:sms"))
     assert store.trimmer.run(NOW).removed >= 1
     # Opt-outs and rejected events, announced; the webhook outbox fanned out, a message
     # claimed and its attempt recorded.
@@ -363,6 +368,11 @@ def every_script_runs(store: Store) -> None:
     assert webhooks.fan_out(NOW)
     claimed = webhooks.claim(endpoint, NOW, lease_s=30)
     assert webhooks.finish(endpoint, claimed[0].id, "delivered", NOW) == 1
+    # A clock's shard leases: taken, kept, given up.
+    leases = ShardLeases(store.redis, store.keys)
+    assert leases.renew() == list(store.keys.all())
+    assert leases.renew() == list(store.keys.all())
+    leases.release_all()
 
 
 def test_every_script_touches_only_the_keys_in_its_keys(redis_url, store):

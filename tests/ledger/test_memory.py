@@ -9,10 +9,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from notifier.ledger.notifications import SCHEDULE
 from notifier.ledger.store import Store
 from notifier.webhooks.outbox import WebhookOutbox
 from tests.kit import appointment, client_upserted, provider_upserted, store_and_apply
+from tests.ledger_keys import scheduled_count
 
 NOW = datetime(2026, 11, 25, 15, 0, tzinfo=UTC)
 CLIENTS = 15
@@ -54,7 +54,7 @@ def test_bytes_per_pending_notification_planned_through_events(redis_client, pol
     outbox = WebhookOutbox(store.redis, ())
     while outbox.fan_out(NOW):
         pass
-    pending = int(redis_client.zcard(SCHEDULE))
+    pending = int(scheduled_count(redis_client))
     assert pending >= 5 * APPOINTMENTS
     per_pending = (used_memory(store) - before) / pending
     assert per_pending <= MAX_BYTES_PER_PENDING[shape], f"{per_pending:,.0f} B per pending"

@@ -17,10 +17,10 @@ from notifier.delivery.compose import Stored
 from notifier.delivery.deliverer import Deliverer
 from notifier.delivery.render import Renderer
 from notifier.ledger.notif_fields import logical, params_of, planned_fields, with_derived
-from notifier.ledger.notifications import SCHEDULE, by_entity_key, notif_key
 from notifier.ledger.store import Store
 from notifier.policy.plan import Plan, PlannedNotification
 from tests.kit import appointment, client_upserted, provider_upserted, store_and_apply
+from tests.ledger_keys import by_entity_key, notif_key, scheduled_ids
 
 NOW = datetime(2026, 11, 25, 15, 0, tzinfo=UTC)  # 10:00 in New York
 BOOKED = NOW - timedelta(minutes=1)
@@ -154,7 +154,7 @@ def test_a_realistic_notification_hash_stays_in_the_compact_encoding(store):
 @pytest.mark.parametrize("join_url", [None, JOIN_URL, TEAMS_URL])
 def test_the_hashes_an_event_plans_stay_compact(store, policy, join_url):
     book(store, policy, join_url=join_url)
-    ids = [i.decode() for i in store.redis.zrange(SCHEDULE, 0, -1)]
+    ids = scheduled_ids(store.redis)
     assert len(ids) >= 5
     for i in ids:
         assert store.redis.object("encoding", notif_key(i)) in COMPACT, i
@@ -177,7 +177,7 @@ def test_an_entity_index_is_a_compact_sorted_set_until_redis_could_not_keep_it_s
     assert len(store.about_entity("appointment:a1")) == 129
 
     store.redis.delete(index)
-    long_id = f"appointment_reminder:{APPT_ID}:72h.20261128T150000Z:email"
+    long_id = f"appointment_reminder:a1:72h.{APPT_ID}:email"
     store.write_plan(entity_plan("appointment_reminder:a1:x:sms", long_id), NOW)
     assert store.redis.type(index) == b"set", "an id over 64 bytes: a set is the smaller"
     store.write_plan(Plan(outcome="applied", cancel=("appointment:a1",)), NOW)

@@ -9,17 +9,17 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from notifier.delivery.decide import Outcome
-from notifier.ledger.notifications import (
-    INFLIGHT,
-    LATENESS,
-    LATENESS_BUCKETS_S,
-    SCHEDULE,
-    Begun,
-    Rescheduled,
-    Verdict,
-)
+from notifier.ledger.notifications import LATENESS, LATENESS_BUCKETS_S, Begun, Rescheduled, Verdict
 from notifier.ledger.store import Store
 from notifier.policy.plan import Plan, PlannedNotification
+from tests.ledger_keys import (
+    by_entity_key,
+    due_score,
+    inflight_count,
+    inflight_score,
+    notif_key,
+    scheduled_count,
+)
 
 NOW = datetime(2026, 11, 25, 15, 0, tzinfo=UTC)
 
@@ -45,7 +45,7 @@ def store(redis_client):
 def test_add_keeps_the_first_plan(store):
     write(store, planned(1, NOW))
     write(store, planned(1, NOW + timedelta(hours=5)))
-    assert store.redis.zscore(SCHEDULE, "appointment_reminder:a1:1:sms") == NOW.timestamp()
+    assert due_score(store.redis, "appointment_reminder:a1:1:sms") == NOW.timestamp()
     assert store.notification("appointment_reminder:a1:1:sms")["state"] == "scheduled"
 
 
@@ -53,18 +53,18 @@ def test_cancel_then_add_in_one_plan_revives_a_cancelled_notification(store):
     write(store, planned(1, NOW))
     write(store, cancel=("appointment:a1",))
     assert store.notification("appointment_reminder:a1:1:sms")["state"] == "cancelled"
-    assert store.redis.zcard(SCHEDULE) == 0
+    assert scheduled_count(store.redis) == 0
     write(store, planned(1, NOW + timedelta(minutes=5)), cancel=("appointment:a1",))
     n = store.notification("appointment_reminder:a1:1:sms")
     assert n["state"] == "scheduled"
-    assert store.redis.zscore(SCHEDULE, "appointment_reminder:a1:1:sms") == (
+    assert due_score(store.redis, "appointment_reminder:a1:1:sms") == (
         NOW + timedelta(minutes=5)).timestamp()
 
 
 def test_planned_as_expired_is_recorded_but_never_scheduled(store):
     write(store, planned(1, NOW, state="expired"))
     assert store.notification("appointment_reminder:a1:1:sms")["state"] == "expired"
-    assert store.redis.zcard(SCHEDULE) == 0
+    assert scheduled_count(store.redis) == 0
     assert [v.state for v in store.notifications_for("client", "c1")] == ["expired"]
 
 
@@ -74,7 +74,7 @@ def test_claim_takes_only_due_ids_once_and_leases_them(store):
     first = store.schedule.claim(NOW, limit=10, lease_s=30)
     assert sorted(first) == ["appointment_reminder:a1:1:sms", "appointment_reminder:a1:2:sms"]
     assert store.schedule.claim(NOW, limit=10, lease_s=30) == []
-    assert store.redis.zscore(INFLIGHT, first[0]) == NOW.timestamp() + 30
+    assert inflight_score(store.redis, first[0]) == NOW.timestamp() + 30
     assert store.schedule.pending_count() == (1, 2)
 
 
@@ -104,7 +104,7 @@ def test_begin_is_a_compare_and_set(store):
     assert store.schedule.begin(nid, NOW, lease_s=60).verdict == "sent"
     assert not store.schedule.finish(nid, "failed", lease=first.lease)
     assert store.notification(nid)["state"] == "sent"
-    assert store.redis.zcard(INFLIGHT) == 0
+    assert inflight_count(store.redis) == 0
 
 
 def test_begin_refuses_a_notification_not_yet_due(store):
@@ -135,8 +135,8 @@ def test_reschedule_moves_the_due_time_everywhere(store):
     lease = store.schedule.begin(nid, NOW, lease_s=60).lease
     later = NOW + timedelta(minutes=3)
     assert store.schedule.reschedule(nid, later, "quiet hours", lease=lease)
-    assert store.redis.zscore(SCHEDULE, nid) == later.timestamp()
-    assert store.redis.zcard(INFLIGHT) == 0
+    assert due_score(store.redis, nid) == later.timestamp()
+    assert inflight_count(store.redis) == 0
     [view] = store.notifications_for("client", "c1")
     assert (view.state, view.due_at, view.reason) == ("scheduled", later, "quiet hours")
 
@@ -190,7 +190,7 @@ def test_finished_and_cancelled_notifications_expire_after_the_retention(store):
     store.schedule.finish("appointment_reminder:a1:1:sms", "sent", lease=lease)
     write(store, cancel=("appointment:a1",))
     for i in (1, 2):
-        ttl = store.redis.ttl(f"n:notif:appointment_reminder:a1:{i}:sms")
+        ttl = store.redis.ttl(notif_key(f"appointment_reminder:a1:{i}:sms"))
         assert KEEP_FINISHED_S - 5 <= ttl <= KEEP_FINISHED_S
 
 
@@ -199,10 +199,10 @@ def test_an_entitys_index_expires_180_days_after_something_was_last_planned_abou
     a booking lasts 180 days from the last plan about the entity, renewed by each."""
     days_s = 24 * 3600
     write(store, planned(1, NOW))
-    assert 180 * days_s - 5 <= store.redis.ttl("n:by-entity:appointment:a1") <= 180 * days_s
-    store.redis.expire("n:by-entity:appointment:a1", days_s)
+    assert 180 * days_s - 5 <= store.redis.ttl(by_entity_key("appointment:a1")) <= 180 * days_s
+    store.redis.expire(by_entity_key("appointment:a1"), days_s)
     write(store, planned(2, NOW + timedelta(days=1)))
-    assert store.redis.ttl("n:by-entity:appointment:a1") > 179 * days_s
+    assert store.redis.ttl(by_entity_key("appointment:a1")) > 179 * days_s
 
 
 def test_the_read_window_starts_at_since_and_drops_old_index_entries(store):
@@ -284,7 +284,7 @@ def test_planned_expired_or_suppressed_count_as_ended_once(store):
     # the scheduled one has no expiry until it ends.
     from notifier.ledger.notifications import KEEP_FINISHED_S
 
-    ttls = [store.redis.ttl(f"n:notif:appointment_reminder:a1:{i}:sms") for i in (1, 2, 3)]
+    ttls = [store.redis.ttl(notif_key(f"appointment_reminder:a1:{i}:sms")) for i in (1, 2, 3)]
     assert [t == pytest.approx(KEEP_FINISHED_S, abs=5) for t in ttls[:2]] == [True, True]
     assert ttls[2] == -1
 

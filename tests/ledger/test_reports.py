@@ -8,12 +8,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from notifier.ledger.notifications import AWAITING_REPORT, epoch, notif_key
+from notifier.ledger.notifications import AWAITING_REPORT, epoch
 from notifier.ledger.reading import shown_state
 from notifier.ledger.reports import Awaiting, Settle
 from notifier.ledger.store import Store
 from notifier.policy.plan import Plan, PlannedNotification
 from tests.kit import counted_pipelines
+from tests.ledger_keys import notif_key
 
 NOW = datetime(2026, 11, 25, 15, 0, tzinfo=UTC)
 WAIT_S = 3600.0

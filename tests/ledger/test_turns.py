@@ -31,6 +31,7 @@ from tests.kit import (
     prescription_filled,
     refill_requested,
 )
+from tests.ledger_keys import by_entity_key
 
 NOW = datetime(2026, 12, 1, 15, 0, tzinfo=UTC)
 
@@ -342,7 +343,7 @@ def test_a_discontinuation_whose_fill_never_came_makes_the_late_fill_stale(store
     post(store, fill, after)
     apply_in_turn(store, fill["id"], policy, fixed(after), 30)
     assert status(store, fill["id"]) == "stale"
-    assert store.redis.exists("n:by-entity:prescription:rx-1") == 0, "nothing planned"
+    assert store.redis.exists(by_entity_key("prescription:rx-1")) == 0, "nothing planned"
 
 
 def test_a_second_close_for_a_tombstoned_appointment_is_not_held_again(store, policy):

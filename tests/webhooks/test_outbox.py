@@ -232,7 +232,7 @@ def test_an_endpoint_failing_every_attempt_for_five_days_is_disabled_then_replay
     (m,) = outbox.claim(ehr, NOW, lease_s=30)
     assert outbox.finish(ehr, m.id, "failed", NOW, status=503) == 1  # retries spent
     day5 = NOW + timedelta(days=5)
-    store.write_plan(Plan(outcome="applied", add=(planned("other:x:y:sms"),)), NOW)
+    store.write_plan(Plan(outcome="applied", add=(planned("other:a1:y:sms"),)), NOW)
     outbox.fan_out(day5)
     (m2,) = outbox.claim(ehr, day5, lease_s=30)
     assert outbox.finish(ehr, m2.id, "retry", day5, next_at=day5, status=500) == 2
@@ -240,7 +240,7 @@ def test_an_endpoint_failing_every_attempt_for_five_days_is_disabled_then_replay
     assert status.disabled_at == day5
     assert outbox.claim(ehr, day5 + timedelta(hours=1), lease_s=30) == []
     # a change made while disabled is kept, failed, for the replay
-    store.write_plan(Plan(outcome="applied", add=(planned("third:x:y:sms"),)), NOW)
+    store.write_plan(Plan(outcome="applied", add=(planned("third:a1:y:sms"),)), NOW)
     outbox.fan_out(day5)
     (status,) = outbox.statuses(day5)
     assert (status.failed, status.pending) == (2, 1)  # m and the third; m2 waits
@@ -281,7 +281,7 @@ def test_a_4xx_neither_starts_nor_ends_an_endpoints_failing_time(store):
     assert outbox.finish(ehr, m.id, "failed", NOW, status=400) == 1
     assert not store.redis.hexists("n:wh:ep:ehr", "failing_since")
     saturday = NOW + timedelta(days=6)
-    store.write_plan(Plan(outcome="applied", add=(planned("other:x:y:sms"),)), NOW)
+    store.write_plan(Plan(outcome="applied", add=(planned("other:a1:y:sms"),)), NOW)
     outbox.fan_out(saturday)
     (m2,) = outbox.claim(ehr, saturday, lease_s=30)
     assert outbox.finish(ehr, m2.id, "retry", saturday, next_at=saturday, status=503) == 1

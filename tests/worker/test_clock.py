@@ -13,12 +13,14 @@ import pytest
 import redis
 
 from notifier.errors import StoreError
+from notifier.ledger.shards import shard_of_notification
 from notifier.ledger.store import Store
 from notifier.worker.actors import JOBS_QUEUE, RUN_JOB, build_broker, declare_actors
 from notifier.worker.clock import FIRED_MARGIN, Clock
 from notifier.worker.cron import CATCH_UP, Job
 from notifier.worker.digests import provider_zones
 from tests.kit import event_dict, message_received, store_and_apply
+from tests.ledger_keys import inflight_count, inflight_ids, put_on_schedule, take_out_of_flight
 
 DIGEST = Job(name="provider-digest", cron="0 8 * * 1-5", zone="provider")
 # Wednesday 2026-11-25: 08:00 in New York is 13:00Z, in Berlin 07:00Z.
@@ -210,10 +212,11 @@ def test_a_re_enqueued_event_waits_a_whole_grace_period_before_the_next_try(stor
 def test_a_claim_is_handed_over_in_messages_of_chunk_ids_in_one_round_trip(store, redis_url):
     """60 due ids: three `deliver` messages (25, 25, 10), as dramatiq's own enqueue writes
     them, sent in one pipeline (one request on the broker's connection, not one each;
-    the connection's own handshake apart)."""
+    the connection's own handshake apart), although the ids are claimed from several
+    shards."""
     now = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
     ids = [f"n{i:02d}" for i in range(60)]
-    store.redis.zadd("n:schedule", {i: now.timestamp() - 1 for i in ids})
+    put_on_schedule(store.redis, {i: now.timestamp() - 1 for i in ids})
     broker = build_broker(redis_url)
     requests = []
     original = broker.client.connection_pool.connection_class.send_packed_command
@@ -232,7 +235,9 @@ def test_a_claim_is_handed_over_in_messages_of_chunk_ids_in_one_round_trip(store
               for i in store.redis.lrange("notifier-dq:deliver", 0, -1)]
     messages = [json.loads(m) for m in queued]
     assert [m["actor_name"] for m in messages] == ["deliver"] * 3
-    assert [m["args"][0] for m in messages] == [ids[:25], ids[25:50], ids[50:]]
+    assert [len(m["args"][0]) for m in messages] == [25, 25, 10]
+    assert sorted(i for m in messages for i in m["args"][0]) == ids
+    assert len({shard_of_notification(i, store.keys.count) for i in ids}) > 1
 
 
 def test_the_clock_wakes_when_the_next_notification_falls_due_not_a_poll_later(store,
@@ -244,14 +249,14 @@ def test_the_clock_wakes_when_the_next_notification_falls_due_not_a_poll_later(s
     # Nothing scheduled: the jittered poll, 0.5x to 1.5x.
     assert all(0.125 <= clock.wait_s(now) <= 0.375 for _ in range(50))
     # Due in 60 ms: woken then, not up to 375 ms later.
-    store.redis.zadd("n:schedule", {"soon": now.timestamp() + 0.06})
+    put_on_schedule(store.redis, {"soon": now.timestamp() + 0.06})
     assert clock.wait_s(now) == pytest.approx(0.06)
     # Due in 1 ms: the shortest wait, so a stream of due times is claimed in batches.
     assert clock.wait_s(now + timedelta(seconds=0.059)) == 0.02
     # Already due (the in-flight cap holds it back): the poll again, not a busy loop.
     assert 0.125 <= clock.wait_s(now + timedelta(seconds=1)) <= 0.375
     # Due later than a poll: the poll.
-    store.redis.zadd("n:schedule", {"soon": now.timestamp() + 10})
+    put_on_schedule(store.redis, {"soon": now.timestamp() + 10})
     assert 0.125 <= clock.wait_s(now) <= 0.375
 
 
@@ -314,16 +319,17 @@ def test_by_default_at_most_5000_in_flight_handed_over_25_ids_a_message(store, r
     claimed until some finish."""
     now = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
     ids = [f"n{i:04d}" for i in range(6000)]
-    store.redis.zadd("n:schedule", {i: now.timestamp() - 1 for i in ids})
+    put_on_schedule(store.redis, {i: now.timestamp() - 1 for i in ids})
     clock = Clock(store, build_broker(redis_url))
     assert clock.tick(now) == 5000
-    assert store.redis.zcard("n:inflight") == 5000
+    assert inflight_count(store.redis) == 5000
     queued = [json.loads(m)["args"][0]
               for m in store.redis.hvals("notifier-dq:deliver.msgs")]
     assert len(queued) == 200 and {len(batch) for batch in queued} == {25}
-    assert sorted(i for batch in queued for i in batch) == ids[:5000]
+    claimed = {i for batch in queued for i in batch}
+    assert len(claimed) == 5000 and claimed <= set(ids)
     assert clock.tick(now + timedelta(seconds=1)) == 0
-    store.redis.zrem("n:inflight", *ids[:25])
+    take_out_of_flight(store.redis, inflight_ids(store.redis)[:25])
     assert clock.tick(now + timedelta(seconds=2)) == 25
 
 

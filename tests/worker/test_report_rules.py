@@ -17,6 +17,7 @@ from notifier.policy.plan import Plan, PlannedNotification
 from notifier.runtime import Runtime
 from notifier.timeutil import utcnow
 from notifier.worker.reports import LookupOutcome, run_report_lookups
+from tests.ledger_keys import notif_key, put_on_schedule
 from tests.web.test_provider_hooks import (  # noqa: F401  (fixtures)
     booked,
     ecdsa_key,
@@ -184,10 +185,10 @@ def test_a_lost_answer_s_failure_after_its_appointment_was_cancelled_plans_no_em
     now = utcnow()
     sms = _sent_sms(store)  # an SMS-only kind about appointment a1 ...
     # ... put back as the lost-answer hold leaves it (the same fields `lost_answer_hold` sets)
-    store.redis.hset("n:notif:" + sms, mapping={"state": "scheduled",
+    store.redis.hset(notif_key(sms), mapping={"state": "scheduled",
                                                 "maybe_sent_at": now.timestamp()})
-    store.redis.hdel("n:notif:" + sms, "receipt", "sent_at")
-    store.redis.zadd("n:schedule", {sms: now.timestamp() + 60})
+    store.redis.hdel(notif_key(sms), "receipt", "sent_at")
+    put_on_schedule(store.redis, {sms: now.timestamp() + 60})
     store_and_apply(store, policy, event_dict(
         "appointment.cancelled", {"appointment_id": "a1", "cancelled_by": "client"}, now), now)
     fields = store.notification(sms)

@@ -15,7 +15,7 @@ import pytest
 
 from notifier.config import Settings
 from notifier.errors import StoreContention
-from notifier.ledger.notifications import AWAITING_REPORT, notif_key
+from notifier.ledger.notifications import AWAITING_REPORT
 from notifier.ledger.reading import shown_state
 from notifier.ledger.store import Store
 from notifier.runtime import Runtime
@@ -45,6 +45,7 @@ from tests.kit import (
     provider_upserted,
     store_and_apply,
 )
+from tests.ledger_keys import notif_key
 from tests.service import wait_for
 
 NOW = datetime(2026, 11, 25, 15, 0, tzinfo=UTC)  # 10:00 in New York

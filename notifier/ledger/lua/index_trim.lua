@@ -17,8 +17,8 @@
 -- dedupe key) stays indexed.
 --
 -- KEYS[1]     n:by-recipient:{to}:{to_id} (a sorted set by due time) or
---             n:by-entity:{ref} (a sorted set or a set: `notif_add.lua` says when)
--- KEYS[2..]   n:notif:{id} of each id in ARGV[4..], in the same order
+--             n:{s}:by-entity:{ref} (a sorted set or a set: `notif_add.lua` says when)
+-- KEYS[2..]   n:{s}:notif:{id} of each id in ARGV[4..], in the same order
 --
 -- ARGV[1]     the retention's start, epoch seconds, for a recipient's index; '' for an
 --             entity's (nothing is retired through it)

@@ -2,13 +2,13 @@
 -- the first plan wins, so replays and duplicate events add nothing. One planned `expired`
 -- or `suppressed` has ended already, and is counted in the outcomes like any other.
 --
--- KEYS[1]     n:notif:{id}                 the notification's hash
--- KEYS[2]     n:schedule                   scheduled ids by due time
+-- KEYS[1]     n:{s}:notif:{id}             the notification's hash
+-- KEYS[2]     n:{s}:schedule               scheduled ids by due time
 -- KEYS[3]     n:by-recipient:{to}:{to_id}  the recipient's notifications by due time
 -- KEYS[4]     n:stats:outcomes             final states counted by state and channel
 -- KEYS[5]     n:wh:outbox                  delivery-webhook messages (`_webhook_emit.lua`)
 -- KEYS[6]     n:wh:seq                     their sequence
--- KEYS[7..]   n:by-entity:{ref}            each entity index the notification joins
+-- KEYS[7..]   n:{s}:by-entity:{ref}        each entity index the notification joins
 --                                          (then, when ARGV[5] is '1', the console's
 --                                          audit stream n:audit, last: `_audit.lua`): a
 --                                          sorted set, every score 0, while Redis keeps

@@ -7,9 +7,9 @@
 -- it and refuse a worker whose lease was taken over. A lease is taken over only at or after
 -- its end, so the new one ends later: the worker that lost it never holds the new token.
 --
--- KEYS[1]     n:notif:{id}
--- KEYS[2]     n:inflight
--- KEYS[3]     n:schedule
+-- KEYS[1]     n:{s}:notif:{id}
+-- KEYS[2]     n:{s}:inflight
+-- KEYS[3]     n:{s}:schedule
 --
 -- ARGV[1]     the notification id
 -- ARGV[2]     now, epoch seconds

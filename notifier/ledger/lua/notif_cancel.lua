@@ -5,9 +5,9 @@
 -- (`notification.cancelled`), all at once. One in any other state is left alone: one
 -- being sent (`sending`) cannot be stopped, and one ended stays as it ended.
 --
--- KEYS[1]     n:notif:{id}
--- KEYS[2]     n:schedule
--- KEYS[3]     n:inflight
+-- KEYS[1]     n:{s}:notif:{id}
+-- KEYS[2]     n:{s}:schedule
+-- KEYS[3]     n:{s}:inflight
 -- KEYS[4]     n:stats:outcomes
 -- KEYS[5]     n:wh:outbox                  delivery-webhook messages (`_webhook_emit.lua`)
 -- KEYS[6]     n:wh:seq                     their sequence

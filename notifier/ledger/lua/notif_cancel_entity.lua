@@ -8,14 +8,14 @@
 -- added in between fails the transaction and the caller reads again (`Store` does). An id
 -- passed but no longer in KEYS[1] is left alone.
 --
--- KEYS[1]     n:by-entity:{ref}            the entity's notification ids: a sorted set
+-- KEYS[1]     n:{s}:by-entity:{ref}        the entity's notification ids: a sorted set
 --                                          or a set (`notif_add.lua` says when)
--- KEYS[2]     n:schedule
--- KEYS[3]     n:inflight
+-- KEYS[2]     n:{s}:schedule
+-- KEYS[3]     n:{s}:inflight
 -- KEYS[4]     n:stats:outcomes
 -- KEYS[5]     n:wh:outbox                  delivery-webhook messages (`_webhook_emit.lua`)
 -- KEYS[6]     n:wh:seq                     their sequence
--- KEYS[7..]   n:notif:{id} of each id in ARGV[3..], in the same order
+-- KEYS[7..]   n:{s}:notif:{id} of each id in ARGV[3..], in the same order
 --
 -- ARGV[1]     the reason recorded (`superseded`)
 -- ARGV[2]     how long a cancelled notification is kept, seconds

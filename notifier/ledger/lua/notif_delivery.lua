@@ -9,7 +9,7 @@
 -- A report that settles the send (a final one, or the repair job's `unknown`) takes it out
 -- of the index of sends awaiting a report, whether or not it was further along.
 --
--- KEYS[1]     n:notif:{id}
+-- KEYS[1]     n:{s}:notif:{id}
 -- KEYS[2]     n:awaiting-report
 -- KEYS[3]     n:wh:outbox                  delivery-webhook messages (`_webhook_emit.lua`)
 -- KEYS[4]     n:wh:seq                     their sequence

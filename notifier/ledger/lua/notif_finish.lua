@@ -24,11 +24,11 @@
 -- (ARGV[6] not ''), goes into the index of sends awaiting a final report, scored by when
 -- the clock's repair job is to look it up, unless a final report (rank 4) came first.
 --
--- KEYS[1]     n:notif:{id}
--- KEYS[2]     n:inflight
+-- KEYS[1]     n:{s}:notif:{id}
+-- KEYS[2]     n:{s}:inflight
 -- KEYS[3]     n:stats:outcomes
 -- KEYS[4]     n:stats:lateness
--- KEYS[5]     n:schedule
+-- KEYS[5]     n:{s}:schedule
 -- KEYS[6]     n:awaiting-report
 -- KEYS[7]     n:wh:outbox                  delivery-webhook messages (`_webhook_emit.lua`)
 -- KEYS[8]     n:wh:seq                     their sequence

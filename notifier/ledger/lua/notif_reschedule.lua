@@ -7,9 +7,9 @@
 -- passes them (read first, or known from the notification it is sending); the script
 -- checks they still match and otherwise changes nothing and returns -2, to be read again.
 --
--- KEYS[1]     n:notif:{id}
--- KEYS[2]     n:inflight
--- KEYS[3]     n:schedule
+-- KEYS[1]     n:{s}:notif:{id}
+-- KEYS[2]     n:{s}:inflight
+-- KEYS[3]     n:{s}:schedule
 -- KEYS[4]     n:stats:outcomes
 -- KEYS[5]     n:by-recipient:{to}:{to_id}  the recipient's notifications by due time
 -- KEYS[6]     n:wh:outbox                  delivery-webhook messages (`_webhook_emit.lua`)

@@ -1,8 +1,8 @@
 -- Put ids whose lease expired back on the schedule, due at once: their claimer died
 -- between claim and send, or its message was lost.
 --
--- KEYS[1]     n:inflight
--- KEYS[2]     n:schedule
+-- KEYS[1]     n:{s}:inflight
+-- KEYS[2]     n:{s}:schedule
 --
 -- ARGV[1]     now, epoch seconds
 -- ARGV[2]     the most ids to put back
