@@ -8,13 +8,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from notifier.ledger.notifications import AWAITING_REPORT, epoch
+from notifier.ledger.notifications import epoch
 from notifier.ledger.reading import shown_state
 from notifier.ledger.reports import Awaiting, Settle
 from notifier.ledger.store import Store
 from notifier.policy.plan import Plan, PlannedNotification
 from tests.kit import counted_pipelines
-from tests.ledger_keys import notif_key
+from tests.ledger_keys import awaiting_scores, notif_key
 
 NOW = datetime(2026, 11, 25, 15, 0, tzinfo=UTC)
 WAIT_S = 3600.0
@@ -47,8 +47,7 @@ def sent(store: Store, i: int, *, channel: str = "sms", at: datetime = NOW,
 
 
 def awaiting(store: Store) -> dict[str, float]:
-    return {k.decode(): v for k, v in store.redis.zrange(AWAITING_REPORT, 0, -1,
-                                                         withscores=True)}
+    return awaiting_scores(store.redis, store.keys)
 
 
 def delivery(store: Store, notification_id: str) -> tuple[str, str]:
