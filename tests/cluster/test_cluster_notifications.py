@@ -68,6 +68,15 @@ def store(cluster: LocalCluster, cluster_client: RedisCluster) -> Store:
     return Store(cluster_client, keep_finished_s=30 * 86400, shards=SHARDS)
 
 
+@pytest.fixture(params=["one Redis", "cluster"])
+def flow_store(request: pytest.FixtureRequest) -> Store:
+    """The store on one Redis, then on the cluster: the same flow passes on both."""
+    if request.param == "cluster":
+        return request.getfixturevalue("store")
+    return Store(request.getfixturevalue("redis_client"), keep_finished_s=30 * 86400,
+                 shards=SHARDS)
+
+
 @contextmanager
 def outbox_in(store: Store, notification_id: str) -> Iterator[None]:
     """The outbox and its sequence in the notification's shard while the block runs (the
@@ -121,7 +130,8 @@ def test_as_the_code_stands_only_the_outbox_crosses_slots(store: Store):
     assert store.notification(n.id)["state"] == "sending", "nothing refused was sent"
 
 
-def test_the_notification_flow_runs_on_the_cluster_shard_by_shard(store: Store):
+def test_the_notification_flow_runs_on_the_cluster_shard_by_shard(flow_store: Store):
+    store = flow_store
     first, second, third, fourth = APPOINTMENTS
     plans_ = {a: (planned(a, "sms", NOW - timedelta(minutes=i)),
                   planned(a, "email", NOW + timedelta(days=2, minutes=i)))
@@ -195,3 +205,28 @@ def test_the_notification_flow_runs_on_the_cluster_shard_by_shard(store: Store):
     run = store.trimmer.run(later, pages=100)
     # due before the retention's start and ended: the two sent, the two cancelled
     assert run.cursor == 0 and run.retired == 4, run
+
+
+def test_the_trimmers_scan_pages_through_every_master_and_ends(store: Store, monkeypatch):
+    """On a cluster the trimmer SCANs one master after the other, its cursor saying which
+    and where (`trimming.scan_page`): small pages, one a run, see every index once and
+    come back to 0."""
+    from notifier.ledger import trimming
+
+    for a in entities(SHARDS):
+        n = planned(a, "sms", NOW + timedelta(days=1), client=f"client-{a}")
+        with outbox_in(store, n.id):
+            store.write_plan(Plan(outcome="applied", add=(n,)), NOW)
+    indexes = set()
+    for node in store.redis.get_primaries():
+        indexes |= {k for k in store.redis.scan_iter(match="n:*by-*", target_nodes=node)}
+    assert len(indexes) == 2 * SHARDS  # an entity's and a recipient's, per appointment
+    monkeypatch.setattr(trimming, "SCAN_PAGE", 1)
+    cursor, seen, runs = 0, 0, 0
+    while True:
+        run = store.trimmer.run(NOW, cursor, pages=1)
+        cursor, seen, runs = run.cursor, seen + run.indexes, runs + 1
+        if cursor == 0:
+            break
+        assert runs < 200
+    assert seen == len(indexes) and runs > 3
