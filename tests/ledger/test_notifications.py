@@ -400,3 +400,27 @@ def test_begin_and_reschedule_answer_with_their_enums(store):
     assert store.schedule.reschedule(nid, NOW, "held", lease=begun.lease) is (
         Rescheduled.NOT_SENDING)
     assert not Rescheduled.NOT_SENDING
+
+
+def test_the_shards_counters_are_summed_as_integers_or_floats():
+    from notifier.ledger.notifications import parse_lateness, parse_outcomes, sum_counts
+
+    summed = sum_counts([{b"sent:sms": b"2", b"k:sms:sum": b"1.5", b"k:sms:count": b"1"},
+                         {b"sent:sms": b"-1", b"failed:sms": b"4", b"k:sms:sum": b"2"},
+                         {}])
+    assert summed == {b"sent:sms": b"1", b"failed:sms": b"4", b"k:sms:sum": b"3.5",
+                      b"k:sms:count": b"1"}
+    assert parse_outcomes({k: summed[k] for k in (b"sent:sms", b"failed:sms")}) == {
+        ("sent", "sms"): 1, ("failed", "sms"): 4}
+    assert parse_lateness({b"k:sms:sum": summed[b"k:sms:sum"],
+                           b"k:sms:count": b"1"})[("k", "sms")].total_s == 3.5
+    with pytest.raises(ValueError):
+        sum_counts([{b"sent:sms": b"x"}])
+
+
+def test_outcomes_are_summed_over_the_shards(store):
+    keys = store.keys
+    store.redis.hset(keys.outcomes(0), mapping={"sent:sms": 2, "cancelled:email": 1})
+    store.redis.hset(keys.outcomes(keys.count - 1), mapping={"sent:sms": 3})
+    assert store.schedule.outcomes() == {("sent", "sms"): 5, ("cancelled", "email"): 1}
+    assert store.figures().outcomes == store.schedule.outcomes()
