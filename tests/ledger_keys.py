@@ -88,3 +88,42 @@ def notification_ids(redis: Any, pattern: str = "*") -> list[str]:
     found = (k.decode().split(":notif:", 1)[1]
              for k in redis.scan_iter(match="n:{*}:notif:" + pattern, count=1000))
     return sorted(found)
+
+
+def recipient_key(notification_id: str, recipient: str, recipient_id: str,
+                  keys: ShardKeys = KEYS) -> str:
+    """The recipient index the notification joins: its recipient's, in its shard."""
+    return keys.recipient_index_of(notification_id, recipient, recipient_id)
+
+
+def recipient_ids(redis: Any, recipient: str, recipient_id: str,
+                  keys: ShardKeys = KEYS) -> list[str]:
+    """The ids in a recipient's indexes over every shard, by due time then id."""
+    with redis.pipeline(transaction=False) as pipe:
+        for key in keys.recipient_indexes(recipient, recipient_id):
+            pipe.zrange(key, 0, -1, withscores=True)
+        found = [(score, i.decode()) for rows in pipe.execute() for i, score in rows]
+    return [i for _, i in sorted(found)]
+
+
+def awaiting_key(notification_id: str, keys: ShardKeys = KEYS) -> str:
+    """The index of sends awaiting a report of the notification's shard."""
+    return keys.awaiting_report(keys.of_notification(notification_id))
+
+
+def awaiting_scores(redis: Any, keys: ShardKeys = KEYS) -> dict[str, float]:
+    """Every send awaiting a report, over all shards: id -> look-up time."""
+    with redis.pipeline(transaction=False) as pipe:
+        for shard in keys.all():
+            pipe.zrange(keys.awaiting_report(shard), 0, -1, withscores=True)
+        return {i.decode(): score for rows in pipe.execute() for i, score in rows}
+
+
+def summed_hash(redis: Any, key_of: Any, keys: ShardKeys = KEYS) -> dict[str, str]:
+    """A per-shard counter hash (`key_of(shard)`, e.g. `KEYS.lateness`) summed over every
+    shard, decoded."""
+    from notifier.ledger.notifications import sum_counts
+    with redis.pipeline(transaction=False) as pipe:
+        for shard in keys.all():
+            pipe.hgetall(key_of(shard))
+        return {k.decode(): v.decode() for k, v in sum_counts(pipe.execute()).items()}

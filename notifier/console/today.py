@@ -31,10 +31,10 @@ from notifier.console.charts import Bar, bar_chart
 from notifier.console.routes import Console
 from notifier.console.times import operator_zone, short_time
 from notifier.ledger.daily import (
-    DAILY_REPLIES,
     FAILED_DAYS,
     REFUSED_DAYS,
     DailyCounts,
+    daily_replies,
     parse_daily,
     queue_daily,
 )
@@ -90,14 +90,15 @@ def gather(store: Store, now: datetime) -> Gathered:
     ids = store.provider_ids()
     refs = [f"provider:{i}" for i in ids] + [f"provider_queue:{i}" for i in ids]
     with store.redis.pipeline(transaction=False) as pipe:
-        queue_daily(pipe, now)
+        queue_daily(pipe, now, store.keys)
         pipe.llen(WEBHOOK_OUTBOX)
         if refs:
             pipe.mget([record_key(r) for r in refs])
         replies = pipe.execute()
-    daily = parse_daily(replies[:DAILY_REPLIES], now)
-    outbox = int(replies[DAILY_REPLIES])
-    raw = dict(zip(refs, replies[DAILY_REPLIES + 1], strict=True)) if refs else {}
+    read = daily_replies(store.keys)
+    daily = parse_daily(replies[:read], now, store.keys)
+    outbox = int(replies[read])
+    raw = dict(zip(refs, replies[read + 1], strict=True)) if refs else {}
     providers: dict[str, ProviderRecord] = {}
     queues: dict[str, ProviderQueueRecord] = {}
     for ref, value in raw.items():

@@ -3,8 +3,10 @@
 
 The console builds it (`notifier.console.audit.AuditLog.entry`); the ledger's actions take
 it as an optional argument (`Schedule.cancel_one`, `PlanWriter.write_plan`,
-`OptOuts.set_sms_opt_out`) and pass `stream` among the script's KEYS and `args()` among
-its ARGV.
+`OptOuts.set_sms_opt_out`) and pass `args()` among the script's ARGV, and among its KEYS
+the stream of the shard the change is in (`ShardKeys.audit`: a cancel's and a plan's
+notification's shard), not `stream`, which names the console's own stream (`n:audit`,
+where `OptOuts` still appends: opt-outs are in no shard yet).
 """
 
 from __future__ import annotations

@@ -3,23 +3,27 @@ failures per channel and provider code. The Today page reads them
 (`notifier.console.today`); `notif_finish.lua` and `notif_delivery.lua` write them, in the
 same script as the state they count, so a count is never lost nor doubled.
 
-- `n:stats:sent:{YYYY-MM-DD}`: a hash, field `{HH}|{channel}` (the UTC hour of the send's
-  `sent_at`) -> sends recorded as the notification's own. A send recorded without `sent_at`
-  (found sent after a crash: when it left is not known) is not counted here. Expires 3 days
-  after its last count (`SENT_KEEP_S`): the last 24 hours need today's and yesterday's.
-- `n:stats:failed:{YYYY-MM-DD}`: a hash, field `{channel}|{code}` (the provider's error
-  code, "" when none was given) -> notifications that failed that day: ended `failed` by a
-  send (`notif_finish.lua`, the day of its `sent_at`, else of the call), or reported failed
-  after being sent (`undelivered`, `failed`, `bounce`, `dropped`: `notif_delivery.lua`, the
-  day of the report). Each notification counts once: a failure report about one already
-  ended `failed` is not counted, nor a `failed` end after a failure report. Expires 8 days
-  after its last count (`FAILED_KEEP_S`): the page shows the last 7 days.
+- `n:{s}:stats:sent:{YYYY-MM-DD}` (`ShardKeys.sent_daily`, one per shard: the scripts count
+  a notification's send in its own shard's, and the page sums them): a hash, field
+  `{HH}|{channel}` (the UTC hour of the send's `sent_at`) -> sends recorded as the
+  notification's own. A send recorded without `sent_at` (found sent after a crash: when it
+  left is not known) is not counted here. Expires 3 days after its last count
+  (`SENT_KEEP_S`): the last 24 hours need today's and yesterday's.
+- `n:{s}:stats:failed:{YYYY-MM-DD}` (`ShardKeys.failed_daily`, one per shard): a hash, field
+  `{channel}|{code}` (the provider's error code, "" when none was given) -> notifications
+  that failed that day: ended `failed` by a send (`notif_finish.lua`, the day of its
+  `sent_at`, else of the call), or reported failed after being sent (`undelivered`,
+  `failed`, `bounce`, `dropped`: `notif_delivery.lua`, the day of the report). Each
+  notification counts once: a failure report about one already ended `failed` is not
+  counted, nor a `failed` end after a failure report. Expires 8 days after its last count
+  (`FAILED_KEEP_S`): the page shows the last 7 days.
 
 - `n:stats:refused:{YYYY-MM-DD}`: a hash, field the event's `type` (`unreadable` when the
   body has no known type) -> events refused at the door that UTC day (`POST /v1/events`
   answered 422: signed, but not a valid event). Written by the web (`count_refused`, on its
   asyncio client), not by a script: nothing else is written then. A 401 (bad signature) is
-  not counted: anyone can send junk. Expires 8 days after its last count
+  not counted: anyone can send junk. One key per day, not per shard: no script writes it
+  beside another key. Expires 8 days after its last count
   (`REFUSED_KEEP_S`): the page shows the last 7 days.
 
 The first two TTLs are also written in the two scripts (a script takes no value but its KEYS and
@@ -36,12 +40,10 @@ from typing import Any
 
 import redis.asyncio
 
+from notifier.ledger.shards import ShardKeys
+
 #: `notifier.ledger.notifications.PREFIX` + `stats:`; not imported: that module imports this.
 _STATS = "n:stats:"
-#: Sends per UTC hour and channel, one hash per UTC day (`sent_key`).
-SENT_DAILY = _STATS + "sent:"
-#: Failures per channel and provider code, one hash per UTC day (`failed_key`).
-FAILED_DAILY = _STATS + "failed:"
 #: How long a day's sends are kept after its last count, seconds (`notif_finish.lua`).
 SENT_KEEP_S = 3 * 86400
 #: How long a day's failures are kept after its last count, seconds (both scripts).
@@ -61,16 +63,6 @@ UNREADABLE = "unreadable"
 def day_of(instant_s: float) -> date:
     """The UTC day of an instant given in epoch seconds."""
     return datetime.fromtimestamp(instant_s, UTC).date()
-
-
-def sent_key(day: date) -> str:
-    """The hash of `day`'s sends: `n:stats:sent:2026-11-30`."""
-    return f"{SENT_DAILY}{day.isoformat()}"
-
-
-def failed_key(day: date) -> str:
-    """The hash of `day`'s failures: `n:stats:failed:2026-11-30`."""
-    return f"{FAILED_DAILY}{day.isoformat()}"
 
 
 #: The refusal counter's field for a FHIR notification refused with 422 (any resource).
@@ -108,32 +100,41 @@ class DailyCounts:
     refused: dict[str, int]
 
 
-def queue_daily(pipe: Any, now: datetime) -> None:
-    """Queue on `pipe` the reads `parse_daily` takes, in this order: the sends of `now`'s
-    UTC day and of the day before (2 HGETALLs), then the failures of the last
-    `FAILED_DAYS` days (`FAILED_DAYS` HGETALLs), then the refusals of the last
-    `REFUSED_DAYS` days (`REFUSED_DAYS` HGETALLs)."""
+def queue_daily(pipe: Any, now: datetime, keys: ShardKeys) -> None:
+    """Queue on `pipe` the reads `parse_daily` takes, in this order: each shard's sends of
+    `now`'s UTC day and of the day before (2 HGETALLs a shard), then each shard's failures
+    of each of the last `FAILED_DAYS` days (`FAILED_DAYS` x S HGETALLs), then the
+    refusals of the last `REFUSED_DAYS` days (`REFUSED_DAYS` HGETALLs):
+    `daily_replies(keys)` in all."""
     today = now.astimezone(UTC).date()
-    pipe.hgetall(sent_key(today))
-    pipe.hgetall(sent_key(today - timedelta(days=1)))
+    for shard in keys.all():
+        pipe.hgetall(keys.sent_daily(shard, today))
+        pipe.hgetall(keys.sent_daily(shard, today - timedelta(days=1)))
     for back in range(FAILED_DAYS):
-        pipe.hgetall(failed_key(today - timedelta(days=back)))
+        for shard in keys.all():
+            pipe.hgetall(keys.failed_daily(shard, today - timedelta(days=back)))
     for back in range(REFUSED_DAYS):
         pipe.hgetall(refused_key(today - timedelta(days=back)))
 
 
-#: How many replies `queue_daily` queues.
-DAILY_REPLIES = 2 + FAILED_DAYS + REFUSED_DAYS
+def daily_replies(keys: ShardKeys) -> int:
+    """How many replies `queue_daily` queues for a ledger of `keys.count` shards."""
+    return (2 + FAILED_DAYS) * keys.count + REFUSED_DAYS
 
 
-def parse_daily(replies: list[dict[bytes, bytes]], now: datetime) -> DailyCounts:
-    """The `DAILY_REPLIES` replies of `queue_daily(pipe, now)` as `DailyCounts`. A field
-    that does not parse (written by hand) is skipped."""
+def parse_daily(replies: list[dict[bytes, bytes]], now: datetime,
+                keys: ShardKeys) -> DailyCounts:
+    """The `daily_replies(keys)` replies of `queue_daily(pipe, now, keys)` as
+    `DailyCounts`, the shards summed. A field that does not parse (written by hand) is
+    skipped."""
     today = now.astimezone(UTC).date()
     hour_now = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
     first_hour = hour_now - timedelta(hours=23)
+    sent_ends = 2 * keys.count
+    failed_ends = sent_ends + FAILED_DAYS * keys.count
     sent: dict[tuple[datetime, str], int] = {}
-    for day, raw in ((today, replies[0]), (today - timedelta(days=1), replies[1])):
+    for n, raw in enumerate(replies[:sent_ends]):
+        day = today - timedelta(days=n % 2)
         midnight = datetime(day.year, day.month, day.day, tzinfo=UTC)
         for hour, channel, count in _fields(raw.items()):
             if not hour.isdigit():
@@ -142,11 +143,11 @@ def parse_daily(replies: list[dict[bytes, bytes]], now: datetime) -> DailyCounts
             if first_hour <= start <= hour_now:
                 sent[(start, channel)] = sent.get((start, channel), 0) + count
     failed: dict[tuple[str, str], int] = {}
-    for raw in replies[2:2 + FAILED_DAYS]:
+    for raw in replies[sent_ends:failed_ends]:
         for channel, code, count in _fields(raw.items()):
             failed[(channel, code)] = failed.get((channel, code), 0) + count
     refused: dict[str, int] = {}
-    for raw in replies[2 + FAILED_DAYS:DAILY_REPLIES]:
+    for raw in replies[failed_ends:failed_ends + REFUSED_DAYS]:
         for key, value in raw.items():
             if value.lstrip(b"-").isdigit():
                 event_type = key.decode()

@@ -43,20 +43,26 @@ KEY_FAMILIES: tuple[KeyFamily, ...] = (
     KeyFamily("n:clocks", "twice the shard lease after the last clock's beat",
               "one entry per live clock"),
     KeyFamily("n:shards", "", "one number: the shard count the ledger was written with"),
-    KeyFamily("n:awaiting-report", "", "messages sent through Twilio or SendGrid with no "
-              "final delivery report: each leaves on one, or when the clock's repair job "
-              "looks it up after the wait (or drops it, its notification gone)"),
-    KeyFamily("n:by-recipient:*", "the latest due time in it, plus the retention and the "
+    KeyFamily("n:{*}:awaiting-report", "", "one per shard: messages sent through Twilio "
+              "or SendGrid with no final delivery report: each leaves on one, or when the "
+              "clock's repair job looks it up after the wait (or drops it, its "
+              "notification gone)"),
+    KeyFamily("n:{*}:by-recipient:*", "the latest due time in it, plus the retention and the "
               "history", "the clock trims ids gone, or ended and past the retention"),
-    # Before `n:stats:*`: the first family that matches names a key.
-    KeyFamily("n:stats:sent:*", "3 days after its day's last send counted",
-              "one hash per UTC day, a field per hour and channel (`ledger.daily`)"),
-    KeyFamily("n:stats:failed:*", "8 days after its day's last failure counted",
-              "one hash per UTC day, a field per channel and provider code"),
+    # Before `n:{*}:stats:*`: the first family that matches names a key.
+    KeyFamily("n:{*}:stats:sent:*", "3 days after its day's last send counted",
+              "one hash per shard and UTC day, a field per hour and channel "
+              "(`ledger.daily`)"),
+    KeyFamily("n:{*}:stats:failed:*", "8 days after its day's last failure counted",
+              "one hash per shard and UTC day, a field per channel and provider code"),
+    KeyFamily("n:{*}:stats:*", "", "one per shard: counters, a field per state and "
+              "channel, per kind, channel and lateness bucket"),
+    KeyFamily("n:{*}:audit", "", "one per shard: operators' actions on its "
+              "notifications: each XADD trims those older than NOTIFIER_CONSOLE_AUDIT_DAYS"),
     KeyFamily("n:stats:refused:*", "8 days after its day's last refusal counted",
               "one hash per UTC day, a field per event type refused at the door (422)"),
-    KeyFamily("n:stats:*", "", "counters: a field per state and channel, per kind, "
-              "channel and lateness bucket"),
+    KeyFamily("n:stats:*", "", "counters: a few fields each (report look-ups, events "
+              "applied)"),
     KeyFamily("n:event:*", "30 days once applied (or stale, ignored, rejected, failed)",
               "unapplied ones by `n:events:pending`, held ones by the 24-hour wait"),
     KeyFamily("n:events:*", "", "events accepted and not applied yet, or held (at most "
@@ -102,7 +108,7 @@ KEY_FAMILIES: tuple[KeyFamily, ...] = (
     KeyFamily("n:wh:log:*", "", "an endpoint's messages of the last 14 days; the clock "
               "trims older ones"),
     KeyFamily("n:wh:ep:*", "", "one per endpoint configured: its counts and health"),
-    KeyFamily("n:audit", "", "the console's audit records: each XADD trims those older "
+    KeyFamily("n:audit", "", "the console's page views and sign-ins: each XADD trims those older "
               "than NOTIFIER_CONSOLE_AUDIT_DAYS (six years by default)"),
     KeyFamily("n:console:signed-out:*", "12 hours: when the session would have ended", ""),
     KeyFamily("n:console:limits:*", "15 minutes: the sign-in throttle's window", ""),

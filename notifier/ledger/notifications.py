@@ -11,8 +11,10 @@ are laid out to stay in Redis's compact encoding (`notifier.ledger.notif_fields`
 Each shard's `n:{shard}:schedule` is a sorted set of its scheduled ids scored by due time
 (epoch seconds); its `n:{shard}:inflight` holds its claimed ids scored by lease expiry; a
 sweep puts expired leases back. A script is given the keys of one shard.
-`n:awaiting-report` holds sent ids with no final delivery report yet, scored by when the
-repair job looks them up (`notifier.ledger.reports`).
+Each shard's `n:{shard}:awaiting-report` holds its sent ids with no final delivery report
+yet, scored by when the repair job looks them up (`notifier.ledger.reports`); its
+`n:{shard}:stats:outcomes` and `…:stats:lateness` count what ended there (readers sum the
+shards), and a recipient's index is kept per shard too (`ShardKeys.by_recipient`).
 Every transition is one Lua script, so two workers, a redelivered message or a replayed
 event can never move a notification twice (compare-and-set on `state`).
 
@@ -35,29 +37,27 @@ import redis
 from notifier.errors import StoreError
 from notifier.ledger.audit_write import AuditWrite
 from notifier.ledger.batch import Batch, Reply
-from notifier.ledger.daily import day_of, failed_key, sent_key
+from notifier.ledger.daily import day_of
 from notifier.ledger.lua import lua_source
 from notifier.ledger.notif_fields import with_derived
 from notifier.ledger.shards import PREFIX as PREFIX  # re-exported: key modules import it here
 from notifier.ledger.shards import ShardKeys
 from notifier.timeutil import utcnow
 
-#: Sends through a provider that reports delivery, with no final report yet: a sorted set
-#: of ids scored by when the repair job looks them up (`notifier.ledger.reports`).
-AWAITING_REPORT = PREFIX + "awaiting-report"
-#: How many notifications ended in each state, per channel: `{state}:{channel}` -> count.
-OUTCOMES = PREFIX + "stats:outcomes"
-#: Send lateness (sent_at - due, seconds) as cumulative histogram buckets per kind and
-#: channel: `{kind}:{channel}:{bound}` -> sends at most that late, and `…:count`, `…:sum`.
-LATENESS = PREFIX + "stats:lateness"
+# Per shard (`ShardKeys`): `awaiting_report(s)`, sends through a provider that reports
+# delivery, with no final report yet, scored by when the repair job looks them up
+# (`notifier.ledger.reports`); `outcomes(s)`, how many notifications ended in each state,
+# per channel (`{state}:{channel}` -> count); `lateness(s)`, send lateness (sent_at - due,
+# seconds) as cumulative histogram buckets per kind and channel
+# (`{kind}:{channel}:{bound}` -> sends at most that late, and `…:count`, `…:sum`).
 #: The delivery-webhook outbox (a list of JSON entries) and its sequence counter, which
 #: every script that changes what webhooks announce writes to (`lua/_webhook_emit.lua`);
 #: the clock fans the outbox out to the endpoints (`notifier.webhooks.outbox`).
 WEBHOOK_OUTBOX = PREFIX + "wh:outbox"
 WEBHOOK_SEQ = PREFIX + "wh:seq"
-#: Every state a notification can end in, counted in OUTCOMES (zero until one happens).
+#: Every state a notification can end in, counted in the outcomes (zero until one happens).
 FINAL_STATES = ("sent", "failed", "expired", "suppressed", "cancelled")
-#: Counted in OUTCOMES beside the states: a message that left after its sender had lost
+#: Counted in the outcomes beside the states: a message that left after its sender had lost
 #: the lease, when the notification's own send was already recorded or it ended another
 #: way (`notif_finish.lua`). `sent` + `sent_again` is every message that left.
 SENT_AGAIN = "sent_again"
@@ -69,17 +69,6 @@ LATENESS_BUCKETS_S = (1, 5, 15, 60, 300, 900, 3600)
 KEEP_FINISHED_S = 90 * 24 * 3600
 #: An entity's index of notifications expires this long after its last add.
 ENTITY_INDEX_TTL_S = 180 * 24 * 3600
-
-
-#: The key prefix of the recipients' indexes of notification ids (not sharded yet); an
-#: entity's index is `ShardKeys.by_entity`.
-RECIPIENT_INDEXES = PREFIX + "by-recipient:"
-
-
-def by_recipient_key(recipient: str, recipient_id: str) -> str:
-    """Index of one recipient's notifications by due time (the read API's source): a sorted
-    set of ids scored in epoch seconds."""
-    return f"{RECIPIENT_INDEXES}{recipient}:{recipient_id}"
 
 
 def read_entity_ids(client: Any, keys: ShardKeys, ref: str) -> Any:
@@ -238,7 +227,7 @@ class Schedule:
         `ref`'s shard (an id names its entity), so the script is given one shard's keys."""
         k, shard = self.keys, self.keys.of_ref(ref)
         self.cancel_script(keys=[k.by_entity(ref), k.schedule(shard), k.inflight(shard),
-                                 OUTCOMES, WEBHOOK_OUTBOX, WEBHOOK_SEQ,
+                                 k.outcomes(shard), WEBHOOK_OUTBOX, WEBHOOK_SEQ,
                                  *(k.notif(i) for i in ids)],
                            args=[reason, self.ended_ttl_s, *ids], client=pipe)
 
@@ -246,15 +235,18 @@ class Schedule:
                    audit: AuditWrite | None = None) -> bool:
         """Cancel one `scheduled` notification with `reason` (`notif_cancel.lua`: off the
         schedule, counted, noted in its history and announced, at once, and `audit`, an
-        operator's entry, appended). Returns True when this call cancelled it; False for
-        one in any other state (cancelled already included), which is left alone (one
-        `sending` cannot be stopped) and not audited, or none."""
+        operator's entry, appended to the shard's `ShardKeys.audit` stream). Returns True
+        when this call cancelled it; False for one in any other state (cancelled already
+        included), which is left alone (one `sending` cannot be stopped) and not audited, or
+        none."""
         shard = self.keys.of_notification(notification_id)
         keys = [self.keys.notif(notification_id), self.keys.schedule(shard),
-                self.keys.inflight(shard), OUTCOMES, WEBHOOK_OUTBOX, WEBHOOK_SEQ]
+                self.keys.inflight(shard), self.keys.outcomes(shard), WEBHOOK_OUTBOX,
+                WEBHOOK_SEQ]
         args: list[str | int] = [notification_id, reason, self.ended_ttl_s]
         if audit is not None:
-            keys.append(audit.stream)
+            # in the shard of the notification it changes, whatever stream the console named
+            keys.append(self.keys.audit(shard))
             args += audit.args()
         return bool(self._cancel_one(keys=keys, args=args))
 
@@ -344,8 +336,8 @@ class Schedule:
         `notif_finish.lua` says which). Idempotent for a send (its `sent_at` recorded).
         `report_at` (epoch seconds, a float; typed Any only so that callers' `**fields` of
         objects still type-check) is given for a send through a provider that reports
-        delivery: the send then awaits its report in `AWAITING_REPORT`, looked up at that
-        time if no final report came first."""
+        delivery: the send then awaits its report in its shard's `awaiting_report`, looked
+        up at that time if no final report came first."""
         keys, args = _finish_call(self.keys, notification_id, state, lease, fields,
                                   self.ended_ttl_s, report_at)
         return Finished(_FINISH_ANSWERS[int(self._finish(keys=keys, args=args))])
@@ -389,8 +381,12 @@ class Schedule:
             parse=_rescheduled)
 
     def outcomes(self) -> dict[tuple[str, str], int]:
-        """How many notifications ended in each (state, channel), since the data began."""
-        return parse_outcomes(self.redis.hgetall(OUTCOMES))
+        """How many notifications ended in each (state, channel), since the data began,
+        summed over the shards: one pipeline."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for shard in self.keys.all():
+                pipe.hgetall(self.keys.outcomes(shard))
+            return parse_outcomes(sum_counts(pipe.execute()))
 
     def reschedule(self, notification_id: str, due: datetime, reason: str, *, lease: str,
                    not_an_attempt: bool = False, slot: float = 0.0,
@@ -431,7 +427,7 @@ class Schedule:
         never moves backwards (a late `sent` after `delivered` changes nothing), never
         replaces a final one, and a report about another message than the recorded send
         (its `receipt`) changes nothing (`notif_delivery.lua`). A final one (or `unknown`)
-        ends the send's wait in `AWAITING_REPORT`. Returns the delivery status on record
+        ends the send's wait in its shard's `awaiting_report`. Returns the delivery status on record
         after it ("" for none yet), None for an unknown id."""
         return _on_record(self._delivery(
             keys=_delivery_keys(self.keys, notification_id, now),
@@ -460,8 +456,8 @@ class Schedule:
         """The KEYS of `notif_reschedule.lua`."""
         shard = self.keys.of_notification(notification_id)
         return [self.keys.notif(notification_id), self.keys.inflight(shard),
-                self.keys.schedule(shard), OUTCOMES, by_recipient_key(*recipient),
-                WEBHOOK_OUTBOX, WEBHOOK_SEQ]
+                self.keys.schedule(shard), self.keys.outcomes(shard),
+                self.keys.by_recipient(shard, *recipient), WEBHOOK_OUTBOX, WEBHOOK_SEQ]
 
 
 def queue_pending_counts(pipe: Any, keys: ShardKeys) -> None:
@@ -503,9 +499,10 @@ def _finish_call(keys: ShardKeys, notification_id: str, state: str, lease: str,
     # takes no `now`; a failure counted in the day it was recorded is what the page wants).
     day = day_of(float(fields.get("sent_at") or utcnow().timestamp()))
     shard = keys.of_notification(notification_id)
-    return ([keys.notif(notification_id), keys.inflight(shard), OUTCOMES, LATENESS,
-             keys.schedule(shard),
-             AWAITING_REPORT, WEBHOOK_OUTBOX, WEBHOOK_SEQ, sent_key(day), failed_key(day)],
+    return ([keys.notif(notification_id), keys.inflight(shard), keys.outcomes(shard),
+             keys.lateness(shard), keys.schedule(shard), keys.awaiting_report(shard),
+             WEBHOOK_OUTBOX, WEBHOOK_SEQ, keys.sent_daily(shard, day),
+             keys.failed_daily(shard, day)],
             [notification_id, state, keep_s,
              ",".join(str(b) for b in LATENESS_BUCKETS_S), lease,
              "" if report_at is None else report_at, *flat])
@@ -518,8 +515,9 @@ def _flat(fields: Mapping[str, object] | None) -> list[Any]:
 
 def _delivery_keys(keys: ShardKeys, notification_id: str, now: datetime) -> list[str]:
     """The KEYS of `notif_delivery.lua`: a failure is counted in `now`'s day."""
-    return [keys.notif(notification_id), AWAITING_REPORT, WEBHOOK_OUTBOX, WEBHOOK_SEQ,
-            failed_key(day_of(epoch(now)))]
+    shard = keys.of_notification(notification_id)
+    return [keys.notif(notification_id), keys.awaiting_report(shard), WEBHOOK_OUTBOX,
+            WEBHOOK_SEQ, keys.failed_daily(shard, day_of(epoch(now)))]
 
 
 def _delivery_args(notification_id: str, status: str, code: str, now: datetime,
@@ -556,14 +554,28 @@ class Lateness:
     total_s: float
 
 
+def sum_counts(raws: Iterable[dict[bytes, bytes]]) -> dict[bytes, bytes]:
+    """Counter hashes of several shards (HGETALL replies) as one: each field's values
+    added, as integers while every one is an integer, else as floats (a lateness `sum`,
+    written by HINCRBYFLOAT). Raises ValueError for a value that is no number."""
+    totals: dict[bytes, int | float] = {}
+    for raw in raws:
+        for field, value in raw.items():
+            number: int | float = int(value) if value.lstrip(b"-").isdigit() else float(value)
+            totals[field] = totals.get(field, 0) + number
+    return {field: str(total).encode() for field, total in totals.items()}
+
+
 def parse_outcomes(raw: dict[bytes, bytes]) -> dict[tuple[str, str], int]:
-    """The OUTCOMES hash as {(state, channel): count}."""
+    """An outcomes hash (`ShardKeys.outcomes`, or the shards' `sum_counts`) as
+    {(state, channel): count}."""
     return {tuple(k.decode().split(":", 1)): int(v)  # type: ignore[misc]
             for k, v in raw.items()}
 
 
 def parse_lateness(raw: dict[bytes, bytes]) -> dict[tuple[str, str], Lateness]:
-    """The LATENESS hash as {(kind, channel): Lateness}; a bucket no send fell in yet has
+    """A lateness hash (`ShardKeys.lateness`, or the shards' `sum_counts`) as
+    {(kind, channel): Lateness}; a bucket no send fell in yet has
     no field, and counts zero."""
     fields: dict[tuple[str, str], dict[str, str]] = {}
     for key, value in raw.items():

@@ -25,11 +25,9 @@ from notifier.ledger.events import PENDING_EVENTS, event_key, hold, settle, unho
 from notifier.ledger.notif_fields import planned_fields
 from notifier.ledger.notifications import (
     ENTITY_INDEX_TTL_S,
-    OUTCOMES,
     WEBHOOK_OUTBOX,
     WEBHOOK_SEQ,
     Schedule,
-    by_recipient_key,
     epoch,
     from_epoch,
     read_entity_ids,
@@ -242,12 +240,13 @@ class PlanWriter:
                 # that does not name its entity would be in another slot than its index.
                 raise StoreError(f"notification {n.id} does not name its entity {n.entity}")
             keys = [k.notif(n.id), k.schedule(shard),
-                    by_recipient_key(n.recipient, n.recipient_id),
-                    OUTCOMES, WEBHOOK_OUTBOX, WEBHOOK_SEQ, k.by_entity(n.entity)]
+                    k.by_recipient(shard, n.recipient, n.recipient_id),
+                    k.outcomes(shard), WEBHOOK_OUTBOX, WEBHOOK_SEQ, k.by_entity(n.entity)]
             args: list[str | float] = [n.id, epoch(n.due_at), ENTITY_INDEX_TTL_S,
                                        self.schedule.ended_ttl_s]
             if audit is not None and i == 0:
-                keys.append(audit.stream)
+                # in the shard of the notification it adds (`ShardKeys.audit`)
+                keys.append(k.audit(shard))
                 args += ["1", *audit.args()]
             else:
                 args.append("0")

@@ -22,10 +22,7 @@ from notifier.ledger.deliveries import DELIVERY_FAILURES
 from notifier.ledger.events import PENDING_EVENTS, SET_ASIDE
 from notifier.ledger.notif_fields import logical, with_derived
 from notifier.ledger.notifications import (
-    LATENESS,
-    OUTCOMES,
     Lateness,
-    by_recipient_key,
     epoch,
     from_epoch,
     parse_lateness,
@@ -33,6 +30,7 @@ from notifier.ledger.notifications import (
     pending_counts,
     queue_pending_counts,
     read_entity_ids,
+    sum_counts,
 )
 from notifier.ledger.record_store import RecordStore
 from notifier.ledger.records import AppointmentRecord, VisitsRecord
@@ -107,18 +105,23 @@ class Reading:
         self.keys = keys
 
     def figures(self) -> LedgerFigures:
-        """The backlog (every shard's), the outcomes and the send lateness, for /metrics:
-        one pipeline."""
+        """The backlog, the outcomes and the send lateness (every shard's, summed), for
+        /metrics: one pipeline."""
+        count = self.keys.count
         with self.redis.pipeline(transaction=False) as pipe:
             queue_pending_counts(pipe, self.keys)
             pipe.zcard(PENDING_EVENTS)
             pipe.zcard(HELD_EVENTS)
-            pipe.hgetall(OUTCOMES)
-            pipe.hgetall(LATENESS)
             pipe.hgetall(SET_ASIDE)
+            for shard in self.keys.all():
+                pipe.hgetall(self.keys.outcomes(shard))
+            for shard in self.keys.all():
+                pipe.hgetall(self.keys.lateness(shard))
             replies = pipe.execute()
         scheduled, in_flight = pending_counts(self.keys, replies)
-        pending, held, outcomes, lateness, set_aside = replies[2 * self.keys.count:]
+        pending, held, set_aside = replies[2 * count:2 * count + 3]
+        outcomes = sum_counts(replies[2 * count + 3:3 * count + 3])
+        lateness = sum_counts(replies[3 * count + 3:4 * count + 3])
         return LedgerFigures(scheduled=int(scheduled), in_flight=int(in_flight),
                              events_pending=int(pending), events_held=int(held),
                              events_set_aside={k.decode(): int(v)
@@ -185,11 +188,16 @@ class Reading:
     def notifications_for(self, recipient: str, recipient_id: str,
                           since: datetime | None = None) -> list[NotificationRow]:
         """A recipient's notifications due from `since` on (all, without it), soonest
-        first, at most READ_LIMIT. Reads only: the clock trims the index
-        (`notifier.ledger.trimming`)."""
-        key = by_recipient_key(recipient, recipient_id)
+        first (by due time, then id, as one sorted set would order them), at most
+        READ_LIMIT. Two round trips: the recipient's index in every shard (each the
+        READ_LIMIT soonest), merged, then the notifications. Reads only: the clock trims
+        the indexes (`notifier.ledger.trimming`)."""
         low = epoch(since) if since is not None else "-inf"
-        ids = self.redis.zrangebyscore(key, low, "+inf", 0, READ_LIMIT)
+        with self.redis.pipeline(transaction=False) as pipe:
+            for key in self.keys.recipient_indexes(recipient, recipient_id):
+                pipe.zrangebyscore(key, low, "+inf", 0, READ_LIMIT, withscores=True)
+            found = [(score, i) for rows in pipe.execute() for i, score in rows]
+        ids = [i for _, i in sorted(found)[:READ_LIMIT]]
         with self.redis.pipeline(transaction=False) as pipe:
             for i in ids:
                 pipe.hgetall(self.keys.notif(i.decode()))

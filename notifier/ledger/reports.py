@@ -2,14 +2,16 @@
 (`notifier.worker.reports`).
 
 Keys (under `n:`):
-- `awaiting-report` (`notifications.AWAITING_REPORT`): a sorted set of the ids of sends
+- `{s}:awaiting-report` (`ShardKeys.awaiting_report`, one per shard: a send waits in its
+  notification's shard, written by the same script as the send): a sorted set of the ids of sends
   through a provider that reports delivery (Twilio, SendGrid; never the outbox) with no
   final report yet, scored by when to look them up (epoch seconds: the send's time plus
   `NOTIFIER_DELIVERY_REPORT_WAIT_S`). `notif_finish.lua` adds a send, `notif_delivery.lua`
   removes it on a final report (or the job's `unknown`). No expiry, and none is needed:
   every member falls due within the wait of its send, and the job then removes it, looked
   up, or dropped because its notification's hash is gone (expired); so it holds at most
-  the sends of one wait that had no final report, plus the job's backlog.
+  the sends of one wait that had no final report, plus the job's backlog. Readers read
+  every shard's in one pipeline.
 - `stats:report-lookups`: how the job's look-ups ended, `{outcome}:{channel}` -> count
   (a handful of fields, for `/metrics`; counters, kept like `stats:outcomes`).
 
@@ -32,7 +34,6 @@ from notifier.ledger.batch import Batch, Reply
 from notifier.ledger.lua import lua_source
 from notifier.ledger.notif_fields import with_derived
 from notifier.ledger.notifications import (
-    AWAITING_REPORT,
     PREFIX,
     Schedule,
     epoch,
@@ -85,12 +86,31 @@ class Reports:
         self._claim = client.register_script(CLAIM_LUA)
 
     def claim(self, now: datetime, limit: int, claim_s: float) -> list[str]:
-        """The ids whose look-up time has come by `now`, oldest first, at most `limit`;
-        each is due again `claim_s` seconds on, so no other run looks it up meanwhile and a
-        run that dies leaves it to a later one (`report_claim.lua`)."""
-        ids = self._claim(keys=[AWAITING_REPORT],
-                          args=[epoch(now), limit, epoch(now) + claim_s])
-        return [i.decode() for i in ids]
+        """The ids whose look-up time has come by `now`, at most `limit`, shard by shard
+        (oldest first within each); each is due again `claim_s` seconds on, so no other
+        run looks it up meanwhile and a run that dies leaves it to a later one
+        (`report_claim.lua`, one call per shard with some due, each atomic in its shard).
+        Two round trips: every shard's count due, then the claims."""
+        keys = self.schedule.keys
+        with self.redis.pipeline(transaction=False) as pipe:
+            for shard in keys.all():
+                pipe.zcount(keys.awaiting_report(shard), "-inf", epoch(now))
+            due = [int(n) for n in pipe.execute()]
+        takes: list[tuple[int, int]] = []
+        budget = limit
+        for shard, count in zip(keys.all(), due, strict=True):
+            take = min(count, budget)
+            if take > 0:
+                takes.append((shard, take))
+                budget -= take
+        if not takes:
+            return []
+        with self.redis.pipeline(transaction=False) as pipe:
+            for shard, take in takes:
+                self._claim(keys=[keys.awaiting_report(shard)],
+                            args=[epoch(now), take, epoch(now) + claim_s], client=pipe)
+            claimed = pipe.execute()
+        return [i.decode() for ids in claimed for i in ids]
 
     def facts(self, ids: list[str]) -> dict[str, Awaiting | None]:
         """Each id's `Awaiting`, or None when its notification's hash is gone (expired);
@@ -126,13 +146,14 @@ class Reports:
             notification_id: self.schedule.queue_delivery(batch, notification_id, status,
                                                           code, now)
             for notification_id, status, code in settle.record}
-        if settle.drop:
-            batch.call("zrem", AWAITING_REPORT, *settle.drop, parse=int)
-        if settle.again:
+        keys = self.schedule.keys
+        for shard, ids in keys.by_shard(settle.drop).items():
+            batch.call("zrem", keys.awaiting_report(shard), *ids, parse=int)
+        due = epoch(again_at)
+        for shard, ids in keys.by_shard(settle.again).items():
             # XX: one that a final report took out meanwhile stays out.
-            due = epoch(again_at)
-            batch.call("execute_command", "ZADD", AWAITING_REPORT, "XX",
-                       *(x for i in settle.again for x in (due, i)), parse=int)
+            batch.call("execute_command", "ZADD", keys.awaiting_report(shard), "XX",
+                       *(x for i in ids for x in (due, i)), parse=int)
         for (outcome, channel), count in settle.counts.items():
             batch.call("hincrby", LOOKUPS, f"{outcome}:{channel}", count, parse=int)
         batch.run()
@@ -140,24 +161,35 @@ class Reports:
 
     def look_again(self, ids: list[str], at: datetime) -> None:
         """Put `ids` back in the index, due at `at` (the next run looks them up), whether
-        or not a report took them out."""
-        self.redis.zadd(AWAITING_REPORT, dict.fromkeys(ids, epoch(at)))
+        or not a report took them out (each in its shard's index: one round trip)."""
+        keys = self.schedule.keys
+        with self.redis.pipeline(transaction=False) as pipe:
+            for shard, group in keys.by_shard(ids).items():
+                pipe.zadd(keys.awaiting_report(shard), dict.fromkeys(group, epoch(at)))
+            pipe.execute()
 
     def figures(self, now: datetime) -> ReportFigures:
         """Sends awaiting a report, those past their wait at `now`, and the look-ups so
-        far by (outcome, channel); one round trip."""
+        far by (outcome, channel), every shard's summed; one round trip."""
+        keys = self.schedule.keys
         with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zcard(AWAITING_REPORT)
-            pipe.zcount(AWAITING_REPORT, "-inf", epoch(now))
             pipe.hgetall(LOOKUPS)
-            awaiting, overdue, lookups = pipe.execute()
-        return ReportFigures(awaiting=int(awaiting), overdue=int(overdue),
+            for shard in keys.all():
+                pipe.zcard(keys.awaiting_report(shard))
+                pipe.zcount(keys.awaiting_report(shard), "-inf", epoch(now))
+            lookups, *counts = pipe.execute()
+        return ReportFigures(awaiting=sum(int(n) for n in counts[0::2]),
+                             overdue=sum(int(n) for n in counts[1::2]),
                              lookups=parse_lookups(lookups.items()))
 
     def overdue(self, now: datetime) -> int:
         """How many sends are past their wait at `now` (the clock starts the job when any
-        are)."""
-        return int(self.redis.zcount(AWAITING_REPORT, "-inf", epoch(now)))
+        are): every shard's, summed, in one round trip."""
+        keys = self.schedule.keys
+        with self.redis.pipeline(transaction=False) as pipe:
+            for shard in keys.all():
+                pipe.zcount(keys.awaiting_report(shard), "-inf", epoch(now))
+            return sum(int(n) for n in pipe.execute())
 
 
 def parse_lookups(raw: Iterable[tuple[bytes, bytes]]) -> dict[tuple[str, str], int]:

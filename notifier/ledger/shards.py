@@ -41,16 +41,27 @@ once, `n:shards` SET NX, and a process whose setting differs refuses to start
 (`check_shards`, at start-up): with another count it would look for every notification
 in the wrong place.
 
-Not sharded yet (a later step of issue 17 tags them): `n:stats:*` (outcomes, lateness,
-the daily counts), `n:wh:outbox` and `n:wh:seq`, `n:awaiting-report`,
-`n:by-recipient:*`, `n:audit`; the scripts above still name them beside a shard's keys,
-which one Redis takes and a cluster would refuse.
+Also per shard, written by the scripts beside a notification's keys and read across the
+shards (one pipeline, summed or merged):
+
+    n:{7}:stats:outcomes               final states per state and channel
+    n:{7}:stats:lateness               send lateness per kind and channel
+    n:{7}:stats:sent:{day}             a day's sends per hour and channel
+    n:{7}:stats:failed:{day}           a day's failures per channel and code
+    n:{7}:awaiting-report              sends awaiting a final delivery report
+    n:{7}:by-recipient:{to}:{to_id}    the recipient's notifications in the shard
+    n:{7}:audit                        operators' actions on the shard's notifications
+
+Not sharded yet (another step of issue 17 tags them): `n:wh:outbox` and `n:wh:seq`; the
+scripts still name them beside a shard's keys, which one Redis takes and a cluster
+refuses.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import date
 from typing import Any
 
 from redis.crc import key_slot
@@ -138,6 +149,55 @@ class ShardKeys:
     def by_entity(self, ref: str) -> str:
         """The ids of the notifications planned about entity `ref`, in its shard."""
         return f"{self.tag(self.of_ref(ref))}by-entity:{ref}"
+
+    def outcomes(self, shard: int) -> str:
+        """A shard's count of final states: `{state}:{channel}` -> notifications (readers
+        sum the shards)."""
+        return self.tag(shard) + "stats:outcomes"
+
+    def lateness(self, shard: int) -> str:
+        """A shard's send-lateness histogram (`notifications.LATENESS_BUCKETS_S`)."""
+        return self.tag(shard) + "stats:lateness"
+
+    def sent_daily(self, shard: int, day: date) -> str:
+        """A shard's sends of UTC `day` per hour and channel (`notifier.ledger.daily`):
+        `n:{7}:stats:sent:2026-11-30`."""
+        return f"{self.tag(shard)}stats:sent:{day.isoformat()}"
+
+    def failed_daily(self, shard: int, day: date) -> str:
+        """A shard's failures of UTC `day` per channel and code: `n:{7}:stats:failed:…`."""
+        return f"{self.tag(shard)}stats:failed:{day.isoformat()}"
+
+    def awaiting_report(self, shard: int) -> str:
+        """A shard's sends awaiting a final delivery report, by look-up time
+        (`notifier.ledger.reports`)."""
+        return self.tag(shard) + "awaiting-report"
+
+    def by_recipient(self, shard: int, recipient: str, recipient_id: str) -> str:
+        """A recipient's notifications in one shard, by due time (epoch seconds): the read
+        API merges the shards' (`recipient_indexes`)."""
+        return f"{self.tag(shard)}by-recipient:{recipient}:{recipient_id}"
+
+    def recipient_index_of(self, notification_id: str, recipient: str,
+                           recipient_id: str) -> str:
+        """The recipient index a notification joins: its recipient's, in its shard."""
+        return self.by_recipient(self.of_notification(notification_id), recipient,
+                                 recipient_id)
+
+    def recipient_indexes(self, recipient: str, recipient_id: str) -> list[str]:
+        """A recipient's index in every shard, in shard order."""
+        return [self.by_recipient(s, recipient, recipient_id) for s in self.all()]
+
+    def audit(self, shard: int) -> str:
+        """A shard's stream of operators' actions on what the shard holds: an action's
+        entry is written in the script of its change, so in its shard. Page views and
+        sign-ins stay in the global `n:audit` (`notifier.console.audit`, which merges
+        them). A script of a fixed shard (opt-outs) passes that shard's."""
+        return self.tag(shard) + "audit"
+
+    def audit_streams(self) -> list[str]:
+        """Every shard's audit stream, in shard order."""
+        return [self.audit(s) for s in self.all()]
 
     def by_shard(self, notification_ids: Iterable[str]) -> dict[int, list[str]]:
         """`notification_ids` grouped by shard, each group in the order given."""

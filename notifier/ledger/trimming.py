@@ -1,15 +1,16 @@
 """Trimming the indexes of notification ids, and retiring notifications past the
 retention, on the clock: not when an index is read or grows.
 
-The indexes that hold notification ids, `n:by-recipient:{to}:{to_id}` (the read API's, by
-due time) and `n:{shard}:by-entity:{ref}` (what a plan cancels), each expire as a whole
-some time after their last add (`notif_add.lua`). An index that keeps being added to would still
-keep, for ever, the ids of notifications whose hashes expired long ago: a client's
-follow-up index gains ids with every completed visit. `IndexTrimmer.run` walks the
-keyspace a page at a time (SCAN, so Redis is never blocked) and, per index, drops the ids
-whose hash is gone; in a recipient's index, each notification due before the retention's
-start (`NOTIFIER_RETENTION_DAYS`) that has ended is retired, its hash cut down to a
-content-free row kept `history_s` more (`NOTIFIER_HISTORY_DAYS`), and leaves the index
+The indexes that hold notification ids, `n:{shard}:by-recipient:{to}:{to_id}` (the read
+API's, by due time, a recipient's notifications in one shard) and
+`n:{shard}:by-entity:{ref}` (what a plan cancels), each expire as a whole some time after
+their last add (`notif_add.lua`). An index that keeps being added to would still keep, for
+ever, the ids of notifications whose hashes expired long ago: a client's follow-up index
+gains ids with every completed visit. `IndexTrimmer.run` walks the keyspace a page at a time
+(SCAN, so Redis is never blocked) and, per index, drops the ids whose hash is gone; in a
+recipient's index, each notification due before the retention's start
+(`NOTIFIER_RETENTION_DAYS`) that has ended is retired, its hash cut down to a content-free
+row kept `history_s` more (`NOTIFIER_HISTORY_DAYS`), and leaves the index
 (`index_trim.lua`). The clock calls it every `trim_every_s` with the cursor where the last
 run stopped, so each run does a bounded amount of work and a whole pass takes as many runs
 as the keyspace needs.
@@ -21,9 +22,9 @@ long as it is kept, at a fraction of the bytes (`tests/ledger/test_trimming.py` 
 both with MEMORY USAGE). A hash's own expiry (retention + history from when it ended) is
 the backstop should the clock not run.
 
-The script is given one shard's notification keys a call: an entity's index and its ids
-are in the entity's shard; a recipient's index (not sharded yet) is trimmed by one call per
-shard its ids are in.
+The script is given one shard's keys a call: every index is in one shard (its tag) and
+holds only that shard's ids (an entity's ids are in the entity's shard, and a recipient's
+index is kept per shard: `ShardKeys.by_recipient`), so one call trims one index.
 
 The other sets of ids (each shard's schedule and in-flight set) hold only pending
 notifications and are emptied by the clock as they are sent; `n:phone-clients:{phone}`
@@ -42,10 +43,11 @@ from datetime import datetime
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 
 from notifier.ledger.client import store_errors
 from notifier.ledger.lua import lua_source
-from notifier.ledger.notifications import PREFIX, RECIPIENT_INDEXES, epoch
+from notifier.ledger.notifications import PREFIX, epoch
 from notifier.ledger.shards import ShardKeys
 
 INDEX_TRIM_LUA = lua_source("index_trim")
@@ -57,8 +59,9 @@ GONE_MARKER = "~"
 #: Ids of one index looked at per run: a recipient's index holds at most the retention's
 #: worth (the support team's is the largest), an entity's a few dozen.
 IDS_PER_INDEX = 1000
-#: An entity's index, `n:{shard}:by-entity:{ref}`: the ref is group 1.
-ENTITY_INDEX = re.compile(r"^n:\{\d+\}:by-entity:(.+)$")
+#: An index of notification ids, `n:{shard}:by-entity:{ref}` or
+#: `n:{shard}:by-recipient:{to}:{to_id}`: group 1 is the shard, group 2 which index.
+INDEX = re.compile(r"^n:\{(\d+)\}:by-(entity|recipient):.+$")
 
 
 @dataclass(frozen=True)
@@ -94,11 +97,10 @@ class IndexTrimmer:
         Returns where the next run starts (0: the pass is complete; pass it back)."""
         indexes = removed = retired = 0
         for _ in range(pages):
-            # `n:by-recipient:…` and `n:{shard}:by-entity:…` in one pattern; matched
-            # exactly below (a notification's key may hold `by-` in its id)
-            cursor, keys = self.redis.scan(cursor, match=PREFIX + "*by-*", count=SCAN_PAGE)
-            found = [k.decode() for k in keys if k.startswith(RECIPIENT_INDEXES.encode())
-                     or ENTITY_INDEX.match(k.decode())]
+            # `n:{shard}:by-recipient:…` and `n:{shard}:by-entity:…` in one pattern;
+            # matched exactly below (a notification's key may hold `by-` in its id)
+            cursor, keys = scan_page(self.redis, cursor, PREFIX + "*by-*", SCAN_PAGE)
+            found = [k.decode() for k in keys if INDEX.match(k.decode())]
             indexes += len(found)
             dropped, ended = self._trim_indexes(found, now)
             removed, retired = removed + dropped, retired + ended
@@ -117,13 +119,13 @@ class IndexTrimmer:
                 # (one command for either, as readers use): Redis refuses SORT over
                 # `maxmemory`, and this is the job that frees memory.
                 pipe.zrange(key, 0, IDS_PER_INDEX - 1)
-                if not key.startswith(RECIPIENT_INDEXES):
+                if not _is_recipients(key):
                     pipe.srandmember(key, IDS_PER_INDEX)
             replies = iter(pipe.execute(raise_on_error=False))
         members = []
         for key in keys:
             found = next(replies)
-            if not key.startswith(RECIPIENT_INDEXES):
+            if not _is_recipients(key):
                 as_set = next(replies)
                 found = as_set if isinstance(found, Exception) else found
             if isinstance(found, Exception):
@@ -133,21 +135,48 @@ class IndexTrimmer:
         start = epoch(now) - self.keep_finished_s
         with self.redis.pipeline(transaction=False) as pipe:
             for key, ids in zip(keys, members, strict=True):
-                for shard, decoded in self._by_shard(key, [i.decode() for i in ids]):
-                    cutoff = start if key.startswith(RECIPIENT_INDEXES) else ""
-                    self._trim(keys=[key, *(self.keys.tag(shard) + "notif:" + i
-                                            for i in decoded)],
-                               args=[cutoff, math.floor(epoch(now)), self.history_s,
-                                     *decoded],
-                               client=pipe)
+                # the notifications' keys in the index's own shard (its tag): an id of
+                # another shard cannot be there, and would read as gone, not cross slots
+                tag = self.keys.tag(_shard_of_index(key))
+                decoded = [i.decode() for i in ids]
+                cutoff = start if _is_recipients(key) else ""
+                self._trim(keys=[key, *(tag + "notif:" + i for i in decoded)],
+                           args=[cutoff, math.floor(epoch(now)), self.history_s, *decoded],
+                           client=pipe)
             replies = pipe.execute()
         return (sum(int(r[0]) for r in replies), sum(int(r[1]) for r in replies))
 
-    def _by_shard(self, key: str, ids: list[str]) -> list[tuple[int, list[str]]]:
-        """The script calls for one index: (shard, ids). An entity's index is one call in
-        its entity's shard, which holds every id it lists (and the `~` marker, which is
-        no id); a recipient's, one call per shard its ids are in."""
-        entity = ENTITY_INDEX.match(key)
-        if entity is not None:
-            return [(self.keys.of_ref(entity.group(1)), ids)]
-        return sorted(self.keys.by_shard(ids).items()) or [(0, [])]
+
+def scan_page(client: Any, cursor: int, match: str, count: int) -> tuple[int, list[bytes]]:
+    """One SCAN page from `cursor` (0: the start) of the keys matching `match`: (the cursor
+    to go on from, 0 when the pass is complete; the keys). On one Redis, SCAN itself. On a
+    Redis Cluster (`redis.cluster.RedisCluster`) each master's keyspace is SCANned in turn
+    (masters by node name), and the cursor carries which master and where in it: the
+    master's own cursor x masters + its index, so that 0 is still the start and the end.
+    A pass over a cluster whose masters change meanwhile may see a key twice or miss one
+    moved; the next pass sees it (an index trimmed twice is trimmed once more, no harm)."""
+    if not isinstance(client, RedisCluster):
+        found, keys = client.scan(cursor, match=match, count=count)
+        return int(found), keys
+    cluster: Any = client  # redis-py leaves the cluster's scan and nodes unannotated
+    masters = sorted(cluster.get_primaries(), key=lambda node: node.name)
+    index, node_cursor = cursor % len(masters), cursor // len(masters)
+    cursors, keys = cluster.scan(cursor=node_cursor, match=match, count=count,
+                                target_nodes=masters[index])
+    node_cursor = int(next(iter(cursors.values())))
+    if node_cursor != 0:
+        return node_cursor * len(masters) + index, keys
+    return (index + 1 if index + 1 < len(masters) else 0), keys
+
+
+def _shard_of_index(key: str) -> int:
+    """The shard of an index `INDEX` matched, from its tag."""
+    found = INDEX.match(key)
+    assert found is not None  # `run` keeps only the keys it matches
+    return int(found.group(1))
+
+
+def _is_recipients(key: str) -> bool:
+    """Whether `key` (matched by `INDEX`) is a recipient's index, not an entity's."""
+    found = INDEX.match(key)
+    return found is not None and found.group(2) == "recipient"

@@ -58,7 +58,7 @@ def create_app(settings: Settings, store: Store, broker: dramatiq.Broker) -> Fas
             settings, store,
             SessionCodec(settings.console_secret.get_secret_value(),
                          settings.console_session_s),
-            AuditLog(store.redis, settings.console_audit_days))
+            AuditLog(store.redis, settings.console_audit_days, keys=store.keys))
     event_stores = EventStores(store)
 
     @asynccontextmanager

@@ -39,6 +39,7 @@ from tests.kit import (
     store_and_apply,
     utc,
 )
+from tests.ledger_keys import KEYS
 
 #: Two days before New York leaves daylight saving time (1 November 2026, 06:00 UTC);
 #: London left it on 25 October.
@@ -59,7 +60,8 @@ def app(operators_file: Path, redis_client: redis.Redis) -> Iterator[tuple[Any, 
         return now[0]
 
     console = Console(settings, Store(redis_client),
-                      SessionCodec(CONSOLE_SECRET, 1800, clock), AuditLog(redis_client, 1),
+                      SessionCodec(CONSOLE_SECRET, 1800, clock),
+                      AuditLog(redis_client, 1, keys=KEYS),
                       clock=clock)
     fastapi = FastAPI()
     fastapi.include_router(console_routes(console))

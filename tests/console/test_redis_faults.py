@@ -27,6 +27,7 @@ from notifier.worker.actors import build_broker
 from tests.console.test_actions import PHONE, fail
 from tests.console.test_notifications import CONFIRM_SMS, book
 from tests.console.test_routes import csrf_in, sign_in
+from tests.ledger_keys import KEYS
 from tests.web.test_app import down_app
 
 
@@ -145,7 +146,8 @@ def test_an_action_whose_reply_is_lost_is_audited_once_and_not_called_undone(
         broker.close()
         proxy.listener.close()
     assert not proxy.armed.is_set()  # the cut happened
-    entries = [(e.operator, e.action.split(":")[0]) for e in AuditLog(redis_client, 1).recent()
+    entries = [(e.operator, e.action.split(":")[0])
+               for e in AuditLog(redis_client, 1, keys=KEYS).recent()
                if e.subject == subject and e.action != "view"]
     assert entries == [("ana", marker.decode())], entries  # done, and audited once
     assert answer.status_code == 503

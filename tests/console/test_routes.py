@@ -24,6 +24,7 @@ from notifier.timeutil import utcnow
 from notifier.web.app import create_app
 from notifier.worker.actors import build_broker
 from tests.console.conftest import CONSOLE_SECRET, NAME, PASSWORD, console_env
+from tests.ledger_keys import KEYS
 
 FORM = {"content-type": "application/x-www-form-urlencoded"}
 
@@ -45,7 +46,7 @@ def sign_in(client: Any, name: str = NAME, password: str = PASSWORD) -> Any:
 def audited(redis_client: redis.Redis) -> list[tuple[str, str, str]]:
     """(operator, action, subject) of each audit entry, oldest first."""
     return [(e.operator, e.action, e.subject)
-            for e in reversed(AuditLog(redis_client, 1).recent())]
+            for e in reversed(AuditLog(redis_client, 1, keys=KEYS).recent())]
 
 
 def test_a_good_sign_in_sets_a_secure_session_cookie_and_the_page_names_the_operator(
@@ -160,7 +161,8 @@ def clocked_console(settings: Settings, redis_client: Any, idle_s: int
         return now[0]
 
     console = Console(settings, Store(redis_client),
-                      SessionCodec(CONSOLE_SECRET, idle_s, clock), AuditLog(redis_client, 1),
+                      SessionCodec(CONSOLE_SECRET, idle_s, clock),
+                      AuditLog(redis_client, 1, keys=KEYS),
                       clock=clock)
     app = FastAPI()
     app.include_router(console_routes(console))

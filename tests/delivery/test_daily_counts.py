@@ -7,7 +7,7 @@ from pathlib import Path
 
 from notifier.delivery.channels.outbox import Outbox
 from notifier.errors import PermanentError
-from notifier.ledger.daily import FAILED_KEEP_S, SENT_KEEP_S, failed_key, sent_key
+from notifier.ledger.daily import FAILED_KEEP_S, SENT_KEEP_S
 from notifier.ledger.store import Store
 from notifier.timeutil import utcnow
 from tests.delivery.test_deliverer import (
@@ -34,10 +34,11 @@ def test_a_delivered_send_and_a_permanent_failure_are_each_counted_once(
     assert d.deliver(CONFIRM_SMS, NOW) == "failed"
     d.deliver(CONFIRM_EMAIL, NOW)  # a second deliver sends nothing, counts nothing
     assert len(outbox.messages()) == 1
-    sent = sent_key(NOW.date())
+    sent = store.keys.sent_daily(store.keys.of_notification(CONFIRM_EMAIL), NOW.date())
     assert counts(store, sent) == {f"{NOW.hour:02d}|email": 1}
     assert 0 < redis_client.ttl(sent) <= SENT_KEEP_S
     # `finish` takes no clock: a failure without `sent_at` counts in the day it is recorded.
-    failed = failed_key(utcnow().date())
+    failed = store.keys.failed_daily(store.keys.of_notification(CONFIRM_SMS),
+                                     utcnow().date())
     assert counts(store, failed) == {"sms|21211": 1}
     assert 0 < redis_client.ttl(failed) <= FAILED_KEEP_S

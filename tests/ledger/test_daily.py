@@ -5,24 +5,23 @@ each day's hash expiring."""
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
 from notifier.ledger.daily import (
-    DAILY_REPLIES,
     FAILED_KEEP_S,
     SENT_KEEP_S,
-    failed_key,
+    daily_replies,
     parse_daily,
     queue_daily,
-    sent_key,
 )
 from notifier.ledger.keyspace import family_of
 from notifier.ledger.lua import lua_source
 from notifier.ledger.store import Store
 from notifier.policy.plan import Plan, PlannedNotification
 from notifier.timeutil import utcnow
+from tests.ledger_keys import KEYS
 
 #: Recent, so that a day's hash (expiring days after its last count) is still there.
 NOW = utcnow().replace(minute=30, second=0, microsecond=0) - timedelta(hours=2)
@@ -40,6 +39,16 @@ def store(redis_client):
     return Store(redis_client)
 
 
+def sent_key(day: date, shard: int | None = None) -> str:
+    """A day's sends in `shard` (default: the shard of every notification here, a1's)."""
+    return KEYS.sent_daily(KEYS.of_ref("appointment:a1") if shard is None else shard, day)
+
+
+def failed_key(day: date, shard: int | None = None) -> str:
+    """A day's failures in `shard` (default: a1's)."""
+    return KEYS.failed_daily(KEYS.of_ref("appointment:a1") if shard is None else shard, day)
+
+
 def begun(store: Store, i: int, channel: str = "sms") -> tuple[str, str]:
     store.write_plan(Plan(outcome="applied", add=(planned(i, channel),)), NOW)
     nid = f"appointment_reminder:a1:{i}:{channel}"
@@ -54,10 +63,10 @@ def fields(store: Store, key: str) -> dict[str, int]:
 
 def daily(store: Store, now: datetime):
     with store.redis.pipeline(transaction=False) as pipe:
-        queue_daily(pipe, now)
+        queue_daily(pipe, now, store.keys)
         replies = pipe.execute()
-    assert len(replies) == DAILY_REPLIES
-    return parse_daily(replies, now)
+    assert len(replies) == daily_replies(store.keys)
+    return parse_daily(replies, now, store.keys)
 
 
 def test_a_send_counts_in_its_hour_and_channel_once_and_the_day_expires(store):
@@ -72,7 +81,7 @@ def test_a_send_counts_in_its_hour_and_channel_once_and_the_day_expires(store):
     hour = f"{NOW.hour:02d}"
     assert fields(store, key) == {f"{hour}|sms": 1, f"{hour}|email": 1}
     assert store.redis.ttl(key) == pytest.approx(SENT_KEEP_S, abs=5)
-    assert family_of(key).pattern == "n:stats:sent:*"  # type: ignore[union-attr]
+    assert family_of(key).pattern == "n:{*}:stats:sent:*"  # type: ignore[union-attr]
     start = NOW.replace(minute=0)
     assert daily(store, NOW).sent == {(start, "sms"): 1, (start, "email"): 1}
 
@@ -96,7 +105,7 @@ def test_a_failure_counts_by_channel_and_code_once(store):
     key = failed_key(NOW.date())
     assert fields(store, key) == {"sms|21211": 1}
     assert store.redis.ttl(key) == pytest.approx(FAILED_KEEP_S, abs=5)
-    assert family_of(key).pattern == "n:stats:failed:*"  # type: ignore[union-attr]
+    assert family_of(key).pattern == "n:{*}:stats:failed:*"  # type: ignore[union-attr]
 
 
 def test_a_failure_report_after_a_send_counts_once_in_the_reports_day(store):
@@ -127,22 +136,24 @@ def test_delivered_or_other_endings_count_no_failure(store):
     store.schedule.record_delivery(sms, "delivered", "", NOW)
     other, lease2 = begun(store, 2)
     assert store.schedule.finish(other, "expired", lease=lease2, reason="too late")
-    assert not store.redis.keys("n:stats:failed:*")
+    assert not store.redis.keys("n:{*}:stats:failed:*")
 
 
-def test_the_last_24_hours_and_7_days_are_read_from_the_day_hashes(store):
+def test_the_last_24_hours_and_7_days_are_read_from_the_day_hashes_of_every_shard(store):
     now = datetime(2026, 11, 30, 9, 20, tzinfo=UTC)
-    store.redis.hset(sent_key(now.date()), mapping={"09|sms": 2, "10|sms": 5, "00|email": 1})
-    store.redis.hset(sent_key(now.date() - timedelta(days=1)),
+    last = KEYS.count - 1
+    store.redis.hset(sent_key(now.date(), 0), mapping={"09|sms": 2, "10|sms": 5, "00|email": 1})
+    store.redis.hset(sent_key(now.date(), last), mapping={"09|sms": 4})
+    store.redis.hset(sent_key(now.date() - timedelta(days=1), 3),
                      mapping={"09|sms": 7, "10|sms": 3, "bad": 1})
-    for back in (0, 6, 7):
-        store.redis.hset(failed_key(now.date() - timedelta(days=back)), "sms|21610", 1)
+    for back, shard in ((0, 0), (6, last), (7, 0), (6, 5)):
+        store.redis.hset(failed_key(now.date() - timedelta(days=back), shard), "sms|21610", 1)
     counts = daily(store, now)
     day = datetime(2026, 11, 30, tzinfo=UTC)
     # 10:00 yesterday is the first of the 24 hours; 10:00 today is still to come.
-    assert counts.sent == {(day + timedelta(hours=9), "sms"): 2, (day, "email"): 1,
+    assert counts.sent == {(day + timedelta(hours=9), "sms"): 6, (day, "email"): 1,
                            (day - timedelta(hours=14), "sms"): 3}
-    assert counts.failed == {("sms", "21610"): 2}
+    assert counts.failed == {("sms", "21610"): 3}
 
 
 def test_the_scripts_expire_the_day_hashes_as_the_module_says():

@@ -29,7 +29,10 @@ from notifier.policy.plan import Plan, PlannedNotification
 from notifier.webhooks.catalogue import expand
 from notifier.webhooks.endpoints import Endpoint
 from notifier.webhooks.outbox import WebhookOutbox
-from tests.ledger_keys import due_score, notif_key, scheduled_count
+from tests.ledger_keys import KEYS, due_score, notif_key, recipient_key, scheduled_count
+
+#: c1's recipient index in the shard of a1, which the notifications here are about.
+C1_INDEX = recipient_key("appointment_reminder:a1:1:sms", "client", "c1")
 
 NOW = datetime(2026, 11, 25, 15, 0, tzinfo=UTC)
 
@@ -237,7 +240,7 @@ def test_reschedule_moves_the_notification_in_the_index_its_recipient_names(stor
     later = NOW + timedelta(hours=1)
     assert store.schedule.reschedule(nid, later, "quiet hours", lease=lease,
                                      recipient=("client", "c1")) == "rescheduled"
-    assert store.redis.zscore("n:by-recipient:client:c1", nid) == later.timestamp()
+    assert store.redis.zscore(C1_INDEX, nid) == later.timestamp()
     assert due_score(store.redis, nid) == later.timestamp()
 
 
@@ -248,8 +251,8 @@ def test_reschedule_given_a_recipient_that_no_longer_matches_reads_it_again(stor
     later = NOW + timedelta(hours=1)
     assert store.schedule.reschedule(nid, later, "quiet hours", lease=lease,
                                      recipient=("client", "someone-else")) == "rescheduled"
-    assert store.redis.zscore("n:by-recipient:client:c1", nid) == later.timestamp()
-    assert not store.redis.exists("n:by-recipient:client:someone-else")
+    assert store.redis.zscore(C1_INDEX, nid) == later.timestamp()
+    assert not store.redis.exists(*KEYS.recipient_indexes("client", "someone-else"))
 
 
 def test_reschedule_of_an_unknown_notification_changes_nothing(store):

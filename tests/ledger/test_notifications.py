@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from notifier.delivery.decide import Outcome
-from notifier.ledger.notifications import LATENESS, LATENESS_BUCKETS_S, Begun, Rescheduled, Verdict
+from notifier.ledger.notifications import LATENESS_BUCKETS_S, Begun, Rescheduled, Verdict
 from notifier.ledger.store import Store
 from notifier.policy.plan import Plan, PlannedNotification
 from tests.ledger_keys import (
@@ -18,10 +18,14 @@ from tests.ledger_keys import (
     inflight_count,
     inflight_score,
     notif_key,
+    recipient_key,
     scheduled_count,
+    summed_hash,
 )
 
 NOW = datetime(2026, 11, 25, 15, 0, tzinfo=UTC)
+#: c1's recipient index in the shard of a1, which every notification here is about.
+C1_INDEX = recipient_key("appointment_reminder:a1:1:sms", "client", "c1")
 
 
 def planned(i: int, due: datetime, entity: str = "appointment:a1",
@@ -231,11 +235,11 @@ def test_the_clock_trims_a_recipients_index_of_entries_past_the_retention(store)
         store.plans._write_plan(pipe, Plan(outcome="applied", add=(
             planned(9, later), planned(1, long_ago, state="expired"))), long_ago)
         pipe.execute()
-    assert store.redis.zcard("n:by-recipient:client:c1") == 2
+    assert store.redis.zcard(C1_INDEX) == 2
     write(store, planned(2, NOW - retention + timedelta(hours=1)), planned(3, NOW))
-    assert store.redis.zcard("n:by-recipient:client:c1") == 4, "a write trims nothing"
+    assert store.redis.zcard(C1_INDEX) == 4, "a write trims nothing"
     assert store.trimmer.run(NOW).retired == 1
-    assert [m.decode() for m in store.redis.zrange("n:by-recipient:client:c1", 0, -1)] == [
+    assert [m.decode() for m in store.redis.zrange(C1_INDEX, 0, -1)] == [
         "appointment_reminder:a1:2:sms", "appointment_reminder:a1:3:sms",
         "appointment_reminder:a1:9:sms"]
     assert store.write_plan(Plan(outcome="applied", add=(planned(4, NOW),)), NOW) == 1
@@ -246,7 +250,7 @@ def test_a_recipients_index_expires_its_retention_after_the_latest_due_in_it(sto
     behind; each add moves the expiry to the latest due time in it plus the retention."""
     from notifier.ledger.notifications import KEEP_FINISHED_S
 
-    key = "n:by-recipient:client:c1"
+    key = C1_INDEX
     soon, later = NOW + timedelta(days=2), NOW + timedelta(days=40)
 
     def expires_at() -> float:  # EXPIRETIME is Redis 7; the tests run on 6.2 too
@@ -308,7 +312,7 @@ def test_superseded_while_sending_counts_as_cancelled_when_put_back(store):
 
 
 def lateness_fields(store: Store) -> dict[str, str]:
-    return {k.decode(): v.decode() for k, v in store.redis.hgetall(LATENESS).items()}
+    return summed_hash(store.redis, store.keys.lateness, store.keys)
 
 
 @pytest.mark.parametrize(("late_s", "in_buckets"), [
@@ -396,3 +400,27 @@ def test_begin_and_reschedule_answer_with_their_enums(store):
     assert store.schedule.reschedule(nid, NOW, "held", lease=begun.lease) is (
         Rescheduled.NOT_SENDING)
     assert not Rescheduled.NOT_SENDING
+
+
+def test_the_shards_counters_are_summed_as_integers_or_floats():
+    from notifier.ledger.notifications import parse_lateness, parse_outcomes, sum_counts
+
+    summed = sum_counts([{b"sent:sms": b"2", b"k:sms:sum": b"1.5", b"k:sms:count": b"1"},
+                         {b"sent:sms": b"-1", b"failed:sms": b"4", b"k:sms:sum": b"2"},
+                         {}])
+    assert summed == {b"sent:sms": b"1", b"failed:sms": b"4", b"k:sms:sum": b"3.5",
+                      b"k:sms:count": b"1"}
+    assert parse_outcomes({k: summed[k] for k in (b"sent:sms", b"failed:sms")}) == {
+        ("sent", "sms"): 1, ("failed", "sms"): 4}
+    assert parse_lateness({b"k:sms:sum": summed[b"k:sms:sum"],
+                           b"k:sms:count": b"1"})[("k", "sms")].total_s == 3.5
+    with pytest.raises(ValueError):
+        sum_counts([{b"sent:sms": b"x"}])
+
+
+def test_outcomes_are_summed_over_the_shards(store):
+    keys = store.keys
+    store.redis.hset(keys.outcomes(0), mapping={"sent:sms": 2, "cancelled:email": 1})
+    store.redis.hset(keys.outcomes(keys.count - 1), mapping={"sent:sms": 3})
+    assert store.schedule.outcomes() == {("sent", "sms"): 5, ("cancelled", "email"): 1}
+    assert store.figures().outcomes == store.schedule.outcomes()

@@ -4,17 +4,18 @@ that delivery reports only move forward, against a real Redis."""
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from notifier.ledger.notifications import AWAITING_REPORT, epoch
+from notifier.ledger.notifications import epoch
 from notifier.ledger.reading import shown_state
 from notifier.ledger.reports import Awaiting, Settle
 from notifier.ledger.store import Store
 from notifier.policy.plan import Plan, PlannedNotification
 from tests.kit import counted_pipelines
-from tests.ledger_keys import notif_key
+from tests.ledger_keys import awaiting_scores, notif_key
 
 NOW = datetime(2026, 11, 25, 15, 0, tzinfo=UTC)
 WAIT_S = 3600.0
@@ -47,8 +48,7 @@ def sent(store: Store, i: int, *, channel: str = "sms", at: datetime = NOW,
 
 
 def awaiting(store: Store) -> dict[str, float]:
-    return {k.decode(): v for k, v in store.redis.zrange(AWAITING_REPORT, 0, -1,
-                                                         withscores=True)}
+    return awaiting_scores(store.redis, store.keys)
 
 
 def delivery(store: Store, notification_id: str) -> tuple[str, str]:
@@ -134,6 +134,36 @@ def test_a_claim_takes_the_overdue_oldest_first_at_most_the_limit_and_leases_the
     back = later + timedelta(seconds=300)
     assert store.reports.claim(back, 10, claim_s=300) == [ids[3], *ids[:3]], (
         "a dead run's claims come back, after the one never claimed")
+
+
+def test_a_claim_takes_from_every_shard_at_most_the_limit_in_all(store):
+    """Each shard keeps its own index (`ShardKeys.awaiting_report`): a claim reads every
+    shard's count due, then claims in each, up to the limit in all; the settle's writes
+    and the figures go to each id's own shard."""
+    by_shard: dict[int, str] = {}
+    for candidate in (f"a{i}" for i in range(100)):
+        by_shard.setdefault(store.keys.of_ref(f"appointment:{candidate}"), candidate)
+    ids = []
+    for i, entity in enumerate(list(by_shard.values())[:4]):
+        n = replace(planned(i), id=f"appointment_reminder:{entity}:{i}:sms",
+                    entity=f"appointment:{entity}")
+        store.write_plan(Plan(outcome="applied", add=(n,)), NOW)
+        begun = store.schedule.begin(n.id, NOW, lease_s=60)
+        store.schedule.finish(n.id, "sent", lease=begun.lease, report_at=epoch(NOW) + WAIT_S,
+                              sent_at=epoch(NOW), receipt=f"SM{i:032d}")
+        ids.append(n.id)
+    shards = {store.keys.of_notification(i) for i in ids}
+    assert len(shards) == 4
+    later = NOW + timedelta(seconds=WAIT_S + 1)
+    assert store.reports.overdue(later) == 4
+    first = store.reports.claim(later, 3, claim_s=300)
+    assert len(first) == 3 and set(first) < set(ids)
+    assert store.reports.claim(later, 10, claim_s=300) == sorted(set(ids) - set(first))
+    assert store.reports.claim(later, 10, claim_s=300) == []
+    store.reports.settle(Settle(record=[], drop=[ids[0]], again=ids[1:], counts=Counter()),
+                         later, again_at=later)
+    assert awaiting(store) == dict.fromkeys(ids[1:], epoch(later))
+    assert store.reports.figures(later).awaiting == 3 == store.reports.overdue(later)
 
 
 def test_facts_give_channel_and_receipt_or_none_for_an_expired_notification(store):

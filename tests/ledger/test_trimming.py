@@ -9,14 +9,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from notifier.ledger.notifications import by_recipient_key
 from notifier.ledger.store import Store
 from notifier.ledger.trimming import GONE_MARKER
 from notifier.policy.appointments import told_of_booking
 from notifier.policy.plan import Plan, PlannedNotification
 from notifier.worker.actors import build_broker
 from notifier.worker.clock import Clock
-from tests.ledger_keys import by_entity_key, notif_key
+from tests.ledger_keys import by_entity_key, notif_key, recipient_key
 
 #: Around the real clock: a recipient's index expires at a real time (EXPIREAT), written
 #: in the test's past it would be gone at once.
@@ -50,7 +49,8 @@ def test_the_clock_trims_gone_and_past_retention_ids_from_every_index(store, red
     # Written long ago: no later write has trimmed the recipient's index since.
     store.write_plan(Plan(outcome="applied", add=(kept, gone, old)), NOW - 41 * DAY)
     store.redis.delete(notif_key(gone.id))
-    recipient, entity = by_recipient_key("client", "c1"), by_entity_key("followup:c1")
+    recipient = recipient_key("follow_up:c1:a1:sms", "client", "c1")
+    entity = by_entity_key("followup:c1")
     assert ids(store, recipient) == ids(store, entity) == {old.id, gone.id, kept.id}
 
     clock = Clock(store, build_broker(redis_url), trim_every_s=0)
@@ -69,7 +69,8 @@ def test_an_entity_index_keeps_ids_past_the_retention_until_they_are_retired(sto
     old = planned("follow_up:c1:a1:sms", NOW - 40 * DAY, state="expired")
     kept = planned("follow_up:c1:a3:sms", NOW + 5 * DAY)
     store.write_plan(Plan(outcome="applied", add=(kept, old)), NOW - 41 * DAY)
-    store.redis.delete(by_recipient_key("client", "c1"))  # so nothing retires it
+    # so nothing retires it
+    store.redis.delete(recipient_key("follow_up:c1:a1:sms", "client", "c1"))
     store.trimmer.run(NOW)
     assert ids(store, by_entity_key("followup:c1")) == {old.id, kept.id}
 
@@ -115,7 +116,7 @@ def test_a_run_looks_at_a_bounded_slice_and_the_next_goes_on(store):
     finally:
         trimming.SCAN_PAGE = page
     assert seen >= 60
-    assert store.redis.keys("n:by-recipient:*") == []  # emptied indexes are gone
+    assert store.redis.keys("n:{*}:by-recipient:*") == []  # emptied indexes are gone
     assert {tuple(ids(store, k.decode())) for k in store.redis.keys("n:{*}:by-entity:*")} == {
         (GONE_MARKER,)}
 
@@ -186,7 +187,7 @@ def test_a_notification_past_the_retention_is_retired_to_a_content_free_row(kept
     assert float(row["sent_at"]) == pytest.approx(n.due_at.timestamp() + 0.4)
     assert "client-0042" not in str(row) and "video.example" not in str(row)
     assert HISTORY_DAYS * 86400 - 5 <= store.redis.ttl(key) <= HISTORY_DAYS * 86400
-    assert store.redis.zscore(by_recipient_key("client", "client-0042"), n.id) is None
+    assert store.redis.zscore(recipient_key(n.id, "client", "client-0042"), n.id) is None
     # Far smaller than the whole notification (its params are most of it).
     assert store.redis.memory_usage(key, samples=0) * 2 <= whole
     # Retired once: a later run leaves the row as it is.
@@ -231,7 +232,7 @@ def test_a_notification_not_ended_is_not_retired(kept_store):
     store.write_plan(Plan(outcome="applied", add=(n,)), n.due_at - DAY)
     assert store.trimmer.run(NOW).retired == 0
     assert store.notification(n.id)["to_id"] == "client-0042"
-    assert store.redis.zscore(by_recipient_key("client", "client-0042"), n.id) is not None
+    assert store.redis.zscore(recipient_key(n.id, "client", "client-0042"), n.id) is not None
 
 
 def test_an_ended_notification_keeps_its_expiry_as_a_backstop(kept_store):
@@ -291,7 +292,7 @@ def test_an_id_no_longer_in_the_index_when_the_script_runs_is_not_retired(kept_s
     store = kept_store
     n = video_reminder(NOW - 31 * DAY)
     sent_and_delivered(store, n)
-    index = by_recipient_key("client", "client-0042")
+    index = recipient_key(n.id, "client", "client-0042")
     store.redis.zrem(index, n.id)
     store.redis.zadd(index, {"appointment_reminder:apt-9:x:sms": NOW.timestamp()})
     assert store.trimmer._trim(keys=[index, notif_key(n.id)],

@@ -725,7 +725,7 @@ def test_a_read_writes_nothing(client, store, redis_client):
     recent = planned_for_c1("recent", now - timedelta(days=1))
     store.write_plan(Plan(outcome="applied", add=(recent,)), long_ago)
     before = redis_contents(redis_client)
-    assert b"n:by-recipient:client:c1" in before
+    assert store.keys.recipient_index_of(recent.id, "client", "c1").encode() in before
     assert [n["id"] for n in read(client, "c1").json()["notifications"]] == [recent.id]
     assert [v.id for v in store.notifications_for("client", "c1", now - timedelta(days=30))
             ] == [recent.id]

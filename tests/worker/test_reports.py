@@ -15,7 +15,6 @@ import pytest
 
 from notifier.config import Settings
 from notifier.errors import StoreContention
-from notifier.ledger.notifications import AWAITING_REPORT
 from notifier.ledger.reading import shown_state
 from notifier.ledger.store import Store
 from notifier.runtime import Runtime
@@ -45,7 +44,7 @@ from tests.kit import (
     provider_upserted,
     store_and_apply,
 )
-from tests.ledger_keys import notif_key
+from tests.ledger_keys import awaiting_scores, notif_key
 from tests.service import wait_for
 
 NOW = datetime(2026, 11, 25, 15, 0, tzinfo=UTC)  # 10:00 in New York
@@ -112,7 +111,7 @@ def shown(store: Store, notification_id: str) -> tuple[str, str, str]:
 
 
 def awaiting(store: Store) -> set[str]:
-    return {m.decode() for m in store.redis.zrange(AWAITING_REPORT, 0, -1)}
+    return set(awaiting_scores(store.redis, store.keys))
 
 
 def look_ups(twilio: FakeTwilio) -> list[str]:
@@ -300,7 +299,9 @@ def test_a_run_handles_at_most_its_bound_in_batches_and_a_backlog_drains(runtime
         done = run(runtime, limit=10, batch=4)
     assert sum(done.values()) == 10 and len(awaiting(store)) == 2
     assert len(look_ups(twilio)) == 10, "one call per send, the run's bound"
-    assert len(pipelines) == 2 * 3, "a read and a write per batch of 4, 4, 2"
+    # per batch of 4, 4, 2: the claim (the shards' counts due, then their claims), the
+    # facts and the writes
+    assert len(pipelines) == 4 * 3, "two for the claim, a read and a write per batch"
     assert sum(run(runtime, LATER + timedelta(minutes=1), limit=10).values()) == 2
     assert awaiting(store) == set() and len(look_ups(twilio)) == 12
 

@@ -4,8 +4,9 @@
 -- an action done is never left without its entry (Redis gone between two calls), and one
 -- refused or done already by someone else is not recorded (`notifier.console.audit`).
 --
--- KEYS        none of its own: the caller passes its KEYS entry for the console's audit
---             stream (`stream`)
+-- KEYS        none of its own: the caller passes its KEYS entry for the audit stream
+--             (`stream`): the stream of the shard its change is in, `n:{s}:audit`
+--             (`ShardKeys.audit`), so that the script's keys stay one shard's
 -- ARGV        the entry, five values from ARGV[first] on (`notifier.ledger.audit_write.
 --             AuditWrite.args`): the MINID (milliseconds) that trims entries older than
 --             the retention, exactly; the operator; the action; the subject; the time,

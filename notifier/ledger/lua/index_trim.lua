@@ -16,7 +16,7 @@
 -- check and the removal are one script, so an id planned again in between (the same
 -- dedupe key) stays indexed.
 --
--- KEYS[1]     n:by-recipient:{to}:{to_id} (a sorted set by due time) or
+-- KEYS[1]     n:{s}:by-recipient:{to}:{to_id} (a sorted set by due time) or
 --             n:{s}:by-entity:{ref} (a sorted set or a set: `notif_add.lua` says when)
 -- KEYS[2..]   n:{s}:notif:{id} of each id in ARGV[4..], in the same order
 --

@@ -4,13 +4,14 @@
 --
 -- KEYS[1]     n:{s}:notif:{id}             the notification's hash
 -- KEYS[2]     n:{s}:schedule               scheduled ids by due time
--- KEYS[3]     n:by-recipient:{to}:{to_id}  the recipient's notifications by due time
--- KEYS[4]     n:stats:outcomes             final states counted by state and channel
+-- KEYS[3]     n:{s}:by-recipient:{to}:{to_id}  the recipient's notifications in the
+--                                          shard, by due time
+-- KEYS[4]     n:{s}:stats:outcomes         final states counted by state and channel
 -- KEYS[5]     n:wh:outbox                  delivery-webhook messages (`_webhook_emit.lua`)
 -- KEYS[6]     n:wh:seq                     their sequence
 -- KEYS[7..]   n:{s}:by-entity:{ref}        each entity index the notification joins
 --                                          (then, when ARGV[5] is '1', the console's
---                                          audit stream n:audit, last: `_audit.lua`): a
+--                                          shard's audit stream n:{s}:audit, last: `_audit.lua`): a
 --                                          sorted set, every score 0, while Redis keeps
 --                                          that compact (ids of at most 64 bytes, at most
 --                                          128 of them); past that, or as older versions

@@ -8,10 +8,10 @@
 -- KEYS[1]     n:{s}:notif:{id}
 -- KEYS[2]     n:{s}:schedule
 -- KEYS[3]     n:{s}:inflight
--- KEYS[4]     n:stats:outcomes
+-- KEYS[4]     n:{s}:stats:outcomes
 -- KEYS[5]     n:wh:outbox                  delivery-webhook messages (`_webhook_emit.lua`)
 -- KEYS[6]     n:wh:seq                     their sequence
--- KEYS[7]     (optional) n:audit           the console's audit stream (`_audit.lua`)
+-- KEYS[7]     (optional) n:{s}:audit       the shard's audit stream (`_audit.lua`)
 --
 -- ARGV[1]     the notification id
 -- ARGV[2]     the reason recorded

@@ -12,7 +12,7 @@
 --                                          or a set (`notif_add.lua` says when)
 -- KEYS[2]     n:{s}:schedule
 -- KEYS[3]     n:{s}:inflight
--- KEYS[4]     n:stats:outcomes
+-- KEYS[4]     n:{s}:stats:outcomes
 -- KEYS[5]     n:wh:outbox                  delivery-webhook messages (`_webhook_emit.lua`)
 -- KEYS[6]     n:wh:seq                     their sequence
 -- KEYS[7..]   n:{s}:notif:{id} of each id in ARGV[3..], in the same order

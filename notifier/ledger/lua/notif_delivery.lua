@@ -10,10 +10,10 @@
 -- of the index of sends awaiting a report, whether or not it was further along.
 --
 -- KEYS[1]     n:{s}:notif:{id}
--- KEYS[2]     n:awaiting-report
+-- KEYS[2]     n:{s}:awaiting-report
 -- KEYS[3]     n:wh:outbox                  delivery-webhook messages (`_webhook_emit.lua`)
 -- KEYS[4]     n:wh:seq                     their sequence
--- KEYS[5]     n:stats:failed:{YYYY-MM-DD}  the day's failures per provider code
+-- KEYS[5]     n:{s}:stats:failed:{YYYY-MM-DD}  the day's failures per provider code
 --
 -- ARGV[1]     the delivery status
 -- ARGV[2]     its rank (how far along it is)

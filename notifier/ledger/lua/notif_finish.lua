@@ -26,14 +26,15 @@
 --
 -- KEYS[1]     n:{s}:notif:{id}
 -- KEYS[2]     n:{s}:inflight
--- KEYS[3]     n:stats:outcomes
--- KEYS[4]     n:stats:lateness
+-- KEYS[3]     n:{s}:stats:outcomes
+-- KEYS[4]     n:{s}:stats:lateness
 -- KEYS[5]     n:{s}:schedule
--- KEYS[6]     n:awaiting-report
+-- KEYS[6]     n:{s}:awaiting-report
 -- KEYS[7]     n:wh:outbox                  delivery-webhook messages (`_webhook_emit.lua`)
 -- KEYS[8]     n:wh:seq                     their sequence
--- KEYS[9]     n:stats:sent:{YYYY-MM-DD}    the day's sends per hour (`notifier.ledger.daily`)
--- KEYS[10]    n:stats:failed:{YYYY-MM-DD}  the day's failures per provider code
+-- KEYS[9]     n:{s}:stats:sent:{YYYY-MM-DD}  the day's sends per hour
+--                                          (`notifier.ledger.daily`)
+-- KEYS[10]    n:{s}:stats:failed:{YYYY-MM-DD}  the day's failures per provider code
 --
 -- ARGV[1]     the notification id
 -- ARGV[2]     the final state

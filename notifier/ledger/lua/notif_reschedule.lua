@@ -10,8 +10,9 @@
 -- KEYS[1]     n:{s}:notif:{id}
 -- KEYS[2]     n:{s}:inflight
 -- KEYS[3]     n:{s}:schedule
--- KEYS[4]     n:stats:outcomes
--- KEYS[5]     n:by-recipient:{to}:{to_id}  the recipient's notifications by due time
+-- KEYS[4]     n:{s}:stats:outcomes
+-- KEYS[5]     n:{s}:by-recipient:{to}:{to_id}  the recipient's notifications in the
+--                                          shard, by due time
 -- KEYS[6]     n:wh:outbox                  delivery-webhook messages (`_webhook_emit.lua`)
 -- KEYS[7]     n:wh:seq                     their sequence
 --

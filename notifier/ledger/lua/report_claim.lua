@@ -3,7 +3,7 @@
 -- later score (a claim's lease) so that a run elsewhere does not look them up too, and a
 -- run that dies leaves them to a run after the lease. Atomic, as `notif_claim.lua` is.
 --
--- KEYS[1]     n:awaiting-report
+-- KEYS[1]     n:{s}:awaiting-report        one shard's (the caller calls it per shard)
 --
 -- ARGV[1]     now, epoch seconds
 -- ARGV[2]     the most ids to claim
