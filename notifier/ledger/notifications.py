@@ -50,11 +50,6 @@ OUTCOMES = PREFIX + "stats:outcomes"
 #: Send lateness (sent_at - due, seconds) as cumulative histogram buckets per kind and
 #: channel: `{kind}:{channel}:{bound}` -> sends at most that late, and `…:count`, `…:sum`.
 LATENESS = PREFIX + "stats:lateness"
-#: The delivery-webhook outbox (a list of JSON entries) and its sequence counter, which
-#: every script that changes what webhooks announce writes to (`lua/_webhook_emit.lua`);
-#: the clock fans the outbox out to the endpoints (`notifier.webhooks.outbox`).
-WEBHOOK_OUTBOX = PREFIX + "wh:outbox"
-WEBHOOK_SEQ = PREFIX + "wh:seq"
 #: Every state a notification can end in, counted in OUTCOMES (zero until one happens).
 FINAL_STATES = ("sent", "failed", "expired", "suppressed", "cancelled")
 #: Counted in OUTCOMES beside the states: a message that left after its sender had lost
@@ -238,7 +233,7 @@ class Schedule:
         `ref`'s shard (an id names its entity), so the script is given one shard's keys."""
         k, shard = self.keys, self.keys.of_ref(ref)
         self.cancel_script(keys=[k.by_entity(ref), k.schedule(shard), k.inflight(shard),
-                                 OUTCOMES, WEBHOOK_OUTBOX, WEBHOOK_SEQ,
+                                 OUTCOMES, k.webhook_outbox(shard), k.webhook_seq(shard),
                                  *(k.notif(i) for i in ids)],
                            args=[reason, self.ended_ttl_s, *ids], client=pipe)
 
@@ -251,7 +246,8 @@ class Schedule:
         `sending` cannot be stopped) and not audited, or none."""
         shard = self.keys.of_notification(notification_id)
         keys = [self.keys.notif(notification_id), self.keys.schedule(shard),
-                self.keys.inflight(shard), OUTCOMES, WEBHOOK_OUTBOX, WEBHOOK_SEQ]
+                self.keys.inflight(shard), OUTCOMES, self.keys.webhook_outbox(shard),
+                self.keys.webhook_seq(shard)]
         args: list[str | int] = [notification_id, reason, self.ended_ttl_s]
         if audit is not None:
             keys.append(audit.stream)
@@ -461,7 +457,7 @@ class Schedule:
         shard = self.keys.of_notification(notification_id)
         return [self.keys.notif(notification_id), self.keys.inflight(shard),
                 self.keys.schedule(shard), OUTCOMES, by_recipient_key(*recipient),
-                WEBHOOK_OUTBOX, WEBHOOK_SEQ]
+                self.keys.webhook_outbox(shard), self.keys.webhook_seq(shard)]
 
 
 def queue_pending_counts(pipe: Any, keys: ShardKeys) -> None:
@@ -505,7 +501,8 @@ def _finish_call(keys: ShardKeys, notification_id: str, state: str, lease: str,
     shard = keys.of_notification(notification_id)
     return ([keys.notif(notification_id), keys.inflight(shard), OUTCOMES, LATENESS,
              keys.schedule(shard),
-             AWAITING_REPORT, WEBHOOK_OUTBOX, WEBHOOK_SEQ, sent_key(day), failed_key(day)],
+             AWAITING_REPORT, keys.webhook_outbox(shard), keys.webhook_seq(shard),
+             sent_key(day), failed_key(day)],
             [notification_id, state, keep_s,
              ",".join(str(b) for b in LATENESS_BUCKETS_S), lease,
              "" if report_at is None else report_at, *flat])
@@ -518,8 +515,9 @@ def _flat(fields: Mapping[str, object] | None) -> list[Any]:
 
 def _delivery_keys(keys: ShardKeys, notification_id: str, now: datetime) -> list[str]:
     """The KEYS of `notif_delivery.lua`: a failure is counted in `now`'s day."""
-    return [keys.notif(notification_id), AWAITING_REPORT, WEBHOOK_OUTBOX, WEBHOOK_SEQ,
-            failed_key(day_of(epoch(now)))]
+    shard = keys.of_notification(notification_id)
+    return [keys.notif(notification_id), AWAITING_REPORT, keys.webhook_outbox(shard),
+            keys.webhook_seq(shard), failed_key(day_of(epoch(now)))]
 
 
 def _delivery_args(notification_id: str, status: str, code: str, now: datetime,

@@ -26,8 +26,6 @@ from notifier.ledger.notif_fields import planned_fields
 from notifier.ledger.notifications import (
     ENTITY_INDEX_TTL_S,
     OUTCOMES,
-    WEBHOOK_OUTBOX,
-    WEBHOOK_SEQ,
     Schedule,
     by_recipient_key,
     epoch,
@@ -232,7 +230,7 @@ class PlanWriter:
         for ref in plan.cancel:
             self.schedule.cancel_entity(pipe, ref, (targets or {})[ref])
         for announcement in plan.announce:
-            queue_announcement(pipe, announcement)
+            queue_announcement(pipe, self.schedule.keys, announcement)
         first_add = len(pipe)
         k = self.schedule.keys
         for i, n in enumerate(plan.add):
@@ -243,7 +241,8 @@ class PlanWriter:
                 raise StoreError(f"notification {n.id} does not name its entity {n.entity}")
             keys = [k.notif(n.id), k.schedule(shard),
                     by_recipient_key(n.recipient, n.recipient_id),
-                    OUTCOMES, WEBHOOK_OUTBOX, WEBHOOK_SEQ, k.by_entity(n.entity)]
+                    OUTCOMES, k.webhook_outbox(shard), k.webhook_seq(shard),
+                    k.by_entity(n.entity)]
             args: list[str | float] = [n.id, epoch(n.due_at), ENTITY_INDEX_TTL_S,
                                        self.schedule.ended_ttl_s]
             if audit is not None and i == 0:
