@@ -222,10 +222,10 @@ class Events:
                 # else its id's), so that this MULTI is one slot once the event is too.
                 shard = (self.keys.of_ref(subject.decode()) if subject
                          else self.keys.of_subject(event_id))
-                queue_announcement(pipe, self.keys, Announcement("event.rejected", event_id, {
+                rejected = Announcement("event.rejected", event_id, {
                     "event_id": event_id, "event_type": _event_type(raw),
-                    "status": status, "subject": subject.decode() if subject else None}),
-                                   shard)
+                    "status": status, "subject": subject.decode() if subject else None})
+                queue_announcement(pipe, self.keys, rejected, shard)
             pipe.expire(event_key(event_id), EVENT_RETENTION_S)
             pipe.zrem(PENDING_EVENTS, event_id)
             if subject and member:

@@ -229,10 +229,14 @@ class PlanWriter:
         write_records(pipe, plan.records, before or {})
         for ref in plan.cancel:
             self.schedule.cancel_entity(pipe, ref, (targets or {})[ref])
-        for announcement in plan.announce:
-            queue_announcement(pipe, self.schedule.keys, announcement)
-        first_add = len(pipe)
         k = self.schedule.keys
+        # A plan's announcements go to the shard of what it adds when it adds (an R reply's
+        # support alert is about the client, its announcement about the appointment): the
+        # transaction is then one shard's; else to their subjects' shards.
+        announce_in = k.of_ref(plan.add[0].entity) if plan.add else None
+        for announcement in plan.announce:
+            queue_announcement(pipe, k, announcement, announce_in)
+        first_add = len(pipe)
         for i, n in enumerate(plan.add):
             shard = k.of_notification(n.id)
             if shard != k.of_ref(n.entity):

@@ -186,6 +186,8 @@ class WebhookOutbox:
         calls: list[tuple[list[str], list[Any]]] = []
         for shard, raw in read:
             entries = list(_parsed(self.keys, shard, raw))
+            bodies = {e.message_id: json.dumps(e.payload(), separators=(",", ":"))
+                      for e in entries}
             for endpoint in self.endpoints:
                 wanted = [e for e in entries if endpoint.wants(e.type)]
                 if not wanted:
@@ -195,8 +197,7 @@ class WebhookOutbox:
                 args: list[Any] = [epoch(now), KEEP_S]
                 for entry in wanted:
                     keys.append(message_key(name, entry.message_id))
-                    args += [entry.message_id,
-                             json.dumps(entry.payload(), separators=(",", ":")), entry.type]
+                    args += [entry.message_id, bodies[entry.message_id], entry.type]
                 calls.append((keys, args))
         if not calls:
             return 0

@@ -152,17 +152,19 @@ class Clock:
 
     def fan_out_webhooks(self, now: datetime, shards: list[int], max_batches: int = 10
                          ) -> int:
-        """Fan the webhook outboxes of `shards` (those this clock holds) out, a batch of
-        each a round, until they are empty or `max_batches` rounds were taken (the rest
-        waits a tick: claiming comes first); returns how many entries left them."""
+        """Fan the webhook outboxes of `shards` (those this clock holds) out, a batch
+        (`FAN_OUT_BATCH` entries, spread over the shards that may hold entries) a round,
+        until they are empty or `max_batches` rounds were taken (the rest waits a tick:
+        claiming comes first); returns how many entries left them."""
         moved, left = 0, list(shards)
         for _ in range(max_batches if self.webhooks is not None else 0):
-            taken = self.webhooks.fan_out_round(now, left)  # type: ignore[union-attr]
-            moved += sum(taken.values())
-            # A shard whose batch was short is empty (or another clock took it): done.
-            left = [s for s, n in taken.items() if n >= FAN_OUT_BATCH]
             if not left:
                 break
+            each = -(-FAN_OUT_BATCH // len(left))  # rounded up: at least one
+            taken = self.webhooks.fan_out_round(now, left, each)  # type: ignore[union-attr]
+            moved += sum(taken.values())
+            # A shard that gave less than asked is empty (or another clock took it).
+            left = [s for s, n in taken.items() if n >= each]
         return moved
 
     def trim_indexes(self, now: datetime) -> int:
