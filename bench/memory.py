@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
             plan_s = time.perf_counter() - started
             # No clock runs here (nothing is due): drain the delivery-webhook outbox as the
             # clock does every tick, so what is measured is what stays.
-            outbox = WebhookOutbox(r, ())
+            outbox = WebhookOutbox(r, (), ledger_keys(r))
             while outbox.fan_out(datetime.now(UTC)):
                 pass
             after = int(r.info("memory")["used_memory"])

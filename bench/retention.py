@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
         r = server.client(0)
         store = Store(r, keep_finished_s=RETENTION_DAYS * 86400,
                       history_s=HISTORY_DAYS * 86400)
-        outbox = WebhookOutbox(r, ())
+        outbox = WebhookOutbox(r, (), store.keys)
         people = workload.people_events(now, workload.midday_zone(now), "ret")
         events = apply_all(store, people + bookings(count, now), now)
         ids = [i.decode() for i in r.scan_iter(match="*notif:*", count=1000)]

@@ -70,7 +70,7 @@ from bench.webhook_sinks import DeadReceiver
 from notifier.config import Settings
 from notifier.ledger.announcements import queue_announcement
 from notifier.ledger.embedded_redis import free_port
-from notifier.ledger.notifications import WEBHOOK_OUTBOX
+from notifier.ledger.shards import ShardKeys, ledger_keys
 from notifier.webhooks.catalogue import Announcement, expand
 from notifier.webhooks.dispatcher import Dispatcher
 from notifier.webhooks.endpoints import Endpoint, secret_variable
@@ -103,12 +103,12 @@ class Throughput:
         return self.delivered / self.seconds if self.seconds > 0 else float("nan")
 
 
-def fill_outbox(client: Any, count: int) -> None:
+def fill_outbox(client: Any, keys: ShardKeys, count: int) -> None:
     """Queue `count` `client.opted_out` announcements, as an opt-out queues its own."""
     for start in range(0, count, FILL_BATCH):
         with client.pipeline(transaction=False) as pipe:
             for i in range(start, min(count, start + FILL_BATCH)):
-                queue_announcement(pipe, Announcement("client.opted_out", f"cl_{i}", {
+                queue_announcement(pipe, keys, Announcement("client.opted_out", f"cl_{i}", {
                     "client_id": f"cl_{i}", "channel": "sms", "source": "sms_reply"}))
             pipe.execute()
 
@@ -117,7 +117,7 @@ def fan_out_all(outbox: WebhookOutbox) -> None:
     """Fan the whole outbox out. Raises `RuntimeError` when entries stay in it."""
     while outbox.fan_out(datetime.now(UTC)):
         pass
-    left = outbox.redis.llen(WEBHOOK_OUTBOX)
+    left = outbox.waiting()
     if left:
         raise RuntimeError(f"{left} outbox entries were not fanned out")
 
@@ -149,8 +149,8 @@ def run_throughput(server: common.RedisServer, sink_port: int, sink_pid: int, co
     endpoint = Endpoint(name="sink", url=f"http://127.0.0.1:{sink_port}/hooks",
                         events=expand(["*"]), secret=SecretStr(workload.new_secret()),
                         max_in_flight=max_in_flight)
-    outbox = WebhookOutbox(r, [endpoint])
-    fill_outbox(r, count)
+    outbox = WebhookOutbox(r, [endpoint], ledger_keys(r))
+    fill_outbox(r, outbox.keys, count)
     fan_out_all(outbox)
     stop = threading.Event()
     sender = threading.Thread(target=Dispatcher(outbox).serve, args=(stop,), name="dispatcher")

@@ -97,7 +97,7 @@ class Received:
 
 @dataclass(frozen=True)
 class Made:
-    """One message the outbox made for the endpoint (`n:wh:log:`): its id (`webhook-id`),
+    """One message the outbox made for the endpoint (`n:wh:{endpoint}:log`): its id (`webhook-id`),
     type and subject."""
 
     webhook_id: str

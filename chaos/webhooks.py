@@ -25,7 +25,7 @@ import redis
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from chaos.tally import Made, Received
-from notifier.ledger.notifications import WEBHOOK_OUTBOX
+from notifier.ledger.shards import ledger_keys
 from notifier.timeutil import utcnow
 from notifier.webhooks.endpoints import load_endpoints, secret_variable
 from notifier.webhooks.outbox import WebhookOutbox, log_key, message_key
@@ -137,16 +137,16 @@ class Receiver:
 def outbox_for(client: redis.Redis, receiver: Receiver, work: Path) -> WebhookOutbox:
     """The service's webhook outbox as its processes see it (endpoints loaded from the
     same settings, by the product's loader)."""
-    return WebhookOutbox(client, load_endpoints(receiver.env(), work))
+    return WebhookOutbox(client, load_endpoints(receiver.env(), work), ledger_keys(client))
 
 
 def drain(outbox: WebhookOutbox, timeout_s: float = DRAIN_S) -> tuple[bool, str]:
-    """Wait until the outbox list is empty and the endpoint has nothing pending, or
+    """Wait until the outboxes are empty and the endpoint has nothing pending, or
     `timeout_s`; returns whether it drained, and how long it took or what was left."""
     began = time.monotonic()
     while True:
         status = outbox.statuses(utcnow())[0]
-        waiting = int(outbox.redis.llen(WEBHOOK_OUTBOX))
+        waiting = outbox.waiting()
         took = time.monotonic() - began
         if status.pending == 0 and waiting == 0:
             return True, f"webhooks drained {took:.1f} s after the notifications settled"
@@ -157,7 +157,7 @@ def drain(outbox: WebhookOutbox, timeout_s: float = DRAIN_S) -> tuple[bool, str]
 
 
 def made(outbox: WebhookOutbox) -> list[Made]:
-    """Every message the outbox made for `ENDPOINT` (`n:wh:log:` ids, each message's hash),
+    """Every message the outbox made for `ENDPOINT` (`n:wh:{chaos}:log` ids, each message's hash),
     in the order made."""
     client = outbox.redis
     ids = [i.decode() for i in client.zrange(log_key(ENDPOINT), 0, -1)]

@@ -108,4 +108,4 @@ class Runtime:
                    broker_url=settings.broker_url or redis_url, redis=client,
                    store=store, renderer=renderer, channels=channels, deliverer=deliverer,
                    jobs=load_jobs(settings.schedules_dir),
-                   webhooks=WebhookOutbox(client, settings.webhook_endpoints))
+                   webhooks=WebhookOutbox(client, settings.webhook_endpoints, store.keys))

@@ -1,5 +1,5 @@
 """The ledger's sharded keys as tests read them: a notification's hash, an entity's index,
-and the schedule and in-flight sets over every shard, at the count a plain
+the schedule and in-flight sets and the webhook outboxes over every shard, at the count a plain
 `Store(redis_client)` uses (`DEFAULT_SHARDS`) unless a test passes its own `ShardKeys`."""
 
 from __future__ import annotations
@@ -8,6 +8,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from notifier.ledger.shards import ShardKeys
+from notifier.webhooks.catalogue import OutboxEntry
+from notifier.webhooks.outbox import announced, queue_waiting
 
 #: The keys of a `Store` built with the default shard count.
 KEYS = ShardKeys()
@@ -127,3 +129,23 @@ def summed_hash(redis: Any, key_of: Any, keys: ShardKeys = KEYS) -> dict[str, st
         for shard in keys.all():
             pipe.hgetall(key_of(shard))
         return {k.decode(): v.decode() for k, v in sum_counts(pipe.execute()).items()}
+
+
+def outbox_entries(redis: Any, keys: ShardKeys = KEYS) -> list[OutboxEntry]:
+    """Every entry waiting in the webhook outboxes, over all shards, as announced
+    (`outbox.announced`: the sequence unique across shards), in the order Redis made
+    them (its TIME, then the sequence: one script's entries share a TIME and a shard)."""
+    with redis.pipeline(transaction=False) as pipe:
+        for shard in keys.all():
+            pipe.lrange(keys.webhook_outbox(shard), 0, -1)
+        found = pipe.execute()
+    entries = [announced(keys, shard, raw)
+               for shard, raws in zip(keys.all(), found, strict=True) for raw in raws]
+    return sorted(entries, key=lambda e: (e.at, e.sequence))
+
+
+def outbox_waiting(redis: Any, keys: ShardKeys = KEYS) -> int:
+    """How many entries wait in the webhook outboxes, over all shards."""
+    with redis.pipeline(transaction=False) as pipe:
+        queue_waiting(pipe, keys)
+        return sum(int(n) for n in pipe.execute())

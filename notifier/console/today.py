@@ -38,13 +38,14 @@ from notifier.ledger.daily import (
     parse_daily,
     queue_daily,
 )
-from notifier.ledger.notifications import LATENESS_BUCKETS_S, WEBHOOK_OUTBOX, Lateness
+from notifier.ledger.notifications import LATENESS_BUCKETS_S, Lateness
 from notifier.ledger.reading import LedgerFigures
 from notifier.ledger.record_store import parse_record, record_key
 from notifier.ledger.records import ProviderQueueRecord, ProviderRecord
 from notifier.ledger.reports import ReportFigures
 from notifier.ledger.store import Store
 from notifier.policy.figures import CHANNELS
+from notifier.webhooks.outbox import queue_waiting
 
 log = logging.getLogger(__name__)
 
@@ -91,14 +92,15 @@ def gather(store: Store, now: datetime) -> Gathered:
     refs = [f"provider:{i}" for i in ids] + [f"provider_queue:{i}" for i in ids]
     with store.redis.pipeline(transaction=False) as pipe:
         queue_daily(pipe, now, store.keys)
-        pipe.llen(WEBHOOK_OUTBOX)
+        queue_waiting(pipe, store.keys)
         if refs:
             pipe.mget([record_key(r) for r in refs])
         replies = pipe.execute()
     read = daily_replies(store.keys)
     daily = parse_daily(replies[:read], now, store.keys)
-    outbox = int(replies[read])
-    raw = dict(zip(refs, replies[read + 1], strict=True)) if refs else {}
+    shards = store.keys.count
+    outbox = sum(int(n) for n in replies[read:read + shards])
+    raw = dict(zip(refs, replies[read + shards], strict=True)) if refs else {}
     providers: dict[str, ProviderRecord] = {}
     queues: dict[str, ProviderQueueRecord] = {}
     for ref, value in raw.items():

@@ -31,6 +31,7 @@ from notifier.ledger.announcements import queue_announcement
 from notifier.ledger.broker_messages import BrokerMessage
 from notifier.ledger.lua import lua_source
 from notifier.ledger.notifications import PREFIX, epoch, from_epoch
+from notifier.ledger.shards import ShardKeys
 from notifier.ledger.turns import HELD_EVENTS, held_key, queue_key, queue_member
 from notifier.policy.plan import Plan
 from notifier.webhooks.catalogue import Announcement
@@ -119,9 +120,12 @@ def unhold(pipe: Any, ref: str, held: list[tuple[bytes, float]], now: datetime) 
 class Events:
     """The stored events and their statuses, outside of applying them (`PlanWriter`)."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, keys: ShardKeys) -> None:
+        """`keys`: the ledger's shard keys (a rejected event's announcement goes to a
+        shard's outbox)."""
         # redis-py types its replies as a sync|async union; the client here is sync.
         self.redis: Any = client
+        self.keys = keys
         self._store_event = client.register_script(STORE_EVENT_LUA)
 
     def store_event(self, event_id: str, raw: bytes, now: datetime, subject: str | None = None,
@@ -214,9 +218,14 @@ class Events:
                                                     "applied_at": epoch(now)})
             if before not in (b"rejected", b"failed"):
                 pipe.hincrby(SET_ASIDE, status, 1)
-                queue_announcement(pipe, Announcement("event.rejected", event_id, {
+                # In the shard issue 17's design gives the event itself (its subject's,
+                # else its id's), so that this MULTI is one slot once the event is too.
+                shard = (self.keys.of_ref(subject.decode()) if subject
+                         else self.keys.of_subject(event_id))
+                rejected = Announcement("event.rejected", event_id, {
                     "event_id": event_id, "event_type": _event_type(raw),
-                    "status": status, "subject": subject.decode() if subject else None}))
+                    "status": status, "subject": subject.decode() if subject else None})
+                queue_announcement(pipe, self.keys, rejected, shard)
             pipe.expire(event_key(event_id), EVENT_RETENTION_S)
             pipe.zrem(PENDING_EVENTS, event_id)
             if subject and member:

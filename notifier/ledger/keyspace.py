@@ -40,6 +40,11 @@ KEY_FAMILIES: tuple[KeyFamily, ...] = (
     KeyFamily("n:{*}:by-entity:*", "180 days after its last add",
               "the clock trims ids gone or retired"),
     KeyFamily("n:{*}:clock", "the clock's shard lease (5 s) unless renewed", ""),
+    KeyFamily("n:{*}:wh:outbox", "", "one per shard: changes to announce to delivery "
+              "webhooks; the clock fans out each of its shards' outboxes, up to 2,000 "
+              "entries a tick (200 while claiming a burst)"),
+    KeyFamily("n:{*}:wh:seq", "", "one counter per shard"),
+    KeyFamily("n:{*}:wh:once:*", "7 days", ""),
     KeyFamily("n:clocks", "twice the shard lease after the last clock's beat",
               "one entry per live clock"),
     KeyFamily("n:shards", "", "one number: the shard count the ledger was written with"),
@@ -84,7 +89,7 @@ KEY_FAMILIES: tuple[KeyFamily, ...] = (
               "appointments, prescriptions, refill requests and messages, never removed; "
               "it grows with the records of `n:rec:*` it names (with the practice), not "
               "with time"),
-    KeyFamily("n:sms-optout", "", "one entry per opted-out number: an opt-out holds until "
+    KeyFamily("n:{0}:sms-optout", "", "one entry per opted-out number: an opt-out holds until "
               "the number opts back in"),
     KeyFamily("n:rate:*", "a day", ""),
     KeyFamily("n:short:*", "90 days after the link was last made", ""),
@@ -94,22 +99,18 @@ KEY_FAMILIES: tuple[KeyFamily, ...] = (
     KeyFamily("n:callbacks:unknown", "", "the last 1,000 reports about unknown ids"),
     KeyFamily("n:job:*", "3 days (a cron fire); the repair job's turn: 10 minutes while a run "
               "is queued, a minute from a run's start, 110 s while it runs", ""),
-    KeyFamily("n:wh:outbox", "", "changes to announce to delivery webhooks: the clock "
-              "fans it out, up to 2,000 entries a tick (200 while claiming a burst)"),
-    KeyFamily("n:wh:seq", "", "one counter"),
-    KeyFamily("n:wh:once:*", "7 days", ""),
-    KeyFamily("n:wh:msg:*", "14 days after the message was made", ""),
-    KeyFamily("n:wh:due:*", "", "an endpoint's pending messages: each ends within the "
+    KeyFamily("n:wh:{*}:msg:*", "14 days after the message was made", ""),
+    KeyFamily("n:wh:{*}:due", "", "an endpoint's pending messages: each ends within the "
               "27.6 hours of the retry schedule, or waits while the endpoint is disabled "
               "and is dropped when claimed after its 14 days"),
-    KeyFamily("n:wh:inflight:*", "", "at most an endpoint's `max_in_flight`"),
-    KeyFamily("n:wh:pending:*", "", "an endpoint's pending messages; the clock trims those "
-              "past 14 days"),
-    KeyFamily("n:wh:log:*", "", "an endpoint's messages of the last 14 days; the clock "
+    KeyFamily("n:wh:{*}:inflight", "", "at most an endpoint's `max_in_flight`"),
+    KeyFamily("n:wh:{*}:pending", "", "an endpoint's pending messages; the clock trims "
+              "those past 14 days"),
+    KeyFamily("n:wh:{*}:log", "", "an endpoint's messages of the last 14 days; the clock "
               "trims older ones"),
-    KeyFamily("n:wh:ep:*", "", "one per endpoint configured: its counts and health"),
-    KeyFamily("n:audit", "", "the console's page views and sign-ins: each XADD trims those older "
-              "than NOTIFIER_CONSOLE_AUDIT_DAYS (six years by default)"),
+    KeyFamily("n:wh:{*}:ep", "", "one per endpoint configured: its counts and health"),
+    KeyFamily("n:audit", "", "the console's page views and sign-ins: each XADD trims those "
+              "older than NOTIFIER_CONSOLE_AUDIT_DAYS (six years by default)"),
     KeyFamily("n:console:signed-out:*", "12 hours: when the session would have ended", ""),
     KeyFamily("n:console:limits:*", "15 minutes: the sign-in throttle's window", ""),
     KeyFamily(f"{_DQ}:__heartbeats__", "", "one entry per live worker (dramatiq's "

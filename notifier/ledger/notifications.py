@@ -49,12 +49,9 @@ from notifier.timeutil import utcnow
 # (`notifier.ledger.reports`); `outcomes(s)`, how many notifications ended in each state,
 # per channel (`{state}:{channel}` -> count); `lateness(s)`, send lateness (sent_at - due,
 # seconds) as cumulative histogram buckets per kind and channel
-# (`{kind}:{channel}:{bound}` -> sends at most that late, and `…:count`, `…:sum`).
-#: The delivery-webhook outbox (a list of JSON entries) and its sequence counter, which
-#: every script that changes what webhooks announce writes to (`lua/_webhook_emit.lua`);
-#: the clock fans the outbox out to the endpoints (`notifier.webhooks.outbox`).
-WEBHOOK_OUTBOX = PREFIX + "wh:outbox"
-WEBHOOK_SEQ = PREFIX + "wh:seq"
+# (`{kind}:{channel}:{bound}` -> sends at most that late, and `…:count`, `…:sum`);
+# `webhook_outbox(s)` and `webhook_seq(s)`, the shard's delivery-webhook outbox and its
+# counter (`lua/_webhook_emit.lua`, fanned out by `notifier.webhooks.outbox`).
 #: Every state a notification can end in, counted in the outcomes (zero until one happens).
 FINAL_STATES = ("sent", "failed", "expired", "suppressed", "cancelled")
 #: Counted in the outcomes beside the states: a message that left after its sender had lost
@@ -227,7 +224,8 @@ class Schedule:
         `ref`'s shard (an id names its entity), so the script is given one shard's keys."""
         k, shard = self.keys, self.keys.of_ref(ref)
         self.cancel_script(keys=[k.by_entity(ref), k.schedule(shard), k.inflight(shard),
-                                 k.outcomes(shard), WEBHOOK_OUTBOX, WEBHOOK_SEQ,
+                                 k.outcomes(shard), k.webhook_outbox(shard),
+                                 k.webhook_seq(shard),
                                  *(k.notif(i) for i in ids)],
                            args=[reason, self.ended_ttl_s, *ids], client=pipe)
 
@@ -241,8 +239,8 @@ class Schedule:
         none."""
         shard = self.keys.of_notification(notification_id)
         keys = [self.keys.notif(notification_id), self.keys.schedule(shard),
-                self.keys.inflight(shard), self.keys.outcomes(shard), WEBHOOK_OUTBOX,
-                WEBHOOK_SEQ]
+                self.keys.inflight(shard), self.keys.outcomes(shard),
+                self.keys.webhook_outbox(shard), self.keys.webhook_seq(shard)]
         args: list[str | int] = [notification_id, reason, self.ended_ttl_s]
         if audit is not None:
             # in the shard of the notification it changes, whatever stream the console named
@@ -457,7 +455,8 @@ class Schedule:
         shard = self.keys.of_notification(notification_id)
         return [self.keys.notif(notification_id), self.keys.inflight(shard),
                 self.keys.schedule(shard), self.keys.outcomes(shard),
-                self.keys.by_recipient(shard, *recipient), WEBHOOK_OUTBOX, WEBHOOK_SEQ]
+                self.keys.by_recipient(shard, *recipient), self.keys.webhook_outbox(shard),
+                self.keys.webhook_seq(shard)]
 
 
 def queue_pending_counts(pipe: Any, keys: ShardKeys) -> None:
@@ -501,7 +500,7 @@ def _finish_call(keys: ShardKeys, notification_id: str, state: str, lease: str,
     shard = keys.of_notification(notification_id)
     return ([keys.notif(notification_id), keys.inflight(shard), keys.outcomes(shard),
              keys.lateness(shard), keys.schedule(shard), keys.awaiting_report(shard),
-             WEBHOOK_OUTBOX, WEBHOOK_SEQ, keys.sent_daily(shard, day),
+             keys.webhook_outbox(shard), keys.webhook_seq(shard), keys.sent_daily(shard, day),
              keys.failed_daily(shard, day)],
             [notification_id, state, keep_s,
              ",".join(str(b) for b in LATENESS_BUCKETS_S), lease,
@@ -516,8 +515,9 @@ def _flat(fields: Mapping[str, object] | None) -> list[Any]:
 def _delivery_keys(keys: ShardKeys, notification_id: str, now: datetime) -> list[str]:
     """The KEYS of `notif_delivery.lua`: a failure is counted in `now`'s day."""
     shard = keys.of_notification(notification_id)
-    return [keys.notif(notification_id), keys.awaiting_report(shard), WEBHOOK_OUTBOX,
-            WEBHOOK_SEQ, keys.failed_daily(shard, day_of(epoch(now)))]
+    return [keys.notif(notification_id), keys.awaiting_report(shard),
+            keys.webhook_outbox(shard), keys.webhook_seq(shard),
+            keys.failed_daily(shard, day_of(epoch(now)))]
 
 
 def _delivery_args(notification_id: str, status: str, code: str, now: datetime,

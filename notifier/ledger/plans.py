@@ -25,8 +25,6 @@ from notifier.ledger.events import PENDING_EVENTS, event_key, hold, settle, unho
 from notifier.ledger.notif_fields import planned_fields
 from notifier.ledger.notifications import (
     ENTITY_INDEX_TTL_S,
-    WEBHOOK_OUTBOX,
-    WEBHOOK_SEQ,
     Schedule,
     epoch,
     from_epoch,
@@ -229,10 +227,14 @@ class PlanWriter:
         write_records(pipe, plan.records, before or {})
         for ref in plan.cancel:
             self.schedule.cancel_entity(pipe, ref, (targets or {})[ref])
-        for announcement in plan.announce:
-            queue_announcement(pipe, announcement)
-        first_add = len(pipe)
         k = self.schedule.keys
+        # A plan's announcements go to the shard of what it adds when it adds (an R reply's
+        # support alert is about the client, its announcement about the appointment): the
+        # transaction is then one shard's; else to their subjects' shards.
+        announce_in = k.of_ref(plan.add[0].entity) if plan.add else None
+        for announcement in plan.announce:
+            queue_announcement(pipe, k, announcement, announce_in)
+        first_add = len(pipe)
         for i, n in enumerate(plan.add):
             shard = k.of_notification(n.id)
             if shard != k.of_ref(n.entity):
@@ -241,7 +243,8 @@ class PlanWriter:
                 raise StoreError(f"notification {n.id} does not name its entity {n.entity}")
             keys = [k.notif(n.id), k.schedule(shard),
                     k.by_recipient(shard, n.recipient, n.recipient_id),
-                    k.outcomes(shard), WEBHOOK_OUTBOX, WEBHOOK_SEQ, k.by_entity(n.entity)]
+                    k.outcomes(shard), k.webhook_outbox(shard), k.webhook_seq(shard),
+                    k.by_entity(n.entity)]
             args: list[str | float] = [n.id, epoch(n.due_at), ENTITY_INDEX_TTL_S,
                                        self.schedule.ended_ttl_s]
             if audit is not None and i == 0:

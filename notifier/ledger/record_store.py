@@ -39,6 +39,7 @@ from notifier.ledger.records import (
     ProviderRecord,
     Record,
 )
+from notifier.ledger.shards import ShardKeys
 from notifier.webhooks.catalogue import Announcement
 
 #: The id of every provider with a record; written with the record, in its transaction.
@@ -193,9 +194,12 @@ def write_records(pipe: Any, records: Mapping[str, BaseModel],
 class RecordStore:
     """Reading and writing entity records; finding providers and the clients of a number."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, keys: ShardKeys) -> None:
+        """`keys`: the ledger's shard keys (a record's announcements go to a shard's
+        outbox)."""
         # redis-py types its replies as a sync|async union; the client here is sync.
         self.redis: Any = client
+        self.keys = keys
 
     def load_records(self, refs: list[str], pipe: Any = None) -> dict[str, Record]:
         """The stored records of `refs` (`client:c1`), by ref; a ref with no record is left
@@ -240,7 +244,10 @@ class RecordStore:
                     pipe.multi()
                     set_record(pipe, ref, updated)
                     for announcement in announce:
-                        queue_announcement(pipe, announcement)
+                        # In the shard of `ref` (its subject's, for a reply about it):
+                        # one slot with the record once records are sharded.
+                        queue_announcement(pipe, self.keys, announcement,
+                                           self.keys.of_ref(ref))
                     pipe.execute()
                     return True
                 except redis.WatchError:

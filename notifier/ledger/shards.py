@@ -12,6 +12,7 @@ shard's keys are all in one slot:
     n:{7}:notif:{id}        a notification's hash
     n:{7}:by-entity:{ref}   the ids planned about entity `ref`
     n:{7}:clock             the clock lease on the shard (`notifier.ledger.shard_leases`)
+    n:{7}:wh:outbox         the shard's delivery-webhook outbox, `wh:seq` its counter
 
 A notification belongs to the shard of its entity: the appointment, prescription, refill
 request or message it is about, the provider for a digest, the client for a client-level
@@ -51,10 +52,13 @@ shards (one pipeline, summed or merged):
     n:{7}:awaiting-report              sends awaiting a final delivery report
     n:{7}:by-recipient:{to}:{to_id}    the recipient's notifications in the shard
     n:{7}:audit                        operators' actions on the shard's notifications
+    n:{7}:wh:outbox, n:{7}:wh:seq      the shard's delivery-webhook outbox and counter:
+                                       a message's `data.sequence` is counter x S + shard
+                                       (`announced_sequence`)
 
-Not sharded yet (another step of issue 17 tags them): `n:wh:outbox` and `n:wh:seq`; the
-scripts still name them beside a shard's keys, which one Redis takes and a cluster
-refuses.
+So every notification script's keys are one shard's. Not sharded yet (a later step of
+issue 17): events, turns, held sets and records, which an event's transaction still names
+beside a shard's keys; one Redis takes that, a cluster refuses it.
 """
 
 from __future__ import annotations
@@ -76,6 +80,8 @@ DEFAULT_SHARDS = 16
 #: The most shards `NOTIFIER_LEDGER_SHARDS` takes: the clock reads every shard's schedule
 #: in one pipeline, so the count bounds a tick's reads.
 MAX_SHARDS = 1024
+#: The shard of the SMS opt-out set and of its announcements (`notifier.ledger.optouts`).
+OPT_OUTS_SHARD = 0
 #: The shard count the ledger was written with (`check_shards`).
 SHARDS_KEY = PREFIX + "shards"
 
@@ -133,6 +139,39 @@ class ShardKeys:
     def clock_lease(self, shard: int) -> str:
         """The clock lease on a shard: the holding clock's token, with an expiry."""
         return self.tag(shard) + "clock"
+
+    def webhook_outbox(self, shard: int) -> str:
+        """A shard's delivery-webhook outbox: a list of the changes to announce, written by
+        the script (or transaction) that makes each change (`lua/_webhook_emit.lua`)."""
+        return self.tag(shard) + "wh:outbox"
+
+    def webhook_seq(self, shard: int) -> str:
+        """A shard's outbox counter: an entry holds its value n, announced as
+        `announced_sequence(n, shard)`."""
+        return self.tag(shard) + "wh:seq"
+
+    def webhook_once(self, shard: int, key: str) -> str:
+        """The key marking a change announced once (`Announcement.once`), in the shard of
+        the announcement it guards."""
+        return f"{self.tag(shard)}wh:once:{key}"
+
+    def announced_sequence(self, counter: int, shard: int) -> int:
+        """The `data.sequence` of the entry numbered `counter` in `shard`'s outbox:
+        counter x S + shard. Unique across shards (it names its shard mod S) and growing
+        with every entry of one shard, so with every change of one notification (all of
+        them are in its shard)."""
+        return counter * self.count + shard
+
+    def sms_opt_outs(self) -> str:
+        """The numbers opted out of SMS, one set in shard `OPT_OUTS_SHARD` (why there:
+        `notifier.ledger.optouts`)."""
+        return self.tag(OPT_OUTS_SHARD) + "sms-optout"
+
+    def of_subject(self, subject_id: str) -> int:
+        """The shard of an announcement about `subject_id` (an appointment, a client, an
+        event): `shard_of_entity_id` of it, so an announcement about an entity is in the
+        shard of the entity's notifications and records."""
+        return shard_of_entity_id(subject_id, self.count)
 
     def of_notification(self, notification_id: str) -> int:
         """`shard_of_notification` at this count."""

@@ -73,12 +73,12 @@ class Store:
         self.trimmer = IndexTrimmer(client, keep_finished_s, history_s, keys=self.keys)
         self.turns = Turns(client)
         self.short_links = ShortLinks(client)
-        self.events = Events(client)
-        self.records = RecordStore(client)
+        self.events = Events(client, keys=self.keys)
+        self.records = RecordStore(client, keys=self.keys)
         self.plans = PlanWriter(client, self.schedule, self.records)
         self.reading = Reading(client, self.records, self.keys)
         self.deliveries = Deliveries(client, self.schedule, self.reading, self.plans)
-        self.opt_outs = OptOuts(client)
+        self.opt_outs = OptOuts(client, keys=self.keys)
         self.reports = Reports(client, self.schedule)
 
     # Events ---------------------------------------------------------------------------

@@ -74,7 +74,8 @@ def create_app(settings: Settings, store: Store, broker: dramatiq.Broker) -> Fas
     registry = CollectorRegistry()
     counter = events_counter(registry)
     registry.register(LedgerCollector(store))
-    registry.register(WebhookCollector(WebhookOutbox(store.redis, settings.webhook_endpoints)))
+    registry.register(WebhookCollector(WebhookOutbox(store.redis, settings.webhook_endpoints,
+                                                     store.keys)))
 
     events = event_route(secret, event_stores, broker, counter,
                          future_skew=timedelta(seconds=settings.future_skew_s))

@@ -198,7 +198,7 @@ class Dispatcher:
             for name, pending in self.outbox.unconfigured().items():
                 log.warning("webhooks: endpoint %s is no longer configured and has %d messages "
                             "pending, which nothing sends: configure it again under that "
-                            "name, or delete its keys (n:wh:*:%s)", name, pending, name)
+                            "name, or delete its keys (n:wh:{%s}:*)", name, pending, name)
         except StoreError:
             log.warning("webhooks: Redis unavailable; could not look for endpoints removed")
         threads = [threading.Thread(target=self.run_sender, args=(endpoint, stop),

@@ -11,8 +11,9 @@ releases held closes whose wait for their opening event is over, (4) every
 `trim_every_s` trims a slice of the indexes of notification ids
 (`notifier.ledger.trimming`), and (5) once a minute, when sends are past their wait for a
 delivery report, enqueues the repair job that looks them up (`notifier.worker.reports`; it
-runs in a worker, as provider calls block), and (6) fans the delivery-webhook outbox out to
-the endpoints (`notifier.webhooks.outbox`; the worker's dispatcher sends). Several clocks may
+runs in a worker, as provider calls block), and (6) fans the delivery-webhook outboxes of
+the shards it holds out to the endpoints (`notifier.webhooks.outbox`; the worker's
+dispatcher sends). Several clocks may
 run: each step is atomic in Redis, and the shard leases spread the claiming between them.
 Between ticks it waits the poll interval, or less when the next notification falls due
 sooner (`wait_s`).
@@ -101,7 +102,7 @@ class Clock:
         handed = self.claim_due(now, held) if held else 0
         # While a burst is being claimed, the outbox takes one batch a tick (its messages
         # are no less safe for waiting), so that fanning out never delays a reminder.
-        self.fan_out_webhooks(now, max_batches=1 if handed else 10)
+        self.fan_out_webhooks(now, held, max_batches=1 if handed else 10)
         self.resume_turns(now)
         if (self._last_event_sweep is None
                 or now - self._last_event_sweep >= timedelta(seconds=self.events_every_s)):
@@ -149,16 +150,21 @@ class Clock:
             if last:
                 return handed
 
-    def fan_out_webhooks(self, now: datetime, max_batches: int = 10) -> int:
-        """Fan the webhook outbox out, a batch at a time, until it is empty or
-        `max_batches` were taken (the rest waits a tick: claiming comes first); returns
-        how many entries left it."""
-        moved = 0
+    def fan_out_webhooks(self, now: datetime, shards: list[int], max_batches: int = 10
+                         ) -> int:
+        """Fan the webhook outboxes of `shards` (those this clock holds) out, a batch
+        (`FAN_OUT_BATCH` entries, spread over the shards that may hold entries) a round,
+        until they are empty or `max_batches` rounds were taken (the rest waits a tick:
+        claiming comes first); returns how many entries left them."""
+        moved, left = 0, list(shards)
         for _ in range(max_batches if self.webhooks is not None else 0):
-            taken = self.webhooks.fan_out(now)  # type: ignore[union-attr]
-            moved += taken
-            if taken < FAN_OUT_BATCH:
+            if not left:
                 break
+            each = -(-FAN_OUT_BATCH // len(left))  # rounded up: at least one
+            taken = self.webhooks.fan_out_round(now, left, each)  # type: ignore[union-attr]
+            moved += sum(taken.values())
+            # A shard that gave less than asked is empty (or another clock took it).
+            left = [s for s, n in taken.items() if n >= each]
         return moved
 
     def trim_indexes(self, now: datetime) -> int:

@@ -1,23 +1,14 @@
 """The notification scripts on the real 3-master cluster (issue 17, step 6): every key a
-notification script is given is in its notification's shard, apart from the webhook
-outbox and its sequence (`n:wh:outbox`, `n:wh:seq`), which another step moves.
-
-Two halves. On the cluster as the code stands, each call that names the outbox is
-refused with `CrossSlot` before anything is sent, and the message names no other key out
-of the notification's slot (`test_…_only_the_outbox_crosses_slots`). With the outbox
-moved into the call's shard for the duration of each call (`outbox_in`, standing in for
-that step: the constants the key lists are built from, set to the shard's tag), the whole
-flow runs on the cluster: plans for entities of different shards, the clock's claim,
-begin, a send finished, a delivery report, a cancel, a reschedule, the repair job's
-claim, the trimmer, the figures, a client's listing, an audited console cancel.
-`CrossSlot` for anything else fails the test.
+notification script is given is in its notification's shard, the webhook outbox and its
+sequence included, so the whole flow runs on the cluster: plans for entities of different
+shards, the clock's claim, begin, a send finished, a delivery report, a cancel, a
+reschedule, the repair job's claim, the trimmer, the figures, a client's listing, an
+audited console cancel. The cluster client refuses a call whose keys span slots
+(`CrossSlot`, before anything is sent), which fails the test.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -25,8 +16,6 @@ import redis
 from redis.cluster import RedisCluster
 
 from notifier.console.audit import AUDIT_STREAM, AuditLog
-from notifier.errors import CrossSlot
-from notifier.ledger import notifications, plans
 from notifier.ledger.cluster_server import LocalCluster
 from notifier.ledger.store import Store
 from notifier.policy.plan import Plan, PlannedNotification
@@ -34,8 +23,6 @@ from notifier.policy.plan import Plan, PlannedNotification
 #: A few shards, so the entities below spread over them and over the masters.
 SHARDS = 6
 NOW = datetime.now(UTC).replace(microsecond=0)
-#: The keys the other step moves: the only ones allowed out of a call's slot.
-OUTBOX_KEYS = {notifications.WEBHOOK_OUTBOX, notifications.WEBHOOK_SEQ}
 
 
 def entities(count: int) -> list[str]:
@@ -77,59 +64,6 @@ def flow_store(request: pytest.FixtureRequest) -> Store:
                  shards=SHARDS)
 
 
-@contextmanager
-def outbox_in(store: Store, notification_id: str) -> Iterator[None]:
-    """The outbox and its sequence in the notification's shard while the block runs (the
-    module constants the scripts' key lists read): what the outbox's own step does."""
-    tag = store.keys.tag(store.keys.of_notification(notification_id))
-    saved = notifications.WEBHOOK_OUTBOX, notifications.WEBHOOK_SEQ
-    try:
-        for module in (notifications, plans):
-            module.WEBHOOK_OUTBOX, module.WEBHOOK_SEQ = tag + "wh:outbox", tag + "wh:seq"
-        yield
-    finally:
-        for module in (notifications, plans):
-            module.WEBHOOK_OUTBOX, module.WEBHOOK_SEQ = saved
-
-
-def crossing(error: CrossSlot, notification_id: str, store: Store) -> set[str]:
-    """The keys `error` names out of the slot of the notification's hash."""
-    slots = dict(re.findall(r"'([^']+)' in slot (\d+)", str(error)))
-    home = slots[store.keys.notif(notification_id)]
-    return {key for key, slot in slots.items() if slot != home}
-
-
-def test_as_the_code_stands_only_the_outbox_crosses_slots(store: Store):
-    """Each call naming the outbox is refused before it is sent, for the outbox alone;
-    the calls that name no outbox run."""
-    n = planned(APPOINTMENTS[0], "sms", NOW)
-    with pytest.raises(CrossSlot) as refused:
-        store.write_plan(Plan(outcome="applied", add=(n,)), NOW)
-    assert crossing(refused.value, n.id, store) == OUTBOX_KEYS
-    with outbox_in(store, n.id):
-        assert store.write_plan(Plan(outcome="applied", add=(n,)), NOW) == 1
-    assert store.schedule.claim(NOW, 10, lease_s=60) == [n.id]
-    begun = store.schedule.begin(n.id, NOW, lease_s=60)
-    assert begun.may_send
-    calls = {
-        "finish": lambda: store.schedule.finish(n.id, "sent", lease=begun.lease,
-                                                sent_at=NOW.timestamp()),
-        "reschedule": lambda: store.schedule.reschedule(
-            n.id, NOW + timedelta(hours=1), "quiet hours", lease=begun.lease,
-            recipient=("client", "c1")),
-        "delivery": lambda: store.schedule.record_delivery(n.id, "delivered", "", NOW),
-        "cancel": lambda: store.schedule.cancel_one(n.id, "by hand"),
-        "cancel entity": lambda: store.write_plan(Plan(
-            outcome="applied", cancel=("appointment:" + APPOINTMENTS[0],),
-            add=(planned(APPOINTMENTS[0], "email", NOW),)), NOW),
-    }
-    for name, call in calls.items():
-        with pytest.raises(CrossSlot) as refused:
-            call()
-        assert crossing(refused.value, n.id, store) == OUTBOX_KEYS, name
-    assert store.notification(n.id)["state"] == "sending", "nothing refused was sent"
-
-
 def test_the_notification_flow_runs_on_the_cluster_shard_by_shard(flow_store: Store):
     store = flow_store
     first, second, third, fourth = APPOINTMENTS
@@ -139,8 +73,7 @@ def test_the_notification_flow_runs_on_the_cluster_shard_by_shard(flow_store: St
     shards = {store.keys.of_ref(f"appointment:{a}") for a in APPOINTMENTS}
     assert len(shards) == len(APPOINTMENTS)
     for adds in plans_.values():
-        with outbox_in(store, adds[0].id):
-            assert store.write_plan(Plan(outcome="applied", add=adds), NOW) == 2
+        assert store.write_plan(Plan(outcome="applied", add=adds), NOW) == 2
 
     # The clock claims every shard's due; each is begun in its own shard.
     due = sorted(adds[0].id for adds in plans_.values())
@@ -152,33 +85,28 @@ def test_the_notification_flow_runs_on_the_cluster_shard_by_shard(flow_store: St
         leases[nid] = begun.lease
 
     sent, rescheduled = plans_[first][0].id, plans_[second][0].id
-    with outbox_in(store, sent):
-        assert store.schedule.finish(sent, "sent", lease=leases[sent],
-                                     report_at=NOW.timestamp() - 1,
-                                     sent_at=NOW.timestamp() + 2, receipt="SM1")
-        assert store.schedule.record_delivery(sent, "failed", "30003", NOW) == "failed"
-    with outbox_in(store, rescheduled):
-        assert store.schedule.reschedule(rescheduled, NOW + timedelta(hours=3), "quiet hours",
-                                         lease=leases[rescheduled]) == "rescheduled"
+    assert store.schedule.finish(sent, "sent", lease=leases[sent],
+                                 report_at=NOW.timestamp() - 1,
+                                 sent_at=NOW.timestamp() + 2, receipt="SM1")
+    assert store.schedule.record_delivery(sent, "failed", "30003", NOW) == "failed"
+    assert store.schedule.reschedule(rescheduled, NOW + timedelta(hours=3), "quiet hours",
+                                     lease=leases[rescheduled]) == "rescheduled"
     failed = plans_[fourth][0].id
-    with outbox_in(store, failed):
-        assert store.schedule.finish(failed, "sent", lease=leases[failed],
-                                     report_at=NOW.timestamp() - 1,
-                                     sent_at=NOW.timestamp() + 1, receipt="SM4")
+    assert store.schedule.finish(failed, "sent", lease=leases[failed],
+                                 report_at=NOW.timestamp() - 1,
+                                 sent_at=NOW.timestamp() + 1, receipt="SM4")
     # The repair job claims per shard; the reported one left its shard's index.
     assert store.reports.claim(NOW, 10, claim_s=60) == [failed]
     assert store.reports.figures(NOW).awaiting == 1
 
     cancelled = plans_[third][1].id
-    with outbox_in(store, cancelled):
-        assert store.schedule.cancel_one(cancelled, "by hand")
+    assert store.schedule.cancel_one(cancelled, "by hand")
 
     # An operator's cancel, audited in the stream of the notification's shard.
     audited = plans_[fourth][1].id
     audit = AuditLog(store.redis, keep_days=30, keys=store.keys)
-    with outbox_in(store, audited):
-        assert store.schedule.cancel_one(audited, "by an operator",
-                                         audit.entry("ana", "cancel", audited, NOW))
+    assert store.schedule.cancel_one(audited, "by an operator",
+                                     audit.entry("ana", "cancel", audited, NOW))
     audit.record("ana", "view", "client:c1", NOW + timedelta(seconds=1))
     assert [(e.action, e.subject) for e in audit.recent()] == [
         ("view", "client:c1"), ("cancel", audited)]
@@ -215,8 +143,7 @@ def test_the_trimmers_scan_pages_through_every_master_and_ends(store: Store, mon
 
     for a in entities(SHARDS):
         n = planned(a, "sms", NOW + timedelta(days=1), client=f"client-{a}")
-        with outbox_in(store, n.id):
-            store.write_plan(Plan(outcome="applied", add=(n,)), NOW)
+        store.write_plan(Plan(outcome="applied", add=(n,)), NOW)
     indexes = set()
     for node in store.redis.get_primaries():
         indexes |= {k for k in store.redis.scan_iter(match="n:*by-*", target_nodes=node)}

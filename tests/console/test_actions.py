@@ -86,7 +86,9 @@ def read_api(client: Any, client_id: str = "c1") -> dict[str, dict[str, Any]]:
 
 
 def outbox_entries(store: Any) -> list[list[Any]]:
-    return [json.loads(e) for e in store.redis.lrange("n:wh:outbox", 0, -1)]
+    """The raw entries of every shard's webhook outbox: [n, type, at, subject, data]."""
+    return [json.loads(e) for s in store.keys.all()
+            for e in store.redis.lrange(store.keys.webhook_outbox(s), 0, -1)]
 
 
 def fail(store: Any, policy: Any, outbox: Any, notification_id: str = CONFIRM_EMAIL) -> None:

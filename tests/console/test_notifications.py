@@ -5,7 +5,6 @@ guards. Real Redis, real app, real deliverer with the file outbox."""
 
 from __future__ import annotations
 
-import json
 import random
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -36,7 +35,7 @@ from tests.kit import (
     provider_upserted,
     store_and_apply,
 )
-from tests.ledger_keys import notif_key, notification_ids
+from tests.ledger_keys import notif_key, notification_ids, outbox_entries
 
 API_TOKEN = "t" * 40
 CONFIRM_EMAIL = "appointment_confirmation:a1:booked:email"
@@ -414,5 +413,5 @@ def test_the_outbox_entry_of_a_history_change_is_unchanged(store, policy, outbox
     now = utcnow()
     book(store, policy, now)
     deliverer(store, policy, outbox).deliver(CONFIRM_SMS, now)
-    types = [json.loads(e)[1] for e in store.redis.lrange("n:wh:outbox", 0, -1)]
+    types = [e.type for e in outbox_entries(store.redis, store.keys)]
     assert types.count("notification.sent") == 1

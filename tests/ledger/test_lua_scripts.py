@@ -367,7 +367,7 @@ def every_script_runs(store: Store) -> None:
     store.reject_event("e1", "no longer validates", NOW)
     endpoint = Endpoint(name="ehr", url="http://127.0.0.1:9/", events=expand(["*"]),
                         secret=SecretStr("whsec_" + "A" * 32))
-    webhooks = WebhookOutbox(store.redis, [endpoint])
+    webhooks = WebhookOutbox(store.redis, [endpoint], store.keys)
     assert webhooks.fan_out(NOW)
     claimed = webhooks.claim(endpoint, NOW, lease_s=30)
     assert webhooks.finish(endpoint, claimed[0].id, "delivered", NOW) == 1

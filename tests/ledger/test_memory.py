@@ -52,7 +52,7 @@ def test_bytes_per_pending_notification_planned_through_events(redis_client, pol
             NOW - timedelta(minutes=30) + timedelta(seconds=i), join_url=join_url), NOW)
     # The clock fans the delivery-webhook outbox out within a second of each change: an
     # entry no endpoint wants just leaves (`notifier.webhooks.outbox`), as here.
-    outbox = WebhookOutbox(store.redis, ())
+    outbox = WebhookOutbox(store.redis, (), store.keys)
     while outbox.fan_out(NOW):
         pass
     pending = int(scheduled_count(redis_client))

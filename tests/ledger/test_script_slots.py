@@ -1,8 +1,7 @@
-"""Every notification script call is given one shard's keys (issue 17, step 6), apart from
-the webhook outbox and its sequence, which another step moves: for random entity ids,
-recipients, counts and days, the KEYS each call gets, captured from the very code that
-builds them (`Schedule`, `PlanWriter._write_plan`, `Reports`, `IndexTrimmer`), hash to
-one slot once `n:wh:outbox` and `n:wh:seq` are left out."""
+"""Every notification script call is given one shard's keys (issue 17, step 6), the
+webhook outbox and its sequence included: for random entity ids, recipients, counts and
+days, the KEYS each call gets, captured from the very code that builds them (`Schedule`,
+`PlanWriter._write_plan`, `Reports`, `IndexTrimmer`), hash to one slot."""
 
 from __future__ import annotations
 
@@ -18,7 +17,6 @@ from redis.crc import key_slot
 
 from notifier.ledger.audit_write import AuditWrite
 from notifier.ledger.batch import Batch
-from notifier.ledger.notifications import WEBHOOK_OUTBOX, WEBHOOK_SEQ
 from notifier.ledger.store import Store
 from notifier.policy.plan import Plan, PlannedNotification
 
@@ -26,7 +24,6 @@ NOW = datetime(2026, 11, 25, 15, 0, tzinfo=UTC)
 #: Ids as intake takes them (`notifier.intake.events.Id`).
 IDS = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9._~-]{0,40}\Z")
 COUNTS = st.sampled_from([1, 4, 16, 1024]) | st.integers(min_value=1, max_value=1024)
-OUTBOX = {WEBHOOK_OUTBOX, WEBHOOK_SEQ}
 AUDIT = AuditWrite("n:audit", 0, "ana", "cancel", "x", NOW.isoformat())
 
 
@@ -64,7 +61,7 @@ def batch_calls(batch: Batch) -> list[tuple[str, list[str]]]:
 @settings(max_examples=200, deadline=None)
 @given(entity_id=IDS, occasion=IDS, client_id=IDS, count=COUNTS,
        days=st.integers(min_value=-400, max_value=400))
-def test_every_notification_script_call_is_given_one_shards_keys_but_the_outbox(
+def test_every_notification_script_call_is_given_one_shards_keys(
         entity_id, occasion, client_id, count, days):
     store, calls = recorded_store(count)
     now = NOW + timedelta(days=days)
@@ -92,6 +89,6 @@ def test_every_notification_script_call_is_given_one_shards_keys_but_the_outbox(
         "cancel_script", "add_script", "add_script", "_cancel_one", *["evalsha"] * 5]
     home = {key_slot(s.keys.tag(s.keys.of_notification(sms.id)).encode())}
     for name, keys in calls:
-        assert {key_slot(k.encode()) for k in keys if k not in OUTBOX} == home, (name, keys)
+        assert {key_slot(k.encode()) for k in keys} == home, (name, keys)
     audited = [keys[-1] for name, keys in calls if name in ("add_script", "_cancel_one")]
     assert audited[0] == audited[-1] == s.keys.audit(s.keys.of_notification(sms.id))

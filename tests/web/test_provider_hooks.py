@@ -375,14 +375,13 @@ def test_the_same_r_posted_twice_is_announced_once(http, store, policy):
     """Twilio may post one inbound SMS again: the support alert is planned once (its id
     has the SID) and `appointment.reschedule_requested` recorded once, so a receiver
     never gets the same change under two webhook-ids (found by QA)."""
-    from notifier.ledger.notifications import WEBHOOK_OUTBOX
-    from notifier.webhooks.catalogue import parse_entry
+    from tests.ledger_keys import outbox_entries
 
     booked(store, policy)
     inbound(http, "R")
     inbound(http, "R")
-    requested = [e for raw in store.redis.lrange(WEBHOOK_OUTBOX, 0, -1)
-                 if (e := parse_entry(raw)).type == "appointment.reschedule_requested"]
+    requested = [e for e in outbox_entries(store.redis, store.keys)
+                 if e.type == "appointment.reschedule_requested"]
     assert len(requested) == 1
     assert requested[0].payload()["data"] == {
         "sequence": requested[0].sequence, "appointment_id": "a1", "client_id": "c1",

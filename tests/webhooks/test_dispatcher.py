@@ -21,6 +21,7 @@ from notifier.webhooks.catalogue import expand
 from notifier.webhooks.dispatcher import Dispatcher, attempt, signed_headers
 from notifier.webhooks.endpoints import Endpoint
 from notifier.webhooks.outbox import WebhookOutbox
+from tests.ledger_keys import KEYS
 from tests.webhooks.receiver import Answer, Drop, Hang, WebhookReceiver
 
 NEW, OLD = "whsec_" + "TkVX" * 8, "whsec_" + "T0xE" * 8
@@ -88,10 +89,10 @@ def test_nobody_listening_is_retried():
 
 def test_the_dispatcher_stops_when_told_and_without_endpoints_at_once(redis_client):
     stop = threading.Event()
-    Dispatcher(WebhookOutbox(redis_client, ())).serve(stop)  # returns: nothing to send
+    Dispatcher(WebhookOutbox(redis_client, (), KEYS)).serve(stop)  # returns: nothing to send
     with WebhookReceiver() as receiver:
         receiver.endpoint("/ehr", secrets=[NEW])
-        dispatcher = Dispatcher(WebhookOutbox(redis_client, [endpoint(receiver.url("/ehr"))]),
+        dispatcher = Dispatcher(WebhookOutbox(redis_client, [endpoint(receiver.url("/ehr"))], KEYS),
                                 idle_s=0.01)
         thread = threading.Thread(target=dispatcher.serve, args=(stop,))
         thread.start()
@@ -110,9 +111,9 @@ def test_every_attempt_at_a_message_carries_its_one_webhook_id(redis_client):
     with WebhookReceiver() as receiver, httpx.Client() as client:
         receiver.endpoint("/ehr", secrets=[NEW], script=[Answer(503), Drop(), Answer(200)])
         ehr = endpoint(receiver.url("/ehr"))
-        outbox = WebhookOutbox(redis_client, [ehr])
+        outbox = WebhookOutbox(redis_client, [ehr], KEYS)
         with redis_client.pipeline() as pipe:
-            queue_announcement(pipe, Announcement("client.opted_out", "client:c1",
+            queue_announcement(pipe, KEYS, Announcement("client.opted_out", "client:c1",
                                                   {"client_id": "c1"}))
             pipe.execute()
         assert outbox.fan_out(clock[0]) == 1
@@ -139,7 +140,7 @@ def test_a_sender_that_hits_an_unexpected_error_goes_on(redis_client, caplog):
     with WebhookReceiver() as receiver:
         receiver.endpoint("/ehr", secrets=[NEW])
         ehr = endpoint(receiver.url("/ehr"))
-        outbox = WebhookOutbox(redis_client, [ehr])
+        outbox = WebhookOutbox(redis_client, [ehr], KEYS)
         now = datetime.now(UTC)
         for mid in ("msg_1_1", "msg_2_2"):
             redis_client.hset(message_key("ehr", mid), mapping={
@@ -261,7 +262,7 @@ def test_a_redis_outage_is_said_once_a_sender_not_every_second(tmp_path, caplog)
         with WebhookReceiver() as receiver:
             receiver.endpoint("/ehr", secrets=[NEW])
             client = ledger_client(redis.Redis.from_url(server.url, socket_timeout=2))
-            dispatcher = Dispatcher(WebhookOutbox(client, [endpoint(receiver.url("/ehr"))]),
+            dispatcher = Dispatcher(WebhookOutbox(client, [endpoint(receiver.url("/ehr"))], KEYS),
                                     idle_s=0.01)
             ehr = dispatcher.outbox.endpoints[0]
             stop = threading.Event()

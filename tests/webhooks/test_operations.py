@@ -28,6 +28,7 @@ from notifier.webhooks.operations import parse_since
 from notifier.webhooks.outbox import WebhookOutbox, message_key
 from notifier.worker.actors import build_broker
 from tests.kit import CountingConnection
+from tests.ledger_keys import KEYS
 from tests.webhooks.receiver import Answer, WebhookReceiver
 
 NOW = datetime(2026, 11, 30, 18, 0, tzinfo=UTC)
@@ -58,7 +59,7 @@ def announce(client: redis.Redis, count: int) -> None:
     """`count` opt-outs in the webhook outbox, as the ledger's transactions queue them."""
     with client.pipeline() as pipe:
         for n in range(count):
-            queue_announcement(pipe, Announcement("client.opted_out", f"client:c{n}",
+            queue_announcement(pipe, KEYS, Announcement("client.opted_out", f"client:c{n}",
                                                   {"client_id": f"c{n}"}))
         pipe.execute()
 
@@ -200,7 +201,7 @@ def test_replay_requeues_only_failed_messages_made_since_and_enables_again(
     from tests.test_cli import notifier
 
     env = {**endpoints_env(receiver, "ehr", "crm"), "NOTIFIER_REDIS_URL": redis_url}
-    outbox = WebhookOutbox(redis_client, settings_of(env).webhook_endpoints)
+    outbox = WebhookOutbox(redis_client, settings_of(env).webhook_endpoints, KEYS)
     crm, ehr = outbox.endpoints
     now = datetime.now(UTC)  # the command reads the real clock for --since 2h
     made(outbox, 1, now - timedelta(hours=3))  # older than --since
@@ -278,7 +279,7 @@ def webhook_samples(client: TestClient) -> dict[tuple[str, ...], float]:
 
 def test_metrics_show_each_endpoint_s_messages_retries_backlog_and_health(
         client, metrics_env, redis_client):
-    outbox = WebhookOutbox(redis_client, settings_of(metrics_env).webhook_endpoints)
+    outbox = WebhookOutbox(redis_client, settings_of(metrics_env).webhook_endpoints, KEYS)
     crm, ehr = outbox.endpoints
     zero = {("notifier_webhook_messages_total", e, o): 0.0 for e in ("crm", "ehr")
             for o in ("delivered", "failed")}
@@ -336,7 +337,7 @@ def test_the_webhook_figures_cost_one_round_trip_whatever_the_endpoints(
         endpoints = settings_of(metrics_env).webhook_endpoints
         counted.ping()  # the connection's own handshake is no round trip of the figures'
         for configured in (endpoints[:1], endpoints, endpoints * 10):
-            collector = WebhookCollector(WebhookOutbox(counted, configured))
+            collector = WebhookCollector(WebhookOutbox(counted, configured, KEYS))
             before = CountingConnection.sent
             families = list(collector.collect())
             assert CountingConnection.sent - before == 1

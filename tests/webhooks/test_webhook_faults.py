@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 
 from notifier.config import PROJECT_ROOT
-from notifier.ledger.notifications import WEBHOOK_OUTBOX
 from notifier.webhooks.endpoints import Endpoint
 from notifier.webhooks.outbox import EndpointStatus, inflight_key, log_key
 from notifier.webhooks.retries import DISABLE_AFTER_S, RETRY_SCHEDULE_S
@@ -33,6 +32,7 @@ from tests.end_to_end.test_provider_end_to_end import (  # the Twilio/SendGrid s
 )
 from tests.end_to_end.test_worker_crash import start_worker
 from tests.kit import appointment, client_upserted, daytime_zone, provider_upserted
+from tests.ledger_keys import outbox_waiting
 from tests.service import Service, wait_for
 from tests.webhooks.kit import (
     due_at_s,
@@ -211,7 +211,7 @@ def test_a_receiver_hanging_past_its_timeout_holds_up_no_one_else(make_service, 
     def fast_caught_up() -> bool:
         made = {i.decode() for i in service.redis.zrange(log_key("fast"), 0, -1)}
         got = {r.headers["webhook-id"] for r in receiver.received("/fast") if r.verified}
-        return (service.redis.llen(WEBHOOK_OUTBOX) == 0 and bool(made) and made <= got
+        return (outbox_waiting(service.redis) == 0 and bool(made) and made <= got
                 and status(service, "fast").pending == 0)
 
     wait_for(fast_caught_up, what="every message at the fast endpoint")
@@ -382,7 +382,7 @@ def test_a_worker_sigkilled_mid_send_loses_no_message_and_sends_each_under_one_i
                  timeout_s=30, what="the confirmations sent")
 
         def settled() -> bool:
-            return (service.redis.llen(WEBHOOK_OUTBOX) == 0
+            return (outbox_waiting(service.redis) == 0
                     and status(service, "ehr").pending == 0)
 
         wait_for(settled, timeout_s=60, what="every message delivered")

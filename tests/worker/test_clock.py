@@ -20,7 +20,14 @@ from notifier.worker.clock import FIRED_MARGIN, Clock
 from notifier.worker.cron import CATCH_UP, Job
 from notifier.worker.digests import provider_zones
 from tests.kit import event_dict, message_received, store_and_apply
-from tests.ledger_keys import inflight_count, inflight_ids, put_on_schedule, take_out_of_flight
+from tests.ledger_keys import (
+    KEYS,
+    inflight_count,
+    inflight_ids,
+    outbox_waiting,
+    put_on_schedule,
+    take_out_of_flight,
+)
 
 DIGEST = Job(name="provider-digest", cron="0 8 * * 1-5", zone="provider")
 # Wednesday 2026-11-25: 08:00 in New York is 13:00Z, in Berlin 07:00Z.
@@ -381,22 +388,34 @@ def test_an_outage_that_goes_on_is_said_again_now_and_then(store, redis_url, cap
 
 
 def test_the_webhook_outbox_waits_while_a_burst_is_claimed(store, redis_url):
-    """A tick that hands notifications out fans out one batch of the outbox; an idle one
-    up to ten, so a burst of changes never holds up a reminder."""
-    from notifier.ledger.notifications import WEBHOOK_OUTBOX
+    """A tick that hands notifications out fans out one batch, spread over the clock's
+    shards; an idle one up to ten, so a burst of changes never holds up a reminder."""
     from notifier.policy.plan import Plan, PlannedNotification
     from notifier.webhooks.outbox import FAN_OUT_BATCH, WebhookOutbox
 
     now = datetime.now(UTC)
-    entry = json.dumps([1, "client.opted_in", "1796050800.5", "c1", "{}"])
-    store.redis.rpush(WEBHOOK_OUTBOX, *[entry] * (FAN_OUT_BATCH * 12))
-    clock = Clock(store, build_broker(redis_url), webhooks=WebhookOutbox(store.redis, ()))
+    nid = "appointment_reminder:a1:72h:sms"
+    busy, other = KEYS.of_notification(nid), (KEYS.of_notification(nid) + 1) % KEYS.count
+
+    def fill(shard: int, batches: int) -> None:
+        store.redis.rpush(KEYS.webhook_outbox(shard), *[
+            json.dumps([n, "client.opted_in", "1796050800.5", "c1", "{}"])
+            for n in range(FAN_OUT_BATCH * batches)])
+
+    fill(busy, 12)
+    fill(other, 2)
+    clock = Clock(store, build_broker(redis_url), webhooks=WebhookOutbox(store.redis, (), KEYS))
     store.write_plan(Plan(outcome="applied", add=(PlannedNotification(
-        id="appointment_reminder:a1:72h:sms", kind="appointment_reminder", channel="sms",
+        id=nid, kind="appointment_reminder", channel="sms",
         recipient="client", recipient_id="c1", entity="appointment:a1", due_at=now,
         expires_at=now + timedelta(hours=1)),)), now)
+    waiting = FAN_OUT_BATCH * 14 + 1  # the plan's own entry too
+    assert outbox_waiting(store.redis) == waiting
     assert clock.tick(now) == 1
-    # the plan's own entry too: one batch taken of twelve batches and one entry
-    assert store.redis.llen(WEBHOOK_OUTBOX) == FAN_OUT_BATCH * 11 + 1
+    burst = waiting - outbox_waiting(store.redis)
+    assert 0 < burst <= FAN_OUT_BATCH
     assert clock.tick(now) == 0
-    assert store.redis.llen(WEBHOOK_OUTBOX) == FAN_OUT_BATCH + 1
+    idle = waiting - burst - outbox_waiting(store.redis)
+    assert FAN_OUT_BATCH < idle <= 10 * FAN_OUT_BATCH
+    assert store.redis.llen(KEYS.webhook_outbox(other)) == 0  # then the busy shard's alone
+    assert store.redis.llen(KEYS.webhook_outbox(busy)) > 0

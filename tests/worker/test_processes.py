@@ -149,7 +149,8 @@ def test_delivery_webhooks_are_sent_by_a_process_of_their_own(redis_client, redi
                         timeout_s=30, what="the worker processes and the webhooks one")
         store = Store(redis_client)
         store.set_sms_opt_out("+14155550123", True)
-        WebhookOutbox(redis_client, load_endpoints(env, tmp_path)).fan_out(datetime.now(UTC))
+        WebhookOutbox(redis_client, load_endpoints(env, tmp_path), store.keys).fan_out(
+            datetime.now(UTC))
         receiver.wait_for(lambda: receiver.verified_payloads("/ehr"), timeout_s=30,
                           what="the opt-out, sent by the webhooks process")
         worker.send_signal(signal.SIGTERM)

@@ -5,15 +5,18 @@
 -- never loses one, and none is recorded for a change that did not happen). The clock fans
 -- the outbox out to the endpoints (`notifier.webhooks.outbox`).
 --
--- An outbox entry is JSON: [sequence, type, "sec.usec" (Redis's TIME), subject id, data],
--- the sequence from one counter, so it grows with every message in the order Redis made
--- the changes. The data is a JSON object's text as the caller gave it (kept as text: Lua's
+-- An outbox entry is JSON: [n, type, "sec.usec" (Redis's TIME), subject id, data], n from
+-- the counter of the outbox's shard, so it grows with every entry of the shard in the
+-- order Redis made the changes. The fan-out announces it as `data.sequence` n x S + s (S
+-- the shard count, s the shard: `ShardKeys.announced_sequence`), unique across shards and
+-- growing with every change of one notification, as all of them are in its shard. The data is a JSON object's text as the caller gave it (kept as text: Lua's
 -- cjson cannot tell an empty array from an empty object), or, from `emit_notification`,
 -- the notification's fields in the order of `notifier.webhooks.catalogue.
 -- NOTIFICATION_FIELDS`, false for one not set.
 --
--- KEYS        none of its own: callers pass their KEYS entries for n:wh:outbox (`outbox`),
---             n:wh:seq (`seq`) and the notification's hash (`notif`)
+-- KEYS        none of its own: callers pass their KEYS entries for n:{s}:wh:outbox
+--             (`outbox`), n:{s}:wh:seq (`seq`) and the notification's hash (`notif`), all
+--             of one shard s
 --
 -- It also keeps each notification's history on its own hash (`note_history`): every
 -- script that changes a notification's state, and a delivery report that changes what is

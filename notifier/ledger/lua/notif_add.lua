@@ -7,8 +7,8 @@
 -- KEYS[3]     n:{s}:by-recipient:{to}:{to_id}  the recipient's notifications in the
 --                                          shard, by due time
 -- KEYS[4]     n:{s}:stats:outcomes         final states counted by state and channel
--- KEYS[5]     n:wh:outbox                  delivery-webhook messages (`_webhook_emit.lua`)
--- KEYS[6]     n:wh:seq                     their sequence
+-- KEYS[5]     n:{s}:wh:outbox              the shard's webhook outbox (`_webhook_emit.lua`)
+-- KEYS[6]     n:{s}:wh:seq                 its counter
 -- KEYS[7..]   n:{s}:by-entity:{ref}        each entity index the notification joins
 --                                          (then, when ARGV[5] is '1', the console's
 --                                          shard's audit stream n:{s}:audit, last: `_audit.lua`): a

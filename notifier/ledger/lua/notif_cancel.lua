@@ -9,8 +9,8 @@
 -- KEYS[2]     n:{s}:schedule
 -- KEYS[3]     n:{s}:inflight
 -- KEYS[4]     n:{s}:stats:outcomes
--- KEYS[5]     n:wh:outbox                  delivery-webhook messages (`_webhook_emit.lua`)
--- KEYS[6]     n:wh:seq                     their sequence
+-- KEYS[5]     n:{s}:wh:outbox              the shard's webhook outbox (`_webhook_emit.lua`)
+-- KEYS[6]     n:{s}:wh:seq                 its counter
 -- KEYS[7]     (optional) n:{s}:audit       the shard's audit stream (`_audit.lua`)
 --
 -- ARGV[1]     the notification id

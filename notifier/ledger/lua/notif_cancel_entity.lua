@@ -13,8 +13,8 @@
 -- KEYS[2]     n:{s}:schedule
 -- KEYS[3]     n:{s}:inflight
 -- KEYS[4]     n:{s}:stats:outcomes
--- KEYS[5]     n:wh:outbox                  delivery-webhook messages (`_webhook_emit.lua`)
--- KEYS[6]     n:wh:seq                     their sequence
+-- KEYS[5]     n:{s}:wh:outbox              the shard's webhook outbox (`_webhook_emit.lua`)
+-- KEYS[6]     n:{s}:wh:seq                 its counter
 -- KEYS[7..]   n:{s}:notif:{id} of each id in ARGV[3..], in the same order
 --
 -- ARGV[1]     the reason recorded (`superseded`)

@@ -11,8 +11,8 @@
 --
 -- KEYS[1]     n:{s}:notif:{id}
 -- KEYS[2]     n:{s}:awaiting-report
--- KEYS[3]     n:wh:outbox                  delivery-webhook messages (`_webhook_emit.lua`)
--- KEYS[4]     n:wh:seq                     their sequence
+-- KEYS[3]     n:{s}:wh:outbox              the shard's webhook outbox (`_webhook_emit.lua`)
+-- KEYS[4]     n:{s}:wh:seq                 its counter
 -- KEYS[5]     n:{s}:stats:failed:{YYYY-MM-DD}  the day's failures per provider code
 --
 -- ARGV[1]     the delivery status

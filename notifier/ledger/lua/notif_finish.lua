@@ -30,8 +30,8 @@
 -- KEYS[4]     n:{s}:stats:lateness
 -- KEYS[5]     n:{s}:schedule
 -- KEYS[6]     n:{s}:awaiting-report
--- KEYS[7]     n:wh:outbox                  delivery-webhook messages (`_webhook_emit.lua`)
--- KEYS[8]     n:wh:seq                     their sequence
+-- KEYS[7]     n:{s}:wh:outbox              the shard's webhook outbox (`_webhook_emit.lua`)
+-- KEYS[8]     n:{s}:wh:seq                 its counter
 -- KEYS[9]     n:{s}:stats:sent:{YYYY-MM-DD}  the day's sends per hour
 --                                          (`notifier.ledger.daily`)
 -- KEYS[10]    n:{s}:stats:failed:{YYYY-MM-DD}  the day's failures per provider code

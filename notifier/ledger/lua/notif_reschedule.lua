@@ -13,8 +13,8 @@
 -- KEYS[4]     n:{s}:stats:outcomes
 -- KEYS[5]     n:{s}:by-recipient:{to}:{to_id}  the recipient's notifications in the
 --                                          shard, by due time
--- KEYS[6]     n:wh:outbox                  delivery-webhook messages (`_webhook_emit.lua`)
--- KEYS[7]     n:wh:seq                     their sequence
+-- KEYS[6]     n:{s}:wh:outbox              the shard's webhook outbox (`_webhook_emit.lua`)
+-- KEYS[7]     n:{s}:wh:seq                 its counter
 --
 -- ARGV[1]     the notification id
 -- ARGV[2]     the new due time, epoch seconds

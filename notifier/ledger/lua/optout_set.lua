@@ -2,10 +2,10 @@
 -- `client.opted_out` / `client.opted_in` in the delivery-webhook outbox in the same script
 -- (`_webhook_emit.lua`): a number already opted out announces nothing again.
 --
--- KEYS[1]     n:sms-optout                 the numbers opted out
--- KEYS[2]     n:wh:outbox
--- KEYS[3]     n:wh:seq
--- KEYS[4]     (optional) n:audit           the console's audit stream (`_audit.lua`)
+-- KEYS[1]     n:{0}:sms-optout             the numbers opted out
+-- KEYS[2]     n:{0}:wh:outbox              the set's shard's outbox
+-- KEYS[3]     n:{0}:wh:seq                 its counter
+-- KEYS[4]     (optional) n:{0}:audit       shard 0's audit stream (`_audit.lua`)
 --
 -- ARGV[1]     the number (E.164)
 -- ARGV[2]     '1' to opt out, '0' to opt in

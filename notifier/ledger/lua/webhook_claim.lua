@@ -3,9 +3,9 @@
 -- it is disabled. A lease that ran out (its sender died or hung past its timeout) puts
 -- its message back, due at once: the same message, the same `webhook-id`.
 --
--- KEYS[1]     n:wh:due:{endpoint}          message ids by when their next attempt is due
--- KEYS[2]     n:wh:inflight:{endpoint}     message ids being sent, by lease end
--- KEYS[3]     n:wh:ep:{endpoint}           the endpoint's counts and health
+-- KEYS[1]     n:wh:{endpoint}:due          message ids by when their next attempt is due
+-- KEYS[2]     n:wh:{endpoint}:inflight     message ids being sent, by lease end
+-- KEYS[3]     n:wh:{endpoint}:ep           the endpoint's counts and health
 --
 -- ARGV[1]     now, epoch seconds
 -- ARGV[2]     the lease's end, epoch seconds

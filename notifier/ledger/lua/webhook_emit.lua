@@ -6,9 +6,9 @@
 -- key of its own in KEYS[3]: the message is recorded only if that key is new (it is kept
 -- ARGV[4] seconds), so the change is announced once.
 --
--- KEYS[1]     n:wh:outbox
--- KEYS[2]     n:wh:seq
--- KEYS[3]     n:wh:once:{key}              optional: announce only once
+-- KEYS[1]     n:{s}:wh:outbox              the outbox of the subject's shard
+-- KEYS[2]     n:{s}:wh:seq                 its counter
+-- KEYS[3]     n:{s}:wh:once:{key}          optional: announce only once
 --
 -- ARGV[1]     the event type (`notifier.webhooks.catalogue.EVENT_TYPES`)
 -- ARGV[2]     the subject's id (a client, an appointment, an event)

@@ -7,11 +7,11 @@
 -- 4xx is the endpoint refusing one message, up and answering (found by QA: one 400 on a
 -- Monday, then quiet days, disabled the endpoint at Saturday's first 503).
 --
--- KEYS[1]     n:wh:msg:{endpoint}:{message id}
--- KEYS[2]     n:wh:due:{endpoint}
--- KEYS[3]     n:wh:inflight:{endpoint}
--- KEYS[4]     n:wh:ep:{endpoint}
--- KEYS[5]     n:wh:pending:{endpoint}      message ids not yet ended, by when made
+-- KEYS[1]     n:wh:{endpoint}:msg:{message id}
+-- KEYS[2]     n:wh:{endpoint}:due
+-- KEYS[3]     n:wh:{endpoint}:inflight
+-- KEYS[4]     n:wh:{endpoint}:ep
+-- KEYS[5]     n:wh:{endpoint}:pending      message ids not yet ended, by when made
 --
 -- ARGV[1]     the message id
 -- ARGV[2]     the outcome: 'delivered', 'retry' or 'failed'
