@@ -21,7 +21,7 @@ run: $(STAMP)
 
 # The bench extra too: tests/bench/ runs the burst harness with its Celery peer.
 test: $(STAMP) $(BENCH_STAMP) chromium rabbitmq
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 test-fast: $(STAMP) chromium
 	$(BIN)/python -m pytest -q -m "not e2e and not slow"
