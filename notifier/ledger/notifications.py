@@ -41,7 +41,7 @@ from notifier.ledger.daily import day_of
 from notifier.ledger.lua import lua_source
 from notifier.ledger.notif_fields import with_derived
 from notifier.ledger.shards import PREFIX as PREFIX  # re-exported: key modules import it here
-from notifier.ledger.shards import ShardKeys
+from notifier.ledger.shards import ShardKeys, share_out
 from notifier.timeutil import utcnow
 
 # Per shard (`ShardKeys`): `awaiting_report(s)`, sends through a provider that reports
@@ -274,12 +274,8 @@ class Schedule:
         budget = min(limit, max_inflight - sum(inflight))
         start = self._claim_turn % len(held)
         self._claim_turn += 1
-        takes: list[tuple[int, int]] = []
-        for shard in held[start:] + held[:start]:
-            take = min(due[shard], budget)
-            if take > 0:
-                takes.append((shard, take))
-                budget -= take
+        takes = share_out(((shard, due[shard]) for shard in held[start:] + held[:start]),
+                          budget)
         if not takes:
             return []
         with self.redis.pipeline(transaction=False) as pipe:

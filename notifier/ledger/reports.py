@@ -38,6 +38,7 @@ from notifier.ledger.notifications import (
     Schedule,
     epoch,
 )
+from notifier.ledger.shards import share_out
 
 LOOKUPS = PREFIX + "stats:report-lookups"
 CLAIM_LUA = lua_source("report_claim")
@@ -96,13 +97,7 @@ class Reports:
             for shard in keys.all():
                 pipe.zcount(keys.awaiting_report(shard), "-inf", epoch(now))
             due = [int(n) for n in pipe.execute()]
-        takes: list[tuple[int, int]] = []
-        budget = limit
-        for shard, count in zip(keys.all(), due, strict=True):
-            take = min(count, budget)
-            if take > 0:
-                takes.append((shard, take))
-                budget -= take
+        takes = share_out(zip(keys.all(), due, strict=True), limit)
         if not takes:
             return []
         with self.redis.pipeline(transaction=False) as pipe:

@@ -246,6 +246,19 @@ class ShardKeys:
         return groups
 
 
+def share_out(counts: Iterable[tuple[int, int]], budget: int) -> list[tuple[int, int]]:
+    """`(shard, take)` for each of `counts` (`(shard, how many are waiting)`, in the order
+    to serve them) that gets something, each taking what it has until `budget` is spent:
+    how a claim over several shards splits its limit."""
+    takes: list[tuple[int, int]] = []
+    for shard, count in counts:
+        take = min(count, budget)
+        if take > 0:
+            takes.append((shard, take))
+            budget -= take
+    return takes
+
+
 def check_shards(client: Any, shards: int) -> int:
     """At start-up: record `shards` as the ledger's count if none is (SET NX on
     `SHARDS_KEY`), and refuse one that differs from the count recorded. Returns the
