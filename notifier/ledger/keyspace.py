@@ -57,14 +57,19 @@ KEY_FAMILIES: tuple[KeyFamily, ...] = (
               "one hash per UTC day, a field per event type refused at the door (422)"),
     KeyFamily("n:stats:*", "", "counters: a field per state and channel, per kind, "
               "channel and lateness bucket"),
-    KeyFamily("n:event:*", "30 days once applied (or stale, ignored, rejected, failed)",
-              "unapplied ones by `n:events:pending`, held ones by the 24-hour wait"),
-    KeyFamily("n:events:*", "", "events accepted and not applied yet, or held (at most "
-              "24 hours)"),
-    KeyFamily("n:held:*", "", "a subject's held closes (at most 24 hours)"),
-    KeyFamily("n:subject-queue:*", "", "a subject's unapplied events; deleted when empty"),
-    KeyFamily("n:turn:*", "the lease", ""),
-    KeyFamily("n:turns", "", "subjects whose turn is taken; swept when the lease runs out"),
+    # Events, turns and held closes, in their subject's shard.
+    KeyFamily("n:{*}:event:*", "30 days once applied (or stale, ignored, rejected, failed)",
+              "unapplied ones by their shard's `events:pending`, held ones by the 24-hour "
+              "wait"),
+    KeyFamily("n:{*}:events:*", "", "one each per shard: events accepted and not applied "
+              "yet, or held (at most 24 hours)"),
+    KeyFamily("n:{*}:stats:events-set-aside", "", "one per shard: two counters"),
+    KeyFamily("n:{*}:held:*", "", "a subject's held closes (at most 24 hours)"),
+    KeyFamily("n:{*}:subject-queue:*", "", "a subject's unapplied events; deleted when "
+              "empty"),
+    KeyFamily("n:{*}:turn:*", "the lease", ""),
+    KeyFamily("n:{*}:turns", "", "one per shard: subjects whose turn is taken; swept when "
+              "the lease runs out"),
     KeyFamily("n:rec:*", "", "one record per entity the integrator sent: what makes a "
               "late event stale and what the rules read; it grows with the practice "
               "(a few hundred bytes per appointment), not with time"),

@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from notifier.errors import StoreContention, StoreError, TurnLost
 from notifier.ledger.announcements import queue_announcement
 from notifier.ledger.audit_write import AuditWrite
-from notifier.ledger.events import PENDING_EVENTS, event_key, hold, settle, unhold
+from notifier.ledger.events import find_event, hold, settle, unhold
 from notifier.ledger.notif_fields import planned_fields
 from notifier.ledger.notifications import (
     ENTITY_INDEX_TTL_S,
@@ -42,7 +42,6 @@ from notifier.ledger.record_store import (
     write_records,
 )
 from notifier.ledger.records import ClientRecord, Record
-from notifier.ledger.turns import held_key, queue_key, turn_key
 from notifier.policy.plan import Plan
 
 #: A planner given a stored raw event, a loader of (watched) records and the event's
@@ -76,24 +75,31 @@ class PlanWriter:
         `StoreContention` (nothing written) when a watched key changes under each of
         `MAX_WATCH_TRIES` tries.
         """
+        k = self.schedule.keys
+        # The event is in its subject's shard: in a turn, the turn's; else found by id.
+        shard = (k.of_ref(turn[0]) if turn is not None
+                 else find_event(self.redis, k, event_id)[0])
+        if shard is None:
+            return None
+        key = k.event(shard, event_id)
         for _ in range(MAX_WATCH_TRIES):
             with self.redis.pipeline() as pipe:
                 try:
                     status, raw, subject, member, received, occurred, holder, held = \
-                        self._watch_event(pipe, event_id, turn)
+                        self._watch_event(pipe, key, turn)
                     ref = subject.decode() if subject else None
                     if status != b"accepted" or raw is None:
                         if ref and member:
                             pipe.multi()
-                            pipe.zrem(queue_key(ref), member)
+                            pipe.zrem(k.subject_queue(ref), member)
                             pipe.execute()
                         return None
                     if turn is not None and holder != turn[1].encode():
                         raise TurnLost(turn[0])
                     if turn is None and ref:
                         with self.redis.pipeline(transaction=False) as reads:
-                            reads.zrange(held_key(ref), 0, -1, withscores=True)
-                            held, = pipe.watch_and_read([held_key(ref)], reads)
+                            reads.zrange(k.held(ref), 0, -1, withscores=True)
+                            held, = pipe.watch_and_read([k.held(ref)], reads)
                     # Every record read in this try, watched: None for one not stored.
                     known: dict[str, Record | None] = {}
 
@@ -108,15 +114,15 @@ class PlanWriter:
                     before, targets = self.write_targets(plan, pipe, known)
                     pipe.multi()
                     if ref and member:
-                        pipe.zrem(queue_key(ref), member)
-                    pipe.zrem(PENDING_EVENTS, event_id)
+                        pipe.zrem(k.subject_queue(ref), member)
+                    pipe.zrem(k.events_pending(shard), event_id)
                     if plan.outcome == "held":
-                        hold(pipe, event_id, plan, ref, member, occurred, now)
+                        hold(pipe, k, event_id, plan, ref, member, occurred, now)
                     else:
                         self._write_plan(pipe, plan, now, before, targets)
-                        settle(pipe, event_id, plan, now, subject, received, occurred)
+                        settle(pipe, key, plan, now, subject, received, occurred)
                         if plan.outcome == "applied" and ref and held:
-                            unhold(pipe, ref, held, now)
+                            unhold(pipe, k, ref, held, now)
                     pipe.execute()
                     return plan
                 except redis.WatchError:
@@ -124,21 +130,21 @@ class PlanWriter:
         raise StoreContention(f"event {event_id}: its keys changed under every one of "
                               f"{MAX_WATCH_TRIES} tries to apply it")
 
-    def _watch_event(self, pipe: Any, event_id: str, turn: tuple[str, str] | None
+    def _watch_event(self, pipe: Any, key: str, turn: tuple[str, str] | None
                      ) -> list[Any]:
-        """WATCH the event (and, in a turn, the turn and the subject's held closes) and
-        read them, in one round trip: the event's fields, the turn's holder, the held
-        closes."""
-        key = event_key(event_id)
+        """WATCH the event's hash `key` (and, in a turn, the turn and the subject's held
+        closes, all in the subject's shard) and read them, in one round trip: the event's
+        fields, the turn's holder, the held closes."""
+        k = self.schedule.keys
         with self.redis.pipeline(transaction=False) as reads:
             reads.hmget(key, "status", "raw", "subject", "member", "received_at", "occurred")
             if turn is None:
                 fields, = pipe.watch_and_read([key], reads)
                 return [*fields, None, []]
-            reads.get(turn_key(turn[0]))
-            reads.zrange(held_key(turn[0]), 0, -1, withscores=True)
+            reads.get(k.turn(turn[0]))
+            reads.zrange(k.held(turn[0]), 0, -1, withscores=True)
             fields, holder, held = pipe.watch_and_read(
-                [key, turn_key(turn[0]), held_key(turn[0])], reads)
+                [key, k.turn(turn[0]), k.held(turn[0])], reads)
         return [*fields, holder, held]
 
     def _watch_records(self, pipe: Any, refs: list[str]) -> dict[str, Record]:

@@ -139,6 +139,52 @@ class ShardKeys:
         """The ids of the notifications planned about entity `ref`, in its shard."""
         return f"{self.tag(self.of_ref(ref))}by-entity:{ref}"
 
+    # Events and turns (`notifier.ledger.events`, `notifier.ledger.turns`): an event is in
+    # its subject's shard, so applying it (event, queue, turn, held closes) is one slot.
+    def of_event(self, event_id: str, subject: str | None) -> int:
+        """The shard of an event: its subject's (an entity ref); an event stored without
+        a subject is in the shard of its own id."""
+        return self.of_ref(subject) if subject else shard_of_entity_id(event_id, self.count)
+
+    def event(self, shard: int, event_id: str) -> str:
+        """A stored event's hash, `n:{s}:event:{id}`, in shard `shard` (`of_event`)."""
+        return f"{self.tag(shard)}event:{event_id}"
+
+    def events_pending(self, shard: int) -> str:
+        """A shard's accepted, unapplied events, by arrival (epoch seconds)."""
+        return self.tag(shard) + "events:pending"
+
+    def events_held(self, shard: int) -> str:
+        """A shard's held closes, by the end of their wait (epoch seconds)."""
+        return self.tag(shard) + "events:held"
+
+    def events_set_aside(self, shard: int) -> str:
+        """A shard's count of events set aside (`rejected` / `failed` -> count)."""
+        return self.tag(shard) + "stats:events-set-aside"
+
+    def subject_queue(self, ref: str) -> str:
+        """A subject's queue of unapplied events, in the subject's shard."""
+        return f"{self.tag(self.of_ref(ref))}subject-queue:{ref}"
+
+    def held(self, ref: str) -> str:
+        """A subject's held closes, in the subject's shard."""
+        return f"{self.tag(self.of_ref(ref))}held:{ref}"
+
+    def turn(self, ref: str) -> str:
+        """The token of the worker whose turn it is on subject `ref`, in its shard."""
+        return f"{self.tag(self.of_ref(ref))}turn:{ref}"
+
+    def turns(self, shard: int) -> str:
+        """A shard's subjects whose turn is taken, by lease end (epoch seconds)."""
+        return self.tag(shard) + "turns"
+
+    def refs_by_shard(self, refs: Iterable[str]) -> dict[int, list[str]]:
+        """Entity `refs` grouped by shard, each group in the order given."""
+        groups: dict[int, list[str]] = {}
+        for ref in refs:
+            groups.setdefault(self.of_ref(ref), []).append(ref)
+        return groups
+
     def by_shard(self, notification_ids: Iterable[str]) -> dict[int, list[str]]:
         """`notification_ids` grouped by shard, each group in the order given."""
         groups: dict[int, list[str]] = {}

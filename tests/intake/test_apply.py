@@ -29,9 +29,7 @@ from notifier.errors import StoreUnavailable
 from notifier.intake import apply
 from notifier.intake.apply import apply_in_turn
 from notifier.intake.events import parse_event
-from notifier.ledger.events import PENDING_EVENTS, event_key
 from notifier.ledger.store import Store
-from notifier.ledger.turns import TURNS, queue_key, turn_key
 from notifier.policy.figures import Policy
 from notifier.policy.ordering import subject_ref
 from notifier.runtime import Runtime
@@ -40,6 +38,14 @@ from notifier.worker.actors import EVENTS_QUEUE, build_broker, declare_actors
 from notifier.worker.clock import Clock
 from tests.end_to_end.test_redis_restart import DurableRedis
 from tests.kit import appointment, client_upserted, daytime_zone, zone_at_hour
+from tests.ledger_keys import (
+    event_field,
+    pending_events,
+    queue_key,
+    stored_event_key,
+    taken_turns,
+    turn_key,
+)
 from tests.service import wait_for
 
 with warnings.catch_warnings():
@@ -152,7 +158,7 @@ def test_an_event_that_no_longer_validates_is_rejected_and_its_subject_goes_on(
     for evt in (first, middle, last):
         assert post(web, evt) == 202
     middle["data"]["client"]["timezone"] = "US/Pacific-New"
-    redis_client.hset(event_key(middle["id"]), "raw", json.dumps(middle))
+    redis_client.hset(stored_event_key(redis_client, middle["id"]), "raw", json.dumps(middle))
 
     worker = start_worker(runtime)
     try:
@@ -167,13 +173,13 @@ def test_an_event_that_no_longer_validates_is_rejected_and_its_subject_goes_on(
     assert rejected["reason"].startswith("data.client.timezone: ")
     assert event_status(web, first["id"])["status"] == "applied"
     assert runtime.store.load_record("client:c1").client.phone == "+14155550101"
-    assert json.loads(redis_client.hget(event_key(middle["id"]), "raw")) == middle
+    assert json.loads(event_field(redis_client, middle["id"], "raw")) == middle
     assert [r.getMessage() for r in caplog.records] == [
         f"event {middle['id']} no longer validates: {rejected['reason']}"]
     # Nothing circles: no retry waiting in dramatiq's delay queue, nothing left to apply.
     assert redis_client.hlen(f"notifier-dq:{EVENTS_QUEUE}.DQ.msgs") == 0
     assert not redis_client.exists(queue_key("client:c1"), turn_key("client:c1"))
-    assert redis_client.zcard(PENDING_EVENTS) == redis_client.zcard(TURNS) == 0
+    assert pending_events(redis_client) == taken_turns(redis_client) == []
     # Counted, for an alert: an accepted event that will never apply.
     scrape = web.get("/metrics").text
     assert 'notifier_events_set_aside_total{status="rejected"} 1.0' in scrape
@@ -187,7 +193,7 @@ def test_an_event_set_aside_is_counted_once_by_status(store, policy, monkeypatch
     invalid = client_upserted("c2", "UTC", NOW - timedelta(hours=1))
     for evt in (broken, invalid):
         post_stored(store, evt)
-    store.redis.hset(event_key(invalid["id"]), "raw", json.dumps(
+    store.redis.hset(stored_event_key(store.redis, invalid["id"]), "raw", json.dumps(
         {**invalid, "type": "client.merged"}))  # a type since retired
 
     def planning_fails(policy: Policy, now: datetime) -> Callable[..., Any]:
@@ -275,7 +281,7 @@ def test_redis_killed_mid_apply_leaves_the_event_queued_and_the_turn_to_expire(
         assert store.turns.heads(["client:c1"]) == [event_id]
         assert store.event_status(event_id)["status"] == "accepted"
         assert store.load_record("client:c1") is None
-        assert client.zscore(PENDING_EVENTS, event_id) is not None
+        assert event_id in pending_events(client)
         # The dead apply's turn still holds: a retry now finds it taken and leaves it.
         assert apply_in_turn(store, event_id, policy, lambda: datetime.now(UTC), 30) == 0
         clock = Clock(store, build_broker(server.url))

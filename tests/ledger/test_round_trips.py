@@ -20,7 +20,6 @@ import redis
 from notifier.intake.apply import apply_in_turn
 from notifier.intake.events import parse_event
 from notifier.ledger.client import LedgerRedis, script_body
-from notifier.ledger.events import event_key
 from notifier.ledger.lua import lua_source
 from notifier.ledger.store import Store
 from notifier.policy.figures import Policy
@@ -32,6 +31,7 @@ from tests.kit import (
     provider_upserted,
     store_and_apply,
 )
+from tests.ledger_keys import event_field
 
 NOW = datetime(2026, 12, 1, 15, 0, tzinfo=UTC)
 EVENTS = 20
@@ -77,7 +77,7 @@ def apply_counted(store: Store, plain: redis.Redis, policy: Policy, ids: list[st
     per_event = {name: (calls - before.get(name, 0)) / (len(ids) - 1)
                  for name, calls in after.items() if calls != before.get(name, 0)}
     for event_id in ids:
-        assert plain.hget(event_key(event_id), "status") == b"applied"
+        assert event_field(plain, event_id, "status") == b"applied"
     return (CountingConnection.sent - writes) / (len(ids) - 1), per_event
 
 
