@@ -62,7 +62,6 @@ from notifier.config import Settings
 from notifier.intake.apply import apply_stored_event
 from notifier.intake.events import parse_event
 from notifier.ledger.events import pending_count
-from notifier.ledger.record_store import record_key
 from notifier.ledger.records import AppointmentRecord, ClientRecord, ProviderRecord
 from notifier.policy.ordering import subject_ref
 from notifier.runtime import Runtime
@@ -134,13 +133,14 @@ def seed(runtime: Runtime, now: datetime) -> None:
                 "id": f"c{c:03d}", "first_name": "Ana", "phone": f"+1415555{c:04d}",
                 "email": f"c{c:03d}@example.com", "timezone": ZONES[c % len(ZONES)],
                 "channels": {"sms": True, "email": True}}})
-            pipe.set(record_key(f"client:c{c:03d}"), client.model_dump_json())
+            pipe.set(runtime.store.keys.record(f"client:c{c:03d}"), client.model_dump_json())
         for p in range(PROVIDERS):
             provider = ProviderRecord.model_validate({
                 "updated_at": now - timedelta(days=1), "provider": {
                     "id": f"prov-{p}", "name": f"Dr. {p}", "email": f"prov-{p}@example.com",
                     "timezone": "America/Chicago"}})
-            pipe.set(record_key(f"provider:prov-{p}"), provider.model_dump_json())
+            pipe.set(runtime.store.keys.record(f"provider:prov-{p}"),
+                     provider.model_dump_json())
         pipe.execute()
 
 

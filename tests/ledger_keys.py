@@ -148,3 +148,41 @@ def held_events(redis: Any, keys: ShardKeys = KEYS) -> list[str]:
 def taken_turns(redis: Any, keys: ShardKeys = KEYS) -> list[str]:
     """Every subject whose turn is taken, over all shards, sorted."""
     return _members(redis, (keys.turns(s) for s in keys.all()))
+
+
+# Records and their indexes: a record in its own ref's shard, the indexes per shard.
+def record_key(ref: str, keys: ShardKeys = KEYS) -> str:
+    """An entity's record (not one kept in parts: `record_part_key`)."""
+    return keys.record(ref)
+
+
+def record_part_key(ref: str, shard: int, keys: ShardKeys = KEYS) -> str:
+    """Shard `shard`'s part of a record kept in parts (visits, a provider's queue)."""
+    return keys.record_part(ref, shard)
+
+
+def _union(redis: Any, names: Iterable[str]) -> set[bytes]:
+    with redis.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.smembers(name)
+        return {m for found in pipe.execute() for m in found}
+
+
+def phone_clients(redis: Any, phone: str, keys: ShardKeys = KEYS) -> set[bytes]:
+    """The ids in every shard's set of the clients with `phone`."""
+    return _union(redis, (keys.phone_clients(s, phone) for s in keys.all()))
+
+
+def email_clients(redis: Any, email: str, keys: ShardKeys = KEYS) -> set[bytes]:
+    """The ids in every shard's set of the clients with (normalised) `email`."""
+    return _union(redis, (keys.email_clients(s, email) for s in keys.all()))
+
+
+def client_entities(redis: Any, client_id: str, keys: ShardKeys = KEYS) -> set[bytes]:
+    """The refs in every shard's set of a client's entities."""
+    return _union(redis, (keys.client_entities(s, client_id) for s in keys.all()))
+
+
+def providers(redis: Any, keys: ShardKeys = KEYS) -> set[bytes]:
+    """The ids in every shard's set of providers."""
+    return _union(redis, (keys.providers(s) for s in keys.all()))

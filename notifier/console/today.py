@@ -40,7 +40,7 @@ from notifier.ledger.daily import (
 )
 from notifier.ledger.notifications import LATENESS_BUCKETS_S, WEBHOOK_OUTBOX, Lateness
 from notifier.ledger.reading import LedgerFigures
-from notifier.ledger.record_store import parse_record, record_key
+from notifier.ledger.record_store import all_record_keys, parse_record, raw_records
 from notifier.ledger.records import ProviderQueueRecord, ProviderRecord
 from notifier.ledger.reports import ReportFigures
 from notifier.ledger.store import Store
@@ -93,11 +93,15 @@ def gather(store: Store, now: datetime) -> Gathered:
         queue_daily(pipe, now)
         pipe.llen(WEBHOOK_OUTBOX)
         if refs:
-            pipe.mget([record_key(r) for r in refs])
+            pipe.mget(all_record_keys(store.keys, refs))
         replies = pipe.execute()
     daily = parse_daily(replies[:DAILY_REPLIES], now)
     outbox = int(replies[DAILY_REPLIES])
-    raw = dict(zip(refs, replies[DAILY_REPLIES + 1], strict=True)) if refs else {}
+    try:
+        raw = raw_records(store.keys, refs, replies[DAILY_REPLIES + 1]) if refs else {}
+    except (ValidationError, ValueError, KeyError):
+        log.warning("today: a provider queue's part does not parse; queues left out")
+        raw = raw_records(store.keys, refs[:len(ids)], replies[DAILY_REPLIES + 1][:len(ids)])
     providers: dict[str, ProviderRecord] = {}
     queues: dict[str, ProviderQueueRecord] = {}
     for ref, value in raw.items():

@@ -70,16 +70,16 @@ KEY_FAMILIES: tuple[KeyFamily, ...] = (
     KeyFamily("n:{*}:turn:*", "the lease", ""),
     KeyFamily("n:{*}:turns", "", "one per shard: subjects whose turn is taken; swept when "
               "the lease runs out"),
-    KeyFamily("n:rec:*", "", "one record per entity the integrator sent: what makes a "
+    KeyFamily("n:{*}:rec:*", "", "one record per entity the integrator sent: what makes a "
               "late event stale and what the rules read; it grows with the practice "
               "(a few hundred bytes per appointment), not with time"),
-    KeyFamily("n:providers*", "", "one id per provider"),
-    KeyFamily("n:phone-clients:*", "", "one set per number in use; a client leaves it "
+    KeyFamily("n:{*}:providers", "", "one per shard: one id per provider of the shard"),
+    KeyFamily("n:{*}:phone-clients:*", "", "one set per number in use; a client leaves it "
               "when its number changes, and an empty set is no key"),
     KeyFamily("n:phone:*", "", "written by older versions only"),
-    KeyFamily("n:email-clients:*", "", "one set per address in use (lower-cased); a client "
+    KeyFamily("n:{*}:email-clients:*", "", "one set per address in use (lower-cased); a client "
               "leaves it when its address changes, and an empty set is no key"),
-    KeyFamily("n:client-entities:*", "", "one set per client: the refs of its "
+    KeyFamily("n:{*}:client-entities:*", "", "one set per client and shard: the refs of its "
               "appointments, prescriptions, refill requests and messages, never removed; "
               "it grows with the records of `n:rec:*` it names (with the practice), not "
               "with time"),

@@ -20,7 +20,7 @@ from notifier.ledger.audit_write import AuditWrite
 from notifier.ledger.batch import Batch, Reply
 from notifier.ledger.lua import lua_source
 from notifier.ledger.notifications import PREFIX, WEBHOOK_OUTBOX, WEBHOOK_SEQ
-from notifier.ledger.record_store import phone_clients_key
+from notifier.ledger.record_store import RecordStore
 
 SMS_OPT_OUTS = PREFIX + "sms-optout"
 OPTOUT_SET_LUA = lua_source("optout_set")
@@ -29,9 +29,11 @@ OPTOUT_SET_LUA = lua_source("optout_set")
 class OptOuts:
     """Which numbers have opted out of SMS."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, records: RecordStore) -> None:
         # redis-py types its replies as a sync|async union; the client here is sync.
         self.redis: Any = client
+        #: where the clients of a number are found (`RecordStore.phone_client_ids`)
+        self.records = records
         self._set = client.register_script(OPTOUT_SET_LUA)
 
     def set_sms_opt_out(self, phone: str, opted_out: bool,
@@ -43,7 +45,7 @@ class OptOuts:
         a reply, a carrier's error `code`, or an operator in the console re-enabling SMS
         after the client asked), and `audit`, an operator's entry, appended in the same
         script (not when nothing changed)."""
-        ids = sorted(i.decode() for i in self.redis.smembers(phone_clients_key(phone)))
+        ids = self.records.phone_client_ids(phone)
         data = {"client_ids": ids, "channel": "sms", "source": source, "error_code": code}
         keys = [SMS_OPT_OUTS, WEBHOOK_OUTBOX, WEBHOOK_SEQ]
         args = [phone, "1" if opted_out else "0", ids[0] if ids else "",

@@ -41,6 +41,13 @@ once, `n:shards` SET NX, and a process whose setting differs refuses to start
 (`check_shards`, at start-up): with another count it would look for every notification
 in the wrong place.
 
+Events, turns and records are in shards too (`notifier.ledger.events`, `.turns`,
+`.record_store`): an event, its subject's queue, turn and held closes in the subject's
+shard (an event without a subject in its id's: `of_event`), a record in its own
+entity's, a client's visits and a provider's queue one part per shard, the clients'
+and providers' indexes one set per shard; so applying an event is one shard's
+transaction, and what spans shards is read across them.
+
 Not sharded yet (a later step of issue 17 tags them): `n:stats:*` (outcomes, lateness,
 the daily counts), `n:wh:outbox` and `n:wh:seq`, `n:awaiting-report`,
 `n:by-recipient:*`, `n:audit`; the scripts above still name them beside a shard's keys,
@@ -177,6 +184,32 @@ class ShardKeys:
     def turns(self, shard: int) -> str:
         """A shard's subjects whose turn is taken, by lease end (epoch seconds)."""
         return self.tag(shard) + "turns"
+
+    # Records and their indexes (`notifier.ledger.record_store`).
+    def record(self, ref: str) -> str:
+        """An entity's record, `n:{s}:rec:{ref}`, in the entity's own shard."""
+        return f"{self.tag(self.of_ref(ref))}rec:{ref}"
+
+    def record_part(self, ref: str, shard: int) -> str:
+        """Shard `shard`'s part of a record kept in parts (`record_store.PARTED_KINDS`: a
+        client's visits, a provider's queue), written by the events of that shard."""
+        return f"{self.tag(shard)}rec:{ref}"
+
+    def providers(self, shard: int) -> str:
+        """The ids of the providers whose record is in `shard`."""
+        return self.tag(shard) + "providers"
+
+    def phone_clients(self, shard: int, phone: str) -> str:
+        """The ids of the clients of `shard` with this number."""
+        return f"{self.tag(shard)}phone-clients:{phone}"
+
+    def email_clients(self, shard: int, email: str) -> str:
+        """The ids of the clients of `shard` with this (normalised) address."""
+        return f"{self.tag(shard)}email-clients:{email}"
+
+    def client_entities(self, shard: int, client_id: str) -> str:
+        """The refs of a client's entities that are in `shard`."""
+        return f"{self.tag(shard)}client-entities:{client_id}"
 
     def refs_by_shard(self, refs: Iterable[str]) -> dict[int, list[str]]:
         """Entity `refs` grouped by shard, each group in the order given."""

@@ -74,11 +74,11 @@ class Store:
         self.turns = Turns(client, self.keys)
         self.short_links = ShortLinks(client)
         self.events = Events(client, self.keys)
-        self.records = RecordStore(client)
+        self.records = RecordStore(client, self.keys)
         self.plans = PlanWriter(client, self.schedule, self.records)
         self.reading = Reading(client, self.records, self.keys)
         self.deliveries = Deliveries(client, self.schedule, self.reading, self.plans)
-        self.opt_outs = OptOuts(client)
+        self.opt_outs = OptOuts(client, self.records)
         self.reports = Reports(client, self.schedule)
 
     # Events ---------------------------------------------------------------------------

@@ -26,7 +26,7 @@ are in the entity's shard; a recipient's index (not sharded yet) is trimmed by o
 shard its ids are in.
 
 The other sets of ids (each shard's schedule and in-flight set) hold only pending
-notifications and are emptied by the clock as they are sent; `n:phone-clients:{phone}`
+notifications and are emptied by the clock as they are sent; `n:{s}:phone-clients:{phone}`
 holds client ids, whose records are kept (see the README's key table).
 
 Errors: on the ledger's client each Redis call raises `StoreUnavailable` when Redis cannot

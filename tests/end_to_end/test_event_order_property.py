@@ -130,7 +130,13 @@ def _outcome(runtime: Runtime, events: list[dict[str, Any]]) -> dict[str, Any]:
     notes = {k.decode(): {f.decode(): v.decode() for f, v in r.hgetall(k).items()
                           if not HISTORY_FIELD.fullmatch(f.decode())}
              for k in r.scan_iter(match="n:{*}:notif:*", count=1000)}
-    records = {k.decode(): r.get(k) for k in r.scan_iter(match="n:rec:*", count=1000)}
+    # Records as readers see them: a record kept in parts (a client's visits, a provider's
+    # queue) merged, since each part's stamp depends on what other subjects' events wrote
+    # before it, which the arrival order may change (`record_store.PARTED_KINDS`).
+    refs = sorted({k.decode().split(":rec:", 1)[1]
+                   for k in r.scan_iter(match="n:{*}:rec:*", count=1000)})
+    records = {ref: record.model_dump_json()
+               for ref, record in runtime.store.load_records(refs).items()}
     statuses = {e["id"]: tuple(v.decode() if v else None for v in find_event(
         r, runtime.store.keys, e["id"], "status", "reason")[1]) for e in events}
     return {"notifications": notes, "records": records, "events": statuses}

@@ -36,7 +36,6 @@ import pytest
 from notifier.config import PROJECT_ROOT
 from notifier.intake.apply import apply_in_turn
 from notifier.intake.events import parse_event
-from notifier.ledger.record_store import record_key
 from notifier.ledger.records import AppointmentRecord
 from notifier.ledger.store import Store
 from notifier.ledger.turns import member_event_id
@@ -45,7 +44,14 @@ from notifier.timeutil import utcnow
 from notifier.worker.actors import EVENTS_QUEUE, build_broker, enqueue_apply
 from notifier.worker.clock import Clock
 from tests.kit import appointment, client_upserted, daytime_zone, store_and_apply
-from tests.ledger_keys import event_key, pending_events, queue_key, turn_key, turns_key
+from tests.ledger_keys import (
+    event_key,
+    pending_events,
+    queue_key,
+    record_key,
+    turn_key,
+    turns_key,
+)
 from tests.service import Service, wait_for
 
 #: The whole service (web on a port, worker, clock) or its processes.

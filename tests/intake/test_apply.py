@@ -25,6 +25,7 @@ import redis
 
 from notifier.cli.send_event import sign_event
 from notifier.config import Settings
+from notifier.delivery.channels.outbox import Outbox
 from notifier.errors import StoreUnavailable
 from notifier.intake import apply
 from notifier.intake.apply import apply_in_turn
@@ -36,6 +37,7 @@ from notifier.runtime import Runtime
 from notifier.web.app import create_app
 from notifier.worker.actors import EVENTS_QUEUE, build_broker, declare_actors
 from notifier.worker.clock import Clock
+from tests.delivery.test_deliverer import deliverer
 from tests.end_to_end.test_redis_restart import DurableRedis
 from tests.kit import appointment, client_upserted, daytime_zone, zone_at_hour
 from tests.ledger_keys import (
@@ -322,19 +324,19 @@ def test_a_turn_that_ran_out_mid_apply_writes_nothing_and_leaves_the_subject_to_
 
 # A concurrent write between the reads and the write: the replan ----------------------------
 
-def test_a_client_changed_between_the_reads_and_the_write_is_planned_for_afresh(
-        store, policy, redis_url, monkeypatch):
-    """A booking is planned against its client's record; before its MULTI, another worker
-    applies the client's move to a zone where it is 22:00 (another subject, so in
-    parallel, on its own connection). The WATCH on the client record fails the first write;
-    the replan reads the new zone and holds the confirmation for quiet hours, 08:00 there,
-    exactly as if the move had come first."""
+def booking_with_a_move_between_its_reads_and_its_write(
+        store: Store, policy: Policy, redis_url: str, monkeypatch: pytest.MonkeyPatch,
+        appointment_id: str) -> tuple[list[str], dict[str, Any], dict[str, Any]]:
+    """A booking of `appointment_id` for client c1 is planned against c1's record; before
+    its MULTI, another worker applies c1's move to a zone where it is 22:00 (another
+    subject, so in parallel, on its own connection). Returns (the event ids planned, in
+    order; the booking; the move)."""
     post_stored(store, client_upserted("c1", daytime_zone(NOW), NOW - timedelta(hours=2)))
     apply_in_turn(store, store.turns.heads(["client:c1"])[0], policy, lambda: NOW, 30)
     night = zone_at_hour(NOW, 22)
     moved = client_upserted("c1", night, NOW - timedelta(minutes=30))
-    booking = appointment("appointment.scheduled", "a1", "c1", NOW + timedelta(days=5),
-                          NOW - timedelta(hours=1))
+    booking = appointment("appointment.scheduled", appointment_id, "c1",
+                          NOW + timedelta(days=5), NOW - timedelta(hours=1))
     post_stored(store, booking)
     post_stored(store, moved)
     other_worker = Store(redis.Redis.from_url(redis_url))
@@ -345,10 +347,40 @@ def test_a_client_changed_between_the_reads_and_the_write_is_planned_for_afresh(
 
     planned = between_read_and_write(monkeypatch, other_worker_applies_the_move)
     assert apply_in_turn(store, booking["id"], policy, lambda: NOW, 30) == 1
-    assert planned == [booking["id"], moved["id"], booking["id"]], \
-        "the booking planned twice: its first write lost its WATCH"
-    confirmation = store.notification("appointment_confirmation:a1:booked:sms")
-    eight = (NOW + timedelta(hours=10)).replace(minute=0, second=0)
-    assert float(confirmation["due"]) == eight.timestamp(), confirmation
     assert store.event_status(booking["id"])["status"] == "applied"
     other_worker.redis.close()
+    return planned, booking, moved
+
+
+def test_a_client_of_the_same_shard_changed_between_the_reads_and_the_write_is_replanned(
+        store, policy, redis_url, monkeypatch):
+    """The appointment (a3) is in its client's shard: the client record is WATCHed, the
+    first write fails, and the replan reads the new zone and holds the confirmation for
+    quiet hours, 08:00 there, exactly as if the move had come first."""
+    assert store.keys.of_ref("appointment:a3") == store.keys.of_ref("client:c1")
+    planned, booking, moved = booking_with_a_move_between_its_reads_and_its_write(
+        store, policy, redis_url, monkeypatch, "a3")
+    assert planned == [booking["id"], moved["id"], booking["id"]], \
+        "the booking planned twice: its first write lost its WATCH"
+    confirmation = store.notification("appointment_confirmation:a3:booked:sms")
+    eight = (NOW + timedelta(hours=10)).replace(minute=0, second=0)
+    assert float(confirmation["due"]) == eight.timestamp(), confirmation
+
+
+def test_a_client_of_another_shard_changed_meanwhile_is_caught_when_the_message_is_sent(
+        store, policy, redis_url, monkeypatch, tmp_path):
+    """The appointment (a1) is in another shard than its client: the client record is
+    read without WATCH (`PlanWriter._read_split`: a transaction is on one slot), so the
+    booking is planned once, on the zone it read, and its confirmation is due now. The
+    send reads the client again: at 22:00 in the new zone it holds the confirmation for
+    quiet hours, until 08:00 there."""
+    assert store.keys.of_ref("appointment:a1") != store.keys.of_ref("client:c1")
+    planned, booking, moved = booking_with_a_move_between_its_reads_and_its_write(
+        store, policy, redis_url, monkeypatch, "a1")
+    assert planned == [booking["id"], moved["id"]]
+    confirmation_id = "appointment_confirmation:a1:booked:sms"
+    assert float(store.notification(confirmation_id)["due"]) <= NOW.timestamp()
+    sender = deliverer(store, policy, outbox=Outbox(tmp_path))
+    assert sender.deliver(confirmation_id, NOW) == "held"
+    eight = (NOW + timedelta(hours=10)).replace(minute=0, second=0)
+    assert float(store.notification(confirmation_id)["due"]) == eight.timestamp()

@@ -16,7 +16,7 @@ from notifier.errors import StoreContention, TurnLost
 from notifier.intake.apply import apply_in_turn, apply_stored_event
 from notifier.intake.events import parse_event
 from notifier.ledger.batch import Reply
-from notifier.ledger.record_store import MAX_WATCH_TRIES, record_key
+from notifier.ledger.record_store import MAX_WATCH_TRIES
 from notifier.ledger.records import Record
 from notifier.ledger.store import Store
 from notifier.policy.figures import Policy
@@ -36,6 +36,7 @@ from tests.ledger_keys import (
     held_key,
     pending_events,
     queue_key,
+    record_key,
     stored_event_key,
     turn_key,
     turns_key,

@@ -41,7 +41,7 @@ from notifier.web.app import create_app
 from notifier.web.events import MAX_BODY_BYTES, UNAVAILABLE
 from notifier.web.signatures import sign_webhook, verify_signature
 from notifier.worker.actors import APPLY_EVENT, EVENTS_QUEUE, build_broker
-from tests.ledger_keys import event_key, event_keys, pending_events
+from tests.ledger_keys import event_key, event_keys, pending_events, record_key
 from tests.web.conftest import new_secret
 
 NAMESPACE = "notifier-dq"
@@ -806,7 +806,7 @@ def test_upcoming_appointments_are_those_not_ended(store, policy):
 
 def test_upcoming_appointments_skip_one_whose_record_is_gone(store, policy):
     book_three(store, policy, NOW)
-    store.redis.delete("n:rec:appointment:ahead")
+    store.redis.delete(record_key("appointment:ahead"))
     assert [r.appointment.id for r in store.upcoming_appointments("c1", NOW)] == ["running"]
 
 
