@@ -72,7 +72,7 @@ class AsyncEventStore:
     """The event writes of the HTTP process, awaited rather than blocking."""
 
     def __init__(self, client: redis.asyncio.Redis, keys: ShardKeys) -> None:
-        """`keys`: the ledger's shard keys (`Store.keys`): an event is stored in its
+        """`keys`: the ledger's shard keys (a `Store`'s): an event is stored in its
         subject's shard."""
         self.redis = client
         self.keys = keys
