@@ -61,8 +61,7 @@ from bench import common
 from notifier.config import Settings
 from notifier.intake.apply import apply_stored_event
 from notifier.intake.events import parse_event
-from notifier.ledger.events import PENDING_EVENTS, event_key
-from notifier.ledger.record_store import record_key
+from notifier.ledger.events import pending_count
 from notifier.ledger.records import AppointmentRecord, ClientRecord, ProviderRecord
 from notifier.policy.ordering import subject_ref
 from notifier.runtime import Runtime
@@ -134,31 +133,39 @@ def seed(runtime: Runtime, now: datetime) -> None:
                 "id": f"c{c:03d}", "first_name": "Ana", "phone": f"+1415555{c:04d}",
                 "email": f"c{c:03d}@example.com", "timezone": ZONES[c % len(ZONES)],
                 "channels": {"sms": True, "email": True}}})
-            pipe.set(record_key(f"client:c{c:03d}"), client.model_dump_json())
+            pipe.set(runtime.store.keys.record(f"client:c{c:03d}"), client.model_dump_json())
         for p in range(PROVIDERS):
             provider = ProviderRecord.model_validate({
                 "updated_at": now - timedelta(days=1), "provider": {
                     "id": f"prov-{p}", "name": f"Dr. {p}", "email": f"prov-{p}@example.com",
                     "timezone": "America/Chicago"}})
-            pipe.set(record_key(f"provider:prov-{p}"), provider.model_dump_json())
+            pipe.set(runtime.store.keys.record(f"provider:prov-{p}"),
+                     provider.model_dump_json())
         pipe.execute()
 
 
 def store_all(runtime: Runtime, raws: list[bytes]) -> list[str]:
     """Store each event as the web does (subject and occurred_at); return their ids."""
     ids = []
+    keys = runtime.store.keys
     for raw in raws:
         event = parse_event(raw)
-        assert runtime.store.store_event(event.id, raw, utcnow(), subject=subject_ref(event),
+        subject = subject_ref(event)
+        assert runtime.store.store_event(event.id, raw, utcnow(), subject=subject,
                                          occurred_at=event.occurred_at)
         ids.append(event.id)
+        EVENT_KEYS[event.id] = keys.event(keys.of_event(event.id, subject), event.id)
     return ids
+
+
+#: Each stored event's hash, by id (in its subject's shard), for `statuses`.
+EVENT_KEYS: dict[str, str] = {}
 
 
 def statuses(r: redis.Redis, ids: list[str]) -> dict[str, int]:
     with r.pipeline(transaction=False) as pipe:
         for i in ids:
-            pipe.hget(event_key(i), "status")
+            pipe.hget(EVENT_KEYS[i], "status")
         found = pipe.execute()
     counts: dict[str, int] = {}
     for status in found:
@@ -225,7 +232,7 @@ def run_worker(url: str, runtime: Runtime, scenario: str, raws: list[bytes], thr
         started = time.perf_counter()
         worker.start()
         while True:
-            while r.zcard(PENDING_EVENTS):
+            while pending_count(r, runtime.store.keys):
                 time.sleep(0.005)
             if "accepted" not in statuses(r, ids):
                 break

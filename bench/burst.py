@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import common, peer_celery, peer_dramatiq, peer_work, workload
-from notifier.ledger.events import PENDING_EVENTS
+from notifier.ledger.events import pending_count
 from notifier.ledger.notifications import pending_counts, queue_pending_counts
 from notifier.ledger.shards import ledger_keys
 
@@ -174,7 +174,8 @@ def plan_through_events(server: common.RedisServer, port: int, count: int, due: 
 
 def wait_applied(r: Any, alive: Callable[[], None], timeout_s: float = 600.0) -> None:
     deadline = time.monotonic() + timeout_s
-    while r.zcard(PENDING_EVENTS):
+    keys = ledger_keys(r)
+    while pending_count(r, keys):
         alive()
         if time.monotonic() > deadline:
             raise RuntimeError(f"events still unapplied after {timeout_s:.0f} s")

@@ -26,7 +26,6 @@ from redis.connection import Connection
 
 from bench import common
 from notifier.config import Settings
-from notifier.ledger.record_store import record_key
 from notifier.ledger.records import ClientRecord
 from notifier.policy.plan import Plan, PlannedNotification
 from notifier.runtime import Runtime
@@ -53,7 +52,7 @@ def plan_burst(runtime: Runtime, count: int, due: datetime, zone: str) -> None:
             "id": "c1", "first_name": "Ana", "phone": "+14155550123",
             "email": "ana@example.com", "timezone": zone, "channels": {"sms": True,
                                                                         "email": True}}})
-    runtime.redis.set(record_key("client:c1"), client.model_dump_json())
+    runtime.redis.set(runtime.store.keys.record("client:c1"), client.model_dump_json())
     batch = 500
     for start in range(0, count, batch):
         adds = tuple(PlannedNotification(

@@ -27,7 +27,6 @@ from chaos.providers import StandIns
 from chaos.tally import Copy, Seen, Webhooks, tally_webhooks
 from notifier.delivery.channels.outbox import Outbox
 from notifier.ledger.embedded_redis import free_port
-from notifier.ledger.events import PENDING_EVENTS
 from notifier.ledger.notif_fields import logical
 from notifier.ledger.shards import ledger_keys
 
@@ -127,11 +126,11 @@ class Service:
                 for shard in keys.all():
                     pipe.zcard(keys.inflight(shard))
                     pipe.zcount(keys.schedule(shard), "-inf", time.time())
-                pipe.zcard(PENDING_EVENTS)
+                    pipe.zcard(keys.events_pending(shard))
                 for shard, group in keys.by_shard(ids).items():
                     pipe.zmscore(keys.schedule(shard), group)
                 replies = pipe.execute()
-            counts, scores = replies[:2 * keys.count + 1], replies[2 * keys.count + 1:]
+            counts, scores = replies[:3 * keys.count], replies[3 * keys.count:]
             return not any(counts) and not any(s for group in scores for s in group)
         finally:
             r.close()

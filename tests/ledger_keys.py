@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from notifier.ledger.events import find_event
 from notifier.ledger.shards import ShardKeys
 from notifier.webhooks.catalogue import OutboxEntry
 from notifier.webhooks.outbox import announced, queue_waiting
@@ -149,3 +150,100 @@ def outbox_waiting(redis: Any, keys: ShardKeys = KEYS) -> int:
     with redis.pipeline(transaction=False) as pipe:
         queue_waiting(pipe, keys)
         return sum(int(n) for n in pipe.execute())
+
+
+# Events, turns and held sets: in their subject's shard (`ShardKeys.of_event`).
+def event_key(event_id: str, subject: str | None = None, keys: ShardKeys = KEYS) -> str:
+    """The hash of event `event_id` about `subject` (None: stored without one)."""
+    return keys.event(keys.of_event(event_id, subject), event_id)
+
+
+def stored_event_key(redis: Any, event_id: str, keys: ShardKeys = KEYS) -> str | None:
+    """The hash of a stored event, found by id over every shard; None when unknown."""
+    shard, _ = find_event(redis, keys, event_id)
+    return None if shard is None else keys.event(shard, event_id)
+
+
+def event_field(redis: Any, event_id: str, field: str, keys: ShardKeys = KEYS
+                ) -> bytes | None:
+    """One field of a stored event's hash, found by id; None when unknown or unset."""
+    _, (value,) = find_event(redis, keys, event_id, field)
+    return value
+
+
+def event_keys(redis: Any) -> list[str]:
+    """Every stored event's key, over all shards, sorted (SCAN)."""
+    return sorted(k.decode() for k in redis.scan_iter(match="n:{*}:event:*", count=1000))
+
+
+def queue_key(ref: str, keys: ShardKeys = KEYS) -> str:
+    """A subject's queue of unapplied events."""
+    return keys.subject_queue(ref)
+
+
+def turn_key(ref: str, keys: ShardKeys = KEYS) -> str:
+    """A subject's turn."""
+    return keys.turn(ref)
+
+
+def held_key(ref: str, keys: ShardKeys = KEYS) -> str:
+    """A subject's held closes."""
+    return keys.held(ref)
+
+
+def turns_key(ref: str, keys: ShardKeys = KEYS) -> str:
+    """The taken turns of the subject's shard."""
+    return keys.turns(keys.of_ref(ref))
+
+
+def pending_events(redis: Any, keys: ShardKeys = KEYS) -> list[str]:
+    """Every accepted, unapplied event id, over all shards, sorted."""
+    return _members(redis, (keys.events_pending(s) for s in keys.all()))
+
+
+def held_events(redis: Any, keys: ShardKeys = KEYS) -> list[str]:
+    """Every held event id, over all shards, sorted."""
+    return _members(redis, (keys.events_held(s) for s in keys.all()))
+
+
+def taken_turns(redis: Any, keys: ShardKeys = KEYS) -> list[str]:
+    """Every subject whose turn is taken, over all shards, sorted."""
+    return _members(redis, (keys.turns(s) for s in keys.all()))
+
+
+# Records and their indexes: a record in its own ref's shard, the indexes per shard.
+def record_key(ref: str, keys: ShardKeys = KEYS) -> str:
+    """An entity's record (not one kept in parts: `record_part_key`)."""
+    return keys.record(ref)
+
+
+def record_part_key(ref: str, shard: int, keys: ShardKeys = KEYS) -> str:
+    """Shard `shard`'s part of a record kept in parts (visits, a provider's queue)."""
+    return keys.record_part(ref, shard)
+
+
+def _union(redis: Any, names: Iterable[str]) -> set[bytes]:
+    with redis.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.smembers(name)
+        return {m for found in pipe.execute() for m in found}
+
+
+def phone_clients(redis: Any, phone: str, keys: ShardKeys = KEYS) -> set[bytes]:
+    """The ids in every shard's set of the clients with `phone`."""
+    return _union(redis, (keys.phone_clients(s, phone) for s in keys.all()))
+
+
+def email_clients(redis: Any, email: str, keys: ShardKeys = KEYS) -> set[bytes]:
+    """The ids in every shard's set of the clients with (normalised) `email`."""
+    return _union(redis, (keys.email_clients(s, email) for s in keys.all()))
+
+
+def client_entities(redis: Any, client_id: str, keys: ShardKeys = KEYS) -> set[bytes]:
+    """The refs in every shard's set of a client's entities."""
+    return _union(redis, (keys.client_entities(s, client_id) for s in keys.all()))
+
+
+def providers(redis: Any, keys: ShardKeys = KEYS) -> set[bytes]:
+    """The ids in every shard's set of providers."""
+    return _union(redis, (keys.providers(s) for s in keys.all()))

@@ -150,7 +150,7 @@ class Service:
             for shard in keys.all():
                 pipe.zcard(keys.inflight(shard))
                 pipe.zcount(keys.schedule(shard), "-inf", soon)
-            pipe.zcard("n:events:pending")
+                pipe.zcard(keys.events_pending(shard))
             return not any(pipe.execute())
 
     def drained(self) -> bool:

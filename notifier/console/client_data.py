@@ -15,7 +15,7 @@ from datetime import date, datetime
 
 from notifier.ledger.batch import Batch
 from notifier.ledger.reading import NotificationRow
-from notifier.ledger.record_store import client_entities_key, client_of, parse_record
+from notifier.ledger.record_store import client_of, parse_record
 from notifier.ledger.records import (
     AppointmentRecord,
     ClientRecord,
@@ -66,8 +66,7 @@ def load_client_file(store: Store, client_id: str, now: datetime) -> ClientFile 
     queues (only when a request is open)."""
     batch = Batch(store.redis)
     raw_client = store.records.queue_raw_records(batch, [f"client:{client_id}"])
-    entity_refs = batch.call("smembers", client_entities_key(client_id),
-                             parse=lambda found: sorted(m.decode() for m in found))
+    entity_refs = store.records.queue_client_entity_refs(batch, client_id)
     batch.run()
     raw = raw_client.get().get(f"client:{client_id}")
     record = parse_record("client", raw) if raw is not None else None

@@ -40,7 +40,7 @@ from notifier.ledger.daily import (
 )
 from notifier.ledger.notifications import LATENESS_BUCKETS_S, Lateness
 from notifier.ledger.reading import LedgerFigures
-from notifier.ledger.record_store import parse_record, record_key
+from notifier.ledger.record_store import all_record_keys, parse_record, raw_records
 from notifier.ledger.records import ProviderQueueRecord, ProviderRecord
 from notifier.ledger.reports import ReportFigures
 from notifier.ledger.store import Store
@@ -94,13 +94,18 @@ def gather(store: Store, now: datetime) -> Gathered:
         queue_daily(pipe, now, store.keys)
         queue_waiting(pipe, store.keys)
         if refs:
-            pipe.mget([record_key(r) for r in refs])
+            pipe.mget(all_record_keys(store.keys, refs))
         replies = pipe.execute()
     read = daily_replies(store.keys)
     daily = parse_daily(replies[:read], now, store.keys)
     shards = store.keys.count
     outbox = sum(int(n) for n in replies[read:read + shards])
-    raw = dict(zip(refs, replies[read + shards], strict=True)) if refs else {}
+    stored = replies[read + shards] if refs else []
+    try:
+        raw = raw_records(store.keys, refs, stored) if refs else {}
+    except (ValidationError, ValueError, KeyError):
+        log.warning("today: a provider queue's part does not parse; queues left out")
+        raw = raw_records(store.keys, refs[:len(ids)], stored[:len(ids)])
     providers: dict[str, ProviderRecord] = {}
     queues: dict[str, ProviderQueueRecord] = {}
     for ref, value in raw.items():

@@ -10,7 +10,6 @@ from datetime import datetime
 
 from notifier.errors import InvalidEvent, StoreContention, StoreUnavailable, TurnLost
 from notifier.intake.events import parse_stored_event
-from notifier.ledger.events import event_key
 from notifier.ledger.records import Record, State
 from notifier.ledger.store import Store
 from notifier.policy import derived_refs, plan, refs_for
@@ -46,7 +45,7 @@ def ensure_subject(store: Store, event_id: str, now: datetime) -> str | None:
     status, subject = store.event_subject(event_id)
     if status != "accepted" or subject is not None:
         return subject if status == "accepted" else None
-    raw = store.redis.hget(event_key(event_id), "raw")
+    raw = store.events.event_raw(event_id)
     try:
         event = parse_stored_event(raw or b"")
     except InvalidEvent as exc:

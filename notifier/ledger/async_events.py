@@ -25,6 +25,7 @@ from notifier.ledger.broker_messages import BrokerMessage
 from notifier.ledger.client import store_errors
 from notifier.ledger.daily import count_refused
 from notifier.ledger.events import STORE_EVENT_LUA, store_event_call
+from notifier.ledger.shards import ShardKeys
 
 #: The connection settings an asyncio twin of a synchronous client takes over; the rest of
 #: the synchronous pool's keyword arguments (its retry object, parser, maintenance
@@ -70,8 +71,11 @@ def same_server(a: redis.Redis, b: redis.Redis) -> bool:
 class AsyncEventStore:
     """The event writes of the HTTP process, awaited rather than blocking."""
 
-    def __init__(self, client: redis.asyncio.Redis) -> None:
+    def __init__(self, client: redis.asyncio.Redis, keys: ShardKeys) -> None:
+        """`keys`: the ledger's shard keys (a `Store`'s): an event is stored in its
+        subject's shard."""
         self.redis = client
+        self.keys = keys
         self._store_event = client.register_script(STORE_EVENT_LUA)
 
     async def store_event(self, event_id: str, raw: bytes, now: datetime,
@@ -82,9 +86,10 @@ class AsyncEventStore:
         Raises `StoreUnavailable` when Redis cannot be reached or take commands now,
         `StoreError` when it refuses the script, `ValueError` for a `message` without a
         subject."""
-        keys, args = store_event_call(event_id, raw, now, subject, occurred_at, message)
+        names, args = store_event_call(self.keys, event_id, raw, now, subject, occurred_at,
+                                       message)
         with store_errors():
-            return bool(await self._store_event(keys=keys, args=args))
+            return bool(await self._store_event(keys=names, args=args))
 
     async def count_refused(self, event_type: str, now: datetime) -> None:
         """Count an event of `event_type` refused at the door (422) at `now`

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from notifier.delivery.compose import Stored
 from notifier.delivery.decide import record_refs
 from notifier.ledger.notif_fields import logical
-from notifier.ledger.record_store import parse_record, record_key
+from notifier.ledger.record_store import all_record_keys, parse_record, raw_records
 from notifier.ledger.records import Record
 from notifier.ledger.shortlinks import appointment_key
 from notifier.ledger.store import Store
@@ -50,13 +50,17 @@ def read_notification(store: Store, notification_id: str) -> NotificationRead:
     refs = record_refs(stored)
     appointment_id = stored.params.get("appointment_id")
     with store.redis.pipeline(transaction=False) as pipe:
-        pipe.mget([record_key(r) for r in refs])
+        pipe.mget(all_record_keys(store.keys, refs))
         pipe.get(appointment_key(str(appointment_id or "")))
         values, token = pipe.execute()
     records: dict[str, Record] = {}
-    for ref, value in zip(refs, values, strict=True):
-        if value is None:
-            continue
+    try:
+        found = raw_records(store.keys, refs, values)
+    except Exception:  # a part of a record that no longer parses: the parted ones missing
+        log.warning("a record's part does not parse; the console shows the message "
+                    "without the records of %s", ", ".join(refs))
+        found = {}
+    for ref, value in found.items():
         try:
             records[ref] = parse_record(ref.split(":", 1)[0], value)
         except Exception:  # a record that no longer parses: shown as missing

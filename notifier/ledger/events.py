@@ -1,12 +1,29 @@
 """Stored events: storing and queueing them for their subject, their statuses, holding a
 close until its opening, rejecting, and the clock's sweeps of unapplied and held events.
 
-Keys (all under `n:`): `event:{id}` (hash: raw body, status, subject, queue member; once
-applied, only what its id's 30 days of duplicate detection and `GET /v1/events/{id}` need,
-see `settle`),
-`events:pending` (accepted, not yet applied, scored by arrival; for the clock's sweep),
-`stats:events-set-aside` (how many accepted events were `rejected` or `failed`, for
-`/metrics`), and the per-subject queues and held sets of `notifier.ledger.turns`.
+Keys: each event is in the shard of its subject (`notifier.ledger.shards.ShardKeys.of_event`;
+an event stored without a subject, in the shard of its id), so storing it and applying it
+are each on one slot:
+`n:{s}:event:{id}` (hash: raw body, status, subject, queue member; once applied, only what
+its id's 30 days of duplicate detection and `GET /v1/events/{id}` need, see `settle`),
+`n:{s}:events:pending` (the shard's accepted, not yet applied events, scored by arrival;
+for the clock's sweep), `n:{s}:stats:events-set-aside` (how many of the shard's accepted
+events were `rejected` or `failed`, summed for `/metrics`), and the per-subject queues and
+held sets of `notifier.ledger.turns`.
+
+Looking an event up by its id alone (`event_status`, the worker's first read of a message,
+which carries only the id) does not know the shard: it reads the id's key in every shard
+in one pipeline (`find_event`): one round trip on one Redis, one per node (in parallel) on
+a cluster, S small HMGETs. Chosen over a pointer `n:event-shard:{id}`: the pointer would be
+in the id's slot, not the subject's, so storing an event at the door would become two
+writes on a cluster (not one script, not atomic), and the door is the hot path; the
+worker's extra reads ride on a round trip it makes anyway.
+
+Duplicates are known per subject: an id is a duplicate when the same subject's shard holds
+it (the script's `EXISTS`, in the slot it writes). An id sent again about *another*
+subject in another shard is stored as a second event (a sender re-using an id for another
+subject); checking every shard at the door would cost another round trip on every event.
+`find_event` then takes the one with the earliest arrival.
 
 An event's `status`: `accepted` (stored, waiting for its subject's turn), `held` (a close
 waiting for its opening event), then `applied`, `stale` or `ignored`, or `rejected` /
@@ -21,6 +38,7 @@ below name only the errors of their own.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -30,16 +48,12 @@ from notifier.errors import StoreError
 from notifier.ledger.announcements import queue_announcement
 from notifier.ledger.broker_messages import BrokerMessage
 from notifier.ledger.lua import lua_source
-from notifier.ledger.notifications import PREFIX, epoch, from_epoch
+from notifier.ledger.notifications import epoch, from_epoch
 from notifier.ledger.shards import ShardKeys
-from notifier.ledger.turns import HELD_EVENTS, held_key, queue_key, queue_member
+from notifier.ledger.turns import member_event_id, queue_member
 from notifier.policy.plan import Plan
 from notifier.webhooks.catalogue import Announcement
 
-PENDING_EVENTS = PREFIX + "events:pending"
-#: How many accepted events were set aside, never applied: `rejected` / `failed` -> count.
-#: Two counters for the life of the deployment (like `notifications.OUTCOMES`): no expiry.
-SET_ASIDE = PREFIX + "stats:events-set-aside"
 #: The statuses of an accepted event that will never be applied.
 SET_ASIDE_STATUSES = ("rejected", "failed")
 #: How long an applied event's id is remembered for duplicate detection.
@@ -48,32 +62,54 @@ EVENT_RETENTION_S = 30 * 24 * 3600
 STORE_EVENT_LUA = lua_source("event_store")
 
 
-def store_event_call(event_id: str, raw: bytes, now: datetime, subject: str | None,
-                     occurred_at: datetime | None, message: BrokerMessage | None = None
+def store_event_call(keys: ShardKeys, event_id: str, raw: bytes, now: datetime,
+                     subject: str | None, occurred_at: datetime | None,
+                     message: BrokerMessage | None = None
                      ) -> tuple[list[str], list[bytes | str | float]]:
     """The KEYS and ARGV of `STORE_EVENT_LUA` for one event (for `Events.store_event` and
-    the web's asyncio twin): the event's hash, the pending index and, with a subject, the
-    subject's queue; with a `message`, its dramatiq queue and messages hash too. Raises
-    `ValueError` for a message without a subject (the script's KEYS are positional)."""
-    keys = [event_key(event_id), PENDING_EVENTS]
+    the web's asyncio twin): the event's hash and its shard's pending index and, with a
+    subject, the subject's queue, all in the subject's shard; with a `message`, its
+    dramatiq queue and messages hash too (only when the broker is on the ledger's one
+    Redis, `notifier.worker.queueing`: on a cluster the broker is apart and the message
+    is sent after). Raises `ValueError` for a message without a subject (the script's
+    KEYS are positional)."""
+    shard = keys.of_event(event_id, subject)
+    names = [keys.event(shard, event_id), keys.events_pending(shard)]
     args: list[bytes | str | float] = [raw, epoch(now), event_id]
     if subject is not None and occurred_at is not None:
-        keys.append(queue_key(subject))
+        names.append(keys.subject_queue(subject))
         args += [subject, epoch(occurred_at), queue_member(event_id, now)]
     if message is not None:
-        if len(keys) < 3:
+        if len(names) < 3:
             raise ValueError("an event is stored with its message only with its subject")
-        keys += [message.queue_key, message.messages_key]
+        names += [message.queue_key, message.messages_key]
         args += [message.redis_message_id, message.data]
-    return keys, args
+    return names, args
 
 
-def event_key(event_id: str) -> str:
-    """The key of a stored event's hash: `n:event:{id}`."""
-    return f"{PREFIX}event:{event_id}"
+def find_event(client: Any, keys: ShardKeys, event_id: str, *fields: str
+               ) -> tuple[int | None, list[bytes | None]]:
+    """(shard, values of `fields`) of a stored event looked up by id alone: the id's key in
+    every shard read in one pipeline (see the module's docstring). (None, [None, ...])
+    for an unknown id. Of two copies (an id re-used for another subject, or a copy left
+    by `Events.queue_event` cut short) the one with a subject and the earliest
+    `received_at` wins."""
+    with client.pipeline(transaction=False) as pipe:
+        for shard in keys.all():
+            pipe.hmget(keys.event(shard, event_id), "status", "subject", "received_at",
+                       *fields)
+        found = pipe.execute()
+    copies = [(subject is None, float(received or 0), shard, values)
+              for shard, (status, subject, received, *values) in zip(keys.all(), found,
+                                                                      strict=True)
+              if status is not None]
+    if not copies:
+        return None, [None] * len(fields)
+    _, _, shard, values = min(copies, key=lambda c: c[:3])
+    return shard, values
 
 
-def settle(pipe: Any, event_id: str, plan: Plan, now: datetime, subject: bytes | None,
+def settle(pipe: Any, key: str, plan: Plan, now: datetime, subject: bytes | None,
            received: bytes | None, occurred: bytes | None) -> None:
     """Queue on `pipe` an applied (or stale, or ignored) event's last form: its status,
     reason and times, its subject, kept `EVENT_RETENTION_S` so a duplicate is known.
@@ -83,8 +119,8 @@ def settle(pipe: Any, event_id: str, plan: Plan, now: datetime, subject: bytes |
     compact only while each value is at most 64 bytes) that outweighed the notifications
     the event planned. The hash is written anew, since Redis never makes a hashtable
     compact again. A `rejected` or `failed` event keeps its body (`Events.reject_event`).
+    `key`: the event's hash (`ShardKeys.event`).
     """
-    key = event_key(event_id)
     kept = {"status": plan.outcome, "reason": plan.reason, "applied_at": epoch(now),
             "subject": subject, "received_at": received, "occurred": occurred}
     pipe.delete(key)
@@ -92,37 +128,50 @@ def settle(pipe: Any, event_id: str, plan: Plan, now: datetime, subject: bytes |
     pipe.expire(key, EVENT_RETENTION_S)
 
 
-def hold(pipe: Any, event_id: str, plan: Plan, ref: str | None, member: bytes | None,
-         occurred: bytes | None, now: datetime) -> None:
-    """Park a close beside its subject's queue until its opening (or the wait's end). Only
-    queues commands on `pipe`. Raises `StoreError` when the event has no subject queue or
-    the plan no `held_until`."""
+def hold(pipe: Any, keys: ShardKeys, event_id: str, plan: Plan, ref: str | None,
+         member: bytes | None, occurred: bytes | None, now: datetime) -> None:
+    """Park a close beside its subject's queue until its opening (or the wait's end), in
+    the subject's shard. Only queues commands on `pipe`. Raises `StoreError` when the
+    event has no subject queue or the plan no `held_until`."""
     if not ref or not member or plan.held_until is None:
         raise StoreError(f"event {event_id} cannot be held: it has no subject queue")
-    pipe.hset(event_key(event_id), mapping={"status": "held", "reason": plan.reason,
-                                            "held_at": epoch(now)})
-    pipe.zadd(held_key(ref), {member: float(occurred or epoch(now))})
-    pipe.zadd(HELD_EVENTS, {event_id: epoch(plan.held_until)})
+    shard = keys.of_ref(ref)
+    pipe.hset(keys.event(shard, event_id), mapping={"status": "held", "reason": plan.reason,
+                                                    "held_at": epoch(now)})
+    pipe.zadd(keys.held(ref), {member: float(occurred or epoch(now))})
+    pipe.zadd(keys.events_held(shard), {event_id: epoch(plan.held_until)})
 
 
-def unhold(pipe: Any, ref: str, held: list[tuple[bytes, float]], now: datetime) -> None:
+def unhold(pipe: Any, keys: ShardKeys, ref: str, held: list[tuple[bytes, float]],
+           now: datetime) -> None:
     """Put a subject's held events back into its queue (scores are their occurred_at),
-    accepted again, so this turn applies them next, in order."""
-    pipe.zadd(queue_key(ref), dict(held))
-    pipe.delete(held_key(ref))
-    ids = [m.decode().split(":", 1)[1] for m, _ in held]
-    pipe.zrem(HELD_EVENTS, *ids)
-    pipe.zadd(PENDING_EVENTS, {i: epoch(now) for i in ids})
+    accepted again, so this turn applies them next, in order (all in the subject's
+    shard)."""
+    shard = keys.of_ref(ref)
+    pipe.zadd(keys.subject_queue(ref), dict(held))
+    pipe.delete(keys.held(ref))
+    ids = [member_event_id(m.decode()) for m, _ in held]
+    pipe.zrem(keys.events_held(shard), *ids)
+    pipe.zadd(keys.events_pending(shard), {i: epoch(now) for i in ids})
     for i in ids:
-        pipe.hset(event_key(i), "status", "accepted")
+        pipe.hset(keys.event(shard, i), "status", "accepted")
+
+
+def pending_count(client: Any, keys: ShardKeys) -> int:
+    """How many accepted events are not applied yet, over every shard (one round trip):
+    for tools that wait for a ledger to settle (the benchmarks, chaos runs)."""
+    with client.pipeline(transaction=False) as pipe:
+        for shard in keys.all():
+            pipe.zcard(keys.events_pending(shard))
+        return sum(pipe.execute())
 
 
 class Events:
     """The stored events and their statuses, outside of applying them (`PlanWriter`)."""
 
     def __init__(self, client: redis.Redis, keys: ShardKeys) -> None:
-        """`keys`: the ledger's shard keys (a rejected event's announcement goes to a
-        shard's outbox)."""
+        """`keys`: the ledger's shard keys (an event, its subject's queue and a rejected
+        event's announcement are in the event's shard)."""
         # redis-py types its replies as a sync|async union; the client here is sync.
         self.redis: Any = client
         self.keys = keys
@@ -133,105 +182,167 @@ class Events:
                     message: BrokerMessage | None = None) -> bool:
         """Store a raw event durably and queue it for its subject (an entity ref, see
         `policy.ordering.subject_ref`), and enqueue `message` (its `apply_event`) in the
-        same script; False when this id was accepted before (nothing is enqueued then).
+        same script; False when this id was accepted before about this subject (nothing is
+        enqueued then; see the module's docstring on duplicates).
 
-        Without `subject` the event is queued by the worker that first applies it (events
-        stored by an older version, tests of the store alone). Raises `ValueError` for a
-        `message` without a subject.
+        Without `subject` the event is stored in its id's shard and queued by the worker
+        that first applies it (events stored by an older version, tests of the store
+        alone). Raises `ValueError` for a `message` without a subject.
         """
-        keys, args = store_event_call(event_id, raw, now, subject, occurred_at, message)
-        return bool(self._store_event(keys=keys, args=args))
+        names, args = store_event_call(self.keys, event_id, raw, now, subject, occurred_at,
+                                       message)
+        return bool(self._store_event(keys=names, args=args))
 
     def event_subject(self, event_id: str) -> tuple[str | None, str | None]:
-        """(status, subject ref) of a stored event; (None, None) for an unknown id."""
-        status, subject = self.redis.hmget(event_key(event_id), "status", "subject")
+        """(status, subject ref) of a stored event; (None, None) for an unknown id. One
+        round trip (`find_event`)."""
+        _, (status, subject) = find_event(self.redis, self.keys, event_id, "status",
+                                          "subject")
         return (status.decode() if status else None, subject.decode() if subject else None)
 
+    def event_raw(self, event_id: str) -> bytes | None:
+        """The raw body of a stored event (None when it is unknown or applied)."""
+        _, (raw,) = find_event(self.redis, self.keys, event_id, "raw")
+        return raw
+
     def queue_event(self, event_id: str, subject: str, occurred_at: datetime) -> None:
-        """Queue a stored event that has no subject yet (stored by an older version)."""
-        arrived = self.redis.hget(event_key(event_id), "received_at")
+        """Queue a stored event that has no subject yet (stored by an older version). It
+        moves to its subject's shard (a copy there with the queue entry in one MULTI, then
+        the copy in its id's shard deleted), so that applying it is one shard's
+        transaction; cut short between the two, `find_event` prefers the copy with a
+        subject and the left-over copy is applied as a duplicate (not again)."""
+        shard, _ = find_event(self.redis, self.keys, event_id)
+        if shard is None:
+            return
+        old = self.keys.event(shard, event_id)
+        fields = self.redis.hgetall(old)
+        arrived = fields.get(b"received_at")
         member = queue_member(event_id, from_epoch(arrived) if arrived else occurred_at)
+        target = self.keys.of_ref(subject)
+        new = self.keys.event(target, event_id)
         with self.redis.pipeline() as pipe:
-            pipe.hset(event_key(event_id), mapping={"subject": subject, "member": member,
-                                                    "occurred": epoch(occurred_at)})
-            pipe.zadd(queue_key(subject), {member: epoch(occurred_at)})
+            if new != old:
+                pipe.hset(new, mapping=fields)
+                pipe.zadd(self.keys.events_pending(target), {event_id: float(arrived or 0)})
+            pipe.hset(new, mapping={"subject": subject, "member": member,
+                                    "occurred": epoch(occurred_at)})
+            pipe.zadd(self.keys.subject_queue(subject), {member: epoch(occurred_at)})
             pipe.execute()
+        if new != old:
+            with self.redis.pipeline() as pipe:
+                pipe.delete(old)
+                pipe.zrem(self.keys.events_pending(shard), event_id)
+                pipe.execute()
 
     def event_status(self, event_id: str) -> dict[str, str]:
         """Every field of the event's hash, decoded (`status`, `reason`, `subject`, `raw`
         until it is applied (`settle`), times such as `received_at` and `applied_at` in
-        epoch seconds); {} for an unknown or expired id."""
-        raw = self.redis.hgetall(event_key(event_id))
+        epoch seconds); {} for an unknown or expired id. Two round trips: `find_event`,
+        then the hash."""
+        shard, _ = find_event(self.redis, self.keys, event_id)
+        if shard is None:
+            return {}
+        raw = self.redis.hgetall(self.keys.event(shard, event_id))
         return {k.decode(): v.decode() for k, v in raw.items()}
 
-    def unapplied_events(self, older_than: datetime, now: datetime,
-                         limit: int = 500) -> list[str]:
-        """Events accepted before `older_than` and still not applied; each is stamped `now`,
-        so it comes up again only after another grace period, not on every sweep. Returns
-        their ids, at most `limit`, oldest first."""
-        ids = self.redis.zrangebyscore(PENDING_EVENTS, "-inf", epoch(older_than), 0, limit)
-        if ids:
-            self.redis.zadd(PENDING_EVENTS, {i: epoch(now) for i in ids}, xx=True)
-        return [i.decode() for i in ids]
-
-    def count_apply_failure(self, event_id: str) -> int:
-        """How many times applying this event failed unexpectedly, this one included."""
-        return int(self.redis.hincrby(event_key(event_id), "failures", 1))
-
-    def release_expired_holds(self, now: datetime, limit: int = 500) -> list[str]:
-        """Held closes whose wait for an opening is over, put back into their subjects'
-        queues to be applied as they are; returns their ids (to enqueue)."""
-        ids = [i.decode() for i in self.redis.zrangebyscore(HELD_EVENTS, "-inf", epoch(now),
-                                                              0, limit)]
-        if not ids:
+    def unapplied_events(self, older_than: datetime, now: datetime, limit: int = 500,
+                         shards: Iterable[int] | None = None) -> list[str]:
+        """Events accepted before `older_than` and still not applied, in `shards` (every
+        shard when None); each is stamped `now`, so it comes up again only after another
+        grace period, not on every sweep. Returns their ids, at most `limit` per shard,
+        oldest first within a shard. One round trip to read, one to stamp."""
+        walked = list(self.keys.all() if shards is None else shards)
+        with self.redis.pipeline(transaction=False) as pipe:
+            for shard in walked:
+                pipe.zrangebyscore(self.keys.events_pending(shard), "-inf", epoch(older_than),
+                                   0, limit)
+            found = pipe.execute()
+        if not any(found):
             return []
         with self.redis.pipeline(transaction=False) as pipe:
-            for i in ids:
-                pipe.hmget(event_key(i), "status", "subject", "member", "occurred")
-            found = pipe.execute()
-        with self.redis.pipeline() as pipe:
-            for i, (status, subject, member, occurred) in zip(ids, found, strict=True):
-                pipe.zrem(HELD_EVENTS, i)
-                if status != b"held" or not subject or not member:
-                    continue
-                ref = subject.decode()
-                pipe.zrem(held_key(ref), member)
-                pipe.zadd(queue_key(ref), {member: float(occurred or epoch(now))})
-                pipe.zadd(PENDING_EVENTS, {i: epoch(now)})
-                pipe.hset(event_key(i), "status", "accepted")
+            for shard, ids in zip(walked, found, strict=True):
+                if ids:
+                    pipe.zadd(self.keys.events_pending(shard), {i: epoch(now) for i in ids},
+                              xx=True)
             pipe.execute()
-        return [i for i, (status, *_) in zip(ids, found, strict=True) if status == b"held"]
+        return [i.decode() for ids in found for i in ids]
+
+    def count_apply_failure(self, event_id: str) -> int:
+        """How many times applying this event failed unexpectedly, this one included (0
+        when the event is unknown: nothing is written)."""
+        shard, _ = find_event(self.redis, self.keys, event_id)
+        if shard is None:
+            return 0
+        return int(self.redis.hincrby(self.keys.event(shard, event_id), "failures", 1))
+
+    def release_expired_holds(self, now: datetime, limit: int = 500,
+                              shards: Iterable[int] | None = None) -> list[str]:
+        """Held closes whose wait for an opening is over, in `shards` (every shard when
+        None), put back into their subjects' queues to be applied as they are; returns
+        their ids (to enqueue). One round trip for the due ids, one for their fields, one
+        transaction per shard that has any."""
+        walked = list(self.keys.all() if shards is None else shards)
+        with self.redis.pipeline(transaction=False) as pipe:
+            for shard in walked:
+                pipe.zrangebyscore(self.keys.events_held(shard), "-inf", epoch(now), 0, limit)
+            due = [(shard, i.decode()) for shard, ids in zip(walked, pipe.execute(),
+                                                               strict=True) for i in ids]
+        if not due:
+            return []
+        with self.redis.pipeline(transaction=False) as pipe:
+            for shard, i in due:
+                pipe.hmget(self.keys.event(shard, i), "status", "subject", "member",
+                           "occurred")
+            found = pipe.execute()
+        for shard in {s for s, _ in due}:
+            with self.redis.pipeline() as pipe:
+                for (s, i), (status, subject, member, occurred) in zip(due, found,
+                                                                       strict=True):
+                    if s != shard:
+                        continue
+                    pipe.zrem(self.keys.events_held(shard), i)
+                    if status != b"held" or not subject or not member:
+                        continue
+                    ref = subject.decode()
+                    pipe.zrem(self.keys.held(ref), member)
+                    pipe.zadd(self.keys.subject_queue(ref),
+                              {member: float(occurred or epoch(now))})
+                    pipe.zadd(self.keys.events_pending(shard), {i: epoch(now)})
+                    pipe.hset(self.keys.event(shard, i), "status", "accepted")
+                pipe.execute()
+        return [i for (_, i), (status, *_) in zip(due, found, strict=True)
+                if status == b"held"]
 
     def reject_event(self, event_id: str, reason: str, now: datetime,
                      status: str = "rejected") -> None:
         """Mark a stored event that cannot be applied (`rejected`: no longer validates;
         `failed`: planning kept failing); it is kept for inspection, never retried, and
         leaves its subject's queue so the subject's later events go on. Counted once in
-        `SET_ASIDE` (for `/metrics`: an accepted event that will never apply is worth an
-        alert), and announced to delivery webhooks (`event.rejected`) in the same
-        transaction: the event's id and type, the status, and whether it was invalid or
-        its planning failed (never the reason's text, which may quote the event's data)."""
-        before, subject, member, raw = self.redis.hmget(event_key(event_id), "status",
-                                                        "subject", "member", "raw")
+        its shard's `events_set_aside` (summed for `/metrics`: an accepted event that will
+        never apply is worth an alert), and announced to delivery webhooks
+        (`event.rejected`) in the same transaction: the event's id and type, the status,
+        and whether it was invalid or its planning failed (never the reason's text, which
+        may quote the event's data). Nothing is written for an unknown id."""
+        shard, (before, subject, member, raw) = find_event(
+            self.redis, self.keys, event_id, "status", "subject", "member", "raw")
+        if shard is None:
+            return
+        key = self.keys.event(shard, event_id)
         with self.redis.pipeline() as pipe:
-            pipe.hset(event_key(event_id), mapping={"status": status, "reason": reason,
-                                                    "applied_at": epoch(now)})
+            pipe.hset(key, mapping={"status": status, "reason": reason,
+                                    "applied_at": epoch(now)})
             if before not in (b"rejected", b"failed"):
-                pipe.hincrby(SET_ASIDE, status, 1)
-                # In the shard issue 17's design gives the event itself (its subject's,
-                # else its id's), so that this MULTI is one slot once the event is too.
-                shard = (self.keys.of_ref(subject.decode()) if subject
-                         else self.keys.of_subject(event_id))
+                pipe.hincrby(self.keys.events_set_aside(shard), status, 1)
+                # announced in the event's own shard: this MULTI is one slot
                 rejected = Announcement("event.rejected", event_id, {
                     "event_id": event_id, "event_type": _event_type(raw),
                     "status": status, "subject": subject.decode() if subject else None})
                 queue_announcement(pipe, self.keys, rejected, shard)
-            pipe.expire(event_key(event_id), EVENT_RETENTION_S)
-            pipe.zrem(PENDING_EVENTS, event_id)
+            pipe.expire(key, EVENT_RETENTION_S)
+            pipe.zrem(self.keys.events_pending(shard), event_id)
             if subject and member:
-                pipe.zrem(queue_key(subject.decode()), member)
+                pipe.zrem(self.keys.subject_queue(subject.decode()), member)
             pipe.execute()
-
 
 
 def _event_type(raw: bytes | None) -> str | None:

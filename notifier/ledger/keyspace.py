@@ -68,24 +68,28 @@ KEY_FAMILIES: tuple[KeyFamily, ...] = (
               "one hash per UTC day, a field per event type refused at the door (422)"),
     KeyFamily("n:stats:*", "", "counters: a few fields each (report look-ups, events "
               "applied)"),
-    KeyFamily("n:event:*", "30 days once applied (or stale, ignored, rejected, failed)",
-              "unapplied ones by `n:events:pending`, held ones by the 24-hour wait"),
-    KeyFamily("n:events:*", "", "events accepted and not applied yet, or held (at most "
-              "24 hours)"),
-    KeyFamily("n:held:*", "", "a subject's held closes (at most 24 hours)"),
-    KeyFamily("n:subject-queue:*", "", "a subject's unapplied events; deleted when empty"),
-    KeyFamily("n:turn:*", "the lease", ""),
-    KeyFamily("n:turns", "", "subjects whose turn is taken; swept when the lease runs out"),
-    KeyFamily("n:rec:*", "", "one record per entity the integrator sent: what makes a "
+    # Events, turns and held closes, in their subject's shard.
+    KeyFamily("n:{*}:event:*", "30 days once applied (or stale, ignored, rejected, failed)",
+              "unapplied ones by their shard's `events:pending`, held ones by the 24-hour "
+              "wait"),
+    KeyFamily("n:{*}:events:*", "", "one each per shard: events accepted and not applied "
+              "yet, or held (at most 24 hours)"),
+    KeyFamily("n:{*}:held:*", "", "a subject's held closes (at most 24 hours)"),
+    KeyFamily("n:{*}:subject-queue:*", "", "a subject's unapplied events; deleted when "
+              "empty"),
+    KeyFamily("n:{*}:turn:*", "the lease", ""),
+    KeyFamily("n:{*}:turns", "", "one per shard: subjects whose turn is taken; swept when "
+              "the lease runs out"),
+    KeyFamily("n:{*}:rec:*", "", "one record per entity the integrator sent: what makes a "
               "late event stale and what the rules read; it grows with the practice "
               "(a few hundred bytes per appointment), not with time"),
-    KeyFamily("n:providers*", "", "one id per provider"),
-    KeyFamily("n:phone-clients:*", "", "one set per number in use; a client leaves it "
+    KeyFamily("n:{*}:providers", "", "one per shard: one id per provider of the shard"),
+    KeyFamily("n:{*}:phone-clients:*", "", "one set per number in use; a client leaves it "
               "when its number changes, and an empty set is no key"),
     KeyFamily("n:phone:*", "", "written by older versions only"),
-    KeyFamily("n:email-clients:*", "", "one set per address in use (lower-cased); a client "
+    KeyFamily("n:{*}:email-clients:*", "", "one set per address in use (lower-cased); a client "
               "leaves it when its address changes, and an empty set is no key"),
-    KeyFamily("n:client-entities:*", "", "one set per client: the refs of its "
+    KeyFamily("n:{*}:client-entities:*", "", "one set per client and shard: the refs of its "
               "appointments, prescriptions, refill requests and messages, never removed; "
               "it grows with the records of `n:rec:*` it names (with the practice), not "
               "with time"),

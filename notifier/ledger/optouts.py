@@ -28,7 +28,7 @@ import redis
 from notifier.ledger.audit_write import AuditWrite
 from notifier.ledger.batch import Batch, Reply
 from notifier.ledger.lua import lua_source
-from notifier.ledger.record_store import phone_clients_key
+from notifier.ledger.record_store import RecordStore
 from notifier.ledger.shards import OPT_OUTS_SHARD, ShardKeys
 
 OPTOUT_SET_LUA = lua_source("optout_set")
@@ -37,10 +37,13 @@ OPTOUT_SET_LUA = lua_source("optout_set")
 class OptOuts:
     """Which numbers have opted out of SMS."""
 
-    def __init__(self, client: redis.Redis, keys: ShardKeys) -> None:
-        """`keys`: the ledger's shard keys (the set and its outbox are in a shard)."""
+    def __init__(self, client: redis.Redis, records: RecordStore, keys: ShardKeys) -> None:
+        """`records`: where the clients of a number are found
+        (`RecordStore.phone_client_ids`); `keys`: the ledger's shard keys (the set and its
+        outbox are in a shard)."""
         # redis-py types its replies as a sync|async union; the client here is sync.
         self.redis: Any = client
+        self.records = records
         self.keys = keys
         #: the set of numbers opted out
         self.set_key = keys.sms_opt_outs()
@@ -55,7 +58,7 @@ class OptOuts:
         a reply, a carrier's error `code`, or an operator in the console re-enabling SMS
         after the client asked), and `audit`, an operator's entry, appended in the same
         script (not when nothing changed)."""
-        ids = sorted(i.decode() for i in self.redis.smembers(phone_clients_key(phone)))
+        ids = self.records.phone_client_ids(phone)
         data = {"client_ids": ids, "channel": "sms", "source": source, "error_code": code}
         keys = [self.set_key, self.keys.webhook_outbox(OPT_OUTS_SHARD),
                 self.keys.webhook_seq(OPT_OUTS_SHARD)]

@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from notifier.errors import StoreContention, StoreError, TurnLost
 from notifier.ledger.announcements import queue_announcement
 from notifier.ledger.audit_write import AuditWrite
-from notifier.ledger.events import PENDING_EVENTS, event_key, hold, settle, unhold
+from notifier.ledger.events import find_event, hold, settle, unhold
 from notifier.ledger.notif_fields import planned_fields
 from notifier.ledger.notifications import (
     ENTITY_INDEX_TTL_S,
@@ -33,12 +33,11 @@ from notifier.ledger.notifications import (
 from notifier.ledger.record_store import (
     MAX_WATCH_TRIES,
     RecordStore,
+    all_record_keys,
     parse_records,
-    record_key,
     write_records,
 )
 from notifier.ledger.records import ClientRecord, Record
-from notifier.ledger.turns import held_key, queue_key, turn_key
 from notifier.policy.plan import Plan
 
 #: A planner given a stored raw event, a loader of (watched) records and the event's
@@ -60,9 +59,11 @@ class PlanWriter:
         """Apply a stored event exactly once: load, plan, write, all under WATCH.
 
         `decide(raw, load, arrived_at)` plans, loading the records it needs through `load`,
-        which watches them. The writes, the plan's notifications, the event's new status
-        and its removal from its subject's queue commit in one MULTI, so a crash leaves
-        either nothing or everything; a concurrent change to a watched key replans.
+        which watches those of the event's shard (`_watch_records`). The writes, the
+        plan's notifications, the event's new status and its removal from its subject's
+        queue commit in one MULTI, all in the event's shard (its subject's), so a crash
+        leaves either nothing or everything; a concurrent change to a watched key
+        replans.
 
         `turn` is (subject ref, token) of the caller's turn (`notifier.ledger.turns`): the write
         happens only while the turn is still the caller's, else `TurnLost` is raised. A
@@ -72,47 +73,54 @@ class PlanWriter:
         `StoreContention` (nothing written) when a watched key changes under each of
         `MAX_WATCH_TRIES` tries.
         """
+        k = self.schedule.keys
+        # The event is in its subject's shard: in a turn, the turn's; else found by id.
+        shard = (k.of_ref(turn[0]) if turn is not None
+                 else find_event(self.redis, k, event_id)[0])
+        if shard is None:
+            return None
+        key = k.event(shard, event_id)
         for _ in range(MAX_WATCH_TRIES):
             with self.redis.pipeline() as pipe:
                 try:
                     status, raw, subject, member, received, occurred, holder, held = \
-                        self._watch_event(pipe, event_id, turn)
+                        self._watch_event(pipe, key, turn)
                     ref = subject.decode() if subject else None
                     if status != b"accepted" or raw is None:
                         if ref and member:
                             pipe.multi()
-                            pipe.zrem(queue_key(ref), member)
+                            pipe.zrem(k.subject_queue(ref), member)
                             pipe.execute()
                         return None
                     if turn is not None and holder != turn[1].encode():
                         raise TurnLost(turn[0])
                     if turn is None and ref:
                         with self.redis.pipeline(transaction=False) as reads:
-                            reads.zrange(held_key(ref), 0, -1, withscores=True)
-                            held, = pipe.watch_and_read([held_key(ref)], reads)
+                            reads.zrange(k.held(ref), 0, -1, withscores=True)
+                            held, = pipe.watch_and_read([k.held(ref)], reads)
                     # Every record read in this try, watched: None for one not stored.
                     known: dict[str, Record | None] = {}
 
                     def load(more: list[str], pipe: Any = pipe,
                              known: dict[str, Record | None] = known) -> dict[str, Record]:
-                        found = self._watch_records(pipe, more)
+                        found = self._watch_records(pipe, more, shard)
                         known.update({r: found.get(r) for r in more})
                         return found
 
                     arrived = from_epoch(received) if received else now
                     plan = decide(raw, load, arrived)
-                    before, targets = self.write_targets(plan, pipe, known)
+                    before, targets = self.write_targets(plan, pipe, known, shard)
                     pipe.multi()
                     if ref and member:
-                        pipe.zrem(queue_key(ref), member)
-                    pipe.zrem(PENDING_EVENTS, event_id)
+                        pipe.zrem(k.subject_queue(ref), member)
+                    pipe.zrem(k.events_pending(shard), event_id)
                     if plan.outcome == "held":
-                        hold(pipe, event_id, plan, ref, member, occurred, now)
+                        hold(pipe, k, event_id, plan, ref, member, occurred, now)
                     else:
-                        self._write_plan(pipe, plan, now, before, targets)
-                        settle(pipe, event_id, plan, now, subject, received, occurred)
+                        self._write_plan(pipe, plan, now, before, targets, shard=shard)
+                        settle(pipe, key, plan, now, subject, received, occurred)
                         if plan.outcome == "applied" and ref and held:
-                            unhold(pipe, ref, held, now)
+                            unhold(pipe, k, ref, held, now)
                     pipe.execute()
                     return plan
                 except redis.WatchError:
@@ -120,33 +128,66 @@ class PlanWriter:
         raise StoreContention(f"event {event_id}: its keys changed under every one of "
                               f"{MAX_WATCH_TRIES} tries to apply it")
 
-    def _watch_event(self, pipe: Any, event_id: str, turn: tuple[str, str] | None
+    def _watch_event(self, pipe: Any, key: str, turn: tuple[str, str] | None
                      ) -> list[Any]:
-        """WATCH the event (and, in a turn, the turn and the subject's held closes) and
-        read them, in one round trip: the event's fields, the turn's holder, the held
-        closes."""
-        key = event_key(event_id)
+        """WATCH the event's hash `key` (and, in a turn, the turn and the subject's held
+        closes, all in the subject's shard) and read them, in one round trip: the event's
+        fields, the turn's holder, the held closes."""
+        k = self.schedule.keys
         with self.redis.pipeline(transaction=False) as reads:
             reads.hmget(key, "status", "raw", "subject", "member", "received_at", "occurred")
             if turn is None:
                 fields, = pipe.watch_and_read([key], reads)
                 return [*fields, None, []]
-            reads.get(turn_key(turn[0]))
-            reads.zrange(held_key(turn[0]), 0, -1, withscores=True)
+            reads.get(k.turn(turn[0]))
+            reads.zrange(k.held(turn[0]), 0, -1, withscores=True)
             fields, holder, held = pipe.watch_and_read(
-                [key, turn_key(turn[0]), held_key(turn[0])], reads)
+                [key, k.turn(turn[0]), k.held(turn[0])], reads)
         return [*fields, holder, held]
 
-    def _watch_records(self, pipe: Any, refs: list[str]) -> dict[str, Record]:
-        """The stored records of `refs`, by ref (one with none is left out), WATCHed and
-        read in one round trip."""
+    def _watch_records(self, pipe: Any, refs: list[str], shard: int | None = None
+                       ) -> dict[str, Record]:
+        """The stored records of `refs`, by ref (one with none is left out; one kept in
+        parts, merged): the keys of `shard` (every key when None) WATCHed and read on
+        `pipe` in one round trip, the others read without WATCH on the ledger's client in
+        one more (`_read_split`)."""
         if not refs:
             return {}
-        keys = [record_key(r) for r in refs]
-        with self.redis.pipeline(transaction=False) as reads:
-            reads.mget(keys)
-            values, = pipe.watch_and_read(keys, reads)
-        return parse_records(refs, values)
+        keys = all_record_keys(self.schedule.keys, refs)
+        values = self._read_split(pipe, keys, shard, lambda reads, own: reads.mget(own))
+        return parse_records(self.schedule.keys, refs, [values[k] for k in keys])
+
+    def _read_split(self, pipe: Any, keys: list[str], shard: int | None,
+                    read: Callable[[Any, list[str]], None]) -> dict[str, Any]:
+        """MGET `keys`, by key: those of `shard` (all when None) WATCHed on `pipe`, the
+        others read on the ledger's client, not WATCHed.
+
+        Why not every key WATCHed: a transaction is on one slot (Redis Cluster refuses
+        a WATCH or MULTI across slots, and the cluster client raises `CrossSlot` before
+        sending one), and an event's transaction is on its subject's shard. The records
+        of other shards it reads, a client's record for an appointment's event, a
+        provider's, the other shards' parts of a client's visits or a provider's queue,
+        are read as they are at the read. What is lost is the retry when one of those
+        changes between the read and the commit (milliseconds): the plan then rests on
+        the client's previous number, zone or preferences. The send path covers it: each
+        send reads the client again (number, opt-out, channels, zone for quiet hours,
+        `notifier.delivery.facts`), so what goes out follows the current record; and the
+        records this event writes are its own shard's (a record kept in parts writes only
+        its shard's part), so no other shard's write is overwritten. On one Redis the
+        same split is kept, so both run the same code (one more round trip when an event
+        reads another shard's record)."""
+        k = self.schedule.keys
+        own = [key for key in keys if shard is None or key.startswith(k.tag(shard))]
+        others = [key for key in keys if key not in set(own)]
+        found: dict[str, Any] = {}
+        if own:
+            with self.redis.pipeline(transaction=False) as reads:
+                read(reads, own)
+                values, = pipe.watch_and_read(own, reads)
+            found.update(zip(own, values, strict=True))
+        if others:
+            found.update(zip(others, self.redis.mget(others), strict=True))
+        return found
 
     def write_plan(self, plan: Plan, now: datetime, audit: AuditWrite | None = None) -> int:
         """Write a plan not tied to an event (a cron job's, an operator's), in one
@@ -174,7 +215,8 @@ class PlanWriter:
                               f"{MAX_WATCH_TRIES} tries to write it")
 
     def write_targets(self, plan: Plan, pipe: Any,
-                      known: Mapping[str, Record | None] | None = None
+                      known: Mapping[str, Record | None] | None = None,
+                      shard: int | None = None
                       ) -> tuple[dict[str, Record], dict[str, list[str]]]:
         """What writing `plan` must read first, WATCHed on `pipe` and read in one round
         trip: (the stored versions of its client records, by ref, for `write_records`,
@@ -185,8 +227,10 @@ class PlanWriter:
         cancelled entity before it commits.
 
         `known`: records already read and WATCHed on `pipe` (None for one not stored),
-        which are not read again. Returns ({}, {}) without a round trip when there is
-        nothing to read."""
+        which are not read again. `shard`: the event's, whose keys alone are WATCHed
+        (`_read_split`; None: every key, for a plan not tied to an event); the entities
+        a plan cancels are its subject, in that shard. Returns ({}, {}) without a round
+        trip when there is nothing to read."""
         known = known or {}
         clients = [ref for ref, record in plan.records.items()
                    if isinstance(record, ClientRecord)]
@@ -195,16 +239,24 @@ class PlanWriter:
                   if (record := known.get(ref)) is not None}
         if not unread and not plan.cancel:
             return before, {}
-        keys = ([record_key(r) for r in unread]
-                + [self.schedule.keys.by_entity(r) for r in plan.cancel])
-        with self.redis.pipeline(transaction=False) as reads:
-            if unread:
-                reads.mget([record_key(r) for r in unread])
-            for ref in plan.cancel:
-                read_entity_ids(reads, self.schedule.keys, ref)
-            replies = pipe.watch_and_read(keys, reads)
+        k = self.schedule.keys
+        record_keys = all_record_keys(k, unread)
+        own = [key for key in record_keys if shard is None or key.startswith(k.tag(shard))]
+        others = [key for key in record_keys if key not in set(own)]
+        watched = own + [k.by_entity(r) for r in plan.cancel]
+        replies: list[Any] = []
+        if watched:
+            with self.redis.pipeline(transaction=False) as reads:
+                if own:
+                    reads.mget(own)
+                for ref in plan.cancel:
+                    read_entity_ids(reads, k, ref)
+                replies = pipe.watch_and_read(watched, reads)
+        values = dict(zip(own, replies.pop(0), strict=True)) if own else {}
+        if others:  # another shard's client record: not WATCHed (`_read_split`)
+            values.update(zip(others, self.redis.mget(others), strict=True))
         if unread:
-            before.update(parse_records(unread, replies.pop(0)))
+            before.update(parse_records(k, unread, [values[key] for key in record_keys]))
         targets = {ref: sorted(i.decode() for i in ids)
                    for ref, ids in zip(plan.cancel, replies, strict=True)}
         return before, targets
@@ -212,7 +264,7 @@ class PlanWriter:
     def _write_plan(self, pipe: Any, plan: Plan, now: datetime,
                     before: Mapping[str, BaseModel] | None = None,
                     targets: Mapping[str, list[str]] | None = None,
-                    audit: AuditWrite | None = None) -> slice:
+                    audit: AuditWrite | None = None, shard: int | None = None) -> slice:
         """Queue a plan's writes on `pipe`: records, cancels, the adds; returns where the
         adds' replies are among the pipeline's. The indexes the adds join are trimmed by
         the clock (`notifier.ledger.trimming`), not here: an entry past the retention
@@ -221,10 +273,11 @@ class PlanWriter:
         `before`: the stored versions of the plan's client records (`write_targets`);
         callers whose plans hold no client records may leave it out. `targets`: the ids
         of each entity the plan cancels (`write_targets`), required when it cancels.
-        `audit`: an entry the first add appends when it adds (`write_plan`)."""
+        `audit`: an entry the first add appends when it adds (`write_plan`). `shard`: the
+        event's, whose part of a record kept in parts is written (`write_records`)."""
         if plan.cancel and (targets is None or not set(plan.cancel) <= set(targets)):
             raise StoreError("a plan that cancels needs the ids it cancels: write_targets")
-        write_records(pipe, plan.records, before or {})
+        write_records(pipe, self.schedule.keys, plan.records, before or {}, shard)
         for ref in plan.cancel:
             self.schedule.cancel_entity(pipe, ref, (targets or {})[ref])
         k = self.schedule.keys

@@ -19,7 +19,6 @@ from pydantic import BaseModel, ConfigDict
 
 from notifier.ledger.batch import Batch, Reply
 from notifier.ledger.deliveries import DELIVERY_FAILURES
-from notifier.ledger.events import PENDING_EVENTS, SET_ASIDE
 from notifier.ledger.notif_fields import logical, with_derived
 from notifier.ledger.notifications import (
     Lateness,
@@ -35,7 +34,6 @@ from notifier.ledger.notifications import (
 from notifier.ledger.record_store import RecordStore
 from notifier.ledger.records import AppointmentRecord, VisitsRecord
 from notifier.ledger.shards import ShardKeys
-from notifier.ledger.turns import HELD_EVENTS, queue_key
 
 #: At most this many notifications per client are returned by the read API.
 READ_LIMIT = 200
@@ -110,22 +108,28 @@ class Reading:
         count = self.keys.count
         with self.redis.pipeline(transaction=False) as pipe:
             queue_pending_counts(pipe, self.keys)
-            pipe.zcard(PENDING_EVENTS)
-            pipe.zcard(HELD_EVENTS)
-            pipe.hgetall(SET_ASIDE)
             for shard in self.keys.all():
                 pipe.hgetall(self.keys.outcomes(shard))
             for shard in self.keys.all():
                 pipe.hgetall(self.keys.lateness(shard))
+            # The events' sets and set-aside counts are per shard: summed.
+            for shard in self.keys.all():
+                pipe.zcard(self.keys.events_pending(shard))
+                pipe.zcard(self.keys.events_held(shard))
+                pipe.hgetall(self.keys.events_set_aside(shard))
             replies = pipe.execute()
         scheduled, in_flight = pending_counts(self.keys, replies)
-        pending, held, set_aside = replies[2 * count:2 * count + 3]
-        outcomes = sum_counts(replies[2 * count + 3:3 * count + 3])
-        lateness = sum_counts(replies[3 * count + 3:4 * count + 3])
+        outcomes = sum_counts(replies[2 * count:3 * count])
+        lateness = sum_counts(replies[3 * count:4 * count])
+        per_shard = replies[4 * count:]
+        set_aside: dict[str, int] = {}
+        for counts in per_shard[2::3]:
+            for k, v in counts.items():
+                set_aside[k.decode()] = set_aside.get(k.decode(), 0) + int(v)
         return LedgerFigures(scheduled=int(scheduled), in_flight=int(in_flight),
-                             events_pending=int(pending), events_held=int(held),
-                             events_set_aside={k.decode(): int(v)
-                                               for k, v in set_aside.items()},
+                             events_pending=sum(per_shard[0::3]),
+                             events_held=sum(per_shard[1::3]),
+                             events_set_aside=set_aside,
                              outcomes=parse_outcomes(outcomes),
                              lateness=parse_lateness(lateness))
 
@@ -135,18 +139,21 @@ class Reading:
         about any of `subjects` is still unapplied."""
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.hexists(self.keys.notif(notification_id), "superseded")
-            if subjects:
-                pipe.exists(*(queue_key(r) for r in subjects))
+            # One EXISTS per shard among the subjects (a command's keys share a slot).
+            for group in self.keys.refs_by_shard(subjects).values():
+                pipe.exists(*(self.keys.subject_queue(r) for r in group))
             replies = pipe.execute()
-        return bool(replies[0]), len(replies) > 1 and bool(replies[1])
+        return bool(replies[0]), any(replies[1:])
 
     def queue_send_blockers(self, batch: Batch, notification_id: str, subjects: list[str]
                             ) -> Reply[tuple[bool, bool]]:
         """`send_blockers`, queued on `batch`."""
         superseded = batch.call("hexists", self.keys.notif(notification_id), "superseded",
                                 parse=bool)
-        unapplied = (batch.call("exists", *(queue_key(r) for r in subjects), parse=bool)
-                     if subjects else Reply(lambda: False))
+        groups = self.keys.refs_by_shard(subjects).values()
+        exists = [batch.call("exists", *(self.keys.subject_queue(r) for r in group),
+                             parse=bool) for group in groups]
+        unapplied = Reply(lambda: any(e.get() for e in exists))
         return Reply(lambda: (superseded.get(), unapplied.get()))
 
     def notification(self, notification_id: str) -> dict[str, str]:

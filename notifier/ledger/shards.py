@@ -56,9 +56,16 @@ shards (one pipeline, summed or merged):
                                        a message's `data.sequence` is counter x S + shard
                                        (`announced_sequence`)
 
-So every notification script's keys are one shard's. Not sharded yet (a later step of
-issue 17): events, turns, held sets and records, which an event's transaction still names
-beside a shard's keys; one Redis takes that, a cluster refuses it.
+So every notification script's keys are one shard's. Events, turns and records are in
+shards too (`notifier.ledger.events`, `.turns`, `.record_store`): an event, its subject's
+queue, turn and held closes in the subject's shard (an event without a subject in its
+id's: `of_event`), a record in its own entity's, a client's visits and a provider's queue
+one part per shard, the clients' and providers' indexes one set per shard; so applying an
+event is one shard's transaction, and what spans shards is read across them, except where
+a plan writes about another entity than its event's subject (a refill request cancelling
+its prescription's reminders, a completed visit's follow-up under the client, a denied
+refill's visit-required notice under the client): those plans still span two shards,
+which one Redis takes and a cluster refuses (`docs/cluster.md`, what is left).
 """
 
 from __future__ import annotations
@@ -237,6 +244,78 @@ class ShardKeys:
     def audit_streams(self) -> list[str]:
         """Every shard's audit stream, in shard order."""
         return [self.audit(s) for s in self.all()]
+
+    # Events and turns (`notifier.ledger.events`, `notifier.ledger.turns`): an event is in
+    # its subject's shard, so applying it (event, queue, turn, held closes) is one slot.
+    def of_event(self, event_id: str, subject: str | None) -> int:
+        """The shard of an event: its subject's (an entity ref); an event stored without
+        a subject is in the shard of its own id."""
+        return self.of_ref(subject) if subject else shard_of_entity_id(event_id, self.count)
+
+    def event(self, shard: int, event_id: str) -> str:
+        """A stored event's hash, `n:{s}:event:{id}`, in shard `shard` (`of_event`)."""
+        return f"{self.tag(shard)}event:{event_id}"
+
+    def events_pending(self, shard: int) -> str:
+        """A shard's accepted, unapplied events, by arrival (epoch seconds)."""
+        return self.tag(shard) + "events:pending"
+
+    def events_held(self, shard: int) -> str:
+        """A shard's held closes, by the end of their wait (epoch seconds)."""
+        return self.tag(shard) + "events:held"
+
+    def events_set_aside(self, shard: int) -> str:
+        """A shard's count of events set aside (`rejected` / `failed` -> count)."""
+        return self.tag(shard) + "stats:events-set-aside"
+
+    def subject_queue(self, ref: str) -> str:
+        """A subject's queue of unapplied events, in the subject's shard."""
+        return f"{self.tag(self.of_ref(ref))}subject-queue:{ref}"
+
+    def held(self, ref: str) -> str:
+        """A subject's held closes, in the subject's shard."""
+        return f"{self.tag(self.of_ref(ref))}held:{ref}"
+
+    def turn(self, ref: str) -> str:
+        """The token of the worker whose turn it is on subject `ref`, in its shard."""
+        return f"{self.tag(self.of_ref(ref))}turn:{ref}"
+
+    def turns(self, shard: int) -> str:
+        """A shard's subjects whose turn is taken, by lease end (epoch seconds)."""
+        return self.tag(shard) + "turns"
+
+    # Records and their indexes (`notifier.ledger.record_store`).
+    def record(self, ref: str) -> str:
+        """An entity's record, `n:{s}:rec:{ref}`, in the entity's own shard."""
+        return f"{self.tag(self.of_ref(ref))}rec:{ref}"
+
+    def record_part(self, ref: str, shard: int) -> str:
+        """Shard `shard`'s part of a record kept in parts (`record_store.PARTED_KINDS`: a
+        client's visits, a provider's queue), written by the events of that shard."""
+        return f"{self.tag(shard)}rec:{ref}"
+
+    def providers(self, shard: int) -> str:
+        """The ids of the providers whose record is in `shard`."""
+        return self.tag(shard) + "providers"
+
+    def phone_clients(self, shard: int, phone: str) -> str:
+        """The ids of the clients of `shard` with this number."""
+        return f"{self.tag(shard)}phone-clients:{phone}"
+
+    def email_clients(self, shard: int, email: str) -> str:
+        """The ids of the clients of `shard` with this (normalised) address."""
+        return f"{self.tag(shard)}email-clients:{email}"
+
+    def client_entities(self, shard: int, client_id: str) -> str:
+        """The refs of a client's entities that are in `shard`."""
+        return f"{self.tag(shard)}client-entities:{client_id}"
+
+    def refs_by_shard(self, refs: Iterable[str]) -> dict[int, list[str]]:
+        """Entity `refs` grouped by shard, each group in the order given."""
+        groups: dict[int, list[str]] = {}
+        for ref in refs:
+            groups.setdefault(self.of_ref(ref), []).append(ref)
+        return groups
 
     def by_shard(self, notification_ids: Iterable[str]) -> dict[int, list[str]]:
         """`notification_ids` grouped by shard, each group in the order given."""

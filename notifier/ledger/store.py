@@ -26,7 +26,7 @@ what it returns and the errors of its own (`StoreContention`, `TurnLost`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, Literal
 
@@ -71,14 +71,14 @@ class Store:
         self.keys = ShardKeys(shards)
         self.schedule = Schedule(client, keep_finished_s, history_s, keys=self.keys)
         self.trimmer = IndexTrimmer(client, keep_finished_s, history_s, keys=self.keys)
-        self.turns = Turns(client)
+        self.turns = Turns(client, self.keys)
         self.short_links = ShortLinks(client)
         self.events = Events(client, keys=self.keys)
         self.records = RecordStore(client, keys=self.keys)
         self.plans = PlanWriter(client, self.schedule, self.records)
         self.reading = Reading(client, self.records, self.keys)
         self.deliveries = Deliveries(client, self.schedule, self.reading, self.plans)
-        self.opt_outs = OptOuts(client, keys=self.keys)
+        self.opt_outs = OptOuts(client, self.records, keys=self.keys)
         self.reports = Reports(client, self.schedule)
 
     # Events ---------------------------------------------------------------------------
@@ -99,18 +99,19 @@ class Store:
         """`Events.event_status`."""
         return self.events.event_status(event_id)
 
-    def unapplied_events(self, older_than: datetime, now: datetime,
-                         limit: int = 500) -> list[str]:
+    def unapplied_events(self, older_than: datetime, now: datetime, limit: int = 500,
+                         shards: Iterable[int] | None = None) -> list[str]:
         """`Events.unapplied_events`."""
-        return self.events.unapplied_events(older_than, now, limit)
+        return self.events.unapplied_events(older_than, now, limit, shards)
 
     def count_apply_failure(self, event_id: str) -> int:
         """`Events.count_apply_failure`."""
         return self.events.count_apply_failure(event_id)
 
-    def release_expired_holds(self, now: datetime, limit: int = 500) -> list[str]:
+    def release_expired_holds(self, now: datetime, limit: int = 500,
+                              shards: Iterable[int] | None = None) -> list[str]:
         """`Events.release_expired_holds`."""
-        return self.events.release_expired_holds(now, limit)
+        return self.events.release_expired_holds(now, limit, shards)
 
     def reject_event(self, event_id: str, reason: str, now: datetime,
                      status: str = "rejected") -> None:

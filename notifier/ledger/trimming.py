@@ -27,7 +27,7 @@ holds only that shard's ids (an entity's ids are in the entity's shard, and a re
 index is kept per shard: `ShardKeys.by_recipient`), so one call trims one index.
 
 The other sets of ids (each shard's schedule and in-flight set) hold only pending
-notifications and are emptied by the clock as they are sent; `n:phone-clients:{phone}`
+notifications and are emptied by the clock as they are sent; `n:{s}:phone-clients:{phone}`
 holds client ids, whose records are kept (see the README's key table).
 
 Errors: on the ledger's client each Redis call raises `StoreUnavailable` when Redis cannot

@@ -113,7 +113,7 @@ class EventStores:
             = weakref.WeakKeyDictionary()
 
     def _new(self) -> AsyncEventStore:
-        return AsyncEventStore(async_twin(self.store.redis))
+        return AsyncEventStore(async_twin(self.store.redis), self.store.keys)
 
     @asynccontextmanager
     async def serving(self) -> AsyncIterator[None]:

@@ -4,10 +4,13 @@ Every tick it (0) renews its leases on shards of the schedule
 (`notifier.ledger.shard_leases`: each clock takes its fair share of the shards, and a dead
 clock's are taken over within a lease), then in the shards it holds (1) puts back
 notifications whose lease ran out, (2) claims what is due, up to the in-flight cap, and
-enqueues `deliver` messages of `chunk` ids each (in one round trip), (3) now and then
-re-enqueues accepted events that were never applied (a lost message, a web process that
-died between storing and enqueueing), resumes subjects whose turn's holder died, and
-releases held closes whose wait for their opening event is over, (4) every
+enqueues `deliver` messages of `chunk` ids each (in one round trip), (3) in the same
+shards, now and then re-enqueues accepted events that were never applied (a lost message,
+a web process that died between storing and enqueueing), resumes subjects whose turn's
+holder died, and releases held closes whose wait for their opening event is over (events,
+turns and held sets are per shard too: walking only the shards held splits the sweeps
+between clocks as the claiming is split, rather than every clock re-enqueueing the same
+stuck events; a dead clock's shards are swept by their next holder within a lease), (4) every
 `trim_every_s` trims a slice of the indexes of notification ids
 (`notifier.ledger.trimming`), and (5) once a minute, when sends are past their wait for a
 delivery report, enqueues the repair job that looks them up (`notifier.worker.reports`; it
@@ -25,6 +28,7 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -103,16 +107,17 @@ class Clock:
         # While a burst is being claimed, the outbox takes one batch a tick (its messages
         # are no less safe for waiting), so that fanning out never delays a reminder.
         self.fan_out_webhooks(now, held, max_batches=1 if handed else 10)
-        self.resume_turns(now)
+        self.resume_turns(now, held)
         if (self._last_event_sweep is None
                 or now - self._last_event_sweep >= timedelta(seconds=self.events_every_s)):
             self._last_event_sweep = now
-            stuck = self.store.unapplied_events(now - timedelta(seconds=self.event_grace_s), now)
+            stuck = self.store.unapplied_events(now - timedelta(seconds=self.event_grace_s),
+                                                now, shards=held)
             for event_id in stuck:
                 enqueue_apply(self.broker, event_id)
             if stuck:
                 log.warning("re-enqueued %d events that were never applied", len(stuck))
-            released = self.store.release_expired_holds(now)
+            released = self.store.release_expired_holds(now, shards=held)
             for event_id in released:
                 enqueue_apply(self.broker, event_id)
             if released:
@@ -195,10 +200,11 @@ class Clock:
         enqueue_job(self.broker, REPORT_LOOKUPS, "UTC", now.isoformat())
         return True
 
-    def resume_turns(self, now: datetime) -> list[str]:
-        """Subjects whose turn's holder died (its lease ran out): enqueue the oldest queued
-        event of each, so the subject's events go on within a lease of the death."""
-        subjects = self.store.turns.expired(now)
+    def resume_turns(self, now: datetime, shards: Iterable[int] | None = None) -> list[str]:
+        """Subjects whose turn's holder died (its lease ran out), in `shards` (every shard
+        when None): enqueue the oldest queued event of each, so the subject's events go on
+        within a lease of the death."""
+        subjects = self.store.turns.expired(now, shards=shards)
         heads = self.store.turns.heads(subjects) if subjects else []
         for event_id in heads:
             enqueue_apply(self.broker, event_id)

@@ -23,7 +23,6 @@ from notifier.console.audit import AuditLog
 from notifier.console.client_data import load_client_file
 from notifier.console.routes import Console, console_routes
 from notifier.console.sessions import SessionCodec
-from notifier.ledger.record_store import client_entities_key, email_clients_key
 from notifier.ledger.store import Store
 from tests.console.conftest import CONSOLE_SECRET, NAME, console_env
 from tests.console.test_routes import audited, sign_in
@@ -39,7 +38,7 @@ from tests.kit import (
     store_and_apply,
     utc,
 )
-from tests.ledger_keys import KEYS
+from tests.ledger_keys import KEYS, client_entities, email_clients, record_key
 
 #: Two days before New York leaves daylight saving time (1 November 2026, 06:00 UTC);
 #: London left it on 25 October.
@@ -186,10 +185,10 @@ def test_the_email_index_follows_a_change_of_address(web, store, policy, redis_c
     upsert(store, policy, "c1", email="New@Example.com", at=NOW + timedelta(minutes=1))
     assert search(web, "OLD@example.com").status_code == 200
     assert search(web, "new@example.com").headers["location"] == "/console/clients/c1"
-    assert not redis_client.exists(email_clients_key("old@example.com"))
+    assert email_clients(redis_client, "old@example.com") == set()
     # Only the case changes: the client stays in the set, found either way.
     upsert(store, policy, "c1", email="new@example.com", at=NOW + timedelta(minutes=2))
-    assert redis_client.smembers(email_clients_key("NEW@example.com")) == {b"c1"}
+    assert email_clients(redis_client, "new@example.com") == {b"c1"}
     assert search(web, "NEW@EXAMPLE.COM").status_code == 303
 
 
@@ -337,7 +336,7 @@ def test_records_join_their_client_s_entities_when_written(store, policy, redis_
                     NOW)
     store_and_apply(store, policy, refill_requested("rr-1", "rx-1", "c1", NOW), NOW)
     store_and_apply(store, policy, message_received("m-1", "c1", NOW), NOW)
-    assert redis_client.smembers(client_entities_key("c1")) == {
+    assert client_entities(redis_client, "c1") == {
         b"appointment:a-c1", b"prescription:rx-1", b"refill_request:rr-1", b"message:m-1"}
     # A confirmation by SMS reply rewrites the appointment (`update_record`): still listed.
     assert store.client_entity_refs(["c1", "c9"]) == {
@@ -355,11 +354,14 @@ def test_reindex_fills_the_indexes_of_records_stored_before_them_and_can_run_aga
     # A closed message seen before its opening names no client: nothing to index.
     store_and_apply(store, policy, event_dict("message.answered", {"message_id": "m-9"}, NOW),
                     NOW)
-    indexed = {key: redis_client.smembers(key) for key in
-               (client_entities_key("c1"), email_clients_key("c1@example.com"),
-                email_clients_key("two@example.com"))}
-    old = [k for k in redis_client.scan_iter("n:email-clients:*")] + \
-        [k for k in redis_client.scan_iter("n:client-entities:*")]
+    def indexes() -> list[set[bytes]]:
+        return [client_entities(redis_client, "c1"),
+                email_clients(redis_client, "c1@example.com"),
+                email_clients(redis_client, "two@example.com")]
+
+    indexed = indexes()
+    old = [k for k in redis_client.scan_iter("n:{*}:email-clients:*")] + \
+        [k for k in redis_client.scan_iter("n:{*}:client-entities:*")]
     redis_client.delete(*old)
     # The command as `notifier console reindex` runs it (without `main`'s logging set-up).
     args = build_parser().parse_args(["console", "reindex"])
@@ -369,15 +371,15 @@ def test_reindex_fills_the_indexes_of_records_stored_before_them_and_can_run_aga
         assert capsys.readouterr().out == (
             "indexed 2 client email addresses and 3 appointment, prescription, refill "
             "request and message records\n")
-        assert {key: redis_client.smembers(key) for key in indexed} == indexed
-    assert sorted([*redis_client.scan_iter("n:email-clients:*"),
-                   *redis_client.scan_iter("n:client-entities:*")]) == sorted(old)
+        assert indexes() == indexed
+    assert sorted([*redis_client.scan_iter("n:{*}:email-clients:*"),
+                   *redis_client.scan_iter("n:{*}:client-entities:*")]) == sorted(old)
     assert [r.client.id for r in store.clients_for_email("TWO@example.com")] == ["c2"]
 
 
 def test_reindex_skips_a_record_that_no_longer_parses(store, policy, redis_client):
     upsert(store, policy, "c1")
-    redis_client.set("n:rec:prescription:broken", b'{"not": "a prescription"}')
-    redis_client.delete(email_clients_key("c1@example.com"))
+    redis_client.set(record_key("prescription:broken"), b'{"not": "a prescription"}')
+    redis_client.delete(KEYS.email_clients(KEYS.of_ref("client:c1"), "c1@example.com"))
     assert store.reindex_clients() == (1, 0, 1)
-    assert redis_client.smembers(email_clients_key("c1@example.com")) == {b"c1"}
+    assert email_clients(redis_client, "c1@example.com") == {b"c1"}

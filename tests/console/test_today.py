@@ -45,6 +45,7 @@ from tests.kit import (
     provider_upserted,
     store_and_apply,
 )
+from tests.ledger_keys import record_part_key
 
 
 def planned(i: int, now: datetime, channel: str = "sms") -> PlannedNotification:
@@ -211,7 +212,8 @@ def test_lateness_bands_are_the_cumulative_buckets_summed_and_differenced():
 def test_a_broken_record_leaves_the_rest_of_the_page(console, redis_client, policy):
     client, now = console
     seed(Store(redis_client), policy, now[0])
-    redis_client.set("n:rec:provider_queue:prov-1", json.dumps({"items": "not a dict"}))
+    redis_client.set(record_part_key("provider_queue:prov-1", 0),
+                     json.dumps({"items": "not a dict"}))
     assert sign_in(client).status_code == 303
     page = client.get("/console/today")
     assert page.status_code == 200

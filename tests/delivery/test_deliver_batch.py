@@ -21,7 +21,6 @@ from notifier.delivery.channels.outbox import Outbox
 from notifier.errors import RetryableError
 from notifier.intake.events import parse_event
 from notifier.ledger.ratelimit import RateLimiter
-from notifier.ledger.record_store import record_key
 from notifier.ledger.store import Store
 from notifier.policy.ordering import subject_ref
 from tests.delivery.test_deliverer import (
@@ -34,7 +33,7 @@ from tests.delivery.test_deliverer import (
     store,
 )
 from tests.kit import CountingConnection, appointment, client_upserted, event_dict, store_and_apply
-from tests.ledger_keys import due_score
+from tests.ledger_keys import due_score, record_key
 
 __all__ = ["outbox", "store"]  # the fixtures, shared with test_deliverer
 

@@ -29,11 +29,12 @@ from hypothesis import strategies as st
 from notifier.config import Settings
 from notifier.intake.apply import apply_in_turn
 from notifier.intake.events import parse_event
-from notifier.ledger.events import PENDING_EVENTS
+from notifier.ledger.events import find_event
 from notifier.policy.ordering import subject_ref
 from notifier.runtime import Runtime
 from notifier.worker.actors import build_broker, declare_actors, enqueue_apply
 from tests.kit import appointment, client_upserted, event_dict, provider_upserted
+from tests.ledger_keys import event_field, pending_events
 from tests.service import service_env, wait_for
 
 #: The whole service (web on a port, worker, clock) or its processes.
@@ -129,17 +130,23 @@ def _outcome(runtime: Runtime, events: list[dict[str, Any]]) -> dict[str, Any]:
     notes = {k.decode(): {f.decode(): v.decode() for f, v in r.hgetall(k).items()
                           if not HISTORY_FIELD.fullmatch(f.decode())}
              for k in r.scan_iter(match="n:{*}:notif:*", count=1000)}
-    records = {k.decode(): r.get(k) for k in r.scan_iter(match="n:rec:*", count=1000)}
-    statuses = {e["id"]: tuple(v.decode() if v else None for v in r.hmget(
-        f"n:event:{e['id']}", "status", "reason")) for e in events}
+    # Records as readers see them: a record kept in parts (a client's visits, a provider's
+    # queue) merged, since each part's stamp depends on what other subjects' events wrote
+    # before it, which the arrival order may change (`record_store.PARTED_KINDS`).
+    refs = sorted({k.decode().split(":rec:", 1)[1]
+                   for k in r.scan_iter(match="n:{*}:rec:*", count=1000)})
+    records = {ref: record.model_dump_json()
+               for ref, record in runtime.store.load_records(refs).items()}
+    statuses = {e["id"]: tuple(v.decode() if v else None for v in find_event(
+        r, runtime.store.keys, e["id"], "status", "reason")[1]) for e in events}
     return {"notifications": notes, "records": records, "events": statuses}
 
 
 def _settled(runtime: Runtime, events: list[dict[str, Any]]) -> bool:
     r = runtime.redis
-    statuses = {r.hget(f"n:event:{e['id']}", "status") for e in events}
-    return (b"accepted" not in statuses and r.zcard(PENDING_EVENTS) == 0
-            and not any(r.scan_iter(match="n:turn:*", count=1000))
+    statuses = {event_field(r, e["id"], "status", runtime.store.keys) for e in events}
+    return (b"accepted" not in statuses and pending_events(r, runtime.store.keys) == []
+            and not any(r.scan_iter(match="n:{*}:turn:*", count=1000))
             and all(r.hlen(f"notifier-dq:{q}.msgs") == 0 for q in ("events",)))
 
 

@@ -36,16 +36,22 @@ import pytest
 from notifier.config import PROJECT_ROOT
 from notifier.intake.apply import apply_in_turn
 from notifier.intake.events import parse_event
-from notifier.ledger.events import PENDING_EVENTS
-from notifier.ledger.record_store import record_key
 from notifier.ledger.records import AppointmentRecord
 from notifier.ledger.store import Store
-from notifier.ledger.turns import TURNS, member_event_id, queue_key, turn_key
+from notifier.ledger.turns import member_event_id
 from notifier.policy.ordering import subject_ref
 from notifier.timeutil import utcnow
 from notifier.worker.actors import EVENTS_QUEUE, build_broker, enqueue_apply
 from notifier.worker.clock import Clock
 from tests.kit import appointment, client_upserted, daytime_zone, store_and_apply
+from tests.ledger_keys import (
+    event_key,
+    pending_events,
+    queue_key,
+    record_key,
+    turn_key,
+    turns_key,
+)
 from tests.service import Service, wait_for
 
 #: The whole service (web on a port, worker, clock) or its processes.
@@ -137,7 +143,7 @@ def test_sigkilled_turn_holder_is_resumed_within_the_lease(redis_client, redis_u
         def statuses() -> list[str]:
             with r.pipeline(transaction=False) as pipe:
                 for i in ids:
-                    pipe.hget(f"n:event:{i}", "status")
+                    pipe.hget(event_key(i, REF), "status")
                 return [s.decode() if s else "" for s in pipe.execute()]
 
         wait_for(lambda: set(statuses()) == {"applied"},
@@ -155,7 +161,7 @@ def test_sigkilled_turn_holder_is_resumed_within_the_lease(redis_client, redis_u
         assert record.appointment.start == first_start + timedelta(
             minutes=BEFORE_KILL + AFTER_KILL)
         assert record.updated_at == t0 + timedelta(seconds=BEFORE_KILL + AFTER_KILL)
-        applied_at = [float(r.hget(f"n:event:{i}", "applied_at")) for i in ids]
+        applied_at = [float(r.hget(event_key(i, REF), "applied_at")) for i in ids]
         assert applied_at == sorted(applied_at)
         # Each event was applied once: the ones still queued at the kill and the later ones
         # by the survivor, after the dead worker's lease; none of them twice.
@@ -167,9 +173,9 @@ def test_sigkilled_turn_holder_is_resumed_within_the_lease(redis_client, redis_u
         # The dead worker's turn ran out and the survivor gave its own back: nothing queued,
         # nothing pending, no turn left behind.
         assert not r.exists(turn_key(REF))
-        assert r.zscore(TURNS, REF) is None
+        assert r.zscore(turns_key(REF), REF) is None
         assert r.zcard(queue_key(REF)) == 0
-        assert r.zcard(PENDING_EVENTS) == 0
+        assert pending_events(r) == []
         # Nothing went out while the appointment had unapplied events; then only its last
         # update, once per channel.
         last = f"appointment_updated:{APPT}:seq{BEFORE_KILL + AFTER_KILL}"
@@ -198,7 +204,7 @@ def test_a_turn_is_resumed_once_its_key_has_expired_not_before(redis_client, red
     # A holder that read its clock 0.5 s before its script ran, then died: `turns` says its
     # lease ends 0.5 s before its key expires.
     assert store.turns.take(ref, "dead", utcnow() - timedelta(seconds=0.5), lease_s=1.0)
-    lease_end = datetime.fromtimestamp(redis_client.zscore(TURNS, ref), UTC)
+    lease_end = datetime.fromtimestamp(redis_client.zscore(turns_key(ref), ref), UTC)
     # A tick after that end, while the key still holds: whatever it resumes finds the turn
     # taken.
     wait_for(lambda: utcnow() > lease_end, what="the lease's end as `turns` has it")

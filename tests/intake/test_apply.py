@@ -25,21 +25,29 @@ import redis
 
 from notifier.cli.send_event import sign_event
 from notifier.config import Settings
+from notifier.delivery.channels.outbox import Outbox
 from notifier.errors import StoreUnavailable
 from notifier.intake import apply
 from notifier.intake.apply import apply_in_turn
 from notifier.intake.events import parse_event
-from notifier.ledger.events import PENDING_EVENTS, event_key
 from notifier.ledger.store import Store
-from notifier.ledger.turns import TURNS, queue_key, turn_key
 from notifier.policy.figures import Policy
 from notifier.policy.ordering import subject_ref
 from notifier.runtime import Runtime
 from notifier.web.app import create_app
 from notifier.worker.actors import EVENTS_QUEUE, build_broker, declare_actors
 from notifier.worker.clock import Clock
+from tests.delivery.test_deliverer import deliverer
 from tests.end_to_end.test_redis_restart import DurableRedis
 from tests.kit import appointment, client_upserted, daytime_zone, zone_at_hour
+from tests.ledger_keys import (
+    event_field,
+    pending_events,
+    queue_key,
+    stored_event_key,
+    taken_turns,
+    turn_key,
+)
 from tests.service import wait_for
 
 with warnings.catch_warnings():
@@ -152,7 +160,7 @@ def test_an_event_that_no_longer_validates_is_rejected_and_its_subject_goes_on(
     for evt in (first, middle, last):
         assert post(web, evt) == 202
     middle["data"]["client"]["timezone"] = "US/Pacific-New"
-    redis_client.hset(event_key(middle["id"]), "raw", json.dumps(middle))
+    redis_client.hset(stored_event_key(redis_client, middle["id"]), "raw", json.dumps(middle))
 
     worker = start_worker(runtime)
     try:
@@ -167,13 +175,13 @@ def test_an_event_that_no_longer_validates_is_rejected_and_its_subject_goes_on(
     assert rejected["reason"].startswith("data.client.timezone: ")
     assert event_status(web, first["id"])["status"] == "applied"
     assert runtime.store.load_record("client:c1").client.phone == "+14155550101"
-    assert json.loads(redis_client.hget(event_key(middle["id"]), "raw")) == middle
+    assert json.loads(event_field(redis_client, middle["id"], "raw")) == middle
     assert [r.getMessage() for r in caplog.records] == [
         f"event {middle['id']} no longer validates: {rejected['reason']}"]
     # Nothing circles: no retry waiting in dramatiq's delay queue, nothing left to apply.
     assert redis_client.hlen(f"notifier-dq:{EVENTS_QUEUE}.DQ.msgs") == 0
     assert not redis_client.exists(queue_key("client:c1"), turn_key("client:c1"))
-    assert redis_client.zcard(PENDING_EVENTS) == redis_client.zcard(TURNS) == 0
+    assert pending_events(redis_client) == taken_turns(redis_client) == []
     # Counted, for an alert: an accepted event that will never apply.
     scrape = web.get("/metrics").text
     assert 'notifier_events_set_aside_total{status="rejected"} 1.0' in scrape
@@ -187,7 +195,7 @@ def test_an_event_set_aside_is_counted_once_by_status(store, policy, monkeypatch
     invalid = client_upserted("c2", "UTC", NOW - timedelta(hours=1))
     for evt in (broken, invalid):
         post_stored(store, evt)
-    store.redis.hset(event_key(invalid["id"]), "raw", json.dumps(
+    store.redis.hset(stored_event_key(store.redis, invalid["id"]), "raw", json.dumps(
         {**invalid, "type": "client.merged"}))  # a type since retired
 
     def planning_fails(policy: Policy, now: datetime) -> Callable[..., Any]:
@@ -275,7 +283,7 @@ def test_redis_killed_mid_apply_leaves_the_event_queued_and_the_turn_to_expire(
         assert store.turns.heads(["client:c1"]) == [event_id]
         assert store.event_status(event_id)["status"] == "accepted"
         assert store.load_record("client:c1") is None
-        assert client.zscore(PENDING_EVENTS, event_id) is not None
+        assert event_id in pending_events(client)
         # The dead apply's turn still holds: a retry now finds it taken and leaves it.
         assert apply_in_turn(store, event_id, policy, lambda: datetime.now(UTC), 30) == 0
         clock = Clock(store, build_broker(server.url))
@@ -316,19 +324,19 @@ def test_a_turn_that_ran_out_mid_apply_writes_nothing_and_leaves_the_subject_to_
 
 # A concurrent write between the reads and the write: the replan ----------------------------
 
-def test_a_client_changed_between_the_reads_and_the_write_is_planned_for_afresh(
-        store, policy, redis_url, monkeypatch):
-    """A booking is planned against its client's record; before its MULTI, another worker
-    applies the client's move to a zone where it is 22:00 (another subject, so in
-    parallel, on its own connection). The WATCH on the client record fails the first write;
-    the replan reads the new zone and holds the confirmation for quiet hours, 08:00 there,
-    exactly as if the move had come first."""
+def booking_with_a_move_between_its_reads_and_its_write(
+        store: Store, policy: Policy, redis_url: str, monkeypatch: pytest.MonkeyPatch,
+        appointment_id: str) -> tuple[list[str], dict[str, Any], dict[str, Any]]:
+    """A booking of `appointment_id` for client c1 is planned against c1's record; before
+    its MULTI, another worker applies c1's move to a zone where it is 22:00 (another
+    subject, so in parallel, on its own connection). Returns (the event ids planned, in
+    order; the booking; the move)."""
     post_stored(store, client_upserted("c1", daytime_zone(NOW), NOW - timedelta(hours=2)))
     apply_in_turn(store, store.turns.heads(["client:c1"])[0], policy, lambda: NOW, 30)
     night = zone_at_hour(NOW, 22)
     moved = client_upserted("c1", night, NOW - timedelta(minutes=30))
-    booking = appointment("appointment.scheduled", "a1", "c1", NOW + timedelta(days=5),
-                          NOW - timedelta(hours=1))
+    booking = appointment("appointment.scheduled", appointment_id, "c1",
+                          NOW + timedelta(days=5), NOW - timedelta(hours=1))
     post_stored(store, booking)
     post_stored(store, moved)
     other_worker = Store(redis.Redis.from_url(redis_url))
@@ -339,10 +347,40 @@ def test_a_client_changed_between_the_reads_and_the_write_is_planned_for_afresh(
 
     planned = between_read_and_write(monkeypatch, other_worker_applies_the_move)
     assert apply_in_turn(store, booking["id"], policy, lambda: NOW, 30) == 1
-    assert planned == [booking["id"], moved["id"], booking["id"]], \
-        "the booking planned twice: its first write lost its WATCH"
-    confirmation = store.notification("appointment_confirmation:a1:booked:sms")
-    eight = (NOW + timedelta(hours=10)).replace(minute=0, second=0)
-    assert float(confirmation["due"]) == eight.timestamp(), confirmation
     assert store.event_status(booking["id"])["status"] == "applied"
     other_worker.redis.close()
+    return planned, booking, moved
+
+
+def test_a_client_of_the_same_shard_changed_between_the_reads_and_the_write_is_replanned(
+        store, policy, redis_url, monkeypatch):
+    """The appointment (a3) is in its client's shard: the client record is WATCHed, the
+    first write fails, and the replan reads the new zone and holds the confirmation for
+    quiet hours, 08:00 there, exactly as if the move had come first."""
+    assert store.keys.of_ref("appointment:a3") == store.keys.of_ref("client:c1")
+    planned, booking, moved = booking_with_a_move_between_its_reads_and_its_write(
+        store, policy, redis_url, monkeypatch, "a3")
+    assert planned == [booking["id"], moved["id"], booking["id"]], \
+        "the booking planned twice: its first write lost its WATCH"
+    confirmation = store.notification("appointment_confirmation:a3:booked:sms")
+    eight = (NOW + timedelta(hours=10)).replace(minute=0, second=0)
+    assert float(confirmation["due"]) == eight.timestamp(), confirmation
+
+
+def test_a_client_of_another_shard_changed_meanwhile_is_caught_when_the_message_is_sent(
+        store, policy, redis_url, monkeypatch, tmp_path):
+    """The appointment (a1) is in another shard than its client: the client record is
+    read without WATCH (`PlanWriter._read_split`: a transaction is on one slot), so the
+    booking is planned once, on the zone it read, and its confirmation is due now. The
+    send reads the client again: at 22:00 in the new zone it holds the confirmation for
+    quiet hours, until 08:00 there."""
+    assert store.keys.of_ref("appointment:a1") != store.keys.of_ref("client:c1")
+    planned, booking, moved = booking_with_a_move_between_its_reads_and_its_write(
+        store, policy, redis_url, monkeypatch, "a1")
+    assert planned == [booking["id"], moved["id"]]
+    confirmation_id = "appointment_confirmation:a1:booked:sms"
+    assert float(store.notification(confirmation_id)["due"]) <= NOW.timestamp()
+    sender = deliverer(store, policy, outbox=Outbox(tmp_path))
+    assert sender.deliver(confirmation_id, NOW) == "held"
+    eight = (NOW + timedelta(hours=10)).replace(minute=0, second=0)
+    assert float(store.notification(confirmation_id)["due"]) == eight.timestamp()

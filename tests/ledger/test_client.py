@@ -21,6 +21,7 @@ from notifier.intake.events import parse_event
 from notifier.ledger.async_events import AsyncEventStore, async_twin
 from notifier.ledger.client import LedgerRedis, ledger_client, store_errors
 from notifier.ledger.embedded_redis import free_port
+from notifier.ledger.shards import ShardKeys
 from notifier.ledger.store import Store
 from notifier.policy.ordering import subject_ref
 from tests.kit import client_upserted
@@ -107,7 +108,7 @@ def test_a_refused_command_is_a_store_error_and_watch_errors_pass_through(redis_
 
 def test_the_web_stores_events_with_the_same_errors_on_the_asyncio_client():
     async def store_one() -> bool:
-        events = AsyncEventStore(async_twin(down_client()))
+        events = AsyncEventStore(async_twin(down_client()), ShardKeys())
         try:
             return await events.store_event("evt-1", b"{}", NOW)
         finally:

@@ -7,9 +7,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from notifier.intake.apply import apply_stored_event
-from notifier.ledger.events import EVENT_RETENTION_S, event_key
+from notifier.ledger.events import EVENT_RETENTION_S
 from notifier.ledger.store import Store
 from tests.kit import appointment, client_upserted, store_and_apply
+from tests.ledger_keys import event_key, stored_event_key
 
 NOW = datetime(2026, 11, 25, 15, 0, tzinfo=UTC)
 
@@ -25,10 +26,12 @@ def test_an_applied_event_keeps_a_small_compact_hash_and_no_body(redis_client, p
     assert kept == {"status": "applied", "reason": kept["reason"], "subject": "appointment:a1",
                     "applied_at": str(NOW.timestamp()), "received_at": str(NOW.timestamp()),
                     "occurred": str((NOW - timedelta(minutes=5)).timestamp())}
-    assert redis_client.object("encoding", event_key(evt["id"])) in {b"ziplist", b"listpack"}
-    assert 0 < redis_client.ttl(event_key(evt["id"])) <= EVENT_RETENTION_S
+    key = event_key(evt["id"], "appointment:a1")
+    assert redis_client.object("encoding", key) in {b"ziplist", b"listpack"}
+    assert 0 < redis_client.ttl(key) <= EVENT_RETENTION_S
     # Its id is still known: the same event again is a duplicate, and changes nothing.
-    assert not store.store_event(evt["id"], json.dumps(evt).encode(), NOW)
+    assert not store.store_event(evt["id"], json.dumps(evt).encode(), NOW,
+                                 subject="appointment:a1", occurred_at=NOW)
     assert apply_stored_event(store, evt["id"], policy, NOW) is None
 
 
@@ -61,7 +64,11 @@ def test_an_event_id_is_remembered_thirty_days_whatever_became_of_it(redis_clien
     store.store_event(bad["id"], json.dumps(bad).encode(), NOW)
     store.reject_event(bad["id"], "no longer validates", NOW)
     assert EVENT_RETENTION_S == THIRTY_DAYS_S
-    for evt, status in ((newer, "applied"), (older, "stale"), (bad, "rejected")):
+    # Each sent again as it was stored (about its subject; `bad` without one).
+    for evt, status, subject in ((newer, "applied", "client:c1"),
+                                 (older, "stale", "client:c1"), (bad, "rejected", None)):
         assert store.event_status(evt["id"])["status"] == status
-        assert THIRTY_DAYS_S - 60 <= redis_client.ttl(event_key(evt["id"])) <= THIRTY_DAYS_S
-        assert not store.store_event(evt["id"], json.dumps(evt).encode(), NOW), status
+        key = stored_event_key(redis_client, evt["id"])
+        assert THIRTY_DAYS_S - 60 <= redis_client.ttl(key) <= THIRTY_DAYS_S
+        assert not store.store_event(evt["id"], json.dumps(evt).encode(), NOW,
+                                     subject=subject, occurred_at=NOW), status

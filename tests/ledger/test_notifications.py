@@ -158,8 +158,8 @@ def test_cancel_leaves_sent_notifications_alone(store):
 def test_an_event_whose_planning_keeps_failing_is_set_aside(store, policy, monkeypatch):
     from notifier.intake import apply
     from notifier.intake.apply import MAX_APPLY_FAILURES, apply_stored_event
-    from notifier.ledger.events import PENDING_EVENTS
     from tests.kit import client_upserted
+    from tests.ledger_keys import event_key, pending_events, queue_key
 
     evt = {**client_upserted("c1", "UTC", NOW), "id": "evt-1"}
     store.store_event("evt-1", json.dumps(evt).encode(), NOW, subject="client:c1",
@@ -180,10 +180,10 @@ def test_an_event_whose_planning_keeps_failing_is_set_aside(store, policy, monke
     status = store.event_status("evt-1")
     assert status["status"] == "failed"
     assert status["reason"] == "planning failed: OverflowError: date value out of range"
-    assert store.redis.zscore(PENDING_EVENTS, "evt-1") is None
-    assert store.redis.exists("n:subject-queue:client:c1") == 0, "its subject goes on"
+    assert pending_events(store.redis) == []
+    assert store.redis.exists(queue_key("client:c1")) == 0, "its subject goes on"
     # Kept for inspection as long as an applied event is remembered, then it expires.
-    assert store.redis.ttl("n:event:evt-1") > 0
+    assert store.redis.ttl(event_key("evt-1", "client:c1")) > 0
 
 
 def test_finished_and_cancelled_notifications_expire_after_the_retention(store):

@@ -11,16 +11,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from notifier.ledger.record_store import (
-    legacy_phone_key,
-    phone_clients_key,
-    phone_index_changes,
-    record_key,
-)
+from notifier.ledger.record_store import legacy_phone_key, phone_index_changes
 from notifier.ledger.records import ClientRecord, ProviderRecord
 from notifier.ledger.store import Store
 from notifier.policy.plan import Plan, entity_ref
 from tests.kit import client_upserted, store_and_apply
+from tests.ledger_keys import phone_clients, record_key
 
 NOW = datetime(2030, 3, 4, 15, 0, tzinfo=UTC)
 HOME, OTHER = "+14155550123", "+14155550177"
@@ -59,14 +55,14 @@ def test_a_client_whose_number_changed_leaves_the_old_number(store, policy):
     upsert(store, policy, "child", OTHER, minutes=2)
     assert ids(store, HOME) == ["parent"]
     assert ids(store, OTHER) == ["child"]
-    assert store.redis.smembers(phone_clients_key(HOME)) == {b"parent"}
+    assert phone_clients(store.redis, HOME) == {b"parent"}
 
 
 def test_a_client_whose_number_was_removed_leaves_it(store, policy):
     upsert(store, policy, "child", HOME)
     upsert(store, policy, "child", None, minutes=1)
     assert ids(store, HOME) == []
-    assert not store.redis.exists(phone_clients_key(HOME))
+    assert phone_clients(store.redis, HOME) == set()
 
 
 def test_a_stale_upsert_does_not_move_the_client_back(store, policy):
@@ -103,7 +99,8 @@ def test_an_old_string_left_behind_by_a_change_finds_no_one(store, policy):
 
 
 def test_an_index_entry_whose_record_is_gone_finds_no_one(store):
-    store.redis.sadd(phone_clients_key(HOME), "ghost")
+    store.redis.sadd(store.keys.phone_clients(store.keys.of_ref("client:ghost"), HOME),
+                     "ghost")
     store.redis.set(legacy_phone_key(HOME), "ghost2")
     assert ids(store, HOME) == []
 

@@ -20,7 +20,6 @@ import redis
 from notifier.intake.apply import apply_in_turn
 from notifier.intake.events import parse_event
 from notifier.ledger.client import LedgerRedis, script_body
-from notifier.ledger.events import event_key
 from notifier.ledger.lua import lua_source
 from notifier.ledger.store import Store
 from notifier.policy.figures import Policy
@@ -32,16 +31,20 @@ from tests.kit import (
     provider_upserted,
     store_and_apply,
 )
+from tests.ledger_keys import event_field
 
 NOW = datetime(2026, 12, 1, 15, 0, tzinfo=UTC)
 EVENTS = 20
-#: Per applied event alone in its turn (10 before issue 12): the subject (1), taking the
-#: turn with its first event (1), the event and turn watched and read (1), its records
-#: watched and read (1), the transaction (1), the turn given back (1).
-ROUND_TRIPS_PER_BOOKING = 6
+#: Per applied event alone in its turn (10 before issue 12): the subject (1, its event
+#: looked up in every shard at once), taking the turn with its first event (1), the event
+#: and turn watched and read (1), its records of its own shard watched and read (1), those
+#: of other shards read without WATCH (1: the client's record, the other shards' parts of
+#: the visits; issue 17, `PlanWriter._read_split`), the transaction (1), the turn given
+#: back (1).
+ROUND_TRIPS_PER_BOOKING = 7
 #: A reschedule also reads the records its appointment leads to (the client, the
 #: provider: 1) and the appointment's notification ids, to cancel them (1).
-ROUND_TRIPS_PER_RESCHEDULE = 8
+ROUND_TRIPS_PER_RESCHEDULE = 9
 
 
 @pytest.fixture
@@ -77,7 +80,7 @@ def apply_counted(store: Store, plain: redis.Redis, policy: Policy, ids: list[st
     per_event = {name: (calls - before.get(name, 0)) / (len(ids) - 1)
                  for name, calls in after.items() if calls != before.get(name, 0)}
     for event_id in ids:
-        assert plain.hget(event_key(event_id), "status") == b"applied"
+        assert event_field(plain, event_id, "status") == b"applied"
     return (CountingConnection.sent - writes) / (len(ids) - 1), per_event
 
 

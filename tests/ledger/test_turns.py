@@ -16,11 +16,9 @@ from notifier.errors import StoreContention, TurnLost
 from notifier.intake.apply import apply_in_turn, apply_stored_event
 from notifier.intake.events import parse_event
 from notifier.ledger.batch import Reply
-from notifier.ledger.events import PENDING_EVENTS, event_key
-from notifier.ledger.record_store import MAX_WATCH_TRIES, record_key
+from notifier.ledger.record_store import MAX_WATCH_TRIES
 from notifier.ledger.records import Record
 from notifier.ledger.store import Store
-from notifier.ledger.turns import HELD_EVENTS, TURNS, held_key, queue_key, turn_key
 from notifier.policy.figures import Policy
 from notifier.policy.ordering import subject_ref
 from tests.kit import (
@@ -31,7 +29,18 @@ from tests.kit import (
     prescription_filled,
     refill_requested,
 )
-from tests.ledger_keys import by_entity_key
+from tests.ledger_keys import (
+    KEYS,
+    by_entity_key,
+    held_events,
+    held_key,
+    pending_events,
+    queue_key,
+    record_key,
+    stored_event_key,
+    turn_key,
+    turns_key,
+)
 
 NOW = datetime(2026, 12, 1, 15, 0, tzinfo=UTC)
 
@@ -70,7 +79,7 @@ def test_one_turn_per_subject_and_it_passes_on_only_with_the_queue_empty(store):
     store.redis.delete(queue_key("appointment:a1"))
     assert turns.next("appointment:a1", "tok-1", NOW, 30) is None
     assert not store.redis.exists(turn_key("appointment:a1"))
-    assert store.redis.zscore(TURNS, "appointment:a1") is None
+    assert store.redis.zscore(turns_key("appointment:a1"), "appointment:a1") is None
     assert turns.take("appointment:a1", "tok-3", NOW, 30)
 
 
@@ -81,7 +90,7 @@ def test_a_dead_holders_turn_runs_out_and_is_found_by_the_sweep(store):
     later = NOW + timedelta(seconds=31)
     # By `turns` the lease is over, but the key still holds: not yet, looked at again later.
     assert turns.expired(later) == []
-    assert store.redis.zscore(TURNS, "appointment:a1") > later.timestamp()
+    assert store.redis.zscore(turns_key("appointment:a1"), "appointment:a1") > later.timestamp()
     store.redis.delete(turn_key("appointment:a1"))  # the key's lease runs out in Redis
     assert turns.expired(later + timedelta(seconds=31)) == ["appointment:a1"]
     assert turns.expired(later + timedelta(seconds=31)) == [], "each death is reported once"
@@ -95,7 +104,7 @@ def test_release_gives_back_only_ones_own_turn(store):
     assert store.redis.get(turn_key("message:m1")) == b"mine"
     turns.release("message:m1", "mine")
     assert not store.redis.exists(turn_key("message:m1"))
-    assert store.redis.zscore(TURNS, "message:m1") is None
+    assert store.redis.zscore(turns_key("message:m1"), "message:m1") is None
 
 
 def test_heads_and_unapplied_about(store):
@@ -126,7 +135,7 @@ def test_a_subjects_events_are_applied_oldest_first_whatever_the_arrival(store, 
     assert (record.status, record.sequence) == ("cancelled", 2)
     assert not store.redis.exists(queue_key("appointment:a1"))
     assert not store.redis.exists(turn_key("appointment:a1"))
-    assert store.redis.zcard(PENDING_EVENTS) == 0
+    assert len(pending_events(store.redis)) == 0
 
 
 def test_events_with_one_occurred_at_are_applied_in_arrival_order(store, policy):
@@ -196,7 +205,7 @@ def test_apply_gives_up_when_a_concurrent_writer_keeps_changing_its_keys(store, 
         def interfered(raw, load, arrived_at):
             tries.append(1)
             if len(tries) <= 4 * MAX_WATCH_TRIES:  # then let one through
-                writer.hset(event_key(evt["id"]), "touched", len(tries))
+                writer.hset(stored_event_key(writer, evt["id"]), "touched", len(tries))
             return decide(raw, load, arrived_at)
         return interfered
 
@@ -260,7 +269,7 @@ def test_an_unreadable_event_without_a_subject_is_rejected_not_retried(store, po
     store.store_event("evt-x", b'{"id": "evt-x"}', NOW)
     assert apply_in_turn(store, "evt-x", policy, fixed(NOW), 30) == 0
     assert status(store, "evt-x") == "rejected"
-    assert store.redis.zcard(PENDING_EVENTS) == 0
+    assert len(pending_events(store.redis)) == 0
 
 
 # Held closes ------------------------------------------------------------------------------
@@ -275,9 +284,9 @@ def test_a_close_before_its_open_is_held_then_applied_after_it(store, policy):
     held = store.event_status(sent["id"])
     assert (held["status"], held["reason"]) == (
         "held", "waiting for the opening event of refill_request:req-1")
-    assert store.redis.zscore(HELD_EVENTS, sent["id"]) == (
-        NOW + policy.opening_wait).timestamp()
-    assert store.redis.zcard(PENDING_EVENTS) == 0, "held is not pending: nothing to sweep"
+    held_set = KEYS.events_held(KEYS.of_ref("refill_request:req-1"))
+    assert store.redis.zscore(held_set, sent["id"]) == (NOW + policy.opening_wait).timestamp()
+    assert len(pending_events(store.redis)) == 0, "held is not pending: nothing to sweep"
     assert not store.turns.unapplied_about(["refill_request:req-1"])
 
     post(store, opened, NOW + timedelta(minutes=1))
@@ -289,7 +298,7 @@ def test_a_close_before_its_open_is_held_then_applied_after_it(store, policy):
     assert store.notification("refill_sent:req-1:sent:sms")["state"] == \
         "scheduled"
     assert not store.redis.exists(held_key("refill_request:req-1"))
-    assert store.redis.zcard(HELD_EVENTS) == 0
+    assert held_events(store.redis) == []
 
 
 def test_a_held_close_older_than_its_open_is_stale_after_it(store, policy):

@@ -45,11 +45,11 @@ from schemathesis.specs.openapi.checks import (
 from notifier.cli.send_event import sign_event
 from notifier.config import Settings
 from notifier.ledger.daily import REFUSED_DAILY
-from notifier.ledger.events import event_key
 from notifier.ledger.store import Store
 from notifier.web.app import create_app
 from notifier.web.events import MAX_BODY_BYTES
 from notifier.worker.actors import build_broker
+from tests.ledger_keys import event_field, event_keys, stored_event_key
 
 SECRET = "whsec_" + base64.b64encode(b"f" * 32).decode()
 OTHER_SECRET = "whsec_" + base64.b64encode(b"o" * 32).decode()
@@ -256,8 +256,9 @@ def test_signed_fuzzed_events_are_stored_exactly_or_refused(api, http, redis_cli
         case.validate_response(first, checks=CONFORMANCE)
         if first.status_code == 202:
             assert first.json() == {"id": webhook_id, "status": "accepted"}
-            assert redis_client.keys("n:event:*") == [event_key(webhook_id).encode()]
-            assert redis_client.hget(event_key(webhook_id), "raw") == body
+            [key] = event_keys(redis_client)
+            assert key == stored_event_key(redis_client, webhook_id)
+            assert redis_client.hget(key, "raw") == body
         else:
             assert first.json()["error"] == "invalid event" and first.json()["problems"]
             assert stored(redis_client) == [], "a refused event left something behind"
@@ -268,7 +269,7 @@ def test_signed_fuzzed_events_are_stored_exactly_or_refused(api, http, redis_cli
         if first.status_code == 202:
             assert again.json() == {"id": webhook_id, "status": "duplicate"}
             assert again.status_code == 200
-            assert redis_client.hget(event_key(webhook_id), "raw") == body
+            assert event_field(redis_client, webhook_id, "raw") == body
         else:
             assert again.status_code == 422
             assert stored(redis_client) == []

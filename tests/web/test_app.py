@@ -33,7 +33,6 @@ from notifier.intake.apply import apply_stored_event
 from notifier.intake.events import EVENT_MODELS
 from notifier.ledger.daily import REFUSED_DAILY
 from notifier.ledger.embedded_redis import free_port
-from notifier.ledger.events import PENDING_EVENTS, event_key
 from notifier.ledger.notifications import FINAL_STATES
 from notifier.ledger.reading import READ_LIMIT
 from notifier.ledger.store import Store
@@ -42,6 +41,7 @@ from notifier.web.app import create_app
 from notifier.web.events import MAX_BODY_BYTES, UNAVAILABLE
 from notifier.web.signatures import sign_webhook, verify_signature
 from notifier.worker.actors import APPLY_EVENT, EVENTS_QUEUE, build_broker
+from tests.ledger_keys import event_key, event_keys, pending_events, record_key
 from tests.web.conftest import new_secret
 
 NAMESPACE = "notifier-dq"
@@ -134,8 +134,8 @@ def test_valid_event_is_stored_queued_and_accepted(client, secret, redis_client,
     stored = store.event_status("evt-1")
     assert stored["status"] == "accepted"
     assert stored["raw"].encode() == body, "the raw body is kept byte for byte"
-    assert redis_client.keys("n:event:*") == [event_key("evt-1").encode()]
-    assert redis_client.zrange(PENDING_EVENTS, 0, -1) == [b"evt-1"]
+    assert event_keys(redis_client) == [event_key("evt-1", "appointment:a1")]
+    assert pending_events(redis_client) == ["evt-1"]
     [message] = queued(redis_client)
     assert (message["queue_name"], message["actor_name"], message["args"]) == (
         EVENTS_QUEUE, APPLY_EVENT, ["evt-1"])
@@ -165,7 +165,7 @@ def test_an_event_stored_when_its_broker_is_down_is_accepted_for_the_sweep(
     with TestClient(create_app(settings, store, elsewhere)) as client:
         answer = post(client, secret, event())
     assert (answer.status_code, answer.json()["status"]) == (202, "accepted")
-    assert redis_client.zrange(PENDING_EVENTS, 0, -1) == [b"evt-1"]
+    assert pending_events(redis_client) == ["evt-1"]
     assert redis_client.keys(f"{NAMESPACE}*") == []
     assert "event evt-1 stored but not queued (the clock's sweep queues it)" in caplog.text
 
@@ -177,15 +177,30 @@ def test_same_id_again_is_a_duplicate_and_changes_nothing(client, secret, redis_
     assert again.status_code == 200
     assert again.json() == {"id": "evt-1", "status": "duplicate"}
 
-    other_body = event(data={"appointment_id": "a2"})
+    other_body = event(occurred_at="2026-03-04T13:00:00Z")
     changed = post(client, secret, other_body)
     assert changed.status_code == 200
     assert changed.json() == {"id": "evt-1", "status": "duplicate"}
 
-    assert redis_client.keys("n:event:*") == [event_key("evt-1").encode()]
+    assert event_keys(redis_client) == [event_key("evt-1", "appointment:a1")]
     assert json.loads(store.event_status("evt-1")["raw"]) == first
-    assert redis_client.zrange(PENDING_EVENTS, 0, -1) == [b"evt-1"]
+    assert pending_events(redis_client) == ["evt-1"]
     assert [m["args"] for m in queued(redis_client)] == [["evt-1"]]
+
+
+def test_an_id_sent_again_about_another_subject_is_stored_in_that_subjects_shard(
+        client, secret, redis_client, store):
+    """Duplicates are known per subject (`notifier.ledger.events`): an id re-used about an
+    appointment of another shard is a second event there; a lookup by id finds the first
+    one stored."""
+    first = event()
+    assert post(client, secret, first).status_code == 202
+    assert store.keys.of_ref("appointment:a1") != store.keys.of_ref("appointment:a2")
+    other = post(client, secret, event(data={"appointment_id": "a2"}))
+    assert (other.status_code, other.json()["status"]) == (202, "accepted")
+    assert event_keys(redis_client) == sorted([event_key("evt-1", "appointment:a1"),
+                                               event_key("evt-1", "appointment:a2")])
+    assert json.loads(store.event_status("evt-1")["raw"]) == first
 
 
 def test_a_duplicate_of_an_applied_event_is_still_a_duplicate(client, secret, store, policy,
@@ -195,14 +210,14 @@ def test_a_duplicate_of_an_applied_event_is_still_a_duplicate(client, secret, st
     assert apply_stored_event(store, "evt-1", policy, NOW) is not None
     answer = post(client, secret, evt)
     assert (answer.status_code, answer.json()["status"]) == (200, "duplicate")
-    assert redis_client.zcard(PENDING_EVENTS) == 0
+    assert pending_events(redis_client) == []
     assert len(queued(redis_client)) == 1
 
 
 def test_distinct_ids_are_each_accepted(client, secret, redis_client):
     for event_id in ("evt-1", "evt-2"):
         assert post(client, secret, event(event_id)).status_code == 202
-    assert sorted(redis_client.zrange(PENDING_EVENTS, 0, -1)) == [b"evt-1", b"evt-2"]
+    assert pending_events(redis_client) == ["evt-1", "evt-2"]
     assert sorted(m["args"][0] for m in queued(redis_client)) == ["evt-1", "evt-2"]
 
 
@@ -791,7 +806,7 @@ def test_upcoming_appointments_are_those_not_ended(store, policy):
 
 def test_upcoming_appointments_skip_one_whose_record_is_gone(store, policy):
     book_three(store, policy, NOW)
-    store.redis.delete("n:rec:appointment:ahead")
+    store.redis.delete(record_key("appointment:ahead"))
     assert [r.appointment.id for r in store.upcoming_appointments("c1", NOW)] == ["running"]
 
 

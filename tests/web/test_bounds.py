@@ -246,7 +246,7 @@ def test_a_dripped_body_is_408_and_closed_not_accepted(web, caplog):
             stop.set()
             dripping.join()
     assert answer.startswith(b"HTTP/1.1 408 "), answer
-    assert web.client.keys("n:event:*") == []
+    assert web.client.keys("n:{*}:event:*") == []
     assert problems(caplog.records) == []
 
 

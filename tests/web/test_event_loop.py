@@ -29,6 +29,7 @@ from notifier.cli.send_event import sign_event
 from notifier.config import Settings
 from notifier.ledger import async_events
 from notifier.ledger.embedded_redis import free_port
+from notifier.ledger.shards import ShardKeys
 from notifier.ledger.store import Store
 from notifier.web.app import create_app
 from notifier.worker.actors import build_broker
@@ -126,11 +127,13 @@ def test_the_web_stores_an_event_as_the_worker_side_store_does(redis_client: red
                                            occurred_at=occurred)
 
     async def store_async() -> tuple[bool, bool]:
-        events = async_events.AsyncEventStore(async_events.async_twin(redis_client))
+        events = async_events.AsyncEventStore(async_events.async_twin(redis_client),
+                                              ShardKeys())
         try:
             first = await events.store_event("evt-async", b"{}", now,
                                              subject="appointment:a1", occurred_at=occurred)
-            again = await events.store_event("evt-async", b"{}", now)
+            again = await events.store_event("evt-async", b"{}", now,
+                                             subject="appointment:a1", occurred_at=occurred)
             return first, again
         finally:
             await events.close()

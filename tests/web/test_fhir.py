@@ -22,12 +22,12 @@ from notifier.config import PROJECT_ROOT, Settings
 from notifier.intake.apply import apply_stored_event
 from notifier.intake.events import parse_event
 from notifier.ledger.daily import FHIR_REFUSED, REFUSED_DAILY
-from notifier.ledger.events import PENDING_EVENTS
 from notifier.ledger.store import Store
 from notifier.web.app import create_app
 from notifier.web.bodies import MAX_FHIR_BODY_BYTES
 from notifier.web.events import UNAVAILABLE
 from notifier.worker.actors import APPLY_EVENT, EVENTS_QUEUE
+from tests.ledger_keys import pending_events
 from tests.web.test_app import (
     assert_nothing_written,
     assert_refused_at_the_door,
@@ -83,7 +83,7 @@ def test_the_visit_bundle_is_stored_event_by_event_as_v1_events_stores_them(
         stored = store.event_status(event_id)
         assert stored["status"] == "accepted"
         assert parse_event(stored["raw"]).id == event_id
-    assert sorted(m.decode() for m in redis_client.zrange(PENDING_EVENTS, 0, -1)) == sorted(ids)
+    assert pending_events(redis_client) == sorted(ids)
     messages = queued(redis_client)
     assert {(m["actor_name"], m["queue_name"], m["args"][0]) for m in messages} == {
         (APPLY_EVENT, EVENTS_QUEUE, event_id) for event_id in ids}

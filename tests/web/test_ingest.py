@@ -27,8 +27,9 @@ from notifier.cli.send_event import sign_event
 from notifier.config import Settings
 from notifier.ledger import async_events
 from notifier.ledger.broker_messages import broker_message
-from notifier.ledger.events import event_key, store_event_call
+from notifier.ledger.events import store_event_call
 from notifier.ledger.lua import lua_source
+from notifier.ledger.shards import ShardKeys
 from notifier.ledger.store import Store
 from notifier.runtime import Runtime
 from notifier.web.app import create_app
@@ -37,6 +38,7 @@ from notifier.worker.actors import APPLY_EVENT, EVENTS_QUEUE, build_broker, decl
 from tests.end_to_end.test_redis_restart import durable
 from tests.kit import client_upserted, daytime_zone
 from tests.ledger.test_lua_scripts import Monitor
+from tests.ledger_keys import event_key, stored_event_key
 from tests.service import wait_for
 
 __all__ = ["durable"]  # the fixture, shared with test_redis_restart
@@ -144,7 +146,7 @@ def test_the_event_and_its_message_are_one_command(redis_url, redis_client, web)
     assert [(args[0].upper(), args[1]) for args in sent] == [("EVALSHA", sha)]
     written = {(args[0].upper(), args[1]) for source, args in monitor.lines
                if source == "lua" and args[0].upper() in ("HSET", "RPUSH")}
-    assert {("HSET", event_key(evt["id"])), ("HSET", MESSAGES_KEY),
+    assert {("HSET", event_key(evt["id"], "client:c1")), ("HSET", MESSAGES_KEY),
             ("RPUSH", QUEUE_KEY)} <= written
 
 
@@ -172,7 +174,7 @@ def test_each_event_answered_202_is_there_with_its_message_after_a_redis_crash(
         durable.kill()  # no shutdown, no save: only what the append-only file holds
         durable.start()
         assert sorted(m["args"][0] for m in queued(client)) == sorted(ids)
-        assert all(client.exists(event_key(i)) for i in ids)
+        assert all(stored_event_key(client, i) for i in ids)
     finally:
         broker.close()
         client.close()
@@ -240,11 +242,12 @@ def test_redis_dying_under_a_request_is_503_with_retry_after_and_nothing_written
 def test_a_message_is_written_with_its_event_only_when_it_has_a_subject():
     message = broker_message(NAMESPACE, EVENTS_QUEUE, APPLY_EVENT, "evt-1")
     now = datetime.now(UTC)
-    keys, args = store_event_call("evt-1", b"{}", now, "client:c1", now, message)
+    shards = ShardKeys()
+    keys, args = store_event_call(shards, "evt-1", b"{}", now, "client:c1", now, message)
     assert keys[3:] == [QUEUE_KEY, MESSAGES_KEY]
     assert args[6:] == [message.redis_message_id, message.data]
     with pytest.raises(ValueError, match="only with its subject"):
-        store_event_call("evt-1", b"{}", now, None, None, message)
+        store_event_call(shards, "evt-1", b"{}", now, None, None, message)
 
 
 def test_no_middleware_of_the_broker_hooks_enqueue(redis_url):

@@ -114,7 +114,7 @@ def test_one_planned_as_ended_is_recorded_as_it_ended(store):
 
 
 def test_an_opt_out_is_recorded_once_with_the_clients_not_the_number(store):
-    store.redis.sadd("n:phone-clients:+14155550123", "c2", "c1")
+    store.redis.sadd(store.keys.phone_clients(0, "+14155550123"), "c2", "c1")
     assert store.set_sms_opt_out("+14155550123", True, "carrier", "21610")
     assert not store.set_sms_opt_out("+14155550123", True)  # already: nothing new
     assert store.set_sms_opt_out("+14155550123", False)

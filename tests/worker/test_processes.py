@@ -17,7 +17,6 @@ import pytest
 
 from notifier.config import PROJECT_ROOT
 from notifier.intake.events import parse_event
-from notifier.ledger.events import PENDING_EVENTS
 from notifier.ledger.store import Store
 from notifier.policy.ordering import subject_ref
 from notifier.webhooks.endpoints import load_endpoints
@@ -25,6 +24,7 @@ from notifier.webhooks.outbox import WebhookOutbox
 from notifier.worker.actors import build_broker, enqueue_apply
 from notifier.worker.processes import default_processes
 from tests.kit import appointment, client_upserted, daytime_zone, store_and_apply
+from tests.ledger_keys import pending_events
 from tests.service import service_env, wait_for
 from tests.webhooks.receiver import WebhookReceiver
 
@@ -94,7 +94,7 @@ def test_each_process_consumes_and_sigterm_stops_them_all(redis_client, redis_ur
         store.store_event(event.id, raw, now, subject=subject_ref(event),
                           occurred_at=event.occurred_at)
         enqueue_apply(broker, event.id)
-    wait_for(lambda: redis_client.zcard(PENDING_EVENTS) == 0, timeout_s=30,
+    wait_for(lambda: pending_events(redis_client) == [], timeout_s=30,
              what="every event applied")
 
     def consumers() -> set[bytes]:  # the test's own broker beats as it enqueues

@@ -3,9 +3,13 @@
 -- dramatiq message that applies it, written as dramatiq's RedisBroker writes an enqueue
 -- (its dispatch.lua, command `enqueue`), so the event and its message are one write.
 --
--- KEYS[1]     n:event:{id}
--- KEYS[2]     n:events:pending             accepted, unapplied events by arrival
--- KEYS[3]     n:subject-queue:{ref}        (optional) the subject's queue
+-- KEYS[1..3] are in the subject's shard s (without a subject, the shard of the id);
+-- KEYS[4..5] only when the broker is on the ledger's one Redis (never on a cluster, whose
+-- broker is apart: `notifier.worker.queueing`).
+--
+-- KEYS[1]     n:{s}:event:{id}
+-- KEYS[2]     n:{s}:events:pending         the shard's accepted, unapplied events by arrival
+-- KEYS[3]     n:{s}:subject-queue:{ref}    (optional) the subject's queue
 -- KEYS[4]     (optional, with KEYS[3]) dramatiq's queue: `{namespace}:{queue}`, a list
 -- KEYS[5]     (with KEYS[4]) its messages: `{namespace}:{queue}.msgs`, a hash
 --

@@ -4,8 +4,8 @@
 -- key's time to live, because a worker resuming it now would find the turn taken and
 -- nothing would resume it later. The others are taken off the set and returned.
 --
--- KEYS[1]     n:turns
--- KEYS[2..]   n:turn:{ref} of each candidate
+-- KEYS[1]     n:{s}:turns                  the shard's taken turns
+-- KEYS[2..]   n:{s}:turn:{ref} of each candidate (all of shard s)
 --
 -- ARGV[1]     now, epoch seconds
 -- ARGV[2..]   each candidate's ref, in the order of KEYS[2..]

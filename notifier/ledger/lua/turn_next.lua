@@ -1,9 +1,9 @@
 -- The next event of the holder's turn (its queue member), renewing the lease; with the
 -- queue empty the turn is given back.
 --
--- KEYS[1]     n:turn:{ref}
--- KEYS[2]     n:subject-queue:{ref}        the subject's unapplied events
--- KEYS[3]     n:turns
+-- KEYS[1]     n:{s}:turn:{ref}             (s: the subject's shard)
+-- KEYS[2]     n:{s}:subject-queue:{ref}      the subject's unapplied events
+-- KEYS[3]     n:{s}:turns
 --
 -- ARGV[1]     the caller's token
 -- ARGV[2]     the lease, milliseconds

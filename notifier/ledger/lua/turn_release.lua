@@ -1,8 +1,8 @@
 -- Give the turn back whatever is queued (the caller failed; its retry or the sweep takes
 -- the turn again).
 --
--- KEYS[1]     n:turn:{ref}
--- KEYS[2]     n:turns
+-- KEYS[1]     n:{s}:turn:{ref}             (s: the subject's shard)
+-- KEYS[2]     n:{s}:turns
 --
 -- ARGV[1]     the caller's token
 -- ARGV[2]     the subject's ref

@@ -1,7 +1,7 @@
 -- Take a subject's turn unless another worker has it.
 --
--- KEYS[1]     n:turn:{ref}                 the token of the turn's holder
--- KEYS[2]     n:turns                      subjects whose turn is taken, by lease end
+-- KEYS[1]     n:{s}:turn:{ref}               the token of the turn's holder
+-- KEYS[2]     n:{s}:turns                    subjects whose turn is taken, by lease end
 --
 -- ARGV[1]     the caller's token
 -- ARGV[2]     the lease, milliseconds
