@@ -128,4 +128,4 @@ class TurnLost(StoreError):
 class CrossSlot(StoreError):
     """Keys that one command or Lua script takes together hash to more than one Redis
     Cluster slot, which a cluster refuses (`CROSSSLOT`); the message names each key and its
-    slot. Raised by `notifier.ledger.slots.assert_one_slot`."""
+    slot. Raised by `notifier.ledger.cluster.slots.assert_one_slot`."""

@@ -17,7 +17,7 @@ every reply of the node that failed, the other nodes' replies stand) and `StoreE
 Redis refused that command (a script error, `WRONGTYPE`; `CrossSlot` for every reply when a
 command's keys are in several cluster slots, nothing sent). `run()` itself never raises.
 
-On a cluster (`notifier.ledger.cluster_client`) the pipeline is a `SpreadPipeline`: the
+On a cluster (`notifier.ledger.cluster.client`) the pipeline is a `SpreadPipeline`: the
 commands are grouped per node and every node is sent its group before any reply is read,
 still one round trip.
 """

@@ -47,7 +47,7 @@ from redis.exceptions import (
 from notifier.errors import StoreError, StoreUnavailable
 
 if TYPE_CHECKING:
-    from notifier.ledger.cluster_client import LedgerCluster
+    from notifier.ledger.cluster.client import LedgerCluster
 
 #: Redis errors that mean "not now": the command may succeed later, unchanged.
 UNAVAILABLE: tuple[type[redis.RedisError], ...] = (
@@ -88,7 +88,7 @@ class LedgerPipeline(redis.client.Pipeline):
 
     def _translated(self) -> AbstractContextManager[None]:
         """Where redis-py's errors become the ledger's: `store_errors()` here; a cluster
-        node's transaction (`notifier.ledger.cluster_pipelines`) also reads redirections."""
+        node's transaction (`notifier.ledger.cluster.pipelines`) also reads redirections."""
         return store_errors()
 
     def load_scripts(self) -> None:
@@ -198,7 +198,7 @@ def ledger_client(client: redis.Redis | RedisCluster) -> LedgerRedis | LedgerClu
         return client
     if isinstance(client, RedisCluster):
         # Imported here: the cluster modules build on this one.
-        from notifier.ledger.cluster_client import LedgerCluster
+        from notifier.ledger.cluster.client import LedgerCluster
 
         return LedgerCluster.adopt(client)
     return LedgerRedis(connection_pool=client.connection_pool)

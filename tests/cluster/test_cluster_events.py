@@ -25,7 +25,7 @@ from redis.cluster import RedisCluster
 from notifier.errors import CrossSlot
 from notifier.intake.apply import apply_in_turn, apply_stored_event
 from notifier.intake.events import parse_event
-from notifier.ledger.cluster_server import LocalCluster
+from notifier.ledger.cluster.server import LocalCluster
 from notifier.ledger.records import (
     AppointmentRecord,
     ClientRecord,

@@ -16,7 +16,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from notifier.console.audit import AUDIT_STREAM, AuditLog
-from notifier.ledger.cluster_server import LocalCluster
+from notifier.ledger.cluster.server import LocalCluster
 from notifier.ledger.store import Store
 from notifier.policy.plan import Plan, PlannedNotification
 

@@ -9,7 +9,7 @@ import redis
 from redis.crc import key_slot
 from redis.exceptions import MovedError
 
-from notifier.ledger.cluster_server import (
+from notifier.ledger.cluster.server import (
     SLOTS,
     ClusterNotReady,
     LocalCluster,

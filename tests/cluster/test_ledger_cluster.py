@@ -23,9 +23,9 @@ from redis.retry import Retry
 from notifier.errors import CrossSlot, StoreError, StoreUnavailable
 from notifier.ledger.batch import Batch
 from notifier.ledger.client import LedgerRedis, ledger_client
-from notifier.ledger.cluster_client import LedgerCluster
-from notifier.ledger.cluster_pipelines import ClusterTransaction, SpreadPipeline
-from notifier.ledger.cluster_server import LocalCluster
+from notifier.ledger.cluster.client import LedgerCluster
+from notifier.ledger.cluster.pipelines import ClusterTransaction, SpreadPipeline
+from notifier.ledger.cluster.server import LocalCluster
 from notifier.ledger.lua import lua_source
 from tests.cluster.conftest import TIMEOUT_S
 

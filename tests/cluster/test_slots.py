@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from notifier.errors import CrossSlot, StoreError
-from notifier.ledger.slots import assert_one_slot, key_slot
+from notifier.ledger.cluster.slots import assert_one_slot, key_slot
 
 #: Keys with braces in every position (tags, empty tags, unclosed ones), and non-ASCII text.
 KEYS = st.text(alphabet=st.sampled_from("ab:{}é😀\x00 "), max_size=24) | st.text(max_size=24)

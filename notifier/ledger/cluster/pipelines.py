@@ -54,7 +54,7 @@ from redis.exceptions import AskError, MovedError, TryAgainError
 
 from notifier.errors import StoreUnavailable
 from notifier.ledger.client import LedgerPipeline, store_errors
-from notifier.ledger.cluster_routing import (
+from notifier.ledger.cluster.routing import (
     Redirected,
     cluster_errors,
     command_keys,

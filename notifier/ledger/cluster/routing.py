@@ -14,7 +14,7 @@ The cluster's own errors, as the ledger speaks them (`cluster_errors`):
   serves) and `ClusterError` (redis-py gave up after following `MOVED` 16 times):
   `StoreUnavailable`;
 - `MOVED`, `ASK` and `TRYAGAIN` replies to the ledger's own pipelines: `Redirected`, which
-  the pipelines follow (`notifier.ledger.cluster_pipelines`), never seen above them;
+  the pipelines follow (`notifier.ledger.cluster.pipelines`), never seen above them;
 - a connection that fails: the slot map is read again (a failover may have given the
   slots to another node), then the error goes on to `store_errors()` (`StoreUnavailable`).
 """

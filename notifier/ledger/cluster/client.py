@@ -11,10 +11,10 @@ unchanged as long as each transaction and each script names keys of one slot.
   redis-py splits them, in one round trip too.
 - `pipeline()` is a `ClusterTransaction` (on the node of its slot) and
   `pipeline(transaction=False)` a `SpreadPipeline` (grouped per node): see
-  `notifier.ledger.cluster_pipelines`.
+  `notifier.ledger.cluster.pipelines`.
 - Errors: as `LedgerRedis`'s (`store_errors()`), and `StoreUnavailable` when no node
   answers with a slot map, a slot has no node, or `MOVED` keeps coming
-  (`notifier.ledger.cluster_routing`).
+  (`notifier.ledger.cluster.routing`).
 
 The service does not use it yet: `notifier.config` refuses a cluster URL.
 """
@@ -27,8 +27,8 @@ from redis.cluster import RedisCluster
 
 from notifier.errors import StoreUnavailable
 from notifier.ledger.client import store_errors
-from notifier.ledger.cluster_pipelines import ClusterTransaction, SpreadPipeline
-from notifier.ledger.cluster_routing import Redirected, cluster_errors, command_keys, slot_of
+from notifier.ledger.cluster.pipelines import ClusterTransaction, SpreadPipeline
+from notifier.ledger.cluster.routing import Redirected, cluster_errors, command_keys, slot_of
 
 
 class LedgerCluster(RedisCluster):
