@@ -13,9 +13,16 @@ import pytest
 from chaos.__main__ import DEFAULT_SEED, details
 from chaos.experiments import EXPERIMENTS
 
+#: Left out of `make test` (its own target, `make test-chaos-providers`, and `make chaos`
+#: at full size): 66 s alone, most of it the SDK's 10 s timeouts and the wait for a lost
+#: answer's report, which kept the whole suite near its 10 minutes (issue 17 session).
+LONG = {"providers"}
+
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(EXPERIMENTS))
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=[pytest.mark.chaos_long] if name in LONG else [])
+    for name in EXPERIMENTS])
 def test_the_service_keeps_its_promises_under(name: str, tmp_path: Path) -> None:
     row = EXPERIMENTS[name](DEFAULT_SEED, True, tmp_path)
 
