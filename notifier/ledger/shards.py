@@ -338,11 +338,46 @@ def share_out(counts: Iterable[tuple[int, int]], budget: int) -> list[tuple[int,
     return takes
 
 
+#: Keys only a ledger written before shards holds (their families moved under a shard's
+#: tag): a Redis with any of them is refused, not read as empty (`check_shards`).
+PRE_SHARD_KEYS = ("n:schedule", "n:inflight", "n:events:pending", "n:wh:outbox")
+PRE_SHARD_PREFIXES = ("n:notif:", "n:event:", "n:rec:", "n:by-entity:", "n:by-recipient:")
+#: How many keys `check_shards` looks at for them: a ledger that held anything has records
+#: (never expired), so one is found in the first pages of a SCAN.
+PRE_SHARD_SCAN = 100_000
+
+
+def pre_shard_keys(client: Any, limit: int = PRE_SHARD_SCAN) -> list[str]:
+    """Keys (at most a few) of a ledger written before shards, among the first `limit`
+    keys of a SCAN and `PRE_SHARD_KEYS`; [] for none."""
+    with client.pipeline(transaction=False) as pipe:
+        for key in PRE_SHARD_KEYS:
+            pipe.exists(key)
+        found = [k for k, n in zip(PRE_SHARD_KEYS, pipe.execute(), strict=True) if n]
+    for i, key in enumerate(client.scan_iter(match="n:[a-z]*", count=1000)):
+        if i >= limit or len(found) >= 3:
+            break
+        text = key.decode() if isinstance(key, bytes) else str(key)
+        if text.startswith(PRE_SHARD_PREFIXES):
+            found.append(text)
+    return found
+
+
 def check_shards(client: Any, shards: int) -> int:
     """At start-up: record `shards` as the ledger's count if none is (SET NX on
     `SHARDS_KEY`), and refuse one that differs from the count recorded. Returns the
-    count. Raises ConfigError naming both counts; the ledger's errors as its client
-    raises them (`StoreUnavailable`)."""
+    count. The first time (no count recorded), also refuse a Redis holding a ledger
+    written before shards (`pre_shard_keys`): this version would read it as empty, so
+    events posted again would send what was sent, and the reminders it holds would never
+    go. Raises ConfigError naming both counts, or the old keys found; the ledger's errors
+    as its client raises them (`StoreUnavailable`)."""
+    if client.get(SHARDS_KEY) is None:
+        old = pre_shard_keys(client)
+        if old:
+            raise ConfigError(
+                f"this Redis holds a ledger written before shards ({', '.join(old)}), "
+                "which this version does not read (nothing is migrated; issue 17): start "
+                "on an empty Redis (for `notifier dev`, remove var/redis/)")
     with client.pipeline(transaction=False) as pipe:
         pipe.set(SHARDS_KEY, shards, nx=True)
         pipe.get(SHARDS_KEY)

@@ -173,6 +173,27 @@ def test_the_count_is_recorded_once_and_another_is_refused(redis_client):
     assert ledger_keys(redis_client).count == 4
 
 
+@pytest.mark.parametrize("old", [
+    ("zadd", "n:schedule", {"appointment_reminder:appt-1:72h.20270315T150000Z:sms": 1.8e9}),
+    ("hset", "n:notif:appointment_confirmation:appt-1:booked:sms", "state", "sent"),
+    ("set", "n:rec:client:client-1", "{}"),
+], ids=["schedule", "notification", "record"])
+def test_a_ledger_written_before_shards_is_refused_not_read_as_empty(redis_client, old):
+    """QA (issue 17): a Redis the version before shards wrote (`make run`'s var/redis/)
+    was read as empty, so posting its events again sent their confirmations again and the
+    reminders it held never went. The first start refuses it, naming what it found, and
+    records no count; a Redis with only new keys starts."""
+    command, *args = old
+    getattr(redis_client, command)(*args)
+    with pytest.raises(ConfigError, match=f"written before shards .*{args[0]}"):
+        check_shards(redis_client, 16)
+    assert redis_client.get(SHARDS_KEY) is None
+    redis_client.delete(args[0])
+    redis_client.set("n:{3}:rec:client:client-1", "{}")
+    redis_client.set("n:rate:sms:+14155550100", "1")  # a family that did not move
+    assert check_shards(redis_client, 16) == 16
+
+
 def test_a_process_started_with_another_count_refuses_to_start(redis_url, redis_client,
                                                                tmp_path):
     from pathlib import Path
