@@ -922,3 +922,21 @@ def test_notifications_of_a_client_with_none_in_the_window_says_so(redis_url, re
     assert listed.returncode == 0, listed.stderr
     assert listed.stdout.startswith("c-quiet: 0 notifications due from 30 days ago on")
     assert len(listed.stdout.splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_output_piped_into_a_reader_that_stops_early_ends_quietly(tmp_path):
+    """QA (issue 17 session): `notifier … | head` ended with "unexpected error:
+    BrokenPipeError" on stderr and exit 1. A reader that is gone before the first line
+    (`true`) makes every write fail: exit 141 (as a shell shows a SIGPIPE), stderr
+    empty."""
+    reader = subprocess.Popen(["true"], stdin=subprocess.PIPE)
+    reader.wait(timeout=30)
+    writer = subprocess.run(
+        [sys.executable, "-m", "notifier", "preview", "--all"], stdin=subprocess.DEVNULL,
+        stdout=reader.stdin, stderr=subprocess.PIPE, cwd=PROJECT_ROOT, timeout=120,
+        env={**os.environ, "NOTIFIER_VAR_DIR": str(tmp_path / "var")})
+    assert reader.stdin is not None
+    reader.stdin.close()
+    assert writer.returncode == 141, writer.stderr
+    assert writer.stderr == b""

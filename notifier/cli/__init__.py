@@ -177,6 +177,11 @@ def main(argv: list[str] | None = None) -> None:
         _fail(str(exc))
     except KeyboardInterrupt:
         sys.exit(130)  # Ctrl-C: the shell's convention, and no traceback for it
+    except BrokenPipeError:
+        # The reader went away (`notifier notifications c1 | head`): what it took was
+        # printed. Python's advice: point stdout at devnull so the exit's flush is quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)  # 128 + SIGPIPE, as a shell reports a command killed by it
     except Exception as exc:
         # A newcomer needs one line; whoever debugs asks for DEBUG and gets the traceback.
         if debug:
