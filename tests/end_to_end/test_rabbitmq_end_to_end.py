@@ -13,7 +13,6 @@ so the redelivery the Redis test stages by hand happens here by itself.
 
 from __future__ import annotations
 
-import signal
 import subprocess
 from collections import Counter
 from collections.abc import Iterator
@@ -25,7 +24,13 @@ import pytest
 from notifier.config import PROJECT_ROOT
 from tests.end_to_end.test_end_to_end import onboard
 from tests.end_to_end.test_provider_end_to_end import ids_sent, provider_env
-from tests.end_to_end.test_worker_crash import BOOKINGS, claimed_bookings, start_worker
+from tests.end_to_end.test_worker_crash import (
+    BOOKINGS,
+    claimed_bookings,
+    kill_mid_stream,
+    start_worker,
+    stop_workers,
+)
 from tests.fakes import FakeSendGrid, FakeTwilio
 from tests.kit import appointment, daytime_zone, prescription_filled
 from tests.service import Service, wait_for
@@ -101,11 +106,7 @@ def test_sigkilled_worker_on_rabbitmq_loses_nothing_and_sends_nothing_twice(
         # The clock claims everything due and enqueues it on RabbitMQ while no worker runs.
         expected = claimed_bookings(service, BOOKINGS)
         workers.append(start_worker(service, PROJECT_ROOT))
-        wait_for(lambda: len(service.sent()) >= 40, timeout_s=30, what="the first sends")
-        workers[0].send_signal(signal.SIGKILL)
-        workers[0].wait(timeout=10)
-        sent_at_kill = len(service.sent())
-        assert sent_at_kill < len(expected), "the kill came too late to interrupt anything"
+        sent_at_kill = kill_mid_stream(service, workers[0], expected)
 
         workers.append(start_worker(service, PROJECT_ROOT))
         service.sent_exactly_once(expected)
@@ -114,8 +115,5 @@ def test_sigkilled_worker_on_rabbitmq_loses_nothing_and_sends_nothing_twice(
         assert redis_client.keys("notifier-dq*") == [], "a message went through Redis"
         print(f"sent before the kill: {sent_at_kill} of {len(expected)}")
     finally:
-        for worker in workers:
-            if worker.poll() is None:
-                worker.terminate()
-                worker.wait(timeout=10)
+        stop_workers(workers)
         service.close()

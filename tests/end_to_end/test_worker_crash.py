@@ -49,6 +49,26 @@ def claimed_bookings(service: Service, bookings: int) -> set[str]:
     return expected
 
 
+def kill_mid_stream(service: Service, worker: subprocess.Popen[bytes],
+                    expected: set[str]) -> int:
+    """SIGKILL `worker` once 40 messages left: some sent, some being sent, the rest claimed
+    and waiting. Returns how many had been sent then (fewer than `expected`)."""
+    wait_for(lambda: len(service.sent()) >= 40, timeout_s=30, what="the first sends")
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(timeout=10)
+    sent_at_kill = len(service.sent())
+    assert sent_at_kill < len(expected), "the kill came too late to interrupt anything"
+    return sent_at_kill
+
+
+def stop_workers(workers: list[subprocess.Popen[bytes]]) -> None:
+    """Terminate the workers still running, and wait for each."""
+    for worker in workers:
+        if worker.poll() is None:
+            worker.terminate()
+            worker.wait(timeout=10)
+
+
 def test_sigkilled_worker_loses_nothing_and_sends_nothing_twice(redis_client, redis_url,
                                                                 tmp_path):
     service = Service(redis_url, tmp_path, lease_s=2, with_worker=False)
@@ -59,12 +79,7 @@ def test_sigkilled_worker_loses_nothing_and_sends_nothing_twice(redis_client, re
         store = service.runtime.store
 
         workers.append(start_worker(service, PROJECT_ROOT))
-        # Kill it mid-stream: some sent, some being sent, the rest claimed and waiting.
-        wait_for(lambda: len(service.sent()) >= 40, timeout_s=30, what="the first sends")
-        workers[0].send_signal(signal.SIGKILL)
-        workers[0].wait(timeout=10)
-        sent_at_kill = len(service.sent())
-        assert sent_at_kill < len(expected), "the kill came too late to interrupt anything"
+        sent_at_kill = kill_mid_stream(service, workers[0], expected)
 
         workers.append(start_worker(service, PROJECT_ROOT))
         counts = service.sent_exactly_once(expected)
@@ -81,8 +96,5 @@ def test_sigkilled_worker_loses_nothing_and_sends_nothing_twice(redis_client, re
         assert Counter(m["dedupe_key"] for m in service.sent()) == counts
         print(f"sent before the kill: {sent_at_kill} of {len(expected)}")
     finally:
-        for worker in workers:
-            if worker.poll() is None:
-                worker.terminate()
-                worker.wait(timeout=10)
+        stop_workers(workers)
         service.close()

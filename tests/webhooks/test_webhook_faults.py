@@ -30,7 +30,7 @@ from tests.end_to_end.test_provider_end_to_end import (  # the Twilio/SendGrid s
     signed_twilio,
     state,
 )
-from tests.end_to_end.test_worker_crash import start_worker
+from tests.end_to_end.test_worker_crash import start_worker, stop_workers
 from tests.kit import appointment, client_upserted, daytime_zone, provider_upserted
 from tests.ledger_keys import outbox_waiting
 from tests.service import Service, wait_for
@@ -401,8 +401,5 @@ def test_a_worker_sigkilled_mid_send_loses_no_message_and_sends_each_under_one_i
         assert set(ids(requests)) == made
         print(f"{len(changes)} changes announced in {len(requests)} requests")
     finally:
-        for worker in workers:
-            if worker.poll() is None:
-                worker.terminate()
-                worker.wait(timeout=10)
+        stop_workers(workers)
         service.close()
