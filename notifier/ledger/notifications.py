@@ -259,7 +259,12 @@ class Schedule:
         one id), given its share of the room. Each call starts one shard further, so a
         backlog held back by the cap is taken from every shard in turn. The cap is
         counted before the claims: clocks claiming other shards at the same moment can
-        take it past by what they claim."""
+        take it past by what they claim.
+
+        On a cluster a master that does not answer fails only its shards' counts: such a
+        shard is counted as nothing due and nothing in flight (the cap bounds the work
+        handed out, it guarantees nothing), so the other masters' shards are claimed as
+        usual. Raises `StoreUnavailable` or `StoreError` when a claim script fails."""
         held = list(self.keys.all() if shards is None else shards)
         if not held or limit <= 0:
             return []
@@ -268,9 +273,10 @@ class Schedule:
                 pipe.zcount(self.keys.schedule(shard), "-inf", epoch(now))
             for shard in self.keys.all():
                 pipe.zcard(self.keys.inflight(shard))
-            replies = pipe.execute()
-        due = dict(zip(held, (int(r) for r in replies[:len(held)]), strict=True))
-        inflight = [int(r) for r in replies[len(held):]]
+            replies = [0 if isinstance(r, Exception) else int(r)
+                       for r in pipe.execute(raise_on_error=False)]
+        due = dict(zip(held, replies[:len(held)], strict=True))
+        inflight = replies[len(held):]
         budget = min(limit, max_inflight - sum(inflight))
         start = self._claim_turn % len(held)
         self._claim_turn += 1

@@ -62,20 +62,35 @@ class ShardLeases:
     def renew(self) -> list[int]:
         """Beat, renew what is held, give up what is past the fair share, take free
         shards up to it; returns the shards held now, ascending. One round trip, two
-        when shards change hands."""
+        when shards change hands.
+
+        On a cluster a master that does not answer fails only its own shards' commands:
+        those shards are neither held nor taken until it answers again (a lease this
+        clock held there is still its own then, until it expires, and `take` renews it),
+        so the clock goes on claiming the other shards, and takes them back once they answer.
+        Raises `StoreUnavailable` or
+        `StoreError` when the heartbeat fails (without the count of live clocks there is
+        no fair share), and when one Redis holds everything and does not answer."""
         with self.redis.pipeline(transaction=False) as pipe:
             self._beat(keys=[CLOCKS], args=[self.token, self.lease_ms], client=pipe)
             for shard in self.held:
                 self._call(pipe, shard, "keep")
             for shard in self.keys.all():
                 pipe.get(self.keys.clock_lease(shard))
-            replies = pipe.execute()
+            replies = pipe.execute(raise_on_error=False)
+        if isinstance(replies[0], Exception):
+            raise replies[0]
         live, kept = int(replies[0]), replies[1:1 + len(self.held)]
         holders = replies[1 + len(self.held):]
-        held = [s for s, ok in zip(self.held, kept, strict=True) if int(ok)]
+        unreachable = {s for s, holder in enumerate(holders) if isinstance(holder, Exception)}
+        held = [s for s, ok in zip(self.held, kept, strict=True)
+                if not isinstance(ok, Exception) and int(ok)]
         fair = math.ceil(self.keys.count / max(1, live))
         release, held = held[fair:], held[:fair]
-        free = [s for s, holder in enumerate(holders) if holder is None]
+        # A lease still this clock's but not held: kept on a master that did not answer
+        # at the last renewal and is back (its lease not yet expired). `take` renews it.
+        free = [s for s, holder in enumerate(holders)
+                if holder is None or (holder == self.token.encode() and s not in held)]
         take = self.rng.sample(free, min(len(free), fair - len(held)))
         if release or take:
             with self.redis.pipeline(transaction=False) as pipe:
@@ -83,11 +98,14 @@ class ShardLeases:
                     self._call(pipe, shard, "release")
                 for shard in take:
                     self._call(pipe, shard, "take")
-                taken = pipe.execute()[len(release):]
-            held += [s for s, ok in zip(take, taken, strict=True) if int(ok)]
+                taken = pipe.execute(raise_on_error=False)[len(release):]
+            held += [s for s, ok in zip(take, taken, strict=True)
+                     if not isinstance(ok, Exception) and int(ok)]
         if sorted(held) != self.held:
-            log.info("clock %s holds %d of %d shards (%d clocks)", self.token, len(held),
-                     self.keys.count, live)
+            log.info("clock %s holds %d of %d shards (%d clocks)%s", self.token, len(held),
+                     self.keys.count, live,
+                     f"; {len(unreachable)} shards unreachable: {sorted(unreachable)}"
+                     if unreachable else "")
         self.held = sorted(held)
         return self.held
 

@@ -1,0 +1,88 @@
+"""The clock's shard leases and claims with one master of the 3-master cluster killed (no
+replicas: its shards have no server): the shards of the other masters are still held and
+claimed, the dead master's are skipped, and taken back when it returns; losing the
+master of the heartbeat set (`n:clocks`) stops the clock's renewal, which says so.
+The end-to-end run of the same: `tests/end_to_end/test_cluster_end_to_end.py`."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import redis
+from redis.cluster import RedisCluster
+from redis.crc import key_slot
+
+from notifier.errors import StoreUnavailable
+from notifier.ledger.cluster.server import LocalCluster
+from notifier.ledger.shard_leases import CLOCKS, ShardLeases
+from notifier.ledger.store import Store
+from tests.ledger_keys import put_on_schedule
+
+NOW = datetime.now(UTC)
+
+
+@pytest.fixture
+def store(cluster: LocalCluster, cluster_client: RedisCluster) -> Store:
+    for node in cluster.nodes:
+        with redis.Redis.from_url(node.url) as client:
+            client.flushall()
+    return Store(cluster_client)
+
+
+def shards_on(cluster: LocalCluster, store: Store, master: int) -> set[int]:
+    keys = store.keys
+    return {s for s in keys.all()
+            if cluster.node_of_slot(key_slot(keys.schedule(s).encode())) == master}
+
+
+def a_master_without_the_heartbeat(cluster: LocalCluster) -> int:
+    clocks = cluster.node_of_slot(key_slot(CLOCKS.encode()))
+    return next(i for i in range(len(cluster.nodes)) if i != clocks)
+
+
+def test_leases_skip_a_dead_masters_shards_and_take_them_back(cluster, store, master_back):
+    leases = ShardLeases(store.redis, store.keys)
+    every = list(store.keys.all())
+    assert leases.renew() == every
+    killed = a_master_without_the_heartbeat(cluster)
+    dead = shards_on(cluster, store, killed)
+    assert dead
+    master_back.append(killed)
+    cluster.kill(killed)
+    assert leases.renew() == sorted(set(every) - dead)
+    cluster.restart(killed)
+    # Its leases there are still this clock's (not expired): taken back at once.
+    assert leases.renew() == every
+    assert {store.redis.get(store.keys.clock_lease(s)) for s in dead} == {
+        leases.token.encode()}
+
+
+def test_leases_fail_when_the_heartbeat_sets_master_is_down(cluster, store, master_back):
+    leases = ShardLeases(store.redis, store.keys)
+    assert leases.renew()
+    clocks = cluster.node_of_slot(key_slot(CLOCKS.encode()))
+    master_back.append(clocks)
+    cluster.kill(clocks)
+    with pytest.raises(StoreUnavailable):
+        leases.renew()
+
+
+def test_the_live_masters_shards_are_claimed_while_one_is_down(cluster, store, master_back):
+    keys = store.keys
+    due = {f"appointment_reminder:apt{i}:r1:sms": NOW.timestamp() - 1 for i in range(40)}
+    put_on_schedule(store.redis, due, keys)
+    killed = a_master_without_the_heartbeat(cluster)
+    dead = shards_on(cluster, store, killed)
+    on_dead = {i for i in due if keys.of_notification(i) in dead}
+    assert on_dead and on_dead != set(due)
+    master_back.append(killed)
+    cluster.kill(killed)
+    held = ShardLeases(store.redis, store.keys).renew()
+    # The in-flight count of every shard is read for the cap: the dead ones count none.
+    claimed = store.schedule.claim(NOW, 100, 30, shards=held)
+    assert set(claimed) == set(due) - on_dead
+    # Asked for the dead shards, it finds nothing due there rather than failing.
+    assert store.schedule.claim(NOW, 100, 30, shards=sorted(dead)) == []
+    cluster.restart(killed)
+    assert set(store.schedule.claim(NOW + timedelta(seconds=1), 100, 30)) == on_dead
