@@ -10,11 +10,18 @@ here is read, queued and applied by the worker exactly like one stored there. Th
 passes the event's `apply_event` message along (`ledger.broker_messages`), so the event
 and its message are one script: one round trip and, with `appendfsync always`, one fsync,
 shared by whatever other writes Redis ran in the same pass of its event loop.
+
+On a Redis Cluster the web writes through the ledger's own cluster client instead
+(`ThreadedEventStore`), in a thread so that the loop still never waits: the event's
+script is one shard's, which that client routes to its master and maps to the ledger's
+errors (a master down: `StoreUnavailable`, 503), where redis-py's asyncio cluster client
+would need the same routing and error mapping written again.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+import asyncio
+from datetime import UTC, datetime
 
 import redis
 import redis.asyncio
@@ -23,8 +30,8 @@ from redis.backoff import NoBackoff
 
 from notifier.ledger.broker_messages import BrokerMessage
 from notifier.ledger.client import store_errors
-from notifier.ledger.daily import count_refused
-from notifier.ledger.events import STORE_EVENT_LUA, store_event_call
+from notifier.ledger.daily import REFUSED_KEEP_S, count_refused, refused_key
+from notifier.ledger.events import STORE_EVENT_LUA, Events, store_event_call
 from notifier.ledger.shards import ShardKeys
 
 #: The connection settings an asyncio twin of a synchronous client takes over; the rest of
@@ -101,3 +108,33 @@ class AsyncEventStore:
     async def close(self) -> None:
         """Close the client and every connection of its pool."""
         await self.redis.aclose()
+
+
+class ThreadedEventStore:
+    """`AsyncEventStore`'s calls on a synchronous ledger client (a `LedgerCluster`), each
+    run in a thread of the loop's default executor: the event loop does not wait, a
+    request does, for at most the client's timeouts."""
+
+    def __init__(self, events: Events) -> None:
+        """`events`: the ledger's event store (a `Store`'s `events`), on the cluster."""
+        self.events = events
+
+    async def store_event(self, event_id: str, raw: bytes, now: datetime,
+                          subject: str | None = None, occurred_at: datetime | None = None,
+                          message: BrokerMessage | None = None) -> bool:
+        """As `AsyncEventStore.store_event` (`Events.store_event`, in a thread)."""
+        return await asyncio.to_thread(self.events.store_event, event_id, raw, now,
+                                       subject, occurred_at, message)
+
+    async def count_refused(self, event_type: str, now: datetime) -> None:
+        """As `AsyncEventStore.count_refused`, in a thread; one key, so one master."""
+        def count() -> None:
+            key = refused_key(now.astimezone(UTC).date())
+            with self.events.redis.pipeline(transaction=False) as pipe:
+                pipe.hincrby(key, event_type, 1)
+                pipe.expire(key, REFUSED_KEEP_S)
+                pipe.execute()
+        await asyncio.to_thread(count)
+
+    async def close(self) -> None:
+        """Nothing to close: the client is the ledger's."""

@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry, Counter
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
+from redis.cluster import RedisCluster
 
 from notifier.config import FUTURE_SKEW_S
 from notifier.errors import (
@@ -32,7 +33,7 @@ from notifier.errors import (
     StoreError,
 )
 from notifier.intake.events import EVENT_MODELS, Event, parse_event
-from notifier.ledger.async_events import AsyncEventStore, async_twin
+from notifier.ledger.async_events import AsyncEventStore, ThreadedEventStore, async_twin
 from notifier.ledger.daily import UNREADABLE
 from notifier.ledger.store import Store
 from notifier.policy.ordering import subject_ref
@@ -109,10 +110,13 @@ class EventStores:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncEventStore] \
+        self._by_loop: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, AsyncEventStore | ThreadedEventStore] \
             = weakref.WeakKeyDictionary()
 
-    def _new(self) -> AsyncEventStore:
+    def _new(self) -> AsyncEventStore | ThreadedEventStore:
+        if isinstance(self.store.redis, RedisCluster):
+            return ThreadedEventStore(self.store.events)
         return AsyncEventStore(async_twin(self.store.redis), self.store.keys)
 
     @asynccontextmanager
@@ -127,7 +131,7 @@ class EventStores:
             await events.close()
 
     @asynccontextmanager
-    async def current(self) -> AsyncIterator[AsyncEventStore]:
+    async def current(self) -> AsyncIterator[AsyncEventStore | ThreadedEventStore]:
         events = self._by_loop.get(asyncio.get_running_loop())
         if events is not None:
             yield events
