@@ -12,6 +12,7 @@ below name only the errors of their own.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -109,7 +110,8 @@ class PlanWriter:
 
                     arrived = from_epoch(received) if received else now
                     plan = decide(raw, load, arrived)
-                    before, targets = self.write_targets(plan, pipe, known, shard)
+                    own = self._cancel_elsewhere(plan, shard, now)
+                    before, targets = self.write_targets(own, pipe, known, shard)
                     pipe.multi()
                     if ref and member:
                         pipe.zrem(k.subject_queue(ref), member)
@@ -117,7 +119,7 @@ class PlanWriter:
                     if plan.outcome == "held":
                         hold(pipe, k, event_id, plan, ref, member, occurred, now)
                     else:
-                        self._write_plan(pipe, plan, now, before, targets, shard=shard)
+                        self._write_plan(pipe, own, now, before, targets, shard=shard)
                         settle(pipe, key, plan, now, subject, received, occurred)
                         if plan.outcome == "applied" and ref and held:
                             unhold(pipe, k, ref, held, now)
@@ -127,6 +129,39 @@ class PlanWriter:
                     continue
         raise StoreContention(f"event {event_id}: its keys changed under every one of "
                               f"{MAX_WATCH_TRIES} tries to apply it")
+
+    def _cancel_elsewhere(self, plan: Plan, shard: int, now: datetime) -> Plan:
+        """Cancel the entities `plan` cancels outside the event's `shard`, each in a
+        transaction of its own shard (`write_plan`), and return the rest of the plan: what
+        the event's transaction writes, all in `shard`. Raises `StoreError` (nothing
+        written) when the plan adds a notification outside `shard`: a planner names what
+        it adds after its event's subject (`follow_up:{appointment}:…`), so that every
+        add commits with the event.
+
+        Why a cancel may go first, apart: a refill request is its own entity (its window,
+        its alerts, in its shard) but stops the reminders of its prescription, another
+        entity in another shard, and Redis Cluster takes one slot per transaction. The
+        cancel commits *before* the event's transaction, so a crash between the two
+        leaves the event unapplied: it is applied again (the clock's sweep of unapplied
+        events, `notifier.ledger.events`) and cancels again, which changes nothing more.
+        A cancel ahead of a transaction that then fails under WATCH is planned again on
+        the retry, from the same event. An event applied already is never planned (its
+        status is not `accepted`), so a redelivered message cannot cancel reminders of a
+        later fill. What remains is the moment between the two: a reminder due in the
+        very milliseconds between them may still go out, as it would have a moment
+        before the request arrived. On one Redis the same split runs, so both deployments
+        run the same code (one more round trip for such an event)."""
+        k = self.schedule.keys
+        strays = [n.id for n in plan.add if k.of_notification(n.id) != shard]
+        if strays:
+            raise StoreError(f"a plan adds {', '.join(strays)} outside its event's shard "
+                             f"{shard}: name what an event adds after its subject")
+        elsewhere = [ref for ref in plan.cancel if k.of_ref(ref) != shard]
+        for ref in elsewhere:
+            self.write_plan(Plan(outcome="applied", cancel=(ref,)), now)
+        if not elsewhere:
+            return plan
+        return replace(plan, cancel=tuple(r for r in plan.cancel if r not in elsewhere))
 
     def _watch_event(self, pipe: Any, key: str, turn: tuple[str, str] | None
                      ) -> list[Any]:
