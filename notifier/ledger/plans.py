@@ -226,15 +226,46 @@ class PlanWriter:
 
     def write_plan(self, plan: Plan, now: datetime, audit: AuditWrite | None = None) -> int:
         """Write a plan not tied to an event (a cron job's, an operator's), in one
-        transaction; returns how many of its notifications were added (the others' ids
-        were planned before). `audit`: an operator's entry, appended by the script that
-        adds the plan's first notification when it adds it (`_audit.lua`), so a plan the
-        ledger kept out (planned already) is not audited. An id added to a cancelled
-        entity's index meanwhile writes it again; raises `StoreContention` when that
-        happens `MAX_WATCH_TRIES` times in a row, and `StoreError` for an `audit` with a
-        plan that adds nothing."""
+        transaction per shard it adds in (`_by_shard`); returns how many of its
+        notifications were added (the others' ids were planned before). `audit`: an
+        operator's entry, appended by the script that adds the plan's first notification
+        when it adds it (`_audit.lua`), so a plan the ledger kept out (planned already) is
+        not audited. An id added to a cancelled entity's index meanwhile writes it again;
+        raises `StoreContention` when that happens `MAX_WATCH_TRIES` times in a row, and
+        `StoreError` for an `audit` with a plan that adds nothing or in several shards,
+        and as `_by_shard`."""
         if audit is not None and not plan.add:
             raise StoreError("an audited plan must add a notification: its add is audited")
+        parts = self._by_shard(plan)
+        if len(parts) > 1:
+            if audit is not None:
+                raise StoreError("an audited plan must be one shard's: its first add is "
+                                 "audited")
+            return sum(self._write_one_shard(part, now) for part in parts)
+        return self._write_one_shard(plan, now, audit)
+
+    def _by_shard(self, plan: Plan) -> list[Plan]:
+        """`plan` as one plan per shard of what it adds, when it only adds (a provider
+        digest names every provider, each in its own shard); else `[plan]`, which must be
+        one shard's. Each part is its own transaction: every add is idempotent (its id is
+        its dedupe key), so a part written again after a failure adds only what was
+        missing. Raises `StoreError` for a plan with records, cancels or announcements
+        across shards, which no caller writes and no transaction could."""
+        k = self.schedule.keys
+        shards = ({k.of_notification(n.id) for n in plan.add}
+                  | {k.of_ref(ref) for ref in plan.cancel})
+        if len(shards) <= 1:
+            return [plan]
+        if plan.cancel or plan.records or plan.announce:
+            raise StoreError(f"a plan with records, cancels or announcements must be one "
+                             f"shard's; this one spans shards {sorted(shards)}")
+        return [replace(plan, add=tuple(n for n in plan.add
+                                        if k.of_notification(n.id) == shard))
+                for shard in sorted(shards)]
+
+    def _write_one_shard(self, plan: Plan, now: datetime,
+                         audit: AuditWrite | None = None) -> int:
+        """`write_plan` of one shard's plan, in one transaction."""
         for _ in range(MAX_WATCH_TRIES):
             with self.redis.pipeline() as pipe:
                 try:

@@ -31,8 +31,10 @@ from notifier.ledger.records import (
     ProviderRecord,
 )
 from notifier.ledger.store import Store
+from notifier.policy.digest import digest_id
 from notifier.policy.figures import Policy
 from notifier.policy.ordering import subject_ref
+from notifier.worker.digests import run_provider_digest
 from tests.kit import (
     appointment,
     client_upserted,
@@ -193,3 +195,22 @@ def test_refills_a_denial_and_a_completed_visit_apply_whole_on_the_cluster(store
     assert states["escalation_notice:rr-1:refill_request-window:sms"] == "cancelled"
     for planned in ("visit_required:rr-1:denied:sms", "follow_up:a1:completed:sms"):
         assert states.get(planned) == "scheduled", (planned, states)
+
+
+def test_a_digest_for_providers_on_every_master_is_planned_on_the_cluster(store, policy):
+    """A provider digest's plan names every provider with open items, each in its own
+    shard: written one shard's transaction at a time, each digest once, however often
+    the fire runs."""
+    providers = [f"prov-{i}" for i in range(1, 7)]
+    shards = {store.keys.of_ref(f"provider:{p}") for p in providers}
+    assert len(shards) > 1
+    for i, provider in enumerate(providers):
+        request = {**refill_requested(f"rr-{i}", f"rx-{i}", "c1", NOW - timedelta(hours=1))}
+        request["data"]["request"]["provider_id"] = provider
+        request["id"] = f"evt-open-{i}"
+        for evt in (provider_upserted(provider, NOW - timedelta(hours=2)), request):
+            assert apply_in_turn(store, post(store, evt), policy, lambda: NOW, 30) == 1
+    assert run_provider_digest(store, NOW, None, NOW).planned == len(providers)
+    assert run_provider_digest(store, NOW, None, NOW).planned == 0
+    for provider in providers:
+        assert store.notification(digest_id(provider, NOW))["state"] == "scheduled"

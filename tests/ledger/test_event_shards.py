@@ -17,6 +17,7 @@ import redis
 from notifier.errors import StoreError
 from notifier.intake.apply import apply_in_turn
 from notifier.intake.events import parse_event
+from notifier.ledger.audit_write import AuditWrite
 from notifier.ledger.store import Store
 from notifier.policy.figures import Policy
 from notifier.policy.ordering import subject_ref
@@ -212,3 +213,36 @@ def test_a_plan_that_adds_outside_its_events_shard_is_refused_and_writes_nothing
                                                                  add=(stray,)), NOW)
     assert store.event_status(event_id)["status"] == "accepted"
     assert store.notification(stray.id) == {}
+
+
+def test_a_plan_not_tied_to_an_event_with_records_across_shards_is_refused(store: Store):
+    """Only a plan that just adds is split per shard (a digest of many providers); one
+    with records, cancels or announcements across shards could be no one transaction on
+    a cluster, so it is refused on one Redis as well, before anything is written."""
+    a, b = next((f"a{i}", f"a{i + 1}") for i in range(100)
+                if store.keys.of_ref(f"appointment:a{i}") !=
+                store.keys.of_ref(f"appointment:a{i + 1}"))
+    add = PlannedNotification(
+        id=f"appointment_reminder:{a}:24h:sms", kind="appointment_reminder", channel="sms",
+        recipient="client", recipient_id="c1", entity=f"appointment:{a}",
+        due_at=NOW + timedelta(days=1), expires_at=NOW + timedelta(days=2))
+    with pytest.raises(StoreError, match="must be one shard's"):
+        store.write_plan(Plan(outcome="applied", add=(add,), cancel=(f"appointment:{b}",)),
+                         NOW)
+    assert store.notification(add.id) == {}
+
+
+def test_an_audited_plan_across_shards_is_refused(store: Store):
+    """An operator's entry is appended by the script of the plan's first add: a plan
+    written in several transactions could audit a change that another part never made."""
+    a, b = next((f"a{i}", f"a{i + 1}") for i in range(100)
+                if store.keys.of_ref(f"appointment:a{i}") !=
+                store.keys.of_ref(f"appointment:a{i + 1}"))
+    adds = tuple(PlannedNotification(
+        id=f"appointment_reminder:{x}:24h:sms", kind="appointment_reminder", channel="sms",
+        recipient="client", recipient_id="c1", entity=f"appointment:{x}",
+        due_at=NOW + timedelta(days=1), expires_at=NOW + timedelta(days=2)) for x in (a, b))
+    audit = AuditWrite("n:audit", 0, "ana", "copy", "x", NOW.isoformat())
+    with pytest.raises(StoreError, match="an audited plan must be one shard's"):
+        store.write_plan(Plan(outcome="applied", add=adds), NOW, audit)
+    assert [store.notification(n.id) for n in adds] == [{}, {}]
