@@ -12,6 +12,7 @@ below name only the errors of their own.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -109,7 +110,8 @@ class PlanWriter:
 
                     arrived = from_epoch(received) if received else now
                     plan = decide(raw, load, arrived)
-                    before, targets = self.write_targets(plan, pipe, known, shard)
+                    own = self._cancel_elsewhere(plan, shard, now)
+                    before, targets = self.write_targets(own, pipe, known, shard)
                     pipe.multi()
                     if ref and member:
                         pipe.zrem(k.subject_queue(ref), member)
@@ -117,7 +119,7 @@ class PlanWriter:
                     if plan.outcome == "held":
                         hold(pipe, k, event_id, plan, ref, member, occurred, now)
                     else:
-                        self._write_plan(pipe, plan, now, before, targets, shard=shard)
+                        self._write_plan(pipe, own, now, before, targets, shard=shard)
                         settle(pipe, key, plan, now, subject, received, occurred)
                         if plan.outcome == "applied" and ref and held:
                             unhold(pipe, k, ref, held, now)
@@ -127,6 +129,39 @@ class PlanWriter:
                     continue
         raise StoreContention(f"event {event_id}: its keys changed under every one of "
                               f"{MAX_WATCH_TRIES} tries to apply it")
+
+    def _cancel_elsewhere(self, plan: Plan, shard: int, now: datetime) -> Plan:
+        """Cancel the entities `plan` cancels outside the event's `shard`, each in a
+        transaction of its own shard (`write_plan`), and return the rest of the plan: what
+        the event's transaction writes, all in `shard`. Raises `StoreError` (nothing
+        written) when the plan adds a notification outside `shard`: a planner names what
+        it adds after its event's subject (`follow_up:{appointment}:…`), so that every
+        add commits with the event.
+
+        Why a cancel may go first, apart: a refill request is its own entity (its window,
+        its alerts, in its shard) but stops the reminders of its prescription, another
+        entity in another shard, and Redis Cluster takes one slot per transaction. The
+        cancel commits *before* the event's transaction, so a crash between the two
+        leaves the event unapplied: it is applied again (the clock's sweep of unapplied
+        events, `notifier.ledger.events`) and cancels again, which changes nothing more.
+        A cancel ahead of a transaction that then fails under WATCH is planned again on
+        the retry, from the same event. An event applied already is never planned (its
+        status is not `accepted`), so a redelivered message cannot cancel reminders of a
+        later fill. What remains is the moment between the two: a reminder due in the
+        very milliseconds between them may still go out, as it would have a moment
+        before the request arrived. On one Redis the same split runs, so both deployments
+        run the same code (one more round trip for such an event)."""
+        k = self.schedule.keys
+        strays = [n.id for n in plan.add if k.of_notification(n.id) != shard]
+        if strays:
+            raise StoreError(f"a plan adds {', '.join(strays)} outside its event's shard "
+                             f"{shard}: name what an event adds after its subject")
+        elsewhere = [ref for ref in plan.cancel if k.of_ref(ref) != shard]
+        for ref in elsewhere:
+            self.write_plan(Plan(outcome="applied", cancel=(ref,)), now)
+        if not elsewhere:
+            return plan
+        return replace(plan, cancel=tuple(r for r in plan.cancel if r not in elsewhere))
 
     def _watch_event(self, pipe: Any, key: str, turn: tuple[str, str] | None
                      ) -> list[Any]:
@@ -191,15 +226,46 @@ class PlanWriter:
 
     def write_plan(self, plan: Plan, now: datetime, audit: AuditWrite | None = None) -> int:
         """Write a plan not tied to an event (a cron job's, an operator's), in one
-        transaction; returns how many of its notifications were added (the others' ids
-        were planned before). `audit`: an operator's entry, appended by the script that
-        adds the plan's first notification when it adds it (`_audit.lua`), so a plan the
-        ledger kept out (planned already) is not audited. An id added to a cancelled
-        entity's index meanwhile writes it again; raises `StoreContention` when that
-        happens `MAX_WATCH_TRIES` times in a row, and `StoreError` for an `audit` with a
-        plan that adds nothing."""
+        transaction per shard it adds in (`_by_shard`); returns how many of its
+        notifications were added (the others' ids were planned before). `audit`: an
+        operator's entry, appended by the script that adds the plan's first notification
+        when it adds it (`_audit.lua`), so a plan the ledger kept out (planned already) is
+        not audited. An id added to a cancelled entity's index meanwhile writes it again;
+        raises `StoreContention` when that happens `MAX_WATCH_TRIES` times in a row, and
+        `StoreError` for an `audit` with a plan that adds nothing or in several shards,
+        and as `_by_shard`."""
         if audit is not None and not plan.add:
             raise StoreError("an audited plan must add a notification: its add is audited")
+        parts = self._by_shard(plan)
+        if len(parts) > 1:
+            if audit is not None:
+                raise StoreError("an audited plan must be one shard's: its first add is "
+                                 "audited")
+            return sum(self._write_one_shard(part, now) for part in parts)
+        return self._write_one_shard(plan, now, audit)
+
+    def _by_shard(self, plan: Plan) -> list[Plan]:
+        """`plan` as one plan per shard of what it adds, when it only adds (a provider
+        digest names every provider, each in its own shard); else `[plan]`, which must be
+        one shard's. Each part is its own transaction: every add is idempotent (its id is
+        its dedupe key), so a part written again after a failure adds only what was
+        missing. Raises `StoreError` for a plan with records, cancels or announcements
+        across shards, which no caller writes and no transaction could."""
+        k = self.schedule.keys
+        shards = ({k.of_notification(n.id) for n in plan.add}
+                  | {k.of_ref(ref) for ref in plan.cancel})
+        if len(shards) <= 1:
+            return [plan]
+        if plan.cancel or plan.records or plan.announce:
+            raise StoreError(f"a plan with records, cancels or announcements must be one "
+                             f"shard's; this one spans shards {sorted(shards)}")
+        return [replace(plan, add=tuple(n for n in plan.add
+                                        if k.of_notification(n.id) == shard))
+                for shard in sorted(shards)]
+
+    def _write_one_shard(self, plan: Plan, now: datetime,
+                         audit: AuditWrite | None = None) -> int:
+        """`write_plan` of one shard's plan, in one transaction."""
         for _ in range(MAX_WATCH_TRIES):
             with self.redis.pipeline() as pipe:
                 try:

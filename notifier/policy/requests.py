@@ -123,8 +123,10 @@ def plan_closed(event: Event, state: State, now: datetime, policy: Policy) -> Pl
         if rx is not None:
             params.update(prescription_id=rx.id, runout=runout_day(rx).isoformat(),
                           book_by=book_by_day(rx, policy).isoformat())
+        # Named after the request (`visit_required:{request}:denied:{channel}`), in its
+        # shard with this plan's transaction (docs/cluster.md), not after the client.
         add += visit_required_notices(
-            entity=entity_ref("visitreq", client_id), occasion=f"denied.{existing.id}",
+            entity=entity_ref("visitreq", existing.id), occasion="denied",
             client_id=client_id, due_at=now, expires_at=expires, state=state, policy=policy,
             params=params)
     return Plan(outcome="applied", add=tuple(add), cancel=(ref,), records=records)

@@ -110,8 +110,11 @@ def plan_completed(event: Event, state: State, now: datetime, policy: Policy) ->
         late = ("the visit was reported completed after the follow-up's window had closed"
                 if event.occurred_at >= expires else
                 "the visit's completion was processed after the follow-up's window had closed")
-        add = [for_client(kind="follow_up", entity=entity_ref("followup", appt.client_id),
-                          occasion=appt.id, channel=channel, client_id=appt.client_id,
+        # Named after the visit (`follow_up:{appointment}:completed:{channel}`), not the
+        # client: a notification's shard is its entity's (`notifier.ledger.shards`), and
+        # this plan's transaction is in the appointment's shard (docs/cluster.md).
+        add = [for_client(kind="follow_up", entity=entity_ref("followup", appt.id),
+                          occasion="completed", channel=channel, client_id=appt.client_id,
                           due_at=max(due, now), expires_at=expires, state=state,
                           policy=policy, params={"provider_id": appt.provider_id},
                           too_late=late)

@@ -3,26 +3,24 @@ storing and applying an event is one shard's transaction, through `Store(cluster
 (a `LedgerCluster`, which raises `CrossSlot` before sending anything that mixes slots).
 
 With the notification scripts' keys on shards too (step 6), a booking, its reschedule and
-its cancel apply whole on the cluster. Not yet: a plan that writes about another entity
-than its event's subject, such as a refill request cancelling its prescription's
-reminders in the prescription's shard, which the cluster refuses with a `CrossSlot`
-naming that one key (nothing is written); `test_a_refill_request_...` checks exactly that.
+its cancel apply whole on the cluster; so do the plans that write about another entity
+than their subject: a refill request cancels its prescription's reminders in a
+transaction of the prescription's shard first (`PlanWriter._cancel_elsewhere`), and a
+completed visit's follow-up and a denied refill's visit-required notice are named after
+their event's subject.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from fnmatch import fnmatchcase
 from typing import Any
 
 import pytest
 import redis
 from redis.cluster import RedisCluster
 
-from notifier.errors import CrossSlot
 from notifier.intake.apply import apply_in_turn, apply_stored_event
 from notifier.intake.events import parse_event
 from notifier.ledger.cluster.server import LocalCluster
@@ -33,8 +31,10 @@ from notifier.ledger.records import (
     ProviderRecord,
 )
 from notifier.ledger.store import Store
+from notifier.policy.digest import digest_id
 from notifier.policy.figures import Policy
 from notifier.policy.ordering import subject_ref
+from notifier.worker.digests import run_provider_digest
 from tests.kit import (
     appointment,
     client_upserted,
@@ -45,12 +45,6 @@ from tests.kit import (
 )
 
 NOW = datetime(2026, 12, 1, 15, 0, tzinfo=UTC)
-LISTED = re.compile(r"'([^']+)' in slot (\d+)")
-#: A plan that writes another entity's keys (not a key family): a refill request cancels
-#: its prescription's refill reminders, in the prescription's shard. Left for a later
-#: step (a second transaction, or the check at send time); the test names it so that it
-#: cannot hide another key.
-REFILL_CANCELS_ITS_PRESCRIPTION = ("n:{*}:by-entity:prescription:rx-1",)
 
 
 @pytest.fixture
@@ -173,25 +167,50 @@ def test_a_reschedule_and_a_cancel_apply_whole_on_the_cluster(store, policy, evt
     assert store.event_status(event_id)["status"] == "applied"
 
 
-def test_a_refill_request_crosses_slots_only_on_its_prescriptions_reminders(store, policy):
-    """Not yet one shard (issue 17 goes on): a refill request cancels its prescription's
-    refill reminders, in the prescription's shard. The cluster refuses it with a
-    `CrossSlot` naming, besides its own shard's keys, only that entity index; nothing is
-    written and the event stays accepted in its subject's queue."""
+def test_refills_a_denial_and_a_completed_visit_apply_whole_on_the_cluster(store, policy):
+    """A refill request (in another shard than its prescription) cancels the
+    prescription's scheduled reminders and plans its own window's alerts; a denial asking
+    for a visit plans the visit-required notice in the request's shard; a completed visit
+    plans its follow-up in the appointment's shard. Nothing is refused."""
+    assert shards_apart(store, "refill_request:rr-1", "prescription:rx-1")
     for setup in (client_upserted("c1", "America/New_York", NOW - timedelta(hours=2)),
-                  provider_upserted("prov-1", NOW - timedelta(hours=2))):
-        assert apply_in_turn(store, post(store, setup), policy, lambda: NOW, 30) == 1
-    seed(store, BOOKED, FILLED)
-    evt = refill_requested("rr-1", "rx-1", "c1", NOW - timedelta(minutes=10))
-    event_id = post(store, evt)
-    subject = subject_ref(parse_event(json.dumps(evt).encode()))
-    assert store.keys.of_ref(subject) != store.keys.of_ref("prescription:rx-1")
-    tag = store.keys.tag(store.keys.of_ref(subject))
-    with pytest.raises(CrossSlot) as crossed:
-        apply_in_turn(store, event_id, policy, lambda: NOW, 30)
-    listed = LISTED.findall(str(crossed.value))
-    outside = [key for key, _ in listed if not key.startswith(tag)]
-    assert outside and all(any(fnmatchcase(k, f) for f in REFILL_CANCELS_ITS_PRESCRIPTION)
-                           for k in outside), str(crossed.value)
-    assert store.event_status(event_id)["status"] == "accepted"
-    assert store.turns.heads([subject]) == [event_id]
+                  provider_upserted("prov-1", NOW - timedelta(hours=2)),
+                  prescription_filled("rx-1", "c1", NOW.date() - timedelta(days=20),
+                                      NOW - timedelta(hours=1)),
+                  appointment("appointment.scheduled", "a1", "c1", NOW - timedelta(hours=3),
+                              NOW - timedelta(days=3)),
+                  refill_requested("rr-1", "rx-1", "c1", NOW - timedelta(minutes=10)),
+                  event_dict("refill.denied", {"request_id": "rr-1",
+                                               "reason": "visit_required"},
+                             NOW - timedelta(minutes=5)),
+                  event_dict("appointment.completed", {"appointment_id": "a1"},
+                             NOW - timedelta(minutes=1))):
+        event_id = post(store, setup)
+        assert apply_in_turn(store, event_id, policy, lambda: NOW, 30) == 1, setup["type"]
+        assert store.event_status(event_id)["status"] == "applied", setup["type"]
+    states = {n.id: n.state for n in store.notifications_for("client", "c1")}
+    reminders = {i: s for i, s in states.items() if i.startswith("refill_due:rx-1:")}
+    assert reminders and set(reminders.values()) == {"cancelled"}, states
+    # The request's window notice, planned by the request, cancelled by the denial.
+    assert states["escalation_notice:rr-1:refill_request-window:sms"] == "cancelled"
+    for planned in ("visit_required:rr-1:denied:sms", "follow_up:a1:completed:sms"):
+        assert states.get(planned) == "scheduled", (planned, states)
+
+
+def test_a_digest_for_providers_on_every_master_is_planned_on_the_cluster(store, policy):
+    """A provider digest's plan names every provider with open items, each in its own
+    shard: written one shard's transaction at a time, each digest once, however often
+    the fire runs."""
+    providers = [f"prov-{i}" for i in range(1, 7)]
+    shards = {store.keys.of_ref(f"provider:{p}") for p in providers}
+    assert len(shards) > 1
+    for i, provider in enumerate(providers):
+        request = {**refill_requested(f"rr-{i}", f"rx-{i}", "c1", NOW - timedelta(hours=1))}
+        request["data"]["request"]["provider_id"] = provider
+        request["id"] = f"evt-open-{i}"
+        for evt in (provider_upserted(provider, NOW - timedelta(hours=2)), request):
+            assert apply_in_turn(store, post(store, evt), policy, lambda: NOW, 30) == 1
+    assert run_provider_digest(store, NOW, None, NOW).planned == len(providers)
+    assert run_provider_digest(store, NOW, None, NOW).planned == 0
+    for provider in providers:
+        assert store.notification(digest_id(provider, NOW))["state"] == "scheduled"

@@ -33,7 +33,6 @@ CLIENT = "cl-1"
 PROVIDER = "prov-1"
 RX = "rx-1"
 REF = f"prescription:{RX}"
-VISITREQ = f"visitreq:{CLIENT}"
 CLIENT_SET_AT = datetime(2026, 1, 2, 12, 0, tzinfo=UTC)
 
 

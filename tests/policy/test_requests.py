@@ -363,9 +363,9 @@ def test_refill_denied_with_visit_required_asks_for_a_visit_at_once(policy: Poli
     # Filled 2026-06-10 for 30 days: run-out 07-10, book by 07-08.
     result = opened_ledger(policy).plan(denied(CLOSE_AT, "visit_required"), CLOSE_AT, policy)
     assert_closed(result, REQ_REF, "denied", CLOSE_AT)
-    visitreq = f"visitreq:{CLIENT}"
+    visitreq = f"visitreq:{REQUEST}"  # the request's shard, its event's (docs/cluster.md)
     assert rows(result) == {
-        f"visit_required:{CLIENT}:denied.{REQUEST}:{channel}": (
+        f"visit_required:{REQUEST}:denied:{channel}": (
             "client", CLIENT, visitreq, CLOSE_AT, CLOSE_AT + timedelta(days=14), "scheduled")
         for channel in ("sms", "email")}
     for n in result.add:

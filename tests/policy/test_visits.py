@@ -29,8 +29,7 @@ APPT = "apt-1"
 LATER_APPT = "apt-2"
 REF = f"appointment:{APPT}"
 VISITS_REF = f"visits:{CLIENT}"
-FOLLOWUP = f"followup:{CLIENT}"
-VISITREQ = f"visitreq:{CLIENT}"
+FOLLOWUP = f"followup:{APPT}"
 CLIENT_SET_AT = datetime(2026, 1, 2, 12, 0, tzinfo=UTC)
 
 
@@ -96,8 +95,11 @@ def booked(policy: Policy, zone: str | None = "America/New_York",
 
 def follow_up(due: datetime, expires: datetime, occasion: str = APPT,
               state: str = "scheduled") -> dict[str, Row]:
-    return {f"follow_up:{CLIENT}:{occasion}:{channel}": (
-        "client", CLIENT, FOLLOWUP, due, expires, state) for channel in ("sms", "email")}
+    """The follow-up nudge after appointment `occasion`'s completion: named after the
+    appointment, in its shard (docs/cluster.md)."""
+    return {f"follow_up:{occasion}:completed:{channel}": (
+        "client", CLIENT, f"followup:{occasion}", due, expires, state)
+        for channel in ("sms", "email")}
 
 
 # --- booking ------------------------------------------------------------------------------
