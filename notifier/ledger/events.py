@@ -25,6 +25,12 @@ subject in another shard is stored as a second event (a sender re-using an id fo
 subject); checking every shard at the door would cost another round trip on every event.
 `find_event` then takes the one with the earliest arrival.
 
+On a cluster with a master down, `find_event` reads the shards that answer: an event of
+the other masters' shards is found and applied while it is down (else every event would
+wait for it). An id found in none of them while some did not answer raises
+`StoreUnavailable` (it may be there). The price, only while a master is down and only
+for an id re-used about another subject: the later copy may be taken for the earlier.
+
 An event's `status`: `accepted` (stored, waiting for its subject's turn), `held` (a close
 waiting for its opening event), then `applied`, `stale` or `ignored`, or `rejected` /
 `failed` when it cannot be applied.
@@ -93,17 +99,23 @@ def find_event(client: Any, keys: ShardKeys, event_id: str, *fields: str
     every shard read in one pipeline (see the module's docstring). (None, [None, ...])
     for an unknown id. Of two copies (an id re-used for another subject, or a copy left
     by `Events.queue_event` cut short) the one with a subject and the earliest
-    `received_at` wins."""
+    `received_at` wins. Shards that do not answer (a cluster's master down) are skipped
+    when a copy is found in another; with none found, their error is raised
+    (`StoreUnavailable`, `StoreError`). See the module's docstring."""
     with client.pipeline(transaction=False) as pipe:
         for shard in keys.all():
             pipe.hmget(keys.event(shard, event_id), "status", "subject", "received_at",
                        *fields)
-        found = pipe.execute()
+        found = pipe.execute(raise_on_error=False)
     copies = [(subject is None, float(received or 0), shard, values)
-              for shard, (status, subject, received, *values) in zip(keys.all(), found,
-                                                                      strict=True)
+              for shard, reply in zip(keys.all(), found, strict=True)
+              if not isinstance(reply, Exception)
+              for status, subject, received, *values in (reply,)
               if status is not None]
     if not copies:
+        failed = [reply for reply in found if isinstance(reply, Exception)]
+        if failed:
+            raise failed[0]
         return None, [None] * len(fields)
     _, _, shard, values = min(copies, key=lambda c: c[:3])
     return shard, values

@@ -86,3 +86,40 @@ def test_the_live_masters_shards_are_claimed_while_one_is_down(cluster, store, m
     assert store.schedule.claim(NOW, 100, 30, shards=sorted(dead)) == []
     cluster.restart(killed)
     assert set(store.schedule.claim(NOW + timedelta(seconds=1), 100, 30)) == on_dead
+
+
+def test_a_script_new_to_the_live_masters_runs_while_one_is_down(cluster, store,
+                                                                  master_back):
+    """A script is loaded where it runs (`NOSCRIPT`, then `SCRIPT LOAD`); redis-py loads it
+    on every master, which failed while one was down."""
+    source = f"return redis.call('INCR', KEYS[1]) -- {NOW.timestamp()}"  # new to every node
+    script = store.redis.register_script(source)
+    killed = a_master_without_the_heartbeat(cluster)
+    live_key, dead_key = (next(f"k{i}" for i in range(100)
+                               if (cluster.node_of_slot(key_slot(f"k{i}".encode())) == killed)
+                               is dead) for dead in (False, True))
+    master_back.append(killed)
+    cluster.kill(killed)
+    assert script(keys=[live_key]) == 1
+    with pytest.raises(StoreUnavailable):
+        script(keys=[dead_key])
+    cluster.restart(killed)
+    assert script(keys=[dead_key]) == 1  # loaded there now, on its NOSCRIPT
+
+
+def test_an_event_is_found_by_id_in_the_shards_that_answer(cluster, store, master_back):
+    """A lookup by id alone reads every shard: the live masters' answer is enough to find
+    an event of theirs; an id found nowhere, some shards unread, may be there: raised."""
+    keys = store.keys
+    killed = a_master_without_the_heartbeat(cluster)
+    dead = shards_on(cluster, store, killed)
+    subject = next(f"client:c{i}" for i in range(100) if keys.of_ref(f"client:c{i}")
+                   not in dead)
+    assert store.store_event("evt-live", b"{}", NOW, subject=subject, occurred_at=NOW)
+    master_back.append(killed)
+    cluster.kill(killed)
+    assert store.event_status("evt-live")["status"] == "accepted"
+    with pytest.raises(StoreUnavailable):
+        store.event_status("evt-unknown")
+    cluster.restart(killed)
+    assert store.event_status("evt-unknown") == {}

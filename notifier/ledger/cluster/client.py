@@ -77,6 +77,27 @@ class LedgerCluster(RedisCluster):
             return slot_of(self, keys)
         return super().determine_slot(*args)
 
+    def script_load(self, script: Any) -> str:
+        """`SCRIPT LOAD` on every master that answers; returns the script's SHA1.
+
+        redis-py sends it to every master and fails when one does not answer, which
+        failed every script not yet cached where its keys are (a `Script` loads itself
+        after `NOSCRIPT`) while any master was down, whatever its keys. A master down
+        now loads it when its keys' script is first run there (`NOSCRIPT` again).
+        Raises `StoreUnavailable` when no master answers, `StoreError` when one refuses
+        the script."""
+        loaded: str | None = None
+        unreachable: StoreUnavailable | None = None
+        for node in self.get_primaries():
+            try:
+                loaded = self.execute_command("SCRIPT LOAD", script, target_nodes=node)
+            except StoreUnavailable as exc:
+                unreachable = exc
+        if loaded is None:
+            assert unreachable is not None  # a cluster has at least one master
+            raise unreachable
+        return loaded
+
     def pipeline(self, transaction: bool | None = True, shard_hint: Any = None
                  ) -> ClusterTransaction | SpreadPipeline:
         """A `ClusterTransaction` (MULTI/EXEC on one slot's node), or a `SpreadPipeline`
