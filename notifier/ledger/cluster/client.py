@@ -88,7 +88,7 @@ class LedgerCluster(RedisCluster):
         the script."""
         loaded: str | None = None
         unreachable: StoreUnavailable | None = None
-        for node in self.get_primaries():
+        for node in self.get_primaries():  # type: ignore[no-untyped-call]
             try:
                 loaded = self.execute_command("SCRIPT LOAD", script, target_nodes=node)
             except StoreUnavailable as exc:
