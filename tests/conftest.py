@@ -89,11 +89,16 @@ def master_back(cluster: LocalCluster) -> Iterator[list[int]]:
     after it, so the next test has the whole cluster."""
     touched: list[int] = []
     yield touched
-    for index in touched:
-        if cluster.nodes[index].running():
-            cluster.resume(index)
+    # Every one started before the cluster is waited for: with two down, one restarted
+    # alone would never see the map whole.
+    for index in sorted(set(touched)):
+        node = cluster.nodes[index]
+        if node.running():
+            node.resume()
         else:
-            cluster.restart(index)
+            node.start()
+    if touched:
+        cluster.wait_ready()
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,8 @@ from prometheus_client.utils import floatToGoString
 from pydantic import BaseModel
 from starlette.routing import BaseRoute
 
-from notifier.errors import StoreError
+from notifier.errors import StoreError, StoreUnavailable
+from notifier.ledger.cluster.client import LedgerCluster
 from notifier.ledger.durability import Fsync, fsync_policy
 from notifier.ledger.events import SET_ASIDE_STATUSES
 from notifier.ledger.notifications import FINAL_STATES, SENT_AGAIN
@@ -35,9 +36,12 @@ from notifier.worker.reports import LookupOutcome
 
 
 class HealthAnswer(BaseModel):
-    status: Literal["ok", "unhealthy"]
-    #: "ok" or "unreachable"
-    redis: Literal["ok", "unreachable"]
+    status: Literal["ok", "degraded", "unhealthy"]
+    #: "ok", "unreachable", or on a Redis Cluster "degraded": some masters do not answer
+    redis: Literal["ok", "degraded", "unreachable"]
+    #: on a Redis Cluster, how many masters do not answer (their shards' events are
+    #: refused, 503, and their notifications wait); absent on one Redis
+    redis_masters_down: int | None = None
     #: Redis's fsync policy (`ledger.durability`): always, everysec, no, off, unknown
     redis_fsync: Fsync | None = None
 
@@ -169,8 +173,17 @@ def ops_routes(store: Store, registry: CollectorRegistry) -> APIRouter:
     @router.get("/healthz", response_model=HealthAnswer,
                 responses={503: {"model": HealthAnswer, "description": "Redis unreachable"}})
     def healthz() -> JSONResponse:
+        # On a cluster every master is asked: a PING goes to one node only, and with one
+        # master down the others serve their shards (200, "degraded": the web is still
+        # worth routing to), with all down nothing is served (503).
+        down: tuple[int, int] | None = None
         try:
-            store.redis.ping()
+            if isinstance(store.redis, LedgerCluster):
+                down = store.redis.masters_down()
+                if down[0] == down[1]:
+                    raise StoreUnavailable("no master of the Redis Cluster answers")
+            else:
+                store.redis.ping()
         except StoreError:
             # Not Redis's own words: they name its internal address, and this route needs
             # no token. The web's log has them, from any route that needed Redis.
@@ -180,7 +193,11 @@ def ops_routes(store: Store, registry: CollectorRegistry) -> APIRouter:
             fsync = fsync_policy(store.redis)
         except StoreError:
             fsync = "unknown"  # it went between the two commands; the ping said it was up
-        return JSONResponse({"status": "ok", "redis": "ok", "redis_fsync": fsync})
+        if down is None:
+            return JSONResponse({"status": "ok", "redis": "ok", "redis_fsync": fsync})
+        state = "degraded" if down[0] else "ok"
+        return JSONResponse({"status": state, "redis": state, "redis_masters_down": down[0],
+                             "redis_fsync": fsync})
 
     @router.get("/metrics", response_class=Response, responses={200: {
         "description": "Prometheus text exposition format",

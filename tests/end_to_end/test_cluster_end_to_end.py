@@ -246,10 +246,11 @@ def test_a_killed_master_delays_only_its_shards_and_loses_nothing_it_acknowledge
     Retry-After (the event cannot be stored); one of another shard is taken (202) but
     not applied until the master is back (applying a booking reads the client's visits,
     kept one part per shard: every master's); the other master's reminder, planned
-    before, goes out on time. Once it is back (its append-only file, fsynced on every
-    write, read again): the refused booking is taken when posted again, both bookings
-    are applied and confirmed, the waiting reminder goes out, late by the outage, and
-    nothing is sent twice.
+    before, goes out on time; `/healthz` says "degraded" (200), what reads every shard
+    (a client's listing, `/metrics`) answers 503. Once it is back (its append-only file,
+    fsynced on every write, read again): the refused booking is taken when posted again,
+    both bookings are applied and confirmed, the waiting reminder goes out, late by the
+    outage, and nothing is sent twice.
 
     The master killed is one that holds no record these notifications read (the client,
     the provider) nor the clocks' heartbeat set (`n:clocks`, one key): losing that one
@@ -313,6 +314,16 @@ def test_a_killed_master_delays_only_its_shards_and_loses_nothing_it_acknowledge
         wait_for(lambda: datetime.now(UTC) > due + timedelta(seconds=1),
                  what="the reminders' due time to pass")
         sent_while_down = {m["dedupe_key"] for m in service.sent()}
+        # How it says so: /healthz 200 "degraded" (the web still serves the other
+        # shards), a client's listing (read from every shard) and /metrics 503.
+        health = service.http.get("/healthz")
+        assert (health.status_code, health.json()["status"],
+                health.json()["redis_masters_down"]) == (200, "degraded", 1)
+        listing = service.http.get(f"/v1/clients/{client}/notifications", headers={
+            "Authorization": f"Bearer {service.env['NOTIFIER_API_TOKEN']}"})
+        metrics = service.http.get("/metrics")
+        for answer in (listing, metrics):
+            assert answer.status_code == 503 and answer.headers["retry-after"] == "5"
         assert not sent_while_down & late
         assert service.runtime.store.event_status(taken_booking["id"])["status"] == "accepted"
         assert not any(k.startswith(f"appointment_confirmation:{taken}:")
@@ -320,6 +331,7 @@ def test_a_killed_master_delays_only_its_shards_and_loses_nothing_it_acknowledge
 
         cluster.restart(killed)
         back_at = datetime.now(UTC)
+        assert service.http.get("/healthz").json()["status"] == "ok"
         # The integrator posts it again, as the 503 asked.
         wait_for(lambda: service.post(refused_booking).status_code == 202,
                  what="the refused booking to be taken")

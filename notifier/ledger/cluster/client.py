@@ -98,6 +98,19 @@ class LedgerCluster(RedisCluster):
             raise unreachable
         return loaded
 
+    def masters_down(self) -> tuple[int, int]:
+        """(masters that do not answer a `PING`, masters): one `PING` to each master of
+        the slot map, in turn. Never raises for a master that does not answer; the map
+        itself is redis-py's, read at start and after a failure."""
+        masters = self.get_primaries()  # type: ignore[no-untyped-call]
+        down = 0
+        for node in masters:
+            try:
+                self.execute_command("PING", target_nodes=node)
+            except StoreUnavailable:
+                down += 1
+        return down, len(masters)
+
     def pipeline(self, transaction: bool | None = True, shard_hint: Any = None
                  ) -> ClusterTransaction | SpreadPipeline:
         """A `ClusterTransaction` (MULTI/EXEC on one slot's node), or a `SpreadPipeline`
