@@ -56,6 +56,8 @@ class ShardLeases:
         self.token = token if token is not None else secrets.token_hex(8)
         #: the shards this clock held after its last `renew`, ascending
         self.held: list[int] = []
+        #: whether the last renewal could not read the heartbeat set (counted itself alone)
+        self.alone = False
         self._beat = client.register_script(HEARTBEAT_LUA)
         self._lease = client.register_script(SHARD_LEASE_LUA)
 
@@ -67,10 +69,12 @@ class ShardLeases:
         On a cluster a master that does not answer fails only its own shards' commands:
         those shards are neither held nor taken until it answers again (a lease this
         clock held there is still its own then, until it expires, and `take` renews it),
-        so the clock goes on claiming the other shards, and takes them back once they answer.
-        Raises `StoreUnavailable` or
-        `StoreError` when the heartbeat fails (without the count of live clocks there is
-        no fair share), and when one Redis holds everything and does not answer."""
+        so the clock goes on claiming the other shards, and takes them back once they
+        answer.
+        With the heartbeat set's master down the count of live clocks is unknown: this
+        clock then takes shards as if it were the only one, and gives the excess back once
+        the count is read again. Raises `StoreUnavailable` or `StoreError` when nothing
+        answers (one Redis down, or every master)."""
         with self.redis.pipeline(transaction=False) as pipe:
             self._beat(keys=[CLOCKS], args=[self.token, self.lease_ms], client=pipe)
             for shard in self.held:
@@ -78,9 +82,22 @@ class ShardLeases:
             for shard in self.keys.all():
                 pipe.get(self.keys.clock_lease(shard))
             replies = pipe.execute(raise_on_error=False)
-        if isinstance(replies[0], Exception):
-            raise replies[0]
-        live, kept = int(replies[0]), replies[1:1 + len(self.held)]
+        beat = replies[0]
+        if isinstance(beat, Exception):
+            if len(replies) == 1 or all(isinstance(r, Exception) for r in replies[1:]):
+                raise beat
+            # The heartbeat set's master is down, not the others: with the count of live
+            # clocks unknown, act as the only one (keep what is held, take what is free;
+            # the leases still give each shard one clock), so that its shards' loss does
+            # not stop the claims of every other shard.
+            if not self.alone:
+                log.warning("clock %s: the heartbeat set cannot be read (%s); taking "
+                            "shards as if alone until it can", self.token, beat)
+            self.alone, beat = True, 1
+        elif self.alone:
+            log.info("clock %s: the heartbeat set is read again", self.token)
+            self.alone = False
+        live, kept = int(beat), replies[1:1 + len(self.held)]
         holders = replies[1 + len(self.held):]
         unreachable = {s for s, holder in enumerate(holders) if isinstance(holder, Exception)}
         held = [s for s, ok in zip(self.held, kept, strict=True)

@@ -65,14 +65,32 @@ def test_leases_skip_a_dead_masters_shards_and_take_them_back(cluster, store, ma
         leases.token.encode()}
 
 
-def test_leases_fail_when_the_heartbeat_sets_master_is_down(cluster, store, master_back):
-    leases = ShardLeases(store.redis, store.keys)
-    assert leases.renew()
+def test_leases_go_on_as_if_alone_when_the_heartbeat_sets_master_is_down(
+        cluster, store, master_back):
+    """Two clocks share the shards; the heartbeat set's master dies: each counts itself
+    alone, keeps what it holds and takes what is free on the live masters (one clock per
+    shard still), so no live shard is left unclaimed; the fair share is back with it."""
+    first, second = (ShardLeases(store.redis, store.keys) for _ in range(2))
+    for clock in (first, second, first, second):  # the first gives back half, to the second
+        clock.renew()
+    assert len(first.held) == len(second.held) == 8
     clocks = cluster.node_of_slot(key_slot(CLOCKS.encode()))
+    live = set(store.keys.all()) - shards_on(cluster, store, clocks)
     master_back.append(clocks)
     cluster.kill(clocks)
+    second.held = []  # as if the second clock died with the master: its leases run out
+    for shard in live:
+        store.redis.delete(store.keys.clock_lease(shard))
+    assert set(first.renew()) == live and first.alone
+    assert second.renew() == [] and second.alone
+    cluster.restart(clocks)
+    # The second's beat is still in the set (not yet expired): two clocks, eight each.
+    assert len(first.renew()) == 8 and not first.alone
     with pytest.raises(StoreUnavailable):
-        leases.renew()
+        for index in range(len(cluster.nodes)):
+            master_back.append(index)
+            cluster.kill(index)
+        first.renew()
 
 
 def test_the_live_masters_shards_are_claimed_while_one_is_down(cluster, store, master_back):
