@@ -36,7 +36,6 @@ from redis.crc import key_slot
 
 from notifier.config import PROJECT_ROOT
 from notifier.ledger.cluster.server import LocalCluster
-from notifier.ledger.shard_leases import CLOCKS
 from notifier.ledger.shards import ShardKeys
 from notifier.worker.actors import enqueue_deliver
 from notifier.worker.digests import run_manually
@@ -253,8 +252,10 @@ def test_a_killed_master_delays_only_its_shards_and_loses_nothing_it_acknowledge
     outage, and nothing is sent twice.
 
     The master killed is one that holds no record these notifications read (the client,
-    the provider) nor the clocks' heartbeat set (`n:clocks`, one key): losing that one
-    stops every clock's claims, on every shard, until it is back.
+    the provider) nor shard 0, where the SMS opt-outs are (`n:{0}:sms-optout`, read
+    before every SMS): with that master down every SMS waits, whatever its shard. (The
+    clocks' heartbeat set, one key too, is not needed: without it a clock counts itself
+    alone, `tests/cluster/test_cluster_master_down.py`.)
 
     Without an append-only file (or with a master replaced by an empty one) the master
     would come back with no keys: every event, record, turn and planned notification of
@@ -263,7 +264,7 @@ def test_a_killed_master_delays_only_its_shards_and_loses_nothing_it_acknowledge
     """
     keys = ShardKeys()
     killed = next(i for i in range(len(cluster.nodes))
-                  if i not in {master_of(cluster, CLOCKS),
+                  if i not in {master_of(cluster, keys.sms_opt_outs()),
                                master_of(cluster, keys.record("provider:prov-1"))})
     others = set(range(len(cluster.nodes))) - {killed}
     client = id_on(cluster, keys, "client", "c", others)
