@@ -15,8 +15,6 @@ shared by whatever other writes Redis ran in the same pass of its event loop.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -26,11 +24,11 @@ import redis.asyncio.cluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
-from redis.exceptions import ClusterError, NoScriptError, RedisClusterException
+from redis.exceptions import NoScriptError
 
-from notifier.errors import StoreUnavailable
 from notifier.ledger.broker_messages import BrokerMessage
-from notifier.ledger.client import store_errors
+from notifier.ledger.client import client_store_errors
+from notifier.ledger.connect import cluster_masters, cluster_settings
 from notifier.ledger.daily import count_refused
 from notifier.ledger.events import STORE_EVENT_LUA, store_event_call
 from notifier.ledger.shards import ShardKeys
@@ -46,13 +44,6 @@ TWIN_SETTINGS = ("host", "port", "path", "db", "username", "password", "client_n
 
 #: The asyncio client of the web: of one Redis, or of a Redis Cluster.
 AsyncClient = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
-
-#: The connection settings an asyncio cluster client takes over from a synchronous one
-#: (its nodes' connections' settings; TLS is told by their connection class).
-CLUSTER_TWIN_SETTINGS = ("username", "password", "client_name", "socket_timeout",
-                         "socket_connect_timeout", "socket_keepalive", "ssl_keyfile",
-                         "ssl_certfile", "ssl_cert_reqs", "ssl_ca_certs", "ssl_check_hostname")
-
 
 def async_twin(client: redis.Redis | RedisCluster) -> AsyncClient:
     """A new asyncio client of the server `client` talks to (TCP, TLS or a Unix socket),
@@ -81,28 +72,12 @@ def async_cluster_twin(cluster: RedisCluster) -> redis.asyncio.cluster.RedisClus
     dead master's requests short: `notifier.runtime.connect_ledger`). No connection is
     made until the first command, which reads the slot map; it belongs to the event loop
     that first uses it."""
-    kwargs = cluster.nodes_manager.connection_kwargs
-    settings: dict[str, Any] = {k: v for k, v in kwargs.items() if k in CLUSTER_TWIN_SETTINGS}
-    if kwargs.get("ssl") or kwargs.get("connection_class") is redis.SSLConnection:
-        settings["ssl"] = True
     retry = cluster.retry
-    nodes = [redis.asyncio.cluster.ClusterNode(node.host, node.port)
-             for node in cluster.get_primaries()]  # type: ignore[no-untyped-call]
+    nodes = [redis.asyncio.cluster.ClusterNode(host, port)
+             for host, port in cluster_masters(cluster)]
     return redis.asyncio.cluster.RedisCluster(
-        startup_nodes=nodes, retry=Retry(retry._backoff, retry.get_retries()), **settings)
-
-
-@contextmanager
-def async_store_errors() -> Iterator[None]:
-    """`store_errors()`, and a cluster's own failures as `StoreUnavailable`: no node
-    answering with a slot map (`RedisClusterException`), redirections that do not end
-    (`ClusterError`). Keys of many slots are never sent from here: an event's keys are
-    its subject's shard's."""
-    try:
-        with store_errors():
-            yield
-    except (RedisClusterException, ClusterError) as exc:
-        raise StoreUnavailable(f"the Redis Cluster: {exc}") from exc
+        startup_nodes=nodes, retry=Retry(retry._backoff, retry.get_retries()),
+        **cluster_settings(cluster))
 
 
 #: The connection settings that say which server and database a client writes to.
@@ -140,7 +115,7 @@ class AsyncEventStore:
         subject."""
         names, args = store_event_call(self.keys, event_id, raw, now, subject, occurred_at,
                                        message)
-        with async_store_errors():
+        with client_store_errors():
             return bool(await self._run_store_event(names, args))
 
     async def _run_store_event(self, names: list[str], args: list[Any]) -> Any:
@@ -157,7 +132,7 @@ class AsyncEventStore:
         """Count an event of `event_type` refused at the door (422) at `now`
         (`notifier.ledger.daily.count_refused`), in one round trip. Raises
         `StoreUnavailable` / `StoreError` as `store_event` does."""
-        with async_store_errors():
+        with client_store_errors():
             await count_refused(self.redis, event_type, now)
 
     async def close(self) -> None:
