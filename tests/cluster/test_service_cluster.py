@@ -181,3 +181,25 @@ def test_one_senders_rate_is_shared_by_workers_on_the_cluster(store):
     assert gaps == [0.1] * 4
     other = RateLimiter(store.redis, "email:reminders@practice.example", per_s=10)
     assert other.reserve(now) == now  # another sender, another key
+
+
+def test_a_script_missing_on_its_node_runs_while_another_master_is_down(
+        store, cluster, master_back):
+    """A restarted master has no scripts: the call sends the source to that node (EVAL),
+    not SCRIPT LOAD to every master, which fails, for every shard, while one is down."""
+    limiters = {}
+    for n in range(100):
+        limiter = RateLimiter(store.redis, f"sms:sender{n}", per_s=10)
+        limiters.setdefault(cluster.node_of_slot(store.redis.keyslot(limiter.key)), limiter)
+    now = datetime.now(UTC)
+    with redis.Redis.from_url(cluster.nodes[0].url) as node:
+        node.script_flush()
+    master_back.append(2)
+    cluster.kill(2)
+    assert limiters[0].reserve(now) == now
+    batch = Batch(store.redis)
+    reply = limiters[1].queue_reserve(batch, now)
+    with redis.Redis.from_url(cluster.nodes[1].url) as node:
+        node.script_flush()
+    batch.run()
+    assert reply.get() == now
