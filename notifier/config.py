@@ -317,16 +317,22 @@ def _url(env: Mapping[str, str], name: str, default: str | None, schemes: set[st
 def _redis_url(env: Mapping[str, str], name: str) -> str | None:
     """NOTIFIER_REDIS_URL: one Redis, or a cluster URL whose form is checked here (a
     malformed list of nodes stops start-up, rather than the first connection)."""
-    url = _url(env, name, None, REDIS_SCHEMES | CLUSTER_SCHEMES)
-    if url is not None and urlparse(url).scheme in CLUSTER_SCHEMES:
-        # Imported here: it imports redis-py, which this module does not (see LEDGER_SHARDS).
-        from notifier.ledger.connect import parse_cluster_url
-
+    raw = env.get(name, "").strip()
+    if urlparse(raw).scheme not in CLUSTER_SCHEMES:
         try:
-            parse_cluster_url(url)
-        except ConfigError as exc:
-            raise ConfigError(f"{name}: {exc}") from None
-    return url
+            return _url(env, name, None, REDIS_SCHEMES)
+        except ConfigError:
+            raise ConfigError(f"{name}: expected a URL starting with redis://, rediss://, "
+                              "unix://, or a cluster's redis+cluster://host:port,host:port "
+                              f"(rediss+cluster:// with TLS), got {raw!r}") from None
+    # Imported here: it imports redis-py, which this module does not (see LEDGER_SHARDS).
+    from notifier.ledger.connect import parse_cluster_url
+
+    try:
+        parse_cluster_url(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+    return raw.rstrip("/")
 
 
 def is_cluster_url(url: str | None) -> bool:

@@ -10,28 +10,27 @@ here is read, queued and applied by the worker exactly like one stored there. Th
 passes the event's `apply_event` message along (`ledger.broker_messages`), so the event
 and its message are one script: one round trip and, with `appendfsync always`, one fsync,
 shared by whatever other writes Redis ran in the same pass of its event loop.
-
-On a Redis Cluster the web writes through the ledger's own cluster client instead
-(`ThreadedEventStore`), in a thread so that the loop still never waits: the event's
-script is one shard's, which that client routes to its master and maps to the ledger's
-errors (a master down: `StoreUnavailable`, 503), where redis-py's asyncio cluster client
-would need the same routing and error mapping written again.
 """
 
 from __future__ import annotations
 
-import asyncio
-from datetime import UTC, datetime
+import hashlib
+from datetime import datetime
+from typing import Any
 
 import redis
 import redis.asyncio
+import redis.asyncio.cluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
+from redis.exceptions import NoScriptError
 
 from notifier.ledger.broker_messages import BrokerMessage
-from notifier.ledger.client import store_errors
-from notifier.ledger.daily import REFUSED_KEEP_S, count_refused, refused_key
-from notifier.ledger.events import STORE_EVENT_LUA, Events, store_event_call
+from notifier.ledger.client import client_store_errors
+from notifier.ledger.connect import cluster_masters, cluster_settings
+from notifier.ledger.daily import count_refused
+from notifier.ledger.events import STORE_EVENT_LUA, store_event_call
 from notifier.ledger.shards import ShardKeys
 
 #: The connection settings an asyncio twin of a synchronous client takes over; the rest of
@@ -43,10 +42,15 @@ TWIN_SETTINGS = ("host", "port", "path", "db", "username", "password", "client_n
                  "ssl_ca_certs", "ssl_check_hostname")
 
 
-def async_twin(client: redis.Redis) -> redis.asyncio.Redis:
+#: The asyncio client of the web: of one Redis, or of a Redis Cluster.
+AsyncClient = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
+
+def async_twin(client: redis.Redis | RedisCluster) -> AsyncClient:
     """A new asyncio client of the server `client` talks to (TCP, TLS or a Unix socket),
-    with its database, credentials and timeouts. It belongs to the event loop that first
-    uses it."""
+    with its database, credentials and timeouts; of the same cluster for a `RedisCluster`
+    (`async_cluster_twin`). It belongs to the event loop that first uses it."""
+    if isinstance(client, RedisCluster):
+        return async_cluster_twin(client)
     pool = client.connection_pool
     settings = {k: v for k, v in pool.connection_kwargs.items() if k in TWIN_SETTINGS}
     # The asyncio module has a connection class of the same name for each kind.
@@ -60,6 +64,20 @@ def async_twin(client: redis.Redis) -> redis.asyncio.Redis:
     return redis.asyncio.Redis.from_pool(redis.asyncio.ConnectionPool(
         connection_class=connection_class, max_connections=pool.max_connections,
         retry=Retry(NoBackoff(), 1), retry_on_error=[redis.ConnectionError], **settings))
+
+
+def async_cluster_twin(cluster: RedisCluster) -> redis.asyncio.cluster.RedisCluster:
+    """A new asyncio client of the cluster `cluster` talks to: its masters as startup
+    nodes, its credentials, TLS and timeouts, and its retries (the runtime's, which keep a
+    dead master's requests short: `notifier.runtime.connect_ledger`). No connection is
+    made until the first command, which reads the slot map; it belongs to the event loop
+    that first uses it."""
+    retry = cluster.retry
+    nodes = [redis.asyncio.cluster.ClusterNode(host, port)
+             for host, port in cluster_masters(cluster)]
+    return redis.asyncio.cluster.RedisCluster(
+        startup_nodes=nodes, retry=Retry(retry._backoff, retry.get_retries()),
+        **cluster_settings(cluster))
 
 
 #: The connection settings that say which server and database a client writes to.
@@ -78,12 +96,14 @@ def same_server(a: redis.Redis, b: redis.Redis) -> bool:
 class AsyncEventStore:
     """The event writes of the HTTP process, awaited rather than blocking."""
 
-    def __init__(self, client: redis.asyncio.Redis, keys: ShardKeys) -> None:
+    def __init__(self, client: AsyncClient, keys: ShardKeys) -> None:
         """`keys`: the ledger's shard keys (a `Store`'s): an event is stored in its
         subject's shard."""
         self.redis = client
         self.keys = keys
-        self._store_event = client.register_script(STORE_EVENT_LUA)
+        # The whole source, as the worker's `Events` registers it: one compiled copy.
+        self._body = STORE_EVENT_LUA
+        self._sha = hashlib.sha1(self._body.encode()).hexdigest()
 
     async def store_event(self, event_id: str, raw: bytes, now: datetime,
                           subject: str | None = None, occurred_at: datetime | None = None,
@@ -95,46 +115,26 @@ class AsyncEventStore:
         subject."""
         names, args = store_event_call(self.keys, event_id, raw, now, subject, occurred_at,
                                        message)
-        with store_errors():
-            return bool(await self._store_event(keys=names, args=args))
+        with client_store_errors():
+            return bool(await self._run_store_event(names, args))
+
+    async def _run_store_event(self, names: list[str], args: list[Any]) -> Any:
+        """The script by its hash, and by its source when the node has not compiled it
+        yet (a new or restarted server), which compiles it there. Not redis-py's
+        `register_script`, which loads a missing script with SCRIPT LOAD: on a cluster
+        that goes to every master, and fails, for every shard, while one is down."""
+        try:
+            return await self.redis.evalsha(self._sha, len(names), *names, *args)
+        except NoScriptError:
+            return await self.redis.eval(self._body, len(names), *names, *args)
 
     async def count_refused(self, event_type: str, now: datetime) -> None:
         """Count an event of `event_type` refused at the door (422) at `now`
         (`notifier.ledger.daily.count_refused`), in one round trip. Raises
         `StoreUnavailable` / `StoreError` as `store_event` does."""
-        with store_errors():
+        with client_store_errors():
             await count_refused(self.redis, event_type, now)
 
     async def close(self) -> None:
         """Close the client and every connection of its pool."""
         await self.redis.aclose()
-
-
-class ThreadedEventStore:
-    """`AsyncEventStore`'s calls on a synchronous ledger client (a `LedgerCluster`), each
-    run in a thread of the loop's default executor: the event loop does not wait, a
-    request does, for at most the client's timeouts."""
-
-    def __init__(self, events: Events) -> None:
-        """`events`: the ledger's event store (a `Store`'s `events`), on the cluster."""
-        self.events = events
-
-    async def store_event(self, event_id: str, raw: bytes, now: datetime,
-                          subject: str | None = None, occurred_at: datetime | None = None,
-                          message: BrokerMessage | None = None) -> bool:
-        """As `AsyncEventStore.store_event` (`Events.store_event`, in a thread)."""
-        return await asyncio.to_thread(self.events.store_event, event_id, raw, now,
-                                       subject, occurred_at, message)
-
-    async def count_refused(self, event_type: str, now: datetime) -> None:
-        """As `AsyncEventStore.count_refused`, in a thread; one key, so one master."""
-        def count() -> None:
-            key = refused_key(now.astimezone(UTC).date())
-            with self.events.redis.pipeline(transaction=False) as pipe:
-                pipe.hincrby(key, event_type, 1)
-                pipe.expire(key, REFUSED_KEEP_S)
-                pipe.execute()
-        await asyncio.to_thread(count)
-
-    async def close(self) -> None:
-        """Nothing to close: the client is the ledger's."""

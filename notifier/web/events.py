@@ -22,7 +22,6 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry, Counter
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
-from redis.cluster import RedisCluster
 
 from notifier.config import FUTURE_SKEW_S
 from notifier.errors import (
@@ -33,7 +32,7 @@ from notifier.errors import (
     StoreError,
 )
 from notifier.intake.events import EVENT_MODELS, Event, parse_event
-from notifier.ledger.async_events import AsyncEventStore, ThreadedEventStore, async_twin
+from notifier.ledger.async_events import AsyncEventStore, async_twin
 from notifier.ledger.daily import UNREADABLE
 from notifier.ledger.store import Store
 from notifier.policy.ordering import subject_ref
@@ -110,13 +109,10 @@ class EventStores:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._by_loop: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, AsyncEventStore | ThreadedEventStore] \
+        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncEventStore] \
             = weakref.WeakKeyDictionary()
 
-    def _new(self) -> AsyncEventStore | ThreadedEventStore:
-        if isinstance(self.store.redis, RedisCluster):
-            return ThreadedEventStore(self.store.events)
+    def _new(self) -> AsyncEventStore:
         return AsyncEventStore(async_twin(self.store.redis), self.store.keys)
 
     @asynccontextmanager
@@ -131,7 +127,7 @@ class EventStores:
             await events.close()
 
     @asynccontextmanager
-    async def current(self) -> AsyncIterator[AsyncEventStore | ThreadedEventStore]:
+    async def current(self) -> AsyncIterator[AsyncEventStore]:
         events = self._by_loop.get(asyncio.get_running_loop())
         if events is not None:
             yield events

@@ -19,10 +19,11 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 from pydantic import BaseModel
+from redis.cluster import RedisCluster
 from starlette.routing import BaseRoute
 
-from notifier.errors import StoreError, StoreUnavailable
-from notifier.ledger.cluster.client import LedgerCluster
+from notifier.errors import StoreError
+from notifier.ledger.cluster.health import cluster_health
 from notifier.ledger.durability import Fsync, fsync_policy
 from notifier.ledger.events import SET_ASIDE_STATUSES
 from notifier.ledger.notifications import FINAL_STATES, SENT_AGAIN
@@ -36,14 +37,16 @@ from notifier.worker.reports import LookupOutcome
 
 
 class HealthAnswer(BaseModel):
+    #: "degraded" only on a Redis Cluster with some masters down
     status: Literal["ok", "degraded", "unhealthy"]
-    #: "ok", "unreachable", or on a Redis Cluster "degraded": some masters do not answer
+    #: "ok" or "unreachable"; on a cluster, "degraded" when some masters are down
     redis: Literal["ok", "degraded", "unreachable"]
-    #: on a Redis Cluster, how many masters do not answer (their shards' events are
-    #: refused, 503, and their notifications wait); absent on one Redis
-    redis_masters_down: int | None = None
     #: Redis's fsync policy (`ledger.durability`): always, everysec, no, off, unknown
     redis_fsync: Fsync | None = None
+    #: On a Redis Cluster only: its masters, and how many are down (not answering, or
+    #: not holding the cluster as working: `ledger.cluster.health`)
+    redis_masters: int | None = None
+    redis_masters_down: int | None = None
 
 
 class LedgerCollector(Collector):
@@ -171,19 +174,13 @@ def ops_routes(store: Store, registry: CollectorRegistry) -> APIRouter:
     router = APIRouter()
 
     @router.get("/healthz", response_model=HealthAnswer,
-                responses={503: {"model": HealthAnswer, "description": "Redis unreachable"}})
+                responses={503: {"model": HealthAnswer, "description": "Redis unreachable "
+                                                                   "(on a cluster: no master up)"}})
     def healthz() -> JSONResponse:
-        # On a cluster every master is asked: a PING goes to one node only, and with one
-        # master down the others serve their shards (200, "degraded": the web is still
-        # worth routing to), with all down nothing is served (503).
-        down: tuple[int, int] | None = None
+        if isinstance(store.redis, RedisCluster):
+            return cluster_healthz(store.redis)
         try:
-            if isinstance(store.redis, LedgerCluster):
-                down = store.redis.masters_down()
-                if down[0] == down[1]:
-                    raise StoreUnavailable("no master of the Redis Cluster answers")
-            else:
-                store.redis.ping()
+            store.redis.ping()
         except StoreError:
             # Not Redis's own words: they name its internal address, and this route needs
             # no token. The web's log has them, from any route that needed Redis.
@@ -193,11 +190,7 @@ def ops_routes(store: Store, registry: CollectorRegistry) -> APIRouter:
             fsync = fsync_policy(store.redis)
         except StoreError:
             fsync = "unknown"  # it went between the two commands; the ping said it was up
-        if down is None:
-            return JSONResponse({"status": "ok", "redis": "ok", "redis_fsync": fsync})
-        state = "degraded" if down[0] else "ok"
-        return JSONResponse({"status": state, "redis": state, "redis_masters_down": down[0],
-                             "redis_fsync": fsync})
+        return JSONResponse({"status": "ok", "redis": "ok", "redis_fsync": fsync})
 
     @router.get("/metrics", response_class=Response, responses={200: {
         "description": "Prometheus text exposition format",
@@ -206,6 +199,26 @@ def ops_routes(store: Store, registry: CollectorRegistry) -> APIRouter:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return router
+
+
+def cluster_healthz(cluster: RedisCluster) -> JSONResponse:
+    """`/healthz` on a Redis Cluster ledger: 503 when no master is up; 200 `degraded`
+    when some are. A load balancer that took the web out for one master down would turn
+    a partial outage into a whole one: the events of the shards still up are stored, the
+    others' answered 503 (and posted again by their sender). Counts, never addresses
+    (this route needs no token)."""
+    health = cluster_health(cluster)
+    answer: dict[str, Any] = {"redis": health.state, "redis_masters": health.masters,
+                              "redis_masters_down": health.down}
+    if health.state == "unreachable":
+        return JSONResponse({"status": "unhealthy", **answer}, status_code=503,
+                            headers={"Retry-After": str(RETRY_AFTER_S)})
+    try:
+        fsync = fsync_policy(cluster)  # type: ignore[arg-type]  # a LedgerCluster
+    except StoreError:
+        fsync = "unknown"
+    return JSONResponse({"status": "ok" if health.state == "ok" else "degraded", **answer,
+                         "redis_fsync": fsync})
 
 
 def openapi_document(app: FastAPI, amend: Callable[[dict[str, Any]], None],

@@ -1,30 +1,24 @@
-"""The clock's shard leases and claims with one master of the 3-master cluster killed (no
-replicas: its shards have no server): the shards of the other masters are still held and
-claimed, the dead master's are skipped, and taken back when it returns; losing the
-master of the heartbeat set (`n:clocks`) stops the clock's renewal, which says so;
-`/healthz` says how many masters are down.
-The end-to-end run of the same: `tests/end_to_end/test_cluster_end_to_end.py`."""
+"""The clock's shard leases and claims, and an event's lookup by id, with one master of the
+3-master cluster killed (no replicas: its shards have no server): the shards of the other
+masters are still held and claimed, the dead master's are skipped, and taken back when it
+returns; with the heartbeat set's (`n:clocks`) master down a clock counts itself alone;
+an event of a live shard is found by its id alone. The end-to-end run of the same:
+`tests/end_to_end/test_cluster_end_to_end.py`."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 import redis
-from fastapi.testclient import TestClient
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
-from notifier.config import Settings
 from notifier.errors import StoreUnavailable
 from notifier.ledger.cluster.server import LocalCluster
 from notifier.ledger.shard_leases import CLOCKS, ShardLeases
 from notifier.ledger.store import Store
-from notifier.web.app import create_app
-from notifier.worker.actors import build_broker
 from tests.ledger_keys import put_on_schedule
-from tests.service import service_env
 
 NOW = datetime.now(UTC)
 
@@ -113,25 +107,6 @@ def test_the_live_masters_shards_are_claimed_while_one_is_down(cluster, store, m
     assert set(store.schedule.claim(NOW + timedelta(seconds=1), 100, 30)) == on_dead
 
 
-def test_a_script_new_to_the_live_masters_runs_while_one_is_down(cluster, store,
-                                                                  master_back):
-    """A script is loaded where it runs (`NOSCRIPT`, then `SCRIPT LOAD`); redis-py loads it
-    on every master, which failed while one was down."""
-    source = f"return redis.call('INCR', KEYS[1]) -- {NOW.timestamp()}"  # new to every node
-    script = store.redis.register_script(source)
-    killed = a_master_without_the_heartbeat(cluster)
-    live_key, dead_key = (next(f"k{i}" for i in range(100)
-                               if (cluster.node_of_slot(key_slot(f"k{i}".encode())) == killed)
-                               is dead) for dead in (False, True))
-    master_back.append(killed)
-    cluster.kill(killed)
-    assert script(keys=[live_key]) == 1
-    with pytest.raises(StoreUnavailable):
-        script(keys=[dead_key])
-    cluster.restart(killed)
-    assert script(keys=[dead_key]) == 1  # loaded there now, on its NOSCRIPT
-
-
 def test_an_event_is_found_by_id_in_the_shards_that_answer(cluster, store, master_back):
     """A lookup by id alone reads every shard: the live masters' answer is enough to find
     an event of theirs; an id found nowhere, some shards unread, may be there: raised."""
@@ -148,30 +123,3 @@ def test_an_event_is_found_by_id_in_the_shards_that_answer(cluster, store, maste
         store.event_status("evt-unknown")
     cluster.restart(killed)
     assert store.event_status("evt-unknown") == {}
-
-
-def test_healthz_says_degraded_with_a_master_down_and_unhealthy_with_all(
-        cluster, store, master_back, tmp_path):
-    settings = Settings.from_env({**service_env(cluster.url, tmp_path),
-                                  "NOTIFIER_BROKER_URL": "redis://127.0.0.1:1/0"},
-                                 dotenv=Path("/nonexistent"))
-    app = create_app(settings, store, build_broker("redis://127.0.0.1:1/0"))
-    with TestClient(app) as http:
-        answer = http.get("/healthz")
-        assert (answer.status_code, answer.json()["status"],
-                answer.json()["redis_masters_down"]) == (200, "ok", 0)
-        killed = a_master_without_the_heartbeat(cluster)
-        master_back.append(killed)
-        cluster.kill(killed)
-        answer = http.get("/healthz")
-        assert answer.status_code == 200
-        assert answer.json() | {"redis_fsync": None} == {
-            "status": "degraded", "redis": "degraded", "redis_masters_down": 1,
-            "redis_fsync": None}
-        for index in range(len(cluster.nodes)):
-            if index != killed:
-                master_back.append(index)
-                cluster.kill(index)
-        answer = http.get("/healthz")
-        assert answer.status_code == 503 and answer.headers["retry-after"] == "5"
-        assert answer.json() == {"status": "unhealthy", "redis": "unreachable"}
