@@ -11,13 +11,15 @@ digest (test_medication_end_to_end); a worker SIGKILLed mid-run (test_worker_cra
 
 Then one master killed while the service runs, and restarted. There are no replicas, so
 while it is down the shards it serves have no server: events about their entities are
-refused (503 with Retry-After, the integrator retries), their notifications wait, and the
-other masters' shards go on, their reminders on time. The masters keep an append-only
+refused (503 with Retry-After, the integrator retries), their notifications wait; the
+other masters' reminders go out on time, and their events are taken, but applied only
+once it is back when they read a record kept one part per shard (a booking reads the
+client's visits). The masters keep an append-only
 file fsynced on every write (`LocalCluster`'s default), so the restarted master has every
 write it acknowledged: its notifications go out once it is back, late by the outage, and
-nothing is sent twice. Without persistence the master would come back empty: the events,
-records and planned notifications of its shards would be gone, and nothing in the service
-could tell (see `test_a_killed_master_...`'s docstring).
+nothing is sent twice. Without persistence the master comes back empty: the events,
+records and planned notifications of its shards are gone, nothing in the service tells,
+and an event posted again is taken as new (`test_a_master_back_without_its_data_...`).
 """
 
 from __future__ import annotations
@@ -257,10 +259,7 @@ def test_a_killed_master_delays_only_its_shards_and_loses_nothing_it_acknowledge
     clocks' heartbeat set, one key too, is not needed: without it a clock counts itself
     alone, `tests/cluster/test_cluster_master_down.py`.)
 
-    Without an append-only file (or with a master replaced by an empty one) the master
-    would come back with no keys: every event, record, turn and planned notification of
-    its shards gone, their reminders never sent and nothing reporting it; the cluster
-    has no replica to take over. Only persistence or replicas keep them.
+    Without its append-only file the master would come back empty: the next test.
     """
     keys = ShardKeys()
     killed = next(i for i in range(len(cluster.nodes))
@@ -347,5 +346,64 @@ def test_a_killed_master_delays_only_its_shards_and_loses_nothing_it_acknowledge
                 print(f"{sent['dedupe_key']}: sent {(at - due).total_seconds():.3f} s late, "
                       f"{(at - back_at).total_seconds():.3f} s after the master was started "
                       f"(down {(back_at - down_at).total_seconds():.3f} s)")
+    finally:
+        service.close()
+
+
+def test_a_master_back_without_its_data_loses_its_shards_and_nothing_says_so(
+        cluster, ledger_url, master_back, other_redis_url, tmp_path):
+    """What persistence saves in the test above: the same master killed, its append-only
+    file removed (a master run without one, or replaced by an empty one), restarted. It
+    serves its slots again, empty: the booking stored there, its record and its planned
+    notifications are gone; its reminder is never sent; the event is unknown; and
+    nothing reports it (`/healthz` says ok). An integrator posting the booking again is
+    taken as new, and its confirmation goes out a second time."""
+    keys = ShardKeys()
+    killed = next(i for i in range(len(cluster.nodes))
+                  if i not in {master_of(cluster, keys.sms_opt_outs()),
+                               master_of(cluster, keys.record("provider:prov-1"))})
+    others = set(range(len(cluster.nodes))) - {killed}
+    client = id_on(cluster, keys, "client", "c", others)
+    doomed, spared = (id_on(cluster, keys, "appointment", stem, masters)
+                      for stem, masters in (("down", {killed}), ("up", others)))
+
+    service = cluster_service(ledger_url, other_redis_url, tmp_path)
+    try:
+        now = datetime.now(UTC)
+        for evt in (client_upserted(client, daytime_zone(now), now),
+                    provider_upserted("prov-1", now)):
+            assert service.post(evt).status_code == 202
+        start = now + timedelta(hours=72, seconds=4)  # both 72 h reminders due in 4 s
+        bookings = {a: appointment("appointment.scheduled", a, client, start, now)
+                    for a in (doomed, spared)}
+        for booking in bookings.values():
+            assert service.post(booking).status_code == 202
+        confirmed = {f"appointment_confirmation:{a}:booked:{ch}"
+                     for a in (doomed, spared) for ch in ("sms", "email")}
+        wait_for(lambda: {m["dedupe_key"] for m in service.sent()} >= confirmed,
+                 what="the confirmations")
+
+        master_back.append(killed)
+        cluster.kill(killed)
+        (cluster.nodes[killed].directory / "appendonly.aof").unlink()
+        cluster.restart(killed)
+        reminder = f"appointment_reminder:{{}}:72h.{start:%Y%m%dT%H%M%SZ}:{{}}"
+        wait_for(lambda: {m["dedupe_key"] for m in service.sent()} >= {
+            reminder.format(spared, ch) for ch in ("sms", "email")}, what="the spared reminder")
+        due = start - timedelta(hours=72)
+        wait_for(lambda: datetime.now(UTC) > due + timedelta(seconds=2) and service.quiet(),
+                 what="the lost reminder's due time to pass")
+        assert not any(doomed in m["dedupe_key"] for m in service.sent("appointment_reminder"))
+        store = service.runtime.store
+        assert store.event_status(bookings[doomed]["id"]) == {}
+        assert store.event_status(bookings[spared]["id"])["status"] == "applied"
+        listed = service.notifications(client)
+        assert not any(doomed in i for i in listed) and any(spared in i for i in listed)
+        assert service.http.get("/healthz").json()["status"] == "ok"
+
+        assert service.post(bookings[doomed]).status_code == 202  # not a duplicate now
+        wait_for(lambda: Counter(m["dedupe_key"] for m in service.sent())[
+            f"appointment_confirmation:{doomed}:booked:sms"] == 2,
+            what="the confirmation sent again")
     finally:
         service.close()
