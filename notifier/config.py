@@ -326,7 +326,7 @@ def _redis_url(env: Mapping[str, str], name: str) -> str | None:
                               "unix://, or a cluster's redis+cluster://host:port,host:port "
                               f"(rediss+cluster:// with TLS), got {raw!r}") from None
     # Imported here: it imports redis-py, which this module does not (see LEDGER_SHARDS).
-    from notifier.ledger.connect import parse_cluster_url
+    from notifier.ledger.redis_urls import parse_cluster_url
 
     try:
         parse_cluster_url(raw)

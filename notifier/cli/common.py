@@ -124,7 +124,7 @@ def start_worker(runtime: Any, threads: int) -> Any:
 def redacted(url: str) -> str:
     """`url` without a password, to show in an error."""
     if is_cluster_url(url):
-        from notifier.ledger.connect import shown_url
+        from notifier.ledger.redis_urls import shown_url
 
         # Its netloc is a list of nodes, which urlsplit's host and port cannot read.
         return shown_url(url)

@@ -10,8 +10,9 @@ from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
 
 from notifier.errors import ConfigError
-from notifier.ledger.connect import ClusterURL, connect, connect_cluster, parse_cluster_url
+from notifier.ledger.connect import connect, connect_cluster
 from notifier.ledger.redis_process import free_port
+from notifier.ledger.redis_urls import ClusterURL, parse_cluster_url
 
 
 @pytest.mark.parametrize(("url", "expected"), [
