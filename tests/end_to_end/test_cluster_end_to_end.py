@@ -29,6 +29,7 @@ import subprocess
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -63,8 +64,8 @@ from tests.service import Service, wait_for
 #: The whole service (web on a port, worker, clock) or its processes.
 pytestmark = pytest.mark.e2e
 
-#: Bookings for the worker crash, two confirmations each (the Redis test's 200 take
-#: twice as long on the cluster and show nothing more).
+#: Bookings for the worker crash, two confirmations each: half the Redis test's, enough
+#: for a kill mid-stream (about 50 of 200 sent by then) in a file kept short.
 BOOKINGS = 100
 
 
@@ -79,7 +80,10 @@ def ledger_url(cluster: LocalCluster, master_back: list[int]) -> str:
     return cluster.url
 
 
-def cluster_service(ledger_url: str, broker_url: str, tmp_path: Path, **options) -> Service:
+def cluster_service(ledger_url: str, broker_url: str, tmp_path: Path, **options: Any
+                    ) -> Service:
+    """A `Service` whose ledger is the cluster and whose queue is `broker_url`'s Redis;
+    `options` go to `Service` (their `env` is added to)."""
     service = Service(ledger_url, tmp_path, **{
         **options, "env": {"NOTIFIER_BROKER_URL": broker_url, **options.get("env", {})}})
     assert isinstance(service.redis, RedisCluster), "the ledger is not on the cluster"
@@ -238,6 +242,21 @@ def id_on(cluster: LocalCluster, keys: ShardKeys, kind: str, stem: str,
                 in masters)
 
 
+def master_to_kill(cluster: LocalCluster) -> tuple[int, str, str, str]:
+    """(the master to kill, a client id, an appointment id of a shard of that master, one
+    of another master's): a master that holds neither the provider's record nor shard 0
+    (the SMS opt-outs), and a client whose record it does not hold either."""
+    keys = ShardKeys()
+    killed = next(i for i in range(len(cluster.nodes))
+                  if i not in {master_of(cluster, keys.sms_opt_outs()),
+                               master_of(cluster, keys.record("provider:prov-1"))})
+    others = set(range(len(cluster.nodes))) - {killed}
+    client = id_on(cluster, keys, "client", "c", others)
+    doomed, spared = (id_on(cluster, keys, "appointment", stem, masters)
+                      for stem, masters in (("down", {killed}), ("up", others)))
+    return killed, client, doomed, spared
+
+
 def test_a_killed_master_delays_only_its_shards_and_loses_nothing_it_acknowledged(
         cluster, ledger_url, master_back, other_redis_url, tmp_path):
     """One master SIGKILLed while a reminder of one of its shards and one of another
@@ -261,15 +280,8 @@ def test_a_killed_master_delays_only_its_shards_and_loses_nothing_it_acknowledge
 
     Without its append-only file the master would come back empty: the next test.
     """
-    keys = ShardKeys()
-    killed = next(i for i in range(len(cluster.nodes))
-                  if i not in {master_of(cluster, keys.sms_opt_outs()),
-                               master_of(cluster, keys.record("provider:prov-1"))})
-    others = set(range(len(cluster.nodes))) - {killed}
-    client = id_on(cluster, keys, "client", "c", others)
-    assert master_of(cluster, keys.record(f"client:{client}")) != killed
-    doomed, spared = (id_on(cluster, keys, "appointment", stem, masters)
-                      for stem, masters in (("down", {killed}), ("up", others)))
+    killed, client, doomed, spared = master_to_kill(cluster)
+    keys, others = ShardKeys(), set(range(len(cluster.nodes))) - {killed}
     refused, taken = (id_on(cluster, keys, "appointment", stem, masters)
                       for stem, masters in (("later-down", {killed}), ("later-up", others)))
 
@@ -358,14 +370,7 @@ def test_a_master_back_without_its_data_loses_its_shards_and_nothing_says_so(
     notifications are gone; its reminder is never sent; the event is unknown; and
     nothing reports it (`/healthz` says ok). An integrator posting the booking again is
     taken as new, and its confirmation goes out a second time."""
-    keys = ShardKeys()
-    killed = next(i for i in range(len(cluster.nodes))
-                  if i not in {master_of(cluster, keys.sms_opt_outs()),
-                               master_of(cluster, keys.record("provider:prov-1"))})
-    others = set(range(len(cluster.nodes))) - {killed}
-    client = id_on(cluster, keys, "client", "c", others)
-    doomed, spared = (id_on(cluster, keys, "appointment", stem, masters)
-                      for stem, masters in (("down", {killed}), ("up", others)))
+    killed, client, doomed, spared = master_to_kill(cluster)
 
     service = cluster_service(ledger_url, other_redis_url, tmp_path)
     try:
