@@ -80,6 +80,10 @@ Backend = Literal["twilio", "sendgrid", "outbox"]
 #: What NOTIFIER_BROKER_URL may start with: RabbitMQ (`amqp`, `amqps` with TLS) or a Redis
 #: (`redis`, `rediss`, `unix`), each as dramatiq's broker for it takes its URL.
 BROKER_SCHEMES = {"amqp", "amqps", "redis", "rediss", "unix"}
+#: What NOTIFIER_REDIS_URL may start with: one Redis (`redis`, `rediss`, `unix`) or a
+#: Redis Cluster given by some of its nodes (`notifier.ledger.connect`).
+REDIS_SCHEMES = {"redis", "rediss", "unix"}
+CLUSTER_SCHEMES = {"redis+cluster", "rediss+cluster"}
 #: What NOTIFIER_LOG_LEVEL may be (any case).
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -310,6 +314,26 @@ def _url(env: Mapping[str, str], name: str, default: str | None, schemes: set[st
     return raw.rstrip("/")
 
 
+def _redis_url(env: Mapping[str, str], name: str) -> str | None:
+    """NOTIFIER_REDIS_URL: one Redis, or a cluster URL whose form is checked here (a
+    malformed list of nodes stops start-up, rather than the first connection)."""
+    url = _url(env, name, None, REDIS_SCHEMES | CLUSTER_SCHEMES)
+    if url is not None and urlparse(url).scheme in CLUSTER_SCHEMES:
+        # Imported here: it imports redis-py, which this module does not (see LEDGER_SHARDS).
+        from notifier.ledger.connect import parse_cluster_url
+
+        try:
+            parse_cluster_url(url)
+        except ConfigError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
+    return url
+
+
+def is_cluster_url(url: str | None) -> bool:
+    """Whether `url` names a Redis Cluster (`redis+cluster://`, `rediss+cluster://`)."""
+    return url is not None and urlparse(url).scheme in CLUSTER_SCHEMES
+
+
 def _log_level(env: Mapping[str, str], name: str, default: str) -> str:
     raw = env.get(name, "").strip()
     if not raw:
@@ -361,9 +385,12 @@ def _read_dotenv(path: Path) -> dict[str, str]:
 class Settings:
     """Everything the processes need to know, validated."""
 
+    #: The ledger's Redis: one server, or a cluster (`redis+cluster://host:port,...`, which
+    #: needs `broker_url`); unset, the embedded one under `var/`.
     redis_url: str | None = None
     #: dramatiq's broker: `amqp://` (RabbitMQ) or `redis://` (a Redis of its own); unset,
-    #: the ledger's Redis (`worker.actors.build_broker`, `worker.queueing`)
+    #: the ledger's Redis (`worker.actors.build_broker`, `worker.queueing`), which cannot
+    #: be a cluster
     broker_url: str | None = None
     webhook_secret: SecretStr | None = None
     #: Bearer token of the read API; unset, the read API refuses every request.
@@ -501,12 +528,21 @@ class Settings:
                 "STOP replies there")
         var_dir = Path(opt("NOTIFIER_VAR_DIR") or defaults.var_dir)
         schedules_dir = Path(opt("NOTIFIER_SCHEDULES_DIR") or defaults.schedules_dir)
+        redis_url = _redis_url(env, "NOTIFIER_REDIS_URL")
+        broker_url = _url(env, "NOTIFIER_BROKER_URL", None, BROKER_SCHEMES)
+        if is_cluster_url(redis_url) and broker_url is None:
+            # dramatiq's Redis broker runs scripts over many keys of its own, which a
+            # cluster refuses (docs/cluster.md, "The queue").
+            raise ConfigError(
+                "NOTIFIER_BROKER_URL: required with a Redis Cluster ledger (NOTIFIER_REDIS_URL "
+                "is a cluster URL, and the queue cannot be on a cluster): set it to a "
+                "RabbitMQ (amqp://...) or a Redis of the queue's own (redis://...)")
         # Imported here: the endpoints module takes `_webhook_secret` from this one.
         from notifier.webhooks.endpoints import load_endpoints
 
         return cls(
-            redis_url=_url(env, "NOTIFIER_REDIS_URL", None, {"redis", "rediss", "unix"}),
-            broker_url=_url(env, "NOTIFIER_BROKER_URL", None, BROKER_SCHEMES),
+            redis_url=redis_url,
+            broker_url=broker_url,
             webhook_secret=_webhook_secret(secret, "NOTIFIER_WEBHOOK_SECRET") if secret else None,
             api_token=_api_token(api_token, "NOTIFIER_API_TOKEN") if api_token else None,
             twilio_account_sid=sid,

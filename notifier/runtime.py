@@ -4,17 +4,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import redis
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import RedisClusterException
+from redis.retry import Retry
 
-from notifier.config import PROVIDER_CALL_S, Settings
+from notifier.config import PROVIDER_CALL_S, Settings, is_cluster_url
 from notifier.delivery.channels import Channel
 from notifier.delivery.channels.outbox import Outbox
 from notifier.delivery.compose import STAFF_KINDS
 from notifier.delivery.deliverer import Deliverer
 from notifier.delivery.render import Renderer
 from notifier.delivery.sms_budget import check_configuration
-from notifier.ledger.client import LedgerRedis
+from notifier.errors import ConfigError, StoreUnavailable
+from notifier.ledger.client import LedgerRedis, ledger_client, store_errors
+from notifier.ledger.connect import connect_cluster
 from notifier.ledger.embedded_redis import EmbeddedRedis
 from notifier.ledger.ratelimit import RateLimiter
 from notifier.ledger.store import Store
@@ -29,6 +35,47 @@ def resolve_redis_url(settings: Settings) -> tuple[str, EmbeddedRedis | None]:
         return settings.redis_url, None
     embedded = EmbeddedRedis(settings.var_dir)
     return embedded.ensure(), embedded
+
+
+#: A Redis Cluster ledger's client settings (`connect_ledger`). redis-py's defaults would
+#: hold a command for a dead or hung master about a minute (measured 55 s: 5 s per read,
+#: ten retries), while a request, a claim or the clock's tick waits. A master that is
+#: killed refuses at once on its port, one that hangs (a stopped process, a partition)
+#: never answers; either way the cluster gives its slots to a replica only after its
+#: `cluster-node-timeout` (15 s by default), which retrying here cannot outlast. So a
+#: command fails fast with `StoreUnavailable` and the caller's own retry (dramatiq's,
+#: the clock's next tick, the web's 503 and the poster's retry) tries again:
+#: - connecting: 1 s (a node on the same network connects in milliseconds);
+#: - each read: 2 s (the ledger runs no blocking command, and its longest scripts take
+#:   milliseconds; a read waiting 2 s is a node that does not answer);
+#: - one retry, after 50-500 ms, on a connection error or timeout: a failover that has
+#:   just happened is followed (redis-py reads the slot map again before it), a dead
+#:   master is reported after about 0.5 s (refused) or 2 x 2 s (hung).
+CLUSTER_CONNECT_TIMEOUT_S = 1.0
+CLUSTER_SOCKET_TIMEOUT_S = 2.0
+CLUSTER_RETRIES = 1
+
+
+def connect_ledger(url: str) -> redis.Redis:
+    """The ledger's client for NOTIFIER_REDIS_URL (or the embedded Redis's `url`): a
+    `LedgerRedis` for one server, a `LedgerCluster` for a cluster URL (which reads the
+    slot map now). Raises `ConfigError` for a malformed cluster URL and `StoreUnavailable`
+    when no startup node of a cluster answers.
+
+    Typed as `redis.Redis`, which the ledger's modules take: a `LedgerCluster` is not
+    one, but answers the same commands and pipelines (`notifier.ledger.cluster.client`)."""
+    if not is_cluster_url(url):
+        return LedgerRedis.from_url(url, health_check_interval=30)
+    try:
+        with store_errors():
+            cluster = connect_cluster(
+                url, socket_connect_timeout=CLUSTER_CONNECT_TIMEOUT_S,
+                socket_timeout=CLUSTER_SOCKET_TIMEOUT_S, health_check_interval=30,
+                retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5),
+                            CLUSTER_RETRIES))
+    except RedisClusterException as exc:  # no startup node answered with a slot map
+        raise StoreUnavailable(f"the Redis Cluster: {exc}") from exc
+    return cast(redis.Redis, ledger_client(cluster))
 
 
 def build_channels(settings: Settings) -> dict[str, Channel]:
@@ -80,6 +127,7 @@ class Runtime:
     redis_url: str
     #: dramatiq's broker: NOTIFIER_BROKER_URL, else the ledger's Redis (`redis_url`)
     broker_url: str
+    #: the ledger's client: a `LedgerRedis`, or a `LedgerCluster` (`connect_ledger`)
     redis: redis.Redis
     store: Store
     renderer: Renderer
@@ -92,8 +140,16 @@ class Runtime:
 
     @classmethod
     def build(cls, settings: Settings, redis_url: str) -> Runtime:
+        """Everything, on the ledger at `redis_url` (`connect_ledger`). Raises `ConfigError`
+        for a cluster URL without `settings.broker_url` (the queue cannot be on a cluster)
+        or a configuration the policy refuses; `StoreUnavailable` when no node of a
+        cluster answers."""
+        if is_cluster_url(redis_url) and settings.broker_url is None:
+            raise ConfigError("NOTIFIER_BROKER_URL: required with a Redis Cluster ledger "
+                              "(set it to a RabbitMQ amqp://... or a Redis of the queue's "
+                              "own redis://...)")
         policy = load_policy(settings.schedules_dir)
-        client = LedgerRedis.from_url(redis_url, health_check_interval=30)
+        client = connect_ledger(redis_url)
         store = Store(client, settings.retention_s, settings.history_s,
                       settings.ledger_shards)
         renderer = Renderer(Path(settings.templates_dir))

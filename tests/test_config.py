@@ -31,6 +31,31 @@ def settings(**env: str) -> Settings:
     return Settings.from_env(env, dotenv=NO_DOTENV)
 
 
+@pytest.mark.parametrize("url", [
+    "redis+cluster://127.0.0.1:7000,127.0.0.1:7001,127.0.0.1:7002/",
+    "rediss+cluster://user:p%40ss@redis-a.internal:6380,[::1]:6381",
+])
+def test_a_cluster_ledger_is_taken_with_a_queue_elsewhere(url):
+    for broker in ("amqp://guest:guest@rabbit:5672/%2F", "redis://queue:6379/0"):
+        s = settings(NOTIFIER_REDIS_URL=url, NOTIFIER_BROKER_URL=broker)
+        assert (s.redis_url, s.broker_url) == (url.rstrip("/"), broker)
+
+
+def test_a_cluster_ledger_without_a_queue_names_the_fix():
+    with pytest.raises(ConfigError) as caught:
+        settings(NOTIFIER_REDIS_URL="redis+cluster://127.0.0.1:7000")
+    assert str(caught.value).startswith("NOTIFIER_BROKER_URL: required with a Redis Cluster")
+    assert "amqp://" in str(caught.value) and "redis://" in str(caught.value)
+
+
+def test_a_malformed_cluster_url_names_the_variable_and_hides_the_password():
+    with pytest.raises(ConfigError) as caught:
+        settings(NOTIFIER_REDIS_URL="redis+cluster://u:hunter2@h1:7000,,h2:7001",
+                 NOTIFIER_BROKER_URL="amqp://q")
+    assert str(caught.value) == ("NOTIFIER_REDIS_URL: 'redis+cluster://u:***@h1:7000,,h2:7001'"
+                                 ": an empty entry in the list of startup nodes")
+
+
 def test_defaults_deliver_to_the_outbox_on_the_embedded_redis():
     s = settings()
     assert (s.redis_url, s.sms_backend, s.email_backend) == (None, "outbox", "outbox")
@@ -232,8 +257,16 @@ def test_a_dotenv_that_is_not_text_is_named_in_one_line(tmp_path):
 
 @pytest.mark.parametrize(("env", "names"), [
     ({"NOTIFIER_REDIS_URL": "localhost:6379"}, "NOTIFIER_REDIS_URL"),
-    # notifier.ledger.connect reads it, but the ledger is not cluster-safe yet (issue 17)
+    # A cluster ledger needs a queue elsewhere (dramatiq's Redis broker cannot use one).
     ({"NOTIFIER_REDIS_URL": "redis+cluster://127.0.0.1:7000,127.0.0.1:7001/"},
+     "NOTIFIER_BROKER_URL"),
+    ({"NOTIFIER_REDIS_URL": "redis+cluster://127.0.0.1:7000",
+      "NOTIFIER_BROKER_URL": "redis+cluster://127.0.0.1:7000"}, "NOTIFIER_BROKER_URL"),
+    ({"NOTIFIER_REDIS_URL": "redis+cluster://127.0.0.1", "NOTIFIER_BROKER_URL": "amqp://q"},
+     "NOTIFIER_REDIS_URL"),
+    ({"NOTIFIER_REDIS_URL": "redis+cluster://127.0.0.1:7000/0",
+      "NOTIFIER_BROKER_URL": "amqp://q"}, "NOTIFIER_REDIS_URL"),
+    ({"NOTIFIER_REDIS_URL": "cluster://127.0.0.1:7000", "NOTIFIER_BROKER_URL": "amqp://q"},
      "NOTIFIER_REDIS_URL"),
     ({"NOTIFIER_BROKER_URL": "http://rabbit:5672"}, "NOTIFIER_BROKER_URL"),
     ({"NOTIFIER_BROKER_URL": "rabbit:5672"}, "NOTIFIER_BROKER_URL"),

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import SecretStr
 
-from notifier.config import Settings
+from notifier.config import Settings, is_cluster_url
 from notifier.errors import StoreError, UsageError
 
 
@@ -123,6 +123,11 @@ def start_worker(runtime: Any, threads: int) -> Any:
 
 def redacted(url: str) -> str:
     """`url` without a password, to show in an error."""
+    if is_cluster_url(url):
+        from notifier.ledger.connect import shown_url
+
+        # Its netloc is a list of nodes, which urlsplit's host and port cannot read.
+        return shown_url(url)
     parts = urlsplit(url)
     if parts.password is None:
         return url
@@ -143,8 +148,9 @@ def open_runtime(settings: Settings, *, serving: bool = False) -> Iterator[Any]:
 
     url, embedded = resolve_redis_url(settings)
     try:
-        runtime = Runtime.build(settings, url)
         try:
+            # On a cluster this reads the slot map, so it is inside.
+            runtime = Runtime.build(settings, url)
             runtime.redis.ping()
             # The shard count is part of the data: another count stops start-up here.
             check_shards(runtime.redis, settings.ledger_shards)

@@ -9,8 +9,8 @@ A cluster URL lists startup nodes, any of which the client asks for the slot map
 An IPv6 host is written in brackets (`[::1]:7000`). A cluster has one database, so the URL
 has no database number, and options are passed to `connect()`, never in a query string.
 
-The service does not accept a cluster URL yet (`notifier.config` refuses the scheme): the
-ledger's scripts are not cluster-safe until issue 17's keyspace lands.
+The service takes a cluster URL as NOTIFIER_REDIS_URL (`notifier.config`, with a broker
+of its own) and connects with `notifier.runtime.connect_ledger`.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def _split(url: str) -> SplitResult:
         raise ConfigError(f"a Redis URL that cannot be read: {exc}") from None
 
 
-def _shown(url: str) -> str:
+def shown_url(url: str) -> str:
     """`url` as an error message may show it: a password replaced by `***`."""
     parts = _split(url)
     credentials, at, hosts = parts.netloc.rpartition("@")
@@ -84,7 +84,7 @@ def parse_cluster_url(url: str) -> ClusterURL:
     scheme, no nodes, an empty entry, a node without a host or a port, a port out of
     1–65535, a database number, a query string or a fragment; or, for a URL that cannot
     be split at all, the reason without the URL."""
-    parts, url = _split(url), _shown(url)
+    parts, url = _split(url), shown_url(url)
     if parts.scheme not in CLUSTER_SCHEMES:
         raise ConfigError(f"{url!r}: not a cluster URL (redis+cluster:// or rediss+cluster://)")
     if parts.path not in ("", "/"):
@@ -137,5 +137,5 @@ def connect(url: str, **options: Any) -> redis.Redis | RedisCluster:
         return redis.Redis.from_url(url, **options)
     if scheme not in CLUSTER_SCHEMES:
         allowed = ", ".join(f"{s}://" for s in sorted(SINGLE_SCHEMES | set(CLUSTER_SCHEMES)))
-        raise ConfigError(f"{_shown(url)!r}: expected a URL starting with one of {allowed}")
+        raise ConfigError(f"{shown_url(url)!r}: expected a URL starting with one of {allowed}")
     return connect_cluster(url, **options)

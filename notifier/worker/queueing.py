@@ -32,6 +32,7 @@ from typing import Any
 import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker
+from redis.cluster import RedisCluster
 
 from notifier.errors import StoreUnavailable
 from notifier.ledger.async_events import same_server
@@ -41,7 +42,10 @@ from notifier.ledger.client import store_errors
 
 def in_ledger(broker: dramatiq.Broker, ledger: redis.Redis) -> bool:
     """Whether the ledger's scripts may write `broker`'s messages: it is a `RedisBroker`
-    on the same Redis database as the `ledger` client."""
+    on the same Redis database as the `ledger` client. Never on a Redis Cluster ledger:
+    dramatiq's broker cannot use one (its queue is elsewhere, `notifier.config`)."""
+    if isinstance(ledger, RedisCluster):
+        return False
     return isinstance(broker, RedisBroker) and same_server(ledger, broker.client)
 
 

@@ -16,7 +16,7 @@ unchanged as long as each transaction and each script names keys of one slot.
   answers with a slot map, a slot has no node, or `MOVED` keeps coming
   (`notifier.ledger.cluster.routing`).
 
-The service does not use it yet: `notifier.config` refuses a cluster URL.
+The service makes one for a cluster NOTIFIER_REDIS_URL (`notifier.runtime.connect_ledger`).
 """
 
 from __future__ import annotations

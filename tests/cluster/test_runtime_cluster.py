@@ -1,0 +1,131 @@
+"""The service on the real 3-master cluster: `NOTIFIER_REDIS_URL=redis+cluster://...` builds
+a runtime whose ledger is a `LedgerCluster` with short timeouts (`runtime.connect_ledger`),
+and the start-up every command makes (`cli.common.open_runtime`: ping, the shard count, the
+fsync policy) runs on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import redis
+
+from notifier.cli.common import open_runtime, redacted
+from notifier.config import Settings
+from notifier.errors import ConfigError, StoreUnavailable, UsageError
+from notifier.ledger.cluster.client import LedgerCluster
+from notifier.ledger.cluster.server import LocalCluster
+from notifier.ledger.shards import SHARDS_KEY
+from notifier.runtime import Runtime, connect_ledger
+from notifier.worker.actors import build_broker
+from notifier.worker.queueing import in_ledger
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+def flush(cluster: LocalCluster) -> None:
+    for node in cluster.nodes:
+        with redis.Redis.from_url(node.url) as client:
+            client.flushall()
+
+
+def cluster_settings(url: str, tmp_path: Path, **more: str) -> Settings:
+    return Settings.from_env({"NOTIFIER_REDIS_URL": url,
+                              "NOTIFIER_BROKER_URL": "redis://127.0.0.1:1/0",
+                              "NOTIFIER_OUTBOX_DIR": str(tmp_path / "outbox"),
+                              "NOTIFIER_VAR_DIR": str(tmp_path / "var"), **more},
+                             dotenv=Path("/nonexistent"))
+
+
+def test_a_runtime_on_the_cluster_stores_and_reads_an_event(cluster, tmp_path):
+    flush(cluster)
+    settings = cluster_settings(cluster.url, tmp_path)
+    runtime = Runtime.build(settings, cluster.url)
+    try:
+        assert isinstance(runtime.redis, LedgerCluster)
+        assert runtime.broker_url == "redis://127.0.0.1:1/0"
+        assert runtime.store.store_event("evt1", b"{}", NOW, subject="appointment:a1",
+                                         occurred_at=NOW)
+        assert not runtime.store.store_event("evt1", b"{}", NOW, subject="appointment:a1",
+                                             occurred_at=NOW)
+        assert runtime.store.event_subject("evt1") == ("accepted", "appointment:a1")
+        # A broker apart from the ledger: its messages are never written by the ledger.
+        assert not in_ledger(build_broker(runtime.broker_url), runtime.redis)
+    finally:
+        runtime.redis.close()
+
+
+def test_start_up_on_the_cluster_records_the_shards_and_logs_the_fsync_policy(
+        cluster, tmp_path, caplog):
+    flush(cluster)
+    caplog.set_level(logging.INFO, logger="notifier.ledger.durability")
+    settings = cluster_settings(cluster.url, tmp_path, NOTIFIER_LEDGER_SHARDS="8")
+    with open_runtime(settings, serving=True) as runtime:
+        assert runtime.redis.get(SHARDS_KEY) == b"8"
+    assert [r.getMessage() for r in caplog.records] == ["redis fsync policy: always"]
+    with pytest.raises(ConfigError, match="written with 8 shards"), \
+            open_runtime(cluster_settings(cluster.url, tmp_path)):
+        pass
+
+
+def test_a_cluster_no_node_of_which_answers_stops_start_up_naming_it(tmp_path):
+    url = "redis+cluster://user:pw@127.0.0.1:1,127.0.0.1:2/"
+    with pytest.raises(StoreUnavailable):
+        connect_ledger(url)
+    with pytest.raises(UsageError) as caught, open_runtime(cluster_settings(url, tmp_path)):
+        pass
+    assert "redis+cluster://user:***@127.0.0.1:1,127.0.0.1:2 " in str(caught.value)
+    assert "pw" not in str(caught.value)
+
+
+def test_a_cluster_url_is_shown_without_its_password():
+    assert redacted("rediss+cluster://u:secret@h1:7000,h2:7001/") == \
+        "rediss+cluster://u:***@h1:7000,h2:7001/"
+
+
+def test_a_runtime_on_a_cluster_without_a_broker_is_refused(cluster, tmp_path):
+    settings = Settings(outbox_dir=tmp_path / "outbox", var_dir=tmp_path / "var")
+    with pytest.raises(ConfigError, match="NOTIFIER_BROKER_URL: required"):
+        Runtime.build(settings, cluster.url)
+
+
+def test_a_killed_master_is_reported_unavailable_within_seconds(cluster, tmp_path,
+                                                                 master_back):
+    """The runtime's timeouts: a command for a dead master's slot fails fast, not after
+    redis-py's default minute; the other masters' slots still answer."""
+    flush(cluster)
+    client = connect_ledger(cluster.url)
+    try:
+        keys = {cluster.node_of_slot(client.keyslot(f"k{i}")): f"k{i}" for i in range(50)}
+        client.set(keys[1], "x")
+        master_back.append(1)
+        cluster.kill(1)
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            client.get(keys[1])
+        assert time.monotonic() - started < 3
+        client.set(keys[0], "still")
+        assert client.get(keys[0]) == b"still"
+    finally:
+        client.close()
+
+
+def test_a_hung_master_is_reported_unavailable_within_seconds(cluster, tmp_path,
+                                                              master_back):
+    flush(cluster)
+    client = connect_ledger(cluster.url)
+    try:
+        keys = {cluster.node_of_slot(client.keyslot(f"k{i}")): f"k{i}" for i in range(50)}
+        client.set(keys[2], "x")
+        master_back.append(2)
+        cluster.pause(2)
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            client.get(keys[2])
+        assert time.monotonic() - started < 6
+    finally:
+        client.close()
