@@ -199,6 +199,12 @@ def run_all(names: Sequence[str], count: int, processes: int, threads: int,
     return results, boxes[0]
 
 
+def share(result: LayoutRun, server: str) -> float:
+    """The part (0..1) of the sends whose shard is on `server`; 0 when not counted."""
+    total = sum(result.sends_by_server.values())
+    return result.sends_by_server.get(server, 0) / total if total else 0.0
+
+
 def rows(results: Sequence[LayoutRun]) -> tuple[list[str], list[list[Any]]]:
     """The table: one column per layout."""
     headers = ["figure", *(f"{r.label} ({r.run.layout})" for r in results)]
@@ -223,8 +229,13 @@ def rows(results: Sequence[LayoutRun]) -> tuple[list[str], list[list[Any]]]:
     masters = list(dict.fromkeys(n for r in results for n in r.sends_by_server))
     for name in masters:
         table.append([f"  {name}: share of the sends",
-                      *(f"{r.sends_by_server[name] / max(1, sum(r.sends_by_server.values())):.0%}"
-                        if name in r.sends_by_server else "-" for r in results)])
+                      *(f"{share(r, name):.0%}" if name in r.sends_by_server else "-"
+                        for r in results)])
+    for name in masters:
+        # What a send costs the master its shard is on: what extrapolates to more masters.
+        table.append([f"  {name}: CPU s per 1,000 of its own sends",
+                      *(r.run.server_cpu_s_per_1k[name] / share(r, name)
+                        if share(r, name) else nan for r in results)])
     table += [
         ["Redis bytes per pending (all servers)", *(r.redis_bytes_per_pending for r in runs)],
         ["lost / duplicates", *(f"{r.lost} / {r.duplicates}" for r in runs)],
