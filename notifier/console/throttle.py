@@ -1,6 +1,7 @@
 """Sign-in throttling: sign-ins counted per name tried and per client address, in Redis
 (the `limits` package's fixed windows, keys `n:console:limits:*`, each expiring with its
-window), so every web process shares the count. Each attempt is counted before its
+window, each one key, so one slot on a Redis Cluster), so every web process shares the
+count. Each attempt is counted before its
 password is checked (one atomic INCR), so sign-ins sent at once cannot all slip under the
 limit; a good sign-in then clears its name's count, so what the name limit bounds is
 failures.
@@ -30,10 +31,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from limits import RateLimitItemPerMinute
-from limits.storage import RedisStorage
+from limits.storage import RedisClusterStorage, RedisStorage
 from limits.strategies import FixedWindowRateLimiter
+from redis.cluster import ClusterNode, RedisCluster
+from redis.retry import Retry
 
-from notifier.ledger.client import store_errors
+from notifier.ledger.client import client_store_errors
+from notifier.ledger.connect import cluster_masters, cluster_settings
 
 #: Failed sign-ins allowed per operator name, per 15 minutes.
 NAME_LIMIT = RateLimitItemPerMinute(5, 15)
@@ -61,15 +65,33 @@ class SignInThrottle:
     does without Redis."""
 
     def __init__(self, redis: Any) -> None:
-        storage = RedisStorage("redis://", connection_pool=redis.connection_pool,
-                               key_prefix=KEY_PREFIX)
+        """`redis`: the ledger's client, of one Redis or of a cluster (a `RedisCluster`,
+        whose nodes, credentials, TLS, timeouts and retries `limits`' own cluster client
+        takes, reading the slot map now). Raises `StoreUnavailable` when no node of a
+        cluster answers."""
+        storage: RedisStorage
+        if isinstance(redis, RedisCluster):
+            # `limits` makes its own cluster client (it takes no client, only a URI and
+            # its options): options replace what the URI would say. Each limit's window
+            # is one key, so one slot.
+            with client_store_errors():
+                options: dict[str, Any] = {
+                    "startup_nodes": [ClusterNode(host, port)  # type: ignore[no-untyped-call]
+                                      for host, port in cluster_masters(redis)],
+                    "retry": Retry(redis.retry._backoff, redis.retry.get_retries()),
+                    **cluster_settings(redis)}
+                storage = RedisClusterStorage("redis+cluster://", key_prefix=KEY_PREFIX,
+                                              **options)
+        else:
+            storage = RedisStorage("redis://", connection_pool=redis.connection_pool,
+                                   key_prefix=KEY_PREFIX)
         self._limiter = FixedWindowRateLimiter(storage)
 
     def attempt(self, name: str, address: str) -> Refusal | None:
         """Count a sign-in as `name` from `address`, and say why it is refused, or None
         when its password may be checked. (The windows run on the wall clock, as `limits`
         keeps them.)"""
-        with store_errors():
+        with client_store_errors():
             for limit, what, key in ((NAME_LIMIT, "this name", _name_key(name)),
                                      (ADDRESS_LIMIT, "this address", f"address:{address}")):
                 if not self._limiter.hit(limit, key):
@@ -79,7 +101,7 @@ class SignInThrottle:
 
     def succeeded(self, name: str) -> None:
         """A good sign-in: `name`'s attempts are forgotten (the address's are not)."""
-        with store_errors():
+        with client_store_errors():
             self._limiter.clear(NAME_LIMIT, _name_key(name))
 
 

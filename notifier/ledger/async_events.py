@@ -14,15 +14,21 @@ shared by whatever other writes Redis ran in the same pass of its event loop.
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
+from typing import Any
 
 import redis
 import redis.asyncio
+import redis.asyncio.cluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
+from redis.exceptions import NoScriptError
 
 from notifier.ledger.broker_messages import BrokerMessage
-from notifier.ledger.client import store_errors
+from notifier.ledger.client import client_store_errors
+from notifier.ledger.connect import cluster_masters, cluster_settings
 from notifier.ledger.daily import count_refused
 from notifier.ledger.events import STORE_EVENT_LUA, store_event_call
 from notifier.ledger.shards import ShardKeys
@@ -36,10 +42,15 @@ TWIN_SETTINGS = ("host", "port", "path", "db", "username", "password", "client_n
                  "ssl_ca_certs", "ssl_check_hostname")
 
 
-def async_twin(client: redis.Redis) -> redis.asyncio.Redis:
+#: The asyncio client of the web: of one Redis, or of a Redis Cluster.
+AsyncClient = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
+
+def async_twin(client: redis.Redis | RedisCluster) -> AsyncClient:
     """A new asyncio client of the server `client` talks to (TCP, TLS or a Unix socket),
-    with its database, credentials and timeouts. It belongs to the event loop that first
-    uses it."""
+    with its database, credentials and timeouts; of the same cluster for a `RedisCluster`
+    (`async_cluster_twin`). It belongs to the event loop that first uses it."""
+    if isinstance(client, RedisCluster):
+        return async_cluster_twin(client)
     pool = client.connection_pool
     settings = {k: v for k, v in pool.connection_kwargs.items() if k in TWIN_SETTINGS}
     # The asyncio module has a connection class of the same name for each kind.
@@ -53,6 +64,20 @@ def async_twin(client: redis.Redis) -> redis.asyncio.Redis:
     return redis.asyncio.Redis.from_pool(redis.asyncio.ConnectionPool(
         connection_class=connection_class, max_connections=pool.max_connections,
         retry=Retry(NoBackoff(), 1), retry_on_error=[redis.ConnectionError], **settings))
+
+
+def async_cluster_twin(cluster: RedisCluster) -> redis.asyncio.cluster.RedisCluster:
+    """A new asyncio client of the cluster `cluster` talks to: its masters as startup
+    nodes, its credentials, TLS and timeouts, and its retries (the runtime's, which keep a
+    dead master's requests short: `notifier.runtime.connect_ledger`). No connection is
+    made until the first command, which reads the slot map; it belongs to the event loop
+    that first uses it."""
+    retry = cluster.retry
+    nodes = [redis.asyncio.cluster.ClusterNode(host, port)
+             for host, port in cluster_masters(cluster)]
+    return redis.asyncio.cluster.RedisCluster(
+        startup_nodes=nodes, retry=Retry(retry._backoff, retry.get_retries()),
+        **cluster_settings(cluster))
 
 
 #: The connection settings that say which server and database a client writes to.
@@ -71,12 +96,14 @@ def same_server(a: redis.Redis, b: redis.Redis) -> bool:
 class AsyncEventStore:
     """The event writes of the HTTP process, awaited rather than blocking."""
 
-    def __init__(self, client: redis.asyncio.Redis, keys: ShardKeys) -> None:
+    def __init__(self, client: AsyncClient, keys: ShardKeys) -> None:
         """`keys`: the ledger's shard keys (a `Store`'s): an event is stored in its
         subject's shard."""
         self.redis = client
         self.keys = keys
-        self._store_event = client.register_script(STORE_EVENT_LUA)
+        # The whole source, as the worker's `Events` registers it: one compiled copy.
+        self._body = STORE_EVENT_LUA
+        self._sha = hashlib.sha1(self._body.encode()).hexdigest()
 
     async def store_event(self, event_id: str, raw: bytes, now: datetime,
                           subject: str | None = None, occurred_at: datetime | None = None,
@@ -88,14 +115,24 @@ class AsyncEventStore:
         subject."""
         names, args = store_event_call(self.keys, event_id, raw, now, subject, occurred_at,
                                        message)
-        with store_errors():
-            return bool(await self._store_event(keys=names, args=args))
+        with client_store_errors():
+            return bool(await self._run_store_event(names, args))
+
+    async def _run_store_event(self, names: list[str], args: list[Any]) -> Any:
+        """The script by its hash, and by its source when the node has not compiled it
+        yet (a new or restarted server), which compiles it there. Not redis-py's
+        `register_script`, which loads a missing script with SCRIPT LOAD: on a cluster
+        that goes to every master, and fails, for every shard, while one is down."""
+        try:
+            return await self.redis.evalsha(self._sha, len(names), *names, *args)
+        except NoScriptError:
+            return await self.redis.eval(self._body, len(names), *names, *args)
 
     async def count_refused(self, event_type: str, now: datetime) -> None:
         """Count an event of `event_type` refused at the door (422) at `now`
         (`notifier.ledger.daily.count_refused`), in one round trip. Raises
         `StoreUnavailable` / `StoreError` as `store_event` does."""
-        with store_errors():
+        with client_store_errors():
             await count_refused(self.redis, event_type, now)
 
     async def close(self) -> None:

@@ -23,7 +23,8 @@ Two round trips redis-py would make are saved here, for the ledger's transaction
 
 `Store` wraps the client it is given (`ledger_client`), so every part of the ledger
 built from it speaks these errors; code that talks to Redis some other way (the dramatiq
-broker, the asyncio client of `async_events`) translates with `store_errors()`.
+broker, the asyncio client of `async_events`) translates with `store_errors()` (or
+`client_store_errors()`, for a client that may be a cluster's).
 """
 
 from __future__ import annotations
@@ -38,9 +39,11 @@ import redis.client
 from redis.cluster import RedisCluster
 from redis.exceptions import (
     ClusterDownError,
+    ClusterError,
     NoScriptError,
     OutOfMemoryError,
     ReadOnlyError,
+    RedisClusterException,
     TryAgainError,
 )
 
@@ -69,6 +72,20 @@ def store_errors() -> Iterator[None]:
         raise StoreUnavailable(str(exc)) from exc
     except redis.ResponseError as exc:
         raise StoreError(str(exc)) from exc
+
+
+@contextmanager
+def client_store_errors() -> Iterator[None]:
+    """`store_errors()` for a client of redis-py's own (not the ledger's) that may be a
+    cluster's (the asyncio twin, the `limits` storage): also a cluster's failures as
+    `StoreUnavailable`, no node answering with a slot map (`RedisClusterException`) and
+    redirections that do not end (`ClusterError`). The ledger's `LedgerCluster` reads
+    these itself (`notifier.ledger.cluster.routing`)."""
+    try:
+        with store_errors():
+            yield
+    except (RedisClusterException, ClusterError) as exc:
+        raise StoreUnavailable(f"the Redis Cluster: {exc}") from exc
 
 
 @lru_cache(maxsize=64)

@@ -139,3 +139,28 @@ def connect(url: str, **options: Any) -> redis.Redis | RedisCluster:
         allowed = ", ".join(f"{s}://" for s in sorted(SINGLE_SCHEMES | set(CLUSTER_SCHEMES)))
         raise ConfigError(f"{shown_url(url)!r}: expected a URL starting with one of {allowed}")
     return connect_cluster(url, **options)
+
+
+#: The connection settings another client of the same cluster takes over from a
+#: `RedisCluster` (its nodes' connections' settings; TLS is told by their class).
+CLUSTER_SETTINGS = ("username", "password", "client_name", "socket_timeout",
+                    "socket_connect_timeout", "socket_keepalive", "ssl_keyfile",
+                    "ssl_certfile", "ssl_cert_reqs", "ssl_ca_certs", "ssl_check_hostname")
+
+
+def cluster_settings(cluster: RedisCluster) -> dict[str, Any]:
+    """The keyword arguments that make another client (redis-py's asyncio cluster client,
+    `limits`' cluster storage) connect to `cluster`'s nodes as `cluster` does:
+    credentials, TLS and timeouts (`CLUSTER_SETTINGS`). Not its nodes
+    (`cluster_masters`) nor its retries, objects of each client's own kind."""
+    kwargs = cluster.nodes_manager.connection_kwargs
+    settings = {k: v for k, v in kwargs.items() if k in CLUSTER_SETTINGS}
+    if kwargs.get("ssl") or kwargs.get("connection_class") is redis.SSLConnection:
+        settings["ssl"] = True
+    return settings
+
+
+def cluster_masters(cluster: RedisCluster) -> list[tuple[str, int]]:
+    """(host, port) of each master `cluster` knows now: startup nodes for another client."""
+    return [(node.host, node.port)
+            for node in cluster.get_primaries()]  # type: ignore[no-untyped-call]

@@ -39,6 +39,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import redis.asyncio
+import redis.asyncio.cluster
 
 from notifier.ledger.shards import ShardKeys
 
@@ -74,9 +75,11 @@ def refused_key(day: date) -> str:
     return f"{REFUSED_DAILY}{day.isoformat()}"
 
 
-async def count_refused(client: redis.asyncio.Redis, event_type: str, now: datetime) -> None:
+async def count_refused(client: redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster,
+                        event_type: str, now: datetime) -> None:
     """Count one event of `event_type` refused at the door at `now` on `client` (a
-    `redis.asyncio.Redis`): HINCRBY and EXPIRE in one round trip. Raises what the client
+    `redis.asyncio.Redis` or its cluster client): HINCRBY and EXPIRE in one round trip
+    (one key). Raises what the client
     raises (`redis.RedisError`)."""
     key = refused_key(now.astimezone(UTC).date())
     async with client.pipeline(transaction=False) as pipe:

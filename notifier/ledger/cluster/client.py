@@ -24,6 +24,8 @@ from __future__ import annotations
 from typing import Any
 
 from redis.cluster import RedisCluster
+from redis.commands.core import Script
+from redis.exceptions import NoScriptError
 
 from notifier.errors import StoreUnavailable
 from notifier.ledger.client import store_errors
@@ -77,6 +79,11 @@ class LedgerCluster(RedisCluster):
             return slot_of(self, keys)
         return super().determine_slot(*args)
 
+    def register_script(self, script: Any) -> NodeScript:
+        """A script callable as redis-py's `Script`, that sends its source to the node of
+        its keys when that node lacks it (`NodeScript`)."""
+        return NodeScript(self, script)
+
     def pipeline(self, transaction: bool | None = True, shard_hint: Any = None
                  ) -> ClusterTransaction | SpreadPipeline:
         """A `ClusterTransaction` (MULTI/EXEC on one slot's node), or a `SpreadPipeline`
@@ -96,3 +103,23 @@ class LedgerCluster(RedisCluster):
             for slot_args in slots_to_args.values():
                 pipe.execute_command(command, *slot_args)  # type: ignore[no-untyped-call]
             return pipe.execute()
+
+
+class NodeScript(Script):
+    """redis-py's `Script`, but for a node that does not have the script (a restarted or
+    newly promoted master: a script cache is neither saved nor replicated) the call is
+    sent again as `EVAL` with its source, to that node, which compiles it for the calls
+    after. redis-py's `Script` sends `SCRIPT LOAD` instead, which on a cluster goes to
+    every master and fails, for every shard, while any one is down. In a pipeline it is
+    redis-py's (the ledger's pipelines send scripts as `EVAL` already)."""
+
+    def __call__(self, keys: Any = None, args: Any = None, client: Any = None) -> Any:
+        """Run the script on `keys` and `args`; raises what the client raises."""
+        if client is not None and not isinstance(client, RedisCluster):
+            return super().__call__(keys, args, client)
+        client = client or self.registered_client
+        keys, args = list(keys or []), list(args or [])
+        try:
+            return client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return client.eval(self.script, len(keys), *keys, *args)
