@@ -177,9 +177,12 @@ def run_layout(layout: str, base: Path, count: int, processes: int, threads: int
 
 
 def run_all(names: Sequence[str], count: int, processes: int, threads: int,
-            claim_rounds: int) -> tuple[list[LayoutRun], common.Machine]:
+            claim_rounds: int, work: Path | None = None
+            ) -> tuple[list[LayoutRun], common.Machine]:
     """Each layout of `names` in turn (see the module's docstring); the machine is the
-    first's. Raises `ValueError` for an unknown layout before anything starts."""
+    first's. The processes' logs and outboxes go under `work/{layout}/` (default: a
+    temporary directory, removed). Raises `ValueError` for an unknown layout before
+    anything starts."""
     unknown = [n for n in names if n not in layouts.LAYOUTS]
     if unknown:
         raise ValueError(f"no layout {', '.join(unknown)} (known: {', '.join(layouts.LAYOUTS)})")
@@ -188,7 +191,7 @@ def run_all(names: Sequence[str], count: int, processes: int, threads: int,
     plan_rate = burst.PLAN_RATE_GUESS
     messages = burst.messages_for(count)
     with tempfile.TemporaryDirectory(prefix="notifier-bench-") as tmp:
-        base = Path(tmp)
+        base = work or Path(tmp)
         for name in names:
             done, box = run_layout(name, base, count, processes, threads, plan_rate,
                                    claim_rounds)
@@ -291,6 +294,8 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"comma-separated, of: {', '.join(layouts.LAYOUTS)}")
     parser.add_argument("--claim-rounds", type=int, default=None,
                         help="timed shard claims per layout (default 10; --quick 5)")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="keep each layout's logs and outbox under this directory")
     args = parser.parse_args(argv)
     names = args.layouts.split(",")
     unknown = [n for n in names if n not in layouts.LAYOUTS]
@@ -298,7 +303,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"no layout {', '.join(unknown)} (known: {', '.join(layouts.LAYOUTS)})")
     count = args.count or (3_000 if args.quick else 20_000)
     results, box = run_all(names, count, args.processes, args.threads,
-                           args.claim_rounds or (5 if args.quick else 10))
+                           args.claim_rounds or (5 if args.quick else 10), args.work)
     report(results, box, args.processes, args.threads)
     burst.check_guarantees([r.run for r in results])
 
