@@ -200,7 +200,8 @@ def test_a_bad_setting_stops_start_up_with_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "notifier: NOTIFIER_REDIS_URL: expected a URL starting with redis://, rediss://, "
-        "unix://, got 'localhost:6379'"]
+        "unix://, or a cluster's redis+cluster://host:port,host:port (rediss+cluster:// "
+        "with TLS), got 'localhost:6379'"]
 
 
 def test_dotenv_in_the_working_directory_is_read(tmp_path):

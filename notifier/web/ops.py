@@ -19,9 +19,11 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 from pydantic import BaseModel
+from redis.cluster import RedisCluster
 from starlette.routing import BaseRoute
 
 from notifier.errors import StoreError
+from notifier.ledger.cluster.health import cluster_health
 from notifier.ledger.durability import Fsync, fsync_policy
 from notifier.ledger.events import SET_ASIDE_STATUSES
 from notifier.ledger.notifications import FINAL_STATES, SENT_AGAIN
@@ -35,11 +37,16 @@ from notifier.worker.reports import LookupOutcome
 
 
 class HealthAnswer(BaseModel):
-    status: Literal["ok", "unhealthy"]
-    #: "ok" or "unreachable"
-    redis: Literal["ok", "unreachable"]
+    #: "degraded" only on a Redis Cluster with some masters down
+    status: Literal["ok", "degraded", "unhealthy"]
+    #: "ok" or "unreachable"; on a cluster, "degraded" when some masters are down
+    redis: Literal["ok", "degraded", "unreachable"]
     #: Redis's fsync policy (`ledger.durability`): always, everysec, no, off, unknown
     redis_fsync: Fsync | None = None
+    #: On a Redis Cluster only: its masters, and how many are down (not answering, or
+    #: not holding the cluster as working: `ledger.cluster.health`)
+    redis_masters: int | None = None
+    redis_masters_down: int | None = None
 
 
 class LedgerCollector(Collector):
@@ -167,8 +174,11 @@ def ops_routes(store: Store, registry: CollectorRegistry) -> APIRouter:
     router = APIRouter()
 
     @router.get("/healthz", response_model=HealthAnswer,
-                responses={503: {"model": HealthAnswer, "description": "Redis unreachable"}})
+                responses={503: {"model": HealthAnswer, "description": "Redis unreachable "
+                                                                   "(on a cluster: no master up)"}})
     def healthz() -> JSONResponse:
+        if isinstance(store.redis, RedisCluster):
+            return cluster_healthz(store.redis)
         try:
             store.redis.ping()
         except StoreError:
@@ -189,6 +199,26 @@ def ops_routes(store: Store, registry: CollectorRegistry) -> APIRouter:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return router
+
+
+def cluster_healthz(cluster: RedisCluster) -> JSONResponse:
+    """`/healthz` on a Redis Cluster ledger: 503 when no master is up; 200 `degraded`
+    when some are. A load balancer that took the web out for one master down would turn
+    a partial outage into a whole one: the events of the shards still up are stored, the
+    others' answered 503 (and posted again by their sender). Counts, never addresses
+    (this route needs no token)."""
+    health = cluster_health(cluster)
+    answer: dict[str, Any] = {"redis": health.state, "redis_masters": health.masters,
+                              "redis_masters_down": health.down}
+    if health.state == "unreachable":
+        return JSONResponse({"status": "unhealthy", **answer}, status_code=503,
+                            headers={"Retry-After": str(RETRY_AFTER_S)})
+    try:
+        fsync = fsync_policy(cluster)  # type: ignore[arg-type]  # a LedgerCluster
+    except StoreError:
+        fsync = "unknown"
+    return JSONResponse({"status": "ok" if health.state == "ok" else "degraded", **answer,
+                         "redis_fsync": fsync})
 
 
 def openapi_document(app: FastAPI, amend: Callable[[dict[str, Any]], None],

@@ -129,3 +129,24 @@ def test_a_hung_master_is_reported_unavailable_within_seconds(cluster, tmp_path,
         assert time.monotonic() - started < 6
     finally:
         client.close()
+
+
+@pytest.mark.slow
+def test_the_cli_refuses_a_cluster_without_a_broker_in_one_line(cluster, tmp_path):
+    from tests.test_cli import notifier, one_line
+
+    result = notifier("worker", cwd=tmp_path, env={"NOTIFIER_REDIS_URL": cluster.url})
+    assert result.returncode == 2
+    assert one_line(result).startswith(
+        "notifier: NOTIFIER_BROKER_URL: required with a Redis Cluster ledger")
+
+
+@pytest.mark.slow
+def test_a_one_shot_command_runs_on_the_cluster(cluster, tmp_path, redis_url):
+    from tests.test_cli import notifier
+
+    flush(cluster)
+    result = notifier("jobs", "list", cwd=tmp_path, env={
+        "NOTIFIER_REDIS_URL": cluster.url, "NOTIFIER_BROKER_URL": redis_url})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("provider-digest  cron ")

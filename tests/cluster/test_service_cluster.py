@@ -6,6 +6,7 @@ sender's rate limit shared by workers (one key, so one slot)."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -118,7 +119,8 @@ def test_events_posted_and_applied_are_read_back_through_the_api_and_metrics(
     assert metric(scrape, "notifier_scheduled") == len(ids)
     health = client.get("/healthz")
     assert (health.status_code, health.json()) == (
-        200, {"status": "ok", "redis": "ok", "redis_fsync": "always"})
+        200, {"status": "ok", "redis": "ok", "redis_masters": 3, "redis_masters_down": 0,
+              "redis_fsync": "always"})
 
 
 # Cron: a fire claimed once across clocks ------------------------------------------------
@@ -203,3 +205,34 @@ def test_a_script_missing_on_its_node_runs_while_another_master_is_down(
         node.script_flush()
     batch.run()
     assert reply.get() == now
+
+
+def health(client: TestClient) -> tuple[int, dict[str, Any]]:
+    answer = client.get("/healthz")
+    return answer.status_code, answer.json()
+
+
+def test_healthz_says_degraded_with_a_master_down_and_unhealthy_without_a_majority(
+        web, cluster, master_back):
+    """One master down: 200 `degraded` (the other shards take events: a load balancer
+    keeps the web). Two of three: the last one, cut off from the majority, holds the
+    cluster as failed and refuses commands though it answers PING: 503."""
+    client, _ = web
+    assert health(client) == (200, {"status": "ok", "redis": "ok", "redis_masters": 3,
+                                    "redis_masters_down": 0, "redis_fsync": "always"})
+    master_back.append(1)
+    cluster.kill(1)
+    code, answer = health(client)
+    assert (code, answer["status"], answer["redis"], answer["redis_masters_down"]) == (
+        200, "degraded", "degraded", 1)
+    assert "127.0.0.1" not in json.dumps(answer)  # counts, never addresses
+    master_back.append(2)
+    cluster.kill(2)
+    deadline = time.monotonic() + 15
+    while (answer := client.get("/healthz")).status_code != 503 \
+            and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert (answer.status_code, answer.json()) == (503, {
+        "status": "unhealthy", "redis": "unreachable", "redis_masters": 3,
+        "redis_masters_down": 3})
+    assert answer.headers["retry-after"]
