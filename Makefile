@@ -67,7 +67,8 @@ $(BENCH_STAMP): pyproject.toml $(STAMP)
 	touch $(BENCH_STAMP)
 
 # Every benchmark in its quick mode (about 2 minutes on an idle 2-core machine); tables on
-# stdout, results in var/bench/*.json. `make bench-full` is the documented full run.
+# stdout, results in var/bench/*.json. `make bench-full` is the documented full run, and the
+# only one with the cluster burst (bench/cluster_burst.py: one Redis against a 3-master cluster).
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench --quick
 

@@ -44,13 +44,13 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench import common, peer_celery, peer_dramatiq, peer_work, workload
+from bench import common, layouts, peer_celery, peer_dramatiq, peer_work, workload
 from notifier.ledger.events import pending_count
 from notifier.ledger.notifications import pending_counts, queue_pending_counts
 from notifier.ledger.shards import ledger_keys
@@ -79,6 +79,11 @@ class Run:
     cpu_s_per_1k: float
     redis_cpu_s_per_1k: float
     redis_bytes_per_pending: float
+    #: each Redis process's own CPU per 1,000 sends, by name (`bench.layouts`: `redis`;
+    #: `ledger`, `broker`; `master0`...); `redis_cpu_s_per_1k` is their sum
+    server_cpu_s_per_1k: dict[str, float] = field(default_factory=dict)
+    #: commands each Redis process served per send, by name (Lua scripts count once)
+    server_commands_per_send: dict[str, float] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
@@ -89,16 +94,28 @@ class Run:
 class Drained:
     sends: workload.Sends
     cpu_s: float
-    redis_cpu_s: float
+    #: each Redis process's CPU seconds, by name
+    server_cpu_s: dict[str, float]
+    #: what each of `drain`'s counters grew by, by name
+    counted: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def redis_cpu_s(self) -> float:
+        return sum(self.server_cpu_s.values())
 
 
-def drain(outbox: Path, expected: set[str], due: float, pids: list[int], redis_pid: int,
-          alive: Callable[[], None], stall_s: float = 30.0) -> Drained:
+def drain(outbox: Path, expected: set[str], due: float, pids: list[int],
+          server_pids: dict[str, int], alive: Callable[[], None], stall_s: float = 30.0,
+          counters: Callable[[], dict[str, int]] | None = None) -> Drained:
     """Wait for T (`due`, epoch seconds), then until every expected line is in the outbox
-    (or nothing new came for `stall_s`); CPU of `pids` and of Redis over that time."""
+    (or nothing new came for `stall_s`); CPU of `pids`, and of each Redis process of
+    `server_pids` (by name), over that time, and how much each of `counters()` (commands
+    by server, say) grew."""
     while time.time() < due:
         time.sleep(min(0.01, max(0.0, due - time.time())))
-    cpu0, redis0 = common.cpu_seconds(pids), common.cpu_seconds([redis_pid])
+    counted0 = counters() if counters else {}
+    cpu0 = common.cpu_seconds(pids)
+    redis0 = {name: common.cpu_seconds([pid]) for name, pid in server_pids.items()}
     tail = workload.OutboxTail(outbox / "messages.jsonl")
     last_change, seen = time.monotonic(), 0
     while seen < len(expected):
@@ -109,14 +126,18 @@ def drain(outbox: Path, expected: set[str], due: float, pids: list[int], redis_p
         elif time.monotonic() - last_change > stall_s:
             alive()
             break
-    cpu1, redis1 = common.cpu_seconds(pids), common.cpu_seconds([redis_pid])
+    cpu1 = common.cpu_seconds(pids)
+    redis1 = {name: common.cpu_seconds([pid]) for name, pid in server_pids.items()}
+    counted1 = counters() if counters else {}
     time.sleep(0.5)  # a duplicate sent just after the last line still shows
-    return Drained(workload.read_sends(outbox / "messages.jsonl", expected),
-                   cpu1 - cpu0, redis1 - redis0)
+    return Drained(workload.read_sends(outbox / "messages.jsonl", expected), cpu1 - cpu0,
+                   {name: redis1[name] - redis0[name] for name in server_pids},
+                   {name: n - counted0[name] for name, n in counted1.items()})
 
 
 def result(system: str, layout: str, expected: set[str], plan_s: float, planned_at: float,
            due: float, drained: Drained, memory_delta: int) -> Run:
+    """The run's figures; `drained.counted`: each Redis process's commands, if counted."""
     s = drained.sends
     per_1k = 1000 / s.sent if s.sent else float("nan")
     return Run(system=system, layout=layout, count=len(expected), plan_s=plan_s,
@@ -128,7 +149,11 @@ def result(system: str, layout: str, expected: set[str], plan_s: float, planned_
                max_s=s.lateness[-1] if s.lateness else float("nan"),
                cpu_s_per_1k=drained.cpu_s * per_1k,
                redis_cpu_s_per_1k=drained.redis_cpu_s * per_1k,
-               redis_bytes_per_pending=memory_delta / len(expected))
+               redis_bytes_per_pending=memory_delta / len(expected),
+               server_cpu_s_per_1k={name: cpu * per_1k
+                                    for name, cpu in drained.server_cpu_s.items()},
+               server_commands_per_send={name: n / s.sent if s.sent else float("nan")
+                                         for name, n in drained.counted.items()})
 
 
 def fresh_dir(base: Path, name: str) -> Path:
@@ -144,13 +169,13 @@ def messages_for(count: int) -> int:
 
 
 # Notifier -----------------------------------------------------------------------------------
-def plan_through_events(server: common.RedisServer, port: int, count: int, due: datetime,
+def plan_through_events(r: Any, port: int, count: int, due: datetime,
                         tag: str, secret: str, alive: Callable[[], None],
                         dues: list[datetime] | None = None) -> tuple[set[str], float]:
     """Post the people, then the messages escalating at `due` (or at each of `dues`) to
-    the web on `port`; return once the workers applied every one: (the notification ids
-    planned, seconds it took). Raises `RuntimeError` when an event is refused."""
-    r = server.client(0)
+    the web on `port`; return once the workers applied every one, read on the ledger
+    client `r`: (the notification ids planned, seconds it took). Raises `RuntimeError`
+    when an event is refused."""
     zone = workload.midday_zone(due)
     started = time.perf_counter()
     people = workload.sign_all(secret, workload.people_events(due, zone, tag))
@@ -195,7 +220,8 @@ def plan_margin_s(messages: int, plan_rate: float) -> float:
     return START_MARGIN_S + 1.2 * messages / plan_rate
 
 
-def run_ours(server: common.RedisServer, base: Path, count: int, processes: int | None,
+def run_ours(server: common.RedisServer | layouts.Servers, base: Path, count: int,
+             processes: int | None,
              threads: int | None, plan_rate: float = PLAN_RATE_GUESS,
              spread_s: float = 0.0, fsync_from_due: str | None = None,
              at_due: Callable[[int, str, int], None] | None = None,
@@ -209,29 +235,33 @@ def run_ours(server: common.RedisServer, base: Path, count: int, processes: int 
     (planning under `always` is slow, and it is not what is measured). `secret`: the
     webhook secret (default: a new one). `env_extra`: more NOTIFIER_* settings for every
     process (delivery-webhook endpoints, say). `on_drained()`, if given, runs once the
-    drain is measured, before the processes are stopped."""
+    drain is measured, before the processes are stopped. `server`: one Redis (its
+    database 0 holds ledger and queue), or a layout's servers (`bench.layouts`: the queue
+    on a Redis of its own, the ledger on one Redis or a cluster), each emptied first."""
+    servers = server if isinstance(server, layouts.Servers) else layouts.one(server)
     label = "defaults" if processes is None else f"{processes}x{threads}"
     work = fresh_dir(base, f"ours-{label}")
-    r = server.client(0)
-    r.flushdb()
+    servers.flush()
+    r = servers.ledger()
     secret = secret or workload.new_secret()
-    env = common.python_env(common.product_env(server.url_for(0), work / "outbox", secret,
-                                               work / "var", **(env_extra or {})))
+    env = common.python_env(common.product_env(servers.ledger_url, work / "outbox", secret,
+                                               work / "var",
+                                               **(servers.env() | (env_extra or {}))))
     commands = common.product_commands(processes, threads)
     port = common.web_port(commands)
     with common.processes(commands, env, work, work / "logs") as procs:
         common.wait_for_http(port, alive=procs)
         common.wait_settled(procs.pids)
-        base_memory = int(r.info("memory")["used_memory"])
+        base_memory = servers.used_memory()
         messages = messages_for(count)
         due = datetime.now(UTC) + timedelta(seconds=plan_margin_s(messages, plan_rate))
         dues = [due + timedelta(seconds=spread_s * i / messages) for i in range(messages)]
-        expected, plan_s = plan_through_events(server, port, count, due, "b", secret,
+        expected, plan_s = plan_through_events(r, port, count, due, "b", secret,
                                                procs.check_alive, dues)
         planned_at = time.time()
-        memory = int(r.info("memory")["used_memory"]) - base_memory
+        memory = servers.used_memory() - base_memory
         if fsync_from_due is not None:
-            r.config_set("appendfsync", fsync_from_due)
+            servers.config_set("appendfsync", fsync_from_due)
         senders = [pid for name, pid in zip(procs.names, procs.pids, strict=True)
                    if name != "web"]
         # Our clock is one more (mostly idle) process than the peers have: said, and its
@@ -244,12 +274,13 @@ def run_ours(server: common.RedisServer, base: Path, count: int, processes: int 
             side = threading.Thread(target=_at, args=(due.timestamp(), at_due,
                                                       (port, secret, web_pid)))
             side.start()
-        drained = drain(work / "outbox", expected, due.timestamp(), senders, server.pid,
-                        procs.check_alive)
+        drained = drain(work / "outbox", expected, due.timestamp(), senders, servers.pids,
+                        procs.check_alive, counters=servers.commands)
         if side is not None:
             side.join()
         if on_drained is not None:
             on_drained()
+    r.close()
     return result("Notifier" + (" (defaults)" if processes is None else ""), layout,
                   expected, plan_s, planned_at, due.timestamp(), drained, memory)
 
@@ -330,8 +361,8 @@ def run_peer(server: common.RedisServer, base: Path, system: str, count: int, pr
             time.sleep(0.05)
         memory = int(r.info("memory")["used_memory"]) - base_memory
         expected = {t.id for t in tasks}
-        drained = drain(work / "outbox", expected, due.timestamp(), procs.pids, server.pid,
-                        procs.check_alive)
+        drained = drain(work / "outbox", expected, due.timestamp(), procs.pids,
+                        {"redis": server.pid}, procs.check_alive)
     return result(system, f"{processes} x {threads}", expected, plan_s, planned_at,
                   due.timestamp(), drained, memory)
 

@@ -45,6 +45,7 @@ import phonenumbers
 from pydantic import SecretStr
 
 from notifier.errors import ConfigError
+from notifier.ledger.redis_urls import is_cluster_url, parse_cluster_url
 
 if TYPE_CHECKING:
     from notifier.webhooks.endpoints import Endpoint
@@ -80,10 +81,10 @@ Backend = Literal["twilio", "sendgrid", "outbox"]
 #: What NOTIFIER_BROKER_URL may start with: RabbitMQ (`amqp`, `amqps` with TLS) or a Redis
 #: (`redis`, `rediss`, `unix`), each as dramatiq's broker for it takes its URL.
 BROKER_SCHEMES = {"amqp", "amqps", "redis", "rediss", "unix"}
-#: What NOTIFIER_REDIS_URL may start with: one Redis (`redis`, `rediss`, `unix`) or a
-#: Redis Cluster given by some of its nodes (`notifier.ledger.connect`).
+#: What NOTIFIER_REDIS_URL may start with: one Redis (`redis`, `rediss`, `unix`), or a
+#: Redis Cluster given by some of its nodes (`redis+cluster`, `rediss+cluster`:
+#: `notifier.ledger.redis_urls`).
 REDIS_SCHEMES = {"redis", "rediss", "unix"}
-CLUSTER_SCHEMES = {"redis+cluster", "rediss+cluster"}
 #: What NOTIFIER_LOG_LEVEL may be (any case).
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -318,26 +319,18 @@ def _redis_url(env: Mapping[str, str], name: str) -> str | None:
     """NOTIFIER_REDIS_URL: one Redis, or a cluster URL whose form is checked here (a
     malformed list of nodes stops start-up, rather than the first connection)."""
     raw = env.get(name, "").strip()
-    if urlparse(raw).scheme not in CLUSTER_SCHEMES:
+    if not is_cluster_url(raw):
         try:
             return _url(env, name, None, REDIS_SCHEMES)
         except ConfigError:
             raise ConfigError(f"{name}: expected a URL starting with redis://, rediss://, "
                               "unix://, or a cluster's redis+cluster://host:port,host:port "
                               f"(rediss+cluster:// with TLS), got {raw!r}") from None
-    # Imported here: it imports redis-py, which this module does not (see LEDGER_SHARDS).
-    from notifier.ledger.redis_urls import parse_cluster_url
-
     try:
         parse_cluster_url(raw)
     except ConfigError as exc:
         raise ConfigError(f"{name}: {exc}") from None
     return raw.rstrip("/")
-
-
-def is_cluster_url(url: str | None) -> bool:
-    """Whether `url` names a Redis Cluster (`redis+cluster://`, `rediss+cluster://`)."""
-    return url is not None and urlparse(url).scheme in CLUSTER_SCHEMES
 
 
 def _log_level(env: Mapping[str, str], name: str, default: str) -> str:

@@ -11,7 +11,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
-from notifier.config import PROVIDER_CALL_S, Settings, is_cluster_url
+from notifier.config import PROVIDER_CALL_S, Settings
 from notifier.delivery.channels import Channel
 from notifier.delivery.channels.outbox import Outbox
 from notifier.delivery.compose import STAFF_KINDS
@@ -23,6 +23,7 @@ from notifier.ledger.client import LedgerRedis, ledger_client, store_errors
 from notifier.ledger.connect import connect_cluster
 from notifier.ledger.embedded_redis import EmbeddedRedis
 from notifier.ledger.ratelimit import RateLimiter
+from notifier.ledger.redis_urls import is_cluster_url
 from notifier.ledger.store import Store
 from notifier.policy.figures import Policy, load_policy
 from notifier.webhooks.outbox import WebhookOutbox

@@ -24,8 +24,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import SecretStr
 
-from notifier.config import Settings, is_cluster_url
+from notifier.config import Settings
 from notifier.errors import StoreError, UsageError
+from notifier.ledger.redis_urls import is_cluster_url, shown_url
 
 
 def private_dir(path: Path) -> Path:
@@ -124,8 +125,6 @@ def start_worker(runtime: Any, threads: int) -> Any:
 def redacted(url: str) -> str:
     """`url` without a password, to show in an error."""
     if is_cluster_url(url):
-        from notifier.ledger.redis_urls import shown_url
-
         # Its netloc is a list of nodes, which urlsplit's host and port cannot read.
         return shown_url(url)
     parts = urlsplit(url)

@@ -1,8 +1,8 @@
 """A Redis client from a URL: one server (`redis://`, `rediss://`, `unix://`, as redis-py
 reads them) or a Redis Cluster given by some of its nodes.
 
-A cluster URL lists startup nodes, any of which the client asks for the slot map; the
-URLs' forms and their parsing are `notifier.ledger.redis_urls`.
+A cluster URL lists startup nodes, any of which the client asks for the slot map; its
+form is read in `notifier.ledger.redis_urls` (without redis-py, for the settings).
 
 The service takes a cluster URL as NOTIFIER_REDIS_URL (`notifier.config`, with a broker
 of its own) and connects with `notifier.runtime.connect_ledger`.
@@ -19,11 +19,15 @@ from notifier.errors import ConfigError
 from notifier.ledger.redis_urls import (
     CLUSTER_SCHEMES,
     SINGLE_SCHEMES,
+    ClusterURL,
     parse_cluster_url,
     shown_url,
     split_url,
 )
 
+__all__ = ["CLUSTER_SCHEMES", "SINGLE_SCHEMES", "ClusterURL", "cluster_masters",
+           "cluster_settings", "connect", "connect_cluster", "parse_cluster_url",
+           "shown_url"]
 
 def connect_cluster(url: str, **options: Any) -> RedisCluster:
     """A `RedisCluster` client for a cluster URL, which asks its startup nodes for the slot

@@ -1,7 +1,5 @@
-"""Redis URLs as the service reads them, without connecting (no redis import: the
-settings read them, and policy, which imports the settings' file reader, must not pull
-in redis): one server (`redis://`, `rediss://`, `unix://`, as redis-py reads them) or a
-Redis Cluster given by some of its nodes:
+"""Redis URLs read without redis-py: one server's schemes, and a Redis Cluster's URL
+listing some of its nodes, whose form is checked here (`parse_cluster_url`).
 
     redis+cluster://[user:password@]host:port[,host:port...][/]
     rediss+cluster://...        the same over TLS
@@ -9,6 +7,9 @@ Redis Cluster given by some of its nodes:
 An IPv6 host is written in brackets (`[::1]:7000`). A cluster has one database, so the URL
 has no database number, and options are passed to `notifier.ledger.connect.connect()`,
 never in a query string.
+
+Apart from `notifier.ledger.connect` so that settings (`notifier.config`, which the
+policy imports) check a URL without importing redis-py.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ class ClusterURL:
 
 
 def split_url(url: str) -> SplitResult:
-    """`url`'s parts (`urllib.parse.urlsplit`). Raises `ConfigError` for one that cannot
-    be split, giving the reason without the URL (it may hold a password)."""
+    """`url`'s parts (`urllib.parse.urlsplit`). Raises `ConfigError` for a URL that cannot
+    be split, with the reason but not the URL (it may hold a password)."""
     try:
         return urlsplit(url)
     except ValueError as exc:  # an unclosed IPv6 bracket, say
@@ -103,3 +104,14 @@ def parse_cluster_url(url: str) -> ClusterURL:
     return ClusterURL(nodes=tuple(_node(url, entry) for entry in entries),
                       username=username, password=password,
                       ssl=CLUSTER_SCHEMES[parts.scheme])
+
+
+def is_cluster_url(url: str | None) -> bool:
+    """Whether `url` names a Redis Cluster (`redis+cluster://`, `rediss+cluster://`);
+    False for None. Raises nothing: a URL that cannot be split names no cluster."""
+    if url is None:
+        return False
+    try:
+        return urlsplit(url).scheme in CLUSTER_SCHEMES
+    except ValueError:
+        return False

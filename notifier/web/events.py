@@ -121,6 +121,11 @@ class EventStores:
         loop = asyncio.get_running_loop()
         events = self._by_loop[loop] = self._new()
         try:
+            try:
+                await events.connect()
+            except StoreError as exc:
+                # Not fatal: the first request reads the slot map instead.
+                log.warning("the event store could not connect at start: %s", exc)
             yield
         finally:
             del self._by_loop[loop]

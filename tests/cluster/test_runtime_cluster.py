@@ -150,3 +150,32 @@ def test_a_one_shot_command_runs_on_the_cluster(cluster, tmp_path, redis_url):
         "NOTIFIER_REDIS_URL": cluster.url, "NOTIFIER_BROKER_URL": redis_url})
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("provider-digest  cron ")
+
+
+def _store_in_child(runtime: Runtime, event_id: str) -> None:
+    stored = runtime.store.store_event(event_id, b"{}", NOW, subject="appointment:a9",
+                                       occurred_at=NOW)
+    raise SystemExit(0 if stored else 3)
+
+
+def test_a_forked_worker_process_uses_the_cluster_client_built_before_the_fork(
+        cluster, tmp_path):
+    """`notifier worker --processes N` forks after start-up (`worker.processes`): each
+    child's cluster client opens connections of its own (redis-py's pools check the pid)."""
+    import multiprocessing
+
+    flush(cluster)
+    runtime = Runtime.build(cluster_settings(cluster.url, tmp_path), cluster.url)
+    try:
+        runtime.redis.ping()  # connections made in the parent before the fork
+        children = [multiprocessing.get_context("fork").Process(
+            target=_store_in_child, args=(runtime, f"evt-child{i}")) for i in range(2)]
+        for child in children:
+            child.start()
+        for child in children:
+            child.join(30)
+        assert [child.exitcode for child in children] == [0, 0]
+        assert runtime.store.event_subject("evt-child1") == ("accepted", "appointment:a9")
+        assert runtime.redis.ping()  # the parent's connections still work
+    finally:
+        runtime.redis.close()

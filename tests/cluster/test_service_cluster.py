@@ -217,7 +217,7 @@ def test_healthz_says_degraded_with_a_master_down_and_unhealthy_without_a_majori
     """One master down: 200 `degraded` (the other shards take events: a load balancer
     keeps the web). Two of three: the last one, cut off from the majority, holds the
     cluster as failed and refuses commands though it answers PING: 503."""
-    client, _ = web
+    client, secret = web
     assert health(client) == (200, {"status": "ok", "redis": "ok", "redis_masters": 3,
                                     "redis_masters_down": 0, "redis_fsync": "always"})
     master_back.append(1)
@@ -226,6 +226,15 @@ def test_healthz_says_degraded_with_a_master_down_and_unhealthy_without_a_majori
     assert (code, answer["status"], answer["redis"], answer["redis_masters_down"]) == (
         200, "degraded", "degraded", 1)
     assert "127.0.0.1" not in json.dumps(answer)  # counts, never addresses
+    # What reads every shard answers 503 at once; events of the shards up are taken.
+    started = time.monotonic()
+    metrics = client.get("/metrics")
+    assert (metrics.status_code, "retry-after" in metrics.headers) == (503, True)
+    assert time.monotonic() - started < 5
+    codes = {post(client, secret, client_upserted(f"c{i}", "America/Chicago",
+                                                  datetime.now(UTC))).status_code
+             for i in range(30)}
+    assert codes == {202, 503}
     master_back.append(2)
     cluster.kill(2)
     deadline = time.monotonic() + 15
