@@ -8,7 +8,7 @@ one and turns an error into one line. The commands live by concern:
 - `notifier.cli.webhooks`: `webhooks list|test|replay`, the delivery-webhook endpoints;
 - `notifier.cli.console`: `console add-operator`, who may sign in to the operator console,
   and `console reindex`, the console's indexes filled for records stored before them;
-- `notifier.cli.console`: `console add-operator`, who may sign in to the operator console;
+- `notifier.cli.shards`: `shards status|mark`, the ledger's shards that lost their data;
 - `notifier.cli.fhir`: `fhir map`, the events a FHIR resource or bundle becomes;
 - `notifier.cli.common`: what they share (the runtime on Redis, development secrets,
   logging, the listening socket, how to name the command in what they print).
@@ -26,6 +26,7 @@ from notifier.cli.console import cmd_console_add_operator, cmd_console_reindex
 from notifier.cli.fhir import cmd_fhir_map
 from notifier.cli.send_event import cmd_send_event
 from notifier.cli.serve import cmd_clock, cmd_dev, cmd_web, cmd_worker
+from notifier.cli.shards import cmd_shards_mark, cmd_shards_status
 from notifier.cli.tools import cmd_jobs_list, cmd_jobs_run, cmd_notifications, cmd_preview
 from notifier.cli.webhooks import cmd_webhooks_list, cmd_webhooks_replay, cmd_webhooks_test
 from notifier.config import Settings
@@ -34,8 +35,8 @@ from notifier.errors import NotifierError
 #: What `notifier --help` says above the commands.
 DESCRIPTION = """\
 The `notifier` command: dev, web, worker, clock, jobs, preview, notifications, send-event,
-webhooks (list, test, replay), console (add-operator, reindex).
-webhooks (list, test, replay), console (add-operator), fhir (map).
+webhooks (list, test, replay), console (add-operator, reindex), shards (status, mark),
+fhir (map).
 
 Each command builds its settings once from the environment (and `.env`); a bad setting,
 a wrong argument or a service that does not answer stops it with one line saying what is
@@ -147,6 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
         "prescriptions, refill requests and messages under them (for records stored "
         "before this version; safe to run again)")
     reindex.set_defaults(func=cmd_console_reindex)
+    shards = sub.add_parser("shards", help="the ledger's shards: which lost their data "
+                            "(a cluster master restarted without its append-only file)")
+    shards_sub = shards.add_subparsers(dest="shards_command", required=True,
+                                       metavar="status|mark")
+    shards_sub.add_parser("status", help="the shard count and the shards whose data is "
+                          "gone; exit 1 when some are").set_defaults(func=cmd_shards_status)
+    shards_sub.add_parser("mark", help="mark the lost shards again, once restored or the "
+                          "loss accepted: /healthz says ok again").set_defaults(
+        func=cmd_shards_mark)
     fhir = sub.add_parser("fhir", help="the FHIR R4 intake: map a resource or bundle to our "
                           "events")
     fhir_sub = fhir.add_subparsers(dest="fhir_command", required=True, metavar="map")

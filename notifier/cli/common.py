@@ -142,6 +142,7 @@ def open_runtime(settings: Settings, *, serving: bool = False) -> Iterator[Any]:
     `serving` command (dev, web, worker, clock) logs Redis's fsync policy first; one-shot
     commands keep their output to their answer."""
     from notifier.ledger.durability import log_fsync_policy
+    from notifier.ledger.shard_marks import ensure_marks
     from notifier.ledger.shards import check_shards
     from notifier.runtime import Runtime, resolve_redis_url
 
@@ -153,6 +154,8 @@ def open_runtime(settings: Settings, *, serving: bool = False) -> Iterator[Any]:
             runtime.redis.ping()
             # The shard count is part of the data: another count stops start-up here.
             check_shards(runtime.redis, settings.ledger_shards)
+            # A shard that lost its data is said (CRITICAL), not refused: the others work.
+            ensure_marks(runtime.redis, runtime.store.keys)
             if serving:
                 log_fsync_policy(runtime.redis)
         except StoreError as exc:

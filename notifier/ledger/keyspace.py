@@ -48,6 +48,8 @@ KEY_FAMILIES: tuple[KeyFamily, ...] = (
     KeyFamily("n:clocks", "twice the shard lease after the last clock's beat",
               "one entry per live clock"),
     KeyFamily("n:shards", "", "one number: the shard count the ledger was written with"),
+    KeyFamily("n:{*}:mark", "", "one per shard: that the shard holds the ledger's data "
+              "(`ledger.shard_marks`)"),
     KeyFamily("n:{*}:awaiting-report", "", "one per shard: messages sent through Twilio "
               "or SendGrid with no final delivery report: each leaves on one, or when the "
               "clock's repair job looks it up after the wait (or drops it, its "

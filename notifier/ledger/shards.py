@@ -61,11 +61,11 @@ shards too (`notifier.ledger.events`, `.turns`, `.record_store`): an event, its 
 queue, turn and held closes in the subject's shard (an event without a subject in its
 id's: `of_event`), a record in its own entity's, a client's visits and a provider's queue
 one part per shard, the clients' and providers' indexes one set per shard; so applying an
-event is one shard's transaction, and what spans shards is read across them, except where
-a plan writes about another entity than its event's subject (a refill request cancelling
-its prescription's reminders, a completed visit's follow-up under the client, a denied
-refill's visit-required notice under the client): those plans still span two shards,
-which one Redis takes and a cluster refuses (`docs/cluster.md`, what is left).
+event is one shard's transaction, and what spans shards is read across them. What an
+event adds is named after its subject; the one effect on another entity, a refill request
+cancelling its prescription's reminders, is that shard's own transaction, committed first
+(`notifier.ledger.plans`, `PlanWriter._cancel_elsewhere`). Each shard's mark
+(`notifier.ledger.shard_marks`) tells a shard that lost its data from a new one.
 """
 
 from __future__ import annotations

@@ -27,6 +27,8 @@ from notifier.ledger.cluster.health import cluster_health
 from notifier.ledger.durability import Fsync, fsync_policy
 from notifier.ledger.events import SET_ASIDE_STATUSES
 from notifier.ledger.notifications import FINAL_STATES, SENT_AGAIN
+from notifier.ledger.shard_marks import lost_shards
+from notifier.ledger.shards import ShardKeys
 from notifier.ledger.store import Store
 from notifier.policy.figures import CHANNELS
 from notifier.timeutil import utcnow
@@ -37,7 +39,7 @@ from notifier.worker.reports import LookupOutcome
 
 
 class HealthAnswer(BaseModel):
-    #: "degraded" only on a Redis Cluster with some masters down
+    #: "degraded" with some masters of a Redis Cluster down, or shards lost
     status: Literal["ok", "degraded", "unhealthy"]
     #: "ok" or "unreachable"; on a cluster, "degraded" when some masters are down
     redis: Literal["ok", "degraded", "unreachable"]
@@ -47,6 +49,9 @@ class HealthAnswer(BaseModel):
     #: not holding the cluster as working: `ledger.cluster.health`)
     redis_masters: int | None = None
     redis_masters_down: int | None = None
+    #: Shards whose data is gone (`ledger.shard_marks`: a master restarted without its
+    #: append-only file); > 0 makes the status "degraded" until `notifier shards mark`
+    ledger_shards_lost: int = 0
 
 
 class LedgerCollector(Collector):
@@ -66,6 +71,11 @@ class LedgerCollector(Collector):
         yield GaugeMetricFamily("notifier_events_held",
                                 "Closes waiting for their subject's opening event",
                                 value=figures.events_held)
+        yield GaugeMetricFamily(
+            "notifier_ledger_shards_lost",
+            "Ledger shards whose data is gone (a master restarted without its append-only "
+            "file), until `notifier shards mark`",
+            value=len(lost_shards(self.store.redis, self.store.keys)))
         set_aside = CounterMetricFamily(
             "notifier_events_set_aside",
             "Accepted events that will never be applied: rejected (no longer valid) or "
@@ -178,7 +188,7 @@ def ops_routes(store: Store, registry: CollectorRegistry) -> APIRouter:
                                                                    "(on a cluster: no master up)"}})
     def healthz() -> JSONResponse:
         if isinstance(store.redis, RedisCluster):
-            return cluster_healthz(store.redis)
+            return cluster_healthz(store.redis, store.keys)
         try:
             store.redis.ping()
         except StoreError:
@@ -188,9 +198,12 @@ def ops_routes(store: Store, registry: CollectorRegistry) -> APIRouter:
                                 status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
         try:
             fsync = fsync_policy(store.redis)
+            lost = len(lost_shards(store.redis, store.keys))
         except StoreError:
-            fsync = "unknown"  # it went between the two commands; the ping said it was up
-        return JSONResponse({"status": "ok", "redis": "ok", "redis_fsync": fsync})
+            # It went between the commands; the ping said it was up.
+            fsync, lost = "unknown", 0
+        return JSONResponse({"status": "degraded" if lost else "ok", "redis": "ok",
+                             "redis_fsync": fsync, "ledger_shards_lost": lost})
 
     @router.get("/metrics", response_class=Response, responses={200: {
         "description": "Prometheus text exposition format",
@@ -201,7 +214,7 @@ def ops_routes(store: Store, registry: CollectorRegistry) -> APIRouter:
     return router
 
 
-def cluster_healthz(cluster: RedisCluster) -> JSONResponse:
+def cluster_healthz(cluster: RedisCluster, keys: ShardKeys) -> JSONResponse:
     """`/healthz` on a Redis Cluster ledger: 503 when no master is up; 200 `degraded`
     when some are. A load balancer that took the web out for one master down would turn
     a partial outage into a whole one: the events of the shards still up are stored, the
@@ -217,8 +230,13 @@ def cluster_healthz(cluster: RedisCluster) -> JSONResponse:
         fsync = fsync_policy(cluster)  # type: ignore[arg-type]  # a LedgerCluster
     except StoreError:
         fsync = "unknown"
-    return JSONResponse({"status": "ok" if health.state == "ok" else "degraded", **answer,
-                         "redis_fsync": fsync})
+    try:
+        lost = len(lost_shards(cluster, keys))  # a master down: its shards are not counted
+    except StoreError:
+        lost = 0
+    ok = health.state == "ok" and not lost
+    return JSONResponse({"status": "ok" if ok else "degraded", **answer,
+                         "redis_fsync": fsync, "ledger_shards_lost": lost})
 
 
 def openapi_document(app: FastAPI, amend: Callable[[dict[str, Any]], None],

@@ -120,7 +120,7 @@ def test_events_posted_and_applied_are_read_back_through_the_api_and_metrics(
     health = client.get("/healthz")
     assert (health.status_code, health.json()) == (
         200, {"status": "ok", "redis": "ok", "redis_masters": 3, "redis_masters_down": 0,
-              "redis_fsync": "always"})
+              "redis_fsync": "always", "ledger_shards_lost": 0})
 
 
 # Cron: a fire claimed once across clocks ------------------------------------------------
@@ -219,7 +219,8 @@ def test_healthz_says_degraded_with_a_master_down_and_unhealthy_without_a_majori
     cluster as failed and refuses commands though it answers PING: 503."""
     client, secret = web
     assert health(client) == (200, {"status": "ok", "redis": "ok", "redis_masters": 3,
-                                    "redis_masters_down": 0, "redis_fsync": "always"})
+                                    "redis_masters_down": 0, "redis_fsync": "always",
+                                    "ledger_shards_lost": 0})
     master_back.append(1)
     cluster.kill(1)
     code, answer = health(client)

@@ -18,8 +18,9 @@ client's visits). The masters keep an append-only
 file fsynced on every write (`LocalCluster`'s default), so the restarted master has every
 write it acknowledged: its notifications go out once it is back, late by the outage, and
 nothing is sent twice. Without persistence the master comes back empty: the events,
-records and planned notifications of its shards are gone, nothing in the service tells,
-and an event posted again is taken as new (`test_a_master_back_without_its_data_...`).
+records and planned notifications of its shards are gone, `/healthz` says how many shards
+were lost (their marks went with them), and an event posted again is taken as new
+(`test_a_master_back_without_its_data_...`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from redis.crc import key_slot
 
 from notifier.config import PROJECT_ROOT
 from notifier.ledger.cluster.server import LocalCluster
+from notifier.ledger.shard_marks import lost_shards, mark_key, write_marks
 from notifier.ledger.shards import ShardKeys
 from notifier.worker.actors import enqueue_deliver
 from notifier.worker.digests import run_manually
@@ -343,7 +345,10 @@ def test_a_killed_master_delays_only_its_shards_and_loses_nothing_it_acknowledge
 
         back_at = datetime.now(UTC)  # started again now; ready (every node agreeing) after
         cluster.restart(killed)
-        assert service.http.get("/healthz").json()["status"] == "ok"
+        # Back with its data, marks included: nothing was lost.
+        assert service.http.get("/healthz").json() | {"redis_fsync": None} == {
+            "status": "ok", "redis": "ok", "redis_masters": 3, "redis_masters_down": 0,
+            "ledger_shards_lost": 0, "redis_fsync": None}
         # The integrator posts it again, as the 503 asked.
         wait_for(lambda: service.post(refused_booking).status_code == 202,
                  what="the refused booking to be taken")
@@ -362,14 +367,16 @@ def test_a_killed_master_delays_only_its_shards_and_loses_nothing_it_acknowledge
         service.close()
 
 
-def test_a_master_back_without_its_data_loses_its_shards_and_nothing_says_so(
+def test_a_master_back_without_its_data_loses_its_shards_and_healthz_says_which(
         cluster, ledger_url, master_back, other_redis_url, tmp_path):
     """What persistence saves in the test above: the same master killed, its append-only
     file removed (a master run without one, or replaced by an empty one), restarted. It
     serves its slots again, empty: the booking stored there, its record and its planned
-    notifications are gone; its reminder is never sent; the event is unknown; and
-    nothing reports it (`/healthz` says ok). An integrator posting the booking again is
-    taken as new, and its confirmation goes out a second time."""
+    notifications are gone; its reminder is never sent; the event is unknown. What says
+    so is its shards' marks gone (`ledger.shard_marks`): `/healthz` is `degraded` with
+    how many shards were lost, until an operator marks them (`notifier shards mark`).
+    An integrator posting the booking again is taken as new, and its confirmation goes
+    out a second time."""
     killed, client, doomed, spared = master_to_kill(cluster)
 
     service = cluster_service(ledger_url, other_redis_url, tmp_path)
@@ -404,6 +411,14 @@ def test_a_master_back_without_its_data_loses_its_shards_and_nothing_says_so(
         assert store.event_status(bookings[spared]["id"])["status"] == "applied"
         listed = service.notifications(client)
         assert not any(doomed in i for i in listed) and any(spared in i for i in listed)
+        health = service.http.get("/healthz").json()
+        on_killed = [s for s in range(store.keys.count)
+                     if cluster.node_of_slot(key_slot(mark_key(store.keys, s).encode()))
+                     == killed]
+        assert on_killed and lost_shards(store.redis, store.keys) == on_killed
+        assert (health["status"], health["ledger_shards_lost"]) == ("degraded",
+                                                                    len(on_killed))
+        write_marks(store.redis, store.keys, on_killed)  # `notifier shards mark`
         assert service.http.get("/healthz").json()["status"] == "ok"
 
         assert service.post(bookings[doomed]).status_code == 202  # not a duplicate now

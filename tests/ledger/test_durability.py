@@ -95,7 +95,8 @@ def test_healthz_reports_the_policy(durable_url, durable):
     broker = build_broker(durable_url)
     with TestClient(create_app(settings, Store(durable), broker)) as client:
         assert client.get("/healthz").json() == {"status": "ok", "redis": "ok",
-                                                 "redis_fsync": "always"}
+                                                 "redis_fsync": "always",
+                                                 "ledger_shards_lost": 0}
         durable.config_set("appendfsync", "everysec")
         assert client.get("/healthz").json()["redis_fsync"] == "everysec"
     broker.close()

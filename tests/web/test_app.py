@@ -35,6 +35,7 @@ from notifier.ledger.daily import REFUSED_DAILY
 from notifier.ledger.embedded_redis import free_port
 from notifier.ledger.notifications import FINAL_STATES
 from notifier.ledger.reading import READ_LIMIT
+from notifier.ledger.shard_marks import ensure_marks, mark_key, write_marks
 from notifier.ledger.store import Store
 from notifier.policy.plan import Plan, PlannedNotification
 from notifier.web.app import create_app
@@ -866,7 +867,22 @@ def test_healthz_is_200_with_redis_up(client):
     answer = client.get("/healthz")
     assert answer.status_code == 200
     # The session's Redis runs without an append-only file.
-    assert answer.json() == {"status": "ok", "redis": "ok", "redis_fsync": "off"}
+    assert answer.json() == {"status": "ok", "redis": "ok", "redis_fsync": "off",
+                             "ledger_shards_lost": 0}
+
+
+def test_healthz_and_metrics_say_how_many_shards_lost_their_data(client, store):
+    """A shard whose mark is gone (`ledger.shard_marks`: a master back without its data)
+    makes /healthz `degraded`, still 200 (the other shards work), until it is marked."""
+    ensure_marks(store.redis, store.keys)
+    assert client.get("/healthz").json()["ledger_shards_lost"] == 0
+    store.redis.delete(mark_key(store.keys, 7))
+    answer = client.get("/healthz")
+    assert answer.status_code == 200
+    assert (answer.json()["status"], answer.json()["ledger_shards_lost"]) == ("degraded", 1)
+    assert "notifier_ledger_shards_lost 1.0" in client.get("/metrics").text
+    write_marks(store.redis, store.keys, [7])
+    assert client.get("/healthz").json()["status"] == "ok"
 
 
 def test_healthz_is_503_with_redis_down(settings):

@@ -1,0 +1,39 @@
+"""`notifier shards status`: the ledger's shard count and the shards whose data is gone
+(`notifier.ledger.shard_marks`); exit 1 when there are some. `notifier shards mark`: mark
+them again, once what could be restored is restored or the loss is accepted, so that
+`/healthz` says `ok` again."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from notifier.cli.common import open_runtime
+from notifier.config import Settings
+from notifier.ledger.shard_marks import lost_shards, write_marks
+
+
+def cmd_shards_status(args: argparse.Namespace, settings: Settings) -> None:
+    """Print the shard count and the lost shards; exit 1 when some are lost."""
+    with open_runtime(settings) as runtime:
+        keys = runtime.store.keys
+        lost = lost_shards(runtime.redis, keys)
+    if not lost:
+        print(f"{keys.count} shards, none lost")
+        return
+    print(f"{keys.count} shards; lost (their data is gone): {', '.join(map(str, lost))}. "
+          "Restore what you can (or have integrators post their upcoming events again), "
+          "then run `notifier shards mark`")
+    sys.exit(1)
+
+
+def cmd_shards_mark(args: argparse.Namespace, settings: Settings) -> None:
+    """Mark the lost shards again, saying which: `/healthz` is `ok` again and start-up no
+    longer logs them. Safe to run again (nothing lost: nothing to mark)."""
+    with open_runtime(settings) as runtime:
+        keys = runtime.store.keys
+        lost = lost_shards(runtime.redis, keys)
+        if lost:
+            write_marks(runtime.redis, keys, lost)
+    print(f"marked shards {', '.join(map(str, lost))}: their loss is no longer reported"
+          if lost else "no shard was lost: nothing to mark")

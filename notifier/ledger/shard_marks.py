@@ -1,0 +1,85 @@
+"""Each shard's mark, `n:{s}:mark`: how a shard that lost its data is told from one that
+has none yet.
+
+Why: on a Redis Cluster a master restarted without its append-only file (or replaced by an
+empty one) serves its slots again, empty. Its shards' events, records and planned
+notifications are gone, and nothing else would say so: an empty shard looks like a new
+one, a reminder planned there is never sent, an event posted again is taken as new (its
+confirmation sent a second time). So the ledger writes one small key per shard when it is
+first used (`ensure_marks`, at start-up after the shard count is checked), and a shard whose mark is
+missing while the ledger has been used has lost what it held. `/healthz` says so
+(`degraded`, `ledger_shards_lost`), `/metrics` counts them (`notifier_ledger_shards_lost`),
+and start-up logs CRITICAL naming them. An operator who has restored what could be
+restored (or accepted the loss: the integrators post their upcoming bookings again) marks
+them again with `notifier shards mark`.
+
+On one Redis the marks and everything else go together: a Redis that lost everything
+looks new, as it did before (`NOTIFIER_REDIS_URL`: run it with `appendonly yes`).
+
+Errors: as the ledger's client raises them (`StoreUnavailable`); `lost_shards` counts a
+shard whose master does not answer as not lost (it is down, which `/healthz` says apart).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from notifier.ledger.shards import ShardKeys
+
+log = logging.getLogger(__name__)
+
+
+def mark_key(keys: ShardKeys, shard: int) -> str:
+    """Shard `shard`'s mark (`n:{7}:mark`), in its slot."""
+    return keys.tag(shard) + "mark"
+
+
+def write_marks(client: Any, keys: ShardKeys, shards: list[int] | None = None) -> None:
+    """Mark `shards` (every shard when None), in one pipeline (one round trip per node
+    on a cluster)."""
+    with client.pipeline(transaction=False) as pipe:
+        for shard in range(keys.count) if shards is None else shards:
+            pipe.set(mark_key(keys, shard), keys.count)
+        pipe.execute()
+
+
+def mark_states(client: Any, keys: ShardKeys) -> list[bool | None]:
+    """Each shard's mark, by shard: True (there), False (missing), None (its master did
+    not answer). One pipeline."""
+    with client.pipeline(transaction=False) as pipe:
+        for shard in range(keys.count):
+            pipe.exists(mark_key(keys, shard))
+        answers = pipe.execute(raise_on_error=False)
+    return [None if isinstance(found, Exception) else bool(found) for found in answers]
+
+
+def lost_shards(client: Any, keys: ShardKeys) -> list[int]:
+    """The shards whose mark is missing while another shard's is there, ascending; []
+    when none is marked (a ledger not marked yet: `ensure_marks` marks it at start-up).
+    A shard whose master does not answer is left out (it is down, not known lost). One
+    pipeline."""
+    states = mark_states(client, keys)
+    if True not in states:
+        return []
+    return [shard for shard, marked in enumerate(states) if marked is False]
+
+
+def ensure_marks(client: Any, keys: ShardKeys) -> list[int]:
+    """At start-up, after the shard count is checked: mark every shard when none is
+    marked (a ledger used for the first time, or one written before marks); else return
+    the shards whose mark is missing, logged CRITICAL, and leave them so until an
+    operator marks them (`notifier shards mark`). Raises what the client raises.
+
+    Not "mark them when the shard count was just recorded": the count is one key, on one
+    master, and a master that lost its data may be the one that held it."""
+    if True not in mark_states(client, keys):
+        write_marks(client, keys)
+        return []
+    lost = lost_shards(client, keys)
+    if lost:
+        log.critical("ledger shards %s lost their data (their mark is gone: a master "
+                     "restarted without its append-only file?): what they held is not "
+                     "there; restore it, or post the upcoming events again, then run "
+                     "`notifier shards mark`", ", ".join(map(str, lost)))
+    return lost
