@@ -265,7 +265,10 @@ def test_a_receiver_down_for_good_is_disabled_after_5_days_then_replayed(
     started = receiver.wait_for(lambda: receiver.received("/down")[8:],
                                 what="the next message")[0].headers["webhook-id"]
     wait_for(lambda: status(service, "down").disabled_at, what="the endpoint disabled")
-    alerts = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    # Logged by the sender thread just after it records the endpoint disabled: waited
+    # for, not read at once (a loaded machine read it in between, once).
+    alerts = wait_for(lambda: [r.getMessage() for r in caplog.records
+                               if r.levelno == logging.ERROR], what="the alert")
     assert len(alerts) == 1 and "down" in alerts[0] and "disabled" in alerts[0], alerts
     assert message(service, "down", started)["state"] == "pending"  # a retry, held
 
