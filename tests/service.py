@@ -26,8 +26,7 @@ from notifier.cli.send_event import sign_event
 from notifier.config import Settings
 from notifier.delivery.channels.outbox import Outbox
 from notifier.ledger.embedded_redis import free_port
-from notifier.ledger.shard_marks import ensure_marks
-from notifier.ledger.shards import check_shards
+from notifier.ledger.shard_marks import open_shards
 from notifier.runtime import Runtime
 from notifier.web.app import create_app
 from notifier.webhooks.dispatcher import Dispatcher
@@ -70,8 +69,7 @@ class Service:
         self.settings = Settings.from_env(self.env, dotenv=Path("/nonexistent"))
         self.runtime = Runtime.build(self.settings, redis_url)
         self.redis: redis.Redis = self.runtime.redis
-        check_shards(self.redis, self.settings.ledger_shards)  # as start-up does
-        ensure_marks(self.redis, self.runtime.store.keys)
+        open_shards(self.redis, self.settings.ledger_shards)  # as start-up does
         self.outbox = Outbox(self.settings.outbox_dir)
         self.stop = threading.Event()
         self.worker: dramatiq.Worker | None = None

@@ -142,8 +142,7 @@ def open_runtime(settings: Settings, *, serving: bool = False) -> Iterator[Any]:
     `serving` command (dev, web, worker, clock) logs Redis's fsync policy first; one-shot
     commands keep their output to their answer."""
     from notifier.ledger.durability import log_fsync_policy
-    from notifier.ledger.shard_marks import ensure_marks
-    from notifier.ledger.shards import check_shards
+    from notifier.ledger.shard_marks import open_shards
     from notifier.runtime import Runtime, resolve_redis_url
 
     url, embedded = resolve_redis_url(settings)
@@ -152,10 +151,9 @@ def open_runtime(settings: Settings, *, serving: bool = False) -> Iterator[Any]:
             # On a cluster this reads the slot map, so it is inside.
             runtime = Runtime.build(settings, url)
             runtime.redis.ping()
-            # The shard count is part of the data: another count stops start-up here.
-            check_shards(runtime.redis, settings.ledger_shards)
-            # A shard that lost its data is said (CRITICAL), not refused: the others work.
-            ensure_marks(runtime.redis, runtime.store.keys)
+            # The shard count is part of the data: another count stops start-up here. A
+            # shard that lost its data is said (CRITICAL), not refused: the others work.
+            open_shards(runtime.redis, settings.ledger_shards)
             if serving:
                 log_fsync_policy(runtime.redis)
         except StoreError as exc:

@@ -25,7 +25,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from notifier.ledger.shards import ShardKeys
+from notifier.errors import StoreUnavailable
+from notifier.ledger.shards import ShardKeys, check_shards, count_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,38 @@ log = logging.getLogger(__name__)
 def mark_key(keys: ShardKeys, shard: int) -> str:
     """Shard `shard`'s mark (`n:{7}:mark`), in its slot."""
     return keys.tag(shard) + "mark"
+
+
+def open_shards(client: Any, shards: int) -> list[int]:
+    """At start-up: the shard count checked (`check_shards`), then the marks
+    (`ensure_marks`); returns the lost shards. When the master holding the count
+    (`n:shards`, one key) does not answer, the count is read from any shard's mark, which
+    holds it, so that a process (re)started while one master is down serves the others'
+    shards. Raises `ConfigError` for a count that differs from the ledger's, and
+    `StoreUnavailable` when neither the count nor any mark can be read."""
+    try:
+        check_shards(client, shards)
+    except StoreUnavailable:
+        recorded = marked_count(client, shards)
+        if recorded is None:
+            raise
+        if recorded != shards:
+            raise count_mismatch(shards, recorded) from None
+        log.warning("the shard count's master does not answer: read %d from the shards' "
+                    "marks", recorded)
+    return ensure_marks(client, ShardKeys(shards))
+
+
+def marked_count(client: Any, shards: int) -> int | None:
+    """The shard count the marks of shards 0 .. `shards` - 1 hold (the first that
+    answers), or None when none does. A mark's key does not depend on the count, so a
+    process set to another count still finds them. One pipeline."""
+    with client.pipeline(transaction=False) as pipe:
+        for shard in range(shards):
+            pipe.get(mark_key(ShardKeys(shards), shard))
+        answers = pipe.execute(raise_on_error=False)
+    return next((int(value) for value in answers
+                 if value is not None and not isinstance(value, Exception)), None)
 
 
 def write_marks(client: Any, keys: ShardKeys, shards: list[int] | None = None) -> None:
@@ -66,7 +99,7 @@ def lost_shards(client: Any, keys: ShardKeys) -> list[int]:
 
 
 def ensure_marks(client: Any, keys: ShardKeys) -> list[int]:
-    """At start-up, after the shard count is checked: mark every shard when none is
+    """At start-up, after the shard count is checked (`open_shards`): mark every shard when none is
     marked (a ledger used for the first time, or one written before marks); else return
     the shards whose mark is missing, logged CRITICAL, and leave them so until an
     operator marks them (`notifier shards mark`). Raises what the client raises.

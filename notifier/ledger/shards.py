@@ -383,11 +383,16 @@ def check_shards(client: Any, shards: int) -> int:
         pipe.get(SHARDS_KEY)
         _, stored = pipe.execute()
     if int(stored) != shards:
-        raise ConfigError(
-            f"NOTIFIER_LEDGER_SHARDS: {shards}, but the ledger in Redis was written with "
-            f"{int(stored)} shards (the count is part of every notification's key): set "
-            f"it back to {int(stored)}")
+        raise count_mismatch(shards, int(stored))
     return shards
+
+
+def count_mismatch(shards: int, stored: int) -> ConfigError:
+    """The error of a process set to `shards` on a ledger written with `stored`."""
+    return ConfigError(
+        f"NOTIFIER_LEDGER_SHARDS: {shards}, but the ledger in Redis was written with "
+        f"{stored} shards (the count is part of every notification's key): set it back "
+        f"to {stored}")
 
 
 def ledger_keys(client: Any) -> ShardKeys:

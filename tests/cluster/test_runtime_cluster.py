@@ -19,6 +19,7 @@ from notifier.config import Settings
 from notifier.errors import ConfigError, StoreUnavailable, UsageError
 from notifier.ledger.cluster.client import LedgerCluster
 from notifier.ledger.cluster.server import LocalCluster
+from notifier.ledger.shard_marks import open_shards
 from notifier.ledger.shards import SHARDS_KEY
 from notifier.runtime import Runtime, connect_ledger
 from notifier.worker.actors import build_broker
@@ -179,3 +180,41 @@ def test_a_forked_worker_process_uses_the_cluster_client_built_before_the_fork(
         assert runtime.redis.ping()  # the parent's connections still work
     finally:
         runtime.redis.close()
+
+
+def test_a_process_starts_while_the_master_holding_the_shard_count_is_down(
+        cluster, tmp_path, master_back, caplog):
+    """README, "Redis Cluster": with a master down the other shards' events get 202. A
+    web restarted then (a deploy, a crash, the supervisor) must come up to take them;
+    found by QA: every process stopped with 'cannot reach Redis' when the one master
+    holding `n:shards` was down. The count is read from the shards' marks instead."""
+    flush(cluster)
+    settings = cluster_settings(cluster.url, tmp_path)
+    with open_runtime(settings) as runtime:  # the count recorded, the shards marked
+        down = cluster.node_of_slot(runtime.redis.keyslot(SHARDS_KEY))
+    master_back.append(down)
+    cluster.kill(down)
+    with caplog.at_level(logging.WARNING), open_runtime(settings) as runtime:
+        subject = next(f"appointment:a{i}" for i in range(100)
+                       if cluster.node_of_slot(runtime.redis.keyslot(
+                           runtime.store.keys.tag(runtime.store.keys.of_ref(
+                               f"appointment:a{i}")))) != down)
+        assert runtime.store.store_event("evt-up", b"{}", NOW, subject=subject,
+                                         occurred_at=NOW)
+    assert "read 16 from the shards' marks" in caplog.text
+    # Another count is still refused, from the marks.
+    with pytest.raises(ConfigError, match="written with 16 shards"), open_runtime(
+            cluster_settings(cluster.url, tmp_path, NOTIFIER_LEDGER_SHARDS="8")):
+        pass
+
+
+def test_a_ledger_never_marked_with_the_counts_master_down_is_unavailable(
+        cluster, tmp_path, master_back):
+    """No count and no mark to read: start-up stops, saying Redis cannot be reached."""
+    flush(cluster)
+    client = connect_ledger(cluster.url)
+    down = cluster.node_of_slot(client.keyslot(SHARDS_KEY))
+    master_back.append(down)
+    cluster.kill(down)
+    with pytest.raises(StoreUnavailable):
+        open_shards(client, 16)
