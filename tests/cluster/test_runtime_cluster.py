@@ -182,8 +182,6 @@ def test_a_forked_worker_process_uses_the_cluster_client_built_before_the_fork(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="QA: a NOTIFIER_BROKER_URL naming a cluster node is "
-                   "accepted; the worker logs MovedError tracebacks for ever")
 @pytest.mark.parametrize("command", ["worker", "clock"])
 def test_a_broker_url_naming_a_node_of_the_cluster_stops_start_up_in_one_line(
         cluster, tmp_path, command):
@@ -212,8 +210,6 @@ def test_a_broker_url_naming_a_node_of_the_cluster_stops_start_up_in_one_line(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="QA: a redis:// NOTIFIER_REDIS_URL naming a cluster "
-                   "node says 'cannot reach Redis ... start it'")
 def test_a_plain_redis_url_naming_a_node_of_the_cluster_says_so(cluster, tmp_path):
     """`NOTIFIER_REDIS_URL=redis://node:port` for a cluster's node: not 'cannot reach Redis
     ... start it' (it answers), but which URL form to use."""
