@@ -221,3 +221,28 @@ def test_a_plain_redis_url_naming_a_node_of_the_cluster_says_so(cluster, tmp_pat
     line = one_line(result)
     assert "is a node of a Redis Cluster" in line and "redis+cluster://" in line
     assert "start it" not in line
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "QA: a process (re)started while the master holding n:shards is down cannot start "
+    "(check_shards reads that one key), so a restarted web takes no event of any shard"))
+def test_a_process_starts_while_the_master_holding_the_shard_count_is_down(
+        cluster, tmp_path, master_back):
+    """README, "Redis Cluster": with a master down the other shards' events get 202. A
+    web restarted then (a deploy, a crash, the supervisor) must come up to take them;
+    found by QA: `notifier web`, `worker` and `clock` all stop with 'cannot reach Redis'
+    when the one master holding `n:shards` (and `n:clocks`, `n:audit`) is down, and start
+    when another is."""
+    flush(cluster)
+    settings = cluster_settings(cluster.url, tmp_path)
+    with open_runtime(settings) as runtime:  # the count recorded
+        down = cluster.node_of_slot(runtime.redis.keyslot(SHARDS_KEY))
+    master_back.append(down)
+    cluster.kill(down)
+    with open_runtime(settings) as runtime:
+        subject = next(f"appointment:a{i}" for i in range(100)
+                       if cluster.node_of_slot(runtime.redis.keyslot(
+                           runtime.store.keys.tag(runtime.store.keys.of_ref(
+                               f"appointment:a{i}")))) != down)
+        assert runtime.store.store_event("evt-up", b"{}", NOW, subject=subject,
+                                         occurred_at=NOW)
