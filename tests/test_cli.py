@@ -943,7 +943,6 @@ def test_output_piped_into_a_reader_that_stops_early_ends_quietly(tmp_path):
     assert writer.stderr == b""
 
 
-@pytest.mark.xfail(strict=True, reason="QA: notifier --help lists webhooks and console twice")
 def test_help_names_each_command_once_with_its_subcommands():
     """`notifier --help`'s first paragraph: every command once, and a command whose
     subcommands it lists with all of them (QA found a merge had left two lines, one

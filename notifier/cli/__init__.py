@@ -34,8 +34,7 @@ from notifier.errors import NotifierError
 #: What `notifier --help` says above the commands.
 DESCRIPTION = """\
 The `notifier` command: dev, web, worker, clock, jobs, preview, notifications, send-event,
-webhooks (list, test, replay), console (add-operator, reindex).
-webhooks (list, test, replay), console (add-operator), fhir (map).
+webhooks (list, test, replay), console (add-operator, reindex), fhir (map).
 
 Each command builds its settings once from the environment (and `.env`); a bad setting,
 a wrong argument or a service that does not answer stops it with one line saying what is
