@@ -277,3 +277,20 @@ def test_the_clock_claims_the_live_masters_notifications_while_one_master_is_dow
     clock = Clock(store, queue)
     handed = clock.tick(now + timedelta(seconds=1))
     assert handed == due_live
+
+
+def test_an_events_status_answers_503_while_a_master_is_down(web, store, cluster, master_back):
+    """An event looked up by id alone is read from every shard (docs/cluster.md), so with a
+    master down even an event stored on a live one is 503 with Retry-After, as the README
+    says of what reads every shard (QA, on `notifier web` against a local cluster)."""
+    client, secret = web
+    now = datetime.now(UTC)
+    evt = client_upserted("c-status", "America/Chicago", now)
+    assert post(client, secret, evt).status_code == 202
+    live = cluster.node_of_slot(store.redis.keyslot(
+        store.keys.tag(store.keys.of_ref("client:c-status"))))
+    down = (live + 1) % len(cluster.nodes)
+    master_back.append(down)
+    cluster.kill(down)
+    status = client.get(f"/v1/events/{evt['id']}", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert (status.status_code, "retry-after" in status.headers) == (503, True)
