@@ -941,3 +941,21 @@ def test_output_piped_into_a_reader_that_stops_early_ends_quietly(tmp_path):
     reader.stdin.close()
     assert writer.returncode == 141, writer.stderr
     assert writer.stderr == b""
+
+
+def test_help_names_each_command_once_with_its_subcommands():
+    """`notifier --help`'s first paragraph: every command once, and a command whose
+    subcommands it lists with all of them (QA found a merge had left two lines, one
+    stale)."""
+    import argparse
+
+    from notifier.cli import DESCRIPTION, build_parser
+
+    summary = " ".join(DESCRIPTION.split("\n\n")[0].split())
+    [commands] = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    for name, parser in commands.choices.items():
+        assert len(re.findall(rf"\b{re.escape(name)}\b(?!-)", summary)) == 1, (name, summary)
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        for sub in subs:
+            if f"{name} (" in summary:
+                assert f"{name} ({', '.join(sub.choices)})" in summary, (name, summary)

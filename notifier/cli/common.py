@@ -26,7 +26,7 @@ from pydantic import SecretStr
 
 from notifier.config import Settings
 from notifier.errors import StoreError, UsageError
-from notifier.ledger.redis_urls import is_cluster_url, shown_url
+from notifier.ledger.redis_urls import SINGLE_SCHEMES, is_cluster_url, shown_url
 
 
 def private_dir(path: Path) -> Path:
@@ -141,6 +141,7 @@ def open_runtime(settings: Settings, *, serving: bool = False) -> Iterator[Any]:
     so a command that started it for itself stops it (see `EmbeddedRedis.release`). A
     `serving` command (dev, web, worker, clock) logs Redis's fsync policy first; one-shot
     commands keep their output to their answer."""
+    from notifier.ledger.connect import is_cluster_node
     from notifier.ledger.durability import log_fsync_policy
     from notifier.ledger.shard_marks import open_shards
     from notifier.runtime import Runtime, resolve_redis_url
@@ -151,9 +152,16 @@ def open_runtime(settings: Settings, *, serving: bool = False) -> Iterator[Any]:
             # On a cluster this reads the slot map, so it is inside.
             runtime = Runtime.build(settings, url)
             runtime.redis.ping()
+            # A cluster's node answers PING, then MOVED for most keys: say which URL to use.
+            if not is_cluster_url(url) and is_cluster_node(url):
+                raise UsageError(
+                    f"NOTIFIER_REDIS_URL: {redacted(url)} is a node of a Redis Cluster: name "
+                    "the cluster as redis+cluster://host:port,host:port (any of its "
+                    "masters), with NOTIFIER_BROKER_URL for the queue")
             # The shard count is part of the data: another count stops start-up here. A
             # shard that lost its data is said (CRITICAL), not refused: the others work.
             open_shards(runtime.redis, settings.ledger_shards)
+            check_broker(settings.broker_url, url)
             if serving:
                 log_fsync_policy(runtime.redis)
         except StoreError as exc:
@@ -164,6 +172,24 @@ def open_runtime(settings: Settings, *, serving: bool = False) -> Iterator[Any]:
     finally:
         if embedded is not None:
             embedded.release()
+
+
+def check_broker(broker_url: str | None, ledger_url: str) -> None:
+    """Refuse a Redis queue (NOTIFIER_BROKER_URL) that is a node of a Redis Cluster:
+    dramatiq's Redis broker runs scripts over keys of many slots, which a cluster node
+    answers with MOVED, for ever. Raises `UsageError` saying so; a queue that does not
+    answer is not checked (README: the worker keeps trying)."""
+    if broker_url is None or broker_url == ledger_url or is_cluster_url(broker_url) \
+            or urlsplit(broker_url).scheme not in SINGLE_SCHEMES:
+        return
+    from notifier.ledger.connect import is_cluster_node
+
+    if is_cluster_node(broker_url):
+        raise UsageError(
+            f"NOTIFIER_BROKER_URL: {redacted(broker_url)} is a node of a Redis Cluster, and "
+            "the queue cannot be on a cluster (dramatiq's Redis broker is not "
+            "cluster-aware): point it at a RabbitMQ (amqp://...) or a plain Redis of the "
+            "queue's own (redis://...)")
 
 
 def bind(host: str, port: int) -> socket.socket:

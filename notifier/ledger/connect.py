@@ -26,8 +26,8 @@ from notifier.ledger.redis_urls import (
 )
 
 __all__ = ["CLUSTER_SCHEMES", "SINGLE_SCHEMES", "ClusterURL", "cluster_masters",
-           "cluster_settings", "connect", "connect_cluster", "parse_cluster_url",
-           "shown_url"]
+           "cluster_settings", "connect", "connect_cluster", "is_cluster_node",
+           "parse_cluster_url", "shown_url"]
 
 def connect_cluster(url: str, **options: Any) -> RedisCluster:
     """A `RedisCluster` client for a cluster URL, which asks its startup nodes for the slot
@@ -84,3 +84,16 @@ def cluster_masters(cluster: RedisCluster) -> list[tuple[str, int]]:
     """(host, port) of each master `cluster` knows now: startup nodes for another client."""
     return [(node.host, node.port)
             for node in cluster.get_primaries()]  # type: ignore[no-untyped-call]
+
+
+def is_cluster_node(url: str, timeout_s: float = 1.0) -> bool | None:
+    """Whether the one Redis at `url` (`redis://`, `rediss://`, `unix://`) runs in cluster
+    mode (`INFO cluster` says `cluster_enabled:1`): such a node answers PING but MOVED for
+    most keys, so a one-server client or dramatiq's Redis broker cannot use it. None when
+    it does not answer within `timeout_s` seconds, or refuses INFO (nothing known)."""
+    try:
+        with redis.Redis.from_url(url, socket_connect_timeout=timeout_s,
+                                  socket_timeout=timeout_s) as client:
+            return bool(client.info("cluster").get("cluster_enabled"))
+    except (redis.RedisError, OSError, ValueError):
+        return None

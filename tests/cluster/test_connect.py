@@ -10,7 +10,7 @@ from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
 
 from notifier.errors import ConfigError
-from notifier.ledger.connect import connect, connect_cluster
+from notifier.ledger.connect import connect, connect_cluster, is_cluster_node
 from notifier.ledger.redis_process import free_port
 from notifier.ledger.redis_urls import ClusterURL, parse_cluster_url
 
@@ -110,3 +110,9 @@ def test_one_live_startup_node_is_enough(cluster):
 def test_a_cluster_url_where_no_node_answers_raises_redis_pys_error():
     with pytest.raises(RedisClusterException, match="cannot be connected"):
         connect_cluster(f"redis+cluster://127.0.0.1:{free_port()}")
+
+
+def test_is_cluster_node_says_which_redis_runs_in_cluster_mode(cluster, redis_url):
+    assert is_cluster_node(cluster.nodes[0].url) is True
+    assert is_cluster_node(redis_url) is False
+    assert is_cluster_node("redis://127.0.0.1:1/0", timeout_s=0.2) is None  # nothing known

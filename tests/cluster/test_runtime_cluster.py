@@ -182,6 +182,48 @@ def test_a_forked_worker_process_uses_the_cluster_client_built_before_the_fork(
         runtime.redis.close()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["worker", "clock"])
+def test_a_broker_url_naming_a_node_of_the_cluster_stops_start_up_in_one_line(
+        cluster, tmp_path, command):
+    """An operator who pastes one master's address as the queue (`redis://node:port`):
+    dramatiq's Redis broker cannot run there (its scripts' keys are in many slots). Found
+    by QA: the worker logged a MovedError traceback many times a second, for ever, and the
+    clock ran without a word."""
+    import subprocess
+    import sys
+
+    from tests.test_cli import one_line, this_checkout
+
+    env = this_checkout({"PATH": "/usr/bin:/bin", "NOTIFIER_REDIS_URL": cluster.url,
+                         "NOTIFIER_BROKER_URL": cluster.nodes[0].url,
+                         "NOTIFIER_VAR_DIR": str(tmp_path / "var"),
+                         "NOTIFIER_OUTBOX_DIR": str(tmp_path / "outbox")})
+    try:
+        result = subprocess.run([sys.executable, "-m", "notifier", command], cwd=tmp_path,
+                                env=env, capture_output=True, text=True, timeout=20)
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"notifier {command} ran on: {str(exc.stderr)[-300:]}") from None
+    assert result.returncode == 2
+    assert one_line(result).startswith(
+        "notifier: NOTIFIER_BROKER_URL: redis://127.0.0.1:")
+    assert "is a node of a Redis Cluster" in one_line(result)
+
+
+@pytest.mark.slow
+def test_a_plain_redis_url_naming_a_node_of_the_cluster_says_so(cluster, tmp_path):
+    """`NOTIFIER_REDIS_URL=redis://node:port` for a cluster's node: not 'cannot reach Redis
+    ... start it' (it answers), but which URL form to use."""
+    from tests.test_cli import notifier, one_line
+
+    result = notifier("jobs", "list", cwd=tmp_path,
+                      env={"NOTIFIER_REDIS_URL": cluster.nodes[0].url})
+    assert result.returncode == 2
+    line = one_line(result)
+    assert "is a node of a Redis Cluster" in line and "redis+cluster://" in line
+    assert "start it" not in line
+
+
 def test_a_process_starts_while_the_master_holding_the_shard_count_is_down(
         cluster, tmp_path, master_back, caplog):
     """README, "Redis Cluster": with a master down the other shards' events get 202. A

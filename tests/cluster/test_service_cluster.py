@@ -246,3 +246,52 @@ def test_healthz_says_degraded_with_a_master_down_and_unhealthy_without_a_majori
         "status": "unhealthy", "redis": "unreachable", "redis_masters": 3,
         "redis_masters_down": 3})
     assert answer.headers["retry-after"]
+
+
+# The clock with a master down ------------------------------------------------------------
+
+def test_the_clock_claims_the_live_masters_notifications_while_one_master_is_down(
+        store, policy, queue, cluster, master_back):
+    """README, "Redis Cluster": with a master down (no replica), 'the other masters'
+    notifications go out on time'. Found by QA with `notifier clock` on a local cluster:
+    after a SIGKILL of one master no reminder of any shard went out until it was back."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    store_and_apply(store, policy, client_upserted("c1", daytime_zone(now), now), now)
+    appointments = [f"apt{i}" for i in range(12)]
+    for appt in appointments:
+        store_and_apply(store, policy, appointment(
+            "appointment.scheduled", appt, "c1", now + timedelta(days=5), now), now)
+    master = {s: cluster.node_of_slot(store.redis.keyslot(store.keys.schedule(s)))
+              for s in store.keys.all()}
+    down = master[store.keys.of_ref("appointment:apt0")]
+    live = [a for a in appointments if master[store.keys.of_ref(f"appointment:{a}")] != down]
+    assert live  # some confirmations are due in shards whose master stays up
+    at = now + timedelta(seconds=1)
+    due_live = sum(store.redis.zcount(store.keys.schedule(s), "-inf", at.timestamp())
+                   for s in store.keys.all() if master[s] != down)
+    assert due_live == 2 * len(live)  # each appointment's email and SMS confirmation
+    master_back.append(down)
+    cluster.kill(down)
+    clock = Clock(store, queue)
+    assert clock.tick(at) == due_live
+
+
+def test_an_events_status_is_read_from_the_masters_that_answer_while_one_is_down(
+        web, store, cluster, master_back):
+    """An event looked up by id alone is read from every shard (docs/cluster.md); with a
+    master down, one found on a live master is answered (200), and an id found on no
+    live master is 503 with Retry-After: it may be on the dead one (QA, on `notifier web`
+    against a local cluster)."""
+    client, secret = web
+    now = datetime.now(UTC)
+    evt = client_upserted("c-status", "America/Chicago", now)
+    assert post(client, secret, evt).status_code == 202
+    live = cluster.node_of_slot(store.redis.keyslot(
+        store.keys.tag(store.keys.of_ref("client:c-status"))))
+    down = (live + 1) % len(cluster.nodes)
+    master_back.append(down)
+    cluster.kill(down)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    assert client.get(f"/v1/events/{evt['id']}", headers=auth).status_code == 200
+    unknown = client.get("/v1/events/evt-nowhere", headers=auth)
+    assert (unknown.status_code, "retry-after" in unknown.headers) == (503, True)
