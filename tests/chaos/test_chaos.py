@@ -13,16 +13,18 @@ import pytest
 from chaos.__main__ import DEFAULT_SEED, details
 from chaos.experiments import EXPERIMENTS
 
-#: Left out of `make test` (its own target, `make test-chaos-providers`, and `make chaos`
-#: at full size): 66 s alone, most of it the SDK's 10 s timeouts and the wait for a lost
-#: answer's report, which kept the whole suite near its 10 minutes (issue 17 session).
-LONG = {"providers"}
 
-
+# Every experiment is left out of `make test` (marker `chaos_long`; `make test-chaos` runs
+# them, `make chaos` at full size): about 2.5 minutes in all, the providers' alone 66 s
+# (the SDK's 10 s timeouts, the wait for a lost answer's report), which with the cluster
+# suites put `make test` past its 10 minutes (issue 17). Most faults they stage have tests
+# of their own in `make test`: a worker killed and paused, Redis restarted, a turn's
+# holder crashed (tests/end_to_end/), a dead clock's shards taken over
+# (tests/worker/test_shard_leases.py), slow clients (tests/web/test_bounds.py), providers
+# failing (tests/delivery/); the web killed mid-burst is tested only here.
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [
-    pytest.param(name, marks=[pytest.mark.chaos_long] if name in LONG else [])
-    for name in EXPERIMENTS])
+@pytest.mark.chaos_long
+@pytest.mark.parametrize("name", list(EXPERIMENTS))
 def test_the_service_keeps_its_promises_under(name: str, tmp_path: Path) -> None:
     row = EXPERIMENTS[name](DEFAULT_SEED, True, tmp_path)
 
