@@ -17,19 +17,10 @@ from notifier.ledger.async_events import AsyncEventStore, async_twin
 from notifier.ledger.cluster.server import LocalCluster
 from notifier.ledger.daily import refused_key
 from notifier.ledger.store import Store
-from notifier.runtime import CLUSTER_SOCKET_TIMEOUT_S, connect_ledger
+from notifier.runtime import CLUSTER_SOCKET_TIMEOUT_S
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 
-
-@pytest.fixture
-def store(cluster: LocalCluster):
-    for node in cluster.nodes:
-        with redis.Redis.from_url(node.url) as client:
-            client.flushall()
-    client = connect_ledger(cluster.url)
-    yield Store(client, shards=8)
-    client.close()
 
 
 def subjects_on_every_master(store: Store, cluster: LocalCluster) -> dict[int, str]:

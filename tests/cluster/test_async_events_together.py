@@ -31,15 +31,6 @@ TOGETHER = 64
 ROUNDS = 6
 
 
-@pytest.fixture
-def store(cluster: LocalCluster):
-    for node in cluster.nodes:
-        with redis.Redis.from_url(node.url) as client:
-            client.flushall()
-    client = connect_ledger(cluster.url)
-    yield Store(client, shards=8)
-    client.close()
-
 
 def test_events_posted_together_on_a_new_client_are_all_stored(store: Store) -> None:
     async def together(round_: int) -> list[object]:
