@@ -50,8 +50,9 @@ class HealthAnswer(BaseModel):
     redis_masters: int | None = None
     redis_masters_down: int | None = None
     #: Shards whose data is gone (`ledger.shard_marks`: a master restarted without its
-    #: append-only file); > 0 makes the status "degraded" until `notifier shards mark`
-    ledger_shards_lost: int = 0
+    #: append-only file); > 0 makes the status "degraded" until `notifier shards mark`.
+    #: None (not counted) on a cluster with a master down.
+    ledger_shards_lost: int | None = 0
 
 
 class LedgerCollector(Collector):
@@ -226,16 +227,17 @@ def cluster_healthz(cluster: RedisCluster, keys: ShardKeys) -> JSONResponse:
     if health.state == "unreachable":
         return JSONResponse({"status": "unhealthy", **answer}, status_code=503,
                             headers={"Retry-After": str(RETRY_AFTER_S)})
+    if health.state != "ok":
+        # Each would wait out a hung master's timeouts again (found by QA: 8 s with one
+        # hung), and the answer is `degraded` already.
+        return JSONResponse({"status": "degraded", **answer, "redis_fsync": "unknown",
+                             "ledger_shards_lost": None})
     try:
         fsync = fsync_policy(cluster)  # type: ignore[arg-type]  # a LedgerCluster
-    except StoreError:
-        fsync = "unknown"
-    try:
-        lost = len(lost_shards(cluster, keys))  # a master down: its shards are not counted
-    except StoreError:
-        lost = 0
-    ok = health.state == "ok" and not lost
-    return JSONResponse({"status": "ok" if ok else "degraded", **answer,
+        lost = len(lost_shards(cluster, keys))
+    except StoreError:  # a master went down since it was asked
+        fsync, lost = "unknown", None
+    return JSONResponse({"status": "degraded" if lost or lost is None else "ok", **answer,
                          "redis_fsync": fsync, "ledger_shards_lost": lost})
 
 

@@ -212,6 +212,20 @@ def health(client: TestClient) -> tuple[int, dict[str, Any]]:
     return answer.status_code, answer.json()
 
 
+def test_healthz_with_a_hung_master_answers_degraded_within_its_read_timeouts(
+        web, cluster, master_back):
+    """A hung (SIGSTOPped) master costs `/healthz` its read timeout (2 s) once, the
+    masters being asked at once, plus at most one more if reading the slot map again
+    meets it: well under a load balancer's usual 5-10 s probe timeout."""
+    client, _ = web
+    master_back.append(0)
+    cluster.pause(0)
+    started = time.monotonic()
+    code, answer = health(client)
+    assert (code, answer["status"], answer["redis_masters_down"]) == (200, "degraded", 1)
+    assert time.monotonic() - started < 5
+
+
 def test_healthz_says_degraded_with_a_master_down_and_unhealthy_without_a_majority(
         web, cluster, master_back):
     """One master down: 200 `degraded` (the other shards take events: a load balancer
