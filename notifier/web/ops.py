@@ -228,7 +228,7 @@ def cluster_healthz(cluster: RedisCluster, keys: ShardKeys) -> JSONResponse:
         return JSONResponse({"status": "unhealthy", **answer}, status_code=503,
                             headers={"Retry-After": str(RETRY_AFTER_S)})
     if health.state != "ok":
-        # Each would wait out a hung master's timeouts again (found by QA: 8 s with one
+        # Each would wait out a hung master's timeouts again (measured: 8 s with one
         # hung), and the answer is `degraded` already.
         return JSONResponse({"status": "degraded", **answer, "redis_fsync": "unknown",
                              "ledger_shards_lost": None})
