@@ -1,0 +1,105 @@
+"""QA of a refill request cancelling its prescription's reminders in a transaction of their
+own shard before the request's own (`ledger.plans._cancel_elsewhere`), through the HTTP
+API with a live worker and clock: cancelled once, nothing more on the request re-sent
+(same event id, or another id for the same request), a later fill's reminders untouched
+by the old request replayed, and the read API and `/metrics` saying so."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from tests.kit import (
+    client_upserted,
+    daytime_zone,
+    prescription_filled,
+    provider_upserted,
+    refill_requested,
+)
+from tests.service import Service, wait_for
+
+#: The whole service (web on a port, worker, clock).
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def service(redis_client, redis_url, tmp_path):
+    svc = Service(redis_url, tmp_path)
+    yield svc
+    svc.close()
+
+
+def states(service: Service, prefix: str) -> dict[str, str]:
+    return {k: v["state"] for k, v in service.notifications("c1").items()
+            if k.startswith(prefix)}
+
+
+def event_status(service: Service, event_id: str) -> dict[str, Any]:
+    answer = service.http.get(f"/v1/events/{event_id}", headers={
+        "Authorization": f"Bearer {service.env['NOTIFIER_API_TOKEN']}"})
+    answer.raise_for_status()
+    return dict(answer.json())
+
+
+def cancelled(service: Service) -> dict[str, int]:
+    """`notifier_notifications_total{state="cancelled"}` by channel, from `/metrics`."""
+    text = service.http.get("/metrics").text
+    return {m.group(1): int(float(m.group(2))) for m in re.finditer(
+        r'notifier_notifications_total\{channel="(\w+)",state="cancelled"\} (\S+)', text)}
+
+
+def test_a_refill_request_cancels_its_fills_reminders_once_and_never_a_later_fills(service):
+    now = datetime.now(UTC)
+    zone = daytime_zone(now)
+    for evt in (client_upserted("c1", zone, now - timedelta(days=3)),
+                provider_upserted("prov-1", now - timedelta(days=3))):
+        assert service.post(evt).status_code == 202
+    today = now.astimezone(ZoneInfo(zone)).date()
+    first = today - timedelta(days=10)
+    fill = prescription_filled("rx-1", "c1", first, now - timedelta(hours=2))
+    assert service.post(fill).status_code == 202
+    keys = service.runtime.store.keys
+    # The request and the prescription in different shards: the cancel goes first, apart.
+    assert keys.of_ref("refill_request:req-1") != keys.of_ref("prescription:rx-1")
+    wait_for(lambda: len([k for k in states(service, "refill_") if f"fill{first:%Y%m%d}" in k])
+             == 3, what="the first fill's reminders")
+    request = refill_requested("req-1", "rx-1", "c1", now - timedelta(hours=1))
+    assert service.post(request).status_code == 202
+    wait_for(lambda: set(states(service, "refill_").values()) == {"cancelled"},
+             what="the reminders cancelled")
+    wait_for(service.quiet, what="the service to go idle")
+    assert event_status(service, request["id"])["status"] == "applied"
+    assert cancelled(service) == {"email": 1, "sms": 2}
+
+    # Re-sent: the same id is a duplicate; another id for the same request is ignored.
+    again = service.post(request)
+    assert (again.status_code, again.json()["status"]) == (200, "duplicate")
+    assert service.post(dict(request, id="evt-req-1-again")).status_code == 202
+    wait_for(lambda: event_status(service, "evt-req-1-again")["status"] != "accepted",
+             what="the second id applied")
+    assert event_status(service, "evt-req-1-again") == {
+        "id": "evt-req-1-again", "status": "ignored", "reason": "already open"}
+
+    # A later fill: its reminders stay scheduled when the old request is replayed.
+    later = prescription_filled("rx-1", "c1", today, now - timedelta(minutes=30))
+    assert service.post(later).status_code == 202
+    new = {f"refill_due:rx-1:fill{today:%Y%m%d}:sms", f"refill_due:rx-1:fill{today:%Y%m%d}:email",
+           f"refill_nudge:rx-1:fill{today:%Y%m%d}:sms"}
+    wait_for(lambda: {k for k, s in states(service, "refill_").items() if s == "scheduled"}
+             == new, what="the later fill's reminders")
+    assert service.post(request).status_code == 200
+    assert service.post(dict(request, id="evt-req-1-third")).status_code == 202
+    wait_for(lambda: event_status(service, "evt-req-1-third")["status"] != "accepted",
+             what="the third id applied")
+    wait_for(service.quiet, what="the service to go idle")
+    assert event_status(service, "evt-req-1-third")["status"] == "ignored"
+    assert {k for k, s in states(service, "refill_").items() if s == "scheduled"} == new
+    assert cancelled(service) == {"email": 1, "sms": 2}
+    history = service.notifications("c1")
+    assert history["escalation_notice:req-1:refill_request-window:sms"]["state"] == "scheduled"
+    assert all(history[k]["reason"] == "superseded" for k in history
+               if k.startswith("refill_") and k not in new)
