@@ -103,3 +103,30 @@ def test_a_refill_request_cancels_its_fills_reminders_once_and_never_a_later_fil
     assert history["escalation_notice:req-1:refill_request-window:sms"]["state"] == "scheduled"
     assert all(history[k]["reason"] == "superseded" for k in history
                if k.startswith("refill_") and k not in new)
+
+
+@pytest.mark.xfail(strict=True, reason="QA: a refill request accepted just after its "
+                   "prescription's fill may be applied first (other subject, another worker "
+                   "thread): it cancels nothing, the fill then plans reminders the request "
+                   "should have stopped (README: what one subject's events do to another's "
+                   "is ordered by arrival)")
+def test_a_request_posted_right_after_its_fill_cancels_that_fills_reminders(service):
+    """The fill accepted (202) before the request: by arrival the request comes second, so
+    the fill's reminders end cancelled. Twenty prescriptions, each fill and request posted
+    back to back (one in four lost the race when measured)."""
+    now = datetime.now(UTC)
+    zone = daytime_zone(now)
+    for evt in (client_upserted("c1", zone, now - timedelta(days=3)),
+                provider_upserted("prov-1", now - timedelta(days=3))):
+        assert service.post(evt).status_code == 202
+    wait_for(service.quiet, what="the client stored")
+    filled_on = now.astimezone(ZoneInfo(zone)).date() - timedelta(days=10)
+    for i in range(20):
+        fill = prescription_filled(f"rx-{i}", "c1", filled_on, now - timedelta(hours=2))
+        assert service.post(fill).status_code == 202
+        request = refill_requested(f"req-{i}", f"rx-{i}", "c1", now - timedelta(hours=1))
+        assert service.post(request).status_code == 202
+    wait_for(lambda: len(states(service, "refill_")) == 60, what="every fill's reminders")
+    wait_for(service.quiet, what="the service to go idle")
+    survivors = sorted(k for k, s in states(service, "refill_").items() if s != "cancelled")
+    assert survivors == []
