@@ -12,6 +12,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+import redis
+from redis.cluster import RedisCluster
 
 from tests.kit import (
     client_upserted,
@@ -26,9 +28,21 @@ from tests.service import Service, wait_for
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture
-def service(redis_client, redis_url, tmp_path):
-    svc = Service(redis_url, tmp_path)
+@pytest.fixture(params=["one-redis", "cluster"])
+def service(request, tmp_path):
+    """The service on the session Redis, or on the 3-master cluster (emptied) with its
+    queue on a Redis of its own."""
+    if request.param == "one-redis":
+        request.getfixturevalue("redis_client")  # emptied
+        svc = Service(request.getfixturevalue("redis_url"), tmp_path)
+    else:
+        cluster = request.getfixturevalue("cluster")
+        for node in cluster.nodes:
+            with redis.Redis.from_url(node.url) as client:
+                client.flushall()
+        svc = Service(cluster.url, tmp_path, env={
+            "NOTIFIER_BROKER_URL": request.getfixturevalue("other_redis_url")})
+        assert isinstance(svc.redis, RedisCluster)
     yield svc
     svc.close()
 
