@@ -144,3 +144,36 @@ def test_a_request_posted_right_after_its_fill_cancels_that_fills_reminders(serv
     wait_for(service.quiet, what="the service to go idle")
     survivors = sorted(k for k, s in states(service, "refill_").items() if s != "cancelled")
     assert survivors == []
+
+
+def test_a_follow_up_and_a_denials_notice_are_named_after_their_events_subject(service):
+    """README, "Shards": `follow_up:{appointment}:completed:{channel}` and
+    `visit_required:{request}:denied:{channel}`, once each, however often the closing
+    event is re-sent (same id: a duplicate; another id: ignored)."""
+    from tests.kit import appointment, event_dict
+
+    now = datetime.now(UTC)
+    zone = daytime_zone(now)
+    for evt in (client_upserted("c1", zone, now - timedelta(days=3)),
+                provider_upserted("prov-1", now - timedelta(days=3))):
+        assert service.post(evt).status_code == 202
+    booked = appointment("appointment.scheduled", "a1", "c1", now - timedelta(hours=2),
+                         now - timedelta(days=6))
+    completed = event_dict("appointment.completed", {"appointment_id": "a1"},
+                           now - timedelta(minutes=80))
+    request = refill_requested("req-1", "rx-1", "c1", now - timedelta(hours=1))
+    denied = event_dict("refill.denied", {"request_id": "req-1", "reason": "visit_required"},
+                        now - timedelta(minutes=30))
+    for evt in (booked, completed, request, denied):
+        assert service.post(evt).status_code == 202
+        wait_for(lambda evt=evt: event_status(service, evt["id"])["status"] != "accepted",
+                 what=f"{evt['type']} applied")
+    for evt in (completed, denied):
+        assert service.post(evt).status_code == 200
+        assert service.post(dict(evt, id=evt["id"] + "-again")).status_code == 202
+    wait_for(service.quiet, what="the service to go idle")
+    listed = service.notifications("c1")
+    assert {k for k in listed if k.startswith(("follow_up", "visit_required"))} == {
+        "follow_up:a1:completed:sms", "follow_up:a1:completed:email",
+        "visit_required:req-1:denied:sms", "visit_required:req-1:denied:email"}
+    assert len(service.sent("visit_required")) == 2
