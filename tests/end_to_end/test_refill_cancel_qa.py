@@ -15,6 +15,7 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 
+from notifier.worker.actors import build_broker, enqueue_apply
 from tests.kit import (
     client_upserted,
     daytime_zone,
@@ -106,10 +107,12 @@ def test_a_refill_request_cancels_its_fills_reminders_once_and_never_a_later_fil
     wait_for(lambda: {k for k, s in states(service, "refill_").items() if s == "scheduled"}
              == new, what="the later fill's reminders")
     assert service.post(request).status_code == 200
+    # The worker's message for the old request delivered again (a redelivery).
+    enqueue_apply(build_broker(service.runtime.broker_url), request["id"])
     assert service.post(dict(request, id="evt-req-1-third")).status_code == 202
     wait_for(lambda: event_status(service, "evt-req-1-third")["status"] != "accepted",
              what="the third id applied")
-    wait_for(service.quiet, what="the service to go idle")
+    wait_for(service.drained, what="the redelivered message taken and the service idle")
     assert event_status(service, "evt-req-1-third")["status"] == "ignored"
     assert {k for k, s in states(service, "refill_").items() if s == "scheduled"} == new
     assert cancelled(service) == {"email": 1, "sms": 2}
