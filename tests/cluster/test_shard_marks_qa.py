@@ -69,6 +69,7 @@ def test_the_count_master_lost_then_another_count_is_still_refused(cluster, mast
         client.close()
 
 
+@pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason="QA: with a master down, `notifier shards status` "
                    "prints '16 shards, none lost' and exits 0: the down master's shards are "
                    "unknown (a master lost then down again is reported fine)")
