@@ -26,7 +26,7 @@ import logging
 from typing import Any
 
 from notifier.errors import StoreUnavailable
-from notifier.ledger.shards import ShardKeys, check_shards, count_mismatch
+from notifier.ledger.shards import SHARDS_KEY, ShardKeys, check_shards, count_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,12 @@ def open_shards(client: Any, shards: int) -> list[int]:
     shards. Raises `ConfigError` for a count that differs from the ledger's, and
     `StoreUnavailable` when neither the count nor any mark can be read."""
     try:
+        if client.get(SHARDS_KEY) is None:
+            # The count's master back empty (or a new ledger): the marks hold the count
+            # written, which another setting must not replace (found by QA).
+            recorded = marked_count(client, shards)
+            if recorded is not None and recorded != shards:
+                raise count_mismatch(shards, recorded)
         check_shards(client, shards)
     except StoreUnavailable:
         recorded = marked_count(client, shards)
@@ -106,8 +112,15 @@ def ensure_marks(client: Any, keys: ShardKeys) -> list[int]:
 
     Not "mark them when the shard count was just recorded": the count is one key, on one
     master, and a master that lost its data may be the one that held it."""
-    if True not in mark_states(client, keys):
-        write_marks(client, keys)
+    states = mark_states(client, keys)
+    if True not in states:
+        if None in states:
+            # Marked only once every master answers: marks written on some masters only
+            # would make the others' shards look lost once they are back (found by QA).
+            log.warning("ledger shards not marked yet: a master does not answer; they "
+                        "are marked at a start when every master does")
+        else:
+            write_marks(client, keys)
         return []
     lost = lost_shards(client, keys)
     if lost:

@@ -48,10 +48,6 @@ def test_a_first_start_with_a_master_down_leaves_no_shard_reported_lost(
         client.close()
 
 
-@pytest.mark.xfail(strict=True, reason="QA: with the master holding n:shards back empty, "
-                   "check_shards records whatever count the process has (SET NX), ignoring "
-                   "the count the shards' marks hold: NOTIFIER_LEDGER_SHARDS changed is "
-                   "accepted and written as the ledger's count")
 def test_the_count_master_lost_then_another_count_is_still_refused(cluster, master_back):
     """The master holding `n:shards` back empty, and a process started with another
     `NOTIFIER_LEDGER_SHARDS`: the marks hold the count written (16), so it must be
@@ -70,9 +66,6 @@ def test_the_count_master_lost_then_another_count_is_still_refused(cluster, mast
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="QA: with a master down, `notifier shards status` "
-                   "prints '16 shards, none lost' and exits 0: the down master's shards are "
-                   "unknown (a master lost then down again is reported fine)")
 def test_shards_status_does_not_say_none_lost_while_a_master_is_down(
         cluster, master_back, tmp_path):
     """A master back without its data, then down again: `notifier shards status` names its
@@ -97,10 +90,6 @@ def test_shards_status_does_not_say_none_lost_while_a_master_is_down(
     assert (down.returncode, down.stdout.strip()) != (0, "16 shards, none lost")
 
 
-@pytest.mark.xfail(strict=True, reason="QA: ensure_marks meeting a master down on a ledger "
-                   "with no mark writes the marks of the masters that answer (its pipeline "
-                   "fails for the down one only), so once it is back its shards are reported "
-                   "lost (CRITICAL, /healthz degraded) though nothing was lost")
 def test_an_upgrade_started_with_a_master_down_reports_no_shard_lost_once_it_is_back(
         cluster, master_back):
     """A ledger written before marks (its count recorded, no mark: the version before),
