@@ -33,6 +33,7 @@ from notifier.ledger.notifications import (
 )
 from notifier.ledger.record_store import (
     MAX_WATCH_TRIES,
+    PARTED_KINDS,
     RecordStore,
     all_record_keys,
     parse_records,
@@ -131,12 +132,13 @@ class PlanWriter:
                               f"{MAX_WATCH_TRIES} tries to apply it")
 
     def _cancel_elsewhere(self, plan: Plan, shard: int, now: datetime) -> Plan:
-        """Cancel the entities `plan` cancels outside the event's `shard`, each in a
-        transaction of its own shard (`write_plan`), and return the rest of the plan: what
-        the event's transaction writes, all in `shard`. Raises `StoreError` (nothing
-        written) when the plan adds a notification outside `shard`: a planner names what
-        it adds after its event's subject (`follow_up:{appointment}:…`), so that every
-        add commits with the event.
+        """Cancel the entities `plan` cancels outside the event's `shard`, and write its
+        whole records of other shards (a refill request's `refill_asked`, beside its
+        prescription), in one transaction per shard (`write_plan`), and return the rest
+        of the plan: what the event's transaction writes, all in `shard`. Raises
+        `StoreError` (nothing written) when the plan adds a notification outside `shard`:
+        a planner names what it adds after its event's subject
+        (`follow_up:{appointment}:…`), so that every add commits with the event.
 
         Why a cancel may go first, apart: a refill request is its own entity (its window,
         its alerts, in its shard) but stops the reminders of its prescription, another
@@ -157,11 +159,19 @@ class PlanWriter:
             raise StoreError(f"a plan adds {', '.join(strays)} outside its event's shard "
                              f"{shard}: name what an event adds after its subject")
         elsewhere = [ref for ref in plan.cancel if k.of_ref(ref) != shard]
-        for ref in elsewhere:
-            self.write_plan(Plan(outcome="applied", cancel=(ref,)), now)
-        if not elsewhere:
+        # Whole records of another shard go with its cancel (a refill request's
+        # `refill_asked` with its prescription's); parts of a record kept in parts are
+        # the event's shard's own (`write_records`).
+        moved = {ref: record for ref, record in plan.records.items()
+                 if k.of_ref(ref) != shard and ref.split(":", 1)[0] not in PARTED_KINDS}
+        for target in sorted({k.of_ref(ref) for ref in [*elsewhere, *moved]}):
+            self.write_plan(Plan(
+                outcome="applied", cancel=tuple(r for r in elsewhere if k.of_ref(r) == target),
+                records={r: v for r, v in moved.items() if k.of_ref(r) == target}), now)
+        if not elsewhere and not moved:
             return plan
-        return replace(plan, cancel=tuple(r for r in plan.cancel if r not in elsewhere))
+        return replace(plan, cancel=tuple(r for r in plan.cancel if r not in elsewhere),
+                       records={r: v for r, v in plan.records.items() if r not in moved})
 
     def _watch_event(self, pipe: Any, key: str, turn: tuple[str, str] | None
                      ) -> list[Any]:

@@ -89,6 +89,14 @@ class ClosedPrescriptionRecord(Record):
     status: Literal["discontinued"] = "discontinued"
 
 
+class RefillAskedRecord(Record):
+    """That a refill of the prescription was requested, `updated_at` the latest request's
+    `occurred_at`: written in the prescription's shard with the request's cancel of its
+    reminders (`PlanWriter._cancel_elsewhere`), so a fill applied after the request but
+    occurred before it plans no reminders the request has made moot (the two are
+    different subjects, applied by different workers in either order; found by QA)."""
+
+
 ItemKind = Literal["refill_request", "message"]
 
 
@@ -129,6 +137,7 @@ RECORD_TYPES: dict[str, type[Record]] = {
     "visits": VisitsRecord,
     "prescription": PrescriptionRecord,
     "prescription_closed": ClosedPrescriptionRecord,
+    "refill_asked": RefillAskedRecord,
     "refill_request": OpenItemRecord,
     "message": OpenItemRecord,
     "provider_queue": ProviderQueueRecord,
@@ -146,6 +155,7 @@ class State:
     visits: VisitsRecord | None = None
     prescription: PrescriptionRecord | None = None
     prescription_closed: ClosedPrescriptionRecord | None = None
+    refill_asked: RefillAskedRecord | None = None
     item: OpenItemRecord | None = None
     provider_queue: ProviderQueueRecord | None = None
 

@@ -83,7 +83,7 @@ def refs_for(event: Event) -> list[str]:
     if kind == "prescription.filled":
         rx = data.prescription
         return [entity_ref("prescription", rx.id), entity_ref("prescription_closed", rx.id),
-                *_client_refs(rx.client_id)]
+                entity_ref("refill_asked", rx.id), *_client_refs(rx.client_id)]
     if kind == "prescription.discontinued":
         return [entity_ref("prescription", data.prescription_id),
                 entity_ref("prescription_closed", data.prescription_id)]
@@ -93,7 +93,8 @@ def refs_for(event: Event) -> list[str]:
         more = [entity_ref("provider", item.provider_id),
                 entity_ref("provider_queue", item.provider_id), *_client_refs(item.client_id)]
         if kind == "refill.requested":
-            more.append(entity_ref("prescription", item.prescription_id))
+            more += [entity_ref("prescription", item.prescription_id),
+                     entity_ref("refill_asked", item.prescription_id)]
         return [ref, *more]
     return [ref]
 

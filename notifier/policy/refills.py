@@ -109,6 +109,12 @@ def plan_filled(event: Event, state: State, now: datetime, policy: Policy) -> Pl
     if expires <= now:
         return Plan(outcome="applied", reason="run-out already passed", cancel=(ref,),
                     records={ref: record})
+    asked = state.refill_asked
+    if asked is not None and asked.updated_at >= event.occurred_at:
+        # A refill was requested after this fill occurred, applied first: the reminders
+        # it would plan are what the request cancels.
+        return Plan(outcome="applied", reason="a refill was requested after this fill",
+                    cancel=(ref,), records={ref: record})
     occasion = f"fill{rx.filled_on:%Y%m%d}"
     due = refill_due_at(rx, state, policy)
     visit_booked = state.visits is not None and state.visits.has_visit_between(now, expires)

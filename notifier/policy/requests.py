@@ -13,7 +13,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from notifier.intake.events import Event
-from notifier.ledger.records import ItemKind, OpenItem, OpenItemRecord, ProviderQueueRecord, State
+from notifier.ledger.records import (
+    ItemKind,
+    OpenItem,
+    OpenItemRecord,
+    ProviderQueueRecord,
+    RefillAskedRecord,
+    State,
+)
 from notifier.policy.common import client_zone, for_client, for_support
 from notifier.policy.figures import Policy
 from notifier.policy.plan import Plan, PlannedNotification, entity_ref, stale
@@ -80,12 +87,15 @@ def plan_opened(event: Event, state: State, now: datetime, policy: Policy) -> Pl
         client_id=item.client_id, due_at=deadline, expires_at=deadline + CLIENT_NOTICE_VALID,
         state=state, policy=policy, params=params))
     cancel: tuple[str, ...] = ()
+    records: dict[str, Any] = {ref: record, entity_ref("provider_queue", item.provider_id): queue}
     if kind == "refill_request":
-        # The client asked: the refill reminders for this prescription have done their job.
+        # The client asked: the refill reminders for this prescription have done their job,
+        # and a fill that occurred before the request but is applied after it plans none.
         cancel = (entity_ref("prescription", item.prescription_id),)
-    return Plan(outcome="applied", add=tuple(add), cancel=cancel,
-                records={ref: record,
-                         entity_ref("provider_queue", item.provider_id): queue})
+        asked = state.refill_asked
+        records[entity_ref("refill_asked", item.prescription_id)] = RefillAskedRecord(
+            updated_at=max(event.occurred_at, asked.updated_at) if asked else event.occurred_at)
+    return Plan(outcome="applied", add=tuple(add), cancel=cancel, records=records)
 
 
 def plan_closed(event: Event, state: State, now: datetime, policy: Policy) -> Plan:

@@ -23,6 +23,7 @@ from notifier.ledger.records import (
     ClientRecord,
     ClosedPrescriptionRecord,
     PrescriptionRecord,
+    RefillAskedRecord,
     VisitsRecord,
 )
 from notifier.policy.figures import Policy
@@ -421,3 +422,25 @@ def test_a_visit_already_booked_before_run_out_is_not_asked_for_again(
     result = ledger.plan(filled(FILLED_ON, FILL_AT, refills=refills), FILL_AT, policy)
     assert {n.kind for n in result.add} == expected_kinds
     assert result.cancel == (REF,)
+
+
+def test_a_fill_applied_after_a_later_refill_request_plans_no_reminders(policy: Policy) -> None:
+    """The request (occurred after the fill) applied first, by another worker: it left
+    `refill_asked` beside the prescription, so the fill plans none of the reminders the
+    request would have cancelled (found by QA)."""
+    ledger = Ledger()
+    ledger.records[f"refill_asked:{RX}"] = RefillAskedRecord(
+        updated_at=FILL_AT + timedelta(hours=1))
+    result = ledger.plan(filled(FILLED_ON, FILL_AT), FILL_AT + timedelta(hours=2), policy)
+    assert (result.outcome, result.reason) == ("applied", "a refill was requested after "
+                                                          "this fill")
+    assert result.add == () and result.cancel == (f"prescription:{RX}",)
+    assert f"prescription:{RX}" in result.records  # the fill itself is recorded
+
+
+def test_a_fill_after_the_last_refill_request_plans_its_reminders(policy: Policy) -> None:
+    ledger = Ledger()
+    ledger.records[f"refill_asked:{RX}"] = RefillAskedRecord(
+        updated_at=FILL_AT - timedelta(days=1))
+    assert {n.kind for n in ledger.plan(filled(FILLED_ON, FILL_AT), FILL_AT, policy).add} \
+        == {"refill_due", "refill_nudge"}

@@ -25,6 +25,7 @@ from notifier.ledger.records import (
     PrescriptionRecord,
     ProviderQueueRecord,
     ProviderRecord,
+    RefillAskedRecord,
 )
 from notifier.policy.figures import Policy, ResponseWindow
 from notifier.policy.plan import Plan, PlannedNotification
@@ -161,6 +162,8 @@ def test_a_refill_request_opens_an_item_with_its_escalation(policy: Policy) -> N
         QUEUE_REF: ProviderQueueRecord(updated_at=THURSDAY, items={REQ_REF: OpenItem(
             kind="refill_request", client_id=CLIENT, opened_at=THURSDAY,
             escalates_at=SATURDAY)}),
+        # Beside the prescription: a fill that occurred before, applied after, plans none.
+        f"refill_asked:{RX}": RefillAskedRecord(updated_at=THURSDAY),
     }
 
 
