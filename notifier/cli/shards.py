@@ -10,15 +10,16 @@ import sys
 
 from notifier.cli.common import open_runtime
 from notifier.config import Settings
-from notifier.ledger.shard_marks import lost_shards, mark_states, write_marks
+from notifier.ledger.shard_marks import lost_of, lost_shards, mark_states, write_marks
 
 
 def cmd_shards_status(args: argparse.Namespace, settings: Settings) -> None:
-    """Print the shard count and the lost shards; exit 1 when some are lost."""
+    """Print the shard count, the lost shards and those whose master does not answer;
+    exit 1 when there are some."""
     with open_runtime(settings) as runtime:
         keys = runtime.store.keys
         states = mark_states(runtime.redis, keys)
-        lost = lost_shards(runtime.redis, keys)
+    lost = lost_of(states)
     # A shard whose master does not answer cannot be known lost or not (found by QA: it
     # said "none lost" with one down).
     unknown = [shard for shard, marked in enumerate(states) if marked is None]

@@ -98,7 +98,11 @@ def lost_shards(client: Any, keys: ShardKeys) -> list[int]:
     when none is marked (a ledger not marked yet: `ensure_marks` marks it at start-up).
     A shard whose master does not answer is left out (it is down, not known lost). One
     pipeline."""
-    states = mark_states(client, keys)
+    return lost_of(mark_states(client, keys))
+
+
+def lost_of(states: list[bool | None]) -> list[int]:
+    """`lost_shards` of marks already read (`mark_states`)."""
     if True not in states:
         return []
     return [shard for shard, marked in enumerate(states) if marked is False]
@@ -122,7 +126,7 @@ def ensure_marks(client: Any, keys: ShardKeys) -> list[int]:
         else:
             write_marks(client, keys)
         return []
-    lost = lost_shards(client, keys)
+    lost = lost_of(states)
     if lost:
         log.critical("ledger shards %s lost their data (their mark is gone: a master "
                      "restarted without its append-only file?): what they held is not "
