@@ -33,9 +33,9 @@ from notifier.ledger.notifications import (
 )
 from notifier.ledger.record_store import (
     MAX_WATCH_TRIES,
-    PARTED_KINDS,
     RecordStore,
     all_record_keys,
+    kept_in_parts,
     parse_records,
     write_records,
 )
@@ -163,7 +163,7 @@ class PlanWriter:
         # `refill_asked` with its prescription's); parts of a record kept in parts are
         # the event's shard's own (`write_records`).
         moved = {ref: record for ref, record in plan.records.items()
-                 if k.of_ref(ref) != shard and ref.split(":", 1)[0] not in PARTED_KINDS}
+                 if k.of_ref(ref) != shard and not kept_in_parts(ref)}
         for target in sorted({k.of_ref(ref) for ref in [*elsewhere, *moved]}):
             self.write_plan(Plan(
                 outcome="applied", cancel=tuple(r for r in elsewhere if k.of_ref(r) == target),

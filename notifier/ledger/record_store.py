@@ -58,6 +58,7 @@ from notifier.webhooks.catalogue import Announcement
 
 #: Kinds of record kept one part per shard and merged when read (the module's docstring).
 PARTED_KINDS = ("visits", "provider_queue")
+
 #: A WATCHed read-modify-write tries at most this many times before `StoreContention`.
 MAX_WATCH_TRIES = 50
 #: The kinds of record listed in their client's `client-entities` set.
@@ -66,9 +67,14 @@ CLIENT_ENTITY_KINDS = ("appointment", "prescription", "refill_request", "message
 REINDEX_BATCH = 500
 
 
+def kept_in_parts(ref: str) -> bool:
+    """Whether `ref`'s record is kept one part per shard (`PARTED_KINDS`)."""
+    return ref.split(":", 1)[0] in PARTED_KINDS
+
+
 def record_keys(keys: ShardKeys, ref: str) -> list[str]:
     """The keys of `ref`'s record: its one key, or a part per shard for `PARTED_KINDS`."""
-    if ref.split(":", 1)[0] in PARTED_KINDS:
+    if kept_in_parts(ref):
         return [keys.record_part(ref, shard) for shard in keys.all()]
     return [keys.record(ref)]
 
@@ -224,7 +230,7 @@ def set_record(pipe: Any, keys: ShardKeys, ref: str, record: BaseModel,
     the record's shard; a record kept in parts writes the part of `shard` (the writing
     event's shard; None: the ref's own)."""
     own = keys.of_ref(ref)
-    if ref.split(":", 1)[0] in PARTED_KINDS:
+    if kept_in_parts(ref):
         at = own if shard is None else shard
         pipe.set(keys.record_part(ref, at), part_for(keys, record, at).model_dump_json())
     else:
@@ -307,7 +313,7 @@ class RecordStore:
         is written to the delivery-webhook outbox in the same transaction. Returns whether
         it changed. Raises `StoreContention` when concurrent writes win `MAX_WATCH_TRIES`
         times in a row, `StoreError` for a kind kept in parts (no one key to watch)."""
-        if ref.split(":", 1)[0] in PARTED_KINDS:
+        if kept_in_parts(ref):
             raise StoreError(f"record {ref} is kept in parts: written by events only")
         key = self.keys.record(ref)
         for _ in range(MAX_WATCH_TRIES):
