@@ -263,7 +263,8 @@ class PlanWriter:
         across shards, which no caller writes and no transaction could."""
         k = self.schedule.keys
         shards = ({k.of_notification(n.id) for n in plan.add}
-                  | {k.of_ref(ref) for ref in plan.cancel})
+                  | {k.of_ref(ref) for ref in plan.cancel}
+                  | {k.of_ref(ref) for ref in plan.records if not kept_in_parts(ref)})
         if len(shards) <= 1:
             return [plan]
         if plan.cancel or plan.records or plan.announce:

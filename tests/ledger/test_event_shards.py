@@ -18,6 +18,7 @@ from notifier.errors import StoreError
 from notifier.intake.apply import apply_in_turn
 from notifier.intake.events import parse_event
 from notifier.ledger.audit_write import AuditWrite
+from notifier.ledger.records import RefillAskedRecord
 from notifier.ledger.store import Store
 from notifier.policy.figures import Policy
 from notifier.policy.ordering import subject_ref
@@ -229,7 +230,13 @@ def test_a_plan_not_tied_to_an_event_with_records_across_shards_is_refused(store
     with pytest.raises(StoreError, match="must be one shard's"):
         store.write_plan(Plan(outcome="applied", add=(add,), cancel=(f"appointment:{b}",)),
                          NOW)
+    # A record of another shard than the adds', too.
+    asked = RefillAskedRecord(updated_at=NOW)
+    with pytest.raises(StoreError, match="must be one shard's"):
+        store.write_plan(Plan(outcome="applied", add=(add,),
+                              records={f"refill_asked:{b}": asked}), NOW)
     assert store.notification(add.id) == {}
+    assert store.load_record(f"refill_asked:{b}") is None
 
 
 def test_an_audited_plan_across_shards_is_refused(store: Store):
