@@ -91,7 +91,11 @@ def plan_opened(event: Event, state: State, now: datetime, policy: Policy) -> Pl
     if kind == "refill_request":
         # The client asked: the refill reminders for this prescription have done their job,
         # and a fill that occurred before the request but is applied after it plans none.
-        cancel = (entity_ref("prescription", item.prescription_id),)
+        # Not a fill newer than the request, applied first (posted a moment after it;
+        # found by a new user's trial): its reminders are the next refill's.
+        fill = state.prescription
+        if fill is None or not fill.is_newer_than(event.occurred_at):
+            cancel = (entity_ref("prescription", item.prescription_id),)
         asked = state.refill_asked
         records[entity_ref("refill_asked", item.prescription_id)] = RefillAskedRecord(
             updated_at=max(event.occurred_at, asked.updated_at) if asked else event.occurred_at)

@@ -166,13 +166,17 @@ def test_refills_escalation_and_the_digest_on_the_cluster(ledger_url, other_redi
                     provider_upserted("prov-1", now - timedelta(days=3))):
             assert service.post(evt).status_code == 202
         filled_on = now.astimezone(ZoneInfo(zone)).date() - timedelta(days=25)
+        # The request (below) opened 48 h ago, so its alert is due in seconds; the fill
+        # was reported before it, as a fill a request follows is (a fill newer than the
+        # request would be the next refill's, whose reminders it leaves).
+        opened = now - timedelta(hours=48) + timedelta(seconds=3)
         assert service.post(prescription_filled("rx-1", "c1", filled_on,
-                                                now)).status_code == 202
+                                                opened - timedelta(minutes=1))
+                            ).status_code == 202
         wait_for(lambda: len(service.sent("refill_due")) == 2, what="the refill reminder")
         nudge = f"refill_nudge:rx-1:fill{filled_on:%Y%m%d}:sms"
         assert service.notifications("c1")[nudge]["state"] == "scheduled"
 
-        opened = now - timedelta(hours=48) + timedelta(seconds=3)
         assert service.post(refill_requested("req-1", "rx-1", "c1",
                                              opened)).status_code == 202
         assert service.post(message_received("msg-1", "c1",

@@ -544,3 +544,17 @@ def test_a_refill_request_and_a_message_with_the_same_id_escalate_separately(
     message_ids = {n.id for n in message.add}
     assert not request_ids & message_ids
     assert "support_escalation:42:message-window:email" in message_ids
+
+
+def test_a_request_applied_after_a_newer_fill_leaves_that_fills_reminders(
+        policy: Policy) -> None:
+    """A new fill posted a moment after an older refill request may be applied first (a
+    new user's trial: 4 in 20): the request must not cancel the new fill's reminders,
+    which are the next refill's. It still opens its item and records `refill_asked`."""
+    ledger = Ledger()
+    newer = prescription_record(date(2026, 7, 2)).model_copy(
+        update={"updated_at": THURSDAY + timedelta(minutes=1)})
+    ledger.records[f"prescription:{RX}"] = newer
+    result = ledger.plan(requested(THURSDAY), THURSDAY + timedelta(minutes=2), policy)
+    assert result.outcome == "applied" and result.cancel == ()
+    assert result.records[f"refill_asked:{RX}"] == RefillAskedRecord(updated_at=THURSDAY)
